@@ -1,0 +1,34 @@
+"""Command line: one module per command, each only parses, checks and presents.
+
+The work itself lives in the library (``zsfs.extract``, ``zsfs.fit.run``, ...), so every
+command is also a plain function call for notebooks and tests.
+"""
+
+from __future__ import annotations
+
+import click
+
+from zsfs import __version__
+from zsfs.cli.common import ZsfsGroup
+
+
+@click.group(cls=ZsfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="zsfs")
+def main() -> None:
+    """zsfs: label and OOD-score an unlabeled image folder from class names alone.
+
+    \b
+    Stage 1 (GPU, once per collection):  zsfs extract imagenet/ --device cuda
+    Stage 2 (CPU, many times per store): zsfs fit --store imagenet.h5 --k 16
+    """
+
+
+def _register() -> None:
+    # Imported here so that each command module can import ``main`` helpers freely.
+    from zsfs.cli import commands
+
+    for command in commands.ALL:
+        main.add_command(command)
+
+
+_register()

@@ -1,0 +1,7 @@
+"""The list of commands, in the order ``zsfs --help`` shows them."""
+
+from __future__ import annotations
+
+from zsfs.cli import extract, fit, predict, store
+
+ALL = [*extract.COMMANDS, *store.COMMANDS, *fit.COMMANDS, *predict.COMMANDS]

@@ -1,0 +1,3 @@
+"""CLI commands (stub: to be filled)."""
+
+COMMANDS: list = []

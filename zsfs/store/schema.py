@@ -1,0 +1,104 @@
+"""The store's contract: file layout, dataset names, dtypes and attributes.
+
+Every reader and writer imports its names from here; ``docs/store.md`` documents the same
+layout for other tools. Bump ``FORMAT_VERSION`` on any incompatible change.
+
+Layout for ``imagenet.h5``::
+
+    imagenet.h5                      master: what readers open
+    imagenet.shards/shard-00000.h5   rows [0, shard_size) of the source listing
+    imagenet.shards/shard-00001.h5   ...
+
+Master file (all row datasets have the same length N = number of embedded images, in the
+order of the source listing with skipped files left out):
+
+    /clip        (N, D_clip)     float16|float32  L2-normalised CLIP image embeddings  [virtual]
+    /backbone    (N, D_backbone) float16|float32  L2-normalised backbone features       [virtual]
+    /width       (N,) int32      decoded image width (before any EXIF rotation: after)  [virtual]
+    /height      (N,) int32                                                              [virtual]
+    /path        (N,) utf-8 str  path relative to the source folder (or as listed)
+    /label       (N,) utf-8 str  ground-truth label; only when the source has labels
+    /skipped/path, /skipped/reason   (M,) utf-8 str   files that could not be embedded
+    /shards/file (S,) utf-8 str  shard file names, relative to the master's folder
+    /shards/rows (S,) int64      embedded rows per shard
+    /vocab/<name>/classes   (C,) utf-8 str
+    /vocab/<name>/single    (C, D_clip) float32  text embedding of SINGLE_PROMPT, normalised
+    /vocab/<name>/ensemble  (C, D_clip) float32  mean of the template embeddings, renormalised
+    /index/faiss  (B,) uint8     faiss.serialize_index of an index over /clip (inner product)
+
+Virtual datasets map onto the shards, so plain ``h5py`` reads ``f["clip"][:]`` as one array.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FORMAT_NAME = "zsfs-store"
+FORMAT_VERSION = 1
+
+# Row datasets (master and shards).
+CLIP = "clip"
+BACKBONE = "backbone"
+WIDTH = "width"
+HEIGHT = "height"
+PATH = "path"
+LABEL = "label"
+EMBEDDINGS = (CLIP, BACKBONE)
+VIRTUAL_DATASETS = (CLIP, BACKBONE, WIDTH, HEIGHT)  # mapped onto shards
+COPIED_DATASETS = (PATH, LABEL)  # variable-length strings are copied into the master
+
+SKIPPED_GROUP = "skipped"
+SKIPPED_PATH = "skipped/path"
+SKIPPED_REASON = "skipped/reason"
+
+SHARDS_FILE = "shards/file"
+SHARDS_ROWS = "shards/rows"
+
+VOCAB_GROUP = "vocab"
+VOCAB_CLASSES = "classes"
+VOCAB_SINGLE = "single"
+VOCAB_ENSEMBLE = "ensemble"
+PROMPT_KINDS = (VOCAB_SINGLE, VOCAB_ENSEMBLE)
+
+INDEX_DATASET = "index/faiss"
+
+# Root attributes of the master (JSON-encoded where marked).
+ATTR_FORMAT = "format"  # == FORMAT_NAME
+ATTR_FORMAT_VERSION = "format_version"
+ATTR_ZSFS_VERSION = "zsfs_version"
+ATTR_CREATED = "created"  # ISO 8601, UTC
+ATTR_SOURCE = "source"  # absolute path of the folder or list file
+ATTR_IDENTITY = "identity"  # JSON: what makes shards compatible (source, models, dtype, ...)
+ATTR_CLIP = "clip"  # JSON: {"name", "weights", "sha256", "dim", ...}
+ATTR_BACKBONE = "backbone"  # JSON: {"name", "weights", "sha256", "dim", "output", ...}
+ATTR_INDEX = "index"  # JSON: {"type", "metric", "n", ...}; on the master root
+ATTR_N_IMAGES = "n_images"
+ATTR_N_SKIPPED = "n_skipped"
+
+# Shard attributes.
+ATTR_SHARD = "shard"  # shard number
+ATTR_START = "start"  # first position in the source listing (inclusive)
+ATTR_STOP = "stop"  # last position in the source listing (exclusive)
+
+# Vocabulary attributes.
+ATTR_PROMPT = "prompt"  # the single prompt template, e.g. "a photo of a {}"
+ATTR_N_TEMPLATES = "n_templates"
+
+SHARD_SUFFIX = ".h5"
+TMP_SUFFIX = ".tmp"
+DEFAULT_SHARD_SIZE = 50_000
+EMBEDDING_DTYPES = ("float16", "float32")
+
+
+def shard_dir(master: Path) -> Path:
+    """Folder holding a master's shards: ``imagenet.h5`` -> ``imagenet.shards``."""
+    master = Path(master)
+    return master.with_name(master.stem + ".shards")
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}{SHARD_SUFFIX}"
+
+
+def vocab_path(name: str, field: str) -> str:
+    return f"{VOCAB_GROUP}/{name}/{field}"
