@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from zsfs.cli import extract, fit, predict, store
+from zsfs.cli import extract, fit, oodbench, predict, store
 
-ALL = [*extract.COMMANDS, *store.COMMANDS, *fit.COMMANDS, *predict.COMMANDS]
+ALL = [*extract.COMMANDS, *store.COMMANDS, *fit.COMMANDS, *oodbench.COMMANDS, *predict.COMMANDS]

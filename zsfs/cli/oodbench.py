@@ -1,0 +1,3 @@
+"""`zsfs ood-bench` (placeholder until its module lands)."""
+
+COMMANDS: list = []
