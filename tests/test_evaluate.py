@@ -1,0 +1,156 @@
+"""Metrics against hand-computed values and brute-force definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from zsfs.errors import ZsfsError
+from zsfs.evaluate import (
+    accuracy,
+    auroc,
+    fpr_at_tpr,
+    id_ood_splits,
+    mean_std,
+    ood_metrics,
+    per_class_accuracy,
+)
+
+
+def brute_force_auroc(scores, is_positive):
+    """P(score_pos > score_neg) + 1/2 P(tie), over every positive/negative pair."""
+    scores, is_positive = np.asarray(scores, float), np.asarray(is_positive, bool)
+    pos, neg = scores[is_positive], scores[~is_positive]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def test_accuracy_hand_computed():
+    assert accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2])) == 0.75
+    assert accuracy(np.array(["cat", "dog"]), np.array(["dog", "dog"])) == 0.5
+
+
+def test_accuracy_rejects_mismatched_lengths():
+    with pytest.raises(ValueError):
+        accuracy(np.array([0, 1]), np.array([0]))
+
+
+def test_per_class_accuracy_hand_computed_and_empty_class_is_nan():
+    true = np.array(["a", "b", "b", "c", "c", "c"])
+    predicted = np.array(["a", "a", "b", "c", "b", "b"])
+    result = per_class_accuracy(true, predicted, ["a", "b", "c", "d"])
+    assert list(result) == ["a", "b", "c", "d"]
+    assert result["a"] == 1.0 and result["b"] == 0.5 and result["c"] == pytest.approx(1 / 3)
+    assert math.isnan(result["d"])
+
+
+def test_per_class_accuracy_integer_labels():
+    assert per_class_accuracy(np.array([2, 0, 2]), np.array([2, 1, 0]), [0, 1, 2]) == {
+        "0": 0.0, "1": pytest.approx(float("nan"), nan_ok=True), "2": 0.5
+    }
+
+
+def test_auroc_hand_computed():
+    # Positives 0.35, 0.8; negatives 0.1, 0.4: pairs won 1+1+0+1 of 4.
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert auroc([0.0, 1.0], [False, True]) == 1.0
+    assert auroc([1.0, 0.0], [False, True]) == 0.0
+
+
+def test_auroc_ties_count_half():
+    assert auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5
+    # positive 0.5 ties one negative (1/2) and beats the other (1) -> 0.75
+    assert auroc([0.5, 0.2, 0.5], [0, 0, 1]) == 0.75
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_matches_brute_force_with_many_ties(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, size=300) / 3.0  # the paper score's four values: heavy ties
+    is_positive = rng.random(300) < 0.3
+    assert auroc(scores, is_positive) == pytest.approx(brute_force_auroc(scores, is_positive), abs=1e-12)
+    continuous = rng.normal(size=300) + is_positive
+    assert auroc(continuous, is_positive) == pytest.approx(brute_force_auroc(continuous, is_positive), abs=1e-12)
+
+
+def test_auroc_rejects_one_class_and_nan():
+    with pytest.raises(ValueError, match="positive and one negative"):
+        auroc([0.1, 0.2], [True, True])
+    with pytest.raises(ValueError, match="NaN"):
+        auroc([0.1, np.nan], [True, False])
+
+
+def test_fpr_at_tpr_hand_computed():
+    # 20 positives with scores 1..20; negatives 0.5, 1.5, 2.5, 10.5. 95 % TPR needs 19 positives
+    # -> threshold 2 -> negatives >= 2: 2.5 and 10.5 -> FPR 2/4.
+    positives = np.arange(1, 21, dtype=float)
+    negatives = np.array([0.5, 1.5, 2.5, 10.5])
+    scores = np.concatenate([positives, negatives])
+    flags = np.r_[np.ones(20, bool), np.zeros(4, bool)]
+    assert fpr_at_tpr(scores, flags) == 0.5
+    assert fpr_at_tpr(scores, flags, tpr=1.0) == 0.75  # threshold 1 -> 1.5, 2.5, 10.5
+    assert fpr_at_tpr(scores, flags, tpr=0.5) == 0.0  # 10th highest positive = 11 > 10.5
+    assert fpr_at_tpr(scores, flags, tpr=0.55) == 0.25  # 11th highest = 10 -> 10.5 counts
+
+
+def test_fpr_at_tpr_ties_at_threshold_count():
+    # Every positive and negative scores 1/3: the only reachable operating point is (1, 1).
+    assert fpr_at_tpr([1 / 3] * 4, [1, 1, 0, 0]) == 1.0
+    assert fpr_at_tpr([1.0, 1.0, 0.0, 0.0], [1, 1, 0, 0]) == 0.0
+
+
+def test_fpr_at_tpr_matches_roc_definition():
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=500)
+    flags = rng.random(500) < 0.4
+    scores[flags] += 1.0
+    # Brute force: smallest FPR over thresholds whose TPR >= 0.95.
+    thresholds = np.unique(scores)
+    tprs = (scores[flags][None, :] >= thresholds[:, None]).mean(axis=1)
+    fprs = (scores[~flags][None, :] >= thresholds[:, None]).mean(axis=1)
+    assert fpr_at_tpr(scores, flags) == pytest.approx(fprs[tprs >= 0.95].min())
+
+
+def test_ood_metrics_keys():
+    metrics = ood_metrics(np.array([0.0, 1.0, 0.2, 0.9]), np.array([False, True, False, True]))
+    assert metrics == {"auroc": 1.0, "fpr95": 0.0}
+
+
+def test_id_ood_splits_reproducible_distinct_and_ordered():
+    classes = [f"c{i}" for i in range(10)]
+    splits = id_ood_splits(classes, 6, n_splits=5, seed=3)
+    assert splits == id_ood_splits(classes, 6, n_splits=5, seed=3)
+    assert splits != id_ood_splits(classes, 6, n_splits=5, seed=4)
+    assert len(splits) == 5 and all(len(split) == 6 for split in splits)
+    assert len({tuple(split) for split in splits}) == 5
+    for split in splits:
+        assert split == [name for name in classes if name in split]
+
+
+def test_id_ood_splits_more_splits_than_combinations_repeats():
+    splits = id_ood_splits(["a", "b", "c"], 2, n_splits=5, seed=0)
+    assert len(splits) == 5 and {tuple(s) for s in splits} <= {("a", "b"), ("a", "c"), ("b", "c")}
+
+
+def test_id_ood_splits_explicit_list_is_one_split():
+    assert id_ood_splits(["a", "b", "c", "d"], ["d", "b"], n_splits=5) == [["b", "d"]]
+
+
+@pytest.mark.parametrize("bad", [0, 4, 5])
+def test_id_ood_splits_rejects_bad_count(bad):
+    with pytest.raises(ZsfsError, match="between 1 and 3"):
+        id_ood_splits(["a", "b", "c", "d"], bad)
+
+
+def test_id_ood_splits_rejects_unknown_or_all_classes():
+    with pytest.raises(ZsfsError, match="'zebra'"):
+        id_ood_splits(["a", "b", "c"], ["a", "zebra"])
+    with pytest.raises(ZsfsError, match="at least one must stay OOD"):
+        id_ood_splits(["a", "b"], ["a", "b"])
+
+
+def test_mean_std_population():
+    assert mean_std([1.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([0.5]) == (0.5, 0.0)

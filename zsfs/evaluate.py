@@ -1,0 +1,181 @@
+"""Evaluation metrics and the zero-shot OOD protocol's ID/OOD class splits (pure numpy).
+
+Conventions: OOD metrics treat the *positive* class as OOD and expect higher scores to mean
+"more likely positive" (as zsfs' OOD scores do; negate a confidence before passing it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from zsfs.errors import ZsfsError
+
+__all__ = [
+    "accuracy",
+    "per_class_accuracy",
+    "auroc",
+    "fpr_at_tpr",
+    "ood_metrics",
+    "id_ood_splits",
+    "mean_std",
+]
+
+
+def accuracy(true: np.ndarray, predicted: np.ndarray) -> float:
+    """Fraction of positions where ``predicted`` equals ``true`` (labels of any comparable dtype)."""
+    true, predicted = _same_length(true, predicted)
+    if true.size == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return float(np.mean(true == predicted))
+
+
+def per_class_accuracy(
+    true: np.ndarray, predicted: np.ndarray, classes: Sequence
+) -> dict[str, float]:
+    """Accuracy over the items whose true label is each class; NaN for a class with no items.
+
+    Keys are ``str(class)`` so the result is JSON-ready.
+    """
+    true, predicted = _same_length(true, predicted)
+    classes = np.asarray(list(classes))
+    # One vectorised pass: match every item to its class position, then bincount hits and totals.
+    order = np.argsort(classes, kind="stable")
+    position = np.searchsorted(classes[order], true)
+    position = np.clip(position, 0, len(classes) - 1)
+    known = classes[order][position] == true
+    class_of_item = order[position[known]]
+    hits = np.bincount(class_of_item, weights=(true == predicted)[known], minlength=len(classes))
+    totals = np.bincount(class_of_item, minlength=len(classes))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(totals > 0, hits / np.maximum(totals, 1), np.nan)
+    return {str(name): float(value) for name, value in zip(classes, values)}
+
+
+def auroc(scores: np.ndarray, is_positive: np.ndarray) -> float:
+    """Area under the ROC curve, via the Mann-Whitney U statistic.
+
+    Ties get average ranks, so a tied positive/negative pair counts 1/2 (the exact area under
+    the ROC curve with ties drawn as diagonal segments). Raises ``ValueError`` when one class
+    is empty or a score is NaN.
+    """
+    scores, is_positive = _binary_inputs(scores, is_positive)
+    n_pos = int(is_positive.sum())
+    n_neg = is_positive.size - n_pos
+    ranks = _average_ranks(scores)
+    u_statistic = ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u_statistic / (n_pos * n_neg))
+
+
+def fpr_at_tpr(scores: np.ndarray, is_positive: np.ndarray, tpr: float = 0.95) -> float:
+    """False-positive rate at the highest threshold whose true-positive rate reaches ``tpr``.
+
+    An item is called positive when its score is >= the threshold; the threshold is the
+    ``ceil(tpr * n_pos)``-th highest positive score, so ties at the threshold all count.
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must lie in (0, 1], got {tpr}")
+    scores, is_positive = _binary_inputs(scores, is_positive)
+    positive_scores = np.sort(scores[is_positive])[::-1]
+    # The small tolerance keeps e.g. 0.95 * 20 = 19.000000000000004 from asking for 20 positives.
+    needed = max(1, math.ceil(tpr * positive_scores.size - 1e-9))
+    threshold = positive_scores[needed - 1]
+    return float(np.mean(scores[~is_positive] >= threshold))
+
+
+def ood_metrics(scores: np.ndarray, is_ood: np.ndarray) -> dict[str, float]:
+    """``{"auroc", "fpr95"}`` of an OOD score (higher = more OOD) against the true OOD flags."""
+    return {"auroc": auroc(scores, is_ood), "fpr95": fpr_at_tpr(scores, is_ood, 0.95)}
+
+
+def id_ood_splits(
+    classes: Sequence[str],
+    id_classes: int | Sequence[str],
+    n_splits: int = 5,
+    seed: int = 0,
+) -> list[list[str]]:
+    """ID class lists for the zero-shot OOD protocol; every other class is OOD.
+
+    ``id_classes`` is either a count N (``n_splits`` random draws of N classes, reproducible
+    from ``seed``, distinct whenever enough combinations exist) or an explicit list (one
+    split). Each returned list keeps the order of ``classes``.
+    """
+    classes = list(dict.fromkeys(str(name) for name in classes))
+    if len(classes) < 2:
+        raise ZsfsError(f"the OOD protocol needs at least 2 classes, the labels have {len(classes)}")
+
+    if not isinstance(id_classes, (int, np.integer)):
+        wanted = list(dict.fromkeys(str(name) for name in id_classes))
+        unknown = sorted(set(wanted) - set(classes))
+        if unknown:
+            shown = ", ".join(repr(name) for name in unknown[:10])
+            more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
+            raise ZsfsError(
+                f"{len(unknown)} ID class(es) are not among the store's labels: {shown}{more}. "
+                f"Use the exact label names (`zsfs info` lists them)."
+            )
+        _check_id_count(len(wanted), len(classes))
+        chosen = set(wanted)
+        return [[name for name in classes if name in chosen]]
+
+    n_id = int(id_classes)
+    _check_id_count(n_id, len(classes))
+    if n_splits < 1:
+        raise ZsfsError(f"--splits must be at least 1, got {n_splits}")
+    rng = np.random.default_rng(seed)
+    distinct_possible = math.comb(len(classes), n_id) >= n_splits
+    splits: list[list[str]] = []
+    seen: set[tuple[int, ...]] = set()
+    while len(splits) < n_splits:
+        picked = tuple(np.sort(rng.choice(len(classes), size=n_id, replace=False)).tolist())
+        if distinct_possible and picked in seen:
+            continue
+        seen.add(picked)
+        splits.append([classes[i] for i in picked])
+    return splits
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (ddof=0, as OOD papers report over splits)."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        raise ValueError("mean_std of no values is undefined")
+    return float(array.mean()), float(array.std())
+
+
+def _check_id_count(n_id: int, n_classes: int) -> None:
+    if not 1 <= n_id < n_classes:
+        raise ZsfsError(
+            f"the number of ID classes must be between 1 and {n_classes - 1} (the store's labels "
+            f"have {n_classes} classes and at least one must stay OOD), got {n_id}"
+        )
+
+
+def _same_length(true: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    true, predicted = np.asarray(true), np.asarray(predicted)
+    if true.shape != predicted.shape or true.ndim != 1:
+        raise ValueError(f"expected two 1-d arrays of equal length, got {true.shape} and {predicted.shape}")
+    return true, predicted
+
+
+def _binary_inputs(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    is_positive = np.asarray(is_positive, dtype=bool)
+    if scores.shape != is_positive.shape or scores.ndim != 1:
+        raise ValueError(f"expected scores and flags as 1-d arrays of equal length, got {scores.shape} and {is_positive.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    n_pos = int(is_positive.sum())
+    if n_pos == 0 or n_pos == is_positive.size:
+        raise ValueError("need at least one positive and one negative item")
+    return scores, is_positive
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``; tied values share the mean of the ranks they span."""
+    _, group_of_item, group_sizes = np.unique(values, return_inverse=True, return_counts=True)
+    last_rank = np.cumsum(group_sizes)
+    group_rank = last_rank - (group_sizes - 1) / 2.0
+    return group_rank[group_of_item.reshape(-1)]
