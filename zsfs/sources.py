@@ -1,0 +1,251 @@
+"""Image sources: find the images of a folder or list file, read their labels, decode them.
+
+``open_source`` turns what the user points at into an ``ImageSource`` (paths + optional labels);
+``decode_image`` turns one file into an RGB ``PIL.Image`` or raises ``ImageDecodeError`` with a
+short reason, so that callers can skip and record the file instead of crashing or inventing pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from zsfs.errors import ZsfsError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+)
+"""File suffixes (compared lower-case) that a folder scan picks up."""
+
+LIST_SUFFIXES = (".txt", ".csv")
+
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+"""Transparent pixels are composited onto white: their stored colour is arbitrary."""
+
+
+class ImageDecodeError(Exception):
+    """A file that cannot be turned into an image; ``reason`` is short and human-readable."""
+
+    def __init__(self, reason: str, path: Path | str | None = None):
+        self.reason = reason
+        self.path = path
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """The images of a folder or list file, in a fixed order, with their labels when known."""
+
+    location: Path
+    root: Path
+    paths: list[str]
+    labels: list[str] | None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def absolute(self, i: int) -> Path:
+        """Absolute path of the ``i``-th image (listed absolute paths are kept as they are)."""
+        return self.root / self.paths[i]
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Sorted unique labels, or None when the source has no labels."""
+        return None if self.labels is None else sorted(set(self.labels))
+
+    def digest(self) -> str:
+        """sha256 of the listing (paths and labels): changes whenever the listing does."""
+        h = hashlib.sha256()
+        for i, path in enumerate(self.paths):
+            h.update(path.encode("utf-8", "surrogateescape") + b"\0")
+            if self.labels is not None:
+                h.update(self.labels[i].encode("utf-8", "surrogateescape") + b"\0")
+            h.update(b"\n")
+        return h.hexdigest()
+
+
+def open_source(source: str | Path) -> ImageSource:
+    """Read a folder (scanned recursively) or a ``.txt`` / ``.csv`` list of image paths.
+
+    Folder: labels are the first-level subfolder names when every image sits in one.
+    List: ``.txt`` has one path per line; ``.csv`` has a header with ``path`` and optionally
+    ``label``. Relative paths are relative to the list file's folder.
+    """
+    location = Path(source).expanduser()
+    if not location.exists():
+        raise ZsfsError(f"{source} does not exist; pass an image folder or a .txt/.csv list of images.")
+    location = location.resolve()
+    if location.is_dir():
+        return _scan_folder(location)
+    if location.suffix.lower() not in LIST_SUFFIXES:
+        raise ZsfsError(
+            f"{location} is neither a folder nor a list file; a list must end in .txt (one path "
+            "per line) or .csv (header with 'path' and optional 'label' columns)."
+        )
+    return _read_list(location)
+
+
+def _scan_folder(folder: Path) -> ImageSource:
+    found: list[str] = []
+    for directory, subdirs, files in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]  # prunes hidden folders
+        relative = Path(directory).relative_to(folder)
+        found.extend(
+            (relative / name).as_posix()
+            for name in files
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        )
+    if not found:
+        extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise ZsfsError(f"no images found in {folder} (looked recursively for {extensions}).")
+    paths = sorted(found)
+    first_parts = [path.split("/", 1) for path in paths]
+    labels = [parts[0] for parts in first_parts] if all(len(p) == 2 for p in first_parts) else None
+    return ImageSource(location=folder, root=folder, paths=paths, labels=labels)
+
+
+def _read_list(list_file: Path) -> ImageSource:
+    root = list_file.parent
+    try:
+        text = list_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ZsfsError(f"cannot read the list file {list_file}: {error}") from None
+    if list_file.suffix.lower() == ".csv":
+        raw_paths, labels = _parse_csv(text, list_file)
+    else:
+        raw_paths = [line.strip() for line in text.splitlines()]
+        raw_paths = [p for p in raw_paths if p and not p.startswith("#")]
+        labels = None
+    if not raw_paths:
+        raise ZsfsError(f"the list file {list_file} lists no images.")
+    paths = [_relative_when_possible(p, root) for p in raw_paths]
+    return ImageSource(location=list_file, root=root, paths=paths, labels=labels)
+
+
+def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]:
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    if "path" not in columns:
+        raise ZsfsError(
+            f"{list_file} has no 'path' column (found: {', '.join(columns) or 'nothing'}); "
+            "the first line must be a header such as 'path,label'."
+        )
+    reader.fieldnames = columns
+    rows = [row for row in reader if (row.get("path") or "").strip()]
+    paths = [row["path"].strip() for row in rows]
+    if "label" not in columns:
+        return paths, None
+    labels = [(row.get("label") or "").strip() for row in rows]
+    missing = [i for i, label in enumerate(labels) if not label]
+    if missing:
+        raise ZsfsError(
+            f"{list_file}: {len(missing)} row(s) have an empty label (first: {paths[missing[0]]}); "
+            "give every row a label or drop the label column."
+        )
+    return paths, labels
+
+
+def _relative_when_possible(path: str, root: Path) -> str:
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute():
+        return candidate.as_posix()
+    try:
+        return candidate.relative_to(root).as_posix()
+    except ValueError:
+        return candidate.as_posix()
+
+
+def decode_image(path: Path | str) -> Image.Image:
+    """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
+
+    Raises ``ImageDecodeError`` with a short ``reason`` for empty, missing, unreadable,
+    non-image, truncated, corrupt or decompression-bomb-sized files. The whole file is decoded
+    here, so a broken file never gets past this function.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageDecodeError("empty file", path)
+        with warnings.catch_warnings():
+            # Above MAX_IMAGE_PIXELS Pillow only warns; such files are treated as bombs.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()  # force the full decode (Image.open only reads the header)
+                return _to_rgb(_apply_exif_orientation(image))
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError("image too large (decompression bomb limit)", path) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image (unidentified format)", path) from None
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found", path) from None
+    except PermissionError:
+        raise ImageDecodeError("unreadable file (permission denied)", path) from None
+    except IsADirectoryError:
+        raise ImageDecodeError("not a file (directory)", path) from None
+    except OSError as error:
+        if "truncated" in str(error).lower():
+            raise ImageDecodeError("truncated file", path) from None
+        if error.errno is not None:  # a real I/O failure, not a decoder complaint
+            raise ImageDecodeError(f"unreadable file ({error.strerror})", path) from None
+        raise ImageDecodeError("corrupt image data", path) from None
+    except (SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError):
+        raise ImageDecodeError("corrupt image data", path) from None
+    except MemoryError:
+        raise ImageDecodeError("image too large to decode (out of memory)", path) from None
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """A rotated copy, or a plain copy: the result must outlive the closed file."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a damaged EXIF block should not cost the pixels, which decoded fine
+        return image.copy()
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return _scale_to_8bit(np.asarray(image), integer=mode != "F")
+    if mode == "P":
+        mode_with_alpha = "RGBA" if "transparency" in image.info else "RGB"
+        image = image.convert(mode_with_alpha)
+        mode = image.mode
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, TRANSPARENT_BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    try:
+        return image.convert("RGB")
+    except ValueError:
+        raise ImageDecodeError(f"unsupported colour mode {mode}") from None
+
+
+def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
+    """Map 16/32-bit integer or float pixels to 8 bit without clipping highlights to white."""
+    pixels = pixels.astype(np.float64, copy=False)
+    low, high = float(pixels.min()), float(pixels.max())
+    if integer and low >= 0 and high <= 255:
+        scaled = pixels  # already 8-bit data in a wider container
+    elif integer and low >= 0 and high <= 65535:
+        scaled = pixels / 257.0  # 16-bit full scale -> 8-bit full scale
+    elif high > low:
+        scaled = (pixels - low) * (255.0 / (high - low))  # float or unusual range: min-max
+    else:
+        scaled = np.full_like(pixels, np.clip(low, 0, 255))
+    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if gray.ndim == 3:  # multi-channel wide modes are rare; keep the first three channels
+        return Image.fromarray(np.ascontiguousarray(gray[..., :3])).convert("RGB")
+    return Image.fromarray(gray, mode="L").convert("RGB")

@@ -1,0 +1,12 @@
+"""Tiny randomly initialised models: every model code path, no downloads, milliseconds per batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TINY_CLIP_CONFIG: Path = Path(__file__).with_name("zsfs-tiny-clip.json")
+"""open_clip config of a tiny CLIP (32 px ViT, 1-layer text tower, 32-d embeddings):
+``load_clip(str(TINY_CLIP_CONFIG), "random")``."""
+
+TINY_BACKBONE = "test_vit"
+"""A tiny timm ViT (160 px input, 64-d pre-logits): ``load_backbone(TINY_BACKBONE, "random")``."""
