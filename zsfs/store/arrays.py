@@ -1,0 +1,89 @@
+"""A whole store from arrays already in memory (or memory-mapped): ``zsfs import``, tests, benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from zsfs.errors import ZsfsError
+from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
+from zsfs.store import schema
+from zsfs.store.index import EXACT_MAX
+from zsfs.store.writer import UNKNOWN_SIZE, ShardData, StoreWriter, normalise_rows, write_vocabulary
+
+
+def listing_sha256(paths: Sequence[str]) -> str:
+    """Fingerprint of an ordered path listing (part of a store's identity)."""
+    digest = hashlib.sha256()
+    for start in range(0, len(paths), 65536):
+        digest.update("\n".join(map(str, paths[start : start + 65536])).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def write_store(
+    master: str | Path,
+    *,
+    clip: np.ndarray,
+    backbone: np.ndarray,
+    paths: Sequence[str],
+    labels: Sequence[str] | None = None,
+    width: np.ndarray | None = None,
+    height: np.ndarray | None = None,
+    clip_info: dict,
+    backbone_info: dict,
+    source: str,
+    vocabularies: dict[str, tuple[Sequence[str], np.ndarray, np.ndarray]] | None = None,
+    shard_size: int = schema.DEFAULT_SHARD_SIZE,
+    dtype: str = "float16",
+    overwrite: bool = False,
+    exact_max: int = EXACT_MAX,
+) -> Path:
+    """Write a complete store from row-aligned arrays; returns the master's path.
+
+    Rows of ``clip`` and ``backbone`` are L2-normalised shard by shard while writing (already
+    normalised input passes through unchanged), so arrays may be memory-mapped ``.npy`` files
+    larger than RAM. ``width``/``height`` default to -1 (unknown). ``vocabularies`` maps a name
+    to ``(classes, single, ensemble)``, recorded with ``SINGLE_PROMPT`` and the 80 ensemble templates; use
+    :func:`write_vocabulary` directly to record other prompts.
+    """
+    n = len(paths)
+    lengths = {"clip": len(clip), "backbone": len(backbone)}
+    for name, values in (("labels", labels), ("width", width), ("height", height)):
+        if values is not None:
+            lengths[name] = len(values)
+    wrong = {name: length for name, length in lengths.items() if length != n}
+    if wrong:
+        raise ZsfsError(f"row counts disagree: {n} paths but " + ", ".join(f"{k}={v}" for k, v in wrong.items()))
+    if n == 0:
+        raise ZsfsError("nothing to store: zero rows")
+    unknown = np.full(n, UNKNOWN_SIZE, dtype=np.int32)
+    width = unknown if width is None else width
+    height = unknown if height is None else height
+
+    identity = {
+        "source": str(source),
+        "listing_sha256": listing_sha256(paths),
+        "clip": clip_info,
+        "backbone": backbone_info,
+    }
+    writer = StoreWriter(Path(master), identity, n_items=n, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
+    for shard in writer.pending_shards():
+        start, stop = writer.shard_bounds(shard)
+        rows = slice(start, stop)
+        writer.write_shard(shard, ShardData(
+            clip=normalise_rows(np.asarray(clip[rows], dtype=np.float32), f"clip rows {start}-{stop}"),
+            backbone=normalise_rows(np.asarray(backbone[rows], dtype=np.float32), f"backbone rows {start}-{stop}"),
+            paths=paths[rows],
+            width=width[rows],
+            height=height[rows],
+            labels=None if labels is None else labels[rows],
+        ))
+    path = writer.finalize({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
+                            schema.ATTR_BACKBONE: backbone_info}, exact_max=exact_max)
+    for name, (classes, single, ensemble) in (vocabularies or {}).items():
+        write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
+                         n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True)
+    return path

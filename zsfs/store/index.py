@@ -1,0 +1,114 @@
+"""FAISS index over the CLIP image embeddings: build, (de)serialise, batched neighbour search.
+
+Small stores get an exact inner-product index. Above ``exact_max`` rows an IVF index (inner
+product, flat lists) keeps queries fast; it is trained on a seeded subsample so that building
+it stays cheap and the same embeddings always give the same index.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # faiss is imported lazily: `zsfs --help` must stay fast
+    import faiss
+
+EXACT_MAX = 100_000
+MAX_NLIST = 8192
+TRAIN_POINTS_PER_LIST = 64  # k-means needs ~40+ points per centroid to be stable
+MIN_NPROBE = 16
+ADD_BATCH = 262_144  # rows converted to float32 at a time while adding
+
+
+def as_float32(array: np.ndarray) -> np.ndarray:
+    """C-contiguous float32 view or copy, the only layout faiss accepts."""
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def choose_nlist(n: int) -> int:
+    """Number of IVF lists: the power of two nearest ``4 * sqrt(n)``, capped at ``MAX_NLIST``
+    and at ``n / TRAIN_POINTS_PER_LIST`` so that every list gets enough training points."""
+    nearest = 2 ** round(math.log2(4.0 * math.sqrt(max(n, 1))))
+    trainable = 2 ** max(0, int(math.log2(max(n // TRAIN_POINTS_PER_LIST, 1))))
+    return int(min(MAX_NLIST, nearest, trainable))
+
+
+def choose_nprobe(nlist: int) -> int:
+    """Lists visited per query: ~1/16 of them, at least ``MIN_NPROBE`` (high recall for k <= 100)."""
+    return int(min(nlist, max(MIN_NPROBE, nlist // 16)))
+
+
+def build_index(embeddings: np.ndarray, *, exact_max: int = EXACT_MAX, seed: int = 0) -> tuple["faiss.Index", dict]:
+    """Index ``embeddings`` (N, D) for inner-product search; returns ``(index, info)``.
+
+    ``info`` records what was built: ``type`` ("flat" or "ivf_flat"), ``metric``, ``n``, ``dim``
+    and for IVF ``nlist``, ``nprobe``, ``n_train`` and ``seed``.
+    """
+    import faiss
+
+    n, dim = embeddings.shape
+    info: dict = {"metric": "inner_product", "n": int(n), "dim": int(dim), "exact_max": int(exact_max)}
+    if n <= exact_max:
+        index = faiss.IndexFlatIP(dim)
+        info["type"] = "flat"
+    else:
+        nlist = choose_nlist(n)
+        n_train = min(n, nlist * TRAIN_POINTS_PER_LIST)
+        sample = np.sort(np.random.default_rng(seed).choice(n, size=n_train, replace=False))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.cp.niter = 10
+        index.train(as_float32(embeddings[sample]))
+        index.nprobe = choose_nprobe(nlist)
+        info.update(type="ivf_flat", nlist=nlist, nprobe=int(index.nprobe), n_train=int(n_train), seed=seed)
+    for start in range(0, n, ADD_BATCH):
+        index.add(as_float32(embeddings[start : start + ADD_BATCH]))
+    return index, info
+
+
+def serialize_index(index: "faiss.Index") -> np.ndarray:
+    """The index as a uint8 array, ready for an HDF5 dataset."""
+    import faiss
+
+    return faiss.serialize_index(index)
+
+
+def deserialize_index(data: np.ndarray) -> "faiss.Index":
+    """Inverse of :func:`serialize_index` (IVF indexes keep their stored ``nprobe``)."""
+    import faiss
+
+    return faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
+
+
+def nearest_neighbours(
+    index: "faiss.Index", queries: np.ndarray, query_rows: np.ndarray, k: int, batch_size: int = 16384
+) -> np.ndarray:
+    """Row ids (len(queries), k) of each query's ``k`` nearest stored rows, itself excluded.
+
+    ``query_rows[i]`` is the stored row of ``queries[i]``. Each batch asks faiss for ``k + 1``
+    neighbours; the query's own row is dropped where it appears, otherwise the last one is.
+    """
+    query_rows = np.asarray(query_rows, dtype=np.int64)
+    if len(queries) != len(query_rows):
+        raise ValueError(f"{len(queries)} queries but {len(query_rows)} query rows")
+    if not 0 < k < index.ntotal:
+        raise ValueError(f"k must be in [1, {index.ntotal - 1}] for an index of {index.ntotal} rows, got {k}")
+    result = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), batch_size):
+        stop = start + batch_size
+        _, found = index.search(as_float32(queries[start:stop]), k + 1)
+        result[start:stop] = drop_self(found, query_rows[start:stop])
+    return result
+
+
+def drop_self(found: np.ndarray, own_rows: np.ndarray) -> np.ndarray:
+    """Remove one column per row of ``found`` (n, k+1): the row's own id, else the last column."""
+    is_self = found == own_rows[:, None]
+    # Position to drop: first occurrence of self, or the last column when self is absent.
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), found.shape[1] - 1)
+    keep = np.ones(found.shape, dtype=bool)
+    keep[np.arange(len(found)), drop] = False
+    return found[keep].reshape(len(found), found.shape[1] - 1)

@@ -1,0 +1,267 @@
+"""Reading stores: metadata, row datasets (whole, sliced, gathered or chunked), vocabularies, index."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+
+from zsfs.errors import StoreError
+from zsfs.store import schema
+from zsfs.store.index import deserialize_index
+
+if TYPE_CHECKING:
+    import faiss
+
+SPARSE_ROWS_PER_BLOCK = 256  # fewer wanted rows than this in a block: point selection, else read the span
+READ_BLOCK = 65536
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Class names and their CLIP text embeddings (C, D), L2-normalised."""
+
+    name: str
+    classes: list[str]
+    single: np.ndarray
+    ensemble: np.ndarray
+    prompt: str = ""
+    n_templates: int = 0
+
+    def embeddings(self, prompts: str) -> np.ndarray:
+        """Text embeddings for ``prompts``: "single" (one prompt) or "ensemble" (template mean)."""
+        if prompts not in schema.PROMPT_KINDS:
+            raise ValueError(f"prompts must be one of {schema.PROMPT_KINDS}, got {prompts!r}")
+        return self.single if prompts == schema.VOCAB_SINGLE else self.ensemble
+
+    def subset(self, classes: Sequence[str]) -> "Vocabulary":
+        """The vocabulary restricted to ``classes``, in the order given."""
+        position = {name: i for i, name in enumerate(self.classes)}
+        unknown = [c for c in classes if c not in position]
+        if unknown:
+            raise StoreError(f"vocabulary {self.name!r} has no class {unknown[0]!r}"
+                             f"{f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''}")
+        rows = np.array([position[c] for c in classes], dtype=np.int64)
+        return Vocabulary(self.name, list(classes), self.single[rows], self.ensemble[rows], self.prompt,
+                          self.n_templates)
+
+
+class Store:
+    """An open store (read-only). Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).absolute()
+        self._file = open_master(self.path)
+        try:
+            self._read_metadata()
+            self._check_shards()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_metadata(self) -> None:
+        attrs = self._file.attrs
+        try:
+            self.n_images = int(attrs[schema.ATTR_N_IMAGES])
+            self.n_skipped = int(attrs[schema.ATTR_N_SKIPPED])
+            self.clip_info: dict = json.loads(attrs[schema.ATTR_CLIP])
+            self.backbone_info: dict = json.loads(attrs[schema.ATTR_BACKBONE])
+            self.index_info: dict = json.loads(attrs[schema.ATTR_INDEX])
+            self.identity: dict = json.loads(attrs[schema.ATTR_IDENTITY])
+            self.source = str(attrs[schema.ATTR_SOURCE])
+            self.created = str(attrs[schema.ATTR_CREATED])
+            self.zsfs_version = str(attrs[schema.ATTR_ZSFS_VERSION])
+            self.shard_files = [str(name) for name in self._file[schema.SHARDS_FILE].asstr()[:]]
+            self.shard_rows = self._file[schema.SHARDS_ROWS][:]
+            self.dtype = str(self._file[schema.CLIP].dtype)
+        except (KeyError, ValueError, OSError) as error:
+            raise StoreError(f"{self.path} is damaged or incomplete ({error}); rebuild it") from None
+        self.n_shards = len(self.shard_files)
+        self.has_labels = schema.LABEL in self._file
+
+    def _check_shards(self) -> None:
+        """Missing shards would read as fill values without any error, so check them up front."""
+        folder = self.path.parent
+        missing = [name for name in self.shard_files if not (folder / name).is_file()]
+        if missing:
+            raise StoreError(f"{self.path} is missing {len(missing)} of {self.n_shards} shard files "
+                             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); keep the "
+                             f"{schema.shard_dir(self.path).name}/ folder next to {self.path.name}")
+        damaged = []
+        for name, rows in zip(self.shard_files, self.shard_rows):
+            try:
+                with h5py.File(folder / name, "r") as shard:
+                    ok = all(shard[dataset].shape[0] == rows for dataset in schema.VIRTUAL_DATASETS)
+            except (OSError, KeyError):
+                ok = False
+            if not ok:
+                damaged.append(name)
+        if damaged:
+            raise StoreError(f"{self.path}: shard files {', '.join(damaged[:3])} are damaged or do not belong "
+                             "to this store; rebuild it (rerun the command that made it)")
+
+    # -- context manager ------------------------------------------------------------------
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, n_images={self.n_images})"
+
+    # -- rows -----------------------------------------------------------------------------
+    def paths(self) -> np.ndarray:
+        return self._strings(schema.PATH)
+
+    def labels(self) -> np.ndarray | None:
+        return self._strings(schema.LABEL) if self.has_labels else None
+
+    def skipped(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._strings(schema.SKIPPED_PATH), self._strings(schema.SKIPPED_REASON)
+
+    def _strings(self, name: str) -> np.ndarray:
+        return self._dataset(name).asstr()[:]
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        if name not in self._file:
+            raise StoreError(f"{self.path} has no dataset {name!r}")
+        return self._file[name]
+
+    def read(self, dataset: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """Rows of ``dataset`` ("clip", "backbone", "width", "height") in the stored dtype.
+
+        ``rows``: None (all), a slice, integer row ids (any order, repeats allowed) or a
+        boolean mask.
+        """
+        data = self._dataset(dataset)
+        if rows is None:
+            return data[:]
+        if isinstance(rows, slice):
+            return data[rows]
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (len(data),):
+                raise IndexError(f"boolean mask of length {len(rows)} for {len(data)} rows")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64, copy=False)
+        rows = np.where(rows < 0, rows + len(data), rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
+            raise IndexError(f"row ids out of range for {len(data)} rows")
+        wanted, order = np.unique(rows, return_inverse=True)
+        return gather_rows(data, wanted)[order.reshape(-1)]
+
+    def iter_chunks(self, dataset: str, chunk_rows: int = READ_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, rows)`` blocks of ``dataset`` in order: bounded memory for big stores."""
+        data = self._dataset(dataset)
+        for start in range(0, len(data), chunk_rows):
+            yield start, data[start : start + chunk_rows]
+
+    # -- vocabularies and index -----------------------------------------------------------
+    def vocabulary_names(self) -> list[str]:
+        group = self._file.get(schema.VOCAB_GROUP)
+        return sorted(name for name in group if not name.startswith(".")) if group is not None else []
+
+    def vocabulary(self, name: str) -> Vocabulary:
+        names = self.vocabulary_names()
+        if name not in names:
+            available = ", ".join(names) if names else "none; add one with `zsfs text`"
+            raise StoreError(f"{self.path.name} has no vocabulary {name!r} (available: {available})")
+        group = self._file[schema.VOCAB_GROUP][name]
+        return Vocabulary(
+            name=name,
+            classes=[str(c) for c in group[schema.VOCAB_CLASSES].asstr()[:]],
+            single=group[schema.VOCAB_SINGLE][:],
+            ensemble=group[schema.VOCAB_ENSEMBLE][:],
+            prompt=str(group.attrs.get(schema.ATTR_PROMPT, "")),
+            n_templates=int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0)),
+        )
+
+    def index(self) -> "faiss.Index":
+        """The FAISS index over ``clip`` (inner product; row ids are store rows)."""
+        try:
+            return deserialize_index(self._dataset(schema.INDEX_DATASET)[:])
+        except RuntimeError as error:  # faiss reports a damaged blob this way
+            raise StoreError(f"the FAISS index in {self.path} is damaged ({error}); rebuild the store") from None
+
+    # -- descriptions ---------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Everything `zsfs info --json` prints."""
+
+        def model(info: dict) -> dict:
+            return {"name": info.get("name"), "weights": info.get("weights"), "dim": info.get("dim"), **info}
+
+        return {
+            "path": str(self.path),
+            "format_version": int(self._file.attrs[schema.ATTR_FORMAT_VERSION]),
+            "zsfs_version": self.zsfs_version,
+            "created": self.created,
+            "source": self.source,
+            "n_images": self.n_images,
+            "n_skipped": self.n_skipped,
+            "has_labels": self.has_labels,
+            "dtype": self.dtype,
+            "clip": model(self.clip_info),
+            "backbone": model(self.backbone_info),
+            "vocabularies": {name: self.vocabulary(name).classes for name in self.vocabulary_names()},
+            "n_shards": self.n_shards,
+            "index": self.index_info,
+        }
+
+    def fingerprint(self) -> dict:
+        """What identifies this store's content: recorded by runs fitted on it."""
+        identity = json.dumps(self.identity, sort_keys=True, separators=(",", ":"))
+        return {"path": str(self.path), "created": self.created, "n_images": self.n_images,
+                "identity_sha256": hashlib.sha256(identity.encode()).hexdigest()}
+
+
+def open_master(path: Path) -> h5py.File:
+    """Open a master file, with a clear message for each way it can be the wrong file."""
+    if not path.exists():
+        raise StoreError(f"store {path} does not exist; create it with `zsfs extract` or `zsfs import`")
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder; pass the store's master .h5 file")
+    if not h5py.is_hdf5(path):
+        raise StoreError(f"{path} is not an HDF5 file (damaged, truncated, or not a zsfs store)")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        raise StoreError(f"{path} cannot be opened as HDF5 ({error}); it is probably truncated or damaged") from None
+    fmt = file.attrs.get(schema.ATTR_FORMAT)
+    version = file.attrs.get(schema.ATTR_FORMAT_VERSION)
+    if fmt != schema.FORMAT_NAME or version is None:
+        file.close()
+        raise StoreError(f"{path} is an HDF5 file but not a zsfs store (no '{schema.FORMAT_NAME}' format mark)")
+    if int(version) > schema.FORMAT_VERSION:
+        file.close()
+        raise StoreError(f"{path} uses store format {int(version)}, newer than this zsfs understands "
+                         f"({schema.FORMAT_VERSION}); upgrade zsfs")
+    return file
+
+
+def gather_rows(data: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``data[rows]`` for sorted unique ``rows``, one read per touched block.
+
+    Blocks with few wanted rows use point selection; dense blocks read the covering span and
+    pick in memory (h5py point selection is slow for many points).
+    """
+    out = np.empty((len(rows), *data.shape[1:]), dtype=data.dtype)
+    blocks = rows // READ_BLOCK
+    bounds = np.flatnonzero(np.diff(blocks)) + 1
+    for part in np.split(np.arange(len(rows)), bounds) if len(rows) else []:
+        wanted = rows[part]
+        if len(wanted) < SPARSE_ROWS_PER_BLOCK:
+            out[part] = data[wanted]
+        else:
+            first = int(wanted[0])
+            out[part] = data[first : int(wanted[-1]) + 1][wanted - first]
+    return out
