@@ -1,0 +1,84 @@
+"""FAISS index: exact vs IVF selection, serialisation, neighbour search without self."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zsfs.store.index import (build_index, choose_nlist, deserialize_index, drop_self, nearest_neighbours,
+                              serialize_index)
+
+
+def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def brute_force_neighbours(rows: np.ndarray, query_rows: np.ndarray, k: int) -> np.ndarray:
+    similarity = rows[query_rows] @ rows.T
+    similarity[np.arange(len(query_rows)), query_rows] = -np.inf
+    return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+
+
+def test_exact_index_below_threshold():
+    rows = unit_rows(300, 16)
+    index, info = build_index(rows, exact_max=300)
+    assert info == {"type": "flat", "metric": "inner_product", "n": 300, "dim": 16, "exact_max": 300}
+    assert index.ntotal == 300
+
+
+def test_ivf_index_above_threshold_is_recorded_and_reproducible():
+    rows = unit_rows(2000, 16, seed=1)
+    index, info = build_index(rows, exact_max=1000, seed=3)
+    assert info["type"] == "ivf_flat" and info["metric"] == "inner_product"
+    assert info["nlist"] == choose_nlist(2000) == 16
+    assert index.nlist == info["nlist"] and index.nprobe == info["nprobe"] and index.ntotal == 2000
+    again, _ = build_index(rows, exact_max=1000, seed=3)
+    assert np.array_equal(serialize_index(index), serialize_index(again))
+
+
+def test_nlist_grows_with_n_and_is_a_capped_power_of_two():
+    nlists = [choose_nlist(n) for n in (10_000, 100_000, 1_281_167, 10**9)]
+    assert nlists == sorted(nlists) and nlists[-1] == 8192
+    assert all(n & (n - 1) == 0 for n in nlists)
+
+
+def test_serialisation_round_trip_keeps_nprobe():
+    rows = unit_rows(2000, 8)
+    index, info = build_index(rows, exact_max=100)
+    blob = serialize_index(index)
+    assert blob.dtype == np.uint8
+    restored = deserialize_index(blob)
+    assert restored.ntotal == 2000 and restored.nprobe == info["nprobe"]
+
+
+def test_nearest_neighbours_exclude_self_and_match_brute_force():
+    rows = unit_rows(500, 12, seed=2)
+    index, _ = build_index(rows)
+    query_rows = np.array([0, 17, 499, 250, 17])
+    found = nearest_neighbours(index, rows[query_rows], query_rows, k=5, batch_size=2)
+    assert found.shape == (5, 5) and found.dtype == np.int64
+    assert not (found == query_rows[:, None]).any()
+    np.testing.assert_array_equal(found, brute_force_neighbours(rows, query_rows, 5))
+
+
+def test_nearest_neighbours_with_float16_store_rows():
+    rows = unit_rows(200, 12, seed=4).astype(np.float16)
+    index, _ = build_index(rows)
+    found = nearest_neighbours(index, rows, np.arange(200), k=3)
+    assert not (found == np.arange(200)[:, None]).any()
+
+
+def test_drop_self_removes_own_row_else_last_column():
+    found = np.array([[4, 1, 2, 3], [7, 8, 9, 5], [5, 6, 0, 1]])
+    own = np.array([1, 3, 5])
+    np.testing.assert_array_equal(drop_self(found, own), [[4, 2, 3], [7, 8, 9], [6, 0, 1]])
+
+
+def test_nearest_neighbours_checks_arguments():
+    rows = unit_rows(10, 4)
+    index, _ = build_index(rows)
+    with pytest.raises(ValueError, match="k must be"):
+        nearest_neighbours(index, rows, np.arange(10), k=10)
+    with pytest.raises(ValueError, match="query rows"):
+        nearest_neighbours(index, rows, np.arange(9), k=2)

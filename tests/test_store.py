@@ -1,0 +1,202 @@
+"""Store round trip, plain-h5py reading, moved stores, vocabularies, damaged files."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from zsfs.errors import StoreError, ZsfsError
+from zsfs.store import Store, write_store, write_vocabulary
+from zsfs.store import schema
+
+N, D_CLIP, D_BACKBONE = 130, 16, 24
+CLIP_INFO = {"name": "tiny-clip", "weights": "random"}
+BACKBONE_INFO = {"name": "tiny-backbone", "weights": "random", "output": "pre_logits"}
+
+
+def random_rows(n: int, dim: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def arrays():
+    rng = np.random.default_rng(1)
+    return {
+        "clip": random_rows(N, D_CLIP, 2),
+        "backbone": random_rows(N, D_BACKBONE, 3) * 5,  # not normalised: write_store normalises
+        "paths": [f"class{i % 3}/img_{i:04d}.jpg" for i in range(N)],
+        "labels": [f"class{i % 3}" for i in range(N)],
+        "width": rng.integers(10, 500, N).astype(np.int32),
+        "height": rng.integers(10, 500, N).astype(np.int32),
+    }
+
+
+def build(path, arrays, **kwargs):
+    options = dict(clip_info=CLIP_INFO, backbone_info=BACKBONE_INFO, source="/data/images", shard_size=50)
+    options.update(kwargs)
+    return write_store(path, **arrays, **options)
+
+
+def test_round_trip(tmp_path, arrays):
+    vocab_single, vocab_ensemble = random_rows(3, D_CLIP, 4), random_rows(3, D_CLIP, 5)
+    master = build(tmp_path / "s.h5", arrays, vocabularies={"animals": (["cat", "dog", "eel"], vocab_single, vocab_ensemble)})
+    with Store(master) as store:
+        assert (store.n_images, store.n_skipped, store.n_shards, store.dtype) == (N, 0, 3, "float16")
+        clip = store.read("clip")
+        assert clip.dtype == np.float16 and clip.shape == (N, D_CLIP)
+        np.testing.assert_allclose(clip, unit(arrays["clip"]), atol=1e-3)
+        backbone = store.read("backbone").astype(np.float32)
+        np.testing.assert_allclose(np.linalg.norm(backbone, axis=1), 1, atol=2e-3)
+        np.testing.assert_allclose(backbone, unit(arrays["backbone"]), atol=1e-3)
+        np.testing.assert_array_equal(store.read("width"), arrays["width"])
+        np.testing.assert_array_equal(store.read("height"), arrays["height"])
+        assert store.paths().tolist() == arrays["paths"]
+        assert store.labels().tolist() == arrays["labels"]
+        assert store.has_labels
+        assert store.clip_info["dim"] == D_CLIP and store.backbone_info["dim"] == D_BACKBONE
+        assert store.identity["n_items"] == N and store.identity["shard_size"] == 50
+        vocab = store.vocabulary("animals")
+        assert vocab.classes == ["cat", "dog", "eel"] and vocab.prompt == "a photo of a {}" and vocab.n_templates == 80
+        np.testing.assert_allclose(vocab.embeddings("single"), unit(vocab_single), atol=1e-6)
+        np.testing.assert_allclose(vocab.embeddings("ensemble"), unit(vocab_ensemble), atol=1e-6)
+        sub = vocab.subset(["eel", "cat"])
+        assert sub.classes == ["eel", "cat"]
+        np.testing.assert_array_equal(sub.single, vocab.single[[2, 0]])
+        with pytest.raises(StoreError, match="no class 'cow'"):
+            vocab.subset(["cow"])
+        with pytest.raises(StoreError, match="available: animals"):
+            store.vocabulary("plants")
+        assert store.index().ntotal == N
+        fingerprint = store.fingerprint()
+        assert fingerprint["n_images"] == N and len(fingerprint["identity_sha256"]) == 64
+
+
+def test_read_rows_and_chunks(tmp_path, arrays):
+    with Store(build(tmp_path / "s.h5", arrays, dtype="float32")) as store:
+        full = store.read("clip")
+        assert full.dtype == np.float32
+        rows = np.array([129, 3, 3, 77, 0, -1])
+        np.testing.assert_array_equal(store.read("clip", rows), full[rows])
+        np.testing.assert_array_equal(store.read("clip", slice(40, 60)), full[40:60])
+        mask = np.arange(N) % 7 == 0
+        np.testing.assert_array_equal(store.read("backbone", mask), store.read("backbone")[mask])
+        assert store.read("clip", np.array([], dtype=np.int64)).shape == (0, D_CLIP)
+        with pytest.raises(IndexError):
+            store.read("clip", np.array([N]))
+        chunks = list(store.iter_chunks("clip", chunk_rows=47))
+        assert [start for start, _ in chunks] == [0, 47, 94]
+        np.testing.assert_array_equal(np.concatenate([rows for _, rows in chunks]), full)
+
+
+def test_dense_row_gather_matches_numpy(tmp_path, monkeypatch, arrays):
+    from zsfs.store import reader
+
+    monkeypatch.setattr(reader, "READ_BLOCK", 32)  # several blocks, some dense, some sparse
+    monkeypatch.setattr(reader, "SPARSE_ROWS_PER_BLOCK", 4)
+    with Store(build(tmp_path / "s.h5", arrays)) as store:
+        rows = np.random.default_rng(0).integers(0, N, 90)
+        np.testing.assert_array_equal(store.read("clip", rows), store.read("clip")[rows])
+
+
+def test_plain_h5py_reads_master(tmp_path, arrays):
+    master = build(tmp_path / "s.h5", arrays)
+    with h5py.File(master, "r") as file:
+        assert file.attrs["format"] == schema.FORMAT_NAME
+        assert file.attrs["format_version"] == schema.FORMAT_VERSION
+        assert file["clip"].is_virtual and file["clip"][:].shape == (N, D_CLIP)
+        np.testing.assert_allclose(file["clip"][:], unit(arrays["clip"]), atol=1e-3)
+        assert file["path"].asstr()[:].tolist() == arrays["paths"]
+        assert file["shards/rows"][:].tolist() == [50, 50, 30]
+        assert file["shards/file"].asstr()[0] == "s.shards/shard-00000.h5"
+
+
+def test_moved_store_reads_from_another_cwd(tmp_path, arrays, monkeypatch):
+    master = build(tmp_path / "a" / "s.h5", arrays)
+    expected = Store(master).read("clip")
+    moved = tmp_path / "b"
+    shutil.move(tmp_path / "a", moved)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with Store(moved / "s.h5") as store:
+        np.testing.assert_array_equal(store.read("clip"), expected)
+    with h5py.File(moved / "s.h5", "r") as file:  # plain h5py resolves the shards too
+        np.testing.assert_array_equal(file["clip"][:], expected)
+
+
+def test_write_vocabulary_adds_and_replaces(tmp_path, arrays):
+    master = build(tmp_path / "s.h5", arrays)
+    clip_before = Store(master).read("clip")
+    single = random_rows(2, D_CLIP, 7)
+    write_vocabulary(master, "v", ["a", "b"], single, single, prompt="p {}", n_templates=1)
+    with pytest.raises(StoreError, match="already has a vocabulary named 'v'"):
+        write_vocabulary(master, "v", ["a", "b"], single, single, prompt="p {}", n_templates=1)
+    write_vocabulary(master, "v", ["x", "y", "z"], random_rows(3, D_CLIP, 8), random_rows(3, D_CLIP, 9),
+                     prompt="q {}", n_templates=80, overwrite=True)
+    with pytest.raises(ZsfsError, match="expected \\(2 classes, 16"):
+        write_vocabulary(master, "w", ["a", "b"], random_rows(2, 8, 1), random_rows(2, 8, 1), prompt="", n_templates=1)
+    with pytest.raises(ZsfsError, match="more than once"):
+        write_vocabulary(master, "w", ["a", "a"], single, single, prompt="", n_templates=1)
+    with Store(master) as store:
+        assert store.vocabulary_names() == ["v"]
+        vocab = store.vocabulary("v")
+        assert vocab.classes == ["x", "y", "z"] and vocab.prompt == "q {}"
+        np.testing.assert_array_equal(store.read("clip"), clip_before)
+
+
+def test_missing_shard_is_named(tmp_path, arrays):
+    master = build(tmp_path / "s.h5", arrays)
+    (tmp_path / "s.shards" / "shard-00001.h5").unlink()
+    with pytest.raises(StoreError, match="missing 1 of 3 shard files .*shard-00001.h5"):
+        Store(master)
+
+
+def test_damaged_shard_is_reported(tmp_path, arrays):
+    master = build(tmp_path / "s.h5", arrays)
+    shard = tmp_path / "s.shards" / "shard-00002.h5"
+    shard.write_bytes(shard.read_bytes()[:2000])
+    with pytest.raises(StoreError, match="shard-00002.h5 are damaged"):
+        Store(master)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_master(tmp_path, arrays, damage):
+    master = build(tmp_path / "s.h5", arrays)
+    content = master.read_bytes()
+    master.write_bytes({"truncated": content[: len(content) // 3], "garbage": b"not a store" * 100,
+                        "empty": b""}[damage])
+    with pytest.raises(StoreError, match="s.h5"):
+        Store(master)
+
+
+def test_not_a_store_and_newer_format(tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        Store(tmp_path / "missing.h5")
+    with pytest.raises(StoreError, match="is a folder"):
+        Store(tmp_path)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as file:
+        file["x"] = np.zeros(3)
+    with pytest.raises(StoreError, match="not a zsfs store"):
+        Store(other)
+    with h5py.File(other, "a") as file:
+        file.attrs["format"] = schema.FORMAT_NAME
+        file.attrs["format_version"] = schema.FORMAT_VERSION + 1
+    with pytest.raises(StoreError, match="newer than this zsfs"):
+        Store(other)
+
+
+def test_write_store_rejects_bad_input(tmp_path, arrays):
+    with pytest.raises(ZsfsError, match="130 paths but clip=129"):
+        build(tmp_path / "s.h5", {**arrays, "clip": arrays["clip"][:-1]})
+    zero = arrays["clip"].copy()
+    zero[7] = 0
+    with pytest.raises(ZsfsError, match="zero or not finite \\(first: row 7\\)"):
+        build(tmp_path / "s.h5", {**arrays, "clip": zero})

@@ -1,0 +1,183 @@
+"""StoreWriter: shard files, resume, identity checks, temporary files, disk errors."""
+
+from __future__ import annotations
+
+import errno
+
+import h5py
+import numpy as np
+import pytest
+
+from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
+from zsfs.store import ShardData, Store, StoreWriter
+from zsfs.store import schema, writer as writer_module
+
+N_ITEMS, SHARD_SIZE, DIM = 25, 10, 8
+IDENTITY = {"source": "/images", "listing_sha256": "abc", "clip": {"name": "c"}, "backbone": {"name": "b"}}
+ATTRS = {"source": "/images", "clip": {"name": "c", "weights": "random"}, "backbone": {"name": "b", "weights": "random"}}
+
+
+def shard_data(writer: StoreWriter, shard: int, skip_every: int = 4) -> ShardData:
+    """Rows of one shard; every ``skip_every``-th listed item is recorded as skipped."""
+    start, stop = writer.shard_bounds(shard)
+    items = np.arange(start, stop)
+    kept, skipped = items[items % skip_every != 1], items[items % skip_every == 1]
+    rng = np.random.default_rng(shard)
+    clip = rng.normal(size=(len(kept), DIM)).astype(np.float32)
+    return ShardData(
+        clip=clip / np.linalg.norm(clip, axis=1, keepdims=True),
+        backbone=np.ones((len(kept), DIM + 2), np.float32) / np.sqrt(DIM + 2),
+        paths=[f"img{i}.png" for i in kept],
+        width=kept.astype(np.int32),
+        height=kept.astype(np.int32) + 1,
+        labels=[f"l{i % 2}" for i in kept],
+        skipped_paths=[f"img{i}.png" for i in skipped],
+        skipped_reasons=["truncated file"] * len(skipped),
+    )
+
+
+def new_writer(master, **kwargs) -> StoreWriter:
+    options = dict(n_items=N_ITEMS, shard_size=SHARD_SIZE)
+    options.update(kwargs)
+    return StoreWriter(master, IDENTITY, **options)
+
+
+def write_all(writer: StoreWriter) -> None:
+    for shard in writer.pending_shards():
+        writer.write_shard(shard, shard_data(writer, shard))
+
+
+def test_bounds_and_complete_store(tmp_path):
+    writer = new_writer(tmp_path / "s.h5")
+    assert writer.n_shards == 3
+    assert [writer.shard_bounds(s) for s in range(3)] == [(0, 10), (10, 20), (20, 25)]
+    write_all(writer)
+    assert writer.pending_shards() == []
+    writer.finalize(ATTRS)
+    with Store(tmp_path / "s.h5") as store:
+        kept = [i for i in range(N_ITEMS) if i % 4 != 1]
+        assert store.n_images == len(kept) and store.n_skipped == N_ITEMS - len(kept)
+        assert store.paths().tolist() == [f"img{i}.png" for i in kept]
+        assert store.read("width").tolist() == kept
+        skipped_paths, reasons = store.skipped()
+        assert skipped_paths.tolist() == [f"img{i}.png" for i in range(N_ITEMS) if i % 4 == 1]
+        assert set(reasons) == {"truncated file"}
+        assert store.index_info["type"] == "flat"
+
+
+def test_resume_after_partial_write_gives_identical_store(tmp_path):
+    complete = new_writer(tmp_path / "full" / "s.h5")
+    write_all(complete)
+    complete.finalize(ATTRS)
+
+    first = new_writer(tmp_path / "part" / "s.h5")
+    first.write_shard(1, shard_data(first, 1))
+    # A run killed while writing shard 2 leaves a temporary file behind.
+    stale = first.shards_dir / "shard-00002.h5.dead.tmp"
+    stale.write_bytes(b"half a shard")
+    with pytest.raises(StoreError, match="2 of 3 shards are not written yet"):
+        first.finalize(ATTRS)
+
+    resumed = new_writer(tmp_path / "part" / "s.h5")
+    assert resumed.pending_shards() == [0, 2]
+    assert not stale.exists()
+    write_all(resumed)
+    resumed.finalize(ATTRS)
+    with Store(tmp_path / "full" / "s.h5") as a, Store(tmp_path / "part" / "s.h5") as b:
+        for name in schema.VIRTUAL_DATASETS:
+            np.testing.assert_array_equal(a.read(name), b.read(name))
+        assert a.paths().tolist() == b.paths().tolist()
+        assert a.identity == b.identity
+
+
+def test_incomplete_or_foreign_shard_files_count_as_pending(tmp_path):
+    writer = new_writer(tmp_path / "s.h5")
+    write_all(writer)
+    (writer.shards_dir / "shard-00000.h5").write_bytes(b"garbage")
+    with h5py.File(writer.shards_dir / "shard-00001.h5", "a") as file:
+        del file.attrs[schema.ATTR_SHARD]  # written last: its absence marks an unfinished shard
+    assert new_writer(tmp_path / "s.h5").pending_shards() == [0, 1]
+
+
+def test_identity_mismatch_refused_then_overwritten(tmp_path):
+    master = tmp_path / "s.h5"
+    writer = new_writer(master)
+    write_all(writer)
+    writer.finalize(ATTRS)
+    with pytest.raises(StoreMismatchError, match="differs in clip.*--overwrite"):
+        StoreWriter(master, {**IDENTITY, "clip": {"name": "other"}}, n_items=N_ITEMS, shard_size=SHARD_SIZE)
+    with pytest.raises(StoreMismatchError, match="differs in dtype"):
+        new_writer(master, dtype="float32")
+    # Shards alone (no master yet) are checked too.
+    master.unlink()
+    with pytest.raises(StoreMismatchError, match="shard-00000.h5"):
+        new_writer(master, shard_size=5)
+
+    fresh = new_writer(master, shard_size=5, overwrite=True)
+    assert not any(fresh.shards_dir.glob("*.h5"))
+    assert fresh.pending_shards() == list(range(5))
+
+
+def test_foreign_file_at_master_path_is_refused(tmp_path):
+    master = tmp_path / "s.h5"
+    master.write_text("my thesis")
+    with pytest.raises(StoreError, match="not a readable zsfs store"):
+        new_writer(master)
+    new_writer(master, overwrite=True)
+    assert not master.exists()
+
+
+def test_finalize_keeps_vocabularies_of_the_same_store(tmp_path):
+    from zsfs.store import write_vocabulary
+
+    writer = new_writer(tmp_path / "s.h5")
+    write_all(writer)
+    writer.finalize(ATTRS)
+    write_vocabulary(tmp_path / "s.h5", "v", ["a"], np.ones((1, DIM)), np.ones((1, DIM)), prompt="{}", n_templates=1)
+    writer.finalize(ATTRS)
+    with Store(tmp_path / "s.h5") as store:
+        assert store.vocabulary_names() == ["v"]
+
+
+def test_disk_full_keeps_finished_shards_and_removes_tmp(tmp_path, monkeypatch):
+    writer = new_writer(tmp_path / "s.h5")
+    writer.write_shard(0, shard_data(writer, 0))
+    real_write = StoreWriter._write_shard_file
+
+    def fill_disk(self, path, *args):
+        real_write(self, path, *args)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(StoreWriter, "_write_shard_file", fill_disk)
+    with pytest.raises(ZsfsError, match="disk is full. Finished shards are kept; free some space"):
+        writer.write_shard(1, shard_data(writer, 1))
+    assert sorted(p.name for p in writer.shards_dir.iterdir()) == ["shard-00000.h5"]
+    assert writer.pending_shards() == [1, 2]
+
+
+def test_shard_rows_must_cover_the_listing(tmp_path):
+    writer = new_writer(tmp_path / "s.h5")
+    data = shard_data(writer, 0)
+    data.skipped_paths, data.skipped_reasons = [], []
+    with pytest.raises(ValueError, match="covers 10 listed items"):
+        writer.write_shard(0, data)
+    with pytest.raises(ValueError, match="identity disagrees"):
+        StoreWriter(tmp_path / "t.h5", {**IDENTITY, "dtype": "float32"}, n_items=3, shard_size=2)
+
+
+def test_all_skipped_shard(tmp_path):
+    writer = new_writer(tmp_path / "s.h5")
+    for shard in range(3):
+        data = shard_data(writer, shard, skip_every=4)
+        if shard == 1:  # every item of shard 1 failed to decode
+            start, stop = writer.shard_bounds(1)
+            data = ShardData(np.zeros((0, DIM), np.float32), np.zeros((0, DIM + 2), np.float32), [],
+                             np.zeros(0, np.int32), np.zeros(0, np.int32), labels=[],
+                             skipped_paths=[f"img{i}.png" for i in range(start, stop)],
+                             skipped_reasons=["not an image"] * (stop - start))
+        writer.write_shard(shard, data)
+    writer.finalize(ATTRS)
+    with Store(tmp_path / "s.h5") as store:
+        assert store.shard_rows.tolist()[1] == 0
+        assert not np.isnan(store.read("clip").astype(np.float32)).any()
+        assert store.paths().tolist()[:3] == ["img0.png", "img2.png", "img3.png"]
