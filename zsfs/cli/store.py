@@ -1,3 +1,134 @@
-"""CLI commands (stub: to be filled)."""
+"""``zsfs import`` (a store from precomputed embeddings) and ``zsfs info`` (what a store holds)."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from zsfs.cli.common import console
+from zsfs.errors import ZsfsError
+
+DEFAULT_SHARD_SIZE = 50_000  # zsfs.store.schema.DEFAULT_SHARD_SIZE, kept import-free for `--help`
+
+
+def parse_vocabularies(values: tuple[str, ...]) -> dict[str, Path]:
+    vocabularies = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep or not name or not file:
+            raise ZsfsError(f"--vocab expects NAME=FILE.npz, got {value!r}")
+        if name in vocabularies:
+            raise ZsfsError(f"--vocab {name!r} given twice")
+        vocabularies[name] = Path(file)
+    return vocabularies
+
+
+@click.command("import")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--clip-embeddings", required=True, type=click.Path(exists=True, path_type=Path),
+              help="CLIP image embeddings: .npy file, folder of .npy parts, or a clip-retrieval output folder.")
+@click.option("--backbone-features", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Backbone features, row-aligned with the CLIP embeddings (same forms).")
+@click.option("--paths", "paths_table", type=click.Path(exists=True, path_type=Path),
+              help="Parquet/CSV table of image paths (default: the clip-retrieval folder's metadata/).")
+@click.option("--path-column", default=None, help="Column with the paths [default: image_path, else path].")
+@click.option("--label-column", default=None, help="Column with ground-truth labels (evaluation only).")
+@click.option("--vocab", "vocab", multiple=True, metavar="NAME=FILE.npz",
+              help="Class text embeddings: .npz with classes, single and optionally ensemble. Repeatable.")
+@click.option("--clip-name", default="imported-clip", show_default=True, help="Name of the CLIP model used.")
+@click.option("--backbone-name", default="imported-backbone", show_default=True, help="Name of the backbone used.")
+@click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(min=1),
+              help="Images per shard file.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Stored precision of the embeddings.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at OUT.")
+def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, paths_table: Path | None,
+                   path_column: str | None, label_column: str | None, vocab: tuple[str, ...], clip_name: str,
+                   backbone_name: str, shard_size: int, dtype: str, overwrite: bool) -> None:
+    """Build a store from embeddings computed elsewhere (rows must align across inputs).
+
+    \b
+    Example:
+      zsfs import imagenet.h5 --clip-embeddings clip.npy --backbone-features vitg.npy \\
+          --paths images.parquet --label-column label --vocab imagenet=imagenet_text.npz
+      zsfs import laion.h5 --clip-embeddings clip_retrieval_out/ --backbone-features vitg_out/
+    """
+    from zsfs.importer import import_store
+
+    vocabularies = parse_vocabularies(vocab)
+    with console.status("Importing embeddings..."):
+        master = import_store(out, clip_embeddings=clip_embeddings, backbone_features=backbone_features,
+                              paths=paths_table, path_column=path_column, label_column=label_column,
+                              vocabularies=vocabularies, clip_name=clip_name, backbone_name=backbone_name,
+                              shard_size=shard_size, dtype=dtype, overwrite=overwrite)
+    from zsfs.store import Store
+
+    with Store(master) as store:
+        show_summary(store.summary())
+
+
+@click.command("info")
+@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def info_command(store_path: Path, as_json: bool) -> None:
+    """Show what a store holds: images, models, vocabularies, shards, index.
+
+    \b
+    Example:
+      zsfs info imagenet.h5
+      zsfs info --json imagenet.h5 | jq .vocabularies
+    """
+    from zsfs.store import Store
+
+    with Store(store_path) as store:
+        summary = store.summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        show_summary(summary)
+
+
+def show_summary(summary: dict) -> None:
+    """Readable tables of a store summary, on the console (stderr)."""
+    from rich.table import Table
+
+    overview = Table(title=f"zsfs store {summary['path']}", show_header=False, title_justify="left")
+    overview.add_column(style="bold")
+    overview.add_column()
+    index = summary["index"]
+    index_text = index["type"] + (f" (nlist {index['nlist']}, nprobe {index['nprobe']})" if "nlist" in index else "")
+    reasons = ", ".join(f"{count} {reason}" for reason, count in summary["skipped_reasons"].items())
+    for key, value in [
+        ("images", f"{summary['n_images']:,}"),
+        ("skipped", f"{summary['n_skipped']:,}" + (f" ({reasons})" if reasons else "")),
+        ("labels", "yes" if summary["has_labels"] else "no"),
+        ("source", summary["source"]),
+        ("stored as", f"{summary['dtype']}, {summary['n_shards']} shard(s)"),
+        ("index", f"{index_text}, {index['metric']}"),
+        ("created", f"{summary['created']} by zsfs {summary['zsfs_version']}"),
+    ]:
+        overview.add_row(key, value)
+    console.print(overview)
+
+    models = Table(title="Models", title_justify="left")
+    for name in ("role", "name", "weights", "dim"):
+        models.add_column(name)
+    for role in ("clip", "backbone"):
+        record = summary[role]
+        models.add_row(role, str(record["name"]), str(record["weights"]), str(record["dim"]))
+    console.print(models)
+
+    if summary["vocabularies"]:
+        vocabularies = Table(title="Vocabularies", title_justify="left")
+        for name in ("name", "classes", "first classes"):
+            vocabularies.add_column(name)
+        for name, classes in summary["vocabularies"].items():
+            vocabularies.add_row(name, str(len(classes)), ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else ""))
+        console.print(vocabularies)
+    else:
+        console.print("No vocabularies yet: add one with [bold]zsfs text STORE --classes FILE --name NAME[/].")
+
+
+COMMANDS = [import_command, info_command]

@@ -200,6 +200,7 @@ class Store:
         def model(info: dict) -> dict:
             return {"name": info.get("name"), "weights": info.get("weights"), "dim": info.get("dim"), **info}
 
+        reasons, counts = np.unique(self.skipped()[1], return_counts=True)
         return {
             "path": str(self.path),
             "format_version": int(self._file.attrs[schema.ATTR_FORMAT_VERSION]),
@@ -208,6 +209,7 @@ class Store:
             "source": self.source,
             "n_images": self.n_images,
             "n_skipped": self.n_skipped,
+            "skipped_reasons": {str(r): int(c) for r, c in sorted(zip(reasons, counts), key=lambda rc: -rc[1])},
             "has_labels": self.has_labels,
             "dtype": self.dtype,
             "clip": model(self.clip_info),

@@ -1,0 +1,152 @@
+"""`zsfs import` from numpy + CSV/parquet and from clip-retrieval output; `zsfs info`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from zsfs.cli import main
+from zsfs.cli import store as store_cli
+from zsfs.errors import ZsfsError
+from zsfs.importer import RowParts, import_store
+from zsfs.store import Store, schema
+
+N, D_CLIP, D_BACKBONE = 60, 8, 12
+
+
+def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    clip, backbone = unit_rows(N, D_CLIP, 0), unit_rows(N, D_BACKBONE, 1)
+    np.save(tmp_path / "clip.npy", clip)
+    np.save(tmp_path / "backbone.npy", backbone.astype(np.float16))
+    paths = [f"photos/{i:03d}.jpg" for i in range(N)]
+    labels = [["cat", "dog"][i % 2] for i in range(N)]
+    pl.DataFrame({"image_path": paths, "label": labels}).write_parquet(tmp_path / "paths.parquet")
+    pl.DataFrame({"path": paths, "label": labels}).write_csv(tmp_path / "paths.csv")
+    text = unit_rows(2, D_CLIP, 2)
+    np.savez(tmp_path / "pets.npz", classes=np.array(["cat", "dog"]), single=text)
+    np.savez(tmp_path / "pets_ensemble.npz", classes=np.array(["cat", "dog"]), single=text,
+             ensemble=unit_rows(2, D_CLIP, 3), n_templates=np.array(80))
+    return {"clip": clip, "backbone": backbone, "paths": paths, "labels": labels, "text": text, "dir": tmp_path}
+
+
+@pytest.mark.parametrize("table", ["paths.parquet", "paths.csv"])
+def test_import_numpy_and_table(inputs, table):
+    folder = inputs["dir"]
+    master = import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy",
+                          backbone_features=folder / "backbone.npy", paths=folder / table, label_column="label",
+                          vocabularies={"pets": folder / "pets.npz", "pets80": folder / "pets_ensemble.npz"},
+                          clip_name="ViT-B-32", backbone_name="vit_giant", shard_size=25)
+    with Store(master) as store:
+        assert store.n_images == N and store.n_shards == 3
+        np.testing.assert_allclose(store.read("clip"), inputs["clip"], atol=1e-3)
+        np.testing.assert_allclose(store.read("backbone"), inputs["backbone"], atol=1e-3)
+        assert store.paths().tolist() == inputs["paths"]
+        assert store.labels().tolist() == inputs["labels"]
+        assert store.read("width").tolist() == [-1] * N
+        assert store.clip_info["name"] == "ViT-B-32" and store.clip_info["weights"] == "imported"
+        assert store.backbone_info["dim"] == D_BACKBONE
+        pets = store.vocabulary("pets")
+        np.testing.assert_allclose(pets.ensemble, inputs["text"], atol=1e-6)  # no ensemble: single stands in
+        assert pets.n_templates == 1 and pets.prompt == "imported"
+        assert store.vocabulary("pets80").n_templates == 80
+
+
+def test_import_clip_retrieval_folder(inputs, tmp_path):
+    """clip-retrieval writes img_emb/img_emb_{i}.npy with metadata/metadata_{i}.parquet."""
+    out = tmp_path / "clip_retrieval"
+    (out / "img_emb").mkdir(parents=True)
+    (out / "metadata").mkdir()
+    bounds = [0, 7, 19, 30, 41, 52, 60, 60, 60, 60, 60, N]  # 11 parts: "10" must sort after "2"
+    for part, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        np.save(out / "img_emb" / f"img_emb_{part}.npy", inputs["clip"][start:stop])
+        pl.DataFrame({"image_path": inputs["paths"][start:stop], "caption": ["x"] * (stop - start)},
+                     schema={"image_path": pl.String, "caption": pl.String}).write_parquet(
+            out / "metadata" / f"metadata_{part}.parquet")
+    master = import_store(tmp_path / "cr.h5", clip_embeddings=out, backbone_features=tmp_path / "backbone.npy")
+    with Store(master) as store:
+        assert store.paths().tolist() == inputs["paths"]
+        np.testing.assert_allclose(store.read("clip"), inputs["clip"], atol=1e-3)
+        assert not store.has_labels
+
+
+def test_row_parts_slices_across_parts():
+    parts = [np.arange(6).reshape(3, 2), np.arange(6, 8).reshape(1, 2), np.arange(8, 16).reshape(4, 2)]
+    rows = RowParts(parts, ["a", "b", "c"])
+    whole = np.concatenate(parts)
+    assert rows.shape == (8, 2)
+    for start, stop in [(0, 8), (2, 5), (3, 4), (5, 5), (7, 20)]:
+        np.testing.assert_array_equal(rows[start:stop], whole[start:stop])
+
+
+def test_row_count_mismatch_is_a_clear_error(inputs):
+    folder = inputs["dir"]
+    np.save(folder / "short.npy", inputs["backbone"][:-2])
+    with pytest.raises(ZsfsError, match=r"row counts disagree.*backbone features .*short.npy\): 58 rows"):
+        import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "short.npy",
+                     paths=folder / "paths.csv")
+    assert not (folder / "out.h5").exists()
+
+
+def test_import_input_errors(inputs):
+    folder = inputs["dir"]
+    common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy")
+    with pytest.raises(ZsfsError, match="no path column 'file'.*columns: path, label"):
+        import_store(folder / "o.h5", **common, paths=folder / "paths.csv", path_column="file")
+    with pytest.raises(ZsfsError, match="no paths table"):
+        import_store(folder / "o.h5", **common)
+    np.savez(folder / "bad.npz", classes=np.array(["a"]), single=unit_rows(1, 5, 0))
+    with pytest.raises(ZsfsError, match=r"vocabulary 'bad': single has shape \(1, 5\)"):
+        import_store(folder / "o.h5", **common, paths=folder / "paths.csv", vocabularies={"bad": folder / "bad.npz"})
+    np.save(folder / "ints.npy", np.zeros((N, 3), dtype=np.int64))
+    with pytest.raises(ZsfsError, match="expected floating-point rows"):
+        import_store(folder / "o.h5", clip_embeddings=folder / "ints.npy", backbone_features=folder / "backbone.npy",
+                     paths=folder / "paths.csv")
+
+
+def test_cli_import_then_info_json(inputs):
+    folder = inputs["dir"]
+    runner = CliRunner()
+    result = runner.invoke(main, ["import", str(folder / "cli.h5"), "--clip-embeddings", str(folder / "clip.npy"),
+                                  "--backbone-features", str(folder / "backbone.npy"), "--paths",
+                                  str(folder / "paths.parquet"), "--label-column", "label",
+                                  "--vocab", f"pets={folder / 'pets.npz'}", "--clip-name", "ViT-B-32",
+                                  "--shard-size", "40"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["info", "--json", str(folder / "cli.h5")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n_images"] == N and summary["n_skipped"] == 0 and summary["n_shards"] == 2
+    assert summary["clip"] == {**summary["clip"], "name": "ViT-B-32", "weights": "imported", "dim": D_CLIP}
+    assert summary["backbone"]["dim"] == D_BACKBONE
+    assert summary["vocabularies"] == {"pets": ["cat", "dog"]}
+    assert summary["index"]["type"] == "flat"
+    assert {"created", "zsfs_version", "source", "dtype", "path"} <= set(summary)
+
+    result = runner.invoke(main, ["info", str(folder / "cli.h5")])
+    assert result.exit_code == 0 and "ViT-B-32" in result.output and "pets" in result.output
+
+
+def test_cli_errors_exit_1_without_traceback(inputs):
+    folder = inputs["dir"]
+    runner = CliRunner()
+    result = runner.invoke(main, ["info", str(folder / "nothing.h5")])
+    message = " ".join(result.output.split())  # rich wraps long lines
+    assert result.exit_code == 1 and "nothing.h5 does not exist" in message and "Traceback" not in message
+    result = runner.invoke(main, ["import", str(folder / "o.h5"), "--clip-embeddings", str(folder / "clip.npy"),
+                                  "--backbone-features", str(folder / "backbone.npy"), "--paths",
+                                  str(folder / "paths.csv"), "--vocab", "pets"])
+    assert result.exit_code == 1 and "NAME=FILE.npz" in result.output
+
+
+def test_cli_shard_size_default_matches_schema():
+    assert store_cli.DEFAULT_SHARD_SIZE == schema.DEFAULT_SHARD_SIZE

@@ -1,0 +1,226 @@
+"""``zsfs import``: a store from embeddings computed elsewhere (numpy arrays, clip-retrieval output).
+
+Users who already embedded their images must not pay twice. Embeddings are memory-mapped and
+streamed into the store shard by shard, so imports larger than RAM work.
+
+Accepted inputs for image embeddings / backbone features:
+- a ``.npy`` file (N, D);
+- a folder of ``.npy`` parts, concatenated in the order of the number in their names
+  (``img_emb_0.npy``, ``img_emb_1.npy``, ..., ``img_emb_10.npy``);
+- a clip-retrieval output folder (its ``img_emb/`` parts, with ``metadata/`` parquet parts
+  holding the ``image_path`` column, used when no paths table is given).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zsfs.errors import ZsfsError
+from zsfs.store import schema, write_store, write_vocabulary
+
+CLIP_RETRIEVAL_EMBEDDINGS = "img_emb"
+CLIP_RETRIEVAL_METADATA = "metadata"
+PATH_COLUMNS = ("image_path", "path")  # tried in this order when no column is named
+IMPORTED = "imported"
+
+
+class RowParts:
+    """Row-wise concatenation of (memory-mapped) 2-d arrays, sliced without copying the rest."""
+
+    def __init__(self, parts: list[np.ndarray], names: list[str]) -> None:
+        dims = {part.shape[1] for part in parts}
+        if len(dims) != 1:
+            raise ZsfsError(f"array parts have different widths {sorted(dims)}: {', '.join(names)}")
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(part) for part in parts])
+        self.shape = (int(self.offsets[-1]), dims.pop())
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise IndexError("RowParts supports contiguous slices only")
+        pieces = [part[max(start - first, 0) : max(min(stop - first, len(part)), 0)]
+                  for part, first in zip(self.parts, self.offsets[:-1])]
+        return np.concatenate([piece for piece in pieces if len(piece)] or [self.parts[0][:0]])
+
+
+def numbered_parts(folder: Path, pattern: str) -> list[Path]:
+    """Files matching ``pattern`` in ``folder``, ordered by the last number in their names."""
+
+    def number(path: Path) -> int:
+        found = re.findall(r"\d+", path.stem)
+        return int(found[-1]) if found else -1
+
+    return sorted(folder.glob(pattern), key=lambda path: (number(path), path.name))
+
+
+def embedding_source(location: Path) -> Path:
+    """The folder or file holding the arrays: a clip-retrieval folder points to its ``img_emb/``."""
+    if (location / CLIP_RETRIEVAL_EMBEDDINGS).is_dir():
+        return location / CLIP_RETRIEVAL_EMBEDDINGS
+    return location
+
+
+def load_rows(location: Path, what: str) -> RowParts:
+    """Memory-map a ``.npy`` file or a folder of ``.npy`` parts as one (N, D) array."""
+    location = Path(location)
+    if not location.exists():
+        raise ZsfsError(f"{what}: {location} does not exist")
+    source = embedding_source(location)
+    files = numbered_parts(source, "*.npy") if source.is_dir() else [source]
+    if not files:
+        raise ZsfsError(f"{what}: no .npy files in {source}")
+    parts = []
+    for file in files:
+        try:
+            part = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise ZsfsError(f"{what}: cannot read {file} as a numpy array ({error})") from None
+        if part.ndim != 2 or not np.issubdtype(part.dtype, np.floating):
+            raise ZsfsError(f"{what}: {file} holds a {part.dtype} array of shape {part.shape}; "
+                            "expected floating-point rows (N, D)")
+        parts.append(part)
+    return RowParts(parts, [file.name for file in files])
+
+
+def read_table(location: Path):
+    """A polars DataFrame from a parquet/CSV file, a folder of parquet parts or a clip-retrieval folder."""
+    import polars as pl
+
+    location = Path(location)
+    if (location / CLIP_RETRIEVAL_METADATA).is_dir():
+        location = location / CLIP_RETRIEVAL_METADATA
+    if location.is_dir():
+        files = numbered_parts(location, "*.parquet")
+        if not files:
+            raise ZsfsError(f"no .parquet files in {location}")
+        return pl.concat([pl.read_parquet(file) for file in files], how="vertical_relaxed")
+    if not location.is_file():
+        raise ZsfsError(f"paths table {location} does not exist")
+    suffix = location.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pl.read_parquet(location)
+        if suffix in (".csv", ".tsv"):
+            return pl.read_csv(location, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise ZsfsError(f"cannot read paths table {location}: {error}") from None
+    raise ZsfsError(f"paths table {location}: expected a .parquet or .csv file")
+
+
+def column(table, name: str | None, candidates: tuple[str, ...], what: str) -> list[str]:
+    """One string column of ``table``; ``name=None`` takes the first of ``candidates`` present."""
+    names = [name] if name else [c for c in candidates if c in table.columns][:1]
+    if not names or names[0] not in table.columns:
+        wanted = name or " or ".join(candidates)
+        raise ZsfsError(f"the paths table has no {what} column {wanted!r} (columns: {', '.join(table.columns)}); "
+                        f"name it with --{what}-column")
+    values = table.get_column(names[0])
+    if values.null_count():
+        raise ZsfsError(f"{what} column {names[0]!r} has {values.null_count()} empty values")
+    return values.cast(str).to_list()
+
+
+@dataclass(frozen=True)
+class ImportedVocabulary:
+    classes: list[str]
+    single: np.ndarray
+    ensemble: np.ndarray
+    n_templates: int  # 1 when the file had no ensemble (the single prompt stands in); 0 = unknown
+
+
+def load_vocabulary(file: Path) -> ImportedVocabulary:
+    """Text embeddings from an ``.npz`` with ``classes``, ``single`` and optionally ``ensemble``
+    (and ``n_templates``)."""
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as error:
+        raise ZsfsError(f"cannot read vocabulary file {file} ({error}); expected an .npz file") from None
+    missing = {"classes", "single"} - set(arrays)
+    if missing:
+        raise ZsfsError(f"vocabulary file {file} lacks {sorted(missing)} (has {sorted(arrays)})")
+    has_ensemble = "ensemble" in arrays
+    n_templates = int(arrays["n_templates"]) if "n_templates" in arrays else (0 if has_ensemble else 1)
+    return ImportedVocabulary(
+        classes=[str(c) for c in arrays["classes"].tolist()],
+        single=arrays["single"],
+        ensemble=arrays["ensemble"] if has_ensemble else arrays["single"],
+        n_templates=n_templates,
+    )
+
+
+def import_store(
+    out: str | Path,
+    *,
+    clip_embeddings: str | Path,
+    backbone_features: str | Path,
+    paths: str | Path | None = None,
+    path_column: str | None = None,
+    label_column: str | None = None,
+    vocabularies: dict[str, str | Path] | None = None,
+    clip_name: str = "imported-clip",
+    backbone_name: str = "imported-backbone",
+    shard_size: int = schema.DEFAULT_SHARD_SIZE,
+    dtype: str = "float16",
+    overwrite: bool = False,
+) -> Path:
+    """Build the store ``out`` from precomputed, row-aligned embeddings; returns its path.
+
+    ``paths`` may be omitted when ``clip_embeddings`` is a clip-retrieval output folder (its
+    ``metadata/`` parts are used). All inputs must list the same images in the same order.
+    """
+    clip_embeddings, backbone_features = Path(clip_embeddings), Path(backbone_features)
+    clip = load_rows(clip_embeddings, "CLIP embeddings")
+    backbone = load_rows(backbone_features, "backbone features")
+    table_location = Path(paths) if paths is not None else clip_embeddings
+    if paths is None and not (clip_embeddings / CLIP_RETRIEVAL_METADATA).is_dir():
+        raise ZsfsError("no paths table: pass --paths FILE (parquet or CSV), or a clip-retrieval output folder "
+                        "(with metadata/) as --clip-embeddings")
+    table = read_table(table_location)
+    image_paths = column(table, path_column, PATH_COLUMNS, "path")
+    labels = column(table, label_column, (), "label") if label_column else None
+
+    counts = {f"CLIP embeddings ({clip_embeddings})": len(clip),
+              f"backbone features ({backbone_features})": len(backbone),
+              f"paths ({table_location})": len(image_paths)}
+    if len(set(counts.values())) != 1:
+        listing = "; ".join(f"{name}: {count} rows" for name, count in counts.items())
+        raise ZsfsError(f"row counts disagree ({listing}); all inputs must list the same images in the same order")
+
+    loaded = {name: load_vocabulary(Path(file)) for name, file in (vocabularies or {}).items()}
+    for name, vocabulary in loaded.items():  # checked before writing anything
+        for kind, values in (("single", vocabulary.single), ("ensemble", vocabulary.ensemble)):
+            if values.shape != (len(vocabulary.classes), clip.shape[1]):
+                raise ZsfsError(f"vocabulary {name!r}: {kind} has shape {values.shape}, expected "
+                                f"({len(vocabulary.classes)} classes, {clip.shape[1]} = the CLIP embedding dim)")
+    master = write_store(
+        out,
+        clip=clip,
+        backbone=backbone,
+        paths=np.asarray(image_paths, dtype=object),
+        labels=None if labels is None else np.asarray(labels, dtype=object),
+        clip_info=imported_record(clip_name, clip.shape[1], clip_embeddings),
+        backbone_info=imported_record(backbone_name, backbone.shape[1], backbone_features),
+        source=str(table_location.absolute()),
+        shard_size=shard_size,
+        dtype=dtype,
+        overwrite=overwrite,
+    )
+    for name, vocabulary in loaded.items():
+        write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
+                         prompt=IMPORTED, n_templates=vocabulary.n_templates, overwrite=True)
+    return master
+
+
+def imported_record(name: str, dim: int, location: Path) -> dict:
+    """Model record of imported embeddings: the name as given, no weights file zsfs could reload."""
+    return {"name": name, "weights": IMPORTED, "file": None, "sha256": None, "dim": int(dim),
+            "imported_from": str(location.absolute())}
