@@ -1,3 +1,118 @@
-"""CLI commands (stub: to be filled)."""
+"""``zsfs extract`` (images -> store) and ``zsfs text`` (class names -> a store vocabulary)."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from zsfs.cli.common import console
+
+from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
+
+
+class _ImagesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:,.1f} img/s" if task.speed else "… img/s", style="progress.data.speed")
+
+
+@click.command(epilog="Example: zsfs extract photos/ --device cuda --precision bf16 --out photos.h5")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Store to write [default: SOURCE's name + .h5 in the current folder].")
+@click.option("--clip-model", default="ViT-B-32", show_default=True,
+              help="open_clip architecture, or a path to an open_clip model-config JSON.")
+@click.option("--clip-weights", default="openai", show_default=True,
+              help="open_clip pretrained tag, a local checkpoint file, or 'random'.")
+@click.option("--backbone", default="vit_giant_patch14_clip_224.laion2b", show_default=True,
+              help="timm model giving the features the classifier trains on.")
+@click.option("--backbone-weights", default="default", show_default=True,
+              help="'default' (the weights the timm name implies), a local file, or 'random'.")
+@click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Class names, one per line [default: the source's subfolder names].")
+@click.option("--vocab-name", default="default", show_default=True, help="Name of the vocabulary written.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Autocast precision on CUDA (CPU and MPS always compute in fp32).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Decoding processes [default: all cores on a GPU, all but one on CPU].")
+@click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
+              help="Images per shard file (the unit of resuming).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Stored dtype of the embeddings.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store built from other models or data.")
+def extract(source: Path, out: Path | None, classes_file: Path | None, **options) -> None:
+    """Embed every image of SOURCE (a folder or a .txt/.csv list) into a feature store.
+
+    Each image is decoded once and fed to CLIP and to the backbone. Bad files are skipped and
+    recorded. An interrupted run resumes when the same command is run again.
+    """
+    from zsfs.extract import extract as run_extract
+
+    progress = _progress()
+    task = progress.add_task("embedding", total=None, start=False)
+
+    def on_start(total: int) -> None:  # models are loaded: from here on, images flow
+        progress.update(task, total=total)
+        progress.start_task(task)
+        progress.start()
+
+    try:
+        summary = run_extract(source, out, classes=classes_file, on_start=on_start,
+                              on_batch=lambda n: progress.advance(task, n), **options)
+    finally:
+        progress.stop()
+    console.print(_summary_table(summary))
+    if summary.vocabulary is None:
+        console.print("No class names known (no class subfolders, no --classes): no vocabulary written. "
+                      f"Add one with: zsfs text {summary.output} --classes FILE --name NAME")
+
+
+@click.command(epilog="Example: zsfs text photos.h5 --classes animals.txt --name animals")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--classes", "classes_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Class names, one per line.")
+@click.option("--name", required=True, help="Name of the vocabulary (zsfs fit --vocab NAME).")
+@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="The store's CLIP weights file at a new location (its sha256 must match the record).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a vocabulary of the same name.")
+def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, device: str, overwrite: bool) -> None:
+    """Add a class vocabulary to STORE, embedded with the CLIP model the store was built with.
+
+    Only the CLIP model is loaded; image embeddings are not touched.
+    """
+    from zsfs.extract import add_vocabulary
+
+    with console.status("embedding class names"):
+        classes = add_vocabulary(store, classes_file, name, clip_weights=clip_weights, device=device,
+                                 overwrite=overwrite)
+    console.print(f"Vocabulary [bold]{name}[/] ({len(classes)} classes) written to {store}")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
+                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+
+
+def _summary_table(summary) -> Table:
+    table = Table(title="zsfs extract", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("images embedded", f"{summary.n_images:,}")
+    table.add_row("skipped", f"{summary.n_skipped:,}")
+    for reason, count in sorted(summary.skipped_reasons.items(), key=lambda item: -item[1]):
+        table.add_row(f"  {reason}", f"{count:,}")
+    table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")
+    table.add_row("time", f"{summary.seconds:,.1f} s")
+    table.add_row("images/s", f"{summary.images_per_second:,.1f}")
+    table.add_row("vocabulary", f"{summary.vocabulary} ({len(summary.classes)} classes)" if summary.vocabulary else "none")
+    table.add_row("output", str(summary.output))
+    return table
+
+
+COMMANDS = [extract, text]

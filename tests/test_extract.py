@@ -1,0 +1,242 @@
+"""zsfs extract: images -> store, with tiny random models on generated folders (CPU, no downloads)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from zsfs.cli import main
+from zsfs.cli.common import console
+from zsfs.extract import extract
+from zsfs.models import load_backbone, load_clip
+from zsfs.sources import decode_image
+from zsfs.store.reader import Store
+from zsfs.testing.images import write_image_folder
+from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
+
+TINY = ["--clip-model", str(TINY_CLIP_CONFIG), "--clip-weights", "random",
+        "--backbone", TINY_BACKBONE, "--backbone-weights", "random"]
+TINY_KWARGS = dict(clip_model=str(TINY_CLIP_CONFIG), clip_weights="random", backbone=TINY_BACKBONE,
+                   backbone_weights="random")
+ROW_DATASETS = ("clip", "backbone", "width", "height")
+
+
+@pytest.fixture(autouse=True)
+def unwrapped_messages(monkeypatch):
+    """Long messages on one line, so that tests can match them whatever the terminal width."""
+    monkeypatch.setattr(console, "soft_wrap", True)
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def read_store(path: Path) -> dict:
+    """Every row dataset and string list of a store, read with plain h5py."""
+    with h5py.File(path, "r") as file:
+        data = {name: file[name][:] for name in ROW_DATASETS}
+        data["path"] = file["path"].asstr()[:].tolist()
+        data["label"] = file["label"].asstr()[:].tolist() if "label" in file else None
+        data["skipped"] = dict(zip(file["skipped/path"].asstr()[:], file["skipped/reason"].asstr()[:]))
+    return data
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict:
+    return write_image_folder(tmp_path_factory.mktemp("src") / "photos", n_per_class=5)
+
+
+def test_extract_mixed_folder(photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output lands in the current folder
+    result = run_cli("extract", photos["root"], *TINY, "--workers", "1", "--shard-size", "4", "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    store_path = tmp_path / "photos.h5"
+    assert store_path.is_file()
+
+    data = read_store(store_path)
+    good = photos["good"]
+    assert data["path"] == good  # relative to SOURCE, listing order
+    assert data["label"] == [photos["labels"][p] for p in good]
+    assert data["clip"].shape == (len(good), 32) and data["clip"].dtype == np.float16
+    assert data["backbone"].shape == (len(good), 64) and data["backbone"].dtype == np.float16
+    for name in ("clip", "backbone"):
+        norms = np.linalg.norm(data[name].astype(np.float32), axis=1)
+        np.testing.assert_allclose(norms, 1.0, atol=2e-3)
+    assert [tuple(wh) for wh in zip(data["width"], data["height"])] == [photos["sizes"][p] for p in good]
+    assert set(data["skipped"]) == set(photos["bad"])
+    for path, word in photos["bad"].items():
+        assert word in data["skipped"][path].lower()
+
+    with Store(store_path) as store:
+        summary = store.summary()
+        vocabulary = store.vocabulary("default")
+        n_shards = store.n_shards
+    assert summary["n_images"] == len(good) and summary["n_skipped"] == len(photos["bad"])
+    assert summary["clip"]["dim"] == 32 and summary["backbone"]["dim"] == 64
+    assert vocabulary.classes == ["blue", "green", "red"]
+    assert vocabulary.single.shape == vocabulary.ensemble.shape == (3, 32)
+    assert n_shards == -(-(len(good) + len(photos["bad"])) // 4)
+    assert "images embedded" in result.output and str(len(good)) in result.output
+
+
+def test_library_summary_counts_reasons(photos, tmp_path):
+    ticks = []
+    summary = extract(photos["root"], tmp_path / "s.h5", workers=0, shard_size=8, batch_size=4,
+                      on_start=lambda n: ticks.append(("start", n)), on_batch=lambda n: ticks.append(n), **TINY_KWARGS)
+    n_listed = len(photos["good"]) + len(photos["bad"])
+    assert summary.n_images == len(photos["good"]) and summary.n_skipped == len(photos["bad"])
+    assert sum(summary.skipped_reasons.values()) == len(photos["bad"]) and len(summary.skipped_reasons) >= 3
+    assert (summary.shards_written, summary.shards_reused) == (-(-n_listed // 8), 0)
+    assert ticks[0] == ("start", n_listed) and sum(ticks[1:]) == n_listed
+    assert summary.vocabulary == "default" and summary.classes == ["blue", "green", "red"]
+
+    again = extract(photos["root"], tmp_path / "s.h5", workers=0, shard_size=8, batch_size=4, **TINY_KWARGS)
+    assert (again.shards_written, again.shards_reused, again.images_processed) == (0, summary.shards_written, 0)
+
+
+def test_classes_file_gives_the_vocabulary(photos, tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\n\n  dog  \nred fox\n\n")
+    result = run_cli("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY, "--workers", "0",
+                     "--classes", classes, "--vocab-name", "pets")
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "s.h5") as store:
+        assert store.vocabulary_names() == ["pets"]
+        assert store.vocabulary("pets").classes == ["cat", "dog", "red fox"]
+
+
+def _kill_script(source: Path, out: Path, delay: float) -> str:
+    # Decoding is slowed down so that the kill reliably lands in the middle of a shard.
+    args = ["extract", str(source), "--out", str(out), *TINY, "--workers", "0", "--shard-size", "6",
+            "--batch-size", "2"]
+    return (
+        "import time, zsfs.extract as x\n"
+        "decode = x.decode_image\n"
+        f"x.decode_image = lambda path: (time.sleep({delay}), decode(path))[1]\n"
+        "from zsfs.cli import main\n"
+        f"main({args!r})\n"
+    )
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
+    killed = tmp_path / "killed.h5"
+    shards = tmp_path / "killed.shards"
+    process = subprocess.Popen([sys.executable, "-c", _kill_script(source, killed, 0.05)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (shards / "shard-00001.h5").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.15)  # a few images into the next shard
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    finished = {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in shards.glob("shard-*.h5")}
+    assert 2 <= len(finished) < 5 and not killed.exists()  # 28 files / 6 per shard = 5 shards
+
+    result = run_cli("extract", source, "--out", killed, *TINY, "--workers", "1", "--shard-size", "6",
+                     "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    for name, stamp in finished.items():  # kept, not recomputed
+        path = shards / name
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp
+    assert f"{5 - len(finished)} / {len(finished)}" in result.output  # shards written / reused
+
+    uninterrupted = extract(source, tmp_path / "clean.h5", workers=0, shard_size=6, batch_size=2, **TINY_KWARGS)
+    assert uninterrupted.shards_written == 5
+    resumed, clean = read_store(killed), read_store(tmp_path / "clean.h5")
+    for name in (*ROW_DATASETS, "path", "label", "skipped"):
+        np.testing.assert_array_equal(np.asarray(resumed[name], dtype=object), np.asarray(clean[name], dtype=object),
+                                      err_msg=name)
+
+
+def test_refuses_other_models_or_source_unless_overwrite(photos, tmp_path):
+    out = tmp_path / "s.h5"
+    assert run_cli("extract", photos["root"], "--out", out, *TINY, "--workers", "0").exit_code == 0
+    other_clip = tmp_path / "other-clip.json"
+    config = json.loads(Path(TINY_CLIP_CONFIG).read_text())
+    config["embed_dim"] = 16
+    other_clip.write_text(json.dumps(config))
+    other = [*TINY]
+    other[1] = str(other_clip)
+
+    refused = run_cli("extract", photos["root"], "--out", out, *other, "--workers", "0")
+    assert refused.exit_code == 1
+    assert "--overwrite" in refused.output and "clip" in refused.output
+    assert read_store(out)["clip"].shape[1] == 32  # untouched
+
+    other_source = write_image_folder(tmp_path / "other", n_per_class=2, broken=False)["root"]
+    refused = run_cli("extract", other_source, "--out", out, *TINY, "--workers", "0")
+    assert refused.exit_code == 1 and "source" in refused.output
+
+    replaced = run_cli("extract", photos["root"], "--out", out, *other, "--workers", "0", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert read_store(out)["clip"].shape[1] == 16
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda tmp: [tmp / "missing"], "does not exist"),
+        (lambda tmp: [(tmp / "empty").mkdir() or tmp / "empty"], "no images found"),
+        (lambda tmp: ["SRC", "--clip-model", "no-such-clip", "--clip-weights", "random"], "no-such-clip"),
+        (lambda tmp: ["SRC", *TINY[:4], "--backbone", "no_such_backbone", "--backbone-weights", "random"],
+         "no_such_backbone"),
+        (lambda tmp: ["SRC", *TINY[:2], "--clip-weights", tmp / "gone.pt", *TINY[4:]], "gone.pt"),
+        (lambda tmp: ["SRC", *TINY[:6], "--backbone-weights", tmp / "gone.safetensors"], "gone.safetensors"),
+        (lambda tmp: ["SRC", *TINY, "--device", "cuda"], "cuda"),
+    ],
+    ids=["missing-source", "no-images", "unknown-clip", "unknown-backbone", "missing-clip-file",
+         "missing-backbone-file", "cuda-absent"],
+)
+def test_clear_errors(photos, tmp_path, make_args, message):
+    if "cuda" in message and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")  # the error only exists where CUDA is absent
+    args = [photos["root"] if arg == "SRC" else arg for arg in make_args(tmp_path)]
+    result = run_cli("extract", *args, "--out", tmp_path / "s.h5", "--workers", "0")
+    assert result.exit_code == 1
+    assert "Error:" in result.output and message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_weights_files_give_the_in_memory_models_embeddings(photos, tmp_path):
+    clip = load_clip(str(TINY_CLIP_CONFIG), "random")
+    backbone = load_backbone(TINY_BACKBONE, "random")
+    with torch.no_grad():  # make sure the files hold other weights than the default random init
+        for parameter in [*clip.model.parameters(), *backbone.model.parameters()]:
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    clip_file, backbone_file = tmp_path / "clip.pt", tmp_path / "backbone.pth"
+    torch.save(clip.model.state_dict(), clip_file)
+    torch.save(backbone.model.state_dict(), backbone_file)
+
+    out = tmp_path / "s.h5"
+    result = run_cli("extract", photos["root"], "--out", out, "--clip-model", TINY_CLIP_CONFIG,
+                     "--clip-weights", clip_file, "--backbone", TINY_BACKBONE, "--backbone-weights", backbone_file,
+                     "--workers", "0", "--dtype", "float32")
+    assert result.exit_code == 0, result.output
+
+    first = photos["good"][:4]
+    images = [decode_image(photos["root"] / path) for path in first]
+    with torch.inference_mode():
+        expected_clip = clip.encode_images(torch.stack([clip.preprocess(im) for im in images])).numpy()
+        expected_backbone = backbone.encode_images(torch.stack([backbone.preprocess(im) for im in images])).numpy()
+    stored = read_store(out)
+    np.testing.assert_allclose(stored["clip"][:4], expected_clip, atol=1e-5)
+    np.testing.assert_allclose(stored["backbone"][:4], expected_backbone, atol=1e-5)
+    with Store(out) as store:
+        for info, file in ((store.clip_info, clip_file), (store.backbone_info, backbone_file)):
+            assert info["file"] == str(file.resolve())
+            assert info["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()

@@ -1,0 +1,134 @@
+"""zsfs text: add a class vocabulary to an existing store, touching nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from zsfs.cli import main
+from zsfs.cli.common import console
+from zsfs.extract import add_vocabulary, extract
+from zsfs.models import encode_vocabulary, load_clip
+from zsfs.store.reader import Store
+from zsfs.testing.images import write_image_folder
+from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
+
+ANIMALS = ["cat", "dog", "red fox"]
+
+
+@pytest.fixture(autouse=True)
+def unwrapped_messages(monkeypatch):
+    """Long messages on one line, so that tests can match them whatever the terminal width."""
+    monkeypatch.setattr(console, "soft_wrap", True)
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def image_data(store_path: Path) -> dict:
+    """Everything but the vocabularies: row datasets, strings, index, and the shard files' bytes."""
+    with h5py.File(store_path, "r") as file:
+        data = {name: file[name][:] for name in ("clip", "backbone", "width", "height", "index/faiss", "shards/rows")}
+        data["path"] = file["path"].asstr()[:]
+    shards = store_path.with_name(store_path.stem + ".shards")
+    data["shard_bytes"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(shards.iterdir())}
+    return data
+
+
+@pytest.fixture()
+def unlabelled_store(tmp_path) -> tuple[Path, Path]:
+    """A store of a flat folder (no class subfolders, so no vocabulary) and its CLIP weights file."""
+    folder = tmp_path / "flat"
+    labelled = write_image_folder(tmp_path / "labelled", n_per_class=3, broken=False)
+    folder.mkdir()
+    for path in labelled["good"]:
+        shutil.copy(labelled["root"] / path, folder / Path(path).name)
+    clip = load_clip(str(TINY_CLIP_CONFIG), "random")
+    weights = tmp_path / "clip.pt"
+    torch.save(clip.model.state_dict(), weights)
+    store = tmp_path / "flat.h5"
+    summary = extract(folder, store, clip_model=str(TINY_CLIP_CONFIG), clip_weights=str(weights),
+                      backbone=TINY_BACKBONE, backbone_weights="random", workers=0, shard_size=4)
+    assert summary.vocabulary is None
+    return store, weights
+
+
+def test_text_adds_a_vocabulary_without_touching_images(unlabelled_store, tmp_path):
+    store, weights = unlabelled_store
+    before = image_data(store)
+    classes = tmp_path / "animals.txt"
+    classes.write_text("\n".join(ANIMALS) + "\n\n")
+
+    result = run_cli("text", store, "--classes", classes, "--name", "animals")
+    assert result.exit_code == 0, result.output
+
+    after = image_data(store)
+    for name, value in before.items():
+        if isinstance(value, dict):
+            assert after[name] == value, name
+        else:
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
+    expected_single, expected_ensemble = encode_vocabulary(load_clip(str(TINY_CLIP_CONFIG), str(weights)), ANIMALS)
+    with Store(store) as opened:
+        vocabulary = opened.vocabulary("animals")
+    assert vocabulary.classes == ANIMALS
+    np.testing.assert_allclose(vocabulary.single, expected_single, atol=1e-5)
+    np.testing.assert_allclose(vocabulary.ensemble, expected_ensemble, atol=1e-5)
+
+
+def test_text_refuses_a_duplicate_name_unless_overwrite(unlabelled_store, tmp_path):
+    store, _ = unlabelled_store
+    classes = tmp_path / "animals.txt"
+    classes.write_text("\n".join(ANIMALS))
+    assert run_cli("text", store, "--classes", classes, "--name", "animals").exit_code == 0
+
+    classes.write_text("owl\nbat\n")
+    refused = run_cli("text", store, "--classes", classes, "--name", "animals")
+    assert refused.exit_code == 1 and "animals" in refused.output and "--overwrite" in refused.output
+    with Store(store) as opened:
+        assert opened.vocabulary("animals").classes == ANIMALS
+
+    assert run_cli("text", store, "--classes", classes, "--name", "animals", "--overwrite").exit_code == 0
+    with Store(store) as opened:
+        assert opened.vocabulary("animals").classes == ["owl", "bat"]
+
+
+def test_text_finds_a_moved_weights_file_only_if_it_matches(unlabelled_store, tmp_path):
+    store, weights = unlabelled_store
+    moved = tmp_path / "elsewhere" / "clip.pt"
+    moved.parent.mkdir()
+    weights.rename(moved)
+    classes = tmp_path / "animals.txt"
+    classes.write_text("\n".join(ANIMALS))
+
+    missing = run_cli("text", store, "--classes", classes, "--name", "animals")
+    assert missing.exit_code == 1 and "clip.pt" in missing.output
+
+    other = tmp_path / "other.pt"
+    state = torch.load(moved)
+    torch.save({key: value + 1 for key, value in state.items()}, other)
+    mismatched = run_cli("text", store, "--classes", classes, "--name", "animals", "--clip-weights", other)
+    assert mismatched.exit_code == 1 and "sha256" in mismatched.output
+
+    assert add_vocabulary(store, classes, "animals", clip_weights=moved) == ANIMALS
+    with Store(store) as opened:
+        assert opened.vocabulary_names() == ["animals"]
+
+
+def test_text_on_a_missing_store_or_class_file(unlabelled_store, tmp_path):
+    store, _ = unlabelled_store
+    classes = tmp_path / "animals.txt"
+    classes.write_text("cat\ncat\n")
+    duplicated = run_cli("text", store, "--classes", classes, "--name", "x")
+    assert duplicated.exit_code == 1 and "cat" in duplicated.output
+    classes.write_text("cat\n")
+    missing = run_cli("text", tmp_path / "nope.h5", "--classes", classes, "--name", "x")
+    assert missing.exit_code == 1 and "nope.h5" in missing.output
