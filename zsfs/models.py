@@ -1,0 +1,444 @@
+"""The two image models (open_clip CLIP and a timm backbone): loading, preprocessing, encoding.
+
+Weights come from a pretrained tag (downloaded), a local file (air-gapped machines), or
+``"random"`` (tests, throughput benchmarks). Every model carries a ``record``: a JSON-able dict
+that says exactly what was loaded, so that a store can later reload the same model
+(``load_clip_from_record`` / ``load_backbone_from_record``).
+
+Random weights are reproducible: they are initialised under a fixed seed, and the record keeps a
+fingerprint of the initial tensors. Reloading from a record re-creates them and checks the
+fingerprint, so a torch/timm/open_clip version that initialises differently fails loudly instead
+of silently producing other features.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zsfs.errors import ModelLoadError
+from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
+
+RANDOM = "random"
+DEFAULT = "default"
+FILE = "file"
+RANDOM_SEED = 0
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+BACKBONE_HEAD_MARKER = "_clip_"  # timm CLIP image towers: the head projects into CLIP space
+
+
+@dataclass
+class ClipModel:
+    """An open_clip model with its own eval transform and tokenizer."""
+
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    record: dict
+    device: torch.device
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed pixels -> (B, D) float32, L2-normalised."""
+        features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        return F.normalize(features.float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Texts -> (N, D) float32, L2-normalised, encoded ``batch_size`` at a time."""
+        chunks = [
+            self.model.encode_text(self.tokenizer(list(texts[i : i + batch_size])).to(self.device)).float()
+            for i in range(0, len(texts), batch_size)
+        ]
+        if not chunks:
+            return torch.empty(0, self.record["dim"], device=self.device)
+        return F.normalize(torch.cat(chunks), dim=-1)
+
+
+@dataclass
+class Backbone:
+    """A timm feature extractor with its own eval transform."""
+
+    model: torch.nn.Module
+    preprocess: Callable
+    record: dict
+    device: torch.device
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed pixels -> (B, D) float32, L2-normalised."""
+        features = self.model(pixels.to(self.device, non_blocking=True))
+        return F.normalize(features.float(), dim=-1)
+
+
+def encode_vocabulary(
+    clip: ClipModel, classes: Sequence[str], batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class names -> (single, ensemble) text embeddings, each (C, D) float32, L2-normalised.
+
+    single: ``SINGLE_PROMPT``; ensemble: the mean of the 80 template embeddings, renormalised.
+    All C * 80 prompts go through the text tower in large batches.
+    """
+    single = clip.encode_texts([SINGLE_PROMPT.format(c) for c in classes], batch_size)
+    prompts = [template.format(c) for c in classes for template in ENSEMBLE_TEMPLATES]
+    per_template = clip.encode_texts(prompts, batch_size).reshape(len(classes), len(ENSEMBLE_TEMPLATES), -1)
+    ensemble = F.normalize(per_template.mean(dim=1), dim=-1)
+    return single.cpu().numpy(), ensemble.cpu().numpy()
+
+
+# --- CLIP ------------------------------------------------------------------------------------
+
+
+def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipModel:
+    """Load an open_clip model.
+
+    name: an open_clip architecture (``ViT-B-32``) or a path to a model-config JSON file (its
+    stem becomes the architecture name). weights: a pretrained tag, a checkpoint file, or
+    ``"random"``.
+    """
+    import open_clip
+
+    arch, config = _resolve_clip_name(name)
+    source = _clip_weights_source(arch, weights)
+    kind, file = source
+    if kind == "tag":
+        _download_clip_tag(arch, weights)
+    pretrained = None if kind == RANDOM else (str(file) if kind == FILE else weights)
+    try:
+        with _seeded_init():
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+    except Exception as error:  # open_clip raises many types; all mean "this file does not fit"
+        if kind != FILE:
+            raise
+        raise ModelLoadError(
+            f"weights file {file} does not fit the CLIP architecture {arch}: {_brief(error)}. "
+            "Check that --clip-model matches the checkpoint."
+        ) from None
+    model = model.eval().to(device)
+    record = {
+        "name": arch,
+        "weights": kind if kind != "tag" else weights,
+        "file": str(file) if file else None,
+        "sha256": file_sha256(file) if file else None,
+        "dim": int(open_clip.get_model_config(arch)["embed_dim"]),
+        **_clip_preprocessing(model.visual.preprocess_cfg),
+    }
+    if config is not None:
+        record["config"] = config
+    if kind == RANDOM:
+        record.update(seed=RANDOM_SEED, init_fingerprint=init_fingerprint(model))
+    tokenizer = open_clip.get_tokenizer(arch)
+    return ClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, record=record,
+                     device=torch.device(device))
+
+
+def load_clip_from_record(record: dict, device: str = "cpu") -> ClipModel:
+    """Reload the CLIP model a store recorded (same tag, same file bytes, or same random init)."""
+    weights = _weights_from_record(record, "CLIP")
+    if "config" in record:  # a custom config travels inside the record
+        with tempfile.TemporaryDirectory() as folder:
+            config_file = Path(folder) / f"{record['name']}.json"
+            config_file.write_text(json.dumps(record["config"]))
+            clip = load_clip(str(config_file), weights, device)
+    else:
+        clip = load_clip(record["name"], weights, device)
+    _check_same_init(clip.record, record, "CLIP")
+    clip.record = dict(record)
+    return clip
+
+
+def _resolve_clip_name(name: str) -> tuple[str, dict | None]:
+    import open_clip
+
+    if name.lower().endswith(".json") or Path(name).expanduser().is_file():
+        config_file = Path(name).expanduser()
+        if not config_file.is_file():
+            raise ModelLoadError(f"CLIP model config file {config_file} not found.")
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"cannot read CLIP model config {config_file}: {error}") from None
+        if not all(key in config for key in ("embed_dim", "vision_cfg", "text_cfg")):
+            raise ModelLoadError(
+                f"{config_file} is not an open_clip model config (it needs embed_dim, vision_cfg "
+                "and text_cfg)."
+            )
+        open_clip.add_model_config(config_file.resolve())
+        return config_file.stem, config
+    arch = name.replace("/", "-")  # open_clip accepts "ViT-B/32" for "ViT-B-32"
+    if arch not in open_clip.list_models():
+        raise ModelLoadError(
+            f"unknown CLIP model {name!r}{_suggestion(arch, open_clip.list_models())}. "
+            "open_clip.list_models() lists them all; a path to an open_clip model config .json "
+            "also works."
+        )
+    return arch, None
+
+
+def _clip_weights_source(arch: str, weights: str) -> tuple[str, Path | None]:
+    import open_clip
+
+    if weights == RANDOM:
+        return RANDOM, None
+    if open_clip.get_pretrained_cfg(arch, weights) and os.sep not in weights:
+        return "tag", None
+    file = _existing_file(weights, "CLIP", "--clip-weights")
+    if file is not None:
+        return FILE, file
+    tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+    raise ModelLoadError(
+        f"{weights!r} is neither a pretrained tag of CLIP {arch} nor an existing file. "
+        f"Tags: {tags}. Or pass a checkpoint file, or 'random'."
+    )
+
+
+def _download_clip_tag(arch: str, tag: str) -> None:
+    import open_clip
+
+    try:
+        open_clip.download_pretrained(open_clip.get_pretrained_cfg(arch, tag))
+    except Exception as error:  # HF hub, URL and cache errors come in many types
+        raise ModelLoadError(
+            f"could not download the CLIP weights {arch} / {tag} ({_brief(error)}). On an "
+            "air-gapped machine pass a local file: --clip-weights /path/to/open_clip_model.safetensors"
+        ) from None
+
+
+def _clip_preprocessing(cfg: dict) -> dict:
+    size = cfg["size"]
+    size = [size, size] if isinstance(size, int) else list(size)
+    crop = {"shortest": "center", "longest": "pad", "squash": "squash"}.get(cfg.get("resize_mode"), cfg.get("resize_mode"))
+    return {
+        "image_size": size,
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+        "interpolation": cfg["interpolation"],
+        "crop": crop,
+        "crop_pct": 1.0,
+    }
+
+
+# --- timm backbone ---------------------------------------------------------------------------
+
+
+def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Backbone:
+    """Load a timm model as a feature extractor.
+
+    weights: ``"default"`` (the pretrained weights the name implies), a local file, or
+    ``"random"``. Names containing ``_clip_`` keep their head (the projection into CLIP space);
+    other models give pre-logits features.
+    """
+    import timm
+
+    pretrained_cfg = _resolve_backbone_name(name)
+    keep_head = BACKBONE_HEAD_MARKER in name
+    file = None
+    options: dict[str, Any] = {} if keep_head else {"num_classes": 0}
+    if weights == DEFAULT and not (pretrained_cfg.hf_hub_id or pretrained_cfg.url or pretrained_cfg.file):
+        raise ModelLoadError(
+            f"timm model {name!r} has no pretrained weights; pass --backbone-weights "
+            "/path/to/model.safetensors or --backbone-weights random."
+        )
+    if weights not in (DEFAULT, RANDOM):
+        file = _existing_file(weights, "backbone", "--backbone-weights")
+        if file is None:
+            raise ModelLoadError(
+                f"backbone weights {weights!r} must be 'default', 'random' or an existing file."
+            )
+        options = _file_options(name, file, pretrained_cfg, keep_head)
+    try:
+        with _seeded_init():
+            model = timm.create_model(name, pretrained=weights != RANDOM, **options)
+    except OSError as error:
+        if file is not None:
+            raise ModelLoadError(f"cannot read backbone weights file {file}: {_brief(error)}") from None
+        raise ModelLoadError(
+            f"could not download the backbone weights of {name} ({_brief(error)}). On an "
+            "air-gapped machine pass a local file: --backbone-weights /path/to/model.safetensors"
+        ) from None
+    except Exception as error:  # state-dict mismatch, unreadable or foreign checkpoint format
+        if file is None:
+            raise
+        raise ModelLoadError(
+            f"weights file {file} does not fit the backbone {name}: {_brief(error, 600)}. "
+            "Check that --backbone matches the checkpoint."
+        ) from None
+    if not keep_head and model.num_classes:
+        model.reset_classifier(0)  # the file was loaded with its head (strictly); drop it now
+    model = model.eval().to(device)
+    data_config = timm.data.resolve_data_config(model=model)
+    preprocess = timm.data.create_transform(**data_config, is_training=False)
+    record = {
+        "name": name,
+        "weights": FILE if file else weights,
+        "file": str(file) if file else None,
+        "sha256": file_sha256(file) if file else None,
+        "dim": int(model.num_classes if keep_head else getattr(model, "head_hidden_size", model.num_features)),
+        "image_size": list(data_config["input_size"][1:]),
+        "mean": [float(v) for v in data_config["mean"]],
+        "std": [float(v) for v in data_config["std"]],
+        "interpolation": data_config["interpolation"],
+        "crop": data_config["crop_mode"],
+        "crop_pct": float(data_config["crop_pct"]),
+        "output": "head" if keep_head else "pre_logits",
+        "pretrained_tag": pretrained_cfg.tag if weights == DEFAULT else None,
+    }
+    if weights == RANDOM:
+        record.update(seed=RANDOM_SEED, init_fingerprint=init_fingerprint(model))
+    return Backbone(model=model, preprocess=preprocess, record=record, device=torch.device(device))
+
+
+def load_backbone_from_record(record: dict, device: str = "cpu") -> Backbone:
+    """Reload the backbone a store recorded (same weights; a file must have the same sha256)."""
+    backbone = load_backbone(record["name"], _weights_from_record(record, "backbone"), device)
+    _check_same_init(backbone.record, record, "backbone")
+    backbone.record = dict(record)
+    return backbone
+
+
+def _file_options(name: str, file: Path, pretrained_cfg, keep_head: bool) -> dict[str, Any]:
+    """timm.create_model options that load ``file`` strictly, with or without a classifier.
+
+    timm loads non-strictly whenever the requested head differs from the checkpoint's, which
+    would silently leave a mismatched file's layers random. So the head is sized to what the
+    file holds (and dropped afterwards for pre-logits features).
+    """
+    classifiers = pretrained_cfg.classifier or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    keys = _checkpoint_keys(file)
+    has_head = any(f"{classifier}.weight" in keys for classifier in classifiers)
+    if has_head:
+        return {"pretrained_cfg_overlay": {"file": str(file)}}
+    if keep_head:
+        raise ModelLoadError(
+            f"weights file {file} has no classifier/projection head, which {name} needs "
+            "(its head projects into the CLIP space)."
+        )
+    return {"num_classes": 0, "pretrained_cfg_overlay": {"file": str(file), "num_classes": 0}}
+
+
+def _checkpoint_keys(file: Path) -> set[str]:
+    """Tensor names in a checkpoint (safetensors: read from the header only)."""
+    try:
+        if file.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as handle:
+                return set(handle.keys())
+        from timm.models import load_state_dict
+
+        return set(load_state_dict(str(file)))
+    except Exception as error:  # pickle, zip, safetensors header errors: not a checkpoint
+        raise ModelLoadError(
+            f"cannot read {file} as a checkpoint ({_brief(error)}); pass a .safetensors or "
+            "torch .pth/.bin file saved from this model."
+        ) from None
+
+
+def _resolve_backbone_name(name: str):
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(name):
+        candidates = timm.list_models() + timm.list_pretrained()
+        raise ModelLoadError(
+            f"unknown timm model {name!r}{_suggestion(name, candidates)}. timm.list_models() "
+            "lists architectures, timm.list_pretrained() the names with weights."
+        )
+    try:
+        return get_pretrained_cfg(name, allow_unregistered=True)
+    except RuntimeError:  # the architecture exists but not this tag
+        tags = ", ".join(timm.list_pretrained(name.split(".", 1)[0] + ".*")) or "none"
+        raise ModelLoadError(f"timm model {name!r}: no such pretrained tag (known: {tags}).") from None
+
+
+# --- shared helpers --------------------------------------------------------------------------
+
+
+def file_sha256(path: Path | str, chunk_size: int = 1 << 22) -> str:
+    """sha256 of a file, read in chunks (checkpoints can be many GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def init_fingerprint(model: torch.nn.Module, n_values: int = 4096) -> str:
+    """sha256 over every tensor's shape and first ``n_values`` values: cheap even for ViT-G."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        head = tensor.detach().flatten()[:n_values].float().cpu().numpy()
+        digest.update(f"{key}{tuple(tensor.shape)}".encode())
+        digest.update(np.ascontiguousarray(head).tobytes())
+    return digest.hexdigest()
+
+
+@contextmanager
+def _seeded_init() -> Iterator[None]:
+    """Random initialisation under a fixed seed, without touching the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        yield
+
+
+def _existing_file(weights: str, what: str, flag: str) -> Path | None:
+    """The weights file if it exists; None if ``weights`` does not look like a path."""
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if os.sep in weights or path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ModelLoadError(f"{what} weights file {path} not found; check the {flag} path.")
+    return None
+
+
+def _weights_from_record(record: dict, what: str) -> str:
+    weights = record["weights"]
+    if weights != FILE:
+        return weights
+    file = Path(record["file"])
+    if not file.is_file():
+        raise ModelLoadError(
+            f"the {what} weights file {file} that the store was built with is missing; "
+            "restore it at that path (its sha256 is in the store's record)."
+        )
+    if file_sha256(file) != record["sha256"]:
+        raise ModelLoadError(
+            f"the {what} weights file {file} changed since the store was built (sha256 differs); "
+            "restore the original file or rebuild the store."
+        )
+    return str(file)
+
+
+def _check_same_init(loaded: dict, recorded: dict, what: str) -> None:
+    if recorded["weights"] == RANDOM and loaded.get("init_fingerprint") != recorded.get("init_fingerprint"):
+        raise ModelLoadError(
+            f"the store's {what} model {recorded['name']} was randomly initialised, and this "
+            "installation initialises it differently (other torch/open_clip/timm version?), so its "
+            "features cannot be reproduced. Use a weights file for work you want to reload."
+        )
+
+
+def _suggestion(name: str, candidates: Sequence[str]) -> str:
+    lower = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.6)
+    return f" (close names: {', '.join(lower[c] for c in close)})" if close else ""
+
+
+def _brief(error: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (library messages can span pages)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) < 12:  # bare codes or words ("101", "'h'") say little without their type
+        text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
