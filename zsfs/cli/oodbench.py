@@ -1,3 +1,114 @@
-"""`zsfs ood-bench` (placeholder until its module lands)."""
+"""``zsfs ood-bench``: the zero-shot OOD protocol on a labelled store (zsfs vs. the MCM baseline)."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from zsfs.cli.common import console
+from zsfs.errors import ZsfsError
+
+
+@click.command("ood-bench", epilog="Example: zsfs ood-bench --store cifar10.h5 --id-classes 6 --splits 5 --out cifar10-ood")
+@click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A store whose images have labels.")
+@click.option("--id-classes", required=True, metavar="N|FILE",
+              help="N: random splits of N ID classes among the labels; FILE: the ID class names, one per line "
+                   "(one split).")
+@click.option("--splits", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Number of random ID/OOD splits (with N).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to create with metrics.json (must not exist) [default: write nothing].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits and of every fit.")
+@click.option("--vocab", help="Vocabulary whose names match the labels [default: the store's only one].")
+@click.option("--k", type=click.IntRange(min=1), help="Seeds per class [default: the fit's, 16].")
+@click.option("--candidates", type=click.IntRange(min=1), help="Zero-shot candidates per class [100].")
+@click.option("--neighbours", type=click.IntRange(min=1), help="CLIP neighbours re-ranking each candidate [5].")
+@click.option("--prompts", type=click.Choice(["ensemble", "single"]), help="Text embeddings [ensemble; single with --paper].")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs on the seeds [100].")
+@click.option("--cycle-epochs", type=click.IntRange(min=0), help="Maximum epochs per self-training cycle [20].")
+@click.option("--max-cycles", type=click.IntRange(min=0), help="Maximum self-training cycles [19].")
+@click.option("--ood-multiplier", type=click.FloatRange(min=0), help="m of the thresholds mean - m * std [1].")
+@click.option("--paper", is_flag=True, help="The paper's exact variant (single prompt, per-cycle sets).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--json", "as_json", is_flag=True, help="Also print metrics.json to stdout.")
+def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, seed: int, vocab: str | None,
+              paper: bool, as_json: bool, **fit_options) -> None:
+    """Zero-shot OOD benchmark: only the ID class names go to the fit; OOD = images of other classes.
+
+    Reports AUROC (OOD positive) and FPR at 95% TPR, mean +- std over the splits, for zsfs'
+    paper score, its continuous score and the MCM baseline on the same store and prompts.
+    """
+    import json
+
+    from zsfs.fit.run import FitConfig
+    from zsfs.oodbench import check_out_dir, ood_bench as run_bench, write_metrics
+    from zsfs.store import Store
+
+    if out is not None:
+        check_out_dir(out)
+    wanted = _parse_id_classes(id_classes)
+    # Only the options given on the command line: FitConfig (or its paper preset) owns the defaults.
+    options = {name: value for name, value in fit_options.items() if value is not None}
+    options["seed"] = seed
+    config = FitConfig.paper(**options) if paper else FitConfig(**options)
+    n_splits = splits if isinstance(wanted, int) else 1
+
+    with Store(store_path) as store, console.status(f"fitting split 1 of {n_splits}") as status:
+        def report_split(number: int, split) -> None:
+            o = split.ood
+            console.print(f"split {number + 1}/{n_splits}: {len(split.id_classes)} ID classes, "
+                          f"{split.n_id_images:,} ID / {split.n_ood_images:,} OOD images; AUROC zsfs "
+                          f"{o['zsfs']['auroc']:.3f}, continuous {o['zsfs_continuous']['auroc']:.3f}, "
+                          f"MCM {o['mcm']['auroc']:.3f}; ID accuracy {split.id_accuracy:.3f}")
+            status.update(f"fitting split {number + 2} of {n_splits}")
+
+        metrics = run_bench(store, wanted, config, n_splits=splits, seed=seed, vocabulary=vocab,
+                            on_split=report_split)
+    if metrics["always_ood_classes"]:
+        console.print(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
+                      f"{metrics['vocabulary']!r} and were always OOD.")
+    console.print(_table(metrics))
+    if out is not None:
+        console.print(f"Written: {write_metrics(metrics, out)}")
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+
+
+def _parse_id_classes(value: str) -> int | list[str]:
+    if value.strip().isdigit():
+        return int(value)
+    path = Path(value)
+    if not path.is_file():
+        raise ZsfsError(f"--id-classes takes a number of ID classes or a file of ID class names; "
+                        f"{value!r} is neither a number nor an existing file")
+    from zsfs.extract import read_class_file
+
+    return read_class_file(path)
+
+
+def _table(metrics: dict) -> Table:
+    from zsfs.oodbench import METHODS, SUMMARY_PREFIX
+
+    n = metrics["n_splits"]
+    title = f"zsfs ood-bench: {metrics['id_classes'] if n > 1 else len(metrics['id_classes'])} ID classes, {n} split(s)"
+    table = Table(title=title)
+    table.add_column("detector", style="bold")
+    table.add_column("AUROC ↑", justify="right")
+    table.add_column("FPR@95%TPR ↓", justify="right")
+    for method, title in METHODS.items():
+        prefix = SUMMARY_PREFIX[method]
+        table.add_row(title, _pm(metrics, f"{prefix}auroc"), _pm(metrics, f"{prefix}fpr95"))
+    table.add_section()
+    table.add_row("ID accuracy: zsfs", _pm(metrics, "id_accuracy"), "")
+    table.add_row("ID accuracy: zero-shot CLIP", _pm(metrics, "zero_shot_id_accuracy"), "")
+    return table
+
+
+def _pm(metrics: dict, key: str) -> str:
+    return f"{metrics[key + '_mean']:.3f} ± {metrics[key + '_std']:.3f}"
+
+
+COMMANDS = [ood_bench]

@@ -1,0 +1,165 @@
+"""The zero-shot OOD benchmark: ID/OOD class splits of a labelled store, one fit per split.
+
+For each split only the ID class names are given to the fit; the images whose true label is
+not ID are the OOD positives. Each split scores three OOD detectors on the same images:
+zsfs' paper score (flags / 3), zsfs' continuous score, and the MCM baseline (max softmax of
+cosine / 1 over the ID class texts, same prompts, same store; negated so higher = OOD),
+which the fit computes in the same pass as its zero-shot scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zsfs import __version__
+from zsfs.errors import ZsfsError
+from zsfs.evaluate import accuracy, id_ood_splits, mean_std, ood_metrics
+
+METHODS = {"zsfs": "zsfs (paper score)", "zsfs_continuous": "zsfs (continuous score)", "mcm": "MCM"}
+"""OOD detectors compared on every split, and their display names."""
+
+SUMMARY_PREFIX = {"zsfs": "", "zsfs_continuous": "continuous_", "mcm": "mcm_"}
+"""metrics.json key prefix of each detector: ``auroc_mean``, ``continuous_auroc_mean``, ``mcm_auroc_mean``."""
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class SplitResult:
+    """One ID/OOD split: the ID classes, image counts, each detector's metrics, ID accuracy."""
+
+    id_classes: list[str]
+    n_id_images: int
+    n_ood_images: int
+    ood: dict[str, dict[str, float]]  # detector -> {"auroc", "fpr95"}
+    id_accuracy: float
+    zero_shot_id_accuracy: float
+    fit_seconds: float = 0.0
+
+
+def score_split(result, labels: np.ndarray, id_classes: Sequence[str]) -> SplitResult:
+    """Metrics of one fit (a ``FitResult`` restricted to ``id_classes``) against the true labels."""
+    is_ood = ~np.isin(labels, np.asarray(list(id_classes), dtype=object))
+    if is_ood.all() or not is_ood.any():
+        raise ZsfsError("a split needs both ID and OOD images; the store's labels give only one kind")
+    detectors = {
+        "zsfs": result.ood_score,
+        "zsfs_continuous": result.ood_continuous,
+        "mcm": result.mcm_score,  # already negated by the fit: higher = more OOD
+    }
+    class_names = np.asarray(result.classes, dtype=object)
+    is_id = ~is_ood
+    return SplitResult(
+        id_classes=list(id_classes),
+        n_id_images=int(is_id.sum()),
+        n_ood_images=int(is_ood.sum()),
+        ood={name: ood_metrics(np.asarray(scores, np.float64), is_ood) for name, scores in detectors.items()},
+        id_accuracy=accuracy(labels[is_id], class_names[result.predicted[is_id]]),
+        zero_shot_id_accuracy=accuracy(labels[is_id], class_names[result.zero_shot_predicted[is_id]]),
+        fit_seconds=float(sum(result.timings.values())),
+    )
+
+
+def summarize(splits: Sequence[SplitResult]) -> dict[str, float]:
+    """Mean and std over splits: ``auroc_mean``, ``mcm_fpr95_std``, ``id_accuracy_mean``, ..."""
+    summary: dict[str, float] = {}
+    for detector, prefix in SUMMARY_PREFIX.items():
+        for metric in ("auroc", "fpr95"):
+            mean, std = mean_std([split.ood[detector][metric] for split in splits])
+            summary[f"{prefix}{metric}_mean"], summary[f"{prefix}{metric}_std"] = mean, std
+    for key in ("id_accuracy", "zero_shot_id_accuracy"):
+        summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([getattr(split, key) for split in splits])
+    return summary
+
+
+def ood_bench(
+    store,
+    id_classes: int | Sequence[str],
+    config,
+    *,
+    n_splits: int = 5,
+    seed: int = 0,
+    vocabulary: str | None = None,
+    on_split: Callable[[int, SplitResult], None] | None = None,
+) -> dict:
+    """Run the protocol on an open ``Store``; returns the metrics.json content.
+
+    ``id_classes``: a count N (``n_splits`` random splits, reproducible from ``seed``) or the
+    ID class names (one split). ID classes are drawn among the labels that the vocabulary
+    names; labels it does not name can never be ID, so they are always OOD (listed as
+    ``always_ood_classes``). ``config`` is the ``FitConfig`` used for every split.
+    """
+    from zsfs.fit.run import fit_store, resolve_vocabulary
+
+    labels = store.labels()
+    if labels is None:
+        raise ZsfsError(f"{store.path.name} has no labels: the OOD benchmark needs the true class of every "
+                        f"image (extract a folder with one subfolder per class, or import with labels)")
+    labels = np.asarray(labels, dtype=object)
+    vocab_name = resolve_vocabulary(store, vocabulary)
+    named = set(store.vocabulary(vocab_name).classes)
+    label_classes = sorted(set(labels.tolist()))
+    eligible = [name for name in label_classes if name in named]
+    always_ood = [name for name in label_classes if name not in named]
+    if not eligible:
+        raise ZsfsError(f"none of the store's {len(label_classes)} label classes is in vocabulary {vocab_name!r}; "
+                        f"add a vocabulary of the label names: zsfs text {store.path} --classes FILE --name NAME")
+    splits = id_ood_splits(eligible, id_classes, n_splits=n_splits, seed=seed)
+
+    results = []
+    for number, split in enumerate(splits):
+        fitted = fit_store(store, config, vocabulary=vocab_name, classes=split)
+        results.append(score_split(fitted, labels, split))
+        if on_split is not None:
+            on_split(number, results[-1])
+
+    return {
+        "protocol": "zero-shot OOD: only the ID class names are given to the fit; OOD = images whose "
+                    "true label is not ID; AUROC and FPR at 95% TPR with OOD as the positive class",
+        "id_classes": id_classes if isinstance(id_classes, int) else list(splits[0]),
+        "n_splits": len(splits),
+        "seed": seed,
+        "vocabulary": vocab_name,
+        "n_images": int(len(labels)),
+        "n_label_classes": len(label_classes),
+        "always_ood_classes": always_ood,
+        **summarize(results),
+        "splits": [asdict(result) for result in results],
+        "config": _jsonable(config),
+        "store": store.fingerprint(),
+        "zsfs_version": __version__,
+    }
+
+
+def write_metrics(metrics: dict, out_dir: Path) -> Path:
+    """Write ``out_dir/metrics.json`` via a temporary folder; refuses an existing ``out_dir``."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir / METRICS_FILE
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Fail before any work when the output folder exists (results are never overwritten)."""
+    if Path(out_dir).exists():
+        raise ZsfsError(f"{out_dir} already exists; choose another --out or remove it")
+
+
+def _jsonable(config) -> dict:
+    values = asdict(config) if hasattr(config, "__dataclass_fields__") else dict(vars(config))
+    return json.loads(json.dumps(values, default=str))
