@@ -185,6 +185,8 @@ def decode_image(path: Path | str) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError("image too large (decompression bomb limit)", path) from None
     except UnidentifiedImageError:
+        if _starts_like_an_image(path):
+            raise ImageDecodeError("corrupt or truncated image header", path) from None
         raise ImageDecodeError("not an image (unidentified format)", path) from None
     except FileNotFoundError:
         raise ImageDecodeError("file not found", path) from None
@@ -202,6 +204,19 @@ def decode_image(path: Path | str) -> Image.Image:
         raise ImageDecodeError("corrupt image data", path) from None
     except MemoryError:
         raise ImageDecodeError("image too large to decode (out of memory)", path) from None
+
+
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+def _starts_like_an_image(path: Path) -> bool:
+    """Whether the file begins with a known image signature (so it is damaged, not foreign)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return False
+    return head.startswith(_IMAGE_SIGNATURES) and (not head.startswith(b"RIFF") or head[8:12] == b"WEBP")
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:

@@ -1,0 +1,242 @@
+"""Finding images in folders and lists, and decoding every format, mode and broken file."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsfs.errors import ZsfsError
+from zsfs.sources import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, open_source
+from zsfs.testing.images import BROKEN_FILES, GOOD_KINDS, write_image_folder
+
+EXIF_ORIENTATION = 0x0112
+
+
+def decode_strict(path: Path) -> Image.Image:
+    """decode_image with every warning turned into an error: decoding must be quiet."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return decode_image(path)
+
+
+def save(image: Image.Image, path: Path, **options) -> Path:
+    image.save(path, **options)
+    return path
+
+
+# --- open_source -------------------------------------------------------------------------------
+
+
+def test_image_extensions_are_lower_case_suffixes():
+    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"} == IMAGE_EXTENSIONS
+
+
+def test_folder_lists_images_sorted_with_subfolder_labels(image_folder):
+    source = open_source(image_folder["root"])
+    expected = sorted(image_folder["good"] + list(image_folder["bad"]))
+    assert source.paths == expected
+    assert source.location == source.root == Path(image_folder["root"]).resolve()
+    assert source.labels == [path.split("/")[0] for path in expected]
+    assert source.classes == ["blue", "green", "red"]
+    assert not set(image_folder["ignored"]) & set(source.paths)  # hidden, non-image suffix
+    assert source.absolute(0) == source.root / expected[0]
+    assert len(source) == len(expected)
+
+
+def test_folder_with_loose_images_has_no_labels(tmp_path):
+    write_image_folder(tmp_path, n_per_class=1, classes=("a",), broken=False)
+    save(Image.new("RGB", (8, 8)), tmp_path / "loose.PNG")  # upper-case suffix counts
+    source = open_source(tmp_path)
+    assert source.labels is None and source.classes is None
+    assert "loose.PNG" in source.paths and len(source.paths) == 2
+
+
+def test_label_is_the_first_level_folder_of_nested_images(tmp_path):
+    (tmp_path / "cat" / "indoor").mkdir(parents=True)
+    save(Image.new("RGB", (8, 8)), tmp_path / "cat" / "indoor" / "1.png")
+    save(Image.new("RGB", (8, 8)), tmp_path / "cat" / "2.png")
+    assert open_source(tmp_path).labels == ["cat", "cat"]
+
+
+def test_txt_list_resolves_relative_to_its_folder(tmp_path):
+    write_image_folder(tmp_path / "imgs", n_per_class=2, classes=("a",), broken=False)
+    outside = save(Image.new("RGB", (8, 8)), tmp_path.parent / f"{tmp_path.name}-outside.png")
+    inside_absolute = tmp_path / "imgs" / "a" / "a_001_png.png"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# comment\nimgs/a/a_000_jpeg.jpg\n\n{inside_absolute}\n{outside}\n")
+    source = open_source(listing)
+    assert source.root == tmp_path.resolve() and source.location == listing.resolve()
+    assert source.paths == ["imgs/a/a_000_jpeg.jpg", "imgs/a/a_001_png.png", str(outside)]
+    assert source.labels is None
+    assert source.absolute(2) == outside and source.absolute(0).is_file()
+
+
+def test_csv_list_with_and_without_labels(tmp_path):
+    (tmp_path / "with.csv").write_text("path,label\nx/1.jpg,cat\nx/2.jpg,dog\n")
+    (tmp_path / "without.csv").write_text("id,path\n1,x/1.jpg\n")
+    labelled = open_source(tmp_path / "with.csv")
+    assert labelled.paths == ["x/1.jpg", "x/2.jpg"] and labelled.labels == ["cat", "dog"]
+    assert labelled.classes == ["cat", "dog"]
+    assert open_source(tmp_path / "without.csv").labels is None
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("nopath.csv", "file,label\na.jpg,x\n", "no 'path' column"),
+        ("blank.csv", "path,label\na.jpg,x\nb.jpg,\n", "empty label"),
+        ("empty.txt", "# nothing\n\n", "lists no images"),
+        ("list.json", "[]", "neither a folder nor a list file"),
+    ],
+)
+def test_bad_list_files_are_clear_errors(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ZsfsError, match=message):
+        open_source(tmp_path / name)
+
+
+def test_missing_or_imageless_source_is_a_clear_error(tmp_path):
+    with pytest.raises(ZsfsError, match="does not exist"):
+        open_source(tmp_path / "nowhere")
+    (tmp_path / "notes.txt.d").mkdir()
+    (tmp_path / "notes.txt.d" / "readme.md").write_text("hi")
+    with pytest.raises(ZsfsError, match="no images found"):
+        open_source(tmp_path / "notes.txt.d")
+
+
+def test_digest_follows_the_listing(tmp_path):
+    (tmp_path / "a.csv").write_text("path,label\n1.jpg,x\n2.jpg,y\n")
+    (tmp_path / "b.csv").write_text("path,label\n1.jpg,x\n2.jpg,z\n")
+    (tmp_path / "c.csv").write_text("path,label\n1.jpg,x\n2.jpg,y\n")
+    a, b, c = (open_source(tmp_path / f"{n}.csv").digest() for n in "abc")
+    assert a == c != b and len(a) == 64
+
+
+# --- decode_image: the generated folder ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", GOOD_KINDS)
+def test_every_kind_decodes_to_rgb_of_the_right_size_and_colour(image_folder, kind):
+    paths = [p for p, k in image_folder["kinds"].items() if k == kind]
+    assert paths, f"the generated folder lacks kind {kind}"
+    for relative in paths:
+        image = decode_strict(image_folder["root"] / relative)
+        assert image.mode == "RGB"
+        assert image.size == image_folder["sizes"][relative]
+        pixels = np.asarray(image, dtype=np.float64)
+        means = pixels[pixels.shape[0] // 2 :].mean(axis=(0, 1))  # below any transparent band
+        if kind in ("gray", "png16"):
+            assert np.ptp(means) < 1 and 40 < means[0] < 215  # gray, and not clipped to white
+        else:
+            channel = ["red", "green", "blue"].index(image_folder["labels"][relative])
+            assert means.argmax() == channel and means[channel] > means.min() + 60
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_FILES))
+def test_every_broken_kind_gets_its_reason(image_folder, name):
+    relative = next(p for p in image_folder["bad"] if p.endswith("/" + name))
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(image_folder["root"] / relative)
+    assert image_folder["bad"][relative] in caught.value.reason
+    assert caught.value.path == image_folder["root"] / relative
+
+
+# --- decode_image: one property at a time ---------------------------------------------------------
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    original = np.zeros((20, 30, 3), np.uint8)
+    original[:, :10] = (250, 0, 0)  # red left band: its position shows the rotation
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # "turn 90 degrees clockwise to display"
+    sideways = Image.fromarray(original).transpose(Image.Transpose.ROTATE_90)
+    path = save(sideways, tmp_path / "r.jpg", quality=95, exif=exif.tobytes())
+    assert Image.open(path).size == (20, 30)  # stored height x width
+    decoded = decode_strict(path)
+    assert decoded.size == (30, 20)
+    assert np.abs(np.asarray(decoded, np.int16) - original).mean() < 6
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (16, 16), colour).quantize(4) for colour in ((255, 0, 0), (0, 0, 255))]
+    path = save(frames[0], tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=40)
+    assert tuple(np.asarray(decode_strict(path))[8, 8]) == (255, 0, 0)
+
+
+def test_sixteen_bit_images_scale_to_eight_bit(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 4).astype(np.uint16).reshape(4, 64)
+    for suffix in (".png", ".tif"):
+        decoded = np.asarray(decode_strict(save(Image.fromarray(ramp), tmp_path / f"g{suffix}")))
+        assert np.abs(decoded[..., 0].astype(int) - np.rint(ramp / 257)).max() <= 1
+        assert decoded[..., 0].min() == 0 and decoded[..., 0].max() == 255
+
+
+def test_32_bit_integer_and_float_images(tmp_path):
+    ramp = np.linspace(0, 65535, 256).reshape(16, 16)
+    as_int = save(Image.fromarray(ramp.astype(np.int32)), tmp_path / "i.tif")
+    assert Image.open(as_int).mode == "I"
+    assert np.abs(np.asarray(decode_strict(as_int))[..., 1] - ramp / 257).max() <= 1
+    small = save(Image.fromarray((ramp / 257).astype(np.int32)), tmp_path / "i8.tif")
+    assert np.asarray(decode_strict(small))[..., 2].max() == 255  # 8-bit data in an I container
+    floats = save(Image.fromarray((ramp / 65535 * 2 - 1).astype(np.float32)), tmp_path / "f.tif")
+    decoded = np.asarray(decode_strict(floats))[..., 0]
+    assert decoded.min() == 0 and decoded.max() == 255  # min-max scaled, not clipped to 0/1
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 1] = 200
+    rgba[4:, :, 3] = 255  # top half transparent (its stored colour is meaningless)
+    decoded = np.asarray(decode_strict(save(Image.fromarray(rgba, "RGBA"), tmp_path / "a.png")))
+    assert (decoded[:4] == 255).all() and (decoded[4:] == (0, 200, 0)).all()
+    la = Image.fromarray(rgba[..., [1, 3]], "LA")
+    assert (np.asarray(decode_strict(save(la, tmp_path / "la.png")))[:4] == 255).all()
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 10, 20, 30])
+    decoded = np.asarray(decode_strict(save(palette, tmp_path / "p.png", transparency=1)))
+    assert (decoded == 255).all()
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    cmyk = Image.new("RGB", (16, 16), (200, 30, 30)).convert("CMYK")
+    decoded = decode_strict(save(cmyk, tmp_path / "c.jpg", quality=95))
+    assert decoded.mode == "RGB"
+    assert np.abs(np.asarray(decoded, int)[8, 8] - (200, 30, 30)).max() < 12
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: p, "file not found"),
+        (lambda p: (p.mkdir(), p)[1], "not a file"),
+        (lambda p: (p.write_bytes(b"\x89PNG\r\n\x1a\n"), p)[1], "truncated"),
+        (lambda p: (p.write_bytes(b"GIF89a" + bytes(40)), p)[1], "corrupt"),
+    ],
+)
+def test_other_unreadable_files(tmp_path, make, reason):
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(make(tmp_path / "x.png"))
+
+
+def test_permission_denied_is_a_skip_reason(tmp_path, monkeypatch):
+    path = save(Image.new("RGB", (8, 8)), tmp_path / "p.png")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("zsfs.sources.Image.open", refuse)
+    with pytest.raises(ImageDecodeError, match="permission denied"):
+        decode_image(path)
+
+
+def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    warned = save(Image.new("RGB", (12, 12)), tmp_path / "w.png")  # 144 px: Pillow only warns
+    refused = save(Image.new("RGB", (64, 64)), tmp_path / "e.png")  # > 2x: Pillow raises
+    for path in (warned, refused):
+        with pytest.raises(ImageDecodeError, match="too large"):
+            decode_strict(path)
