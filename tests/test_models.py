@@ -1,0 +1,254 @@
+"""Model loading (tag | file | random), records, preprocessing, encoding, and every load error."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from zsfs.errors import ModelLoadError
+from zsfs.models import (
+    encode_vocabulary,
+    load_backbone,
+    load_backbone_from_record,
+    load_clip,
+    load_clip_from_record,
+)
+from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
+from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
+
+OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
+
+
+def pixels_for(model, n: int = 3) -> torch.Tensor:
+    images = [Image.new("RGB", (40 + 8 * i, 30), (60 * i, 100, 200 - 50 * i)) for i in range(n)]
+    return torch.stack([model.preprocess(image) for image in images])
+
+
+def assert_normalised(embeddings: torch.Tensor | np.ndarray, shape: tuple) -> None:
+    embeddings = torch.as_tensor(embeddings)
+    assert embeddings.shape == shape and embeddings.dtype == torch.float32
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(shape[0]))
+
+
+# --- CLIP ----------------------------------------------------------------------------------------
+
+
+def test_tiny_clip_record_and_preprocessing(tiny_clip):
+    record = tiny_clip.record
+    assert record["name"] == "zsfs-tiny-clip" and record["weights"] == "random"
+    assert record["file"] is None and record["sha256"] is None
+    assert record["dim"] == 32 and record["image_size"] == [32, 32]
+    assert record["mean"] == pytest.approx(OPENAI_MEAN)
+    assert (record["interpolation"], record["crop"]) == ("bicubic", "center")
+    assert json.loads(json.dumps(record)) == record  # stored as JSON in the store
+    assert tiny_clip.preprocess(Image.new("RGB", (50, 20))).shape == (3, 32, 32)
+
+
+def test_clip_encodes_images_and_texts_normalised(tiny_clip):
+    assert_normalised(tiny_clip.encode_images(pixels_for(tiny_clip)), (3, 32))
+    texts = ["a cat", "a dog", "a photo of a truck", "x"]
+    batched = tiny_clip.encode_texts(texts, batch_size=3)
+    assert_normalised(batched, (4, 32))
+    torch.testing.assert_close(batched, tiny_clip.encode_texts(texts, batch_size=256))
+    assert not torch.allclose(batched[0], batched[1])
+
+
+def test_vocabulary_single_and_ensemble(tiny_clip, monkeypatch):
+    classes = ["cat", "dog", "traffic light"]
+    calls = []
+    encode_text = tiny_clip.model.encode_text
+    monkeypatch.setattr(tiny_clip.model, "encode_text", lambda tokens: calls.append(len(tokens)) or encode_text(tokens))
+    single, ensemble = encode_vocabulary(tiny_clip, classes)
+    assert calls == [3, 240]  # one batch for the single prompts, one for all 3 x 80 templates
+    assert_normalised(single, (3, 32))
+    assert_normalised(ensemble, (3, 32))
+    assert isinstance(single, np.ndarray) and not np.allclose(single, ensemble, atol=1e-3)
+    np.testing.assert_allclose(single[2], tiny_clip.encode_texts([SINGLE_PROMPT.format("traffic light")])[0], atol=1e-5)
+    per_template = tiny_clip.encode_texts([t.format("dog") for t in ENSEMBLE_TEMPLATES])
+    mean = per_template.mean(dim=0)
+    np.testing.assert_allclose(ensemble[1], (mean / mean.norm()).numpy(), atol=1e-5)
+
+
+def test_random_clip_is_reproducible_and_leaves_the_global_rng_alone(tiny_clip):
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    again = load_clip(str(TINY_CLIP_CONFIG), "random")
+    assert torch.equal(torch.rand(3), expected_next)
+    assert again.record == tiny_clip.record
+    x = pixels_for(tiny_clip)
+    assert torch.equal(again.encode_images(x), tiny_clip.encode_images(x))
+
+
+def test_clip_checkpoint_file_round_trip(tiny_clip, tmp_path):
+    file = tmp_path / "clip.pt"
+    torch.save(tiny_clip.model.state_dict(), file)
+    loaded = load_clip(str(TINY_CLIP_CONFIG), str(file))
+    assert loaded.record["weights"] == "file" and loaded.record["file"] == str(file.resolve())
+    assert loaded.record["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    x = pixels_for(tiny_clip)
+    assert torch.equal(loaded.encode_images(x), tiny_clip.encode_images(x))
+    assert torch.equal(loaded.encode_texts(["a cat"]), tiny_clip.encode_texts(["a cat"]))
+    reloaded = load_clip_from_record(json.loads(json.dumps(loaded.record)))
+    assert reloaded.record == loaded.record
+    assert torch.equal(reloaded.encode_images(x), tiny_clip.encode_images(x))
+
+
+def test_clip_from_record_needs_the_same_file_or_init(tiny_clip, tmp_path):
+    file = tmp_path / "clip.pt"
+    torch.save(tiny_clip.model.state_dict(), file)
+    record = load_clip(str(TINY_CLIP_CONFIG), str(file)).record
+    assert torch.equal(load_clip_from_record(tiny_clip.record).encode_texts(["x"]), tiny_clip.encode_texts(["x"]))
+    file.write_bytes(file.read_bytes() + b"\0")
+    with pytest.raises(ModelLoadError, match="changed since the store was built"):
+        load_clip_from_record(record)
+    file.unlink()
+    with pytest.raises(ModelLoadError, match="is missing"):
+        load_clip_from_record(record)
+    with pytest.raises(ModelLoadError, match="initialises it differently"):
+        load_clip_from_record({**tiny_clip.record, "init_fingerprint": "0" * 64})
+
+
+@pytest.mark.parametrize(
+    ("name", "weights", "message"),
+    [
+        ("ViT-B-23", "openai", r"unknown CLIP model 'ViT-B-23' \(close names: ViT-B-32"),
+        ("ViT-B/32", "nope", r"neither a pretrained tag of CLIP ViT-B-32 .*Tags: openai"),
+        (str(TINY_CLIP_CONFIG), "/no/such/clip.pt", "CLIP weights file /no/such/clip.pt not found"),
+        (str(TINY_CLIP_CONFIG), "missing.safetensors", "missing.safetensors not found"),
+        ("/no/such/config.json", "random", "config file /no/such/config.json not found"),
+    ],
+)
+def test_clip_name_and_weights_errors(name, weights, message):
+    with pytest.raises(ModelLoadError, match=message):
+        load_clip(name, weights)
+
+
+def test_clip_file_that_does_not_fit_or_is_not_a_checkpoint(tiny_backbone, tmp_path):
+    other = tmp_path / "backbone.safetensors"
+    save_file(tiny_backbone.model.state_dict(), str(other))
+    with pytest.raises(ModelLoadError, match="does not fit the CLIP architecture zsfs-tiny-clip"):
+        load_clip(str(TINY_CLIP_CONFIG), str(other))
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        load_clip(str(TINY_CLIP_CONFIG), str(tmp_path / "notes.pt"))
+
+
+def test_json_that_is_not_an_open_clip_config(tmp_path):
+    (tmp_path / "cfg.json").write_text('{"embed_dim": 8}')
+    with pytest.raises(ModelLoadError, match="not an open_clip model config"):
+        load_clip(str(tmp_path / "cfg.json"), "random")
+
+
+def test_clip_download_failure_says_how_to_pass_a_file(offline):
+    with pytest.raises(ModelLoadError) as caught:
+        load_clip("ViT-B-32", "openai")
+    message = str(caught.value)
+    assert "could not download the CLIP weights ViT-B-32 / openai" in message
+    assert "--clip-weights /path/to/" in message and "Traceback" not in message
+
+
+# --- backbone ------------------------------------------------------------------------------------
+
+
+def test_tiny_backbone_record_and_features(tiny_backbone):
+    record = tiny_backbone.record
+    assert (record["name"], record["weights"], record["output"]) == (TINY_BACKBONE, "random", "pre_logits")
+    assert record["dim"] == 64 and record["image_size"] == [160, 160]
+    assert record["mean"] == record["std"] == [0.5, 0.5, 0.5]
+    assert record["crop_pct"] == pytest.approx(0.95) and record["crop"] == "center"
+    assert json.loads(json.dumps(record)) == record
+    x = pixels_for(tiny_backbone)
+    assert x.shape == (3, 3, 160, 160)
+    assert_normalised(tiny_backbone.encode_images(x), (3, 64))
+
+
+def test_clip_image_towers_keep_their_head(monkeypatch):
+    from timm.models import get_pretrained_cfg
+
+    assert get_pretrained_cfg("vit_giant_patch14_clip_224.laion2b").num_classes == 1024  # the paper's 1024-d
+    monkeypatch.setattr("zsfs.models.BACKBONE_HEAD_MARKER", "test_")  # make the tiny model a "CLIP tower"
+    headed = load_backbone(TINY_BACKBONE, "random")
+    assert (headed.record["output"], headed.record["dim"]) == ("head", 1000)
+    assert_normalised(headed.encode_images(pixels_for(headed, 2)), (2, 1000))
+
+
+@pytest.mark.parametrize("with_head", [False, True])
+def test_backbone_checkpoint_file_round_trip(tiny_backbone, tmp_path, with_head):
+    import timm
+
+    if with_head:  # a full timm checkpoint (classifier included): features must not change
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            full = timm.create_model(TINY_BACKBONE)
+        state, reference = full.state_dict(), full.eval()
+        full.reset_classifier(0)
+    else:
+        state, reference = tiny_backbone.model.state_dict(), tiny_backbone.model
+    file = tmp_path / "backbone.safetensors"
+    save_file(state, str(file))
+    loaded = load_backbone(TINY_BACKBONE, str(file))
+    assert (loaded.record["weights"], loaded.record["output"], loaded.record["dim"]) == ("file", "pre_logits", 64)
+    x = pixels_for(tiny_backbone)
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(reference(x), dim=-1)
+    torch.testing.assert_close(loaded.encode_images(x), expected)
+    assert torch.equal(load_backbone_from_record(loaded.record).encode_images(x), loaded.encode_images(x))
+
+
+def test_backbone_from_record_checks_file_and_init(tiny_backbone, tmp_path):
+    file = tmp_path / "b.pth"
+    torch.save(tiny_backbone.model.state_dict(), file)
+    record = load_backbone(TINY_BACKBONE, str(file)).record
+    assert record["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+    x = pixels_for(tiny_backbone)
+    assert torch.equal(load_backbone_from_record(tiny_backbone.record).encode_images(x), tiny_backbone.encode_images(x))
+    torch.save({"other": torch.zeros(1)}, file)
+    with pytest.raises(ModelLoadError, match="changed since the store was built"):
+        load_backbone_from_record(record)
+    with pytest.raises(ModelLoadError, match="initialises it differently"):
+        load_backbone_from_record({**tiny_backbone.record, "init_fingerprint": "f" * 64})
+
+
+def test_backbone_file_that_does_not_fit(tiny_backbone, tiny_clip, tmp_path):
+    vit_file = tmp_path / "vit.safetensors"
+    save_file(tiny_backbone.model.state_dict(), str(vit_file))
+    # timm alone would load this non-strictly and leave the EfficientNet random.
+    with pytest.raises(ModelLoadError, match="does not fit the backbone test_efficientnet"):
+        load_backbone("test_efficientnet", str(vit_file))
+    clip_file = tmp_path / "clip.pt"
+    torch.save(tiny_clip.model.state_dict(), clip_file)
+    with pytest.raises(ModelLoadError, match="does not fit the backbone test_vit"):
+        load_backbone(TINY_BACKBONE, str(clip_file))
+    (tmp_path / "junk.pth").write_text("hello")
+    with pytest.raises(ModelLoadError, match="cannot read .*junk.pth as a checkpoint"):
+        load_backbone(TINY_BACKBONE, str(tmp_path / "junk.pth"))
+
+
+@pytest.mark.parametrize(
+    ("name", "weights", "message"),
+    [
+        ("test_vitt", "random", r"unknown timm model 'test_vitt' \(close names: test_vit"),
+        ("test_vit.bogus", "random", r"no such pretrained tag \(known: test_vit.r160_in1k\)"),
+        (TINY_BACKBONE, "/no/such/model.safetensors", "backbone weights file /no/such/model.safetensors not found"),
+        (TINY_BACKBONE, "openai", "must be 'default', 'random' or an existing file"),
+        ("vit_giant_patch14_224", "default", "has no pretrained weights"),
+    ],
+)
+def test_backbone_name_and_weights_errors(name, weights, message):
+    with pytest.raises(ModelLoadError, match=message):
+        load_backbone(name, weights)
+
+
+def test_backbone_download_failure_says_how_to_pass_a_file(offline):
+    with pytest.raises(ModelLoadError) as caught:
+        load_backbone(TINY_BACKBONE, "default")
+    message = str(caught.value)
+    assert "could not download the backbone weights of test_vit" in message
+    assert "--backbone-weights /path/to/model.safetensors" in message
