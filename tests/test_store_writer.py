@@ -75,12 +75,14 @@ def test_resume_after_partial_write_gives_identical_store(tmp_path):
     # A run killed while writing shard 2 leaves a temporary file behind.
     stale = first.shards_dir / "shard-00002.h5.dead.tmp"
     stale.write_bytes(b"half a shard")
+    stale_master = tmp_path / "part" / "s.h5.tmp"
+    stale_master.write_bytes(b"half a master")
     with pytest.raises(StoreError, match="2 of 3 shards are not written yet"):
         first.finalize(ATTRS)
 
     resumed = new_writer(tmp_path / "part" / "s.h5")
     assert resumed.pending_shards() == [0, 2]
-    assert not stale.exists()
+    assert not stale.exists() and not stale_master.exists()
     write_all(resumed)
     resumed.finalize(ATTRS)
     with Store(tmp_path / "full" / "s.h5") as a, Store(tmp_path / "part" / "s.h5") as b:

@@ -130,7 +130,7 @@ class StoreWriter:
     # -- existing files -------------------------------------------------------------------
     def existing_files(self) -> list[Path]:
         """Master and every shard or temporary file this writer would own."""
-        files = [self.master] if self.master.exists() else []
+        files = [path for path in (self.master, self.master_tmp()) if path.exists()]
         if self.shards_dir.is_dir():
             files += sorted(self.shards_dir.glob("shard-*" + schema.SHARD_SUFFIX))
             files += sorted(self.shards_dir.glob("*" + schema.TMP_SUFFIX))
@@ -161,7 +161,12 @@ class StoreWriter:
         if self.shards_dir.is_dir() and not any(self.shards_dir.iterdir()):
             self.shards_dir.rmdir()
 
+    def master_tmp(self) -> Path:
+        return self.master.with_name(self.master.name + schema.TMP_SUFFIX)
+
     def remove_tmp_files(self) -> None:
+        """Remove what interrupted runs left behind: temporary shards and master."""
+        self.master_tmp().unlink(missing_ok=True)
         if self.shards_dir.is_dir():
             for path in self.shards_dir.glob("*" + schema.TMP_SUFFIX):
                 path.unlink(missing_ok=True)
@@ -248,7 +253,7 @@ class StoreWriter:
         if pending:
             raise StoreError(f"{len(pending)} of {self.n_shards} shards are not written yet "
                              f"(first: {schema.shard_name(pending[0])}); rerun to finish them")
-        tmp = self.master.with_name(self.master.name + schema.TMP_SUFFIX)
+        tmp = self.master_tmp()
         try:
             self._write_master(tmp, attrs, exact_max=exact_max, index_seed=index_seed)
             fsync_file(tmp)
@@ -282,8 +287,10 @@ class StoreWriter:
                 master.create_dataset(schema.SHARDS_ROWS, data=rows)
 
                 index, index_info = build_index(gather(shards, schema.CLIP), exact_max=exact_max, seed=index_seed)
-                master.create_dataset(schema.INDEX_DATASET, data=serialize_index(index))
-                del index
+                blob = serialize_index(index)
+                del index  # an IVF index over 1M rows is gigabytes: keep one copy at a time
+                master.create_dataset(schema.INDEX_DATASET, data=blob)
+                del blob
                 self._carry_over_vocabularies(master)
 
                 master.attrs.update({
