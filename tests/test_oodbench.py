@@ -1,0 +1,178 @@
+"""The zero-shot OOD protocol: splits, metrics, zsfs vs MCM, metrics.json, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from zsfs.cli import main
+from zsfs.cli.common import console
+from zsfs.errors import ZsfsError
+from zsfs.evaluate import auroc
+from zsfs.fit.run import FitConfig
+from zsfs.oodbench import ood_bench, score_split, summarize
+from zsfs.store import Store
+from zsfs.testing.synthetic import class_names, make_synthetic_store
+
+# Small and quick; the test outcomes do not depend on the fit's default epochs.
+# Explicit geometry (clean backbone clusters, CLIP about 60 % right), independent of the generator defaults.
+SMALL_STORE = dict(clip_dim=128, backbone_dim=128, backbone_noise=1.5, clip_accuracy=0.6)
+QUICK_FIT = dict(epochs=20, cycle_epochs=5, max_cycles=3)
+QUICK_FIT_ARGS = ["--epochs", "20", "--cycle-epochs", "5", "--max-cycles", "3"]
+
+
+@pytest.fixture(autouse=True)
+def unwrapped_messages(monkeypatch):
+    monkeypatch.setattr(console, "soft_wrap", True)
+
+
+@pytest.fixture(scope="module")
+def labelled_store(tmp_path_factory):
+    """1,500 images of 10 labelled classes, all named in the store's vocabulary."""
+    return make_synthetic_store(tmp_path_factory.mktemp("ood") / "ten.h5", 1500, 10, seed=0, **SMALL_STORE)
+
+
+@pytest.fixture(scope="module")
+def bench(labelled_store):
+    with Store(labelled_store) as store:
+        return ood_bench(store, 6, FitConfig(**QUICK_FIT), n_splits=2, seed=0)
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, ["ood-bench", *map(str, args)])
+
+
+def test_splits_hold_n_id_classes_and_every_image(bench):
+    assert bench["n_splits"] == 2 and bench["id_classes"] == 6 and bench["n_images"] == 1500
+    for split in bench["splits"]:
+        assert len(split["id_classes"]) == 6 and set(split["id_classes"]) <= set(class_names(10))
+        assert split["n_id_images"] + split["n_ood_images"] == 1500
+    assert bench["splits"][0]["id_classes"] != bench["splits"][1]["id_classes"]
+
+
+def test_zsfs_separates_held_out_classes_better_than_mcm(bench):
+    # Backbone clusters are clean and CLIP is mediocre: the fitted classifier's scores should
+    # find the OOD classes clearly, and better than MCM, which only sees CLIP.
+    assert bench["auroc_mean"] > 0.8
+    assert bench["continuous_auroc_mean"] > 0.85
+    assert bench["continuous_auroc_mean"] > bench["mcm_auroc_mean"] + 0.1
+    assert bench["id_accuracy_mean"] > bench["zero_shot_id_accuracy_mean"]
+    assert 0.0 <= bench["fpr95_mean"] <= 1.0 and 0.0 <= bench["mcm_fpr95_mean"] <= 1.0
+
+
+def test_summary_is_mean_and_std_over_splits(bench):
+    values = [split["ood"]["mcm"]["auroc"] for split in bench["splits"]]
+    assert bench["mcm_auroc_mean"] == pytest.approx(np.mean(values))
+    assert bench["mcm_auroc_std"] == pytest.approx(np.std(values))
+
+
+def test_same_seed_same_result(labelled_store, bench):
+    with Store(labelled_store) as store:
+        again = ood_bench(store, 6, FitConfig(**QUICK_FIT), n_splits=2, seed=0)
+    def without_time(splits):
+        return [{key: value for key, value in split.items() if key != "fit_seconds"} for split in splits]
+
+    assert without_time(again["splits"]) == without_time(bench["splits"])
+
+
+def test_score_split_uses_ood_as_positive_and_the_fit_scores_as_given():
+    labels = np.array(["a", "a", "b", "c", "c"], dtype=object)
+    result = SimpleNamespace(
+        classes=["a", "b"],
+        predicted=np.array([0, 0, 0, 1, 0]),
+        zero_shot_predicted=np.array([1, 1, 1, 0, 0]),
+        ood_score=np.array([0.0, 1 / 3, 0.0, 1.0, 2 / 3]),
+        ood_continuous=np.array([-1.0, 0.0, -0.5, 2.0, 1.0]),
+        mcm_score=np.array([-0.9, -0.8, -0.7, -0.6, -0.95]),  # the fit's MCM: higher = more OOD
+        timings={"self-training": 1.5},
+    )
+    split = score_split(result, labels, ["a", "b"])
+    is_ood = np.array([False, False, False, True, True])
+    assert split.n_id_images == 3 and split.n_ood_images == 2
+    assert split.ood["zsfs"]["auroc"] == 1.0 and split.ood["zsfs_continuous"]["auroc"] == 1.0
+    assert split.ood["mcm"]["auroc"] == auroc(result.mcm_score, is_ood) == 0.5
+    # ID rows are a, a, b: the classifier says a, a, a; zero-shot says b, b, b.
+    assert split.id_accuracy == pytest.approx(2 / 3)
+    assert split.zero_shot_id_accuracy == pytest.approx(1 / 3)
+    assert summarize([split])["auroc_std"] == 0.0
+
+
+def test_labels_outside_the_vocabulary_are_always_ood(tmp_path):
+    path = make_synthetic_store(tmp_path / "open.h5", 600, 4, n_ood_classes=2, seed=1, **SMALL_STORE)
+    with Store(path) as store:
+        metrics = ood_bench(store, 2, FitConfig(**QUICK_FIT), n_splits=1)
+    assert metrics["always_ood_classes"] == class_names(2, "ood")
+    assert set(metrics["splits"][0]["id_classes"]) <= set(class_names(4))
+
+
+def test_store_without_labels_is_refused(tmp_path):
+    path = make_synthetic_store(tmp_path / "blind.h5", 200, 3, labels=False, **SMALL_STORE)
+    with Store(path) as store, pytest.raises(ZsfsError, match="has no labels"):
+        ood_bench(store, 1, FitConfig(**QUICK_FIT))
+
+
+def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path):
+    out = tmp_path / "bench"
+    result = run_cli("--store", labelled_store, "--id-classes", 6, "--splits", 2, "--out", out, "--json",
+                     *QUICK_FIT_ARGS)
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "metrics.json").read_text())
+    printed = json.loads(result.stdout)
+    assert written == printed
+    for key in ("auroc_mean", "auroc_std", "mcm_auroc_mean", "fpr95_mean", "continuous_auroc_mean",
+                "id_accuracy_mean", "zero_shot_id_accuracy_mean"):
+        assert 0.0 <= written[key] <= 1.0
+    assert len(written["splits"]) == 2 and written["config"]["epochs"] == 20
+    assert "MCM" in result.stderr and "zsfs (paper score)" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["bench"]  # no temporary folder left behind
+
+
+def test_cli_id_class_file_gives_one_split(labelled_store, tmp_path):
+    listed = tmp_path / "id.txt"
+    listed.write_text("class_0003\nclass_0001\n\nclass_0007\n")
+    result = run_cli("--store", labelled_store, "--id-classes", listed, "--json", "--paper", *QUICK_FIT_ARGS)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["n_splits"] == 1
+    assert metrics["id_classes"] == ["class_0001", "class_0003", "class_0007"]
+    assert metrics["config"]["prompts"] == "single" and metrics["config"]["accumulate"] is False
+
+
+@pytest.mark.parametrize("id_classes, message", [
+    ("10", "between 1 and 9"),
+    ("0", "between 1 and 9"),
+    ("nonsense", "neither a number nor an existing file"),
+])
+def test_cli_bad_id_classes(labelled_store, id_classes, message):
+    result = run_cli("--store", labelled_store, "--id-classes", id_classes)
+    assert result.exit_code == 1 and message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_unknown_class_in_file(labelled_store, tmp_path):
+    listed = tmp_path / "id.txt"
+    listed.write_text("class_0001\nzebra\n")
+    result = run_cli("--store", labelled_store, "--id-classes", listed)
+    assert result.exit_code == 1 and "'zebra'" in result.stderr
+
+
+def test_cli_existing_out_is_refused_before_any_work(labelled_store, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run_cli("--store", labelled_store, "--id-classes", 3, "--out", out)
+    assert result.exit_code == 1 and "already exists" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_cli_missing_store_and_unlabelled_store(tmp_path):
+    missing = run_cli("--store", tmp_path / "nope.h5", "--id-classes", 3)
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+    blind = make_synthetic_store(tmp_path / "blind.h5", 200, 3, labels=False, **SMALL_STORE)
+    result = run_cli("--store", blind, "--id-classes", 1, "--out", tmp_path / "never")
+    assert result.exit_code == 1 and "has no labels" in result.stderr
+    assert not (tmp_path / "never").exists()
