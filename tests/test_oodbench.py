@@ -22,7 +22,7 @@ from zsfs.testing.synthetic import class_names, make_synthetic_store
 # Explicit geometry (clean backbone clusters, CLIP about 60 % right), independent of the generator defaults.
 SMALL_STORE = dict(clip_dim=128, backbone_dim=128, backbone_noise=1.5, clip_accuracy=0.6)
 QUICK_FIT = dict(epochs=20, cycle_epochs=5, max_cycles=3)
-QUICK_FIT_ARGS = ["--epochs", "20", "--cycle-epochs", "5", "--max-cycles", "3"]
+QUICK_FIT_ARGS = ["--epochs", "20", "--cycle-epochs", "5", "--cycles", "3"]
 
 
 @pytest.fixture(autouse=True)

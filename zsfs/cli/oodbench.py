@@ -21,21 +21,10 @@ from zsfs.errors import ZsfsError
               help="Number of random ID/OOD splits (with N).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to create with metrics.json (must not exist) [default: write nothing].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits and of every fit.")
 @click.option("--vocab", help="Vocabulary whose names match the labels [default: the store's only one].")
-@click.option("--k", type=click.IntRange(min=1), help="Seeds per class [default: the fit's, 16].")
-@click.option("--candidates", type=click.IntRange(min=1), help="Zero-shot candidates per class [100].")
-@click.option("--neighbours", type=click.IntRange(min=1), help="CLIP neighbours re-ranking each candidate [5].")
-@click.option("--prompts", type=click.Choice(["ensemble", "single"]), help="Text embeddings [ensemble; single with --paper].")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs on the seeds [100].")
-@click.option("--cycle-epochs", type=click.IntRange(min=0), help="Maximum epochs per self-training cycle [20].")
-@click.option("--max-cycles", type=click.IntRange(min=0), help="Maximum self-training cycles [19].")
-@click.option("--ood-multiplier", type=click.FloatRange(min=0), help="m of the thresholds mean - m * std [1].")
-@click.option("--paper", is_flag=True, help="The paper's exact variant (single prompt, per-cycle sets).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Also print metrics.json to stdout.")
-def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, seed: int, vocab: str | None,
-              paper: bool, as_json: bool, **fit_options) -> None:
+def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, vocab: str | None,
+              as_json: bool, paper: bool, fast: bool, **fit_options) -> None:
     """Zero-shot OOD benchmark: only the ID class names go to the fit; OOD = images of other classes.
 
     Reports AUROC (OOD positive) and FPR at 95% TPR, mean +- std over the splits, for zsfs'
@@ -50,10 +39,12 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     if out is not None:
         check_out_dir(out)
     wanted = _parse_id_classes(id_classes)
-    # Only the options given on the command line: FitConfig (or its paper preset) owns the defaults.
+    # Only the options given on the command line: FitConfig (or its presets) owns the defaults.
     options = {name: value for name, value in fit_options.items() if value is not None}
-    options["seed"] = seed
-    config = FitConfig.paper(**options) if paper else FitConfig(**options)
+    config = FitConfig.fast(paper=paper, **options) if fast else (
+        FitConfig.paper(**options) if paper else FitConfig(**options))
+    config.validate()
+    seed = config.seed
     n_splits = splits if isinstance(wanted, int) else 1
 
     with Store(store_path) as store, console.status(f"fitting split 1 of {n_splits}") as status:
@@ -75,6 +66,17 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         console.print(f"Written: {write_metrics(metrics, out)}")
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
+
+
+def _share_fit_options(command: click.Command) -> click.Command:
+    """Give ``command`` the fit's own options (--k, --prompts, --paper, --seed, ...), defined once in
+    ``zsfs fit``: the benchmark fits exactly as ``zsfs fit`` would with the same options."""
+    from zsfs.cli.fit import PARAMETERS, fit_command
+
+    shared = [param for param in fit_command.params if param.name in (*PARAMETERS, "paper", "fast")]
+    before_json = next(i for i, param in enumerate(command.params) if param.name == "as_json")
+    command.params[before_json:before_json] = shared
+    return command
 
 
 def _parse_id_classes(value: str) -> int | list[str]:
@@ -110,5 +112,7 @@ def _table(metrics: dict) -> Table:
 def _pm(metrics: dict, key: str) -> str:
     return f"{metrics[key + '_mean']:.3f} ± {metrics[key + '_std']:.3f}"
 
+
+ood_bench = _share_fit_options(ood_bench)
 
 COMMANDS = [ood_bench]
