@@ -1,3 +1,136 @@
-"""CLI commands (stub: to be filled)."""
+"""``zsfs fit``: seeds, self-training and OOD scores for every image of a store."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from zsfs.cli.common import console
+from zsfs.errors import ZsfsError
+
+# Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
+PARAMETERS = ("k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
+              "cycle_epochs", "batch_size", "lr", "max_cycles", "ood_multiplier", "seed", "device")
+
+
+def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
+    """``runs/<store>-<vocab>-k<k>-<UTC time>``, with a counter if that exists already."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{store.stem}-{vocabulary}-k{k}-{stamp}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+@click.command("fit")
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Store (.h5) to fit on.")
+@click.option("--vocab", default=None, help="Vocabulary (class list) of the store [default: its only one].")
+@click.option("--out", "run_dir", type=click.Path(path_type=Path), default=None,
+              help="Run folder to create (must not exist) [default: runs/<store>-<vocab>-k<k>-<UTC time>].")
+@click.option("--k", type=click.IntRange(min=1), default=None, help="Seeds per class; candidates per class per cycle [16].")
+@click.option("--candidates", type=click.IntRange(min=1), default=None, help="Zero-shot candidates per class, R [100].")
+@click.option("--neighbours", type=click.IntRange(min=1), default=None, help="CLIP neighbours for re-ranking [5].")
+@click.option("--prompts", type=click.Choice(["ensemble", "single"]), default=None,
+              help="Class text embeddings: 80-template ensemble or 'a photo of a {}' [ensemble; paper: single].")
+@click.option("--accumulate/--no-accumulate", default=None,
+              help="Train each cycle on all pseudo-labels so far (seeds included) or only on the cycle's new ones "
+                   "[accumulate; paper: no-accumulate].")
+@click.option("--unique-labels/--duplicate-labels", "unique_pseudo_labels", default=None,
+              help="An image shortlisted by several classes stays a candidate only of the class with its highest "
+                   "zero-shot score, or of all of them [unique; paper: duplicate].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs on the seeds [100].")
+@click.option("--cycle-epochs", type=click.IntRange(min=0), default=None, help="Maximum epochs per cycle [20].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [16].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate [1e-3].")
+@click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="Maximum self-training cycles [19].")
+@click.option("--ood-multiplier", type=click.FloatRange(min=0), default=None, help="m in threshold = mean - m*std [1].")
+@click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
+@click.option("--device", default=None, help="cpu or cuda [cpu].")
+@click.option("--paper", is_flag=True, help="Paper-faithful preset: single prompt, per-cycle sets, duplicates kept "
+                                            "(other options still override it).")
+@click.option("--fast", is_flag=True, help="Faster training preset: batch 256, lr 1e-2, 30 epochs, 10 per cycle.")
+@click.option("--json", "as_json", is_flag=True, help="Print config and metrics as JSON on stdout.")
+def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper: bool, fast: bool, as_json: bool,
+                **options) -> None:
+    """Label and OOD-score every image of STORE from its class names (no labels needed).
+
+    Zero-shot candidates per class, neighbourhood re-ranking, the first k as seeds, a linear
+    classifier on the backbone features, self-training cycles, and the three-statistic OOD
+    score. Writes predictions.parquet, classifier.pt, config.json (+ metrics.json when the
+    store has labels) to a new run folder.
+
+    \b
+    Rules: k must not exceed --candidates; a class with fewer than k candidates uses what it
+    has; cycles stop when a cycle's first-epoch loss rises, when the loss drops below 0.1, or
+    when the candidates run out.
+
+    \b
+    Example:
+      zsfs fit --store imagenet.h5 --k 16 --out runs/imagenet-k16
+      zsfs fit --store imagenet.h5 --paper --k 5
+    """
+    from zsfs.fit.run import FitConfig, fit_metrics, fit_store, resolve_vocabulary, save_run
+    from zsfs.store import Store
+
+    chosen = {name: value for name, value in options.items() if value is not None}
+    config = FitConfig.fast(paper=paper, **chosen) if fast else (
+        FitConfig.paper(**chosen) if paper else FitConfig(**chosen))
+    config.validate()
+    if run_dir is not None and run_dir.exists():
+        raise ZsfsError(f"{run_dir} already exists; choose another --out (runs are never overwritten)")
+    with Store(store_path) as store:
+        vocabulary = resolve_vocabulary(store, vocab)
+        run_dir = run_dir or default_run_dir(store_path, vocabulary, config.k)
+        with console.status(f"Fitting {store.n_images:,} images on vocabulary {vocabulary!r}..."):
+            result = fit_store(store, config, vocabulary)
+            saved = save_run(result, store, config, run_dir)
+        labels = store.labels()
+        metrics = fit_metrics(result, labels) if labels is not None else None
+    show_summary(result, metrics, saved)
+    if as_json:
+        click.echo(json.dumps({"run": str(saved), "metrics": metrics,
+                               "timings_s": result.timings}, indent=2, default=str))
+
+
+def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
+    import numpy as np
+    from rich.table import Table
+
+    table = Table(title=f"zsfs fit: {len(result.predicted):,} images, {len(result.classes)} classes", title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("value", justify="right")
+    if metrics and "accuracy" in metrics:
+        table.add_row("accuracy", f"{metrics['accuracy']:.4f}")
+        table.add_row("zero-shot accuracy", f"{metrics['zero_shot_accuracy']:.4f}")
+        for key, label in (("ood_auroc", "OOD AUROC (paper score)"), ("ood_continuous_auroc", "OOD AUROC (continuous)"),
+                           ("mcm_auroc", "OOD AUROC (MCM)")):
+            if key in metrics:
+                table.add_row(label, f"{metrics[key]:.4f}")
+    table.add_row("seeds", f"{int(result.is_seed.sum()):,}")
+    table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
+    levels, counts = np.unique(np.round(result.ood_score * 3).astype(int), return_counts=True)
+    ood_counts = dict(zip(levels.tolist(), counts.tolist()))
+    table.add_row("OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{ood_counts.get(i, 0):,}" for i in range(4)))
+    for phase, seconds in result.timings.items():
+        table.add_row(f"time: {phase}", f"{seconds:.2f} s")
+    table.add_row("time: total", f"{sum(result.timings.values()):.2f} s")
+    console.print(table)
+
+    cycles = Table(title="cycles", title_justify="left")
+    for name in ("cycle", "candidates", "kept", "trained on", "epochs", "first loss", "seed precision"):
+        cycles.add_column(name, justify="right")
+    precision = {p["cycle"]: p["precision"] for p in (metrics or {}).get("seed_precision", [])}
+    for c in result.cycles:
+        p = precision.get(c.index)
+        cycles.add_row(str(c.index), f"{c.n_candidates:,}", f"{c.n_kept:,}", f"{c.n_trained:,}", str(len(c.losses)),
+                       "-" if c.first_loss is None else f"{c.first_loss:.4f}", "-" if p is None else f"{p:.4f}")
+    console.print(cycles)
+    console.print(f"Run written to [bold]{run_dir}[/]")
+
+
+COMMANDS = [fit_command]

@@ -1,0 +1,180 @@
+"""End-to-end `fit` on small synthetic stores: accuracy, OOD, determinism, outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from click.testing import CliRunner
+
+from zsfs.cli import main
+from zsfs.evaluate import auroc
+from zsfs.fit import FitConfig, fit_metrics, fit_store, load_classifier, save_run
+from zsfs.store import Store, write_vocabulary
+from zsfs.testing.synthetic import make_synthetic_store
+
+QUICK = ["--epochs", "40", "--cycle-epochs", "10"]  # smaller than the paper's 100/20: keeps tests fast
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit")
+    return make_synthetic_store(root / "synthetic.h5", 2000, 10, n_ood_classes=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(store_path):
+    config = FitConfig(epochs=40, cycle_epochs=10)
+    with Store(store_path) as store:
+        result = fit_store(store, config)
+        return result, fit_metrics(result, store.labels()), store.labels()
+
+
+def fit_cli(*args: str):
+    return CliRunner().invoke(main, ["fit", *args], catch_exceptions=False)
+
+
+def said(outcome) -> str:
+    """The command's output with the console's line wrapping undone."""
+    return " ".join(outcome.output.split())
+
+
+def test_fit_beats_zero_shot_and_seeds_are_precise(fitted):
+    _, metrics, _ = fitted
+    assert 0.5 < metrics["zero_shot_accuracy"] < 0.7  # the synthetic CLIP is mediocre on purpose
+    assert metrics["accuracy"] > metrics["zero_shot_accuracy"] + 0.2
+    assert metrics["seed_precision"][0]["precision"] > metrics["zero_shot_accuracy"] + 0.2
+    assert metrics["n_evaluated"] < metrics["n_images"]  # OOD images are not scored for accuracy
+
+
+def test_ood_scores_separate_held_out_classes(fitted):
+    result, metrics, labels = fitted
+    is_ood = np.char.startswith(labels.astype(str), "ood_")
+    assert auroc(result.ood_continuous, is_ood) > 0.9
+    assert metrics["ood_continuous_auroc"] == pytest.approx(auroc(result.ood_continuous, is_ood))
+    assert metrics["ood_auroc"] > 0.55
+    assert set((np.unique(result.ood_score) * 3).round(4).tolist()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_one_pseudo_label_per_image_by_default(fitted):
+    result, _, _ = fitted
+    rows = np.concatenate([c.rows for c in result.cycles])
+    assert len(rows) == len(np.unique(rows))
+    assert result.is_seed.sum() == result.cycles[0].n_kept == 10 * 16
+
+
+def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):
+    run = tmp_path / "run"
+    outcome = fit_cli("--store", str(store_path), "--out", str(run), "--k", "8", "--json", *QUICK)
+    assert outcome.exit_code == 0, outcome.output
+    assert sorted(p.name for p in run.iterdir()) == ["classifier.pt", "config.json", "metrics.json",
+                                                     "predictions.parquet"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["parameters"]["k"] == 8 and config["parameters"]["seed"] == 0
+    assert config["store"]["n_images"] == 2000 and config["zsfs_version"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["zero_shot_accuracy"] <= 1 and 0 <= metrics["accuracy"] <= 1
+    assert len(metrics["per_class_accuracy"]) == 10
+    frame = pl.read_parquet(run / "predictions.parquet")
+    assert frame.height == 2000 and frame["is_seed"].sum() == 80
+    assert {"path", "predicted", "confidence", "ood_score", "ood_continuous", "is_seed", "label"} <= set(frame.columns)
+    classifier = load_classifier(run)
+    with Store(store_path) as store:
+        logits = classifier.predict_logits(store.read("backbone"))
+    np.testing.assert_array_equal(np.asarray(classifier.classes)[logits.argmax(1)], frame["predicted"].to_numpy())
+    score, continuous = classifier.ood_scores(logits)
+    np.testing.assert_allclose(score, frame["ood_score"].to_numpy())
+    np.testing.assert_allclose(continuous, frame["ood_continuous"].to_numpy(), rtol=1e-4, atol=1e-4)
+    assert json.loads(outcome.stdout)["metrics"]["accuracy"] == metrics["accuracy"]
+
+
+def test_same_seed_gives_identical_outputs(store_path, tmp_path):
+    for name in ("a", "b"):
+        assert fit_cli("--store", str(store_path), "--out", str(tmp_path / name), "--seed", "7", "--no-accumulate",
+                       *QUICK).exit_code == 0
+    a, b = (pl.read_parquet(tmp_path / name / "predictions.parquet") for name in ("a", "b"))
+    assert a.equals(b)
+    ca, cb = (load_classifier(tmp_path / name) for name in ("a", "b"))
+    np.testing.assert_array_equal(ca.weight, cb.weight)
+
+
+def test_paper_preset_and_variants(store_path):
+    paper = FitConfig.paper(epochs=20, cycle_epochs=5, k=8)
+    assert (paper.prompts, paper.accumulate, paper.unique_pseudo_labels) == ("single", False, False)
+    assert (paper.batch_size, paper.lr, paper.candidates, paper.neighbours) == (16, 1e-3, 100, 5)
+    with Store(store_path) as store:
+        result = fit_store(store, paper)
+        metrics = fit_metrics(result, store.labels())
+    assert metrics["accuracy"] > metrics["zero_shot_accuracy"]
+    fast = FitConfig.fast()
+    assert fast.batch_size > 16 and fast.prompts == "ensemble"
+
+
+def test_classes_with_fewer_candidates_than_k(tmp_path):
+    path = make_synthetic_store(tmp_path / "tiny.h5", 30, 10, seed=1)
+    with Store(path) as store:
+        result = fit_store(store, FitConfig(k=16, epochs=5, cycle_epochs=2))
+    assert result.cycles[0].n_kept <= 30  # every image is a candidate of one class only
+    assert result.stop_reason == "candidates ran out"
+    assert len(result.predicted) == 30
+
+
+def test_class_subset(store_path):
+    with Store(store_path) as store:
+        classes = store.vocabulary("synthetic").classes[:4]
+        result = fit_store(store, FitConfig(k=4, epochs=5, max_cycles=0),
+                           classes=classes)
+    assert result.classes == classes and result.predicted.max() < 4 and len(result.cycles) == 1
+
+
+def test_bad_input_fails_cleanly(store_path, tmp_path):
+    missing = fit_cli("--store", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "r1"))
+    assert missing.exit_code == 1 and "does not exist" in said(missing)
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(b"not an hdf5 file at all")
+    outcome = fit_cli("--store", str(damaged), "--out", str(tmp_path / "r2"))
+    assert outcome.exit_code == 1 and "HDF5" in said(outcome)
+    outcome = fit_cli("--store", str(store_path), "--vocab", "nope", "--out", str(tmp_path / "r3"))
+    assert outcome.exit_code == 1 and "synthetic" in said(outcome)
+    outcome = fit_cli("--store", str(store_path), "--k", "20", "--candidates", "10", "--out", str(tmp_path / "r4"))
+    assert outcome.exit_code == 1 and "--candidates" in said(outcome)
+    existing = tmp_path / "r5"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    outcome = fit_cli("--store", str(store_path), "--out", str(existing))
+    assert outcome.exit_code == 1 and "already exists" in said(outcome)
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+    assert not any((tmp_path / name).exists() for name in ("r1", "r2", "r3", "r4"))
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_several_vocabularies_need_a_choice(store_path, tmp_path):
+    copy = tmp_path / "two.h5"
+    shutil.copy(store_path, copy)
+    shutil.copytree(store_path.with_name("synthetic.shards"), tmp_path / "synthetic.shards")  # as the master names it
+    with Store(copy) as store:
+        vocab = store.vocabulary("synthetic")
+    write_vocabulary(copy, "other", vocab.classes[:3], vocab.single[:3], vocab.ensemble[:3],
+                     prompt="a photo of a {}", n_templates=80)
+    outcome = fit_cli("--store", str(copy), "--out", str(tmp_path / "run"))
+    assert outcome.exit_code == 1 and "other" in said(outcome) and "synthetic" in said(outcome)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is missing")
+def test_cuda_without_gpu_is_a_clear_error(store_path, tmp_path):
+    outcome = fit_cli("--store", str(store_path), "--device", "cuda", "--out", str(tmp_path / "run"))
+    assert outcome.exit_code == 1 and "CUDA" in said(outcome)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_on_cuda_matches_cpu_quality(store_path, fitted):
+    with Store(store_path) as store:
+        result = fit_store(store, FitConfig(epochs=40, cycle_epochs=10, device="cuda"))
+        metrics = fit_metrics(result, store.labels())
+    assert metrics["accuracy"] == pytest.approx(fitted[1]["accuracy"], abs=0.02)

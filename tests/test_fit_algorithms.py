@@ -1,0 +1,170 @@
+"""Pure fit algorithms against brute-force references on tiny arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from zsfs.fit import ood, seeds, zeroshot
+from zsfs.fit.classifier import LinearHead
+from zsfs.fit.selftrain import STOP_NO_CANDIDATES, FeatureTable, self_train
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def tiny():
+    rng = np.random.default_rng(0)
+    return unit(rng.standard_normal((57, 8))), unit(rng.standard_normal((6, 8)))
+
+
+def test_zero_shot_scores_match_full_softmax(tiny):
+    images, texts = tiny
+    scores = zeroshot.zero_shot_scores(images, texts, chunk_rows=10)
+    logits = 100.0 * images.astype(np.float64) @ texts.T
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    np.testing.assert_array_equal(scores.predicted, logits.argmax(1))
+    np.testing.assert_allclose(scores.confidence, probabilities.max(1), rtol=1e-4)
+    lse = logits.max(1) + np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))
+    np.testing.assert_allclose(scores.logsumexp, lse, rtol=1e-5)
+    np.testing.assert_array_equal(scores.top_classes, np.argsort(-logits, axis=1)[:, :5])
+    cos = images @ texts.T
+    mcm = np.exp(cos) / np.exp(cos).sum(1, keepdims=True)
+    np.testing.assert_allclose(scores.mcm, mcm.max(1), rtol=1e-5)
+
+
+def test_top_candidates_match_full_argsort(tiny):
+    images, texts = tiny
+    chunks = zeroshot.iter_logit_chunks(images, texts, chunk_rows=7)
+    rows, values = seeds.top_candidates(chunks, len(texts), r=9)
+    logits = 100.0 * images @ texts.T
+    expected = np.argsort(-logits, axis=0, kind="stable")[:9].T
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(values, np.take_along_axis(logits.T, expected, 1), rtol=1e-5)
+
+
+def test_top_candidates_with_fewer_images_than_r(tiny):
+    images, texts = tiny
+    rows, _ = seeds.top_candidates(zeroshot.iter_logit_chunks(images[:4], texts, chunk_rows=3), len(texts), r=100)
+    assert rows.shape == (6, 4)
+    assert all(sorted(r) == [0, 1, 2, 3] for r in rows.tolist())
+
+
+def test_one_class_per_image_keeps_the_highest_logit():
+    rows = np.array([[5, 1, 2], [1, 5, 3], [2, 4, 6]])
+    logits = np.array([[9.0, 3.0, 2.0], [4.0, 8.0, 7.0], [2.0, 1.0, 0.5]])
+    kept = seeds.one_class_per_image(rows, logits)
+    # 5: 9 (class 0) > 8 (class 1); 1: 4 (class 1) > 3; 2: 2.0 in class 0 ties class 2 -> lower class wins.
+    np.testing.assert_array_equal(kept, [[5, 2, -1], [1, 3, -1], [4, 6, -1]])
+    flat = kept[kept >= 0]
+    assert len(flat) == len(np.unique(flat)) == len(np.unique(rows))
+
+
+def naive_support(candidates, neighbours, images, texts):
+    """The paper's re-ranking score with plain loops (reference only)."""
+    logits = 100.0 * images.astype(np.float64) @ texts.T
+    support = np.full(candidates.shape, -np.inf)
+    for c in range(candidates.shape[0]):
+        for r in range(candidates.shape[1]):
+            if candidates[c, r] < 0:
+                continue
+            total = 0.0
+            for j in neighbours[c, r]:
+                if j < 0:
+                    continue
+                p = np.exp(logits[j] - logits[j].max())
+                p /= p.sum()
+                if c in np.argsort(-logits[j])[:5]:
+                    total += p[c]
+            support[c, r] = total
+    return support
+
+
+def test_neighbour_support_and_rerank_match_naive_loop(tiny):
+    images, texts = tiny
+    rng = np.random.default_rng(1)
+    scores = zeroshot.zero_shot_scores(images, texts)
+    candidates = np.stack([rng.choice(len(images), 8, replace=False) for _ in range(len(texts))])
+    candidates[2, 5:] = seeds.MISSING
+    neighbours = rng.integers(0, len(images), (*candidates.shape, 3))
+    neighbours[0, 0, 2] = seeds.MISSING
+    support = seeds.neighbour_support(candidates, neighbours, images, texts, scores)
+    expected = naive_support(candidates, neighbours, images, texts)
+    np.testing.assert_allclose(support, expected, rtol=1e-4, atol=1e-6)
+    ranked = seeds.rerank(candidates, support)
+    for c in range(len(texts)):
+        order = sorted(range(8), key=lambda r: (-support[c, r], r))  # float64 may order near-ties otherwise
+        np.testing.assert_array_equal(ranked[c], candidates[c, order])
+    assert (ranked[2, 5:] == seeds.MISSING).all()
+
+
+def test_positions_drop_padding():
+    ranked = np.array([[3, 4, 5, -1], [7, -1, -1, -1]])
+    rows, classes = seeds.positions(ranked, 1, 3)
+    np.testing.assert_array_equal(rows, [4, 5])
+    np.testing.assert_array_equal(classes, [0, 0])
+
+
+def test_logit_statistics_and_scores():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    stats = ood.logit_statistics(logits).numpy()
+    np.testing.assert_allclose(stats[0], [3.0, 2.0, np.std([3.0, 1.0, 0.0])], rtol=1e-6)
+    np.testing.assert_allclose(stats[1], [1.0, 0.0, 0.0], atol=1e-7)
+    seed_stats = np.array([[3.0, 2.0, 1.0], [5.0, 4.0, 3.0]])  # mean 4,3,2; std 1,1,1
+    thresholds = ood.fit_thresholds(seed_stats, multiplier=1.0)
+    np.testing.assert_allclose(thresholds.thresholds, [3.0, 2.0, 1.0])
+    values = np.array([[4.0, 3.0, 2.0], [2.9, 3.0, 2.0], [2.9, 1.9, 2.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(ood.paper_score(values, thresholds), [0, 1 / 3, 2 / 3, 1], rtol=1e-6)
+    continuous = ood.continuous_score(values, thresholds)
+    np.testing.assert_allclose(continuous, [0.0, 1.1 / 3, 2.2 / 3, 3.0], rtol=1e-5)
+    restored = ood.OodThresholds.from_dict(thresholds.to_dict())
+    np.testing.assert_array_equal(restored.thresholds, thresholds.thresholds)
+
+
+def test_training_is_deterministic_and_learns():
+    rng = np.random.default_rng(0)
+    centres = unit(rng.standard_normal((4, 16)))
+    labels = rng.integers(0, 4, 200)
+    features = torch.as_tensor(unit(centres[labels] + 0.2 * rng.standard_normal((200, 16))))
+    target = torch.as_tensor(labels)
+
+    def train():
+        generator = torch.Generator().manual_seed(3)
+        head = LinearHead(16, 4, lr=1e-2, generator=generator)
+        losses = head.train_epochs(features, target, epochs=15, batch_size=16, generator=generator)
+        return head, losses
+
+    (a, losses_a), (b, losses_b) = train(), train()
+    assert losses_a == losses_b and torch.equal(a.weight, b.weight)
+    assert losses_a[-1] < losses_a[0] / 4
+    assert (a.predict_logits(features).argmax(1) == target).float().mean() > 0.95
+
+
+def test_train_epochs_stop_rules():
+    generator = torch.Generator().manual_seed(0)
+    head = LinearHead(4, 2, lr=1e-1, generator=generator)
+    features = torch.eye(4)[:2].repeat(8, 1)
+    labels = torch.tensor([0, 1]).repeat(8)
+    losses = head.train_epochs(features, labels, epochs=50, batch_size=4, generator=generator, stop_below=0.1)
+    assert losses[-1] < 0.1 and len(losses) < 50
+    losses = head.train_epochs(features, labels, epochs=50, batch_size=4, generator=generator, stop_after_first=0.0)
+    assert len(losses) == 1
+
+
+def test_self_training_uses_candidates_in_order_until_they_run_out():
+    rng = np.random.default_rng(0)
+    n_classes, k = 3, 2
+    labels = np.repeat(np.arange(n_classes), 5)
+    features = torch.as_tensor(unit(np.eye(n_classes, 6)[labels] + 0.05 * rng.standard_normal((15, 6))))
+    ranked = np.stack([np.flatnonzero(labels == c) for c in range(n_classes)])  # 5 candidates each
+    result = self_train(ranked, FeatureTable(np.arange(15), features), k=k, epochs=20, cycle_epochs=3,
+                        batch_size=4, lr=5e-2, max_cycles=10, loss_floor=0.0, accumulate=True,
+                        generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(np.sort(result.cycles[0].rows), np.sort(ranked[:, :2].ravel()))
+    assert [c.n_candidates for c in result.cycles] == [6, 6, 3]
+    assert result.stop_reason == STOP_NO_CANDIDATES
+    assert result.cycles[-1].n_trained == sum(c.n_kept for c in result.cycles)

@@ -1,0 +1,179 @@
+"""The linear head: training on pseudo-labelled backbone features, chunked prediction, saving.
+
+Training is a plain loop over pre-shuffled mini-batches: one ``randperm`` per epoch from a
+seeded ``torch.Generator``, one gather of the epoch's features, then contiguous slices, so a
+step costs one ``addmm``, one cross-entropy and one (fused) Adam update; no DataLoader.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zsfs.errors import ZsfsError
+from zsfs.fit import ood
+
+CLASSIFIER_FORMAT = "zsfs-classifier"
+CLASSIFIER_VERSION = 1
+INPUT_NORMALISATION = "l2"
+"""Features are L2-normalised (float32) before the head, in training and in prediction alike."""
+
+
+def normalise(features: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """float32, L2-normalised rows on ``device``."""
+    tensor = torch.as_tensor(features).to(device=device, dtype=torch.float32)
+    return F.normalize(tensor, dim=1)
+
+
+class LinearHead:
+    """Weights ``(C, D)`` and bias ``(C,)`` with an Adam optimiser that lives across cycles."""
+
+    def __init__(self, n_features: int, n_classes: int, *, lr: float, generator: torch.Generator,
+                 device: torch.device | str = "cpu"):
+        # The initialisation of torch.nn.Linear, drawn from our own generator.
+        bound = 1.0 / math.sqrt(n_features)
+        weight = (torch.rand(n_classes, n_features, generator=generator) * 2 - 1) * bound
+        bias = (torch.rand(n_classes, generator=generator) * 2 - 1) * bound
+        self.weight = weight.to(device).requires_grad_()
+        self.bias = bias.to(device).requires_grad_()
+        fused = torch.device(device).type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam([self.weight, self.bias], lr=lr, fused=fused)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, features, self.weight.T)
+
+    def train_epochs(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        epochs: int,
+        batch_size: int,
+        generator: torch.Generator,
+        stop_below: float | None = None,
+        stop_after_first: float | None = None,
+    ) -> list[float]:
+        """Train for up to ``epochs``; return the mean cross-entropy of each epoch run.
+
+        Stops early after an epoch whose loss is below ``stop_below``, or after the first
+        epoch when its loss exceeds ``stop_after_first``.
+        """
+        n = len(labels)
+        losses: list[float] = []
+        if n == 0:
+            return losses
+        with _single_thread(features.device):
+            return self._train(features, labels, epochs, batch_size, generator, stop_below, stop_after_first)
+
+    def _train(self, features, labels, epochs, batch_size, generator, stop_below, stop_after_first) -> list[float]:
+        n = len(labels)
+        losses: list[float] = []
+        total = torch.zeros((), device=features.device)
+        for epoch in range(epochs):
+            order = torch.randperm(n, generator=generator).to(features.device)
+            epoch_features, epoch_labels = features[order], labels[order]
+            total.zero_()
+            for start in range(0, n, batch_size):
+                x = epoch_features[start : start + batch_size]
+                y = epoch_labels[start : start + batch_size]
+                self.optimizer.zero_grad(set_to_none=False)
+                loss = F.cross_entropy(self.logits(x), y)
+                loss.backward()
+                self.optimizer.step()
+                total += loss.detach() * len(y)
+            losses.append(float(total) / n)
+            if stop_after_first is not None and epoch == 0 and losses[0] > stop_after_first:
+                break
+            if stop_below is not None and losses[-1] < stop_below:
+                break
+        return losses
+
+    @torch.no_grad()
+    def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features)
+
+
+@contextmanager
+def _single_thread(device: torch.device):
+    """Train with one CPU thread: a step is too small to split, and syncing threads costs far more
+    than it saves when other processes share the cores (measured on a busy 2-core machine,
+    1000 classes: batch 16 5 ms vs 80 ms per step, batch 256 27 ms vs 145 ms)."""
+    previous = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass
+class Classifier:
+    """A fitted head, ready for inference on new backbone features (see :func:`load_classifier`)."""
+
+    classes: list[str]
+    weight: np.ndarray  # (C, D) float32
+    bias: np.ndarray  # (C,) float32
+    ood: ood.OodThresholds
+    backbone: dict = field(default_factory=dict)  # the store's backbone record
+    normalisation: str = INPUT_NORMALISATION
+
+    def predict_logits(self, features: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+        """(n, C) float32 logits for raw backbone features (normalised here)."""
+        weight, bias = torch.from_numpy(self.weight), torch.from_numpy(self.bias)
+        out = np.empty((len(features), len(self.classes)), np.float32)
+        for start in range(0, len(features), chunk_rows):
+            chunk = normalise(features[start : start + chunk_rows])
+            out[start : start + len(chunk)] = torch.addmm(bias, chunk, weight.T).numpy()
+        return out
+
+    def ood_scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(score in {0, 1/3, 2/3, 1}, continuous score)`` of logits from :meth:`predict_logits`."""
+        stats = ood.logit_statistics(torch.from_numpy(np.ascontiguousarray(logits)))
+        return ood.paper_score(stats, self.ood), ood.continuous_score(stats, self.ood)
+
+    def save(self, path: Path) -> None:
+        torch.save(
+            {
+                "format": CLASSIFIER_FORMAT,
+                "version": CLASSIFIER_VERSION,
+                "classes": list(self.classes),
+                "weight": torch.from_numpy(self.weight),
+                "bias": torch.from_numpy(self.bias),
+                "ood": self.ood.to_dict(),
+                "backbone": self.backbone,
+                "normalisation": self.normalisation,
+            },
+            path,
+        )
+
+
+def load_classifier(path: str | Path) -> Classifier:
+    """Load a classifier saved by ``zsfs fit`` (``RUN_DIR/classifier.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "classifier.pt"
+    if not path.is_file():
+        raise ZsfsError(f"no classifier at {path}; pass a run folder written by `zsfs fit`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise ZsfsError(f"{path} is not a readable zsfs classifier ({error.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CLASSIFIER_FORMAT:
+        raise ZsfsError(f"{path} is not a zsfs classifier file")
+    if state["version"] > CLASSIFIER_VERSION:
+        raise ZsfsError(f"{path} was written by a newer zsfs; upgrade zsfs to read it")
+    return Classifier(
+        classes=list(state["classes"]),
+        weight=state["weight"].numpy(),
+        bias=state["bias"].numpy(),
+        ood=ood.OodThresholds.from_dict(state["ood"]),
+        backbone=state["backbone"],
+        normalisation=state["normalisation"],
+    )

@@ -1,0 +1,344 @@
+"""``zsfs fit`` as a library call: a store in, labels and OOD scores out (the only I/O of fit).
+
+:func:`fit_store` chains the pure steps (zero-shot scan, candidates, re-ranking,
+self-training, prediction, OOD calibration) and times each phase; :func:`save_run` writes a
+run folder atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from zsfs import __version__
+from zsfs.errors import ZsfsError
+from zsfs.fit import ood, seeds
+from zsfs.fit.classifier import Classifier, normalise
+from zsfs.fit.selftrain import Cycle, FeatureTable, self_train
+from zsfs.fit.zeroshot import ZeroShotAccumulator, iter_logit_chunks
+
+if TYPE_CHECKING:
+    from zsfs.store import Store
+
+PROMPT_CHOICES = ("ensemble", "single")
+CHUNK_ROWS = 32768
+FAST_TRAINING = {"batch_size": 256, "lr": 1e-2, "epochs": 30, "cycle_epochs": 10}
+"""The ``--fast`` preset (see docs/fit.md for its accuracy/time trade-off)."""
+
+
+@dataclass
+class FitConfig:
+    """Every parameter of a fit. :meth:`paper` gives the paper-faithful settings."""
+
+    k: int = 16  # seeds per class, and candidates examined per class per cycle
+    candidates: int = 100  # R: zero-shot candidates per class
+    neighbours: int = 5  # CLIP neighbours used to re-rank each candidate
+    prompts: str = "ensemble"  # text embeddings: "ensemble" (80 templates) or "single"
+    accumulate: bool = True  # train each cycle on everything kept so far (False: the paper)
+    unique_pseudo_labels: bool = True  # an image is a candidate of one class only (False: paper)
+    epochs: int = 100  # epochs on the seeds
+    cycle_epochs: int = 20  # maximum epochs per self-training cycle
+    batch_size: int = 16
+    lr: float = 1e-3
+    max_cycles: int = 19
+    loss_floor: float = 0.1  # stop when an epoch's training loss falls below this
+    ood_multiplier: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+
+    @classmethod
+    def paper(cls, **overrides) -> "FitConfig":
+        """The method exactly as published (single prompt, per-cycle sets, duplicates kept)."""
+        return cls(**{"prompts": "single", "accumulate": False, "unique_pseudo_labels": False, **overrides})
+
+    @classmethod
+    def fast(cls, *, paper: bool = False, **overrides) -> "FitConfig":
+        """Larger batches and fewer epochs: the same method at a fraction of the training time."""
+        base = cls.paper if paper else cls
+        return base(**{**FAST_TRAINING, **overrides})
+
+    def validate(self) -> None:
+        positive = ("k", "candidates", "neighbours", "epochs", "batch_size")
+        bad = [name for name in positive if getattr(self, name) < 1]
+        bad += [name for name in ("cycle_epochs", "max_cycles") if getattr(self, name) < 0]
+        if bad:
+            raise ZsfsError(f"{', '.join('--' + b.replace('_', '-') for b in bad)} must be positive")
+        if self.k > self.candidates:
+            raise ZsfsError(f"--k {self.k} is larger than --candidates {self.candidates}: the seeds are "
+                            f"taken from the candidates, so use --k <= --candidates (or raise --candidates)")
+        if self.prompts not in PROMPT_CHOICES:
+            raise ZsfsError(f"--prompts must be one of {', '.join(PROMPT_CHOICES)}, not {self.prompts!r}")
+        if not self.lr > 0 or self.ood_multiplier < 0:
+            raise ZsfsError("--lr must be > 0 and --ood-multiplier >= 0")
+
+
+@dataclass
+class FitResult:
+    """Everything a fit produces, per image (length N arrays) and for the run."""
+
+    vocabulary: str
+    classes: list[str]
+    predicted: np.ndarray  # int64 class index
+    confidence: np.ndarray  # max softmax probability of the classifier
+    ood_score: np.ndarray  # paper score in {0, 1/3, 2/3, 1}
+    ood_continuous: np.ndarray  # mean standardised deficit; higher = more OOD
+    is_seed: np.ndarray  # bool: one of the initial seeds
+    pseudo_label: np.ndarray  # int64 class given by seeds/cycles, -1 if none (first one wins)
+    pseudo_cycle: np.ndarray  # int16 cycle that gave it (0 = seed), -1 if none
+    zero_shot_predicted: np.ndarray
+    zero_shot_confidence: np.ndarray
+    mcm_score: np.ndarray  # MCM OOD score (negated max softmax of cosines); higher = more OOD
+    cycles: list[Cycle]
+    stop_reason: str
+    classifier: Classifier
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ZsfsError("--device cuda was asked for but torch sees no CUDA GPU here; use --device cpu")
+    return device
+
+
+def resolve_vocabulary(store: "Store", name: str | None) -> str:
+    names = store.vocabulary_names()
+    if name is None:
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise ZsfsError(f"{store.path} has no class vocabulary yet; add one with `zsfs text`")
+        raise ZsfsError(f"{store.path} has several vocabularies ({', '.join(names)}); choose one with --vocab")
+    if name not in names:
+        raise ZsfsError(f"{store.path} has no vocabulary {name!r}; it has: {', '.join(names) or 'none'}")
+    return name
+
+
+def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
+              classes: list[str] | None = None) -> FitResult:
+    """Label and OOD-score every image of ``store`` from a vocabulary's class names.
+
+    ``classes`` restricts the vocabulary to these in-distribution classes (``zsfs ood-bench``).
+    """
+    from zsfs.store.index import nearest_neighbours
+
+    config.validate()
+    device = resolve_device(config.device)
+    timer = _Timer()
+    name = resolve_vocabulary(store, vocabulary)
+    vocab = store.vocabulary(name)
+    if classes is not None:
+        vocab = vocab.subset(classes)
+    texts = vocab.embeddings(config.prompts)
+    n_classes, n_images = len(vocab.classes), store.n_images
+    generator = torch.Generator().manual_seed(config.seed)
+
+    with timer.phase("read clip"):
+        clip = store.read("clip")
+    with timer.phase("zero-shot + candidates"):
+        zero_shot = ZeroShotAccumulator(n_images, n_classes)
+        top = seeds.TopCandidates(n_classes, config.candidates)
+        for start, logits in iter_logit_chunks(clip, texts, chunk_rows=CHUNK_ROWS, device=device):
+            zero_shot.update(start, logits)
+            top.update(start, logits)
+        scores = zero_shot.result()
+        candidates, candidate_logits = top.result()
+        if config.unique_pseudo_labels:
+            candidates = seeds.one_class_per_image(candidates, candidate_logits)
+    with timer.phase("neighbours + re-rank"):
+        valid = candidates != seeds.MISSING
+        unique = np.unique(candidates[valid])
+        n_neighbours = min(config.neighbours, n_images - 1)
+        neighbours = np.full((*candidates.shape, max(n_neighbours, 0)), seeds.MISSING, np.int64)
+        if n_neighbours > 0:
+            found = nearest_neighbours(store.index(), clip[unique], unique, n_neighbours)
+            neighbours[valid] = found[np.searchsorted(unique, candidates[valid])]
+        support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)
+        ranked = seeds.rerank(candidates, support)
+    del clip
+    with timer.phase("read features"):
+        features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
+    with timer.phase("self-training"):
+        trained = self_train(ranked, features, k=config.k, epochs=config.epochs, cycle_epochs=config.cycle_epochs,
+                             batch_size=config.batch_size, lr=config.lr, max_cycles=config.max_cycles,
+                             loss_floor=config.loss_floor, accumulate=config.accumulate, generator=generator)
+    del features
+    with timer.phase("predict"):
+        predicted = np.empty(n_images, np.int64)
+        confidence = np.empty(n_images, np.float32)
+        statistics = np.empty((n_images, len(ood.STATISTICS)), np.float32)
+        for start, chunk in store.iter_chunks("backbone", CHUNK_ROWS):
+            logits = trained.head.predict_logits(normalise(chunk, device))
+            rows = slice(start, start + len(chunk))
+            probabilities = torch.softmax(logits, dim=1)
+            confidence[rows], predicted[rows] = (t.cpu().numpy() for t in probabilities.max(dim=1))
+            statistics[rows] = ood.logit_statistics(logits).cpu().numpy()
+    seed_cycle = trained.cycles[0]
+    thresholds = ood.fit_thresholds(statistics[seed_cycle.rows], config.ood_multiplier)
+    pseudo_label, pseudo_cycle = _pseudo_labels(n_images, trained.cycles)
+    classifier = Classifier(
+        classes=list(vocab.classes),
+        weight=trained.head.weight.detach().cpu().numpy(),
+        bias=trained.head.bias.detach().cpu().numpy(),
+        ood=thresholds,
+        backbone=dict(store.backbone_info),
+    )
+    return FitResult(
+        vocabulary=name,
+        classes=list(vocab.classes),
+        predicted=predicted,
+        confidence=confidence,
+        ood_score=ood.paper_score(statistics, thresholds),
+        ood_continuous=ood.continuous_score(statistics, thresholds),
+        is_seed=pseudo_cycle == 0,
+        pseudo_label=pseudo_label,
+        pseudo_cycle=pseudo_cycle,
+        zero_shot_predicted=scores.predicted,
+        zero_shot_confidence=scores.confidence,
+        mcm_score=-scores.mcm,
+        cycles=trained.cycles,
+        stop_reason=trained.stop_reason,
+        classifier=classifier,
+        timings=timer.timings,
+    )
+
+
+def _pseudo_labels(n_images: int, cycles: list[Cycle]) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: first pseudo-label and the cycle that gave it (-1 where none)."""
+    label = np.full(n_images, -1, np.int64)
+    cycle = np.full(n_images, -1, np.int16)
+    for c in reversed(cycles):  # earlier cycles overwrite later ones: the first one wins
+        label[c.rows], cycle[c.rows] = c.labels, c.index
+    return label, cycle
+
+
+def fit_metrics(result: FitResult, labels: np.ndarray) -> dict:
+    """Accuracy figures against true labels (images whose label is a vocabulary class).
+
+    Images whose true label is outside the vocabulary are the OOD ones: when there are some,
+    the OOD AUROCs of the paper score, the continuous score and MCM are added.
+    """
+    from zsfs.evaluate import accuracy, auroc, per_class_accuracy
+
+    names = np.asarray(result.classes, dtype=object)
+    labels = np.asarray(labels, dtype=object)
+    is_id = np.isin(labels, names)
+    metrics: dict = {"n_images": int(len(labels)), "n_evaluated": int(is_id.sum())}
+    if is_id.any():
+        truth = labels[is_id]
+        metrics["accuracy"] = accuracy(truth, names[result.predicted[is_id]])
+        metrics["zero_shot_accuracy"] = accuracy(truth, names[result.zero_shot_predicted[is_id]])
+        per_class = per_class_accuracy(truth, names[result.predicted[is_id]], result.classes)
+        metrics["per_class_accuracy"] = {c: (None if np.isnan(v) else v) for c, v in per_class.items()}
+    metrics["seed_precision"] = [
+        {"cycle": c.index, "n_kept": c.n_kept,
+         "precision": float(np.mean(labels[c.rows] == names[c.labels])) if c.n_kept else None}
+        for c in result.cycles
+    ]
+    if is_id.any() and not is_id.all():
+        is_ood = ~is_id
+        metrics["ood_auroc"] = auroc(result.ood_score, is_ood)
+        metrics["ood_continuous_auroc"] = auroc(result.ood_continuous, is_ood)
+        metrics["mcm_auroc"] = auroc(result.mcm_score, is_ood)
+    return metrics
+
+
+def run_config(result: FitResult, store: "Store", config: FitConfig) -> dict:
+    return {
+        "zsfs_version": __version__,
+        "torch_version": torch.__version__,
+        "parameters": asdict(config),
+        "vocabulary": result.vocabulary,
+        "classes": result.classes,
+        "store": store.fingerprint(),
+        "clip": store.clip_info,
+        "backbone": store.backbone_info,
+        "stop_reason": result.stop_reason,
+        "cycles": [{"cycle": c.index, "n_candidates": c.n_candidates, "n_kept": c.n_kept,
+                    "n_trained": c.n_trained, "epochs": len(c.losses), "first_loss": c.first_loss,
+                    "last_loss": c.losses[-1] if c.losses else None} for c in result.cycles],
+        "ood": result.classifier.ood.to_dict(),
+        "timings_s": result.timings,
+    }
+
+
+def predictions_frame(result: FitResult, store: "Store"):
+    import polars as pl
+
+    names = np.asarray(result.classes, dtype=object)
+    columns = {
+        "path": store.paths().astype(str),
+        "predicted": names[result.predicted].astype(str),
+        "confidence": result.confidence,
+        "ood_score": result.ood_score,
+        "ood_continuous": result.ood_continuous,
+        "is_seed": result.is_seed,
+        "pseudo_label": np.where(result.pseudo_label >= 0, names[np.maximum(result.pseudo_label, 0)], None),
+        "pseudo_cycle": result.pseudo_cycle,
+        "zero_shot_predicted": names[result.zero_shot_predicted].astype(str),
+        "zero_shot_confidence": result.zero_shot_confidence,
+        "mcm_score": result.mcm_score,
+    }
+    labels = store.labels()
+    if labels is not None:
+        columns["label"] = np.asarray(labels).astype(str)
+    frame = pl.DataFrame({name: pl.Series(name, list(v) if v.dtype == object else v) for name, v in columns.items()})
+    return frame
+
+
+def save_run(result: FitResult, store: "Store", config: FitConfig, run_dir: str | Path) -> Path:
+    """Write ``run_dir`` (predictions.parquet, classifier.pt, config.json, metrics.json).
+
+    Everything goes to a temporary sibling folder that is renamed at the end, so ``run_dir`` is
+    either complete or absent. An existing ``run_dir`` is an error and is left untouched.
+    """
+    run_dir = Path(run_dir).absolute()
+    if run_dir.exists():
+        raise ZsfsError(f"{run_dir} already exists; choose another --out (runs are never overwritten)")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
+    try:
+        predictions_frame(result, store).write_parquet(tmp / "predictions.parquet")
+        result.classifier.save(tmp / "classifier.pt")
+        _write_json(tmp / "config.json", run_config(result, store, config))
+        labels = store.labels()
+        if labels is not None:
+            _write_json(tmp / "metrics.json", fit_metrics(result, labels))
+        os.rename(tmp, run_dir)  # fails if run_dir appeared meanwhile: never clobbers
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2, allow_nan=False, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

@@ -1,0 +1,113 @@
+"""Seed candidates: top-R images per class, one image per class, neighbourhood re-ranking.
+
+Candidate lists are ``(C, R)`` int64 arrays of store rows, best first, padded with ``-1`` where
+a class has fewer than R candidates (tiny collections, or images given to another class).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from zsfs.fit.zeroshot import ZeroShotScores, as_tensor, pair_logits
+
+MISSING = -1
+"""Padding in candidate lists (and in neighbour lists when a collection is tiny)."""
+
+
+class TopCandidates:
+    """Top-R rows per class over logit chunks, merged with ``torch.topk`` (never N x C)."""
+
+    def __init__(self, n_classes: int, r: int):
+        self.r = r
+        self.values = torch.empty(0, n_classes)
+        self.rows = torch.empty(0, n_classes, dtype=torch.int64)
+
+    def update(self, start: int, logits: torch.Tensor) -> None:
+        take = min(self.r, len(logits))
+        values, rows = torch.topk(logits, take, dim=0)
+        values = torch.cat([self.values.to(values.device), values])
+        rows = torch.cat([self.rows.to(rows.device), rows + start])
+        # Earlier rows first on equal values: topk over a stable order keeps runs deterministic.
+        best, where = torch.topk(values, min(self.r, len(values)), dim=0)
+        self.values, self.rows = best, torch.gather(rows, 0, where)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, logits)``, each ``(C, min(R, N))``, best first per class."""
+        return self.rows.T.cpu().numpy(), self.values.T.cpu().numpy()
+
+
+def top_candidates(logit_chunks, n_classes: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-R candidate rows and their logits per class from ``(start, logits)`` chunks."""
+    collector = TopCandidates(n_classes, r)
+    for start, logits in logit_chunks:
+        collector.update(start, logits)
+    return collector.result()
+
+
+def compact(rows: np.ndarray) -> np.ndarray:
+    """Move ``MISSING`` entries of each class list to its end, keeping the order of the rest."""
+    order = np.argsort(rows == MISSING, axis=1, kind="stable")
+    return np.take_along_axis(rows, order, axis=1)
+
+
+def one_class_per_image(rows: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Keep each image only in the list of the class where its zero-shot logit is highest.
+
+    Among the classes that shortlisted the image; on equal logits the lower class index wins.
+    Returns compacted lists padded with ``MISSING``.
+    """
+    flat_rows, flat_logits = rows.ravel(), logits.ravel()
+    n_classes, width = rows.shape
+    flat_class = np.repeat(np.arange(n_classes), width)
+    order = np.lexsort((flat_class, -flat_logits, flat_rows))
+    first = np.ones(len(order), bool)
+    first[1:] = flat_rows[order[1:]] != flat_rows[order[:-1]]
+    keep = np.zeros(len(order), bool)
+    keep[order[first]] = True
+    kept = np.where(keep.reshape(rows.shape) & (rows != MISSING), rows, MISSING)
+    return compact(kept)
+
+
+def neighbour_support(
+    candidates: np.ndarray,
+    neighbours: np.ndarray,
+    clip: np.ndarray,
+    texts: np.ndarray | torch.Tensor,
+    scores: ZeroShotScores,
+    *,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Neighbourhood-agreement score of every candidate for its class.
+
+    ``candidates``: (C, R) rows with ``MISSING`` padding. ``neighbours``: (C, R, n) rows of each
+    candidate's nearest images (``MISSING`` where the collection has too few). The score of
+    candidate i for class c is the sum over its neighbours j of ``p_j(c)`` (zero-shot softmax)
+    for those j whose top-5 classes contain c. Padding gets ``-inf``.
+    """
+    n_classes = candidates.shape[0]
+    classes = np.broadcast_to(np.arange(n_classes)[:, None, None], neighbours.shape)
+    valid = (neighbours != MISSING) & (candidates != MISSING)[..., None]
+    rows, cls = neighbours[valid], classes[valid]
+    text = as_tensor(texts, device)
+    logits = pair_logits(clip, torch.as_tensor(rows, device=device), text, torch.as_tensor(cls, device=device))
+    probability = torch.exp(logits - torch.as_tensor(scores.logsumexp[rows], device=device))
+    in_top = torch.as_tensor((scores.top_classes[rows] == cls[:, None]).any(axis=1), device=device)
+    support = torch.zeros(neighbours.shape, dtype=torch.float32, device=device)
+    support[torch.as_tensor(valid, device=device)] = probability * in_top
+    total = support.sum(dim=2).cpu().numpy()
+    return np.where(candidates != MISSING, total, -np.inf).astype(np.float32)
+
+
+def rerank(candidates: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Sort each class list by support, descending; ties keep the zero-shot order."""
+    order = torch.sort(torch.as_tensor(-support), dim=1, stable=True).indices.numpy()
+    return np.take_along_axis(candidates, order, axis=1)
+
+
+def positions(ranked: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, classes)`` of list positions ``[start, stop)`` of every class, padding dropped."""
+    window = ranked[:, start:stop]
+    classes = np.broadcast_to(np.arange(len(ranked))[:, None], window.shape)
+    valid = window != MISSING
+    return window[valid], classes[valid]
