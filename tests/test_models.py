@@ -252,3 +252,20 @@ def test_backbone_download_failure_says_how_to_pass_a_file(offline):
     message = str(caught.value)
     assert "could not download the backbone weights of test_vit" in message
     assert "--backbone-weights /path/to/model.safetensors" in message
+
+
+def test_openai_tag_gets_quick_gelu(monkeypatch):
+    """OpenAI weights need QuickGELU, which the plain ViT-B-32 config lacks (open_clip only warns)."""
+    import open_clip
+
+    seen = {}
+
+    def capture(arch, **kwargs):
+        seen.update(kwargs, arch=arch)
+        raise KeyboardInterrupt  # stop before building a real ViT-B/32
+
+    monkeypatch.setattr("zsfs.models._download_clip_tag", lambda arch, tag: None)
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", capture)
+    with pytest.raises(KeyboardInterrupt):
+        load_clip("ViT-B-32", "openai")
+    assert seen == {"arch": "ViT-B-32", "pretrained": "openai", "force_quick_gelu": True}

@@ -110,14 +110,18 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
     import open_clip
 
     arch, config = _resolve_clip_name(name)
-    source = _clip_weights_source(arch, weights)
-    kind, file = source
+    kind, file = _clip_weights_source(arch, weights)
+    tag_cfg = open_clip.get_pretrained_cfg(arch, weights) if kind == "tag" else {}
     if kind == "tag":
         _download_clip_tag(arch, weights)
     pretrained = None if kind == RANDOM else (str(file) if kind == FILE else weights)
+    # OpenAI's weights were trained with QuickGELU; open_clip only warns when the config lacks it.
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     try:
         with _seeded_init():
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained, force_quick_gelu=quick_gelu
+            )
     except Exception as error:  # open_clip raises many types; all mean "this file does not fit"
         if kind != FILE:
             raise
@@ -133,6 +137,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
         "sha256": file_sha256(file) if file else None,
         "dim": int(open_clip.get_model_config(arch)["embed_dim"]),
         **_clip_preprocessing(model.visual.preprocess_cfg),
+        "quick_gelu": quick_gelu or bool(open_clip.get_model_config(arch).get("quick_gelu", False)),
     }
     if config is not None:
         record["config"] = config
