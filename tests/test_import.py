@@ -10,10 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from zsfs.cli import main
-from zsfs.cli import store as store_cli
 from zsfs.errors import ZsfsError
 from zsfs.importer import RowParts, import_store
-from zsfs.store import Store, schema
+from zsfs.store import Store
 
 N, D_CLIP, D_BACKBONE = 60, 8, 12
 
@@ -146,7 +145,3 @@ def test_cli_errors_exit_1_without_traceback(inputs):
                                   "--backbone-features", str(folder / "backbone.npy"), "--paths",
                                   str(folder / "paths.csv"), "--vocab", "pets"])
     assert result.exit_code == 1 and "NAME=FILE.npz" in result.output
-
-
-def test_cli_shard_size_default_matches_schema():
-    assert store_cli.DEFAULT_SHARD_SIZE == schema.DEFAULT_SHARD_SIZE

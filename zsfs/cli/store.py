@@ -9,8 +9,7 @@ import click
 
 from zsfs.cli.common import console
 from zsfs.errors import ZsfsError
-
-DEFAULT_SHARD_SIZE = 50_000  # zsfs.store.schema.DEFAULT_SHARD_SIZE, kept import-free for `--help`
+from zsfs.store.schema import DEFAULT_SHARD_SIZE
 
 
 def parse_vocabularies(values: tuple[str, ...]) -> dict[str, Path]:
