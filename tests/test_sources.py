@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -212,7 +213,8 @@ def test_cmyk_jpeg_becomes_rgb(tmp_path):
     ("make", "reason"),
     [
         (lambda p: p, "file not found"),
-        (lambda p: (p.mkdir(), p)[1], "not a file"),
+        (lambda p: (p.mkdir(), p)[1], "not a regular file"),
+        (lambda p: (os.mkfifo(p), p)[1], "not a regular file"),  # reading a pipe would block
         (lambda p: (p.write_bytes(b"\x89PNG\r\n\x1a\n"), p)[1], "truncated"),
         (lambda p: (p.write_bytes(b"GIF89a" + bytes(40)), p)[1], "corrupt"),
     ],

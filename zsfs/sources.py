@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
@@ -172,7 +173,10 @@ def decode_image(path: Path | str) -> Image.Image:
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):  # directories, pipes (which would block), devices
+            raise ImageDecodeError("not a regular file", path)
+        if status.st_size == 0:
             raise ImageDecodeError("empty file", path)
         with warnings.catch_warnings():
             # Above MAX_IMAGE_PIXELS Pillow only warns; such files are treated as bombs.
@@ -180,8 +184,8 @@ def decode_image(path: Path | str) -> Image.Image:
             with Image.open(path) as image:
                 image.load()  # force the full decode (Image.open only reads the header)
                 return _to_rgb(_apply_exif_orientation(image))
-    except ImageDecodeError:
-        raise
+    except ImageDecodeError as error:
+        raise ImageDecodeError(error.reason, path) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError("image too large (decompression bomb limit)", path) from None
     except UnidentifiedImageError:
@@ -192,8 +196,6 @@ def decode_image(path: Path | str) -> Image.Image:
         raise ImageDecodeError("file not found", path) from None
     except PermissionError:
         raise ImageDecodeError("unreadable file (permission denied)", path) from None
-    except IsADirectoryError:
-        raise ImageDecodeError("not a file (directory)", path) from None
     except OSError as error:
         if "truncated" in str(error).lower():
             raise ImageDecodeError("truncated file", path) from None
