@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from zsfs.errors import ModelLoadError
 from zsfs.models import (
     encode_vocabulary,
+    keeps_clip_head,
     load_backbone,
     load_backbone_from_record,
     load_clip,
@@ -173,6 +174,10 @@ def test_clip_image_towers_keep_their_head(monkeypatch):
     from timm.models import get_pretrained_cfg
 
     assert get_pretrained_cfg("vit_giant_patch14_clip_224.laion2b").num_classes == 1024  # the paper's 1024-d
+    assert keeps_clip_head("vit_giant_patch14_clip_224.laion2b", "laion2b")
+    assert not keeps_clip_head("vit_base_patch16_clip_224.openai_ft_in1k", "openai_ft_in1k")  # a classifier
+    assert not keeps_clip_head("vit_base_patch16_clip_224", "laion2b_ft_in12k_in1k")  # the default tag
+    assert not keeps_clip_head("vit_base_patch16_224.augreg_in21k", "augreg_in21k")
     monkeypatch.setattr("zsfs.models.BACKBONE_HEAD_MARKER", "test_")  # make the tiny model a "CLIP tower"
     headed = load_backbone(TINY_BACKBONE, "random")
     assert (headed.record["output"], headed.record["dim"]) == ("head", 1000)

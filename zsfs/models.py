@@ -36,6 +36,7 @@ FILE = "file"
 RANDOM_SEED = 0
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 BACKBONE_HEAD_MARKER = "_clip_"  # timm CLIP image towers: the head projects into CLIP space
+FINE_TUNED_MARKER = "_ft_"  # "openai_ft_in1k": a CLIP tower fine-tuned into a classifier
 
 
 @dataclass
@@ -223,7 +224,8 @@ def _download_clip_tag(arch: str, tag: str) -> None:
 def _clip_preprocessing(cfg: dict) -> dict:
     size = cfg["size"]
     size = [size, size] if isinstance(size, int) else list(size)
-    crop = {"shortest": "center", "longest": "pad", "squash": "squash"}.get(cfg.get("resize_mode"), cfg.get("resize_mode"))
+    resize_mode = cfg.get("resize_mode")
+    crop = {"shortest": "center", "longest": "pad"}.get(resize_mode, resize_mode)
     return {
         "image_size": size,
         "mean": [float(v) for v in cfg["mean"]],
@@ -241,13 +243,13 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
     """Load a timm model as a feature extractor.
 
     weights: ``"default"`` (the pretrained weights the name implies), a local file, or
-    ``"random"``. Names containing ``_clip_`` keep their head (the projection into CLIP space);
-    other models give pre-logits features.
+    ``"random"``. CLIP image towers keep their head (the projection into CLIP space, see
+    ``keeps_clip_head``); other models give pre-logits features.
     """
     import timm
 
     pretrained_cfg = _resolve_backbone_name(name)
-    keep_head = BACKBONE_HEAD_MARKER in name
+    keep_head = keeps_clip_head(name, pretrained_cfg.tag)
     file = None
     options: dict[str, Any] = {} if keep_head else {"num_classes": 0}
     if weights == DEFAULT and not (pretrained_cfg.hf_hub_id or pretrained_cfg.url or pretrained_cfg.file):
@@ -310,6 +312,15 @@ def load_backbone_from_record(record: dict, device: str = "cpu") -> Backbone:
     _check_same_init(backbone.record, record, "backbone")
     backbone.record = dict(record)
     return backbone
+
+
+def keeps_clip_head(name: str, tag: str | None) -> bool:
+    """Whether a timm model is a CLIP image tower whose head projects into the CLIP space.
+
+    ``vit_giant_patch14_clip_224.laion2b`` does (1024-d, as in the paper);
+    ``vit_base_patch16_clip_224.openai_ft_in1k`` does not: its head is an ImageNet classifier.
+    """
+    return BACKBONE_HEAD_MARKER in name.split(".", 1)[0] and FINE_TUNED_MARKER not in f"_{tag or ''}_"
 
 
 def _file_options(name: str, file: Path, pretrained_cfg, keep_head: bool) -> dict[str, Any]:
