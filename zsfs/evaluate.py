@@ -164,7 +164,8 @@ def _binary_inputs(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.ndar
     scores = np.asarray(scores, dtype=np.float64)
     is_positive = np.asarray(is_positive, dtype=bool)
     if scores.shape != is_positive.shape or scores.ndim != 1:
-        raise ValueError(f"expected scores and flags as 1-d arrays of equal length, got {scores.shape} and {is_positive.shape}")
+        raise ValueError(f"expected scores and flags as 1-d arrays of equal length, "
+                         f"got {scores.shape} and {is_positive.shape}")
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN")
     n_pos = int(is_positive.sum())

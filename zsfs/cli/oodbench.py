@@ -11,7 +11,8 @@ from zsfs.cli.common import console
 from zsfs.errors import ZsfsError
 
 
-@click.command("ood-bench", epilog="Example: zsfs ood-bench --store cifar10.h5 --id-classes 6 --splits 5 --out cifar10-ood")
+@click.command("ood-bench",
+               epilog="Example: zsfs ood-bench --store cifar10.h5 --id-classes 6 --splits 5 --out cifar10-ood")
 @click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="A store whose images have labels.")
 @click.option("--id-classes", required=True, metavar="N|FILE",

@@ -1,0 +1,196 @@
+"""Collect the pipelines' metrics into one results table beside the paper's numbers.
+
+Reads ``WORK/<dataset>/fit/metrics.json`` (``zsfs fit``) and ``WORK/<dataset>/ood-bench/
+metrics.json`` (``zsfs ood-bench``) and writes ``results.csv`` (one row per dataset, every
+column) and ``results.md`` (the paper's two tables: top-1 accuracy and OOD AUROC). All
+numbers are percentages; an empty CSV cell / "–" means not run, "n/a" not available.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pipelines.datasets import ACCURACY_BASELINES, AUROC_BASELINES, BASELINE_TITLES, DATASETS, Dataset
+
+FIT_DIR = "fit"
+OOD_DIR = "ood-bench"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+
+OURS_ACCURACY = {"accuracy": "zsfs", "zero_shot_accuracy": "CLIP zero-shot"}
+"""fit metrics.json key -> column title (measured here)."""
+
+OURS_OOD = {
+    "auroc": "zsfs",
+    "continuous_auroc": "zsfs (continuous)",
+    "mcm_auroc": "MCM",
+}
+"""ood-bench metrics.json key prefix -> column title (measured here; mean +- std)."""
+
+OURS_FPR = {"fpr95": "zsfs FPR95", "mcm_fpr95": "MCM FPR95"}
+
+COLUMNS = (
+    ["dataset", "title", "available", "n_images", "n_classes", "id_classes", "n_splits", "fit_settings"]
+    + list(OURS_ACCURACY)
+    + [f"paper_{key}_accuracy" for key in ACCURACY_BASELINES]
+    + [f"{key}_{stat}" for key in OURS_OOD for stat in ("mean", "std")]
+    + [f"{key}_mean" for key in OURS_FPR]
+    + [f"paper_{key}_auroc" for key in AUROC_BASELINES]
+    + ["note"]
+)
+"""results.csv columns; measured values as percentages, paper values as printed in the paper."""
+
+
+def collect(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> list[dict]:
+    """One row per dataset (``COLUMNS`` keys), measured values where the run exists."""
+    rows = []
+    for name, dataset in datasets.items():
+        fit = _read_metrics(Path(work) / name / FIT_DIR)
+        ood = _read_metrics(Path(work) / name / OOD_DIR)
+        row: dict = {column: None for column in COLUMNS}
+        row.update(dataset=name, title=dataset.title, available=dataset.runnable, n_classes=dataset.n_classes,
+                   id_classes=dataset.id_classes, note=dataset.note)
+        for key, value in dataset.paper_accuracy.items():
+            row[f"paper_{key}_accuracy"] = value
+        for key, value in dataset.paper_auroc.items():
+            row[f"paper_{key}_auroc"] = value
+        settings = _read_metrics(Path(work) / name / FIT_DIR, CONFIG_FILE)
+        if settings:
+            row["fit_settings"] = _describe_settings(settings.get("parameters", {}))
+        if fit:
+            row["n_images"] = fit.get("n_images")
+            for key in OURS_ACCURACY:
+                row[key] = _percent(fit.get(key))
+        if ood:
+            row["n_images"] = row["n_images"] or ood.get("n_images")
+            row["n_splits"] = ood.get("n_splits")
+            for key in list(OURS_OOD) + list(OURS_FPR):
+                row[f"{key}_mean"] = _percent(ood.get(f"{key}_mean"))
+            for key in OURS_OOD:
+                row[f"{key}_std"] = _percent(ood.get(f"{key}_std"))
+        rows.append(row)
+    return rows
+
+
+def write_results(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> tuple[Path, Path]:
+    """(Re)write ``WORK/results.md`` and ``WORK/results.csv`` from every finished run."""
+    return write_report(collect(Path(work), datasets), Path(work))
+
+
+def write_report(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``results.md`` and ``results.csv`` into ``out_dir`` (each replaced atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / "results.csv", out_dir / "results.md"
+    _replace(csv_path, lambda handle: _write_csv(rows, handle))
+    _replace(md_path, lambda handle: handle.write(render_markdown(rows)))
+    return md_path, csv_path
+
+
+def render_markdown(rows: list[dict]) -> str:
+    """The two tables of the paper, measured columns first, then the paper's."""
+    accuracy_rows = [row for row in rows if row["paper_method_accuracy"] is not None or row["accuracy"] is not None]
+    ood_rows = [row for row in rows if row["id_classes"] is not None]
+    lines = ["# zsfs: the paper's experiments", "",
+             "Measured here (zsfs, CLIP zero-shot, MCM) beside the paper's Tables 1 and 2. Percentages; "
+             "'–' = not run yet, 'n/a' = dataset not available.", "",
+             "## Classification: top-1 accuracy (%)", ""]
+    header = ["dataset", "images", *OURS_ACCURACY.values(),
+              *(f"paper: {BASELINE_TITLES[key]}" for key in ACCURACY_BASELINES)]
+    ours = list(OURS_ACCURACY)
+    paper = [f"paper_{key}_accuracy" for key in ACCURACY_BASELINES]
+    body = [[row["title"], _count(row["n_images"]), *(_cell(row, row[key]) for key in ours),
+             *(_number(row[key]) for key in paper)] for row in accuracy_rows]
+    lines += _table(header, body + _mean_row(accuracy_rows, "accuracy", ours, paper, offset=1))
+    lines += ["", f"## OOD detection: AUROC (%), OOD = positive, mean ± std over splits", ""]
+    header = ["dataset", "ID / classes", *OURS_OOD.values(), *OURS_FPR.values(),
+              *(f"paper: {BASELINE_TITLES[key]}" for key in AUROC_BASELINES)]
+    ours = [f"{key}_mean" for key in [*OURS_OOD, *OURS_FPR]]
+    paper = [f"paper_{key}_auroc" for key in AUROC_BASELINES]
+    body = [[row["title"], f"{row['id_classes']} / {row['n_classes'] or '?'}",
+             *(_cell(row, row[f"{key}_mean"], row[f"{key}_std"]) for key in OURS_OOD),
+             *(_cell(row, row[f"{key}_mean"]) for key in OURS_FPR),
+             *(_number(row[key]) for key in paper)] for row in ood_rows]
+    lines += _table(header, body + _mean_row(ood_rows, "auroc_mean", ours, paper, offset=1))
+    notes = []
+    for row in rows:
+        parts = [row["note"], row["fit_settings"] and f"fit: {row['fit_settings']}"]
+        if any(parts):
+            notes.append(f"- {row['title']}: " + "; ".join(part for part in parts if part))
+    lines += ["", "Notes:", *notes, ""]
+    return "\n".join(lines)
+
+
+def _mean_row(rows: list[dict], measured: str, ours: list[str], paper: list[str], offset: int) -> list[list[str]]:
+    """Mean over the datasets measured here, for our columns and the paper's alike (a fair mean)."""
+    run = [row for row in rows if row[measured] is not None]
+    if not run:
+        return []
+    means = [_number(_mean([row[key] for row in run])) for key in [*ours, *paper]]
+    return [[f"**mean over the {len(run)} run here**", *[""] * offset, *means]]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return sum(present) / len(present) if len(present) == len(values) else None
+
+
+def _describe_settings(parameters: dict) -> str:
+    """The fit settings that change the comparison with the paper, in a few words."""
+    parts = [f"k={parameters['k']}" if "k" in parameters else None,
+             f"{parameters['prompts']} prompts" if "prompts" in parameters else None,
+             None if "accumulate" not in parameters else
+             ("accumulated cycles" if parameters["accumulate"] else "per-cycle sets (paper)")]
+    return ", ".join(part for part in parts if part)
+
+
+def _read_metrics(run_dir: Path, file: str = METRICS_FILE) -> dict | None:
+    path = run_dir / file
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else round(100.0 * float(fraction), 2)
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _cell(row: dict, value: float | None, std: float | None = None) -> str:
+    if value is None:
+        return "–" if row["available"] else "n/a"
+    return f"{value:.2f} ± {std:.2f}" if std is not None else f"{value:.2f}"
+
+
+def _count(value: int | None) -> str:
+    return "–" if value is None else f"{value:,}"
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def _write_csv(rows: list[dict], handle) -> None:
+    writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+
+
+def _replace(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        write(handle)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":  # python -m pipelines.report [WORK]
+    import sys
+
+    for written in write_results(Path(sys.argv[1] if len(sys.argv) > 1 else "work")):
+        print(written)

@@ -1,0 +1,282 @@
+"""pipelines/: the registry, data preparation (no downloads), orchestration and the results table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+# pipelines/ lives beside the package (it is not installed): import it from the repository root.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipelines import prepare  # noqa: E402
+from pipelines.datasets import BACKBONE, CLIP_MODEL, DATASETS, Dataset  # noqa: E402
+from pipelines.report import COLUMNS, collect, render_markdown, write_results  # noqa: E402
+from pipelines.run import Layout, main, plan, run_steps, run_zsfs  # noqa: E402
+from zsfs.cli.common import console  # noqa: E402
+from zsfs.errors import ZsfsError  # noqa: E402
+from zsfs.testing.synthetic import make_synthetic_store  # noqa: E402
+
+QUICK_FIT_ARGS = ["--epochs", "20", "--cycle-epochs", "5", "--cycles", "3"]
+SMALL_STORE = dict(clip_dim=128, backbone_dim=128, backbone_noise=1.5, clip_accuracy=0.6)
+
+
+@pytest.fixture(autouse=True)
+def unwrapped_messages(monkeypatch):
+    monkeypatch.setattr(console, "soft_wrap", True)
+
+
+# -- registry -------------------------------------------------------------------------------
+
+def test_registry_has_the_papers_datasets_and_id_counts():
+    id_counts = {name: dataset.id_classes for name, dataset in DATASETS.items()}
+    assert id_counts == {"imagenet": None, "cars": 120, "geo": 30, "cifar10": 6, "cifar100": 20,
+                         "caltech101": 21, "caltech256": 52}
+    assert [name for name, dataset in DATASETS.items() if not dataset.runnable] == ["geo"]
+
+
+@pytest.mark.parametrize("table, baseline, paper_mean", [
+    ("paper_accuracy", "clip_zero_shot", 71.91), ("paper_accuracy", "adaptclipzs", 73.49),
+    ("paper_accuracy", "method", 83.33), ("paper_auroc", "mcm", 76.58), ("paper_auroc", "glmcm", 76.43),
+    ("paper_auroc", "zoc", 79.26), ("paper_auroc", "method", 82.15),
+])
+def test_paper_numbers_reproduce_the_papers_mean_column(table, baseline, paper_mean):
+    # The paper's tables end in a mean column: a transcription slip in any cell would show here.
+    values = [getattr(dataset, table)[baseline] for dataset in DATASETS.values() if getattr(dataset, table)]
+    assert len(values) == 6
+    assert np.mean(values) == pytest.approx(paper_mean, abs=0.006)
+
+
+# -- plan -----------------------------------------------------------------------------------
+
+def test_plan_runs_the_paper_models_and_protocol(tmp_path):
+    steps = plan(DATASETS["cifar10"], tmp_path / "data", tmp_path / "work", device="cuda", fit_args=["--k", "5"])
+    assert [step.name for step in steps] == ["prepare", "extract", "fit", "ood-bench"]
+    extract, fit, bench = (step.argv for step in steps[1:])
+    assert extract[:2] == ("extract", str(tmp_path / "data" / "cifar10" / "images"))
+    assert CLIP_MODEL in extract and "openai" in extract and BACKBONE in extract
+    assert ("--device", "cuda") == extract[extract.index("--device"):][:2]
+    assert fit[-2:] == ("--k", "5") and bench[-2:] == ("--k", "5")
+    assert bench[bench.index("--id-classes") + 1] == "6" and bench[bench.index("--splits") + 1] == "5"
+    assert steps[3].describe().startswith("zsfs ood-bench --store ")
+
+
+def test_imagenet_is_classification_only_and_images_skip_preparation(tmp_path):
+    steps = plan(DATASETS["imagenet"], tmp_path, tmp_path / "work", images=tmp_path / "sorted")
+    assert [step.name for step in steps] == ["extract", "fit"]
+    assert steps[0].argv[1] == str(tmp_path / "sorted")
+
+
+# -- orchestration on a synthetic store -----------------------------------------------------
+
+def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(tmp_path):
+    prepared = []
+
+    def fake_prepare(data_root: Path) -> Path:  # stands in for a download: an empty, finished folder
+        prepared.append(data_root)
+        return prepare._write_once(prepare.images_folder(data_root, "synth"), lambda out: None)
+
+    synth = Dataset("synth", "Synthetic", 10, 6, fake_prepare,
+                    paper_accuracy={"clip_zero_shot": 60.0, "adaptclipzs": 61.0, "method": 90.0},
+                    paper_auroc={"mcm": 70.0, "glmcm": 71.0, "zoc": 72.0, "method": 85.0})
+    data, work = tmp_path / "data", tmp_path / "work"
+    # "extract" is done when the store exists: put a synthetic one where the pipeline expects it.
+    make_synthetic_store(Layout(work, "synth").store, 1500, 10, seed=0, **SMALL_STORE)
+    steps = plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2)
+
+    log: list[str] = []
+    assert run_steps(steps, echo=log.append) == ["prepare", "fit", "ood-bench"]
+    assert any(line.startswith("done  extract") for line in log) and prepared == [data]
+    fit_metrics = json.loads((work / "synth" / "fit" / "metrics.json").read_text())
+    bench_metrics = json.loads((work / "synth" / "ood-bench" / "metrics.json").read_text())
+    assert bench_metrics["n_splits"] == 2 and bench_metrics["id_classes"] == 6
+
+    md_path, csv_path = write_results(work, {"synth": synth, **DATASETS})
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == COLUMNS
+        rows = {row["dataset"]: row for row in reader}
+    assert list(rows) == ["synth", *DATASETS]
+    ours = rows["synth"]
+    assert float(ours["accuracy"]) == pytest.approx(100 * fit_metrics["accuracy"], abs=0.005)
+    assert float(ours["zero_shot_accuracy"]) == pytest.approx(100 * fit_metrics["zero_shot_accuracy"], abs=0.005)
+    assert float(ours["auroc_mean"]) == pytest.approx(100 * bench_metrics["auroc_mean"], abs=0.005)
+    assert float(ours["mcm_auroc_mean"]) == pytest.approx(100 * bench_metrics["mcm_auroc_mean"], abs=0.005)
+    assert ours["paper_method_auroc"] == "85.0" and ours["n_images"] == "1500"
+    assert rows["cifar10"]["paper_method_accuracy"] == "95.07" and rows["cifar10"]["accuracy"] == ""
+    assert rows["geo"]["available"] == "False" and rows["geo"]["paper_method_auroc"] == "58.17"
+
+    markdown = md_path.read_text()
+    assert f"| Synthetic | 1,500 | {float(ours['accuracy']):.2f} |" in markdown
+    assert f"{float(ours['auroc_mean']):.2f} ± {float(ours['auroc_std']):.2f}" in markdown
+    assert "| Geo | 30 / ? | n/a |" in markdown and "95.07" in markdown and "58.17" in markdown
+    assert ours["fit_settings"] == "k=16, ensemble prompts, accumulated cycles"
+    assert "- Synthetic: fit: k=16, ensemble prompts, accumulated cycles" in markdown
+
+    # A rerun finds everything done; removing one output reruns only that step.
+    before = (work / "synth" / "fit" / "metrics.json").stat().st_mtime_ns
+    assert run_steps(steps, echo=log.append) == []
+    assert (work / "synth" / "fit" / "metrics.json").stat().st_mtime_ns == before
+    (work / "synth" / "ood-bench" / "metrics.json").unlink()
+    (work / "synth" / "ood-bench").rmdir()
+    assert run_steps(steps, echo=log.append) == ["ood-bench"]
+    assert prepared == [data]
+
+
+def test_dry_run_runs_nothing(tmp_path):
+    steps = plan(DATASETS["cifar100"], tmp_path / "data", tmp_path / "work")
+    log: list[str] = []
+    assert run_steps(steps, dry_run=True, echo=log.append) == ["prepare", "extract", "fit", "ood-bench"]
+    assert log[1].startswith("todo  zsfs extract ") and not (tmp_path / "data").exists()
+
+
+def test_a_failing_zsfs_step_raises_a_clear_error(tmp_path):
+    with pytest.raises(ZsfsError, match="failed .exit 1.*finished steps are kept"):
+        run_zsfs(["fit", "--store", str(tmp_path / "missing.h5")])
+    with pytest.raises(ZsfsError, match="zsfs fit: No such option"):
+        run_zsfs(["fit", "--no-such-option"])
+
+
+# -- report ---------------------------------------------------------------------------------
+
+def test_report_without_runs_shows_the_paper_numbers_only(tmp_path):
+    rows = collect(tmp_path)
+    markdown = render_markdown(rows)
+    assert "| CIFAR-10 | – | – | – | 87.65 | 87.40 | 95.07 |" in markdown
+    assert "mean over" not in markdown  # no mean row until something was run
+    assert all(row["accuracy"] is None and row["auroc_mean"] is None for row in rows)
+
+
+def test_report_mean_row_covers_the_datasets_run(tmp_path):
+    for name, accuracy in (("cifar10", 0.95), ("cifar100", 0.75)):
+        run = tmp_path / name / "fit"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"n_images": 10000, "accuracy": accuracy,
+                                                       "zero_shot_accuracy": 0.5}))
+    markdown = render_markdown(collect(tmp_path))
+    # zsfs mean 85.00; the paper's method over the same two datasets: (95.07 + 80.14) / 2.
+    assert "| **mean over the 2 run here** |  | 85.00 | 50.00 | 73.59 | 74.46 | 87.60 |" in markdown
+
+
+# -- preparation (no downloads) -------------------------------------------------------------
+
+class FakeCifar:
+    calls = 0
+
+    def __init__(self, root, train, download):
+        FakeCifar.calls += 1
+        assert train is False  # the test set, as CLIP's zero-shot numbers use
+        rng = np.random.default_rng(0)
+        self.data = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+        self.targets = [i % 3 for i in range(12)]
+        self.classes = ["airplane", "aquarium_fish", "maple_tree"]
+
+
+def test_cifar_preparation_writes_class_folders_once(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCifar)
+    FakeCifar.calls = 0
+    folder = prepare.cifar10(tmp_path)
+    assert folder == tmp_path / "cifar10" / "images" and prepare.is_prepared(folder)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["airplane", "aquarium fish", "maple tree"]
+    assert len(list(folder.glob("*/*.png"))) == 12
+    with Image.open(folder / "aquarium fish" / "00001.png") as image:
+        assert np.array_equal(np.asarray(image), FakeCifar(None, False, False).data[1])
+    FakeCifar.calls = 0
+    assert prepare.cifar10(tmp_path) == folder and FakeCifar.calls == 0
+
+
+def test_failed_download_explains_the_manual_step_and_leaves_nothing(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    with pytest.raises(ZsfsError, match="could not download CIFAR100.*network unreachable.*cifar.html"):
+        prepare.cifar100(tmp_path)
+    assert not (tmp_path / "cifar100" / "images").exists()
+    assert not (tmp_path / "cifar100" / "images.tmp").exists()
+
+
+def _jpeg(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
+
+
+def test_caltech_folders_get_prompt_names_and_non_classes_are_left_out(tmp_path):
+    c256 = tmp_path / "caltech256" / "download" / "caltech256" / "256_ObjectCategories"
+    for folder in ("001.ak47", "145.motorbikes-101", "232.t-shirt", "257.clutter"):
+        _jpeg(c256 / folder / f"{folder[:3]}_0001.jpg")
+    (c256 / "001.ak47" / "notes.txt").write_text("not an image")
+    folder = prepare.caltech256(tmp_path)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["ak47", "motorbikes", "t-shirt"]
+    assert [p.name for p in (folder / "ak47").iterdir()] == ["001_0001.jpg"]
+
+    c101 = tmp_path / "caltech101" / "download" / "caltech101" / "101_ObjectCategories"
+    for name in ("BACKGROUND_Google", "Faces_easy", "water_lilly"):
+        _jpeg(c101 / name / "image_0001.jpg")
+    folder = prepare.caltech101(tmp_path)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["face close up", "water lilly"]
+
+
+def test_manual_datasets_say_what_to_download_and_where(tmp_path):
+    with pytest.raises(ZsfsError, match=r"(?s)cars_test_annos_withlabels\.mat.*--images"):
+        prepare.stanford_cars(tmp_path)
+    with pytest.raises(ZsfsError, match=r"(?s)ILSVRC2012_img_val\.tar.*image-net\.org.*--images"):
+        prepare.imagenet(tmp_path)
+    assert not (tmp_path / "cars" / "images").exists() and not (tmp_path / "imagenet" / "images").exists()
+
+
+def test_manual_dataset_in_place_but_no_scipy(tmp_path, monkeypatch):
+    base = tmp_path / "cars" / "download" / "stanford_cars"
+    (base / "cars_test").mkdir(parents=True)
+    (base / "devkit").mkdir()
+    (base / "cars_test_annos_withlabels.mat").write_bytes(b"")
+    (base / "devkit" / "cars_meta.mat").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "scipy", None)  # makes `import scipy.io` fail
+    with pytest.raises(ZsfsError, match="pip install scipy"):
+        prepare.stanford_cars(tmp_path)
+
+
+def test_unfinished_folder_is_not_used(tmp_path):
+    (tmp_path / "cifar10" / "images").mkdir(parents=True)
+    with pytest.raises(ZsfsError, match="not a finished preparation"):
+        prepare.cifar10(tmp_path)
+
+
+def test_imagenet_names_are_unique_prompt_words():
+    names = prepare.imagenet_class_names(
+        ["n1", "n2", "n3", "n4", "n5"],
+        [("crane",), ("crane", "derrick"), ("maillot",), ("maillot", "tank suit"), ("tench", "Tinca tinca")])
+    assert names == ["crane n1", "derrick", "maillot n3", "tank suit", "tench"]
+
+
+# -- command line ---------------------------------------------------------------------------
+
+def test_cli_dry_run_prints_the_commands_and_creates_nothing(tmp_path):
+    result = CliRunner().invoke(main, ["cifar10", "--data-root", str(tmp_path / "d"), "--work", str(tmp_path / "w"),
+                                       "--device", "cuda", "--fit-args", "--paper --k 5", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "zsfs extract" in result.output and "--id-classes 6 --splits 5" in result.output
+    assert "--paper --k 5" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["geo"], "not public"),
+    (["mnist"], "no pipeline for dataset 'mnist'"),
+    (["cifar10", "cifar100", "--images", "."], "exactly one dataset"),
+])
+def test_cli_refuses_what_it_cannot_run(tmp_path, args, message):
+    result = CliRunner().invoke(main, [*args, "--work", str(tmp_path / "w"), "--dry-run"])
+    assert result.exit_code == 1 and message in result.output
