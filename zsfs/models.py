@@ -5,23 +5,19 @@ Weights come from a pretrained tag (downloaded), a local file (air-gapped machin
 that says exactly what was loaded, so that a store can later reload the same model
 (``load_clip_from_record`` / ``load_backbone_from_record``).
 
-Random weights are reproducible: they are initialised under a fixed seed, and the record keeps a
-fingerprint of the initial tensors. Reloading from a record re-creates them and checks the
-fingerprint, so a torch/timm/open_clip version that initialises differently fails loudly instead
-of silently producing other features.
+Random weights are reproducible too (fixed seed + fingerprint, see ``zsfs.weights``), so tests
+and benchmarks with random models can reload them; a library version that initialises them
+differently fails loudly instead of silently producing other features.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
-import os
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,12 +25,21 @@ import torch.nn.functional as F
 
 from zsfs.errors import ModelLoadError
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
+from zsfs.weights import (
+    DEFAULT,
+    FILE,
+    RANDOM,
+    RANDOM_SEED,
+    brief_error,
+    check_same_init,
+    checkpoint_keys,
+    existing_file,
+    file_sha256,
+    init_fingerprint,
+    seeded_init,
+    weights_from_record,
+)
 
-RANDOM = "random"
-DEFAULT = "default"
-FILE = "file"
-RANDOM_SEED = 0
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 BACKBONE_HEAD_MARKER = "_clip_"  # timm CLIP image towers: the head projects into CLIP space
 FINE_TUNED_MARKER = "_ft_"  # "openai_ft_in1k": a CLIP tower fine-tuned into a classifier
 
@@ -119,7 +124,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
     # OpenAI's weights were trained with QuickGELU; open_clip only warns when the config lacks it.
     quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     try:
-        with _seeded_init():
+        with seeded_init():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, force_quick_gelu=quick_gelu
             )
@@ -127,7 +132,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
         if kind != FILE:
             raise
         raise ModelLoadError(
-            f"weights file {file} does not fit the CLIP architecture {arch}: {_brief(error)}. "
+            f"weights file {file} does not fit the CLIP architecture {arch}: {brief_error(error)}. "
             "Check that --clip-model matches the checkpoint."
         ) from None
     model = model.eval().to(device)
@@ -151,7 +156,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
 
 def load_clip_from_record(record: dict, device: str = "cpu") -> ClipModel:
     """Reload the CLIP model a store recorded (same tag, same file bytes, or same random init)."""
-    weights = _weights_from_record(record, "CLIP")
+    weights = weights_from_record(record, "CLIP")
     if "config" in record:  # a custom config travels inside the record
         with tempfile.TemporaryDirectory() as folder:
             config_file = Path(folder) / f"{record['name']}.json"
@@ -159,7 +164,7 @@ def load_clip_from_record(record: dict, device: str = "cpu") -> ClipModel:
             clip = load_clip(str(config_file), weights, device)
     else:
         clip = load_clip(record["name"], weights, device)
-    _check_same_init(clip.record, record, "CLIP")
+    check_same_init(clip.record, record, "CLIP")
     clip.record = dict(record)
     return clip
 
@@ -197,9 +202,9 @@ def _clip_weights_source(arch: str, weights: str) -> tuple[str, Path | None]:
 
     if weights == RANDOM:
         return RANDOM, None
-    if open_clip.get_pretrained_cfg(arch, weights) and os.sep not in weights:
+    if open_clip.get_pretrained_cfg(arch, weights) and "/" not in weights:
         return "tag", None
-    file = _existing_file(weights, "CLIP", "--clip-weights")
+    file = existing_file(weights, "CLIP", "--clip-weights")
     if file is not None:
         return FILE, file
     tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
@@ -216,7 +221,7 @@ def _download_clip_tag(arch: str, tag: str) -> None:
         open_clip.download_pretrained(open_clip.get_pretrained_cfg(arch, tag))
     except Exception as error:  # HF hub, URL and cache errors come in many types
         raise ModelLoadError(
-            f"could not download the CLIP weights {arch} / {tag} ({_brief(error)}). On an "
+            f"could not download the CLIP weights {arch} / {tag} ({brief_error(error)}). On an "
             "air-gapped machine pass a local file: --clip-weights /path/to/open_clip_model.safetensors"
         ) from None
 
@@ -258,27 +263,27 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
             "/path/to/model.safetensors or --backbone-weights random."
         )
     if weights not in (DEFAULT, RANDOM):
-        file = _existing_file(weights, "backbone", "--backbone-weights")
+        file = existing_file(weights, "backbone", "--backbone-weights")
         if file is None:
             raise ModelLoadError(
                 f"backbone weights {weights!r} must be 'default', 'random' or an existing file."
             )
         options = _file_options(name, file, pretrained_cfg, keep_head)
     try:
-        with _seeded_init():
+        with seeded_init():
             model = timm.create_model(name, pretrained=weights != RANDOM, **options)
     except OSError as error:
         if file is not None:
-            raise ModelLoadError(f"cannot read backbone weights file {file}: {_brief(error)}") from None
+            raise ModelLoadError(f"cannot read backbone weights file {file}: {brief_error(error)}") from None
         raise ModelLoadError(
-            f"could not download the backbone weights of {name} ({_brief(error)}). On an "
+            f"could not download the backbone weights of {name} ({brief_error(error)}). On an "
             "air-gapped machine pass a local file: --backbone-weights /path/to/model.safetensors"
         ) from None
     except Exception as error:  # state-dict mismatch, unreadable or foreign checkpoint format
         if file is None:
             raise
         raise ModelLoadError(
-            f"weights file {file} does not fit the backbone {name}: {_brief(error, 600)}. "
+            f"weights file {file} does not fit the backbone {name}: {brief_error(error, 600)}. "
             "Check that --backbone matches the checkpoint."
         ) from None
     if not keep_head and model.num_classes:
@@ -308,8 +313,8 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
 
 def load_backbone_from_record(record: dict, device: str = "cpu") -> Backbone:
     """Reload the backbone a store recorded (same weights; a file must have the same sha256)."""
-    backbone = load_backbone(record["name"], _weights_from_record(record, "backbone"), device)
-    _check_same_init(backbone.record, record, "backbone")
+    backbone = load_backbone(record["name"], weights_from_record(record, "backbone"), device)
+    check_same_init(backbone.record, record, "backbone")
     backbone.record = dict(record)
     return backbone
 
@@ -332,7 +337,7 @@ def _file_options(name: str, file: Path, pretrained_cfg, keep_head: bool) -> dic
     """
     classifiers = pretrained_cfg.classifier or ()
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
-    keys = _checkpoint_keys(file)
+    keys = checkpoint_keys(file)
     has_head = any(f"{classifier}.weight" in keys for classifier in classifiers)
     if has_head:
         return {"pretrained_cfg_overlay": {"file": str(file)}}
@@ -342,24 +347,6 @@ def _file_options(name: str, file: Path, pretrained_cfg, keep_head: bool) -> dic
             "(its head projects into the CLIP space)."
         )
     return {"num_classes": 0, "pretrained_cfg_overlay": {"file": str(file), "num_classes": 0}}
-
-
-def _checkpoint_keys(file: Path) -> set[str]:
-    """Tensor names in a checkpoint (safetensors: read from the header only)."""
-    try:
-        if file.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(file), framework="pt") as handle:
-                return set(handle.keys())
-        from timm.models import load_state_dict
-
-        return set(load_state_dict(str(file)))
-    except Exception as error:  # pickle, zip, safetensors header errors: not a checkpoint
-        raise ModelLoadError(
-            f"cannot read {file} as a checkpoint ({_brief(error)}); pass a .safetensors or "
-            "torch .pth/.bin file saved from this model."
-        ) from None
 
 
 def _resolve_backbone_name(name: str):
@@ -379,82 +366,7 @@ def _resolve_backbone_name(name: str):
         raise ModelLoadError(f"timm model {name!r}: no such pretrained tag (known: {tags}).") from None
 
 
-# --- shared helpers --------------------------------------------------------------------------
-
-
-def file_sha256(path: Path | str, chunk_size: int = 1 << 22) -> str:
-    """sha256 of a file, read in chunks (checkpoints can be many GB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def init_fingerprint(model: torch.nn.Module, n_values: int = 4096) -> str:
-    """sha256 over every tensor's shape and first ``n_values`` values: cheap even for ViT-G."""
-    digest = hashlib.sha256()
-    for key, tensor in model.state_dict().items():
-        head = tensor.detach().flatten()[:n_values].float().cpu().numpy()
-        digest.update(f"{key}{tuple(tensor.shape)}".encode())
-        digest.update(np.ascontiguousarray(head).tobytes())
-    return digest.hexdigest()
-
-
-@contextmanager
-def _seeded_init() -> Iterator[None]:
-    """Random initialisation under a fixed seed, without touching the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_SEED)
-        yield
-
-
-def _existing_file(weights: str, what: str, flag: str) -> Path | None:
-    """The weights file if it exists; None if ``weights`` does not look like a path."""
-    path = Path(weights).expanduser()
-    if path.is_file():
-        return path.resolve()
-    if os.sep in weights or path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        raise ModelLoadError(f"{what} weights file {path} not found; check the {flag} path.")
-    return None
-
-
-def _weights_from_record(record: dict, what: str) -> str:
-    weights = record["weights"]
-    if weights != FILE:
-        return weights
-    file = Path(record["file"])
-    if not file.is_file():
-        raise ModelLoadError(
-            f"the {what} weights file {file} that the store was built with is missing; "
-            "restore it at that path (its sha256 is in the store's record)."
-        )
-    if file_sha256(file) != record["sha256"]:
-        raise ModelLoadError(
-            f"the {what} weights file {file} changed since the store was built (sha256 differs); "
-            "restore the original file or rebuild the store."
-        )
-    return str(file)
-
-
-def _check_same_init(loaded: dict, recorded: dict, what: str) -> None:
-    if recorded["weights"] == RANDOM and loaded.get("init_fingerprint") != recorded.get("init_fingerprint"):
-        raise ModelLoadError(
-            f"the store's {what} model {recorded['name']} was randomly initialised, and this "
-            "installation initialises it differently (other torch/open_clip/timm version?), so its "
-            "features cannot be reproduced. Use a weights file for work you want to reload."
-        )
-
-
 def _suggestion(name: str, candidates: Sequence[str]) -> str:
     lower = {c.lower(): c for c in candidates}
     close = difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.6)
     return f" (close names: {', '.join(lower[c] for c in close)})" if close else ""
-
-
-def _brief(error: BaseException, limit: int = 300) -> str:
-    """An exception as one short line (library messages can span pages)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    if len(text) < 12:  # bare codes or words ("101", "'h'") say little without their type
-        text = f"{type(error).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,116 @@
+"""Where model weights come from and how a later run proves it has the same ones.
+
+A weights file is identified by its sha256; random weights by a fixed seed plus a fingerprint of
+the initial tensors (so a library version that initialises differently is caught, not trusted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from zsfs.errors import ModelLoadError
+
+RANDOM = "random"
+DEFAULT = "default"
+FILE = "file"
+RANDOM_SEED = 0
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+def file_sha256(path: Path | str, chunk_size: int = 1 << 22) -> str:
+    """sha256 of a file, read in chunks (checkpoints can be many GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def init_fingerprint(model: torch.nn.Module, n_values: int = 4096) -> str:
+    """sha256 over every tensor's shape and first ``n_values`` values: cheap even for ViT-G."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        head = tensor.detach().flatten()[:n_values].float().cpu().numpy()
+        digest.update(f"{key}{tuple(tensor.shape)}".encode())
+        digest.update(np.ascontiguousarray(head).tobytes())
+    return digest.hexdigest()
+
+
+@contextmanager
+def seeded_init() -> Iterator[None]:
+    """Random initialisation under a fixed seed, without touching the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        yield
+
+
+def existing_file(weights: str, what: str, flag: str) -> Path | None:
+    """The weights file if it exists; None if ``weights`` does not look like a path."""
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if os.sep in weights or path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ModelLoadError(f"{what} weights file {path} not found; check the {flag} path.")
+    return None
+
+
+def weights_from_record(record: dict, what: str) -> str:
+    """The ``weights`` argument that reloads a record; a file must still have its sha256."""
+    weights = record["weights"]
+    if weights != FILE:
+        return weights
+    file = Path(record["file"])
+    if not file.is_file():
+        raise ModelLoadError(
+            f"the {what} weights file {file} that the store was built with is missing; "
+            "restore it at that path (its sha256 is in the store's record)."
+        )
+    if file_sha256(file) != record["sha256"]:
+        raise ModelLoadError(
+            f"the {what} weights file {file} changed since the store was built (sha256 differs); "
+            "restore the original file or rebuild the store."
+        )
+    return str(file)
+
+
+def check_same_init(loaded: dict, recorded: dict, what: str) -> None:
+    """Random weights reload only if this installation initialises them identically."""
+    if recorded["weights"] == RANDOM and loaded.get("init_fingerprint") != recorded.get("init_fingerprint"):
+        raise ModelLoadError(
+            f"the store's {what} model {recorded['name']} was randomly initialised, and this "
+            "installation initialises it differently (other torch/open_clip/timm version?), so its "
+            "features cannot be reproduced. Use a weights file for work you want to reload."
+        )
+
+
+def checkpoint_keys(file: Path) -> set[str]:
+    """Tensor names in a checkpoint (safetensors: read from the header only)."""
+    try:
+        if file.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as handle:
+                return set(handle.keys())
+        from timm.models import load_state_dict
+
+        return set(load_state_dict(str(file)))
+    except Exception as error:  # pickle, zip, safetensors header errors: not a checkpoint
+        raise ModelLoadError(
+            f"cannot read {file} as a checkpoint ({brief_error(error)}); pass a .safetensors or "
+            "torch .pth/.bin file saved from this model."
+        ) from None
+
+
+def brief_error(error: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (library messages can span pages)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) < 12:  # bare codes or words ("101", "'h'") say little without their type
+        text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
