@@ -37,6 +37,13 @@ def assert_normalised(embeddings: torch.Tensor | np.ndarray, shape: tuple) -> No
     torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(shape[0]))
 
 
+def test_prompts():
+    assert SINGLE_PROMPT.format("cat") == "a photo of a cat"
+    assert len(ENSEMBLE_TEMPLATES) == len(set(ENSEMBLE_TEMPLATES)) == 80
+    assert all(template.count("{}") == 1 for template in ENSEMBLE_TEMPLATES)
+    assert "itap of a {}." in ENSEMBLE_TEMPLATES and "a photo of a {}." in ENSEMBLE_TEMPLATES
+
+
 # --- CLIP ----------------------------------------------------------------------------------------
 
 

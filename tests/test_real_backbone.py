@@ -19,9 +19,21 @@ NAME = "tf_efficientnet_lite0"
 WEIGHTS = "models/tf_efficientnet_lite0.safetensors"
 IMAGES = "data/imagenet-samples-100"
 
-pytestmark = pytest.mark.shared(WEIGHTS, IMAGES, IMAGES + ".csv")
 
 
+def test_a_missing_shared_file_fails_loudly_instead_of_skipping():
+    from conftest import pytest_runtest_setup
+
+    class Item:
+        def get_closest_marker(self, name):
+            return pytest.mark.shared("models/no-such-model.safetensors").mark if name == "shared" else None
+
+    with pytest.raises(pytest.fail.Exception, match=r"needs \.\./shared/models/no-such-model.safetensors .*"
+                       r"run pytest -m 'not shared' to leave them out"):
+        pytest_runtest_setup(Item())
+
+
+@pytest.mark.shared(WEIGHTS, IMAGES, IMAGES + ".csv")
 def test_local_weights_give_imagenet_accuracy(shared):
     weights = shared / WEIGHTS
     backbone = load_backbone(NAME, str(weights))
