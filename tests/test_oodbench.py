@@ -14,7 +14,7 @@ from zsfs.cli.common import console
 from zsfs.errors import ZsfsError
 from zsfs.evaluate import auroc
 from zsfs.fit.run import FitConfig
-from zsfs.oodbench import ood_bench, score_split, summarize
+from zsfs.oodbench import LabelCodes, ood_bench, score_split, summarize
 from zsfs.store import Store
 from zsfs.testing.synthetic import class_names, make_synthetic_store
 
@@ -90,7 +90,7 @@ def test_score_split_uses_ood_as_positive_and_the_fit_scores_as_given():
         mcm_score=np.array([-0.9, -0.8, -0.7, -0.6, -0.95]),  # the fit's MCM: higher = more OOD
         timings={"self-training": 1.5},
     )
-    split = score_split(result, labels, ["a", "b"])
+    split = score_split(result, LabelCodes.of(labels), ["a", "b"])
     is_ood = np.array([False, False, False, True, True])
     assert split.n_id_images == 3 and split.n_ood_images == 2
     assert split.ood["zsfs"]["auroc"] == 1.0 and split.ood["zsfs_continuous"]["auroc"] == 1.0
@@ -99,6 +99,14 @@ def test_score_split_uses_ood_as_positive_and_the_fit_scores_as_given():
     assert split.id_accuracy == pytest.approx(2 / 3)
     assert split.zero_shot_id_accuracy == pytest.approx(1 / 3)
     assert summarize([split])["auroc_std"] == 0.0
+
+
+def test_label_codes_match_string_comparisons():
+    labels = LabelCodes.of(np.array(["dog", "cat", "dog", "emu"], dtype=object))
+    assert labels.classes.tolist() == ["cat", "dog", "emu"] and labels.codes.tolist() == [1, 0, 1, 2]
+    assert labels.code(["emu", "yak", "cat"]).tolist() == [2, -1, 0]
+    assert labels.is_any_of(["dog", "yak"]).tolist() == [True, False, True, False]
+    assert not labels.is_any_of(["yak"]).any()
 
 
 def test_labels_outside_the_vocabulary_are_always_ood(tmp_path):
@@ -140,6 +148,18 @@ def test_cli_id_class_file_gives_one_split(labelled_store, tmp_path):
     assert metrics["n_splits"] == 1
     assert metrics["id_classes"] == ["class_0001", "class_0003", "class_0007"]
     assert metrics["config"]["prompts"] == "single" and metrics["config"]["accumulate"] is False
+
+
+def test_cli_seed_draws_the_split(labelled_store):
+    def drawn(seed):
+        result = run_cli("--store", labelled_store, "--id-classes", 3, "--splits", 1, "--seed", seed, "--json",
+                         *QUICK_FIT_ARGS)
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(result.stdout)
+        assert metrics["n_splits"] == 1 and metrics["id_classes"] == 3 and metrics["config"]["seed"] == seed
+        return metrics["splits"][0]["id_classes"]
+
+    assert drawn(1) != drawn(2)
 
 
 @pytest.mark.parametrize("id_classes, message", [

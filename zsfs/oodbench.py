@@ -15,12 +15,17 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from zsfs import __version__
 from zsfs.errors import ZsfsError
 from zsfs.evaluate import accuracy, id_ood_splits, mean_std, ood_metrics
+
+if TYPE_CHECKING:
+    from zsfs.fit.run import FitConfig, FitResult
+    from zsfs.store import Store
 
 METHODS = {"zsfs": "zsfs (paper score)", "zsfs_continuous": "zsfs (continuous score)", "mcm": "MCM"}
 """OOD detectors compared on every split, and their display names."""
@@ -29,6 +34,32 @@ SUMMARY_PREFIX = {"zsfs": "", "zsfs_continuous": "continuous_", "mcm": "mcm_"}
 """metrics.json key prefix of each detector: ``auroc_mean``, ``continuous_auroc_mean``, ``mcm_auroc_mean``."""
 
 METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class LabelCodes:
+    """True labels as integer codes into their sorted class names: splits then compare integers
+    (string comparisons over a million labels take seconds per split)."""
+
+    classes: np.ndarray  # (C,) str, sorted
+    codes: np.ndarray  # (N,) int64
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> "LabelCodes":
+        classes, codes = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+        return cls(classes, codes.reshape(-1))
+
+    def code(self, names: Sequence[str]) -> np.ndarray:
+        """Codes of ``names``; -1 for a name that is no label."""
+        names = np.asarray(list(names), dtype=str)
+        position = np.clip(np.searchsorted(self.classes, names), 0, len(self.classes) - 1)
+        return np.where(self.classes[position] == names, position, -1)
+
+    def is_any_of(self, names: Sequence[str]) -> np.ndarray:
+        """(N,) bool: the image's label is one of ``names``."""
+        wanted = np.zeros(len(self.classes) + 1, dtype=bool)  # the extra slot absorbs code -1
+        wanted[self.code(names)] = True
+        return wanted[:-1][self.codes]
 
 
 @dataclass
@@ -44,9 +75,10 @@ class SplitResult:
     fit_seconds: float = 0.0
 
 
-def score_split(result, labels: np.ndarray, id_classes: Sequence[str]) -> SplitResult:
-    """Metrics of one fit (a ``FitResult`` restricted to ``id_classes``) against the true labels."""
-    is_ood = ~np.isin(labels, np.asarray(list(id_classes), dtype=object))
+def score_split(result: "FitResult", labels: LabelCodes, id_classes: Sequence[str]) -> SplitResult:
+    """Metrics of one fit (restricted to ``id_classes``) against the true labels."""
+    is_id = labels.is_any_of(id_classes)
+    is_ood = ~is_id
     if is_ood.all() or not is_ood.any():
         raise ZsfsError("a split needs both ID and OOD images; the store's labels give only one kind")
     detectors = {
@@ -54,15 +86,15 @@ def score_split(result, labels: np.ndarray, id_classes: Sequence[str]) -> SplitR
         "zsfs_continuous": result.ood_continuous,
         "mcm": result.mcm_score,  # already negated by the fit: higher = more OOD
     }
-    class_names = np.asarray(result.classes, dtype=object)
-    is_id = ~is_ood
+    class_codes = labels.code(result.classes)
+    truth = labels.codes[is_id]
     return SplitResult(
         id_classes=list(id_classes),
         n_id_images=int(is_id.sum()),
         n_ood_images=int(is_ood.sum()),
         ood={name: ood_metrics(np.asarray(scores, np.float64), is_ood) for name, scores in detectors.items()},
-        id_accuracy=accuracy(labels[is_id], class_names[result.predicted[is_id]]),
-        zero_shot_id_accuracy=accuracy(labels[is_id], class_names[result.zero_shot_predicted[is_id]]),
+        id_accuracy=accuracy(truth, class_codes[result.predicted[is_id]]),
+        zero_shot_id_accuracy=accuracy(truth, class_codes[result.zero_shot_predicted[is_id]]),
         fit_seconds=float(sum(result.timings.values())),
     )
 
@@ -80,9 +112,9 @@ def summarize(splits: Sequence[SplitResult]) -> dict[str, float]:
 
 
 def ood_bench(
-    store,
+    store: "Store",
     id_classes: int | Sequence[str],
-    config,
+    config: "FitConfig",
     *,
     n_splits: int = 5,
     seed: int = 0,
@@ -102,10 +134,10 @@ def ood_bench(
     if labels is None:
         raise ZsfsError(f"{store.path.name} has no labels: the OOD benchmark needs the true class of every "
                         f"image (extract a folder with one subfolder per class, or import with labels)")
-    labels = np.asarray(labels, dtype=object)
+    labels = LabelCodes.of(labels)
     vocab_name = resolve_vocabulary(store, vocabulary)
     named = set(store.vocabulary(vocab_name).classes)
-    label_classes = sorted(set(labels.tolist()))
+    label_classes = labels.classes.tolist()
     eligible = [name for name in label_classes if name in named]
     always_ood = [name for name in label_classes if name not in named]
     if not eligible:
@@ -127,12 +159,12 @@ def ood_bench(
         "n_splits": len(splits),
         "seed": seed,
         "vocabulary": vocab_name,
-        "n_images": int(len(labels)),
+        "n_images": int(len(labels.codes)),
         "n_label_classes": len(label_classes),
         "always_ood_classes": always_ood,
         **summarize(results),
         "splits": [asdict(result) for result in results],
-        "config": _jsonable(config),
+        "config": json.loads(json.dumps(asdict(config), default=str)),
         "store": store.fingerprint(),
         "zsfs_version": __version__,
     }
@@ -146,7 +178,7 @@ def write_metrics(metrics: dict, out_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -159,7 +191,3 @@ def check_out_dir(out_dir: Path) -> None:
     if Path(out_dir).exists():
         raise ZsfsError(f"{out_dir} already exists; choose another --out or remove it")
 
-
-def _jsonable(config) -> dict:
-    values = asdict(config) if hasattr(config, "__dataclass_fields__") else dict(vars(config))
-    return json.loads(json.dumps(values, default=str))

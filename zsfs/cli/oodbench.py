@@ -95,9 +95,9 @@ def _parse_id_classes(value: str) -> int | list[str]:
 def _table(metrics: dict) -> Table:
     from zsfs.oodbench import METHODS, SUMMARY_PREFIX
 
-    n = metrics["n_splits"]
-    title = f"zsfs ood-bench: {metrics['id_classes'] if n > 1 else len(metrics['id_classes'])} ID classes, {n} split(s)"
-    table = Table(title=title)
+    id_classes = metrics["id_classes"]
+    n_id = id_classes if isinstance(id_classes, int) else len(id_classes)
+    table = Table(title=f"zsfs ood-bench: {n_id} ID classes, {metrics['n_splits']} split(s)")
     table.add_column("detector", style="bold")
     table.add_column("AUROC ↑", justify="right")
     table.add_column("FPR@95%TPR ↓", justify="right")
