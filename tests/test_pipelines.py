@@ -272,6 +272,22 @@ def test_cli_dry_run_prints_the_commands_and_creates_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_runs_the_steps_and_writes_the_results(tmp_path):
+    work, images = tmp_path / "work", tmp_path / "sorted"
+    images.mkdir()
+    make_synthetic_store(Layout(work, "cifar10").store, 1500, 10, seed=0, **SMALL_STORE)
+    args = ["cifar10", "--images", str(images), "--work", str(work), "--splits", "2",
+            "--fit-args", " ".join(QUICK_FIT_ARGS)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "done  extract" in result.output and "run   zsfs ood-bench" in result.output
+    rows = {row["dataset"]: row for row in csv.DictReader((work / "results.csv").open())}
+    assert float(rows["cifar10"]["accuracy"]) > 0 and float(rows["cifar10"]["mcm_auroc_mean"]) > 0
+    assert rows["cifar10"]["n_splits"] == "2" and (work / "results.md").is_file()
+    rerun = CliRunner().invoke(main, args)
+    assert rerun.exit_code == 0 and "run " not in rerun.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["geo"], "not public"),
     (["mnist"], "no pipeline for dataset 'mnist'"),
