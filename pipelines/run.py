@@ -24,17 +24,17 @@ from zsfs.errors import ZsfsError
 
 @dataclass(frozen=True)
 class Step:
-    """One pipeline step: done when ``output`` exists; ``argv`` is its zsfs command line (if any)."""
+    """One pipeline step: done when ``output`` exists (or ``done()`` says so); ``argv`` is its
+    zsfs command line, if it is one."""
 
     name: str
     output: Path
     run: Callable[[], object]
     argv: tuple[str, ...] | None = None
+    done: Callable[[], bool] | None = None
 
     def is_done(self) -> bool:
-        if self.name == "prepare":
-            return prepare.is_prepared(self.output)
-        return self.output.exists()
+        return self.done() if self.done is not None else self.output.exists()
 
     def describe(self) -> str:
         return "zsfs " + shlex.join(self.argv) if self.argv else f"{self.name} -> {self.output}"
@@ -80,7 +80,8 @@ def plan(
     steps = []
     if images is None:
         images = prepare.images_folder(data_root, dataset.name)
-        steps.append(Step("prepare", images, lambda: dataset.prepare(Path(data_root))))
+        steps.append(Step("prepare", images, lambda: dataset.prepare(Path(data_root)),
+                          done=lambda: prepare.is_prepared(images)))
     extract = ("extract", str(images), "--out", str(layout.store), "--clip-model", CLIP_MODEL,
                "--clip-weights", CLIP_WEIGHTS, "--backbone", BACKBONE, "--device", device, *extract_args)
     steps.append(_zsfs_step("extract", layout.store, extract))
