@@ -74,8 +74,8 @@ def write_store(
         start, stop = writer.shard_bounds(shard)
         rows = slice(start, stop)
         writer.write_shard(shard, ShardData(
-            clip=normalise_rows(np.asarray(clip[rows], dtype=np.float32), f"clip rows {start}-{stop}"),
-            backbone=normalise_rows(np.asarray(backbone[rows], dtype=np.float32), f"backbone rows {start}-{stop}"),
+            clip=normalise_rows(np.asarray(clip[rows]), f"clip rows {start}-{stop}"),
+            backbone=normalise_rows(np.asarray(backbone[rows]), f"backbone rows {start}-{stop}"),
             paths=paths[rows],
             width=width[rows],
             height=height[rows],
