@@ -200,3 +200,14 @@ def test_write_store_rejects_bad_input(tmp_path, arrays):
     zero[7] = 0
     with pytest.raises(ZsfsError, match="zero or not finite \\(first: row 7\\)"):
         build(tmp_path / "s.h5", {**arrays, "clip": zero})
+
+
+def test_unfinished_store_and_unwritable_vocabulary(tmp_path, arrays):
+    master = build(tmp_path / "s.h5", arrays)
+    with Store(master):  # open for reading: HDF5 refuses a second, writing handle
+        with pytest.raises(StoreError, match="cannot open .* for writing"):
+            write_vocabulary(master, "v", ["a"], random_rows(1, D_CLIP, 0), random_rows(1, D_CLIP, 0),
+                             prompt="{}", n_templates=1)
+    master.unlink()
+    with pytest.raises(StoreError, match="is not finished .*s.shards"):
+        Store(master)

@@ -94,6 +94,8 @@ def nearest_neighbours(
 
     ``query_rows[i]`` is the stored row of ``queries[i]``. Each batch asks faiss for ``k + 1``
     neighbours; the query's own row is dropped where it appears, otherwise the last one is.
+    An IVF index that finds fewer than ``k + 1`` rows in the probed lists pads with -1 (faiss's
+    convention); with the default ``nprobe`` this needs lists far smaller than ``k``.
     """
     query_rows = np.asarray(query_rows, dtype=np.int64)
     if len(queries) != len(query_rows):

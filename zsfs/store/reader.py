@@ -229,6 +229,9 @@ class Store:
 def open_master(path: Path) -> h5py.File:
     """Open a master file, with a clear message for each way it can be the wrong file."""
     if not path.exists():
+        if schema.shard_dir(path).is_dir():
+            raise StoreError(f"store {path} is not finished (its shards are in {schema.shard_dir(path).name}/); "
+                             "rerun the command that builds it to finish")
         raise StoreError(f"store {path} does not exist; create it with `zsfs extract` or `zsfs import`")
     if path.is_dir():
         raise StoreError(f"{path} is a folder; pass the store's master .h5 file")

@@ -391,7 +391,12 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
     if len(set(classes)) != len(classes):
         duplicates = sorted({c for c in classes if classes.count(c) > 1})
         raise ZsfsError(f"vocabulary {name!r} lists classes more than once: {duplicates[:5]}")
-    with h5py.File(master, "r+") as file:
+    try:
+        file = h5py.File(master, "r+")
+    except OSError as error:
+        raise StoreError(f"cannot open {master} for writing ({error}); is it missing, read-only, or open "
+                         "in another program?") from None
+    with file:
         clip_dim = file[schema.CLIP].shape[1]
         arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"{name}/{kind}")
                   for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
