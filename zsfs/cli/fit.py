@@ -13,7 +13,7 @@ from zsfs.errors import ZsfsError
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
 PARAMETERS = ("k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
-              "cycle_epochs", "batch_size", "lr", "max_cycles", "ood_multiplier", "seed", "device")
+              "cycle_epochs", "batch_size", "lr", "max_cycles", "loss_floor", "ood_multiplier", "seed", "device")
 
 
 def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
@@ -48,6 +48,8 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [16].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate [1e-3].")
 @click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="Maximum self-training cycles [19].")
+@click.option("--loss-floor", type=click.FloatRange(min=0), default=None,
+              help="Stop the cycles once an epoch's training loss is below this [0.1].")
 @click.option("--ood-multiplier", type=click.FloatRange(min=0), default=None, help="m in threshold = mean - m*std [1].")
 @click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", default=None, help="cpu or cuda [cpu].")
