@@ -281,3 +281,23 @@ def test_openai_tag_gets_quick_gelu(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         load_clip("ViT-B-32", "openai")
     assert seen == {"arch": "ViT-B-32", "pretrained": "openai", "force_quick_gelu": True}
+
+
+@pytest.mark.parametrize("reachable", [False, True])
+def test_unreachable_hub_means_cache_only_instead_of_a_minute_of_retries(monkeypatch, reachable):
+    import huggingface_hub.constants as hub
+    import timm
+
+    offline_during_download = []
+
+    def fake_create_model(*args, **kwargs):
+        offline_during_download.append(hub.HF_HUB_OFFLINE)
+        raise OSError("no such file in the local cache")
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("zsfs.weights._reachable", lambda host, timeout: reachable)
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    with pytest.raises(ModelLoadError, match="could not download the backbone weights of test_vit"):
+        load_backbone(TINY_BACKBONE, "default")
+    assert offline_during_download == [not reachable]
+    assert hub.HF_HUB_OFFLINE is False  # restored

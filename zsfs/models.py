@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,6 +36,7 @@ from zsfs.weights import (
     checkpoint_keys,
     existing_file,
     file_sha256,
+    hub_offline_unless_reachable,
     init_fingerprint,
     seeded_init,
     weights_from_record,
@@ -118,13 +120,13 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
     arch, config = _resolve_clip_name(name)
     kind, file = _clip_weights_source(arch, weights)
     tag_cfg = open_clip.get_pretrained_cfg(arch, weights) if kind == "tag" else {}
-    if kind == "tag":
-        _download_clip_tag(arch, weights)
     pretrained = None if kind == RANDOM else (str(file) if kind == FILE else weights)
     # OpenAI's weights were trained with QuickGELU; open_clip only warns when the config lacks it.
     quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     try:
-        with seeded_init():
+        with seeded_init(), hub_offline_unless_reachable() if kind == "tag" else nullcontext():
+            if kind == "tag":
+                _download_clip_tag(arch, weights)
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, force_quick_gelu=quick_gelu
             )
@@ -270,7 +272,7 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
             )
         options = _file_options(name, file, pretrained_cfg, keep_head)
     try:
-        with seeded_init():
+        with seeded_init(), hub_offline_unless_reachable() if weights == DEFAULT else nullcontext():
             model = timm.create_model(name, pretrained=weights != RANDOM, **options)
     except OSError as error:
         if file is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from contextlib import contextmanager
+from urllib.parse import urlparse
 from pathlib import Path
 from typing import Iterator
 
@@ -49,6 +51,34 @@ def seeded_init() -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         yield
+
+
+@contextmanager
+def hub_offline_unless_reachable(timeout: float = 3.0) -> Iterator[None]:
+    """Downloads from the Hugging Face hub, or only its local cache when the hub is unreachable.
+
+    On an air-gapped machine huggingface_hub retries each file for about a minute; offline mode
+    makes a cached file load at once and a missing one fail at once.
+    """
+    import huggingface_hub.constants as hub
+
+    host = urlparse(hub.ENDPOINT).hostname
+    if hub.HF_HUB_OFFLINE or (host and _reachable(host, timeout)):
+        yield
+        return
+    hub.HF_HUB_OFFLINE = True  # huggingface_hub reads this constant on every request
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = False
+
+
+def _reachable(host: str, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def existing_file(weights: str, what: str, flag: str) -> Path | None:
