@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,11 @@ def default_workers(device: str) -> int:
     """DataLoader workers: every core on an accelerator; on CPU one core is left to the models."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return cores if device != "cpu" else max(1, cores - 1)
+
+
+def default_worker_niceness(device: str) -> int:
+    """On CPU the models and the decoders share cores: decoding yields to the models' threads."""
+    return 10 if device == "cpu" else 0
 
 
 def check_device(device: str) -> torch.device:
@@ -172,12 +178,22 @@ def shard_batches(writer: StoreWriter, shards: Sequence[int], batch_size: int) -
     return batches, owners
 
 
-def make_loader(dataset: Dataset, batches: list[list[int]], *, workers: int, pin_memory: bool) -> DataLoader:
-    """One loader over all pending work, so workers never idle between shards."""
+def make_loader(dataset: Dataset, batches: list[list[int]], *, workers: int, pin_memory: bool,
+                worker_niceness: int = 0) -> DataLoader:
+    """One loader over all pending work, so workers never idle between shards.
+
+    ``worker_niceness`` > 0 lowers the decoding processes' CPU priority: when the models run on
+    the same cores, decoding then fills the gaps instead of stalling the model's threads.
+    """
     options = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory)
     if workers > 0:
-        options.update(persistent_workers=False, prefetch_factor=4)  # one pass: nothing to persist for
+        options.update(prefetch_factor=4, worker_init_fn=partial(_lower_priority, worker_niceness))
     return DataLoader(dataset, batch_sampler=batches, **options)
+
+
+def _lower_priority(niceness: int, worker_id: int) -> None:
+    if niceness > 0 and hasattr(os, "nice"):
+        os.nice(niceness)
 
 
 # --------------------------------------------------------------------------- embedding
@@ -296,7 +312,8 @@ def extract(
         on_start(sum(len(batch) for batch in batches))
     workers = default_workers(device) if workers is None else workers
     dataset = DecodedImages(image_source, clip.preprocess, features.preprocess)
-    loader = make_loader(dataset, batches, workers=workers, pin_memory=torch_device.type == "cuda")
+    loader = make_loader(dataset, batches, workers=workers, pin_memory=torch_device.type == "cuda",
+                         worker_niceness=default_worker_niceness(device))
 
     batches_per_shard = Counter(owners)
     rows = {shard: _ShardRows(batches_per_shard[shard]) for shard in pending}

@@ -19,7 +19,7 @@ class _ImagesPerSecond(ProgressColumn):
         return Text(f"{task.speed:,.1f} img/s" if task.speed else "… img/s", style="progress.data.speed")
 
 
-@click.command(epilog="Example: zsfs extract photos/ --device cuda --precision bf16 --out photos.h5")
+@click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Store to write [default: SOURCE's name + .h5 in the current folder].")
@@ -50,6 +50,11 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 
     Each image is decoded once and fed to CLIP and to the backbone. Bad files are skipped and
     recorded. An interrupted run resumes when the same command is run again.
+
+    \b
+    Example:
+      zsfs extract imagenet/ --device cuda --precision bf16      # -> imagenet.h5
+      zsfs extract photos.csv --out photos.h5 --classes classes.txt
     """
     from zsfs.extract import extract as run_extract
 
@@ -72,7 +77,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
                       f"Add one with: zsfs text {summary.output} --classes FILE --name NAME")
 
 
-@click.command(epilog="Example: zsfs text photos.h5 --classes animals.txt --name animals")
+@click.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--classes", "classes_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Class names, one per line.")
@@ -85,6 +90,10 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
     """Add a class vocabulary to STORE, embedded with the CLIP model the store was built with.
 
     Only the CLIP model is loaded; image embeddings are not touched.
+
+    \b
+    Example:
+      zsfs text imagenet.h5 --classes animals.txt --name animals
     """
     from zsfs.extract import add_vocabulary
 

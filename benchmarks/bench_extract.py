@@ -1,0 +1,193 @@
+"""Throughput of ``zsfs extract`` against its own limits, on the same images and models.
+
+    (a) zsfs extract (library call; pipeline images/s, and end to end with loading + finalize)
+    (b) a naive loop: decode and embed one image at a time, as the paper's scripts do
+    (c) decode + preprocess only, through the same DataLoader, no models
+    (d) the two models' forward passes alone, on pre-decoded batches
+
+Example (CPU, both model settings)::
+
+    python benchmarks/bench_extract.py --models tiny,small --n-images 300
+    python benchmarks/bench_extract.py --models default --device cuda --precision bf16 --n-images 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zsfs.extract import (PRECISIONS, DecodedImages, check_device, default_worker_niceness, default_workers, extract,
+                          make_loader)
+from zsfs.models import load_backbone, load_clip
+from zsfs.sources import decode_image, open_source
+from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
+
+SETTINGS = {
+    # name: (clip model, clip weights, backbone, backbone weights)
+    "tiny": (str(TINY_CLIP_CONFIG), "random", TINY_BACKBONE, "random"),
+    "small": ("ViT-B-32", "random", "tf_efficientnet_lite0", "random"),
+    "default": ("ViT-B-32", "random", "vit_giant_patch14_clip_224.laion2b", "random"),
+}
+
+
+def write_photos(folder: Path, n: int, seed: int = 0) -> None:
+    """Photo-like JPEGs of 400-500 px: smooth colour fields plus mild sensor noise."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        width, height = (int(v) for v in rng.integers(400, 501, size=2))
+        coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
+        noisy = np.clip(smooth + rng.normal(0, 6, size=smooth.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(folder / f"img_{i:05d}.jpg", quality=90)
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("nan")
+
+
+def bench_extract(folder: Path, setting: tuple, args, workdir: Path) -> tuple[float, float]:
+    clip_model, clip_weights, backbone, backbone_weights = setting
+    marks: dict[str, float] = {}
+    count = [0]
+
+    def on_start(total: int) -> None:
+        marks["start"] = time.perf_counter()
+
+    def on_batch(n: int) -> None:
+        count[0] += n
+        marks["stop"] = time.perf_counter()
+
+    begin = time.perf_counter()
+    extract(folder, workdir / f"bench-{time.monotonic_ns()}.h5", clip_model=clip_model, clip_weights=clip_weights,
+            backbone=backbone, backbone_weights=backbone_weights, device=args.device, precision=args.precision,
+            batch_size=args.batch_size, workers=args.workers, shard_size=args.shard_size,
+            on_start=on_start, on_batch=on_batch)
+    end_to_end = rate(count[0], time.perf_counter() - begin)
+    return rate(count[0], marks["stop"] - marks["start"]), end_to_end
+
+
+def bench_naive(source, clip, backbone, device) -> float:
+    """One image at a time: decode, preprocess, embed with each model (the reference scripts' loop)."""
+    begin = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(len(source.paths)):
+            image = decode_image(source.absolute(i))
+            clip.encode_images(clip.preprocess(image).unsqueeze(0).to(device)).cpu()
+            backbone.encode_images(backbone.preprocess(image).unsqueeze(0).to(device)).cpu()
+    return rate(len(source.paths), time.perf_counter() - begin)
+
+
+def bench_decode(source, clip, backbone, args, workers: int) -> float:
+    dataset = DecodedImages(source, clip.preprocess, backbone.preprocess)
+    batches = [list(range(i, min(i + args.batch_size, len(dataset)))) for i in range(0, len(dataset), args.batch_size)]
+    begin = time.perf_counter()
+    n = 0
+    loader = make_loader(dataset, batches, workers=workers, pin_memory=args.device == "cuda",
+                         worker_niceness=default_worker_niceness(args.device))
+    for batch in loader:
+        n += len(batch.indices) + len(batch.failures)
+    return rate(n, time.perf_counter() - begin)
+
+
+def bench_forward(source, clip, backbone, args, device) -> tuple[float, float, float]:
+    """(both models, CLIP alone, backbone alone) images/s on batches already on the device."""
+    dataset = DecodedImages(source, clip.preprocess, backbone.preprocess)
+    batches = [list(range(i, min(i + args.batch_size, len(dataset)))) for i in range(0, len(dataset), args.batch_size)]
+    loaded = [(b.clip_pixels.to(device), b.backbone_pixels.to(device))
+              for b in make_loader(dataset, batches, workers=0, pin_memory=False)]
+    n = sum(len(c) for c, _ in loaded)
+    autocast = (torch.autocast("cuda", dtype=PRECISIONS[args.precision])
+                if device.type == "cuda" and PRECISIONS[args.precision] is not None else torch.autocast("cpu", enabled=False))
+
+    def timed(run) -> float:
+        sync(device)
+        begin = time.perf_counter()
+        with torch.inference_mode(), autocast:
+            for clip_pixels, backbone_pixels in loaded:
+                run(clip_pixels, backbone_pixels)
+        sync(device)
+        return rate(n, time.perf_counter() - begin)
+
+    both = timed(lambda c, b: (clip.encode_images(c), backbone.encode_images(b)))
+    clip_only = timed(lambda c, b: clip.encode_images(c))
+    backbone_only = timed(lambda c, b: backbone.encode_images(b))
+    return both, clip_only, backbone_only
+
+
+def backbone_flops(backbone, device) -> float:
+    """FLOPs of one backbone forward pass on one image (matmuls/convolutions, 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = backbone.record.get("image_size", 224)
+    size = size[-1] if isinstance(size, (list, tuple)) else size
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        backbone.encode_images(torch.zeros(1, 3, size, size, device=device))
+    return float(counter.get_total_flops())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def warm_up(clip, backbone, source, device) -> None:
+    image = decode_image(source.absolute(0))
+    with torch.inference_mode():
+        for _ in range(2):
+            clip.encode_images(clip.preprocess(image).unsqueeze(0).repeat(2, 1, 1, 1).to(device))
+            backbone.encode_images(backbone.preprocess(image).unsqueeze(0).repeat(2, 1, 1, 1).to(device))
+    sync(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="tiny,small", help="comma-separated: tiny, small, default")
+    parser.add_argument("--n-images", type=int, default=300)
+    parser.add_argument("--images", type=Path, help="use this folder instead of generated JPEGs")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, help="DataLoader workers [default: zsfs's default]")
+    parser.add_argument("--shard-size", type=int, default=50_000)
+    parser.add_argument("--skip-naive", action="store_true", help="skip (b) (slow with big models)")
+    args = parser.parse_args()
+    device = check_device(args.device)
+    workers = default_workers(args.device) if args.workers is None else args.workers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        folder = args.images or workdir / "photos"
+        if args.images is None:
+            write_photos(folder, args.n_images)
+        source = open_source(folder)
+        print(f"{len(source.paths)} images from {folder}; device {args.device}, precision {args.precision}, "
+              f"batch {args.batch_size}, workers {workers}, torch threads {torch.get_num_threads()}")
+        for name in args.models.split(","):
+            setting = SETTINGS[name]
+            clip = load_clip(setting[0], setting[1], device=args.device)
+            backbone = load_backbone(setting[2], setting[3], device=args.device)
+            warm_up(clip, backbone, source, device)
+            a, a_end_to_end = bench_extract(folder, setting, args, workdir)
+            b = float("nan") if args.skip_naive else bench_naive(source, clip, backbone, device)
+            c = bench_decode(source, clip, backbone, args, workers)
+            d, d_clip, d_backbone = bench_forward(source, clip, backbone, args, device)
+            flops = backbone_flops(backbone, device)
+            print(f"\n== {name}: CLIP {setting[0]} ({setting[1]}), backbone {setting[2]} ({setting[3]})")
+            print(f"(a) zsfs extract          {a:9.1f} img/s   (end to end incl. loading+finalize: {a_end_to_end:.1f})")
+            print(f"(b) naive per-image loop  {b:9.1f} img/s")
+            print(f"(c) decode + preprocess   {c:9.1f} img/s")
+            print(f"(d) forward passes        {d:9.1f} img/s   (CLIP alone {d_clip:.1f}, backbone alone {d_backbone:.1f})")
+            print(f"ratios: a/b = {a / b:.2f}   a/c = {a / c:.2f}   a/d = {a / d:.2f}   a/min(c,d) = {a / min(c, d):.2f}")
+            print(f"backbone: {flops / 1e9:.2f} GFLOP/image -> {flops * d_backbone / 1e12:.3f} TFLOP/s alone, "
+                  f"{flops * a / 1e12:.3f} TFLOP/s inside extract")
+
+
+if __name__ == "__main__":
+    main()
