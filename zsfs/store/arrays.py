@@ -12,7 +12,8 @@ from zsfs.errors import ZsfsError
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.store.index import EXACT_MAX
-from zsfs.store.writer import UNKNOWN_SIZE, ShardData, StoreWriter, normalise_rows, write_vocabulary
+from zsfs.store.master import UNKNOWN_SIZE
+from zsfs.store.writer import ShardData, StoreWriter, normalise_rows, write_vocabulary
 
 
 def listing_sha256(paths: Sequence[str]) -> str:

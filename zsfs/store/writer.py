@@ -14,20 +14,18 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from zsfs import __version__
 from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
 from zsfs.store import schema
-from zsfs.store.index import EXACT_MAX, build_index, serialize_index
+from zsfs.store.hdf5 import canonical_json, fsync_file, read_identity, write_strings
+from zsfs.store.index import EXACT_MAX
+from zsfs.store.master import write_master
 
-STRING = h5py.string_dtype("utf-8")
 SIZE_DTYPE = np.int32
-UNKNOWN_SIZE = -1  # width/height of images whose size was not recorded (imported stores)
 NORM_TOLERANCE = 1e-3  # float16 rounding moves a unit row's norm by ~1e-4
 
 
@@ -60,26 +58,6 @@ class ShardData:
             raise ValueError(f"shard has {n} paths but {wrong} rows")
         if len(self.skipped_paths) != len(self.skipped_reasons):
             raise ValueError("skipped_paths and skipped_reasons differ in length")
-
-
-def canonical_json(value: dict) -> str:
-    """One JSON spelling per value, so that identities compare as strings."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def read_identity(file: h5py.File) -> dict | None:
-    """The identity recorded in a store or shard file, or None if it has none."""
-    raw = file.attrs.get(schema.ATTR_IDENTITY)
-    return None if raw is None else json.loads(raw)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
-    group.create_dataset(name, data=np.asarray(values, dtype=object).reshape(-1), dtype=STRING)
 
 
 def disk_error(error: OSError, what: str) -> ZsfsError:
@@ -256,7 +234,8 @@ class StoreWriter:
                              f"(first: {schema.shard_name(pending[0])}); rerun to finish them")
         tmp = self.master_tmp()
         try:
-            self._write_master(tmp, attrs, exact_max=exact_max, index_seed=index_seed)
+            write_master(tmp, [self.shard_path(shard) for shard in range(self.n_shards)], identity=self.identity,
+                         attrs=attrs, previous=self.master, exact_max=exact_max, index_seed=index_seed)
             fsync_file(tmp)
             os.replace(tmp, self.master)
         except OSError as error:
@@ -266,109 +245,6 @@ class StoreWriter:
             tmp.unlink(missing_ok=True)
             raise
         return self.master
-
-    def _write_master(self, path: Path, attrs: dict, *, exact_max: int, index_seed: int) -> None:
-        if self.n_shards == 0:
-            raise ValueError("cannot finalize a store of zero items")
-        shards = [h5py.File(self.shard_path(shard), "r") for shard in range(self.n_shards)]
-        try:
-            rows = np.array([len(shard[schema.PATH]) for shard in shards], dtype=np.int64)
-            labelled = {schema.LABEL in shard for shard in shards}
-            if len(labelled) > 1:
-                raise StoreError(f"some shards in {self.shards_dir} have labels and others not; "
-                                 "pass --overwrite to rebuild the store")
-            with h5py.File(path, "w") as master:
-                dims = {name: self._link_virtual(master, name, shards, rows) for name in schema.VIRTUAL_DATASETS}
-                for name in (schema.PATH, schema.LABEL) if labelled == {True} else (schema.PATH,):
-                    write_strings(master, name, concat_strings(shards, name))
-                skipped = concat_strings(shards, schema.SKIPPED_PATH)
-                write_strings(master, schema.SKIPPED_PATH, skipped)
-                write_strings(master, schema.SKIPPED_REASON, concat_strings(shards, schema.SKIPPED_REASON))
-                write_strings(master, schema.SHARDS_FILE, [self.relative_shard_name(s) for s in range(self.n_shards)])
-                master.create_dataset(schema.SHARDS_ROWS, data=rows)
-
-                index, index_info = build_index(gather(shards, schema.CLIP), exact_max=exact_max, seed=index_seed)
-                blob = serialize_index(index)
-                del index  # an IVF index over 1M rows is gigabytes: keep one copy at a time
-                master.create_dataset(schema.INDEX_DATASET, data=blob)
-                del blob
-                self._carry_over_vocabularies(master)
-
-                master.attrs.update({
-                    schema.ATTR_FORMAT: schema.FORMAT_NAME,
-                    schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
-                    schema.ATTR_ZSFS_VERSION: __version__,
-                    schema.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    schema.ATTR_IDENTITY: canonical_json(self.identity),
-                    schema.ATTR_N_IMAGES: int(rows.sum()),
-                    schema.ATTR_N_SKIPPED: len(skipped),
-                    schema.ATTR_INDEX: json.dumps(index_info),
-                })
-                for key, value in attrs.items():
-                    if key in (schema.ATTR_CLIP, schema.ATTR_BACKBONE):
-                        value = with_dim(value, dims[schema.CLIP if key == schema.ATTR_CLIP else schema.BACKBONE], key)
-                    master.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
-        finally:
-            for shard in shards:
-                shard.close()
-
-    def relative_shard_name(self, shard: int) -> str:
-        """Shard file name relative to the master's folder: the store folder can move."""
-        return f"{self.shards_dir.name}/{schema.shard_name(shard)}"
-
-    def _link_virtual(self, master: h5py.File, name: str, shards: list[h5py.File], rows: np.ndarray) -> int:
-        """Create ``name`` as a virtual dataset over the shards; returns its row width (0 for 1-d)."""
-        shapes = {shard[name].shape[1:] for shard in shards}
-        if len(shapes) > 1:
-            raise StoreError(f"shards disagree on the shape of {name!r} ({sorted(shapes)}); "
-                             "pass --overwrite to rebuild the store")
-        tail = shapes.pop()
-        dtype = shards[0][name].dtype
-        layout = h5py.VirtualLayout(shape=(int(rows.sum()), *tail), dtype=dtype)
-        offsets = np.concatenate([[0], np.cumsum(rows)])
-        for shard_number, (shard, start, stop) in enumerate(zip(shards, offsets[:-1], offsets[1:])):
-            if stop > start:
-                source = h5py.VirtualSource(self.relative_shard_name(shard_number), name, shape=shard[name].shape)
-                layout[start:stop] = source
-        fill = np.nan if np.issubdtype(dtype, np.floating) else UNKNOWN_SIZE
-        master.create_virtual_dataset(name, layout, fillvalue=fill)
-        return int(tail[0]) if tail else 0
-
-    def _carry_over_vocabularies(self, master: h5py.File) -> None:
-        """Keep vocabularies that were added to a previous master of the same store."""
-        if not self.master.is_file():
-            return
-        try:
-            with h5py.File(self.master, "r") as old:
-                if read_identity(old) == self.identity and schema.VOCAB_GROUP in old:
-                    old.copy(old[schema.VOCAB_GROUP], master, name=schema.VOCAB_GROUP)
-        except OSError:
-            pass  # an unreadable old master has nothing worth keeping
-
-
-def concat_strings(files: list[h5py.File], name: str) -> np.ndarray:
-    parts = [file[name].asstr()[:] for file in files]
-    return np.concatenate(parts) if parts else np.array([], dtype=object)
-
-
-def gather(files: list[h5py.File], name: str) -> np.ndarray:
-    """Concatenate one dataset of every shard into one array of its stored dtype."""
-    first = files[0][name]
-    out = np.empty((sum(len(file[name]) for file in files), *first.shape[1:]), dtype=first.dtype)
-    start = 0
-    for file in files:
-        dataset = file[name]
-        if len(dataset):
-            dataset.read_direct(out, dest_sel=np.s_[start : start + len(dataset)])
-        start += len(dataset)
-    return out
-
-
-def with_dim(record: dict, dim: int, key: str) -> dict:
-    if record.get("dim") not in (None, dim):
-        raise ValueError(f"{key} record says dim={record['dim']} but the stored embeddings have {dim}")
-    return {**record, "dim": dim}
-
 
 def describe_difference(found: dict | None, expected: dict) -> str:
     if found is None:

@@ -1,0 +1,131 @@
+"""The master file: one view over all shards, plus what readers need without the shards' help.
+
+Row datasets become HDF5 virtual datasets whose sources are the shard files, named relative
+to the master's folder (HDF5 resolves them from there, so the store folder can move). Strings
+are copied (virtual datasets cannot map variable-length data portably), and the FAISS index
+and root attributes are added.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from zsfs import __version__
+from zsfs.errors import StoreError
+from zsfs.store import schema
+from zsfs.store.hdf5 import canonical_json, read_identity, write_strings
+from zsfs.store.index import build_index, serialize_index
+
+UNKNOWN_SIZE = -1  # width/height not recorded (imported stores); also the fill of missing sources
+
+
+def write_master(path: Path, shard_paths: list[Path], *, identity: dict, attrs: dict, previous: Path | None,
+                 exact_max: int, index_seed: int) -> None:
+    """Write the master for complete ``shard_paths`` (all in one folder next to ``path``'s
+    final location). Vocabularies of ``previous``, an older master of the same store, are kept."""
+    if not shard_paths:
+        raise ValueError("cannot write a master for a store of zero items")
+    shards = [h5py.File(shard, "r") for shard in shard_paths]
+    names = [f"{shard.parent.name}/{shard.name}" for shard in shard_paths]
+    try:
+        rows = np.array([len(shard[schema.PATH]) for shard in shards], dtype=np.int64)
+        labelled = {schema.LABEL in shard for shard in shards}
+        if len(labelled) > 1:
+            raise StoreError(f"some shards in {shard_paths[0].parent} have labels and others not; "
+                             "pass --overwrite to rebuild the store")
+        with h5py.File(path, "w") as master:
+            dims = {name: link_virtual(master, name, shards, names, rows) for name in schema.VIRTUAL_DATASETS}
+            for name in (schema.PATH, schema.LABEL) if labelled == {True} else (schema.PATH,):
+                write_strings(master, name, concat_strings(shards, name))
+            skipped = concat_strings(shards, schema.SKIPPED_PATH)
+            write_strings(master, schema.SKIPPED_PATH, skipped)
+            write_strings(master, schema.SKIPPED_REASON, concat_strings(shards, schema.SKIPPED_REASON))
+            write_strings(master, schema.SHARDS_FILE, names)
+            master.create_dataset(schema.SHARDS_ROWS, data=rows)
+
+            index, index_info = build_index(gather(shards, schema.CLIP), exact_max=exact_max, seed=index_seed)
+            blob = serialize_index(index)
+            del index  # an IVF index over 1M rows is gigabytes: keep one copy at a time
+            master.create_dataset(schema.INDEX_DATASET, data=blob)
+            del blob
+            if previous is not None:
+                carry_over_vocabularies(previous, master, identity)
+
+            master.attrs.update({
+                schema.ATTR_FORMAT: schema.FORMAT_NAME,
+                schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
+                schema.ATTR_ZSFS_VERSION: __version__,
+                schema.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                schema.ATTR_IDENTITY: canonical_json(identity),
+                schema.ATTR_N_IMAGES: int(rows.sum()),
+                schema.ATTR_N_SKIPPED: len(skipped),
+                schema.ATTR_INDEX: json.dumps(index_info),
+            })
+            for key, value in attrs.items():
+                if key in (schema.ATTR_CLIP, schema.ATTR_BACKBONE):
+                    value = with_dim(value, dims[schema.CLIP if key == schema.ATTR_CLIP else schema.BACKBONE], key)
+                master.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+    finally:
+        for shard in shards:
+            shard.close()
+
+
+def link_virtual(master: h5py.File, name: str, shards: list[h5py.File], names: list[str], rows: np.ndarray) -> int:
+    """Create ``name`` as a virtual dataset over the shards; returns its row width (0 for 1-d)."""
+    shapes = {shard[name].shape[1:] for shard in shards}
+    if len(shapes) > 1:
+        raise StoreError(f"shards disagree on the shape of {name!r} ({sorted(shapes)}); "
+                         "pass --overwrite to rebuild the store")
+    tail = shapes.pop()
+    dtype = shards[0][name].dtype
+    layout = h5py.VirtualLayout(shape=(int(rows.sum()), *tail), dtype=dtype)
+    offsets = np.concatenate([[0], np.cumsum(rows)])
+    for shard, file_name, start, stop in zip(shards, names, offsets[:-1], offsets[1:]):
+        if stop > start:  # an all-skipped shard maps nothing
+            layout[start:stop] = h5py.VirtualSource(file_name, name, shape=shard[name].shape)
+    # Unmapped rows (a shard file gone missing) read as this value: NaN cannot pass for data.
+    fill = np.nan if np.issubdtype(dtype, np.floating) else UNKNOWN_SIZE
+    master.create_virtual_dataset(name, layout, fillvalue=fill)
+    return int(tail[0]) if tail else 0
+
+
+def carry_over_vocabularies(previous: Path, master: h5py.File, identity: dict) -> None:
+    """Keep vocabularies that were added to an older master of the same store."""
+    if not previous.is_file():
+        return
+    try:
+        with h5py.File(previous, "r") as old:
+            if read_identity(old) == identity and schema.VOCAB_GROUP in old:
+                old.copy(old[schema.VOCAB_GROUP], master, name=schema.VOCAB_GROUP)
+    except OSError:
+        pass  # an unreadable old master has nothing worth keeping
+
+
+def concat_strings(files: list[h5py.File], name: str) -> np.ndarray:
+    parts = [file[name].asstr()[:] for file in files]
+    return np.concatenate(parts) if parts else np.array([], dtype=object)
+
+
+def gather(files: list[h5py.File], name: str) -> np.ndarray:
+    """Concatenate one dataset of every shard into one array of its stored dtype."""
+    first = files[0][name]
+    out = np.empty((sum(len(file[name]) for file in files), *first.shape[1:]), dtype=first.dtype)
+    start = 0
+    for file in files:
+        dataset = file[name]
+        if len(dataset):
+            dataset.read_direct(out, dest_sel=np.s_[start : start + len(dataset)])
+        start += len(dataset)
+    return out
+
+
+def with_dim(record: dict, dim: int, key: str) -> dict:
+    """A model record with ``dim`` filled in from the stored data (and checked if given)."""
+    if record.get("dim") not in (None, dim):
+        raise ValueError(f"{key} record says dim={record['dim']} but the stored embeddings have {dim}")
+    return {**record, "dim": dim}
