@@ -174,6 +174,9 @@ def test_sixteen_bit_images_scale_to_eight_bit(tmp_path):
         decoded = np.asarray(decode_strict(save(Image.fromarray(ramp), tmp_path / f"g{suffix}")))
         assert np.abs(decoded[..., 0].astype(int) - np.rint(ramp / 257)).max() <= 1
         assert decoded[..., 0].min() == 0 and decoded[..., 0].max() == 255
+    twelve_bit = (ramp >> 4).astype(np.uint16)  # e.g. medical images: 0..4095 in 16-bit files
+    decoded = np.asarray(decode_strict(save(Image.fromarray(twelve_bit), tmp_path / "g12.png")))
+    assert np.abs(decoded[..., 0].astype(int) - np.rint(twelve_bit.astype(float) * 255 / 4095)).max() <= 1
 
 
 def test_32_bit_integer_and_float_images(tmp_path):

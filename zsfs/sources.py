@@ -251,18 +251,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
-    """Map 16/32-bit integer or float pixels to 8 bit without clipping highlights to white."""
+    """Map 16/32-bit integer or float pixels to 8 bit without clipping highlights to white.
+
+    Non-negative integers are scaled by the smallest bit depth (>= 8) that holds their maximum:
+    a 16-bit photo by 1/257, 12-bit medical data in a 16-bit container by 255/4095 (instead of
+    turning almost black). Floats and negative integers are min-max scaled.
+    """
     pixels = pixels.astype(np.float64, copy=False)
     low, high = float(pixels.min()), float(pixels.max())
-    if integer and low >= 0 and high <= 255:
-        scaled = pixels  # already 8-bit data in a wider container
-    elif integer and low >= 0 and high <= 65535:
-        scaled = pixels / 257.0  # 16-bit full scale -> 8-bit full scale
+    if integer and low >= 0:
+        bits = max(8, int(np.ceil(np.log2(high + 1))))
+        scaled = pixels * (255.0 / (2.0**bits - 1))
     elif high > low:
-        scaled = (pixels - low) * (255.0 / (high - low))  # float or unusual range: min-max
+        scaled = (pixels - low) * (255.0 / (high - low))
     else:
-        scaled = np.full_like(pixels, np.clip(low, 0, 255))
+        scaled = np.zeros_like(pixels)  # a constant float image has no contrast to keep
     gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     if gray.ndim == 3:  # multi-channel wide modes are rare; keep the first three channels
         return Image.fromarray(np.ascontiguousarray(gray[..., :3])).convert("RGB")
-    return Image.fromarray(gray, mode="L").convert("RGB")
+    return Image.fromarray(gray).convert("RGB")
