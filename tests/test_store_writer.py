@@ -141,20 +141,43 @@ def test_finalize_keeps_vocabularies_of_the_same_store(tmp_path):
         assert store.vocabulary_names() == ["v"]
 
 
-def test_disk_full_keeps_finished_shards_and_removes_tmp(tmp_path, monkeypatch):
+# What a full disk looks like: a plain OSError, or h5py's RuntimeError carrying the C errno
+# (seen on a 2 MB tmpfs: the flush fails, then closing the file fails again).
+H5PY_DISK_FULL = ("Unable to synchronously flush file (file write failed: time = ..., errno = 28, "
+                  "error message = 'No space left on device', total write size = 11712)")
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), RuntimeError(H5PY_DISK_FULL)])
+def test_disk_full_keeps_finished_shards_and_removes_tmp(tmp_path, monkeypatch, failure):
     writer = new_writer(tmp_path / "s.h5")
     writer.write_shard(0, shard_data(writer, 0))
     real_write = StoreWriter._write_shard_file
 
     def fill_disk(self, path, *args):
         real_write(self, path, *args)
-        raise OSError(errno.ENOSPC, "No space left on device")
+        try:
+            raise failure
+        except type(failure):
+            raise RuntimeError("Can't destroy cache (slist already enabled?)")
 
     monkeypatch.setattr(StoreWriter, "_write_shard_file", fill_disk)
     with pytest.raises(ZsfsError, match="disk is full. Finished shards are kept; free some space"):
         writer.write_shard(1, shard_data(writer, 1))
     assert sorted(p.name for p in writer.shards_dir.iterdir()) == ["shard-00000.h5"]
     assert writer.pending_shards() == [1, 2]
+
+
+def test_other_runtime_errors_are_not_reported_as_disk_problems(tmp_path, monkeypatch):
+    writer = new_writer(tmp_path / "s.h5")
+
+    def broken(self, path, *args):
+        path.write_bytes(b"partial")
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(StoreWriter, "_write_shard_file", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        writer.write_shard(0, shard_data(writer, 0))
+    assert not any(writer.shards_dir.iterdir())
 
 
 def test_shard_rows_must_cover_the_listing(tmp_path):

@@ -60,12 +60,28 @@ class ShardData:
             raise ValueError("skipped_paths and skipped_reasons differ in length")
 
 
-def disk_error(error: OSError, what: str) -> ZsfsError:
+def is_disk_full(error: BaseException) -> bool:
+    """True if ``error`` or one it arose from reports ENOSPC. h5py raises RuntimeError with the
+    C errno in its message (and often a second error while closing), so look at the whole chain."""
+    while error is not None:
+        message = str(error).lower()
+        if getattr(error, "errno", None) == errno.ENOSPC or "no space left" in message or "errno = 28" in message:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_error(error: BaseException, what: str) -> ZsfsError:
     """Turn a failed write into an actionable message (disk full is the usual cause)."""
-    full = error.errno == errno.ENOSPC or "no space left" in str(error).lower()
+    full = is_disk_full(error)
     cause = "the disk is full" if full else f"{error}"
     advice = "free some space and rerun" if full else "fix the problem and rerun"
     return ZsfsError(f"could not write {what}: {cause}. Finished shards are kept; {advice} the same command to resume.")
+
+
+def write_failed(error: BaseException) -> bool:
+    """Errors that mean the file system refused a write (not a bug to show as a traceback)."""
+    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and is_disk_full(error))
 
 
 class StoreWriter:
@@ -192,11 +208,10 @@ class StoreWriter:
             self._write_shard_file(tmp, shard, start, stop, data)
             fsync_file(tmp)
             os.replace(tmp, final)
-        except OSError as error:
+        except BaseException as error:
             tmp.unlink(missing_ok=True)
-            raise disk_error(error, f"shard {final.name}") from error
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+            if write_failed(error):
+                raise disk_error(error, f"shard {final.name}") from error
             raise
 
     def _write_shard_file(self, path: Path, shard: int, start: int, stop: int, data: ShardData) -> None:
@@ -238,11 +253,10 @@ class StoreWriter:
                          attrs=attrs, previous=self.master, exact_max=exact_max, index_seed=index_seed)
             fsync_file(tmp)
             os.replace(tmp, self.master)
-        except OSError as error:
+        except BaseException as error:
             tmp.unlink(missing_ok=True)
-            raise disk_error(error, f"master {self.master.name}") from error
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+            if write_failed(error):
+                raise disk_error(error, f"master {self.master.name}") from error
             raise
         return self.master
 
