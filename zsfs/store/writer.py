@@ -12,6 +12,7 @@ import json
 import math
 import os
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,13 +275,15 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
     Only ``/vocab/<name>`` changes; image data is not touched. Rows are stored L2-normalised.
     """
     classes = [str(c) for c in classes]
-    if not name or "/" in name:
-        raise ZsfsError(f"invalid vocabulary name {name!r}: use a non-empty name without '/'")
+    if not name or "/" in name or name.startswith("."):
+        raise ZsfsError(f"invalid vocabulary name {name!r}: use a non-empty name without '/' or a leading '.'")
     if not classes:
         raise ZsfsError(f"vocabulary {name!r} has no classes")
-    if len(set(classes)) != len(classes):
-        duplicates = sorted({c for c in classes if classes.count(c) > 1})
+    duplicates = sorted(c for c, count in Counter(classes).items() if count > 1)
+    if duplicates:
         raise ZsfsError(f"vocabulary {name!r} lists classes more than once: {duplicates[:5]}")
+    arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"vocabulary {name!r} {kind}")
+              for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
     try:
         file = h5py.File(master, "r+")
     except OSError as error:
@@ -288,8 +291,6 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
                          "in another program?") from None
     with file:
         clip_dim = file[schema.CLIP].shape[1]
-        arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"{name}/{kind}")
-                  for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
         for kind, values in arrays.items():
             if values.shape != (len(classes), clip_dim):
                 raise ZsfsError(f"vocabulary {name!r}: {kind} embeddings have shape {values.shape}, expected "
@@ -298,19 +299,25 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
         if target in file and not overwrite:
             raise StoreError(f"{master} already has a vocabulary named {name!r}; pass --overwrite to replace it "
                              "or choose another name")
-        # Written under a temporary name and moved: the old vocabulary stays whole until the end.
+        # Written under a hidden name and moved: the old vocabulary stays whole until the end.
         staging = f"{schema.VOCAB_GROUP}/.{name}{schema.TMP_SUFFIX}"
-        if staging in file:
-            del file[staging]
-        group = file.create_group(staging)
-        write_strings(group, schema.VOCAB_CLASSES, classes)
-        for kind, values in arrays.items():
-            group.create_dataset(kind, data=values)
-        group.attrs[schema.ATTR_PROMPT] = prompt
-        group.attrs[schema.ATTR_N_TEMPLATES] = int(n_templates)
-        if target in file:
-            del file[target]
-        file.move(staging, target)
+        try:
+            if staging in file:
+                del file[staging]
+            group = file.create_group(staging)
+            write_strings(group, schema.VOCAB_CLASSES, classes)
+            for kind, values in arrays.items():
+                group.create_dataset(kind, data=values)
+            group.attrs[schema.ATTR_PROMPT] = prompt
+            group.attrs[schema.ATTR_N_TEMPLATES] = int(n_templates)
+            if target in file:
+                del file[target]
+            file.move(staging, target)
+        except BaseException as error:
+            if write_failed(error):
+                cause = "the disk is full; free some space" if is_disk_full(error) else f"{error}; fix that"
+                raise ZsfsError(f"could not write vocabulary {name!r} into {master}: {cause} and rerun") from error
+            raise
 
 
 def normalise_rows(values: np.ndarray, what: str) -> np.ndarray:
