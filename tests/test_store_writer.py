@@ -62,6 +62,7 @@ def test_bounds_and_complete_store(tmp_path):
         skipped_paths, reasons = store.skipped()
         assert skipped_paths.tolist() == [f"img{i}.png" for i in range(N_ITEMS) if i % 4 == 1]
         assert set(reasons) == {"truncated file"}
+        assert store.summary()["skipped_reasons"] == {"truncated file": N_ITEMS - len(kept)}
         assert store.index_info["type"] == "flat"
 
 
