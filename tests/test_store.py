@@ -211,3 +211,16 @@ def test_unfinished_store_and_unwritable_vocabulary(tmp_path, arrays):
     master.unlink()
     with pytest.raises(StoreError, match="is not finished .*s.shards"):
         Store(master)
+
+
+def test_large_store_gets_a_recorded_ivf_index(tmp_path, arrays):
+    from zsfs.store.index import nearest_neighbours
+
+    with Store(build(tmp_path / "s.h5", arrays, exact_max=100)) as store:
+        info = store.index_info
+        assert info["type"] == "ivf_flat" and info["n"] == N and info["nlist"] >= 1
+        index = store.index()
+        assert index.nprobe == info["nprobe"] and index.ntotal == N
+        clip = store.read("clip")
+        found = nearest_neighbours(index, clip[:10], np.arange(10), k=3)
+        assert found.shape == (10, 3) and not (found == np.arange(10)[:, None]).any()
