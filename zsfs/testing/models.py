@@ -10,3 +10,10 @@ TINY_CLIP_CONFIG: Path = Path(__file__).with_name("zsfs-tiny-clip.json")
 
 TINY_BACKBONE = "test_vit"
 """A tiny timm ViT (160 px input, 64-d pre-logits): ``load_backbone(TINY_BACKBONE, "random")``."""
+
+TINY_MODELS = {"clip_model": str(TINY_CLIP_CONFIG), "clip_weights": "random",
+               "backbone": TINY_BACKBONE, "backbone_weights": "random"}
+"""Keyword arguments of ``zsfs.extract.extract`` that select both tiny models."""
+
+TINY_MODEL_ARGS = [f"--{key.replace('_', '-')}={value}" for key, value in TINY_MODELS.items()]
+"""The same choice as ``zsfs extract`` command-line options."""
