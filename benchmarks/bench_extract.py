@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zsfs.extract import (PRECISIONS, DecodedImages, check_device, default_worker_niceness, default_workers, extract,
-                          make_loader)
+from zsfs.embedding import (PRECISIONS, DecodedImages, check_device, default_worker_niceness, default_workers,
+                            make_loader)
+from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
 from zsfs.sources import decode_image, open_source
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -122,7 +123,7 @@ def _kill_script(source: Path, out: Path, delay: float) -> str:
     args = ["extract", str(source), "--out", str(out), *TINY, "--workers", "0", "--shard-size", "6",
             "--batch-size", "2"]
     return (
-        "import time, zsfs.extract as x\n"
+        "import time, zsfs.embedding as x\n"
         "decode = x.decode_image\n"
         f"x.decode_image = lambda path: (time.sleep({delay}), decode(path))[1]\n"
         "from zsfs.cli import main\n"
@@ -240,3 +241,26 @@ def test_weights_files_give_the_in_memory_models_embeddings(photos, tmp_path):
         for info, file in ((store.clip_info, clip_file), (store.backbone_info, backbone_file)):
             assert info["file"] == str(file.resolve())
             assert info["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path, monkeypatch):
+    from zsfs.store.writer import StoreWriter
+
+    write_file = StoreWriter._write_shard_file
+    written = []
+
+    def fill_disk_after_one_shard(self, path, shard, *args):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(shard)
+        return write_file(self, path, shard, *args)
+
+    monkeypatch.setattr(StoreWriter, "_write_shard_file", fill_disk_after_one_shard)
+    out = tmp_path / "s.h5"
+    full = run_cli("extract", photos["root"], "--out", out, *TINY, "--workers", "0", "--shard-size", "8")
+    assert full.exit_code == 1 and "disk is full" in full.output and "Traceback" not in full.output
+    assert [p.name for p in (tmp_path / "s.shards").iterdir()] == ["shard-00000.h5"]  # no half-written files
+
+    monkeypatch.setattr(StoreWriter, "_write_shard_file", write_file)
+    resumed = run_cli("extract", photos["root"], "--out", out, *TINY, "--workers", "0", "--shard-size", "8")
+    assert resumed.exit_code == 0 and "2 / 1" in resumed.output  # 19 files / 8 = 3 shards: written / reused

@@ -1,36 +1,31 @@
 """Stage 1: an image source -> both models -> a sharded store (resumable).
 
-Each image is decoded once, in a DataLoader worker, and both models' own preprocessing is
-applied there, so the main process only moves ready batches through the models. Batches never
-cross shard boundaries: a resumed run computes exactly the batches an uninterrupted run would,
+The decode/embed pipeline lives in ``zsfs.embedding``; this module plans the work per shard,
+writes the store and its vocabulary, and reports what it did. Batches never cross shard
+boundaries: a resumed run computes exactly the batches an uninterrupted run would,
 so its store has the same content. Only shards the writer reports as pending are computed.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
+from zsfs.embedding import (PRECISIONS, Batch, DecodedImages, check_device, default_worker_niceness,
+                            default_workers, embed_batches, make_loader)
 from zsfs.errors import ZsfsError
 from zsfs.models import Backbone, ClipModel, encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.sources import ImageDecodeError, ImageSource, decode_image, open_source
+from zsfs.sources import ImageSource, open_source
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES
 from zsfs.store.writer import ShardData, StoreWriter, disk_error, write_vocabulary
 
-DEVICES = ("cpu", "cuda", "mps")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -45,38 +40,14 @@ class ExtractSummary:
     shards_written: int  # computed by this call
     shards_reused: int  # already complete from an earlier (interrupted) run
     images_processed: int  # listing entries decoded by this call (embedded or skipped)
-    seconds: float
+    seconds: float  # the whole call: loading models, embedding, writing, vocabulary
+    embedding_seconds: float  # decoding + embedding + writing shards
     vocabulary: str | None  # name of the vocabulary written, None when no class names known
     classes: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
-        return self.images_processed / self.seconds if self.seconds > 0 else 0.0
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def default_workers(device: str) -> int:
-    """DataLoader workers: every core on an accelerator; on CPU one core is left to the models."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores if device != "cpu" else max(1, cores - 1)
-
-
-def default_worker_niceness(device: str) -> int:
-    """On CPU the models and the decoders share cores: decoding yields to the models' threads."""
-    return 10 if device == "cpu" else 0
-
-
-def check_device(device: str) -> torch.device:
-    """The torch device for ``device``; ZsfsError when it is unknown or absent on this machine."""
-    if device not in DEVICES:
-        raise ZsfsError(f"unknown device {device!r}; use one of: {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ZsfsError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ZsfsError("--device mps was asked for, but torch sees no Apple GPU here; use --device cpu")
-    return torch.device(device)
+        return self.images_processed / self.embedding_seconds if self.embedding_seconds > 0 else 0.0
 
 
 def read_class_file(path: str | Path) -> list[str]:
@@ -109,64 +80,6 @@ def _model_identity(record: dict) -> dict:
     return {key: value for key, value in record.items() if key != "file"}
 
 
-# --------------------------------------------------------------------------- decoding
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """A collated batch: the good images as tensors, the failures as (index, reason)."""
-
-    indices: np.ndarray  # listing positions of the good images
-    clip_pixels: torch.Tensor | None
-    backbone_pixels: torch.Tensor | None
-    width: np.ndarray
-    height: np.ndarray
-    failures: list[tuple[int, str]]
-
-    def pin_memory(self) -> "_Batch":  # called by DataLoader(pin_memory=True)
-        if self.clip_pixels is None:
-            return self
-        return _Batch(self.indices, self.clip_pixels.pin_memory(), self.backbone_pixels.pin_memory(),
-                      self.width, self.height, self.failures)
-
-
-class DecodedImages(Dataset):
-    """Listing position -> (position, clip pixels, backbone pixels, width, height) or a failure."""
-
-    def __init__(self, source: ImageSource, clip_preprocess: Callable, backbone_preprocess: Callable):
-        self.source = source
-        self.clip_preprocess = clip_preprocess
-        self.backbone_preprocess = backbone_preprocess
-
-    def __len__(self) -> int:
-        return len(self.source.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            image = decode_image(self.source.absolute(index))
-        except ImageDecodeError as error:
-            return index, error.reason
-        return index, self.clip_preprocess(image), self.backbone_preprocess(image), image.width, image.height
-
-
-def collate(items: list) -> _Batch:
-    """Stack the decoded images; keep failures aside with their reasons."""
-    good = [item for item in items if len(item) == 5]
-    failures = [(item[0], item[1]) for item in items if len(item) == 2]
-    if not good:
-        empty = np.zeros(0, dtype=np.int64)
-        return _Batch(empty, None, None, empty.astype(np.int32), empty.astype(np.int32), failures)
-    indices, clip_pixels, backbone_pixels, width, height = zip(*good)
-    return _Batch(
-        np.asarray(indices, dtype=np.int64),
-        torch.stack(clip_pixels),
-        torch.stack(backbone_pixels),
-        np.asarray(width, dtype=np.int32),
-        np.asarray(height, dtype=np.int32),
-        failures,
-    )
-
-
 def shard_batches(writer: StoreWriter, shards: Sequence[int], batch_size: int) -> tuple[list[list[int]], list[int]]:
     """Batches of listing positions (never crossing a shard boundary) and each batch's shard."""
     batches, owners = [], []
@@ -178,34 +91,17 @@ def shard_batches(writer: StoreWriter, shards: Sequence[int], batch_size: int) -
     return batches, owners
 
 
-def make_loader(dataset: Dataset, batches: list[list[int]], *, workers: int, pin_memory: bool,
-                worker_niceness: int = 0) -> DataLoader:
-    """One loader over all pending work, so workers never idle between shards.
-
-    ``worker_niceness`` > 0 lowers the decoding processes' CPU priority: when the models run on
-    the same cores, decoding then fills the gaps instead of stalling the model's threads.
-    """
-    options = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory)
-    if workers > 0:
-        options.update(prefetch_factor=4, worker_init_fn=partial(_lower_priority, worker_niceness))
-    return DataLoader(dataset, batch_sampler=batches, **options)
-
-
-def _lower_priority(niceness: int, worker_id: int) -> None:
-    if niceness > 0 and hasattr(os, "nice"):
-        os.nice(niceness)
-
-
-# --------------------------------------------------------------------------- embedding
-
-
 class _ShardRows:
     """Embedded rows and failures of one shard, collected batch by batch."""
 
-    def __init__(self, n_batches: int):
-        self.batches_left = n_batches
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    def __init__(self):
+        self.parts: list[tuple[np.ndarray, ...]] = []
         self.failures: list[tuple[int, str]] = []
+
+    def add(self, batch: Batch, clip: np.ndarray | None, backbone: np.ndarray | None) -> None:
+        if clip is not None:
+            self.parts.append((batch.indices, clip, backbone, batch.width, batch.height))
+        self.failures.extend(batch.failures)
 
     def shard_data(self, source: ImageSource, clip_dim: int, backbone_dim: int) -> ShardData:
         if self.parts:
@@ -226,43 +122,6 @@ class _ShardRows:
             skipped_paths=[source.paths[i] for i, _ in failures],
             skipped_reasons=[reason for _, reason in failures],
         )
-
-
-def embed_batches(loader, owners: list[int], clip: ClipModel, backbone: Backbone, device: torch.device,
-                  precision: str, on_batch: Callable[[int], None] | None = None):
-    """Yield (shard, batch, clip embeddings, backbone features) as numpy float32, in loader order.
-
-    Results are copied back one batch late, so an accelerator already runs the next batch while
-    the previous one travels to the host (the copy is the only point that waits for the device).
-    """
-    autocast = (torch.autocast("cuda", dtype=PRECISIONS[precision])
-                if device.type == "cuda" and PRECISIONS[precision] is not None else nullcontext())
-    in_flight = None
-    with torch.inference_mode():
-        for shard, batch in zip(owners, loader):
-            embedded = None
-            if batch.clip_pixels is not None:
-                with autocast:
-                    clip_out = clip.encode_images(batch.clip_pixels)  # moved with non_blocking=True
-                    backbone_out = backbone.encode_images(batch.backbone_pixels)
-                embedded = (clip_out, backbone_out)
-            if in_flight is not None:
-                yield _to_host(*in_flight, on_batch)
-            in_flight = (shard, batch, embedded)
-        if in_flight is not None:
-            yield _to_host(*in_flight, on_batch)
-
-
-def _to_host(shard: int, batch: _Batch, embedded, on_batch: Callable[[int], None] | None):
-    clip_out = backbone_out = None
-    if embedded is not None:
-        clip_out, backbone_out = (output.float().cpu().numpy() for output in embedded)
-    if on_batch is not None:
-        on_batch(len(batch.indices) + len(batch.failures))
-    return shard, batch, clip_out, backbone_out
-
-
-# --------------------------------------------------------------------------- the job
 
 
 def extract(
@@ -302,45 +161,31 @@ def extract(
 
     clip = load_clip(clip_model, clip_weights, device=device)
     features = load_backbone(backbone, backbone_weights, device=device)
-    identity = store_identity(image_source, clip, features, dtype=dtype)
-    writer = StoreWriter(out, identity, n_items=len(image_source.paths), shard_size=shard_size,
-                         dtype=dtype, overwrite=overwrite)
-
+    writer = StoreWriter(out, store_identity(image_source, clip, features, dtype=dtype),
+                         n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype, overwrite=overwrite)
     pending = writer.pending_shards()
     batches, owners = shard_batches(writer, pending, batch_size)
     if on_start is not None:
         on_start(sum(len(batch) for batch in batches))
+    embedding_started = time.perf_counter()
     workers = default_workers(device) if workers is None else workers
-    dataset = DecodedImages(image_source, clip.preprocess, features.preprocess)
-    loader = make_loader(dataset, batches, workers=workers, pin_memory=torch_device.type == "cuda",
+    loader = make_loader(DecodedImages(image_source, clip.preprocess, features.preprocess), batches,
+                         workers=workers, pin_memory=torch_device.type == "cuda",
                          worker_niceness=default_worker_niceness(device))
+    embedded = embed_batches(loader, owners, clip, features, torch_device, precision, on_batch)
+    processed = _write_shards(writer, image_source, embedded, owners, clip.record["dim"], features.record["dim"])
+    embedding_seconds = time.perf_counter() - embedding_started
 
-    batches_per_shard = Counter(owners)
-    rows = {shard: _ShardRows(batches_per_shard[shard]) for shard in pending}
-    processed = 0
-    for shard, batch, clip_out, backbone_out in embed_batches(loader, owners, clip, features, torch_device,
-                                                               precision, on_batch):
-        collected = rows[shard]
-        if clip_out is not None:
-            collected.parts.append((batch.indices, clip_out, backbone_out, batch.width, batch.height))
-        collected.failures.extend(batch.failures)
-        collected.batches_left -= 1
-        processed += len(batch.indices) + len(batch.failures)
-        if collected.batches_left == 0:
-            data = rows.pop(shard).shard_data(image_source, clip.record["dim"], features.record["dim"])
-            writer.write_shard(shard, data)  # ZsfsError with advice when the disk is full
-
-    master = writer.finalize(_store_attrs(image_source, clip, features))
-    vocabulary = None
-    if class_names:
-        _write_vocabulary(master, clip, vocab_name, class_names, overwrite=True)
-        vocabulary = vocab_name
-
-    with Store(master) as store:
+    if pending or not writer.master.is_file():  # a complete store is not rebuilt by a rerun
+        writer.finalize({"source": str(image_source.location), "clip": clip.record, "backbone": features.record})
+    with Store(writer.master) as store:
+        has_vocabulary = vocab_name in store.vocabulary_names() and store.vocabulary(vocab_name).classes == class_names
         skipped_paths, reasons = store.skipped()
         n_images = store.n_images
+    if class_names and not has_vocabulary:
+        _write_vocabulary(writer.master, clip, vocab_name, class_names, overwrite=True)
     return ExtractSummary(
-        output=master,
+        output=writer.master,
         n_images=n_images,
         n_skipped=len(skipped_paths),
         skipped_reasons=dict(Counter(str(reason) for reason in reasons)),
@@ -348,9 +193,25 @@ def extract(
         shards_reused=writer.n_shards - len(pending),
         images_processed=processed,
         seconds=time.perf_counter() - started,
-        vocabulary=vocabulary,
+        embedding_seconds=embedding_seconds,
+        vocabulary=vocab_name if class_names else None,
         classes=list(class_names or []),
     )
+
+
+def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: list[int], clip_dim: int,
+                  backbone_dim: int) -> int:
+    """Collect embedded batches per shard; write each shard as soon as its last batch is in."""
+    batches_left = Counter(owners)
+    rows = {shard: _ShardRows() for shard in batches_left}
+    processed = 0
+    for shard, batch, clip_out, backbone_out in embedded:
+        rows[shard].add(batch, clip_out, backbone_out)
+        processed += len(batch.indices) + len(batch.failures)
+        batches_left[shard] -= 1
+        if batches_left[shard] == 0:
+            writer.write_shard(shard, rows.pop(shard).shard_data(source, clip_dim, backbone_dim))
+    return processed
 
 
 def add_vocabulary(
@@ -393,10 +254,6 @@ def _write_vocabulary(master: Path, clip: ClipModel, name: str, classes: list[st
                          n_templates=len(ENSEMBLE_TEMPLATES), overwrite=overwrite)
     except OSError as error:
         raise disk_error(error, f"vocabulary {name!r} into {master}") from error
-
-
-def _store_attrs(source: ImageSource, clip: ClipModel, backbone: Backbone) -> dict:
-    return {"source": str(source.location), "clip": clip.record, "backbone": backbone.record}
 
 
 def _resolve_classes(classes, source: ImageSource | None) -> list[str] | None:

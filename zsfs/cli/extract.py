@@ -111,7 +111,7 @@ def _progress() -> Progress:
 def _summary_table(summary) -> Table:
     table = Table(title="zsfs extract", show_header=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # paths are shown whole
     table.add_row("images embedded", f"{summary.n_images:,}")
     table.add_row("skipped", f"{summary.n_skipped:,}")
     for reason, count in sorted(summary.skipped_reasons.items(), key=lambda item: -item[1]):

@@ -1,0 +1,155 @@
+"""Decoding and embedding in a pipeline: DataLoader workers decode, the models embed batches.
+
+Each image is decoded once, in a worker, and both models' own preprocessing is applied there,
+so the main process only moves ready batches through the models and never waits on a
+single-threaded decode loop. Failures travel with their batch as (position, reason).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from zsfs.errors import ZsfsError
+from zsfs.models import Backbone, ClipModel
+from zsfs.sources import ImageDecodeError, ImageSource, decode_image
+
+DEVICES = ("cpu", "cuda", "mps")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_workers(device: str) -> int:
+    """DataLoader workers: every core on an accelerator; on CPU one core is left to the models."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores if device != "cpu" else max(1, cores - 1)
+
+
+def default_worker_niceness(device: str) -> int:
+    """On CPU the models and the decoders share cores: decoding yields to the models' threads."""
+    return 10 if device == "cpu" else 0
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device for ``device``; ZsfsError when it is unknown or absent on this machine."""
+    if device not in DEVICES:
+        raise ZsfsError(f"unknown device {device!r}; use one of: {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ZsfsError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ZsfsError("--device mps was asked for, but torch sees no Apple GPU here; use --device cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A collated batch: the good images as tensors, the failures as (index, reason)."""
+
+    indices: np.ndarray  # listing positions of the good images
+    clip_pixels: torch.Tensor | None
+    backbone_pixels: torch.Tensor | None
+    width: np.ndarray
+    height: np.ndarray
+    failures: list[tuple[int, str]]
+
+    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
+        if self.clip_pixels is None:
+            return self
+        return Batch(self.indices, self.clip_pixels.pin_memory(), self.backbone_pixels.pin_memory(),
+                     self.width, self.height, self.failures)
+
+
+class DecodedImages(Dataset):
+    """Listing position -> (position, clip pixels, backbone pixels, width, height) or a failure."""
+
+    def __init__(self, source: ImageSource, clip_preprocess: Callable, backbone_preprocess: Callable):
+        self.source = source
+        self.clip_preprocess = clip_preprocess
+        self.backbone_preprocess = backbone_preprocess
+
+    def __len__(self) -> int:
+        return len(self.source.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image = decode_image(self.source.absolute(index))
+        except ImageDecodeError as error:
+            return index, error.reason
+        return index, self.clip_preprocess(image), self.backbone_preprocess(image), image.width, image.height
+
+
+def collate(items: list) -> Batch:
+    """Stack the decoded images; keep failures aside with their reasons."""
+    good = [item for item in items if len(item) == 5]
+    failures = [(item[0], item[1]) for item in items if len(item) == 2]
+    if not good:
+        empty = np.zeros(0, dtype=np.int64)
+        return Batch(empty, None, None, empty.astype(np.int32), empty.astype(np.int32), failures)
+    indices, clip_pixels, backbone_pixels, width, height = zip(*good)
+    return Batch(
+        np.asarray(indices, dtype=np.int64),
+        torch.stack(clip_pixels),
+        torch.stack(backbone_pixels),
+        np.asarray(width, dtype=np.int32),
+        np.asarray(height, dtype=np.int32),
+        failures,
+    )
+
+
+def make_loader(dataset: Dataset, batches: list[list[int]], *, workers: int, pin_memory: bool,
+                worker_niceness: int = 0) -> DataLoader:
+    """One loader over all the work (not one per shard), so workers never idle in between.
+
+    ``worker_niceness`` > 0 lowers the decoding processes' CPU priority: when the models run on
+    the same cores, decoding then fills the gaps instead of stalling the model's threads.
+    """
+    options = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory)
+    if workers > 0:
+        options.update(prefetch_factor=4, worker_init_fn=partial(_lower_priority, worker_niceness))
+    return DataLoader(dataset, batch_sampler=batches, **options)
+
+
+def _lower_priority(niceness: int, worker_id: int) -> None:
+    if niceness > 0 and hasattr(os, "nice"):
+        os.nice(niceness)
+
+
+def embed_batches(loader: DataLoader, tags: Iterable, clip: ClipModel, backbone: Backbone, device: torch.device,
+                  precision: str, on_batch: Callable[[int], None] | None = None) -> Iterator[tuple]:
+    """Yield (tag, batch, clip embeddings, backbone features), embeddings as numpy float32 (None
+    for a batch of failures only), in loader order; ``tags`` holds one value per batch.
+
+    Results are copied back one batch late, so an accelerator already runs the next batch while
+    the previous one travels to the host (the copy is the only point that waits for the device).
+    """
+    autocast = (torch.autocast("cuda", dtype=PRECISIONS[precision])
+                if device.type == "cuda" and PRECISIONS[precision] is not None else nullcontext())
+    in_flight = None
+    with torch.inference_mode():
+        for tag, batch in zip(tags, loader):
+            embedded = None
+            if batch.clip_pixels is not None:
+                with autocast:
+                    clip_out = clip.encode_images(batch.clip_pixels)  # moved with non_blocking=True
+                    backbone_out = backbone.encode_images(batch.backbone_pixels)
+                embedded = (clip_out, backbone_out)
+            if in_flight is not None:
+                yield _to_host(*in_flight, on_batch)
+            in_flight = (tag, batch, embedded)
+        if in_flight is not None:
+            yield _to_host(*in_flight, on_batch)
+
+
+def _to_host(tag, batch: Batch, embedded, on_batch: Callable[[int], None] | None) -> tuple:
+    clip_out = backbone_out = None
+    if embedded is not None:
+        clip_out, backbone_out = (output.float().cpu().numpy() for output in embedded)
+    if on_batch is not None:
+        on_batch(len(batch.indices) + len(batch.failures))
+    return tag, batch, clip_out, backbone_out
