@@ -224,3 +224,11 @@ def test_large_store_gets_a_recorded_ivf_index(tmp_path, arrays):
         clip = store.read("clip")
         found = nearest_neighbours(index, clip[:10], np.arange(10), k=3)
         assert found.shape == (10, 3) and not (found == np.arange(10)[:, None]).any()
+
+
+def test_shard_of_another_store_is_refused(tmp_path, arrays):
+    first = build(tmp_path / "a" / "s.h5", arrays)
+    other = build(tmp_path / "b" / "s.h5", arrays, source="/data/other-images")
+    shutil.copy(other.parent / "s.shards" / "shard-00000.h5", first.parent / "s.shards" / "shard-00000.h5")
+    with pytest.raises(StoreError, match="shard-00000.h5 are damaged or do not belong"):
+        Store(first)

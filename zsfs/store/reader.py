@@ -93,11 +93,13 @@ class Store:
             raise StoreError(f"{self.path} is missing {len(missing)} of {self.n_shards} shard files "
                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); keep the "
                              f"{schema.shard_dir(self.path).name}/ folder next to {self.path.name}")
+        identity = self._file.attrs[schema.ATTR_IDENTITY]
         damaged = []
         for name, rows in zip(self.shard_files, self.shard_rows):
-            try:
+            try:  # HDF5 notices truncation on open (end of file before its recorded end)
                 with h5py.File(folder / name, "r") as shard:
-                    ok = all(shard[dataset].shape[0] == rows for dataset in schema.VIRTUAL_DATASETS)
+                    ok = shard.attrs.get(schema.ATTR_IDENTITY) == identity and all(
+                        shard[dataset].shape[0] == rows for dataset in schema.VIRTUAL_DATASETS)
             except (OSError, KeyError):
                 ok = False
             if not ok:
