@@ -82,3 +82,19 @@ def test_nearest_neighbours_checks_arguments():
         nearest_neighbours(index, rows, np.arange(10), k=10)
     with pytest.raises(ValueError, match="query rows"):
         nearest_neighbours(index, rows, np.arange(9), k=2)
+
+
+@pytest.mark.parametrize("exact_max", [10_000, 100])
+def test_block_streaming_matches_serialize_index(tmp_path, monkeypatch, exact_max):
+    import h5py
+
+    from zsfs.store import index as index_module
+
+    monkeypatch.setattr(index_module, "STREAM_BLOCK", 1000)  # many blocks
+    index, _ = build_index(unit_rows(3000, 16), exact_max=exact_max)
+    with h5py.File(tmp_path / "i.h5", "w") as file:
+        dataset = file.create_dataset("i", shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(4096,))
+        index_module.write_index_blocks(index, dataset)
+        np.testing.assert_array_equal(dataset[:], serialize_index(index))
+        restored = index_module.read_index_blocks(dataset)
+    np.testing.assert_array_equal(serialize_index(restored), serialize_index(index))

@@ -115,6 +115,9 @@ def test_plain_h5py_reads_master(tmp_path, arrays):
         assert file["path"].asstr()[:].tolist() == arrays["paths"]
         assert file["shards/rows"][:].tolist() == [50, 50, 30]
         assert file["shards/file"].asstr()[0] == "s.shards/shard-00000.h5"
+        import faiss
+
+        assert faiss.deserialize_index(file["index/faiss"][:]).ntotal == N
 
 
 def test_moved_store_reads_from_another_cwd(tmp_path, arrays, monkeypatch):

@@ -20,6 +20,7 @@ MAX_NLIST = 8192
 TRAIN_POINTS_PER_LIST = 64  # k-means needs ~40+ points per centroid to be stable
 MIN_NPROBE = 16
 ADD_BATCH = 262_144  # rows converted to float32 at a time while adding
+STREAM_BLOCK = 1 << 24  # bytes per read/write when streaming an index to or from HDF5
 
 
 def as_float32(array: np.ndarray) -> np.ndarray:
@@ -85,6 +86,62 @@ def deserialize_index(data: np.ndarray) -> "faiss.Index":
     import faiss
 
     return faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
+
+
+def write_index_blocks(index: "faiss.Index", dataset) -> None:
+    """Serialise ``index`` into ``dataset``, a resizable 1-d uint8 HDF5 dataset, block by block.
+
+    Same bytes as :func:`serialize_index` without holding a second copy of a multi-GB index.
+    """
+    import faiss
+
+    pending: list[bytes] = []
+    buffered = 0
+
+    def flush() -> None:
+        nonlocal buffered
+        if buffered:
+            start = len(dataset)
+            dataset.resize((start + buffered,))
+            dataset[start:] = np.frombuffer(b"".join(pending), dtype=np.uint8)
+            pending.clear()
+            buffered = 0
+
+    def write(chunk: bytes) -> int:
+        nonlocal buffered
+        pending.append(chunk)
+        buffered += len(chunk)
+        if buffered >= STREAM_BLOCK:
+            flush()
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(write, STREAM_BLOCK))
+    flush()
+
+
+def read_index_blocks(dataset) -> "faiss.Index":
+    """Inverse of :func:`write_index_blocks`: reads ``dataset`` (any 1-d uint8 sliceable) in
+    blocks, so only the index itself is held in memory."""
+    import faiss
+
+    position = 0
+    block = b""
+    block_start = 0
+
+    def read(size: int) -> bytes:
+        nonlocal position, block, block_start
+        out = []
+        while size > 0 and position < len(dataset):
+            if not block_start <= position < block_start + len(block):
+                block_start = position
+                block = np.asarray(dataset[position : position + STREAM_BLOCK], dtype=np.uint8).tobytes()
+            piece = block[position - block_start : position - block_start + size]
+            out.append(piece)
+            position += len(piece)
+            size -= len(piece)
+        return b"".join(out)
+
+    return faiss.read_index(faiss.PyCallbackIOReader(read, STREAM_BLOCK))
 
 
 def nearest_neighbours(

@@ -19,7 +19,7 @@ from zsfs import __version__
 from zsfs.errors import StoreError
 from zsfs.store import schema
 from zsfs.store.hdf5 import canonical_json, read_identity, write_strings
-from zsfs.store.index import build_index, serialize_index
+from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
 
 UNKNOWN_SIZE = -1  # width/height not recorded (imported stores); also the fill of missing sources
 
@@ -49,10 +49,8 @@ def write_master(path: Path, shard_paths: list[Path], *, identity: dict, attrs: 
             master.create_dataset(schema.SHARDS_ROWS, data=rows)
 
             index, index_info = build_index(gather(shards, schema.CLIP), exact_max=exact_max, seed=index_seed)
-            blob = serialize_index(index)
-            del index  # an IVF index over 1M rows is gigabytes: keep one copy at a time
-            master.create_dataset(schema.INDEX_DATASET, data=blob)
-            del blob
+            write_index_dataset(master, index)
+            del index
             if previous is not None:
                 carry_over_vocabularies(previous, master, identity)
 
@@ -73,6 +71,15 @@ def write_master(path: Path, shard_paths: list[Path], *, identity: dict, attrs: 
     finally:
         for shard in shards:
             shard.close()
+
+
+def write_index_dataset(master: h5py.File, index) -> None:
+    """Stream the index into ``/index/faiss`` (an IVF index over 1M rows is gigabytes: no second copy)."""
+    approximate_bytes = index.ntotal * (index.d * 4 + 8) + 65536
+    chunk = int(min(STREAM_BLOCK, approximate_bytes))  # small stores stay small on disk
+    dataset = master.create_dataset(schema.INDEX_DATASET, shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                    chunks=(chunk,))
+    write_index_blocks(index, dataset)
 
 
 def link_virtual(master: h5py.File, name: str, shards: list[h5py.File], names: list[str], rows: np.ndarray) -> int:

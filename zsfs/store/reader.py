@@ -14,7 +14,7 @@ import numpy as np
 
 from zsfs.errors import StoreError
 from zsfs.store import schema
-from zsfs.store.index import deserialize_index
+from zsfs.store.index import read_index_blocks
 
 if TYPE_CHECKING:
     import faiss
@@ -191,7 +191,7 @@ class Store:
     def index(self) -> "faiss.Index":
         """The FAISS index over ``clip`` (inner product; row ids are store rows)."""
         try:
-            return deserialize_index(self._dataset(schema.INDEX_DATASET)[:])
+            return read_index_blocks(self._dataset(schema.INDEX_DATASET))
         except RuntimeError as error:  # faiss reports a damaged blob this way
             raise StoreError(f"the FAISS index in {self.path} is damaged ({error}); rebuild the store") from None
 
