@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -79,7 +80,8 @@ def fit_once(work: Path, size: str, config_name: str) -> dict:
         metrics = fit_metrics(result, store.labels())
     return {
         "size": size, "config": config_name, "total_s": total, "open_s": opened - start,
-        "phases_s": result.timings, "peak_rss_mb": peak_rss_mb(),
+        "phases_s": result.timings, "cpu_s": result.cpu_timings,
+        "load_average": os.getloadavg()[0], "peak_rss_mb": peak_rss_mb(),
         "accuracy": metrics["accuracy"], "zero_shot_accuracy": metrics["zero_shot_accuracy"],
         "seed_precision": metrics["seed_precision"][0]["precision"],
         "pseudo_precision_all": _overall_precision(metrics["seed_precision"]),
@@ -182,7 +184,7 @@ def main() -> None:
         return
 
     args.work.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, looped = [], False
     for size in args.sizes.split(","):
         if not store_path(args.work, size).exists():
             made = run_child("--work", str(args.work), "--child", "make", size)
@@ -191,13 +193,14 @@ def main() -> None:
         for name in args.configs.split(","):
             fitted = run_child("--work", str(args.work), "--child", "fit", size, name)
             results.append(fitted)
-            phases = ", ".join(f"{k} {v:.2f}" for k, v in fitted["phases_s"].items())
+            phases = ", ".join(f"{k} {v:.2f} ({fitted['cpu_s'][k]:.2f} CPU)" for k, v in fitted["phases_s"].items())
             print(f"[{size} {name}] total {fitted['total_s']:.1f} s, peak RSS {fitted['peak_rss_mb']:.0f} MB, "
                   f"accuracy {fitted['accuracy']:.4f} (zero-shot {fitted['zero_shot_accuracy']:.4f}), "
                   f"seed precision {fitted['seed_precision']:.4f}, all pseudo-labels "
                   f"{fitted['pseudo_precision_all']:.4f}, cycles {fitted['cycles']} ({fitted['stop']}), "
-                  f"{fitted['steps']} steps\n    phases (s): {phases}", flush=True)
-            if args.loop and size == "50k":
+                  f"{fitted['steps']} steps, load average {fitted['load_average']:.1f}\n    phases (s): {phases}", flush=True)
+            if args.loop and size == "50k" and not looped:
+                looped = True
                 loop = loop_baseline(args.work, size, fitted)
                 total = sum(loop.values())
                 print(f"    per-sample loop baseline (timed on subsamples, extrapolated linearly): "

@@ -101,18 +101,23 @@ class FitResult:
     cycles: list[Cycle]
     stop_reason: str
     classifier: Classifier
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
 
 
 class _Timer:
+    """Wall and CPU seconds per phase (CPU time shows the cost on a machine shared with others)."""
+
     def __init__(self):
         self.timings: dict[str, float] = {}
+        self.cpu_timings: dict[str, float] = {}
 
     @contextmanager
     def phase(self, name: str):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         yield
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - wall
+        self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + time.process_time() - cpu
 
 
 def resolve_device(name: str) -> torch.device:
@@ -221,6 +226,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         stop_reason=trained.stop_reason,
         classifier=classifier,
         timings=timer.timings,
+        cpu_timings=timer.cpu_timings,
     )
 
 
@@ -280,6 +286,7 @@ def run_config(result: FitResult, store: "Store", config: FitConfig) -> dict:
                     "last_loss": c.losses[-1] if c.losses else None} for c in result.cycles],
         "ood": result.classifier.ood.to_dict(),
         "timings_s": result.timings,
+        "cpu_timings_s": result.cpu_timings,
     }
 
 
