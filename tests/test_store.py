@@ -235,3 +235,9 @@ def test_shard_of_another_store_is_refused(tmp_path, arrays):
     shutil.copy(other.parent / "s.shards" / "shard-00000.h5", first.parent / "s.shards" / "shard-00000.h5")
     with pytest.raises(StoreError, match="shard-00000.h5 are damaged or do not belong"):
         Store(first)
+
+
+def test_write_store_reports_progress_per_shard(tmp_path, arrays):
+    written = []
+    build(tmp_path / "s.h5", arrays, progress=written.append)
+    assert written == [50, 50, 30]

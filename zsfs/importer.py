@@ -14,6 +14,7 @@ Accepted inputs for image embeddings / backbone features:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,11 +172,13 @@ def import_store(
     shard_size: int = schema.DEFAULT_SHARD_SIZE,
     dtype: str = "float16",
     overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Build the store ``out`` from precomputed, row-aligned embeddings; returns its path.
 
     ``paths`` may be omitted when ``clip_embeddings`` is a clip-retrieval output folder (its
     ``metadata/`` parts are used). All inputs must list the same images in the same order.
+    ``progress`` is passed to :func:`write_store`.
     """
     clip_embeddings, backbone_features = Path(clip_embeddings), Path(backbone_features)
     clip = load_rows(clip_embeddings, "CLIP embeddings")
@@ -213,6 +216,7 @@ def import_store(
         shard_size=shard_size,
         dtype=dtype,
         overwrite=overwrite,
+        progress=progress,
     )
     for name, vocabulary in loaded.items():
         write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ def write_store(
     dtype: str = "float16",
     overwrite: bool = False,
     exact_max: int = EXACT_MAX,
+    progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Write a complete store from row-aligned arrays; returns the master's path.
 
@@ -48,7 +49,8 @@ def write_store(
     normalised input passes through unchanged), so arrays may be memory-mapped ``.npy`` files
     larger than RAM. ``width``/``height`` default to -1 (unknown). ``vocabularies`` maps a name
     to ``(classes, single, ensemble)``, recorded with ``SINGLE_PROMPT`` and the 80 ensemble templates; use
-    :func:`write_vocabulary` directly to record other prompts.
+    :func:`write_vocabulary` directly to record other prompts. ``progress(rows)`` is called
+    after each shard with the number of rows it wrote (for progress bars).
     """
     n = len(paths)
     lengths = {"clip": len(clip), "backbone": len(backbone)}
@@ -82,6 +84,8 @@ def write_store(
             height=height[rows],
             labels=None if labels is None else labels[rows],
         ))
+        if progress is not None:
+            progress(stop - start)
     path = writer.finalize({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
                             schema.ATTR_BACKBONE: backbone_info}, exact_max=exact_max)
     for name, (classes, single, ensemble) in (vocabularies or {}).items():
