@@ -126,6 +126,9 @@ def show_summary(summary: dict) -> None:
         for name, classes in summary["vocabularies"].items():
             vocabularies.add_row(name, str(len(classes)), ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else ""))
         console.print(vocabularies)
+    elif summary["clip"]["weights"] == "imported":
+        console.print("No vocabularies yet: rerun [bold]zsfs import[/] with [bold]--vocab NAME=FILE.npz[/] "
+                      "(finished shards are reused).")
     else:
         console.print("No vocabularies yet: add one with [bold]zsfs text STORE --classes FILE --name NAME[/].")
 
