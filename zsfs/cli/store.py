@@ -57,11 +57,18 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
     from zsfs.importer import import_store
 
     vocabularies = parse_vocabularies(vocab)
-    with console.status("Importing embeddings..."):
+    written = 0
+    with console.status("Importing embeddings...") as status:
+
+        def progress(rows: int) -> None:
+            nonlocal written
+            written += rows
+            status.update(f"Importing embeddings: {written:,} rows written; then the index")
+
         master = import_store(out, clip_embeddings=clip_embeddings, backbone_features=backbone_features,
                               paths=paths_table, path_column=path_column, label_column=label_column,
                               vocabularies=vocabularies, clip_name=clip_name, backbone_name=backbone_name,
-                              shard_size=shard_size, dtype=dtype, overwrite=overwrite)
+                              shard_size=shard_size, dtype=dtype, overwrite=overwrite, progress=progress)
     from zsfs.store import Store
 
     with Store(master) as store:
