@@ -54,14 +54,16 @@ def test_top_candidates_with_fewer_images_than_r(tiny):
     assert all(sorted(r) == [0, 1, 2, 3] for r in rows.tolist())
 
 
-def test_one_class_per_image_keeps_the_highest_logit():
-    rows = np.array([[5, 1, 2], [1, 5, 3], [2, 4, 6]])
-    logits = np.array([[9.0, 3.0, 2.0], [4.0, 8.0, 7.0], [2.0, 1.0, 0.5]])
-    kept = seeds.one_class_per_image(rows, logits)
-    # 5: 9 (class 0) > 8 (class 1); 1: 4 (class 1) > 3; 2: 2.0 in class 0 ties class 2 -> lower class wins.
-    np.testing.assert_array_equal(kept, [[5, 2, -1], [1, 3, -1], [4, 6, -1]])
-    flat = kept[kept >= 0]
-    assert len(flat) == len(np.unique(flat)) == len(np.unique(rows))
+def test_one_class_per_image_keeps_the_highest_score():
+    rows = np.array([[5, 1, 2], [1, 5, 3], [2, 4, -1]])
+    scores = np.array([[9.0, 3.0, 2.0], [4.0, 8.0, 7.0], [2.0, 1.0, -np.inf]])
+    keep = seeds.one_class_per_image(rows, scores)
+    # 5: 9 (class 0) > 8 (class 1); 1: 4 (class 1) > 3; 2: 2.0 in classes 0 and 2 -> lower class wins.
+    np.testing.assert_array_equal(keep, [[True, False, True], [True, False, True], [False, True, False]])
+    ranked = seeds.rerank(rows, scores, keep)
+    np.testing.assert_array_equal(ranked, [[5, 2, -1], [3, 1, -1], [4, -1, -1]])
+    flat = ranked[ranked >= 0]
+    assert len(flat) == len(np.unique(flat)) == len(np.unique(rows[rows >= 0]))
 
 
 def naive_support(candidates, neighbours, images, texts):

@@ -168,9 +168,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
             zero_shot.update(start, logits)
             top.update(start, logits)
         scores = zero_shot.result()
-        candidates, candidate_logits = top.result()
-        if config.unique_pseudo_labels:
-            candidates = seeds.one_class_per_image(candidates, candidate_logits)
+        candidates, _ = top.result()
     with timer.phase("neighbours + re-rank"):
         valid = candidates != seeds.MISSING
         unique = np.unique(candidates[valid])
@@ -180,7 +178,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
             found = nearest_neighbours(store.index(), clip[unique], unique, n_neighbours)
             neighbours[valid] = found[np.searchsorted(unique, candidates[valid])]
         support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)
-        ranked = seeds.rerank(candidates, support)
+        keep = seeds.one_class_per_image(candidates, support) if config.unique_pseudo_labels else None
+        ranked = seeds.rerank(candidates, support, keep)
     del clip
     with timer.phase("read features"):
         features = FeatureTable(unique, normalise(store.read("backbone", unique), device))

@@ -2,6 +2,8 @@
 
 Candidate lists are ``(C, R)`` int64 arrays of store rows, best first, padded with ``-1`` where
 a class has fewer than R candidates (tiny collections, or images given to another class).
+An image shortlisted by several classes can be kept for the one where its neighbourhood
+support is highest (:func:`one_class_per_image`), so that it carries one pseudo-label.
 """
 
 from __future__ import annotations
@@ -45,28 +47,21 @@ def top_candidates(logit_chunks, n_classes: int, r: int) -> tuple[np.ndarray, np
     return collector.result()
 
 
-def compact(rows: np.ndarray) -> np.ndarray:
-    """Move ``MISSING`` entries of each class list to its end, keeping the order of the rest."""
-    order = np.argsort(rows == MISSING, axis=1, kind="stable")
-    return np.take_along_axis(rows, order, axis=1)
+def one_class_per_image(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Mask keeping each image only in the list of the class where its score is highest.
 
-
-def one_class_per_image(rows: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    """Keep each image only in the list of the class where its zero-shot logit is highest.
-
-    Among the classes that shortlisted the image; on equal logits the lower class index wins.
-    Returns compacted lists padded with ``MISSING``.
+    ``scores`` is aligned with ``rows`` (e.g. neighbourhood support); on equal scores the lower
+    class index wins. Padding is never kept.
     """
-    flat_rows, flat_logits = rows.ravel(), logits.ravel()
+    flat_rows, flat_scores = rows.ravel(), scores.ravel()
     n_classes, width = rows.shape
     flat_class = np.repeat(np.arange(n_classes), width)
-    order = np.lexsort((flat_class, -flat_logits, flat_rows))
+    order = np.lexsort((flat_class, -flat_scores, flat_rows))
     first = np.ones(len(order), bool)
     first[1:] = flat_rows[order[1:]] != flat_rows[order[:-1]]
     keep = np.zeros(len(order), bool)
     keep[order[first]] = True
-    kept = np.where(keep.reshape(rows.shape) & (rows != MISSING), rows, MISSING)
-    return compact(kept)
+    return keep.reshape(rows.shape) & (rows != MISSING)
 
 
 def neighbour_support(
@@ -99,8 +94,14 @@ def neighbour_support(
     return np.where(candidates != MISSING, total, -np.inf).astype(np.float32)
 
 
-def rerank(candidates: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """Sort each class list by support, descending; ties keep the zero-shot order."""
+def rerank(candidates: np.ndarray, support: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Sort each class list by support, descending; ties keep the zero-shot order.
+
+    Entries outside ``keep`` (if given) become ``MISSING`` and move to the end.
+    """
+    if keep is not None:
+        candidates = np.where(keep, candidates, MISSING)
+        support = np.where(keep, support, -np.inf)
     order = torch.sort(torch.as_tensor(-support), dim=1, stable=True).indices.numpy()
     return np.take_along_axis(candidates, order, axis=1)
 
