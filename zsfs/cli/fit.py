@@ -41,8 +41,8 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
               help="Train each cycle on all pseudo-labels so far (seeds included) or only on the cycle's new ones "
                    "[accumulate; paper: no-accumulate].")
 @click.option("--unique-labels/--duplicate-labels", "unique_pseudo_labels", default=None,
-              help="An image shortlisted by several classes stays a candidate only of the class with its highest "
-                   "zero-shot score, or of all of them [unique; paper: duplicate].")
+              help="An image shortlisted by several classes stays a candidate only of the class where its "
+                   "neighbourhood support is highest, or of all of them [unique; paper: duplicate].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs on the seeds [100].")
 @click.option("--cycle-epochs", type=click.IntRange(min=0), default=None, help="Maximum epochs per cycle [20].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [16].")
