@@ -207,3 +207,20 @@ def test_all_skipped_shard(tmp_path):
         assert store.shard_rows.tolist()[1] == 0
         assert not np.isnan(store.read("clip").astype(np.float32)).any()
         assert store.paths().tolist()[:3] == ["img0.png", "img2.png", "img3.png"]
+
+
+def test_independent_writers_share_the_shards(tmp_path):
+    """Two writers (processes or machines) take disjoint shards; either can finalize."""
+    first, second = new_writer(tmp_path / "s.h5"), new_writer(tmp_path / "s.h5")
+    in_flight = first.shards_dir / "shard-00002.h5.other.tmp"  # the second writer's unfinished file
+    first.shards_dir.mkdir()
+    in_flight.write_bytes(b"being written")
+    for shard in first.pending_shards(remove_tmp=False)[::2]:
+        first.write_shard(shard, shard_data(first, shard))
+    assert in_flight.exists()
+    assert second.pending_shards(remove_tmp=False) == [1]
+    second.write_shard(1, shard_data(second, 1))
+    in_flight.unlink()
+    second.finalize(ATTRS)
+    with Store(tmp_path / "s.h5") as store:
+        assert store.n_images + store.n_skipped == N_ITEMS
