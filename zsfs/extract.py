@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.embedding import (PRECISIONS, Batch, DecodedImages, check_device, default_worker_niceness,
-                            default_workers, embed_batches, make_loader)
+                            default_workers, embed_batches, make_loader, model_threads)
 from zsfs.errors import ZsfsError
 from zsfs.models import Backbone, ClipModel, encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -98,9 +98,9 @@ class _ShardRows:
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.failures: list[tuple[int, str]] = []
 
-    def add(self, batch: Batch, clip: np.ndarray | None, backbone: np.ndarray | None) -> None:
-        if clip is not None:
-            self.parts.append((batch.indices, clip, backbone, batch.width, batch.height))
+    def add(self, batch: Batch, outputs: tuple[np.ndarray, np.ndarray] | None) -> None:
+        if outputs is not None:
+            self.parts.append((batch.indices, *outputs, batch.width, batch.height))
         self.failures.extend(batch.failures)
 
     def shard_data(self, source: ImageSource, clip_dim: int, backbone_dim: int) -> ShardData:
@@ -172,8 +172,10 @@ def extract(
     loader = make_loader(DecodedImages(image_source, clip.preprocess, features.preprocess), batches,
                          workers=workers, pin_memory=torch_device.type == "cuda",
                          worker_niceness=default_worker_niceness(device))
-    embedded = embed_batches(loader, owners, clip, features, torch_device, precision, on_batch)
-    processed = _write_shards(writer, image_source, embedded, owners, clip.record["dim"], features.record["dim"])
+    with model_threads(torch_device, workers):
+        embedded = embed_batches(loader, owners, (clip.encode_images, features.encode_images), torch_device,
+                                 precision, on_batch)
+        processed = _write_shards(writer, image_source, embedded, owners, clip.record["dim"], features.record["dim"])
     embedding_seconds = time.perf_counter() - embedding_started
 
     if pending or not writer.master.is_file():  # a complete store is not rebuilt by a rerun
@@ -205,8 +207,8 @@ def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: li
     batches_left = Counter(owners)
     rows = {shard: _ShardRows() for shard in batches_left}
     processed = 0
-    for shard, batch, clip_out, backbone_out in embedded:
-        rows[shard].add(batch, clip_out, backbone_out)
+    for shard, batch, outputs in embedded:
+        rows[shard].add(batch, outputs)
         processed += len(batch.indices) + len(batch.failures)
         batches_left[shard] -= 1
         if batches_left[shard] == 0:

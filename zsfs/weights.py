@@ -99,13 +99,14 @@ def weights_from_record(record: dict, what: str) -> str:
     file = Path(record["file"])
     if not file.is_file():
         raise ModelLoadError(
-            f"the {what} weights file {file} that the store was built with is missing; "
-            "restore it at that path (its sha256 is in the store's record)."
+            f"the {what} weights file {file} that the store was built with is missing; restore it "
+            f"at that path, or pass its new location with --{what.lower()}-weights PATH (its sha256 "
+            "is checked against the store's record)."
         )
     if file_sha256(file) != record["sha256"]:
         raise ModelLoadError(
-            f"the {what} weights file {file} changed since the store was built (sha256 differs); "
-            "restore the original file or rebuild the store."
+            f"the {what} weights file {file} is not the one the store was built with (sha256 "
+            "differs); pass the original file, or rebuild the store."
         )
     return str(file)
 
