@@ -6,6 +6,8 @@ import sys
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from zsfs.errors import ZsfsError
 
@@ -25,3 +27,20 @@ class ZsfsGroup(click.Group):
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted.[/] Finished work is kept; rerun the same command to resume.")
             sys.exit(130)
+
+
+class _ImagesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:,.1f} img/s" if task.speed else "… img/s", style="progress.data.speed")
+
+
+def image_progress(description: str) -> Progress:
+    """A progress bar over images (count, images/s, ETA) with one task, not started yet.
+
+    Start it with ``progress.start_task(...)`` and ``progress.start()`` once the total is known
+    (after model loading), so the rate is not diluted by set-up time.
+    """
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
+                        TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+    progress.add_task(description, total=None, start=False)
+    return progress

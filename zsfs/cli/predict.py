@@ -1,3 +1,74 @@
-"""CLI commands (stub: to be filled)."""
+"""``zsfs predict``: classify new images with a fitted run."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from zsfs.cli.common import console, image_progress
+
+SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
+
+
+@click.command(epilog="Example: zsfs predict --run runs/photos-k16 new_images/ extra.jpg --out predictions.csv")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder written by `zsfs fit`.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every prediction to a .csv, .parquet or .json file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON lines on stdout.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), help="Decoding processes [default: as zsfs extract].")
+@click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="The store's backbone weights file at a new location (its sha256 must match).")
+def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: bool, **options) -> None:
+    """Classify IMAGES (files and/or folders) with the classifier of a fitted run.
+
+    Extracts backbone features with the same backbone and weights as the run's store, applies the
+    classifier, and reports class, confidence and OOD score (0, 1/3, 2/3 or 1; higher = more
+    likely none of the run's classes) for every image. Unreadable files get an error, not a row
+    of zeros.
+    """
+    from zsfs.predict import predict_images, write_predictions
+
+    progress = image_progress("classifying")
+    task = progress.tasks[0].id
+
+    def on_start(total: int) -> None:
+        progress.update(task, total=total)
+        progress.start_task(task)
+        progress.start()
+
+    try:
+        frame = predict_images(run_dir, images, on_start=on_start,
+                               on_batch=lambda n: progress.advance(task, n), **options)
+    finally:
+        progress.stop()
+    if out is not None:
+        write_predictions(frame, out)
+    if as_json:
+        sys.stdout.write(frame.write_ndjson())
+    console.print(_table(frame))
+    failed = frame["error"].is_not_null().sum()
+    console.print(f"{frame.height - failed:,} images classified, {failed:,} unreadable"
+                  + (f"; all rows written to {out}" if out is not None else ""))
+
+
+def _table(frame) -> Table:
+    table = Table(title="zsfs predict" + (f" (first {SHOWN_ROWS} of {frame.height})" if frame.height > SHOWN_ROWS else ""))
+    for column in ("path", "predicted", "confidence", "OOD", "OOD (continuous)"):
+        table.add_column(column, justify="left" if column in ("path", "predicted") else "right")
+    for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
+        if row["error"] is not None:
+            table.add_row(row["path"], f"[red]{row['error']}[/]", "", "", "")
+        else:
+            table.add_row(row["path"], row["predicted"], f"{row['confidence']:.3f}", f"{row['ood_score']:.2f}",
+                          f"{row['ood_continuous']:+.2f}")
+    return table
+
+
+COMMANDS = [predict]

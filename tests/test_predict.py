@@ -1,0 +1,131 @@
+"""zsfs predict: a fitted run classifies new images exactly as fit classified the store's images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from zsfs.cli import main
+from zsfs.errors import ZsfsError
+from zsfs.extract import extract
+from zsfs.fit.run import FitConfig, fit_store, save_run
+from zsfs.predict import predict_images
+from zsfs.store import Store
+from zsfs.testing.images import write_image_folder
+from zsfs.testing.models import TINY_MODELS
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> dict:
+    """A store of a generated folder (float32, so features match fresh ones) and a run fitted on it."""
+    work = tmp_path_factory.mktemp("predict")
+    photos = write_image_folder(work / "photos", n_per_class=6)
+    store_path = extract(photos["root"], work / "photos.h5", dtype="float32", workers=0, **TINY_MODELS).output
+    config = FitConfig(k=2, candidates=6, epochs=20, cycle_epochs=5, batch_size=8)
+    with Store(store_path) as store:
+        run = save_run(fit_store(store, config), store, config, work / "run")
+    return {"photos": photos, "run": run, "fit": pl.read_parquet(run / "predictions.parquet")}
+
+
+def test_predictions_match_the_fit_on_the_same_images(fitted):
+    photos = fitted["photos"]
+    frame = predict_images(fitted["run"], [photos["root"]], workers=0)
+
+    good = frame.filter(pl.col("error").is_null())
+    assert sorted(Path(p).relative_to(photos["root"]).as_posix() for p in good["path"]) == photos["good"]
+    by_path = {Path(p).relative_to(photos["root"]).as_posix(): row for p, row in
+               zip(good["path"], good.iter_rows(named=True))}
+    fit = {row["path"]: row for row in fitted["fit"].iter_rows(named=True)}
+    for path, row in by_path.items():
+        assert row["predicted"] == fit[path]["predicted"], path
+        assert row["confidence"] == pytest.approx(fit[path]["confidence"], abs=1e-4)
+        assert row["ood_score"] == pytest.approx(fit[path]["ood_score"], abs=1e-6)
+        assert row["ood_continuous"] == pytest.approx(fit[path]["ood_continuous"], abs=1e-3)
+
+
+def test_unreadable_files_get_an_error_not_a_prediction(fitted):
+    photos = fitted["photos"]
+    bad = [photos["root"] / relative for relative in photos["bad"]]
+    frame = predict_images(fitted["run"], bad, workers=0)
+
+    assert frame.height == len(bad)
+    assert frame["error"].null_count() == 0
+    assert frame["predicted"].null_count() == frame.height
+    assert frame["confidence"].null_count() == frame.height
+
+
+def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):
+    photos = fitted["photos"]
+    one_image = photos["root"] / photos["good"][0]
+    out = tmp_path / "predictions.csv"
+    result = CliRunner().invoke(main, ["predict", "--run", str(fitted["run"]), "--workers", "0",
+                                       "--out", str(out), "--json", str(one_image), str(photos["root"])])
+
+    assert result.exit_code == 0, result.output
+    written = pl.read_csv(out)
+    assert written.height == 1 + len(photos["good"]) + len(photos["bad"])
+    assert set(written.columns) == {"path", "predicted", "confidence", "ood_score", "ood_continuous", "error"}
+    first = json.loads(result.stdout.splitlines()[0])
+    assert first["path"] == str(one_image) and first["predicted"] in fitted["fit"]["predicted"].to_list()
+
+
+def test_bad_inputs_are_clear_errors(fitted, tmp_path):
+    with pytest.raises(ZsfsError, match="not a folder"):
+        predict_images(tmp_path / "no-such-run", [fitted["photos"]["root"]])
+    with pytest.raises(ZsfsError, match="does not exist"):
+        predict_images(fitted["run"], [tmp_path / "missing.jpg"])
+    broken_run = tmp_path / "broken-run"
+    shutil.copytree(fitted["run"], broken_run)
+    (broken_run / "classifier.pt").write_bytes(b"not a classifier")
+    with pytest.raises(ZsfsError, match="classifier"):
+        predict_images(broken_run, [fitted["photos"]["root"]])
+
+    result = CliRunner().invoke(main, ["predict", "--run", str(tmp_path / "no-such-run"), str(tmp_path)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+
+
+def test_predict_rejects_an_unknown_output_format(fitted, tmp_path):
+    result = CliRunner().invoke(main, ["predict", "--run", str(fitted["run"]), "--workers", "0",
+                                       "--out", str(tmp_path / "p.xlsx"), str(fitted["photos"]["root"])])
+    assert result.exit_code == 1
+    assert ".csv" in result.output
+    assert not (tmp_path / "p.xlsx").exists()
+
+
+def test_backbone_weights_file_is_found_moved_or_refused(fitted, tmp_path):
+    """A run whose backbone came from a file: moved file -> clear error; new location -> same output."""
+    import dataclasses
+
+    import torch
+
+    from zsfs.fit.classifier import load_classifier
+    from zsfs.models import load_backbone, load_backbone_from_record
+    from zsfs.testing.models import TINY_BACKBONE
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted["run"], run)
+    weights = tmp_path / "backbone.pt"
+    classifier = load_classifier(run)
+    original = load_backbone_from_record(classifier.backbone)
+    torch.save(original.model.state_dict(), weights)
+    record = load_backbone(TINY_BACKBONE, str(weights)).record
+    dataclasses.replace(classifier, backbone=record).save(run / "classifier.pt")
+    images = [fitted["photos"]["root"]]
+    expected = predict_images(fitted["run"], images, workers=0)
+
+    assert predict_images(run, images, workers=0).equals(expected)
+    moved = weights.rename(tmp_path / "moved.pt")
+    with pytest.raises(ZsfsError, match="--backbone-weights"):
+        predict_images(run, images, workers=0)
+    assert predict_images(run, images, workers=0, backbone_weights=moved).equals(expected)
+    other = tmp_path / "other.pt"
+    torch.save({name: value + 1 for name, value in original.model.state_dict().items()}, other)
+    with pytest.raises(ZsfsError, match="not the one the store was built with"):
+        predict_images(run, images, workers=0, backbone_weights=other)

@@ -1,0 +1,142 @@
+"""A fitted run + new images -> class, confidence and OOD score: the deployable end.
+
+Only the backbone is needed: the classifier reads backbone features, and the OOD score is a
+function of the classifier's logits (its thresholds were calibrated on the run's seeds).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zsfs.errors import ZsfsError
+from zsfs.embedding import (DecodedImages, check_device, default_worker_niceness, default_workers, embed_batches,
+                            make_loader)
+from zsfs.extract import DEFAULT_BATCH_SIZE
+from zsfs.fit.classifier import Classifier, load_classifier
+from zsfs.models import load_backbone_from_record
+from zsfs.sources import ImageSource, open_source
+
+
+@dataclass(frozen=True)
+class FittedRun:
+    """What ``zsfs fit`` left in a run folder that inference needs."""
+
+    path: Path
+    classifier: Classifier
+    config: dict
+
+
+def load_run(run_dir: str | Path) -> FittedRun:
+    """Open a run folder written by ``zsfs fit``; ZsfsError when it is not one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ZsfsError(f"{run_dir} is not a folder; pass a run folder written by `zsfs fit --out RUN_DIR`")
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ZsfsError(f"{run_dir} has no config.json; is it a run folder written by `zsfs fit`?")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as error:
+        raise ZsfsError(f"{config_file} is unreadable ({error}); rerun `zsfs fit`") from None
+    return FittedRun(run_dir, load_classifier(run_dir / "classifier.pt"), config)
+
+
+def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
+    """One listing of image files and folders (folders scanned as by ``zsfs extract``).
+
+    Paths are kept as the user wrote them (relative to the working directory), so the
+    output names each image the way it was asked for.
+    """
+    if not inputs:
+        raise ZsfsError("no images given; pass image files and/or folders")
+    paths: list[str] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            folder = open_source(given)
+            paths += [str(given / path) for path in folder.paths]
+        elif given.is_file():
+            paths.append(str(given))
+        else:
+            raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
+    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None)
+
+
+def predict_images(
+    run_dir: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    device: str = "cpu",
+    precision: str = "fp32",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    backbone_weights: str | Path | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+):
+    """Classify ``inputs`` with the run's classifier; a polars DataFrame, one row per file.
+
+    Columns: path, predicted, confidence, ood_score (0, 1/3, 2/3, 1), ood_continuous, error
+    (the reason a file could not be read; its other columns are then null).
+    ``backbone_weights``: the weights file the store recorded, at a new location (its sha256
+    must still match).
+    """
+    import polars as pl
+
+    run = load_run(run_dir)
+    torch_device = check_device(device)
+    record = dict(run.classifier.backbone)
+    if backbone_weights is not None:
+        record["file"] = str(Path(backbone_weights).resolve())
+    backbone = load_backbone_from_record(record, device=device)
+    source = image_inputs(inputs)
+    if on_start is not None:
+        on_start(len(source))
+
+    batches = [list(range(start, min(start + batch_size, len(source)))) for start in range(0, len(source), batch_size)]
+    workers = default_workers(device) if workers is None else workers
+    loader = make_loader(DecodedImages(source, backbone.preprocess), batches, workers=workers,
+                         pin_memory=torch_device.type == "cuda", worker_niceness=default_worker_niceness(device))
+    rows, features, errors = [], [], {}
+    for _, batch, outputs in embed_batches(loader, range(len(batches)), (backbone.encode_images,), torch_device,
+                                           precision, on_batch):
+        if outputs is not None:
+            rows.append(batch.indices)
+            features.append(outputs[0])
+        errors.update(batch.failures)
+
+    n = len(source)
+    predicted = np.full(n, None, dtype=object)
+    confidence, ood_score, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(3))
+    if rows:
+        good = np.concatenate(rows)
+        logits = run.classifier.predict_logits(np.concatenate(features))
+        probabilities = torch.from_numpy(logits).softmax(dim=1)
+        best, index = probabilities.max(dim=1)
+        predicted[good] = np.asarray(run.classifier.classes, dtype=object)[index.numpy()]
+        confidence[good] = best.numpy()
+        ood_score[good], ood_continuous[good] = run.classifier.ood_scores(logits)
+    error = [errors.get(i) for i in range(n)]
+    return pl.DataFrame({
+        "path": source.paths,
+        "predicted": pl.Series(predicted.tolist(), dtype=pl.String),
+        "confidence": pl.Series(confidence).fill_nan(None),
+        "ood_score": pl.Series(ood_score).fill_nan(None),
+        "ood_continuous": pl.Series(ood_continuous).fill_nan(None),
+        "error": pl.Series(error, dtype=pl.String),
+    })
+
+
+def write_predictions(frame, path: str | Path) -> Path:
+    """Write predictions as .csv, .parquet or .json (chosen by the suffix)."""
+    path = Path(path)
+    writers = {".csv": frame.write_csv, ".parquet": frame.write_parquet, ".json": frame.write_json}
+    if path.suffix not in writers:
+        raise ZsfsError(f"--out must end in one of {', '.join(writers)}, not {path.name!r}")
+    writers[path.suffix](path)
+    return path
