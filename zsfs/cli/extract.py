@@ -39,7 +39,8 @@ class _ImagesPerSecond(ProgressColumn):
               help="Autocast precision on CUDA (CPU and MPS always compute in fp32).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0),
-              help="Decoding processes [default: all cores on a GPU, all but one on CPU].")
+              help="Decoding processes [default: every core with a GPU; on CPU a quarter of the cores, "
+                   "at least 1, and the models get the rest].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Images per shard file (the unit of resuming).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
