@@ -260,6 +260,9 @@ def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path, monkeypatch)
     full = run_cli("extract", photos["root"], "--out", out, *TINY, "--workers", "0", "--shard-size", "8")
     assert full.exit_code == 1 and "disk is full" in full.output and "Traceback" not in full.output
     assert [p.name for p in (tmp_path / "s.shards").iterdir()] == ["shard-00000.h5"]  # no half-written files
+    # Regression: the embedding generator once held inference mode across its yields, so a run
+    # that stopped early left autograd off for the rest of the process (fit training then failed).
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
 
     monkeypatch.setattr(StoreWriter, "_write_shard_file", write_file)
     resumed = run_cli("extract", photos["root"], "--out", out, *TINY, "--workers", "0", "--shard-size", "8")

@@ -153,17 +153,18 @@ def embed_batches(loader: DataLoader, tags: Iterable, encoders: Sequence[Callabl
     autocast = (torch.autocast("cuda", dtype=PRECISIONS[precision])
                 if device.type == "cuda" and PRECISIONS[precision] is not None else nullcontext())
     in_flight = None
-    with torch.inference_mode():
-        for tag, batch in zip(tags, loader):
-            embedded = None
-            if batch.pixels:
-                with autocast:  # each encoder moves its input with non_blocking=True
-                    embedded = tuple(encode(pixels) for encode, pixels in zip(encoders, batch.pixels))
-            if in_flight is not None:
-                yield _to_host(*in_flight, on_batch)
-            in_flight = (tag, batch, embedded)
+    for tag, batch in zip(tags, loader):
+        embedded = None
+        if batch.pixels:
+            # Scoped to the forward passes: a mode held across ``yield`` would leak into the
+            # caller's thread whenever the caller stops early (an exception, a break).
+            with torch.inference_mode(), autocast:  # each encoder moves its input non_blocking
+                embedded = tuple(encode(pixels) for encode, pixels in zip(encoders, batch.pixels))
         if in_flight is not None:
             yield _to_host(*in_flight, on_batch)
+        in_flight = (tag, batch, embedded)
+    if in_flight is not None:
+        yield _to_host(*in_flight, on_batch)
 
 
 def _to_host(tag, batch: Batch, embedded, on_batch: Callable[[int], None] | None) -> tuple:
