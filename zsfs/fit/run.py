@@ -159,7 +159,10 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     n_classes, n_images = len(vocab.classes), store.n_images
     generator = torch.Generator().manual_seed(config.seed)
 
-    with timer.phase("read clip"):
+    with timer.phase("read clip + index"):
+        # The index first: deserialising it briefly holds two copies (for 1.28M images, 2 x 2.6 GB),
+        # better before the CLIP embeddings are in memory than after.
+        index = store.index() if n_images > 1 else None
         clip = store.read("clip")
     with timer.phase("zero-shot + candidates"):
         zero_shot = ZeroShotAccumulator(n_images, n_classes)
@@ -175,12 +178,12 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         n_neighbours = min(config.neighbours, n_images - 1)
         neighbours = np.full((*candidates.shape, max(n_neighbours, 0)), seeds.MISSING, np.int64)
         if n_neighbours > 0:
-            found = nearest_neighbours(store.index(), clip[unique], unique, n_neighbours)
+            found = nearest_neighbours(index, clip[unique], unique, n_neighbours)
             neighbours[valid] = found[np.searchsorted(unique, candidates[valid])]
         support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)
         keep = seeds.one_class_per_image(candidates, support) if config.unique_pseudo_labels else None
         ranked = seeds.rerank(candidates, support, keep)
-    del clip
+    del clip, index
     with timer.phase("read features"):
         features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
     with timer.phase("self-training"):
