@@ -12,7 +12,6 @@ from zsfs.errors import ZsfsError
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.store.index import EXACT_MAX
-from zsfs.store.master import UNKNOWN_SIZE
 from zsfs.store.writer import ShardData, StoreWriter, normalise_rows, write_vocabulary
 
 
@@ -62,7 +61,7 @@ def write_store(
         raise ZsfsError(f"row counts disagree: {n} paths but " + ", ".join(f"{k}={v}" for k, v in wrong.items()))
     if n == 0:
         raise ZsfsError("nothing to store: zero rows")
-    unknown = np.full(n, UNKNOWN_SIZE, dtype=np.int32)
+    unknown = np.full(n, schema.UNKNOWN_SIZE, dtype=np.int32)
     width = unknown if width is None else width
     height = unknown if height is None else height
 

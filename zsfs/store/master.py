@@ -21,7 +21,6 @@ from zsfs.store import schema
 from zsfs.store.hdf5 import canonical_json, read_identity, write_strings
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
 
-UNKNOWN_SIZE = -1  # width/height not recorded (imported stores); also the fill of missing sources
 
 
 def write_master(path: Path, shard_paths: list[Path], *, identity: dict, attrs: dict, previous: Path | None,
@@ -96,7 +95,7 @@ def link_virtual(master: h5py.File, name: str, shards: list[h5py.File], names: l
         if stop > start:  # an all-skipped shard maps nothing
             layout[start:stop] = h5py.VirtualSource(file_name, name, shape=shard[name].shape)
     # Unmapped rows (a shard file gone missing) read as this value: NaN cannot pass for data.
-    fill = np.nan if np.issubdtype(dtype, np.floating) else UNKNOWN_SIZE
+    fill = np.nan if np.issubdtype(dtype, np.floating) else schema.UNKNOWN_SIZE
     master.create_virtual_dataset(name, layout, fillvalue=fill)
     return int(tail[0]) if tail else 0
 

@@ -68,7 +68,8 @@ ATTR_FORMAT_VERSION = "format_version"
 ATTR_ZSFS_VERSION = "zsfs_version"
 ATTR_CREATED = "created"  # ISO 8601, UTC
 ATTR_SOURCE = "source"  # absolute path of the folder or list file
-ATTR_IDENTITY = "identity"  # JSON: what makes shards compatible (source, models, dtype, ...)
+ATTR_IDENTITY = "identity"  # JSON: what makes shards compatible: the caller's (source, models, ...)
+#                            plus n_items, shard_size and dtype, which the writer adds
 ATTR_CLIP = "clip"  # JSON: {"name", "weights", "sha256", "dim", ...}
 ATTR_BACKBONE = "backbone"  # JSON: {"name", "weights", "sha256", "dim", "output", ...}
 ATTR_INDEX = "index"  # JSON: {"type", "metric", "n", ...}; on the master root
@@ -83,6 +84,10 @@ ATTR_STOP = "stop"  # last position in the source listing (exclusive)
 # Vocabulary attributes.
 ATTR_PROMPT = "prompt"  # the single prompt template, e.g. "a photo of a {}"
 ATTR_N_TEMPLATES = "n_templates"
+
+UNKNOWN_SIZE = -1
+"""width/height of rows whose size is not known (imported stores); also the fill value that
+the virtual datasets read where a shard file is missing (NaN for the embeddings)."""
 
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
