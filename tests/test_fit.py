@@ -178,3 +178,13 @@ def test_fit_on_cuda_matches_cpu_quality(store_path, fitted):
         result = fit_store(store, FitConfig(epochs=40, cycle_epochs=10, device="cuda"))
         metrics = fit_metrics(result, store.labels())
     assert metrics["accuracy"] == pytest.approx(fitted[1]["accuracy"], abs=0.02)
+
+
+def test_store_without_labels_gives_no_metrics(tmp_path):
+    path = make_synthetic_store(tmp_path / "unlabelled.h5", 300, 5, labels=False, seed=2)
+    run = tmp_path / "run"
+    outcome = fit_cli("--store", str(path), "--out", str(run), "--k", "4", "--epochs", "5", "--cycles", "1")
+    assert outcome.exit_code == 0, outcome.output
+    assert sorted(p.name for p in run.iterdir()) == ["classifier.pt", "config.json", "predictions.parquet"]
+    frame = pl.read_parquet(run / "predictions.parquet")
+    assert "label" not in frame.columns and frame.height == 300
