@@ -14,6 +14,7 @@ Example (CPU, both model settings)::
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 
 from zsfs.embedding import (PRECISIONS, DecodedImages, check_device, default_worker_niceness, default_workers,
-                            make_loader)
+                            make_loader, model_threads)
 from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
 from zsfs.sources import decode_image, open_source
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, help="DataLoader workers [default: zsfs's default]")
     parser.add_argument("--shard-size", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=1, help="best of N interleaved runs of (a), (c), (d)")
     parser.add_argument("--skip-naive", action="store_true", help="skip (b) (slow with big models)")
     args = parser.parse_args()
     device = check_device(args.device)
@@ -170,22 +172,35 @@ def main() -> None:
             write_photos(folder, args.n_images)
         source = open_source(folder)
         print(f"{len(source.paths)} images from {folder}; device {args.device}, precision {args.precision}, "
-              f"batch {args.batch_size}, workers {workers}, torch threads {torch.get_num_threads()}")
+              f"batch {args.batch_size}, workers {workers}, torch threads {torch.get_num_threads()}, "
+              f"best of {args.repeat}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
         for name in args.models.split(","):
             setting = SETTINGS[name]
             clip = load_clip(setting[0], setting[1], device=args.device)
             backbone = load_backbone(setting[2], setting[3], device=args.device)
             warm_up(clip, backbone, source, device)
-            a, a_end_to_end = bench_extract(folder, setting, args, workdir)
             b = float("nan") if args.skip_naive else bench_naive(source, clip, backbone, device)
-            c = bench_decode(source, clip, backbone, args, workers)
-            d, d_clip, d_backbone = bench_forward(source, clip, backbone, args, device)
+            runs = []  # (a), (c), (d) interleaved, best of --repeat: other processes on the machine only slow runs down
+            for _ in range(args.repeat):
+                a_run = bench_extract(folder, setting, args, workdir)
+                c_run = bench_decode(source, clip, backbone, args, workers)
+                d_run = bench_forward(source, clip, backbone, args, device)
+                with model_threads(device, workers):  # the threads extract leaves to the models on CPU
+                    shared_run = bench_forward(source, clip, backbone, args, device)[0], torch.get_num_threads()
+                runs.append((a_run, c_run, d_run, shared_run))
+            (a, a_end_to_end), _, _, _ = max(runs, key=lambda run: run[0][0])
+            c = max(run[1] for run in runs)
+            d, d_clip, d_backbone = max((run[2] for run in runs), key=lambda forward: forward[0])
+            d_shared, model_thread_count = max(run[3] for run in runs)
             flops = backbone_flops(backbone, device)
             print(f"\n== {name}: CLIP {setting[0]} ({setting[1]}), backbone {setting[2]} ({setting[3]})")
             print(f"(a) zsfs extract          {a:9.1f} img/s   (end to end incl. loading+finalize: {a_end_to_end:.1f})")
             print(f"(b) naive per-image loop  {b:9.1f} img/s")
             print(f"(c) decode + preprocess   {c:9.1f} img/s")
             print(f"(d) forward passes        {d:9.1f} img/s   (CLIP alone {d_clip:.1f}, backbone alone {d_backbone:.1f})")
+            if device.type == "cpu":
+                print(f"    (d) with the {model_thread_count} thread(s) extract leaves the models beside {workers} "
+                      f"decoding worker(s): {d_shared:.1f} img/s")
             print(f"ratios: a/b = {a / b:.2f}   a/c = {a / c:.2f}   a/d = {a / d:.2f}   a/min(c,d) = {a / min(c, d):.2f}")
             print(f"backbone: {flops / 1e9:.2f} GFLOP/image -> {flops * d_backbone / 1e12:.3f} TFLOP/s alone, "
                   f"{flops * a / 1e12:.3f} TFLOP/s inside extract")

@@ -238,6 +238,9 @@ def add_vocabulary(
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
                             "choose another --name or pass --overwrite to replace it")
     if clip_weights is not None:
+        if record.get("weights") != "file":
+            raise ZsfsError(f"{store_path} was built with CLIP weights {record.get('weights')!r}, not a file; "
+                            "drop --clip-weights")
         record["file"] = str(Path(clip_weights).resolve())
     clip = load_clip_from_record(record, device=device)
     _write_vocabulary(Path(store_path), clip, name, class_names, overwrite=overwrite)
