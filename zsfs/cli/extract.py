@@ -10,7 +10,6 @@ from rich.table import Table
 from rich.text import Text
 
 from zsfs.cli.common import console
-
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
@@ -59,18 +58,22 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     """
     from zsfs.extract import extract as run_extract
 
+    loading = console.status("Scanning the source and loading the models...")
     progress = _progress()
     task = progress.add_task("embedding", total=None, start=False)
 
     def on_start(total: int) -> None:  # models are loaded: from here on, images flow
+        loading.stop()
         progress.update(task, total=total)
         progress.start_task(task)
         progress.start()
 
+    loading.start()
     try:
         summary = run_extract(source, out, classes=classes_file, on_start=on_start,
                               on_batch=lambda n: progress.advance(task, n), **options)
     finally:
+        loading.stop()
         progress.stop()
     console.print(_summary_table(summary))
     if summary.vocabulary is None:
