@@ -99,7 +99,6 @@ def _overall_precision(per_cycle: list[dict]) -> float:
 
 def loop_baseline(work: Path, size: str, fitted: dict) -> dict:
     """Time the paper-style per-sample loops on subsamples; extrapolate to the full run."""
-    import faiss
     import numpy as np
     import torch
 
@@ -203,7 +202,7 @@ def main() -> None:
                 looped = True
                 loop = loop_baseline(args.work, size, fitted)
                 total = sum(loop.values())
-                print(f"    per-sample loop baseline (timed on subsamples, extrapolated linearly): "
+                print("    per-sample loop baseline (timed on subsamples, extrapolated linearly): "
                       + ", ".join(f"{k} {v:.1f} s" for k, v in loop.items())
                       + f"; total {total:.0f} s = {total / fitted['total_s']:.1f}x this fit; "
                       f"without training {total - loop['training (same steps as ours)']:.0f} s vs "

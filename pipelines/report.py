@@ -106,7 +106,7 @@ def render_markdown(rows: list[dict]) -> str:
     body = [[row["title"], _count(row["n_images"]), *(_cell(row, row[key]) for key in ours),
              *(_number(row[key]) for key in paper)] for row in accuracy_rows]
     lines += _table(header, body + _mean_row(accuracy_rows, "accuracy", ours, paper, offset=1))
-    lines += ["", f"## OOD detection: AUROC (%), OOD = positive, mean ± std over splits", ""]
+    lines += ["", "## OOD detection: AUROC (%), OOD = positive, mean ± std over splits", ""]
     header = ["dataset", "ID / classes", *OURS_OOD.values(), *OURS_FPR.values(),
               *(f"paper: {BASELINE_TITLES[key]}" for key in AUROC_BASELINES)]
     ours = [f"{key}_mean" for key in [*OURS_OOD, *OURS_FPR]]

@@ -70,3 +70,11 @@ def offline(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # huggingface_hub reads the variable at import time; the constant is what it checks.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(autouse=True)
+def unwrapped_messages(monkeypatch):
+    """Long messages on one line, so that tests can match them whatever the terminal width."""
+    from zsfs.cli.common import console
+
+    monkeypatch.setattr(console, "soft_wrap", True)

@@ -16,32 +16,18 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from zsfs.cli import main
-from zsfs.cli.common import console
 from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
 from zsfs.sources import decode_image
 from zsfs.store.reader import Store
+from zsfs.testing.cli import run_cli
 from zsfs.testing.images import write_image_folder
-from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
+from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS, TINY_MODELS
 
-TINY = ["--clip-model", str(TINY_CLIP_CONFIG), "--clip-weights", "random",
-        "--backbone", TINY_BACKBONE, "--backbone-weights", "random"]
-TINY_KWARGS = dict(clip_model=str(TINY_CLIP_CONFIG), clip_weights="random", backbone=TINY_BACKBONE,
-                   backbone_weights="random")
 ROW_DATASETS = ("clip", "backbone", "width", "height")
 
 
-@pytest.fixture(autouse=True)
-def unwrapped_messages(monkeypatch):
-    """Long messages on one line, so that tests can match them whatever the terminal width."""
-    monkeypatch.setattr(console, "soft_wrap", True)
-
-
-def run_cli(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
 
 
 def read_store(path: Path) -> dict:
@@ -61,7 +47,7 @@ def photos(tmp_path_factory) -> dict:
 
 def test_extract_mixed_folder(photos, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default output lands in the current folder
-    result = run_cli("extract", photos["root"], *TINY, "--workers", "1", "--shard-size", "4", "--batch-size", "3")
+    result = run_cli("extract", photos["root"], *TINY_MODEL_ARGS, "--workers", "1", "--shard-size", "4", "--batch-size", "3")
     assert result.exit_code == 0, result.output
     store_path = tmp_path / "photos.h5"
     assert store_path.is_file()
@@ -95,7 +81,7 @@ def test_extract_mixed_folder(photos, tmp_path, monkeypatch):
 def test_library_summary_counts_reasons(photos, tmp_path):
     ticks = []
     summary = extract(photos["root"], tmp_path / "s.h5", workers=0, shard_size=8, batch_size=4,
-                      on_start=lambda n: ticks.append(("start", n)), on_batch=lambda n: ticks.append(n), **TINY_KWARGS)
+                      on_start=lambda n: ticks.append(("start", n)), on_batch=lambda n: ticks.append(n), **TINY_MODELS)
     n_listed = len(photos["good"]) + len(photos["bad"])
     assert summary.n_images == len(photos["good"]) and summary.n_skipped == len(photos["bad"])
     assert sum(summary.skipped_reasons.values()) == len(photos["bad"]) and len(summary.skipped_reasons) >= 3
@@ -103,14 +89,14 @@ def test_library_summary_counts_reasons(photos, tmp_path):
     assert ticks[0] == ("start", n_listed) and sum(ticks[1:]) == n_listed
     assert summary.vocabulary == "default" and summary.classes == ["blue", "green", "red"]
 
-    again = extract(photos["root"], tmp_path / "s.h5", workers=0, shard_size=8, batch_size=4, **TINY_KWARGS)
+    again = extract(photos["root"], tmp_path / "s.h5", workers=0, shard_size=8, batch_size=4, **TINY_MODELS)
     assert (again.shards_written, again.shards_reused, again.images_processed) == (0, summary.shards_written, 0)
 
 
 def test_classes_file_gives_the_vocabulary(photos, tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("cat\n\n  dog  \nred fox\n\n")
-    result = run_cli("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY, "--workers", "0",
+    result = run_cli("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
                      "--classes", classes, "--vocab-name", "pets")
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "s.h5") as store:
@@ -120,7 +106,7 @@ def test_classes_file_gives_the_vocabulary(photos, tmp_path):
 
 def _kill_script(source: Path, out: Path, delay: float) -> str:
     # Decoding is slowed down so that the kill reliably lands in the middle of a shard.
-    args = ["extract", str(source), "--out", str(out), *TINY, "--workers", "0", "--shard-size", "6",
+    args = ["extract", str(source), "--out", str(out), *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "6",
             "--batch-size", "2"]
     return (
         "import time, zsfs.embedding as x\n"
@@ -147,7 +133,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     finished = {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in shards.glob("shard-*.h5")}
     assert 2 <= len(finished) < 5 and not killed.exists()  # 28 files / 6 per shard = 5 shards
 
-    result = run_cli("extract", source, "--out", killed, *TINY, "--workers", "1", "--shard-size", "6",
+    result = run_cli("extract", source, "--out", killed, *TINY_MODEL_ARGS, "--workers", "1", "--shard-size", "6",
                      "--batch-size", "2")
     assert result.exit_code == 0, result.output
     for name, stamp in finished.items():  # kept, not recomputed
@@ -155,7 +141,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp
     assert f"{5 - len(finished)} / {len(finished)}" in result.output  # shards written / reused
 
-    uninterrupted = extract(source, tmp_path / "clean.h5", workers=0, shard_size=6, batch_size=2, **TINY_KWARGS)
+    uninterrupted = extract(source, tmp_path / "clean.h5", workers=0, shard_size=6, batch_size=2, **TINY_MODELS)
     assert uninterrupted.shards_written == 5
     resumed, clean = read_store(killed), read_store(tmp_path / "clean.h5")
     for name in (*ROW_DATASETS, "path", "label", "skipped"):
@@ -165,13 +151,12 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 def test_refuses_other_models_or_source_unless_overwrite(photos, tmp_path):
     out = tmp_path / "s.h5"
-    assert run_cli("extract", photos["root"], "--out", out, *TINY, "--workers", "0").exit_code == 0
+    assert run_cli("extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--workers", "0").exit_code == 0
     other_clip = tmp_path / "other-clip.json"
     config = json.loads(Path(TINY_CLIP_CONFIG).read_text())
     config["embed_dim"] = 16
     other_clip.write_text(json.dumps(config))
-    other = [*TINY]
-    other[1] = str(other_clip)
+    other = [*TINY_MODEL_ARGS, f"--clip-model={other_clip}"]  # the last occurrence wins
 
     refused = run_cli("extract", photos["root"], "--out", out, *other, "--workers", "0")
     assert refused.exit_code == 1
@@ -179,7 +164,7 @@ def test_refuses_other_models_or_source_unless_overwrite(photos, tmp_path):
     assert read_store(out)["clip"].shape[1] == 32  # untouched
 
     other_source = write_image_folder(tmp_path / "other", n_per_class=2, broken=False)["root"]
-    refused = run_cli("extract", other_source, "--out", out, *TINY, "--workers", "0")
+    refused = run_cli("extract", other_source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0")
     assert refused.exit_code == 1 and "source" in refused.output
 
     replaced = run_cli("extract", photos["root"], "--out", out, *other, "--workers", "0", "--overwrite")
@@ -193,11 +178,11 @@ def test_refuses_other_models_or_source_unless_overwrite(photos, tmp_path):
         (lambda tmp: [tmp / "missing"], "does not exist"),
         (lambda tmp: [(tmp / "empty").mkdir() or tmp / "empty"], "no images found"),
         (lambda tmp: ["SRC", "--clip-model", "no-such-clip", "--clip-weights", "random"], "no-such-clip"),
-        (lambda tmp: ["SRC", *TINY[:4], "--backbone", "no_such_backbone", "--backbone-weights", "random"],
+        (lambda tmp: ["SRC", *TINY_MODEL_ARGS[:2], "--backbone", "no_such_backbone", "--backbone-weights", "random"],
          "no_such_backbone"),
-        (lambda tmp: ["SRC", *TINY[:2], "--clip-weights", tmp / "gone.pt", *TINY[4:]], "gone.pt"),
-        (lambda tmp: ["SRC", *TINY[:6], "--backbone-weights", tmp / "gone.safetensors"], "gone.safetensors"),
-        (lambda tmp: ["SRC", *TINY, "--device", "cuda"], "cuda"),
+        (lambda tmp: ["SRC", *TINY_MODEL_ARGS[:1], "--clip-weights", tmp / "gone.pt", *TINY_MODEL_ARGS[2:]], "gone.pt"),
+        (lambda tmp: ["SRC", *TINY_MODEL_ARGS[:3], "--backbone-weights", tmp / "gone.safetensors"], "gone.safetensors"),
+        (lambda tmp: ["SRC", *TINY_MODEL_ARGS, "--device", "cuda"], "cuda"),
     ],
     ids=["missing-source", "no-images", "unknown-clip", "unknown-backbone", "missing-clip-file",
          "missing-backbone-file", "cuda-absent"],
@@ -257,7 +242,7 @@ def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path, monkeypatch)
 
     monkeypatch.setattr(StoreWriter, "_write_shard_file", fill_disk_after_one_shard)
     out = tmp_path / "s.h5"
-    full = run_cli("extract", photos["root"], "--out", out, *TINY, "--workers", "0", "--shard-size", "8")
+    full = run_cli("extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "8")
     assert full.exit_code == 1 and "disk is full" in full.output and "Traceback" not in full.output
     assert [p.name for p in (tmp_path / "s.shards").iterdir()] == ["shard-00000.h5"]  # no half-written files
     # Regression: the embedding generator once held inference mode across its yields, so a run
@@ -265,5 +250,5 @@ def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path, monkeypatch)
     assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
 
     monkeypatch.setattr(StoreWriter, "_write_shard_file", write_file)
-    resumed = run_cli("extract", photos["root"], "--out", out, *TINY, "--workers", "0", "--shard-size", "8")
+    resumed = run_cli("extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "8")
     assert resumed.exit_code == 0 and "2 / 1" in resumed.output  # 19 files / 8 = 3 shards: written / reused

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from zsfs.cli import main
 from zsfs.evaluate import auroc
-from zsfs.fit import FitConfig, fit_metrics, fit_store, load_classifier, save_run
+from zsfs.fit import FitConfig, fit_metrics, fit_store, load_classifier
 from zsfs.store import Store, write_vocabulary
 from zsfs.testing.synthetic import make_synthetic_store
 

@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 
 from zsfs.cli import main
-from zsfs.cli.common import console
 from zsfs.errors import ZsfsError
 from zsfs.evaluate import auroc
 from zsfs.fit.run import FitConfig
@@ -23,11 +22,6 @@ from zsfs.testing.synthetic import class_names, make_synthetic_store
 SMALL_STORE = dict(clip_dim=128, backbone_dim=128, backbone_noise=1.5, clip_accuracy=0.6)
 QUICK_FIT = dict(epochs=20, cycle_epochs=5, max_cycles=3)
 QUICK_FIT_ARGS = ["--epochs", "20", "--cycle-epochs", "5", "--cycles", "3"]
-
-
-@pytest.fixture(autouse=True)
-def unwrapped_messages(monkeypatch):
-    monkeypatch.setattr(console, "soft_wrap", True)
 
 
 @pytest.fixture(scope="module")

@@ -21,17 +21,11 @@ from pipelines import prepare  # noqa: E402
 from pipelines.datasets import BACKBONE, CLIP_MODEL, DATASETS, Dataset  # noqa: E402
 from pipelines.report import COLUMNS, collect, render_markdown, write_results  # noqa: E402
 from pipelines.run import Layout, main, plan, run_steps, run_zsfs  # noqa: E402
-from zsfs.cli.common import console  # noqa: E402
 from zsfs.errors import ZsfsError  # noqa: E402
 from zsfs.testing.synthetic import make_synthetic_store  # noqa: E402
 
 QUICK_FIT_ARGS = ["--epochs", "20", "--cycle-epochs", "5", "--cycles", "3"]
 SMALL_STORE = dict(clip_dim=128, backbone_dim=128, backbone_noise=1.5, clip_accuracy=0.6)
-
-
-@pytest.fixture(autouse=True)
-def unwrapped_messages(monkeypatch):
-    monkeypatch.setattr(console, "soft_wrap", True)
 
 
 # -- registry -------------------------------------------------------------------------------

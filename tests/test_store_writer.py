@@ -10,7 +10,7 @@ import pytest
 
 from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
 from zsfs.store import ShardData, Store, StoreWriter
-from zsfs.store import schema, writer as writer_module
+from zsfs.store import schema
 
 N_ITEMS, SHARD_SIZE, DIM = 25, 10, 8
 IDENTITY = {"source": "/images", "listing_sha256": "abc", "clip": {"name": "c"}, "backbone": {"name": "b"}}

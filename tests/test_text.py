@@ -10,27 +10,17 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from zsfs.cli import main
-from zsfs.cli.common import console
 from zsfs.extract import add_vocabulary, extract
 from zsfs.models import encode_vocabulary, load_clip
 from zsfs.store.reader import Store
+from zsfs.testing.cli import run_cli
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
 
 ANIMALS = ["cat", "dog", "red fox"]
 
 
-@pytest.fixture(autouse=True)
-def unwrapped_messages(monkeypatch):
-    """Long messages on one line, so that tests can match them whatever the terminal width."""
-    monkeypatch.setattr(console, "soft_wrap", True)
-
-
-def run_cli(*args):
-    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
 
 
 def image_data(store_path: Path) -> dict:
