@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -301,3 +302,12 @@ def test_unreachable_hub_means_cache_only_instead_of_a_minute_of_retries(monkeyp
         load_backbone(TINY_BACKBONE, "default")
     assert offline_during_download == [not reachable]
     assert hub.HF_HUB_OFFLINE is False  # restored
+
+
+def test_random_clip_loads_without_open_clip_warning(caplog):
+    """Bug: open_clip warned 'No pretrained weights loaded' although random init was asked for."""
+    from zsfs.testing.models import TINY_CLIP_CONFIG
+
+    with caplog.at_level(logging.WARNING):
+        load_clip(str(TINY_CLIP_CONFIG), "random")
+    assert not [r for r in caplog.records if "pretrained weights" in r.getMessage()]

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -124,7 +125,8 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
     # OpenAI's weights were trained with QuickGELU; open_clip only warns when the config lacks it.
     quick_gelu = bool(tag_cfg.get("quick_gelu", False))
     try:
-        with seeded_init(), hub_offline_unless_reachable() if kind == "tag" else nullcontext():
+        with seeded_init(), hub_offline_unless_reachable() if kind == "tag" else nullcontext(), \
+                _without_random_init_warning() if kind == RANDOM else nullcontext():
             if kind == "tag":
                 _download_clip_tag(arch, weights)
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -169,6 +171,21 @@ def load_clip_from_record(record: dict, device: str = "cpu") -> ClipModel:
     check_same_init(clip.record, record, "CLIP")
     clip.record = dict(record)
     return clip
+
+
+@contextmanager
+def _without_random_init_warning() -> Iterator[None]:
+    """open_clip warns on the root logger that no weights were loaded; random was asked for."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _resolve_clip_name(name: str) -> tuple[str, dict | None]:
