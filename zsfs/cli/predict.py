@@ -60,8 +60,10 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
 
 def _table(frame) -> Table:
     table = Table(title="zsfs predict" + (f" (first {SHOWN_ROWS} of {frame.height})" if frame.height > SHOWN_ROWS else ""))
-    for column in ("path", "predicted", "confidence", "OOD", "OOD (continuous)"):
-        table.add_column(column, justify="left" if column in ("path", "predicted") else "right")
+    table.add_column("path", overflow="fold")  # the path is what identifies the row: never cut it
+    table.add_column("predicted")
+    for column in ("confidence", "OOD", "OOD (continuous)"):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
         if row["error"] is not None:
             table.add_row(row["path"], f"[red]{row['error']}[/]", "", "", "")
