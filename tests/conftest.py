@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,20 +11,43 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 """Real weights and images that CI keeps beside the clone (see ../shared/README.md)."""
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Tests marked ``shared`` fail (never skip) when what they need under ../shared is absent.
-
-    Usage: ``@pytest.mark.shared("models/x.safetensors", "data/y")``.
-    """
+def _missing_shared(item: pytest.Item) -> list[Path]:
+    """What a ``shared``-marked test needs under ../shared and is absent (usage:
+    ``@pytest.mark.shared("models/x.safetensors", "data/y")``)."""
     marker = item.get_closest_marker("shared")
     if marker is None:
+        return []
+    return [path for path in [SHARED / relative for relative in marker.args] or [SHARED] if not path.exists()]
+
+
+def _names(paths: list[Path]) -> str:
+    return ", ".join(f"../shared/{path.relative_to(SHARED)}" if path != SHARED else "../shared" for path in paths)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Outside CI, tests whose ../shared files are absent are deselected, and the header says so:
+    the core suite never depends on ../shared. In CI (``CI`` set) they run and fail loudly."""
+    if os.environ.get("CI"):
         return
-    needed = [SHARED / relative for relative in marker.args] or [SHARED]
-    missing = [path for path in needed if not path.exists()]
+    absent = [item for item in items if _missing_shared(item)]
+    if absent:
+        config.hook.pytest_deselected(items=absent)
+        items[:] = [item for item in items if item not in absent]
+        config._zsfs_shared_deselected = len(absent)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if SHARED.exists() or os.environ.get("CI"):
+        return None
+    return (f"{SHARED} is absent: tests that need its real weights/images are deselected "
+            "(CI runs them; see ../shared/README.md)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``shared`` test that still runs without its files (CI) fails with a clear message."""
+    missing = _missing_shared(item)
     if missing:
-        names = ", ".join(f"../shared/{path.relative_to(SHARED)}" if path != SHARED else "../shared"
-                          for path in missing)
-        pytest.fail(f"needs {names} (looked in {SHARED}); run pytest -m 'not shared' to leave "
+        pytest.fail(f"needs {_names(missing)} (looked in {SHARED}); run pytest -m 'not shared' to leave "
                     "them out", pytrace=False)
 
 
