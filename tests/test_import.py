@@ -145,3 +145,24 @@ def test_cli_errors_exit_1_without_traceback(inputs):
                                   "--backbone-features", str(folder / "backbone.npy"), "--paths",
                                   str(folder / "paths.csv"), "--vocab", "pets"])
     assert result.exit_code == 1 and "NAME=FILE.npz" in result.output
+
+
+def test_cli_reimport_with_labels_asks_for_overwrite_then_has_them(inputs):
+    """A second `zsfs import` that adds labels changes the listing (paths + labels), so the old
+    shards are not reused: it stops with the usual identity-mismatch error, and --overwrite
+    rebuilds the store with the labels."""
+    folder = inputs["dir"]
+    runner = CliRunner()
+    command = ["import", str(folder / "re.h5"), "--clip-embeddings", str(folder / "clip.npy"),
+               "--backbone-features", str(folder / "backbone.npy"), "--paths", str(folder / "paths.csv"),
+               "--shard-size", "40"]
+    result = runner.invoke(main, command)
+    assert result.exit_code == 0, result.output
+    with Store(folder / "re.h5") as store:
+        assert not store.has_labels
+    result = runner.invoke(main, [*command, "--label-column", "label"])
+    assert result.exit_code == 1 and "--overwrite" in " ".join(result.output.split()), result.output
+    result = runner.invoke(main, [*command, "--label-column", "label", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    with Store(folder / "re.h5") as store:
+        assert store.labels().tolist() == inputs["labels"]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from zsfs.errors import ZsfsError
-from zsfs.sources import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, open_source
+from zsfs.sources import IMAGE_EXTENSIONS, ImageDecodeError, ImageSource, decode_image, open_source
 from zsfs.testing.images import BROKEN_FILES, GOOD_KINDS, write_image_folder
 
 EXIF_ORIENTATION = 0x0112
@@ -245,3 +245,48 @@ def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
     for path in (warned, refused):
         with pytest.raises(ImageDecodeError, match="too large"):
             decode_strict(path)
+
+
+def test_digest_is_listing_sha256_of_paths_and_labels():
+    from zsfs.store.hdf5 import listing_sha256
+
+    paths, labels = ["a/1.jpg", "b/\u00e9.png"], ["a", "b"]
+    labelled = ImageSource(Path("/x"), Path("/x"), paths, labels)
+    unlabelled = ImageSource(Path("/x"), Path("/x"), paths, None)
+    # The values digest() always gave: existing stores keep their identity.
+    assert labelled.digest() == "b7d1f9c6b64e5b160e6a99086b9644933164353511934798ade16291c69699d5"
+    assert unlabelled.digest() == "a63b2d56f0bc46dcb9f4961f699106e28d67d5c37d2f48486eab5fbe7ad041c3"
+    assert labelled.digest() == listing_sha256(paths, labels)
+    assert unlabelled.digest() == listing_sha256(paths)
+    assert listing_sha256(paths, ["a", "c"]) != listing_sha256(paths, labels)
+    assert listing_sha256(np.array(paths), np.array(labels, dtype=object)) == labelled.digest()
+
+
+def test_read_class_file(tmp_path):
+    from zsfs.sources import read_class_file
+
+    good = tmp_path / "classes.txt"
+    good.write_text("cat\n\n  dog  \nbird\n", encoding="utf-8")
+    assert read_class_file(good) == ["cat", "dog", "bird"]
+    with pytest.raises(ZsfsError, match="does not exist; pass a text file with one class name per line"):
+        read_class_file(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
+    with pytest.raises(ZsfsError, match="lists no class names"):
+        read_class_file(tmp_path / "empty.txt")
+    (tmp_path / "twice.txt").write_text("dog\ncat\ndog\ncat\nowl\n", encoding="utf-8")
+    with pytest.raises(ZsfsError, match="more than once: cat, dog$"):
+        read_class_file(tmp_path / "twice.txt")
+
+
+def test_ood_bench_reads_class_files_without_torch(tmp_path):
+    """`zsfs ood-bench --id-classes FILE` only reads names: it must not load torch/open_clip."""
+    import subprocess
+    import sys
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n", encoding="utf-8")
+    code = ("import sys; from zsfs.cli.oodbench import _parse_id_classes; "
+            f"assert _parse_id_classes({str(classes)!r}) == ['cat', 'dog']; "
+            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'torch was imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

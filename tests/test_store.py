@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from zsfs.errors import StoreError, ZsfsError
+from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
 from zsfs.store import Store, write_store, write_vocabulary
 from zsfs.store import schema
 
@@ -122,7 +122,8 @@ def test_plain_h5py_reads_master(tmp_path, arrays):
 
 def test_moved_store_reads_from_another_cwd(tmp_path, arrays, monkeypatch):
     master = build(tmp_path / "a" / "s.h5", arrays)
-    expected = Store(master).read("clip")
+    with Store(master) as store:
+        expected = store.read("clip")
     moved = tmp_path / "b"
     shutil.move(tmp_path / "a", moved)
     elsewhere = tmp_path / "elsewhere"
@@ -241,3 +242,40 @@ def test_write_store_reports_progress_per_shard(tmp_path, arrays):
     written = []
     build(tmp_path / "s.h5", arrays, progress=written.append)
     assert written == [50, 50, 30]
+
+
+def test_reimport_with_new_labels_needs_overwrite_then_keeps_them(tmp_path, arrays):
+    """Labels are part of the listing, hence of the store's identity: a second write_store with
+    added or changed labels must not reuse the old shards (which carry the old labels). Like any
+    other identity change of an import, it is refused with StoreMismatchError until
+    overwrite=True, which rebuilds the shards with the new labels."""
+    unlabelled = {key: value for key, value in arrays.items() if key != "labels"}
+    master = build(tmp_path / "s.h5", unlabelled)
+    with Store(master) as store:
+        assert not store.has_labels
+    with pytest.raises(StoreMismatchError, match="differs in listing_sha256.*--overwrite"):
+        build(master, arrays)
+    build(master, arrays, overwrite=True)
+    with Store(master) as store:
+        assert store.labels().tolist() == arrays["labels"]
+
+    relabelled = {**arrays, "labels": [f"other{i % 2}" for i in range(N)]}
+    with pytest.raises(StoreMismatchError, match="--overwrite"):
+        build(master, relabelled)
+    build(master, relabelled, overwrite=True)
+    with Store(master) as store:
+        assert store.labels().tolist() == relabelled["labels"]
+    build(master, relabelled)  # the same listing again: shards are reused, no error
+
+
+def test_fingerprint_hashes_the_recorded_identity_spelling(tmp_path, arrays):
+    import hashlib
+
+    from zsfs.store import hdf5, reader
+
+    assert reader.canonical_json is hdf5.canonical_json  # one canonical spelling, not a copy
+    master = build(tmp_path / "s.h5", arrays)
+    with h5py.File(master, "r") as file:
+        recorded = file.attrs[schema.ATTR_IDENTITY]
+    with Store(master) as store:
+        assert store.fingerprint()["identity_sha256"] == hashlib.sha256(recorded.encode()).hexdigest()

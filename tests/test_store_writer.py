@@ -224,3 +224,26 @@ def test_independent_writers_share_the_shards(tmp_path):
     second.finalize(ATTRS)
     with Store(tmp_path / "s.h5") as store:
         assert store.n_images + store.n_skipped == N_ITEMS
+
+
+def test_master_closes_opened_shards_when_a_later_shard_fails_to_open(tmp_path, monkeypatch):
+    from zsfs.store import master as master_module
+
+    writer = new_writer(tmp_path / "s.h5")
+    write_all(writer)
+    shard_paths = [writer.shard_path(shard) for shard in range(writer.n_shards)]
+    real_file, opened = h5py.File, []
+
+    def failing_file(name, mode="r", *args, **kwargs):
+        if "shard-00002" in str(name):
+            raise OSError("unable to open file (simulated)")
+        file = real_file(name, mode, *args, **kwargs)
+        opened.append(file)
+        return file
+
+    monkeypatch.setattr(master_module.h5py, "File", failing_file)
+    with pytest.raises(OSError, match="simulated"):
+        master_module.write_master(tmp_path / "s.h5", shard_paths, identity=writer.identity, attrs=ATTRS,
+                                   previous=None, exact_max=1000, index_seed=0)
+    assert len(opened) == 2
+    assert not any(file.id.valid for file in opened), "shards opened before the failure were left open"

@@ -21,7 +21,7 @@ from zsfs.embedding import (PRECISIONS, Batch, DecodedImages, check_device, defa
 from zsfs.errors import ZsfsError
 from zsfs.models import Backbone, ClipModel, encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.sources import ImageSource, open_source
+from zsfs.sources import ImageSource, open_source, read_class_file
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES
 from zsfs.store.writer import ShardData, StoreWriter, disk_error, write_vocabulary
@@ -48,20 +48,6 @@ class ExtractSummary:
     @property
     def images_per_second(self) -> float:
         return self.images_processed / self.embedding_seconds if self.embedding_seconds > 0 else 0.0
-
-
-def read_class_file(path: str | Path) -> list[str]:
-    """Class names from a text file, one per line; blank lines ignored, duplicates refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise ZsfsError(f"class file {path} does not exist; pass a text file with one class name per line")
-    classes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not classes:
-        raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
-    repeated = sorted(name for name, count in Counter(classes).items() if count > 1)
-    if repeated:
-        raise ZsfsError(f"class file {path} lists these names more than once: {', '.join(repeated)}")
-    return classes
 
 
 def store_identity(source: ImageSource, clip: ClipModel, backbone: Backbone, *, dtype: str) -> dict:

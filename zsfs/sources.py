@@ -8,11 +8,11 @@ short reason, so that callers can skip and record the file instead of crashing o
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import stat
 import struct
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from zsfs.errors import ZsfsError
+from zsfs.store.hdf5 import listing_sha256
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -64,13 +65,21 @@ class ImageSource:
 
     def digest(self) -> str:
         """sha256 of the listing (paths and labels): changes whenever the listing does."""
-        h = hashlib.sha256()
-        for i, path in enumerate(self.paths):
-            h.update(path.encode("utf-8", "surrogateescape") + b"\0")
-            if self.labels is not None:
-                h.update(self.labels[i].encode("utf-8", "surrogateescape") + b"\0")
-            h.update(b"\n")
-        return h.hexdigest()
+        return listing_sha256(self.paths, self.labels)
+
+
+def read_class_file(path: str | Path) -> list[str]:
+    """Class names from a text file, one per line; blank lines ignored, duplicates refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZsfsError(f"class file {path} does not exist; pass a text file with one class name per line")
+    classes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not classes:
+        raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
+    repeated = sorted(name for name, count in Counter(classes).items() if count > 1)
+    if repeated:
+        raise ZsfsError(f"class file {path} lists these names more than once: {', '.join(repeated)}")
+    return classes
 
 
 def open_source(source: str | Path) -> ImageSource:

@@ -87,7 +87,7 @@ def _parse_id_classes(value: str) -> int | list[str]:
     if not path.is_file():
         raise ZsfsError(f"--id-classes takes a number of ID classes or a file of ID class names; "
                         f"{value!r} is neither a number nor an existing file")
-    from zsfs.extract import read_class_file
+    from zsfs.sources import read_class_file
 
     return read_class_file(path)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,16 +10,9 @@ import numpy as np
 from zsfs.errors import ZsfsError
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
+from zsfs.store.hdf5 import listing_sha256
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.writer import ShardData, StoreWriter, normalise_rows, write_vocabulary
-
-
-def listing_sha256(paths: Sequence[str]) -> str:
-    """Fingerprint of an ordered path listing (part of a store's identity)."""
-    digest = hashlib.sha256()
-    for start in range(0, len(paths), 65536):
-        digest.update("\n".join(map(str, paths[start : start + 65536])).encode() + b"\n")
-    return digest.hexdigest()
 
 
 def write_store(
@@ -67,7 +59,7 @@ def write_store(
 
     identity = {
         "source": str(source),
-        "listing_sha256": listing_sha256(paths),
+        "listing_sha256": listing_sha256(paths, labels),  # labels too: new labels must not reuse old shards
         "clip": clip_info,
         "backbone": backbone_info,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -18,6 +19,27 @@ STRING = h5py.string_dtype("utf-8")
 def canonical_json(value: dict) -> str:
     """One JSON spelling per value, so that identities compare as strings."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def listing_sha256(paths: Sequence[str], labels: Sequence[str] | None = None) -> str:
+    """sha256 of an ordered listing, paths and labels (part of a store's identity).
+
+    Each entry hashes as ``path\\0`` (then ``label\\0`` when labels are given) and ``\\n``, so
+    adding, removing or changing a label changes the digest as surely as changing a path does.
+    """
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+    digest = hashlib.sha256()
+    for start in range(0, len(paths), 65536):
+        stop = min(start + 65536, len(paths))
+        parts = []
+        for i in range(start, stop):
+            parts.append(str(paths[i]).encode("utf-8", "surrogateescape") + b"\0")
+            if labels is not None:
+                parts.append(str(labels[i]).encode("utf-8", "surrogateescape") + b"\0")
+            parts.append(b"\n")
+        digest.update(b"".join(parts))
+    return digest.hexdigest()
 
 
 def read_identity(file: h5py.File) -> dict | None:

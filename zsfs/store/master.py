@@ -9,6 +9,7 @@ and root attributes are added.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,9 +30,9 @@ def write_master(path: Path, shard_paths: list[Path], *, identity: dict, attrs: 
     final location). Vocabularies of ``previous``, an older master of the same store, are kept."""
     if not shard_paths:
         raise ValueError("cannot write a master for a store of zero items")
-    shards = [h5py.File(shard, "r") for shard in shard_paths]
     names = [f"{shard.parent.name}/{shard.name}" for shard in shard_paths]
-    try:
+    with ExitStack() as opened:  # a shard that fails to open closes the ones opened before it
+        shards = [opened.enter_context(h5py.File(shard, "r")) for shard in shard_paths]
         rows = np.array([len(shard[schema.PATH]) for shard in shards], dtype=np.int64)
         labelled = {schema.LABEL in shard for shard in shards}
         if len(labelled) > 1:
@@ -67,9 +68,6 @@ def write_master(path: Path, shard_paths: list[Path], *, identity: dict, attrs: 
                 if key in (schema.ATTR_CLIP, schema.ATTR_BACKBONE):
                     value = with_dim(value, dims[schema.CLIP if key == schema.ATTR_CLIP else schema.BACKBONE], key)
                 master.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
-    finally:
-        for shard in shards:
-            shard.close()
 
 
 def write_index_dataset(master: h5py.File, index) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from zsfs.errors import StoreError
 from zsfs.store import schema
+from zsfs.store.hdf5 import canonical_json
 from zsfs.store.index import read_index_blocks
 
 if TYPE_CHECKING:
@@ -223,7 +224,7 @@ class Store:
 
     def fingerprint(self) -> dict:
         """What identifies this store's content: recorded by runs fitted on it."""
-        identity = json.dumps(self.identity, sort_keys=True, separators=(",", ":"))
+        identity = canonical_json(self.identity)
         return {"path": str(self.path), "created": self.created, "n_images": self.n_images,
                 "identity_sha256": hashlib.sha256(identity.encode()).hexdigest()}
 
