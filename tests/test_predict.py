@@ -8,14 +8,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
 
-from zsfs.cli import main
 from zsfs.errors import ZsfsError
 from zsfs.extract import extract
 from zsfs.fit.run import FitConfig, fit_store, save_run
 from zsfs.predict import predict_images
 from zsfs.store import Store
+from zsfs.testing.cli import run_cli
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODELS
 
@@ -63,8 +62,8 @@ def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):
     photos = fitted["photos"]
     one_image = photos["root"] / photos["good"][0]
     out = tmp_path / "predictions.csv"
-    result = CliRunner().invoke(main, ["predict", "--run", str(fitted["run"]), "--workers", "0",
-                                       "--out", str(out), "--json", str(one_image), str(photos["root"])])
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", out, "--json", one_image,
+                     photos["root"])
 
     assert result.exit_code == 0, result.output
     written = pl.read_csv(out)
@@ -85,16 +84,17 @@ def test_bad_inputs_are_clear_errors(fitted, tmp_path):
     with pytest.raises(ZsfsError, match="classifier"):
         predict_images(broken_run, [fitted["photos"]["root"]])
 
-    result = CliRunner().invoke(main, ["predict", "--run", str(tmp_path / "no-such-run"), str(tmp_path)])
+    result = run_cli("predict", "--run", tmp_path / "no-such-run", tmp_path)
     assert result.exit_code == 1
-    assert "Traceback" not in result.output
+    assert "Error:" in result.output and "not a folder" in result.output
 
 
 def test_predict_rejects_an_unknown_output_format(fitted, tmp_path):
-    result = CliRunner().invoke(main, ["predict", "--run", str(fitted["run"]), "--workers", "0",
-                                       "--out", str(tmp_path / "p.xlsx"), str(fitted["photos"]["root"])])
-    assert result.exit_code == 1
-    assert ".csv" in result.output
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", tmp_path / "p.xlsx",
+                     fitted["photos"]["root"])
+    assert result.exit_code == 2  # a usage error, found before any image is embedded
+    assert "Invalid value for '--out'" in result.output
+    assert "must end in one of .csv, .parquet, .json, not 'p.xlsx'" in result.output
     assert not (tmp_path / "p.xlsx").exists()
 
 
@@ -128,3 +128,4 @@ def test_backbone_weights_file_is_found_moved_or_refused(fitted, tmp_path):
     torch.save({name: value + 1 for name, value in original.model.state_dict().items()}, other)
     with pytest.raises(ZsfsError, match="not the one the store was built with"):
         predict_images(run, images, workers=0, backbone_weights=other)
+

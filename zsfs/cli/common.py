@@ -6,13 +6,19 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from zsfs.errors import ZsfsError
 
-console = Console(stderr=True, highlight=False)
-"""Progress, tables and messages go to stderr so that stdout stays machine-readable."""
+console = Console(stderr=True, highlight=False, emoji=False)
+"""Progress, tables and messages go to stderr so that stdout stays machine-readable.
+
+Strings given to it are rich markup: pass every user-provided string (paths, class names, error
+messages) through ``escape`` (or as ``rich.text.Text``), or '[draft]' vanishes and '[/x]' raises.
+No emoji codes, so that ':smile:' in a file name stays as written.
+"""
 
 
 class ZsfsGroup(click.Group):
@@ -22,10 +28,11 @@ class ZsfsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ZsfsError as error:
-            console.print(f"[bold red]Error:[/] {error}")
+            console.print(f"[bold red]Error:[/] {escape(str(error))}")
             sys.exit(1)
         except KeyboardInterrupt:
-            console.print("[yellow]Interrupted.[/] Finished work is kept; rerun the same command to resume.")
+            console.print("[yellow]Interrupted.[/] Nothing half-written was left; `zsfs extract` and "
+                          "`zsfs import` resume where they stopped when rerun.")
             sys.exit(130)
 
 

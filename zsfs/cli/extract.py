@@ -5,17 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from zsfs.cli.common import console
+from zsfs.cli.common import console, image_progress
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
-
-
-class _ImagesPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:,.1f} img/s" if task.speed else "… img/s", style="progress.data.speed")
 
 
 @click.command()
@@ -59,8 +54,8 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     from zsfs.extract import extract as run_extract
 
     loading = console.status("Scanning the source and loading the models...")
-    progress = _progress()
-    task = progress.add_task("embedding", total=None, start=False)
+    progress = image_progress("embedding")
+    task = progress.tasks[0].id
 
     def on_start(total: int) -> None:  # models are loaded: from here on, images flow
         loading.stop()
@@ -78,7 +73,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     console.print(_summary_table(summary))
     if summary.vocabulary is None:
         console.print("No class names known (no class subfolders, no --classes): no vocabulary written. "
-                      f"Add one with: zsfs text {summary.output} --classes FILE --name NAME")
+                      f"Add one with: zsfs text {escape(str(summary.output))} --classes FILE --name NAME")
 
 
 @click.command()
@@ -104,12 +99,7 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
     with console.status("embedding class names"):
         classes = add_vocabulary(store, classes_file, name, clip_weights=clip_weights, device=device,
                                  overwrite=overwrite)
-    console.print(f"Vocabulary [bold]{name}[/] ({len(classes)} classes) written to {store}")
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
-                    TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+    console.print(f"Vocabulary [bold]{escape(name)}[/] ({len(classes)} classes) written to {escape(str(store))}")
 
 
 def _summary_table(summary) -> Table:
@@ -119,12 +109,13 @@ def _summary_table(summary) -> Table:
     table.add_row("images embedded", f"{summary.n_images:,}")
     table.add_row("skipped", f"{summary.n_skipped:,}")
     for reason, count in sorted(summary.skipped_reasons.items(), key=lambda item: -item[1]):
-        table.add_row(f"  {reason}", f"{count:,}")
+        table.add_row(Text(f"  {reason}"), f"{count:,}")
     table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")
     table.add_row("time", f"{summary.seconds:,.1f} s")
     table.add_row("images/s", f"{summary.images_per_second:,.1f}")
-    table.add_row("vocabulary", f"{summary.vocabulary} ({len(summary.classes)} classes)" if summary.vocabulary else "none")
-    table.add_row("output", str(summary.output))
+    table.add_row("vocabulary",
+                  Text(f"{summary.vocabulary} ({len(summary.classes)} classes)") if summary.vocabulary else "none")
+    table.add_row("output", Text(str(summary.output)))
     return table
 
 

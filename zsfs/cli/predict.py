@@ -6,18 +6,28 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from zsfs.cli.common import console, image_progress
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
+OUT_SUFFIXES = (".csv", ".parquet", ".json")  # what zsfs.predict.write_predictions writes
+
+
+def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Refuse an --out that write_predictions cannot write before any image is embedded."""
+    if value is not None and value.suffix not in OUT_SUFFIXES:
+        raise click.BadParameter(f"must end in one of {', '.join(OUT_SUFFIXES)}, not {value.name!r}")
+    return value
 
 
 @click.command(epilog="Example: zsfs predict --run runs/photos-k16 new_images/ extra.jpg --out predictions.csv")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder written by `zsfs fit`.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), callback=_check_out_suffix,
               help="Write every prediction to a .csv, .parquet or .json file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON lines on stdout.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True)
@@ -55,7 +65,7 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     console.print(_table(frame))
     failed = frame["error"].is_not_null().sum()
     console.print(f"{frame.height - failed:,} images classified, {failed:,} unreadable"
-                  + (f"; all rows written to {out}" if out is not None else ""))
+                  + (f"; all rows written to {escape(str(out))}" if out is not None else ""))
 
 
 def _table(frame) -> Table:
@@ -66,10 +76,10 @@ def _table(frame) -> Table:
         table.add_column(column, justify="right", no_wrap=True)
     for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
         if row["error"] is not None:
-            table.add_row(row["path"], f"[red]{row['error']}[/]", "", "", "")
+            table.add_row(Text(row["path"]), Text(row["error"], style="red"), "", "", "")
         else:
-            table.add_row(row["path"], row["predicted"], f"{row['confidence']:.3f}", f"{row['ood_score']:.2f}",
-                          f"{row['ood_continuous']:+.2f}")
+            table.add_row(Text(row["path"]), Text(row["predicted"]), f"{row['confidence']:.3f}",
+                          f"{row['ood_score']:.2f}", f"{row['ood_continuous']:+.2f}")
     return table
 
 

@@ -98,9 +98,12 @@ def info_command(store_path: Path, as_json: bool) -> None:
 
 def show_summary(summary: dict) -> None:
     """Readable tables of a store summary, on the console (stderr)."""
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    overview = Table(title=f"zsfs store {summary['path']}", show_header=False, title_justify="left")
+    # Every value below may hold user text (paths, model names, class names): never read it as markup.
+    overview = Table(title=f"zsfs store {escape(summary['path'])}", show_header=False, title_justify="left")
     overview.add_column(style="bold")
     overview.add_column()
     index = summary["index"]
@@ -115,7 +118,7 @@ def show_summary(summary: dict) -> None:
         ("index", f"{index_text}, {index['metric']}"),
         ("created", f"{summary['created']} by zsfs {summary['zsfs_version']}"),
     ]:
-        overview.add_row(key, value)
+        overview.add_row(key, Text(value))
     console.print(overview)
 
     models = Table(title="Models", title_justify="left")
@@ -123,7 +126,7 @@ def show_summary(summary: dict) -> None:
         models.add_column(name)
     for role in ("clip", "backbone"):
         record = summary[role]
-        models.add_row(role, str(record["name"]), str(record["weights"]), str(record["dim"]))
+        models.add_row(role, Text(str(record["name"])), Text(str(record["weights"])), str(record["dim"]))
     console.print(models)
 
     if summary["vocabularies"]:
@@ -131,7 +134,8 @@ def show_summary(summary: dict) -> None:
         for name in ("name", "classes", "first classes"):
             vocabularies.add_column(name)
         for name, classes in summary["vocabularies"].items():
-            vocabularies.add_row(name, str(len(classes)), ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else ""))
+            vocabularies.add_row(Text(name), str(len(classes)),
+                                 Text(", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")))
         console.print(vocabularies)
     elif summary["clip"]["weights"] == "imported":
         console.print("No vocabularies yet: rerun [bold]zsfs import[/] with [bold]--vocab NAME=FILE.npz[/] "

@@ -1,0 +1,149 @@
+"""What every command shares: user strings are printed as written (never read as rich markup),
+errors and Ctrl-C are one clear line, and bad options fail before any work is done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from zsfs.testing.cli import run_cli
+
+BRACKETED = "no[/x]such[draft].h5"  # '[/x]' is a rich closing tag, '[draft]' an opening one
+
+
+def test_an_error_with_brackets_is_printed_verbatim(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("info", BRACKETED)
+    assert result.exit_code == 1
+    assert "Error:" in result.output
+    assert BRACKETED in result.output
+    assert "Traceback" not in result.output
+
+
+def test_ctrl_c_message_does_not_promise_a_resume_for_every_command(monkeypatch):
+    import zsfs.store
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zsfs.store, "Store", interrupted)
+    result = run_cli("info", "s.h5")
+    assert result.exit_code == 130
+    assert "Interrupted." in result.output
+    assert "rerun the same command to resume" not in result.output
+    assert "zsfs extract" in result.output and "zsfs import" in result.output
+
+
+def _prediction_frame() -> pl.DataFrame:
+    return pl.DataFrame({
+        "path": ["[draft]/a.jpg", "[/x]/b.jpg"],
+        "predicted": ["[cat]", None],
+        "confidence": [0.9, None],
+        "ood_score": [0.0, None],
+        "ood_continuous": [-1.0, None],
+        "error": [None, "bad [b]x[/b]"],
+    }, schema={"path": pl.String, "predicted": pl.String, "confidence": pl.Float64, "ood_score": pl.Float64,
+               "ood_continuous": pl.Float64, "error": pl.String})
+
+
+def test_predict_table_shows_paths_classes_and_errors_verbatim(tmp_path, monkeypatch):
+    import zsfs.predict
+
+    monkeypatch.setattr(zsfs.predict, "predict_images", lambda *args, **kwargs: _prediction_frame())
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("predict", "--run", "run", "photos")
+    assert result.exit_code == 0, result.output
+    for text in ("[draft]/a.jpg", "[/x]/b.jpg", "[cat]", "bad [b]x[/b]"):
+        assert text in result.output
+
+
+def test_predict_refuses_an_unknown_out_suffix_before_any_work(tmp_path, monkeypatch):
+    import zsfs.predict
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("predict_images ran before --out was checked")
+
+    monkeypatch.setattr(zsfs.predict, "predict_images", must_not_run)
+    result = run_cli("predict", "--run", tmp_path / "no-such-run", "--out", tmp_path / "p.xlsx", tmp_path)
+    assert result.exit_code == 2
+    assert "--out" in result.output
+    assert ".csv" in result.output and ".parquet" in result.output and ".json" in result.output
+    assert not (tmp_path / "p.xlsx").exists()
+
+
+def test_extract_summary_shows_user_strings_verbatim_and_uses_the_common_progress(tmp_path, monkeypatch):
+    import zsfs.cli.common
+    import zsfs.cli.extract
+    import zsfs.extract
+
+    made = []
+
+    def spy(description):
+        progress = zsfs.cli.common.image_progress(description)
+        made.append(progress)
+        return progress
+
+    def fake_extract(source, out, *, on_start, on_batch, **kwargs):
+        on_start(3)
+        on_batch(3)
+        return zsfs.extract.ExtractSummary(
+            output=Path("out[/x]put.h5"), n_images=3, n_skipped=1, skipped_reasons={"bad [/x] file": 1},
+            shards_written=1, shards_reused=0, images_processed=4, seconds=1.0, embedding_seconds=1.0,
+            vocabulary=None)
+
+    assert not hasattr(zsfs.cli.extract, "_ImagesPerSecond")  # the common column, not a copy
+    monkeypatch.setattr(zsfs.cli.extract, "image_progress", spy)
+    monkeypatch.setattr(zsfs.extract, "extract", fake_extract)
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("extract", "photos[draft]")
+    assert result.exit_code == 0, result.output
+    assert len(made) == 1
+    for text in ("out[/x]put.h5", "bad [/x] file", "zsfs text out[/x]put.h5"):
+        assert text in result.output
+
+
+def test_extract_summary_shows_class_vocabulary_verbatim(tmp_path, monkeypatch):
+    import zsfs.extract
+
+    def fake_extract(source, out, *, on_start, on_batch, **kwargs):
+        on_start(1)
+        return zsfs.extract.ExtractSummary(
+            output=Path("s.h5"), n_images=1, n_skipped=0, skipped_reasons={}, shards_written=1, shards_reused=0,
+            images_processed=1, seconds=1.0, embedding_seconds=1.0, vocabulary="[v]", classes=["[a]"])
+
+    monkeypatch.setattr(zsfs.extract, "extract", fake_extract)
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("extract", "photos")
+    assert result.exit_code == 0, result.output
+    assert "[v] (1 classes)" in result.output
+
+
+def test_text_message_shows_names_verbatim(tmp_path, monkeypatch):
+    import zsfs.extract
+
+    monkeypatch.setattr(zsfs.extract, "add_vocabulary", lambda *args, **kwargs: ["[a]", "b"])
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("text", "s[/x].h5", "--classes", "c.txt", "--name", "[pets]")
+    assert result.exit_code == 0, result.output
+    assert "Vocabulary [pets] (2 classes) written to s[/x].h5" in result.output
+
+
+def _store_summary() -> dict:
+    model = {"name": "[clip]", "weights": "w[/x].pt", "dim": 4}
+    return {
+        "path": "st[/x]ore.h5", "zsfs_version": "0", "created": "now", "source": "photos/[draft]",
+        "n_images": 2, "n_skipped": 1, "skipped_reasons": {"bad [/x] file": 1}, "has_labels": False,
+        "dtype": "float16", "n_shards": 1, "index": {"type": "flat", "metric": "ip"},
+        "clip": model, "backbone": {**model, "name": "[backbone]"}, "vocabularies": {"[v]": ["[a]", "b"]},
+    }
+
+
+def test_info_tables_show_user_strings_verbatim(capsys):
+    from zsfs.cli.store import show_summary
+
+    show_summary(_store_summary())
+    err = capsys.readouterr().err
+    for text in ("st[/x]ore.h5", "photos/[draft]", "bad [/x] file", "[clip]", "w[/x].pt", "[backbone]", "[v]",
+                 "[a], b"):
+        assert text in err
