@@ -252,3 +252,13 @@ def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path, monkeypatch)
     monkeypatch.setattr(StoreWriter, "_write_shard_file", write_file)
     resumed = run_cli("extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "8")
     assert resumed.exit_code == 0 and "2 / 1" in resumed.output  # 19 files / 8 = 3 shards: written / reused
+
+
+def test_a_source_of_only_broken_files_is_an_error(tmp_path):
+    """Bug: every file skipped gave an empty store that made `zsfs fit` crash later."""
+    folder = write_image_folder(tmp_path / "src", n_per_class=1, classes=("only",))
+    for relative in folder["good"]:
+        (folder["root"] / relative).write_bytes(b"")  # every image now an empty file
+    result = run_cli("extract", folder["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
+    assert result.exit_code == 1
+    assert "none of the" in result.output and "could be decoded" in result.output and "empty file" in result.output

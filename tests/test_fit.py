@@ -15,6 +15,8 @@ from zsfs.cli import main
 from zsfs.evaluate import auroc
 from zsfs.fit import FitConfig, fit_metrics, fit_store, load_classifier
 from zsfs.store import Store, write_vocabulary
+from zsfs.errors import ZsfsError
+from zsfs.testing.cli import run_cli
 from zsfs.testing.synthetic import make_synthetic_store
 
 QUICK = ["--epochs", "40", "--cycle-epochs", "10"]  # smaller than the paper's 100/20: keeps tests fast
@@ -118,7 +120,10 @@ def test_classes_with_fewer_candidates_than_k(tmp_path):
     path = make_synthetic_store(tmp_path / "tiny.h5", 30, 10, seed=1)
     with Store(path) as store:
         result = fit_store(store, FitConfig(k=16, epochs=5, cycle_epochs=2))
-    assert result.cycles[0].n_kept <= 30  # every image is a candidate of one class only
+    seeds = result.cycles[0].rows
+    # Every image is a candidate of exactly one class, and no class has more than k of the 30:
+    # so every image is a seed, once.
+    assert len(np.unique(seeds)) == len(seeds) == 30
     assert result.stop_reason == "candidates ran out"
     assert len(result.predicted) == 30
 
@@ -188,3 +193,30 @@ def test_store_without_labels_gives_no_metrics(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["classifier.pt", "config.json", "predictions.parquet"]
     frame = pl.read_parquet(run / "predictions.parquet")
     assert "label" not in frame.columns and frame.height == 300
+
+
+def test_fit_refuses_a_store_with_fewer_than_two_images(tmp_path):
+    """Bug: a store whose files were all skipped crashed fit with a raw ValueError (NaN thresholds)."""
+    from zsfs.store import write_store
+
+    clip = np.eye(1, 8, dtype=np.float32)
+    path = write_store(tmp_path / "one.h5", clip=clip, backbone=clip, paths=["a.jpg"], clip_info={"name": "c"},
+                       backbone_info={"name": "b"}, source="test",
+                       vocabularies={"v": (["x", "y"], np.eye(2, 8, dtype=np.float32), np.eye(2, 8, dtype=np.float32))})
+    with Store(path) as store, pytest.raises(ZsfsError, match="at least 2"):
+        fit_store(store, FitConfig(k=1, candidates=1))
+
+
+def test_fit_device_must_be_known(tmp_path):
+    result = run_cli("fit", "--store", tmp_path / "s.h5", "--device", "gpu0")
+    assert result.exit_code == 2 and "gpu0" in result.output  # click's usage error, not a traceback
+
+
+def test_damaged_classifier_file_is_a_clear_error(tmp_path):
+    """Bug: a classifier file with the format mark but a missing field raised a raw KeyError."""
+    from zsfs.fit.classifier import CLASSIFIER_FORMAT
+
+    path = tmp_path / "classifier.pt"
+    torch.save({"format": CLASSIFIER_FORMAT, "version": 1}, path)
+    with pytest.raises(ZsfsError, match="damaged zsfs classifier"):
+        load_classifier(path)

@@ -17,10 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zsfs.errors import ZsfsError
 from zsfs.sources import ImageDecodeError, ImageSource, decode_image
 
-DEVICES = ("cpu", "cuda", "mps")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -57,17 +55,6 @@ def model_threads(device: torch.device, workers: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def check_device(device: str) -> torch.device:
-    """The torch device for ``device``; ZsfsError when it is unknown or absent on this machine."""
-    if device not in DEVICES:
-        raise ZsfsError(f"unknown device {device!r}; use one of: {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ZsfsError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ZsfsError("--device mps was asked for, but torch sees no Apple GPU here; use --device cpu")
-    return torch.device(device)
 
 
 @dataclass(frozen=True)

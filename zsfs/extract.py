@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zsfs.embedding import (PRECISIONS, Batch, DecodedImages, check_device, default_worker_niceness,
+from zsfs.devices import check_device
+from zsfs.embedding import (PRECISIONS, Batch, DecodedImages, default_worker_niceness,
                             default_workers, embed_batches, make_loader, model_threads)
 from zsfs.errors import ZsfsError
 from zsfs.models import Backbone, ClipModel, encode_vocabulary, load_backbone, load_clip, load_clip_from_record
@@ -170,6 +171,10 @@ def extract(
         has_vocabulary = vocab_name in store.vocabulary_names() and store.vocabulary(vocab_name).classes == class_names
         skipped_paths, reasons = store.skipped()
         n_images = store.n_images
+    if n_images == 0:
+        counts = ", ".join(f"{count} {reason}" for reason, count in Counter(map(str, reasons)).most_common())
+        raise ZsfsError(f"none of the {len(skipped_paths)} files of {image_source.location} could be decoded "
+                        f"({counts}); {writer.master} records them (`zsfs info {writer.master.name}`)")
     if class_names and not has_vocabulary:
         _write_vocabulary(writer.master, clip, vocab_name, class_names, overwrite=True)
     return ExtractSummary(

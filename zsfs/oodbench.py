@@ -10,8 +10,6 @@ which the fit computes in the same pass as its zero-shot scores.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 
 from zsfs import __version__
 from zsfs.errors import ZsfsError
+from zsfs.outputs import new_folder, write_json
 from zsfs.evaluate import accuracy, id_ood_splits, mean_std, ood_metrics
 
 if TYPE_CHECKING:
@@ -172,22 +171,8 @@ def ood_bench(
 
 def write_metrics(metrics: dict, out_dir: Path) -> Path:
     """Write ``out_dir/metrics.json`` via a temporary folder; refuses an existing ``out_dir``."""
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir / METRICS_FILE
+    with new_folder(out_dir) as tmp:
+        write_json(tmp / METRICS_FILE, metrics)
+    return Path(out_dir) / METRICS_FILE
 
-
-def check_out_dir(out_dir: Path) -> None:
-    """Fail before any work when the output folder exists (results are never overwritten)."""
-    if Path(out_dir).exists():
-        raise ZsfsError(f"{out_dir} already exists; choose another --out or remove it")
 

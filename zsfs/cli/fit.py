@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from zsfs.cli.common import console
-from zsfs.errors import ZsfsError
+from zsfs.devices import DEVICES
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
 PARAMETERS = ("k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
@@ -52,7 +53,7 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
               help="Stop the cycles once an epoch's training loss is below this [0.1].")
 @click.option("--ood-multiplier", type=click.FloatRange(min=0), default=None, help="m in threshold = mean - m*std [1].")
 @click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
-@click.option("--device", default=None, help="cpu or cuda [cpu].")
+@click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")
 @click.option("--paper", is_flag=True, help="Paper-faithful preset: single prompt, per-cycle sets, duplicates kept "
                                             "(other options still override it).")
 @click.option("--fast", is_flag=True, help="Faster training preset: batch 256, lr 1e-2, 30 epochs, 10 per cycle.")
@@ -77,18 +78,16 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
       zsfs fit --store imagenet.h5 --paper --k 5
     """
     from zsfs.fit.run import FitConfig, fit_metrics, fit_store, resolve_vocabulary, save_run
+    from zsfs.outputs import check_new_folder
     from zsfs.store import Store
 
-    chosen = {name: value for name, value in options.items() if value is not None}
-    config = FitConfig.fast(paper=paper, **chosen) if fast else (
-        FitConfig.paper(**chosen) if paper else FitConfig(**chosen))
-    config.validate()
-    if run_dir is not None and run_dir.exists():
-        raise ZsfsError(f"{run_dir} already exists; choose another --out (runs are never overwritten)")
+    config = FitConfig.from_options(paper=paper, fast=fast, **options)
+    if run_dir is not None:
+        check_new_folder(run_dir)
     with Store(store_path) as store:
         vocabulary = resolve_vocabulary(store, vocab)
         run_dir = run_dir or default_run_dir(store_path, vocabulary, config.k)
-        with console.status(f"Fitting {store.n_images:,} images on vocabulary {vocabulary!r}..."):
+        with console.status(escape(f"Fitting {store.n_images:,} images on vocabulary {vocabulary!r}...")):
             result = fit_store(store, config, vocabulary)
             saved = save_run(result, store, config, run_dir)
         labels = store.labels()
@@ -132,7 +131,7 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
         cycles.add_row(str(c.index), f"{c.n_candidates:,}", f"{c.n_kept:,}", f"{c.n_trained:,}", str(len(c.losses)),
                        "-" if c.first_loss is None else f"{c.first_loss:.4f}", "-" if p is None else f"{p:.4f}")
     console.print(cycles)
-    console.print(f"Run written to [bold]{run_dir}[/]")
+    console.print(f"Run written to [bold]{escape(str(run_dir))}[/]")
 
 
 COMMANDS = [fit_command]

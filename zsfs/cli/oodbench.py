@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from zsfs.cli.common import console
@@ -34,17 +35,14 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     import json
 
     from zsfs.fit.run import FitConfig
-    from zsfs.oodbench import check_out_dir, ood_bench as run_bench, write_metrics
+    from zsfs.oodbench import ood_bench as run_bench, write_metrics
+    from zsfs.outputs import check_new_folder
     from zsfs.store import Store
 
     if out is not None:
-        check_out_dir(out)
+        check_new_folder(out)
     wanted = _parse_id_classes(id_classes)
-    # Only the options given on the command line: FitConfig (or its presets) owns the defaults.
-    options = {name: value for name, value in fit_options.items() if value is not None}
-    config = FitConfig.fast(paper=paper, **options) if fast else (
-        FitConfig.paper(**options) if paper else FitConfig(**options))
-    config.validate()
+    config = FitConfig.from_options(paper=paper, fast=fast, **fit_options)
     seed = config.seed
     n_splits = splits if isinstance(wanted, int) else 1
 
@@ -60,11 +58,11 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         metrics = run_bench(store, wanted, config, n_splits=splits, seed=seed, vocabulary=vocab,
                             on_split=report_split)
     if metrics["always_ood_classes"]:
-        console.print(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
-                      f"{metrics['vocabulary']!r} and were always OOD.")
+        console.print(escape(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
+                             f"{metrics['vocabulary']!r} and were always OOD."))
     console.print(_table(metrics))
     if out is not None:
-        console.print(f"Written: {write_metrics(metrics, out)}")
+        console.print(f"Written: {escape(str(write_metrics(metrics, out)))}")
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
 

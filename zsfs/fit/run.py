@@ -7,10 +7,6 @@ run folder atomically.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -21,7 +17,9 @@ import numpy as np
 import torch
 
 from zsfs import __version__
+from zsfs.devices import check_device
 from zsfs.errors import ZsfsError
+from zsfs.outputs import new_folder, write_json
 from zsfs.fit import ood, seeds
 from zsfs.fit.classifier import Classifier, normalise
 from zsfs.fit.selftrain import Cycle, FeatureTable, self_train
@@ -66,6 +64,14 @@ class FitConfig:
         """Larger batches and fewer epochs: the same method at a fraction of the training time."""
         base = cls.paper if paper else cls
         return base(**{**FAST_TRAINING, **overrides})
+
+    @classmethod
+    def from_options(cls, *, paper: bool = False, fast: bool = False, **given) -> "FitConfig":
+        """A validated config from a preset and the options a user gave (None = not given)."""
+        chosen = {name: value for name, value in given.items() if value is not None}
+        config = cls.fast(paper=paper, **chosen) if fast else cls.paper(**chosen) if paper else cls(**chosen)
+        config.validate()
+        return config
 
     def validate(self) -> None:
         positive = ("k", "candidates", "neighbours", "epochs", "batch_size")
@@ -120,13 +126,6 @@ class _Timer:
         self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + time.process_time() - cpu
 
 
-def resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ZsfsError("--device cuda was asked for but torch sees no CUDA GPU here; use --device cpu")
-    return device
-
-
 def resolve_vocabulary(store: "Store", name: str | None) -> str:
     names = store.vocabulary_names()
     if name is None:
@@ -149,7 +148,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     from zsfs.store.index import nearest_neighbours
 
     config.validate()
-    device = resolve_device(config.device)
+    device = check_device(config.device)
     timer = _Timer()
     name = resolve_vocabulary(store, vocabulary)
     vocab = store.vocabulary(name)
@@ -157,12 +156,15 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         vocab = vocab.subset(classes)
     texts = vocab.embeddings(config.prompts)
     n_classes, n_images = len(vocab.classes), store.n_images
+    if n_images < 2:
+        raise ZsfsError(f"{store.path} holds {n_images} embedded image(s); a fit needs at least 2 "
+                        "(`zsfs info` lists the files that were skipped and why)")
     generator = torch.Generator().manual_seed(config.seed)
 
     with timer.phase("read clip + index"):
         # The index first: deserialising it briefly holds two copies (for 1.28M images, 2 x 2.6 GB),
         # better before the CLIP embeddings are in memory than after.
-        index = store.index() if n_images > 1 else None
+        index = store.index()
         clip = store.read("clip")
     with timer.phase("zero-shot + candidates"):
         zero_shot = ZeroShotAccumulator(n_images, n_classes)
@@ -202,6 +204,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
             confidence[rows], predicted[rows] = (t.cpu().numpy() for t in probabilities.max(dim=1))
             statistics[rows] = ood.logit_statistics(logits).cpu().numpy()
     seed_cycle = trained.cycles[0]
+    if seed_cycle.n_kept == 0:  # every class lost its candidates: nothing to calibrate OOD on
+        raise ZsfsError("no seed image was selected for any class; check the vocabulary against the images")
     thresholds = ood.fit_thresholds(statistics[seed_cycle.rows], config.ood_multiplier)
     pseudo_label, pseudo_cycle = _pseudo_labels(n_images, trained.cycles)
     classifier = Classifier(
@@ -323,31 +327,11 @@ def save_run(result: FitResult, store: "Store", config: FitConfig, run_dir: str 
     either complete or absent. An existing ``run_dir`` is an error and is left untouched.
     """
     run_dir = Path(run_dir).absolute()
-    if run_dir.exists():
-        raise ZsfsError(f"{run_dir} already exists; choose another --out (runs are never overwritten)")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", suffix=".tmp", dir=run_dir.parent))
-    try:
+    labels = store.labels()
+    with new_folder(run_dir) as tmp:
         predictions_frame(result, store).write_parquet(tmp / "predictions.parquet")
         result.classifier.save(tmp / "classifier.pt")
-        _write_json(tmp / "config.json", run_config(result, store, config))
-        labels = store.labels()
+        write_json(tmp / "config.json", run_config(result, store, config))
         if labels is not None:
-            _write_json(tmp / "metrics.json", fit_metrics(result, labels))
-        os.rename(tmp, run_dir)  # fails if run_dir appeared meanwhile: never clobbers
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            write_json(tmp / "metrics.json", fit_metrics(result, labels))
     return run_dir
-
-
-def _write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2, allow_nan=False, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
