@@ -129,3 +129,18 @@ def test_backbone_weights_file_is_found_moved_or_refused(fitted, tmp_path):
     with pytest.raises(ZsfsError, match="not the one the store was built with"):
         predict_images(run, images, workers=0, backbone_weights=other)
 
+
+def test_a_run_on_an_imported_store_explains_why_it_cannot_predict(fitted, tmp_path):
+    """Bug: an imported store's backbone ('imported' weights) gave a misleading unknown-weights error."""
+    import dataclasses
+
+    from zsfs.fit.classifier import load_classifier
+    from zsfs.store.schema import IMPORTED_WEIGHTS
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted["run"], run)
+    classifier = load_classifier(run)
+    imported = {"name": "my-vit", "weights": IMPORTED_WEIGHTS, "file": None, "sha256": None, "dim": 64}
+    dataclasses.replace(classifier, backbone=imported).save(run / "classifier.pt")
+    with pytest.raises(ZsfsError, match="imported.*'my-vit'"):
+        predict_images(run, [fitted["photos"]["root"]], workers=0)

@@ -26,7 +26,6 @@ from zsfs.store import schema, write_store, write_vocabulary
 CLIP_RETRIEVAL_EMBEDDINGS = "img_emb"
 CLIP_RETRIEVAL_METADATA = "metadata"
 PATH_COLUMNS = ("image_path", "path")  # tried in this order when no column is named
-IMPORTED = "imported"
 
 
 class RowParts:
@@ -220,11 +219,11 @@ def import_store(
     )
     for name, vocabulary in loaded.items():
         write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
-                         prompt=IMPORTED, n_templates=vocabulary.n_templates, overwrite=True)
+                         prompt=schema.IMPORTED_WEIGHTS, n_templates=vocabulary.n_templates, overwrite=True)
     return master
 
 
 def imported_record(name: str, dim: int, location: Path) -> dict:
     """Model record of imported embeddings: the name as given, no weights file zsfs could reload."""
-    return {"name": name, "weights": IMPORTED, "file": None, "sha256": None, "dim": int(dim),
+    return {"name": name, "weights": schema.IMPORTED_WEIGHTS, "file": None, "sha256": None, "dim": int(dim),
             "imported_from": str(location.absolute())}

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from zsfs.errors import ZsfsError
-from zsfs.embedding import (DecodedImages, check_device, default_worker_niceness, default_workers, embed_batches,
-                            make_loader)
+from zsfs.devices import check_device
+from zsfs.embedding import DecodedImages, default_worker_niceness, default_workers, embed_batches, make_loader
 from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.fit.classifier import Classifier, load_classifier
 from zsfs.models import load_backbone_from_record
@@ -132,11 +132,15 @@ def predict_images(
     })
 
 
+OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
+"""What :func:`write_predictions` can write, by file suffix."""
+
+
 def write_predictions(frame, path: str | Path) -> Path:
     """Write predictions as .csv, .parquet or .json (chosen by the suffix)."""
     path = Path(path)
-    writers = {".csv": frame.write_csv, ".parquet": frame.write_parquet, ".json": frame.write_json}
-    if path.suffix not in writers:
-        raise ZsfsError(f"--out must end in one of {', '.join(writers)}, not {path.name!r}")
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise ZsfsError(f"--out must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {path.name!r}")
+    writers = dict(zip(OUTPUT_SUFFIXES, (frame.write_csv, frame.write_parquet, frame.write_json)))
     writers[path.suffix](path)
     return path

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from zsfs.errors import ModelLoadError
+from zsfs.store.schema import IMPORTED_WEIGHTS
 
 RANDOM = "random"
 DEFAULT = "default"
@@ -94,6 +95,12 @@ def existing_file(weights: str, what: str, flag: str) -> Path | None:
 def weights_from_record(record: dict, what: str) -> str:
     """The ``weights`` argument that reloads a record; a file must still have its sha256."""
     weights = record["weights"]
+    if weights == IMPORTED_WEIGHTS:
+        raise ModelLoadError(
+            f"the store's {what} embeddings were imported (`zsfs import`) from another tool, so zsfs "
+            f"cannot recompute them with the same model ({record.get('name')!r}); embed new images or "
+            "class names with that tool and import them, or rebuild the store with `zsfs extract`."
+        )
     if weights != FILE:
         return weights
     file = Path(record["file"])

@@ -13,13 +13,14 @@ from rich.text import Text
 from zsfs.cli.common import console, image_progress
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
-OUT_SUFFIXES = (".csv", ".parquet", ".json")  # what zsfs.predict.write_predictions writes
 
 
 def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """Refuse an --out that write_predictions cannot write before any image is embedded."""
-    if value is not None and value.suffix not in OUT_SUFFIXES:
-        raise click.BadParameter(f"must end in one of {', '.join(OUT_SUFFIXES)}, not {value.name!r}")
+    from zsfs.predict import OUTPUT_SUFFIXES  # here, not at the top: `zsfs --help` stays fast
+
+    if value is not None and value.suffix not in OUTPUT_SUFFIXES:
+        raise click.BadParameter(f"must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {value.name!r}")
     return value
 
 

@@ -167,13 +167,16 @@ def load_classifier(path: str | Path) -> Classifier:
         raise ZsfsError(f"{path} is not a readable zsfs classifier ({error.__class__.__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CLASSIFIER_FORMAT:
         raise ZsfsError(f"{path} is not a zsfs classifier file")
-    if state["version"] > CLASSIFIER_VERSION:
-        raise ZsfsError(f"{path} was written by a newer zsfs; upgrade zsfs to read it")
-    return Classifier(
-        classes=list(state["classes"]),
-        weight=state["weight"].numpy(),
-        bias=state["bias"].numpy(),
-        ood=ood.OodThresholds.from_dict(state["ood"]),
-        backbone=state["backbone"],
-        normalisation=state["normalisation"],
-    )
+    try:
+        if state["version"] > CLASSIFIER_VERSION:
+            raise ZsfsError(f"{path} was written by a newer zsfs; upgrade zsfs to read it")
+        return Classifier(
+            classes=list(state["classes"]),
+            weight=state["weight"].numpy(),
+            bias=state["bias"].numpy(),
+            ood=ood.OodThresholds.from_dict(state["ood"]),
+            backbone=state["backbone"],
+            normalisation=state["normalisation"],
+        )
+    except (KeyError, TypeError, AttributeError) as error:  # a damaged or hand-edited file
+        raise ZsfsError(f"{path} is a damaged zsfs classifier (missing or bad {error}); rerun `zsfs fit`") from None

@@ -85,6 +85,10 @@ ATTR_STOP = "stop"  # last position in the source listing (exclusive)
 ATTR_PROMPT = "prompt"  # the single prompt template, e.g. "a photo of a {}"
 ATTR_N_TEMPLATES = "n_templates"
 
+IMPORTED_WEIGHTS = "imported"
+"""The ``weights`` of a model record in a store built by ``zsfs import``: the model that made
+the embeddings is not known to zsfs, so it cannot be reloaded."""
+
 UNKNOWN_SIZE = -1
 """width/height of rows whose size is not known (imported stores); also the fill value that
 the virtual datasets read where a shard file is missing (NaN for the embeddings)."""
