@@ -45,36 +45,31 @@ def cifar100(data_root: Path) -> Path:
 
 def caltech101(data_root: Path) -> Path:
     """Caltech-101: all images of the 101 categories; BACKGROUND_Google is not a class."""
-    raw = Path(data_root) / "caltech101" / "download"
-
-    def fill(out: Path) -> None:
-        from torchvision.datasets import Caltech101
-
-        categories = raw / "caltech101" / "101_ObjectCategories"
-        if not categories.is_dir():
-            _download(lambda: Caltech101(str(raw), download=True), "Caltech-101",
-                      f"unpack 101_ObjectCategories.tar.gz from https://data.caltech.edu/records/mzrjq-6wc02 "
-                      f"into {categories.parent}")
-        _link_class_files(out, _category_files(categories, skip={"BACKGROUND_Google"}, rename=_caltech101_name))
-
-    return _write_once(images_folder(data_root, "caltech101"), fill)
+    return _caltech(data_root, "caltech101", "Caltech-101", "101_ObjectCategories", "BACKGROUND_Google",
+                    _caltech101_name, "unpack 101_ObjectCategories.tar.gz from https://data.caltech.edu/records/mzrjq-6wc02")
 
 
 def caltech256(data_root: Path) -> Path:
     """Caltech-256: all images of the 256 categories; 257.clutter is not a class."""
-    raw = Path(data_root) / "caltech256" / "download"
+    return _caltech(data_root, "caltech256", "Caltech-256", "256_ObjectCategories", "257.clutter",
+                    _caltech256_name, "unpack 256_ObjectCategories.tar from https://data.caltech.edu/records/nyy15-4j048")
+
+
+def _caltech(data_root: Path, dataset: str, title: str, categories_folder: str, not_a_class: str,
+             rename: Callable[[str], str], by_hand: str) -> Path:
+    """Both Caltech sets: torchvision's downloader, then one subfolder per category."""
+    raw = Path(data_root) / dataset / "download"
 
     def fill(out: Path) -> None:
-        from torchvision.datasets import Caltech256
+        import torchvision.datasets
 
-        categories = raw / "caltech256" / "256_ObjectCategories"
+        categories = raw / dataset / categories_folder
         if not categories.is_dir():
-            _download(lambda: Caltech256(str(raw), download=True), "Caltech-256",
-                      f"unpack 256_ObjectCategories.tar from https://data.caltech.edu/records/nyy15-4j048 "
-                      f"into {categories.parent}")
-        _link_class_files(out, _category_files(categories, skip={"257.clutter"}, rename=_caltech256_name))
+            downloader = getattr(torchvision.datasets, title.replace("-", ""))  # Caltech101 / Caltech256
+            _download(lambda: downloader(str(raw), download=True), title, f"{by_hand} into {categories.parent}")
+        _link_class_files(out, _category_files(categories, skip={not_a_class}, rename=rename))
 
-    return _write_once(images_folder(data_root, "caltech256"), fill)
+    return _write_once(images_folder(data_root, dataset), fill)
 
 
 def stanford_cars(data_root: Path) -> Path:
