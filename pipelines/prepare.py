@@ -45,17 +45,17 @@ def cifar100(data_root: Path) -> Path:
 
 def caltech101(data_root: Path) -> Path:
     """Caltech-101: all images of the 101 categories; BACKGROUND_Google is not a class."""
-    return _caltech(data_root, "caltech101", "Caltech-101", "101_ObjectCategories", "BACKGROUND_Google",
+    return _caltech(data_root, "caltech101", "Caltech-101", "Caltech101", "101_ObjectCategories", "BACKGROUND_Google",
                     _caltech101_name, "unpack 101_ObjectCategories.tar.gz from https://data.caltech.edu/records/mzrjq-6wc02")
 
 
 def caltech256(data_root: Path) -> Path:
     """Caltech-256: all images of the 256 categories; 257.clutter is not a class."""
-    return _caltech(data_root, "caltech256", "Caltech-256", "256_ObjectCategories", "257.clutter",
+    return _caltech(data_root, "caltech256", "Caltech-256", "Caltech256", "256_ObjectCategories", "257.clutter",
                     _caltech256_name, "unpack 256_ObjectCategories.tar from https://data.caltech.edu/records/nyy15-4j048")
 
 
-def _caltech(data_root: Path, dataset: str, title: str, categories_folder: str, not_a_class: str,
+def _caltech(data_root: Path, dataset: str, title: str, downloader: str, categories_folder: str, not_a_class: str,
              rename: Callable[[str], str], by_hand: str) -> Path:
     """Both Caltech sets: torchvision's downloader, then one subfolder per category."""
     raw = Path(data_root) / dataset / "download"
@@ -65,8 +65,8 @@ def _caltech(data_root: Path, dataset: str, title: str, categories_folder: str, 
 
         categories = raw / dataset / categories_folder
         if not categories.is_dir():
-            downloader = getattr(torchvision.datasets, title.replace("-", ""))  # Caltech101 / Caltech256
-            _download(lambda: downloader(str(raw), download=True), title, f"{by_hand} into {categories.parent}")
+            download = getattr(torchvision.datasets, downloader)
+            _download(lambda: download(str(raw), download=True), title, f"{by_hand} into {categories.parent}")
         _link_class_files(out, _category_files(categories, skip={not_a_class}, rename=rename))
 
     return _write_once(images_folder(data_root, dataset), fill)

@@ -223,6 +223,22 @@ def test_caltech_folders_get_prompt_names_and_non_classes_are_left_out(tmp_path)
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["face close up", "water lilly"]
 
 
+def test_caltech_download_goes_through_torchvision(tmp_path, monkeypatch):
+    """When the categories are not there yet, torchvision's downloader for that set is called."""
+    import torchvision.datasets
+
+    calls = []
+
+    def fake_caltech256(root, download):
+        calls.append((root, download))
+        _jpeg(Path(root) / "caltech256" / "256_ObjectCategories" / "002.american-flag" / "002_0001.jpg")
+
+    monkeypatch.setattr(torchvision.datasets, "Caltech256", fake_caltech256)
+    folder = prepare.caltech256(tmp_path)
+    assert calls == [(str(tmp_path / "caltech256" / "download"), True)]
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["american flag"]
+
+
 def test_manual_datasets_say_what_to_download_and_where(tmp_path):
     with pytest.raises(ZsfsError, match=r"(?s)cars_test_annos_withlabels\.mat.*--images"):
         prepare.stanford_cars(tmp_path)
