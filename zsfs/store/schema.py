@@ -43,11 +43,8 @@ WIDTH = "width"
 HEIGHT = "height"
 PATH = "path"
 LABEL = "label"
-EMBEDDINGS = (CLIP, BACKBONE)
 VIRTUAL_DATASETS = (CLIP, BACKBONE, WIDTH, HEIGHT)  # mapped onto shards
-COPIED_DATASETS = (PATH, LABEL)  # variable-length strings are copied into the master
 
-SKIPPED_GROUP = "skipped"
 SKIPPED_PATH = "skipped/path"
 SKIPPED_REASON = "skipped/reason"
 
@@ -107,7 +104,3 @@ def shard_dir(master: Path) -> Path:
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}{SHARD_SUFFIX}"
-
-
-def vocab_path(name: str, field: str) -> str:
-    return f"{VOCAB_GROUP}/{name}/{field}"

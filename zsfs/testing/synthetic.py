@@ -17,7 +17,6 @@ on its own (1.28M x 1000 stores are written shard by shard in float16).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -38,17 +37,6 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def class_names(n: int, prefix: str = "class") -> list[str]:
     return [f"{prefix}_{i:04d}" for i in range(n)]
-
-
-@dataclass(frozen=True)
-class SyntheticArrays:
-    clip: np.ndarray  # (N, clip_dim) float16, normalised
-    backbone: np.ndarray  # (N, backbone_dim) float16, normalised
-    labels: np.ndarray  # (N,) str: ID class names, or "ood_XXXX" for held-out classes
-    paths: list[str]
-    classes: list[str]  # the ID vocabulary
-    single: np.ndarray  # (C, clip_dim) float32 text embeddings, single prompt
-    ensemble: np.ndarray  # (C, clip_dim) float32, prompt ensemble
 
 
 class SyntheticGenerator:
@@ -132,18 +120,6 @@ class _LazyRows:
     def __getitem__(self, rows: slice) -> np.ndarray:
         start, stop, _ = rows.indices(len(self))
         return self.generator.rows(start, stop)[self.which]
-
-
-def make_synthetic_arrays(n_images: int, n_classes: int, *, n_ood_classes: int = 0, clip_dim: int = 512,
-                          backbone_dim: int = 1024, clip_accuracy: float = 0.6, backbone_noise: float = 5.0,
-                          seed: int = 0) -> SyntheticArrays:
-    """All arrays of a synthetic collection in memory (float16 embeddings)."""
-    generator = SyntheticGenerator(n_images, n_classes, n_ood_classes=n_ood_classes, clip_dim=clip_dim,
-                                   backbone_dim=backbone_dim, clip_accuracy=clip_accuracy,
-                                   backbone_noise=backbone_noise, seed=seed)
-    clip, backbone = generator.rows(0, n_images)
-    return SyntheticArrays(clip, backbone, generator.labels(), generator.paths(), class_names(n_classes),
-                           generator.single, generator.text[:n_classes].copy())
 
 
 def make_synthetic_store(path: str | Path, n_images: int, n_classes: int, *, n_ood_classes: int = 0,
