@@ -104,7 +104,6 @@ def loop_baseline(work: Path, size: str, fitted: dict) -> dict:
 
     from zsfs.store import Store
 
-    torch.set_num_threads(1)
     with Store(store_path(work, size)) as store:
         clip = store.read("clip").astype(np.float32)
         vocab = store.vocabulary(store.vocabulary_names()[0])
@@ -144,7 +143,7 @@ def loop_baseline(work: Path, size: str, fitted: dict) -> dict:
     filtered = fitted["cycles"] * n_classes * 16
     out["predict"] = per_sample * (n + filtered)
 
-    steps = 100  # training: DataLoader over a TensorDataset, nn.Linear, Adam (not fused), our batch size
+    steps = 100  # training: DataLoader over a TensorDataset, nn.Linear, Adam (not fused), float32, our batch size
     data = torch.utils.data.TensorDataset(torch.from_numpy(backbone), torch.randint(0, n_classes, (len(backbone),)))
     loader = torch.utils.data.DataLoader(data, batch_size=fitted["batch_size"], shuffle=True)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)

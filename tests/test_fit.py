@@ -113,7 +113,16 @@ def test_paper_preset_and_variants(store_path):
         metrics = fit_metrics(result, store.labels())
     assert metrics["accuracy"] > metrics["zero_shot_accuracy"]
     fast = FitConfig.fast()
-    assert fast.batch_size > 16 and fast.prompts == "ensemble"
+    assert fast.batch_size > 16 and fast.prompts == "ensemble" and fast.precision == "bf16"
+
+
+def test_fast_preset_in_bf16_beats_zero_shot(store_path, fitted):
+    with Store(store_path) as store:
+        result = fit_store(store, FitConfig.fast())
+        metrics = fit_metrics(result, store.labels())
+    assert metrics["accuracy"] > metrics["zero_shot_accuracy"] + 0.2
+    assert metrics["accuracy"] == pytest.approx(fitted[1]["accuracy"], abs=0.03)
+    assert result.classifier.weight.dtype == np.float32
 
 
 def test_classes_with_fewer_candidates_than_k(tmp_path):
@@ -210,6 +219,13 @@ def test_fit_refuses_a_store_with_fewer_than_two_images(tmp_path):
 def test_fit_device_must_be_known(tmp_path):
     result = run_cli("fit", "--store", tmp_path / "s.h5", "--device", "gpu0")
     assert result.exit_code == 2 and "gpu0" in result.output  # click's usage error, not a traceback
+
+
+def test_fit_precision_must_be_known(tmp_path):
+    result = run_cli("fit", "--store", tmp_path / "s.h5", "--precision", "fp16")
+    assert result.exit_code == 2 and "fp16" in result.output
+    with pytest.raises(ZsfsError, match="--precision"):
+        FitConfig(precision="fp16").validate()
 
 
 def test_damaged_classifier_file_is_a_clear_error(tmp_path):

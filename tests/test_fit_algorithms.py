@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from zsfs.fit import ood, seeds, zeroshot
+from zsfs.fit import neighbours, ood, seeds, zeroshot
 from zsfs.fit.classifier import LinearHead
 from zsfs.fit.selftrain import STOP_NO_CANDIDATES, FeatureTable, self_train
 
@@ -146,6 +146,19 @@ def test_training_is_deterministic_and_learns():
     assert (a.predict_logits(features).argmax(1) == target).float().mean() > 0.95
 
 
+def test_bf16_training_learns_and_keeps_float32_weights():
+    rng = np.random.default_rng(1)
+    centres = unit(rng.standard_normal((4, 16)))
+    labels = rng.integers(0, 4, 200)
+    features = torch.as_tensor(unit(centres[labels] + 0.2 * rng.standard_normal((200, 16))))
+    generator = torch.Generator().manual_seed(3)
+    head = LinearHead(16, 4, lr=1e-2, generator=generator, train_dtype=torch.bfloat16)
+    losses = head.train_epochs(features, torch.as_tensor(labels), epochs=15, batch_size=16, generator=generator)
+    assert head.weight.dtype == head.bias.dtype == torch.float32
+    assert losses[-1] < losses[0] / 4
+    assert (head.predict_logits(features).argmax(1).numpy() == labels).mean() > 0.95
+
+
 def test_train_epochs_stop_rules():
     generator = torch.Generator().manual_seed(0)
     head = LinearHead(4, 2, lr=1e-1, generator=generator)
@@ -170,3 +183,39 @@ def test_self_training_uses_candidates_in_order_until_they_run_out():
     assert [c.n_candidates for c in result.cycles] == [6, 6, 3]
     assert result.stop_reason == STOP_NO_CANDIDATES
     assert result.cycles[-1].n_trained == sum(c.n_kept for c in result.cycles)
+
+
+@pytest.mark.parametrize("scan_dtype", [torch.float32, torch.bfloat16])
+def test_exact_neighbours_match_the_flat_index(monkeypatch, scan_dtype):
+    from zsfs.store.index import build_index, nearest_neighbours
+
+    rng = np.random.default_rng(4)
+    rows = unit(rng.standard_normal((300, 32)))
+    index, info = build_index(rows)
+    assert info["type"] == "flat"
+    query_rows = np.array([5, 0, 299, 17, 5, 123])
+    monkeypatch.setattr(neighbours, "SCORE_BLOCK", 2 * 300)  # two queries per block: several blocks
+    found = neighbours.exact_neighbours(torch.as_tensor(rows), query_rows, 4, scan_dtype=scan_dtype)
+    assert found.shape == (6, 4) and found.dtype == np.int64
+    np.testing.assert_array_equal(found, nearest_neighbours(index, rows[query_rows], query_rows, 4))
+    assert not (found == query_rows[:, None]).any()
+
+
+def test_exact_neighbours_check_k():
+    embeddings = torch.as_tensor(unit(np.random.default_rng(0).standard_normal((5, 4))))
+    for k in (0, 5):
+        with pytest.raises(ValueError, match="k must be"):
+            neighbours.exact_neighbours(embeddings, np.arange(5), k)
+    assert neighbours.exact_neighbours(embeddings, np.arange(5), 4, scan_dtype=torch.bfloat16).shape == (5, 4)
+
+
+def test_neighbour_search_is_exact_for_flat_stores_and_the_ivf_index_on_cpu(tmp_path):
+    from zsfs.testing.synthetic import make_synthetic_store
+    from zsfs.store import Store
+
+    flat = make_synthetic_store(tmp_path / "flat.h5", 200, 4, clip_dim=16, backbone_dim=8, seed=0)
+    ivf = make_synthetic_store(tmp_path / "ivf.h5", 2000, 4, clip_dim=16, backbone_dim=8, seed=0, exact_max=1000)
+    with Store(flat) as a, Store(ivf) as b:
+        assert neighbours.uses_exact_search(a, torch.device("cpu"))
+        assert not neighbours.uses_exact_search(b, torch.device("cpu"))
+        assert neighbours.uses_exact_search(b, torch.device("cuda"))

@@ -3,12 +3,13 @@
 Training is a plain loop over pre-shuffled mini-batches: one ``randperm`` per epoch from a
 seeded ``torch.Generator``, one gather of the epoch's features, then contiguous slices, so a
 step costs one ``addmm``, one cross-entropy and one (fused) Adam update; no DataLoader.
+The products can run in bfloat16 (``train_dtype``; weights, loss and optimiser stay float32):
+on CPUs with AVX512-BF16 or AMX, and on GPUs, that halves the cost of a step.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class LinearHead:
     """Weights ``(C, D)`` and bias ``(C,)`` with an Adam optimiser that lives across cycles."""
 
     def __init__(self, n_features: int, n_classes: int, *, lr: float, generator: torch.Generator,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", train_dtype: torch.dtype = torch.float32):
         # The initialisation of torch.nn.Linear, drawn from our own generator.
         bound = 1.0 / math.sqrt(n_features)
         weight = (torch.rand(n_classes, n_features, generator=generator) * 2 - 1) * bound
@@ -44,9 +45,12 @@ class LinearHead:
         self.bias = bias.to(device).requires_grad_()
         fused = torch.device(device).type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam([self.weight, self.bias], lr=lr, fused=fused)
+        self.train_dtype = train_dtype
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.bias, features, self.weight.T)
+        """float32 logits; the product runs in the dtype of ``features``."""
+        dtype = features.dtype
+        return torch.addmm(self.bias.to(dtype), features, self.weight.to(dtype).T).float()
 
     def train_epochs(
         self,
@@ -64,12 +68,10 @@ class LinearHead:
         Stops early after an epoch whose loss is below ``stop_below``, or after the first
         epoch when its loss exceeds ``stop_after_first``.
         """
-        n = len(labels)
-        losses: list[float] = []
-        if n == 0:
-            return losses
-        with _single_thread(features.device):
-            return self._train(features, labels, epochs, batch_size, generator, stop_below, stop_after_first)
+        if len(labels) == 0:
+            return []
+        features = features.to(self.train_dtype)
+        return self._train(features, labels, epochs, batch_size, generator, stop_below, stop_after_first)
 
     def _train(self, features, labels, epochs, batch_size, generator, stop_below, stop_after_first) -> list[float]:
         n = len(labels)
@@ -97,20 +99,6 @@ class LinearHead:
     @torch.no_grad()
     def predict_logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.logits(features)
-
-
-@contextmanager
-def _single_thread(device: torch.device):
-    """Train with one CPU thread: a step is too small to split, and syncing threads costs far more
-    than it saves when other processes share the cores (measured on a busy 2-core machine,
-    1000 classes: batch 16 5 ms vs 80 ms per step, batch 256 27 ms vs 145 ms)."""
-    previous = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @dataclass

@@ -74,11 +74,13 @@ def self_train(
     loss_floor: float,
     accumulate: bool,
     generator: torch.Generator,
+    train_dtype: torch.dtype = torch.float32,
 ) -> SelfTraining:
     """Train a linear head on the first k re-ranked candidates per class, then self-train."""
     device = features.features.device
     n_classes = len(ranked)
-    head = LinearHead(features.features.shape[1], n_classes, lr=lr, generator=generator, device=device)
+    head = LinearHead(features.features.shape[1], n_classes, lr=lr, generator=generator, device=device,
+                      train_dtype=train_dtype)
 
     def labels_tensor(labels: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(labels, dtype=torch.int64, device=device)
