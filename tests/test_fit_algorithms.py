@@ -209,13 +209,14 @@ def test_exact_neighbours_check_k():
     assert neighbours.exact_neighbours(embeddings, np.arange(5), 4, scan_dtype=torch.bfloat16).shape == (5, 4)
 
 
-def test_neighbour_search_is_exact_for_flat_stores_and_the_ivf_index_on_cpu(tmp_path):
+def test_neighbour_search_choice(tmp_path):
     from zsfs.testing.synthetic import make_synthetic_store
     from zsfs.store import Store
 
     flat = make_synthetic_store(tmp_path / "flat.h5", 200, 4, clip_dim=16, backbone_dim=8, seed=0)
     ivf = make_synthetic_store(tmp_path / "ivf.h5", 2000, 4, clip_dim=16, backbone_dim=8, seed=0, exact_max=1000)
+    cpu, cuda, bf16 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16
     with Store(flat) as a, Store(ivf) as b:
-        assert neighbours.uses_exact_search(a, torch.device("cpu"))
-        assert not neighbours.uses_exact_search(b, torch.device("cpu"))
-        assert neighbours.uses_exact_search(b, torch.device("cuda"))
+        assert neighbours.uses_exact_search(a, cpu, bf16) and not neighbours.uses_exact_search(a, cpu)
+        assert not neighbours.uses_exact_search(b, cpu, bf16) and not neighbours.uses_exact_search(b, cpu)
+        assert neighbours.uses_exact_search(b, cuda) and neighbours.uses_exact_search(a, cuda, bf16)

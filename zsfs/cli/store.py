@@ -1,4 +1,5 @@
-"""``zsfs import`` (a store from precomputed embeddings) and ``zsfs info`` (what a store holds)."""
+"""``zsfs import`` (a store from precomputed embeddings), ``zsfs info`` (what a store holds) and
+``zsfs neighbours`` (store every image's CLIP neighbours for later fits)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import console
+from zsfs.cli.common import console, image_progress
+from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.store.schema import DEFAULT_SHARD_SIZE
 
@@ -96,6 +98,50 @@ def info_command(store_path: Path, as_json: bool) -> None:
         show_summary(summary)
 
 
+@click.command("neighbours")
+@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+@click.option("--k", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Neighbours kept per image (fits can then use --neighbours up to k).")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where to search: on a GPU the search is exact for every store size.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: faster exact scan (re-scored in fp32) on GPUs and AVX512-BF16 CPUs.")
+def neighbours_command(store_path: Path, k: int, device: str, precision: str) -> None:
+    """Find every image's k nearest CLIP neighbours once and keep them in STORE.
+
+    The neighbour search is the only step of `zsfs fit` that depends on the images alone (not
+    on the vocabulary, k or the ID/OOD split); with the neighbours stored, every later fit and
+    ood-bench split skips it. Uses the same search as fit: the store's FAISS index on CPU
+    (exact up to 100k images, IVF above), exact matrix products on a GPU. An existing graph is
+    replaced; image data is not touched.
+
+    \b
+    Example:
+      zsfs neighbours imagenet.h5 --device cuda
+      zsfs fit --store imagenet.h5 --k 16      # config.json: neighbour_search.source = "store graph"
+    """
+    import time
+
+    from zsfs.fit.graph import add_neighbour_graph
+
+    progress = image_progress("neighbours")
+    task = progress.tasks[0].id
+
+    def on_start(total: int) -> None:
+        progress.update(task, total=total)
+        progress.start_task(task)
+        progress.start()
+
+    started = time.perf_counter()
+    try:
+        record = add_neighbour_graph(store_path, k=k, device=device, precision=precision, on_start=on_start,
+                                     on_rows=lambda n: progress.advance(task, n))
+    finally:
+        progress.stop()
+    console.print(f"Stored {record['k']} neighbours per image ({record['search']}, {record['precision']}) "
+                  f"in {time.perf_counter() - started:.1f} s.", markup=False)
+
+
 def show_summary(summary: dict) -> None:
     """Readable tables of a store summary, on the console (stderr)."""
     from rich.markup import escape
@@ -116,6 +162,8 @@ def show_summary(summary: dict) -> None:
         ("source", summary["source"]),
         ("stored as", f"{summary['dtype']}, {summary['n_shards']} shard(s)"),
         ("index", f"{index_text}, {index['metric']}"),
+        ("neighbour graph", "none (`zsfs neighbours` adds one)" if summary["neighbour_graph"] is None else
+         "{k} per image ({search}, {precision})".format(**summary["neighbour_graph"])),
         ("created", f"{summary['created']} by zsfs {summary['zsfs_version']}"),
     ]:
         overview.add_row(key, Text(value))
@@ -144,4 +192,4 @@ def show_summary(summary: dict) -> None:
         console.print("No vocabularies yet: add one with [bold]zsfs text STORE --classes FILE --name NAME[/].")
 
 
-COMMANDS = [import_command, info_command]
+COMMANDS = [import_command, info_command, neighbours_command]

@@ -22,7 +22,7 @@ from zsfs.errors import ZsfsError
 from zsfs.outputs import new_folder, write_json
 from zsfs.fit import ood, seeds
 from zsfs.fit.classifier import Classifier, normalise
-from zsfs.fit.neighbours import candidate_neighbours, uses_exact_search
+from zsfs.fit.neighbours import NeighbourSearch, uses_exact_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, self_train
 from zsfs.fit.zeroshot import ZeroShotAccumulator, iter_logit_chunks
 
@@ -112,6 +112,7 @@ class FitResult:
     cycles: list[Cycle]
     stop_reason: str
     classifier: Classifier
+    neighbour_search: dict  # where the re-ranking neighbours came from: {"source", "search", "precision", ...}
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
 
@@ -165,10 +166,13 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     generator = torch.Generator().manual_seed(config.seed)
     dtype = PRECISIONS[config.precision]
 
+    n_neighbours = min(config.neighbours, n_images - 1)
+    graph = store.graph_info
+    use_graph = graph is not None and graph["k"] >= n_neighbours
     with timer.phase("read clip + index"):
         # The index first: deserialising it briefly holds two copies (for 1.28M images, 2 x 2.6 GB),
         # better before the CLIP embeddings are in memory than after.
-        index = None if uses_exact_search(store, device) else store.index()
+        index = None if use_graph or uses_exact_search(store, device, dtype) else store.index()
         clip = store.read("clip")
     with timer.phase("zero-shot + candidates"):
         zero_shot = ZeroShotAccumulator(n_images, n_classes)
@@ -181,15 +185,19 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     with timer.phase("neighbours + re-rank"):
         valid = candidates != seeds.MISSING
         unique = np.unique(candidates[valid])
-        n_neighbours = min(config.neighbours, n_images - 1)
-        neighbours = np.full((*candidates.shape, max(n_neighbours, 0)), seeds.MISSING, np.int64)
-        if n_neighbours > 0:
-            found = candidate_neighbours(clip, unique, n_neighbours, index=index, device=device, scan_dtype=dtype)
-            neighbours[valid] = found[np.searchsorted(unique, candidates[valid])]
+        search = None if use_graph else NeighbourSearch(clip, index=index, device=device, scan_dtype=dtype)
+        if search is None:  # precomputed by `zsfs neighbours`: no search at all
+            found = store.neighbour_graph(unique)[:, :n_neighbours]
+            neighbour_search = {"source": "store graph", **graph}
+        else:
+            found = search(unique, n_neighbours)
+            neighbour_search = {"source": "fit", **search.describe(store.index_info)}
+        neighbours = np.full((*candidates.shape, n_neighbours), seeds.MISSING, np.int64)
+        neighbours[valid] = found[np.searchsorted(unique, candidates[valid])]
         support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)
         keep = seeds.one_class_per_image(candidates, support) if config.unique_pseudo_labels else None
         ranked = seeds.rerank(candidates, support, keep)
-    del clip, index
+    del clip, index, search
     with timer.phase("read features"):
         features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
     with timer.phase("self-training"):
@@ -236,6 +244,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         cycles=trained.cycles,
         stop_reason=trained.stop_reason,
         classifier=classifier,
+        neighbour_search=neighbour_search,
         timings=timer.timings,
         cpu_timings=timer.cpu_timings,
     )
@@ -292,6 +301,7 @@ def run_config(result: FitResult, store: "Store", config: FitConfig) -> dict:
         "clip": store.clip_info,
         "backbone": store.backbone_info,
         "stop_reason": result.stop_reason,
+        "neighbour_search": result.neighbour_search,
         "cycles": [{"cycle": c.index, "n_candidates": c.n_candidates, "n_kept": c.n_kept,
                     "n_trained": c.n_trained, "epochs": len(c.losses), "first_loss": c.first_loss,
                     "last_loss": c.losses[-1] if c.losses else None} for c in result.cycles],

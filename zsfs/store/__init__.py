@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from zsfs.store.arrays import write_store
     from zsfs.store.reader import Store, Vocabulary
-    from zsfs.store.writer import ShardData, StoreWriter, write_vocabulary
+    from zsfs.store.writer import ShardData, StoreWriter, write_neighbour_graph, write_vocabulary
 
 _EXPORTS = {
     "Store": "zsfs.store.reader",
@@ -21,6 +21,7 @@ _EXPORTS = {
     "StoreWriter": "zsfs.store.writer",
     "ShardData": "zsfs.store.writer",
     "write_vocabulary": "zsfs.store.writer",
+    "write_neighbour_graph": "zsfs.store.writer",
     "write_store": "zsfs.store.arrays",
 }
 __all__ = list(_EXPORTS)

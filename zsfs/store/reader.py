@@ -189,6 +189,18 @@ class Store:
             n_templates=int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0)),
         )
 
+    @property
+    def graph_info(self) -> dict | None:
+        """How the store's neighbour graph was built (``k``, ``search``, ``precision``), or None
+        when it has none (``zsfs neighbours`` adds one)."""
+        if schema.GRAPH_DATASET not in self._file:
+            return None
+        return json.loads(self._file[schema.GRAPH_DATASET].attrs[schema.ATTR_GRAPH])
+
+    def neighbour_graph(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows), K)`` int64: the stored nearest rows of ``rows`` (``-1`` where none)."""
+        return self.read(schema.GRAPH_DATASET, rows).astype(np.int64)
+
     def index(self) -> "faiss.Index":
         """The FAISS index over ``clip`` (inner product; row ids are store rows)."""
         try:
@@ -220,6 +232,7 @@ class Store:
             "vocabularies": {name: self.vocabulary(name).classes for name in self.vocabulary_names()},
             "n_shards": self.n_shards,
             "index": self.index_info,
+            "neighbour_graph": self.graph_info,
         }
 
     def fingerprint(self) -> dict:

@@ -58,6 +58,8 @@ VOCAB_ENSEMBLE = "ensemble"
 PROMPT_KINDS = (VOCAB_SINGLE, VOCAB_ENSEMBLE)
 
 INDEX_DATASET = "index/faiss"
+GRAPH_DATASET = "index/neighbours"  # optional (N, K) int32: each row's K nearest rows, best first
+ATTR_GRAPH = "graph"  # JSON on GRAPH_DATASET: {"k", "search", "precision"}
 
 # Root attributes of the master (JSON-encoded where marked).
 ATTR_FORMAT = "format"  # == FORMAT_NAME

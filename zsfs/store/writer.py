@@ -13,7 +13,8 @@ import math
 import os
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,12 +285,7 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
         raise ZsfsError(f"vocabulary {name!r} lists classes more than once: {duplicates[:5]}")
     arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"vocabulary {name!r} {kind}")
               for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
-    try:
-        file = h5py.File(master, "r+")
-    except OSError as error:
-        raise StoreError(f"cannot open {master} for writing ({error}); is it missing, read-only, or open "
-                         "in another program?") from None
-    with file:
+    with open_for_update(master) as file:
         clip_dim = file[schema.CLIP].shape[1]
         for kind, values in arrays.items():
             if values.shape != (len(classes), clip_dim):
@@ -299,25 +295,65 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
         if target in file and not overwrite:
             raise StoreError(f"{master} already has a vocabulary named {name!r}; pass --overwrite to replace it "
                              "or choose another name")
-        # Written under a hidden name and moved: the old vocabulary stays whole until the end.
-        staging = f"{schema.VOCAB_GROUP}/.{name}{schema.TMP_SUFFIX}"
-        try:
-            if staging in file:
-                del file[staging]
+
+        def write(staging: str) -> None:
             group = file.create_group(staging)
             write_strings(group, schema.VOCAB_CLASSES, classes)
             for kind, values in arrays.items():
                 group.create_dataset(kind, data=values)
             group.attrs[schema.ATTR_PROMPT] = prompt
             group.attrs[schema.ATTR_N_TEMPLATES] = int(n_templates)
-            if target in file:
-                del file[target]
-            file.move(staging, target)
-        except BaseException as error:
-            if write_failed(error):
-                cause = "the disk is full; free some space" if is_disk_full(error) else f"{error}; fix that"
-                raise ZsfsError(f"could not write vocabulary {name!r} into {master}: {cause} and rerun") from error
-            raise
+
+        replace_staged(file, target, write, f"vocabulary {name!r}")
+
+
+def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict) -> None:
+    """Add (or replace) the store's neighbour graph: ``rows`` (N, K), each image's K nearest
+    store rows by CLIP inner product, best first, itself excluded, ``-1`` where none.
+    ``info`` records how it was found (``k``, ``search``, ``precision``)."""
+    rows = np.asarray(rows)
+    with open_for_update(master) as file:
+        n_images = file[schema.CLIP].shape[0]
+        if rows.ndim != 2 or len(rows) != n_images or not 0 < rows.shape[1] < max(n_images, 2):
+            raise ZsfsError(f"a neighbour graph for {master} needs shape ({n_images}, K) with 0 < K < "
+                            f"{n_images}, got {rows.shape}")
+
+        def write(staging: str) -> None:
+            dataset = file.create_dataset(staging, data=rows.astype(np.int32), chunks=True)
+            dataset.attrs[schema.ATTR_GRAPH] = canonical_json(info)
+
+        replace_staged(file, schema.GRAPH_DATASET, write, "the neighbour graph")
+
+
+@contextmanager
+def open_for_update(master: Path) -> Iterator[h5py.File]:
+    """The master opened read-write, with a clear error when that is impossible."""
+    try:
+        file = h5py.File(master, "r+")
+    except OSError as error:
+        raise StoreError(f"cannot open {master} for writing ({error}); is it missing, read-only, or open "
+                         "in another program?") from None
+    with file:
+        yield file
+
+
+def replace_staged(file: h5py.File, target: str, write: Callable[[str], None], what: str) -> None:
+    """Write ``target`` under a hidden sibling name with ``write(name)``, then move it into place:
+    an existing ``target`` stays whole until the new one is complete."""
+    parent, _, name = target.rpartition("/")
+    staging = f"{parent}/.{name}{schema.TMP_SUFFIX}" if parent else f".{name}{schema.TMP_SUFFIX}"
+    try:
+        if staging in file:
+            del file[staging]
+        write(staging)
+        if target in file:
+            del file[target]
+        file.move(staging, target)
+    except BaseException as error:
+        if write_failed(error):
+            cause = "the disk is full; free some space" if is_disk_full(error) else f"{error}; fix that"
+            raise ZsfsError(f"could not write {what} into {file.filename}: {cause} and rerun") from error
+        raise
 
 
 def normalise_rows(values: np.ndarray, what: str) -> np.ndarray:

@@ -1,0 +1,80 @@
+"""`zsfs neighbours`: a stored neighbour graph, and fits that use it instead of searching."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from zsfs.errors import ZsfsError
+from zsfs.fit import FitConfig, fit_store
+from zsfs.store import Store, write_neighbour_graph
+from zsfs.testing.cli import run_cli
+from zsfs.testing.synthetic import make_synthetic_store
+
+CONFIG = FitConfig(epochs=20, cycle_epochs=5)
+
+
+def synthetic(folder):
+    """The same synthetic store (same seed) in ``folder``."""
+    folder.mkdir()
+    return make_synthetic_store(folder / "store.h5", 1500, 8, n_ood_classes=2, seed=0)
+
+
+def brute_force(clip: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    similarity = clip[rows].astype(np.float32) @ clip.astype(np.float32).T
+    similarity[np.arange(len(rows)), rows] = -np.inf
+    return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+
+
+def test_stored_graph_holds_each_rows_nearest_rows(tmp_path):
+    path = synthetic(tmp_path / "a")
+    result = run_cli("neighbours", path, "--k", "6")
+    assert result.exit_code == 0, result.output
+    with Store(path) as store:
+        assert store.graph_info == {"k": 6, "search": "faiss flat", "precision": "fp32"}
+        rows = np.array([0, 7, 1499])
+        graph = store.neighbour_graph(rows)
+        np.testing.assert_array_equal(graph, brute_force(store.read("clip"), rows, 6))
+        assert store.summary()["neighbour_graph"]["k"] == 6
+    info = json.loads(run_cli("info", "--json", path).stdout)
+    assert info["neighbour_graph"]["search"] == "faiss flat"
+
+
+def test_fit_with_a_stored_graph_equals_fit_with_search(tmp_path):
+    plain, with_graph = synthetic(tmp_path / "plain"), synthetic(tmp_path / "graph")
+    assert run_cli("neighbours", with_graph, "--k", "5").exit_code == 0
+    with Store(plain) as a, Store(with_graph) as b:
+        searched, stored = fit_store(a, CONFIG), fit_store(b, CONFIG)
+        wider = fit_store(b, FitConfig(epochs=20, cycle_epochs=5, neighbours=6))  # more than stored: search
+    assert searched.neighbour_search["source"] == "fit"
+    assert stored.neighbour_search == {"source": "store graph", "k": 5, "search": "faiss flat", "precision": "fp32"}
+    np.testing.assert_array_equal(searched.predicted, stored.predicted)
+    np.testing.assert_array_equal(searched.classifier.weight, stored.classifier.weight)
+    assert wider.neighbour_search["source"] == "fit"
+
+
+def test_graph_is_replaced_and_bad_requests_fail_cleanly(tmp_path):
+    path = synthetic(tmp_path / "a")
+    assert run_cli("neighbours", path, "--k", "8", "--precision", "bf16").exit_code == 0
+    assert run_cli("neighbours", path, "--k", "3").exit_code == 0
+    with Store(path) as store:
+        assert store.graph_info["k"] == 3 and store.neighbour_graph(np.arange(4)).shape == (4, 3)
+    too_many = run_cli("neighbours", path, "--k", "1500")
+    assert too_many.exit_code == 1 and "1 <= k < 1500" in too_many.output
+    missing = run_cli("neighbours", tmp_path / "nope.h5")
+    assert missing.exit_code == 1 and "nope.h5" in missing.output
+    with pytest.raises(ZsfsError, match="shape"):
+        write_neighbour_graph(path, np.zeros((10, 3), np.int32), {"k": 3})
+    with Store(path) as store:  # the failed write left the graph as it was
+        assert store.graph_info["k"] == 3
+
+
+def test_bf16_graph_on_cpu_is_exact(tmp_path):
+    path = synthetic(tmp_path / "a")
+    assert run_cli("neighbours", path, "--k", "4", "--precision", "bf16").exit_code == 0
+    with Store(path) as store:
+        assert store.graph_info == {"k": 4, "search": "exact", "precision": "bf16 scan, fp32 re-scoring"}
+        rows = np.arange(0, 1500, 50)
+        np.testing.assert_array_equal(store.neighbour_graph(rows), brute_force(store.read("clip"), rows, 4))

@@ -1,0 +1,47 @@
+"""``zsfs neighbours``: store every image's CLIP neighbours once, so that no fit searches again.
+
+The neighbour search is the one step of a fit that depends only on the images, not on the
+vocabulary, k or the ID/OOD split; a store that holds its result (``index/neighbours``, see
+docs/store.md) gives every later fit and every ood-bench split the neighbours for free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from zsfs.devices import check_device
+from zsfs.errors import ZsfsError
+from zsfs.fit.neighbours import GRAPH_K, NeighbourSearch, neighbour_graph, uses_exact_search
+from zsfs.fit.run import PRECISIONS
+
+
+def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str = "cpu", precision: str = "fp32",
+                        on_start: Callable[[int], None] | None = None,
+                        on_rows: Callable[[int], None] | None = None) -> dict:
+    """Compute the ``k`` nearest CLIP neighbours of every image and write them into the store
+    (replacing an older graph). Returns the graph's record (``k``, ``search``, ``precision``).
+
+    ``on_start(n_images)`` and ``on_rows(n)`` report progress. The search is the one a fit with
+    the same ``device`` and ``precision`` would run.
+    """
+    from zsfs.store import Store, write_neighbour_graph
+
+    torch_device = check_device(device)
+    if precision not in PRECISIONS:
+        raise ZsfsError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    with Store(store_path) as store:
+        if not 0 < k < store.n_images:
+            raise ZsfsError(f"--k {k} is not possible for a store of {store.n_images} image(s): use 1 <= k < "
+                            f"{store.n_images}")
+        dtype = PRECISIONS[precision]
+        index = None if uses_exact_search(store, torch_device, dtype) else store.index()
+        search = NeighbourSearch(store.read("clip"), index=index, device=torch_device, scan_dtype=dtype)
+        record = {"k": k, **search.describe(store.index_info)}
+        n_images, path = store.n_images, store.path
+    if on_start is not None:
+        on_start(n_images)
+    graph = neighbour_graph(search, n_images, k, on_rows=on_rows)
+    del search, index
+    write_neighbour_graph(path, graph, record)
+    return record
