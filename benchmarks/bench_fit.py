@@ -3,6 +3,7 @@
     python benchmarks/bench_fit.py                          # 50k x 1000: presets + loop baseline
     python benchmarks/bench_fit.py --sizes 50k,1.28M        # also the ImageNet-train shape (long)
     python benchmarks/bench_fit.py --sizes 10k --configs default,no-accumulate,single,duplicates,paper
+    python benchmarks/bench_fit.py --configs fast --graph bf16 --loop  # fits on a store holding its graph
 
 Every fit runs in its own process so that its peak RSS (``ru_maxrss``) is its own; stores are
 generated once under ``--work`` and reused. The per-sample-loop baseline re-implements the
@@ -36,6 +37,7 @@ CONFIGS = {
     "fast-duplicates": ("fast", {"unique_pseudo_labels": False}),
     "b64": ("default", {"batch_size": 64, "lr": 2e-3}),
     "b256-e100": ("default", {"batch_size": 256, "lr": 1e-2}),
+    "b256-e30": ("default", {"batch_size": 256, "lr": 1e-2, "epochs": 30, "cycle_epochs": 10}),  # the first --fast
     "b256-e10": ("default", {"batch_size": 256, "lr": 1e-2, "epochs": 10, "cycle_epochs": 5}),
     "b1024-e30": ("default", {"batch_size": 1024, "lr": 3e-2, "epochs": 30, "cycle_epochs": 10}),
 }
@@ -56,6 +58,24 @@ def make_store(work: Path, size: str) -> dict:
     start = time.perf_counter()
     make_synthetic_store(store_path(work, size), n, c, n_ood_classes=0, seed=0)
     return {"size": size, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+
+
+def make_graph(work: Path, size: str, precision: str) -> dict:
+    from zsfs.fit.graph import add_neighbour_graph
+
+    start = time.perf_counter()
+    record = add_neighbour_graph(store_path(work, size), precision=precision)
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), **record}
+
+
+def copy_store(work: Path, size: str, target: Path) -> None:
+    """A copy of a benchmark store (master + shards) in ``target``, same names."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    master = store_path(work, size)
+    shutil.copy2(master, target / master.name)
+    shutil.copytree(master.with_suffix(".shards"), target / master.with_suffix(".shards").name, dirs_exist_ok=True)
 
 
 def make_config(name: str):
@@ -88,6 +108,7 @@ def fit_once(work: Path, size: str, config_name: str) -> dict:
         "cycles": len(result.cycles) - 1, "stop": result.stop_reason,
         "batch_size": config.batch_size,
         "steps": sum(len(c.losses) * -(-c.n_trained // config.batch_size) for c in result.cycles),
+        "neighbour_search": result.neighbour_search,
     }
 
 
@@ -173,11 +194,15 @@ def main() -> None:
     parser.add_argument("--configs", default="fast,default", help=f"comma list of {', '.join(CONFIGS)}")
     parser.add_argument("--work", type=Path, default=Path("/tmp/zsfs-bench"), help="where stores are kept")
     parser.add_argument("--loop", action="store_true", help="also time the per-sample-loop baseline (50k)")
+    parser.add_argument("--graph", choices=["fp32", "bf16"], default=None,
+                        help="fit a copy of each store that holds its neighbour graph (`zsfs neighbours "
+                             "--precision P`, timed) instead of the store itself")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        result = make_store(args.work, *rest) if kind == "make" else fit_once(args.work, *rest)
+        makers = {"make": make_store, "graph": make_graph, "fit": fit_once}
+        result = makers[kind](args.work, *rest)
         print(json.dumps(result))
         return
 
@@ -188,14 +213,22 @@ def main() -> None:
             made = run_child("--work", str(args.work), "--child", "make", size)
             print(f"[{size}] store written in {made['seconds']:.1f} s (peak RSS {made['peak_rss_mb']:.0f} MB)",
                   flush=True)
+        work = args.work
+        if args.graph:
+            work = args.work / f"graph-{args.graph}"
+            copy_store(args.work, size, work)
+            graph = run_child("--work", str(work), "--child", "graph", size, args.graph)
+            print(f"[{size}] neighbour graph ({graph['k']} per image, {graph['search']}, {graph['precision']}) "
+                  f"stored in {graph['seconds']:.1f} s (peak RSS {graph['peak_rss_mb']:.0f} MB)", flush=True)
         for name in args.configs.split(","):
-            fitted = run_child("--work", str(args.work), "--child", "fit", size, name)
+            fitted = run_child("--work", str(work), "--child", "fit", size, name)
             results.append(fitted)
             phases = ", ".join(f"{k} {v:.2f} ({fitted['cpu_s'][k]:.2f} CPU)" for k, v in fitted["phases_s"].items())
             print(f"[{size} {name}] total {fitted['total_s']:.1f} s, peak RSS {fitted['peak_rss_mb']:.0f} MB, "
                   f"accuracy {fitted['accuracy']:.4f} (zero-shot {fitted['zero_shot_accuracy']:.4f}), "
                   f"seed precision {fitted['seed_precision']:.4f}, all pseudo-labels "
                   f"{fitted['pseudo_precision_all']:.4f}, cycles {fitted['cycles']} ({fitted['stop']}), "
+                  f"neighbours from {fitted['neighbour_search']['source']} ({fitted['neighbour_search']['search']}), "
                   f"{fitted['steps']} steps, load average {fitted['load_average']:.1f}\n    phases (s): {phases}", flush=True)
             if args.loop and size == "50k" and not looped:
                 looped = True

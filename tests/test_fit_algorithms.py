@@ -194,7 +194,7 @@ def test_exact_neighbours_match_the_flat_index(monkeypatch, scan_dtype):
     index, info = build_index(rows)
     assert info["type"] == "flat"
     query_rows = np.array([5, 0, 299, 17, 5, 123])
-    monkeypatch.setattr(neighbours, "SCORE_BLOCK", 2 * 300)  # two queries per block: several blocks
+    monkeypatch.setitem(neighbours.SCORE_BLOCK, "cpu", 2 * 300)  # two queries per block: several blocks
     found = neighbours.exact_neighbours(torch.as_tensor(rows), query_rows, 4, scan_dtype=scan_dtype)
     assert found.shape == (6, 4) and found.dtype == np.int64
     np.testing.assert_array_equal(found, nearest_neighbours(index, rows[query_rows], query_rows, 4))

@@ -78,3 +78,11 @@ def test_bf16_graph_on_cpu_is_exact(tmp_path):
         assert store.graph_info == {"k": 4, "search": "exact", "precision": "bf16 scan, fp32 re-scoring"}
         rows = np.arange(0, 1500, 50)
         np.testing.assert_array_equal(store.neighbour_graph(rows), brute_force(store.read("clip"), rows, 4))
+
+
+def test_rebuilding_the_store_drops_its_graph(tmp_path):
+    path = synthetic(tmp_path / "a")
+    assert run_cli("neighbours", path, "--k", "3").exit_code == 0
+    make_synthetic_store(path, 1500, 8, n_ood_classes=2, seed=1, overwrite=True)  # other embeddings
+    with Store(path) as store:
+        assert store.graph_info is None and store.summary()["neighbour_graph"] is None
