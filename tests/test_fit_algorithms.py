@@ -217,6 +217,33 @@ def test_neighbour_search_choice(tmp_path):
     ivf = make_synthetic_store(tmp_path / "ivf.h5", 2000, 4, clip_dim=16, backbone_dim=8, seed=0, exact_max=1000)
     cpu, cuda, bf16 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16
     with Store(flat) as a, Store(ivf) as b:
-        assert neighbours.uses_exact_search(a, cpu, bf16) and not neighbours.uses_exact_search(a, cpu)
-        assert not neighbours.uses_exact_search(b, cpu, bf16) and not neighbours.uses_exact_search(b, cpu)
-        assert neighbours.uses_exact_search(b, cuda) and neighbours.uses_exact_search(a, cuda, bf16)
+        assert [neighbours.choose_search(a, cpu), neighbours.choose_search(a, cpu, bf16)] == ["faiss", "exact"]
+        assert [neighbours.choose_search(b, cpu), neighbours.choose_search(b, cpu, bf16)] == ["ivf", "ivf"]
+        assert neighbours.choose_search(a, cuda) == neighbours.choose_search(b, cuda, bf16) == "exact"
+
+
+@pytest.mark.parametrize("scan_dtype", [torch.float32, torch.bfloat16])
+def test_ivf_search_scans_the_lists_faiss_scans(monkeypatch, scan_dtype):
+    from zsfs.store.index import build_index, nearest_neighbours
+
+    rng = np.random.default_rng(5)
+    rows = unit(rng.standard_normal((3000, 16))).astype(np.float16)  # as stored
+    index, info = build_index(rows, exact_max=1000)
+    assert info["type"] == "ivf_flat" and index.nprobe < index.nlist
+    query_rows = rng.choice(3000, 400, replace=False)
+    monkeypatch.setitem(neighbours.SCORE_BLOCK, "cpu", 64 * 200)  # several query blocks per list
+    search = neighbours.NeighbourSearch(rows, method="ivf", index=index,
+                                        device=torch.device("cpu"), scan_dtype=scan_dtype)
+    found = search(query_rows, 5)
+    np.testing.assert_array_equal(found, nearest_neighbours(index, rows[query_rows], query_rows, 5))
+    assert not (found == query_rows[:, None]).any()
+    assert search.describe()["search"] == f"ivf ({index.nlist} lists, nprobe {index.nprobe})"
+
+
+def test_probed_search_pads_with_missing_when_lists_are_short():
+    embeddings = torch.as_tensor(unit(np.random.default_rng(0).standard_normal((6, 4))))
+    lists = [np.array([0, 1, 2]), np.array([3, 4, 5])]
+    probes = np.array([[0], [1]])
+    found = neighbours.probed_neighbours(embeddings, np.array([0, 3]), 4, lists, probes)
+    assert set(found[0, :2]) == {1, 2} and set(found[1, :2]) == {4, 5}
+    assert (found[:, 2:] == -1).all()

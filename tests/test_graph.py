@@ -33,13 +33,13 @@ def test_stored_graph_holds_each_rows_nearest_rows(tmp_path):
     result = run_cli("neighbours", path, "--k", "6")
     assert result.exit_code == 0, result.output
     with Store(path) as store:
-        assert store.graph_info == {"k": 6, "search": "faiss flat", "precision": "fp32"}
+        assert store.graph_info == {"k": 6, "search": "exact (faiss flat index)", "precision": "fp32"}
         rows = np.array([0, 7, 1499])
         graph = store.neighbour_graph(rows)
         np.testing.assert_array_equal(graph, brute_force(store.read("clip"), rows, 6))
         assert store.summary()["neighbour_graph"]["k"] == 6
     info = json.loads(run_cli("info", "--json", path).stdout)
-    assert info["neighbour_graph"]["search"] == "faiss flat"
+    assert info["neighbour_graph"]["search"] == "exact (faiss flat index)"
 
 
 def test_fit_with_a_stored_graph_equals_fit_with_search(tmp_path):
@@ -49,7 +49,7 @@ def test_fit_with_a_stored_graph_equals_fit_with_search(tmp_path):
         searched, stored = fit_store(a, CONFIG), fit_store(b, CONFIG)
         wider = fit_store(b, FitConfig(epochs=20, cycle_epochs=5, neighbours=6))  # more than stored: search
     assert searched.neighbour_search["source"] == "fit"
-    assert stored.neighbour_search == {"source": "store graph", "k": 5, "search": "faiss flat", "precision": "fp32"}
+    assert stored.neighbour_search == {"source": "store graph", "k": 5, "search": "exact (faiss flat index)", "precision": "fp32"}
     np.testing.assert_array_equal(searched.predicted, stored.predicted)
     np.testing.assert_array_equal(searched.classifier.weight, stored.classifier.weight)
     assert wider.neighbour_search["source"] == "fit"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zsfs.devices import check_device
 from zsfs.errors import ZsfsError
-from zsfs.fit.neighbours import GRAPH_K, NeighbourSearch, neighbour_graph, uses_exact_search
+from zsfs.fit.neighbours import GRAPH_K, NeighbourSearch, choose_search, neighbour_graph
 from zsfs.fit.run import PRECISIONS
 
 
@@ -35,13 +35,15 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
             raise ZsfsError(f"--k {k} is not possible for a store of {store.n_images} image(s): use 1 <= k < "
                             f"{store.n_images}")
         dtype = PRECISIONS[precision]
-        index = None if uses_exact_search(store, torch_device, dtype) else store.index()
-        search = NeighbourSearch(store.read("clip"), index=index, device=torch_device, scan_dtype=dtype)
-        record = {"k": k, **search.describe(store.index_info)}
+        method = choose_search(store, torch_device, dtype)
+        index = store.index() if method in ("faiss", "ivf") else None
+        search = NeighbourSearch(store.read("clip"), method=method, index=index, device=torch_device, scan_dtype=dtype)
+        del index  # the IVF search keeps only the lists
+        record = {"k": k, **search.describe()}
         n_images, path = store.n_images, store.path
     if on_start is not None:
         on_start(n_images)
     graph = neighbour_graph(search, n_images, k, on_rows=on_rows)
-    del search, index
+    del search
     write_neighbour_graph(path, graph, record)
     return record

@@ -1,14 +1,19 @@
 """CLIP-space nearest neighbours of the seed candidates (the re-ranking of method.md step A).
 
-:class:`NeighbourSearch` is one of two searches (:func:`uses_exact_search` picks it):
+:class:`NeighbourSearch` runs one of three searches, chosen by :func:`choose_search`:
 
-- exact, :func:`exact_neighbours`: blocked matrix products of the queries against every stored
-  embedding, in torch on the fit's device. On a GPU for every store (100k candidates against
-  1.28M rows are 131 TFLOP, seconds at GPU rates; not measured yet), and on CPU with a bf16
-  scan where the store's index is exact (up to 100k rows): the same neighbours as that index,
-  1.2x faster than faiss' float32 flat search on a CPU with AVX512-BF16 (50k store: 11.1 vs 13.6 s).
-- the store's FAISS index otherwise: exact (flat) or IVF for big stores on CPU, where probing
-  a few lists beats exact products by far.
+- ``"faiss"``: the store's exact (flat) FAISS index, on CPU in float32, where faiss' own
+  search is the fastest exact one.
+- ``"ivf"``: the store's IVF index (stores above 100k images) on CPU: each query scans the
+  same ``nprobe`` lists as faiss would, but all queries that probe a list are scored against
+  it in one matrix product (:func:`probed_neighbours`), not one query at a time.
+- ``"exact"``: every query against every row by blocked matrix products, on a GPU for any
+  store, and on CPU for flat stores with a bf16 scan (faster than faiss' float32 search on
+  CPUs with AVX512-BF16).
+
+With a bf16 scan each query keeps ``k + 1 + SHORTLIST_MARGIN`` rows, re-scored in float32: the
+result is the float32 one unless more than ``SHORTLIST_MARGIN`` rows lie within bf16 rounding
+(~1e-3) of the k-th neighbour's score, and then the swapped rows are that close.
 
 :func:`neighbour_graph` runs a search for every row, once per store (``zsfs neighbours``): a
 store holding that graph spares every later fit the search.
@@ -16,7 +21,7 @@ store holding that graph spares every later fit the search.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,9 +34,11 @@ if TYPE_CHECKING:
 
     from zsfs.store import Store
 
+SEARCHES = ("faiss", "ivf", "exact")
+
 SCORE_BLOCK = {"cpu": 1 << 26, "gpu": 1 << 29}
-"""Scores computed at once (query rows x stored rows): on CPU 128 MB in bf16, 256 MB in float32;
-on a GPU 8x that, so that a block of queries is not a handful of rows at 1.28M stored rows."""
+"""Scores computed at once (queries x rows): on CPU 128 MB in bf16, 256 MB in float32; on a
+GPU 8x that, so that a block of queries is not a handful of rows against 1.28M stored rows."""
 
 SHORTLIST_MARGIN = 8
 """Extra rows kept by a low-precision scan before exact re-scoring."""
@@ -43,67 +50,137 @@ GRAPH_BLOCK = 16384
 """Rows per block when building a graph (one progress step)."""
 
 
-def exact_neighbours(
-    embeddings: torch.Tensor, query_rows: np.ndarray, k: int, *, scan_dtype: torch.dtype = torch.float32
-) -> np.ndarray:
-    """Row ids ``(len(query_rows), k)`` of each query row's ``k`` nearest rows by inner product,
-    itself excluded.
+class RunningTop:
+    """The ``width`` best scores seen so far per query, and the rows that gave them (-1: none)."""
 
-    ``embeddings``: ``(N, D)`` float32 on the device to search on. With ``scan_dtype`` bfloat16
-    the scan keeps ``k + 1 + SHORTLIST_MARGIN`` rows per query, which are re-scored in float32:
-    the result is the exact one unless more than ``SHORTLIST_MARGIN`` rows lie within bf16
-    rounding (~1e-3) of the k-th neighbour's score, and then the swapped rows are that close.
+    def __init__(self, n_queries: int, width: int, device: torch.device):
+        self.width = width
+        self.scores = torch.full((n_queries, width), -torch.inf, device=device)
+        self.rows = torch.full((n_queries, width), -1, dtype=torch.int64, device=device)
+
+    def update(self, queries: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor) -> None:
+        """Merge ``scores`` (len(queries) x len(rows)); each query at most once per call."""
+        best, where = torch.topk(scores, min(self.width, scores.shape[1]), dim=1)
+        merged = torch.cat([self.scores[queries], best.float()], dim=1)
+        merged_rows = torch.cat([self.rows[queries], rows[where]], dim=1)
+        self.scores[queries], pick = torch.topk(merged, self.width, dim=1)
+        self.rows[queries] = torch.gather(merged_rows, 1, pick)
+
+
+def probed_neighbours(
+    embeddings: torch.Tensor, query_rows: np.ndarray, k: int, lists: Sequence[np.ndarray], probes: np.ndarray,
+    *, scan_dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """Row ids ``(len(query_rows), k)``: each query row's ``k`` nearest rows by inner product
+    among the rows of the lists it probes, itself excluded; ``-1`` where those hold too few.
+
+    ``embeddings``: ``(N, D)`` rows on the device to search on (any float dtype). ``lists``:
+    row ids per list; ``probes``: ``(len(query_rows), P)`` list numbers per query, distinct
+    per query. The queries probing a list are scored against it in blocks of matrix products.
     """
+    device = embeddings.device
+    low_precision = scan_dtype != torch.float32
+    width = k + 1 + (SHORTLIST_MARGIN if low_precision else 0)
+    block = SCORE_BLOCK["cpu" if device.type == "cpu" else "gpu"]
+    query_rows = np.asarray(query_rows, dtype=np.int64)
+    queries = torch.as_tensor(query_rows, device=device)
+    top = RunningTop(len(query_rows), width, device)
+
+    flat_lists = probes.ravel()
+    order = np.argsort(flat_lists, kind="stable")
+    probing = np.repeat(np.arange(len(query_rows)), probes.shape[1])[order]
+    bounds = np.searchsorted(flat_lists[order], np.arange(len(lists) + 1))
+    for number, members in enumerate(lists):
+        asking = probing[bounds[number] : bounds[number + 1]]
+        if len(asking) == 0 or len(members) == 0:
+            continue
+        rows = torch.as_tensor(members, device=device)
+        keys = embeddings[rows].to(scan_dtype)
+        step = max(1, block // len(members))
+        for start in range(0, len(asking), step):
+            which = torch.as_tensor(asking[start : start + step], device=device)
+            top.update(which, embeddings[queries[which]].to(scan_dtype) @ keys.T, rows)
+
+    found = top.rows
+    if low_precision:  # re-score the shortlist in float32, a block of queries at a time
+        step = max(1, block // (width * embeddings.shape[1]))
+        for start in range(0, len(found), step):
+            part = found[start : start + step]
+            exact = torch.bmm(embeddings[part.clamp(min=0)].float(),
+                              embeddings[queries[start : start + step]].float().unsqueeze(2)).squeeze(2)
+            exact[part < 0] = -torch.inf
+            found[start : start + step] = torch.gather(part, 1, torch.topk(exact, width, dim=1).indices)
+    return drop_self(found[:, : k + 1].cpu().numpy(), query_rows)
+
+
+def exact_neighbours(embeddings: torch.Tensor, query_rows: np.ndarray, k: int, *,
+                     scan_dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """Each query row's ``k`` nearest rows among all rows, itself excluded (one list of all rows)."""
     n = len(embeddings)
     if not 0 < k < n:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} embeddings, got {k}")
-    query_rows = np.asarray(query_rows, dtype=np.int64)
-    low_precision = scan_dtype != torch.float32
-    scan = embeddings.to(scan_dtype)
-    shortlist = min(n, k + 1 + SHORTLIST_MARGIN) if low_precision else k + 1
-    block = max(1, SCORE_BLOCK["cpu" if embeddings.device.type == "cpu" else "gpu"] // n)
-    result = np.empty((len(query_rows), k), dtype=np.int64)
-    for start in range(0, len(query_rows), block):
-        own = query_rows[start : start + block]
-        rows = torch.as_tensor(own, device=embeddings.device)
-        found = torch.topk(scan[rows] @ scan.T, shortlist, dim=1).indices
-        if low_precision:
-            exact = torch.bmm(embeddings[found], embeddings[rows].unsqueeze(2)).squeeze(2)
-            found = torch.gather(found, 1, torch.topk(exact, k + 1, dim=1).indices)
-        result[start : start + len(own)] = drop_self(found.cpu().numpy(), own)
-    return result
+    probes = np.zeros((len(query_rows), 1), dtype=np.int64)
+    return probed_neighbours(embeddings, query_rows, k, [np.arange(n)], probes, scan_dtype=scan_dtype)
 
 
-def uses_exact_search(store: "Store", device: torch.device, scan_dtype: torch.dtype = torch.float32) -> bool:
-    """Exact torch search on GPUs, and on CPU for a bf16 scan of a store whose index is exact;
-    otherwise the store's FAISS index (in float32 on CPU, faiss' flat search is the faster one)."""
+def ivf_lists(index: "faiss.IndexIVF") -> tuple[list[np.ndarray], np.ndarray]:
+    """``(row ids per list, centroids (nlist, D) float32)`` of a FAISS IVF index."""
+    import faiss
+
+    lists = [faiss.rev_swig_ptr(index.invlists.get_ids(number), index.invlists.list_size(number)).copy()
+             if index.invlists.list_size(number) else np.empty(0, dtype=np.int64) for number in range(index.nlist)]
+    return lists, index.quantizer.reconstruct_n(0, index.nlist)
+
+
+def nearest_lists(queries: torch.Tensor, centroids: torch.Tensor, nprobe: int, chunk_rows: int = 65536) -> np.ndarray:
+    """``(len(queries), nprobe)``: the lists each query probes (highest centroid inner product)."""
+    return np.concatenate([torch.topk(queries[start : start + chunk_rows].float() @ centroids.T, nprobe,
+                                      dim=1).indices.cpu().numpy()
+                           for start in range(0, len(queries), chunk_rows)])
+
+
+def choose_search(store: "Store", device: torch.device, scan_dtype: torch.dtype = torch.float32) -> str:
+    """Which search a fit on ``device`` runs over ``store`` (see the module doc)."""
     if device.type != "cpu":
-        return True
-    return store.index_info.get("type") == "flat" and scan_dtype != torch.float32
+        return "exact"
+    if store.index_info.get("type") != "flat":
+        return "ivf"
+    return "faiss" if scan_dtype == torch.float32 else "exact"
 
 
 class NeighbourSearch:
-    """The search over a store's CLIP embeddings (``clip``, all rows) that fit uses: exact
-    products when ``index`` is None, else ``index``'s search; queried in blocks of rows."""
+    """One search over a store's CLIP embeddings (``clip``, all rows), set up once and then
+    queried in blocks of rows. ``index`` (the store's) is needed by the "faiss" and "ivf"
+    searches; "ivf" keeps only its lists, so the caller may drop the index afterwards."""
 
-    def __init__(self, clip: np.ndarray, *, index: "faiss.Index | None", device: torch.device,
-                 scan_dtype: torch.dtype = torch.float32):
-        self.clip, self.index, self.scan_dtype = clip, index, scan_dtype
-        self.embeddings = None if index is not None else torch.as_tensor(clip).to(device=device, dtype=torch.float32)
+    def __init__(self, clip: np.ndarray, *, method: str, index: "faiss.Index | None" = None,
+                 device: torch.device, scan_dtype: torch.dtype = torch.float32):
+        if method not in SEARCHES:
+            raise ValueError(f"unknown search {method!r}; use one of {SEARCHES}")
+        self.method, self.clip, self.scan_dtype = method, clip, scan_dtype
+        self.index = index if method == "faiss" else None
+        self.embeddings = None if method == "faiss" else torch.as_tensor(clip).to(device)
+        self.search = {"faiss": "exact (faiss flat index)", "exact": "exact"}.get(method)
+        if method == "ivf":
+            self.lists, centroids = ivf_lists(index)
+            self.centroids = torch.as_tensor(centroids, device=device)
+            self.nprobe = int(index.nprobe)
+            self.search = f"ivf ({len(self.lists)} lists, nprobe {self.nprobe})"
 
     def __call__(self, query_rows: np.ndarray, k: int) -> np.ndarray:
         """``(len(query_rows), k)`` neighbours of the given store rows, themselves excluded."""
-        if self.embeddings is not None:
+        if self.method == "faiss":
+            return nearest_neighbours(self.index, self.clip[query_rows], query_rows, k)
+        if self.method == "exact":
             return exact_neighbours(self.embeddings, query_rows, k, scan_dtype=self.scan_dtype)
-        return nearest_neighbours(self.index, self.clip[query_rows], query_rows, k)
+        queries = self.embeddings[torch.as_tensor(np.asarray(query_rows), device=self.embeddings.device)]
+        probes = nearest_lists(queries, self.centroids, self.nprobe)
+        return probed_neighbours(self.embeddings, query_rows, k, self.lists, probes, scan_dtype=self.scan_dtype)
 
-    def describe(self, index_info: dict) -> dict:
-        """``{"search", "precision"}`` for run configs and the stored graph's record."""
-        if self.embeddings is not None:
-            return {"search": "exact", "precision": "bf16 scan, fp32 re-scoring"
-                    if self.scan_dtype != torch.float32 else "fp32"}
-        search = f"faiss {index_info.get('type')}" + (f", nprobe {self.index.nprobe}" if hasattr(self.index, "nprobe") else "")
-        return {"search": search, "precision": "fp32"}
+    def describe(self) -> dict:
+        """``{"search", "precision"}`` for run configs and a stored graph's record."""
+        low_precision = self.method != "faiss" and self.scan_dtype != torch.float32
+        return {"search": self.search, "precision": "bf16 scan, fp32 re-scoring" if low_precision else "fp32"}
 
 
 def neighbour_graph(search: NeighbourSearch, n_rows: int, k: int, *,

@@ -22,7 +22,7 @@ from zsfs.errors import ZsfsError
 from zsfs.outputs import new_folder, write_json
 from zsfs.fit import ood, seeds
 from zsfs.fit.classifier import Classifier, normalise
-from zsfs.fit.neighbours import NeighbourSearch, uses_exact_search
+from zsfs.fit.neighbours import NeighbourSearch, choose_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, self_train
 from zsfs.fit.zeroshot import ZeroShotAccumulator, iter_logit_chunks
 
@@ -168,12 +168,15 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
 
     n_neighbours = min(config.neighbours, n_images - 1)
     graph = store.graph_info
-    use_graph = graph is not None and graph["k"] >= n_neighbours
+    method = None if graph is not None and graph["k"] >= n_neighbours else choose_search(store, device, dtype)
     with timer.phase("read clip + index"):
         # The index first: deserialising it briefly holds two copies (for 1.28M images, 2 x 2.6 GB),
         # better before the CLIP embeddings are in memory than after.
-        index = None if use_graph or uses_exact_search(store, device, dtype) else store.index()
+        index = store.index() if method in ("faiss", "ivf") else None
         clip = store.read("clip")
+        search = None if method is None else NeighbourSearch(clip, method=method, index=index, device=device,
+                                                             scan_dtype=dtype)
+        del index  # the IVF search keeps only the lists
     with timer.phase("zero-shot + candidates"):
         zero_shot = ZeroShotAccumulator(n_images, n_classes)
         top = seeds.TopCandidates(n_classes, config.candidates)
@@ -185,19 +188,18 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     with timer.phase("neighbours + re-rank"):
         valid = candidates != seeds.MISSING
         unique = np.unique(candidates[valid])
-        search = None if use_graph else NeighbourSearch(clip, index=index, device=device, scan_dtype=dtype)
         if search is None:  # precomputed by `zsfs neighbours`: no search at all
             found = store.neighbour_graph(unique)[:, :n_neighbours]
             neighbour_search = {"source": "store graph", **graph}
         else:
             found = search(unique, n_neighbours)
-            neighbour_search = {"source": "fit", **search.describe(store.index_info)}
+            neighbour_search = {"source": "fit", **search.describe()}
         neighbours = np.full((*candidates.shape, n_neighbours), seeds.MISSING, np.int64)
         neighbours[valid] = found[np.searchsorted(unique, candidates[valid])]
         support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)
         keep = seeds.one_class_per_image(candidates, support) if config.unique_pseudo_labels else None
         ranked = seeds.rerank(candidates, support, keep)
-    del clip, index, search
+    del clip, search
     with timer.phase("read features"):
         features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
     with timer.phase("self-training"):
