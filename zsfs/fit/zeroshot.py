@@ -113,9 +113,10 @@ def pair_logits(
     ``rows`` and ``classes`` have the same shape; the result has that shape too.
     """
     flat_rows, flat_classes = rows.reshape(-1), classes.reshape(-1)
+    source = torch.as_tensor(images)  # a view of a numpy array: rows are gathered by torch, in parallel
     out = torch.empty(flat_rows.shape, dtype=torch.float32, device=texts.device)
     for start in range(0, len(flat_rows), chunk_pairs):
         part = slice(start, start + chunk_pairs)
-        image = as_tensor(images[flat_rows[part].cpu().numpy()], texts.device)
-        out[part] = LOGIT_SCALE * (image * texts[flat_classes[part]]).sum(dim=1)
+        image = as_tensor(source.index_select(0, flat_rows[part].to(source.device)), texts.device)
+        out[part] = LOGIT_SCALE * torch.linalg.vecdot(image, texts.index_select(0, flat_classes[part]))
     return out.reshape(rows.shape)
