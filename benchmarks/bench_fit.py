@@ -35,6 +35,7 @@ CONFIGS = {
     "fast-no-accumulate": ("fast", {"accumulate": False}),
     "fast-single": ("fast", {"prompts": "single"}),
     "fast-duplicates": ("fast", {"unique_pseudo_labels": False}),
+    "fast-exact": ("fast", {"ivf_neighbours": False}),
     "b64": ("default", {"batch_size": 64, "lr": 2e-3}),
     "b256-e100": ("default", {"batch_size": 256, "lr": 1e-2}),
     "b256-e30": ("default", {"batch_size": 256, "lr": 1e-2, "epochs": 30, "cycle_epochs": 10}),  # the first --fast

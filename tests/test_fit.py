@@ -113,7 +113,7 @@ def test_paper_preset_and_variants(store_path):
         metrics = fit_metrics(result, store.labels())
     assert metrics["accuracy"] > metrics["zero_shot_accuracy"]
     fast = FitConfig.fast()
-    assert fast.batch_size > 16 and fast.prompts == "ensemble" and fast.precision == "bf16"
+    assert fast.batch_size > 16 and fast.prompts == "ensemble" and fast.precision == "bf16" and fast.ivf_neighbours
 
 
 def test_fast_preset_in_bf16_beats_zero_shot(store_path, fitted):
@@ -123,6 +123,8 @@ def test_fast_preset_in_bf16_beats_zero_shot(store_path, fitted):
     assert metrics["accuracy"] > metrics["zero_shot_accuracy"] + 0.2
     assert metrics["accuracy"] == pytest.approx(fitted[1]["accuracy"], abs=0.03)
     assert result.classifier.weight.dtype == np.float32
+    assert result.neighbour_search == {"source": "fit", "search": "ivf (16 lists, nprobe 16)",
+                                       "precision": "bf16 scan, fp32 re-scoring", "lists": "built by the fit"}
 
 
 def test_classes_with_fewer_candidates_than_k(tmp_path):

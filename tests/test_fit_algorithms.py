@@ -220,6 +220,7 @@ def test_neighbour_search_choice(tmp_path):
         assert [neighbours.choose_search(a, cpu), neighbours.choose_search(a, cpu, bf16)] == ["faiss", "exact"]
         assert [neighbours.choose_search(b, cpu), neighbours.choose_search(b, cpu, bf16)] == ["ivf", "ivf"]
         assert neighbours.choose_search(a, cuda) == neighbours.choose_search(b, cuda, bf16) == "exact"
+        assert neighbours.choose_search(a, cpu, ivf=True) == "ivf" and neighbours.choose_search(a, cuda, ivf=True) == "exact"
 
 
 @pytest.mark.parametrize("scan_dtype", [torch.float32, torch.bfloat16])

@@ -6,7 +6,9 @@
   search is the fastest exact one.
 - ``"ivf"``: the store's IVF index (stores above 100k images) on CPU: each query scans the
   same ``nprobe`` lists as faiss would, but all queries that probe a list are scored against
-  it in one matrix product (:func:`probed_neighbours`), not one query at a time.
+  it in one matrix product (:func:`probed_neighbours`), not one query at a time. Asked for on
+  a store with an exact index (``--ivf-neighbours``, part of ``--fast``), the fit builds the
+  lists itself (``zsfs.store.index.build_index``: under a second at 50k images).
 - ``"exact"``: every query against every row by blocked matrix products, on a GPU for any
   store, and on CPU for flat stores with a bf16 scan (faster than faiss' float32 search on
   CPUs with AVX512-BF16).
@@ -140,11 +142,13 @@ def nearest_lists(queries: torch.Tensor, centroids: torch.Tensor, nprobe: int, c
                            for start in range(0, len(queries), chunk_rows)])
 
 
-def choose_search(store: "Store", device: torch.device, scan_dtype: torch.dtype = torch.float32) -> str:
-    """Which search a fit on ``device`` runs over ``store`` (see the module doc)."""
+def choose_search(store: "Store", device: torch.device, scan_dtype: torch.dtype = torch.float32, *,
+                  ivf: bool = False) -> str:
+    """Which search a fit on ``device`` runs over ``store`` (see the module doc); ``ivf`` asks
+    for IVF lists on CPU even when the store's index is exact (the fit then builds them)."""
     if device.type != "cpu":
         return "exact"
-    if store.index_info.get("type") != "flat":
+    if ivf or store.index_info.get("type") != "flat":
         return "ivf"
     return "faiss" if scan_dtype == torch.float32 else "exact"
 

@@ -25,6 +25,7 @@ from zsfs.fit.classifier import Classifier, normalise
 from zsfs.fit.neighbours import NeighbourSearch, choose_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, self_train
 from zsfs.fit.zeroshot import ZeroShotAccumulator, iter_logit_chunks
+from zsfs.store.index import build_index
 
 if TYPE_CHECKING:
     from zsfs.store import Store
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 PROMPT_CHOICES = ("ensemble", "single")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CHUNK_ROWS = 32768
-FAST_PRESET = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5, "precision": "bf16"}
+FAST_PRESET = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5, "precision": "bf16",
+               "ivf_neighbours": True}
 """The ``--fast`` preset (see docs/fit.md for its accuracy/time trade-off)."""
 
 
@@ -56,6 +58,7 @@ class FitConfig:
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"  # "bf16": bf16 products in the neighbour scan (re-scored in fp32) and training
+    ivf_neighbours: bool = False  # IVF lists for the neighbours even where the store's index is exact
 
     @classmethod
     def paper(cls, **overrides) -> "FitConfig":
@@ -168,12 +171,16 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
 
     n_neighbours = min(config.neighbours, n_images - 1)
     graph = store.graph_info
-    method = None if graph is not None and graph["k"] >= n_neighbours else choose_search(store, device, dtype)
+    method = None if graph is not None and graph["k"] >= n_neighbours else choose_search(
+        store, device, dtype, ivf=config.ivf_neighbours)
+    build_lists = method == "ivf" and store.index_info.get("type") == "flat"
     with timer.phase("read clip + index"):
         # The index first: deserialising it briefly holds two copies (for 1.28M images, 2 x 2.6 GB),
         # better before the CLIP embeddings are in memory than after.
-        index = store.index() if method in ("faiss", "ivf") else None
+        index = store.index() if method in ("faiss", "ivf") and not build_lists else None
         clip = store.read("clip")
+        if build_lists:
+            index, _ = build_index(clip, exact_max=0, seed=config.seed)
         search = None if method is None else NeighbourSearch(clip, method=method, index=index, device=device,
                                                              scan_dtype=dtype)
         del index  # the IVF search keeps only the lists
@@ -193,7 +200,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
             neighbour_search = {"source": "store graph", **graph}
         else:
             found = search(unique, n_neighbours)
-            neighbour_search = {"source": "fit", **search.describe()}
+            neighbour_search = {"source": "fit", **search.describe(),
+                                **({"lists": "built by the fit"} if build_lists else {})}
         neighbours = np.full((*candidates.shape, n_neighbours), seeds.MISSING, np.int64)
         neighbours[valid] = found[np.searchsorted(unique, candidates[valid])]
         support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)
