@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import click
 from rich.console import Console
@@ -41,13 +43,24 @@ class _ImagesPerSecond(ProgressColumn):
         return Text(f"{task.speed:,.1f} img/s" if task.speed else "… img/s", style="progress.data.speed")
 
 
-def image_progress(description: str) -> Progress:
-    """A progress bar over images (count, images/s, ETA) with one task, not started yet.
+@contextmanager
+def image_progress(description: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A progress bar over images (count, images/s, ETA) for a long library call; yields the
+    call's ``(on_start(total), on_advance(n))`` hooks and stops the bar however the call ends.
 
-    Start it with ``progress.start_task(...)`` and ``progress.start()`` once the total is known
-    (after model loading), so the rate is not diluted by set-up time.
+    The bar starts at ``on_start``, once the total is known (after model loading), so that the
+    rate is not diluted by set-up time.
     """
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
-    progress.add_task(description, total=None, start=False)
-    return progress
+    task = progress.add_task(description, total=None, start=False)
+
+    def on_start(total: int) -> None:
+        progress.update(task, total=total)
+        progress.start_task(task)
+        progress.start()
+
+    try:
+        yield on_start, lambda n: progress.advance(task, n)
+    finally:
+        progress.stop()

@@ -54,22 +54,18 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     from zsfs.extract import extract as run_extract
 
     loading = console.status("Scanning the source and loading the models...")
-    progress = image_progress("embedding")
-    task = progress.tasks[0].id
+    with image_progress("embedding") as (start_bar, on_batch):
 
-    def on_start(total: int) -> None:  # models are loaded: from here on, images flow
-        loading.stop()
-        progress.update(task, total=total)
-        progress.start_task(task)
-        progress.start()
+        def on_start(total: int) -> None:  # models are loaded: from here on, images flow
+            loading.stop()
+            start_bar(total)
 
-    loading.start()
-    try:
-        summary = run_extract(source, out, classes=classes_file, on_start=on_start,
-                              on_batch=lambda n: progress.advance(task, n), **options)
-    finally:
-        loading.stop()
-        progress.stop()
+        loading.start()
+        try:
+            summary = run_extract(source, out, classes=classes_file, on_start=on_start, on_batch=on_batch,
+                                  **options)
+        finally:
+            loading.stop()
     console.print(_summary_table(summary))
     if summary.vocabulary is None:
         console.print("No class names known (no class subfolders, no --classes): no vocabulary written. "

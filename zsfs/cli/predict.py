@@ -46,19 +46,8 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     """
     from zsfs.predict import predict_images, write_predictions
 
-    progress = image_progress("classifying")
-    task = progress.tasks[0].id
-
-    def on_start(total: int) -> None:
-        progress.update(task, total=total)
-        progress.start_task(task)
-        progress.start()
-
-    try:
-        frame = predict_images(run_dir, images, on_start=on_start,
-                               on_batch=lambda n: progress.advance(task, n), **options)
-    finally:
-        progress.stop()
+    with image_progress("classifying") as (on_start, on_batch):
+        frame = predict_images(run_dir, images, on_start=on_start, on_batch=on_batch, **options)
     if out is not None:
         write_predictions(frame, out)
     if as_json:

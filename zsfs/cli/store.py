@@ -124,20 +124,10 @@ def neighbours_command(store_path: Path, k: int, device: str, precision: str) ->
 
     from zsfs.fit.graph import add_neighbour_graph
 
-    progress = image_progress("neighbours")
-    task = progress.tasks[0].id
-
-    def on_start(total: int) -> None:
-        progress.update(task, total=total)
-        progress.start_task(task)
-        progress.start()
-
     started = time.perf_counter()
-    try:
+    with image_progress("neighbours") as (on_start, on_rows):
         record = add_neighbour_graph(store_path, k=k, device=device, precision=precision, on_start=on_start,
-                                     on_rows=lambda n: progress.advance(task, n))
-    finally:
-        progress.stop()
+                                     on_rows=on_rows)
     console.print(f"Stored {record['k']} neighbours per image ({record['search']}, {record['precision']}) "
                   f"in {time.perf_counter() - started:.1f} s.", markup=False)
 
