@@ -111,6 +111,7 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
 def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     import numpy as np
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"zsfs fit: {len(result.predicted):,} images, {len(result.classes)} classes", title_justify="left")
     table.add_column("", style="bold")
@@ -124,6 +125,8 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
                 table.add_row(label, f"{metrics[key]:.4f}")
     table.add_row("seeds", f"{int(result.is_seed.sum()):,}")
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
+    search = result.neighbour_search
+    table.add_row("neighbours", Text(f"{search['source']}: {search['search']}, {search['precision']}"))
     levels, counts = np.unique(np.round(result.ood_score * 3).astype(int), return_counts=True)
     ood_counts = dict(zip(levels.tolist(), counts.tolist()))
     table.add_row("OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{ood_counts.get(i, 0):,}" for i in range(4)))
