@@ -123,8 +123,20 @@ def test_fast_preset_in_bf16_beats_zero_shot(store_path, fitted):
     assert metrics["accuracy"] > metrics["zero_shot_accuracy"] + 0.2
     assert metrics["accuracy"] == pytest.approx(fitted[1]["accuracy"], abs=0.03)
     assert result.classifier.weight.dtype == np.float32
-    assert result.neighbour_search == {"source": "fit", "search": "ivf (16 lists, nprobe 16)",
-                                       "precision": "bf16 scan, fp32 re-scoring", "lists": "built by the fit"}
+    # 2,000 images: below IVF_MIN_ROWS the IVF preset searches exactly
+    assert result.neighbour_search == {"source": "fit", "search": "exact", "precision": "bf16 scan, fp32 re-scoring"}
+
+
+def test_ivf_neighbours_build_lists_on_stores_with_an_exact_index(store_path, fitted, monkeypatch):
+    from zsfs.fit import neighbours
+
+    monkeypatch.setattr(neighbours, "IVF_MIN_ROWS", 1000)
+    with Store(store_path) as store:
+        result = fit_store(store, FitConfig(epochs=40, cycle_epochs=10, ivf_neighbours=True))
+        metrics = fit_metrics(result, store.labels())
+    assert result.neighbour_search == {"source": "fit", "search": "ivf (16 lists, nprobe 16)", "precision": "fp32",
+                                       "lists": "built by the fit"}
+    assert metrics["accuracy"] == pytest.approx(fitted[1]["accuracy"], abs=0.03)
 
 
 def test_classes_with_fewer_candidates_than_k(tmp_path):

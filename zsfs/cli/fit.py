@@ -59,10 +59,10 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
               help="Matrix products of the neighbour scan (re-scored in fp32) and of training: bf16 halves their "
                    "cost on GPUs and CPUs with AVX512-BF16/AMX, and is slow on other CPUs [fp32; --fast: bf16].")
 @click.option("--ivf-neighbours/--exact-neighbours", "ivf_neighbours", default=None,
-              help="On CPU, search the re-ranking neighbours through IVF lists (built by the fit where the "
-                   "store's index is exact; ~98% of the exact neighbours, 3x faster at 50k) or exactly where the "
-                   "store's index is exact (stores up to 100k images; bigger ones always use their IVF index) "
-                   "[exact; --fast: ivf].")
+              help="On CPU, search the re-ranking neighbours through IVF lists, built by the fit where the store's "
+                   "index is exact and it has 20k images or more (~98% of the exact neighbours, 3x faster at 50k), or "
+                   "exactly where the store's index is exact (up to 100k images; bigger stores always use their IVF "
+                   "index) [exact; --fast: ivf].")
 @click.option("--paper", is_flag=True, help="Paper-faithful preset: single prompt, per-cycle sets, duplicates kept "
                                             "(other options still override it).")
 @click.option("--fast", is_flag=True, help="Faster preset: batch 512, lr 2e-2, 20 epochs, 5 per cycle, bf16 products, "

@@ -45,6 +45,9 @@ GPU 8x that, so that a block of queries is not a handful of rows against 1.28M s
 SHORTLIST_MARGIN = 8
 """Extra rows kept by a low-precision scan before exact re-scoring."""
 
+IVF_MIN_ROWS = 20_000
+"""Smallest store for which a fit builds IVF lists when asked to (``--ivf-neighbours``)."""
+
 GRAPH_K = 16
 """Neighbours per image in a stored graph by default (fits use up to this many)."""
 
@@ -145,10 +148,11 @@ def nearest_lists(queries: torch.Tensor, centroids: torch.Tensor, nprobe: int, c
 def choose_search(store: "Store", device: torch.device, scan_dtype: torch.dtype = torch.float32, *,
                   ivf: bool = False) -> str:
     """Which search a fit on ``device`` runs over ``store`` (see the module doc); ``ivf`` asks
-    for IVF lists on CPU even when the store's index is exact (the fit then builds them)."""
+    for IVF lists on CPU even when the store's index is exact (the fit then builds them, for
+    stores of at least ``IVF_MIN_ROWS`` images: below that exact search costs under a second)."""
     if device.type != "cpu":
         return "exact"
-    if ivf or store.index_info.get("type") != "flat":
+    if store.index_info.get("type") != "flat" or (ivf and store.n_images >= IVF_MIN_ROWS):
         return "ivf"
     return "faiss" if scan_dtype == torch.float32 else "exact"
 
