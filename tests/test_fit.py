@@ -129,12 +129,14 @@ def test_fast_preset_in_bf16_beats_zero_shot(store_path, fitted):
 
 def test_ivf_neighbours_build_lists_on_stores_with_an_exact_index(store_path, fitted, monkeypatch):
     from zsfs.fit import neighbours
+    from zsfs.store import index
 
     monkeypatch.setattr(neighbours, "IVF_MIN_ROWS", 1000)
+    monkeypatch.setattr(index, "MIN_NPROBE", 4)  # 4 of the 16 lists: a real IVF search
     with Store(store_path) as store:
         result = fit_store(store, FitConfig(epochs=40, cycle_epochs=10, ivf_neighbours=True))
         metrics = fit_metrics(result, store.labels())
-    assert result.neighbour_search == {"source": "fit", "search": "ivf (16 lists, nprobe 16)", "precision": "fp32",
+    assert result.neighbour_search == {"source": "fit", "search": "ivf (16 lists, nprobe 4)", "precision": "fp32",
                                        "lists": "built by the fit"}
     assert metrics["accuracy"] == pytest.approx(fitted[1]["accuracy"], abs=0.03)
 

@@ -245,10 +245,14 @@ def test_ivf_search_scans_the_lists_faiss_scans(monkeypatch, scan_dtype):
     assert search.describe()["search"] == f"ivf ({index.nlist} lists, nprobe {index.nprobe})"
 
 
-def test_probed_search_pads_with_missing_when_lists_are_short():
+@pytest.mark.parametrize("scan_dtype", [torch.float32, torch.bfloat16])
+def test_probed_search_pads_with_missing_when_lists_are_short(scan_dtype):
     embeddings = torch.as_tensor(unit(np.random.default_rng(0).standard_normal((6, 4))))
     lists = [np.array([0, 1, 2]), np.array([3, 4, 5])]
     probes = np.array([[0], [1]])
-    found = neighbours.probed_neighbours(embeddings, np.array([0, 3]), 4, lists, probes)
+    found = neighbours.probed_neighbours(embeddings, np.array([0, 3]), 4, lists, probes, scan_dtype=scan_dtype)
     assert set(found[0, :2]) == {1, 2} and set(found[1, :2]) == {4, 5}
     assert (found[:, 2:] == -1).all()
+    empty = neighbours.NeighbourSearch(np.asarray(embeddings), method="exact", device=torch.device("cpu"))
+    assert empty(np.empty(0, dtype=np.int64), 2).shape == (0, 2)
+    assert neighbours.nearest_lists(torch.empty(0, 4), torch.ones(3, 4), 2).shape == (0, 2)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from zsfs.errors import ZsfsError
-from zsfs.fit import FitConfig, fit_store
+from zsfs.fit import FitConfig, fit_store, neighbours
+from zsfs.fit.graph import add_neighbour_graph
 from zsfs.store import Store, write_neighbour_graph
 from zsfs.testing.cli import run_cli
 from zsfs.testing.synthetic import make_synthetic_store
@@ -65,17 +66,25 @@ def test_graph_is_replaced_and_bad_requests_fail_cleanly(tmp_path):
     assert run_cli("neighbours", path, "--k", "3").exit_code == 0
     with Store(path) as store:
         assert store.graph_info["k"] == 3 and store.neighbour_graph(np.arange(4)).shape == (4, 3)
-    too_many = run_cli("neighbours", path, "--k", "1500")
-    assert too_many.exit_code == 1 and "1 <= k < 1500" in too_many.output
+    too_many = run_cli("neighbours", path, "--k", "101")
+    assert too_many.exit_code == 2 and "101" in too_many.output  # click's range check
+    with pytest.raises(ZsfsError, match="1 <= k < 1500"):
+        add_neighbour_graph(path, k=1500)
     missing = run_cli("neighbours", tmp_path / "nope.h5")
     assert missing.exit_code == 1 and "nope.h5" in missing.output
+    record = {"search": "exact", "precision": "fp32"}
     with pytest.raises(ZsfsError, match="shape"):
-        write_neighbour_graph(path, np.zeros((10, 3), np.int32), {"k": 3})
-    with Store(path) as store:  # the failed write left the graph as it was
-        assert store.graph_info["k"] == 3
+        write_neighbour_graph(path, np.zeros((10, 3), np.int32), record)
+    with pytest.raises(ZsfsError, match="outside"):
+        write_neighbour_graph(path, np.full((1500, 3), 1500), record)
+    with pytest.raises(ZsfsError, match="needs"):
+        write_neighbour_graph(path, np.zeros((1500, 3), np.int32), {"k": 3})
+    with Store(path) as store:  # the failed writes left the graph as it was
+        assert store.graph_info["k"] == 3 and store.graph_info["search"] == "exact (faiss flat index)"
 
 
-def test_bf16_graph_on_cpu_is_exact(tmp_path):
+def test_bf16_graph_on_cpu_is_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(neighbours, "GRAPH_BLOCK", 500)  # three blocks
     path = synthetic(tmp_path / "a")
     assert run_cli("neighbours", path, "--k", "4", "--precision", "bf16").exit_code == 0
     with Store(path) as store:
@@ -90,3 +99,17 @@ def test_rebuilding_the_store_drops_its_graph(tmp_path):
     make_synthetic_store(path, 1500, 8, n_ood_classes=2, seed=1, overwrite=True)  # other embeddings
     with Store(path) as store:
         assert store.graph_info is None and store.summary()["neighbour_graph"] is None
+
+
+def test_a_graph_is_used_only_when_it_is_as_exact_as_the_fits_own_search(tmp_path):
+    path = synthetic(tmp_path / "a")
+    with Store(path) as store:
+        exact = brute_force(store.read("clip"), np.arange(1500), 5)
+    write_neighbour_graph(path, exact, {"search": "ivf (4 lists, nprobe 1)", "precision": "fp32"})
+    with Store(path) as store:
+        assert fit_store(store, CONFIG).neighbour_search["source"] == "fit"  # exact search beats an IVF graph
+    ivf_store = make_synthetic_store(tmp_path / "b" / "store.h5", 1500, 8, seed=0, exact_max=1000)
+    assert run_cli("neighbours", ivf_store, "--k", "5").exit_code == 0
+    with Store(ivf_store) as store:
+        assert store.graph_info["search"].startswith("ivf")
+        assert fit_store(store, CONFIG).neighbour_search["source"] == "store graph"  # IVF for IVF: same search

@@ -62,6 +62,7 @@ def test_summary_is_mean_and_std_over_splits(bench):
     values = [split["ood"]["mcm"]["auroc"] for split in bench["splits"]]
     assert bench["mcm_auroc_mean"] == pytest.approx(np.mean(values))
     assert bench["mcm_auroc_std"] == pytest.approx(np.std(values))
+    assert all(split["neighbour_search"]["source"] == "fit" for split in bench["splits"])
 
 
 def test_same_seed_same_result(labelled_store, bench):
@@ -83,8 +84,10 @@ def test_score_split_uses_ood_as_positive_and_the_fit_scores_as_given():
         ood_continuous=np.array([-1.0, 0.0, -0.5, 2.0, 1.0]),
         mcm_score=np.array([-0.9, -0.8, -0.7, -0.6, -0.95]),  # the fit's MCM: higher = more OOD
         timings={"self-training": 1.5},
+        neighbour_search={"source": "fit", "search": "exact", "precision": "fp32"},
     )
     split = score_split(result, LabelCodes.of(labels), ["a", "b"])
+    assert split.neighbour_search["search"] == "exact"
     is_ood = np.array([False, False, False, True, True])
     assert split.n_id_images == 3 and split.n_ood_images == 2
     assert split.ood["zsfs"]["auroc"] == 1.0 and split.ood["zsfs_continuous"]["auroc"] == 1.0

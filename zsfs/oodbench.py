@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,6 +72,7 @@ class SplitResult:
     id_accuracy: float
     zero_shot_id_accuracy: float
     fit_seconds: float = 0.0
+    neighbour_search: dict = field(default_factory=dict)  # where the fit's neighbours came from
 
 
 def score_split(result: "FitResult", labels: LabelCodes, id_classes: Sequence[str]) -> SplitResult:
@@ -95,6 +96,7 @@ def score_split(result: "FitResult", labels: LabelCodes, id_classes: Sequence[st
         id_accuracy=accuracy(truth, class_codes[result.predicted[is_id]]),
         zero_shot_id_accuracy=accuracy(truth, class_codes[result.zero_shot_predicted[is_id]]),
         fit_seconds=float(sum(result.timings.values())),
+        neighbour_search=dict(result.neighbour_search),
     )
 
 

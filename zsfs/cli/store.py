@@ -100,20 +100,22 @@ def info_command(store_path: Path, as_json: bool) -> None:
 
 @click.command("neighbours")
 @click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
-@click.option("--k", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--k", type=click.IntRange(min=1, max=100), default=16, show_default=True,
               help="Neighbours kept per image (fits can then use --neighbours up to k).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where to search: on a GPU the search is exact for every store size.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16: faster exact scan (re-scored in fp32) on GPUs and AVX512-BF16 CPUs.")
+              help="bf16: bf16 scan re-scored in fp32, faster on GPUs and AVX512-BF16 CPUs (for stores with an "
+                   "exact index, or on a GPU, the scan is exact; bigger stores on CPU use their IVF lists).")
 def neighbours_command(store_path: Path, k: int, device: str, precision: str) -> None:
     """Find every image's k nearest CLIP neighbours once and keep them in STORE.
 
     The neighbour search is the only step of `zsfs fit` that depends on the images alone (not
     on the vocabulary, k or the ID/OOD split); with the neighbours stored, every later fit and
-    ood-bench split skips it. Uses the same search as fit: the store's FAISS index on CPU
-    (exact up to 100k images, IVF above), exact matrix products on a GPU. An existing graph is
-    replaced; image data is not touched.
+    ood-bench split skips it. Searches like fit: exactly on CPU for stores up to 100k images,
+    through the store's IVF lists above, exactly on a GPU. A fit uses the graph when it is at
+    least as exact as its own search would be. An existing graph is replaced; image data is
+    not touched.
 
     \b
     Example:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zsfs.devices import check_device
 from zsfs.errors import ZsfsError
-from zsfs.fit.neighbours import GRAPH_K, NeighbourSearch, choose_search, neighbour_graph
+from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K, choose_search, neighbour_graph, open_search
 from zsfs.fit.run import PRECISIONS
 
 
@@ -31,14 +31,12 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
     if precision not in PRECISIONS:
         raise ZsfsError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     with Store(store_path) as store:
-        if not 0 < k < store.n_images:
+        if not 0 < k < min(store.n_images, GRAPH_MAX_K + 1):
             raise ZsfsError(f"--k {k} is not possible for a store of {store.n_images} image(s): use 1 <= k < "
-                            f"{store.n_images}")
+                            f"{store.n_images}, at most {GRAPH_MAX_K}")
         dtype = PRECISIONS[precision]
-        method = choose_search(store, torch_device, dtype)
-        index = store.index() if method in ("faiss", "ivf") else None
-        search = NeighbourSearch(store.read("clip"), method=method, index=index, device=torch_device, scan_dtype=dtype)
-        del index  # the IVF search keeps only the lists
+        search, _ = open_search(store, choose_search(store, torch_device, dtype), device=torch_device,
+                                scan_dtype=dtype)
         record = {"k": k, **search.describe()}
         n_images, path = store.n_images, store.path
     if on_start is not None:

@@ -5,8 +5,9 @@
 - ``"faiss"``: the store's exact (flat) FAISS index, on CPU in float32, where faiss' own
   search is the fastest exact one.
 - ``"ivf"``: the store's IVF index (stores above 100k images) on CPU: each query scans the
-  same ``nprobe`` lists as faiss would, but all queries that probe a list are scored against
-  it in one matrix product (:func:`probed_neighbours`), not one query at a time. Asked for on
+  same ``nprobe`` lists as faiss would (so the same neighbours, up to ties), but all queries
+  that probe a list are scored against it in one matrix product (:func:`probed_neighbours`),
+  not one query at a time. Asked for on
   a store with an exact index (``--ivf-neighbours``, part of ``--fast``), the fit builds the
   lists itself (``zsfs.store.index.build_index``: under a second at 50k images).
 - ``"exact"``: every query against every row by blocked matrix products, on a GPU for any
@@ -51,6 +52,9 @@ IVF_MIN_ROWS = 20_000
 GRAPH_K = 16
 """Neighbours per image in a stored graph by default (fits use up to this many)."""
 
+GRAPH_MAX_K = 100
+"""Most neighbours per image a stored graph may hold (its build holds ~GRAPH_BLOCK x k x 24 bytes)."""
+
 GRAPH_BLOCK = 131072
 """Rows per block when building a graph (one progress step). Large, because each block visits
 every IVF list once: with 16k-row blocks the 1.28M graph spent its time gathering lists."""
@@ -64,25 +68,28 @@ class RunningTop:
         self.scores = torch.full((n_queries, width), -torch.inf, device=device)
         self.rows = torch.full((n_queries, width), -1, dtype=torch.int64, device=device)
 
-    def update(self, queries: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor) -> None:
-        """Merge ``scores`` (len(queries) x len(rows)); each query at most once per call."""
+    def update(self, queries: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor | None) -> None:
+        """Merge ``scores`` (len(queries) x len(rows)); each query at most once per call.
+        ``rows`` None: column j is row j."""
         best, where = torch.topk(scores, min(self.width, scores.shape[1]), dim=1)
         merged = torch.cat([self.scores[queries], best.float()], dim=1)
-        merged_rows = torch.cat([self.rows[queries], rows[where]], dim=1)
+        merged_rows = torch.cat([self.rows[queries], where if rows is None else rows[where]], dim=1)
         self.scores[queries], pick = torch.topk(merged, self.width, dim=1)
         self.rows[queries] = torch.gather(merged_rows, 1, pick)
 
 
 def probed_neighbours(
-    embeddings: torch.Tensor, query_rows: np.ndarray, k: int, lists: Sequence[np.ndarray], probes: np.ndarray,
-    *, scan_dtype: torch.dtype = torch.float32,
+    embeddings: torch.Tensor, query_rows: np.ndarray, k: int, lists: Sequence[np.ndarray | None],
+    probes: np.ndarray, *, scan_dtype: torch.dtype = torch.float32, scan: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Row ids ``(len(query_rows), k)``: each query row's ``k`` nearest rows by inner product
     among the rows of the lists it probes, itself excluded; ``-1`` where those hold too few.
 
     ``embeddings``: ``(N, D)`` rows on the device to search on (any float dtype). ``lists``:
-    row ids per list; ``probes``: ``(len(query_rows), P)`` list numbers per query, distinct
-    per query. The queries probing a list are scored against it in blocks of matrix products.
+    row ids per list (None: all rows); ``probes``: ``(len(query_rows), P)`` list numbers per
+    query, distinct per query. The queries probing a list are scored against it in blocks of
+    matrix products. ``scan``: ``embeddings`` already in ``scan_dtype``, to skip converting
+    rows per list (worth its memory when every query scans every row).
     """
     device = embeddings.device
     low_precision = scan_dtype != torch.float32
@@ -92,20 +99,26 @@ def probed_neighbours(
     queries = torch.as_tensor(query_rows, device=device)
     top = RunningTop(len(query_rows), width, device)
 
+    def in_scan_dtype(rows: torch.Tensor | None) -> torch.Tensor:
+        if scan is not None:
+            return scan if rows is None else scan[rows]
+        return (embeddings if rows is None else embeddings[rows]).to(scan_dtype)
+
     flat_lists = probes.ravel()
     order = np.argsort(flat_lists, kind="stable")
     probing = np.repeat(np.arange(len(query_rows)), probes.shape[1])[order]
     bounds = np.searchsorted(flat_lists[order], np.arange(len(lists) + 1))
     for number, members in enumerate(lists):
         asking = probing[bounds[number] : bounds[number + 1]]
-        if len(asking) == 0 or len(members) == 0:
+        size = len(embeddings) if members is None else len(members)
+        if len(asking) == 0 or size == 0:
             continue
-        rows = torch.as_tensor(members, device=device)
-        keys = embeddings[rows].to(scan_dtype)
-        step = max(1, block // len(members))
+        rows = None if members is None else torch.as_tensor(members, device=device)
+        keys = in_scan_dtype(rows)
+        step = max(1, block // size)
         for start in range(0, len(asking), step):
             which = torch.as_tensor(asking[start : start + step], device=device)
-            top.update(which, embeddings[queries[which]].to(scan_dtype) @ keys.T, rows)
+            top.update(which, in_scan_dtype(queries[which]) @ keys.T, rows)
 
     found = top.rows
     if low_precision:  # re-score the shortlist in float32, a block of queries at a time
@@ -120,13 +133,13 @@ def probed_neighbours(
 
 
 def exact_neighbours(embeddings: torch.Tensor, query_rows: np.ndarray, k: int, *,
-                     scan_dtype: torch.dtype = torch.float32) -> np.ndarray:
+                     scan_dtype: torch.dtype = torch.float32, scan: torch.Tensor | None = None) -> np.ndarray:
     """Each query row's ``k`` nearest rows among all rows, itself excluded (one list of all rows)."""
     n = len(embeddings)
     if not 0 < k < n:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} embeddings, got {k}")
     probes = np.zeros((len(query_rows), 1), dtype=np.int64)
-    return probed_neighbours(embeddings, query_rows, k, [np.arange(n)], probes, scan_dtype=scan_dtype)
+    return probed_neighbours(embeddings, query_rows, k, [None], probes, scan_dtype=scan_dtype, scan=scan)
 
 
 def ivf_lists(index: "faiss.IndexIVF") -> tuple[list[np.ndarray], np.ndarray]:
@@ -140,9 +153,9 @@ def ivf_lists(index: "faiss.IndexIVF") -> tuple[list[np.ndarray], np.ndarray]:
 
 def nearest_lists(queries: torch.Tensor, centroids: torch.Tensor, nprobe: int, chunk_rows: int = 65536) -> np.ndarray:
     """``(len(queries), nprobe)``: the lists each query probes (highest centroid inner product)."""
-    return np.concatenate([torch.topk(queries[start : start + chunk_rows].float() @ centroids.T, nprobe,
-                                      dim=1).indices.cpu().numpy()
-                           for start in range(0, len(queries), chunk_rows)])
+    chunks = [torch.topk(queries[start : start + chunk_rows].float() @ centroids.T, nprobe, dim=1).indices.cpu().numpy()
+              for start in range(0, len(queries), chunk_rows)]
+    return np.concatenate(chunks) if chunks else np.empty((0, nprobe), dtype=np.int64)
 
 
 def choose_search(store: "Store", device: torch.device, scan_dtype: torch.dtype = torch.float32, *,
@@ -159,16 +172,18 @@ def choose_search(store: "Store", device: torch.device, scan_dtype: torch.dtype 
 
 class NeighbourSearch:
     """One search over a store's CLIP embeddings (``clip``, all rows), set up once and then
-    queried in blocks of rows. ``index`` (the store's) is needed by the "faiss" and "ivf"
-    searches; "ivf" keeps only its lists, so the caller may drop the index afterwards."""
+    queried in blocks of rows. ``index`` (the store's, or lists built for the fit) is needed by
+    the "faiss" and "ivf" searches; "ivf" keeps only its lists, so the caller may drop it."""
 
     def __init__(self, clip: np.ndarray, *, method: str, index: "faiss.Index | None" = None,
-                 device: torch.device, scan_dtype: torch.dtype = torch.float32):
+                 device: torch.device, scan_dtype: torch.dtype = torch.float32, lists_built: bool = False):
         if method not in SEARCHES:
             raise ValueError(f"unknown search {method!r}; use one of {SEARCHES}")
-        self.method, self.clip, self.scan_dtype = method, clip, scan_dtype
+        self.method, self.clip, self.scan_dtype, self.lists_built = method, clip, scan_dtype, lists_built
         self.index = index if method == "faiss" else None
         self.embeddings = None if method == "faiss" else torch.as_tensor(clip).to(device)
+        # Every query scans every row: convert the rows to the scan dtype once.
+        self.scan = self.embeddings.to(scan_dtype) if method == "exact" else None
         self.search = {"faiss": "exact (faiss flat index)", "exact": "exact"}.get(method)
         if method == "ivf":
             self.lists, centroids = ivf_lists(index)
@@ -176,20 +191,53 @@ class NeighbourSearch:
             self.nprobe = int(index.nprobe)
             self.search = f"ivf ({len(self.lists)} lists, nprobe {self.nprobe})"
 
+    @property
+    def exact(self) -> bool:
+        return self.method != "ivf"
+
     def __call__(self, query_rows: np.ndarray, k: int) -> np.ndarray:
         """``(len(query_rows), k)`` neighbours of the given store rows, themselves excluded."""
         if self.method == "faiss":
             return nearest_neighbours(self.index, self.clip[query_rows], query_rows, k)
         if self.method == "exact":
-            return exact_neighbours(self.embeddings, query_rows, k, scan_dtype=self.scan_dtype)
+            return exact_neighbours(self.embeddings, query_rows, k, scan_dtype=self.scan_dtype, scan=self.scan)
         queries = self.embeddings[torch.as_tensor(np.asarray(query_rows), device=self.embeddings.device)]
         probes = nearest_lists(queries, self.centroids, self.nprobe)
         return probed_neighbours(self.embeddings, query_rows, k, self.lists, probes, scan_dtype=self.scan_dtype)
 
     def describe(self) -> dict:
-        """``{"search", "precision"}`` for run configs and a stored graph's record."""
+        """``{"search", "precision"[, "lists"]}`` for run configs and a stored graph's record."""
         low_precision = self.method != "faiss" and self.scan_dtype != torch.float32
-        return {"search": self.search, "precision": "bf16 scan, fp32 re-scoring" if low_precision else "fp32"}
+        record = {"search": self.search, "precision": "bf16 scan, fp32 re-scoring" if low_precision else "fp32"}
+        return {**record, "lists": "built by the fit"} if self.lists_built else record
+
+
+def open_search(store: "Store", method: str, *, device: torch.device, scan_dtype: torch.dtype = torch.float32,
+                seed: int = 0) -> tuple[NeighbourSearch, np.ndarray]:
+    """``(search, clip)``: read what ``method`` needs from ``store``, and its CLIP embeddings.
+
+    The index is read first: deserialising it briefly holds two copies (for 1.28M images,
+    2 x 2.6 GB), better before the CLIP embeddings are in memory than after. For "ivf" on a
+    store whose index is exact, the lists are built here (``build_index``, seeded).
+    """
+    from zsfs.store.index import build_index
+
+    build_lists = method == "ivf" and store.index_info.get("type") == "flat"
+    index = store.index() if method in ("faiss", "ivf") and not build_lists else None
+    clip = store.read("clip")
+    if build_lists:
+        index, _ = build_index(clip, exact_max=0, seed=seed)
+    search = NeighbourSearch(clip, method=method, index=index, device=device, scan_dtype=scan_dtype,
+                             lists_built=build_lists)
+    return search, clip
+
+
+def graph_serves(graph: dict | None, n_neighbours: int, method: str) -> bool:
+    """Whether a stored graph (its record, see ``Store.graph_info``) can stand in for ``method``:
+    it holds enough neighbours and is at least as exact (an IVF graph only replaces an IVF search)."""
+    if graph is None or graph["k"] < n_neighbours:
+        return False
+    return str(graph.get("search", "")).startswith("exact") or method == "ivf"
 
 
 def neighbour_graph(search: NeighbourSearch, n_rows: int, k: int, *,

@@ -22,10 +22,9 @@ from zsfs.errors import ZsfsError
 from zsfs.outputs import new_folder, write_json
 from zsfs.fit import ood, seeds
 from zsfs.fit.classifier import Classifier, normalise
-from zsfs.fit.neighbours import NeighbourSearch, choose_search
+from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, self_train
 from zsfs.fit.zeroshot import ZeroShotAccumulator, iter_logit_chunks
-from zsfs.store.index import build_index
 
 if TYPE_CHECKING:
     from zsfs.store import Store
@@ -171,19 +170,13 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
 
     n_neighbours = min(config.neighbours, n_images - 1)
     graph = store.graph_info
-    method = None if graph is not None and graph["k"] >= n_neighbours else choose_search(
-        store, device, dtype, ivf=config.ivf_neighbours)
-    build_lists = method == "ivf" and store.index_info.get("type") == "flat"
+    method = choose_search(store, device, dtype, ivf=config.ivf_neighbours)
+    use_graph = graph_serves(graph, n_neighbours, method)
     with timer.phase("read clip + index"):
-        # The index first: deserialising it briefly holds two copies (for 1.28M images, 2 x 2.6 GB),
-        # better before the CLIP embeddings are in memory than after.
-        index = store.index() if method in ("faiss", "ivf") and not build_lists else None
-        clip = store.read("clip")
-        if build_lists:
-            index, _ = build_index(clip, exact_max=0, seed=config.seed)
-        search = None if method is None else NeighbourSearch(clip, method=method, index=index, device=device,
-                                                             scan_dtype=dtype)
-        del index  # the IVF search keeps only the lists
+        if use_graph:
+            search, clip = None, store.read("clip")
+        else:
+            search, clip = open_search(store, method, device=device, scan_dtype=dtype, seed=config.seed)
     with timer.phase("zero-shot + candidates"):
         zero_shot = ZeroShotAccumulator(n_images, n_classes)
         top = seeds.TopCandidates(n_classes, config.candidates)
@@ -200,8 +193,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
             neighbour_search = {"source": "store graph", **graph}
         else:
             found = search(unique, n_neighbours)
-            neighbour_search = {"source": "fit", **search.describe(),
-                                **({"lists": "built by the fit"} if build_lists else {})}
+            neighbour_search = {"source": "fit", **search.describe()}
         neighbours = np.full((*candidates.shape, n_neighbours), seeds.MISSING, np.int64)
         neighbours[valid] = found[np.searchsorted(unique, candidates[valid])]
         support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)

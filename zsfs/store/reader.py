@@ -195,7 +195,8 @@ class Store:
         when it has none (``zsfs neighbours`` adds one)."""
         if schema.GRAPH_DATASET not in self._file:
             return None
-        return json.loads(self._file[schema.GRAPH_DATASET].attrs[schema.ATTR_GRAPH])
+        dataset = self._file[schema.GRAPH_DATASET]
+        return {**json.loads(dataset.attrs[schema.ATTR_GRAPH]), "k": int(dataset.shape[1])}
 
     def neighbour_graph(self, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), K)`` int64: the stored nearest rows of ``rows`` (``-1`` where none)."""

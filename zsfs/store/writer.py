@@ -310,17 +310,22 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
 def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict) -> None:
     """Add (or replace) the store's neighbour graph: ``rows`` (N, K), each image's K nearest
     store rows by CLIP inner product, best first, itself excluded, ``-1`` where none.
-    ``info`` records how it was found (``k``, ``search``, ``precision``)."""
+    ``info`` records how they were found: ``search`` and ``precision`` (``k`` is ``K``)."""
     rows = np.asarray(rows)
+    missing = {"search", "precision"} - set(info)
+    if missing:
+        raise ZsfsError(f"a neighbour graph's record needs {sorted(missing)}")
     with open_for_update(master) as file:
         n_images = file[schema.CLIP].shape[0]
         if rows.ndim != 2 or len(rows) != n_images or not 0 < rows.shape[1] < max(n_images, 2):
             raise ZsfsError(f"a neighbour graph for {master} needs shape ({n_images}, K) with 0 < K < "
                             f"{n_images}, got {rows.shape}")
+        if rows.size and (rows.min() < -1 or rows.max() >= n_images):
+            raise ZsfsError(f"a neighbour graph for {master} holds row ids outside [-1, {n_images})")
 
         def write(staging: str) -> None:
             dataset = file.create_dataset(staging, data=rows.astype(np.int32), chunks=True)
-            dataset.attrs[schema.ATTR_GRAPH] = canonical_json(info)
+            dataset.attrs[schema.ATTR_GRAPH] = canonical_json({**info, "k": int(rows.shape[1])})
 
         replace_staged(file, schema.GRAPH_DATASET, write, "the neighbour graph")
 
