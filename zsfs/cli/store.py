@@ -100,7 +100,7 @@ def info_command(store_path: Path, as_json: bool) -> None:
 
 @click.command("neighbours")
 @click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
-@click.option("--k", type=click.IntRange(min=1, max=100), default=16, show_default=True,
+@click.option("--k", type=click.IntRange(min=1, max=100), default=16, show_default=True,  # GRAPH_MAX_K, GRAPH_K
               help="Neighbours kept per image (fits can then use --neighbours up to k).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where to search: on a GPU the search is exact for every store size.")

@@ -191,10 +191,6 @@ class NeighbourSearch:
             self.nprobe = int(index.nprobe)
             self.search = f"ivf ({len(self.lists)} lists, nprobe {self.nprobe})"
 
-    @property
-    def exact(self) -> bool:
-        return self.method != "ivf"
-
     def __call__(self, query_rows: np.ndarray, k: int) -> np.ndarray:
         """``(len(query_rows), k)`` neighbours of the given store rows, themselves excluded."""
         if self.method == "faiss":
