@@ -41,10 +41,11 @@ def _prediction_frame() -> pl.DataFrame:
         "predicted": ["[cat]", None],
         "confidence": [0.9, None],
         "ood_score": [0.0, None],
+        "ood_paper": [0.0, None],
         "ood_continuous": [-1.0, None],
         "error": [None, "bad [b]x[/b]"],
     }, schema={"path": pl.String, "predicted": pl.String, "confidence": pl.Float64, "ood_score": pl.Float64,
-               "ood_continuous": pl.Float64, "error": pl.String})
+               "ood_paper": pl.Float64, "ood_continuous": pl.Float64, "error": pl.String})
 
 
 def test_predict_table_shows_paths_classes_and_errors_verbatim(tmp_path, monkeypatch):

@@ -55,7 +55,8 @@ def predict_images(
 ):
     """Classify ``inputs`` with the run's classifier; a polars DataFrame, one row per file.
 
-    Columns: path, predicted, confidence, ood_score (0, 1/3, 2/3, 1), ood_continuous, error
+    Columns: path, predicted, confidence, ood_score (rank of the seed distance in the fitted
+    collection, in [0, 1]), ood_paper (0, 1/3, 2/3, 1), ood_continuous, error
     (the reason a file could not be read; its other columns are then null).
     ``backbone_weights``: the weights file the store recorded, at a new location (its sha256
     must still match).
@@ -86,21 +87,24 @@ def predict_images(
 
     n = len(source)
     predicted = np.full(n, None, dtype=object)
-    confidence, ood_score, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(3))
+    confidence, ood_score, ood_paper, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(4))
     if rows:
         good = np.concatenate(rows)
-        logits = run.classifier.predict_logits(np.concatenate(features))
+        features = np.concatenate(features)
+        logits = run.classifier.predict_logits(features)
         probabilities = torch.from_numpy(logits).softmax(dim=1)
         best, index = probabilities.max(dim=1)
         predicted[good] = np.asarray(run.classifier.classes, dtype=object)[index.numpy()]
         confidence[good] = best.numpy()
-        ood_score[good], ood_continuous[good] = run.classifier.ood_scores(logits)
+        ood_score[good] = run.classifier.ood_score(features)
+        ood_paper[good], ood_continuous[good] = run.classifier.ood_scores(logits)
     error = [errors.get(i) for i in range(n)]
     return pl.DataFrame({
         "path": source.paths,
         "predicted": pl.Series(predicted.tolist(), dtype=pl.String),
         "confidence": pl.Series(confidence).fill_nan(None),
         "ood_score": pl.Series(ood_score).fill_nan(None),
+        "ood_paper": pl.Series(ood_paper).fill_nan(None),
         "ood_continuous": pl.Series(ood_continuous).fill_nan(None),
         "error": pl.Series(error, dtype=pl.String),
     })

@@ -13,7 +13,7 @@ from zsfs.cli.common import console
 from zsfs.devices import DEVICES
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
-PARAMETERS = ("k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
+PARAMETERS = ("method", "keep_all_classes", "k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
               "cycle_epochs", "batch_size", "lr", "max_cycles", "loss_floor", "ood_multiplier", "seed", "device",
               "precision", "ivf_neighbours")
 
@@ -34,6 +34,12 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--vocab", default=None, help="Vocabulary (class list) of the store [default: its only one].")
 @click.option("--out", "run_dir", type=click.Path(path_type=Path), default=None,
               help="Run folder to create (must not exist) [default: runs/<store>-<vocab>-k<k>-<UTC time>].")
+@click.option("--method", type=click.Choice(["balanced", "cycles"]), default=None,
+              help="After the seeds: 'balanced' labels the whole collection by class-balanced self-training with "
+                   "estimated class shares (absent classes dropped); 'cycles' grows the pseudo-labels from the "
+                   "candidate lists as the paper does [balanced; paper: cycles].")
+@click.option("--keep-all-classes", is_flag=True, default=None,
+              help="Balanced method: never declare a listed class absent from the collection.")
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Seeds per class; candidates per class per cycle [16].")
 @click.option("--candidates", type=click.IntRange(min=1), default=None, help="Zero-shot candidates per class, R [100].")
 @click.option("--neighbours", type=click.IntRange(min=1), default=None, help="CLIP neighbours for re-ranking [5].")
@@ -120,7 +126,7 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     if metrics and "accuracy" in metrics:
         table.add_row("accuracy", f"{metrics['accuracy']:.4f}")
         table.add_row("zero-shot accuracy", f"{metrics['zero_shot_accuracy']:.4f}")
-        for key, label in (("ood_auroc", "OOD AUROC (paper score)"), ("ood_continuous_auroc", "OOD AUROC (continuous)"),
+        for key, label in (("ood_auroc", "OOD AUROC (ood_score)"), ("ood_paper_auroc", "OOD AUROC (paper score)"),
                            ("mcm_auroc", "OOD AUROC (MCM)")):
             if key in metrics:
                 table.add_row(label, f"{metrics[key]:.4f}")
@@ -128,9 +134,12 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
     search = result.neighbour_search
     table.add_row("neighbours", Text(f"{search['source']}: {search['search']}, {search['precision']}"))
-    levels, counts = np.unique(np.round(result.ood_score * 3).astype(int), return_counts=True)
+    if result.absent_classes:
+        table.add_row("absent classes", Text(", ".join(result.absent_classes)))
+    table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}")
+    levels, counts = np.unique(np.round(result.ood_paper * 3).astype(int), return_counts=True)
     ood_counts = dict(zip(levels.tolist(), counts.tolist()))
-    table.add_row("OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{ood_counts.get(i, 0):,}" for i in range(4)))
+    table.add_row("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{ood_counts.get(i, 0):,}" for i in range(4)))
     for phase, seconds in result.timings.items():
         table.add_row(f"time: {phase}", f"{seconds:.2f} s")
     table.add_row("time: total", f"{sum(result.timings.values()):.2f} s")

@@ -62,14 +62,14 @@ def _table(frame) -> Table:
     table = Table(title="zsfs predict" + (f" (first {SHOWN_ROWS} of {frame.height})" if frame.height > SHOWN_ROWS else ""))
     table.add_column("path", overflow="fold")  # the path is what identifies the row: never cut it
     table.add_column("predicted")
-    for column in ("confidence", "OOD", "OOD (continuous)"):
+    for column in ("confidence", "OOD", "OOD (paper)"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
         if row["error"] is not None:
             table.add_row(Text(row["path"]), Text(row["error"], style="red"), "", "", "")
         else:
             table.add_row(Text(row["path"]), Text(row["predicted"]), f"{row['confidence']:.3f}",
-                          f"{row['ood_score']:.2f}", f"{row['ood_continuous']:+.2f}")
+                          "-" if row["ood_score"] is None else f"{row['ood_score']:.2f}", f"{row['ood_paper']:.2f}")
     return table
 
 
