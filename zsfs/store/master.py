@@ -19,7 +19,7 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import StoreError
 from zsfs.store import schema
-from zsfs.store.hdf5 import canonical_json, read_identity, write_strings
+from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_strings
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
 
 
@@ -111,7 +111,7 @@ def carry_over_vocabularies(previous: Path, master: h5py.File, identity: dict) -
 
 
 def concat_strings(files: list[h5py.File], name: str) -> np.ndarray:
-    parts = [file[name].asstr()[:] for file in files]
+    parts = [read_strings(file[name]) for file in files]
     return np.concatenate(parts) if parts else np.array([], dtype=object)
 
 
