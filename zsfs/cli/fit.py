@@ -7,9 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from rich.markup import escape
-
-from zsfs.cli.common import console
+from zsfs.cli.common import console, shown
 from zsfs.devices import DEVICES
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
@@ -97,7 +95,7 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     with Store(store_path) as store:
         vocabulary = resolve_vocabulary(store, vocab)
         run_dir = run_dir or default_run_dir(store_path, vocabulary, config.k)
-        with console.status(escape(f"Fitting {store.n_images:,} images on vocabulary {vocabulary!r}...")):
+        with console.status(f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}..."):
             result = fit_store(store, config, vocabulary)
             saved = save_run(result, store, config, run_dir)
         labels = store.labels()
@@ -111,7 +109,6 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
 def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     import numpy as np
     from rich.table import Table
-    from rich.text import Text
 
     table = Table(title=f"zsfs fit: {len(result.predicted):,} images, {len(result.classes)} classes", title_justify="left")
     table.add_column("", style="bold")
@@ -126,7 +123,7 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     table.add_row("seeds", f"{int(result.is_seed.sum()):,}")
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
     search = result.neighbour_search
-    table.add_row("neighbours", Text(f"{search['source']}: {search['search']}, {search['precision']}"))
+    table.add_row("neighbours", shown(f"{search['source']}: {search['search']}, {search['precision']}"))
     levels, counts = np.unique(np.round(result.ood_score * 3).astype(int), return_counts=True)
     ood_counts = dict(zip(levels.tolist(), counts.tolist()))
     table.add_row("OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{ood_counts.get(i, 0):,}" for i in range(4)))
@@ -144,7 +141,7 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
         cycles.add_row(str(c.index), f"{c.n_candidates:,}", f"{c.n_kept:,}", f"{c.n_trained:,}", str(len(c.losses)),
                        "-" if c.first_loss is None else f"{c.first_loss:.4f}", "-" if p is None else f"{p:.4f}")
     console.print(cycles)
-    console.print(f"Run written to [bold]{escape(str(run_dir))}[/]")
+    console.print(f"Run written to [bold]{shown(run_dir)}[/]")
 
 
 COMMANDS = [fit_command]

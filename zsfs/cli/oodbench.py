@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from zsfs.cli.common import console
+from zsfs.cli.common import console, shown
 from zsfs.errors import ZsfsError
 
 
@@ -58,11 +57,11 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         metrics = run_bench(store, wanted, config, n_splits=splits, seed=seed, vocabulary=vocab,
                             on_split=report_split)
     if metrics["always_ood_classes"]:
-        console.print(escape(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
+        console.print(shown(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
                              f"{metrics['vocabulary']!r} and were always OOD."))
     console.print(_table(metrics))
     if out is not None:
-        console.print(f"Written: {escape(str(write_metrics(metrics, out)))}")
+        console.print(f"Written: {shown(write_metrics(metrics, out))}")
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
 

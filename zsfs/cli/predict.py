@@ -6,11 +6,9 @@ import sys
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
-from zsfs.cli.common import console, image_progress
+from zsfs.cli.common import console, image_progress, shown
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
@@ -55,7 +53,7 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     console.print(_table(frame))
     failed = frame["error"].is_not_null().sum()
     console.print(f"{frame.height - failed:,} images classified, {failed:,} unreadable"
-                  + (f"; all rows written to {escape(str(out))}" if out is not None else ""))
+                  + (f"; all rows written to {shown(out)}" if out is not None else ""))
 
 
 def _table(frame) -> Table:
@@ -66,9 +64,9 @@ def _table(frame) -> Table:
         table.add_column(column, justify="right", no_wrap=True)
     for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
         if row["error"] is not None:
-            table.add_row(Text(row["path"]), Text(row["error"], style="red"), "", "", "")
+            table.add_row(shown(row["path"]), f"[red]{shown(row['error'])}[/]", "", "", "")
         else:
-            table.add_row(Text(row["path"]), Text(row["predicted"]), f"{row['confidence']:.3f}",
+            table.add_row(shown(row["path"]), shown(row["predicted"]), f"{row['confidence']:.3f}",
                           f"{row['ood_score']:.2f}", f"{row['ood_continuous']:+.2f}")
     return table
 
