@@ -7,6 +7,7 @@ function of the classifier's logits (its thresholds were calibrated on the run's
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from zsfs.embedding import DecodedImages, default_worker_niceness, default_worke
 from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.fit.classifier import Classifier, load_classifier
 from zsfs.models import load_backbone_from_record
-from zsfs.sources import ImageSource, open_source
+from zsfs.names import utf8_texts
+from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,11 @@ def load_run(run_dir: str | Path) -> FittedRun:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError) as error:
         raise ZsfsError(f"{config_file} is unreadable ({error}); rerun `zsfs fit`") from None
-    return FittedRun(run_dir, load_classifier(run_dir / "classifier.pt"), config)
+    classifier = load_classifier(run_dir / "classifier.pt")
+    if not (np.isfinite(classifier.weight).all() and np.isfinite(classifier.bias).all()):
+        raise ZsfsError(f"the classifier of {run_dir} has non-finite weights (its training diverged); "
+                        "refit with a smaller --lr")
+    return FittedRun(run_dir, classifier, config)
 
 
 def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
@@ -56,15 +62,17 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
     if not inputs:
         raise ZsfsError("no images given; pass image files and/or folders")
     paths: list[str] = []
+    unreadable: dict[str, str] = {}
     for given in map(Path, inputs):
         if given.is_dir():
             folder = open_source(given)
-            paths += [str(given / path) for path in folder.paths]
+            paths += [os.path.join(given, path) for path in folder.paths]  # keeps an unreadable folder's '/'
+            unreadable.update({os.path.join(given, path): reason for path, reason in folder.unreadable.items()})
         elif given.is_file():
             paths.append(str(given))
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
-    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None)
+    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable)
 
 
 def predict_images(
@@ -76,6 +84,7 @@ def predict_images(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     backbone_weights: str | Path | None = None,
+    max_pixels: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ):
@@ -84,7 +93,8 @@ def predict_images(
     Columns: path, predicted, confidence, ood_score (0, 1/3, 2/3, 1), ood_continuous, error
     (the reason a file could not be read; its other columns are then null).
     ``backbone_weights``: the weights file the store recorded, at a new location (its sha256
-    must still match).
+    must still match). ``max_pixels``: the decoding budget of one image (as ``zsfs extract``).
+    Paths in the frame are UTF-8 text: a name's undecodable bytes appear as ``\\xNN``.
     """
     import polars as pl
 
@@ -100,7 +110,8 @@ def predict_images(
 
     batches = [list(range(start, min(start + batch_size, len(source)))) for start in range(0, len(source), batch_size)]
     workers = default_workers(device) if workers is None else workers
-    loader = make_loader(DecodedImages(source, backbone.preprocess), batches, workers=workers,
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    loader = make_loader(DecodedImages(source, backbone.preprocess, max_pixels=max_pixels), batches, workers=workers,
                          pin_memory=torch_device.type == "cuda", worker_niceness=default_worker_niceness(device))
     rows, features, errors = [], [], {}
     for _, batch, outputs in embed_batches(loader, range(len(batches)), (backbone.encode_images,), torch_device,
@@ -123,7 +134,7 @@ def predict_images(
         ood_score[good], ood_continuous[good] = run.classifier.ood_scores(logits)
     error = [errors.get(i) for i in range(n)]
     return pl.DataFrame({
-        "path": source.paths,
+        "path": utf8_texts(source.paths),
         "predicted": pl.Series(predicted.tolist(), dtype=pl.String),
         "confidence": pl.Series(confidence).fill_nan(None),
         "ood_score": pl.Series(ood_score).fill_nan(None),
@@ -141,6 +152,7 @@ def write_predictions(frame, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix not in OUTPUT_SUFFIXES:
         raise ZsfsError(f"--out must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     writers = dict(zip(OUTPUT_SUFFIXES, (frame.write_csv, frame.write_parquet, frame.write_json)))
     writers[path.suffix](path)
     return path

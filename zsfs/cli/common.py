@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -56,6 +57,26 @@ class ZsfsGroup(click.Group):
             console.print("[yellow]Interrupted.[/] Nothing half-written was left; `zsfs extract` and "
                           "`zsfs import` resume where they stopped when rerun.")
             sys.exit(130)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinities (which would silently poison a fit), with
+    the range checks of ``click.FloatRange``: the type of every float option."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+MAX_PIXELS_OPTION = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=None,
+    help="Pixel budget of one image: larger JPEGs are decoded at 1/2 to 1/8 scale, larger files of other formats "
+         "are skipped with a reason [default: 89,478,485, Pillow's own limit].")
+"""Shared by the commands that decode images (the default lives in ``zsfs.sources.DEFAULT_MAX_PIXELS``)."""
 
 
 class _ItemsPerSecond(ProgressColumn):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import console, image_progress, shown
+from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
@@ -37,6 +37,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
               help="Images per shard file (the unit of resuming).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Stored dtype of the embeddings.")
+@MAX_PIXELS_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built from other models or data.")
 def extract(source: Path, out: Path | None, classes_file: Path | None, **options) -> None:
     """Embed every image of SOURCE (a folder or a .txt/.csv list) into a feature store.

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from zsfs.cli.common import console, shown
+
+from zsfs.cli.common import FiniteFloat, console, shown
 from zsfs.devices import DEVICES
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
@@ -46,11 +47,11 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs on the seeds [100].")
 @click.option("--cycle-epochs", type=click.IntRange(min=0), default=None, help="Maximum epochs per cycle [20].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [16].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate [1e-3].")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Adam learning rate [1e-3].")
 @click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="Maximum self-training cycles [19].")
-@click.option("--loss-floor", type=click.FloatRange(min=0), default=None,
+@click.option("--loss-floor", type=FiniteFloat(min=0), default=None,
               help="Stop the cycles once an epoch's training loss is below this [0.1].")
-@click.option("--ood-multiplier", type=click.FloatRange(min=0), default=None, help="m in threshold = mean - m*std [1].")
+@click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in threshold = mean - m*std [1].")
 @click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
@@ -88,10 +89,12 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     from zsfs.fit.run import FitConfig, fit_metrics, fit_store, resolve_vocabulary, save_run
     from zsfs.outputs import check_new_folder
     from zsfs.store import Store
+    from zsfs.writable import check_writable
 
     config = FitConfig.from_options(paper=paper, fast=fast, **options)
     if run_dir is not None:
         check_new_folder(run_dir)
+    check_writable(run_dir or default_run_dir(store_path, "x", config.k), "run folder")
     with Store(store_path) as store:
         vocabulary = resolve_vocabulary(store, vocab)
         run_dir = run_dir or default_run_dir(store_path, vocabulary, config.k)

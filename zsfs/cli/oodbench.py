@@ -36,10 +36,12 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     from zsfs.fit.run import FitConfig
     from zsfs.oodbench import ood_bench as run_bench, write_metrics
     from zsfs.outputs import check_new_folder
+    from zsfs.writable import check_writable
     from zsfs.store import Store
 
     if out is not None:
         check_new_folder(out)
+        check_writable(out, "report folder")
     wanted = _parse_id_classes(id_classes)
     config = FitConfig.from_options(paper=paper, fast=fast, **fit_options)
     seed = config.seed

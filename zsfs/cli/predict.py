@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import console, image_progress, shown
+from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
@@ -34,6 +34,7 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes [default: as zsfs extract].")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path),
               help="The store's backbone weights file at a new location (its sha256 must match).")
+@MAX_PIXELS_OPTION
 def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: bool, **options) -> None:
     """Classify IMAGES (files and/or folders) with the classifier of a fitted run.
 
@@ -43,7 +44,10 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     of zeros.
     """
     from zsfs.predict import predict_images, write_predictions
+    from zsfs.writable import check_writable
 
+    if out is not None:
+        check_writable(out, "predictions file")  # a missing folder is created at the end
     with image_progress("classifying") as (on_start, on_batch):
         frame = predict_images(run_dir, images, on_start=on_start, on_batch=on_batch, **options)
     if out is not None:
@@ -66,9 +70,13 @@ def _table(frame) -> Table:
         if row["error"] is not None:
             table.add_row(shown(row["path"]), f"[red]{shown(row['error'])}[/]", "", "", "")
         else:
-            table.add_row(shown(row["path"]), shown(row["predicted"]), f"{row['confidence']:.3f}",
-                          f"{row['ood_score']:.2f}", f"{row['ood_continuous']:+.2f}")
+            table.add_row(shown(row["path"]), shown(row["predicted"]), _number(row["confidence"], ".3f"),
+                          _number(row["ood_score"], ".2f"), _number(row["ood_continuous"], "+.2f"))
     return table
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 COMMANDS = [predict]

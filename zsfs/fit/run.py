@@ -7,6 +7,7 @@ run folder atomically.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -25,11 +26,13 @@ from zsfs.fit.classifier import Classifier, normalise
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, self_train
 from zsfs.fit.zeroshot import ZeroShotAccumulator, iter_logit_chunks
+from zsfs.names import utf8_texts
 
 if TYPE_CHECKING:
     from zsfs.store import Store
 
 PROMPT_CHOICES = ("ensemble", "single")
+MAX_SEED = 2**31 - 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CHUNK_ROWS = 32768
 FAST_PRESET = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5, "precision": "bf16",
@@ -91,8 +94,13 @@ class FitConfig:
             raise ZsfsError(f"--prompts must be one of {', '.join(PROMPT_CHOICES)}, not {self.prompts!r}")
         if self.precision not in PRECISIONS:
             raise ZsfsError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        not_finite = [name for name in ("lr", "loss_floor", "ood_multiplier") if not math.isfinite(getattr(self, name))]
+        if not_finite:
+            raise ZsfsError(f"{', '.join('--' + n.replace('_', '-') for n in not_finite)} must be a finite number")
         if not self.lr > 0 or self.ood_multiplier < 0:
             raise ZsfsError("--lr must be > 0 and --ood-multiplier >= 0")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ZsfsError(f"--seed must be between 0 and {MAX_SEED} (faiss takes a 32-bit seed), not {self.seed}")
 
 
 @dataclass
@@ -207,6 +215,9 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
                              batch_size=config.batch_size, lr=config.lr, max_cycles=config.max_cycles,
                              loss_floor=config.loss_floor, accumulate=config.accumulate, generator=generator,
                              train_dtype=dtype)
+    if not (torch.isfinite(trained.head.weight).all() and torch.isfinite(trained.head.bias).all()):
+        raise ZsfsError(f"training diverged (the classifier's weights are not finite) with --lr {config.lr}; "
+                        "use a smaller --lr")
     del features
     with timer.phase("predict"):
         predicted = np.empty(n_images, np.int64)
@@ -318,7 +329,7 @@ def predictions_frame(result: FitResult, store: "Store"):
 
     names = np.asarray(result.classes, dtype=object)
     columns = {
-        "path": store.paths().astype(str),
+        "path": utf8_texts(store.paths()),  # parquet holds UTF-8: undecodable name bytes as \\xNN
         "predicted": names[result.predicted].astype(str),
         "confidence": result.confidence,
         "ood_score": result.ood_score,
