@@ -51,7 +51,7 @@ class ZsfsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ZsfsError as error:
-            console.print(f"[bold red]Error:[/] {shown(error)}")
+            console.print(f"[bold red]Error:[/] {shown(error)}", soft_wrap=True)  # one line, also in logs
             sys.exit(1)
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted.[/] Nothing half-written was left; `zsfs extract` and "
