@@ -50,8 +50,8 @@ def _write_png(path: bytes, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("hostile") / "photos"
-    raw_root = os.fsencode(root)
+    raw_root = os.fsencode(tmp_path_factory.mktemp("hostile")) + b"/ph\xf6tos"  # the source itself: not UTF-8
+    root = Path(os.fsdecode(raw_root))
     for seed, (folder, name) in enumerate(HOSTILE_NAMES):
         os.makedirs(raw_root + b"/" + folder, exist_ok=True)
         _write_png(raw_root + b"/" + folder + b"/" + name, seed)
@@ -87,7 +87,7 @@ def test_info_shows_escape_sequences_visibly(hostile):
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "\\x1b]52;c;aGk=\\x07\\x1b[2Jclip" in result.output
-    assert "bird\\xff" in result.output
+    assert "bird\\xff" in result.output and "ph\\xf6tos" in result.output
 
 
 def test_fit_and_predict_on_hostile_names(hostile, tmp_path):

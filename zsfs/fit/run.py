@@ -329,7 +329,7 @@ def predictions_frame(result: FitResult, store: "Store"):
 
     names = np.asarray(result.classes, dtype=object)
     columns = {
-        "path": np.asarray(utf8_texts(store.paths()), dtype=object),  # UTF-8 text: undecodable bytes as \\xNN
+        "path": np.asarray(utf8_texts(store.paths()), dtype=object),  # UTF-8 text: undecodable bytes as \xNN
         "predicted": names[result.predicted].astype(str),
         "confidence": result.confidence,
         "ood_score": result.ood_score,
