@@ -302,8 +302,8 @@ def _too_large(max_pixels: int) -> str:
     return f"image too large (over the budget of {max_pixels:,} pixels, see --max-pixels)"
 
 
-_REDUCIBLE = {"1": "L", "P": "RGBA", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
-"""Modes ``Image.reduce`` does not take -> the mode to reduce in instead."""
+_REDUCIBLE = {"1": "L", "P": "RGBA"}
+"""Modes that neither ``Image.reduce`` nor a box resize take -> the mode to reduce in instead."""
 
 
 def _reduced(image: Image.Image) -> Image.Image:
@@ -311,6 +311,9 @@ def _reduced(image: Image.Image) -> Image.Image:
     factor = math.ceil(math.sqrt(image.width * image.height / WORKING_PIXELS))
     if factor <= 1:
         return image
+    if image.mode.startswith("I;16"):  # reduce() refuses 16-bit modes; a box resize is the same mean
+        size = (math.ceil(image.width / factor), math.ceil(image.height / factor))
+        return image.resize(size, Image.Resampling.BOX)
     if image.mode in _REDUCIBLE:
         image = image.convert(_REDUCIBLE[image.mode])
     return image.reduce(factor)
