@@ -370,16 +370,18 @@ def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
     a 16-bit photo by 1/257, 12-bit medical data in a 16-bit container by 255/4095 (instead of
     turning almost black). Floats and negative integers are min-max scaled.
     """
-    pixels = pixels.astype(np.float64, copy=False)
-    low, high = float(pixels.min()), float(pixels.max())
+    scaled = np.array(pixels, dtype=np.float64)  # the one working copy: every step below is in place
+    low, high = float(scaled.min()), float(scaled.max())
     if integer and low >= 0:
         bits = max(8, int(np.ceil(np.log2(high + 1))))
-        scaled = pixels * (255.0 / (2.0**bits - 1))
+        scaled *= 255.0 / (2.0**bits - 1)
     elif high > low:
-        scaled = (pixels - low) * (255.0 / (high - low))
+        scaled -= low
+        scaled *= 255.0 / (high - low)
     else:
-        scaled = np.zeros_like(pixels)  # a constant float image has no contrast to keep
-    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        scaled[...] = 0  # a constant float image has no contrast to keep
+    np.rint(scaled, out=scaled)
+    gray = np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
     if gray.ndim == 3:  # multi-channel wide modes are rare; keep the first three channels
         return Image.fromarray(np.ascontiguousarray(gray[..., :3])).convert("RGB")
     return Image.fromarray(gray).convert("RGB")
