@@ -86,18 +86,19 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
       zsfs fit --store imagenet.h5 --k 16 --out runs/imagenet-k16
       zsfs fit --store imagenet.h5 --paper --k 5
     """
-    from zsfs.fit.run import FitConfig, fit_metrics, fit_store, resolve_vocabulary, save_run
+    from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
     from zsfs.outputs import check_new_folder
+    from zsfs.runs import fit_metrics, save_run
     from zsfs.store import Store
     from zsfs.writable import check_writable
 
     config = FitConfig.from_options(paper=paper, fast=fast, **options)
     if run_dir is not None:
         check_new_folder(run_dir)
-    check_writable(run_dir or default_run_dir(store_path, "x", config.k), "run folder")
     with Store(store_path) as store:
         vocabulary = resolve_vocabulary(store, vocab)
         run_dir = run_dir or default_run_dir(store_path, vocabulary, config.k)
+        check_writable(run_dir, "run folder")
         with console.status(f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}..."):
             result = fit_store(store, config, vocabulary)
             saved = save_run(result, store, config, run_dir)
