@@ -98,11 +98,9 @@ def encode_vocabulary(
     """Class names -> (single, ensemble) text embeddings, each (C, D) float32, L2-normalised.
 
     single: ``SINGLE_PROMPT``; ensemble: the mean of the 80 template embeddings, renormalised.
-    Classes go through the text tower a block at a time (a block's single and template prompts
-    fill about one batch) and each block's results go straight into the output arrays, so memory
-    stays flat in the number of classes: keeping every batch's small result tensor alive until a
-    final concatenation fragmented the heap (9 GB for 5,000 classes with a tiny CLIP).
-    ``on_classes(n)`` is called after each block with the classes it covered (progress).
+    A block of classes (about one batch of prompts) at a time, its rows written straight into the
+    outputs: memory stays flat in the class count (small per-batch results kept alive until one
+    final concatenation fragmented the heap: 9 GB for 5,000 classes). ``on_classes(n)``: progress.
     """
     n_templates = len(ENSEMBLE_TEMPLATES)
     single = np.empty((len(classes), clip.record["dim"]), np.float32)
