@@ -36,8 +36,8 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     from zsfs.fit.run import FitConfig
     from zsfs.oodbench import ood_bench as run_bench, write_metrics
     from zsfs.outputs import check_new_folder
-    from zsfs.writable import check_writable
     from zsfs.store import Store
+    from zsfs.writable import check_writable
 
     if out is not None:
         check_new_folder(out)
@@ -60,7 +60,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
                             on_split=report_split)
     if metrics["always_ood_classes"]:
         console.print(shown(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
-                             f"{metrics['vocabulary']!r} and were always OOD."))
+                            f"{metrics['vocabulary']!r} and were always OOD."))
     console.print(_table(metrics))
     if out is not None:
         console.print(f"Written: {shown(write_metrics(metrics, out))}")
