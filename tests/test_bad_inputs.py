@@ -8,7 +8,6 @@ error), print one ``Error:`` line that names the problem, and never reach the ex
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
