@@ -93,7 +93,7 @@ def test_extract_summary_shows_user_strings_verbatim_and_uses_the_common_progres
             shards_written=1, shards_reused=0, images_processed=4, seconds=1.0, embedding_seconds=1.0,
             vocabulary=None)
 
-    assert not hasattr(zsfs.cli.extract, "_ImagesPerSecond")  # the common column, not a copy
+    assert not hasattr(zsfs.cli.extract, "_ItemsPerSecond")  # the common column, not a copy
     monkeypatch.setattr(zsfs.cli.extract, "image_progress", spy)
     monkeypatch.setattr(zsfs.extract, "extract", fake_extract)
     monkeypatch.chdir(tmp_path)

@@ -22,6 +22,7 @@ import numpy as np
 
 from zsfs import __version__
 from zsfs.errors import ZsfsError
+from zsfs.names import utf8_texts
 from zsfs.outputs import new_folder, write_json
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def predictions_frame(result: "FitResult", store: "Store") -> "pl.DataFrame":
 
     names = np.asarray(result.classes, dtype=object)
     columns = {
-        "path": store.paths().astype(str),
+        "path": np.asarray(utf8_texts(store.paths()), dtype=object),  # UTF-8 text: undecodable bytes as \xNN
         "predicted": names[result.predicted].astype(str),
         "confidence": result.confidence,
         "ood_score": result.ood_score,

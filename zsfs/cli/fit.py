@@ -7,9 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
-from zsfs.cli.common import console
+from zsfs.cli.common import FiniteFloat, console, shown
 from zsfs.devices import DEVICES
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
@@ -54,11 +53,11 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs on the seeds [100].")
 @click.option("--cycle-epochs", type=click.IntRange(min=0), default=None, help="Maximum epochs per cycle [20].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [16].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate [1e-3].")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Adam learning rate [1e-3].")
 @click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="Maximum self-training cycles [19].")
-@click.option("--loss-floor", type=click.FloatRange(min=0), default=None,
+@click.option("--loss-floor", type=FiniteFloat(min=0), default=None,
               help="Stop the cycles once an epoch's training loss is below this [0.1].")
-@click.option("--ood-multiplier", type=click.FloatRange(min=0), default=None, help="m in threshold = mean - m*std [1].")
+@click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in threshold = mean - m*std [1].")
 @click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
@@ -97,6 +96,7 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     from zsfs.outputs import check_new_folder
     from zsfs.runs import fit_metrics, save_run
     from zsfs.store import Store
+    from zsfs.writable import check_writable
 
     config = FitConfig.from_options(paper=paper, fast=fast, **options)
     if run_dir is not None:
@@ -104,7 +104,8 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     with Store(store_path) as store:
         vocabulary = resolve_vocabulary(store, vocab)
         run_dir = run_dir or default_run_dir(store_path, vocabulary, config.k)
-        with console.status(escape(f"Fitting {store.n_images:,} images on vocabulary {vocabulary!r}...")):
+        check_writable(run_dir, "run folder")
+        with console.status(f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}..."):
             result = fit_store(store, config, vocabulary)
             saved = save_run(result, store, config, run_dir)
         labels = store.labels()
@@ -118,7 +119,6 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
 def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     import numpy as np
     from rich.table import Table
-    from rich.text import Text
 
     table = Table(title=f"zsfs fit: {len(result.predicted):,} images, {len(result.classes)} classes", title_justify="left")
     table.add_column("", style="bold")
@@ -133,9 +133,9 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     table.add_row("seeds", f"{int(result.is_seed.sum()):,}")
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
     search = result.neighbour_search
-    table.add_row("neighbours", Text(f"{search['source']}: {search['search']}, {search['precision']}"))
+    table.add_row("neighbours", shown(f"{search['source']}: {search['search']}, {search['precision']}"))
     if result.absent_classes:
-        table.add_row("absent classes", Text(", ".join(result.absent_classes)))
+        table.add_row("absent classes", shown(", ".join(result.absent_classes)))
     table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}")
     levels, counts = np.unique(np.round(result.ood_paper * 3).astype(int), return_counts=True)
     ood_counts = dict(zip(levels.tolist(), counts.tolist()))
@@ -154,7 +154,7 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
         cycles.add_row(str(c.index), f"{c.n_candidates:,}", f"{c.n_kept:,}", f"{c.n_trained:,}", str(len(c.losses)),
                        "-" if c.first_loss is None else f"{c.first_loss:.4f}", "-" if p is None else f"{p:.4f}")
     console.print(cycles)
-    console.print(f"Run written to [bold]{escape(str(run_dir))}[/]")
+    console.print(f"Run written to [bold]{shown(run_dir)}[/]")
 
 
 COMMANDS = [fit_command]

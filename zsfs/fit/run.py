@@ -7,6 +7,7 @@ run folder is :func:`zsfs.runs.save_run`.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 PROMPT_CHOICES = ("ensemble", "single")
 METHOD_CHOICES = ("balanced", "cycles")
 """Self-training: transductive class-balanced (zsfs.fit.transductive) or the paper's candidate cycles."""
+MAX_SEED = 2**31 - 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CHUNK_ROWS = 32768
 PAPER_PRESET = {"method": "cycles", "prompts": "single", "accumulate": False, "unique_pseudo_labels": False,
@@ -99,8 +101,13 @@ class FitConfig:
             raise ZsfsError(f"--prompts must be one of {', '.join(PROMPT_CHOICES)}, not {self.prompts!r}")
         if self.precision not in PRECISIONS:
             raise ZsfsError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        not_finite = [name for name in ("lr", "loss_floor", "ood_multiplier") if not math.isfinite(getattr(self, name))]
+        if not_finite:
+            raise ZsfsError(f"{', '.join('--' + n.replace('_', '-') for n in not_finite)} must be a finite number")
         if not self.lr > 0 or self.ood_multiplier < 0:
             raise ZsfsError("--lr must be > 0 and --ood-multiplier >= 0")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ZsfsError(f"--seed must be between 0 and {MAX_SEED} (faiss takes a 32-bit seed), not {self.seed}")
 
 
 @dataclass
@@ -232,6 +239,9 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
                                  max_cycles=config.max_cycles, loss_floor=config.loss_floor,
                                  accumulate=config.accumulate, generator=generator, train_dtype=dtype)
         head_classes, shares = np.arange(n_classes), None
+    if not (torch.isfinite(trained.head.weight).all() and torch.isfinite(trained.head.bias).all()):
+        raise ZsfsError(f"training diverged (the classifier's weights are not finite) with --lr {config.lr}; "
+                        "use a smaller --lr")
     del features
     with timer.phase("read seeds"):
         seed_features = normalise(store.read("backbone", np.unique(trained.cycles[0].rows)), device).to(dtype)
