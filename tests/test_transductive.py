@@ -74,6 +74,11 @@ def test_class_mixture_matches_a_per_image_em_reference():
     assert np.allclose(mixture.prototypes.numpy(), mu, atol=1e-4)
 
 
+def test_tempered_shares_are_the_normalised_square_roots():
+    assert transductive.tempered(np.array([0.64, 0.32, 0.04])).tolist() == pytest.approx([0.8 / 1.565685, 0.565685 / 1.565685, 0.2 / 1.565685], rel=1e-5)
+    assert transductive.tempered(np.full(4, 0.25)).tolist() == [0.25] * 4
+
+
 def test_absent_classes_are_those_below_a_twentieth_of_an_even_share():
     shares = np.array([0.5, 0.475, 0.015, 0.01])  # even share 0.25: the threshold is 0.0125
     assert transductive.absent_classes(shares).tolist() == [False, False, False, True]
