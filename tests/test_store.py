@@ -206,12 +206,14 @@ def test_write_store_rejects_bad_input(tmp_path, arrays):
         build(tmp_path / "s.h5", {**arrays, "clip": zero})
 
 
-def test_unfinished_store_and_unwritable_vocabulary(tmp_path, arrays):
+def test_vocabulary_added_while_the_store_is_read_and_unfinished_store(tmp_path, arrays):
     master = build(tmp_path / "s.h5", arrays)
-    with Store(master):  # open for reading: HDF5 refuses a second, writing handle
-        with pytest.raises(StoreError, match="cannot open .* for writing"):
-            write_vocabulary(master, "v", ["a"], random_rows(1, D_CLIP, 0), random_rows(1, D_CLIP, 0),
-                             prompt="{}", n_templates=1)
+    with Store(master) as reading:  # a vocabulary is a file of its own: readers do not block it
+        write_vocabulary(master, "v", ["a"], random_rows(1, D_CLIP, 0), random_rows(1, D_CLIP, 0),
+                         prompt="{}", n_templates=1)
+        assert "v" not in reading.vocabulary_names()  # an open store keeps its view
+    with Store(master) as store:
+        assert store.vocabulary("v").classes == ["a"]
     master.unlink()
     with pytest.raises(StoreError, match="is not finished .*s.shards"):
         Store(master)

@@ -24,18 +24,42 @@ No emoji codes, so that ':smile:' in a file name stays as written.
 
 
 class ZsfsGroup(click.Group):
-    """Turns ``ZsfsError`` (and Ctrl-C) into a one-line message and a non-zero exit code."""
+    """Turns ``ZsfsError``, file-system failures (a full disk above all) and Ctrl-C into a
+    one-line message and a non-zero exit code."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ZsfsError as error:
-            console.print(f"[bold red]Error:[/] {escape(str(error))}")
-            sys.exit(1)
+            fail(str(error))
+        except (OSError, RuntimeError) as error:
+            from zsfs.store.files import is_disk_full
+
+            if not (isinstance(error, OSError) or is_disk_full(error)):
+                raise  # a bug: keep its traceback
+            fail(describe_os_error(error))
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted.[/] Nothing half-written was left; `zsfs extract` and "
                           "`zsfs import` resume where they stopped when rerun.")
             sys.exit(130)
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]Error:[/] {escape(message)}")
+    sys.exit(1)
+
+
+def describe_os_error(error: BaseException) -> str:
+    """An operating-system failure outside the store's own error handling, as one line."""
+    from zsfs.store.files import is_disk_full
+
+    where = getattr(error, "filename", None)
+    where = f" ({where})" if where else ""
+    if is_disk_full(error):
+        return f"the disk is full (or a file-size limit was reached){where}: free some space and rerun"
+    from zsfs.store.integrity import first_line
+
+    return f"{getattr(error, 'strerror', None) or first_line(error)}{where}"
 
 
 class _ImagesPerSecond(ProgressColumn):
