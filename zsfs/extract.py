@@ -23,6 +23,7 @@ from zsfs.errors import ZsfsError
 from zsfs.models import Backbone, ClipModel, encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import ImageSource, open_source, read_class_file
+from zsfs.store.files import check_writable
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES
 from zsfs.store.writer import ShardData, StoreWriter, disk_error, write_vocabulary
@@ -144,6 +145,7 @@ def extract(
     torch_device = check_device(device)
     image_source = open_source(source)
     out = Path(out) if out is not None else default_output(image_source.location)
+    check_writable(out)
     class_names = _resolve_classes(classes, image_source)
 
     clip = load_clip(clip_model, clip_weights, device=device)
@@ -222,6 +224,7 @@ def add_vocabulary(
     Returns the class names written.
     """
     check_device(device)
+    check_writable(Path(store_path))
     class_names = _resolve_classes(classes, None)
     with Store(store_path) as store:
         record = dict(store.clip_info)

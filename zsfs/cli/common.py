@@ -32,7 +32,7 @@ class ZsfsGroup(click.Group):
             return super().invoke(ctx)
         except ZsfsError as error:
             fail(str(error))
-        except (OSError, RuntimeError) as error:
+        except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
             from zsfs.store.files import is_disk_full
 
             if not (isinstance(error, OSError) or is_disk_full(error)):

@@ -289,6 +289,11 @@ def release_lock(lock: Path) -> None:
         os.close(entry[0])  # closing the descriptor releases the flock
 
 
+def check_writable(master: Path) -> None:
+    """Fail now, before long work, if the store cannot be written or another process writes it."""
+    release_lock(acquire_lock(master))
+
+
 @contextmanager
 def store_lock(master: Path) -> Iterator[None]:
     """Hold the store's writer lock for the block (see :func:`acquire_lock`)."""
