@@ -152,18 +152,18 @@ class WriteSink(io.RawIOBase):
         return count
 
     def write(self, data) -> int:
-        data = bytes(data)
+        view = memoryview(data).cast("B")  # no copy while the disk accepts the data
         if self.error is None:
             try:
                 done = 0
-                while done < len(data):
-                    done += os.pwrite(self._handle, data[done:], self._position + done)
+                while done < len(view):
+                    done += os.pwrite(self._handle, view[done:], self._position + done)
             except OSError as error:
                 self.error = error
         if self.error is not None:
-            self._unwritten.append((self._position, data))
-        self._position += len(data)
-        return len(data)
+            self._unwritten.append((self._position, bytes(view)))
+        self._position += len(view)
+        return len(view)
 
     def truncate(self, size: int | None = None) -> int:
         size = self._position if size is None else size
