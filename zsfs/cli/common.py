@@ -59,6 +59,8 @@ def describe_os_error(error: BaseException) -> str:
         return f"the disk is full (or a file-size limit was reached){where}: free some space and rerun"
     from zsfs.store.integrity import first_line
 
+    if "No usable temporary directory" in str(error):  # tempfile's probe write failed
+        return f"{first_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"
     return f"{getattr(error, 'strerror', None) or first_line(error)}{where}"
 
 
