@@ -289,7 +289,7 @@ def test_format_1_stores_are_read_and_extended(tmp_path, arrays):
 
     single, ensemble = unit(random_rows(2, D_CLIP, 4)), unit(random_rows(2, D_CLIP, 5))
     master = build(tmp_path / "s.h5", arrays, vocabularies={"old": (["cat", "dog"], single, ensemble)})
-    vocabulary_file = schema.vocabulary_file(master, "old")
+    vocabulary_file = schema.vocabulary_file(schema.shard_dir(master), "old")
     graph = np.tile(np.arange(1, 4, dtype=np.int32), (N, 1))
     with h5py.File(master, "r+") as file, h5py.File(vocabulary_file, "r") as vocabulary:
         vocabulary.copy(vocabulary["/"], file, name="vocab/old")

@@ -50,7 +50,7 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
         if name in store.vocabulary_names() and not overwrite:
             raise StoreError(f"{master} already has a vocabulary named {name!r}; pass --overwrite to replace it "
                              "or choose another name")
-        with new_hdf5(schema.vocabulary_file(store.path, name), f"vocabulary {name!r} of {store.path}") as file:
+        with new_hdf5(schema.vocabulary_file(store.data_dir, name), f"vocabulary {name!r} of {store.path}") as file:
             write_strings(file, schema.VOCAB_CLASSES, classes)
             for kind, values in arrays.items():
                 write_checked(file, kind, values)
@@ -81,7 +81,7 @@ def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict) -> None:
                             f"{n_images}, got {rows.shape}")
         if rows.size and (rows.min() < -1 or rows.max() >= n_images):
             raise ZsfsError(f"a neighbour graph for {master} holds row ids outside [-1, {n_images})")
-        with new_hdf5(schema.graph_file(store.path), f"the neighbour graph of {store.path}") as file:
+        with new_hdf5(schema.graph_file(store.data_dir), f"the neighbour graph of {store.path}") as file:
             dataset = write_checked(file, schema.GRAPH_ROWS, rows.astype(np.int32))
             dataset.attrs[schema.ATTR_GRAPH] = canonical_json({**info, "k": int(rows.shape[1])})
             file.attrs.update({schema.ATTR_FORMAT: schema.GRAPH_FORMAT, schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
@@ -108,13 +108,13 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
     return file
 
 
-def vocabulary_files(master: Path, identity: dict) -> dict[str, Path]:
-    """Vocabulary name -> file, for every vocabulary file of the store."""
+def vocabulary_files(shards: Path, identity: dict) -> dict[str, Path]:
+    """Vocabulary name -> file, for every vocabulary file in the store's shard folder."""
     found = {}
-    for path in sorted(schema.shard_dir(master).glob(f"{schema.VOCAB_FILE_PREFIX}*{schema.SHARD_SUFFIX}")):
+    for path in sorted(shards.glob(f"{schema.VOCAB_FILE_PREFIX}*{schema.SHARD_SUFFIX}")):
         with open_extra(path, schema.VOCAB_FORMAT, identity) as file:
             name = str(file.attrs.get(schema.ATTR_NAME, ""))
-        if path != schema.vocabulary_file(master, name):
+        if path != schema.vocabulary_file(shards, name):
             raise StoreError(f"{path} holds vocabulary {name!r} under another name; remove it")
         found[name] = path
     return found

@@ -71,7 +71,7 @@ class Store:
         try:
             self._read_metadata()
             self._check_shards()
-            self._vocabulary_files = vocabulary_files(self.path, self.identity)
+            self._vocabulary_files = vocabulary_files(self.data_dir, self.identity)
         except BaseException:
             self._file.close()
             raise
@@ -96,6 +96,9 @@ class Store:
         except (KeyError, ValueError, OSError) as error:
             raise StoreError(f"{self.path} is damaged or incomplete ({error}); rebuild it") from None
         self.n_shards = len(self.shard_files)
+        # Vocabularies and the graph live beside the shards (the master may have been renamed).
+        first = self.shard_files[0] if self.shard_files else schema.shard_dir(self.path).name + "/x"
+        self.data_dir = self.path.parent / Path(first).parent
         self.has_labels = schema.LABEL in self._file
 
     def _check_shards(self) -> None:
@@ -198,7 +201,7 @@ class Store:
 
     def _graph_dataset(self) -> h5py.Dataset | None:
         """The neighbour graph of this build of the store, or None."""
-        path = schema.graph_file(self.path)
+        path = schema.graph_file(self.data_dir)
         if self._graph_file is None and path.is_file():
             file = open_extra(path, schema.GRAPH_FORMAT, self.identity)
             if str(file.attrs.get(schema.ATTR_BUILD)) == self.build:
@@ -247,7 +250,7 @@ class Store:
                 checked += read_all(shard, folder / name)
         extras = list(self._vocabulary_files.values())
         if self._graph_dataset() is not None and self._graph_file is not None:
-            extras.append(schema.graph_file(self.path))
+            extras.append(schema.graph_file(self.data_dir))
         for path in extras:
             with h5py.File(path, "r") as file:
                 checked += read_all(file, path)

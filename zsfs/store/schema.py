@@ -130,14 +130,15 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}{SHARD_SUFFIX}"
 
 
-def vocabulary_file(master: Path, name: str) -> Path:
-    """The file of vocabulary ``name``: named by a digest, so that any name is a safe file name
-    (no separators, no case clashes on case-insensitive file systems); the name is inside."""
+def vocabulary_file(shards: Path, name: str) -> Path:
+    """The file of vocabulary ``name`` in the store's shard folder ``shards``: named by a digest,
+    so that any name is a safe file name (no separators, no case clashes on case-insensitive
+    file systems); the name is inside."""
     import hashlib
 
     digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return shard_dir(master) / f"{VOCAB_FILE_PREFIX}{digest}{SHARD_SUFFIX}"
+    return Path(shards) / f"{VOCAB_FILE_PREFIX}{digest}{SHARD_SUFFIX}"
 
 
-def graph_file(master: Path) -> Path:
-    return shard_dir(master) / GRAPH_FILE
+def graph_file(shards: Path) -> Path:
+    return Path(shards) / GRAPH_FILE

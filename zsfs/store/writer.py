@@ -234,7 +234,7 @@ class StoreWriter:
             write_master(file, shard_paths, identity=self.identity, attrs=attrs, previous=self.master,
                          exact_max=exact_max, index_seed=index_seed, checksums=file_checksums(shard_paths))
         # The graph described the embeddings of the previous build (it records that build's id).
-        remove_file(schema.graph_file(self.master))
+        remove_file(schema.graph_file(self.shards_dir))
         self.close()
         return self.master
 
