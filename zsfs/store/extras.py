@@ -60,8 +60,8 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
 
 
 def check_vocabulary_name(name: str) -> None:
-    if not name or "/" in name or name.startswith("."):
-        raise ZsfsError(f"invalid vocabulary name {name!r}: use a non-empty name without '/' or a leading '.'")
+    if not schema.valid_vocabulary_name(name):
+        raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
 
 
 def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from zsfs.errors import StoreError
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
-from zsfs.store.hdf5 import canonical_json
+from zsfs.store.hdf5 import canonical_json, read_strings
 from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, file_sha256, first_line, read_all
 
@@ -158,7 +158,7 @@ class Store:
 
     def _strings(self, name: str) -> np.ndarray:
         with read_errors(self.path, name):
-            return self._dataset(name).asstr()[:]
+            return read_strings(self._dataset(name))
 
     def _dataset(self, name: str) -> h5py.Dataset:
         if name not in self._file:
