@@ -235,7 +235,6 @@ def add_vocabulary(
     """
     check_device(device)
     _check_vocabulary_name(name)
-    check_store_lock(Path(store_path))
     class_names = _resolve_classes(classes, None)
     with Store(store_path) as store:
         record = dict(store.clip_info)
@@ -243,6 +242,7 @@ def add_vocabulary(
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
                             "choose another --name or pass --overwrite to replace it")
     check_writable(store_path, "store")
+    check_store_lock(Path(store_path))
     if clip_weights is not None:
         if record.get("weights") != "file":
             raise ZsfsError(f"{store_path} was built with CLIP weights {record.get('weights')!r}, not a file; "
