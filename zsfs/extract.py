@@ -270,3 +270,8 @@ def _check_options(*, precision: str, batch_size: int, workers: int | None, shar
         raise ZsfsError(f"unknown dtype {dtype!r}; use one of: {', '.join(EMBEDDING_DTYPES)}")
     if batch_size < 1 or shard_size < 1 or (workers is not None and workers < 0):
         raise ZsfsError("--batch-size and --shard-size must be at least 1, --workers at least 0")
+
+
+from zsfs.api import callable_module  # noqa: E402 (after `extract` exists)
+
+callable_module(__name__, extract)  # zsfs.extract(folder, out, ...): the front door (zsfs/api.py)

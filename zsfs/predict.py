@@ -17,7 +17,8 @@ from zsfs.devices import check_device
 from zsfs.embedding import DecodedImages, default_worker_niceness, default_workers, embed_batches, make_loader
 from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.models import load_backbone_from_record
-from zsfs.runs import load_run
+from zsfs.fit.classifier import Classifier
+from zsfs.runs import FittedRun, load_run
 from zsfs.sources import ImageSource, open_source
 
 
@@ -42,7 +43,7 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
 
 
 def predict_images(
-    run_dir: str | Path,
+    run_dir: "str | Path | FittedRun",
     inputs: Sequence[str | Path],
     *,
     device: str = "cpu",
@@ -62,7 +63,7 @@ def predict_images(
     """
     import polars as pl
 
-    run = load_run(run_dir)
+    run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     torch_device = check_device(device)
     record = dict(run.classifier.backbone)
     if backbone_weights is not None:
@@ -89,12 +90,8 @@ def predict_images(
     confidence, ood_score, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(3))
     if rows:
         good = np.concatenate(rows)
-        logits = run.classifier.predict_logits(np.concatenate(features))
-        probabilities = torch.from_numpy(logits).softmax(dim=1)
-        best, index = probabilities.max(dim=1)
-        predicted[good] = np.asarray(run.classifier.classes, dtype=object)[index.numpy()]
-        confidence[good] = best.numpy()
-        ood_score[good], ood_continuous[good] = run.classifier.ood_scores(logits)
+        predicted[good], confidence[good], ood_score[good], ood_continuous[good] = classify(
+            run.classifier, np.concatenate(features))
     error = [errors.get(i) for i in range(n)]
     return pl.DataFrame({
         "path": source.paths,
@@ -104,6 +101,14 @@ def predict_images(
         "ood_continuous": pl.Series(ood_continuous).fill_nan(None),
         "error": pl.Series(error, dtype=pl.String),
     })
+
+
+def classify(classifier: Classifier, features: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per row of backbone ``features``: class name, confidence, OOD score, continuous OOD score."""
+    logits = classifier.predict_logits(np.asarray(features))
+    best, index = torch.from_numpy(logits).softmax(dim=1).max(dim=1)
+    names = np.asarray(classifier.classes, dtype=object)[index.numpy()]
+    return (names, best.numpy(), *classifier.ood_scores(logits))
 
 
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")

@@ -53,7 +53,7 @@ def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_
     if ood_images < 0:
         raise ZsfsError("ood_images must be >= 0")
     run = load_run(run_dir)
-    frame = run.predictions(COLUMNS).with_row_index("row")
+    frame = run.read_predictions(COLUMNS).with_row_index("row")
     classes = [str(c) for c in run.config.get("classes") or frame["predicted"].unique().sort().to_list()]
     per_class = per_class or int(np.clip(THUMBNAIL_BUDGET // (2 * max(len(classes), 1)), 1, MAX_PER_CLASS))
     ood_by = [c for c in ("ood_score", "ood_continuous") if c in frame.columns]
