@@ -86,7 +86,7 @@ def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):
     assert "<img " not in page and page.count('class="thumb missing"') == shown
     distinct = pl.read_parquet(photo_run / runs.PREDICTIONS).height  # the OOD gallery shows every image here
     note = re.search(r'<p class="note">([^<]*)', page).group(1)
-    assert f"{distinct} of {distinct} images could not be shown ({distinct} not found)" in note
+    assert f"{distinct} of {distinct} images could not be shown ({distinct} file not found)" in note
 
 
 def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp_path):
@@ -131,3 +131,43 @@ def test_report_of_what_is_not_a_run_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and "has no config.json" in result.output
     result = run_cli("report", tmp_path, "--per-class", "0")
     assert result.exit_code == 2 and "--per-class" in result.output
+
+
+def test_a_real_browser_draws_the_page(photo_run, tmp_path):
+    """Headless Chromium (Debian package ``chromium``; .ci/run installs it) renders the page offline."""
+    import shutil as which
+    import subprocess
+
+    import numpy as np
+
+    browser = which.which("chromium")
+    assert browser, "chromium is missing: apt-get install -y chromium (.ci/run does it)"
+    page = write_report(photo_run, tmp_path / "report.html")
+    shot = tmp_path / "shot.png"
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1200, 2400)
+        pixels = np.asarray(image.convert("L"), dtype=np.float64)
+    assert pixels.std() > 20  # text, tables and figures, not one flat colour
+    assert 0.05 < (pixels < 200).mean() < 0.9  # ink on a white page, neither blank nor a solid block
+
+
+def test_thumbnails_of_every_image_kind_show_the_picture(photo_run):
+    """Bug: 16-bit PNGs became white squares (Pillow clips I;16 to RGB); thumbnails now decode as extract does."""
+    import numpy as np
+
+    from zsfs.thumbnails import thumbnails
+
+    photos = sorted((photo_run.parent / "photos").glob("*/*_*_*.*"))  # class/<class>_<i>_<kind>.<ext>
+    assert len(photos) == 18
+    for path, (uri, reason) in zip(photos, thumbnails(photos)):
+        assert reason is None, (path, reason)
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+        assert max(image.size) <= 96 and pixels.std() > 5 and pixels.mean() < 200, path.name
+    assert thumbnails([photo_run.parent / "photos" / "red" / "truncated.jpg"]) == [(None, "truncated file")]

@@ -173,8 +173,11 @@ def _relative_when_possible(path: str, root: Path) -> str:
         return candidate.as_posix()
 
 
-def decode_image(path: Path | str) -> Image.Image:
+def decode_image(path: Path | str, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
+
+    ``draft``: a JPEG may be decoded at 1/2 to 1/8 scale, as long as it stays at least this size
+    (thumbnails: many times faster on large photos).
 
     Raises ``ImageDecodeError`` with a short ``reason`` for empty, missing, unreadable,
     non-image, truncated, corrupt or decompression-bomb-sized files. The whole file is decoded
@@ -191,6 +194,8 @@ def decode_image(path: Path | str) -> Image.Image:
             # Above MAX_IMAGE_PIXELS Pillow only warns; such files are treated as bombs.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                if draft is not None:
+                    image.draft("RGB", draft)
                 image.load()  # force the full decode (Image.open only reads the header)
                 return _to_rgb(_apply_exif_orientation(image))
     except ImageDecodeError as error:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,22 +18,17 @@ JPEG_QUALITY = 70
 
 
 def thumbnail(path: str | Path, size: int = THUMBNAIL_PX) -> tuple[str | None, str | None]:
-    """``(data URI, None)`` for a readable image, ``(None, reason)`` otherwise."""
-    from PIL import Image
+    """``(data URI, None)`` for a readable image, ``(None, reason)`` otherwise (decoded as
+    ``zsfs extract`` decodes: EXIF orientation, 16-bit and palette images, the same reasons)."""
+    from zsfs.sources import ImageDecodeError, decode_image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is "unreadable" here
-            with Image.open(path) as image:
-                image.draft("RGB", (size, size))  # JPEG: decode at 1/2..1/8 scale, much faster
-                image.thumbnail((size, size))
-                small = image.convert("RGB")
-    except FileNotFoundError:
-        return None, "not found"
-    except Exception as error:  # Pillow raises many types for files it cannot decode
-        return None, f"unreadable ({error.__class__.__name__})"
+        image = decode_image(path, draft=(size, size))
+    except ImageDecodeError as error:
+        return None, error.reason
+    image.thumbnail((size, size))
     buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), None
 
 
