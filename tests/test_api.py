@@ -29,6 +29,8 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(blocks[0], str(DOC), "exec"), {"__name__": "__doc_example__"})
     printed = capsys.readouterr().out
     assert "images embedded" in printed and "accuracy against the folder labels" in printed
+    # Random tiny models give near-ties; the exact match is tested on clear data (below).
+    assert float(re.search(r"same class as the fit: ([0-9.]+)", printed).group(1)) >= 0.8
 
 
 def test_fit_returns_a_run_that_saves_and_reloads(tmp_path):

@@ -110,6 +110,8 @@ def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp
     assert "<td>absent classes</td><td>1: class_0002</td>" in page
     assert f"<td>flagged OOD</td><td>{int(frame['ood_flag'].sum()):,}</td>" in page
     assert "<td>accuracy</td>" not in page
+    levels = [int((frame["ood_paper"] * 3).round().eq(level).sum()) for level in range(4)]
+    assert f"<td>paper OOD score 0 / 1/3 / 2/3 / 1</td><td>{' / '.join(f'{n:,}' for n in levels)}</td>" in page
     assert page.count("<svg") == 2  # OOD histogram and cycles; no continuous score, no labels
     assert gallery_items(page) > 0 and "<img " not in page  # stand-in paths: nothing to show
     assert "not found" in re.search(r'<p class="note">([^<]*)', page).group(1)

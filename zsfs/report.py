@@ -122,6 +122,9 @@ def _summary(run: FittedRun, frame, classes: list[str]) -> str:
         rows.append(("pseudo-labelled images (seeds included)", f"{frame['pseudo_label'].is_not_null().sum():,}"))
     if "ood_flag" in frame.columns:
         rows.append(("flagged OOD", f"{int(frame['ood_flag'].sum()):,}"))
+    if "ood_paper" in frame.columns:  # the paper's score: 0, 1/3, 2/3 or 1
+        levels = np.bincount(np.rint(frame["ood_paper"].fill_null(0).to_numpy() * 3).astype(np.int64), minlength=4)
+        rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{n:,}" for n in levels[:4])))
     for key, label in (("accuracy", "accuracy"), ("zero_shot_accuracy", "zero-shot accuracy"),
                        ("ood_auroc", "OOD AUROC"), ("ood_continuous_auroc", "OOD AUROC (continuous)"),
                        ("mcm_auroc", "OOD AUROC (MCM)")):
