@@ -22,6 +22,15 @@ def test_import_zsfs_loads_no_heavy_library():
     assert done.stdout.strip() == "[]"
 
 
+def test_front_door_names_survive_their_modules_being_imported():
+    """Bug: importing zsfs.report (a module) replaced the function zsfs.report; the names are now
+    callable modules, whatever was imported first."""
+    code = ("import zsfs.report, zsfs.fit, zsfs.extract, zsfs; "
+            "print(all(callable(f) for f in (zsfs.report, zsfs.fit, zsfs.extract, zsfs.load_run, zsfs.Store)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
+
+
 def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     assert len(blocks) == 1

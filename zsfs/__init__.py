@@ -29,7 +29,7 @@ _LAZY = {
     "FitConfig": ("zsfs.fit.run", "FitConfig"),
     "FittedRun": ("zsfs.runs", "FittedRun"),
     "load_run": ("zsfs.api", "load_run"),
-    "report": ("zsfs.api", "report"),
+    "report": ("zsfs.report", None),  # likewise: zsfs.report(run_dir) writes report.html
     "ZsfsError": ("zsfs.errors", "ZsfsError"),
     "ParameterError": ("zsfs.errors", "ParameterError"),
 }

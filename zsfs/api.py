@@ -7,10 +7,11 @@
     run.predictions                                      # polars DataFrame, one row per image
     run.save("runs/photos-k16")
     zsfs.load_run("runs/photos-k16").predict_images(["new.jpg"])
+    zsfs.report("runs/photos-k16")                       # runs/photos-k16/report.html
 
-``zsfs.extract`` and ``zsfs.fit`` are also the names of the modules that do the work: calling
-those modules calls the functions below (see :func:`callable_module`), so both stay importable
-as before. Errors name the parameters as given here (``k must be >= 1``).
+``zsfs.extract``, ``zsfs.fit`` and ``zsfs.report`` are also the names of the modules that do the
+work: calling those modules calls their function (see :func:`callable_module`), so all stay
+importable as before. Errors name the parameters as given here (``k must be >= 1``).
 """
 
 from __future__ import annotations
@@ -66,13 +67,6 @@ def load_run(run_dir: str | Path) -> "FittedRun":
     from zsfs.runs import load_run as read
 
     return read(run_dir)
-
-
-def report(run_dir: str | Path, out: str | Path | None = None, **options) -> Path:
-    """Write the HTML report of a saved run [RUN_DIR/report.html]; options as :func:`zsfs.report.render_report`."""
-    from zsfs.report import write_report
-
-    return write_report(run_dir, out, **options)
 
 
 def callable_module(name: str, function) -> None:

@@ -301,3 +301,8 @@ figure { margin: 0; width: 100px; font-size: 11px; text-align: center; }
 div.thumb.missing { background: #eee; color: #888; font-size: 10px; display: flex; align-items: center;
                     justify-content: center; text-align: center; }
 """
+
+
+from zsfs.api import callable_module  # noqa: E402 (after `write_report` exists)
+
+callable_module(__name__, write_report)  # zsfs.report(run_dir): the front door (zsfs/api.py)
