@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from zsfs import runs
+from zsfs.errors import ZsfsError
 from zsfs.extract import extract
 from zsfs.fit import FitConfig, fit_store
 from zsfs.report import render_report, write_report
@@ -133,6 +134,8 @@ def test_report_of_what_is_not_a_run_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and "has no config.json" in result.output
     result = run_cli("report", tmp_path, "--per-class", "0")
     assert result.exit_code == 2 and "--per-class" in result.output
+    with pytest.raises(ZsfsError, match="^per_class must be >= 1, not 0$"):
+        render_report(tmp_path, per_class=0)
 
 
 def test_a_real_browser_draws_the_page(photo_run, tmp_path):

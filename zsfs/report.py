@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs import __version__, figures
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.outputs import write_text_atomically
 from zsfs.runs import REPORT, FittedRun, load_run
 from zsfs.thumbnails import thumbnails
@@ -49,9 +49,9 @@ def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_
     import polars as pl
 
     if per_class is not None and per_class < 1:
-        raise ZsfsError("per_class must be >= 1")
+        raise ParameterError(f"{{per_class}} must be >= 1, not {per_class}")
     if ood_images < 0:
-        raise ZsfsError("ood_images must be >= 0")
+        raise ParameterError(f"{{ood_images}} must be >= 0, not {ood_images}")
     run = load_run(run_dir)
     frame = run.read_predictions(COLUMNS).with_row_index("row")
     classes = [str(c) for c in run.config.get("classes") or frame["predicted"].unique().sort().to_list()]
