@@ -22,10 +22,11 @@ from zsfs.embedding import (PRECISIONS, Batch, DecodedImages, default_worker_nic
 from zsfs.errors import ZsfsError
 from zsfs.models import Backbone, ClipModel, encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.sources import ImageSource, open_source, read_class_file
+from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source, read_class_file
 from zsfs.store.reader import Store
-from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES
+from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, INVALID_VOCABULARY_NAME, valid_vocabulary_name
 from zsfs.store.writer import ShardData, StoreWriter, disk_error, write_vocabulary
+from zsfs.writable import check_writable
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -128,6 +129,7 @@ def extract(
     shard_size: int = DEFAULT_SHARD_SIZE,
     dtype: str = "float16",
     overwrite: bool = False,
+    max_pixels: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> ExtractSummary:
@@ -137,13 +139,18 @@ def extract(
     folder labels; with neither, no vocabulary is written (``add_vocabulary`` adds one later).
     ``on_start(n)`` is called once with the number of listing entries still to process,
     ``on_batch(n)`` after each batch with the entries it covered (progress reporting).
+    ``max_pixels``: the decoding budget of one image (default ``zsfs.sources.DEFAULT_MAX_PIXELS``).
     Rerunning after an interruption resumes: complete shards are kept, not recomputed.
     """
     started = time.perf_counter()
-    _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype)
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
+                   max_pixels=max_pixels)
+    _check_vocabulary_name(vocab_name)
     torch_device = check_device(device)
     image_source = open_source(source)
     out = Path(out) if out is not None else default_output(image_source.location)
+    check_writable(out, "store")
     class_names = _resolve_classes(classes, image_source)
 
     clip = load_clip(clip_model, clip_weights, device=device)
@@ -156,8 +163,8 @@ def extract(
         on_start(sum(len(batch) for batch in batches))
     embedding_started = time.perf_counter()
     workers = default_workers(device) if workers is None else workers
-    loader = make_loader(DecodedImages(image_source, clip.preprocess, features.preprocess), batches,
-                         workers=workers, pin_memory=torch_device.type == "cuda",
+    images = DecodedImages(image_source, clip.preprocess, features.preprocess, max_pixels=max_pixels)
+    loader = make_loader(images, batches, workers=workers, pin_memory=torch_device.type == "cuda",
                          worker_niceness=default_worker_niceness(device))
     with model_threads(torch_device, workers):
         embedded = embed_batches(loader, owners, (clip.encode_images, features.encode_images), torch_device,
@@ -215,26 +222,33 @@ def add_vocabulary(
     clip_weights: str | Path | None = None,
     device: str = "cpu",
     overwrite: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_classes: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Embed class names with the CLIP model the store was built with; image data is untouched.
 
     ``clip_weights``: the recorded weights file at a new location (its sha256 must match).
-    Returns the class names written.
+    ``on_start(n)`` is called once the model is loaded with the number of classes,
+    ``on_classes(n)`` as classes are embedded (progress). Returns the class names written.
     """
     check_device(device)
+    _check_vocabulary_name(name)
     class_names = _resolve_classes(classes, None)
     with Store(store_path) as store:
         record = dict(store.clip_info)
         if name in store.vocabulary_names() and not overwrite:
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
                             "choose another --name or pass --overwrite to replace it")
+    check_writable(store_path, "store")
     if clip_weights is not None:
         if record.get("weights") != "file":
             raise ZsfsError(f"{store_path} was built with CLIP weights {record.get('weights')!r}, not a file; "
                             "drop --clip-weights")
         record["file"] = str(Path(clip_weights).resolve())
     clip = load_clip_from_record(record, device=device)
-    _write_vocabulary(Path(store_path), clip, name, class_names, overwrite=overwrite)
+    if on_start is not None:
+        on_start(len(class_names))
+    _write_vocabulary(Path(store_path), clip, name, class_names, overwrite=overwrite, on_classes=on_classes)
     return class_names
 
 
@@ -243,8 +257,9 @@ def default_output(location: Path) -> Path:
     return Path.cwd() / (Path(location).stem + ".h5" if Path(location).is_file() else Path(location).name + ".h5")
 
 
-def _write_vocabulary(master: Path, clip: ClipModel, name: str, classes: list[str], *, overwrite: bool) -> None:
-    single, ensemble = encode_vocabulary(clip, classes)
+def _write_vocabulary(master: Path, clip: ClipModel, name: str, classes: list[str], *, overwrite: bool,
+                      on_classes: Callable[[int], None] | None = None) -> None:
+    single, ensemble = encode_vocabulary(clip, classes, on_classes=on_classes)
     try:
         write_vocabulary(master, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
                          n_templates=len(ENSEMBLE_TEMPLATES), overwrite=overwrite)
@@ -263,13 +278,21 @@ def _resolve_classes(classes, source: ImageSource | None) -> list[str] | None:
     return classes
 
 
-def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str) -> None:
+def _check_vocabulary_name(name: str) -> None:
+    if not valid_vocabulary_name(name):
+        raise ZsfsError(INVALID_VOCABULARY_NAME.format(name))
+
+
+def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,
+                   max_pixels: int) -> None:
     if precision not in PRECISIONS:
         raise ZsfsError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
     if dtype not in EMBEDDING_DTYPES:
         raise ZsfsError(f"unknown dtype {dtype!r}; use one of: {', '.join(EMBEDDING_DTYPES)}")
     if batch_size < 1 or shard_size < 1 or (workers is not None and workers < 0):
         raise ZsfsError("--batch-size and --shard-size must be at least 1, --workers at least 0")
+    if max_pixels < 1:
+        raise ZsfsError("--max-pixels must be at least 1")
 
 
 from zsfs.api import callable_module  # noqa: E402 (after `extract` exists)

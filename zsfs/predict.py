@@ -6,6 +6,7 @@ function of the classifier's logits (its thresholds were calibrated on the run's
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from zsfs.devices import check_device
 from zsfs.embedding import DecodedImages, default_worker_niceness, default_workers, embed_batches, make_loader
 from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.models import load_backbone_from_record
+from zsfs.names import utf8_texts
 from zsfs.fit.classifier import Classifier
 from zsfs.runs import FittedRun, load_run
-from zsfs.sources import ImageSource, open_source
+from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
 
 
 def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
@@ -31,15 +33,17 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
     if not inputs:
         raise ZsfsError("no images given; pass image files and/or folders")
     paths: list[str] = []
+    unreadable: dict[str, str] = {}
     for given in map(Path, inputs):
         if given.is_dir():
             folder = open_source(given)
-            paths += [str(given / path) for path in folder.paths]
+            paths += [os.path.join(given, path) for path in folder.paths]  # keeps an unreadable folder's '/'
+            unreadable.update({os.path.join(given, path): reason for path, reason in folder.unreadable.items()})
         elif given.is_file():
             paths.append(str(given))
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
-    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None)
+    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable)
 
 
 def predict_images(
@@ -51,19 +55,25 @@ def predict_images(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     backbone_weights: str | Path | None = None,
+    max_pixels: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ):
     """Classify ``inputs`` with the run's classifier; a polars DataFrame, one row per file.
 
-    Columns: path, predicted, confidence, ood_score (0, 1/3, 2/3, 1), ood_continuous, error
+    Columns: path, predicted, confidence, ood_score (rank of the seed distance in the fitted
+    collection, in [0, 1]), ood_paper (0, 1/3, 2/3, 1), ood_continuous, error
     (the reason a file could not be read; its other columns are then null).
     ``backbone_weights``: the weights file the store recorded, at a new location (its sha256
-    must still match).
+    must still match). ``max_pixels``: the decoding budget of one image (as ``zsfs extract``).
+    Paths in the frame are UTF-8 text: a name's undecodable bytes appear as ``\\xNN``.
     """
     import polars as pl
 
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
+    if not (np.isfinite(run.classifier.weight).all() and np.isfinite(run.classifier.bias).all()):
+        raise ZsfsError(f"the classifier of {run_dir} has non-finite weights (its training diverged); "
+                        "refit with a smaller --lr")
     torch_device = check_device(device)
     record = dict(run.classifier.backbone)
     if backbone_weights is not None:
@@ -75,7 +85,8 @@ def predict_images(
 
     batches = [list(range(start, min(start + batch_size, len(source)))) for start in range(0, len(source), batch_size)]
     workers = default_workers(device) if workers is None else workers
-    loader = make_loader(DecodedImages(source, backbone.preprocess), batches, workers=workers,
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    loader = make_loader(DecodedImages(source, backbone.preprocess, max_pixels=max_pixels), batches, workers=workers,
                          pin_memory=torch_device.type == "cuda", worker_niceness=default_worker_niceness(device))
     rows, features, errors = [], [], {}
     for _, batch, outputs in embed_batches(loader, range(len(batches)), (backbone.encode_images,), torch_device,
@@ -87,28 +98,31 @@ def predict_images(
 
     n = len(source)
     predicted = np.full(n, None, dtype=object)
-    confidence, ood_score, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(3))
+    confidence, ood_score, ood_paper, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(4))
     if rows:
         good = np.concatenate(rows)
-        predicted[good], confidence[good], ood_score[good], ood_continuous[good] = classify(
+        predicted[good], confidence[good], ood_score[good], ood_paper[good], ood_continuous[good] = classify(
             run.classifier, np.concatenate(features))
     error = [errors.get(i) for i in range(n)]
     return pl.DataFrame({
-        "path": source.paths,
+        "path": utf8_texts(source.paths),
         "predicted": pl.Series(predicted.tolist(), dtype=pl.String),
         "confidence": pl.Series(confidence).fill_nan(None),
         "ood_score": pl.Series(ood_score).fill_nan(None),
+        "ood_paper": pl.Series(ood_paper).fill_nan(None),
         "ood_continuous": pl.Series(ood_continuous).fill_nan(None),
         "error": pl.Series(error, dtype=pl.String),
     })
 
 
 def classify(classifier: Classifier, features: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per row of backbone ``features``: class name, confidence, OOD score, continuous OOD score."""
-    logits = classifier.predict_logits(np.asarray(features))
+    """Per row of backbone ``features``: class name, confidence, OOD score, paper OOD score,
+    continuous OOD score (the columns of :func:`predict_images`)."""
+    features = np.asarray(features)
+    logits = classifier.predict_logits(features)
     best, index = torch.from_numpy(logits).softmax(dim=1).max(dim=1)
     names = np.asarray(classifier.classes, dtype=object)[index.numpy()]
-    return (names, best.numpy(), *classifier.ood_scores(logits))
+    return (names, best.numpy(), classifier.ood_score(features), *classifier.ood_scores(logits))
 
 
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
@@ -120,6 +134,7 @@ def write_predictions(frame, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix not in OUTPUT_SUFFIXES:
         raise ZsfsError(f"--out must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     writers = dict(zip(OUTPUT_SUFFIXES, (frame.write_csv, frame.write_parquet, frame.write_json)))
     writers[path.suffix](path)
     return path

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
-from zsfs.cli.common import console
+from zsfs.cli.common import console, shown
 
 
 @click.command("report", epilog="Example: zsfs report runs/photos-k16 --out photos-k16.html")
@@ -31,9 +30,9 @@ def report_command(run_dir: Path, out: Path | None, **options) -> None:
     """
     from zsfs.report import write_report
 
-    with console.status(escape(f"Rendering the report of {run_dir}...")):
+    with console.status(f"Rendering the report of {shown(run_dir)}..."):
         written = write_report(run_dir, out, **options)
-    console.print(f"Report written to [bold]{escape(str(written))}[/] ({written.stat().st_size / 1e6:.1f} MB)")
+    console.print(f"Report written to [bold]{shown(written)}[/] ({written.stat().st_size / 1e6:.1f} MB)")
 
 
 COMMANDS = [report_command]
