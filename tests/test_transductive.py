@@ -74,8 +74,8 @@ def test_class_mixture_matches_a_per_image_em_reference():
     assert np.allclose(mixture.prototypes.numpy(), mu, atol=1e-4)
 
 
-def test_absent_classes_are_those_below_a_tenth_of_an_even_share():
-    shares = np.array([0.5, 0.45, 0.04, 0.01])  # even share 0.25: the threshold is 0.025
+def test_absent_classes_are_those_below_a_twentieth_of_an_even_share():
+    shares = np.array([0.5, 0.475, 0.015, 0.01])  # even share 0.25: the threshold is 0.0125
     assert transductive.absent_classes(shares).tolist() == [False, False, False, True]
 
 
@@ -115,22 +115,34 @@ def absent_store(tmp_path_factory):
                            vocabularies={"synthetic": (vocab.classes, vocab.single, vocab.ensemble)}), present
 
 
-def test_absent_classes_are_found_given_no_predictions_and_reported(absent_store):
+def test_absent_classes_get_small_shares_and_none_present_is_reported(absent_store):
     path, present = absent_store
     with Store(path) as store:
         result = fit_store(store, FitConfig())
         metrics = fit_metrics(result, store.labels())
         forced = fit_store(store, FitConfig(keep_all_classes=True))
-    absent = set(result.classes) - set(present)
-    assert result.absent_classes and set(result.absent_classes) <= absent  # precision first: no present class
-    predicted = {result.classes[i] for i in np.unique(result.predicted)}
-    assert not predicted & set(result.absent_classes)
-    assert [result.classifier.classes[i] for i in range(len(result.classifier.classes))] == [
-        c for c in result.classes if c not in result.absent_classes]
-    assert metrics["absent_classes"]["precision"] == 1.0
-    assert metrics["accuracy"] > metrics["zero_shot_accuracy"] + 0.05
+    n_classes = len(result.classes)
+    shares = np.array([forced.class_shares[c] for c in result.classes]) * n_classes  # 1 = an even share
+    is_present = np.isin(result.classes, present)
+    assert shares[is_present].min() > 1.5 and shares[~is_present].max() < 0.3
+    assert set(result.absent_classes) <= set(result.classes) - set(present)  # precision first
     assert forced.absent_classes == []
+    assert metrics["accuracy"] > metrics["zero_shot_accuracy"] + 0.05
+
+
+def test_reported_absent_classes_get_no_seeds_labels_or_predictions(absent_store, monkeypatch):
+    path, present = absent_store
+    monkeypatch.setattr(transductive, "ABSENT_SHARE", 0.5)  # every class below half an even share
+    with Store(path) as store:
+        result = fit_store(store, FitConfig())
+        metrics = fit_metrics(result, store.labels())
+    assert sorted(result.absent_classes) == sorted(set(result.classes) - set(present))
+    assert result.classifier.classes == present
+    assert {result.classes[i] for i in np.unique(result.predicted)} <= set(present)
+    labelled = np.concatenate([c.labels for c in result.cycles])
+    assert {result.classes[i] for i in np.unique(labelled)} <= set(present)
     assert sum(result.class_shares[c] for c in result.absent_classes) == 0.0
+    assert metrics["absent_classes"]["precision"] == 1.0
 
 
 def test_default_ood_score_separates_held_out_classes_and_is_deterministic(tmp_path):

@@ -326,7 +326,8 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, seed_rows: np.n
     labels = torch.as_tensor(seed_labels, device=features.device)
     mixture = transductive.class_mixture(
         features, log_prior, transductive.seed_prototypes(features, seed_positions, labels, n_classes))
-    absent = np.zeros(n_classes, bool) if config.keep_all_classes else transductive.absent_classes(mixture.shares)
+    absent = (np.zeros(n_classes, bool) if config.keep_all_classes
+              else transductive.absent_classes(mixture.shares, transductive.ABSENT_SHARE))
     present = np.flatnonzero(~absent)
     shares = np.where(absent, 0.0, mixture.shares)
     shares /= shares.sum()

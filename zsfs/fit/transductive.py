@@ -9,7 +9,7 @@ Three published ideas use all of it, on the stored embeddings alone:
    al. 2024, without its Laplacian term). EM estimates the share of the collection each listed
    class takes; it is what keeps balanced pseudo-labelling from collapsing when the folder holds
    only some of the listed classes.
-2. **Absent classes** (:func:`absent_classes`): a class whose estimated share is below a tenth of
+2. **Absent classes** (:func:`absent_classes`): a class whose estimated share is below a twentieth of
    an even share holds (almost) no images; it gets no seeds, no pseudo-labels and no predictions.
 3. **Balanced self-training** (:func:`balanced_self_training`): the head is trained on the seeds;
    each cycle labels every image by optimal transport (Sinkhorn-Knopp with the estimated shares as
@@ -39,8 +39,8 @@ PRIOR_WEIGHT = 0.5
 MIXTURE_ITERATIONS = 15
 SINKHORN_ITERATIONS = 30
 
-ABSENT_SHARE = 0.1
-"""A class is absent when its estimated share is below ``ABSENT_SHARE / C`` (a tenth of an even share)."""
+ABSENT_SHARE = 0.05
+"""A class is absent when its estimated share is below ``ABSENT_SHARE / C`` (a twentieth of an even share)."""
 
 CYCLE_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 """Fraction of each class's Sinkhorn assignment, most confident first, trained on per cycle."""
