@@ -88,6 +88,14 @@ def test_seed_distance_is_one_minus_the_kth_nearest_cosine():
     assert np.allclose(distance, expected, atol=1e-6)
 
 
+def test_reference_rows_are_the_seeds_or_a_seeded_subset():
+    seeds = np.array([9, 3, 3, 7, 1])
+    assert ood.reference_rows(seeds, 0).tolist() == [1, 3, 7, 9]
+    subset = ood.reference_rows(np.arange(100), 5, limit=10)
+    assert len(subset) == 10 and np.all(np.diff(subset) > 0)
+    assert subset.tolist() == ood.reference_rows(np.arange(100), 5, limit=10).tolist()
+
+
 def test_combined_score_is_the_mean_collection_rank():
     rng = np.random.default_rng(4)
     components = {"a": rng.standard_normal(1000), "b": rng.standard_normal(1000)}

@@ -245,7 +245,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
                         "use a smaller --lr")
     del features
     with timer.phase("read seeds"):
-        seed_features = normalise(store.read("backbone", np.unique(trained.cycles[0].rows)), device).to(dtype)
+        reference_rows = ood.reference_rows(trained.cycles[0].rows, config.seed)
+        seed_features = normalise(store.read("backbone", reference_rows), device).to(dtype)
     with timer.phase("predict"):
         predicted = np.empty(n_images, np.int64)
         confidence = np.empty(n_images, np.float32)
