@@ -19,15 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from zsfs.embedding import (PRECISIONS, DecodedImages, check_device, default_worker_niceness, default_workers,
-                            make_loader, model_threads)
+from zsfs.devices import check_device
+from zsfs.embedding import (PRECISIONS, DecodedImages, default_worker_niceness, default_workers, make_loader,
+                            model_threads)
 from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
 from zsfs.sources import decode_image, open_source
+from zsfs.testing.images import write_photos
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
 
 SETTINGS = {
@@ -36,18 +36,6 @@ SETTINGS = {
     "small": ("ViT-B-32", "random", "tf_efficientnet_lite0", "random"),
     "default": ("ViT-B-32", "random", "vit_giant_patch14_clip_224.laion2b", "random"),
 }
-
-
-def write_photos(folder: Path, n: int, seed: int = 0) -> None:
-    """Photo-like JPEGs of 400-500 px: smooth colour fields plus mild sensor noise."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        width, height = (int(v) for v in rng.integers(400, 501, size=2))
-        coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
-        noisy = np.clip(smooth + rng.normal(0, 6, size=smooth.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(folder / f"img_{i:05d}.jpg", quality=90)
 
 
 def rate(n: int, seconds: float) -> float:

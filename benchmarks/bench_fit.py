@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-SIZES = {"2k": (2_000, 10), "10k": (10_000, 100), "50k": (50_000, 1_000), "1.28M": (1_281_167, 1_000)}
+SIZES = {"500": (500, 5), "2k": (2_000, 10),  # 500: the test suite's smoke run
+         "10k": (10_000, 100), "50k": (50_000, 1_000), "1.28M": (1_281_167, 1_000)}
 CONFIGS = {
     # name: (preset, overrides)
     "default": ("default", {}),

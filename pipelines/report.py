@@ -188,8 +188,15 @@ def _replace(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-if __name__ == "__main__":  # python -m pipelines.report [WORK]
-    import sys
+def main() -> None:
+    import argparse
 
-    for written in write_results(Path(sys.argv[1] if len(sys.argv) > 1 else "work")):
+    parser = argparse.ArgumentParser(description="(Re)write WORK/results.md and WORK/results.csv from the "
+                                                 "pipelines' finished runs.", epilog="Example: python -m pipelines.report work")
+    parser.add_argument("work", nargs="?", type=Path, default=Path("work"), help="the pipelines' --work folder [work]")
+    for written in write_results(parser.parse_args().work):
         print(written)
+
+
+if __name__ == "__main__":  # python -m pipelines.report [WORK]
+    main()

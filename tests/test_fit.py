@@ -254,7 +254,7 @@ def test_fit_device_must_be_known(tmp_path):
 def test_fit_precision_must_be_known(tmp_path):
     result = run_cli("fit", "--store", tmp_path / "s.h5", "--precision", "fp16")
     assert result.exit_code == 2 and "fp16" in result.output
-    with pytest.raises(ZsfsError, match="--precision"):
+    with pytest.raises(ZsfsError, match="^precision must be one of fp32, bf16, not 'fp16'$"):
         FitConfig(precision="fp16").validate()
 
 

@@ -45,10 +45,10 @@ def test_a_saved_run_reads_back(run_dir):
     assert run.config["classes"] == run.classifier.classes == ["class_0000", "class_0001", "class_0002"]
     assert run.config["parameters"]["k"] == 4
     assert run.metrics["n_images"] == 300 and 0 <= run.metrics["accuracy"] <= 1
-    frame = run.predictions()
+    frame = run.predictions
     assert frame.height == 300 and frame["is_seed"].sum() == 12
     # Columns that the run lacks are left out rather than failing: readers tolerate older runs.
-    assert run.predictions(["path", "ood_score", "no_such_column"]).columns == ["path", "ood_score"]
+    assert run.read_predictions(["path", "ood_score", "no_such_column"]).columns == ["path", "ood_score"]
 
 
 def test_loading_what_is_not_a_run_is_a_clear_error(run_dir, tmp_path):
@@ -63,7 +63,7 @@ def test_loading_what_is_not_a_run_is_a_clear_error(run_dir, tmp_path):
     run = runs.load_run(tmp_path)
     assert run.metrics is None
     with pytest.raises(ZsfsError, match="no predictions.parquet"):
-        run.predictions()
+        run.predictions
     with pytest.raises(ZsfsError, match="no classifier"):
         run.classifier
 
@@ -117,4 +117,4 @@ def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):
         saved = runs.save_run(fit_store(store, config), store, config, tmp_path / "run")
     run = runs.load_run(saved)
     assert run.metrics is None and not (saved / runs.METRICS).exists()
-    assert "label" not in run.predictions().columns
+    assert "label" not in run.predictions.columns

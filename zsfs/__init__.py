@@ -2,11 +2,48 @@
 
 Two stages: ``zsfs extract`` embeds an image collection once into a sharded HDF5 store,
 ``zsfs fit`` labels and OOD-scores every image from that store alone, many times over.
+
+From Python (see docs/python.md)::
+
+    import zsfs
+    zsfs.extract("photos/", "photos.h5")
+    run = zsfs.fit(zsfs.Store("photos.h5"), k=16)
+    run.save("runs/photos-k16")
+    zsfs.load_run("runs/photos-k16").predict_images(["new.jpg"])
+
+Names are imported on first use, so that ``import zsfs`` (and ``zsfs --help``) stay fast.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
     __version__ = version("zsfs")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
+
+_LAZY = {
+    "extract": ("zsfs.extract", None),  # a callable module: zsfs.extract(...) runs the stage
+    "fit": ("zsfs.fit", None),  # likewise: zsfs.fit(store, k=16)
+    "Store": ("zsfs.store", "Store"),
+    "FitConfig": ("zsfs.fit.run", "FitConfig"),
+    "FittedRun": ("zsfs.runs", "FittedRun"),
+    "load_run": ("zsfs.api", "load_run"),
+    "report": ("zsfs.report", None),  # likewise: zsfs.report(run_dir) writes report.html
+    "ZsfsError": ("zsfs.errors", "ZsfsError"),
+    "ParameterError": ("zsfs.errors", "ParameterError"),
+}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'zsfs' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = import_module(module) if attribute is None else getattr(import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

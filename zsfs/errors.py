@@ -15,3 +15,22 @@ class StoreMismatchError(StoreError):
 
 class ModelLoadError(ZsfsError):
     """A model name is unknown or its weights cannot be found, downloaded or loaded."""
+
+
+class ParameterError(ZsfsError):
+    """A bad argument. The message names parameters as ``{name}`` fields, shown as the Python
+    names in the library (``k must be >= 1``) and as the command's flags in the CLI (``--k ...``)."""
+
+    def __init__(self, template: str):
+        self.template = template
+        super().__init__(self.render({}))
+
+    @property
+    def parameters(self) -> list[str]:
+        from string import Formatter
+
+        return [field for _, field, _, _ in Formatter().parse(self.template) if field]
+
+    def render(self, names: dict[str, str]) -> str:
+        """The message with each parameter shown as ``names[parameter]`` (default: its own name)."""
+        return self.template.format_map({name: names.get(name, name) for name in self.parameters})

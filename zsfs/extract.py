@@ -296,3 +296,8 @@ def _check_options(*, precision: str, batch_size: int, workers: int | None, shar
         raise ZsfsError("--batch-size and --shard-size must be at least 1, --workers at least 0")
     if max_pixels < 1:
         raise ZsfsError("--max-pixels must be at least 1")
+
+
+from zsfs.api import callable_module  # noqa: E402 (after `extract` exists)
+
+callable_module(__name__, extract)  # zsfs.extract(folder, out, ...): the front door (zsfs/api.py)

@@ -71,7 +71,7 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_folders(parent: str | Path) -> list[Path]:
-    """Remove the temporary folders that killed :func:`new_folder` calls left in ``parent``.
+    """Remove the temporary folders (and files) that killed writers left in ``parent``.
 
     Only folders made on this host by a process that no longer exists: a folder of a live
     process (or of another host sharing the file system) is never touched. Returns those removed.
@@ -80,12 +80,31 @@ def remove_stale_folders(parent: str | Path) -> list[Path]:
     host = _host()
     for entry in Path(parent).iterdir():
         match = _TMP_NAME.match(entry.name)
-        if match is None or match["host"] != host or not entry.is_dir() or entry.is_symlink():
+        if match is None or match["host"] != host or entry.is_symlink() or _alive(int(match["pid"])):
             continue
-        if not _alive(int(match["pid"])):
+        if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)  # another process may be removing it too
-            removed.append(entry)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
     return removed
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write ``path`` through a temporary sibling renamed over it: readers never see half a file."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_folders(path.parent)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing like any file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_json(path: str | Path, value) -> None:

@@ -19,7 +19,8 @@ from zsfs.embedding import DecodedImages, default_worker_niceness, default_worke
 from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
-from zsfs.runs import load_run
+from zsfs.fit.classifier import Classifier
+from zsfs.runs import FittedRun, load_run
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
 
 
@@ -46,7 +47,7 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
 
 
 def predict_images(
-    run_dir: str | Path,
+    run_dir: "str | Path | FittedRun",
     inputs: Sequence[str | Path],
     *,
     device: str = "cpu",
@@ -69,7 +70,7 @@ def predict_images(
     """
     import polars as pl
 
-    run = load_run(run_dir)
+    run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     if not (np.isfinite(run.classifier.weight).all() and np.isfinite(run.classifier.bias).all()):
         raise ZsfsError(f"the classifier of {run_dir} has non-finite weights (its training diverged); "
                         "refit with a smaller --lr")
@@ -100,14 +101,8 @@ def predict_images(
     confidence, ood_score, ood_paper, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(4))
     if rows:
         good = np.concatenate(rows)
-        features = np.concatenate(features)
-        logits = run.classifier.predict_logits(features)
-        probabilities = torch.from_numpy(logits).softmax(dim=1)
-        best, index = probabilities.max(dim=1)
-        predicted[good] = np.asarray(run.classifier.classes, dtype=object)[index.numpy()]
-        confidence[good] = best.numpy()
-        ood_score[good] = run.classifier.ood_score(features)
-        ood_paper[good], ood_continuous[good] = run.classifier.ood_scores(logits)
+        predicted[good], confidence[good], ood_score[good], ood_paper[good], ood_continuous[good] = classify(
+            run.classifier, np.concatenate(features))
     error = [errors.get(i) for i in range(n)]
     return pl.DataFrame({
         "path": utf8_texts(source.paths),
@@ -118,6 +113,16 @@ def predict_images(
         "ood_continuous": pl.Series(ood_continuous).fill_nan(None),
         "error": pl.Series(error, dtype=pl.String),
     })
+
+
+def classify(classifier: Classifier, features: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per row of backbone ``features``: class name, confidence, OOD score, paper OOD score,
+    continuous OOD score (the columns of :func:`predict_images`)."""
+    features = np.asarray(features)
+    logits = classifier.predict_logits(features)
+    best, index = torch.from_numpy(logits).softmax(dim=1).max(dim=1)
+    names = np.asarray(classifier.classes, dtype=object)[index.numpy()]
+    return (names, best.numpy(), classifier.ood_score(features), *classifier.ood_scores(logits))
 
 
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")

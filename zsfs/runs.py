@@ -13,8 +13,7 @@ read; this module is the only one that knows its layout::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from functools import cached_property
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,38 +134,62 @@ def save_run(result: "FitResult", store: "Store", config: "FitConfig", run_dir: 
     Everything goes to a temporary sibling folder that is renamed at the end, so ``run_dir`` is
     either complete or absent. An existing ``run_dir`` is an error and is left untouched.
     """
-    run_dir = Path(run_dir).absolute()
+    return in_memory(result, store, config).save(run_dir).path
+
+
+def in_memory(result: "FitResult", store: "Store", config: "FitConfig") -> "FittedRun":
+    """The run a fit makes, before it is saved: everything the store is needed for is taken now."""
     labels = store.labels()
-    with new_folder(run_dir) as tmp:
-        predictions_frame(result, store).write_parquet(tmp / PREDICTIONS)
-        result.classifier.save(tmp / CLASSIFIER)
-        write_json(tmp / CONFIG, run_config(result, store, config))
-        if labels is not None:
-            write_json(tmp / METRICS, fit_metrics(result, labels))
-    return run_dir
+    return FittedRun(None, run_config(result, store, config),
+                     fit_metrics(result, labels) if labels is not None else None,
+                     predictions=predictions_frame(result, store), classifier=result.classifier)
 
 
 # --- reading -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
 class FittedRun:
-    """A run folder written by ``zsfs fit``: its config and metrics, its classifier and predictions
-    read on first use (a report needs no torch, a prediction no parquet)."""
+    """A fit run: just made by :func:`zsfs.fit` (``path`` None until :meth:`save`) or read from its
+    folder by :func:`load_run`, where the classifier and predictions are read on first use (a report
+    needs no torch, a prediction no parquet).
 
-    path: Path
-    config: dict
-    metrics: dict | None
+    ``config`` is config.json, ``metrics`` metrics.json (None without labels), ``predictions`` the
+    per-image polars DataFrame, ``classifier`` the linear head with its OOD thresholds.
+    """
 
-    @cached_property
+    def __init__(self, path: Path | None, config: dict, metrics: dict | None, *,
+                 predictions: "pl.DataFrame | None" = None, classifier: "Classifier | None" = None):
+        self.path, self.config, self.metrics = path, config, metrics
+        self._predictions, self._classifier = predictions, classifier
+
+    def __repr__(self) -> str:
+        where = f"{str(self.path)!r}" if self.path is not None else "not saved"
+        return f"FittedRun({where}, {len(self.config.get('classes', []))} classes)"
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+    @property
     def classifier(self) -> "Classifier":
-        from zsfs.fit.classifier import load_classifier
+        if self._classifier is None:
+            from zsfs.fit.classifier import load_classifier
 
-        return load_classifier(self.path / CLASSIFIER)
+            self._classifier = load_classifier(self.path / CLASSIFIER)
+        return self._classifier
 
-    def predictions(self, columns: list[str] | None = None) -> "pl.DataFrame":
-        """predictions.parquet (only ``columns`` of it, those that exist, when given)."""
+    @property
+    def predictions(self) -> "pl.DataFrame":
+        if self._predictions is None:
+            self._predictions = self.read_predictions()
+        return self._predictions
+
+    def read_predictions(self, columns: list[str] | None = None) -> "pl.DataFrame":
+        """The predictions (only ``columns`` of them, those that exist, when given)."""
         import polars as pl
 
+        if self._predictions is not None:
+            return self._predictions if columns is None else self._predictions.select(
+                [name for name in columns if name in self._predictions.columns])
         path = self.path / PREDICTIONS
         if not path.is_file():
             raise ZsfsError(f"{self.path} has no {PREDICTIONS}; is it a run folder written by `zsfs fit`?")
@@ -177,6 +200,35 @@ class FittedRun:
             return pl.read_parquet(path, columns=columns)
         except (OSError, pl.exceptions.PolarsError) as error:
             raise ZsfsError(f"{path} is unreadable ({error}); rerun `zsfs fit`") from None
+
+    def save(self, run_dir: str | Path) -> "FittedRun":
+        """Write the run folder ``run_dir`` (complete or absent; never over an existing one); the
+        same run, read from there."""
+        run_dir = Path(run_dir).absolute()
+        with new_folder(run_dir) as tmp:
+            self.predictions.write_parquet(tmp / PREDICTIONS)
+            self.classifier.save(tmp / CLASSIFIER)
+            write_json(tmp / CONFIG, self.config)
+            if self.metrics is not None:
+                write_json(tmp / METRICS, self.metrics)
+        return FittedRun(run_dir, self.config, self.metrics, predictions=self._predictions,
+                         classifier=self._classifier)
+
+    def predict(self, features: np.ndarray) -> "pl.DataFrame":
+        """Class, confidence and OOD scores of backbone features (rows of the store's backbone)."""
+        import polars as pl
+
+        from zsfs.predict import classify
+
+        predicted, confidence, ood_score, ood_paper, ood_continuous = classify(self.classifier, features)
+        return pl.DataFrame({"predicted": pl.Series(predicted.tolist(), dtype=pl.String), "confidence": confidence,
+                             "ood_score": ood_score, "ood_paper": ood_paper, "ood_continuous": ood_continuous})
+
+    def predict_images(self, images, **options) -> "pl.DataFrame":
+        """Classify image files and/or folders (options as :func:`zsfs.predict.predict_images`)."""
+        from zsfs.predict import predict_images
+
+        return predict_images(self, images, **options)
 
 
 def load_run(run_dir: str | Path) -> FittedRun:

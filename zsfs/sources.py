@@ -212,14 +212,16 @@ def _relative_when_possible(path: str, root: Path) -> str:
         return candidate.as_posix()
 
 
-def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
 
     Images above ``WORKING_PIXELS`` come out smaller (the original size is in
     ``image_size(image)``); above ``max_pixels`` a JPEG is decoded at a reduced scale and
     other formats are refused. Raises ``ImageDecodeError`` with a short ``reason`` for empty,
     missing, unreadable, non-image, truncated, corrupt or too large files. The whole file is
-    decoded here, so a broken file never gets past this function.
+    decoded here, so a broken file never gets past this function. ``draft``: a JPEG may be decoded
+    at 1/2 to 1/8 scale as long as it stays at least this size (thumbnails: much faster).
     """
     path = Path(path)
     try:
@@ -231,6 +233,8 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Imag
         with _pixel_budget_replaces_pillows(), Image.open(path) as image:
             width, height = image.size
             _decode_smaller(image, max_pixels)
+            if draft is not None:  # no effect when _decode_smaller reduced it already
+                image.draft("RGB", draft)
             image.load()  # force the full decode (Image.open only reads the header)
             oriented, swapped = _apply_exif_orientation(_reduced(image))
         decoded = _to_rgb(oriented)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from zsfs.cli import extract, fit, oodbench, predict, store
+from zsfs.cli import extract, fit, oodbench, predict, report, store
 
-ALL = [*extract.COMMANDS, *store.COMMANDS, *fit.COMMANDS, *oodbench.COMMANDS, *predict.COMMANDS]
+ALL = [*extract.COMMANDS, *store.COMMANDS, *fit.COMMANDS, *oodbench.COMMANDS, *predict.COMMANDS, *report.COMMANDS]

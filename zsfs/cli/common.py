@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError
 
 console = Console(stderr=True, highlight=False, emoji=False)
 """Progress, tables and messages go to stderr so that stdout stays machine-readable.
@@ -51,6 +51,11 @@ class ZsfsGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except ParameterError as error:  # named as the user typed them: the command's flags
+            command = self.get_command(ctx, ctx.invoked_subcommand or "")
+            flags = {p.name: p.opts[0] for p in getattr(command, "params", []) if isinstance(p, click.Option)}
+            console.print(f"[bold red]Error:[/] {escape(error.render(flags))}")
+            sys.exit(1)
         except ZsfsError as error:
             console.print(f"[bold red]Error:[/] {shown(error)}", soft_wrap=True)  # one line, also in logs
             sys.exit(1)

@@ -74,9 +74,11 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--fast", is_flag=True, help="Faster preset: bf16 products and IVF neighbours (with "
                                            "--paper also batch 512, lr 2e-2, 20 epochs, 5 per cycle; other "
                                            "options still override it).")
+@click.option("--report", "with_report", is_flag=True,
+              help="Also write report.html in the run folder (as `zsfs report RUN_DIR`).")
 @click.option("--json", "as_json", is_flag=True, help="Print config and metrics as JSON on stdout.")
 def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper: bool, fast: bool, as_json: bool,
-                **options) -> None:
+                with_report: bool, **options) -> None:
     """Label and OOD-score every image of STORE from its class names (no labels needed).
 
     Zero-shot candidates per class, neighbourhood re-ranking, the first k as seeds; then (default)
@@ -97,6 +99,7 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
       zsfs fit --store imagenet.h5 --k 16 --out runs/imagenet-k16
       zsfs fit --store imagenet.h5 --paper --k 5
       zsfs fit --store imagenet.h5 --keep-all-classes
+      zsfs fit --store imagenet.h5 --report        # + report.html to look at
     """
     from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
     from zsfs.outputs import check_new_folder
@@ -117,6 +120,11 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
         labels = store.labels()
         metrics = fit_metrics(result, labels) if labels is not None else None
     show_summary(result, metrics, saved)
+    if with_report:
+        from zsfs.report import write_report
+
+        with console.status("Rendering the report..."):
+            console.print(f"Report written to [bold]{shown(write_report(saved))}[/]")
     if as_json:
         click.echo(json.dumps({"run": str(saved), "metrics": metrics,
                                "timings_s": result.timings}, indent=2, default=str))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from zsfs.devices import check_device
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
@@ -87,27 +87,28 @@ class FitConfig:
         return config
 
     def validate(self) -> None:
-        positive = ("k", "candidates", "neighbours", "epochs", "batch_size")
-        bad = [name for name in positive if getattr(self, name) < 1]
-        bad += [name for name in ("cycle_epochs", "max_cycles") if getattr(self, name) < 0]
-        if bad:
-            raise ZsfsError(f"{', '.join('--' + b.replace('_', '-') for b in bad)} must be positive")
+        for name in ("k", "candidates", "neighbours", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ParameterError(f"{{{name}}} must be >= 1, not {getattr(self, name)}")
+        for name in ("cycle_epochs", "max_cycles"):
+            if getattr(self, name) < 0:
+                raise ParameterError(f"{{{name}}} must be >= 0, not {getattr(self, name)}")
         if self.k > self.candidates:
-            raise ZsfsError(f"--k {self.k} is larger than --candidates {self.candidates}: the seeds are "
-                            f"taken from the candidates, so use --k <= --candidates (or raise --candidates)")
-        if self.method not in METHOD_CHOICES:
-            raise ZsfsError(f"--method must be one of {', '.join(METHOD_CHOICES)}, not {self.method!r}")
-        if self.prompts not in PROMPT_CHOICES:
-            raise ZsfsError(f"--prompts must be one of {', '.join(PROMPT_CHOICES)}, not {self.prompts!r}")
-        if self.precision not in PRECISIONS:
-            raise ZsfsError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        not_finite = [name for name in ("lr", "loss_floor", "ood_multiplier") if not math.isfinite(getattr(self, name))]
-        if not_finite:
-            raise ZsfsError(f"{', '.join('--' + n.replace('_', '-') for n in not_finite)} must be a finite number")
-        if not self.lr > 0 or self.ood_multiplier < 0:
-            raise ZsfsError("--lr must be > 0 and --ood-multiplier >= 0")
+            raise ParameterError(f"{{k}} {self.k} is larger than {{candidates}} {self.candidates}: the seeds are "
+                                 f"taken from the candidates, so use {{k}} <= {{candidates}} (or raise {{candidates}})")
+        for name, choices in (("method", METHOD_CHOICES), ("prompts", PROMPT_CHOICES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in choices:
+                raise ParameterError(f"{{{name}}} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
+        for name in ("lr", "loss_floor", "ood_multiplier"):
+            if not math.isfinite(getattr(self, name)):
+                raise ParameterError(f"{{{name}}} must be a finite number, not {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ParameterError(f"{{lr}} must be > 0, not {self.lr}")
+        if self.ood_multiplier < 0:
+            raise ParameterError(f"{{ood_multiplier}} must be >= 0, not {self.ood_multiplier}")
         if not 0 <= self.seed <= MAX_SEED:
-            raise ZsfsError(f"--seed must be between 0 and {MAX_SEED} (faiss takes a 32-bit seed), not {self.seed}")
+            raise ParameterError(f"{{seed}} must be between 0 and {MAX_SEED} (faiss takes a 32-bit seed), "
+                                 f"not {self.seed}")
 
 
 @dataclass

@@ -50,6 +50,23 @@ def class_pattern(class_index: int, n_classes: int, width: int, height: int, see
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
+def write_photos(folder: Path | str, n: int, seed: int = 0) -> list[Path]:
+    """``n`` photo-like JPEGs of 400-500 px (smooth colour fields plus mild sensor noise): what
+    benchmarks decode, at the cost of real photos."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(n):
+        width, height = (int(v) for v in rng.integers(400, 501, size=2))
+        coarse = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
+        noisy = np.clip(smooth + rng.normal(0, 6, size=smooth.shape), 0, 255).astype(np.uint8)
+        written.append(folder / f"img_{i:05d}.jpg")
+        Image.fromarray(noisy).save(written[-1], quality=90)
+    return written
+
+
 def write_image_folder(
     root: Path | str,
     n_per_class: int = 5,

@@ -1,0 +1,178 @@
+"""``zsfs report``: the page's sections, galleries and thumbnails on tiny runs, offline and escaped."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+
+import polars as pl
+import pytest
+from PIL import Image
+
+from zsfs import runs
+from zsfs.errors import ZsfsError
+from zsfs.extract import extract
+from zsfs.fit import FitConfig, fit_store
+from zsfs.report import render_report, write_report
+from zsfs.store import Store
+from zsfs.testing.cli import run_cli
+from zsfs.testing.images import write_image_folder
+from zsfs.testing.models import TINY_MODELS
+from zsfs.testing.synthetic import make_synthetic_store
+
+SECTIONS = ["summary", "figures", "accuracy", "classes", "ood", "parameters"]
+QUICK = FitConfig(k=2, candidates=6, epochs=20, cycle_epochs=5, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory):
+    """A run fitted on a generated, labelled image folder (the images are reachable)."""
+    work = tmp_path_factory.mktemp("report")
+    photos = write_image_folder(work / "photos", n_per_class=6)
+    store_path = extract(photos["root"], work / "photos.h5", workers=0, **TINY_MODELS).output
+    with Store(store_path) as store:
+        return runs.save_run(fit_store(store, QUICK), store, QUICK, work / "run")
+
+
+@pytest.fixture(scope="module")
+def unlabelled_run(tmp_path_factory):
+    """A run on a synthetic store without labels; its image paths are stand-ins (no files)."""
+    work = tmp_path_factory.mktemp("report-synthetic")
+    store_path = make_synthetic_store(work / "s.h5", 200, 3, seed=2, labels=False, clip_dim=32, backbone_dim=64)
+    config = FitConfig(k=3, candidates=10, epochs=10, cycle_epochs=2, max_cycles=2)
+    with Store(store_path) as store:
+        return runs.save_run(fit_store(store, config), store, config, work / "run")
+
+
+def sections(page: str) -> list[str]:
+    return re.findall(r'<section id="([a-z]+)"', page)
+
+
+def gallery_items(page: str) -> int:
+    return page.count("<figure ")
+
+
+def test_labelled_run_has_every_section_and_a_thumbnail_per_shown_image(photo_run):
+    page = write_report(photo_run).read_text()
+    frame = pl.read_parquet(photo_run / runs.PREDICTIONS)
+    classes = json.loads((photo_run / runs.CONFIG).read_text())["classes"]
+
+    assert sections(page) == SECTIONS
+    assert [m for m in re.findall(r'<h3 class="class-name">([^<]*)</h3>', page)] == classes
+    # Per class: its seeds and up to 8 other images predicted as it; then the OOD gallery (every image here).
+    seeds = int(frame["is_seed"].sum())
+    others = frame.filter(~pl.col("is_seed")).group_by("predicted").len()["len"].clip(upper_bound=8).sum()
+    expected = seeds + others + frame.height
+    assert gallery_items(page) == expected
+    thumbnails = re.findall(r'<img class="thumb" src="data:image/jpeg;base64,([^"]+)"', page)
+    assert len(thumbnails) == expected and 'class="note"' not in page
+    with Image.open(io.BytesIO(base64.b64decode(thumbnails[0]))) as image:
+        assert image.format == "JPEG" and max(image.size) <= 96
+    # Offline and alone: no link or script to anything outside the file.
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page
+    assert page.count("<svg") == 5  # two OOD histograms, cycles, per-class accuracy, confusion matrix
+    assert len(page) < 2_000_000
+
+
+def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):
+    out = tmp_path / "elsewhere.html"
+    result = run_cli("report", photo_run, "--images", tmp_path / "moved", "--out", out)
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    shown = gallery_items(page)
+    assert sections(page) == SECTIONS and shown > 0
+    assert "<img " not in page and page.count('class="thumb missing"') == shown
+    distinct = pl.read_parquet(photo_run / runs.PREDICTIONS).height  # the OOD gallery shows every image here
+    note = re.search(r'<p class="note">([^<]*)', page).group(1)
+    assert f"{distinct} of {distinct} images could not be shown ({distinct} file not found)" in note
+
+
+def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp_path):
+    """Columns a newer fit adds (ood_paper, ood_flag, absent_classes) are shown; names are escaped."""
+    run = tmp_path / "run"
+    shutil.copytree(unlabelled_run, run)
+    hostile = '<b>class</b> & "zero"'
+    frame = pl.read_parquet(run / runs.PREDICTIONS).drop("ood_continuous")
+    frame = frame.with_columns(
+        [pl.col(c).replace("class_0000", hostile) for c in ("predicted", "pseudo_label")]
+        + [pl.col("ood_score").alias("ood_paper"), (pl.col("ood_score") >= 2 / 3).alias("ood_flag")])
+    frame.write_parquet(run / runs.PREDICTIONS)
+    config = json.loads((run / runs.CONFIG).read_text())
+    config["classes"][0] = hostile
+    config["absent_classes"] = ["class_0002"]
+    (run / runs.CONFIG).write_text(json.dumps(config))
+
+    page = render_report(run)
+    assert sections(page) == ["summary", "figures", "classes", "ood", "parameters"]
+    assert "<b>class</b>" not in page and "&lt;b&gt;class&lt;/b&gt; &amp; &quot;zero&quot;" in page
+    assert "<td>absent classes</td><td>1: class_0002</td>" in page
+    assert f"<td>flagged OOD</td><td>{int(frame['ood_flag'].sum()):,}</td>" in page
+    assert "<td>accuracy</td>" not in page
+    levels = [int((frame["ood_paper"] * 3).round().eq(level).sum()) for level in range(4)]
+    assert f"<td>paper OOD score 0 / 1/3 / 2/3 / 1</td><td>{' / '.join(f'{n:,}' for n in levels)}</td>" in page
+    assert page.count("<svg") == 2  # OOD histogram and cycles; no continuous score, no labels
+    assert gallery_items(page) > 0 and "<img " not in page  # stand-in paths: nothing to show
+    assert "not found" in re.search(r'<p class="note">([^<]*)', page).group(1)
+
+
+def test_fit_report_writes_the_page_beside_the_run(unlabelled_run, tmp_path):
+    store = json.loads((unlabelled_run / runs.CONFIG).read_text())["store"]["path"]
+    run = tmp_path / "run"
+    result = run_cli("fit", "--store", store, "--out", run, "--k", "2", "--candidates", "6", "--epochs", "5",
+                     "--cycles", "1", "--report")
+    assert result.exit_code == 0, result.output
+    assert sections((run / runs.REPORT).read_text())[0] == "summary"
+    assert sorted(p.name for p in run.iterdir()) == sorted([runs.PREDICTIONS, runs.CLASSIFIER, runs.CONFIG,
+                                                           runs.REPORT])
+
+
+def test_report_of_what_is_not_a_run_is_a_clear_error(tmp_path):
+    result = run_cli("report", tmp_path)
+    assert result.exit_code == 1 and "has no config.json" in result.output
+    result = run_cli("report", tmp_path, "--per-class", "0")
+    assert result.exit_code == 2 and "--per-class" in result.output
+    with pytest.raises(ZsfsError, match="^per_class must be >= 1, not 0$"):
+        render_report(tmp_path, per_class=0)
+
+
+def test_a_real_browser_draws_the_page(photo_run, tmp_path):
+    """Headless Chromium (Debian package ``chromium``; .ci/run installs it) renders the page offline."""
+    import shutil as which
+    import subprocess
+
+    import numpy as np
+
+    browser = which.which("chromium")
+    assert browser, "chromium is missing: apt-get install -y chromium (.ci/run does it)"
+    page = write_report(photo_run, tmp_path / "report.html")
+    shot = tmp_path / "shot.png"
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1200, 2400)
+        pixels = np.asarray(image.convert("L"), dtype=np.float64)
+    assert pixels.std() > 20  # text, tables and figures, not one flat colour
+    assert 0.05 < (pixels < 200).mean() < 0.9  # ink on a white page, neither blank nor a solid block
+
+
+def test_thumbnails_of_every_image_kind_show_the_picture(photo_run):
+    """Bug: 16-bit PNGs became white squares (Pillow clips I;16 to RGB); thumbnails now decode as extract does."""
+    import numpy as np
+
+    from zsfs.thumbnails import thumbnails
+
+    photos = sorted((photo_run.parent / "photos").glob("*/*_*_*.*"))  # class/<class>_<i>_<kind>.<ext>
+    assert len(photos) == 18
+    for path, (uri, reason) in zip(photos, thumbnails(photos)):
+        assert reason is None, (path, reason)
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+        assert max(image.size) <= 96 and pixels.std() > 5 and pixels.mean() < 200, path.name
+    assert thumbnails([photo_run.parent / "photos" / "red" / "truncated.jpg"]) == [(None, "truncated file")]

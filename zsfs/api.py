@@ -1,0 +1,82 @@
+"""The Python front door: the pipeline by name, as ``import zsfs`` offers it.
+
+    import zsfs
+    zsfs.extract("photos/", "photos.h5")                 # stage 1 (returns what it did)
+    with zsfs.Store("photos.h5") as store:
+        run = zsfs.fit(store, k=16)                      # stage 2: a FittedRun, in memory
+    run.predictions                                      # polars DataFrame, one row per image
+    run.save("runs/photos-k16")
+    zsfs.load_run("runs/photos-k16").predict_images(["new.jpg"])
+    zsfs.report("runs/photos-k16")                       # runs/photos-k16/report.html
+
+``zsfs.extract``, ``zsfs.fit`` and ``zsfs.report`` are also the names of the modules that do the
+work: calling those modules calls their function (see :func:`callable_module`), so all stay
+importable as before. Errors name the parameters as given here (``k must be >= 1``).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zsfs.extract import ExtractSummary
+    from zsfs.runs import FittedRun
+    from zsfs.store import Store
+
+
+def extract(source: str | Path, out: str | Path | None = None, **options) -> "ExtractSummary":
+    """Embed the images of a folder or list into a store; options as :func:`zsfs.extract.extract`."""
+    from zsfs.extract import extract as run_extract
+
+    return run_extract(source, out, **options)
+
+
+def fit(store: "Store | str | Path", *, vocabulary: str | None = None, preset: str | None = None,
+        **parameters) -> "FittedRun":
+    """Label and OOD-score every image of ``store`` (a :class:`zsfs.Store` or its path).
+
+    ``parameters`` are :class:`zsfs.fit.FitConfig`'s fields (``k=16``, ``epochs=...``), on top of
+    ``preset`` ``"paper"``, ``"fast"`` or ``"paper-fast"`` [the defaults]. The result has
+    ``.predictions``, ``.metrics`` (None when the store has no labels), ``.config`` and ``.save(dir)``.
+    """
+    from zsfs.errors import ParameterError
+    from zsfs.fit.run import FitConfig, fit_store
+    from zsfs.runs import in_memory
+    from zsfs.store import Store
+
+    presets = {None: {}, "paper": {"paper": True}, "fast": {"fast": True}, "paper-fast": {"paper": True, "fast": True}}
+    if preset not in presets:
+        raise ParameterError(f"{{preset}} must be one of paper, fast, paper-fast (or None), not {preset!r}")
+    known = FitConfig.__dataclass_fields__
+    unknown = [name for name in parameters if name not in known]
+    if unknown:
+        raise ParameterError(f"unknown parameter {unknown[0]!r}; fit takes {', '.join(known)}")
+    config = FitConfig.from_options(**presets[preset], **parameters)
+    if isinstance(store, Store):
+        return in_memory(fit_store(store, config, vocabulary), store, config)
+    with Store(store) as opened:
+        return in_memory(fit_store(opened, config, vocabulary), opened, config)
+
+
+def load_run(run_dir: str | Path) -> "FittedRun":
+    """A run folder written by ``zsfs fit`` or ``.save``: ``.predict(features)``,
+    ``.predict_images(paths)``, ``.predictions``, ``.metrics``, ``.config``."""
+    from zsfs.runs import load_run as read
+
+    return read(run_dir)
+
+
+def callable_module(name: str, function) -> None:
+    """Make the module ``name`` callable as ``function``: ``zsfs.fit(...)`` while ``zsfs.fit`` stays the
+    package that ``from zsfs.fit import FitConfig`` reads. (Python binds a submodule as an attribute
+    of its parent when first imported, so a plain function named ``zsfs.fit`` would be replaced.)"""
+
+    class CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return function(*args, **kwargs)
+
+    CallableModule.__call__.__doc__ = function.__doc__
+    sys.modules[name].__class__ = CallableModule

@@ -1,0 +1,38 @@
+"""``zsfs report``: one self-contained HTML page about a fit run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from zsfs.cli.common import console, shown
+
+
+@click.command("report", epilog="Example: zsfs report runs/photos-k16 --out photos-k16.html")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write, replaced if it exists [RUN_DIR/report.html].")
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder the store's image paths are relative to, if the images moved [the store's source].")
+@click.option("--per-class", type=click.IntRange(min=1), default=None,
+              help="Seeds and sampled predictions shown per class [up to 8, fewer for many classes].")
+@click.option("--ood-images", type=click.IntRange(min=0), default=48, show_default=True,
+              help="Images shown in the 'most likely OOD' gallery.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Draws the sampled predictions.")
+def report_command(run_dir: Path, out: Path | None, **options) -> None:
+    """Write one HTML page about the fit run in RUN_DIR that opens offline, alone.
+
+    Summary (images, classes, absent classes, stop reason, time per phase), per class its seeds
+    and a sample of its predictions as thumbnails, the images most likely OOD, the OOD score
+    histogram, pseudo-labels per cycle, accuracy and confusion matrix when the store has labels,
+    and the run's parameters. Its size grows with the number of classes, not of images.
+    """
+    from zsfs.report import write_report
+
+    with console.status(f"Rendering the report of {shown(run_dir)}..."):
+        written = write_report(run_dir, out, **options)
+    console.print(f"Report written to [bold]{shown(written)}[/] ({written.stat().st_size / 1e6:.1f} MB)")
+
+
+COMMANDS = [report_command]

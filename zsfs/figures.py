@@ -1,0 +1,103 @@
+"""The report's figures, drawn by matplotlib and returned as inline SVG text (no files, no pyplot).
+
+Each function takes plain arrays and returns one ``<svg>`` element, so the page that embeds them
+stays a single self-contained file. Figures are built with ``matplotlib.figure.Figure`` directly
+(no global pyplot state, no GUI backend): safe in threads, servers and notebooks alike.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+WIDTH_IN = 7.0
+HEIGHT_IN = 3.0
+MAX_TICK_LABELS = 40  # more class names than this on an axis are unreadable: the axis gets none
+
+
+def _figure(width: float = WIDTH_IN, height: float = HEIGHT_IN):
+    import matplotlib
+
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, and searchable in the page
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _svg(figure) -> str:
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", metadata={"Date": None})  # no date: the same run renders the same
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+
+
+def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: float | None = None,
+              bins: int = 60) -> str:
+    """Counts of ``values`` (NaN left out) on a log scale, with a line where flagging starts."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    figure = _figure()
+    axes = figure.add_subplot()
+    if values.size:
+        axes.hist(values, bins=bins, color="#4c72b0")
+        axes.set_yscale("log")
+    if flagged_from is not None:
+        axes.axvline(flagged_from, color="#c44e52", linestyle="--", label="flagged OOD from here")
+        axes.legend(loc="upper right")
+    axes.set(title=title, xlabel=xlabel, ylabel="images (log scale)")
+    return _svg(figure)
+
+
+def cycles(kept: Sequence[int], precision: Sequence[float | None] | None) -> str:
+    """Pseudo-labels kept per cycle (bars) and, when labels exist, their precision (line)."""
+    figure = _figure()
+    axes = figure.add_subplot()
+    index = np.arange(len(kept))
+    axes.bar(index, kept, color="#4c72b0")
+    axes.set(title="Pseudo-labels kept per cycle (0 = seeds)", xlabel="cycle", ylabel="images kept")
+    axes.set_xticks(index)
+    if precision is not None:
+        right = axes.twinx()
+        values = np.array([np.nan if p is None else p for p in precision], dtype=np.float64)
+        right.plot(index, values, color="#c44e52", marker="o")
+        right.set(ylabel="precision (true label)", ylim=(0, 1.02))
+    return _svg(figure)
+
+
+def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
+    """Accuracy of each class, sorted, worst first (names shown when few enough)."""
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    order = np.argsort(np.nan_to_num(accuracy, nan=-1.0), kind="stable")
+    figure = _figure(height=HEIGHT_IN if len(classes) > MAX_TICK_LABELS else max(HEIGHT_IN, 0.22 * len(classes) + 1))
+    axes = figure.add_subplot()
+    if len(classes) > MAX_TICK_LABELS:
+        axes.plot(np.arange(len(order)), accuracy[order], color="#4c72b0")
+        axes.set(xlabel=f"{len(classes)} classes, worst to best", ylabel="accuracy", ylim=(0, 1.02))
+    else:
+        axes.barh(np.arange(len(order)), accuracy[order], color="#4c72b0")
+        axes.set_yticks(np.arange(len(order)), [classes[i] for i in order])
+        axes.set(xlabel="accuracy", xlim=(0, 1.02))
+    axes.set_title("Per-class accuracy (images whose true label is a class)")
+    return _svg(figure)
+
+
+def confusion(classes: Sequence[str], matrix: np.ndarray) -> str:
+    """Row-normalised confusion matrix (true class in rows), as an image."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = min(8.0, 3.0 + 0.25 * len(classes))
+    figure = _figure(size + 1.2, size)
+    axes = figure.add_subplot()
+    image = axes.imshow(rows, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    figure.colorbar(image, ax=axes, label="fraction of the true class")
+    axes.set(title="Confusion matrix", xlabel="predicted", ylabel="true label")
+    if len(classes) <= MAX_TICK_LABELS:
+        ticks = np.arange(len(classes))
+        axes.set_xticks(ticks, classes, rotation=90)
+        axes.set_yticks(ticks, classes)
+    else:
+        axes.set_xticks([])
+        axes.set_yticks([])
+    return _svg(figure)

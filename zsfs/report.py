@@ -1,0 +1,308 @@
+"""``zsfs report``: one self-contained HTML page about a fit run, to look at a labelled collection.
+
+The page opens offline and alone (no CDN, no files beside it): figures are inline SVG drawn by
+matplotlib (:mod:`zsfs.figures`), thumbnails are JPEG ``data:`` URIs made from the source images
+(:mod:`zsfs.thumbnails`). What it shows grows with the number of classes, never with the number of
+images: per class a few seeds and a random sample of its predictions, the images most likely OOD,
+and figures over all rows. Reads only the run folder (and the store's record of where its images
+are); every column beyond the basic ones is optional, so older and newer runs render alike.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from zsfs import __version__, figures
+from zsfs.errors import ParameterError, ZsfsError
+from zsfs.outputs import write_text_atomically
+from zsfs.runs import REPORT, FittedRun, load_run
+from zsfs.thumbnails import thumbnails
+
+COLUMNS = ["path", "predicted", "confidence", "ood_score", "ood_continuous", "ood_paper", "ood_flag", "is_seed",
+           "pseudo_label", "pseudo_cycle", "label"]
+"""predictions.parquet columns the page uses (those the run lacks are left out)."""
+THUMBNAIL_BUDGET = 4000  # thumbnails in the class galleries: ~3 KB each keeps a 1000-class page < 20 MB
+MAX_PER_CLASS = 8
+OOD_IMAGES = 48
+MAX_LISTED = 50  # absent classes named in the summary; the rest are counted
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, **options) -> Path:
+    """Render the report of ``run_dir`` to ``out`` [RUN_DIR/report.html]; options as :func:`render_report`."""
+    out = Path(run_dir) / REPORT if out is None else Path(out)
+    return write_text_atomically(out, render_report(run_dir, **options))
+
+
+def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_class: int | None = None,
+                  ood_images: int = OOD_IMAGES, seed: int = 0) -> str:
+    """The report's HTML.
+
+    ``images``: the folder the store's image paths are relative to [the store's source folder].
+    ``per_class``: seeds and sampled predictions shown per class [as many as the thumbnail budget
+    allows, at most 8]. ``seed``: draws the sampled predictions.
+    """
+    import polars as pl
+
+    if per_class is not None and per_class < 1:
+        raise ParameterError(f"{{per_class}} must be >= 1, not {per_class}")
+    if ood_images < 0:
+        raise ParameterError(f"{{ood_images}} must be >= 0, not {ood_images}")
+    run = load_run(run_dir)
+    frame = run.read_predictions(COLUMNS).with_row_index("row")
+    classes = [str(c) for c in run.config.get("classes") or frame["predicted"].unique().sort().to_list()]
+    per_class = per_class or int(np.clip(THUMBNAIL_BUDGET // (2 * max(len(classes), 1)), 1, MAX_PER_CLASS))
+    ood_by = [c for c in ("ood_score", "ood_continuous") if c in frame.columns]
+
+    seeds = (frame.filter(pl.col("is_seed")).group_by("pseudo_label", maintain_order=True).head(per_class)
+             if "is_seed" in frame.columns else frame.clear())
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=seed)
+    not_seed = ~pl.col("is_seed") if "is_seed" in frame.columns else pl.lit(True)
+    sample = shuffled.filter(not_seed).group_by("predicted", maintain_order=True).head(per_class)
+    most_ood = frame.sort(ood_by, descending=True, maintain_order=True).head(ood_images) if ood_by else frame.clear()
+
+    root, where = image_root(run, images)
+    paths = list(dict.fromkeys(seeds["path"].to_list() + sample["path"].to_list() + most_ood["path"].to_list()))
+    reachable = [p for p in paths if root is not None or Path(p).is_absolute()]
+    made = {p: (None, "no image folder known") for p in paths}
+    made.update(zip(reachable, thumbnails([_resolve(root, p) for p in reachable])))
+    body = [
+        _summary(run, frame, classes),
+        _figures(run, frame),
+        _accuracy(frame, classes) if "label" in frame.columns else "",
+        _classes(frame, classes, seeds, sample, made),
+        _ood(most_ood, made, ood_by),
+        _parameters(run.config),
+    ]
+    return _page(run, _thumbnail_note(made, where) + "".join(body))
+
+
+def image_root(run: FittedRun, images: str | Path | None) -> tuple[Path | None, str]:
+    """The folder the run's image paths are relative to, and where that came from (for the note)."""
+    if images is not None:
+        return Path(images), f"--images {images}"
+    store_path = run.config.get("store", {}).get("path")
+    if not store_path:
+        return None, "the run records no store"
+    from zsfs.store import Store
+
+    try:
+        with Store(store_path) as store:
+            source = Path(store.source)
+    except (ZsfsError, OSError):
+        return None, f"the store {store_path} cannot be opened"
+    return (source if source.is_dir() else source.parent), f"the store's source {source}"
+
+
+def _resolve(root: Path | None, path: str) -> Path:
+    return Path(path) if root is None or Path(path).is_absolute() else root / path
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+def _summary(run: FittedRun, frame, classes: list[str]) -> str:
+    config, metrics = run.config, run.metrics or {}
+    rows = [("images", f"{frame.height:,}"), ("classes", f"{len(classes):,}")]
+    absent = config.get("absent_classes")
+    if absent is not None:
+        listed = ", ".join(map(str, absent[:MAX_LISTED])) + (f" … and {len(absent) - MAX_LISTED} more"
+                                                            if len(absent) > MAX_LISTED else "")
+        rows.append(("absent classes", f"{len(absent)}: {listed}" if absent else "none"))
+    if "stop_reason" in config:
+        rows.append(("stop reason", str(config["stop_reason"])))
+    if config.get("cycles"):
+        rows.append(("self-training cycles", str(len(config["cycles"]) - 1)))
+    if "is_seed" in frame.columns:
+        rows.append(("seeds", f"{int(frame['is_seed'].sum()):,}"))
+    if "pseudo_label" in frame.columns:
+        rows.append(("pseudo-labelled images (seeds included)", f"{frame['pseudo_label'].is_not_null().sum():,}"))
+    if "ood_flag" in frame.columns:
+        rows.append(("flagged OOD", f"{int(frame['ood_flag'].sum()):,}"))
+    if "ood_paper" in frame.columns:  # the paper's score: 0, 1/3, 2/3 or 1
+        levels = np.bincount(np.rint(frame["ood_paper"].fill_null(0).to_numpy() * 3).astype(np.int64), minlength=4)
+        rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{n:,}" for n in levels[:4])))
+    for key, label in (("accuracy", "accuracy"), ("zero_shot_accuracy", "zero-shot accuracy"),
+                       ("ood_auroc", "OOD AUROC"), ("ood_continuous_auroc", "OOD AUROC (continuous)"),
+                       ("mcm_auroc", "OOD AUROC (MCM)")):
+        if metrics.get(key) is not None:
+            rows.append((label, f"{metrics[key]:.4f}"))
+    timings = config.get("timings_s") or {}
+    rows += [(f"time: {phase}", f"{seconds:.2f} s") for phase, seconds in timings.items()]
+    if timings:
+        rows.append(("time: total", f"{sum(timings.values()):.2f} s"))
+    return _section("summary", "Summary", _table(rows))
+
+
+def _figures(run: FittedRun, frame) -> str:
+    parts = []
+    if "ood_score" in frame.columns:
+        scores = frame["ood_score"].to_numpy()
+        flagged = (float(frame.filter(frame["ood_flag"])["ood_score"].min())
+                   if "ood_flag" in frame.columns and frame["ood_flag"].any() else None)
+        parts.append(figures.histogram(scores, title="OOD score (higher = more likely none of the classes)",
+                                       xlabel="ood_score", flagged_from=flagged))
+    if "ood_continuous" in frame.columns:
+        parts.append(figures.histogram(frame["ood_continuous"].to_numpy(), title="Continuous OOD score",
+                                       xlabel="ood_continuous"))
+    cycles = run.config.get("cycles") or []
+    if cycles:
+        precision = {p["cycle"]: p["precision"] for p in (run.metrics or {}).get("seed_precision", [])}
+        kept = [c["n_kept"] for c in cycles]
+        parts.append(figures.cycles(kept, [precision.get(c["cycle"]) for c in cycles] if precision else None))
+        header = ["cycle", "candidates", "kept", "trained on", "epochs"] + (["precision"] if precision else [])
+        rows = [[c["cycle"], f"{c['n_candidates']:,}", f"{c['n_kept']:,}", f"{c['n_trained']:,}", c["epochs"]]
+                + ([_fraction(precision.get(c["cycle"]))] if precision else []) for c in cycles]
+        parts.append(_table(rows, header))
+    return _section("figures", "OOD scores and self-training", "".join(f'<div class="figure">{p}</div>'
+                                                                     if p.startswith("<svg") else p for p in parts))
+
+
+def _accuracy(frame, classes: list[str]) -> str:
+    import polars as pl
+
+    codes = {name: i for i, name in enumerate(classes)}
+    truth = frame["label"].replace_strict(codes, default=-1, return_dtype=pl.Int64).to_numpy()
+    predicted = frame["predicted"].replace_strict(codes, default=-1, return_dtype=pl.Int64).to_numpy()
+    known = (truth >= 0) & (predicted >= 0)
+    n = len(classes)
+    if not known.any():
+        return _section("accuracy", "Accuracy", "<p>No image's true label is one of the classes.</p>")
+    matrix = np.bincount(truth[known] * n + predicted[known], minlength=n * n).reshape(n, n)
+    totals = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    top = np.argsort(off, axis=None, kind="stable")[::-1][:10]
+    confused = [(classes[i // n], classes[i % n], f"{off.flat[i]:,}") for i in top if off.flat[i] > 0]
+    parts = [f"<p>{int(known.sum()):,} images have a true label among the classes "
+             f"({frame.height - int(known.sum()):,} others: out-of-distribution or unlabelled).</p>",
+             f'<div class="figure">{figures.per_class_accuracy(classes, accuracy)}</div>',
+             f'<div class="figure">{figures.confusion(classes, matrix)}</div>']
+    if confused:
+        parts.append("<h3>Most frequent confusions</h3>" + _table(confused, ["true label", "predicted", "images"]))
+    return _section("accuracy", "Accuracy (true labels)", "".join(parts))
+
+
+def _classes(frame, classes: list[str], seeds, sample, made: dict) -> str:
+    import polars as pl
+
+    predicted = dict(frame.group_by("predicted").len().iter_rows())
+    pseudo = dict(frame.group_by("pseudo_label").len().iter_rows()) if "pseudo_label" in frame.columns else {}
+    seeds_of = seeds.partition_by("pseudo_label", as_dict=True) if seeds.height else {}
+    sample_of = sample.partition_by("predicted", as_dict=True) if sample.height else {}
+    n_seeds = (dict(frame.filter(pl.col("is_seed")).group_by("pseudo_label").len().iter_rows())
+               if "is_seed" in frame.columns else {})
+    blocks = []
+    for name in classes:
+        stats = (f"{predicted.get(name, 0):,} predicted · {n_seeds.get(name, 0):,} seeds · "
+                 f"{pseudo.get(name, 0):,} pseudo-labelled")
+        block = [f'<h3 class="class-name">{_e(name)}</h3><p class="stats">{stats}</p>',
+                 "<h4>Seeds</h4>" + _gallery(seeds_of.get((name,)), made),
+                 "<h4>A sample of the images predicted as this class</h4>" + _gallery(sample_of.get((name,)), made)]
+        blocks.append(f'<div class="class">{"".join(block)}</div>')
+    return _section("classes", "Classes", "".join(blocks))
+
+
+def _ood(most_ood, made: dict, ood_by: list[str]) -> str:
+    if not ood_by:
+        return _section("ood", "Most likely out of distribution", "<p>This run has no OOD scores.</p>")
+    note = f"<p>The {most_ood.height} images with the highest {' then '.join(ood_by)}.</p>"
+    return _section("ood", "Most likely out of distribution", note + _gallery(most_ood, made))
+
+
+def _parameters(config: dict) -> str:
+    rows = [(name, str(value)) for name, value in (config.get("parameters") or {}).items()]
+    for key in ("vocabulary", "zsfs_version", "torch_version"):
+        if key in config:
+            rows.append((key, str(config[key])))
+    for key in ("store", "clip", "backbone", "neighbour_search"):
+        if isinstance(config.get(key), dict):
+            rows.append((key, ", ".join(f"{k}: {v}" for k, v in config[key].items())))
+    return _section("parameters", "Parameters", _table(rows))
+
+
+def _thumbnail_note(made: dict, where: str) -> str:
+    failed = Counter(reason for uri, reason in made.values() if uri is None)
+    if not failed:
+        return ""
+    reasons = ", ".join(f"{count:,} {reason}" for reason, count in failed.most_common())
+    return (f'<p class="note">{sum(failed.values()):,} of {len(made):,} images could not be shown ({_e(reasons)}); '
+            f"image paths were looked up from {_e(where)}. Stores made by <code>zsfs import</code> may hold "
+            "stand-in paths; if the images moved, pass <code>--images FOLDER</code>.</p>")
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+def _gallery(rows, made: dict) -> str:
+    if rows is None or rows.height == 0:
+        return '<p class="empty">none</p>'
+    items = []
+    for row in rows.iter_rows(named=True):
+        uri, reason = made.get(row["path"], (None, "not drawn"))
+        facts = [f"{key} {row[key]:.2f}" for key in ("confidence", "ood_score") if row.get(key) is not None]
+        caption = " · ".join(facts)
+        title = row["path"] + (f" | true label: {row['label']}" if row.get("label") is not None else "") + \
+            f" | predicted: {row['predicted']}"
+        picture = (f'<img class="thumb" src="{uri}" alt="{_e(row["path"])}">' if uri is not None
+                   else f'<div class="thumb missing">{_e(reason or "no image")}</div>')
+        items.append(f'<figure title="{_e(title)}">{picture}<figcaption>{_e(caption)}</figcaption></figure>')
+    return f'<div class="gallery">{"".join(items)}</div>'
+
+
+def _table(rows, header: list[str] | None = None) -> str:
+    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _section(anchor: str, title: str, content: str) -> str:
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{content}</section>'
+
+
+def _page(run: FittedRun, content: str) -> str:
+    name = run.path.resolve().name
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>zsfs report: {_e(name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>zsfs report: {_e(name)}</h1>
+<p class="meta">Run folder {_e(str(run.path))} · rendered {stamp} by zsfs {_e(__version__)}</p>
+<nav><a href="#summary">Summary</a> <a href="#figures">OOD and cycles</a> <a href="#accuracy">Accuracy</a>
+<a href="#classes">Classes</a> <a href="#ood">Most likely OOD</a> <a href="#parameters">Parameters</a></nav>
+{content}
+</body></html>
+"""
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 2px solid #4c72b0; padding-bottom: .2em; margin-top: 1.6em; }
+nav a { margin-right: 1em; } .meta, .stats, .empty { color: #666; }
+table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ddd; padding: .2em .6em; }
+td:first-child { font-weight: 600; } .figure svg { max-width: 100%; height: auto; }
+.note { background: #fff4d6; border-left: 4px solid #e0a800; padding: .6em; }
+.class { border-top: 1px solid #eee; padding-top: .3em; } .class h3 { margin-bottom: 0; } h4 { margin: .4em 0; }
+.gallery { display: flex; flex-wrap: wrap; gap: 6px; }
+figure { margin: 0; width: 100px; font-size: 11px; text-align: center; }
+.thumb { width: 96px; height: 96px; object-fit: cover; border-radius: 4px; display: block; }
+div.thumb.missing { background: #eee; color: #888; font-size: 10px; display: flex; align-items: center;
+                    justify-content: center; text-align: center; }
+"""
+
+
+from zsfs.api import callable_module  # noqa: E402 (after `write_report` exists)
+
+callable_module(__name__, write_report)  # zsfs.report(run_dir): the front door (zsfs/api.py)
