@@ -21,6 +21,7 @@ from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.fit.classifier import Classifier, load_classifier
 from zsfs.models import load_backbone_from_record
 from zsfs.sources import ImageSource, open_source
+from zsfs.tars import TAR_SUFFIX, locate_members, split_member_path
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def load_run(run_dir: str | Path) -> FittedRun:
 
 
 def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
-    """One listing of image files and folders (folders scanned as by ``zsfs extract``).
+    """One listing of image files, folders, tar shards and tar members (``shard.tar::key.jpg``,
+    as a store records them); folders and tars are listed as by ``zsfs extract``.
 
     Paths are kept as the user wrote them (relative to the working directory), so the
     output names each image the way it was asked for.
@@ -57,14 +59,17 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
         raise ZsfsError("no images given; pass image files and/or folders")
     paths: list[str] = []
     for given in map(Path, inputs):
-        if given.is_dir():
-            folder = open_source(given)
-            paths += [str(given / path) for path in folder.paths]
+        if split_member_path(str(given)) is not None:
+            paths.append(str(given))
+        elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX):
+            listing = open_source(given)
+            paths += [str((given if given.is_dir() else given.parent) / path) for path in listing.paths]
         elif given.is_file():
             paths.append(str(given))
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
-    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None)
+    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None,
+                       members=locate_members(paths, Path.cwd()))
 
 
 def predict_images(

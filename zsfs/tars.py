@@ -146,6 +146,9 @@ def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> tuple[list[str
                     names.append(member.name)
                     offsets.append(member.offset_data)
                     sizes.append(member.size)
+            end = archive.offset
+        if _has_data_after(path, end):  # tarfile ends quietly at a damaged or cut header
+            raise tarfile.ReadError(f"no valid tar header at byte {end}")
     except tarfile.CompressionError:
         raise ZsfsError(f"{path} is compressed; zsfs reads uncompressed .tar shards (as img2dataset writes "
                         "them) in place: decompress it first") from None
@@ -169,6 +172,13 @@ def list_tars(root: Path, tars: Sequence[Path], image_suffixes: Iterable[str]) -
         sizes.append(np.asarray(tar_sizes, dtype=np.int64))
     members = TarMembers(tuple(tars), _concat(tar_ids, np.int32), _concat(offsets, np.int64), _concat(sizes, np.int64))
     return paths, members
+
+
+def _has_data_after(path: Path, end: int) -> bool:
+    """Whether anything but the zero blocks that close a tar follows byte ``end``."""
+    with open(path, "rb") as handle:
+        handle.seek(end)
+        return any(handle.read(20 * 512))
 
 
 def split_member_path(path: str) -> tuple[str, str] | None:
