@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import shutil
 import tarfile
 
@@ -12,8 +13,8 @@ import pytest
 from tests.test_extract import ROW_DATASETS, read_store
 from zsfs.errors import ZsfsError
 from zsfs.extract import default_output, extract
-from zsfs.sources import open_source
-from zsfs.tars import expand_braces, locate_members
+from zsfs.sources import IMAGE_EXTENSIONS, open_source
+from zsfs.tars import expand_braces, list_tar, locate_members
 from zsfs.testing.models import TINY_MODELS
 from zsfs.testing.tars import files_as_samples, write_tar_shards
 
@@ -100,3 +101,20 @@ def test_a_tar_truncated_after_listing_costs_only_its_cut_images(shards, tmp_pat
     assert source.members.read(1) != (shards["folder"] / shards["files"][1]).read_bytes()
     assert source.members.read(3) == b""
     assert locate_members([shards["paths"][0], "plain.jpg"], shards["root"]).tar.tolist() == [0, -1]
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_header_walk_agrees_with_tarfile(tar_format, tmp_path):
+    """Long names (GNU 'L', pax 'path', ustar prefix), non-ASCII names, non-image members."""
+    names = ["a.jpg", "x.txt", "p" * 120 + "/q.jpg", "ünï cödé.png"]
+    if tar_format != tarfile.USTAR_FORMAT:
+        names.append("d/" * 80 + "long.webp")
+    path = tmp_path / "mix.tar"
+    with tarfile.open(path, "w", format=tar_format, encoding="utf-8") as archive:
+        for i, name in enumerate(names):
+            info, data = tarfile.TarInfo(name), bytes([i]) * (700 * i + 5)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with tarfile.open(path, encoding="utf-8") as archive:
+        expected = [(m.name, m.offset_data, m.size) for m in archive.getmembers() if m.name != "x.txt"]
+    assert list(zip(*list_tar(path, IMAGE_EXTENSIONS))) == expected
