@@ -168,18 +168,29 @@ class _Compressed(Exception):
 
 
 _BLOCK = 512
+_WINDOW = 64 * 1024
 _ZERO_BLOCK = bytes(_BLOCK)
 _FILE_TYPES = (b"0", b"\0", b"7")  # regular, old-style regular, contiguous
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
 
 
 def _scan_headers(fd: int, suffixes: frozenset | None, names: list, offsets: list, sizes: list) -> None:
-    """Walk the headers of an uncompressed tar (ustar, GNU long names, pax), appending matches."""
-    pread, position = os.pread, 0
+    """Walk the headers of an uncompressed tar (ustar, GNU long names, pax), appending matches.
+
+    Headers are read through a 64 KiB window: small members (captions, metadata) cost no
+    system call of their own, a large image's data is jumped over with one ``pread``.
+    """
+    byte_suffixes = None if suffixes is None else {suffix.encode() for suffix in suffixes}
+    pread, checked = os.pread, _Checksums()
+    position, window, window_start = 0, b"", 0
     long_name, long_size = None, None  # from a preceding GNU 'L' or pax 'x' header
     while True:
-        header = pread(fd, _BLOCK, position)
+        start = position - window_start
+        if start + _BLOCK > len(window):
+            window, window_start, start = pread(fd, _WINDOW, position), position, 0
+        header = window[start:start + _BLOCK]
         if header == _ZERO_BLOCK or not header:  # the end (some writers omit the closing blocks)
+            checked.verify(names, offsets)
             if any(pread(fd, 20 * _BLOCK, position)):
                 raise _Damaged(f"an empty header at byte {position} is followed by data")
             return
@@ -187,10 +198,13 @@ def _scan_headers(fd: int, suffixes: frozenset | None, names: list, offsets: lis
             raise _Compressed
         if len(header) < _BLOCK:
             raise _Damaged(f"the file ends inside the header at byte {position}")
-        checksum = header[148:156].strip(b" \0")
-        if not checksum or int(checksum, 8) != sum(header) - sum(header[148:156]) + 8 * 32:
-            raise _Damaged(f"bad header checksum at byte {position}")
-        size = long_size if long_size is not None else _number(header[124:136])
+        checked.add(header, position, names, offsets)
+        if long_size is not None:
+            size = long_size
+        elif header[124] & 0x80:  # base-256, for members over 8 GiB
+            size = int.from_bytes(header[125:136], "big")
+        else:
+            size = int(header[124:136].strip(b" \0") or b"0", 8)
         kind, data = header[156:157], position + _BLOCK
         if kind == b"L":
             long_name = pread(fd, size, data).split(b"\0", 1)[0]
@@ -200,9 +214,11 @@ def _scan_headers(fd: int, suffixes: frozenset | None, names: list, offsets: lis
             long_size = int(records[b"size"]) if b"size" in records else None
         else:
             if kind in _FILE_TYPES:
-                name = (long_name or _ustar_name(header)).decode("utf-8", "surrogateescape")
-                if suffixes is None or _suffix(name) in suffixes:
-                    names.append(name)
+                name = long_name or header[:100].split(b"\0", 1)[0]
+                if long_name is None and header[345] and header[257:263] == b"ustar\0":
+                    name = header[345:500].split(b"\0", 1)[0] + b"/" + name  # POSIX ustar prefix
+                if byte_suffixes is None or name[name.rfind(b"."):].lower() in byte_suffixes:
+                    names.append(name.decode("utf-8", "surrogateescape"))
                     offsets.append(data)
                     sizes.append(size)
             if kind != b"g":  # a pax global header leaves the next member's overrides alone
@@ -210,21 +226,49 @@ def _scan_headers(fd: int, suffixes: frozenset | None, names: list, offsets: lis
         position = data + -(-size // _BLOCK) * _BLOCK
 
 
-def _number(field: bytes) -> int:
-    """A header's numeric field: octal, or base-256 (first byte 0x80) for sizes over 8 GiB."""
-    if field[0] & 0x80:
-        return int.from_bytes(field[1:], "big")
-    digits = field.strip(b" \0")
-    return int(digits, 8) if digits else 0
+class _Checksums:
+    """Header checksums verified in bulk with numpy (a Python byte sum per header would be
+    most of the listing's time); a bad one drops the entries listed after it and raises."""
+
+    BATCH = 8192
+
+    def __init__(self):
+        self.headers: list[bytes] = []
+        self.positions: list[int] = []
+
+    def add(self, header: bytes, position: int, names: list, offsets: list) -> None:
+        self.headers.append(header)
+        self.positions.append(position)
+        if len(self.headers) == self.BATCH:
+            self.verify(names, offsets)
+
+    def verify(self, names: list, offsets: list) -> None:
+        if not self.headers:
+            return
+        blocks = np.frombuffer(b"".join(self.headers), dtype=np.uint8).reshape(-1, _BLOCK)
+        field = blocks[:, 148:156]
+        actual = blocks.sum(axis=1, dtype=np.int64) - field.sum(axis=1, dtype=np.int64) + 8 * ord(" ")
+        bad = np.flatnonzero(actual != _octal_fields(field))
+        if bad.size:
+            position = self.positions[bad[0]]
+            keep = sum(offset < position for offset in offsets)
+            del names[keep:], offsets[keep:]
+            raise _Damaged(f"bad header checksum at byte {position}")
+        self.headers.clear()
+        self.positions.clear()
 
 
-def _ustar_name(header: bytes) -> bytes:
-    name = header[:100].split(b"\0", 1)[0]
-    if header[257:263] == b"ustar\0":  # POSIX ustar: a prefix holds the leading folders
-        prefix = header[345:500].split(b"\0", 1)[0]
-        if prefix:
-            return prefix + b"/" + name
-    return name
+def _octal_fields(field: np.ndarray) -> np.ndarray:
+    """Octal numbers of (n, width) ASCII fields: leading spaces skipped, digits up to the first
+    other byte (NUL or space); -1 where a field holds no digit."""
+    digit = (field >= ord("0")) & (field <= ord("7"))
+    started = np.cumsum(digit, axis=1) > 0
+    ended = np.cumsum(started & ~digit, axis=1) > 0
+    use = digit & ~ended
+    values = np.zeros(len(field), dtype=np.int64)
+    for column in range(field.shape[1]):
+        values = np.where(use[:, column], values * 8 + (field[:, column].astype(np.int64) - ord("0")), values)
+    return np.where(use.any(axis=1), values, -1)
 
 
 def _pax_records(data: bytes) -> dict[bytes, bytes]:
