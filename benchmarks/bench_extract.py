@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zsfs.embedding import (PRECISIONS, DecodedImages, check_device, default_worker_niceness, default_workers,
-                            make_loader, model_threads)
+from zsfs.devices import check_device
+from zsfs.embedding import (PRECISIONS, DecodedImages, default_worker_niceness, default_workers, make_loader,
+                            model_threads)
 from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
 from zsfs.sources import decode_image, open_source

@@ -49,31 +49,34 @@ def list_once(folder: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--workdir", type=Path, help="where to write the tars [default: a temporary folder]")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep the tars here and reuse them on the next run [default: a temporary folder]")
     parser.add_argument("--list", help=argparse.SUPPRESS)  # the child process's entry point
     args = parser.parse_args()
     if args.list:
         list_once(args.list)
         return
-    with tempfile.TemporaryDirectory(prefix="zsfs-bench-tars-", dir=args.workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="zsfs-bench-tars-") as tmp:
+        base = args.workdir or Path(tmp)
         print(f"load average {os.getloadavg()[0]:.1f}; {PER_TAR:,} samples per tar, 3 members per sample")
         print(f"{'entries':>10} {'tars':>5} {'GB':>5} {'write s':>8} {'list s (1st)':>12} {'list s':>7} "
               f"{'us/entry':>8} {'digest s':>8} {'peak RSS MB':>11}")
         for n in (int(size) for size in args.sizes.split(",")):
-            folder = Path(tmp) / f"n{n}"
-            started = time.perf_counter()
-            write_shards(folder, n)
-            written = time.perf_counter() - started
-            gigabytes = sum(path.stat().st_size for path in folder.iterdir()) / 1e9
+            folder, written = base / f"n{n}", float("nan")
+            if not (folder / "complete").exists():
+                started = time.perf_counter()
+                write_shards(folder, n)
+                written = time.perf_counter() - started
+                (folder / "complete").touch()  # not a tar: the listing ignores it
+            tars = sorted(folder.glob("*.tar"))
+            gigabytes = sum(path.stat().st_size for path in tars) / 1e9
             runs = [json.loads(subprocess.run([sys.executable, __file__, "--list", str(folder)], check=True,
                                               capture_output=True, text=True).stdout) for _ in range(2)]
             first, second = runs
             assert second["entries"] == n
-            print(f"{n:10,} {len(list(folder.iterdir())):5} {gigabytes:5.2f} {written:8.1f} {first['seconds']:12.1f} "
+            print(f"{n:10,} {len(tars):5} {gigabytes:5.2f} {written:8.1f} {first['seconds']:12.1f} "
                   f"{second['seconds']:7.1f} {1e6 * second['seconds'] / n:8.1f} {second['digest_seconds']:8.2f} "
                   f"{max(first['peak_rss_mb'], second['peak_rss_mb']):11.0f}")
-            for path in folder.iterdir():
-                path.unlink()
         print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
