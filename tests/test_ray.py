@@ -76,7 +76,7 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     middle of a shard during that rerun -> the shard is redone; the store is the local run's."""
     out, shards = tmp_path / "ray.h5", tmp_path / "ray.shards"
     args = ["extract", str(photos["root"]), "--out", str(out), *TINY_MODEL_ARGS, "--shard-size", "6",
-            "--batch-size", "2", "--ray", cluster, "--ray-workers", "2"]
+            "--batch-size", "2", "--ray", cluster, "--ray-workers", "1"]
     script = (f"import ray; ray.init(address={cluster!r}, runtime_env={SLOW_WORKERS!r})\n"
               f"from zsfs.cli import main; main({args!r})\n")
     driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,6 +110,11 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     assert not list(shards.glob("*.tmp"))  # the killed worker's half-written file is gone
 
 
-def test_ray_workers_without_ray_is_refused(photos):
+def test_ray_options_refused_clearly(photos, monkeypatch):
     with pytest.raises(ZsfsError, match="--ray-workers needs --ray"):
         extract(photos["root"], photos["root"].parent / "x.h5", ray_workers=2, **SETTINGS)
+    import zsfs.distributed
+
+    monkeypatch.setattr(zsfs.distributed, "ray", None)  # as in a core install, without Ray
+    result = run_cli("extract", photos["root"], *TINY_MODEL_ARGS, "--ray", "local")
+    assert result.exit_code == 1 and 'pip install "zsfs[ray]"' in result.output
