@@ -40,31 +40,29 @@ class TarMembers:
     tar: np.ndarray  # (n,) int32
     offset: np.ndarray  # (n,) int64
     size: np.ndarray  # (n,) int64
-    _handles: dict = field(default_factory=dict, repr=False)  # per process: tar index -> open file
+    _descriptors: dict = field(default_factory=dict, repr=False)  # tar index -> open file descriptor
 
     def holds(self, i: int) -> bool:
         return bool(self.tar[i] >= 0)
 
     def read(self, i: int) -> bytes:
         """The member's bytes (fewer when the tar was truncated after listing)."""
-        handle = self._open(int(self.tar[i]))
-        handle.seek(int(self.offset[i]))
-        return handle.read(int(self.size[i]))
+        return os.pread(self._descriptor(int(self.tar[i])), int(self.size[i]), int(self.offset[i]))
 
-    def _open(self, tar: int):
-        # One open file per tar and process: DataLoader workers read consecutive members of
-        # the same tar, so reopening it per image would cost a syscall round trip each.
-        handle = self._handles.get(tar)
-        if handle is None:
-            if len(self._handles) >= 8:  # a long run walks through thousands of tars
-                for old in self._handles.values():
-                    old.close()
-                self._handles.clear()
-            handle = self._handles[tar] = open(self.tars[tar], "rb")  # noqa: SIM115 (kept open)
-        return handle
+    def _descriptor(self, tar: int) -> int:
+        # Kept open: DataLoader workers read consecutive members of the same tar. pread has no
+        # shared file position, so descriptors inherited across fork are safe to keep using.
+        descriptor = self._descriptors.get(tar)
+        if descriptor is None:
+            if len(self._descriptors) >= 8:  # a long run walks through thousands of tars
+                for old in self._descriptors.values():
+                    os.close(old)
+                self._descriptors.clear()
+            descriptor = self._descriptors[tar] = os.open(self.tars[tar], os.O_RDONLY)
+        return descriptor
 
     def __getstate__(self) -> dict:  # open files stay in the process that opened them
-        return {**self.__dict__, "_handles": {}}
+        return {**self.__dict__, "_descriptors": {}}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -118,16 +116,7 @@ def resolve_tars(given: str) -> tuple[Path, list[Path]]:
     missing = [tar for tar in tars if not tar.is_file()]
     if missing:
         raise ZsfsError(f"{given}: {len(missing)} of {len(tars)} tar files do not exist (first: {missing[0]})")
-    roots = {tar.parent for tar in tars}
-    root = roots.pop() if len(roots) == 1 else Path(*_common_parts([tar.parent for tar in tars]))
-    return root, tars
-
-
-def _common_parts(folders: list[Path]) -> tuple[str, ...]:
-    common = folders[0].parts
-    for folder in folders[1:]:
-        common = tuple(a for a, b in zip(common, folder.parts) if a == b)[:len(common)]
-    return common
+    return Path(os.path.commonpath([tar.parent for tar in tars])), tars
 
 
 def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> tuple[list[str], list[int], list[int]]:
