@@ -32,22 +32,36 @@ except ImportError:  # the core install does not need Ray
     ray = None
 
 LOCAL = "local"
+PROGRESS_SECONDS = 0.5  # how often the driver asks the workers how far they are
 MAX_ATTEMPTS = 3
 """Times one shard may take its worker down before the run stops (an image that crashes the
 decoder or exhausts memory would otherwise kill every worker in turn)."""
 
 
 class _ShardWorker:
-    """A Ray actor: one ShardEmbedder; computes the shards it is handed, one call per shard."""
+    """A Ray actor: one ShardEmbedder; computes the shards it is handed, one call per shard.
+
+    Started with two threads (``max_concurrency=2``), so that ``progress`` answers while a
+    shard is being computed.
+    """
 
     def __init__(self, settings: EmbedSettings, source: ImageSource, cores: int):
         self.embedder = ShardEmbedder(settings, source, cores=cores)
+        self.shard, self.entries_done = None, 0
 
     def records(self) -> tuple[dict, dict]:
         return self.embedder.records
 
     def write_shard(self, writer: StoreWriter, shard: int) -> int:
-        return self.embedder.write_shards(writer, [shard])
+        self.shard, self.entries_done = shard, 0
+        return self.embedder.write_shards(writer, [shard], on_batch=self._count)
+
+    def _count(self, entries: int) -> None:
+        self.entries_done += entries
+
+    def progress(self) -> tuple[int | None, int]:
+        """(shard in progress, listing entries of it embedded so far)."""
+        return self.shard, self.entries_done
 
     def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.embedder.encode_vocabulary(classes)
@@ -86,21 +100,35 @@ class RayEmbedders(AbstractContextManager):
         self.shards_redone = 0
 
     def _start_worker(self):
-        options = dict(num_cpus=self.cores, num_gpus=1 if self.settings.device == "cuda" else 0, max_restarts=0)
+        options = dict(num_cpus=self.cores, num_gpus=1 if self.settings.device == "cuda" else 0, max_restarts=0,
+                       max_concurrency=2)
         return ray.remote(_ShardWorker).options(**options).remote(self.settings, self.source_ref, self.cores)
 
     def write_shards(self, writer: StoreWriter, shards: Sequence[int],
                      on_batch: Callable[[int], None] | None = None) -> int:
-        """Compute ``shards`` on the workers, one shard per call, redoing those whose worker died."""
+        """Compute ``shards`` on the workers, one shard per call, redoing those whose worker died.
+        ``on_batch`` hears of the workers' progress every ``PROGRESS_SECONDS``."""
         queue, running = deque(shards), {}
         idle = list(range(self.n_workers))
         attempts: Counter[int] = Counter()
+        reported: Counter[int] = Counter()  # entries of each shard already passed to on_batch
         processed = 0
+
+        def report(shard: int, entries: int) -> None:  # a redone shard is not counted twice
+            if on_batch is not None and entries > reported[shard]:
+                on_batch(entries - reported[shard])
+                reported[shard] = entries
+
         while queue or running:
             while queue and idle:
                 worker, shard = idle.pop(), queue.popleft()
                 running[self.actors[worker].write_shard.remote(writer, shard)] = (worker, shard)
-            (done,), _ = ray.wait(list(running), num_returns=1)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_SECONDS)
+            if not ready:
+                for shard, entries in self._progress(worker for worker, _ in running.values()):
+                    report(shard, entries)
+                continue
+            done = ready[0]
             worker, shard = running.pop(done)
             try:
                 entries = ray.get(done)
@@ -117,10 +145,24 @@ class RayEmbedders(AbstractContextManager):
                 raise cause if isinstance(cause, ZsfsError) else error from None
             else:
                 processed += entries
-                if on_batch is not None:
-                    on_batch(entries)
+                report(shard, entries)
             idle.append(worker)
         return processed
+
+    def _progress(self, workers) -> list[tuple[int, int]]:
+        """(shard, entries done) of the given workers; a worker that does not answer is left out
+        (it may be dead: ``ray.wait`` will say so)."""
+        answers = [self.actors[worker].progress.remote() for worker in workers]
+        ready, _ = ray.wait(answers, num_returns=len(answers), timeout=PROGRESS_SECONDS)
+        progress = []
+        for answer in ready:
+            try:
+                shard, entries = ray.get(answer)
+            except RayActorError:
+                continue
+            if shard is not None:
+                progress.append((shard, entries))
+        return progress
 
     def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return ray.get(self.actors[0].encode_vocabulary.remote(classes))

@@ -96,16 +96,17 @@ def tar_shards_in(folder: Path, image_suffixes: Iterable[str]) -> list[Path]:
     """The ``*.tar`` files of a folder laid out as img2dataset writes it (tars, parquet and
     stats files, no subfolders, no loose images); empty when the folder is an image folder."""
     suffixes = frozenset(image_suffixes)
-    tars, images = [], False
+    tars = []
     for entry in folder.iterdir():
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
             return []
+        if _suffix(entry.name) in suffixes:  # loose images: an image folder
+            return []
         if entry.suffix.lower() == TAR_SUFFIX:
             tars.append(entry)
-        images = images or _suffix(entry.name) in suffixes
-    return [] if images else sorted(tars)
+    return sorted(tars)
 
 
 def resolve_tars(given: str) -> tuple[Path, list[Path]]:
