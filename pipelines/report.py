@@ -15,11 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipelines.datasets import ACCURACY_BASELINES, AUROC_BASELINES, BASELINE_TITLES, DATASETS, Dataset
+from zsfs.runs import CONFIG as CONFIG_FILE, METRICS as METRICS_FILE  # ood-bench names its file alike
 
 FIT_DIR = "fit"
 OOD_DIR = "ood-bench"
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.json"
 
 OURS_ACCURACY = {"accuracy": "zsfs", "zero_shot_accuracy": "CLIP zero-shot"}
 """fit metrics.json key -> column title (measured here)."""

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from zsfs.cli import main
 from zsfs.evaluate import auroc
-from zsfs.fit import FitConfig, fit_metrics, fit_store, load_classifier
+from zsfs.fit import FitConfig, fit_store, load_classifier
+from zsfs.runs import fit_metrics
 from zsfs.store import Store, write_vocabulary
 from zsfs.errors import ZsfsError
 from zsfs.testing.cli import run_cli

@@ -11,8 +11,9 @@ import pytest
 
 from zsfs.errors import ZsfsError
 from zsfs.extract import extract
-from zsfs.fit.run import FitConfig, fit_store, save_run
+from zsfs.fit.run import FitConfig, fit_store
 from zsfs.predict import predict_images
+from zsfs.runs import save_run
 from zsfs.store import Store
 from zsfs.testing.cli import run_cli
 from zsfs.testing.images import write_image_folder

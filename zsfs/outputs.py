@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,11 +29,15 @@ def new_folder(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; it becomes ``path`` when the block succeeds.
 
     On any error (Ctrl-C included) the temporary folder is removed and ``path`` stays absent.
+    A process killed outright (kill -9, power loss) cannot clean up: its temporary folder is
+    named after its host and pid, and the next call into the same parent removes it once that
+    process is gone.
     """
     path = Path(path).absolute()
     check_new_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_folders(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         # os.rename replaces an *empty* folder on POSIX: check again right before it.
@@ -40,6 +46,46 @@ def new_folder(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_TMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9-]+)\.[A-Za-z0-9_]+\.tmp$")
+"""``.<name>.<pid>-<host>.<random>.tmp``: a temporary folder of :func:`new_folder`."""
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _owner() -> str:
+    return f"{os.getpid()}-{_host()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_folders(parent: str | Path) -> list[Path]:
+    """Remove the temporary folders that killed :func:`new_folder` calls left in ``parent``.
+
+    Only folders made on this host by a process that no longer exists: a folder of a live
+    process (or of another host sharing the file system) is never touched. Returns those removed.
+    """
+    removed = []
+    host = _host()
+    for entry in Path(parent).iterdir():
+        match = _TMP_NAME.match(entry.name)
+        if match is None or match["host"] != host or not entry.is_dir() or entry.is_symlink():
+            continue
+        if not _alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)  # another process may be removing it too
+            removed.append(entry)
+    return removed
 
 
 def write_json(path: str | Path, value) -> None:

@@ -6,9 +6,7 @@ function of the classifier's logits (its thresholds were calibrated on the run's
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,34 +16,10 @@ from zsfs.errors import ZsfsError
 from zsfs.devices import check_device
 from zsfs.embedding import DecodedImages, default_worker_niceness, default_workers, embed_batches, make_loader
 from zsfs.extract import DEFAULT_BATCH_SIZE
-from zsfs.fit.classifier import Classifier, load_classifier
 from zsfs.models import load_backbone_from_record
+from zsfs.runs import load_run
 from zsfs.sources import ImageSource, open_source
 from zsfs.tars import TAR_SUFFIX, locate_members, split_member_path
-
-
-@dataclass(frozen=True)
-class FittedRun:
-    """What ``zsfs fit`` left in a run folder that inference needs."""
-
-    path: Path
-    classifier: Classifier
-    config: dict
-
-
-def load_run(run_dir: str | Path) -> FittedRun:
-    """Open a run folder written by ``zsfs fit``; ZsfsError when it is not one."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ZsfsError(f"{run_dir} is not a folder; pass a run folder written by `zsfs fit --out RUN_DIR`")
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise ZsfsError(f"{run_dir} has no config.json; is it a run folder written by `zsfs fit`?")
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as error:
-        raise ZsfsError(f"{config_file} is unreadable ({error}); rerun `zsfs fit`") from None
-    return FittedRun(run_dir, load_classifier(run_dir / "classifier.pt"), config)
 
 
 def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:

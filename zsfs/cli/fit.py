@@ -87,8 +87,9 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
       zsfs fit --store imagenet.h5 --k 16 --out runs/imagenet-k16
       zsfs fit --store imagenet.h5 --paper --k 5
     """
-    from zsfs.fit.run import FitConfig, fit_metrics, fit_store, resolve_vocabulary, save_run
+    from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
     from zsfs.outputs import check_new_folder
+    from zsfs.runs import fit_metrics, save_run
     from zsfs.store import Store
 
     config = FitConfig.from_options(paper=paper, fast=fast, **options)

@@ -1,10 +1,10 @@
 """Stage 2: label and OOD-score every image of a store from class names (method.md A-C).
 
-``fit_store(store, FitConfig(...))`` runs the whole method; ``save_run`` writes a run folder;
-``load_classifier`` reloads its classifier for inference on new images.
+``fit_store(store, FitConfig(...))`` runs the whole method; ``zsfs.runs.save_run`` writes a run
+folder; ``load_classifier`` reloads its classifier for inference on new images.
 """
 
 from zsfs.fit.classifier import Classifier, load_classifier
-from zsfs.fit.run import FitConfig, FitResult, fit_metrics, fit_store, save_run
+from zsfs.fit.run import FitConfig, FitResult, fit_store
 
-__all__ = ["Classifier", "FitConfig", "FitResult", "fit_metrics", "fit_store", "load_classifier", "save_run"]
+__all__ = ["Classifier", "FitConfig", "FitResult", "fit_store", "load_classifier"]

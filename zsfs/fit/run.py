@@ -1,25 +1,22 @@
 """``zsfs fit`` as a library call: a store in, labels and OOD scores out (the only I/O of fit).
 
 :func:`fit_store` chains the pure steps (zero-shot scan, candidates, re-ranking,
-self-training, prediction, OOD calibration) and times each phase; :func:`save_run` writes a
-run folder atomically.
+self-training, prediction, OOD calibration) and times each phase. Writing the result to a
+run folder is :func:`zsfs.runs.save_run`.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from zsfs import __version__
 from zsfs.devices import check_device
 from zsfs.errors import ZsfsError
-from zsfs.outputs import new_folder, write_json
 from zsfs.fit import ood, seeds
 from zsfs.fit.classifier import Classifier, normalise
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
@@ -259,96 +256,3 @@ def _pseudo_labels(n_images: int, cycles: list[Cycle]) -> tuple[np.ndarray, np.n
     for c in reversed(cycles):  # earlier cycles overwrite later ones: the first one wins
         label[c.rows], cycle[c.rows] = c.labels, c.index
     return label, cycle
-
-
-def fit_metrics(result: FitResult, labels: np.ndarray) -> dict:
-    """Accuracy figures against true labels (images whose label is a vocabulary class).
-
-    Images whose true label is outside the vocabulary are the OOD ones: when there are some,
-    the OOD AUROCs of the paper score, the continuous score and MCM are added.
-    """
-    from zsfs.evaluate import accuracy, auroc, per_class_accuracy
-
-    names = np.asarray(result.classes, dtype=object)
-    labels = np.asarray(labels, dtype=object)
-    is_id = np.isin(labels, names)
-    metrics: dict = {"n_images": int(len(labels)), "n_evaluated": int(is_id.sum())}
-    if is_id.any():
-        truth = labels[is_id]
-        metrics["accuracy"] = accuracy(truth, names[result.predicted[is_id]])
-        metrics["zero_shot_accuracy"] = accuracy(truth, names[result.zero_shot_predicted[is_id]])
-        per_class = per_class_accuracy(truth, names[result.predicted[is_id]], result.classes)
-        metrics["per_class_accuracy"] = {c: (None if np.isnan(v) else v) for c, v in per_class.items()}
-    metrics["seed_precision"] = [
-        {"cycle": c.index, "n_kept": c.n_kept,
-         "precision": float(np.mean(labels[c.rows] == names[c.labels])) if c.n_kept else None}
-        for c in result.cycles
-    ]
-    if is_id.any() and not is_id.all():
-        is_ood = ~is_id
-        metrics["ood_auroc"] = auroc(result.ood_score, is_ood)
-        metrics["ood_continuous_auroc"] = auroc(result.ood_continuous, is_ood)
-        metrics["mcm_auroc"] = auroc(result.mcm_score, is_ood)
-    return metrics
-
-
-def run_config(result: FitResult, store: "Store", config: FitConfig) -> dict:
-    return {
-        "zsfs_version": __version__,
-        "torch_version": torch.__version__,
-        "parameters": asdict(config),
-        "vocabulary": result.vocabulary,
-        "classes": result.classes,
-        "store": store.fingerprint(),
-        "clip": store.clip_info,
-        "backbone": store.backbone_info,
-        "stop_reason": result.stop_reason,
-        "neighbour_search": result.neighbour_search,
-        "cycles": [{"cycle": c.index, "n_candidates": c.n_candidates, "n_kept": c.n_kept,
-                    "n_trained": c.n_trained, "epochs": len(c.losses), "first_loss": c.first_loss,
-                    "last_loss": c.losses[-1] if c.losses else None} for c in result.cycles],
-        "ood": result.classifier.ood.to_dict(),
-        "timings_s": result.timings,
-        "cpu_timings_s": result.cpu_timings,
-    }
-
-
-def predictions_frame(result: FitResult, store: "Store"):
-    import polars as pl
-
-    names = np.asarray(result.classes, dtype=object)
-    columns = {
-        "path": store.paths().astype(str),
-        "predicted": names[result.predicted].astype(str),
-        "confidence": result.confidence,
-        "ood_score": result.ood_score,
-        "ood_continuous": result.ood_continuous,
-        "is_seed": result.is_seed,
-        "pseudo_label": np.where(result.pseudo_label >= 0, names[np.maximum(result.pseudo_label, 0)], None),
-        "pseudo_cycle": result.pseudo_cycle,
-        "zero_shot_predicted": names[result.zero_shot_predicted].astype(str),
-        "zero_shot_confidence": result.zero_shot_confidence,
-        "mcm_score": result.mcm_score,
-    }
-    labels = store.labels()
-    if labels is not None:
-        columns["label"] = np.asarray(labels).astype(str)
-    frame = pl.DataFrame({name: pl.Series(name, list(v) if v.dtype == object else v) for name, v in columns.items()})
-    return frame
-
-
-def save_run(result: FitResult, store: "Store", config: FitConfig, run_dir: str | Path) -> Path:
-    """Write ``run_dir`` (predictions.parquet, classifier.pt, config.json, metrics.json).
-
-    Everything goes to a temporary sibling folder that is renamed at the end, so ``run_dir`` is
-    either complete or absent. An existing ``run_dir`` is an error and is left untouched.
-    """
-    run_dir = Path(run_dir).absolute()
-    labels = store.labels()
-    with new_folder(run_dir) as tmp:
-        predictions_frame(result, store).write_parquet(tmp / "predictions.parquet")
-        result.classifier.save(tmp / "classifier.pt")
-        write_json(tmp / "config.json", run_config(result, store, config))
-        if labels is not None:
-            write_json(tmp / "metrics.json", fit_metrics(result, labels))
-    return run_dir

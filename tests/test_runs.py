@@ -1,0 +1,120 @@
+"""The run folder: written complete or not at all, read back by one loader, no debris after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from zsfs import runs
+from zsfs.errors import ZsfsError
+from zsfs.fit import FitConfig, fit_store
+from zsfs.outputs import new_folder
+from zsfs.store import Store
+from zsfs.testing.synthetic import make_synthetic_store
+
+# A process that opens a new folder, fills it, says where it is, then waits to be killed.
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from zsfs.outputs import new_folder
+    with new_folder(sys.argv[1]) as tmp:
+        (tmp / "half-written").write_text("x")
+        print(tmp, flush=True)
+        time.sleep(600)
+""")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    store_path = make_synthetic_store(root / "s.h5", 300, 3, n_ood_classes=1, seed=0, clip_dim=32, backbone_dim=64)
+    config = FitConfig(k=4, candidates=20, epochs=10, cycle_epochs=2, max_cycles=2)
+    with Store(store_path) as store:
+        return runs.save_run(fit_store(store, config), store, config, root / "run")
+
+
+def test_a_saved_run_reads_back(run_dir):
+    run = runs.load_run(run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([runs.PREDICTIONS, runs.CLASSIFIER, runs.CONFIG,
+                                                               runs.METRICS])
+    assert run.config["classes"] == run.classifier.classes == ["class_0000", "class_0001", "class_0002"]
+    assert run.config["parameters"]["k"] == 4
+    assert run.metrics["n_images"] == 300 and 0 <= run.metrics["accuracy"] <= 1
+    frame = run.predictions()
+    assert frame.height == 300 and frame["is_seed"].sum() == 12
+    # Columns that the run lacks are left out rather than failing: readers tolerate older runs.
+    assert run.predictions(["path", "ood_score", "no_such_column"]).columns == ["path", "ood_score"]
+
+
+def test_loading_what_is_not_a_run_is_a_clear_error(run_dir, tmp_path):
+    with pytest.raises(ZsfsError, match="not a folder"):
+        runs.load_run(tmp_path / "missing")
+    with pytest.raises(ZsfsError, match="has no config.json"):
+        runs.load_run(tmp_path)
+    (tmp_path / runs.CONFIG).write_text("{not json")
+    with pytest.raises(ZsfsError, match="config.json is unreadable"):
+        runs.load_run(tmp_path)
+    (tmp_path / runs.CONFIG).write_text(json.dumps({"classes": ["a"]}))
+    run = runs.load_run(tmp_path)
+    assert run.metrics is None
+    with pytest.raises(ZsfsError, match="no predictions.parquet"):
+        run.predictions()
+    with pytest.raises(ZsfsError, match="no classifier"):
+        run.classifier
+
+
+def test_an_existing_run_is_never_overwritten(run_dir):
+    before = (run_dir / runs.CONFIG).read_bytes()
+    with pytest.raises(ZsfsError, match="already exists"):
+        with new_folder(run_dir):
+            pass
+    assert (run_dir / runs.CONFIG).read_bytes() == before
+
+
+def _hold_a_new_folder(target) -> tuple[subprocess.Popen, str]:
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(target)], stdout=subprocess.PIPE, text=True)
+    return child, child.stdout.readline().strip()
+
+
+def test_the_next_run_removes_what_a_killed_run_left_but_not_a_live_runs_folder(tmp_path):
+    killed, killed_tmp = _hold_a_new_folder(tmp_path / "killed")
+    live, live_tmp = _hold_a_new_folder(tmp_path / "live")
+    try:
+        assert str(killed.pid) in killed_tmp and os.path.isdir(killed_tmp) and os.path.isdir(live_tmp)
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()  # reaped: its pid no longer exists
+        assert os.path.isdir(killed_tmp)  # kill -9 leaves the folder behind
+        # A folder another host's process is filling on a shared file system: not ours to judge.
+        elsewhere = tmp_path / f".other.{killed.pid}-some-other-host.abcd1234.tmp"
+        elsewhere.mkdir()
+        unrelated = tmp_path / ".notes.tmp"
+        unrelated.mkdir()
+
+        with new_folder(tmp_path / "next") as tmp:
+            (tmp / "done").write_text("y")
+
+        assert not os.path.exists(killed_tmp)
+        assert os.path.isdir(live_tmp) and os.path.isfile(os.path.join(live_tmp, "half-written"))
+        assert elsewhere.is_dir() and unrelated.is_dir()
+        assert (tmp_path / "next" / "done").read_text() == "y"
+        assert not (tmp_path / "killed").exists() and not (tmp_path / "live").exists()
+    finally:
+        live.kill()
+        live.wait()
+        killed.stdout.close()
+        live.stdout.close()
+
+
+def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):
+    store_path = make_synthetic_store(tmp_path / "s.h5", 120, 2, seed=1, labels=False, clip_dim=32, backbone_dim=64)
+    config = FitConfig(k=2, candidates=10, epochs=5, cycle_epochs=1, max_cycles=1)
+    with Store(store_path) as store:
+        saved = runs.save_run(fit_store(store, config), store, config, tmp_path / "run")
+    run = runs.load_run(saved)
+    assert run.metrics is None and not (saved / runs.METRICS).exists()
+    assert "label" not in run.predictions().columns

@@ -1,0 +1,189 @@
+"""The run folder: its file names, writing it (complete or absent) and reading it back.
+
+A run folder is what ``zsfs fit`` leaves behind and what ``zsfs predict`` and ``zsfs report``
+read; this module is the only one that knows its layout::
+
+    RUN_DIR/predictions.parquet  one row per image of the store
+    RUN_DIR/classifier.pt        the linear head + OOD thresholds (zsfs.fit.classifier)
+    RUN_DIR/config.json          parameters, classes, cycles, timings, provenance
+    RUN_DIR/metrics.json         accuracy figures, only when the store has labels
+    RUN_DIR/report.html          written later by ``zsfs report`` / ``zsfs fit --report``
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from zsfs import __version__
+from zsfs.errors import ZsfsError
+from zsfs.outputs import new_folder, write_json
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from zsfs.fit.classifier import Classifier
+    from zsfs.fit.run import FitConfig, FitResult
+    from zsfs.store import Store
+
+PREDICTIONS = "predictions.parquet"
+CLASSIFIER = "classifier.pt"
+CONFIG = "config.json"
+METRICS = "metrics.json"
+REPORT = "report.html"
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
+    """Accuracy figures against true labels (images whose label is a vocabulary class).
+
+    Images whose true label is outside the vocabulary are the OOD ones: when there are some,
+    the OOD AUROCs of the paper score, the continuous score and MCM are added.
+    """
+    from zsfs.evaluate import accuracy, auroc, per_class_accuracy
+
+    names = np.asarray(result.classes, dtype=object)
+    labels = np.asarray(labels, dtype=object)
+    is_id = np.isin(labels, names)
+    metrics: dict = {"n_images": int(len(labels)), "n_evaluated": int(is_id.sum())}
+    if is_id.any():
+        truth = labels[is_id]
+        metrics["accuracy"] = accuracy(truth, names[result.predicted[is_id]])
+        metrics["zero_shot_accuracy"] = accuracy(truth, names[result.zero_shot_predicted[is_id]])
+        per_class = per_class_accuracy(truth, names[result.predicted[is_id]], result.classes)
+        metrics["per_class_accuracy"] = {c: (None if np.isnan(v) else v) for c, v in per_class.items()}
+    metrics["seed_precision"] = [
+        {"cycle": c.index, "n_kept": c.n_kept,
+         "precision": float(np.mean(labels[c.rows] == names[c.labels])) if c.n_kept else None}
+        for c in result.cycles
+    ]
+    if is_id.any() and not is_id.all():
+        is_ood = ~is_id
+        metrics["ood_auroc"] = auroc(result.ood_score, is_ood)
+        metrics["ood_continuous_auroc"] = auroc(result.ood_continuous, is_ood)
+        metrics["mcm_auroc"] = auroc(result.mcm_score, is_ood)
+    return metrics
+
+
+def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict:
+    """The content of config.json: how the run was made, enough to redo it."""
+    import torch
+
+    return {
+        "zsfs_version": __version__,
+        "torch_version": torch.__version__,
+        "parameters": asdict(config),
+        "vocabulary": result.vocabulary,
+        "classes": result.classes,
+        "store": store.fingerprint(),
+        "clip": store.clip_info,
+        "backbone": store.backbone_info,
+        "stop_reason": result.stop_reason,
+        "neighbour_search": result.neighbour_search,
+        "cycles": [{"cycle": c.index, "n_candidates": c.n_candidates, "n_kept": c.n_kept,
+                    "n_trained": c.n_trained, "epochs": len(c.losses), "first_loss": c.first_loss,
+                    "last_loss": c.losses[-1] if c.losses else None} for c in result.cycles],
+        "ood": result.classifier.ood.to_dict(),
+        "timings_s": result.timings,
+        "cpu_timings_s": result.cpu_timings,
+    }
+
+
+def predictions_frame(result: "FitResult", store: "Store") -> "pl.DataFrame":
+    """The content of predictions.parquet: one row per image of the store, in store order."""
+    import polars as pl
+
+    names = np.asarray(result.classes, dtype=object)
+    columns = {
+        "path": store.paths().astype(str),
+        "predicted": names[result.predicted].astype(str),
+        "confidence": result.confidence,
+        "ood_score": result.ood_score,
+        "ood_continuous": result.ood_continuous,
+        "is_seed": result.is_seed,
+        "pseudo_label": np.where(result.pseudo_label >= 0, names[np.maximum(result.pseudo_label, 0)], None),
+        "pseudo_cycle": result.pseudo_cycle,
+        "zero_shot_predicted": names[result.zero_shot_predicted].astype(str),
+        "zero_shot_confidence": result.zero_shot_confidence,
+        "mcm_score": result.mcm_score,
+    }
+    labels = store.labels()
+    if labels is not None:
+        columns["label"] = np.asarray(labels).astype(str)
+    return pl.DataFrame({name: pl.Series(name, list(v) if v.dtype == object else v) for name, v in columns.items()})
+
+
+def save_run(result: "FitResult", store: "Store", config: "FitConfig", run_dir: str | Path) -> Path:
+    """Write ``run_dir`` (predictions.parquet, classifier.pt, config.json, metrics.json).
+
+    Everything goes to a temporary sibling folder that is renamed at the end, so ``run_dir`` is
+    either complete or absent. An existing ``run_dir`` is an error and is left untouched.
+    """
+    run_dir = Path(run_dir).absolute()
+    labels = store.labels()
+    with new_folder(run_dir) as tmp:
+        predictions_frame(result, store).write_parquet(tmp / PREDICTIONS)
+        result.classifier.save(tmp / CLASSIFIER)
+        write_json(tmp / CONFIG, run_config(result, store, config))
+        if labels is not None:
+            write_json(tmp / METRICS, fit_metrics(result, labels))
+    return run_dir
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FittedRun:
+    """A run folder written by ``zsfs fit``: its config and metrics, its classifier and predictions
+    read on first use (a report needs no torch, a prediction no parquet)."""
+
+    path: Path
+    config: dict
+    metrics: dict | None
+
+    @cached_property
+    def classifier(self) -> "Classifier":
+        from zsfs.fit.classifier import load_classifier
+
+        return load_classifier(self.path / CLASSIFIER)
+
+    def predictions(self, columns: list[str] | None = None) -> "pl.DataFrame":
+        """predictions.parquet (only ``columns`` of it, those that exist, when given)."""
+        import polars as pl
+
+        path = self.path / PREDICTIONS
+        if not path.is_file():
+            raise ZsfsError(f"{self.path} has no {PREDICTIONS}; is it a run folder written by `zsfs fit`?")
+        try:
+            if columns is not None:
+                present = set(pl.read_parquet_schema(path))
+                columns = [name for name in columns if name in present]
+            return pl.read_parquet(path, columns=columns)
+        except (OSError, pl.exceptions.PolarsError) as error:
+            raise ZsfsError(f"{path} is unreadable ({error}); rerun `zsfs fit`") from None
+
+
+def load_run(run_dir: str | Path) -> FittedRun:
+    """Open a run folder written by ``zsfs fit``; ZsfsError when it is not one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ZsfsError(f"{run_dir} is not a folder; pass a run folder written by `zsfs fit --out RUN_DIR`")
+    config = _read_json(run_dir / CONFIG, required=True)
+    return FittedRun(run_dir, config, _read_json(run_dir / METRICS, required=False))
+
+
+def _read_json(path: Path, *, required: bool) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise ZsfsError(f"{path.parent} has no {path.name}; is it a run folder written by `zsfs fit`?")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ZsfsError(f"{path} is unreadable ({error}); rerun `zsfs fit`") from None
