@@ -137,6 +137,7 @@ class RayEmbedders(AbstractContextManager):
                 if attempts[shard] >= MAX_ATTEMPTS:
                     raise ZsfsError(f"shard {shard} took down {MAX_ATTEMPTS} Ray workers (out of memory? a crashing "
                                     "image?); see the workers' logs in /tmp/ray/session_latest/logs") from None
+                ray.kill(self.actors[worker])  # if it is only unreachable, it must not hold on to its GPU
                 self.actors[worker] = self._start_worker()
                 self.shards_redone += 1
                 queue.appendleft(shard)
