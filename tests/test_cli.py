@@ -41,10 +41,11 @@ def _prediction_frame() -> pl.DataFrame:
         "predicted": ["[cat]", None],
         "confidence": [0.9, None],
         "ood_score": [0.0, None],
+        "ood_paper": [0.0, None],
         "ood_continuous": [-1.0, None],
         "error": [None, "bad [b]x[/b]"],
     }, schema={"path": pl.String, "predicted": pl.String, "confidence": pl.Float64, "ood_score": pl.Float64,
-               "ood_continuous": pl.Float64, "error": pl.String})
+               "ood_paper": pl.Float64, "ood_continuous": pl.Float64, "error": pl.String})
 
 
 def test_predict_table_shows_paths_classes_and_errors_verbatim(tmp_path, monkeypatch):
@@ -92,7 +93,7 @@ def test_extract_summary_shows_user_strings_verbatim_and_uses_the_common_progres
             shards_written=1, shards_reused=0, images_processed=4, seconds=1.0, embedding_seconds=1.0,
             vocabulary=None)
 
-    assert not hasattr(zsfs.cli.extract, "_ImagesPerSecond")  # the common column, not a copy
+    assert not hasattr(zsfs.cli.extract, "_ItemsPerSecond")  # the common column, not a copy
     monkeypatch.setattr(zsfs.cli.extract, "image_progress", spy)
     monkeypatch.setattr(zsfs.extract, "extract", fake_extract)
     monkeypatch.chdir(tmp_path)

@@ -111,7 +111,7 @@ def _kill_script(source: Path, out: Path, delay: float) -> str:
     return (
         "import time, zsfs.sources as x\n"
         "decode = x.decode_image\n"
-        f"x.decode_image = lambda path: (time.sleep({delay}), decode(path))[1]\n"
+        f"x.decode_image = lambda *args: (time.sleep({delay}), decode(*args))[1]\n"
         "from zsfs.cli import main\n"
         f"main({args!r})\n"
     )

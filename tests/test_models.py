@@ -73,8 +73,9 @@ def test_vocabulary_single_and_ensemble(tiny_clip, monkeypatch):
     calls = []
     encode_text = tiny_clip.model.encode_text
     monkeypatch.setattr(tiny_clip.model, "encode_text", lambda tokens: calls.append(len(tokens)) or encode_text(tokens))
-    single, ensemble = encode_vocabulary(tiny_clip, classes)
-    assert calls == [3, 240]  # one batch for the single prompts, one for all 3 x 80 templates
+    progress = []
+    single, ensemble = encode_vocabulary(tiny_clip, classes, on_classes=progress.append)
+    assert calls == [243] and progress == [3]  # one batch: 3 single prompts and 3 x 80 templates
     assert_normalised(single, (3, 32))
     assert_normalised(ensemble, (3, 32))
     assert isinstance(single, np.ndarray) and not np.allclose(single, ensemble, atol=1e-3)
@@ -82,6 +83,19 @@ def test_vocabulary_single_and_ensemble(tiny_clip, monkeypatch):
     per_template = tiny_clip.encode_texts([t.format("dog") for t in ENSEMBLE_TEMPLATES])
     mean = per_template.mean(dim=0)
     np.testing.assert_allclose(ensemble[1], (mean / mean.norm()).numpy(), atol=1e-5)
+
+
+def test_vocabulary_goes_through_in_blocks_of_classes(tiny_clip, monkeypatch):
+    classes = [f"class {i}" for i in range(7)]
+    calls = []
+    encode_text = tiny_clip.model.encode_text
+    monkeypatch.setattr(tiny_clip.model, "encode_text", lambda tokens: calls.append(len(tokens)) or encode_text(tokens))
+    progress = []
+    single, ensemble = encode_vocabulary(tiny_clip, classes, on_classes=progress.append)
+    assert calls == [243, 243, 81] and progress == [3, 3, 1]  # 81 prompts per class, batches of <= 256
+    whole_single, whole_ensemble = encode_vocabulary(tiny_clip, classes, batch_size=10_000)
+    np.testing.assert_allclose(single, whole_single, atol=1e-5)
+    np.testing.assert_allclose(ensemble, whole_ensemble, atol=1e-5)
 
 
 def test_random_clip_is_reproducible_and_leaves_the_global_rng_alone(tiny_clip):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from zsfs.errors import ZsfsError
-from zsfs.sources import IMAGE_EXTENSIONS, ImageDecodeError, ImageSource, decode_image, open_source
+from zsfs.sources import IMAGE_EXTENSIONS, ImageDecodeError, ImageSource, decode_image, image_size, open_source
 from zsfs.testing.images import BROKEN_FILES, GOOD_KINDS, write_image_folder
 
 EXIF_ORIENTATION = 0x0112
@@ -238,13 +238,43 @@ def test_permission_denied_is_a_skip_reason(tmp_path, monkeypatch):
         decode_image(path)
 
 
-def test_decompression_bombs_are_refused(tmp_path, monkeypatch):
+def test_images_over_the_pixel_budget_are_refused_or_decoded_smaller(tmp_path):
+    png = save(Image.new("RGB", (64, 64), (255, 0, 0)), tmp_path / "big.png")
+    jpeg = save(Image.new("RGB", (64, 64), (255, 0, 0)), tmp_path / "big.jpg")
+    with pytest.raises(ImageDecodeError, match="too large.*budget of 1,000 pixels.*--max-pixels"):
+        decode_image(png, max_pixels=1000)  # PNG decoders cannot decode smaller: refused
+    assert decode_image(png, max_pixels=4096).size == (64, 64)
+    half = decode_image(jpeg, max_pixels=1100)  # 1/2 scale (32 x 32) is the largest that fits
+    assert half.size == (32, 32) and image_size(half) == (64, 64)
+    assert np.abs(np.asarray(half, dtype=int) - [255, 0, 0]).max() < 8
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(jpeg, max_pixels=50)  # even 1/8 scale (8 x 8) is over
+
+
+def test_the_pixel_budget_replaces_pillows_bomb_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    warned = save(Image.new("RGB", (12, 12)), tmp_path / "w.png")  # 144 px: Pillow only warns
-    refused = save(Image.new("RGB", (64, 64)), tmp_path / "e.png")  # > 2x: Pillow raises
-    for path in (warned, refused):
-        with pytest.raises(ImageDecodeError, match="too large"):
-            decode_strict(path)
+    for size in ((12, 12), (64, 64)):  # above Pillow's limit (it warns), above twice it (it raises)
+        assert decode_strict(save(Image.new("RGB", size), tmp_path / f"{size[0]}.png")).size == size
+    assert Image.MAX_IMAGE_PIXELS == 100  # restored
+
+
+def test_images_over_the_working_size_are_reduced_before_conversion(tmp_path, monkeypatch):
+    monkeypatch.setattr("zsfs.sources.WORKING_PIXELS", 16 * 16)
+    wide = np.full((40, 64), 65535, np.uint16)
+    wide[:, :32] = 0  # left half black, right half white (16-bit)
+    png = save(Image.fromarray(wide), tmp_path / "w16.png")
+    decoded = decode_strict(png)
+    assert decoded.mode == "RGB" and decoded.size == (16, 10) and image_size(decoded) == (64, 40)
+    pixels = np.asarray(decoded)[:, :, 0]
+    assert (pixels[:, :8] == 0).all() and (pixels[:, 8:] == 255).all()
+    jpeg = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # stored landscape, shown portrait
+    Image.new("RGB", (64, 40), (0, 0, 255)).save(jpeg, exif=exif)
+    rotated = decode_strict(jpeg)
+    assert rotated.size == (10, 16) and image_size(rotated) == (40, 64)  # 1/2 scale, then halved again
+    palette = save(Image.new("P", (64, 40), 3), tmp_path / "p.png")
+    assert decode_strict(palette).size == (16, 10)
 
 
 def test_digest_is_listing_sha256_of_paths_and_labels():

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zsfs.sources import ImageDecodeError, ImageSource
+from zsfs.sources import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageSource, image_size
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -76,22 +76,27 @@ class Batch:
 class DecodedImages(Dataset):
     """Listing position -> (position, pixels per preprocessor, width, height), or (position, reason).
 
-    The image is decoded once and handed to every preprocessor (one per model).
+    The image is decoded once and handed to every preprocessor (one per model); ``max_pixels``
+    is the decoding budget of one image (see ``zsfs.sources.DEFAULT_MAX_PIXELS``).
     """
 
-    def __init__(self, source: ImageSource, *preprocess: Callable):
+    def __init__(self, source: ImageSource, *preprocess: Callable, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.source = source
         self.preprocess = preprocess
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.source.paths)
 
     def __getitem__(self, index: int):
+        known_failure = self.source.unreadable.get(self.source.paths[index])
+        if known_failure is not None:
+            return index, known_failure
         try:
-            image = self.source.decode(index)
+            image = self.source.decode(index, self.max_pixels)
         except ImageDecodeError as error:
             return index, error.reason
-        return index, tuple(preprocess(image) for preprocess in self.preprocess), image.width, image.height
+        return index, tuple(preprocess(image) for preprocess in self.preprocess), *image_size(image)
 
 
 def collate(items: list) -> Batch:

@@ -27,10 +27,11 @@ from zsfs.embedding import (PRECISIONS, Batch, DecodedImages, default_worker_nic
 from zsfs.errors import ZsfsError
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.sources import ImageSource, open_source, read_class_file
+from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source, read_class_file
 from zsfs.store.reader import Store
-from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES
+from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, INVALID_VOCABULARY_NAME, valid_vocabulary_name
 from zsfs.store.writer import ShardData, StoreWriter, disk_error, write_vocabulary
+from zsfs.writable import check_writable
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -69,6 +70,7 @@ class EmbedSettings:
     precision: str
     batch_size: int
     workers: int | None  # DataLoader decoding processes; None: ``default_workers``
+    max_pixels: int  # the decoding budget of one image
 
 
 def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict, *, dtype: str) -> dict:
@@ -157,7 +159,9 @@ class ShardEmbedder(AbstractContextManager):
         settings = self.settings
         batches, owners = shard_batches(writer, shards, settings.batch_size)
         workers = default_workers(settings.device, self.cores) if settings.workers is None else settings.workers
-        loader = make_loader(DecodedImages(self.source, self.clip.preprocess, self.features.preprocess), batches,
+        images = DecodedImages(self.source, self.clip.preprocess, self.features.preprocess,
+                               max_pixels=settings.max_pixels)
+        loader = make_loader(images, batches,
                              workers=workers, pin_memory=self.device.type == "cuda",
                              worker_niceness=default_worker_niceness(settings.device))
         with model_threads(self.device, workers, self.cores):
@@ -191,6 +195,7 @@ def extract(
     shard_size: int = DEFAULT_SHARD_SIZE,
     dtype: str = "float16",
     overwrite: bool = False,
+    max_pixels: int | None = None,
     ray: str | None = None,
     ray_workers: int | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -202,19 +207,26 @@ def extract(
     folder labels; with neither, no vocabulary is written (``add_vocabulary`` adds one later).
     ``on_start(n)`` is called once with the number of listing entries still to process,
     ``on_batch(n)`` after each batch with the entries it covered (progress reporting).
+    ``max_pixels``: the decoding budget of one image (default ``zsfs.sources.DEFAULT_MAX_PIXELS``).
     Rerunning after an interruption resumes: complete shards are kept, not recomputed.
     ``ray``: compute the shards on a Ray cluster at this address (``"local"`` starts one here,
     ``"auto"`` joins the one this machine belongs to) with ``ray_workers`` workers
     (``zsfs.distributed``); the store is the same as a local run's.
     """
     started = time.perf_counter()
-    _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype)
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
+                   max_pixels=max_pixels)
+    _check_vocabulary_name(vocab_name)
+    if ray is None:
+        check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
     if ray is None and ray_workers is not None:
         raise ZsfsError("--ray-workers needs --ray")
     settings = EmbedSettings(clip_model, clip_weights, backbone, backbone_weights, device, precision, batch_size,
-                             workers)
+                             workers, max_pixels)
     image_source = open_source(source)
     out = Path(out) if out is not None else default_output(image_source.location)
+    check_writable(out, "store")
     class_names = _resolve_classes(classes, image_source)
 
     with _embedder(settings, image_source, ray, ray_workers) as embedder:
@@ -302,26 +314,33 @@ def add_vocabulary(
     clip_weights: str | Path | None = None,
     device: str = "cpu",
     overwrite: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_classes: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Embed class names with the CLIP model the store was built with; image data is untouched.
 
     ``clip_weights``: the recorded weights file at a new location (its sha256 must match).
-    Returns the class names written.
+    ``on_start(n)`` is called once the model is loaded with the number of classes,
+    ``on_classes(n)`` as classes are embedded (progress). Returns the class names written.
     """
     check_device(device)
+    _check_vocabulary_name(name)
     class_names = _resolve_classes(classes, None)
     with Store(store_path) as store:
         record = dict(store.clip_info)
         if name in store.vocabulary_names() and not overwrite:
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
                             "choose another --name or pass --overwrite to replace it")
+    check_writable(store_path, "store")
     if clip_weights is not None:
         if record.get("weights") != "file":
             raise ZsfsError(f"{store_path} was built with CLIP weights {record.get('weights')!r}, not a file; "
                             "drop --clip-weights")
         record["file"] = str(Path(clip_weights).resolve())
     clip = load_clip_from_record(record, device=device)
-    single, ensemble = encode_vocabulary(clip, class_names)
+    if on_start is not None:
+        on_start(len(class_names))
+    single, ensemble = encode_vocabulary(clip, class_names, on_classes=on_classes)
     _write_vocabulary(Path(store_path), name, class_names, single, ensemble, overwrite=overwrite)
     return class_names
 
@@ -355,10 +374,18 @@ def _resolve_classes(classes, source: ImageSource | None) -> list[str] | None:
     return classes
 
 
-def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str) -> None:
+def _check_vocabulary_name(name: str) -> None:
+    if not valid_vocabulary_name(name):
+        raise ZsfsError(INVALID_VOCABULARY_NAME.format(name))
+
+
+def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,
+                   max_pixels: int) -> None:
     if precision not in PRECISIONS:
         raise ZsfsError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
     if dtype not in EMBEDDING_DTYPES:
         raise ZsfsError(f"unknown dtype {dtype!r}; use one of: {', '.join(EMBEDDING_DTYPES)}")
     if batch_size < 1 or shard_size < 1 or (workers is not None and workers < 0):
         raise ZsfsError("--batch-size and --shard-size must be at least 1, --workers at least 0")
+    if max_pixels < 1:
+        raise ZsfsError("--max-pixels must be at least 1")

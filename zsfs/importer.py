@@ -22,6 +22,7 @@ import numpy as np
 
 from zsfs.errors import ZsfsError
 from zsfs.store import schema, write_store, write_vocabulary
+from zsfs.writable import check_writable
 
 CLIP_RETRIEVAL_EMBEDDINGS = "img_emb"
 CLIP_RETRIEVAL_METADATA = "metadata"
@@ -48,7 +49,9 @@ class RowParts:
             raise IndexError("RowParts supports contiguous slices only")
         pieces = [part[max(start - first, 0) : max(min(stop - first, len(part)), 0)]
                   for part, first in zip(self.parts, self.offsets[:-1])]
-        return np.concatenate([piece for piece in pieces if len(piece)] or [self.parts[0][:0]])
+        rows = np.concatenate([piece for piece in pieces if len(piece)] or [self.parts[0][:0]])
+        # float64 is numpy's default dtype; the store holds float16/32, so wider rows narrow here.
+        return rows.astype(np.float32) if rows.dtype.itemsize > 4 else rows
 
 
 def numbered_parts(folder: Path, pattern: str) -> list[Path]:
@@ -125,7 +128,12 @@ def column(table, name: str | None, candidates: tuple[str, ...], what: str) -> l
     values = table.get_column(names[0])
     if values.null_count():
         raise ZsfsError(f"{what} column {names[0]!r} has {values.null_count()} empty values")
-    return values.cast(str).to_list()
+    values = values.cast(str)
+    with_nul = values.str.contains("\x00", literal=True)
+    if with_nul.any():
+        raise ZsfsError(f"{what} column {names[0]!r} has {int(with_nul.sum())} values with a NUL byte (first: row "
+                        f"{int(with_nul.arg_true()[0])}), which no file name or label can hold")
+    return values.to_list()
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,7 @@ def import_store(
     ``progress`` is passed to :func:`write_store`.
     """
     clip_embeddings, backbone_features = Path(clip_embeddings), Path(backbone_features)
+    check_writable(out, "store")
     clip = load_rows(clip_embeddings, "CLIP embeddings")
     backbone = load_rows(backbone_features, "backbone features")
     table_location = Path(paths) if paths is not None else clip_embeddings

@@ -26,10 +26,11 @@ if TYPE_CHECKING:
     from zsfs.fit.run import FitConfig, FitResult
     from zsfs.store import Store
 
-METHODS = {"zsfs": "zsfs (paper score)", "zsfs_continuous": "zsfs (continuous score)", "mcm": "MCM"}
+METHODS = {"zsfs": "zsfs (ood_score)", "zsfs_paper": "zsfs (paper score)", "zsfs_continuous": "zsfs (continuous score)",
+           "mcm": "MCM"}
 """OOD detectors compared on every split, and their display names."""
 
-SUMMARY_PREFIX = {"zsfs": "", "zsfs_continuous": "continuous_", "mcm": "mcm_"}
+SUMMARY_PREFIX = {"zsfs": "", "zsfs_paper": "paper_", "zsfs_continuous": "continuous_", "mcm": "mcm_"}
 """metrics.json key prefix of each detector: ``auroc_mean``, ``continuous_auroc_mean``, ``mcm_auroc_mean``."""
 
 METRICS_FILE = "metrics.json"
@@ -83,6 +84,7 @@ def score_split(result: "FitResult", labels: LabelCodes, id_classes: Sequence[st
         raise ZsfsError("a split needs both ID and OOD images; the store's labels give only one kind")
     detectors = {
         "zsfs": result.ood_score,
+        "zsfs_paper": result.ood_paper,
         "zsfs_continuous": result.ood_continuous,
         "mcm": result.mcm_score,  # already negated by the fit: higher = more OOD
     }

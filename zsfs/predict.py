@@ -6,6 +6,7 @@ function of the classifier's logits (its thresholds were calibrated on the run's
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from zsfs.devices import check_device
 from zsfs.embedding import DecodedImages, default_worker_niceness, default_workers, embed_batches, make_loader
 from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.models import load_backbone_from_record
+from zsfs.names import utf8_texts
 from zsfs.runs import load_run
-from zsfs.sources import ImageSource, open_source
+from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
 from zsfs.tars import TAR_SUFFIX, locate_members, split_member_path
 
 
@@ -32,17 +34,20 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
     if not inputs:
         raise ZsfsError("no images given; pass image files and/or folders")
     paths: list[str] = []
+    unreadable: dict[str, str] = {}
     for given in map(Path, inputs):
         if split_member_path(str(given)) is not None:
             paths.append(str(given))
         elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX):
             listing = open_source(given)
-            paths += [str((given if given.is_dir() else given.parent) / path) for path in listing.paths]
+            base = given if given.is_dir() else given.parent
+            paths += [os.path.join(base, path) for path in listing.paths]  # keeps an unreadable folder's '/'
+            unreadable.update({os.path.join(base, path): reason for path, reason in listing.unreadable.items()})
         elif given.is_file():
             paths.append(str(given))
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
-    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None,
+    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable,
                        members=locate_members(paths, Path.cwd()))
 
 
@@ -55,19 +60,25 @@ def predict_images(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     backbone_weights: str | Path | None = None,
+    max_pixels: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ):
     """Classify ``inputs`` with the run's classifier; a polars DataFrame, one row per file.
 
-    Columns: path, predicted, confidence, ood_score (0, 1/3, 2/3, 1), ood_continuous, error
+    Columns: path, predicted, confidence, ood_score (rank of the seed distance in the fitted
+    collection, in [0, 1]), ood_paper (0, 1/3, 2/3, 1), ood_continuous, error
     (the reason a file could not be read; its other columns are then null).
     ``backbone_weights``: the weights file the store recorded, at a new location (its sha256
-    must still match).
+    must still match). ``max_pixels``: the decoding budget of one image (as ``zsfs extract``).
+    Paths in the frame are UTF-8 text: a name's undecodable bytes appear as ``\\xNN``.
     """
     import polars as pl
 
     run = load_run(run_dir)
+    if not (np.isfinite(run.classifier.weight).all() and np.isfinite(run.classifier.bias).all()):
+        raise ZsfsError(f"the classifier of {run_dir} has non-finite weights (its training diverged); "
+                        "refit with a smaller --lr")
     torch_device = check_device(device)
     record = dict(run.classifier.backbone)
     if backbone_weights is not None:
@@ -79,7 +90,8 @@ def predict_images(
 
     batches = [list(range(start, min(start + batch_size, len(source)))) for start in range(0, len(source), batch_size)]
     workers = default_workers(device) if workers is None else workers
-    loader = make_loader(DecodedImages(source, backbone.preprocess), batches, workers=workers,
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    loader = make_loader(DecodedImages(source, backbone.preprocess, max_pixels=max_pixels), batches, workers=workers,
                          pin_memory=torch_device.type == "cuda", worker_niceness=default_worker_niceness(device))
     rows, features, errors = [], [], {}
     for _, batch, outputs in embed_batches(loader, range(len(batches)), (backbone.encode_images,), torch_device,
@@ -91,21 +103,24 @@ def predict_images(
 
     n = len(source)
     predicted = np.full(n, None, dtype=object)
-    confidence, ood_score, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(3))
+    confidence, ood_score, ood_paper, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(4))
     if rows:
         good = np.concatenate(rows)
-        logits = run.classifier.predict_logits(np.concatenate(features))
+        features = np.concatenate(features)
+        logits = run.classifier.predict_logits(features)
         probabilities = torch.from_numpy(logits).softmax(dim=1)
         best, index = probabilities.max(dim=1)
         predicted[good] = np.asarray(run.classifier.classes, dtype=object)[index.numpy()]
         confidence[good] = best.numpy()
-        ood_score[good], ood_continuous[good] = run.classifier.ood_scores(logits)
+        ood_score[good] = run.classifier.ood_score(features)
+        ood_paper[good], ood_continuous[good] = run.classifier.ood_scores(logits)
     error = [errors.get(i) for i in range(n)]
     return pl.DataFrame({
-        "path": source.paths,
+        "path": utf8_texts(source.paths),
         "predicted": pl.Series(predicted.tolist(), dtype=pl.String),
         "confidence": pl.Series(confidence).fill_nan(None),
         "ood_score": pl.Series(ood_score).fill_nan(None),
+        "ood_paper": pl.Series(ood_paper).fill_nan(None),
         "ood_continuous": pl.Series(ood_continuous).fill_nan(None),
         "error": pl.Series(error, dtype=pl.String),
     })
@@ -120,6 +135,7 @@ def write_predictions(frame, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix not in OUTPUT_SUFFIXES:
         raise ZsfsError(f"--out must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
     writers = dict(zip(OUTPUT_SUFFIXES, (frame.write_csv, frame.write_parquet, frame.write_json)))
     writers[path.suffix](path)
     return path

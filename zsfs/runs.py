@@ -22,6 +22,7 @@ import numpy as np
 
 from zsfs import __version__
 from zsfs.errors import ZsfsError
+from zsfs.names import utf8_texts
 from zsfs.outputs import new_folder, write_json
 
 if TYPE_CHECKING:
@@ -63,9 +64,14 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
          "precision": float(np.mean(labels[c.rows] == names[c.labels])) if c.n_kept else None}
         for c in result.cycles
     ]
+    if result.absent_classes:
+        truly_absent = [name for name in result.absent_classes if name not in set(labels.tolist())]
+        metrics["absent_classes"] = {"reported": list(result.absent_classes), "truly_absent": truly_absent,
+                                     "precision": len(truly_absent) / len(result.absent_classes)}
     if is_id.any() and not is_id.all():
         is_ood = ~is_id
         metrics["ood_auroc"] = auroc(result.ood_score, is_ood)
+        metrics["ood_paper_auroc"] = auroc(result.ood_paper, is_ood)
         metrics["ood_continuous_auroc"] = auroc(result.ood_continuous, is_ood)
         metrics["mcm_auroc"] = auroc(result.mcm_score, is_ood)
     return metrics
@@ -85,6 +91,8 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "clip": store.clip_info,
         "backbone": store.backbone_info,
         "stop_reason": result.stop_reason,
+        "absent_classes": result.absent_classes,
+        "class_shares": result.class_shares,
         "neighbour_search": result.neighbour_search,
         "cycles": [{"cycle": c.index, "n_candidates": c.n_candidates, "n_kept": c.n_kept,
                     "n_trained": c.n_trained, "epochs": len(c.losses), "first_loss": c.first_loss,
@@ -101,10 +109,12 @@ def predictions_frame(result: "FitResult", store: "Store") -> "pl.DataFrame":
 
     names = np.asarray(result.classes, dtype=object)
     columns = {
-        "path": store.paths().astype(str),
+        "path": np.asarray(utf8_texts(store.paths()), dtype=object),  # UTF-8 text: undecodable bytes as \xNN
         "predicted": names[result.predicted].astype(str),
         "confidence": result.confidence,
         "ood_score": result.ood_score,
+        "ood_flag": result.ood_flag,
+        "ood_paper": result.ood_paper,
         "ood_continuous": result.ood_continuous,
         "is_seed": result.is_seed,
         "pseudo_label": np.where(result.pseudo_label >= 0, names[np.maximum(result.pseudo_label, 0)], None),

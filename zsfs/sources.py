@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import stat
 import struct
-import warnings
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from zsfs.errors import ZsfsError
+from zsfs.names import utf8_text
 from zsfs.store.hdf5 import listing_sha256
 from zsfs.tars import TarMembers, is_tar_pattern, list_tars, resolve_tars, tar_shards_in
 
@@ -33,6 +36,20 @@ LIST_SUFFIXES = (".txt", ".csv")
 
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited onto white: their stored colour is arbitrary."""
+
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Pixel budget of one image (``--max-pixels``): Pillow's own decompression-bomb limit, a 9459 x 9459
+image. Larger JPEGs are decoded at 1/2, 1/4 or 1/8 scale to fit it; larger files of other formats
+are skipped with a reason (their decoders cannot decode smaller). Decoding a PNG at the budget
+costs up to 4 bytes per pixel (~360 MB) in the decoding process."""
+
+WORKING_PIXELS = 4096 * 4096
+"""Larger images are made smaller before any copy or colour conversion (JPEG: by DCT scaling while
+decoding; others: by box reduction right after): the models see a few hundred pixels per side,
+and a 16-bit image this large would otherwise cost ~30 bytes per pixel on its way to 8-bit RGB."""
+
+UNREADABLE_FOLDER = "unreadable folder"
+"""Reason prefix of a listing entry ``folder/`` that a scan could not read."""
 
 
 class ImageDecodeError(Exception):
@@ -52,6 +69,8 @@ class ImageSource:
     root: Path
     paths: list[str]
     labels: list[str] | None
+    unreadable: dict[str, str] = field(default_factory=dict)
+    """Listed entries known to fail before decoding (folders a scan could not read): path -> reason."""
     members: TarMembers | None = None  # byte ranges of the entries that are tar members
 
     def __len__(self) -> int:
@@ -61,15 +80,15 @@ class ImageSource:
         """Absolute path of the ``i``-th image (listed absolute paths are kept as they are)."""
         return self.root / self.paths[i]
 
-    def decode(self, i: int) -> Image.Image:
+    def decode(self, i: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         """The ``i``-th image, from its file or its tar member (``decode_image``'s errors)."""
         if self.members is None or not self.members.holds(i):
-            return decode_image(self.absolute(i))
+            return decode_image(self.absolute(i), max_pixels)
         try:
             data = self.members.read(i)
         except OSError as error:
             raise ImageDecodeError(f"unreadable tar ({error.strerror or error})", self.paths[i]) from None
-        return decode_image(self.paths[i], data=data)
+        return decode_image(self.paths[i], max_pixels, data=data)
 
     @property
     def classes(self) -> list[str] | None:
@@ -86,7 +105,14 @@ def read_class_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ZsfsError(f"class file {path} does not exist; pass a text file with one class name per line")
-    classes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ZsfsError(f"class file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                        f"{error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise ZsfsError(f"cannot read the class file {path}: {error.strerror}") from None
+    classes = [line.strip() for line in text.splitlines() if line.strip()]
     if not classes:
         raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
     repeated = sorted(name for name, count in Counter(classes).items() if count > 1)
@@ -123,8 +149,19 @@ def open_source(source: str | Path) -> ImageSource:
 
 
 def _scan_folder(folder: Path) -> ImageSource:
+    """Names come as the OS gives them (undecodable bytes as surrogates, see ``zsfs.names``), so
+    every listed path reopens its file; a sub-folder that cannot be read is listed as ``name/``
+    and recorded as skipped with the reason, never dropped silently."""
     found: list[str] = []
-    for directory, subdirs, files in os.walk(folder):
+    unreadable: dict[str, str] = {}
+
+    def record(error: OSError) -> None:
+        if Path(error.filename) == folder:
+            raise ZsfsError(f"cannot read the folder {folder}: {error.strerror}")
+        relative = Path(error.filename).relative_to(folder).as_posix() + "/"
+        unreadable[relative] = f"{UNREADABLE_FOLDER} ({(error.strerror or str(error)).lower()})"
+
+    for directory, subdirs, files in os.walk(folder, onerror=record):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]  # prunes hidden folders
         relative = Path(directory).relative_to(folder)
         found.extend(
@@ -132,13 +169,14 @@ def _scan_folder(folder: Path) -> ImageSource:
             for name in files
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
         )
-    if not found:
+    if not found and not unreadable:
         extensions = " ".join(sorted(IMAGE_EXTENSIONS))
         raise ZsfsError(f"no images found in {folder} (looked recursively for {extensions}).")
-    paths = sorted(found)
+    paths = sorted(found + list(unreadable))
     first_parts = [path.split("/", 1) for path in paths]
-    labels = [parts[0] for parts in first_parts] if all(len(p) == 2 for p in first_parts) else None
-    return ImageSource(location=folder, root=folder, paths=paths, labels=labels)
+    # Labels become class names (prompts, vocabularies, outputs): valid UTF-8 text.
+    labels = [utf8_text(parts[0]) for parts in first_parts] if all(len(p) == 2 for p in first_parts) else None
+    return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable)
 
 
 def _tar_source(location: Path, root: Path, tars: list[Path]) -> ImageSource:
@@ -152,8 +190,9 @@ def _tar_source(location: Path, root: Path, tars: list[Path]) -> ImageSource:
 def _read_list(list_file: Path) -> ImageSource:
     root = list_file.parent
     try:
-        text = list_file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
+        # Names that are not UTF-8 are kept as bytes (surrogates), like the names of a folder scan.
+        text = list_file.read_text(encoding="utf-8-sig", errors="surrogateescape")
+    except OSError as error:
         raise ZsfsError(f"cannot read the list file {list_file}: {error}") from None
     if list_file.suffix.lower() == ".csv":
         raw_paths, labels = _parse_csv(text, list_file)
@@ -180,7 +219,7 @@ def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]
     paths = [row["path"].strip() for row in rows]
     if "label" not in columns:
         return paths, None
-    labels = [(row.get("label") or "").strip() for row in rows]
+    labels = [utf8_text((row.get("label") or "").strip()) for row in rows]
     missing = [i for i, label in enumerate(labels) if not label]
     if missing:
         raise ZsfsError(
@@ -200,13 +239,15 @@ def _relative_when_possible(path: str, root: Path) -> str:
         return candidate.as_posix()
 
 
-def decode_image(path: Path | str, data: bytes | None = None) -> Image.Image:
+def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, *, data: bytes | None = None) -> Image.Image:
     """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
 
-    Raises ``ImageDecodeError`` with a short ``reason`` for empty, missing, unreadable,
-    non-image, truncated, corrupt or decompression-bomb-sized files. The whole file is decoded
-    here, so a broken file never gets past this function. ``data``: the file's bytes, read
-    elsewhere (a tar member named ``path``); the file system is then not touched.
+    Images above ``WORKING_PIXELS`` come out smaller (the original size is in
+    ``image_size(image)``); above ``max_pixels`` a JPEG is decoded at a reduced scale and
+    other formats are refused. Raises ``ImageDecodeError`` with a short ``reason`` for empty,
+    missing, unreadable, non-image, truncated, corrupt or too large files. The whole file is
+    decoded here, so a broken file never gets past this function. ``data``: the file's bytes,
+    read elsewhere (a tar member named ``path``); the file system is then not touched.
     """
     path = Path(path)
     try:
@@ -216,16 +257,16 @@ def decode_image(path: Path | str, data: bytes | None = None) -> Image.Image:
                 raise ImageDecodeError("not a regular file", path)
         if (status.st_size if data is None else len(data)) == 0:
             raise ImageDecodeError("empty file", path)
-        with warnings.catch_warnings():
-            # Above MAX_IMAGE_PIXELS Pillow only warns; such files are treated as bombs.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data)) as image:
-                image.load()  # force the full decode (Image.open only reads the header)
-                return _to_rgb(_apply_exif_orientation(image))
+        with _pixel_budget_replaces_pillows(), Image.open(path if data is None else io.BytesIO(data)) as image:
+            width, height = image.size
+            _decode_smaller(image, max_pixels)
+            image.load()  # force the full decode (Image.open only reads the header)
+            oriented, swapped = _apply_exif_orientation(_reduced(image))
+        decoded = _to_rgb(oriented)
+        decoded.info[ORIGINAL_SIZE] = (height, width) if swapped else (width, height)
+        return decoded
     except ImageDecodeError as error:
         raise ImageDecodeError(error.reason, path) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageDecodeError("image too large (decompression bomb limit)", path) from None
     except UnidentifiedImageError:
         if _starts_like_an_image(_file_head(path) if data is None else data[:16]):
             raise ImageDecodeError("corrupt or truncated image header", path) from None
@@ -246,6 +287,67 @@ def decode_image(path: Path | str, data: bytes | None = None) -> Image.Image:
         raise ImageDecodeError("image too large to decode (out of memory)", path) from None
 
 
+ORIGINAL_SIZE = "zsfs.original_size"
+"""``Image.info`` key of a decoded image's size (width, height) in the file, after orientation."""
+
+
+def image_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the image in its file, also when it was decoded smaller."""
+    return image.info.get(ORIGINAL_SIZE, image.size)
+
+
+@contextmanager
+def _pixel_budget_replaces_pillows() -> Iterator[None]:
+    """Pillow refuses images above twice its MAX_IMAGE_PIXELS inside ``Image.open``; zsfs applies
+    its own (configurable) budget instead. Module state: decoding threads must not overlap (the
+    decoding workers are processes)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _decode_smaller(image: Image.Image, max_pixels: int) -> None:
+    """Within the budget; JPEGs larger than the working size are decoded at 1/2, 1/4 or 1/8 scale."""
+    width, height = image.size
+    if width * height <= WORKING_PIXELS and width * height <= max_pixels:
+        return
+    if image.format == "JPEG":
+        # The largest scale that keeps the working size, or a smaller one when the budget needs it.
+        scales = [s for s in (1, 2, 4, 8) if s == 1 or (width // s) * (height // s) >= WORKING_PIXELS]
+        fitting = [s for s in (1, 2, 4, 8) if math.ceil(width / s) * math.ceil(height / s) <= max_pixels]
+        if not fitting:
+            raise ImageDecodeError(_too_large(max_pixels))
+        scale = max(scales[-1], fitting[0])
+        if scale > 1:
+            image.draft(image.mode, (width // scale, height // scale))
+    elif width * height > max_pixels:
+        raise ImageDecodeError(_too_large(max_pixels))
+
+
+def _too_large(max_pixels: int) -> str:
+    return f"image too large (over the budget of {max_pixels:,} pixels, see --max-pixels)"
+
+
+_REDUCIBLE = {"1": "L", "P": "RGBA"}
+"""Modes that neither ``Image.reduce`` nor a box resize take -> the mode to reduce in instead."""
+
+
+def _reduced(image: Image.Image) -> Image.Image:
+    """A loaded image above the working size, box-reduced by an integer factor (other images as they are)."""
+    factor = math.ceil(math.sqrt(image.width * image.height / WORKING_PIXELS))
+    if factor <= 1:
+        return image
+    if image.mode.startswith("I;16"):  # reduce() refuses 16-bit modes; a box resize is the same mean
+        size = (math.ceil(image.width / factor), math.ceil(image.height / factor))
+        return image.resize(size, Image.Resampling.BOX)
+    if image.mode in _REDUCIBLE:
+        image = image.convert(_REDUCIBLE[image.mode])
+    return image.reduce(factor)
+
+
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
@@ -262,12 +364,14 @@ def _starts_like_an_image(head: bytes) -> bool:
     return head.startswith(_IMAGE_SIGNATURES) and (not head.startswith(b"RIFF") or head[8:12] == b"WEBP")
 
 
-def _apply_exif_orientation(image: Image.Image) -> Image.Image:
-    """A rotated copy, or a plain copy: the result must outlive the closed file."""
+def _apply_exif_orientation(image: Image.Image) -> tuple[Image.Image, bool]:
+    """A rotated copy, or a plain copy (the result must outlive the closed file); and whether
+    the rotation swapped width and height."""
     try:
-        return ImageOps.exif_transpose(image)
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        return ImageOps.exif_transpose(image), orientation in (5, 6, 7, 8)
     except Exception:  # a damaged EXIF block should not cost the pixels, which decoded fine
-        return image.copy()
+        return image.copy(), False
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -298,16 +402,18 @@ def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
     a 16-bit photo by 1/257, 12-bit medical data in a 16-bit container by 255/4095 (instead of
     turning almost black). Floats and negative integers are min-max scaled.
     """
-    pixels = pixels.astype(np.float64, copy=False)
-    low, high = float(pixels.min()), float(pixels.max())
+    scaled = np.array(pixels, dtype=np.float64)  # the one working copy: every step below is in place
+    low, high = float(scaled.min()), float(scaled.max())
     if integer and low >= 0:
         bits = max(8, int(np.ceil(np.log2(high + 1))))
-        scaled = pixels * (255.0 / (2.0**bits - 1))
+        scaled *= 255.0 / (2.0**bits - 1)
     elif high > low:
-        scaled = (pixels - low) * (255.0 / (high - low))
+        scaled -= low
+        scaled *= 255.0 / (high - low)
     else:
-        scaled = np.zeros_like(pixels)  # a constant float image has no contrast to keep
-    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        scaled[...] = 0  # a constant float image has no contrast to keep
+    np.rint(scaled, out=scaled)
+    gray = np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
     if gray.ndim == 3:  # multi-channel wide modes are rare; keep the first three channels
         return Image.fromarray(np.ascontiguousarray(gray[..., :3])).convert("RGB")
     return Image.fromarray(gray).convert("RGB")

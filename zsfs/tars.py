@@ -97,7 +97,11 @@ def tar_shards_in(folder: Path, image_suffixes: Iterable[str]) -> list[Path]:
     stats files, no subfolders, no loose images); empty when the folder is an image folder."""
     suffixes = frozenset(image_suffixes)
     tars = []
-    for entry in folder.iterdir():
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # the folder scan reports an unreadable folder with its own clear error
+        return []
+    for entry in map(Path, entries):
         if entry.name.startswith("."):
             continue
         if entry.is_dir():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,10 +19,29 @@ from zsfs.errors import ZsfsError
 console = Console(stderr=True, highlight=False, emoji=False)
 """Progress, tables and messages go to stderr so that stdout stays machine-readable.
 
-Strings given to it are rich markup: pass every user-provided string (paths, class names, error
-messages) through ``escape`` (or as ``rich.text.Text``), or '[draft]' vanishes and '[/x]' raises.
-No emoji codes, so that ':smile:' in a file name stays as written.
+Strings given to it are rich markup: pass every string that comes from files or users (paths,
+class names, model names, error messages) through ``shown``, or '[draft]' vanishes, '[/x]' raises
+and an escape sequence in a class name reaches the terminal. No emoji codes, so that ':smile:' in a
+file name stays as written.
 """
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\udc80-\udcff]")
+"""Control characters (C0, DEL, C1: escape sequences, newlines, carriage returns), invisible and
+bidirectional formatting characters, and the surrogates that stand for undecodable name bytes."""
+
+
+def shown(value: object) -> str:
+    """``value`` as rich markup that prints exactly its text, with every character of ``_UNSAFE``
+    written visibly (``\\x1b``, ``\\u202e``; a name's undecodable byte as ``\\xff``). Every string
+    from files or users that reaches the terminal goes through here."""
+    return escape(_UNSAFE.sub(_visible, str(value)))
+
+
+def _visible(match: re.Match) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class ZsfsGroup(click.Group):
@@ -30,7 +51,7 @@ class ZsfsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ZsfsError as error:
-            console.print(f"[bold red]Error:[/] {escape(str(error))}")
+            console.print(f"[bold red]Error:[/] {shown(error)}", soft_wrap=True)  # one line, also in logs
             sys.exit(1)
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted.[/] Nothing half-written was left; `zsfs extract` and "
@@ -38,20 +59,45 @@ class ZsfsGroup(click.Group):
             sys.exit(130)
 
 
-class _ImagesPerSecond(ProgressColumn):
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinities (which would silently poison a fit), with
+    the range checks of ``click.FloatRange``: the type of every float option."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+MAX_PIXELS_OPTION = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=None,
+    help="Pixel budget of one image: larger JPEGs are decoded at 1/2 to 1/8 scale, larger files of other formats "
+         "are skipped with a reason [default: 89,478,485, Pillow's own limit].")
+"""Shared by the commands that decode images (the default lives in ``zsfs.sources.DEFAULT_MAX_PIXELS``)."""
+
+
+class _ItemsPerSecond(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
     def render(self, task) -> Text:
-        return Text(f"{task.speed:,.1f} img/s" if task.speed else "… img/s", style="progress.data.speed")
+        return Text(f"{task.speed:,.1f} {self.unit}/s" if task.speed else f"… {self.unit}/s",
+                    style="progress.data.speed")
 
 
 @contextmanager
-def image_progress(description: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+def image_progress(description: str, unit: str = "img") -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
     """A progress bar over images (count, images/s, ETA) for a long library call; yields the
     call's ``(on_start(total), on_advance(n))`` hooks and stops the bar however the call ends.
 
     The bar starts at ``on_start``, once the total is known (after model loading), so that the
-    rate is not diluted by set-up time.
+    rate is not diluted by set-up time. ``unit``: what is counted, for the rate column.
     """
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ImagesPerSecond(),
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ItemsPerSecond(unit),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
     task = progress.add_task(description, total=None, start=False)
 

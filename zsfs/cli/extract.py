@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
-from zsfs.cli.common import console, image_progress
+from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
@@ -39,6 +37,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
               help="Images per shard file (the unit of resuming).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Stored dtype of the embeddings.")
+@MAX_PIXELS_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built from other models or data.")
 @click.option("--ray", "ray", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Compute the shards on a Ray cluster: ADDRESS, or RAY_ADDRESS, or the cluster this machine "
@@ -79,7 +78,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     console.print(_summary_table(summary))
     if summary.vocabulary is None:
         console.print("No class names known (no class subfolders, no --classes): no vocabulary written. "
-                      f"Add one with: zsfs text {escape(str(summary.output))} --classes FILE --name NAME")
+                      f"Add one with: zsfs text {shown(summary.output)} --classes FILE --name NAME")
 
 
 @click.command()
@@ -102,10 +101,20 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
     """
     from zsfs.extract import add_vocabulary
 
-    with console.status("embedding class names"):
-        classes = add_vocabulary(store, classes_file, name, clip_weights=clip_weights, device=device,
-                                 overwrite=overwrite)
-    console.print(f"Vocabulary [bold]{escape(name)}[/] ({len(classes)} classes) written to {escape(str(store))}")
+    loading = console.status("Loading the CLIP model...")
+    with image_progress("class names", unit="classes") as (start_bar, on_classes):
+
+        def on_start(total: int) -> None:
+            loading.stop()
+            start_bar(total)
+
+        loading.start()
+        try:
+            classes = add_vocabulary(store, classes_file, name, clip_weights=clip_weights, device=device,
+                                     overwrite=overwrite, on_start=on_start, on_classes=on_classes)
+        finally:
+            loading.stop()
+    console.print(f"Vocabulary [bold]{shown(name)}[/] ({len(classes)} classes) written to {shown(store)}")
 
 
 def _summary_table(summary) -> Table:
@@ -115,15 +124,15 @@ def _summary_table(summary) -> Table:
     table.add_row("images embedded", f"{summary.n_images:,}")
     table.add_row("skipped", f"{summary.n_skipped:,}")
     for reason, count in sorted(summary.skipped_reasons.items(), key=lambda item: -item[1]):
-        table.add_row(Text(f"  {reason}"), f"{count:,}")
+        table.add_row(shown(f"  {reason}"), f"{count:,}")
     table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")
     if summary.shards_redone:
         table.add_row("shards redone (worker lost)", f"{summary.shards_redone}")
     table.add_row("time", f"{summary.seconds:,.1f} s")
     table.add_row("images/s", f"{summary.images_per_second:,.1f}")
     table.add_row("vocabulary",
-                  Text(f"{summary.vocabulary} ({len(summary.classes)} classes)") if summary.vocabulary else "none")
-    table.add_row("output", Text(str(summary.output)))
+                  shown(f"{summary.vocabulary} ({len(summary.classes)} classes)") if summary.vocabulary else "none")
+    table.add_row("output", shown(summary.output))
     return table
 
 

@@ -7,13 +7,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
-from zsfs.cli.common import console
+from zsfs.cli.common import FiniteFloat, console, shown
 from zsfs.devices import DEVICES
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
-PARAMETERS = ("k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
+PARAMETERS = ("method", "keep_all_classes", "k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
               "cycle_epochs", "batch_size", "lr", "max_cycles", "loss_floor", "ood_multiplier", "seed", "device",
               "precision", "ivf_neighbours")
 
@@ -34,6 +33,12 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--vocab", default=None, help="Vocabulary (class list) of the store [default: its only one].")
 @click.option("--out", "run_dir", type=click.Path(path_type=Path), default=None,
               help="Run folder to create (must not exist) [default: runs/<store>-<vocab>-k<k>-<UTC time>].")
+@click.option("--method", type=click.Choice(["balanced", "cycles"]), default=None,
+              help="After the seeds: 'balanced' labels the whole collection by class-balanced self-training with "
+                   "estimated class shares (absent classes dropped); 'cycles' grows the pseudo-labels from the "
+                   "candidate lists as the paper does [balanced; paper: cycles].")
+@click.option("--keep-all-classes", is_flag=True, default=None,
+              help="Balanced method: never declare a listed class absent from the collection.")
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Seeds per class; candidates per class per cycle [16].")
 @click.option("--candidates", type=click.IntRange(min=1), default=None, help="Zero-shot candidates per class, R [100].")
 @click.option("--neighbours", type=click.IntRange(min=1), default=None, help="CLIP neighbours for re-ranking [5].")
@@ -48,11 +53,11 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs on the seeds [100].")
 @click.option("--cycle-epochs", type=click.IntRange(min=0), default=None, help="Maximum epochs per cycle [20].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [16].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate [1e-3].")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Adam learning rate [1e-3].")
 @click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="Maximum self-training cycles [19].")
-@click.option("--loss-floor", type=click.FloatRange(min=0), default=None,
+@click.option("--loss-floor", type=FiniteFloat(min=0), default=None,
               help="Stop the cycles once an epoch's training loss is below this [0.1].")
-@click.option("--ood-multiplier", type=click.FloatRange(min=0), default=None, help="m in threshold = mean - m*std [1].")
+@click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in threshold = mean - m*std [1].")
 @click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
@@ -91,6 +96,7 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     from zsfs.outputs import check_new_folder
     from zsfs.runs import fit_metrics, save_run
     from zsfs.store import Store
+    from zsfs.writable import check_writable
 
     config = FitConfig.from_options(paper=paper, fast=fast, **options)
     if run_dir is not None:
@@ -98,7 +104,8 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     with Store(store_path) as store:
         vocabulary = resolve_vocabulary(store, vocab)
         run_dir = run_dir or default_run_dir(store_path, vocabulary, config.k)
-        with console.status(escape(f"Fitting {store.n_images:,} images on vocabulary {vocabulary!r}...")):
+        check_writable(run_dir, "run folder")
+        with console.status(f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}..."):
             result = fit_store(store, config, vocabulary)
             saved = save_run(result, store, config, run_dir)
         labels = store.labels()
@@ -112,7 +119,6 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
 def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     import numpy as np
     from rich.table import Table
-    from rich.text import Text
 
     table = Table(title=f"zsfs fit: {len(result.predicted):,} images, {len(result.classes)} classes", title_justify="left")
     table.add_column("", style="bold")
@@ -120,17 +126,20 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     if metrics and "accuracy" in metrics:
         table.add_row("accuracy", f"{metrics['accuracy']:.4f}")
         table.add_row("zero-shot accuracy", f"{metrics['zero_shot_accuracy']:.4f}")
-        for key, label in (("ood_auroc", "OOD AUROC (paper score)"), ("ood_continuous_auroc", "OOD AUROC (continuous)"),
+        for key, label in (("ood_auroc", "OOD AUROC (ood_score)"), ("ood_paper_auroc", "OOD AUROC (paper score)"),
                            ("mcm_auroc", "OOD AUROC (MCM)")):
             if key in metrics:
                 table.add_row(label, f"{metrics[key]:.4f}")
     table.add_row("seeds", f"{int(result.is_seed.sum()):,}")
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
     search = result.neighbour_search
-    table.add_row("neighbours", Text(f"{search['source']}: {search['search']}, {search['precision']}"))
-    levels, counts = np.unique(np.round(result.ood_score * 3).astype(int), return_counts=True)
+    table.add_row("neighbours", shown(f"{search['source']}: {search['search']}, {search['precision']}"))
+    if result.absent_classes:
+        table.add_row("absent classes", shown(", ".join(result.absent_classes)))
+    table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}")
+    levels, counts = np.unique(np.round(result.ood_paper * 3).astype(int), return_counts=True)
     ood_counts = dict(zip(levels.tolist(), counts.tolist()))
-    table.add_row("OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{ood_counts.get(i, 0):,}" for i in range(4)))
+    table.add_row("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{ood_counts.get(i, 0):,}" for i in range(4)))
     for phase, seconds in result.timings.items():
         table.add_row(f"time: {phase}", f"{seconds:.2f} s")
     table.add_row("time: total", f"{sum(result.timings.values()):.2f} s")
@@ -145,7 +154,7 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
         cycles.add_row(str(c.index), f"{c.n_candidates:,}", f"{c.n_kept:,}", f"{c.n_trained:,}", str(len(c.losses)),
                        "-" if c.first_loss is None else f"{c.first_loss:.4f}", "-" if p is None else f"{p:.4f}")
     console.print(cycles)
-    console.print(f"Run written to [bold]{escape(str(run_dir))}[/]")
+    console.print(f"Run written to [bold]{shown(run_dir)}[/]")
 
 
 COMMANDS = [fit_command]

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from zsfs.cli.common import console
+from zsfs.cli.common import console, shown
 from zsfs.errors import ZsfsError
 
 
@@ -38,9 +37,11 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     from zsfs.oodbench import ood_bench as run_bench, write_metrics
     from zsfs.outputs import check_new_folder
     from zsfs.store import Store
+    from zsfs.writable import check_writable
 
     if out is not None:
         check_new_folder(out)
+        check_writable(out, "report folder")
     wanted = _parse_id_classes(id_classes)
     config = FitConfig.from_options(paper=paper, fast=fast, **fit_options)
     seed = config.seed
@@ -58,11 +59,11 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         metrics = run_bench(store, wanted, config, n_splits=splits, seed=seed, vocabulary=vocab,
                             on_split=report_split)
     if metrics["always_ood_classes"]:
-        console.print(escape(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
-                             f"{metrics['vocabulary']!r} and were always OOD."))
+        console.print(shown(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
+                            f"{metrics['vocabulary']!r} and were always OOD."))
     console.print(_table(metrics))
     if out is not None:
-        console.print(f"Written: {escape(str(write_metrics(metrics, out)))}")
+        console.print(f"Written: {shown(write_metrics(metrics, out))}")
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
 

@@ -6,11 +6,9 @@ import sys
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
-from zsfs.cli.common import console, image_progress
+from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
@@ -36,6 +34,7 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes [default: as zsfs extract].")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path),
               help="The store's backbone weights file at a new location (its sha256 must match).")
+@MAX_PIXELS_OPTION
 def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: bool, **options) -> None:
     """Classify IMAGES (files and/or folders) with the classifier of a fitted run.
 
@@ -45,7 +44,10 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     of zeros.
     """
     from zsfs.predict import predict_images, write_predictions
+    from zsfs.writable import check_writable
 
+    if out is not None:
+        check_writable(out, "predictions file")  # a missing folder is created at the end
     with image_progress("classifying") as (on_start, on_batch):
         frame = predict_images(run_dir, images, on_start=on_start, on_batch=on_batch, **options)
     if out is not None:
@@ -55,22 +57,26 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     console.print(_table(frame))
     failed = frame["error"].is_not_null().sum()
     console.print(f"{frame.height - failed:,} images classified, {failed:,} unreadable"
-                  + (f"; all rows written to {escape(str(out))}" if out is not None else ""))
+                  + (f"; all rows written to {shown(out)}" if out is not None else ""))
 
 
 def _table(frame) -> Table:
     table = Table(title="zsfs predict" + (f" (first {SHOWN_ROWS} of {frame.height})" if frame.height > SHOWN_ROWS else ""))
     table.add_column("path", overflow="fold")  # the path is what identifies the row: never cut it
     table.add_column("predicted")
-    for column in ("confidence", "OOD", "OOD (continuous)"):
+    for column in ("confidence", "OOD", "OOD (paper)"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
         if row["error"] is not None:
-            table.add_row(Text(row["path"]), Text(row["error"], style="red"), "", "", "")
+            table.add_row(shown(row["path"]), f"[red]{shown(row['error'])}[/]", "", "", "")
         else:
-            table.add_row(Text(row["path"]), Text(row["predicted"]), f"{row['confidence']:.3f}",
-                          f"{row['ood_score']:.2f}", f"{row['ood_continuous']:+.2f}")
+            table.add_row(shown(row["path"]), shown(row["predicted"]), _number(row["confidence"], ".3f"),
+                          _number(row["ood_score"], ".2f"), _number(row["ood_paper"], ".2f"))
     return table
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 COMMANDS = [predict]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import console, image_progress
+from zsfs.cli.common import console, image_progress, shown
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.store.schema import DEFAULT_SHARD_SIZE
@@ -136,12 +136,10 @@ def neighbours_command(store_path: Path, k: int, device: str, precision: str) ->
 
 def show_summary(summary: dict) -> None:
     """Readable tables of a store summary, on the console (stderr)."""
-    from rich.markup import escape
     from rich.table import Table
-    from rich.text import Text
 
     # Every value below may hold user text (paths, model names, class names): never read it as markup.
-    overview = Table(title=f"zsfs store {escape(summary['path'])}", show_header=False, title_justify="left")
+    overview = Table(title=f"zsfs store {shown(summary['path'])}", show_header=False, title_justify="left")
     overview.add_column(style="bold")
     overview.add_column()
     index = summary["index"]
@@ -158,7 +156,7 @@ def show_summary(summary: dict) -> None:
          "{k} per image ({search}, {precision})".format(**summary["neighbour_graph"])),
         ("created", f"{summary['created']} by zsfs {summary['zsfs_version']}"),
     ]:
-        overview.add_row(key, Text(value))
+        overview.add_row(key, shown(value))
     console.print(overview)
 
     models = Table(title="Models", title_justify="left")
@@ -166,7 +164,7 @@ def show_summary(summary: dict) -> None:
         models.add_column(name)
     for role in ("clip", "backbone"):
         record = summary[role]
-        models.add_row(role, Text(str(record["name"])), Text(str(record["weights"])), str(record["dim"]))
+        models.add_row(role, shown(record["name"]), shown(record["weights"]), str(record["dim"]))
     console.print(models)
 
     if summary["vocabularies"]:
@@ -174,8 +172,8 @@ def show_summary(summary: dict) -> None:
         for name in ("name", "classes", "first classes"):
             vocabularies.add_column(name)
         for name, classes in summary["vocabularies"].items():
-            vocabularies.add_row(Text(name), str(len(classes)),
-                                 Text(", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")))
+            vocabularies.add_row(shown(name), str(len(classes)),
+                                 shown(", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")))
         console.print(vocabularies)
     elif summary["clip"]["weights"] == "imported":
         console.print("No vocabularies yet: rerun [bold]zsfs import[/] with [bold]--vocab NAME=FILE.npz[/] "

@@ -111,6 +111,8 @@ class Classifier:
     ood: ood.OodThresholds
     backbone: dict = field(default_factory=dict)  # the store's backbone record
     normalisation: str = INPUT_NORMALISATION
+    ood_reference: np.ndarray | None = None  # (S, D) float16 unit seed features of the OOD score (zsfs.fit.ood)
+    ood_quantiles: dict[str, np.ndarray] = field(default_factory=dict)  # stored CDF of each OOD component
 
     def predict_logits(self, features: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
         """(n, C) float32 logits for raw backbone features (normalised here)."""
@@ -120,6 +122,15 @@ class Classifier:
             chunk = normalise(features[start : start + chunk_rows])
             out[start : start + len(chunk)] = torch.addmm(bias, chunk, weight.T).numpy()
         return out
+
+    def ood_score(self, features: np.ndarray) -> np.ndarray:
+        """Backbone half of the fit's OOD score for new images: the rank of their seed distance in
+        the fitted collection, in [0, 1] (the MCM half needs CLIP embeddings; NaN for runs written
+        before zsfs stored the seeds)."""
+        if self.ood_reference is None or "seed_distance" not in self.ood_quantiles:
+            return np.full(len(features), np.nan, np.float32)
+        distance = ood.seed_distance(normalise(features), torch.from_numpy(self.ood_reference).float()).numpy()
+        return ood.cdf(distance, self.ood_quantiles["seed_distance"]).astype(np.float32)
 
     def ood_scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(score in {0, 1/3, 2/3, 1}, continuous score)`` of logits from :meth:`predict_logits`."""
@@ -137,6 +148,8 @@ class Classifier:
                 "ood": self.ood.to_dict(),
                 "backbone": self.backbone,
                 "normalisation": self.normalisation,
+                "ood_reference": None if self.ood_reference is None else torch.from_numpy(self.ood_reference),
+                "ood_quantiles": {name: torch.from_numpy(np.asarray(q)) for name, q in self.ood_quantiles.items()},
             },
             path,
         )
@@ -165,6 +178,8 @@ def load_classifier(path: str | Path) -> Classifier:
             ood=ood.OodThresholds.from_dict(state["ood"]),
             backbone=state["backbone"],
             normalisation=state["normalisation"],
+            ood_reference=None if state.get("ood_reference") is None else state["ood_reference"].numpy(),
+            ood_quantiles={name: q.numpy() for name, q in state.get("ood_quantiles", {}).items()},
         )
     except (KeyError, TypeError, AttributeError) as error:  # a damaged or hand-edited file
         raise ZsfsError(f"{path} is a damaged zsfs classifier (missing or bad {error}); rerun `zsfs fit`") from None

@@ -73,3 +73,55 @@ def continuous_score(statistics: torch.Tensor | np.ndarray, thresholds: OodThres
     """Mean standardised deficit of the three statistics: higher = more likely OOD."""
     deficits = (thresholds.mean - np.asarray(statistics, np.float64)) / np.maximum(thresholds.std, _EPS)
     return deficits.mean(axis=1).astype(np.float32)
+
+
+# --- The default OOD score: two independent signals, each read as a rank in the collection ---
+#
+# MCM (Ming et al. 2022) asks whether CLIP finds any listed class in the image; the seed distance
+# (deep nearest neighbours, Sun et al. 2022: the distance to the k-th nearest in-distribution
+# training feature, here the seeds, in the backbone space) asks whether the backbone puts the
+# image near the images that define the classes. They fail on different images, so their mean
+# rank beats either. Each component becomes its empirical CDF over the whole collection (stored
+# as quantiles, so that `zsfs predict` scores new images on the same scale).
+
+NEAREST_SEED = 5
+"""The OOD distance is to the 5th nearest seed (Sun et al. use k = 1..50; 5 measured best, docs/fit.md)."""
+N_QUANTILES = 1001
+FLAG_FPR = 0.05
+"""``ood_flag`` marks images whose score exceeds that of 95 % of the seeds (5 % false positives on them)."""
+_ROWS_PER_PRODUCT = 4096  # (rows x seeds) similarity blocks stay small at any store size
+
+
+def seed_distance(features: torch.Tensor, reference: torch.Tensor, k: int = NEAREST_SEED) -> torch.Tensor:
+    """(n,) one minus the cosine to the k-th nearest reference row: higher = farther from the seeds.
+
+    ``features`` and ``reference`` are unit rows; the products run in ``reference``'s dtype.
+    A reference row identical to a feature row counts (a seed is at distance 0 of itself).
+    """
+    k = min(k, len(reference))
+    out = torch.empty(len(features), dtype=torch.float32, device=features.device)
+    for start in range(0, len(features), _ROWS_PER_PRODUCT):
+        block = features[start : start + _ROWS_PER_PRODUCT].to(reference.dtype) @ reference.T
+        out[start : start + len(block)] = 1.0 - block.topk(k, dim=1).values[:, -1].float()
+    return out
+
+
+def quantiles(values: np.ndarray) -> np.ndarray:
+    """``N_QUANTILES`` evenly spaced quantiles of ``values`` (a compact, storable CDF)."""
+    return np.quantile(np.asarray(values, np.float64), np.linspace(0.0, 1.0, N_QUANTILES))
+
+
+def cdf(values: np.ndarray, stored_quantiles: np.ndarray) -> np.ndarray:
+    """Fraction of the reference population below each value, from :func:`quantiles`."""
+    stored = np.maximum.accumulate(np.asarray(stored_quantiles, np.float64))  # np.interp needs sorted points
+    return np.interp(np.asarray(values, np.float64), stored, np.linspace(0.0, 1.0, len(stored)))
+
+
+def combined_score(components: dict[str, np.ndarray], stored: dict[str, np.ndarray]) -> np.ndarray:
+    """Mean CDF of the components (higher = more OOD), in [0, 1]."""
+    return np.mean([cdf(components[name], stored[name]) for name in stored], axis=0).astype(np.float32)
+
+
+def flag_threshold(seed_scores: np.ndarray, false_positive_rate: float = FLAG_FPR) -> float:
+    """The score above which ``false_positive_rate`` of the seeds (surely in distribution) lie."""
+    return float(np.quantile(np.asarray(seed_scores, np.float64), 1.0 - false_positive_rate))

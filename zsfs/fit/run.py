@@ -7,6 +7,7 @@ run folder is :func:`zsfs.runs.save_run`.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,37 +18,46 @@ import torch
 
 from zsfs.devices import check_device
 from zsfs.errors import ZsfsError
-from zsfs.fit import ood, seeds
+from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
-from zsfs.fit.selftrain import Cycle, FeatureTable, self_train
-from zsfs.fit.zeroshot import ZeroShotAccumulator, iter_logit_chunks
+from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
+from zsfs.fit.zeroshot import ZeroShotAccumulator, as_tensor, iter_logit_chunks, zero_shot_logits
 
 if TYPE_CHECKING:
     from zsfs.store import Store
 
 PROMPT_CHOICES = ("ensemble", "single")
+METHOD_CHOICES = ("balanced", "cycles")
+"""Self-training: transductive class-balanced (zsfs.fit.transductive) or the paper's candidate cycles."""
+MAX_SEED = 2**31 - 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CHUNK_ROWS = 32768
+PAPER_PRESET = {"method": "cycles", "prompts": "single", "accumulate": False, "unique_pseudo_labels": False,
+                "epochs": 100, "cycle_epochs": 20, "batch_size": 16, "lr": 1e-3}
+"""The ``--paper`` preset: the method and training schedule exactly as published."""
 FAST_PRESET = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5, "precision": "bf16",
                "ivf_neighbours": True}
 """The ``--fast`` preset (see docs/fit.md for its accuracy/time trade-off)."""
+TRANSDUCTIVE_ROWS = 20_000
+"""The balanced method estimates class shares and self-trains on at most this many rows (+ the seeds)."""
 
 
 @dataclass
 class FitConfig:
     """Every parameter of a fit. :meth:`paper` gives the paper-faithful settings."""
 
+    method: str = "balanced"  # "balanced": transductive over the collection; "cycles": the paper's
     k: int = 16  # seeds per class, and candidates examined per class per cycle
     candidates: int = 100  # R: zero-shot candidates per class
     neighbours: int = 5  # CLIP neighbours used to re-rank each candidate
     prompts: str = "ensemble"  # text embeddings: "ensemble" (80 templates) or "single"
     accumulate: bool = True  # train each cycle on everything kept so far (False: the paper)
     unique_pseudo_labels: bool = True  # an image is a candidate of one class only (False: paper)
-    epochs: int = 100  # epochs on the seeds
-    cycle_epochs: int = 20  # maximum epochs per self-training cycle
-    batch_size: int = 16
-    lr: float = 1e-3
+    epochs: int = 20  # epochs on the seeds
+    cycle_epochs: int = 5  # (maximum) epochs per self-training cycle
+    batch_size: int = 512
+    lr: float = 2e-2
     max_cycles: int = 19
     loss_floor: float = 0.1  # stop when an epoch's training loss falls below this
     ood_multiplier: float = 1.0
@@ -55,11 +65,12 @@ class FitConfig:
     device: str = "cpu"
     precision: str = "fp32"  # "bf16": bf16 products in the neighbour scan (re-scored in fp32) and training
     ivf_neighbours: bool = False  # IVF lists for the neighbours even where the store's index is exact
+    keep_all_classes: bool = False  # balanced method: never declare a listed class absent
 
     @classmethod
     def paper(cls, **overrides) -> "FitConfig":
         """The method exactly as published (single prompt, per-cycle sets, duplicates kept)."""
-        return cls(**{"prompts": "single", "accumulate": False, "unique_pseudo_labels": False, **overrides})
+        return cls(**{**PAPER_PRESET, **overrides})
 
     @classmethod
     def fast(cls, *, paper: bool = False, **overrides) -> "FitConfig":
@@ -84,12 +95,19 @@ class FitConfig:
         if self.k > self.candidates:
             raise ZsfsError(f"--k {self.k} is larger than --candidates {self.candidates}: the seeds are "
                             f"taken from the candidates, so use --k <= --candidates (or raise --candidates)")
+        if self.method not in METHOD_CHOICES:
+            raise ZsfsError(f"--method must be one of {', '.join(METHOD_CHOICES)}, not {self.method!r}")
         if self.prompts not in PROMPT_CHOICES:
             raise ZsfsError(f"--prompts must be one of {', '.join(PROMPT_CHOICES)}, not {self.prompts!r}")
         if self.precision not in PRECISIONS:
             raise ZsfsError(f"--precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        not_finite = [name for name in ("lr", "loss_floor", "ood_multiplier") if not math.isfinite(getattr(self, name))]
+        if not_finite:
+            raise ZsfsError(f"{', '.join('--' + n.replace('_', '-') for n in not_finite)} must be a finite number")
         if not self.lr > 0 or self.ood_multiplier < 0:
             raise ZsfsError("--lr must be > 0 and --ood-multiplier >= 0")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ZsfsError(f"--seed must be between 0 and {MAX_SEED} (faiss takes a 32-bit seed), not {self.seed}")
 
 
 @dataclass
@@ -100,8 +118,10 @@ class FitResult:
     classes: list[str]
     predicted: np.ndarray  # int64 class index
     confidence: np.ndarray  # max softmax probability of the classifier
-    ood_score: np.ndarray  # paper score in {0, 1/3, 2/3, 1}
-    ood_continuous: np.ndarray  # mean standardised deficit; higher = more OOD
+    ood_score: np.ndarray  # mean collection rank of MCM and the seed distance, in [0, 1]; higher = more OOD
+    ood_flag: np.ndarray  # bool: ood_score above that of 95 % of the seeds
+    ood_paper: np.ndarray  # paper score in {0, 1/3, 2/3, 1}
+    ood_continuous: np.ndarray  # mean standardised deficit of the paper's statistics; higher = more OOD
     is_seed: np.ndarray  # bool: one of the initial seeds
     pseudo_label: np.ndarray  # int64 class given by seeds/cycles, -1 if none (first one wins)
     pseudo_cycle: np.ndarray  # int16 cycle that gave it (0 = seed), -1 if none
@@ -112,6 +132,8 @@ class FitResult:
     stop_reason: str
     classifier: Classifier
     neighbour_search: dict  # where the re-ranking neighbours came from: {"source", "search", "precision", ...}
+    absent_classes: list[str] = field(default_factory=list)  # listed classes the collection does not hold
+    class_shares: dict[str, float] | None = None  # balanced method: estimated fraction of images per class
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
 
@@ -196,43 +218,73 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)
         keep = seeds.one_class_per_image(candidates, support) if config.unique_pseudo_labels else None
         ranked = seeds.rerank(candidates, support, keep)
+        if config.method == "balanced":
+            seed_rows, seed_labels = seeds.positions(ranked, 0, config.k)
+            sample = transductive_sample(n_images, seed_rows, config.seed)
+            log_prior = torch.log_softmax(zero_shot_logits(as_tensor(clip[sample], device), as_tensor(texts, device)),
+                                          dim=1)
     del clip, search
-    with timer.phase("read features"):
-        features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
-    with timer.phase("self-training"):
-        trained = self_train(ranked, features, k=config.k, epochs=config.epochs, cycle_epochs=config.cycle_epochs,
-                             batch_size=config.batch_size, lr=config.lr, max_cycles=config.max_cycles,
-                             loss_floor=config.loss_floor, accumulate=config.accumulate, generator=generator,
-                             train_dtype=dtype)
+    if config.method == "balanced":
+        with timer.phase("read features"):
+            features = normalise(store.read("backbone", sample), device)
+        with timer.phase("class shares + self-training"):
+            trained, head_classes, shares = _balanced_training(features, sample, seed_rows, seed_labels, log_prior,
+                                                               config, generator, dtype)
+    else:
+        with timer.phase("read features"):
+            features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
+        with timer.phase("self-training"):
+            trained = self_train(ranked, features, k=config.k, epochs=config.epochs,
+                                 cycle_epochs=config.cycle_epochs, batch_size=config.batch_size, lr=config.lr,
+                                 max_cycles=config.max_cycles, loss_floor=config.loss_floor,
+                                 accumulate=config.accumulate, generator=generator, train_dtype=dtype)
+        head_classes, shares = np.arange(n_classes), None
+    if not (torch.isfinite(trained.head.weight).all() and torch.isfinite(trained.head.bias).all()):
+        raise ZsfsError(f"training diverged (the classifier's weights are not finite) with --lr {config.lr}; "
+                        "use a smaller --lr")
     del features
+    with timer.phase("read seeds"):
+        seed_features = normalise(store.read("backbone", np.unique(trained.cycles[0].rows)), device).to(dtype)
     with timer.phase("predict"):
         predicted = np.empty(n_images, np.int64)
         confidence = np.empty(n_images, np.float32)
         statistics = np.empty((n_images, len(ood.STATISTICS)), np.float32)
+        distance = np.empty(n_images, np.float32)
         for start, chunk in store.iter_chunks("backbone", CHUNK_ROWS):
-            logits = trained.head.predict_logits(normalise(chunk, device))
+            chunk = normalise(chunk, device)
+            logits = trained.head.predict_logits(chunk)
             rows = slice(start, start + len(chunk))
             probabilities = torch.softmax(logits, dim=1)
-            confidence[rows], predicted[rows] = (t.cpu().numpy() for t in probabilities.max(dim=1))
+            top_probability, top_class = probabilities.max(dim=1)
+            confidence[rows], predicted[rows] = top_probability.cpu().numpy(), head_classes[top_class.cpu().numpy()]
             statistics[rows] = ood.logit_statistics(logits).cpu().numpy()
+            distance[rows] = ood.seed_distance(chunk, seed_features).cpu().numpy()
     seed_cycle = trained.cycles[0]
     if seed_cycle.n_kept == 0:  # every class lost its candidates: nothing to calibrate OOD on
         raise ZsfsError("no seed image was selected for any class; check the vocabulary against the images")
     thresholds = ood.fit_thresholds(statistics[seed_cycle.rows], config.ood_multiplier)
+    components = {"mcm": -scores.mcm, "seed_distance": distance}
+    stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
+    ood_score = ood.combined_score(components, stored_quantiles)
+    flag_threshold = ood.flag_threshold(ood_score[seed_cycle.rows])
     pseudo_label, pseudo_cycle = _pseudo_labels(n_images, trained.cycles)
     classifier = Classifier(
-        classes=list(vocab.classes),
+        classes=[vocab.classes[i] for i in head_classes],
         weight=trained.head.weight.detach().cpu().numpy(),
         bias=trained.head.bias.detach().cpu().numpy(),
         ood=thresholds,
         backbone=dict(store.backbone_info),
+        ood_reference=seed_features.cpu().to(torch.float16).numpy(),
+        ood_quantiles={"seed_distance": stored_quantiles["seed_distance"]},
     )
     return FitResult(
         vocabulary=name,
         classes=list(vocab.classes),
         predicted=predicted,
         confidence=confidence,
-        ood_score=ood.paper_score(statistics, thresholds),
+        ood_score=ood_score,
+        ood_flag=ood_score > flag_threshold,
+        ood_paper=ood.paper_score(statistics, thresholds),
         ood_continuous=ood.continuous_score(statistics, thresholds),
         is_seed=pseudo_cycle == 0,
         pseudo_label=pseudo_label,
@@ -244,9 +296,50 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         stop_reason=trained.stop_reason,
         classifier=classifier,
         neighbour_search=neighbour_search,
+        absent_classes=[vocab.classes[i] for i in np.setdiff1d(np.arange(n_classes), head_classes)],
+        class_shares=None if shares is None else dict(zip(vocab.classes, shares.tolist())),
         timings=timer.timings,
         cpu_timings=timer.cpu_timings,
     )
+
+
+def transductive_sample(n_images: int, seed_rows: np.ndarray, seed: int) -> np.ndarray:
+    """Sorted store rows the balanced method works on: all of them, or a seeded random sample of
+    ``TRANSDUCTIVE_ROWS`` that always holds the seeds (class shares need a sample, not every image)."""
+    if n_images <= TRANSDUCTIVE_ROWS:
+        return np.arange(n_images)
+    drawn = np.random.default_rng(seed).choice(n_images, TRANSDUCTIVE_ROWS, replace=False)
+    return np.union1d(drawn, seed_rows)
+
+
+def _balanced_training(features: torch.Tensor, rows: np.ndarray, seed_rows: np.ndarray, seed_labels: np.ndarray,
+                       log_prior: torch.Tensor, config: FitConfig, generator: torch.Generator,
+                       dtype: torch.dtype) -> tuple[SelfTraining, np.ndarray, np.ndarray]:
+    """Class shares, absent classes, balanced self-training on the present classes.
+
+    Returns the training (cycle labels as vocabulary indices), the vocabulary index of each head
+    class and the estimated share of every vocabulary class (0 for absent ones).
+    """
+    n_classes = log_prior.shape[1]
+    seed_positions = torch.as_tensor(np.searchsorted(rows, seed_rows), device=features.device)
+    labels = torch.as_tensor(seed_labels, device=features.device)
+    mixture = transductive.class_mixture(
+        features, log_prior, transductive.seed_prototypes(features, seed_positions, labels, n_classes))
+    absent = (np.zeros(n_classes, bool) if config.keep_all_classes
+              else transductive.absent_classes(mixture.shares, transductive.ABSENT_SHARE))
+    present = np.flatnonzero(~absent)
+    shares = np.where(absent, 0.0, mixture.shares)
+    shares /= shares.sum()
+    head_index = np.full(n_classes, -1)
+    head_index[present] = np.arange(len(present))
+    keep = torch.as_tensor(~absent[seed_labels], device=features.device)
+    trained = transductive.balanced_self_training(
+        features, rows, seed_positions[keep], torch.as_tensor(head_index[seed_labels], device=features.device)[keep],
+        shares[present], epochs=config.epochs, cycle_epochs=config.cycle_epochs, batch_size=config.batch_size,
+        lr=config.lr, generator=generator, train_dtype=dtype)
+    for cycle in trained.cycles:
+        cycle.labels = present[cycle.labels]
+    return trained, present, shares
 
 
 def _pseudo_labels(n_images: int, cycles: list[Cycle]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from zsfs.names import name_bytes
 from zsfs.store import schema
 
 STRING = h5py.string_dtype("utf-8")
@@ -34,9 +35,9 @@ def listing_sha256(paths: Sequence[str], labels: Sequence[str] | None = None) ->
         stop = min(start + 65536, len(paths))
         parts = []
         for i in range(start, stop):
-            parts.append(str(paths[i]).encode("utf-8", "surrogateescape") + b"\0")
+            parts.append(name_bytes(str(paths[i])) + b"\0")
             if labels is not None:
-                parts.append(str(labels[i]).encode("utf-8", "surrogateescape") + b"\0")
+                parts.append(name_bytes(str(labels[i])) + b"\0")
             parts.append(b"\n")
         digest.update(b"".join(parts))
     return digest.hexdigest()
@@ -54,4 +55,13 @@ def fsync_file(path: Path) -> None:
 
 
 def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
-    group.create_dataset(name, data=np.asarray(values, dtype=object).reshape(-1), dtype=STRING)
+    """Strings as UTF-8, except that a file name's bytes that are not UTF-8 are kept as they are
+    (see ``zsfs.names``): ``read_strings`` gives back the very ``str`` that was written."""
+    raw = np.empty(len(values), dtype=object)
+    raw[:] = [name_bytes(str(value)) for value in values]
+    group.create_dataset(name, data=raw, dtype=STRING)
+
+
+def read_strings(dataset: h5py.Dataset) -> np.ndarray:
+    """An object array of ``str``; bytes that are not UTF-8 come back as surrogates (PEP 383)."""
+    return dataset.asstr(errors="surrogateescape")[:]

@@ -19,7 +19,8 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import StoreError
 from zsfs.store import schema
-from zsfs.store.hdf5 import canonical_json, read_identity, write_strings
+from zsfs.names import utf8_text
+from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_strings
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
 
 
@@ -67,6 +68,8 @@ def write_master(path: Path, shard_paths: list[Path], *, identity: dict, attrs: 
             for key, value in attrs.items():
                 if key in (schema.ATTR_CLIP, schema.ATTR_BACKBONE):
                     value = with_dim(value, dims[schema.CLIP if key == schema.ATTR_CLIP else schema.BACKBONE], key)
+                if isinstance(value, str):  # HDF5 string attributes are UTF-8: other name bytes become \xNN
+                    value = utf8_text(value)
                 master.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
 
 
@@ -111,7 +114,7 @@ def carry_over_vocabularies(previous: Path, master: h5py.File, identity: dict) -
 
 
 def concat_strings(files: list[h5py.File], name: str) -> np.ndarray:
-    parts = [file[name].asstr()[:] for file in files]
+    parts = [read_strings(file[name]) for file in files]
     return np.concatenate(parts) if parts else np.array([], dtype=object)
 
 

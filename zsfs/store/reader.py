@@ -14,7 +14,7 @@ import numpy as np
 
 from zsfs.errors import StoreError
 from zsfs.store import schema
-from zsfs.store.hdf5 import canonical_json
+from zsfs.store.hdf5 import canonical_json, read_strings
 from zsfs.store.index import read_index_blocks
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class Store:
         return self._strings(schema.SKIPPED_PATH), self._strings(schema.SKIPPED_REASON)
 
     def _strings(self, name: str) -> np.ndarray:
-        return self._dataset(name).asstr()[:]
+        return read_strings(self._dataset(name))
 
     def _dataset(self, name: str) -> h5py.Dataset:
         if name not in self._file:

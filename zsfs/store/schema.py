@@ -98,6 +98,14 @@ DEFAULT_SHARD_SIZE = 50_000
 EMBEDDING_DTYPES = ("float16", "float32")
 
 
+def valid_vocabulary_name(name: str) -> bool:
+    """A vocabulary name is one HDF5 group name: not empty, no '/', no leading '.'."""
+    return bool(name) and "/" not in name and not name.startswith(".") and "\0" not in name
+
+
+INVALID_VOCABULARY_NAME = "invalid vocabulary name {!r}: use a non-empty name without '/' or a leading '.'"
+
+
 def shard_dir(master: Path) -> Path:
     """Folder holding a master's shards: ``imagenet.h5`` -> ``imagenet.shards``."""
     master = Path(master)

@@ -276,8 +276,8 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
     Only ``/vocab/<name>`` changes; image data is not touched. Rows are stored L2-normalised.
     """
     classes = [str(c) for c in classes]
-    if not name or "/" in name or name.startswith("."):
-        raise ZsfsError(f"invalid vocabulary name {name!r}: use a non-empty name without '/' or a leading '.'")
+    if not schema.valid_vocabulary_name(name):
+        raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
     if not classes:
         raise ZsfsError(f"vocabulary {name!r} has no classes")
     duplicates = sorted(c for c, count in Counter(classes).items() if count > 1)

@@ -1,0 +1,243 @@
+"""Real-data quality benchmark of ``zsfs fit``: labels, absent classes and OOD (benchmarks/README.md).
+
+    python benchmarks/bench_quality.py --features ../shared/bench/fashion-mnist --vocab fashion
+    python benchmarks/bench_quality.py --features DIR --features DIR2 --synthetic 10k --seeds 3 --draws 6
+    python benchmarks/bench_quality.py --synthetic 2k --seeds 1 --draws 1 --scenarios full   # a smoke run
+
+Each ``--features`` folder is laid out like ``../shared/bench/fashion-mnist/`` (``clip.npy``,
+``backbone.npy``, ``images.csv`` with a ``label`` column, ``vocab-*.npz``) and is imported once
+with ``zsfs import``; ``--synthetic`` adds synthetic stores (sizes of bench_fit.py's table).
+Three scenarios per store:
+
+- ``full``: every listed class present. Zero-shot, ``--paper`` at k 5 and 16, the default at
+  k 5 and 16, ``--fast``, the paper's cycles with zsfs' other defaults (``--method cycles``) and
+  ``--keep-all-classes``, each over ``--seeds`` fit seeds.
+- ``absent``: the collection holds 2-5 random classes of the listed ones (``--draws`` draws of
+  each size), the full vocabulary is given. Accuracy on the present images for zero-shot,
+  ``--paper --k 16`` and the default; precision and recall of the absent classes the fit reports.
+- ``ood``: ``zsfs ood-bench``'s protocol (6 ID classes when there are 10, else 60 %; 5 splits)
+  for the default and ``--paper``: AUROC and FPR95 of ``ood_score``, the paper score and MCM.
+
+Prints one table (mean ± std over seeds/draws/splits) and writes ``quality.csv`` and
+``quality.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SYNTHETIC = {"2k": (2_000, 10), "10k": (10_000, 100)}
+FULL_CONFIGS = {
+    # name: (preset, overrides)
+    "paper-k5": ("paper", {"k": 5}),
+    "paper-k16": ("paper", {"k": 16}),
+    "default-k5": ("default", {"k": 5}),
+    "default-k16": ("default", {"k": 16}),
+    "fast": ("fast", {}),
+    "cycles": ("default", {"method": "cycles"}),
+    "keep-all-classes": ("default", {"keep_all_classes": True}),
+}
+ABSENT_CONFIGS = {"paper-k16": ("paper", {"k": 16}), "default-k16": ("default", {"k": 16})}
+OOD_CONFIGS = {"default": ("default", {}), "paper": ("paper", {})}
+
+
+@dataclass
+class Source:
+    name: str
+    store: Path
+    vocabulary: str
+
+
+def make_config(preset: str, overrides: dict, seed: int):
+    from zsfs.fit.run import FitConfig
+
+    return FitConfig.from_options(paper=preset == "paper", fast=preset == "fast", seed=seed, **overrides)
+
+
+def import_features(folder: Path, work: Path) -> Path:
+    """``zsfs import`` of a benchmark feature folder (once; reused when it exists)."""
+    store = work / f"{folder.name}.h5"
+    if store.exists():
+        return store
+    vocabularies = [f"{path.stem.removeprefix('vocab-')}={path}" for path in sorted(folder.glob("vocab-*.npz"))]
+    command = [sys.executable, "-c", "from zsfs.cli import main; main()", "import", str(store), "--clip-embeddings", str(folder / "clip.npy"),
+               "--backbone-features", str(folder / "backbone.npy"), "--paths", str(folder / "images.csv"),
+               "--label-column", "label"]
+    for vocabulary in vocabularies:
+        command += ["--vocab", vocabulary]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return store
+
+
+def synthetic_store(size: str, work: Path) -> Path:
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    store = work / f"synthetic-{size}.h5"
+    if not store.exists():
+        n_images, n_classes = SYNTHETIC[size]
+        make_synthetic_store(store, n_images, n_classes, seed=0)
+    return store
+
+
+def subset_store(store, vocabulary: str, present: list[str], path: Path) -> Path:
+    """A store holding only the images of the ``present`` classes, with the full vocabulary."""
+    from zsfs.store.arrays import write_store
+
+    labels = np.asarray(store.labels()).astype(str)
+    rows = np.flatnonzero(np.isin(labels, present))
+    vocab = store.vocabulary(vocabulary)
+    write_store(path, clip=store.read("clip", rows), backbone=store.read("backbone", rows),
+                paths=[str(p) for p in store.paths()[rows]], labels=labels[rows].tolist(),
+                clip_info=dict(store.clip_info), backbone_info=dict(store.backbone_info), source="bench_quality",
+                vocabularies={vocabulary: (vocab.classes, vocab.single, vocab.ensemble)})
+    return path
+
+
+def accuracy_on(result, labels: np.ndarray) -> tuple[float, float]:
+    names = np.asarray(result.classes)
+    return (float(np.mean(names[result.predicted] == labels)),
+            float(np.mean(names[result.zero_shot_predicted] == labels)))
+
+
+def run_full(source: Source, seeds: int, record) -> None:
+    from zsfs.fit.run import fit_store
+    from zsfs.store import Store
+
+    with Store(source.store) as store:
+        labels = np.asarray(store.labels()).astype(str)
+        for name, (preset, overrides) in FULL_CONFIGS.items():
+            for seed in range(seeds):
+                start = time.perf_counter()
+                result = fit_store(store, make_config(preset, overrides, seed), source.vocabulary)
+                accuracy, zero_shot = accuracy_on(result, labels)
+                record(source.name, "full", name, "accuracy", accuracy, seconds=time.perf_counter() - start)
+                if name == "default-k16":
+                    record(source.name, "full", "zero-shot", "accuracy", zero_shot)
+                    record(source.name, "full", name, "absent reported (false)", len(result.absent_classes))
+
+
+def run_absent(source: Source, draws: int, work: Path, record) -> None:
+    from zsfs.fit.run import fit_store
+    from zsfs.store import Store
+
+    rng = np.random.default_rng(0)
+    with Store(source.store) as store:
+        classes = store.vocabulary(source.vocabulary).classes
+        sizes = [size for size in (2, 3, 4, 5) if size < len(classes)]
+        for size in sizes:
+            for draw in range(draws):
+                present = sorted(rng.choice(classes, size, replace=False).tolist())
+                path = subset_store(store, source.vocabulary, present, work / f"{source.name}-absent-{size}-{draw}.h5")
+                with Store(path) as subset:
+                    labels = np.asarray(subset.labels()).astype(str)
+                    for name, (preset, overrides) in ABSENT_CONFIGS.items():
+                        result = fit_store(subset, make_config(preset, overrides, 0), source.vocabulary)
+                        accuracy, zero_shot = accuracy_on(result, labels)
+                        record(source.name, "absent", name, "accuracy", accuracy)
+                        record(source.name, "absent", name, "gain over zero-shot", accuracy - zero_shot)
+                        if name == "default-k16":
+                            record(source.name, "absent", "zero-shot", "accuracy", zero_shot)
+                            reported = set(result.absent_classes)
+                            truly = set(classes) - set(present)
+                            if reported:
+                                record(source.name, "absent", name, "absent precision",
+                                       len(reported & truly) / len(reported))
+                            record(source.name, "absent", name, "absent recall", len(reported & truly) / len(truly))
+                for stale in work.glob(f"{path.stem}*"):
+                    _remove(stale)
+
+
+def run_ood(source: Source, record) -> None:
+    from zsfs.oodbench import ood_bench
+    from zsfs.store import Store
+
+    with Store(source.store) as store:
+        n_classes = len(store.vocabulary(source.vocabulary).classes)
+        id_classes = 6 if n_classes == 10 else max(2, round(0.6 * n_classes))
+        for name, (preset, overrides) in OOD_CONFIGS.items():
+            metrics = ood_bench(store, id_classes, make_config(preset, overrides, 0), n_splits=5,
+                                vocabulary=source.vocabulary)
+            for split in metrics["splits"]:
+                for detector, values in split["ood"].items():
+                    if name == "paper" and detector in ("mcm", "zsfs_continuous"):
+                        continue  # the same numbers as in the default's rows
+                    for metric in ("auroc", "fpr95"):
+                        record(source.name, "ood", f"{name}: {detector}", metric, values[metric])
+                record(source.name, "ood", name, "ID accuracy", split["id_accuracy"])
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["scenario"], row["method"], row["metric"]), []).append(row["value"])
+    return [{"dataset": d, "scenario": s, "method": m, "metric": k, "mean": float(np.mean(v)),
+             "std": float(np.std(v)), "n": len(v)} for (d, s, m, k), v in groups.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", type=Path, action="append", default=[],
+                        help="feature folder laid out like ../shared/bench/fashion-mnist (repeatable)")
+    parser.add_argument("--vocab", default="fashion", help="vocabulary of the feature folders [fashion]")
+    parser.add_argument("--synthetic", default="", help=f"comma-separated synthetic sizes: {', '.join(SYNTHETIC)}")
+    parser.add_argument("--seeds", type=int, default=3, help="fit seeds per configuration (full scenario) [3]")
+    parser.add_argument("--draws", type=int, default=4, help="draws per number of present classes [4]")
+    parser.add_argument("--scenarios", default="full,absent,ood", help="which of full,absent,ood [all]")
+    parser.add_argument("--work", type=Path, default=None, help="folder for imported stores [a temporary one]")
+    parser.add_argument("--out", type=Path, default=Path("bench-quality"), help="folder for quality.csv/json")
+    args = parser.parse_args(argv)
+    scenarios = set(args.scenarios.split(","))
+    if not args.features and not args.synthetic:
+        parser.error("give at least one --features folder or --synthetic size")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work = args.work or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        sources = [Source(folder.name, import_features(folder, work), args.vocab) for folder in args.features]
+        sources += [Source(f"synthetic-{size}", synthetic_store(size, work), "synthetic")
+                    for size in filter(None, args.synthetic.split(","))]
+        rows: list[dict] = []
+
+        def record(dataset, scenario, method, metric, value, **extra) -> None:
+            rows.append({"dataset": dataset, "scenario": scenario, "method": method, "metric": metric,
+                         "value": float(value), **extra})
+
+        for source in sources:
+            if "full" in scenarios:
+                run_full(source, args.seeds, record)
+            if "absent" in scenarios:
+                run_absent(source, args.draws, work, record)
+            if "ood" in scenarios:
+                run_ood(source, record)
+
+    summary = summarise(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    import polars as pl
+
+    pl.DataFrame(summary).write_csv(args.out / "quality.csv")
+    (args.out / "quality.json").write_text(json.dumps({"summary": summary, "runs": rows}, indent=2) + "\n")
+    print(f"{'dataset':16} {'scenario':8} {'method':28} {'metric':24} {'mean ± std':>17}  n")
+    for row in summary:
+        print(f"{row['dataset']:16} {row['scenario']:8} {row['method']:28} {row['metric']:24} "
+              f"{row['mean']:8.4f} ± {row['std']:.4f}  {row['n']}")
+    print(f"written: {args.out / 'quality.csv'}, {args.out / 'quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

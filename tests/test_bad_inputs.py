@@ -1,0 +1,155 @@
+"""Every bad input is one clear error line before any work: no traceback, no useless run.
+
+One table of command lines; each must exit with its code (1: zsfs' own check, 2: click's usage
+error), print one ``Error:`` line that names the problem, and never reach the expensive part
+(loading models, fitting, writing a store), which is replaced by a tripwire here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from zsfs.testing.cli import run_cli
+from zsfs.testing.images import write_image_folder
+from zsfs.testing.models import TINY_MODEL_ARGS
+from zsfs.testing.privileges import run_python_unprivileged
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict:
+    """A tiny labelled store and a run fitted on it, plus the bad files the cases point at."""
+    work = tmp_path_factory.mktemp("bad-inputs")
+    photos = write_image_folder(work / "photos", n_per_class=3, broken=False)["root"]
+    store = work / "photos.h5"
+    assert run_cli("extract", photos, "--out", store, *TINY_MODEL_ARGS, "--workers", "0").exit_code == 0
+    run = work / "run"
+    fitted = run_cli("fit", "--store", store, "--out", run, "--k", "1", "--candidates", "2", "--epochs", "2",
+                     "--cycles", "0")
+    assert fitted.exit_code == 0, fitted.output
+    (work / "latin1.txt").write_bytes("chat\ncaf\u00e9\n".encode("latin-1"))
+    (work / "classes.txt").write_text("cat\ndog\n")
+    (work / "a-file").write_text("not a folder")
+    rows = np.random.default_rng(0).normal(size=(2, 8))  # float64, numpy's default
+    np.save(work / "clip.npy", rows)
+    np.save(work / "backbone.npy", rows)
+    pl.DataFrame({"path": ["a.jpg", "b\x00.jpg"]}).write_parquet(work / "nul.parquet")
+    pl.DataFrame({"path": ["a.jpg", "b.jpg"]}).write_parquet(work / "paths.parquet")
+    diverged = work / "diverged"
+    diverged.mkdir()
+    (diverged / "config.json").write_text((run / "config.json").read_text())
+    state = torch.load(run / "classifier.pt", weights_only=True)
+    state["weight"] = torch.full_like(state["weight"], float("nan"))
+    torch.save(state, diverged / "classifier.pt")
+    return {"work": work, "photos": photos, "store": store, "run": run}
+
+
+@pytest.fixture
+def tripwires(monkeypatch):
+    """The expensive steps: a bad input must be refused before any of them."""
+    import zsfs.extract
+    import zsfs.fit.run
+    import zsfs.importer
+    import zsfs.predict
+
+    def tripped(*args, **kwargs):
+        raise AssertionError("the work started before the bad input was refused")
+
+    for module, name in ((zsfs.extract, "load_clip"), (zsfs.extract, "load_backbone"),
+                         (zsfs.extract, "load_clip_from_record"), (zsfs.fit.run, "fit_store"),
+                         (zsfs.predict, "load_backbone_from_record"), (zsfs.importer, "write_store")):
+        monkeypatch.setattr(module, name, tripped)
+
+
+FIT = ("fit", "--store", "{store}")
+CASES = [  # (command line, exit code, words of the error line)
+    (FIT + ("--lr", "inf"), 2, "'inf' is not a finite number"),
+    (FIT + ("--lr", "nan"), 2, "'nan' is not a finite number"),
+    (FIT + ("--ood-multiplier", "nan"), 2, "'nan' is not a finite number"),
+    (FIT + ("--ood-multiplier", "inf"), 2, "'inf' is not a finite number"),
+    (FIT + ("--loss-floor", "-inf"), 2, "--loss-floor"),
+    (("ood-bench", "--store", "{store}", "--id-classes", "2", "--lr", "inf"), 2, "'inf' is not a finite number"),
+    (FIT + ("--seed", str(2**64)), 1, "--seed must be between 0 and 2147483647"),
+    (FIT + ("--seed", "-1"), 1, "--seed must be between"),
+    (FIT + ("--out", "{work}/a-file/run"), 1, "a-file is a file, not a folder"),
+    (("text", "{store}", "--classes", "{work}/latin1.txt", "--name", "x"), 1, "is not UTF-8 text (byte 0xe9"),
+    (("text", "{store}", "--classes", "{work}/classes.txt", "--name", "a/b"), 1, "invalid vocabulary name 'a/b'"),
+    (("extract", "{photos}", "--out", "{work}/x.h5", "--classes", "{work}/latin1.txt"), 1, "is not UTF-8 text"),
+    (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "a/b"), 1, "invalid vocabulary name 'a/b'"),
+    (("extract", "{photos}", "--out", "{work}/a-file/x.h5"), 1, "a-file is a file, not a folder"),
+    (("extract", "{photos}", "--out", "{work}/x.h5", "--max-pixels", "0"), 2, "--max-pixels"),
+    (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features",
+      "{work}/backbone.npy", "--paths", "{work}/nul.parquet"), 1, "1 values with a NUL byte (first: row 1)"),
+    (("predict", "--run", "{work}/diverged", "{photos}"), 1, "non-finite weights"),
+    (("predict", "--run", "{run}", "--out", "{work}/a-file/p.csv", "{photos}"), 1, "a-file is a file"),
+]
+
+
+@pytest.mark.parametrize("args, code, words", CASES, ids=[" ".join(case[0][:1] + case[0][3:5]) for case in CASES])
+def test_bad_input_is_one_error_line_before_any_work(made, tripwires, args, code, words):
+    values = {key: str(value) for key, value in made.items()}
+    result = run_cli(*(arg.format(**values) for arg in args))
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and words in errors[0], result.output
+
+
+def test_float64_embeddings_are_imported(made):
+    work = made["work"]
+    result = run_cli("import", work / "f64.h5", "--clip-embeddings", work / "clip.npy", "--backbone-features",
+                     work / "backbone.npy", "--paths", work / "paths.parquet", "--dtype", "float32")
+    assert result.exit_code == 0, result.output
+    from zsfs.store import Store
+
+    expected = np.load(work / "clip.npy")
+    with Store(work / "f64.h5") as store:
+        np.testing.assert_allclose(store.read("clip"), expected / np.linalg.norm(expected, axis=1, keepdims=True),
+                                   atol=1e-6)
+
+
+UNWRITABLE_CLI = """
+import json
+from zsfs.testing.cli import run_cli
+print(json.dumps({{name: [(result := run_cli(*args)).exit_code, result.output] for name, args in {cases!r}.items()}}))
+"""
+
+
+def test_unwritable_output_folders_are_refused_before_any_work(made):
+    """A read-only folder; a read-only mount fails the same way (the write probe gets EROFS)."""
+    import shutil
+
+    from zsfs.testing.models import TINY_MODEL_ARGS
+
+    work, photos, store, run = (str(made[key]) for key in ("work", "photos", "store", "run"))
+    read_only = made["work"] / "ro"
+    read_only.mkdir()
+    shutil.copy(store, read_only / "photos.h5")  # a complete store: the rerun has nothing to compute
+    shutil.copytree(made["store"].with_suffix(".shards"), read_only / "photos.shards")
+    cases = {
+        "extract": ["extract", photos, "--out", f"{read_only}/s.h5", *TINY_MODEL_ARGS],
+        "extract rerun": ["extract", photos, "--out", f"{read_only}/photos.h5", *TINY_MODEL_ARGS],
+        "text": ["text", f"{read_only}/photos.h5", "--classes", f"{work}/classes.txt", "--name", "more"],
+        "fit": ["fit", "--store", store, "--out", f"{read_only}/run"],
+        "predict": ["predict", "--run", run, "--out", f"{read_only}/p.csv", photos],
+        "import": ["import", f"{read_only}/i.h5", "--clip-embeddings", f"{work}/clip.npy", "--backbone-features",
+                   f"{work}/backbone.npy", "--paths", f"{work}/paths.parquet"],
+        "ood-bench": ["ood-bench", "--store", store, "--id-classes", "2", "--out", f"{read_only}/bench"],
+    }
+    read_only.chmod(0o555)
+    try:
+        child = run_python_unprivileged(UNWRITABLE_CLI.format(cases=cases), cwd=work)
+    finally:
+        read_only.chmod(0o755)
+    assert child.returncode == 0, child.stderr[-3000:]
+    results = json.loads(child.stdout.splitlines()[-1])
+    assert sorted(results) == sorted(cases)
+    for name, (code, output) in results.items():
+        errors = [line for line in output.splitlines() if line.startswith("Error")]
+        assert code == 1 and len(errors) == 1, (name, output)
+        assert f"{read_only} is not writable (Permission denied)" in errors[0], (name, output)
+    assert sorted(path.name for path in read_only.iterdir()) == ["photos.h5", "photos.shards"]  # nothing written

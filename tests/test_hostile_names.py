@@ -1,0 +1,162 @@
+"""Hostile file names and folders, made for real on disk: names that are not UTF-8, newlines,
+leading dashes, very long names, both unicode normalisations, escape sequences in class names,
+and a sub-folder that cannot be read. extract, info, fit and predict must take them all."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from zsfs.sources import open_source
+from zsfs.store import Store
+from zsfs.testing.cli import run_cli
+from zsfs.testing.models import TINY_MODEL_ARGS
+from zsfs.testing.privileges import run_python_unprivileged
+
+ESCAPE_CLASS = b"\x1b]52;c;aGk=\x07\x1b[2Jclip"  # OSC 52 (clipboard write), then clear screen
+HOSTILE_NAMES = [  # (class folder, file name), as bytes
+    (b"cat", b"caf\xe9.png"),  # latin-1: not UTF-8
+    (b"cat", b"line\nbreak.png"),
+    (b"cat", b"-rf --help.png"),
+    (b"cat", b"x" * 251 + b".png"),  # 255 bytes: the longest name Linux allows
+    (b"cat", unicodedata.normalize("NFC", "\u00e9t\u00e9.png").encode()),
+    (b"cat", unicodedata.normalize("NFD", "\u00e9t\u00e9.png").encode()),  # another file, same look
+    (b"bird\xff", b"one.png"),  # a class folder that is not UTF-8
+    (b"bird\xff", b"two.png"),
+    (ESCAPE_CLASS, b"a.png"),
+    (ESCAPE_CLASS, b"b.png"),
+]
+
+
+def _write_png(path: bytes, seed: int) -> None:
+    """Create the file through a bytes path (no str decoding on the way), with Pillow's bytes."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(handle, buffer.getvalue())
+    finally:
+        os.close(handle)
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> dict:
+    raw_root = os.fsencode(tmp_path_factory.mktemp("hostile")) + b"/ph\xf6tos"  # the source itself: not UTF-8
+    root = Path(os.fsdecode(raw_root))
+    for seed, (folder, name) in enumerate(HOSTILE_NAMES):
+        os.makedirs(raw_root + b"/" + folder, exist_ok=True)
+        _write_png(raw_root + b"/" + folder + b"/" + name, seed)
+    store = root.parent / "photos.h5"
+    result = run_cli("extract", root, "--out", store, *TINY_MODEL_ARGS, "--workers", "0", "--dtype", "float32")
+    return {"root": root, "raw_root": raw_root, "store": store, "extract": result}
+
+
+def test_extract_embeds_every_hostile_name_and_paths_round_trip(hostile):
+    assert hostile["extract"].exit_code == 0, hostile["extract"].output
+    with Store(hostile["store"]) as store:
+        paths = list(store.paths())
+        assert store.n_skipped == 0
+        labels = set(store.labels())
+        classes = store.vocabulary("default").classes
+    expected = sorted(folder + b"/" + name for folder, name in HOSTILE_NAMES)
+    assert sorted(os.fsencode(path) for path in paths) == expected  # the exact bytes of every name
+    for path in paths:
+        assert (hostile["root"] / path).is_file()  # each stored path reopens its file
+    assert labels == {"cat", "bird\\xff", ESCAPE_CLASS.decode()}  # class names are UTF-8 text
+    assert sorted(classes) == sorted(labels)
+
+
+def test_rerun_on_hostile_names_reuses_the_store(hostile):
+    again = run_cli("extract", hostile["root"], "--out", hostile["store"], *TINY_MODEL_ARGS, "--workers", "0",
+                    "--dtype", "float32")
+    assert again.exit_code == 0, again.output
+    assert "0 / 1" in again.output  # shards written / reused
+
+
+def test_info_shows_escape_sequences_visibly(hostile):
+    result = run_cli("info", hostile["store"])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "\\x1b]52;c;aGk=\\x07\\x1b[2Jclip" in result.output
+    assert "bird\\xff" in result.output and "ph\\xf6tos" in result.output
+
+
+def test_fit_and_predict_on_hostile_names(hostile, tmp_path):
+    run = tmp_path / "run"
+    fitted = run_cli("fit", "--store", hostile["store"], "--out", run, "--k", "1", "--candidates", "2",
+                     "--epochs", "2", "--cycles", "0")
+    assert fitted.exit_code == 0, fitted.output
+    fit_paths = pl.read_parquet(run / "predictions.parquet")["path"].to_list()
+    assert "cat/caf\\xe9.png" in fit_paths and "cat/line\nbreak.png" in fit_paths  # UTF-8 text for parquet
+
+    out = tmp_path / "new" / "folder" / "predictions.csv"  # a missing folder is created
+    predicted = run_cli("predict", "--run", run, "--workers", "0", "--out", out, "--", hostile["root"],
+                        hostile["root"] / "cat" / "-rf --help.png")
+    assert predicted.exit_code == 0, predicted.output
+    assert "\x1b" not in predicted.output and "Traceback" not in predicted.output
+    frame = pl.read_csv(out)
+    assert frame.height == len(HOSTILE_NAMES) + 1 and frame["error"].null_count() == frame.height
+    assert any(path.endswith("cat/caf\\xe9.png") for path in frame["path"])
+
+
+def test_list_files_keep_names_that_are_not_utf8(tmp_path):
+    raw = os.fsencode(tmp_path)
+    _write_png(raw + b"/caf\xe9.png", 0)
+    (tmp_path / "list.txt").write_bytes(b"caf\xe9.png\n")
+    source = open_source(tmp_path / "list.txt")
+    assert os.fsencode(source.absolute(0)) == raw + b"/caf\xe9.png"
+
+
+UNREADABLE_EXTRACT = """
+import sys
+from zsfs.cli import main
+from zsfs.testing.models import TINY_MODEL_ARGS
+main(["extract", sys.argv[1] if len(sys.argv) > 1 else {source!r}, "--out", {out!r}, *TINY_MODEL_ARGS,
+      "--workers", "0"])
+"""
+
+
+def test_an_unreadable_subfolder_is_recorded_as_skipped(tmp_path):
+    root = tmp_path / "photos"
+    for name in ("cat/a.png", "cat/b.png", "dog/a.png", "dog/locked/c.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _write_png(os.fsencode(root / name), len(name))
+    locked = root / "dog" / "locked"
+    locked.chmod(0)
+    try:
+        # Run where the kernel enforces the permission bits (CI runs as root, see zsfs.testing.privileges).
+        child = run_python_unprivileged(UNREADABLE_EXTRACT.format(source=str(root), out=str(tmp_path / "s.h5")))
+    finally:
+        locked.chmod(0o755)
+    assert child.returncode == 0, child.stderr[-3000:]
+    with Store(tmp_path / "s.h5") as store:
+        skipped, reasons = store.skipped()
+        assert list(skipped) == ["dog/locked/"]
+        assert list(reasons) == ["unreadable folder (permission denied)"]
+        assert sorted(store.paths()) == ["cat/a.png", "cat/b.png", "dog/a.png"]
+    # The same listing as the unprivileged run saw, now readable: another listing, another store.
+    assert "dog/locked/c.png" in open_source(root).paths
+
+
+def test_an_unreadable_source_folder_is_a_clear_error(tmp_path):
+    root = tmp_path / "photos"
+    (root / "cat").mkdir(parents=True)
+    _write_png(os.fsencode(root / "cat" / "a.png"), 0)
+    root.chmod(0)
+    try:
+        child = run_python_unprivileged(
+            "from zsfs.errors import ZsfsError\nfrom zsfs.sources import open_source\n"
+            f"try:\n    open_source({str(root)!r})\nexcept ZsfsError as error:\n    print(error)\n")
+    finally:
+        root.chmod(0o755)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert child.stdout.startswith(f"cannot read the folder {root}: Permission denied")

@@ -1,0 +1,166 @@
+"""The balanced method and the default OOD score: each piece against a brute-force reference,
+absent classes end to end on a synthetic store, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zsfs.evaluate import auroc
+from zsfs.fit import FitConfig, fit_store, ood, transductive
+from zsfs.runs import fit_metrics
+from zsfs.store import Store
+from zsfs.store.arrays import write_store
+from zsfs.testing.synthetic import make_synthetic_store
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> torch.Tensor:
+    return F.normalize(torch.as_tensor(rng.standard_normal((n, d)), dtype=torch.float32), dim=1)
+
+
+def test_sinkhorn_meets_both_marginals_and_matches_a_log_domain_reference():
+    rng = np.random.default_rng(0)
+    log_scores = torch.log_softmax(torch.as_tensor(rng.standard_normal((40, 5)) * 3, dtype=torch.float32), dim=1)
+    marginals = torch.tensor([0.4, 0.3, 0.0, 0.2, 0.1])
+    assignment = transductive.sinkhorn(log_scores, marginals, iterations=500)
+    assert torch.allclose(assignment.sum(dim=1), torch.ones(40), atol=1e-5)
+    assert torch.allclose(assignment.sum(dim=0), 40 * marginals, atol=1e-3)
+    assert (assignment[:, 2] == 0).all()  # a zero marginal: nobody goes there
+    # Reference: alternate log-domain normalisations of the active columns, one element at a time.
+    active = [0, 1, 3, 4]
+    q = log_scores[:, active].double().numpy().copy()
+    target = np.log(40 * marginals[active].double().numpy())
+    for _ in range(500):
+        for j in range(q.shape[1]):
+            q[:, j] += target[j] - np.logaddexp.reduce(q[:, j])
+        for i in range(q.shape[0]):
+            q[i] -= np.logaddexp.reduce(q[i])
+    assert np.allclose(assignment[:, active].numpy(), np.exp(q), atol=1e-4)
+
+
+def test_most_confident_keeps_the_top_fraction_of_each_label():
+    rng = np.random.default_rng(1)
+    labels = torch.as_tensor(rng.integers(0, 4, 50))
+    confidence = torch.as_tensor(rng.random(50), dtype=torch.float32)
+    keep = transductive.most_confident(labels, confidence, 0.3, 4)
+    expected = np.zeros(50, bool)
+    for c in range(4):
+        members = np.flatnonzero(labels.numpy() == c)
+        best = members[np.argsort(-confidence.numpy()[members], kind="stable")]
+        expected[best[: int(np.ceil(0.3 * len(members)))]] = True
+    assert keep.numpy().tolist() == expected.tolist()
+
+
+def test_class_mixture_matches_a_per_image_em_reference():
+    rng = np.random.default_rng(2)
+    features = unit_rows(rng, 30, 6)
+    log_prior = torch.log_softmax(torch.as_tensor(rng.standard_normal((30, 3)), dtype=torch.float32), dim=1)
+    start = unit_rows(rng, 3, 6)
+    mixture = transductive.class_mixture(features, log_prior, start, concentration=5.0, prior_weight=0.5,
+                                         iterations=7)
+    x, prior, mu = features.double().numpy(), log_prior.double().numpy(), start.double().numpy()
+    q = np.array([np.exp(5 * x[i] @ mu.T - np.max(5 * x[i] @ mu.T)) for i in range(30)])
+    q /= q.sum(axis=1, keepdims=True)
+    for _ in range(7):
+        pi = q.mean(axis=0)
+        mu = np.array([q[:, c] @ x / np.linalg.norm(q[:, c] @ x) for c in range(3)])
+        for i in range(30):
+            logit = 5 * x[i] @ mu.T + np.log(pi) + 0.5 * prior[i]
+            q[i] = np.exp(logit - logit.max()) / np.exp(logit - logit.max()).sum()
+    assert np.allclose(mixture.shares, q.mean(axis=0), atol=1e-4)
+    assert mixture.shares.sum() == pytest.approx(1.0)
+    assert np.allclose(mixture.prototypes.numpy(), mu, atol=1e-4)
+
+
+def test_absent_classes_are_those_below_a_twentieth_of_an_even_share():
+    shares = np.array([0.5, 0.475, 0.015, 0.01])  # even share 0.25: the threshold is 0.0125
+    assert transductive.absent_classes(shares).tolist() == [False, False, False, True]
+
+
+def test_seed_distance_is_one_minus_the_kth_nearest_cosine():
+    rng = np.random.default_rng(3)
+    features, reference = unit_rows(rng, 5000, 8), unit_rows(rng, 12, 8)  # > one product block
+    distance = ood.seed_distance(features, reference, k=3).numpy()
+    cosines = features.numpy() @ reference.numpy().T
+    expected = 1.0 - np.sort(cosines, axis=1)[:, -3]
+    assert np.allclose(distance, expected, atol=1e-6)
+
+
+def test_combined_score_is_the_mean_collection_rank():
+    rng = np.random.default_rng(4)
+    components = {"a": rng.standard_normal(1000), "b": rng.standard_normal(1000)}
+    stored = {name: ood.quantiles(values) for name, values in components.items()}
+    score = ood.combined_score(components, stored)
+    ranks = np.mean([np.argsort(np.argsort(v)) / 999 for v in components.values()], axis=0)
+    assert np.abs(score - ranks).max() < 0.01
+    assert 0.0 <= score.min() and score.max() <= 1.0
+    assert ood.flag_threshold(score[:100]) == pytest.approx(np.quantile(score[:100], 0.95))
+
+
+@pytest.fixture(scope="module")
+def absent_store(tmp_path_factory):
+    """A collection holding 4 of the 10 listed classes (the full vocabulary is given)."""
+    root = tmp_path_factory.mktemp("absent")
+    full = make_synthetic_store(root / "full.h5", 3000, 10, seed=1)
+    with Store(full) as store:
+        labels = np.asarray(store.labels()).astype(str)
+        vocab = store.vocabulary("synthetic")
+        present = vocab.classes[:4]
+        rows = np.flatnonzero(np.isin(labels, present))
+        return write_store(root / "absent.h5", clip=store.read("clip", rows), backbone=store.read("backbone", rows),
+                           paths=[str(p) for p in store.paths()[rows]], labels=labels[rows].tolist(),
+                           clip_info=dict(store.clip_info), backbone_info=dict(store.backbone_info), source="test",
+                           vocabularies={"synthetic": (vocab.classes, vocab.single, vocab.ensemble)}), present
+
+
+def test_absent_classes_get_small_shares_and_none_present_is_reported(absent_store):
+    path, present = absent_store
+    with Store(path) as store:
+        result = fit_store(store, FitConfig())
+        metrics = fit_metrics(result, store.labels())
+        forced = fit_store(store, FitConfig(keep_all_classes=True))
+    n_classes = len(result.classes)
+    shares = np.array([forced.class_shares[c] for c in result.classes]) * n_classes  # 1 = an even share
+    is_present = np.isin(result.classes, present)
+    assert shares[is_present].min() > 1.5 and shares[~is_present].max() < 0.3
+    assert set(result.absent_classes) <= set(result.classes) - set(present)  # precision first
+    assert forced.absent_classes == []
+    assert metrics["accuracy"] > metrics["zero_shot_accuracy"] + 0.05
+
+
+def test_reported_absent_classes_get_no_seeds_labels_or_predictions(absent_store, monkeypatch):
+    path, present = absent_store
+    monkeypatch.setattr(transductive, "ABSENT_SHARE", 0.5)  # every class below half an even share
+    with Store(path) as store:
+        result = fit_store(store, FitConfig())
+        metrics = fit_metrics(result, store.labels())
+    assert sorted(result.absent_classes) == sorted(set(result.classes) - set(present))
+    assert result.classifier.classes == present
+    assert {result.classes[i] for i in np.unique(result.predicted)} <= set(present)
+    labelled = np.concatenate([c.labels for c in result.cycles])
+    assert {result.classes[i] for i in np.unique(labelled)} <= set(present)
+    assert sum(result.class_shares[c] for c in result.absent_classes) == 0.0
+    assert metrics["absent_classes"]["precision"] == 1.0
+
+
+def test_default_ood_score_separates_held_out_classes_and_is_deterministic(tmp_path):
+    path = make_synthetic_store(tmp_path / "ood.h5", 1500, 8, n_ood_classes=3, seed=2)
+    with Store(path) as store:
+        first, second = fit_store(store, FitConfig()), fit_store(store, FitConfig())
+        labels = np.asarray(store.labels()).astype(str)
+    is_ood = np.char.startswith(labels, "ood_")
+    assert auroc(first.ood_score, is_ood) > max(auroc(first.mcm_score, is_ood) + 0.1, 0.8)
+    assert first.ood_flag.dtype == bool and first.ood_flag[is_ood].mean() > first.ood_flag[~is_ood].mean()
+    assert np.array_equal(first.predicted, second.predicted)
+    assert np.array_equal(first.ood_score, second.ood_score)
+    # zsfs predict scores new images on the fit's scale: the collection's own rows give its backbone half
+    features = store_features(path)
+    again = first.classifier.ood_score(features)
+    assert auroc(again, is_ood) > 0.8 and 0.0 <= again.min() and again.max() <= 1.0
+
+
+def store_features(path) -> np.ndarray:
+    with Store(path) as store:
+        return store.read("backbone")

@@ -1,0 +1,177 @@
+"""Transductive labelling over the whole collection (the default fit; ``--paper`` keeps the cycles).
+
+The paper trains on a few candidates per class and never looks at the rest of the collection.
+Three published ideas use all of it, on the stored embeddings alone:
+
+1. **Class shares** (:func:`class_mixture`): a von Mises-Fisher mixture over the L2-normalised
+   backbone features, one component per class, started from the seed prototypes, with each
+   image's zero-shot log-probabilities as a prior (the generative model of TransCLIP, Zanella et
+   al. 2024, without its Laplacian term). EM estimates the share of the collection each listed
+   class takes; it is what keeps balanced pseudo-labelling from collapsing when the folder holds
+   only some of the listed classes.
+2. **Absent classes** (:func:`absent_classes`): a class whose estimated share is below a twentieth of
+   an even share holds (almost) no images; it gets no seeds, no pseudo-labels and no predictions.
+3. **Balanced self-training** (:func:`balanced_self_training`): the head is trained on the seeds;
+   each cycle labels every image by optimal transport (Sinkhorn-Knopp with the estimated shares as
+   class marginals, as in Asano et al. 2020 and SwAV), keeps the most confident fraction of each
+   class (20 %, 40 %, ... of it) and retrains. Without the marginals, self-training drifts towards
+   the classes the head already favours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zsfs.fit.classifier import LinearHead
+from zsfs.fit.selftrain import Cycle, SelfTraining
+
+CONCENTRATION = 50.0
+"""vMF concentration on unit backbone features: the same order as CLIP's logit scale (100) for
+cosines that spread about twice as wide; measured on the real-data benchmark (docs/fit.md)."""
+
+PRIOR_WEIGHT = 0.5
+"""Weight of the zero-shot log-probabilities in the mixture (TransCLIP's text term)."""
+
+MIXTURE_ITERATIONS = 15
+SINKHORN_ITERATIONS = 30
+
+ABSENT_SHARE = 0.05
+"""A class is absent when its estimated share is below ``ABSENT_SHARE / C`` (a twentieth of an even share)."""
+
+CYCLE_FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+"""Fraction of each class's Sinkhorn assignment, most confident first, trained on per cycle."""
+
+STOP_SCHEDULE = "balanced schedule done"
+
+
+@dataclass
+class ClassMixture:
+    """EM estimate of the classes in the collection."""
+
+    shares: np.ndarray  # (C,) float64, sums to 1: fraction of the images of each class
+    prototypes: torch.Tensor  # (C, D) unit mean directions (zero for a class nothing was assigned to)
+
+
+def seed_prototypes(features: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C, D) unit mean feature of each class's seeds (zero rows for classes without seeds)."""
+    sums = torch.zeros(n_classes, features.shape[1], device=features.device).index_add_(0, labels, features[rows])
+    return F.normalize(sums, dim=1)
+
+
+def class_mixture(
+    features: torch.Tensor,
+    log_prior: torch.Tensor,
+    prototypes: torch.Tensor,
+    *,
+    concentration: float = CONCENTRATION,
+    prior_weight: float = PRIOR_WEIGHT,
+    iterations: int = MIXTURE_ITERATIONS,
+) -> ClassMixture:
+    """EM for a vMF mixture with a per-image prior, started from ``prototypes``.
+
+    ``features``: (n, D) unit rows. ``log_prior``: (n, C) zero-shot log-probabilities of the same
+    rows. E-step: ``log q_ic = kappa <x_i, mu_c> + log pi_c + lambda log p0_ic`` normalised over c;
+    M-step: ``mu_c`` = normalised q-weighted mean, ``pi_c`` = mean of q.
+    """
+    prior = prior_weight * log_prior
+    responsibilities = torch.softmax(concentration * features @ prototypes.T, dim=1)
+    for _ in range(iterations):
+        shares = responsibilities.mean(dim=0)
+        prototypes = F.normalize(responsibilities.T @ features, dim=1)
+        logits = concentration * features @ prototypes.T + torch.log(shares.clamp_min(1e-30)) + prior
+        responsibilities = torch.softmax(logits, dim=1)
+    shares = responsibilities.mean(dim=0).double()
+    return ClassMixture((shares / shares.sum()).cpu().numpy(), prototypes)
+
+
+def absent_classes(shares: np.ndarray, threshold: float = ABSENT_SHARE) -> np.ndarray:
+    """(C,) bool: classes whose share is below ``threshold`` times an even share."""
+    return np.asarray(shares) < threshold / len(shares)
+
+
+def sinkhorn(log_scores: torch.Tensor, marginals: torch.Tensor, iterations: int = SINKHORN_ITERATIONS) -> torch.Tensor:
+    """Soft assignment (n, C) with rows summing to 1 and column sums ``n * marginals``.
+
+    Entropic optimal transport between the images (uniform) and the classes (``marginals``):
+    Sinkhorn-Knopp's alternate row and column scalings of ``exp(log_scores)``, two matrix-vector
+    products per iteration. Classes with a zero marginal get zero everywhere.
+    """
+    active = marginals > 0
+    kernel = torch.exp(log_scores[:, active].float() - log_scores[:, active].float().amax(dim=1, keepdim=True))
+    target = marginals[active].float() / marginals[active].sum() * len(kernel)
+    column = torch.ones(kernel.shape[1], device=kernel.device)
+    for _ in range(iterations):
+        row = 1.0 / (kernel @ column).clamp_min(1e-30)
+        column = target / (kernel.T @ row).clamp_min(1e-30)
+    assignment = kernel * column
+    assignment /= assignment.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    out = torch.zeros(log_scores.shape, dtype=torch.float32, device=log_scores.device)
+    out[:, active] = assignment
+    return out
+
+
+def most_confident(labels: torch.Tensor, confidence: torch.Tensor, fraction: float, n_classes: int) -> torch.Tensor:
+    """(n,) bool: the ``ceil(fraction * size)`` most confident rows of each label (ties: lower row)."""
+    by_confidence = torch.sort(-confidence, stable=True).indices
+    order = by_confidence[torch.sort(labels[by_confidence], stable=True).indices]  # by label, then confidence
+    sizes = torch.bincount(labels, minlength=n_classes)
+    first_of_label = torch.cumsum(sizes, dim=0) - sizes
+    sorted_labels = labels[order]
+    rank_in_label = torch.arange(len(labels), device=labels.device) - first_of_label[sorted_labels]
+    keep = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
+    keep[order] = rank_in_label < torch.ceil(fraction * sizes.double()).long()[sorted_labels]
+    return keep
+
+
+def balanced_self_training(
+    features: torch.Tensor,
+    rows: np.ndarray,
+    seed_positions: torch.Tensor,
+    seed_labels: torch.Tensor,
+    shares: np.ndarray,
+    *,
+    epochs: int,
+    cycle_epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    train_dtype: torch.dtype = torch.float32,
+    fractions: tuple[float, ...] = CYCLE_FRACTIONS,
+) -> SelfTraining:
+    """Seeds, then one cycle per fraction: Sinkhorn pseudo-labels over all ``features``, retrain.
+
+    ``features``: (n, D) unit rows of store ``rows`` (sorted). ``seed_positions`` index into them.
+    ``shares``: the estimated share of each class (all positive: absent classes are dropped before).
+    Each cycle trains a fresh head on the seeds plus its kept rows.
+    """
+    device = features.device
+    n_classes = len(shares)
+    marginals = torch.as_tensor(shares, dtype=torch.float32, device=device)
+
+    def train(positions: torch.Tensor, labels: torch.Tensor, n_epochs: int) -> tuple[LinearHead, list[float]]:
+        head = LinearHead(features.shape[1], n_classes, lr=lr, generator=generator, device=device,
+                          train_dtype=train_dtype)
+        losses = head.train_epochs(features[positions], labels, epochs=n_epochs, batch_size=batch_size,
+                                   generator=generator)
+        return head, losses
+
+    head, losses = train(seed_positions, seed_labels, epochs)
+    seed_rows = rows[seed_positions.cpu().numpy()]
+    cycles = [Cycle(0, len(seed_rows), seed_rows, seed_labels.cpu().numpy(), len(seed_rows), losses)]
+    is_seed = torch.zeros(len(features), dtype=torch.bool, device=device)
+    is_seed[seed_positions] = True
+    for index, fraction in enumerate(fractions, start=1):
+        log_probs = torch.log_softmax(head.predict_logits(features), dim=1)
+        confidence, labels = sinkhorn(log_probs, marginals).max(dim=1)
+        kept = most_confident(labels, confidence, fraction, n_classes) & ~is_seed
+        positions = torch.cat([seed_positions, kept.nonzero().squeeze(1)])
+        head, losses = train(positions, torch.cat([seed_labels, labels[kept]]), cycle_epochs)
+        kept_positions = kept.nonzero().squeeze(1).cpu().numpy()
+        cycles.append(Cycle(index, len(features), rows[kept_positions], labels[kept].cpu().numpy(), len(positions),
+                            losses))
+    return SelfTraining(head, cycles, STOP_SCHEDULE)
+

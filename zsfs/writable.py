@@ -1,0 +1,31 @@
+"""Fail before any work when an output cannot be written (read-only mount, no permission, a file
+in the way), instead of after an hour of embedding or fitting."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from zsfs.errors import ZsfsError
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Check that ``path`` (a file or folder to create or update) can be written.
+
+    Creates and removes a probe file in the nearest existing folder on its way: the operating
+    system's answer, which ``os.access`` does not give for root, ACLs or read-only mounts.
+    """
+    path = Path(path).absolute()
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ZsfsError(f"cannot write the {what} {path}: {folder} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".zsfs-write-check-", dir=folder)
+    except OSError as error:
+        raise ZsfsError(f"cannot write the {what} {path}: {folder} is not writable "
+                        f"({error.strerror or error}); choose another location") from None
+    os.close(handle)
+    os.unlink(probe)
