@@ -206,12 +206,14 @@ def test_write_store_rejects_bad_input(tmp_path, arrays):
         build(tmp_path / "s.h5", {**arrays, "clip": zero})
 
 
-def test_unfinished_store_and_unwritable_vocabulary(tmp_path, arrays):
+def test_vocabulary_added_while_the_store_is_read_and_unfinished_store(tmp_path, arrays):
     master = build(tmp_path / "s.h5", arrays)
-    with Store(master):  # open for reading: HDF5 refuses a second, writing handle
-        with pytest.raises(StoreError, match="cannot open .* for writing"):
-            write_vocabulary(master, "v", ["a"], random_rows(1, D_CLIP, 0), random_rows(1, D_CLIP, 0),
-                             prompt="{}", n_templates=1)
+    with Store(master) as reading:  # a vocabulary is a file of its own: readers do not block it
+        write_vocabulary(master, "v", ["a"], random_rows(1, D_CLIP, 0), random_rows(1, D_CLIP, 0),
+                         prompt="{}", n_templates=1)
+        assert "v" not in reading.vocabulary_names()  # an open store keeps its view
+    with Store(master) as store:
+        assert store.vocabulary("v").classes == ["a"]
     master.unlink()
     with pytest.raises(StoreError, match="is not finished .*s.shards"):
         Store(master)
@@ -279,3 +281,31 @@ def test_fingerprint_hashes_the_recorded_identity_spelling(tmp_path, arrays):
         recorded = file.attrs[schema.ATTR_IDENTITY]
     with Store(master) as store:
         assert store.fingerprint()["identity_sha256"] == hashlib.sha256(recorded.encode()).hexdigest()
+
+
+def test_format_1_stores_are_read_and_extended(tmp_path, arrays):
+    """Format 1 kept vocabularies and the graph inside the master and recorded no checksums."""
+    from zsfs.store import write_neighbour_graph
+
+    single, ensemble = unit(random_rows(2, D_CLIP, 4)), unit(random_rows(2, D_CLIP, 5))
+    master = build(tmp_path / "s.h5", arrays, vocabularies={"old": (["cat", "dog"], single, ensemble)})
+    vocabulary_file = schema.vocabulary_file(schema.shard_dir(master), "old")
+    graph = np.tile(np.arange(1, 4, dtype=np.int32), (N, 1))
+    with h5py.File(master, "r+") as file, h5py.File(vocabulary_file, "r") as vocabulary:
+        vocabulary.copy(vocabulary["/"], file, name="vocab/old")
+        file.create_dataset(schema.GRAPH_DATASET, data=graph).attrs["graph"] = '{"search": "exact", "precision": "fp32"}'
+        for name in (schema.SHARDS_BYTES, schema.SHARDS_SHA256):
+            del file[name]
+        del file.attrs[schema.ATTR_BUILD]
+        file.attrs[schema.ATTR_FORMAT_VERSION] = 1
+    vocabulary_file.unlink()
+
+    with Store(master) as store:
+        assert store.vocabulary_names() == ["old"]
+        np.testing.assert_allclose(store.vocabulary("old").single, single, atol=1e-6)
+        assert store.graph_info["k"] == 3 and store.neighbour_graph(np.array([5]))[0].tolist() == [1, 2, 3]
+        assert store.verify()["shard_checksums"] is False
+    write_vocabulary(master, "new", ["a"], single[:1], single[:1], prompt="{}", n_templates=1)
+    write_neighbour_graph(master, graph[:, :2], {"search": "exact", "precision": "fp32"})
+    with Store(master) as store:
+        assert store.vocabulary_names() == ["new", "old"] and store.graph_info["k"] == 2

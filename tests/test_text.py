@@ -29,7 +29,7 @@ def image_data(store_path: Path) -> dict:
         data = {name: file[name][:] for name in ("clip", "backbone", "width", "height", "index/faiss", "shards/rows")}
         data["path"] = file["path"].asstr()[:]
     shards = store_path.with_name(store_path.stem + ".shards")
-    data["shard_bytes"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(shards.iterdir())}
+    data["shard_bytes"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(shards.glob("shard-*"))}
     return data
 
 

@@ -74,6 +74,11 @@ def test_class_mixture_matches_a_per_image_em_reference():
     assert np.allclose(mixture.prototypes.numpy(), mu, atol=1e-4)
 
 
+def test_tempered_shares_are_the_normalised_square_roots():
+    assert transductive.tempered(np.array([0.64, 0.32, 0.04])).tolist() == pytest.approx([0.8 / 1.565685, 0.565685 / 1.565685, 0.2 / 1.565685], rel=1e-5)
+    assert transductive.tempered(np.full(4, 0.25)).tolist() == [0.25] * 4
+
+
 def test_absent_classes_are_those_below_a_twentieth_of_an_even_share():
     shares = np.array([0.5, 0.475, 0.015, 0.01])  # even share 0.25: the threshold is 0.0125
     assert transductive.absent_classes(shares).tolist() == [False, False, False, True]
@@ -86,6 +91,14 @@ def test_seed_distance_is_one_minus_the_kth_nearest_cosine():
     cosines = features.numpy() @ reference.numpy().T
     expected = 1.0 - np.sort(cosines, axis=1)[:, -3]
     assert np.allclose(distance, expected, atol=1e-6)
+
+
+def test_reference_rows_are_the_seeds_or_a_seeded_subset():
+    seeds = np.array([9, 3, 3, 7, 1])
+    assert ood.reference_rows(seeds, 0).tolist() == [1, 3, 7, 9]
+    subset = ood.reference_rows(np.arange(100), 5, limit=10)
+    assert len(subset) == 10 and np.all(np.diff(subset) > 0)
+    assert subset.tolist() == ood.reference_rows(np.arange(100), 5, limit=10).tolist()
 
 
 def test_combined_score_is_the_mean_collection_rank():

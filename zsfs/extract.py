@@ -28,6 +28,7 @@ from zsfs.errors import ZsfsError
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source, read_class_file
+from zsfs.store.files import check_writable as check_store_lock
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, INVALID_VOCABULARY_NAME, valid_vocabulary_name
 from zsfs.store.writer import ShardData, StoreWriter, disk_error, write_vocabulary
@@ -227,6 +228,7 @@ def extract(
     image_source = open_source(source)
     out = Path(out) if out is not None else default_output(image_source.location)
     check_writable(out, "store")
+    check_store_lock(out)
     class_names = _resolve_classes(classes, image_source)
 
     with _embedder(settings, image_source, ray, ray_workers) as embedder:
@@ -332,6 +334,7 @@ def add_vocabulary(
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
                             "choose another --name or pass --overwrite to replace it")
     check_writable(store_path, "store")
+    check_store_lock(Path(store_path))
     if clip_weights is not None:
         if record.get("weights") != "file":
             raise ZsfsError(f"{store_path} was built with CLIP weights {record.get('weights')!r}, not a file; "

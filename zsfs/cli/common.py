@@ -45,7 +45,8 @@ def _visible(match: re.Match) -> str:
 
 
 class ZsfsGroup(click.Group):
-    """Turns ``ZsfsError`` (and Ctrl-C) into a one-line message and a non-zero exit code."""
+    """Turns ``ZsfsError``, file-system failures (a full disk above all) and Ctrl-C into a
+    one-line message and a non-zero exit code."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -53,10 +54,32 @@ class ZsfsGroup(click.Group):
         except ZsfsError as error:
             console.print(f"[bold red]Error:[/] {shown(error)}", soft_wrap=True)  # one line, also in logs
             sys.exit(1)
+        except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
+            from zsfs.store.files import is_disk_full
+
+            if not (isinstance(error, OSError) or is_disk_full(error)):
+                raise  # a bug: keep its traceback
+            console.print(f"[bold red]Error:[/] {shown(describe_os_error(error))}", soft_wrap=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted.[/] Nothing half-written was left; `zsfs extract` and "
                           "`zsfs import` resume where they stopped when rerun.")
             sys.exit(130)
+
+
+def describe_os_error(error: BaseException) -> str:
+    """An operating-system failure outside the store's own error handling, as one line."""
+    from zsfs.store.files import is_disk_full
+
+    where = getattr(error, "filename", None)
+    where = f" ({where})" if where else ""
+    if is_disk_full(error):
+        return f"the disk is full (or a file-size limit was reached){where}: free some space and rerun"
+    from zsfs.store.integrity import first_line
+
+    if "No usable temporary directory" in str(error):  # tempfile's probe write failed
+        return f"{first_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"
+    return f"{getattr(error, 'strerror', None) or first_line(error)}{where}"
 
 
 class FiniteFloat(click.FloatRange):

@@ -50,14 +50,14 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--unique-labels/--duplicate-labels", "unique_pseudo_labels", default=None,
               help="An image shortlisted by several classes stays a candidate only of the class where its "
                    "neighbourhood support is highest, or of all of them [unique; paper: duplicate].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs on the seeds [100].")
-@click.option("--cycle-epochs", type=click.IntRange(min=0), default=None, help="Maximum epochs per cycle [20].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [16].")
-@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Adam learning rate [1e-3].")
-@click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="Maximum self-training cycles [19].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs on the seeds [20; paper: 100].")
+@click.option("--cycle-epochs", type=click.IntRange(min=0), default=None, help="(Maximum) epochs per cycle [5; paper: 20].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [512; paper: 16].")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Adam learning rate [2e-2; paper: 1e-3].")
+@click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="Maximum cycles of the paper's method [19].")
 @click.option("--loss-floor", type=FiniteFloat(min=0), default=None,
-              help="Stop the cycles once an epoch's training loss is below this [0.1].")
-@click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in threshold = mean - m*std [1].")
+              help="Stop the paper's cycles once an epoch's training loss is below this [0.1].")
+@click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in the paper score's threshold = mean - m*std [1].")
 @click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
@@ -68,29 +68,35 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
                    "index is exact and it has 20k images or more (~98% of the exact neighbours, 3x faster at 50k), or "
                    "exactly where the store's index is exact (up to 100k images; bigger stores always use their IVF "
                    "index) [exact; --fast: ivf].")
-@click.option("--paper", is_flag=True, help="Paper-faithful preset: single prompt, per-cycle sets, duplicates kept "
-                                            "(other options still override it).")
-@click.option("--fast", is_flag=True, help="Faster preset: batch 512, lr 2e-2, 20 epochs, 5 per cycle, bf16 products, "
-                                           "IVF neighbours (other options still override it).")
+@click.option("--paper", is_flag=True, help="Paper-faithful preset: the paper's cycles and training "
+                                            "schedule, single prompt, per-cycle sets, duplicates kept (other "
+                                            "options still override it).")
+@click.option("--fast", is_flag=True, help="Faster preset: bf16 products and IVF neighbours (with "
+                                           "--paper also batch 512, lr 2e-2, 20 epochs, 5 per cycle; other "
+                                           "options still override it).")
 @click.option("--json", "as_json", is_flag=True, help="Print config and metrics as JSON on stdout.")
 def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper: bool, fast: bool, as_json: bool,
                 **options) -> None:
     """Label and OOD-score every image of STORE from its class names (no labels needed).
 
-    Zero-shot candidates per class, neighbourhood re-ranking, the first k as seeds, a linear
-    classifier on the backbone features, self-training cycles, and the three-statistic OOD
-    score. Writes predictions.parquet, classifier.pt, config.json (+ metrics.json when the
-    store has labels) to a new run folder.
+    Zero-shot candidates per class, neighbourhood re-ranking, the first k as seeds; then (default)
+    the share of each class in the collection is estimated, classes the collection does not hold
+    are reported and dropped, and a linear classifier on the backbone features labels the whole
+    collection by class-balanced self-training. ood_score ranks images by MCM and by their
+    distance to the seeds. --paper runs the paper's cycles and three-statistic OOD score instead.
+    Writes predictions.parquet, classifier.pt, config.json (+ metrics.json when the store has
+    labels) to a new run folder.
 
     \b
     Rules: k must not exceed --candidates; a class with fewer than k candidates uses what it
-    has; cycles stop when a cycle's first-epoch loss rises, when the loss drops below 0.1, or
-    when the candidates run out.
+    has; the paper's cycles stop when a cycle's first-epoch loss rises, when the loss drops
+    below 0.1, or when the candidates run out.
 
     \b
     Example:
       zsfs fit --store imagenet.h5 --k 16 --out runs/imagenet-k16
       zsfs fit --store imagenet.h5 --paper --k 5
+      zsfs fit --store imagenet.h5 --keep-all-classes
     """
     from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
     from zsfs.outputs import check_new_folder

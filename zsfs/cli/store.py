@@ -80,18 +80,34 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 @click.command("info")
 @click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-def info_command(store_path: Path, as_json: bool) -> None:
+@click.option("--verify", is_flag=True,
+              help="Also read every byte: shard checksums, every dataset's checksums, vocabularies, graph, index.")
+def info_command(store_path: Path, as_json: bool, verify: bool) -> None:
     """Show what a store holds: images, models, vocabularies, shards, index.
+
+    Opening a store checks that its shard files are the ones it recorded; --verify checks
+    their content too (it reads the whole store).
 
     \b
     Example:
       zsfs info imagenet.h5
+      zsfs info --verify imagenet.h5
       zsfs info --json imagenet.h5 | jq .vocabularies
     """
     from zsfs.store import Store
 
     with Store(store_path) as store:
         summary = store.summary()
+        if verify:
+            with console.status("verifying every byte of the store"):
+                summary["verified"] = store.verify()
+    if verify:
+        checked = summary["verified"]
+        console.print(f"Verified: {checked['shards']} shard(s)"
+                      f"{' against their recorded checksums' if checked['shard_checksums'] else ''}, "
+                      f"{checked['vocabularies']} vocabulary(ies), {'the' if checked['neighbour_graph'] else 'no'} "
+                      f"neighbour graph and the index: {checked['bytes_read']:,} bytes read, no damage found.",
+                      markup=False)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

@@ -86,6 +86,9 @@ def continuous_score(statistics: torch.Tensor | np.ndarray, thresholds: OodThres
 
 NEAREST_SEED = 5
 """The OOD distance is to the 5th nearest seed (Sun et al. use k = 1..50; 5 measured best, docs/fit.md)."""
+MAX_REFERENCE_ROWS = 4096
+"""At most this many seeds (a seeded random subset) are the OOD reference: every image is compared
+with each of them (at 1000 classes x k 16, all 16,000 seeds would cost 16x the classifier's product)."""
 N_QUANTILES = 1001
 FLAG_FPR = 0.05
 """``ood_flag`` marks images whose score exceeds that of 95 % of the seeds (5 % false positives on them)."""
@@ -104,6 +107,14 @@ def seed_distance(features: torch.Tensor, reference: torch.Tensor, k: int = NEAR
         block = features[start : start + _ROWS_PER_PRODUCT].to(reference.dtype) @ reference.T
         out[start : start + len(block)] = 1.0 - block.topk(k, dim=1).values[:, -1].float()
     return out
+
+
+def reference_rows(seed_rows: np.ndarray, seed: int, limit: int = MAX_REFERENCE_ROWS) -> np.ndarray:
+    """Sorted unique seed rows, or a seeded random ``limit`` of them."""
+    rows = np.unique(seed_rows)
+    if len(rows) <= limit:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
 
 
 def quantiles(values: np.ndarray) -> np.ndarray:

@@ -244,7 +244,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
                         "use a smaller --lr")
     del features
     with timer.phase("read seeds"):
-        seed_features = normalise(store.read("backbone", np.unique(trained.cycles[0].rows)), device).to(dtype)
+        reference_rows = ood.reference_rows(trained.cycles[0].rows, config.seed)
+        seed_features = normalise(store.read("backbone", reference_rows), device).to(dtype)
     with timer.phase("predict"):
         predicted = np.empty(n_images, np.int64)
         confidence = np.empty(n_images, np.float32)
@@ -335,7 +336,7 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, seed_rows: np.n
     keep = torch.as_tensor(~absent[seed_labels], device=features.device)
     trained = transductive.balanced_self_training(
         features, rows, seed_positions[keep], torch.as_tensor(head_index[seed_labels], device=features.device)[keep],
-        shares[present], epochs=config.epochs, cycle_epochs=config.cycle_epochs, batch_size=config.batch_size,
+        transductive.tempered(shares[present]), epochs=config.epochs, cycle_epochs=config.cycle_epochs, batch_size=config.batch_size,
         lr=config.lr, generator=generator, train_dtype=dtype)
     for cycle in trained.cycles:
         cycle.labels = present[cycle.labels]

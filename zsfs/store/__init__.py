@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from zsfs.store.arrays import write_store
     from zsfs.store.reader import Store, Vocabulary
-    from zsfs.store.writer import ShardData, StoreWriter, write_neighbour_graph, write_vocabulary
+    from zsfs.store.extras import write_neighbour_graph, write_vocabulary
+    from zsfs.store.writer import ShardData, StoreWriter
 
 _EXPORTS = {
     "Store": "zsfs.store.reader",
     "Vocabulary": "zsfs.store.reader",
     "StoreWriter": "zsfs.store.writer",
     "ShardData": "zsfs.store.writer",
-    "write_vocabulary": "zsfs.store.writer",
-    "write_neighbour_graph": "zsfs.store.writer",
+    "write_vocabulary": "zsfs.store.extras",
+    "write_neighbour_graph": "zsfs.store.extras",
     "write_store": "zsfs.store.arrays",
 }
 __all__ = list(_EXPORTS)

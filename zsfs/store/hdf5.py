@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,9 +48,7 @@ def read_identity(file: h5py.File) -> dict | None:
     return None if raw is None else json.loads(raw)
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
+CHUNK_BYTES = 1 << 20  # checksummed datasets are chunked by rows, about this much per chunk
 
 
 def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
@@ -65,3 +62,15 @@ def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
 def read_strings(dataset: h5py.Dataset) -> np.ndarray:
     """An object array of ``str``; bytes that are not UTF-8 come back as surrogates (PEP 383)."""
     return dataset.asstr(errors="surrogateescape")[:]
+
+
+def write_checked(group: h5py.Group, name: str, data: np.ndarray, **options) -> h5py.Dataset:
+    """A numeric dataset with HDF5's fletcher32 checksum on every chunk: a flipped bit makes
+    reading it fail instead of returning wrong numbers. Chunks hold whole rows."""
+    data = np.asarray(data)
+    row_bytes = max(1, int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize)
+    rows = int(min(max(len(data), 1), max(1, CHUNK_BYTES // row_bytes)))
+    options.setdefault("chunks", (rows, *data.shape[1:]))
+    if not data.size:  # HDF5 refuses fixed-size chunked datasets of zero rows
+        options.setdefault("maxshape", (None, *data.shape[1:]))
+    return group.create_dataset(name, data=data, fletcher32=True, **options)

@@ -8,6 +8,7 @@ it stays cheap and the same embeddings always give the same index.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -89,10 +90,11 @@ def deserialize_index(data: np.ndarray) -> "faiss.Index":
     return faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
 
 
-def write_index_blocks(index: "faiss.Index", dataset) -> None:
+def write_index_blocks(index: "faiss.Index", dataset, after_block: Callable[[], None] | None = None) -> None:
     """Serialise ``index`` into ``dataset``, a resizable 1-d uint8 HDF5 dataset, block by block.
 
     Same bytes as :func:`serialize_index` without holding a second copy of a multi-GB index.
+    ``after_block()`` runs after each block is written (it may raise to stop the write).
     """
     import faiss
 
@@ -107,6 +109,8 @@ def write_index_blocks(index: "faiss.Index", dataset) -> None:
             dataset[start:] = np.frombuffer(b"".join(pending), dtype=np.uint8)
             pending.clear()
             buffered = 0
+            if after_block is not None:
+                after_block()
 
     def write(chunk: bytes) -> int:
         nonlocal buffered

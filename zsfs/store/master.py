@@ -9,6 +9,7 @@ and root attributes are added.
 from __future__ import annotations
 
 import json
+import uuid
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,15 +21,16 @@ from zsfs import __version__
 from zsfs.errors import StoreError
 from zsfs.store import schema
 from zsfs.names import utf8_text
+from zsfs.store.files import check_written
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_strings
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
 
 
-
-def write_master(path: Path, shard_paths: list[Path], *, identity: dict, attrs: dict, previous: Path | None,
-                 exact_max: int, index_seed: int) -> None:
-    """Write the master for complete ``shard_paths`` (all in one folder next to ``path``'s
-    final location). Vocabularies of ``previous``, an older master of the same store, are kept."""
+def write_master(master: h5py.File, shard_paths: list[Path], *, identity: dict, attrs: dict, previous: Path | None,
+                 exact_max: int, index_seed: int, checksums: tuple[np.ndarray, list[str]]) -> None:
+    """Write into the new, empty file ``master`` the master of complete ``shard_paths`` (all in
+    one folder next to the master's final location); ``checksums``: each shard file's size and
+    sha256. Format 1 vocabularies of ``previous``, an older master of the same store, are kept."""
     if not shard_paths:
         raise ValueError("cannot write a master for a store of zero items")
     names = [f"{shard.parent.name}/{shard.name}" for shard in shard_paths]
@@ -39,38 +41,40 @@ def write_master(path: Path, shard_paths: list[Path], *, identity: dict, attrs: 
         if len(labelled) > 1:
             raise StoreError(f"some shards in {shard_paths[0].parent} have labels and others not; "
                              "pass --overwrite to rebuild the store")
-        with h5py.File(path, "w") as master:
-            dims = {name: link_virtual(master, name, shards, names, rows) for name in schema.VIRTUAL_DATASETS}
-            for name in (schema.PATH, schema.LABEL) if labelled == {True} else (schema.PATH,):
-                write_strings(master, name, concat_strings(shards, name))
-            skipped = concat_strings(shards, schema.SKIPPED_PATH)
-            write_strings(master, schema.SKIPPED_PATH, skipped)
-            write_strings(master, schema.SKIPPED_REASON, concat_strings(shards, schema.SKIPPED_REASON))
-            write_strings(master, schema.SHARDS_FILE, names)
-            master.create_dataset(schema.SHARDS_ROWS, data=rows)
+        dims = {name: link_virtual(master, name, shards, names, rows) for name in schema.VIRTUAL_DATASETS}
+        for name in (schema.PATH, schema.LABEL) if labelled == {True} else (schema.PATH,):
+            write_strings(master, name, concat_strings(shards, name))
+        skipped = concat_strings(shards, schema.SKIPPED_PATH)
+        write_strings(master, schema.SKIPPED_PATH, skipped)
+        write_strings(master, schema.SKIPPED_REASON, concat_strings(shards, schema.SKIPPED_REASON))
+        write_strings(master, schema.SHARDS_FILE, names)
+        master.create_dataset(schema.SHARDS_ROWS, data=rows)
+        master.create_dataset(schema.SHARDS_BYTES, data=checksums[0])
+        write_strings(master, schema.SHARDS_SHA256, checksums[1])
 
-            index, index_info = build_index(gather(shards, schema.CLIP), exact_max=exact_max, seed=index_seed)
-            write_index_dataset(master, index)
-            del index
-            if previous is not None:
-                carry_over_vocabularies(previous, master, identity)
+        index, index_info = build_index(gather(shards, schema.CLIP), exact_max=exact_max, seed=index_seed)
+        write_index_dataset(master, index)
+        del index
+        if previous is not None:
+            carry_over_vocabularies(previous, master, identity)
 
-            master.attrs.update({
-                schema.ATTR_FORMAT: schema.FORMAT_NAME,
-                schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
-                schema.ATTR_ZSFS_VERSION: __version__,
-                schema.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                schema.ATTR_IDENTITY: canonical_json(identity),
-                schema.ATTR_N_IMAGES: int(rows.sum()),
-                schema.ATTR_N_SKIPPED: len(skipped),
-                schema.ATTR_INDEX: json.dumps(index_info),
-            })
-            for key, value in attrs.items():
-                if key in (schema.ATTR_CLIP, schema.ATTR_BACKBONE):
-                    value = with_dim(value, dims[schema.CLIP if key == schema.ATTR_CLIP else schema.BACKBONE], key)
-                if isinstance(value, str):  # HDF5 string attributes are UTF-8: other name bytes become \xNN
-                    value = utf8_text(value)
-                master.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+        master.attrs.update({
+            schema.ATTR_FORMAT: schema.FORMAT_NAME,
+            schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
+            schema.ATTR_ZSFS_VERSION: __version__,
+            schema.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            schema.ATTR_IDENTITY: canonical_json(identity),
+            schema.ATTR_N_IMAGES: int(rows.sum()),
+            schema.ATTR_N_SKIPPED: len(skipped),
+            schema.ATTR_INDEX: json.dumps(index_info),
+            schema.ATTR_BUILD: uuid.uuid4().hex,
+        })
+        for key, value in attrs.items():
+            if key in (schema.ATTR_CLIP, schema.ATTR_BACKBONE):
+                value = with_dim(value, dims[schema.CLIP if key == schema.ATTR_CLIP else schema.BACKBONE], key)
+            if isinstance(value, str):  # HDF5 string attributes are UTF-8: other name bytes become \xNN
+                value = utf8_text(value)
+            master.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
 
 
 def write_index_dataset(master: h5py.File, index) -> None:
@@ -78,8 +82,8 @@ def write_index_dataset(master: h5py.File, index) -> None:
     approximate_bytes = index.ntotal * (index.d * 4 + 8) + 65536
     chunk = int(min(STREAM_BLOCK, approximate_bytes))  # small stores stay small on disk
     dataset = master.create_dataset(schema.INDEX_DATASET, shape=(0,), maxshape=(None,), dtype=np.uint8,
-                                    chunks=(chunk,))
-    write_index_blocks(index, dataset)
+                                    chunks=(chunk,), fletcher32=True)
+    write_index_blocks(index, dataset, after_block=lambda: check_written(master))
 
 
 def link_virtual(master: h5py.File, name: str, shards: list[h5py.File], names: list[str], rows: np.ndarray) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,8 +15,10 @@ import numpy as np
 
 from zsfs.errors import StoreError
 from zsfs.store import schema
+from zsfs.store.extras import open_extra, vocabulary_files
 from zsfs.store.hdf5 import canonical_json, read_strings
 from zsfs.store.index import read_index_blocks
+from zsfs.store.integrity import check_structure, file_sha256, first_line, read_all
 
 if TYPE_CHECKING:
     import faiss
@@ -54,14 +57,21 @@ class Vocabulary:
 
 
 class Store:
-    """An open store (read-only). Use as a context manager, or call :meth:`close`."""
+    """An open store (read-only). Use as a context manager, or call :meth:`close`.
+
+    Opening checks cheaply that every shard file is the one the master recorded (identity,
+    position, rows, size) and that no file points outside the store; :meth:`verify` checks
+    every byte.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).absolute()
         self._file = open_master(self.path)
+        self._graph_file: h5py.File | None = None
         try:
             self._read_metadata()
             self._check_shards()
+            self._vocabulary_files = vocabulary_files(self.data_dir, self.identity)
         except BaseException:
             self._file.close()
             raise
@@ -80,10 +90,15 @@ class Store:
             self.zsfs_version = str(attrs[schema.ATTR_ZSFS_VERSION])
             self.shard_files = [str(name) for name in self._file[schema.SHARDS_FILE].asstr()[:]]
             self.shard_rows = self._file[schema.SHARDS_ROWS][:]
+            self.shard_bytes = self._file[schema.SHARDS_BYTES][:] if schema.SHARDS_BYTES in self._file else None
             self.dtype = str(self._file[schema.CLIP].dtype)
+            self.build = str(attrs.get(schema.ATTR_BUILD, ""))
         except (KeyError, ValueError, OSError) as error:
             raise StoreError(f"{self.path} is damaged or incomplete ({error}); rebuild it") from None
         self.n_shards = len(self.shard_files)
+        # Vocabularies and the graph live beside the shards (the master may have been renamed).
+        first = self.shard_files[0] if self.shard_files else schema.shard_dir(self.path).name + "/x"
+        self.data_dir = self.path.parent / Path(first).parent
         self.has_labels = schema.LABEL in self._file
 
     def _check_shards(self) -> None:
@@ -95,12 +110,16 @@ class Store:
                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); keep the "
                              f"{schema.shard_dir(self.path).name}/ folder next to {self.path.name}")
         identity = self._file.attrs[schema.ATTR_IDENTITY]
-        damaged = []
-        for name, rows in zip(self.shard_files, self.shard_rows):
+        damaged, misplaced = [], []
+        for position, (name, rows) in enumerate(zip(self.shard_files, self.shard_rows)):
+            size_ok = self.shard_bytes is None or (folder / name).stat().st_size == self.shard_bytes[position]
             try:  # HDF5 notices truncation on open (end of file before its recorded end)
                 with h5py.File(folder / name, "r") as shard:
-                    ok = shard.attrs.get(schema.ATTR_IDENTITY) == identity and all(
+                    check_structure(shard, folder / name)
+                    ok = size_ok and shard.attrs.get(schema.ATTR_IDENTITY) == identity and all(
                         shard[dataset].shape[0] == rows for dataset in schema.VIRTUAL_DATASETS)
+                    if ok and shard.attrs.get(schema.ATTR_SHARD) != position:
+                        misplaced.append(f"{name} holds shard {shard.attrs.get(schema.ATTR_SHARD)}")
             except (OSError, KeyError):
                 ok = False
             if not ok:
@@ -108,9 +127,14 @@ class Store:
         if damaged:
             raise StoreError(f"{self.path}: shard files {', '.join(damaged[:3])} are damaged or do not belong "
                              "to this store; rebuild it (rerun the command that made it)")
+        if misplaced:
+            raise StoreError(f"{self.path}: shard files were swapped or renamed ({', '.join(misplaced[:3])}); "
+                             "put them back under their own names or rebuild the store")
 
     # -- context manager ------------------------------------------------------------------
     def close(self) -> None:
+        if self._graph_file is not None:
+            self._graph_file.close()
         self._file.close()
 
     def __enter__(self) -> "Store":
@@ -133,7 +157,8 @@ class Store:
         return self._strings(schema.SKIPPED_PATH), self._strings(schema.SKIPPED_REASON)
 
     def _strings(self, name: str) -> np.ndarray:
-        return read_strings(self._dataset(name))
+        with read_errors(self.path, name):
+            return read_strings(self._dataset(name))
 
     def _dataset(self, name: str) -> h5py.Dataset:
         if name not in self._file:
@@ -146,68 +171,93 @@ class Store:
         ``rows``: None (all), a slice, integer row ids (any order, repeats allowed) or a
         boolean mask.
         """
-        data = self._dataset(dataset)
-        if rows is None:
-            return data[:]
-        if isinstance(rows, slice):
-            return data[rows]
-        rows = np.asarray(rows)
-        if rows.dtype == bool:
-            if rows.shape != (len(data),):
-                raise IndexError(f"boolean mask of length {len(rows)} for {len(data)} rows")
-            rows = np.flatnonzero(rows)
-        rows = rows.astype(np.int64, copy=False)
-        rows = np.where(rows < 0, rows + len(data), rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
-            raise IndexError(f"row ids out of range for {len(data)} rows")
-        wanted, order = np.unique(rows, return_inverse=True)
-        return gather_rows(data, wanted)[order.reshape(-1)]
+        data = self._dataset(dataset) if dataset != schema.GRAPH_DATASET else self._graph_dataset()
+        with read_errors(self.path, dataset):
+            return read_rows(data, rows)
 
     def iter_chunks(self, dataset: str, chunk_rows: int = READ_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` blocks of ``dataset`` in order: bounded memory for big stores."""
         data = self._dataset(dataset)
         for start in range(0, len(data), chunk_rows):
-            yield start, data[start : start + chunk_rows]
+            with read_errors(self.path, dataset):
+                block = data[start : start + chunk_rows]
+            yield start, block
 
     # -- vocabularies and index -----------------------------------------------------------
     def vocabulary_names(self) -> list[str]:
-        group = self._file.get(schema.VOCAB_GROUP)
-        return sorted(name for name in group if not name.startswith(".")) if group is not None else []
+        group = self._file.get(schema.VOCAB_GROUP)  # format 1 kept vocabularies in the master
+        legacy = [name for name in group if not name.startswith(".")] if group is not None else []
+        return sorted(set(legacy) | set(self._vocabulary_files))
 
     def vocabulary(self, name: str) -> Vocabulary:
         names = self.vocabulary_names()
         if name not in names:
             available = ", ".join(names) if names else "none; add one with `zsfs text`"
             raise StoreError(f"{self.path.name} has no vocabulary {name!r} (available: {available})")
-        group = self._file[schema.VOCAB_GROUP][name]
-        return Vocabulary(
-            name=name,
-            classes=[str(c) for c in group[schema.VOCAB_CLASSES].asstr()[:]],
-            single=group[schema.VOCAB_SINGLE][:],
-            ensemble=group[schema.VOCAB_ENSEMBLE][:],
-            prompt=str(group.attrs.get(schema.ATTR_PROMPT, "")),
-            n_templates=int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0)),
-        )
+        if name not in self._vocabulary_files:
+            return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path)
+        with open_extra(self._vocabulary_files[name], schema.VOCAB_FORMAT, self.identity) as file:
+            return read_vocabulary(file, name, self._vocabulary_files[name])
+
+    def _graph_dataset(self) -> h5py.Dataset | None:
+        """The neighbour graph of this build of the store, or None."""
+        path = schema.graph_file(self.data_dir)
+        if self._graph_file is None and path.is_file():
+            file = open_extra(path, schema.GRAPH_FORMAT, self.identity)
+            if str(file.attrs.get(schema.ATTR_BUILD)) == self.build:
+                self._graph_file = file
+            else:  # left over from an earlier build (its removal was interrupted): not this store's
+                file.close()
+        if self._graph_file is not None:
+            return self._graph_file[schema.GRAPH_ROWS]
+        return self._file.get(schema.GRAPH_DATASET)  # format 1
 
     @property
     def graph_info(self) -> dict | None:
         """How the store's neighbour graph was built (``k``, ``search``, ``precision``), or None
         when it has none (``zsfs neighbours`` adds one)."""
-        if schema.GRAPH_DATASET not in self._file:
+        dataset = self._graph_dataset()
+        if dataset is None:
             return None
-        dataset = self._file[schema.GRAPH_DATASET]
         return {**json.loads(dataset.attrs[schema.ATTR_GRAPH]), "k": int(dataset.shape[1])}
 
     def neighbour_graph(self, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), K)`` int64: the stored nearest rows of ``rows`` (``-1`` where none)."""
+        if self._graph_dataset() is None:
+            raise StoreError(f"{self.path} has no neighbour graph; add one with `zsfs neighbours`")
         return self.read(schema.GRAPH_DATASET, rows).astype(np.int64)
 
     def index(self) -> "faiss.Index":
         """The FAISS index over ``clip`` (inner product; row ids are store rows)."""
         try:
             return read_index_blocks(self._dataset(schema.INDEX_DATASET))
-        except RuntimeError as error:  # faiss reports a damaged blob this way
-            raise StoreError(f"the FAISS index in {self.path} is damaged ({error}); rebuild the store") from None
+        except (RuntimeError, OSError) as error:  # faiss / the checksum filter report damage this way
+            raise StoreError(f"the FAISS index in {self.path} is damaged ({first_line(error)}); rebuild the store") from None
+
+    def verify(self) -> dict:
+        """Check every byte: shard files against the sizes and sha256 digests the master
+        recorded, and every dataset of every file read through its checksums. Raises
+        ``StoreError`` naming the first damaged file; returns what was checked."""
+        folder = self.path.parent
+        if self._file.get(schema.SHARDS_SHA256) is not None:
+            for name, expected in zip(self.shard_files, self._strings(schema.SHARDS_SHA256)):
+                if file_sha256(folder / name) != expected:
+                    raise StoreError(f"{self.path}: shard file {name} does not match its recorded checksum; it "
+                                     "is damaged: rebuild the store (rerun the command that made it)")
+        checked = read_all(self._file, self.path)
+        for name in self.shard_files:
+            with h5py.File(folder / name, "r") as shard:
+                checked += read_all(shard, folder / name)
+        extras = list(self._vocabulary_files.values())
+        if self._graph_dataset() is not None and self._graph_file is not None:
+            extras.append(schema.graph_file(self.data_dir))
+        for path in extras:
+            with h5py.File(path, "r") as file:
+                checked += read_all(file, path)
+        self.index()
+        return {"shards": self.n_shards, "shard_checksums": self.shard_bytes is not None,
+                "vocabularies": len(self.vocabulary_names()), "neighbour_graph": self.graph_info is not None,
+                "bytes_read": checked}
 
     # -- descriptions ---------------------------------------------------------------------
     def summary(self) -> dict:
@@ -267,7 +317,53 @@ def open_master(path: Path) -> h5py.File:
         file.close()
         raise StoreError(f"{path} uses store format {int(version)}, newer than this zsfs understands "
                          f"({schema.FORMAT_VERSION}); upgrade zsfs")
+    try:
+        check_structure(file, path, master=True)
+    except BaseException:
+        file.close()
+        raise
     return file
+
+
+def read_vocabulary(group: h5py.Group, name: str, path: Path) -> Vocabulary:
+    with read_errors(path, f"vocabulary {name!r}"):
+        return Vocabulary(
+            name=name,
+            classes=[str(c) for c in group[schema.VOCAB_CLASSES].asstr()[:]],
+            single=group[schema.VOCAB_SINGLE][:],
+            ensemble=group[schema.VOCAB_ENSEMBLE][:],
+            prompt=str(group.attrs.get(schema.ATTR_PROMPT, "")),
+            n_templates=int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0)),
+        )
+
+
+@contextmanager
+def read_errors(path: Path, what: str) -> Iterator[None]:
+    """A failed read (a checksum mismatch, a truncated file) as one clear ``StoreError``."""
+    try:
+        yield
+    except (OSError, KeyError) as error:
+        raise StoreError(f"{path}: cannot read {what} ({first_line(error)}); the store is damaged: run "
+                         f"`zsfs info --verify {path}` and rebuild what it names") from None
+
+
+def read_rows(data: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray:
+    """``data[rows]`` for ``Store.read``'s row selections."""
+    if rows is None:
+        return data[:]
+    if isinstance(rows, slice):
+        return data[rows]
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        if rows.shape != (len(data),):
+            raise IndexError(f"boolean mask of length {len(rows)} for {len(data)} rows")
+        rows = np.flatnonzero(rows)
+    rows = rows.astype(np.int64, copy=False)
+    rows = np.where(rows < 0, rows + len(data), rows)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
+        raise IndexError(f"row ids out of range for {len(data)} rows")
+    wanted, order = np.unique(rows, return_inverse=True)
+    return gather_rows(data, wanted)[order.reshape(-1)]
 
 
 def gather_rows(data: h5py.Dataset, rows: np.ndarray) -> np.ndarray:

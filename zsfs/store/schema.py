@@ -8,6 +8,8 @@ Layout for ``imagenet.h5``::
     imagenet.h5                      master: what readers open
     imagenet.shards/shard-00000.h5   rows [0, shard_size) of the source listing
     imagenet.shards/shard-00001.h5   ...
+    imagenet.shards/vocab-<id>.h5    one class vocabulary per file (format 2)
+    imagenet.shards/neighbours.h5    the optional neighbour graph (format 2)
 
 Master file (all row datasets have the same length N = number of embedded images, in the
 order of the source listing with skipped files left out):
@@ -21,10 +23,17 @@ order of the source listing with skipped files left out):
     /skipped/path, /skipped/reason   (M,) utf-8 str   files that could not be embedded
     /shards/file (S,) utf-8 str  shard file names, relative to the master's folder
     /shards/rows (S,) int64      embedded rows per shard
-    /vocab/<name>/classes   (C,) utf-8 str
-    /vocab/<name>/single    (C, D_clip) float32  text embedding of SINGLE_PROMPT, normalised
-    /vocab/<name>/ensemble  (C, D_clip) float32  mean of the template embeddings, renormalised
+    /shards/bytes, /shards/sha256   (S,) int64, utf-8 str   each shard file's size and digest
     /index/faiss  (B,) uint8     faiss.serialize_index of an index over /clip (inner product)
+
+Vocabulary file (any number; format 1 kept them in the master under /vocab/<name>/):
+
+    /classes   (C,) utf-8 str
+    /single    (C, D_clip) float32  text embedding of SINGLE_PROMPT, normalised
+    /ensemble  (C, D_clip) float32  mean of the template embeddings, renormalised
+
+Neighbour-graph file: /neighbours (N, K) int32 (format 1 kept it in the master as
+/index/neighbours). Numeric datasets carry HDF5's fletcher32 checksum filter.
 
 Virtual datasets map onto the shards, so plain ``h5py`` reads ``f["clip"][:]`` as one array.
 """
@@ -34,7 +43,8 @@ from __future__ import annotations
 from pathlib import Path
 
 FORMAT_NAME = "zsfs-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # format 1: vocabularies and graph inside the master
 
 # Row datasets (master and shards).
 CLIP = "clip"
@@ -50,6 +60,8 @@ SKIPPED_REASON = "skipped/reason"
 
 SHARDS_FILE = "shards/file"
 SHARDS_ROWS = "shards/rows"
+SHARDS_BYTES = "shards/bytes"  # format 2: file size, checked on every open
+SHARDS_SHA256 = "shards/sha256"  # format 2: file digest, checked by `zsfs info --verify`
 
 VOCAB_GROUP = "vocab"
 VOCAB_CLASSES = "classes"
@@ -58,8 +70,18 @@ VOCAB_ENSEMBLE = "ensemble"
 PROMPT_KINDS = (VOCAB_SINGLE, VOCAB_ENSEMBLE)
 
 INDEX_DATASET = "index/faiss"
-GRAPH_DATASET = "index/neighbours"  # optional (N, K) int32: each row's K nearest rows, best first
-ATTR_GRAPH = "graph"  # JSON on GRAPH_DATASET: {"k", "search", "precision"}
+GRAPH_DATASET = "index/neighbours"  # format 1 only: the graph inside the master
+GRAPH_ROWS = "neighbours"  # in the graph file: (N, K) int32, each row's K nearest rows, best first
+ATTR_GRAPH = "graph"  # JSON on the graph dataset: {"k", "search", "precision"}
+
+# Files beside the shards (format 2), each written whole and renamed into place.
+VOCAB_FILE_PREFIX = "vocab-"  # + the first 16 hex digits of sha256(name) + ".h5"
+GRAPH_FILE = "neighbours.h5"
+SHARD_FORMAT = FORMAT_NAME + "-shard"
+VOCAB_FORMAT = FORMAT_NAME + "-vocabulary"
+GRAPH_FORMAT = FORMAT_NAME + "-neighbours"
+ATTR_NAME = "name"  # a vocabulary file's vocabulary name
+ATTR_BUILD = "build"  # random id of one master build; the graph file records the one it was made for
 
 # Root attributes of the master (JSON-encoded where marked).
 ATTR_FORMAT = "format"  # == FORMAT_NAME
@@ -114,3 +136,17 @@ def shard_dir(master: Path) -> Path:
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}{SHARD_SUFFIX}"
+
+
+def vocabulary_file(shards: Path, name: str) -> Path:
+    """The file of vocabulary ``name`` in the store's shard folder ``shards``: named by a digest,
+    so that any name is a safe file name (no separators, no case clashes on case-insensitive
+    file systems); the name is inside."""
+    import hashlib
+
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return Path(shards) / f"{VOCAB_FILE_PREFIX}{digest}{SHARD_SUFFIX}"
+
+
+def graph_file(shards: Path) -> Path:
+    return Path(shards) / GRAPH_FILE

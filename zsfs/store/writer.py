@@ -1,34 +1,35 @@
 """Writing stores: independent shard files, then a master that presents them as one store.
 
-Every file is written under a temporary name, flushed and renamed into place, so an interrupted
-run never leaves a half-written shard or master behind: rerunning writes only the missing
-shards (``pending_shards``) and the result is identical to an uninterrupted run.
+Every file is written whole under a fresh temporary name and renamed into place
+(``zsfs.store.files``), so an interrupted run never leaves a half-written shard or master
+behind: rerunning writes only the missing shards (``pending_shards``) and the result is
+identical to an uninterrupted run. Vocabularies and the neighbour graph are files of their own
+(``zsfs.store.extras``). The writer holds the store's lock while it lives.
 """
 
 from __future__ import annotations
 
-import errno
+import hashlib
 import json
 import math
-import os
-import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
+from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import schema
-from zsfs.store.hdf5 import canonical_json, fsync_file, read_identity, write_strings
+from zsfs.store.extras import normalise_rows, write_neighbour_graph, write_vocabulary  # noqa: F401 (re-exported)
+from zsfs.store.files import (acquire_lock, disk_error, is_disk_full, new_hdf5, release_lock,  # noqa: F401
+                              remove_file, temp_files_of, write_failed)
+from zsfs.store.hdf5 import canonical_json, read_identity, write_checked, write_strings
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.master import write_master
 
 SIZE_DTYPE = np.int32
-NORM_TOLERANCE = 1e-3  # float16 rounding moves a unit row's norm by ~1e-4
 
 
 @dataclass
@@ -62,40 +63,19 @@ class ShardData:
             raise ValueError("skipped_paths and skipped_reasons differ in length")
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """True if ``error`` or one it arose from reports ENOSPC. h5py raises RuntimeError with the
-    C errno in its message (and often a second error while closing), so look at the whole chain."""
-    while error is not None:
-        message = str(error).lower()
-        if getattr(error, "errno", None) == errno.ENOSPC or "no space left" in message or "errno = 28" in message:
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def disk_error(error: BaseException, what: str) -> ZsfsError:
-    """Turn a failed write into an actionable message (disk full is the usual cause)."""
-    full = is_disk_full(error)
-    cause = "the disk is full" if full else f"{error}"
-    advice = "free some space and rerun" if full else "fix the problem and rerun"
-    return ZsfsError(f"could not write {what}: {cause}. Finished shards are kept; {advice} the same command to resume.")
-
-
-def write_failed(error: BaseException) -> bool:
-    """Errors that mean the file system refused a write (not a bug to show as a traceback)."""
-    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and is_disk_full(error))
-
-
 class StoreWriter:
     """Writes a store shard by shard; ``finalize`` then builds the master.
 
     ``identity`` says what makes existing shards reusable (source, listing, models, ...); the
     writer adds ``n_items``, ``shard_size`` and ``dtype`` to it. Shards are independent files,
-    so several processes may each write a different subset of ``pending_shards()``.
+    so several processes may each write a different subset of ``pending_shards()``: the
+    coordinating writer holds the store's lock (a second ``zsfs`` run into the same output
+    gets a clear error), helpers pass ``lock=False``. The lock is released by :meth:`close`,
+    at the end of :meth:`finalize`, or when the writer is garbage-collected.
     """
 
     def __init__(self, master: Path, identity: dict, *, n_items: int, shard_size: int,
-                 dtype: str = "float16", overwrite: bool = False) -> None:
+                 dtype: str = "float16", overwrite: bool = False, lock: bool = True) -> None:
         if dtype not in schema.EMBEDDING_DTYPES:
             raise ValueError(f"dtype must be one of {schema.EMBEDDING_DTYPES}, got {dtype!r}")
         if shard_size < 1 or n_items < 0:
@@ -109,10 +89,22 @@ class StoreWriter:
         self.identity = json.loads(canonical_json({**identity, **layout}))
         self.n_items, self.shard_size, self.dtype = int(n_items), int(shard_size), dtype
         self.n_shards = math.ceil(n_items / shard_size)
-        if overwrite:
-            self.remove_existing()
-        else:
-            self.check_existing()
+        self._release = lambda: None
+        if lock:
+            held = acquire_lock(self.master)
+            self._release = weakref.finalize(self, release_lock, held)
+        try:
+            if overwrite:
+                self.remove_existing()
+            else:
+                self.check_existing()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the store's lock (idempotent)."""
+        self._release()
 
     # -- layout ---------------------------------------------------------------------------
     def shard_bounds(self, shard: int) -> tuple[int, int]:
@@ -127,9 +119,11 @@ class StoreWriter:
     # -- existing files -------------------------------------------------------------------
     def existing_files(self) -> list[Path]:
         """Master and every shard or temporary file this writer would own."""
-        files = [path for path in (self.master, self.master_tmp()) if path.exists()]
+        files = ([self.master] if self.master.exists() else []) + temp_files_of(self.master)
         if self.shards_dir.is_dir():
             files += sorted(self.shards_dir.glob("shard-*" + schema.SHARD_SUFFIX))
+            files += sorted(self.shards_dir.glob(schema.VOCAB_FILE_PREFIX + "*" + schema.SHARD_SUFFIX))
+            files += [path for path in [self.shards_dir / schema.GRAPH_FILE] if path.exists()]
             files += sorted(self.shards_dir.glob("*" + schema.TMP_SUFFIX))
         return files
 
@@ -158,12 +152,10 @@ class StoreWriter:
         if self.shards_dir.is_dir() and not any(self.shards_dir.iterdir()):
             self.shards_dir.rmdir()
 
-    def master_tmp(self) -> Path:
-        return self.master.with_name(self.master.name + schema.TMP_SUFFIX)
-
     def remove_tmp_files(self) -> None:
         """Remove what interrupted runs left behind: temporary shards and master."""
-        self.master_tmp().unlink(missing_ok=True)
+        for path in temp_files_of(self.master):
+            path.unlink(missing_ok=True)
         if self.shards_dir.is_dir():
             for path in self.shards_dir.glob("*" + schema.TMP_SUFFIX):
                 path.unlink(missing_ok=True)
@@ -203,38 +195,26 @@ class StoreWriter:
         if n_listed != stop - start:
             raise ValueError(f"shard {shard} covers {stop - start} listed items, got {len(data)} "
                              f"embedded + {len(data.skipped_paths)} skipped")
-        self.shards_dir.mkdir(parents=True, exist_ok=True)
         final = self.shard_path(shard)
-        tmp = final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}{schema.TMP_SUFFIX}")
-        try:
-            self._write_shard_file(tmp, shard, start, stop, data)
-            fsync_file(tmp)
-            os.replace(tmp, final)
-        except BaseException as error:
-            tmp.unlink(missing_ok=True)
-            if write_failed(error):
-                raise disk_error(error, f"shard {final.name}") from error
-            raise
+        with new_hdf5(final, f"shard {final.name}") as file:
+            self._write_shard_file(file, shard, start, stop, data)
 
-    def _write_shard_file(self, path: Path, shard: int, start: int, stop: int, data: ShardData) -> None:
-        with h5py.File(path, "w") as file:
-            file.create_dataset(schema.CLIP, data=np.asarray(data.clip, dtype=self.dtype))
-            file.create_dataset(schema.BACKBONE, data=np.asarray(data.backbone, dtype=self.dtype))
-            file.create_dataset(schema.WIDTH, data=np.asarray(data.width, dtype=SIZE_DTYPE))
-            file.create_dataset(schema.HEIGHT, data=np.asarray(data.height, dtype=SIZE_DTYPE))
-            write_strings(file, schema.PATH, data.paths)
-            if data.labels is not None:
-                write_strings(file, schema.LABEL, data.labels)
-            write_strings(file, schema.SKIPPED_PATH, data.skipped_paths)
-            write_strings(file, schema.SKIPPED_REASON, data.skipped_reasons)
-            file.attrs[schema.ATTR_FORMAT] = schema.FORMAT_NAME + "-shard"
-            file.attrs[schema.ATTR_FORMAT_VERSION] = schema.FORMAT_VERSION
-            file.attrs[schema.ATTR_IDENTITY] = canonical_json(self.identity)
-            # Written last: a shard counts as complete only when these are present.
-            file.attrs[schema.ATTR_START] = start
-            file.attrs[schema.ATTR_STOP] = stop
-            file.attrs[schema.ATTR_SHARD] = shard
-            file.flush()
+    def _write_shard_file(self, file: h5py.File, shard: int, start: int, stop: int, data: ShardData) -> None:
+        write_checked(file, schema.CLIP, np.asarray(data.clip, dtype=self.dtype))
+        write_checked(file, schema.BACKBONE, np.asarray(data.backbone, dtype=self.dtype))
+        write_checked(file, schema.WIDTH, np.asarray(data.width, dtype=SIZE_DTYPE))
+        write_checked(file, schema.HEIGHT, np.asarray(data.height, dtype=SIZE_DTYPE))
+        write_strings(file, schema.PATH, data.paths)
+        if data.labels is not None:
+            write_strings(file, schema.LABEL, data.labels)
+        write_strings(file, schema.SKIPPED_PATH, data.skipped_paths)
+        write_strings(file, schema.SKIPPED_REASON, data.skipped_reasons)
+        file.attrs[schema.ATTR_FORMAT] = schema.SHARD_FORMAT
+        file.attrs[schema.ATTR_FORMAT_VERSION] = schema.FORMAT_VERSION
+        file.attrs[schema.ATTR_IDENTITY] = canonical_json(self.identity)
+        file.attrs[schema.ATTR_START] = start
+        file.attrs[schema.ATTR_STOP] = stop
+        file.attrs[schema.ATTR_SHARD] = shard
 
     def finalize(self, attrs: dict, *, exact_max: int = EXACT_MAX, index_seed: int = 0) -> Path:
         """Build the master from the shards; returns its path.
@@ -249,127 +229,31 @@ class StoreWriter:
         if pending:
             raise StoreError(f"{len(pending)} of {self.n_shards} shards are not written yet "
                              f"(first: {schema.shard_name(pending[0])}); rerun to finish them")
-        tmp = self.master_tmp()
-        try:
-            write_master(tmp, [self.shard_path(shard) for shard in range(self.n_shards)], identity=self.identity,
-                         attrs=attrs, previous=self.master, exact_max=exact_max, index_seed=index_seed)
-            fsync_file(tmp)
-            os.replace(tmp, self.master)
-        except BaseException as error:
-            tmp.unlink(missing_ok=True)
-            if write_failed(error):
-                raise disk_error(error, f"master {self.master.name}") from error
-            raise
+        shard_paths = [self.shard_path(shard) for shard in range(self.n_shards)]
+        with new_hdf5(self.master, f"master {self.master.name}") as file:
+            write_master(file, shard_paths, identity=self.identity, attrs=attrs, previous=self.master,
+                         exact_max=exact_max, index_seed=index_seed, checksums=file_checksums(shard_paths))
+        # The graph described the embeddings of the previous build (it records that build's id).
+        remove_file(schema.graph_file(self.shards_dir))
+        self.close()
         return self.master
+
+
+def file_checksums(paths: list[Path]) -> tuple[np.ndarray, list[str]]:
+    """Each file's size and sha256 (recorded in the master; checked on open and by --verify)."""
+    sizes, digests = [], []
+    for path in paths:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        sizes.append(path.stat().st_size)
+        digests.append(digest.hexdigest())
+    return np.array(sizes, dtype=np.int64), digests
+
 
 def describe_difference(found: dict | None, expected: dict) -> str:
     if found is None:
         return "it records no identity"
     keys = sorted(key for key in set(found) | set(expected) if found.get(key) != expected.get(key))
     return "differs in " + ", ".join(keys) if keys else "identity differs"
-
-
-def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np.ndarray, ensemble: np.ndarray,
-                     *, prompt: str, n_templates: int, overwrite: bool = False) -> None:
-    """Add (or with ``overwrite`` replace) the text embeddings of a class vocabulary.
-
-    Only ``/vocab/<name>`` changes; image data is not touched. Rows are stored L2-normalised.
-    """
-    classes = [str(c) for c in classes]
-    if not schema.valid_vocabulary_name(name):
-        raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
-    if not classes:
-        raise ZsfsError(f"vocabulary {name!r} has no classes")
-    duplicates = sorted(c for c, count in Counter(classes).items() if count > 1)
-    if duplicates:
-        raise ZsfsError(f"vocabulary {name!r} lists classes more than once: {duplicates[:5]}")
-    arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"vocabulary {name!r} {kind}")
-              for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
-    with open_for_update(master) as file:
-        clip_dim = file[schema.CLIP].shape[1]
-        for kind, values in arrays.items():
-            if values.shape != (len(classes), clip_dim):
-                raise ZsfsError(f"vocabulary {name!r}: {kind} embeddings have shape {values.shape}, expected "
-                                f"({len(classes)} classes, {clip_dim} = the store's CLIP dim)")
-        target = f"{schema.VOCAB_GROUP}/{name}"
-        if target in file and not overwrite:
-            raise StoreError(f"{master} already has a vocabulary named {name!r}; pass --overwrite to replace it "
-                             "or choose another name")
-
-        def write(staging: str) -> None:
-            group = file.create_group(staging)
-            write_strings(group, schema.VOCAB_CLASSES, classes)
-            for kind, values in arrays.items():
-                group.create_dataset(kind, data=values)
-            group.attrs[schema.ATTR_PROMPT] = prompt
-            group.attrs[schema.ATTR_N_TEMPLATES] = int(n_templates)
-
-        replace_staged(file, target, write, f"vocabulary {name!r}")
-
-
-def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict) -> None:
-    """Add (or replace) the store's neighbour graph: ``rows`` (N, K), each image's K nearest
-    store rows by CLIP inner product, best first, itself excluded, ``-1`` where none.
-    ``info`` records how they were found: ``search`` and ``precision`` (``k`` is ``K``)."""
-    rows = np.asarray(rows)
-    missing = {"search", "precision"} - set(info)
-    if missing:
-        raise ZsfsError(f"a neighbour graph's record needs {sorted(missing)}")
-    with open_for_update(master) as file:
-        n_images = file[schema.CLIP].shape[0]
-        if rows.ndim != 2 or len(rows) != n_images or not 0 < rows.shape[1] < max(n_images, 2):
-            raise ZsfsError(f"a neighbour graph for {master} needs shape ({n_images}, K) with 0 < K < "
-                            f"{n_images}, got {rows.shape}")
-        if rows.size and (rows.min() < -1 or rows.max() >= n_images):
-            raise ZsfsError(f"a neighbour graph for {master} holds row ids outside [-1, {n_images})")
-
-        def write(staging: str) -> None:
-            dataset = file.create_dataset(staging, data=rows.astype(np.int32), chunks=True)
-            dataset.attrs[schema.ATTR_GRAPH] = canonical_json({**info, "k": int(rows.shape[1])})
-
-        replace_staged(file, schema.GRAPH_DATASET, write, "the neighbour graph")
-
-
-@contextmanager
-def open_for_update(master: Path) -> Iterator[h5py.File]:
-    """The master opened read-write, with a clear error when that is impossible."""
-    try:
-        file = h5py.File(master, "r+")
-    except OSError as error:
-        raise StoreError(f"cannot open {master} for writing ({error}); is it missing, read-only, or open "
-                         "in another program?") from None
-    with file:
-        yield file
-
-
-def replace_staged(file: h5py.File, target: str, write: Callable[[str], None], what: str) -> None:
-    """Write ``target`` under a hidden sibling name with ``write(name)``, then move it into place:
-    an existing ``target`` stays whole until the new one is complete."""
-    parent, _, name = target.rpartition("/")
-    staging = f"{parent}/.{name}{schema.TMP_SUFFIX}" if parent else f".{name}{schema.TMP_SUFFIX}"
-    try:
-        if staging in file:
-            del file[staging]
-        write(staging)
-        if target in file:
-            del file[target]
-        file.move(staging, target)
-    except BaseException as error:
-        if write_failed(error):
-            cause = "the disk is full; free some space" if is_disk_full(error) else f"{error}; fix that"
-            raise ZsfsError(f"could not write {what} into {file.filename}: {cause} and rerun") from error
-        raise
-
-
-def normalise_rows(values: np.ndarray, what: str) -> np.ndarray:
-    """Rows scaled to unit L2 norm; rows already unit-norm (to float16 precision) are returned
-    as they are, without a copy. Zero or non-finite rows are an error, never silently kept."""
-    if values.ndim != 2:
-        raise ZsfsError(f"{what}: expected a 2-d array (rows, dim), got shape {values.shape}")
-    norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32))
-    bad = ~np.isfinite(norms) | (norms == 0)
-    if bad.any():
-        raise ZsfsError(f"{what}: {int(bad.sum())} rows are zero or not finite (first: row {int(np.argmax(bad))})")
-    if np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
-        return values
-    return values / norms[:, None]

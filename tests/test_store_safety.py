@@ -1,0 +1,223 @@
+"""A store survives real failures: a full disk inside HDF5's C code (a file-size limit in a
+child process), a second writer, planted links, swapped or damaged files, crafted HDF5 files.
+
+The full sweep over many cut points per command is benchmarks/failure_sweep.py; here a few.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from zsfs.errors import StoreError
+from zsfs.store import Store, schema
+from zsfs.testing.cli import run_cli
+from zsfs.testing.failures import run_zsfs, store_content
+from zsfs.testing.images import write_image_folder
+from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS
+
+CLASSES = [f"class number {i}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A finished store (3 shards, a vocabulary, a neighbour graph) built with a CLIP weights file."""
+    from zsfs.extract import extract
+    from zsfs.models import load_clip
+
+    root = tmp_path_factory.mktemp("base")
+    images = write_image_folder(root / "photos", n_per_class=3, broken=False)
+    torch.save(load_clip(str(TINY_CLIP_CONFIG), "random").model.state_dict(), root / "clip.pt")
+    extract(images["root"], root / "s.h5", clip_model=str(TINY_CLIP_CONFIG), clip_weights=str(root / "clip.pt"),
+            backbone=TINY_BACKBONE, backbone_weights="random", workers=0, shard_size=4)
+    assert run_cli("neighbours", root / "s.h5", "--k", "3").exit_code == 0
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+@pytest.fixture()
+def store(base, tmp_path) -> Path:
+    shutil.copytree(base, tmp_path / "copy")
+    return tmp_path / "copy" / "s.h5"
+
+
+def assert_clean_failure(outcome) -> None:
+    assert outcome.returncode == 1, outcome.output
+    assert outcome.problems == [], outcome.output
+    assert "disk is full (or a file-size limit was reached)" in outcome.output
+
+
+def extract_args(base: Path, out: Path) -> tuple:
+    """``zsfs extract`` as the base store was built (same models: its shards are reused)."""
+    return ("extract", base / "photos", "--out", out, "--clip-model", TINY_CLIP_CONFIG, "--clip-weights",
+            base / "clip.pt", "--backbone", TINY_BACKBONE, "--backbone-weights", "random", "--workers", "0",
+            "--shard-size", "4")
+
+
+def test_full_disk_during_text_keeps_the_old_vocabulary(store):
+    limit = 3_000  # the vocabulary file is ~12 kB
+    before = store_content(store)
+    outcome = run_zsfs("text", store, "--classes", store.parent / "classes.txt", "--name", "default", "--overwrite",
+                       file_size_limit=limit)
+    assert_clean_failure(outcome)
+    assert store_content(store) == before
+    assert not list(store.parent.rglob("*.tmp"))
+    assert run_cli("text", store, "--classes", store.parent / "classes.txt", "--name", "default",
+                   "--overwrite").exit_code == 0
+    with Store(store) as reopened:
+        assert reopened.vocabulary("default").classes == CLASSES
+
+
+def test_full_disk_during_neighbours_keeps_the_old_graph_and_reruns_reclaim_space(store):
+    before = store_content(store)
+    assert_clean_failure(run_zsfs("neighbours", store, "--k", "5", file_size_limit=3_000))
+    assert store_content(store) == before
+    sizes = []
+    for _ in range(3):  # each rerun replaces the graph file: nothing grows
+        assert run_cli("neighbours", store, "--k", "5").exit_code == 0
+        sizes.append(sum(path.stat().st_size for path in store.parent.rglob("*.h5")))
+    assert sizes[0] == sizes[1] == sizes[2]
+    with Store(store) as reopened:
+        assert reopened.graph_info["k"] == 5
+
+
+def test_full_disk_during_import_and_extract_then_resume(tmp_path, base):
+    n = 40
+    rows = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+    np.save(tmp_path / "clip.npy", rows)
+    np.save(tmp_path / "backbone.npy", rows[:, :6])
+    (tmp_path / "paths.csv").write_text("path\n" + "".join(f"{i}.jpg\n" for i in range(n)))
+    np.savez(tmp_path / "v.npz", classes=np.array(["a", "b"]), single=rows[:2])
+    args = ("import", tmp_path / "i.h5", "--clip-embeddings", tmp_path / "clip.npy", "--backbone-features",
+            tmp_path / "backbone.npy", "--paths", tmp_path / "paths.csv", "--vocab", "v=" + str(tmp_path / "v.npz"),
+            "--shard-size", "10")
+    assert_clean_failure(run_zsfs(*args, file_size_limit=12_000))
+    assert run_cli(*args).exit_code == 0
+    with Store(tmp_path / "i.h5") as imported:
+        assert imported.n_images == n and imported.vocabulary_names() == ["v"]
+
+    out = tmp_path / "e.h5"
+    extract_args = ("extract", base / "photos", "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "4")
+    assert_clean_failure(run_zsfs(*extract_args, file_size_limit=30_000))
+    assert run_cli(*extract_args).exit_code == 0
+    with Store(out) as extracted:
+        assert extracted.n_images == 9
+
+
+def test_full_disk_during_fit_is_one_line(store, tmp_path):
+    outcome = run_zsfs("fit", "--store", store, "--out", tmp_path / "run", "--k", "2", "--device", "cpu",
+                       file_size_limit=200)
+    assert_clean_failure(outcome)
+
+
+def test_a_second_writer_gets_a_clear_error(store):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from zsfs.store.files import store_lock\n"
+        f"with store_lock({str(store)!r}):\n    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        outcome = run_zsfs("neighbours", store, "--k", "2")
+        assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+        assert "another zsfs process is writing" in outcome.output
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli("neighbours", store, "--k", "2").exit_code == 0  # the lock died with its holder
+
+
+def test_planted_links_are_never_followed(base, store, tmp_path):
+    from zsfs.store.files import lock_path
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    # Links at every temporary name older versions used; then a rerun that rewrites a shard and the master.
+    store.with_name(store.name + ".tmp").symlink_to(victim)
+    for shard in range(3):
+        (store.parent / "s.shards" / f"{schema.shard_name(shard)}.tmp").symlink_to(victim)
+    store.unlink()
+    (store.parent / "s.shards" / "shard-00001.h5").unlink()
+    result = run_cli(*extract_args(base, store))
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "precious"
+    assert store.is_file() and not store.is_symlink() and not list(store.parent.rglob("*.tmp"))
+
+    lock_path(store).unlink()
+    lock_path(store).symlink_to(victim)
+    result = run_cli("neighbours", store, "--k", "2")
+    assert result.exit_code == 1 and "cannot create its lock file" in result.output and "it is a link" in result.output
+    assert victim.read_text() == "precious"
+
+
+def test_swapped_and_damaged_shards_are_refused(store):
+    shards = store.parent / "s.shards"
+    first, second = shards / "shard-00000.h5", shards / "shard-00001.h5"
+    first.rename(shards / "swap")
+    second.rename(first)
+    (shards / "swap").rename(second)
+    with pytest.raises(StoreError, match="swapped"):
+        Store(store)
+    second.rename(shards / "swap")
+    first.rename(second)
+    (shards / "swap").rename(first)
+
+    with h5py.File(first, "r") as file:
+        offset = file["clip"].id.get_chunk_info(0).byte_offset
+    data = bytearray(first.read_bytes())
+    data[offset + 5] ^= 0x10  # one flipped bit in the embeddings
+    first.write_bytes(bytes(data))
+    assert run_cli("info", store).exit_code == 0  # size and identity still match: opening is cheap
+    result = run_cli("info", "--verify", store)
+    assert result.exit_code == 1 and "shard-00000.h5 does not match its recorded checksum" in result.output
+    with Store(store) as damaged, pytest.raises(StoreError, match="cannot read clip .*damaged"):
+        damaged.read("clip")
+
+
+@pytest.mark.parametrize("kind", ["external link", "external storage", "virtual dataset"])
+def test_crafted_files_pointing_outside_the_store_are_refused(store, tmp_path, kind):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"TOP-SECRET-BYTES" * 64)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as file:
+        file.create_dataset("clip", data=np.frombuffer(secret.read_bytes(), dtype=np.float16).reshape(-1, 32))
+    with h5py.File(store, "r+") as master:
+        if kind == "external link":
+            del master["path"]
+            master["path"] = h5py.ExternalLink(str(foreign), "clip")
+        elif kind == "external storage":
+            del master["skipped/reason"]
+            master.create_dataset("skipped/reason", shape=(len(secret.read_bytes()),), dtype=np.uint8,
+                                  external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+        else:
+            n, dim = master["clip"].shape
+            del master["clip"]
+            layout = h5py.VirtualLayout(shape=(n, dim), dtype=np.float16)
+            layout[:] = h5py.VirtualSource(str(foreign), "clip", shape=(32, 32))[:n]
+            master.create_virtual_dataset("clip", layout)
+    result = run_cli("info", "--verify", store)
+    assert result.exit_code == 1 and "never points outside its own files" in result.output
+    assert "TOP-SECRET" not in result.output
+
+
+def test_extract_and_text_on_a_read_only_mount_are_a_clear_error(base, store, tmp_path):
+    """Rerunning extract or text on a store mounted read-only: one clear line, before any work.
+    (The test makes a real read-only bind mount: CI runs as root.)"""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", store.parent, mount], check=True, capture_output=True)
+    try:
+        mounted = mount / store.name
+        for args in (("text", mounted, "--classes", mount / "classes.txt", "--name", "x"), extract_args(base, mounted)):
+            outcome = run_zsfs(*args)
+            assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+            assert "Read-only file system" in outcome.output
+    finally:
+        subprocess.run(["umount", mount], check=True)

@@ -1,0 +1,134 @@
+"""What is added to a finished store: class vocabularies and the neighbour graph.
+
+Each lives in a file of its own beside the shards (``docs/store.md``), written whole and renamed
+into place like a shard: adding or replacing one never rewrites the master, a full disk or a
+kill leaves the previous version intact, and a replaced file's space is freed at once (HDF5
+never reclaims space inside a file it modifies).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from zsfs.errors import StoreError, ZsfsError
+from zsfs.store import schema
+from zsfs.store.files import new_hdf5, store_lock
+from zsfs.store.hdf5 import canonical_json, write_checked, write_strings
+
+NORM_TOLERANCE = 1e-3  # float16 rounding moves a unit row's norm by ~1e-4
+
+
+def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np.ndarray, ensemble: np.ndarray,
+                     *, prompt: str, n_templates: int, overwrite: bool = False) -> None:
+    """Add (or with ``overwrite`` replace) the text embeddings of a class vocabulary.
+
+    Only the vocabulary's own file changes; image data is not touched. Rows are stored
+    L2-normalised.
+    """
+    from zsfs.store.reader import Store
+
+    classes = [str(c) for c in classes]
+    check_vocabulary_name(name)
+    if not classes:
+        raise ZsfsError(f"vocabulary {name!r} has no classes")
+    duplicates = sorted(c for c, count in Counter(classes).items() if count > 1)
+    if duplicates:
+        raise ZsfsError(f"vocabulary {name!r} lists classes more than once: {duplicates[:5]}")
+    arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"vocabulary {name!r} {kind}")
+              for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
+    with store_lock(master), Store(master) as store:
+        clip_dim = int(store.clip_info["dim"])
+        for kind, values in arrays.items():
+            if values.shape != (len(classes), clip_dim):
+                raise ZsfsError(f"vocabulary {name!r}: {kind} embeddings have shape {values.shape}, expected "
+                                f"({len(classes)} classes, {clip_dim} = the store's CLIP dim)")
+        if name in store.vocabulary_names() and not overwrite:
+            raise StoreError(f"{master} already has a vocabulary named {name!r}; pass --overwrite to replace it "
+                             "or choose another name")
+        with new_hdf5(schema.vocabulary_file(store.data_dir, name), f"vocabulary {name!r} of {store.path}") as file:
+            write_strings(file, schema.VOCAB_CLASSES, classes)
+            for kind, values in arrays.items():
+                write_checked(file, kind, values)
+            file.attrs.update({schema.ATTR_FORMAT: schema.VOCAB_FORMAT, schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
+                               schema.ATTR_IDENTITY: canonical_json(store.identity), schema.ATTR_NAME: name,
+                               schema.ATTR_PROMPT: prompt, schema.ATTR_N_TEMPLATES: int(n_templates)})
+
+
+def check_vocabulary_name(name: str) -> None:
+    if not schema.valid_vocabulary_name(name):
+        raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
+
+
+def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict) -> None:
+    """Add (or replace) the store's neighbour graph: ``rows`` (N, K), each image's K nearest
+    store rows by CLIP inner product, best first, itself excluded, ``-1`` where none.
+    ``info`` records how they were found: ``search`` and ``precision`` (``k`` is ``K``)."""
+    from zsfs.store.reader import Store
+
+    rows = np.asarray(rows)
+    missing = {"search", "precision"} - set(info)
+    if missing:
+        raise ZsfsError(f"a neighbour graph's record needs {sorted(missing)}")
+    with store_lock(master), Store(master) as store:
+        n_images = store.n_images
+        if rows.ndim != 2 or len(rows) != n_images or not 0 < rows.shape[1] < max(n_images, 2):
+            raise ZsfsError(f"a neighbour graph for {master} needs shape ({n_images}, K) with 0 < K < "
+                            f"{n_images}, got {rows.shape}")
+        if rows.size and (rows.min() < -1 or rows.max() >= n_images):
+            raise ZsfsError(f"a neighbour graph for {master} holds row ids outside [-1, {n_images})")
+        with new_hdf5(schema.graph_file(store.data_dir), f"the neighbour graph of {store.path}") as file:
+            dataset = write_checked(file, schema.GRAPH_ROWS, rows.astype(np.int32))
+            dataset.attrs[schema.ATTR_GRAPH] = canonical_json({**info, "k": int(rows.shape[1])})
+            file.attrs.update({schema.ATTR_FORMAT: schema.GRAPH_FORMAT, schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
+                               schema.ATTR_IDENTITY: canonical_json(store.identity), schema.ATTR_BUILD: store.build})
+
+
+def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
+    """Open a vocabulary or graph file (``kind``: its format name), checked to belong to the store."""
+    from zsfs.store.integrity import check_structure
+
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        raise StoreError(f"{path} is damaged ({error}); replace it (rerun the command that wrote it)") from None
+    try:
+        check_structure(file, path)
+        if file.attrs.get(schema.ATTR_FORMAT) != kind:
+            raise StoreError(f"{path} is not a {kind} file; remove it")
+        if file.attrs.get(schema.ATTR_IDENTITY) != canonical_json(identity):
+            raise StoreError(f"{path} belongs to another store (its identity differs); remove it")
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def vocabulary_files(shards: Path, identity: dict) -> dict[str, Path]:
+    """Vocabulary name -> file, for every vocabulary file in the store's shard folder."""
+    found = {}
+    for path in sorted(shards.glob(f"{schema.VOCAB_FILE_PREFIX}*{schema.SHARD_SUFFIX}")):
+        with open_extra(path, schema.VOCAB_FORMAT, identity) as file:
+            name = str(file.attrs.get(schema.ATTR_NAME, ""))
+        if path != schema.vocabulary_file(shards, name):
+            raise StoreError(f"{path} holds vocabulary {name!r} under another name; remove it")
+        found[name] = path
+    return found
+
+
+def normalise_rows(values: np.ndarray, what: str) -> np.ndarray:
+    """Rows scaled to unit L2 norm; rows already unit-norm (to float16 precision) are returned
+    as they are, without a copy. Zero or non-finite rows are an error, never silently kept."""
+    if values.ndim != 2:
+        raise ZsfsError(f"{what}: expected a 2-d array (rows, dim), got shape {values.shape}")
+    norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32))
+    bad = ~np.isfinite(norms) | (norms == 0)
+    if bad.any():
+        raise ZsfsError(f"{what}: {int(bad.sum())} rows are zero or not finite (first: row {int(np.argmax(bad))})")
+    if np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
+        return values
+    return values / norms[:, None]

@@ -1,0 +1,304 @@
+"""Crash-safe store files: exclusive temporary files, all-or-nothing publication, the writer lock.
+
+Every file of a store is written whole under a fresh temporary name in its final folder, then
+fsynced, renamed into place and the folder fsynced: a full disk, kill -9 or power loss leaves
+either the old file or the complete new one, never a mix.
+
+HDF5 cannot be trusted with a failed write: after one, its C code leaves the file in a state
+where closing it crashes the process (segfault) or spills "Exception ignored" screens from
+garbage collection. So files are written through :class:`WriteSink`, a Python file object that
+never reports a failure to HDF5; it records the first error instead, keeps what could not be
+written in memory (so HDF5 can read back its own metadata), and the caller raises the error
+after a clean close and deletes the temporary file.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+
+from zsfs.errors import StoreError, ZsfsError
+from zsfs.store import schema
+
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+# -- disk-full errors --------------------------------------------------------------------
+def is_disk_full(error: BaseException | None) -> bool:
+    """True if ``error`` or one it arose from reports a full disk, a quota or a file-size limit.
+    h5py raises RuntimeError with the C errno in its message, so look at the whole chain."""
+    while error is not None:
+        message = str(error).lower()
+        if (getattr(error, "errno", None) in DISK_FULL_ERRNOS or "no space left" in message
+                or "errno = 28" in message or "errno = 27" in message or "file too large" in message):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def write_failed(error: BaseException) -> bool:
+    """Errors that mean the file system refused a write (not a bug to show as a traceback)."""
+    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and is_disk_full(error))
+
+
+def disk_error(error: BaseException, what: str, *, resume: str = "the same command") -> ZsfsError:
+    """A failed write as one actionable line (a full disk is the usual cause)."""
+    if is_disk_full(error):
+        cause, advice = "the disk is full (or a file-size limit was reached)", "free some space and rerun"
+    else:
+        cause, advice = (getattr(error, "strerror", None) or str(error)), "fix that and rerun"
+    return ZsfsError(f"could not write {what}: {cause}. The store keeps its previous content; {advice} {resume}.")
+
+
+# -- temporary files and publication -----------------------------------------------------
+def temp_file(final: Path) -> Path:
+    """A new empty file beside ``final``, created exclusively (``O_EXCL``, random name, mode
+    0600): a link planted at a predictable name cannot redirect the write elsewhere."""
+    handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=schema.TMP_SUFFIX)
+    try:
+        os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the store from others
+    finally:
+        os.close(handle)
+    return Path(name)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_files_of(final: Path) -> list[Path]:
+    """Temporary files that interrupted writes of ``final`` left behind."""
+    legacy = final.with_name(final.name + schema.TMP_SUFFIX)  # the fixed name of format 1 writers
+    found = list(final.parent.glob(f".{final.name}.*{schema.TMP_SUFFIX}")) if final.parent.is_dir() else []
+    return found + ([legacy] if legacy.is_file() or legacy.is_symlink() else [])
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass  # some file systems refuse fsync on folders; the rename itself is still atomic
+    finally:
+        os.close(handle)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Rename the complete, fsynced ``tmp`` over ``final`` and make the rename durable."""
+    os.replace(tmp, final)
+    fsync_folder(final.parent)
+
+
+def remove_file(path: Path) -> None:
+    """Delete ``path`` (if present) durably."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+        fsync_folder(path.parent)
+
+
+class WriteSink(io.RawIOBase):
+    """The file HDF5 writes through: see the module docstring. ``error`` is the first failure."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._handle = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        self._position = 0
+        self.error: OSError | None = None
+        self._unwritten: list[tuple[int, bytes]] = []  # (offset, bytes) the disk refused
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size()}[whence]
+        self._position = base + offset
+        return self._position
+
+    def _size(self) -> int:
+        ends = [offset + len(data) for offset, data in self._unwritten]
+        return max([os.fstat(self._handle).st_size, *ends])
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        count = os.preadv(self._handle, [view], self._position)
+        for offset, data in self._unwritten:  # later writes win, as on disk
+            low, high = max(offset, self._position), min(offset + len(data), self._position + len(view))
+            if low < high:
+                view[low - self._position : high - self._position] = data[low - offset : high - offset]
+                count = max(count, high - self._position)
+        self._position += count
+        return count
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")  # no copy while the disk accepts the data
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self._handle, view[done:], self._position + done)
+            except OSError as error:
+                self.error = error
+        if self.error is not None:
+            self._unwritten.append((self._position, bytes(view)))
+        self._position += len(view)
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._position if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self._handle, size)
+            except OSError as error:
+                self.error = error
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def sync(self) -> None:
+        if self.error is None:
+            try:
+                os.fsync(self._handle)
+            except OSError as error:
+                self.error = error
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._handle)
+            self._unwritten.clear()
+        super().close()
+
+
+@contextmanager
+def new_hdf5(final: Path, what: str) -> Iterator[h5py.File]:
+    """Yield a new HDF5 file to fill; it replaces ``final`` only once complete and durable.
+
+    On any error (a full disk, Ctrl-C, a bug) the temporary file is removed and ``final`` keeps
+    its previous content; write failures become one ``ZsfsError`` line.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_file(final)
+    sink = None
+    try:
+        sink = WriteSink(tmp)
+        with h5py.File(sink, "w") as file:
+            _sinks[file.id] = sink
+            try:
+                yield file
+            finally:
+                del _sinks[file.id]
+            check_sink(sink)
+        sink.sync()
+        check_sink(sink)
+        sink.close()
+        publish(tmp, final)
+    except BaseException as error:
+        if sink is not None:
+            sink.close()
+        tmp.unlink(missing_ok=True)
+        failure = sink.error if sink is not None and sink.error is not None else error
+        if failure is not error or write_failed(error):
+            raise disk_error(failure, what) from None
+        raise
+
+
+def check_sink(sink: WriteSink) -> None:
+    """Stop a long write as soon as the disk refused part of it (the caller reports it)."""
+    if sink.error is not None:
+        raise sink.error
+
+
+_sinks: dict = {}  # h5py FileID -> the WriteSink under it, while new_hdf5 writes it
+
+
+def check_written(file: h5py.File) -> None:
+    """Raise the disk's refusal as soon as it happens, so that a long write (an index of
+    gigabytes) stops instead of keeping the rest in memory. Files not from new_hdf5 pass."""
+    sink = _sinks.get(file.id)
+    if sink is not None:
+        check_sink(sink)
+
+
+# -- the writer lock ---------------------------------------------------------------------
+_held: dict[Path, list] = {}  # lock file -> [open file descriptor, depth]
+
+
+def lock_path(master: Path) -> Path:
+    return master.with_name(f".{master.name}.lock")
+
+
+def acquire_lock(master: Path) -> Path:
+    """Take the advisory lock that says "a zsfs process is writing this store" (reentrant
+    within a process). Fails at once, with a clear message, while another process holds it."""
+    master = Path(master).absolute()
+    lock = lock_path(master)
+    if lock in _held:
+        _held[lock][1] += 1
+        return lock
+    try:
+        master.parent.mkdir(parents=True, exist_ok=True)
+        # O_NOFOLLOW: a link planted at the lock's name is refused, never followed.
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
+    except OSError as error:
+        reason = "it is a link" if error.errno == errno.ELOOP else error.strerror
+        raise StoreError(f"cannot write the store {master}: cannot create its lock file {lock} ({reason})") from None
+    try:
+        import fcntl
+
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        pass  # no advisory locks on this platform
+    except OSError:
+        os.close(handle)
+        raise StoreError(f"another zsfs process is writing {master} (it holds {lock.name}); wait for it to "
+                         "finish, or write to another output") from None
+    _held[lock] = [handle, 1]
+    return lock
+
+
+def release_lock(lock: Path) -> None:
+    entry = _held.get(lock)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] == 0:
+        del _held[lock]
+        os.close(entry[0])  # closing the descriptor releases the flock
+
+
+def check_writable(master: Path) -> None:
+    """Fail now, before long work, if the store cannot be written or another process writes it."""
+    release_lock(acquire_lock(master))
+
+
+@contextmanager
+def store_lock(master: Path) -> Iterator[None]:
+    """Hold the store's writer lock for the block (see :func:`acquire_lock`)."""
+    lock = acquire_lock(master)
+    try:
+        yield
+    finally:
+        release_lock(lock)
