@@ -109,7 +109,7 @@ def _kill_script(source: Path, out: Path, delay: float) -> str:
     args = ["extract", str(source), "--out", str(out), *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "6",
             "--batch-size", "2"]
     return (
-        "import time, zsfs.embedding as x\n"
+        "import time, zsfs.sources as x\n"
         "decode = x.decode_image\n"
         f"x.decode_image = lambda *args: (time.sleep({delay}), decode(*args))[1]\n"
         "from zsfs.cli import main\n"

@@ -146,3 +146,24 @@ def test_a_run_on_an_imported_store_explains_why_it_cannot_predict(fitted, tmp_p
     dataclasses.replace(classifier, backbone=imported).save(run / "classifier.pt")
     with pytest.raises(ZsfsError, match="imported.*'my-vit'"):
         predict_images(run, [fitted["photos"]["root"]], workers=0)
+
+
+def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, monkeypatch):
+    from zsfs.testing.tars import files_as_samples, write_tar_shards
+
+    photos = fitted["photos"]
+    good = photos["good"][:5]
+    monkeypatch.chdir(tmp_path)
+    members = write_tar_shards("shards", files_as_samples(photos["root"], good), per_tar=3)
+    recorded = [f"shards/{path}" for path in members]  # the path under the store's source root
+
+    from_members = predict_images(fitted["run"], recorded, workers=0)
+    from_tars = predict_images(fitted["run"], [Path("shards/00000.tar"), Path("shards/00001.tar")], workers=1)
+    from_files = predict_images(fitted["run"], [photos["root"] / path for path in good], workers=0)
+    assert from_members["path"].to_list() == from_tars["path"].to_list() == recorded
+    assert from_members["error"].null_count() == len(good)
+    for column in ("predicted", "confidence", "ood_continuous"):
+        assert from_members[column].to_list() == from_tars[column].to_list() == from_files[column].to_list()
+
+    with pytest.raises(ZsfsError, match="holds no file named 'nope.jpg'"):
+        predict_images(fitted["run"], ["shards/00000.tar::nope.jpg"], workers=0)

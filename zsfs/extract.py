@@ -4,6 +4,10 @@ The decode/embed pipeline lives in ``zsfs.embedding``; this module plans the wor
 writes the store and its vocabulary, and reports what it did. Batches never cross shard
 boundaries: a resumed run computes exactly the batches an uninterrupted run would,
 so its store has the same content. Only shards the writer reports as pending are computed.
+
+Whole shards are computed by a ``ShardEmbedder`` (both models, loaded once): in this process,
+or one per Ray worker (``zsfs.distributed``, ``ray=...``); either way the same function writes
+each shard, so shards of a local run and of a Ray run are interchangeable.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from zsfs.devices import check_device
 from zsfs.embedding import (PRECISIONS, Batch, DecodedImages, default_worker_niceness,
                             default_workers, embed_batches, make_loader, model_threads)
 from zsfs.errors import ZsfsError
-from zsfs.models import Backbone, ClipModel, encode_vocabulary, load_backbone, load_clip, load_clip_from_record
+from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source, read_class_file
 from zsfs.store.files import check_writable as check_store_lock
@@ -47,19 +52,35 @@ class ExtractSummary:
     embedding_seconds: float  # decoding + embedding + writing shards
     vocabulary: str | None  # name of the vocabulary written, None when no class names known
     classes: list[str] = field(default_factory=list)
+    shards_redone: int = 0  # Ray: shards recomputed because the worker holding them died
 
     @property
     def images_per_second(self) -> float:
         return self.images_processed / self.embedding_seconds if self.embedding_seconds > 0 else 0.0
 
 
-def store_identity(source: ImageSource, clip: ClipModel, backbone: Backbone, *, dtype: str) -> dict:
+@dataclass(frozen=True)
+class EmbedSettings:
+    """How images become embeddings: the models and how they run (``extract``'s options)."""
+
+    clip_model: str
+    clip_weights: str
+    backbone: str
+    backbone_weights: str
+    device: str
+    precision: str
+    batch_size: int
+    workers: int | None  # DataLoader decoding processes; None: ``default_workers``
+    max_pixels: int  # the decoding budget of one image
+
+
+def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict, *, dtype: str) -> dict:
     """What makes shards interchangeable: same listing, same models and weights, same layout."""
     return {
         "source": str(source.location),
         "listing_sha256": source.digest(),
-        "clip": _model_identity(clip.record),
-        "backbone": _model_identity(backbone.record),
+        "clip": _model_identity(clip_record),
+        "backbone": _model_identity(backbone_record),
         "dtype": dtype,  # the writer adds n_items and shard_size
     }
 
@@ -113,6 +134,51 @@ class _ShardRows:
         )
 
 
+class ShardEmbedder(AbstractContextManager):
+    """Both models, loaded once, computing and writing whole shards of one source.
+
+    ``cores``: the CPU cores this process may use (a Ray worker's share) [default: all it sees].
+    ``zsfs.distributed.RayEmbedders`` offers the same methods over a pool of these.
+    """
+
+    def __init__(self, settings: EmbedSettings, source: ImageSource, *, cores: int | None = None):
+        self.settings, self.source, self.cores = settings, source, cores
+        self.device = check_device(settings.device)
+        self.clip = load_clip(settings.clip_model, settings.clip_weights, device=settings.device)
+        self.features = load_backbone(settings.backbone, settings.backbone_weights, device=settings.device)
+        self.shards_redone = 0  # a process that dies takes its shards with it: nothing to redo here
+
+    @property
+    def records(self) -> tuple[dict, dict]:
+        """The (CLIP, backbone) records: what the store's identity and master record."""
+        return self.clip.record, self.features.record
+
+    def write_shards(self, writer: StoreWriter, shards: Sequence[int],
+                     on_batch: Callable[[int], None] | None = None) -> int:
+        """Compute ``shards`` and write each one as soon as its last batch is embedded; returns
+        the listing entries processed. One loader over all of them, so decoding never idles."""
+        settings = self.settings
+        batches, owners = shard_batches(writer, shards, settings.batch_size)
+        workers = default_workers(settings.device, self.cores) if settings.workers is None else settings.workers
+        images = DecodedImages(self.source, self.clip.preprocess, self.features.preprocess,
+                               max_pixels=settings.max_pixels)
+        loader = make_loader(images, batches,
+                             workers=workers, pin_memory=self.device.type == "cuda",
+                             worker_niceness=default_worker_niceness(settings.device))
+        with model_threads(self.device, workers, self.cores):
+            embedded = embed_batches(loader, owners, (self.clip.encode_images, self.features.encode_images),
+                                     self.device, settings.precision, on_batch)
+            return _write_shards(writer, self.source, embedded, owners, self.clip.record["dim"],
+                                 self.features.record["dim"])
+
+    def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(single-prompt, ensemble) text embeddings of the class names."""
+        return encode_vocabulary(self.clip, classes)
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
 def extract(
     source: str | Path,
     out: str | Path | None = None,
@@ -131,6 +197,8 @@ def extract(
     dtype: str = "float16",
     overwrite: bool = False,
     max_pixels: int | None = None,
+    ray: str | None = None,
+    ray_workers: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> ExtractSummary:
@@ -142,50 +210,49 @@ def extract(
     ``on_batch(n)`` after each batch with the entries it covered (progress reporting).
     ``max_pixels``: the decoding budget of one image (default ``zsfs.sources.DEFAULT_MAX_PIXELS``).
     Rerunning after an interruption resumes: complete shards are kept, not recomputed.
+    ``ray``: compute the shards on a Ray cluster at this address (``"local"`` starts one here,
+    ``"auto"`` joins the one this machine belongs to) with ``ray_workers`` workers
+    (``zsfs.distributed``); the store is the same as a local run's.
     """
     started = time.perf_counter()
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
                    max_pixels=max_pixels)
     _check_vocabulary_name(vocab_name)
-    torch_device = check_device(device)
+    if ray is None:
+        check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
+    if ray is None and ray_workers is not None:
+        raise ZsfsError("--ray-workers needs --ray")
+    settings = EmbedSettings(clip_model, clip_weights, backbone, backbone_weights, device, precision, batch_size,
+                             workers, max_pixels)
     image_source = open_source(source)
     out = Path(out) if out is not None else default_output(image_source.location)
     check_writable(out, "store")
     check_store_lock(out)
     class_names = _resolve_classes(classes, image_source)
 
-    clip = load_clip(clip_model, clip_weights, device=device)
-    features = load_backbone(backbone, backbone_weights, device=device)
-    writer = StoreWriter(out, store_identity(image_source, clip, features, dtype=dtype),
-                         n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype, overwrite=overwrite)
-    pending = writer.pending_shards()
-    batches, owners = shard_batches(writer, pending, batch_size)
-    if on_start is not None:
-        on_start(sum(len(batch) for batch in batches))
-    embedding_started = time.perf_counter()
-    workers = default_workers(device) if workers is None else workers
-    images = DecodedImages(image_source, clip.preprocess, features.preprocess, max_pixels=max_pixels)
-    loader = make_loader(images, batches, workers=workers, pin_memory=torch_device.type == "cuda",
-                         worker_niceness=default_worker_niceness(device))
-    with model_threads(torch_device, workers):
-        embedded = embed_batches(loader, owners, (clip.encode_images, features.encode_images), torch_device,
-                                 precision, on_batch)
-        processed = _write_shards(writer, image_source, embedded, owners, clip.record["dim"], features.record["dim"])
-    embedding_seconds = time.perf_counter() - embedding_started
+    with _embedder(settings, image_source, ray, ray_workers) as embedder:
+        clip_record, backbone_record = embedder.records
+        writer = StoreWriter(out, store_identity(image_source, clip_record, backbone_record, dtype=dtype),
+                             n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype, overwrite=overwrite)
+        pending = writer.pending_shards()
+        if on_start is not None:
+            on_start(sum(stop - start for start, stop in map(writer.shard_bounds, pending)))
+        embedding_started = time.perf_counter()
+        processed = embedder.write_shards(writer, pending, on_batch)
+        embedding_seconds = time.perf_counter() - embedding_started
+        writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
 
-    if pending or not writer.master.is_file():  # a complete store is not rebuilt by a rerun
-        writer.finalize({"source": str(image_source.location), "clip": clip.record, "backbone": features.record})
+        if pending or not writer.master.is_file():  # a complete store is not rebuilt by a rerun
+            writer.finalize({"source": str(image_source.location), "clip": clip_record, "backbone": backbone_record})
+        vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
+        if vocabulary:
+            single, ensemble = embedder.encode_vocabulary(vocabulary)
+            _write_vocabulary(writer.master, vocab_name, vocabulary, single, ensemble, overwrite=True)
+        shards_redone = embedder.shards_redone
     with Store(writer.master) as store:
-        has_vocabulary = vocab_name in store.vocabulary_names() and store.vocabulary(vocab_name).classes == class_names
         skipped_paths, reasons = store.skipped()
         n_images = store.n_images
-    if n_images == 0:
-        counts = ", ".join(f"{count} {reason}" for reason, count in Counter(map(str, reasons)).most_common())
-        raise ZsfsError(f"none of the {len(skipped_paths)} files of {image_source.location} could be decoded "
-                        f"({counts}); {writer.master} records them (`zsfs info {writer.master.name}`)")
-    if class_names and not has_vocabulary:
-        _write_vocabulary(writer.master, clip, vocab_name, class_names, overwrite=True)
     return ExtractSummary(
         output=writer.master,
         n_images=n_images,
@@ -198,7 +265,32 @@ def extract(
         embedding_seconds=embedding_seconds,
         vocabulary=vocab_name if class_names else None,
         classes=list(class_names or []),
+        shards_redone=shards_redone,
     )
+
+
+def _embedder(settings: EmbedSettings, source: ImageSource, ray: str | None,
+              ray_workers: int | None) -> AbstractContextManager:
+    """The models in this process, or a pool of Ray workers each holding them."""
+    if ray is None:
+        return ShardEmbedder(settings, source)
+    from zsfs.distributed import RayEmbedders  # Ray is an optional dependency
+
+    return RayEmbedders(settings, source, address=ray, n_workers=ray_workers)
+
+
+def _missing_vocabulary(master: Path, source: ImageSource, name: str, classes: list[str] | None) -> list[str] | None:
+    """The class names still to embed (None when the store already has them, or none are known).
+    A store nothing could be decoded into is an error, raised before any text is embedded."""
+    with Store(master) as store:
+        has_vocabulary = name in store.vocabulary_names() and store.vocabulary(name).classes == classes
+        skipped_paths, reasons = store.skipped()
+        n_images = store.n_images
+    if n_images == 0:
+        counts = ", ".join(f"{count} {reason}" for reason, count in Counter(map(str, reasons)).most_common())
+        raise ZsfsError(f"none of the {len(skipped_paths)} files of {source.location} could be decoded "
+                        f"({counts}); {master} records them (`zsfs info {master.name}`)")
+    return classes if classes and not has_vocabulary else None
 
 
 def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: list[int], clip_dim: int,
@@ -251,18 +343,22 @@ def add_vocabulary(
     clip = load_clip_from_record(record, device=device)
     if on_start is not None:
         on_start(len(class_names))
-    _write_vocabulary(Path(store_path), clip, name, class_names, overwrite=overwrite, on_classes=on_classes)
+    single, ensemble = encode_vocabulary(clip, class_names, on_classes=on_classes)
+    _write_vocabulary(Path(store_path), name, class_names, single, ensemble, overwrite=overwrite)
     return class_names
 
 
 def default_output(location: Path) -> Path:
-    """``photos/`` -> ``./photos.h5``; ``list.csv`` -> ``./list.h5``."""
-    return Path.cwd() / (Path(location).stem + ".h5" if Path(location).is_file() else Path(location).name + ".h5")
+    """``photos/`` -> ``./photos.h5``; ``list.csv`` -> ``./list.h5``; ``laion/{00000..00099}.tar``
+    -> ``./laion.h5``."""
+    location = Path(location)
+    if "{" in location.name:
+        location = location.parent
+    return Path.cwd() / (location.stem + ".h5" if location.is_file() else location.name + ".h5")
 
 
-def _write_vocabulary(master: Path, clip: ClipModel, name: str, classes: list[str], *, overwrite: bool,
-                      on_classes: Callable[[int], None] | None = None) -> None:
-    single, ensemble = encode_vocabulary(clip, classes, on_classes=on_classes)
+def _write_vocabulary(master: Path, name: str, classes: list[str], single: np.ndarray, ensemble: np.ndarray, *,
+                      overwrite: bool) -> None:
     try:
         write_vocabulary(master, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
                          n_templates=len(ENSEMBLE_TEMPLATES), overwrite=overwrite)

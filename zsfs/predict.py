@@ -22,10 +22,12 @@ from zsfs.names import utf8_texts
 from zsfs.fit.classifier import Classifier
 from zsfs.runs import FittedRun, load_run
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
+from zsfs.tars import TAR_SUFFIX, locate_members, split_member_path
 
 
 def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
-    """One listing of image files and folders (folders scanned as by ``zsfs extract``).
+    """One listing of image files, folders, tar shards and tar members (``shard.tar::key.jpg``,
+    as a store records them); folders and tars are listed as by ``zsfs extract``.
 
     Paths are kept as the user wrote them (relative to the working directory), so the
     output names each image the way it was asked for.
@@ -35,15 +37,19 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
     paths: list[str] = []
     unreadable: dict[str, str] = {}
     for given in map(Path, inputs):
-        if given.is_dir():
-            folder = open_source(given)
-            paths += [os.path.join(given, path) for path in folder.paths]  # keeps an unreadable folder's '/'
-            unreadable.update({os.path.join(given, path): reason for path, reason in folder.unreadable.items()})
+        if split_member_path(str(given)) is not None:
+            paths.append(str(given))
+        elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX):
+            listing = open_source(given)
+            base = given if given.is_dir() else given.parent
+            paths += [os.path.join(base, path) for path in listing.paths]  # keeps an unreadable folder's '/'
+            unreadable.update({os.path.join(base, path): reason for path, reason in listing.unreadable.items()})
         elif given.is_file():
             paths.append(str(given))
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
-    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable)
+    return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable,
+                       members=locate_members(paths, Path.cwd()))
 
 
 def predict_images(

@@ -8,6 +8,7 @@ short reason, so that callers can skip and record the file instead of crashing o
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import stat
@@ -24,6 +25,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from zsfs.errors import ZsfsError
 from zsfs.names import utf8_text
 from zsfs.store.hdf5 import listing_sha256
+from zsfs.tars import TarMembers, is_tar_pattern, list_tars, resolve_tars, tar_shards_in
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -61,7 +63,7 @@ class ImageDecodeError(Exception):
 
 @dataclass(frozen=True)
 class ImageSource:
-    """The images of a folder or list file, in a fixed order, with their labels when known."""
+    """The images of a folder, list file or tar shards, in a fixed order, with their labels when known."""
 
     location: Path
     root: Path
@@ -69,6 +71,7 @@ class ImageSource:
     labels: list[str] | None
     unreadable: dict[str, str] = field(default_factory=dict)
     """Listed entries known to fail before decoding (folders a scan could not read): path -> reason."""
+    members: TarMembers | None = None  # byte ranges of the entries that are tar members
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -76,6 +79,16 @@ class ImageSource:
     def absolute(self, i: int) -> Path:
         """Absolute path of the ``i``-th image (listed absolute paths are kept as they are)."""
         return self.root / self.paths[i]
+
+    def decode(self, i: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """The ``i``-th image, from its file or its tar member (``decode_image``'s errors)."""
+        if self.members is None or not self.members.holds(i):
+            return decode_image(self.absolute(i), max_pixels)
+        try:
+            data = self.members.read(i)
+        except OSError as error:
+            raise ImageDecodeError(f"unreadable tar ({error.strerror or error})", self.paths[i]) from None
+        return decode_image(self.paths[i], max_pixels, data=data)
 
     @property
     def classes(self) -> list[str] | None:
@@ -109,18 +122,24 @@ def read_class_file(path: str | Path) -> list[str]:
 
 
 def open_source(source: str | Path) -> ImageSource:
-    """Read a folder (scanned recursively) or a ``.txt`` / ``.csv`` list of image paths.
+    """Read a folder (scanned recursively), a ``.txt`` / ``.csv`` list of image paths, or
+    webdataset tar shards (a folder of ``.tar`` files, one ``.tar``, or ``data/{00000..00009}.tar``).
 
     Folder: labels are the first-level subfolder names when every image sits in one.
     List: ``.txt`` has one path per line; ``.csv`` has a header with ``path`` and optionally
     ``label``. Relative paths are relative to the list file's folder.
+    Tars: paths are ``<tar>::<member>``, read in place (see ``zsfs.tars``); no labels.
     """
+    if is_tar_pattern(str(source)):
+        root, tars = resolve_tars(str(source))
+        return _tar_source(Path(source).expanduser().absolute(), root, tars)
     location = Path(source).expanduser()
     if not location.exists():
         raise ZsfsError(f"{source} does not exist; pass an image folder or a .txt/.csv list of images.")
     location = location.resolve()
     if location.is_dir():
-        return _scan_folder(location)
+        tars = tar_shards_in(location, IMAGE_EXTENSIONS)
+        return _tar_source(location, location, tars) if tars else _scan_folder(location)
     if location.suffix.lower() not in LIST_SUFFIXES:
         raise ZsfsError(
             f"{location} is neither a folder nor a list file; a list must end in .txt (one path "
@@ -158,6 +177,14 @@ def _scan_folder(folder: Path) -> ImageSource:
     # Labels become class names (prompts, vocabularies, outputs): valid UTF-8 text.
     labels = [utf8_text(parts[0]) for parts in first_parts] if all(len(p) == 2 for p in first_parts) else None
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable)
+
+
+def _tar_source(location: Path, root: Path, tars: list[Path]) -> ImageSource:
+    paths, members = list_tars(root, tars, IMAGE_EXTENSIONS)
+    if not paths:
+        raise ZsfsError(f"the {len(tars)} tar files of {location} hold no images "
+                        f"({' '.join(sorted(IMAGE_EXTENSIONS))}).")
+    return ImageSource(location=location, root=root, paths=paths, labels=None, members=members)
 
 
 def _read_list(list_file: Path) -> ImageSource:
@@ -213,7 +240,7 @@ def _relative_when_possible(path: str, root: Path) -> str:
 
 
 def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 draft: tuple[int, int] | None = None) -> Image.Image:
+                 draft: tuple[int, int] | None = None, *, data: bytes | None = None) -> Image.Image:
     """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
 
     Images above ``WORKING_PIXELS`` come out smaller (the original size is in
@@ -222,15 +249,18 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
     missing, unreadable, non-image, truncated, corrupt or too large files. The whole file is
     decoded here, so a broken file never gets past this function. ``draft``: a JPEG may be decoded
     at 1/2 to 1/8 scale as long as it stays at least this size (thumbnails: much faster).
+    ``data``: the file's bytes, read elsewhere (a tar member named ``path``); the file system is
+    then not touched.
     """
     path = Path(path)
     try:
-        status = path.stat()
-        if not stat.S_ISREG(status.st_mode):  # directories, pipes (which would block), devices
-            raise ImageDecodeError("not a regular file", path)
-        if status.st_size == 0:
+        if data is None:
+            status = path.stat()
+            if not stat.S_ISREG(status.st_mode):  # directories, pipes (which would block), devices
+                raise ImageDecodeError("not a regular file", path)
+        if (status.st_size if data is None else len(data)) == 0:
             raise ImageDecodeError("empty file", path)
-        with _pixel_budget_replaces_pillows(), Image.open(path) as image:
+        with _pixel_budget_replaces_pillows(), Image.open(path if data is None else io.BytesIO(data)) as image:
             width, height = image.size
             _decode_smaller(image, max_pixels)
             if draft is not None:  # no effect when _decode_smaller reduced it already
@@ -243,7 +273,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
     except ImageDecodeError as error:
         raise ImageDecodeError(error.reason, path) from None
     except UnidentifiedImageError:
-        if _starts_like_an_image(path):
+        if _starts_like_an_image(_file_head(path) if data is None else data[:16]):
             raise ImageDecodeError("corrupt or truncated image header", path) from None
         raise ImageDecodeError("not an image (unidentified format)", path) from None
     except FileNotFoundError:
@@ -326,13 +356,16 @@ def _reduced(image: Image.Image) -> Image.Image:
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
-def _starts_like_an_image(path: Path) -> bool:
-    """Whether the file begins with a known image signature (so it is damaged, not foreign)."""
+def _file_head(path: Path) -> bytes:
     try:
         with open(path, "rb") as handle:
-            head = handle.read(16)
+            return handle.read(16)
     except OSError:
-        return False
+        return b""
+
+
+def _starts_like_an_image(head: bytes) -> bool:
+    """Whether a file's first bytes are a known image signature (so it is damaged, not foreign)."""
     return head.startswith(_IMAGE_SIGNATURES) and (not head.startswith(b"RIFF") or head[8:12] == b"WEBP")
 
 

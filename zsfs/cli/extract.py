@@ -39,8 +39,16 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
               help="Stored dtype of the embeddings.")
 @MAX_PIXELS_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace an existing store built from other models or data.")
+@click.option("--ray", "ray", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Compute the shards on a Ray cluster: ADDRESS, or RAY_ADDRESS, or the cluster this machine "
+                   "joined; 'local' starts Ray here. Needs pip install \"zsfs[ray]\" (docs/scale.md).")
+@click.option("--ray-workers", type=click.IntRange(min=1),
+              help="Ray workers, each holding both models [default: one per GPU with --device cuda, "
+                   "else one per node].")
 def extract(source: Path, out: Path | None, classes_file: Path | None, **options) -> None:
-    """Embed every image of SOURCE (a folder or a .txt/.csv list) into a feature store.
+    """Embed every image of SOURCE into a feature store. SOURCE: an image folder, a .txt/.csv
+    list, or webdataset tar shards (a folder of .tar files, or a pattern 'laion/{00000..00099}.tar'),
+    read in place; their images are recorded as <tar>::<member>.
 
     Each image is decoded once and fed to CLIP and to the backbone. Bad files are skipped and
     recorded. An interrupted run resumes when the same command is run again.
@@ -49,6 +57,8 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     Example:
       zsfs extract imagenet/ --device cuda --precision bf16      # -> imagenet.h5
       zsfs extract photos.csv --out photos.h5 --classes classes.txt
+      zsfs extract 'laion/{00000..00099}.tar' --device cuda --ray   # on the Ray cluster
+      zsfs extract photos/ --ray local --ray-workers 2             # Ray on this machine
     """
     from zsfs.extract import extract as run_extract
 
@@ -116,6 +126,8 @@ def _summary_table(summary) -> Table:
     for reason, count in sorted(summary.skipped_reasons.items(), key=lambda item: -item[1]):
         table.add_row(shown(f"  {reason}"), f"{count:,}")
     table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")
+    if summary.shards_redone:
+        table.add_row("shards redone (worker lost)", f"{summary.shards_redone}")
     table.add_row("time", f"{summary.seconds:,.1f} s")
     table.add_row("images/s", f"{summary.images_per_second:,.1f}")
     table.add_row("vocabulary",

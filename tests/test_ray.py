@@ -1,0 +1,120 @@
+"""zsfs extract --ray on a local Ray instance (2 CPUs, tiny models): same store as a local run,
+whatever worker or driver is killed on the way.
+
+One Ray instance serves the whole module (starting one takes ~15 s). Its workers decode slowly
+(``zsfs.testing.slowdown``) so that a kill reliably lands in the middle of a shard.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray  # the test extra installs it: pip install -e ".[test]"
+
+from tests.test_extract import ROW_DATASETS, read_store
+from zsfs.errors import ZsfsError
+from zsfs.extract import extract
+from zsfs.testing.cli import run_cli
+from zsfs.testing.images import write_image_folder
+from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
+from zsfs.testing.slowdown import DELAY_VARIABLE
+
+
+SLOW_WORKERS = {"worker_process_setup_hook": "zsfs.testing.slowdown.slow_decoding",
+                "env_vars": {DELAY_VARIABLE: "0.03"}}
+SETTINGS = dict(shard_size=6, batch_size=2, **TINY_MODELS)  # 40 files -> 7 shards
+
+
+@pytest.fixture(scope="module")
+def cluster() -> str:
+    """A local Ray instance for this module; yields its address."""
+    context = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False,
+                       runtime_env=SLOW_WORKERS)
+    try:
+        yield context.address_info["address"]
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict:
+    folder = write_image_folder(tmp_path_factory.mktemp("ray") / "photos", n_per_class=12)
+    reference = extract(folder["root"], folder["root"].parent / "local.h5", workers=0, **SETTINGS)
+    return {"root": folder["root"], "local": read_store(reference.output)}
+
+
+def assert_same_store(path: Path, expected: dict) -> None:
+    found = read_store(path)
+    for name in (*ROW_DATASETS, "path", "label", "skipped"):
+        np.testing.assert_array_equal(np.asarray(found[name], dtype=object), np.asarray(expected[name], dtype=object),
+                                      err_msg=name)
+
+
+def _shard_worker_pids() -> list[int]:
+    """Ray worker processes in the middle of a shard (Ray titles them ``ray::CLASS.METHOD``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::_ShardWorker.write_shard"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, photos, tmp_path):
+    """A driver killed (kill -9) -> the rerun keeps its finished shards; a worker killed in the
+    middle of a shard during that rerun -> the shard is redone; the store is the local run's."""
+    out, shards = tmp_path / "ray.h5", tmp_path / "ray.shards"
+    args = ["extract", str(photos["root"]), "--out", str(out), *TINY_MODEL_ARGS, "--shard-size", "6",
+            "--batch-size", "2", "--ray", cluster, "--ray-workers", "1"]
+    script = (f"import ray; ray.init(address={cluster!r}, runtime_env={SLOW_WORKERS!r})\n"
+              f"from zsfs.cli import main; main({args!r})\n")
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not list(shards.glob("shard-*.h5")) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(1)  # Ray stops the dead driver's workers; none may write from here on
+    finished = {path.name: path.stat().st_mtime_ns for path in shards.glob("shard-*.h5")}
+    assert 1 <= len(finished) <= 4 and not out.exists()
+
+    done: dict = {}
+    rerun = threading.Thread(target=lambda: done.update(result=run_cli(*args[:-4], "--ray", "--ray-workers", "2")))
+    rerun.start()  # `--ray` alone, in this process: its Ray connection (slow decoding) is used
+    shards_before, killed = len(finished), None
+    while killed is None and rerun.is_alive() and time.monotonic() < deadline + 120:
+        busy = _shard_worker_pids() if len(list(shards.glob("shard-*.h5"))) > shards_before else []
+        killed = busy[0] if busy else None  # models loaded, shards flowing: kill one mid-shard
+        time.sleep(0.02)
+    assert killed is not None, "no worker was caught in the middle of a shard"
+    os.kill(killed, signal.SIGKILL)
+    rerun.join(timeout=300)
+
+    result = done["result"]
+    assert result.exit_code == 0, result.output
+    assert f"{7 - len(finished)} / {len(finished)}" in result.output  # shards written / reused
+    assert re.search(r"shards redone \(worker lost\)\s+\S*\s*[1-9]", result.output), result.output
+    assert {name: (shards / name).stat().st_mtime_ns for name in finished} == finished  # kept, not redone
+    assert_same_store(out, photos["local"])
+    assert not list(shards.glob("*.tmp"))  # the killed worker's half-written file is gone
+
+
+def test_ray_options_refused_clearly(photos, monkeypatch):
+    with pytest.raises(ZsfsError, match="--ray-workers needs --ray"):
+        extract(photos["root"], photos["root"].parent / "x.h5", ray_workers=2, **SETTINGS)
+    import zsfs.distributed
+
+    monkeypatch.setattr(zsfs.distributed, "ray", None)  # as in a core install, without Ray
+    result = run_cli("extract", photos["root"], *TINY_MODEL_ARGS, "--ray", "local")
+    assert result.exit_code == 1 and 'pip install "zsfs[ray]"' in result.output

@@ -1,0 +1,120 @@
+"""Webdataset tar shards as a source: listed from headers, read in place, embedded as files are."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+from tests.test_extract import ROW_DATASETS, read_store
+from zsfs.errors import ZsfsError
+from zsfs.extract import default_output, extract
+from zsfs.sources import IMAGE_EXTENSIONS, open_source
+from zsfs.tars import expand_braces, list_tar, locate_members
+from zsfs.testing.models import TINY_MODELS
+from zsfs.testing.tars import files_as_samples, write_tar_shards
+
+
+@pytest.fixture(scope="module")
+def shards(image_folder, tmp_path_factory) -> dict:
+    """The generated folder's files (good and broken), in listing order, packed 7 per tar."""
+    folder = open_source(image_folder["root"])
+    out = tmp_path_factory.mktemp("tars") / "laion"
+    paths = write_tar_shards(out, files_as_samples(folder.root, folder.paths), per_tar=7)
+    return {"root": out, "paths": paths, "files": folder.paths, "folder": image_folder["root"]}
+
+
+def test_a_folder_a_pattern_and_one_tar_list_the_image_members(shards):
+    root, paths = shards["root"], shards["paths"]
+    (root / "00000_stats.json").write_text("{}")  # img2dataset writes these beside the tars
+    source = open_source(root)
+    assert source.paths == paths and source.labels is None and source.root == root.resolve()
+    assert all(path.endswith((".jpg", ".png", ".webp", ".bmp", ".tif", ".gif", ".JPEG")) for path in source.paths)
+    for i in (0, 5, len(paths) - 1):  # the recorded byte range is the member's content
+        file = shards["folder"] / shards["files"][i]
+        assert source.members.read(i) == file.read_bytes()
+
+    last = len(list(root.glob("*.tar"))) - 1
+    pattern = open_source(str(root / f"{{00000..{last:05d}}}.tar"))
+    assert pattern.paths == paths and pattern.root == root.resolve()
+    assert default_output(pattern.location).name == "laion.h5"
+    one = open_source(root / "00001.tar")
+    assert one.paths == [path for path in paths if path.startswith("00001.tar::")]
+
+
+def test_brace_expansion():
+    assert expand_braces("d/{008..011}.tar") == ["d/008.tar", "d/009.tar", "d/010.tar", "d/011.tar"]
+    assert expand_braces("{a,b}/{1..2}.tar") == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]
+    with pytest.raises(ZsfsError, match="cannot expand"):
+        expand_braces("d/{x}.tar")
+
+
+def test_missing_compressed_and_damaged_tars_are_clear_errors(shards, tmp_path):
+    with pytest.raises(ZsfsError, match="2 of 3 tar files do not exist"):
+        open_source(str(shards["root"] / "{00000,00098,00099}.tar"))
+
+    compressed = tmp_path / "gz" / "00000.tar"
+    compressed.parent.mkdir()
+    compressed.write_bytes(gzip.compress((shards["root"] / "00000.tar").read_bytes()))
+    with pytest.raises(ZsfsError, match="compressed"):
+        open_source(compressed)
+
+    damaged = tmp_path / "damaged" / "00000.tar"
+    damaged.parent.mkdir()
+    with tarfile.open(shards["root"] / "00000.tar") as archive:
+        header = archive.getmembers()[3].offset
+    data = bytearray((shards["root"] / "00000.tar").read_bytes())
+    data[header + 148: header + 156] = b"garbage!"  # the checksum of the second image's header
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ZsfsError, match="damaged after 1 images"):
+        open_source(damaged.parent)
+    damaged.write_bytes(bytes(data[:header + 100]))  # cut inside that header
+    with pytest.raises(ZsfsError, match="damaged after 1 images"):
+        open_source(damaged.parent)
+
+
+def test_extract_from_tars_equals_extract_from_the_files(shards, tmp_path):
+    from_tars = extract(shards["root"], tmp_path / "tars.h5", workers=1, shard_size=8, batch_size=3, **TINY_MODELS)
+    from_files = extract(shards["folder"], tmp_path / "files.h5", workers=0, shard_size=8, batch_size=3,
+                         classes=["blue", "green", "red"], **TINY_MODELS)
+    tars, files = read_store(from_tars.output), read_store(from_files.output)
+    for name in ROW_DATASETS:
+        np.testing.assert_array_equal(tars[name], files[name], err_msg=name)
+    by_member = dict(zip(shards["paths"], shards["files"]))
+    assert [by_member[path] for path in tars["path"]] == files["path"]
+    assert {by_member[path]: reason for path, reason in tars["skipped"].items()} == files["skipped"]
+    assert tars["label"] is None and from_tars.vocabulary is None
+
+
+def test_a_tar_truncated_after_listing_costs_only_its_cut_images(shards, tmp_path):
+    root = tmp_path / "cut"
+    shutil.copytree(shards["root"], root)
+    source = open_source(root)
+    with tarfile.open(root / "00000.tar") as archive:  # cut inside the second image's data
+        second = archive.getmember(shards["paths"][1].split("::")[1])
+    with open(root / "00000.tar", "r+b") as handle:
+        handle.truncate(second.offset_data + second.size // 2)
+    assert source.members.read(1) != (shards["folder"] / shards["files"][1]).read_bytes()
+    assert source.members.read(3) == b""
+    assert locate_members([shards["paths"][0], "plain.jpg"], shards["root"]).tar.tolist() == [0, -1]
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_header_walk_agrees_with_tarfile(tar_format, tmp_path):
+    """Long names (GNU 'L', pax 'path', ustar prefix), non-ASCII names, non-image members."""
+    names = ["a.jpg", "x.txt", "p" * 120 + "/q.jpg", "ünï cödé.png"]
+    if tar_format != tarfile.USTAR_FORMAT:
+        names.append("d/" * 80 + "long.webp")
+    path = tmp_path / "mix.tar"
+    with tarfile.open(path, "w", format=tar_format, encoding="utf-8") as archive:
+        for i, name in enumerate(names):
+            info, data = tarfile.TarInfo(name), bytes([i]) * (700 * i + 5)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with tarfile.open(path, encoding="utf-8") as archive:
+        expected = [(m.name, m.offset_data, m.size) for m in archive.getmembers() if m.name != "x.txt"]
+    assert list(zip(*list_tar(path, IMAGE_EXTENSIONS))) == expected

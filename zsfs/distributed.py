@@ -1,0 +1,212 @@
+"""``zsfs extract --ray``: the pending shards computed by a pool of Ray workers.
+
+Each worker is a Ray actor holding one ``ShardEmbedder`` (both models, loaded once, its own
+DataLoader decoding processes) and writes whole shards with the very function a local run uses
+(write under a temporary name, then rename). The driver only plans: it hands one shard at a time
+to each idle worker, advances one progress bar as shards finish, and builds the master, the FAISS
+index and the vocabulary once. A worker that dies (killed, out of memory, node lost) costs the
+shard it held: a new worker takes its place and the shard is computed again.
+
+Every node must see the source, the models' weights and the store's folder at the same paths
+(a shared filesystem); see docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+
+import numpy as np
+
+from zsfs.errors import ZsfsError
+from zsfs.extract import EmbedSettings, ShardEmbedder
+from zsfs.sources import ImageSource
+from zsfs.store.writer import StoreWriter
+
+try:
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+except ImportError:  # the core install does not need Ray
+    ray = None
+
+LOCAL = "local"
+PROGRESS_SECONDS = 0.5  # how often the driver asks the workers how far they are
+MAX_ATTEMPTS = 3
+"""Times one shard may take its worker down before the run stops (an image that crashes the
+decoder or exhausts memory would otherwise kill every worker in turn)."""
+
+
+class _ShardWorker:
+    """A Ray actor: one ShardEmbedder; computes the shards it is handed, one call per shard.
+
+    Started with two threads (``max_concurrency=2``), so that ``progress`` answers while a
+    shard is being computed.
+    """
+
+    def __init__(self, settings: EmbedSettings, source: ImageSource, cores: int):
+        self.embedder = ShardEmbedder(settings, source, cores=cores)
+        self.shard, self.entries_done = None, 0
+
+    def records(self) -> tuple[dict, dict]:
+        return self.embedder.records
+
+    def write_shard(self, writer: StoreWriter, shard: int) -> int:
+        self.shard, self.entries_done = shard, 0
+        return self.embedder.write_shards(writer, [shard], on_batch=self._count)
+
+    def _count(self, entries: int) -> None:
+        self.entries_done += entries
+
+    def progress(self) -> tuple[int | None, int]:
+        """(shard in progress, listing entries of it embedded so far)."""
+        return self.shard, self.entries_done
+
+    def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.embedder.encode_vocabulary(classes)
+
+
+class RayEmbedders(AbstractContextManager):
+    """``ShardEmbedder``'s methods over ``n_workers`` Ray actors (the driver loads no model).
+
+    ``address``: ``"local"`` starts a Ray instance on this machine; ``"auto"``, ``""`` or None
+    use ``RAY_ADDRESS`` or else the cluster this machine joined (``ray start``); anything else
+    is a cluster address. When this process is already connected to Ray, that connection is used.
+    ``n_workers``: default one per GPU of the cluster with ``device="cuda"``, else one per node.
+    """
+
+    def __init__(self, settings: EmbedSettings, source: ImageSource, *, address: str | None = None,
+                 n_workers: int | None = None):
+        if ray is None:
+            raise ZsfsError('--ray needs Ray, which the core install leaves out: pip install "zsfs[ray]"')
+        if n_workers is not None and n_workers < 1:
+            raise ZsfsError("--ray-workers must be at least 1")
+        self.settings = settings
+        self.started_ray = _connect(address)
+        try:
+            self.n_workers, self.cores = _plan_workers(settings.device, n_workers)
+            self.source_ref = ray.put(source)  # shipped once to the object store, shared by every worker
+            self.actors = [self._start_worker() for _ in range(self.n_workers)]
+            records = ray.get([actor.records.remote() for actor in self.actors])
+        except BaseException:
+            self.close()
+            raise
+        if any(record != records[0] for record in records):
+            self.close()
+            raise ZsfsError("the Ray workers loaded different model weights; every node must see the same "
+                            "weight files (see docs/scale.md)")
+        self.records = records[0]
+        self.shards_redone = 0
+
+    def _start_worker(self):
+        options = dict(num_cpus=self.cores, num_gpus=1 if self.settings.device == "cuda" else 0, max_restarts=0,
+                       max_concurrency=2)
+        return ray.remote(_ShardWorker).options(**options).remote(self.settings, self.source_ref, self.cores)
+
+    def write_shards(self, writer: StoreWriter, shards: Sequence[int],
+                     on_batch: Callable[[int], None] | None = None) -> int:
+        """Compute ``shards`` on the workers, one shard per call, redoing those whose worker died.
+        ``on_batch`` hears of the workers' progress every ``PROGRESS_SECONDS``."""
+        queue, running = deque(shards), {}
+        idle = list(range(self.n_workers))
+        attempts: Counter[int] = Counter()
+        reported: Counter[int] = Counter()  # entries of each shard already passed to on_batch
+        processed = 0
+
+        def report(shard: int, entries: int) -> None:  # a redone shard is not counted twice
+            if on_batch is not None and entries > reported[shard]:
+                on_batch(entries - reported[shard])
+                reported[shard] = entries
+
+        while queue or running:
+            while queue and idle:
+                worker, shard = idle.pop(), queue.popleft()
+                running[self.actors[worker].write_shard.remote(writer, shard)] = (worker, shard)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_SECONDS)
+            if not ready:
+                for shard, entries in self._progress(worker for worker, _ in running.values()):
+                    report(shard, entries)
+                continue
+            done = ready[0]
+            worker, shard = running.pop(done)
+            try:
+                entries = ray.get(done)
+            except RayActorError:  # the process died mid-shard: another one takes its place
+                attempts[shard] += 1
+                if attempts[shard] >= MAX_ATTEMPTS:
+                    raise ZsfsError(f"shard {shard} took down {MAX_ATTEMPTS} Ray workers (out of memory? a crashing "
+                                    "image?); see the workers' logs in /tmp/ray/session_latest/logs") from None
+                ray.kill(self.actors[worker])  # if it is only unreachable, it must not hold on to its GPU
+                self.actors[worker] = self._start_worker()
+                self.shards_redone += 1
+                queue.appendleft(shard)
+            except RayTaskError as error:
+                cause = getattr(error, "cause", None)
+                raise cause if isinstance(cause, ZsfsError) else error from None
+            else:
+                processed += entries
+                report(shard, entries)
+            idle.append(worker)
+        return processed
+
+    def _progress(self, workers) -> list[tuple[int, int]]:
+        """(shard, entries done) of the given workers; a worker that does not answer is left out
+        (it may be dead: ``ray.wait`` will say so)."""
+        answers = [self.actors[worker].progress.remote() for worker in workers]
+        ready, _ = ray.wait(answers, num_returns=len(answers), timeout=PROGRESS_SECONDS)
+        progress = []
+        for answer in ready:
+            try:
+                shard, entries = ray.get(answer)
+            except RayActorError:
+                continue
+            if shard is not None:
+                progress.append((shard, entries))
+        return progress
+
+    def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return ray.get(self.actors[0].encode_vocabulary.remote(classes))
+
+    def close(self) -> None:
+        """Stop the workers (and the Ray instance this object started)."""
+        for actor in getattr(self, "actors", []):
+            ray.kill(actor)
+        self.actors = []
+        if self.started_ray:
+            ray.shutdown()
+            self.started_ray = False
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _connect(address: str | None) -> bool:
+    """Connect this process to Ray; True when it started the Ray instance itself."""
+    if ray.is_initialized():
+        return False
+    if address == LOCAL:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        return True
+    address = address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except ConnectionError as error:
+        raise ZsfsError(f"no Ray cluster at {address!r} ({error}); start one with `ray start --head`, pass its "
+                        "address (--ray HOST:6379 or RAY_ADDRESS), or --ray local") from None
+    return False
+
+
+def _plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
+    """(workers, CPU cores per worker): on CUDA one worker per GPU; on CPU one per node; the
+    cluster's CPUs are shared out evenly (DataLoader decoding and, on CPU, the models' threads)."""
+    resources = ray.cluster_resources()
+    cpus = int(resources.get("CPU", 1))
+    if device == "cuda":
+        gpus = int(resources.get("GPU", 0))
+        if gpus == 0:
+            raise ZsfsError("--device cuda with --ray, but the Ray cluster has no GPU")
+        n_workers = gpus if n_workers is None else n_workers
+    elif n_workers is None:
+        n_workers = max(1, len([node for node in ray.nodes() if node.get("Alive")]))
+    return n_workers, max(1, cpus // n_workers)

@@ -1,0 +1,336 @@
+"""Webdataset-style tar shards as an image source, read in place (never unpacked).
+
+img2dataset and webdataset write collections as ``00000.tar, 00001.tar, ...``, each holding
+samples ``KEY.jpg`` (or ``.png`` ...) beside ``KEY.txt`` / ``KEY.json`` (caption, metadata).
+Listing reads only the tar headers; the listing keeps each image member's byte range, so a
+DataLoader worker reads one image with one seek + read. Listed paths are ``<tar>::<member>``
+(``<tar>`` relative to the source's root), which ``locate_members`` turns back into byte ranges.
+
+Captions and metadata stay in the tar, next to the image, under the same key: they are not
+labels (classes come from ``--classes``), so listing does not read them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zsfs.errors import ZsfsError
+
+MEMBER_SEPARATOR = "::"
+TAR_SUFFIX = ".tar"
+_BRACES = re.compile(r"\{([^{}]*)\}")
+
+
+@dataclass(frozen=True, eq=False)
+class TarMembers:
+    """Where the listed images lie inside their tars: one row per listing entry.
+
+    ``tar[i]`` indexes ``tars`` (-1: entry ``i`` is a plain file, not a tar member); the
+    member's bytes are ``offset[i] : offset[i] + size[i]`` of that tar.
+    """
+
+    tars: tuple[Path, ...]  # absolute paths
+    tar: np.ndarray  # (n,) int32
+    offset: np.ndarray  # (n,) int64
+    size: np.ndarray  # (n,) int64
+    _descriptors: dict = field(default_factory=dict, repr=False)  # tar index -> open file descriptor
+
+    def holds(self, i: int) -> bool:
+        return bool(self.tar[i] >= 0)
+
+    def read(self, i: int) -> bytes:
+        """The member's bytes (fewer when the tar was truncated after listing)."""
+        return os.pread(self._descriptor(int(self.tar[i])), int(self.size[i]), int(self.offset[i]))
+
+    def _descriptor(self, tar: int) -> int:
+        # Kept open: DataLoader workers read consecutive members of the same tar. pread has no
+        # shared file position, so descriptors inherited across fork are safe to keep using.
+        descriptor = self._descriptors.get(tar)
+        if descriptor is None:
+            if len(self._descriptors) >= 8:  # a long run walks through thousands of tars
+                for old in self._descriptors.values():
+                    os.close(old)
+                self._descriptors.clear()
+            descriptor = self._descriptors[tar] = os.open(self.tars[tar], os.O_RDONLY)
+        return descriptor
+
+    def __getstate__(self) -> dict:  # open files stay in the process that opened them
+        return {**self.__dict__, "_descriptors": {}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def is_tar_pattern(text: str) -> bool:
+    """``data/{00000..00009}.tar`` or ``data/00000.tar``: tar shards named directly."""
+    return text.endswith(TAR_SUFFIX) and (_BRACES.search(text) is not None or not Path(text).is_dir())
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Shell-style brace expansion: ``{00000..00003}`` (zero padding kept) and ``{a,b}``."""
+    parts = _BRACES.split(pattern)  # literal, group, literal, group, ...
+    choices = [[literal] if i % 2 == 0 else _brace_choices(literal, pattern) for i, literal in enumerate(parts)]
+    return ["".join(combination) for combination in itertools.product(*choices)]
+
+
+def _brace_choices(group: str, pattern: str) -> list[str]:
+    span = re.fullmatch(r"(\d+)\.\.(\d+)", group)
+    if span:
+        first, last = span.groups()
+        width = len(first) if first.startswith("0") else 0
+        step = 1 if int(last) >= int(first) else -1
+        return [str(n).zfill(width) for n in range(int(first), int(last) + step, step)]
+    if "," in group:
+        return group.split(",")
+    raise ZsfsError(f"cannot expand {{{group}}} in {pattern}; use {{00000..00009}} or {{a,b,c}}")
+
+
+def tar_shards_in(folder: Path, image_suffixes: Iterable[str]) -> list[Path]:
+    """The ``*.tar`` files of a folder laid out as img2dataset writes it (tars, parquet and
+    stats files, no subfolders, no loose images); empty when the folder is an image folder."""
+    suffixes = frozenset(image_suffixes)
+    tars = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # the folder scan reports an unreadable folder with its own clear error
+        return []
+    for entry in map(Path, entries):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            return []
+        if _suffix(entry.name) in suffixes:  # loose images: an image folder
+            return []
+        if entry.suffix.lower() == TAR_SUFFIX:
+            tars.append(entry)
+    return sorted(tars)
+
+
+def resolve_tars(given: str) -> tuple[Path, list[Path]]:
+    """(root, tar files) of a brace pattern or a single tar (``tar_shards_in`` reads folders)."""
+    path = Path(given).expanduser()
+    names = expand_braces(str(path))
+    tars = [Path(name).resolve() for name in names]
+    missing = [tar for tar in tars if not tar.is_file()]
+    if missing:
+        raise ZsfsError(f"{given}: {len(missing)} of {len(tars)} tar files do not exist (first: {missing[0]})")
+    return Path(os.path.commonpath([tar.parent for tar in tars])), tars
+
+
+def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> tuple[list[str], list[int], list[int]]:
+    """(member names, data offsets, sizes) of the members of one tar whose suffix is one of
+    ``image_suffixes`` (None: every regular file), in tar order.
+
+    Only the 512-byte headers are read, one ``pread`` each (tarfile's parser costs ~5x more per
+    member, and buffered reads would pull every image's bytes in too); checksums are verified,
+    so a damaged or cut header is an error rather than a silently shorter listing.
+    """
+    suffixes = None if image_suffixes is None else frozenset(image_suffixes)
+    names: list[str] = []
+    offsets: list[int] = []
+    sizes: list[int] = []
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as error:
+        raise ZsfsError(f"cannot read {path} ({error.strerror})") from None
+    try:
+        _scan_headers(fd, suffixes, names, offsets, sizes)
+    except _Compressed:
+        raise ZsfsError(f"{path} is compressed; zsfs reads uncompressed .tar shards (as img2dataset writes "
+                        "them) in place: decompress it first") from None
+    except (_Damaged, OSError, ValueError) as error:
+        raise ZsfsError(f"{path} is not a readable tar, or is damaged after {len(names)} images ({error}); "
+                        "repair or remove it and rerun") from None
+    finally:
+        os.close(fd)
+    return names, offsets, sizes
+
+
+class _Damaged(Exception):
+    pass
+
+
+class _Compressed(Exception):
+    pass
+
+
+_BLOCK = 512
+_WINDOW = 64 * 1024
+_ZERO_BLOCK = bytes(_BLOCK)
+_FILE_TYPES = (b"0", b"\0", b"7")  # regular, old-style regular, contiguous
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
+def _scan_headers(fd: int, suffixes: frozenset | None, names: list, offsets: list, sizes: list) -> None:
+    """Walk the headers of an uncompressed tar (ustar, GNU long names, pax), appending matches.
+
+    Headers are read through a 64 KiB window: small members (captions, metadata) cost no
+    system call of their own, a large image's data is jumped over with one ``pread``.
+    """
+    byte_suffixes = None if suffixes is None else {suffix.encode() for suffix in suffixes}
+    pread, checked = os.pread, _Checksums()
+    position, window, window_start = 0, b"", 0
+    long_name, long_size = None, None  # from a preceding GNU 'L' or pax 'x' header
+    while True:
+        start = position - window_start
+        if start + _BLOCK > len(window):
+            window, window_start, start = pread(fd, _WINDOW, position), position, 0
+        header = window[start:start + _BLOCK]
+        if header == _ZERO_BLOCK or not header:  # the end (some writers omit the closing blocks)
+            checked.verify(names, offsets)
+            if any(pread(fd, 20 * _BLOCK, position)):
+                raise _Damaged(f"an empty header at byte {position} is followed by data")
+            return
+        if position == 0 and header.startswith(_COMPRESSED_MAGIC):
+            raise _Compressed
+        if len(header) < _BLOCK:
+            raise _Damaged(f"the file ends inside the header at byte {position}")
+        checked.add(header, position, names, offsets)
+        if long_size is not None:
+            size = long_size
+        elif header[124] & 0x80:  # base-256, for members over 8 GiB
+            size = int.from_bytes(header[125:136], "big")
+        else:
+            size = int(header[124:136].strip(b" \0") or b"0", 8)
+        kind, data = header[156:157], position + _BLOCK
+        if kind == b"L":
+            long_name = pread(fd, size, data).split(b"\0", 1)[0]
+        elif kind == b"x":
+            records = _pax_records(pread(fd, size, data))
+            long_name = records.get(b"path", long_name)
+            long_size = int(records[b"size"]) if b"size" in records else None
+        else:
+            if kind in _FILE_TYPES:
+                name = long_name or header[:100].split(b"\0", 1)[0]
+                if long_name is None and header[345] and header[257:263] == b"ustar\0":
+                    name = header[345:500].split(b"\0", 1)[0] + b"/" + name  # POSIX ustar prefix
+                if byte_suffixes is None or name[name.rfind(b"."):].lower() in byte_suffixes:
+                    names.append(name.decode("utf-8", "surrogateescape"))
+                    offsets.append(data)
+                    sizes.append(size)
+            if kind != b"g":  # a pax global header leaves the next member's overrides alone
+                long_name, long_size = None, None
+        position = data + -(-size // _BLOCK) * _BLOCK
+
+
+class _Checksums:
+    """Header checksums verified in bulk with numpy (a Python byte sum per header would be
+    most of the listing's time); a bad one drops the entries listed after it and raises."""
+
+    BATCH = 8192
+
+    def __init__(self):
+        self.headers: list[bytes] = []
+        self.positions: list[int] = []
+
+    def add(self, header: bytes, position: int, names: list, offsets: list) -> None:
+        self.headers.append(header)
+        self.positions.append(position)
+        if len(self.headers) == self.BATCH:
+            self.verify(names, offsets)
+
+    def verify(self, names: list, offsets: list) -> None:
+        if not self.headers:
+            return
+        blocks = np.frombuffer(b"".join(self.headers), dtype=np.uint8).reshape(-1, _BLOCK)
+        field = blocks[:, 148:156]
+        actual = blocks.sum(axis=1, dtype=np.int64) - field.sum(axis=1, dtype=np.int64) + 8 * ord(" ")
+        bad = np.flatnonzero(actual != _octal_fields(field))
+        if bad.size:
+            position = self.positions[bad[0]]
+            keep = sum(offset < position for offset in offsets)
+            del names[keep:], offsets[keep:]
+            raise _Damaged(f"bad header checksum at byte {position}")
+        self.headers.clear()
+        self.positions.clear()
+
+
+def _octal_fields(field: np.ndarray) -> np.ndarray:
+    """Octal numbers of (n, width) ASCII fields: leading spaces skipped, digits up to the first
+    other byte (NUL or space); -1 where a field holds no digit."""
+    digit = (field >= ord("0")) & (field <= ord("7"))
+    started = np.cumsum(digit, axis=1) > 0
+    ended = np.cumsum(started & ~digit, axis=1) > 0
+    use = digit & ~ended
+    values = np.zeros(len(field), dtype=np.int64)
+    for column in range(field.shape[1]):
+        values = np.where(use[:, column], values * 8 + (field[:, column].astype(np.int64) - ord("0")), values)
+    return np.where(use.any(axis=1), values, -1)
+
+
+def _pax_records(data: bytes) -> dict[bytes, bytes]:
+    """``LENGTH KEY=VALUE\\n`` records of a pax extended header."""
+    records, position = {}, 0
+    while position < len(data) and data[position:position + 1] != b"\0":
+        length = int(data[position:data.index(b" ", position)])
+        key, _, value = data[data.index(b" ", position) + 1:position + length - 1].partition(b"=")
+        records[key] = value
+        position += length
+    return records
+
+
+def list_tars(root: Path, tars: Sequence[Path], image_suffixes: Iterable[str]) -> tuple[list[str], TarMembers]:
+    """Listing paths ``<tar relative to root>::<member>`` and their byte ranges, tars in the given order."""
+    suffixes = frozenset(image_suffixes)
+    paths: list[str] = []
+    tar_ids, offsets, sizes = [], [], []
+    for number, tar in enumerate(tars):
+        names, tar_offsets, tar_sizes = list_tar(tar, suffixes)
+        prefix = tar.relative_to(root).as_posix() + MEMBER_SEPARATOR
+        paths.extend(prefix + name for name in names)
+        tar_ids.append(np.full(len(names), number, dtype=np.int32))
+        offsets.append(np.asarray(tar_offsets, dtype=np.int64))
+        sizes.append(np.asarray(tar_sizes, dtype=np.int64))
+    members = TarMembers(tuple(tars), _concat(tar_ids, np.int32), _concat(offsets, np.int64), _concat(sizes, np.int64))
+    return paths, members
+
+
+def split_member_path(path: str) -> tuple[str, str] | None:
+    """``a/00001.tar::x/1.jpg`` -> (``a/00001.tar``, ``x/1.jpg``); None for a plain path."""
+    tar, separator, member = path.partition(TAR_SUFFIX + MEMBER_SEPARATOR)
+    return (tar + TAR_SUFFIX, member) if separator and member else None
+
+
+def locate_members(paths: Sequence[str], root: Path) -> TarMembers | None:
+    """Byte ranges of the ``<tar>::<member>`` entries of ``paths`` (relative to ``root``),
+    each tar listed once; None when no entry is a tar member. Other entries get tar -1."""
+    split = [split_member_path(path) for path in paths]
+    tar_names = sorted({entry[0] for entry in split if entry is not None})
+    if not tar_names:
+        return None
+    tars = tuple((root / name).resolve() for name in tar_names)
+    number = {name: i for i, name in enumerate(tar_names)}
+    where: dict[tuple[int, str], tuple[int, int]] = {}
+    for i, tar in enumerate(tars):
+        if not tar.is_file():
+            raise ZsfsError(f"{tar} does not exist (named by {next(p for p in paths if p.startswith(tar_names[i]))})")
+        names, offsets, sizes = list_tar(tar, None)
+        where.update(((i, name), (offset, size)) for name, offset, size in zip(names, offsets, sizes))
+    tar_ids = np.full(len(paths), -1, dtype=np.int32)
+    offset = np.zeros(len(paths), dtype=np.int64)
+    size = np.zeros(len(paths), dtype=np.int64)
+    for row, entry in enumerate(split):
+        if entry is None:
+            continue
+        key = (number[entry[0]], entry[1])
+        if key not in where:
+            raise ZsfsError(f"{paths[row]}: {entry[0]} holds no file named {entry[1]!r}")
+        tar_ids[row] = key[0]
+        offset[row], size[row] = where[key]
+    return TarMembers(tars, tar_ids, offset, size)
+
+
+def _suffix(name: str) -> str:
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > name.rfind("/") else ""
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
