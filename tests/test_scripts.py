@@ -32,11 +32,13 @@ def command(path: Path) -> list[str]:
     relative = path.relative_to(ROOT)
     if (path.parent / "__init__.py").exists():
         return [sys.executable, "-m", ".".join(relative.with_suffix("").parts)]
-    return [sys.executable, str(relative)]
+    return [sys.executable, str(path)]
 
 
-def run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    # Run from a scratch folder: whatever a script writes by default (a store's lock file beside
+    # ./photos.h5, say) must not land in the source tree.
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -51,20 +53,20 @@ def test_the_scripts_are_found():
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_every_file_imports_and_every_script_answers_help(path):
+def test_every_file_imports_and_every_script_answers_help(path, tmp_path):
     if is_script(path):
-        done = run(command(path) + ["--help"])
+        done = run(command(path) + ["--help"], tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "usage" in done.stdout.lower(), done.stdout
     else:
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-        done = run([sys.executable, "-c", f"import {module}"])
+        done = run([sys.executable, "-c", f"import {module}"], tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("script", sorted(TINY))
 def test_scripts_run_at_a_tiny_size(script, tmp_path):
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in TINY[script]]
-    done = run(command(ROOT / script) + args)
+    done = run(command(ROOT / script) + args, tmp_path)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
     assert done.stdout.strip(), "a benchmark that prints nothing measured nothing"
