@@ -69,7 +69,8 @@ def import_features(folder: Path, work: Path) -> Path:
     if store.exists():
         return store
     vocabularies = [f"{path.stem.removeprefix('vocab-')}={path}" for path in sorted(folder.glob("vocab-*.npz"))]
-    command = [sys.executable, "-c", "from zsfs.cli import main; main()", "import", str(store), "--clip-embeddings", str(folder / "clip.npy"),
+    command = [sys.executable, "-c", "from zsfs.cli import main; main()", "import", str(store),
+               "--clip-embeddings", str(folder / "clip.npy"),
                "--backbone-features", str(folder / "backbone.npy"), "--paths", str(folder / "images.csv"),
                "--label-column", "label"]
     for vocabulary in vocabularies:

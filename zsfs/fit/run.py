@@ -337,8 +337,8 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, seed_rows: np.n
     keep = torch.as_tensor(~absent[seed_labels], device=features.device)
     trained = transductive.balanced_self_training(
         features, rows, seed_positions[keep], torch.as_tensor(head_index[seed_labels], device=features.device)[keep],
-        transductive.tempered(shares[present]), epochs=config.epochs, cycle_epochs=config.cycle_epochs, batch_size=config.batch_size,
-        lr=config.lr, generator=generator, train_dtype=dtype)
+        transductive.tempered(shares[present]), epochs=config.epochs, cycle_epochs=config.cycle_epochs,
+        batch_size=config.batch_size, lr=config.lr, generator=generator, train_dtype=dtype)
     for cycle in trained.cycles:
         cycle.labels = present[cycle.labels]
     return trained, present, shares

@@ -14,8 +14,8 @@ Three published ideas use all of it, on the stored embeddings alone:
 3. **Balanced self-training** (:func:`balanced_self_training`): the head is trained on the seeds;
    each cycle labels every image by optimal transport (Sinkhorn-Knopp with the estimated shares,
    tempered towards an even split, as class marginals, as in Asano et al. 2020 and SwAV), keeps
-   the most confident fraction of each
-   class (20 %, 40 %, ... of it) and retrains. Without the marginals, self-training drifts towards
+   the most confident fraction of each class (20 %, 40 %, ... of it) and retrains. Without the
+   marginals, self-training drifts towards
    the classes the head already favours.
 """
 
