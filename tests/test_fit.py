@@ -12,8 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from zsfs.cli import main
+from zsfs.devices import has_fast_bf16
 from zsfs.evaluate import auroc
 from zsfs.fit import FitConfig, fit_store, load_classifier
+from zsfs.fit.run import resolved_precision
 from zsfs.runs import fit_metrics
 from zsfs.store import Store, write_vocabulary
 from zsfs.errors import ZsfsError
@@ -89,7 +91,7 @@ def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):
                                                      "predictions.parquet"]
     config = json.loads((run / "config.json").read_text())
     assert config["parameters"]["k"] == 8 and config["parameters"]["seed"] == 0
-    assert config["store"]["n_images"] == 2000 and config["zsfs_version"]
+    assert config["store"]["n_images"] == 2000 and config["zsfs_version"] and config["precision"] == "fp32"
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["zero_shot_accuracy"] <= 1 and 0 <= metrics["accuracy"] <= 1
     assert len(metrics["per_class_accuracy"]) == 10
@@ -127,12 +129,26 @@ def test_paper_preset_and_variants(store_path):
         metrics = fit_metrics(result, store.labels())
     assert metrics["accuracy"] > metrics["zero_shot_accuracy"]
     fast = FitConfig.fast()
-    assert fast.batch_size > 16 and fast.prompts == "ensemble" and fast.precision == "bf16" and fast.ivf_neighbours
+    assert fast.batch_size > 16 and fast.prompts == "ensemble" and fast.precision == "auto" and fast.ivf_neighbours
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_bf16(store_path):
+    import torch
+
+    cpu = torch.device("cpu")
+    capabilities = torch.cpu.get_capabilities()
+    in_hardware = any(capabilities.get(name, False) for name in ("avx512_bf16", "amx_bf16", "bf16"))
+    assert has_fast_bf16(cpu) is in_hardware
+    assert resolved_precision("auto", cpu) == ("bf16" if in_hardware else "fp32")
+    assert resolved_precision("bf16", cpu) == "bf16" and resolved_precision("fp32", cpu) == "fp32"
+    with Store(store_path) as store:
+        result = fit_store(store, FitConfig.fast(epochs=2, cycle_epochs=1))
+    assert result.precision == resolved_precision("auto", cpu)
 
 
 def test_fast_preset_in_bf16_beats_zero_shot(store_path, fitted):
     with Store(store_path) as store:
-        result = fit_store(store, FitConfig.fast())
+        result = fit_store(store, FitConfig.fast(precision="bf16"))
         metrics = fit_metrics(result, store.labels())
     assert metrics["accuracy"] > metrics["zero_shot_accuracy"] + 0.2
     assert metrics["accuracy"] == pytest.approx(fitted[1]["accuracy"], abs=0.05)
@@ -254,7 +270,7 @@ def test_fit_device_must_be_known(tmp_path):
 def test_fit_precision_must_be_known(tmp_path):
     result = run_cli("fit", "--store", tmp_path / "s.h5", "--precision", "fp16")
     assert result.exit_code == 2 and "fp16" in result.output
-    with pytest.raises(ZsfsError, match="^precision must be one of fp32, bf16, not 'fp16'$"):
+    with pytest.raises(ZsfsError, match="^precision must be one of auto, fp32, bf16, not 'fp16'$"):
         FitConfig(precision="fp16").validate()
 
 

@@ -178,3 +178,59 @@ def test_default_ood_score_separates_held_out_classes_and_is_deterministic(tmp_p
 def store_features(path) -> np.ndarray:
     with Store(path) as store:
         return store.read("backbone")
+
+
+def test_mixture_log_posterior_is_the_e_step_over_the_given_classes():
+    rng = np.random.default_rng(5)
+    features = unit_rows(rng, 20, 6)
+    log_prior = torch.log_softmax(torch.as_tensor(rng.standard_normal((20, 4)), dtype=torch.float32), dim=1)
+    mixture = transductive.ClassMixture(np.array([0.5, 0.3, 0.0, 0.2]), unit_rows(rng, 4, 6))
+    classes = np.array([0, 1, 3])
+    posterior = transductive.mixture_log_posterior(features, log_prior, mixture, classes, concentration=4.0,
+                                                   prior_weight=0.5).numpy()
+    x, mu, prior = features.double().numpy(), mixture.prototypes.double().numpy(), log_prior.double().numpy()
+    for i in range(20):
+        logit = np.array([4.0 * x[i] @ mu[c] + np.log(mixture.shares[c]) + 0.5 * prior[i, c] for c in classes])
+        assert np.allclose(posterior[i], logit - np.logaddexp.reduce(logit), atol=1e-5)
+
+
+def test_balanced_self_training_labels_its_first_cycle_from_the_given_posterior():
+    rng = np.random.default_rng(6)
+    centres = unit_rows(rng, 3, 16)
+    truth = torch.as_tensor(rng.integers(0, 3, 300))
+    features = F.normalize(centres[truth] + 0.3 * unit_rows(rng, 300, 16), dim=1)
+    posterior = torch.log_softmax(5.0 * F.one_hot(truth, 3).float(), dim=1)  # a confident, correct posterior
+    seeds = torch.as_tensor([int(np.flatnonzero(truth.numpy() == c)[0]) for c in range(3)])
+    trained = transductive.balanced_self_training(
+        features, np.arange(300) + 1000, seeds, truth[seeds], posterior, np.full(3, 1 / 3), cycle_epochs=10,
+        batch_size=64, lr=0.1, generator=torch.Generator().manual_seed(0), fractions=(0.5, 1.0))
+    seed_cycle, first, last = trained.cycles
+    assert (seed_cycle.index, seed_cycle.n_trained, seed_cycle.losses) == (0, 0, [])
+    assert seed_cycle.rows.tolist() == (seeds.numpy() + 1000).tolist()
+    assert np.array_equal(first.labels, truth.numpy()[first.rows - 1000])  # the posterior's labels
+    assert not np.isin(first.rows, seed_cycle.rows).any()
+    assert abs(first.n_kept - (150 - 3)) <= 3 and first.n_trained == first.n_kept + 3 and len(first.losses) == 10
+    assert last.n_kept == 300 - 3
+    predicted = trained.head.predict_logits(features).argmax(dim=1)
+    assert (predicted == truth).float().mean() > 0.95
+
+
+def test_transductive_sample_draws_rows_keeps_the_seeds_and_marks_the_random_ones(monkeypatch):
+    from zsfs.fit import run
+
+    seeds = np.array([3, 500, 999])
+    rows, drawn = run.transductive_sample(1000, seeds, 0)
+    assert rows.tolist() == list(range(1000)) and drawn.all()
+    monkeypatch.setattr(run, "TRANSDUCTIVE_ROWS", 100)
+    rows, drawn = run.transductive_sample(1000, seeds, 7)
+    assert np.all(np.diff(rows) > 0) and np.isin(seeds, rows).all() and drawn.sum() == 100
+    assert 100 <= len(rows) <= 103 and np.array_equal(rows, run.transductive_sample(1000, seeds, 7)[0])
+    assert not np.array_equal(rows, run.transductive_sample(1000, seeds, 8)[0])
+
+
+def test_the_balanced_method_needs_cycle_epochs():
+    from zsfs.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="cycle_epochs.*balanced method"):
+        FitConfig(cycle_epochs=0).validate()
+    FitConfig(method="cycles", cycle_epochs=0).validate()

@@ -93,6 +93,7 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "absent_classes": result.absent_classes,
         "class_shares": result.class_shares,
         "neighbour_search": result.neighbour_search,
+        "precision": result.precision,
         "cycles": [{"cycle": c.index, "n_candidates": c.n_candidates, "n_kept": c.n_kept,
                     "n_trained": c.n_trained, "epochs": len(c.losses), "first_loss": c.first_loss,
                     "last_loss": c.losses[-1] if c.losses else None} for c in result.cycles],

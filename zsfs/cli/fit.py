@@ -50,8 +50,11 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--unique-labels/--duplicate-labels", "unique_pseudo_labels", default=None,
               help="An image shortlisted by several classes stays a candidate only of the class where its "
                    "neighbourhood support is highest, or of all of them [unique; paper: duplicate].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs on the seeds [20; paper: 100].")
-@click.option("--cycle-epochs", type=click.IntRange(min=0), default=None, help="(Maximum) epochs per cycle [5; paper: 20].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs on the seeds before the cycles of --method cycles and --paper [20; paper: 100].")
+@click.option("--cycle-epochs", type=click.IntRange(min=0), default=None,
+              help="Epochs per cycle: each of the balanced method's 3 (>= 1), at most per cycle of --method "
+                   "cycles [5; paper: 20].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [512; paper: 16].")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Adam learning rate [2e-2; paper: 1e-3].")
 @click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="Maximum cycles of the paper's method [19].")
@@ -60,9 +63,10 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in the paper score's threshold = mean - m*std [1].")
 @click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
               help="Matrix products of the neighbour scan (re-scored in fp32) and of training: bf16 halves their "
-                   "cost on GPUs and CPUs with AVX512-BF16/AMX, and is slow on other CPUs [fp32; --fast: bf16].")
+                   "cost on GPUs and CPUs with AVX512-BF16/AMX, and is ~70x slower on other CPUs; auto: bf16 where "
+                   "the device has it, else fp32 [fp32; --fast: auto].")
 @click.option("--ivf-neighbours/--exact-neighbours", "ivf_neighbours", default=None,
               help="On CPU, search the re-ranking neighbours through IVF lists, built by the fit where the store's "
                    "index is exact and it has 20k images or more (~98% of the exact neighbours, 3x faster at 50k), or "
@@ -71,7 +75,7 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--paper", is_flag=True, help="Paper-faithful preset: the paper's cycles and training "
                                             "schedule, single prompt, per-cycle sets, duplicates kept (other "
                                             "options still override it).")
-@click.option("--fast", is_flag=True, help="Faster preset: bf16 products and IVF neighbours (with "
+@click.option("--fast", is_flag=True, help="Faster preset: bf16 products where the hardware has them, IVF neighbours (with "
                                            "--paper also batch 512, lr 2e-2, 20 epochs, 5 per cycle; other "
                                            "options still override it).")
 @click.option("--report", "with_report", is_flag=True,
@@ -148,6 +152,7 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
     search = result.neighbour_search
     table.add_row("neighbours", shown(f"{search['source']}: {search['search']}, {search['precision']}"))
+    table.add_row("training products", result.precision)
     if result.absent_classes:
         table.add_row("absent classes", shown(", ".join(result.absent_classes)))
     table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}")

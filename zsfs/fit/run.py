@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from zsfs.devices import check_device
+from zsfs.devices import check_device, has_fast_bf16
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise
@@ -32,11 +32,13 @@ METHOD_CHOICES = ("balanced", "cycles")
 """Self-training: transductive class-balanced (zsfs.fit.transductive) or the paper's candidate cycles."""
 MAX_SEED = 2**31 - 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+"""``auto``: bf16 where the device multiplies bf16 in hardware (zsfs.devices.has_fast_bf16), else fp32."""
 CHUNK_ROWS = 32768
 PAPER_PRESET = {"method": "cycles", "prompts": "single", "accumulate": False, "unique_pseudo_labels": False,
                 "epochs": 100, "cycle_epochs": 20, "batch_size": 16, "lr": 1e-3}
 """The ``--paper`` preset: the method and training schedule exactly as published."""
-FAST_PRESET = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5, "precision": "bf16",
+FAST_PRESET = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5, "precision": "auto",
                "ivf_neighbours": True}
 """The ``--fast`` preset (see docs/fit.md for its accuracy/time trade-off)."""
 TRANSDUCTIVE_ROWS = 20_000
@@ -54,8 +56,8 @@ class FitConfig:
     prompts: str = "ensemble"  # text embeddings: "ensemble" (80 templates) or "single"
     accumulate: bool = True  # train each cycle on everything kept so far (False: the paper)
     unique_pseudo_labels: bool = True  # an image is a candidate of one class only (False: paper)
-    epochs: int = 20  # epochs on the seeds
-    cycle_epochs: int = 5  # (maximum) epochs per self-training cycle
+    epochs: int = 20  # epochs on the seeds (the cycles method; the balanced one trains only in its cycles)
+    cycle_epochs: int = 5  # epochs per self-training cycle (a maximum for the cycles method)
     batch_size: int = 512
     lr: float = 2e-2
     max_cycles: int = 19
@@ -63,7 +65,7 @@ class FitConfig:
     ood_multiplier: float = 1.0
     seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"  # "bf16": bf16 products in the neighbour scan (re-scored in fp32) and training
+    precision: str = "fp32"  # "bf16": bf16 products in the neighbour scan (re-scored in fp32) and training; "auto"
     ivf_neighbours: bool = False  # IVF lists for the neighbours even where the store's index is exact
     keep_all_classes: bool = False  # balanced method: never declare a listed class absent
 
@@ -93,10 +95,13 @@ class FitConfig:
         for name in ("cycle_epochs", "max_cycles"):
             if getattr(self, name) < 0:
                 raise ParameterError(f"{{{name}}} must be >= 0, not {getattr(self, name)}")
+        if self.method == "balanced" and self.cycle_epochs < 1:
+            raise ParameterError("{cycle_epochs} must be >= 1 with the balanced method (it trains only in its "
+                                 f"cycles), not {self.cycle_epochs}")
         if self.k > self.candidates:
             raise ParameterError(f"{{k}} {self.k} is larger than {{candidates}} {self.candidates}: the seeds are "
                                  f"taken from the candidates, so use {{k}} <= {{candidates}} (or raise {{candidates}})")
-        for name, choices in (("method", METHOD_CHOICES), ("prompts", PROMPT_CHOICES), ("precision", PRECISIONS)):
+        for name, choices in (("method", METHOD_CHOICES), ("prompts", PROMPT_CHOICES), ("precision", PRECISION_CHOICES)):
             if getattr(self, name) not in choices:
                 raise ParameterError(f"{{{name}}} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
         for name in ("lr", "loss_floor", "ood_multiplier"):
@@ -133,6 +138,7 @@ class FitResult:
     stop_reason: str
     classifier: Classifier
     neighbour_search: dict  # where the re-ranking neighbours came from: {"source", "search", "precision", ...}
+    precision: str = "fp32"  # of the training products: config.precision with "auto" resolved
     absent_classes: list[str] = field(default_factory=list)  # listed classes the collection does not hold
     class_shares: dict[str, float] | None = None  # balanced method: estimated fraction of images per class
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
@@ -152,6 +158,13 @@ class _Timer:
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - wall
         self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + time.process_time() - cpu
+
+
+def resolved_precision(precision: str, device: torch.device) -> str:
+    """``precision`` with "auto" replaced by bf16 where ``device`` has fast bf16 products, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if has_fast_bf16(device) else "fp32"
 
 
 def resolve_vocabulary(store: "Store", name: str | None) -> str:
@@ -186,7 +199,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         raise ZsfsError(f"{store.path} holds {n_images} embedded image(s); a fit needs at least 2 "
                         "(`zsfs info` lists the files that were skipped and why)")
     generator = torch.Generator().manual_seed(config.seed)
-    dtype = PRECISIONS[config.precision]
+    precision = resolved_precision(config.precision, device)
+    dtype = PRECISIONS[precision]
 
     n_neighbours = min(config.neighbours, n_images - 1)
     graph = store.graph_info
@@ -221,7 +235,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         ranked = seeds.rerank(candidates, support, keep)
         if config.method == "balanced":
             seed_rows, seed_labels = seeds.positions(ranked, 0, config.k)
-            sample = transductive_sample(n_images, seed_rows, config.seed)
+            sample, drawn = transductive_sample(n_images, seed_rows, config.seed)
             log_prior = torch.log_softmax(zero_shot_logits(as_tensor(clip[sample], device), as_tensor(texts, device)),
                                           dim=1)
     del clip, search
@@ -229,8 +243,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         with timer.phase("read features"):
             features = normalise(store.read("backbone", sample), device)
         with timer.phase("class shares + self-training"):
-            trained, head_classes, shares = _balanced_training(features, sample, seed_rows, seed_labels, log_prior,
-                                                               config, generator, dtype)
+            trained, head_classes, shares = _balanced_training(features, sample, drawn, seed_rows, seed_labels,
+                                                               log_prior, config, generator, dtype)
     else:
         with timer.phase("read features"):
             features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
@@ -298,6 +312,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         stop_reason=trained.stop_reason,
         classifier=classifier,
         neighbour_search=neighbour_search,
+        precision=precision,
         absent_classes=[vocab.classes[i] for i in np.setdiff1d(np.arange(n_classes), head_classes)],
         class_shares=None if shares is None else dict(zip(vocab.classes, shares.tolist())),
         timings=timer.timings,
@@ -305,19 +320,24 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     )
 
 
-def transductive_sample(n_images: int, seed_rows: np.ndarray, seed: int) -> np.ndarray:
-    """Sorted store rows the balanced method works on: all of them, or a seeded random sample of
-    ``TRANSDUCTIVE_ROWS`` that always holds the seeds (class shares need a sample, not every image)."""
+def transductive_sample(n_images: int, seed_rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted store rows the balanced method works on, and which of them were drawn at random.
+
+    All rows, or a seeded random sample of ``TRANSDUCTIVE_ROWS`` plus the seeds (class shares
+    need a sample, not every image; they are estimated on the random rows alone, as the seeds are
+    k per class whatever the collection holds).
+    """
     if n_images <= TRANSDUCTIVE_ROWS:
-        return np.arange(n_images)
+        return np.arange(n_images), np.ones(n_images, bool)
     drawn = np.random.default_rng(seed).choice(n_images, TRANSDUCTIVE_ROWS, replace=False)
-    return np.union1d(drawn, seed_rows)
+    rows = np.union1d(drawn, seed_rows)
+    return rows, np.isin(rows, drawn)
 
 
-def _balanced_training(features: torch.Tensor, rows: np.ndarray, seed_rows: np.ndarray, seed_labels: np.ndarray,
-                       log_prior: torch.Tensor, config: FitConfig, generator: torch.Generator,
-                       dtype: torch.dtype) -> tuple[SelfTraining, np.ndarray, np.ndarray]:
-    """Class shares, absent classes, balanced self-training on the present classes.
+def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarray, seed_rows: np.ndarray,
+                       seed_labels: np.ndarray, log_prior: torch.Tensor, config: FitConfig,
+                       generator: torch.Generator, dtype: torch.dtype) -> tuple[SelfTraining, np.ndarray, np.ndarray]:
+    """Class model, absent classes, balanced self-training on the present classes.
 
     Returns the training (cycle labels as vocabulary indices), the vocabulary index of each head
     class and the estimated share of every vocabulary class (0 for absent ones).
@@ -325,8 +345,10 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, seed_rows: np.n
     n_classes = log_prior.shape[1]
     seed_positions = torch.as_tensor(np.searchsorted(rows, seed_rows), device=features.device)
     labels = torch.as_tensor(seed_labels, device=features.device)
+    on_drawn = torch.as_tensor(drawn, device=features.device)
     mixture = transductive.class_mixture(
-        features, log_prior, transductive.seed_prototypes(features, seed_positions, labels, n_classes))
+        features[on_drawn], log_prior[on_drawn],
+        transductive.seed_prototypes(features, seed_positions, labels, n_classes))
     absent = (np.zeros(n_classes, bool) if config.keep_all_classes
               else transductive.absent_classes(mixture.shares, transductive.ABSENT_SHARE))
     present = np.flatnonzero(~absent)
@@ -337,8 +359,9 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, seed_rows: np.n
     keep = torch.as_tensor(~absent[seed_labels], device=features.device)
     trained = transductive.balanced_self_training(
         features, rows, seed_positions[keep], torch.as_tensor(head_index[seed_labels], device=features.device)[keep],
-        transductive.tempered(shares[present]), epochs=config.epochs, cycle_epochs=config.cycle_epochs,
-        batch_size=config.batch_size, lr=config.lr, generator=generator, train_dtype=dtype)
+        transductive.mixture_log_posterior(features, log_prior, mixture, present),
+        transductive.tempered(shares[present]), cycle_epochs=config.cycle_epochs, batch_size=config.batch_size,
+        lr=config.lr, generator=generator, train_dtype=dtype)
     for cycle in trained.cycles:
         cycle.labels = present[cycle.labels]
     return trained, present, shares
