@@ -110,11 +110,13 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     assert not list(shards.glob("*.tmp"))  # the killed worker's half-written file is gone
 
 
-def test_ray_options_refused_clearly(photos, monkeypatch):
+def test_ray_options_refused_clearly(photos, monkeypatch, tmp_path):
     with pytest.raises(ZsfsError, match="--ray-workers needs --ray"):
         extract(photos["root"], photos["root"].parent / "x.h5", ray_workers=2, **SETTINGS)
     import zsfs.distributed
 
     monkeypatch.setattr(zsfs.distributed, "ray", None)  # as in a core install, without Ray
+    monkeypatch.chdir(tmp_path)  # where the default output ./photos.h5 would go
     result = run_cli("extract", photos["root"], *TINY_MODEL_ARGS, "--ray", "local")
     assert result.exit_code == 1 and 'pip install "zsfs[ray]"' in result.output
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written, not even the store's lock file

@@ -67,6 +67,12 @@ class _ShardWorker:
         return self.embedder.encode_vocabulary(classes)
 
 
+def require_ray() -> None:
+    """ZsfsError unless Ray is installed (checked before any work, so a refusal leaves nothing behind)."""
+    if ray is None:
+        raise ZsfsError('--ray needs Ray, which the core install leaves out: pip install "zsfs[ray]"')
+
+
 class RayEmbedders(AbstractContextManager):
     """``ShardEmbedder``'s methods over ``n_workers`` Ray actors (the driver loads no model).
 
@@ -78,8 +84,7 @@ class RayEmbedders(AbstractContextManager):
 
     def __init__(self, settings: EmbedSettings, source: ImageSource, *, address: str | None = None,
                  n_workers: int | None = None):
-        if ray is None:
-            raise ZsfsError('--ray needs Ray, which the core install leaves out: pip install "zsfs[ray]"')
+        require_ray()
         if n_workers is not None and n_workers < 1:
             raise ZsfsError("--ray-workers must be at least 1")
         self.settings = settings

@@ -223,6 +223,10 @@ def extract(
         check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
     if ray is None and ray_workers is not None:
         raise ZsfsError("--ray-workers needs --ray")
+    if ray is not None:
+        from zsfs.distributed import require_ray  # Ray is an optional dependency
+
+        require_ray()
     settings = EmbedSettings(clip_model, clip_weights, backbone, backbone_weights, device, precision, batch_size,
                              workers, max_pixels)
     image_source = open_source(source)
