@@ -46,7 +46,7 @@ ABSENT_SHARE = 0.05
 
 CYCLE_FRACTIONS = (1 / 3, 2 / 3, 1.0)
 """Fraction of each class's Sinkhorn assignment, most confident first, trained on per cycle
-(five cycles of a fifth each measured within a point of three on the real-data benchmark, at
+(five cycles of a fifth each measured 0-1.8 points above three on the real-data benchmark, at
 1.5x the training time; docs/fit.md)."""
 
 STOP_SCHEDULE = "balanced schedule done"
