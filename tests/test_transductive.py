@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from zsfs.evaluate import auroc
-from zsfs.fit import FitConfig, fit_store, ood, transductive
+from zsfs.fit import FitConfig, fit_store, load_classifier, ood, transductive
 from zsfs.runs import fit_metrics
 from zsfs.store import Store
 from zsfs.store.arrays import write_store
@@ -85,16 +85,22 @@ def test_absent_classes_are_those_below_a_twentieth_of_an_even_share():
     assert transductive.absent_classes(shares).tolist() == [False, False, False, True]
 
 
-def test_seed_distance_is_one_minus_the_kth_nearest_cosine():
+def test_reference_distance_is_one_minus_the_kth_nearest_cosine():
     rng = np.random.default_rng(3)
     features, reference = unit_rows(rng, 5000, 8), unit_rows(rng, 12, 8)  # > one product block
-    distance = ood.seed_distance(features, reference, k=3).numpy()
+    distance = ood.reference_distance(features, reference, k=3).numpy()
     cosines = features.numpy() @ reference.numpy().T
     expected = 1.0 - np.sort(cosines, axis=1)[:, -3]
     assert np.allclose(distance, expected, atol=1e-6)
 
 
-def test_reference_rows_are_the_seeds_or_a_seeded_subset():
+def test_nearest_rank_scales_k_with_the_sampled_fraction():
+    assert ood.nearest_rank(600, 600) == ood.NEAREST_REFERENCE == 20
+    assert ood.nearest_rank(8192, 4096) == 10 and ood.nearest_rank(100_000, 4096) == 1
+    assert ood.nearest_rank(40_000, 4096, k=40) == 4
+
+
+def test_reference_rows_are_the_candidates_or_a_seeded_subset():
     seeds = np.array([9, 3, 3, 7, 1])
     assert ood.reference_rows(seeds, 0).tolist() == [1, 3, 7, 9]
     subset = ood.reference_rows(np.arange(100), 5, limit=10)
@@ -157,6 +163,10 @@ def test_reported_absent_classes_get_no_seeds_labels_or_predictions(absent_store
     assert {result.classes[i] for i in np.unique(labelled)} <= set(present)
     assert sum(result.class_shares[c] for c in result.absent_classes) == 0.0
     assert metrics["absent_classes"]["precision"] == 1.0
+    # the OOD reference: the re-ranked candidates of the 4 present classes only (100 each at most;
+    # the 6 absent classes' candidates would add up to 600 more of the 1,200 images)
+    assert 16 * len(present) <= len(result.classifier.ood_reference) <= 100 * len(present)
+    assert result.classifier.ood_nearest == ood.NEAREST_REFERENCE
 
 
 def test_default_ood_score_separates_held_out_classes_and_is_deterministic(tmp_path):
@@ -173,6 +183,10 @@ def test_default_ood_score_separates_held_out_classes_and_is_deterministic(tmp_p
     features = store_features(path)
     again = first.classifier.ood_score(features)
     assert auroc(again, is_ood) > 0.8 and 0.0 <= again.min() and again.max() <= 1.0
+    first.classifier.save(tmp_path / "classifier.pt")
+    loaded = load_classifier(tmp_path / "classifier.pt")
+    assert loaded.ood_nearest == first.classifier.ood_nearest
+    assert np.array_equal(loaded.ood_score(features), again)
 
 
 def store_features(path) -> np.ndarray:

@@ -111,7 +111,8 @@ class Classifier:
     ood: ood.OodThresholds
     backbone: dict = field(default_factory=dict)  # the store's backbone record
     normalisation: str = INPUT_NORMALISATION
-    ood_reference: np.ndarray | None = None  # (S, D) float16 unit seed features of the OOD score (zsfs.fit.ood)
+    ood_reference: np.ndarray | None = None  # (S, D) float16 unit reference features of the OOD score (zsfs.fit.ood)
+    ood_nearest: int = ood.NEAREST_REFERENCE  # the OOD distance is to the ood_nearest-th nearest reference row
     ood_quantiles: dict[str, np.ndarray] = field(default_factory=dict)  # stored CDF of each OOD component
 
     def predict_logits(self, features: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
@@ -124,13 +125,14 @@ class Classifier:
         return out
 
     def ood_score(self, features: np.ndarray) -> np.ndarray:
-        """Backbone half of the fit's OOD score for new images: the rank of their seed distance in
-        the fitted collection, in [0, 1] (the MCM half needs CLIP embeddings; NaN for runs written
-        before zsfs stored the seeds)."""
-        if self.ood_reference is None or "seed_distance" not in self.ood_quantiles:
+        """Backbone half of the fit's OOD score for new images: the rank of their reference distance
+        in the fitted collection, in [0, 1] (the MCM half needs CLIP embeddings; NaN for runs
+        written before zsfs stored the reference)."""
+        if self.ood_reference is None or "reference_distance" not in self.ood_quantiles:
             return np.full(len(features), np.nan, np.float32)
-        distance = ood.seed_distance(normalise(features), torch.from_numpy(self.ood_reference).float()).numpy()
-        return ood.cdf(distance, self.ood_quantiles["seed_distance"]).astype(np.float32)
+        distance = ood.reference_distance(normalise(features), torch.from_numpy(self.ood_reference).float(),
+                                          k=self.ood_nearest).numpy()
+        return ood.cdf(distance, self.ood_quantiles["reference_distance"]).astype(np.float32)
 
     def ood_scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(score in {0, 1/3, 2/3, 1}, continuous score)`` of logits from :meth:`predict_logits`."""
@@ -149,6 +151,7 @@ class Classifier:
                 "backbone": self.backbone,
                 "normalisation": self.normalisation,
                 "ood_reference": None if self.ood_reference is None else torch.from_numpy(self.ood_reference),
+                "ood_nearest": self.ood_nearest,
                 "ood_quantiles": {name: torch.from_numpy(np.asarray(q)) for name, q in self.ood_quantiles.items()},
             },
             path,
@@ -179,6 +182,7 @@ def load_classifier(path: str | Path) -> Classifier:
             backbone=state["backbone"],
             normalisation=state["normalisation"],
             ood_reference=None if state.get("ood_reference") is None else state["ood_reference"].numpy(),
+            ood_nearest=int(state.get("ood_nearest", 5)),  # 5: the k of runs written before it was stored
             ood_quantiles={name: q.numpy() for name, q in state.get("ood_quantiles", {}).items()},
         )
     except (KeyError, TypeError, AttributeError) as error:  # a damaged or hand-edited file

@@ -77,29 +77,35 @@ def continuous_score(statistics: torch.Tensor | np.ndarray, thresholds: OodThres
 
 # --- The default OOD score: two independent signals, each read as a rank in the collection ---
 #
-# MCM (Ming et al. 2022) asks whether CLIP finds any listed class in the image; the seed distance
-# (deep nearest neighbours, Sun et al. 2022: the distance to the k-th nearest in-distribution
-# training feature, here the seeds, in the backbone space) asks whether the backbone puts the
-# image near the images that define the classes. They fail on different images, so their mean
-# rank beats either. Each component becomes its empirical CDF over the whole collection (stored
-# as quantiles, so that `zsfs predict` scores new images on the same scale).
+# MCM (Ming et al. 2022) asks whether CLIP finds any listed class in the image; the reference
+# distance (deep nearest neighbours, Sun et al. 2022: the distance to the k-th nearest
+# in-distribution training feature in the backbone space; here the training set is what the
+# fit trusts most: the re-ranked zero-shot candidates of every present class, the seeds first)
+# asks whether the backbone puts the image near the images that define the classes. They fail on
+# different images, so their mean rank beats either. Each component becomes its empirical CDF
+# over the whole collection (stored as quantiles, so that `zsfs predict` scores new images on
+# the same scale).
 
-NEAREST_SEED = 5
-"""The OOD distance is to the 5th nearest seed (Sun et al. use k = 1..50; 5 measured best, docs/fit.md)."""
+NEAREST_REFERENCE = 20
+"""The OOD distance is to the 20th nearest reference row (10 and 40 measured within 0.4 AUROC
+points on the real-data benchmark, docs/fit.md); scaled down with the sampled fraction when the
+reference is a random subset (:func:`nearest_rank`), as Sun et al. scale k with the fraction of
+the training set they keep."""
 MAX_REFERENCE_ROWS = 4096
-"""At most this many seeds (a seeded random subset) are the OOD reference: every image is compared
-with each of them (at 1000 classes x k 16, all 16,000 seeds would cost 16x the classifier's product)."""
+"""At most this many reference rows (a seeded random subset) are kept: every image is compared
+with each of them (at 1000 classes x 100 candidates, all of them would cost 100x the classifier's
+product)."""
 N_QUANTILES = 1001
 FLAG_FPR = 0.05
 """``ood_flag`` marks images whose score exceeds that of 95 % of the seeds (5 % false positives on them)."""
 _ROWS_PER_PRODUCT = 4096  # (rows x seeds) similarity blocks stay small at any store size
 
 
-def seed_distance(features: torch.Tensor, reference: torch.Tensor, k: int = NEAREST_SEED) -> torch.Tensor:
-    """(n,) one minus the cosine to the k-th nearest reference row: higher = farther from the seeds.
+def reference_distance(features: torch.Tensor, reference: torch.Tensor, k: int = NEAREST_REFERENCE) -> torch.Tensor:
+    """(n,) one minus the cosine to the k-th nearest reference row: higher = farther from them.
 
     ``features`` and ``reference`` are unit rows; the products run in ``reference``'s dtype.
-    A reference row identical to a feature row counts (a seed is at distance 0 of itself).
+    A reference row identical to a feature row counts (a reference image is at distance 0 of itself).
     """
     k = min(k, len(reference))
     out = torch.empty(len(features), dtype=torch.float32, device=features.device)
@@ -109,12 +115,19 @@ def seed_distance(features: torch.Tensor, reference: torch.Tensor, k: int = NEAR
     return out
 
 
-def reference_rows(seed_rows: np.ndarray, seed: int, limit: int = MAX_REFERENCE_ROWS) -> np.ndarray:
-    """Sorted unique seed rows, or a seeded random ``limit`` of them."""
-    rows = np.unique(seed_rows)
+def reference_rows(candidate_rows: np.ndarray, seed: int, limit: int = MAX_REFERENCE_ROWS) -> np.ndarray:
+    """Sorted unique ``candidate_rows``, or a seeded random ``limit`` of them."""
+    rows = np.unique(candidate_rows)
     if len(rows) <= limit:
         return rows
     return np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
+
+
+def nearest_rank(n_candidates: int, n_kept: int, k: int = NEAREST_REFERENCE) -> int:
+    """The k for a reference of ``n_kept`` rows drawn from ``n_candidates``: ``k`` scaled by the
+    kept fraction (the k-th nearest of the whole set is about the (k * fraction)-th of a random
+    subset), at least 1."""
+    return max(1, round(k * n_kept / max(n_candidates, 1)))
 
 
 def quantiles(values: np.ndarray) -> np.ndarray:

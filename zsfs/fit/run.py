@@ -258,9 +258,12 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         raise ZsfsError(f"training diverged (the classifier's weights are not finite) with --lr {config.lr}; "
                         "use a smaller --lr")
     del features
-    with timer.phase("read seeds"):
-        reference_rows = ood.reference_rows(trained.cycles[0].rows, config.seed)
-        seed_features = normalise(store.read("backbone", reference_rows), device).to(dtype)
+    with timer.phase("read OOD reference"):
+        candidate_rows, candidate_classes = seeds.positions(ranked, 0, config.candidates)
+        candidate_rows = np.unique(candidate_rows[np.isin(candidate_classes, head_classes)])
+        reference_rows = ood.reference_rows(candidate_rows, config.seed)
+        nearest = ood.nearest_rank(len(candidate_rows), len(reference_rows))
+        reference = normalise(store.read("backbone", reference_rows), device).to(dtype)
     with timer.phase("predict"):
         predicted = np.empty(n_images, np.int64)
         confidence = np.empty(n_images, np.float32)
@@ -274,12 +277,12 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
             top_probability, top_class = probabilities.max(dim=1)
             confidence[rows], predicted[rows] = top_probability.cpu().numpy(), head_classes[top_class.cpu().numpy()]
             statistics[rows] = ood.logit_statistics(logits).cpu().numpy()
-            distance[rows] = ood.seed_distance(chunk, seed_features).cpu().numpy()
+            distance[rows] = ood.reference_distance(chunk, reference, nearest).cpu().numpy()
     seed_cycle = trained.cycles[0]
     if seed_cycle.n_kept == 0:  # every class lost its candidates: nothing to calibrate OOD on
         raise ZsfsError("no seed image was selected for any class; check the vocabulary against the images")
     thresholds = ood.fit_thresholds(statistics[seed_cycle.rows], config.ood_multiplier)
-    components = {"mcm": -scores.mcm, "seed_distance": distance}
+    components = {"mcm": -scores.mcm, "reference_distance": distance}
     stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
     ood_score = ood.combined_score(components, stored_quantiles)
     flag_threshold = ood.flag_threshold(ood_score[seed_cycle.rows])
@@ -290,8 +293,9 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         bias=trained.head.bias.detach().cpu().numpy(),
         ood=thresholds,
         backbone=dict(store.backbone_info),
-        ood_reference=seed_features.cpu().to(torch.float16).numpy(),
-        ood_quantiles={"seed_distance": stored_quantiles["seed_distance"]},
+        ood_reference=reference.cpu().to(torch.float16).numpy(),
+        ood_nearest=nearest,
+        ood_quantiles={"reference_distance": stored_quantiles["reference_distance"]},
     )
     return FitResult(
         vocabulary=name,
