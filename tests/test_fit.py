@@ -132,18 +132,33 @@ def test_paper_preset_and_variants(store_path):
     assert fast.batch_size > 16 and fast.prompts == "ensemble" and fast.precision == "auto" and fast.ivf_neighbours
 
 
-def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_bf16(store_path):
-    import torch
-
+@pytest.mark.parametrize("capabilities, expected", [
+    ({"avx2": True, "avx512_f": True, "avx512_bf16": False}, False),  # AVX-512 without its bf16 extension
+    ({"avx512_bf16": True}, True), ({"amx_bf16": True}, True), ({"architecture": "arm64", "bf16": True}, True),
+    (None, False),  # a torch without torch.cpu.get_capabilities
+])
+def test_auto_precision_uses_bf16_only_on_cpus_with_bf16_products(monkeypatch, capabilities, expected):
     cpu = torch.device("cpu")
-    capabilities = torch.cpu.get_capabilities()
-    in_hardware = any(capabilities.get(name, False) for name in ("avx512_bf16", "amx_bf16", "bf16"))
-    assert has_fast_bf16(cpu) is in_hardware
-    assert resolved_precision("auto", cpu) == ("bf16" if in_hardware else "fp32")
+    if capabilities is None:
+        monkeypatch.delattr(torch.cpu, "get_capabilities")
+    else:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert has_fast_bf16(cpu) is expected
+    assert resolved_precision("auto", cpu) == ("bf16" if expected else "fp32")
     assert resolved_precision("bf16", cpu) == "bf16" and resolved_precision("fp32", cpu) == "fp32"
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), False), ((8, 0), True), ((9, 0), True)])
+def test_auto_precision_uses_bf16_on_gpus_from_ampere_on(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert has_fast_bf16(torch.device("cuda")) is expected  # a V100 (7.0) emulates bf16: fp32 there
+
+
+def test_fast_fit_records_the_precision_it_used(store_path):
     with Store(store_path) as store:
-        result = fit_store(store, FitConfig.fast(epochs=2, cycle_epochs=1))
-    assert result.precision == resolved_precision("auto", cpu)
+        result = fit_store(store, FitConfig.fast(cycle_epochs=1))
+    assert result.precision == resolved_precision("auto", torch.device("cpu"))
 
 
 def test_fast_preset_in_bf16_beats_zero_shot(store_path, fitted):

@@ -96,7 +96,7 @@ def test_reference_distance_is_one_minus_the_kth_nearest_cosine():
 
 def test_nearest_rank_scales_k_with_the_sampled_fraction():
     assert ood.nearest_rank(600, 600) == ood.NEAREST_REFERENCE == 20
-    assert ood.nearest_rank(8192, 4096) == 10 and ood.nearest_rank(100_000, 4096) == 1
+    assert ood.nearest_rank(8192, 4096) == 10 and ood.nearest_rank(100_000, 4096) == 2  # never 1: self-match
     assert ood.nearest_rank(40_000, 4096, k=40) == 4
 
 
@@ -187,6 +187,13 @@ def test_default_ood_score_separates_held_out_classes_and_is_deterministic(tmp_p
     loaded = load_classifier(tmp_path / "classifier.pt")
     assert loaded.ood_nearest == first.classifier.ood_nearest
     assert np.array_equal(loaded.ood_score(features), again)
+    # a classifier.pt written before the reference was the candidates: its seed distance, k = 5
+    state = torch.load(tmp_path / "classifier.pt", weights_only=True)
+    state["ood_quantiles"] = {"seed_distance": state["ood_quantiles"].pop("reference_distance")}
+    del state["ood_nearest"]
+    torch.save(state, tmp_path / "old.pt")
+    old = load_classifier(tmp_path / "old.pt")
+    assert old.ood_nearest == 5 and np.isfinite(old.ood_score(features)).all()
 
 
 def store_features(path) -> np.ndarray:

@@ -10,6 +10,10 @@ if TYPE_CHECKING:  # torch is imported lazily: the CLI lists DEVICES before any 
     import torch
 
 DEVICES = ("cpu", "cuda", "mps")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+"""Precision of a fit's matrix products; "auto": bf16 where :func:`has_fast_bf16`, else fp32."""
+BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16")
+"""``torch.cpu.get_capabilities()`` keys of hardware bf16 products (x86 AVX512-BF16 and AMX, Arm BF16)."""
 
 
 def check_device(device: str) -> "torch.device":
@@ -34,9 +38,10 @@ def has_fast_bf16(device: "torch.device") -> bool:
     """
     import torch
 
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # bf16 tensor cores from Ampere (8.x) on; torch also "supports" it by emulation
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
-        capabilities = torch.cpu.get_capabilities()
-        return any(capabilities.get(name, False) for name in ("avx512_bf16", "amx_bf16", "bf16"))
+        get_capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.10; before it: assume none
+        capabilities = get_capabilities() if get_capabilities is not None else {}
+        return any(capabilities.get(name, False) for name in BF16_CPU_FEATURES)
     return False

@@ -67,8 +67,8 @@ def predict_images(
 ):
     """Classify ``inputs`` with the run's classifier; a polars DataFrame, one row per file.
 
-    Columns: path, predicted, confidence, ood_score (rank of the seed distance in the fitted
-    collection, in [0, 1]), ood_paper (0, 1/3, 2/3, 1), ood_continuous, error
+    Columns: path, predicted, confidence, ood_score (rank of the distance to the fit's OOD
+    reference images in the fitted collection, in [0, 1]), ood_paper (0, 1/3, 2/3, 1), ood_continuous, error
     (the reason a file could not be read; its other columns are then null).
     ``backbone_weights``: the weights file the store recorded, at a new location (its sha256
     must still match). ``max_pixels``: the decoding budget of one image (as ``zsfs extract``).

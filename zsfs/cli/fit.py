@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from zsfs.cli.common import FiniteFloat, console, shown
-from zsfs.devices import DEVICES
+from zsfs.devices import DEVICES, PRECISION_CHOICES
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
 PARAMETERS = ("method", "keep_all_classes", "k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
@@ -63,7 +63,7 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in the paper score's threshold = mean - m*std [1].")
 @click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
               help="Matrix products of the neighbour scan (re-scored in fp32) and of training: bf16 halves their "
                    "cost on GPUs and CPUs with AVX512-BF16/AMX, and is ~70x slower on other CPUs; auto: bf16 where "
                    "the device has it, else fp32 [fp32; --fast: auto].")
@@ -89,7 +89,8 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     the share of each class in the collection is estimated, classes the collection does not hold
     are reported and dropped, and a linear classifier on the backbone features labels the whole
     collection by class-balanced self-training. ood_score ranks images by MCM and by their
-    distance to the seeds. --paper runs the paper's cycles and three-statistic OOD score instead.
+    distance to the re-ranked candidates. --paper runs the paper's cycles and three-statistic
+    OOD score instead.
     Writes predictions.parquet, classifier.pt, config.json (+ metrics.json when the store has
     labels) to a new run folder.
 

@@ -158,6 +158,10 @@ class Classifier:
         )
 
 
+LEGACY_OOD_COMPONENTS = {"seed_distance": "reference_distance"}
+"""Older names of stored OOD components (runs whose reference was the seeds, with k = 5)."""
+
+
 def load_classifier(path: str | Path) -> Classifier:
     """Load a classifier saved by ``zsfs fit`` (``RUN_DIR/classifier.pt``)."""
     path = Path(path)
@@ -183,7 +187,8 @@ def load_classifier(path: str | Path) -> Classifier:
             normalisation=state["normalisation"],
             ood_reference=None if state.get("ood_reference") is None else state["ood_reference"].numpy(),
             ood_nearest=int(state.get("ood_nearest", 5)),  # 5: the k of runs written before it was stored
-            ood_quantiles={name: q.numpy() for name, q in state.get("ood_quantiles", {}).items()},
+            ood_quantiles={LEGACY_OOD_COMPONENTS.get(name, name): q.numpy()
+                           for name, q in state.get("ood_quantiles", {}).items()},
         )
     except (KeyError, TypeError, AttributeError) as error:  # a damaged or hand-edited file
         raise ZsfsError(f"{path} is a damaged zsfs classifier (missing or bad {error}); rerun `zsfs fit`") from None

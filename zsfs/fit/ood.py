@@ -126,8 +126,9 @@ def reference_rows(candidate_rows: np.ndarray, seed: int, limit: int = MAX_REFER
 def nearest_rank(n_candidates: int, n_kept: int, k: int = NEAREST_REFERENCE) -> int:
     """The k for a reference of ``n_kept`` rows drawn from ``n_candidates``: ``k`` scaled by the
     kept fraction (the k-th nearest of the whole set is about the (k * fraction)-th of a random
-    subset), at least 1."""
-    return max(1, round(k * n_kept / max(n_candidates, 1)))
+    subset), at least 2 (a reference image is its own nearest: with k = 1 it would sit at
+    distance 0)."""
+    return min(k, max(2, round(k * n_kept / max(n_candidates, 1))))
 
 
 def quantiles(values: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from zsfs.devices import check_device, has_fast_bf16
+from zsfs.devices import PRECISION_CHOICES, check_device, has_fast_bf16
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise
@@ -32,8 +32,6 @@ METHOD_CHOICES = ("balanced", "cycles")
 """Self-training: transductive class-balanced (zsfs.fit.transductive) or the paper's candidate cycles."""
 MAX_SEED = 2**31 - 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PRECISION_CHOICES = ("auto", *PRECISIONS)
-"""``auto``: bf16 where the device multiplies bf16 in hardware (zsfs.devices.has_fast_bf16), else fp32."""
 CHUNK_ROWS = 32768
 PAPER_PRESET = {"method": "cycles", "prompts": "single", "accumulate": False, "unique_pseudo_labels": False,
                 "epochs": 100, "cycle_epochs": 20, "batch_size": 16, "lr": 1e-3}
@@ -65,7 +63,8 @@ class FitConfig:
     ood_multiplier: float = 1.0
     seed: int = 0
     device: str = "cpu"
-    precision: str = "fp32"  # "bf16": bf16 products in the neighbour scan (re-scored in fp32) and training; "auto"
+    precision: str = "fp32"  # "bf16": bf16 products in the neighbour scan (re-scored in fp32) and training;
+    #                          "auto": bf16 where the device has bf16 products in hardware, else fp32
     ivf_neighbours: bool = False  # IVF lists for the neighbours even where the store's index is exact
     keep_all_classes: bool = False  # balanced method: never declare a listed class absent
 
@@ -124,7 +123,7 @@ class FitResult:
     classes: list[str]
     predicted: np.ndarray  # int64 class index
     confidence: np.ndarray  # max softmax probability of the classifier
-    ood_score: np.ndarray  # mean collection rank of MCM and the seed distance, in [0, 1]; higher = more OOD
+    ood_score: np.ndarray  # mean collection rank of MCM and the reference distance, in [0, 1]; higher = more OOD
     ood_flag: np.ndarray  # bool: ood_score above that of 95 % of the seeds
     ood_paper: np.ndarray  # paper score in {0, 1/3, 2/3, 1}
     ood_continuous: np.ndarray  # mean standardised deficit of the paper's statistics; higher = more OOD
@@ -258,6 +257,9 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         raise ZsfsError(f"training diverged (the classifier's weights are not finite) with --lr {config.lr}; "
                         "use a smaller --lr")
     del features
+    seed_cycle = trained.cycles[0]
+    if seed_cycle.n_kept == 0:  # every class lost its candidates: nothing to calibrate OOD on
+        raise ZsfsError("no seed image was selected for any class; check the vocabulary against the images")
     with timer.phase("read OOD reference"):
         candidate_rows, candidate_classes = seeds.positions(ranked, 0, config.candidates)
         candidate_rows = np.unique(candidate_rows[np.isin(candidate_classes, head_classes)])
@@ -278,9 +280,6 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
             confidence[rows], predicted[rows] = top_probability.cpu().numpy(), head_classes[top_class.cpu().numpy()]
             statistics[rows] = ood.logit_statistics(logits).cpu().numpy()
             distance[rows] = ood.reference_distance(chunk, reference, nearest).cpu().numpy()
-    seed_cycle = trained.cycles[0]
-    if seed_cycle.n_kept == 0:  # every class lost its candidates: nothing to calibrate OOD on
-        raise ZsfsError("no seed image was selected for any class; check the vocabulary against the images")
     thresholds = ood.fit_thresholds(statistics[seed_cycle.rows], config.ood_multiplier)
     components = {"mcm": -scores.mcm, "reference_distance": distance}
     stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}

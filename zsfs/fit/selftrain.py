@@ -25,7 +25,8 @@ STOP_MAX_CYCLES = "maximum number of cycles"
 
 @dataclass
 class Cycle:
-    """One training round; cycle 0 is the training on the seeds."""
+    """One training round; cycle 0 records the seeds (the cycles method trains on them; the
+    balanced method trains nothing in it: ``n_trained`` 0, no losses)."""
 
     index: int
     n_candidates: int  # images offered to the agreement filter (the seeds for cycle 0)

@@ -81,13 +81,12 @@ def class_mixture(
     rows. E-step: ``log q_ic = kappa <x_i, mu_c> + log pi_c + lambda log p0_ic`` normalised over c;
     M-step: ``mu_c`` = normalised q-weighted mean, ``pi_c`` = mean of q.
     """
-    prior = prior_weight * log_prior
     responsibilities = torch.softmax(concentration * features @ prototypes.T, dim=1)
     for _ in range(iterations):
         shares = responsibilities.mean(dim=0)
         prototypes = F.normalize(responsibilities.T @ features, dim=1)
-        logits = concentration * features @ prototypes.T + torch.log(shares.clamp_min(1e-30)) + prior
-        responsibilities = torch.softmax(logits, dim=1)
+        responsibilities = torch.softmax(
+            _posterior_logits(features, prototypes, shares, log_prior, concentration, prior_weight), dim=1)
     shares = responsibilities.mean(dim=0).double()
     return ClassMixture((shares / shares.sum()).cpu().numpy(), prototypes)
 
@@ -98,11 +97,15 @@ def mixture_log_posterior(features: torch.Tensor, log_prior: torch.Tensor, mixtu
     """(n, len(classes)) log-probabilities of ``classes`` under the mixture (its E-step restricted
     to those classes), for any unit ``features`` with their zero-shot ``log_prior`` (n, C)."""
     index = torch.as_tensor(classes, device=features.device)
-    log_shares = torch.log(torch.as_tensor(mixture.shares[classes], dtype=torch.float32,
-                                           device=features.device).clamp_min(1e-30))
-    logits = (concentration * features @ mixture.prototypes[index].T + log_shares
-              + prior_weight * log_prior[:, index])
-    return torch.log_softmax(logits, dim=1)
+    shares = torch.as_tensor(mixture.shares[classes], dtype=torch.float32, device=features.device)
+    return torch.log_softmax(_posterior_logits(features, mixture.prototypes[index], shares, log_prior[:, index],
+                                               concentration, prior_weight), dim=1)
+
+
+def _posterior_logits(features: torch.Tensor, prototypes: torch.Tensor, shares: torch.Tensor,
+                      log_prior: torch.Tensor, concentration: float, prior_weight: float) -> torch.Tensor:
+    """The E-step's unnormalised log-posterior: ``kappa <x_i, mu_c> + log pi_c + lambda log p0_ic``."""
+    return concentration * features @ prototypes.T + torch.log(shares.clamp_min(1e-30)) + prior_weight * log_prior
 
 
 def absent_classes(shares: np.ndarray, threshold: float = ABSENT_SHARE) -> np.ndarray:
