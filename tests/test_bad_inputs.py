@@ -123,7 +123,6 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
     """A read-only folder; a read-only mount fails the same way (the write probe gets EROFS)."""
     import shutil
 
-    from zsfs.testing.models import TINY_MODEL_ARGS
 
     work, photos, store, run = (str(made[key]) for key in ("work", "photos", "store", "run"))
     read_only = made["work"] / "ro"

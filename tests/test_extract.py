@@ -40,6 +40,14 @@ def read_store(path: Path) -> dict:
     return data
 
 
+def assert_same_store(path: Path, expected: dict) -> None:
+    """The store at ``path`` holds exactly ``expected`` (a :func:`read_store` result)."""
+    found = read_store(path)
+    for name in (*ROW_DATASETS, "path", "label", "skipped"):
+        np.testing.assert_array_equal(np.asarray(found[name], dtype=object), np.asarray(expected[name], dtype=object),
+                                      err_msg=name)
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> dict:
     return write_image_folder(tmp_path_factory.mktemp("src") / "photos", n_per_class=5)
@@ -143,10 +151,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
     uninterrupted = extract(source, tmp_path / "clean.h5", workers=0, shard_size=6, batch_size=2, **TINY_MODELS)
     assert uninterrupted.shards_written == 5
-    resumed, clean = read_store(killed), read_store(tmp_path / "clean.h5")
-    for name in (*ROW_DATASETS, "path", "label", "skipped"):
-        np.testing.assert_array_equal(np.asarray(resumed[name], dtype=object), np.asarray(clean[name], dtype=object),
-                                      err_msg=name)
+    assert_same_store(killed, read_store(tmp_path / "clean.h5"))
 
 
 def test_refuses_other_models_or_source_unless_overwrite(photos, tmp_path):

@@ -16,11 +16,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import ray  # the test extra installs it: pip install -e ".[test]"
 
-from tests.test_extract import ROW_DATASETS, read_store
+from tests.test_extract import assert_same_store, read_store
 from zsfs.errors import ZsfsError
 from zsfs.extract import extract
 from zsfs.testing.cli import run_cli
@@ -50,13 +49,6 @@ def photos(tmp_path_factory) -> dict:
     folder = write_image_folder(tmp_path_factory.mktemp("ray") / "photos", n_per_class=12)
     reference = extract(folder["root"], folder["root"].parent / "local.h5", workers=0, **SETTINGS)
     return {"root": folder["root"], "local": read_store(reference.output)}
-
-
-def assert_same_store(path: Path, expected: dict) -> None:
-    found = read_store(path)
-    for name in (*ROW_DATASETS, "path", "label", "skipped"):
-        np.testing.assert_array_equal(np.asarray(found[name], dtype=object), np.asarray(expected[name], dtype=object),
-                                      err_msg=name)
 
 
 def _shard_worker_pids() -> list[int]:

@@ -6,7 +6,6 @@ The full sweep over many cut points per command is benchmarks/failure_sweep.py; 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -105,9 +104,10 @@ def test_full_disk_during_import_and_extract_then_resume(tmp_path, base):
         assert imported.n_images == n and imported.vocabulary_names() == ["v"]
 
     out = tmp_path / "e.h5"
-    extract_args = ("extract", base / "photos", "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "4")
-    assert_clean_failure(run_zsfs(*extract_args, file_size_limit=30_000))
-    assert run_cli(*extract_args).exit_code == 0
+    extract_command = ("extract", base / "photos", "--out", out, *TINY_MODEL_ARGS, "--workers", "0",
+                       "--shard-size", "4")
+    assert_clean_failure(run_zsfs(*extract_command, file_size_limit=30_000))
+    assert run_cli(*extract_command).exit_code == 0
     with Store(out) as extracted:
         assert extracted.n_images == 9
 

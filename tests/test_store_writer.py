@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
+from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import ShardData, Store, StoreWriter
 from zsfs.store import schema
 

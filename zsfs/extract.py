@@ -28,10 +28,11 @@ from zsfs.errors import ZsfsError
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source, read_class_file
-from zsfs.store.files import check_writable as check_store_lock
+from zsfs.store.extras import check_vocabulary_name, write_vocabulary
+from zsfs.store.files import check_store_lock, disk_error
 from zsfs.store.reader import Store
-from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, INVALID_VOCABULARY_NAME, valid_vocabulary_name
-from zsfs.store.writer import ShardData, StoreWriter, disk_error, write_vocabulary
+from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES
+from zsfs.store.writer import ShardData, StoreWriter
 from zsfs.writable import check_writable
 
 DEFAULT_BATCH_SIZE = 64
@@ -218,7 +219,7 @@ def extract(
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
                    max_pixels=max_pixels)
-    _check_vocabulary_name(vocab_name)
+    check_vocabulary_name(vocab_name)
     if ray is None:
         check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
     if ray is None and ray_workers is not None:
@@ -330,7 +331,7 @@ def add_vocabulary(
     ``on_classes(n)`` as classes are embedded (progress). Returns the class names written.
     """
     check_device(device)
-    _check_vocabulary_name(name)
+    check_vocabulary_name(name)
     class_names = _resolve_classes(classes, None)
     with Store(store_path) as store:
         record = dict(store.clip_info)
@@ -379,11 +380,6 @@ def _resolve_classes(classes, source: ImageSource | None) -> list[str] | None:
     if not classes or len(set(classes)) != len(classes) or not all(classes):
         raise ZsfsError("class names must be non-empty and distinct")
     return classes
-
-
-def _check_vocabulary_name(name: str) -> None:
-    if not valid_vocabulary_name(name):
-        raise ZsfsError(INVALID_VOCABULARY_NAME.format(name))
 
 
 def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,

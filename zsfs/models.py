@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from zsfs.errors import ModelLoadError
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
+from zsfs.store.integrity import file_sha256
 from zsfs.weights import (
     DEFAULT,
     FILE,
@@ -36,7 +37,6 @@ from zsfs.weights import (
     check_same_init,
     checkpoint_keys,
     existing_file,
-    file_sha256,
     hub_offline_unless_reachable,
     init_fingerprint,
     seeded_init,

@@ -16,11 +16,6 @@ def name_bytes(name: str | bytes) -> bytes:
     return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
 
 
-def name_from_bytes(raw: bytes) -> str:
-    """The inverse of :func:`name_bytes`: bytes that are not UTF-8 come back as surrogates."""
-    return raw.decode("utf-8", "surrogateescape")
-
-
 def utf8_text(name: str) -> str:
     """``name`` as valid UTF-8 text: undecodable bytes written as ``\\xNN`` (lossy, for display)."""
     return name_bytes(name).decode("utf-8", "backslashreplace")

@@ -64,9 +64,6 @@ class TarMembers:
     def __getstate__(self) -> dict:  # open files stay in the process that opened them
         return {**self.__dict__, "_descriptors": {}}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
 
 def is_tar_pattern(text: str) -> bool:
     """``data/{00000..00009}.tar`` or ``data/00000.tar``: tar shards named directly."""

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from zsfs.errors import ModelLoadError
+from zsfs.store.integrity import file_sha256
 from zsfs.store.schema import IMPORTED_WEIGHTS
 
 RANDOM = "random"
@@ -25,15 +26,6 @@ DEFAULT = "default"
 FILE = "file"
 RANDOM_SEED = 0
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
-
-
-def file_sha256(path: Path | str, chunk_size: int = 1 << 22) -> str:
-    """sha256 of a file, read in chunks (checkpoints can be many GB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def init_fingerprint(model: torch.nn.Module, n_values: int = 4096) -> str:

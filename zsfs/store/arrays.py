@@ -12,7 +12,8 @@ from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.store.hdf5 import listing_sha256
 from zsfs.store.index import EXACT_MAX
-from zsfs.store.writer import ShardData, StoreWriter, normalise_rows, write_vocabulary
+from zsfs.store.extras import normalise_rows, write_vocabulary
+from zsfs.store.writer import ShardData, StoreWriter
 
 
 def write_store(

@@ -289,7 +289,7 @@ def release_lock(lock: Path) -> None:
         os.close(entry[0])  # closing the descriptor releases the flock
 
 
-def check_writable(master: Path) -> None:
+def check_store_lock(master: Path) -> None:
     """Fail now, before long work, if the store cannot be written or another process writes it."""
     release_lock(acquire_lock(master))
 

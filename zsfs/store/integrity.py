@@ -72,11 +72,12 @@ def check_shard_names(names: list[str], path: Path) -> None:
         raise StoreError(f"{path} names shard files outside its folder ({len(bad)} of {len(names)}); refused")
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path | str, chunk_size: int = 1 << 22) -> str:
+    """sha256 of a file, read in chunks (shards and checkpoints can be many GB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
     return digest.hexdigest()
 
 

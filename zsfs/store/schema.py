@@ -43,8 +43,7 @@ from __future__ import annotations
 from pathlib import Path
 
 FORMAT_NAME = "zsfs-store"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # format 1: vocabularies and graph inside the master
+FORMAT_VERSION = 2  # readers also read format 1 (vocabularies and graph inside the master)
 
 # Row datasets (master and shards).
 CLIP = "clip"

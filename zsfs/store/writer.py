@@ -9,7 +9,6 @@ identical to an uninterrupted run. Vocabularies and the neighbour graph are file
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import weakref
@@ -22,10 +21,9 @@ import numpy as np
 
 from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import schema
-from zsfs.store.extras import normalise_rows, write_neighbour_graph, write_vocabulary  # noqa: F401 (re-exported)
-from zsfs.store.files import (acquire_lock, disk_error, is_disk_full, new_hdf5, release_lock,  # noqa: F401
-                              remove_file, temp_files_of, write_failed)
+from zsfs.store.files import acquire_lock, new_hdf5, release_lock, remove_file, temp_files_of
 from zsfs.store.hdf5 import canonical_json, read_identity, write_checked, write_strings
+from zsfs.store.integrity import file_sha256
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.master import write_master
 
@@ -241,15 +239,7 @@ class StoreWriter:
 
 def file_checksums(paths: list[Path]) -> tuple[np.ndarray, list[str]]:
     """Each file's size and sha256 (recorded in the master; checked on open and by --verify)."""
-    sizes, digests = [], []
-    for path in paths:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        sizes.append(path.stat().st_size)
-        digests.append(digest.hexdigest())
-    return np.array(sizes, dtype=np.int64), digests
+    return np.array([path.stat().st_size for path in paths], dtype=np.int64), [file_sha256(path) for path in paths]
 
 
 def describe_difference(found: dict | None, expected: dict) -> str:
