@@ -39,8 +39,7 @@ CONFIGS = {
     "fast-exact": ("fast", {"ivf_neighbours": False}),
     # The paper's cycles (zsfs' defaults until the balanced method): --fast and the default of then.
     "fast-cycles": ("fast", {"method": "cycles"}),
-    "previous-default": ("default", {"method": "cycles", "epochs": 100, "cycle_epochs": 20, "batch_size": 16,
-                                     "lr": 1e-3}),
+    "previous-default": ("paper", {"prompts": "ensemble", "accumulate": True, "unique_pseudo_labels": True}),
     "b64": ("default", {"batch_size": 64, "lr": 2e-3}),
     "b256-e100": ("default", {"batch_size": 256, "lr": 1e-2}),
     "b256-e30": ("default", {"batch_size": 256, "lr": 1e-2, "epochs": 30, "cycle_epochs": 10}),  # the first --fast

@@ -89,24 +89,12 @@ def synthetic_store(size: str, work: Path) -> Path:
     return store
 
 
-def subset_store(store, vocabulary: str, present: list[str], path: Path) -> Path:
-    """A store holding only the images of the ``present`` classes, with the full vocabulary."""
-    from zsfs.store.arrays import write_store
-
-    labels = np.asarray(store.labels()).astype(str)
-    rows = np.flatnonzero(np.isin(labels, present))
-    vocab = store.vocabulary(vocabulary)
-    write_store(path, clip=store.read("clip", rows), backbone=store.read("backbone", rows),
-                paths=[str(p) for p in store.paths()[rows]], labels=labels[rows].tolist(),
-                clip_info=dict(store.clip_info), backbone_info=dict(store.backbone_info), source="bench_quality",
-                vocabularies={vocabulary: (vocab.classes, vocab.single, vocab.ensemble)})
-    return path
-
-
 def accuracy_on(result, labels: np.ndarray) -> tuple[float, float]:
+    """Accuracy of the fit and of zero-shot against ``labels``."""
+    from zsfs.evaluate import accuracy
+
     names = np.asarray(result.classes)
-    return (float(np.mean(names[result.predicted] == labels)),
-            float(np.mean(names[result.zero_shot_predicted] == labels)))
+    return accuracy(labels, names[result.predicted]), accuracy(labels, names[result.zero_shot_predicted])
 
 
 def run_full(source: Source, seeds: int, record) -> None:
@@ -129,6 +117,7 @@ def run_full(source: Source, seeds: int, record) -> None:
 def run_absent(source: Source, draws: int, work: Path, record) -> None:
     from zsfs.fit.run import fit_store
     from zsfs.store import Store
+    from zsfs.testing.synthetic import subset_store
 
     rng = np.random.default_rng(0)
     with Store(source.store) as store:
@@ -183,11 +172,13 @@ def _remove(path: Path) -> None:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
+    from zsfs.evaluate import mean_std
+
     groups: dict[tuple, list[float]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["scenario"], row["method"], row["metric"]), []).append(row["value"])
-    return [{"dataset": d, "scenario": s, "method": m, "metric": k, "mean": float(np.mean(v)),
-             "std": float(np.std(v)), "n": len(v)} for (d, s, m, k), v in groups.items()]
+    return [{"dataset": d, "scenario": s, "method": m, "metric": k, **dict(zip(("mean", "std"), mean_std(v))),
+             "n": len(v)} for (d, s, m, k), v in groups.items()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,7 @@ from zsfs.evaluate import auroc
 from zsfs.fit import FitConfig, fit_store, load_classifier, ood, transductive
 from zsfs.runs import fit_metrics
 from zsfs.store import Store
-from zsfs.store.arrays import write_store
-from zsfs.testing.synthetic import make_synthetic_store
+from zsfs.testing.synthetic import make_synthetic_store, subset_store
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> torch.Tensor:
@@ -125,14 +124,8 @@ def absent_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("absent")
     full = make_synthetic_store(root / "full.h5", 3000, 10, seed=1)
     with Store(full) as store:
-        labels = np.asarray(store.labels()).astype(str)
-        vocab = store.vocabulary("synthetic")
-        present = vocab.classes[:4]
-        rows = np.flatnonzero(np.isin(labels, present))
-        return write_store(root / "absent.h5", clip=store.read("clip", rows), backbone=store.read("backbone", rows),
-                           paths=[str(p) for p in store.paths()[rows]], labels=labels[rows].tolist(),
-                           clip_info=dict(store.clip_info), backbone_info=dict(store.backbone_info), source="test",
-                           vocabularies={"synthetic": (vocab.classes, vocab.single, vocab.ensemble)}), present
+        present = store.vocabulary("synthetic").classes[:4]
+        return subset_store(store, "synthetic", present, root / "absent.h5"), present
 
 
 def test_absent_classes_get_small_shares_and_none_present_is_reported(absent_store):

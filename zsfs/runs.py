@@ -64,7 +64,8 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
         for c in result.cycles
     ]
     if result.absent_classes:
-        truly_absent = [name for name in result.absent_classes if name not in set(labels.tolist())]
+        labelled = set(labels.tolist())
+        truly_absent = [name for name in result.absent_classes if name not in labelled]
         metrics["absent_classes"] = {"reported": list(result.absent_classes), "truly_absent": truly_absent,
                                      "precision": len(truly_absent) / len(result.absent_classes)}
     if is_id.any() and not is_id.all():

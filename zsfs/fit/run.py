@@ -33,11 +33,13 @@ METHOD_CHOICES = ("balanced", "cycles")
 MAX_SEED = 2**31 - 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CHUNK_ROWS = 32768
+SCHEDULE = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5}
+"""zsfs' training schedule: the defaults, and ``--fast``'s replacement for the paper's."""
+PAPER_SCHEDULE = {"epochs": 100, "cycle_epochs": 20, "batch_size": 16, "lr": 1e-3}
 PAPER_PRESET = {"method": "cycles", "prompts": "single", "accumulate": False, "unique_pseudo_labels": False,
-                "epochs": 100, "cycle_epochs": 20, "batch_size": 16, "lr": 1e-3}
+                **PAPER_SCHEDULE}
 """The ``--paper`` preset: the method and training schedule exactly as published."""
-FAST_PRESET = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5, "precision": "auto",
-               "ivf_neighbours": True}
+FAST_PRESET = {**SCHEDULE, "precision": "auto", "ivf_neighbours": True}
 """The ``--fast`` preset (see docs/fit.md for its accuracy/time trade-off)."""
 TRANSDUCTIVE_ROWS = 20_000
 """The balanced method estimates class shares and self-trains on at most this many rows (+ the seeds)."""
@@ -54,10 +56,10 @@ class FitConfig:
     prompts: str = "ensemble"  # text embeddings: "ensemble" (80 templates) or "single"
     accumulate: bool = True  # train each cycle on everything kept so far (False: the paper)
     unique_pseudo_labels: bool = True  # an image is a candidate of one class only (False: paper)
-    epochs: int = 20  # epochs on the seeds (the cycles method; the balanced one trains only in its cycles)
-    cycle_epochs: int = 5  # epochs per self-training cycle (a maximum for the cycles method)
-    batch_size: int = 512
-    lr: float = 2e-2
+    epochs: int = SCHEDULE["epochs"]  # on the seeds (cycles method; the balanced one trains only in its cycles)
+    cycle_epochs: int = SCHEDULE["cycle_epochs"]  # per self-training cycle (a maximum for the cycles method)
+    batch_size: int = SCHEDULE["batch_size"]
+    lr: float = SCHEDULE["lr"]
     max_cycles: int = 19
     loss_floor: float = 0.1  # stop when an epoch's training loss falls below this
     ood_multiplier: float = 1.0
@@ -261,8 +263,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     if seed_cycle.n_kept == 0:  # every class lost its candidates: nothing to calibrate OOD on
         raise ZsfsError("no seed image was selected for any class; check the vocabulary against the images")
     with timer.phase("read OOD reference"):
-        candidate_rows, candidate_classes = seeds.positions(ranked, 0, config.candidates)
-        candidate_rows = np.unique(candidate_rows[np.isin(candidate_classes, head_classes)])
+        candidate_rows = ranked[head_classes]
+        candidate_rows = np.unique(candidate_rows[candidate_rows != seeds.MISSING])
         reference_rows = ood.reference_rows(candidate_rows, config.seed)
         nearest = ood.nearest_rank(len(candidate_rows), len(reference_rows))
         reference = normalise(store.read("backbone", reference_rows), device).to(dtype)

@@ -131,7 +131,8 @@ def sinkhorn(log_scores: torch.Tensor, marginals: torch.Tensor, iterations: int 
     products per iteration. Classes with a zero marginal get zero everywhere.
     """
     active = marginals > 0
-    kernel = torch.exp(log_scores[:, active].float() - log_scores[:, active].float().amax(dim=1, keepdim=True))
+    scores = log_scores[:, active].float()
+    kernel = torch.exp(scores - scores.amax(dim=1, keepdim=True))
     target = marginals[active].float() / marginals[active].sum() * len(kernel)
     column = torch.ones(kernel.shape[1], device=kernel.device)
     for _ in range(iterations):
@@ -191,13 +192,12 @@ def balanced_self_training(
     for index, fraction in enumerate(fractions, start=1):
         log_probs = initial_log_probs if head is None else torch.log_softmax(head.predict_logits(features), dim=1)
         confidence, labels = sinkhorn(log_probs, marginals).max(dim=1)
-        kept = most_confident(labels, confidence, fraction, n_classes) & ~is_seed
-        positions = torch.cat([seed_positions, kept.nonzero().squeeze(1)])
+        kept = (most_confident(labels, confidence, fraction, n_classes) & ~is_seed).nonzero().squeeze(1)
+        positions = torch.cat([seed_positions, kept])
         head = LinearHead(features.shape[1], n_classes, lr=lr, generator=generator, device=device,
                           train_dtype=train_dtype)
         losses = head.train_epochs(features[positions], torch.cat([seed_labels, labels[kept]]), epochs=cycle_epochs,
                                    batch_size=batch_size, generator=generator)
-        kept_positions = kept.nonzero().squeeze(1).cpu().numpy()
-        cycles.append(Cycle(index, len(features), rows[kept_positions], labels[kept].cpu().numpy(), len(positions),
-                            losses))
+        cycles.append(Cycle(index, len(features), rows[kept.cpu().numpy()], labels[kept].cpu().numpy(),
+                            len(positions), losses))
     return SelfTraining(head, cycles, STOP_SCHEDULE)

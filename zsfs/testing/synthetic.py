@@ -19,8 +19,12 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from zsfs.store import Store
 
 BLOCK_ROWS = 16384
 VISUAL_WEIGHT = 4.0
@@ -147,3 +151,18 @@ def make_synthetic_store(path: str | Path, n_images: int, n_classes: int, *, n_o
         shard_size=shard_size or schema.DEFAULT_SHARD_SIZE,
         **store_options,
     )
+
+
+def subset_store(store: "Store", vocabulary: str, present: list[str], path: str | Path) -> Path:
+    """A store of the images of ``store`` labelled with one of the ``present`` classes, with the
+    full ``vocabulary`` (the absent-class scenario: listed classes the collection does not hold)."""
+    from zsfs.store.arrays import write_store
+
+    labels = np.asarray(store.labels()).astype(str)
+    rows = np.flatnonzero(np.isin(labels, present))
+    vocab = store.vocabulary(vocabulary)
+    return write_store(Path(path), clip=store.read("clip", rows), backbone=store.read("backbone", rows),
+                       paths=[str(p) for p in store.paths()[rows]], labels=labels[rows].tolist(),
+                       clip_info=dict(store.clip_info), backbone_info=dict(store.backbone_info),
+                       source=f"subset of {store.path.name}: {len(present)} classes",
+                       vocabularies={vocabulary: (vocab.classes, vocab.single, vocab.ensemble)})
