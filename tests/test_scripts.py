@@ -7,6 +7,7 @@ here; give it a ``TINY`` entry when it can run in seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,3 +71,22 @@ def test_scripts_run_at_a_tiny_size(script, tmp_path):
     done = run(command(ROOT / script) + args, tmp_path)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
     assert done.stdout.strip(), "a benchmark that prints nothing measured nothing"
+
+
+def test_bench_quality_reports_the_default_against_the_paper_in_every_absent_draw(tmp_path):
+    out = tmp_path / "quality"
+    done = run(command(ROOT / "benchmarks/bench_quality.py") + [
+        "--synthetic", "2k", "--seeds", "1", "--draws", "1", "--scenarios", "absent", "--out", str(out)], tmp_path)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    runs = json.loads((out / "quality.json").read_text())["runs"]
+
+    def values(method, metric):
+        return [row["value"] for row in runs if row["method"] == method and row["metric"] == metric]
+
+    default, paper = values("default-k16", "accuracy"), values("paper-k16", "accuracy")
+    assert len(default) == len(paper) == 4  # one draw of 2, 3, 4 and 5 present classes
+    margins = values("default-k16", "minus paper-k16")
+    assert margins == pytest.approx([d - p for d, p in zip(default, paper)])
+    assert values("default-k16", "draws below paper-k16") == [float(m < 0) for m in margins]
+    summary = {(row["method"], row["metric"]): row for row in json.loads((out / "quality.json").read_text())["summary"]}
+    assert summary["default-k16", "minus paper-k16"]["min"] == pytest.approx(min(margins))
