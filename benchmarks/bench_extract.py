@@ -26,7 +26,7 @@ from zsfs.embedding import (PRECISIONS, DecodedImages, default_worker_niceness, 
                             model_threads)
 from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
-from zsfs.sources import decode_image, open_source
+from zsfs.sources import open_source
 from zsfs.testing.images import write_photos
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
 
@@ -68,7 +68,7 @@ def bench_naive(source, clip, backbone, device) -> float:
     begin = time.perf_counter()
     with torch.inference_mode():
         for i in range(len(source.paths)):
-            image = decode_image(source.absolute(i))
+            image = source.decode(i)
             clip.encode_images(clip.preprocess(image).unsqueeze(0).to(device)).cpu()
             backbone.encode_images(backbone.preprocess(image).unsqueeze(0).to(device)).cpu()
     return rate(len(source.paths), time.perf_counter() - begin)
@@ -129,7 +129,7 @@ def sync(device: torch.device) -> None:
 
 
 def warm_up(clip, backbone, source, device) -> None:
-    image = decode_image(source.absolute(0))
+    image = source.decode(0)
     with torch.inference_mode():
         for _ in range(2):
             clip.encode_images(clip.preprocess(image).unsqueeze(0).repeat(2, 1, 1, 1).to(device))

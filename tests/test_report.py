@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -17,11 +18,13 @@ from zsfs.errors import ZsfsError
 from zsfs.extract import extract
 from zsfs.fit import FitConfig, fit_store
 from zsfs.report import render_report, write_report
+from zsfs.sources import ImageSource
 from zsfs.store import Store
 from zsfs.testing.cli import run_cli
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODELS
 from zsfs.testing.synthetic import make_synthetic_store
+from zsfs.testing.tars import files_as_samples, write_tar_shards
 
 SECTIONS = ["summary", "figures", "accuracy", "classes", "ood", "parameters"]
 QUICK = FitConfig(k=2, candidates=6, epochs=20, cycle_epochs=5, batch_size=8)
@@ -170,9 +173,27 @@ def test_thumbnails_of_every_image_kind_show_the_picture(photo_run):
 
     photos = sorted((photo_run.parent / "photos").glob("*/*_*_*.*"))  # class/<class>_<i>_<kind>.<ext>
     assert len(photos) == 18
-    for path, (uri, reason) in zip(photos, thumbnails(photos)):
+    for path, (uri, reason) in zip(photos, thumbnails(files(photos))):
         assert reason is None, (path, reason)
         with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
             pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
         assert max(image.size) <= 96 and pixels.std() > 5 and pixels.mean() < 200, path.name
-    assert thumbnails([photo_run.parent / "photos" / "red" / "truncated.jpg"]) == [(None, "truncated file")]
+    assert thumbnails(files([photo_run.parent / "photos" / "red" / "truncated.jpg"])) == [(None, "truncated file")]
+
+
+def files(paths: list) -> ImageSource:
+    """An image source of absolute file paths."""
+    return ImageSource(location=Path("/"), root=Path("/"), paths=[str(path) for path in paths], labels=None)
+
+
+def test_a_run_on_tar_shards_shows_its_images(tmp_path):
+    """Bug: the report opened ``00000.tar::000000000.jpg`` as a file, so a run on tar shards showed no image."""
+    folder = write_image_folder(tmp_path / "photos", n_per_class=3, broken=False)
+    write_tar_shards(tmp_path / "shards", files_as_samples(folder["root"], folder["good"]), per_tar=4)
+    store_path = extract(tmp_path / "shards", tmp_path / "shards.h5", workers=0, classes=["red", "blue"],
+                         **TINY_MODELS).output
+    with Store(store_path) as store:
+        run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
+    page = render_report(run)
+    shown = re.findall(r'<img class="thumb" src="data:image/jpeg;base64,', page)
+    assert len(shown) == gallery_items(page) > 0 and 'class="note"' not in page

@@ -21,6 +21,8 @@ from zsfs import __version__, figures
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.outputs import write_text_atomically
 from zsfs.runs import REPORT, FittedRun, load_run
+from zsfs.sources import ImageSource
+from zsfs.tars import locate_members
 from zsfs.thumbnails import thumbnails
 
 COLUMNS = ["path", "predicted", "confidence", "ood_score", "ood_continuous", "ood_paper", "ood_flag", "is_seed",
@@ -67,9 +69,8 @@ def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_
 
     root, where = image_root(run, images)
     paths = list(dict.fromkeys(seeds["path"].to_list() + sample["path"].to_list() + most_ood["path"].to_list()))
-    reachable = [p for p in paths if root is not None or Path(p).is_absolute()]
     made = {p: (None, "no image folder known") for p in paths}
-    made.update(zip(reachable, thumbnails([_resolve(root, p) for p in reachable])))
+    made.update(zip(*_thumbnails_of([p for p in paths if root is not None or Path(p).is_absolute()], root)))
     body = [
         _summary(run, frame, classes),
         _figures(run, frame),
@@ -98,8 +99,15 @@ def image_root(run: FittedRun, images: str | Path | None) -> tuple[Path | None, 
     return (source if source.is_dir() else source.parent), f"the store's source {source}"
 
 
-def _resolve(root: Path | None, path: str) -> Path:
-    return Path(path) if root is None or Path(path).is_absolute() else root / path
+def _thumbnails_of(paths: list[str], root: Path | None) -> tuple[list[str], list[tuple[str | None, str | None]]]:
+    """``paths`` and their thumbnails; ``paths`` are the store's (files or ``shard.tar::member``)
+    relative to ``root``, or absolute."""
+    base = root or Path("/")
+    try:
+        members = locate_members(paths, base)
+    except ZsfsError:  # a tar moved or rewritten since extraction: its images show as not found
+        members = None
+    return paths, thumbnails(ImageSource(location=base, root=base, paths=paths, labels=None, members=members))
 
 
 # --- sections ------------------------------------------------------------------------------------

@@ -80,15 +80,16 @@ class ImageSource:
         """Absolute path of the ``i``-th image (listed absolute paths are kept as they are)."""
         return self.root / self.paths[i]
 
-    def decode(self, i: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-        """The ``i``-th image, from its file or its tar member (``decode_image``'s errors)."""
+    def decode(self, i: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+               draft: tuple[int, int] | None = None) -> Image.Image:
+        """The ``i``-th image, from its file or its tar member (``decode_image``'s arguments and errors)."""
         if self.members is None or not self.members.holds(i):
-            return decode_image(self.absolute(i), max_pixels)
+            return decode_image(self.absolute(i), max_pixels, draft)
         try:
             data = self.members.read(i)
         except OSError as error:
             raise ImageDecodeError(f"unreadable tar ({error.strerror or error})", self.paths[i]) from None
-        return decode_image(self.paths[i], max_pixels, data=data)
+        return decode_image(self.paths[i], max_pixels, draft, data=data)
 
     @property
     def classes(self) -> list[str] | None:

@@ -9,21 +9,24 @@ from __future__ import annotations
 import base64
 import io
 import os
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zsfs.sources import ImageSource
 
 THUMBNAIL_PX = 96  # longest side
 JPEG_QUALITY = 70
 
 
-def thumbnail(path: str | Path, size: int = THUMBNAIL_PX) -> tuple[str | None, str | None]:
-    """``(data URI, None)`` for a readable image, ``(None, reason)`` otherwise (decoded as
-    ``zsfs extract`` decodes: EXIF orientation, 16-bit and palette images, the same reasons)."""
-    from zsfs.sources import ImageDecodeError, decode_image
+def thumbnail(source: "ImageSource", i: int, size: int = THUMBNAIL_PX) -> tuple[str | None, str | None]:
+    """``(data URI, None)`` for the ``i``-th image of ``source`` when readable, ``(None, reason)``
+    otherwise (decoded as ``zsfs extract`` decodes: files or tar members, EXIF orientation, 16-bit
+    and palette images, the same reasons)."""
+    from zsfs.sources import ImageDecodeError
 
     try:
-        image = decode_image(path, draft=(size, size))
+        image = source.decode(i, draft=(size, size))
     except ImageDecodeError as error:
         return None, error.reason
     image.thumbnail((size, size))
@@ -32,9 +35,9 @@ def thumbnail(path: str | Path, size: int = THUMBNAIL_PX) -> tuple[str | None, s
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), None
 
 
-def thumbnails(paths: Sequence[str | Path], size: int = THUMBNAIL_PX,
+def thumbnails(source: "ImageSource", size: int = THUMBNAIL_PX,
                workers: int | None = None) -> list[tuple[str | None, str | None]]:
-    """:func:`thumbnail` of every path, in order; decoded by threads (Pillow releases the GIL)."""
+    """:func:`thumbnail` of every image of ``source``, in order; decoded by threads (Pillow releases the GIL)."""
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda path: thumbnail(path, size), paths))
+        return list(pool.map(lambda i: thumbnail(source, i, size), range(len(source))))
