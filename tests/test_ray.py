@@ -105,6 +105,10 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
 def test_ray_options_refused_clearly(photos, monkeypatch, tmp_path):
     with pytest.raises(ZsfsError, match="--ray-workers needs --ray"):
         extract(photos["root"], photos["root"].parent / "x.h5", ray_workers=2, **SETTINGS)
+    # Bug: ray_workers=0 from Python was refused by the Ray pool, after the output's lock file was made.
+    with pytest.raises(ZsfsError, match="--ray-workers must be at least 1"):
+        extract(photos["root"], tmp_path / "x.h5", ray="local", ray_workers=0, **SETTINGS)
+    assert list(tmp_path.iterdir()) == []
     import zsfs.distributed
 
     monkeypatch.setattr(zsfs.distributed, "ray", None)  # as in a core install, without Ray

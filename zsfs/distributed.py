@@ -84,10 +84,7 @@ class RayEmbedders(AbstractContextManager):
 
     def __init__(self, settings: EmbedSettings, source: ImageSource, *, address: str | None = None,
                  n_workers: int | None = None):
-        require_ray()
-        if n_workers is not None and n_workers < 1:
-            raise ZsfsError("--ray-workers must be at least 1")
-        self.settings = settings
+        self.settings = settings  # options checked by zsfs.extract.extract, before any work
         self.started_ray = _connect(address)
         try:
             self.n_workers, self.cores = _plan_workers(settings.device, n_workers)

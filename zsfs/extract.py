@@ -218,13 +218,11 @@ def extract(
     started = time.perf_counter()
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
-                   max_pixels=max_pixels)
+                   max_pixels=max_pixels, ray=ray, ray_workers=ray_workers)
     check_vocabulary_name(vocab_name)
     if ray is None:
         check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
-    if ray is None and ray_workers is not None:
-        raise ZsfsError("--ray-workers needs --ray")
-    if ray is not None:
+    else:
         from zsfs.distributed import require_ray  # Ray is an optional dependency
 
         require_ray()
@@ -383,7 +381,8 @@ def _resolve_classes(classes, source: ImageSource | None) -> list[str] | None:
 
 
 def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,
-                   max_pixels: int) -> None:
+                   max_pixels: int, ray: str | None, ray_workers: int | None) -> None:
+    """Refuse bad options before anything is listed or written (not even the store's lock file)."""
     if precision not in PRECISIONS:
         raise ZsfsError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
     if dtype not in EMBEDDING_DTYPES:
@@ -392,6 +391,10 @@ def _check_options(*, precision: str, batch_size: int, workers: int | None, shar
         raise ZsfsError("--batch-size and --shard-size must be at least 1, --workers at least 0")
     if max_pixels < 1:
         raise ZsfsError("--max-pixels must be at least 1")
+    if ray is None and ray_workers is not None:
+        raise ZsfsError("--ray-workers needs --ray")
+    if ray_workers is not None and ray_workers < 1:
+        raise ZsfsError("--ray-workers must be at least 1")
 
 
 from zsfs.api import callable_module  # noqa: E402 (after `extract` exists)
