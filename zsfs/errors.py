@@ -25,12 +25,11 @@ class ParameterError(ZsfsError):
         self.template = template
         super().__init__(self.render({}))
 
-    @property
-    def parameters(self) -> list[str]:
-        from string import Formatter
-
-        return [field for _, field, _, _ in Formatter().parse(self.template) if field]
-
     def render(self, names: dict[str, str]) -> str:
         """The message with each parameter shown as ``names[parameter]`` (default: its own name)."""
-        return self.template.format_map({name: names.get(name, name) for name in self.parameters})
+        return self.template.format_map(_OwnName(names))
+
+
+class _OwnName(dict):
+    def __missing__(self, name: str) -> str:
+        return name

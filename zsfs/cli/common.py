@@ -51,12 +51,11 @@ class ZsfsGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except ParameterError as error:  # named as the user typed them: the command's flags
-            command = self.get_command(ctx, ctx.invoked_subcommand or "")
-            flags = {p.name: p.opts[0] for p in getattr(command, "params", []) if isinstance(p, click.Option)}
-            console.print(f"[bold red]Error:[/] {escape(error.render(flags))}")
-            sys.exit(1)
         except ZsfsError as error:
+            if isinstance(error, ParameterError):  # named as the user typed them: the command's flags
+                command = self.get_command(ctx, ctx.invoked_subcommand or "")
+                error = error.render({p.name: p.opts[0] for p in getattr(command, "params", [])
+                                      if isinstance(p, click.Option)})
             console.print(f"[bold red]Error:[/] {shown(error)}", soft_wrap=True)  # one line, also in logs
             sys.exit(1)
         except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
