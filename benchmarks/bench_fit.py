@@ -30,21 +30,22 @@ CONFIGS = {
     "fast": ("fast", {}),
     "paper": ("paper", {}),
     "paper-fast": ("paper-fast", {}),
-    "no-accumulate": ("default", {"accumulate": False}),
+    "no-accumulate": ("default", {"method": "cycles", "accumulate": False}),  # accumulate: the cycles' option
     "single": ("default", {"prompts": "single"}),
     "duplicates": ("default", {"unique_pseudo_labels": False}),
-    "fast-no-accumulate": ("fast", {"accumulate": False}),
+    "fast-no-accumulate": ("fast", {"method": "cycles", "accumulate": False}),
     "fast-single": ("fast", {"prompts": "single"}),
     "fast-duplicates": ("fast", {"unique_pseudo_labels": False}),
     "fast-exact": ("fast", {"ivf_neighbours": False}),
     # The paper's cycles (zsfs' defaults until the balanced method): --fast and the default of then.
     "fast-cycles": ("fast", {"method": "cycles"}),
     "previous-default": ("paper", {"prompts": "ensemble", "accumulate": True, "unique_pseudo_labels": True}),
-    "b64": ("default", {"batch_size": 64, "lr": 2e-3}),
-    "b256-e100": ("default", {"batch_size": 256, "lr": 1e-2}),
-    "b256-e30": ("default", {"batch_size": 256, "lr": 1e-2, "epochs": 30, "cycle_epochs": 10}),  # the first --fast
-    "b256-e10": ("default", {"batch_size": 256, "lr": 1e-2, "epochs": 10, "cycle_epochs": 5}),
-    "b1024-e30": ("default", {"batch_size": 1024, "lr": 3e-2, "epochs": 30, "cycle_epochs": 10}),
+    # Training trade-offs of the cycles method (seed epochs + cycle epochs; the balanced method has no seed epochs).
+    "b64": ("default", {"method": "cycles", "batch_size": 64, "lr": 2e-3}),
+    "b256-e100": ("default", {"method": "cycles", "batch_size": 256, "lr": 1e-2}),
+    "b256-e30": ("default", {"method": "cycles", "batch_size": 256, "lr": 1e-2, "epochs": 30, "cycle_epochs": 10}),
+    "b256-e10": ("default", {"method": "cycles", "batch_size": 256, "lr": 1e-2, "epochs": 10, "cycle_epochs": 5}),
+    "b1024-e30": ("default", {"method": "cycles", "batch_size": 1024, "lr": 3e-2, "epochs": 30, "cycle_epochs": 10}),
 }
 
 
