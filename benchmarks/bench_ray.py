@@ -22,7 +22,8 @@ from pathlib import Path
 
 import ray
 
-from bench_extract import SETTINGS, write_photos
+from bench_extract import SETTINGS
+from zsfs.testing.images import write_photos
 from zsfs.extract import extract
 
 

@@ -117,9 +117,10 @@ def _kill_script(source: Path, out: Path, delay: float) -> str:
     args = ["extract", str(source), "--out", str(out), *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "6",
             "--batch-size", "2"]
     return (
-        "import time, zsfs.sources as x\n"
-        "decode = x.decode_image\n"
-        f"x.decode_image = lambda *args: (time.sleep({delay}), decode(*args))[1]\n"
+        "import os\n"
+        "from zsfs.testing.slowdown import DELAY_VARIABLE, slow_decoding\n"
+        f"os.environ[DELAY_VARIABLE] = {str(delay)!r}\n"
+        "slow_decoding()\n"
         "from zsfs.cli import main\n"
         f"main({args!r})\n"
     )

@@ -33,7 +33,7 @@ def store_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fitted(store_path):
-    config = FitConfig(epochs=40, cycle_epochs=10)
+    config = FitConfig(cycle_epochs=10)
     with Store(store_path) as store:
         result = fit_store(store, config)
         return result, fit_metrics(result, store.labels()), store.labels()
@@ -179,7 +179,7 @@ def test_ivf_neighbours_build_lists_on_stores_with_an_exact_index(store_path, fi
     monkeypatch.setattr(neighbours, "IVF_MIN_ROWS", 1000)
     monkeypatch.setattr(index, "MIN_NPROBE", 4)  # 4 of the 16 lists: a real IVF search
     with Store(store_path) as store:
-        result = fit_store(store, FitConfig(epochs=40, cycle_epochs=10, ivf_neighbours=True))
+        result = fit_store(store, FitConfig(cycle_epochs=10, ivf_neighbours=True))
         metrics = fit_metrics(result, store.labels())
     assert result.neighbour_search == {"source": "fit", "search": "ivf (16 lists, nprobe 4)", "precision": "fp32",
                                        "lists": "built by the fit"}
@@ -250,7 +250,7 @@ def test_cuda_without_gpu_is_a_clear_error(store_path, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fit_on_cuda_matches_cpu_quality(store_path, fitted):
     with Store(store_path) as store:
-        result = fit_store(store, FitConfig(epochs=40, cycle_epochs=10, device="cuda"))
+        result = fit_store(store, FitConfig(cycle_epochs=10, device="cuda"))
         metrics = fit_metrics(result, store.labels())
     assert metrics["accuracy"] == pytest.approx(fitted[1]["accuracy"], abs=0.02)
 

@@ -26,7 +26,7 @@ def fitted(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("predict")
     photos = write_image_folder(work / "photos", n_per_class=6)
     store_path = extract(photos["root"], work / "photos.h5", dtype="float32", workers=0, **TINY_MODELS).output
-    config = FitConfig(k=2, candidates=6, epochs=20, cycle_epochs=5, batch_size=8)
+    config = FitConfig(k=2, candidates=6, cycle_epochs=5, batch_size=8)
     with Store(store_path) as store:
         run = save_run(fit_store(store, config), store, config, work / "run")
     return {"photos": photos, "run": run, "fit": pl.read_parquet(run / "predictions.parquet")}

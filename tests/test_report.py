@@ -27,7 +27,7 @@ from zsfs.testing.synthetic import make_synthetic_store
 from zsfs.testing.tars import files_as_samples, write_tar_shards
 
 SECTIONS = ["summary", "figures", "accuracy", "classes", "ood", "parameters"]
-QUICK = FitConfig(k=2, candidates=6, epochs=20, cycle_epochs=5, batch_size=8)
+QUICK = FitConfig(k=2, candidates=6, cycle_epochs=5, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def unlabelled_run(tmp_path_factory):
     """A run on a synthetic store without labels; its image paths are stand-ins (no files)."""
     work = tmp_path_factory.mktemp("report-synthetic")
     store_path = make_synthetic_store(work / "s.h5", 200, 3, seed=2, labels=False, clip_dim=32, backbone_dim=64)
-    config = FitConfig(k=3, candidates=10, epochs=10, cycle_epochs=2, max_cycles=2)
+    config = FitConfig(k=3, candidates=10, cycle_epochs=2)
     with Store(store_path) as store:
         return runs.save_run(fit_store(store, config), store, config, work / "run")
 

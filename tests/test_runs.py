@@ -33,7 +33,7 @@ HOLDER = textwrap.dedent("""
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     store_path = make_synthetic_store(root / "s.h5", 300, 3, n_ood_classes=1, seed=0, clip_dim=32, backbone_dim=64)
-    config = FitConfig(k=4, candidates=20, epochs=10, cycle_epochs=2, max_cycles=2)
+    config = FitConfig(k=4, candidates=20, cycle_epochs=2)
     with Store(store_path) as store:
         return runs.save_run(fit_store(store, config), store, config, root / "run")
 
@@ -112,7 +112,7 @@ def test_the_next_run_removes_what_a_killed_run_left_but_not_a_live_runs_folder(
 
 def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):
     store_path = make_synthetic_store(tmp_path / "s.h5", 120, 2, seed=1, labels=False, clip_dim=32, backbone_dim=64)
-    config = FitConfig(k=2, candidates=10, epochs=5, cycle_epochs=1, max_cycles=1)
+    config = FitConfig(k=2, candidates=10, cycle_epochs=1)
     with Store(store_path) as store:
         saved = runs.save_run(fit_store(store, config), store, config, tmp_path / "run")
     run = runs.load_run(saved)

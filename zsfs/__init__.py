@@ -28,7 +28,7 @@ _LAZY = {
     "Store": ("zsfs.store", "Store"),
     "FitConfig": ("zsfs.fit.run", "FitConfig"),
     "FittedRun": ("zsfs.runs", "FittedRun"),
-    "load_run": ("zsfs.api", "load_run"),
+    "load_run": ("zsfs.runs", "load_run"),
     "report": ("zsfs.report", None),  # likewise: zsfs.report(run_dir) writes report.html
     "ZsfsError": ("zsfs.errors", "ZsfsError"),
     "ParameterError": ("zsfs.errors", "ParameterError"),

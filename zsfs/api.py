@@ -22,16 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from zsfs.extract import ExtractSummary
     from zsfs.runs import FittedRun
     from zsfs.store import Store
-
-
-def extract(source: str | Path, out: str | Path | None = None, **options) -> "ExtractSummary":
-    """Embed the images of a folder or list into a store; options as :func:`zsfs.extract.extract`."""
-    from zsfs.extract import extract as run_extract
-
-    return run_extract(source, out, **options)
 
 
 def fit(store: "Store | str | Path", *, vocabulary: str | None = None, preset: str | None = None,
@@ -59,14 +51,6 @@ def fit(store: "Store | str | Path", *, vocabulary: str | None = None, preset: s
         return in_memory(fit_store(store, config, vocabulary), store, config)
     with Store(store) as opened:
         return in_memory(fit_store(opened, config, vocabulary), opened, config)
-
-
-def load_run(run_dir: str | Path) -> "FittedRun":
-    """A run folder written by ``zsfs fit`` or ``.save``: ``.predict(features)``,
-    ``.predict_images(paths)``, ``.predictions``, ``.metrics``, ``.config``."""
-    from zsfs.runs import load_run as read
-
-    return read(run_dir)
 
 
 def callable_module(name: str, function) -> None:

@@ -26,7 +26,7 @@ from zsfs.tars import locate_members
 from zsfs.thumbnails import thumbnails
 
 COLUMNS = ["path", "predicted", "confidence", "ood_score", "ood_continuous", "ood_paper", "ood_flag", "is_seed",
-           "pseudo_label", "pseudo_cycle", "label"]
+           "pseudo_label", "label"]
 """predictions.parquet columns the page uses (those the run lacks are left out)."""
 THUMBNAIL_BUDGET = 4000  # thumbnails in the class galleries: ~3 KB each keeps a 1000-class page < 20 MB
 MAX_PER_CLASS = 8
@@ -55,7 +55,7 @@ def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_
     if ood_images < 0:
         raise ParameterError(f"{{ood_images}} must be >= 0, not {ood_images}")
     run = load_run(run_dir)
-    frame = run.read_predictions(COLUMNS).with_row_index("row")
+    frame = run.read_predictions(COLUMNS)
     classes = [str(c) for c in run.config.get("classes") or frame["predicted"].unique().sort().to_list()]
     per_class = per_class or int(np.clip(THUMBNAIL_BUDGET // (2 * max(len(classes), 1)), 1, MAX_PER_CLASS))
     ood_by = [c for c in ("ood_score", "ood_continuous") if c in frame.columns]
@@ -181,8 +181,7 @@ def _accuracy(frame, classes: list[str]) -> str:
         return _section("accuracy", "Accuracy", "<p>No image's true label is one of the classes.</p>")
     matrix = np.bincount(truth[known] * n + predicted[known], minlength=n * n).reshape(n, n)
     totals = matrix.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
+    accuracy = np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
     off = matrix.copy()
     np.fill_diagonal(off, 0)
     top = np.argsort(off, axis=None, kind="stable")[::-1][:10]
@@ -251,13 +250,13 @@ def _gallery(rows, made: dict) -> str:
         return '<p class="empty">none</p>'
     items = []
     for row in rows.iter_rows(named=True):
-        uri, reason = made.get(row["path"], (None, "not drawn"))
+        uri, reason = made[row["path"]]
         facts = [f"{key} {row[key]:.2f}" for key in ("confidence", "ood_score") if row.get(key) is not None]
         caption = " · ".join(facts)
         title = row["path"] + (f" | true label: {row['label']}" if row.get("label") is not None else "") + \
             f" | predicted: {row['predicted']}"
         picture = (f'<img class="thumb" src="{uri}" alt="{_e(row["path"])}">' if uri is not None
-                   else f'<div class="thumb missing">{_e(reason or "no image")}</div>')
+                   else f'<div class="thumb missing">{_e(reason)}</div>')
         items.append(f'<figure title="{_e(title)}">{picture}<figcaption>{_e(caption)}</figcaption></figure>')
     return f'<div class="gallery">{"".join(items)}</div>'
 

@@ -234,7 +234,8 @@ class FittedRun:
 
 
 def load_run(run_dir: str | Path) -> FittedRun:
-    """Open a run folder written by ``zsfs fit``; ZsfsError when it is not one."""
+    """Open a run folder written by ``zsfs fit`` or ``FittedRun.save``: ``.predict(features)``,
+    ``.predict_images(paths)``, ``.predictions``, ``.metrics``, ``.config``; ZsfsError when it is not one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ZsfsError(f"{run_dir} is not a folder; pass a run folder written by `zsfs fit --out RUN_DIR`")
