@@ -25,6 +25,8 @@ from zsfs.names import utf8_texts
 from zsfs.outputs import new_folder, write_json
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import polars as pl
 
     from zsfs.fit.classifier import Classifier
@@ -104,8 +106,9 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
     }
 
 
-def predictions_frame(result: "FitResult", store: "Store") -> "pl.DataFrame":
-    """The content of predictions.parquet: one row per image of the store, in store order."""
+def predictions_frame(result: "FitResult", store: "Store", labels: "Sequence | None") -> "pl.DataFrame":
+    """The content of predictions.parquet: one row per image of the store, in store order
+    (``labels``: the store's, read once by the caller)."""
     import polars as pl
 
     names = np.asarray(result.classes, dtype=object)
@@ -124,7 +127,6 @@ def predictions_frame(result: "FitResult", store: "Store") -> "pl.DataFrame":
         "zero_shot_confidence": result.zero_shot_confidence,
         "mcm_score": result.mcm_score,
     }
-    labels = store.labels()
     if labels is not None:
         columns["label"] = np.asarray(labels).astype(str)
     return pl.DataFrame({name: pl.Series(name, list(v) if v.dtype == object else v) for name, v in columns.items()})
@@ -144,7 +146,7 @@ def in_memory(result: "FitResult", store: "Store", config: "FitConfig") -> "Fitt
     labels = store.labels()
     return FittedRun(None, run_config(result, store, config),
                      fit_metrics(result, labels) if labels is not None else None,
-                     predictions=predictions_frame(result, store), classifier=result.classifier)
+                     predictions=predictions_frame(result, store, labels), classifier=result.classifier)
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     """
     from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
     from zsfs.outputs import check_new_folder
-    from zsfs.runs import fit_metrics, save_run
+    from zsfs.runs import in_memory
     from zsfs.store import Store
     from zsfs.writable import check_writable
 
@@ -121,9 +121,9 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
         check_writable(run_dir, "run folder")
         with console.status(f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}..."):
             result = fit_store(store, config, vocabulary)
-            saved = save_run(result, store, config, run_dir)
-        labels = store.labels()
-        metrics = fit_metrics(result, labels) if labels is not None else None
+            run = in_memory(result, store, config)
+            saved = run.save(run_dir).path
+        metrics = run.metrics
     show_summary(result, metrics, saved)
     if with_report:
         from zsfs.report import write_report
