@@ -98,15 +98,16 @@ def tar_shards_in(folder: Path, image_suffixes: Iterable[str]) -> list[Path]:
         entries = list(os.scandir(folder))
     except OSError:  # the folder scan reports an unreadable folder with its own clear error
         return []
-    for entry in map(Path, entries):
+    for entry in entries:  # DirEntry: is_dir() without a stat per entry on most file systems
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
             return []
-        if _suffix(entry.name) in suffixes:  # loose images: an image folder
+        suffix = os.path.splitext(entry.name)[1].lower()
+        if suffix in suffixes:  # loose images: an image folder
             return []
-        if entry.suffix.lower() == TAR_SUFFIX:
-            tars.append(entry)
+        if suffix == TAR_SUFFIX:
+            tars.append(Path(entry.path))
     return sorted(tars)
 
 
@@ -322,11 +323,6 @@ def locate_members(paths: Sequence[str], root: Path) -> TarMembers | None:
         tar_ids[row] = key[0]
         offset[row], size[row] = where[key]
     return TarMembers(tars, tar_ids, offset, size)
-
-
-def _suffix(name: str) -> str:
-    dot = name.rfind(".")
-    return name[dot:].lower() if dot > name.rfind("/") else ""
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
