@@ -243,9 +243,12 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     if config.method == "balanced":
         with timer.phase("read features"):
             features = normalise(store.read("backbone", sample), device)
+            candidate_rows, candidate_labels = seeds.positions(ranked, 0, config.candidates)
+            prototypes = transductive.class_prototypes(normalise(store.read("backbone", candidate_rows), device),
+                                                       torch.as_tensor(candidate_labels, device=device), n_classes)
         with timer.phase("class shares + self-training"):
             trained, head_classes, shares = _balanced_training(features, sample, drawn, seed_rows, seed_labels,
-                                                               log_prior, config, generator, dtype)
+                                                               log_prior, prototypes, config, generator, dtype)
     else:
         with timer.phase("read features"):
             features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
@@ -340,20 +343,17 @@ def transductive_sample(n_images: int, seed_rows: np.ndarray, seed: int) -> tupl
 
 
 def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarray, seed_rows: np.ndarray,
-                       seed_labels: np.ndarray, log_prior: torch.Tensor, config: FitConfig,
+                       seed_labels: np.ndarray, log_prior: torch.Tensor, prototypes: torch.Tensor, config: FitConfig,
                        generator: torch.Generator, dtype: torch.dtype) -> tuple[SelfTraining, np.ndarray, np.ndarray]:
-    """Class model, absent classes, balanced self-training on the present classes.
+    """Class model (started from ``prototypes``), absent classes, balanced self-training on the present classes.
 
     Returns the training (cycle labels as vocabulary indices), the vocabulary index of each head
     class and the estimated share of every vocabulary class (0 for absent ones).
     """
     n_classes = log_prior.shape[1]
     seed_positions = torch.as_tensor(np.searchsorted(rows, seed_rows), device=features.device)
-    labels = torch.as_tensor(seed_labels, device=features.device)
     on_drawn = torch.as_tensor(drawn, device=features.device)
-    mixture = transductive.class_mixture(
-        features[on_drawn], log_prior[on_drawn],
-        transductive.seed_prototypes(features, seed_positions, labels, n_classes))
+    mixture = transductive.class_mixture(features[on_drawn], log_prior[on_drawn], prototypes)
     absent = (np.zeros(n_classes, bool) if config.keep_all_classes
               else transductive.absent_classes(mixture.shares, transductive.ABSENT_SHARE))
     present = np.flatnonzero(~absent)

@@ -4,7 +4,8 @@ The paper trains on a few candidates per class and never looks at the rest of th
 Three published ideas use all of it, on the stored embeddings alone:
 
 1. **Class model** (:func:`class_mixture`): a von Mises-Fisher mixture over the L2-normalised
-   backbone features, one component per class, started from the seed prototypes, with each
+   backbone features, one component per class, started from the mean of each class's re-ranked
+   zero-shot candidates (its whole shortlist, not only the first k: see docs/fit.md), with each
    image's zero-shot log-probabilities as a prior (the generative model of TransCLIP, Zanella et
    al. 2024, without its Laplacian term). EM estimates the share of the collection each listed
    class takes (what keeps balanced pseudo-labelling from collapsing when the folder holds only
@@ -60,9 +61,9 @@ class ClassMixture:
     prototypes: torch.Tensor  # (C, D) unit mean directions (zero for a class nothing was assigned to)
 
 
-def seed_prototypes(features: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """(C, D) unit mean feature of each class's seeds (zero rows for classes without seeds)."""
-    sums = torch.zeros(n_classes, features.shape[1], device=features.device).index_add_(0, labels, features[rows])
+def class_prototypes(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C, D) unit mean of the ``features`` rows of each label (zero rows for labels with none)."""
+    sums = torch.zeros(n_classes, features.shape[1], device=features.device).index_add_(0, labels, features)
     return F.normalize(sums, dim=1)
 
 
