@@ -40,11 +40,11 @@ def _prediction_frame() -> pl.DataFrame:
         "path": ["[draft]/a.jpg", "[/x]/b.jpg"],
         "predicted": ["[cat]", None],
         "confidence": [0.9, None],
-        "ood_score": [0.0, None],
+        "ood_distance": [0.0, None],
         "ood_paper": [0.0, None],
         "ood_continuous": [-1.0, None],
         "error": [None, "bad [b]x[/b]"],
-    }, schema={"path": pl.String, "predicted": pl.String, "confidence": pl.Float64, "ood_score": pl.Float64,
+    }, schema={"path": pl.String, "predicted": pl.String, "confidence": pl.Float64, "ood_distance": pl.Float64,
                "ood_paper": pl.Float64, "ood_continuous": pl.Float64, "error": pl.String})
 
 

@@ -98,7 +98,7 @@ def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):
     frame = pl.read_parquet(run / "predictions.parquet")
     absent = json.loads((run / "config.json").read_text())["absent_classes"]
     assert frame.height == 2000 and frame["is_seed"].sum() == 8 * (10 - len(absent))
-    assert {"path", "predicted", "confidence", "ood_score", "ood_flag", "ood_paper", "ood_continuous", "is_seed",
+    assert {"path", "predicted", "confidence", "ood_score", "ood_distance", "ood_flag", "ood_paper", "ood_continuous", "is_seed",
             "label"} <= set(frame.columns)
     classifier = load_classifier(run)
     with Store(store_path) as store:

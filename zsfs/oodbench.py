@@ -1,10 +1,10 @@
 """The zero-shot OOD benchmark: ID/OOD class splits of a labelled store, one fit per split.
 
 For each split only the ID class names are given to the fit; the images whose true label is
-not ID are the OOD positives. Each split scores three OOD detectors on the same images:
-zsfs' paper score (flags / 3), zsfs' continuous score, and the MCM baseline (max softmax of
-cosine / 1 over the ID class texts, same prompts, same store; negated so higher = OOD),
-which the fit computes in the same pass as its zero-shot scores.
+not ID are the OOD positives. Each split scores four OOD detectors on the same images:
+zsfs' default ``ood_score``, its paper score (flags / 3), its continuous score, and the MCM
+baseline (max softmax of cosine / 1 over the ID class texts, same prompts, same store; negated
+so higher = OOD), which the fit computes in the same pass as its zero-shot scores.
 """
 
 from __future__ import annotations

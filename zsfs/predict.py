@@ -1,7 +1,8 @@
 """A fitted run + new images -> class, confidence and OOD score: the deployable end.
 
-Only the backbone is needed: the classifier reads backbone features, and the OOD score is a
-function of the classifier's logits (its thresholds were calibrated on the run's seeds).
+Only the backbone is needed: the classifier reads backbone features; the OOD scores are the
+fit's ``ood_distance`` (the backbone half of its ``ood_score``: MCM needs CLIP, which predict does
+not run) and the paper's logit scores (thresholds calibrated on the run's seeds).
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def predict_images(
 ):
     """Classify ``inputs`` with the run's classifier; a polars DataFrame, one row per file.
 
-    Columns: path, predicted, confidence, ood_score (rank of the distance to the fit's OOD
-    reference images in the fitted collection, in [0, 1]), ood_paper (0, 1/3, 2/3, 1), ood_continuous, error
+    Columns: path, predicted, confidence, ood_distance (as the fit's column: the rank of the
+    distance to the fit's OOD reference images in the fitted collection, in [0, 1]), ood_paper
+    (0, 1/3, 2/3, 1), ood_continuous, error
     (the reason a file could not be read; its other columns are then null).
     ``backbone_weights``: the weights file the store recorded, at a new location (its sha256
     must still match). ``max_pixels``: the decoding budget of one image (as ``zsfs extract``).
@@ -104,17 +106,17 @@ def predict_images(
 
     n = len(source)
     predicted = np.full(n, None, dtype=object)
-    confidence, ood_score, ood_paper, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(4))
+    confidence, ood_distance, ood_paper, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(4))
     if rows:
         good = np.concatenate(rows)
-        predicted[good], confidence[good], ood_score[good], ood_paper[good], ood_continuous[good] = classify(
+        predicted[good], confidence[good], ood_distance[good], ood_paper[good], ood_continuous[good] = classify(
             run.classifier, np.concatenate(features))
     error = [errors.get(i) for i in range(n)]
     return pl.DataFrame({
         "path": utf8_texts(source.paths),
         "predicted": pl.Series(predicted.tolist(), dtype=pl.String),
         "confidence": pl.Series(confidence).fill_nan(None),
-        "ood_score": pl.Series(ood_score).fill_nan(None),
+        "ood_distance": pl.Series(ood_distance).fill_nan(None),
         "ood_paper": pl.Series(ood_paper).fill_nan(None),
         "ood_continuous": pl.Series(ood_continuous).fill_nan(None),
         "error": pl.Series(error, dtype=pl.String),
@@ -122,13 +124,13 @@ def predict_images(
 
 
 def classify(classifier: Classifier, features: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per row of backbone ``features``: class name, confidence, OOD score, paper OOD score,
+    """Per row of backbone ``features``: class name, confidence, ``ood_distance``, paper OOD score,
     continuous OOD score (the columns of :func:`predict_images`)."""
     features = np.asarray(features)
     logits = classifier.predict_logits(features)
     best, index = torch.from_numpy(logits).softmax(dim=1).max(dim=1)
     names = np.asarray(classifier.classes, dtype=object)[index.numpy()]
-    return (names, best.numpy(), classifier.ood_score(features), *classifier.ood_scores(logits))
+    return (names, best.numpy(), classifier.ood_distance(features), *classifier.ood_scores(logits))
 
 
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")

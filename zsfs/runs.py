@@ -118,6 +118,7 @@ def predictions_frame(result: "FitResult", store: "Store", labels: "Sequence | N
         "confidence": result.confidence,
         "ood_score": result.ood_score,
         "ood_flag": result.ood_flag,
+        "ood_distance": result.ood_distance,
         "ood_paper": result.ood_paper,
         "ood_continuous": result.ood_continuous,
         "is_seed": result.is_seed,
@@ -224,9 +225,9 @@ class FittedRun:
 
         from zsfs.predict import classify
 
-        predicted, confidence, ood_score, ood_paper, ood_continuous = classify(self.classifier, features)
+        predicted, confidence, ood_distance, ood_paper, ood_continuous = classify(self.classifier, features)
         return pl.DataFrame({"predicted": pl.Series(predicted.tolist(), dtype=pl.String), "confidence": confidence,
-                             "ood_score": ood_score, "ood_paper": ood_paper, "ood_continuous": ood_continuous})
+                             "ood_distance": ood_distance, "ood_paper": ood_paper, "ood_continuous": ood_continuous})
 
     def predict_images(self, images, **options) -> "pl.DataFrame":
         """Classify image files and/or folders (options as :func:`zsfs.predict.predict_images`)."""

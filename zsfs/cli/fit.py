@@ -89,8 +89,8 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     the share of each class in the collection is estimated, classes the collection does not hold
     are reported and dropped, and a linear classifier on the backbone features labels the whole
     collection by class-balanced self-training. ood_score ranks images by MCM and by their
-    distance to the re-ranked candidates. --paper runs the paper's cycles and three-statistic
-    OOD score instead.
+    distance to the re-ranked candidates (ood_distance). --paper runs the paper's cycles
+    instead; its three-statistic OOD score is the ood_paper column of every run.
     Writes predictions.parquet, classifier.pt, config.json (+ metrics.json when the store has
     labels) to a new run folder.
 

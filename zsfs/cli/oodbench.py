@@ -29,7 +29,8 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     """Zero-shot OOD benchmark: only the ID class names go to the fit; OOD = images of other classes.
 
     Reports AUROC (OOD positive) and FPR at 95% TPR, mean +- std over the splits, for zsfs'
-    paper score, its continuous score and the MCM baseline on the same store and prompts.
+    ood_score, its paper score, its continuous score and the MCM baseline on the same store and
+    prompts.
     """
     import json
 

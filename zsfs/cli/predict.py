@@ -39,9 +39,10 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     """Classify IMAGES (files and/or folders) with the classifier of a fitted run.
 
     Extracts backbone features with the same backbone and weights as the run's store, applies the
-    classifier, and reports class, confidence and OOD score (0, 1/3, 2/3 or 1; higher = more
-    likely none of the run's classes) for every image. Unreadable files get an error, not a row
-    of zeros.
+    classifier, and reports for every image its class, confidence and OOD scores (higher = more
+    likely none of the run's classes): ood_distance, as in the fit's predictions (the backbone
+    half of its ood_score, in [0, 1]; the MCM half needs CLIP, which predict does not run), and
+    the paper's ood_paper (0, 1/3, 2/3 or 1). Unreadable files get an error, not a row of zeros.
     """
     from zsfs.predict import predict_images, write_predictions
     from zsfs.writable import check_writable
@@ -64,14 +65,14 @@ def _table(frame) -> Table:
     table = Table(title="zsfs predict" + (f" (first {SHOWN_ROWS} of {frame.height})" if frame.height > SHOWN_ROWS else ""))
     table.add_column("path", overflow="fold")  # the path is what identifies the row: never cut it
     table.add_column("predicted")
-    for column in ("confidence", "OOD", "OOD (paper)"):
+    for column in ("confidence", "OOD distance", "OOD (paper)"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
         if row["error"] is not None:
             table.add_row(shown(row["path"]), f"[red]{shown(row['error'])}[/]", "", "", "")
         else:
             table.add_row(shown(row["path"]), shown(row["predicted"]), _number(row["confidence"], ".3f"),
-                          _number(row["ood_score"], ".2f"), _number(row["ood_paper"], ".2f"))
+                          _number(row["ood_distance"], ".2f"), _number(row["ood_paper"], ".2f"))
     return table
 
 

@@ -124,10 +124,10 @@ class Classifier:
             out[start : start + len(chunk)] = torch.addmm(bias, chunk, weight.T).numpy()
         return out
 
-    def ood_score(self, features: np.ndarray) -> np.ndarray:
-        """Backbone half of the fit's OOD score for new images: the rank of their reference distance
-        in the fitted collection, in [0, 1] (the MCM half needs CLIP embeddings; NaN for runs
-        written before zsfs stored the reference)."""
+    def ood_distance(self, features: np.ndarray) -> np.ndarray:
+        """The fit's ``ood_distance`` for new images, the backbone half of its ``ood_score``: the
+        rank of their reference distance in the fitted collection, in [0, 1] (the MCM half needs
+        CLIP embeddings; NaN for runs written before zsfs stored the reference)."""
         if self.ood_reference is None or "reference_distance" not in self.ood_quantiles:
             return np.full(len(features), np.nan, np.float32)
         distance = ood.reference_distance(normalise(features), torch.from_numpy(self.ood_reference).float(),

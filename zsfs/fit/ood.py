@@ -1,6 +1,6 @@
-"""OOD scoring from the classifier's logits, calibrated on the seed images.
+"""OOD scores: the paper's, from the classifier's logits, and zsfs' default rank score.
 
-Three statistics of each logit vector (method.md step C.8): the top logit, the gap between
+The paper's (``ood_paper``, ``ood_continuous``), calibrated on the seed images: three statistics of each logit vector (method.md step C.8): the top logit, the gap between
 the top two logits and the standard deviation of all logits. Images of unknown classes tend to
 have lower values of all three. With mean ``mu`` and standard deviation ``sigma`` of each
 statistic over the seeds, and the user's multiplier ``m``:
@@ -9,6 +9,9 @@ statistic over the seeds, and the user's multiplier ``m``:
 - continuous score: the mean of the three deficits ``(mu - value) / sigma``. A statistic is
   flagged exactly when its deficit exceeds ``m``, so this is the paper score before
   thresholding: it ranks images within each of the four paper levels and needs no ``m``.
+
+The default (``ood_score``, the second half of this module): the mean collection rank of MCM and
+of the backbone distance to the fit's reference images (``ood_distance``).
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ product)."""
 N_QUANTILES = 1001
 FLAG_FPR = 0.05
 """``ood_flag`` marks images whose score exceeds that of 95 % of the seeds (5 % false positives on them)."""
-_ROWS_PER_PRODUCT = 4096  # (rows x seeds) similarity blocks stay small at any store size
+_ROWS_PER_PRODUCT = 4096  # (rows x reference rows) similarity blocks stay small at any store size
 
 
 def reference_distance(features: torch.Tensor, reference: torch.Tensor, k: int = NEAREST_REFERENCE) -> torch.Tensor:

@@ -125,7 +125,8 @@ class FitResult:
     classes: list[str]
     predicted: np.ndarray  # int64 class index
     confidence: np.ndarray  # max softmax probability of the classifier
-    ood_score: np.ndarray  # mean collection rank of MCM and the reference distance, in [0, 1]; higher = more OOD
+    ood_score: np.ndarray  # mean of the collection ranks of MCM and ood_distance, in [0, 1]; higher = more OOD
+    ood_distance: np.ndarray  # collection rank of the backbone distance to the OOD reference, in [0, 1]
     ood_flag: np.ndarray  # bool: ood_score above that of 95 % of the seeds
     ood_paper: np.ndarray  # paper score in {0, 1/3, 2/3, 1}
     ood_continuous: np.ndarray  # mean standardised deficit of the paper's statistics; higher = more OOD
@@ -289,6 +290,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     components = {"mcm": -scores.mcm, "reference_distance": distance}
     stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
     ood_score = ood.combined_score(components, stored_quantiles)
+    ood_distance = ood.cdf(distance, stored_quantiles["reference_distance"]).astype(np.float32)
     flag_threshold = ood.flag_threshold(ood_score[seed_cycle.rows])
     pseudo_label, pseudo_cycle = _pseudo_labels(n_images, trained.cycles)
     classifier = Classifier(
@@ -307,6 +309,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         predicted=predicted,
         confidence=confidence,
         ood_score=ood_score,
+        ood_distance=ood_distance,
         ood_flag=ood_score > flag_threshold,
         ood_paper=ood.paper_score(statistics, thresholds),
         ood_continuous=ood.continuous_score(statistics, thresholds),
