@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ZsfsError
+from zsfs.outputs import new_folder
 
 PREPARED_MARKER = ".zsfs-prepared"
 """Hidden file (ignored by image scans) that marks a completely written folder."""
@@ -151,16 +152,9 @@ def _write_once(folder: Path, fill: Callable[[Path], None]) -> Path:
     if folder.exists():
         raise ZsfsError(f"{folder} exists but is not a finished preparation (no {PREPARED_MARKER}); "
                         f"remove it and rerun")
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with new_folder(folder) as tmp:
         fill(tmp)
         (tmp / PREPARED_MARKER).write_text("prepared by zsfs pipelines\n")
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

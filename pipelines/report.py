@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from pipelines.datasets import ACCURACY_BASELINES, AUROC_BASELINES, BASELINE_TITLES, DATASETS, Dataset
+from zsfs.outputs import replacing_file
 from zsfs.runs import CONFIG as CONFIG_FILE, METRICS as METRICS_FILE  # ood-bench names its file alike
 
 FIT_DIR = "fit"
@@ -182,10 +182,8 @@ def _write_csv(rows: list[dict], handle) -> None:
 
 
 def _replace(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with replacing_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         write(handle)
-    os.replace(tmp, path)
 
 
 def main() -> None:

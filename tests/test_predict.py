@@ -17,6 +17,7 @@ from zsfs.runs import save_run
 from zsfs.store import Store
 from zsfs.testing.cli import run_cli
 from zsfs.testing.images import write_image_folder
+from zsfs.testing.failures import run_zsfs
 from zsfs.testing.models import TINY_MODELS
 
 
@@ -76,6 +77,18 @@ def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):
     assert set(written.columns) == {"path", "predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous", "error"}
     first = json.loads(result.stdout.splitlines()[0])
     assert first["path"] == str(one_image) and first["predicted"] in fitted["fit"]["predicted"].to_list()
+
+
+def test_a_full_disk_leaves_the_previous_predictions_file_whole(fitted, tmp_path):
+    # a real failure: the child's writes fail past 300 bytes, as on a full disk
+    out = tmp_path / "predictions.csv"
+    out.write_text("previous predictions\n")
+    outcome = run_zsfs("predict", "--run", fitted["run"], "--workers", "0", "--out", out, fitted["photos"]["root"],
+                       file_size_limit=300)
+
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert out.read_text() == "previous predictions\n"
+    assert [entry.name for entry in tmp_path.iterdir()] == ["predictions.csv"]  # no temporary file left
 
 
 def test_bad_inputs_are_clear_errors(fitted, tmp_path):

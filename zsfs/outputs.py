@@ -90,21 +90,31 @@ def remove_stale_folders(parent: str | Path) -> list[Path]:
     return removed
 
 
-def write_text_atomically(path: str | Path, text: str) -> Path:
-    """Write ``path`` through a temporary sibling renamed over it: readers never see half a file."""
+@contextmanager
+def replacing_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; it replaces ``path`` when the block succeeds,
+    so readers never see half a file. On any error it is removed and ``path`` keeps its old
+    content; one left by a killed process is removed as :func:`new_folder`'s are."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_folders(path.parent)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing like any file
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for sharing like any file
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write ``path`` through :func:`replacing_file`."""
+    with replacing_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def write_json(path: str | Path, value) -> None:

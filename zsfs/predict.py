@@ -20,6 +20,7 @@ from zsfs.embedding import DecodedImages, default_worker_niceness, default_worke
 from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
+from zsfs.outputs import replacing_file
 from zsfs.fit.classifier import Classifier
 from zsfs.runs import FittedRun, load_run
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
@@ -138,11 +139,11 @@ OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
 
 
 def write_predictions(frame, path: str | Path) -> Path:
-    """Write predictions as .csv, .parquet or .json (chosen by the suffix)."""
+    """Write predictions as .csv, .parquet or .json (chosen by the suffix), whole or not at all."""
     path = Path(path)
     if path.suffix not in OUTPUT_SUFFIXES:
         raise ZsfsError(f"--out must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     writers = dict(zip(OUTPUT_SUFFIXES, (frame.write_csv, frame.write_parquet, frame.write_json)))
-    writers[path.suffix](path)
+    with replacing_file(path) as tmp:
+        writers[path.suffix](tmp)
     return path
