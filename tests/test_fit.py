@@ -9,9 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from click.testing import CliRunner
 
-from zsfs.cli import main
 from zsfs.devices import has_fast_bf16
 from zsfs.evaluate import auroc
 from zsfs.fit import FitConfig, fit_store, load_classifier
@@ -40,7 +38,7 @@ def fitted(store_path):
 
 
 def fit_cli(*args: str):
-    return CliRunner().invoke(main, ["fit", *args], catch_exceptions=False)
+    return run_cli("fit", *args)
 
 
 def said(outcome) -> str:

@@ -7,14 +7,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from zsfs.cli import main
 from zsfs.errors import ZsfsError
 from zsfs.evaluate import auroc
 from zsfs.fit.run import FitConfig
 from zsfs.oodbench import LabelCodes, ood_bench, score_split, summarize
 from zsfs.store import Store
+from zsfs.testing.cli import run_cli
 from zsfs.testing.synthetic import class_names, make_synthetic_store
 
 # Small and quick; the test outcomes do not depend on the fit's default epochs.
@@ -36,8 +35,8 @@ def bench(labelled_store):
         return ood_bench(store, 6, FitConfig(**QUICK_FIT), n_splits=2, seed=0)
 
 
-def run_cli(*args):
-    return CliRunner().invoke(main, ["ood-bench", *map(str, args)])
+def bench_cli(*args):
+    return run_cli("ood-bench", *args)
 
 
 def test_splits_hold_n_id_classes_and_every_image(bench):
@@ -124,7 +123,7 @@ def test_store_without_labels_is_refused(tmp_path):
 
 def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path):
     out = tmp_path / "bench"
-    result = run_cli("--store", labelled_store, "--id-classes", 6, "--splits", 2, "--out", out, "--json",
+    result = bench_cli("--store", labelled_store, "--id-classes", 6, "--splits", 2, "--out", out, "--json",
                      *QUICK_FIT_ARGS)
     assert result.exit_code == 0, result.output
     written = json.loads((out / "metrics.json").read_text())
@@ -141,7 +140,7 @@ def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path):
 def test_cli_id_class_file_gives_one_split(labelled_store, tmp_path):
     listed = tmp_path / "id.txt"
     listed.write_text("class_0003\nclass_0001\n\nclass_0007\n")
-    result = run_cli("--store", labelled_store, "--id-classes", listed, "--json", "--paper", *QUICK_FIT_ARGS)
+    result = bench_cli("--store", labelled_store, "--id-classes", listed, "--json", "--paper", *QUICK_FIT_ARGS)
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["n_splits"] == 1
@@ -151,7 +150,7 @@ def test_cli_id_class_file_gives_one_split(labelled_store, tmp_path):
 
 def test_cli_seed_draws_the_split(labelled_store):
     def drawn(seed):
-        result = run_cli("--store", labelled_store, "--id-classes", 3, "--splits", 1, "--seed", seed, "--json",
+        result = bench_cli("--store", labelled_store, "--id-classes", 3, "--splits", 1, "--seed", seed, "--json",
                          *QUICK_FIT_ARGS)
         assert result.exit_code == 0, result.output
         metrics = json.loads(result.stdout)
@@ -167,7 +166,7 @@ def test_cli_seed_draws_the_split(labelled_store):
     ("nonsense", "neither a number nor an existing file"),
 ])
 def test_cli_bad_id_classes(labelled_store, id_classes, message):
-    result = run_cli("--store", labelled_store, "--id-classes", id_classes)
+    result = bench_cli("--store", labelled_store, "--id-classes", id_classes)
     assert result.exit_code == 1 and message in result.stderr
     assert "Traceback" not in result.output
 
@@ -175,7 +174,7 @@ def test_cli_bad_id_classes(labelled_store, id_classes, message):
 def test_cli_unknown_class_in_file(labelled_store, tmp_path):
     listed = tmp_path / "id.txt"
     listed.write_text("class_0001\nzebra\n")
-    result = run_cli("--store", labelled_store, "--id-classes", listed)
+    result = bench_cli("--store", labelled_store, "--id-classes", listed)
     assert result.exit_code == 1 and "'zebra'" in result.stderr
 
 
@@ -183,15 +182,15 @@ def test_cli_existing_out_is_refused_before_any_work(labelled_store, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = run_cli("--store", labelled_store, "--id-classes", 3, "--out", out)
+    result = bench_cli("--store", labelled_store, "--id-classes", 3, "--out", out)
     assert result.exit_code == 1 and "already exists" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
 def test_cli_missing_store_and_unlabelled_store(tmp_path):
-    missing = run_cli("--store", tmp_path / "nope.h5", "--id-classes", 3)
+    missing = bench_cli("--store", tmp_path / "nope.h5", "--id-classes", 3)
     assert missing.exit_code == 1 and "does not exist" in missing.stderr
     blind = make_synthetic_store(tmp_path / "blind.h5", 200, 3, labels=False, **SMALL_STORE)
-    result = run_cli("--store", blind, "--id-classes", 1, "--out", tmp_path / "never")
+    result = bench_cli("--store", blind, "--id-classes", 1, "--out", tmp_path / "never")
     assert result.exit_code == 1 and "has no labels" in result.stderr
     assert not (tmp_path / "never").exists()
