@@ -9,6 +9,7 @@ import pytest
 
 from zsfs.errors import ZsfsError
 from zsfs.evaluate import (
+    LabelCodes,
     accuracy,
     auroc,
     fpr_at_tpr,
@@ -25,6 +26,16 @@ def brute_force_auroc(scores, is_positive):
     pos, neg = scores[is_positive], scores[~is_positive]
     diff = pos[:, None] - neg[None, :]
     return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def test_label_codes_match_string_comparisons():
+    labels = LabelCodes.of(np.array(["dog", "cat", "dog", "emu"], dtype=object))
+    assert labels.classes.tolist() == ["cat", "dog", "emu"] and labels.codes.tolist() == [1, 0, 1, 2]
+    assert labels.code(["emu", "yak", "cat"]).tolist() == [2, -1, 0]
+    assert labels.is_any_of(["dog", "yak"]).tolist() == [True, False, True, False]
+    assert not labels.is_any_of(["yak"]).any()
+    assert labels.index_in(["yak", "dog", "cat"]).tolist() == [1, 2, 1, -1]
+    assert labels.index_in([]).tolist() == [-1, -1, -1, -1]
 
 
 def test_accuracy_hand_computed():

@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from zsfs import runs
@@ -108,6 +110,31 @@ def test_the_next_run_removes_what_a_killed_run_left_but_not_a_live_runs_folder(
         live.wait()
         killed.stdout.close()
         live.stdout.close()
+
+
+def test_fit_metrics_hand_computed():
+    # images: dog, cat, yak (no class: OOD), dog, emu; classes cat, dog, emu, fox (fox reported absent)
+    labels = np.array(["dog", "cat", "yak", "dog", "emu"], dtype=object)
+    result = SimpleNamespace(
+        classes=["cat", "dog", "emu", "fox"],
+        predicted=np.array([1, 1, 0, 0, 2]),
+        zero_shot_predicted=np.array([1, 0, 1, 1, 1]),
+        cycles=[SimpleNamespace(index=0, n_kept=2, rows=np.array([0, 1]), labels=np.array([1, 1])),
+                SimpleNamespace(index=1, n_kept=0, rows=np.array([], int), labels=np.array([], int))],
+        absent_classes=["fox", "emu"],
+        ood_score=np.array([0.1, 0.2, 0.9, 0.3, 0.4]),
+        ood_paper=np.array([0.0, 0.0, 1.0, 0.0, 0.0]),
+        ood_continuous=np.array([0.0, 0.0, 1.0, 0.0, 0.5]),
+        mcm_score=np.array([0.5, 0.1, 0.2, 0.3, 0.4]),
+    )
+    metrics = runs.fit_metrics(result, labels)
+    assert metrics["n_images"] == 5 and metrics["n_evaluated"] == 4
+    assert metrics["accuracy"] == pytest.approx(2 / 4)  # dog, cat, dog, emu -> dog, dog, cat, emu
+    assert metrics["zero_shot_accuracy"] == pytest.approx(3 / 4)
+    assert metrics["per_class_accuracy"] == {"cat": 0.0, "dog": 0.5, "emu": 1.0, "fox": None}
+    assert [c["precision"] for c in metrics["seed_precision"]] == [0.5, None]
+    assert metrics["absent_classes"] == {"reported": ["fox", "emu"], "truly_absent": ["fox"], "precision": 0.5}
+    assert metrics["ood_auroc"] == 1.0 and metrics["mcm_auroc"] == 0.25
 
 
 def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):

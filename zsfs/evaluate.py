@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from zsfs.errors import ZsfsError
 
 __all__ = [
+    "LabelCodes",
     "accuracy",
     "per_class_accuracy",
     "auroc",
@@ -22,6 +24,39 @@ __all__ = [
     "id_ood_splits",
     "mean_std",
 ]
+
+
+@dataclass(frozen=True)
+class LabelCodes:
+    """True labels as integer codes into their sorted class names: metrics then compare integers
+    (string comparisons over a million labels take seconds each)."""
+
+    classes: np.ndarray  # (C,) str, sorted
+    codes: np.ndarray  # (N,) int64
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> "LabelCodes":
+        classes, codes = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+        return cls(classes, codes.reshape(-1))
+
+    def code(self, names: Sequence[str]) -> np.ndarray:
+        """Codes of ``names``; -1 for a name that is no label."""
+        names = np.asarray(list(names), dtype=str)
+        position = np.clip(np.searchsorted(self.classes, names), 0, len(self.classes) - 1)
+        return np.where(self.classes[position] == names, position, -1)
+
+    def is_any_of(self, names: Sequence[str]) -> np.ndarray:
+        """(N,) bool: the image's label is one of ``names``."""
+        wanted = np.zeros(len(self.classes) + 1, dtype=bool)  # the extra slot absorbs code -1
+        wanted[self.code(names)] = True
+        return wanted[:-1][self.codes]
+
+    def index_in(self, names: Sequence[str]) -> np.ndarray:
+        """(N,) position in ``names`` of each image's label; -1 where it is none of them."""
+        code = self.code(names)
+        position = np.full(len(self.classes) + 1, -1, np.int64)  # the extra slot absorbs code -1
+        position[code[code >= 0]] = np.flatnonzero(code >= 0)
+        return position[:-1][self.codes]
 
 
 def accuracy(true: np.ndarray, predicted: np.ndarray) -> float:

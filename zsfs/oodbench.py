@@ -20,7 +20,7 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import ZsfsError
 from zsfs.outputs import new_folder, write_json
-from zsfs.evaluate import accuracy, id_ood_splits, mean_std, ood_metrics
+from zsfs.evaluate import LabelCodes, accuracy, id_ood_splits, mean_std, ood_metrics
 
 if TYPE_CHECKING:
     from zsfs.fit.run import FitConfig, FitResult
@@ -34,32 +34,6 @@ SUMMARY_PREFIX = {"zsfs": "", "zsfs_paper": "paper_", "zsfs_continuous": "contin
 """metrics.json key prefix of each detector: ``auroc_mean``, ``continuous_auroc_mean``, ``mcm_auroc_mean``."""
 
 METRICS_FILE = "metrics.json"
-
-
-@dataclass(frozen=True)
-class LabelCodes:
-    """True labels as integer codes into their sorted class names: splits then compare integers
-    (string comparisons over a million labels take seconds per split)."""
-
-    classes: np.ndarray  # (C,) str, sorted
-    codes: np.ndarray  # (N,) int64
-
-    @classmethod
-    def of(cls, labels: np.ndarray) -> "LabelCodes":
-        classes, codes = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
-        return cls(classes, codes.reshape(-1))
-
-    def code(self, names: Sequence[str]) -> np.ndarray:
-        """Codes of ``names``; -1 for a name that is no label."""
-        names = np.asarray(list(names), dtype=str)
-        position = np.clip(np.searchsorted(self.classes, names), 0, len(self.classes) - 1)
-        return np.where(self.classes[position] == names, position, -1)
-
-    def is_any_of(self, names: Sequence[str]) -> np.ndarray:
-        """(N,) bool: the image's label is one of ``names``."""
-        wanted = np.zeros(len(self.classes) + 1, dtype=bool)  # the extra slot absorbs code -1
-        wanted[self.code(names)] = True
-        return wanted[:-1][self.codes]
 
 
 @dataclass

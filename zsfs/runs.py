@@ -48,26 +48,26 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
     Images whose true label is outside the vocabulary are the OOD ones: when there are some,
     the OOD AUROCs of the paper score, the continuous score and MCM are added.
     """
-    from zsfs.evaluate import accuracy, auroc, per_class_accuracy
+    from zsfs.evaluate import LabelCodes, accuracy, auroc, per_class_accuracy
 
-    names = np.asarray(result.classes, dtype=object)
-    labels = np.asarray(labels, dtype=object)
-    is_id = np.isin(labels, names)
-    metrics: dict = {"n_images": int(len(labels)), "n_evaluated": int(is_id.sum())}
+    codes = LabelCodes.of(labels)
+    truth = codes.index_in(result.classes)  # each image's class index; -1: its label is no class
+    is_id = truth >= 0
+    metrics: dict = {"n_images": int(len(truth)), "n_evaluated": int(is_id.sum())}
     if is_id.any():
-        truth = labels[is_id]
-        metrics["accuracy"] = accuracy(truth, names[result.predicted[is_id]])
-        metrics["zero_shot_accuracy"] = accuracy(truth, names[result.zero_shot_predicted[is_id]])
-        per_class = per_class_accuracy(truth, names[result.predicted[is_id]], result.classes)
-        metrics["per_class_accuracy"] = {c: (None if np.isnan(v) else v) for c, v in per_class.items()}
+        metrics["accuracy"] = accuracy(truth[is_id], result.predicted[is_id])
+        metrics["zero_shot_accuracy"] = accuracy(truth[is_id], result.zero_shot_predicted[is_id])
+        per_class = per_class_accuracy(truth[is_id], result.predicted[is_id], range(len(result.classes)))
+        metrics["per_class_accuracy"] = {name: (None if np.isnan(value) else value)
+                                         for name, value in zip(result.classes, per_class.values())}
     metrics["seed_precision"] = [
         {"cycle": c.index, "n_kept": c.n_kept,
-         "precision": float(np.mean(labels[c.rows] == names[c.labels])) if c.n_kept else None}
+         "precision": float(np.mean(truth[c.rows] == c.labels)) if c.n_kept else None}
         for c in result.cycles
     ]
     if result.absent_classes:
-        labelled = set(labels.tolist())
-        truly_absent = [name for name in result.absent_classes if name not in labelled]
+        truly_absent = [name for name, code in zip(result.absent_classes, codes.code(result.absent_classes))
+                        if code < 0]
         metrics["absent_classes"] = {"reported": list(result.absent_classes), "truly_absent": truly_absent,
                                      "precision": len(truly_absent) / len(result.absent_classes)}
     if is_id.any() and not is_id.all():
