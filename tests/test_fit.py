@@ -256,11 +256,24 @@ def test_fit_on_cuda_matches_cpu_quality(store_path, fitted):
 def test_store_without_labels_gives_no_metrics(tmp_path):
     path = make_synthetic_store(tmp_path / "unlabelled.h5", 300, 5, labels=False, seed=2)
     run = tmp_path / "run"
-    outcome = fit_cli("--store", str(path), "--out", str(run), "--k", "4", "--epochs", "5", "--cycles", "1")
+    outcome = fit_cli("--store", str(path), "--out", str(run), "--k", "4", "--cycle-epochs", "2")
     assert outcome.exit_code == 0, outcome.output
+    assert "Note:" not in outcome.output  # every option given is one the method reads
     assert sorted(p.name for p in run.iterdir()) == ["classifier.pt", "config.json", "predictions.parquet"]
     frame = pl.read_parquet(run / "predictions.parquet")
     assert "label" not in frame.columns and frame.height == 300
+
+
+def test_options_the_method_does_not_read_are_named(store_path, tmp_path):
+    """Bug: --epochs, --cycles, --loss-floor, --no-accumulate were accepted and silently ignored by
+    the balanced method (and --keep-all-classes by the cycles method)."""
+    assert FitConfig().unread({"epochs": 3, "max_cycles": None, "loss_floor": 0.5, "k": 4}) == ["epochs", "loss_floor"]
+    assert FitConfig.paper().unread({"epochs": 3, "keep_all_classes": True}) == ["keep_all_classes"]
+    outcome = fit_cli("--store", str(store_path), "--out", str(tmp_path / "run"), "--k", "4", "--cycles", "1",
+                      "--no-accumulate", "--cycle-epochs", "2")
+    assert outcome.exit_code == 0, outcome.output
+    assert ("Note: --accumulate, --cycles are only read by the cycles method (--method cycles, --paper); this "
+            "balanced fit ignores them.") in said(outcome)
 
 
 def test_fit_refuses_a_store_with_fewer_than_two_images(tmp_path):

@@ -71,6 +71,19 @@ class ZsfsGroup(click.Group):
             sys.exit(130)
 
 
+def note_unread_options(config, given: dict) -> None:
+    """Say which of the options the user gave the fit's method will not read (they are not errors:
+    one set of options can serve runs of both methods)."""
+    unread = config.unread(given)
+    if unread:
+        flags = {p.name: p.opts[0] for p in click.get_current_context().command.params if isinstance(p, click.Option)}
+        readers = "cycles method (--method cycles, --paper)" if config.method == "balanced" else "balanced method"
+        one = len(unread) == 1
+        console.print(f"[yellow]Note:[/] {', '.join(flags.get(name, name) for name in unread)} "
+                      f"{'is' if one else 'are'} only read by the {readers}; this {config.method} fit ignores "
+                      f"{'it' if one else 'them'}.", soft_wrap=True)
+
+
 def describe_os_error(error: BaseException) -> str:
     """An operating-system failure outside the store's own error handling, as one line."""
     from zsfs.store.files import is_disk_full

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import FiniteFloat, console, shown
+from zsfs.cli.common import FiniteFloat, console, note_unread_options, shown
 from zsfs.devices import DEVICES, PRECISION_CHOICES
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
@@ -45,21 +45,21 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--prompts", type=click.Choice(["ensemble", "single"]), default=None,
               help="Class text embeddings: 80-template ensemble or 'a photo of a {}' [ensemble; paper: single].")
 @click.option("--accumulate/--no-accumulate", default=None,
-              help="Train each cycle on all pseudo-labels so far (seeds included) or only on the cycle's new ones "
-                   "[accumulate; paper: no-accumulate].")
+              help="--method cycles: train each cycle on all pseudo-labels so far (seeds included) or only on the "
+                   "cycle's new ones [accumulate; paper: no-accumulate].")
 @click.option("--unique-labels/--duplicate-labels", "unique_pseudo_labels", default=None,
               help="An image shortlisted by several classes stays a candidate only of the class where its "
                    "neighbourhood support is highest, or of all of them [unique; paper: duplicate].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs on the seeds before the cycles of --method cycles and --paper [20; paper: 100].")
+              help="--method cycles: epochs on the seeds before the cycles [20; paper: 100].")
 @click.option("--cycle-epochs", type=click.IntRange(min=0), default=None,
               help="Epochs per cycle: each of the balanced method's 3 (>= 1), at most per cycle of --method "
                    "cycles [5; paper: 20].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [512; paper: 16].")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Adam learning rate [2e-2; paper: 1e-3].")
-@click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="Maximum cycles of the paper's method [19].")
+@click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="--method cycles: maximum cycles [19].")
 @click.option("--loss-floor", type=FiniteFloat(min=0), default=None,
-              help="Stop the paper's cycles once an epoch's training loss is below this [0.1].")
+              help="--method cycles: stop once an epoch's training loss is below this [0.1].")
 @click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in the paper score's threshold = mean - m*std [1].")
 @click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")
@@ -80,7 +80,8 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
                                            "options still override it).")
 @click.option("--report", "with_report", is_flag=True,
               help="Also write report.html in the run folder (as `zsfs report RUN_DIR`).")
-@click.option("--json", "as_json", is_flag=True, help="Print config and metrics as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Also print the run folder, metrics and phase times as JSON "
+                                                      "on stdout (every parameter is in the run's config.json).")
 def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper: bool, fast: bool, as_json: bool,
                 with_report: bool, **options) -> None:
     """Label and OOD-score every image of STORE from its class names (no labels needed).
@@ -113,6 +114,7 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     from zsfs.writable import check_writable
 
     config = FitConfig.from_options(paper=paper, fast=fast, **options)
+    note_unread_options(config, options)
     if run_dir is not None:
         check_new_folder(run_dir)
     with Store(store_path) as store:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import console, shown
+from zsfs.cli.common import console, note_unread_options, shown
 from zsfs.errors import ZsfsError
 
 
@@ -45,6 +45,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         check_writable(out, "report folder")
     wanted = _parse_id_classes(id_classes)
     config = FitConfig.from_options(paper=paper, fast=fast, **fit_options)
+    note_unread_options(config, fit_options)
     seed = config.seed
     n_splits = splits if isinstance(wanted, int) else 1
 

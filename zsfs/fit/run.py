@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 PROMPT_CHOICES = ("ensemble", "single")
 METHOD_CHOICES = ("balanced", "cycles")
 """Self-training: transductive class-balanced (zsfs.fit.transductive) or the paper's candidate cycles."""
+CYCLES_ONLY = ("accumulate", "epochs", "max_cycles", "loss_floor")
+"""Parameters only the cycles method reads (the balanced one trains fresh heads in its 3 cycles)."""
+BALANCED_ONLY = ("keep_all_classes",)
 MAX_SEED = 2**31 - 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CHUNK_ROWS = 32768
@@ -88,6 +91,11 @@ class FitConfig:
         config = cls.fast(paper=paper, **chosen) if fast else cls.paper(**chosen) if paper else cls(**chosen)
         config.validate()
         return config
+
+    def unread(self, given: dict) -> list[str]:
+        """The parameters among ``given`` (None = not given) that this config's method never reads."""
+        unread = CYCLES_ONLY if self.method == "balanced" else BALANCED_ONLY
+        return [name for name in unread if given.get(name) is not None]
 
     def validate(self) -> None:
         for name in ("k", "candidates", "neighbours", "epochs", "batch_size"):
