@@ -13,6 +13,7 @@ from zsfs.cli import main
 from zsfs.errors import ZsfsError
 from zsfs.importer import RowParts, import_store
 from zsfs.store import Store
+from zsfs.testing.cli import run_cli
 
 N, D_CLIP, D_BACKBONE = 60, 8, 12
 
@@ -166,3 +167,17 @@ def test_cli_reimport_with_labels_asks_for_overwrite_then_has_them(inputs):
     assert result.exit_code == 0, result.output
     with Store(folder / "re.h5") as store:
         assert store.labels().tolist() == inputs["labels"]
+
+
+def test_an_imported_store_without_vocabulary_points_to_import_not_to_zsfs_text(inputs):
+    """Bug: fit and info told users of imported stores to run `zsfs text`, which cannot embed class
+    names in another tool's space."""
+    folder = inputs["dir"]
+    master = import_store(folder / "bare.h5", clip_embeddings=folder / "clip.npy",
+                          backbone_features=folder / "backbone.npy", paths=folder / "paths.csv", label_column="label")
+    outcome = run_cli("fit", "--store", master, "--out", folder / "run")
+    said = " ".join(outcome.output.split())
+    assert outcome.exit_code == 1 and "add one with `zsfs import bare.h5 ... --vocab NAME=FILE.npz` (rerun it" in said, said
+    assert "zsfs text" not in said and not (folder / "run").exists()
+    said = " ".join(run_cli("info", master).output.split())
+    assert "No vocabularies yet: add one with `zsfs import bare.h5" in said

@@ -119,7 +119,7 @@ def ood_bench(
     always_ood = [name for name in label_classes if name not in named]
     if not eligible:
         raise ZsfsError(f"none of the store's {len(label_classes)} label classes is in vocabulary {vocab_name!r}; "
-                        f"add a vocabulary of the label names: zsfs text {store.path} --classes FILE --name NAME")
+                        f"add a vocabulary of the label names with {store.how_to_add_a_vocabulary()}")
     splits = id_ood_splits(eligible, id_classes, n_splits=n_splits, seed=seed)
 
     results = []

@@ -74,7 +74,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
     from zsfs.store import Store
 
     with Store(master) as store:
-        show_summary(store.summary())
+        show_summary(store.summary(), store.how_to_add_a_vocabulary())
 
 
 @click.command("info")
@@ -97,7 +97,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool) -> None:
     from zsfs.store import Store
 
     with Store(store_path) as store:
-        summary = store.summary()
+        summary, advice = store.summary(), store.how_to_add_a_vocabulary()
         if verify:
             with console.status("verifying every byte of the store"):
                 summary["verified"] = store.verify()
@@ -111,7 +111,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        show_summary(summary)
+        show_summary(summary, advice)
 
 
 @click.command("neighbours")
@@ -150,8 +150,9 @@ def neighbours_command(store_path: Path, k: int, device: str, precision: str) ->
                   f"in {time.perf_counter() - started:.1f} s.", markup=False)
 
 
-def show_summary(summary: dict) -> None:
-    """Readable tables of a store summary, on the console (stderr)."""
+def show_summary(summary: dict, vocabulary_advice: str) -> None:
+    """Readable tables of a store summary, on the console (stderr); ``vocabulary_advice``: how to
+    add a vocabulary (:meth:`Store.how_to_add_a_vocabulary`), shown when there is none."""
     from rich.table import Table
 
     # Every value below may hold user text (paths, model names, class names): never read it as markup.
@@ -191,11 +192,8 @@ def show_summary(summary: dict) -> None:
             vocabularies.add_row(shown(name), str(len(classes)),
                                  shown(", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")))
         console.print(vocabularies)
-    elif summary["clip"]["weights"] == "imported":
-        console.print("No vocabularies yet: rerun [bold]zsfs import[/] with [bold]--vocab NAME=FILE.npz[/] "
-                      "(finished shards are reused).")
     else:
-        console.print("No vocabularies yet: add one with [bold]zsfs text STORE --classes FILE --name NAME[/].")
+        console.print(f"No vocabularies yet: add one with {shown(vocabulary_advice)}.")
 
 
 COMMANDS = [import_command, info_command, neighbours_command]

@@ -183,7 +183,7 @@ def resolve_vocabulary(store: "Store", name: str | None) -> str:
         if len(names) == 1:
             return names[0]
         if not names:
-            raise ZsfsError(f"{store.path} has no class vocabulary yet; add one with `zsfs text`")
+            raise ZsfsError(f"{store.path} has no class vocabulary yet; add one with {store.how_to_add_a_vocabulary()}")
         raise ZsfsError(f"{store.path} has several vocabularies ({', '.join(names)}); choose one with --vocab")
     if name not in names:
         raise ZsfsError(f"{store.path} has no vocabulary {name!r}; it has: {', '.join(names) or 'none'}")

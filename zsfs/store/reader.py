@@ -189,10 +189,18 @@ class Store:
         legacy = [name for name in group if not name.startswith(".")] if group is not None else []
         return sorted(set(legacy) | set(self._vocabulary_files))
 
+    def how_to_add_a_vocabulary(self) -> str:
+        """The command that adds a vocabulary to this store: imported CLIP embeddings come with
+        their text embeddings (zsfs cannot embed new class names in another tool's space)."""
+        if self.clip_info.get("weights") == schema.IMPORTED_WEIGHTS:
+            return (f"`zsfs import {self.path.name} ... --vocab NAME=FILE.npz` (rerun it with the other tool's "
+                    "text embeddings; finished shards are reused)")
+        return f"`zsfs text {self.path.name} --classes FILE --name NAME`"
+
     def vocabulary(self, name: str) -> Vocabulary:
         names = self.vocabulary_names()
         if name not in names:
-            available = ", ".join(names) if names else "none; add one with `zsfs text`"
+            available = ", ".join(names) if names else f"none; add one with {self.how_to_add_a_vocabulary()}"
             raise StoreError(f"{self.path.name} has no vocabulary {name!r} (available: {available})")
         if name not in self._vocabulary_files:
             return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path)
