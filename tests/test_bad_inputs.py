@@ -28,8 +28,7 @@ def made(tmp_path_factory) -> dict:
     store = work / "photos.h5"
     assert run_cli("extract", photos, "--out", store, *TINY_MODEL_ARGS, "--workers", "0").exit_code == 0
     run = work / "run"
-    fitted = run_cli("fit", "--store", store, "--out", run, "--k", "1", "--candidates", "2", "--epochs", "2",
-                     "--cycles", "0")
+    fitted = run_cli("fit", "--store", store, "--out", run, "--k", "1", "--candidates", "2", "--cycle-epochs", "1")
     assert fitted.exit_code == 0, fitted.output
     (work / "latin1.txt").write_bytes("chat\ncaf\u00e9\n".encode("latin-1"))
     (work / "classes.txt").write_text("cat\ndog\n")
@@ -86,6 +85,7 @@ CASES = [  # (command line, exit code, words of the error line)
       "{work}/backbone.npy", "--paths", "{work}/nul.parquet"), 1, "1 values with a NUL byte (first: row 1)"),
     (("predict", "--run", "{work}/diverged", "{photos}"), 1, "non-finite weights"),
     (("predict", "--run", "{run}", "--out", "{work}/a-file/p.csv", "{photos}"), 1, "a-file is a file"),
+    (("report", "{run}", "--images", "{work}/no-such-folder"), 2, "no-such-folder' does not exist"),
 ]
 
 

@@ -54,7 +54,7 @@ def test_fit_with_a_stored_graph_equals_fit_with_search(tmp_path):
     np.testing.assert_array_equal(searched.predicted, stored.predicted)
     np.testing.assert_array_equal(searched.classifier.weight, stored.classifier.weight)
     assert wider.neighbour_search["source"] == "fit"
-    outcome = run_cli("fit", "--store", with_graph, "--epochs", "5", "--cycle-epochs", "2", "--out", tmp_path / "run")
+    outcome = run_cli("fit", "--store", with_graph, "--cycle-epochs", "2", "--out", tmp_path / "run")
     assert outcome.exit_code == 0 and "store graph" in outcome.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["neighbour_search"]["source"] == "store graph"

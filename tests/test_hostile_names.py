@@ -93,7 +93,7 @@ def test_info_shows_escape_sequences_visibly(hostile):
 def test_fit_and_predict_on_hostile_names(hostile, tmp_path):
     run = tmp_path / "run"
     fitted = run_cli("fit", "--store", hostile["store"], "--out", run, "--k", "1", "--candidates", "2",
-                     "--epochs", "2", "--cycles", "0")
+                     "--cycle-epochs", "1")
     assert fitted.exit_code == 0, fitted.output
     fit_paths = pl.read_parquet(run / "predictions.parquet")["path"].to_list()
     assert "cat/caf\\xe9.png" in fit_paths and "cat/line\nbreak.png" in fit_paths  # UTF-8 text for parquet

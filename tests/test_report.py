@@ -82,6 +82,7 @@ def test_labelled_run_has_every_section_and_a_thumbnail_per_shown_image(photo_ru
 
 def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):
     out = tmp_path / "elsewhere.html"
+    (tmp_path / "moved").mkdir()  # a folder that does not hold the images (a missing one is a usage error)
     result = run_cli("report", photo_run, "--images", tmp_path / "moved", "--out", out)
     assert result.exit_code == 0, result.output
     page = out.read_text()
@@ -124,8 +125,8 @@ def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp
 def test_fit_report_writes_the_page_beside_the_run(unlabelled_run, tmp_path):
     store = json.loads((unlabelled_run / runs.CONFIG).read_text())["store"]["path"]
     run = tmp_path / "run"
-    result = run_cli("fit", "--store", store, "--out", run, "--k", "2", "--candidates", "6", "--epochs", "5",
-                     "--cycles", "1", "--report")
+    result = run_cli("fit", "--store", store, "--out", run, "--k", "2", "--candidates", "6", "--cycle-epochs", "2",
+                     "--report")
     assert result.exit_code == 0, result.output
     assert sections((run / runs.REPORT).read_text())[0] == "summary"
     assert sorted(p.name for p in run.iterdir()) == sorted([runs.PREDICTIONS, runs.CLASSIFIER, runs.CONFIG,

@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
+from zsfs.devices import DEVICES
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
@@ -26,7 +27,8 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Class names, one per line [default: the source's subfolder names].")
 @click.option("--vocab-name", default="default", show_default=True, help="Name of the vocabulary written.")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where the models run (a clear error when torch sees no such device).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="Autocast precision on CUDA (CPU and MPS always compute in fp32).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
@@ -88,7 +90,8 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 @click.option("--name", required=True, help="Name of the vocabulary (zsfs fit --vocab NAME).")
 @click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
               help="The store's CLIP weights file at a new location (its sha256 must match the record).")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where the text encoder runs.")
 @click.option("--overwrite", is_flag=True, help="Replace a vocabulary of the same name.")
 def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, device: str, overwrite: bool) -> None:
     """Add a class vocabulary to STORE, embedded with the CLIP model the store was built with.

@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
+from zsfs.devices import DEVICES
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
@@ -27,9 +28,10 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
 @click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder written by `zsfs fit`.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), callback=_check_out_suffix,
-              help="Write every prediction to a .csv, .parquet or .json file.")
+              help="Write every prediction to a .csv, .parquet or .json file (replaced whole if it exists).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON lines on stdout.")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where the backbone runs (a clear error when torch sees no such device).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes [default: as zsfs extract].")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path),
