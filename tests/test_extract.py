@@ -112,6 +112,23 @@ def test_classes_file_gives_the_vocabulary(photos, tmp_path):
         assert store.vocabulary("pets").classes == ["cat", "dog", "red fox"]
 
 
+def test_a_rerun_does_not_replace_a_vocabulary_by_other_classes(photos, tmp_path):
+    """Bug: rerunning extract with --classes silently turned the store's vocabulary into other classes."""
+    store = tmp_path / "s.h5"
+    assert run_cli("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0").exit_code == 0
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n")
+    again = run_cli("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0", "--classes", classes)
+    said = " ".join(again.output.split())
+    assert again.exit_code == 1 and "already has a vocabulary 'default' with other classes (blue, green, red)" in said
+    renamed = run_cli("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0",
+                      "--classes", classes, "--vocab-name", "pets")
+    assert renamed.exit_code == 0, renamed.output
+    with Store(store) as opened:
+        assert opened.vocabulary("default").classes == ["blue", "green", "red"]
+        assert opened.vocabulary("pets").classes == ["cat", "dog"]
+
+
 def _kill_script(source: Path, out: Path, delay: float) -> str:
     # Decoding is slowed down so that the kill reliably lands in the middle of a shard.
     args = ["extract", str(source), "--out", str(out), *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "6",

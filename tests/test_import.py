@@ -181,3 +181,20 @@ def test_an_imported_store_without_vocabulary_points_to_import_not_to_zsfs_text(
     assert "zsfs text" not in said and not (folder / "run").exists()
     said = " ".join(run_cli("info", master).output.split())
     assert "No vocabularies yet: add one with `zsfs import bare.h5" in said
+
+
+def test_a_reimport_does_not_replace_a_vocabulary_by_other_classes(inputs):
+    folder = inputs["dir"]
+    common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                  paths=folder / "paths.csv")
+    master = import_store(folder / "v.h5", vocabularies={"pets": folder / "pets.npz"}, **common)
+    other = folder / "other.npz"
+    np.savez(other, classes=np.array(["emu", "yak"]), single=unit_rows(2, D_CLIP, 4))
+    with pytest.raises(ZsfsError, match="already has a vocabulary 'pets' with other classes \\(cat, dog\\)"):
+        import_store(folder / "v.h5", vocabularies={"pets": other}, **common)
+    import_store(folder / "v.h5", vocabularies={"pets": folder / "pets_ensemble.npz"}, **common)  # same classes
+    with Store(master) as store:
+        assert store.vocabulary("pets").classes == ["cat", "dog"] and store.vocabulary("pets").n_templates == 80
+    import_store(folder / "v.h5", vocabularies={"pets": other}, overwrite=True, **common)  # a new store
+    with Store(master) as store:
+        assert store.vocabulary("pets").classes == ["emu", "yak"]

@@ -28,7 +28,7 @@ from zsfs.errors import ZsfsError
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source, read_class_file
-from zsfs.store.extras import check_vocabulary_name, write_vocabulary
+from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
 from zsfs.store.files import check_store_lock, disk_error
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES
@@ -233,6 +233,9 @@ def extract(
     check_writable(out, "store")
     check_store_lock(out)
     class_names = _resolve_classes(classes, image_source)
+    if class_names and not overwrite:
+        refuse_other_classes(out, vocab_name, class_names,
+                             f"`zsfs text {out.name} --classes FILE --name {vocab_name} --overwrite`")
 
     with _embedder(settings, image_source, ray, ray_workers) as embedder:
         clip_record, backbone_record = embedder.records

@@ -22,6 +22,7 @@ import numpy as np
 
 from zsfs.errors import ZsfsError
 from zsfs.store import schema, write_store, write_vocabulary
+from zsfs.store.extras import refuse_other_classes
 from zsfs.writable import check_writable
 
 CLIP_RETRIEVAL_EMBEDDINGS = "img_emb"
@@ -207,6 +208,10 @@ def import_store(
         raise ZsfsError(f"row counts disagree ({listing}); all inputs must list the same images in the same order")
 
     loaded = {name: load_vocabulary(Path(file)) for name, file in (vocabularies or {}).items()}
+    if not overwrite:
+        for name, vocabulary in loaded.items():
+            refuse_other_classes(Path(out), name, vocabulary.classes,
+                                 "`zsfs import ... --overwrite` rebuilds the whole store")
     for name, vocabulary in loaded.items():  # checked before writing anything
         for kind, values in (("single", vocabulary.single), ("ensemble", vocabulary.ensemble)):
             if values.shape != (len(vocabulary.classes), clip.shape[1]):

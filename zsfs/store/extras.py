@@ -23,6 +23,23 @@ from zsfs.store.hdf5 import canonical_json, write_checked, write_strings
 NORM_TOLERANCE = 1e-3  # float16 rounding moves a unit row's norm by ~1e-4
 
 
+def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to_replace: str) -> None:
+    """Before a rerun of extract or import into ``master``: its vocabulary ``name``, if any, must
+    hold these ``classes`` (the rerun rewrites it), not others that earlier runs were fitted on."""
+    from zsfs.store.reader import Store
+
+    if not master.is_file():
+        return  # a new store (or one whose first run was interrupted: no vocabulary yet)
+    with Store(master) as store:
+        if name not in store.vocabulary_names():
+            return
+        existing = store.vocabulary(name).classes
+    if list(existing) != [str(c) for c in classes]:
+        shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+        raise ZsfsError(f"{master.name} already has a vocabulary {name!r} with other classes ({shown}); give "
+                        f"these classes another vocabulary name, or replace it: {how_to_replace}")
+
+
 def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np.ndarray, ensemble: np.ndarray,
                      *, prompt: str, n_templates: int, overwrite: bool = False) -> None:
     """Add (or with ``overwrite`` replace) the text embeddings of a class vocabulary.
