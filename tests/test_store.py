@@ -162,6 +162,18 @@ def test_missing_shard_is_named(tmp_path, arrays):
         Store(master)
 
 
+def test_a_renamed_store_names_the_shard_folder_it_needs(tmp_path, arrays):
+    """Bug: after renaming both s.h5 and s.shards, the error asked for the folder the user had just made."""
+    build(tmp_path / "s.h5", arrays)
+    (tmp_path / "s.h5").rename(tmp_path / "renamed.h5")
+    (tmp_path / "s.shards").rename(tmp_path / "renamed.shards")
+    with pytest.raises(StoreError, match="keep the s.shards/ folder, under that name, next to renamed.h5"):
+        Store(tmp_path / "renamed.h5")
+    (tmp_path / "renamed.shards").rename(tmp_path / "s.shards")
+    with Store(tmp_path / "renamed.h5") as store:  # the documented way: the folder keeps its name
+        assert store.n_shards == 3
+
+
 def test_damaged_shard_is_reported(tmp_path, arrays):
     master = build(tmp_path / "s.h5", arrays)
     shard = tmp_path / "s.shards" / "shard-00002.h5"

@@ -106,9 +106,10 @@ class Store:
         folder = self.path.parent
         missing = [name for name in self.shard_files if not (folder / name).is_file()]
         if missing:
+            recorded = Path(missing[0]).parent  # the folder the master was built with (a renamed master keeps it)
             raise StoreError(f"{self.path} is missing {len(missing)} of {self.n_shards} shard files "
                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); keep the "
-                             f"{schema.shard_dir(self.path).name}/ folder next to {self.path.name}")
+                             f"{recorded}/ folder, under that name, next to {self.path.name}")
         identity = self._file.attrs[schema.ATTR_IDENTITY]
         damaged, misplaced = [], []
         for position, (name, rows) in enumerate(zip(self.shard_files, self.shard_rows)):
