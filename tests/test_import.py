@@ -129,11 +129,13 @@ def test_cli_import_then_info_json(inputs):
     assert summary["clip"] == {**summary["clip"], "name": "ViT-B-32", "weights": "imported", "dim": D_CLIP}
     assert summary["backbone"]["dim"] == D_BACKBONE
     assert summary["vocabularies"] == {"pets": ["cat", "dog"]}
+    assert summary["labels"] == {"cat": (N + 1) // 2, "dog": N // 2}  # ood-bench's errors send users here
     assert summary["index"]["type"] == "flat"
     assert {"created", "zsfs_version", "source", "dtype", "path"} <= set(summary)
 
     result = runner.invoke(main, ["info", str(folder / "cli.h5")])
     assert result.exit_code == 0 and "ViT-B-32" in result.output and "pets" in result.output
+    assert f"2 labels: cat ({(N + 1) // 2}), dog ({N // 2})" in " ".join(result.output.split())
 
 
 def test_cli_errors_exit_1_without_traceback(inputs):

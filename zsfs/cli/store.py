@@ -150,6 +150,13 @@ def neighbours_command(store_path: Path, k: int, device: str, precision: str) ->
                   f"in {time.perf_counter() - started:.1f} s.", markup=False)
 
 
+def _labels_line(counts: dict[str, int]) -> str:
+    """``3 labels: cat (10), dog (12), emu (1)``; the first 10 by name, then how many more."""
+    shown_counts = ", ".join(f"{name} ({count:,})" for name, count in list(counts.items())[:10])
+    more = f", ... and {len(counts) - 10} more (`zsfs info --json` lists all)" if len(counts) > 10 else ""
+    return f"{len(counts)} label{'s' if len(counts) != 1 else ''}: {shown_counts}{more}"
+
+
 def show_summary(summary: dict, vocabulary_advice: str) -> None:
     """Readable tables of a store summary, on the console (stderr); ``vocabulary_advice``: how to
     add a vocabulary (:meth:`Store.how_to_add_a_vocabulary`), shown when there is none."""
@@ -165,7 +172,7 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
     for key, value in [
         ("images", f"{summary['n_images']:,}"),
         ("skipped", f"{summary['n_skipped']:,}" + (f" ({reasons})" if reasons else "")),
-        ("labels", "yes" if summary["has_labels"] else "no"),
+        ("labels", _labels_line(summary["labels"]) if summary["has_labels"] else "no"),
         ("source", summary["source"]),
         ("stored as", f"{summary['dtype']}, {summary['n_shards']} shard(s)"),
         ("index", f"{index_text}, {index['metric']}"),

@@ -276,6 +276,10 @@ class Store:
             return {"name": info.get("name"), "weights": info.get("weights"), "dim": info.get("dim"), **info}
 
         reasons, counts = np.unique(self.skipped()[1], return_counts=True)
+        labels = {}
+        if self.has_labels:
+            names, label_counts = np.unique(np.asarray(self.labels(), dtype=str), return_counts=True)
+            labels = dict(zip(names.tolist(), label_counts.tolist()))
         return {
             "path": str(self.path),
             "format_version": int(self._file.attrs[schema.ATTR_FORMAT_VERSION]),
@@ -286,6 +290,7 @@ class Store:
             "n_skipped": self.n_skipped,
             "skipped_reasons": {str(r): int(c) for r, c in sorted(zip(reasons, counts), key=lambda rc: -rc[1])},
             "has_labels": self.has_labels,
+            "labels": labels,  # images per true label, by name ({} without labels)
             "dtype": self.dtype,
             "clip": model(self.clip_info),
             "backbone": model(self.backbone_info),
