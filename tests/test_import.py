@@ -107,6 +107,10 @@ def test_import_input_errors(inputs):
     np.savez(folder / "bad.npz", classes=np.array(["a"]), single=unit_rows(1, 5, 0))
     with pytest.raises(ZsfsError, match=r"vocabulary 'bad': single has shape \(1, 5\)"):
         import_store(folder / "o.h5", **common, paths=folder / "paths.csv", vocabularies={"bad": folder / "bad.npz"})
+    (folder / "notes.npy").write_text("not an array\n")  # before: np.load's advice about allow_pickle
+    with pytest.raises(ZsfsError, match=r"CLIP embeddings: .*notes.npy is not a .npy file \(saved by numpy.save\)"):
+        import_store(folder / "o.h5", clip_embeddings=folder / "notes.npy", backbone_features=folder / "backbone.npy",
+                     paths=folder / "paths.csv")
     np.save(folder / "ints.npy", np.zeros((N, 3), dtype=np.int64))
     with pytest.raises(ZsfsError, match="expected floating-point rows"):
         import_store(folder / "o.h5", clip_embeddings=folder / "ints.npy", backbone_features=folder / "backbone.npy",

@@ -72,6 +72,10 @@ def embedding_source(location: Path) -> Path:
     return location
 
 
+NPY_MAGIC = b"\x93NUMPY"
+"""The first bytes of every .npy file."""
+
+
 def load_rows(location: Path, what: str) -> RowParts:
     """Memory-map a ``.npy`` file or a folder of ``.npy`` parts as one (N, D) array."""
     location = Path(location)
@@ -84,6 +88,11 @@ def load_rows(location: Path, what: str) -> RowParts:
     parts = []
     for file in files:
         try:
+            with open(file, "rb") as handle:
+                is_npy = handle.read(len(NPY_MAGIC)) == NPY_MAGIC
+            if not is_npy:  # np.load would try it as a pickle and talk about allow_pickle
+                raise ZsfsError(f"{what}: {file} is not a .npy file (saved by numpy.save); "
+                                "export the embeddings as one, or a folder of numbered ones")
             part = np.load(file, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as error:
             raise ZsfsError(f"{what}: cannot read {file} as a numpy array ({error})") from None
