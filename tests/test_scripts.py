@@ -90,3 +90,22 @@ def test_bench_quality_reports_the_default_against_the_paper_in_every_absent_dra
     assert values("default-k16", "draws below paper-k16") == [float(m < 0) for m in margins]
     summary = {(row["method"], row["metric"]): row for row in json.loads((out / "quality.json").read_text())["summary"]}
     assert summary["default-k16", "minus paper-k16"]["min"] == pytest.approx(min(margins))
+
+
+@pytest.mark.shared("bench/fashion-mnist")
+def test_make_second_map_gives_the_shared_features_another_vocabulary(tmp_path):
+    import numpy as np
+
+    from conftest import SHARED
+
+    out = tmp_path / "fm2"
+    done = run(command(ROOT / "benchmarks/make_second_map.py") + ["test", str(SHARED / "bench/fashion-mnist"),
+                                                                   str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "clip.npy").resolve() == (SHARED / "bench/fashion-mnist/clip.npy").resolve()
+    vocabulary = np.load(out / "vocab-fashion.npz")
+    shared = np.load(SHARED / "bench/fashion-mnist/vocab-fashion.npz")
+    assert vocabulary["classes"].tolist() == shared["classes"].tolist()
+    assert vocabulary["ensemble"].shape == (10, 1000) and not np.array_equal(vocabulary["ensemble"], shared["ensemble"])
+    assert np.allclose(np.linalg.norm(vocabulary["ensemble"], axis=1), 1)
+    assert (vocabulary["single"].sum(axis=1) == 1).all() and (vocabulary["single"] > 0).sum() == 10  # one synset each
