@@ -134,7 +134,8 @@ def _store_summary() -> dict:
     model = {"name": "[clip]", "weights": "w[/x].pt", "dim": 4}
     return {
         "path": "st[/x]ore.h5", "zsfs_version": "0", "created": "now", "source": "photos/[draft]",
-        "n_images": 2, "n_skipped": 1, "skipped_reasons": {"bad [/x] file": 1}, "has_labels": False,
+        "n_images": 2, "n_skipped": 1, "skipped_reasons": {"bad [/x] file": 1}, "has_labels": True,
+        "labels": {"[lab]el": 2},
         "dtype": "float16", "n_shards": 1, "index": {"type": "flat", "metric": "ip"}, "neighbour_graph": None,
         "clip": model, "backbone": {**model, "name": "[backbone]"}, "vocabularies": {"[v]": ["[a]", "b"]},
     }
@@ -143,8 +144,10 @@ def _store_summary() -> dict:
 def test_info_tables_show_user_strings_verbatim(capsys):
     from zsfs.cli.store import show_summary
 
-    show_summary(_store_summary())
+    show_summary(_store_summary(), "`zsfs text st[/x]ore.h5 --classes FILE --name NAME`")
     err = capsys.readouterr().err
     for text in ("st[/x]ore.h5", "photos/[draft]", "bad [/x] file", "[clip]", "w[/x].pt", "[backbone]", "[v]",
-                 "[a], b"):
+                 "[a], b", "1 label: [lab]el (2)"):
         assert text in err
+    show_summary({**_store_summary(), "vocabularies": {}}, "`zsfs text st[/x]ore.h5 --classes FILE --name NAME`")
+    assert "No vocabularies yet: add one with `zsfs text st[/x]ore.h5 --classes FILE --name NAME`." in capsys.readouterr().err

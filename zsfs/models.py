@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsfs.errors import ModelLoadError
+from zsfs.errors import ModelLoadError, one_line
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store.integrity import file_sha256
 from zsfs.weights import (
@@ -33,7 +33,6 @@ from zsfs.weights import (
     FILE,
     RANDOM,
     RANDOM_SEED,
-    brief_error,
     check_same_init,
     checkpoint_keys,
     existing_file,
@@ -149,7 +148,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
         if kind != FILE:
             raise
         raise ModelLoadError(
-            f"weights file {file} does not fit the CLIP architecture {arch}: {brief_error(error)}. "
+            f"weights file {file} does not fit the CLIP architecture {arch}: {one_line(error)}. "
             "Check that --clip-model matches the checkpoint."
         ) from None
     model = model.eval().to(device)
@@ -253,7 +252,7 @@ def _download_clip_tag(arch: str, tag: str) -> None:
         open_clip.download_pretrained(open_clip.get_pretrained_cfg(arch, tag))
     except Exception as error:  # HF hub, URL and cache errors come in many types
         raise ModelLoadError(
-            f"could not download the CLIP weights {arch} / {tag} ({brief_error(error)}). On an "
+            f"could not download the CLIP weights {arch} / {tag} ({one_line(error)}). On an "
             "air-gapped machine pass a local file: --clip-weights /path/to/open_clip_model.safetensors"
         ) from None
 
@@ -306,16 +305,16 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
             model = timm.create_model(name, pretrained=weights != RANDOM, **options)
     except OSError as error:
         if file is not None:
-            raise ModelLoadError(f"cannot read backbone weights file {file}: {brief_error(error)}") from None
+            raise ModelLoadError(f"cannot read backbone weights file {file}: {one_line(error)}") from None
         raise ModelLoadError(
-            f"could not download the backbone weights of {name} ({brief_error(error)}). On an "
+            f"could not download the backbone weights of {name} ({one_line(error)}). On an "
             "air-gapped machine pass a local file: --backbone-weights /path/to/model.safetensors"
         ) from None
     except Exception as error:  # state-dict mismatch, unreadable or foreign checkpoint format
         if file is None:
             raise
         raise ModelLoadError(
-            f"weights file {file} does not fit the backbone {name}: {brief_error(error, 600)}. "
+            f"weights file {file} does not fit the backbone {name}: {one_line(error, 600)}. "
             "Check that --backbone matches the checkpoint."
         ) from None
     if not keep_head and model.num_classes:

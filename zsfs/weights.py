@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from zsfs.errors import ModelLoadError
+from zsfs.errors import ModelLoadError, one_line
 from zsfs.store.integrity import file_sha256
 from zsfs.store.schema import IMPORTED_WEIGHTS
 
@@ -133,14 +133,6 @@ def checkpoint_keys(file: Path) -> set[str]:
         return set(load_state_dict(str(file)))
     except Exception as error:  # pickle, zip, safetensors header errors: not a checkpoint
         raise ModelLoadError(
-            f"cannot read {file} as a checkpoint ({brief_error(error)}); pass a .safetensors or "
+            f"cannot read {file} as a checkpoint ({one_line(error)}); pass a .safetensors or "
             "torch .pth/.bin file saved from this model."
         ) from None
-
-
-def brief_error(error: BaseException, limit: int = 300) -> str:
-    """An exception as one short line (library messages can span pages)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    if len(text) < 12:  # bare codes or words ("101", "'h'") say little without their type
-        text = f"{type(error).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from zsfs.errors import ParameterError, ZsfsError
+from zsfs.errors import ParameterError, ZsfsError, one_line
 
 console = Console(stderr=True, highlight=False, emoji=False)
 """Progress, tables and messages go to stderr so that stdout stays machine-readable.
@@ -92,11 +92,10 @@ def describe_os_error(error: BaseException) -> str:
     where = f" ({where})" if where else ""
     if is_disk_full(error):
         return f"the disk is full (or a file-size limit was reached){where}: free some space and rerun"
-    from zsfs.store.integrity import first_line
 
     if "No usable temporary directory" in str(error):  # tempfile's probe write failed
-        return f"{first_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"
-    return f"{getattr(error, 'strerror', None) or first_line(error)}{where}"
+        return f"{one_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"
+    return f"{getattr(error, 'strerror', None) or one_line(error)}{where}"
 
 
 class FiniteFloat(click.FloatRange):

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import h5py
 import numpy as np
 
-from zsfs.errors import StoreError
+from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 
 SHARD_FILE_PATTERN = re.compile(r"[^/\\]+\.shards/shard-\d+\.h5")
@@ -96,10 +96,8 @@ def read_all(group: h5py.Group, path: Path) -> int:
                 block = dataset[start : start + VERIFY_BLOCK_ROWS]
                 total += block.nbytes if isinstance(block, np.ndarray) and block.dtype != object else len(block)
         except (OSError, ValueError) as error:
-            raise StoreError(f"{path}: dataset {name!r} is damaged ({first_line(error)}); rebuild or replace "
+            raise StoreError(f"{path}: dataset {name!r} is damaged ({one_line(error)}); rebuild or replace "
                              "the file") from None
     return total
 
 
-def first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__

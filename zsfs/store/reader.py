@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from zsfs.errors import StoreError
+from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
 from zsfs.store.hdf5 import canonical_json, read_strings
 from zsfs.store.index import read_index_blocks
-from zsfs.store.integrity import check_structure, file_sha256, first_line, read_all
+from zsfs.store.integrity import check_structure, file_sha256, read_all
 
 if TYPE_CHECKING:
     import faiss
@@ -241,7 +241,7 @@ class Store:
         try:
             return read_index_blocks(self._dataset(schema.INDEX_DATASET))
         except (RuntimeError, OSError) as error:  # faiss / the checksum filter report damage this way
-            raise StoreError(f"the FAISS index in {self.path} is damaged ({first_line(error)}); rebuild the store") from None
+            raise StoreError(f"the FAISS index in {self.path} is damaged ({one_line(error)}); rebuild the store") from None
 
     def verify(self) -> dict:
         """Check every byte: shard files against the sizes and sha256 digests the master
@@ -357,7 +357,7 @@ def read_errors(path: Path, what: str) -> Iterator[None]:
     try:
         yield
     except (OSError, KeyError) as error:
-        raise StoreError(f"{path}: cannot read {what} ({first_line(error)}); the store is damaged: run "
+        raise StoreError(f"{path}: cannot read {what} ({one_line(error)}); the store is damaged: run "
                          f"`zsfs info --verify {path}` and rebuild what it names") from None
 
 
