@@ -122,6 +122,19 @@ def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp
     assert "not found" in re.search(r'<p class="note">([^<]*)', page).group(1)
 
 
+def test_class_names_with_dollar_signs_are_text_not_formulas():
+    """Bug: matplotlib read "a$_$b" as a formula and the report failed with a raw ParseSyntaxException."""
+    import matplotlib
+    import numpy as np
+
+    from zsfs import figures
+
+    names = ["a$_$b", "price $5-$10"]
+    confusion, accuracy = figures.confusion(names, np.eye(2)), figures.per_class_accuracy(names, np.array([0.5, 1.0]))
+    assert all(confusion.count(name) == 2 and accuracy.count(name) == 1 for name in names)  # both axes; one
+    assert matplotlib.rcParams["text.parse_math"] and matplotlib.rcParams["svg.fonttype"] != "none"  # caller's own
+
+
 def test_fit_report_writes_the_page_beside_the_run(unlabelled_run, tmp_path):
     store = json.loads((unlabelled_run / runs.CONFIG).read_text())["store"]["path"]
     run = tmp_path / "run"

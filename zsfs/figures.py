@@ -7,8 +7,9 @@ stays a single self-contained file. Figures are built with ``matplotlib.figure.F
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -17,10 +18,24 @@ HEIGHT_IN = 3.0
 MAX_TICK_LABELS = 40  # more class names than this on an axis are unreadable: the axis gets none
 
 
-def _figure(width: float = WIDTH_IN, height: float = HEIGHT_IN):
-    import matplotlib
+RC = {"svg.fonttype": "none",  # text stays text: smaller, and searchable in the page
+      "text.parse_math": False}  # class names are plain text: "a$_$b" is no formula (and no crash)
 
-    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, and searchable in the page
+
+def _drawing(draw: Callable[..., str]) -> Callable[..., str]:
+    """Run a figure function under :data:`RC`, leaving the caller's matplotlib settings alone."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs) -> str:
+        import matplotlib
+
+        with matplotlib.rc_context(RC):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+def _figure(width: float = WIDTH_IN, height: float = HEIGHT_IN):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
@@ -33,6 +48,7 @@ def _svg(figure) -> str:
     return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
 
 
+@_drawing
 def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: float | None = None,
               bins: int = 60) -> str:
     """Counts of ``values`` (NaN left out) on a log scale, with a line where flagging starts."""
@@ -50,6 +66,7 @@ def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: floa
     return _svg(figure)
 
 
+@_drawing
 def cycles(kept: Sequence[int], precision: Sequence[float | None] | None) -> str:
     """Pseudo-labels kept per cycle (bars) and, when labels exist, their precision (line)."""
     figure = _figure()
@@ -66,6 +83,7 @@ def cycles(kept: Sequence[int], precision: Sequence[float | None] | None) -> str
     return _svg(figure)
 
 
+@_drawing
 def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
     """Accuracy of each class, sorted, worst first (names shown when few enough)."""
     accuracy = np.asarray(accuracy, dtype=np.float64)
@@ -83,6 +101,7 @@ def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
     return _svg(figure)
 
 
+@_drawing
 def confusion(classes: Sequence[str], matrix: np.ndarray) -> str:
     """Row-normalised confusion matrix (true class in rows), as an image."""
     matrix = np.asarray(matrix, dtype=np.float64)
