@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 from pathlib import Path
@@ -74,6 +75,23 @@ def test_txt_list_resolves_relative_to_its_folder(tmp_path):
     assert source.paths == ["imgs/a/a_000_jpeg.jpg", "imgs/a/a_001_png.png", str(outside)]
     assert source.labels is None
     assert source.absolute(2) == outside and source.absolute(0).is_file()
+
+
+def test_list_files_keep_names_verbatim(tmp_path):
+    """Bug: lists were split with str.splitlines (which also breaks at U+2028, U+0085, \\x0c...) and
+    stripped, so " lead.jpg" was read as "lead.jpg": with both files there, the wrong image twice."""
+    names = [" lead.jpg", "lead.jpg", "a\u2028b.jpg", "form\x0cfeed.jpg", "trail .jpg", "new\nline.jpg"]
+    for name in names:
+        save(Image.new("RGB", (8, 8)), tmp_path / name)
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("\r\n".join(names[:5]).encode() + b"\r\n\r\n# a comment\n")
+    assert open_source(listing).paths == names[:5]
+    table = tmp_path / "list.csv"
+    with open(table, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["path", "label"], *[[name, f" class {i} "] for i, name in enumerate(names)]])
+    source = open_source(table)
+    assert source.paths == names and source.labels == [f"class {i}" for i in range(len(names))]
+    assert all(source.absolute(i).is_file() for i in range(len(names)))
 
 
 def test_csv_list_with_and_without_labels(tmp_path):

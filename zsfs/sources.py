@@ -191,15 +191,16 @@ def _tar_source(location: Path, root: Path, tars: list[Path]) -> ImageSource:
 def _read_list(list_file: Path) -> ImageSource:
     root = list_file.parent
     try:
-        # Names that are not UTF-8 are kept as bytes (surrogates), like the names of a folder scan.
-        text = list_file.read_text(encoding="utf-8-sig", errors="surrogateescape")
+        # Names that are not UTF-8 are kept as bytes (surrogates), like the names of a folder scan;
+        # decoded from bytes, so no newline translation: a name may hold "\r" or U+2028.
+        text = list_file.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     except OSError as error:
         raise ZsfsError(f"cannot read the list file {list_file}: {error}") from None
     if list_file.suffix.lower() == ".csv":
         raw_paths, labels = _parse_csv(text, list_file)
-    else:
-        raw_paths = [line.strip() for line in text.splitlines()]
-        raw_paths = [p for p in raw_paths if p and not p.startswith("#")]
+    else:  # a path per "\n" or "\r\n" line, verbatim (spaces are part of names); blank and "#" lines skipped
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
+        raw_paths = [line for line in lines if line.strip() and not line.startswith("#")]
         labels = None
     if not raw_paths:
         raise ZsfsError(f"the list file {list_file} lists no images.")
@@ -208,7 +209,8 @@ def _read_list(list_file: Path) -> ImageSource:
 
 
 def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]:
-    reader = csv.DictReader(text.splitlines())
+    """Paths verbatim (a quoted field may hold commas, newlines, spaces), labels stripped."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if "path" not in columns:
         raise ZsfsError(
@@ -217,7 +219,7 @@ def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]
         )
     reader.fieldnames = columns
     rows = [row for row in reader if (row.get("path") or "").strip()]
-    paths = [row["path"].strip() for row in rows]
+    paths = [row["path"] for row in rows]
     if "label" not in columns:
         return paths, None
     labels = [utf8_text((row.get("label") or "").strip()) for row in rows]
