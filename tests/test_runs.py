@@ -112,6 +112,22 @@ def test_the_next_run_removes_what_a_killed_run_left_but_not_a_live_runs_folder(
         live.stdout.close()
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_results_get_the_users_umask(tmp_path, umask):
+    """Bug: run folders came out 0700 (mkdtemp) and written files 0644 whatever the umask."""
+    from zsfs.outputs import write_text_atomically
+
+    previous = os.umask(umask)
+    try:
+        with new_folder(tmp_path / "run") as folder:
+            (folder / "a.txt").write_text("a")
+        write_text_atomically(tmp_path / "page.html", "<p>")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "page.html").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_fit_metrics_hand_computed():
     # images: dog, cat, yak (no class: OOD), dog, emu; classes cat, dog, emu, fox (fox reported absent)
     labels = np.array(["dog", "cat", "yak", "dog", "emu"], dtype=object)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ZsfsError
+from zsfs.store.files import current_umask
 
 
 def check_new_folder(path: str | Path) -> None:
@@ -39,6 +40,7 @@ def new_folder(path: str | Path) -> Iterator[Path]:
     remove_stale_folders(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide results from the user's group
         yield tmp
         # os.rename replaces an *empty* folder on POSIX: check again right before it.
         check_new_folder(path)
@@ -103,7 +105,7 @@ def replacing_file(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for sharing like any file
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600: like any file the user creates instead
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
