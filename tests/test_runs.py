@@ -128,6 +128,20 @@ def test_results_get_the_users_umask(tmp_path, umask):
     assert (tmp_path / "page.html").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_a_default_run_folder_taken_meanwhile_gets_the_next_name(run_dir, tmp_path):
+    """Bug: two fits started in the same second chose the same default folder; the second failed
+    after all its work, asking for an --out the user never gave."""
+    from zsfs.cli.fit import _save_under_a_new_name
+
+    taken = tmp_path / "runs" / "s-synthetic-k16-20261201-065000"
+    taken.mkdir(parents=True)
+    (taken / "config.json").write_text("{}")
+    names = iter([taken, taken.with_name(taken.name + "-2")])
+    saved = _save_under_a_new_name(runs.load_run(run_dir), lambda: next(names))
+    assert saved == taken.with_name(taken.name + "-2") and (saved / runs.PREDICTIONS).is_file()
+    assert sorted(p.name for p in taken.iterdir()) == ["config.json"]  # the other run's folder untouched
+
+
 def test_fit_metrics_hand_computed():
     # images: dog, cat, yak (no class: OOD), dog, emu; classes cat, dog, emu, fox (fox reported absent)
     labels = np.array(["dog", "cat", "yak", "dog", "emu"], dtype=object)

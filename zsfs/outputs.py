@@ -19,10 +19,14 @@ from zsfs.errors import ZsfsError
 from zsfs.store.files import current_umask
 
 
+class FolderExistsError(ZsfsError):
+    """The result folder exists already (results are never overwritten)."""
+
+
 def check_new_folder(path: str | Path) -> None:
     """Fail before any work when ``path`` exists (results are never overwritten)."""
     if Path(path).exists():
-        raise ZsfsError(f"{path} already exists; choose another --out (results are never overwritten)")
+        raise FolderExistsError(f"{path} already exists; choose another --out (results are never overwritten)")
 
 
 @contextmanager
@@ -44,7 +48,13 @@ def new_folder(path: str | Path) -> Iterator[Path]:
         yield tmp
         # os.rename replaces an *empty* folder on POSIX: check again right before it.
         check_new_folder(path)
-        os.rename(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError as error:  # another process made it since (ENOTEMPTY / EEXIST)
+            if not path.exists():
+                raise
+            raise FolderExistsError(f"{path} already exists; choose another --out (results are never "
+                                    "overwritten)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

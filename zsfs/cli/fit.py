@@ -119,12 +119,14 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
         check_new_folder(run_dir)
     with Store(store_path) as store:
         vocabulary = resolve_vocabulary(store, vocab)
-        run_dir = run_dir or default_run_dir(store_path, vocabulary, config.k)
-        check_writable(run_dir, "run folder")
+        check_writable(run_dir or default_run_dir(store_path, vocabulary, config.k), "run folder")
         with console.status(f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}..."):
             result = fit_store(store, config, vocabulary)
             run = in_memory(result, store, config)
-            saved = run.save(run_dir).path
+            if run_dir is not None:
+                saved = run.save(run_dir).path
+            else:  # named when the run is done: two fits started in the same second get two folders
+                saved = _save_under_a_new_name(run, lambda: default_run_dir(store_path, vocabulary, config.k))
         metrics = run.metrics
     show_summary(result, metrics, saved)
     if with_report:
@@ -135,6 +137,18 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     if as_json:
         click.echo(json.dumps({"run": str(saved), "metrics": metrics,
                                "timings_s": result.timings}, indent=2, default=str))
+
+
+def _save_under_a_new_name(run, new_name, attempts: int = 10) -> Path:
+    """Save ``run`` under ``new_name()``, again under a fresh name if another process took it first."""
+    from zsfs.outputs import FolderExistsError
+
+    for _ in range(attempts - 1):
+        try:
+            return run.save(new_name()).path
+        except FolderExistsError:
+            continue
+    return run.save(new_name()).path
 
 
 def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
