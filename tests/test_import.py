@@ -204,3 +204,19 @@ def test_a_reimport_does_not_replace_a_vocabulary_by_other_classes(inputs):
     import_store(folder / "v.h5", vocabularies={"pets": other}, overwrite=True, **common)  # a new store
     with Store(master) as store:
         assert store.vocabulary("pets").classes == ["emu", "yak"]
+
+
+def test_a_rerun_with_other_embeddings_does_not_reuse_the_old_shards(inputs):
+    """Bug: the import's identity held the paths and model names only, so a rerun after the
+    embeddings were exported again kept the old rows (or, after an interruption, mixed them)."""
+    folder = inputs["dir"]
+    common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                  paths=folder / "paths.csv", shard_size=25)
+    master = import_store(folder / "r.h5", **common)
+    import_store(folder / "r.h5", **common)  # the same inputs: a rerun reuses everything
+    np.save(folder / "clip.npy", unit_rows(N, D_CLIP, 9))  # exported again, same shape
+    with pytest.raises(ZsfsError, match="--overwrite"):
+        import_store(folder / "r.h5", **common)
+    import_store(folder / "r.h5", **common, overwrite=True)
+    with Store(master) as store:
+        np.testing.assert_allclose(store.read("clip"), unit_rows(N, D_CLIP, 9), atol=1e-3)
