@@ -22,6 +22,7 @@ from zsfs.models import load_backbone, load_clip
 from zsfs.sources import decode_image
 from zsfs.store.reader import Store
 from zsfs.testing.cli import run_cli
+from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS, TINY_MODELS
 
@@ -127,6 +128,15 @@ def test_a_rerun_does_not_replace_a_vocabulary_by_other_classes(photos, tmp_path
     with Store(store) as opened:
         assert opened.vocabulary("default").classes == ["blue", "green", "red"]
         assert opened.vocabulary("pets").classes == ["cat", "dog"]
+
+
+def test_decoding_workers_that_cannot_share_a_batch_fail_cleanly(photos, tmp_path):
+    """Bug: a batch a worker could not put in shared memory (a file-size limit here; a full
+    /dev/shm elsewhere) was dropped by its queue's feeder thread, and extract waited forever."""
+    outcome = run_zsfs("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "1",
+                       file_size_limit=100_000, timeout=120)
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert "the disk is full (or a file-size limit was reached)" in outcome.output
 
 
 def _kill_script(source: Path, out: Path, delay: float) -> str:

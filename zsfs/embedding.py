@@ -15,7 +15,7 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageSource, image_size
 
@@ -109,11 +109,22 @@ def collate(items: list) -> Batch:
     indices, pixels, width, height = zip(*good)
     return Batch(
         np.asarray(indices, dtype=np.int64),
-        tuple(torch.stack(per_model) for per_model in zip(*pixels)),
+        tuple(_stack(per_model) for per_model in zip(*pixels)),
         np.asarray(width, dtype=np.int32),
         np.asarray(height, dtype=np.int32),
         failures,
     )
+
+
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``; inside a loader worker, into shared memory (as torch's default collate
+    does): a batch that cannot be shared (a full /dev/shm, a file-size limit) then fails in the
+    worker, which the loader reports, not later in its queue's feeder thread, which dropped the
+    batch and left the loader waiting for it forever."""
+    if get_worker_info() is None:
+        return torch.stack(tensors)
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype).share_memory_()
+    return torch.stack(tensors, out=out)
 
 
 def make_loader(dataset: Dataset, batches: list[list[int]], *, workers: int, pin_memory: bool,
