@@ -44,7 +44,7 @@ def parse_vocabularies(values: tuple[str, ...]) -> dict[str, Path]:
               help="Images per shard file.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Stored precision of the embeddings.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store at OUT.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at OUT (its files are removed first).")
 def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, paths_table: Path | None,
                    path_column: str | None, label_column: str | None, vocab: tuple[str, ...], clip_name: str,
                    backbone_name: str, shard_size: int, dtype: str, overwrite: bool) -> None:

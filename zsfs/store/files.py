@@ -54,7 +54,9 @@ def disk_error(error: BaseException, what: str, *, resume: str = "the same comma
         cause, advice = "the disk is full (or a file-size limit was reached)", "free some space and rerun"
     else:
         cause, advice = (getattr(error, "strerror", None) or str(error)), "fix that and rerun"
-    return ZsfsError(f"could not write {what}: {cause}. The store keeps its previous content; {advice} {resume}.")
+    # "its previous content" is the file's: with --overwrite the old store was removed on purpose first
+    return ZsfsError(f"could not write {what}: {cause}. Nothing half-written was kept (that file has its "
+                     f"previous content, if any); {advice} {resume}.")
 
 
 # -- temporary files and publication -----------------------------------------------------
