@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from zsfs.report import render_report
 from zsfs.sources import open_source
 from zsfs.store import Store
 from zsfs.testing.cli import run_cli
@@ -106,6 +107,17 @@ def test_fit_and_predict_on_hostile_names(hostile, tmp_path):
     frame = pl.read_csv(out)
     assert frame.height == len(HOSTILE_NAMES) + 1 and frame["error"].null_count() == frame.height
     assert any(path.endswith("cat/caf\\xe9.png") for path in frame["path"])
+
+
+def test_report_shows_the_images_of_hostile_names(hostile, tmp_path):
+    """Bug: the report opened the predictions' text paths, where ``caf\\xe9.png`` names no file."""
+    run = tmp_path / "run"
+    fitted = run_cli("fit", "--store", hostile["store"], "--out", run, "--k", "1", "--candidates", "2")
+    assert fitted.exit_code == 0, fitted.output
+    page = render_report(run, images=hostile["root"])  # the store records its source as UTF-8 text: pass it
+    assert page.count('<img class="thumb"') >= len(HOSTILE_NAMES)  # every image is among the most OOD
+    assert 'class="thumb missing"' not in page
+    assert "\x1b" not in page and "\\x1b]52;c;aGk=\\x07" in page  # control characters shown visibly
 
 
 def test_list_files_keep_names_that_are_not_utf8(tmp_path):

@@ -8,6 +8,7 @@ derived from folder names) get :func:`utf8_text`, which writes each undecodable 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 
@@ -23,3 +24,21 @@ def utf8_text(name: str) -> str:
 
 def utf8_texts(names: Iterable[str]) -> list[str]:
     return [utf8_text(name) for name in names]
+
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\udc80-\udcff]")
+"""Control characters (C0, DEL, C1: escape sequences, newlines, carriage returns), invisible and
+bidirectional formatting characters, and the surrogates that stand for undecodable name bytes."""
+
+
+def visible(text: str) -> str:
+    """``text`` with every character of ``_UNSAFE`` written visibly (``\\x1b``, ``\\u202e``; a
+    name's undecodable byte as ``\\xff``): for terminals and pages that show names from files."""
+    return _UNSAFE.sub(_visible, text)
+
+
+def _visible(match: re.Match) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -19,6 +19,7 @@ import numpy as np
 
 from zsfs import __version__, figures
 from zsfs.errors import ParameterError, ZsfsError
+from zsfs.names import visible
 from zsfs.outputs import write_text_atomically
 from zsfs.runs import REPORT, FittedRun, load_run
 from zsfs.sources import ImageSource
@@ -31,6 +32,7 @@ COLUMNS = ["path", "predicted", "confidence", "ood_score", "ood_continuous", "oo
 THUMBNAIL_BUDGET = 4000  # thumbnails in the class galleries: ~3 KB each keeps a 1000-class page < 20 MB
 MAX_PER_CLASS = 8
 OOD_IMAGES = 48
+ROW = "row"  # the store row of a prediction (a column the report adds)
 MAX_LISTED = 50  # absent classes named in the summary; the rest are counted
 
 
@@ -55,7 +57,7 @@ def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_
     if ood_images < 0:
         raise ParameterError(f"{{ood_images}} must be >= 0, not {ood_images}")
     run = load_run(run_dir)
-    frame = run.read_predictions(COLUMNS)
+    frame = run.read_predictions(COLUMNS).with_row_index(ROW)  # predictions are in store order
     classes = [str(c) for c in run.config.get("classes") or frame["predicted"].unique().sort().to_list()]
     per_class = per_class or int(np.clip(THUMBNAIL_BUDGET // (2 * max(len(classes), 1)), 1, MAX_PER_CLASS))
     ood_by = [c for c in ("ood_score", "ood_continuous") if c in frame.columns]
@@ -67,10 +69,14 @@ def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_
     sample = shuffled.filter(not_seed).group_by("predicted", maintain_order=True).head(per_class)
     most_ood = frame.sort(ood_by, descending=True, maintain_order=True).head(ood_images) if ood_by else frame.clear()
 
-    root, where = image_root(run, images)
-    paths = list(dict.fromkeys(seeds["path"].to_list() + sample["path"].to_list() + most_ood["path"].to_list()))
+    shown = pl.concat([part.select(ROW, "path") for part in (seeds, sample, most_ood)]).unique(
+        subset=ROW, keep="first", maintain_order=True)
+    root, where, exact = image_locations(run, images, shown[ROW].to_numpy())
+    paths = shown["path"].to_list()
+    files = dict(zip(paths, exact if exact is not None else paths))  # display text -> the name to open
     made = {p: (None, "no image folder known") for p in paths}
-    made.update(zip(*_thumbnails_of([p for p in paths if root is not None or Path(p).is_absolute()], root)))
+    openable = [p for p in paths if root is not None or Path(files[p]).is_absolute()]
+    made.update(zip(openable, _thumbnails_of([files[p] for p in openable], root)))
     body = [
         _summary(run, frame, classes),
         _figures(run, frame),
@@ -82,32 +88,38 @@ def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_
     return _page(run, _thumbnail_note(made, where) + "".join(body))
 
 
-def image_root(run: FittedRun, images: str | Path | None) -> tuple[Path | None, str]:
-    """The folder the run's image paths are relative to, and where that came from (for the note)."""
-    if images is not None:
-        return Path(images), f"--images {images}"
+def image_locations(run: FittedRun, images: str | Path | None,
+                    rows: np.ndarray) -> tuple[Path | None, str, list[str] | None]:
+    """The folder the run's image paths are relative to, where that came from (for the note), and
+    the store's exact paths of ``rows`` (None without the store): the predictions' path column is
+    text, where bytes that are not UTF-8 read as ``\\xNN``, which names no file."""
     store_path = run.config.get("store", {}).get("path")
     if not store_path:
-        return None, "the run records no store"
+        return (Path(images), f"--images {images}", None) if images is not None else \
+            (None, "the run records no store", None)
     from zsfs.store import Store
 
     try:
         with Store(store_path) as store:
-            source = Path(store.source)
+            source, exact = Path(store.source), store.paths()[rows].tolist()
     except (ZsfsError, OSError):
-        return None, f"the store {store_path} cannot be opened"
-    return (source if source.is_dir() else source.parent), f"the store's source {source}"
+        source, exact = None, None
+    if images is not None:
+        return Path(images), f"--images {images}", exact
+    if source is None:
+        return None, f"the store {store_path} cannot be opened", None
+    return (source if source.is_dir() else source.parent), f"the store's source {source}", exact
 
 
-def _thumbnails_of(paths: list[str], root: Path | None) -> tuple[list[str], list[tuple[str | None, str | None]]]:
-    """``paths`` and their thumbnails; ``paths`` are the store's (files or ``shard.tar::member``)
-    relative to ``root``, or absolute."""
+def _thumbnails_of(paths: list[str], root: Path | None) -> list[tuple[str | None, str | None]]:
+    """The thumbnails of ``paths``, the store's (files or ``shard.tar::member``) relative to
+    ``root``, or absolute."""
     base = root or Path("/")
     try:
         members = locate_members(paths, base)
     except ZsfsError:  # a tar moved or rewritten since extraction: its images show as not found
         members = None
-    return paths, thumbnails(ImageSource(location=base, root=base, paths=paths, labels=None, members=members))
+    return thumbnails(ImageSource(location=base, root=base, paths=paths, labels=None, members=members))
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -186,10 +198,11 @@ def _accuracy(frame, classes: list[str]) -> str:
     np.fill_diagonal(off, 0)
     top = np.argsort(off, axis=None, kind="stable")[::-1][:10]
     confused = [(classes[i // n], classes[i % n], f"{off.flat[i]:,}") for i in top if off.flat[i] > 0]
+    names = [visible(name) for name in classes]  # SVG text: control characters shown, as in the tables
     parts = [f"<p>{int(known.sum()):,} images have a true label among the classes "
              f"({frame.height - int(known.sum()):,} others: out-of-distribution or unlabelled).</p>",
-             f'<div class="figure">{figures.per_class_accuracy(classes, accuracy)}</div>',
-             f'<div class="figure">{figures.confusion(classes, matrix)}</div>']
+             f'<div class="figure">{figures.per_class_accuracy(names, accuracy)}</div>',
+             f'<div class="figure">{figures.confusion(names, matrix)}</div>']
     if confused:
         parts.append("<h3>Most frequent confusions</h3>" + _table(confused, ["true label", "predicted", "images"]))
     return _section("accuracy", "Accuracy (true labels)", "".join(parts))
@@ -291,7 +304,8 @@ def _fraction(value: float | None) -> str:
 
 
 def _e(value) -> str:
-    return html.escape(str(value), quote=True)
+    """HTML text of a value from files or users; control characters shown visibly, as in the terminal."""
+    return html.escape(visible(str(value)), quote=True)
 
 
 STYLE = """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from zsfs.errors import ParameterError, ZsfsError, one_line
+from zsfs.names import visible
 
 console = Console(stderr=True, highlight=False, emoji=False)
 """Progress, tables and messages go to stderr so that stdout stays machine-readable.
@@ -25,23 +25,11 @@ and an escape sequence in a class name reaches the terminal. No emoji codes, so 
 file name stays as written.
 """
 
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\udc80-\udcff]")
-"""Control characters (C0, DEL, C1: escape sequences, newlines, carriage returns), invisible and
-bidirectional formatting characters, and the surrogates that stand for undecodable name bytes."""
-
-
 def shown(value: object) -> str:
-    """``value`` as rich markup that prints exactly its text, with every character of ``_UNSAFE``
-    written visibly (``\\x1b``, ``\\u202e``; a name's undecodable byte as ``\\xff``). Every string
-    from files or users that reaches the terminal goes through here."""
-    return escape(_UNSAFE.sub(_visible, str(value)))
-
-
-def _visible(match: re.Match) -> str:
-    code = ord(match.group())
-    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte code - 0xDC00
-        return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    """``value`` as rich markup that prints exactly its text, with unsafe characters written
+    visibly (``zsfs.names.visible``). Every string from files or users that reaches the terminal
+    goes through here."""
+    return escape(visible(str(value)))
 
 
 class ZsfsGroup(click.Group):
