@@ -61,6 +61,7 @@ class SyntheticGenerator:
         self.label_ids = rng.integers(0, total, n_images)
         self.backbone_scale = backbone_noise / np.sqrt(backbone_dim)
         self.clip_scale = self._calibrate(clip_accuracy)
+        self._last_block: tuple[int, np.ndarray, np.ndarray] | None = None
 
     @cached_property
     def names(self) -> np.ndarray:
@@ -90,15 +91,24 @@ class SyntheticGenerator:
         backbone = np.empty((stop - start, self.backbone_dim), np.float16)
         for block in range(start // BLOCK_ROWS, (stop - 1) // BLOCK_ROWS + 1):
             lo, hi = block * BLOCK_ROWS, min((block + 1) * BLOCK_ROWS, self.n_images)
-            rng = np.random.default_rng([self.seed, 2, block])
-            labels = self.label_ids[lo:hi]
-            c = _unit(self._clip_rows(labels, self.clip_scale, rng))
-            b = _unit(self.centres[labels] + self.backbone_scale
-                      * rng.standard_normal((len(labels), self.backbone_dim), dtype=np.float32))
+            c, b = self._block(block)
             keep = slice(max(lo, start) - lo, min(hi, stop) - lo)
             out = slice(max(lo, start) - start, min(hi, stop) - start)
             clip[out], backbone[out] = c[keep], b[keep]
         return clip, backbone
+
+    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of one block, the last one kept: reading a block row by row (a store's
+        sampled-rows hash) generates it once, not once per row."""
+        if self._last_block is None or self._last_block[0] != block:
+            lo, hi = block * BLOCK_ROWS, min((block + 1) * BLOCK_ROWS, self.n_images)
+            rng = np.random.default_rng([self.seed, 2, block])
+            labels = self.label_ids[lo:hi]
+            clip = _unit(self._clip_rows(labels, self.clip_scale, rng))
+            backbone = _unit(self.centres[labels] + self.backbone_scale
+                             * rng.standard_normal((len(labels), self.backbone_dim), dtype=np.float32))
+            self._last_block = (block, clip, backbone)
+        return self._last_block[1], self._last_block[2]
 
     def labels(self) -> np.ndarray:
         return self.names[self.label_ids]
