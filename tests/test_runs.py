@@ -61,6 +61,9 @@ def test_loading_what_is_not_a_run_is_a_clear_error(run_dir, tmp_path):
     (tmp_path / runs.CONFIG).write_text("{not json")
     with pytest.raises(ZsfsError, match="config.json is unreadable"):
         runs.load_run(tmp_path)
+    (tmp_path / runs.CONFIG).write_text("[1, 2]")  # bug: valid JSON but no object crashed the report
+    with pytest.raises(ZsfsError, match="holds a JSON list, not the object zsfs fit writes"):
+        runs.load_run(tmp_path)
     (tmp_path / runs.CONFIG).write_text(json.dumps({"classes": ["a"]}))
     run = runs.load_run(tmp_path)
     assert run.metrics is None

@@ -252,6 +252,9 @@ def _read_json(path: Path, *, required: bool) -> dict | None:
             raise ZsfsError(f"{path.parent} has no {path.name}; is it a run folder written by `zsfs fit`?")
         return None
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise ZsfsError(f"{path} is unreadable ({error}); rerun `zsfs fit`") from None
+    if not isinstance(value, dict):
+        raise ZsfsError(f"{path} holds a JSON {type(value).__name__}, not the object zsfs fit writes; rerun `zsfs fit`")
+    return value
