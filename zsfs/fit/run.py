@@ -223,10 +223,10 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
             search, clip = open_search(store, method, device=device, scan_dtype=dtype, seed=config.seed)
     with timer.phase("zero-shot + candidates"):
         zero_shot = ZeroShotAccumulator(n_images, n_classes)
-        top = seeds.TopCandidates(n_classes, config.candidates)
+        top = seeds.TopCandidates(n_classes, config.candidates, device)
         for start, logits in iter_logit_chunks(clip, texts, chunk_rows=CHUNK_ROWS, device=device):
             zero_shot.update(start, logits)
-            top.update(start, logits)
+            top.add_chunk(start, logits)
         scores = zero_shot.result()
         candidates, _ = top.result()
     with timer.phase("neighbours + re-rank"):

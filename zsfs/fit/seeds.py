@@ -11,39 +11,39 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from zsfs.fit.neighbours import RunningTop
 from zsfs.fit.zeroshot import ZeroShotScores, as_tensor, pair_logits
 
 MISSING = -1
 """Padding in candidate lists (and in neighbour lists when a collection is tiny)."""
 
 
-class TopCandidates:
-    """Top-R rows per class over logit chunks, merged with ``torch.topk`` (never N x C)."""
+class TopCandidates(RunningTop):
+    """Top-R rows per class over logit chunks (``RunningTop`` with the classes as its queries;
+    never N x C)."""
 
-    def __init__(self, n_classes: int, r: int):
-        self.r = r
-        self.values = torch.empty(0, n_classes)
-        self.rows = torch.empty(0, n_classes, dtype=torch.int64)
+    def __init__(self, n_classes: int, r: int, device: torch.device | str = "cpu"):
+        super().__init__(n_classes, r, torch.device(device))
+        self.classes = torch.arange(n_classes, device=self.scores.device)
+        self.seen = 0
 
-    def update(self, start: int, logits: torch.Tensor) -> None:
-        take = min(self.r, len(logits))
-        values, rows = torch.topk(logits, take, dim=0)
-        values = torch.cat([self.values.to(values.device), values])
-        rows = torch.cat([self.rows.to(rows.device), rows + start])
-        # Earlier rows first on equal values: topk over a stable order keeps runs deterministic.
-        best, where = torch.topk(values, min(self.r, len(values)), dim=0)
-        self.values, self.rows = best, torch.gather(rows, 0, where)
+    def add_chunk(self, start: int, logits: torch.Tensor) -> None:
+        """``logits``: (rows, C) of store rows ``start, start + 1, ...``."""
+        rows = torch.arange(start, start + len(logits), device=self.scores.device)
+        self.update(self.classes, logits.T.to(self.scores.device), rows)
+        self.seen = max(self.seen, start + len(logits))
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, logits)``, each ``(C, min(R, N))``, best first per class."""
-        return self.rows.T.cpu().numpy(), self.values.T.cpu().numpy()
+        width = min(self.width, self.seen)
+        return self.rows[:, :width].cpu().numpy(), self.scores[:, :width].cpu().numpy()
 
 
 def top_candidates(logit_chunks, n_classes: int, r: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-R candidate rows and their logits per class from ``(start, logits)`` chunks."""
     collector = TopCandidates(n_classes, r)
     for start, logits in logit_chunks:
-        collector.update(start, logits)
+        collector.add_chunk(start, logits)
     return collector.result()
 
 
