@@ -6,6 +6,7 @@ import gzip
 import io
 import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,24 @@ def test_header_walk_agrees_with_tarfile(tar_format, tmp_path):
     with tarfile.open(path, encoding="utf-8") as archive:
         expected = [(m.name, m.offset_data, m.size) for m in archive.getmembers() if m.name != "x.txt"]
     assert list(zip(*list_tar(path, IMAGE_EXTENSIONS))) == expected
+
+
+def test_predict_inputs_list_each_tar_once_and_read_every_member(shards, monkeypatch):
+    """Bug: predict listed every tar it was given twice (its listing, then again to locate members)."""
+    import zsfs.tars
+    from zsfs.predict import image_inputs
+
+    listed = []
+    list_tar = zsfs.tars.list_tar
+    monkeypatch.setattr(zsfs.tars, "list_tar", lambda path, suffixes: listed.append(path) or list_tar(path, suffixes))
+    root, files = shards["root"], shards["folder"] / shards["files"][0]
+    named = root / shards["paths"][-1]  # ``00002.tar::...``: a member named by the user
+    source = image_inputs([root / "00000.tar", files, str(named), root / "00001.tar"])
+    assert sorted(path.name for path in listed) == ["00000.tar", "00001.tar", shards["paths"][-1].split("::")[0]]
+    expected = ([shards["folder"] / f for p, f in zip(shards["paths"], shards["files"]) if p.startswith("00000.tar::")]
+                + [files, shards["folder"] / shards["files"][-1]]
+                + [shards["folder"] / f for p, f in zip(shards["paths"], shards["files"]) if p.startswith("00001.tar::")])
+    assert len(source.paths) == len(expected)
+    for row, file in enumerate(expected):
+        assert (source.members.read(row) if source.members.holds(row) else Path(source.paths[row]).read_bytes()) \
+            == file.read_bytes()

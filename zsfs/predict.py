@@ -24,7 +24,7 @@ from zsfs.outputs import replacing_file
 from zsfs.fit.classifier import Classifier
 from zsfs.runs import FittedRun, load_run
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
-from zsfs.tars import TAR_SUFFIX, locate_members, split_member_path
+from zsfs.tars import TAR_SUFFIX, TarMembers, locate_members, merged_members, split_member_path
 
 
 def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
@@ -38,20 +38,28 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
         raise ZsfsError("no images given; pass image files and/or folders")
     paths: list[str] = []
     unreadable: dict[str, str] = {}
+    listed: list[tuple[np.ndarray, TarMembers]] = []  # rows of listings with tars, and their byte ranges
+    named_members: list[int] = []  # rows given as ``shard.tar::member``
     for given in map(Path, inputs):
         if split_member_path(str(given)) is not None:
+            named_members.append(len(paths))
             paths.append(str(given))
         elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX):
             listing = open_source(given)
             base = given if given.is_dir() else given.parent
+            if listing.members is not None:
+                listed.append((np.arange(len(paths), len(paths) + len(listing.paths)), listing.members))
             paths += [os.path.join(base, path) for path in listing.paths]  # keeps an unreadable folder's '/'
             unreadable.update({os.path.join(base, path): reason for path, reason in listing.unreadable.items()})
         elif given.is_file():
             paths.append(str(given))
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
+    if named_members:
+        rows = np.asarray(named_members)
+        listed.append((rows, locate_members([paths[row] for row in rows], Path.cwd())))
     return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable,
-                       members=locate_members(paths, Path.cwd()))
+                       members=merged_members(len(paths), listed))
 
 
 def predict_images(

@@ -325,5 +325,23 @@ def locate_members(paths: Sequence[str], root: Path) -> TarMembers | None:
     return TarMembers(tars, tar_ids, offset, size)
 
 
+def merged_members(n_rows: int, parts: Sequence[tuple[np.ndarray, TarMembers]]) -> TarMembers | None:
+    """One ``TarMembers`` for ``n_rows`` entries listed in parts: each part gives its entries'
+    rows in the whole and their members (already listed: no tar is read again); other rows are
+    plain files. None without parts."""
+    if not parts:
+        return None
+    tar = np.full(n_rows, -1, dtype=np.int32)
+    offset = np.zeros(n_rows, dtype=np.int64)
+    size = np.zeros(n_rows, dtype=np.int64)
+    tars: list[Path] = []
+    for rows, members in parts:
+        held = members.tar >= 0
+        tar[rows[held]] = members.tar[held] + len(tars)
+        offset[rows], size[rows] = members.offset, members.size
+        tars.extend(members.tars)
+    return TarMembers(tuple(tars), tar, offset, size)
+
+
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
