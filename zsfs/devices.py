@@ -10,7 +10,11 @@ if TYPE_CHECKING:  # torch is imported lazily: the CLI lists DEVICES before any 
     import torch
 
 DEVICES = ("cpu", "cuda", "mps")
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
+MODEL_PRECISIONS = ("fp32", "bf16", "fp16")
+"""Autocast precisions of the models in extract and predict (on CUDA; elsewhere fp32)."""
+SEARCH_PRECISIONS = ("fp32", "bf16")
+"""Precisions of the neighbour scan and training (bf16 products are re-scored in fp32)."""
+PRECISION_CHOICES = ("auto", *SEARCH_PRECISIONS)
 """Precision of a fit's matrix products; "auto": bf16 where :func:`has_fast_bf16`, else fp32."""
 BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16")
 """``torch.cpu.get_capabilities()`` keys of hardware bf16 products (x86 AVX512-BF16 and AMX, Arm BF16)."""

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
-from zsfs.devices import DEVICES
+from zsfs.devices import DEVICES, MODEL_PRECISIONS
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
@@ -29,7 +29,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--vocab-name", default="default", show_default=True, help="Name of the vocabulary written.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the models run (a clear error when torch sees no such device).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(MODEL_PRECISIONS), default="fp32", show_default=True,
               help="Autocast precision on CUDA (CPU and MPS always compute in fp32).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0),

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from zsfs.cli.common import console, image_progress, shown
-from zsfs.devices import DEVICES
+from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.store.schema import DEFAULT_SHARD_SIZE
 
@@ -120,7 +120,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool) -> None:
               help="Neighbours kept per image (fits can then use --neighbours up to k).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where to search: on a GPU the search is exact for every store size.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(SEARCH_PRECISIONS), default="fp32", show_default=True,
               help="bf16: bf16 scan re-scored in fp32, faster on GPUs and AVX512-BF16 CPUs (for stores with an "
                    "exact index, or on a GPU, the scan is exact; bigger stores on CPU use their IVF lists).")
 def neighbours_command(store_path: Path, k: int, device: str, precision: str) -> None:
