@@ -15,8 +15,9 @@ Three scenarios per store:
 - ``absent``: the collection holds 2-5 random classes of the listed ones (``--draws`` draws of
   each size), the full vocabulary is given. Accuracy on the present images for zero-shot,
   ``--paper --k 16`` and the default; the default's margin over the paper in each draw (the
-  ``min`` column shows the worst draw) and the fraction of draws below it; precision and recall
-  of the absent classes the fit reports.
+  ``min`` column shows the worst draw) and the fraction of draws below it; the fraction of present
+  images labelled with an absent class (``labelled absent``); precision and recall of the
+  absent classes the fit reports.
 - ``ood``: ``zsfs ood-bench``'s protocol (6 ID classes when there are 10, else 60 %; 5 splits)
   for the default and ``--paper``: AUROC and FPR95 of ``ood_score``, the paper score and MCM.
 
@@ -138,6 +139,9 @@ def run_absent(source: Source, draws: int, work: Path, record) -> None:
                         accuracies[name] = accuracy
                         record(source.name, "absent", name, "accuracy", accuracy)
                         record(source.name, "absent", name, "gain over zero-shot", accuracy - zero_shot)
+                        # where the lost images go: present images labelled with a class the collection lacks
+                        predicted = np.asarray(result.classes)[result.predicted]
+                        record(source.name, "absent", name, "labelled absent", float(np.mean(~np.isin(predicted, present))))
                         if name == "default-k16":
                             record(source.name, "absent", "zero-shot", "accuracy", zero_shot)
                             reported = set(result.absent_classes)

@@ -88,6 +88,8 @@ def test_bench_quality_reports_the_default_against_the_paper_in_every_absent_dra
     margins = values("default-k16", "minus paper-k16")
     assert margins == pytest.approx([d - p for d, p in zip(default, paper)])
     assert values("default-k16", "draws below paper-k16") == [float(m < 0) for m in margins]
+    labelled_absent = values("default-k16", "labelled absent")  # wrong labels of one kind: at most the errors
+    assert len(labelled_absent) == 4 and all(0 <= a <= 1 - acc + 1e-9 for a, acc in zip(labelled_absent, default))
     summary = {(row["method"], row["metric"]): row for row in json.loads((out / "quality.json").read_text())["summary"]}
     assert summary["default-k16", "minus paper-k16"]["min"] == pytest.approx(min(margins))
 
