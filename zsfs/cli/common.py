@@ -74,12 +74,12 @@ def note_unread_options(config, given: dict) -> None:
 
 def describe_os_error(error: BaseException) -> str:
     """An operating-system failure outside the store's own error handling, as one line."""
-    from zsfs.store.files import is_disk_full
+    from zsfs.store.files import DISK_FULL, is_disk_full
 
     where = getattr(error, "filename", None)
     where = f" ({where})" if where else ""
     if is_disk_full(error):
-        return f"the disk is full (or a file-size limit was reached){where}: free some space and rerun"
+        return f"{DISK_FULL}{where}: free some space and rerun"
 
     if "No usable temporary directory" in str(error):  # tempfile's probe write failed
         return f"{one_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"

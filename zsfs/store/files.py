@@ -48,10 +48,14 @@ def write_failed(error: BaseException) -> bool:
     return isinstance(error, OSError) or (isinstance(error, RuntimeError) and is_disk_full(error))
 
 
+DISK_FULL = "the disk is full (or a file-size limit was reached)"
+"""How every message names ENOSPC, EDQUOT and EFBIG (see :func:`is_disk_full`)."""
+
+
 def disk_error(error: BaseException, what: str, *, resume: str = "the same command") -> ZsfsError:
     """A failed write as one actionable line (a full disk is the usual cause)."""
     if is_disk_full(error):
-        cause, advice = "the disk is full (or a file-size limit was reached)", "free some space and rerun"
+        cause, advice = DISK_FULL, "free some space and rerun"
     else:
         cause, advice = (getattr(error, "strerror", None) or str(error)), "fix that and rerun"
     # "its previous content" is the file's: with --overwrite the old store was removed on purpose first
