@@ -100,9 +100,9 @@ def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):
             "label"} <= set(frame.columns)
     classifier = load_classifier(run)
     with Store(store_path) as store:
-        logits = classifier.predict_logits(store.read("backbone"))
-    np.testing.assert_array_equal(np.asarray(classifier.classes)[logits.argmax(1)], frame["predicted"].to_numpy())
-    score, continuous = classifier.ood_scores(logits)
+        predicted, confidence, _, score, continuous = classifier.classify(store.read("backbone"))
+    np.testing.assert_array_equal(predicted, frame["predicted"].to_numpy())
+    np.testing.assert_allclose(confidence, frame["confidence"].to_numpy(), rtol=1e-5)
     np.testing.assert_allclose(score, frame["ood_paper"].to_numpy())
     np.testing.assert_allclose(continuous, frame["ood_continuous"].to_numpy(), rtol=1e-4, atol=1e-4)
     assert json.loads(outcome.stdout)["metrics"]["accuracy"] == metrics["accuracy"]

@@ -202,19 +202,19 @@ def test_default_ood_score_separates_held_out_classes_and_is_deterministic(tmp_p
     assert np.allclose(first.ood_score, (ood.cdf(first.mcm_score, ood.quantiles(first.mcm_score))
                                          + first.ood_distance) / 2, atol=1e-5)
     features = store_features(path)
-    again = first.classifier.ood_distance(features)
+    again = first.classifier.classify(features)[2]
     assert np.abs(again - first.ood_distance).max() < 0.02
     first.classifier.save(tmp_path / "classifier.pt")
     loaded = load_classifier(tmp_path / "classifier.pt")
     assert loaded.ood_nearest == first.classifier.ood_nearest
-    assert np.array_equal(loaded.ood_distance(features), again)
+    assert np.array_equal(loaded.classify(features)[2], again)
     # a classifier.pt written before the reference was the candidates: its seed distance, k = 5
     state = torch.load(tmp_path / "classifier.pt", weights_only=True)
     state["ood_quantiles"] = {"seed_distance": state["ood_quantiles"].pop("reference_distance")}
     del state["ood_nearest"]
     torch.save(state, tmp_path / "old.pt")
     old = load_classifier(tmp_path / "old.pt")
-    assert old.ood_nearest == 5 and np.isfinite(old.ood_distance(features)).all()
+    assert old.ood_nearest == 5 and np.isfinite(old.classify(features)[2]).all()
 
 
 def store_features(path) -> np.ndarray:

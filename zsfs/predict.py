@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from zsfs.errors import ZsfsError
 from zsfs.devices import check_device
@@ -21,7 +20,6 @@ from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
 from zsfs.outputs import replacing_file
-from zsfs.fit.classifier import Classifier
 from zsfs.runs import FittedRun, load_run
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
 from zsfs.tars import TAR_SUFFIX, TarMembers, locate_members, merged_members, split_member_path
@@ -118,8 +116,8 @@ def predict_images(
     confidence, ood_distance, ood_paper, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(4))
     if rows:
         good = np.concatenate(rows)
-        predicted[good], confidence[good], ood_distance[good], ood_paper[good], ood_continuous[good] = classify(
-            run.classifier, np.concatenate(features))
+        predicted[good], confidence[good], ood_distance[good], ood_paper[good], ood_continuous[good] = \
+            run.classifier.classify(np.concatenate(features))
     error = [errors.get(i) for i in range(n)]
     return pl.DataFrame({
         "path": utf8_texts(source.paths),
@@ -130,16 +128,6 @@ def predict_images(
         "ood_continuous": pl.Series(ood_continuous).fill_nan(None),
         "error": pl.Series(error, dtype=pl.String),
     })
-
-
-def classify(classifier: Classifier, features: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per row of backbone ``features``: class name, confidence, ``ood_distance``, paper OOD score,
-    continuous OOD score (the columns of :func:`predict_images`)."""
-    features = np.asarray(features)
-    logits = classifier.predict_logits(features)
-    best, index = torch.from_numpy(logits).softmax(dim=1).max(dim=1)
-    names = np.asarray(classifier.classes, dtype=object)[index.numpy()]
-    return (names, best.numpy(), classifier.ood_distance(features), *classifier.ood_scores(logits))
 
 
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")

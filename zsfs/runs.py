@@ -223,9 +223,7 @@ class FittedRun:
         """Class, confidence and OOD scores of backbone features (rows of the store's backbone)."""
         import polars as pl
 
-        from zsfs.predict import classify
-
-        predicted, confidence, ood_distance, ood_paper, ood_continuous = classify(self.classifier, features)
+        predicted, confidence, ood_distance, ood_paper, ood_continuous = self.classifier.classify(features)
         return pl.DataFrame({"predicted": pl.Series(predicted.tolist(), dtype=pl.String), "confidence": confidence,
                              "ood_distance": ood_distance, "ood_paper": ood_paper, "ood_continuous": ood_continuous})
 

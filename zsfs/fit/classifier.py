@@ -101,6 +101,20 @@ class LinearHead:
         return self.logits(features)
 
 
+@torch.no_grad()
+def score_images(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, reference: torch.Tensor | None,
+                 nearest: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a fitted head says of unit backbone ``features``, in fit and in predict alike: each
+    row's best class, its softmax probability, the paper's logit statistics
+    (:func:`ood.logit_statistics`) and the distance to the ``nearest``-th row of the OOD
+    ``reference`` (:func:`ood.reference_distance`; NaN without a reference)."""
+    logits = torch.addmm(bias, features, weight.T)
+    confidence, best = torch.softmax(logits, dim=1).max(dim=1)
+    distance = (torch.full((len(features),), torch.nan, device=features.device) if reference is None
+                else ood.reference_distance(features, reference, nearest))
+    return best, confidence, ood.logit_statistics(logits), distance
+
+
 @dataclass
 class Classifier:
     """A fitted head, ready for inference on new backbone features (see :func:`load_classifier`)."""
@@ -115,29 +129,22 @@ class Classifier:
     ood_nearest: int = ood.NEAREST_REFERENCE  # the OOD distance is to the ood_nearest-th nearest reference row
     ood_quantiles: dict[str, np.ndarray] = field(default_factory=dict)  # stored CDF of each OOD component
 
-    def predict_logits(self, features: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
-        """(n, C) float32 logits for raw backbone features (normalised here)."""
+    def classify(self, features: np.ndarray, chunk_rows: int = 65536) -> tuple[np.ndarray, ...]:
+        """Per row of raw backbone ``features`` (normalised here), the columns of ``zsfs predict``:
+        class name, confidence, ``ood_distance``, paper OOD score (0, 1/3, 2/3, 1), continuous OOD
+        score. ``ood_distance`` is the fit's column for new images, the backbone half of its
+        ``ood_score``: the rank of their reference distance in the fitted collection, in [0, 1]
+        (the MCM half needs CLIP embeddings; NaN for runs written before zsfs stored the reference)."""
         weight, bias = torch.from_numpy(self.weight), torch.from_numpy(self.bias)
-        out = np.empty((len(features), len(self.classes)), np.float32)
-        for start in range(0, len(features), chunk_rows):
-            chunk = normalise(features[start : start + chunk_rows])
-            out[start : start + len(chunk)] = torch.addmm(bias, chunk, weight.T).numpy()
-        return out
-
-    def ood_distance(self, features: np.ndarray) -> np.ndarray:
-        """The fit's ``ood_distance`` for new images, the backbone half of its ``ood_score``: the
-        rank of their reference distance in the fitted collection, in [0, 1] (the MCM half needs
-        CLIP embeddings; NaN for runs written before zsfs stored the reference)."""
-        if self.ood_reference is None or "reference_distance" not in self.ood_quantiles:
-            return np.full(len(features), np.nan, np.float32)
-        distance = ood.reference_distance(normalise(features), torch.from_numpy(self.ood_reference).float(),
-                                          k=self.ood_nearest).numpy()
-        return ood.cdf(distance, self.ood_quantiles["reference_distance"]).astype(np.float32)
-
-    def ood_scores(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(score in {0, 1/3, 2/3, 1}, continuous score)`` of logits from :meth:`predict_logits`."""
-        stats = ood.logit_statistics(torch.from_numpy(np.ascontiguousarray(logits)))
-        return ood.paper_score(stats, self.ood), ood.continuous_score(stats, self.ood)
+        has_reference = self.ood_reference is not None and "reference_distance" in self.ood_quantiles
+        reference = torch.from_numpy(self.ood_reference).float() if has_reference else None
+        parts = [score_images(normalise(features[start : start + chunk_rows]), weight, bias, reference, self.ood_nearest)
+                 for start in range(0, max(len(features), 1), chunk_rows)]
+        best, confidence, statistics, distance = (torch.cat(column).numpy() for column in zip(*parts))
+        if has_reference:
+            distance = ood.cdf(distance, self.ood_quantiles["reference_distance"]).astype(np.float32)
+        return (np.asarray(self.classes, dtype=object)[best], confidence, distance,
+                ood.paper_score(statistics, self.ood), ood.continuous_score(statistics, self.ood))
 
     def save(self, path: Path) -> None:
         torch.save(

@@ -19,7 +19,7 @@ import torch
 from zsfs.devices import PRECISION_CHOICES, SEARCH_PRECISIONS, check_device, has_fast_bf16
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.fit import ood, seeds, transductive
-from zsfs.fit.classifier import Classifier, normalise
+from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
 from zsfs.fit.zeroshot import ZeroShotAccumulator, as_tensor, iter_logit_chunks, zero_shot_logits
@@ -286,14 +286,11 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         statistics = np.empty((n_images, len(ood.STATISTICS)), np.float32)
         distance = np.empty(n_images, np.float32)
         for start, chunk in store.iter_chunks("backbone", CHUNK_ROWS):
-            chunk = normalise(chunk, device)
-            logits = trained.head.predict_logits(chunk)
             rows = slice(start, start + len(chunk))
-            probabilities = torch.softmax(logits, dim=1)
-            top_probability, top_class = probabilities.max(dim=1)
-            confidence[rows], predicted[rows] = top_probability.cpu().numpy(), head_classes[top_class.cpu().numpy()]
-            statistics[rows] = ood.logit_statistics(logits).cpu().numpy()
-            distance[rows] = ood.reference_distance(chunk, reference, nearest).cpu().numpy()
+            best, confidence_of_best, chunk_statistics, chunk_distance = score_images(
+                normalise(chunk, device), trained.head.weight.detach(), trained.head.bias.detach(), reference, nearest)
+            predicted[rows], confidence[rows] = head_classes[best.cpu().numpy()], confidence_of_best.cpu().numpy()
+            statistics[rows], distance[rows] = chunk_statistics.cpu().numpy(), chunk_distance.cpu().numpy()
     thresholds = ood.fit_thresholds(statistics[seed_cycle.rows], config.ood_multiplier)
     components = {"mcm": -scores.mcm, "reference_distance": distance}
     stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
