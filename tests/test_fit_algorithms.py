@@ -9,10 +9,7 @@ import torch
 from zsfs.fit import neighbours, ood, seeds, zeroshot
 from zsfs.fit.classifier import LinearHead
 from zsfs.fit.selftrain import STOP_NO_CANDIDATES, FeatureTable, self_train
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from zsfs.testing.synthetic import unit
 
 
 @pytest.fixture

@@ -16,13 +16,9 @@ from zsfs.store import Store
 from zsfs.store.arrays import rows_sha256
 from zsfs.testing.cli import run_cli
 from zsfs.testing.synthetic import BLOCK_ROWS, SyntheticGenerator, _LazyRows
+from zsfs.testing.synthetic import random_unit_rows as unit_rows
 
 N, D_CLIP, D_BACKBONE = 60, 8, 12
-
-
-def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
-    rows = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 @pytest.fixture

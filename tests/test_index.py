@@ -7,11 +7,7 @@ import pytest
 
 from zsfs.store.index import (build_index, choose_nlist, deserialize_index, drop_self, nearest_neighbours,
                               serialize_index)
-
-
-def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
-    rows = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+from zsfs.testing.synthetic import random_unit_rows as unit_rows
 
 
 def brute_force_neighbours(rows: np.ndarray, query_rows: np.ndarray, k: int) -> np.ndarray:

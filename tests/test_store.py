@@ -11,6 +11,7 @@ import pytest
 from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
 from zsfs.store import Store, write_store, write_vocabulary
 from zsfs.store import schema
+from zsfs.testing.synthetic import unit
 
 N, D_CLIP, D_BACKBONE = 130, 16, 24
 CLIP_INFO = {"name": "tiny-clip", "weights": "random"}
@@ -19,10 +20,6 @@ BACKBONE_INFO = {"name": "tiny-backbone", "weights": "random", "output": "pre_lo
 
 def random_rows(n: int, dim: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 @pytest.fixture

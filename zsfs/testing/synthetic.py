@@ -35,8 +35,14 @@ BACKBONE_INFO = {"name": "synthetic-backbone", "weights": "random", "file": None
                  "output": "pre_logits"}
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit length."""
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def random_unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """(n, dim) float32 unit rows in seeded random directions."""
+    return unit(np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32))
 
 
 def class_names(n: int, prefix: str = "class") -> list[str]:
@@ -53,11 +59,11 @@ class SyntheticGenerator:
         self.clip_dim, self.backbone_dim, self.seed = clip_dim, backbone_dim, seed
         rng = np.random.default_rng([seed, 0])
         total = n_classes + n_ood_classes
-        self.text = _unit(rng.standard_normal((total, clip_dim), dtype=np.float32))
-        self.visual = _unit(rng.standard_normal((total, clip_dim), dtype=np.float32))
-        self.centres = _unit(rng.standard_normal((total, backbone_dim), dtype=np.float32))
-        noise = _unit(rng.standard_normal((n_classes, clip_dim), dtype=np.float32))
-        self.single = _unit(self.text[:n_classes] + SINGLE_PROMPT_NOISE * noise)
+        self.text = unit(rng.standard_normal((total, clip_dim), dtype=np.float32))
+        self.visual = unit(rng.standard_normal((total, clip_dim), dtype=np.float32))
+        self.centres = unit(rng.standard_normal((total, backbone_dim), dtype=np.float32))
+        noise = unit(rng.standard_normal((n_classes, clip_dim), dtype=np.float32))
+        self.single = unit(self.text[:n_classes] + SINGLE_PROMPT_NOISE * noise)
         self.label_ids = rng.integers(0, total, n_images)
         self.backbone_scale = backbone_noise / np.sqrt(backbone_dim)
         self.clip_scale = self._calibrate(clip_accuracy)
@@ -104,8 +110,8 @@ class SyntheticGenerator:
             lo, hi = block * BLOCK_ROWS, min((block + 1) * BLOCK_ROWS, self.n_images)
             rng = np.random.default_rng([self.seed, 2, block])
             labels = self.label_ids[lo:hi]
-            clip = _unit(self._clip_rows(labels, self.clip_scale, rng))
-            backbone = _unit(self.centres[labels] + self.backbone_scale
+            clip = unit(self._clip_rows(labels, self.clip_scale, rng))
+            backbone = unit(self.centres[labels] + self.backbone_scale
                              * rng.standard_normal((len(labels), self.backbone_dim), dtype=np.float32))
             self._last_block = (block, clip, backbone)
         return self._last_block[1], self._last_block[2]
