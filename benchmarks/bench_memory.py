@@ -105,7 +105,7 @@ def bench_text(args: argparse.Namespace) -> list[dict]:
         for n in args.classes:
             classes = work / f"classes-{n}.txt"
             classes.write_text("".join(f"class number {i}\n" for i in range(n)))
-            result = measure(zsfs("text", str(store), "--classes", str(classes), "--name", f"v{n}"), work)
+            result = measure(zsfs("text", str(store), "--classes", str(classes), "--vocab", f"v{n}"), work)
             rows.append({"figure": "text", "classes": n, **result})
             print(json.dumps(rows[-1]), flush=True)
         return rows

@@ -58,7 +58,7 @@ def build_base(root: Path) -> dict:
 def command_args(command: str, work: Path, base: dict) -> tuple[tuple, Path, bool]:
     """(arguments, store, whether the store exists before the command)."""
     if command == "text":
-        return ("text", work / "s.h5", "--classes", work / "classes.txt", "--name", "default", "--overwrite"), \
+        return ("text", work / "s.h5", "--classes", work / "classes.txt", "--vocab", "default", "--overwrite"), \
             work / "s.h5", True
     if command == "neighbours":
         return ("neighbours", work / "s.h5", "--k", "7"), work / "s.h5", True

@@ -106,7 +106,7 @@ def test_classes_file_gives_the_vocabulary(photos, tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("cat\n\n  dog  \nred fox\n\n")
     result = run_cli("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
-                     "--classes", classes, "--vocab-name", "pets")
+                     "--classes", classes, "--vocab", "pets")
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "s.h5") as store:
         assert store.vocabulary_names() == ["pets"]

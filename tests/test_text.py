@@ -57,7 +57,7 @@ def test_text_adds_a_vocabulary_without_touching_images(unlabelled_store, tmp_pa
     classes = tmp_path / "animals.txt"
     classes.write_text("\n".join(ANIMALS) + "\n\n")
 
-    result = run_cli("text", store, "--classes", classes, "--name", "animals")
+    result = run_cli("text", store, "--classes", classes, "--vocab", "animals")
     assert result.exit_code == 0, result.output
 
     after = image_data(store)

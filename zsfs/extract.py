@@ -235,7 +235,7 @@ def extract(
     class_names = _resolve_classes(classes, image_source)
     if class_names and not overwrite:
         refuse_other_classes(out, vocab_name, class_names,
-                             f"`zsfs text {out.name} --classes FILE --name {vocab_name} --overwrite`")
+                             f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`")
 
     with _embedder(settings, image_source, ray, ray_workers) as embedder:
         clip_record, backbone_record = embedder.records
@@ -338,7 +338,7 @@ def add_vocabulary(
         record = dict(store.clip_info)
         if name in store.vocabulary_names() and not overwrite:
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
-                            "choose another --name or pass --overwrite to replace it")
+                            "choose another --vocab or pass --overwrite to replace it")
     check_writable(store_path, "store")
     check_store_lock(Path(store_path))
     if clip_weights is not None:

@@ -26,7 +26,8 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
               help="'default' (the weights the timm name implies), a local file, or 'random'.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Class names, one per line [default: the source's subfolder names].")
-@click.option("--vocab-name", default="default", show_default=True, help="Name of the vocabulary written.")
+@click.option("--vocab", "--vocab-name", "vocab_name", default="default", show_default=True,
+              help="Name of the vocabulary written (zsfs fit --vocab NAME).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the models run (a clear error when torch sees no such device).")
 @click.option("--precision", type=click.Choice(MODEL_PRECISIONS), default="fp32", show_default=True,
@@ -81,14 +82,14 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     console.print(_summary_table(summary))
     if summary.vocabulary is None:
         console.print("No class names known (no class subfolders, no --classes): no vocabulary written. "
-                      f"Add one with: zsfs text {shown(summary.output)} --classes FILE --name NAME")
+                      f"Add one with: zsfs text {shown(summary.output)} --classes FILE --vocab NAME")
 
 
 @click.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--classes", "classes_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Class names, one per line.")
-@click.option("--name", required=True, help="Name of the vocabulary (zsfs fit --vocab NAME).")
+@click.option("--vocab", "--name", "name", required=True, help="Name of the vocabulary (zsfs fit --vocab NAME).")
 @click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
               help="The store's CLIP weights file at a new location (its sha256 must match the record).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
@@ -101,7 +102,7 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
 
     \b
     Example:
-      zsfs text imagenet.h5 --classes animals.txt --name animals
+      zsfs text imagenet.h5 --classes animals.txt --vocab animals
     """
     from zsfs.extract import add_vocabulary
 

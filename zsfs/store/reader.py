@@ -196,7 +196,7 @@ class Store:
         if self.clip_info.get("weights") == schema.IMPORTED_WEIGHTS:
             return (f"`zsfs import {self.path.name} ... --vocab NAME=FILE.npz` (rerun it with the other tool's "
                     "text embeddings; finished shards are reused)")
-        return f"`zsfs text {self.path.name} --classes FILE --name NAME`"
+        return f"`zsfs text {self.path.name} --classes FILE --vocab NAME`"
 
     def vocabulary(self, name: str) -> Vocabulary:
         names = self.vocabulary_names()
