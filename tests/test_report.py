@@ -211,3 +211,17 @@ def test_a_run_on_tar_shards_shows_its_images(tmp_path):
     page = render_report(run)
     shown = re.findall(r'<img class="thumb" src="data:image/jpeg;base64,', page)
     assert len(shown) == gallery_items(page) > 0 and 'class="note"' not in page
+
+
+def test_a_store_rebuilt_since_the_fit_does_not_name_the_images(tmp_path):
+    """Bug: the report took the file names of the store's rows as they are now; a store rebuilt
+    smaller at the same path crashed it (IndexError), a same-sized one showed other images."""
+    photos = write_image_folder(tmp_path / "photos", n_per_class=6, broken=False)
+    store_path = extract(photos["root"], tmp_path / "photos.h5", workers=0, **TINY_MODELS).output
+    with Store(store_path) as store:
+        run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
+    fewer = write_image_folder(tmp_path / "fewer", n_per_class=1, broken=False, seed=1)
+    extract(fewer["root"], store_path, workers=0, overwrite=True, **TINY_MODELS)
+    page = render_report(run, images=photos["root"])  # the run's own names, under the folder it saw
+    shown = gallery_items(page)
+    assert shown > 0 and page.count('<img class="thumb"') == shown

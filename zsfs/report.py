@@ -71,12 +71,12 @@ def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_
 
     shown = pl.concat([part.select(ROW, "path") for part in (seeds, sample, most_ood)]).unique(
         subset=ROW, keep="first", maintain_order=True)
-    root, where, exact = image_locations(run, images, shown[ROW].to_numpy())
-    paths = shown["path"].to_list()
-    files = dict(zip(paths, exact if exact is not None else paths))  # display text -> the name to open
-    made = {p: (None, "no image folder known") for p in paths}
-    openable = [p for p in paths if root is not None or Path(files[p]).is_absolute()]
-    made.update(zip(openable, _thumbnails_of([files[p] for p in openable], root)))
+    rows = shown[ROW].to_list()
+    root, where, exact = image_locations(run, images, np.asarray(rows, dtype=np.int64))
+    files = dict(zip(rows, exact if exact is not None else shown["path"].to_list()))  # row -> the name to open
+    made = {row: (None, "no image folder known") for row in rows}  # keyed by row: two names can read alike
+    openable = [row for row in rows if root is not None or Path(files[row]).is_absolute()]
+    made.update(zip(openable, _thumbnails_of([files[row] for row in openable], root)))
     body = [
         _summary(run, frame, classes),
         _figures(run, frame),
@@ -91,8 +91,9 @@ def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_
 def image_locations(run: FittedRun, images: str | Path | None,
                     rows: np.ndarray) -> tuple[Path | None, str, list[str] | None]:
     """The folder the run's image paths are relative to, where that came from (for the note), and
-    the store's exact paths of ``rows`` (None without the store): the predictions' path column is
-    text, where bytes that are not UTF-8 read as ``\\xNN``, which names no file."""
+    the store's exact paths of ``rows`` (None without the store the run was fitted on: the
+    predictions' path column is text, where bytes that are not UTF-8 read as ``\\xNN``, which
+    names no file; a store rebuilt since the fit would name other images)."""
     store_path = run.config.get("store", {}).get("path")
     if not store_path:
         return (Path(images), f"--images {images}", None) if images is not None else \
@@ -101,7 +102,9 @@ def image_locations(run: FittedRun, images: str | Path | None,
 
     try:
         with Store(store_path) as store:
-            source, exact = Path(store.source), store.paths()[rows].tolist()
+            source = Path(store.source)
+            fitted_on = store.fingerprint() == {**run.config["store"], "path": str(store.path)}
+            exact = store.paths()[rows].tolist() if fitted_on else None
     except (ZsfsError, OSError):
         source, exact = None, None
     if images is not None:
@@ -263,7 +266,7 @@ def _gallery(rows, made: dict) -> str:
         return '<p class="empty">none</p>'
     items = []
     for row in rows.iter_rows(named=True):
-        uri, reason = made[row["path"]]
+        uri, reason = made[row[ROW]]
         facts = [f"{key} {row[key]:.2f}" for key in ("confidence", "ood_score") if row.get(key) is not None]
         caption = " · ".join(facts)
         title = row["path"] + (f" | true label: {row['label']}" if row.get("label") is not None else "") + \
