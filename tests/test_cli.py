@@ -151,3 +151,13 @@ def test_info_tables_show_user_strings_verbatim(capsys):
         assert text in err
     show_summary({**_store_summary(), "vocabularies": {}}, "`zsfs text st[/x]ore.h5 --classes FILE --vocab NAME`")
     assert "No vocabularies yet: add one with `zsfs text st[/x]ore.h5 --classes FILE --vocab NAME`." in capsys.readouterr().err
+
+
+def test_the_precisions_the_cli_offers_are_the_ones_the_code_knows():
+    """The CLI lists precisions before torch is imported (zsfs.devices); the dtype tables must agree."""
+    from zsfs import devices, embedding
+    from zsfs.fit import run
+
+    assert tuple(embedding.PRECISIONS) == devices.MODEL_PRECISIONS
+    assert tuple(run.PRECISIONS) == devices.SEARCH_PRECISIONS
+    assert set(devices.PRECISION_CHOICES) == {"auto", *run.PRECISIONS}

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from zsfs.devices import MODEL_PRECISIONS
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageSource, image_size
 
-PRECISIONS = dict(zip(MODEL_PRECISIONS, (None, torch.bfloat16, torch.float16)))  # None: no autocast
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # None: no autocast
 
 
 def available_cores() -> int:
