@@ -47,9 +47,7 @@ class LabelCodes:
 
     def is_any_of(self, names: Sequence[str]) -> np.ndarray:
         """(N,) bool: the image's label is one of ``names``."""
-        wanted = np.zeros(len(self.classes) + 1, dtype=bool)  # the extra slot absorbs code -1
-        wanted[self.code(names)] = True
-        return wanted[:-1][self.codes]
+        return self.index_in(names) >= 0
 
     def index_in(self, names: Sequence[str]) -> np.ndarray:
         """(N,) position in ``names`` of each image's label; -1 where it is none of them."""

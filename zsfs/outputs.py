@@ -50,11 +50,9 @@ def new_folder(path: str | Path) -> Iterator[Path]:
         check_new_folder(path)
         try:
             os.rename(tmp, path)
-        except OSError as error:  # another process made it since (ENOTEMPTY / EEXIST)
-            if not path.exists():
-                raise
-            raise FolderExistsError(f"{path} already exists; choose another --out (results are never "
-                                    "overwritten)") from None
+        except OSError:  # another process made it since (ENOTEMPTY / EEXIST): say so, as before any work
+            check_new_folder(path)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -41,9 +41,7 @@ class ZsfsGroup(click.Group):
             return super().invoke(ctx)
         except ZsfsError as error:
             if isinstance(error, ParameterError):  # named as the user typed them: the command's flags
-                command = self.get_command(ctx, ctx.invoked_subcommand or "")
-                error = error.render({p.name: p.opts[0] for p in getattr(command, "params", [])
-                                      if isinstance(p, click.Option)})
+                error = error.render(option_flags(self.get_command(ctx, ctx.invoked_subcommand or "")))
             console.print(f"[bold red]Error:[/] {shown(error)}", soft_wrap=True)  # one line, also in logs
             sys.exit(1)
         except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
@@ -59,12 +57,17 @@ class ZsfsGroup(click.Group):
             sys.exit(130)
 
 
+def option_flags(command: click.Command | None) -> dict[str, str]:
+    """Each option's parameter name -> the flag a user types (``max_cycles`` -> ``--cycles``)."""
+    return {p.name: p.opts[0] for p in getattr(command, "params", []) if isinstance(p, click.Option)}
+
+
 def note_unread_options(config, given: dict) -> None:
     """Say which of the options the user gave the fit's method will not read (they are not errors:
     one set of options can serve runs of both methods)."""
     unread = config.unread(given)
     if unread:
-        flags = {p.name: p.opts[0] for p in click.get_current_context().command.params if isinstance(p, click.Option)}
+        flags = option_flags(click.get_current_context().command)
         readers = "cycles method (--method cycles, --paper)" if config.method == "balanced" else "balanced method"
         one = len(unread) == 1
         console.print(f"[yellow]Note:[/] {', '.join(flags.get(name, name) for name in unread)} "
