@@ -172,3 +172,18 @@ def test_an_unreadable_source_folder_is_a_clear_error(tmp_path):
         root.chmod(0o755)
     assert child.returncode == 0, child.stderr[-3000:]
     assert child.stdout.startswith(f"cannot read the folder {root}: Permission denied")
+
+
+def test_a_store_name_with_glob_characters_cleans_only_its_own_temporary_files(tmp_path):
+    """``run[1].h5`` must not be read as a pattern: ``[1]`` would match ``run1.h5``'s files and
+    miss its own leftovers."""
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    others = tmp_path / ".run1.h5.abc123.tmp"
+    own = tmp_path / ".run[1].h5.xyz789.tmp"
+    others.write_bytes(b"another store's half-written master")
+    own.write_bytes(b"left by a killed write of run[1].h5")
+    make_synthetic_store(tmp_path / "run[1].h5", 50, 3)
+    assert others.is_file() and not own.exists()
+    with Store(tmp_path / "run[1].h5") as store:
+        assert store.n_images == 50

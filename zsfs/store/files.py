@@ -84,7 +84,12 @@ def current_umask() -> int:
 def temp_files_of(final: Path) -> list[Path]:
     """Temporary files that interrupted writes of ``final`` left behind."""
     legacy = final.with_name(final.name + schema.TMP_SUFFIX)  # the fixed name of format 1 writers
-    found = list(final.parent.glob(f".{final.name}.*{schema.TMP_SUFFIX}")) if final.parent.is_dir() else []
+    # listed, not globbed: a store name with [, ] or * would be read as a pattern, matching other
+    # stores' files and missing its own
+    prefix = f".{final.name}."
+    found = ([path for path in final.parent.iterdir()
+              if path.name.startswith(prefix) and path.name.endswith(schema.TMP_SUFFIX)]
+             if final.parent.is_dir() else [])
     return found + ([legacy] if legacy.is_file() or legacy.is_symlink() else [])
 
 
