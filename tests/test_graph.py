@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from zsfs.errors import ZsfsError
+from zsfs.errors import StoreError, ZsfsError
 from zsfs.fit import FitConfig, fit_store, neighbours
 from zsfs.fit.graph import add_neighbour_graph
 from zsfs.store import Store, write_neighbour_graph
@@ -73,12 +73,14 @@ def test_graph_is_replaced_and_bad_requests_fail_cleanly(tmp_path):
     missing = run_cli("neighbours", tmp_path / "nope.h5")
     assert missing.exit_code == 1 and "nope.h5" in missing.output
     record = {"search": "exact", "precision": "fp32"}
+    with Store(path) as store:
+        build = store.build
     with pytest.raises(ZsfsError, match="shape"):
-        write_neighbour_graph(path, np.zeros((10, 3), np.int32), record)
+        write_neighbour_graph(path, np.zeros((10, 3), np.int32), record, build=build)
     with pytest.raises(ZsfsError, match="outside"):
-        write_neighbour_graph(path, np.full((1500, 3), 1500), record)
+        write_neighbour_graph(path, np.full((1500, 3), 1500), record, build=build)
     with pytest.raises(ZsfsError, match="needs"):
-        write_neighbour_graph(path, np.zeros((1500, 3), np.int32), {"k": 3})
+        write_neighbour_graph(path, np.zeros((1500, 3), np.int32), {"k": 3}, build=build)
     with Store(path) as store:  # the failed writes left the graph as it was
         assert store.graph_info["k"] == 3 and store.graph_info["search"] == "exact (faiss flat index)"
 
@@ -101,11 +103,23 @@ def test_rebuilding_the_store_drops_its_graph(tmp_path):
         assert store.graph_info is None and store.summary()["neighbour_graph"] is None
 
 
+def test_a_store_rebuilt_during_the_search_is_not_given_the_old_graph(tmp_path):
+    path = synthetic(tmp_path / "a")
+
+    def rebuild(n_images: int) -> None:  # another process's `import --overwrite` while we search
+        make_synthetic_store(path, n_images, 8, n_ood_classes=2, seed=1, overwrite=True)
+
+    with pytest.raises(StoreError, match="rebuilt while its neighbours were searched"):
+        add_neighbour_graph(path, k=3, on_start=rebuild)
+    with Store(path) as store:
+        assert store.graph_info is None
+
+
 def test_a_graph_is_used_only_when_it_is_as_exact_as_the_fits_own_search(tmp_path):
     path = synthetic(tmp_path / "a")
     with Store(path) as store:
-        exact = brute_force(store.read("clip"), np.arange(1500), 5)
-    write_neighbour_graph(path, exact, {"search": "ivf (4 lists, nprobe 1)", "precision": "fp32"})
+        exact, build = brute_force(store.read("clip"), np.arange(1500), 5), store.build
+    write_neighbour_graph(path, exact, {"search": "ivf (4 lists, nprobe 1)", "precision": "fp32"}, build=build)
     with Store(path) as store:
         assert fit_store(store, CONFIG).neighbour_search["source"] == "fit"  # exact search beats an IVF graph
     ivf_store = make_synthetic_store(tmp_path / "b" / "store.h5", 1500, 8, seed=0, exact_max=1000)

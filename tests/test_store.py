@@ -315,6 +315,8 @@ def test_format_1_stores_are_read_and_extended(tmp_path, arrays):
         assert store.graph_info["k"] == 3 and store.neighbour_graph(np.array([5]))[0].tolist() == [1, 2, 3]
         assert store.verify()["shard_checksums"] is False
     write_vocabulary(master, "new", ["a"], single[:1], single[:1], prompt="{}", n_templates=1)
-    write_neighbour_graph(master, graph[:, :2], {"search": "exact", "precision": "fp32"})
+    with Store(master) as store:
+        master_build = store.build
+    write_neighbour_graph(master, graph[:, :2], {"search": "exact", "precision": "fp32"}, build=master_build)
     with Store(master) as store:
         assert store.vocabulary_names() == ["new", "old"] and store.graph_info["k"] == 2

@@ -38,10 +38,10 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
         search, _ = open_search(store, choose_search(store, torch_device, dtype), device=torch_device,
                                 scan_dtype=dtype)
         record = {"k": k, **search.describe()}
-        n_images, path = store.n_images, store.path
+        n_images, path, build = store.n_images, store.path, store.build
     if on_start is not None:
         on_start(n_images)
     graph = neighbour_graph(search, n_images, k, on_rows=on_rows)
     del search
-    write_neighbour_graph(path, graph, record)
+    write_neighbour_graph(path, graph, record, build=build)
     return record

@@ -81,10 +81,13 @@ def check_vocabulary_name(name: str) -> None:
         raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
 
 
-def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict) -> None:
+def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict, *, build: str) -> None:
     """Add (or replace) the store's neighbour graph: ``rows`` (N, K), each image's K nearest
     store rows by CLIP inner product, best first, itself excluded, ``-1`` where none.
-    ``info`` records how they were found: ``search`` and ``precision`` (``k`` is ``K``)."""
+    ``info`` records how they were found: ``search`` and ``precision`` (``k`` is ``K``).
+    ``build``: the store build whose embeddings were searched; a store rebuilt since (an
+    ``extract``/``import --overwrite`` during a long search) is refused, not stamped with rows of
+    other embeddings."""
     from zsfs.store.reader import Store
 
     rows = np.asarray(rows)
@@ -92,6 +95,8 @@ def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict) -> None:
     if missing:
         raise ZsfsError(f"a neighbour graph's record needs {sorted(missing)}")
     with store_lock(master), Store(master) as store:
+        if store.build != build:
+            raise StoreError(f"{master} was rebuilt while its neighbours were searched; run `zsfs neighbours` again")
         n_images = store.n_images
         if rows.ndim != 2 or len(rows) != n_images or not 0 < rows.shape[1] < max(n_images, 2):
             raise ZsfsError(f"a neighbour graph for {master} needs shape ({n_images}, K) with 0 < K < "
