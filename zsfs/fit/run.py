@@ -279,7 +279,10 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         candidate_rows = np.unique(candidate_rows[candidate_rows != seeds.MISSING])
         reference_rows = ood.reference_rows(candidate_rows, config.seed)
         nearest = ood.nearest_rank(len(candidate_rows), len(reference_rows))
-        reference = normalise(store.read("backbone", reference_rows), device).to(dtype)
+        # float32 products even with bf16 (bf16 cosines step by 0.004 near 1: the distances fell on
+        # a few dozen values), over the float16 copy classifier.pt keeps, so that predict gives
+        # the collection's own rows the fit's ood_distance
+        reference = normalise(store.read("backbone", reference_rows), device).half().float()
     with timer.phase("predict"):
         predicted = np.empty(n_images, np.int64)
         confidence = np.empty(n_images, np.float32)
