@@ -200,6 +200,21 @@ def files(paths: list) -> ImageSource:
     return ImageSource(location=Path("/"), root=Path("/"), paths=[str(path) for path in paths], labels=None)
 
 
+def test_thumbnail_threads_leave_pillows_pixel_limit_as_it_was(tmp_path):
+    """Bug: each decode saved and restored Image.MAX_IMAGE_PIXELS alone, so overlapping thumbnail
+    threads left Pillow's decompression-bomb limit lifted for the rest of the process."""
+    from zsfs.thumbnails import thumbnails
+
+    paths = []
+    for i in range(200):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (64, 64), (i, 0, 0)).save(paths[-1])
+    limit = Image.MAX_IMAGE_PIXELS
+    for _ in range(3):
+        assert all(uri is not None for uri, _ in thumbnails(files(paths), workers=8))
+        assert Image.MAX_IMAGE_PIXELS == limit
+
+
 def test_a_run_on_tar_shards_shows_its_images(tmp_path):
     """Bug: the report opened ``00000.tar::000000000.jpg`` as a file, so a run on tar shards showed no image."""
     folder = write_image_folder(tmp_path / "photos", n_per_class=3, broken=False)

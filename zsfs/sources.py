@@ -13,6 +13,7 @@ import math
 import os
 import stat
 import struct
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -304,17 +305,30 @@ def image_size(image: Image.Image) -> tuple[int, int]:
     return image.info.get(ORIGINAL_SIZE, image.size)
 
 
+_pillow_limit_lock = threading.Lock()
+_decoding = 0  # zsfs decodes in progress in this process (threads: report thumbnails)
+_pillow_limit = Image.MAX_IMAGE_PIXELS  # Pillow's own limit, restored when the last one ends
+
+
 @contextmanager
 def _pixel_budget_replaces_pillows() -> Iterator[None]:
     """Pillow refuses images above twice its MAX_IMAGE_PIXELS inside ``Image.open``; zsfs applies
-    its own (configurable) budget instead. Module state: decoding threads must not overlap (the
-    decoding workers are processes)."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+    its own (configurable) budget instead. Pillow's limit is module state: it is lifted while any
+    zsfs decode runs and restored by the last to finish (each saving and restoring it alone let
+    overlapping threads leave it lifted for good)."""
+    global _decoding, _pillow_limit
+    with _pillow_limit_lock:
+        if _decoding == 0:
+            _pillow_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _decoding += 1
     try:
         yield
     finally:
-        Image.MAX_IMAGE_PIXELS = saved
+        with _pillow_limit_lock:
+            _decoding -= 1
+            if _decoding == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_limit
 
 
 def _decode_smaller(image: Image.Image, max_pixels: int) -> None:
