@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from zsfs.fit import neighbours, ood, seeds, zeroshot
+from zsfs.fit import neighbours, ood, seeds
 from zsfs.fit.classifier import LinearHead
 from zsfs.fit.selftrain import STOP_NO_CANDIDATES, FeatureTable, self_train
 from zsfs.testing.synthetic import unit
@@ -20,7 +20,7 @@ def tiny():
 
 def test_zero_shot_scores_match_full_softmax(tiny):
     images, texts = tiny
-    scores = zeroshot.zero_shot_scores(images, texts, chunk_rows=10)
+    scores = seeds.zero_shot_scan(images, texts, 9, chunk_rows=10)[0]
     logits = 100.0 * images.astype(np.float64) @ texts.T
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
@@ -36,8 +36,7 @@ def test_zero_shot_scores_match_full_softmax(tiny):
 
 def test_top_candidates_match_full_argsort(tiny):
     images, texts = tiny
-    chunks = zeroshot.iter_logit_chunks(images, texts, chunk_rows=7)
-    rows, values = seeds.top_candidates(chunks, len(texts), r=9)
+    _, rows, values = seeds.zero_shot_scan(images, texts, 9, chunk_rows=7)
     logits = 100.0 * images @ texts.T
     expected = np.argsort(-logits, axis=0, kind="stable")[:9].T
     np.testing.assert_array_equal(rows, expected)
@@ -46,7 +45,7 @@ def test_top_candidates_match_full_argsort(tiny):
 
 def test_top_candidates_with_fewer_images_than_r(tiny):
     images, texts = tiny
-    rows, _ = seeds.top_candidates(zeroshot.iter_logit_chunks(images[:4], texts, chunk_rows=3), len(texts), r=100)
+    _, rows, _ = seeds.zero_shot_scan(images[:4], texts, 100, chunk_rows=3)
     assert rows.shape == (6, 4)
     assert all(sorted(r) == [0, 1, 2, 3] for r in rows.tolist())
 
@@ -86,7 +85,7 @@ def naive_support(candidates, neighbours, images, texts):
 def test_neighbour_support_and_rerank_match_naive_loop(tiny):
     images, texts = tiny
     rng = np.random.default_rng(1)
-    scores = zeroshot.zero_shot_scores(images, texts)
+    scores = seeds.zero_shot_scan(images, texts, 8)[0]
     candidates = np.stack([rng.choice(len(images), 8, replace=False) for _ in range(len(texts))])
     candidates[2, 5:] = seeds.MISSING
     neighbours = rng.integers(0, len(images), (*candidates.shape, 3))

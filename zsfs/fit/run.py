@@ -22,7 +22,7 @@ from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
-from zsfs.fit.zeroshot import ZeroShotAccumulator, as_tensor, iter_logit_chunks, zero_shot_logits
+from zsfs.fit.zeroshot import as_tensor, zero_shot_logits
 
 if TYPE_CHECKING:
     from zsfs.store import Store
@@ -222,13 +222,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         else:
             search, clip = open_search(store, method, device=device, scan_dtype=dtype, seed=config.seed)
     with timer.phase("zero-shot + candidates"):
-        zero_shot = ZeroShotAccumulator(n_images, n_classes)
-        top = seeds.TopCandidates(n_classes, config.candidates, device)
-        for start, logits in iter_logit_chunks(clip, texts, chunk_rows=CHUNK_ROWS, device=device):
-            zero_shot.update(start, logits)
-            top.add_chunk(start, logits)
-        scores = zero_shot.result()
-        candidates, _ = top.result()
+        scores, candidates, _ = seeds.zero_shot_scan(clip, texts, config.candidates, chunk_rows=CHUNK_ROWS,
+                                                     device=device)
     with timer.phase("neighbours + re-rank"):
         valid = candidates != seeds.MISSING
         unique = np.unique(candidates[valid])

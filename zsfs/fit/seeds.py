@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from zsfs.fit.neighbours import RunningTop
-from zsfs.fit.zeroshot import ZeroShotScores, as_tensor, pair_logits
+from zsfs.fit.zeroshot import ZeroShotAccumulator, ZeroShotScores, as_tensor, iter_logit_chunks, pair_logits
 
 MISSING = -1
 """Padding in candidate lists (and in neighbour lists when a collection is tiny)."""
@@ -39,12 +39,17 @@ class TopCandidates(RunningTop):
         return self.rows[:, :width].cpu().numpy(), self.scores[:, :width].cpu().numpy()
 
 
-def top_candidates(logit_chunks, n_classes: int, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-R candidate rows and their logits per class from ``(start, logits)`` chunks."""
-    collector = TopCandidates(n_classes, r)
-    for start, logits in logit_chunks:
-        collector.add_chunk(start, logits)
-    return collector.result()
+def zero_shot_scan(clip: np.ndarray | torch.Tensor, texts: np.ndarray | torch.Tensor, r: int, *,
+                   chunk_rows: int = 32768,
+                   device: torch.device | str = "cpu") -> tuple[ZeroShotScores, np.ndarray, np.ndarray]:
+    """One pass over the image embeddings: every image's zero-shot scores, and each class's top-R
+    candidate rows with their logits (``(C, min(R, N))`` each, best first)."""
+    zero_shot = ZeroShotAccumulator(len(clip), len(texts))
+    top = TopCandidates(len(texts), r, device)
+    for start, logits in iter_logit_chunks(clip, texts, chunk_rows=chunk_rows, device=device):
+        zero_shot.update(start, logits)
+        top.add_chunk(start, logits)
+    return zero_shot.result(), *top.result()
 
 
 def one_class_per_image(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:

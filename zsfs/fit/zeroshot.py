@@ -86,20 +86,6 @@ class ZeroShotAccumulator:
         return ZeroShotScores(self.predicted, self.confidence, self.logsumexp, self.top_classes, self.mcm)
 
 
-def zero_shot_scores(
-    images: np.ndarray | torch.Tensor,
-    texts: np.ndarray | torch.Tensor,
-    *,
-    chunk_rows: int = 16384,
-    device: torch.device | str = "cpu",
-) -> ZeroShotScores:
-    """Zero-shot prediction, confidence, softmax normaliser, top classes and MCM of every image."""
-    accumulator = ZeroShotAccumulator(len(images), len(texts))
-    for start, logits in iter_logit_chunks(images, texts, chunk_rows=chunk_rows, device=device):
-        accumulator.update(start, logits)
-    return accumulator.result()
-
-
 def pair_logits(
     images: np.ndarray | torch.Tensor,
     rows: torch.Tensor,
