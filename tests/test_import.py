@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import polars as pl
@@ -229,3 +230,43 @@ def test_the_sampled_rows_hash_generates_each_synthetic_block_once():
     generator._clip_rows = lambda *args: generated.append(1) or clip_rows(*args)
     rows_sha256(_LazyRows(generator, 0, 8), _LazyRows(generator, 1, 8))
     assert len(generated) == 4  # two blocks, once for the clip sample and once for the backbone's
+
+
+def test_a_rerun_repairs_shards_that_were_cut_short_removed_or_damaged(inputs):
+    """Bug: the errors said "rerun the command that made it", but a rerun reused a cut-short shard
+    and stopped on a missing one; now it writes those shards again, and only those."""
+    folder = inputs["dir"]
+    common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                  paths=folder / "paths.csv", vocabularies={"pets": folder / "pets.npz"}, shard_size=10)
+    master = import_store(folder / "r.h5", **common)
+    shards = sorted((folder / "r.shards").glob("shard-*.h5"))
+    untouched = shards[0].stat().st_mtime_ns
+    os.truncate(shards[1], 10_000)  # cut short (a full disk, a partial copy)
+    shards[2].unlink()
+    with pytest.raises(ZsfsError, match="rerun the command that made the store"):
+        Store(master)
+    import_store(folder / "r.h5", **common)
+    with Store(master) as store:
+        store.verify()
+        np.testing.assert_allclose(store.read("clip"), inputs["clip"], atol=1e-3)
+        assert store.vocabulary("pets").classes == ["cat", "dog"]
+    assert shards[0].stat().st_mtime_ns == untouched
+    with open(shards[3], "r+b") as file:  # damage that keeps the size: only the checksums see it
+        file.seek(-500, os.SEEK_END)
+        byte = file.read(1)
+        file.seek(-1, os.SEEK_CUR)
+        file.write(bytes([byte[0] ^ 0xFF]))
+    with Store(master) as store, pytest.raises(ZsfsError, match="remove it and rerun the command"):
+        store.verify()
+    shards[3].unlink()  # as the message says
+    import_store(folder / "r.h5", **common)
+    with Store(master) as store:
+        assert store.verify()["shards"] == 6
+
+
+def test_an_invalid_vocabulary_name_is_refused_before_the_store_is_written(inputs):
+    folder = inputs["dir"]
+    with pytest.raises(ZsfsError, match="invalid vocabulary name 'a/b'"):
+        import_store(folder / "o.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                     paths=folder / "paths.csv", vocabularies={"a/b": folder / "pets.npz"})
+    assert not (folder / "o.h5").exists() and not (folder / "o.shards").exists()

@@ -251,6 +251,9 @@ def extract(
 
         if pending or not writer.master.is_file():  # a complete store is not rebuilt by a rerun
             writer.finalize({"source": str(image_source.location), "clip": clip_record, "backbone": backbone_record})
+        if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
+            refuse_other_classes(out, vocab_name, class_names,
+                                 f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`")
         vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
         if vocabulary:
             single, ensemble = embedder.encode_vocabulary(vocabulary)

@@ -216,11 +216,11 @@ def import_store(
         listing = "; ".join(f"{name}: {count} rows" for name, count in counts.items())
         raise ZsfsError(f"row counts disagree ({listing}); all inputs must list the same images in the same order")
 
+    for name in vocabularies or {}:
+        if not schema.valid_vocabulary_name(name):
+            raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
     loaded = {name: load_vocabulary(Path(file)) for name, file in (vocabularies or {}).items()}
-    if not overwrite:
-        for name, vocabulary in loaded.items():
-            refuse_other_classes(Path(out), name, vocabulary.classes,
-                                 "`zsfs import ... --overwrite` rebuilds the whole store")
+    refuse_other_vocabularies(Path(out), loaded, overwrite)
     for name, vocabulary in loaded.items():  # checked before writing anything
         for kind, values in (("single", vocabulary.single), ("ensemble", vocabulary.ensemble)):
             if values.shape != (len(vocabulary.classes), clip.shape[1]):
@@ -240,10 +240,18 @@ def import_store(
         overwrite=overwrite,
         progress=progress,
     )
+    refuse_other_vocabularies(master, loaded, overwrite)  # again: shards this run repaired hid them before
     for name, vocabulary in loaded.items():
         write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
                          prompt=schema.IMPORTED_WEIGHTS, n_templates=vocabulary.n_templates, overwrite=True)
     return master
+
+
+def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:
+    """A rerun must not replace a vocabulary of the store with other classes (``--overwrite`` rebuilds all)."""
+    if not overwrite:
+        for name, vocabulary in loaded.items():
+            refuse_other_classes(out, name, vocabulary.classes, "`zsfs import ... --overwrite` rebuilds the whole store")
 
 
 def imported_record(name: str, dim: int, location: Path) -> dict:

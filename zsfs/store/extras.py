@@ -30,7 +30,11 @@ def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to
 
     if not master.is_file():
         return  # a new store (or one whose first run was interrupted: no vocabulary yet)
-    with Store(master) as store:
+    try:
+        store = Store(master)
+    except StoreError:
+        return  # shards missing or damaged: this rerun re-writes them (vocabularies are checked after)
+    with store:
         if name not in store.vocabulary_names():
             return
         existing = store.vocabulary(name).classes

@@ -56,6 +56,10 @@ class Vocabulary:
                           self.n_templates)
 
 
+REPAIR = "rerun the command that made the store: it writes the missing shards again, and only those"
+"""How a store with missing or damaged shard files is repaired (StoreWriter.pending_shards)."""
+
+
 class Store:
     """An open store (read-only). Use as a context manager, or call :meth:`close`.
 
@@ -109,7 +113,7 @@ class Store:
             recorded = Path(missing[0]).parent  # the folder the master was built with (a renamed master keeps it)
             raise StoreError(f"{self.path} is missing {len(missing)} of {self.n_shards} shard files "
                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); keep the "
-                             f"{recorded}/ folder, under that name, next to {self.path.name}")
+                             f"{recorded}/ folder, under that name, next to {self.path.name}, or {REPAIR}")
         identity = self._file.attrs[schema.ATTR_IDENTITY]
         damaged, misplaced = [], []
         for position, (name, rows) in enumerate(zip(self.shard_files, self.shard_rows)):
@@ -127,7 +131,7 @@ class Store:
                 damaged.append(name)
         if damaged:
             raise StoreError(f"{self.path}: shard files {', '.join(damaged[:3])} are damaged or do not belong "
-                             "to this store; rebuild it (rerun the command that made it)")
+                             f"to this store; remove them and {REPAIR}")
         if misplaced:
             raise StoreError(f"{self.path}: shard files were swapped or renamed ({', '.join(misplaced[:3])}); "
                              "put them back under their own names or rebuild the store")
@@ -252,7 +256,7 @@ class Store:
             for name, expected in zip(self.shard_files, self._strings(schema.SHARDS_SHA256)):
                 if file_sha256(folder / name) != expected:
                     raise StoreError(f"{self.path}: shard file {name} does not match its recorded checksum; it "
-                                     "is damaged: rebuild the store (rerun the command that made it)")
+                                     f"is damaged: remove it and {REPAIR}")
         checked = read_all(self._file, self.path)
         for name in self.shard_files:
             with h5py.File(folder / name, "r") as shard:

@@ -158,10 +158,27 @@ class StoreWriter:
             for path in self.shards_dir.glob("*" + schema.TMP_SUFFIX):
                 path.unlink(missing_ok=True)
 
-    def shard_is_complete(self, shard: int) -> bool:
-        """True if the shard's file opens and carries this shard's bounds and identity."""
+    def recorded_shard_bytes(self) -> dict[Path, int]:
+        """Each shard file's size as the finished master of this store recorded it (empty
+        without such a master): a rerun re-writes shards that were cut short since."""
+        if not self.master.is_file():
+            return {}
+        try:
+            with h5py.File(self.master, "r") as master:
+                if read_identity(master) != self.identity or schema.SHARDS_BYTES not in master:
+                    return {}
+                names = master[schema.SHARDS_FILE].asstr()[:]
+                return {self.master.parent / name: int(size) for name, size in zip(names, master[schema.SHARDS_BYTES][:])}
+        except (OSError, KeyError, ValueError):
+            return {}
+
+    def shard_is_complete(self, shard: int, recorded_bytes: dict[Path, int] | None = None) -> bool:
+        """True if the shard's file opens and carries this shard's bounds and identity (and,
+        where ``recorded_bytes`` has it, the size the master recorded)."""
         path = self.shard_path(shard)
         if not path.is_file():
+            return False
+        if recorded_bytes and path in recorded_bytes and path.stat().st_size != recorded_bytes[path]:
             return False
         try:
             with h5py.File(path, "r") as file:
@@ -178,11 +195,13 @@ class StoreWriter:
             return False
 
     def pending_shards(self, *, remove_tmp: bool = True) -> list[int]:
-        """Shards not yet completely written. Removes leftover temporary files unless
+        """Shards not yet completely written, or missing or cut short since the store's finished
+        master recorded them (a rerun repairs them). Removes leftover temporary files unless
         ``remove_tmp=False`` (pass that when other processes write shards concurrently)."""
         if remove_tmp:
             self.remove_tmp_files()
-        return [shard for shard in range(self.n_shards) if not self.shard_is_complete(shard)]
+        recorded = self.recorded_shard_bytes()
+        return [shard for shard in range(self.n_shards) if not self.shard_is_complete(shard, recorded)]
 
     # -- writing --------------------------------------------------------------------------
     def write_shard(self, shard: int, data: ShardData) -> None:
@@ -223,7 +242,8 @@ class StoreWriter:
         missing = {schema.ATTR_SOURCE, schema.ATTR_CLIP, schema.ATTR_BACKBONE} - set(attrs)
         if missing:
             raise ValueError(f"finalize needs attrs {sorted(missing)}")
-        pending = self.pending_shards(remove_tmp=False)
+        # not pending_shards(): shards written by this run differ from the old master's record
+        pending = [shard for shard in range(self.n_shards) if not self.shard_is_complete(shard)]
         if pending:
             raise StoreError(f"{len(pending)} of {self.n_shards} shards are not written yet "
                              f"(first: {schema.shard_name(pending[0])}); rerun to finish them")
