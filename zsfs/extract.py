@@ -54,6 +54,7 @@ class ExtractSummary:
     vocabulary: str | None  # name of the vocabulary written, None when no class names known
     classes: list[str] = field(default_factory=list)
     shards_redone: int = 0  # Ray: shards recomputed because the worker holding them died
+    no_labels_reason: str | None = None  # the source's, when its class subfolders could not be used
 
     @property
     def images_per_second(self) -> float:
@@ -275,6 +276,7 @@ def extract(
         vocabulary=vocab_name if class_names else None,
         classes=list(class_names or []),
         shards_redone=shards_redone,
+        no_labels_reason=image_source.no_labels_reason,
     )
 
 

@@ -73,6 +73,7 @@ class ImageSource:
     unreadable: dict[str, str] = field(default_factory=dict)
     """Listed entries known to fail before decoding (folders a scan could not read): path -> reason."""
     members: TarMembers | None = None  # byte ranges of the entries that are tar members
+    no_labels_reason: str | None = None  # why a folder with class subfolders gives no labels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -177,8 +178,13 @@ def _scan_folder(folder: Path) -> ImageSource:
     paths = sorted(found + list(unreadable))
     first_parts = [path.split("/", 1) for path in paths]
     # Labels become class names (prompts, vocabularies, outputs): valid UTF-8 text.
-    labels = [utf8_text(parts[0]) for parts in first_parts] if all(len(p) == 2 for p in first_parts) else None
-    return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable)
+    loose = [parts[0] for parts in first_parts if len(parts) == 1]
+    labels = None if loose else [utf8_text(parts[0]) for parts in first_parts]
+    reason = (f"{len(loose)} image(s) lie directly in {utf8_text(folder.name)}/, not in a class subfolder (first: "
+              f"{utf8_text(loose[0])}), so the subfolders are not read as classes; move them into one, or pass "
+              "--classes" if loose and len(loose) < len(paths) else None)
+    return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable,
+                       no_labels_reason=reason)
 
 
 def _tar_source(location: Path, root: Path, tars: list[Path]) -> ImageSource:

@@ -81,7 +81,8 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
             loading.stop()
     console.print(_summary_table(summary))
     if summary.vocabulary is None:
-        console.print("No class names known (no class subfolders, no --classes): no vocabulary written. "
+        why = summary.no_labels_reason or "no class subfolders, no --classes"
+        console.print(f"No class names known ({shown(why)}): no vocabulary written. "
                       f"Add one with: zsfs text {shown(summary.output)} --classes FILE --vocab NAME")
 
 
