@@ -32,6 +32,10 @@ def shown(value: object) -> str:
     return escape(visible(str(value)))
 
 
+RESUMING_COMMANDS = ("extract", "import")
+"""Commands whose rerun continues an interrupted run (finished shards are kept)."""
+
+
 class ZsfsGroup(click.Group):
     """Turns ``ZsfsError``, file-system failures (a full disk above all) and Ctrl-C into a
     one-line message and a non-zero exit code."""
@@ -52,8 +56,9 @@ class ZsfsGroup(click.Group):
             console.print(f"[bold red]Error:[/] {shown(describe_os_error(error))}", soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            console.print("[yellow]Interrupted.[/] Nothing half-written was left; `zsfs extract` and "
-                          "`zsfs import` resume where they stopped when rerun.")
+            resumes = ctx.invoked_subcommand in RESUMING_COMMANDS
+            console.print("[yellow]Interrupted.[/] Nothing half-written was left"
+                          + ("; a rerun resumes where this one stopped." if resumes else "."))
             sys.exit(130)
 
 
