@@ -168,6 +168,9 @@ def test_fit_metrics_hand_computed():
     assert [c["precision"] for c in metrics["seed_precision"]] == [0.5, None]
     assert metrics["absent_classes"] == {"reported": ["fox", "emu"], "truly_absent": ["fox"], "precision": 0.5}
     assert metrics["ood_auroc"] == 1.0 and metrics["mcm_auroc"] == 0.25
+    # labels that name no class (a vocabulary spelt otherwise): nothing measurable, not precision 0
+    other = runs.fit_metrics(result, np.array(["Dog", "Cat", "yak", "Dog", "Emu"], dtype=object))
+    assert other == {"n_images": 5, "n_evaluated": 0}
 
 
 def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):

@@ -60,6 +60,8 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
         per_class = per_class_accuracy(truth[is_id], result.predicted[is_id], range(len(result.classes)))
         metrics["per_class_accuracy"] = {name: (None if np.isnan(value) else value)
                                          for name, value in zip(result.classes, per_class.values())}
+    if not is_id.any():  # no label names a class: nothing here can be measured (not "precision 0")
+        return metrics
     metrics["seed_precision"] = [
         {"cycle": c.index, "n_kept": c.n_kept,
          "precision": float(np.mean(truth[c.rows] == c.labels)) if c.n_kept else None}

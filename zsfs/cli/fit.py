@@ -151,6 +151,10 @@ def _save_under_a_new_name(run, new_name, attempts: int = 10) -> Path:
     return run.save(new_name()).path
 
 
+SHOWN_ABSENT = 8
+"""Absent classes named in the fit summary (all of them are in config.json)."""
+
+
 def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     import numpy as np
     from rich.table import Table
@@ -165,13 +169,18 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
                            ("mcm_auroc", "OOD AUROC (MCM)")):
             if key in metrics:
                 table.add_row(label, f"{metrics[key]:.4f}")
+    elif metrics:
+        table.add_row("accuracy", "- (no image's label is a class of this vocabulary)")
     table.add_row("seeds", f"{int(result.is_seed.sum()):,}")
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
     search = result.neighbour_search
     table.add_row("neighbours", shown(f"{search['source']}: {search['search']}, {search['precision']}"))
     table.add_row("training products", result.precision)
-    if result.absent_classes:
-        table.add_row("absent classes", shown(", ".join(result.absent_classes)))
+    if result.absent_classes:  # names may hold commas (ImageNet's do): one per "; ", the first few
+        names = "; ".join(result.absent_classes[:SHOWN_ABSENT])
+        more = len(result.absent_classes) - SHOWN_ABSENT
+        table.add_row("absent classes", shown(f"{len(result.absent_classes):,}: {names}"
+                                              + (f"; ... ({more:,} more in config.json)" if more > 0 else "")))
     table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}")
     levels, counts = np.unique(np.round(result.ood_paper * 3).astype(int), return_counts=True)
     ood_counts = dict(zip(levels.tolist(), counts.tolist()))
