@@ -221,3 +221,23 @@ def test_extract_and_text_on_a_read_only_mount_are_a_clear_error(base, store, tm
             assert "Read-only file system" in outcome.output
     finally:
         subprocess.run(["umount", mount], check=True)
+
+
+def test_reading_a_store_that_another_process_is_building_says_so(tmp_path):
+    """Bug: while extract ran, info / fit / text said the store "is not finished ... rerun the
+    command that builds it", as if the build had stopped."""
+    master = tmp_path / "big.h5"
+    (tmp_path / "big.shards").mkdir()  # what a first extract has written so far: shards, no master
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from zsfs.store.files import store_lock\n"
+        f"with store_lock({str(master)!r}):\n    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        outcome = run_zsfs("info", master)
+        assert outcome.returncode == 1 and "being written by another zsfs process" in outcome.output
+    finally:
+        holder.kill()
+        holder.wait()
+    outcome = run_zsfs("info", master)
+    assert outcome.returncode == 1 and "is not finished" in outcome.output

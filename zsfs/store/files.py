@@ -300,6 +300,27 @@ def release_lock(lock: Path) -> None:
         os.close(entry[0])  # closing the descriptor releases the flock
 
 
+def written_elsewhere(master: Path) -> bool:
+    """True while another process holds the store's writer lock (readers take no lock: this only
+    words their messages, e.g. "being written" instead of "not finished")."""
+    lock = lock_path(Path(master).absolute())
+    if lock in _held:
+        return False
+    try:
+        import fcntl
+
+        handle = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(handle)  # also releases the shared lock just taken
+
+
 def check_store_lock(master: Path) -> None:
     """Fail now, before long work, if the store cannot be written or another process writes it."""
     release_lock(acquire_lock(master))

@@ -16,6 +16,7 @@ import numpy as np
 from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
+from zsfs.store.files import written_elsewhere
 from zsfs.store.hdf5 import canonical_json, read_strings
 from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, file_sha256, read_all
@@ -314,6 +315,8 @@ class Store:
 def open_master(path: Path) -> h5py.File:
     """Open a master file, with a clear message for each way it can be the wrong file."""
     if not path.exists():
+        if written_elsewhere(path):
+            raise StoreError(f"store {path} is being written by another zsfs process; wait for it to finish")
         if schema.shard_dir(path).is_dir():
             raise StoreError(f"store {path} is not finished (its shards are in {schema.shard_dir(path).name}/); "
                              "rerun the command that builds it to finish")
