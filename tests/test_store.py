@@ -264,8 +264,11 @@ def test_reimport_with_new_labels_needs_overwrite_then_keeps_them(tmp_path, arra
     master = build(tmp_path / "s.h5", unlabelled)
     with Store(master) as store:
         assert not store.has_labels
-    with pytest.raises(StoreMismatchError, match="differs in listing_sha256.*--overwrite"):
+    with pytest.raises(StoreMismatchError, match="differs in listing_sha256.*file names or labels changed.*--overwrite"):
         build(master, arrays)
+    fewer = {key: value[:-1] for key, value in unlabelled.items()}  # a file removed from the folder
+    with pytest.raises(StoreMismatchError, match="the source lists 129 files now, 130 when the store was built"):
+        build(master, fewer)
     build(master, arrays, overwrite=True)
     with Store(master) as store:
         assert store.labels().tolist() == arrays["labels"]

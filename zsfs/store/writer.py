@@ -266,4 +266,11 @@ def describe_difference(found: dict | None, expected: dict) -> str:
     if found is None:
         return "it records no identity"
     keys = sorted(key for key in set(found) | set(expected) if found.get(key) != expected.get(key))
-    return "differs in " + ", ".join(keys) if keys else "identity differs"
+    if not keys:
+        return "identity differs"
+    text = "differs in " + ", ".join(keys)
+    if "listing_sha256" in keys:  # the commonest case: files were added, removed or renamed
+        then, now = found.get("n_items"), expected.get("n_items")
+        text += (f"; the source lists {now:,} files now, {then:,} when the store was built" if then != now else
+                 "; the source's file names or labels changed since the store was built")
+    return text
