@@ -92,6 +92,23 @@ def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):
     distinct = pl.read_parquet(photo_run / runs.PREDICTIONS).height  # the OOD gallery shows every image here
     note = re.search(r'<p class="note">([^<]*)', page).group(1)
     assert f"{distinct} of {distinct} images could not be shown ({distinct} file not found)" in note
+    assert f"image paths were looked up from --images {tmp_path / 'moved'}." in note
+
+
+def test_a_run_whose_store_is_gone_says_so_in_one_sentence(photo_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["store"]["path"] = str(tmp_path / "gone.h5")
+    (run / "config.json").write_text(json.dumps(config))
+    note = re.search(r'<p class="note">([^<]*)', render_report(run)).group(1)
+    assert f"the store {tmp_path / 'gone.h5'} cannot be opened, so the image paths could not be located." in note
+
+
+def test_a_report_that_cannot_be_written_is_one_clear_line(photo_run, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = run_cli("report", photo_run, "--out", tmp_path / "file" / "report.html")
+    assert result.exit_code == 1 and "cannot write the report" in result.output and "is a file, not a folder" in result.output
 
 
 def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp_path):

@@ -25,6 +25,7 @@ from zsfs.runs import REPORT, FittedRun, load_run
 from zsfs.sources import ImageSource
 from zsfs.tars import locate_members
 from zsfs.thumbnails import thumbnails
+from zsfs.writable import check_writable
 
 COLUMNS = ["path", "predicted", "confidence", "ood_score", "ood_continuous", "ood_paper", "ood_flag", "is_seed",
            "pseudo_label", "label"]
@@ -39,6 +40,7 @@ MAX_LISTED = 50  # absent classes named in the summary; the rest are counted
 def write_report(run_dir: str | Path, out: str | Path | None = None, **options) -> Path:
     """Render the report of ``run_dir`` to ``out`` [RUN_DIR/report.html]; options as :func:`render_report`."""
     out = Path(run_dir) / REPORT if out is None else Path(out)
+    check_writable(out, "report")  # before the rendering, with the message every command gives
     return write_text_atomically(out, render_report(run_dir, **options))
 
 
@@ -96,8 +98,8 @@ def image_locations(run: FittedRun, images: str | Path | None,
     names no file; a store rebuilt since the fit would name other images)."""
     store_path = run.config.get("store", {}).get("path")
     if not store_path:
-        return (Path(images), f"--images {images}", None) if images is not None else \
-            (None, "the run records no store", None)
+        return (Path(images), f"image paths were looked up from --images {images}", None) if images is not None else \
+            (None, "the run records no store, so the image paths could not be located", None)
     from zsfs.store import Store
 
     try:
@@ -108,10 +110,10 @@ def image_locations(run: FittedRun, images: str | Path | None,
     except (ZsfsError, OSError):
         source, exact = None, None
     if images is not None:
-        return Path(images), f"--images {images}", exact
+        return Path(images), f"image paths were looked up from --images {images}", exact
     if source is None:
-        return None, f"the store {store_path} cannot be opened", None
-    return (source if source.is_dir() else source.parent), f"the store's source {source}", exact
+        return None, f"the store {store_path} cannot be opened, so the image paths could not be located", None
+    return (source if source.is_dir() else source.parent), f"image paths were looked up from the store's source {source}", exact
 
 
 def _thumbnails_of(paths: list[str], root: Path | None) -> list[tuple[str | None, str | None]]:
@@ -255,7 +257,7 @@ def _thumbnail_note(made: dict, where: str) -> str:
         return ""
     reasons = ", ".join(f"{count:,} {reason}" for reason, count in failed.most_common())
     return (f'<p class="note">{sum(failed.values()):,} of {len(made):,} images could not be shown ({_e(reasons)}); '
-            f"image paths were looked up from {_e(where)}. Stores made by <code>zsfs import</code> may hold "
+            f"{_e(where)}. Stores made by <code>zsfs import</code> may hold "
             "stand-in paths; if the images moved, pass <code>--images FOLDER</code>.</p>")
 
 
