@@ -196,6 +196,18 @@ def test_classes_with_fewer_candidates_than_k(tmp_path):
     assert len(result.predicted) == 30
 
 
+def test_the_summary_names_listed_classes_that_got_no_seed(tmp_path):
+    """Bug: silent. With every image each candidate's neighbour, one class's support is highest for
+    every image, and one image has one class: the other classes lost all their candidates."""
+    path = make_synthetic_store(tmp_path / "tiny.h5", 60, 3, seed=0)
+    result = run_cli("fit", "--store", path, "--neighbours", "100", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert "classes without seeds" in result.output and not config["absent_classes"]
+    seeded = pl.read_parquet(tmp_path / "run" / "predictions.parquet").filter(pl.col("is_seed"))["pseudo_label"]
+    assert seeded.n_unique() < 3
+
+
 def test_class_subset(store_path):
     with Store(store_path) as store:
         classes = store.vocabulary("synthetic").classes[:4]

@@ -151,8 +151,15 @@ def _save_under_a_new_name(run, new_name, attempts: int = 10) -> Path:
     return run.save(new_name()).path
 
 
-SHOWN_ABSENT = 8
-"""Absent classes named in the fit summary (all of them are in config.json)."""
+SHOWN_CLASSES = 8
+"""Class names listed in one row of the fit summary (all of them are in config.json)."""
+
+
+def _some_names(names: list[str]) -> str:
+    """The count and the first few names; "; "-separated, as names may hold commas (ImageNet's do)."""
+    more = len(names) - SHOWN_CLASSES
+    return shown(f"{len(names):,}: {'; '.join(names[:SHOWN_CLASSES])}"
+                 + (f"; ... ({more:,} more in config.json)" if more > 0 else ""))
 
 
 def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
@@ -172,15 +179,16 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     elif metrics:
         table.add_row("accuracy", "- (no image's label is a class of this vocabulary)")
     table.add_row("seeds", f"{int(result.is_seed.sum()):,}")
+    seeded = np.bincount(result.pseudo_label[result.is_seed], minlength=len(result.classes)) > 0
+    unseeded = [name for name, has in zip(result.classes, seeded) if not has and name not in result.absent_classes]
+    if unseeded:  # no zero-shot candidate of theirs survived: trained on pseudo-labels alone, or never predicted
+        table.add_row("classes without seeds", _some_names(unseeded))
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
     search = result.neighbour_search
     table.add_row("neighbours", shown(f"{search['source']}: {search['search']}, {search['precision']}"))
     table.add_row("training products", result.precision)
-    if result.absent_classes:  # names may hold commas (ImageNet's do): one per "; ", the first few
-        names = "; ".join(result.absent_classes[:SHOWN_ABSENT])
-        more = len(result.absent_classes) - SHOWN_ABSENT
-        table.add_row("absent classes", shown(f"{len(result.absent_classes):,}: {names}"
-                                              + (f"; ... ({more:,} more in config.json)" if more > 0 else "")))
+    if result.absent_classes:
+        table.add_row("absent classes", _some_names(result.absent_classes))
     table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}")
     levels, counts = np.unique(np.round(result.ood_paper * 3).astype(int), return_counts=True)
     ood_counts = dict(zip(levels.tolist(), counts.tolist()))
