@@ -156,6 +156,7 @@ def test_cli_seed_draws_the_split(labelled_store):
 @pytest.mark.parametrize("id_classes, message", [
     ("10", "between 1 and 9"),
     ("0", "between 1 and 9"),
+    ("-1", "between 1 and 9"),  # was "neither a number nor an existing file"
     ("nonsense", "neither a number nor an existing file"),
 ])
 def test_cli_bad_id_classes(labelled_store, id_classes, message):

@@ -82,7 +82,7 @@ def _share_fit_options(command: click.Command) -> click.Command:
 
 
 def _parse_id_classes(value: str) -> int | list[str]:
-    if value.strip().isdigit():
+    if value.strip().lstrip("+-").isdigit():  # a count; a negative one is ood_bench's range error
         return int(value)
     path = Path(value)
     if not path.is_file():
