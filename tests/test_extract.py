@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from zsfs.errors import StoreError
 from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
 from zsfs.sources import decode_image
@@ -128,6 +129,32 @@ def test_a_rerun_does_not_replace_a_vocabulary_by_other_classes(photos, tmp_path
     with Store(store) as opened:
         assert opened.vocabulary("default").classes == ["blue", "green", "red"]
         assert opened.vocabulary("pets").classes == ["cat", "dog"]
+
+
+def test_a_rerun_repairs_a_removed_shard_and_rebuilds_a_master_older_than_its_shards(photos, tmp_path):
+    store = tmp_path / "s.h5"
+    args = ("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "4")
+    assert run_cli(*args).exit_code == 0
+    expected = read_store(store)
+    shards = sorted((tmp_path / "s.shards").glob("shard-*.h5"))
+    shards[1].unlink()
+    with pytest.raises(StoreError, match="rerun the command that made the store"):
+        Store(store)
+    result = run_cli(*args)
+    assert result.exit_code == 0 and "1 / " in result.output  # shards written / reused
+    assert_same_store(store, expected)
+    with Store(store) as opened:
+        build = opened.build
+    assert run_cli(*args).exit_code == 0  # nothing to do: the master stays
+    with Store(store) as opened:
+        assert opened.build == build
+    # a repair stopped after its shard and before the master: the shard is newer than the master
+    later = store.stat().st_mtime_ns + 10**9
+    os.utime(shards[2], ns=(later, later))
+    assert run_cli(*args).exit_code == 0
+    with Store(store) as opened:
+        assert opened.build != build
+    assert_same_store(store, expected)
 
 
 def test_decoding_workers_that_cannot_share_a_batch_fail_cleanly(photos, tmp_path):

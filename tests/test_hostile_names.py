@@ -180,10 +180,28 @@ def test_a_store_name_with_glob_characters_cleans_only_its_own_temporary_files(t
     from zsfs.testing.synthetic import make_synthetic_store
 
     others = tmp_path / ".run1.h5.abc123.tmp"
+    longer = tmp_path / ".run[1].h5.v2.h5.abc123.tmp"  # store run[1].h5.v2.h5's, same prefix
     own = tmp_path / ".run[1].h5.xyz789.tmp"
     others.write_bytes(b"another store's half-written master")
+    longer.write_bytes(b"and another's")
     own.write_bytes(b"left by a killed write of run[1].h5")
     make_synthetic_store(tmp_path / "run[1].h5", 50, 3)
-    assert others.is_file() and not own.exists()
+    assert others.is_file() and longer.is_file() and not own.exists()
     with Store(tmp_path / "run[1].h5") as store:
         assert store.n_images == 50
+
+
+def test_a_store_is_written_into_a_folder_that_cannot_be_listed(tmp_path):
+    """A drop folder (mode 0333: write, no read): looking for leftovers must not stop the write."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    drop.chmod(0o333)
+    try:
+        result = run_python_unprivileged(
+            "from zsfs.testing.synthetic import make_synthetic_store\n"
+            f"make_synthetic_store({str(drop / 's.h5')!r}, 40, 2)")
+    finally:
+        drop.chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    with Store(drop / "s.h5") as store:
+        assert store.n_images == 40

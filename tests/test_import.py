@@ -262,6 +262,16 @@ def test_a_rerun_repairs_shards_that_were_cut_short_removed_or_damaged(inputs):
     import_store(folder / "r.h5", **common)
     with Store(master) as store:
         assert store.verify()["shards"] == 6
+    untouched, size = shards[0].stat().st_mtime_ns, shards[4].stat().st_size
+    with open(shards[4], "ab") as file:  # grown: HDF5 still opens it, only the recorded size tells
+        file.write(b"\0" * 4096)
+    with pytest.raises(ZsfsError, match="damaged or do not belong to this store; remove them and rerun"):
+        Store(master)
+    import_store(folder / "r.h5", **common)
+    with Store(master) as store:
+        assert store.verify()["shards"] == 6
+    assert shards[4].stat().st_size == size  # written again, not recorded as it was
+    assert shards[0].stat().st_mtime_ns == untouched
 
 
 def test_an_invalid_vocabulary_name_is_refused_before_the_store_is_written(inputs):

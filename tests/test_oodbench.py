@@ -158,6 +158,7 @@ def test_cli_seed_draws_the_split(labelled_store):
     ("0", "between 1 and 9"),
     ("-1", "between 1 and 9"),  # was "neither a number nor an existing file"
     ("nonsense", "neither a number nor an existing file"),
+    ("--5", "neither a number nor an existing file"),  # not a traceback from int()
 ])
 def test_cli_bad_id_classes(labelled_store, id_classes, message):
     result = bench_cli("--store", labelled_store, "--id-classes", id_classes)

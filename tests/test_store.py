@@ -164,18 +164,22 @@ def test_a_renamed_store_names_the_shard_folder_it_needs(tmp_path, arrays):
     build(tmp_path / "s.h5", arrays)
     (tmp_path / "s.h5").rename(tmp_path / "renamed.h5")
     (tmp_path / "s.shards").rename(tmp_path / "renamed.shards")
-    with pytest.raises(StoreError, match="keep the s.shards/ folder, under that name, next to renamed.h5"):
-        Store(tmp_path / "renamed.h5")
+    with pytest.raises(StoreError, match="keep the s.shards/ folder, under that name, next to renamed.h5$"):
+        Store(tmp_path / "renamed.h5")  # no "rerun": under the new name that builds another store
     (tmp_path / "renamed.shards").rename(tmp_path / "s.shards")
     with Store(tmp_path / "renamed.h5") as store:  # the documented way: the folder keeps its name
         assert store.n_shards == 3
+    shard = tmp_path / "s.shards" / "shard-00001.h5"
+    shard.write_bytes(shard.read_bytes()[:2000])
+    with pytest.raises(StoreError, match="damaged .* rebuild the store .*--overwrite"):
+        Store(tmp_path / "renamed.h5")
 
 
 def test_damaged_shard_is_reported(tmp_path, arrays):
     master = build(tmp_path / "s.h5", arrays)
     shard = tmp_path / "s.shards" / "shard-00002.h5"
     shard.write_bytes(shard.read_bytes()[:2000])
-    with pytest.raises(StoreError, match="shard-00002.h5 are damaged"):
+    with pytest.raises(StoreError, match="shard-00002.h5 are damaged.*remove them and rerun the command"):
         Store(master)
 
 

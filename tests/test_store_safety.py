@@ -6,6 +6,7 @@ The full sweep over many cut points per command is benchmarks/failure_sweep.py; 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import torch
 
 from zsfs.errors import StoreError
 from zsfs.store import Store, schema
+from zsfs.store.files import acquire_lock, release_lock
 from zsfs.testing.cli import run_cli
 from zsfs.testing.failures import run_zsfs, store_content
 from zsfs.testing.images import write_image_folder
@@ -241,3 +243,32 @@ def test_reading_a_store_that_another_process_is_building_says_so(tmp_path):
         holder.wait()
     outcome = run_zsfs("info", master)
     assert outcome.returncode == 1 and "is not finished" in outcome.output
+
+
+def test_the_readers_lock_probe_never_makes_a_writer_fail(tmp_path):
+    """Bug: the probe took a shared flock for an instant, and a writer starting then was refused
+    with "another zsfs process is writing". Now it reads /proc/locks and takes no lock."""
+    master = tmp_path / "s.h5"
+    prober = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path; from zsfs.store.files import written_elsewhere\n"
+        f"master = Path({str(master)!r}); end = time.monotonic() + 3; n = 0\n"
+        "print('probing', flush=True)\n"
+        "while time.monotonic() < end:\n    written_elsewhere(master); n += 1\n"
+        "print(n, flush=True)")], stdout=subprocess.PIPE, text=True)
+    assert prober.stdout.readline().strip() == "probing"
+    refused = 0
+    for _ in range(3000):
+        try:
+            release_lock(acquire_lock(master))
+        except StoreError:
+            refused += 1
+    assert int(prober.stdout.readline()) > 100 and prober.wait() == 0
+    assert refused == 0
+
+
+def test_the_lock_probe_does_not_open_what_sits_at_the_locks_name(tmp_path):
+    """Bug: a FIFO planted at the lock's name made `zsfs info` hang in open()."""
+    master = tmp_path / "s.h5"
+    os.mkfifo(tmp_path / ".s.h5.lock")
+    outcome = run_zsfs("info", master, timeout=60)
+    assert outcome.returncode == 1 and "does not exist" in outcome.output

@@ -250,7 +250,7 @@ def extract(
         embedding_seconds = time.perf_counter() - embedding_started
         writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
 
-        if pending or not writer.master.is_file():  # a complete store is not rebuilt by a rerun
+        if pending or not writer.master_is_current():  # a complete store is not rebuilt by a rerun
             writer.finalize({"source": str(image_source.location), "clip": clip_record, "backbone": backbone_record})
         if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
             refuse_other_classes(out, vocab_name, class_names,

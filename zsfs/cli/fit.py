@@ -152,14 +152,14 @@ def _save_under_a_new_name(run, new_name, attempts: int = 10) -> Path:
 
 
 SHOWN_CLASSES = 8
-"""Class names listed in one row of the fit summary (all of them are in config.json)."""
+"""Class names listed in one row of the fit summary."""
 
 
-def _some_names(names: list[str]) -> str:
+def _some_names(names: list[str], listed_in: str | None = None) -> str:
     """The count and the first few names; "; "-separated, as names may hold commas (ImageNet's do)."""
-    more = len(names) - SHOWN_CLASSES
+    more, where = len(names) - SHOWN_CLASSES, f" in {listed_in}" if listed_in else ""
     return shown(f"{len(names):,}: {'; '.join(names[:SHOWN_CLASSES])}"
-                 + (f"; ... ({more:,} more in config.json)" if more > 0 else ""))
+                 + (f"; ... ({more:,} more{where})" if more > 0 else ""))
 
 
 def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
@@ -188,7 +188,7 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     table.add_row("neighbours", shown(f"{search['source']}: {search['search']}, {search['precision']}"))
     table.add_row("training products", result.precision)
     if result.absent_classes:
-        table.add_row("absent classes", _some_names(result.absent_classes))
+        table.add_row("absent classes", _some_names(result.absent_classes, "config.json"))
     table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}")
     levels, counts = np.unique(np.round(result.ood_paper * 3).astype(int), return_counts=True)
     ood_counts = dict(zip(levels.tolist(), counts.tolist()))

@@ -82,8 +82,10 @@ def _share_fit_options(command: click.Command) -> click.Command:
 
 
 def _parse_id_classes(value: str) -> int | list[str]:
-    if value.strip().lstrip("+-").isdigit():  # a count; a negative one is ood_bench's range error
-        return int(value)
+    try:
+        return int(value)  # a count; a negative one gets ood_bench's range error
+    except ValueError:
+        pass
     path = Path(value)
     if not path.is_file():
         raise ZsfsError(f"--id-classes takes a number of ID classes or a file of ID class names; "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,9 +88,13 @@ def temp_files_of(final: Path) -> list[Path]:
     # listed, not globbed: a store name with [, ] or * would be read as a pattern, matching other
     # stores' files and missing its own
     prefix = f".{final.name}."
-    found = ([path for path in final.parent.iterdir()
-              if path.name.startswith(prefix) and path.name.endswith(schema.TMP_SUFFIX)]
-             if final.parent.is_dir() else [])
+    try:
+        names = os.listdir(final.parent)
+    except OSError:  # no folder yet, or one that can be written but not listed
+        names = []
+    found = [final.parent / name for name in names
+             if name.startswith(prefix) and name.endswith(schema.TMP_SUFFIX)
+             and "." not in name[len(prefix):-len(schema.TMP_SUFFIX)]]  # mkstemp's random part: not run.h5.v2.h5's
     return found + ([legacy] if legacy.is_file() or legacy.is_symlink() else [])
 
 
@@ -301,24 +306,24 @@ def release_lock(lock: Path) -> None:
 
 
 def written_elsewhere(master: Path) -> bool:
-    """True while another process holds the store's writer lock (readers take no lock: this only
-    words their messages, e.g. "being written" instead of "not finished")."""
+    """True while another process holds the store's writer lock, as the kernel lists it in
+    ``/proc/locks`` (Linux; False elsewhere). Only words readers' messages ("being written"
+    instead of "not finished"); it takes no lock and opens nothing, so it can neither make a
+    writer's ``acquire_lock`` fail nor block on whatever sits at the lock's name."""
     lock = lock_path(Path(master).absolute())
     if lock in _held:
         return False
     try:
-        import fcntl
-
-        handle = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-    except (ImportError, OSError):
-        return False
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
+        info = os.stat(lock, follow_symlinks=False)
+        with open("/proc/locks", encoding="ascii", errors="replace") as table:
+            entries = table.read()
     except OSError:
-        return True
-    finally:
-        os.close(handle)  # also releases the shared lock just taken
+        return False
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    inode = f":{info.st_ino}"  # lines read "1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF"
+    return any("FLOCK" in line and any(field.endswith(inode) for field in line.split())
+               for line in entries.splitlines())
 
 
 def check_store_lock(master: Path) -> None:

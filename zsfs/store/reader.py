@@ -106,15 +106,26 @@ class Store:
         self.data_dir = self.path.parent / Path(first).parent
         self.has_labels = schema.LABEL in self._file
 
+    def _repairable(self) -> bool:
+        """A rerun of the command that made the store repairs its shards only under the master's
+        first name: under another, it would build the store anew in another shard folder."""
+        return bool(self.shard_files) and Path(self.shard_files[0]).parent.name == schema.shard_dir(self.path).name
+
+    def _how_to_repair(self, files: str) -> str:
+        if self._repairable():
+            return f"remove {files} and {REPAIR}"
+        return "rebuild the store (rerun the command that made it, with --overwrite)"
+
     def _check_shards(self) -> None:
         """Missing shards would read as fill values without any error, so check them up front."""
         folder = self.path.parent
         missing = [name for name in self.shard_files if not (folder / name).is_file()]
         if missing:
             recorded = Path(missing[0]).parent  # the folder the master was built with (a renamed master keeps it)
+            repair = f", or {REPAIR}" if self._repairable() else ""
             raise StoreError(f"{self.path} is missing {len(missing)} of {self.n_shards} shard files "
                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); keep the "
-                             f"{recorded}/ folder, under that name, next to {self.path.name}, or {REPAIR}")
+                             f"{recorded}/ folder, under that name, next to {self.path.name}{repair}")
         identity = self._file.attrs[schema.ATTR_IDENTITY]
         damaged, misplaced = [], []
         for position, (name, rows) in enumerate(zip(self.shard_files, self.shard_rows)):
@@ -132,7 +143,7 @@ class Store:
                 damaged.append(name)
         if damaged:
             raise StoreError(f"{self.path}: shard files {', '.join(damaged[:3])} are damaged or do not belong "
-                             f"to this store; remove them and {REPAIR}")
+                             f"to this store; {self._how_to_repair('them')}")
         if misplaced:
             raise StoreError(f"{self.path}: shard files were swapped or renamed ({', '.join(misplaced[:3])}); "
                              "put them back under their own names or rebuild the store")
@@ -257,7 +268,7 @@ class Store:
             for name, expected in zip(self.shard_files, self._strings(schema.SHARDS_SHA256)):
                 if file_sha256(folder / name) != expected:
                     raise StoreError(f"{self.path}: shard file {name} does not match its recorded checksum; it "
-                                     f"is damaged: remove it and {REPAIR}")
+                                     f"is damaged: {self._how_to_repair('it')}")
         checked = read_all(self._file, self.path)
         for name in self.shard_files:
             with h5py.File(folder / name, "r") as shard:

@@ -194,6 +194,15 @@ class StoreWriter:
         except OSError:
             return False
 
+    def master_is_current(self) -> bool:
+        """True when the master exists and no shard file was written after it (a repair that
+        stopped between its shards and the master's rebuild leaves it stale)."""
+        if not self.master.is_file():
+            return False
+        built = self.master.stat().st_mtime_ns
+        shards = (self.shard_path(shard) for shard in range(self.n_shards))
+        return not any(path.is_file() and path.stat().st_mtime_ns > built for path in shards)
+
     def pending_shards(self, *, remove_tmp: bool = True) -> list[int]:
         """Shards not yet completely written, or missing or cut short since the store's finished
         master recorded them (a rerun repairs them). Removes leftover temporary files unless
