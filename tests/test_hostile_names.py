@@ -205,3 +205,18 @@ def test_a_store_is_written_into_a_folder_that_cannot_be_listed(tmp_path):
     assert result.returncode == 0, result.stderr
     with Store(drop / "s.h5") as store:
         assert store.n_images == 40
+
+
+@pytest.mark.parametrize("name", [b"run%1.h5", b"a%%b.h5", b"ph\xf6.h5", b"caf\xc3\xa9 [v2].h5"])
+def test_store_file_names_with_percent_signs_or_bytes_that_are_not_utf8(tmp_path, name):
+    """Bugs: HDF5 read '%' in the shard names of the master's virtual datasets as a format
+    specifier (RuntimeError), and h5py read them back as strict UTF-8 (UnicodeDecodeError)."""
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    master = Path(os.fsdecode(os.fsencode(tmp_path) + b"/" + name))
+    make_synthetic_store(master, 40, 2)
+    with Store(master) as store:
+        assert store.verify()["shards"] == 1 and store.read("clip").shape[0] == 40
+        shards = store.data_dir
+    assert shards.is_dir() and shards.name.endswith(".shards") and os.fsencode(shards.name).decode("utf-8")
+    assert run_cli("info", master).exit_code == 0

@@ -93,7 +93,7 @@ class Store:
             self.source = str(attrs[schema.ATTR_SOURCE])
             self.created = str(attrs[schema.ATTR_CREATED])
             self.zsfs_version = str(attrs[schema.ATTR_ZSFS_VERSION])
-            self.shard_files = [str(name) for name in self._file[schema.SHARDS_FILE].asstr()[:]]
+            self.shard_files = [str(name) for name in read_strings(self._file[schema.SHARDS_FILE])]
             self.shard_rows = self._file[schema.SHARDS_ROWS][:]
             self.shard_bytes = self._file[schema.SHARDS_BYTES][:] if schema.SHARDS_BYTES in self._file else None
             self.dtype = str(self._file[schema.CLIP].dtype)

@@ -40,6 +40,7 @@ Virtual datasets map onto the shards, so plain ``h5py`` reads ``f["clip"][:]`` a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 FORMAT_NAME = "zsfs-store"
@@ -128,9 +129,15 @@ INVALID_VOCABULARY_NAME = "invalid vocabulary name {!r}: use a non-empty name wi
 
 
 def shard_dir(master: Path) -> Path:
-    """Folder holding a master's shards: ``imagenet.h5`` -> ``imagenet.shards``."""
+    """Folder holding a master's shards: ``imagenet.h5`` -> ``imagenet.shards``.
+
+    The master's virtual datasets name their files as UTF-8 text (h5py reads them back strictly),
+    so bytes of the master's name that are not UTF-8 are written as ``%NN`` in the folder's.
+    """
     master = Path(master)
-    return master.with_name(master.stem + ".shards")
+    stem = os.fsencode(master.stem).decode("utf-8", "surrogateescape")  # such bytes: U+DC80-U+DCFF
+    stem = "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in stem)
+    return master.with_name(stem + ".shards")
 
 
 def shard_name(shard: int) -> str:

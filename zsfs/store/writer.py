@@ -22,7 +22,7 @@ import numpy as np
 from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import schema
 from zsfs.store.files import acquire_lock, new_hdf5, release_lock, remove_file, temp_files_of
-from zsfs.store.hdf5 import canonical_json, read_identity, write_checked, write_strings
+from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_checked, write_strings
 from zsfs.store.integrity import file_sha256
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.master import write_master
@@ -167,7 +167,7 @@ class StoreWriter:
             with h5py.File(self.master, "r") as master:
                 if read_identity(master) != self.identity or schema.SHARDS_BYTES not in master:
                     return {}
-                names = master[schema.SHARDS_FILE].asstr()[:]
+                names = read_strings(master[schema.SHARDS_FILE])
                 return {self.master.parent / name: int(size) for name, size in zip(names, master[schema.SHARDS_BYTES][:])}
         except (OSError, KeyError, ValueError):
             return {}
