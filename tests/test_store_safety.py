@@ -10,6 +10,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -120,19 +122,26 @@ def test_full_disk_during_fit_is_one_line(store, tmp_path):
     assert_clean_failure(outcome)
 
 
-def test_a_second_writer_gets_a_clear_error(store):
+@contextmanager
+def lock_held_by_another_process(master: Path) -> Iterator[None]:
+    """Another (real) process holds the store's writer lock for the block; killed after it."""
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from zsfs.store.files import store_lock\n"
-        f"with store_lock({str(store)!r}):\n    print('locked', flush=True); time.sleep(60)")],
+        f"with store_lock({str(master)!r}):\n    print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        outcome = run_zsfs("neighbours", store, "--k", "2")
-        assert outcome.returncode == 1 and outcome.problems == [], outcome.output
-        assert "another zsfs process is writing" in outcome.output
+        yield
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_writer_gets_a_clear_error(store):
+    with lock_held_by_another_process(store):
+        outcome = run_zsfs("neighbours", store, "--k", "2")
+        assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+        assert "another zsfs process is writing" in outcome.output
     assert run_cli("neighbours", store, "--k", "2").exit_code == 0  # the lock died with its holder
 
 
@@ -230,17 +239,9 @@ def test_reading_a_store_that_another_process_is_building_says_so(tmp_path):
     command that builds it", as if the build had stopped."""
     master = tmp_path / "big.h5"
     (tmp_path / "big.shards").mkdir()  # what a first extract has written so far: shards, no master
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from zsfs.store.files import store_lock\n"
-        f"with store_lock({str(master)!r}):\n    print('locked', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(master):
         outcome = run_zsfs("info", master)
         assert outcome.returncode == 1 and "being written by another zsfs process" in outcome.output
-    finally:
-        holder.kill()
-        holder.wait()
     outcome = run_zsfs("info", master)
     assert outcome.returncode == 1 and "is not finished" in outcome.output
 

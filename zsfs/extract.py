@@ -234,9 +234,9 @@ def extract(
     check_writable(out, "store")
     check_store_lock(out)
     class_names = _resolve_classes(classes, image_source)
+    replace_vocabulary = f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`"
     if class_names and not overwrite:
-        refuse_other_classes(out, vocab_name, class_names,
-                             f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`")
+        refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
 
     with _embedder(settings, image_source, ray, ray_workers) as embedder:
         clip_record, backbone_record = embedder.records
@@ -253,8 +253,7 @@ def extract(
         if pending or not writer.master_is_current():  # a complete store is not rebuilt by a rerun
             writer.finalize({"source": str(image_source.location), "clip": clip_record, "backbone": backbone_record})
         if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
-            refuse_other_classes(out, vocab_name, class_names,
-                                 f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`")
+            refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
         vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
         if vocabulary:
             single, ensemble = embedder.encode_vocabulary(vocabulary)

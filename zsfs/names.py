@@ -9,7 +9,7 @@ derived from folder names) get :func:`utf8_text`, which writes each undecodable 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 def name_bytes(name: str | bytes) -> bytes:
@@ -42,3 +42,10 @@ def _visible(match: re.Match) -> str:
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte code - 0xDC00
         return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def some_names(names: Sequence[str], limit: int, listed_in: str | None = None) -> str:
+    """``"N: a; b; ...; ... (M more[ in LISTED_IN])"``: the count and the first ``limit`` names,
+    "; "-separated, as names may hold commas (ImageNet's class names do)."""
+    more, where = len(names) - limit, f" in {listed_in}" if listed_in else ""
+    return f"{len(names):,}: {'; '.join(map(str, names[:limit]))}" + (f"; ... ({more:,} more{where})" if more > 0 else "")

@@ -19,7 +19,7 @@ import numpy as np
 
 from zsfs import __version__, figures
 from zsfs.errors import ParameterError, ZsfsError
-from zsfs.names import visible
+from zsfs.names import some_names, visible
 from zsfs.outputs import write_text_atomically
 from zsfs.runs import REPORT, FittedRun, load_run
 from zsfs.sources import ImageSource
@@ -134,9 +134,7 @@ def _summary(run: FittedRun, frame, classes: list[str]) -> str:
     rows = [("images", f"{frame.height:,}"), ("classes", f"{len(classes):,}")]
     absent = config.get("absent_classes")
     if absent is not None:
-        listed = ", ".join(map(str, absent[:MAX_LISTED])) + (f" … and {len(absent) - MAX_LISTED} more"
-                                                            if len(absent) > MAX_LISTED else "")
-        rows.append(("absent classes", f"{len(absent)}: {listed}" if absent else "none"))
+        rows.append(("absent classes", some_names(absent, MAX_LISTED, "config.json") if absent else "none"))
     if "stop_reason" in config:
         rows.append(("stop reason", str(config["stop_reason"])))
     if config.get("cycles"):

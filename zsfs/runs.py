@@ -54,14 +54,13 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
     truth = codes.index_in(result.classes)  # each image's class index; -1: its label is no class
     is_id = truth >= 0
     metrics: dict = {"n_images": int(len(truth)), "n_evaluated": int(is_id.sum())}
-    if is_id.any():
-        metrics["accuracy"] = accuracy(truth[is_id], result.predicted[is_id])
-        metrics["zero_shot_accuracy"] = accuracy(truth[is_id], result.zero_shot_predicted[is_id])
-        per_class = per_class_accuracy(truth[is_id], result.predicted[is_id], range(len(result.classes)))
-        metrics["per_class_accuracy"] = {name: (None if np.isnan(value) else value)
-                                         for name, value in zip(result.classes, per_class.values())}
     if not is_id.any():  # no label names a class: nothing here can be measured (not "precision 0")
         return metrics
+    metrics["accuracy"] = accuracy(truth[is_id], result.predicted[is_id])
+    metrics["zero_shot_accuracy"] = accuracy(truth[is_id], result.zero_shot_predicted[is_id])
+    per_class = per_class_accuracy(truth[is_id], result.predicted[is_id], range(len(result.classes)))
+    metrics["per_class_accuracy"] = {name: (None if np.isnan(value) else value)
+                                     for name, value in zip(result.classes, per_class.values())}
     metrics["seed_precision"] = [
         {"cycle": c.index, "n_kept": c.n_kept,
          "precision": float(np.mean(truth[c.rows] == c.labels)) if c.n_kept else None}
@@ -72,7 +71,7 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
                         if code < 0]
         metrics["absent_classes"] = {"reported": list(result.absent_classes), "truly_absent": truly_absent,
                                      "precision": len(truly_absent) / len(result.absent_classes)}
-    if is_id.any() and not is_id.all():
+    if not is_id.all():
         is_ood = ~is_id
         metrics["ood_auroc"] = auroc(result.ood_score, is_ood)
         metrics["ood_paper_auroc"] = auroc(result.ood_paper, is_ood)

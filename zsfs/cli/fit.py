@@ -10,6 +10,7 @@ import click
 
 from zsfs.cli.common import FiniteFloat, console, note_unread_options, shown
 from zsfs.devices import DEVICES, PRECISION_CHOICES
+from zsfs.names import some_names
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
 PARAMETERS = ("method", "keep_all_classes", "k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
@@ -155,13 +156,6 @@ SHOWN_CLASSES = 8
 """Class names listed in one row of the fit summary."""
 
 
-def _some_names(names: list[str], listed_in: str | None = None) -> str:
-    """The count and the first few names; "; "-separated, as names may hold commas (ImageNet's do)."""
-    more, where = len(names) - SHOWN_CLASSES, f" in {listed_in}" if listed_in else ""
-    return shown(f"{len(names):,}: {'; '.join(names[:SHOWN_CLASSES])}"
-                 + (f"; ... ({more:,} more{where})" if more > 0 else ""))
-
-
 def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     import numpy as np
     from rich.table import Table
@@ -182,13 +176,13 @@ def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
     seeded = np.bincount(result.pseudo_label[result.is_seed], minlength=len(result.classes)) > 0
     unseeded = [name for name, has in zip(result.classes, seeded) if not has and name not in result.absent_classes]
     if unseeded:  # no zero-shot candidate of theirs survived: trained on pseudo-labels alone, or never predicted
-        table.add_row("classes without seeds", _some_names(unseeded))
+        table.add_row("classes without seeds", shown(some_names(unseeded, SHOWN_CLASSES)))
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
     search = result.neighbour_search
     table.add_row("neighbours", shown(f"{search['source']}: {search['search']}, {search['precision']}"))
     table.add_row("training products", result.precision)
     if result.absent_classes:
-        table.add_row("absent classes", _some_names(result.absent_classes, "config.json"))
+        table.add_row("absent classes", shown(some_names(result.absent_classes, SHOWN_CLASSES, "config.json")))
     table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}")
     levels, counts = np.unique(np.round(result.ood_paper * 3).astype(int), return_counts=True)
     ood_counts = dict(zip(levels.tolist(), counts.tolist()))

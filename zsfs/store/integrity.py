@@ -58,9 +58,9 @@ def check_structure(file: h5py.File, path: Path, *, master: bool = False) -> Non
 
 
 def virtual_problems(name: str, dataset: h5py.Dataset, shard_files: list[str]) -> list[str]:
+    recorded = {schema.vds_file_name(shard_file) for shard_file in shard_files}
     for source in dataset.virtual_sources():
-        # HDF5 keeps the name as given, "%" doubled (zsfs.store.master.vds_file_name)
-        if source.file_name.replace("%%", "%") not in shard_files or source.dset_name.lstrip("/") != name:
+        if source.file_name not in recorded or source.dset_name.lstrip("/") != name:
             return [f"virtual dataset {name!r} maps data outside the store's shard files"]
     return []
 

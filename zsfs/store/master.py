@@ -86,11 +86,6 @@ def write_index_dataset(master: h5py.File, index) -> None:
     write_index_blocks(index, dataset, after_block=lambda: check_written(master))
 
 
-def vds_file_name(name: str) -> str:
-    """``name`` as HDF5 takes a virtual dataset's source file: ``%`` starts a format specifier there."""
-    return name.replace("%", "%%")
-
-
 def link_virtual(master: h5py.File, name: str, shards: list[h5py.File], names: list[str], rows: np.ndarray) -> int:
     """Create ``name`` as a virtual dataset over the shards; returns its row width (0 for 1-d)."""
     shapes = {shard[name].shape[1:] for shard in shards}
@@ -103,7 +98,7 @@ def link_virtual(master: h5py.File, name: str, shards: list[h5py.File], names: l
     offsets = np.concatenate([[0], np.cumsum(rows)])
     for shard, file_name, start, stop in zip(shards, names, offsets[:-1], offsets[1:]):
         if stop > start:  # an all-skipped shard maps nothing
-            layout[start:stop] = h5py.VirtualSource(vds_file_name(file_name), name, shape=shard[name].shape)
+            layout[start:stop] = h5py.VirtualSource(schema.vds_file_name(file_name), name, shape=shard[name].shape)
     # Unmapped rows (a shard file gone missing) read as this value: NaN cannot pass for data.
     fill = np.nan if np.issubdtype(dtype, np.floating) else schema.UNKNOWN_SIZE
     master.create_virtual_dataset(name, layout, fillvalue=fill)

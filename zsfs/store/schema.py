@@ -140,6 +140,12 @@ def shard_dir(master: Path) -> Path:
     return master.with_name(stem + ".shards")
 
 
+def vds_file_name(shard_file: str) -> str:
+    """A shard file's name as the master's virtual datasets record it: HDF5 reads ``%`` there as a
+    format specifier, ``%%`` as a literal ``%``."""
+    return shard_file.replace("%", "%%")
+
+
 def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}{SHARD_SUFFIX}"
 
