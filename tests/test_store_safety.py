@@ -142,7 +142,52 @@ def test_a_second_writer_gets_a_clear_error(store):
         outcome = run_zsfs("neighbours", store, "--k", "2")
         assert outcome.returncode == 1 and outcome.problems == [], outcome.output
         assert "another zsfs process is writing" in outcome.output
+    from zsfs.store.files import lock_path
+
+    assert lock_path(store).exists()  # kill -9 leaves the file behind, unlocked
     assert run_cli("neighbours", store, "--k", "2").exit_code == 0  # the lock died with its holder
+    assert not lock_path(store).exists()  # the next writer took it over and removed it
+
+
+def test_a_failed_command_leaves_no_lock_file(base, tmp_path):
+    """Bug: an extract whose CLIP weights could not be found left `.s.h5.lock` in the output folder."""
+    out = tmp_path / "out"
+    result = run_cli("extract", base / "photos", "--out", out / "s.h5", "--clip-model", TINY_CLIP_CONFIG,
+                     "--clip-weights", tmp_path / "missing.pt", "--backbone", TINY_BACKBONE, "--workers", "0")
+    assert result.exit_code == 1 and "missing.pt not found" in result.output, result.output
+    assert list(out.iterdir()) == []
+
+
+def test_the_writer_lock_excludes_across_removals(tmp_path):
+    """Writers remove the lock file on release; processes racing for it must still never write at
+    the same time (one that opened the removed file has to notice and lock the new one)."""
+    master, inside = tmp_path / "s.h5", tmp_path / "inside"
+    racer = (
+        "import os, sys, time\n"
+        "from zsfs.errors import StoreError\n"
+        "from zsfs.store.files import acquire_lock, release_lock\n"
+        f"master, inside = {str(master)!r}, {str(inside)!r}\n"
+        "held = overlaps = 0\n"
+        "end = time.monotonic() + 4\n"
+        "while time.monotonic() < end:\n"
+        "    try:\n"
+        "        lock = acquire_lock(master)\n"
+        "    except StoreError:\n"
+        "        continue\n"
+        "    try:\n"
+        "        fd = os.open(inside, os.O_CREAT | os.O_EXCL)\n"
+        "    except FileExistsError:\n"
+        "        overlaps += 1\n"
+        "    else:\n"
+        "        os.close(fd); held += 1; os.unlink(inside)\n"
+        "    release_lock(lock)\n"
+        "print(held, overlaps)\n")
+    racers = [subprocess.Popen([sys.executable, "-c", racer], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    counts = [tuple(map(int, racer.communicate(timeout=120)[0].split())) for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers)
+    assert all(held > 0 for held, _ in counts), counts  # every process got the lock
+    assert sum(overlaps for _, overlaps in counts) == 0, counts
+    assert not (tmp_path / ".s.h5.lock").exists()
 
 
 def test_planted_links_are_never_followed(base, store, tmp_path):
@@ -161,7 +206,7 @@ def test_planted_links_are_never_followed(base, store, tmp_path):
     assert victim.read_text() == "precious"
     assert store.is_file() and not store.is_symlink() and not list(store.parent.rglob("*.tmp"))
 
-    lock_path(store).unlink()
+    assert not lock_path(store).exists()  # removed by the writer that held it
     lock_path(store).symlink_to(victim)
     result = run_cli("neighbours", store, "--k", "2")
     assert result.exit_code == 1 and "cannot create its lock file" in result.output and "it is a link" in result.output

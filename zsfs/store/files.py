@@ -20,7 +20,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import h5py
@@ -273,26 +273,40 @@ def acquire_lock(master: Path) -> Path:
     if lock in _held:
         _held[lock][1] += 1
         return lock
-    try:
-        master.parent.mkdir(parents=True, exist_ok=True)
-        # O_NOFOLLOW: a link planted at the lock's name is refused, never followed.
-        handle = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
-                         0o644)
-    except OSError as error:
-        reason = "it is a link" if error.errno == errno.ELOOP else error.strerror
-        raise StoreError(f"cannot write the store {master}: cannot create its lock file {lock} ({reason})") from None
-    try:
-        import fcntl
+    while True:
+        try:
+            master.parent.mkdir(parents=True, exist_ok=True)
+            # O_NOFOLLOW: a link planted at the lock's name is refused, never followed.
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+            handle = os.open(lock, flags, 0o644)
+        except OSError as error:
+            reason = "it is a link" if error.errno == errno.ELOOP else error.strerror
+            raise StoreError(f"cannot write the store {master}: cannot create its lock file {lock} ({reason})") from None
+        try:
+            import fcntl
 
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:
-        pass  # no advisory locks on this platform
-    except OSError:
-        os.close(handle)
-        raise StoreError(f"another zsfs process is writing {master} (it holds {lock.name}); wait for it to "
-                         "finish, or write to another output") from None
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:
+            break  # no advisory locks on this platform
+        except OSError:
+            os.close(handle)
+            raise StoreError(f"another zsfs process is writing {master} (it holds {lock.name}); wait for it to "
+                             "finish, or write to another output") from None
+        if _same_file(handle, lock):
+            break
+        os.close(handle)  # its holder removed that file on release: lock the one at the name now
     _held[lock] = [handle, 1]
     return lock
+
+
+def _same_file(handle: int, path: Path) -> bool:
+    """Whether ``path`` (not followed if a link) is the file open as ``handle``."""
+    try:
+        at_path = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    held = os.fstat(handle)
+    return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
 
 
 def release_lock(lock: Path) -> None:
@@ -302,6 +316,11 @@ def release_lock(lock: Path) -> None:
     entry[1] -= 1
     if entry[1] == 0:
         del _held[lock]
+        # Removed while still held, so no folder keeps a stray lock file; a process that opened
+        # it meanwhile sees, once it gets the flock, that the name no longer leads to it, and retries.
+        with suppress(OSError):
+            if _same_file(entry[0], lock):
+                os.unlink(lock)
         os.close(entry[0])  # closing the descriptor releases the flock
 
 
