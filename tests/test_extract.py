@@ -226,6 +226,8 @@ def test_refuses_other_models_or_source_unless_overwrite(photos, tmp_path):
     other_source = write_image_folder(tmp_path / "other", n_per_class=2, broken=False)["root"]
     refused = run_cli("extract", other_source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0")
     assert refused.exit_code == 1 and "source" in refused.output
+    # the default output is named after the source, so photos.txt and photos.csv meet at photos.h5
+    assert f"it was built from {photos['root']}, this run reads {other_source}" in " ".join(refused.output.split())
 
     replaced = run_cli("extract", photos["root"], "--out", out, *other, "--workers", "0", "--overwrite")
     assert replaced.exit_code == 0, replaced.output
@@ -256,6 +258,7 @@ def test_clear_errors(photos, tmp_path, make_args, message):
     assert "Error:" in result.output and message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "s.h5").exists()
+    assert not (tmp_path / ".s.h5.lock").exists()  # bug: a model that failed to load left the lock file
 
 
 def test_weights_files_give_the_in_memory_models_embeddings(photos, tmp_path):

@@ -149,15 +149,6 @@ def test_a_second_writer_gets_a_clear_error(store):
     assert not lock_path(store).exists()  # the next writer took it over and removed it
 
 
-def test_a_failed_command_leaves_no_lock_file(base, tmp_path):
-    """Bug: an extract whose CLIP weights could not be found left `.s.h5.lock` in the output folder."""
-    out = tmp_path / "out"
-    result = run_cli("extract", base / "photos", "--out", out / "s.h5", "--clip-model", TINY_CLIP_CONFIG,
-                     "--clip-weights", tmp_path / "missing.pt", "--backbone", TINY_BACKBONE, "--workers", "0")
-    assert result.exit_code == 1 and "missing.pt not found" in result.output, result.output
-    assert list(out.iterdir()) == []
-
-
 def test_the_writer_lock_excludes_across_removals(tmp_path):
     """Writers remove the lock file on release; processes racing for it must still never write at
     the same time (one that opened the removed file has to notice and lock the new one)."""

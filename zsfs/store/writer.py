@@ -278,7 +278,9 @@ def describe_difference(found: dict | None, expected: dict) -> str:
     if not keys:
         return "identity differs"
     text = "differs in " + ", ".join(keys)
-    if "listing_sha256" in keys:  # the commonest case: files were added, removed or renamed
+    if "source" in keys:  # e.g. photos.txt, then photos.csv: both name photos.h5 by default
+        text += f"; it was built from {found.get('source')}, this run reads {expected.get('source')}"
+    elif "listing_sha256" in keys:  # the commonest case: files were added, removed or renamed
         then, now = found.get("n_items"), expected.get("n_items")
         text += (f"; the source lists {now:,} files now, {then:,} when the store was built" if then != now else
                  "; the source's file names or labels changed since the store was built")
