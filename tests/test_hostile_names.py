@@ -120,6 +120,26 @@ def test_report_shows_the_images_of_hostile_names(hostile, tmp_path):
     assert "\x1b" not in page and "\\x1b]52;c;aGk=\\x07" in page  # control characters shown visibly
 
 
+def test_run_folders_and_outputs_named_with_bytes_that_are_not_utf8(hostile, tmp_path):
+    """Bug: polars and torch were handed such paths and failed after the work was done
+    (``TypeError: Object does not have a .write() method``): fit's run folder, predict --out,
+    report (reading the predictions)."""
+    raw = os.fsencode(tmp_path)
+    run = Path(os.fsdecode(raw + b"/run\xf6"))
+    fitted = run_cli("fit", "--store", hostile["store"], "--out", run, "--k", "1", "--candidates", "2",
+                     "--cycle-epochs", "1")
+    assert fitted.exit_code == 0, fitted.output
+    assert pl.read_parquet((run / "predictions.parquet").read_bytes()).height == len(HOSTILE_NAMES)
+    for suffix in (".csv", ".parquet", ".json"):
+        out = Path(os.fsdecode(raw + b"/p\xf6" + suffix.encode()))
+        predicted = run_cli("predict", "--run", run, "--workers", "0", "--out", out, hostile["root"] / "cat")
+        assert predicted.exit_code == 0, predicted.output
+        assert out.stat().st_size > 0
+    report = run_cli("report", run)
+    assert report.exit_code == 0, report.output
+    assert (run / "report.html").stat().st_size > 0
+
+
 def test_list_files_keep_names_that_are_not_utf8(tmp_path):
     raw = os.fsencode(tmp_path)
     _write_png(raw + b"/caf\xe9.png", 0)

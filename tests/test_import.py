@@ -116,6 +116,18 @@ def test_import_input_errors(inputs):
                      paths=folder / "paths.csv")
 
 
+@pytest.mark.parametrize("table", ["paths.parquet", "paths.csv"])
+def test_a_paths_table_named_with_bytes_that_are_not_utf8(inputs, table):
+    """polars takes only UTF-8 paths: the table is read through a Python file."""
+    folder = inputs["dir"]
+    renamed = os.fsdecode(os.fsencode(folder) + b"/t\xf6" + table.encode())
+    os.rename(folder / table, renamed)
+    master = import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy",
+                          backbone_features=folder / "backbone.npy", paths=renamed, label_column="label")
+    with Store(master) as store:
+        assert store.paths().tolist() == inputs["paths"] and store.labels().tolist() == inputs["labels"]
+
+
 def test_cli_import_then_info_json(inputs):
     folder = inputs["dir"]
     runner = CliRunner()

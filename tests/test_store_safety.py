@@ -116,10 +116,14 @@ def test_full_disk_during_import_and_extract_then_resume(tmp_path, base):
         assert extracted.n_images == 9
 
 
-def test_full_disk_during_fit_is_one_line(store, tmp_path):
+@pytest.mark.parametrize("file_size_limit", [200, 8_000], ids=["predictions", "classifier"])
+def test_full_disk_during_fit_is_one_line(store, tmp_path, file_size_limit):
+    """Bug: with room for predictions.parquet (~5 kB here) but not classifier.pt (~13 kB), torch's
+    writer raised "unexpected pos" with no errno: a traceback after the whole fit."""
     outcome = run_zsfs("fit", "--store", store, "--out", tmp_path / "run", "--k", "2", "--device", "cpu",
-                       file_size_limit=200)
+                       file_size_limit=file_size_limit)
     assert_clean_failure(outcome)
+    assert [path.name for path in tmp_path.iterdir()] == ["copy"]  # the store; no run folder, no temporary one
 
 
 @contextmanager

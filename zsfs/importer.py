@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ZsfsError
+from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import refuse_other_classes
 from zsfs.writable import check_writable
@@ -114,15 +115,16 @@ def read_table(location: Path):
         files = numbered_parts(location, "*.parquet")
         if not files:
             raise ZsfsError(f"no .parquet files in {location}")
-        return pl.concat([pl.read_parquet(file) for file in files], how="vertical_relaxed")
+        return pl.concat([read_parquet(file) for file in files], how="vertical_relaxed")
     if not location.is_file():
         raise ZsfsError(f"paths table {location} does not exist")
     suffix = location.suffix.lower()
     try:
         if suffix == ".parquet":
-            return pl.read_parquet(location)
+            return read_parquet(location)
         if suffix in (".csv", ".tsv"):
-            return pl.read_csv(location, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
+            with open(location, "rb") as handle:  # polars takes only UTF-8 paths; Python files work for any
+                return pl.read_csv(handle, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
     except (pl.exceptions.PolarsError, OSError) as error:
         raise ZsfsError(f"cannot read paths table {location}: {error}") from None
     raise ZsfsError(f"paths table {location}: expected a .parquet or .csv file")

@@ -127,6 +127,19 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def read_parquet(path: str | Path, columns: list[str] | None = None):
+    """A parquet file as a polars DataFrame (only those of ``columns`` it has, when given).
+    Read through a Python file: polars takes only UTF-8 paths."""
+    import polars as pl
+
+    with open(path, "rb") as handle:
+        if columns is not None:
+            present = set(pl.read_parquet_schema(handle))
+            columns = [name for name in columns if name in present]
+            handle.seek(0)
+        return pl.read_parquet(handle, columns=columns)
+
+
 def write_json(path: str | Path, value) -> None:
     """Indented JSON; numpy values become plain ones and NaN/inf become null (valid JSON)."""
     Path(path).write_text(json.dumps(_plain(value), indent=2, allow_nan=False) + "\n")

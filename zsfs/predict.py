@@ -140,6 +140,6 @@ def write_predictions(frame, path: str | Path) -> Path:
     if path.suffix not in OUTPUT_SUFFIXES:
         raise ZsfsError(f"--out must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {path.name!r}")
     writers = dict(zip(OUTPUT_SUFFIXES, (frame.write_csv, frame.write_parquet, frame.write_json)))
-    with replacing_file(path) as tmp:
-        writers[path.suffix](tmp)
+    with replacing_file(path) as tmp, open(tmp, "wb") as handle:  # polars takes only UTF-8 paths
+        writers[path.suffix](handle)
     return path

@@ -22,7 +22,7 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import ZsfsError
 from zsfs.names import utf8_texts
-from zsfs.outputs import new_folder, write_json
+from zsfs.outputs import new_folder, read_parquet, write_json
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -200,10 +200,7 @@ class FittedRun:
         if not path.is_file():
             raise ZsfsError(f"{self.path} has no {PREDICTIONS}; is it a run folder written by `zsfs fit`?")
         try:
-            if columns is not None:
-                present = set(pl.read_parquet_schema(path))
-                columns = [name for name in columns if name in present]
-            return pl.read_parquet(path, columns=columns)
+            return read_parquet(path, columns)
         except (OSError, pl.exceptions.PolarsError) as error:
             raise ZsfsError(f"{path} is unreadable ({error}); rerun `zsfs fit`") from None
 
@@ -212,7 +209,8 @@ class FittedRun:
         same run, read from there."""
         run_dir = Path(run_dir).absolute()
         with new_folder(run_dir) as tmp:
-            self.predictions.write_parquet(tmp / PREDICTIONS)
+            with open(tmp / PREDICTIONS, "wb") as handle:  # polars takes only UTF-8 paths
+                self.predictions.write_parquet(handle)
             self.classifier.save(tmp / CLASSIFIER)
             write_json(tmp / CONFIG, self.config)
             if self.metrics is not None:

@@ -147,22 +147,23 @@ class Classifier:
                 ood.paper_score(statistics, self.ood), ood.continuous_score(statistics, self.ood))
 
     def save(self, path: Path) -> None:
-        torch.save(
-            {
-                "format": CLASSIFIER_FORMAT,
-                "version": CLASSIFIER_VERSION,
-                "classes": list(self.classes),
-                "weight": torch.from_numpy(self.weight),
-                "bias": torch.from_numpy(self.bias),
-                "ood": self.ood.to_dict(),
-                "backbone": self.backbone,
-                "normalisation": self.normalisation,
-                "ood_reference": None if self.ood_reference is None else torch.from_numpy(self.ood_reference),
-                "ood_nearest": self.ood_nearest,
-                "ood_quantiles": {name: torch.from_numpy(np.asarray(q)) for name, q in self.ood_quantiles.items()},
-            },
-            path,
-        )
+        state = {
+            "format": CLASSIFIER_FORMAT,
+            "version": CLASSIFIER_VERSION,
+            "classes": list(self.classes),
+            "weight": torch.from_numpy(self.weight),
+            "bias": torch.from_numpy(self.bias),
+            "ood": self.ood.to_dict(),
+            "backbone": self.backbone,
+            "normalisation": self.normalisation,
+            "ood_reference": None if self.ood_reference is None else torch.from_numpy(self.ood_reference),
+            "ood_nearest": self.ood_nearest,
+            "ood_quantiles": {name: torch.from_numpy(np.asarray(q)) for name, q in self.ood_quantiles.items()},
+        }
+        # Through a Python file: its OSError (a full disk) stays in the error's chain, where torch's
+        # own writer leaves only "unexpected pos"; and a path that is not UTF-8 works.
+        with open(path, "wb") as handle:
+            torch.save(state, handle)
 
 
 LEGACY_OOD_COMPONENTS = {"seed_distance": "reference_distance"}
@@ -177,7 +178,8 @@ def load_classifier(path: str | Path) -> Classifier:
     if not path.is_file():
         raise ZsfsError(f"no classifier at {path}; pass a run folder written by `zsfs fit`")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as handle:  # a Python file: any path, UTF-8 or not
+            state = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
         raise ZsfsError(f"{path} is not a readable zsfs classifier ({error.__class__.__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CLASSIFIER_FORMAT:
