@@ -128,6 +128,23 @@ def test_a_paths_table_named_with_bytes_that_are_not_utf8(inputs, table):
         assert store.paths().tolist() == inputs["paths"] and store.labels().tolist() == inputs["labels"]
 
 
+def test_rerunning_the_same_import_keeps_the_store_and_its_neighbour_graph(inputs):
+    """Bug: a rerun rebuilt the finished master, which drops the neighbour graph (a build of its own)."""
+    folder = inputs["dir"]
+    args = ("import", folder / "s.h5", "--clip-embeddings", folder / "clip.npy", "--backbone-features",
+            folder / "backbone.npy", "--paths", folder / "paths.csv", "--vocab", f"pets={folder / 'pets.npz'}",
+            "--shard-size", "25")
+    assert run_cli(*args).exit_code == 0
+    assert run_cli("neighbours", folder / "s.h5", "--k", "3").exit_code == 0
+    with Store(folder / "s.h5") as store:
+        before = store.summary()
+    again = run_cli(*args)
+    assert again.exit_code == 0, again.output
+    with Store(folder / "s.h5") as store:
+        assert store.summary() == before and store.graph_info["k"] == 3
+        assert store.vocabulary("pets").classes == ["cat", "dog"]
+
+
 def test_cli_import_then_info_json(inputs):
     folder = inputs["dir"]
     runner = CliRunner()

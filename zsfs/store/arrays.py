@@ -83,7 +83,8 @@ def write_store(
         "backbone": backbone_info,
     }
     writer = StoreWriter(Path(master), identity, n_items=n, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
-    for shard in writer.pending_shards():
+    pending = writer.pending_shards()
+    for shard in pending:
         start, stop = writer.shard_bounds(shard)
         rows = slice(start, stop)
         writer.write_shard(shard, ShardData(
@@ -96,8 +97,10 @@ def write_store(
         ))
         if progress is not None:
             progress(stop - start)
-    path = writer.finalize({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
-                            schema.ATTR_BACKBONE: backbone_info}, exact_max=exact_max)
+    path = writer.master
+    if pending or not writer.master_is_current():  # a complete store is not rebuilt (which drops its graph)
+        path = writer.finalize({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
+                                schema.ATTR_BACKBONE: backbone_info}, exact_max=exact_max)
     for name, (classes, single, ensemble) in (vocabularies or {}).items():
         write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
                          n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True)
