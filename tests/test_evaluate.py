@@ -140,9 +140,18 @@ def test_id_ood_splits_reproducible_distinct_and_ordered():
         assert split == [name for name in classes if name in split]
 
 
-def test_id_ood_splits_more_splits_than_combinations_repeats():
-    splits = id_ood_splits(["a", "b", "c"], 2, n_splits=5, seed=0)
-    assert len(splits) == 5 and {tuple(s) for s in splits} <= {("a", "b"), ("a", "c"), ("b", "c")}
+def test_id_ood_splits_more_splits_than_combinations_gives_each_once():
+    """It used to repeat splits, which only made the spread over them look smaller."""
+    assert id_ood_splits(["a", "b", "c"], 2, n_splits=5, seed=0) == [["a", "b"], ["a", "c"], ["b", "c"]]
+    assert len(id_ood_splits(["a", "b", "c"], 2, n_splits=3, seed=0)) == 3  # as many as exist: drawn
+
+
+def test_id_ood_splits_may_take_every_named_class_when_others_stay_ood():
+    """Bug: with labels outside the vocabulary (always OOD), every named class as ID was refused."""
+    assert id_ood_splits(["a", "b"], 2, n_splits=5, always_ood=1) == [["a", "b"]]
+    assert id_ood_splits(["a", "b"], ["b", "a"], always_ood=1) == [["a", "b"]]
+    with pytest.raises(ZsfsError, match="between 1 and 2 .*3 classes, 2 of them in the vocabulary"):
+        id_ood_splits(["a", "b"], 3, always_ood=1)
 
 
 def test_id_ood_splits_explicit_list_is_one_split():

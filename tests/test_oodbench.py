@@ -108,6 +108,21 @@ def test_labels_outside_the_vocabulary_are_always_ood(tmp_path):
     assert set(metrics["splits"][0]["id_classes"]) <= set(class_names(4))
 
 
+def test_cli_every_named_class_as_id_and_fewer_distinct_splits(tmp_path):
+    """Bugs: 4 named classes plus 2 never named: --id-classes 4 was refused ("between 1 and 3"),
+    and --splits 3 of 3 named classes ran one split three times."""
+    path = make_synthetic_store(tmp_path / "open.h5", 600, 4, n_ood_classes=2, seed=1, **SMALL_STORE)
+    result = bench_cli("--store", path, "--id-classes", 4, "--splits", 3, "--json", *QUICK_FIT_ARGS)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["n_splits"] == 1 and metrics["splits"][0]["id_classes"] == class_names(4)
+    assert "only 1 distinct split(s) of 4 ID classes exist" in " ".join(result.stderr.split())
+    listed = tmp_path / "id.txt"
+    listed.write_text("class_0001\n")
+    result = bench_cli("--store", path, "--id-classes", listed, "--splits", 3, *QUICK_FIT_ARGS)
+    assert result.exit_code == 0 and "--splits is ignored" in result.stderr
+
+
 def test_store_without_labels_is_refused(tmp_path):
     path = make_synthetic_store(tmp_path / "blind.h5", 200, 3, labels=False, **SMALL_STORE)
     with Store(path) as store, pytest.raises(ZsfsError, match="has no labels"):

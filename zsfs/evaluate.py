@@ -6,6 +6,7 @@ Conventions: OOD metrics treat the *positive* class as OOD and expect higher sco
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,12 +129,16 @@ def id_ood_splits(
     id_classes: int | Sequence[str],
     n_splits: int = 5,
     seed: int = 0,
+    *,
+    always_ood: int = 0,
 ) -> list[list[str]]:
     """ID class lists for the zero-shot OOD protocol; every other class is OOD.
 
-    ``id_classes`` is either a count N (``n_splits`` random draws of N classes, reproducible
-    from ``seed``, distinct whenever enough combinations exist) or an explicit list (one
-    split). Each returned list keeps the order of ``classes``.
+    ``id_classes`` is either a count N (``n_splits`` distinct random draws of N classes,
+    reproducible from ``seed``; every combination once, in order, when there are fewer) or an
+    explicit list (one split). Each returned list keeps the order of ``classes``.
+    ``always_ood``: how many more label classes are OOD in every split (the vocabulary does not
+    name them), so that all of ``classes`` may be ID.
     """
     classes = list(dict.fromkeys(str(name) for name in classes))
     if len(classes) < 2:
@@ -149,24 +154,24 @@ def id_ood_splits(
                 f"{len(unknown)} ID class(es) are not among the store's labels: {shown}{more}. "
                 f"Use the exact label names (`zsfs info` lists them)."
             )
-        _check_id_count(len(wanted), len(classes))
+        _check_id_count(len(wanted), len(classes), always_ood)
         chosen = set(wanted)
         return [[name for name in classes if name in chosen]]
 
     n_id = int(id_classes)
-    _check_id_count(n_id, len(classes))
+    _check_id_count(n_id, len(classes), always_ood)
     if n_splits < 1:
         raise ZsfsError(f"--splits must be at least 1, got {n_splits}")
+    if math.comb(len(classes), n_id) < n_splits:  # a repeated split would only shrink the spread
+        return [list(split) for split in itertools.combinations(classes, n_id)]
     rng = np.random.default_rng(seed)
-    distinct_possible = math.comb(len(classes), n_id) >= n_splits
     splits: list[list[str]] = []
     seen: set[tuple[int, ...]] = set()
     while len(splits) < n_splits:
         picked = tuple(np.sort(rng.choice(len(classes), size=n_id, replace=False)).tolist())
-        if distinct_possible and picked in seen:
-            continue
-        seen.add(picked)
-        splits.append([classes[i] for i in picked])
+        if picked not in seen:
+            seen.add(picked)
+            splits.append([classes[i] for i in picked])
     return splits
 
 
@@ -178,11 +183,13 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std())
 
 
-def _check_id_count(n_id: int, n_classes: int) -> None:
-    if not 1 <= n_id < n_classes:
+def _check_id_count(n_id: int, n_classes: int, always_ood: int) -> None:
+    most = n_classes if always_ood else n_classes - 1
+    if not 1 <= n_id <= most:
+        named = f", {n_classes} of them in the vocabulary," if always_ood else ""
         raise ZsfsError(
-            f"the number of ID classes must be between 1 and {n_classes - 1} (the store's labels "
-            f"have {n_classes} classes and at least one must stay OOD), got {n_id}"
+            f"the number of ID classes must be between 1 and {most} (the store's labels "
+            f"have {n_classes + always_ood} classes{named} and at least one must stay OOD), got {n_id}"
         )
 
 

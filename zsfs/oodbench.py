@@ -96,14 +96,16 @@ def ood_bench(
     n_splits: int = 5,
     seed: int = 0,
     vocabulary: str | None = None,
+    on_start: Callable[[int], None] | None = None,
     on_split: Callable[[int, SplitResult], None] | None = None,
 ) -> dict:
     """Run the protocol on an open ``Store``; returns the metrics.json content.
 
-    ``id_classes``: a count N (``n_splits`` random splits, reproducible from ``seed``) or the
-    ID class names (one split). ID classes are drawn among the labels that the vocabulary
+    ``id_classes``: a count N (``n_splits`` random splits, reproducible from ``seed``; fewer
+    when fewer distinct ones exist) or the ID class names (one split). ID classes are drawn among the labels that the vocabulary
     names; labels it does not name can never be ID, so they are always OOD (listed as
     ``always_ood_classes``). ``config`` is the ``FitConfig`` used for every split.
+    ``on_start(n_splits)`` and ``on_split(number, result)`` report progress.
     """
     from zsfs.fit.run import fit_store, resolve_vocabulary
 
@@ -120,7 +122,9 @@ def ood_bench(
     if not eligible:
         raise ZsfsError(f"none of the store's {len(label_classes)} label classes is in vocabulary {vocab_name!r}; "
                         f"add a vocabulary of the label names with {store.how_to_add_a_vocabulary()}")
-    splits = id_ood_splits(eligible, id_classes, n_splits=n_splits, seed=seed)
+    splits = id_ood_splits(eligible, id_classes, n_splits=n_splits, seed=seed, always_ood=len(always_ood))
+    if on_start is not None:
+        on_start(len(splits))
 
     results = []
     for number, split in enumerate(splits):

@@ -19,7 +19,7 @@ from zsfs.errors import ZsfsError
               help="N: random splits of N ID classes among the labels; FILE: the ID class names, one per line "
                    "(one split).")
 @click.option("--splits", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Number of random ID/OOD splits (with N).")
+              help="Number of distinct random ID/OOD splits (with N; fewer when fewer exist).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to create with metrics.json (must not exist) [default: write nothing].")
 @click.option("--vocab", help="Vocabulary whose names match the labels [default: the store's only one].")
@@ -47,9 +47,19 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     config = FitConfig.from_options(paper=paper, fast=fast, **fit_options)
     note_unread_options(config, fit_options)
     seed = config.seed
+    if not isinstance(wanted, int) and click.get_current_context().get_parameter_source("splits") \
+            is not click.core.ParameterSource.DEFAULT:
+        console.print("[yellow]Note:[/] --splits is ignored: a file of ID classes is one split.")
     n_splits = splits if isinstance(wanted, int) else 1
 
-    with Store(store_path) as store, console.status(f"fitting split 1 of {n_splits}") as status:
+    with Store(store_path) as store, console.status("fitting split 1") as status:
+        def start(count: int) -> None:
+            nonlocal n_splits
+            if count < n_splits:
+                console.print(f"Note: only {count} distinct split(s) of {wanted} ID classes exist; each is run once.")
+            n_splits = count
+            status.update(f"fitting split 1 of {n_splits}")
+
         def report_split(number: int, split) -> None:
             o = split.ood
             console.print(f"split {number + 1}/{n_splits}: {len(split.id_classes)} ID classes, "
@@ -59,7 +69,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
             status.update(f"fitting split {number + 2} of {n_splits}")
 
         metrics = run_bench(store, wanted, config, n_splits=splits, seed=seed, vocabulary=vocab,
-                            on_split=report_split)
+                            on_start=start, on_split=report_split)
     if metrics["always_ood_classes"]:
         console.print(shown(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
                             f"{metrics['vocabulary']!r} and were always OOD."))
