@@ -146,6 +146,15 @@ def test_backbone_weights_file_is_found_moved_or_refused(fitted, tmp_path):
     torch.save({name: value + 1 for name, value in original.model.state_dict().items()}, other)
     with pytest.raises(ZsfsError, match="not the one the store was built with"):
         predict_images(run, images, workers=0, backbone_weights=other)
+    # Bug: a mistyped new location was called "the file that the store was built with"
+    with pytest.raises(ZsfsError, match=r"backbone weights file .*typo\.pt not found; check the --backbone-weights"):
+        predict_images(run, images, workers=0, backbone_weights=tmp_path / "typo.pt")
+
+
+def test_backbone_weights_for_a_run_without_a_weights_file_are_refused(fitted, tmp_path):
+    """Bug: ignored silently for a backbone whose weights were not a file ('random' here)."""
+    with pytest.raises(ZsfsError, match="built with weights 'random', not a file; drop --backbone-weights"):
+        predict_images(fitted["run"], [fitted["photos"]["root"]], workers=0, backbone_weights=tmp_path / "x.pt")
 
 
 def test_a_run_on_an_imported_store_explains_why_it_cannot_predict(fitted, tmp_path):

@@ -107,6 +107,8 @@ def test_text_finds_a_moved_weights_file_only_if_it_matches(unlabelled_store, tm
     torch.save({key: value + 1 for key, value in state.items()}, other)
     mismatched = run_cli("text", store, "--classes", classes, "--name", "animals", "--clip-weights", other)
     assert mismatched.exit_code == 1 and "sha256" in mismatched.output
+    mistyped = run_cli("text", store, "--classes", classes, "--name", "animals", "--clip-weights", tmp_path / "typo.pt")
+    assert mistyped.exit_code == 1 and "typo.pt not found; check the --clip-weights path" in mistyped.output
 
     assert add_vocabulary(store, classes, "animals", clip_weights=moved) == ANIMALS
     with Store(store) as opened:

@@ -33,6 +33,7 @@ from zsfs.store.files import check_store_lock, disk_error
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES
 from zsfs.store.writer import ShardData, StoreWriter
+from zsfs.weights import relocated
 from zsfs.writable import check_writable
 
 DEFAULT_BATCH_SIZE = 64
@@ -345,12 +346,7 @@ def add_vocabulary(
                             "choose another --vocab or pass --overwrite to replace it")
     check_writable(store_path, "store")
     check_store_lock(Path(store_path))
-    if clip_weights is not None:
-        if record.get("weights") != "file":
-            raise ZsfsError(f"{store_path} was built with CLIP weights {record.get('weights')!r}, not a file; "
-                            "drop --clip-weights")
-        record["file"] = str(Path(clip_weights).resolve())
-    clip = load_clip_from_record(record, device=device)
+    clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device)
     if on_start is not None:
         on_start(len(class_names))
     single, ensemble = encode_vocabulary(clip, class_names, on_classes=on_classes)

@@ -23,6 +23,7 @@ from zsfs.outputs import replacing_file
 from zsfs.runs import FittedRun, load_run
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
 from zsfs.tars import TAR_SUFFIX, TarMembers, locate_members, merged_members, split_member_path
+from zsfs.weights import relocated
 
 
 def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
@@ -90,10 +91,8 @@ def predict_images(
         raise ZsfsError(f"the classifier of {run_dir} has non-finite weights (its training diverged); "
                         "refit with a smaller --lr")
     torch_device = check_device(device)
-    record = dict(run.classifier.backbone)
-    if backbone_weights is not None:
-        record["file"] = str(Path(backbone_weights).resolve())
-    backbone = load_backbone_from_record(record, device=device)
+    backbone = load_backbone_from_record(relocated(run.classifier.backbone, backbone_weights, "backbone"),
+                                         device=device)
     source = image_inputs(inputs)
     if on_start is not None:
         on_start(len(source))

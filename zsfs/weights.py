@@ -84,6 +84,21 @@ def existing_file(weights: str, what: str, flag: str) -> Path | None:
     return None
 
 
+def relocated(record: dict, new_file: str | Path | None, what: str) -> dict:
+    """``record`` with its weights file at ``new_file`` (moved since the store was built; its
+    sha256 is checked on loading); ``record`` itself when ``new_file`` is None."""
+    if new_file is None:
+        return record
+    flag = f"--{what.lower()}-weights"
+    if record.get("weights") != FILE:
+        raise ModelLoadError(f"the store's {what} model was built with weights {record.get('weights')!r}, not a "
+                             f"file; drop {flag}")
+    path = Path(new_file).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"{what} weights file {path} not found; check the {flag} path.")
+    return {**record, "file": str(path.resolve())}
+
+
 def weights_from_record(record: dict, what: str) -> str:
     """The ``weights`` argument that reloads a record; a file must still have its sha256."""
     weights = record["weights"]
