@@ -107,6 +107,15 @@ def test_bad_inputs_are_clear_errors(fitted, tmp_path):
     assert "Error:" in result.output and "not a folder" in result.output
 
 
+def test_cli_without_out_says_how_to_get_the_rows_the_table_leaves_out(fitted):
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", fitted["photos"]["root"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    n_rows = predict_images(fitted["run"], [fitted["photos"]["root"]], workers=0).height
+    assert n_rows > 20 and f"(first 20 of {n_rows})" in text
+    assert "the table shows the first 20: --out FILE (.csv, .parquet, .json) or --json gives every row" in text
+
+
 def test_predict_rejects_an_unknown_output_format(fitted, tmp_path):
     result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", tmp_path / "p.xlsx",
                      fitted["photos"]["root"])

@@ -44,7 +44,9 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     classifier, and reports for every image its class, confidence and OOD scores (higher = more
     likely none of the run's classes): ood_distance, as in the fit's predictions (the backbone
     half of its ood_score, in [0, 1]; the MCM half needs CLIP, which predict does not run), and
-    the paper's ood_paper (0, 1/3, 2/3 or 1). Unreadable files get an error, not a row of zeros.
+    the paper's ood_paper (0, 1/3, 2/3 or 1) and its continuous form ood_continuous. Unreadable
+    files get an error, not a row of zeros. The table shows the first rows; --out or --json
+    gives them all.
     """
     from zsfs.predict import predict_images, write_predictions
     from zsfs.writable import check_writable
@@ -59,8 +61,13 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
         sys.stdout.write(frame.write_ndjson())
     console.print(_table(frame))
     failed = frame["error"].is_not_null().sum()
-    console.print(f"{frame.height - failed:,} images classified, {failed:,} unreadable"
-                  + (f"; all rows written to {shown(out)}" if out is not None else ""))
+    if out is not None:
+        where = f"; all rows written to {shown(out)}"
+    elif not as_json and frame.height > SHOWN_ROWS:
+        where = f"; the table shows the first {SHOWN_ROWS}: --out FILE (.csv, .parquet, .json) or --json gives every row"
+    else:
+        where = ""
+    console.print(f"{frame.height - failed:,} images classified, {failed:,} unreadable{where}")
 
 
 def _table(frame) -> Table:
