@@ -151,7 +151,7 @@ def test_info_tables_show_user_strings_verbatim(capsys):
     show_summary(_store_summary(), "`zsfs text st[/x]ore.h5 --classes FILE --vocab NAME`")
     err = capsys.readouterr().err
     for text in ("st[/x]ore.h5", "photos/[draft]", "bad [/x] file", "[clip]", "w[/x].pt", "[backbone]", "[v]",
-                 "[a], b", "1 label: [lab]el (2)"):
+                 "[a]; b", "1 label: [lab]el (2)"):
         assert text in err
     show_summary({**_store_summary(), "vocabularies": {}}, "`zsfs text st[/x]ore.h5 --classes FILE --vocab NAME`")
     assert "No vocabularies yet: add one with `zsfs text st[/x]ore.h5 --classes FILE --vocab NAME`." in capsys.readouterr().err

@@ -167,7 +167,7 @@ def test_cli_import_then_info_json(inputs):
 
     result = runner.invoke(main, ["info", str(folder / "cli.h5")])
     assert result.exit_code == 0 and "ViT-B-32" in result.output and "pets" in result.output
-    assert f"2 labels: cat ({(N + 1) // 2}), dog ({N // 2})" in " ".join(result.output.split())
+    assert f"2 labels: cat ({(N + 1) // 2}); dog ({N // 2})" in " ".join(result.output.split())
 
 
 def test_cli_errors_exit_1_without_traceback(inputs):

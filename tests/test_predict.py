@@ -116,6 +116,13 @@ def test_cli_without_out_says_how_to_get_the_rows_the_table_leaves_out(fitted):
     assert "the table shows the first 20: --out FILE (.csv, .parquet, .json) or --json gives every row" in text
 
 
+def test_output_suffixes_in_capitals_are_the_same_formats(fitted, tmp_path):
+    out = tmp_path / "P.CSV"
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", out, fitted["photos"]["root"])
+    assert result.exit_code == 0, result.output
+    assert pl.read_csv(out).height == predict_images(fitted["run"], [fitted["photos"]["root"]], workers=0).height
+
+
 def test_predict_rejects_an_unknown_output_format(fitted, tmp_path):
     result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", tmp_path / "p.xlsx",
                      fitted["photos"]["root"])

@@ -136,9 +136,10 @@ OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
 def write_predictions(frame, path: str | Path) -> Path:
     """Write predictions as .csv, .parquet or .json (chosen by the suffix), whole or not at all."""
     path = Path(path)
-    if path.suffix not in OUTPUT_SUFFIXES:
+    suffix = path.suffix.lower()  # p.CSV is a CSV file too
+    if suffix not in OUTPUT_SUFFIXES:
         raise ZsfsError(f"--out must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {path.name!r}")
     writers = dict(zip(OUTPUT_SUFFIXES, (frame.write_csv, frame.write_parquet, frame.write_json)))
     with replacing_file(path) as tmp, open(tmp, "wb") as handle:  # polars takes only UTF-8 paths
-        writers[path.suffix](handle)
+        writers[suffix](handle)
     return path

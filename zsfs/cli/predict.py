@@ -18,7 +18,7 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
     """Refuse an --out that write_predictions cannot write before any image is embedded."""
     from zsfs.predict import OUTPUT_SUFFIXES  # here, not at the top: `zsfs --help` stays fast
 
-    if value is not None and value.suffix not in OUTPUT_SUFFIXES:
+    if value is not None and value.suffix.lower() not in OUTPUT_SUFFIXES:
         raise click.BadParameter(f"must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {value.name!r}")
     return value
 

@@ -151,9 +151,10 @@ def neighbours_command(store_path: Path, k: int, device: str, precision: str) ->
 
 
 def _labels_line(counts: dict[str, int]) -> str:
-    """``3 labels: cat (10), dog (12), emu (1)``; the first 10 by name, then how many more."""
-    shown_counts = ", ".join(f"{name} ({count:,})" for name, count in list(counts.items())[:10])
-    more = f", ... and {len(counts) - 10} more (`zsfs info --json` lists all)" if len(counts) > 10 else ""
+    """``3 labels: cat (10); dog (12); emu (1)``; the first 10 by name, then how many more ("; ":
+    names may hold commas)."""
+    shown_counts = "; ".join(f"{name} ({count:,})" for name, count in list(counts.items())[:10])
+    more = f"; ... and {len(counts) - 10} more (`zsfs info --json` lists all)" if len(counts) > 10 else ""
     return f"{len(counts)} label{'s' if len(counts) != 1 else ''}: {shown_counts}{more}"
 
 
@@ -197,7 +198,7 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
             vocabularies.add_column(name)
         for name, classes in summary["vocabularies"].items():
             vocabularies.add_row(shown(name), str(len(classes)),
-                                 shown(", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")))
+                                 shown("; ".join(classes[:5]) + ("; ..." if len(classes) > 5 else "")))
         console.print(vocabularies)
     else:
         console.print(f"No vocabularies yet: add one with {shown(vocabulary_advice)}.")
