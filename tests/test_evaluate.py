@@ -150,6 +150,7 @@ def test_id_ood_splits_may_take_every_named_class_when_others_stay_ood():
     """Bug: with labels outside the vocabulary (always OOD), every named class as ID was refused."""
     assert id_ood_splits(["a", "b"], 2, n_splits=5, always_ood=1) == [["a", "b"]]
     assert id_ood_splits(["a", "b"], ["b", "a"], always_ood=1) == [["a", "b"]]
+    assert id_ood_splits(["a"], 1, always_ood=2) == [["a"]]  # one named class: a one-class fit
     with pytest.raises(ZsfsError, match="between 1 and 2 .*3 classes, 2 of them in the vocabulary"):
         id_ood_splits(["a", "b"], 3, always_ood=1)
 

@@ -114,6 +114,10 @@ def test_import_input_errors(inputs):
     with pytest.raises(ZsfsError, match="expected floating-point rows"):
         import_store(folder / "o.h5", clip_embeddings=folder / "ints.npy", backbone_features=folder / "backbone.npy",
                      paths=folder / "paths.csv")
+    (folder / "parts").mkdir()  # bug: a damaged part of a folder of parquet parts was a polars traceback
+    (folder / "parts" / "part-0.parquet").write_text("not parquet")
+    with pytest.raises(ZsfsError, match="cannot read paths table .*parts"):
+        import_store(folder / "o.h5", **common, paths=folder / "parts")
 
 
 @pytest.mark.parametrize("table", ["paths.parquet", "paths.csv"])

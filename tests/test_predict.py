@@ -169,7 +169,7 @@ def test_backbone_weights_file_is_found_moved_or_refused(fitted, tmp_path):
 
 def test_backbone_weights_for_a_run_without_a_weights_file_are_refused(fitted, tmp_path):
     """Bug: ignored silently for a backbone whose weights were not a file ('random' here)."""
-    with pytest.raises(ZsfsError, match="built with weights 'random', not a file; drop --backbone-weights"):
+    with pytest.raises(ZsfsError, match="store was built with weights 'random', not a file; drop --backbone-weights"):
         predict_images(fitted["run"], [fitted["photos"]["root"]], workers=0, backbone_weights=tmp_path / "x.pt")
 
 

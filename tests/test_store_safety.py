@@ -153,6 +153,26 @@ def test_a_second_writer_gets_a_clear_error(store):
     assert not lock_path(store).exists()  # the next writer took it over and removed it
 
 
+def test_a_forked_child_releasing_the_lock_leaves_the_parents_lock_file(tmp_path):
+    from zsfs.store.files import lock_path, written_elsewhere
+
+    master = tmp_path / "s.h5"
+    lock = acquire_lock(master)
+    try:
+        child = os.fork()
+        if child == 0:  # the child inherits the held lock (as a DataLoader worker would) and lets go of it
+            release_lock(lock)
+            os._exit(0)
+        assert os.waitpid(child, 0)[1] == 0
+        assert lock_path(master).exists()  # still the parent's, and still locked
+        probe = subprocess.run([sys.executable, "-c", "import sys; from zsfs.store.files import written_elsewhere; "
+                                f"sys.exit(0 if written_elsewhere({str(master)!r}) else 1)"])
+        assert probe.returncode == 0
+    finally:
+        release_lock(lock)
+    assert not lock_path(master).exists() and not written_elsewhere(master)
+
+
 def test_the_writer_lock_excludes_across_removals(tmp_path):
     """Writers remove the lock file on release; processes racing for it must still never write at
     the same time (one that opened the removed file has to notice and lock the new one)."""

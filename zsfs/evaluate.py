@@ -141,8 +141,8 @@ def id_ood_splits(
     name them), so that all of ``classes`` may be ID.
     """
     classes = list(dict.fromkeys(str(name) for name in classes))
-    if len(classes) < 2:
-        raise ZsfsError(f"the OOD protocol needs at least 2 classes, the labels have {len(classes)}")
+    if len(classes) + always_ood < 2:
+        raise ZsfsError(f"the OOD protocol needs at least 2 classes, the labels have {len(classes) + always_ood}")
 
     if not isinstance(id_classes, (int, np.integer)):
         wanted = list(dict.fromkeys(str(name) for name in id_classes))

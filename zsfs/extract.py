@@ -251,8 +251,8 @@ def extract(
         embedding_seconds = time.perf_counter() - embedding_started
         writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
 
-        if pending or not writer.master_is_current():  # a complete store is not rebuilt by a rerun
-            writer.finalize({"source": str(image_source.location), "clip": clip_record, "backbone": backbone_record})
+        writer.finish({"source": str(image_source.location), "clip": clip_record, "backbone": backbone_record},
+                      shards_written=bool(pending))
         if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
             refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
         vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)

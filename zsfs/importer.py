@@ -115,13 +115,14 @@ def read_table(location: Path):
         files = numbered_parts(location, "*.parquet")
         if not files:
             raise ZsfsError(f"no .parquet files in {location}")
-        return pl.concat([read_parquet(file) for file in files], how="vertical_relaxed")
-    if not location.is_file():
+    elif location.is_file():
+        files = [location]
+    else:
         raise ZsfsError(f"paths table {location} does not exist")
-    suffix = location.suffix.lower()
+    suffix = files[0].suffix.lower()
     try:
         if suffix == ".parquet":
-            return read_parquet(location)
+            return pl.concat([read_parquet(file) for file in files], how="vertical_relaxed")
         if suffix in (".csv", ".tsv"):
             with open(location, "rb") as handle:  # polars takes only UTF-8 paths; Python files work for any
                 return pl.read_csv(handle, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)

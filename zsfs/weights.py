@@ -80,22 +80,26 @@ def existing_file(weights: str, what: str, flag: str) -> Path | None:
     if path.is_file():
         return path.resolve()
     if os.sep in weights or path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        raise ModelLoadError(f"{what} weights file {path} not found; check the {flag} path.")
+        raise _not_found(path, what, flag)
     return None
+
+
+def _not_found(path: Path, what: str, flag: str) -> ModelLoadError:
+    return ModelLoadError(f"{what} weights file {path} not found; check the {flag} path.")
 
 
 def relocated(record: dict, new_file: str | Path | None, what: str) -> dict:
     """``record`` with its weights file at ``new_file`` (moved since the store was built; its
     sha256 is checked on loading); ``record`` itself when ``new_file`` is None."""
-    if new_file is None:
+    if new_file is None or record.get("weights") == IMPORTED_WEIGHTS:  # weights_from_record explains imports
         return record
     flag = f"--{what.lower()}-weights"
     if record.get("weights") != FILE:
-        raise ModelLoadError(f"the store's {what} model was built with weights {record.get('weights')!r}, not a "
-                             f"file; drop {flag}")
+        raise ModelLoadError(f"the {what} model of the store was built with weights {record.get('weights')!r}, "
+                             f"not a file; drop {flag}")
     path = Path(new_file).expanduser()
     if not path.is_file():
-        raise ModelLoadError(f"{what} weights file {path} not found; check the {flag} path.")
+        raise _not_found(path, what, flag)
     return {**record, "file": str(path.resolve())}
 
 

@@ -56,7 +56,8 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         def start(count: int) -> None:
             nonlocal n_splits
             if count < n_splits:
-                console.print(f"Note: only {count} distinct split(s) of {wanted} ID classes exist; each is run once.")
+                console.print(f"[yellow]Note:[/] only {count} distinct split(s) of {wanted} ID classes exist; "
+                              "each is run once.")
             n_splits = count
             status.update(f"fitting split 1 of {n_splits}")
 

@@ -48,7 +48,7 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     files get an error, not a row of zeros. The table shows the first rows; --out or --json
     gives them all.
     """
-    from zsfs.predict import predict_images, write_predictions
+    from zsfs.predict import OUTPUT_SUFFIXES, predict_images, write_predictions
     from zsfs.writable import check_writable
 
     if out is not None:
@@ -64,7 +64,8 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     if out is not None:
         where = f"; all rows written to {shown(out)}"
     elif not as_json and frame.height > SHOWN_ROWS:
-        where = f"; the table shows the first {SHOWN_ROWS}: --out FILE (.csv, .parquet, .json) or --json gives every row"
+        where = (f"; the table shows the first {SHOWN_ROWS}: --out FILE ({', '.join(OUTPUT_SUFFIXES)}) or --json "
+                 "gives every row")
     else:
         where = ""
     console.print(f"{frame.height - failed:,} images classified, {failed:,} unreadable{where}")

@@ -59,7 +59,9 @@ def write_store(
     larger than RAM. ``width``/``height`` default to -1 (unknown). ``vocabularies`` maps a name
     to ``(classes, single, ensemble)``, recorded with ``SINGLE_PROMPT`` and the 80 ensemble templates; use
     :func:`write_vocabulary` directly to record other prompts. ``progress(rows)`` is called
-    after each shard with the number of rows it wrote (for progress bars).
+    after each shard with the number of rows it wrote (for progress bars). A rerun over a complete
+    store with the same identity writes nothing and keeps its master (and index, ``exact_max``
+    included) and neighbour graph.
     """
     n = len(paths)
     lengths = {"clip": len(clip), "backbone": len(backbone)}
@@ -97,10 +99,8 @@ def write_store(
         ))
         if progress is not None:
             progress(stop - start)
-    path = writer.master
-    if pending or not writer.master_is_current():  # a complete store is not rebuilt (which drops its graph)
-        path = writer.finalize({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
-                                schema.ATTR_BACKBONE: backbone_info}, exact_max=exact_max)
+    path = writer.finish({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
+                          schema.ATTR_BACKBONE: backbone_info}, shards_written=bool(pending), exact_max=exact_max)
     for name, (classes, single, ensemble) in (vocabularies or {}).items():
         write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
                          n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True)

@@ -265,6 +265,11 @@ def lock_path(master: Path) -> Path:
     return master.with_name(f".{master.name}.lock")
 
 
+LOCK_ATTEMPTS = 100
+"""Opens of the lock's name before giving up: each retry follows a holder's release (it removes
+the file), so more than a few mean the file system does not keep a file's identity stable."""
+
+
 def acquire_lock(master: Path) -> Path:
     """Take the advisory lock that says "a zsfs process is writing this store" (reentrant
     within a process). Fails at once, with a clear message, while another process holds it."""
@@ -273,40 +278,57 @@ def acquire_lock(master: Path) -> Path:
     if lock in _held:
         _held[lock][1] += 1
         return lock
-    while True:
+    for _ in range(LOCK_ATTEMPTS):
         try:
             master.parent.mkdir(parents=True, exist_ok=True)
             # O_NOFOLLOW: a link planted at the lock's name is refused, never followed.
-            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-            handle = os.open(lock, flags, 0o644)
+            handle = os.open(lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
         except OSError as error:
             reason = "it is a link" if error.errno == errno.ELOOP else error.strerror
-            raise StoreError(f"cannot write the store {master}: cannot create its lock file {lock} ({reason})") from None
+            raise StoreError(f"cannot write the store {master}: cannot create its lock file {lock} "
+                             f"({reason})") from None
         try:
             import fcntl
 
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except ImportError:
             break  # no advisory locks on this platform
-        except OSError:
+        except OSError as error:
             os.close(handle)
-            raise StoreError(f"another zsfs process is writing {master} (it holds {lock.name}); wait for it to "
-                             "finish, or write to another output") from None
-        if _same_file(handle, lock):
+            if error.errno in (errno.ESTALE, errno.ENOENT):  # removed by its holder meanwhile (NFS)
+                continue
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StoreError(f"another zsfs process is writing {master} (it holds {lock.name}); wait for "
+                                 "it to finish, or write to another output") from None
+            raise StoreError(f"cannot write the store {master}: cannot lock {lock} ({error.strerror})") from None
+        if _names(lock, handle):
             break
         os.close(handle)  # its holder removed that file on release: lock the one at the name now
-    _held[lock] = [handle, 1]
+    else:
+        raise StoreError(f"cannot write the store {master}: its lock file {lock} was replaced {LOCK_ATTEMPTS} "
+                         "times while this process took it")
+    _held[lock] = [handle, 1, os.getpid()]
     return lock
 
 
-def _same_file(handle: int, path: Path) -> bool:
-    """Whether ``path`` (not followed if a link) is the file open as ``handle``."""
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _names(path: Path, handle: int) -> bool:
+    """Whether ``path`` names the file open as ``handle``. The name is opened again (not only
+    stat-ed): an NFS client revalidates a name on open, while a stat may answer from its cache."""
     try:
-        at_path = os.stat(path, follow_symlinks=False)
+        named = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC)  # a planted FIFO never blocks
     except OSError:
         return False
-    held = os.fstat(handle)
-    return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
+    try:
+        at_name, held = os.fstat(named), os.fstat(handle)
+    except OSError:  # ESTALE: removed by another client
+        return False
+    finally:
+        os.close(named)
+    return (at_name.st_dev, at_name.st_ino) == (held.st_dev, held.st_ino)
 
 
 def release_lock(lock: Path) -> None:
@@ -316,12 +338,14 @@ def release_lock(lock: Path) -> None:
     entry[1] -= 1
     if entry[1] == 0:
         del _held[lock]
+        handle, _, owner = entry
         # Removed while still held, so no folder keeps a stray lock file; a process that opened
         # it meanwhile sees, once it gets the flock, that the name no longer leads to it, and retries.
-        with suppress(OSError):
-            if _same_file(entry[0], lock):
+        # A forked child shares the flock: only the process that took it removes the file.
+        if owner == os.getpid() and _names(lock, handle):
+            with suppress(OSError):
                 os.unlink(lock)
-        os.close(entry[0])  # closing the descriptor releases the flock
+        os.close(handle)  # closing the (last) descriptor releases the flock
 
 
 def written_elsewhere(master: Path) -> bool:

@@ -242,6 +242,15 @@ class StoreWriter:
         file.attrs[schema.ATTR_STOP] = stop
         file.attrs[schema.ATTR_SHARD] = shard
 
+    def finish(self, attrs: dict, *, shards_written: bool, **options) -> Path:
+        """:meth:`finalize` when this run wrote shards or the master is older than one; otherwise
+        keep the complete store as it is (a rebuilt master drops the neighbour graph and changes
+        the store's fingerprint). Releases the lock either way; returns the master's path."""
+        if shards_written or not self.master_is_current():
+            return self.finalize(attrs, **options)
+        self.close()
+        return self.master
+
     def finalize(self, attrs: dict, *, exact_max: int = EXACT_MAX, index_seed: int = 0) -> Path:
         """Build the master from the shards; returns its path.
 
