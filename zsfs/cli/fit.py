@@ -121,6 +121,9 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     with Store(store_path) as store:
         vocabulary = resolve_vocabulary(store, vocab)
         check_writable(run_dir or default_run_dir(store_path, vocabulary, config.k), "run folder")
+        if config.neighbours > store.n_images - 1:
+            console.print(f"[yellow]Note:[/] --neighbours {config.neighbours} is more than the store's other "
+                          f"images: each image's {store.n_images - 1:,} neighbours are used.")
         with console.status(f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}..."):
             result = fit_store(store, config, vocabulary)
             run = in_memory(result, store, config)
