@@ -78,6 +78,37 @@ def test_missing_compressed_and_damaged_tars_are_clear_errors(shards, tmp_path):
         open_source(damaged.parent)
 
 
+def test_a_tar_cut_inside_any_member_or_with_a_size_past_its_end_is_a_clear_error(tmp_path):
+    """Bugs: cut inside a caption, the listing stopped there as if at the archive's end (the
+    samples after it were lost silently); a damaged base-256 size was an OverflowError traceback."""
+    path = tmp_path / "t" / "00000.tar"
+    path.parent.mkdir()
+    with tarfile.open(path, "w") as archive:
+        for sample in range(4):
+            for suffix, data in ((".jpg", b"\xff\xd8" + bytes(3000)), (".json", b"{}" + bytes(3000))):
+                info = tarfile.TarInfo(f"{sample:06d}{suffix}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as archive:
+        members = archive.getmembers()
+    data = path.read_bytes()
+    assert len(open_source(path).paths) == 4
+    path.write_bytes(data[:members[3].offset_data + 100])  # inside the second sample's .json
+    with pytest.raises(ZsfsError, match=r"damaged after 2 images \(the file ends inside the member"):
+        open_source(path)
+    huge = bytearray(data)
+    header = members[2].offset
+    huge[header + 124:header + 136] = b"\x80" + b"\xff" * 11  # base-256 size of 2**88 - 1 bytes
+    huge[header + 148:header + 156] = b"%06o\0 " % (sum(huge[header:header + 148]) + 8 * 32
+                                                      + sum(huge[header + 156:header + 512]))
+    path.write_bytes(bytes(huge))
+    with pytest.raises(ZsfsError, match=r"damaged after 1 images \(the file ends inside the member"):
+        open_source(path)
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(ZsfsError, match="is not a readable tar"):
+        open_source(path)
+
+
 def test_extract_from_tars_equals_extract_from_the_files(shards, tmp_path):
     from_tars = extract(shards["root"], tmp_path / "tars.h5", workers=1, shard_size=8, batch_size=3, **TINY_MODELS)
     from_files = extract(shards["folder"], tmp_path / "files.h5", workers=0, shard_size=8, batch_size=3,

@@ -138,7 +138,8 @@ def open_source(source: str | Path) -> ImageSource:
         return _tar_source(Path(source).expanduser().absolute(), root, tars)
     location = Path(source).expanduser()
     if not location.exists():
-        raise ZsfsError(f"{source} does not exist; pass an image folder or a .txt/.csv list of images.")
+        raise ZsfsError(f"{source} does not exist; pass an image folder, a .txt/.csv list of images, or tar "
+                        "shards (a .tar, a folder of them, or a pattern 'shards/{00000..00099}.tar').")
     location = location.resolve()
     if location.is_dir():
         tars = tar_shards_in(location, IMAGE_EXTENSIONS)

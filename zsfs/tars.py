@@ -127,8 +127,9 @@ def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> tuple[list[str
     ``image_suffixes`` (None: every regular file), in tar order.
 
     Only the 512-byte headers are read, one ``pread`` each (tarfile's parser costs ~5x more per
-    member, and buffered reads would pull every image's bytes in too); checksums are verified,
-    so a damaged or cut header is an error rather than a silently shorter listing.
+    member, and buffered reads would pull every image's bytes in too); checksums are verified
+    and no member may end past the file's end, so a damaged header or a cut file is an error
+    rather than a silently shorter listing.
     """
     suffixes = None if image_suffixes is None else frozenset(image_suffixes)
     names: list[str] = []
@@ -173,7 +174,7 @@ def _scan_headers(fd: int, suffixes: frozenset | None, names: list, offsets: lis
     system call of their own, a large image's data is jumped over with one ``pread``.
     """
     byte_suffixes = None if suffixes is None else {suffix.encode() for suffix in suffixes}
-    pread, checked = os.pread, _Checksums()
+    pread, checked, file_size = os.pread, _Checksums(), os.fstat(fd).st_size
     position, window, window_start = 0, b"", 0
     long_name, long_size = None, None  # from a preceding GNU 'L' or pax 'x' header
     while True:
@@ -198,6 +199,9 @@ def _scan_headers(fd: int, suffixes: frozenset | None, names: list, offsets: lis
         else:
             size = int(header[124:136].strip(b" \0") or b"0", 8)
         kind, data = header[156:157], position + _BLOCK
+        if data + size > file_size:  # a cut file, or a damaged size field: never read past the end
+            checked.verify(names, offsets)  # a bad header before this one is the first damage
+            raise _Damaged(f"the file ends inside the member whose header is at byte {position}")
         if kind == b"L":
             long_name = pread(fd, size, data).split(b"\0", 1)[0]
         elif kind == b"x":
