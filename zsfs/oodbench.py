@@ -104,8 +104,8 @@ def ood_bench(
     ``id_classes``: a count N (``n_splits`` random splits, reproducible from ``seed``; fewer
     when fewer distinct ones exist) or the ID class names (one split). ID classes are drawn
     among the labels that the vocabulary names; labels it does not name can never be ID, so
-    they are always OOD (listed as ``always_ood_classes``). ``config`` is the ``FitConfig`` used for every split.
-    ``on_start(n_splits)`` and ``on_split(number, result)`` report progress.
+    they are always OOD (listed as ``always_ood_classes``). ``config`` is the ``FitConfig``
+    used for every split. ``on_start(n_splits)`` and ``on_split(number, result)`` report progress.
     """
     from zsfs.fit.run import fit_store, resolve_vocabulary
 

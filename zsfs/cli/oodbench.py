@@ -50,15 +50,15 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     if not isinstance(wanted, int) and click.get_current_context().get_parameter_source("splits") \
             is not click.core.ParameterSource.DEFAULT:
         console.print("[yellow]Note:[/] --splits is ignored: a file of ID classes is one split.")
-    n_splits = splits if isinstance(wanted, int) else 1
+    n_splits = 0  # as the benchmark draws them (on_start)
 
     with Store(store_path) as store, console.status("fitting split 1") as status:
         def start(count: int) -> None:
             nonlocal n_splits
-            if count < n_splits:
+            n_splits = count
+            if isinstance(wanted, int) and count < splits:
                 console.print(f"[yellow]Note:[/] only {count} distinct split(s) of {wanted} ID classes exist; "
                               "each is run once.")
-            n_splits = count
             status.update(f"fitting split 1 of {n_splits}")
 
         def report_split(number: int, split) -> None:

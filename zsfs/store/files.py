@@ -265,6 +265,9 @@ def lock_path(master: Path) -> Path:
     return master.with_name(f".{master.name}.lock")
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
 LOCK_ATTEMPTS = 100
 """Opens of the lock's name before giving up: each retry follows a holder's release (it removes
 the file), so more than a few mean the file system does not keep a file's identity stable."""
@@ -309,10 +312,6 @@ def acquire_lock(master: Path) -> Path:
                          "times while this process took it")
     _held[lock] = [handle, 1, os.getpid()]
     return lock
-
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def _names(path: Path, handle: int) -> bool:
