@@ -16,7 +16,8 @@ from zsfs.errors import ZsfsError
 from zsfs.extract import default_output, extract
 from zsfs.sources import IMAGE_EXTENSIONS, open_source
 from zsfs.tars import expand_braces, list_tar, locate_members
-from zsfs.testing.models import TINY_MODELS
+from zsfs.testing.cli import run_cli
+from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.tars import files_as_samples, write_tar_shards
 
 
@@ -120,6 +121,22 @@ def test_extract_from_tars_equals_extract_from_the_files(shards, tmp_path):
     assert [by_member[path] for path in tars["path"]] == files["path"]
     assert {by_member[path]: reason for path, reason in tars["skipped"].items()} == files["skipped"]
     assert tars["label"] is None and from_tars.vocabulary is None
+
+
+def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path):
+    root = tmp_path / "laion"
+    shutil.copytree(shards["root"], root)
+    (root / "00000a.tar").write_bytes(b"")  # a failed download: tar itself lists nothing in it
+    with tarfile.open(root / "00001a.tar", "w") as captions_only:
+        captions_only.add(__file__, arcname="0.txt")
+    source = open_source(root)
+    assert source.paths == shards["paths"] and source.empty_tars == ["00000a.tar", "00001a.tar"]
+
+    result = run_cli("extract", root, "--out", tmp_path / "laion.h5", "--workers", "0", *TINY_MODEL_ARGS)
+    assert result.exit_code == 0, result.output
+    assert "tars with no image" in result.output and "2 (first: 00000a.tar)" in result.output
+    assert "tars with no image" not in run_cli("extract", shards["root"], "--out", tmp_path / "plain.h5",
+                                               "--workers", "0", *TINY_MODEL_ARGS).output
 
 
 def test_a_tar_truncated_after_listing_costs_only_its_cut_images(shards, tmp_path):

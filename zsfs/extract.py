@@ -56,6 +56,7 @@ class ExtractSummary:
     classes: list[str] = field(default_factory=list)
     shards_redone: int = 0  # Ray: shards recomputed because the worker holding them died
     no_labels_reason: str | None = None  # the source's, when its class subfolders could not be used
+    empty_tars: list[str] = field(default_factory=list)  # the source's tar shards that hold no image
 
     @property
     def images_per_second(self) -> float:
@@ -277,6 +278,7 @@ def extract(
         classes=list(class_names or []),
         shards_redone=shards_redone,
         no_labels_reason=image_source.no_labels_reason,
+        empty_tars=image_source.empty_tars,
     )
 
 

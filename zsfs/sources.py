@@ -74,6 +74,7 @@ class ImageSource:
     """Listed entries known to fail before decoding (folders a scan could not read): path -> reason."""
     members: TarMembers | None = None  # byte ranges of the entries that are tar members
     no_labels_reason: str | None = None  # why a folder with class subfolders gives no labels
+    empty_tars: list[str] = field(default_factory=list)  # tar shards (relative to root) holding no image
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -193,7 +194,10 @@ def _tar_source(location: Path, root: Path, tars: list[Path]) -> ImageSource:
     if not paths:
         raise ZsfsError(f"the {len(tars)} tar files of {location} hold no images "
                         f"({' '.join(sorted(IMAGE_EXTENSIONS))}).")
-    return ImageSource(location=location, root=root, paths=paths, labels=None, members=members)
+    # A shard with no image member is valid (tar lists nothing) but often a failed download: say so.
+    images_per_tar = np.bincount(members.tar, minlength=len(tars))
+    empty = [tars[number].relative_to(root).as_posix() for number in np.flatnonzero(images_per_tar == 0)]
+    return ImageSource(location=location, root=root, paths=paths, labels=None, members=members, empty_tars=empty)
 
 
 def _read_list(list_file: Path) -> ImageSource:
