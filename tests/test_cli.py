@@ -21,6 +21,19 @@ def test_an_error_with_brackets_is_printed_verbatim(tmp_path, monkeypatch):
     assert "Traceback" not in result.output
 
 
+def test_the_store_typed_in_the_other_form_gets_a_hint_naming_this_commands_form():
+    for command in ("fit", "ood-bench"):
+        result = run_cli(command, "photos.h5")
+        assert result.exit_code == 2
+        assert f"The store is an option here: zsfs {command} --store STORE" in result.output
+    for command in ("info", "neighbours", "text"):
+        result = run_cli(command, "--store", "photos.h5")
+        assert result.exit_code == 2
+        assert f"without --store: zsfs {command} STORE" in result.output and "Did you mean" not in result.output
+    other = run_cli("info", "--stor", "photos.h5").output  # other usage errors are click's own
+    assert "No such option" in other and "The store is" not in other
+
+
 def test_ctrl_c_message_does_not_promise_a_resume_for_every_command(monkeypatch, tmp_path):
     import zsfs.store
 

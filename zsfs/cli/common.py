@@ -43,6 +43,9 @@ class ZsfsGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as error:
+            error.message += _store_form_hint(self.get_command(ctx, ctx.invoked_subcommand or ""), error)
+            raise
         except ZsfsError as error:
             if isinstance(error, ParameterError):  # named as the user typed them: the command's flags
                 error = error.render(option_flags(self.get_command(ctx, ctx.invoked_subcommand or "")))
@@ -60,6 +63,19 @@ class ZsfsGroup(click.Group):
             console.print("[yellow]Interrupted.[/] Nothing half-written was left"
                           + ("; a rerun resumes where this one stopped." if resumes else "."))
             sys.exit(130)
+
+
+def _store_form_hint(command: click.Command | None, error: click.UsageError) -> str:
+    """fit and ood-bench take the store as ``--store``, info, text and neighbours as an argument:
+    a usage error from typing the other form says which form this command takes."""
+    params = getattr(command, "params", [])
+    if isinstance(error, click.MissingParameter) and error.param is not None and "--store" in error.param.opts:
+        return f"The store is an option here: zsfs {command.name} --store STORE ..."  # click adds the space
+    if isinstance(error, click.NoSuchOption) and error.option_name == "--store" and \
+            any(isinstance(p, click.Argument) and p.human_readable_name == "STORE" for p in params):
+        error.possibilities = []  # click's "did you mean" guesses another option
+        return f" The store is an argument here, without --store: zsfs {command.name} STORE ..."
+    return ""
 
 
 def option_flags(command: click.Command | None) -> dict[str, str]:
