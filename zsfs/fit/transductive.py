@@ -90,7 +90,7 @@ def class_mixture(
         prototypes = F.normalize(responsibilities.T @ features, dim=1)
         responsibilities = torch.softmax(
             _posterior_logits(features, prototypes, shares, log_prior, concentration, prior_weight), dim=1)
-    shares = responsibilities.mean(dim=0).double()
+    shares = responsibilities.mean(dim=0).cpu().double()  # float64 on the CPU: MPS has none
     return ClassMixture((shares / shares.sum()).cpu().numpy(), prototypes)
 
 
@@ -157,7 +157,8 @@ def most_confident(labels: torch.Tensor, confidence: torch.Tensor, fraction: flo
     sorted_labels = labels[order]
     rank_in_label = torch.arange(len(labels), device=labels.device) - first_of_label[sorted_labels]
     keep = torch.zeros(len(labels), dtype=torch.bool, device=labels.device)
-    keep[order] = rank_in_label < torch.ceil(fraction * sizes.double()).long()[sorted_labels]
+    limit = torch.ceil(fraction * sizes.cpu().double()).long().to(labels.device)  # float64 on the CPU: MPS has none
+    keep[order] = rank_in_label < limit[sorted_labels]
     return keep
 
 
