@@ -45,7 +45,7 @@ def zero_shot_scan(clip: np.ndarray | torch.Tensor, texts: np.ndarray | torch.Te
     """One pass over the image embeddings: every image's zero-shot scores, and each class's top-R
     candidate rows with their logits (``(C, min(R, N))`` each, best first)."""
     zero_shot = ZeroShotAccumulator(len(clip), len(texts))
-    top = TopCandidates(len(texts), r, device)
+    top = TopCandidates(len(texts), min(r, len(clip)), device)  # R past N would only allocate padding
     for start, logits in iter_logit_chunks(clip, texts, chunk_rows=chunk_rows, device=device):
         zero_shot.update(start, logits)
         top.add_chunk(start, logits)
