@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,11 @@ class Vocabulary:
 
     def subset(self, classes: Sequence[str]) -> "Vocabulary":
         """The vocabulary restricted to ``classes``, in the order given."""
+        if not classes:
+            raise StoreError(f"no classes given to take from vocabulary {self.name!r}")
+        repeated = [c for c, count in Counter(classes).items() if count > 1]
+        if repeated:
+            raise StoreError(f"class {repeated[0]!r} is given {Counter(classes)[repeated[0]]} times; name each class once")
         position = {name: i for i, name in enumerate(self.classes)}
         unknown = [c for c in classes if c not in position]
         if unknown:
