@@ -122,6 +122,12 @@ def ood_bench(
     if not eligible:
         raise ZsfsError(f"none of the store's {len(label_classes)} label classes is in vocabulary {vocab_name!r}; "
                         f"add a vocabulary of the label names with {store.how_to_add_a_vocabulary()}")
+    if not isinstance(id_classes, (int, np.integer)):
+        unnamed = [name for name in dict.fromkeys(map(str, id_classes)) if name in always_ood]
+        if unnamed:
+            raise ZsfsError(f"{len(unnamed)} ID class(es) are labels that vocabulary {vocab_name!r} does not name: "
+                            f"{', '.join(map(repr, unnamed[:10]))}; an ID class needs its class name's text "
+                            f"embedding: add a vocabulary that names it with {store.how_to_add_a_vocabulary()}")
     splits = id_ood_splits(eligible, id_classes, n_splits=n_splits, seed=seed, always_ood=len(always_ood))
     if on_start is not None:
         on_start(len(splits))
