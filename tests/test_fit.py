@@ -217,6 +217,20 @@ def test_class_subset(store_path):
         result = fit_store(store, FitConfig(method="cycles", k=4, epochs=5, max_cycles=0),
                            classes=classes)
     assert result.classes == classes and result.predicted.max() < 4 and len(result.cycles) == 1
+    # Bugs: an empty list was an IndexError; a repeated class split its images between two heads.
+    with Store(store_path) as store:
+        with pytest.raises(ZsfsError, match="no classes given"):
+            fit_store(store, FitConfig(), classes=[])
+        with pytest.raises(ZsfsError, match=f"class '{classes[1]}' is given 2 times"):
+            fit_store(store, FitConfig(), classes=[classes[0], classes[1], classes[1]])
+
+
+def test_candidates_past_the_image_count_are_capped_not_allocated(tmp_path):
+    """Bug: --candidates 10**9 on a 30-image store allocated a (C, 10**9) table and was killed."""
+    path = make_synthetic_store(tmp_path / "tiny.h5", 30, 3, seed=1)
+    result = run_cli("fit", "--store", path, "--candidates", 10**9, "--k", 4, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(tmp_path / "run" / "predictions.parquet").height == 30
 
 
 def test_bad_input_fails_cleanly(store_path, tmp_path):

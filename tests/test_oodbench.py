@@ -106,6 +106,10 @@ def test_labels_outside_the_vocabulary_are_always_ood(tmp_path):
         metrics = ood_bench(store, 2, FitConfig(**QUICK_FIT), n_splits=1)
     assert metrics["always_ood_classes"] == class_names(2, "ood")
     assert set(metrics["splits"][0]["id_classes"]) <= set(class_names(4))
+    # Bug: an unnamed label given as an ID class was said not to be a label at all.
+    with Store(path) as store, pytest.raises(ZsfsError, match="labels that vocabulary 'synthetic' does not name: "
+                                                              "'ood_0000'.*zsfs text"):
+        ood_bench(store, ["class_0000", "ood_0000"], FitConfig(**QUICK_FIT))
 
 
 def test_cli_every_named_class_as_id_and_fewer_distinct_splits(tmp_path):
