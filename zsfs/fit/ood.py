@@ -86,8 +86,8 @@ def continuous_score(statistics: torch.Tensor | np.ndarray, thresholds: OodThres
 # fit trusts most: the re-ranked zero-shot candidates of every present class, the seeds first)
 # asks whether the backbone puts the image near the images that define the classes. They fail on
 # different images, so their mean rank beats either. Each component becomes its empirical CDF
-# over the whole collection (stored as quantiles, so that `zsfs predict` scores new images on
-# the same scale).
+# over the whole collection (the distance's is stored as quantiles, so that `zsfs predict`
+# scores new images on the same scale; predict has no CLIP, so no MCM).
 
 NEAREST_REFERENCE = 20
 """The OOD distance is to the 20th nearest reference row (10 and 40 measured within 1 AUROC
