@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from zsfs.runs import FittedRun, load_run
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
 from zsfs.tars import TAR_SUFFIX, TarMembers, locate_members, merged_members, split_member_path
 from zsfs.weights import relocated
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
@@ -73,7 +77,7 @@ def predict_images(
     max_pixels: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
-):
+) -> "pl.DataFrame":
     """Classify ``inputs`` with the run's classifier; a polars DataFrame, one row per file.
 
     Columns: path, predicted, confidence, ood_distance (as the fit's column: the rank of the
@@ -133,7 +137,7 @@ OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
 """What :func:`write_predictions` can write, by file suffix."""
 
 
-def write_predictions(frame, path: str | Path) -> Path:
+def write_predictions(frame: "pl.DataFrame", path: str | Path) -> Path:
     """Write predictions as .csv, .parquet or .json (chosen by the suffix), whole or not at all."""
     path = Path(path)
     suffix = path.suffix.lower()  # p.CSV is a CSV file too

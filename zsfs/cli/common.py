@@ -6,6 +6,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -15,6 +16,9 @@ from rich.text import Text
 
 from zsfs.errors import ParameterError, ZsfsError, one_line
 from zsfs.names import visible
+
+if TYPE_CHECKING:
+    from zsfs.fit.run import FitConfig
 
 console = Console(stderr=True, highlight=False, emoji=False)
 """Progress, tables and messages go to stderr so that stdout stays machine-readable.
@@ -83,7 +87,7 @@ def option_flags(command: click.Command | None) -> dict[str, str]:
     return {p.name: p.opts[0] for p in getattr(command, "params", []) if isinstance(p, click.Option)}
 
 
-def note_unread_options(config, given: dict) -> None:
+def note_unread_options(config: "FitConfig", given: dict) -> None:
     """Say which of the options the user gave the fit's method will not read (they are not errors:
     one set of options can serve runs of both methods)."""
     unread = config.unread(given)

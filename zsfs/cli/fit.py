@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from zsfs.cli.common import FiniteFloat, console, note_unread_options, shown
 from zsfs.devices import DEVICES, PRECISION_CHOICES
 from zsfs.names import some_names
+
+if TYPE_CHECKING:
+    from zsfs.fit.run import FitResult
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
 PARAMETERS = ("method", "keep_all_classes", "k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
@@ -159,7 +163,7 @@ SHOWN_CLASSES = 8
 """Class names listed in one row of the fit summary."""
 
 
-def show_summary(result, metrics: dict | None, run_dir: Path) -> None:
+def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> None:
     import numpy as np
     from rich.table import Table
 
