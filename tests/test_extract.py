@@ -228,6 +228,12 @@ def test_refuses_other_models_or_source_unless_overwrite(photos, tmp_path):
     assert refused.exit_code == 1 and "source" in refused.output
     # the default output is named after the source, so photos.txt and photos.csv meet at photos.h5
     assert f"it was built from {photos['root']}, this run reads {other_source}" in " ".join(refused.output.split())
+    # Bug: with other class subfolders it was refused for its classes, with a hint (zsfs text ...
+    # --overwrite) that would have replaced the unrelated store's vocabulary.
+    other_classes = write_image_folder(tmp_path / "pets", n_per_class=2, classes=("cat", "dog"), broken=False)["root"]
+    refused = run_cli("extract", other_classes, "--out", out, *TINY_MODEL_ARGS, "--workers", "0")
+    assert refused.exit_code == 1 and "zsfs text" not in refused.output
+    assert f"it was built from {photos['root']}, this run reads {other_classes}" in " ".join(refused.output.split())
 
     replaced = run_cli("extract", photos["root"], "--out", out, *other, "--workers", "0", "--overwrite")
     assert replaced.exit_code == 0, replaced.output

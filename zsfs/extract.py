@@ -238,7 +238,7 @@ def extract(
     class_names = _resolve_classes(classes, image_source)
     replace_vocabulary = f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`"
     if class_names and not overwrite:
-        refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
+        refuse_other_classes(out, vocab_name, class_names, replace_vocabulary, str(image_source.location))
 
     with _embedder(settings, image_source, ray, ray_workers) as embedder:
         clip_record, backbone_record = embedder.records
@@ -255,7 +255,7 @@ def extract(
         writer.finish({"source": str(image_source.location), "clip": clip_record, "backbone": backbone_record},
                       shards_written=bool(pending))
         if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
-            refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
+            refuse_other_classes(out, vocab_name, class_names, replace_vocabulary, str(image_source.location))
         vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
         if vocabulary:
             single, ensemble = embedder.encode_vocabulary(vocabulary)

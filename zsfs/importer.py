@@ -223,7 +223,8 @@ def import_store(
         if not schema.valid_vocabulary_name(name):
             raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
     loaded = {name: load_vocabulary(Path(file)) for name, file in (vocabularies or {}).items()}
-    refuse_other_vocabularies(Path(out), loaded, overwrite)
+    source = str(table_location.absolute())
+    refuse_other_vocabularies(Path(out), loaded, overwrite, source)
     for name, vocabulary in loaded.items():  # checked before writing anything
         for kind, values in (("single", vocabulary.single), ("ensemble", vocabulary.ensemble)):
             if values.shape != (len(vocabulary.classes), clip.shape[1]):
@@ -237,24 +238,25 @@ def import_store(
         labels=None if labels is None else np.asarray(labels, dtype=object),
         clip_info=imported_record(clip_name, clip.shape[1], clip_embeddings),
         backbone_info=imported_record(backbone_name, backbone.shape[1], backbone_features),
-        source=str(table_location.absolute()),
+        source=source,
         shard_size=shard_size,
         dtype=dtype,
         overwrite=overwrite,
         progress=progress,
     )
-    refuse_other_vocabularies(master, loaded, overwrite)  # again: shards this run repaired hid them before
+    refuse_other_vocabularies(master, loaded, overwrite, source)  # again: shards this run repaired hid them before
     for name, vocabulary in loaded.items():
         write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
                          prompt=schema.IMPORTED_WEIGHTS, n_templates=vocabulary.n_templates, overwrite=True)
     return master
 
 
-def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:
+def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool, source: str) -> None:
     """A rerun must not replace a vocabulary of the store with other classes (``--overwrite`` rebuilds all)."""
     if not overwrite:
         for name, vocabulary in loaded.items():
-            refuse_other_classes(out, name, vocabulary.classes, "`zsfs import ... --overwrite` rebuilds the whole store")
+            refuse_other_classes(out, name, vocabulary.classes, "`zsfs import ... --overwrite` rebuilds the whole store",
+                                 source)
 
 
 def imported_record(name: str, dim: int, location: Path) -> dict:

@@ -139,10 +139,7 @@ class StoreWriter:
                                      "pass --overwrite to replace it or choose another output") from None
                 continue  # a damaged shard is simply rewritten
             if identity != self.identity:
-                raise StoreMismatchError(
-                    f"{path} was built from another source, other models or other settings "
-                    f"({describe_difference(identity, self.identity)}); pass --overwrite to "
-                    "replace it or choose another output")
+                raise mismatch_error(path, identity, self.identity)
 
     def remove_existing(self) -> None:
         for path in self.existing_files():
@@ -278,6 +275,13 @@ class StoreWriter:
 def file_checksums(paths: list[Path]) -> tuple[np.ndarray, list[str]]:
     """Each file's size and sha256 (recorded in the master; checked on open and by --verify)."""
     return np.array([path.stat().st_size for path in paths], dtype=np.int64), [file_sha256(path) for path in paths]
+
+
+def mismatch_error(path: Path, found: dict | None, expected: dict) -> StoreMismatchError:
+    """The refusal of a store or shard file whose recorded identity is not this run's."""
+    return StoreMismatchError(f"{path} was built from another source, other models or other settings "
+                              f"({describe_difference(found, expected)}); pass --overwrite to replace it or "
+                              "choose another output")
 
 
 def describe_difference(found: dict | None, expected: dict) -> str:
