@@ -133,6 +133,7 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
         "extract": ["extract", photos, "--out", f"{read_only}/s.h5", *TINY_MODEL_ARGS],
         "extract rerun": ["extract", photos, "--out", f"{read_only}/photos.h5", *TINY_MODEL_ARGS],
         "text": ["text", f"{read_only}/photos.h5", "--classes", f"{work}/classes.txt", "--name", "more"],
+        "neighbours": ["neighbours", f"{read_only}/photos.h5", "--k", "2"],
         "fit": ["fit", "--store", store, "--out", f"{read_only}/run"],
         "predict": ["predict", "--run", run, "--out", f"{read_only}/p.csv", photos],
         "import": ["import", f"{read_only}/i.h5", "--clip-embeddings", f"{work}/clip.npy", "--backbone-features",
@@ -151,4 +152,9 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
         errors = [line for line in output.splitlines() if line.startswith("Error")]
         assert code == 1 and len(errors) == 1, (name, output)
         assert f"{read_only} is not writable (Permission denied)" in errors[0], (name, output)
+        # Bugs: neighbours searched every image first (then failed on the lock file); text said
+        # "choose another location" for the store it adds to.
+        adds_to_the_store = name in ("text", "neighbours")
+        assert ("copy the store" in errors[0]) == adds_to_the_store, (name, output)
+        assert ("choose another location" in errors[0]) != adds_to_the_store, (name, output)
     assert sorted(path.name for path in read_only.iterdir()) == ["photos.h5", "photos.shards"]  # nothing written

@@ -315,6 +315,9 @@ def test_fit_refuses_a_store_with_fewer_than_two_images(tmp_path):
                        vocabularies={"v": (["x", "y"], np.eye(2, 8, dtype=np.float32), np.eye(2, 8, dtype=np.float32))})
     with Store(path) as store, pytest.raises(ZsfsError, match="at least 2"):
         fit_store(store, FitConfig(k=1, candidates=1))
+    # Bug: neighbours said "use 1 <= k < 1" (an impossible range).
+    refused = run_cli("neighbours", path)
+    assert refused.exit_code == 1 and "holds 1 embedded image(s): there are no neighbours" in said(refused)
 
 
 def test_fit_device_must_be_known(tmp_path):

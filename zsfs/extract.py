@@ -29,7 +29,7 @@ from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_f
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
-from zsfs.store.files import check_store_lock, disk_error
+from zsfs.store.files import check_store_lock, check_store_update, disk_error
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES
 from zsfs.store.writer import ShardData, StoreWriter
@@ -342,12 +342,11 @@ def add_vocabulary(
     check_vocabulary_name(name)
     class_names = _resolve_classes(classes, None)
     with Store(store_path) as store:
-        record = dict(store.clip_info)
+        record, data_dir = dict(store.clip_info), store.data_dir
         if name in store.vocabulary_names() and not overwrite:
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
                             "choose another --vocab or pass --overwrite to replace it")
-    check_writable(store_path, "store")
-    check_store_lock(Path(store_path))
+    check_store_update(Path(store_path), data_dir)
     clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device)
     if on_start is not None:
         on_start(len(class_names))

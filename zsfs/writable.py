@@ -10,7 +10,7 @@ from pathlib import Path
 from zsfs.errors import ZsfsError
 
 
-def check_writable(path: str | Path, what: str) -> None:
+def check_writable(path: str | Path, what: str, fix: str = "choose another location") -> None:
     """Check that ``path`` (a file or folder to create or update) can be written.
 
     Creates and removes a probe file in the nearest existing folder on its way: the operating
@@ -26,6 +26,6 @@ def check_writable(path: str | Path, what: str) -> None:
         handle, probe = tempfile.mkstemp(prefix=".zsfs-write-check-", dir=folder)
     except OSError as error:
         raise ZsfsError(f"cannot write the {what} {path}: {folder} is not writable "
-                        f"({error.strerror or error}); choose another location") from None
+                        f"({error.strerror or error}); {fix}") from None
     os.close(handle)
     os.unlink(probe)

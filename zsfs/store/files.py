@@ -373,6 +373,17 @@ def check_store_lock(master: Path) -> None:
     release_lock(acquire_lock(master))
 
 
+def check_store_update(master: Path, data_dir: Path) -> None:
+    """Fail now, before long work, if files cannot be added to an existing store (a vocabulary, a
+    neighbour graph: they go into its shards folder) or another process writes it."""
+    from zsfs.writable import check_writable
+
+    fix = "make it writable, or copy the store (the .h5 file and its shards folder) to a place that is"
+    for inside in (master, data_dir / schema.GRAPH_FILE):  # the lock file goes beside the master
+        check_writable(inside, "store", fix)
+    check_store_lock(master)
+
+
 @contextmanager
 def store_lock(master: Path) -> Iterator[None]:
     """Hold the store's writer lock for the block (see :func:`acquire_lock`)."""
