@@ -62,6 +62,11 @@ def test_unreadable_files_get_an_error_not_a_prediction(fitted):
     assert frame["error"].null_count() == 0
     assert frame["predicted"].null_count() == frame.height
     assert frame["confidence"].null_count() == frame.height
+    # Bug: the command exited 0 when no image at all was classified.
+    out = fitted["run"].parent / "all-unreadable.csv"
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", out, *bad)
+    assert result.exit_code == 1 and f"none of the {len(bad)} images could be read" in result.output
+    assert pl.read_csv(out)["error"].null_count() == 0  # the rows that say why are still written
 
 
 def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
 from zsfs.devices import DEVICES
+from zsfs.errors import ZsfsError
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
@@ -45,8 +46,8 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     likely none of the run's classes): ood_distance, as in the fit's predictions (the backbone
     half of its ood_score, in [0, 1]; the MCM half needs CLIP, which predict does not run), and
     the paper's ood_paper (0, 1/3, 2/3 or 1) and its continuous form ood_continuous. Unreadable
-    files get an error, not a row of zeros. The table shows the first rows; --out or --json
-    gives them all.
+    files get an error, not a row of zeros (and the exit status is 1 when no image could be
+    read). The table shows the first rows; --out or --json gives them all.
     """
     from zsfs.predict import OUTPUT_SUFFIXES, predict_images, write_predictions
     from zsfs.writable import check_writable
@@ -69,6 +70,8 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     else:
         where = ""
     console.print(f"{frame.height - failed:,} images classified, {failed:,} unreadable{where}")
+    if failed == frame.height:  # the rows say why; the exit status tells a script nothing was classified
+        raise ZsfsError(f"none of the {failed:,} images could be read")
 
 
 def _table(frame) -> Table:
