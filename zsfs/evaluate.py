@@ -66,26 +66,16 @@ def accuracy(true: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(true == predicted))
 
 
-def per_class_accuracy(
-    true: np.ndarray, predicted: np.ndarray, classes: Sequence
-) -> dict[str, float]:
-    """Accuracy over the items whose true label is each class; NaN for a class with no items.
+def per_class_accuracy(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes,) accuracy over the items of each true class; NaN for a class with no items.
 
-    Keys are ``str(class)`` so the result is JSON-ready.
+    ``true`` and ``predicted`` are class indices (``LabelCodes.index_in`` turns names into them).
     """
     true, predicted = _same_length(true, predicted)
-    classes = np.asarray(list(classes))
-    # One vectorised pass: match every item to its class position, then bincount hits and totals.
-    order = np.argsort(classes, kind="stable")
-    position = np.searchsorted(classes[order], true)
-    position = np.clip(position, 0, len(classes) - 1)
-    known = classes[order][position] == true
-    class_of_item = order[position[known]]
-    hits = np.bincount(class_of_item, weights=(true == predicted)[known], minlength=len(classes))
-    totals = np.bincount(class_of_item, minlength=len(classes))
+    hits = np.bincount(true, weights=true == predicted, minlength=n_classes)
+    totals = np.bincount(true, minlength=n_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = np.where(totals > 0, hits / np.maximum(totals, 1), np.nan)
-    return {str(name): float(value) for name, value in zip(classes, values)}
+        return np.where(totals > 0, hits / np.maximum(totals, 1), np.nan)
 
 
 def auroc(scores: np.ndarray, is_positive: np.ndarray) -> float:

@@ -58,9 +58,9 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
         return metrics
     metrics["accuracy"] = accuracy(truth[is_id], result.predicted[is_id])
     metrics["zero_shot_accuracy"] = accuracy(truth[is_id], result.zero_shot_predicted[is_id])
-    per_class = per_class_accuracy(truth[is_id], result.predicted[is_id], range(len(result.classes)))
-    metrics["per_class_accuracy"] = {name: (None if np.isnan(value) else value)
-                                     for name, value in zip(result.classes, per_class.values())}
+    per_class = per_class_accuracy(truth[is_id], result.predicted[is_id], len(result.classes))
+    metrics["per_class_accuracy"] = {name: (None if np.isnan(value) else float(value))
+                                     for name, value in zip(result.classes, per_class)}
     metrics["seed_precision"] = [
         {"cycle": c.index, "n_kept": c.n_kept,
          "precision": float(np.mean(truth[c.rows] == c.labels)) if c.n_kept else None}
