@@ -287,3 +287,15 @@ def test_the_balanced_method_needs_cycle_epochs():
     with pytest.raises(ParameterError, match="cycle_epochs.*balanced method"):
         FitConfig(cycle_epochs=0).validate()
     FitConfig(method="cycles", cycle_epochs=0).validate()
+
+
+def test_cdf_interpolates_the_stored_quantiles_and_gives_ties_their_middle_rank():
+    """Bug: a collection of identical images (every distance equal) all scored 1, the most OOD."""
+    values = np.random.default_rng(0).normal(size=2000)
+    stored = ood.quantiles(values)
+    new = np.array([-10.0, -0.5, 0.0, 0.7, 10.0])
+    np.testing.assert_allclose(ood.cdf(new, stored), [0.0, *(np.mean(values[:, None] < new[1:4], axis=0)), 1.0],
+                               atol=2e-3)
+    np.testing.assert_array_equal(ood.cdf(np.zeros(3), ood.quantiles(np.zeros(12))), [0.5, 0.5, 0.5])
+    half_tied = ood.quantiles(np.r_[np.zeros(500), np.arange(1.0, 501.0)])
+    assert ood.cdf(np.zeros(1), half_tied)[0] == pytest.approx(0.25, abs=2e-3)  # the middle of [0, 0.5]

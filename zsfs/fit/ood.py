@@ -140,9 +140,15 @@ def quantiles(values: np.ndarray) -> np.ndarray:
 
 
 def cdf(values: np.ndarray, stored_quantiles: np.ndarray) -> np.ndarray:
-    """Fraction of the reference population below each value, from :func:`quantiles`."""
+    """Fraction of the reference population below each value, from :func:`quantiles`; a value
+    that many share (identical images) gets the middle of their range, as average ranks do,
+    not its top (np.interp alone gave a whole collection of duplicates the score 1: most OOD)."""
     stored = np.maximum.accumulate(np.asarray(stored_quantiles, np.float64))  # np.interp needs sorted points
-    return np.interp(np.asarray(values, np.float64), stored, np.linspace(0.0, 1.0, len(stored)))
+    values = np.asarray(values, np.float64)
+    levels = np.linspace(0.0, 1.0, len(stored))
+    from_above = np.interp(values, stored, levels)  # on a run of equal points: the run's last level
+    from_below = np.interp(-values, -stored[::-1], levels[::-1])  # ... its first level
+    return (from_above + from_below) / 2
 
 
 def combined_score(components: dict[str, np.ndarray], stored: dict[str, np.ndarray]) -> np.ndarray:
