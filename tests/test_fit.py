@@ -81,6 +81,18 @@ def test_one_pseudo_label_per_image_by_default(fitted):
         assert len(cycle.rows) == len(np.unique(cycle.rows)) and not np.isin(cycle.rows, seeds).any()
 
 
+def test_one_pseudo_label_per_image_where_candidate_lists_overlap(tmp_path):
+    """On the shared store no two classes' first candidates meet; here (30 images, 10 classes of
+    4 seeds) they do, and only the rule keeps an image from seeding two classes."""
+    path = make_synthetic_store(tmp_path / "tiny.h5", 30, 10, seed=1)
+    with Store(path) as store:
+        unique, paper_rule = (fit_store(store, FitConfig(k=4, unique_pseudo_labels=rule)) for rule in (True, False))
+    rows = unique.cycles[0].rows
+    assert len(rows) == len(np.unique(rows)) == unique.is_seed.sum()
+    repeated = paper_rule.cycles[0].rows
+    assert len(np.unique(repeated)) < len(repeated)
+
+
 def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):
     run = tmp_path / "run"
     outcome = fit_cli("--store", str(store_path), "--out", str(run), "--k", "8", "--json", *QUICK)
@@ -157,6 +169,9 @@ def test_fast_fit_records_the_precision_it_used(store_path):
     with Store(store_path) as store:
         result = fit_store(store, FitConfig.fast(cycle_epochs=1))
     assert result.precision == resolved_precision("auto", torch.device("cpu"))
+    # what was computed, not only what was recorded: the neighbour scan ran in that precision
+    scanned = "bf16 scan, fp32 re-scoring" if result.precision == "bf16" else "fp32"
+    assert result.neighbour_search["precision"] == scanned
 
 
 def test_fast_preset_in_bf16_beats_zero_shot(store_path, fitted):
@@ -241,7 +256,7 @@ def test_bad_input_fails_cleanly(store_path, tmp_path):
     outcome = fit_cli("--store", str(damaged), "--out", str(tmp_path / "r2"))
     assert outcome.exit_code == 1 and "HDF5" in said(outcome)
     outcome = fit_cli("--store", str(store_path), "--vocab", "nope", "--out", str(tmp_path / "r3"))
-    assert outcome.exit_code == 1 and "synthetic" in said(outcome)
+    assert outcome.exit_code == 1 and "it has: synthetic" in said(outcome)
     outcome = fit_cli("--store", str(store_path), "--k", "20", "--candidates", "10", "--out", str(tmp_path / "r4"))
     assert outcome.exit_code == 1 and "--candidates" in said(outcome)
     existing = tmp_path / "r5"

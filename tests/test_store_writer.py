@@ -135,9 +135,13 @@ def test_finalize_keeps_vocabularies_of_the_same_store(tmp_path):
     write_all(writer)
     writer.finalize(ATTRS)
     write_vocabulary(tmp_path / "s.h5", "v", ["a"], np.ones((1, DIM)), np.ones((1, DIM)), prompt="{}", n_templates=1)
+    # A format-1 store kept its vocabularies inside the master: the one place a rebuild must copy them from.
+    with h5py.File(tmp_path / "s.h5", "r+") as master, \
+            h5py.File(schema.vocabulary_file(writer.shards_dir, "v"), "r") as vocabulary:
+        vocabulary.copy(vocabulary["/"], master, name=f"{schema.VOCAB_GROUP}/inside")
     writer.finalize(ATTRS)
     with Store(tmp_path / "s.h5") as store:
-        assert store.vocabulary_names() == ["v"]
+        assert store.vocabulary_names() == ["inside", "v"] and store.vocabulary("inside").classes == ["a"]
 
 
 def test_failed_shard_write_removes_its_temporary_file(tmp_path, monkeypatch):
