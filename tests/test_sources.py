@@ -80,6 +80,23 @@ def test_txt_list_resolves_relative_to_its_folder(tmp_path):
     assert source.absolute(2) == outside and source.absolute(0).is_file()
 
 
+def test_a_path_listed_twice_is_kept_and_named_in_the_extract_summary(tmp_path):
+    from zsfs.testing.cli import run_cli
+    from zsfs.testing.models import TINY_MODEL_ARGS
+
+    write_image_folder(tmp_path / "imgs", n_per_class=2, classes=("a",), broken=False)
+    twice = tmp_path / "imgs" / "a" / "a_000_jpeg.jpg"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"imgs/a/a_000_jpeg.jpg\nimgs/a/a_001_png.png\n{twice}\n")  # once relative, once absolute
+    source = open_source(listing)
+    assert len(source.paths) == 3 and source.repeated_paths == ["imgs/a/a_000_jpeg.jpg"]
+    result = run_cli("extract", listing, "--out", tmp_path / "list.h5", "--workers", "0", *TINY_MODEL_ARGS)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "paths listed twice or more │ 1 (first: imgs/a/a_000_jpeg.jpg)" in said
+    assert open_source(tmp_path / "imgs").repeated_paths == []
+
+
 def test_list_files_keep_names_verbatim(tmp_path):
     """Bug: lists were split with str.splitlines (which also breaks at U+2028, U+0085, \\x0c...) and
     stripped, so " lead.jpg" was read as "lead.jpg": with both files there, the wrong image twice."""

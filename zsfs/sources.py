@@ -75,6 +75,7 @@ class ImageSource:
     members: TarMembers | None = None  # byte ranges of the entries that are tar members
     no_labels_reason: str | None = None  # why a folder with class subfolders gives no labels
     empty_tars: list[str] = field(default_factory=list)  # tar shards (relative to root) holding no image
+    repeated_paths: list[str] = field(default_factory=list)  # listed more than once (each row is embedded)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -217,7 +218,8 @@ def _read_list(list_file: Path) -> ImageSource:
     if not raw_paths:
         raise ZsfsError(f"the list file {list_file} lists no images.")
     paths = [_relative_when_possible(p, root) for p in raw_paths]
-    return ImageSource(location=list_file, root=root, paths=paths, labels=labels)
+    repeated = [path for path, count in Counter(paths).items() if count > 1]  # kept: a list is taken as written
+    return ImageSource(location=list_file, root=root, paths=paths, labels=labels, repeated_paths=repeated)
 
 
 def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]:

@@ -131,6 +131,9 @@ def _summary_table(summary) -> Table:
     table.add_row("skipped", f"{summary.n_skipped:,}")
     for reason, count in sorted(summary.skipped_reasons.items(), key=lambda item: -item[1]):
         table.add_row(shown(f"  {reason}"), f"{count:,}")
+    if summary.repeated_paths:
+        table.add_row("paths listed twice or more",  # each listing is a row, as written
+                      shown(f"{len(summary.repeated_paths):,} (first: {summary.repeated_paths[0]})"))
     if summary.empty_tars:
         table.add_row("tars with no image", shown(f"{len(summary.empty_tars):,} (first: {summary.empty_tars[0]})"))
     table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")
