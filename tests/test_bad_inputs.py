@@ -158,3 +158,27 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
         assert ("copy the store" in errors[0]) == adds_to_the_store, (name, output)
         assert ("choose another location" in errors[0]) != adds_to_the_store, (name, output)
     assert sorted(path.name for path in read_only.iterdir()) == ["photos.h5", "photos.shards"]  # nothing written
+
+
+def test_a_rerun_into_a_store_with_a_read_only_shards_folder_is_refused_before_any_work(made):
+    """Bug: extract checked only the master's folder; with a new vocabulary it loaded both models,
+    embedded the class names, then failed to write them."""
+    import shutil
+
+    folder = made["work"] / "ro-shards"
+    folder.mkdir()
+    shutil.copy(made["store"], folder / "photos.h5")
+    shards = folder / "photos.shards"
+    shutil.copytree(made["store"].with_suffix(".shards"), shards)
+    cases = {"extract rerun": ["extract", str(made["photos"]), "--out", f"{folder}/photos.h5", *TINY_MODEL_ARGS,
+                               "--classes", f"{made['work']}/classes.txt", "--vocab", "more"],
+             "neighbours": ["neighbours", f"{folder}/photos.h5", "--k", "2"]}
+    shards.chmod(0o555)
+    try:
+        child = run_python_unprivileged(UNWRITABLE_CLI.format(cases=cases), cwd=made["work"])
+    finally:
+        shards.chmod(0o755)
+    assert child.returncode == 0, child.stderr[-3000:]
+    for name, (code, output) in json.loads(child.stdout.splitlines()[-1]).items():
+        assert code == 1 and f"{shards} is not writable (Permission denied); make it writable, or copy the store" \
+            in " ".join(output.split()), (name, output)

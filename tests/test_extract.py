@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -234,6 +235,19 @@ def test_refuses_other_models_or_source_unless_overwrite(photos, tmp_path):
     refused = run_cli("extract", other_classes, "--out", out, *TINY_MODEL_ARGS, "--workers", "0")
     assert refused.exit_code == 1 and "zsfs text" not in refused.output
     assert f"it was built from {photos['root']}, this run reads {other_classes}" in " ".join(refused.output.split())
+
+    # The same folder with a class renamed: refused for its listing, before any model loads (the
+    # unknown model would be the error otherwise), not for its classes with a hint to replace them.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(photos["root"], renamed)
+    out_renamed = tmp_path / "renamed.h5"
+    assert run_cli("extract", renamed, "--out", out_renamed, *TINY_MODEL_ARGS, "--workers", "0").exit_code == 0
+    first_class = sorted(p for p in renamed.iterdir() if p.is_dir())[0]
+    first_class.rename(renamed / "zebra")
+    refused = run_cli("extract", renamed, "--out", out_renamed, "--clip-model", "no-such-clip", "--workers", "0")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 1 and "the source's file names or labels changed" in said, said
+    assert "zsfs text" not in said and "no-such-clip" not in said
 
     replaced = run_cli("extract", photos["root"], "--out", out, *other, "--workers", "0", "--overwrite")
     assert replaced.exit_code == 0, replaced.output

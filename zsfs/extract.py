@@ -31,8 +31,8 @@ from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source, read_clas
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
 from zsfs.store.files import check_store_lock, check_store_update, disk_error
 from zsfs.store.reader import Store
-from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES
-from zsfs.store.writer import ShardData, StoreWriter
+from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir
+from zsfs.store.writer import ShardData, StoreWriter, refuse_another_listing
 from zsfs.weights import relocated
 from zsfs.writable import check_writable
 
@@ -235,11 +235,17 @@ def extract(
     image_source = open_source(source)
     out = Path(out) if out is not None else default_output(image_source.location)
     check_writable(out, "store")
-    check_store_lock(out)
+    if out.is_file():  # a rerun writes into the shards folder too
+        check_store_update(out, shard_dir(out))
+    else:
+        check_store_lock(out)
     class_names = _resolve_classes(classes, image_source)
     replace_vocabulary = f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`"
+    if out.is_file() and not overwrite:  # (the digest costs a pass over the listing: only for a rerun)
+        refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
+                                     "n_items": len(image_source.paths)})
     if class_names and not overwrite:
-        refuse_other_classes(out, vocab_name, class_names, replace_vocabulary, str(image_source.location))
+        refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
 
     with _embedder(settings, image_source, ray, ray_workers) as embedder:
         clip_record, backbone_record = embedder.records
@@ -256,7 +262,7 @@ def extract(
         writer.finish({"source": str(image_source.location), "clip": clip_record, "backbone": backbone_record},
                       shards_written=bool(pending))
         if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
-            refuse_other_classes(out, vocab_name, class_names, replace_vocabulary, str(image_source.location))
+            refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
         vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
         if vocabulary:
             single, ensemble = embedder.encode_vocabulary(vocabulary)

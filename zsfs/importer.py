@@ -24,6 +24,8 @@ from zsfs.errors import ZsfsError
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import refuse_other_classes
+from zsfs.store.hdf5 import listing_sha256
+from zsfs.store.writer import refuse_another_listing
 from zsfs.writable import check_writable
 
 CLIP_RETRIEVAL_EMBEDDINGS = "img_emb"
@@ -224,7 +226,10 @@ def import_store(
             raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
     loaded = {name: load_vocabulary(Path(file)) for name, file in (vocabularies or {}).items()}
     source = str(table_location.absolute())
-    refuse_other_vocabularies(Path(out), loaded, overwrite, source)
+    if Path(out).is_file() and not overwrite:
+        refuse_another_listing(Path(out), {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
+                                           "n_items": len(image_paths)})
+    refuse_other_vocabularies(Path(out), loaded, overwrite)
     for name, vocabulary in loaded.items():  # checked before writing anything
         for kind, values in (("single", vocabulary.single), ("ensemble", vocabulary.ensemble)):
             if values.shape != (len(vocabulary.classes), clip.shape[1]):
@@ -244,19 +249,18 @@ def import_store(
         overwrite=overwrite,
         progress=progress,
     )
-    refuse_other_vocabularies(master, loaded, overwrite, source)  # again: shards this run repaired hid them before
+    refuse_other_vocabularies(master, loaded, overwrite)  # again: shards this run repaired hid them before
     for name, vocabulary in loaded.items():
         write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
                          prompt=schema.IMPORTED_WEIGHTS, n_templates=vocabulary.n_templates, overwrite=True)
     return master
 
 
-def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool, source: str) -> None:
+def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:
     """A rerun must not replace a vocabulary of the store with other classes (``--overwrite`` rebuilds all)."""
     if not overwrite:
         for name, vocabulary in loaded.items():
-            refuse_other_classes(out, name, vocabulary.classes, "`zsfs import ... --overwrite` rebuilds the whole store",
-                                 source)
+            refuse_other_classes(out, name, vocabulary.classes, "`zsfs import ... --overwrite` rebuilds the whole store")
 
 
 def imported_record(name: str, dim: int, location: Path) -> dict:

@@ -23,13 +23,12 @@ from zsfs.store.hdf5 import canonical_json, write_checked, write_strings
 NORM_TOLERANCE = 1e-3  # float16 rounding moves a unit row's norm by ~1e-4
 
 
-def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to_replace: str, source: str) -> None:
+def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to_replace: str) -> None:
     """Before a rerun of extract or import into ``master``: its vocabulary ``name``, if any, must
     hold these ``classes`` (the rerun rewrites it), not others that earlier runs were fitted on.
-    A store built from another ``source`` is refused as such, before models load: replacing its
+    Call it after ``refuse_another_listing``: for a store of other images, replacing its
     vocabulary is not the fix."""
     from zsfs.store.reader import Store
-    from zsfs.store.writer import mismatch_error
 
     if not master.is_file():
         return  # a new store (or one whose first run was interrupted: no vocabulary yet)
@@ -38,8 +37,6 @@ def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to
     except StoreError:
         return  # shards missing or damaged: this rerun re-writes them (vocabularies are checked after)
     with store:
-        if store.identity.get("source") != source:
-            raise mismatch_error(master, {"source": store.identity.get("source")}, {"source": source})
         if name not in store.vocabulary_names():
             return
         existing = store.vocabulary(name).classes

@@ -277,6 +277,23 @@ def file_checksums(paths: list[Path]) -> tuple[np.ndarray, list[str]]:
     return np.array([path.stat().st_size for path in paths], dtype=np.int64), [file_sha256(path) for path in paths]
 
 
+def refuse_another_listing(master: Path, listing: dict) -> None:
+    """Before long work (loading models, reading embeddings): refuse an existing ``master`` whose
+    recorded identity has another listing, with the message the writer would give later.
+
+    ``listing``: the identity keys known before the work, ``source``, ``listing_sha256`` and
+    ``n_items``. A master that cannot be read is left to the writer."""
+    if not master.is_file():
+        return
+    try:
+        with h5py.File(master, "r") as file:
+            found = read_identity(file)
+    except OSError:
+        return
+    if found is not None and any(found.get(key) != value for key, value in listing.items()):
+        raise mismatch_error(master, found, {**found, **listing})
+
+
 def mismatch_error(path: Path, found: dict | None, expected: dict) -> StoreMismatchError:
     """The refusal of a store or shard file whose recorded identity is not this run's."""
     return StoreMismatchError(f"{path} was built from another source, other models or other settings "
