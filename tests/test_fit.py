@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -238,13 +239,25 @@ def test_class_subset(store_path):
             fit_store(store, FitConfig(), classes=[])
         with pytest.raises(ZsfsError, match=f"class '{classes[1]}' is given 2 times"):
             fit_store(store, FitConfig(), classes=[classes[0], classes[1], classes[1]])
+        from_array = store.vocabulary("synthetic").subset(np.array(classes))  # any sequence of names
+    assert from_array.classes == classes and all(type(name) is str for name in from_array.classes)
 
 
 def test_candidates_past_the_image_count_are_capped_not_allocated(tmp_path):
-    """Bug: --candidates 10**9 on a 30-image store allocated a (C, 10**9) table and was killed."""
+    """Bug: --candidates 10**9 on a 30-image store allocated (C, 10**9) tables (36 GB) and was
+    killed. Run under a 6 GB address-space limit, so the old code fails here on any machine."""
+    import resource
+    import subprocess
+    import sys
+
+    def at_most_6_gb() -> None:  # in the child, before exec
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
     path = make_synthetic_store(tmp_path / "tiny.h5", 30, 3, seed=1)
-    result = run_cli("fit", "--store", path, "--candidates", 10**9, "--k", 4, "--out", tmp_path / "run")
-    assert result.exit_code == 0, result.output
+    zsfs = Path(sys.executable).parent / "zsfs"
+    child = subprocess.run([zsfs, "fit", "--store", path, "--candidates", str(10**9), "--k", "4", "--out",
+                            tmp_path / "run"], capture_output=True, text=True, preexec_fn=at_most_6_gb, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
     assert pl.read_parquet(tmp_path / "run" / "predictions.parquet").height == 30
 
 

@@ -48,11 +48,12 @@ class Vocabulary:
 
     def subset(self, classes: Sequence[str]) -> "Vocabulary":
         """The vocabulary restricted to ``classes``, in the order given."""
+        classes = [str(name) for name in classes]  # any sequence of names, a numpy array too
         if not classes:
             raise StoreError(f"no classes given to take from vocabulary {self.name!r}")
-        repeated = [c for c, count in Counter(classes).items() if count > 1]
+        repeated = [(name, count) for name, count in Counter(classes).items() if count > 1]
         if repeated:
-            raise StoreError(f"class {repeated[0]!r} is given {Counter(classes)[repeated[0]]} times; name each class once")
+            raise StoreError(f"class {repeated[0][0]!r} is given {repeated[0][1]} times; name each class once")
         position = {name: i for i, name in enumerate(self.classes)}
         unknown = [c for c in classes if c not in position]
         if unknown:
