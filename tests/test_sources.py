@@ -93,7 +93,7 @@ def test_a_path_listed_twice_is_kept_and_named_in_the_extract_summary(tmp_path):
     result = run_cli("extract", listing, "--out", tmp_path / "list.h5", "--workers", "0", *TINY_MODEL_ARGS)
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
-    assert "paths listed twice or more │ 1 (first: imgs/a/a_000_jpeg.jpg)" in said
+    assert "paths listed twice or more │ 1: imgs/a/a_000_jpeg.jpg" in said
     assert open_source(tmp_path / "imgs").repeated_paths == []
 
 

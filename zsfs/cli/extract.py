@@ -9,6 +9,7 @@ from rich.table import Table
 
 from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
 from zsfs.devices import DEVICES, MODEL_PRECISIONS
+from zsfs.names import some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
@@ -132,10 +133,9 @@ def _summary_table(summary) -> Table:
     for reason, count in sorted(summary.skipped_reasons.items(), key=lambda item: -item[1]):
         table.add_row(shown(f"  {reason}"), f"{count:,}")
     if summary.repeated_paths:
-        table.add_row("paths listed twice or more",  # each listing is a row, as written
-                      shown(f"{len(summary.repeated_paths):,} (first: {summary.repeated_paths[0]})"))
+        table.add_row("paths listed twice or more", shown(some_names(summary.repeated_paths, 10)))  # each embedded
     if summary.empty_tars:
-        table.add_row("tars with no image", shown(f"{len(summary.empty_tars):,} (first: {summary.empty_tars[0]})"))
+        table.add_row("tars with no image", shown(some_names(summary.empty_tars, 10)))
     table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")
     if summary.shards_redone:
         table.add_row("shards redone (worker lost)", f"{summary.shards_redone}")
