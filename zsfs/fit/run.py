@@ -248,8 +248,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         with timer.phase("read features"):
             features = normalise(store.read("backbone", sample), device)
             candidate_rows, candidate_labels = seeds.positions(ranked, 0, config.candidates)
-            # Summed on the CPU: CUDA's index_add_ adds in no fixed order, and the fit must repeat exactly.
-            prototypes = transductive.class_prototypes(normalise(store.read("backbone", candidate_rows)),
+            prototypes = transductive.class_prototypes(normalise(store.read("backbone", candidate_rows)),  # on the CPU
                                                        torch.as_tensor(candidate_labels), n_classes).to(device)
         with timer.phase("class shares + self-training"):
             trained, head_classes, shares = _balanced_training(features, sample, drawn, seed_rows, seed_labels,

@@ -64,9 +64,10 @@ class ClassMixture:
 
 
 def class_prototypes(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """(C, D) unit mean of the ``features`` rows of each label (zero rows for labels with none)."""
-    sums = torch.zeros(n_classes, features.shape[1], device=features.device).index_add_(0, labels, features)
-    return F.normalize(sums, dim=1)
+    """(C, D) unit mean of the ``features`` rows of each label (zero rows for labels with none), on
+    ``features``' device. Summed on the CPU: CUDA's index_add_ adds in no fixed order, and a fit must repeat."""
+    sums = torch.zeros(n_classes, features.shape[1]).index_add_(0, labels.cpu(), features.cpu().float())
+    return F.normalize(sums, dim=1).to(features.device)
 
 
 def class_mixture(
