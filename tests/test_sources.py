@@ -334,7 +334,7 @@ def test_read_class_file(tmp_path):
     from zsfs.sources import read_class_file
 
     good = tmp_path / "classes.txt"
-    good.write_text("cat\n\n  dog  \nbird\n", encoding="utf-8")
+    good.write_text("# my classes\ncat\n\n  dog  \n  # birds too\nbird\n", encoding="utf-8")  # comments as in lists
     assert read_class_file(good) == ["cat", "dog", "bird"]
     with pytest.raises(ZsfsError, match="does not exist; pass a text file with one class name per line"):
         read_class_file(tmp_path / "missing.txt")

@@ -106,7 +106,8 @@ class ImageSource:
 
 
 def read_class_file(path: str | Path) -> list[str]:
-    """Class names from a text file, one per line; blank lines ignored, duplicates refused."""
+    """Class names from a text file, one per line; blank lines and ``#`` comment lines ignored (as in
+    list files), duplicates refused."""
     path = Path(path)
     if not path.is_file():
         raise ZsfsError(f"class file {path} does not exist; pass a text file with one class name per line")
@@ -117,7 +118,7 @@ def read_class_file(path: str | Path) -> list[str]:
                         f"{error.start}); save it as UTF-8") from None
     except OSError as error:
         raise ZsfsError(f"cannot read the class file {path}: {error.strerror}") from None
-    classes = [line.strip() for line in text.splitlines() if line.strip()]
+    classes = [name for name in (line.strip() for line in text.splitlines()) if name and not name.startswith("#")]
     if not classes:
         raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
     repeated = sorted(name for name, count in Counter(classes).items() if count > 1)

@@ -26,7 +26,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--backbone-weights", default="default", show_default=True,
               help="'default' (the weights the timm name implies), a local file, or 'random'.")
 @click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Class names, one per line [default: the source's subfolder names].")
+              help="Class names, one per line ('#' lines are comments) [default: the source's subfolder names].")
 @click.option("--vocab", "--vocab-name", "vocab_name", default="default", show_default=True,
               help="Name of the vocabulary written (zsfs fit --vocab NAME).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
@@ -90,7 +90,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 @click.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--classes", "classes_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Class names, one per line.")
+              help="Class names, one per line ('#' lines are comments).")
 @click.option("--vocab", "--name", "name", required=True, help="Name of the vocabulary (zsfs fit --vocab NAME).")
 @click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
               help="The store's CLIP weights file at a new location (its sha256 must match the record).")
