@@ -235,13 +235,14 @@ def extract(
     image_source = open_source(source)
     out = Path(out) if out is not None else default_output(image_source.location)
     check_writable(out, "store")
-    if out.is_file():  # a rerun writes into the shards folder too
+    rerun = out.is_file()
+    if rerun:  # it writes into the shards folder too
         check_store_update(out, shard_dir(out))
     else:
         check_store_lock(out)
     class_names = _resolve_classes(classes, image_source)
     replace_vocabulary = f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`"
-    if out.is_file() and not overwrite:  # (the digest costs a pass over the listing: only for a rerun)
+    if rerun and not overwrite:  # (the digest costs a pass over the listing: only for a rerun)
         refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
                                      "n_items": len(image_source.paths)})
     if class_names and not overwrite:
