@@ -174,6 +174,25 @@ def test_cli_import_then_info_json(inputs):
     assert f"2 labels: cat ({(N + 1) // 2}); dog ({N // 2})" in " ".join(result.output.split())
 
 
+def test_cli_import_names_paths_given_twice(inputs):
+    """Rows that repeat a path are kept (the table is taken as written) and named, as extract
+    names a list file's repeats; an import without repeats says nothing of them."""
+    folder = inputs["dir"]
+    paths = inputs["paths"][:]
+    paths[7] = paths[3] = paths[50] = "photos/a b.jpg"
+    paths[9] = paths[2]
+    pl.DataFrame({"path": paths}).write_csv(folder / "twice.csv")
+    common = ["--clip-embeddings", str(folder / "clip.npy"), "--backbone-features", str(folder / "backbone.npy")]
+    result = CliRunner().invoke(main, ["import", str(folder / "twice.h5"), *common, "--paths", str(folder / "twice.csv")])
+    assert result.exit_code == 0, result.output
+    assert "Paths given twice or more (each row kept): 2: photos/002.jpg; photos/a b.jpg" in " ".join(
+        result.output.split())
+    with Store(folder / "twice.h5") as store:
+        assert store.n_images == N and store.paths().tolist() == paths
+    result = CliRunner().invoke(main, ["import", str(folder / "once.h5"), *common, "--paths", str(folder / "paths.csv")])
+    assert result.exit_code == 0 and "twice" not in result.output
+
+
 def test_cli_errors_exit_1_without_traceback(inputs):
     folder = inputs["dir"]
     runner = CliRunner()

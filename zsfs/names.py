@@ -9,6 +9,7 @@ derived from folder names) get :func:`utf8_text`, which writes each undecodable 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 
@@ -42,6 +43,11 @@ def _visible(match: re.Match) -> str:
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte code - 0xDC00
         return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def repeated(values: Iterable[str]) -> list[str]:
+    """The values given more than once, each once, in the order first seen."""
+    return [value for value, count in Counter(values).items() if count > 1]
 
 
 def some_names(names: Sequence[str], limit: int, listed_in: str | None = None) -> str:

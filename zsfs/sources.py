@@ -14,7 +14,6 @@ import os
 import stat
 import struct
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from zsfs.errors import ZsfsError
-from zsfs.names import utf8_text
+from zsfs.names import repeated, utf8_text
 from zsfs.store.hdf5 import listing_sha256
 from zsfs.tars import TarMembers, is_tar_pattern, list_tars, resolve_tars, tar_shards_in
 
@@ -121,9 +120,9 @@ def read_class_file(path: str | Path) -> list[str]:
     classes = [name for name in (line.strip() for line in text.splitlines()) if name and not name.startswith("#")]
     if not classes:
         raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
-    repeated = sorted(name for name, count in Counter(classes).items() if count > 1)
-    if repeated:
-        raise ZsfsError(f"class file {path} lists these names more than once: {', '.join(repeated)}")
+    twice = sorted(repeated(classes))
+    if twice:
+        raise ZsfsError(f"class file {path} lists these names more than once: {', '.join(twice)}")
     return classes
 
 
@@ -219,8 +218,8 @@ def _read_list(list_file: Path) -> ImageSource:
     if not raw_paths:
         raise ZsfsError(f"the list file {list_file} lists no images.")
     paths = [_relative_when_possible(p, root) for p in raw_paths]
-    repeated = [path for path, count in Counter(paths).items() if count > 1]  # kept: a list is taken as written
-    return ImageSource(location=list_file, root=root, paths=paths, labels=labels, repeated_paths=repeated)
+    # Kept: a list is taken as written.
+    return ImageSource(location=list_file, root=root, paths=paths, labels=labels, repeated_paths=repeated(paths))
 
 
 def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]:

@@ -11,6 +11,7 @@ import click
 from zsfs.cli.common import console, image_progress, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
+from zsfs.names import repeated, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE
 
 
@@ -75,6 +76,9 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 
     with Store(master) as store:
         show_summary(store.summary(), store.how_to_add_a_vocabulary())
+        twice = repeated(store.paths().tolist())
+    if twice:  # each row stays an image of its own, as extract keeps a list file's repeats
+        console.print(f"Paths given twice or more (each row kept): {shown(some_names(twice, 10))}")
 
 
 @click.command("info")

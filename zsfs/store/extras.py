@@ -8,7 +8,6 @@ never reclaims space inside a file it modifies).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, ZsfsError
+from zsfs.names import repeated
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, store_lock
 from zsfs.store.hdf5 import canonical_json, write_checked, write_strings
@@ -59,7 +59,7 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
     check_vocabulary_name(name)
     if not classes:
         raise ZsfsError(f"vocabulary {name!r} has no classes")
-    duplicates = sorted(c for c, count in Counter(classes).items() if count > 1)
+    duplicates = sorted(repeated(classes))
     if duplicates:
         raise ZsfsError(f"vocabulary {name!r} lists classes more than once: {duplicates[:5]}")
     arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"vocabulary {name!r} {kind}")

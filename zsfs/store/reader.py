@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, one_line
+from zsfs.names import repeated
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
 from zsfs.store.files import written_elsewhere
@@ -51,9 +51,9 @@ class Vocabulary:
         classes = [str(name) for name in classes]  # any sequence of names, a numpy array too
         if not classes:
             raise StoreError(f"no classes given to take from vocabulary {self.name!r}")
-        repeated = [(name, count) for name, count in Counter(classes).items() if count > 1]
-        if repeated:
-            raise StoreError(f"class {repeated[0][0]!r} is given {repeated[0][1]} times; name each class once")
+        twice = repeated(classes)
+        if twice:
+            raise StoreError(f"class {twice[0]!r} is given {classes.count(twice[0])} times; name each class once")
         position = {name: i for i, name in enumerate(self.classes)}
         unknown = [c for c in classes if c not in position]
         if unknown:
