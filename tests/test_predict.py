@@ -213,3 +213,26 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
 
     with pytest.raises(ZsfsError, match="holds no file named 'nope.jpg'"):
         predict_images(fitted["run"], ["shards/00000.tar::nope.jpg"], workers=0)
+
+
+def test_on_cpu_the_model_gets_the_cores_the_decoding_workers_leave(fitted, monkeypatch):
+    """Bug: predict set up its own loader and left out extract's thread rule, so on CPU the
+    model's threads and the decoding workers competed for the same cores (1.45-1.65x slower on 2
+    cores). Both now run the one pipeline, `embedding.embedded_listing`."""
+    import torch
+
+    from zsfs.embedding import available_cores
+    from zsfs.models import Backbone
+
+    threads_seen = []
+    encode = Backbone.encode_images
+
+    def recording(self, pixels):
+        threads_seen.append(torch.get_num_threads())
+        return encode(self, pixels)
+
+    monkeypatch.setattr(Backbone, "encode_images", recording)
+    torch.set_num_threads(available_cores())
+    predict_images(fitted["run"], [fitted["photos"]["root"]], workers=1, batch_size=4)
+    assert threads_seen and set(threads_seen) == {max(1, available_cores() - 1)}
+    assert torch.get_num_threads() == available_cores()  # the caller's setting is back

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -170,6 +171,33 @@ def embed_batches(loader: DataLoader, tags: Iterable, encoders: Sequence[Callabl
         in_flight = (tag, batch, embedded)
     if in_flight is not None:
         yield _to_host(*in_flight, on_batch)
+
+
+class ImageModel(Protocol):
+    """What the pipeline needs of a loaded model (``zsfs.models.ClipModel``, ``Backbone``)."""
+
+    preprocess: Callable
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
+@contextmanager
+def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches: list[list[int]], tags: Iterable, *,
+                     device: str, precision: str, workers: int | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, cores: int | None = None,
+                     on_batch: Callable[[int], None] | None = None) -> Iterator[Iterator[tuple]]:
+    """The whole pipeline over ``batches`` of ``source``: decoding workers apply every model's
+    preprocessing, the models embed on ``device``; yields :func:`embed_batches`' results (one
+    output per model). ``workers``: None = :func:`default_workers`. On CPU the models get the cores
+    the workers leave (:func:`model_threads`) while the results are read.
+    """
+    torch_device = torch.device(device)
+    workers = default_workers(device, cores) if workers is None else workers
+    images = DecodedImages(source, *(model.preprocess for model in models), max_pixels=max_pixels)
+    loader = make_loader(images, batches, workers=workers, pin_memory=torch_device.type == "cuda",
+                         worker_niceness=default_worker_niceness(device))
+    with model_threads(torch_device, workers, cores):
+        yield embed_batches(loader, tags, tuple(model.encode_images for model in models), torch_device, precision,
+                            on_batch)
 
 
 def _to_host(tag, batch: Batch, embedded, on_batch: Callable[[int], None] | None) -> tuple:

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.devices import check_device
-from zsfs.embedding import (PRECISIONS, Batch, DecodedImages, default_worker_niceness,
-                            default_workers, embed_batches, make_loader, model_threads)
+from zsfs.embedding import PRECISIONS, Batch, embedded_listing
 from zsfs.errors import ZsfsError
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -148,7 +147,7 @@ class ShardEmbedder(AbstractContextManager):
 
     def __init__(self, settings: EmbedSettings, source: ImageSource, *, cores: int | None = None):
         self.settings, self.source, self.cores = settings, source, cores
-        self.device = check_device(settings.device)
+        check_device(settings.device)  # before the models load: an absent GPU is a clear error
         self.clip = load_clip(settings.clip_model, settings.clip_weights, device=settings.device)
         self.features = load_backbone(settings.backbone, settings.backbone_weights, device=settings.device)
         self.shards_redone = 0  # a process that dies takes its shards with it: nothing to redo here
@@ -164,15 +163,9 @@ class ShardEmbedder(AbstractContextManager):
         the listing entries processed. One loader over all of them, so decoding never idles."""
         settings = self.settings
         batches, owners = shard_batches(writer, shards, settings.batch_size)
-        workers = default_workers(settings.device, self.cores) if settings.workers is None else settings.workers
-        images = DecodedImages(self.source, self.clip.preprocess, self.features.preprocess,
-                               max_pixels=settings.max_pixels)
-        loader = make_loader(images, batches,
-                             workers=workers, pin_memory=self.device.type == "cuda",
-                             worker_niceness=default_worker_niceness(settings.device))
-        with model_threads(self.device, workers, self.cores):
-            embedded = embed_batches(loader, owners, (self.clip.encode_images, self.features.encode_images),
-                                     self.device, settings.precision, on_batch)
+        with embedded_listing(self.source, (self.clip, self.features), batches, owners, device=settings.device,
+                              precision=settings.precision, workers=settings.workers,
+                              max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch) as embedded:
             return _write_shards(writer, self.source, embedded, owners, self.clip.record["dim"],
                                  self.features.record["dim"])
 

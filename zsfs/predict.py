@@ -16,7 +16,7 @@ import numpy as np
 
 from zsfs.errors import ZsfsError
 from zsfs.devices import check_device
-from zsfs.embedding import DecodedImages, default_worker_niceness, default_workers, embed_batches, make_loader
+from zsfs.embedding import embedded_listing
 from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
@@ -94,7 +94,7 @@ def predict_images(
     if not (np.isfinite(run.classifier.weight).all() and np.isfinite(run.classifier.bias).all()):
         raise ZsfsError(f"the classifier of {run_dir} has non-finite weights (its training diverged); "
                         "refit with a smaller --lr")
-    torch_device = check_device(device)
+    check_device(device)  # before the model loads: an absent GPU is a clear error
     backbone = load_backbone_from_record(relocated(run.classifier.backbone, backbone_weights, "backbone"),
                                          device=device)
     source = image_inputs(inputs)
@@ -102,17 +102,15 @@ def predict_images(
         on_start(len(source))
 
     batches = [list(range(start, min(start + batch_size, len(source)))) for start in range(0, len(source), batch_size)]
-    workers = default_workers(device) if workers is None else workers
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    loader = make_loader(DecodedImages(source, backbone.preprocess, max_pixels=max_pixels), batches, workers=workers,
-                         pin_memory=torch_device.type == "cuda", worker_niceness=default_worker_niceness(device))
     rows, features, errors = [], [], {}
-    for _, batch, outputs in embed_batches(loader, range(len(batches)), (backbone.encode_images,), torch_device,
-                                           precision, on_batch):
-        if outputs is not None:
-            rows.append(batch.indices)
-            features.append(outputs[0])
-        errors.update(batch.failures)
+    with embedded_listing(source, (backbone,), batches, range(len(batches)), device=device, precision=precision,
+                          workers=workers, max_pixels=max_pixels, on_batch=on_batch) as embedded:
+        for _, batch, outputs in embedded:
+            if outputs is not None:
+                rows.append(batch.indices)
+                features.append(outputs[0])
+            errors.update(batch.failures)
 
     n = len(source)
     predicted = np.full(n, None, dtype=object)
