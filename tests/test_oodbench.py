@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from zsfs.errors import ZsfsError
-from zsfs.evaluate import auroc
+from zsfs.evaluate import auroc, id_ood_splits
 from zsfs.fit.run import FitConfig
 from zsfs.evaluate import LabelCodes
 from zsfs.oodbench import ood_bench, score_split, summarize
@@ -33,7 +33,7 @@ def labelled_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bench(labelled_store):
     with Store(labelled_store) as store:
-        return ood_bench(store, 6, FitConfig(**QUICK_FIT), n_splits=2, seed=0)
+        return ood_bench(store, 6, FitConfig(**QUICK_FIT), n_splits=2)
 
 
 def bench_cli(*args):
@@ -67,11 +67,21 @@ def test_summary_is_mean_and_std_over_splits(bench):
 
 def test_same_seed_same_result(labelled_store, bench):
     with Store(labelled_store) as store:
-        again = ood_bench(store, 6, FitConfig(**QUICK_FIT), n_splits=2, seed=0)
+        again = ood_bench(store, 6, FitConfig(**QUICK_FIT), n_splits=2)
     def without_time(splits):
         return [{key: value for key, value in split.items() if key != "fit_seconds"} for split in splits]
 
     assert without_time(again["splits"]) == without_time(bench["splits"])
+
+
+def test_splits_are_drawn_from_the_fit_seed_in_python_as_on_the_command_line(labelled_store, bench):
+    """Bug: the library drew its splits from its own ``seed=0`` whatever ``config.seed`` said, while
+    `zsfs ood-bench --seed 3` drew them from 3: the same settings gave other splits in Python."""
+    with Store(labelled_store) as store:
+        other = ood_bench(store, 6, FitConfig(**{**QUICK_FIT, "seed": 3}), n_splits=2)
+    expected = id_ood_splits(class_names(10), 6, n_splits=2, seed=3)
+    assert other["seed"] == 3 and [split["id_classes"] for split in other["splits"]] == expected
+    assert [split["id_classes"] for split in bench["splits"]] != [split["id_classes"] for split in other["splits"]]
 
 
 def test_score_split_uses_ood_as_positive_and_the_fit_scores_as_given():

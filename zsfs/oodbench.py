@@ -94,14 +94,13 @@ def ood_bench(
     config: "FitConfig",
     *,
     n_splits: int = 5,
-    seed: int = 0,
     vocabulary: str | None = None,
     on_start: Callable[[int], None] | None = None,
     on_split: Callable[[int, SplitResult], None] | None = None,
 ) -> dict:
     """Run the protocol on an open ``Store``; returns the metrics.json content.
 
-    ``id_classes``: a count N (``n_splits`` random splits, reproducible from ``seed``; fewer
+    ``id_classes``: a count N (``n_splits`` random splits, drawn from ``config.seed`` as the fits are; fewer
     when fewer distinct ones exist) or the ID class names (one split). ID classes are drawn
     among the labels that the vocabulary names; labels it does not name can never be ID, so
     they are always OOD (listed as ``always_ood_classes``). ``config`` is the ``FitConfig``
@@ -128,6 +127,7 @@ def ood_bench(
             raise ZsfsError(f"{len(unnamed)} ID class(es) are labels that vocabulary {vocab_name!r} does not name: "
                             f"{', '.join(map(repr, unnamed[:10]))}; an ID class needs its class name's text "
                             f"embedding: add a vocabulary that names it with {store.how_to_add_a_vocabulary()}")
+    seed = config.seed
     splits = id_ood_splits(eligible, id_classes, n_splits=n_splits, seed=seed, always_ood=len(always_ood))
     if on_start is not None:
         on_start(len(splits))

@@ -46,7 +46,6 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     wanted = _parse_id_classes(id_classes)
     config = FitConfig.from_options(paper=paper, fast=fast, **fit_options)
     note_unread_options(config, fit_options)
-    seed = config.seed
     if not isinstance(wanted, int) and click.get_current_context().get_parameter_source("splits") \
             is not click.core.ParameterSource.DEFAULT:
         console.print("[yellow]Note:[/] --splits is ignored: a file of ID classes is one split.")
@@ -69,7 +68,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
                           f"MCM {o['mcm']['auroc']:.3f}; ID accuracy {split.id_accuracy:.3f}")
             status.update(f"fitting split {number + 2} of {n_splits}")
 
-        metrics = run_bench(store, wanted, config, n_splits=splits, seed=seed, vocabulary=vocab,
+        metrics = run_bench(store, wanted, config, n_splits=splits, vocabulary=vocab,
                             on_start=start, on_split=report_split)
     if metrics["always_ood_classes"]:
         console.print(shown(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
