@@ -44,7 +44,7 @@ def test_import_numpy_and_table(inputs, table):
     master = import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy",
                           backbone_features=folder / "backbone.npy", paths=folder / table, label_column="label",
                           vocabularies={"pets": folder / "pets.npz", "pets80": folder / "pets_ensemble.npz"},
-                          clip_name="ViT-B-32", backbone_name="vit_giant", shard_size=25)
+                          clip_name="ViT-B-32", backbone_name="vit_giant", shard_size=25).master
     with Store(master) as store:
         assert store.n_images == N and store.n_shards == 3
         np.testing.assert_allclose(store.read("clip"), inputs["clip"], atol=1e-3)
@@ -71,7 +71,7 @@ def test_import_clip_retrieval_folder(inputs, tmp_path):
         pl.DataFrame({"image_path": inputs["paths"][start:stop], "caption": ["x"] * (stop - start)},
                      schema={"image_path": pl.String, "caption": pl.String}).write_parquet(
             out / "metadata" / f"metadata_{part}.parquet")
-    master = import_store(tmp_path / "cr.h5", clip_embeddings=out, backbone_features=tmp_path / "backbone.npy")
+    master = import_store(tmp_path / "cr.h5", clip_embeddings=out, backbone_features=tmp_path / "backbone.npy").master
     with Store(master) as store:
         assert store.paths().tolist() == inputs["paths"]
         np.testing.assert_allclose(store.read("clip"), inputs["clip"], atol=1e-3)
@@ -127,7 +127,7 @@ def test_a_paths_table_named_with_bytes_that_are_not_utf8(inputs, table):
     renamed = os.fsdecode(os.fsencode(folder) + b"/t\xf6" + table.encode())
     os.rename(folder / table, renamed)
     master = import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy",
-                          backbone_features=folder / "backbone.npy", paths=renamed, label_column="label")
+                          backbone_features=folder / "backbone.npy", paths=renamed, label_column="label").master
     with Store(master) as store:
         assert store.paths().tolist() == inputs["paths"] and store.labels().tolist() == inputs["labels"]
 
@@ -189,6 +189,9 @@ def test_cli_import_names_paths_given_twice(inputs):
         result.output.split())
     with Store(folder / "twice.h5") as store:
         assert store.n_images == N and store.paths().tolist() == paths
+    summary = import_store(folder / "lib.h5", clip_embeddings=folder / "clip.npy",
+                           backbone_features=folder / "backbone.npy", paths=folder / "twice.csv")
+    assert summary.repeated_paths == ["photos/002.jpg", "photos/a b.jpg"] and summary.n_images == N
     result = CliRunner().invoke(main, ["import", str(folder / "once.h5"), *common, "--paths", str(folder / "paths.csv")])
     assert result.exit_code == 0 and "twice" not in result.output
 
@@ -231,7 +234,7 @@ def test_an_imported_store_without_vocabulary_points_to_import_not_to_zsfs_text(
     names in another tool's space."""
     folder = inputs["dir"]
     master = import_store(folder / "bare.h5", clip_embeddings=folder / "clip.npy",
-                          backbone_features=folder / "backbone.npy", paths=folder / "paths.csv", label_column="label")
+                          backbone_features=folder / "backbone.npy", paths=folder / "paths.csv", label_column="label").master
     outcome = run_cli("fit", "--store", master, "--out", folder / "run")
     said = " ".join(outcome.output.split())
     assert outcome.exit_code == 1 and "add one with `zsfs import bare.h5 ... --vocab NAME=FILE.npz` (rerun it" in said, said
@@ -244,7 +247,7 @@ def test_a_reimport_does_not_replace_a_vocabulary_by_other_classes(inputs):
     folder = inputs["dir"]
     common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
                   paths=folder / "paths.csv")
-    master = import_store(folder / "v.h5", vocabularies={"pets": folder / "pets.npz"}, **common)
+    master = import_store(folder / "v.h5", vocabularies={"pets": folder / "pets.npz"}, **common).master
     other = folder / "other.npz"
     np.savez(other, classes=np.array(["emu", "yak"]), single=unit_rows(2, D_CLIP, 4))
     with pytest.raises(ZsfsError, match="already has a vocabulary 'pets' with other classes \\(cat, dog\\)"):
@@ -263,7 +266,7 @@ def test_a_rerun_with_other_embeddings_does_not_reuse_the_old_shards(inputs):
     folder = inputs["dir"]
     common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
                   paths=folder / "paths.csv", shard_size=25)
-    master = import_store(folder / "r.h5", **common)
+    master = import_store(folder / "r.h5", **common).master
     import_store(folder / "r.h5", **common)  # the same inputs: a rerun reuses everything
     np.save(folder / "clip.npy", unit_rows(N, D_CLIP, 9))  # exported again, same shape
     with pytest.raises(ZsfsError, match="--overwrite"):
@@ -290,7 +293,7 @@ def test_a_rerun_repairs_shards_that_were_cut_short_removed_or_damaged(inputs):
     folder = inputs["dir"]
     common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
                   paths=folder / "paths.csv", vocabularies={"pets": folder / "pets.npz"}, shard_size=10)
-    master = import_store(folder / "r.h5", **common)
+    master = import_store(folder / "r.h5", **common).master
     shards = sorted((folder / "r.shards").glob("shard-*.h5"))
     untouched = shards[0].stat().st_mtime_ns
     os.truncate(shards[1], 10_000)  # cut short (a full disk, a partial copy)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ZsfsError
+from zsfs.names import repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import refuse_other_classes
@@ -152,6 +153,15 @@ def column(table, name: str | None, candidates: tuple[str, ...], what: str) -> l
 
 
 @dataclass(frozen=True)
+class ImportSummary:
+    """What :func:`import_store` did."""
+
+    master: Path  # the store's master file
+    n_images: int
+    repeated_paths: list[str]  # paths the table gives more than once, in the order first seen (each row is kept)
+
+
+@dataclass(frozen=True)
 class ImportedVocabulary:
     classes: list[str]
     single: np.ndarray
@@ -195,8 +205,8 @@ def import_store(
     dtype: str = "float16",
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
-) -> Path:
-    """Build the store ``out`` from precomputed, row-aligned embeddings; returns its path.
+) -> ImportSummary:
+    """Build the store ``out`` from precomputed, row-aligned embeddings.
 
     ``paths`` may be omitted when ``clip_embeddings`` is a clip-retrieval output folder (its
     ``metadata/`` parts are used). All inputs must list the same images in the same order.
@@ -253,7 +263,7 @@ def import_store(
     for name, vocabulary in loaded.items():
         write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
                          prompt=schema.IMPORTED_WEIGHTS, n_templates=vocabulary.n_templates, overwrite=True)
-    return master
+    return ImportSummary(master=master, n_images=len(image_paths), repeated_paths=repeated(image_paths))
 
 
 def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:

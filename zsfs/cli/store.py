@@ -11,7 +11,7 @@ import click
 from zsfs.cli.common import console, image_progress, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
-from zsfs.names import repeated, some_names
+from zsfs.names import some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE
 
 
@@ -68,17 +68,16 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
             written += rows
             status.update(f"Importing embeddings: {written:,} rows written; then the index")
 
-        master = import_store(out, clip_embeddings=clip_embeddings, backbone_features=backbone_features,
+        summary = import_store(out, clip_embeddings=clip_embeddings, backbone_features=backbone_features,
                               paths=paths_table, path_column=path_column, label_column=label_column,
                               vocabularies=vocabularies, clip_name=clip_name, backbone_name=backbone_name,
                               shard_size=shard_size, dtype=dtype, overwrite=overwrite, progress=progress)
     from zsfs.store import Store
 
-    with Store(master) as store:
+    with Store(summary.master) as store:
         show_summary(store.summary(), store.how_to_add_a_vocabulary())
-        twice = repeated(store.paths().tolist())
-    if twice:  # each row stays an image of its own, as extract keeps a list file's repeats
-        console.print(f"Paths given twice or more (each row kept): {shown(some_names(twice, 10))}")
+    if summary.repeated_paths:  # each row stays an image of its own, as extract keeps a list file's repeats
+        console.print(f"Paths given twice or more (each row kept): {shown(some_names(summary.repeated_paths, 10))}")
 
 
 @click.command("info")
