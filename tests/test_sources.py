@@ -80,6 +80,17 @@ def test_txt_list_resolves_relative_to_its_folder(tmp_path):
     assert source.absolute(2) == outside and source.absolute(0).is_file()
 
 
+def test_list_lines_are_normalised_as_paths_and_a_tilde_of_no_user_is_a_plain_name(tmp_path):
+    """Bug: a line "~nosuchuser/x.jpg" stopped the listing with pathlib's RuntimeError
+    ("Could not determine home directory"); it is now a relative name like any other (and its
+    file, absent, is skipped with the reason)."""
+    listing = tmp_path / "list.txt"
+    lines = ["a/b.jpg", "./a/c.jpg", "a//d.jpg", "a/./e.jpg", "a/f/", "~zsfs-no-such-user/g.jpg", f"{tmp_path}/h.jpg"]
+    listing.write_text("\n".join(lines) + "\n")
+    assert open_source(listing).paths == ["a/b.jpg", "a/c.jpg", "a/d.jpg", "a/e.jpg", "a/f",
+                                          "~zsfs-no-such-user/g.jpg", "h.jpg"]
+
+
 def test_a_path_listed_twice_is_kept_and_named_in_the_extract_summary(tmp_path):
     from zsfs.testing.cli import run_cli
     from zsfs.testing.models import TINY_MODEL_ARGS
