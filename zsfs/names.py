@@ -24,7 +24,13 @@ def utf8_text(name: str) -> str:
 
 
 def utf8_texts(names: Iterable[str]) -> list[str]:
-    return [utf8_text(name) for name in names]
+    """:func:`utf8_text` of each name; one encode of them all when every name is already UTF-8 text."""
+    names = [str(name) for name in names]
+    try:
+        "".join(names).encode("utf-8")  # fails on a surrogate: only then is a name rewritten
+        return names
+    except UnicodeEncodeError:
+        return [utf8_text(name) for name in names]
 
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\udc80-\udcff]")

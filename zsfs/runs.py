@@ -112,10 +112,14 @@ def predictions_frame(result: "FitResult", store: "Store", labels: "Sequence | N
     (``labels``: the store's, read once by the caller)."""
     import polars as pl
 
-    names = np.asarray(result.classes, dtype=object)
+    names = pl.Series(result.classes, dtype=pl.String)
+
+    def class_names(codes: np.ndarray) -> pl.Series:  # -1: no class (null)
+        return names.gather(pl.Series(np.maximum(codes, 0)).scatter(np.flatnonzero(codes < 0), None))
+
     columns = {
-        "path": np.asarray(utf8_texts(store.paths()), dtype=object),  # UTF-8 text: undecodable bytes as \xNN
-        "predicted": names[result.predicted].astype(str),
+        "path": pl.Series(utf8_texts(store.paths()), dtype=pl.String),  # UTF-8 text: undecodable bytes as \xNN
+        "predicted": class_names(result.predicted),
         "confidence": result.confidence,
         "ood_score": result.ood_score,
         "ood_flag": result.ood_flag,
@@ -123,15 +127,15 @@ def predictions_frame(result: "FitResult", store: "Store", labels: "Sequence | N
         "ood_paper": result.ood_paper,
         "ood_continuous": result.ood_continuous,
         "is_seed": result.is_seed,
-        "pseudo_label": np.where(result.pseudo_label >= 0, names[np.maximum(result.pseudo_label, 0)], None),
+        "pseudo_label": class_names(result.pseudo_label),
         "pseudo_cycle": result.pseudo_cycle,
-        "zero_shot_predicted": names[result.zero_shot_predicted].astype(str),
+        "zero_shot_predicted": class_names(result.zero_shot_predicted),
         "zero_shot_confidence": result.zero_shot_confidence,
         "mcm_score": result.mcm_score,
     }
     if labels is not None:
-        columns["label"] = np.asarray(labels).astype(str)
-    return pl.DataFrame({name: pl.Series(name, list(v) if v.dtype == object else v) for name, v in columns.items()})
+        columns["label"] = pl.Series([str(label) for label in labels], dtype=pl.String)
+    return pl.DataFrame({name: pl.Series(name, values) for name, values in columns.items()})
 
 
 def save_run(result: "FitResult", store: "Store", config: "FitConfig", run_dir: str | Path) -> Path:
