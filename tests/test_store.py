@@ -81,6 +81,7 @@ def test_read_rows_and_chunks(tmp_path, arrays):
         assert full.dtype == np.float32
         rows = np.array([129, 3, 3, 77, 0, -1])
         np.testing.assert_array_equal(store.read("clip", rows), full[rows])
+        assert store.paths(rows).tolist() == [arrays["paths"][row] for row in rows]  # the report reads a few
         np.testing.assert_array_equal(store.read("clip", slice(40, 60)), full[40:60])
         mask = np.arange(N) % 7 == 0
         np.testing.assert_array_equal(store.read("backbone", mask), store.read("backbone")[mask])
@@ -100,6 +101,7 @@ def test_dense_row_gather_matches_numpy(tmp_path, monkeypatch, arrays):
     with Store(build(tmp_path / "s.h5", arrays)) as store:
         rows = np.random.default_rng(0).integers(0, N, 90)
         np.testing.assert_array_equal(store.read("clip", rows), store.read("clip")[rows])
+        np.testing.assert_array_equal(store.paths(rows), store.paths()[rows])
 
 
 def test_plain_h5py_reads_master(tmp_path, arrays):

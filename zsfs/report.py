@@ -106,7 +106,7 @@ def image_locations(run: FittedRun, images: str | Path | None,
         with Store(store_path) as store:
             source = Path(store.source)
             fitted_on = store.fingerprint() == {**run.config["store"], "path": str(store.path)}
-            exact = store.paths()[rows].tolist() if fitted_on else None
+            exact = store.paths(rows).tolist() if fitted_on else None
     except (ZsfsError, OSError):
         source, exact = None, None
     if images is not None:

@@ -56,7 +56,12 @@ def write_strings(group: h5py.Group, name: str, values: Sequence[str]) -> None:
 
 def read_strings(dataset: h5py.Dataset) -> np.ndarray:
     """An object array of ``str``; bytes that are not UTF-8 come back as surrogates (PEP 383)."""
-    return dataset.asstr(errors="surrogateescape")[:]
+    return string_view(dataset)[:]
+
+
+def string_view(dataset: h5py.Dataset):
+    """``dataset`` read as ``str`` (as :func:`read_strings`), for reading some rows only."""
+    return dataset.asstr(errors="surrogateescape")
 
 
 def write_checked(group: h5py.Group, name: str, data: np.ndarray, **options) -> h5py.Dataset:

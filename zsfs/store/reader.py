@@ -18,7 +18,7 @@ from zsfs.names import repeated
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
 from zsfs.store.files import written_elsewhere
-from zsfs.store.hdf5 import canonical_json, read_strings
+from zsfs.store.hdf5 import canonical_json, read_strings, string_view
 from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, file_sha256, read_all
 
@@ -171,8 +171,10 @@ class Store:
         return f"Store({str(self.path)!r}, n_images={self.n_images})"
 
     # -- rows -----------------------------------------------------------------------------
-    def paths(self) -> np.ndarray:
-        return self._strings(schema.PATH)
+    def paths(self, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """The images' paths, as recorded (``rows``: as :meth:`read` takes them; None = all)."""
+        with read_errors(self.path, schema.PATH):
+            return read_rows(string_view(self._dataset(schema.PATH)), rows)
 
     def labels(self) -> np.ndarray | None:
         return self._strings(schema.LABEL) if self.has_labels else None

@@ -178,7 +178,7 @@ def subset_store(store: "Store", vocabulary: str, present: list[str], path: str 
     rows = np.flatnonzero(np.isin(labels, present))
     vocab = store.vocabulary(vocabulary)
     return write_store(Path(path), clip=store.read("clip", rows), backbone=store.read("backbone", rows),
-                       paths=[str(p) for p in store.paths()[rows]], labels=labels[rows].tolist(),
+                       paths=[str(p) for p in store.paths(rows)], labels=labels[rows].tolist(),
                        clip_info=dict(store.clip_info), backbone_info=dict(store.backbone_info),
                        source=f"subset of {store.path.name}: {len(present)} classes",
                        vocabularies={vocabulary: (vocab.classes, vocab.single, vocab.ensemble)})
