@@ -225,6 +225,11 @@ def test_the_summary_names_listed_classes_that_got_no_seed(tmp_path):
         " ".join(result.output.split())
     seeded = pl.read_parquet(tmp_path / "run" / "predictions.parquet").filter(pl.col("is_seed"))["pseudo_label"]
     assert seeded.n_unique() < 3
+    # recorded for scripts and the report, not only printed
+    assert sorted(config["classes_without_seeds"]) == sorted(set(config["classes"]) - set(seeded.unique()))
+    from zsfs.report import render_report
+
+    assert "classes without seeds" in render_report(tmp_path / "run")
 
 
 def test_class_subset(store_path):

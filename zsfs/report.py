@@ -135,6 +135,8 @@ def _summary(run: FittedRun, frame, classes: list[str]) -> str:
     absent = config.get("absent_classes")
     if absent is not None:
         rows.append(("absent classes", some_names(absent, MAX_LISTED, "config.json") if absent else "none"))
+    if config.get("classes_without_seeds"):
+        rows.append(("classes without seeds", some_names(config["classes_without_seeds"], MAX_LISTED, "config.json")))
     if "stop_reason" in config:
         rows.append(("stop reason", str(config["stop_reason"])))
     if config.get("cycles"):

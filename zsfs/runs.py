@@ -95,6 +95,7 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "backbone": store.backbone_info,
         "stop_reason": result.stop_reason,
         "absent_classes": result.absent_classes,
+        "classes_without_seeds": result.unseeded_classes,
         "class_shares": result.class_shares,
         "neighbour_search": result.neighbour_search,
         "precision": result.precision,

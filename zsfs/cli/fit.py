@@ -180,10 +180,8 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
     elif metrics:
         table.add_row("accuracy", "- (no image's label is a class of this vocabulary)")
     table.add_row("seeds", f"{int(result.is_seed.sum()):,}")
-    seeded = np.bincount(result.pseudo_label[result.is_seed], minlength=len(result.classes)) > 0
-    unseeded = [name for name, has in zip(result.classes, seeded) if not has and name not in result.absent_classes]
-    if unseeded:  # no zero-shot candidate of theirs survived: trained on pseudo-labels alone, or never predicted
-        table.add_row("classes without seeds", shown(some_names(unseeded, SHOWN_CLASSES)))
+    if result.unseeded_classes:
+        table.add_row("classes without seeds", shown(some_names(result.unseeded_classes, SHOWN_CLASSES, "config.json")))
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
     search = result.neighbour_search
     table.add_row("neighbours", shown(f"{search['source']}: {search['search']}, {search['precision']}"))

@@ -154,6 +154,13 @@ class FitResult:
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
 
+    @property
+    def unseeded_classes(self) -> list[str]:
+        """Listed classes, not reported absent, that got no seed: no zero-shot candidate of theirs
+        survived, so they were trained on pseudo-labels alone, or are never predicted."""
+        seeded = np.bincount(self.pseudo_label[self.is_seed], minlength=len(self.classes)) > 0
+        return [name for name, has in zip(self.classes, seeded) if not has and name not in self.absent_classes]
+
 
 class _Timer:
     """Wall and CPU seconds per phase (CPU time shows the cost on a machine shared with others)."""
