@@ -16,6 +16,7 @@ from zsfs.evaluate import (
     id_ood_splits,
     mean_std,
     ood_metrics,
+    paper_score_counts,
     per_class_accuracy,
 )
 
@@ -41,6 +42,12 @@ def test_label_codes_match_string_comparisons():
 def test_accuracy_hand_computed():
     assert accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2])) == 0.75
     assert accuracy(np.array(["cat", "dog"]), np.array(["dog", "dog"])) == 0.5
+
+
+def test_paper_score_counts_each_level_and_a_missing_score_as_0():
+    scores = np.array([0, 1 / 3, 1 / 3, 2 / 3, 1, 1, 1, np.nan], dtype=np.float32)  # float32 thirds
+    assert paper_score_counts(scores) == [2, 2, 1, 3]
+    assert paper_score_counts(np.array([], dtype=np.float32)) == [0, 0, 0, 0]
 
 
 def test_accuracy_rejects_mismatched_lengths():

@@ -210,3 +210,9 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     last_rank = np.cumsum(group_sizes)
     group_rank = last_rank - (group_sizes - 1) / 2.0
     return group_rank[group_of_item.reshape(-1)]
+
+
+def paper_score_counts(ood_paper: np.ndarray) -> list[int]:
+    """How many images have each level of the paper's OOD score: 0, 1/3, 2/3, 1 (a missing score counts as 0)."""
+    levels = np.rint(np.nan_to_num(np.asarray(ood_paper, dtype=np.float64)) * 3).astype(np.int64)
+    return np.bincount(levels, minlength=4)[:4].tolist()

@@ -19,6 +19,7 @@ import numpy as np
 
 from zsfs import __version__, figures
 from zsfs.errors import ParameterError, ZsfsError
+from zsfs.evaluate import paper_score_counts
 from zsfs.names import some_names, visible
 from zsfs.outputs import write_text_atomically
 from zsfs.runs import REPORT, FittedRun, load_run
@@ -148,8 +149,8 @@ def _summary(run: FittedRun, frame, classes: list[str]) -> str:
     if "ood_flag" in frame.columns:
         rows.append(("flagged OOD", f"{int(frame['ood_flag'].sum()):,}"))
     if "ood_paper" in frame.columns:  # the paper's score: 0, 1/3, 2/3 or 1
-        levels = np.bincount(np.rint(frame["ood_paper"].fill_null(0).to_numpy() * 3).astype(np.int64), minlength=4)
-        rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{n:,}" for n in levels[:4])))
+        counts = paper_score_counts(frame["ood_paper"].to_numpy())
+        rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{count:,}" for count in counts)))
     for key, label in (("accuracy", "accuracy"), ("zero_shot_accuracy", "zero-shot accuracy"),
                        ("ood_auroc", "OOD AUROC"), ("ood_continuous_auroc", "OOD AUROC (continuous)"),
                        ("mcm_auroc", "OOD AUROC (MCM)")):

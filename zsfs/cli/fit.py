@@ -164,8 +164,9 @@ SHOWN_CLASSES = 8
 
 
 def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> None:
-    import numpy as np
     from rich.table import Table
+
+    from zsfs.evaluate import paper_score_counts
 
     table = Table(title=f"zsfs fit: {len(result.predicted):,} images, {len(result.classes)} classes", title_justify="left")
     table.add_column("", style="bold")
@@ -189,9 +190,8 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
     if result.absent_classes:
         table.add_row("absent classes", shown(some_names(result.absent_classes, SHOWN_CLASSES, "config.json")))
     table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}")
-    levels, counts = np.unique(np.round(result.ood_paper * 3).astype(int), return_counts=True)
-    ood_counts = dict(zip(levels.tolist(), counts.tolist()))
-    table.add_row("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{ood_counts.get(i, 0):,}" for i in range(4)))
+    table.add_row("paper OOD score 0 / 1/3 / 2/3 / 1",
+                  " / ".join(f"{count:,}" for count in paper_score_counts(result.ood_paper)))
     for phase, seconds in result.timings.items():
         table.add_row(f"time: {phase}", f"{seconds:.2f} s")
     table.add_row("time: total", f"{sum(result.timings.values()):.2f} s")
