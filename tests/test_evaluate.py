@@ -12,6 +12,7 @@ from zsfs.evaluate import (
     LabelCodes,
     accuracy,
     auroc,
+    confusion_matrix,
     fpr_at_tpr,
     id_ood_splits,
     mean_std,
@@ -42,6 +43,13 @@ def test_label_codes_match_string_comparisons():
 def test_accuracy_hand_computed():
     assert accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2])) == 0.75
     assert accuracy(np.array(["cat", "dog"]), np.array(["dog", "dog"])) == 0.5
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    true, predicted = np.array([0, 1, 1, 2, 2, 2]), np.array([0, 0, 1, 2, 1, 1])
+    expected = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 2, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(confusion_matrix(true, predicted, 4), expected)
+    np.testing.assert_allclose(np.diag(expected)[:3] / expected.sum(axis=1)[:3], per_class_accuracy(true, predicted, 4)[:3])
 
 
 def test_paper_score_counts_each_level_and_a_missing_score_as_0():

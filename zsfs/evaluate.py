@@ -78,6 +78,12 @@ def per_class_accuracy(true: np.ndarray, predicted: np.ndarray, n_classes: int) 
         return np.where(totals > 0, hits / np.maximum(totals, 1), np.nan)
 
 
+def confusion_matrix(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) counts: row = true class, column = predicted class (class indices)."""
+    true, predicted = _same_length(true, predicted)
+    return np.bincount(true * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
 def auroc(scores: np.ndarray, is_positive: np.ndarray) -> float:
     """Area under the ROC curve, via the Mann-Whitney U statistic.
 

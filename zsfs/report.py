@@ -19,7 +19,7 @@ import numpy as np
 
 from zsfs import __version__, figures
 from zsfs.errors import ParameterError, ZsfsError
-from zsfs.evaluate import paper_score_counts
+from zsfs.evaluate import confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.names import some_names, visible
 from zsfs.outputs import write_text_atomically
 from zsfs.runs import REPORT, FittedRun, load_run
@@ -197,9 +197,8 @@ def _accuracy(frame, classes: list[str]) -> str:
     n = len(classes)
     if not known.any():
         return _section("accuracy", "Accuracy", "<p>No image's true label is one of the classes.</p>")
-    matrix = np.bincount(truth[known] * n + predicted[known], minlength=n * n).reshape(n, n)
-    totals = matrix.sum(axis=1)
-    accuracy = np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
+    matrix = confusion_matrix(truth[known], predicted[known], n)
+    accuracy = per_class_accuracy(truth[known], predicted[known], n)
     off = matrix.copy()
     np.fill_diagonal(off, 0)
     top = np.argsort(off, axis=None, kind="stable")[::-1][:10]
