@@ -353,8 +353,25 @@ def test_read_class_file(tmp_path):
     with pytest.raises(ZsfsError, match="lists no class names"):
         read_class_file(tmp_path / "empty.txt")
     (tmp_path / "twice.txt").write_text("dog\ncat\ndog\ncat\nowl\n", encoding="utf-8")
-    with pytest.raises(ZsfsError, match="more than once: cat, dog$"):
+    with pytest.raises(ZsfsError, match="more than once: 2: dog; cat$"):
         read_class_file(tmp_path / "twice.txt")
+
+
+def test_every_class_list_is_checked_by_one_rule():
+    """Class files, the Python API's lists, vocabularies and subsets share `check_class_names`
+    (before, four checks with four rules: extract's named no class, a vocabulary took a blank one)."""
+    from zsfs.extract import extract
+    from zsfs.names import check_class_names
+
+    assert check_class_names(np.array(["cat", "dog"]), "x") == ["cat", "dog"]
+    with pytest.raises(ZsfsError, match="^the classes given lists no class names$"):
+        check_class_names([], "the classes given")
+    with pytest.raises(ZsfsError, match=r"lists 2 empty class name\(s\) \(first: position 2\)"):
+        check_class_names(["cat", " ", "dog", ""], "x")
+    with pytest.raises(ZsfsError, match="more than once: 2: dog; cat$"):
+        check_class_names(["dog", "cat", "dog", "cat", "owl", "dog"], "x")
+    with pytest.raises(ZsfsError, match="the classes given lists these names more than once: 1: cat$"):
+        extract("unused-folder", classes=["cat", " cat "])  # checked before the folder is listed
 
 
 def test_ood_bench_reads_class_files_without_torch(tmp_path):

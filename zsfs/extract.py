@@ -25,6 +25,7 @@ from zsfs.devices import check_device
 from zsfs.embedding import PRECISIONS, Batch, embedded_listing
 from zsfs.errors import ZsfsError
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
+from zsfs.names import check_class_names
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
@@ -225,6 +226,7 @@ def extract(
         require_ray()
     settings = EmbedSettings(clip_model, clip_weights, backbone, backbone_weights, device, precision, batch_size,
                              workers, max_pixels)
+    given_classes = _given_classes(classes)  # a bad class file fails before a long listing
     image_source = open_source(source)
     out = Path(out) if out is not None else default_output(image_source.location)
     check_writable(out, "store")
@@ -233,7 +235,7 @@ def extract(
         check_store_update(out, shard_dir(out))
     else:
         check_store_lock(out)
-    class_names = _resolve_classes(classes, image_source)
+    class_names = image_source.classes if given_classes is None else given_classes
     replace_vocabulary = f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`"
     if rerun and not overwrite:  # (the digest costs a pass over the listing: only for a rerun)
         refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
@@ -342,7 +344,7 @@ def add_vocabulary(
     """
     check_device(device)
     check_vocabulary_name(name)
-    class_names = _resolve_classes(classes, None)
+    class_names = _given_classes(classes)
     with Store(store_path) as store:
         record, data_dir = dict(store.clip_info), store.data_dir
         if name in store.vocabulary_names() and not overwrite:
@@ -375,15 +377,13 @@ def _write_vocabulary(master: Path, name: str, classes: list[str], single: np.nd
         raise disk_error(error, f"vocabulary {name!r} into {master}") from error
 
 
-def _resolve_classes(classes, source: ImageSource | None) -> list[str] | None:
+def _given_classes(classes: Sequence[str] | str | Path | None) -> list[str] | None:
+    """The class names given (a list, or a class file), checked; None when none were given."""
     if classes is None:
-        return None if source is None else source.classes
+        return None
     if isinstance(classes, (str, Path)):
         return read_class_file(classes)
-    classes = [str(name).strip() for name in classes]
-    if not classes or len(set(classes)) != len(classes) or not all(classes):
-        raise ZsfsError("class names must be non-empty and distinct")
-    return classes
+    return check_class_names([str(name).strip() for name in classes], "the classes given")
 
 
 def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,

@@ -56,6 +56,23 @@ def repeated(values: Iterable[str]) -> list[str]:
     return [value for value, count in Counter(values).items() if count > 1]
 
 
+def check_class_names(names: Iterable[object], where: str) -> list[str]:
+    """``names`` as a list of ``str``, or a ``ZsfsError`` that says what ``where`` (e.g.
+    ``"class file x.txt"``) got wrong: no names, an empty (or blank) name, a name given twice."""
+    from zsfs.errors import ZsfsError
+
+    names = [str(name) for name in names]  # any sequence, a numpy array too
+    if not names:
+        raise ZsfsError(f"{where} lists no class names")
+    blank = [i for i, name in enumerate(names) if not name.strip()]
+    if blank:
+        raise ZsfsError(f"{where} lists {len(blank)} empty class name(s) (first: position {blank[0] + 1})")
+    twice = repeated(names)
+    if twice:
+        raise ZsfsError(f"{where} lists these names more than once: {some_names(twice, 10)}")
+    return names
+
+
 def some_names(names: Sequence[str], limit: int, listed_in: str | None = None) -> str:
     """``"N: a; b; ...; ... (M more[ in LISTED_IN])"``: the count and the first ``limit`` names,
     "; "-separated, as names may hold commas (ImageNet's class names do)."""

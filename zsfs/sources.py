@@ -23,7 +23,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from zsfs.errors import ZsfsError
-from zsfs.names import repeated, utf8_text
+from zsfs.names import check_class_names, repeated, utf8_text
 from zsfs.store.hdf5 import listing_sha256
 from zsfs.tars import TarMembers, is_tar_pattern, list_tars, resolve_tars, tar_shards_in
 
@@ -120,10 +120,7 @@ def read_class_file(path: str | Path) -> list[str]:
     classes = [name for name in (line.strip() for line in text.splitlines()) if name and not name.startswith("#")]
     if not classes:
         raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
-    twice = sorted(repeated(classes))
-    if twice:
-        raise ZsfsError(f"class file {path} lists these names more than once: {', '.join(twice)}")
-    return classes
+    return check_class_names(classes, f"class file {path}")
 
 
 def open_source(source: str | Path) -> ImageSource:

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, ZsfsError
-from zsfs.names import repeated
+from zsfs.names import check_class_names
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, store_lock
 from zsfs.store.hdf5 import canonical_json, write_checked, write_strings
@@ -55,13 +55,8 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
     """
     from zsfs.store.reader import Store
 
-    classes = [str(c) for c in classes]
     check_vocabulary_name(name)
-    if not classes:
-        raise ZsfsError(f"vocabulary {name!r} has no classes")
-    duplicates = sorted(repeated(classes))
-    if duplicates:
-        raise ZsfsError(f"vocabulary {name!r} lists classes more than once: {duplicates[:5]}")
+    classes = check_class_names(classes, f"vocabulary {name!r}")
     arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"vocabulary {name!r} {kind}")
               for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
     with store_lock(master), Store(master) as store:

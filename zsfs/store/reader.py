@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, one_line
-from zsfs.names import repeated
+from zsfs.names import check_class_names
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
 from zsfs.store.files import written_elsewhere
@@ -48,12 +48,7 @@ class Vocabulary:
 
     def subset(self, classes: Sequence[str]) -> "Vocabulary":
         """The vocabulary restricted to ``classes``, in the order given."""
-        classes = [str(name) for name in classes]  # any sequence of names, a numpy array too
-        if not classes:
-            raise StoreError(f"no classes given to take from vocabulary {self.name!r}")
-        twice = repeated(classes)
-        if twice:
-            raise StoreError(f"class {twice[0]!r} is given {classes.count(twice[0])} times; name each class once")
+        classes = check_class_names(classes, f"the classes to take from vocabulary {self.name!r}")
         position = {name: i for i, name in enumerate(self.classes)}
         unknown = [c for c in classes if c not in position]
         if unknown:
