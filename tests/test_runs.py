@@ -131,6 +131,42 @@ def test_results_get_the_users_umask(tmp_path, umask):
     assert (tmp_path / "page.html").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_result_files_reach_the_disk_before_their_rename_publishes_them(tmp_path, monkeypatch):
+    """Bug: run folders, reports and predictions files were renamed into place unsynced (the store
+    was synced): after a power loss a complete-looking run could hold empty files. Every fsync
+    is recorded by the path of its file descriptor (Linux: /proc/self/fd)."""
+    from zsfs.outputs import write_text_atomically
+
+    synced, renamed, fsync, rename, replace = [], [], os.fsync, os.rename, os.replace
+
+    def recording_fsync(handle):
+        synced.append(os.readlink(f"/proc/self/fd/{handle}"))
+        return fsync(handle)
+
+    def recording(move):
+        def moved(source, target):
+            renamed.append((str(source), len(synced)))
+            return move(source, target)
+        return moved
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "rename", recording(rename))
+    monkeypatch.setattr(os, "replace", recording(replace))
+    with new_folder(tmp_path / "run") as folder:
+        (folder / "sub").mkdir()
+        (folder / "a.txt").write_text("a")
+        (folder / "sub" / "b.txt").write_text("b")
+    [(tmp_folder, synced_before)] = renamed
+    assert {f"{tmp_folder}/a.txt", f"{tmp_folder}/sub/b.txt", f"{tmp_folder}/sub", tmp_folder} <= \
+        set(synced[:synced_before])
+    assert synced[synced_before:] == [str(tmp_path)]  # then the rename itself
+
+    synced.clear(), renamed.clear()
+    write_text_atomically(tmp_path / "page.html", "<p>")
+    [(tmp_file, synced_before)] = renamed
+    assert synced == [tmp_file, str(tmp_path)] and synced_before == 1 and (tmp_path / "page.html").read_text() == "<p>"
+
+
 def test_a_default_run_folder_taken_meanwhile_gets_the_next_name(run_dir, tmp_path):
     """Bug: two fits started in the same second chose the same default folder; the second failed
     after all its work, asking for an --out the user never gave."""

@@ -1,4 +1,6 @@
-"""Result folders (fit runs, ood-bench reports): complete or absent, never over earlier results."""
+"""Result folders (fit runs, ood-bench reports) and files: complete or absent, never over earlier
+results; synced to the disk before they are renamed into place, so a power loss cannot publish
+half of one."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ZsfsError
-from zsfs.store.files import current_umask
+from zsfs.durable import current_umask, fsync_file, fsync_folder, fsync_tree
 
 
 class FolderExistsError(ZsfsError):
@@ -46,6 +48,7 @@ def new_folder(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide results from the user's group
         yield tmp
+        fsync_tree(tmp)
         # os.rename replaces an *empty* folder on POSIX: check again right before it.
         check_new_folder(path)
         try:
@@ -53,6 +56,7 @@ def new_folder(path: str | Path) -> Iterator[Path]:
         except OSError:  # another process made it since (ENOTEMPTY / EEXIST): say so, as before any work
             check_new_folder(path)
             raise
+        fsync_folder(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -114,7 +118,9 @@ def replacing_file(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600: like any file the user creates instead
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import h5py
 
+from zsfs.durable import current_umask, fsync_folder
 from zsfs.errors import StoreError, ZsfsError
 from zsfs.store import schema
 
@@ -76,12 +77,6 @@ def temp_file(final: Path) -> Path:
     return Path(name)
 
 
-def current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def temp_files_of(final: Path) -> list[Path]:
     """Temporary files that interrupted writes of ``final`` left behind."""
     legacy = final.with_name(final.name + schema.TMP_SUFFIX)  # the fixed name of format 1 writers
@@ -96,20 +91,6 @@ def temp_files_of(final: Path) -> list[Path]:
              if name.startswith(prefix) and name.endswith(schema.TMP_SUFFIX)
              and "." not in name[len(prefix):-len(schema.TMP_SUFFIX)]]  # mkstemp's random part: not run.h5.v2.h5's
     return found + ([legacy] if legacy.is_file() or legacy.is_symlink() else [])
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
-    try:
-        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass  # some file systems refuse fsync on folders; the rename itself is still atomic
-    finally:
-        os.close(handle)
 
 
 def publish(tmp: Path, final: Path) -> None:
