@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from zsfs.devices import check_device
-from zsfs.embedding import (PRECISIONS, DecodedImages, default_worker_niceness, default_workers, make_loader,
+from zsfs.embedding import (AUTOCAST_DTYPES, DecodedImages, default_worker_niceness, default_workers, make_loader,
                             model_threads)
 from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
@@ -96,7 +96,7 @@ def bench_forward(source, clip, backbone, args, device) -> tuple[float, float, f
     loaded = [tuple(pixels.to(device) for pixels in b.pixels)
               for b in make_loader(dataset, batches, workers=0, pin_memory=False)]
     n = sum(len(c) for c, _ in loaded)
-    dtype = PRECISIONS[args.precision]
+    dtype = AUTOCAST_DTYPES[args.precision]
 
     def timed(model, which: int) -> float:
         sync(device)
@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=300)
     parser.add_argument("--images", type=Path, help="use this folder instead of generated JPEGs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    parser.add_argument("--precision", default="fp32", choices=list(AUTOCAST_DTYPES))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, help="DataLoader workers [default: zsfs's default]")
     parser.add_argument("--shard-size", type=int, default=50_000)

@@ -175,6 +175,6 @@ def test_the_precisions_the_cli_offers_are_the_ones_the_code_knows():
     from zsfs import devices, embedding
     from zsfs.fit import run
 
-    assert tuple(embedding.PRECISIONS) == devices.MODEL_PRECISIONS
-    assert tuple(run.PRECISIONS) == devices.SEARCH_PRECISIONS
-    assert set(devices.PRECISION_CHOICES) == {"auto", *run.PRECISIONS}
+    assert tuple(embedding.AUTOCAST_DTYPES) == devices.MODEL_PRECISIONS  # zip would drop a name without a dtype
+    assert tuple(run.SEARCH_DTYPES) == devices.SEARCH_PRECISIONS
+    assert set(devices.PRECISION_CHOICES) == {"auto", *run.SEARCH_DTYPES}

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from zsfs.devices import MODEL_PRECISIONS
 from zsfs.sources import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageSource, image_size
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # None: no autocast
+AUTOCAST_DTYPES = dict(zip(MODEL_PRECISIONS, (None, torch.bfloat16, torch.float16)))  # None: no autocast
 
 
 def available_cores() -> int:
@@ -156,8 +157,8 @@ def embed_batches(loader: DataLoader, tags: Iterable, encoders: Sequence[Callabl
     Results are copied back one batch late, so an accelerator already runs the next batch while
     the previous one travels to the host (the copy is the only point that waits for the device).
     """
-    autocast = (torch.autocast("cuda", dtype=PRECISIONS[precision])
-                if device.type == "cuda" and PRECISIONS[precision] is not None else nullcontext())
+    autocast = (torch.autocast("cuda", dtype=AUTOCAST_DTYPES[precision])
+                if device.type == "cuda" and AUTOCAST_DTYPES[precision] is not None else nullcontext())
     in_flight = None
     for tag, batch in zip(tags, loader):
         embedded = None

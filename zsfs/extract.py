@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zsfs.devices import check_device
-from zsfs.embedding import PRECISIONS, Batch, embedded_listing
+from zsfs.devices import MODEL_PRECISIONS, check_device
+from zsfs.embedding import Batch, embedded_listing
 from zsfs.errors import ZsfsError
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.names import check_class_names
@@ -389,8 +389,8 @@ def _given_classes(classes: Sequence[str] | str | Path | None) -> list[str] | No
 def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,
                    max_pixels: int, ray: str | None, ray_workers: int | None) -> None:
     """Refuse bad options before anything is listed or written (not even the store's lock file)."""
-    if precision not in PRECISIONS:
-        raise ZsfsError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")
+    if precision not in MODEL_PRECISIONS:
+        raise ZsfsError(f"unknown precision {precision!r}; use one of: {', '.join(MODEL_PRECISIONS)}")
     if dtype not in EMBEDDING_DTYPES:
         raise ZsfsError(f"unknown dtype {dtype!r}; use one of: {', '.join(EMBEDDING_DTYPES)}")
     if batch_size < 1 or shard_size < 1 or (workers is not None and workers < 0):

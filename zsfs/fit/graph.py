@@ -13,7 +13,7 @@ from pathlib import Path
 from zsfs.devices import check_device
 from zsfs.errors import ZsfsError
 from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K, choose_search, neighbour_graph, open_search
-from zsfs.fit.run import PRECISIONS
+from zsfs.fit.run import SEARCH_DTYPES
 from zsfs.store.files import check_store_update
 
 
@@ -29,8 +29,8 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
     from zsfs.store import Store, write_neighbour_graph
 
     torch_device = check_device(device)
-    if precision not in PRECISIONS:
-        raise ZsfsError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision not in SEARCH_DTYPES:
+        raise ZsfsError(f"precision must be one of {', '.join(SEARCH_DTYPES)}, not {precision!r}")
     with Store(store_path) as store:
         if store.n_images < 2:
             raise ZsfsError(f"{store.path} holds {store.n_images} embedded image(s): there are no neighbours to "
@@ -39,7 +39,7 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
             raise ZsfsError(f"--k {k} is not possible for a store of {store.n_images} images: use 1 <= k < "
                             f"{store.n_images}, at most {GRAPH_MAX_K}")
         check_store_update(store.path, store.data_dir)  # before the search, not after it
-        dtype = PRECISIONS[precision]
+        dtype = SEARCH_DTYPES[precision]
         search, _ = open_search(store, choose_search(store, torch_device, dtype), device=torch_device,
                                 scan_dtype=dtype)
         record = {"k": k, **search.describe()}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from zsfs.devices import PRECISION_CHOICES, check_device, has_fast_bf16
+from zsfs.devices import PRECISION_CHOICES, SEARCH_PRECISIONS, check_device, has_fast_bf16
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
@@ -34,7 +34,7 @@ CYCLES_ONLY = ("accumulate", "epochs", "max_cycles", "loss_floor")
 """Parameters only the cycles method reads (the balanced one trains fresh heads in its 3 cycles)."""
 BALANCED_ONLY = ("keep_all_classes",)
 MAX_SEED = 2**31 - 1
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SEARCH_DTYPES = dict(zip(SEARCH_PRECISIONS, (torch.float32, torch.bfloat16)))
 CHUNK_ROWS = 32768
 SCHEDULE = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5}
 """zsfs' training schedule: the defaults, and ``--fast``'s replacement for the paper's."""
@@ -217,7 +217,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
                         "(`zsfs info` lists the files that were skipped and why)")
     generator = torch.Generator().manual_seed(config.seed)
     precision = resolved_precision(config.precision, device)
-    dtype = PRECISIONS[precision]
+    dtype = SEARCH_DTYPES[precision]
 
     n_neighbours = min(config.neighbours, n_images - 1)
     graph = store.graph_info
