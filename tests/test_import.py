@@ -14,7 +14,7 @@ from zsfs.cli import main
 from zsfs.errors import ZsfsError
 from zsfs.importer import RowParts, import_store
 from zsfs.store import Store
-from zsfs.store.arrays import rows_sha256
+from zsfs.digests import rows_sha256
 from zsfs.testing.cli import run_cli
 from zsfs.testing.synthetic import BLOCK_ROWS, SyntheticGenerator, _LazyRows
 from zsfs.testing.synthetic import random_unit_rows as unit_rows

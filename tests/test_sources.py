@@ -327,7 +327,7 @@ def test_images_over_the_working_size_are_reduced_before_conversion(tmp_path, mo
 
 
 def test_digest_is_listing_sha256_of_paths_and_labels():
-    from zsfs.store.hdf5 import listing_sha256
+    from zsfs.digests import listing_sha256
 
     paths, labels = ["a/1.jpg", "b/\u00e9.png"], ["a", "b"]
     labelled = ImageSource(Path("/x"), Path("/x"), paths, labels)

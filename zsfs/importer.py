@@ -25,7 +25,7 @@ from zsfs.names import repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import refuse_other_classes
-from zsfs.store.hdf5 import listing_sha256
+from zsfs.digests import listing_sha256
 from zsfs.store.writer import refuse_another_listing
 from zsfs.writable import check_writable
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from zsfs.errors import ModelLoadError, one_line
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.store.integrity import file_sha256
+from zsfs.digests import file_sha256
 from zsfs.weights import (
     DEFAULT,
     FILE,

@@ -24,7 +24,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from zsfs.errors import ZsfsError
 from zsfs.names import check_class_names, repeated, utf8_text
-from zsfs.store.hdf5 import listing_sha256
+from zsfs.digests import listing_sha256
 from zsfs.tars import TarMembers, is_tar_pattern, list_tars, resolve_tars, tar_shards_in
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(

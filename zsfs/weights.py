@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from zsfs.errors import ModelLoadError, one_line
-from zsfs.store.integrity import file_sha256
+from zsfs.digests import file_sha256
 from zsfs.store.schema import IMPORTED_WEIGHTS
 
 RANDOM = "random"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -11,26 +10,10 @@ import numpy as np
 from zsfs.errors import ZsfsError
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
-from zsfs.store.hdf5 import listing_sha256
+from zsfs.digests import listing_sha256, rows_sha256
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.extras import normalise_rows, write_vocabulary
 from zsfs.store.writer import ShardData, StoreWriter
-
-
-SAMPLED_ROWS = 4096
-
-
-def rows_sha256(*arrays, sampled_rows: int = SAMPLED_ROWS) -> str:
-    """Digest of the arrays' shapes, dtypes and ``sampled_rows`` evenly spaced rows (first and last
-    included): embeddings exported again by another model or weights change every row, and reading
-    a sample keeps a resumed import of millions of memory-mapped rows from reading them all."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        rows = np.unique(np.linspace(0, len(array) - 1, min(sampled_rows, len(array))).round().astype(np.int64))
-        sample = np.concatenate([np.asarray(array[int(row) : int(row) + 1]) for row in rows])
-        digest.update(f"{tuple(array.shape)}|{sample.dtype.str}|".encode())
-        digest.update(np.ascontiguousarray(sample).tobytes())
-    return digest.hexdigest()
 
 
 def write_store(

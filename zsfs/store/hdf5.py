@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 
@@ -18,23 +17,6 @@ STRING = h5py.string_dtype("utf-8")
 def canonical_json(value: dict) -> str:
     """One JSON spelling per value, so that identities compare as strings."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def listing_sha256(paths: Sequence[str], labels: Sequence[str] | None = None) -> str:
-    """sha256 of an ordered listing, paths and labels (part of a store's identity).
-
-    Each entry hashes as ``path\\0`` (then ``label\\0`` when labels are given) and ``\\n``, so
-    adding, removing or changing a label changes the digest as surely as changing a path does.
-    """
-    if labels is not None and len(labels) != len(paths):
-        raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
-    digest = hashlib.sha256()
-    for start in range(0, len(paths), 65536):  # bounded memory; one encode per block (5x faster than per name)
-        entries = list(map(str, paths[start : start + 65536]))
-        if labels is not None:
-            entries = [f"{path}\0{label}" for path, label in zip(entries, map(str, labels[start : start + 65536]))]
-        digest.update(name_bytes("\0\n".join(entries) + "\0\n"))
-    return digest.hexdigest()
 
 
 def read_identity(file: h5py.File) -> dict | None:

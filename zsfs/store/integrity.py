@@ -8,7 +8,6 @@ single byte is read through it (so no error message can echo a foreign file's co
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path, PurePosixPath
 
@@ -72,15 +71,6 @@ def check_shard_names(names: list[str], path: Path) -> None:
            if not SHARD_FILE_PATTERN.fullmatch(name) or PurePosixPath(name).parts[0] in ("..", ".")]
     if bad:
         raise StoreError(f"{path} names shard files outside its folder ({len(bad)} of {len(names)}); refused")
-
-
-def file_sha256(path: Path | str, chunk_size: int = 1 << 22) -> str:
-    """sha256 of a file, read in chunks (shards and checkpoints can be many GB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_all(group: h5py.Group, path: Path) -> int:

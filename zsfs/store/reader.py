@@ -20,7 +20,8 @@ from zsfs.store.extras import open_extra, vocabulary_files
 from zsfs.store.files import written_elsewhere
 from zsfs.store.hdf5 import canonical_json, read_strings, string_view
 from zsfs.store.index import read_index_blocks
-from zsfs.store.integrity import check_structure, file_sha256, read_all
+from zsfs.digests import file_sha256
+from zsfs.store.integrity import check_structure, read_all
 
 if TYPE_CHECKING:
     import faiss

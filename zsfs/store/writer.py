@@ -23,7 +23,7 @@ from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import schema
 from zsfs.store.files import acquire_lock, new_hdf5, release_lock, remove_file, temp_files_of
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_checked, write_strings
-from zsfs.store.integrity import file_sha256
+from zsfs.digests import file_sha256
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.master import write_master
 
