@@ -193,9 +193,8 @@ class Store:
         ``rows``: None (all), a slice, integer row ids (any order, repeats allowed) or a
         boolean mask.
         """
-        data = self._dataset(dataset) if dataset != schema.GRAPH_DATASET else self._graph_dataset()
         with read_errors(self.path, dataset):
-            return read_rows(data, rows)
+            return read_rows(self._dataset(dataset), rows)
 
     def iter_chunks(self, dataset: str, chunk_rows: int = READ_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` blocks of ``dataset`` in order: bounded memory for big stores."""
@@ -253,9 +252,11 @@ class Store:
 
     def neighbour_graph(self, rows: np.ndarray) -> np.ndarray:
         """``(len(rows), K)`` int64: the stored nearest rows of ``rows`` (``-1`` where none)."""
-        if self._graph_dataset() is None:
+        graph = self._graph_dataset()
+        if graph is None:
             raise StoreError(f"{self.path} has no neighbour graph; add one with `zsfs neighbours`")
-        return self.read(schema.GRAPH_DATASET, rows).astype(np.int64)
+        with read_errors(self.path, schema.GRAPH_DATASET):
+            return read_rows(graph, rows).astype(np.int64)
 
     def index(self) -> "faiss.Index":
         """The FAISS index over ``clip`` (inner product; row ids are store rows)."""
