@@ -178,3 +178,42 @@ def test_the_precisions_the_cli_offers_are_the_ones_the_code_knows():
     assert tuple(embedding.AUTOCAST_DTYPES) == devices.MODEL_PRECISIONS  # zip would drop a name without a dtype
     assert tuple(run.SEARCH_DTYPES) == devices.SEARCH_PRECISIONS
     assert set(devices.PRECISION_CHOICES) == {"auto", *run.SEARCH_DTYPES}
+
+
+def test_the_fit_options_name_every_parameter_with_the_configs_choices_and_defaults():
+    """The CLI is built without importing torch, so it cannot read FitConfig: its option names,
+    choices and the defaults its help shows ("[16]", "[512; paper: 16]") are written out and
+    must agree with FitConfig() and FitConfig.paper()."""
+    import dataclasses
+    import re
+
+    from zsfs.cli.fit import PARAMETERS, fit_command
+    from zsfs.devices import PRECISION_CHOICES
+    from zsfs.fit.run import METHOD_CHOICES, PROMPT_CHOICES, FitConfig
+
+    assert sorted(PARAMETERS) == sorted(field.name for field in dataclasses.fields(FitConfig))
+    options = {param.name: param for param in fit_command.params if param.name in PARAMETERS}
+    assert sorted(options) == sorted(PARAMETERS)
+    for name, choices in (("method", METHOD_CHOICES), ("prompts", PROMPT_CHOICES), ("precision", PRECISION_CHOICES)):
+        assert tuple(options[name].type.choices) == choices
+
+    def value(text: str, option, current):
+        if isinstance(current, bool):  # "[unique; paper: duplicate]" for --unique-labels/--duplicate-labels
+            [meant] = [flag in option.opts for flag in option.opts + option.secondary_opts
+                       if flag.lstrip("-") == text or flag.lstrip("-").startswith(text + "-")]
+            return meant
+        return type(current)(float(text)) if isinstance(current, (int, float)) else text
+
+    checked = 0
+    for name, option in options.items():
+        shown_defaults = re.search(r"\[([^\]]+)\]\.?$", option.help or "")
+        if shown_defaults is None:
+            continue
+        default, *presets = [part.strip() for part in shown_defaults.group(1).split(";")]
+        assert value(default, option, getattr(FitConfig(), name)) == getattr(FitConfig(), name), name
+        for preset in presets:
+            which, text = preset.split(": ")
+            config = FitConfig.paper() if which == "paper" else FitConfig.fast()
+            assert value(text, option, getattr(config, name)) == getattr(config, name), (name, which)
+        checked += 1
+    assert checked >= 15
