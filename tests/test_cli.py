@@ -217,3 +217,20 @@ def test_the_fit_options_name_every_parameter_with_the_configs_choices_and_defau
             assert value(text, option, getattr(config, name)) == getattr(config, name), (name, which)
         checked += 1
     assert checked >= 15
+
+
+def test_other_options_show_the_library_defaults():
+    """Written out in the CLI for the same reason (no torch at --help)."""
+    from zsfs.cli.extract import extract as extract_command
+    from zsfs.cli.predict import predict as predict_command
+    from zsfs.cli.store import neighbours_command
+    from zsfs.extract import DEFAULT_BATCH_SIZE
+    from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K
+
+    def option(command, name):
+        [found] = [param for param in command.params if param.name == name]
+        return found
+
+    assert option(extract_command, "batch_size").default == option(predict_command, "batch_size").default == \
+        DEFAULT_BATCH_SIZE
+    assert option(neighbours_command, "k").default == GRAPH_K and option(neighbours_command, "k").type.max == GRAPH_MAX_K
