@@ -21,7 +21,7 @@ import torch
 from zsfs.errors import StoreError
 from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
-from zsfs.sources import decode_image
+from zsfs.decode import decode_image
 from zsfs.store.reader import Store
 from zsfs.testing.cli import run_cli
 from zsfs.testing.failures import run_zsfs

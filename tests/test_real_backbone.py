@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from zsfs.models import load_backbone
-from zsfs.sources import decode_image
+from zsfs.decode import decode_image
 
 NAME = "tf_efficientnet_lite0"
 WEIGHTS = "models/tf_efficientnet_lite0.safetensors"

@@ -1,10 +1,8 @@
-"""Finding images in folders and lists, and decoding every format, mode and broken file."""
+"""Finding images in folders, lists and tar shards; their labels; class files."""
 
 from __future__ import annotations
 
 import csv
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +10,8 @@ import pytest
 from PIL import Image
 
 from zsfs.errors import ZsfsError
-from zsfs.sources import IMAGE_EXTENSIONS, ImageDecodeError, ImageSource, decode_image, image_size, open_source
-from zsfs.testing.images import BROKEN_FILES, GOOD_KINDS, write_image_folder
-
-EXIF_ORIENTATION = 0x0112
-
-
-def decode_strict(path: Path) -> Image.Image:
-    """decode_image with every warning turned into an error: decoding must be quiet."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        return decode_image(path)
-
+from zsfs.sources import IMAGE_EXTENSIONS, ImageSource, open_source
+from zsfs.testing.images import write_image_folder
 
 def save(image: Image.Image, path: Path, **options) -> Path:
     image.save(path, **options)
@@ -164,166 +152,6 @@ def test_digest_follows_the_listing(tmp_path):
     (tmp_path / "c.csv").write_text("path,label\n1.jpg,x\n2.jpg,y\n")
     a, b, c = (open_source(tmp_path / f"{n}.csv").digest() for n in "abc")
     assert a == c != b and len(a) == 64
-
-
-# --- decode_image: the generated folder ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", GOOD_KINDS)
-def test_every_kind_decodes_to_rgb_of_the_right_size_and_colour(image_folder, kind):
-    paths = [p for p, k in image_folder["kinds"].items() if k == kind]
-    assert paths, f"the generated folder lacks kind {kind}"
-    for relative in paths:
-        image = decode_strict(image_folder["root"] / relative)
-        assert image.mode == "RGB"
-        assert image.size == image_folder["sizes"][relative]
-        pixels = np.asarray(image, dtype=np.float64)
-        means = pixels[pixels.shape[0] // 2 :].mean(axis=(0, 1))  # below any transparent band
-        if kind in ("gray", "png16"):
-            assert np.ptp(means) < 1 and 40 < means[0] < 215  # gray, and not clipped to white
-        else:
-            channel = ["red", "green", "blue"].index(image_folder["labels"][relative])
-            assert means.argmax() == channel and means[channel] > means.min() + 60
-
-
-@pytest.mark.parametrize("name", sorted(BROKEN_FILES))
-def test_every_broken_kind_gets_its_reason(image_folder, name):
-    relative = next(p for p in image_folder["bad"] if p.endswith("/" + name))
-    with pytest.raises(ImageDecodeError) as caught:
-        decode_image(image_folder["root"] / relative)
-    assert image_folder["bad"][relative] in caught.value.reason
-    assert caught.value.path == image_folder["root"] / relative
-
-
-# --- decode_image: one property at a time ---------------------------------------------------------
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    original = np.zeros((20, 30, 3), np.uint8)
-    original[:, :10] = (250, 0, 0)  # red left band: its position shows the rotation
-    exif = Image.Exif()
-    exif[EXIF_ORIENTATION] = 6  # "turn 90 degrees clockwise to display"
-    sideways = Image.fromarray(original).transpose(Image.Transpose.ROTATE_90)
-    path = save(sideways, tmp_path / "r.jpg", quality=95, exif=exif.tobytes())
-    assert Image.open(path).size == (20, 30)  # stored height x width
-    decoded = decode_strict(path)
-    assert decoded.size == (30, 20)
-    assert np.abs(np.asarray(decoded, np.int16) - original).mean() < 6
-
-
-def test_animated_gif_gives_its_first_frame(tmp_path):
-    frames = [Image.new("RGB", (16, 16), colour).quantize(4) for colour in ((255, 0, 0), (0, 0, 255))]
-    path = save(frames[0], tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=40)
-    assert tuple(np.asarray(decode_strict(path))[8, 8]) == (255, 0, 0)
-
-
-def test_sixteen_bit_images_scale_to_eight_bit(tmp_path):
-    ramp = np.linspace(0, 65535, 64 * 4).astype(np.uint16).reshape(4, 64)
-    for suffix in (".png", ".tif"):
-        decoded = np.asarray(decode_strict(save(Image.fromarray(ramp), tmp_path / f"g{suffix}")))
-        assert np.abs(decoded[..., 0].astype(int) - np.rint(ramp / 257)).max() <= 1
-        assert decoded[..., 0].min() == 0 and decoded[..., 0].max() == 255
-    twelve_bit = (ramp >> 4).astype(np.uint16)  # e.g. medical images: 0..4095 in 16-bit files
-    decoded = np.asarray(decode_strict(save(Image.fromarray(twelve_bit), tmp_path / "g12.png")))
-    assert np.abs(decoded[..., 0].astype(int) - np.rint(twelve_bit.astype(float) * 255 / 4095)).max() <= 1
-
-
-def test_32_bit_integer_and_float_images(tmp_path):
-    ramp = np.linspace(0, 65535, 256).reshape(16, 16)
-    as_int = save(Image.fromarray(ramp.astype(np.int32)), tmp_path / "i.tif")
-    assert Image.open(as_int).mode == "I"
-    assert np.abs(np.asarray(decode_strict(as_int))[..., 1] - ramp / 257).max() <= 1
-    small = save(Image.fromarray((ramp / 257).astype(np.int32)), tmp_path / "i8.tif")
-    assert np.asarray(decode_strict(small))[..., 2].max() == 255  # 8-bit data in an I container
-    floats = save(Image.fromarray((ramp / 65535 * 2 - 1).astype(np.float32)), tmp_path / "f.tif")
-    decoded = np.asarray(decode_strict(floats))[..., 0]
-    assert decoded.min() == 0 and decoded.max() == 255  # min-max scaled, not clipped to 0/1
-
-
-def test_transparency_is_composited_on_white(tmp_path):
-    rgba = np.zeros((8, 8, 4), np.uint8)
-    rgba[..., 1] = 200
-    rgba[4:, :, 3] = 255  # top half transparent (its stored colour is meaningless)
-    decoded = np.asarray(decode_strict(save(Image.fromarray(rgba, "RGBA"), tmp_path / "a.png")))
-    assert (decoded[:4] == 255).all() and (decoded[4:] == (0, 200, 0)).all()
-    la = Image.fromarray(rgba[..., [1, 3]], "LA")
-    assert (np.asarray(decode_strict(save(la, tmp_path / "la.png")))[:4] == 255).all()
-    palette = Image.new("P", (4, 4), 1)
-    palette.putpalette([0, 0, 0, 10, 20, 30])
-    decoded = np.asarray(decode_strict(save(palette, tmp_path / "p.png", transparency=1)))
-    assert (decoded == 255).all()
-
-
-def test_cmyk_jpeg_becomes_rgb(tmp_path):
-    cmyk = Image.new("RGB", (16, 16), (200, 30, 30)).convert("CMYK")
-    decoded = decode_strict(save(cmyk, tmp_path / "c.jpg", quality=95))
-    assert decoded.mode == "RGB"
-    assert np.abs(np.asarray(decoded, int)[8, 8] - (200, 30, 30)).max() < 12
-
-
-@pytest.mark.parametrize(
-    ("make", "reason"),
-    [
-        (lambda p: p, "file not found"),
-        (lambda p: (p.mkdir(), p)[1], "not a regular file"),
-        (lambda p: (os.mkfifo(p), p)[1], "not a regular file"),  # reading a pipe would block
-        (lambda p: (p.write_bytes(b"\x89PNG\r\n\x1a\n"), p)[1], "truncated"),
-        (lambda p: (p.write_bytes(b"GIF89a" + bytes(40)), p)[1], "corrupt"),
-    ],
-)
-def test_other_unreadable_files(tmp_path, make, reason):
-    with pytest.raises(ImageDecodeError, match=reason):
-        decode_image(make(tmp_path / "x.png"))
-
-
-def test_permission_denied_is_a_skip_reason(tmp_path, monkeypatch):
-    path = save(Image.new("RGB", (8, 8)), tmp_path / "p.png")
-
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(path))
-
-    monkeypatch.setattr("zsfs.sources.Image.open", refuse)
-    with pytest.raises(ImageDecodeError, match="permission denied"):
-        decode_image(path)
-
-
-def test_images_over_the_pixel_budget_are_refused_or_decoded_smaller(tmp_path):
-    png = save(Image.new("RGB", (64, 64), (255, 0, 0)), tmp_path / "big.png")
-    jpeg = save(Image.new("RGB", (64, 64), (255, 0, 0)), tmp_path / "big.jpg")
-    with pytest.raises(ImageDecodeError, match="too large.*budget of 1,000 pixels.*--max-pixels"):
-        decode_image(png, max_pixels=1000)  # PNG decoders cannot decode smaller: refused
-    assert decode_image(png, max_pixels=4096).size == (64, 64)
-    half = decode_image(jpeg, max_pixels=1100)  # 1/2 scale (32 x 32) is the largest that fits
-    assert half.size == (32, 32) and image_size(half) == (64, 64)
-    assert np.abs(np.asarray(half, dtype=int) - [255, 0, 0]).max() < 8
-    with pytest.raises(ImageDecodeError, match="too large"):
-        decode_image(jpeg, max_pixels=50)  # even 1/8 scale (8 x 8) is over
-
-
-def test_the_pixel_budget_replaces_pillows_bomb_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    for size in ((12, 12), (64, 64)):  # above Pillow's limit (it warns), above twice it (it raises)
-        assert decode_strict(save(Image.new("RGB", size), tmp_path / f"{size[0]}.png")).size == size
-    assert Image.MAX_IMAGE_PIXELS == 100  # restored
-
-
-def test_images_over_the_working_size_are_reduced_before_conversion(tmp_path, monkeypatch):
-    monkeypatch.setattr("zsfs.sources.WORKING_PIXELS", 16 * 16)
-    wide = np.full((40, 64), 65535, np.uint16)
-    wide[:, :32] = 0  # left half black, right half white (16-bit)
-    png = save(Image.fromarray(wide), tmp_path / "w16.png")
-    decoded = decode_strict(png)
-    assert decoded.mode == "RGB" and decoded.size == (16, 10) and image_size(decoded) == (64, 40)
-    pixels = np.asarray(decoded)[:, :, 0]
-    assert (pixels[:, :8] == 0).all() and (pixels[:, 8:] == 255).all()
-    jpeg = tmp_path / "rotated.jpg"
-    exif = Image.Exif()
-    exif[EXIF_ORIENTATION] = 6  # stored landscape, shown portrait
-    Image.new("RGB", (64, 40), (0, 0, 255)).save(jpeg, exif=exif)
-    rotated = decode_strict(jpeg)
-    assert rotated.size == (10, 16) and image_size(rotated) == (40, 64)  # 1/2 scale, then halved again
-    palette = save(Image.new("P", (64, 40), 3), tmp_path / "p.png")
-    assert decode_strict(palette).size == (16, 10)
 
 
 def test_digest_is_listing_sha256_of_paths_and_labels():

@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from zsfs.devices import MODEL_PRECISIONS
-from zsfs.sources import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageSource, image_size
+from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, image_size
+from zsfs.sources import ImageSource
 
 AUTOCAST_DTYPES = dict(zip(MODEL_PRECISIONS, (None, torch.bfloat16, torch.float16)))  # None: no autocast
 
@@ -79,7 +80,7 @@ class DecodedImages(Dataset):
     """Listing position -> (position, pixels per preprocessor, width, height), or (position, reason).
 
     The image is decoded once and handed to every preprocessor (one per model); ``max_pixels``
-    is the decoding budget of one image (see ``zsfs.sources.DEFAULT_MAX_PIXELS``).
+    is the decoding budget of one image (see ``zsfs.decode.DEFAULT_MAX_PIXELS``).
     """
 
     def __init__(self, source: ImageSource, *preprocess: Callable, max_pixels: int = DEFAULT_MAX_PIXELS):

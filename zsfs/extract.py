@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_listing
 from zsfs.errors import ZsfsError
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.names import check_class_names
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source, read_class_file
+from zsfs.sources import ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
 from zsfs.store.files import check_store_lock, check_store_update, disk_error
 from zsfs.store.reader import Store
@@ -207,7 +208,7 @@ def extract(
     folder labels; with neither, no vocabulary is written (``add_vocabulary`` adds one later).
     ``on_start(n)`` is called once with the number of listing entries still to process,
     ``on_batch(n)`` after each batch with the entries it covered (progress reporting).
-    ``max_pixels``: the decoding budget of one image (default ``zsfs.sources.DEFAULT_MAX_PIXELS``).
+    ``max_pixels``: the decoding budget of one image (default ``zsfs.decode.DEFAULT_MAX_PIXELS``).
     Rerunning after an interruption resumes: complete shards are kept, not recomputed.
     ``ray``: compute the shards on a Ray cluster at this address (``"local"`` starts one here,
     ``"auto"`` joins the one this machine belongs to) with ``ray_workers`` workers

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.errors import ZsfsError
 from zsfs.devices import check_device
 from zsfs.embedding import embedded_listing
@@ -22,7 +23,7 @@ from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
 from zsfs.outputs import replacing_file
 from zsfs.runs import FittedRun, load_run
-from zsfs.sources import DEFAULT_MAX_PIXELS, ImageSource, open_source
+from zsfs.sources import ImageSource, open_source
 from zsfs.tars import TAR_SUFFIX, TarMembers, locate_members, merged_members, split_member_path
 from zsfs.weights import relocated
 

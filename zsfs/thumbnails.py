@@ -23,7 +23,7 @@ def thumbnail(source: "ImageSource", i: int, size: int = THUMBNAIL_PX) -> tuple[
     """``(data URI, None)`` for the ``i``-th image of ``source`` when readable, ``(None, reason)``
     otherwise (decoded as ``zsfs extract`` decodes: files or tar members, EXIF orientation, 16-bit
     and palette images, the same reasons)."""
-    from zsfs.sources import ImageDecodeError
+    from zsfs.decode import ImageDecodeError
 
     try:
         image = source.decode(i, draft=(size, size))

@@ -131,7 +131,7 @@ MAX_PIXELS_OPTION = click.option(
     "--max-pixels", type=click.IntRange(min=1), default=None,
     help="Pixel budget of one image: larger JPEGs are decoded at 1/2 to 1/8 scale, larger files of other formats "
          "are skipped with a reason [default: 89,478,485, Pillow's own limit].")
-"""Shared by the commands that decode images (the default lives in ``zsfs.sources.DEFAULT_MAX_PIXELS``)."""
+"""Shared by the commands that decode images (the default lives in ``zsfs.decode.DEFAULT_MAX_PIXELS``)."""
 
 
 class _ItemsPerSecond(ProgressColumn):

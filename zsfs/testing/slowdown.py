@@ -23,4 +23,4 @@ def slow_decoding() -> None:
         time.sleep(delay)
         return decode(*args, **kwargs)
 
-    sources.decode_image = slow
+    sources.decode_image = slow  # the name ImageSource.decode calls

@@ -1,0 +1,240 @@
+"""Decoding one image file: ``decode_image`` turns it into an RGB ``PIL.Image`` or raises
+``ImageDecodeError`` with a short reason, so that callers can skip and record the file instead of
+crashing or inventing pixels. Memory stays bounded whatever the file holds (``DEFAULT_MAX_PIXELS``,
+``WORKING_PIXELS``).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import stat
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+"""Transparent pixels are composited onto white: their stored colour is arbitrary."""
+
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Pixel budget of one image (``--max-pixels``): Pillow's own decompression-bomb limit, a 9459 x 9459
+image. Larger JPEGs are decoded at 1/2, 1/4 or 1/8 scale to fit it; larger files of other formats
+are skipped with a reason (their decoders cannot decode smaller). Decoding a PNG at the budget
+costs up to 4 bytes per pixel (~360 MB) in the decoding process."""
+
+WORKING_PIXELS = 4096 * 4096
+"""Larger images are made smaller before any copy or colour conversion (JPEG: by DCT scaling while
+decoding; others: by box reduction right after): the models see a few hundred pixels per side,
+and a 16-bit image this large would otherwise cost ~30 bytes per pixel on its way to 8-bit RGB."""
+
+
+class ImageDecodeError(Exception):
+    """A file that cannot be turned into an image; ``reason`` is short and human-readable."""
+
+    def __init__(self, reason: str, path: Path | str | None = None):
+        self.reason = reason
+        self.path = path
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+
+def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 draft: tuple[int, int] | None = None, *, data: bytes | None = None) -> Image.Image:
+    """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
+
+    Images above ``WORKING_PIXELS`` come out smaller (the original size is in
+    ``image_size(image)``); above ``max_pixels`` a JPEG is decoded at a reduced scale and
+    other formats are refused. Raises ``ImageDecodeError`` with a short ``reason`` for empty,
+    missing, unreadable, non-image, truncated, corrupt or too large files. The whole file is
+    decoded here, so a broken file never gets past this function. ``draft``: a JPEG may be decoded
+    at 1/2 to 1/8 scale as long as it stays at least this size (thumbnails: much faster).
+    ``data``: the file's bytes, read elsewhere (a tar member named ``path``); the file system is
+    then not touched.
+    """
+    path = Path(path)
+    try:
+        if data is None:
+            status = path.stat()
+            if not stat.S_ISREG(status.st_mode):  # directories, pipes (which would block), devices
+                raise ImageDecodeError("not a regular file", path)
+        if (status.st_size if data is None else len(data)) == 0:
+            raise ImageDecodeError("empty file", path)
+        with _pixel_budget_replaces_pillows(), Image.open(path if data is None else io.BytesIO(data)) as image:
+            width, height = image.size
+            _decode_smaller(image, max_pixels)
+            if draft is not None:  # no effect when _decode_smaller reduced it already
+                image.draft("RGB", draft)
+            image.load()  # force the full decode (Image.open only reads the header)
+            oriented, swapped = _apply_exif_orientation(_reduced(image))
+        decoded = _to_rgb(oriented)
+        decoded.info[ORIGINAL_SIZE] = (height, width) if swapped else (width, height)
+        return decoded
+    except ImageDecodeError as error:
+        raise ImageDecodeError(error.reason, path) from None
+    except UnidentifiedImageError:
+        if _starts_like_an_image(_file_head(path) if data is None else data[:16]):
+            raise ImageDecodeError("corrupt or truncated image header", path) from None
+        raise ImageDecodeError("not an image (unidentified format)", path) from None
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found", path) from None
+    except PermissionError:
+        raise ImageDecodeError("unreadable file (permission denied)", path) from None
+    except OSError as error:
+        if "truncated" in str(error).lower():
+            raise ImageDecodeError("truncated file", path) from None
+        if error.errno is not None:  # a real I/O failure, not a decoder complaint
+            raise ImageDecodeError(f"unreadable file ({error.strerror})", path) from None
+        raise ImageDecodeError("corrupt image data", path) from None
+    except (SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError):
+        raise ImageDecodeError("corrupt image data", path) from None
+    except MemoryError:
+        raise ImageDecodeError("image too large to decode (out of memory)", path) from None
+
+
+ORIGINAL_SIZE = "zsfs.original_size"
+"""``Image.info`` key of a decoded image's size (width, height) in the file, after orientation."""
+
+
+def image_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the image in its file, also when it was decoded smaller."""
+    return image.info.get(ORIGINAL_SIZE, image.size)
+
+
+_pillow_limit_lock = threading.Lock()
+_decoding = 0  # zsfs decodes in progress in this process (threads: report thumbnails)
+_pillow_limit = Image.MAX_IMAGE_PIXELS  # Pillow's own limit, restored when the last one ends
+
+
+@contextmanager
+def _pixel_budget_replaces_pillows() -> Iterator[None]:
+    """Pillow refuses images above twice its MAX_IMAGE_PIXELS inside ``Image.open``; zsfs applies
+    its own (configurable) budget instead. Pillow's limit is module state: it is lifted while any
+    zsfs decode runs and restored by the last to finish (each saving and restoring it alone let
+    overlapping threads leave it lifted for good)."""
+    global _decoding, _pillow_limit
+    with _pillow_limit_lock:
+        if _decoding == 0:
+            _pillow_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _decoding += 1
+    try:
+        yield
+    finally:
+        with _pillow_limit_lock:
+            _decoding -= 1
+            if _decoding == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_limit
+
+
+def _decode_smaller(image: Image.Image, max_pixels: int) -> None:
+    """Within the budget; JPEGs larger than the working size are decoded at 1/2, 1/4 or 1/8 scale."""
+    width, height = image.size
+    if width * height <= WORKING_PIXELS and width * height <= max_pixels:
+        return
+    if image.format == "JPEG":
+        # The largest scale that keeps the working size, or a smaller one when the budget needs it.
+        scales = [s for s in (1, 2, 4, 8) if s == 1 or (width // s) * (height // s) >= WORKING_PIXELS]
+        fitting = [s for s in (1, 2, 4, 8) if math.ceil(width / s) * math.ceil(height / s) <= max_pixels]
+        if not fitting:
+            raise ImageDecodeError(_too_large(max_pixels))
+        scale = max(scales[-1], fitting[0])
+        if scale > 1:
+            image.draft(image.mode, (width // scale, height // scale))
+    elif width * height > max_pixels:
+        raise ImageDecodeError(_too_large(max_pixels))
+
+
+def _too_large(max_pixels: int) -> str:
+    return f"image too large (over the budget of {max_pixels:,} pixels, see --max-pixels)"
+
+
+_REDUCIBLE = {"1": "L", "P": "RGBA"}
+"""Modes that neither ``Image.reduce`` nor a box resize take -> the mode to reduce in instead."""
+
+
+def _reduced(image: Image.Image) -> Image.Image:
+    """A loaded image above the working size, box-reduced by an integer factor (other images as they are)."""
+    factor = math.ceil(math.sqrt(image.width * image.height / WORKING_PIXELS))
+    if factor <= 1:
+        return image
+    if image.mode.startswith("I;16"):  # reduce() refuses 16-bit modes; a box resize is the same mean
+        size = (math.ceil(image.width / factor), math.ceil(image.height / factor))
+        return image.resize(size, Image.Resampling.BOX)
+    if image.mode in _REDUCIBLE:
+        image = image.convert(_REDUCIBLE[image.mode])
+    return image.reduce(factor)
+
+
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+def _file_head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(16)
+    except OSError:
+        return b""
+
+
+def _starts_like_an_image(head: bytes) -> bool:
+    """Whether a file's first bytes are a known image signature (so it is damaged, not foreign)."""
+    return head.startswith(_IMAGE_SIGNATURES) and (not head.startswith(b"RIFF") or head[8:12] == b"WEBP")
+
+
+def _apply_exif_orientation(image: Image.Image) -> tuple[Image.Image, bool]:
+    """A rotated copy, or a plain copy (the result must outlive the closed file); and whether
+    the rotation swapped width and height."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        return ImageOps.exif_transpose(image), orientation in (5, 6, 7, 8)
+    except Exception:  # a damaged EXIF block should not cost the pixels, which decoded fine
+        return image.copy(), False
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return _scale_to_8bit(np.asarray(image), integer=mode != "F")
+    if mode == "P":
+        mode_with_alpha = "RGBA" if "transparency" in image.info else "RGB"
+        image = image.convert(mode_with_alpha)
+        mode = image.mode
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, TRANSPARENT_BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    try:
+        return image.convert("RGB")
+    except ValueError:
+        raise ImageDecodeError(f"unsupported colour mode {mode}") from None
+
+
+def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
+    """Map 16/32-bit integer or float pixels to 8 bit without clipping highlights to white.
+
+    Non-negative integers are scaled by the smallest bit depth (>= 8) that holds their maximum:
+    a 16-bit photo by 1/257, 12-bit medical data in a 16-bit container by 255/4095 (instead of
+    turning almost black). Floats and negative integers are min-max scaled.
+    """
+    scaled = np.array(pixels, dtype=np.float64)  # the one working copy: every step below is in place
+    low, high = float(scaled.min()), float(scaled.max())
+    if integer and low >= 0:
+        bits = max(8, int(np.ceil(np.log2(high + 1))))
+        scaled *= 255.0 / (2.0**bits - 1)
+    elif high > low:
+        scaled -= low
+        scaled *= 255.0 / (high - low)
+    else:
+        scaled[...] = 0  # a constant float image has no contrast to keep
+    np.rint(scaled, out=scaled)
+    gray = np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
+    if gray.ndim == 3:  # multi-channel wide modes are rare; keep the first three channels
+        return Image.fromarray(np.ascontiguousarray(gray[..., :3])).convert("RGB")
+    return Image.fromarray(gray).convert("RGB")
