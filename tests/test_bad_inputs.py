@@ -13,7 +13,9 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from PIL import Image
 
+from zsfs.errors import ZsfsError
 from zsfs.testing.cli import run_cli
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS
@@ -182,3 +184,23 @@ def test_a_rerun_into_a_store_with_a_read_only_shards_folder_is_refused_before_a
     for name, (code, output) in json.loads(child.stdout.splitlines()[-1]).items():
         assert code == 1 and f"{shards} is not writable (Permission denied); make it writable, or copy the store" \
             in " ".join(output.split()), (name, output)
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):
+    """Bug: click and pathlib read "" as ".", so `zsfs extract "$UNSET"` embedded the working
+    folder (and predict classified it); `--classes ""` said "class file . does not exist"."""
+    from zsfs.predict import image_inputs
+    from zsfs.sources import open_source, read_class_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
+    for args in (["extract", ""], ["extract", "a", "--classes", ""], ["predict", "--run", "run", ""],
+                 ["fit", "--store", ""], ["info", " "], ["report", ""]):
+        result = run_cli(*args)
+        assert result.exit_code == 2 and "is empty (an unset shell variable?)" in result.output, args
+    assert not list(tmp_path.glob("*.h5"))
+    for call, what in ((lambda: open_source(""), "image source"), (lambda: read_class_file(""), "class file"),
+                       (lambda: image_inputs([""]), "image input")):
+        with pytest.raises(ZsfsError, match=f"the {what} is an empty path"):
+            call()

@@ -48,6 +48,22 @@ def test_a_folder_a_pattern_and_one_tar_list_the_image_members(shards):
     assert one.paths == [path for path in paths if path.startswith("00001.tar::")]
 
 
+def test_a_tar_source_is_recorded_the_same_from_any_folder(shards, monkeypatch):
+    """Bug: tars were recorded as written, made absolute ("/w/pat/../laion/00000.tar"), so a
+    rerun from another folder was refused as another source; folders were already normalised."""
+    root = shards["root"]
+    last = len(list(root.glob("*.tar"))) - 1
+    (root.parent / "elsewhere").mkdir(exist_ok=True)
+    for name in ("00001.tar", f"{{00000..{last:05d}}}.tar"):
+        direct = open_source(str(root / name))
+        monkeypatch.chdir(root.parent / "elsewhere")
+        roundabout = open_source(f"../{root.name}/./{name}")
+        monkeypatch.chdir(root)
+        here = open_source(name)
+        assert roundabout.location == here.location == direct.location == root.absolute() / name
+        assert roundabout.digest() == direct.digest()
+
+
 def test_brace_expansion():
     assert expand_braces("d/{008..011}.tar") == ["d/008.tar", "d/009.tar", "d/010.tar", "d/011.tar"]
     assert expand_braces("{a,b}/{1..2}.tar") == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]

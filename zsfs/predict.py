@@ -23,7 +23,7 @@ from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
 from zsfs.outputs import replacing_file
 from zsfs.runs import FittedRun, load_run
-from zsfs.sources import ImageSource, open_source
+from zsfs.sources import ImageSource, given_path, open_source
 from zsfs.tars import TAR_SUFFIX, TarMembers, locate_members, merged_members, split_member_path
 from zsfs.weights import relocated
 
@@ -44,7 +44,7 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
     unreadable: dict[str, str] = {}
     listed: list[tuple[np.ndarray, TarMembers]] = []  # rows of listings with tars, and their byte ranges
     named_members: list[int] = []  # rows given as ``shard.tar::member``
-    for given in map(Path, inputs):
+    for given in (Path(given_path(item, "image input")) for item in inputs):
         if split_member_path(str(given)) is not None:
             named_members.append(len(paths))
             paths.append(str(given))

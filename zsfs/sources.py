@@ -75,10 +75,17 @@ class ImageSource:
         return listing_sha256(self.paths, self.labels)
 
 
+def given_path(path: str | Path, what: str) -> str:
+    """``path`` as text; a ``ZsfsError`` when it is empty (``Path("")`` would be the current folder)."""
+    if not str(path).strip():
+        raise ZsfsError(f"the {what} is an empty path; give a file or folder")
+    return str(path)
+
+
 def read_class_file(path: str | Path) -> list[str]:
     """Class names from a text file, one per line; blank lines and ``#`` comment lines ignored (as in
     list files), duplicates refused."""
-    path = Path(path)
+    path = Path(given_path(path, "class file"))
     if not path.is_file():
         raise ZsfsError(f"class file {path} does not exist; pass a text file with one class name per line")
     try:
@@ -103,9 +110,11 @@ def open_source(source: str | Path) -> ImageSource:
     ``label``. Relative paths are relative to the list file's folder.
     Tars: paths are ``<tar>::<member>``, read in place (see ``zsfs.tars``); no labels.
     """
-    if is_tar_pattern(str(source)):
-        root, tars = resolve_tars(str(source))
-        return _tar_source(Path(source).expanduser().absolute(), root, tars)
+    source = given_path(source, "image source")
+    if is_tar_pattern(source):
+        root, tars = resolve_tars(source)
+        # normalised as a folder's location is ("a/../t.tar" is "t.tar"), so a rerun from another folder matches
+        return _tar_source(Path(os.path.abspath(os.path.expanduser(source))), root, tars)
     location = Path(source).expanduser()
     if not location.exists():
         raise ZsfsError(f"{source} does not exist; pass an image folder, a .txt/.csv list of images, or tar "

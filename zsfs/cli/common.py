@@ -127,6 +127,17 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class GivenPath(click.Path):
+    """``click.Path`` that refuses an empty argument: click reads "" as the current folder, so a
+    script's unset variable (``zsfs extract "$DIR"``) would run on whatever folder it runs in.
+    The type of every path argument and option."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty (an unset shell variable?); give a path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 MAX_PIXELS_OPTION = click.option(
     "--max-pixels", type=click.IntRange(min=1), default=None,
     help="Pixel budget of one image: larger JPEGs are decoded at 1/2 to 1/8 scale, larger files of other formats "

@@ -7,15 +7,15 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
+from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown
 from zsfs.devices import DEVICES, MODEL_PRECISIONS
 from zsfs.names import some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
 @click.command()
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("source", type=GivenPath(path_type=Path))
+@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path),
               help="Store to write [default: SOURCE's name + .h5 in the current folder].")
 @click.option("--clip-model", default="ViT-B-32", show_default=True,
               help="open_clip architecture, or a path to an open_clip model-config JSON.")
@@ -25,7 +25,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
               help="timm model giving the features the classifier trains on.")
 @click.option("--backbone-weights", default="default", show_default=True,
               help="'default' (the weights the timm name implies), a local file, or 'random'.")
-@click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--classes", "classes_file", type=GivenPath(dir_okay=False, path_type=Path),
               help="Class names, one per line ('#' lines are comments) [default: the source's subfolder names].")
 @click.option("--vocab", "--vocab-name", "vocab_name", default="default", show_default=True,
               help="Name of the vocabulary written (zsfs fit --vocab NAME).")
@@ -88,11 +88,11 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 
 
 @click.command()
-@click.argument("store", type=click.Path(path_type=Path))
-@click.option("--classes", "classes_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("store", type=GivenPath(path_type=Path))
+@click.option("--classes", "classes_file", required=True, type=GivenPath(dir_okay=False, path_type=Path),
               help="Class names, one per line ('#' lines are comments).")
 @click.option("--vocab", "--name", "name", required=True, help="Name of the vocabulary (zsfs fit --vocab NAME).")
-@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--clip-weights", type=GivenPath(dir_okay=False, path_type=Path),
               help="The store's CLIP weights file at a new location (its sha256 must match the record).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the text encoder runs.")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from zsfs.cli.common import FiniteFloat, console, note_unread_options, shown
+from zsfs.cli.common import FiniteFloat, GivenPath, console, note_unread_options, shown
 from zsfs.devices import DEVICES, PRECISION_CHOICES
 from zsfs.names import some_names
 
@@ -34,9 +34,9 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 
 
 @click.command("fit")
-@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path), help="Store (.h5) to fit on.")
+@click.option("--store", "store_path", required=True, type=GivenPath(path_type=Path), help="Store (.h5) to fit on.")
 @click.option("--vocab", default=None, help="Vocabulary (class list) of the store [default: its only one].")
-@click.option("--out", "run_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--out", "run_dir", type=GivenPath(path_type=Path), default=None,
               help="Run folder to create (must not exist) [default: runs/<store>-<vocab>-k<k>-<UTC time>].")
 @click.option("--method", type=click.Choice(["balanced", "cycles"]), default=None,
               help="After the seeds: 'balanced' labels the whole collection by class-balanced self-training with "

@@ -7,20 +7,20 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import console, note_unread_options, shown
+from zsfs.cli.common import GivenPath, console, note_unread_options, shown
 from zsfs.errors import ZsfsError
 
 
 @click.command("ood-bench",
                epilog="Example: zsfs ood-bench --store cifar10.h5 --id-classes 6 --splits 5 --out cifar10-ood")
-@click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--store", "store_path", required=True, type=GivenPath(dir_okay=False, path_type=Path),
               help="A store whose images have labels.")
 @click.option("--id-classes", required=True, metavar="N|FILE",
               help="N: random splits of N ID classes among the labels; FILE: the ID class names, one per line "
                    "(one split).")
 @click.option("--splits", type=click.IntRange(min=1), default=5, show_default=True,
               help="Number of distinct random ID/OOD splits (with N; fewer when fewer exist).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", type=GivenPath(file_okay=False, path_type=Path),
               help="Folder to create with metrics.json (must not exist) [default: write nothing].")
 @click.option("--vocab", help="Vocabulary whose names match the labels [default: the store's only one].")
 @click.option("--json", "as_json", is_flag=True, help="Also print metrics.json to stdout.")

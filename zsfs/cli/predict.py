@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import MAX_PIXELS_OPTION, console, image_progress, shown
+from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 
@@ -25,17 +25,17 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
 
 
 @click.command(epilog="Example: zsfs predict --run runs/photos-k16 new_images/ extra.jpg --out predictions.csv")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path),
+@click.argument("images", nargs=-1, required=True, type=GivenPath(path_type=Path))
+@click.option("--run", "run_dir", required=True, type=GivenPath(path_type=Path),
               help="Run folder written by `zsfs fit`.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), callback=_check_out_suffix,
+@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), callback=_check_out_suffix,
               help="Write every prediction to a .csv, .parquet or .json file (replaced whole if it exists).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON lines on stdout.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the backbone runs (a clear error when torch sees no such device).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes [default: as zsfs extract].")
-@click.option("--backbone-weights", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--backbone-weights", type=GivenPath(dir_okay=False, path_type=Path),
               help="The store's backbone weights file at a new location (its sha256 must match).")
 @MAX_PIXELS_OPTION
 def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: bool, **options) -> None:

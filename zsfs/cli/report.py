@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import console, shown
+from zsfs.cli.common import GivenPath, console, shown
 
 
 @click.command("report", epilog="Example: zsfs report runs/photos-k16 --out photos-k16.html")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.argument("run_dir", type=GivenPath(path_type=Path))
+@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write, replaced if it exists [RUN_DIR/report.html].")
-@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+@click.option("--images", type=GivenPath(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder the store's image paths are relative to, if the images moved [the store's source].")
 @click.option("--per-class", type=click.IntRange(min=1), default=None,
               help="Seeds and sampled predictions shown per class [up to 8, fewer for many classes].")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import console, image_progress, shown
+from zsfs.cli.common import GivenPath, console, image_progress, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import some_names
@@ -28,12 +28,12 @@ def parse_vocabularies(values: tuple[str, ...]) -> dict[str, Path]:
 
 
 @click.command("import")
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--clip-embeddings", required=True, type=click.Path(exists=True, path_type=Path),
+@click.argument("out", type=GivenPath(dir_okay=False, path_type=Path))
+@click.option("--clip-embeddings", required=True, type=GivenPath(exists=True, path_type=Path),
               help="CLIP image embeddings: .npy file, folder of .npy parts, or a clip-retrieval output folder.")
-@click.option("--backbone-features", required=True, type=click.Path(exists=True, path_type=Path),
+@click.option("--backbone-features", required=True, type=GivenPath(exists=True, path_type=Path),
               help="Backbone features, row-aligned with the CLIP embeddings (same forms).")
-@click.option("--paths", "paths_table", type=click.Path(exists=True, path_type=Path),
+@click.option("--paths", "paths_table", type=GivenPath(exists=True, path_type=Path),
               help="Parquet/CSV table of image paths (default: the clip-retrieval folder's metadata/).")
 @click.option("--path-column", default=None, help="Column with the paths [default: image_path, else path].")
 @click.option("--label-column", default=None, help="Column with ground-truth labels (evaluation only).")
@@ -81,7 +81,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 
 
 @click.command("info")
-@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+@click.argument("store_path", metavar="STORE", type=GivenPath(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--verify", is_flag=True,
               help="Also read every byte: shard checksums, every dataset's checksums, vocabularies, graph, index.")
@@ -118,7 +118,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool) -> None:
 
 
 @click.command("neighbours")
-@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+@click.argument("store_path", metavar="STORE", type=GivenPath(path_type=Path))
 @click.option("--k", type=click.IntRange(min=1, max=100), default=16, show_default=True,  # GRAPH_MAX_K, GRAPH_K
               help="Neighbours kept per image (fits can then use --neighbours up to k).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
