@@ -55,6 +55,22 @@ def test_label_is_the_first_level_folder_of_nested_images(tmp_path):
     assert open_source(tmp_path).labels == ["cat", "cat"]
 
 
+def test_linked_class_folders_are_read_and_a_link_loop_is_a_skipped_entry(tmp_path):
+    """Bug: a class folder that is a link (to another disk) was passed over without a word: its
+    images, and its class, were missing from the store."""
+    photos, elsewhere = tmp_path / "photos", tmp_path / "other-disk" / "dogs"
+    (photos / "cat").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    save(Image.new("RGB", (8, 8)), photos / "cat" / "1.png")
+    save(Image.new("RGB", (8, 8)), elsewhere / "2.png")
+    (photos / "dog").symlink_to(elsewhere)
+    (photos / "cat" / "again").symlink_to(photos)  # a loop: would list photos/cat/again/cat/... forever
+    source = open_source(photos)
+    assert source.paths == ["cat/1.png", "cat/again/", "dog/2.png"] and source.labels == ["cat", "cat", "dog"]
+    assert source.unreadable == {"cat/again/": "unreadable folder (a link back to a folder above it)"}
+    assert source.decode(2).size == (8, 8)
+
+
 def test_txt_list_resolves_relative_to_its_folder(tmp_path):
     write_image_folder(tmp_path / "imgs", n_per_class=2, classes=("a",), broken=False)
     outside = save(Image.new("RGB", (8, 8)), tmp_path.parent / f"{tmp_path.name}-outside.png")

@@ -134,9 +134,11 @@ def open_source(source: str | Path) -> ImageSource:
 def _scan_folder(folder: Path) -> ImageSource:
     """Names come as the OS gives them (undecodable bytes as surrogates, see ``zsfs.names``), so
     every listed path reopens its file; a sub-folder that cannot be read is listed as ``name/``
-    and recorded as skipped with the reason, never dropped silently."""
+    and recorded as skipped with the reason, never dropped silently. Linked folders are followed
+    (class folders are often links to another disk), except a link back to a folder above it."""
     found: list[str] = []
     unreadable: dict[str, str] = {}
+    above: dict[str, frozenset] = {str(folder): frozenset({_folder_identity(folder)})}  # folder -> its chain
 
     def record(error: OSError) -> None:
         if Path(error.filename) == folder:
@@ -144,10 +146,23 @@ def _scan_folder(folder: Path) -> ImageSource:
         relative = Path(error.filename).relative_to(folder).as_posix() + "/"
         unreadable[relative] = f"{UNREADABLE_FOLDER} ({(error.strerror or str(error)).lower()})"
 
-    for directory, subdirs, files in os.walk(folder, onerror=record):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]  # prunes hidden folders
+    for directory, subdirs, files in os.walk(folder, onerror=record, followlinks=True):
         relative = Path(directory).relative_to(folder).as_posix()
         prefix = "" if relative == "." else relative + "/"  # a string join: a Path per file costs 3.5x more
+        chain, kept = above.pop(directory, frozenset()), []
+        for name in subdirs:
+            if name.startswith("."):  # hidden folders are not read
+                continue
+            try:
+                identity = _folder_identity(os.path.join(directory, name))
+            except OSError:  # os.walk reports it through `record`
+                identity = None
+            if identity in chain:
+                unreadable[prefix + name + "/"] = f"{UNREADABLE_FOLDER} (a link back to a folder above it)"
+                continue
+            above[os.path.join(directory, name)] = chain | {identity}
+            kept.append(name)
+        subdirs[:] = kept
         found.extend(
             prefix + name
             for name in files
@@ -166,6 +181,11 @@ def _scan_folder(folder: Path) -> ImageSource:
               "--classes" if loose and len(loose) < len(paths) else None)
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable,
                        no_labels_reason=reason)
+
+
+def _folder_identity(path: str | Path) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
 
 
 def _tar_source(location: Path, root: Path, tars: list[Path]) -> ImageSource:
