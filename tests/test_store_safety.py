@@ -333,3 +333,23 @@ def test_the_lock_probe_does_not_open_what_sits_at_the_locks_name(tmp_path):
     os.mkfifo(tmp_path / ".s.h5.lock")
     outcome = run_zsfs("info", master, timeout=60)
     assert outcome.returncode == 1 and "does not exist" in outcome.output
+
+
+@pytest.mark.parametrize("other_name", ["s.hdf5", "s"])
+def test_a_store_never_writes_into_another_stores_shards_folder(base, store, other_name):
+    """Bug: `x.h5` and `x.hdf5` both keep their shards in `x.shards/`. Extracting another folder
+    to x.hdf5 was refused for the shards' source, with "pass --overwrite", and --overwrite then
+    deleted x.h5's shards."""
+    before = store_content(store)
+    photos = store.parent / "photos"
+    other = [*extract_args(base, store.parent / other_name)][:-2]  # other shard size: new shards
+    other[1] = photos / "red"
+    for extra in ((), ("--overwrite",)):
+        result = run_cli(*other, *extra)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1 and f"{store} keeps its shards in s.shards/, where {other_name} would" in said
+    assert not (store.parent / other_name).exists() and store_content(store) == before
+    with Store(store) as reopened:
+        reopened.verify()
+    again = run_cli(*extract_args(base, store))  # its own rerun is not refused
+    assert again.exit_code == 0, again.output

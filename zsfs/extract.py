@@ -33,7 +33,7 @@ from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write
 from zsfs.store.files import check_store_lock, check_store_update, disk_error
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir
-from zsfs.store.writer import ShardData, StoreWriter, refuse_another_listing
+from zsfs.store.writer import ShardData, StoreWriter, check_own_shards_folder, refuse_another_listing
 from zsfs.weights import relocated
 from zsfs.writable import check_writable
 
@@ -232,6 +232,7 @@ def extract(
     out = Path(out) if out is not None else default_output(image_source.location)
     check_writable(out, "store")
     rerun = out.is_file()
+    check_own_shards_folder(out)  # before the models load, as the checks below
     if rerun:  # it writes into the shards folder too
         check_store_update(out, shard_dir(out))
     else:

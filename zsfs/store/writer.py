@@ -61,6 +61,29 @@ class ShardData:
             raise ValueError("skipped_paths and skipped_reasons differ in length")
 
 
+def check_own_shards_folder(master: Path) -> None:
+    """Refuse to write ``master`` when another store keeps its shards in the same folder: the
+    folder is named after the master's stem, so ``x.h5`` and ``x.hdf5`` (or ``x``) would share
+    ``x.shards/``, and writing one would replace the other's shards."""
+    master = Path(master).absolute()
+    folder = schema.shard_dir(master)
+    try:
+        siblings = [entry for entry in master.parent.iterdir() if entry.name != master.name
+                    and schema.shard_dir(entry) == folder and entry.is_file() and h5py.is_hdf5(entry)]
+    except OSError:  # an unlistable folder: the write itself will say what is wrong
+        return
+    for sibling in siblings:
+        try:
+            with h5py.File(sibling, "r") as file:
+                is_store = read_identity(file) is not None
+        except OSError:
+            continue
+        if is_store:
+            raise StoreError(f"{sibling} keeps its shards in {folder.name}/, where {master.name} would write its own "
+                             f"(a store's shards folder is named after its name without the suffix); choose an "
+                             f"output with another name")
+
+
 class StoreWriter:
     """Writes a store shard by shard; ``finalize`` then builds the master.
 
@@ -92,6 +115,7 @@ class StoreWriter:
             held = acquire_lock(self.master)
             self._release = weakref.finalize(self, release_lock, held)
         try:
+            check_own_shards_folder(self.master)  # before anything, --overwrite too: it would delete them
             if overwrite:
                 self.remove_existing()
             else:
