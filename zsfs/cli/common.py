@@ -106,12 +106,25 @@ def describe_os_error(error: BaseException) -> str:
 
     where = getattr(error, "filename", None)
     where = f" ({where})" if where else ""
+    if is_disk_full(error) and any(text in _messages(error) for text in ("shared memory", "</torch_")):  # /dev/shm
+        return ("shared memory (/dev/shm) is full, or over a file-size limit: the decoding workers hand their "
+                "batches over through it; rerun with --workers 0 (decoding in the main process) or a smaller "
+                "--batch-size, or give it more room (Docker: docker run --shm-size=2g)")
     if is_disk_full(error):
         return f"{DISK_FULL}{where}: free some space and rerun"
 
     if "No usable temporary directory" in str(error):  # tempfile's probe write failed
         return f"{one_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"
     return f"{getattr(error, 'strerror', None) or one_line(error)}{where}"
+
+
+def _messages(error: BaseException | None) -> str:
+    """The messages of ``error`` and of every error it arose from."""
+    texts = []
+    while error is not None:
+        texts.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(texts)
 
 
 class FiniteFloat(click.FloatRange):
