@@ -335,3 +335,13 @@ def test_an_invalid_vocabulary_name_is_refused_before_the_store_is_written(input
         import_store(folder / "o.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
                      paths=folder / "paths.csv", vocabularies={"a/b": folder / "pets.npz"})
     assert not (folder / "o.h5").exists() and not (folder / "o.shards").exists()
+
+
+def test_a_vocabulary_of_byte_strings_has_text_class_names(inputs):
+    """Bug: numpy "S" arrays (as h5py exports give) became classes named "b'cat'"."""
+    folder = inputs["dir"]
+    np.savez(folder / "bytes.npz", classes=np.array([b"cat", b"dog"]), single=inputs["text"])
+    master = import_store(folder / "b.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                          paths=folder / "paths.csv", vocabularies={"pets": folder / "bytes.npz"}).master
+    with Store(master) as store:
+        assert store.vocabulary("pets").classes == ["cat", "dog"]

@@ -214,6 +214,9 @@ def test_every_class_list_is_checked_by_one_rule():
         check_class_names(["cat", " ", "dog", ""], "x")
     with pytest.raises(ZsfsError, match="more than once: 2: dog; cat$"):
         check_class_names(["dog", "cat", "dog", "cat", "owl", "dog"], "x")
+    assert check_class_names(np.array([b"cat", "d\xc3\xb6g".encode("latin-1")]), "x") == ["cat", "d\xf6g"]  # "S" arrays
+    with pytest.raises(ZsfsError, match="x has a class name that is not UTF-8 text"):
+        check_class_names([b"\xff"], "x")
     with pytest.raises(ZsfsError, match="the classes given lists these names more than once: 1: cat$"):
         extract("unused-folder", classes=["cat", " cat "])  # checked before the folder is listed
 

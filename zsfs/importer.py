@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ZsfsError
-from zsfs.names import repeated
+from zsfs.names import check_class_names, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import refuse_other_classes
@@ -183,7 +183,7 @@ def load_vocabulary(file: Path) -> ImportedVocabulary:
     has_ensemble = "ensemble" in arrays
     n_templates = int(arrays["n_templates"]) if "n_templates" in arrays else (0 if has_ensemble else 1)
     return ImportedVocabulary(
-        classes=[str(c) for c in arrays["classes"].tolist()],
+        classes=check_class_names(arrays["classes"].tolist(), f"vocabulary file {file}"),
         single=arrays["single"],
         ensemble=arrays["ensemble"] if has_ensemble else arrays["single"],
         n_templates=n_templates,

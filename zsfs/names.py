@@ -61,7 +61,10 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
     ``"class file x.txt"``) got wrong: no names, an empty (or blank) name, a name given twice."""
     from zsfs.errors import ZsfsError
 
-    names = [str(name) for name in names]  # any sequence, a numpy array too
+    try:  # any sequence, a numpy array too; bytes (numpy "S" arrays) are UTF-8 text, not "b'cat'"
+        names = [name.decode("utf-8") if isinstance(name, bytes) else str(name) for name in names]
+    except UnicodeDecodeError as error:
+        raise ZsfsError(f"{where} has a class name that is not UTF-8 text ({error.object[:40]!r})") from None
     if not names:
         raise ZsfsError(f"{where} lists no class names")
     blank = [i for i, name in enumerate(names) if not name.strip()]
