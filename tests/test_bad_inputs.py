@@ -204,3 +204,25 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
                        (lambda: image_inputs([""]), "image input")):
         with pytest.raises(ZsfsError, match=f"the {what} is an empty path"):
             call()
+
+
+def test_pillow_warnings_stay_off_the_terminal(tmp_path):
+    """Bug: a JPEG with a broken EXIF block printed Pillow's "UserWarning: Corrupt EXIF data"
+    with a site-packages path and no file name, from the decoding workers too."""
+    import io
+    import struct
+
+    from zsfs.testing.failures import run_zsfs
+
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    jpeg = io.BytesIO()
+    Image.new("RGB", (9, 9)).save(jpeg, "JPEG")
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00"  # 5 tags announced, none there
+    data = jpeg.getvalue()
+    (tmp_path / "photos" / "a" / "e.jpg").write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2)
+                                                    + exif + data[2:])
+    for workers in ("0", "1"):
+        outcome = run_zsfs("extract", tmp_path / "photos", "--out", tmp_path / f"w{workers}.h5", *TINY_MODEL_ARGS,
+                           "--workers", workers)
+        assert outcome.returncode == 0 and "Warning" not in outcome.output, outcome.output
+        assert "images embedded │ 1" in " ".join(outcome.output.split())

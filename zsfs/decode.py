@@ -11,6 +11,7 @@ import math
 import stat
 import struct
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,14 @@ WORKING_PIXELS = 4096 * 4096
 """Larger images are made smaller before any copy or colour conversion (JPEG: by DCT scaling while
 decoding; others: by box reduction right after): the models see a few hundred pixels per side,
 and a 16-bit image this large would otherwise cost ~30 bytes per pixel on its way to 8-bit RGB."""
+
+
+def quiet_decoder_warnings() -> None:
+    """Keep Pillow's warnings ("Corrupt EXIF data", "Truncated File Read", ...) off the terminal:
+    they name no file, and the image decodes, or its failure is recorded with a reason. Called
+    by the command line and by its worker processes (Ray actors), not on import: a library that
+    silenced its caller's warnings would surprise."""
+    warnings.filterwarnings("ignore", module=r"PIL\.")
 
 
 class ImageDecodeError(Exception):

@@ -46,6 +46,9 @@ class _ShardWorker:
     """
 
     def __init__(self, settings: EmbedSettings, source: ImageSource, cores: int):
+        from zsfs.decode import quiet_decoder_warnings
+
+        quiet_decoder_warnings()  # a process of zsfs' own, as the command line's
         self.embedder = ShardEmbedder(settings, source, cores=cores)
         self.shard, self.entries_done = None, 0
 

@@ -1,4 +1,4 @@
-"""Command line: one module per command, each only parses, checks and presents.
+"""Command line: one module per group of commands, each only parses, checks and presents.
 
 The work itself lives in the library (``zsfs.extract``, ``zsfs.fit.run``, ...), so every
 command is also a plain function call for notebooks and tests.
@@ -21,6 +21,9 @@ def main() -> None:
     Stage 1 (GPU, once per collection):  zsfs extract imagenet/ --device cuda
     Stage 2 (CPU, many times per store): zsfs fit --store imagenet.h5 --k 16
     """
+    from zsfs.decode import quiet_decoder_warnings
+
+    quiet_decoder_warnings()  # forked decoding workers inherit it
 
 
 def _register() -> None:
