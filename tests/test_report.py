@@ -166,6 +166,9 @@ def test_fit_report_writes_the_page_beside_the_run(unlabelled_run, tmp_path):
 def test_report_of_what_is_not_a_run_is_a_clear_error(tmp_path):
     result = run_cli("report", tmp_path)
     assert result.exit_code == 1 and "has no config.json" in result.output
+    (tmp_path / "x.h5").write_bytes(b"")  # bug: "cannot write the report x.h5/report.html: x.h5 is a file"
+    result = run_cli("report", tmp_path / "x.h5")
+    assert result.exit_code == 1 and "is not a folder; pass a run folder" in result.output
     result = run_cli("report", tmp_path, "--per-class", "0")
     assert result.exit_code == 2 and "--per-class" in result.output
     with pytest.raises(ZsfsError, match="^per_class must be >= 1, not 0$"):

@@ -64,9 +64,16 @@ def test_loading_what_is_not_a_run_is_a_clear_error(run_dir, tmp_path):
     (tmp_path / runs.CONFIG).write_text("[1, 2]")  # bug: valid JSON but no object crashed the report
     with pytest.raises(ZsfsError, match="holds a JSON list, not the object zsfs fit writes"):
         runs.load_run(tmp_path)
+    (tmp_path / runs.CONFIG).write_text(json.dumps({"classes": 5}))  # bug: a TypeError traceback in the report
+    with pytest.raises(ZsfsError, match=r"lists no class names under \"classes\" \(it holds 5\)"):
+        runs.load_run(tmp_path)
     (tmp_path / runs.CONFIG).write_text(json.dumps({"classes": ["a"]}))
     run = runs.load_run(tmp_path)
     assert run.metrics is None
+    (tmp_path / runs.METRICS).write_text("{damaged")  # bug: refused every use of the run, predict's too
+    run = runs.load_run(tmp_path)
+    with pytest.raises(ZsfsError, match="metrics.json is unreadable"):
+        run.metrics
     with pytest.raises(ZsfsError, match="no predictions.parquet"):
         run.predictions
     with pytest.raises(ZsfsError, match="no classifier"):

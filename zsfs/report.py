@@ -40,12 +40,13 @@ MAX_LISTED = 50  # absent classes named in the summary; the rest are counted
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, **options) -> Path:
     """Render the report of ``run_dir`` to ``out`` [RUN_DIR/report.html]; options as :func:`render_report`."""
+    run = load_run(run_dir)  # what is not a run is said before where the page would go
     out = Path(run_dir) / REPORT if out is None else Path(out)
     check_writable(out, "report")  # before the rendering, with the message every command gives
-    return write_text_atomically(out, render_report(run_dir, **options))
+    return write_text_atomically(out, render_report(run, **options))
 
 
-def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_class: int | None = None,
+def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | None = None, per_class: int | None = None,
                   ood_images: int = OOD_IMAGES, seed: int = 0) -> str:
     """The report's HTML.
 
@@ -59,7 +60,7 @@ def render_report(run_dir: str | Path, *, images: str | Path | None = None, per_
         raise ParameterError(f"{{per_class}} must be >= 1, not {per_class}")
     if ood_images < 0:
         raise ParameterError(f"{{ood_images}} must be >= 0, not {ood_images}")
-    run = load_run(run_dir)
+    run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     frame = run.read_predictions(COLUMNS).with_row_index(ROW)  # predictions are in store order
     classes = [str(c) for c in run.config.get("classes") or frame["predicted"].unique().sort().to_list()]
     per_class = per_class or int(np.clip(THUMBNAIL_BUDGET // (2 * max(len(classes), 1)), 1, MAX_PER_CLASS))

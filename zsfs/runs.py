@@ -158,6 +158,10 @@ def in_memory(result: "FitResult", store: "Store", config: "FitConfig") -> "Fitt
 
 # --- reading -------------------------------------------------------------------------------------
 
+_ON_FIRST_USE = object()
+"""A run's metrics that :func:`load_run` leaves in metrics.json until they are asked for."""
+
+
 class FittedRun:
     """A fit run: just made by :func:`zsfs.fit` (``path`` None until :meth:`save`) or read from its
     folder by :func:`load_run`, where the classifier and predictions are read on first use (a report
@@ -167,9 +171,9 @@ class FittedRun:
     per-image polars DataFrame, ``classifier`` the linear head with its OOD thresholds.
     """
 
-    def __init__(self, path: Path | None, config: dict, metrics: dict | None, *,
+    def __init__(self, path: Path | None, config: dict, metrics: "dict | None | object" = _ON_FIRST_USE, *,
                  predictions: "pl.DataFrame | None" = None, classifier: "Classifier | None" = None):
-        self.path, self.config, self.metrics = path, config, metrics
+        self.path, self.config, self._metrics = path, config, metrics
         self._predictions, self._classifier = predictions, classifier
 
     def __repr__(self) -> str:
@@ -179,6 +183,12 @@ class FittedRun:
     @property
     def classes(self) -> list[str]:
         return list(self.config["classes"])
+
+    @property
+    def metrics(self) -> dict | None:
+        if self._metrics is _ON_FIRST_USE:  # read when asked for: predict needs none, nor a damaged one
+            self._metrics = _read_json(self.path / METRICS, required=False)
+        return self._metrics
 
     @property
     def classifier(self) -> "Classifier":
@@ -245,7 +255,11 @@ def load_run(run_dir: str | Path) -> FittedRun:
     if not run_dir.is_dir():
         raise ZsfsError(f"{run_dir} is not a folder; pass a run folder written by `zsfs fit --out RUN_DIR`")
     config = _read_json(run_dir / CONFIG, required=True)
-    return FittedRun(run_dir, config, _read_json(run_dir / METRICS, required=False))
+    classes = config.get("classes", [])
+    if not (isinstance(classes, list) and all(isinstance(name, str) for name in classes)):
+        raise ZsfsError(f"{run_dir / CONFIG} lists no class names under \"classes\" (it holds {classes!r:.60}); "
+                        "it was changed since the fit: rerun `zsfs fit`")
+    return FittedRun(run_dir, config)
 
 
 def _read_json(path: Path, *, required: bool) -> dict | None:
