@@ -14,6 +14,7 @@ import pytest
 from tests.test_extract import ROW_DATASETS, read_store
 from zsfs.errors import ZsfsError
 from zsfs.extract import default_output, extract
+from zsfs.predict import image_inputs
 from zsfs.sources import IMAGE_EXTENSIONS, open_source
 from zsfs.tars import expand_braces, list_tar, locate_members
 from zsfs.testing.cli import run_cli
@@ -80,6 +81,16 @@ def test_missing_compressed_and_damaged_tars_are_clear_errors(shards, tmp_path):
     compressed.write_bytes(gzip.compress((shards["root"] / "00000.tar").read_bytes()))
     with pytest.raises(ZsfsError, match="compressed"):
         open_source(compressed)
+    # named by their suffix: each was "neither a folder nor a list file", "no images found" or, to
+    # predict, "not an image"
+    named = compressed.with_name("00000.tar.gz")
+    compressed.rename(named)
+    for call in (lambda: open_source(named), lambda: image_inputs([named])):
+        with pytest.raises(ZsfsError, match="00000.tar.gz is compressed; zsfs reads uncompressed .tar shards"):
+            call()
+    with pytest.raises(ZsfsError, match=r"no images found in .*gz, but compressed tars \(1: 00000.tar.gz\).* "
+                                        "decompress them first"):
+        open_source(named.parent)
 
     damaged = tmp_path / "damaged" / "00000.tar"
     damaged.parent.mkdir()
@@ -145,12 +156,17 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
     (root / "00000a.tar").write_bytes(b"")  # a failed download: tar itself lists nothing in it
     with tarfile.open(root / "00001a.tar", "w") as captions_only:
         captions_only.add(__file__, arcname="0.txt")
+    with tarfile.open(root / "00002a.tar.gz", "w:gz") as compressed:  # bug: passed over without a word
+        compressed.add(shards["folder"] / shards["files"][0], arcname="0.jpg")
     source = open_source(root)
     assert source.paths == shards["paths"] and source.empty_tars == ["00000a.tar", "00001a.tar"]
+    assert source.compressed_tars == ["00002a.tar.gz"]
 
     result = run_cli("extract", root, "--out", tmp_path / "laion.h5", "--workers", "0", *TINY_MODEL_ARGS)
     assert result.exit_code == 0, result.output
-    assert "tars with no image" in result.output and "2: 00000a.tar; 00001a.tar" in result.output
+    said = " ".join(result.output.split())
+    assert "tars with no image" in said and "2: 00000a.tar; 00001a.tar" in said
+    assert "compressed tars (not read: decompress" in said and "1: 00002a.tar.gz" in said
     assert "tars with no image" not in run_cli("extract", shards["root"], "--out", tmp_path / "plain.h5",
                                                "--workers", "0", *TINY_MODEL_ARGS).output
 

@@ -58,6 +58,7 @@ class ExtractSummary:
     shards_redone: int = 0  # Ray: shards recomputed because the worker holding them died
     no_labels_reason: str | None = None  # the source's, when its class subfolders could not be used
     empty_tars: list[str] = field(default_factory=list)  # the source's tar shards that hold no image
+    compressed_tars: list[str] = field(default_factory=list)  # compressed tars beside the shards: not read
     repeated_paths: list[str] = field(default_factory=list)  # the list's paths given more than once
 
     @property
@@ -284,6 +285,7 @@ def extract(
         shards_redone=shards_redone,
         no_labels_reason=image_source.no_labels_reason,
         empty_tars=image_source.empty_tars,
+        compressed_tars=image_source.compressed_tars,
         repeated_paths=image_source.repeated_paths,
     )
 

@@ -24,7 +24,8 @@ from zsfs.names import utf8_texts
 from zsfs.outputs import replacing_file
 from zsfs.runs import FittedRun, load_run
 from zsfs.sources import ImageSource, given_path, open_source
-from zsfs.tars import TAR_SUFFIX, TarMembers, locate_members, merged_members, split_member_path
+from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar, locate_members, merged_members,
+                       split_member_path)
 from zsfs.weights import relocated
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
                 listed.append((np.arange(len(paths), len(paths) + len(listing.paths)), listing.members))
             paths += [os.path.join(base, path) for path in listing.paths]  # keeps an unreadable folder's '/'
             unreadable.update({os.path.join(base, path): reason for path, reason in listing.unreadable.items()})
+        elif given.is_file() and is_compressed_tar(given.name):
+            raise compressed_tar_error(given)
         elif given.is_file():
             paths.append(str(given))
         else:

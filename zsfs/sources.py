@@ -18,8 +18,9 @@ from PIL import Image
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError
-from zsfs.names import check_class_names, repeated, utf8_text
-from zsfs.tars import TarMembers, is_tar_pattern, list_tars, resolve_tars, tar_shards_in
+from zsfs.names import check_class_names, repeated, some_names, utf8_text
+from zsfs.tars import (READ_IN_PLACE, TarMembers, compressed_tar_error, is_compressed_tar, is_tar_pattern, list_tars, resolve_tars,
+                       tar_shards_in)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -45,6 +46,7 @@ class ImageSource:
     members: TarMembers | None = None  # byte ranges of the entries that are tar members
     no_labels_reason: str | None = None  # why a folder with class subfolders gives no labels
     empty_tars: list[str] = field(default_factory=list)  # tar shards (relative to root) holding no image
+    compressed_tars: list[str] = field(default_factory=list)  # beside the tar shards, not read (see zsfs.tars)
     repeated_paths: list[str] = field(default_factory=list)  # listed more than once (each row is embedded)
 
     def __len__(self) -> int:
@@ -122,7 +124,10 @@ def open_source(source: str | Path) -> ImageSource:
     location = location.resolve()
     if location.is_dir():
         tars = tar_shards_in(location, IMAGE_EXTENSIONS)
-        return _tar_source(location, location, tars) if tars else _scan_folder(location)
+        return _tar_source(location, location, tars, _compressed_tars_in(location)) if tars else \
+            _scan_folder(location)
+    if is_compressed_tar(location.name):
+        raise compressed_tar_error(location)
     if location.suffix.lower() not in LIST_SUFFIXES:
         raise ZsfsError(
             f"{location} is neither a folder nor a list file; a list must end in .txt (one path "
@@ -169,6 +174,10 @@ def _scan_folder(folder: Path) -> ImageSource:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
         )
     if not found and not unreadable:
+        compressed = _compressed_tars_in(folder)
+        if compressed:
+            raise ZsfsError(f"no images found in {folder}, but compressed tars ({some_names(compressed, 3)}); "
+                            f"{READ_IN_PLACE}: decompress them first")
         extensions = " ".join(sorted(IMAGE_EXTENSIONS))
         raise ZsfsError(f"no images found in {folder} (looked recursively for {extensions}).")
     paths = sorted(found + list(unreadable))
@@ -188,7 +197,12 @@ def _folder_identity(path: str | Path) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def _tar_source(location: Path, root: Path, tars: list[Path]) -> ImageSource:
+def _compressed_tars_in(folder: Path) -> list[str]:
+    """The compressed tars of a folder (which zsfs cannot read in place), sorted."""
+    return sorted(name for name in os.listdir(folder) if is_compressed_tar(name))
+
+
+def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[str] | None = None) -> ImageSource:
     paths, members = list_tars(root, tars, IMAGE_EXTENSIONS)
     if not paths:
         raise ZsfsError(f"the {len(tars)} tar files of {location} hold no images "
@@ -196,7 +210,8 @@ def _tar_source(location: Path, root: Path, tars: list[Path]) -> ImageSource:
     # A shard with no image member is valid (tar lists nothing) but often a failed download: say so.
     images_per_tar = np.bincount(members.tar, minlength=len(tars))
     empty = [tars[number].relative_to(root).as_posix() for number in np.flatnonzero(images_per_tar == 0)]
-    return ImageSource(location=location, root=root, paths=paths, labels=None, members=members, empty_tars=empty)
+    return ImageSource(location=location, root=root, paths=paths, labels=None, members=members, empty_tars=empty,
+                       compressed_tars=compressed or [])
 
 
 def _read_list(list_file: Path) -> ImageSource:

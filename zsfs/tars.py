@@ -25,6 +25,8 @@ from zsfs.errors import ZsfsError
 
 MEMBER_SEPARATOR = "::"
 TAR_SUFFIX = ".tar"
+COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tar.lz4")
+"""Compressed tars: their members cannot be read in place (see :func:`compressed_tar_error`)."""
 _BRACES = re.compile(r"\{([^{}]*)\}")
 
 
@@ -63,6 +65,17 @@ class TarMembers:
 
     def __getstate__(self) -> dict:  # open files stay in the process that opened them
         return {**self.__dict__, "_descriptors": {}}
+
+
+def is_compressed_tar(name: str) -> bool:
+    return name.lower().endswith(COMPRESSED_TAR_SUFFIXES)
+
+
+READ_IN_PLACE = "zsfs reads uncompressed .tar shards (as img2dataset writes them) in place"
+
+
+def compressed_tar_error(path: Path | str) -> ZsfsError:
+    return ZsfsError(f"{path} is compressed; {READ_IN_PLACE}: decompress it first")
 
 
 def is_tar_pattern(text: str) -> bool:
@@ -142,8 +155,7 @@ def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> tuple[list[str
     try:
         _scan_headers(fd, suffixes, names, offsets, sizes)
     except _Compressed:
-        raise ZsfsError(f"{path} is compressed; zsfs reads uncompressed .tar shards (as img2dataset writes "
-                        "them) in place: decompress it first") from None
+        raise compressed_tar_error(path) from None
     except (_Damaged, OSError, ValueError) as error:
         raise ZsfsError(f"{path} is not a readable tar, or is damaged after {len(names)} images ({error}); "
                         "repair or remove it and rerun") from None
