@@ -160,13 +160,18 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
         compressed.add(shards["folder"] / shards["files"][0], arcname="0.jpg")
     source = open_source(root)
     assert source.paths == shards["paths"] and source.empty_tars == ["00000a.tar", "00001a.tar"]
-    assert source.compressed_tars == ["00002a.tar.gz"]
+    assert source.compressed_tars == ["00002a.tar.gz"] and source.repeated_paths == []
+    with tarfile.open(root / "00003a.tar", "w") as twice:  # bug: two rows of one name, without a note
+        for _ in range(2):
+            twice.add(shards["folder"] / shards["files"][0], arcname="0.jpg")
+    assert open_source(root).repeated_paths == ["00003a.tar::0.jpg"]
 
     result = run_cli("extract", root, "--out", tmp_path / "laion.h5", "--workers", "0", *TINY_MODEL_ARGS)
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "tars with no image" in said and "2: 00000a.tar; 00001a.tar" in said
     assert "compressed tars (not read: decompress" in said and "1: 00002a.tar.gz" in said
+    assert "paths listed twice or more" in said and "1: 00003a.tar::0.jpg" in said
     assert "tars with no image" not in run_cli("extract", shards["root"], "--out", tmp_path / "plain.h5",
                                                "--workers", "0", *TINY_MODEL_ARGS).output
 

@@ -48,6 +48,7 @@ class ImageSource:
     empty_tars: list[str] = field(default_factory=list)  # tar shards (relative to root) holding no image
     compressed_tars: list[str] = field(default_factory=list)  # beside the tar shards, not read (see zsfs.tars)
     repeated_paths: list[str] = field(default_factory=list)  # listed more than once (each row is embedded)
+    # (a list file's line, or a member name a tar holds twice)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -211,7 +212,7 @@ def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[s
     images_per_tar = np.bincount(members.tar, minlength=len(tars))
     empty = [tars[number].relative_to(root).as_posix() for number in np.flatnonzero(images_per_tar == 0)]
     return ImageSource(location=location, root=root, paths=paths, labels=None, members=members, empty_tars=empty,
-                       compressed_tars=compressed or [])
+                       compressed_tars=compressed or [], repeated_paths=repeated(paths))  # a member name twice
 
 
 def _read_list(list_file: Path) -> ImageSource:
