@@ -81,6 +81,8 @@ CASES = [  # (command line, exit code, words of the error line)
     (("text", "{store}", "--classes", "{work}/classes.txt", "--name", "a/b"), 1, "invalid vocabulary name 'a/b'"),
     (("extract", "{photos}", "--out", "{work}/x.h5", "--classes", "{work}/latin1.txt"), 1, "is not UTF-8 text"),
     (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "a/b"), 1, "invalid vocabulary name 'a/b'"),
+    (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "new\nline"), 1,
+     "invalid vocabulary name 'new\\nline'"),  # bug: accepted, then part of a run folder's name
     (("extract", "{photos}", "--out", "{work}/a-file/x.h5"), 1, "a-file is a file, not a folder"),
     (("extract", "{photos}", "--out", "{work}/x.h5", "--max-pixels", "0"), 2, "--max-pixels"),
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features",

@@ -121,11 +121,14 @@ EMBEDDING_DTYPES = ("float16", "float32")
 
 
 def valid_vocabulary_name(name: str) -> bool:
-    """A vocabulary name is one HDF5 group name: not empty, no '/', no leading '.'."""
-    return bool(name) and "/" not in name and not name.startswith(".") and "\0" not in name
+    """A vocabulary name is one HDF5 group name and part of default run folder names: not empty,
+    no '/', no leading '.', no control character (a newline in a folder name is shown, not typed)."""
+    return bool(name) and "/" not in name and not name.startswith(".") and \
+        not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name)
 
 
-INVALID_VOCABULARY_NAME = "invalid vocabulary name {!r}: use a non-empty name without '/' or a leading '.'"
+INVALID_VOCABULARY_NAME = ("invalid vocabulary name {!r}: use a non-empty name without '/', control characters or a "
+                           "leading '.'")
 
 
 def shard_dir(master: Path) -> Path:
