@@ -365,3 +365,12 @@ def test_a_store_never_writes_into_another_stores_shards_folder(base, store, oth
         reopened.verify()
     again = run_cli(*extract_args(base, store))  # its own rerun is not refused
     assert again.exit_code == 0, again.output
+
+
+def test_a_file_in_the_shards_folders_place_is_refused_before_any_work(base, tmp_path):
+    """Bug: it failed after embedding a whole shard, with a bare "File exists"."""
+    (tmp_path / "x.shards").write_text("not a folder")
+    result = run_cli(*extract_args(base, tmp_path / "x.h5"))
+    assert result.exit_code == 1 and "x.shards is a file, where x.h5 keeps its shards" in \
+        " ".join(result.output.split()), result.output
+    assert "embedding" not in result.output

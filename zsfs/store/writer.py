@@ -62,11 +62,15 @@ class ShardData:
 
 
 def check_own_shards_folder(master: Path) -> None:
-    """Refuse to write ``master`` when another store keeps its shards in the same folder: the
+    """Refuse to write ``master`` when its shards folder is a file, or when another store keeps its
+    shards in the same folder: the
     folder is named after the master's stem, so ``x.h5`` and ``x.hdf5`` (or ``x``) would share
     ``x.shards/``, and writing one would replace the other's shards."""
     master = Path(master).absolute()
     folder = schema.shard_dir(master)
+    if folder.exists() and not folder.is_dir():  # found before any work, not when the first shard is written
+        raise StoreError(f"{folder} is a file, where {master.name} keeps its shards in a folder of that name; "
+                         "move it, or choose an output with another name")
     try:
         siblings = [entry for entry in master.parent.iterdir() if entry.name != master.name
                     and schema.shard_dir(entry) == folder and entry.is_file() and h5py.is_hdf5(entry)]
