@@ -198,7 +198,7 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
     (tmp_path / "a").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
     for args in (["extract", ""], ["extract", "a", "--classes", ""], ["predict", "--run", "run", ""],
-                 ["fit", "--store", ""], ["info", " "], ["report", ""]):
+                 ["fit", "--store", ""], ["info", ""], ["report", ""]):
         result = run_cli(*args)
         assert result.exit_code == 2 and "is empty (an unset shell variable?)" in result.output, args
     assert not list(tmp_path.glob("*.h5"))

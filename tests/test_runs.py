@@ -64,9 +64,11 @@ def test_loading_what_is_not_a_run_is_a_clear_error(run_dir, tmp_path):
     (tmp_path / runs.CONFIG).write_text("[1, 2]")  # bug: valid JSON but no object crashed the report
     with pytest.raises(ZsfsError, match="holds a JSON list, not the object zsfs fit writes"):
         runs.load_run(tmp_path)
-    (tmp_path / runs.CONFIG).write_text(json.dumps({"classes": 5}))  # bug: a TypeError traceback in the report
-    with pytest.raises(ZsfsError, match=r"lists no class names under \"classes\" \(it holds 5\)"):
-        runs.load_run(tmp_path)
+    for classes, shown in ((5, "5"), (None, "None"), ([], r"\[\]")):  # bug: a TypeError in the report
+        (tmp_path / runs.CONFIG).write_text(json.dumps({} if classes is None else {"classes": classes}))
+        with pytest.raises(ZsfsError, match=f"lists no class names under \"classes\" \\(it holds {shown}\\)"):
+            runs.load_run(tmp_path)
+    assert runs.FittedRun(None, {"classes": ["a"]}).metrics is None  # not saved: nothing to read
     (tmp_path / runs.CONFIG).write_text(json.dumps({"classes": ["a"]}))
     run = runs.load_run(tmp_path)
     assert run.metrics is None

@@ -55,19 +55,27 @@ def test_label_is_the_first_level_folder_of_nested_images(tmp_path):
     assert open_source(tmp_path).labels == ["cat", "cat"]
 
 
-def test_linked_class_folders_are_read_and_a_link_loop_is_a_skipped_entry(tmp_path):
+def test_linked_class_folders_are_read_once_and_a_link_loop_is_a_skipped_entry(tmp_path):
     """Bug: a class folder that is a link (to another disk) was passed over without a word: its
-    images, and its class, were missing from the store."""
+    images, and its class, were missing from the store. Each folder is listed once: a second
+    link to it, or a link into the scanned tree (a loop, or another name for a class), would list
+    its images again under another label."""
     photos, elsewhere = tmp_path / "photos", tmp_path / "other-disk" / "dogs"
     (photos / "cat").mkdir(parents=True)
     elsewhere.mkdir(parents=True)
     save(Image.new("RGB", (8, 8)), photos / "cat" / "1.png")
     save(Image.new("RGB", (8, 8)), elsewhere / "2.png")
     (photos / "dog").symlink_to(elsewhere)
+    (photos / "hound").symlink_to(elsewhere)  # a second name for the same outside folder
+    (photos / "kitty").symlink_to(photos / "cat")  # another name for a class of the tree
     (photos / "cat" / "again").symlink_to(photos)  # a loop: would list photos/cat/again/cat/... forever
+    (elsewhere / "home").symlink_to(photos)  # a loop through the outside folder
     source = open_source(photos)
-    assert source.paths == ["cat/1.png", "cat/again/", "dog/2.png"] and source.labels == ["cat", "cat", "dog"]
-    assert source.unreadable == {"cat/again/": "unreadable folder (a link back to a folder above it)"}
+    assert source.paths == ["cat/1.png", "cat/again/", "dog/2.png", "dog/home/", "hound/", "kitty/"]
+    assert source.labels == ["cat", "cat", "dog", "dog", "hound", "kitty"]
+    into, listed = "unreadable folder (a link into photos/, listed there)", \
+        "unreadable folder (a link to a folder listed already)"
+    assert source.unreadable == {"cat/again/": into, "dog/home/": into, "hound/": listed, "kitty/": into}
     assert source.decode(2).size == (8, 8)
 
 

@@ -225,3 +225,24 @@ def test_master_closes_opened_shards_when_a_later_shard_fails_to_open(tmp_path, 
                                    exact_max=1000, index_seed=0, checksums=(np.zeros(3, np.int64), ["0"] * 3))
     assert len(opened) == 2
     assert not any(file.id.valid for file in opened), "shards opened before the failure were left open"
+
+
+def test_a_store_is_not_written_into_a_renamed_stores_shards_but_reruns_under_another_name(tmp_path):
+    """The shards folder is named when a store is made (docs/store.md: renaming the master keeps
+    it): x.h5 renamed y.h5 still keeps its shards in x.shards/, and a new x.h5 there, even with
+    --overwrite, would delete them. A link to the store itself is not another store."""
+    first = new_writer(tmp_path / "x.h5")
+    write_all(first)
+    first.finalize(ATTRS)
+    (tmp_path / "x.h5").rename(tmp_path / "y.h5")
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match="y.h5 keeps its shards in x.shards/, where x.h5 would"):
+            new_writer(tmp_path / "x.h5", n_items=N_ITEMS + 1, overwrite=overwrite)
+    with Store(tmp_path / "y.h5") as renamed:
+        assert renamed.n_images > 0 and renamed.verify()
+    (tmp_path / "y.h5").rename(tmp_path / "x.h5")
+    (tmp_path / "x.hdf5").symlink_to(tmp_path / "x.h5")  # the same store under a second name
+    again = new_writer(tmp_path / "x.h5")  # its own rerun, and its own --overwrite, are not refused
+    assert again.pending_shards() == []
+    again.close()
+    new_writer(tmp_path / "x.h5", overwrite=True).close()

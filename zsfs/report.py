@@ -62,7 +62,7 @@ def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | Non
         raise ParameterError(f"{{ood_images}} must be >= 0, not {ood_images}")
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     frame = run.read_predictions(COLUMNS).with_row_index(ROW)  # predictions are in store order
-    classes = [str(c) for c in run.config.get("classes") or frame["predicted"].unique().sort().to_list()]
+    classes = run.classes
     per_class = per_class or int(np.clip(THUMBNAIL_BUDGET // (2 * max(len(classes), 1)), 1, MAX_PER_CLASS))
     ood_by = [c for c in ("ood_score", "ood_continuous") if c in frame.columns]
 

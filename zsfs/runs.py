@@ -187,7 +187,7 @@ class FittedRun:
     @property
     def metrics(self) -> dict | None:
         if self._metrics is _ON_FIRST_USE:  # read when asked for: predict needs none, nor a damaged one
-            self._metrics = _read_json(self.path / METRICS, required=False)
+            self._metrics = None if self.path is None else _read_json(self.path / METRICS, required=False)
         return self._metrics
 
     @property
@@ -255,8 +255,8 @@ def load_run(run_dir: str | Path) -> FittedRun:
     if not run_dir.is_dir():
         raise ZsfsError(f"{run_dir} is not a folder; pass a run folder written by `zsfs fit --out RUN_DIR`")
     config = _read_json(run_dir / CONFIG, required=True)
-    classes = config.get("classes", [])
-    if not (isinstance(classes, list) and all(isinstance(name, str) for name in classes)):
+    classes = config.get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(name, str) for name in classes)):
         raise ZsfsError(f"{run_dir / CONFIG} lists no class names under \"classes\" (it holds {classes!r:.60}); "
                         "it was changed since the fit: rerun `zsfs fit`")
     return FittedRun(run_dir, config)

@@ -79,8 +79,9 @@ class ImageSource:
 
 
 def given_path(path: str | Path, what: str) -> str:
-    """``path`` as text; a ``ZsfsError`` when it is empty (``Path("")`` would be the current folder)."""
-    if not str(path).strip():
+    """``path`` as text; a ``ZsfsError`` when it is the empty string, which ``Path`` would read as the
+    current folder (``str(Path(""))`` is already ".": only a ``str`` can be checked)."""
+    if isinstance(path, str) and path == "":
         raise ZsfsError(f"the {what} is an empty path; give a file or folder")
     return str(path)
 
@@ -141,10 +142,13 @@ def _scan_folder(folder: Path) -> ImageSource:
     """Names come as the OS gives them (undecodable bytes as surrogates, see ``zsfs.names``), so
     every listed path reopens its file; a sub-folder that cannot be read is listed as ``name/``
     and recorded as skipped with the reason, never dropped silently. Linked folders are followed
-    (class folders are often links to another disk), except a link back to a folder above it."""
+    (class folders are often links to another disk), each folder once: a link to a folder of the
+    scanned tree, or to one listed already, is a skipped entry with that reason (so no image is
+    listed twice, under two labels, and no link loops)."""
     found: list[str] = []
     unreadable: dict[str, str] = {}
-    above: dict[str, frozenset] = {str(folder): frozenset({_folder_identity(folder)})}  # folder -> its chain
+    seen = {_folder_identity(folder)}  # (device, inode) of every folder listed
+    tree = str(folder) + os.sep  # ``folder`` is resolved (open_source)
 
     def record(error: OSError) -> None:
         if Path(error.filename) == folder:
@@ -155,18 +159,23 @@ def _scan_folder(folder: Path) -> ImageSource:
     for directory, subdirs, files in os.walk(folder, onerror=record, followlinks=True):
         relative = Path(directory).relative_to(folder).as_posix()
         prefix = "" if relative == "." else relative + "/"  # a string join: a Path per file costs 3.5x more
-        chain, kept = above.pop(directory, frozenset()), []
-        for name in subdirs:
+        kept = []
+        for name in sorted(subdirs):  # sorted: which name of a twice-linked folder lists it is stable
             if name.startswith("."):  # hidden folders are not read
                 continue
-            try:
-                identity = _folder_identity(os.path.join(directory, name))
-            except OSError:  # os.walk reports it through `record`
-                identity = None
-            if identity in chain:
-                unreadable[prefix + name + "/"] = f"{UNREADABLE_FOLDER} (a link back to a folder above it)"
+            path = os.path.join(directory, name)
+            if os.path.islink(path) and (os.path.realpath(path) + os.sep).startswith(tree):
+                unreadable[prefix + name + "/"] = f"{UNREADABLE_FOLDER} (a link into {folder.name}/, listed there)"
                 continue
-            above[os.path.join(directory, name)] = chain | {identity}
+            try:
+                identity = _folder_identity(path)
+            except OSError:  # os.walk reports it through `record`
+                kept.append(name)
+                continue
+            if identity in seen:
+                unreadable[prefix + name + "/"] = f"{UNREADABLE_FOLDER} (a link to a folder listed already)"
+                continue
+            seen.add(identity)
             kept.append(name)
         subdirs[:] = kept
         found.extend(

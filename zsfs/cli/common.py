@@ -146,7 +146,7 @@ class GivenPath(click.Path):
     The type of every path argument and option."""
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str) and not value.strip():
+        if isinstance(value, str) and value == "":  # " " is a name a folder can have
             self.fail("is empty (an unset shell variable?); give a path", param, ctx)
         return super().convert(value, param, ctx)
 

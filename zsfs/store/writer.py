@@ -10,11 +10,12 @@ identical to an uninterrupted run. Vocabularies and the neighbour graph are file
 from __future__ import annotations
 
 import json
+import os
 import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import h5py
 import numpy as np
@@ -62,30 +63,45 @@ class ShardData:
 
 
 def check_own_shards_folder(master: Path) -> None:
-    """Refuse to write ``master`` when its shards folder is a file, or when another store keeps its
-    shards in the same folder: the
-    folder is named after the master's stem, so ``x.h5`` and ``x.hdf5`` (or ``x``) would share
-    ``x.shards/``, and writing one would replace the other's shards."""
+    """Refuse to write ``master`` when its shards folder is a file, or when another store keeps
+    its shards in that folder: ``x.h5`` and ``x.hdf5`` (or ``x``) would share ``x.shards/``, as
+    would ``y.h5`` renamed from ``x.h5``, and writing one would replace the other's shards."""
     master = Path(master).absolute()
     folder = schema.shard_dir(master)
     if folder.exists() and not folder.is_dir():  # found before any work, not when the first shard is written
         raise StoreError(f"{folder} is a file, where {master.name} keeps its shards in a folder of that name; "
                          "move it, or choose an output with another name")
+    if not folder.is_dir():
+        return  # nobody's shards are there
     try:
-        siblings = [entry for entry in master.parent.iterdir() if entry.name != master.name
-                    and schema.shard_dir(entry) == folder and entry.is_file() and h5py.is_hdf5(entry)]
+        entries = [entry for entry in master.parent.iterdir() if entry.name != master.name and entry.is_file()
+                   and (entry.suffix.lower() in HDF5_SUFFIXES or schema.shard_dir(entry) == folder)]
     except OSError:  # an unlistable folder: the write itself will say what is wrong
         return
-    for sibling in siblings:
-        try:
-            with h5py.File(sibling, "r") as file:
-                is_store = read_identity(file) is not None
-        except OSError:
+    for entry in entries:
+        if master.exists() and os.path.samefile(entry, master):  # another name of this very store
             continue
-        if is_store:
-            raise StoreError(f"{sibling} keeps its shards in {folder.name}/, where {master.name} would write its own "
+        if folder.name in _shard_folders_of(entry):
+            raise StoreError(f"{entry} keeps its shards in {folder.name}/, where {master.name} would write its own "
                              f"(a store's shards folder is named after its name without the suffix); choose an "
                              f"output with another name")
+
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+"""Where another store may sit under any name (a renamed master keeps its shards folder)."""
+
+
+def _shard_folders_of(path: Path) -> set[str]:
+    """The folders a zsfs master's shard table names (none for other files)."""
+    try:
+        if not h5py.is_hdf5(path):
+            return set()
+        with h5py.File(path, "r") as file:
+            if read_identity(file) is None or schema.SHARDS_FILE not in file:
+                return set()
+            return {PurePosixPath(name).parts[0] for name in read_strings(file[schema.SHARDS_FILE])}
+    except (OSError, ValueError, IndexError):
+        return set()
 
 
 class StoreWriter:
