@@ -159,12 +159,15 @@ def test_a_rerun_repairs_a_removed_shard_and_rebuilds_a_master_older_than_its_sh
 
 
 def test_decoding_workers_that_cannot_share_a_batch_fail_cleanly(photos, tmp_path):
-    """Bug: a batch a worker could not put in shared memory (a file-size limit here; a full
-    /dev/shm elsewhere) was dropped by its queue's feeder thread, and extract waited forever."""
+    """Bugs: a batch a worker could not put in shared memory (a file-size limit here; a full
+    /dev/shm elsewhere) was dropped by its queue's feeder thread, and extract waited forever; then
+    it was reported as "the disk is full", with no path, while the disk had room (Docker's 64 MB
+    /dev/shm)."""
     outcome = run_zsfs("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "1",
                        file_size_limit=100_000, timeout=120)
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
-    assert "the disk is full (or a file-size limit was reached)" in outcome.output
+    assert "shared memory (/dev/shm) is full, or over a file-size limit" in outcome.output
+    assert "rerun with --workers 0" in outcome.output and "disk is full" not in outcome.output
 
 
 def _kill_script(source: Path, out: Path, delay: float) -> str:

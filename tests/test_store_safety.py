@@ -116,18 +116,6 @@ def test_full_disk_during_import_and_extract_then_resume(tmp_path, base):
         assert extracted.n_images == 9
 
 
-def test_decoding_workers_out_of_shared_memory_say_so_and_how_to_run_without(tmp_path, base):
-    """Bug: a full /dev/shm (Docker's 64 MB) was reported as "the disk is full" with no path, while
-    the disk had room. The workers' batches go through /dev/shm; a file-size limit stops them
-    there the same way (torch's own message names neither)."""
-    command = ("extract", base / "photos", "--out", tmp_path / "e.h5", *TINY_MODEL_ARGS, "--workers", "1",
-               "--batch-size", "9")
-    outcome = run_zsfs(*command, file_size_limit=30_000)
-    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
-    assert "shared memory (/dev/shm) is full, or over a file-size limit" in outcome.output
-    assert "rerun with --workers 0" in outcome.output and "disk is full" not in outcome.output
-
-
 @pytest.mark.parametrize("file_size_limit", [200, 8_000], ids=["predictions", "classifier"])
 def test_full_disk_during_fit_is_one_line(store, tmp_path, file_size_limit):
     """Bug: with room for predictions.parquet (~5 kB here) but not classifier.pt (~13 kB), torch's
