@@ -83,6 +83,7 @@ CASES = [  # (command line, exit code, words of the error line)
     (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "a/b"), 1, "invalid vocabulary name 'a/b'"),
     (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "new\nline"), 1,
      "invalid vocabulary name 'new\\nline'"),  # bug: accepted, then part of a run folder's name
+    (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "ab\u202ecd"), 1, "control or invisible"),
     (("extract", "{photos}", "--out", "{work}/a-file/x.h5"), 1, "a-file is a file, not a folder"),
     (("extract", "{photos}", "--out", "{work}/x.h5", "--max-pixels", "0"), 2, "--max-pixels"),
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features",

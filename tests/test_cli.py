@@ -234,3 +234,16 @@ def test_other_options_show_the_library_defaults():
     assert option(extract_command, "batch_size").default == option(predict_command, "batch_size").default == \
         DEFAULT_BATCH_SIZE
     assert option(neighbours_command, "k").default == GRAPH_K and option(neighbours_command, "k").type.max == GRAPH_MAX_K
+
+
+def test_a_worker_killed_for_want_of_shared_memory_is_explained():
+    """Torch's words when a decoding worker dies of a SIGBUS in a full /dev/shm (Docker's 64 MB):
+    it was not an OSError, so it reached the user as a traceback."""
+    from zsfs.cli.common import describe_os_error, shared_memory_full
+
+    died = RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly: killed by signal: Bus error. It is "
+                        "possible that dataloader's workers are out of shared memory. Please try to raise your "
+                        "shared memory limit.")
+    assert shared_memory_full(died) and not shared_memory_full(RuntimeError("a bug"))
+    assert describe_os_error(died).startswith("shared memory (/dev/shm) is full")
+    assert not shared_memory_full(OSError(28, "No space left on device"))  # a full disk is a full disk

@@ -88,6 +88,8 @@ def test_read_rows_and_chunks(tmp_path, arrays):
         assert store.read("clip", np.array([], dtype=np.int64)).shape == (0, D_CLIP)
         with pytest.raises(IndexError):
             store.read("clip", np.array([N]))
+        with pytest.raises(StoreError, match="not 'path'; paths\\(\\), labels\\(\\)"):
+            store.read("path")  # was raw bytes, not the names paths() gives
         chunks = list(store.iter_chunks("clip", chunk_rows=47))
         assert [start for start, _ in chunks] == [0, 47, 94]
         np.testing.assert_array_equal(np.concatenate([rows for _, rows in chunks]), full)

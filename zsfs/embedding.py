@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from zsfs.devices import MODEL_PRECISIONS
-from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, image_size
+from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, image_size, quiet_decoder_warnings
 from zsfs.sources import ImageSource
 
 AUTOCAST_DTYPES = dict(zip(MODEL_PRECISIONS, (None, torch.bfloat16, torch.float16)))  # None: no autocast
@@ -139,11 +139,14 @@ def make_loader(dataset: Dataset, batches: list[list[int]], *, workers: int, pin
     """
     options = dict(num_workers=workers, collate_fn=collate, pin_memory=pin_memory)
     if workers > 0:
-        options.update(prefetch_factor=4, worker_init_fn=partial(_lower_priority, worker_niceness))
+        options.update(prefetch_factor=4, worker_init_fn=partial(_start_worker, worker_niceness))
     return DataLoader(dataset, batch_sampler=batches, **options)
 
 
-def _lower_priority(niceness: int, worker_id: int) -> None:
+def _start_worker(niceness: int, worker_id: int) -> None:
+    """A decoding process of ours: Pillow's warnings off the terminal (spawned workers do not
+    inherit the command line's filter), and the priority lowered by ``niceness``."""
+    quiet_decoder_warnings()
     if niceness > 0 and hasattr(os, "nice"):
         os.nice(niceness)
 

@@ -117,8 +117,8 @@ def replacing_file(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        fsync_file(tmp)  # before the chmod: a umask without the owner's read bit could not reopen it
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600: like any file the user creates instead
-        fsync_file(tmp)
         os.replace(tmp, path)
         fsync_folder(path.parent)
     except BaseException:

@@ -23,7 +23,7 @@ def main() -> None:
     """
     from zsfs.decode import quiet_decoder_warnings
 
-    quiet_decoder_warnings()  # forked decoding workers inherit it
+    quiet_decoder_warnings()  # decoding workers set it too (embedding._start_worker)
 
 
 def _register() -> None:

@@ -58,7 +58,7 @@ class ZsfsGroup(click.Group):
         except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
             from zsfs.store.files import is_disk_full
 
-            if not (isinstance(error, OSError) or is_disk_full(error)):
+            if not (isinstance(error, OSError) or is_disk_full(error) or shared_memory_full(error)):
                 raise  # a bug: keep its traceback
             console.print(f"[bold red]Error:[/] {shown(describe_os_error(error))}", soft_wrap=True)
             sys.exit(1)
@@ -106,7 +106,7 @@ def describe_os_error(error: BaseException) -> str:
 
     where = getattr(error, "filename", None)
     where = f" ({where})" if where else ""
-    if is_disk_full(error) and any(text in _messages(error) for text in ("shared memory", "</torch_")):  # /dev/shm
+    if shared_memory_full(error):
         return ("shared memory (/dev/shm) is full, or over a file-size limit: the decoding workers hand their "
                 "batches over through it; rerun with --workers 0 (decoding in the main process) or a smaller "
                 "--batch-size, or give it more room (Docker: docker run --shm-size=2g)")
@@ -116,6 +116,17 @@ def describe_os_error(error: BaseException) -> str:
     if "No usable temporary directory" in str(error):  # tempfile's probe write failed
         return f"{one_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"
     return f"{getattr(error, 'strerror', None) or one_line(error)}{where}"
+
+
+def shared_memory_full(error: BaseException) -> bool:
+    """A decoding worker could not hand its batch over through /dev/shm: torch says "shared
+    memory" or names its /dev/shm file ("</torch_...>") with a full-disk errno, or, when a worker
+    died of it (SIGBUS), "out of shared memory"."""
+    from zsfs.store.files import is_disk_full
+
+    messages = _messages(error)
+    return "out of shared memory" in messages or (
+        is_disk_full(error) and any(text in messages for text in ("shared memory", "</torch_")))
 
 
 def _messages(error: BaseException | None) -> str:

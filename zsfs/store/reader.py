@@ -193,11 +193,18 @@ class Store:
         ``rows``: None (all), a slice, integer row ids (any order, repeats allowed) or a
         boolean mask.
         """
+        self._check_row_dataset(dataset)
         with read_errors(self.path, dataset):
             return read_rows(self._dataset(dataset), rows)
 
+    def _check_row_dataset(self, dataset: str) -> None:
+        if dataset not in schema.VIRTUAL_DATASETS:  # the others have their own readers
+            raise StoreError(f"read() and iter_chunks() read {', '.join(schema.VIRTUAL_DATASETS)}, not {dataset!r}; "
+                             "paths(), labels(), skipped() and neighbour_graph() read the rest")
+
     def iter_chunks(self, dataset: str, chunk_rows: int = READ_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, rows)`` blocks of ``dataset`` in order: bounded memory for big stores."""
+        """Yield ``(start, rows)`` blocks of ``dataset`` (as :meth:`read`'s) in order: bounded memory for big stores."""
+        self._check_row_dataset(dataset)
         data = self._dataset(dataset)
         for start in range(0, len(data), chunk_rows):
             with read_errors(self.path, dataset):

@@ -43,6 +43,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from zsfs.names import visible
+
 FORMAT_NAME = "zsfs-store"
 FORMAT_VERSION = 2  # readers also read format 1 (vocabularies and graph inside the master)
 
@@ -122,13 +124,13 @@ EMBEDDING_DTYPES = ("float16", "float32")
 
 def valid_vocabulary_name(name: str) -> bool:
     """A vocabulary name is one HDF5 group name and part of default run folder names: not empty,
-    no '/', no leading '.', no control character (a newline in a folder name is shown, not typed)."""
-    return bool(name) and "/" not in name and not name.startswith(".") and \
-        not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name)
+    no '/', no leading '.', nothing that a terminal would not show as typed (control, invisible
+    and bidirectional characters: ``zsfs.names.visible``)."""
+    return bool(name) and "/" not in name and not name.startswith(".") and visible(name) == name
 
 
-INVALID_VOCABULARY_NAME = ("invalid vocabulary name {!r}: use a non-empty name without '/', control characters or a "
-                           "leading '.'")
+INVALID_VOCABULARY_NAME = ("invalid vocabulary name {!r}: use a non-empty name without '/', control or invisible "
+                           "characters, or a leading '.'")
 
 
 def shard_dir(master: Path) -> Path:
