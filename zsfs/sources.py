@@ -47,6 +47,7 @@ class ImageSource:
     no_labels_reason: str | None = None  # why a folder with class subfolders gives no labels
     empty_tars: list[str] = field(default_factory=list)  # tar shards (relative to root) holding no image
     compressed_tars: list[str] = field(default_factory=list)  # beside the tar shards, not read (see zsfs.tars)
+    aliases: list[str] = field(default_factory=list)  # linked folders not read: other names of listed ones
     repeated_paths: list[str] = field(default_factory=list)  # listed more than once (each row is embedded)
     # (a list file's line, or a member name a tar holds twice)
 
@@ -70,8 +71,12 @@ class ImageSource:
 
     @property
     def classes(self) -> list[str] | None:
-        """Sorted unique labels, or None when the source has no labels."""
-        return None if self.labels is None else sorted(set(self.labels))
+        """Sorted unique labels, or None when the source has no labels. A label only other names of
+        listed folders carry (``kitty -> cat``) is not a class: it would be one with no images."""
+        if self.labels is None:
+            return None
+        aliases = set(self.aliases)
+        return sorted({label for path, label in zip(self.paths, self.labels) if path not in aliases})
 
     def digest(self) -> str:
         """sha256 of the listing (paths and labels): changes whenever the listing does."""
@@ -148,6 +153,7 @@ def _scan_folder(folder: Path) -> ImageSource:
     found: list[str] = []
     unreadable: dict[str, str] = {}
     seen = {_folder_identity(folder)}  # (device, inode) of every folder listed
+    aliases: list[str] = []  # linked folders not read: other names of folders listed
     tree = str(folder) + os.sep  # ``folder`` is resolved (open_source)
 
     def record(error: OSError) -> None:
@@ -166,6 +172,7 @@ def _scan_folder(folder: Path) -> ImageSource:
             path = os.path.join(directory, name)
             if os.path.islink(path) and (os.path.realpath(path) + os.sep).startswith(tree):
                 unreadable[prefix + name + "/"] = f"{UNREADABLE_FOLDER} (a link into {folder.name}/, listed there)"
+                aliases.append(prefix + name + "/")
                 continue
             try:
                 identity = _folder_identity(path)
@@ -174,6 +181,7 @@ def _scan_folder(folder: Path) -> ImageSource:
                 continue
             if identity in seen:
                 unreadable[prefix + name + "/"] = f"{UNREADABLE_FOLDER} (a link to a folder listed already)"
+                aliases.append(prefix + name + "/")
                 continue
             seen.add(identity)
             kept.append(name)
@@ -199,7 +207,7 @@ def _scan_folder(folder: Path) -> ImageSource:
               f"{utf8_text(loose[0])}), so the subfolders are not read as classes; move them into one, or pass "
               "--classes" if loose and len(loose) < len(paths) else None)
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable,
-                       no_labels_reason=reason)
+                       no_labels_reason=reason, aliases=aliases)
 
 
 def _folder_identity(path: str | Path) -> tuple[int, int]:
