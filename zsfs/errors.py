@@ -1,5 +1,9 @@
 """User-facing errors: the CLI prints their message (no traceback) and exits non-zero."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+
 
 class ZsfsError(Exception):
     """An error whose message tells the user what went wrong and what to do about it."""
@@ -41,3 +45,10 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     if len(text) < 12:  # bare codes or words ("101", "'h'") say little without their type
         text = f"{type(error).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and every error it arose from (``raise ... from``, or raised while handling)."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__

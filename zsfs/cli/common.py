@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from zsfs.errors import ParameterError, ZsfsError, one_line
+from zsfs.errors import ParameterError, ZsfsError, error_chain, one_line
 from zsfs.names import visible
 
 if TYPE_CHECKING:
@@ -124,18 +124,9 @@ def shared_memory_full(error: BaseException) -> bool:
     died of it (SIGBUS), "out of shared memory"."""
     from zsfs.store.files import is_disk_full
 
-    messages = _messages(error)
+    messages = "\n".join(map(str, error_chain(error)))
     return "out of shared memory" in messages or (
         is_disk_full(error) and any(text in messages for text in ("shared memory", "</torch_")))
-
-
-def _messages(error: BaseException | None) -> str:
-    """The messages of ``error`` and of every error it arose from."""
-    texts = []
-    while error is not None:
-        texts.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(texts)
 
 
 class FiniteFloat(click.FloatRange):

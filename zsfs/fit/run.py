@@ -255,8 +255,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         with timer.phase("read features"):
             features = normalise(store.read("backbone", sample), device)
             candidate_rows, candidate_labels = seeds.positions(ranked, 0, config.candidates)
-            prototypes = transductive.class_prototypes(normalise(store.read("backbone", candidate_rows)),  # on the CPU
-                                                       torch.as_tensor(candidate_labels), n_classes).to(device)
+            prototypes = transductive.class_prototypes(normalise(store.read("backbone", candidate_rows), device),
+                                                       torch.as_tensor(candidate_labels, device=device), n_classes)
         with timer.phase("class shares + self-training"):
             trained, head_classes, shares = _balanced_training(features, sample, drawn, seed_rows, seed_labels,
                                                                log_prior, prototypes, config, generator, dtype)

@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 
 from zsfs.durable import current_umask, fsync_folder
-from zsfs.errors import StoreError, ZsfsError
+from zsfs.errors import StoreError, ZsfsError, error_chain
 from zsfs.store import schema
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -36,12 +36,11 @@ DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 def is_disk_full(error: BaseException | None) -> bool:
     """True if ``error`` or one it arose from reports a full disk, a quota or a file-size limit.
     h5py raises RuntimeError with the C errno in its message, so look at the whole chain."""
-    while error is not None:
-        message = str(error).lower()
-        if (getattr(error, "errno", None) in DISK_FULL_ERRNOS or "no space left" in message
+    for cause in error_chain(error):
+        message = str(cause).lower()
+        if (getattr(cause, "errno", None) in DISK_FULL_ERRNOS or "no space left" in message
                 or "errno = 28" in message or "errno = 27" in message or "file too large" in message):
             return True
-        error = error.__cause__ or error.__context__
     return False
 
 
