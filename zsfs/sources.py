@@ -162,6 +162,10 @@ def _scan_folder(folder: Path) -> ImageSource:
         relative = Path(error.filename).relative_to(folder).as_posix() + "/"
         unreadable[relative] = f"{UNREADABLE_FOLDER} ({(error.strerror or str(error)).lower()})"
 
+    def not_read(entry: str, why: str) -> None:  # another name of a folder the scan lists
+        unreadable[entry] = f"{UNREADABLE_FOLDER} ({why})"
+        aliases.append(entry)
+
     for directory, subdirs, files in os.walk(folder, onerror=record, followlinks=True):
         relative = Path(directory).relative_to(folder).as_posix()
         prefix = "" if relative == "." else relative + "/"  # a string join: a Path per file costs 3.5x more
@@ -171,8 +175,7 @@ def _scan_folder(folder: Path) -> ImageSource:
                 continue
             path = os.path.join(directory, name)
             if os.path.islink(path) and (os.path.realpath(path) + os.sep).startswith(tree):
-                unreadable[prefix + name + "/"] = f"{UNREADABLE_FOLDER} (a link into {folder.name}/, listed there)"
-                aliases.append(prefix + name + "/")
+                not_read(prefix + name + "/", f"a link into {folder.name}/, listed there")
                 continue
             try:
                 identity = _folder_identity(path)
@@ -180,8 +183,7 @@ def _scan_folder(folder: Path) -> ImageSource:
                 kept.append(name)
                 continue
             if identity in seen:
-                unreadable[prefix + name + "/"] = f"{UNREADABLE_FOLDER} (a link to a folder listed already)"
-                aliases.append(prefix + name + "/")
+                not_read(prefix + name + "/", "a link to a folder listed already")
                 continue
             seen.add(identity)
             kept.append(name)
