@@ -239,7 +239,8 @@ def test_other_options_show_the_library_defaults():
 def test_a_worker_killed_for_want_of_shared_memory_is_explained():
     """Torch's words when a decoding worker dies of a SIGBUS in a full /dev/shm (Docker's 64 MB):
     it was not an OSError, so it reached the user as a traceback."""
-    from zsfs.cli.common import describe_os_error, shared_memory_full
+    from zsfs.cli.common import describe_os_error
+    from zsfs.errors import shared_memory_full
 
     died = RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly: killed by signal: Bus error. It is "
                         "possible that dataloader's workers are out of shared memory. Please try to raise your "

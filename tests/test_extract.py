@@ -27,6 +27,7 @@ from zsfs.testing.cli import run_cli
 from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS, TINY_MODELS
+from zsfs.testing.processes import children
 
 ROW_DATASETS = ("clip", "backbone", "width", "height")
 
@@ -170,9 +171,9 @@ def test_decoding_workers_that_cannot_share_a_batch_fail_cleanly(photos, tmp_pat
     assert "rerun with --workers 0" in outcome.output and "disk is full" not in outcome.output
 
 
-def _kill_script(source: Path, out: Path, delay: float) -> str:
+def _kill_script(source: Path, out: Path, delay: float, workers: int = 0) -> str:
     # Decoding is slowed down so that the kill reliably lands in the middle of a shard.
-    args = ["extract", str(source), "--out", str(out), *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "6",
+    args = ["extract", str(source), "--out", str(out), *TINY_MODEL_ARGS, "--workers", str(workers), "--shard-size", "6",
             "--batch-size", "2"]
     return (
         "import os\n"
@@ -182,6 +183,32 @@ def _kill_script(source: Path, out: Path, delay: float) -> str:
         "from zsfs.cli import main\n"
         f"main({args!r})\n"
     )
+
+
+def test_a_killed_decoding_process_is_one_clear_line_and_the_rerun_resumes(tmp_path):
+    """Bug: kill -9 of a decoding process (what the out-of-memory killer does) ended the run with
+    torch's traceback."""
+    source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
+    out, shards = tmp_path / "s.h5", tmp_path / "s.shards"
+    process = subprocess.Popen([sys.executable, "-c", _kill_script(source, out, 0.05, workers=1)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (shards / "shard-00000.h5").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    decoding = children(process.pid)  # forked: the DataLoader worker (no other child lives that long)
+    assert len(decoding) == 1, decoding
+    os.kill(decoding[0], signal.SIGKILL)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr
+    assert "Error: a decoding process died" in " ".join(stderr.split()), stderr
+    assert "Rerun the command" in " ".join(stderr.split())
+    finished = sorted(path.name for path in shards.glob("shard-*.h5"))
+    assert 1 <= len(finished) < 5 and not out.exists()
+
+    result = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "1", "--shard-size", "6",
+                     "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert f"{5 - len(finished)} / {len(finished)}" in result.output  # shards written / reused
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):

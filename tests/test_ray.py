@@ -14,17 +14,17 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import ray  # the test extra installs it: pip install -e ".[test]"
 
 from tests.test_extract import assert_same_store, read_store
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import extract
 from zsfs.testing.cli import run_cli
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
+from zsfs.testing.processes import parent_pid, titled
 from zsfs.testing.slowdown import DELAY_VARIABLE
 
 
@@ -52,15 +52,15 @@ def photos(tmp_path_factory) -> dict:
 
 
 def _shard_worker_pids() -> list[int]:
-    """Ray worker processes in the middle of a shard (Ray titles them ``ray::CLASS.METHOD``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::_ShardWorker.write_shard"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+    """Ray workers in the middle of a shard (their decoding processes, forked, carry the same title)."""
+    busy = titled(b"ray::_ShardWorker.write_shard")
+    return [pid for pid in busy if parent_pid(pid) not in busy]
+
+
+def _decoding_pids() -> list[int]:
+    """The decoding processes of Ray workers in the middle of a shard."""
+    busy = titled(b"ray::_ShardWorker.write_shard")
+    return [pid for pid in busy if parent_pid(pid) in busy]
 
 
 def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, photos, tmp_path):
@@ -102,11 +102,42 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     assert not list(shards.glob("*.tmp"))  # the killed worker's half-written file is gone
 
 
+def test_a_killed_decoding_process_costs_only_its_shard(cluster, photos, tmp_path):
+    """Bug: kill -9 of a Ray worker's decoding process (the out-of-memory killer's way) stopped the
+    whole run with torch's traceback; now its shard is computed again, as a lost worker's is."""
+    out = tmp_path / "ray.h5"
+    args = ["extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--shard-size", "6", "--batch-size", "2",
+            "--workers", "1", "--ray", "--ray-workers", "1"]
+    done: dict = {}
+    run = threading.Thread(target=lambda: done.update(result=run_cli(*args)))
+    run.start()
+    killed, deadline = None, time.monotonic() + 180
+    while killed is None and run.is_alive() and time.monotonic() < deadline:
+        decoding = _decoding_pids()
+        killed = decoding[0] if decoding else None  # at once: it has its whole shard still to decode
+        time.sleep(0.005)
+    assert killed is not None, "no decoding process was caught in the middle of a shard"
+    os.kill(killed, signal.SIGKILL)
+    run.join(timeout=300)
+
+    result = done["result"]
+    assert result.exit_code == 0, result.output
+    assert re.search(r"shards redone \(worker lost\)\s+\S*\s*[1-9]", result.output), result.output
+    assert_same_store(out, photos["local"])
+
+
+def test_more_workers_than_the_cluster_can_hold_is_refused_not_a_silent_wait(cluster, photos, tmp_path):
+    """Bug: --ray-workers 4 on a 2-CPU cluster waited forever, without a word, for CPUs to free up."""
+    with pytest.raises(ParameterError, match=r"ray_workers 3 is more than the Ray cluster's 2 CPU\(s\)"):
+        extract(photos["root"], tmp_path / "x.h5", ray="auto", ray_workers=3, **SETTINGS)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ray_options_refused_clearly(photos, monkeypatch, tmp_path):
-    with pytest.raises(ZsfsError, match="--ray-workers needs --ray"):
+    with pytest.raises(ZsfsError, match="ray_workers needs ray"):
         extract(photos["root"], photos["root"].parent / "x.h5", ray_workers=2, **SETTINGS)
     # Bug: ray_workers=0 from Python was refused by the Ray pool, after the output's lock file was made.
-    with pytest.raises(ZsfsError, match="--ray-workers must be at least 1"):
+    with pytest.raises(ZsfsError, match="ray_workers must be at least 1"):
         extract(photos["root"], tmp_path / "x.h5", ray="local", ray_workers=0, **SETTINGS)
     assert list(tmp_path.iterdir()) == []
     import zsfs.distributed

@@ -5,7 +5,8 @@ DataLoader decoding processes) and writes whole shards with the very function a 
 (write under a temporary name, then rename). The driver only plans: it hands one shard at a time
 to each idle worker, advances one progress bar as shards finish, and builds the master, the FAISS
 index and the vocabulary once. A worker that dies (killed, out of memory, node lost) costs the
-shard it held: a new worker takes its place and the shard is computed again.
+shard it held: a new worker takes its place and the shard is computed again; so does a shard
+whose worker lost one of its decoding processes.
 
 Every node must see the source, the models' weights and the store's folder at the same paths
 (a shared filesystem); see docs/scale.md.
@@ -20,7 +21,8 @@ from contextlib import AbstractContextManager
 
 import numpy as np
 
-from zsfs.errors import ZsfsError
+from zsfs.embedding import DecodingProcessDied
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import EmbedSettings, ShardEmbedder
 from zsfs.sources import ImageSource
 from zsfs.store.writer import StoreWriter
@@ -137,18 +139,22 @@ class RayEmbedders(AbstractContextManager):
             worker, shard = running.pop(done)
             try:
                 entries = ray.get(done)
-            except RayActorError:  # the process died mid-shard: another one takes its place
+            except (RayActorError, RayTaskError) as error:
+                worker_died = isinstance(error, RayActorError)
+                cause = getattr(error, "cause", None)
+                if not (worker_died or isinstance(cause, DecodingProcessDied)):
+                    raise cause if isinstance(cause, ZsfsError) else error from None
+                # the worker, or one of its decoding processes, died mid-shard: the shard is computed again
                 attempts[shard] += 1
                 if attempts[shard] >= MAX_ATTEMPTS:
-                    raise ZsfsError(f"shard {shard} took down {MAX_ATTEMPTS} Ray workers (out of memory? a crashing "
-                                    "image?); see the workers' logs in /tmp/ray/session_latest/logs") from None
-                ray.kill(self.actors[worker])  # if it is only unreachable, it must not hold on to its GPU
-                self.actors[worker] = self._start_worker()
+                    raise ZsfsError(f"shard {shard} took down {MAX_ATTEMPTS} Ray workers or their decoding processes "
+                                    "(out of memory? a crashing image?); see the workers' logs in "
+                                    "/tmp/ray/session_latest/logs") from None
+                if worker_died:
+                    ray.kill(self.actors[worker])  # if it is only unreachable, it must not hold on to its GPU
+                    self.actors[worker] = self._start_worker()
                 self.shards_redone += 1
                 queue.appendleft(shard)
-            except RayTaskError as error:
-                cause = getattr(error, "cause", None)
-                raise cause if isinstance(cause, ZsfsError) else error from None
             else:
                 processed += entries
                 report(shard, entries)
@@ -212,6 +218,12 @@ def _plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
         if gpus == 0:
             raise ZsfsError("--device cuda with --ray, but the Ray cluster has no GPU")
         n_workers = gpus if n_workers is None else n_workers
+        if n_workers > gpus:  # the workers that found no GPU would wait for one forever, in silence
+            raise ParameterError(f"{{ray_workers}} {n_workers} is more than the Ray cluster's {gpus} GPU(s): each "
+                                 "worker holds one; ask for fewer, or add nodes first")
     elif n_workers is None:
         n_workers = max(1, len([node for node in ray.nodes() if node.get("Alive")]))
+    elif n_workers > cpus:
+        raise ParameterError(f"{{ray_workers}} {n_workers} is more than the Ray cluster's {cpus} CPU(s): each worker "
+                             "needs one; ask for fewer, or add nodes first")
     return n_workers, max(1, cpus // n_workers)

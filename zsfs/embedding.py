@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from zsfs.devices import MODEL_PRECISIONS
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, image_size, quiet_decoder_warnings
+from zsfs.errors import ZsfsError, shared_memory_full
 from zsfs.sources import ImageSource
 
 AUTOCAST_DTYPES = dict(zip(MODEL_PRECISIONS, (None, torch.bfloat16, torch.float16)))  # None: no autocast
@@ -151,6 +152,26 @@ def _start_worker(niceness: int, worker_id: int) -> None:
         os.nice(niceness)
 
 
+class DecodingProcessDied(ZsfsError):
+    """A decoding process (a DataLoader worker) died mid-run: killed, or by the out-of-memory killer."""
+
+
+def _loaded(loader: DataLoader) -> Iterator[Batch]:
+    """The loader's batches; a decoding process that dies (kill -9, the out-of-memory killer)
+    becomes :class:`DecodingProcessDied`, not torch's RuntimeError (one of /dev/shm stays as it is:
+    its own message says more)."""
+    try:
+        yield from loader
+    except RuntimeError as error:
+        words = str(error)
+        if "DataLoader worker (pid" not in words or shared_memory_full(error):
+            raise
+        raise DecodingProcessDied(
+            f"a decoding process died ({words.split('. ')[0].strip()}): it was killed, perhaps by the "
+            "out-of-memory killer. Rerun the command (extract keeps the shards it finished); if memory is "
+            "short, use fewer decoding workers (--workers) or smaller batches (--batch-size)") from error
+
+
 def embed_batches(loader: DataLoader, tags: Iterable, encoders: Sequence[Callable[[torch.Tensor], torch.Tensor]],
                   device: torch.device, precision: str,
                   on_batch: Callable[[int], None] | None = None) -> Iterator[tuple]:
@@ -164,7 +185,7 @@ def embed_batches(loader: DataLoader, tags: Iterable, encoders: Sequence[Callabl
     autocast = (torch.autocast("cuda", dtype=AUTOCAST_DTYPES[precision])
                 if device.type == "cuda" and AUTOCAST_DTYPES[precision] is not None else nullcontext())
     in_flight = None
-    for tag, batch in zip(tags, loader):
+    for tag, batch in zip(tags, _loaded(loader)):
         embedded = None
         if batch.pixels:
             # Scoped to the forward passes: a mode held across ``yield`` would leak into the

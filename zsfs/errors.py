@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import numbers
 from collections.abc import Iterator
 
 
@@ -34,6 +36,26 @@ class ParameterError(ZsfsError):
         return self.template.format_map(_OwnName(names))
 
 
+PARAMETER_KINDS = {int: (numbers.Integral, "a whole number"), float: (numbers.Real, "a number"),
+                   bool: (bool, "True or False"), str: (str, "a string")}
+
+
+def check_parameter_type(name: str, value: object, kind: type) -> None:
+    """ParameterError unless ``value`` is a ``kind`` (int, float, bool or str; numpy numbers count,
+    but a bool is not a number: ``k=True`` is a mistake, not 1)."""
+    accepted, described = PARAMETER_KINDS[kind]
+    if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
+        raise ParameterError(f"{{{name}}} must be {described}, not {value!r}")
+
+
+def check_at_least(name: str, value: int | None, least: int) -> None:
+    """ParameterError unless ``value`` is a whole number >= ``least`` (None passes: chosen for the machine)."""
+    if value is not None:
+        check_parameter_type(name, value, int)
+        if value < least:
+            raise ParameterError(f"{{{name}}} must be at least {least}, not {value}")
+
+
 class _OwnName(dict):
     def __missing__(self, name: str) -> str:
         return name
@@ -52,3 +74,26 @@ def error_chain(error: BaseException | None) -> Iterator[BaseException]:
     while error is not None:
         yield error
         error = error.__cause__ or error.__context__
+
+
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """True if ``error`` or one it arose from reports a full disk, a quota or a file-size limit.
+    h5py raises RuntimeError with the C errno in its message, so look at the whole chain."""
+    for cause in error_chain(error):
+        message = str(cause).lower()
+        if (getattr(cause, "errno", None) in DISK_FULL_ERRNOS or "no space left" in message
+                or "errno = 28" in message or "errno = 27" in message or "file too large" in message):
+            return True
+    return False
+
+
+def shared_memory_full(error: BaseException) -> bool:
+    """A decoding worker could not hand its batch over through /dev/shm: torch says "shared
+    memory" or names its /dev/shm file ("</torch_...>") with a full-disk errno, or, when a worker
+    died of it (SIGBUS), "out of shared memory"."""
+    messages = "\n".join(map(str, error_chain(error)))
+    return "out of shared memory" in messages or (
+        is_disk_full(error) and any(text in messages for text in ("shared memory", "</torch_")))

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from zsfs.errors import ParameterError, ZsfsError, error_chain, one_line
+from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, shared_memory_full
 from zsfs.names import visible
 
 if TYPE_CHECKING:
@@ -56,8 +56,6 @@ class ZsfsGroup(click.Group):
             console.print(f"[bold red]Error:[/] {shown(error)}", soft_wrap=True)  # one line, also in logs
             sys.exit(1)
         except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
-            from zsfs.store.files import is_disk_full
-
             if not (isinstance(error, OSError) or is_disk_full(error) or shared_memory_full(error)):
                 raise  # a bug: keep its traceback
             console.print(f"[bold red]Error:[/] {shown(describe_os_error(error))}", soft_wrap=True)
@@ -102,7 +100,7 @@ def note_unread_options(config: "FitConfig", given: dict) -> None:
 
 def describe_os_error(error: BaseException) -> str:
     """An operating-system failure outside the store's own error handling, as one line."""
-    from zsfs.store.files import DISK_FULL, is_disk_full
+    from zsfs.store.files import DISK_FULL
 
     where = getattr(error, "filename", None)
     where = f" ({where})" if where else ""
@@ -116,17 +114,6 @@ def describe_os_error(error: BaseException) -> str:
     if "No usable temporary directory" in str(error):  # tempfile's probe write failed
         return f"{one_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"
     return f"{getattr(error, 'strerror', None) or one_line(error)}{where}"
-
-
-def shared_memory_full(error: BaseException) -> bool:
-    """A decoding worker could not hand its batch over through /dev/shm: torch says "shared
-    memory" or names its /dev/shm file ("</torch_...>") with a full-disk errno, or, when a worker
-    died of it (SIGBUS), "out of shared memory"."""
-    from zsfs.store.files import is_disk_full
-
-    messages = "\n".join(map(str, error_chain(error)))
-    return "out of shared memory" in messages or (
-        is_disk_full(error) and any(text in messages for text in ("shared memory", "</torch_")))
 
 
 class FiniteFloat(click.FloatRange):

@@ -26,24 +26,11 @@ from pathlib import Path
 import h5py
 
 from zsfs.durable import current_umask, fsync_folder
-from zsfs.errors import StoreError, ZsfsError, error_chain
+from zsfs.errors import StoreError, ZsfsError, is_disk_full
 from zsfs.store import schema
-
-DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 # -- disk-full errors --------------------------------------------------------------------
-def is_disk_full(error: BaseException | None) -> bool:
-    """True if ``error`` or one it arose from reports a full disk, a quota or a file-size limit.
-    h5py raises RuntimeError with the C errno in its message, so look at the whole chain."""
-    for cause in error_chain(error):
-        message = str(cause).lower()
-        if (getattr(cause, "errno", None) in DISK_FULL_ERRNOS or "no space left" in message
-                or "errno = 28" in message or "errno = 27" in message or "file too large" in message):
-            return True
-    return False
-
-
 def write_failed(error: BaseException) -> bool:
     """Errors that mean the file system refused a write (not a bug to show as a traceback)."""
     return isinstance(error, OSError) or (isinstance(error, RuntimeError) and is_disk_full(error))
