@@ -11,7 +11,7 @@ import pytest
 from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
 from zsfs.store import Store, write_store, write_vocabulary
 from zsfs.store import schema
-from zsfs.testing.synthetic import unit
+from zsfs.testing.synthetic import make_synthetic_store, unit
 
 N, D_CLIP, D_BACKBONE = 130, 16, 24
 CLIP_INFO = {"name": "tiny-clip", "weights": "random"}
@@ -331,3 +331,13 @@ def test_format_1_stores_are_read_and_extended(tmp_path, arrays):
     write_neighbour_graph(master, graph[:, :2], {"search": "exact", "precision": "fp32"}, build=master_build)
     with Store(master) as store:
         assert store.vocabulary_names() == ["new", "old"] and store.graph_info["k"] == 2
+
+
+def test_a_closed_store_says_so(tmp_path):
+    """Bug: reading a closed store said it "has no dataset 'backbone'", as if it were damaged."""
+    store = Store(make_synthetic_store(tmp_path / "s.h5", 20, 2, clip_dim=8, backbone_dim=8))
+    store.close()
+    store.close()  # twice is harmless
+    for read in (lambda: store.read("backbone"), store.vocabulary_names, store.paths, store.labels):
+        with pytest.raises(StoreError, match=r"s\.h5 was closed; open it again"):
+            read()

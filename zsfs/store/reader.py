@@ -74,15 +74,22 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).absolute()
-        self._file = open_master(self.path)
+        self._master = open_master(self.path)
         self._graph_file: h5py.File | None = None
         try:
             self._read_metadata()
             self._check_shards()
             self._vocabulary_files = vocabulary_files(self.data_dir, self.identity)
         except BaseException:
-            self._file.close()
+            self._master.close()
             raise
+
+    @property
+    def _file(self) -> h5py.File:
+        """The open master file (h5py's own errors on a closed one name no store, or mislead)."""
+        if not self._master:  # a closed h5py file is false
+            raise StoreError(f"the store {self.path} was closed; open it again: zsfs.Store(path)")
+        return self._master
 
     def _read_metadata(self) -> None:
         attrs = self._file.attrs
@@ -155,7 +162,8 @@ class Store:
     def close(self) -> None:
         if self._graph_file is not None:
             self._graph_file.close()
-        self._file.close()
+            self._graph_file = None
+        self._master.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -237,6 +245,7 @@ class Store:
 
     def _graph_dataset(self) -> h5py.Dataset | None:
         """The neighbour graph of this build of the store, or None."""
+        master = self._file  # the store is open
         path = schema.graph_file(self.data_dir)
         if self._graph_file is None and path.is_file():
             file = open_extra(path, schema.GRAPH_FORMAT, self.identity)
@@ -246,7 +255,7 @@ class Store:
                 file.close()
         if self._graph_file is not None:
             return self._graph_file[schema.GRAPH_ROWS]
-        return self._file.get(schema.GRAPH_DATASET)  # format 1
+        return master.get(schema.GRAPH_DATASET)  # format 1
 
     @property
     def graph_info(self) -> dict | None:
