@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,21 @@ def test_read_class_file(tmp_path):
     (tmp_path / "twice.txt").write_text("dog\ncat\ndog\ncat\nowl\n", encoding="utf-8")
     with pytest.raises(ZsfsError, match="more than once: 2: dog; cat$"):
         read_class_file(tmp_path / "twice.txt")
+    with pytest.raises(ZsfsError, match="is a folder; pass a text file"):
+        read_class_file(tmp_path)
+
+
+def test_a_class_file_may_be_a_pipe():
+    """Bug: `--classes <(grep -v x classes.txt)` (a pipe, /dev/fd/N) was called a missing file."""
+    from zsfs.sources import read_class_file
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"cat\ndog\n")
+    os.close(write_end)
+    try:
+        assert read_class_file(f"/dev/fd/{read_end}") == ["cat", "dog"]
+    finally:
+        os.close(read_end)
 
 
 def test_every_class_list_is_checked_by_one_rule():

@@ -95,8 +95,9 @@ def read_class_file(path: str | Path) -> list[str]:
     """Class names from a text file, one per line; blank lines and ``#`` comment lines ignored (as in
     list files), duplicates refused."""
     path = Path(given_path(path, "class file"))
-    if not path.is_file():
-        raise ZsfsError(f"class file {path} does not exist; pass a text file with one class name per line")
+    if not path.exists() or path.is_dir():  # a pipe (--classes <(...)) is no regular file, but reads as one
+        raise ZsfsError(f"class file {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass a text "
+                        "file with one class name per line")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
