@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import zsfs
@@ -72,3 +73,25 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
     assert result.exit_code == 1
     assert "Error: --k 20 is larger than --candidates 10: the seeds are taken from the candidates, so use --k <= " \
            "--candidates (or raise --candidates)" in " ".join(result.output.split())
+
+
+def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
+    """Bug: k="2", k=2.5, lr="0.1", seed=1.5 and batch_size="8" failed deep in the fit or the
+    loader (TypeError, torch RuntimeError); k=True was taken as 1."""
+    store_path = make_synthetic_store(tmp_path / "s.h5", 50, 2, seed=4, clip_dim=32, backbone_dim=64)
+    for wrong, message in ((dict(k="2"), "k must be a whole number, not '2'"),
+                           (dict(k=2.5, candidates=6), "k must be a whole number, not 2.5"),
+                           (dict(k=True), "k must be a whole number, not True"),
+                           (dict(lr="0.1"), "lr must be a number, not '0.1'"),
+                           (dict(seed=1.5), "seed must be a whole number, not 1.5"),
+                           (dict(accumulate="no"), "accumulate must be True or False, not 'no'")):
+        with pytest.raises(zsfs.ParameterError) as raised:
+            zsfs.fit(store_path, **wrong)
+        assert str(raised.value) == message
+    zsfs.fit(store_path, k=np.int64(3), candidates=10, lr=1, max_cycles=1)  # numpy integers and whole floats pass
+    photos = tmp_path / "photos"
+    with pytest.raises(zsfs.ParameterError, match=r"^batch_size must be a whole number, not '8'$"):
+        zsfs.extract(photos, batch_size="8")
+    with pytest.raises(zsfs.ParameterError, match=r"^workers must be at least 0, not -1$"):
+        zsfs.extract(photos, workers=-1)
+    assert not photos.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["s.h5", "s.shards"]

@@ -17,7 +17,8 @@ from zsfs.fit import FitConfig, fit_store, load_classifier
 from zsfs.fit.run import resolved_precision
 from zsfs.runs import fit_metrics
 from zsfs.store import Store, write_vocabulary
-from zsfs.errors import ZsfsError
+import zsfs
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.testing.cli import run_cli
 from zsfs.testing.synthetic import make_synthetic_store
 
@@ -297,7 +298,10 @@ def test_several_vocabularies_need_a_choice(store_path, tmp_path):
                      prompt="a photo of a {}", n_templates=80)
     outcome = fit_cli("--store", str(copy), "--out", str(tmp_path / "run"))
     assert outcome.exit_code == 1 and "other" in said(outcome) and "synthetic" in said(outcome)
+    assert "choose one with --vocab" in said(outcome)
     assert not (tmp_path / "run").exists()
+    with pytest.raises(ParameterError, match="choose one with vocabulary$"):  # the library's name for it
+        zsfs.fit(copy)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is missing")

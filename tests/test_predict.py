@@ -6,14 +6,15 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import extract
 from zsfs.fit.run import FitConfig, fit_store
 from zsfs.predict import predict_images
-from zsfs.runs import save_run
+from zsfs.runs import load_run, save_run
 from zsfs.store import Store
 from zsfs.testing.cli import run_cli
 from zsfs.testing.images import write_image_folder
@@ -30,7 +31,7 @@ def fitted(tmp_path_factory) -> dict:
     config = FitConfig(k=2, candidates=6, cycle_epochs=5, batch_size=8)
     with Store(store_path) as store:
         run = save_run(fit_store(store, config), store, config, work / "run")
-    return {"photos": photos, "run": run, "fit": pl.read_parquet(run / "predictions.parquet")}
+    return {"photos": photos, "run": run, "store": store_path, "fit": pl.read_parquet(run / "predictions.parquet")}
 
 
 def test_predictions_match_the_fit_on_the_same_images(fitted):
@@ -51,6 +52,33 @@ def test_predictions_match_the_fit_on_the_same_images(fitted):
         # on 1,500 images)
         assert row["ood_distance"] == pytest.approx(fit[path]["ood_distance"], abs=0.1)
         assert row["ood_continuous"] == pytest.approx(fit[path]["ood_continuous"], abs=1e-3)
+
+
+def test_library_inputs_are_checked_before_any_work(fitted):
+    """Bugs: one folder given as a str was read as its characters (and "/" as a folder); a
+    (n, 5) array or NaN rows given to FittedRun.predict gave torch errors or NaN confidences."""
+    photos = fitted["photos"]
+    alone = predict_images(fitted["run"], str(photos["root"]), workers=0)  # one path, not a list of one
+    assert alone.equals(predict_images(fitted["run"], [photos["root"]], workers=0))
+    assert predict_images(fitted["run"], photos["root"], workers=0).equals(alone)
+    with pytest.raises(ParameterError, match="^workers must be at least 0, not -1$"):
+        predict_images(fitted["run"], photos["root"], workers=-1)
+
+    run = load_run(fitted["run"])
+    with Store(fitted["store"]) as store:
+        features = store.read("backbone")
+    width = features.shape[1]
+    assert run.predict(features)["predicted"].to_list() == fitted["fit"]["predicted"].to_list()
+    for wrong, said in ((features[:, :5], f"must be an \\(n, {width}\\) array of numbers.*shape \\({len(features)}, 5\\)"),
+                        (features[0], r"of shape \(" + str(width) + r",\)"),
+                        (features.astype(str), "array of numbers"),
+                        ([[1.0], [1.0, 2.0]], "ragged rows")):
+        with pytest.raises(ParameterError, match=said):
+            run.predict(wrong)
+    poisoned = features.copy()
+    poisoned[[3, 7], 0] = np.nan
+    with pytest.raises(ParameterError, match=r"has 2 row\(s\) with NaN or infinite values \(the first: row 3\)"):
+        run.predict(poisoned)
 
 
 def test_unreadable_files_get_an_error_not_a_prediction(fitted):

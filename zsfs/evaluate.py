@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError
 
 __all__ = [
     "LabelCodes",
@@ -157,7 +157,7 @@ def id_ood_splits(
     n_id = int(id_classes)
     _check_id_count(n_id, len(classes), always_ood)
     if n_splits < 1:
-        raise ZsfsError(f"--splits must be at least 1, got {n_splits}")
+        raise ParameterError(f"{{n_splits}} must be at least 1, not {n_splits}")
     if math.comb(len(classes), n_id) < n_splits:  # a repeated split would only shrink the spread
         return [list(split) for split in itertools.combinations(classes, n_id)]
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ import numpy as np
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_listing
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError, check_at_least
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
 from zsfs.names import check_class_names
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -397,15 +397,11 @@ def _check_options(*, precision: str, batch_size: int, workers: int | None, shar
         raise ZsfsError(f"unknown precision {precision!r}; use one of: {', '.join(MODEL_PRECISIONS)}")
     if dtype not in EMBEDDING_DTYPES:
         raise ZsfsError(f"unknown dtype {dtype!r}; use one of: {', '.join(EMBEDDING_DTYPES)}")
-    if batch_size < 1 or shard_size < 1 or (workers is not None and workers < 0):
-        raise ZsfsError("--batch-size and --shard-size must be at least 1, --workers at least 0")
-    if max_pixels < 1:
-        raise ZsfsError("--max-pixels must be at least 1")
+    for name, value, least in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1),
+                               ("max_pixels", max_pixels, 1), ("workers", workers, 0), ("ray_workers", ray_workers, 1)):
+        check_at_least(name, value, least)
     if ray is None and ray_workers is not None:
-        raise ZsfsError("--ray-workers needs --ray")
-    if ray_workers is not None and ray_workers < 1:
-        raise ZsfsError("--ray-workers must be at least 1")
-
+        raise ParameterError("{ray_workers} needs {ray}")
 
 from zsfs.api import callable_module  # noqa: E402 (after `extract` exists)
 

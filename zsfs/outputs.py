@@ -28,7 +28,7 @@ class FolderExistsError(ZsfsError):
 def check_new_folder(path: str | Path) -> None:
     """Fail before any work when ``path`` exists (results are never overwritten)."""
     if Path(path).exists():
-        raise FolderExistsError(f"{path} already exists; choose another --out (results are never overwritten)")
+        raise FolderExistsError(f"{path} already exists; choose another folder (results are never overwritten)")
 
 
 @contextmanager

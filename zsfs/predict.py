@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
-from zsfs.errors import ZsfsError
+from zsfs.errors import ZsfsError, check_at_least
 from zsfs.devices import check_device
 from zsfs.embedding import embedded_listing
 from zsfs.extract import DEFAULT_BATCH_SIZE
@@ -32,13 +32,16 @@ if TYPE_CHECKING:
     import polars as pl
 
 
-def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
+def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
     """One listing of image files, folders, tar shards and tar members (``shard.tar::key.jpg``,
-    as a store records them); folders and tars are listed as by ``zsfs extract``.
+    as a store records them); folders and tars are listed as by ``zsfs extract``. One path may be
+    given alone.
 
     Paths are kept as the user wrote them (relative to the working directory), so the
     output names each image the way it was asked for.
     """
+    if isinstance(inputs, (str, os.PathLike)):  # one path, not its characters
+        inputs = [inputs]
     if not inputs:
         raise ZsfsError("no images given; pass image files and/or folders")
     paths: list[str] = []
@@ -71,7 +74,7 @@ def image_inputs(inputs: Sequence[str | Path]) -> ImageSource:
 
 def predict_images(
     run_dir: "str | Path | FittedRun",
-    inputs: Sequence[str | Path],
+    inputs: Sequence[str | Path] | str | Path,
     *,
     device: str = "cpu",
     precision: str = "fp32",
@@ -94,6 +97,8 @@ def predict_images(
     """
     import polars as pl
 
+    for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0), ("max_pixels", max_pixels, 1)):
+        check_at_least(name, value, least)
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     if not (np.isfinite(run.classifier.weight).all() and np.isfinite(run.classifier.bias).all()):
         raise ZsfsError(f"the classifier of {run_dir} has non-finite weights (its training diverged); "
@@ -144,7 +149,7 @@ def write_predictions(frame: "pl.DataFrame", path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()  # p.CSV is a CSV file too
     if suffix not in OUTPUT_SUFFIXES:
-        raise ZsfsError(f"--out must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {path.name!r}")
+        raise ZsfsError(f"cannot write predictions to {path.name!r}: its name must end in one of {', '.join(OUTPUT_SUFFIXES)}")
     writers = dict(zip(OUTPUT_SUFFIXES, (frame.write_csv, frame.write_parquet, frame.write_json)))
     with replacing_file(path) as tmp, open(tmp, "wb") as handle:  # polars takes only UTF-8 paths
         writers[suffix](handle)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.names import utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json
 
@@ -237,9 +237,29 @@ class FittedRun:
         """Class, confidence and OOD scores of backbone features (rows of the store's backbone)."""
         import polars as pl
 
+        features = self._checked_features(features)
         predicted, confidence, ood_distance, ood_paper, ood_continuous = self.classifier.classify(features)
         return pl.DataFrame({"predicted": pl.Series(predicted.tolist(), dtype=pl.String), "confidence": confidence,
                              "ood_distance": ood_distance, "ood_paper": ood_paper, "ood_continuous": ood_continuous})
+
+    def _checked_features(self, features) -> np.ndarray:
+        """``features`` as an (n, D) float array of the run's backbone width, or ParameterError
+        (not a matrix-product error from deep in torch, nor NaN classes for NaN rows)."""
+        width = self.classifier.weight.shape[1]
+        try:
+            array = np.asarray(features)
+        except ValueError:  # ragged rows
+            array = None
+        if array is None or array.ndim != 2 or array.shape[1] != width or not (
+                np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            described = "ragged rows" if array is None else f"a {array.dtype} array of shape {array.shape}"
+            raise ParameterError(f"{{features}} must be an (n, {width}) array of numbers: rows of the store's "
+                                 f"backbone features (Store.read(\"backbone\")), not {described}")
+        bad = ~np.isfinite(array).all(axis=1)
+        if bad.any():
+            raise ParameterError(f"{{features}} has {int(bad.sum())} row(s) with NaN or infinite values "
+                                 f"(the first: row {int(np.flatnonzero(bad)[0])})")
+        return array
 
     def predict_images(self, images, **options) -> "pl.DataFrame":
         """Classify image files and/or folders (options as :func:`zsfs.predict.predict_images`)."""

@@ -35,7 +35,7 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 
 @click.command("fit")
 @click.option("--store", "store_path", required=True, type=GivenPath(path_type=Path), help="Store (.h5) to fit on.")
-@click.option("--vocab", default=None, help="Vocabulary (class list) of the store [default: its only one].")
+@click.option("--vocab", "vocabulary", default=None, help="Vocabulary (class list) of the store [default: its only one].")
 @click.option("--out", "run_dir", type=GivenPath(path_type=Path), default=None,
               help="Run folder to create (must not exist) [default: runs/<store>-<vocab>-k<k>-<UTC time>].")
 @click.option("--method", type=click.Choice(["balanced", "cycles"]), default=None,
@@ -87,7 +87,7 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
               help="Also write report.html in the run folder (as `zsfs report RUN_DIR`).")
 @click.option("--json", "as_json", is_flag=True, help="Also print the run folder, metrics and phase times as JSON "
                                                       "on stdout (every parameter is in the run's config.json).")
-def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper: bool, fast: bool, as_json: bool,
+def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, paper: bool, fast: bool, as_json: bool,
                 with_report: bool, **options) -> None:
     """Label and OOD-score every image of STORE from its class names (no labels needed).
 
@@ -123,7 +123,7 @@ def fit_command(store_path: Path, vocab: str | None, run_dir: Path | None, paper
     if run_dir is not None:
         check_new_folder(run_dir)
     with Store(store_path) as store:
-        vocabulary = resolve_vocabulary(store, vocab)
+        vocabulary = resolve_vocabulary(store, vocabulary)
         check_writable(run_dir or default_run_dir(store_path, vocabulary, config.k), "run folder")
         if config.neighbours > store.n_images - 1:
             console.print(f"[yellow]Note:[/] --neighbours {config.neighbours} is more than the store's other "

@@ -22,9 +22,9 @@ from zsfs.errors import ZsfsError
               help="Number of distinct random ID/OOD splits (with N; fewer when fewer exist).")
 @click.option("--out", type=GivenPath(file_okay=False, path_type=Path),
               help="Folder to create with metrics.json (must not exist) [default: write nothing].")
-@click.option("--vocab", help="Vocabulary whose names match the labels [default: the store's only one].")
+@click.option("--vocab", "vocabulary", help="Vocabulary whose names match the labels [default: the store's only one].")
 @click.option("--json", "as_json", is_flag=True, help="Also print metrics.json to stdout.")
-def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, vocab: str | None,
+def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, vocabulary: str | None,
               as_json: bool, paper: bool, fast: bool, **fit_options) -> None:
     """Zero-shot OOD benchmark: only the ID class names go to the fit; OOD = images of other classes.
 
@@ -68,7 +68,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
                           f"MCM {o['mcm']['auroc']:.3f}; ID accuracy {split.id_accuracy:.3f}")
             status.update(f"fitting split {number + 2} of {n_splits}")
 
-        metrics = run_bench(store, wanted, config, n_splits=splits, vocabulary=vocab,
+        metrics = run_bench(store, wanted, config, n_splits=splits, vocabulary=vocabulary,
                             on_start=start, on_split=report_split)
     if metrics["always_ood_classes"]:
         console.print(shown(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from zsfs.devices import check_device
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K, choose_search, neighbour_graph, open_search
 from zsfs.fit.run import SEARCH_DTYPES
 from zsfs.store.files import check_store_update
@@ -36,8 +36,8 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
             raise ZsfsError(f"{store.path} holds {store.n_images} embedded image(s): there are no neighbours to "
                             "store (`zsfs info` lists the files that were skipped and why)")
         if not 0 < k < min(store.n_images, GRAPH_MAX_K + 1):
-            raise ZsfsError(f"--k {k} is not possible for a store of {store.n_images} images: use 1 <= k < "
-                            f"{store.n_images}, at most {GRAPH_MAX_K}")
+            raise ParameterError(f"{{k}} {k} is not possible for a store of {store.n_images} images: use 1 <= {{k}} < "
+                                 f"{store.n_images}, at most {GRAPH_MAX_K}")
         check_store_update(store.path, store.data_dir)  # before the search, not after it
         dtype = SEARCH_DTYPES[precision]
         search, _ = open_search(store, choose_search(store, torch_device, dtype), device=torch_device,

@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from zsfs.devices import PRECISION_CHOICES, SEARCH_PRECISIONS, check_device, has_fast_bf16
-from zsfs.errors import ParameterError, ZsfsError
+from zsfs.errors import ParameterError, ZsfsError, check_parameter_type
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
@@ -98,6 +98,8 @@ class FitConfig:
         return [name for name in unread if given.get(name) is not None]
 
     def validate(self) -> None:
+        for spec in fields(self):  # each parameter is of its default's type
+            check_parameter_type(spec.name, getattr(self, spec.name), type(spec.default))
         for name in ("k", "candidates", "neighbours", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"{{{name}}} must be >= 1, not {getattr(self, name)}")
@@ -191,7 +193,7 @@ def resolve_vocabulary(store: "Store", name: str | None) -> str:
             return names[0]
         if not names:
             raise ZsfsError(f"{store.path} has no class vocabulary yet; add one with {store.how_to_add_a_vocabulary()}")
-        raise ZsfsError(f"{store.path} has several vocabularies ({', '.join(names)}); choose one with --vocab")
+        raise ParameterError(f"{store.path} has several vocabularies ({', '.join(names)}); choose one with {{vocabulary}}")
     if name not in names:
         raise ZsfsError(f"{store.path} has no vocabulary {name!r}; it has: {', '.join(names) or 'none'}")
     return name
