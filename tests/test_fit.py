@@ -13,7 +13,8 @@ import torch
 
 from zsfs.devices import has_fast_bf16
 from zsfs.evaluate import auroc
-from zsfs.fit import FitConfig, fit_store, load_classifier
+from zsfs.fit import FitConfig, fit_store, load_classifier, ood
+from zsfs.fit.classifier import normalise
 from zsfs.fit.run import resolved_precision
 from zsfs.runs import fit_metrics
 from zsfs.store import Store, write_vocabulary
@@ -81,6 +82,33 @@ def test_one_pseudo_label_per_image_by_default(fitted):
     assert result.cycles[0].n_kept == 16 * (10 - len(result.absent_classes))
     for cycle in result.cycles[1:]:  # balanced cycles relabel the collection: unique rows, never a seed
         assert len(cycle.rows) == len(np.unique(cycle.rows)) and not np.isin(cycle.rows, seeds).any()
+
+
+def test_pseudo_labels_name_the_first_cycle_that_labelled_each_image(fitted):
+    result, _, _ = fitted
+    label, cycle = np.full(len(result.predicted), -1), np.full(len(result.predicted), -1)
+    for c in result.cycles:  # brute force, cycle by cycle: an image keeps its first label
+        for row, given in zip(c.rows.tolist(), c.labels.tolist()):
+            if cycle[row] == -1:
+                label[row], cycle[row] = given, c.index
+    assert len(np.unique(cycle[cycle > 0])) >= 2  # later cycles relabel rows the earlier ones kept
+    np.testing.assert_array_equal(result.pseudo_label, label)
+    np.testing.assert_array_equal(result.pseudo_cycle, cycle)
+
+
+def test_ood_thresholds_and_flags_are_calibrated_on_the_seeds(fitted, store_path):
+    result, _, _ = fitted
+    seeds = result.cycles[0].rows
+    classifier = result.classifier
+    with Store(store_path) as store:
+        features = normalise(store.read("backbone", seeds))
+    logits = features @ torch.from_numpy(classifier.weight).T + torch.from_numpy(classifier.bias)
+    expected = ood.fit_thresholds(ood.logit_statistics(logits), 1.0)
+    np.testing.assert_allclose(classifier.ood.mean, expected.mean, rtol=1e-4)
+    np.testing.assert_allclose(classifier.ood.std, expected.std, rtol=1e-3)
+    threshold = np.quantile(result.ood_score[seeds].astype(np.float64), 0.95)
+    np.testing.assert_array_equal(result.ood_flag, result.ood_score > threshold)
+    assert result.ood_flag[seeds].mean() <= 0.05 < result.ood_flag.mean()
 
 
 def test_one_pseudo_label_per_image_where_candidate_lists_overlap(tmp_path):

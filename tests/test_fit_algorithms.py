@@ -8,7 +8,7 @@ import torch
 
 from zsfs.fit import neighbours, ood, seeds
 from zsfs.fit.classifier import LinearHead
-from zsfs.fit.selftrain import STOP_NO_CANDIDATES, FeatureTable, self_train
+from zsfs.fit.selftrain import STOP_LOSS_ROSE, STOP_NO_CANDIDATES, FeatureTable, self_train
 from zsfs.testing.synthetic import unit
 
 
@@ -179,6 +179,21 @@ def test_self_training_uses_candidates_in_order_until_they_run_out():
     assert [c.n_candidates for c in result.cycles] == [6, 6, 3]
     assert result.stop_reason == STOP_NO_CANDIDATES
     assert result.cycles[-1].n_trained == sum(c.n_kept for c in result.cycles)
+
+
+def test_self_training_stops_when_a_cycles_first_epoch_loss_rises(monkeypatch):
+    """The paper's stop: a cycle whose first epoch ends above the previous cycle's first epoch.
+    Scripted losses (the rule reads only them): seeds 1.0, cycle 1 0.5, cycle 2 0.6 -> stop,
+    although 0.6 is below the seeds' 1.0 (the comparison is with the cycle before)."""
+    scripted = iter([[1.0, 0.9], [0.5, 0.4], [0.6], [0.3]])
+    monkeypatch.setattr(LinearHead, "train_epochs", lambda self, *args, **kwargs: next(scripted))
+    labels = np.repeat(np.arange(2), 10)
+    features = torch.as_tensor(unit(np.eye(2, 4)[labels] + 0.01 * np.random.default_rng(0).standard_normal((20, 4))))
+    ranked = np.stack([np.flatnonzero(labels == c) for c in range(2)])
+    result = self_train(ranked, FeatureTable(np.arange(20), features), k=2, epochs=2, cycle_epochs=2, batch_size=4,
+                        lr=1e-2, max_cycles=4, loss_floor=0.0, accumulate=True, generator=torch.Generator().manual_seed(0))
+    assert result.stop_reason == STOP_LOSS_ROSE
+    assert [c.index for c in result.cycles] == [0, 1, 2] and result.cycles[-1].losses == [0.6]
 
 
 @pytest.mark.parametrize("scan_dtype", [torch.float32, torch.bfloat16])

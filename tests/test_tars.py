@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import io
 import shutil
 import tarfile
@@ -228,3 +229,17 @@ def test_predict_inputs_list_each_tar_once_and_read_every_member(shards, monkeyp
     for row, file in enumerate(expected):
         assert (source.members.read(row) if source.members.holds(row) else Path(source.paths[row]).read_bytes()) \
             == file.read_bytes()
+
+
+def test_reading_through_many_tars_keeps_at_most_8_of_them_open(tmp_path):
+    """A long run walks through thousands of tars: without the cap it would run out of file descriptors."""
+    samples = [(f"{i:03d}.jpg", bytes([i]) * 10) for i in range(12)]
+    write_tar_shards(tmp_path, samples, per_tar=1)  # 12 tars of one member
+    source = open_source(tmp_path)
+    open_files = lambda: len(list(Path("/proc/self/fd").iterdir()))  # noqa: E731
+    before = open_files()
+    assert [source.members.read(row) for row in range(12)] == [data for _, data in samples]
+    assert open_files() - before <= 8
+    first = source.paths[0].split("::")[0]
+    assert not any(Path(os.readlink(fd)).name == first for fd in Path("/proc/self/fd").iterdir()
+                   if fd.is_symlink() and fd.exists())  # the first tars' files were closed on the way

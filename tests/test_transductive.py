@@ -181,6 +181,7 @@ def test_reported_absent_classes_get_no_seeds_labels_or_predictions(absent_store
     assert {result.classes[i] for i in np.unique(labelled)} <= set(present)
     assert sum(result.class_shares[c] for c in result.absent_classes) == 0.0
     assert metrics["absent_classes"]["precision"] == 1.0
+    assert result.unseeded_classes == []  # an absent class has no seed, by design: it is not "unseeded"
     # the OOD reference: the re-ranked candidates of the 4 present classes only (100 each at most;
     # the 6 absent classes' candidates would add up to 600 more of the 1,200 images)
     assert 16 * len(present) <= len(result.classifier.ood_reference) <= 100 * len(present)
@@ -299,3 +300,32 @@ def test_cdf_interpolates_the_stored_quantiles_and_gives_ties_their_middle_rank(
     np.testing.assert_array_equal(ood.cdf(np.zeros(3), ood.quantiles(np.zeros(12))), [0.5, 0.5, 0.5])
     half_tied = ood.quantiles(np.r_[np.zeros(500), np.arange(1.0, 501.0)])
     assert ood.cdf(np.zeros(1), half_tied)[0] == pytest.approx(0.25, abs=2e-3)  # the middle of [0, 0.5]
+
+
+def test_self_training_balances_to_the_tempered_shares(absent_store, monkeypatch):
+    """The Sinkhorn marginals are the estimated shares tempered halfway to even (docs/fit.md), not the raw ones."""
+    path, _ = absent_store
+    given = {}
+    train = transductive.balanced_self_training
+
+    def spy(*args, **kwargs):
+        given["marginals"] = args[5]
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(transductive, "balanced_self_training", spy)
+    with Store(path) as store:
+        result = fit_store(store, FitConfig(keep_all_classes=True))
+    shares = np.array([result.class_shares[c] for c in result.classes])
+    expected = np.sqrt(shares) / np.sqrt(shares).sum()
+    np.testing.assert_allclose(given["marginals"], expected, rtol=1e-6)
+    assert np.abs(expected - shares).max() > 0.01  # so that the raw shares would fail
+
+
+def test_more_than_4096_candidates_shrink_the_nearest_rank_with_the_reference(tmp_path):
+    """Sun et al. scale k with the fraction of the reference kept: over 41 classes of 100 candidates
+    (80 here) are cut to a 4,096-row reference, and the distance is to a nearer neighbour than the 20th."""
+    path = make_synthetic_store(tmp_path / "wide.h5", 16000, 80, seed=5, clip_dim=32, backbone_dim=32)
+    with Store(path) as store:
+        result = fit_store(store, FitConfig(cycle_epochs=1))
+    assert len(result.classifier.ood_reference) == ood.MAX_REFERENCE_ROWS
+    assert 2 <= result.classifier.ood_nearest < ood.NEAREST_REFERENCE
