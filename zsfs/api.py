@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from zsfs.runs import FittedRun
     from zsfs.store import Store
 
@@ -53,7 +55,7 @@ def fit(store: "Store | str | Path", *, vocabulary: str | None = None, preset: s
         return in_memory(fit_store(opened, config, vocabulary), opened, config)
 
 
-def callable_module(name: str, function) -> None:
+def callable_module(name: str, function: Callable) -> None:
     """Make the module ``name`` callable as ``function``: ``zsfs.fit(...)`` while ``zsfs.fit`` stays the
     package that ``from zsfs.fit import FitConfig`` reads. (Python binds a submodule as an attribute
     of its parent when first imported, so a plain function named ``zsfs.fit`` would be replaced.)"""

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,10 +25,13 @@ from zsfs.errors import ZsfsError
 from zsfs.names import check_class_names, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
-from zsfs.store.extras import refuse_other_classes
+from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
 from zsfs.digests import listing_sha256
 from zsfs.store.writer import refuse_another_listing
 from zsfs.writable import check_writable
+
+if TYPE_CHECKING:
+    import polars as pl
 
 CLIP_RETRIEVAL_EMBEDDINGS = "img_emb"
 CLIP_RETRIEVAL_METADATA = "metadata"
@@ -107,7 +111,7 @@ def load_rows(location: Path, what: str) -> RowParts:
     return RowParts(parts, [file.name for file in files])
 
 
-def read_table(location: Path):
+def read_table(location: Path) -> "pl.DataFrame":
     """A polars DataFrame from a parquet/CSV file, a folder of parquet parts or a clip-retrieval folder."""
     import polars as pl
 
@@ -134,7 +138,7 @@ def read_table(location: Path):
     raise ZsfsError(f"paths table {location}: expected a .parquet or .csv file")
 
 
-def column(table, name: str | None, candidates: tuple[str, ...], what: str) -> list[str]:
+def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...], what: str) -> list[str]:
     """One string column of ``table``; ``name=None`` takes the first of ``candidates`` present."""
     names = [name] if name else [c for c in candidates if c in table.columns][:1]
     if not names or names[0] not in table.columns:
@@ -232,8 +236,7 @@ def import_store(
         raise ZsfsError(f"row counts disagree ({listing}); all inputs must list the same images in the same order")
 
     for name in vocabularies or {}:
-        if not schema.valid_vocabulary_name(name):
-            raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
+        check_vocabulary_name(name)
     loaded = {name: load_vocabulary(Path(file)) for name, file in (vocabularies or {}).items()}
     source = str(table_location.absolute())
     if Path(out).is_file() and not overwrite:

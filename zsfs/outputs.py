@@ -14,11 +14,15 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from zsfs.errors import ZsfsError
 from zsfs.durable import current_umask, fsync_file, fsync_folder, fsync_tree
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 class FolderExistsError(ZsfsError):
@@ -133,7 +137,7 @@ def write_text_atomically(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def read_parquet(path: str | Path, columns: list[str] | None = None):
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> "pl.DataFrame":
     """A parquet file as a polars DataFrame (only those of ``columns`` it has, when given).
     Read through a Python file: polars takes only UTF-8 paths."""
     import polars as pl
@@ -146,7 +150,7 @@ def read_parquet(path: str | Path, columns: list[str] | None = None):
         return pl.read_parquet(handle, columns=columns)
 
 
-def write_json(path: str | Path, value) -> None:
+def write_json(path: str | Path, value: object) -> None:
     """Indented JSON; numpy values become plain ones and NaN/inf become null (valid JSON)."""
     Path(path).write_text(json.dumps(_plain(value), indent=2, allow_nan=False) + "\n")
 

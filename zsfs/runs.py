@@ -261,7 +261,7 @@ class FittedRun:
                                  f"(the first: row {int(np.flatnonzero(bad)[0])})")
         return array
 
-    def predict_images(self, images, **options) -> "pl.DataFrame":
+    def predict_images(self, images: "Sequence[str | Path] | str | Path", **options) -> "pl.DataFrame":
         """Classify image files and/or folders (options as :func:`zsfs.predict.predict_images`)."""
         from zsfs.predict import predict_images
 

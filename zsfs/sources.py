@@ -18,7 +18,7 @@ from PIL import Image
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError
-from zsfs.names import check_class_names, repeated, some_names, utf8_text
+from zsfs.names import check_class_names, repeated, some_names, utf8_text, utf8_texts
 from zsfs.tars import (READ_IN_PLACE, TarMembers, compressed_tar_error, is_compressed_tar, is_tar_pattern, list_tars, resolve_tars,
                        tar_shards_in)
 
@@ -202,10 +202,10 @@ def _scan_folder(folder: Path) -> ImageSource:
         extensions = " ".join(sorted(IMAGE_EXTENSIONS))
         raise ZsfsError(f"no images found in {folder} (looked recursively for {extensions}).")
     paths = sorted(found + list(unreadable))
-    first_parts = [path.split("/", 1) for path in paths]
+    first_parts = [path.partition("/") for path in paths]
     # Labels become class names (prompts, vocabularies, outputs): valid UTF-8 text.
-    loose = [parts[0] for parts in first_parts if len(parts) == 1]
-    labels = None if loose else [utf8_text(parts[0]) for parts in first_parts]
+    loose = [first for first, slash, _ in first_parts if not slash]
+    labels = None if loose else utf8_texts(first for first, _, _ in first_parts)
     reason = (f"{len(loose)} image(s) lie directly in {utf8_text(folder.name)}/, not in a class subfolder (first: "
               f"{utf8_text(loose[0])}), so the subfolders are not read as classes; move them into one, or pass "
               "--classes" if loose and len(loose) < len(paths) else None)

@@ -15,6 +15,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # faiss is imported lazily: `zsfs --help` must stay fast
     import faiss
+    import h5py
 
 EXACT_MAX = 100_000
 MAX_NLIST = 8192
@@ -90,7 +91,7 @@ def deserialize_index(data: np.ndarray) -> "faiss.Index":
     return faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
 
 
-def write_index_blocks(index: "faiss.Index", dataset, after_block: Callable[[], None] | None = None) -> None:
+def write_index_blocks(index: "faiss.Index", dataset: h5py.Dataset, after_block: Callable[[], None] | None = None) -> None:
     """Serialise ``index`` into ``dataset``, a resizable 1-d uint8 HDF5 dataset, block by block.
 
     Same bytes as :func:`serialize_index` without holding a second copy of a multi-GB index.
@@ -124,7 +125,7 @@ def write_index_blocks(index: "faiss.Index", dataset, after_block: Callable[[], 
     flush()
 
 
-def read_index_blocks(dataset) -> "faiss.Index":
+def read_index_blocks(dataset: h5py.Dataset) -> "faiss.Index":
     """Inverse of :func:`write_index_blocks`: reads ``dataset`` (any 1-d uint8 sliceable) in
     blocks, so only the index itself is held in memory."""
     import faiss

@@ -13,6 +13,7 @@ import uuid
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -24,6 +25,9 @@ from zsfs.names import utf8_text
 from zsfs.store.files import check_written
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_strings
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
+
+if TYPE_CHECKING:  # faiss is imported lazily
+    import faiss
 
 
 def write_master(master: h5py.File, shard_paths: list[Path], *, identity: dict, attrs: dict, previous: Path | None,
@@ -77,7 +81,7 @@ def write_master(master: h5py.File, shard_paths: list[Path], *, identity: dict, 
             master.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
 
 
-def write_index_dataset(master: h5py.File, index) -> None:
+def write_index_dataset(master: h5py.File, index: "faiss.Index") -> None:
     """Stream the index into ``/index/faiss`` (an IVF index over 1M rows is gigabytes: no second copy)."""
     approximate_bytes = index.ntotal * (index.d * 4 + 8) + 65536
     chunk = int(min(STREAM_BLOCK, approximate_bytes))  # small stores stay small on disk
