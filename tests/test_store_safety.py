@@ -362,3 +362,40 @@ def test_a_file_in_the_shards_folders_place_is_refused_before_any_work(base, tmp
     assert result.exit_code == 1 and "x.shards is a file, where x.h5 keeps its shards" in \
         " ".join(result.output.split()), result.output
     assert "embedding" not in result.output
+
+
+@pytest.mark.parametrize("new_shard_size", [100, 70])
+def test_a_store_rebuilt_under_a_fit_stops_it_instead_of_mixing_two_builds(tmp_path, new_shard_size):
+    """Bug: a fit reading a store while `zsfs import --overwrite` rebuilt it exited 0 with 10 %
+    accuracy (the old master's paths and labels, the new shards' rows); with another shard size
+    it called the store damaged."""
+    from zsfs.fit import FitConfig, fit_store
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    options = dict(clip_dim=16, backbone_dim=16)
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=1, shard_size=100, **options)
+    with Store(path) as store:
+        make_synthetic_store(path, 300, 3, seed=2, shard_size=new_shard_size, overwrite=True, **options)
+        with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
+            fit_store(store, FitConfig(k=3, candidates=10))
+    with Store(path) as store:  # opened after the rebuild: all of one build
+        assert fit_store(store, FitConfig(k=3, candidates=10)).predicted.shape == (300,)
+
+
+def test_a_rebuild_in_the_middle_of_a_fit_is_caught_at_its_end(tmp_path, monkeypatch):
+    """The rebuild lands after the fit read its vocabulary and CLIP rows (here: while it
+    self-trains), so nothing fails on the way: only the check before the results are handed out sees it."""
+    from zsfs.fit import FitConfig, fit_store, transductive
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    options = dict(clip_dim=16, backbone_dim=16, shard_size=100)
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=1, **options)
+    train = transductive.balanced_self_training
+
+    def rebuilt_meanwhile(*args, **kwargs):
+        make_synthetic_store(path, 300, 3, seed=2, overwrite=True, **options)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(transductive, "balanced_self_training", rebuilt_meanwhile)
+    with Store(path) as store, pytest.raises(StoreError, match="was rebuilt or repaired while this process"):
+        fit_store(store, FitConfig(k=3, candidates=10))

@@ -151,9 +151,10 @@ def save_run(result: "FitResult", store: "Store", config: "FitConfig", run_dir: 
 def in_memory(result: "FitResult", store: "Store", config: "FitConfig") -> "FittedRun":
     """The run a fit makes, before it is saved: everything the store is needed for is taken now."""
     labels = store.labels()
-    return FittedRun(None, run_config(result, store, config),
-                     fit_metrics(result, labels) if labels is not None else None,
-                     predictions=predictions_frame(result, store, labels), classifier=result.classifier)
+    run = FittedRun(None, run_config(result, store, config), fit_metrics(result, labels) if labels is not None else None,
+                    predictions=predictions_frame(result, store, labels), classifier=result.classifier)
+    store.check_unchanged()  # the fit's rows and these paths and labels are of one build of the store
+    return run
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -315,6 +315,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         ood_nearest=nearest,
         ood_quantiles={"reference_distance": stored_quantiles["reference_distance"]},
     )
+    store.check_unchanged()  # every row came from the build the fit opened
     return FitResult(
         vocabulary=name,
         classes=list(vocab.classes),

@@ -80,6 +80,7 @@ class Store:
             self._read_metadata()
             self._check_shards()
             self._vocabulary_files = vocabulary_files(self.data_dir, self.identity)
+            self._opened_stamps = self._file_stamps()
         except BaseException:
             self._master.close()
             raise
@@ -158,6 +159,44 @@ class Store:
             raise StoreError(f"{self.path}: shard files were swapped or renamed ({', '.join(misplaced[:3])}); "
                              "put them back under their own names or rebuild the store")
 
+    def _file_stamps(self) -> list[tuple[int, int, int, int] | None]:
+        """(device, inode, size, mtime) of the master and of each shard file: a rebuild or a
+        repair replaces files (written aside, renamed into place), so their stamps change."""
+        stamps = []
+        for path in (self.path, *(self.path.parent / name for name in self.shard_files)):
+            try:
+                info = path.stat()
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+        return stamps
+
+    def check_unchanged(self) -> None:
+        """StoreError when the master or a shard file was replaced since the store was opened:
+        the shards are read by name, so rows read since may come from the new build while the
+        master's paths and labels are the old one's. Long readers (a fit) call it before they
+        hand out results."""
+        if self._file_stamps() != self._opened_stamps:
+            raise StoreError(f"{self.path} was rebuilt or repaired while this process was reading it (by another "
+                             "zsfs extract or import), so what it read may mix the old and the new store; "
+                             "nothing was written: rerun once the other process is done")
+
+    @contextmanager
+    def _rebuild_named(self) -> Iterator[None]:
+        """A StoreError raised in the block (damage, a file of another store) names the rebuild
+        instead, when the store was rebuilt since it was opened: that is the cause then."""
+        try:
+            yield
+        except StoreError:
+            self.check_unchanged()
+            raise
+
+    @contextmanager
+    def _read_errors(self, what: str) -> Iterator[None]:
+        with self._rebuild_named(), read_errors(self.path, what):
+            yield
+
     # -- context manager ------------------------------------------------------------------
     def close(self) -> None:
         if self._graph_file is not None:
@@ -177,7 +216,7 @@ class Store:
     # -- rows -----------------------------------------------------------------------------
     def paths(self, rows: slice | np.ndarray | None = None) -> np.ndarray:
         """The images' paths, as recorded (``rows``: as :meth:`read` takes them; None = all)."""
-        with read_errors(self.path, schema.PATH):
+        with self._read_errors(schema.PATH):
             return read_rows(string_view(self._dataset(schema.PATH)), rows)
 
     def labels(self) -> np.ndarray | None:
@@ -187,7 +226,7 @@ class Store:
         return self._strings(schema.SKIPPED_PATH), self._strings(schema.SKIPPED_REASON)
 
     def _strings(self, name: str) -> np.ndarray:
-        with read_errors(self.path, name):
+        with self._read_errors(name):
             return read_strings(self._dataset(name))
 
     def _dataset(self, name: str) -> h5py.Dataset:
@@ -202,7 +241,7 @@ class Store:
         boolean mask.
         """
         self._check_row_dataset(dataset)
-        with read_errors(self.path, dataset):
+        with self._read_errors(dataset):
             return read_rows(self._dataset(dataset), rows)
 
     def _check_row_dataset(self, dataset: str) -> None:
@@ -215,7 +254,7 @@ class Store:
         self._check_row_dataset(dataset)
         data = self._dataset(dataset)
         for start in range(0, len(data), chunk_rows):
-            with read_errors(self.path, dataset):
+            with self._read_errors(dataset):
                 block = data[start : start + chunk_rows]
             yield start, block
 
@@ -240,7 +279,7 @@ class Store:
             raise StoreError(f"{self.path.name} has no vocabulary {name!r} (available: {available})")
         if name not in self._vocabulary_files:
             return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path)
-        with open_extra(self._vocabulary_files[name], schema.VOCAB_FORMAT, self.identity) as file:
+        with self._rebuild_named(), open_extra(self._vocabulary_files[name], schema.VOCAB_FORMAT, self.identity) as file:
             return read_vocabulary(file, name, self._vocabulary_files[name])
 
     def _graph_dataset(self) -> h5py.Dataset | None:
@@ -248,7 +287,8 @@ class Store:
         master = self._file  # the store is open
         path = schema.graph_file(self.data_dir)
         if self._graph_file is None and path.is_file():
-            file = open_extra(path, schema.GRAPH_FORMAT, self.identity)
+            with self._rebuild_named():
+                file = open_extra(path, schema.GRAPH_FORMAT, self.identity)
             if str(file.attrs.get(schema.ATTR_BUILD)) == self.build:
                 self._graph_file = file
             else:  # left over from an earlier build (its removal was interrupted): not this store's
@@ -271,7 +311,7 @@ class Store:
         graph = self._graph_dataset()
         if graph is None:
             raise StoreError(f"{self.path} has no neighbour graph; add one with `zsfs neighbours`")
-        with read_errors(self.path, schema.GRAPH_DATASET):
+        with self._read_errors(schema.GRAPH_DATASET):
             return read_rows(graph, rows).astype(np.int64)
 
     def index(self) -> "faiss.Index":
