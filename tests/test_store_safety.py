@@ -399,3 +399,74 @@ def test_a_rebuild_in_the_middle_of_a_fit_is_caught_at_its_end(tmp_path, monkeyp
     monkeypatch.setattr(transductive, "balanced_self_training", rebuilt_meanwhile)
     with Store(path) as store, pytest.raises(StoreError, match="was rebuilt or repaired while this process"):
         fit_store(store, FitConfig(k=3, candidates=10))
+
+
+def _lock_taken_by_another_process(master: Path) -> str:
+    """What a second process hears when it tries to write ``master`` now."""
+    script = ("import sys\nfrom pathlib import Path\nfrom zsfs.errors import StoreError\n"
+              "from zsfs.store.files import check_store_lock\n"
+              f"try:\n    check_store_lock(Path({str(master)!r}))\nexcept StoreError as error:\n    print(error)\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+
+
+def test_neighbours_and_text_hold_the_store_while_they_work(store):
+    """Bug: another writer could take the store during a long neighbour search (or text
+    embedding), and the search, finished, was thrown away at its end ("another zsfs process is
+    writing"). Now the other writer is the one refused, at once."""
+    from zsfs.extract import add_vocabulary
+    from zsfs.fit.graph import add_neighbour_graph
+
+    heard = []
+    add_neighbour_graph(store, k=2, on_start=lambda n: heard.append(_lock_taken_by_another_process(store)))
+    add_vocabulary(store, CLASSES[:2], "two", clip_weights=store.parent / "clip.pt",
+                   on_start=lambda n: heard.append(_lock_taken_by_another_process(store)))
+    assert len(heard) == 2 and all("another zsfs process is writing" in said for said in heard), heard
+    with Store(store) as reopened:
+        assert reopened.graph_info["k"] == 2 and "two" in reopened.vocabulary_names()
+    assert _lock_taken_by_another_process(store) == ""  # released
+
+
+def test_temporary_files_of_killed_text_and_neighbours_runs_are_removed_by_the_next_writer(store):
+    """Bug: kill -9 during `zsfs text` or `zsfs neighbours` left a .tmp file in the shards folder
+    that only an extract or import rerun removed."""
+    shards = store.with_name("s.shards")
+    script = ("import time\nfrom pathlib import Path\nfrom zsfs.store import schema\n"
+              "from zsfs.store.files import new_hdf5, store_lock\n"
+              f"master, shards = Path({str(store)!r}), Path({str(shards)!r})\n"
+              "with store_lock(master), new_hdf5(schema.graph_file(shards), 'graph') as file:\n"
+              "    file['rows'] = list(range(1000))\n"
+              "    print('writing', flush=True)\n"
+              "    time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.kill()  # SIGKILL
+    child.wait()
+    left = list(shards.glob("*.tmp"))
+    assert len(left) == 1 and left[0].name.startswith(".neighbours.h5.")
+    result = run_cli("text", store, "--classes", store.parent / "classes.txt", "--vocab", "again",
+                     "--clip-weights", store.parent / "clip.pt")
+    assert result.exit_code == 0, result.output
+    assert list(shards.glob("*.tmp")) == []
+
+
+def test_a_store_being_written_keeps_its_shards_folder_from_a_namesake(tmp_path):
+    """Bug: `extract --overwrite` into x.hdf5 deleted the shards of x.h5 while x.h5 was being
+    built (its master not written yet, so nothing named x.h5 told that x.shards/ was taken)."""
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    shards = tmp_path / "x.shards"
+    shards.mkdir()
+    (shards / "shard-00000.h5").write_bytes(b"the first shard of x.h5, being written")
+    script = ("import time\nfrom pathlib import Path\nfrom zsfs.store.files import acquire_lock\n"
+              f"acquire_lock(Path({str(tmp_path / 'x.h5')!r}))\nprint('writing', flush=True)\ntime.sleep(60)\n")
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        with pytest.raises(StoreError, match=r"x\.h5 is being written by another zsfs process and keeps its shards in "
+                                             r"x\.shards/, where x\.hdf5 would write its own"):
+            make_synthetic_store(tmp_path / "x.hdf5", 30, 3, clip_dim=8, backbone_dim=8, overwrite=True)
+        assert [path.name for path in shards.iterdir()] == ["shard-00000.h5"]
+    finally:
+        writer.kill()
+        writer.wait()
+    make_synthetic_store(tmp_path / "x.hdf5", 30, 3, clip_dim=8, backbone_dim=8, overwrite=True)  # once it is gone

@@ -30,7 +30,7 @@ from zsfs.names import check_class_names
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
-from zsfs.store.files import check_store_lock, check_store_update, disk_error
+from zsfs.store.files import check_store_lock, check_store_update, disk_error, store_lock
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir
 from zsfs.store.writer import ShardData, StoreWriter, check_own_shards_folder, refuse_another_listing
@@ -355,11 +355,12 @@ def add_vocabulary(
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
                             "choose another --vocab or pass --overwrite to replace it")
     check_store_update(Path(store_path), data_dir)
-    clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device)
-    if on_start is not None:
-        on_start(len(class_names))
-    single, ensemble = encode_vocabulary(clip, class_names, on_classes=on_classes)
-    _write_vocabulary(Path(store_path), name, class_names, single, ensemble, overwrite=overwrite)
+    with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
+        clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device)
+        if on_start is not None:
+            on_start(len(class_names))
+        single, ensemble = encode_vocabulary(clip, class_names, on_classes=on_classes)
+        _write_vocabulary(Path(store_path), name, class_names, single, ensemble, overwrite=overwrite)
     return class_names
 
 

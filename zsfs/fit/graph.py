@@ -8,13 +8,14 @@ docs/store.md) gives every later fit and every ood-bench split the neighbours fo
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from zsfs.devices import check_device
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K, choose_search, neighbour_graph, open_search
 from zsfs.fit.run import SEARCH_DTYPES
-from zsfs.store.files import check_store_update
+from zsfs.store.files import check_store_update, store_lock
 
 
 def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str = "cpu", precision: str = "fp32",
@@ -31,7 +32,7 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
     torch_device = check_device(device)
     if precision not in SEARCH_DTYPES:
         raise ZsfsError(f"precision must be one of {', '.join(SEARCH_DTYPES)}, not {precision!r}")
-    with Store(store_path) as store:
+    with ExitStack() as held, Store(store_path) as store:
         if store.n_images < 2:
             raise ZsfsError(f"{store.path} holds {store.n_images} embedded image(s): there are no neighbours to "
                             "store (`zsfs info` lists the files that were skipped and why)")
@@ -39,14 +40,17 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
             raise ParameterError(f"{{k}} {k} is not possible for a store of {store.n_images} images: use 1 <= {{k}} < "
                                  f"{store.n_images}, at most {GRAPH_MAX_K}")
         check_store_update(store.path, store.data_dir)  # before the search, not after it
+        # Held through the search: another writer of the store is refused now, not this search at its end.
+        held.enter_context(store_lock(store.path))
         dtype = SEARCH_DTYPES[precision]
         search, _ = open_search(store, choose_search(store, torch_device, dtype), device=torch_device,
                                 scan_dtype=dtype)
         record = {"k": k, **search.describe()}
         n_images, path, build = store.n_images, store.path, store.build
-    if on_start is not None:
-        on_start(n_images)
-    graph = neighbour_graph(search, n_images, k, on_rows=on_rows)
-    del search
-    write_neighbour_graph(path, graph, record, build=build)
+        store.close()
+        if on_start is not None:
+            on_start(n_images)
+        graph = neighbour_graph(search, n_images, k, on_rows=on_rows)
+        del search
+        write_neighbour_graph(path, graph, record, build=build)
     return record

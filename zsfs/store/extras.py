@@ -17,7 +17,7 @@ import numpy as np
 from zsfs.errors import StoreError, ZsfsError
 from zsfs.names import check_class_names
 from zsfs.store import schema
-from zsfs.store.files import new_hdf5, store_lock
+from zsfs.store.files import new_hdf5, remove_leftover_temp_files, store_lock
 from zsfs.store.hdf5 import canonical_json, write_checked, write_strings
 
 NORM_TOLERANCE = 1e-3  # float16 rounding moves a unit row's norm by ~1e-4
@@ -68,6 +68,7 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
         if name in store.vocabulary_names() and not overwrite:
             raise StoreError(f"{master} already has a vocabulary named {name!r}; pass --overwrite to replace it "
                              "or choose another name")
+        remove_leftover_temp_files(store.path, store.data_dir)  # a killed `zsfs text` left one
         with new_hdf5(schema.vocabulary_file(store.data_dir, name), f"vocabulary {name!r} of {store.path}") as file:
             write_strings(file, schema.VOCAB_CLASSES, classes)
             for kind, values in arrays.items():
@@ -104,6 +105,7 @@ def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict, *, build: 
                             f"{n_images}, got {rows.shape}")
         if rows.size and (rows.min() < -1 or rows.max() >= n_images):
             raise ZsfsError(f"a neighbour graph for {master} holds row ids outside [-1, {n_images})")
+        remove_leftover_temp_files(store.path, store.data_dir)  # a killed `zsfs neighbours` left one
         with new_hdf5(schema.graph_file(store.data_dir), f"the neighbour graph of {store.path}") as file:
             dataset = write_checked(file, schema.GRAPH_ROWS, rows.astype(np.int32))
             dataset.attrs[schema.ATTR_GRAPH] = canonical_json({**info, "k": int(rows.shape[1])})

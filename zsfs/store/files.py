@@ -224,12 +224,27 @@ def check_written(file: h5py.File) -> None:
         check_sink(sink)
 
 
+def remove_leftover_temp_files(master: Path, data_dir: Path) -> None:
+    """Remove what killed writes of a store left behind: temporary masters beside ``master``, and
+    every temporary file in its shards folder ``data_dir`` (shards, vocabularies, the graph).
+    Call it only under the store's lock, which every writer of these files holds: then none of
+    them is being written."""
+    for path in temp_files_of(master):
+        path.unlink(missing_ok=True)
+    if data_dir.is_dir():
+        for path in data_dir.glob("*" + schema.TMP_SUFFIX):
+            path.unlink(missing_ok=True)
+
+
 # -- the writer lock ---------------------------------------------------------------------
 _held: dict[Path, list] = {}  # lock file -> [open file descriptor, depth]
 
 
+LOCK_SUFFIX = ".lock"
+
+
 def lock_path(master: Path) -> Path:
-    return master.with_name(f".{master.name}.lock")
+    return master.with_name(f".{master.name}{LOCK_SUFFIX}")
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

@@ -13,7 +13,7 @@ import json
 import os
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -22,7 +22,8 @@ import numpy as np
 
 from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import schema
-from zsfs.store.files import acquire_lock, new_hdf5, release_lock, remove_file, temp_files_of
+from zsfs.store.files import (LOCK_SUFFIX, acquire_lock, new_hdf5, release_lock, remove_file, remove_leftover_temp_files,
+                              temp_files_of, written_elsewhere)
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_checked, write_strings
 from zsfs.digests import file_sha256
 from zsfs.store.index import EXACT_MAX
@@ -71,6 +72,11 @@ def check_own_shards_folder(master: Path) -> None:
     if folder.exists() and not folder.is_dir():  # found before any work, not when the first shard is written
         raise StoreError(f"{folder} is a file, where {master.name} keeps its shards in a folder of that name; "
                          "move it, or choose an output with another name")
+    for other in _stores_being_written_beside(master):  # their masters may not exist yet
+        if other.name != master.name and schema.shard_dir(other) == folder:
+            raise StoreError(f"{other} is being written by another zsfs process and keeps its shards in "
+                             f"{folder.name}/, where {master.name} would write its own; wait for it to finish, or "
+                             "choose an output with another name")
     if not folder.is_dir():
         return  # nobody's shards are there
     try:
@@ -85,6 +91,17 @@ def check_own_shards_folder(master: Path) -> None:
             raise StoreError(f"{entry} keeps its shards in {folder.name}/, where {master.name} would write its own "
                              f"(a store's shards folder is named after its name without the suffix); choose an "
                              f"output with another name")
+
+
+def _stores_being_written_beside(master: Path) -> list[Path]:
+    """The stores in ``master``'s folder whose writer lock another process holds now."""
+    try:
+        names = os.listdir(master.parent)
+    except OSError:
+        return []
+    stores = [master.parent / name[1 : -len(LOCK_SUFFIX)] for name in names
+              if name.startswith(".") and name.endswith(LOCK_SUFFIX)]
+    return [store for store in stores if written_elsewhere(store)]
 
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -193,23 +210,25 @@ class StoreWriter:
 
     def remove_tmp_files(self) -> None:
         """Remove what interrupted runs left behind: temporary shards and master."""
-        for path in temp_files_of(self.master):
-            path.unlink(missing_ok=True)
-        if self.shards_dir.is_dir():
-            for path in self.shards_dir.glob("*" + schema.TMP_SUFFIX):
-                path.unlink(missing_ok=True)
+        remove_leftover_temp_files(self.master, self.shards_dir)
 
     def recorded_shard_bytes(self) -> dict[Path, int]:
         """Each shard file's size as the finished master of this store recorded it (empty
         without such a master): a rerun re-writes shards that were cut short since."""
+        return self._recorded(schema.SHARDS_BYTES, lambda sizes: sizes[:].tolist())
+
+    def _recorded(self, dataset: str, read: Callable[[h5py.Dataset], Sequence]) -> dict[Path, object]:
+        """Each shard file's entry in ``dataset`` of the finished master of this store (empty
+        without such a master, or where it has no such dataset)."""
         if not self.master.is_file():
             return {}
         try:
             with h5py.File(self.master, "r") as master:
-                if read_identity(master) != self.identity or schema.SHARDS_BYTES not in master:
+                if read_identity(master) != self.identity or dataset not in master:
                     return {}
                 names = read_strings(master[schema.SHARDS_FILE])
-                return {self.master.parent / name: int(size) for name, size in zip(names, master[schema.SHARDS_BYTES][:])}
+                values = read(master[dataset])
+                return {self.master.parent / name: value for name, value in zip(names, values)}
         except (OSError, KeyError, ValueError):
             return {}
 
@@ -236,13 +255,19 @@ class StoreWriter:
             return False
 
     def master_is_current(self) -> bool:
-        """True when the master exists and no shard file was written after it (a repair that
-        stopped between its shards and the master's rebuild leaves it stale)."""
+        """True when the master exists and records every shard file as it is: a repair that
+        stopped between its shards and the master's rebuild leaves it stale. A shard file
+        written after the master must have the sha256 the master recorded (a copy, ``cp -r``,
+        makes every shard newer than its master without changing a byte; only those are hashed)."""
         if not self.master.is_file():
             return False
         built = self.master.stat().st_mtime_ns
         shards = (self.shard_path(shard) for shard in range(self.n_shards))
-        return not any(path.is_file() and path.stat().st_mtime_ns > built for path in shards)
+        newer = [path for path in shards if path.is_file() and path.stat().st_mtime_ns > built]
+        if not newer:
+            return True
+        recorded = self._recorded(schema.SHARDS_SHA256, read_strings)
+        return all(path in recorded and recorded[path] == file_sha256(path) for path in newer)
 
     def pending_shards(self, *, remove_tmp: bool = True) -> list[int]:
         """Shards not yet completely written, or missing or cut short since the store's finished
