@@ -21,6 +21,7 @@ from zsfs.report import render_report, write_report
 from zsfs.sources import ImageSource
 from zsfs.store import Store
 from zsfs.testing.cli import run_cli
+from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODELS
 from zsfs.testing.synthetic import make_synthetic_store
@@ -260,3 +261,19 @@ def test_a_store_rebuilt_since_the_fit_does_not_name_the_images(tmp_path):
     page = render_report(run, images=photos["root"])  # the run's own names, under the folder it saw
     shown = gallery_items(page)
     assert shown > 0 and page.count('<img class="thumb"') == shown
+
+
+def test_fit_report_on_a_full_disk_says_the_run_is_saved_and_how_to_write_the_report(tmp_path):
+    """Bug: `fit --report` on a full disk said only "the disk is full: free some space and rerun",
+    with no file named, after "Run written to ..."; the rerun then refused the existing run folder."""
+    store = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=1, clip_dim=16, backbone_dim=16)
+    run = tmp_path / "run"
+    outcome = run_zsfs("fit", "--store", store, "--out", run, "--report", "--k", "3", "--candidates", "10",
+                       file_size_limit=50_000)  # the run's files fit, the 100 kB page does not
+    said = " ".join(outcome.output.split())
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert (f"Error: the run is saved in {run}, but its report was not written (the disk is full (or a file-size "
+            f"limit was reached): {run / 'report.html'}); once that is mended, write it with `zsfs report {run}`") in said
+    assert sorted(path.name for path in run.iterdir()) == ["classifier.pt", "config.json", "metrics.json",
+                                                           "predictions.parquet"]
+    assert run_zsfs("report", run).returncode == 0 and (run / "report.html").is_file()

@@ -125,8 +125,10 @@ def replacing_file(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600: like any file the user creates instead
         os.replace(tmp, path)
         fsync_folder(path.parent)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:  # a failed write names no file
+            error.filename = str(path)
         raise
 
 

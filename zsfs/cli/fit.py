@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from zsfs.cli.common import FiniteFloat, GivenPath, console, note_unread_options, shown
+from zsfs.errors import ZsfsError, is_disk_full, one_line
 from zsfs.devices import DEVICES, PRECISION_CHOICES
 from zsfs.names import some_names
 
@@ -140,8 +141,16 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     if with_report:
         from zsfs.report import write_report
 
-        with console.status("Rendering the report..."):
-            console.print(f"Report written to [bold]{shown(write_report(saved))}[/]")
+        try:
+            with console.status("Rendering the report..."):
+                console.print(f"Report written to [bold]{shown(write_report(saved))}[/]")
+        except (ZsfsError, OSError) as error:  # the run is saved: a rerun of this command would refuse its folder
+            from zsfs.store.files import DISK_FULL
+
+            reason = (f"{DISK_FULL if is_disk_full(error) else error.strerror or one_line(error)}: {error.filename}"
+                      if isinstance(error, OSError) else str(error))
+            raise ZsfsError(f"the run is saved in {saved}, but its report was not written ({reason}); once that is "
+                            f"mended, write it with `zsfs report {saved}`") from error
     if as_json:
         click.echo(json.dumps({"run": str(saved), "metrics": metrics,
                                "timings_s": result.timings}, indent=2, default=str))
