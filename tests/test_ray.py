@@ -22,6 +22,7 @@ from tests.test_extract import assert_same_store, read_store
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import extract
 from zsfs.testing.cli import run_cli
+from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.processes import parent_pid, titled
@@ -147,3 +148,13 @@ def test_ray_options_refused_clearly(photos, monkeypatch, tmp_path):
     result = run_cli("extract", photos["root"], *TINY_MODEL_ARGS, "--ray", "local")
     assert result.exit_code == 1 and 'pip install "zsfs[ray]"' in result.output
     assert list(tmp_path.iterdir()) == []  # refused before anything was written, not even the store's lock file
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_at_once(photos, tmp_path):
+    """Bug: `--ray 127.0.0.1:1` left Ray retrying for minutes, printing its own warnings."""
+    outcome = run_zsfs("extract", photos["root"], "--out", tmp_path / "x.h5", *TINY_MODEL_ARGS, "--ray", "127.0.0.1:1",
+                       timeout=120)  # a hang is a failure, not a wait
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert "no Ray cluster at '127.0.0.1:1' (Connection refused)" in " ".join(outcome.output.split())
+    assert len(outcome.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ Every node must see the source, the models' weights and the store's folder at th
 from __future__ import annotations
 
 import os
+import socket
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -35,6 +36,7 @@ except ImportError:  # the core install does not need Ray
 
 LOCAL = "local"
 PROGRESS_SECONDS = 0.5  # how often the driver asks the workers how far they are
+CONNECT_SECONDS = 10.0  # for a cluster's address to take a TCP connection
 MAX_ATTEMPTS = 3
 """Times one shard may take its worker down before the run stops (an image that crashes the
 decoder or exhausts memory would otherwise kill every worker in turn)."""
@@ -200,12 +202,28 @@ def _connect(address: str | None) -> bool:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         return True
     address = address or os.environ.get("RAY_ADDRESS") or "auto"
+    fix = "start one with `ray start --head`, pass its address (--ray HOST:6379 or RAY_ADDRESS), or --ray local"
+    refused = _unreachable(address)
+    if refused:  # Ray itself would retry for minutes, printing warnings
+        raise ZsfsError(f"no Ray cluster at {address!r} ({refused}); {fix}")
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ConnectionError as error:
-        raise ZsfsError(f"no Ray cluster at {address!r} ({error}); start one with `ray start --head`, pass its "
-                        "address (--ray HOST:6379 or RAY_ADDRESS), or --ray local") from None
+        raise ZsfsError(f"no Ray cluster at {address!r} ({error}); {fix}") from None
     return False
+
+
+def _unreachable(address: str, timeout: float = CONNECT_SECONDS) -> str | None:
+    """Why nothing answers at ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``), or None when a
+    TCP connection is taken there (or the address has another form, such as "auto")."""
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit() or not host:
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        return error.strerror or str(error) or type(error).__name__
+    return None
 
 
 def _plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
