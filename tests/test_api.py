@@ -84,7 +84,9 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
                            (dict(k=True), "k must be a whole number, not True"),
                            (dict(lr="0.1"), "lr must be a number, not '0.1'"),
                            (dict(seed=1.5), "seed must be a whole number, not 1.5"),
-                           (dict(accumulate="no"), "accumulate must be True or False, not 'no'")):
+                           (dict(accumulate="no"), "accumulate must be True or False, not 'no'"),
+                           (dict(k="{0}"), "k must be a whole number, not '{0}'"),  # braces: not fields
+                           (dict(prompts="{x}"), "prompts must be one of ensemble, single, not '{x}'")):
         with pytest.raises(zsfs.ParameterError) as raised:
             zsfs.fit(store_path, **wrong)
         assert str(raised.value) == message

@@ -317,16 +317,18 @@ def test_bad_input_fails_cleanly(store_path, tmp_path):
 
 
 def test_several_vocabularies_need_a_choice(store_path, tmp_path):
-    copy = tmp_path / "two.h5"
+    folder = tmp_path / "{0} {x}"  # braces in a path are not message fields (that was a traceback)
+    folder.mkdir()
+    copy = folder / "two.h5"
     shutil.copy(store_path, copy)
-    shutil.copytree(store_path.with_name("synthetic.shards"), tmp_path / "synthetic.shards")  # as the master names it
+    shutil.copytree(store_path.with_name("synthetic.shards"), folder / "synthetic.shards")  # as the master names it
     with Store(copy) as store:
         vocab = store.vocabulary("synthetic")
     write_vocabulary(copy, "other", vocab.classes[:3], vocab.single[:3], vocab.ensemble[:3],
                      prompt="a photo of a {}", n_templates=80)
     outcome = fit_cli("--store", str(copy), "--out", str(tmp_path / "run"))
     assert outcome.exit_code == 1 and "other" in said(outcome) and "synthetic" in said(outcome)
-    assert "choose one with --vocab" in said(outcome)
+    assert f"{copy} has several vocabularies (other, synthetic); choose one with --vocab" in said(outcome)
     assert not (tmp_path / "run").exists()
     with pytest.raises(ParameterError, match="choose one with vocabulary$"):  # the library's name for it
         zsfs.fit(copy)

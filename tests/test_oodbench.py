@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -168,6 +169,16 @@ def test_cli_id_class_file_gives_one_split(labelled_store, tmp_path):
     assert metrics["n_splits"] == 1
     assert metrics["id_classes"] == ["class_0001", "class_0003", "class_0007"]
     assert metrics["config"]["prompts"] == "single" and metrics["config"]["accumulate"] is False
+    read_end, write_end = os.pipe()  # --id-classes <(grep ... ids.txt): a pipe, /dev/fd/N, was "not an existing file"
+    os.write(write_end, b"class_0003\nclass_0001\n")
+    os.close(write_end)
+    try:
+        piped = bench_cli("--store", labelled_store, "--id-classes", f"/dev/fd/{read_end}", "--json", "--paper",
+                          *QUICK_FIT_ARGS)
+    finally:
+        os.close(read_end)
+    assert piped.exit_code == 0, piped.output
+    assert json.loads(piped.stdout)["id_classes"] == ["class_0001", "class_0003"]
 
 
 def test_cli_seed_draws_the_split(labelled_store):

@@ -158,3 +158,18 @@ def test_an_address_where_no_cluster_answers_is_one_line_at_once(photos, tmp_pat
     assert "no Ray cluster at '127.0.0.1:1' (Connection refused)" in " ".join(outcome.output.split())
     assert len(outcome.output.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_worker_gets_its_cores_on_one_node():
+    """Bug: nodes of 4, 1 and 1 cores with 2 workers got 3 cores each (6 // 2), which one node
+    alone has: the second worker waited for a node, without a word."""
+    from zsfs.distributed import cores_per_worker
+
+    assert cores_per_worker([4, 1, 1], 2) == 2
+    assert cores_per_worker([4, 1, 1], 6) == 1
+    assert cores_per_worker([8, 8], 4) == 4 and cores_per_worker([8, 8], 3) == 4
+    assert cores_per_worker([2], 3) is None
+    for nodes in ([4, 1, 1], [3, 5], [16], [2, 2, 7]):  # brute force: the largest c with n workers placed
+        for n in range(1, sum(nodes) + 1):
+            best = max(c for c in range(1, sum(nodes) + 1) if sum(cpus // c for cpus in nodes) >= n)
+            assert cores_per_worker(nodes, n) == min(best, sum(nodes) // n)

@@ -273,7 +273,7 @@ def test_fit_report_on_a_full_disk_says_the_run_is_saved_and_how_to_write_the_re
     said = " ".join(outcome.output.split())
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
     assert (f"Error: the run is saved in {run}, but its report was not written (the disk is full (or a file-size "
-            f"limit was reached): {run / 'report.html'}); once that is mended, write it with `zsfs report {run}`") in said
+            f"limit was reached) ({run / 'report.html'})); once that is mended, write it with `zsfs report {run}`") in said
     assert sorted(path.name for path in run.iterdir()) == ["classifier.pt", "config.json", "metrics.json",
                                                            "predictions.parquet"]
     assert run_zsfs("report", run).returncode == 0 and (run / "report.html").is_file()

@@ -470,3 +470,24 @@ def test_a_store_being_written_keeps_its_shards_folder_from_a_namesake(tmp_path)
         writer.kill()
         writer.wait()
     make_synthetic_store(tmp_path / "x.hdf5", 30, 3, clip_dim=8, backbone_dim=8, overwrite=True)  # once it is gone
+
+
+def test_a_rebuild_while_a_store_is_opened_is_named_as_such(tmp_path, monkeypatch):
+    """A rebuild that lands while a reader opens the store (here: between its shard checks and
+    its vocabularies) made the new vocabulary file look like "another store's": remove it, said the message."""
+    import zsfs.store.reader as reader
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    options = dict(clip_dim=16, backbone_dim=16, shard_size=100)
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=1, **options)
+    find_vocabularies, rebuilt = reader.vocabulary_files, []
+
+    def rebuilt_meanwhile(*args):
+        if not rebuilt:  # once (the rebuild opens stores too)
+            rebuilt.append(path)
+            make_synthetic_store(path, 300, 3, seed=2, overwrite=True, **options)
+        return find_vocabularies(*args)
+
+    monkeypatch.setattr(reader, "vocabulary_files", rebuilt_meanwhile)
+    with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
+        Store(path)

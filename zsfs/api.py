@@ -36,14 +36,15 @@ def fit(store: "Store | str | Path", *, vocabulary: str | None = None, preset: s
     ``preset`` ``"paper"``, ``"fast"`` or ``"paper-fast"`` [the defaults]. The result has
     ``.predictions``, ``.metrics`` (None when the store has no labels), ``.config`` and ``.save(dir)``.
     """
-    from zsfs.errors import ParameterError
+    from zsfs.errors import ParameterError, literal
     from zsfs.fit.run import FitConfig, fit_store
     from zsfs.runs import in_memory
     from zsfs.store import Store
 
     presets = {None: {}, "paper": {"paper": True}, "fast": {"fast": True}, "paper-fast": {"paper": True, "fast": True}}
     if preset not in presets:
-        raise ParameterError(f"{{preset}} must be one of paper, fast, paper-fast (or None), not {preset!r}")
+        raise ParameterError(f"{{preset}} must be one of paper, fast, paper-fast (or None), "
+                             f"not {literal(repr(preset))}")
     known = FitConfig.__dataclass_fields__
     unknown = [name for name in parameters if name not in known]
     if unknown:

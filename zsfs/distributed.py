@@ -228,9 +228,11 @@ def _unreachable(address: str, timeout: float = CONNECT_SECONDS) -> str | None:
 
 def _plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
     """(workers, CPU cores per worker): on CUDA one worker per GPU; on CPU one per node; the
-    cluster's CPUs are shared out evenly (DataLoader decoding and, on CPU, the models' threads)."""
+    cluster's CPUs are shared out evenly (DataLoader decoding and, on CPU, the models' threads),
+    as far as every worker still fits on a node."""
     resources = ray.cluster_resources()
     cpus = int(resources.get("CPU", 1))
+    node_cpus = [int(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
     if device == "cuda":
         gpus = int(resources.get("GPU", 0))
         if gpus == 0:
@@ -244,4 +246,15 @@ def _plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
     elif n_workers > cpus:
         raise ParameterError(f"{{ray_workers}} {n_workers} is more than the Ray cluster's {cpus} CPU(s): each worker "
                              "needs one; ask for fewer, or add nodes first")
-    return n_workers, max(1, cpus // n_workers)
+    return n_workers, cores_per_worker(node_cpus, n_workers) or 1
+
+
+def cores_per_worker(node_cpus: Sequence[int], n_workers: int) -> int | None:
+    """The most CPU cores each of ``n_workers`` workers can get with every worker on one node
+    (nodes of ``node_cpus`` cores); None when not even one core each fits. An even split of the
+    total would leave a worker waiting for a node that has that many (4 + 1 + 1 cores, 2 workers:
+    3 each fit nowhere twice)."""
+    cores = sum(node_cpus) // max(n_workers, 1)
+    while cores >= 1 and sum(cpus // cores for cpus in node_cpus) < n_workers:
+        cores -= 1
+    return cores or None

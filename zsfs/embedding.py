@@ -156,20 +156,16 @@ class DecodingProcessDied(ZsfsError):
     """A decoding process (a DataLoader worker) died mid-run: killed, or by the out-of-memory killer."""
 
 
-def _loaded(loader: DataLoader) -> Iterator[Batch]:
-    """The loader's batches; a decoding process that dies (kill -9, the out-of-memory killer)
-    becomes :class:`DecodingProcessDied`, not torch's RuntimeError (one of /dev/shm stays as it is:
-    its own message says more)."""
-    try:
-        yield from loader
-    except RuntimeError as error:
-        words = str(error)
-        if "DataLoader worker (pid" not in words or shared_memory_full(error):
-            raise
-        raise DecodingProcessDied(
-            f"a decoding process died ({words.split('. ')[0].strip()}): it was killed, perhaps by the "
-            "out-of-memory killer. Rerun the command (extract keeps the shards it finished); if memory is "
-            "short, use fewer decoding workers (--workers) or smaller batches (--batch-size)") from error
+def decoding_process_died(error: BaseException) -> DecodingProcessDied | None:
+    """Torch's error for a decoding process that died (kill -9, the out-of-memory killer) as
+    :class:`DecodingProcessDied`; None for any other error (one of a full /dev/shm too: its own
+    message says more)."""
+    words = str(error)
+    if not isinstance(error, RuntimeError) or "DataLoader worker (pid" not in words or shared_memory_full(error):
+        return None
+    return DecodingProcessDied(f"a decoding process died ({words.split('. ')[0].strip()}): it was killed, perhaps "
+                               "by the out-of-memory killer. Rerun: an extract resumes from the shards it finished; "
+                               "if memory is short, use fewer decoding workers or smaller batches")
 
 
 def embed_batches(loader: DataLoader, tags: Iterable, encoders: Sequence[Callable[[torch.Tensor], torch.Tensor]],
@@ -185,7 +181,7 @@ def embed_batches(loader: DataLoader, tags: Iterable, encoders: Sequence[Callabl
     autocast = (torch.autocast("cuda", dtype=AUTOCAST_DTYPES[precision])
                 if device.type == "cuda" and AUTOCAST_DTYPES[precision] is not None else nullcontext())
     in_flight = None
-    for tag, batch in zip(tags, _loaded(loader)):
+    for tag, batch in zip(tags, loader):
         embedded = None
         if batch.pixels:
             # Scoped to the forward passes: a mode held across ``yield`` would leak into the
@@ -222,8 +218,16 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
     loader = make_loader(images, batches, workers=workers, pin_memory=torch_device.type == "cuda",
                          worker_niceness=default_worker_niceness(device))
     with model_threads(torch_device, workers, cores):
-        yield embed_batches(loader, tags, tuple(model.encode_images for model in models), torch_device, precision,
-                            on_batch)
+        try:
+            yield embed_batches(loader, tags, tuple(model.encode_images for model in models), torch_device, precision,
+                                on_batch)
+        except RuntimeError as error:
+            # Around all the work, not only the loader's iteration: in the main thread, torch's
+            # SIGCHLD handler raises wherever that thread is when a decoding process dies.
+            died = decoding_process_died(error)
+            if died is None:
+                raise
+            raise died from error
 
 
 def _to_host(tag, batch: Batch, embedded, on_batch: Callable[[int], None] | None) -> tuple:

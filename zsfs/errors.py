@@ -25,7 +25,8 @@ class ModelLoadError(ZsfsError):
 
 class ParameterError(ZsfsError):
     """A bad argument. The message names parameters as ``{name}`` fields, shown as the Python
-    names in the library (``k must be >= 1``) and as the command's flags in the CLI (``--k ...``)."""
+    names in the library (``k must be >= 1``) and as the command's flags in the CLI (``--k ...``).
+    Text from outside (paths, values, names) goes into the template through :func:`literal`."""
 
     def __init__(self, template: str):
         self.template = template
@@ -34,6 +35,12 @@ class ParameterError(ZsfsError):
     def render(self, names: dict[str, str]) -> str:
         """The message with each parameter shown as ``names[parameter]`` (default: its own name)."""
         return self.template.format_map(_OwnName(names))
+
+
+def literal(value: object) -> str:
+    """``value`` as text for a :class:`ParameterError` template, shown as it is: a path or a value
+    holding ``{x}`` is not a parameter field (nor a format error)."""
+    return str(value).replace("{", "{{").replace("}", "}}")
 
 
 PARAMETER_KINDS = {int: (numbers.Integral, "a whole number"), float: (numbers.Real, "a number"),
@@ -45,7 +52,7 @@ def check_parameter_type(name: str, value: object, kind: type) -> None:
     but a bool is not a number: ``k=True`` is a mistake, not 1)."""
     accepted, described = PARAMETER_KINDS[kind]
     if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
-        raise ParameterError(f"{{{name}}} must be {described}, not {value!r}")
+        raise ParameterError(f"{{{name}}} must be {described}, not {literal(repr(value))}")
 
 
 def check_at_least(name: str, value: int | None, least: int) -> None:

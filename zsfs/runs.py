@@ -159,6 +159,9 @@ def in_memory(result: "FitResult", store: "Store", config: "FitConfig") -> "Fitt
 
 # --- reading -------------------------------------------------------------------------------------
 
+CHECK_ROWS = 65536
+"""Rows of features checked for NaN at a time by :meth:`FittedRun.predict`."""
+
 _ON_FIRST_USE = object()
 """A run's metrics that :func:`load_run` leaves in metrics.json until they are asked for."""
 
@@ -256,7 +259,8 @@ class FittedRun:
             described = "ragged rows" if array is None else f"a {array.dtype} array of shape {array.shape}"
             raise ParameterError(f"{{features}} must be an (n, {width}) array of numbers: rows of the store's "
                                  f"backbone features (Store.read(\"backbone\")), not {described}")
-        bad = ~np.isfinite(array).all(axis=1)
+        bad = np.concatenate([~np.isfinite(array[start : start + CHECK_ROWS]).all(axis=1)  # bounded memory
+                              for start in range(0, len(array), CHECK_ROWS)] or [np.zeros(0, bool)])
         if bad.any():
             raise ParameterError(f"{{features}} has {int(bad.sum())} row(s) with NaN or infinite values "
                                  f"(the first: row {int(np.flatnonzero(bad)[0])})")

@@ -98,22 +98,28 @@ def note_unread_options(config: "FitConfig", given: dict) -> None:
                       f"{'it' if one else 'them'}.", soft_wrap=True)
 
 
-def describe_os_error(error: BaseException) -> str:
-    """An operating-system failure outside the store's own error handling, as one line."""
+def what_failed(error: BaseException) -> str:
+    """What an operating-system failure was, and on which file where it says so (no advice)."""
     from zsfs.store.files import DISK_FULL
 
     where = getattr(error, "filename", None)
     where = f" ({where})" if where else ""
+    if is_disk_full(error):
+        return f"{DISK_FULL}{where}"
+    return f"{getattr(error, 'strerror', None) or one_line(error)}{where}"
+
+
+def describe_os_error(error: BaseException) -> str:
+    """An operating-system failure outside the store's own error handling, as one line."""
     if shared_memory_full(error):
         return ("shared memory (/dev/shm) is full, or over a file-size limit: the decoding workers hand their "
                 "batches over through it; rerun with --workers 0 (decoding in the main process) or a smaller "
                 "--batch-size, or give it more room (Docker: docker run --shm-size=2g)")
     if is_disk_full(error):
-        return f"{DISK_FULL}{where}: free some space and rerun"
-
+        return f"{what_failed(error)}: free some space and rerun"
     if "No usable temporary directory" in str(error):  # tempfile's probe write failed
         return f"{one_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"
-    return f"{getattr(error, 'strerror', None) or one_line(error)}{where}"
+    return what_failed(error)
 
 
 class FiniteFloat(click.FloatRange):

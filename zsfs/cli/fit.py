@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from zsfs.cli.common import FiniteFloat, GivenPath, console, note_unread_options, shown
-from zsfs.errors import ZsfsError, is_disk_full, one_line
+from zsfs.cli.common import FiniteFloat, GivenPath, console, note_unread_options, shown, what_failed
+from zsfs.errors import ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES
 from zsfs.names import some_names
 
@@ -145,10 +145,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
             with console.status("Rendering the report..."):
                 console.print(f"Report written to [bold]{shown(write_report(saved))}[/]")
         except (ZsfsError, OSError) as error:  # the run is saved: a rerun of this command would refuse its folder
-            from zsfs.store.files import DISK_FULL
-
-            reason = (f"{DISK_FULL if is_disk_full(error) else error.strerror or one_line(error)}: {error.filename}"
-                      if isinstance(error, OSError) else str(error))
+            reason = what_failed(error) if isinstance(error, OSError) else str(error)
             raise ZsfsError(f"the run is saved in {saved}, but its report was not written ({reason}); once that is "
                             f"mended, write it with `zsfs report {saved}`") from error
     if as_json:

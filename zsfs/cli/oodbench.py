@@ -97,7 +97,7 @@ def _parse_id_classes(value: str) -> int | list[str]:
     except ValueError:
         pass
     path = Path(value)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a pipe (<(...)) is no regular file, but reads as one
         raise ZsfsError(f"--id-classes takes a number of ID classes or a file of ID class names; "
                         f"{value!r} is neither a number nor an existing file")
     from zsfs.sources import read_class_file

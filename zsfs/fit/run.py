@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from zsfs.devices import PRECISION_CHOICES, SEARCH_PRECISIONS, check_device, has_fast_bf16
-from zsfs.errors import ParameterError, ZsfsError, check_parameter_type
+from zsfs.errors import ParameterError, ZsfsError, check_parameter_type, literal
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
@@ -46,6 +46,10 @@ FAST_PRESET = {**SCHEDULE, "precision": "auto", "ivf_neighbours": True}
 """The ``--fast`` preset (see docs/fit.md for its accuracy/time trade-off)."""
 TRANSDUCTIVE_ROWS = 20_000
 """The balanced method estimates class shares and self-trains on at most this many rows (+ the seeds)."""
+
+
+PARAMETER_TYPES = {kind.__name__: kind for kind in (int, float, str, bool)}
+"""FitConfig's field annotations, as the types :func:`zsfs.errors.check_parameter_type` checks."""
 
 
 @dataclass
@@ -98,8 +102,8 @@ class FitConfig:
         return [name for name in unread if given.get(name) is not None]
 
     def validate(self) -> None:
-        for spec in fields(self):  # each parameter is of its default's type
-            check_parameter_type(spec.name, getattr(self, spec.name), type(spec.default))
+        for spec in fields(self):  # annotated "int", "float", "str" or "bool" (a string: annotations are postponed)
+            check_parameter_type(spec.name, getattr(self, spec.name), PARAMETER_TYPES[spec.type])
         for name in ("k", "candidates", "neighbours", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"{{{name}}} must be >= 1, not {getattr(self, name)}")
@@ -114,7 +118,8 @@ class FitConfig:
                                  f"taken from the candidates, so use {{k}} <= {{candidates}} (or raise {{candidates}})")
         for name, choices in (("method", METHOD_CHOICES), ("prompts", PROMPT_CHOICES), ("precision", PRECISION_CHOICES)):
             if getattr(self, name) not in choices:
-                raise ParameterError(f"{{{name}}} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
+                raise ParameterError(f"{{{name}}} must be one of {', '.join(choices)}, "
+                                     f"not {literal(repr(getattr(self, name)))}")
         for name in ("lr", "loss_floor", "ood_multiplier"):
             if not math.isfinite(getattr(self, name)):
                 raise ParameterError(f"{{{name}}} must be a finite number, not {getattr(self, name)}")
@@ -193,7 +198,8 @@ def resolve_vocabulary(store: "Store", name: str | None) -> str:
             return names[0]
         if not names:
             raise ZsfsError(f"{store.path} has no class vocabulary yet; add one with {store.how_to_add_a_vocabulary()}")
-        raise ParameterError(f"{store.path} has several vocabularies ({', '.join(names)}); choose one with {{vocabulary}}")
+        raise ParameterError(f"{literal(store.path)} has several vocabularies ({literal(', '.join(names))}); choose one "
+                             "with {vocabulary}")
     if name not in names:
         raise ZsfsError(f"{store.path} has no vocabulary {name!r}; it has: {', '.join(names) or 'none'}")
     return name

@@ -330,10 +330,11 @@ def release_lock(lock: Path) -> None:
 
 
 def written_elsewhere(master: Path) -> bool:
-    """True while another process holds the store's writer lock, as the kernel lists it in
-    ``/proc/locks`` (Linux; False elsewhere). Only words readers' messages ("being written"
-    instead of "not finished"); it takes no lock and opens nothing, so it can neither make a
-    writer's ``acquire_lock`` fail nor block on whatever sits at the lock's name."""
+    """True while another process of this machine holds the store's writer lock, as the kernel
+    lists it in ``/proc/locks`` (Linux; False elsewhere, and for a writer on another node of a
+    shared file system). Words readers' messages ("being written" instead of "not finished") and
+    keeps a namesake store from taking a shards folder in use; it takes no lock and opens nothing,
+    so it can neither make a writer's ``acquire_lock`` fail nor block on whatever sits at the lock's name."""
     lock = lock_path(Path(master).absolute())
     if lock in _held:
         return False

@@ -74,13 +74,19 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).absolute()
+        # Stamped before it is opened: a rebuild (shards first, the master last) that ends
+        # after this point replaces the master, so check_unchanged sees it, however it interleaves.
+        master_stamp = file_stamp(self.path)
         self._master = open_master(self.path)
         self._graph_file: h5py.File | None = None
         try:
-            self._read_metadata()
-            self._check_shards()
-            self._vocabulary_files = vocabulary_files(self.data_dir, self.identity)
+            self._opened_stamps = [master_stamp]
+            with self._rebuild_named():  # a shard or vocabulary "of another store", met halfway through a rebuild
+                self._read_metadata()
+                self._check_shards()
+                self._vocabulary_files = vocabulary_files(self.data_dir, self.identity)
             self._opened_stamps = self._file_stamps()
+            self._opened_stamps[0] = master_stamp
         except BaseException:
             self._master.close()
             raise
@@ -160,24 +166,16 @@ class Store:
                              "put them back under their own names or rebuild the store")
 
     def _file_stamps(self) -> list[tuple[int, int, int, int] | None]:
-        """(device, inode, size, mtime) of the master and of each shard file: a rebuild or a
-        repair replaces files (written aside, renamed into place), so their stamps change."""
-        stamps = []
-        for path in (self.path, *(self.path.parent / name for name in self.shard_files)):
-            try:
-                info = path.stat()
-            except OSError:
-                stamps.append(None)
-            else:
-                stamps.append((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
-        return stamps
+        """:func:`file_stamp` of the master and of each shard file (those the master lists, once read)."""
+        shards = getattr(self, "shard_files", [])
+        return [file_stamp(path) for path in (self.path, *(self.path.parent / name for name in shards))]
 
     def check_unchanged(self) -> None:
         """StoreError when the master or a shard file was replaced since the store was opened:
         the shards are read by name, so rows read since may come from the new build while the
         master's paths and labels are the old one's. Long readers (a fit) call it before they
         hand out results."""
-        if self._file_stamps() != self._opened_stamps:
+        if self._file_stamps()[: len(self._opened_stamps)] != self._opened_stamps:  # while opening: the master only
             raise StoreError(f"{self.path} was rebuilt or repaired while this process was reading it (by another "
                              "zsfs extract or import), so what it read may mix the old and the new store; "
                              "nothing was written: rerun once the other process is done")
@@ -429,6 +427,16 @@ def read_vocabulary(group: h5py.Group, name: str, path: Path) -> Vocabulary:
             prompt=str(group.attrs.get(schema.ATTR_PROMPT, "")),
             n_templates=int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0)),
         )
+
+
+def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime) of a file, None when it is gone: a rebuild or a repair replaces
+    files (written aside, renamed into place), so their stamps change."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 @contextmanager
