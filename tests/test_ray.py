@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import ray  # the test extra installs it: pip install -e ".[test]"
@@ -64,6 +65,17 @@ def _decoding_pids() -> list[int]:
     return [pid for pid in busy if parent_pid(pid) in busy]
 
 
+def _kill_the_first(find: Callable[[], list[int]], running: threading.Thread, deadline: float, pause: float) -> None:
+    """kill -9 the first process ``find`` names while ``running`` runs; fail if none shows by ``deadline``."""
+    killed = None
+    while killed is None and running.is_alive() and time.monotonic() < deadline:
+        found = find()
+        killed = found[0] if found else None
+        time.sleep(pause)
+    assert killed is not None, "no process was caught in the middle of a shard"
+    os.kill(killed, signal.SIGKILL)
+
+
 def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, photos, tmp_path):
     """A driver killed (kill -9) -> the rerun keeps its finished shards; a worker killed in the
     middle of a shard during that rerun -> the shard is redone; the store is the local run's."""
@@ -85,13 +97,10 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     done: dict = {}
     rerun = threading.Thread(target=lambda: done.update(result=run_cli(*args[:-4], "--ray", "--ray-workers", "2")))
     rerun.start()  # `--ray` alone, in this process: its Ray connection (slow decoding) is used
-    shards_before, killed = len(finished), None
-    while killed is None and rerun.is_alive() and time.monotonic() < deadline + 120:
-        busy = _shard_worker_pids() if len(list(shards.glob("shard-*.h5"))) > shards_before else []
-        killed = busy[0] if busy else None  # models loaded, shards flowing: kill one mid-shard
-        time.sleep(0.02)
-    assert killed is not None, "no worker was caught in the middle of a shard"
-    os.kill(killed, signal.SIGKILL)
+    shards_before = len(finished)
+    # models loaded, shards flowing: kill one worker mid-shard
+    _kill_the_first(lambda: _shard_worker_pids() if len(list(shards.glob("shard-*.h5"))) > shards_before else [],
+                    rerun, deadline + 120, pause=0.02)
     rerun.join(timeout=300)
 
     result = done["result"]
@@ -112,13 +121,7 @@ def test_a_killed_decoding_process_costs_only_its_shard(cluster, photos, tmp_pat
     done: dict = {}
     run = threading.Thread(target=lambda: done.update(result=run_cli(*args)))
     run.start()
-    killed, deadline = None, time.monotonic() + 180
-    while killed is None and run.is_alive() and time.monotonic() < deadline:
-        decoding = _decoding_pids()
-        killed = decoding[0] if decoding else None  # at once: it has its whole shard still to decode
-        time.sleep(0.005)
-    assert killed is not None, "no decoding process was caught in the middle of a shard"
-    os.kill(killed, signal.SIGKILL)
+    _kill_the_first(_decoding_pids, run, time.monotonic() + 180, pause=0.005)  # at once: its shard is still to decode
     run.join(timeout=300)
 
     result = done["result"]
