@@ -7,7 +7,10 @@ single-threaded decode loop. Failures travel with their batch as (position, reas
 
 from __future__ import annotations
 
+import multiprocessing.connection
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -152,23 +155,52 @@ def _start_worker(niceness: int, worker_id: int) -> None:
         os.nice(niceness)
 
 
+DYING_SECONDS = 10.0
+"""How long a decoding process whose pipe broke may take to end (a large one, on a busy machine)."""
+
+
 class DecodingProcessDied(ZsfsError):
     """A decoding process (a DataLoader worker) died mid-run: killed, or by the out-of-memory killer."""
 
 
-def decoding_process_died(error: BaseException) -> DecodingProcessDied | None:
-    """Torch's error for a decoding process that died (kill -9, the out-of-memory killer) as
-    :class:`DecodingProcessDied`; None for any other error (one of a full /dev/shm too: its own
-    message says more)."""
-    words = str(error)
-    if not isinstance(error, RuntimeError) or "DataLoader worker (pid" not in words or shared_memory_full(error):
+def decoding_process_died(batches: Iterator[Batch], error: BaseException) -> DecodingProcessDied | None:
+    """:class:`DecodingProcessDied` when one of the decoding processes of ``batches`` (a
+    DataLoader's iterator) has died, whatever ``error`` that made torch raise: its own
+    RuntimeError, an EOFError or a reset connection from the dead process's pipe. Its processes
+    are then stopped. None while they all live, and for a full /dev/shm (its message says more)."""
+    workers = getattr(batches, "_workers", [])  # none without decoding processes (workers=0)
+    if workers and (isinstance(error, (EOFError, ConnectionError)) or "DataLoader worker (pid" in str(error)):
+        # What a dying process's pipe says can come before the process has ended: wait for it a little.
+        multiprocessing.connection.wait([worker.sentinel for worker in workers], timeout=DYING_SECONDS)
+    dead = [worker for worker in workers if worker.exitcode not in (None, 0)]
+    if not dead or shared_memory_full(error):
         return None
-    return DecodingProcessDied(f"a decoding process died ({words.split('. ')[0].strip()}): it was killed, perhaps "
-                               "by the out-of-memory killer. Rerun: an extract resumes from the shards it finished; "
-                               "if memory is short, use fewer decoding workers or smaller batches")
+    batches._shutdown_workers()  # now, as torch's clean-up would later (see without_torch_sigchld_handler)
+    code = dead[0].exitcode
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    return DecodingProcessDied(f"a decoding process (pid {dead[0].pid}) died ({how}), perhaps by the out-of-memory "
+                               "killer. Rerun: an extract resumes from the shards it finished; if memory is short, use "
+                               "fewer decoding workers or smaller batches")
 
 
-def embed_batches(loader: DataLoader, tags: Iterable, encoders: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+@contextmanager
+def without_torch_sigchld_handler() -> Iterator[None]:
+    """Hold off the SIGCHLD handler torch installs in the main thread for the block. When a
+    decoding process dies, it raises wherever that thread happens to be: mid-way through writing
+    a shard, while an error is being handled, or from the garbage collector ("Exception ignored
+    in ..."). Without it, the loader itself finds a dead process (within 5 s, as it does in
+    other threads, where torch installs no handler) and :func:`decoding_process_died` names it."""
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def embed_batches(batches: Iterable[Batch], tags: Iterable, encoders: Sequence[Callable[[torch.Tensor], torch.Tensor]],
                   device: torch.device, precision: str,
                   on_batch: Callable[[int], None] | None = None) -> Iterator[tuple]:
     """Yield (tag, batch, outputs): ``outputs`` holds one numpy float32 array per encoder (the
@@ -181,7 +213,7 @@ def embed_batches(loader: DataLoader, tags: Iterable, encoders: Sequence[Callabl
     autocast = (torch.autocast("cuda", dtype=AUTOCAST_DTYPES[precision])
                 if device.type == "cuda" and AUTOCAST_DTYPES[precision] is not None else nullcontext())
     in_flight = None
-    for tag, batch in zip(tags, loader):
+    for tag, batch in zip(tags, batches):
         embedded = None
         if batch.pixels:
             # Scoped to the forward passes: a mode held across ``yield`` would leak into the
@@ -218,16 +250,16 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
     loader = make_loader(images, batches, workers=workers, pin_memory=torch_device.type == "cuda",
                          worker_niceness=default_worker_niceness(device))
     with model_threads(torch_device, workers, cores):
-        try:
-            yield embed_batches(loader, tags, tuple(model.encode_images for model in models), torch_device, precision,
-                                on_batch)
-        except RuntimeError as error:
-            # Around all the work, not only the loader's iteration: in the main thread, torch's
-            # SIGCHLD handler raises wherever that thread is when a decoding process dies.
-            died = decoding_process_died(error)
-            if died is None:
-                raise
-            raise died from error
+        loaded = iter(loader)  # kept: a failure looks at its decoding processes. (It installs torch's handler.)
+        with without_torch_sigchld_handler():
+            try:
+                yield embed_batches(loaded, tags, tuple(model.encode_images for model in models), torch_device,
+                                    precision, on_batch)
+            except Exception as error:
+                died = decoding_process_died(loaded, error)
+                if died is None:
+                    raise
+                raise died from error
 
 
 def _to_host(tag, batch: Batch, embedded, on_batch: Callable[[int], None] | None) -> tuple:
