@@ -32,22 +32,22 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
     torch_device = check_device(device)
     if precision not in SEARCH_DTYPES:
         raise ZsfsError(f"precision must be one of {', '.join(SEARCH_DTYPES)}, not {precision!r}")
-    with ExitStack() as held, Store(store_path) as store:
-        if store.n_images < 2:
-            raise ZsfsError(f"{store.path} holds {store.n_images} embedded image(s): there are no neighbours to "
-                            "store (`zsfs info` lists the files that were skipped and why)")
-        if not 0 < k < min(store.n_images, GRAPH_MAX_K + 1):
-            raise ParameterError(f"{{k}} {k} is not possible for a store of {store.n_images} images: use 1 <= {{k}} < "
-                                 f"{store.n_images}, at most {GRAPH_MAX_K}")
-        check_store_update(store.path, store.data_dir)  # before the search, not after it
-        # Held through the search: another writer of the store is refused now, not this search at its end.
-        held.enter_context(store_lock(store.path))
-        dtype = SEARCH_DTYPES[precision]
-        search, _ = open_search(store, choose_search(store, torch_device, dtype), device=torch_device,
-                                scan_dtype=dtype)
-        record = {"k": k, **search.describe()}
-        n_images, path, build = store.n_images, store.path, store.build
-        store.close()
+    with ExitStack() as held:  # the store's lock, taken after the checks, held until the graph is written
+        with Store(store_path) as store:
+            if store.n_images < 2:
+                raise ZsfsError(f"{store.path} holds {store.n_images} embedded image(s): there are no neighbours to "
+                                "store (`zsfs info` lists the files that were skipped and why)")
+            if not 0 < k < min(store.n_images, GRAPH_MAX_K + 1):
+                raise ParameterError(f"{{k}} {k} is not possible for a store of {store.n_images} images: use 1 <= "
+                                     f"{{k}} < {store.n_images}, at most {GRAPH_MAX_K}")
+            check_store_update(store.path, store.data_dir)  # before the search, not after it
+            # Held through the search: another writer of the store is refused now, not this search at its end.
+            held.enter_context(store_lock(store.path))
+            dtype = SEARCH_DTYPES[precision]
+            search, _ = open_search(store, choose_search(store, torch_device, dtype), device=torch_device,
+                                    scan_dtype=dtype)
+            record = {"k": k, **search.describe()}
+            n_images, path, build = store.n_images, store.path, store.build
         if on_start is not None:
             on_start(n_images)
         graph = neighbour_graph(search, n_images, k, on_rows=on_rows)

@@ -85,8 +85,7 @@ class Store:
                 self._read_metadata()
                 self._check_shards()
                 self._vocabulary_files = vocabulary_files(self.data_dir, self.identity)
-            self._opened_stamps = self._file_stamps()
-            self._opened_stamps[0] = master_stamp
+            self._opened_stamps = [master_stamp, *self._file_stamps()[1:]]  # the shards' stamps, now they are known
         except BaseException:
             self._master.close()
             raise
