@@ -163,6 +163,19 @@ def test_an_address_where_no_cluster_answers_is_one_line_at_once(photos, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_more_local_workers_than_cores_are_refused_before_ray_starts(photos, tmp_path):
+    """Bug: `--ray local --ray-workers 3` on 2 cores was refused only once a local Ray had started (15 s)."""
+    too_many = (os.cpu_count() or 1) + 1
+    started = time.monotonic()
+    outcome = run_zsfs("extract", photos["root"], "--out", tmp_path / "x.h5", *TINY_MODEL_ARGS, "--ray", "local",
+                       "--ray-workers", too_many, timeout=120)
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert f"--ray-workers {too_many} is more than this machine's {os.cpu_count()} CPU(s)" in outcome.output
+    assert "Ray" not in outcome.output.replace("--ray", "")  # no line of a Ray instance starting
+    assert time.monotonic() - started < 10, "a local Ray instance was started first"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_worker_gets_its_cores_on_one_node():
     """Bug: nodes of 4, 1 and 1 cores with 2 workers got 3 cores each (6 // 2), which one node
     alone has: the second worker waited for a node, without a word."""

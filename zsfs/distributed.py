@@ -74,10 +74,14 @@ class _ShardWorker:
         return self.embedder.encode_vocabulary(classes)
 
 
-def require_ray() -> None:
-    """ZsfsError unless Ray is installed (checked before any work, so a refusal leaves nothing behind)."""
+def check_ray_plan(address: str | None, device: str, n_workers: int | None) -> None:
+    """Refuse, before any work (so that a refusal leaves nothing behind), a run Ray cannot do:
+    Ray not installed, or more CPU workers than a local Ray instance would have CPUs (Ray counts
+    at most this machine's cores; a cluster's are counted once connected)."""
     if ray is None:
         raise ZsfsError('--ray needs Ray, which the core install leaves out: pip install "zsfs[ray]"')
+    if address == LOCAL and not ray.is_initialized() and device != "cuda" and n_workers is not None:
+        _check_cpu_workers(n_workers, os.cpu_count() or 1, "this machine's", "ask for fewer")
 
 
 class RayEmbedders(AbstractContextManager):
@@ -243,10 +247,15 @@ def _plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
                                  "worker holds one; ask for fewer, or add nodes first")
     elif n_workers is None:
         n_workers = max(1, len([node for node in ray.nodes() if node.get("Alive")]))
-    elif n_workers > cpus:
-        raise ParameterError(f"{{ray_workers}} {n_workers} is more than the Ray cluster's {cpus} CPU(s): each worker "
-                             "needs one; ask for fewer, or add nodes first")
+    else:
+        _check_cpu_workers(n_workers, cpus, "the Ray cluster's", "ask for fewer, or add nodes first")
     return n_workers, cores_per_worker(node_cpus, n_workers) or 1
+
+
+def _check_cpu_workers(n_workers: int, cpus: int, whose: str, fix: str) -> None:
+    if n_workers > cpus:  # the workers that found no CPU would wait for one forever, in silence
+        raise ParameterError(f"{{ray_workers}} {n_workers} is more than {whose} {cpus} CPU(s): each worker "
+                             f"needs one; {fix}")
 
 
 def cores_per_worker(node_cpus: Sequence[int], n_workers: int) -> int | None:

@@ -223,9 +223,9 @@ def extract(
     if ray is None:
         check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
     else:
-        from zsfs.distributed import require_ray  # Ray is an optional dependency
+        from zsfs.distributed import check_ray_plan  # Ray is an optional dependency
 
-        require_ray()
+        check_ray_plan(ray, device, ray_workers)
     settings = EmbedSettings(clip_model, clip_weights, backbone, backbone_weights, device, precision, batch_size,
                              workers, max_pixels)
     given_classes = _given_classes(classes)  # a bad class file fails before a long listing
