@@ -112,16 +112,18 @@ def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):
     assert first["path"] == str(one_image) and first["predicted"] in fitted["fit"]["predicted"].to_list()
 
 
-def test_a_full_disk_leaves_the_previous_predictions_file_whole(fitted, tmp_path):
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_full_disk_leaves_the_previous_predictions_file_whole(fitted, tmp_path, suffix):
     # a real failure: the child's writes fail past 300 bytes, as on a full disk
-    out = tmp_path / "predictions.csv"
+    out = tmp_path / f"predictions{suffix}"
     out.write_text("previous predictions\n")
     outcome = run_zsfs("predict", "--run", fitted["run"], "--workers", "0", "--out", out, fitted["photos"]["root"],
                        file_size_limit=300)
 
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert f"({out})" in " ".join(outcome.output.split()), outcome.output  # the file the user named
     assert out.read_text() == "previous predictions\n"
-    assert [entry.name for entry in tmp_path.iterdir()] == ["predictions.csv"]  # no temporary file left
+    assert [entry.name for entry in tmp_path.iterdir()] == [out.name]  # no temporary file left
 
 
 def test_bad_inputs_are_clear_errors(fitted, tmp_path):

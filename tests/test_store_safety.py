@@ -123,6 +123,8 @@ def test_full_disk_during_fit_is_one_line(store, tmp_path, file_size_limit):
     outcome = run_zsfs("fit", "--store", store, "--out", tmp_path / "run", "--k", "2", "--device", "cpu",
                        file_size_limit=file_size_limit)
     assert_clean_failure(outcome)
+    # Bug: the message named no file (polars' and torch's writers name none), only "free some space".
+    assert f"({tmp_path / 'run'}" in " ".join(outcome.output.split()), outcome.output
     assert [path.name for path in tmp_path.iterdir()] == ["copy"]  # the store; no run folder, no temporary one
 
 

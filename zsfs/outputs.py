@@ -12,13 +12,13 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsfs.errors import ZsfsError
+from zsfs.errors import ZsfsError, is_disk_full
 from zsfs.durable import current_umask, fsync_file, fsync_folder, fsync_tree
 
 if TYPE_CHECKING:
@@ -61,9 +61,21 @@ def new_folder(path: str | Path) -> Iterator[Path]:
             check_new_folder(path)
             raise
         fsync_folder(path.parent)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        _name_the_result(error, tmp, path)
         raise
+
+
+def _name_the_result(error: BaseException, tmp: Path, path: Path) -> None:
+    """Make a failed write name the file the user asked for (``path``, or its file under
+    ``tmp``'s name), not the hidden temporary one, nor none (polars' and torch's writers name none)."""
+    failed = getattr(error, "filename", None)
+    if isinstance(failed, (str, os.PathLike)) and Path(failed).absolute().is_relative_to(tmp):
+        error.filename = str(path / Path(failed).absolute().relative_to(tmp))
+    elif failed is None and (isinstance(error, OSError) or is_disk_full(error)):
+        with suppress(AttributeError):  # an exception type without attributes of its own
+            error.filename = str(path)
 
 
 _TMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9-]+)\.[A-Za-z0-9_]+\.tmp$")
@@ -127,8 +139,7 @@ def replacing_file(path: str | Path) -> Iterator[Path]:
         fsync_folder(path.parent)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename is None:  # a failed write names no file
-            error.filename = str(path)
+        _name_the_result(error, tmp, path)
         raise
 
 
