@@ -166,6 +166,14 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
         for _ in range(2):
             twice.add(shards["folder"] / shards["files"][0], arcname="0.jpg")
     assert open_source(root).repeated_paths == ["00003a.tar::0.jpg"]
+    with tarfile.open(root / "00004a.tar", "w") as linked:  # bug: its links were passed over without a word
+        linked.add(shards["folder"] / shards["files"][0], arcname="0.jpg")
+        for name, kind in (("1.jpg", tarfile.SYMTYPE), ("2.jpg", tarfile.LNKTYPE), ("3.txt", tarfile.SYMTYPE)):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, "0.jpg"
+            linked.addfile(link)
+    source = open_source(root)
+    assert source.tar_links == ["00004a.tar::1.jpg", "00004a.tar::2.jpg"] and "00004a.tar::0.jpg" in source.paths
 
     result = run_cli("extract", root, "--out", tmp_path / "laion.h5", "--workers", "0", *TINY_MODEL_ARGS)
     assert result.exit_code == 0, result.output
@@ -173,8 +181,9 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
     assert "tars with no image" in said and "2: 00000a.tar; 00001a.tar" in said
     assert "compressed tars (not read: decompress" in said and "1: 00002a.tar.gz" in said
     assert "paths listed twice or more" in said and "1: 00003a.tar::0.jpg" in said
-    assert "tars with no image" not in run_cli("extract", shards["root"], "--out", tmp_path / "plain.h5",
-                                               "--workers", "0", *TINY_MODEL_ARGS).output
+    assert "links in tars (not read) │ 2: 00004a.tar::1.jpg;" in said and "00004a.tar::2.jpg" in said
+    plain = run_cli("extract", shards["root"], "--out", tmp_path / "plain.h5", "--workers", "0", *TINY_MODEL_ARGS)
+    assert "tars with no image" not in plain.output and "links in tars" not in plain.output
 
 
 def test_a_tar_truncated_after_listing_costs_only_its_cut_images(shards, tmp_path):
@@ -207,7 +216,8 @@ def test_header_walk_agrees_with_tarfile(tar_format, tmp_path):
             archive.addfile(info, io.BytesIO(data))
     with tarfile.open(path, encoding="utf-8") as archive:
         expected = [(m.name, m.offset_data, m.size) for m in archive.getmembers() if m.name != "x.txt"]
-    assert list(zip(*list_tar(path, IMAGE_EXTENSIONS))) == expected
+    listing = list_tar(path, IMAGE_EXTENSIONS)
+    assert list(zip(listing.names, listing.offsets, listing.sizes)) == expected and listing.links == []
 
 
 def test_predict_inputs_list_each_tar_once_and_read_every_member(shards, monkeypatch):

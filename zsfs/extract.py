@@ -59,6 +59,7 @@ class ExtractSummary:
     no_labels_reason: str | None = None  # the source's, when its class subfolders could not be used
     empty_tars: list[str] = field(default_factory=list)  # the source's tar shards that hold no image
     compressed_tars: list[str] = field(default_factory=list)  # compressed tars beside the shards: not read
+    tar_links: list[str] = field(default_factory=list)  # image names that are links inside a tar: not read
     repeated_paths: list[str] = field(default_factory=list)  # the list's paths given more than once
 
     @property
@@ -286,6 +287,7 @@ def extract(
         no_labels_reason=image_source.no_labels_reason,
         empty_tars=image_source.empty_tars,
         compressed_tars=image_source.compressed_tars,
+        tar_links=image_source.tar_links,
         repeated_paths=image_source.repeated_paths,
     )
 

@@ -47,6 +47,7 @@ class ImageSource:
     no_labels_reason: str | None = None  # why a folder with class subfolders gives no labels
     empty_tars: list[str] = field(default_factory=list)  # tar shards (relative to root) holding no image
     compressed_tars: list[str] = field(default_factory=list)  # beside the tar shards, not read (see zsfs.tars)
+    tar_links: list[str] = field(default_factory=list)  # image names that are links inside a tar: not read
     aliases: list[str] = field(default_factory=list)  # linked folders not read: other names of listed ones
     repeated_paths: list[str] = field(default_factory=list)  # listed more than once (each row is embedded)
     # (a list file's line, or a member name a tar holds twice)
@@ -224,7 +225,7 @@ def _compressed_tars_in(folder: Path) -> list[str]:
 
 
 def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[str] | None = None) -> ImageSource:
-    paths, members = list_tars(root, tars, IMAGE_EXTENSIONS)
+    paths, members, links = list_tars(root, tars, IMAGE_EXTENSIONS)
     if not paths:
         raise ZsfsError(f"the {len(tars)} tar files of {location} hold no images "
                         f"({' '.join(sorted(IMAGE_EXTENSIONS))}).")
@@ -232,7 +233,8 @@ def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[s
     images_per_tar = np.bincount(members.tar, minlength=len(tars))
     empty = [tars[number].relative_to(root).as_posix() for number in np.flatnonzero(images_per_tar == 0)]
     return ImageSource(location=location, root=root, paths=paths, labels=None, members=members, empty_tars=empty,
-                       compressed_tars=compressed or [], repeated_paths=repeated(paths))  # a member name twice
+                       compressed_tars=compressed or [], repeated_paths=repeated(paths),  # a member name twice
+                       tar_links=links)
 
 
 def _read_list(list_file: Path) -> ImageSource:

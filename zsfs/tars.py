@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -135,9 +136,18 @@ def resolve_tars(given: str) -> tuple[Path, list[Path]]:
     return Path(os.path.commonpath([tar.parent for tar in tars])), tars
 
 
-def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> tuple[list[str], list[int], list[int]]:
-    """(member names, data offsets, sizes) of the members of one tar whose suffix is one of
-    ``image_suffixes`` (None: every regular file), in tar order.
+class TarListing(NamedTuple):
+    """The members of one tar whose suffix is one of the image suffixes, in tar order."""
+
+    names: list[str]
+    offsets: list[int]  # where each member's data starts
+    sizes: list[int]
+    links: list[str]  # names of symbolic or hard links (not read: a tar shard's images are files)
+
+
+def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> TarListing:
+    """The members of one tar whose suffix is one of ``image_suffixes`` (None: every regular
+    file or link), in tar order.
 
     Only the 512-byte headers are read, one ``pread`` each (tarfile's parser costs ~5x more per
     member, and buffered reads would pull every image's bytes in too); checksums are verified
@@ -145,23 +155,21 @@ def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> tuple[list[str
     rather than a silently shorter listing.
     """
     suffixes = None if image_suffixes is None else frozenset(image_suffixes)
-    names: list[str] = []
-    offsets: list[int] = []
-    sizes: list[int] = []
+    listing = TarListing([], [], [], [])
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as error:
         raise ZsfsError(f"cannot read {path} ({error.strerror})") from None
     try:
-        _scan_headers(fd, suffixes, names, offsets, sizes)
+        _scan_headers(fd, suffixes, listing)
     except _Compressed:
         raise compressed_tar_error(path) from None
     except (_Damaged, OSError, ValueError) as error:
-        raise ZsfsError(f"{path} is not a readable tar, or is damaged after {len(names)} images ({error}); "
+        raise ZsfsError(f"{path} is not a readable tar, or is damaged after {len(listing.names)} images ({error}); "
                         "repair or remove it and rerun") from None
     finally:
         os.close(fd)
-    return names, offsets, sizes
+    return listing
 
 
 class _Damaged(Exception):
@@ -176,17 +184,19 @@ _BLOCK = 512
 _WINDOW = 64 * 1024
 _ZERO_BLOCK = bytes(_BLOCK)
 _FILE_TYPES = (b"0", b"\0", b"7")  # regular, old-style regular, contiguous
+_LINK_TYPES = (b"1", b"2")  # hard, symbolic
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
 
 
-def _scan_headers(fd: int, suffixes: frozenset | None, names: list, offsets: list, sizes: list) -> None:
-    """Walk the headers of an uncompressed tar (ustar, GNU long names, pax), appending matches.
+def _scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> None:
+    """Walk the headers of an uncompressed tar (ustar, GNU long names, pax), appending matches to ``listing``.
 
     Headers are read through a 64 KiB window: small members (captions, metadata) cost no
     system call of their own, a large image's data is jumped over with one ``pread``.
     """
     byte_suffixes = None if suffixes is None else {suffix.encode() for suffix in suffixes}
     pread, checked, file_size = os.pread, _Checksums(), os.fstat(fd).st_size
+    names, offsets, sizes = listing.names, listing.offsets, listing.sizes
     position, window, window_start = 0, b"", 0
     long_name, long_size = None, None  # from a preceding GNU 'L' or pax 'x' header
     while True:
@@ -221,14 +231,17 @@ def _scan_headers(fd: int, suffixes: frozenset | None, names: list, offsets: lis
             long_name = records.get(b"path", long_name)
             long_size = int(records[b"size"]) if b"size" in records else None
         else:
-            if kind in _FILE_TYPES:
+            if kind in _FILE_TYPES or kind in _LINK_TYPES:
                 name = long_name or header[:100].split(b"\0", 1)[0]
                 if long_name is None and header[345] and header[257:263] == b"ustar\0":
                     name = header[345:500].split(b"\0", 1)[0] + b"/" + name  # POSIX ustar prefix
                 if byte_suffixes is None or name[name.rfind(b"."):].lower() in byte_suffixes:
-                    names.append(name.decode("utf-8", "surrogateescape"))
-                    offsets.append(data)
-                    sizes.append(size)
+                    if kind in _LINK_TYPES:
+                        listing.links.append(name.decode("utf-8", "surrogateescape"))
+                    else:
+                        names.append(name.decode("utf-8", "surrogateescape"))
+                        offsets.append(data)
+                        sizes.append(size)
             if kind != b"g":  # a pax global header leaves the next member's overrides alone
                 long_name, long_size = None, None
         position = data + -(-size // _BLOCK) * _BLOCK
@@ -290,20 +303,24 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
-def list_tars(root: Path, tars: Sequence[Path], image_suffixes: Iterable[str]) -> tuple[list[str], TarMembers]:
-    """Listing paths ``<tar relative to root>::<member>`` and their byte ranges, tars in the given order."""
+def list_tars(root: Path, tars: Sequence[Path],
+              image_suffixes: Iterable[str]) -> tuple[list[str], TarMembers, list[str]]:
+    """Listing paths ``<tar relative to root>::<member>`` and their byte ranges, tars in the given
+    order; and the paths of the image names that are links (not listed)."""
     suffixes = frozenset(image_suffixes)
     paths: list[str] = []
+    links: list[str] = []
     tar_ids, offsets, sizes = [], [], []
     for number, tar in enumerate(tars):
-        names, tar_offsets, tar_sizes = list_tar(tar, suffixes)
+        listing = list_tar(tar, suffixes)
         prefix = tar.relative_to(root).as_posix() + MEMBER_SEPARATOR
-        paths.extend(prefix + name for name in names)
-        tar_ids.append(np.full(len(names), number, dtype=np.int32))
-        offsets.append(np.asarray(tar_offsets, dtype=np.int64))
-        sizes.append(np.asarray(tar_sizes, dtype=np.int64))
+        paths.extend(prefix + name for name in listing.names)
+        links.extend(prefix + name for name in listing.links)
+        tar_ids.append(np.full(len(listing.names), number, dtype=np.int32))
+        offsets.append(np.asarray(listing.offsets, dtype=np.int64))
+        sizes.append(np.asarray(listing.sizes, dtype=np.int64))
     members = TarMembers(tuple(tars), _concat(tar_ids, np.int32), _concat(offsets, np.int64), _concat(sizes, np.int64))
-    return paths, members
+    return paths, members, links
 
 
 def split_member_path(path: str) -> tuple[str, str] | None:
@@ -325,8 +342,9 @@ def locate_members(paths: Sequence[str], root: Path) -> TarMembers | None:
     for i, tar in enumerate(tars):
         if not tar.is_file():
             raise ZsfsError(f"{tar} does not exist (named by {next(p for p in paths if p.startswith(tar_names[i]))})")
-        names, offsets, sizes = list_tar(tar, None)
-        where.update(((i, name), (offset, size)) for name, offset, size in zip(names, offsets, sizes))
+        listing = list_tar(tar, None)
+        where.update(((i, name), (offset, size)) for name, offset, size in zip(listing.names, listing.offsets,
+                                                                                  listing.sizes))
     tar_ids = np.full(len(paths), -1, dtype=np.int32)
     offset = np.zeros(len(paths), dtype=np.int64)
     size = np.zeros(len(paths), dtype=np.int64)
