@@ -153,6 +153,25 @@ def test_class_names_with_dollar_signs_are_text_not_formulas():
     assert matplotlib.rcParams["text.parse_math"] and matplotlib.rcParams["svg.fonttype"] != "none"  # caller's own
 
 
+def test_figures_label_log_axes_with_numbers_and_mark_classes_without_images():
+    """Bugs: the log axes' tick labels showed raw formula text (``$\\mathdefault{10^{2}}$``); a class
+    no image belongs to was drawn as a zero bar; CJK class names printed a warning per glyph."""
+    import warnings
+
+    import numpy as np
+
+    from zsfs import figures
+
+    counts = figures.histogram(np.random.default_rng(0).exponential(size=5000), title="t", xlabel="x")
+    assert "mathdefault" not in counts and "$" not in counts
+    assert {"1", "10", "100"} <= set(re.findall(r">([0-9]+)<", counts))  # tick labels as SVG text
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        accuracy = figures.per_class_accuracy(["cat", "日本語", "dog"], np.array([0.5, np.nan, 1.0]))
+    assert accuracy.count("no images") == 1 and "日本語" in accuracy
+    assert [str(warning.message) for warning in caught] == []
+
+
 def test_fit_report_writes_the_page_beside_the_run(unlabelled_run, tmp_path):
     store = json.loads((unlabelled_run / runs.CONFIG).read_text())["store"]["path"]
     run = tmp_path / "run"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -29,7 +30,10 @@ def _drawing(draw: Callable[..., str]) -> Callable[..., str]:
     def wrapper(*args, **kwargs) -> str:
         import matplotlib
 
-        with matplotlib.rc_context(RC):
+        with matplotlib.rc_context(RC), warnings.catch_warnings():
+            # Text stays text in the SVG (svg.fonttype none): the browser draws every glyph, so
+            # matplotlib's font lacking one (CJK class names) is no news for the user.
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
             return draw(*args, **kwargs)
 
     return wrapper
@@ -57,8 +61,13 @@ def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: floa
     figure = _figure()
     axes = figure.add_subplot()
     if values.size:
+        from matplotlib.ticker import LogFormatter
+
         axes.hist(values, bins=bins, color="#4c72b0")
         axes.set_yscale("log")
+        # Plain numbers: the default labels are formulas ("10^{2}"), shown raw with parse_math off.
+        axes.yaxis.set_major_formatter(LogFormatter())
+        axes.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     if flagged_from is not None:
         axes.axvline(flagged_from, color="#c44e52", linestyle="--", label="flagged OOD from here")
         axes.legend(loc="upper right")
@@ -85,7 +94,8 @@ def cycles(kept: Sequence[int], precision: Sequence[float | None] | None) -> str
 
 @_drawing
 def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
-    """Accuracy of each class, sorted, worst first (names shown when few enough)."""
+    """Accuracy of each class, sorted, worst first (names shown when few enough); NaN: no image
+    has the class as its true label (marked "no images", not drawn as a zero)."""
     accuracy = np.asarray(accuracy, dtype=np.float64)
     order = np.argsort(np.nan_to_num(accuracy, nan=-1.0), kind="stable")
     figure = _figure(height=HEIGHT_IN if len(classes) > MAX_TICK_LABELS else max(HEIGHT_IN, 0.22 * len(classes) + 1))
@@ -95,9 +105,11 @@ def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
         axes.set(xlabel=f"{len(classes)} classes, worst to best", ylabel="accuracy", ylim=(0, 1.02))
     else:
         axes.barh(np.arange(len(order)), accuracy[order], color="#4c72b0")
+        for position in np.flatnonzero(np.isnan(accuracy[order])):
+            axes.text(0.01, position, "no images", va="center", fontsize=8, color="#888")
         axes.set_yticks(np.arange(len(order)), [classes[i] for i in order])
-        axes.set(xlabel="accuracy", xlim=(0, 1.02))
-    axes.set_title("Per-class accuracy (images whose true label is a class)")
+        axes.set(xlabel="accuracy on the images of the class (true label)", xlim=(0, 1.02))
+    axes.set_title("Per-class accuracy")
     return _svg(figure)
 
 
