@@ -108,6 +108,7 @@ def test_ood_thresholds_and_flags_are_calibrated_on_the_seeds(fitted, store_path
     np.testing.assert_allclose(classifier.ood.std, expected.std, rtol=1e-3)
     threshold = np.quantile(result.ood_score[seeds].astype(np.float64), 0.95)
     np.testing.assert_array_equal(result.ood_flag, result.ood_score > threshold)
+    assert result.ood_flag_threshold == pytest.approx(threshold)  # saved in config.json (the cut was nowhere)
     assert result.ood_flag[seeds].mean() <= 0.05 < result.ood_flag.mean()
 
 
@@ -137,6 +138,8 @@ def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):
     assert len(metrics["per_class_accuracy"]) == 10
     frame = pl.read_parquet(run / "predictions.parquet")
     absent = json.loads((run / "config.json").read_text())["absent_classes"]
+    assert frame.filter(pl.col("ood_score") > config["ood_flag_threshold"])["ood_flag"].all()
+    assert not frame.filter(pl.col("ood_score") <= config["ood_flag_threshold"])["ood_flag"].any()
     assert frame.height == 2000 and frame["is_seed"].sum() == 8 * (10 - len(absent))
     assert {"path", "predicted", "confidence", "ood_score", "ood_distance", "ood_flag", "ood_paper", "ood_continuous", "is_seed",
             "label"} <= set(frame.columns)

@@ -103,6 +103,7 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
                     "n_trained": c.n_trained, "epochs": len(c.losses), "first_loss": c.first_loss,
                     "last_loss": c.losses[-1] if c.losses else None} for c in result.cycles],
         "ood": result.classifier.ood.to_dict(),
+        "ood_flag_threshold": result.ood_flag_threshold,
         "timings_s": result.timings,
         "cpu_timings_s": result.cpu_timings,
     }

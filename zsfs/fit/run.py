@@ -142,7 +142,7 @@ class FitResult:
     confidence: np.ndarray  # max softmax probability of the classifier
     ood_score: np.ndarray  # mean of the collection ranks of MCM and ood_distance, in [0, 1]; higher = more OOD
     ood_distance: np.ndarray  # collection rank of the backbone distance to the OOD reference, in [0, 1]
-    ood_flag: np.ndarray  # bool: ood_score above that of 95 % of the seeds
+    ood_flag: np.ndarray  # bool: ood_score above ood_flag_threshold
     ood_paper: np.ndarray  # paper score in {0, 1/3, 2/3, 1}
     ood_continuous: np.ndarray  # mean standardised deficit of the paper's statistics; higher = more OOD
     is_seed: np.ndarray  # bool: one of the initial seeds
@@ -158,6 +158,7 @@ class FitResult:
     precision: str = "fp32"  # of the training products: config.precision with "auto" resolved
     absent_classes: list[str] = field(default_factory=list)  # listed classes the collection does not hold
     class_shares: dict[str, float] | None = None  # balanced method: estimated fraction of images per class
+    ood_flag_threshold: float | None = None  # the ood_score of the seeds' 95th percentile: flagged above it
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
 
@@ -330,6 +331,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         ood_score=ood_score,
         ood_distance=ood_distance,
         ood_flag=ood_score > flag_threshold,
+        ood_flag_threshold=float(flag_threshold),
         ood_paper=ood.paper_score(statistics, thresholds),
         ood_continuous=ood.continuous_score(statistics, thresholds),
         is_seed=pseudo_cycle == 0,
