@@ -94,6 +94,42 @@ def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):
     note = re.search(r'<p class="note">([^<]*)', page).group(1)
     assert f"{distinct} of {distinct} images could not be shown ({distinct} file not found)" in note
     assert f"image paths were looked up from --images {tmp_path / 'moved'}." in note
+    said = " ".join(result.output.split())  # bug: only "Report written to ...", the gallery empty unsaid
+    assert f"Note: {distinct} of {distinct} images could not be shown" in said and "--images FOLDER" in said
+
+
+def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp_path):
+    """Bugs: absent classes (and, with 1000 classes, hundreds without an image) were empty "none"
+    blocks with no word why; the paper score's AUROC was left out; the summary's seed count
+    disagreed with the cycle table's (an image seeding two classes counts once); the navigation
+    linked to sections the page lacks; no viewport for a phone."""
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    config = json.loads((run / runs.CONFIG).read_text())
+    present = list(config["classes"])
+    config["classes"] = present + ["<ghost>", "unicorn"]
+    config["absent_classes"] = ["unicorn"]
+    config["class_shares"] = {**{name: 0.99 / len(present) for name in present}, "<ghost>": 0.01, "unicorn": 0.001}
+    config["cycles"][0]["n_kept"] += 3
+    (run / runs.CONFIG).write_text(json.dumps(config))
+    metrics = json.loads((run / runs.METRICS).read_text())
+    metrics.update(ood_auroc=0.81, ood_paper_auroc=0.6123, ood_continuous_auroc=0.7, mcm_auroc=0.75)
+    (run / runs.METRICS).write_text(json.dumps(metrics))
+
+    page = render_report(run)
+    assert re.findall(r'<h3 class="class-name">([^<]*)</h3>', page) == present
+    assert "<h3>Absent (1)</h3>" in page and "unicorn (0.1 %)" in page
+    assert "<h3>No image (1)</h3>" in page and "these classes: &lt;ghost&gt;</p>" in page
+    assert "<td>OOD AUROC (paper score)</td><td>0.6123</td>" in page
+    seeds = int(pl.read_parquet(run / runs.PREDICTIONS)["is_seed"].sum())
+    assert f"<td>seed images</td><td>{seeds:,} ({seeds + 3:,} seed places" in page
+    assert re.findall(r'<a href="#([a-z]+)">', page) == sections(page) == SECTIONS
+    assert '<meta name="viewport"' in page
+
+
+def test_the_navigation_links_only_to_the_sections_the_page_has(unlabelled_run):
+    page = render_report(unlabelled_run)
+    assert "accuracy" not in sections(page) and re.findall(r'<a href="#([a-z]+)">', page) == sections(page)
 
 
 def test_a_run_whose_store_is_gone_says_so_in_one_sentence(photo_run, tmp_path):
@@ -125,6 +161,7 @@ def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp
     config = json.loads((run / runs.CONFIG).read_text())
     config["classes"][0] = hostile
     config["absent_classes"] = ["class_0002"]
+    del config["ood_flag_threshold"]  # as a run from before it was recorded: the flags alone
     (run / runs.CONFIG).write_text(json.dumps(config))
 
     page = render_report(run)

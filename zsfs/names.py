@@ -76,6 +76,11 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
     return names
 
 
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """``"1 image"``, ``"2 images"``, ``"1 class"``, ``"3 classes"`` (``many``: the plural, when not ``one + "s"``)."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 def some_names(names: Sequence[str], limit: int, listed_in: str | None = None) -> str:
     """``"N: a; b; ...; ... (M more[ in LISTED_IN])"``: the count and the first ``limit`` names,
     "; "-separated, as names may hold commas (ImageNet's class names do)."""

@@ -11,6 +11,7 @@ are); every column beyond the basic ones is optional, so older and newer runs re
 from __future__ import annotations
 
 import html
+import re
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from zsfs import __version__, figures
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.evaluate import confusion_matrix, paper_score_counts, per_class_accuracy
-from zsfs.names import some_names, visible
+from zsfs.names import counted, some_names, visible
 from zsfs.outputs import write_text_atomically
 from zsfs.runs import REPORT, FittedRun, load_run
 from zsfs.sources import ImageSource
@@ -85,11 +86,17 @@ def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | Non
         _summary(run, frame, classes),
         _figures(run, frame),
         _accuracy(frame, classes) if "label" in frame.columns else "",
-        _classes(frame, classes, seeds, sample, made),
+        _classes(run, frame, classes, seeds, sample, made),
         _ood(most_ood, made, ood_by),
         _parameters(run.config),
     ]
     return _page(run, _thumbnail_note(made, where) + "".join(body))
+
+
+def thumbnails_missing(page: str) -> str | None:
+    """The page's note on images it could not show (as text), or None when every one shows."""
+    note = re.search(r'<p class="note">(.*?)</p>', page, re.S)
+    return None if note is None else html.unescape(re.sub(r"<[^>]+>", "", note.group(1)))
 
 
 def image_locations(run: FittedRun, images: str | Path | None,
@@ -144,17 +151,23 @@ def _summary(run: FittedRun, frame, classes: list[str]) -> str:
     if config.get("cycles"):
         rows.append(("self-training cycles", str(len(config["cycles"]) - 1)))
     if "is_seed" in frame.columns:
-        rows.append(("seeds", f"{int(frame['is_seed'].sum()):,}"))
+        seeds, places = int(frame["is_seed"].sum()), (config.get("cycles") or [{}])[0].get("n_kept")
+        shared = (f" ({places:,} seed places: without unique pseudo-labels an image can seed several classes; "
+                  "it counts once, under the first)") if places and places > seeds else ""
+        rows.append(("seed images", f"{seeds:,}{shared}"))
     if "pseudo_label" in frame.columns:
         rows.append(("pseudo-labelled images (seeds included)", f"{frame['pseudo_label'].is_not_null().sum():,}"))
     if "ood_flag" in frame.columns:
-        rows.append(("flagged OOD", f"{int(frame['ood_flag'].sum()):,}"))
+        cut = config.get("ood_flag_threshold")
+        rows.append(("flagged OOD", f"{int(frame['ood_flag'].sum()):,}" + (
+            f" (ood_score above {cut:.4f}, that of 95 % of the seeds)" if cut is not None else "")))
     if "ood_paper" in frame.columns:  # the paper's score: 0, 1/3, 2/3 or 1
         counts = paper_score_counts(frame["ood_paper"].to_numpy())
         rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{count:,}" for count in counts)))
     for key, label in (("accuracy", "accuracy"), ("zero_shot_accuracy", "zero-shot accuracy"),
-                       ("ood_auroc", "OOD AUROC"), ("ood_continuous_auroc", "OOD AUROC (continuous)"),
-                       ("mcm_auroc", "OOD AUROC (MCM)")):
+                       ("ood_auroc", "OOD AUROC (ood_score)"), ("ood_paper_auroc", "OOD AUROC (paper score)"),
+                       ("ood_continuous_auroc", "OOD AUROC (ood_continuous)"),
+                       ("mcm_auroc", "OOD AUROC (MCM, the baseline)")):
         if metrics.get(key) is not None:
             rows.append((label, f"{metrics[key]:.4f}"))
     timings = config.get("timings_s") or {}
@@ -168,8 +181,9 @@ def _figures(run: FittedRun, frame) -> str:
     parts = []
     if "ood_score" in frame.columns:
         scores = frame["ood_score"].to_numpy()
-        flagged = (float(frame.filter(frame["ood_flag"])["ood_score"].min())
-                   if "ood_flag" in frame.columns and frame["ood_flag"].any() else None)
+        flagged = run.config.get("ood_flag_threshold")  # older runs did not record it: their lowest flagged score
+        if flagged is None and "ood_flag" in frame.columns and frame["ood_flag"].any():
+            flagged = float(frame.filter(frame["ood_flag"])["ood_score"].min())
         parts.append(figures.histogram(scores, title="OOD score (higher = more likely none of the classes)",
                                        xlabel="ood_score", flagged_from=flagged))
     if "ood_continuous" in frame.columns:
@@ -214,7 +228,9 @@ def _accuracy(frame, classes: list[str]) -> str:
     return _section("accuracy", "Accuracy (true labels)", "".join(parts))
 
 
-def _classes(frame, classes: list[str], seeds, sample, made: dict) -> str:
+def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dict) -> str:
+    """A block per class that has images (predicted, seeds or pseudo-labels), in vocabulary order;
+    the absent classes and those left with no image are listed after them, not as empty blocks."""
     import polars as pl
 
     predicted = dict(frame.group_by("predicted").len().iter_rows())
@@ -223,21 +239,38 @@ def _classes(frame, classes: list[str], seeds, sample, made: dict) -> str:
     sample_of = sample.partition_by("predicted", as_dict=True) if sample.height else {}
     n_seeds = (dict(frame.filter(pl.col("is_seed")).group_by("pseudo_label").len().iter_rows())
                if "is_seed" in frame.columns else {})
-    blocks = []
+    absent = set(run.config.get("absent_classes") or [])
+    shares = run.config.get("class_shares") or {}
+    blocks, empty = [], []
     for name in classes:
-        stats = (f"{predicted.get(name, 0):,} predicted · {n_seeds.get(name, 0):,} seeds · "
-                 f"{pseudo.get(name, 0):,} pseudo-labelled")
-        block = [f'<h3 class="class-name">{_e(name)}</h3><p class="stats">{stats}</p>',
+        if name in absent or not (predicted.get(name) or n_seeds.get(name) or pseudo.get(name)):
+            empty.append(name)
+            continue
+        stats = (f"{counted(predicted.get(name, 0), 'image')} predicted · {counted(n_seeds.get(name, 0), 'seed')} · "
+                 f"{pseudo.get(name, 0):,} pseudo-labelled" + (f" · estimated share {_percent(shares[name])}"
+                                                               if shares.get(name) is not None else ""))
+        block = [f'<h3 class="class-name">{_e(name)}</h3><p class="stats">{_e(stats)}</p>',
                  "<h4>Seeds</h4>" + _gallery(seeds_of.get((name,)), made),
                  "<h4>A sample of the images predicted as this class</h4>" + _gallery(sample_of.get((name,)), made)]
         blocks.append(f'<div class="class">{"".join(block)}</div>')
+    reported = [name for name in classes if name in absent]
+    if reported:
+        listed = "; ".join(f"{name} ({_percent(shares[name])})" if shares.get(name) is not None else name
+                           for name in reported)
+        blocks.append(f'<div class="class"><h3>Absent ({len(reported):,})</h3><p>Estimated to take under a twentieth '
+                      "of an even share of the collection (share in brackets), so given no seeds and never "
+                      f"predicted (<code>--keep-all-classes</code> keeps them): {_e(listed)}</p></div>")
+    unused = [name for name in empty if name not in absent]
+    if unused:
+        blocks.append(f'<div class="class"><h3>No image ({len(unused):,})</h3><p>No image is predicted as, seeded '
+                      f"or pseudo-labelled with these classes: {_e('; '.join(unused))}</p></div>")
     return _section("classes", "Classes", "".join(blocks))
 
 
 def _ood(most_ood, made: dict, ood_by: list[str]) -> str:
     if not ood_by:
         return _section("ood", "Most likely out of distribution", "<p>This run has no OOD scores.</p>")
-    note = f"<p>The {most_ood.height} images with the highest {' then '.join(ood_by)}.</p>"
+    note = f"<p>The {counted(most_ood.height, 'image')} with the highest {' then '.join(ood_by)}.</p>"
     return _section("ood", "Most likely out of distribution", note + _gallery(most_ood, made))
 
 
@@ -290,19 +323,30 @@ def _section(anchor: str, title: str, content: str) -> str:
     return f'<section id="{anchor}"><h2>{_e(title)}</h2>{content}</section>'
 
 
+NAVIGATION = {"summary": "Summary", "figures": "OOD and cycles", "accuracy": "Accuracy", "classes": "Classes",
+              "ood": "Most likely OOD", "parameters": "Parameters"}
+
+
 def _page(run: FittedRun, content: str) -> str:
     name = run.path.resolve().name
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    present = set(re.findall(r'<section id="([a-z]+)"', content))  # no link to a section the run has not
+    links = " ".join(f'<a href="#{anchor}">{title}</a>' for anchor, title in NAVIGATION.items() if anchor in present)
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>zsfs report: {_e(name)}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>zsfs report: {_e(name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>zsfs report: {_e(name)}</h1>
 <p class="meta">Run folder {_e(str(run.path))} · rendered {stamp} by zsfs {_e(__version__)}</p>
-<nav><a href="#summary">Summary</a> <a href="#figures">OOD and cycles</a> <a href="#accuracy">Accuracy</a>
-<a href="#classes">Classes</a> <a href="#ood">Most likely OOD</a> <a href="#parameters">Parameters</a></nav>
+<nav>{links}</nav>
 {content}
 </body></html>
 """
+
+
+def _percent(share: float) -> str:
+    """Two significant digits: an absent class's share can be 0.0012 %."""
+    return f"{100 * share:.2g} %"
 
 
 def _fraction(value: float | None) -> str:
@@ -318,7 +362,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1100px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 2px solid #4c72b0; padding-bottom: .2em; margin-top: 1.6em; }
 nav a { margin-right: 1em; } .meta, .stats, .empty { color: #666; }
-table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ddd; padding: .2em .6em; }
+table { border-collapse: collapse; margin: .5em 0; display: block; max-width: 100%; overflow-x: auto; }
+td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: anywhere; }
 td:first-child { font-weight: 600; } .figure svg { max-width: 100%; height: auto; }
 .note { background: #fff4d6; border-left: 4px solid #e0a800; padding: .6em; }
 .class { border-top: 1px solid #eee; padding-top: .3em; } .class h3 { margin-bottom: 0; } h4 { margin: .4em 0; }

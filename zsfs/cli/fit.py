@@ -139,11 +139,13 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
         metrics = run.metrics
     show_summary(result, metrics, saved)
     if with_report:
+        from zsfs.cli.report import say_written
         from zsfs.report import write_report
 
         try:
             with console.status("Rendering the report..."):
-                console.print(f"Report written to [bold]{shown(write_report(saved))}[/]")
+                written = write_report(saved)
+            say_written(written)
         except (ZsfsError, OSError) as error:  # the run is saved: a rerun of this command would refuse its folder
             reason = what_failed(error) if isinstance(error, OSError) else str(error)
             raise ZsfsError(f"the run is saved in {saved}, but its report was not written ({reason}); once that is "

@@ -32,7 +32,18 @@ def report_command(run_dir: Path, out: Path | None, **options) -> None:
 
     with console.status(f"Rendering the report of {shown(run_dir)}..."):
         written = write_report(run_dir, out, **options)
-    console.print(f"Report written to [bold]{shown(written)}[/] ({written.stat().st_size / 1e6:.1f} MB)")
+    say_written(written)
+
+
+def say_written(report: Path) -> None:
+    """Where the report went, its size, and the page's note on images it could not show (an
+    empty gallery should not be a surprise when the page is opened)."""
+    from zsfs.report import thumbnails_missing
+
+    console.print(f"Report written to [bold]{shown(report)}[/] ({report.stat().st_size / 1e6:.1f} MB)")
+    missing = thumbnails_missing(report.read_text(encoding="utf-8"))
+    if missing:
+        console.print(f"[yellow]Note:[/] {shown(missing)}", soft_wrap=True)
 
 
 COMMANDS = [report_command]
