@@ -97,6 +97,59 @@ def test_unreadable_files_get_an_error_not_a_prediction(fitted):
     assert pl.read_csv(out)["error"].null_count() == 0  # the rows that say why are still written
 
 
+def test_the_table_gives_read_failures_a_column_of_their_own(fitted):
+    """Bug: a file's read failure stood in the "predicted" column, as if "truncated file" were a class."""
+    photos = fitted["photos"]
+    bad = photos["root"] / next(iter(photos["bad"]))
+    outcome = run_zsfs("predict", "--run", fitted["run"], "--workers", "0", bad, photos["root"] / photos["good"][0])
+    assert outcome.returncode == 0, outcome.output
+    header = next(line for line in outcome.output.splitlines() if "predicted" in line)  # one line: 400 columns
+    assert [cell.strip() for cell in header.split("┃")[1:-1]] == [
+        "path", "predicted", "confidence", "OOD distance", "OOD (paper)", "error"]  # as a row failed
+    reason = predict_images(fitted["run"], [bad], workers=0)["error"][0]
+    failed = next(line for line in outcome.output.splitlines() if str(bad) in line)
+    assert [cell.strip() for cell in failed.split("│")[1:-1]] == [str(bad), "-", "-", "-", "-", reason]
+    assert "1 image classified, 1 unreadable" in outcome.output
+    clean = run_zsfs("predict", "--run", fitted["run"], "--workers", "0", photos["root"] / photos["good"][0])
+    assert "error" not in next(line for line in clean.output.splitlines() if "predicted" in line)
+
+
+def test_a_missing_input_is_refused_before_the_backbone_loads(fitted, tmp_path, monkeypatch):
+    """Bug: `zsfs predict --run R missing.jpg` loaded the backbone (10 s on a real one) before saying so."""
+    import zsfs.predict
+
+    def loading(*args, **kwargs):
+        raise AssertionError("the backbone was loaded first")
+
+    monkeypatch.setattr(zsfs.predict, "load_backbone_from_record", loading)
+    with pytest.raises(ZsfsError, match="does not exist"):
+        predict_images(fitted["run"], [fitted["photos"]["root"], tmp_path / "missing.jpg"])
+
+
+@pytest.mark.parametrize("damage", ["weight", "bias", "reference", "nearest", "quantiles"])
+def test_a_classifier_whose_arrays_disagree_is_damaged_not_a_torch_error(fitted, tmp_path, damage):
+    """Bug: a hand-edited classifier.pt gave torch's "mat1 and mat2 shapes cannot be multiplied"
+    (or an IndexError) after every image had been decoded."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted["run"], run)
+    state = torch.load(run / "classifier.pt", weights_only=True)
+    if damage == "weight":
+        state["weight"] = state["weight"][:, :-3]
+    elif damage == "bias":
+        state["bias"] = torch.cat([state["bias"], state["bias"]])
+    elif damage == "reference":
+        state["ood_reference"] = state["ood_reference"][:0]
+    elif damage == "nearest":
+        state["ood_nearest"] = 0
+    else:
+        state["ood_quantiles"] = {name: q[:0] for name, q in state["ood_quantiles"].items()}
+    torch.save(state, run / "classifier.pt")
+    with pytest.raises(ZsfsError, match=r"classifier.pt is a damaged zsfs classifier \(.*\); rerun `zsfs fit`"):
+        predict_images(run, [fitted["photos"]["root"]], workers=0)
+
+
 def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):
     photos = fitted["photos"]
     one_image = photos["root"] / photos["good"][0]

@@ -104,9 +104,9 @@ def predict_images(
         raise ZsfsError(f"the classifier of {run_dir} has non-finite weights (its training diverged); "
                         "refit with a smaller --lr")
     check_device(device)  # before the model loads: an absent GPU is a clear error
+    source = image_inputs(inputs)  # and a missing input too (the model takes seconds to load)
     backbone = load_backbone_from_record(relocated(run.classifier.backbone, backbone_weights, "backbone"),
                                          device=device)
-    source = image_inputs(inputs)
     if on_start is not None:
         on_start(len(source))
 

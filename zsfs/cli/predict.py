@@ -11,6 +11,7 @@ from rich.table import Table
 from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
+from zsfs.names import counted
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
@@ -69,7 +70,7 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
                  "gives every row")
     else:
         where = ""
-    console.print(f"{frame.height - failed:,} images classified, {failed:,} unreadable{where}")
+    console.print(f"{counted(frame.height - failed, 'image')} classified, {failed:,} unreadable{where}")
     if failed == frame.height:  # the rows say why; the exit status tells a script nothing was classified
         raise ZsfsError(f"none of the {failed:,} images could be read")
 
@@ -80,12 +81,14 @@ def _table(frame) -> Table:
     table.add_column("predicted")
     for column in ("confidence", "OOD distance", "OOD (paper)"):
         table.add_column(column, justify="right", no_wrap=True)
-    for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
-        if row["error"] is not None:
-            table.add_row(shown(row["path"]), f"[red]{shown(row['error'])}[/]", "", "", "")
-        else:
-            table.add_row(shown(row["path"]), shown(row["predicted"]), _number(row["confidence"], ".3f"),
-                          _number(row["ood_distance"], ".2f"), _number(row["ood_paper"], ".2f"))
+    shown_rows = frame.head(SHOWN_ROWS)
+    failures = shown_rows["error"].is_not_null().any()
+    if failures:  # a column of its own: in "predicted", "truncated file" read like a class name
+        table.add_column("error", style="red")
+    for row in shown_rows.iter_rows(named=True):
+        cells = [shown(row["path"]), shown(row["predicted"]) if row["predicted"] is not None else "-",
+                 _number(row["confidence"], ".3f"), _number(row["ood_distance"], ".2f"), _number(row["ood_paper"], ".2f")]
+        table.add_row(*cells, *([shown(row["error"] or "")] if failures else []))
     return table
 
 

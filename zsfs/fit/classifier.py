@@ -187,7 +187,7 @@ def load_classifier(path: str | Path) -> Classifier:
     try:
         if state["version"] > CLASSIFIER_VERSION:
             raise ZsfsError(f"{path} was written by a newer zsfs; upgrade zsfs to read it")
-        return Classifier(
+        classifier = Classifier(
             classes=list(state["classes"]),
             weight=state["weight"].numpy(),
             bias=state["bias"].numpy(),
@@ -201,3 +201,23 @@ def load_classifier(path: str | Path) -> Classifier:
         )
     except (KeyError, TypeError, AttributeError) as error:  # a damaged or hand-edited file
         raise ZsfsError(f"{path} is a damaged zsfs classifier (missing or bad {error}); rerun `zsfs fit`") from None
+    mismatch = _shape_mismatch(classifier)
+    if mismatch:  # found here, not as a matrix-product error once every image has been decoded
+        raise ZsfsError(f"{path} is a damaged zsfs classifier ({mismatch}); rerun `zsfs fit`")
+    return classifier
+
+
+def _shape_mismatch(classifier: Classifier) -> str | None:
+    """What in a loaded classifier's arrays does not fit together, or None."""
+    weight, bias, reference = classifier.weight, classifier.bias, classifier.ood_reference
+    if weight.ndim != 2 or weight.shape[0] != len(classifier.classes):
+        return f"weight of shape {weight.shape} for {len(classifier.classes)} classes"
+    if bias.shape != (weight.shape[0],):
+        return f"bias of shape {bias.shape} for a weight of shape {weight.shape}"
+    if reference is not None and (reference.ndim != 2 or reference.shape[1] != weight.shape[1]
+                                  or reference.shape[0] == 0):
+        return f"OOD reference of shape {reference.shape} for features of width {weight.shape[1]}"
+    if classifier.ood_nearest < 1:
+        return f"OOD distance to the {classifier.ood_nearest}-th nearest reference row"
+    empty = [name for name, q in classifier.ood_quantiles.items() if q.size == 0]
+    return f"no quantiles of {empty[0]}" if empty else None
