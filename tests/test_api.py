@@ -65,7 +65,7 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
         zsfs.fit(store_path, k=20, candidates=10)
     with pytest.raises(zsfs.ParameterError, match=r"^max_cycles must be >= 0"):
         zsfs.fit(store_path, max_cycles=-1)
-    with pytest.raises(zsfs.ParameterError, match=r"unknown parameter 'kk'"):
+    with pytest.raises(zsfs.ParameterError, match=r"unknown parameter 'kk'; fit takes vocabulary, preset, method, k,"):
         zsfs.fit(store_path, kk=3)
     with pytest.raises(zsfs.ParameterError, match=r"^preset must be one of"):
         zsfs.fit(store_path, preset="quick")
@@ -73,6 +73,26 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
     assert result.exit_code == 1
     assert "Error: --k 20 is larger than --candidates 10: the seeds are taken from the candidates, so use --k <= " \
            "--candidates (or raise --candidates)" in " ".join(result.output.split())
+
+
+def test_front_doors_document_and_check_their_own_arguments(tmp_path):
+    """Bugs: help(zsfs.fit) showed only the package's text and inspect.signature(zsfs.fit) was
+    (*args, **kwargs); zsfs.extract(..., vocab=...) raised a bare TypeError, not a ParameterError."""
+    import inspect
+    import pydoc
+
+    assert list(inspect.signature(zsfs.fit).parameters) == ["store", "vocabulary", "preset", "parameters"]
+    assert "vocab_name" in inspect.signature(zsfs.extract).parameters
+    assert "Called as zsfs.fit(store, *, vocabulary=None, preset=None, **parameters)" in pydoc.render_doc(
+        zsfs.fit, renderer=pydoc.plaintext)
+    assert "Called as zsfs.report(run_dir, out=None, *, images=None" in pydoc.render_doc(
+        zsfs.report, renderer=pydoc.plaintext)
+    with pytest.raises(zsfs.ParameterError, match=r"unexpected keyword argument 'vocab'; extract takes source, out, "
+                                                  r".*vocab_name"):
+        zsfs.extract(tmp_path, vocab="v")
+    with pytest.raises(zsfs.ParameterError, match=r"unexpected keyword argument 'img'; report takes run_dir"):
+        zsfs.report(tmp_path, img=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):

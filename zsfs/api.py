@@ -16,6 +16,7 @@ importable as before. Errors name the parameters as given here (``k must be >= 1
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 from pathlib import Path
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
     from zsfs.store import Store
 
 
-def fit(store: "Store | str | Path", *, vocabulary: str | None = None, preset: str | None = None,
-        **parameters) -> "FittedRun":
+def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str | None = None,
+        **parameters) -> FittedRun:
     """Label and OOD-score every image of ``store`` (a :class:`zsfs.Store` or its path).
 
     ``parameters`` are :class:`zsfs.fit.FitConfig`'s fields (``k=16``, ``epochs=...``), on top of
@@ -48,7 +49,7 @@ def fit(store: "Store | str | Path", *, vocabulary: str | None = None, preset: s
     known = FitConfig.__dataclass_fields__
     unknown = [name for name in parameters if name not in known]
     if unknown:
-        raise ParameterError(f"unknown parameter {unknown[0]!r}; fit takes {', '.join(known)}")
+        raise ParameterError(f"unknown parameter {unknown[0]!r}; fit takes vocabulary, preset, {', '.join(known)}")
     config = FitConfig.from_options(**presets[preset], **parameters)
     if isinstance(store, Store):
         return in_memory(fit_store(store, config, vocabulary), store, config)
@@ -61,9 +62,26 @@ def callable_module(name: str, function: Callable) -> None:
     package that ``from zsfs.fit import FitConfig`` reads. (Python binds a submodule as an attribute
     of its parent when first imported, so a plain function named ``zsfs.fit`` would be replaced.)"""
 
+    signature, called = inspect.signature(function), name.rpartition(".")[2]
+
     class CallableModule(types.ModuleType):
         def __call__(self, *args, **kwargs):
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as error:  # an unknown or missing argument: the error every bad one gets
+                from zsfs.errors import ParameterError, literal
+
+                taken = ", ".join(signature.parameters)
+                raise ParameterError(f"{literal(error)}; {called} takes {literal(taken)}") from None
             return function(*args, **kwargs)
 
     CallableModule.__call__.__doc__ = function.__doc__
-    sys.modules[name].__class__ = CallableModule
+    module = sys.modules[name]
+    module.__class__ = CallableModule
+    module.__signature__ = signature  # inspect.signature(zsfs.fit), and notebooks' zsfs.fit?
+    # help(zsfs.fit) documents the module: the call comes first there.
+    plain = signature.replace(parameters=[parameter.replace(annotation=inspect.Parameter.empty)
+                                          for parameter in signature.parameters.values()],
+                              return_annotation=inspect.Signature.empty)
+    module.__doc__ = (f"Called as zsfs.{called}{plain}:\n\n{inspect.getdoc(function)}\n\n"
+                      f"The module:\n\n{inspect.cleandoc(module.__doc__ or '')}")

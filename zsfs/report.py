@@ -39,12 +39,15 @@ ROW = "row"  # the store row of a prediction (a column the report adds)
 MAX_LISTED = 50  # absent classes named in the summary; the rest are counted
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, **options) -> Path:
-    """Render the report of ``run_dir`` to ``out`` [RUN_DIR/report.html]; options as :func:`render_report`."""
+def write_report(run_dir: str | Path, out: str | Path | None = None, *, images: str | Path | None = None,
+                 per_class: int | None = None, ood_images: int = OOD_IMAGES, seed: int = 0) -> Path:
+    """Render the report of ``run_dir`` to ``out`` [RUN_DIR/report.html]; the options as
+    :func:`render_report`'s."""
     run = load_run(run_dir)  # what is not a run is said before where the page would go
     out = Path(run_dir) / REPORT if out is None else Path(out)
     check_writable(out, "report")  # before the rendering, with the message every command gives
-    return write_text_atomically(out, render_report(run, **options))
+    return write_text_atomically(out, render_report(run, images=images, per_class=per_class, ood_images=ood_images,
+                                                    seed=seed))
 
 
 def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | None = None, per_class: int | None = None,
