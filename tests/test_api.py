@@ -69,6 +69,9 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
         zsfs.fit(store_path, kk=3)
     with pytest.raises(zsfs.ParameterError, match=r"^preset must be one of"):
         zsfs.fit(store_path, preset="quick")
+    with pytest.warns(UserWarning, match=r"^epochs, max_cycles are only read by the cycles method; this balanced "
+                                         r"fit ignores them$"):  # bug: ignored without a word from Python
+        zsfs.fit(store_path, k=2, candidates=6, cycle_epochs=1, epochs=3, max_cycles=2)
     result = run_cli("fit", "--store", store_path, "--k", "20", "--candidates", "10", "--out", tmp_path / "r")
     assert result.exit_code == 1
     assert "Error: --k 20 is larger than --candidates 10: the seeds are taken from the candidates, so use --k <= " \

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import sys
 import types
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,11 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     if unknown:
         raise ParameterError(f"unknown parameter {unknown[0]!r}; fit takes vocabulary, preset, {', '.join(known)}")
     config = FitConfig.from_options(**presets[preset], **parameters)
+    unread = config.unread(parameters)
+    if unread:  # not an error: one set of parameters can serve fits of both methods (as the CLI says too)
+        other = "cycles" if config.method == "balanced" else "balanced"
+        warnings.warn(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} only read by the {other} method; "
+                      f"this {config.method} fit ignores {'it' if len(unread) == 1 else 'them'}", stacklevel=2)
     if isinstance(store, Store):
         return in_memory(fit_store(store, config, vocabulary), store, config)
     with Store(store) as opened:
