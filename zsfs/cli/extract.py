@@ -9,7 +9,7 @@ from rich.table import Table
 
 from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown
 from zsfs.devices import DEVICES, MODEL_PRECISIONS
-from zsfs.names import some_names
+from zsfs.names import counted, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
@@ -121,7 +121,8 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
                                      overwrite=overwrite, on_start=on_start, on_classes=on_classes)
         finally:
             loading.stop()
-    console.print(f"Vocabulary [bold]{shown(name)}[/] ({len(classes)} classes) written to {shown(store)}")
+    console.print(f"Vocabulary [bold]{shown(name)}[/] ({counted(len(classes), 'class', 'classes')}) written to "
+                  f"{shown(store)}")
 
 
 def _summary_table(summary) -> Table:
@@ -143,10 +144,12 @@ def _summary_table(summary) -> Table:
     table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")
     if summary.shards_redone:
         table.add_row("shards redone (worker lost)", f"{summary.shards_redone}")
-    table.add_row("time", f"{summary.seconds:,.1f} s")
-    table.add_row("images/s", f"{summary.images_per_second:,.1f}")
+    table.add_row("time", f"{summary.seconds:,.1f} s ({summary.embedding_seconds:,.1f} s embedding)")
+    if summary.images_processed:  # a rerun over finished shards embeds nothing: no rate to give
+        table.add_row("images/s (embedding)", f"{summary.images_per_second:,.1f}")
     table.add_row("vocabulary",
-                  shown(f"{summary.vocabulary} ({len(summary.classes)} classes)") if summary.vocabulary else "none")
+                  shown(f"{summary.vocabulary} ({counted(len(summary.classes), 'class', 'classes')})")
+                  if summary.vocabulary else "none")
     table.add_row("output", shown(summary.output))
     return table
 

@@ -81,14 +81,12 @@ def _table(frame) -> Table:
     table.add_column("predicted")
     for column in ("confidence", "OOD distance", "OOD (paper)"):
         table.add_column(column, justify="right", no_wrap=True)
-    shown_rows = frame.head(SHOWN_ROWS)
-    failures = shown_rows["error"].is_not_null().any()
-    if failures:  # a column of its own: in "predicted", "truncated file" read like a class name
-        table.add_column("error", style="red")
-    for row in shown_rows.iter_rows(named=True):
-        cells = [shown(row["path"]), shown(row["predicted"]) if row["predicted"] is not None else "-",
-                 _number(row["confidence"], ".3f"), _number(row["ood_distance"], ".2f"), _number(row["ood_paper"], ".2f")]
-        table.add_row(*cells, *([shown(row["error"] or "")] if failures else []))
+    for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
+        if row["error"] is not None:  # "unreadable:": a bare "truncated file" read like a class name
+            table.add_row(shown(row["path"]), f"[red]unreadable: {shown(row['error'])}[/]", "-", "-", "-")
+        else:
+            table.add_row(shown(row["path"]), shown(row["predicted"]), _number(row["confidence"], ".3f"),
+                          _number(row["ood_distance"], ".2f"), _number(row["ood_paper"], ".2f"))
     return table
 
 
