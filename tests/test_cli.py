@@ -3,6 +3,7 @@ errors and Ctrl-C are one clear line, and bad options fail before any work is do
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
@@ -248,3 +249,24 @@ def test_a_worker_killed_for_want_of_shared_memory_is_explained():
     assert shared_memory_full(died) and not shared_memory_full(RuntimeError("a bug"))
     assert describe_os_error(died).startswith("shared memory (/dev/shm) is full")
     assert not shared_memory_full(OSError(28, "No space left on device"))  # a full disk is a full disk
+
+
+def test_the_command_list_says_what_each_command_does_uncut():
+    """Bug: `zsfs --help` cut every summary but one ("Label and OOD-score every image of STORE from its class...")."""
+    result = run_cli("--help")
+    listed = result.output.split("Commands:")[1].strip().splitlines()
+    assert len(listed) == 9 and not [line for line in listed if line.rstrip().endswith("...")], result.output
+
+
+def test_the_readme_tiny_model_flags_are_the_tests_own():
+    """The README's no-weights route names the tiny models the tests use: it must not go stale."""
+    from zsfs.testing.models import TINY_MODELS
+
+    root = Path(__file__).resolve().parents[1]
+    readme = " ".join((root / "README.md").read_text().split())
+    flags = re.search(r"`(--clip-model \S+ --clip-weights \S+ --backbone \S+ --backbone-weights \S+)`", readme)
+    assert flags is not None
+    given = dict(zip(*[iter(flags.group(1).split())] * 2))
+    assert (root / given["--clip-model"]).resolve() == Path(TINY_MODELS["clip_model"]).resolve()
+    assert [given["--clip-weights"], given["--backbone"], given["--backbone-weights"]] == [
+        TINY_MODELS["clip_weights"], TINY_MODELS["backbone"], TINY_MODELS["backbone_weights"]]

@@ -268,7 +268,8 @@ def test_a_run_on_an_imported_store_explains_why_it_cannot_predict(fitted, tmp_p
     classifier = load_classifier(run)
     imported = {"name": "my-vit", "weights": IMPORTED_WEIGHTS, "file": None, "sha256": None, "dim": 64}
     dataclasses.replace(classifier, backbone=imported).save(run / "classifier.pt")
-    with pytest.raises(ZsfsError, match="imported.*'my-vit'"):
+    with pytest.raises(ZsfsError, match=r"imported.*'my-vit'.*classify their features in Python with "
+                                        r"`zsfs\.load_run\(RUN_DIR\)\.predict\(features\)`"):
         predict_images(run, [fitted["photos"]["root"]], workers=0)
 
 

@@ -107,10 +107,14 @@ def weights_from_record(record: dict, what: str) -> str:
     """The ``weights`` argument that reloads a record; a file must still have its sha256."""
     weights = record["weights"]
     if weights == IMPORTED_WEIGHTS:
+        instead = ("embed the new images with that tool and classify their features in Python with "
+                   "`zsfs.load_run(RUN_DIR).predict(features)`" if what == "backbone" else
+                   "embed the class names with that tool and import the store again with them (`zsfs import ... "
+                   "--vocab NAME=FILE.npz`)")
         raise ModelLoadError(
             f"the store's {what} embeddings were imported (`zsfs import`) from another tool, so zsfs "
-            f"cannot recompute them with the same model ({record.get('name')!r}); embed new images or "
-            "class names with that tool and import them, or rebuild the store with `zsfs extract`."
+            f"cannot recompute them with the same model ({record.get('name')!r}); {instead}, or rebuild "
+            "the store from the images with `zsfs extract`."
         )
     if weights != FILE:
         return weights

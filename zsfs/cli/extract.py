@@ -13,7 +13,7 @@ from zsfs.names import counted, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
-@click.command()
+@click.command(short_help="Embed every image of SOURCE into a feature store (stage 1).")
 @click.argument("source", type=GivenPath(path_type=Path))
 @click.option("--out", type=GivenPath(dir_okay=False, path_type=Path),
               help="Store to write [default: SOURCE's name + .h5 in the current folder].")
@@ -51,9 +51,11 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
               help="Ray workers, each holding both models [default: one per GPU with --device cuda, "
                    "else one per node].")
 def extract(source: Path, out: Path | None, classes_file: Path | None, **options) -> None:
-    """Embed every image of SOURCE into a feature store. SOURCE: an image folder, a .txt/.csv
-    list, or webdataset tar shards (a folder of .tar files, or a pattern 'laion/{00000..00099}.tar'),
-    read in place; their images are recorded as <tar>::<member>.
+    """Embed every image of SOURCE into a feature store. SOURCE: an image folder (class subfolders
+    give labels), a .txt list (one path per line), a .csv list (a header with a 'path' column and
+    optionally 'label'; relative paths are relative to the list's folder), or webdataset tar shards
+    (a folder of .tar files, or a pattern 'laion/{00000..00099}.tar'), read in place; their images
+    are recorded as <tar>::<member>.
 
     Each image is decoded once and fed to CLIP and to the backbone. Bad files are skipped and
     recorded. An interrupted run resumes when the same command is run again.
@@ -87,7 +89,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
                       f"Add one with: zsfs text {shown(summary.output)} --classes FILE --vocab NAME")
 
 
-@click.command()
+@click.command(short_help="Add a class vocabulary to a store.")
 @click.argument("store", type=GivenPath(path_type=Path))
 @click.option("--classes", "classes_file", required=True, type=GivenPath(dir_okay=False, path_type=Path),
               help="Class names, one per line ('#' lines are comments).")

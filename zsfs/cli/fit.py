@@ -34,7 +34,7 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
     return candidate
 
 
-@click.command("fit")
+@click.command("fit", short_help="Label and OOD-score every image of a store (stage 2).")
 @click.option("--store", "store_path", required=True, type=GivenPath(path_type=Path), help="Store (.h5) to fit on.")
 @click.option("--vocab", "vocabulary", default=None, help="Vocabulary (class list) of the store [default: its only one].")
 @click.option("--out", "run_dir", type=GivenPath(path_type=Path), default=None,

@@ -11,7 +11,7 @@ from zsfs.cli.common import GivenPath, console, note_unread_options, shown
 from zsfs.errors import ZsfsError
 
 
-@click.command("ood-bench",
+@click.command("ood-bench", short_help="Benchmark the OOD scores with some classes held out.",
                epilog="Example: zsfs ood-bench --store cifar10.h5 --id-classes 6 --splits 5 --out cifar10-ood")
 @click.option("--store", "store_path", required=True, type=GivenPath(dir_okay=False, path_type=Path),
               help="A store whose images have labels.")

@@ -25,7 +25,8 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
     return value
 
 
-@click.command(epilog="Example: zsfs predict --run runs/photos-k16 new_images/ extra.jpg --out predictions.csv")
+@click.command(short_help="Classify new image files with a fitted run.",
+               epilog="Example: zsfs predict --run runs/photos-k16 new_images/ extra.jpg --out predictions.csv")
 @click.argument("images", nargs=-1, required=True, type=GivenPath(path_type=Path))
 @click.option("--run", "run_dir", required=True, type=GivenPath(path_type=Path),
               help="Run folder written by `zsfs fit`.")

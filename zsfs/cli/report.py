@@ -9,7 +9,8 @@ import click
 from zsfs.cli.common import GivenPath, console, shown
 
 
-@click.command("report", epilog="Example: zsfs report runs/photos-k16 --out photos-k16.html")
+@click.command("report", short_help="Write one offline HTML page about a fit run.",
+               epilog="Example: zsfs report runs/photos-k16 --out photos-k16.html")
 @click.argument("run_dir", type=GivenPath(path_type=Path))
 @click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write, replaced if it exists [RUN_DIR/report.html].")

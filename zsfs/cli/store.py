@@ -27,7 +27,7 @@ def parse_vocabularies(values: tuple[str, ...]) -> dict[str, Path]:
     return vocabularies
 
 
-@click.command("import")
+@click.command("import", short_help="Build a store from embeddings computed elsewhere.")
 @click.argument("out", type=GivenPath(dir_okay=False, path_type=Path))
 @click.option("--clip-embeddings", required=True, type=GivenPath(exists=True, path_type=Path),
               help="CLIP image embeddings: .npy file, folder of .npy parts, or a clip-retrieval output folder.")
@@ -80,7 +80,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
         console.print(f"Paths given twice or more (each row kept): {shown(some_names(summary.repeated_paths, 10))}")
 
 
-@click.command("info")
+@click.command("info", short_help="Show what a store holds: images, models, vocabularies.")
 @click.argument("store_path", metavar="STORE", type=GivenPath(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--verify", is_flag=True,
@@ -117,7 +117,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool) -> None:
         show_summary(summary, advice)
 
 
-@click.command("neighbours")
+@click.command("neighbours", short_help="Keep every image's nearest CLIP neighbours in the store.")
 @click.argument("store_path", metavar="STORE", type=GivenPath(path_type=Path))
 @click.option("--k", type=click.IntRange(min=1, max=100), default=16, show_default=True,  # GRAPH_MAX_K, GRAPH_K
               help="Neighbours kept per image (fits can then use --neighbours up to k).")
