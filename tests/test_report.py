@@ -125,6 +125,9 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
     assert f"<td>seed images</td><td>{seeds:,} ({seeds + 3:,} seed places" in page
     assert re.findall(r'<a href="#([a-z]+)">', page) == sections(page) == SECTIONS
     assert '<meta name="viewport"' in page
+    method = config["parameters"]["method"]  # bug: the cycles method's settings shown as if this fit used them
+    assert f"<td>epochs</td><td>{config['parameters']['epochs']} (not read by the balanced method)</td>" in page
+    assert method == "balanced" and "<td>k</td><td>2</td>" in page
 
 
 def test_the_navigation_links_only_to_the_sections_the_page_has(unlabelled_run):

@@ -278,7 +278,12 @@ def _ood(most_ood, made: dict, ood_by: list[str]) -> str:
 
 
 def _parameters(config: dict) -> str:
-    rows = [(name, str(value)) for name, value in (config.get("parameters") or {}).items()]
+    from zsfs.fit.run import BALANCED_ONLY, CYCLES_ONLY
+
+    parameters = config.get("parameters") or {}
+    unread = {"balanced": CYCLES_ONLY, "cycles": BALANCED_ONLY}.get(parameters.get("method"), ())
+    rows = [(name, str(value) + (f" (not read by the {parameters['method']} method)" if name in unread else ""))
+            for name, value in parameters.items()]
     for key in ("vocabulary", "zsfs_version", "torch_version"):
         if key in config:
             rows.append((key, str(config[key])))
