@@ -45,7 +45,7 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
 
 def test_fit_returns_a_run_that_saves_and_reloads(tmp_path):
     store_path = make_synthetic_store(tmp_path / "s.h5", 150, 3, seed=3, clip_dim=32, backbone_dim=64)
-    run = zsfs.fit(store_path, k=3, candidates=10, epochs=5, cycle_epochs=1, max_cycles=1)
+    run = zsfs.fit(store_path, k=3, candidates=10, cycle_epochs=1)
     assert run.path is None and run.predictions.height == 150 and run.metrics["n_images"] == 150
     saved = run.save(tmp_path / "run")
     reloaded = zsfs.load_run(saved.path)
@@ -70,8 +70,9 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
     with pytest.raises(zsfs.ParameterError, match=r"^preset must be one of"):
         zsfs.fit(store_path, preset="quick")
     with pytest.warns(UserWarning, match=r"^epochs, max_cycles are only read by the cycles method; this balanced "
-                                         r"fit ignores them$"):  # bug: ignored without a word from Python
+                                         r"fit ignores them$") as warned:  # bug: ignored without a word from Python
         zsfs.fit(store_path, k=2, candidates=6, cycle_epochs=1, epochs=3, max_cycles=2)
+    assert warned[0].filename == __file__  # the caller's line, not zsfs's
     result = run_cli("fit", "--store", store_path, "--k", "20", "--candidates", "10", "--out", tmp_path / "r")
     assert result.exit_code == 1
     assert "Error: --k 20 is larger than --candidates 10: the seeds are taken from the candidates, so use --k <= " \
@@ -113,7 +114,7 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
         with pytest.raises(zsfs.ParameterError) as raised:
             zsfs.fit(store_path, **wrong)
         assert str(raised.value) == message
-    zsfs.fit(store_path, k=np.int64(3), candidates=10, lr=1, max_cycles=1)  # numpy integers and whole floats pass
+    zsfs.fit(store_path, k=np.int64(3), candidates=10, lr=1, cycle_epochs=np.int64(1))  # numpy integers and whole floats pass
     photos = tmp_path / "photos"
     with pytest.raises(zsfs.ParameterError, match=r"^batch_size must be a whole number, not '8'$"):
         zsfs.extract(photos, batch_size="8")

@@ -56,7 +56,7 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     if unread:  # not an error: one set of parameters can serve fits of both methods (as the CLI says too)
         other = "cycles" if config.method == "balanced" else "balanced"
         warnings.warn(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} only read by the {other} method; "
-                      f"this {config.method} fit ignores {'it' if len(unread) == 1 else 'them'}", stacklevel=2)
+                      f"this {config.method} fit ignores {'it' if len(unread) == 1 else 'them'}", stacklevel=3)
     if isinstance(store, Store):
         return in_memory(fit_store(store, config, vocabulary), store, config)
     with Store(store) as opened:
