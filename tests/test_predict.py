@@ -271,6 +271,8 @@ def test_a_run_on_an_imported_store_explains_why_it_cannot_predict(fitted, tmp_p
     with pytest.raises(ZsfsError, match=r"imported.*'my-vit'.*classify their features in Python with "
                                         r"`zsfs\.load_run\(RUN_DIR\)\.predict\(features\)`"):
         predict_images(run, [fitted["photos"]["root"]], workers=0)
+    with pytest.raises(ZsfsError, match="imported"):  # said before the inputs are listed (a missing one here)
+        predict_images(run, [tmp_path / "missing.jpg"], workers=0)
 
 
 def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import pytest
 from tests.test_extract import ROW_DATASETS, read_store
 from zsfs.errors import ZsfsError
 from zsfs.extract import default_output, extract
-from zsfs.predict import image_inputs
+from zsfs.predict import TAR_LINK, image_inputs
 from zsfs.sources import IMAGE_EXTENSIONS, open_source
 from zsfs.tars import expand_braces, list_tar, locate_members
 from zsfs.testing.cli import run_cli
@@ -174,6 +174,19 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
             linked.addfile(link)
     source = open_source(root)
     assert source.tar_links == ["00004a.tar::1.jpg", "00004a.tar::2.jpg"] and "00004a.tar::0.jpg" in source.paths
+    only_links = tmp_path / "links"
+    only_links.mkdir()
+    with tarfile.open(only_links / "0.tar", "w") as linked:
+        link = tarfile.TarInfo("1.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "../0.jpg"
+        linked.addfile(link)
+    with pytest.raises(ZsfsError, match=r"hold no images \(.*\), only 1 link \(not read"):
+        open_source(only_links)
+    given = image_inputs([root / "00004a.tar"])  # bug: predict dropped the links without a row
+    assert given.paths == [str(root / f"00004a.tar::{i}.jpg") for i in range(3)]
+    assert given.unreadable == {str(root / f"00004a.tar::{i}.jpg"): TAR_LINK for i in (1, 2)}
+    with pytest.raises(ZsfsError, match=r"'1.jpg' is a link inside .*00004a.tar, not a file"):
+        image_inputs([f"{root / '00004a.tar'}::1.jpg"])
 
     result = run_cli("extract", root, "--out", tmp_path / "laion.h5", "--workers", "0", *TINY_MODEL_ARGS)
     assert result.exit_code == 0, result.output

@@ -26,10 +26,13 @@ from zsfs.runs import FittedRun, load_run
 from zsfs.sources import ImageSource, given_path, open_source
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar, locate_members, merged_members,
                        split_member_path)
-from zsfs.weights import relocated
+from zsfs.weights import refuse_imported, relocated
 
 if TYPE_CHECKING:
     import polars as pl
+
+
+TAR_LINK = "a link inside the tar (not read: zsfs reads the files of a tar)"
 
 
 def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
@@ -59,6 +62,9 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
                 listed.append((np.arange(len(paths), len(paths) + len(listing.paths)), listing.members))
             paths += [os.path.join(base, path) for path in listing.paths]  # keeps an unreadable folder's '/'
             unreadable.update({os.path.join(base, path): reason for path, reason in listing.unreadable.items()})
+            links = [os.path.join(base, path) for path in listing.tar_links]  # a row each, to say why no class
+            paths += links
+            unreadable.update(dict.fromkeys(links, TAR_LINK))
         elif given.is_file() and is_compressed_tar(given.name):
             raise compressed_tar_error(given)
         elif given.is_file():
@@ -104,9 +110,10 @@ def predict_images(
         raise ZsfsError(f"the classifier of {run_dir} has non-finite weights (its training diverged); "
                         "refit with a smaller --lr")
     check_device(device)  # before the model loads: an absent GPU is a clear error
-    source = image_inputs(inputs)  # and a missing input too (the model takes seconds to load)
-    backbone = load_backbone_from_record(relocated(run.classifier.backbone, backbone_weights, "backbone"),
-                                         device=device)
+    record = relocated(run.classifier.backbone, backbone_weights, "backbone")  # before a long listing, as:
+    refuse_imported(record, "backbone")
+    source = image_inputs(inputs)  # a missing input (the model takes seconds to load)
+    backbone = load_backbone_from_record(record, device=device)
     if on_start is not None:
         on_start(len(source))
 

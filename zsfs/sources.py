@@ -18,7 +18,7 @@ from PIL import Image
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError
-from zsfs.names import check_class_names, repeated, some_names, utf8_text, utf8_texts
+from zsfs.names import check_class_names, counted, repeated, some_names, utf8_text, utf8_texts
 from zsfs.tars import (READ_IN_PLACE, TarMembers, compressed_tar_error, is_compressed_tar, is_tar_pattern, list_tars, resolve_tars,
                        tar_shards_in)
 
@@ -227,8 +227,9 @@ def _compressed_tars_in(folder: Path) -> list[str]:
 def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[str] | None = None) -> ImageSource:
     paths, members, links = list_tars(root, tars, IMAGE_EXTENSIONS)
     if not paths:
+        linked = f", only {counted(len(links), 'link')} (not read: zsfs reads the files of a tar)" if links else ""
         raise ZsfsError(f"the {len(tars)} tar files of {location} hold no images "
-                        f"({' '.join(sorted(IMAGE_EXTENSIONS))}).")
+                        f"({' '.join(sorted(IMAGE_EXTENSIONS))}){linked}.")
     # A shard with no image member is valid (tar lists nothing) but often a failed download: say so.
     images_per_tar = np.bincount(members.tar, minlength=len(tars))
     empty = [tars[number].relative_to(root).as_posix() for number in np.flatnonzero(images_per_tar == 0)]

@@ -146,8 +146,8 @@ class TarListing(NamedTuple):
 
 
 def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> TarListing:
-    """The members of one tar whose suffix is one of ``image_suffixes`` (None: every regular
-    file or link), in tar order.
+    """The members of one tar whose suffix is one of ``image_suffixes`` (None: every one), in tar
+    order: files in ``names`` (with their byte ranges), links in ``links``.
 
     Only the 512-byte headers are read, one ``pread`` each (tarfile's parser costs ~5x more per
     member, and buffered reads would pull every image's bytes in too); checksums are verified
@@ -339,10 +339,12 @@ def locate_members(paths: Sequence[str], root: Path) -> TarMembers | None:
     tars = tuple((root / name).resolve() for name in tar_names)
     number = {name: i for i, name in enumerate(tar_names)}
     where: dict[tuple[int, str], tuple[int, int]] = {}
+    links: set[tuple[int, str]] = set()
     for i, tar in enumerate(tars):
         if not tar.is_file():
             raise ZsfsError(f"{tar} does not exist (named by {next(p for p in paths if p.startswith(tar_names[i]))})")
         listing = list_tar(tar, None)
+        links.update((i, name) for name in listing.links)
         where.update(((i, name), (offset, size)) for name, offset, size in zip(listing.names, listing.offsets,
                                                                                   listing.sizes))
     tar_ids = np.full(len(paths), -1, dtype=np.int32)
@@ -352,6 +354,9 @@ def locate_members(paths: Sequence[str], root: Path) -> TarMembers | None:
         if entry is None:
             continue
         key = (number[entry[0]], entry[1])
+        if key in links:
+            raise ZsfsError(f"{paths[row]}: {entry[1]!r} is a link inside {entry[0]}, not a file; zsfs reads "
+                            "only the files of a tar")
         if key not in where:
             raise ZsfsError(f"{paths[row]}: {entry[0]} holds no file named {entry[1]!r}")
         tar_ids[row] = key[0]

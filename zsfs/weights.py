@@ -105,17 +105,8 @@ def relocated(record: dict, new_file: str | Path | None, what: str) -> dict:
 
 def weights_from_record(record: dict, what: str) -> str:
     """The ``weights`` argument that reloads a record; a file must still have its sha256."""
+    refuse_imported(record, what)
     weights = record["weights"]
-    if weights == IMPORTED_WEIGHTS:
-        instead = ("embed the new images with that tool and classify their features in Python with "
-                   "`zsfs.load_run(RUN_DIR).predict(features)`" if what == "backbone" else
-                   "embed the class names with that tool and import the store again with them (`zsfs import ... "
-                   "--vocab NAME=FILE.npz`)")
-        raise ModelLoadError(
-            f"the store's {what} embeddings were imported (`zsfs import`) from another tool, so zsfs "
-            f"cannot recompute them with the same model ({record.get('name')!r}); {instead}, or rebuild "
-            "the store from the images with `zsfs extract`."
-        )
     if weights != FILE:
         return weights
     file = Path(record["file"])
@@ -131,6 +122,21 @@ def weights_from_record(record: dict, what: str) -> str:
             "differs); pass the original file, or rebuild the store."
         )
     return str(file)
+
+
+def refuse_imported(record: dict, what: str) -> None:
+    """ModelLoadError when the record's embeddings came from another tool (``zsfs import``):
+    zsfs has no model to recompute them with (checked before any long work)."""
+    if record["weights"] == IMPORTED_WEIGHTS:
+        instead = ("embed the new images with that tool and classify their features in Python with "
+                   "`zsfs.load_run(RUN_DIR).predict(features)`" if what == "backbone" else
+                   "embed the class names with that tool and import the store again with them (`zsfs import ... "
+                   "--vocab NAME=FILE.npz`)")
+        raise ModelLoadError(
+            f"the store's {what} embeddings were imported (`zsfs import`) from another tool, so zsfs "
+            f"cannot recompute them with the same model ({record.get('name')!r}); {instead}, or rebuild "
+            "the store from the images with `zsfs extract`."
+        )
 
 
 def check_same_init(loaded: dict, recorded: dict, what: str) -> None:
