@@ -145,7 +145,7 @@ def test_a_rerun_repairs_a_removed_shard_and_rebuilds_a_master_older_than_its_sh
         Store(store)
     result = run_cli(*args)
     assert result.exit_code == 0 and "1 / " in result.output  # shards written / reused
-    said = " ".join(result.output.split())  # bug: "images/s" over the whole time, model loading included
+    said = " ".join(result.output.split())  # bug: "images/s" beside the whole time read as its rate
     assert re.search(r"time │ [0-9.]+ s \([0-9.]+ s embedding\)", said), said
     assert re.search(r"images/s \(embedding\) │ [0-9.]*[1-9]", said), said
     assert_same_store(store, expected)

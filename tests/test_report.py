@@ -95,7 +95,8 @@ def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):
     assert f"{distinct} of {distinct} images could not be shown ({distinct} file not found)" in note
     assert f"image paths were looked up from --images {tmp_path / 'moved'}." in note
     said = " ".join(result.output.split())  # bug: only "Report written to ...", the gallery empty unsaid
-    assert f"Note: {distinct} of {distinct} images could not be shown" in said and "--images FOLDER" in said
+    assert f"Note: {distinct} of {distinct} images could not be shown" in said
+    assert f"run `zsfs report {photo_run} --images FOLDER`" in said  # also right after `fit --report`
 
 
 def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp_path):
@@ -109,7 +110,7 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
     present = list(config["classes"])
     config["classes"] = present + ["<ghost>", "unicorn"]
     config["absent_classes"] = ["unicorn"]
-    config["class_shares"] = {**{name: 0.99 / len(present) for name in present}, "<ghost>": 0.01, "unicorn": 0.001}
+    config["class_shares"] = {**{name: 0.99 / len(present) for name in present}, "<ghost>": 0.01, "unicorn": 0.0}
     config["cycles"][0]["n_kept"] += 3
     (run / runs.CONFIG).write_text(json.dumps(config))
     metrics = json.loads((run / runs.METRICS).read_text())
@@ -118,7 +119,10 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
 
     page = render_report(run)
     assert re.findall(r'<h3 class="class-name">([^<]*)</h3>', page) == present
-    assert "<h3>Absent (1)</h3>" in page and "unicorn (0.1 %)" in page
+    assert len(config["classes"]) == 5  # a twentieth of an even share, as a fit decides: 1 %
+    assert "<h3>Absent (1)</h3><p>Each estimated to take under 1.0 % of the collection" in page
+    assert "keeps them): unicorn</p>" in page
+    assert f"estimated share {100 * 0.99 / len(present):.1f} %" in page
     assert "<h3>No image (1)</h3>" in page and "these classes: &lt;ghost&gt;</p>" in page
     assert "<td>OOD AUROC (paper score)</td><td>0.6123</td>" in page
     seeds = int(pl.read_parquet(run / runs.PREDICTIONS)["is_seed"].sum())
@@ -205,6 +209,8 @@ def test_figures_label_log_axes_with_numbers_and_mark_classes_without_images():
     counts = figures.histogram(np.random.default_rng(0).exponential(size=5000), title="t", xlabel="x")
     assert "mathdefault" not in counts and "$" not in counts
     assert {"1", "10", "100"} <= set(re.findall(r">([0-9]+)<", counts))  # tick labels as SVG text
+    many = figures.histogram(np.random.default_rng(0).exponential(size=2_000_000), title="t", xlabel="x")
+    assert {"1", "1,000", "100,000"} <= set(re.findall(r">([0-9,]+)<", many)) and "e+" not in many  # not "1e+05"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         accuracy = figures.per_class_accuracy(["cat", "日本語", "dog"], np.array([0.5, np.nan, 1.0]))
@@ -257,6 +263,31 @@ def test_a_real_browser_draws_the_page(photo_run, tmp_path):
         pixels = np.asarray(image.convert("L"), dtype=np.float64)
     assert pixels.std() > 20  # text, tables and figures, not one flat colour
     assert 0.05 < (pixels < 200).mean() < 0.9  # ink on a white page, neither blank nor a solid block
+
+    # Bug: a wrapping rule let table columns shrink to one letter ("ima/ges") on wide and narrow
+    # windows alike. The browser measures the summary's label column and the page's width.
+    run = tmp_path / "run"  # with a long absent list: the summary's values are long
+    shutil.copytree(photo_run, run)
+    config = json.loads((run / runs.CONFIG).read_text())
+    config["absent_classes"] = [f"an_unbreakable_class_name_number_{i}" for i in range(40)]
+    config["classes"] += config["absent_classes"]
+    (run / runs.CONFIG).write_text(json.dumps(config))
+    measured = tmp_path / "measured.html"
+    page = write_report(run, tmp_path / "long.html")
+    measure = ("<script>const label = document.querySelector('#summary td');"
+               "document.title = [label.getBoundingClientRect().width, label.offsetHeight,"
+               " document.documentElement.scrollWidth, window.innerWidth].join(' ');</script></body>")
+    measured.write_text(page.read_text().replace("</body>", measure))
+    for width in (1200, 420):
+        done = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             "--dump-dom", f"--window-size={width},2000", measured.as_uri()],
+            capture_output=True, text=True, timeout=120)
+        label_width, label_height, page_width, window = map(
+            float, re.search(r"<title>([^<]*)</title>", done.stdout).group(1).split())
+        assert label_width > 60 and label_height < 40, (width, label_width, label_height)  # "images" on one line
+        assert page_width <= window, (width, page_width)  # tables scroll inside the page, not the page sideways
 
 
 def test_thumbnails_of_every_image_kind_show_the_picture(photo_run):

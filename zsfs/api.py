@@ -54,9 +54,7 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     config = FitConfig.from_options(**presets[preset], **parameters)
     unread = config.unread(parameters)
     if unread:  # not an error: one set of parameters can serve fits of both methods (as the CLI says too)
-        other = "cycles" if config.method == "balanced" else "balanced"
-        warnings.warn(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} only read by the {other} method; "
-                      f"this {config.method} fit ignores {'it' if len(unread) == 1 else 'them'}", stacklevel=3)
+        warnings.warn(config.unread_note(unread), stacklevel=3)  # the caller's line, past the callable module
     if isinstance(store, Store):
         return in_memory(fit_store(store, config, vocabulary), store, config)
     with Store(store) as opened:
@@ -77,7 +75,8 @@ def callable_module(name: str, function: Callable) -> None:
             except TypeError as error:  # an unknown or missing argument: the error every bad one gets
                 from zsfs.errors import ParameterError, literal
 
-                taken = ", ".join(signature.parameters)
+                taken = ", ".join(("**" if parameter.kind == parameter.VAR_KEYWORD else "") + parameter.name
+                                  for parameter in signature.parameters.values())
                 raise ParameterError(f"{literal(error)}; {called} takes {literal(taken)}") from None
             return function(*args, **kwargs)
 

@@ -61,13 +61,17 @@ def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: floa
     figure = _figure()
     axes = figure.add_subplot()
     if values.size:
-        from matplotlib.ticker import LogFormatter
+        from matplotlib.ticker import FuncFormatter, NullFormatter
 
         axes.hist(values, bins=bins, color="#4c72b0")
         axes.set_yscale("log")
-        # Plain numbers: the default labels are formulas ("10^{2}"), shown raw with parse_math off.
-        axes.yaxis.set_major_formatter(LogFormatter())
-        axes.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        # Plain numbers ("1,000"): the default labels are formulas ("10^{3}"), shown raw with
+        # parse_math off. Minor ticks are labelled only when the counts span under a decade
+        # (there may be no power of ten between them).
+        plain = FuncFormatter(lambda value, _: f"{value:,.0f}" if value >= 1 else f"{value:g}")
+        low, high = axes.get_ylim()
+        axes.yaxis.set_major_formatter(plain)
+        axes.yaxis.set_minor_formatter(plain if high < 10 * low else NullFormatter())
     if flagged_from is not None:
         axes.axvline(flagged_from, color="#c44e52", linestyle="--", label="flagged OOD from here")
         axes.legend(loc="upper right")

@@ -11,8 +11,8 @@ are); every column beyond the basic ones is optional, so older and newer runs re
 from __future__ import annotations
 
 import html
-import re
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,14 +40,20 @@ MAX_LISTED = 50  # absent classes named in the summary; the rest are counted
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, images: str | Path | None = None,
-                 per_class: int | None = None, ood_images: int = OOD_IMAGES, seed: int = 0) -> Path:
+                 per_class: int | None = None, ood_images: int = OOD_IMAGES, seed: int = 0,
+                 on_missing_images: Callable[[str], None] | None = None) -> Path:
     """Render the report of ``run_dir`` to ``out`` [RUN_DIR/report.html]; the options as
-    :func:`render_report`'s."""
+    :func:`render_report`'s. ``on_missing_images`` hears the page's note when some images could
+    not be shown (an empty gallery should be no surprise)."""
+    _check_options(per_class, ood_images)
     run = load_run(run_dir)  # what is not a run is said before where the page would go
     out = Path(run_dir) / REPORT if out is None else Path(out)
     check_writable(out, "report")  # before the rendering, with the message every command gives
-    return write_text_atomically(out, render_report(run, images=images, per_class=per_class, ood_images=ood_images,
-                                                    seed=seed))
+    page, missing = _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed)
+    written = write_text_atomically(out, page)
+    if missing and on_missing_images is not None:
+        on_missing_images(missing)
+    return written
 
 
 def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | None = None, per_class: int | None = None,
@@ -56,15 +62,19 @@ def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | Non
 
     ``images``: the folder the store's image paths are relative to [the store's source folder].
     ``per_class``: seeds and sampled predictions shown per class [as many as the thumbnail budget
-    allows, at most 8]. ``seed``: draws the sampled predictions.
+    allows, at most 8]. ``ood_images``: images in the "most likely OOD" gallery. ``seed``: draws
+    the sampled predictions.
     """
+    _check_options(per_class, ood_images)
+    run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
+    return _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed)[0]
+
+
+def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None, ood_images: int,
+            seed: int) -> tuple[str, str | None]:
+    """The page, and its note on the images it could not show (None when all show)."""
     import polars as pl
 
-    if per_class is not None and per_class < 1:
-        raise ParameterError(f"{{per_class}} must be >= 1, not {per_class}")
-    if ood_images < 0:
-        raise ParameterError(f"{{ood_images}} must be >= 0, not {ood_images}")
-    run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     frame = run.read_predictions(COLUMNS).with_row_index(ROW)  # predictions are in store order
     classes = run.classes
     per_class = per_class or int(np.clip(THUMBNAIL_BUDGET // (2 * max(len(classes), 1)), 1, MAX_PER_CLASS))
@@ -85,21 +95,25 @@ def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | Non
     made = {row: (None, "no image folder known") for row in rows}  # keyed by row: two names can read alike
     openable = [row for row in rows if root is not None or Path(files[row]).is_absolute()]
     made.update(zip(openable, _thumbnails_of([files[row] for row in openable], root)))
-    body = [
-        _summary(run, frame, classes),
-        _figures(run, frame),
-        _accuracy(frame, classes) if "label" in frame.columns else "",
-        _classes(run, frame, classes, seeds, sample, made),
-        _ood(most_ood, made, ood_by),
-        _parameters(run.config),
-    ]
-    return _page(run, _thumbnail_note(made, where) + "".join(body))
+    sections = {
+        "summary": _summary(run, frame, classes),
+        "figures": _figures(run, frame),
+        "accuracy": _accuracy(frame, classes) if "label" in frame.columns else "",
+        "classes": _classes(run, frame, classes, seeds, sample, made),
+        "ood": _ood(most_ood, made, ood_by),
+        "parameters": _parameters(run.config),
+    }
+    missing = _missing_images(made, where, run.path)
+    note = f'<p class="note">{_e(missing)}</p>' if missing else ""
+    return _page(run, note + "".join(sections.values()), [anchor for anchor, part in sections.items() if part]), missing
 
 
-def thumbnails_missing(page: str) -> str | None:
-    """The page's note on images it could not show (as text), or None when every one shows."""
-    note = re.search(r'<p class="note">(.*?)</p>', page, re.S)
-    return None if note is None else html.unescape(re.sub(r"<[^>]+>", "", note.group(1)))
+def _check_options(per_class: int | None, ood_images: int) -> None:
+    """Refuse bad options before the run is read."""
+    if per_class is not None and per_class < 1:
+        raise ParameterError(f"{{per_class}} must be >= 1, not {per_class}")
+    if ood_images < 0:
+        raise ParameterError(f"{{ood_images}} must be >= 0, not {ood_images}")
 
 
 def image_locations(run: FittedRun, images: str | Path | None,
@@ -258,11 +272,12 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
         blocks.append(f'<div class="class">{"".join(block)}</div>')
     reported = [name for name in classes if name in absent]
     if reported:
-        listed = "; ".join(f"{name} ({_percent(shares[name])})" if shares.get(name) is not None else name
-                           for name in reported)
-        blocks.append(f'<div class="class"><h3>Absent ({len(reported):,})</h3><p>Estimated to take under a twentieth '
-                      "of an even share of the collection (share in brackets), so given no seeds and never "
-                      f"predicted (<code>--keep-all-classes</code> keeps them): {_e(listed)}</p></div>")
+        from zsfs.fit.transductive import ABSENT_SHARE
+
+        cut = _percent(ABSENT_SHARE / len(classes))
+        blocks.append(f'<div class="class"><h3>Absent ({len(reported):,})</h3><p>Each estimated to take under {cut} '
+                      "of the collection (a twentieth of an even share), so given no seeds and never predicted "
+                      f"(<code>--keep-all-classes</code> keeps them): {_e('; '.join(reported))}</p></div>")
     unused = [name for name in empty if name not in absent]
     if unused:
         blocks.append(f'<div class="class"><h3>No image ({len(unused):,})</h3><p>No image is predicted as, seeded '
@@ -278,10 +293,10 @@ def _ood(most_ood, made: dict, ood_by: list[str]) -> str:
 
 
 def _parameters(config: dict) -> str:
-    from zsfs.fit.run import BALANCED_ONLY, CYCLES_ONLY
+    from zsfs.fit.run import UNREAD_BY
 
     parameters = config.get("parameters") or {}
-    unread = {"balanced": CYCLES_ONLY, "cycles": BALANCED_ONLY}.get(parameters.get("method"), ())
+    unread = UNREAD_BY.get(parameters.get("method"), ())
     rows = [(name, str(value) + (f" (not read by the {parameters['method']} method)" if name in unread else ""))
             for name, value in parameters.items()]
     for key in ("vocabulary", "zsfs_version", "torch_version"):
@@ -293,14 +308,15 @@ def _parameters(config: dict) -> str:
     return _section("parameters", "Parameters", _table(rows))
 
 
-def _thumbnail_note(made: dict, where: str) -> str:
+def _missing_images(made: dict, where: str, run_dir: Path | None) -> str | None:
+    """Why some images could not be shown, and what to do (None when every one shows)."""
     failed = Counter(reason for uri, reason in made.values() if uri is None)
     if not failed:
-        return ""
+        return None
     reasons = ", ".join(f"{count:,} {reason}" for reason, count in failed.most_common())
-    return (f'<p class="note">{sum(failed.values()):,} of {len(made):,} images could not be shown ({_e(reasons)}); '
-            f"{_e(where)}. Stores made by <code>zsfs import</code> may hold "
-            "stand-in paths; if the images moved, pass <code>--images FOLDER</code>.</p>")
+    return (f"{sum(failed.values()):,} of {len(made):,} images could not be shown ({reasons}); {where}. Stores made "
+            "by `zsfs import` may hold stand-in paths; if the images moved, run "
+            f"`zsfs report {run_dir or 'RUN_DIR'} --images FOLDER`.")
 
 
 # --- HTML ----------------------------------------------------------------------------------------
@@ -335,11 +351,10 @@ NAVIGATION = {"summary": "Summary", "figures": "OOD and cycles", "accuracy": "Ac
               "ood": "Most likely OOD", "parameters": "Parameters"}
 
 
-def _page(run: FittedRun, content: str) -> str:
+def _page(run: FittedRun, content: str, anchors: list[str]) -> str:
     name = run.path.resolve().name
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    present = set(re.findall(r'<section id="([a-z]+)"', content))  # no link to a section the run has not
-    links = " ".join(f'<a href="#{anchor}">{title}</a>' for anchor, title in NAVIGATION.items() if anchor in present)
+    links = " ".join(f'<a href="#{anchor}">{NAVIGATION[anchor]}</a>' for anchor in anchors)  # only those it has
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>zsfs report: {_e(name)}</title>
@@ -353,8 +368,8 @@ def _page(run: FittedRun, content: str) -> str:
 
 
 def _percent(share: float) -> str:
-    """Two significant digits: an absent class's share can be 0.0012 %."""
-    return f"{100 * share:.2g} %"
+    """``"12.3 %"``; below 1 %, two significant digits (``"0.05 %"``)."""
+    return f"{100 * share:.1f} %" if share >= 0.01 else f"{100 * share:.2g} %"
 
 
 def _fraction(value: float | None) -> str:
@@ -371,7 +386,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1100px
 h1 { font-size: 1.6em; } h2 { border-bottom: 2px solid #4c72b0; padding-bottom: .2em; margin-top: 1.6em; }
 nav a { margin-right: 1em; } .meta, .stats, .empty { color: #666; }
 table { border-collapse: collapse; margin: .5em 0; display: block; max-width: 100%; overflow-x: auto; }
-td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: anywhere; }
+td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: break-word; }
 td:first-child { font-weight: 600; } .figure svg { max-width: 100%; height: auto; }
 .note { background: #fff4d6; border-left: 4px solid #e0a800; padding: .6em; }
 .class { border-top: 1px solid #eee; padding-top: .3em; } .class h3 { margin-bottom: 0; } h4 { margin: .4em 0; }

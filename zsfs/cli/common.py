@@ -91,11 +91,9 @@ def note_unread_options(config: "FitConfig", given: dict) -> None:
     unread = config.unread(given)
     if unread:
         flags = option_flags(click.get_current_context().command)
-        readers = "cycles method (--method cycles, --paper)" if config.method == "balanced" else "balanced method"
-        one = len(unread) == 1
-        console.print(f"[yellow]Note:[/] {', '.join(flags.get(name, name) for name in unread)} "
-                      f"{'is' if one else 'are'} only read by the {readers}; this {config.method} fit ignores "
-                      f"{'it' if one else 'them'}.", soft_wrap=True)
+        readers = "cycles method (--method cycles, --paper)" if config.method == "balanced" else None
+        note = config.unread_note([flags.get(name, name) for name in unread], readers)
+        console.print(f"[yellow]Note:[/] {note}.", soft_wrap=True)
 
 
 def what_failed(error: BaseException) -> str:

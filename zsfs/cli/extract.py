@@ -52,8 +52,8 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
                    "else one per node].")
 def extract(source: Path, out: Path | None, classes_file: Path | None, **options) -> None:
     """Embed every image of SOURCE into a feature store. SOURCE: an image folder (class subfolders
-    give labels), a .txt list (one path per line), a .csv list (a header with a 'path' column and
-    optionally 'label'; relative paths are relative to the list's folder), or webdataset tar shards
+    give labels), a .txt list (one path per line) or .csv list (a header with a 'path' column and
+    optionally 'label'), their relative paths relative to the list's folder, or webdataset tar shards
     (a folder of .tar files, or a pattern 'laion/{00000..00099}.tar'), read in place; their images
     are recorded as <tar>::<member>.
 
@@ -146,9 +146,11 @@ def _summary_table(summary) -> Table:
     table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")
     if summary.shards_redone:
         table.add_row("shards redone (worker lost)", f"{summary.shards_redone}")
-    table.add_row("time", f"{summary.seconds:,.1f} s ({summary.embedding_seconds:,.1f} s embedding)")
     if summary.images_processed:  # a rerun over finished shards embeds nothing: no rate to give
+        table.add_row("time", f"{summary.seconds:,.1f} s ({summary.embedding_seconds:,.1f} s embedding)")
         table.add_row("images/s (embedding)", f"{summary.images_per_second:,.1f}")
+    else:
+        table.add_row("time", f"{summary.seconds:,.1f} s")
     table.add_row("vocabulary",
                   shown(f"{summary.vocabulary} ({counted(len(summary.classes), 'class', 'classes')})")
                   if summary.vocabulary else "none")

@@ -143,9 +143,10 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
         from zsfs.report import write_report
 
         try:
+            notes: list[str] = []
             with console.status("Rendering the report..."):
-                written = write_report(saved)
-            say_written(written)
+                written = write_report(saved, on_missing_images=notes.append)
+            say_written(written, notes)
         except (ZsfsError, OSError) as error:  # the run is saved: a rerun of this command would refuse its folder
             reason = what_failed(error) if isinstance(error, OSError) else str(error)
             raise ZsfsError(f"the run is saved in {saved}, but its report was not written ({reason}); once that is "
@@ -188,7 +189,7 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
                 table.add_row(label, f"{metrics[key]:.4f}")
     elif metrics:
         table.add_row("accuracy", "- (no image's label is a class of this vocabulary)")
-    table.add_row("seeds", f"{int(result.is_seed.sum()):,}")
+    table.add_row("seed images", f"{int(result.is_seed.sum()):,}")
     if result.unseeded_classes:
         table.add_row("classes without seeds", shown(some_names(result.unseeded_classes, SHOWN_CLASSES, "config.json")))
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")

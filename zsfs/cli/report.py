@@ -31,20 +31,18 @@ def report_command(run_dir: Path, out: Path | None, **options) -> None:
     """
     from zsfs.report import write_report
 
+    notes: list[str] = []
     with console.status(f"Rendering the report of {shown(run_dir)}..."):
-        written = write_report(run_dir, out, **options)
-    say_written(written)
+        written = write_report(run_dir, out, on_missing_images=notes.append, **options)
+    say_written(written, notes)
 
 
-def say_written(report: Path) -> None:
-    """Where the report went, its size, and the page's note on images it could not show (an
-    empty gallery should not be a surprise when the page is opened)."""
-    from zsfs.report import thumbnails_missing
-
+def say_written(report: Path, notes: list[str]) -> None:
+    """Where the report went, its size, and its notes (on images it could not show: an empty
+    gallery should not be a surprise when the page is opened)."""
     console.print(f"Report written to [bold]{shown(report)}[/] ({report.stat().st_size / 1e6:.1f} MB)")
-    missing = thumbnails_missing(report.read_text(encoding="utf-8"))
-    if missing:
-        console.print(f"[yellow]Note:[/] {shown(missing)}", soft_wrap=True)
+    for note in notes:
+        console.print(f"[yellow]Note:[/] {shown(note)}", soft_wrap=True)
 
 
 COMMANDS = [report_command]

@@ -33,6 +33,8 @@ METHOD_CHOICES = ("balanced", "cycles")
 CYCLES_ONLY = ("accumulate", "epochs", "max_cycles", "loss_floor")
 """Parameters only the cycles method reads (the balanced one trains fresh heads in its 3 cycles)."""
 BALANCED_ONLY = ("keep_all_classes",)
+UNREAD_BY = {"balanced": CYCLES_ONLY, "cycles": BALANCED_ONLY}
+"""Each method's parameters it never reads."""
 MAX_SEED = 2**31 - 1
 SEARCH_DTYPES = dict(zip(SEARCH_PRECISIONS, (torch.float32, torch.bfloat16)))
 CHUNK_ROWS = 32768
@@ -98,8 +100,15 @@ class FitConfig:
 
     def unread(self, given: dict) -> list[str]:
         """The parameters among ``given`` (None = not given) that this config's method never reads."""
-        unread = CYCLES_ONLY if self.method == "balanced" else BALANCED_ONLY
-        return [name for name in unread if given.get(name) is not None]
+        return [name for name in UNREAD_BY[self.method] if given.get(name) is not None]
+
+    def unread_note(self, names: list[str], readers: str | None = None) -> str:
+        """``"NAMES is/are only read by the READERS; this METHOD fit ignores it/them"`` (``readers``:
+        the other method, by default named as in Python)."""
+        other = "cycles" if self.method == "balanced" else "balanced"
+        one = len(names) == 1
+        return (f"{', '.join(names)} {'is' if one else 'are'} only read by the {readers or other + ' method'}; "
+                f"this {self.method} fit ignores {'it' if one else 'them'}")
 
     def validate(self) -> None:
         for spec in fields(self):  # annotated "int", "float", "str" or "bool" (a string: annotations are postponed)
