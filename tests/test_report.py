@@ -111,6 +111,7 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
     config["classes"] = present + ["<ghost>", "unicorn"]
     config["absent_classes"] = ["unicorn"]
     config["class_shares"] = {**{name: 0.99 / len(present) for name in present}, "<ghost>": 0.01, "unicorn": 0.0}
+    config["class_shares"][present[0]] = 0.9996  # bug: printed "1e+02 %"
     config["cycles"][0]["n_kept"] += 3
     (run / runs.CONFIG).write_text(json.dumps(config))
     metrics = json.loads((run / runs.METRICS).read_text())
@@ -122,7 +123,8 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
     assert len(config["classes"]) == 5  # a twentieth of an even share, as a fit decides: 1 %
     assert "<h3>Absent (1)</h3><p>Each estimated to take under 1.0 % of the collection" in page
     assert "keeps them): unicorn</p>" in page
-    assert f"estimated share {100 * 0.99 / len(present):.1f} %" in page
+    assert f"estimated share {100 * 0.99 / len(present):.1f} %" in page and "estimated share 100.0 %" in page
+    assert "e+" not in re.sub(r"<svg.*?</svg>", "", page, flags=re.S)
     assert "<h3>No image (1)</h3>" in page and "these classes: &lt;ghost&gt;</p>" in page
     assert "<td>OOD AUROC (paper score)</td><td>0.6123</td>" in page
     seeds = int(pl.read_parquet(run / runs.PREDICTIONS)["is_seed"].sum())
