@@ -21,6 +21,7 @@ from zsfs.store import Store, write_vocabulary
 import zsfs
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.testing.cli import run_cli
+from zsfs.testing.failures import run_zsfs
 from zsfs.testing.synthetic import make_synthetic_store
 
 QUICK = ["--epochs", "40", "--cycle-epochs", "10"]  # smaller than the paper's 100/20: keeps tests fast
@@ -122,6 +123,20 @@ def test_one_pseudo_label_per_image_where_candidate_lists_overlap(tmp_path):
     assert len(rows) == len(np.unique(rows)) == unique.is_seed.sum()
     repeated = paper_rule.cycles[0].rows
     assert len(np.unique(repeated)) < len(repeated)
+
+
+def test_the_fit_summary_tells_seed_images_from_seed_places(tmp_path):
+    """Bug: "seed images 23" above a cycle table that kept 40 seeds (with the paper's rule an
+    image can seed two classes); the ood_continuous AUROC and the flag's cut were left out."""
+    path = make_synthetic_store(tmp_path / "tiny.h5", 40, 10, seed=1, n_ood_classes=2)
+    outcome = run_zsfs("fit", "--store", path, "--out", tmp_path / "run", "--k", "4", "--paper", *QUICK)  # 400 columns
+    assert outcome.returncode == 0, outcome.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    seeds = pl.read_parquet(tmp_path / "run" / "predictions.parquet")["is_seed"].sum()
+    assert seeds < config["cycles"][0]["n_kept"] == 40
+    text = said(outcome)
+    assert f"seed images │ {seeds} (40 seed places: an image can seed two classes)" in text
+    assert "OOD AUROC (ood_continuous)" in text and f"(ood_score > {config['ood_flag_threshold']:.4f})" in text
 
 
 def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):

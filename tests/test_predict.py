@@ -121,7 +121,7 @@ def test_a_missing_input_is_refused_before_the_backbone_loads(fitted, tmp_path, 
         predict_images(fitted["run"], [fitted["photos"]["root"], tmp_path / "missing.jpg"])
 
 
-@pytest.mark.parametrize("damage", ["weight", "bias", "reference", "nearest", "quantiles"])
+@pytest.mark.parametrize("damage", ["weight", "width", "bias", "reference", "nearest", "quantiles", "statistics"])
 def test_a_classifier_whose_arrays_disagree_is_damaged_not_a_torch_error(fitted, tmp_path, damage):
     """Bug: a hand-edited classifier.pt gave torch's "mat1 and mat2 shapes cannot be multiplied"
     (or an IndexError) after every image had been decoded."""
@@ -132,6 +132,10 @@ def test_a_classifier_whose_arrays_disagree_is_damaged_not_a_torch_error(fitted,
     state = torch.load(run / "classifier.pt", weights_only=True)
     if damage == "weight":
         state["weight"] = state["weight"][:, :-3]
+    elif damage == "width":  # every array agrees, but not with the backbone's features
+        state["weight"], state["ood_reference"] = state["weight"][:, :-3], state["ood_reference"][:, :-3]
+    elif damage == "statistics":
+        state["ood"]["mean"] = state["ood"]["mean"][:2]
     elif damage == "bias":
         state["bias"] = torch.cat([state["bias"], state["bias"]])
     elif damage == "reference":

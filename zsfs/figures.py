@@ -112,7 +112,9 @@ def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
         for position in np.flatnonzero(np.isnan(accuracy[order])):
             axes.text(0.01, position, "no images", va="center", fontsize=8, color="#888")
         axes.set_yticks(np.arange(len(order)), [classes[i] for i in order])
-        axes.set(xlabel="accuracy on the images of the class (true label)", xlim=(0, 1.02))
+        # Half a row of room below the first row and above the last: "no images" clear of the axis line.
+        axes.set(xlabel="accuracy on the images of the class (true label)", xlim=(0, 1.02),
+                 ylim=(-0.7, len(order) - 0.3))
     axes.set_title("Per-class accuracy")
     return _svg(figure)
 

@@ -36,7 +36,7 @@ THUMBNAIL_BUDGET = 4000  # thumbnails in the class galleries: ~3 KB each keeps a
 MAX_PER_CLASS = 8
 OOD_IMAGES = 48
 ROW = "row"  # the store row of a prediction (a column the report adds)
-MAX_LISTED = 50  # absent classes named in the summary; the rest are counted
+MAX_LISTED = 10  # absent classes named in the summary (the Classes section lists them all)
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, images: str | Path | None = None,
@@ -160,7 +160,7 @@ def _summary(run: FittedRun, frame, classes: list[str]) -> str:
     rows = [("images", f"{frame.height:,}"), ("classes", f"{len(classes):,}")]
     absent = config.get("absent_classes")
     if absent is not None:
-        rows.append(("absent classes", some_names(absent, MAX_LISTED, "config.json") if absent else "none"))
+        rows.append(("absent classes", some_names(absent, MAX_LISTED, "Classes below") if absent else "none"))
     if config.get("classes_without_seeds"):
         rows.append(("classes without seeds", some_names(config["classes_without_seeds"], MAX_LISTED, "config.json")))
     if "stop_reason" in config:

@@ -228,7 +228,7 @@ def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[s
     paths, members, links = list_tars(root, tars, IMAGE_EXTENSIONS)
     if not paths:
         linked = f", only {counted(len(links), 'link')} (not read: zsfs reads the files of a tar)" if links else ""
-        raise ZsfsError(f"the {len(tars)} tar files of {location} hold no images "
+        raise ZsfsError(f"the {counted(len(tars), 'tar file')} of {location} hold no images "
                         f"({' '.join(sorted(IMAGE_EXTENSIONS))}){linked}.")
     # A shard with no image member is valid (tar lists nothing) but often a failed download: say so.
     images_per_tar = np.bincount(members.tar, minlength=len(tars))

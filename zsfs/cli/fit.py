@@ -184,12 +184,14 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
         table.add_row("accuracy", f"{metrics['accuracy']:.4f}")
         table.add_row("zero-shot accuracy", f"{metrics['zero_shot_accuracy']:.4f}")
         for key, label in (("ood_auroc", "OOD AUROC (ood_score)"), ("ood_paper_auroc", "OOD AUROC (paper score)"),
-                           ("mcm_auroc", "OOD AUROC (MCM)")):
+                           ("ood_continuous_auroc", "OOD AUROC (ood_continuous)"), ("mcm_auroc", "OOD AUROC (MCM)")):
             if key in metrics:
                 table.add_row(label, f"{metrics[key]:.4f}")
     elif metrics:
         table.add_row("accuracy", "- (no image's label is a class of this vocabulary)")
-    table.add_row("seed images", f"{int(result.is_seed.sum()):,}")
+    seeds, places = int(result.is_seed.sum()), result.cycles[0].n_kept if result.cycles else 0
+    table.add_row("seed images", f"{seeds:,}" + (f" ({places:,} seed places: an image can seed two classes)"
+                                                  if places > seeds else ""))
     if result.unseeded_classes:
         table.add_row("classes without seeds", shown(some_names(result.unseeded_classes, SHOWN_CLASSES, "config.json")))
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
@@ -198,7 +200,8 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
     table.add_row("training products", result.precision)
     if result.absent_classes:
         table.add_row("absent classes", shown(some_names(result.absent_classes, SHOWN_CLASSES, "config.json")))
-    table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}")
+    table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}"
+                  + (f" (ood_score > {result.ood_flag_threshold:.4f})" if result.ood_flag_threshold is not None else ""))
     table.add_row("paper OOD score 0 / 1/3 / 2/3 / 1",
                   " / ".join(f"{count:,}" for count in paper_score_counts(result.ood_paper)))
     for phase, seconds in result.timings.items():

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from zsfs.errors import ZsfsError
+from zsfs.names import counted
 from zsfs.fit import ood
 
 CLASSIFIER_FORMAT = "zsfs-classifier"
@@ -210,13 +211,19 @@ def load_classifier(path: str | Path) -> Classifier:
 def _shape_mismatch(classifier: Classifier) -> str | None:
     """What in a loaded classifier's arrays does not fit together, or None."""
     weight, bias, reference = classifier.weight, classifier.bias, classifier.ood_reference
+    width = classifier.backbone.get("dim")
     if weight.ndim != 2 or weight.shape[0] != len(classifier.classes):
-        return f"weight of shape {weight.shape} for {len(classifier.classes)} classes"
+        return f"weight of shape {weight.shape} for {counted(len(classifier.classes), 'class', 'classes')}"
+    if width is not None and weight.shape[1] != width:
+        return f"weight of shape {weight.shape} for the backbone's {width}-d features"
     if bias.shape != (weight.shape[0],):
         return f"bias of shape {bias.shape} for a weight of shape {weight.shape}"
     if reference is not None and (reference.ndim != 2 or reference.shape[1] != weight.shape[1]
                                   or reference.shape[0] == 0):
         return f"OOD reference of shape {reference.shape} for features of width {weight.shape[1]}"
+    statistics = len(ood.STATISTICS)
+    if classifier.ood.mean.shape != (statistics,) or classifier.ood.std.shape != (statistics,):
+        return f"OOD statistics of shapes {classifier.ood.mean.shape} and {classifier.ood.std.shape}, not ({statistics},)"
     if classifier.ood_nearest < 1:
         return f"OOD distance to the {classifier.ood_nearest}-th nearest reference row"
     empty = [name for name, q in classifier.ood_quantiles.items() if q.size == 0]
