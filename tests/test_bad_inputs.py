@@ -228,4 +228,4 @@ def test_pillow_warnings_stay_off_the_terminal(tmp_path):
         outcome = run_zsfs("extract", tmp_path / "photos", "--out", tmp_path / f"w{workers}.h5", *TINY_MODEL_ARGS,
                            "--workers", workers)
         assert outcome.returncode == 0 and "Warning" not in outcome.output, outcome.output
-        assert "images embedded │ 1" in " ".join(outcome.output.split())
+        assert "images in the store │ 1" in " ".join(outcome.output.split())

@@ -88,7 +88,7 @@ def test_extract_mixed_folder(photos, tmp_path, monkeypatch):
     assert vocabulary.classes == ["blue", "green", "red"]
     assert vocabulary.single.shape == vocabulary.ensemble.shape == (3, 32)
     assert n_shards == -(-(len(good) + len(photos["bad"])) // 4)
-    assert "images embedded" in result.output and str(len(good)) in result.output
+    assert "images in the store" in result.output and str(len(good)) in result.output
 
 
 def test_library_summary_counts_reasons(photos, tmp_path):

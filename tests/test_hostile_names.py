@@ -83,6 +83,7 @@ def test_rerun_on_hostile_names_reuses_the_store(hostile):
     assert again.exit_code == 0, again.output
     assert "0 / 1" in again.output  # shards written / reused
     assert "images/s" not in again.output and "embedding)" not in again.output  # bug: "0.0" for a rerun
+    assert "0/0" not in again.output and "-:--:--" not in again.output  # bug: an empty progress bar
 
 
 def test_info_shows_escape_sequences_visibly(hostile):

@@ -174,6 +174,8 @@ def image_progress(description: str, unit: str = "img") -> Iterator[tuple[Callab
     task = progress.add_task(description, total=None, start=False)
 
     def on_start(total: int) -> None:
+        if total == 0:  # nothing left to do (a rerun of finished work): no "0/0 ETA -:--:--" bar
+            return
         progress.update(task, total=total)
         progress.start_task(task)
         progress.start()

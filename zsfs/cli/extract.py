@@ -131,7 +131,7 @@ def _summary_table(summary) -> Table:
     table = Table(title="zsfs extract", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")  # paths are shown whole
-    table.add_row("images embedded", f"{summary.n_images:,}")
+    table.add_row("images in the store", f"{summary.n_images:,}")  # a rerun's too, not only this run's
     table.add_row("skipped", f"{summary.n_skipped:,}")
     for reason, count in sorted(summary.skipped_reasons.items(), key=lambda item: -item[1]):
         table.add_row(shown(f"  {reason}"), f"{count:,}")
