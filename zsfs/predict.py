@@ -58,6 +58,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
         elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX):
             listing = open_source(given)
             base = given if given.is_dir() else given.parent
+            base = "" if str(base) == "." else base  # "a.tar" lists "a.tar::x.jpg", not "./a.tar::x.jpg"
             if listing.members is not None:
                 listed.append((np.arange(len(paths), len(paths) + len(listing.paths)), listing.members))
             paths += [os.path.join(base, path) for path in listing.paths]  # keeps an unreadable folder's '/'

@@ -268,7 +268,8 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
                                                                if shares.get(name) is not None else ""))
         block = [f'<h3 class="class-name">{_e(name)}</h3><p class="stats">{_e(stats)}</p>',
                  "<h4>Seeds</h4>" + _gallery(seeds_of.get((name,)), made),
-                 "<h4>A sample of the images predicted as this class</h4>" + _gallery(sample_of.get((name,)), made)]
+                 "<h4>A sample of the images predicted as this class</h4>"
+                 + _gallery(sample_of.get((name,)), made, "none: no image besides its seeds is predicted as this class")]
         blocks.append(f'<div class="class">{"".join(block)}</div>')
     reported = [name for name in classes if name in absent]
     if reported:
@@ -321,9 +322,9 @@ def _missing_images(made: dict, where: str, run_dir: Path | None) -> str | None:
 
 # --- HTML ----------------------------------------------------------------------------------------
 
-def _gallery(rows, made: dict) -> str:
+def _gallery(rows, made: dict, empty: str = "none") -> str:
     if rows is None or rows.height == 0:
-        return '<p class="empty">none</p>'
+        return f'<p class="empty">{_e(empty)}</p>'
     items = []
     for row in rows.iter_rows(named=True):
         uri, reason = made[row[ROW]]
