@@ -23,7 +23,7 @@ from zsfs.errors import ParameterError, ZsfsError
 from zsfs.evaluate import confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.names import counted, some_names, visible
 from zsfs.outputs import write_text_atomically
-from zsfs.runs import REPORT, FittedRun, load_run
+from zsfs.runs import OOD_AUROC_LABELS, REPORT, FittedRun, load_run, seed_images_text
 from zsfs.sources import ImageSource
 from zsfs.tars import locate_members
 from zsfs.thumbnails import thumbnails
@@ -168,10 +168,8 @@ def _summary(run: FittedRun, frame, classes: list[str]) -> str:
     if config.get("cycles"):
         rows.append(("self-training cycles", str(len(config["cycles"]) - 1)))
     if "is_seed" in frame.columns:
-        seeds, places = int(frame["is_seed"].sum()), (config.get("cycles") or [{}])[0].get("n_kept")
-        shared = (f" ({places:,} seed places: without unique pseudo-labels an image can seed several classes; "
-                  "it counts once, under the first)") if places and places > seeds else ""
-        rows.append(("seed images", f"{seeds:,}{shared}"))
+        rows.append(("seed images", seed_images_text(int(frame["is_seed"].sum()),
+                                                     (config.get("cycles") or [{}])[0].get("n_kept"))))
     if "pseudo_label" in frame.columns:
         rows.append(("pseudo-labelled images (seeds included)", f"{frame['pseudo_label'].is_not_null().sum():,}"))
     if "ood_flag" in frame.columns:
@@ -181,10 +179,7 @@ def _summary(run: FittedRun, frame, classes: list[str]) -> str:
     if "ood_paper" in frame.columns:  # the paper's score: 0, 1/3, 2/3 or 1
         counts = paper_score_counts(frame["ood_paper"].to_numpy())
         rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{count:,}" for count in counts)))
-    for key, label in (("accuracy", "accuracy"), ("zero_shot_accuracy", "zero-shot accuracy"),
-                       ("ood_auroc", "OOD AUROC (ood_score)"), ("ood_paper_auroc", "OOD AUROC (paper score)"),
-                       ("ood_continuous_auroc", "OOD AUROC (ood_continuous)"),
-                       ("mcm_auroc", "OOD AUROC (MCM, the baseline)")):
+    for key, label in {"accuracy": "accuracy", "zero_shot_accuracy": "zero-shot accuracy", **OOD_AUROC_LABELS}.items():
         if metrics.get(key) is not None:
             rows.append((label, f"{metrics[key]:.4f}"))
     timings = config.get("timings_s") or {}

@@ -39,6 +39,17 @@ CONFIG = "config.json"
 METRICS = "metrics.json"
 REPORT = "report.html"
 
+OOD_AUROC_LABELS = {"ood_auroc": "OOD AUROC (ood_score)", "ood_paper_auroc": "OOD AUROC (paper score)",
+                    "ood_continuous_auroc": "OOD AUROC (ood_continuous)", "mcm_auroc": "OOD AUROC (MCM)"}
+"""metrics.json's OOD AUROCs, named by the score each measures (the fit summary and the report)."""
+
+
+def seed_images_text(seed_images: int, seed_places: int | None) -> str:
+    """The count of seed images, and of seed places when more: with the paper's rule (no unique
+    pseudo-labels) one image can seed two classes and counts once (the fit summary and the report)."""
+    shared = seed_places is not None and seed_places > seed_images
+    return f"{seed_images:,}" + (f" ({seed_places:,} seed places: an image can seed two classes)" if shared else "")
+
 
 # --- writing -------------------------------------------------------------------------------------
 

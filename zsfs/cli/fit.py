@@ -176,6 +176,7 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
     from rich.table import Table
 
     from zsfs.evaluate import paper_score_counts
+    from zsfs.runs import OOD_AUROC_LABELS, seed_images_text
 
     table = Table(title=f"zsfs fit: {len(result.predicted):,} images, {len(result.classes)} classes", title_justify="left")
     table.add_column("", style="bold")
@@ -183,15 +184,13 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
     if metrics and "accuracy" in metrics:
         table.add_row("accuracy", f"{metrics['accuracy']:.4f}")
         table.add_row("zero-shot accuracy", f"{metrics['zero_shot_accuracy']:.4f}")
-        for key, label in (("ood_auroc", "OOD AUROC (ood_score)"), ("ood_paper_auroc", "OOD AUROC (paper score)"),
-                           ("ood_continuous_auroc", "OOD AUROC (ood_continuous)"), ("mcm_auroc", "OOD AUROC (MCM)")):
+        for key, label in OOD_AUROC_LABELS.items():
             if key in metrics:
                 table.add_row(label, f"{metrics[key]:.4f}")
     elif metrics:
         table.add_row("accuracy", "- (no image's label is a class of this vocabulary)")
-    seeds, places = int(result.is_seed.sum()), result.cycles[0].n_kept if result.cycles else 0
-    table.add_row("seed images", f"{seeds:,}" + (f" ({places:,} seed places: an image can seed two classes)"
-                                                  if places > seeds else ""))
+    table.add_row("seed images", seed_images_text(int(result.is_seed.sum()),
+                                                  result.cycles[0].n_kept if result.cycles else None))
     if result.unseeded_classes:
         table.add_row("classes without seeds", shown(some_names(result.unseeded_classes, SHOWN_CLASSES, "config.json")))
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
