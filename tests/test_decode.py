@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from zsfs.decode import ImageDecodeError, decode_image, image_size
-from zsfs.testing.images import BROKEN_FILES, GOOD_KINDS
+from zsfs.testing.images import BROKEN_FILES, GOOD_KINDS, encode_png16, encode_tiff
 
 EXIF_ORIENTATION = 0x0112
 
@@ -186,3 +186,71 @@ def test_images_over_the_working_size_are_reduced_before_conversion(tmp_path, mo
     assert rotated.size == (10, 16) and image_size(rotated) == (40, 64)  # 1/2 scale, then halved again
     palette = save(Image.new("P", (64, 40), 3), tmp_path / "p.png")
     assert decode_strict(palette).size == (16, 10)
+
+
+# --- high bit depths as satellite, microscopy and scientific tools write them --------------------
+
+def twelve_bit_colour(height: int = 12, width: int = 20, bands: int = 3) -> np.ndarray:
+    """(height, width, bands) uint16 samples below 4096, as 12-bit sensors store them."""
+    return np.random.default_rng(0).integers(0, 4096, (height, width, bands)).astype(np.uint16)
+
+
+def as_twelve_bit(samples: np.ndarray) -> np.ndarray:
+    """The 8-bit values a 12-bit single band gets (255 / 4095)."""
+    return np.rint(samples.astype(float) * 255 / 4095)
+
+
+@pytest.mark.parametrize("container", ["png", "tiff", "tiff-deflate", "tiff-with-near-infrared"])
+def test_sixteen_bit_colour_keeps_every_bit(container):
+    """Bug: Pillow keeps only the high byte of 16-bit colour samples; 12-bit data came out almost black."""
+    samples = twelve_bit_colour(bands=4 if container == "tiff-with-near-infrared" else 3)
+    data = encode_png16(samples) if container == "png" else encode_tiff(samples, deflate=container == "tiff-deflate")
+    decoded = np.asarray(decode_image(f"x.{container[:4]}", data=data), dtype=float)
+    assert np.abs(decoded - as_twelve_bit(samples[..., :3])).max() == 0  # as a 12-bit single band is scaled
+    full_range = samples.astype(np.uint32) * 16  # 16-bit data: the high byte alone was right, and still is
+    redone = encode_png16(full_range) if container == "png" else encode_tiff(full_range.astype(np.uint16))
+    decoded = np.asarray(decode_image(f"y.{container[:4]}", data=redone), dtype=float)
+    assert np.abs(decoded - np.rint(full_range[..., :3].astype(float) / 257)).max() == 0
+
+
+def test_sixteen_bit_colour_with_alpha_orientation_and_reduction(monkeypatch):
+    samples = twelve_bit_colour(height=40, width=64)
+    alpha = np.full((40, 64), 65535, np.uint16)
+    alpha[:20] = 0  # top half transparent
+    decoded = np.asarray(decode_image("a.png", data=encode_png16(np.dstack([samples, alpha]))))
+    assert (decoded[:20] == 255).all()
+    assert (decoded[20:] == as_twelve_bit(samples[20:])).all()
+
+    turned = decode_image("t.tif", data=encode_tiff(samples, orientation=6))  # "turn 90 degrees clockwise"
+    assert (np.asarray(turned) == np.rot90(as_twelve_bit(samples), k=-1)).all()
+    assert image_size(turned) == (40, 64)
+
+    monkeypatch.setattr("zsfs.decode.WORKING_PIXELS", 16 * 16)  # factor 4: 64 x 40 -> 16 x 10
+    reduced = decode_image("r.tif", data=encode_tiff(samples))
+    block_means = samples.reshape(10, 4, 16, 4, 3).mean(axis=(1, 3))
+    assert reduced.size == (16, 10) and image_size(reduced) == (64, 40)
+    assert np.abs(np.asarray(reduced, dtype=float) - block_means * 255 / 4095).max() <= 0.5 + 1e-6
+
+
+def test_float_pixels_without_a_value_are_white_and_left_out_of_the_scaling(tmp_path):
+    """Bug: one NaN or infinite pixel (a GeoTIFF's 'no data') turned the whole image black."""
+    reflectance = np.linspace(0, 0.3, 16 * 16, dtype=np.float32).reshape(16, 16)
+    for no_value in (np.nan, np.inf, -np.inf):
+        pixels = reflectance.copy()
+        pixels[:4, :4] = no_value
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy's "invalid value" warnings reached the terminal
+            decoded = np.asarray(decode_image("f.tif", data=encode_tiff(pixels[..., None])))[..., 0]
+        assert (decoded[:4, :4] == 255).all()
+        rest = np.ones((16, 16), bool)
+        rest[:4, :4] = False
+        expected = (reflectance - reflectance[rest].min()) / (reflectance[rest].max() - reflectance[rest].min())
+        assert np.abs(decoded[rest] - np.rint(expected[rest] * 255)).max() <= 1
+    with pytest.raises(ImageDecodeError, match="no pixel has a value"):
+        decode_image("n.tif", data=encode_tiff(np.full((4, 4, 1), np.nan, np.float32)))
+
+
+def test_a_valid_file_pillow_cannot_read_says_so():
+    float_colour = encode_tiff(np.zeros((4, 4, 3), np.float32))  # valid TIFF; Pillow has no mode for it
+    with pytest.raises(ImageDecodeError, match="format variant Pillow cannot read"):
+        decode_image("rgb-float.tif", data=float_colour)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import stat
 import struct
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -77,16 +79,23 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
             _decode_smaller(image, max_pixels)
             if draft is not None:  # no effect when _decode_smaller reduced it already
                 image.draft("RGB", draft)
+            low_byte_tiles = _low_byte_tiles(image)  # read before load(), which consumes the tiles
             image.load()  # force the full decode (Image.open only reads the header)
-            oriented, swapped = _apply_exif_orientation(_reduced(image))
-        decoded = _to_rgb(oriented)
+            low_bytes = _decoded_with(low_byte_tiles, path if data is None else io.BytesIO(data))
+            if low_bytes is not None:
+                decoded, swapped = _sixteen_bit_colour(image, low_bytes)
+            else:
+                oriented, swapped = _apply_exif_orientation(_reduced(image))
+                decoded = _to_rgb(oriented)
         decoded.info[ORIGINAL_SIZE] = (height, width) if swapped else (width, height)
         return decoded
     except ImageDecodeError as error:
         raise ImageDecodeError(error.reason, path) from None
     except UnidentifiedImageError:
         if _starts_like_an_image(_file_head(path) if data is None else data[:16]):
-            raise ImageDecodeError("corrupt or truncated image header", path) from None
+            # also valid files of a variant Pillow has no decoder for (3-band float or 5-band TIFFs)
+            raise ImageDecodeError("corrupt or truncated image header, or a format variant Pillow cannot read",
+                                   path) from None
         raise ImageDecodeError("not an image (unidentified format)", path) from None
     except FileNotFoundError:
         raise ImageDecodeError("file not found", path) from None
@@ -178,7 +187,8 @@ def _reduced(image: Image.Image) -> Image.Image:
     return image.reduce(factor)
 
 
-_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF",
+                     b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")  # the last two: JPEG 2000 (.jp2, .j2k)
 
 
 def _file_head(path: Path) -> bytes:
@@ -202,6 +212,77 @@ def _apply_exif_orientation(image: Image.Image) -> tuple[Image.Image, bool]:
         return ImageOps.exif_transpose(image), orientation in (5, 6, 7, 8)
     except Exception:  # a damaged EXIF block should not cost the pixels, which decoded fine
         return image.copy(), False
+
+
+_SIXTEEN_BIT_RAWMODE = re.compile(r";16([BLN])$")
+_OTHER_BYTE_ORDER = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
+
+
+def _low_byte_tiles(image: Image.Image) -> list | None:
+    """For a colour image with 16 bits per sample, the same tiles with the other byte order.
+
+    Pillow has no 16-bit colour mode: it decodes such files (PNG, TIFF) to 8 bits per sample by
+    keeping each sample's high byte, so 12-bit data (0..4095: satellite, microscopy and camera
+    exports) would come out almost black. Decoded with the other byte order, the same tiles give
+    the low bytes. None for any other image (single-band 16-bit images have modes of their own).
+    """
+    if image.mode not in ("RGB", "RGBA"):
+        return None
+    swapped = []
+    for tile in image.tile:
+        args = (tile.args,) if isinstance(tile.args, str) else tuple(tile.args or ())
+        match = _SIXTEEN_BIT_RAWMODE.search(args[0]) if args and isinstance(args[0], str) else None
+        if match is None:
+            return None
+        rawmode = args[0][: match.start(1)] + _OTHER_BYTE_ORDER[match.group(1)]
+        swapped.append(tile._replace(args=rawmode if isinstance(tile.args, str) else (rawmode, *args[1:])))
+    return swapped or None
+
+
+def _decoded_with(tiles: list | None, source: Path | io.BytesIO) -> np.ndarray | None:
+    """The file's pixels decoded with other tiles; None without tiles, or where Pillow has no
+    unpacker for them (16-bit gray+alpha PNGs: those keep the high byte)."""
+    if not tiles:
+        return None
+    with Image.open(source) as image:
+        image.tile = tiles
+        try:
+            image.load()
+        except (OSError, ValueError):
+            return None
+        return np.asarray(image)
+
+
+def _sixteen_bit_colour(high_bytes: Image.Image, low_bytes: np.ndarray) -> tuple[Image.Image, bool]:
+    """RGB from the two 8-bit decodes of a 16-bit colour image, oriented, and whether it turned.
+
+    The 16-bit samples take the single-band route (``_scale_to_8bit``), box-reduced first when
+    large; alpha is full range. About 17 bytes per pixel at the peak (the two decodes, the
+    16-bit samples), where the 8-bit route takes 4 to 8.
+    """
+    samples = np.asarray(high_bytes).astype(np.uint16) << 8
+    samples |= low_bytes
+    samples = _box_reduced(samples)
+    colour, alpha = samples[..., :3], samples[..., 3] if high_bytes.mode == "RGBA" else None
+    rgb = _scale_to_8bit(colour, integer=True)
+    if alpha is not None:
+        background = Image.new("RGB", rgb.size, TRANSPARENT_BACKGROUND)
+        background.paste(rgb, mask=Image.fromarray(np.rint(alpha / 257).astype(np.uint8)))
+        rgb = background
+    rgb.info["exif"] = high_bytes.getexif().tobytes()  # the orientation, also a TIFF's own tag
+    return _apply_exif_orientation(rgb)
+
+
+def _box_reduced(samples: np.ndarray) -> np.ndarray:
+    """(height, width, channels) samples above the working size, box-reduced as ``_reduced`` does
+    (the mean of each factor x factor block; partial blocks at the edges are cut)."""
+    height, width = samples.shape[:2]
+    factor = math.ceil(math.sqrt(height * width / WORKING_PIXELS))
+    if factor <= 1:
+        return samples
+    rows, columns = height // factor, width // factor
+    blocks = samples[: rows * factor, : columns * factor].reshape(rows, factor, columns, factor, -1)
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -230,10 +311,20 @@ def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
 
     Non-negative integers are scaled by the smallest bit depth (>= 8) that holds their maximum:
     a 16-bit photo by 1/257, 12-bit medical data in a 16-bit container by 255/4095 (instead of
-    turning almost black). Floats and negative integers are min-max scaled.
+    turning almost black). Floats and negative integers are min-max scaled. Float pixels with no
+    value (NaN, infinite: a GeoTIFF's usual "no data") are left out of the scaling and drawn
+    white, as transparent pixels are; an image with no finite pixel is refused.
     """
     scaled = np.array(pixels, dtype=np.float64)  # the one working copy: every step below is in place
-    low, high = float(scaled.min()), float(scaled.max())
+    no_value = None if integer else ~np.isfinite(scaled)
+    if no_value is not None and no_value.any():
+        if no_value.all():
+            raise ImageDecodeError("no pixel has a value (all NaN or infinite)")
+        scaled[no_value] = np.nan
+        low, high = float(np.nanmin(scaled)), float(np.nanmax(scaled))
+    else:
+        no_value = None
+        low, high = float(scaled.min()), float(scaled.max())
     if integer and low >= 0:
         bits = max(8, int(np.ceil(np.log2(high + 1))))
         scaled *= 255.0 / (2.0**bits - 1)
@@ -242,6 +333,8 @@ def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
         scaled *= 255.0 / (high - low)
     else:
         scaled[...] = 0  # a constant float image has no contrast to keep
+    if no_value is not None:
+        scaled[no_value] = 255
     np.rint(scaled, out=scaled)
     gray = np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
     if gray.ndim == 3:  # multi-channel wide modes are rare; keep the first three channels

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -165,3 +167,54 @@ def _encode(image: Image.Image, fmt: str, **options) -> bytes:
 
 def _save(image: Image.Image, path: Path, fmt: str, **options) -> None:
     path.write_bytes(_encode(image, fmt, **options))
+
+
+def encode_png16(samples: np.ndarray) -> bytes:
+    """A PNG of 16-bit samples, (height, width, 2 | 3 | 4) for gray+alpha, RGB, RGBA: Pillow
+    cannot write 16-bit colour, which satellite and microscopy tools do."""
+    height, width, channels = samples.shape
+    colour_type = {2: 4, 3: 2, 4: 6}[channels]
+    rows = samples.astype(">u2").reshape(height, width * channels)
+    scanlines = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter type 0 on every row
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        _png_chunk(kind, body) for kind, body in ((b"IHDR", header), (b"IDAT", zlib.compress(scanlines)), (b"IEND", b""))
+    )
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def encode_tiff(samples: np.ndarray, *, deflate: bool = False, orientation: int = 1) -> bytes:
+    """A one-strip little-endian TIFF of (height, width, bands) samples of any integer or float
+    dtype, as GDAL writes them: bands past the third are unspecified extra samples (e.g. near
+    infrared). ``deflate``: Adobe deflate compression (Pillow then decodes through libtiff)."""
+    height, width, bands = samples.shape
+    pixels = np.ascontiguousarray(samples, dtype=samples.dtype.newbyteorder("<")).tobytes()
+    strip = zlib.compress(pixels) if deflate else pixels
+    sample_format = {"u": 1, "i": 2, "f": 3}[samples.dtype.kind]
+    per_band = lambda value: (3, [value] * bands)  # noqa: E731
+    tags = {
+        256: (4, [width]), 257: (4, [height]), 258: per_band(samples.dtype.itemsize * 8),
+        259: (3, [8 if deflate else 1]), 262: (3, [2 if bands >= 3 else 1]), 273: (4, [0]),
+        274: (3, [orientation]), 277: (3, [bands]), 278: (4, [height]), 279: (4, [len(strip)]),
+        284: (3, [1]), 339: per_band(sample_format),
+    }
+    if bands > (3 if bands >= 3 else 1):
+        tags[338] = (3, [0] * (bands - (3 if bands >= 3 else 1)))
+    values_at = 8 + len(strip)
+    out_of_line = b""
+    entries = []
+    for tag, (kind, values) in sorted(tags.items()):
+        packed = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+        if tag == 273:
+            packed = struct.pack("<I", 8)  # the strip follows the header
+        if len(packed) > 4:
+            entries.append(struct.pack("<HHII", tag, kind, len(values), values_at + len(out_of_line)))
+            out_of_line += packed + b"\x00" * (len(packed) % 2)
+        else:
+            entries.append(struct.pack("<HHI", tag, kind, len(values)) + packed.ljust(4, b"\x00"))
+    directory_at = values_at + len(out_of_line)
+    directory = struct.pack("<H", len(entries)) + b"".join(entries) + b"\x00\x00\x00\x00"
+    return b"II*\x00" + struct.pack("<I", directory_at) + strip + out_of_line + directory
