@@ -117,6 +117,17 @@ def test_classes_file_gives_the_vocabulary(photos, tmp_path):
         assert store.vocabulary("pets").classes == ["cat", "dog", "red fox"]
 
 
+def test_classes_clip_reads_as_one_are_refused_before_any_image(photos, tmp_path):
+    """'Cat' and 'cat' (or a name in two Unicode forms) got one embedding and split their images by chance."""
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Cat\ndog\ncat\n")
+    result = run_cli("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
+                     "--classes", classes)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "pairs 1: 'Cat' = 'cat'" in said and "list each class once" in said, said
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.shards").exists()
+
+
 def test_a_rerun_does_not_replace_a_vocabulary_by_other_classes(photos, tmp_path):
     """Bug: rerunning extract with --classes silently turned the store's vocabulary into other classes."""
     store = tmp_path / "s.h5"

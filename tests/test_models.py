@@ -20,6 +20,7 @@ from zsfs.models import (
     load_backbone_from_record,
     load_clip,
     load_clip_from_record,
+    same_text_to_clip,
 )
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
@@ -83,6 +84,32 @@ def test_vocabulary_single_and_ensemble(tiny_clip, monkeypatch):
     per_template = tiny_clip.encode_texts([t.format("dog") for t in ENSEMBLE_TEMPLATES])
     mean = per_template.mean(dim=0)
     np.testing.assert_allclose(ensemble[1], (mean / mean.norm()).numpy(), atol=1e-5)
+
+
+def test_class_names_clip_reads_as_the_same_text(tiny_clip):
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    classes = ["Cat", "dog", "cat", composed, "CAT", decomposed, "bird"]
+    assert same_text_to_clip(tiny_clip, classes) == [("Cat", "cat"), ("Cat", "CAT"), (composed, decomposed)]
+    single, _ = encode_vocabulary(tiny_clip, ["Cat", "cat"])
+    np.testing.assert_array_equal(single[0], single[1])  # why they are refused: one embedding for two classes
+    assert same_text_to_clip(tiny_clip, ["cat", "cats", "a cat"]) == [] and same_text_to_clip(tiny_clip, ["x"]) == []
+
+
+def test_models_see_the_same_central_square_of_a_very_thin_image(tiny_clip, tiny_backbone):
+    """Bug: a 1 x 20,000 strip was scaled to 168 x 3,360,000 pixels before the centre crop (2.9 GB)."""
+    from zsfs.embedding import MAX_ASPECT_RATIO, within_aspect_ratio
+
+    rng = np.random.default_rng(0)
+    strip = Image.fromarray(rng.integers(0, 256, (12, 12 * 40, 3), dtype=np.uint8))
+    cropped = within_aspect_ratio(strip)
+    assert cropped.size == (12 * MAX_ASPECT_RATIO, 12)
+    assert (np.asarray(cropped) == np.asarray(strip)[:, 12 * 12 : 12 * 28]).all()  # the middle
+    assert within_aspect_ratio(strip.transpose(Image.Transpose.TRANSPOSE)).size == (12, 12 * MAX_ASPECT_RATIO)
+    assert within_aspect_ratio(Image.new("RGB", (1, 20_000))).size == (1, MAX_ASPECT_RATIO)
+    ordinary = Image.new("RGB", (160, 10))
+    assert within_aspect_ratio(ordinary) is ordinary
+    for model in (tiny_clip, tiny_backbone):
+        torch.testing.assert_close(model.preprocess(cropped), model.preprocess(strip), atol=1e-5, rtol=0)
 
 
 def test_vocabulary_goes_through_in_blocks_of_classes(tiny_clip, monkeypatch):

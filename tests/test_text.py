@@ -124,3 +124,13 @@ def test_text_on_a_missing_store_or_class_file(unlabelled_store, tmp_path):
     classes.write_text("cat\n")
     missing = run_cli("text", tmp_path / "nope.h5", "--classes", classes, "--name", "x")
     assert missing.exit_code == 1 and "nope.h5" in missing.output
+
+
+def test_text_refuses_classes_clip_reads_as_one(unlabelled_store, tmp_path):
+    store, _ = unlabelled_store
+    classes = tmp_path / "animals.txt"
+    classes.write_text("caf\u00e9\ncafe\u0301\ndog\n")  # one name, composed and decomposed
+    result = run_cli("text", store, "--classes", classes, "--vocab", "twice")
+    assert result.exit_code == 1 and "pairs 1: 'caf\u00e9' = 'cafe\u0301'" in " ".join(result.output.split())
+    with Store(store) as opened:
+        assert "twice" not in opened.vocabulary_names()

@@ -73,6 +73,9 @@ class _ShardWorker:
     def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.embedder.encode_vocabulary(classes)
 
+    def same_text_to_clip(self, classes: list[str]) -> list[tuple[str, str]]:
+        return self.embedder.same_text_to_clip(classes)
+
 
 def check_ray_plan(address: str | None, device: str, n_workers: int | None) -> None:
     """Refuse, before any work (so that a refusal leaves nothing behind), a run Ray cannot do:
@@ -184,6 +187,9 @@ class RayEmbedders(AbstractContextManager):
 
     def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return ray.get(self.actors[0].encode_vocabulary.remote(classes))
+
+    def same_text_to_clip(self, classes: list[str]) -> list[tuple[str, str]]:
+        return ray.get(self.actors[0].same_text_to_clip.remote(classes))
 
     def close(self) -> None:
         """Stop the workers (and the Ray instance this object started)."""

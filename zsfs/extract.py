@@ -25,8 +25,8 @@ from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_listing
 from zsfs.errors import ParameterError, ZsfsError, check_at_least
-from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record
-from zsfs.names import check_class_names
+from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
+from zsfs.names import check_class_names, some_names
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
@@ -177,6 +177,9 @@ class ShardEmbedder(AbstractContextManager):
         """(single-prompt, ensemble) text embeddings of the class names."""
         return encode_vocabulary(self.clip, classes)
 
+    def same_text_to_clip(self, classes: list[str]) -> list[tuple[str, str]]:
+        return same_text_to_clip(self.clip, classes)
+
     def __exit__(self, *exc) -> None:
         return None
 
@@ -248,6 +251,8 @@ def extract(
         refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
 
     with _embedder(settings, image_source, ray, ray_workers) as embedder:
+        if class_names:  # before the images: the classes must be fixed whatever they hold
+            refuse_same_text_to_clip(embedder.same_text_to_clip(class_names))
         clip_record, backbone_record = embedder.records
         writer = StoreWriter(out, store_identity(image_source, clip_record, backbone_record, dtype=dtype),
                              n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype, overwrite=overwrite)
@@ -359,11 +364,21 @@ def add_vocabulary(
     check_store_update(Path(store_path), data_dir)
     with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
         clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device)
+        refuse_same_text_to_clip(same_text_to_clip(clip, class_names))
         if on_start is not None:
             on_start(len(class_names))
         single, ensemble = encode_vocabulary(clip, class_names, on_classes=on_classes)
         _write_vocabulary(Path(store_path), name, class_names, single, ensemble, overwrite=overwrite)
     return class_names
+
+
+def refuse_same_text_to_clip(pairs: list[tuple[str, str]]) -> None:
+    """A ``ZsfsError`` naming the class names CLIP reads as the same text (see ``same_text_to_clip``)."""
+    if pairs:
+        shown = some_names([f"{earlier!r} = {later!r}" for earlier, later in pairs], 10)
+        raise ZsfsError(f"CLIP reads some class names as the same text (its tokenizer ignores case, spacing and the "
+                        f"Unicode form), pairs {shown}. It gives each pair one embedding and cannot tell their "
+                        "images apart: list each class once.")
 
 
 def default_output(location: Path) -> Path:

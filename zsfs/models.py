@@ -90,6 +90,19 @@ class Backbone:
         return F.normalize(features.float(), dim=-1)
 
 
+def same_text_to_clip(clip: ClipModel, classes: Sequence[str]) -> list[tuple[str, str]]:
+    """(earlier, later) class names whose prompts CLIP's tokenizer turns into the same tokens:
+    open_clip's tokenizers ignore case, spacing and the Unicode form ('Cat' = 'cat', 'café'
+    composed = decomposed) and cut long texts at their context length. Such classes get one and
+    the same embedding, so no method can tell their images apart."""
+    if len(classes) < 2:
+        return []
+    tokens = np.asarray(clip.tokenizer([SINGLE_PROMPT.format(name) for name in classes]))
+    _, first, inverse = np.unique(tokens.reshape(len(classes), -1), axis=0, return_index=True, return_inverse=True)
+    earlier = first[inverse.reshape(-1)]
+    return [(classes[e], classes[i]) for i, e in enumerate(earlier) if e != i]
+
+
 def encode_vocabulary(
     clip: ClipModel, classes: Sequence[str], batch_size: int = 256,
     on_classes: Callable[[int], None] | None = None,
