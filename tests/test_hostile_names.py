@@ -4,6 +4,7 @@ and a sub-folder that cannot be read. extract, info, fit and predict must take t
 
 from __future__ import annotations
 
+import json
 import os
 import unicodedata
 from pathlib import Path
@@ -243,3 +244,24 @@ def test_store_file_names_with_percent_signs_or_bytes_that_are_not_utf8(tmp_path
         shards = store.data_dir
     assert shards.is_dir() and shards.name.endswith(".shards") and os.fsencode(shards.name).decode("utf-8")
     assert run_cli("info", master).exit_code == 0
+
+
+def test_info_lists_skipped_files_one_line_each_whatever_their_names(tmp_path):
+    raw_root = os.fsencode(tmp_path / "photos")
+    os.makedirs(raw_root + b"/cat")
+    _write_png(raw_root + b"/cat/good.png", 0)
+    broken = {b"cat/tab\there\nnewline.jpg": b"not a picture", b"cat/caf\xe9.png": b""}
+    for name, content in broken.items():
+        with open(raw_root + b"/" + name, "wb") as handle:
+            handle.write(content)
+    store = tmp_path / "s.h5"
+    extracted = run_cli("extract", Path(os.fsdecode(raw_root)), "--out", store, *TINY_MODEL_ARGS, "--workers", "0")
+    assert extracted.exit_code == 0 and "`zsfs info --skipped` lists them" in extracted.output, extracted.output
+    listed = run_cli("info", store, "--skipped")
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.splitlines() == ["cat/caf\\xe9.png\tempty file",
+                                          "cat/tab\\x09here\\x0anewline.jpg\tnot an image (unidentified format)"]
+    as_json = json.loads(run_cli("info", store, "--skipped", "--json").stdout)
+    assert as_json["skipped"] == [{"path": "cat/caf\\xe9.png", "reason": "empty file"},
+                                  {"path": "cat/tab\there\nnewline.jpg", "reason": "not an image (unidentified format)"}]
+    assert as_json["n_images"] == 1

@@ -132,7 +132,7 @@ def _summary_table(summary) -> Table:
     table.add_column(style="bold")
     table.add_column(overflow="fold")  # paths are shown whole
     table.add_row("images in the store", f"{summary.n_images:,}")  # a rerun's too, not only this run's
-    table.add_row("skipped", f"{summary.n_skipped:,}")
+    table.add_row("skipped", f"{summary.n_skipped:,}" + (" (`zsfs info --skipped` lists them)" if summary.n_skipped else ""))
     for reason, count in sorted(summary.skipped_reasons.items(), key=lambda item: -item[1]):
         table.add_row(shown(f"  {reason}"), f"{count:,}")
     if summary.repeated_paths:

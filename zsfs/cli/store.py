@@ -11,7 +11,7 @@ import click
 from zsfs.cli.common import GivenPath, console, image_progress, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
-from zsfs.names import some_names
+from zsfs.names import some_names, utf8_text, visible
 from zsfs.store.schema import DEFAULT_SHARD_SIZE
 
 
@@ -85,7 +85,10 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--verify", is_flag=True,
               help="Also read every byte: shard checksums, every dataset's checksums, vocabularies, graph, index.")
-def info_command(store_path: Path, as_json: bool, verify: bool) -> None:
+@click.option("--skipped", "list_skipped", is_flag=True,
+              help="List the files extract skipped, one 'PATH<tab>REASON' line each on stdout (with --json: "
+                   "a 'skipped' list).")
+def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bool) -> None:
     """Show what a store holds: images, models, vocabularies, shards, index.
 
     Opening a store checks that its shard files are the ones it recorded; --verify checks
@@ -96,6 +99,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool) -> None:
       zsfs info imagenet.h5
       zsfs info --verify imagenet.h5
       zsfs info --json imagenet.h5 | jq .vocabularies
+      zsfs info --skipped imagenet.h5 > skipped.tsv
     """
     from zsfs.store import Store
 
@@ -104,6 +108,14 @@ def info_command(store_path: Path, as_json: bool, verify: bool) -> None:
         if verify:
             with console.status("verifying every byte of the store"):
                 summary["verified"] = store.verify()
+        skipped = store.skipped() if list_skipped else None
+    if skipped is not None and not as_json:
+        # Names are written visibly (a tab, newline or undecodable byte in a name as \t, \n, \xNN):
+        # one line per file, whatever the names hold.
+        click.echo("".join(f"{visible(path)}\t{visible(reason)}\n" for path, reason in zip(*skipped)), nl=False)
+        return
+    if skipped is not None:
+        summary["skipped"] = [{"path": utf8_text(path), "reason": reason} for path, reason in zip(*skipped)]
     if verify:
         checked = summary["verified"]
         console.print(f"Verified: {checked['shards']} shard(s)"
@@ -175,7 +187,7 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
     reasons = ", ".join(f"{count} {reason}" for reason, count in summary["skipped_reasons"].items())
     for key, value in [
         ("images", f"{summary['n_images']:,}"),
-        ("skipped", f"{summary['n_skipped']:,}" + (f" ({reasons})" if reasons else "")),
+        ("skipped", f"{summary['n_skipped']:,}" + (f" ({reasons}; `zsfs info --skipped` lists them)" if reasons else "")),
         ("labels", _labels_line(summary["labels"]) if summary["has_labels"] else "no"),
         ("source", summary["source"]),
         ("stored as", f"{summary['dtype']}, {summary['n_shards']} shard(s)"),
