@@ -213,9 +213,21 @@ def test_fit_metrics_hand_computed():
     assert [c["precision"] for c in metrics["seed_precision"]] == [0.5, None]
     assert metrics["absent_classes"] == {"reported": ["fox", "emu"], "truly_absent": ["fox"], "precision": 0.5}
     assert metrics["ood_auroc"] == 1.0 and metrics["mcm_auroc"] == 0.25
+    assert metrics["labels_not_classes"] == {"yak": 1}
     # labels that name no class (a vocabulary spelt otherwise): nothing measurable, not precision 0
     other = runs.fit_metrics(result, np.array(["Dog", "Cat", "yak", "Dog", "Emu"], dtype=object))
-    assert other == {"n_images": 5, "n_evaluated": 0}
+    assert other == {"n_images": 5, "n_evaluated": 0, "labels_not_classes": {"Dog": 2, "Cat": 1, "Emu": 1, "yak": 1}}
+    assert "labels_not_classes" not in runs.fit_metrics(result, np.array(["dog", "cat", "emu", "dog", "emu"]))
+
+
+def test_the_fit_summary_names_labels_that_are_no_class_and_their_near_spellings():
+    """A class folder named 'bird ' (or in another Unicode form) silently counted as OOD."""
+    from zsfs.cli.fit import _labels_not_classes
+
+    decomposed = "cafe\u0301"
+    said = _labels_not_classes({"bird ": 18, decomposed: 3, "yak": 1}, ["bird", "caf\u00e9", "dog"])
+    assert said == (f"3: 'bird ' 18 (spelled like class 'bird'); {decomposed!r} 3 (spelled like class 'caf\u00e9'); "
+                    "'yak' 1")
 
 
 def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):

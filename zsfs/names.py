@@ -9,6 +9,7 @@ derived from folder names) get :func:`utf8_text`, which writes each undecodable 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -74,6 +75,11 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
     if twice:
         raise ZsfsError(f"{where} lists these names more than once: {some_names(twice, 10)}")
     return names
+
+
+def spelling_key(name: str) -> str:
+    """What two spellings of one name share: the Unicode form, case and surrounding spaces aside."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

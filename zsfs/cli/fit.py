@@ -172,6 +172,17 @@ SHOWN_CLASSES = 8
 """Class names listed in one row of the fit summary."""
 
 
+def _labels_not_classes(counts: dict[str, int], classes: list[str]) -> str:
+    """``'bird ' 18 (spelled like class 'bird'); fish 3``: a label that differs from a class only
+    by case, spaces or Unicode form is almost surely meant as that class."""
+    from zsfs.names import spelling_key
+
+    by_key = {spelling_key(name): name for name in classes}
+    return some_names([f"{label!r} {count:,}" + (f" (spelled like class {by_key[spelling_key(label)]!r})"
+                                                if spelling_key(label) in by_key else "")
+                       for label, count in counts.items()], SHOWN_CLASSES, "metrics.json")
+
+
 def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> None:
     from rich.table import Table
 
@@ -189,6 +200,9 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
                 table.add_row(label, f"{metrics[key]:.4f}")
     elif metrics:
         table.add_row("accuracy", "- (no image's label is a class of this vocabulary)")
+    if metrics and metrics.get("labels_not_classes"):
+        table.add_row("labels that are no class (images counted as OOD)",
+                      shown(_labels_not_classes(metrics["labels_not_classes"], result.classes)))
     table.add_row("seed images", seed_images_text(int(result.is_seed.sum()),
                                                   result.cycles[0].n_kept if result.cycles else None))
     if result.unseeded_classes:
