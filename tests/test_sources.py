@@ -22,8 +22,23 @@ def save(image: Image.Image, path: Path, **options) -> Path:
 # --- open_source -------------------------------------------------------------------------------
 
 
-def test_image_extensions_are_lower_case_suffixes():
-    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"} == IMAGE_EXTENSIONS
+def test_image_extensions_are_lower_case_suffixes_pillow_opens():
+    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"} < IMAGE_EXTENSIONS
+    assert all(suffix == suffix.lower() for suffix in IMAGE_EXTENSIONS)
+    assert IMAGE_EXTENSIONS <= set(Image.registered_extensions())
+
+
+def test_a_folder_scan_takes_the_less_common_suffixes(tmp_path):
+    """Bug: .jfif, .jpe, .pgm, .tga, ... files were left out of a scan without a word."""
+    names = ["a.jfif", "b.JPE", "c.pgm", "d.ppm", "e.tga", "f.jp2", "g.png"]
+    for name in names:
+        image = Image.new("L" if name.endswith(".pgm") else "RGB", (8, 8), 90)
+        image.save(tmp_path / name, format={"jfif": "JPEG", "jpe": "JPEG", "pgm": "PPM", "ppm": "PPM", "tga": "TGA",
+                                            "jp2": "JPEG2000", "png": "PNG"}[name.rsplit(".", 1)[1].lower()])
+    source = open_source(tmp_path)
+    assert source.paths == names
+    for index in range(len(names)):
+        assert source.decode(index).size == (8, 8)
 
 
 def test_folder_lists_images_sorted_with_subfolder_labels(image_folder):

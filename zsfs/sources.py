@@ -23,9 +23,12 @@ from zsfs.tars import (READ_IN_PLACE, TarMembers, compressed_tar_error, is_compr
                        tar_shards_in)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2", ".j2k", ".avif",
+     ".tga", ".pbm", ".pgm", ".ppm", ".pnm"}
 )
-"""File suffixes (compared lower-case) that a folder scan picks up."""
+"""File suffixes (compared lower-case) that a folder scan picks up: the photo, scan and raster
+formats Pillow decodes (JPEG 2000 and AVIF where its build has them; a file it cannot decode is
+skipped with the reason)."""
 
 LIST_SUFFIXES = (".txt", ".csv")
 
