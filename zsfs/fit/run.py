@@ -98,6 +98,11 @@ class FitConfig:
         config.validate()
         return config
 
+    @property
+    def parameters_not_read(self) -> tuple[str, ...]:
+        """The parameters this config's method never reads (config.json; the report marks them)."""
+        return UNREAD_BY[self.method]
+
     def unread(self, given: dict) -> list[str]:
         """The parameters among ``given`` (None = not given) that this config's method never reads."""
         return [name for name in UNREAD_BY[self.method] if given.get(name) is not None]
@@ -168,6 +173,7 @@ class FitResult:
     absent_classes: list[str] = field(default_factory=list)  # listed classes the collection does not hold
     class_shares: dict[str, float] | None = None  # balanced method: estimated fraction of images per class
     ood_flag_threshold: float | None = None  # the ood_score of the seeds' 95th percentile: flagged above it
+    absent_share_threshold: float | None = None  # classes estimated below this share are absent (None: not checked)
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
 
@@ -355,6 +361,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         neighbour_search=neighbour_search,
         precision=precision,
         absent_classes=[vocab.classes[i] for i in np.setdiff1d(np.arange(n_classes), head_classes)],
+        absent_share_threshold=(transductive.ABSENT_SHARE / n_classes
+                                if config.method == "balanced" and not config.keep_all_classes else None),
         class_shares=None if shares is None else dict(zip(vocab.classes, shares.tolist())),
         timings=timer.timings,
         cpu_timings=timer.cpu_timings,
