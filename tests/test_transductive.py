@@ -37,6 +37,12 @@ def test_sinkhorn_meets_both_marginals_and_matches_a_log_domain_reference():
         for i in range(q.shape[0]):
             q[i] -= np.logaddexp.reduce(q[i])
     assert np.allclose(assignment[:, active].numpy(), np.exp(q), atol=1e-4)
+    # Every class active (the in-place route): the same as the same classes taken as a subset, input untouched.
+    subset = log_scores[:, active].clone()
+    before = subset.clone()
+    whole = transductive.sinkhorn(subset, marginals[active], iterations=500)
+    assert torch.equal(subset, before)
+    assert torch.equal(whole, assignment[:, active])
 
 
 def test_most_confident_keeps_the_top_fraction_of_each_label():

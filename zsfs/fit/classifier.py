@@ -85,7 +85,7 @@ class LinearHead:
             for start in range(0, n, batch_size):
                 x = epoch_features[start : start + batch_size]
                 y = epoch_labels[start : start + batch_size]
-                self.optimizer.zero_grad(set_to_none=False)
+                self.optimizer.zero_grad()  # to None: backward then writes the gradient instead of adding to zeros
                 loss = F.cross_entropy(self.logits(x), y)
                 loss.backward()
                 self.optimizer.step()

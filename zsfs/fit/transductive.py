@@ -135,15 +135,21 @@ def sinkhorn(log_scores: torch.Tensor, marginals: torch.Tensor, iterations: int 
     products per iteration. Classes with a zero marginal get zero everywhere.
     """
     active = marginals > 0
-    scores = log_scores[:, active].float()
-    kernel = torch.exp(scores - scores.amax(dim=1, keepdim=True))
+    every_class = bool(active.all())
+    # One (n, C) working matrix, changed in place (n x C is the largest array of a fit): no column
+    # gather and scatter when every class takes part, as usual.
+    scores = (log_scores if every_class else log_scores.index_select(1, torch.nonzero(active).squeeze(1))).float()
+    kernel = scores - scores.amax(dim=1, keepdim=True)  # a new matrix: log_scores stays as it was
+    kernel.exp_()
     target = marginals[active].float() / marginals[active].sum() * len(kernel)
     column = torch.ones(kernel.shape[1], device=kernel.device)
     for _ in range(iterations):
         row = 1.0 / (kernel @ column).clamp_min(1e-30)
         column = target / (kernel.T @ row).clamp_min(1e-30)
-    assignment = kernel * column
+    assignment = kernel.mul_(column)
     assignment /= assignment.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    if every_class:
+        return assignment
     out = torch.zeros(log_scores.shape, dtype=torch.float32, device=log_scores.device)
     out[:, active] = assignment
     return out
