@@ -85,6 +85,10 @@ def test_row_parts_slices_across_parts():
     assert rows.shape == (8, 2)
     for start, stop in [(0, 8), (2, 5), (3, 4), (5, 5), (7, 20)]:
         np.testing.assert_array_equal(rows[start:stop], whole[start:stop])
+    with_empty = RowParts([np.zeros((0, 2), int), *parts[:2], np.zeros((0, 2), int), parts[2]], list("vabwc"))
+    for start in range(-9, 11):  # every slice, empty parts included (only the overlapped parts are read)
+        for stop in range(-9, 11):
+            np.testing.assert_array_equal(with_empty[start:stop], whole[start:stop])
 
 
 def test_row_count_mismatch_is_a_clear_error(inputs):

@@ -56,8 +56,12 @@ class RowParts:
         start, stop, step = rows.indices(len(self))
         if step != 1:
             raise IndexError("RowParts supports contiguous slices only")
-        pieces = [part[max(start - first, 0) : max(min(stop - first, len(part)), 0)]
-                  for part, first in zip(self.parts, self.offsets[:-1])]
+        # Only the parts the slice overlaps: a digest takes 4,096 one-row slices, and a clip-retrieval
+        # folder can hold thousands of parts (one pass over all of them per slice took 7 s per array).
+        first_part = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        last_part = int(np.searchsorted(self.offsets, stop, side="left"))
+        pieces = [self.parts[i][max(start - self.offsets[i], 0) : min(stop - self.offsets[i], len(self.parts[i]))]
+                  for i in range(max(first_part, 0), min(last_part, len(self.parts)))]
         rows = np.concatenate([piece for piece in pieces if len(piece)] or [self.parts[0][:0]])
         # float64 is numpy's default dtype; the store holds float16/32, so wider rows narrow here.
         return rows.astype(np.float32) if rows.dtype.itemsize > 4 else rows
