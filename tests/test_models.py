@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from torchvision import transforms
 
 from zsfs.errors import ModelLoadError
 from zsfs.models import (
@@ -21,6 +22,7 @@ from zsfs.models import (
     load_clip,
     load_clip_from_record,
     same_text_to_clip,
+    uint8_transform,
 )
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
@@ -84,6 +86,28 @@ def test_vocabulary_single_and_ensemble(tiny_clip, monkeypatch):
     per_template = tiny_clip.encode_texts([t.format("dog") for t in ENSEMBLE_TEMPLATES])
     mean = per_template.mean(dim=0)
     np.testing.assert_allclose(ensemble[1], (mean / mean.norm()).numpy(), atol=1e-5)
+
+
+def test_workers_hand_over_uint8_pixels_and_the_model_side_scales_them_as_the_full_transform(tiny_clip,
+                                                                                            tiny_backbone):
+    import open_clip
+    import timm
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (30 + 7 * i, 41, 3), dtype=np.uint8)) for i in range(3)]
+    full_transforms = [  # what the libraries make: ending in (Maybe)ToTensor, Normalize
+        (tiny_clip, open_clip.image_transform(32, is_train=False, mean=OPENAI_MEAN, std=tiny_clip.record["std"])),
+        (tiny_backbone, timm.data.create_transform(**timm.data.resolve_data_config(model=tiny_backbone.model))),
+    ]
+    for model, full in full_transforms:
+        assert model.scaling is not None
+        handed_over = torch.stack([model.preprocess(image) for image in images])
+        assert handed_over.dtype == torch.uint8  # a quarter of float32's bytes through shared memory
+        expected = torch.stack([full(image) for image in images])
+        assert torch.equal(model.scaling(handed_over), expected)  # the same numbers, bit for bit
+        torch.testing.assert_close(model.encode_images(handed_over), model.encode_images(expected))
+    shapeless = transforms.Compose([transforms.ToTensor()])  # no Normalize at the end: kept whole
+    assert uint8_transform(shapeless) == (shapeless, None)
 
 
 def test_class_names_clip_reads_as_the_same_text(tiny_clip):
@@ -251,7 +275,7 @@ def test_backbone_checkpoint_file_round_trip(tiny_backbone, tmp_path, with_head)
     assert (loaded.record["weights"], loaded.record["output"], loaded.record["dim"]) == ("file", "pre_logits", 64)
     x = pixels_for(tiny_backbone)
     with torch.inference_mode():
-        expected = torch.nn.functional.normalize(reference(x), dim=-1)
+        expected = torch.nn.functional.normalize(reference(tiny_backbone.scaling(x)), dim=-1)
     torch.testing.assert_close(loaded.encode_images(x), expected)
     assert torch.equal(load_backbone_from_record(loaded.record).encode_images(x), loaded.encode_images(x))
 

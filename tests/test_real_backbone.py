@@ -54,7 +54,7 @@ def test_local_weights_give_imagenet_accuracy(shared):
     with safe_open(str(weights), framework="pt") as tensors:
         weight, bias = tensors.get_tensor("classifier.weight"), tensors.get_tensor("classifier.bias")
     with torch.inference_mode():
-        features = backbone.model(pixels)
+        features = backbone.model(backbone.scaling(pixels))  # preprocess hands over uint8 pixels
     predicted = (features @ weight.T + bias).argmax(dim=1).numpy()
     truth = np.array([int(row["imagenet_index"]) for row in rows])
     correct = int((predicted == truth).sum())

@@ -46,20 +46,58 @@ BACKBONE_HEAD_MARKER = "_clip_"  # timm CLIP image towers: the head projects int
 FINE_TUNED_MARKER = "_ft_"  # "openai_ft_in1k": a CLIP tower fine-tuned into a classifier
 
 
+@dataclass(frozen=True)
+class PixelScaling:
+    """The last two steps of a model's eval transform, [0, 255] -> [0, 1] -> ``(x - mean) / std``,
+    done for a whole batch where the model runs: decoding workers then hand over uint8 pixels, a
+    quarter of float32's bytes through shared memory and to the GPU, and skip two passes each.
+    The same operations as torchvision's ``ToTensor`` and ``Normalize``, so the same numbers."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float32, scaled; float pixels (already scaled) pass unchanged."""
+        if pixels.dtype != torch.uint8:
+            return pixels
+        scaled = pixels.float().div_(255)
+        mean = torch.as_tensor(self.mean, dtype=scaled.dtype, device=scaled.device).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=scaled.dtype, device=scaled.device).view(-1, 1, 1)
+        return scaled.sub_(mean).div_(std)
+
+
+def uint8_transform(preprocess: Callable) -> tuple[Callable, PixelScaling | None]:
+    """``preprocess`` ending in uint8 pixels, and the scaling it leaves to :class:`PixelScaling`;
+    ``(preprocess, None)`` for a transform of another shape (kept whole, as given)."""
+    from torchvision import transforms
+
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) < 2 or not isinstance(steps[-1], transforms.Normalize) or \
+            type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor") or steps[-1].inplace:
+        return preprocess, None
+    normalize = steps[-1]
+    scaling = PixelScaling(tuple(float(v) for v in torch.as_tensor(normalize.mean).reshape(-1)),
+                           tuple(float(v) for v in torch.as_tensor(normalize.std).reshape(-1)))
+    return transforms.Compose([*steps[:-2], transforms.PILToTensor()]), scaling
+
+
 @dataclass
 class ClipModel:
-    """An open_clip model with its own eval transform and tokenizer."""
+    """An open_clip model with its own eval transform and tokenizer. ``preprocess`` gives uint8
+    pixels where ``scaling`` is set (see :class:`PixelScaling`)."""
 
     model: torch.nn.Module
     preprocess: Callable
     tokenizer: Callable
     record: dict
     device: torch.device
+    scaling: PixelScaling | None = None
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) preprocessed pixels -> (B, D) float32, L2-normalised."""
-        features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        """(B, 3, H, W) pixels from ``preprocess`` -> (B, D) float32, L2-normalised."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        features = self.model.encode_image(pixels if self.scaling is None else self.scaling(pixels))
         return F.normalize(features.float(), dim=-1)
 
     @torch.inference_mode()
@@ -76,17 +114,19 @@ class ClipModel:
 
 @dataclass
 class Backbone:
-    """A timm feature extractor with its own eval transform."""
+    """A timm feature extractor with its own eval transform (uint8 pixels where ``scaling`` is set)."""
 
     model: torch.nn.Module
     preprocess: Callable
     record: dict
     device: torch.device
+    scaling: PixelScaling | None = None
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) preprocessed pixels -> (B, D) float32, L2-normalised."""
-        features = self.model(pixels.to(self.device, non_blocking=True))
+        """(B, 3, H, W) pixels from ``preprocess`` -> (B, D) float32, L2-normalised."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        features = self.model(pixels if self.scaling is None else self.scaling(pixels))
         return F.normalize(features.float(), dim=-1)
 
 
@@ -179,8 +219,9 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
     if kind == RANDOM:
         record.update(seed=RANDOM_SEED, init_fingerprint=init_fingerprint(model))
     tokenizer = open_clip.get_tokenizer(arch)
+    preprocess, scaling = uint8_transform(preprocess)
     return ClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, record=record,
-                     device=torch.device(device))
+                     device=torch.device(device), scaling=scaling)
 
 
 def load_clip_from_record(record: dict, device: str = "cpu") -> ClipModel:
@@ -352,7 +393,8 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
     }
     if weights == RANDOM:
         record.update(seed=RANDOM_SEED, init_fingerprint=init_fingerprint(model))
-    return Backbone(model=model, preprocess=preprocess, record=record, device=torch.device(device))
+    preprocess, scaling = uint8_transform(preprocess)
+    return Backbone(model=model, preprocess=preprocess, record=record, device=torch.device(device), scaling=scaling)
 
 
 def load_backbone_from_record(record: dict, device: str = "cpu") -> Backbone:
