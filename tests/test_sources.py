@@ -89,8 +89,8 @@ def test_linked_class_folders_are_read_once_and_a_link_loop_is_a_skipped_entry(t
     source = open_source(photos)
     assert source.paths == ["cat/1.png", "cat/again/", "dog/2.png", "dog/home/", "hound/", "kitty/"]
     assert source.labels == ["cat", "cat", "dog", "dog", "hound", "kitty"]
-    into, listed = "unreadable folder (a link into photos/, listed there)", \
-        "unreadable folder (a link to a folder listed already)"
+    into, listed = "linked folder not followed (a link into photos/, listed there)", \
+        "linked folder not followed (a link to a folder listed already)"
     assert source.unreadable == {"cat/again/": into, "dog/home/": into, "hound/": listed, "kitty/": into}
     assert source.classes == ["cat", "dog"]  # kitty and hound are other names of listed folders, not classes
     assert source.decode(2).size == (8, 8)

@@ -33,6 +33,7 @@ skipped with the reason)."""
 LIST_SUFFIXES = (".txt", ".csv")
 
 UNREADABLE_FOLDER = "unreadable folder"
+LINKED_FOLDER = "linked folder not followed"  # another name of a folder the scan lists: nothing is lost
 """Reason prefix of a listing entry ``folder/`` that a scan could not read."""
 
 
@@ -168,7 +169,7 @@ def _scan_folder(folder: Path) -> ImageSource:
         unreadable[relative] = f"{UNREADABLE_FOLDER} ({(error.strerror or str(error)).lower()})"
 
     def not_read(entry: str, why: str) -> None:  # another name of a folder the scan lists
-        unreadable[entry] = f"{UNREADABLE_FOLDER} ({why})"
+        unreadable[entry] = f"{LINKED_FOLDER} ({why})"
         aliases.append(entry)
 
     for directory, subdirs, files in os.walk(folder, onerror=record, followlinks=True):
