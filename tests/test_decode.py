@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsfs.decode import ImageDecodeError, decode_image, image_size
+from zsfs.decode import ImageDecodeError, _low_byte_tiles, decode_image, image_size
 from zsfs.testing.images import BROKEN_FILES, GOOD_KINDS, encode_png16, encode_tiff
 
 EXIF_ORIENTATION = 0x0112
@@ -229,7 +230,37 @@ def test_sixteen_bit_colour_with_alpha_orientation_and_reduction(monkeypatch):
     reduced = decode_image("r.tif", data=encode_tiff(samples))
     block_means = samples.reshape(10, 4, 16, 4, 3).mean(axis=(1, 3))
     assert reduced.size == (16, 10) and image_size(reduced) == (64, 40)
-    assert np.abs(np.asarray(reduced, dtype=float) - block_means * 255 / 4095).max() <= 0.5 + 1e-6
+    # block means rounded to whole 16-bit values, then to 8 bits
+    assert np.abs(np.asarray(reduced, dtype=float) - block_means * 255 / 4095).max() <= 0.5 + 0.5 * 255 / 4095
+
+
+def test_sixteen_bit_colour_alpha_straight_premultiplied_and_planes():
+    samples = twelve_bit_colour(bands=3)
+    alpha = np.random.default_rng(1).integers(0, 65536, samples.shape[:2]).astype(np.uint16)
+    straight = np.asarray(decode_image("a.tif", data=encode_tiff(np.dstack([samples, alpha]), extra_samples=2)), float)
+    weight = alpha[..., None] / 65535
+    assert np.abs(straight - (as_twelve_bit(samples) * weight + 255 * (1 - weight))).max() <= 1.5
+    # Premultiplied alpha: each byte half would be divided by its own half of alpha, so the low
+    # bytes are not read (Pillow's high bytes, as before).
+    premultiplied = encode_tiff(np.dstack([samples, alpha]), extra_samples=1)
+    with Image.open(io.BytesIO(premultiplied)) as image:
+        assert image.tile[0].args[0].startswith("RGBa") and _low_byte_tiles(image) is None
+    assert decode_image("p.tif", data=premultiplied).size == (20, 12)
+    with pytest.raises(ImageDecodeError, match="16-bit TIFF with separate colour planes"):
+        decode_image("planes.tif", data=encode_tiff(samples, planar=True))  # Pillow gives garbage: refused
+    eight_bit_planes = np.asarray(decode_image("p8.tif", data=encode_tiff((samples >> 4).astype(np.uint8), planar=True)))
+    assert (eight_bit_planes == samples >> 4).all()
+
+
+def test_tiles_as_plain_tuples_as_pillow_before_11_gives_them():
+    """Bug: reading tile.args broke every RGB image on Pillow 10, whose tiles are plain tuples."""
+    with Image.open(io.BytesIO(encode_png16(twelve_bit_colour()))) as image:
+        image.tile = [tuple(tile) for tile in image.tile]
+        swapped = _low_byte_tiles(image)
+    assert type(swapped[0]) is tuple and swapped[0][3] == "RGB;16L"
+    with Image.open(io.BytesIO(encode_tiff(twelve_bit_colour()))) as image:
+        image.tile = [tuple(tile) for tile in image.tile]
+        assert _low_byte_tiles(image)[0][3] == ("RGB;16B", 0, 1)
 
 
 def test_float_pixels_without_a_value_are_white_and_left_out_of_the_scaling(tmp_path):
@@ -248,6 +279,12 @@ def test_float_pixels_without_a_value_are_white_and_left_out_of_the_scaling(tmp_
         assert np.abs(decoded[rest] - np.rint(expected[rest] * 255)).max() <= 1
     with pytest.raises(ImageDecodeError, match="no pixel has a value"):
         decode_image("n.tif", data=encode_tiff(np.full((4, 4, 1), np.nan, np.float32)))
+
+
+def test_a_file_of_a_format_this_pillow_lacks_is_not_called_foreign():
+    heic = b"\x00\x00\x00\x1cftypheic" + bytes(40)  # HEIF, as AVIF where Pillow is built without it
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated image header, or a format variant"):
+        decode_image("x.heic", data=heic)
 
 
 def test_a_valid_file_pillow_cannot_read_says_so():

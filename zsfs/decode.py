@@ -28,7 +28,8 @@ DEFAULT_MAX_PIXELS = 89_478_485
 """Pixel budget of one image (``--max-pixels``): Pillow's own decompression-bomb limit, a 9459 x 9459
 image. Larger JPEGs are decoded at 1/2, 1/4 or 1/8 scale to fit it; larger files of other formats
 are skipped with a reason (their decoders cannot decode smaller). Decoding a PNG at the budget
-costs up to 4 bytes per pixel (~360 MB) in the decoding process."""
+costs up to 4 bytes per pixel (~360 MB) in the decoding process; a 16-bit colour PNG or TIFF
+(decoded twice, see ``_low_byte_tiles``) up to about 14 (~1.3 GB)."""
 
 WORKING_PIXELS = 4096 * 4096
 """Larger images are made smaller before any copy or colour conversion (JPEG: by DCT scaling while
@@ -79,11 +80,12 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
             _decode_smaller(image, max_pixels)
             if draft is not None:  # no effect when _decode_smaller reduced it already
                 image.draft("RGB", draft)
+            _refuse_planar_sixteen_bit(image)
             low_byte_tiles = _low_byte_tiles(image)  # read before load(), which consumes the tiles
             image.load()  # force the full decode (Image.open only reads the header)
             low_bytes = _decoded_with(low_byte_tiles, path if data is None else io.BytesIO(data))
             if low_bytes is not None:
-                decoded, swapped = _sixteen_bit_colour(image, low_bytes)
+                decoded, swapped = _sixteen_bit_colour(np.asarray(image), low_bytes, image.mode, image.getexif())
             else:
                 oriented, swapped = _apply_exif_orientation(_reduced(image))
                 decoded = _to_rgb(oriented)
@@ -176,7 +178,7 @@ _REDUCIBLE = {"1": "L", "P": "RGBA"}
 
 def _reduced(image: Image.Image) -> Image.Image:
     """A loaded image above the working size, box-reduced by an integer factor (other images as they are)."""
-    factor = math.ceil(math.sqrt(image.width * image.height / WORKING_PIXELS))
+    factor = _reduction_factor(image.width, image.height)
     if factor <= 1:
         return image
     if image.mode.startswith("I;16"):  # reduce() refuses 16-bit modes; a box resize is the same mean
@@ -185,6 +187,11 @@ def _reduced(image: Image.Image) -> Image.Image:
     if image.mode in _REDUCIBLE:
         image = image.convert(_REDUCIBLE[image.mode])
     return image.reduce(factor)
+
+
+def _reduction_factor(width: int, height: int) -> int:
+    """The integer box factor that brings an image within ``WORKING_PIXELS`` (1: as it is)."""
+    return max(1, math.ceil(math.sqrt(width * height / WORKING_PIXELS)))
 
 
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF",
@@ -201,6 +208,8 @@ def _file_head(path: Path) -> bytes:
 
 def _starts_like_an_image(head: bytes) -> bool:
     """Whether a file's first bytes are a known image signature (so it is damaged, not foreign)."""
+    if head[4:8] == b"ftyp":  # ISO media (AVIF, HEIF): readable only by a Pillow built with AVIF
+        return head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1")
     return head.startswith(_IMAGE_SIGNATURES) and (not head.startswith(b"RIFF") or head[8:12] == b"WEBP")
 
 
@@ -214,7 +223,9 @@ def _apply_exif_orientation(image: Image.Image) -> tuple[Image.Image, bool]:
         return image.copy(), False
 
 
-_SIXTEEN_BIT_RAWMODE = re.compile(r";16([BLN])$")
+_SIXTEEN_BIT_RAWMODE = re.compile(r"^(RGB|RGBA|RGBX);16([BLN])$")
+"""16-bit colour rawmodes whose low bytes the other byte order gives. Premultiplied alpha ("RGBa")
+is not among them: each half would be un-premultiplied by its own half of alpha."""
 _OTHER_BYTE_ORDER = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
 
 
@@ -229,60 +240,74 @@ def _low_byte_tiles(image: Image.Image) -> list | None:
     if image.mode not in ("RGB", "RGBA"):
         return None
     swapped = []
-    for tile in image.tile:
-        args = (tile.args,) if isinstance(tile.args, str) else tuple(tile.args or ())
-        match = _SIXTEEN_BIT_RAWMODE.search(args[0]) if args and isinstance(args[0], str) else None
+    for tile in image.tile:  # (codec, extents, offset, args): a tuple before Pillow 11, a NamedTuple since
+        codec, extents, offset, args = tile
+        rawmode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else None
+        match = _SIXTEEN_BIT_RAWMODE.match(rawmode) if isinstance(rawmode, str) else None
         if match is None:
             return None
-        rawmode = args[0][: match.start(1)] + _OTHER_BYTE_ORDER[match.group(1)]
-        swapped.append(tile._replace(args=rawmode if isinstance(tile.args, str) else (rawmode, *args[1:])))
+        other = f"{match.group(1)};16{_OTHER_BYTE_ORDER[match.group(2)]}"
+        parts = (codec, extents, offset, other if isinstance(args, str) else (other, *args[1:]))
+        swapped.append(type(tile)(*parts) if hasattr(tile, "_fields") else parts)
     return swapped or None
 
 
+def _refuse_planar_sixteen_bit(image: Image.Image) -> None:
+    """Pillow reads 16-bit colour TIFFs whose bands are stored as separate planes (planar
+    configuration 2) as 8-bit planes of the wrong bytes: garbage, not even the high bytes."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None and tags.get(284) == 2 and 16 in tuple(tags.get(258) or ()) and image.mode != "I;16":
+        raise ImageDecodeError("a 16-bit TIFF with separate colour planes, which Pillow cannot read "
+                               "(save it with the bands interleaved)")
+
+
 def _decoded_with(tiles: list | None, source: Path | io.BytesIO) -> np.ndarray | None:
-    """The file's pixels decoded with other tiles; None without tiles, or where Pillow has no
-    unpacker for them (16-bit gray+alpha PNGs: those keep the high byte)."""
+    """The file's pixels decoded with other tiles; None without tiles, or where that decode fails
+    (the caller then keeps the high bytes, as Pillow gives them)."""
     if not tiles:
         return None
     with Image.open(source) as image:
         image.tile = tiles
         try:
             image.load()
-        except (OSError, ValueError):
+            return np.asarray(image)
+        except Exception:  # an unpacker this Pillow lacks, or a decoder's complaint: no low bytes
             return None
-        return np.asarray(image)
 
 
-def _sixteen_bit_colour(high_bytes: Image.Image, low_bytes: np.ndarray) -> tuple[Image.Image, bool]:
-    """RGB from the two 8-bit decodes of a 16-bit colour image, oriented, and whether it turned.
+def _sixteen_bit_colour(high: np.ndarray, low: np.ndarray, mode: str, exif: Image.Exif) -> tuple[Image.Image, bool]:
+    """RGB from the two 8-bit decodes of a 16-bit colour image (``mode`` RGB or RGBA, straight
+    alpha), oriented by ``exif``; and whether it turned.
 
-    The 16-bit samples take the single-band route (``_scale_to_8bit``), box-reduced first when
-    large; alpha is full range. About 17 bytes per pixel at the peak (the two decodes, the
-    16-bit samples), where the 8-bit route takes 4 to 8.
+    The 16-bit samples take the single-band route (``_scale_to_8bit``), box-reduced first as
+    ``_reduced`` reduces. About 14 bytes per pixel at the peak (the two decodes, a 32-bit
+    channel at a time while reducing), where the 8-bit route takes 4 to 8.
     """
-    samples = np.asarray(high_bytes).astype(np.uint16) << 8
-    samples |= low_bytes
-    samples = _box_reduced(samples)
-    colour, alpha = samples[..., :3], samples[..., 3] if high_bytes.mode == "RGBA" else None
-    rgb = _scale_to_8bit(colour, integer=True)
-    if alpha is not None:
+    samples = _combined_and_reduced(high, low)
+    rgb = _scale_to_8bit(samples[..., :3], integer=True)
+    if mode == "RGBA":
         background = Image.new("RGB", rgb.size, TRANSPARENT_BACKGROUND)
-        background.paste(rgb, mask=Image.fromarray(np.rint(alpha / 257).astype(np.uint8)))
+        background.paste(rgb, mask=Image.fromarray(np.rint(samples[..., 3] / 257).astype(np.uint8)))
         rgb = background
-    rgb.info["exif"] = high_bytes.getexif().tobytes()  # the orientation, also a TIFF's own tag
+    rgb.info["exif"] = exif.tobytes()  # the orientation, also a TIFF's own tag
     return _apply_exif_orientation(rgb)
 
 
-def _box_reduced(samples: np.ndarray) -> np.ndarray:
-    """(height, width, channels) samples above the working size, box-reduced as ``_reduced`` does
-    (the mean of each factor x factor block; partial blocks at the edges are cut)."""
-    height, width = samples.shape[:2]
-    factor = math.ceil(math.sqrt(height * width / WORKING_PIXELS))
+def _combined_and_reduced(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """(height, width, channels) 16-bit samples from their high and low bytes; above the working
+    size, box-reduced channel by channel in Pillow's 32-bit mode (``reduce`` takes no 16-bit mode)."""
+    height, width, channels = high.shape
+    factor = _reduction_factor(width, height)
     if factor <= 1:
+        samples = np.left_shift(high, 8, dtype=np.uint16)
+        samples |= low
         return samples
-    rows, columns = height // factor, width // factor
-    blocks = samples[: rows * factor, : columns * factor].reshape(rows, factor, columns, factor, -1)
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
+    reduced = []
+    for channel in range(channels):
+        wide = np.left_shift(high[..., channel], 8, dtype=np.int32)
+        wide |= low[..., channel]
+        reduced.append(np.asarray(Image.fromarray(wide, "I").reduce(factor)))
+    return np.stack(reduced, axis=-1)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

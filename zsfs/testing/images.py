@@ -186,30 +186,33 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def encode_tiff(samples: np.ndarray, *, deflate: bool = False, orientation: int = 1) -> bytes:
-    """A one-strip little-endian TIFF of (height, width, bands) samples of any integer or float
-    dtype, as GDAL writes them: bands past the third are unspecified extra samples (e.g. near
-    infrared). ``deflate``: Adobe deflate compression (Pillow then decodes through libtiff)."""
+def encode_tiff(samples: np.ndarray, *, deflate: bool = False, orientation: int = 1, extra_samples: int = 0,
+                planar: bool = False) -> bytes:
+    """A little-endian TIFF of (height, width, bands) samples of any integer or float dtype, as
+    GDAL writes them: bands past the third are extra samples of kind ``extra_samples`` (0
+    unspecified, e.g. near infrared; 1 premultiplied alpha; 2 straight alpha). ``deflate``: Adobe
+    deflate compression (Pillow then decodes through libtiff); ``planar``: one strip per band
+    (planar configuration 2) instead of one strip of interleaved samples."""
     height, width, bands = samples.shape
-    pixels = np.ascontiguousarray(samples, dtype=samples.dtype.newbyteorder("<")).tobytes()
-    strip = zlib.compress(pixels) if deflate else pixels
+    little = np.ascontiguousarray(samples, dtype=samples.dtype.newbyteorder("<"))
+    planes = [np.ascontiguousarray(little[..., band]).tobytes() for band in range(bands)] if planar else [little.tobytes()]
+    strips = [zlib.compress(plane) if deflate else plane for plane in planes]
+    offsets = list(np.cumsum([8] + [len(strip) for strip in strips[:-1]]))
     sample_format = {"u": 1, "i": 2, "f": 3}[samples.dtype.kind]
-    per_band = lambda value: (3, [value] * bands)  # noqa: E731
+    colour_bands = 3 if bands >= 3 else 1
     tags = {
-        256: (4, [width]), 257: (4, [height]), 258: per_band(samples.dtype.itemsize * 8),
-        259: (3, [8 if deflate else 1]), 262: (3, [2 if bands >= 3 else 1]), 273: (4, [0]),
-        274: (3, [orientation]), 277: (3, [bands]), 278: (4, [height]), 279: (4, [len(strip)]),
-        284: (3, [1]), 339: per_band(sample_format),
+        256: (4, [width]), 257: (4, [height]), 258: (3, [samples.dtype.itemsize * 8] * bands),
+        259: (3, [8 if deflate else 1]), 262: (3, [2 if colour_bands == 3 else 1]), 273: (4, offsets),
+        274: (3, [orientation]), 277: (3, [bands]), 278: (4, [height]), 279: (4, [len(strip) for strip in strips]),
+        284: (3, [2 if planar else 1]), 339: (3, [sample_format] * bands),
     }
-    if bands > (3 if bands >= 3 else 1):
-        tags[338] = (3, [0] * (bands - (3 if bands >= 3 else 1)))
-    values_at = 8 + len(strip)
+    if bands > colour_bands:
+        tags[338] = (3, [extra_samples] * (bands - colour_bands))
+    values_at = 8 + sum(len(strip) for strip in strips)
     out_of_line = b""
     entries = []
     for tag, (kind, values) in sorted(tags.items()):
-        packed = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
-        if tag == 273:
-            packed = struct.pack("<I", 8)  # the strip follows the header
+        packed = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *map(int, values))
         if len(packed) > 4:
             entries.append(struct.pack("<HHII", tag, kind, len(values), values_at + len(out_of_line)))
             out_of_line += packed + b"\x00" * (len(packed) % 2)
@@ -217,4 +220,4 @@ def encode_tiff(samples: np.ndarray, *, deflate: bool = False, orientation: int 
             entries.append(struct.pack("<HHI", tag, kind, len(values)) + packed.ljust(4, b"\x00"))
     directory_at = values_at + len(out_of_line)
     directory = struct.pack("<H", len(entries)) + b"".join(entries) + b"\x00\x00\x00\x00"
-    return b"II*\x00" + struct.pack("<I", directory_at) + strip + out_of_line + directory
+    return b"II*\x00" + struct.pack("<I", directory_at) + b"".join(strips) + out_of_line + directory
