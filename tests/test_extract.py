@@ -126,6 +126,13 @@ def test_classes_clip_reads_as_one_are_refused_before_any_image(photos, tmp_path
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and "pairs 1: 'Cat' = 'cat'" in said and "list each class once" in said, said
     assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.shards").exists()
+    # Class folders (nothing listed by the user, a store perhaps built before): embedded, and said.
+    folders = write_image_folder(tmp_path / "folders", n_per_class=1, classes=("Cat", "cat", "dog"), broken=False)
+    embedded = run_cli("extract", folders["root"], "--out", tmp_path / "f.h5", *TINY_MODEL_ARGS, "--workers", "0")
+    said = " ".join(embedded.output.split())
+    assert embedded.exit_code == 0 and "class folders CLIP reads as one" in said and "1: 'Cat' = 'cat'" in said, said
+    with Store(tmp_path / "f.h5") as store:
+        assert store.n_images == 3 and store.vocabulary("default").classes == ["Cat", "cat", "dog"]
 
 
 def test_a_rerun_does_not_replace_a_vocabulary_by_other_classes(photos, tmp_path):

@@ -61,6 +61,7 @@ class ExtractSummary:
     compressed_tars: list[str] = field(default_factory=list)  # compressed tars beside the shards: not read
     tar_links: list[str] = field(default_factory=list)  # image names that are links inside a tar: not read
     repeated_paths: list[str] = field(default_factory=list)  # the list's paths given more than once
+    classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # class folders CLIP cannot tell apart
 
     @property
     def images_per_second(self) -> float:
@@ -256,8 +257,9 @@ def extract(
         refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
 
     with _embedder(settings, image_source, ray, ray_workers) as embedder:
-        if class_names:  # before the images: the classes must be fixed whatever they hold
-            refuse_same_text_to_clip(embedder.same_text_to_clip(class_names))
+        read_as_one = embedder.same_text_to_clip(class_names) if class_names else []
+        if given_classes is not None:  # before the images: a list given is fixed in seconds
+            refuse_same_text_to_clip(read_as_one)
         clip_record, backbone_record = embedder.records
         writer = StoreWriter(out, store_identity(image_source, clip_record, backbone_record, dtype=dtype),
                              n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype, overwrite=overwrite)
@@ -299,6 +301,7 @@ def extract(
         compressed_tars=image_source.compressed_tars,
         tar_links=image_source.tar_links,
         repeated_paths=image_source.repeated_paths,
+        classes_read_as_one=read_as_one,  # class folders: the images are embedded, the summary says it
     )
 
 
@@ -384,9 +387,9 @@ def refuse_same_text_to_clip(pairs: list[tuple[str, str]]) -> None:
     """A ``ZsfsError`` naming the class names CLIP reads as the same text (see ``same_text_to_clip``)."""
     if pairs:
         shown = some_names([f"{earlier!r} = {later!r}" for earlier, later in pairs], 10)
-        raise ZsfsError(f"CLIP reads some class names as the same text (its tokenizer ignores case, spacing and the "
-                        f"Unicode form), pairs {shown}. It gives each pair one embedding and cannot tell their "
-                        "images apart: list each class once.")
+        raise ZsfsError(f"CLIP reads some class names as the same tokens (its tokenizer ignores case, spacing and "
+                        f"the Unicode form, and cuts long texts), pairs {shown}. It gives each pair one embedding "
+                        "and cannot tell their images apart: list each class once.")
 
 
 def default_output(location: Path) -> Path:

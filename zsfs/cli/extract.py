@@ -137,6 +137,10 @@ def _summary_table(summary) -> Table:
         table.add_row(shown(f"  {reason}"), f"{count:,}")
     if summary.repeated_paths:
         table.add_row("paths listed twice or more", shown(some_names(summary.repeated_paths, 10)))  # each embedded
+    if summary.classes_read_as_one:
+        pairs = some_names([f"{earlier!r} = {later!r}" for earlier, later in summary.classes_read_as_one], 10)
+        table.add_row("class folders CLIP reads as one (one text embedding: `zsfs text STORE --classes FILE "
+                      "--vocab NAME` adds a list with each class once)", shown(pairs))
     if summary.empty_tars:
         table.add_row("tars with no image", shown(some_names(summary.empty_tars, 10)))
     if summary.compressed_tars:
