@@ -21,6 +21,7 @@ import numpy as np
 from zsfs import __version__, figures
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.evaluate import confusion_matrix, paper_score_counts, per_class_accuracy
+from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import counted, some_names, visible
 from zsfs.outputs import write_text_atomically
 from zsfs.runs import OOD_AUROC_LABELS, REPORT, FittedRun, load_run, seed_images_text
@@ -267,12 +268,10 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
                  + _gallery(sample_of.get((name,)), made, "none: no image besides its seeds is predicted as this class")]
         blocks.append(f'<div class="class">{"".join(block)}</div>')
     reported = [name for name in classes if name in absent]
-    if reported:  # (config.json reads alone: importing the fit code would cost the report torch's import)
-        cut = run.config.get("absent_share_threshold")
-        share = (f"under {_percent(cut)} of the collection (a twentieth of an even share)" if cut is not None
-                 else "a tiny share of the collection")
-        blocks.append(f'<div class="class"><h3>Absent ({len(reported):,})</h3><p>Each estimated to take {share}, so '
-                      "given no seeds and never predicted "
+    if reported:
+        cut = _percent(ABSENT_SHARE / len(classes))
+        blocks.append(f'<div class="class"><h3>Absent ({len(reported):,})</h3><p>Each estimated to take under {cut} '
+                      "of the collection (a twentieth of an even share), so given no seeds and never predicted "
                       f"(<code>--keep-all-classes</code> keeps them): {_e('; '.join(reported))}</p></div>")
     unused = [name for name in empty if name not in absent]
     if unused:
@@ -290,7 +289,7 @@ def _ood(most_ood, made: dict, ood_by: list[str]) -> str:
 
 def _parameters(config: dict) -> str:
     parameters = config.get("parameters") or {}
-    unread = config.get("parameters_not_read") or ()
+    unread = UNREAD_BY.get(parameters.get("method"), ())
     rows = [(name, str(value) + (f" (not read by the {parameters['method']} method)" if name in unread else ""))
             for name, value in parameters.items()]
     for key in ("vocabulary", "zsfs_version", "torch_version"):

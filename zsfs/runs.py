@@ -122,8 +122,6 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
                     "last_loss": c.losses[-1] if c.losses else None} for c in result.cycles],
         "ood": result.classifier.ood.to_dict(),
         "ood_flag_threshold": result.ood_flag_threshold,
-        "absent_share_threshold": result.absent_share_threshold,
-        "parameters_not_read": list(config.parameters_not_read),
         "timings_s": result.timings,
         "cpu_timings_s": result.cpu_timings,
     }

@@ -23,6 +23,7 @@ from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
 from zsfs.fit.zeroshot import as_tensor, zero_shot_logits
+from zsfs.methods import UNREAD_BY
 
 if TYPE_CHECKING:
     from zsfs.store import Store
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
 PROMPT_CHOICES = ("ensemble", "single")
 METHOD_CHOICES = ("balanced", "cycles")
 """Self-training: transductive class-balanced (zsfs.fit.transductive) or the paper's candidate cycles."""
-CYCLES_ONLY = ("accumulate", "epochs", "max_cycles", "loss_floor")
-"""Parameters only the cycles method reads (the balanced one trains fresh heads in its 3 cycles)."""
-BALANCED_ONLY = ("keep_all_classes",)
-UNREAD_BY = {"balanced": CYCLES_ONLY, "cycles": BALANCED_ONLY}
-"""Each method's parameters it never reads."""
 MAX_SEED = 2**31 - 1
 SEARCH_DTYPES = dict(zip(SEARCH_PRECISIONS, (torch.float32, torch.bfloat16)))
 CHUNK_ROWS = 32768
@@ -97,11 +93,6 @@ class FitConfig:
         config = cls.fast(paper=paper, **chosen) if fast else cls.paper(**chosen) if paper else cls(**chosen)
         config.validate()
         return config
-
-    @property
-    def parameters_not_read(self) -> tuple[str, ...]:
-        """The parameters this config's method never reads (config.json; the report marks them)."""
-        return UNREAD_BY[self.method]
 
     def unread(self, given: dict) -> list[str]:
         """The parameters among ``given`` (None = not given) that this config's method never reads."""
@@ -173,7 +164,6 @@ class FitResult:
     absent_classes: list[str] = field(default_factory=list)  # listed classes the collection does not hold
     class_shares: dict[str, float] | None = None  # balanced method: estimated fraction of images per class
     ood_flag_threshold: float | None = None  # the ood_score of the seeds' 95th percentile: flagged above it
-    absent_share_threshold: float | None = None  # classes estimated below this share are absent (None: not checked)
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
 
@@ -361,8 +351,6 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         neighbour_search=neighbour_search,
         precision=precision,
         absent_classes=[vocab.classes[i] for i in np.setdiff1d(np.arange(n_classes), head_classes)],
-        absent_share_threshold=(transductive.ABSENT_SHARE / n_classes
-                                if config.method == "balanced" and not config.keep_all_classes else None),
         class_shares=None if shares is None else dict(zip(vocab.classes, shares.tolist())),
         timings=timer.timings,
         cpu_timings=timer.cpu_timings,

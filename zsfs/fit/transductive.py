@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from zsfs.fit.classifier import LinearHead
 from zsfs.fit.selftrain import Cycle, SelfTraining
+from zsfs.methods import ABSENT_SHARE
 
 CONCENTRATION = 50.0
 """vMF concentration on unit backbone features: the same order as CLIP's logit scale (100) for
@@ -44,8 +45,6 @@ MIXTURE_ITERATIONS = 5
 x 1000 ``--fast`` fit about 15 % slower (docs/fit.md)."""
 SINKHORN_ITERATIONS = 30
 
-ABSENT_SHARE = 0.05
-"""A class is absent when its estimated share is below ``ABSENT_SHARE / C`` (a twentieth of an even share)."""
 
 CYCLE_FRACTIONS = (1 / 3, 2 / 3, 1.0)
 """Fraction of each class's Sinkhorn assignment, most confident first, trained on per cycle

@@ -1,0 +1,12 @@
+"""Facts about the fit methods that code without torch needs: the report reads old and new runs
+with them, and importing the fit (``zsfs.fit``, which imports torch) would cost it 3 s and 480 MB.
+The fit takes them from here."""
+
+CYCLES_ONLY = ("accumulate", "epochs", "max_cycles", "loss_floor")
+"""Parameters only the cycles method reads (the balanced one trains fresh heads in its 3 cycles)."""
+BALANCED_ONLY = ("keep_all_classes",)
+UNREAD_BY = {"balanced": CYCLES_ONLY, "cycles": BALANCED_ONLY}
+"""Each method's parameters it never reads."""
+
+ABSENT_SHARE = 0.05
+"""A class is absent when its estimated share is below ``ABSENT_SHARE / C`` (a twentieth of an even share)."""
