@@ -119,7 +119,8 @@ def backbone_flops(backbone, device) -> float:
     size = backbone.record.get("image_size", 224)
     size = size[-1] if isinstance(size, (list, tuple)) else size
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        backbone.encode_images(torch.zeros(1, 3, size, size, device=device))
+        pixels = torch.zeros(1, 3, size, size, dtype=torch.float32 if backbone.scaling is None else torch.uint8)
+        backbone.encode_images(pixels.to(device))  # the dtype its preprocess gives
     return float(counter.get_total_flops())
 
 

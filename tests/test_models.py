@@ -15,6 +15,7 @@ from torchvision import transforms
 
 from zsfs.errors import ModelLoadError
 from zsfs.models import (
+    MAX_ASPECT_RATIO,
     encode_vocabulary,
     keeps_clip_head,
     load_backbone,
@@ -22,7 +23,8 @@ from zsfs.models import (
     load_clip,
     load_clip_from_record,
     same_text_to_clip,
-    uint8_transform,
+    within_aspect_ratio,
+    worker_transform,
 )
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
@@ -88,41 +90,37 @@ def test_vocabulary_single_and_ensemble(tiny_clip, monkeypatch):
     np.testing.assert_allclose(ensemble[1], (mean / mean.norm()).numpy(), atol=1e-5)
 
 
-def test_workers_hand_over_uint8_pixels_and_the_model_side_scales_them_as_the_full_transform(tiny_clip,
-                                                                                            tiny_backbone):
+def library_transforms(tiny_clip, tiny_backbone) -> list:
+    """(model, the eval transform its library makes: resize, crop, (Maybe)ToTensor, Normalize)."""
     import open_clip
     import timm
 
+    return [(tiny_clip, open_clip.image_transform(32, is_train=False, mean=OPENAI_MEAN, std=tiny_clip.record["std"])),
+            (tiny_backbone, timm.data.create_transform(**timm.data.resolve_data_config(model=tiny_backbone.model)))]
+
+
+def test_workers_hand_over_uint8_pixels_and_the_model_side_scales_them_as_the_full_transform(tiny_clip,
+                                                                                            tiny_backbone):
+    import open_clip
+
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (30 + 7 * i, 41, 3), dtype=np.uint8)) for i in range(3)]
-    full_transforms = [  # what the libraries make: ending in (Maybe)ToTensor, Normalize
-        (tiny_clip, open_clip.image_transform(32, is_train=False, mean=OPENAI_MEAN, std=tiny_clip.record["std"])),
-        (tiny_backbone, timm.data.create_transform(**timm.data.resolve_data_config(model=tiny_backbone.model))),
-    ]
-    for model, full in full_transforms:
-        assert model.scaling is not None
+    for model, full in library_transforms(tiny_clip, tiny_backbone):
         handed_over = torch.stack([model.preprocess(image) for image in images])
         assert handed_over.dtype == torch.uint8  # a quarter of float32's bytes through shared memory
         expected = torch.stack([full(image) for image in images])
         assert torch.equal(model.scaling(handed_over), expected)  # the same numbers, bit for bit
-        torch.testing.assert_close(model.encode_images(handed_over), model.encode_images(expected))
+        with pytest.raises(TypeError, match="expected uint8 pixels"):
+            model.encode_images(expected)  # one way in: what preprocess gives
     shapeless = transforms.Compose([transforms.ToTensor()])  # no Normalize at the end: kept whole
-    assert uint8_transform(shapeless) == (shapeless, None)
-
-
-def test_class_names_clip_reads_as_the_same_text(tiny_clip):
-    composed, decomposed = "caf\u00e9", "cafe\u0301"
-    classes = ["Cat", "dog", "cat", composed, "CAT", decomposed, "bird"]
-    assert same_text_to_clip(tiny_clip, classes) == [("Cat", "cat"), ("Cat", "CAT"), (composed, decomposed)]
-    single, _ = encode_vocabulary(tiny_clip, ["Cat", "cat"])
-    np.testing.assert_array_equal(single[0], single[1])  # why they are refused: one embedding for two classes
-    assert same_text_to_clip(tiny_clip, ["cat", "cats", "a cat"]) == [] and same_text_to_clip(tiny_clip, ["x"]) == []
+    assert worker_transform(shapeless) == (shapeless, None)
+    squash = open_clip.image_transform(32, is_train=False, resize_mode="squash")  # resizes to 32 x 32 at once
+    kept, scaling = worker_transform(squash)
+    assert within_aspect_ratio not in kept.transforms and scaling is not None
 
 
 def test_models_see_the_same_central_square_of_a_very_thin_image(tiny_clip, tiny_backbone):
     """Bug: a 1 x 20,000 strip was scaled to 168 x 3,360,000 pixels before the centre crop (2.9 GB)."""
-    from zsfs.embedding import MAX_ASPECT_RATIO, within_aspect_ratio
-
     rng = np.random.default_rng(0)
     strip = Image.fromarray(rng.integers(0, 256, (12, 12 * 40, 3), dtype=np.uint8))
     cropped = within_aspect_ratio(strip)
@@ -132,8 +130,19 @@ def test_models_see_the_same_central_square_of_a_very_thin_image(tiny_clip, tiny
     assert within_aspect_ratio(Image.new("RGB", (1, 20_000))).size == (1, MAX_ASPECT_RATIO)
     ordinary = Image.new("RGB", (160, 10))
     assert within_aspect_ratio(ordinary) is ordinary
-    for model in (tiny_clip, tiny_backbone):
-        torch.testing.assert_close(model.preprocess(cropped), model.preprocess(strip), atol=1e-5, rtol=0)
+    for model, full in library_transforms(tiny_clip, tiny_backbone):
+        assert model.preprocess.transforms[0] is within_aspect_ratio  # shortest side, centre crop: cut first
+        seen = model.scaling(model.preprocess(strip)[None])[0]
+        torch.testing.assert_close(seen, full(strip), atol=1e-5, rtol=0)  # what the whole strip gives
+
+
+def test_class_names_clip_reads_as_the_same_text(tiny_clip):
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    classes = ["Cat", "dog", "cat", composed, "CAT", decomposed, "bird"]
+    assert same_text_to_clip(tiny_clip, classes) == [("Cat", "cat"), ("Cat", "CAT"), (composed, decomposed)]
+    single, _ = encode_vocabulary(tiny_clip, ["Cat", "cat"])
+    np.testing.assert_array_equal(single[0], single[1])  # why they are refused: one embedding for two classes
+    assert same_text_to_clip(tiny_clip, ["cat", "cats", "a cat"]) == [] and same_text_to_clip(tiny_clip, ["x"]) == []
 
 
 def test_vocabulary_goes_through_in_blocks_of_classes(tiny_clip, monkeypatch):

@@ -228,6 +228,7 @@ def test_the_fit_summary_names_labels_that_are_no_class_and_their_near_spellings
     said = _labels_not_classes({"bird ": 18, decomposed: 3, "yak": 1}, ["bird", "caf\u00e9", "dog"])
     assert said == (f"3: 'bird ' 18 (spelled like class 'bird'); {decomposed!r} 3 (spelled like class 'caf\u00e9'); "
                     "'yak' 1")
+    assert "(spelled like class 'red fox')" in _labels_not_classes({"Red  Fox": 2}, ["red fox"])  # spacing inside
 
 
 def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):

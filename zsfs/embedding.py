@@ -19,7 +19,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from zsfs.devices import MODEL_PRECISIONS
@@ -104,30 +103,7 @@ class DecodedImages(Dataset):
             image = self.source.decode(index, self.max_pixels)
         except ImageDecodeError as error:
             return index, error.reason
-        width, height = image_size(image)
-        seen = within_aspect_ratio(image)
-        return index, tuple(preprocess(seen) for preprocess in self.preprocess), width, height
-
-
-MAX_ASPECT_RATIO = 16
-"""Longest side / shortest side that preprocessing receives. The models' transforms scale the
-shortest side to their input size and keep the central square, so a 1 x 20,000 strip would
-first become a 224 x 4,480,000 image (gigabytes per decoding worker); the central 1 x 16 is all
-they keep of it anyway."""
-
-
-def within_aspect_ratio(image: Image.Image) -> Image.Image:
-    """The image's central part of at most ``MAX_ASPECT_RATIO`` (the image itself when within)."""
-    width, height = image.size
-    short = max(min(width, height), 1)
-    if max(width, height) <= MAX_ASPECT_RATIO * short:
-        return image
-    kept = MAX_ASPECT_RATIO * short
-    if width > height:
-        left = (width - kept) // 2
-        return image.crop((left, 0, left + kept, height))
-    top = (height - kept) // 2
-    return image.crop((0, top, width, top + kept))
+        return index, tuple(preprocess(image) for preprocess in self.preprocess), *image_size(image)
 
 
 def collate(items: list) -> Batch:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from zsfs.errors import ModelLoadError, one_line
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -46,39 +47,68 @@ BACKBONE_HEAD_MARKER = "_clip_"  # timm CLIP image towers: the head projects int
 FINE_TUNED_MARKER = "_ft_"  # "openai_ft_in1k": a CLIP tower fine-tuned into a classifier
 
 
-@dataclass(frozen=True)
 class PixelScaling:
     """The last two steps of a model's eval transform, [0, 255] -> [0, 1] -> ``(x - mean) / std``,
     done for a whole batch where the model runs: decoding workers then hand over uint8 pixels, a
     quarter of float32's bytes through shared memory and to the GPU, and skip two passes each.
-    The same operations as torchvision's ``ToTensor`` and ``Normalize``, so the same numbers."""
+    The same operations as torchvision's ``ToTensor`` and ``Normalize``, so the same numbers.
+    ``mean`` and ``std`` live on the model's device from the start: a copy per batch would make
+    the host wait for the device."""
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: str | torch.device = "cpu"):
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> float32, scaled; float pixels (already scaled) pass unchanged."""
+        """uint8 (B, 3, H, W), as the model's ``preprocess`` gives them -> float32, scaled."""
         if pixels.dtype != torch.uint8:
-            return pixels
+            raise TypeError(f"expected uint8 pixels from the model's preprocess, got {pixels.dtype}")
         scaled = pixels.float().div_(255)
-        mean = torch.as_tensor(self.mean, dtype=scaled.dtype, device=scaled.device).view(-1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=scaled.dtype, device=scaled.device).view(-1, 1, 1)
-        return scaled.sub_(mean).div_(std)
+        return scaled.sub_(self.mean.to(scaled.device)).div_(self.std.to(scaled.device))
 
 
-def uint8_transform(preprocess: Callable) -> tuple[Callable, PixelScaling | None]:
-    """``preprocess`` ending in uint8 pixels, and the scaling it leaves to :class:`PixelScaling`;
-    ``(preprocess, None)`` for a transform of another shape (kept whole, as given)."""
+MAX_ASPECT_RATIO = 16
+"""Longest side / shortest side that a model's resize receives. A transform that scales the
+shortest side to the model's input and keeps the central square would first turn a 1 x 20,000
+strip into 224 x 4,480,000 pixels (gigabytes per decoding worker); the central 1 x 16 is all it
+keeps of it anyway."""
+
+
+def within_aspect_ratio(image: Image.Image) -> Image.Image:
+    """The image's central part of at most ``MAX_ASPECT_RATIO`` (the image itself when within)."""
+    width, height = image.size
+    short = max(min(width, height), 1)
+    if max(width, height) <= MAX_ASPECT_RATIO * short:
+        return image
+    kept = MAX_ASPECT_RATIO * short
+    if width > height:
+        left = (width - kept) // 2
+        return image.crop((left, 0, left + kept, height))
+    top = (height - kept) // 2
+    return image.crop((0, top, width, top + kept))
+
+
+def worker_transform(preprocess: Callable, device: str | torch.device = "cpu") -> tuple[Callable, PixelScaling | None]:
+    """The part of a model's eval transform that decoding workers run, and the scaling it leaves
+    to the model's side (:class:`PixelScaling`). A transform that ends in (Maybe)ToTensor and
+    Normalize ends in uint8 pixels instead; one that resizes the shortest side and crops the centre
+    (open_clip's default, timm's) starts with :func:`within_aspect_ratio`, which changes nothing it
+    keeps. Another transform (open_clip's ``squash``, ``longest``: their resize is bounded) keeps
+    its resize as it is; one of another shape is kept whole: ``(preprocess, None)``."""
     from torchvision import transforms
 
     steps = list(getattr(preprocess, "transforms", []))
-    if len(steps) < 2 or not isinstance(steps[-1], transforms.Normalize) or \
-            type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor") or steps[-1].inplace:
+    if len(steps) < 3 or not isinstance(steps[-1], transforms.Normalize) or steps[-1].inplace or \
+            type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor"):
         return preprocess, None
     normalize = steps[-1]
-    scaling = PixelScaling(tuple(float(v) for v in torch.as_tensor(normalize.mean).reshape(-1)),
-                           tuple(float(v) for v in torch.as_tensor(normalize.std).reshape(-1)))
-    return transforms.Compose([*steps[:-2], transforms.PILToTensor()]), scaling
+    scaling = PixelScaling(torch.as_tensor(normalize.mean).reshape(-1).tolist(),
+                           torch.as_tensor(normalize.std).reshape(-1).tolist(), device)
+    resize, crop = steps[0], steps[1]
+    shortest_side = isinstance(resize, transforms.Resize) and isinstance(crop, transforms.CenterCrop) and (
+        isinstance(resize.size, int) or len(resize.size) == 1)
+    return transforms.Compose([*([within_aspect_ratio] if shortest_side else []), *steps[:-2],
+                               transforms.PILToTensor()]), scaling
 
 
 @dataclass
@@ -219,7 +249,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
     if kind == RANDOM:
         record.update(seed=RANDOM_SEED, init_fingerprint=init_fingerprint(model))
     tokenizer = open_clip.get_tokenizer(arch)
-    preprocess, scaling = uint8_transform(preprocess)
+    preprocess, scaling = worker_transform(preprocess, device)
     return ClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, record=record,
                      device=torch.device(device), scaling=scaling)
 
@@ -393,7 +423,7 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
     }
     if weights == RANDOM:
         record.update(seed=RANDOM_SEED, init_fingerprint=init_fingerprint(model))
-    preprocess, scaling = uint8_transform(preprocess)
+    preprocess, scaling = worker_transform(preprocess, device)
     return Backbone(model=model, preprocess=preprocess, record=record, device=torch.device(device), scaling=scaling)
 
 

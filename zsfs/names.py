@@ -78,8 +78,8 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
 
 
 def spelling_key(name: str) -> str:
-    """What two spellings of one name share: the Unicode form, case and surrounding spaces aside."""
-    return unicodedata.normalize("NFC", name).strip().casefold()
+    """What two spellings of one name share: the Unicode form, case and spacing aside."""
+    return " ".join(unicodedata.normalize("NFC", name).casefold().split())
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

@@ -33,8 +33,9 @@ skipped with the reason)."""
 LIST_SUFFIXES = (".txt", ".csv")
 
 UNREADABLE_FOLDER = "unreadable folder"
-LINKED_FOLDER = "linked folder not followed"  # another name of a folder the scan lists: nothing is lost
 """Reason prefix of a listing entry ``folder/`` that a scan could not read."""
+LINKED_FOLDER = "linked folder not followed"
+"""Reason prefix of a linked folder not read because the scan lists it under another name (nothing is lost)."""
 
 
 @dataclass(frozen=True)

@@ -109,20 +109,20 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
             with console.status("verifying every byte of the store"):
                 summary["verified"] = store.verify()
         skipped = store.skipped() if list_skipped else None
-    if skipped is not None and not as_json:
-        # Names are written visibly (a tab, newline or undecodable byte in a name as \t, \n, \xNN):
-        # one line per file, whatever the names hold.
-        click.echo("".join(f"{visible(path)}\t{visible(reason)}\n" for path, reason in zip(*skipped)), nl=False)
-        return
-    if skipped is not None:
-        summary["skipped"] = [{"path": utf8_text(path), "reason": reason} for path, reason in zip(*skipped)]
-    if verify:
+    if verify:  # on the console (stderr), before a listing on stdout too
         checked = summary["verified"]
         console.print(f"Verified: {checked['shards']} shard(s)"
                       f"{' against their recorded checksums' if checked['shard_checksums'] else ''}, "
                       f"{checked['vocabularies']} vocabulary(ies), {'the' if checked['neighbour_graph'] else 'no'} "
                       f"neighbour graph and the index: {checked['bytes_read']:,} bytes read, no damage found.",
                       markup=False)
+    if skipped is not None and not as_json:
+        # Names are written visibly (a tab, newline or undecodable byte in a name as \x09, \x0a, \xNN):
+        # one line per file, whatever the names hold.
+        click.echo("".join(f"{visible(path)}\t{visible(reason)}\n" for path, reason in zip(*skipped)), nl=False)
+        return
+    if skipped is not None:
+        summary["skipped"] = [{"path": utf8_text(path), "reason": reason} for path, reason in zip(*skipped)]
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
