@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 from zsfs.errors import StoreError
@@ -133,6 +134,21 @@ def test_classes_clip_reads_as_one_are_refused_before_any_image(photos, tmp_path
     assert embedded.exit_code == 0 and "class folders CLIP reads as one" in said and "1: 'Cat' = 'cat'" in said, said
     with Store(tmp_path / "f.h5") as store:
         assert store.n_images == 3 and store.vocabulary("default").classes == ["Cat", "cat", "dog"]
+
+
+def test_a_rerun_over_files_of_the_suffixes_added_says_so(tmp_path):
+    """A store built before zsfs read .pgm (and other) files: its folder now lists more files."""
+    folder = write_image_folder(tmp_path / "photos", n_per_class=1, classes=("cat", "dog"), broken=False)["root"]
+    store = tmp_path / "s.h5"
+    assert run_cli("extract", folder, "--out", store, *TINY_MODEL_ARGS, "--workers", "0").exit_code == 0
+    Image.new("L", (8, 8), 90).save(folder / "dog" / "scan.pgm")  # as a scan before the suffix was added
+    refused = run_cli("extract", folder, "--out", store, *TINY_MODEL_ARGS, "--workers", "0")
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 1 and "was built without the 1 file(s) of .avif, .j2k" in said, said
+    assert "reads these suffixes since December 2026" in said and "--overwrite" in said
+    Image.new("RGB", (8, 8)).save(folder / "dog" / "new.png")  # and a file of an old suffix: the plain refusal
+    refused = run_cli("extract", folder, "--out", store, *TINY_MODEL_ARGS, "--workers", "0")
+    assert refused.exit_code == 1 and "the source lists" in " ".join(refused.output.split())
 
 
 def test_a_rerun_does_not_replace_a_vocabulary_by_other_classes(photos, tmp_path):

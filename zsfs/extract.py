@@ -24,16 +24,17 @@ import numpy as np
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_listing
-from zsfs.errors import ParameterError, ZsfsError, check_at_least
+from zsfs.errors import ParameterError, StoreMismatchError, ZsfsError, check_at_least
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
 from zsfs.names import check_class_names, some_names
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.sources import ImageSource, open_source, read_class_file
+from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
 from zsfs.store.files import check_store_lock, check_store_update, disk_error, store_lock
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir
-from zsfs.store.writer import ShardData, StoreWriter, check_own_shards_folder, refuse_another_listing
+from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
+                               refuse_another_listing)
 from zsfs.weights import relocated
 from zsfs.writable import check_writable
 
@@ -251,8 +252,11 @@ def extract(
     class_names = image_source.classes if given_classes is None else given_classes
     replace_vocabulary = f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`"
     if rerun and not overwrite:  # (the digest costs a pass over the listing: only for a rerun)
-        refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
-                                     "n_items": len(image_source.paths)})
+        try:
+            refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
+                                         "n_items": len(image_source.paths)})
+        except StoreMismatchError as error:
+            raise _new_suffixes_explain(error, out, image_source) from None
     if class_names and not overwrite:
         refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
 
@@ -303,6 +307,20 @@ def extract(
         repeated_paths=image_source.repeated_paths,
         classes_read_as_one=read_as_one,  # class folders: the images are embedded, the summary says it
     )
+
+
+def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: ImageSource) -> StoreMismatchError:
+    """``error``, or a clearer one when the listing without the suffixes scans take since
+    ``SUFFIXES_ADDED`` is the one the store was built from: a zsfs that did not read them yet
+    built it (or those files came since)."""
+    earlier = source.digest_without_added_suffixes()
+    if earlier is None or recorded_identity(master).get("listing_sha256") != earlier[0]:
+        return error
+    added = len(source.paths) - earlier[1]
+    return StoreMismatchError(
+        f"{master} was built without the {added:,} file(s) of {', '.join(sorted(SUFFIXES_ADDED))} that this folder "
+        "holds: zsfs reads these suffixes since December 2026 (or the files came since). Pass --overwrite to embed "
+        "the whole folder again with them, or extract them into a store of their own")
 
 
 def _embedder(settings: EmbedSettings, source: ImageSource, ray: str | None,

@@ -30,6 +30,10 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 formats Pillow decodes (JPEG 2000 and AVIF where its build has them; a file it cannot decode is
 skipped with the reason)."""
 
+SUFFIXES_ADDED = frozenset({".jpe", ".jfif", ".jp2", ".j2k", ".avif", ".tga", ".pbm", ".pgm", ".ppm", ".pnm"})
+"""Suffixes a scan takes since December 2026: a store built earlier over the same folder lists
+fewer files (see :meth:`ImageSource.digest_without_added_suffixes`)."""
+
 LIST_SUFFIXES = (".txt", ".csv")
 
 UNREADABLE_FOLDER = "unreadable folder"
@@ -87,6 +91,16 @@ class ImageSource:
     def digest(self) -> str:
         """sha256 of the listing (paths and labels): changes whenever the listing does."""
         return listing_sha256(self.paths, self.labels)
+
+    def digest_without_added_suffixes(self) -> tuple[str, int] | None:
+        """(digest, length) of the listing as a scan before ``SUFFIXES_ADDED`` made it; None when
+        the listing holds no such file (folder entries, ``folder/``, stay)."""
+        kept = [i for i, path in enumerate(self.paths)
+                if path.endswith("/") or os.path.splitext(path)[1].lower() not in SUFFIXES_ADDED]
+        if len(kept) == len(self.paths):
+            return None
+        labels = None if self.labels is None else [self.labels[i] for i in kept]
+        return listing_sha256([self.paths[i] for i in kept], labels), len(kept)
 
 
 def given_path(path: str | Path, what: str) -> str:

@@ -352,15 +352,20 @@ def refuse_another_listing(master: Path, listing: dict) -> None:
 
     ``listing``: the identity keys known before the work, ``source``, ``listing_sha256`` and
     ``n_items``. A master that cannot be read is left to the writer."""
+    found = recorded_identity(master)
+    if found and any(found.get(key) != value for key, value in listing.items()):
+        raise mismatch_error(master, found, {**found, **listing})
+
+
+def recorded_identity(master: Path) -> dict:
+    """The identity ``master`` records; empty when there is no readable master or no identity."""
     if not master.is_file():
-        return
+        return {}
     try:
         with h5py.File(master, "r") as file:
-            found = read_identity(file)
+            return read_identity(file) or {}
     except OSError:
-        return
-    if found is not None and any(found.get(key) != value for key, value in listing.items()):
-        raise mismatch_error(master, found, {**found, **listing})
+        return {}
 
 
 def mismatch_error(path: Path, found: dict | None, expected: dict) -> StoreMismatchError:
