@@ -244,9 +244,9 @@ def test_sixteen_bit_colour_alpha_straight_premultiplied_and_planes():
     # bytes are not read (Pillow's high bytes, as before).
     premultiplied = encode_tiff(np.dstack([samples, alpha]), extra_samples=1)
     with Image.open(io.BytesIO(premultiplied)) as image:
-        assert image.tile[0].args[0].startswith("RGBa") and _low_byte_tiles(image) is None
+        assert image.tile[0][3][0].startswith("RGBa") and _low_byte_tiles(image) is None
     assert decode_image("p.tif", data=premultiplied).size == (20, 12)
-    with pytest.raises(ImageDecodeError, match="16-bit TIFF with separate colour planes"):
+    with pytest.raises(ImageDecodeError, match="16-bit TIFF with separate planes"):
         decode_image("planes.tif", data=encode_tiff(samples, planar=True))  # Pillow gives garbage: refused
     eight_bit_planes = np.asarray(decode_image("p8.tif", data=encode_tiff((samples >> 4).astype(np.uint8), planar=True)))
     assert (eight_bit_planes == samples >> 4).all()

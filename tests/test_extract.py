@@ -136,6 +136,24 @@ def test_classes_clip_reads_as_one_are_refused_before_any_image(photos, tmp_path
         assert store.n_images == 3 and store.vocabulary("default").classes == ["Cat", "cat", "dog"]
 
 
+def test_an_image_a_model_transform_cannot_take_is_skipped_not_fatal(tmp_path):
+    """open_clip's 'longest' transform raises on a 1-pixel-wide strip: that ended the whole extract."""
+    from zsfs.embedding import DecodedImages
+    from zsfs.sources import open_source
+
+    Image.new("RGB", (20, 20)).save(tmp_path / "square.png")
+    Image.new("RGB", (1, 2000)).save(tmp_path / "strip.png")
+
+    def fussy(image):
+        if image.width < 2:
+            raise ValueError("height and width must be > 0")
+        return torch.zeros(3, 4, 4, dtype=torch.uint8)
+
+    images = DecodedImages(open_source(tmp_path), fussy)  # square.png, strip.png
+    assert images[0][0] == 0 and images[0][1][0].shape == (3, 4, 4)
+    assert images[1] == (1, "the model's preprocessing failed (height and width must be > 0)")
+
+
 def test_a_rerun_over_files_of_the_suffixes_added_says_so(tmp_path):
     """A store built before zsfs read .pgm (and other) files: its folder now lists more files."""
     folder = write_image_folder(tmp_path / "photos", n_per_class=1, classes=("cat", "dog"), broken=False)["root"]

@@ -130,10 +130,18 @@ def test_models_see_the_same_central_square_of_a_very_thin_image(tiny_clip, tiny
     assert within_aspect_ratio(Image.new("RGB", (1, 20_000))).size == (1, MAX_ASPECT_RATIO)
     ordinary = Image.new("RGB", (160, 10))
     assert within_aspect_ratio(ordinary) is ordinary
+    odd = Image.fromarray(rng.integers(0, 256, (12, 12 * 40 + 1, 3), dtype=np.uint8))  # an odd margin to cut
     for model, full in library_transforms(tiny_clip, tiny_backbone):
         assert model.preprocess.transforms[0] is within_aspect_ratio  # shortest side, centre crop: cut first
-        seen = model.scaling(model.preprocess(strip)[None])[0]
-        torch.testing.assert_close(seen, full(strip), atol=1e-5, rtol=0)  # what the whole strip gives
+        for image, tolerance in ((strip, 1e-5), (odd, 0.05)):  # odd: the resized width rounds otherwise
+            seen = model.scaling(model.preprocess(image)[None])[0]
+            torch.testing.assert_close(seen, full(image), atol=tolerance, rtol=0)  # what the whole image gives
+    import timm
+
+    wide_input = timm.data.create_transform(input_size=(3, 32, 64), crop_pct=0.9)  # ResizeKeepRatio + CenterCrop
+    kept, scaling = worker_transform(wide_input)
+    assert kept.transforms[0] is within_aspect_ratio
+    torch.testing.assert_close(scaling(kept(strip)[None])[0], wide_input(strip), atol=1e-5, rtol=0)
 
 
 def test_class_names_clip_reads_as_the_same_text(tiny_clip):

@@ -110,7 +110,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
         if error.errno is not None:  # a real I/O failure, not a decoder complaint
             raise ImageDecodeError(f"unreadable file ({error.strerror})", path) from None
         raise ImageDecodeError("corrupt image data", path) from None
-    except (SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError):
+    except (SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, NotImplementedError):
         raise ImageDecodeError("corrupt image data", path) from None
     except MemoryError:
         raise ImageDecodeError("image too large to decode (out of memory)", path) from None
@@ -254,12 +254,12 @@ def _low_byte_tiles(image: Image.Image) -> list | None:
 
 
 def _refuse_planar_sixteen_bit(image: Image.Image) -> None:
-    """Pillow reads 16-bit colour TIFFs whose bands are stored as separate planes (planar
-    configuration 2) as 8-bit planes of the wrong bytes: garbage, not even the high bytes."""
+    """Pillow reads 16-bit TIFFs whose bands are stored as separate planes (planar configuration
+    2) as 8-bit planes of the wrong bytes: garbage, not even the high bytes."""
     tags = getattr(image, "tag_v2", None)
-    if tags is not None and tags.get(284) == 2 and 16 in tuple(tags.get(258) or ()) and image.mode != "I;16":
-        raise ImageDecodeError("a 16-bit TIFF with separate colour planes, which Pillow cannot read "
-                               "(save it with the bands interleaved)")
+    if tags is not None and tags.get(284) == 2 and 16 in tuple(tags.get(258) or ()):
+        raise ImageDecodeError("a 16-bit TIFF with separate planes, which Pillow cannot read "
+                               "(save it with the samples interleaved)")
 
 
 def _decoded_with(tiles: list | None, source: Path | io.BytesIO) -> np.ndarray | None:
@@ -290,7 +290,7 @@ def _sixteen_bit_colour(high: np.ndarray, low: np.ndarray, mode: str, exif: Imag
         background = Image.new("RGB", rgb.size, TRANSPARENT_BACKGROUND)
         background.paste(rgb, mask=Image.fromarray(np.rint(samples[..., 3] / 257).astype(np.uint8)))
         rgb = background
-    rgb.info["exif"] = exif.tobytes()  # the orientation, also a TIFF's own tag
+    rgb.getexif()[ExifTags.Base.Orientation] = exif.get(ExifTags.Base.Orientation, 1)  # also a TIFF's own tag
     return _apply_exif_orientation(rgb)
 
 

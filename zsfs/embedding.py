@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from zsfs.devices import MODEL_PRECISIONS
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, image_size, quiet_decoder_warnings
-from zsfs.errors import ZsfsError, shared_memory_full
+from zsfs.errors import ZsfsError, one_line, shared_memory_full
 from zsfs.sources import ImageSource
 
 AUTOCAST_DTYPES = dict(zip(MODEL_PRECISIONS, (None, torch.bfloat16, torch.float16)))  # None: no autocast
@@ -103,7 +103,11 @@ class DecodedImages(Dataset):
             image = self.source.decode(index, self.max_pixels)
         except ImageDecodeError as error:
             return index, error.reason
-        return index, tuple(preprocess(image) for preprocess in self.preprocess), *image_size(image)
+        try:
+            pixels = tuple(preprocess(image) for preprocess in self.preprocess)
+        except Exception as error:  # a model transform's own limit (open_clip's 'longest' on a 1-pixel-wide
+            return index, f"the model's preprocessing failed ({one_line(error)})"  # strip): one image, not the run
+        return index, pixels, *image_size(image)
 
 
 def collate(items: list) -> Batch:

@@ -81,6 +81,7 @@ def within_aspect_ratio(image: Image.Image) -> Image.Image:
     if max(width, height) <= MAX_ASPECT_RATIO * short:
         return image
     kept = MAX_ASPECT_RATIO * short
+    kept += (max(width, height) - kept) % 2  # an even margin each side: the centre stays where it was
     if width > height:
         left = (width - kept) // 2
         return image.crop((left, 0, left + kept, height))
@@ -92,8 +93,8 @@ def worker_transform(preprocess: Callable, device: str | torch.device = "cpu") -
     """The part of a model's eval transform that decoding workers run, and the scaling it leaves
     to the model's side (:class:`PixelScaling`). A transform that ends in (Maybe)ToTensor and
     Normalize ends in uint8 pixels instead; one that resizes the shortest side and crops the centre
-    (open_clip's default, timm's) starts with :func:`within_aspect_ratio`, which changes nothing it
-    keeps. Another transform (open_clip's ``squash``, ``longest``: their resize is bounded) keeps
+    (open_clip's default, timm's, also for non-square inputs) starts with :func:`within_aspect_ratio`,
+    which keeps all that the crop keeps. Another transform (open_clip's ``squash``, ``longest``: their resize is bounded) keeps
     its resize as it is; one of another shape is kept whole: ``(preprocess, None)``."""
     from torchvision import transforms
 
@@ -105,8 +106,9 @@ def worker_transform(preprocess: Callable, device: str | torch.device = "cpu") -
     scaling = PixelScaling(torch.as_tensor(normalize.mean).reshape(-1).tolist(),
                            torch.as_tensor(normalize.std).reshape(-1).tolist(), device)
     resize, crop = steps[0], steps[1]
-    shortest_side = isinstance(resize, transforms.Resize) and isinstance(crop, transforms.CenterCrop) and (
-        isinstance(resize.size, int) or len(resize.size) == 1)
+    shortest_side = isinstance(crop, transforms.CenterCrop) and (
+        (isinstance(resize, transforms.Resize) and (isinstance(resize.size, int) or len(resize.size) == 1))
+        or (type(resize).__name__ == "ResizeKeepRatio" and getattr(resize, "longest", None) == 0))  # non-square input
     return transforms.Compose([*([within_aspect_ratio] if shortest_side else []), *steps[:-2],
                                transforms.PILToTensor()]), scaling
 
