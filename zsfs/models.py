@@ -91,11 +91,14 @@ def within_aspect_ratio(image: Image.Image) -> Image.Image:
 
 def worker_transform(preprocess: Callable, device: str | torch.device = "cpu") -> tuple[Callable, PixelScaling | None]:
     """The part of a model's eval transform that decoding workers run, and the scaling it leaves
-    to the model's side (:class:`PixelScaling`). A transform that ends in (Maybe)ToTensor and
-    Normalize ends in uint8 pixels instead; one that resizes the shortest side and crops the centre
-    (open_clip's default, timm's, also for non-square inputs) starts with :func:`within_aspect_ratio`,
-    which keeps all that the crop keeps. Another transform (open_clip's ``squash``, ``longest``: their resize is bounded) keeps
-    its resize as it is; one of another shape is kept whole: ``(preprocess, None)``."""
+    to the model's side (:class:`PixelScaling`).
+
+    A transform that ends in (Maybe)ToTensor and Normalize ends in uint8 pixels instead. One that
+    resizes the shortest side and crops the centre (open_clip's default, timm's, also for
+    non-square inputs) starts with :func:`within_aspect_ratio`, which keeps all that the crop
+    keeps; others (open_clip's ``squash``, ``longest``: their resize is bounded) keep their resize
+    as it is. A transform of another shape is kept whole: ``(preprocess, None)``.
+    """
     from torchvision import transforms
 
     steps = list(getattr(preprocess, "transforms", []))
