@@ -139,6 +139,25 @@ def test_the_fit_summary_tells_seed_images_from_seed_places(tmp_path):
     assert "OOD AUROC (ood_continuous)" in text and f"(ood_score > {config['ood_flag_threshold']:.4f})" in text
 
 
+def test_classes_with_one_text_embedding_are_named(store_path, tmp_path):
+    """Class folders 'Cat/' and 'cat/' give one text embedding: the later class can never be zero-shot's
+    pick, and the fit said nothing (only extract's summary named the pair)."""
+    copy = tmp_path / "s.h5"
+    shutil.copy(store_path, copy)
+    shutil.copytree(store_path.with_name("synthetic.shards"), tmp_path / "synthetic.shards")  # as the master names it
+    with Store(copy) as store:
+        vocab = store.vocabulary("synthetic")
+    rows = [0, 1, 2, 0]  # a fourth class, "Class 0", read as the first
+    write_vocabulary(copy, "twice", [*vocab.classes[:3], "Class 0"], vocab.single[rows], vocab.ensemble[rows],
+                     prompt="a photo of a {}", n_templates=80)
+    outcome = fit_cli("--store", str(copy), "--vocab", "twice", "--out", str(tmp_path / "run"), "--k", "4", *QUICK)
+    assert outcome.exit_code == 0, outcome.output
+    text = said(outcome)  # (the row's label wraps in the table)
+    assert "classes with one text embedding" in text and f"1: {vocab.classes[0]!r} = 'Class 0'" in text
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["classes_read_as_one"] == [[vocab.classes[0], "Class 0"]]
+
+
 def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):
     run = tmp_path / "run"
     outcome = fit_cli("--store", str(store_path), "--out", str(run), "--k", "8", "--json", *QUICK)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from zsfs.errors import ModelLoadError, one_line
+from zsfs.names import repeated_rows
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.digests import file_sha256
 from zsfs.weights import (
@@ -173,9 +174,7 @@ def same_text_to_clip(clip: ClipModel, classes: Sequence[str]) -> list[tuple[str
     if len(classes) < 2:
         return []
     tokens = np.asarray(clip.tokenizer([SINGLE_PROMPT.format(name) for name in classes]))
-    _, first, inverse = np.unique(tokens.reshape(len(classes), -1), axis=0, return_index=True, return_inverse=True)
-    earlier = first[inverse.reshape(-1)]
-    return [(classes[e], classes[i]) for i, e in enumerate(earlier) if e != i]
+    return [(classes[first], classes[later]) for first, later in repeated_rows(tokens)]
 
 
 def encode_vocabulary(

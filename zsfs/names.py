@@ -12,6 +12,10 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def name_bytes(name: str | bytes) -> bytes:
@@ -55,6 +59,18 @@ def _visible(match: re.Match) -> str:
 def repeated(values: Iterable[str]) -> list[str]:
     """The values given more than once, each once, in the order first seen."""
     return [value for value, count in Counter(values).items() if count > 1]
+
+
+def repeated_rows(rows: "np.ndarray") -> list[tuple[int, int]]:
+    """(first, later) index pairs of the rows equal to an earlier one, in order (one pass: a sort)."""
+    import numpy as np  # here: the command line's light paths import this module
+
+    rows = np.asarray(rows).reshape(len(rows), -1)
+    if len(rows) < 2:
+        return []
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    earliest = first[inverse.reshape(-1)]
+    return [(int(e), i) for i, e in enumerate(earliest) if e != i]
 
 
 def check_class_names(names: Iterable[object], where: str) -> list[str]:

@@ -205,6 +205,10 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
                       shown(_labels_not_classes(metrics["labels_not_classes"], result.classes)))
     table.add_row("seed images", seed_images_text(int(result.is_seed.sum()),
                                                   result.cycles[0].n_kept if result.cycles else None))
+    if result.classes_read_as_one:  # the later of each pair is never zero-shot's pick
+        table.add_row("classes with one text embedding (CLIP reads them as one)",
+                      shown(some_names([f"{first!r} = {later!r}" for first, later in result.classes_read_as_one],
+                                       SHOWN_CLASSES, "config.json")))
     if result.unseeded_classes:
         table.add_row("classes without seeds", shown(some_names(result.unseeded_classes, SHOWN_CLASSES, "config.json")))
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")

@@ -24,6 +24,7 @@ from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
 from zsfs.fit.zeroshot import as_tensor, zero_shot_logits
 from zsfs.methods import UNREAD_BY
+from zsfs.names import repeated_rows
 
 if TYPE_CHECKING:
     from zsfs.store import Store
@@ -164,6 +165,7 @@ class FitResult:
     absent_classes: list[str] = field(default_factory=list)  # listed classes the collection does not hold
     class_shares: dict[str, float] | None = None  # balanced method: estimated fraction of images per class
     ood_flag_threshold: float | None = None  # the ood_score of the seeds' 95th percentile: flagged above it
+    classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # (first, later): one text embedding
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
 
@@ -352,6 +354,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
         precision=precision,
         absent_classes=[vocab.classes[i] for i in np.setdiff1d(np.arange(n_classes), head_classes)],
         class_shares=None if shares is None else dict(zip(vocab.classes, shares.tolist())),
+        classes_read_as_one=[(vocab.classes[first], vocab.classes[later]) for first, later in repeated_rows(texts)],
         timings=timer.timings,
         cpu_timings=timer.cpu_timings,
     )
