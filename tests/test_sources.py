@@ -273,3 +273,11 @@ def test_ood_bench_reads_class_files_without_torch(tmp_path):
             "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_repeated_rows_pairs_each_repeat_with_its_first():
+    from zsfs.names import repeated_rows
+
+    rows = np.array([[1, 2], [3, 4], [1, 2], [3, 4], [5, 6], [1, 2]])
+    assert repeated_rows(rows) == [(0, 2), (1, 3), (0, 5)]
+    assert repeated_rows(rows[:1]) == [] and repeated_rows(np.array([[1], [2]])) == []

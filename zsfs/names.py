@@ -70,7 +70,8 @@ def repeated_rows(rows: "np.ndarray") -> list[tuple[int, int]]:
         return []
     _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
     earliest = first[inverse.reshape(-1)]
-    return [(int(e), i) for i, e in enumerate(earliest) if e != i]
+    later = np.flatnonzero(earliest != np.arange(len(rows)))
+    return list(zip(earliest[later].tolist(), later.tolist()))
 
 
 def check_class_names(names: Iterable[object], where: str) -> list[str]:
