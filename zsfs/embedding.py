@@ -175,7 +175,10 @@ def decoding_process_died(batches: Iterator[Batch], error: BaseException) -> Dec
     workers = getattr(batches, "_workers", [])  # none without decoding processes (workers=0)
     if workers and (isinstance(error, (EOFError, ConnectionError)) or "DataLoader worker (pid" in str(error)):
         # What a dying process's pipe says can come before the process has ended: wait for it a little.
-        multiprocessing.connection.wait([worker.sentinel for worker in workers], timeout=DYING_SECONDS)
+        ended = multiprocessing.connection.wait([worker.sentinel for worker in workers], timeout=DYING_SECONDS)
+        for worker in workers:
+            if worker.sentinel in ended:  # its files are closed, but it may not be reapable yet: join()
+                worker.join(timeout=DYING_SECONDS)  # waits for that (a non-blocking check found it alive)
     dead = [worker for worker in workers if worker.exitcode not in (None, 0)]
     if not dead or shared_memory_full(error):
         return None
