@@ -343,14 +343,13 @@ def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
     """
     scaled = np.array(pixels, dtype=np.float64)  # the one working copy: every step below is in place
     no_value = None if integer else ~np.isfinite(scaled)
-    if no_value is not None and no_value.any():
+    if no_value is not None and not no_value.any():
+        no_value = None  # every pixel has a value
+    if no_value is not None:
         if no_value.all():
             raise ImageDecodeError("no pixel has a value (all NaN or infinite)")
-        scaled[no_value] = np.nan
-        low, high = float(np.nanmin(scaled)), float(np.nanmax(scaled))
-    else:
-        no_value = None
-        low, high = float(scaled.min()), float(scaled.max())
+        scaled[no_value] = np.nan  # left out of the minimum and maximum below
+    low, high = float(np.nanmin(scaled)), float(np.nanmax(scaled))
     if integer and low >= 0:
         bits = max(8, int(np.ceil(np.log2(high + 1))))
         scaled *= 255.0 / (2.0**bits - 1)

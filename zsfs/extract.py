@@ -26,7 +26,7 @@ from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_listing
 from zsfs.errors import ParameterError, StoreMismatchError, ZsfsError, check_at_least
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
-from zsfs.names import check_class_names, some_names
+from zsfs.names import check_class_names, pairs_text
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
@@ -404,10 +404,9 @@ def add_vocabulary(
 def refuse_same_text_to_clip(pairs: list[tuple[str, str]]) -> None:
     """A ``ZsfsError`` naming the class names CLIP reads as the same text (see ``same_text_to_clip``)."""
     if pairs:
-        shown = some_names([f"{earlier!r} = {later!r}" for earlier, later in pairs], 10)
         raise ZsfsError(f"CLIP reads some class names as the same tokens (its tokenizer ignores case, spacing and "
-                        f"the Unicode form, and cuts long texts), pairs {shown}. It gives each pair one embedding "
-                        "and cannot tell their images apart: list each class once.")
+                        f"the Unicode form, and cuts long texts), pairs {pairs_text(pairs, 10)}. It gives each pair "
+                        "one embedding and cannot tell their images apart: list each class once.")
 
 
 def default_output(location: Path) -> Path:

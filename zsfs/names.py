@@ -104,6 +104,11 @@ def counted(n: int, one: str, many: str | None = None) -> str:
     return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
+def pairs_text(pairs: Sequence[tuple[str, str]], limit: int, listed_in: str | None = None) -> str:
+    """:func:`some_names` of ``(first, later)`` name pairs, each as ``'first' = 'later'``."""
+    return some_names([f"{first!r} = {later!r}" for first, later in pairs], limit, listed_in)
+
+
 def some_names(names: Sequence[str], limit: int, listed_in: str | None = None) -> str:
     """``"N: a; b; ...; ... (M more[ in LISTED_IN])"``: the count and the first ``limit`` names,
     "; "-separated, as names may hold commas (ImageNet's class names do)."""

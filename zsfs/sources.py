@@ -22,17 +22,15 @@ from zsfs.names import check_class_names, counted, repeated, some_names, utf8_te
 from zsfs.tars import (READ_IN_PLACE, TarMembers, compressed_tar_error, is_compressed_tar, is_tar_pattern, list_tars, resolve_tars,
                        tar_shards_in)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2", ".j2k", ".avif",
-     ".tga", ".pbm", ".pgm", ".ppm", ".pnm"}
-)
-"""File suffixes (compared lower-case) that a folder scan picks up: the photo, scan and raster
-formats Pillow decodes (JPEG 2000 and AVIF where its build has them; a file it cannot decode is
-skipped with the reason)."""
-
 SUFFIXES_ADDED = frozenset({".jpe", ".jfif", ".jp2", ".j2k", ".avif", ".tga", ".pbm", ".pgm", ".ppm", ".pnm"})
 """Suffixes a scan takes since December 2026: a store built earlier over the same folder lists
 fewer files (see :meth:`ImageSource.digest_without_added_suffixes`)."""
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}) | SUFFIXES_ADDED
+"""File suffixes (compared lower-case) that a folder scan picks up: the photo, scan and raster
+formats Pillow decodes (JPEG 2000 and AVIF where its build has them; a file it cannot decode is
+skipped with the reason)."""
 
 LIST_SUFFIXES = (".txt", ".csv")
 

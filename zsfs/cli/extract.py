@@ -9,7 +9,7 @@ from rich.table import Table
 
 from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown
 from zsfs.devices import DEVICES, MODEL_PRECISIONS
-from zsfs.names import counted, some_names
+from zsfs.names import counted, pairs_text, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
@@ -138,9 +138,9 @@ def _summary_table(summary) -> Table:
     if summary.repeated_paths:
         table.add_row("paths listed twice or more", shown(some_names(summary.repeated_paths, 10)))  # each embedded
     if summary.classes_read_as_one:
-        pairs = some_names([f"{earlier!r} = {later!r}" for earlier, later in summary.classes_read_as_one], 10)
         table.add_row("class folders CLIP reads as one (one text embedding: `zsfs text STORE --classes FILE "
-                      "--vocab NAME` adds a list with each class once)", shown(pairs))
+                      "--vocab NAME` adds a list with each class once)",
+                      shown(pairs_text(summary.classes_read_as_one, 10)))
     if summary.empty_tars:
         table.add_row("tars with no image", shown(some_names(summary.empty_tars, 10)))
     if summary.compressed_tars:

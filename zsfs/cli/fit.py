@@ -12,7 +12,7 @@ import click
 from zsfs.cli.common import FiniteFloat, GivenPath, console, note_unread_options, shown, what_failed
 from zsfs.errors import ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES
-from zsfs.names import some_names
+from zsfs.names import pairs_text, some_names
 
 if TYPE_CHECKING:
     from zsfs.fit.run import FitResult
@@ -207,8 +207,7 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
                                                   result.cycles[0].n_kept if result.cycles else None))
     if result.classes_read_as_one:  # the later of each pair is never zero-shot's pick
         table.add_row("classes with one text embedding (CLIP reads them as one)",
-                      shown(some_names([f"{first!r} = {later!r}" for first, later in result.classes_read_as_one],
-                                       SHOWN_CLASSES, "config.json")))
+                      shown(pairs_text(result.classes_read_as_one, SHOWN_CLASSES, "config.json")))
     if result.unseeded_classes:
         table.add_row("classes without seeds", shown(some_names(result.unseeded_classes, SHOWN_CLASSES, "config.json")))
     table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
