@@ -31,7 +31,7 @@ from zsfs.testing.slowdown import DELAY_VARIABLE
 
 
 SLOW_WORKERS = {"worker_process_setup_hook": "zsfs.testing.slowdown.slow_decoding",
-                "env_vars": {DELAY_VARIABLE: "0.03"}}
+                "env_vars": {DELAY_VARIABLE: "0.06"}}  # 6 images: >= 0.36 s a shard
 SETTINGS = dict(shard_size=6, batch_size=2, **TINY_MODELS)  # 40 files -> 7 shards
 
 
@@ -98,9 +98,14 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     rerun = threading.Thread(target=lambda: done.update(result=run_cli(*args[:-4], "--ray", "--ray-workers", "2")))
     rerun.start()  # `--ray` alone, in this process: its Ray connection (slow decoding) is used
     shards_before = len(finished)
-    # models loaded, shards flowing: kill one worker mid-shard
-    _kill_the_first(lambda: _shard_worker_pids() if len(list(shards.glob("shard-*.h5"))) > shards_before else [],
-                    rerun, deadline + 120, pause=0.02)
+
+    def mid_shard() -> list[int]:  # models loaded, shards flowing: the workers in the middle of a shard
+        if len(list(shards.glob("shard-*.h5"))) <= shards_before:
+            return []
+        time.sleep(0.1)  # not at the end of the shard just written (killed then, it has nothing to redo)
+        return _shard_worker_pids()
+
+    _kill_the_first(mid_shard, rerun, deadline + 120, pause=0.02)
     rerun.join(timeout=300)
 
     result = done["result"]
