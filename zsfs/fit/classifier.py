@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from zsfs.errors import ZsfsError
 from zsfs.names import counted
 from zsfs.fit import ood
+from zsfs.runs import CLASSIFIER
 
 CLASSIFIER_FORMAT = "zsfs-classifier"
 CLASSIFIER_VERSION = 1
@@ -175,7 +176,7 @@ def load_classifier(path: str | Path) -> Classifier:
     """Load a classifier saved by ``zsfs fit`` (``RUN_DIR/classifier.pt``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "classifier.pt"
+        path = path / CLASSIFIER
     if not path.is_file():
         raise ZsfsError(f"no classifier at {path}; pass a run folder written by `zsfs fit`")
     try:
