@@ -278,6 +278,21 @@ def test_classes_with_fewer_candidates_than_k(tmp_path):
     assert len(result.predicted) == 30
 
 
+def test_a_class_whose_seeds_also_seed_another_class_has_seeds(tmp_path):
+    """Bug: with the paper's rule (no unique pseudo-labels) one image can seed several classes, and
+    predictions keep its first label only; classes_without_seeds was counted from that label and
+    listed classes that had all their k seeds (101 of 1,000 on a real store)."""
+    path = make_synthetic_store(tmp_path / "tiny.h5", 30, 5, seed=0)
+    with Store(path) as store:  # 30 images, candidates 100: every image is every class's candidate
+        result = fit_store(store, FitConfig(method="cycles", unique_pseudo_labels=False, k=16, epochs=2,
+                                            cycle_epochs=1))
+    seeds = result.cycles[0]
+    assert len(seeds.rows) == 5 * 16 > len(np.unique(seeds.rows))  # images shared between classes
+    assert np.bincount(seeds.labels, minlength=5).tolist() == [16] * 5
+    assert len(np.unique(result.pseudo_label[result.is_seed])) < 5  # one label kept per image
+    assert result.unseeded_classes == []
+
+
 def test_the_summary_names_listed_classes_that_got_no_seed(tmp_path):
     """Bug: silent. With every image each candidate's neighbour, one class's support is highest for
     every image, and one image has one class: the other classes lost all their candidates."""

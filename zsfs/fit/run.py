@@ -173,7 +173,8 @@ class FitResult:
     def unseeded_classes(self) -> list[str]:
         """Listed classes, not reported absent, that got no seed: no zero-shot candidate of theirs
         survived, so they were trained on pseudo-labels alone, or are never predicted."""
-        seeded = np.bincount(self.pseudo_label[self.is_seed], minlength=len(self.classes)) > 0
+        # cycle 0's labels, not pseudo_label: with the paper's rule one image can seed several classes
+        seeded = np.bincount(self.cycles[0].labels, minlength=len(self.classes)) > 0
         return [name for name, has in zip(self.classes, seeded) if not has and name not in self.absent_classes]
 
 
