@@ -451,3 +451,30 @@ def test_a_source_of_only_broken_files_is_an_error(tmp_path):
     result = run_cli("extract", folder["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
     assert result.exit_code == 1
     assert "none of the" in result.output and "could be decoded" in result.output and "empty file" in result.output
+
+
+def test_an_image_the_models_give_non_finite_features_is_skipped_with_the_reason(tmp_path):
+    """A NaN row (an fp16 overflow on a GPU) was written as it came, and every fit of the store
+    then failed or scored every image NaN: it is recorded as skipped, and a shard written
+    through the store's own writer refuses one."""
+    from types import SimpleNamespace
+
+    from zsfs.embedding import Batch
+    from zsfs.extract import NO_FEATURES, _ShardRows
+    from zsfs.store.writer import ShardData
+
+    rows = _ShardRows(5, 4, 3, np.float16)
+    clip, backbone = np.eye(4, dtype=np.float32)[:4], np.ones((4, 3), np.float32) / np.sqrt(3)
+    backbone[1, 2], clip[2] = np.nan, 0.0  # row 1 NaN, row 2 all zero
+    clip[3, 0] = np.inf
+    rows.add(Batch(np.array([0, 1, 2, 3]), (), np.full(4, 8), np.full(4, 9), [(4, "not an image")]), (clip, backbone))
+    data = rows.shard_data(SimpleNamespace(paths=["a.png", "b.png", "c.png", "d.png", "e.txt"], labels=None))
+    assert list(data.paths) == ["a.png"] and data.clip.tolist() == [[1, 0, 0, 0]]
+    assert data.width.tolist() == [8] and data.height.tolist() == [9]
+    assert list(data.skipped_paths) == ["b.png", "c.png", "d.png", "e.txt"]
+    assert list(data.skipped_reasons) == [NO_FEATURES] * 3 + ["not an image"]
+    data.validate()
+    broken = ShardData(clip=clip[:2], backbone=backbone[:2], paths=["a.png", "b.png"], width=np.ones(2),
+                       height=np.ones(2))
+    with pytest.raises(ValueError, match=r"backbone row 1 \('b.png'\) is not finite"):
+        broken.validate()

@@ -278,6 +278,48 @@ def test_classes_with_fewer_candidates_than_k(tmp_path):
     assert len(result.predicted) == 30
 
 
+@pytest.mark.parametrize("dataset, method, value", [("backbone", "balanced", np.nan), ("backbone", "cycles", np.inf),
+                                                    ("clip", "balanced", np.nan)])
+def test_a_store_row_that_is_not_finite_stops_the_fit_naming_it(tmp_path, dataset, method, value):
+    """Bug: one NaN row in a shard (written outside zsfs, or damaged) failed the default fit with an
+    IndexError from Sinkhorn, and let a cycles fit write NaN ood_score for every image."""
+    import h5py
+
+    from zsfs.store import schema
+
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=0)
+    shard = schema.shard_dir(path) / schema.shard_name(0)
+    with h5py.File(shard, "r+") as file:
+        row = file[dataset][5]
+        row[0] = value
+        file[dataset][5] = row
+    with Store(path) as store:
+        expected_path = store.paths(np.array([5]))[0]
+    result = run_cli("fit", "--store", path, "--out", tmp_path / "run", "--method", method, "--epochs", "2",
+                     "--cycle-epochs", "1")
+    assert result.exit_code == 1, result.output
+    what = "CLIP embeddings" if dataset == "clip" else "backbone features"
+    assert f"holds non-finite {what} (NaN or infinity) at row 5 ({expected_path})" in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_a_store_no_bigger_than_the_candidates_gets_a_note_and_one_image_only_the_error(tmp_path):
+    """With N <= --candidates every image is every class's candidate and the re-ranking decides
+    alone (a 30-image store of 10 classes fitted below its zero-shot accuracy): the summary says
+    so. A 1-image store printed a note about --neighbours before the error that it cannot be fitted."""
+    small = make_synthetic_store(tmp_path / "small.h5", 30, 10, seed=1)
+    result = run_cli("fit", "--store", small, "--out", tmp_path / "run", "--cycle-epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert ("the store holds 30 images, no more than --candidates 100: every image is a candidate of every class"
+            in " ".join(result.output.split()))
+    result = run_cli("fit", "--store", small, "--out", tmp_path / "run2", "--cycle-epochs", "1", "--candidates", "29")
+    assert result.exit_code == 0 and "no more than --candidates" not in result.output
+    one = make_synthetic_store(tmp_path / "one.h5", 1, 1, seed=1)
+    result = run_cli("fit", "--store", one, "--out", tmp_path / "run3")
+    assert result.exit_code == 1 and "Note" not in result.output
+    assert "holds 1 embedded image(s); a fit needs at least 2" in " ".join(result.output.split())
+
+
 def test_a_class_whose_seeds_also_seed_another_class_has_seeds(tmp_path):
     """Bug: with the paper's rule (no unique pseudo-labels) one image can seed several classes, and
     predictions keep its first label only; classes_without_seeds was counted from that label and

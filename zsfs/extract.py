@@ -111,6 +111,15 @@ def shard_batches(writer: StoreWriter, shards: Sequence[int], batch_size: int) -
     return batches, owners
 
 
+NO_FEATURES = ("the models gave NaN, infinite or all-zero features (with --precision fp16 an overflow can: "
+               "bf16 or fp32 avoid it)")
+
+
+def _usable_rows(features: np.ndarray) -> np.ndarray:
+    """Rows that are finite and not all zero (an embedding has a direction)."""
+    return np.isfinite(features).all(axis=1) & features.any(axis=1)
+
+
 class _ShardRows:
     """Embedded rows and failures of one shard, written batch by batch into arrays of the store's
     dtype sized for the whole shard: a 50,000-image shard of the default models holds 200 MB of
@@ -127,9 +136,13 @@ class _ShardRows:
 
     def add(self, batch: Batch, outputs: tuple[np.ndarray, np.ndarray] | None) -> None:
         if outputs is not None:
-            rows = slice(self.n_rows, self.n_rows + len(batch.indices))
-            self.indices[rows], self.clip[rows], self.backbone[rows] = batch.indices, *outputs
-            self.width[rows], self.height[rows] = batch.width, batch.height
+            usable = _usable_rows(outputs[0]) & _usable_rows(outputs[1])
+            if not usable.all():  # a row of NaN would make every score of a fit NaN
+                self.failures.extend((int(index), NO_FEATURES) for index in batch.indices[~usable])
+                outputs = tuple(output[usable] for output in outputs)
+            rows = slice(self.n_rows, self.n_rows + int(usable.sum()))
+            self.indices[rows], self.clip[rows], self.backbone[rows] = batch.indices[usable], *outputs
+            self.width[rows], self.height[rows] = batch.width[usable], batch.height[usable]
             self.n_rows = rows.stop
         self.failures.extend(batch.failures)
 

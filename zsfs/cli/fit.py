@@ -12,7 +12,7 @@ import click
 from zsfs.cli.common import FiniteFloat, GivenPath, console, note_unread_options, shown, what_failed
 from zsfs.errors import ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES
-from zsfs.names import pairs_text, some_names
+from zsfs.names import counted, pairs_text, some_names
 
 if TYPE_CHECKING:
     from zsfs.fit.run import FitResult
@@ -126,9 +126,14 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     with Store(store_path) as store:
         vocabulary = resolve_vocabulary(store, vocabulary)
         check_writable(run_dir or default_run_dir(store_path, vocabulary, config.k), "run folder")
-        if config.neighbours > store.n_images - 1:
+        if 2 <= store.n_images <= config.neighbours:  # below 2 the fit says why it cannot run
             console.print(f"[yellow]Note:[/] --neighbours {config.neighbours} is more than the store's other "
                           f"images: each image's {store.n_images - 1:,} neighbours are used.")
+        if 2 <= store.n_images <= config.candidates:
+            console.print(f"[yellow]Note:[/] the store holds {counted(store.n_images, 'image')}, no more than "
+                          f"--candidates {config.candidates}: every image is a candidate of every class, and the "
+                          "seeds are ranked by their neighbours' zero-shot votes alone. So few images give the "
+                          "method little to learn from: compare its labels with the zero_shot_predicted column.")
         with console.status(f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}..."):
             result = fit_store(store, config, vocabulary)
             run = in_memory(result, store, config)

@@ -24,7 +24,7 @@ from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
 from zsfs.fit.zeroshot import as_tensor, zero_shot_logits
 from zsfs.methods import UNREAD_BY
-from zsfs.names import repeated_rows
+from zsfs.names import repeated_rows, visible
 
 if TYPE_CHECKING:
     from zsfs.store import Store
@@ -248,6 +248,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     with timer.phase("zero-shot + candidates"):
         scores, candidates, _ = seeds.zero_shot_scan(clip, texts, config.candidates, chunk_rows=CHUNK_ROWS,
                                                      device=device)
+        _refuse_non_finite(store, slice(None), scores.mcm, "CLIP embeddings")
     with timer.phase("neighbours + re-rank"):
         valid = candidates != seeds.MISSING
         unique = np.unique(candidates[valid])
@@ -271,15 +272,20 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     if config.method == "balanced":
         with timer.phase("read features"):
             features = normalise(store.read("backbone", sample), device)
+            _refuse_non_finite(store, sample, features.sum(dim=1))
             candidate_rows, candidate_labels = seeds.positions(ranked, 0, config.candidates)
-            prototypes = transductive.class_prototypes(normalise(store.read("backbone", candidate_rows), device),
-                                                       torch.as_tensor(candidate_labels, device=device), n_classes)
+            candidate_features = normalise(store.read("backbone", candidate_rows), device)
+            _refuse_non_finite(store, candidate_rows, candidate_features.sum(dim=1))
+            prototypes = transductive.class_prototypes(candidate_features, torch.as_tensor(candidate_labels,
+                                                                                           device=device), n_classes)
+            del candidate_features
         with timer.phase("class shares + self-training"):
             trained, head_classes, shares = _balanced_training(features, sample, drawn, seed_rows, seed_labels,
                                                                log_prior, prototypes, config, generator, dtype)
     else:
         with timer.phase("read features"):
             features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
+            _refuse_non_finite(store, unique, features.features.sum(dim=1))
         with timer.phase("self-training"):
             trained = self_train(ranked, features, k=config.k, epochs=config.epochs,
                                  cycle_epochs=config.cycle_epochs, batch_size=config.batch_size, lr=config.lr,
@@ -313,6 +319,7 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
                 normalise(chunk, device), trained.head.weight.detach(), trained.head.bias.detach(), reference, nearest)
             predicted[rows], confidence[rows] = head_classes[best.cpu().numpy()], confidence_of_best.cpu().numpy()
             statistics[rows], distance[rows] = chunk_statistics.cpu().numpy(), chunk_distance.cpu().numpy()
+            _refuse_non_finite(store, rows, distance[rows])  # the rows no earlier phase read
     thresholds = ood.fit_thresholds(statistics[seed_cycle.rows], config.ood_multiplier)
     components = {"mcm": -scores.mcm, "reference_distance": distance}
     stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
@@ -403,6 +410,20 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarr
     for cycle in trained.cycles:
         cycle.labels = present[cycle.labels]
     return trained, present, shares
+
+
+def _refuse_non_finite(store: Store, rows: slice | np.ndarray, per_row: np.ndarray | torch.Tensor,
+                      what: str = "backbone features") -> None:
+    """A clear error when a value computed from each of ``rows`` is NaN or infinite: a store row
+    holding non-finite features (extract and import never write one) makes every score it
+    touches NaN, and the fit would fail far from the cause or write NaN scores for every image."""
+    bad = ~np.isfinite(per_row.cpu().numpy() if isinstance(per_row, torch.Tensor) else per_row)
+    if bad.any():
+        row = int(np.arange(store.n_images)[rows][np.flatnonzero(bad)[0]])
+        raise ZsfsError(f"{store.path} holds non-finite {what} (NaN or infinity) at row {row} "
+                        f"({visible(store.paths(np.array([row]))[0])}){' and others' if bad.sum() > 1 else ''}; "
+                        "zsfs never writes such rows: the store was changed outside zsfs or damaged "
+                        "(`zsfs info --verify` checks it); rebuild it (`zsfs extract` or `zsfs import`, with --overwrite)")
 
 
 def _pseudo_labels(n_images: int, cycles: list[Cycle]) -> tuple[np.ndarray, np.ndarray]:

@@ -61,6 +61,11 @@ class ShardData:
             raise ValueError(f"shard has {n} paths but {wrong} rows")
         if len(self.skipped_paths) != len(self.skipped_reasons):
             raise ValueError("skipped_paths and skipped_reasons differ in length")
+        for name in ("clip", "backbone"):  # fits would score every image NaN; skip such an image instead
+            finite = np.isfinite(getattr(self, name)).all(axis=1)
+            if not finite.all():
+                raise ValueError(f"{name} row {int(np.argmin(finite))} ({self.paths[int(np.argmin(finite))]!r}) is not "
+                                 "finite; record the image as skipped instead")
 
 
 def check_own_shards_folder(master: Path) -> None:
