@@ -501,3 +501,32 @@ def test_damaged_classifier_file_is_a_clear_error(tmp_path):
     torch.save({"format": CLASSIFIER_FORMAT, "version": 1}, path)
     with pytest.raises(ZsfsError, match="damaged zsfs classifier"):
         load_classifier(path)
+
+
+def test_labels_spelled_decomposed_match_the_composed_class_names(tmp_path):
+    """Bug: folder names copied from macOS spell 'café' decomposed (NFD), a typed class list
+    composed (NFC); the same names counted as labels of no class, and accuracy went unmeasured."""
+    import unicodedata
+
+    from zsfs.report import render_report
+    from zsfs.testing.synthetic import random_unit_rows
+
+    classes = ["café", "crème brûlée", "pão"]
+    centres = random_unit_rows(3, 16, 0)
+    truth = np.arange(60) % 3
+    features = centres[truth] + 0.05 * random_unit_rows(60, 16, 1)
+    np.save(tmp_path / "clip.npy", features)
+    np.save(tmp_path / "backbone.npy", features)
+    labels = [unicodedata.normalize("NFD", classes[c]) for c in truth]
+    assert labels[0] != classes[0]
+    pl.DataFrame({"path": [f"{i}.jpg" for i in range(60)], "label": labels}).write_csv(tmp_path / "paths.csv")
+    np.savez(tmp_path / "food.npz", classes=np.array(classes), single=centres)
+    assert run_cli("import", tmp_path / "s.h5", "--clip-embeddings", tmp_path / "clip.npy", "--backbone-features",
+                   tmp_path / "backbone.npy", "--paths", tmp_path / "paths.csv", "--label-column", "label",
+                   "--vocab", f"food={tmp_path / 'food.npz'}").exit_code == 0
+    result = run_cli("fit", "--store", tmp_path / "s.h5", "--out", tmp_path / "run", "--cycle-epochs", "1")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_evaluated"] == 60 and "labels_not_classes" not in metrics
+    assert metrics["zero_shot_accuracy"] == 1.0
+    assert "No image's true label is one of the classes" not in render_report(tmp_path / "run")

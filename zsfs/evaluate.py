@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,12 +38,18 @@ class LabelCodes:
 
     @classmethod
     def of(cls, labels: np.ndarray) -> "LabelCodes":
+        """Labels compared in Unicode's composed form (NFC): folder names copied from macOS
+        spell 'café' decomposed, a typed class list composed, and both are the same name."""
         classes, codes = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+        composed = composed_names(classes)
+        if (composed != classes).any():
+            classes, merged = np.unique(composed, return_inverse=True)
+            codes = merged.reshape(-1)[codes]
         return cls(classes, codes.reshape(-1))
 
     def code(self, names: Sequence[str]) -> np.ndarray:
-        """Codes of ``names``; -1 for a name that is no label."""
-        names = np.asarray(list(names), dtype=str)
+        """Codes of ``names`` (compared in NFC, as the labels); -1 for a name that is no label."""
+        names = composed_names(list(names))
         position = np.clip(np.searchsorted(self.classes, names), 0, len(self.classes) - 1)
         return np.where(self.classes[position] == names, position, -1)
 
@@ -56,6 +63,11 @@ class LabelCodes:
         position = np.full(len(self.classes) + 1, -1, np.int64)  # the extra slot absorbs code -1
         position[code[code >= 0]] = np.flatnonzero(code >= 0)
         return position[:-1][self.codes]
+
+
+def composed_names(names: Sequence[str] | np.ndarray) -> np.ndarray:
+    """``names`` in Unicode's composed form (NFC), as a numpy str array; one call per distinct name."""
+    return np.asarray([unicodedata.normalize("NFC", str(name)) for name in names], dtype=str).reshape(-1)
 
 
 def accuracy(true: np.ndarray, predicted: np.ndarray) -> float:

@@ -20,7 +20,7 @@ import numpy as np
 
 from zsfs import __version__, figures
 from zsfs.errors import ParameterError, ZsfsError
-from zsfs.evaluate import confusion_matrix, paper_score_counts, per_class_accuracy
+from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import counted, some_names, visible
 from zsfs.outputs import write_text_atomically
@@ -219,7 +219,7 @@ def _accuracy(frame, classes: list[str]) -> str:
     import polars as pl
 
     codes = {name: i for i, name in enumerate(classes)}
-    truth = frame["label"].replace_strict(codes, default=-1, return_dtype=pl.Int64).to_numpy()
+    truth = LabelCodes.of(frame["label"].to_numpy()).index_in(classes)  # as metrics.json compares them
     predicted = frame["predicted"].replace_strict(codes, default=-1, return_dtype=pl.Int64).to_numpy()
     known = (truth >= 0) & (predicted >= 0)
     n = len(classes)
