@@ -461,7 +461,7 @@ def test_an_image_the_models_give_non_finite_features_is_skipped_with_the_reason
 
     from zsfs.embedding import Batch
     from zsfs.extract import NO_FEATURES, _ShardRows
-    from zsfs.store.writer import ShardData
+    from zsfs.store.writer import ShardData, StoreWriter
 
     rows = _ShardRows(5, 4, 3, np.float16)
     clip, backbone = np.eye(4, dtype=np.float32)[:4], np.ones((4, 3), np.float32) / np.sqrt(3)
@@ -473,8 +473,14 @@ def test_an_image_the_models_give_non_finite_features_is_skipped_with_the_reason
     assert data.width.tolist() == [8] and data.height.tolist() == [9]
     assert list(data.skipped_paths) == ["b.png", "c.png", "d.png", "e.txt"]
     assert list(data.skipped_reasons) == [NO_FEATURES] * 3 + ["not an image"]
-    data.validate()
-    broken = ShardData(clip=clip[:2], backbone=backbone[:2], paths=["a.png", "b.png"], width=np.ones(2),
-                       height=np.ones(2))
-    with pytest.raises(ValueError, match=r"backbone row 1 \('b.png'\) is not finite"):
-        broken.validate()
+    # the store's writer refuses such rows as it would store them: float16 overflows above 65504
+    writer = StoreWriter(tmp_path / "s.h5", identity={"source": "test"}, n_items=2, shard_size=2, dtype="float16")
+    try:
+        for bad, message in ((backbone[:2], r"backbone row 1 \('b.png'\) is NaN, infinite or all zero as float16"),
+                             (np.array([[1e5, 0, 0], [0, 1, 0]], np.float32), r"backbone row 0 \('a.png'\)")):
+            with pytest.raises(ValueError, match=message):
+                writer.write_shard(0, ShardData(clip=np.eye(4, dtype=np.float32)[:2], backbone=bad,
+                                                paths=["a.png", "b.png"], width=np.ones(2), height=np.ones(2)))
+        assert not writer.shard_path(0).exists()
+    finally:
+        writer.close()

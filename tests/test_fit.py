@@ -303,6 +303,26 @@ def test_a_store_row_that_is_not_finite_stops_the_fit_naming_it(tmp_path, datase
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
 
 
+def test_a_non_finite_row_that_no_training_reads_stops_the_fit_at_predict(tmp_path):
+    """The cycles method reads only the candidates' features before it predicts every row."""
+    import h5py
+
+    from zsfs.fit import seeds
+    from zsfs.store import schema
+
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=0)
+    with Store(path) as store:
+        texts = store.vocabulary("synthetic").embeddings(FitConfig().prompts)
+        _, candidates, _ = seeds.zero_shot_scan(store.read("clip"), texts, 16)
+    row = int(np.setdiff1d(np.arange(300), candidates)[0])
+    with h5py.File(schema.shard_dir(path) / schema.shard_name(0), "r+") as file:
+        file["backbone"][row] = np.full(file["backbone"].shape[1], np.nan, file["backbone"].dtype)
+    result = run_cli("fit", "--store", path, "--out", tmp_path / "run", "--method", "cycles", "--candidates", "16",
+                     "--epochs", "2", "--cycle-epochs", "1")
+    assert result.exit_code == 1, result.output
+    assert f"holds non-finite backbone features (NaN or infinity) at row {row} " in " ".join(result.output.split())
+
+
 def test_a_store_no_bigger_than_the_candidates_gets_a_note_and_one_image_only_the_error(tmp_path):
     """With N <= --candidates every image is every class's candidate and the re-ranking decides
     alone (a 30-image store of 10 classes fitted below its zero-shot accuracy): the summary says
@@ -333,6 +353,15 @@ def test_a_class_whose_seeds_also_seed_another_class_has_seeds(tmp_path):
     assert np.bincount(seeds.labels, minlength=5).tolist() == [16] * 5
     assert len(np.unique(result.pseudo_label[result.is_seed])) < 5  # one label kept per image
     assert result.unseeded_classes == []
+    # the run and its report count each class's seeds (the report counted each image's first label)
+    from zsfs.report import render_report
+
+    run = run_cli("fit", "--store", path, "--out", tmp_path / "run", "--method", "cycles", "--duplicate-labels",
+                  "--epochs", "2", "--cycle-epochs", "1")
+    assert run.exit_code == 0, run.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert list(config["seeds_per_class"].values()) == [16] * 5 and config["classes_without_seeds"] == []
+    assert render_report(tmp_path / "run").count(" · 16 seeds · ") == 5
 
 
 def test_the_summary_names_listed_classes_that_got_no_seed(tmp_path):
@@ -506,27 +535,15 @@ def test_damaged_classifier_file_is_a_clear_error(tmp_path):
 def test_labels_spelled_decomposed_match_the_composed_class_names(tmp_path):
     """Bug: folder names copied from macOS spell 'café' decomposed (NFD), a typed class list
     composed (NFC); the same names counted as labels of no class, and accuracy went unmeasured."""
-    import unicodedata
-
     from zsfs.report import render_report
-    from zsfs.testing.synthetic import random_unit_rows
+    from zsfs.testing.synthetic import make_accented_store
 
-    classes = ["café", "crème brûlée", "pão"]
-    centres = random_unit_rows(3, 16, 0)
-    truth = np.arange(60) % 3
-    features = centres[truth] + 0.05 * random_unit_rows(60, 16, 1)
-    np.save(tmp_path / "clip.npy", features)
-    np.save(tmp_path / "backbone.npy", features)
-    labels = [unicodedata.normalize("NFD", classes[c]) for c in truth]
-    assert labels[0] != classes[0]
-    pl.DataFrame({"path": [f"{i}.jpg" for i in range(60)], "label": labels}).write_csv(tmp_path / "paths.csv")
-    np.savez(tmp_path / "food.npz", classes=np.array(classes), single=centres)
-    assert run_cli("import", tmp_path / "s.h5", "--clip-embeddings", tmp_path / "clip.npy", "--backbone-features",
-                   tmp_path / "backbone.npy", "--paths", tmp_path / "paths.csv", "--label-column", "label",
-                   "--vocab", f"food={tmp_path / 'food.npz'}").exit_code == 0
-    result = run_cli("fit", "--store", tmp_path / "s.h5", "--out", tmp_path / "run", "--cycle-epochs", "1")
+    path = make_accented_store(tmp_path / "s.h5", labels_form="NFD", classes_form="NFC")
+    with Store(path) as store:
+        assert store.labels()[0] != store.vocabulary("food").classes[0] == "café"
+    result = run_cli("fit", "--store", path, "--out", tmp_path / "run", "--cycle-epochs", "1")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["n_evaluated"] == 60 and "labels_not_classes" not in metrics
+    assert metrics["n_evaluated"] == 80 and "labels_not_classes" not in metrics
     assert metrics["zero_shot_accuracy"] == 1.0
     assert "No image's true label is one of the classes" not in render_report(tmp_path / "run")

@@ -229,3 +229,24 @@ def test_cli_missing_store_and_unlabelled_store(tmp_path):
     result = bench_cli("--store", blind, "--id-classes", 1, "--out", tmp_path / "never")
     assert result.exit_code == 1 and "has no labels" in result.stderr
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("classes_form", ["NFD", "NFC"])
+def test_accented_labels_and_vocabulary_in_either_unicode_form(tmp_path, classes_form):
+    """Bug: with labels compared in NFC, a store whose labels and vocabulary both come from macOS
+    folder names (NFD) put every accented class among the always-OOD ones. ID classes typed in
+    NFC are the vocabulary's classes too."""
+    import unicodedata
+
+    from zsfs.testing.synthetic import ACCENTED_CLASSES, make_accented_store
+
+    path = make_accented_store(tmp_path / "s.h5", labels_form="NFD", classes_form=classes_form)
+    listed = tmp_path / "id.txt"
+    listed.write_text("café\npão\n")
+    result = bench_cli("--store", path, "--id-classes", listed, "--json", *QUICK_FIT_ARGS)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["always_ood_classes"] == [] and metrics["n_label_classes"] == len(ACCENTED_CLASSES)
+    spelled = [unicodedata.normalize(classes_form, name) for name in ("café", "pão")]
+    assert sorted(metrics["id_classes"]) == sorted(spelled)
+    assert metrics["splits"][0]["zero_shot_id_accuracy"] == 1.0

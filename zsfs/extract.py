@@ -34,7 +34,7 @@ from zsfs.store.files import check_store_lock, check_store_update, disk_error, s
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
-                               refuse_another_listing)
+                               refuse_another_listing, usable_rows)
 from zsfs.weights import relocated
 from zsfs.writable import check_writable
 
@@ -115,11 +115,6 @@ NO_FEATURES = ("the models gave NaN, infinite or all-zero features (with --preci
                "bf16 or fp32 avoid it)")
 
 
-def _usable_rows(features: np.ndarray) -> np.ndarray:
-    """Rows that are finite and not all zero (an embedding has a direction)."""
-    return np.isfinite(features).all(axis=1) & features.any(axis=1)
-
-
 class _ShardRows:
     """Embedded rows and failures of one shard, written batch by batch into arrays of the store's
     dtype sized for the whole shard: a 50,000-image shard of the default models holds 200 MB of
@@ -136,7 +131,7 @@ class _ShardRows:
 
     def add(self, batch: Batch, outputs: tuple[np.ndarray, np.ndarray] | None) -> None:
         if outputs is not None:
-            usable = _usable_rows(outputs[0]) & _usable_rows(outputs[1])
+            usable = usable_rows(outputs[0]) & usable_rows(outputs[1])
             if not usable.all():  # a row of NaN would make every score of a fit NaN
                 self.failures.extend((int(index), NO_FEATURES) for index in batch.indices[~usable])
                 outputs = tuple(output[usable] for output in outputs)

@@ -20,7 +20,7 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import ZsfsError
 from zsfs.outputs import new_folder, write_json
-from zsfs.evaluate import LabelCodes, accuracy, id_ood_splits, mean_std, ood_metrics
+from zsfs.evaluate import LabelCodes, accuracy, composed_names, id_ood_splits, mean_std, ood_metrics
 
 if TYPE_CHECKING:
     from zsfs.fit.run import FitConfig, FitResult
@@ -114,19 +114,23 @@ def ood_bench(
                         f"image (extract a folder with one subfolder per class, or import with labels)")
     labels = LabelCodes.of(labels)
     vocab_name = resolve_vocabulary(store, vocabulary)
-    named = set(store.vocabulary(vocab_name).classes)
+    vocabulary_classes = store.vocabulary(vocab_name).classes
+    # labels are compared in NFC (LabelCodes); splits name classes as the vocabulary spells them
+    spelled = dict(zip(composed_names(vocabulary_classes).tolist(), vocabulary_classes))
     label_classes = labels.classes.tolist()
-    eligible = [name for name in label_classes if name in named]
-    always_ood = [name for name in label_classes if name not in named]
+    eligible = [spelled[name] for name in label_classes if name in spelled]
+    always_ood = [name for name in label_classes if name not in spelled]
     if not eligible:
         raise ZsfsError(f"none of the store's {len(label_classes)} label classes is in vocabulary {vocab_name!r}; "
                         f"add a vocabulary of the label names with {store.how_to_add_a_vocabulary()}")
     if not isinstance(id_classes, (int, np.integer)):
-        unnamed = [name for name in dict.fromkeys(map(str, id_classes)) if name in always_ood]
+        given = dict.fromkeys(zip(map(str, id_classes), composed_names(list(id_classes)).tolist()))
+        unnamed = [name for name, composed in given if composed in always_ood]
         if unnamed:
             raise ZsfsError(f"{len(unnamed)} ID class(es) are labels that vocabulary {vocab_name!r} does not name: "
                             f"{', '.join(map(repr, unnamed[:10]))}; an ID class needs its class name's text "
                             f"embedding: add a vocabulary that names it with {store.how_to_add_a_vocabulary()}")
+        id_classes = [spelled.get(composed, name) for name, composed in given]
     seed = config.seed
     splits = id_ood_splits(eligible, id_classes, n_splits=n_splits, seed=seed, always_ood=len(always_ood))
     if on_start is not None:

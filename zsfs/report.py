@@ -20,7 +20,7 @@ import numpy as np
 
 from zsfs import __version__, figures
 from zsfs.errors import ParameterError, ZsfsError
-from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
+from zsfs.evaluate import composed_names, confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import counted, some_names, visible
 from zsfs.outputs import write_text_atomically
@@ -219,7 +219,10 @@ def _accuracy(frame, classes: list[str]) -> str:
     import polars as pl
 
     codes = {name: i for i, name in enumerate(classes)}
-    truth = LabelCodes.of(frame["label"].to_numpy()).index_in(classes)  # as metrics.json compares them
+    composed = dict(zip(composed_names(classes).tolist(), range(len(classes))))
+    labels = frame["label"].unique().drop_nulls().to_list()  # compared in NFC, as metrics.json compares them
+    label_codes = {label: composed.get(name, -1) for label, name in zip(labels, composed_names(labels).tolist())}
+    truth = frame["label"].replace_strict(label_codes, default=-1, return_dtype=pl.Int64).to_numpy()
     predicted = frame["predicted"].replace_strict(codes, default=-1, return_dtype=pl.Int64).to_numpy()
     known = (truth >= 0) & (predicted >= 0)
     n = len(classes)
@@ -250,8 +253,9 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
     pseudo = dict(frame.group_by("pseudo_label").len().iter_rows()) if "pseudo_label" in frame.columns else {}
     seeds_of = seeds.partition_by("pseudo_label", as_dict=True) if seeds.height else {}
     sample_of = sample.partition_by("predicted", as_dict=True) if sample.height else {}
-    n_seeds = (dict(frame.filter(pl.col("is_seed")).group_by("pseudo_label").len().iter_rows())
-               if "is_seed" in frame.columns else {})
+    n_seeds = run.config.get("seeds_per_class") or (  # runs before it: an image shared by two classes counts once
+        dict(frame.filter(pl.col("is_seed")).group_by("pseudo_label").len().iter_rows())
+        if "is_seed" in frame.columns else {})
     absent = set(run.config.get("absent_classes") or [])
     shares = run.config.get("class_shares") or {}
     blocks, empty = [], []

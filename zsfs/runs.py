@@ -114,6 +114,7 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "stop_reason": result.stop_reason,
         "absent_classes": result.absent_classes,
         "classes_without_seeds": result.unseeded_classes,
+        "seeds_per_class": result.seeds_per_class,
         "classes_read_as_one": [list(pair) for pair in result.classes_read_as_one],
         "class_shares": result.class_shares,
         "neighbour_search": result.neighbour_search,

@@ -170,12 +170,16 @@ class FitResult:
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
 
     @property
+    def seeds_per_class(self) -> dict[str, int]:
+        """Seeds of each listed class. From cycle 0, not pseudo_label: with the paper's rule one
+        image can seed several classes, and pseudo_label keeps its first."""
+        return dict(zip(self.classes, np.bincount(self.cycles[0].labels, minlength=len(self.classes)).tolist()))
+
+    @property
     def unseeded_classes(self) -> list[str]:
         """Listed classes, not reported absent, that got no seed: no zero-shot candidate of theirs
         survived, so they were trained on pseudo-labels alone, or are never predicted."""
-        # cycle 0's labels, not pseudo_label: with the paper's rule one image can seed several classes
-        seeded = np.bincount(self.cycles[0].labels, minlength=len(self.classes)) > 0
-        return [name for name, has in zip(self.classes, seeded) if not has and name not in self.absent_classes]
+        return [name for name, n in self.seeds_per_class.items() if not n and name not in self.absent_classes]
 
 
 class _Timer:
@@ -412,7 +416,7 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarr
     return trained, present, shares
 
 
-def _refuse_non_finite(store: Store, rows: slice | np.ndarray, per_row: np.ndarray | torch.Tensor,
+def _refuse_non_finite(store: "Store", rows: slice | np.ndarray, per_row: np.ndarray | torch.Tensor,
                       what: str = "backbone features") -> None:
     """A clear error when a value computed from each of ``rows`` is NaN or infinite: a store row
     holding non-finite features (extract and import never write one) makes every score it

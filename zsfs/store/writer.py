@@ -61,11 +61,12 @@ class ShardData:
             raise ValueError(f"shard has {n} paths but {wrong} rows")
         if len(self.skipped_paths) != len(self.skipped_reasons):
             raise ValueError("skipped_paths and skipped_reasons differ in length")
-        for name in ("clip", "backbone"):  # fits would score every image NaN; skip such an image instead
-            finite = np.isfinite(getattr(self, name)).all(axis=1)
-            if not finite.all():
-                raise ValueError(f"{name} row {int(np.argmin(finite))} ({self.paths[int(np.argmin(finite))]!r}) is not "
-                                 "finite; record the image as skipped instead")
+
+
+def usable_rows(features: np.ndarray) -> np.ndarray:
+    """(n,) bool: rows that are finite and not all zero (an embedding has a direction). A store
+    holds only such rows: extract skips an image whose features are not, the writer refuses them."""
+    return np.isfinite(features).all(axis=1) & features.any(axis=1)
 
 
 def check_own_shards_folder(master: Path) -> None:
@@ -297,8 +298,15 @@ class StoreWriter:
             self._write_shard_file(file, shard, start, stop, data)
 
     def _write_shard_file(self, file: h5py.File, shard: int, start: int, stop: int, data: ShardData) -> None:
-        write_checked(file, schema.CLIP, np.asarray(data.clip, dtype=self.dtype))
-        write_checked(file, schema.BACKBONE, np.asarray(data.backbone, dtype=self.dtype))
+        for name, values in ((schema.CLIP, data.clip), (schema.BACKBONE, data.backbone)):
+            with np.errstate(over="ignore"):  # checked as stored: float16 overflows above 65504
+                stored = np.asarray(values, dtype=self.dtype)
+            usable = usable_rows(stored)
+            if not usable.all():  # every fit of the store would score every image NaN
+                first = int(np.argmin(usable))
+                raise ValueError(f"{name} row {first} ({data.paths[first]!r}) is NaN, infinite or all zero as "
+                                 f"{self.dtype}; record that image as skipped instead")
+            write_checked(file, name, stored)
         write_checked(file, schema.WIDTH, np.asarray(data.width, dtype=SIZE_DTYPE))
         write_checked(file, schema.HEIGHT, np.asarray(data.height, dtype=SIZE_DTYPE))
         write_strings(file, schema.PATH, data.paths)

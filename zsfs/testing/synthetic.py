@@ -182,3 +182,25 @@ def subset_store(store: "Store", vocabulary: str, present: list[str], path: str 
                        clip_info=dict(store.clip_info), backbone_info=dict(store.backbone_info),
                        source=f"subset of {store.path.name}: {len(present)} classes",
                        vocabularies={vocabulary: (vocab.classes, vocab.single, vocab.ensemble)})
+
+
+ACCENTED_CLASSES = ["café", "crème brûlée", "pão", "smørrebrød"]
+
+
+def make_accented_store(path: str | Path, *, labels_form: str = "NFD", classes_form: str = "NFC",
+                        n_images: int = 80) -> Path:
+    """A small, perfectly separable store whose class names carry accents, its labels and its
+    vocabulary ("food") written in the given Unicode forms (macOS folder names are NFD)."""
+    import unicodedata
+
+    from zsfs.store.arrays import write_store
+
+    centres = random_unit_rows(len(ACCENTED_CLASSES), 16, 0)
+    truth = np.arange(n_images) % len(ACCENTED_CLASSES)
+    features = unit(centres[truth] + 0.05 * random_unit_rows(n_images, 16, 1))
+    classes = [unicodedata.normalize(classes_form, name) for name in ACCENTED_CLASSES]
+    return write_store(
+        Path(path), clip=features, backbone=features, paths=[f"{i}.jpg" for i in range(n_images)],
+        labels=[unicodedata.normalize(labels_form, ACCENTED_CLASSES[c]) for c in truth],
+        clip_info={**CLIP_INFO, "dim": 16}, backbone_info={**BACKBONE_INFO, "dim": 16}, source="accented",
+        vocabularies={"food": (classes, centres, centres)})
