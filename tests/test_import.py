@@ -349,3 +349,14 @@ def test_a_vocabulary_of_byte_strings_has_text_class_names(inputs):
                           paths=folder / "paths.csv", vocabularies={"pets": folder / "bytes.npz"}).master
     with Store(master) as store:
         assert store.vocabulary("pets").classes == ["cat", "dog"]
+
+
+def test_a_zero_row_is_named_by_its_row_in_the_whole_input(inputs):
+    """The row was counted from the start of its shard: a zero row 45 with 20-row shards read 'row 5'."""
+    folder = inputs["dir"]
+    backbone = inputs["backbone"].copy()
+    backbone[45] = 0
+    np.save(folder / "zero.npy", backbone)
+    with pytest.raises(ZsfsError, match=r"backbone rows 40-60: 1 row is zero or not finite \(first: row 45\)"):
+        import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "zero.npy",
+                     paths=folder / "paths.csv", shard_size=20)

@@ -73,8 +73,8 @@ def write_store(
         start, stop = writer.shard_bounds(shard)
         rows = slice(start, stop)
         writer.write_shard(shard, ShardData(
-            clip=normalise_rows(np.asarray(clip[rows]), f"clip rows {start}-{stop}"),
-            backbone=normalise_rows(np.asarray(backbone[rows]), f"backbone rows {start}-{stop}"),
+            clip=normalise_rows(np.asarray(clip[rows]), f"clip rows {start}-{stop}", start),
+            backbone=normalise_rows(np.asarray(backbone[rows]), f"backbone rows {start}-{stop}", start),
             paths=paths[rows],
             width=width[rows],
             height=height[rows],

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, ZsfsError
-from zsfs.names import check_class_names
+from zsfs.names import check_class_names, counted
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files, store_lock
 from zsfs.store.hdf5 import canonical_json, write_checked, write_strings
@@ -145,15 +145,18 @@ def vocabulary_files(shards: Path, identity: dict) -> dict[str, Path]:
     return found
 
 
-def normalise_rows(values: np.ndarray, what: str) -> np.ndarray:
+def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndarray:
     """Rows scaled to unit L2 norm; rows already unit-norm (to float16 precision) are returned
-    as they are, without a copy. Zero or non-finite rows are an error, never silently kept."""
+    as they are, without a copy. Zero or non-finite rows are an error, never silently kept; it
+    counts rows from ``first_row``, the position of ``values[0]`` in the whole input."""
     if values.ndim != 2:
         raise ZsfsError(f"{what}: expected a 2-d array (rows, dim), got shape {values.shape}")
     norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32))
     bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
-        raise ZsfsError(f"{what}: {int(bad.sum())} rows are zero or not finite (first: row {int(np.argmax(bad))})")
+        n_bad = int(bad.sum())
+        raise ZsfsError(f"{what}: {counted(n_bad, 'row')} {'is' if n_bad == 1 else 'are'} zero or not finite "
+                        f"(first: row {first_row + int(np.argmax(bad))})")
     if np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
         return values
     return values / norms[:, None]
