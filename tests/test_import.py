@@ -360,3 +360,18 @@ def test_a_zero_row_is_named_by_its_row_in_the_whole_input(inputs):
     with pytest.raises(ZsfsError, match=r"backbone rows 40-60: 1 row is zero or not finite \(first: row 45\)"):
         import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "zero.npy",
                      paths=folder / "paths.csv", shard_size=20)
+
+
+def test_features_of_extreme_but_finite_scale_are_normalised(inputs):
+    """Bug: features x 1e20 or x 1e-24 (float32) were refused as 'zero or not finite': their
+    float32 squares overflow or vanish."""
+    folder = inputs["dir"]
+    backbone = inputs["backbone"].astype(np.float32)
+    backbone[:30] *= np.float32(1e20)
+    backbone[30:] *= np.float32(1e-24)
+    np.save(folder / "extreme.npy", backbone)
+    import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "extreme.npy",
+                 paths=folder / "paths.csv")
+    with Store(folder / "out.h5") as store:
+        stored = store.read("backbone").astype(np.float32)
+    np.testing.assert_allclose(stored, inputs["backbone"], atol=2e-3)

@@ -153,10 +153,15 @@ def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndar
         raise ZsfsError(f"{what}: expected a 2-d array (rows, dim), got shape {values.shape}")
     norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32))
     bad = ~np.isfinite(norms) | (norms == 0)
+    if bad.any():  # float32 squares overflow above ~1e19 and vanish below ~1e-23: those rows in float64
+        norms = norms.astype(np.float64)
+        again = values[bad].astype(np.float64)
+        norms[bad] = np.sqrt(np.einsum("ij,ij->i", again, again))
+        bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
         n_bad = int(bad.sum())
         raise ZsfsError(f"{what}: {counted(n_bad, 'row')} {'is' if n_bad == 1 else 'are'} zero or not finite "
                         f"(first: row {first_row + int(np.argmax(bad))})")
     if np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
         return values
-    return values / norms[:, None]
+    return (values / norms[:, None]).astype(np.result_type(values.dtype, np.float32), copy=False)
