@@ -59,11 +59,11 @@ def test_fit_returns_a_run_that_saves_and_reloads(tmp_path):
 
 def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
     store_path = make_synthetic_store(tmp_path / "s.h5", 50, 2, seed=4, clip_dim=32, backbone_dim=64)
-    with pytest.raises(zsfs.ParameterError, match=r"^k must be >= 1, not 0$"):
+    with pytest.raises(zsfs.ParameterError, match=r"^k must be at least 1, not 0$"):
         zsfs.fit(store_path, k=0)
     with pytest.raises(zsfs.ParameterError, match=r"^k 20 is larger than candidates 10"):
         zsfs.fit(store_path, k=20, candidates=10)
-    with pytest.raises(zsfs.ParameterError, match=r"^max_cycles must be >= 0"):
+    with pytest.raises(zsfs.ParameterError, match=r"^max_cycles must be at least 0"):
         zsfs.fit(store_path, max_cycles=-1)
     with pytest.raises(zsfs.ParameterError, match=r"unknown parameter 'kk'; fit takes vocabulary, preset, method, k,"):
         zsfs.fit(store_path, kk=3)

@@ -168,9 +168,12 @@ def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):
     assert config["parameters"]["k"] == 8 and config["parameters"]["seed"] == 0
     assert config["store"]["n_images"] == 2000 and config["zsfs_version"] and config["precision"] == "fp32"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0 <= metrics["zero_shot_accuracy"] <= 1 and 0 <= metrics["accuracy"] <= 1
     assert len(metrics["per_class_accuracy"]) == 10
     frame = pl.read_parquet(run / "predictions.parquet")
+    listed = frame.filter(pl.col("label").is_in(config["classes"]))  # the others are the store's OOD images
+    assert metrics["n_evaluated"] == listed.height < frame.height
+    for key, column in (("accuracy", "predicted"), ("zero_shot_accuracy", "zero_shot_predicted")):
+        assert metrics[key] == pytest.approx((listed[column] == listed["label"]).mean()), key
     absent = json.loads((run / "config.json").read_text())["absent_classes"]
     assert frame.filter(pl.col("ood_score") > config["ood_flag_threshold"])["ood_flag"].all()
     assert not frame.filter(pl.col("ood_score") <= config["ood_flag_threshold"])["ood_flag"].any()

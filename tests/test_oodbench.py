@@ -54,9 +54,9 @@ def test_zsfs_separates_held_out_classes_better_than_mcm(bench):
     # find the OOD classes clearly, and better than MCM, which only sees CLIP.
     assert bench["auroc_mean"] > 0.8
     assert bench["auroc_mean"] > bench["mcm_auroc_mean"] + 0.1
-    assert 0.0 <= bench["paper_auroc_mean"] <= 1.0 and 0.0 <= bench["continuous_auroc_mean"] <= 1.0
+    assert bench["continuous_auroc_mean"] > 0.5 and bench["paper_auroc_mean"] > 0.5  # both better than chance
     assert bench["id_accuracy_mean"] > bench["zero_shot_id_accuracy_mean"]
-    assert 0.0 <= bench["fpr95_mean"] <= 1.0 and 0.0 <= bench["mcm_fpr95_mean"] <= 1.0
+    assert bench["fpr95_mean"] < bench["mcm_fpr95_mean"]
 
 
 def test_summary_is_mean_and_std_over_splits(bench):
@@ -152,9 +152,12 @@ def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path):
     written = json.loads((out / "metrics.json").read_text())
     printed = json.loads(result.stdout)
     assert written == printed
-    for key in ("auroc_mean", "auroc_std", "mcm_auroc_mean", "fpr95_mean", "continuous_auroc_mean",
-                "id_accuracy_mean", "zero_shot_id_accuracy_mean"):
-        assert 0.0 <= written[key] <= 1.0
+    splits = written["splits"]
+    for key, per_split in (("auroc_mean", [s["ood"]["zsfs"]["auroc"] for s in splits]),
+                           ("continuous_auroc_mean", [s["ood"]["zsfs_continuous"]["auroc"] for s in splits]),
+                           ("mcm_fpr95_mean", [s["ood"]["mcm"]["fpr95"] for s in splits]),
+                           ("id_accuracy_mean", [s["id_accuracy"] for s in splits])):
+        assert written[key] == pytest.approx(np.mean(per_split)), key
     assert len(written["splits"]) == 2 and written["config"]["epochs"] == 20
     assert "MCM" in result.stderr and "zsfs (paper score)" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["bench"]  # no temporary folder left behind

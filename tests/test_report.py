@@ -255,7 +255,7 @@ def test_report_of_what_is_not_a_run_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and "is not a folder; pass a run folder" in result.output
     result = run_cli("report", tmp_path, "--per-class", "0")
     assert result.exit_code == 2 and "--per-class" in result.output
-    with pytest.raises(ZsfsError, match="^per_class must be >= 1, not 0$"):
+    with pytest.raises(ZsfsError, match="^per_class must be at least 1, not 0$"):
         render_report(tmp_path, per_class=0)
 
 

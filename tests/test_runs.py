@@ -11,6 +11,7 @@ import textwrap
 from types import SimpleNamespace
 
 import numpy as np
+import polars as pl
 import pytest
 
 from zsfs import runs
@@ -46,8 +47,11 @@ def test_a_saved_run_reads_back(run_dir):
                                                                runs.METRICS])
     assert run.config["classes"] == run.classifier.classes == ["class_0000", "class_0001", "class_0002"]
     assert run.config["parameters"]["k"] == 4
-    assert run.metrics["n_images"] == 300 and 0 <= run.metrics["accuracy"] <= 1
     frame = run.predictions
+    assert run.metrics["n_images"] == 300
+    listed = frame.filter(pl.col("label").is_in(run.config["classes"]))  # not the OOD class's images
+    assert run.metrics["n_evaluated"] == listed.height < 300
+    assert run.metrics["accuracy"] == pytest.approx((listed["predicted"] == listed["label"]).mean())
     assert frame.height == 300 and frame["is_seed"].sum() == 12
     # Columns that the run lacks are left out rather than failing: readers tolerate older runs.
     assert run.read_predictions(["path", "ood_score", "no_such_column"]).columns == ["path", "ood_score"]

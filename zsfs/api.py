@@ -11,7 +11,7 @@
 
 ``zsfs.extract``, ``zsfs.fit`` and ``zsfs.report`` are also the names of the modules that do the
 work: calling those modules calls their function (see :func:`callable_module`), so all stay
-importable as before. Errors name the parameters as given here (``k must be >= 1``).
+importable as before. Errors name the parameters as given here (``k must be at least 1``).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def listing_sha256(paths: Sequence[str], labels: Sequence[str] | None = None) ->
 SAMPLED_ROWS = 4096
 
 
-def rows_sha256(*arrays, sampled_rows: int = SAMPLED_ROWS) -> str:
+def rows_sha256(*arrays: np.ndarray, sampled_rows: int = SAMPLED_ROWS) -> str:
     """Digest of the arrays' shapes, dtypes and ``sampled_rows`` evenly spaced rows (first and last
     included): embeddings exported again by another model or weights change every row, and reading
     a sample keeps a resumed import of millions of memory-mapped rows from reading them all."""

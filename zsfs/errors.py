@@ -25,7 +25,7 @@ class ModelLoadError(ZsfsError):
 
 class ParameterError(ZsfsError):
     """A bad argument. The message names parameters as ``{name}`` fields, shown as the Python
-    names in the library (``k must be >= 1``) and as the command's flags in the CLI (``--k ...``).
+    names in the library (``k must be at least 1``) and as the command's flags in the CLI (``--k ...``).
     Text from outside (paths, values, names) goes into the template through :func:`literal`."""
 
     def __init__(self, template: str):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zsfs.errors import ParameterError, ZsfsError
+from zsfs.errors import ZsfsError, check_at_least
 
 __all__ = [
     "LabelCodes",
@@ -168,8 +168,7 @@ def id_ood_splits(
 
     n_id = int(id_classes)
     _check_id_count(n_id, len(classes), always_ood)
-    if n_splits < 1:
-        raise ParameterError(f"{{n_splits}} must be at least 1, not {n_splits}")
+    check_at_least("n_splits", n_splits, 1)
     if math.comb(len(classes), n_id) < n_splits:  # a repeated split would only shrink the spread
         return [list(split) for split in itertools.combinations(classes, n_id)]
     rng = np.random.default_rng(seed)

@@ -62,15 +62,14 @@ def score_split(result: "FitResult", labels: LabelCodes, id_classes: Sequence[st
         "zsfs_continuous": result.ood_continuous,
         "mcm": result.mcm_score,  # already negated by the fit: higher = more OOD
     }
-    class_codes = labels.code(result.classes)
-    truth = labels.codes[is_id]
+    truth = labels.index_in(result.classes)[is_id]  # predicted -1 (no class) never matches
     return SplitResult(
         id_classes=list(id_classes),
         n_id_images=int(is_id.sum()),
         n_ood_images=int(is_ood.sum()),
         ood={name: ood_metrics(np.asarray(scores, np.float64), is_ood) for name, scores in detectors.items()},
-        id_accuracy=accuracy(truth, class_codes[result.predicted[is_id]]),
-        zero_shot_id_accuracy=accuracy(truth, class_codes[result.zero_shot_predicted[is_id]]),
+        id_accuracy=accuracy(truth, result.predicted[is_id]),
+        zero_shot_id_accuracy=accuracy(truth, result.zero_shot_predicted[is_id]),
         fit_seconds=float(sum(result.timings.values())),
         neighbour_search=dict(result.neighbour_search),
     )

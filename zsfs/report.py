@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from zsfs import __version__, figures
-from zsfs.errors import ParameterError, ZsfsError
-from zsfs.evaluate import composed_names, confusion_matrix, paper_score_counts, per_class_accuracy
+from zsfs.errors import ZsfsError, check_at_least
+from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import counted, some_names, visible
 from zsfs.outputs import write_text_atomically
@@ -111,10 +111,8 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
 
 def _check_options(per_class: int | None, ood_images: int) -> None:
     """Refuse bad options before the run is read."""
-    if per_class is not None and per_class < 1:
-        raise ParameterError(f"{{per_class}} must be >= 1, not {per_class}")
-    if ood_images < 0:
-        raise ParameterError(f"{{ood_images}} must be >= 0, not {ood_images}")
+    check_at_least("per_class", per_class, 1)
+    check_at_least("ood_images", ood_images, 0)
 
 
 def image_locations(run: FittedRun, images: str | Path | None,
@@ -219,10 +217,8 @@ def _accuracy(frame, classes: list[str]) -> str:
     import polars as pl
 
     codes = {name: i for i, name in enumerate(classes)}
-    composed = dict(zip(composed_names(classes).tolist(), range(len(classes))))
-    labels = frame["label"].unique().drop_nulls().to_list()  # compared in NFC, as metrics.json compares them
-    label_codes = {label: composed.get(name, -1) for label, name in zip(labels, composed_names(labels).tolist())}
-    truth = frame["label"].replace_strict(label_codes, default=-1, return_dtype=pl.Int64).to_numpy()
+    # compared in NFC, as metrics.json compares them; no label ("", never a class name) is no class
+    truth = LabelCodes.of(frame["label"].fill_null("").to_numpy()).index_in(classes)
     predicted = frame["predicted"].replace_strict(codes, default=-1, return_dtype=pl.Int64).to_numpy()
     known = (truth >= 0) & (predicted >= 0)
     n = len(classes)

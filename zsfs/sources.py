@@ -290,7 +290,7 @@ def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]
     paths = [row["path"] for row in rows]
     if "label" not in columns:
         return paths, None
-    labels = [utf8_text((row.get("label") or "").strip()) for row in rows]
+    labels = utf8_texts((row.get("label") or "").strip() for row in rows)
     missing = [i for i, label in enumerate(labels) if not label]
     if missing:
         raise ZsfsError(

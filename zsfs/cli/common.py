@@ -44,7 +44,7 @@ class ZsfsGroup(click.Group):
     """Turns ``ZsfsError``, file-system failures (a full disk above all) and Ctrl-C into a
     one-line message and a non-zero exit code."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except click.UsageError as error:
@@ -126,7 +126,7 @@ class FiniteFloat(click.FloatRange):
 
     name = "finite float"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
@@ -138,7 +138,7 @@ class GivenPath(click.Path):
     script's unset variable (``zsfs extract "$DIR"``) would run on whatever folder it runs in.
     The type of every path argument and option."""
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
         if isinstance(value, str) and value == "":  # " " is a name a folder can have
             self.fail("is empty (an unset shell variable?); give a path", param, ctx)
         return super().convert(value, param, ctx)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from zsfs.devices import PRECISION_CHOICES, SEARCH_PRECISIONS, check_device, has_fast_bf16
-from zsfs.errors import ParameterError, ZsfsError, check_parameter_type, literal
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_parameter_type, literal
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
@@ -83,7 +83,8 @@ class FitConfig:
 
     @classmethod
     def fast(cls, *, paper: bool = False, **overrides) -> "FitConfig":
-        """Larger batches and fewer epochs: the same method at a fraction of the training time."""
+        """bf16 products where the hardware multiplies bf16, and IVF neighbours; with ``paper=True``
+        also zsfs' schedule (larger batches, fewer epochs) in place of the paper's."""
         base = cls.paper if paper else cls
         return base(**{**FAST_PRESET, **overrides})
 
@@ -111,13 +112,11 @@ class FitConfig:
         for spec in fields(self):  # annotated "int", "float", "str" or "bool" (a string: annotations are postponed)
             check_parameter_type(spec.name, getattr(self, spec.name), PARAMETER_TYPES[spec.type])
         for name in ("k", "candidates", "neighbours", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ParameterError(f"{{{name}}} must be >= 1, not {getattr(self, name)}")
+            check_at_least(name, getattr(self, name), 1)
         for name in ("cycle_epochs", "max_cycles"):
-            if getattr(self, name) < 0:
-                raise ParameterError(f"{{{name}}} must be >= 0, not {getattr(self, name)}")
+            check_at_least(name, getattr(self, name), 0)
         if self.method == "balanced" and self.cycle_epochs < 1:
-            raise ParameterError("{cycle_epochs} must be >= 1 with the balanced method (it trains only in its "
+            raise ParameterError("{cycle_epochs} must be at least 1 with the balanced method (it trains only in its "
                                  f"cycles), not {self.cycle_epochs}")
         if self.k > self.candidates:
             raise ParameterError(f"{{k}} {self.k} is larger than {{candidates}} {self.candidates}: the seeds are "
@@ -132,7 +131,7 @@ class FitConfig:
         if not self.lr > 0:
             raise ParameterError(f"{{lr}} must be > 0, not {self.lr}")
         if self.ood_multiplier < 0:
-            raise ParameterError(f"{{ood_multiplier}} must be >= 0, not {self.ood_multiplier}")
+            raise ParameterError(f"{{ood_multiplier}} must be at least 0, not {self.ood_multiplier}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ParameterError(f"{{seed}} must be between 0 and {MAX_SEED} (faiss takes a 32-bit seed), "
                                  f"not {self.seed}")

@@ -174,7 +174,7 @@ def balanced_self_training(
     seed_positions: torch.Tensor,
     seed_labels: torch.Tensor,
     initial_log_probs: torch.Tensor,
-    shares: np.ndarray,
+    marginals: np.ndarray,
     *,
     cycle_epochs: int,
     batch_size: int,
@@ -187,13 +187,14 @@ def balanced_self_training(
 
     ``features``: (n, D) unit rows of store ``rows`` (sorted). ``seed_positions`` index into them.
     ``initial_log_probs``: (n, C) class log-probabilities that label the first cycle (the mixture
-    posterior); later cycles use the previous head's. ``shares``: the estimated share of each
-    class (all positive: absent classes are dropped before). Cycle 0 records the seeds (no
+    posterior); later cycles use the previous head's. ``marginals``: each class's share of the
+    pseudo-labels (all positive, summing to 1: the tempered estimated shares, absent classes
+    dropped before). Cycle 0 records the seeds (no
     training of its own: they are part of every cycle's training set).
     """
     device = features.device
-    n_classes = len(shares)
-    marginals = torch.as_tensor(shares, dtype=torch.float32, device=device)
+    n_classes = len(marginals)
+    marginals = torch.as_tensor(marginals, dtype=torch.float32, device=device)
     seed_rows = rows[seed_positions.cpu().numpy()]
     cycles = [Cycle(0, len(seed_rows), seed_rows, seed_labels.cpu().numpy(), 0, [])]
     is_seed = torch.zeros(len(features), dtype=torch.bool, device=device)

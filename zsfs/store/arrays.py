@@ -43,8 +43,8 @@ def write_store(
     to ``(classes, single, ensemble)``, recorded with ``SINGLE_PROMPT`` and the 80 ensemble templates; use
     :func:`write_vocabulary` directly to record other prompts. ``progress(rows)`` is called
     after each shard with the number of rows it wrote (for progress bars). A rerun over a complete
-    store with the same identity writes nothing and keeps its master (and index, ``exact_max``
-    included) and neighbour graph.
+    store with the same identity writes no shard and keeps its master (and index, ``exact_max``
+    included) and neighbour graph; only the (small) vocabularies given are written again.
     """
     n = len(paths)
     lengths = {"clip": len(clip), "backbone": len(backbone)}

@@ -123,7 +123,7 @@ class WriteSink(io.RawIOBase):
         ends = [offset + len(data) for offset, data in self._unwritten]
         return max([os.fstat(self._handle).st_size, *ends])
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: memoryview | bytearray) -> int:
         view = memoryview(buffer).cast("B")
         count = os.preadv(self._handle, [view], self._position)
         for offset, data in self._unwritten:  # later writes win, as on disk
@@ -134,7 +134,7 @@ class WriteSink(io.RawIOBase):
         self._position += count
         return count
 
-    def write(self, data) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data).cast("B")  # no copy while the disk accepts the data
         if self.error is None:
             try:
@@ -237,7 +237,7 @@ def remove_leftover_temp_files(master: Path, data_dir: Path) -> None:
 
 
 # -- the writer lock ---------------------------------------------------------------------
-_held: dict[Path, list] = {}  # lock file -> [open file descriptor, depth]
+_held: dict[Path, list] = {}  # lock file -> [open handle, depth, pid of the process that took it]
 
 
 LOCK_SUFFIX = ".lock"

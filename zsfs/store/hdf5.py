@@ -41,7 +41,7 @@ def read_strings(dataset: h5py.Dataset) -> np.ndarray:
     return string_view(dataset)[:]
 
 
-def string_view(dataset: h5py.Dataset):
+def string_view(dataset: h5py.Dataset) -> "h5py._hl.dataset.AsStrView":
     """``dataset`` read as ``str`` (as :func:`read_strings`), for reading some rows only."""
     return dataset.asstr(errors="surrogateescape")
 

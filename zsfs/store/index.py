@@ -77,24 +77,10 @@ def build_index(embeddings: np.ndarray, *, exact_max: int = EXACT_MAX, seed: int
     return index, info
 
 
-def serialize_index(index: "faiss.Index") -> np.ndarray:
-    """The index as a uint8 array, ready for an HDF5 dataset."""
-    import faiss
-
-    return faiss.serialize_index(index)
-
-
-def deserialize_index(data: np.ndarray) -> "faiss.Index":
-    """Inverse of :func:`serialize_index` (IVF indexes keep their stored ``nprobe``)."""
-    import faiss
-
-    return faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
-
-
 def write_index_blocks(index: "faiss.Index", dataset: h5py.Dataset, after_block: Callable[[], None] | None = None) -> None:
     """Serialise ``index`` into ``dataset``, a resizable 1-d uint8 HDF5 dataset, block by block.
 
-    Same bytes as :func:`serialize_index` without holding a second copy of a multi-GB index.
+    Same bytes as ``faiss.serialize_index`` without holding a second copy of a multi-GB index.
     ``after_block()`` runs after each block is written (it may raise to stop the write).
     """
     import faiss
