@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import zsfs
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.synthetic import make_synthetic_store
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python.md"
@@ -76,7 +76,7 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
     result = run_cli("fit", "--store", store_path, "--k", "20", "--candidates", "10", "--out", tmp_path / "r")
     assert result.exit_code == 1
     assert "Error: --k 20 is larger than --candidates 10: the seeds are taken from the candidates, so use --k <= " \
-           "--candidates (or raise --candidates)" in " ".join(result.output.split())
+           "--candidates (or raise --candidates)" in output_text(result)
 
 
 def test_front_doors_document_and_check_their_own_arguments(tmp_path):

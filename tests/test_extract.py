@@ -25,7 +25,7 @@ from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
 from zsfs.decode import decode_image
 from zsfs.store.reader import Store
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS, TINY_MODELS
@@ -124,13 +124,13 @@ def test_classes_clip_reads_as_one_are_refused_before_any_image(photos, tmp_path
     classes.write_text("Cat\ndog\ncat\n")
     result = run_cli("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
                      "--classes", classes)
-    said = " ".join(result.output.split())
+    said = output_text(result)
     assert result.exit_code == 1 and "pairs 1: 'Cat' = 'cat'" in said and "list each class once" in said, said
     assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.shards").exists()
     # Class folders (nothing listed by the user, a store perhaps built before): embedded, and said.
     folders = write_image_folder(tmp_path / "folders", n_per_class=1, classes=("Cat", "cat", "dog"), broken=False)
     embedded = run_cli("extract", folders["root"], "--out", tmp_path / "f.h5", *TINY_MODEL_ARGS, "--workers", "0")
-    said = " ".join(embedded.output.split())
+    said = output_text(embedded)
     assert embedded.exit_code == 0 and "class folders CLIP reads as one" in said and "1: 'Cat' = 'cat'" in said, said
     with Store(tmp_path / "f.h5") as store:
         assert store.n_images == 3 and store.vocabulary("default").classes == ["Cat", "cat", "dog"]
@@ -161,12 +161,12 @@ def test_a_rerun_over_files_of_the_suffixes_added_says_so(tmp_path):
     assert run_cli("extract", folder, "--out", store, *TINY_MODEL_ARGS, "--workers", "0").exit_code == 0
     Image.new("L", (8, 8), 90).save(folder / "dog" / "scan.pgm")  # as a scan before the suffix was added
     refused = run_cli("extract", folder, "--out", store, *TINY_MODEL_ARGS, "--workers", "0")
-    said = " ".join(refused.output.split())
+    said = output_text(refused)
     assert refused.exit_code == 1 and "was built without the 1 file(s) of .avif, .j2k" in said, said
     assert "reads these suffixes since December 2026" in said and "--overwrite" in said
     Image.new("RGB", (8, 8)).save(folder / "dog" / "new.png")  # and a file of an old suffix: the plain refusal
     refused = run_cli("extract", folder, "--out", store, *TINY_MODEL_ARGS, "--workers", "0")
-    assert refused.exit_code == 1 and "the source lists" in " ".join(refused.output.split())
+    assert refused.exit_code == 1 and "the source lists" in output_text(refused)
 
 
 def test_a_rerun_does_not_replace_a_vocabulary_by_other_classes(photos, tmp_path):
@@ -176,8 +176,8 @@ def test_a_rerun_does_not_replace_a_vocabulary_by_other_classes(photos, tmp_path
     classes = tmp_path / "classes.txt"
     classes.write_text("cat\ndog\n")
     again = run_cli("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0", "--classes", classes)
-    said = " ".join(again.output.split())
-    assert again.exit_code == 1 and "already has a vocabulary 'default' with other classes (blue, green, red)" in said
+    said = output_text(again)
+    assert again.exit_code == 1 and "already has a vocabulary 'default' with other classes (3: blue; green; red)" in said
     renamed = run_cli("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0",
                       "--classes", classes, "--vocab-name", "pets")
     assert renamed.exit_code == 0, renamed.output
@@ -197,7 +197,7 @@ def test_a_rerun_repairs_a_removed_shard_and_rebuilds_a_master_older_than_its_sh
         Store(store)
     result = run_cli(*args)
     assert result.exit_code == 0 and "1 / " in result.output  # shards written / reused
-    said = " ".join(result.output.split())  # bug: "images/s" beside the whole time read as its rate
+    said = output_text(result)  # bug: "images/s" beside the whole time read as its rate
     assert re.search(r"time │ [0-9.]+ s \([0-9.]+ s embedding\)", said), said
     assert re.search(r"images/s \(embedding\) │ [0-9.]*[1-9]", said), said
     assert_same_store(store, expected)
@@ -334,13 +334,13 @@ def test_refuses_other_models_or_source_unless_overwrite(photos, tmp_path):
     refused = run_cli("extract", other_source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0")
     assert refused.exit_code == 1 and "source" in refused.output
     # the default output is named after the source, so photos.txt and photos.csv meet at photos.h5
-    assert f"it was built from {photos['root']}, this run reads {other_source}" in " ".join(refused.output.split())
+    assert f"it was built from {photos['root']}, this run reads {other_source}" in output_text(refused)
     # Bug: with other class subfolders it was refused for its classes, with a hint (zsfs text ...
     # --overwrite) that would have replaced the unrelated store's vocabulary.
     other_classes = write_image_folder(tmp_path / "pets", n_per_class=2, classes=("cat", "dog"), broken=False)["root"]
     refused = run_cli("extract", other_classes, "--out", out, *TINY_MODEL_ARGS, "--workers", "0")
     assert refused.exit_code == 1 and "zsfs text" not in refused.output
-    assert f"it was built from {photos['root']}, this run reads {other_classes}" in " ".join(refused.output.split())
+    assert f"it was built from {photos['root']}, this run reads {other_classes}" in output_text(refused)
 
     # The same folder with a class renamed: refused for its listing, before any model loads (the
     # unknown model would be the error otherwise), not for its classes with a hint to replace them.
@@ -351,7 +351,7 @@ def test_refuses_other_models_or_source_unless_overwrite(photos, tmp_path):
     first_class = sorted(p for p in renamed.iterdir() if p.is_dir())[0]
     first_class.rename(renamed / "zebra")
     refused = run_cli("extract", renamed, "--out", out_renamed, "--clip-model", "no-such-clip", "--workers", "0")
-    said = " ".join(refused.output.split())
+    said = output_text(refused)
     assert refused.exit_code == 1 and "the source's file names or labels changed" in said, said
     assert "zsfs text" not in said and "no-such-clip" not in said
 
@@ -451,6 +451,12 @@ def test_a_source_of_only_broken_files_is_an_error(tmp_path):
     result = run_cli("extract", folder["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
     assert result.exit_code == 1
     assert "none of the" in result.output and "could be decoded" in result.output and "empty file" in result.output
+    # Bug: fit advised adding a vocabulary first, then pointed at `zsfs info`, which lists no skipped file
+    for command, needs in ((("fit", "--store"), "a fit"), (("neighbours",), "a neighbour graph"),
+                           (("ood-bench", "--id-classes", "1", "--store"), "the OOD benchmark")):
+        refused = run_cli(*command, tmp_path / "s.h5")
+        assert refused.exit_code == 1 and (f"holds 0 embedded images; {needs} needs at least 2 (5 files skipped: "
+                                           "`zsfs info --skipped s.h5` lists them and why)") in output_text(refused)
 
 
 def test_an_image_the_models_give_non_finite_features_is_skipped_with_the_reason(tmp_path):

@@ -20,7 +20,7 @@ from zsfs.runs import fit_metrics
 from zsfs.store import Store, write_vocabulary
 import zsfs
 from zsfs.errors import ParameterError, ZsfsError
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
 from zsfs.testing.synthetic import make_synthetic_store
 
@@ -43,11 +43,6 @@ def fitted(store_path):
 
 def fit_cli(*args: str):
     return run_cli("fit", *args)
-
-
-def said(outcome) -> str:
-    """The command's output with the console's line wrapping undone."""
-    return " ".join(outcome.output.split())
 
 
 def test_fit_beats_zero_shot_and_seeds_are_precise(fitted):
@@ -134,7 +129,7 @@ def test_the_fit_summary_tells_seed_images_from_seed_places(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     seeds = pl.read_parquet(tmp_path / "run" / "predictions.parquet")["is_seed"].sum()
     assert seeds < config["cycles"][0]["n_kept"] == 40
-    text = said(outcome)
+    text = output_text(outcome)
     assert f"seed images │ {seeds} (40 seed places: an image can seed two classes)" in text
     assert "OOD AUROC (ood_continuous)" in text and f"(ood_score > {config['ood_flag_threshold']:.4f})" in text
 
@@ -152,7 +147,7 @@ def test_classes_with_one_text_embedding_are_named(store_path, tmp_path):
                      prompt="a photo of a {}", n_templates=80)
     outcome = fit_cli("--store", str(copy), "--vocab", "twice", "--out", str(tmp_path / "run"), "--k", "4", *QUICK)
     assert outcome.exit_code == 0, outcome.output
-    text = said(outcome)  # (the row's label wraps in the table)
+    text = output_text(outcome)  # (the row's label wraps in the table)
     assert "classes with one text embedding" in text and f"1: {vocab.classes[0]!r} = 'Class 0'" in text
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["classes_read_as_one"] == [[vocab.classes[0], "Class 0"]]
@@ -302,7 +297,7 @@ def test_a_store_row_that_is_not_finite_stops_the_fit_naming_it(tmp_path, datase
                      "--cycle-epochs", "1")
     assert result.exit_code == 1, result.output
     what = "CLIP embeddings" if dataset == "clip" else "backbone features"
-    assert f"holds non-finite {what} (NaN or infinity) at row 5 ({expected_path})" in " ".join(result.output.split())
+    assert f"holds non-finite {what} (NaN or infinity) at row 5 ({expected_path})" in output_text(result)
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
 
 
@@ -323,7 +318,7 @@ def test_a_non_finite_row_that_no_training_reads_stops_the_fit_at_predict(tmp_pa
     result = run_cli("fit", "--store", path, "--out", tmp_path / "run", "--method", "cycles", "--candidates", "16",
                      "--epochs", "2", "--cycle-epochs", "1")
     assert result.exit_code == 1, result.output
-    assert f"holds non-finite backbone features (NaN or infinity) at row {row} " in " ".join(result.output.split())
+    assert f"holds non-finite backbone features (NaN or infinity) at row {row} " in output_text(result)
 
 
 def test_a_store_no_bigger_than_the_candidates_gets_a_note_and_one_image_only_the_error(tmp_path):
@@ -334,13 +329,13 @@ def test_a_store_no_bigger_than_the_candidates_gets_a_note_and_one_image_only_th
     result = run_cli("fit", "--store", small, "--out", tmp_path / "run", "--cycle-epochs", "1")
     assert result.exit_code == 0, result.output
     assert ("the store holds 30 images, no more than --candidates 100: every image is a candidate of every class"
-            in " ".join(result.output.split()))
+            in output_text(result))
     result = run_cli("fit", "--store", small, "--out", tmp_path / "run2", "--cycle-epochs", "1", "--candidates", "29")
     assert result.exit_code == 0 and "no more than --candidates" not in result.output
     one = make_synthetic_store(tmp_path / "one.h5", 1, 1, seed=1)
     result = run_cli("fit", "--store", one, "--out", tmp_path / "run3")
     assert result.exit_code == 1 and "Note" not in result.output
-    assert "holds 1 embedded image(s); a fit needs at least 2" in " ".join(result.output.split())
+    assert "holds 1 embedded image; a fit needs at least 2" in output_text(result)
 
 
 def test_a_class_whose_seeds_also_seed_another_class_has_seeds(tmp_path):
@@ -377,7 +372,7 @@ def test_the_summary_names_listed_classes_that_got_no_seed(tmp_path):
     assert "classes without seeds" in result.output and not config["absent_classes"]
     # was clamped silently (`zsfs neighbours --k 100` refuses the same value)
     assert "--neighbours 100 is more than the store's other images: each image's 59 neighbours are used" in \
-        " ".join(result.output.split())
+        output_text(result)
     seeded = pl.read_parquet(tmp_path / "run" / "predictions.parquet").filter(pl.col("is_seed"))["pseudo_label"]
     assert seeded.n_unique() < 3
     # recorded for scripts and the report, not only printed
@@ -423,20 +418,20 @@ def test_candidates_past_the_image_count_are_capped_not_allocated(tmp_path):
 
 def test_bad_input_fails_cleanly(store_path, tmp_path):
     missing = fit_cli("--store", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "r1"))
-    assert missing.exit_code == 1 and "does not exist" in said(missing)
+    assert missing.exit_code == 1 and "does not exist" in output_text(missing)
     damaged = tmp_path / "damaged.h5"
     damaged.write_bytes(b"not an hdf5 file at all")
     outcome = fit_cli("--store", str(damaged), "--out", str(tmp_path / "r2"))
-    assert outcome.exit_code == 1 and "HDF5" in said(outcome)
+    assert outcome.exit_code == 1 and "HDF5" in output_text(outcome)
     outcome = fit_cli("--store", str(store_path), "--vocab", "nope", "--out", str(tmp_path / "r3"))
-    assert outcome.exit_code == 1 and "it has: synthetic" in said(outcome)
+    assert outcome.exit_code == 1 and "it has: synthetic" in output_text(outcome)
     outcome = fit_cli("--store", str(store_path), "--k", "20", "--candidates", "10", "--out", str(tmp_path / "r4"))
-    assert outcome.exit_code == 1 and "--candidates" in said(outcome)
+    assert outcome.exit_code == 1 and "--candidates" in output_text(outcome)
     existing = tmp_path / "r5"
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")
     outcome = fit_cli("--store", str(store_path), "--out", str(existing))
-    assert outcome.exit_code == 1 and "already exists" in said(outcome)
+    assert outcome.exit_code == 1 and "already exists" in output_text(outcome)
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
     assert not any((tmp_path / name).exists() for name in ("r1", "r2", "r3", "r4"))
     assert not list(tmp_path.glob(".*tmp"))
@@ -453,8 +448,8 @@ def test_several_vocabularies_need_a_choice(store_path, tmp_path):
     write_vocabulary(copy, "other", vocab.classes[:3], vocab.single[:3], vocab.ensemble[:3],
                      prompt="a photo of a {}", n_templates=80)
     outcome = fit_cli("--store", str(copy), "--out", str(tmp_path / "run"))
-    assert outcome.exit_code == 1 and "other" in said(outcome) and "synthetic" in said(outcome)
-    assert f"{copy} has several vocabularies (other, synthetic); choose one with --vocab" in said(outcome)
+    assert outcome.exit_code == 1 and "other" in output_text(outcome) and "synthetic" in output_text(outcome)
+    assert f"{copy} has several vocabularies (other, synthetic); choose one with --vocab" in output_text(outcome)
     assert not (tmp_path / "run").exists()
     with pytest.raises(ParameterError, match="choose one with vocabulary$"):  # the library's name for it
         zsfs.fit(copy)
@@ -463,7 +458,7 @@ def test_several_vocabularies_need_a_choice(store_path, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is missing")
 def test_cuda_without_gpu_is_a_clear_error(store_path, tmp_path):
     outcome = fit_cli("--store", str(store_path), "--device", "cuda", "--out", str(tmp_path / "run"))
-    assert outcome.exit_code == 1 and "CUDA" in said(outcome)
+    assert outcome.exit_code == 1 and "CUDA" in output_text(outcome)
     assert not (tmp_path / "run").exists()
 
 
@@ -488,14 +483,15 @@ def test_store_without_labels_gives_no_metrics(tmp_path):
 
 def test_options_the_method_does_not_read_are_named(store_path, tmp_path):
     """Bug: --epochs, --cycles, --loss-floor, --no-accumulate were accepted and silently ignored by
-    the balanced method (and --keep-all-classes by the cycles method)."""
+    the balanced method (and --keep-all-classes by the cycles method); the note then named --accumulate
+    where --no-accumulate was typed."""
     assert FitConfig().unread({"epochs": 3, "max_cycles": None, "loss_floor": 0.5, "k": 4}) == ["epochs", "loss_floor"]
     assert FitConfig.paper().unread({"epochs": 3, "keep_all_classes": True}) == ["keep_all_classes"]
     outcome = fit_cli("--store", str(store_path), "--out", str(tmp_path / "run"), "--k", "4", "--cycles", "1",
                       "--no-accumulate", "--cycle-epochs", "2")
     assert outcome.exit_code == 0, outcome.output
-    assert ("Note: --accumulate, --cycles are only read by the cycles method (--method cycles, --paper); this "
-            "balanced fit ignores them.") in said(outcome)
+    assert ("Note: --no-accumulate, --cycles are only read by the cycles method (--method cycles, --paper); this "
+            "balanced fit ignores them.") in output_text(outcome)
 
 
 def test_fit_refuses_a_store_with_fewer_than_two_images(tmp_path):
@@ -510,7 +506,7 @@ def test_fit_refuses_a_store_with_fewer_than_two_images(tmp_path):
         fit_store(store, FitConfig(k=1, candidates=1))
     # Bug: neighbours said "use 1 <= k < 1" (an impossible range).
     refused = run_cli("neighbours", path)
-    assert refused.exit_code == 1 and "holds 1 embedded image(s): there are no neighbours" in said(refused)
+    assert refused.exit_code == 1 and "holds 1 embedded image; a neighbour graph needs at least 2" in output_text(refused)
 
 
 def test_fit_device_must_be_known(tmp_path):

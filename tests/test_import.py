@@ -15,7 +15,7 @@ from zsfs.errors import ZsfsError
 from zsfs.importer import RowParts, import_store
 from zsfs.store import Store
 from zsfs.digests import rows_sha256
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.synthetic import BLOCK_ROWS, SyntheticGenerator, _LazyRows
 from zsfs.testing.synthetic import random_unit_rows as unit_rows
 
@@ -175,7 +175,7 @@ def test_cli_import_then_info_json(inputs):
 
     result = runner.invoke(main, ["info", str(folder / "cli.h5")])
     assert result.exit_code == 0 and "ViT-B-32" in result.output and "pets" in result.output
-    assert f"2 labels: cat ({(N + 1) // 2}); dog ({N // 2})" in " ".join(result.output.split())
+    assert f"2 labels: cat ({(N + 1) // 2}); dog ({N // 2})" in output_text(result)
 
 
 def test_cli_import_names_paths_given_twice(inputs):
@@ -204,7 +204,7 @@ def test_cli_errors_exit_1_without_traceback(inputs):
     folder = inputs["dir"]
     runner = CliRunner()
     result = runner.invoke(main, ["info", str(folder / "nothing.h5")])
-    message = " ".join(result.output.split())  # rich wraps long lines
+    message = output_text(result)  # rich wraps long lines
     assert result.exit_code == 1 and "nothing.h5 does not exist" in message and "Traceback" not in message
     result = runner.invoke(main, ["import", str(folder / "o.h5"), "--clip-embeddings", str(folder / "clip.npy"),
                                   "--backbone-features", str(folder / "backbone.npy"), "--paths",
@@ -226,7 +226,7 @@ def test_cli_reimport_with_labels_asks_for_overwrite_then_has_them(inputs):
     with Store(folder / "re.h5") as store:
         assert not store.has_labels
     result = runner.invoke(main, [*command, "--label-column", "label"])
-    assert result.exit_code == 1 and "--overwrite" in " ".join(result.output.split()), result.output
+    assert result.exit_code == 1 and "--overwrite" in output_text(result), result.output
     result = runner.invoke(main, [*command, "--label-column", "label", "--overwrite"])
     assert result.exit_code == 0, result.output
     with Store(folder / "re.h5") as store:
@@ -240,10 +240,10 @@ def test_an_imported_store_without_vocabulary_points_to_import_not_to_zsfs_text(
     master = import_store(folder / "bare.h5", clip_embeddings=folder / "clip.npy",
                           backbone_features=folder / "backbone.npy", paths=folder / "paths.csv", label_column="label").master
     outcome = run_cli("fit", "--store", master, "--out", folder / "run")
-    said = " ".join(outcome.output.split())
+    said = output_text(outcome)
     assert outcome.exit_code == 1 and "add one with `zsfs import bare.h5 ... --vocab NAME=FILE.npz` (rerun it" in said, said
     assert "zsfs text" not in said and not (folder / "run").exists()
-    said = " ".join(run_cli("info", master).output.split())
+    said = output_text(run_cli("info", master))
     assert "No vocabularies yet: add one with `zsfs import bare.h5" in said
 
 
@@ -254,7 +254,7 @@ def test_a_reimport_does_not_replace_a_vocabulary_by_other_classes(inputs):
     master = import_store(folder / "v.h5", vocabularies={"pets": folder / "pets.npz"}, **common).master
     other = folder / "other.npz"
     np.savez(other, classes=np.array(["emu", "yak"]), single=unit_rows(2, D_CLIP, 4))
-    with pytest.raises(ZsfsError, match="already has a vocabulary 'pets' with other classes \\(cat, dog\\)"):
+    with pytest.raises(ZsfsError, match="already has a vocabulary 'pets' with other classes \\(2: cat; dog\\)"):
         import_store(folder / "v.h5", vocabularies={"pets": other}, **common)
     import_store(folder / "v.h5", vocabularies={"pets": folder / "pets_ensemble.npz"}, **common)  # same classes
     with Store(master) as store:
@@ -351,15 +351,36 @@ def test_a_vocabulary_of_byte_strings_has_text_class_names(inputs):
         assert store.vocabulary("pets").classes == ["cat", "dog"]
 
 
-def test_a_zero_row_is_named_by_its_row_in_the_whole_input(inputs):
-    """The row was counted from the start of its shard: a zero row 45 with 20-row shards read 'row 5'."""
+def test_a_zero_row_is_named_by_its_row_in_the_whole_input_and_nothing_is_written(inputs):
+    """Bugs: the row was counted from the start of its shard (a zero row 45 with 20-row shards read
+    'row 5'); the shards before it were left behind, and a rerun with the row fixed was refused as
+    another input."""
     folder = inputs["dir"]
     backbone = inputs["backbone"].copy()
-    backbone[45] = 0
+    backbone[45], backbone[47, 0] = 0, np.nan
     np.save(folder / "zero.npy", backbone)
-    with pytest.raises(ZsfsError, match=r"backbone rows 40-60: 1 row is zero or not finite \(first: row 45\)"):
+    with pytest.raises(ZsfsError, match=r"^backbone features \(.*zero.npy\): 2 rows are zero or not finite \(first: row "
+                                        r"45, counted from 0\); fix or drop them .*; nothing was written$"):
         import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "zero.npy",
                      paths=folder / "paths.csv", shard_size=20)
+    assert not (folder / "out.h5").exists() and not (folder / "out.shards").exists()
+    import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                 paths=folder / "paths.csv", shard_size=20)
+
+
+def test_overwrite_with_a_bad_row_keeps_the_store_it_would_replace(inputs):
+    """Bug: `import --overwrite` removed the old store, then refused a NaN row of the new input."""
+    folder = inputs["dir"]
+    clip = inputs["clip"].copy()
+    clip[-1, 3] = np.inf
+    np.save(folder / "inf.npy", clip)
+    master = import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy",
+                          backbone_features=folder / "backbone.npy", paths=folder / "paths.csv").master
+    with pytest.raises(ZsfsError, match=f"1 row is zero or not finite \\(first: row {len(clip) - 1}, counted from 0"):
+        import_store(folder / "out.h5", clip_embeddings=folder / "inf.npy", backbone_features=folder / "backbone.npy",
+                     paths=folder / "paths.csv", overwrite=True)
+    with Store(master) as store:
+        assert store.verify()["shards"] >= 1 and store.n_images == len(clip)
 
 
 def test_features_of_extreme_but_finite_scale_are_normalised(inputs):
@@ -375,3 +396,22 @@ def test_features_of_extreme_but_finite_scale_are_normalised(inputs):
     with Store(folder / "out.h5") as store:
         stored = store.read("backbone").astype(np.float32)
     np.testing.assert_allclose(stored, inputs["backbone"], atol=2e-3)
+
+
+def test_a_vocabulary_file_that_is_no_usable_npz_gets_its_own_reason(inputs):
+    """Bugs: an object array read 'cannot read ... (allow_pickle=False); expected an .npz file' of an
+    .npz; a CSV passed on numpy's advice to unpickle it; classes of shape (2, 5) blamed `single`."""
+    folder = inputs["dir"]
+    np.savez(folder / "objects.npz", classes=np.array(["cat", "dog"], dtype=object), single=inputs["text"])
+    np.savez(folder / "square.npz", classes=np.array([["cat", "dog"], ["owl", "emu"]]), single=inputs["text"])
+    (folder / "fake.npz").write_text("classes,cat,dog\n")
+    refused = {"objects.npz": "holds an object array; save its classes as a string array",
+               "square.npz": r"classes has shape \(2, 2\); expected one name per class, a 1-d array",
+               "paths.csv": r"is not an .npz file \(numpy.savez",
+               "fake.npz": r"is not an .npz file \(numpy.savez"}
+    for name, reason in refused.items():
+        with pytest.raises(ZsfsError, match=reason) as caught:
+            import_store(folder / "v.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                         paths=folder / "paths.csv", vocabularies={"pets": folder / name})
+        assert "pickle" not in str(caught.value), name
+    assert not (folder / "v.h5").exists()

@@ -22,7 +22,7 @@ import ray  # the test extra installs it: pip install -e ".[test]"
 from tests.test_extract import assert_same_store, read_store
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import extract
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
@@ -163,7 +163,7 @@ def test_an_address_where_no_cluster_answers_is_one_line_at_once(photos, tmp_pat
     outcome = run_zsfs("extract", photos["root"], "--out", tmp_path / "x.h5", *TINY_MODEL_ARGS, "--ray", "127.0.0.1:1",
                        timeout=120)  # a hang is a failure, not a wait
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
-    assert "no Ray cluster at '127.0.0.1:1' (Connection refused)" in " ".join(outcome.output.split())
+    assert "no Ray cluster at '127.0.0.1:1' (Connection refused)" in output_text(outcome)
     assert len(outcome.output.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 

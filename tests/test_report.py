@@ -22,7 +22,7 @@ from zsfs.fit import FitConfig, fit_store
 from zsfs.report import render_report, write_report
 from zsfs.sources import ImageSource
 from zsfs.store import Store
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODELS
@@ -94,9 +94,9 @@ def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):
     assert "<img " not in page and page.count('class="thumb missing"') == shown
     distinct = pl.read_parquet(photo_run / runs.PREDICTIONS).height  # the OOD gallery shows every image here
     note = re.search(r'<p class="note">([^<]*)', page).group(1)
-    assert f"{distinct} of {distinct} images could not be shown ({distinct} file not found)" in note
+    assert f"{distinct} of {distinct} images could not be shown (file not found: {distinct})" in note
     assert f"image paths were looked up from --images {tmp_path / 'moved'}." in note
-    said = " ".join(result.output.split())  # bug: only "Report written to ...", the gallery empty unsaid
+    said = output_text(result)  # bug: only "Report written to ...", the gallery empty unsaid
     assert f"Note: {distinct} of {distinct} images could not be shown" in said
     assert f"run `zsfs report {photo_run} --images FOLDER`" in said  # also right after `fit --report`
 
@@ -378,7 +378,7 @@ def test_fit_report_on_a_full_disk_says_the_run_is_saved_and_how_to_write_the_re
     run = tmp_path / "run"
     outcome = run_zsfs("fit", "--store", store, "--out", run, "--report", "--k", "3", "--candidates", "10",
                        file_size_limit=50_000)  # the run's files fit, the 100 kB page does not
-    said = " ".join(outcome.output.split())
+    said = output_text(outcome)
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
     assert (f"Error: the run is saved in {run}, but its report was not written (the disk is full (or a file-size "
             f"limit was reached) ({run / 'report.html'})); once that is mended, write it with `zsfs report {run}`") in said

@@ -121,7 +121,7 @@ def test_list_lines_are_normalised_as_paths_and_a_tilde_of_no_user_is_a_plain_na
 
 
 def test_a_path_listed_twice_is_kept_and_named_in_the_extract_summary(tmp_path):
-    from zsfs.testing.cli import run_cli
+    from zsfs.testing.cli import output_text, run_cli
     from zsfs.testing.models import TINY_MODEL_ARGS
 
     write_image_folder(tmp_path / "imgs", n_per_class=2, classes=("a",), broken=False)
@@ -132,7 +132,7 @@ def test_a_path_listed_twice_is_kept_and_named_in_the_extract_summary(tmp_path):
     assert len(source.paths) == 3 and source.repeated_paths == ["imgs/a/a_000_jpeg.jpg"]
     result = run_cli("extract", listing, "--out", tmp_path / "list.h5", "--workers", "0", *TINY_MODEL_ARGS)
     assert result.exit_code == 0, result.output
-    said = " ".join(result.output.split())
+    said = output_text(result)
     assert "paths listed twice or more │ 1: imgs/a/a_000_jpeg.jpg" in said
     assert open_source(tmp_path / "imgs").repeated_paths == []
 
@@ -250,11 +250,20 @@ def test_every_class_list_is_checked_by_one_rule():
     assert check_class_names(np.array(["cat", "dog"]), "x") == ["cat", "dog"]
     with pytest.raises(ZsfsError, match="^the classes given lists no class names$"):
         check_class_names([], "the classes given")
-    with pytest.raises(ZsfsError, match=r"lists 2 empty class name\(s\) \(first: position 2\)"):
+    with pytest.raises(ZsfsError, match=r"lists 2 empty class name\(s\) \(first: position 2, counted from 1\)"):
         check_class_names(["cat", " ", "dog", ""], "x")
     with pytest.raises(ZsfsError, match="more than once: 2: dog; cat$"):
         check_class_names(["dog", "cat", "dog", "cat", "owl", "dog"], "x")
     assert check_class_names(np.array([b"cat", "d\xc3\xb6g".encode("latin-1")]), "x") == ["cat", "d\xf6g"]  # "S" arrays
+    # Bugs: an npz vocabulary took ' T-shirt ' next to 'T-shirt', a zero-width space as a class,
+    # and 'cat' next to 'cat' + U+200B (two classes that print alike)
+    assert check_class_names([" T-shirt\t", "dog"], "x") == ["T-shirt", "dog"]
+    with pytest.raises(ZsfsError, match=r"lists 1 empty class name\(s\) \(first: position 2, counted from 1\)"):
+        check_class_names(["cat", "\u200b\ufeff "], "x")
+    with pytest.raises(ZsfsError, match=r"more than once: 1: 'cat' = 'cat\\u200b' \(names that differ only in"):
+        check_class_names(["cat", "dog", "cat\u200b"], "x")
+    with pytest.raises(ZsfsError, match="more than once: 1: 'caf\u00e9' = 'cafe\u0301'"):
+        check_class_names(["caf\u00e9", "cafe\u0301"], "x")  # one label once compared in NFC
     with pytest.raises(ZsfsError, match="x has a class name that is not UTF-8 text"):
         check_class_names([b"\xff"], "x")
     with pytest.raises(ZsfsError, match="the classes given lists these names more than once: 1: cat$"):

@@ -219,7 +219,7 @@ def test_write_store_rejects_bad_input(tmp_path, arrays):
         build(tmp_path / "s.h5", {**arrays, "clip": arrays["clip"][:-1]})
     zero = arrays["clip"].copy()
     zero[7] = 0
-    with pytest.raises(ZsfsError, match="zero or not finite \\(first: row 7\\)"):
+    with pytest.raises(ZsfsError, match="zero or not finite \\(first: row 7, counted from 0\\)"):
         build(tmp_path / "s.h5", {**arrays, "clip": zero})
 
 

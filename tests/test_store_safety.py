@@ -22,7 +22,7 @@ import torch
 from zsfs.errors import StoreError
 from zsfs.store import Store, schema
 from zsfs.store.files import acquire_lock, release_lock
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs, store_content
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS
@@ -124,7 +124,7 @@ def test_full_disk_during_fit_is_one_line(store, tmp_path, file_size_limit):
                        file_size_limit=file_size_limit)
     assert_clean_failure(outcome)
     # Bug: the message named no file (polars' and torch's writers name none), only "free some space".
-    assert f"({tmp_path / 'run'}" in " ".join(outcome.output.split()), outcome.output
+    assert f"({tmp_path / 'run'}" in output_text(outcome), outcome.output
     assert [path.name for path in tmp_path.iterdir()] == ["copy"]  # the store; no run folder, no temporary one
 
 
@@ -348,7 +348,7 @@ def test_a_store_never_writes_into_another_stores_shards_folder(base, store, oth
     other[1] = photos / "red"
     for extra in ((), ("--overwrite",)):
         result = run_cli(*other, *extra)
-        said = " ".join(result.output.split())
+        said = output_text(result)
         assert result.exit_code == 1 and f"{store} keeps its shards in s.shards/, where {other_name} would" in said
     assert not (store.parent / other_name).exists() and store_content(store) == before
     with Store(store) as reopened:
@@ -362,7 +362,7 @@ def test_a_file_in_the_shards_folders_place_is_refused_before_any_work(base, tmp
     (tmp_path / "x.shards").write_text("not a folder")
     result = run_cli(*extract_args(base, tmp_path / "x.h5"))
     assert result.exit_code == 1 and "x.shards is a file, where x.h5 keeps its shards" in \
-        " ".join(result.output.split()), result.output
+        output_text(result), result.output
     assert "embedding" not in result.output
 
 

@@ -18,7 +18,7 @@ from zsfs.extract import default_output, extract
 from zsfs.predict import TAR_LINK, image_inputs
 from zsfs.sources import IMAGE_EXTENSIONS, open_source
 from zsfs.tars import expand_braces, list_tar, locate_members
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.tars import files_as_samples, write_tar_shards
 
@@ -193,7 +193,7 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
 
     result = run_cli("extract", root, "--out", tmp_path / "laion.h5", "--workers", "0", *TINY_MODEL_ARGS)
     assert result.exit_code == 0, result.output
-    said = " ".join(result.output.split())
+    said = output_text(result)
     assert "tars with no image" in said and "2: 00000a.tar; 00001a.tar" in said
     assert "compressed tars (not read: decompress" in said and "1: 00002a.tar.gz" in said
     assert "paths listed twice or more" in said and "1: 00003a.tar::0.jpg" in said

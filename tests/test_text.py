@@ -14,7 +14,7 @@ import torch
 from zsfs.extract import add_vocabulary, extract
 from zsfs.models import encode_vocabulary, load_clip
 from zsfs.store.reader import Store
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
 
@@ -129,8 +129,11 @@ def test_text_on_a_missing_store_or_class_file(unlabelled_store, tmp_path):
 def test_text_refuses_classes_clip_reads_as_one(unlabelled_store, tmp_path):
     store, _ = unlabelled_store
     classes = tmp_path / "animals.txt"
-    classes.write_text("caf\u00e9\ncafe\u0301\ndog\n")  # one name, composed and decomposed
+    classes.write_text("Dog\ncat\ndog\n")  # one text to CLIP, which lower-cases
     result = run_cli("text", store, "--classes", classes, "--vocab", "twice")
-    assert result.exit_code == 1 and "pairs 1: 'caf\u00e9' = 'cafe\u0301'" in " ".join(result.output.split())
+    assert result.exit_code == 1 and "pairs 1: 'Dog' = 'dog'" in output_text(result)
+    classes.write_text("caf\u00e9\ncafe\u0301\ndog\n")  # one name, composed and decomposed: refused before CLIP
+    result = run_cli("text", store, "--classes", classes, "--vocab", "twice")
+    assert result.exit_code == 1 and "more than once: 1: 'caf\u00e9' = 'cafe\u0301'" in output_text(result)
     with Store(store) as opened:
         assert "twice" not in opened.vocabulary_names()

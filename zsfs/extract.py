@@ -26,7 +26,7 @@ from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_listing
 from zsfs.errors import ParameterError, StoreMismatchError, ZsfsError, check_at_least
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
-from zsfs.names import check_class_names, pairs_text
+from zsfs.names import check_class_names, pairs_text, reasons_text
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
@@ -349,9 +349,9 @@ def _missing_vocabulary(master: Path, source: ImageSource, name: str, classes: l
         skipped_paths, reasons = store.skipped()
         n_images = store.n_images
     if n_images == 0:
-        counts = ", ".join(f"{count} {reason}" for reason, count in Counter(map(str, reasons)).most_common())
-        raise ZsfsError(f"none of the {len(skipped_paths)} files of {source.location} could be decoded "
-                        f"({counts}); {master} records them (`zsfs info {master.name}`)")
+        counts = reasons_text(Counter(map(str, reasons)).most_common())
+        raise ZsfsError(f"none of the {len(skipped_paths):,} files of {source.location} could be decoded "
+                        f"({counts}); {master} records them (`zsfs info --skipped {master.name}`)")
     return classes if classes and not has_vocabulary else None
 
 

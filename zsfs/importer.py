@@ -14,6 +14,7 @@ Accepted inputs for image embeddings / backbone features:
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs.errors import ZsfsError
-from zsfs.names import check_class_names, repeated
+from zsfs.names import check_class_names, counted, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
 from zsfs.digests import listing_sha256
-from zsfs.store.writer import refuse_another_listing
+from zsfs.store.writer import refuse_another_listing, usable_rows
 from zsfs.writable import check_writable
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 CLIP_RETRIEVAL_EMBEDDINGS = "img_emb"
 CLIP_RETRIEVAL_METADATA = "metadata"
 PATH_COLUMNS = ("image_path", "path")  # tried in this order when no column is named
+CHECK_ROWS = 65_536
+"""Rows read at a time by :func:`refuse_unusable_rows`."""
 
 
 class RowParts:
@@ -65,6 +68,19 @@ class RowParts:
         rows = np.concatenate([piece for piece in pieces if len(piece)] or [self.parts[0][:0]])
         # float64 is numpy's default dtype; the store holds float16/32, so wider rows narrow here.
         return rows.astype(np.float32) if rows.dtype.itemsize > 4 else rows
+
+
+def refuse_unusable_rows(rows: RowParts, what: str) -> None:
+    """A ``ZsfsError`` unless every row is finite and not all zero, checked over all rows before
+    anything is written or removed: found while writing, a bad row left the shards before it
+    (which a rerun with the row fixed then refused as another input), and with ``--overwrite``
+    the old store was already gone."""
+    bad = np.concatenate([np.flatnonzero(~usable_rows(rows[start : start + CHECK_ROWS])) + start
+                          for start in range(0, len(rows), CHECK_ROWS)] or [np.zeros(0, np.int64)])
+    if len(bad):
+        raise ZsfsError(f"{what}: {counted(len(bad), 'row')} {'is' if len(bad) == 1 else 'are'} zero or not finite "
+                        f"(first: row {int(bad[0])}, counted from 0); fix or drop {'it' if len(bad) == 1 else 'them'}"
+                        " (with the same rows of the other inputs); nothing was written")
 
 
 def numbered_parts(folder: Path, pattern: str) -> list[Path]:
@@ -151,12 +167,12 @@ def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...],
                         f"name it with --{what}-column")
     values = table.get_column(names[0])
     if values.null_count():
-        raise ZsfsError(f"{what} column {names[0]!r} has {values.null_count()} empty values")
+        raise ZsfsError(f"{what} column {names[0]!r} has {counted(values.null_count(), 'empty value')}")
     values = values.cast(str)
     with_nul = values.str.contains("\x00", literal=True)
     if with_nul.any():
-        raise ZsfsError(f"{what} column {names[0]!r} has {int(with_nul.sum())} values with a NUL byte (first: row "
-                        f"{int(with_nul.arg_true()[0])}), which no file name or label can hold")
+        raise ZsfsError(f"{what} column {names[0]!r} has {counted(int(with_nul.sum()), 'value')} with a NUL byte "
+                        f"(first: row {int(with_nul.arg_true()[0])}, counted from 0), which no file name or label can hold")
     return values.to_list()
 
 
@@ -180,14 +196,24 @@ class ImportedVocabulary:
 def load_vocabulary(file: Path) -> ImportedVocabulary:
     """Text embeddings from an ``.npz`` with ``classes``, ``single`` and optionally ``ensemble``
     (and ``n_templates``)."""
+    if file.suffix.lower() != ".npz" or (file.is_file() and not zipfile.is_zipfile(file)):
+        raise ZsfsError(f"vocabulary file {file} is not an .npz file (numpy.savez(FILE, classes=..., single=...))")
     try:
         with np.load(file, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
-        raise ZsfsError(f"cannot read vocabulary file {file} ({error}); expected an .npz file") from None
+    except ValueError as error:
+        if "allow_pickle" in str(error):  # never unpickled: a file from elsewhere could run code
+            raise ZsfsError(f"vocabulary file {file} holds an object array; save its classes as a string array "
+                            "(numpy.array(names, dtype=str)) and its embeddings as float arrays") from None
+        raise ZsfsError(f"cannot read vocabulary file {file} ({error})") from None
+    except OSError as error:
+        raise ZsfsError(f"cannot read vocabulary file {file} ({error})") from None
     missing = {"classes", "single"} - set(arrays)
     if missing:
         raise ZsfsError(f"vocabulary file {file} lacks {sorted(missing)} (has {sorted(arrays)})")
+    if arrays["classes"].ndim != 1:
+        raise ZsfsError(f"vocabulary file {file}: classes has shape {arrays['classes'].shape}; expected one name "
+                        "per class, a 1-d array")
     has_ensemble = "ensemble" in arrays
     n_templates = int(arrays["n_templates"]) if "n_templates" in arrays else (0 if has_ensemble else 1)
     return ImportedVocabulary(
@@ -239,6 +265,8 @@ def import_store(
         listing = "; ".join(f"{name}: {count} rows" for name, count in counts.items())
         raise ZsfsError(f"row counts disagree ({listing}); all inputs must list the same images in the same order")
 
+    refuse_unusable_rows(clip, f"CLIP embeddings ({clip_embeddings})")
+    refuse_unusable_rows(backbone, f"backbone features ({backbone_features})")
     for name in vocabularies or {}:
         check_vocabulary_name(name)
     loaded = {name: load_vocabulary(Path(file)) for name, file in (vocabularies or {}).items()}

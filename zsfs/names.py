@@ -75,8 +75,10 @@ def repeated_rows(rows: "np.ndarray") -> list[tuple[int, int]]:
 
 
 def check_class_names(names: Iterable[object], where: str) -> list[str]:
-    """``names`` as a list of ``str``, or a ``ZsfsError`` that says what ``where`` (e.g.
-    ``"class file x.txt"``) got wrong: no names, an empty (or blank) name, a name given twice."""
+    """``names`` as a list of ``str`` without spaces at either end, or a ``ZsfsError`` that says
+    what ``where`` (e.g. ``"class file x.txt"``) got wrong: no names, an empty name (blank or only
+    invisible characters), a name given twice (also when two differ only in invisible characters,
+    spaces at the ends or Unicode form: they look the same wherever they are shown)."""
     from zsfs.errors import ZsfsError
 
     try:  # any sequence, a numpy array too; bytes (numpy "S" arrays) are UTF-8 text, not "b'cat'"
@@ -85,12 +87,20 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
         raise ZsfsError(f"{where} has a class name that is not UTF-8 text ({error.object[:40]!r})") from None
     if not names:
         raise ZsfsError(f"{where} lists no class names")
-    blank = [i for i, name in enumerate(names) if not name.strip()]
+    names = [name.strip() for name in names]
+    looks = [unicodedata.normalize("NFC", _UNSAFE.sub("", name)).strip() for name in names]  # what a reader sees
+    blank = [i for i, seen in enumerate(looks) if not seen]
     if blank:
-        raise ZsfsError(f"{where} lists {len(blank)} empty class name(s) (first: position {blank[0] + 1})")
-    twice = repeated(names)
+        raise ZsfsError(f"{where} lists {len(blank)} empty class name(s) (first: position {blank[0] + 1}, "
+                        "counted from 1)")
+    twice = repeated(looks)
     if twice:
-        raise ZsfsError(f"{where} lists these names more than once: {some_names(twice, 10)}")
+        spellings = [list(dict.fromkeys(name for name, seen in zip(names, looks) if seen == look)) for look in twice]
+        shown = [visible(same[0]) if len(same) == 1 else " = ".join(f"'{visible(name)}'" for name in same)
+                 for same in spellings]
+        alike = " (names that differ only in invisible characters or Unicode form look the same wherever " \
+                "they are shown)" if any(len(same) > 1 for same in spellings) else ""
+        raise ZsfsError(f"{where} lists these names more than once: {some_names(shown, 10)}{alike}")
     return names
 
 
@@ -102,6 +112,11 @@ def spelling_key(name: str) -> str:
 def counted(n: int, one: str, many: str | None = None) -> str:
     """``"1 image"``, ``"2 images"``, ``"1 class"``, ``"3 classes"`` (``many``: the plural, when not ``one + "s"``)."""
     return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
+def reasons_text(counts: Iterable[tuple[str, int]]) -> str:
+    """``"file not found: 2,000; empty file: 3"`` from ``(reason, count)`` pairs, in their order."""
+    return "; ".join(f"{reason}: {count:,}" for reason, count in counts)
 
 
 def pairs_text(pairs: Sequence[tuple[str, str]], limit: int, listed_in: str | None = None) -> str:

@@ -107,6 +107,7 @@ def ood_bench(
     """
     from zsfs.fit.run import fit_store, resolve_vocabulary
 
+    store.check_enough_images(2, "the OOD benchmark")
     labels = store.labels()
     if labels is None:
         raise ZsfsError(f"{store.path.name} has no labels: the OOD benchmark needs the true class of every "

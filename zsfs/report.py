@@ -22,7 +22,7 @@ from zsfs import __version__, figures
 from zsfs.errors import ZsfsError, check_at_least
 from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
-from zsfs.names import counted, some_names, visible
+from zsfs.names import counted, reasons_text, some_names, visible
 from zsfs.outputs import write_text_atomically
 from zsfs.runs import OOD_AUROC_LABELS, REPORT, FittedRun, load_run, seed_images_text
 from zsfs.sources import ImageSource
@@ -306,7 +306,7 @@ def _missing_images(made: dict, where: str, run_dir: Path | None) -> str | None:
     failed = Counter(reason for uri, reason in made.values() if uri is None)
     if not failed:
         return None
-    reasons = ", ".join(f"{count:,} {reason}" for reason, count in failed.most_common())
+    reasons = reasons_text(failed.most_common())
     return (f"{sum(failed.values()):,} of {len(made):,} images could not be shown ({reasons}); {where}. Stores made "
             "by `zsfs import` may hold stand-in paths; if the images moved, run "
             f"`zsfs report {run_dir or 'RUN_DIR'} --images FOLDER`.")

@@ -91,8 +91,12 @@ def note_unread_options(config: "FitConfig", given: dict) -> None:
     unread = config.unread(given)
     if unread:
         flags = option_flags(click.get_current_context().command)
+        switches = {p.name: p.secondary_opts[0] for p in click.get_current_context().command.params
+                    if isinstance(p, click.Option) and p.secondary_opts}  # --no-accumulate: say what was typed
+        typed = [switches[name] if given[name] is False and name in switches else flags.get(name, name)
+                 for name in unread]
         readers = "cycles method (--method cycles, --paper)" if config.method == "balanced" else None
-        note = config.unread_note([flags.get(name, name) for name in unread], readers)
+        note = config.unread_note(typed, readers)
         console.print(f"[yellow]Note:[/] {note}.", soft_wrap=True)
 
 
@@ -183,4 +187,5 @@ def image_progress(description: str, unit: str = "img") -> Iterator[tuple[Callab
     try:
         yield on_start, lambda n: progress.advance(task, n)
     finally:
-        progress.stop()
+        if progress.live.is_started:  # stopping a bar never shown prints an empty line where no terminal is
+            progress.stop()

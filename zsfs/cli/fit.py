@@ -124,12 +124,13 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     if run_dir is not None:
         check_new_folder(run_dir)
     with Store(store_path) as store:
+        store.check_enough_images(2, "a fit")  # first: no other advice helps a store without images
         vocabulary = resolve_vocabulary(store, vocabulary)
         check_writable(run_dir or default_run_dir(store_path, vocabulary, config.k), "run folder")
-        if 2 <= store.n_images <= config.neighbours:  # below 2 the fit says why it cannot run
+        if store.n_images <= config.neighbours:
             console.print(f"[yellow]Note:[/] --neighbours {config.neighbours} is more than the store's other "
                           f"images: each image's {store.n_images - 1:,} neighbours are used.")
-        if 2 <= store.n_images <= config.candidates:
+        if store.n_images <= config.candidates:
             console.print(f"[yellow]Note:[/] the store holds {counted(store.n_images, 'image')}, no more than "
                           f"--candidates {config.candidates}: every image is a candidate of every class, and the "
                           "seeds are ranked by their neighbours' zero-shot votes alone. So few images give the "
@@ -194,7 +195,8 @@ def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> No
     from zsfs.evaluate import paper_score_counts
     from zsfs.runs import OOD_AUROC_LABELS, seed_images_text
 
-    table = Table(title=f"zsfs fit: {len(result.predicted):,} images, {len(result.classes)} classes", title_justify="left")
+    table = Table(title=f"zsfs fit: {counted(len(result.predicted), 'image')}, "
+                        f"{counted(len(result.classes), 'class', 'classes')}", title_justify="left")
     table.add_column("", style="bold")
     table.add_column("value", justify="right")
     if metrics and "accuracy" in metrics:

@@ -9,11 +9,12 @@ from rich.table import Table
 
 from zsfs.cli.common import GivenPath, console, note_unread_options, shown
 from zsfs.errors import ZsfsError
+from zsfs.names import counted
 
 
 @click.command("ood-bench", short_help="Benchmark the OOD scores with some classes held out.",
                epilog="Example: zsfs ood-bench --store cifar10.h5 --id-classes 6 --splits 5 --out cifar10-ood")
-@click.option("--store", "store_path", required=True, type=GivenPath(dir_okay=False, path_type=Path),
+@click.option("--store", "store_path", required=True, type=GivenPath(path_type=Path),
               help="A store whose images have labels.")
 @click.option("--id-classes", required=True, metavar="N|FILE",
               help="N: random splits of N ID classes among the labels; FILE: the ID class names, one per line "
@@ -71,8 +72,9 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         metrics = run_bench(store, wanted, config, n_splits=splits, vocabulary=vocabulary,
                             on_start=start, on_split=report_split)
     if metrics["always_ood_classes"]:
-        console.print(shown(f"{len(metrics['always_ood_classes'])} label classes are not in vocabulary "
-                            f"{metrics['vocabulary']!r} and were always OOD."))
+        n_outside = len(metrics["always_ood_classes"])
+        console.print(shown(f"{counted(n_outside, 'label class', 'label classes')} {'is' if n_outside == 1 else 'are'} "
+                            f"not in vocabulary {metrics['vocabulary']!r}: always OOD."))
     console.print(_table(metrics))
     if out is not None:
         console.print(f"Written: {shown(write_metrics(metrics, out))}")

@@ -73,7 +73,7 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
         where = ""
     console.print(f"{counted(frame.height - failed, 'image')} classified, {failed:,} unreadable{where}")
     if failed == frame.height:  # the rows say why; the exit status tells a script nothing was classified
-        raise ZsfsError(f"none of the {failed:,} images could be read")
+        raise ZsfsError(f"no image could be read ({counted(failed, 'image')} given; the rows say why)")
 
 
 def _table(frame) -> Table:

@@ -11,7 +11,7 @@ import click
 from zsfs.cli.common import GivenPath, console, image_progress, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
-from zsfs.names import some_names, utf8_text, visible
+from zsfs.names import reasons_text, some_names, utf8_text, visible
 from zsfs.store.schema import DEFAULT_SHARD_SIZE
 
 
@@ -184,7 +184,7 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
     overview.add_column()
     index = summary["index"]
     index_text = index["type"] + (f" (nlist {index['nlist']}, nprobe {index['nprobe']})" if "nlist" in index else "")
-    reasons = ", ".join(f"{count} {reason}" for reason, count in summary["skipped_reasons"].items())
+    reasons = reasons_text(summary["skipped_reasons"].items())
     for key, value in [
         ("images", f"{summary['n_images']:,}"),
         ("skipped", f"{summary['n_skipped']:,}" + (f" ({reasons}; `zsfs info --skipped` lists them)" if reasons else "")),

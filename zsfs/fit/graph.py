@@ -34,9 +34,7 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
         raise ZsfsError(f"precision must be one of {', '.join(SEARCH_DTYPES)}, not {precision!r}")
     with ExitStack() as held:  # the store's lock, taken after the checks, held until the graph is written
         with Store(store_path) as store:
-            if store.n_images < 2:
-                raise ZsfsError(f"{store.path} holds {store.n_images} embedded image(s): there are no neighbours to "
-                                "store (`zsfs info` lists the files that were skipped and why)")
+            store.check_enough_images(2, "a neighbour graph")
             if not 0 < k < min(store.n_images, GRAPH_MAX_K + 1):
                 raise ParameterError(f"{{k}} {k} is not possible for a store of {store.n_images} images: use 1 <= "
                                      f"{{k}} < {store.n_images}, at most {GRAPH_MAX_K}")

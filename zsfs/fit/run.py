@@ -226,15 +226,13 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     config.validate()
     device = check_device(config.device)
     timer = _Timer()
+    store.check_enough_images(2, "a fit")
     name = resolve_vocabulary(store, vocabulary)
     vocab = store.vocabulary(name)
     if classes is not None:
         vocab = vocab.subset(classes)
     texts = vocab.embeddings(config.prompts)
     n_classes, n_images = len(vocab.classes), store.n_images
-    if n_images < 2:
-        raise ZsfsError(f"{store.path} holds {n_images} embedded image(s); a fit needs at least 2 "
-                        "(`zsfs info` lists the files that were skipped and why)")
     generator = torch.Generator().manual_seed(config.seed)
     precision = resolved_precision(config.precision, device)
     dtype = SEARCH_DTYPES[precision]

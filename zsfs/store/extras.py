@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, ZsfsError
-from zsfs.names import check_class_names, counted
+from zsfs.names import check_class_names, counted, some_names
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files, store_lock
 from zsfs.store.hdf5 import canonical_json, write_checked, write_strings
@@ -41,8 +41,8 @@ def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to
             return
         existing = store.vocabulary(name).classes
     if list(existing) != [str(c) for c in classes]:
-        shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
-        raise ZsfsError(f"{master.name} already has a vocabulary {name!r} with other classes ({shown}); give "
+        raise ZsfsError(f"{master.name} already has a vocabulary {name!r} with other classes "
+                        f"({some_names(list(existing), 5)}); give "
                         f"these classes another vocabulary name, or replace it: {how_to_replace}")
 
 
@@ -161,7 +161,7 @@ def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndar
     if bad.any():
         n_bad = int(bad.sum())
         raise ZsfsError(f"{what}: {counted(n_bad, 'row')} {'is' if n_bad == 1 else 'are'} zero or not finite "
-                        f"(first: row {first_row + int(np.argmax(bad))})")
+                        f"(first: row {first_row + int(np.argmax(bad))}, counted from 0)")
     if np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
         return values
     return (values / norms[:, None]).astype(np.result_type(values.dtype, np.float32), copy=False)

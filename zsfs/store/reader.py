@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, one_line
-from zsfs.names import check_class_names
+from zsfs.names import check_class_names, counted
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
 from zsfs.store.files import written_elsewhere
@@ -221,6 +221,15 @@ class Store:
 
     def skipped(self) -> tuple[np.ndarray, np.ndarray]:
         return self._strings(schema.SKIPPED_PATH), self._strings(schema.SKIPPED_REASON)
+
+    def check_enough_images(self, least: int, needs: str) -> None:
+        """A ``StoreError`` when the store holds fewer than ``least`` images; ``needs`` says for
+        what (``"a fit"``): checked before anything else, whose advice could not help."""
+        if self.n_images < least:
+            skipped = (f" ({counted(self.n_skipped, 'file')} skipped: `zsfs info --skipped {self.path.name}` lists "
+                       "them and why)" if self.n_skipped else "")
+            raise StoreError(f"{self.path} holds {counted(self.n_images, 'embedded image')}; {needs} needs at "
+                             f"least {least}{skipped}")
 
     def _strings(self, name: str) -> np.ndarray:
         with self._read_errors(name):

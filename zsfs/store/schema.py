@@ -125,12 +125,14 @@ EMBEDDING_DTYPES = ("float16", "float32")
 def valid_vocabulary_name(name: str) -> bool:
     """A vocabulary name is one HDF5 group name and part of default run folder names: not empty,
     no '/', no leading '.', nothing that a terminal would not show as typed (control, invisible
-    and bidirectional characters: ``zsfs.names.visible``)."""
-    return bool(name) and "/" not in name and not name.startswith(".") and visible(name) == name
+    and bidirectional characters: ``zsfs.names.visible``), no space at either end (``--vocab x``
+    would not find ``" x "``)."""
+    return (bool(name) and "/" not in name and not name.startswith(".") and visible(name) == name
+            and name == name.strip())
 
 
 INVALID_VOCABULARY_NAME = ("invalid vocabulary name {!r}: use a non-empty name without '/', control or invisible "
-                           "characters, or a leading '.'")
+                           "characters, a leading '.' or spaces at either end")
 
 
 def shard_dir(master: Path) -> Path:

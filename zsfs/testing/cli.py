@@ -10,3 +10,8 @@ def run_cli(*args) -> Result:
     from zsfs.cli import main
 
     return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def output_text(result: Result) -> str:
+    """What the command printed, with the console's line wrapping undone (one space between words)."""
+    return " ".join(result.output.split())
