@@ -443,6 +443,19 @@ def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path, monkeypatch)
     assert resumed.exit_code == 0 and "2 / 1" in resumed.output  # 19 files / 8 = 3 shards: written / reused
 
 
+def test_class_folders_that_print_alike_are_refused_before_the_models_load(tmp_path, monkeypatch):
+    """Bug: folders 'cat' and 'cat' + U+200B were embedded in full, then the vocabulary was refused."""
+    from zsfs import extract as extract_module
+
+    folder = write_image_folder(tmp_path / "src", n_per_class=1, classes=("cat", "cat\u200b", "dog"))
+    monkeypatch.setattr(extract_module, "_embedder", None)  # reaching the models would fail with a TypeError
+    result = run_cli("extract", folder["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
+    assert result.exit_code == 1 and output_text(result).startswith(
+        f"Error: the class folders of {folder['root']} lists these names more than once: 1: 'cat' = 'cat\\u200b'")
+    assert "rename the folders, or name the classes with --classes FILE" in output_text(result)
+    assert not (tmp_path / "s.h5").exists()
+
+
 def test_a_source_of_only_broken_files_is_an_error(tmp_path):
     """Bug: every file skipped gave an empty store that made `zsfs fit` crash later."""
     folder = write_image_folder(tmp_path / "src", n_per_class=1, classes=("only",))

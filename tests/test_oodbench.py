@@ -118,7 +118,7 @@ def test_labels_outside_the_vocabulary_are_always_ood(tmp_path):
     assert metrics["always_ood_classes"] == class_names(2, "ood")
     assert set(metrics["splits"][0]["id_classes"]) <= set(class_names(4))
     # Bug: an unnamed label given as an ID class was said not to be a label at all.
-    with Store(path) as store, pytest.raises(ZsfsError, match="labels that vocabulary 'synthetic' does not name: "
+    with Store(path) as store, pytest.raises(ZsfsError, match="1 ID class is a label that vocabulary 'synthetic' does not name: "
                                                               "'ood_0000'.*zsfs text"):
         ood_bench(store, ["class_0000", "ood_0000"], FitConfig(**QUICK_FIT))
 

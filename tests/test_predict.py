@@ -73,8 +73,8 @@ def test_library_inputs_are_checked_before_any_work(fitted):
         with pytest.raises(ParameterError, match=said):
             run.predict(wrong)
     poisoned = features.copy()
-    poisoned[[3, 7], 0] = np.nan
-    with pytest.raises(ParameterError, match=r"has 2 row\(s\) with NaN or infinite values \(the first: row 3\)"):
+    poisoned[3, 0], poisoned[7] = np.nan, 0.0
+    with pytest.raises(ParameterError, match=r"has 2 rows that are zero or not finite \(first: row 3, counted from 0\)$"):
         run.predict(poisoned)
 
 

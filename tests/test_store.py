@@ -11,6 +11,7 @@ import pytest
 from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
 from zsfs.store import Store, write_store, write_vocabulary
 from zsfs.store import schema
+from zsfs.store.extras import normalise_rows
 from zsfs.testing.synthetic import make_synthetic_store, unit
 
 N, D_CLIP, D_BACKBONE = 130, 16, 24
@@ -218,9 +219,14 @@ def test_write_store_rejects_bad_input(tmp_path, arrays):
     with pytest.raises(ZsfsError, match="130 paths but clip=129"):
         build(tmp_path / "s.h5", {**arrays, "clip": arrays["clip"][:-1]})
     zero = arrays["clip"].copy()
-    zero[7] = 0
-    with pytest.raises(ZsfsError, match="zero or not finite \\(first: row 7, counted from 0\\)"):
+    zero[[57, 99]] = 0  # both in the second shard of 50
+    with pytest.raises(ZsfsError, match="^the clip embeddings: 2 rows are zero or not finite \\(first: row 57, "
+                                        "counted from 0\\); fix or drop them"):
         build(tmp_path / "s.h5", {**arrays, "clip": zero})
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.shards").exists()  # not even the first shard
+    # the per-shard backstop (and vocabularies) count rows in the whole input too
+    with pytest.raises(ZsfsError, match="^w: 2 rows are zero or not finite \\(first: row 57, counted from 0\\)$"):
+        normalise_rows(zero[50:100], "w", 50)
 
 
 def test_vocabulary_added_while_the_store_is_read_and_unfinished_store(tmp_path, arrays):

@@ -258,6 +258,11 @@ def extract(
     else:
         check_store_lock(out)
     class_names = image_source.classes if given_classes is None else given_classes
+    if given_classes is None and class_names:  # folder names: as strict as a list, and before the models load
+        try:
+            check_class_names(class_names, f"the class folders of {image_source.location}")
+        except ZsfsError as error:
+            raise ZsfsError(f"{error}; rename the folders, or name the classes with --classes FILE") from None
     replace_vocabulary = f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`"
     if rerun and not overwrite:  # (the digest costs a pass over the listing: only for a rerun)
         try:
@@ -441,7 +446,7 @@ def _given_classes(classes: Sequence[str] | str | Path | None) -> list[str] | No
         return None
     if isinstance(classes, (str, Path)):
         return read_class_file(classes)
-    return check_class_names([str(name).strip() for name in classes], "the classes given")
+    return check_class_names([str(name).strip() for name in classes], "the classes given")  # as a class file's lines
 
 
 def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,

@@ -28,7 +28,7 @@ from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
 from zsfs.digests import listing_sha256
-from zsfs.store.writer import refuse_another_listing, usable_rows
+from zsfs.store.writer import refuse_another_listing
 from zsfs.writable import check_writable
 
 if TYPE_CHECKING:
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 CLIP_RETRIEVAL_EMBEDDINGS = "img_emb"
 CLIP_RETRIEVAL_METADATA = "metadata"
 PATH_COLUMNS = ("image_path", "path")  # tried in this order when no column is named
-CHECK_ROWS = 65_536
-"""Rows read at a time by :func:`refuse_unusable_rows`."""
 
 
 class RowParts:
@@ -68,19 +66,6 @@ class RowParts:
         rows = np.concatenate([piece for piece in pieces if len(piece)] or [self.parts[0][:0]])
         # float64 is numpy's default dtype; the store holds float16/32, so wider rows narrow here.
         return rows.astype(np.float32) if rows.dtype.itemsize > 4 else rows
-
-
-def refuse_unusable_rows(rows: RowParts, what: str) -> None:
-    """A ``ZsfsError`` unless every row is finite and not all zero, checked over all rows before
-    anything is written or removed: found while writing, a bad row left the shards before it
-    (which a rerun with the row fixed then refused as another input), and with ``--overwrite``
-    the old store was already gone."""
-    bad = np.concatenate([np.flatnonzero(~usable_rows(rows[start : start + CHECK_ROWS])) + start
-                          for start in range(0, len(rows), CHECK_ROWS)] or [np.zeros(0, np.int64)])
-    if len(bad):
-        raise ZsfsError(f"{what}: {counted(len(bad), 'row')} {'is' if len(bad) == 1 else 'are'} zero or not finite "
-                        f"(first: row {int(bad[0])}, counted from 0); fix or drop {'it' if len(bad) == 1 else 'them'}"
-                        " (with the same rows of the other inputs); nothing was written")
 
 
 def numbered_parts(folder: Path, pattern: str) -> list[Path]:
@@ -196,7 +181,7 @@ class ImportedVocabulary:
 def load_vocabulary(file: Path) -> ImportedVocabulary:
     """Text embeddings from an ``.npz`` with ``classes``, ``single`` and optionally ``ensemble``
     (and ``n_templates``)."""
-    if file.suffix.lower() != ".npz" or (file.is_file() and not zipfile.is_zipfile(file)):
+    if file.is_file() and not zipfile.is_zipfile(file):  # numpy would read it as a pickle
         raise ZsfsError(f"vocabulary file {file} is not an .npz file (numpy.savez(FILE, classes=..., single=...))")
     try:
         with np.load(file, allow_pickle=False) as data:
@@ -265,8 +250,6 @@ def import_store(
         listing = "; ".join(f"{name}: {count} rows" for name, count in counts.items())
         raise ZsfsError(f"row counts disagree ({listing}); all inputs must list the same images in the same order")
 
-    refuse_unusable_rows(clip, f"CLIP embeddings ({clip_embeddings})")
-    refuse_unusable_rows(backbone, f"backbone features ({backbone_features})")
     for name in vocabularies or {}:
         check_vocabulary_name(name)
     loaded = {name: load_vocabulary(Path(file)) for name, file in (vocabularies or {}).items()}

@@ -75,10 +75,11 @@ def repeated_rows(rows: "np.ndarray") -> list[tuple[int, int]]:
 
 
 def check_class_names(names: Iterable[object], where: str) -> list[str]:
-    """``names`` as a list of ``str`` without spaces at either end, or a ``ZsfsError`` that says
-    what ``where`` (e.g. ``"class file x.txt"``) got wrong: no names, an empty name (blank or only
-    invisible characters), a name given twice (also when two differ only in invisible characters,
-    spaces at the ends or Unicode form: they look the same wherever they are shown)."""
+    """``names`` as a list of ``str``, or a ``ZsfsError`` that says what ``where`` (e.g.
+    ``"class file x.txt"``) got wrong: no names, an empty name (blank or only invisible
+    characters), a name given twice (also when two differ only in invisible characters, spaces at
+    the ends or Unicode form: they look the same wherever they are shown). The names are returned
+    as given: stores, labels and folder names hold them so."""
     from zsfs.errors import ZsfsError
 
     try:  # any sequence, a numpy array too; bytes (numpy "S" arrays) are UTF-8 text, not "b'cat'"
@@ -87,12 +88,11 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
         raise ZsfsError(f"{where} has a class name that is not UTF-8 text ({error.object[:40]!r})") from None
     if not names:
         raise ZsfsError(f"{where} lists no class names")
-    names = [name.strip() for name in names]
     looks = [unicodedata.normalize("NFC", _UNSAFE.sub("", name)).strip() for name in names]  # what a reader sees
     blank = [i for i, seen in enumerate(looks) if not seen]
     if blank:
-        raise ZsfsError(f"{where} lists {len(blank)} empty class name(s) (first: position {blank[0] + 1}, "
-                        "counted from 1)")
+        raise ZsfsError(f"{where} lists {counted(len(blank), 'empty class name')} (first: position "
+                        f"{blank[0] + 1}, counted from 1)")
     twice = repeated(looks)
     if twice:
         spellings = [list(dict.fromkeys(name for name, seen in zip(names, looks) if seen == look)) for look in twice]

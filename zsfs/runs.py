@@ -21,7 +21,7 @@ import numpy as np
 
 from zsfs import __version__
 from zsfs.errors import ParameterError, ZsfsError
-from zsfs.names import utf8_texts
+from zsfs.names import counted, utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json
 
 if TYPE_CHECKING:
@@ -180,9 +180,6 @@ def in_memory(result: "FitResult", store: "Store", config: "FitConfig") -> "Fitt
 
 # --- reading -------------------------------------------------------------------------------------
 
-CHECK_ROWS = 65536
-"""Rows of features checked for NaN at a time by :meth:`FittedRun.predict`."""
-
 _ON_FIRST_USE = object()
 """A run's metrics that :func:`load_run` leaves in metrics.json until they are asked for."""
 
@@ -280,11 +277,12 @@ class FittedRun:
             described = "ragged rows" if array is None else f"a {array.dtype} array of shape {array.shape}"
             raise ParameterError(f"{{features}} must be an (n, {width}) array of numbers: rows of the store's "
                                  f"backbone features (Store.read(\"backbone\")), not {described}")
-        bad = np.concatenate([~np.isfinite(array[start : start + CHECK_ROWS]).all(axis=1)  # bounded memory
-                              for start in range(0, len(array), CHECK_ROWS)] or [np.zeros(0, bool)])
-        if bad.any():
-            raise ParameterError(f"{{features}} has {int(bad.sum())} row(s) with NaN or infinite values "
-                                 f"(the first: row {int(np.flatnonzero(bad)[0])})")
+        from zsfs.store.writer import unusable_row_numbers  # a store's rule: finite, not all zero
+
+        bad = unusable_row_numbers(array)
+        if len(bad):
+            raise ParameterError(f"{{features}} has {counted(len(bad), 'row')} that {'is' if len(bad) == 1 else 'are'} "
+                                 f"zero or not finite (first: row {int(bad[0])}, counted from 0)")
         return array
 
     def predict_images(self, images: "Sequence[str | Path] | str | Path", **options) -> "pl.DataFrame":

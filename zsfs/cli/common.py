@@ -80,9 +80,12 @@ def _store_form_hint(command: click.Command | None, error: click.UsageError) -> 
     return ""
 
 
-def option_flags(command: click.Command | None) -> dict[str, str]:
-    """Each option's parameter name -> the flag a user types (``max_cycles`` -> ``--cycles``)."""
-    return {p.name: p.opts[0] for p in getattr(command, "params", []) if isinstance(p, click.Option)}
+def option_flags(command: click.Command | None, values: dict | None = None) -> dict[str, str]:
+    """Each option's parameter name -> the flag a user types (``max_cycles`` -> ``--cycles``; with
+    the ``values`` given, a switch given False as its off flag, ``--no-accumulate``)."""
+    values = values or {}
+    return {p.name: p.secondary_opts[0] if values.get(p.name) is False and p.secondary_opts else p.opts[0]
+            for p in getattr(command, "params", []) if isinstance(p, click.Option)}
 
 
 def note_unread_options(config: "FitConfig", given: dict) -> None:
@@ -90,11 +93,8 @@ def note_unread_options(config: "FitConfig", given: dict) -> None:
     one set of options can serve runs of both methods)."""
     unread = config.unread(given)
     if unread:
-        flags = option_flags(click.get_current_context().command)
-        switches = {p.name: p.secondary_opts[0] for p in click.get_current_context().command.params
-                    if isinstance(p, click.Option) and p.secondary_opts}  # --no-accumulate: say what was typed
-        typed = [switches[name] if given[name] is False and name in switches else flags.get(name, name)
-                 for name in unread]
+        flags = option_flags(click.get_current_context().command, given)
+        typed = [flags.get(name, name) for name in unread]
         readers = "cycles method (--method cycles, --paper)" if config.method == "balanced" else None
         note = config.unread_note(typed, readers)
         console.print(f"[yellow]Note:[/] {note}.", soft_wrap=True)

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ZsfsError
+from zsfs.names import counted
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.digests import listing_sha256, rows_sha256
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.extras import normalise_rows, write_vocabulary
-from zsfs.store.writer import ShardData, StoreWriter
+from zsfs.store.writer import ShardData, StoreWriter, unusable_row_numbers
 
 
 def write_store(
@@ -67,8 +68,17 @@ def write_store(
         "clip": clip_info,
         "backbone": backbone_info,
     }
+    features = {"the clip embeddings": clip, "the backbone features": backbone}
+    if overwrite:  # every row is written again: checked before the old store is removed
+        refuse_unusable_rows(features, None)
     writer = StoreWriter(Path(master), identity, n_items=n, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
     pending = writer.pending_shards()
+    if not overwrite:  # the rows this run writes, before it writes any: a bad row must not leave half a store
+        try:
+            refuse_unusable_rows(features, [writer.shard_bounds(shard) for shard in pending])
+        except ZsfsError:
+            writer.close()
+            raise
     for shard in pending:
         start, stop = writer.shard_bounds(shard)
         rows = slice(start, stop)
@@ -88,3 +98,16 @@ def write_store(
         write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
                          n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True)
     return path
+
+
+def refuse_unusable_rows(features: dict[str, np.ndarray], spans: Sequence[tuple[int, int]] | None) -> None:
+    """A ``ZsfsError`` naming the first array of ``features`` (name -> rows) that has rows, among
+    ``spans`` (None: all), that are not finite or all zero; ``normalise_rows`` would refuse them
+    only once the shards before them were written."""
+    for name, values in features.items():
+        bad = unusable_row_numbers(values, spans)
+        if len(bad):
+            one = len(bad) == 1
+            raise ZsfsError(f"{name}: {counted(len(bad), 'row')} {'is' if one else 'are'} zero or not finite (first: "
+                            f"row {int(bad[0])}, counted from 0); fix or drop {'it' if one else 'them'} (with the "
+                            "same rows of the other inputs); nothing was written or removed")

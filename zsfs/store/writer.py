@@ -69,6 +69,19 @@ def usable_rows(features: np.ndarray) -> np.ndarray:
     return np.isfinite(features).all(axis=1) & features.any(axis=1)
 
 
+SCAN_ROWS = 65_536
+"""Rows read at a time by :func:`unusable_row_numbers` (bounded memory over memory-mapped inputs)."""
+
+
+def unusable_row_numbers(features: np.ndarray, spans: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """Ascending numbers of the rows of ``features`` that are not :func:`usable_rows`, among the
+    ``(start, stop)`` row spans given (None: all rows), read :data:`SCAN_ROWS` at a time."""
+    spans = [(0, len(features))] if spans is None else spans
+    found = [np.flatnonzero(~usable_rows(np.asarray(features[block : min(block + SCAN_ROWS, stop)]))) + block
+             for start, stop in spans for block in range(start, stop, SCAN_ROWS)]
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
 def check_own_shards_folder(master: Path) -> None:
     """Refuse to write ``master`` when its shards folder is a file, or when another store keeps
     its shards in that folder: ``x.h5`` and ``x.hdf5`` (or ``x``) would share ``x.shards/``, as
