@@ -11,7 +11,7 @@ from zsfs.errors import StoreError, ZsfsError
 from zsfs.fit import FitConfig, fit_store, neighbours
 from zsfs.fit.graph import add_neighbour_graph
 from zsfs.store import Store, write_neighbour_graph
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.synthetic import make_synthetic_store
 
 CONFIG = FitConfig(epochs=20, cycle_epochs=5)
@@ -58,6 +58,16 @@ def test_fit_with_a_stored_graph_equals_fit_with_search(tmp_path):
     assert outcome.exit_code == 0 and "store graph" in outcome.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["neighbour_search"]["source"] == "store graph"
+
+
+def test_the_default_k_fits_a_small_store(tmp_path):
+    """Bug: the default --k 16 failed on every store of 16 images or fewer ("use 1 <= --k < 6")."""
+    path = make_synthetic_store(tmp_path / "six.h5", 6, 2, seed=0)
+    result = run_cli("neighbours", path)
+    assert result.exit_code == 0 and "Stored 5 neighbours per image" in output_text(result), result.output
+    with Store(path) as store:
+        assert store.graph_info["k"] == 5
+    assert add_neighbour_graph(make_synthetic_store(tmp_path / "big.h5", 40, 2, seed=0))["k"] == 16
 
 
 def test_graph_is_replaced_and_bad_requests_fail_cleanly(tmp_path):

@@ -11,7 +11,7 @@ import click
 from zsfs.cli.common import GivenPath, console, image_progress, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
-from zsfs.names import reasons_text, some_names, utf8_text, visible
+from zsfs.names import counted, reasons_text, some_names, utf8_text, visible
 from zsfs.store.schema import DEFAULT_SHARD_SIZE
 
 
@@ -131,14 +131,15 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
 
 @click.command("neighbours", short_help="Keep every image's nearest CLIP neighbours in the store.")
 @click.argument("store_path", metavar="STORE", type=GivenPath(path_type=Path))
-@click.option("--k", type=click.IntRange(min=1, max=100), default=16, show_default=True,  # GRAPH_MAX_K, GRAPH_K
-              help="Neighbours kept per image (fits can then use --neighbours up to k).")
+@click.option("--k", type=click.IntRange(min=1, max=100), default=None,  # GRAPH_MAX_K
+              help="Neighbours kept per image (fits can then use --neighbours up to k) [default: 16, or every "
+                   "other image in a smaller store].")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where to search: on a GPU the search is exact for every store size.")
 @click.option("--precision", type=click.Choice(SEARCH_PRECISIONS), default="fp32", show_default=True,
               help="bf16: bf16 scan re-scored in fp32, faster on GPUs and AVX512-BF16 CPUs (for stores with an "
                    "exact index, or on a GPU, the scan is exact; bigger stores on CPU use their IVF lists).")
-def neighbours_command(store_path: Path, k: int, device: str, precision: str) -> None:
+def neighbours_command(store_path: Path, k: int | None, device: str, precision: str) -> None:
     """Find every image's k nearest CLIP neighbours once and keep them in STORE.
 
     The neighbour search is the only step of `zsfs fit` that depends on the images alone (not
@@ -161,7 +162,7 @@ def neighbours_command(store_path: Path, k: int, device: str, precision: str) ->
     with image_progress("neighbours") as (on_start, on_rows):
         record = add_neighbour_graph(store_path, k=k, device=device, precision=precision, on_start=on_start,
                                      on_rows=on_rows)
-    console.print(f"Stored {record['k']} neighbours per image ({record['search']}, {record['precision']}) "
+    console.print(f"Stored {counted(record['k'], 'neighbour')} per image ({record['search']}, {record['precision']}) "
                   f"in {time.perf_counter() - started:.1f} s.", markup=False)
 
 

@@ -18,11 +18,12 @@ from zsfs.fit.run import SEARCH_DTYPES
 from zsfs.store.files import check_store_update, store_lock
 
 
-def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str = "cpu", precision: str = "fp32",
+def add_neighbour_graph(store_path: str | Path, *, k: int | None = None, device: str = "cpu", precision: str = "fp32",
                         on_start: Callable[[int], None] | None = None,
                         on_rows: Callable[[int], None] | None = None) -> dict:
     """Compute the ``k`` nearest CLIP neighbours of every image and write them into the store
     (replacing an older graph). Returns the graph's record (``k``, ``search``, ``precision``).
+    ``k=None``: ``GRAPH_K``, or each image's every other image in a store of ``GRAPH_K`` or fewer.
 
     ``on_start(n_images)`` and ``on_rows(n)`` report progress. The search is the one a fit with
     the same ``device`` and ``precision`` would run.
@@ -35,6 +36,7 @@ def add_neighbour_graph(store_path: str | Path, *, k: int = GRAPH_K, device: str
     with ExitStack() as held:  # the store's lock, taken after the checks, held until the graph is written
         with Store(store_path) as store:
             store.check_enough_images(2, "a neighbour graph")
+            k = min(GRAPH_K, store.n_images - 1) if k is None else k
             if not 0 < k < min(store.n_images, GRAPH_MAX_K + 1):
                 raise ParameterError(f"{{k}} {k} is not possible for a store of {store.n_images} images: use 1 <= "
                                      f"{{k}} < {store.n_images}, at most {GRAPH_MAX_K}")
