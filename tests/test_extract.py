@@ -162,7 +162,7 @@ def test_a_rerun_over_files_of_the_suffixes_added_says_so(tmp_path):
     Image.new("L", (8, 8), 90).save(folder / "dog" / "scan.pgm")  # as a scan before the suffix was added
     refused = run_cli("extract", folder, "--out", store, *TINY_MODEL_ARGS, "--workers", "0")
     said = output_text(refused)
-    assert refused.exit_code == 1 and "was built without the 1 file(s) of .avif, .j2k" in said, said
+    assert refused.exit_code == 1 and "was built without the 1 file of .avif, .j2k" in said, said
     assert "reads these suffixes since December 2026" in said and "--overwrite" in said
     Image.new("RGB", (8, 8)).save(folder / "dog" / "new.png")  # and a file of an old suffix: the plain refusal
     refused = run_cli("extract", folder, "--out", store, *TINY_MODEL_ARGS, "--workers", "0")

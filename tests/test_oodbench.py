@@ -131,7 +131,7 @@ def test_cli_every_named_class_as_id_and_fewer_distinct_splits(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["n_splits"] == 1 and metrics["splits"][0]["id_classes"] == class_names(4)
-    assert "only 1 distinct split(s) of 4 ID classes exist" in " ".join(result.stderr.split())
+    assert "only 1 distinct split of 4 ID classes exists" in " ".join(result.stderr.split())
     listed = tmp_path / "id.txt"
     listed.write_text("class_0001\n")
     result = bench_cli("--store", path, "--id-classes", listed, "--splits", 3, *QUICK_FIT_ARGS)

@@ -21,6 +21,7 @@ import ray  # the test extra installs it: pip install -e ".[test]"
 
 from tests.test_extract import assert_same_store, read_store
 from zsfs.errors import ParameterError, ZsfsError
+from zsfs.names import counted
 from zsfs.extract import extract
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
@@ -175,7 +176,7 @@ def test_more_local_workers_than_cores_are_refused_before_ray_starts(photos, tmp
     outcome = run_zsfs("extract", photos["root"], "--out", tmp_path / "x.h5", *TINY_MODEL_ARGS, "--ray", "local",
                        "--ray-workers", too_many, timeout=120)
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
-    assert f"--ray-workers {too_many} is more than this machine's {os.cpu_count()} CPU(s)" in outcome.output
+    assert f"--ray-workers {too_many} is more than this machine's {counted(os.cpu_count(), 'CPU')}" in outcome.output
     assert "Ray" not in outcome.output.replace("--ray", "")  # no line of a Ray instance starting
     assert time.monotonic() - started < 10, "a local Ray instance was started first"
     assert list(tmp_path.iterdir()) == []

@@ -60,7 +60,7 @@ def test_folder_with_loose_images_has_no_labels(tmp_path):
     assert source.labels is None and source.classes is None
     assert "loose.PNG" in source.paths and len(source.paths) == 2
     # said, not silent: the extract summary used to claim there were no class subfolders
-    assert "1 image(s) lie directly in" in source.no_labels_reason and "loose.PNG" in source.no_labels_reason
+    assert "1 image lies directly in" in source.no_labels_reason and "loose.PNG" in source.no_labels_reason
     assert open_source(tmp_path / "a").no_labels_reason is None  # loose images only: nothing to explain
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from zsfs.embedding import DecodingProcessDied
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import EmbedSettings, ShardEmbedder
+from zsfs.names import counted
 from zsfs.sources import ImageSource
 from zsfs.store.writer import StoreWriter
 
@@ -249,8 +250,8 @@ def _plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
             raise ZsfsError("--device cuda with --ray, but the Ray cluster has no GPU")
         n_workers = gpus if n_workers is None else n_workers
         if n_workers > gpus:  # the workers that found no GPU would wait for one forever, in silence
-            raise ParameterError(f"{{ray_workers}} {n_workers} is more than the Ray cluster's {gpus} GPU(s): each "
-                                 "worker holds one; ask for fewer, or add nodes first")
+            raise ParameterError(f"{{ray_workers}} {n_workers} is more than the Ray cluster's {counted(gpus, 'GPU')}: "
+                                 "each worker holds one; ask for fewer, or add nodes first")
     elif n_workers is None:
         n_workers = max(1, len([node for node in ray.nodes() if node.get("Alive")]))
     else:
@@ -260,7 +261,7 @@ def _plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
 
 def _check_cpu_workers(n_workers: int, cpus: int, whose: str, fix: str) -> None:
     if n_workers > cpus:  # the workers that found no CPU would wait for one forever, in silence
-        raise ParameterError(f"{{ray_workers}} {n_workers} is more than {whose} {cpus} CPU(s): each worker "
+        raise ParameterError(f"{{ray_workers}} {n_workers} is more than {whose} {counted(cpus, 'CPU')}: each worker "
                              f"needs one; {fix}")
 
 

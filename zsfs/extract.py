@@ -26,7 +26,7 @@ from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_listing
 from zsfs.errors import ParameterError, StoreMismatchError, ZsfsError, check_at_least
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
-from zsfs.names import check_class_names, pairs_text, reasons_text
+from zsfs.names import check_class_names, counted, pairs_text, reasons_text
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
@@ -331,9 +331,9 @@ def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: Image
         return error
     added = len(source.paths) - earlier[1]
     return StoreMismatchError(
-        f"{master} was built without the {added:,} file(s) of {', '.join(sorted(SUFFIXES_ADDED))} that this folder "
-        "holds: zsfs reads these suffixes since December 2026 (or the files came since). Pass --overwrite to embed "
-        "the whole folder again with them, or extract them into a store of their own")
+        f"{master} was built without the {counted(added, 'file')} of {', '.join(sorted(SUFFIXES_ADDED))} that this "
+        "folder holds: zsfs reads these suffixes since December 2026 (or the files came since). Pass --overwrite to "
+        "embed the whole folder again with them, or extract them into a store of their own")
 
 
 def _embedder(settings: EmbedSettings, source: ImageSource, ray: str | None,

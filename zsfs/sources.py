@@ -224,8 +224,9 @@ def _scan_folder(folder: Path) -> ImageSource:
     # Labels become class names (prompts, vocabularies, outputs): valid UTF-8 text.
     loose = [first for first, slash, _ in first_parts if not slash]
     labels = None if loose else utf8_texts(first for first, _, _ in first_parts)
-    reason = (f"{len(loose)} image(s) lie directly in {utf8_text(folder.name)}/, not in a class subfolder (first: "
-              f"{utf8_text(loose[0])}), so the subfolders are not read as classes; move them into one, or pass "
+    lie = "lies" if len(loose) == 1 else "lie"
+    reason = (f"{counted(len(loose), 'image')} {lie} directly in {utf8_text(folder.name)}/, not in a class subfolder "
+              f"(first: {utf8_text(loose[0])}), so the subfolders are not read as classes; move them into one, or pass "
               "--classes" if loose and len(loose) < len(paths) else None)
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable,
                        no_labels_reason=reason, aliases=aliases)
@@ -294,7 +295,7 @@ def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]
     missing = [i for i, label in enumerate(labels) if not label]
     if missing:
         raise ZsfsError(
-            f"{list_file}: {len(missing)} row(s) have an empty label (first: {paths[missing[0]]}); "
+            f"{list_file}: {counted(len(missing), 'row')} with an empty label (first: {paths[missing[0]]}); "
             "give every row a label or drop the label column."
         )
     return paths, labels

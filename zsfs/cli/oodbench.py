@@ -57,8 +57,9 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
             nonlocal n_splits
             n_splits = count
             if isinstance(wanted, int) and count < splits:
-                console.print(f"[yellow]Note:[/] only {count} distinct split(s) of {wanted} ID classes exist; "
-                              "each is run once.")
+                exist = "exists" if count == 1 else "exist"
+                console.print(f"[yellow]Note:[/] only {counted(count, 'distinct split')} of {wanted} ID classes "
+                              f"{exist}; each is run once.")
             status.update(f"fitting split 1 of {n_splits}")
 
         def report_split(number: int, split) -> None:
@@ -112,7 +113,7 @@ def _table(metrics: dict) -> Table:
 
     id_classes = metrics["id_classes"]
     n_id = id_classes if isinstance(id_classes, int) else len(id_classes)
-    table = Table(title=f"zsfs ood-bench: {n_id} ID classes, {metrics['n_splits']} split(s)")
+    table = Table(title=f"zsfs ood-bench: {n_id} ID classes, {counted(metrics['n_splits'], 'split')}")
     table.add_column("detector", style="bold")
     table.add_column("AUROC ↑", justify="right")
     table.add_column("FPR@95%TPR ↓", justify="right")

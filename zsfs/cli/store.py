@@ -111,9 +111,10 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
         skipped = store.skipped() if list_skipped else None
     if verify:  # on the console (stderr), before a listing on stdout too
         checked = summary["verified"]
-        console.print(f"Verified: {checked['shards']} shard(s)"
+        console.print(f"Verified: {counted(checked['shards'], 'shard')}"
                       f"{' against their recorded checksums' if checked['shard_checksums'] else ''}, "
-                      f"{checked['vocabularies']} vocabulary(ies), {'the' if checked['neighbour_graph'] else 'no'} "
+                      f"{counted(checked['vocabularies'], 'vocabulary', 'vocabularies')}, "
+                      f"{'the' if checked['neighbour_graph'] else 'no'} "
                       f"neighbour graph and the index: {checked['bytes_read']:,} bytes read, no damage found.",
                       markup=False)
     if skipped is not None and not as_json:
@@ -170,8 +171,8 @@ def _labels_line(counts: dict[str, int]) -> str:
     """``3 labels: cat (10); dog (12); emu (1)``; the first 10 by name, then how many more ("; ":
     names may hold commas)."""
     shown_counts = "; ".join(f"{name} ({count:,})" for name, count in list(counts.items())[:10])
-    more = f"; ... and {len(counts) - 10} more (`zsfs info --json` lists all)" if len(counts) > 10 else ""
-    return f"{len(counts)} label{'s' if len(counts) != 1 else ''}: {shown_counts}{more}"
+    more = f"; ... and {len(counts) - 10:,} more (`zsfs info --json` lists all)" if len(counts) > 10 else ""
+    return f"{counted(len(counts), 'label')}: {shown_counts}{more}"
 
 
 def show_summary(summary: dict, vocabulary_advice: str) -> None:
@@ -191,7 +192,7 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
         ("skipped", f"{summary['n_skipped']:,}" + (f" ({reasons}; `zsfs info --skipped` lists them)" if reasons else "")),
         ("labels", _labels_line(summary["labels"]) if summary["has_labels"] else "no"),
         ("source", summary["source"]),
-        ("stored as", f"{summary['dtype']}, {summary['n_shards']} shard(s)"),
+        ("stored as", f"{summary['dtype']}, {counted(summary['n_shards'], 'shard')}"),
         ("index", f"{index_text}, {index['metric']}"),
         ("neighbour graph", "none (`zsfs neighbours` adds one)" if summary["neighbour_graph"] is None else
          "{k} per image ({search}, {precision})".format(**summary["neighbour_graph"])),
