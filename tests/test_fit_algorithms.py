@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -140,6 +143,49 @@ def test_training_is_deterministic_and_learns():
     assert losses_a == losses_b and torch.equal(a.weight, b.weight)
     assert losses_a[-1] < losses_a[0] / 4
     assert (a.predict_logits(features).argmax(1) == target).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("train_dtype", [torch.float32, torch.bfloat16])
+def test_training_matches_torch_adam_across_cycles(train_dtype):
+    """The head's functional Adam against the reference, torch.optim.Adam (fused on the CPU, as
+    zsfs had it), over two cycles of training that share the optimiser state: equal to the bit."""
+    rng = np.random.default_rng(2)
+    features = torch.as_tensor(unit(rng.standard_normal((120, 16))))
+    labels = torch.as_tensor(rng.integers(0, 4, 120))
+    generator = torch.Generator().manual_seed(5)
+    head = LinearHead(16, 4, lr=1e-2, generator=generator, train_dtype=train_dtype)
+    reference_generator = torch.Generator().manual_seed(5)
+    reference = LinearHead(16, 4, lr=1e-2, generator=reference_generator, train_dtype=train_dtype)
+    optimiser = torch.optim.Adam([reference.weight, reference.bias], lr=1e-2, fused=True)
+    reference_losses = []
+    for cycle_rows in (60, 120):  # a second cycle on more rows, as self-training does
+        x, y = features[:cycle_rows].to(train_dtype), labels[:cycle_rows]
+        for _ in range(3):
+            order = torch.randperm(cycle_rows, generator=reference_generator)
+            total = 0.0
+            for start in range(0, cycle_rows, 16):
+                batch = order[start : start + 16]
+                optimiser.zero_grad()
+                loss = torch.nn.functional.cross_entropy(reference.logits(x[batch]), y[batch])
+                loss.backward()
+                optimiser.step()
+                total += loss.item() * len(batch)
+            reference_losses.append(total / cycle_rows)
+    losses = [loss for cycle_rows in (60, 120) for loss in
+              head.train_epochs(features[:cycle_rows], labels[:cycle_rows], epochs=3, batch_size=16,
+                                generator=generator)]
+    assert torch.equal(head.weight, reference.weight) and torch.equal(head.bias, reference.bias)
+    assert losses == pytest.approx(reference_losses, rel=1e-6)
+
+
+def test_training_a_head_does_not_import_torch_dynamo():
+    """torch.optim's Optimizer imports torch._dynamo on first use: about 2 s of every fit process."""
+    script = ("import sys, torch; from zsfs.fit.classifier import LinearHead; g = torch.Generator().manual_seed(0); "
+              "head = LinearHead(4, 2, lr=0.1, generator=g); "
+              "losses = head.train_epochs(torch.eye(4), torch.tensor([0, 1, 0, 1]), epochs=2, batch_size=2, generator=g); "
+              "print(len(losses), 'torch._dynamo' in sys.modules)")
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and ran.stdout.split() == ["2", "False"], ran.stderr
 
 
 def test_bf16_training_learns_and_keeps_float32_weights():

@@ -3,6 +3,9 @@
 Training is a plain loop over pre-shuffled mini-batches: one ``randperm`` per epoch from a
 seeded ``torch.Generator``, one gather of the epoch's features, then contiguous slices, so a
 step costs one ``addmm``, one cross-entropy and one (fused) Adam update; no DataLoader.
+The update is torch's functional Adam (``torch.optim.adam.adam``, the very computation of
+``torch.optim.Adam`` with its defaults) with the state held here: the ``Optimizer`` class imports
+``torch._dynamo`` on first use, about 2 s of every fit process.
 The products can run in bfloat16 (``train_dtype``; weights, loss and optimiser stay float32):
 on CPUs with AVX512-BF16 or AMX, and on GPUs, that halves the cost of a step.
 """
@@ -35,7 +38,7 @@ def normalise(features: np.ndarray | torch.Tensor, device: torch.device | str = 
 
 
 class LinearHead:
-    """Weights ``(C, D)`` and bias ``(C,)`` with an Adam optimiser that lives across cycles."""
+    """Weights ``(C, D)`` and bias ``(C,)`` with Adam (torch's defaults) whose state lives across cycles."""
 
     def __init__(self, n_features: int, n_classes: int, *, lr: float, generator: torch.Generator,
                  device: torch.device | str = "cpu", train_dtype: torch.dtype = torch.float32):
@@ -45,9 +48,23 @@ class LinearHead:
         bias = (torch.rand(n_classes, generator=generator) * 2 - 1) * bound
         self.weight = weight.to(device).requires_grad_()
         self.bias = bias.to(device).requires_grad_()
-        fused = torch.device(device).type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam([self.weight, self.bias], lr=lr, fused=fused)
-        self.train_dtype = train_dtype
+        self.lr, self.train_dtype = lr, train_dtype
+        # Adam's state as torch.optim.Adam keeps it: the fused kernel (CPU, CUDA) counts steps in a
+        # float32 tensor on the device; the other kernels in a float32 scalar on the CPU.
+        self.fused = torch.device(device).type in ("cpu", "cuda")
+        self.parameters = [self.weight, self.bias]
+        self.exp_avgs = [torch.zeros_like(parameter) for parameter in self.parameters]
+        self.exp_avg_sqs = [torch.zeros_like(parameter) for parameter in self.parameters]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=device if self.fused else "cpu")
+                      for _ in self.parameters]
+
+    @torch.no_grad()
+    def _adam_step(self) -> None:
+        from torch.optim.adam import adam
+
+        adam(self.parameters, [parameter.grad for parameter in self.parameters], self.exp_avgs, self.exp_avg_sqs, [],
+             self.steps, fused=self.fused or None, amsgrad=False, beta1=0.9, beta2=0.999, lr=self.lr,
+             weight_decay=0.0, eps=1e-8, maximize=False)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """float32 logits; the product runs in the dtype of ``features``."""
@@ -86,10 +103,10 @@ class LinearHead:
             for start in range(0, n, batch_size):
                 x = epoch_features[start : start + batch_size]
                 y = epoch_labels[start : start + batch_size]
-                self.optimizer.zero_grad()  # to None: backward then writes the gradient instead of adding to zeros
+                self.weight.grad = self.bias.grad = None  # backward then writes the gradient instead of adding to zeros
                 loss = F.cross_entropy(self.logits(x), y)
                 loss.backward()
-                self.optimizer.step()
+                self._adam_step()
                 total += loss.detach() * len(y)
             losses.append(float(total) / n)
             if stop_after_first is not None and epoch == 0 and losses[0] > stop_after_first:
