@@ -156,7 +156,7 @@ def predictions_frame(result: "FitResult", store: "Store", labels: "Sequence | N
         "mcm_score": result.mcm_score,
     }
     if labels is not None:
-        columns["label"] = pl.Series([str(label) for label in labels], dtype=pl.String)
+        columns["label"] = pl.Series(labels, dtype=pl.String)  # the store's str objects
     return pl.DataFrame({name: pl.Series(name, values) for name, values in columns.items()})
 
 
