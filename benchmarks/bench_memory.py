@@ -5,7 +5,7 @@ figure is the peak RSS of the largest process of that command (the command itsel
 decoding workers: ``RUSAGE_CHILDREN``'s ``ru_maxrss``, one fresh measuring process per figure).
 
     (a) decode: ``zsfs extract`` of a folder of 16-bit grayscale PNGs just under Pillow's size
-        limit (9400 x 9400 = 88.4 MP, a few hundred KB each), of 8-bit RGB PNGs of the same size,
+        limit (9400 x 9400 = 88.4 MP; 2.1 MB and 0.28 MB files), of 8-bit RGB PNGs of the same size,
         and of an over-budget JPEG (decoded at a reduced scale); with 0 and with 2 workers.
     (b) text: ``zsfs text`` with N classes on a tiny-CLIP store (N = 100 and 5,000 by default).
 

@@ -118,6 +118,31 @@ def test_classes_file_gives_the_vocabulary(photos, tmp_path):
         assert store.vocabulary("pets").classes == ["cat", "dog", "red fox"]
 
 
+def test_loose_images_beside_class_folders_are_explained_with_and_without_classes(tmp_path):
+    """Bug: with --classes, a loose image beside the class folders turned the labels off without
+    a word (evaluation then had no true labels); without --classes the advice is the same."""
+    root = tmp_path / "photos"
+    for name in ["cat/1.png", "dog/2.png", "loose.png"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (len(name) * 20, 0, 0)).save(root / name)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n")
+    said = {}
+    for given in ([], ["--classes", classes]):
+        result = run_cli("extract", root, "--out", tmp_path / f"s{len(given)}.h5", *TINY_MODEL_ARGS, "--workers", "0",
+                         *given)
+        assert result.exit_code == 0, result.output
+        said[bool(given)] = " ".join(output_text(result).split())
+        with Store(tmp_path / f"s{len(given)}.h5") as store:
+            assert store.labels() is None and store.vocabulary_names() == (["default"] if given else [])
+    loose = "1 image lies directly in photos/, not in a class subfolder (first: loose.png), so the subfolders are " \
+            "not read as labels"
+    assert f"No class names known ({loose}; move the loose images into class subfolders or pass --classes)" in \
+        said[False]
+    assert f"Note: the store holds no labels ({loose}); to evaluate against the folders, move the loose images " \
+           "into class subfolders and extract again with --overwrite." in said[True]
+
+
 def test_classes_clip_reads_as_one_are_refused_before_any_image(photos, tmp_path):
     """'Cat' and 'cat' (or a name in two Unicode forms) got one embedding and split their images by chance."""
     classes = tmp_path / "classes.txt"

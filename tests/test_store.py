@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import h5py
@@ -155,6 +156,26 @@ def test_write_vocabulary_adds_and_replaces(tmp_path, arrays):
         vocab = store.vocabulary("v")
         assert vocab.classes == ["x", "y", "z"] and vocab.prompt == "q {}"
         np.testing.assert_array_equal(store.read("clip"), clip_before)
+
+
+def test_a_vocabulary_identity_is_compared_as_json_not_as_text(tmp_path, arrays):
+    """Bug: a vocabulary written by hand (docs/store.md) with the master's identity spelled as
+    json.dumps writes it by default was "another store's"; a differing identity still is."""
+    master = build(tmp_path / "s.h5", arrays)
+    single = random_rows(2, D_CLIP, 7)
+    write_vocabulary(master, "v", ["a", "b"], single, single, prompt="p {}", n_templates=1)
+    [vocabulary_file] = (tmp_path / "s.shards").glob("vocab-*.h5")
+    with h5py.File(master, "r") as file:
+        identity = json.loads(file.attrs["identity"])
+    with h5py.File(vocabulary_file, "r+") as file:
+        file.attrs["identity"] = json.dumps(identity, indent=2)  # other key spacing, same value
+    with Store(master) as store:
+        assert store.vocabulary("v").classes == ["a", "b"]
+    for recorded in [json.dumps({**identity, "n_items": identity["n_items"] + 1}), "{not json"]:
+        with h5py.File(vocabulary_file, "r+") as file:
+            file.attrs["identity"] = recorded
+        with pytest.raises(StoreError, match="belongs to another store \\(its identity differs\\); remove it"):
+            Store(master).vocabulary_names()
 
 
 def test_missing_shard_is_named(tmp_path, arrays):

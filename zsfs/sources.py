@@ -226,8 +226,8 @@ def _scan_folder(folder: Path) -> ImageSource:
     labels = None if loose else utf8_texts(first for first, _, _ in first_parts)
     lie = "lies" if len(loose) == 1 else "lie"
     reason = (f"{counted(len(loose), 'image')} {lie} directly in {utf8_text(folder.name)}/, not in a class subfolder "
-              f"(first: {utf8_text(loose[0])}), so the subfolders are not read as classes; move them into one, or pass "
-              "--classes" if loose and len(loose) < len(paths) else None)
+              f"(first: {utf8_text(loose[0])}), so the subfolders are not read as labels"
+              if loose and len(loose) < len(paths) else None)
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable,
                        no_labels_reason=reason, aliases=aliases)
 

@@ -83,10 +83,14 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
         finally:
             loading.stop()
     console.print(_summary_table(summary))
+    move = "move the loose images into class subfolders" if summary.no_labels_reason else ""
     if summary.vocabulary is None:
-        why = summary.no_labels_reason or "no class subfolders, no --classes"
+        why = f"{summary.no_labels_reason}; {move} or pass --classes" if move else "no class subfolders, no --classes"
         console.print(f"No class names known ({shown(why)}): no vocabulary written. "
                       f"Add one with: zsfs text {shown(summary.output)} --classes FILE --vocab NAME")
+    elif move:  # --classes named the classes, but evaluation (metrics.json, ood-bench) has no true labels
+        console.print(f"Note: the store holds no labels ({shown(summary.no_labels_reason)}); to evaluate against "
+                      f"the folders, {move} and extract again with --overwrite.")
 
 
 @click.command(short_help="Add a class vocabulary to a store.")

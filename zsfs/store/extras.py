@@ -18,7 +18,7 @@ from zsfs.errors import StoreError, ZsfsError
 from zsfs.names import check_class_names, counted, some_names
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files, store_lock
-from zsfs.store.hdf5 import canonical_json, write_checked, write_strings
+from zsfs.store.hdf5 import canonical_json, read_identity, write_checked, write_strings
 
 NORM_TOLERANCE = 1e-3  # float16 rounding moves a unit row's norm by ~1e-4
 
@@ -125,7 +125,11 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
         check_structure(file, path)
         if file.attrs.get(schema.ATTR_FORMAT) != kind:
             raise StoreError(f"{path} is not a {kind} file; remove it")
-        if file.attrs.get(schema.ATTR_IDENTITY) != canonical_json(identity):
+        try:  # compared as JSON values, as shards are: a file written by hand may spell it otherwise
+            recorded = read_identity(file)
+        except ValueError:
+            recorded = None
+        if recorded != identity:
             raise StoreError(f"{path} belongs to another store (its identity differs); remove it")
     except BaseException:
         file.close()
