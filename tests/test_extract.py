@@ -278,6 +278,46 @@ def _kill_script(source: Path, out: Path, delay: float, workers: int = 0) -> str
     )
 
 
+def test_a_store_rebuilt_while_its_vocabulary_is_embedded_does_not_get_that_vocabulary(tmp_path):
+    """Bug: extract releases the store's lock when the master is written, then embeds the class
+    names; a rebuild with other models (--overwrite) by another process in that time got the
+    first run's text embeddings, and both runs said they succeeded. A real second process here:
+    the first run waits inside its vocabulary embedding until the rebuild has finished."""
+    source = write_image_folder(tmp_path / "photos", n_per_class=2)["root"]
+    out, waiting, go = tmp_path / "s.h5", tmp_path / "waiting", tmp_path / "go"
+    args = ["extract", str(source), "--out", str(out), *TINY_MODEL_ARGS, "--workers", "0"]
+    script = (
+        "import os, time\nfrom zsfs.extract import ShardEmbedder\nembed = ShardEmbedder.encode_vocabulary\n"
+        "def held_up(self, names):\n"
+        f"    open({str(waiting)!r}, 'w').close()\n"
+        f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.05)\n"
+        "    return embed(self, names)\n"
+        "ShardEmbedder.encode_vocabulary = held_up\nfrom zsfs.cli import main\n"
+        f"main({args!r})\n"
+    )
+    first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not waiting.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiting.exists(), first.stderr.read() if first.poll() is not None else "timed out"
+        other_backbone = [arg.replace(TINY_BACKBONE, "test_vit2") for arg in TINY_MODEL_ARGS]
+        rebuilt = run_cli("extract", source, "--out", out, *other_backbone, "--workers", "0", "--overwrite")
+        assert rebuilt.exit_code == 0, rebuilt.output
+        with Store(out) as store:
+            identity, vocabulary = store.identity, store.vocabulary("default").single
+        go.touch()
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 1 and "was rebuilt by another process while vocabulary 'default' was embedded; " \
+        "run the command again" in " ".join(stderr.split()), stderr
+    with Store(out) as store:
+        assert store.identity == identity and store.identity["backbone"]["name"] == "test_vit2"
+        np.testing.assert_array_equal(store.vocabulary("default").single, vocabulary)
+
+
 @pytest.mark.parametrize("slow", ["decoding", "embedding"])
 def test_a_killed_decoding_process_is_one_clear_line_and_the_rerun_resumes(tmp_path, slow):
     """Bug: kill -9 of a decoding process (what the out-of-memory killer does) ended the run with

@@ -295,7 +295,8 @@ def extract(
         vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
         if vocabulary:
             single, ensemble = embedder.encode_vocabulary(vocabulary)
-            _write_vocabulary(writer.master, vocab_name, vocabulary, single, ensemble, overwrite=True)
+            _write_vocabulary(writer.master, vocab_name, vocabulary, single, ensemble, overwrite=True,
+                              identity=writer.identity)
         shards_redone = embedder.shards_redone
     with Store(writer.master) as store:
         skipped_paths, reasons = store.skipped()
@@ -432,10 +433,10 @@ def default_output(location: Path) -> Path:
 
 
 def _write_vocabulary(master: Path, name: str, classes: list[str], single: np.ndarray, ensemble: np.ndarray, *,
-                      overwrite: bool) -> None:
+                      overwrite: bool, identity: dict | None = None) -> None:
     try:
         write_vocabulary(master, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
-                         n_templates=len(ENSEMBLE_TEMPLATES), overwrite=overwrite)
+                         n_templates=len(ENSEMBLE_TEMPLATES), overwrite=overwrite, identity=identity)
     except OSError as error:
         raise disk_error(error, f"vocabulary {name!r} into {master}") from error
 

@@ -96,7 +96,7 @@ def write_store(
                           schema.ATTR_BACKBONE: backbone_info}, shards_written=bool(pending), exact_max=exact_max)
     for name, (classes, single, ensemble) in (vocabularies or {}).items():
         write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
-                         n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True)
+                         n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True, identity=writer.identity)
     return path
 
 

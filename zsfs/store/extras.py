@@ -47,11 +47,13 @@ def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to
 
 
 def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np.ndarray, ensemble: np.ndarray,
-                     *, prompt: str, n_templates: int, overwrite: bool = False) -> None:
+                     *, prompt: str, n_templates: int, overwrite: bool = False, identity: dict | None = None) -> None:
     """Add (or with ``overwrite`` replace) the text embeddings of a class vocabulary.
 
     Only the vocabulary's own file changes; image data is not touched. Rows are stored
-    L2-normalised.
+    L2-normalised. ``identity``: that of the store whose models embedded the text, when the
+    caller did not hold the store's lock since (a writer that finished): a store another process
+    rebuilt meanwhile, with other models maybe, is refused, not given these embeddings.
     """
     from zsfs.store.reader import Store
 
@@ -60,6 +62,9 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
     arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"vocabulary {name!r} {kind}")
               for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
     with store_lock(master), Store(master) as store:
+        if identity is not None and store.identity != identity:
+            raise StoreError(f"{master} was rebuilt by another process while vocabulary {name!r} was embedded; "
+                             "run the command again")
         clip_dim = int(store.clip_info["dim"])
         for kind, values in arrays.items():
             if values.shape != (len(classes), clip_dim):
