@@ -32,7 +32,7 @@ def shards(image_folder, tmp_path_factory) -> dict:
     return {"root": out, "paths": paths, "files": folder.paths, "folder": image_folder["root"]}
 
 
-def test_a_folder_a_pattern_and_one_tar_list_the_image_members(shards):
+def test_a_folder_a_pattern_and_one_tar_list_the_image_members(shards, tmp_path):
     root, paths = shards["root"], shards["paths"]
     (root / "00000_stats.json").write_text("{}")  # img2dataset writes these beside the tars
     source = open_source(root)
@@ -46,6 +46,9 @@ def test_a_folder_a_pattern_and_one_tar_list_the_image_members(shards):
     pattern = open_source(str(root / f"{{00000..{last:05d}}}.tar"))
     assert pattern.paths == paths and pattern.root == root.resolve()
     assert default_output(pattern.location).name == "laion.h5"
+    braced = tmp_path / "cats{2024}"  # bug: named after its parent folder, as a pattern is
+    braced.mkdir()
+    assert default_output(braced).name == "cats{2024}.h5"
     one = open_source(root / "00001.tar")
     assert one.paths == [path for path in paths if path.startswith("00001.tar::")]
 

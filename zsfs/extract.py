@@ -425,9 +425,9 @@ def refuse_same_text_to_clip(pairs: list[tuple[str, str]]) -> None:
 
 def default_output(location: Path) -> Path:
     """``photos/`` -> ``./photos.h5``; ``list.csv`` -> ``./list.h5``; ``laion/{00000..00099}.tar``
-    -> ``./laion.h5``."""
+    -> ``./laion.h5`` (a folder named ``cats{2024}`` -> ``./cats{2024}.h5``)."""
     location = Path(location)
-    if "{" in location.name:
+    if "{" in location.name and not location.exists():  # a brace pattern names no file itself
         location = location.parent
     return Path.cwd() / (location.stem + ".h5" if location.is_file() else location.name + ".h5")
 
