@@ -28,11 +28,11 @@ from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.processes import parent_pid, titled
-from zsfs.testing.slowdown import DELAY_VARIABLE
+from zsfs.testing.slowdown import DELAY_VARIABLE, LOAD_DELAY_VARIABLE
 
 
-SLOW_WORKERS = {"worker_process_setup_hook": "zsfs.testing.slowdown.slow_decoding",
-                "env_vars": {DELAY_VARIABLE: "0.06"}}  # 6 images: >= 0.36 s a shard
+SLOW_WORKERS = {"worker_process_setup_hook": "zsfs.testing.slowdown.slow_workers",
+                "env_vars": {DELAY_VARIABLE: "0.06", LOAD_DELAY_VARIABLE: "0.5"}}  # 6 images: >= 0.36 s a shard
 SETTINGS = dict(shard_size=6, batch_size=2, **TINY_MODELS)  # 40 files -> 7 shards
 
 
@@ -136,9 +136,38 @@ def test_a_killed_decoding_process_costs_only_its_shard(cluster, photos, tmp_pat
     assert_same_store(out, photos["local"])
 
 
+def test_a_worker_killed_while_it_loads_the_models_is_replaced(cluster, photos, tmp_path):
+    """Bug: kill -9 of a Ray worker outside a shard (loading the models, where running out of
+    memory is likeliest; embedding the class names) ended the run with Ray's traceback."""
+    out = tmp_path / "ray.h5"
+    args = ["extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--shard-size", "6", "--batch-size", "2",
+            "--ray", "--ray-workers", "1"]
+    done: dict = {}
+    run = threading.Thread(target=lambda: done.update(result=run_cli(*args)))
+    run.start()
+    _kill_the_first(lambda: titled(b"ray::_ShardWorker.__init__"), run, time.monotonic() + 180, pause=0.01)
+    run.join(timeout=300)
+    result = done["result"]
+    assert result.exit_code == 0, result.output
+    assert_same_store(out, photos["local"])
+
+
+def test_a_model_a_ray_worker_cannot_load_is_one_clear_line(cluster, photos, tmp_path):
+    """Bug: the worker's error (here a weights file that is not there) came back as Ray's
+    'actor died' traceback, without zsfs' message."""
+    missing = tmp_path / "gone.safetensors"
+    args = [arg for arg in TINY_MODEL_ARGS if not arg.startswith("--backbone-weights")]
+    result = run_cli("extract", photos["root"], "--out", tmp_path / "ray.h5", *args, "--backbone-weights", missing,
+                     "--ray", "--ray-workers", "1")
+    said = output_text(result)
+    assert result.exit_code == 1 and "Traceback" not in said and "ActorDied" not in said, said
+    assert [line for line in said.splitlines() if line.startswith("Error:")] == [said.splitlines()[-1]]
+    assert str(missing) in " ".join(said.split()), said
+
+
 def test_more_workers_than_the_cluster_can_hold_is_refused_not_a_silent_wait(cluster, photos, tmp_path):
     """Bug: --ray-workers 4 on a 2-CPU cluster waited forever, without a word, for CPUs to free up."""
-    with pytest.raises(ParameterError, match=r"ray_workers 3 is more than the Ray cluster's 2 CPU\(s\)"):
+    with pytest.raises(ParameterError, match=r"ray_workers 3 is more than the Ray cluster's 2 CPUs"):
         extract(photos["root"], tmp_path / "x.h5", ray="auto", ray_workers=3, **SETTINGS)
     assert list(tmp_path.iterdir()) == []
 

@@ -39,8 +39,9 @@ LOCAL = "local"
 PROGRESS_SECONDS = 0.5  # how often the driver asks the workers how far they are
 CONNECT_SECONDS = 10.0  # for a cluster's address to take a TCP connection
 MAX_ATTEMPTS = 3
-"""Times one shard may take its worker down before the run stops (an image that crashes the
-decoder or exhausts memory would otherwise kill every worker in turn)."""
+"""Times one shard (or one other call) may take its worker down before the run stops (an image
+that crashes the decoder or exhausts memory would otherwise kill every worker in turn)."""
+RAY_LOGS = "/tmp/ray/session_latest/logs"
 
 
 class _ShardWorker:
@@ -54,10 +55,15 @@ class _ShardWorker:
         from zsfs.decode import quiet_decoder_warnings
 
         quiet_decoder_warnings()  # a process of zsfs' own, as the command line's
-        self.embedder = ShardEmbedder(settings, source, cores=cores)
         self.shard, self.entries_done = None, 0
+        try:
+            self.embedder, self.failure = ShardEmbedder(settings, source, cores=cores), None
+        except Exception as error:  # raised by records(): Ray hands a method's error over whole, not __init__'s
+            self.embedder, self.failure = None, error
 
     def records(self) -> tuple[dict, dict]:
+        if self.failure is not None:
+            raise self.failure
         return self.embedder.records
 
     def write_shard(self, writer: StoreWriter, shard: int) -> int:
@@ -104,8 +110,8 @@ class RayEmbedders(AbstractContextManager):
         try:
             self.n_workers, self.cores = _plan_workers(settings.device, n_workers)
             self.source_ref = ray.put(source)  # shipped once to the object store, shared by every worker
-            self.actors = [self._start_worker() for _ in range(self.n_workers)]
-            records = ray.get([actor.records.remote() for actor in self.actors])
+            self.actors = [self._start_worker() for _ in range(self.n_workers)]  # they load the models at once
+            records = [self._ask(worker, "records", doing="loading the models") for worker in range(self.n_workers)]
         except BaseException:
             self.close()
             raise
@@ -158,8 +164,7 @@ class RayEmbedders(AbstractContextManager):
                 attempts[shard] += 1
                 if attempts[shard] >= MAX_ATTEMPTS:
                     raise ZsfsError(f"shard {shard} took down {MAX_ATTEMPTS} Ray workers or their decoding processes "
-                                    "(out of memory? a crashing image?); see the workers' logs in "
-                                    "/tmp/ray/session_latest/logs") from None
+                                    f"(out of memory? a crashing image?); see the workers' logs in {RAY_LOGS}") from None
                 if worker_died:
                     ray.kill(self.actors[worker])  # if it is only unreachable, it must not hold on to its GPU
                     self.actors[worker] = self._start_worker()
@@ -187,10 +192,24 @@ class RayEmbedders(AbstractContextManager):
         return progress
 
     def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        return ray.get(self.actors[0].encode_vocabulary.remote(classes))
+        return self._ask(0, "encode_vocabulary", classes, doing="embedding the class names")
 
     def same_text_to_clip(self, classes: list[str]) -> list[tuple[str, str]]:
-        return ray.get(self.actors[0].same_text_to_clip.remote(classes))
+        return self._ask(0, "same_text_to_clip", classes, doing="reading the class names")
+
+    def _ask(self, worker: int, method: str, *args, doing: str):
+        """``method(*args)`` on a worker; one that dies meanwhile (kill -9, out of memory) is
+        replaced and asked again, as a shard's is; its zsfs errors are raised here as they are."""
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                return ray.get(getattr(self.actors[worker], method).remote(*args))
+            except RayTaskError as error:
+                raise error.cause if isinstance(error.cause, ZsfsError) else error from None
+            except RayActorError:
+                ray.kill(self.actors[worker])
+                self.actors[worker] = self._start_worker()
+        raise ZsfsError(f"{MAX_ATTEMPTS} Ray workers died while {doing} (out of memory?); see the workers' logs in "
+                        f"{RAY_LOGS}")
 
     def close(self) -> None:
         """Stop the workers (and the Ray instance this object started)."""

@@ -1,4 +1,5 @@
-"""Slowed-down decoding, so that a test can kill a worker in the middle of a shard."""
+"""Slowed-down decoding and model loading, so that a test can kill a worker in the middle of a
+shard, or while it loads its models."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import time
 
 DELAY_VARIABLE = "ZSFS_TEST_DECODE_DELAY"
+LOAD_DELAY_VARIABLE = "ZSFS_TEST_LOAD_DELAY"
 
 
 def slow_decoding() -> None:
@@ -24,3 +26,19 @@ def slow_decoding() -> None:
         return decode(*args, **kwargs)
 
     sources.decode_image = slow  # the name ImageSource.decode calls
+
+
+def slow_workers() -> None:
+    """:func:`slow_decoding`, and every ``ShardEmbedder`` (its models) of this process built
+    ``$ZSFS_TEST_LOAD_DELAY`` seconds late: a Ray worker set-up hook, as ``slow_decoding``."""
+    import zsfs.extract as extract
+
+    slow_decoding()
+    delay = float(os.environ.get(LOAD_DELAY_VARIABLE, "0"))
+    build = extract.ShardEmbedder.__init__
+
+    def slow(self, *args, **kwargs):
+        time.sleep(delay)
+        build(self, *args, **kwargs)
+
+    extract.ShardEmbedder.__init__ = slow
