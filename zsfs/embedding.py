@@ -185,9 +185,14 @@ def decoding_process_died(batches: Iterator[Batch], error: BaseException) -> Dec
     batches._shutdown_workers()  # now, as torch's clean-up would later (see without_torch_sigchld_handler)
     code = dead[0].exitcode
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    rerun = "Rerun: an extract resumes from the shards it finished"
+    if code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE, -signal.SIGABRT):
+        return DecodingProcessDied(
+            f"a decoding process (pid {dead[0].pid}) crashed ({how}): a file may crash the image decoder. {rerun}; "
+            "if it crashes again, the likely cause is an image of the first shard not finished (moving it out "
+            "changes the listing: the rerun then needs --overwrite)")
     return DecodingProcessDied(f"a decoding process (pid {dead[0].pid}) died ({how}), perhaps by the out-of-memory "
-                               "killer. Rerun: an extract resumes from the shards it finished; if memory is short, use "
-                               "fewer decoding workers or smaller batches")
+                               f"killer. {rerun}; if memory is short, use fewer decoding workers or smaller batches")
 
 
 @contextmanager
