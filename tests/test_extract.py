@@ -143,6 +143,31 @@ def test_loose_images_beside_class_folders_are_explained_with_and_without_classe
            "into class subfolders and extract again with --overwrite." in said[True]
 
 
+def test_a_rerun_with_another_pixel_budget_is_refused_not_mixed(tmp_path):
+    """Bug: the pixel budget was not part of the store's identity: a rerun with another
+    --max-pixels (the skip reason's advice) reused every shard and kept the skips, and a run
+    resumed with another budget mixed two budgets in one store."""
+    source = write_image_folder(tmp_path / "photos", n_per_class=2)["root"]
+    out = tmp_path / "s.h5"
+    small = ("--max-pixels", "100")  # below the generated images' sizes: skipped with the budget's reason
+    first = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0", *small)
+    with Store(out) as store:
+        budget_skips = [reason for reason in store.skipped()[1] if "--max-pixels" in reason]
+        assert budget_skips and store.identity["max_pixels"] == 100, first.output
+    again = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0", *small)
+    assert again.exit_code == 0 and "0 / 1" in again.output, again.output  # shards written / reused
+    refused = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0")
+    said = " ".join(output_text(refused).split())
+    assert refused.exit_code == 1 and "(differs in max_pixels; it was built with --max-pixels 100, this run's is the default); pass " \
+        "--overwrite to replace it" in said, said
+    assert "Loading" not in said  # refused before the models load
+    replaced = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    with Store(out) as store:
+        assert not [reason for reason in store.skipped()[1] if "--max-pixels" in reason]
+        assert "max_pixels" not in store.identity  # the default budget is not recorded: older stores match
+
+
 def test_classes_clip_reads_as_one_are_refused_before_any_image(photos, tmp_path):
     """'Cat' and 'cat' (or a name in two Unicode forms) got one embedding and split their images by chance."""
     classes = tmp_path / "classes.txt"

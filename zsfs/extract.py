@@ -84,15 +84,23 @@ class EmbedSettings:
     max_pixels: int  # the decoding budget of one image
 
 
-def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict, *, dtype: str) -> dict:
-    """What makes shards interchangeable: same listing, same models and weights, same layout."""
+def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict, *, dtype: str,
+                   max_pixels: int) -> dict:
+    """What makes shards interchangeable: same listing, same models and weights, same layout,
+    same pixel budget (it decides which images are skipped, and at which scale large JPEGs are read)."""
     return {
         "source": str(source.location),
         "listing_sha256": source.digest(),
         "clip": _model_identity(clip_record),
         "backbone": _model_identity(backbone_record),
         "dtype": dtype,  # the writer adds n_items and shard_size
+        **_budget_identity(max_pixels),
     }
+
+
+def _budget_identity(max_pixels: int) -> dict:
+    # Only a budget other than the default is recorded: stores built before it was recorded match.
+    return {} if max_pixels == DEFAULT_MAX_PIXELS else {"max_pixels": max_pixels}
 
 
 def _model_identity(record: dict) -> dict:
@@ -267,7 +275,8 @@ def extract(
     if rerun and not overwrite:  # (the digest costs a pass over the listing: only for a rerun)
         try:
             refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
-                                         "n_items": len(image_source.paths)})
+                                         "n_items": len(image_source.paths),
+                                         "max_pixels": _budget_identity(max_pixels).get("max_pixels")})
         except StoreMismatchError as error:
             raise _new_suffixes_explain(error, out, image_source) from None
     if class_names and not overwrite:
@@ -278,7 +287,8 @@ def extract(
         if given_classes is not None:  # before the images: a list given is fixed in seconds
             refuse_same_text_to_clip(read_as_one)
         clip_record, backbone_record = embedder.records
-        writer = StoreWriter(out, store_identity(image_source, clip_record, backbone_record, dtype=dtype),
+        writer = StoreWriter(out, store_identity(image_source, clip_record, backbone_record, dtype=dtype,
+                                                 max_pixels=max_pixels),
                              n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype, overwrite=overwrite)
         pending = writer.pending_shards()
         if on_start is not None:

@@ -414,4 +414,8 @@ def describe_difference(found: dict | None, expected: dict) -> str:
         then, now = found.get("n_items"), expected.get("n_items")
         text += (f"; the source lists {now:,} files now, {then:,} when the store was built" if then != now else
                  "; the source's file names or labels changed since the store was built")
+    elif "max_pixels" in keys:  # recorded when not the default: it decides which images are skipped
+        then, now = (f"{value:,}" if value else "the default" for value in (found.get("max_pixels"),
+                                                                           expected.get("max_pixels")))
+        text += f"; it was built with --max-pixels {then}, this run's is {now}"
     return text
