@@ -272,7 +272,7 @@ def extract(
         except ZsfsError as error:
             raise ZsfsError(f"{error}; rename the folders, or name the classes with --classes FILE") from None
     replace_vocabulary = f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`"
-    if rerun and not overwrite:  # (the digest costs a pass over the listing: only for a rerun)
+    if not overwrite and (rerun or shard_dir(out).is_dir()):  # (the digest costs a pass over the listing)
         try:
             refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
                                          "n_items": len(image_source.paths),

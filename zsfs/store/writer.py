@@ -373,25 +373,30 @@ def file_checksums(paths: list[Path]) -> tuple[np.ndarray, list[str]]:
 
 
 def refuse_another_listing(master: Path, listing: dict) -> None:
-    """Before long work (loading models, reading embeddings): refuse an existing ``master`` whose
-    recorded identity has another listing, with the message the writer would give later.
+    """Before long work (loading models, reading embeddings): refuse an existing ``master`` (or
+    the shards a killed first run left) whose recorded identity has another listing, with the
+    message the writer would give later.
 
     ``listing``: the identity keys known before the work, ``source``, ``listing_sha256`` and
     ``n_items``. A master that cannot be read is left to the writer."""
     found = recorded_identity(master)
     if found and any(found.get(key) != value for key, value in listing.items()):
-        raise mismatch_error(master, found, {**found, **listing})
+        raise mismatch_error(master if master.is_file() else schema.shard_dir(master), found, {**found, **listing})
 
 
 def recorded_identity(master: Path) -> dict:
-    """The identity ``master`` records; empty when there is no readable master or no identity."""
-    if not master.is_file():
-        return {}
-    try:
-        with h5py.File(master, "r") as file:
-            return read_identity(file) or {}
-    except OSError:
-        return {}
+    """The identity ``master`` records or, before there is one (a first run was killed), the first
+    finished shard's; empty when neither can be read."""
+    shards = schema.shard_dir(master)
+    for path in [master] if master.is_file() else sorted(shards.glob("shard-*" + schema.SHARD_SUFFIX)):
+        try:
+            with h5py.File(path, "r") as file:
+                found = read_identity(file)
+        except OSError:
+            continue  # a damaged shard: the writer rewrites it
+        if found:
+            return found
+    return {}
 
 
 def mismatch_error(path: Path, found: dict | None, expected: dict) -> StoreMismatchError:
