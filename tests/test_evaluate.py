@@ -150,6 +150,11 @@ def test_id_ood_splits_reproducible_distinct_and_ordered():
         assert split == [name for name in classes if name in split]
 
 
+def test_id_classes_that_are_no_label_are_named():
+    with pytest.raises(ZsfsError, match=r"these ID classes are not among the store's labels: 2: 'dog'; 'emu'\. "):
+        id_ood_splits(["cat", "cow", "owl"], ["cat", "emu", "dog"])
+
+
 def test_id_ood_splits_more_splits_than_combinations_gives_each_once():
     """It used to repeat splits, which only made the spread over them look smaller."""
     assert id_ood_splits(["a", "b", "c"], 2, n_splits=5, seed=0) == [["a", "b"], ["a", "c"], ["b", "c"]]

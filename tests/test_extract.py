@@ -160,7 +160,7 @@ def test_a_rerun_with_another_pixel_budget_is_refused_not_mixed(tmp_path):
     refused = run_cli("extract", source, "--out", out, *unloadable, "--backbone-weights", tmp_path / "absent.pt",
                       "--workers", "0")  # refused before the models load: the missing weights are not reached
     said = " ".join(output_text(refused).split())
-    assert refused.exit_code == 1 and "(differs in max_pixels; it was built with --max-pixels 100, this run's is " \
+    assert refused.exit_code == 1 and "(differs in max_pixels; it was built with --max-pixels 100, this run uses " \
         "the default); pass --overwrite to replace it" in said, said
     replaced = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--overwrite")
     assert replaced.exit_code == 0, replaced.output
@@ -215,6 +215,12 @@ def test_a_rerun_over_files_of_the_suffixes_added_says_so(tmp_path):
     said = output_text(refused)
     assert refused.exit_code == 1 and "was built without the 1 file of .avif, .j2k" in said, said
     assert "reads these suffixes since December 2026" in said and "--overwrite" in said
+    (tmp_path / "aside").mkdir()
+    store.rename(tmp_path / "aside" / "s.h5")  # shards without a master, as a first run killed before its end leaves
+    refused = run_cli("extract", folder, "--out", store, *TINY_MODEL_ARGS, "--workers", "0")
+    said = " ".join(output_text(refused).split())  # bug: it named the master that is not there
+    assert refused.exit_code == 1 and f"{tmp_path / 's.shards'} was built without the 1 file of .avif" in said, said
+    (tmp_path / "aside" / "s.h5").rename(store)
     Image.new("RGB", (8, 8)).save(folder / "dog" / "new.png")  # and a file of an old suffix: the plain refusal
     refused = run_cli("extract", folder, "--out", store, *TINY_MODEL_ARGS, "--workers", "0")
     assert refused.exit_code == 1 and "the source lists" in output_text(refused)
@@ -337,8 +343,8 @@ def test_a_store_rebuilt_while_its_vocabulary_is_embedded_does_not_get_that_voca
         _, stderr = first.communicate(timeout=120)
     finally:
         first.kill()
-    assert first.returncode == 1 and "was rebuilt by another process while vocabulary 'default' was embedded; " \
-        "run the command again" in " ".join(stderr.split()), stderr
+    assert first.returncode == 1 and "was rebuilt by another process (other data or models) after this run wrote " \
+        "it; vocabulary 'default' was not written into it" in " ".join(stderr.split()), stderr
     with Store(out) as store:
         assert store.identity == identity and store.identity["backbone"]["name"] == "test_vit2"
         np.testing.assert_array_equal(store.vocabulary("default").single, vocabulary)

@@ -127,6 +127,12 @@ class RayEmbedders(AbstractContextManager):
                        max_concurrency=2)
         return ray.remote(_ShardWorker).options(**options).remote(self.settings, self.source_ref, self.cores)
 
+    def _replace(self, worker: int) -> None:
+        """A new worker in place of one that died (or only seems to: if it is merely unreachable,
+        it must not hold on to its GPU)."""
+        ray.kill(self.actors[worker])
+        self.actors[worker] = self._start_worker()
+
     def write_shards(self, writer: StoreWriter, shards: Sequence[int],
                      on_batch: Callable[[int], None] | None = None) -> int:
         """Compute ``shards`` on the workers, one shard per call, redoing those whose worker died.
@@ -166,8 +172,7 @@ class RayEmbedders(AbstractContextManager):
                     raise ZsfsError(f"shard {shard} took down {MAX_ATTEMPTS} Ray workers or their decoding processes "
                                     f"(out of memory? a crashing image?); see the workers' logs in {RAY_LOGS}") from None
                 if worker_died:
-                    ray.kill(self.actors[worker])  # if it is only unreachable, it must not hold on to its GPU
-                    self.actors[worker] = self._start_worker()
+                    self._replace(worker)
                 self.shards_redone += 1
                 queue.appendleft(shard)
             else:
@@ -199,17 +204,18 @@ class RayEmbedders(AbstractContextManager):
 
     def _ask(self, worker: int, method: str, *args, doing: str):
         """``method(*args)`` on a worker; one that dies meanwhile (kill -9, out of memory) is
-        replaced and asked again, as a shard's is; its zsfs errors are raised here as they are."""
-        for _ in range(MAX_ATTEMPTS):
+        replaced and asked again, as a shard's is, until ``MAX_ATTEMPTS`` have died; its zsfs
+        errors are raised here as they are."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return ray.get(getattr(self.actors[worker], method).remote(*args))
             except RayTaskError as error:
                 raise error.cause if isinstance(error.cause, ZsfsError) else error from None
             except RayActorError:
-                ray.kill(self.actors[worker])
-                self.actors[worker] = self._start_worker()
-        raise ZsfsError(f"{MAX_ATTEMPTS} Ray workers died while {doing} (out of memory?); see the workers' logs in "
-                        f"{RAY_LOGS}")
+                if attempt == MAX_ATTEMPTS:
+                    raise ZsfsError(f"{MAX_ATTEMPTS} Ray workers died while {doing} (out of memory?); see the "
+                                    f"workers' logs in {RAY_LOGS}") from None
+                self._replace(worker)
 
     def close(self) -> None:
         """Stop the workers (and the Ray instance this object started)."""

@@ -164,7 +164,12 @@ DYING_SECONDS = 10.0
 
 
 class DecodingProcessDied(ZsfsError):
-    """A decoding process (a DataLoader worker) died mid-run: killed, or by the out-of-memory killer."""
+    """A decoding process (a DataLoader worker) died mid-run: killed (the out-of-memory killer's
+    way), or ``crashed`` (a signal such as SIGSEGV: a file may crash the decoder)."""
+
+    def __init__(self, message: str, crashed: bool = False):
+        super().__init__(message)
+        self.crashed = crashed
 
 
 def decoding_process_died(batches: Iterator[Batch], error: BaseException) -> DecodingProcessDied | None:
@@ -185,14 +190,11 @@ def decoding_process_died(batches: Iterator[Batch], error: BaseException) -> Dec
     batches._shutdown_workers()  # now, as torch's clean-up would later (see without_torch_sigchld_handler)
     code = dead[0].exitcode
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-    rerun = "Rerun: an extract resumes from the shards it finished"
     if code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE, -signal.SIGABRT):
-        return DecodingProcessDied(
-            f"a decoding process (pid {dead[0].pid}) crashed ({how}): a file may crash the image decoder. {rerun}; "
-            "if it crashes again, the likely cause is an image of the first shard not finished (moving it out "
-            "changes the listing: the rerun then needs --overwrite)")
+        return DecodingProcessDied(f"a decoding process (pid {dead[0].pid}) crashed ({how}): a file may crash the "
+                                   "image decoder", crashed=True)
     return DecodingProcessDied(f"a decoding process (pid {dead[0].pid}) died ({how}), perhaps by the out-of-memory "
-                               f"killer. {rerun}; if memory is short, use fewer decoding workers or smaller batches")
+                               "killer; if memory is short, use fewer decoding workers or smaller batches")
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zsfs.errors import ZsfsError, check_at_least
+from zsfs.names import some_names
 
 __all__ = [
     "LabelCodes",
@@ -156,12 +157,9 @@ def id_ood_splits(
         wanted = list(dict.fromkeys(str(name) for name in id_classes))
         unknown = sorted(set(wanted) - set(classes))
         if unknown:
-            shown = ", ".join(repr(name) for name in unknown[:10])
-            more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
-            raise ZsfsError(
-                f"{len(unknown)} ID class(es) are not among the store's labels: {shown}{more}. "
-                f"Use the exact label names (`zsfs info` lists them)."
-            )
+            raise ZsfsError(f"these ID classes are not among the store's labels: "
+                            f"{some_names([repr(name) for name in unknown], 10)}. Use the exact label names "
+                            "(`zsfs info` lists them).")
         _check_id_count(len(wanted), len(classes), always_ood)
         chosen = set(wanted)
         return [[name for name in classes if name in chosen]]

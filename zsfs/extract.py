@@ -23,7 +23,7 @@ import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
-from zsfs.embedding import Batch, embedded_listing
+from zsfs.embedding import Batch, DecodingProcessDied, embedded_listing
 from zsfs.errors import ParameterError, StoreMismatchError, ZsfsError, check_at_least
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
 from zsfs.names import check_class_names, counted, pairs_text, reasons_text
@@ -190,11 +190,17 @@ class ShardEmbedder(AbstractContextManager):
         the listing entries processed. One loader over all of them, so decoding never idles."""
         settings = self.settings
         batches, owners = shard_batches(writer, shards, settings.batch_size)
-        with embedded_listing(self.source, (self.clip, self.features), batches, owners, device=settings.device,
-                              precision=settings.precision, workers=settings.workers,
-                              max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch) as embedded:
-            return _write_shards(writer, self.source, embedded, owners, self.clip.record["dim"],
-                                 self.features.record["dim"])
+        try:
+            with embedded_listing(self.source, (self.clip, self.features), batches, owners, device=settings.device,
+                                  precision=settings.precision, workers=settings.workers,
+                                  max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch) as embedded:
+                return _write_shards(writer, self.source, embedded, owners, self.clip.record["dim"],
+                                     self.features.record["dim"])
+        except DecodingProcessDied as error:
+            again = (" If it crashes again, one of the images not yet embedded crashes the decoder; removing it "
+                     "changes the listing, so that rerun needs --overwrite." if error.crashed else "")
+            raise DecodingProcessDied(f"{error}. Rerun: an extract resumes from the shards it finished.{again}",
+                                      crashed=error.crashed) from None
 
     def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(single-prompt, ensemble) text embeddings of the class names."""
@@ -341,8 +347,9 @@ def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: Image
     if earlier is None or recorded_identity(master).get("listing_sha256") != earlier[0]:
         return error
     added = len(source.paths) - earlier[1]
+    built = master if master.is_file() else shard_dir(master)  # a killed first run left only shards
     return StoreMismatchError(
-        f"{master} was built without the {counted(added, 'file')} of {', '.join(sorted(SUFFIXES_ADDED))} that this "
+        f"{built} was built without the {counted(added, 'file')} of {', '.join(sorted(SUFFIXES_ADDED))} that this "
         "folder holds: zsfs reads these suffixes since December 2026 (or the files came since). Pass --overwrite to "
         "embed the whole folder again with them, or extract them into a store of their own")
 

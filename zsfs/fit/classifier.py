@@ -3,9 +3,9 @@
 Training is a plain loop over pre-shuffled mini-batches: one ``randperm`` per epoch from a
 seeded ``torch.Generator``, one gather of the epoch's features, then contiguous slices, so a
 step costs one ``addmm``, one cross-entropy and one (fused) Adam update; no DataLoader.
-The update is torch's functional Adam (``torch.optim.adam.adam``, the very computation of
-``torch.optim.Adam`` with its defaults) with the state held here: the ``Optimizer`` class imports
-``torch._dynamo`` on first use, about 2 s of every fit process.
+The update is torch's functional Adam (``torch.optim.adam.adam``: the computation of
+``torch.optim.Adam`` with its default hyperparameters and ``fused`` as here) with the state held
+here: the ``Optimizer`` class imports ``torch._dynamo`` on first use, about 2 s of every fit process.
 The products can run in bfloat16 (``train_dtype``; weights, loss and optimiser stay float32):
 on CPUs with AVX512-BF16 or AMX, and on GPUs, that halves the cost of a step.
 """
@@ -63,7 +63,7 @@ class LinearHead:
         from torch.optim.adam import adam
 
         adam(self.parameters, [parameter.grad for parameter in self.parameters], self.exp_avgs, self.exp_avg_sqs, [],
-             self.steps, fused=self.fused or None, amsgrad=False, beta1=0.9, beta2=0.999, lr=self.lr,
+             self.steps, fused=self.fused, amsgrad=False, beta1=0.9, beta2=0.999, lr=self.lr,
              weight_decay=0.0, eps=1e-8, maximize=False)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,9 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
               for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
     with store_lock(master), Store(master) as store:
         if identity is not None and store.identity != identity:
-            raise StoreError(f"{master} was rebuilt by another process while vocabulary {name!r} was embedded; "
-                             "run the command again")
+            raise StoreError(f"{master} was rebuilt by another process (other data or models) after this run wrote "
+                             f"it; vocabulary {name!r} was not written into it (`zsfs info {master.name}` shows what "
+                             "it holds now)")
         clip_dim = int(store.clip_info["dim"])
         for kind, values in arrays.items():
             if values.shape != (len(classes), clip_dim):
@@ -130,7 +131,7 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
         check_structure(file, path)
         if file.attrs.get(schema.ATTR_FORMAT) != kind:
             raise StoreError(f"{path} is not a {kind} file; remove it")
-        try:  # compared as JSON values, as shards are: a file written by hand may spell it otherwise
+        try:  # compared as JSON values, as shards' are: a file written by hand may spell it otherwise
             recorded = read_identity(file)
         except ValueError:
             recorded = None

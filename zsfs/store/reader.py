@@ -18,7 +18,7 @@ from zsfs.names import check_class_names, counted
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
 from zsfs.store.files import written_elsewhere
-from zsfs.store.hdf5 import canonical_json, read_strings, string_view
+from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, string_view
 from zsfs.store.index import read_index_blocks
 from zsfs.digests import file_sha256
 from zsfs.store.integrity import check_structure, read_all
@@ -142,18 +142,17 @@ class Store:
             raise StoreError(f"{self.path} is missing {len(missing)} of {self.n_shards} shard files "
                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); keep the "
                              f"{recorded}/ folder, under that name, next to {self.path.name}{repair}")
-        identity = self._file.attrs[schema.ATTR_IDENTITY]
         damaged, misplaced = [], []
         for position, (name, rows) in enumerate(zip(self.shard_files, self.shard_rows)):
             size_ok = self.shard_bytes is None or (folder / name).stat().st_size == self.shard_bytes[position]
             try:  # HDF5 notices truncation on open (end of file before its recorded end)
                 with h5py.File(folder / name, "r") as shard:
                     check_structure(shard, folder / name)
-                    ok = size_ok and shard.attrs.get(schema.ATTR_IDENTITY) == identity and all(
+                    ok = size_ok and read_identity(shard) == self.identity and all(
                         shard[dataset].shape[0] == rows for dataset in schema.VIRTUAL_DATASETS)
                     if ok and shard.attrs.get(schema.ATTR_SHARD) != position:
                         misplaced.append(f"{name} holds shard {shard.attrs.get(schema.ATTR_SHARD)}")
-            except (OSError, KeyError):
+            except (OSError, KeyError, ValueError):  # ValueError: an identity that is not JSON
                 ok = False
             if not ok:
                 damaged.append(name)

@@ -392,8 +392,8 @@ def recorded_identity(master: Path) -> dict:
         try:
             with h5py.File(path, "r") as file:
                 found = read_identity(file)
-        except OSError:
-            continue  # a damaged shard: the writer rewrites it
+        except (OSError, ValueError):  # unreadable, or an identity that is not JSON
+            continue  # the writer says what is wrong with a master, and rewrites a damaged shard
         if found:
             return found
     return {}
@@ -419,8 +419,9 @@ def describe_difference(found: dict | None, expected: dict) -> str:
         then, now = found.get("n_items"), expected.get("n_items")
         text += (f"; the source lists {now:,} files now, {then:,} when the store was built" if then != now else
                  "; the source's file names or labels changed since the store was built")
-    elif "max_pixels" in keys:  # recorded when not the default: it decides which images are skipped
-        then, now = (f"{value:,}" if value else "the default" for value in (found.get("max_pixels"),
-                                                                           expected.get("max_pixels")))
-        text += f"; it was built with --max-pixels {then}, this run's is {now}"
+    elif "max_pixels" in keys:  # recorded when not the default (and only since 2026-12-02)
+        then, now = found.get("max_pixels"), expected.get("max_pixels")
+        built = (f"--max-pixels {then:,}" if then else
+                 "the default --max-pixels (or by a zsfs from before 2026-12-02, which did not record it)")
+        text += f"; it was built with {built}, this run uses " + (f"--max-pixels {now:,}" if now else "the default")
     return text
