@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -23,16 +24,18 @@ from tests.test_extract import assert_same_store, read_store
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.names import counted
 from zsfs.extract import extract
+from zsfs.store import Store
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.processes import parent_pid, titled
-from zsfs.testing.slowdown import DELAY_VARIABLE, LOAD_DELAY_VARIABLE
+from zsfs.testing.slowdown import CRASH_VARIABLE, DELAY_VARIABLE, LOAD_DELAY_VARIABLE
 
-
+CRASHING_NAME = "crashes-the-decoder.png"  # decoding a file of this name crashes a worker's decoding process
 SLOW_WORKERS = {"worker_process_setup_hook": "zsfs.testing.slowdown.slow_workers",
-                "env_vars": {DELAY_VARIABLE: "0.06", LOAD_DELAY_VARIABLE: "0.5"}}  # 6 images: >= 0.36 s a shard
+                "env_vars": {DELAY_VARIABLE: "0.06", LOAD_DELAY_VARIABLE: "0.5",  # 6 images: >= 0.36 s a shard
+                             CRASH_VARIABLE: CRASHING_NAME}}
 SETTINGS = dict(shard_size=6, batch_size=2, **TINY_MODELS)  # 40 files -> 7 shards
 
 
@@ -163,6 +166,21 @@ def test_a_model_a_ray_worker_cannot_load_is_one_clear_line(cluster, photos, tmp
     assert result.exit_code == 1 and "Traceback" not in said and "ActorDied" not in said, said
     assert [line for line in said.splitlines() if line.startswith("Error:")] == [said.splitlines()[-1]]
     assert str(missing) in " ".join(said.split()), said
+
+
+def test_a_file_that_crashes_a_workers_decoding_is_skipped_as_in_a_local_run(cluster, tmp_path):
+    written = write_image_folder(tmp_path / "photos", n_per_class=4)
+    folder = written["root"]
+    shutil.copy(sorted((folder / "green").glob("*.png"))[0], folder / "green" / CRASHING_NAME)
+    out = tmp_path / "ray.h5"
+    result = run_cli("extract", folder, "--out", out, *TINY_MODEL_ARGS, "--shard-size", "6", "--batch-size", "2",
+                     "--workers", "1", "--ray", "--ray-workers", "1")
+    assert result.exit_code == 0, result.output
+    with Store(out) as store:
+        skipped = dict(zip(*store.skipped()))
+        embedded = set(store.paths())
+    assert skipped[f"green/{CRASHING_NAME}"] == "crashes the image decoder (killed by SIGSEGV)"
+    assert embedded == set(written["good"])  # every other image is in the store
 
 
 def test_more_workers_than_the_cluster_can_hold_is_refused_not_a_silent_wait(cluster, photos, tmp_path):

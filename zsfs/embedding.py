@@ -7,6 +7,7 @@ single-threaded decode loop. Failures travel with their batch as (position, reas
 
 from __future__ import annotations
 
+import multiprocessing
 import multiprocessing.connection
 import os
 import signal
@@ -84,18 +85,32 @@ class DecodedImages(Dataset):
     """Listing position -> (position, pixels per preprocessor, width, height), or (position, reason).
 
     The image is decoded once and handed to every preprocessor (one per model); ``max_pixels``
-    is the decoding budget of one image (see ``zsfs.decode.DEFAULT_MAX_PIXELS``).
+    is the decoding budget of one image (see ``zsfs.decode.DEFAULT_MAX_PIXELS``). ``decoding``
+    (shared memory, one slot per decoding process): the position each process is decoding, -1
+    between images; a process that crashes leaves the position of the file that crashed it.
     """
 
-    def __init__(self, source: ImageSource, *preprocess: Callable, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, source: ImageSource, *preprocess: Callable, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 decoding: Sequence[int] | None = None):
         self.source = source
         self.preprocess = preprocess
         self.max_pixels = max_pixels
+        self.decoding = decoding
 
     def __len__(self) -> int:
         return len(self.source.paths)
 
     def __getitem__(self, index: int):
+        worker = get_worker_info()
+        if worker is None or self.decoding is None:
+            return self._decoded(index)
+        self.decoding[worker.id] = index
+        try:
+            return self._decoded(index)
+        finally:
+            self.decoding[worker.id] = -1
+
+    def _decoded(self, index: int):
         known_failure = self.source.unreadable.get(self.source.paths[index])
         if known_failure is not None:
             return index, known_failure
@@ -165,18 +180,22 @@ DYING_SECONDS = 10.0
 
 class DecodingProcessDied(ZsfsError):
     """A decoding process (a DataLoader worker) died mid-run: killed (the out-of-memory killer's
-    way), or ``crashed`` (a signal such as SIGSEGV: a file may crash the decoder)."""
+    way), or ``crashed`` (a signal such as SIGSEGV: a file may crash the decoder).
+    ``crashing_index``: the listing position it was decoding when it crashed, when known."""
 
-    def __init__(self, message: str, crashed: bool = False):
+    def __init__(self, message: str, *, crashed: bool = False, how: str = "", crashing_index: int | None = None):
         super().__init__(message)
-        self.crashed = crashed
+        self.crashed, self.how, self.crashing_index = crashed, how, crashing_index
 
 
-def decoding_process_died(batches: Iterator[Batch], error: BaseException) -> DecodingProcessDied | None:
+def decoding_process_died(batches: Iterator[Batch], error: BaseException,
+                          decoding: Sequence[int] | None = None) -> DecodingProcessDied | None:
     """:class:`DecodingProcessDied` when one of the decoding processes of ``batches`` (a
     DataLoader's iterator) has died, whatever ``error`` that made torch raise: its own
     RuntimeError, an EOFError or a reset connection from the dead process's pipe. Its processes
-    are then stopped. None while they all live, and for a full /dev/shm (its message says more)."""
+    are then stopped. None while they all live, and for a full /dev/shm (its message says more).
+    ``decoding``: per decoding process, the listing position it is decoding (-1: none), which a
+    crash leaves set (:class:`DecodedImages`)."""
     workers = getattr(batches, "_workers", [])  # none without decoding processes (workers=0)
     if workers and (isinstance(error, (EOFError, ConnectionError)) or "DataLoader worker (pid" in str(error)):
         # What a dying process's pipe says can come before the process has ended: wait for it a little.
@@ -184,17 +203,19 @@ def decoding_process_died(batches: Iterator[Batch], error: BaseException) -> Dec
         for worker in workers:
             if worker.sentinel in ended:  # its files are closed, but it may not be reapable yet: join()
                 worker.join(timeout=DYING_SECONDS)  # waits for that (a non-blocking check found it alive)
-    dead = [worker for worker in workers if worker.exitcode not in (None, 0)]
+    dead = [worker_id for worker_id, worker in enumerate(workers) if worker.exitcode not in (None, 0)]
     if not dead or shared_memory_full(error):
         return None
     batches._shutdown_workers()  # now, as torch's clean-up would later (see without_torch_sigchld_handler)
-    code = dead[0].exitcode
+    worker = workers[dead[0]]  # torch starts them in order of their worker id
+    code = worker.exitcode
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
     if code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE, -signal.SIGABRT):
-        return DecodingProcessDied(f"a decoding process (pid {dead[0].pid}) crashed ({how}): a file may crash the "
-                                   "image decoder", crashed=True)
-    return DecodingProcessDied(f"a decoding process (pid {dead[0].pid}) died ({how}), perhaps by the out-of-memory "
-                               "killer; if memory is short, use fewer decoding workers or smaller batches")
+        index = -1 if decoding is None else int(decoding[dead[0]])
+        return DecodingProcessDied(f"a decoding process (pid {worker.pid}) crashed ({how}): a file may crash the "
+                                   "image decoder", crashed=True, how=how, crashing_index=index if index >= 0 else None)
+    return DecodingProcessDied(f"a decoding process (pid {worker.pid}) died ({how}), perhaps by the out-of-memory "
+                               "killer; if memory is short, use fewer decoding workers or smaller batches", how=how)
 
 
 @contextmanager
@@ -260,7 +281,8 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
     """
     torch_device = torch.device(device)
     workers = default_workers(device, cores) if workers is None else workers
-    images = DecodedImages(source, *(model.preprocess for model in models), max_pixels=max_pixels)
+    decoding = multiprocessing.RawArray("q", [-1] * workers) if workers > 0 else None
+    images = DecodedImages(source, *(model.preprocess for model in models), max_pixels=max_pixels, decoding=decoding)
     loader = make_loader(images, batches, workers=workers, pin_memory=torch_device.type == "cuda",
                          worker_niceness=default_worker_niceness(device))
     with model_threads(torch_device, workers, cores):
@@ -270,7 +292,7 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
                 yield embed_batches(loaded, tags, tuple(model.encode_images for model in models), torch_device,
                                     precision, on_batch)
             except Exception as error:
-                died = decoding_process_died(loaded, error)
+                died = decoding_process_died(loaded, error, decoding)
                 if died is None:
                     raise
                 raise died from error

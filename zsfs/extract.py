@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +177,7 @@ class ShardEmbedder(AbstractContextManager):
         check_device(settings.device)  # before the models load: an absent GPU is a clear error
         self.clip = load_clip(settings.clip_model, settings.clip_weights, device=settings.device)
         self.features = load_backbone(settings.backbone, settings.backbone_weights, device=settings.device)
-        self.shards_redone = 0  # a process that dies takes its shards with it: nothing to redo here
+        self.shards_redone = 0  # shards computed again after a file crashed a decoding process
 
     @property
     def records(self) -> tuple[dict, dict]:
@@ -187,20 +187,38 @@ class ShardEmbedder(AbstractContextManager):
     def write_shards(self, writer: StoreWriter, shards: Sequence[int],
                      on_batch: Callable[[int], None] | None = None) -> int:
         """Compute ``shards`` and write each one as soon as its last batch is embedded; returns
-        the listing entries processed. One loader over all of them, so decoding never idles."""
+        the listing entries processed. One loader over all of them, so decoding never idles.
+
+        A file that crashes its decoding process (SIGSEGV in a codec library, say) is recorded as
+        skipped, with that reason, and the shards not written yet are computed again without it:
+        a rerun would crash on it in the same place."""
+        pending, processed = list(shards), 0
+        while True:
+            written: list[int] = []
+            try:
+                return processed + self._write_once(writer, pending, written, on_batch)
+            except DecodingProcessDied as error:
+                path = None if error.crashing_index is None else self.source.paths[error.crashing_index]
+                if path is None or path in self.source.unreadable:  # not a file we can set aside
+                    again = (" If it crashes again, one of the images not yet embedded crashes the decoder; removing "
+                             "it changes the listing, so that rerun needs --overwrite." if error.crashed else "")
+                    raise DecodingProcessDied(f"{error}. Rerun: an extract resumes from the shards it finished.{again}",
+                                              crashed=error.crashed, how=error.how) from None
+                self.source = replace(self.source, unreadable={**self.source.unreadable,
+                                                               path: f"crashes the image decoder ({error.how})"})
+                processed += sum(stop - start for start, stop in map(writer.shard_bounds, written))
+                pending = [shard for shard in pending if shard not in written]
+                self.shards_redone += 1  # the crashed file's shard (others in flight start over too)
+
+    def _write_once(self, writer: StoreWriter, shards: Sequence[int], written: list[int],
+                    on_batch: Callable[[int], None] | None) -> int:
         settings = self.settings
         batches, owners = shard_batches(writer, shards, settings.batch_size)
-        try:
-            with embedded_listing(self.source, (self.clip, self.features), batches, owners, device=settings.device,
-                                  precision=settings.precision, workers=settings.workers,
-                                  max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch) as embedded:
-                return _write_shards(writer, self.source, embedded, owners, self.clip.record["dim"],
-                                     self.features.record["dim"])
-        except DecodingProcessDied as error:
-            again = (" If it crashes again, one of the images not yet embedded crashes the decoder; removing it "
-                     "changes the listing, so that rerun needs --overwrite." if error.crashed else "")
-            raise DecodingProcessDied(f"{error}. Rerun: an extract resumes from the shards it finished.{again}",
-                                      crashed=error.crashed) from None
+        with embedded_listing(self.source, (self.clip, self.features), batches, owners, device=settings.device,
+                              precision=settings.precision, workers=settings.workers,
+                              max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch) as embedded:
+            return _write_shards(writer, self.source, embedded, owners, self.clip.record["dim"],
+                                 self.features.record["dim"], written)
 
     def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(single-prompt, ensemble) text embeddings of the class names."""
@@ -379,8 +397,9 @@ def _missing_vocabulary(master: Path, source: ImageSource, name: str, classes: l
 
 
 def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: list[int], clip_dim: int,
-                  backbone_dim: int) -> int:
-    """Collect embedded batches per shard; write each shard as soon as its last batch is in."""
+                  backbone_dim: int, written: list[int]) -> int:
+    """Collect embedded batches per shard; write each shard as soon as its last batch is in (and
+    append it to ``written``)."""
     batches_left = Counter(owners)
     rows: dict[int, _ShardRows] = {}  # the shards in progress only: batches come in listing order
     processed = 0
@@ -393,6 +412,7 @@ def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: li
         batches_left[shard] -= 1
         if batches_left[shard] == 0:
             writer.write_shard(shard, rows.pop(shard).shard_data(source))
+            written.append(shard)
     return processed
 
 
