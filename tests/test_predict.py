@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,27 @@ def test_unreadable_files_get_an_error_not_a_prediction(fitted):
     result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", out, *bad)
     assert result.exit_code == 1 and f"no image could be read ({len(bad)} images given; the rows say why)" in output_text(result)
     assert pl.read_csv(out)["error"].null_count() == 0  # the rows that say why are still written
+
+
+def test_a_file_that_crashes_its_decoding_process_gets_that_error_and_the_rest_their_predictions(fitted, tmp_path):
+    """Bug: one file crashing the decoder (SIGSEGV, in a child process here, for real) ended the
+    whole predict with an error, whatever the other images were."""
+    root = fitted["photos"]["root"]
+    crashing = sorted((root / "green").glob("*.png"))[2]
+    out, expected = tmp_path / "crashed.csv", tmp_path / "expected.csv"
+    args = ["predict", "--run", str(fitted["run"]), str(root), "--workers", "1", "--batch-size", "2", "--out"]
+    script = ("import os, signal\nimport zsfs.sources as sources\ndecode = sources.decode_image\n"
+              "def crashing(path, *args, **kwargs):\n"
+              f"    if str(path).endswith({crashing.name!r}):\n        os.kill(os.getpid(), signal.SIGSEGV)\n"
+              "    return decode(path, *args, **kwargs)\nsources.decode_image = crashing\n"
+              f"from zsfs.cli import main\nmain({args + [str(out)]!r})\n")
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0 and "Traceback" not in ran.stderr, ran.stderr
+    assert run_cli(*args, expected).exit_code == 0
+    crashed, clean = pl.read_csv(out), pl.read_csv(expected)
+    row = crashed["path"].str.ends_with(crashing.name)
+    assert crashed.filter(row)["error"].to_list() == ["crashes the image decoder (killed by SIGSEGV)"]
+    assert crashed.filter(~row).equals(clean.filter(~row))
 
 
 def test_the_table_says_a_read_failure_is_no_class(fitted):

@@ -218,6 +218,17 @@ def decoding_process_died(batches: Iterator[Batch], error: BaseException,
                                "killer; if memory is short, use fewer decoding workers or smaller batches", how=how)
 
 
+def without_crashing_file(source: ImageSource, died: DecodingProcessDied) -> ImageSource | None:
+    """``source`` with the file whose decoding crashed a process (``died``) set aside as
+    unreadable, with the reason, so that the work left can run without it (a rerun would crash on
+    it in the same place); None when no one file can be blamed (a crash between files, or on a
+    file set aside already)."""
+    path = None if died.crashing_index is None else source.paths[died.crashing_index]
+    if path is None or path in source.unreadable:
+        return None
+    return replace(source, unreadable={**source.unreadable, path: f"crashes the image decoder ({died.how})"})
+
+
 @contextmanager
 def without_torch_sigchld_handler() -> Iterator[None]:
     """Hold off the SIGCHLD handler torch installs in the main thread for the block. When a

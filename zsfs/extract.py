@@ -16,14 +16,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
-from zsfs.embedding import Batch, DecodingProcessDied, embedded_listing
+from zsfs.embedding import Batch, DecodingProcessDied, embedded_listing, without_crashing_file
 from zsfs.errors import ParameterError, StoreMismatchError, ZsfsError, check_at_least
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
 from zsfs.names import check_class_names, counted, pairs_text, reasons_text
@@ -198,14 +198,13 @@ class ShardEmbedder(AbstractContextManager):
             try:
                 return processed + self._write_once(writer, pending, written, on_batch)
             except DecodingProcessDied as error:
-                path = None if error.crashing_index is None else self.source.paths[error.crashing_index]
-                if path is None or path in self.source.unreadable:  # not a file we can set aside
+                set_aside = without_crashing_file(self.source, error)
+                if set_aside is None:
                     again = (" If it crashes again, one of the images not yet embedded crashes the decoder; removing "
                              "it changes the listing, so that rerun needs --overwrite." if error.crashed else "")
                     raise DecodingProcessDied(f"{error}. Rerun: an extract resumes from the shards it finished.{again}",
                                               crashed=error.crashed, how=error.how) from None
-                self.source = replace(self.source, unreadable={**self.source.unreadable,
-                                                               path: f"crashes the image decoder ({error.how})"})
+                self.source = set_aside
                 processed += sum(stop - start for start, stop in map(writer.shard_bounds, written))
                 pending = [shard for shard in pending if shard not in written]
                 self.shards_redone += 1  # the crashed file's shard (others in flight start over too)
