@@ -2,7 +2,7 @@
 whatever worker or driver is killed on the way.
 
 One Ray instance serves the whole module (starting one takes ~15 s). Its workers decode slowly
-(``zsfs.testing.slowdown``) so that a kill reliably lands in the middle of a shard.
+(``zsfs.testing.hooks``) so that a kill reliably lands in the middle of a shard.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.processes import parent_pid, titled
-from zsfs.testing.slowdown import CRASH_VARIABLE, DELAY_VARIABLE, LOAD_DELAY_VARIABLE
+from zsfs.testing.hooks import CRASH_VARIABLE, DELAY_VARIABLE, LOAD_DELAY_VARIABLE
 
 CRASHING_NAME = "crashes-the-decoder.png"  # decoding a file of this name crashes a worker's decoding process
-SLOW_WORKERS = {"worker_process_setup_hook": "zsfs.testing.slowdown.slow_workers",
+SLOW_WORKERS = {"worker_process_setup_hook": "zsfs.testing.hooks.hooked_workers",
                 "env_vars": {DELAY_VARIABLE: "0.06", LOAD_DELAY_VARIABLE: "0.5",  # 6 images: >= 0.36 s a shard
                              CRASH_VARIABLE: CRASHING_NAME}}
 SETTINGS = dict(shard_size=6, batch_size=2, **TINY_MODELS)  # 40 files -> 7 shards

@@ -6,7 +6,8 @@ DataLoader decoding processes) and writes whole shards with the very function a 
 to each idle worker, advances one progress bar as shards finish, and builds the master, the FAISS
 index and the vocabulary once. A worker that dies (killed, out of memory, node lost) costs the
 shard it held: a new worker takes its place and the shard is computed again; so does a shard
-whose worker lost one of its decoding processes.
+whose worker lost one of its decoding processes to a kill (out of memory). A file that crashes a
+decoding process is set aside by the worker, as in a local run (``ShardEmbedder.write_shards``).
 
 Every node must see the source, the models' weights and the store's folder at the same paths
 (a shared filesystem); see docs/scale.md.
@@ -40,7 +41,8 @@ PROGRESS_SECONDS = 0.5  # how often the driver asks the workers how far they are
 CONNECT_SECONDS = 10.0  # for a cluster's address to take a TCP connection
 MAX_ATTEMPTS = 3
 """Times one shard (or one other call) may take its worker down before the run stops (an image
-that crashes the decoder or exhausts memory would otherwise kill every worker in turn)."""
+that exhausts memory would otherwise kill every worker in turn; one that crashes its decoding
+process is set aside by the worker itself)."""
 RAY_LOGS = "/tmp/ray/session_latest/logs"
 
 
@@ -170,7 +172,7 @@ class RayEmbedders(AbstractContextManager):
                 attempts[shard] += 1
                 if attempts[shard] >= MAX_ATTEMPTS:
                     raise ZsfsError(f"shard {shard} took down {MAX_ATTEMPTS} Ray workers or their decoding processes "
-                                    f"(out of memory? a crashing image?); see the workers' logs in {RAY_LOGS}") from None
+                                    f"(out of memory?); see the workers' logs in {RAY_LOGS}") from None
                 if worker_died:
                     self._replace(worker)
                 self.shards_redone += 1

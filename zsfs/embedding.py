@@ -12,7 +12,7 @@ import multiprocessing.connection
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
@@ -88,14 +88,16 @@ class DecodedImages(Dataset):
     is the decoding budget of one image (see ``zsfs.decode.DEFAULT_MAX_PIXELS``). ``decoding``
     (shared memory, one slot per decoding process): the position each process is decoding, -1
     between images; a process that crashes leaves the position of the file that crashed it.
+    ``set_aside``: positions not to decode (files that crashed a decoding process) -> reason.
     """
 
     def __init__(self, source: ImageSource, *preprocess: Callable, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 decoding: Sequence[int] | None = None):
+                 decoding: Sequence[int] | None = None, set_aside: Mapping[int, str] | None = None):
         self.source = source
         self.preprocess = preprocess
         self.max_pixels = max_pixels
         self.decoding = decoding
+        self.set_aside = set_aside or {}
 
     def __len__(self) -> int:
         return len(self.source.paths)
@@ -111,7 +113,7 @@ class DecodedImages(Dataset):
             self.decoding[worker.id] = -1
 
     def _decoded(self, index: int):
-        known_failure = self.source.unreadable.get(self.source.paths[index])
+        known_failure = self.set_aside.get(index) or self.source.unreadable.get(self.source.paths[index])
         if known_failure is not None:
             return index, known_failure
         try:
@@ -176,6 +178,8 @@ def _start_worker(niceness: int, worker_id: int) -> None:
 
 DYING_SECONDS = 10.0
 """How long a decoding process whose pipe broke may take to end (a large one, on a busy machine)."""
+CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT)
+"""A process dead by one of these crashed (a codec library's bug, say); SIGKILL is the out-of-memory killer's."""
 
 
 class DecodingProcessDied(ZsfsError):
@@ -210,23 +214,38 @@ def decoding_process_died(batches: Iterator[Batch], error: BaseException,
     worker = workers[dead[0]]  # torch starts them in order of their worker id
     code = worker.exitcode
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-    if code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE, -signal.SIGABRT):
+    if code in [-number for number in CRASH_SIGNALS]:
         index = -1 if decoding is None else int(decoding[dead[0]])
-        return DecodingProcessDied(f"a decoding process (pid {worker.pid}) crashed ({how}): a file may crash the "
-                                   "image decoder", crashed=True, how=how, crashing_index=index if index >= 0 else None)
+        return DecodingProcessDied(f"a decoding process (pid {worker.pid}) crashed ({how})", crashed=True, how=how,
+                                   crashing_index=index if index >= 0 else None)
     return DecodingProcessDied(f"a decoding process (pid {worker.pid}) died ({how}), perhaps by the out-of-memory "
                                "killer; if memory is short, use fewer decoding workers or smaller batches", how=how)
 
 
-def without_crashing_file(source: ImageSource, died: DecodingProcessDied) -> ImageSource | None:
-    """``source`` with the file whose decoding crashed a process (``died``) set aside as
-    unreadable, with the reason, so that the work left can run without it (a rerun would crash on
-    it in the same place); None when no one file can be blamed (a crash between files, or on a
-    file set aside already)."""
-    path = None if died.crashing_index is None else source.paths[died.crashing_index]
-    if path is None or path in source.unreadable:
-        return None
-    return replace(source, unreadable={**source.unreadable, path: f"crashes the image decoder ({died.how})"})
+CRASHING_FILE = "crashes the image decoder"
+"""The skip reason of a file that crashed a decoding process (followed by how it died)."""
+MAX_CRASHING_FILES = 10
+"""Files one run sets aside for crashing a decoding process before it stops: beyond a few,
+something else is likely wrong (a broken image library), and each costs a restart of the decoding."""
+
+
+def set_aside_crashing_file(set_aside: dict[int, str], died: DecodingProcessDied) -> bool:
+    """Add the file whose decoding crashed a process (``died``) to ``set_aside`` (position ->
+    reason), so that the work left can run without it: a rerun would crash on it in the same
+    place. False when no one file is to blame (the crash came between files, or the file decodes
+    alone without crashing), or ``MAX_CRASHING_FILES`` are set aside already."""
+    if died.crashing_index is None or died.crashing_index in set_aside or len(set_aside) >= MAX_CRASHING_FILES:
+        return False
+    set_aside[died.crashing_index] = f"{CRASHING_FILE} ({died.how})"
+    return True
+
+
+def crash_advice(set_aside: dict[int, str]) -> str:
+    """What to say after a crash that :func:`set_aside_crashing_file` could not set aside."""
+    if len(set_aside) >= MAX_CRASHING_FILES:
+        return (f" {MAX_CRASHING_FILES} files crashed the image decoder in this run: something else may be wrong "
+                "(a broken image library?)")
+    return ""
 
 
 @contextmanager
@@ -284,16 +303,21 @@ class ImageModel(Protocol):
 def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches: list[list[int]], tags: Iterable, *,
                      device: str, precision: str, workers: int | None = None,
                      max_pixels: int = DEFAULT_MAX_PIXELS, cores: int | None = None,
-                     on_batch: Callable[[int], None] | None = None) -> Iterator[Iterator[tuple]]:
+                     on_batch: Callable[[int], None] | None = None,
+                     set_aside: Mapping[int, str] | None = None) -> Iterator[Iterator[tuple]]:
     """The whole pipeline over ``batches`` of ``source``: decoding workers apply every model's
     preprocessing, the models embed on ``device``; yields :func:`embed_batches`' results (one
     output per model). ``workers``: None = :func:`default_workers`. On CPU the models get the cores
-    the workers leave (:func:`model_threads`) while the results are read.
+    the workers leave (:func:`model_threads`) while the results are read. ``set_aside``:
+    positions reported as failed with their reason, not decoded (:func:`set_aside_crashing_file`).
+    A decoding process that dies raises :class:`DecodingProcessDied`; one that crashed names the
+    file it was decoding when that file crashes a process of its own too.
     """
     torch_device = torch.device(device)
     workers = default_workers(device, cores) if workers is None else workers
     decoding = multiprocessing.RawArray("q", [-1] * workers) if workers > 0 else None
-    images = DecodedImages(source, *(model.preprocess for model in models), max_pixels=max_pixels, decoding=decoding)
+    images = DecodedImages(source, *(model.preprocess for model in models), max_pixels=max_pixels, decoding=decoding,
+                           set_aside=set_aside)
     loader = make_loader(images, batches, workers=workers, pin_memory=torch_device.type == "cuda",
                          worker_niceness=default_worker_niceness(device))
     with model_threads(torch_device, workers, cores):
@@ -306,7 +330,27 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
                 died = decoding_process_died(loaded, error, decoding)
                 if died is None:
                     raise
+                if died.crashed and (died.crashing_index is None or not _crashes_alone(images, died.crashing_index)):
+                    # between files, or a file that decodes alone (a heap corrupted earlier?): nobody to blame
+                    died = DecodingProcessDied(f"{died}, and no file it was decoding crashes a process of its own",
+                                               crashed=True, how=died.how)
                 raise died from error
+
+
+def _crashes_alone(images: DecodedImages, index: int, timeout: float = 120.0) -> bool:
+    """Whether decoding the ``index``-th file in a process of its own crashes it too (a fork of
+    this one, as the decoding processes are). Without fork (macOS, Windows) the note of the
+    process that crashed is taken as it is."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return True
+    process = multiprocessing.get_context("fork").Process(target=images._decoded, args=(index,))
+    process.start()
+    process.join(timeout)
+    if process.exitcode is None:  # it hangs: not what crashed the decoding process
+        process.kill()
+        process.join()
+        return False
+    return process.exitcode in [-number for number in CRASH_SIGNALS]
 
 
 def _to_host(tag, batch: Batch, embedded, on_batch: Callable[[int], None] | None) -> tuple:

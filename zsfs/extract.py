@@ -23,7 +23,8 @@ import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
-from zsfs.embedding import Batch, DecodingProcessDied, embedded_listing, without_crashing_file
+from zsfs.embedding import (Batch, DecodingProcessDied, crash_advice, embedded_listing,
+                             set_aside_crashing_file)
 from zsfs.errors import ParameterError, StoreMismatchError, ZsfsError, check_at_least
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
 from zsfs.names import check_class_names, counted, pairs_text, reasons_text
@@ -177,7 +178,8 @@ class ShardEmbedder(AbstractContextManager):
         check_device(settings.device)  # before the models load: an absent GPU is a clear error
         self.clip = load_clip(settings.clip_model, settings.clip_weights, device=settings.device)
         self.features = load_backbone(settings.backbone, settings.backbone_weights, device=settings.device)
-        self.shards_redone = 0  # shards computed again after a file crashed a decoding process
+        self.shards_redone = 0  # a process that dies takes its shards with it: nothing to redo here
+        self.set_aside: dict[int, str] = {}  # listing positions of files that crashed a decoding process -> reason
 
     @property
     def records(self) -> tuple[dict, dict]:
@@ -190,34 +192,26 @@ class ShardEmbedder(AbstractContextManager):
         the listing entries processed. One loader over all of them, so decoding never idles.
 
         A file that crashes its decoding process (SIGSEGV in a codec library, say) is recorded as
-        skipped, with that reason, and the shards not written yet are computed again without it:
-        a rerun would crash on it in the same place."""
-        pending, processed = list(shards), 0
-        while True:
-            written: list[int] = []
-            try:
-                return processed + self._write_once(writer, pending, written, on_batch)
-            except DecodingProcessDied as error:
-                set_aside = without_crashing_file(self.source, error)
-                if set_aside is None:
-                    again = (" If it crashes again, one of the images not yet embedded crashes the decoder; removing "
-                             "it changes the listing, so that rerun needs --overwrite." if error.crashed else "")
-                    raise DecodingProcessDied(f"{error}. Rerun: an extract resumes from the shards it finished.{again}",
-                                              crashed=error.crashed, how=error.how) from None
-                self.source = set_aside
-                processed += sum(stop - start for start, stop in map(writer.shard_bounds, written))
-                pending = [shard for shard in pending if shard not in written]
-                self.shards_redone += 1  # the crashed file's shard (others in flight start over too)
-
-    def _write_once(self, writer: StoreWriter, shards: Sequence[int], written: list[int],
-                    on_batch: Callable[[int], None] | None) -> int:
+        skipped, with that reason, and the work goes on from the first batch not embedded: a rerun
+        would crash on it in the same place (``zsfs.embedding.set_aside_crashing_file``)."""
         settings = self.settings
         batches, owners = shard_batches(writer, shards, settings.batch_size)
-        with embedded_listing(self.source, (self.clip, self.features), batches, owners, device=settings.device,
-                              precision=settings.precision, workers=settings.workers,
-                              max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch) as embedded:
-            return _write_shards(writer, self.source, embedded, owners, self.clip.record["dim"],
-                                 self.features.record["dim"], written)
+        shards_in = _ShardAssembly(writer, self.source, owners, self.clip.record["dim"], self.features.record["dim"])
+        while shards_in.taken < len(batches):
+            left = slice(shards_in.taken, None)
+            try:
+                with embedded_listing(self.source, (self.clip, self.features), batches[left], owners[left],
+                                      device=settings.device, precision=settings.precision, workers=settings.workers,
+                                      max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch,
+                                      set_aside=self.set_aside) as embedded:
+                    for shard, batch, outputs in embedded:
+                        shards_in.take(shard, batch, outputs)
+            except DecodingProcessDied as died:
+                if not set_aside_crashing_file(self.set_aside, died):
+                    raise DecodingProcessDied(f"{died}.{crash_advice(self.set_aside)} Rerun: an extract resumes "
+                                              "from the shards it finished.", crashed=died.crashed,
+                                              how=died.how) from None
+        return shards_in.processed
 
     def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(single-prompt, ensemble) text embeddings of the class names."""
@@ -395,24 +389,26 @@ def _missing_vocabulary(master: Path, source: ImageSource, name: str, classes: l
     return classes if classes and not has_vocabulary else None
 
 
-def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: list[int], clip_dim: int,
-                  backbone_dim: int, written: list[int]) -> int:
-    """Collect embedded batches per shard; write each shard as soon as its last batch is in (and
-    append it to ``written``)."""
-    batches_left = Counter(owners)
-    rows: dict[int, _ShardRows] = {}  # the shards in progress only: batches come in listing order
-    processed = 0
-    for shard, batch, outputs in embedded:
-        if shard not in rows:
-            start, stop = writer.shard_bounds(shard)
-            rows[shard] = _ShardRows(stop - start, clip_dim, backbone_dim, writer.dtype)
-        rows[shard].add(batch, outputs)
-        processed += len(batch.indices) + len(batch.failures)
-        batches_left[shard] -= 1
-        if batches_left[shard] == 0:
-            writer.write_shard(shard, rows.pop(shard).shard_data(source))
-            written.append(shard)
-    return processed
+class _ShardAssembly:
+    """Embedded batches collected per shard; each shard is written as soon as its last batch is
+    in. Batches come in listing order; ``taken`` counts them (a restarted loader starts there)."""
+
+    def __init__(self, writer: StoreWriter, source: ImageSource, owners: list[int], clip_dim: int, backbone_dim: int):
+        self.writer, self.source, self.clip_dim, self.backbone_dim = writer, source, clip_dim, backbone_dim
+        self.batches_left = Counter(owners)
+        self.rows: dict[int, _ShardRows] = {}  # the shards in progress only
+        self.taken = self.processed = 0
+
+    def take(self, shard: int, batch: Batch, outputs: tuple[np.ndarray, np.ndarray] | None) -> None:
+        if shard not in self.rows:
+            start, stop = self.writer.shard_bounds(shard)
+            self.rows[shard] = _ShardRows(stop - start, self.clip_dim, self.backbone_dim, self.writer.dtype)
+        self.rows[shard].add(batch, outputs)
+        self.taken += 1
+        self.processed += len(batch.indices) + len(batch.failures)
+        self.batches_left[shard] -= 1
+        if self.batches_left[shard] == 0:
+            self.writer.write_shard(shard, self.rows.pop(shard).shard_data(self.source))
 
 
 def add_vocabulary(

@@ -1,0 +1,65 @@
+"""Slowed-down decoding and model loading, so that a test can kill a worker in the middle of a
+shard, or while it loads its models; and a decoder that crashes on one file name."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+DELAY_VARIABLE = "ZSFS_TEST_DECODE_DELAY"
+LOAD_DELAY_VARIABLE = "ZSFS_TEST_LOAD_DELAY"
+CRASH_VARIABLE = "ZSFS_TEST_CRASH_ON"
+CRASH_AT_VARIABLE = "ZSFS_TEST_CRASH_AT_DECODE"
+
+
+def slow_decoding() -> None:
+    """Make every image decode of this process sleep ``$ZSFS_TEST_DECODE_DELAY`` seconds first.
+
+    A Ray worker set-up hook: ``ray.init(runtime_env={"worker_process_setup_hook":
+    "zsfs.testing.hooks.slow_decoding", "env_vars": {DELAY_VARIABLE: "0.05"}})``.
+    """
+    import zsfs.sources as sources
+
+    delay = float(os.environ.get(DELAY_VARIABLE, "0"))
+    decode = sources.decode_image
+
+    def slow(*args, **kwargs):
+        time.sleep(delay)
+        return decode(*args, **kwargs)
+
+    sources.decode_image = slow  # the name ImageSource.decode calls
+
+
+def hooked_workers() -> None:
+    """:func:`slow_decoding`; every ``ShardEmbedder`` (its models) of this process built
+    ``$ZSFS_TEST_LOAD_DELAY`` seconds late; a process that decodes a file whose name ends with
+    ``$ZSFS_TEST_CRASH_ON`` killed by SIGSEGV, as a codec library's bug does, and one that
+    starts its ``$ZSFS_TEST_CRASH_AT_DECODE``-th decode too, whatever the file (as a heap
+    corrupted earlier makes it). For Ray workers (a set-up hook, as ``slow_decoding``) and for
+    ``zsfs`` run by a test in a child process; decoding processes are forks, so they inherit it."""
+    import zsfs.extract as extract
+    import zsfs.sources as sources
+
+    slow_decoding()
+    crash_on, crash_at, decode = os.environ.get(CRASH_VARIABLE), os.environ.get(CRASH_AT_VARIABLE), sources.decode_image
+    decodes = {"pid": os.getpid(), "count": 0}
+
+    def crashing(path, *args, **kwargs):
+        if decodes["pid"] != os.getpid():  # a new process counts from 0
+            decodes.update(pid=os.getpid(), count=0)
+        decodes["count"] += 1
+        if (crash_on and str(path).endswith(crash_on)) or (crash_at and decodes["count"] == int(crash_at)):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return decode(path, *args, **kwargs)
+
+    if crash_on or crash_at:
+        sources.decode_image = crashing
+    delay = float(os.environ.get(LOAD_DELAY_VARIABLE, "0"))
+    build = extract.ShardEmbedder.__init__
+
+    def slow(self, *args, **kwargs):
+        time.sleep(delay)
+        build(self, *args, **kwargs)
+
+    extract.ShardEmbedder.__init__ = slow
