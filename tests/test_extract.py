@@ -421,6 +421,28 @@ def test_a_file_that_crashes_its_decoding_process_is_skipped_and_the_run_goes_on
         np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
 
 
+def test_of_two_tar_members_of_one_name_only_the_crashing_one_is_set_aside(tmp_path):
+    """Bug: the crashing file was set aside by its path, which a tar's two members of one name
+    share: the good one was skipped with it."""
+    import io
+    import tarfile
+
+    pixels = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(pixels, format="PNG")
+    members = [("a.png", pixels.getvalue()), ("a.png", pixels.getvalue() + b"crash-me"), ("b.png", pixels.getvalue())]
+    (tmp_path / "tars").mkdir()
+    with tarfile.open(tmp_path / "tars" / "00000.tar", "w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    crashed = _crashing_extract(tmp_path / "tars", tmp_path / "s.h5", 1, **{CRASH_VARIABLE: "crash-me"})
+    assert crashed.returncode == 0, crashed.stderr
+    with Store(tmp_path / "s.h5") as store:
+        assert list(store.paths()) == ["00000.tar::a.png", "00000.tar::b.png"]
+        assert [str(reason) for reason in store.skipped()[1]] == ["crashes the image decoder (killed by SIGSEGV)"]
+
+
 def test_a_crash_that_no_one_file_causes_stops_the_run_and_blames_no_file(tmp_path):
     """A process that crashes at its third decode, whatever the file (as a heap corrupted
     earlier does): the file it was decoding decodes alone, so it is not set aside; the run stops

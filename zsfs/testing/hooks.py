@@ -34,7 +34,8 @@ def slow_decoding() -> None:
 def hooked_workers() -> None:
     """:func:`slow_decoding`; every ``ShardEmbedder`` (its models) of this process built
     ``$ZSFS_TEST_LOAD_DELAY`` seconds late; a process that decodes a file whose name ends with
-    ``$ZSFS_TEST_CRASH_ON`` killed by SIGSEGV, as a codec library's bug does, and one that
+    ``$ZSFS_TEST_CRASH_ON`` (or a tar member whose bytes hold it) killed by SIGSEGV, as a codec
+    library's bug does, and one that
     starts its ``$ZSFS_TEST_CRASH_AT_DECODE``-th decode too, whatever the file (as a heap
     corrupted earlier makes it). For Ray workers (a set-up hook, as ``slow_decoding``) and for
     ``zsfs`` run by a test in a child process; decoding processes are forks, so they inherit it."""
@@ -49,7 +50,9 @@ def hooked_workers() -> None:
         if decodes["pid"] != os.getpid():  # a new process counts from 0
             decodes.update(pid=os.getpid(), count=0)
         decodes["count"] += 1
-        if (crash_on and str(path).endswith(crash_on)) or (crash_at and decodes["count"] == int(crash_at)):
+        data = kwargs.get("data")
+        named = crash_on and (str(path).endswith(crash_on) or (data is not None and crash_on.encode() in data))
+        if named or (crash_at and decodes["count"] == int(crash_at)):
             os.kill(os.getpid(), signal.SIGSEGV)
         return decode(path, *args, **kwargs)
 
