@@ -408,10 +408,13 @@ def test_a_file_that_crashes_its_decoding_process_is_skipped_and_the_run_goes_on
     crashed = _crashing_extract(source, tmp_path / "s.h5", workers, **{CRASH_VARIABLE: relative})
     assert crashed.returncode == 0 and "Traceback" not in crashed.stderr, crashed.stderr
     said = " ".join(crashed.stderr.split())
-    assert "Note: 1 file crashed the image decoder and was set aside (skipped): `zsfs info --skipped" in said, said
+    assert f"Note: 1 file crashed the image decoder and was set aside (skipped): 1: {relative}." in said, said
     with Store(tmp_path / "s.h5") as store:
         skipped = dict(zip(*store.skipped()))
     assert skipped[relative] == "crashes the image decoder (killed by SIGSEGV)", said
+    rerun = run_cli("extract", source, "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", str(workers),
+                    "--shard-size", "6", "--batch-size", "2")  # bug: the note was said again, of the whole store
+    assert rerun.exit_code == 0 and "crashed the image decoder" not in output_text(rerun), rerun.output
 
     (source / relative).write_bytes(b"")  # the same file, unreadable: the reference store
     extract(source, tmp_path / "ref.h5", workers=1, shard_size=6, batch_size=2, **TINY_MODELS)
@@ -419,6 +422,27 @@ def test_a_file_that_crashes_its_decoding_process_is_skipped_and_the_run_goes_on
     assert theirs["skipped"].pop(relative) == "empty file" and mine["skipped"].pop(relative)
     for key in mine:
         np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
+
+
+def test_the_check_that_a_file_crashes_alone_runs_torch_after_the_models_did(tmp_path):
+    """Bug: the check forks this process; after the models had run, the child's first parallel
+    torch operation (a model's preprocessing) deadlocked, and the check timed out: a file that
+    crashes there was not blamed, and every other check cost its whole timeout."""
+    import os
+    import signal
+
+    from zsfs.embedding import DecodedImages, _crashes_alone
+
+    Image.new("RGB", (224, 224)).save(tmp_path / "a.png")
+
+    def crashing_preprocess(image):
+        pixels = torch.ones(3, 224, 224).sub_(0.5).div_(0.25)  # what a Normalize does
+        os.kill(os.getpid(), signal.SIGSEGV)
+        return pixels
+
+    torch.ones(512, 512) @ torch.ones(512, 512)  # this process's OpenMP pool has run, as after the models
+    images = DecodedImages(open_source(tmp_path), crashing_preprocess)
+    assert _crashes_alone(images, 0, timeout=30)
 
 
 def test_of_two_tar_members_of_one_name_only_the_crashing_one_is_set_aside(tmp_path):

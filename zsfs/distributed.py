@@ -123,6 +123,7 @@ class RayEmbedders(AbstractContextManager):
                             "weight files (see docs/scale.md)")
         self.records = records[0]
         self.shards_redone = 0
+        self.set_aside: dict[int, str] = {}  # the workers set crashing files aside; the store's skips count them
 
     def _start_worker(self):
         options = dict(num_cpus=self.cores, num_gpus=1 if self.settings.device == "cuda" else 0, max_restarts=0,
@@ -166,7 +167,8 @@ class RayEmbedders(AbstractContextManager):
             except (RayActorError, RayTaskError) as error:
                 worker_died = isinstance(error, RayActorError)
                 cause = getattr(error, "cause", None)
-                if not (worker_died or isinstance(cause, DecodingProcessDied)):
+                crashed = isinstance(cause, DecodingProcessDied) and cause.crashed  # what the worker could not set aside
+                if crashed or not (worker_died or isinstance(cause, DecodingProcessDied)):
                     raise cause if isinstance(cause, ZsfsError) else error from None
                 # the worker, or one of its decoding processes, died mid-shard: the shard is computed again
                 attempts[shard] += 1

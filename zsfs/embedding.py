@@ -343,7 +343,7 @@ def _crashes_alone(images: DecodedImages, index: int, timeout: float = 120.0) ->
     process that crashed is taken as it is."""
     if "fork" not in multiprocessing.get_all_start_methods():
         return True
-    process = multiprocessing.get_context("fork").Process(target=images._decoded, args=(index,))
+    process = multiprocessing.get_context("fork").Process(target=_decode_alone, args=(images, index))
     process.start()
     process.join(timeout)
     if process.exitcode is None:  # it hangs: not what crashed the decoding process
@@ -351,6 +351,13 @@ def _crashes_alone(images: DecodedImages, index: int, timeout: float = 120.0) ->
         process.join()
         return False
     return process.exitcode in [-number for number in CRASH_SIGNALS]
+
+
+def _decode_alone(images: DecodedImages, index: int) -> None:
+    # One thread, as in a DataLoader worker: a fork of a process whose OpenMP pool has run (the
+    # models) deadlocks in its first parallel torch operation (the preprocessing's).
+    torch.set_num_threads(1)
+    images._decoded(index)
 
 
 def _to_host(tag, batch: Batch, embedded, on_batch: Callable[[int], None] | None) -> tuple:

@@ -58,6 +58,7 @@ class ExtractSummary:
     vocabulary: str | None  # name of the vocabulary written, None when no class names known
     classes: list[str] = field(default_factory=list)
     shards_redone: int = 0  # Ray: shards recomputed because the worker holding them died
+    set_aside: list[str] = field(default_factory=list)  # files this run set aside for crashing a decoding process
     no_labels_reason: str | None = None  # the source's, when its class subfolders could not be used
     empty_tars: list[str] = field(default_factory=list)  # the source's tar shards that hold no image
     compressed_tars: list[str] = field(default_factory=list)  # compressed tars beside the shards: not read
@@ -325,6 +326,7 @@ def extract(
             _write_vocabulary(writer.master, vocab_name, vocabulary, single, ensemble, overwrite=True,
                               identity=writer.identity)
         shards_redone = embedder.shards_redone
+        set_aside = [image_source.paths[index] for index in sorted(embedder.set_aside)]
     with Store(writer.master) as store:
         skipped_paths, reasons = store.skipped()
         n_images = store.n_images
@@ -341,6 +343,7 @@ def extract(
         vocabulary=vocab_name if class_names else None,
         classes=list(class_names or []),
         shards_redone=shards_redone,
+        set_aside=set_aside,
         no_labels_reason=image_source.no_labels_reason,
         empty_tars=image_source.empty_tars,
         compressed_tars=image_source.compressed_tars,

@@ -83,13 +83,11 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
         finally:
             loading.stop()
     console.print(_summary_table(summary))
-    from zsfs.embedding import CRASHING_FILE  # (torch is loaded by now)
-
-    crashing = sum(count for reason, count in summary.skipped_reasons.items() if reason.startswith(CRASHING_FILE))
+    crashing = len(summary.set_aside)
     if crashing:  # the decoding process's own crash report is on the terminal above: say it was handled
         console.print(f"Note: {counted(crashing, 'file')} crashed the image decoder and "
-                      f"{'was' if crashing == 1 else 'were'} set aside (skipped): `zsfs info --skipped "
-                      f"{shown(summary.output.name)}` lists {'it' if crashing == 1 else 'them'}.")
+                      f"{'was' if crashing == 1 else 'were'} set aside (skipped): "
+                      f"{some_names([shown(path) for path in summary.set_aside], 5)}.")
     move = "move the loose images into class subfolders" if summary.no_labels_reason else ""
     if summary.vocabulary is None:
         why = f"{summary.no_labels_reason}; {move} or pass --classes" if move else "no class subfolders, no --classes"
