@@ -337,6 +337,27 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
                 raise died from error
 
 
+def embedded_images(source: ImageSource, models: Sequence[ImageModel], batches: list[list[int]], tags: Sequence, *,
+                    set_aside: dict[int, str], rerun_advice: str = "", **options) -> Iterator[tuple]:
+    """:func:`embedded_listing`'s results over all ``batches``, in order; a file that crashes its
+    decoding process goes into ``set_aside`` (:func:`set_aside_crashing_file`; its batch then
+    reports it failed) and the decoding starts again at the first batch not yet yielded. A crash
+    no one file is to blame for raises :class:`DecodingProcessDied`, its message ending with
+    ``rerun_advice``. ``options``: :func:`embedded_listing`'s."""
+    done = 0
+    while done < len(batches):
+        try:
+            with embedded_listing(source, models, batches[done:], tags[done:], set_aside=set_aside,
+                                  **options) as embedded:
+                for result in embedded:
+                    yield result
+                    done += 1
+        except DecodingProcessDied as died:
+            if not set_aside_crashing_file(set_aside, died):
+                raise DecodingProcessDied(f"{died}.{crash_advice(set_aside)}{rerun_advice}", crashed=died.crashed,
+                                          how=died.how) from None
+
+
 def _crashes_alone(images: DecodedImages, index: int, timeout: float = 120.0) -> bool:
     """Whether decoding the ``index``-th file in a process of its own crashes it too (a fork of
     this one, as the decoding processes are). Without fork (macOS, Windows) the note of the

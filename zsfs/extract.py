@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +23,7 @@ import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
-from zsfs.embedding import (Batch, DecodingProcessDied, crash_advice, embedded_listing,
-                             set_aside_crashing_file)
+from zsfs.embedding import Batch, embedded_images
 from zsfs.errors import ParameterError, StoreMismatchError, ZsfsError, check_at_least
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
 from zsfs.names import check_class_names, counted, pairs_text, reasons_text
@@ -197,22 +196,14 @@ class ShardEmbedder(AbstractContextManager):
         would crash on it in the same place (``zsfs.embedding.set_aside_crashing_file``)."""
         settings = self.settings
         batches, owners = shard_batches(writer, shards, settings.batch_size)
-        shards_in = _ShardAssembly(writer, self.source, owners, self.clip.record["dim"], self.features.record["dim"])
-        while shards_in.taken < len(batches):
-            left = slice(shards_in.taken, None)
-            try:
-                with embedded_listing(self.source, (self.clip, self.features), batches[left], owners[left],
-                                      device=settings.device, precision=settings.precision, workers=settings.workers,
-                                      max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch,
-                                      set_aside=self.set_aside) as embedded:
-                    for shard, batch, outputs in embedded:
-                        shards_in.take(shard, batch, outputs)
-            except DecodingProcessDied as died:
-                if not set_aside_crashing_file(self.set_aside, died):
-                    raise DecodingProcessDied(f"{died}.{crash_advice(self.set_aside)} Rerun: an extract resumes "
-                                              "from the shards it finished.", crashed=died.crashed,
-                                              how=died.how) from None
-        return shards_in.processed
+        # closing(): a failed write stops the decoding processes now, not when the traceback goes
+        with closing(embedded_images(self.source, (self.clip, self.features), batches, owners,
+                                     set_aside=self.set_aside,
+                                     rerun_advice=" Rerun: an extract resumes from the shards it finished.",
+                                     device=settings.device, precision=settings.precision, workers=settings.workers,
+                                     max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch)) as embedded:
+            return _write_shards(writer, self.source, embedded, owners, self.clip.record["dim"],
+                                 self.features.record["dim"])
 
     def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(single-prompt, ensemble) text embeddings of the class names."""
@@ -392,26 +383,22 @@ def _missing_vocabulary(master: Path, source: ImageSource, name: str, classes: l
     return classes if classes and not has_vocabulary else None
 
 
-class _ShardAssembly:
-    """Embedded batches collected per shard; each shard is written as soon as its last batch is
-    in. Batches come in listing order; ``taken`` counts them (a restarted loader starts there)."""
-
-    def __init__(self, writer: StoreWriter, source: ImageSource, owners: list[int], clip_dim: int, backbone_dim: int):
-        self.writer, self.source, self.clip_dim, self.backbone_dim = writer, source, clip_dim, backbone_dim
-        self.batches_left = Counter(owners)
-        self.rows: dict[int, _ShardRows] = {}  # the shards in progress only
-        self.taken = self.processed = 0
-
-    def take(self, shard: int, batch: Batch, outputs: tuple[np.ndarray, np.ndarray] | None) -> None:
-        if shard not in self.rows:
-            start, stop = self.writer.shard_bounds(shard)
-            self.rows[shard] = _ShardRows(stop - start, self.clip_dim, self.backbone_dim, self.writer.dtype)
-        self.rows[shard].add(batch, outputs)
-        self.taken += 1
-        self.processed += len(batch.indices) + len(batch.failures)
-        self.batches_left[shard] -= 1
-        if self.batches_left[shard] == 0:
-            self.writer.write_shard(shard, self.rows.pop(shard).shard_data(self.source))
+def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: list[int], clip_dim: int,
+                  backbone_dim: int) -> int:
+    """Collect embedded batches per shard; write each shard as soon as its last batch is in."""
+    batches_left = Counter(owners)
+    rows: dict[int, _ShardRows] = {}  # the shards in progress only: batches come in listing order
+    processed = 0
+    for shard, batch, outputs in embedded:
+        if shard not in rows:
+            start, stop = writer.shard_bounds(shard)
+            rows[shard] = _ShardRows(stop - start, clip_dim, backbone_dim, writer.dtype)
+        rows[shard].add(batch, outputs)
+        processed += len(batch.indices) + len(batch.failures)
+        batches_left[shard] -= 1
+        if batches_left[shard] == 0:
+            writer.write_shard(shard, rows.pop(shard).shard_data(source))
+    return processed
 
 
 def add_vocabulary(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ import numpy as np
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.errors import ZsfsError, check_at_least
 from zsfs.devices import check_device
-from zsfs.embedding import DecodingProcessDied, crash_advice, embedded_listing, set_aside_crashing_file
+from zsfs.embedding import embedded_images
 from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
@@ -120,22 +121,15 @@ def predict_images(
 
     batches = [list(range(start, min(start + batch_size, len(source)))) for start in range(0, len(source), batch_size)]
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    rows, features, errors, done, set_aside = [], [], {}, 0, {}
-    while done < len(batches):  # again after a file crashed a decoding process, without it, from where it stopped
-        try:
-            with embedded_listing(source, (backbone,), batches[done:], range(done, len(batches)), device=device,
-                                  precision=precision, workers=workers, max_pixels=max_pixels,
-                                  on_batch=on_batch, set_aside=set_aside) as embedded:
-                for _, batch, outputs in embedded:
-                    if outputs is not None:
-                        rows.append(batch.indices)
-                        features.append(outputs[0])
-                    errors.update(batch.failures)
-                    done += 1
-        except DecodingProcessDied as died:
-            if not set_aside_crashing_file(set_aside, died):
-                raise DecodingProcessDied(f"{died}.{crash_advice(set_aside)}", crashed=died.crashed,
-                                          how=died.how) from None
+    rows, features, errors = [], [], {}
+    with closing(embedded_images(source, (backbone,), batches, range(len(batches)), set_aside={}, device=device,
+                                 precision=precision, workers=workers, max_pixels=max_pixels,
+                                 on_batch=on_batch)) as embedded:
+        for _, batch, outputs in embedded:
+            if outputs is not None:
+                rows.append(batch.indices)
+                features.append(outputs[0])
+            errors.update(batch.failures)
 
     n = len(source)
     predicted = np.full(n, None, dtype=object)
