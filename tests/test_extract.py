@@ -28,7 +28,7 @@ from zsfs.sources import open_source
 from zsfs.store.reader import Store
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
-from zsfs.testing.hooks import CRASH_AT_VARIABLE, CRASH_VARIABLE
+from zsfs.testing.hooks import CRASH_AT_VARIABLE, CRASH_VARIABLE, HANG_VARIABLE, HUNG_SECONDS_VARIABLE
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.processes import children
@@ -422,6 +422,23 @@ def test_a_file_that_crashes_its_decoding_process_is_skipped_and_the_run_goes_on
     assert theirs["skipped"].pop(relative) == "empty file" and mine["skipped"].pop(relative)
     for key in mine:
         np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
+
+
+def test_a_file_whose_decoding_hangs_is_set_aside_and_the_run_goes_on(tmp_path):
+    """A read that never returns (a lost network mount) held the run forever with its progress bar
+    still. The decoding process is stopped after ``HUNG_DECODE_SECONDS`` (here 2), the file skipped
+    with the reason, and every other image embedded."""
+    folder = write_image_folder(tmp_path / "photos", n_per_class=4)
+    source, relative = folder["root"], folder["good"][3]
+    hung = _crashing_extract(source, tmp_path / "s.h5", 2, **{HANG_VARIABLE: relative, HUNG_SECONDS_VARIABLE: "2"})
+    assert hung.returncode == 0 and "Traceback" not in hung.stderr, hung.stderr
+    said = " ".join(hung.stderr.split())
+    assert f"Note: 1 file hung the image decoder and was set aside (skipped): 1: {relative}." in said, said
+    assert "crashed" not in said, said
+    with Store(tmp_path / "s.h5") as store:
+        skipped = dict(zip(*store.skipped()))
+        assert skipped[relative] == "still decoding after 2 s (a hung read or decoder)"
+        assert store.n_images == len(folder["good"]) - 1
 
 
 def test_the_check_that_a_file_crashes_alone_runs_torch_after_the_models_did(tmp_path):

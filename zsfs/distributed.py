@@ -167,7 +167,8 @@ class RayEmbedders(AbstractContextManager):
             except (RayActorError, RayTaskError) as error:
                 worker_died = isinstance(error, RayActorError)
                 cause = getattr(error, "cause", None)
-                crashed = isinstance(cause, DecodingProcessDied) and cause.crashed  # what the worker could not set aside
+                # a crash or hang the worker could not set aside: a retry would meet it again
+                crashed = isinstance(cause, DecodingProcessDied) and (cause.crashed or cause.hung)
                 if crashed or not (worker_died or isinstance(cause, DecodingProcessDied)):
                     raise cause if isinstance(cause, ZsfsError) else error from None
                 # the worker, or one of its decoding processes, died mid-shard: the shard is computed again

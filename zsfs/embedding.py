@@ -12,6 +12,7 @@ import multiprocessing.connection
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -88,15 +89,18 @@ class DecodedImages(Dataset):
     is the decoding budget of one image (see ``zsfs.decode.DEFAULT_MAX_PIXELS``). ``decoding``
     (shared memory, one slot per decoding process): the position each process is decoding, -1
     between images; a process that crashes leaves the position of the file that crashed it.
-    ``set_aside``: positions not to decode (files that crashed a decoding process) -> reason.
+    ``decoding_since`` (shared memory, the same slots): when (``time.monotonic``) each began it.
+    ``set_aside``: positions not to decode (files that crashed or hung a decoding process) -> reason.
     """
 
     def __init__(self, source: ImageSource, *preprocess: Callable, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 decoding: Sequence[int] | None = None, set_aside: Mapping[int, str] | None = None):
+                 decoding: Sequence[int] | None = None, decoding_since: Sequence[float] | None = None,
+                 set_aside: Mapping[int, str] | None = None):
         self.source = source
         self.preprocess = preprocess
         self.max_pixels = max_pixels
         self.decoding = decoding
+        self.decoding_since = decoding_since
         self.set_aside = set_aside or {}
 
     def __len__(self) -> int:
@@ -106,6 +110,8 @@ class DecodedImages(Dataset):
         worker = get_worker_info()
         if worker is None or self.decoding is None:
             return self._decoded(index)
+        if self.decoding_since is not None:  # before the position: a watcher never pairs it with an old time
+            self.decoding_since[worker.id] = time.monotonic()
         self.decoding[worker.id] = index
         try:
             return self._decoded(index)
@@ -184,22 +190,30 @@ CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, si
 
 class DecodingProcessDied(ZsfsError):
     """A decoding process (a DataLoader worker) died mid-run: killed (the out-of-memory killer's
-    way), or ``crashed`` (a signal such as SIGSEGV: a file may crash the decoder).
-    ``crashing_index``: the listing position it was decoding when it crashed, when known."""
+    way), ``crashed`` (a signal such as SIGSEGV: a file may crash the decoder), or stopped by zsfs
+    because it was ``hung`` on one file. ``crashing_index``: the listing position it was decoding
+    when it crashed or hung, when known."""
 
-    def __init__(self, message: str, *, crashed: bool = False, how: str = "", crashing_index: int | None = None):
+    def __init__(self, message: str, *, crashed: bool = False, hung: bool = False, how: str = "",
+                 crashing_index: int | None = None):
         super().__init__(message)
-        self.crashed, self.how, self.crashing_index = crashed, how, crashing_index
+        self.crashed, self.hung, self.how, self.crashing_index = crashed, hung, how, crashing_index
+
+    @property
+    def file_reason(self) -> str:
+        """The skip reason of the file at ``crashing_index``."""
+        return HUNG_FILE.format(seconds=round(HUNG_DECODE_SECONDS)) if self.hung else f"{CRASHING_FILE} ({self.how})"
 
 
-def decoding_process_died(batches: Iterator[Batch], error: BaseException,
-                          decoding: Sequence[int] | None = None) -> DecodingProcessDied | None:
+def decoding_process_died(batches: Iterator[Batch], error: BaseException, decoding: Sequence[int] | None = None,
+                          hung: Mapping[int, int] | None = None) -> DecodingProcessDied | None:
     """:class:`DecodingProcessDied` when one of the decoding processes of ``batches`` (a
     DataLoader's iterator) has died, whatever ``error`` that made torch raise: its own
     RuntimeError, an EOFError or a reset connection from the dead process's pipe. Its processes
     are then stopped. None while they all live, and for a full /dev/shm (its message says more).
     ``decoding``: per decoding process, the listing position it is decoding (-1: none), which a
-    crash leaves set (:class:`DecodedImages`)."""
+    crash leaves set (:class:`DecodedImages`). ``hung``: decoding process -> the position it was
+    stopped on for hanging (:class:`HangWatch`)."""
     workers = getattr(batches, "_workers", [])  # none without decoding processes (workers=0)
     if workers and (isinstance(error, (EOFError, ConnectionError)) or "DataLoader worker (pid" in str(error)):
         # What a dying process's pipe says can come before the process has ended: wait for it a little.
@@ -211,6 +225,12 @@ def decoding_process_died(batches: Iterator[Batch], error: BaseException,
     if not dead or shared_memory_full(error):
         return None
     batches._shutdown_workers()  # now, as torch's clean-up would later (see without_torch_sigchld_handler)
+    stopped = [worker_id for worker_id in dead if worker_id in (hung or {})]
+    if stopped:
+        worker = workers[stopped[0]]
+        return DecodingProcessDied(f"a decoding process (pid {worker.pid}) was still decoding one file after "
+                                   f"{HUNG_DECODE_SECONDS:g} s and was stopped", hung=True, how="hung",
+                                   crashing_index=hung[stopped[0]])
     worker = workers[dead[0]]  # torch starts them in order of their worker id
     code = worker.exitcode
     how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
@@ -224,28 +244,73 @@ def decoding_process_died(batches: Iterator[Batch], error: BaseException,
 
 CRASHING_FILE = "crashes the image decoder"
 """The skip reason of a file that crashed a decoding process (followed by how it died)."""
+HUNG_FILE = "still decoding after {seconds} s (a hung read or decoder)"
+"""The skip reason of a file a decoding process was stopped on (:class:`HangWatch`)."""
+HUNG_DECODE_SECONDS = 600.0
+"""How long one file may take to decode before its process is stopped and the file set aside: a
+read from a hung network mount never returns. Decoding the largest image the pixel budget allows
+takes seconds; a large file on a slow share can take minutes."""
 MAX_CRASHING_FILES = 10
-"""Files one run sets aside for crashing a decoding process before it stops: beyond a few,
-something else is likely wrong (a broken image library), and each costs a restart of the decoding."""
+"""Files one run sets aside for crashing or hanging a decoding process before it stops: beyond a
+few, something else is likely wrong (a broken image library, a lost mount), and each costs a
+restart of the decoding."""
 
 
 def set_aside_crashing_file(set_aside: dict[int, str], died: DecodingProcessDied) -> bool:
-    """Add the file whose decoding crashed a process (``died``) to ``set_aside`` (position ->
-    reason), so that the work left can run without it: a rerun would crash on it in the same
-    place. False when no one file is to blame (the crash came between files, or the file decodes
-    alone without crashing), or ``MAX_CRASHING_FILES`` are set aside already."""
+    """Add the file whose decoding crashed or hung a process (``died``) to ``set_aside``
+    (position -> reason), so that the work left can run without it: a rerun would crash on it in
+    the same place. False when no one file is to blame (the crash came between files, or the
+    file decodes alone without crashing), or ``MAX_CRASHING_FILES`` are set aside already."""
     if died.crashing_index is None or died.crashing_index in set_aside or len(set_aside) >= MAX_CRASHING_FILES:
         return False
-    set_aside[died.crashing_index] = f"{CRASHING_FILE} ({died.how})"
+    set_aside[died.crashing_index] = died.file_reason
     return True
 
 
 def crash_advice(set_aside: dict[int, str]) -> str:
     """What to say after a crash that :func:`set_aside_crashing_file` could not set aside."""
     if len(set_aside) >= MAX_CRASHING_FILES:
-        return (f" {MAX_CRASHING_FILES} files crashed the image decoder in this run: something else may be wrong "
-                "(a broken image library?)")
+        return (f" {MAX_CRASHING_FILES} files crashed or hung the image decoder in this run: something else may "
+                "be wrong (a broken image library, a lost mount?)")
     return ""
+
+
+class HangWatch:
+    """A thread that stops (SIGKILL) a decoding process still decoding one file after
+    ``HUNG_DECODE_SECONDS``, and notes which file (``hung``: decoding process -> listing
+    position). The loader then finds the process dead, and :func:`decoding_process_died` says
+    it hung. Only the decoding processes' own files: the models run in this process."""
+
+    def __init__(self, batches: Iterator[Batch], decoding: Sequence[int], decoding_since: Sequence[float]):
+        self.workers = getattr(batches, "_workers", [])
+        self.decoding, self.decoding_since = decoding, decoding_since
+        self.hung: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="zsfs-hang-watch", daemon=True)
+
+    def __enter__(self) -> "HangWatch":
+        if self.workers:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        limit = HUNG_DECODE_SECONDS
+        while not self._stop.wait(min(5.0, limit / 4)):
+            for worker_id, worker in enumerate(self.workers):
+                index = self.decoding[worker_id]
+                if (index < 0 or worker_id in self.hung or time.monotonic() - self.decoding_since[worker_id] < limit
+                        or self.decoding[worker_id] != index or worker.pid is None):
+                    continue
+                self.hung[worker_id] = int(index)
+                try:
+                    os.kill(worker.pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended meanwhile
+                    pass
 
 
 @contextmanager
@@ -311,23 +376,25 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
     the workers leave (:func:`model_threads`) while the results are read. ``set_aside``:
     positions reported as failed with their reason, not decoded (:func:`set_aside_crashing_file`).
     A decoding process that dies raises :class:`DecodingProcessDied`; one that crashed names the
-    file it was decoding when that file crashes a process of its own too.
+    file it was decoding when that file crashes a process of its own too; one still decoding a
+    file after ``HUNG_DECODE_SECONDS`` is stopped, and names it (:class:`HangWatch`).
     """
     torch_device = torch.device(device)
     workers = default_workers(device, cores) if workers is None else workers
     decoding = multiprocessing.RawArray("q", [-1] * workers) if workers > 0 else None
+    decoding_since = multiprocessing.RawArray("d", workers) if workers > 0 else None
     images = DecodedImages(source, *(model.preprocess for model in models), max_pixels=max_pixels, decoding=decoding,
-                           set_aside=set_aside)
+                           decoding_since=decoding_since, set_aside=set_aside)
     loader = make_loader(images, batches, workers=workers, pin_memory=torch_device.type == "cuda",
                          worker_niceness=default_worker_niceness(device))
     with model_threads(torch_device, workers, cores):
         loaded = iter(loader)  # kept: a failure looks at its decoding processes. (It installs torch's handler.)
-        with without_torch_sigchld_handler():
+        with without_torch_sigchld_handler(), HangWatch(loaded, decoding, decoding_since) as watch:
             try:
                 yield embed_batches(loaded, tags, tuple(model.encode_images for model in models), torch_device,
                                     precision, on_batch)
             except Exception as error:
-                died = decoding_process_died(loaded, error, decoding)
+                died = decoding_process_died(loaded, error, decoding, watch.hung)
                 if died is None:
                     raise
                 if died.crashed and (died.crashing_index is None or not _crashes_alone(images, died.crashing_index)):
@@ -339,8 +406,8 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
 
 def embedded_images(source: ImageSource, models: Sequence[ImageModel], batches: list[list[int]], tags: Sequence, *,
                     set_aside: dict[int, str], rerun_advice: str = "", **options) -> Iterator[tuple]:
-    """:func:`embedded_listing`'s results over all ``batches``, in order; a file that crashes its
-    decoding process goes into ``set_aside`` (:func:`set_aside_crashing_file`; its batch then
+    """:func:`embedded_listing`'s results over all ``batches``, in order; a file that crashes or
+    hangs its decoding process goes into ``set_aside`` (:func:`set_aside_crashing_file`; its batch then
     reports it failed) and the decoding starts again at the first batch not yet yielded. A crash
     no one file is to blame for raises :class:`DecodingProcessDied`, its message ending with
     ``rerun_advice``. ``options``: :func:`embedded_listing`'s."""
@@ -355,7 +422,7 @@ def embedded_images(source: ImageSource, models: Sequence[ImageModel], batches: 
         except DecodingProcessDied as died:
             if not set_aside_crashing_file(set_aside, died):
                 raise DecodingProcessDied(f"{died}.{crash_advice(set_aside)}{rerun_advice}", crashed=died.crashed,
-                                          how=died.how) from None
+                                          hung=died.hung, how=died.how) from None
 
 
 def _crashes_alone(images: DecodedImages, index: int, timeout: float = 120.0) -> bool:

@@ -57,7 +57,8 @@ class ExtractSummary:
     vocabulary: str | None  # name of the vocabulary written, None when no class names known
     classes: list[str] = field(default_factory=list)
     shards_redone: int = 0  # Ray: shards recomputed because the worker holding them died
-    set_aside: list[str] = field(default_factory=list)  # files this run set aside for crashing a decoding process
+    set_aside: dict[str, str] = field(default_factory=dict)  # files this run set aside for crashing or hanging a
+    # decoding process -> reason
     no_labels_reason: str | None = None  # the source's, when its class subfolders could not be used
     empty_tars: list[str] = field(default_factory=list)  # the source's tar shards that hold no image
     compressed_tars: list[str] = field(default_factory=list)  # compressed tars beside the shards: not read
@@ -179,7 +180,7 @@ class ShardEmbedder(AbstractContextManager):
         self.clip = load_clip(settings.clip_model, settings.clip_weights, device=settings.device)
         self.features = load_backbone(settings.backbone, settings.backbone_weights, device=settings.device)
         self.shards_redone = 0  # a process that dies takes its shards with it: nothing to redo here
-        self.set_aside: dict[int, str] = {}  # listing positions of files that crashed a decoding process -> reason
+        self.set_aside: dict[int, str] = {}  # listing positions of files that crashed or hung a decoding process -> reason
 
     @property
     def records(self) -> tuple[dict, dict]:
@@ -191,9 +192,10 @@ class ShardEmbedder(AbstractContextManager):
         """Compute ``shards`` and write each one as soon as its last batch is embedded; returns
         the listing entries processed. One loader over all of them, so decoding never idles.
 
-        A file that crashes its decoding process (SIGSEGV in a codec library, say) is recorded as
-        skipped, with that reason, and the work goes on from the first batch not embedded: a rerun
-        would crash on it in the same place (``zsfs.embedding.set_aside_crashing_file``)."""
+        A file that crashes its decoding process (SIGSEGV in a codec library, say), or hangs it,
+        is recorded as skipped, with that reason, and the work goes on from the first batch not
+        embedded: a rerun would stop on it in the same place
+        (``zsfs.embedding.set_aside_crashing_file``)."""
         settings = self.settings
         batches, owners = shard_batches(writer, shards, settings.batch_size)
         # closing(): a failed write stops the decoding processes now, not when the traceback goes
@@ -317,7 +319,7 @@ def extract(
             _write_vocabulary(writer.master, vocab_name, vocabulary, single, ensemble, overwrite=True,
                               identity=writer.identity)
         shards_redone = embedder.shards_redone
-        set_aside = [image_source.paths[index] for index in sorted(embedder.set_aside)]
+        set_aside = {image_source.paths[index]: embedder.set_aside[index] for index in sorted(embedder.set_aside)}
     with Store(writer.master) as store:
         skipped_paths, reasons = store.skipped()
         n_images = store.n_images

@@ -67,6 +67,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
       zsfs extract 'laion/{00000..00099}.tar' --device cuda --ray   # on the Ray cluster
       zsfs extract photos/ --ray local --ray-workers 2             # Ray on this machine
     """
+    from zsfs.embedding import CRASHING_FILE
     from zsfs.extract import extract as run_extract
 
     loading = console.status("Scanning the source and loading the models...")
@@ -83,11 +84,12 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
         finally:
             loading.stop()
     console.print(_summary_table(summary))
-    crashing = len(summary.set_aside)
-    if crashing:  # the decoding process's own crash report is on the terminal above: say it was handled
-        console.print(f"Note: {counted(crashing, 'file')} crashed the image decoder and "
-                      f"{'was' if crashing == 1 else 'were'} set aside (skipped): "
-                      f"{some_names([shown(path) for path in summary.set_aside], 5)}.")
+    crashing = [path for path, reason in summary.set_aside.items() if reason.startswith(CRASHING_FILE)]
+    hanging = [path for path, reason in summary.set_aside.items() if not reason.startswith(CRASHING_FILE)]
+    for paths, what in ((crashing, "crashed the image decoder"), (hanging, "hung the image decoder")):
+        if paths:  # the decoding process's own crash report is on the terminal above: say it was handled
+            console.print(f"Note: {counted(len(paths), 'file')} {what} and {'was' if len(paths) == 1 else 'were'} "
+                          f"set aside (skipped): {some_names([shown(path) for path in paths], 5)}.")
     move = "move the loose images into class subfolders" if summary.no_labels_reason else ""
     if summary.vocabulary is None:
         why = f"{summary.no_labels_reason}; {move} or pass --classes" if move else "no class subfolders, no --classes"

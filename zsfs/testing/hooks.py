@@ -1,5 +1,5 @@
 """Slowed-down decoding and model loading, so that a test can kill a worker in the middle of a
-shard, or while it loads its models; and a decoder that crashes on one file name."""
+shard, or while it loads its models; a decoder that crashes, or hangs, on one file name."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ DELAY_VARIABLE = "ZSFS_TEST_DECODE_DELAY"
 LOAD_DELAY_VARIABLE = "ZSFS_TEST_LOAD_DELAY"
 CRASH_VARIABLE = "ZSFS_TEST_CRASH_ON"
 CRASH_AT_VARIABLE = "ZSFS_TEST_CRASH_AT_DECODE"
+HANG_VARIABLE = "ZSFS_TEST_HANG_ON"
+HUNG_SECONDS_VARIABLE = "ZSFS_TEST_HUNG_DECODE_SECONDS"
 
 
 def slow_decoding() -> None:
@@ -37,13 +39,19 @@ def hooked_workers() -> None:
     ``$ZSFS_TEST_CRASH_ON`` (or a tar member whose bytes hold it) killed by SIGSEGV, as a codec
     library's bug does, and one that
     starts its ``$ZSFS_TEST_CRASH_AT_DECODE``-th decode too, whatever the file (as a heap
-    corrupted earlier makes it). For Ray workers (a set-up hook, as ``slow_decoding``) and for
+    corrupted earlier makes it); one that decodes a file whose name ends with
+    ``$ZSFS_TEST_HANG_ON`` hung (as a read from a lost network mount is), and
+    ``zsfs.embedding.HUNG_DECODE_SECONDS`` set to ``$ZSFS_TEST_HUNG_DECODE_SECONDS``. For Ray workers (a set-up hook, as ``slow_decoding``) and for
     ``zsfs`` run by a test in a child process; decoding processes are forks, so they inherit it."""
+    import zsfs.embedding as embedding
     import zsfs.extract as extract
     import zsfs.sources as sources
 
     slow_decoding()
+    if HUNG_SECONDS_VARIABLE in os.environ:
+        embedding.HUNG_DECODE_SECONDS = float(os.environ[HUNG_SECONDS_VARIABLE])
     crash_on, crash_at, decode = os.environ.get(CRASH_VARIABLE), os.environ.get(CRASH_AT_VARIABLE), sources.decode_image
+    hang_on = os.environ.get(HANG_VARIABLE)
     decodes = {"pid": os.getpid(), "count": 0}
 
     def crashing(path, *args, **kwargs):
@@ -54,9 +62,11 @@ def hooked_workers() -> None:
         named = crash_on and (str(path).endswith(crash_on) or (data is not None and crash_on.encode() in data))
         if named or (crash_at and decodes["count"] == int(crash_at)):
             os.kill(os.getpid(), signal.SIGSEGV)
+        if hang_on and str(path).endswith(hang_on):
+            time.sleep(3600)
         return decode(path, *args, **kwargs)
 
-    if crash_on or crash_at:
+    if crash_on or crash_at or hang_on:
         sources.decode_image = crashing
     delay = float(os.environ.get(LOAD_DELAY_VARIABLE, "0"))
     build = extract.ShardEmbedder.__init__
