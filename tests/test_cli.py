@@ -73,7 +73,7 @@ def test_predict_table_shows_paths_classes_and_errors_verbatim(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     result = run_cli("predict", "--run", "run", "photos")
     assert result.exit_code == 0, result.output
-    for text in ("[draft]/a.jpg", "[/x]/b.jpg", "[cat]", "unreadable: bad", "[b]x[/b]"):  # the error may wrap
+    for text in ("[draft]/a.jpg", "[/x]/b.jpg", "[cat]", "skipped: bad", "[b]x[/b]"):  # the error may wrap
         assert text in result.output
 
 

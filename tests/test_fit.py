@@ -329,9 +329,13 @@ def test_a_store_no_bigger_than_the_candidates_gets_a_note_and_one_image_only_th
     result = run_cli("fit", "--store", small, "--out", tmp_path / "run", "--cycle-epochs", "1")
     assert result.exit_code == 0, result.output
     assert ("the store holds 30 images, no more than --candidates 100: every image is a candidate of every class"
-            in output_text(result))
+            in output_text(result)) and "So few images" in output_text(result)
     result = run_cli("fit", "--store", small, "--out", tmp_path / "run2", "--cycle-epochs", "1", "--candidates", "29")
     assert result.exit_code == 0 and "no more than --candidates" not in result.output
+    larger = make_synthetic_store(tmp_path / "larger.h5", 150, 3, seed=1)  # bug: "So few images" of any store
+    result = run_cli("fit", "--store", larger, "--out", tmp_path / "run4", "--cycle-epochs", "1", "--candidates", "200")
+    said = output_text(result)
+    assert result.exit_code == 0 and "no more than --candidates 200" in said and "So few images" not in said, said
     one = make_synthetic_store(tmp_path / "one.h5", 1, 1, seed=1)
     result = run_cli("fit", "--store", one, "--out", tmp_path / "run3")
     assert result.exit_code == 1 and "Note" not in result.output

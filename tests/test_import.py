@@ -103,8 +103,12 @@ def test_row_count_mismatch_is_a_clear_error(inputs):
 def test_import_input_errors(inputs):
     folder = inputs["dir"]
     common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy")
-    with pytest.raises(ZsfsError, match="no path column 'file'.*columns: path, label"):
+    with pytest.raises(ZsfsError, match="no path column 'file'.*columns: path, label\\); name it"):
         import_store(folder / "o.h5", **common, paths=folder / "paths.csv", path_column="file")
+    semicolons = folder / "semicolons.csv"  # a spreadsheet's export in many locales
+    semicolons.write_text(folder.joinpath("paths.csv").read_text().replace(",", ";"))
+    with pytest.raises(ZsfsError, match=r"columns: path;label\) \(a \.csv is read with commas between the columns"):
+        import_store(folder / "o.h5", **common, paths=semicolons)
     with pytest.raises(ZsfsError, match="no paths table"):
         import_store(folder / "o.h5", **common)
     np.savez(folder / "bad.npz", classes=np.array(["a"]), single=unit_rows(1, 5, 0))

@@ -129,8 +129,8 @@ def test_the_table_says_a_read_failure_is_no_class(fitted):
     assert outcome.returncode == 0, outcome.output
     reason = predict_images(fitted["run"], [bad], workers=0)["error"][0]
     failed = next(line for line in outcome.output.splitlines() if str(bad) in line)  # one line: 400 columns
-    assert [cell.strip() for cell in failed.split("│")[1:-1]] == [str(bad), f"unreadable: {reason}", "-", "-", "-"]
-    assert "1 image classified, 1 unreadable" in outcome.output
+    assert [cell.strip() for cell in failed.split("│")[1:-1]] == [str(bad), f"skipped: {reason}", "-", "-", "-"]
+    assert "1 image classified, 1 skipped" in outcome.output
 
 
 def test_a_missing_input_is_refused_before_the_backbone_loads(fitted, tmp_path, monkeypatch):
@@ -239,8 +239,24 @@ def test_predict_rejects_an_unknown_output_format(fitted, tmp_path):
                      fitted["photos"]["root"])
     assert result.exit_code == 2  # a usage error, found before any image is embedded
     assert "Invalid value for '--out'" in result.output
-    assert "must end in one of .csv, .parquet, .json, not 'p.xlsx'" in result.output
+    assert "cannot write predictions to 'p.xlsx': its name must end in one of .csv, .parquet, .json" in result.output
     assert not (tmp_path / "p.xlsx").exists()
+
+
+@pytest.mark.parametrize("name", ["predictions.parquet", "config.json", "metrics.json"])
+def test_predict_refuses_to_write_over_the_runs_own_files(fitted, tmp_path, name):
+    """Bug: --out runs/x/predictions.parquet replaced the fit's predictions (and config.json the
+    run's config), and the run's report then showed the new images as the fit's."""
+    import shutil
+
+    run = shutil.copytree(fitted["run"], tmp_path / "run")
+    before = {path.name: path.read_bytes() for path in run.iterdir()}
+    result = run_cli("predict", "--run", run, "--workers", "0", "--out", run / name, fitted["photos"]["root"])
+    assert result.exit_code == 2, result.output
+    assert f"is a file of the fit run in {run}" in " ".join(result.output.split())
+    assert {path.name: path.read_bytes() for path in run.iterdir()} == before
+    result = run_cli("predict", "--run", run, "--workers", "0", "--out", tmp_path / name, fitted["photos"]["root"])
+    assert result.exit_code == 0 and (tmp_path / name).is_file(), result.output  # elsewhere, the same name is fine
 
 
 def test_backbone_weights_file_is_found_moved_or_refused(fitted, tmp_path):

@@ -173,6 +173,18 @@ def test_a_report_that_cannot_be_written_is_one_clear_line(photo_run, tmp_path):
     assert result.exit_code == 1 and "cannot write the report" in result.output and "is a file, not a folder" in result.output
 
 
+@pytest.mark.parametrize("name", ["photos.h5", "predictions.parquet", "cat.png"])
+def test_the_report_is_written_only_to_an_html_file(photo_run, tmp_path, name):
+    """Bug: --out took any name, so a typo replaced the store (photos.h5), the run's predictions or
+    an image with the page, and said it was written."""
+    (tmp_path / name).write_bytes(b"precious")
+    result = run_cli("report", photo_run, "--out", tmp_path / name)
+    assert result.exit_code == 1 and f"cannot write the report to {name!r}: its name must end in .html or .htm" in \
+        result.output, result.output
+    assert (tmp_path / name).read_bytes() == b"precious"
+    assert run_cli("report", photo_run, "--out", tmp_path / "page.HTM").exit_code == 0
+
+
 def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp_path):
     """Columns a newer fit adds (ood_paper, ood_flag, absent_classes) are shown; names are escaped."""
     run = tmp_path / "run"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from zsfs.errors import StoreError
+from zsfs.errors import StoreError, ZsfsError
 from zsfs.store import Store, schema
 from zsfs.store.files import acquire_lock, release_lock
 from zsfs.testing.cli import output_text, run_cli
@@ -382,6 +382,23 @@ def test_a_store_rebuilt_under_a_fit_stops_it_instead_of_mixing_two_builds(tmp_p
             fit_store(store, FitConfig(k=3, candidates=10))
     with Store(path) as store:  # opened after the rebuild: all of one build
         assert fit_store(store, FitConfig(k=3, candidates=10)).predicted.shape == (300,)
+
+
+def test_rows_read_as_nan_during_a_rebuild_name_the_rebuild_not_damage(tmp_path):
+    """Bug: while another process replaced the shards, a fit read missing rows as NaN and told the
+    user to rebuild a healthy store ("non-finite backbone features ... damaged")."""
+    from zsfs.fit.run import _refuse_non_finite
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    options = dict(clip_dim=16, backbone_dim=16, shard_size=100)
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=1, **options)
+    read_as_missing = np.full(300, np.nan)
+    with Store(path) as store:
+        with pytest.raises(ZsfsError, match="non-finite backbone features"):  # not rebuilt: damage it is
+            _refuse_non_finite(store, slice(None), read_as_missing)
+        make_synthetic_store(path, 300, 3, seed=2, overwrite=True, **options)
+        with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
+            _refuse_non_finite(store, slice(None), read_as_missing)
 
 
 def test_a_rebuild_in_the_middle_of_a_fit_is_caught_at_its_end(tmp_path, monkeypatch):

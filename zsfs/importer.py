@@ -148,8 +148,10 @@ def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...],
     names = [name] if name else [c for c in candidates if c in table.columns][:1]
     if not names or names[0] not in table.columns:
         wanted = name or " or ".join(candidates)
-        raise ZsfsError(f"the paths table has no {what} column {wanted!r} (columns: {', '.join(table.columns)}); "
-                        f"name it with --{what}-column")
+        separated = (" (a .csv is read with commas between the columns, a .tsv with tabs)"
+                     if len(table.columns) == 1 and any(mark in table.columns[0] for mark in ";\t|") else "")
+        raise ZsfsError(f"the paths table has no {what} column {wanted!r} (columns: {', '.join(table.columns)})"
+                        f"{separated}; name it with --{what}-column")
     values = table.get_column(names[0])
     if values.null_count():
         raise ZsfsError(f"{what} column {names[0]!r} has {counted(values.null_count(), 'empty value')}")

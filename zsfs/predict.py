@@ -23,7 +23,7 @@ from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
 from zsfs.outputs import replacing_file
-from zsfs.runs import FittedRun, load_run
+from zsfs.runs import FittedRun, load_run, refuse_run_file
 from zsfs.sources import ImageSource, given_path, open_source
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar, locate_members, merged_members,
                        split_member_path)
@@ -154,12 +154,19 @@ OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
 """What :func:`write_predictions` can write, by file suffix."""
 
 
+def check_predictions_path(path: Path) -> None:
+    """Refuse a file :func:`write_predictions` cannot or should not write: another suffix, or a
+    fit run's own predictions or config."""
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:  # p.CSV is a CSV file too
+        raise ZsfsError(f"cannot write predictions to {path.name!r}: its name must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    refuse_run_file(path)
+
+
 def write_predictions(frame: "pl.DataFrame", path: str | Path) -> Path:
     """Write predictions as .csv, .parquet or .json (chosen by the suffix), whole or not at all."""
     path = Path(path)
-    suffix = path.suffix.lower()  # p.CSV is a CSV file too
-    if suffix not in OUTPUT_SUFFIXES:
-        raise ZsfsError(f"cannot write predictions to {path.name!r}: its name must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    check_predictions_path(path)
+    suffix = path.suffix.lower()
     writers = dict(zip(OUTPUT_SUFFIXES, (frame.write_csv, frame.write_parquet, frame.write_json)))
     with replacing_file(path) as tmp, open(tmp, "wb") as handle:  # polars takes only UTF-8 paths
         writers[suffix](handle)

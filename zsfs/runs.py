@@ -39,6 +39,15 @@ CONFIG = "config.json"
 METRICS = "metrics.json"
 REPORT = "report.html"
 
+
+def refuse_run_file(path: Path) -> None:
+    """Refuse to write over a fit run's own files (its predictions, config, metrics, classifier):
+    the run, and every report and prediction made from it, would then read another table."""
+    if path.name in (PREDICTIONS, CLASSIFIER, CONFIG, METRICS) and (path.parent / CONFIG).is_file() and (
+            path.parent / PREDICTIONS).is_file():
+        raise ZsfsError(f"{path} is a file of the fit run in {path.parent}: writing it would replace the run's "
+                        "own; choose another file")
+
 OOD_AUROC_LABELS = {"ood_auroc": "OOD AUROC (ood_score)", "ood_paper_auroc": "OOD AUROC (paper score)",
                     "ood_continuous_auroc": "OOD AUROC (ood_continuous)", "mcm_auroc": "OOD AUROC (MCM)"}
 """metrics.json's OOD AUROCs, named by the score each measures (the fit summary and the report)."""

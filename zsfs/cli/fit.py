@@ -131,10 +131,11 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
             console.print(f"[yellow]Note:[/] --neighbours {config.neighbours} is more than the store's other "
                           f"images: each image's {store.n_images - 1:,} neighbours are used.")
         if store.n_images <= config.candidates:
+            few = (" So few images give the method little to learn from: compare its labels with the "
+                   "zero_shot_predicted column." if store.n_images <= FitConfig.candidates else "")
             console.print(f"[yellow]Note:[/] the store holds {counted(store.n_images, 'image')}, no more than "
                           f"--candidates {config.candidates}: every image is a candidate of every class, and the "
-                          "seeds are ranked by their neighbours' zero-shot votes alone. So few images give the "
-                          "method little to learn from: compare its labels with the zero_shot_predicted column.")
+                          f"seeds are ranked by their neighbours' zero-shot votes alone.{few}")
         with console.status(f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}..."):
             result = fit_store(store, config, vocabulary)
             run = in_memory(result, store, config)

@@ -43,7 +43,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
 
     if out is not None:
         check_new_folder(out)
-        check_writable(out, "report folder")
+        check_writable(out, "metrics folder")
     wanted = _parse_id_classes(id_classes)
     config = FitConfig.from_options(paper=paper, fast=fast, **fit_options)
     note_unread_options(config, fit_options)

@@ -16,12 +16,15 @@ from zsfs.names import counted
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
 
-def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    """Refuse an --out that write_predictions cannot write before any image is embedded."""
-    from zsfs.predict import OUTPUT_SUFFIXES  # here, not at the top: `zsfs --help` stays fast
+def _check_out(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Refuse an --out that write_predictions cannot or should not write before any image is embedded."""
+    from zsfs.predict import check_predictions_path  # here, not at the top: `zsfs --help` stays fast
 
-    if value is not None and value.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise click.BadParameter(f"must end in one of {', '.join(OUTPUT_SUFFIXES)}, not {value.name!r}")
+    if value is not None:
+        try:
+            check_predictions_path(value)
+        except ZsfsError as error:
+            raise click.BadParameter(str(error)) from None
     return value
 
 
@@ -30,7 +33,7 @@ def _check_out_suffix(ctx: click.Context, param: click.Parameter, value: Path | 
 @click.argument("images", nargs=-1, required=True, type=GivenPath(path_type=Path))
 @click.option("--run", "run_dir", required=True, type=GivenPath(path_type=Path),
               help="Run folder written by `zsfs fit`.")
-@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), callback=_check_out_suffix,
+@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), callback=_check_out,
               help="Write every prediction to a .csv, .parquet or .json file (replaced whole if it exists).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON lines on stdout.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
@@ -71,7 +74,7 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
                  "gives every row")
     else:
         where = ""
-    console.print(f"{counted(frame.height - failed, 'image')} classified, {failed:,} unreadable{where}")
+    console.print(f"{counted(frame.height - failed, 'image')} classified, {failed:,} skipped{where}")
     if failed == frame.height:  # the rows say why; the exit status tells a script nothing was classified
         raise ZsfsError(f"no image could be read ({counted(failed, 'image')} given; the rows say why)")
 
@@ -83,8 +86,8 @@ def _table(frame) -> Table:
     for column in ("confidence", "OOD distance", "OOD (paper)"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
-        if row["error"] is not None:  # "unreadable:": a bare "truncated file" read like a class name
-            table.add_row(shown(row["path"]), f"[red]unreadable: {shown(row['error'])}[/]", "-", "-", "-")
+        if row["error"] is not None:  # "skipped:": a bare "truncated file" read like a class name
+            table.add_row(shown(row["path"]), f"[red]skipped: {shown(row['error'])}[/]", "-", "-", "-")
         else:
             table.add_row(shown(row["path"]), shown(row["predicted"]), _number(row["confidence"], ".3f"),
                           _number(row["ood_distance"], ".2f"), _number(row["ood_paper"], ".2f"))

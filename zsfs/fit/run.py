@@ -420,6 +420,7 @@ def _refuse_non_finite(store: "Store", rows: slice | np.ndarray, per_row: np.nda
     touches NaN, and the fit would fail far from the cause or write NaN scores for every image."""
     bad = ~np.isfinite(per_row.cpu().numpy() if isinstance(per_row, torch.Tensor) else per_row)
     if bad.any():
+        store.check_unchanged()  # a rebuild under way reads as missing rows (NaN): name the rebuild, not damage
         row = int(np.arange(store.n_images)[rows][np.flatnonzero(bad)[0]])
         raise ZsfsError(f"{store.path} holds non-finite {what} (NaN or infinity) at row {row} "
                         f"({visible(store.paths(np.array([row]))[0])}){' and others' if bad.sum() > 1 else ''}; "
