@@ -178,6 +178,19 @@ def test_bad_list_files_are_clear_errors(tmp_path, name, content, message):
         open_source(tmp_path / name)
 
 
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("nul.txt", b"a.jpg\nb\x00c.jpg\n", r"holds a NUL byte \(line 2\), which no file name"),
+    ("nul.csv", b"path,label\na.jpg,c\x00t\n", r"holds a NUL byte \(line 2\)"),
+    ("u16.txt", "a.jpg\r\nb.jpg\r\n".encode("utf-16"), "is UTF-16 text .* save it as UTF-8"),
+])
+def test_list_files_with_nul_bytes_are_refused_before_any_work(tmp_path, name, content, message):
+    """Bug: a NUL byte (a UTF-16 list, as PowerShell writes it) passed the listing, every image was
+    embedded, and the shard's write died with a traceback on every rerun (no store string holds one)."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ZsfsError, match=message):
+        open_source(tmp_path / name)
+
+
 def test_missing_or_imageless_source_is_a_clear_error(tmp_path):
     with pytest.raises(ZsfsError, match="does not exist"):
         open_source(tmp_path / "nowhere")
@@ -226,6 +239,12 @@ def test_read_class_file(tmp_path):
         read_class_file(tmp_path / "twice.txt")
     with pytest.raises(ZsfsError, match="is a folder; pass a text file"):
         read_class_file(tmp_path)
+    (tmp_path / "u16.txt").write_bytes("cat\ndog\n".encode("utf-16"))  # bug: a traceback after the embedding
+    with pytest.raises(ZsfsError, match="u16.txt is UTF-16 text"):
+        read_class_file(tmp_path / "u16.txt")
+    (tmp_path / "nul.txt").write_bytes(b"cat\nd\x00g\n")
+    with pytest.raises(ZsfsError, match=r"nul.txt holds a NUL byte \(line 2\)"):
+        read_class_file(tmp_path / "nul.txt")
 
 
 def test_a_class_file_may_be_a_pipe():
@@ -268,6 +287,8 @@ def test_every_class_list_is_checked_by_one_rule():
         check_class_names(["caf\u00e9", "cafe\u0301"], "x")  # one label once compared in NFC
     with pytest.raises(ZsfsError, match="x has a class name that is not UTF-8 text"):
         check_class_names([b"\xff"], "x")
+    with pytest.raises(ZsfsError, match=r"x has a class name with a NUL byte \(position 2, counted from 1\)"):
+        check_class_names(["cat", "d\x00g"], "x")  # bug: a vocabulary's write failed with a traceback
     with pytest.raises(ZsfsError, match="the classes given lists these names more than once: 1: cat$"):
         extract("unused-folder", classes=["cat", " cat "])  # checked before the folder is listed
 

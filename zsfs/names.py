@@ -88,6 +88,9 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
         raise ZsfsError(f"{where} has a class name that is not UTF-8 text ({error.object[:40]!r})") from None
     if not names:
         raise ZsfsError(f"{where} lists no class names")
+    with_nul = [i for i, name in enumerate(names) if "\x00" in name]
+    if with_nul:  # no store string can hold one
+        raise ZsfsError(f"{where} has a class name with a NUL byte (position {with_nul[0] + 1}, counted from 1)")
     looks = [unicodedata.normalize("NFC", _UNSAFE.sub("", name)).strip() for name in names]  # what a reader sees
     blank = [i for i, seen in enumerate(looks) if not seen]
     if blank:

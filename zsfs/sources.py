@@ -109,6 +109,17 @@ def given_path(path: str | Path, what: str) -> str:
     return str(path)
 
 
+def refuse_nul_bytes(data: bytes, what: str) -> None:
+    """A ``ZsfsError`` for text holding a NUL byte, which no file name, label or class name can
+    hold (nor the store's strings): UTF-16 text above all, which Windows PowerShell writes."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ZsfsError(f"{what} is UTF-16 text (as Windows PowerShell's '>' writes it); save it as UTF-8")
+    if b"\x00" in data:
+        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        raise ZsfsError(f"{what} holds a NUL byte (line {line}), which no file name, label or class name can "
+                        "hold; is it UTF-16 text? save it as UTF-8")
+
+
 def read_class_file(path: str | Path) -> list[str]:
     """Class names from a text file, one per line; blank lines and ``#`` comment lines ignored (as in
     list files), duplicates refused."""
@@ -117,7 +128,9 @@ def read_class_file(path: str | Path) -> list[str]:
         raise ZsfsError(f"class file {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass a text "
                         "file with one class name per line")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+        refuse_nul_bytes(data, f"class file {path}")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise ZsfsError(f"class file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
                         f"{error.start}); save it as UTF-8") from None
@@ -259,11 +272,13 @@ def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[s
 def _read_list(list_file: Path) -> ImageSource:
     root = list_file.parent
     try:
-        # Names that are not UTF-8 are kept as bytes (surrogates), like the names of a folder scan;
-        # decoded from bytes, so no newline translation: a name may hold "\r" or U+2028.
-        text = list_file.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+        data = list_file.read_bytes()
     except OSError as error:
         raise ZsfsError(f"cannot read the list file {list_file}: {error}") from None
+    refuse_nul_bytes(data, f"the list file {list_file}")
+    # Names that are not UTF-8 are kept as bytes (surrogates), like the names of a folder scan;
+    # decoded from bytes, so no newline translation: a name may hold "\r" or U+2028.
+    text = data.decode("utf-8-sig", errors="surrogateescape")
     if list_file.suffix.lower() == ".csv":
         raw_paths, labels = _parse_csv(text, list_file)
     else:  # a path per "\n" or "\r\n" line, verbatim (spaces are part of names); blank and "#" lines skipped
