@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.test_extract import ROW_DATASETS, read_store
 from zsfs.errors import ZsfsError
@@ -51,6 +52,26 @@ def test_a_folder_a_pattern_and_one_tar_list_the_image_members(shards, tmp_path)
     assert default_output(braced).name == "cats{2024}.h5"
     one = open_source(root / "00001.tar")
     assert one.paths == [path for path in paths if path.startswith("00001.tar::")]
+    for name in ("x{1}.tar", "y{a,b}.tar"):  # bug: a tar whose name holds braces was read as a pattern
+        (tmp_path / name).write_bytes((root / "00001.tar").read_bytes())
+        assert open_source(tmp_path / name).paths == [path.replace("00001.tar", name, 1) for path in one.paths]
+
+
+def test_tars_beside_images_or_a_subfolder_are_named_not_silently_dropped(shards, tmp_path):
+    """Bug: one stray image or log folder beside the tars made the folder an image folder, and
+    every tar was left out without a word (or "no images found" named none of them)."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(shards["root"] / "00000.tar", mixed)
+    (mixed / "logs").mkdir()
+    with pytest.raises(ZsfsError, match=r"no images found in .*mixed, but 1 tar file \(1: 00000.tar\): a folder is "
+                                        r"read as tar shards only when it holds no subfolder and no loose image"):
+        open_source(mixed)
+    Image.new("RGB", (16, 16)).save(mixed / "stray.png")
+    source = open_source(mixed)
+    assert source.paths == ["stray.png"] and source.unread_tars == ["00000.tar"]
+    result = run_cli("extract", mixed, "--out", tmp_path / "m.h5", *TINY_MODEL_ARGS, "--workers", "0")
+    assert result.exit_code == 0 and "tar files not read" in output_text(result), result.output
 
 
 def test_a_tar_source_is_recorded_the_same_from_any_folder(shards, monkeypatch):

@@ -62,6 +62,7 @@ class ExtractSummary:
     no_labels_reason: str | None = None  # the source's, when its class subfolders could not be used
     empty_tars: list[str] = field(default_factory=list)  # the source's tar shards that hold no image
     compressed_tars: list[str] = field(default_factory=list)  # compressed tars beside the shards: not read
+    unread_tars: list[str] = field(default_factory=list)  # .tar files in an image folder: not read
     tar_links: list[str] = field(default_factory=list)  # image names that are links inside a tar: not read
     repeated_paths: list[str] = field(default_factory=list)  # the list's paths given more than once
     classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # class folders CLIP cannot tell apart
@@ -340,6 +341,7 @@ def extract(
         no_labels_reason=image_source.no_labels_reason,
         empty_tars=image_source.empty_tars,
         compressed_tars=image_source.compressed_tars,
+        unread_tars=image_source.unread_tars,
         tar_links=image_source.tar_links,
         repeated_paths=image_source.repeated_paths,
         classes_read_as_one=read_as_one,  # class folders: the images are embedded, the summary says it

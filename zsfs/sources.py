@@ -19,8 +19,8 @@ from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError
 from zsfs.names import check_class_names, counted, repeated, some_names, utf8_text, utf8_texts
-from zsfs.tars import (READ_IN_PLACE, TarMembers, compressed_tar_error, is_compressed_tar, is_tar_pattern, list_tars, resolve_tars,
-                       tar_shards_in)
+from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar,
+                       is_tar_pattern, list_tars, resolve_tars, tar_shards_in)
 
 SUFFIXES_ADDED = frozenset({".jpe", ".jfif", ".jp2", ".j2k", ".avif", ".tga", ".pbm", ".pgm", ".ppm", ".pnm"})
 """Suffixes a scan takes since December 2026: a store built earlier over the same folder lists
@@ -54,6 +54,7 @@ class ImageSource:
     no_labels_reason: str | None = None  # why a folder with class subfolders gives no labels
     empty_tars: list[str] = field(default_factory=list)  # tar shards (relative to root) holding no image
     compressed_tars: list[str] = field(default_factory=list)  # beside the tar shards, not read (see zsfs.tars)
+    unread_tars: list[str] = field(default_factory=list)  # .tar files in an image folder: not read
     tar_links: list[str] = field(default_factory=list)  # image names that are links inside a tar: not read
     aliases: list[str] = field(default_factory=list)  # linked folders not read: other names of listed ones
     repeated_paths: list[str] = field(default_factory=list)  # listed more than once (each row is embedded)
@@ -186,6 +187,7 @@ def _scan_folder(folder: Path) -> ImageSource:
     unreadable: dict[str, str] = {}
     seen = {_folder_identity(folder)}  # (device, inode) of every folder listed
     aliases: list[str] = []  # linked folders not read: other names of folders listed
+    tars: list[str] = []  # .tar files, which an image folder does not read
     tree = str(folder) + os.sep  # ``folder`` is resolved (open_source)
 
     def record(error: OSError) -> None:
@@ -225,11 +227,15 @@ def _scan_folder(folder: Path) -> ImageSource:
             for name in files
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
         )
+        tars.extend(prefix + name for name in files if not name.startswith(".") and name.lower().endswith(TAR_SUFFIX))
     if not found and not unreadable:
         compressed = _compressed_tars_in(folder)
         if compressed:
             raise ZsfsError(f"no images found in {folder}, but compressed tars ({some_names(compressed, 3)}); "
                             f"{READ_IN_PLACE}: decompress them first")
+        if tars:
+            raise ZsfsError(f"no images found in {folder}, but {counted(len(tars), 'tar file')} "
+                            f"({some_names(sorted(tars), 3)}): {TAR_FOLDER}")
         extensions = " ".join(sorted(IMAGE_EXTENSIONS))
         raise ZsfsError(f"no images found in {folder} (looked recursively for {extensions}).")
     paths = sorted(found + list(unreadable))
@@ -242,7 +248,7 @@ def _scan_folder(folder: Path) -> ImageSource:
               f"(first: {utf8_text(loose[0])}), so the subfolders are not read as labels"
               if loose and len(loose) < len(paths) else None)
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable,
-                       no_labels_reason=reason, aliases=aliases)
+                       no_labels_reason=reason, aliases=aliases, unread_tars=sorted(tars))
 
 
 def _folder_identity(path: str | Path) -> tuple[int, int]:

@@ -73,6 +73,8 @@ def is_compressed_tar(name: str) -> bool:
 
 
 READ_IN_PLACE = "zsfs reads uncompressed .tar shards (as img2dataset writes them) in place"
+TAR_FOLDER = ("a folder is read as tar shards only when it holds no subfolder and no loose image; name the tars "
+              "instead, one .tar or a pattern such as 'shards/{00000..00099}.tar'")
 
 
 def compressed_tar_error(path: Path | str) -> ZsfsError:
@@ -126,9 +128,10 @@ def tar_shards_in(folder: Path, image_suffixes: Iterable[str]) -> list[Path]:
 
 
 def resolve_tars(given: str) -> tuple[Path, list[Path]]:
-    """(root, tar files) of a brace pattern or a single tar (``tar_shards_in`` reads folders)."""
+    """(root, tar files) of a brace pattern or a single tar (``tar_shards_in`` reads folders). A
+    tar file whose name holds braces (``x{1}.tar``) is that file, not a pattern."""
     path = Path(given).expanduser()
-    names = expand_braces(str(path))
+    names = [str(path)] if path.is_file() else expand_braces(str(path))
     tars = [Path(name).resolve() for name in names]
     missing = [tar for tar in tars if not tar.is_file()]
     if missing:

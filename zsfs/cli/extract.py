@@ -156,6 +156,9 @@ def _summary_table(summary) -> Table:
         table.add_row("tars with no image", shown(some_names(summary.empty_tars, 10)))
     if summary.compressed_tars:
         table.add_row("compressed tars (not read: decompress them)", shown(some_names(summary.compressed_tars, 10)))
+    if summary.unread_tars:  # beside loose images or subfolders: see zsfs.tars.TAR_FOLDER
+        table.add_row("tar files not read (the folder holds images: name the tars to read them)",
+                      shown(some_names(summary.unread_tars, 10)))
     if summary.tar_links:
         table.add_row("links in tars (not read)", shown(some_names(summary.tar_links, 10)))
     table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")
