@@ -386,6 +386,32 @@ def test_a_killed_decoding_process_is_one_clear_line_and_the_rerun_resumes(tmp_p
     assert f"{5 - len(finished)} / {len(finished)}" in result.output  # shards written / reused
 
 
+def test_sigterm_stops_an_extract_cleanly_and_the_rerun_resumes(tmp_path):
+    """Bug: SIGTERM (what `timeout`, `docker stop` and Slurm send) ended extract at once with no
+    word, leaving its lock file. Now it stops as Ctrl-C does: one line, exit 143, no lock left, its
+    decoding process gone."""
+    source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
+    out, shards = tmp_path / "s.h5", tmp_path / "s.shards"
+    process = subprocess.Popen([sys.executable, "-c", _kill_script(source, out, 0.05, workers=1)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (shards / "shard-00000.h5").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    decoding = children(process.pid)
+    process.send_signal(signal.SIGTERM)
+    said = " ".join(process.communicate(timeout=60)[0].split())
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in said, said
+    assert said.endswith("Terminated (SIGTERM). Nothing half-written was left; a rerun resumes where this one "
+                         "stopped."), said
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # the lock, temporary files
+    assert decoding and not [pid for pid in decoding if Path(f"/proc/{pid}").exists() and
+                             "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    finished = len(list(shards.glob("shard-*.h5")))
+    result = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "1", "--shard-size", "6",
+                     "--batch-size", "2")
+    assert result.exit_code == 0 and f"{5 - finished} / {finished}" in result.output, result.output
+
+
 def _crashing_extract(source: Path, out: Path, workers: int, **crash: str) -> subprocess.CompletedProcess:
     """``zsfs extract`` in a child process whose decoding processes crash for real (SIGSEGV, as a
     codec library's bug does) where ``crash`` says (``zsfs.testing.hooks.hooked_workers``)."""

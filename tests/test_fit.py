@@ -464,6 +464,10 @@ def test_cuda_without_gpu_is_a_clear_error(store_path, tmp_path):
     outcome = fit_cli("--store", str(store_path), "--device", "cuda", "--out", str(tmp_path / "run"))
     assert outcome.exit_code == 1 and "CUDA" in output_text(outcome)
     assert not (tmp_path / "run").exists()
+    for command in ("fit", "ood-bench"):  # said first, before the store is read (and its notes printed)
+        extra = ("--id-classes", "2") if command == "ood-bench" else ()
+        outcome = run_cli(command, "--store", tmp_path / "missing.h5", "--device", "cuda", *extra)
+        assert outcome.exit_code == 1 and "torch sees no CUDA GPU here" in output_text(outcome), outcome.output
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

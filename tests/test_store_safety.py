@@ -366,6 +366,61 @@ def test_a_file_in_the_shards_folders_place_is_refused_before_any_work(base, tmp
     assert "embedding" not in result.output
 
 
+def test_a_store_named_like_its_own_shards_folder_or_too_long_is_refused_before_any_work(base, tmp_path):
+    """Bugs: `--out x.shards` embedded everything, then could not write a master that is its own
+    shards folder; a 243-byte name passed the check, embedded everything, then failed for good on
+    the temporary master's longer name (and on every rerun)."""
+    result = run_cli(*extract_args(base, tmp_path / "x.shards"))
+    assert result.exit_code == 1 and "x.shards is the name of the folder where a store keeps its shards; name " \
+        "the store x.h5" in output_text(result), result.output
+    long = tmp_path / ("z" * 240 + ".h5")
+    result = run_cli(*extract_args(base, long))
+    assert result.exit_code == 1 and "its name is too long for the file system once zsfs adds its temporary " \
+        "files'" in output_text(result), result.output
+    assert "embedding" not in result.output and sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("option", "value", "built"), [("--shard-size", "7", "--shard-size 4"),
+                                                        ("--dtype", "float32", "--dtype float16")])
+def test_a_resume_with_another_layout_is_refused_before_the_models_load_and_says_what_to_pass(base, tmp_path, option,
+                                                                                                value, built):
+    """Bug: another --shard-size or --dtype was refused only once the models had loaded (minutes for
+    ViT-G, or a download), saying "differs in shard_size" and not the value to pass. Here the CLIP
+    weights file is gone: loading it would be the error."""
+    out = tmp_path / "s.h5"
+    shutil.copy(base / "s.h5", out)
+    shutil.copytree(base / "s.shards", tmp_path / "s.shards")
+    args = list(extract_args(base, out))
+    args[args.index("--clip-weights") + 1] = tmp_path / "gone.pt"
+    result = run_cli(*args, option, value)
+    said = output_text(result)
+    assert result.exit_code == 1 and f"it was built with {built} (pass the same to resume it)" in said, said
+
+
+def test_a_shard_damaged_after_it_was_written_is_named_when_the_master_is_rebuilt(base, tmp_path):
+    """Bug: a shard damaged at the same size and newer than its master (a `cp -r` gone wrong)
+    made the rerun rebuild the master and fail with "could not write master ...: Can't
+    synchronously read data", naming neither the shard nor the repair."""
+    out = tmp_path / "s.h5"
+    shutil.copy(base / "s.h5", out)
+    shutil.copytree(base / "s.shards", tmp_path / "s.shards")
+    shard = tmp_path / "s.shards" / "shard-00001.h5"
+    with h5py.File(shard, "r") as file:
+        where = file["clip"].id.get_chunk_info(0).byte_offset + 10  # inside the checksummed chunk
+    data = bytearray(shard.read_bytes())
+    data[where] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    later = out.stat().st_mtime + 10
+    os.utime(shard, (later, later))
+    result = run_cli(*extract_args(base, out))
+    said = output_text(result)
+    assert result.exit_code == 1 and f"{shard} cannot be read (" in said and "): it is damaged; remove it and rerun " \
+        "the command that made the store" in said and "could not write master" not in said, said
+    shard.unlink()  # the repair the message gives
+    assert run_cli(*extract_args(base, out)).exit_code == 0
+    assert run_cli("info", out, "--verify").exit_code == 0
+
+
 @pytest.mark.parametrize("new_shard_size", [100, 70])
 def test_a_store_rebuilt_under_a_fit_stops_it_instead_of_mixing_two_builds(tmp_path, new_shard_size):
     """Bug: a fit reading a store while `zsfs import --overwrite` rebuilt it exited 0 with 10 %

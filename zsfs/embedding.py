@@ -176,8 +176,10 @@ def make_loader(dataset: Dataset, batches: list[list[int]], *, workers: int, pin
 
 def _start_worker(niceness: int, worker_id: int) -> None:
     """A decoding process of ours: Pillow's warnings off the terminal (spawned workers do not
-    inherit the command line's filter), and the priority lowered by ``niceness``."""
+    inherit the command line's filter), SIGTERM's default action back, and the priority lowered
+    by ``niceness``."""
     quiet_decoder_warnings()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a fork of the command line: torch's shutdown terminates it
     if niceness > 0 and hasattr(os, "nice"):
         os.nice(niceness)
 

@@ -287,7 +287,7 @@ def extract(
     if not overwrite and (rerun or shard_dir(out).is_dir()):  # (the digest costs a pass over the listing)
         try:
             refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
-                                         "n_items": len(image_source.paths),
+                                         "n_items": len(image_source.paths), "shard_size": shard_size, "dtype": dtype,
                                          "max_pixels": _budget_identity(max_pixels).get("max_pixels")})
         except StoreMismatchError as error:
             raise _new_suffixes_explain(error, out, image_source) from None

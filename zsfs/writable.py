@@ -3,11 +3,13 @@ in the way), instead of after an hour of embedding or fitting."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 from zsfs.errors import ZsfsError
+from zsfs.outputs import _owner
 
 
 def check_writable(path: str | Path, what: str, fix: str = "choose another location") -> None:
@@ -22,9 +24,13 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
         folder = folder.parent
     if not folder.is_dir():
         raise ZsfsError(f"cannot write the {what} {path}: {folder} is a file, not a folder")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".zsfs-write-check-", dir=folder)
+    try:  # named as zsfs' longest temporary file for ``path`` is (outputs._owner): a name too long fails now
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=folder)
     except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            raise ZsfsError(f"cannot write the {what} {path}: its name is too long for the file system once zsfs "
+                            f"adds its temporary files' {len(os.fsencode(f'.{_owner()}.12345678.tmp'))} bytes; "
+                            "choose a shorter name") from None
         raise ZsfsError(f"cannot write the {what} {path}: {folder} is not writable "
                         f"({error.strerror or error}); {fix}") from None
     os.close(handle)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -60,11 +62,28 @@ class ZsfsGroup(click.Group):
                 raise  # a bug: keep its traceback
             console.print(f"[bold red]Error:[/] {shown(describe_os_error(error))}", soft_wrap=True)
             sys.exit(1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             resumes = ctx.invoked_subcommand in RESUMING_COMMANDS
-            console.print("[yellow]Interrupted.[/] Nothing half-written was left"
-                          + ("; a rerun resumes where this one stopped." if resumes else "."))
-            sys.exit(130)
+            terminated = isinstance(stop, Terminated)
+            console.print(f"[yellow]{'Terminated (SIGTERM)' if terminated else 'Interrupted'}.[/] Nothing "
+                          "half-written was left" + ("; a rerun resumes where this one stopped." if resumes else "."))
+            sys.exit(128 + signal.SIGTERM if terminated else 130)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, `docker stop` and Slurm send before SIGKILL), raised as Ctrl-C is:
+    the same clean-up (the store's lock and temporary files) and a message, not a silent end."""
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """Raise :class:`Terminated` on SIGTERM in this process, unless a host program handles it
+    already. Decoding processes (forks) put the default back (``embedding._start_worker``)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _raise_terminated(number: int, frame: object) -> None:
+    raise Terminated()
 
 
 def _store_form_hint(command: click.Command | None, error: click.UsageError) -> str:

@@ -113,6 +113,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
       zsfs fit --store imagenet.h5 --keep-all-classes
       zsfs fit --store imagenet.h5 --report        # + report.html to look at
     """
+    from zsfs.devices import check_device
     from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
     from zsfs.outputs import check_new_folder
     from zsfs.runs import in_memory
@@ -120,6 +121,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     from zsfs.writable import check_writable
 
     config = FitConfig.from_options(paper=paper, fast=fast, **options)
+    check_device(config.device)  # before the store is read and any note is printed
     note_unread_options(config, options)
     if run_dir is not None:
         check_new_folder(run_dir)

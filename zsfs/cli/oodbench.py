@@ -35,6 +35,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     """
     import json
 
+    from zsfs.devices import check_device
     from zsfs.fit.run import FitConfig
     from zsfs.oodbench import ood_bench as run_bench, write_metrics
     from zsfs.outputs import check_new_folder
@@ -46,6 +47,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         check_writable(out, "metrics folder")
     wanted = _parse_id_classes(id_classes)
     config = FitConfig.from_options(paper=paper, fast=fast, **fit_options)
+    check_device(config.device)  # before the store is read and any note is printed
     note_unread_options(config, fit_options)
     if not isinstance(wanted, int) and click.get_current_context().get_parameter_source("splits") \
             is not click.core.ParameterSource.DEFAULT:

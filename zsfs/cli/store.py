@@ -86,8 +86,8 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 @click.option("--verify", is_flag=True,
               help="Also read every byte: shard checksums, every dataset's checksums, vocabularies, graph, index.")
 @click.option("--skipped", "list_skipped", is_flag=True,
-              help="List the files extract skipped, one 'PATH<tab>REASON' line each on stdout (with --json: "
-                   "a 'skipped' list).")
+              help="List the files extract skipped, one 'PATH<tab>REASON' line each on stdout, control characters "
+                   "and undecodable bytes as \\xNN, a backslash as two (with --json: a 'skipped' list).")
 def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bool) -> None:
     """Show what a store holds: images, models, vocabularies, shards, index.
 
@@ -118,9 +118,10 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
                       f"neighbour graph and the index: {checked['bytes_read']:,} bytes read, no damage found.",
                       markup=False)
     if skipped is not None and not as_json:
-        # Names are written visibly (a tab, newline or undecodable byte in a name as \x09, \x0a, \xNN):
+        # Names are written visibly (a tab, newline or undecodable byte in a name as \x09, \x0a, \xNN)
+        # and a backslash doubled, so that a name holding the text \x0a reads apart from one holding a newline:
         # one line per file, whatever the names hold.
-        click.echo("".join(f"{visible(path)}\t{visible(reason)}\n" for path, reason in zip(*skipped)), nl=False)
+        click.echo("".join(f"{_escaped(path)}\t{_escaped(reason)}\n" for path, reason in zip(*skipped)), nl=False)
         return
     if skipped is not None:
         summary["skipped"] = [{"path": utf8_text(path), "reason": reason} for path, reason in zip(*skipped)]
@@ -128,6 +129,10 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
         click.echo(json.dumps(summary, indent=2))
     else:
         show_summary(summary, advice)
+
+
+def _escaped(text: str) -> str:
+    return visible(text.replace("\\", "\\\\"))
 
 
 @click.command("neighbours", short_help="Keep every image's nearest CLIP neighbours in the store.")

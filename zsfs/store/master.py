@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,12 +20,13 @@ import h5py
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import StoreError
+from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 from zsfs.names import utf8_text
 from zsfs.store.files import check_written
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_strings
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
+from zsfs.store.reader import REPAIR
 
 if TYPE_CHECKING:  # faiss is imported lazily
     import faiss
@@ -122,7 +124,10 @@ def carry_over_vocabularies(previous: Path, master: h5py.File, identity: dict) -
 
 
 def concat_strings(files: list[h5py.File], name: str) -> np.ndarray:
-    parts = [read_strings(file[name]) for file in files]
+    parts = []
+    for file in files:
+        with _damage_named(file):
+            parts.append(read_strings(file[name]))
     return np.concatenate(parts) if parts else np.array([], dtype=object)
 
 
@@ -134,9 +139,21 @@ def gather(files: list[h5py.File], name: str) -> np.ndarray:
     for file in files:
         dataset = file[name]
         if len(dataset):
-            dataset.read_direct(out, dest_sel=np.s_[start : start + len(dataset)])
+            with _damage_named(file):
+                dataset.read_direct(out, dest_sel=np.s_[start : start + len(dataset)])
         start += len(dataset)
     return out
+
+
+@contextmanager
+def _damage_named(shard: h5py.File) -> Iterator[None]:
+    """A shard whose data cannot be read (damaged after it was written, say by a copy) is named,
+    with the repair: HDF5's own error names no file, and would read as a failed write of the master."""
+    try:
+        yield
+    except OSError as error:
+        raise StoreError(f"{shard.filename} cannot be read ({one_line(error)}): it is damaged; remove it and "
+                         f"{REPAIR}") from None
 
 
 def with_dim(record: dict, dim: int, key: str) -> dict:

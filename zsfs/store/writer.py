@@ -88,6 +88,9 @@ def check_own_shards_folder(master: Path) -> None:
     would ``y.h5`` renamed from ``x.h5``, and writing one would replace the other's shards."""
     master = Path(master).absolute()
     folder = schema.shard_dir(master)
+    if folder == master:  # x.shards: the master would be its own shards folder
+        raise StoreError(f"{master.name} is the name of the folder where a store keeps its shards; name the store "
+                         f"{master.with_suffix('.h5').name}")
     if folder.exists() and not folder.is_dir():  # found before any work, not when the first shard is written
         raise StoreError(f"{folder} is a file, where {master.name} keeps its shards in a folder of that name; "
                          "move it, or choose an output with another name")
@@ -377,8 +380,8 @@ def refuse_another_listing(master: Path, listing: dict) -> None:
     the shards a killed first run left) whose recorded identity has another listing, with the
     message the writer would give later.
 
-    ``listing``: the identity keys known before the work, ``source``, ``listing_sha256`` and
-    ``n_items``. A master that cannot be read is left to the writer."""
+    ``listing``: the identity keys known before the work (``source``, ``listing_sha256``,
+    ``n_items``; extract's layout and pixel budget too). A master that cannot be read is left to the writer."""
     found = recorded_identity(master)
     if found and any(found.get(key) != value for key, value in listing.items()):
         raise mismatch_error(master if master.is_file() else schema.shard_dir(master), found, {**found, **listing})
@@ -424,4 +427,8 @@ def describe_difference(found: dict | None, expected: dict) -> str:
         built = (f"--max-pixels {then:,}" if then else
                  "the default --max-pixels (or by a zsfs from before 2026-12-02, which did not record it)")
         text += f"; it was built with {built}, this run uses " + (f"--max-pixels {now:,}" if now else "the default")
+    layout = [f"--{key.replace('_', '-')} {found[key]}" for key in ("shard_size", "dtype")
+              if key in keys and found.get(key) is not None]
+    if layout:  # a resume with other options: say which to pass
+        text += f"; it was built with {' '.join(layout)} (pass the same to resume it)"
     return text
