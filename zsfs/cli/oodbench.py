@@ -66,7 +66,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
 
         def report_split(number: int, split) -> None:
             o = split.ood
-            console.print(f"split {number + 1}/{n_splits}: {len(split.id_classes)} ID classes, "
+            console.print(f"split {number + 1}/{n_splits}: {counted(len(split.id_classes), 'ID class', 'ID classes')}, "
                           f"{split.n_id_images:,} ID / {split.n_ood_images:,} OOD images; AUROC zsfs "
                           f"{o['zsfs']['auroc']:.3f}, continuous {o['zsfs_continuous']['auroc']:.3f}, "
                           f"MCM {o['mcm']['auroc']:.3f}; ID accuracy {split.id_accuracy:.3f}")
@@ -74,6 +74,9 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
 
         metrics = run_bench(store, wanted, config, n_splits=splits, vocabulary=vocabulary,
                             on_start=start, on_split=report_split)
+    if metrics["n_splits"] and all(len(split["id_classes"]) == 1 for split in metrics["splits"]):
+        console.print("[yellow]Note:[/] with one ID class, MCM (a softmax over the ID classes) is 1 for every "
+                      "image: its AUROC is 0.5 by construction. Use 2 or more ID classes to compare the detectors.")
     if metrics["always_ood_classes"]:
         n_outside = len(metrics["always_ood_classes"])
         console.print(shown(f"{counted(n_outside, 'label class', 'label classes')} {'is' if n_outside == 1 else 'are'} "
@@ -115,7 +118,8 @@ def _table(metrics: dict) -> Table:
 
     id_classes = metrics["id_classes"]
     n_id = id_classes if isinstance(id_classes, int) else len(id_classes)
-    table = Table(title=f"zsfs ood-bench: {n_id} ID classes, {counted(metrics['n_splits'], 'split')}")
+    table = Table(title=f"zsfs ood-bench: {counted(n_id, 'ID class', 'ID classes')}, "
+                        f"{counted(metrics['n_splits'], 'split')}")
     table.add_column("detector", style="bold")
     table.add_column("AUROC ↑", justify="right")
     table.add_column("FPR@95%TPR ↓", justify="right")
