@@ -35,6 +35,22 @@ def test_the_store_typed_in_the_other_form_gets_a_hint_naming_this_commands_form
     assert "No such option" in other and "The store is" not in other
 
 
+def test_sigterm_is_handled_only_while_a_command_runs(monkeypatch, tmp_path):
+    """Bug: the command line's SIGTERM handler stayed in a program that called it in-process, and
+    every process it forked later raised zsfs' exception on `terminate()` instead of ending."""
+    import signal
+
+    seen = []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    monkeypatch.setattr("zsfs.store.Store", lambda *args: seen.append(signal.getsignal(signal.SIGTERM)) or 1 / 0)
+    try:
+        run_cli("info", tmp_path / "s.h5")
+    except ZeroDivisionError:  # a bug's traceback: the handler goes too
+        pass
+    assert seen and seen[0] != signal.SIG_DFL  # while it ran: handled
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # after: as it was
+
+
 def test_ctrl_c_message_does_not_promise_a_resume_for_every_command(monkeypatch, tmp_path):
     import zsfs.store
 

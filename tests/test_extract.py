@@ -452,19 +452,43 @@ def test_a_file_that_crashes_its_decoding_process_is_skipped_and_the_run_goes_on
 
 def test_a_file_whose_decoding_hangs_is_set_aside_and_the_run_goes_on(tmp_path):
     """A read that never returns (a lost network mount) held the run forever with its progress bar
-    still. The decoding process is stopped after ``HUNG_DECODE_SECONDS`` (here 2), the file skipped
+    still. The decoding process is stopped after ``HUNG_DECODE_SECONDS`` (here 4), the file skipped
     with the reason, and every other image embedded."""
     folder = write_image_folder(tmp_path / "photos", n_per_class=4)
     source, relative = folder["root"], folder["good"][3]
-    hung = _crashing_extract(source, tmp_path / "s.h5", 2, **{HANG_VARIABLE: relative, HUNG_SECONDS_VARIABLE: "2"})
+    hung = _crashing_extract(source, tmp_path / "s.h5", 2, **{HANG_VARIABLE: relative, HUNG_SECONDS_VARIABLE: "4"})
     assert hung.returncode == 0 and "Traceback" not in hung.stderr, hung.stderr
     said = " ".join(hung.stderr.split())
     assert f"Note: 1 file hung the image decoder and was set aside (skipped): 1: {relative}." in said, said
     assert "crashed" not in said, said
     with Store(tmp_path / "s.h5") as store:
         skipped = dict(zip(*store.skipped()))
-        assert skipped[relative] == "still decoding after 2 s (a hung read or decoder)"
+        assert skipped[relative] == "still decoding after 4 s (a hung read or decoder)"
         assert store.n_images == len(folder["good"]) - 1
+
+
+def test_a_paused_run_is_not_taken_for_a_hang(monkeypatch):
+    """Bug: the watch compared the clock with when each file began; a run stopped (Ctrl-Z, a
+    suspended job) for longer than the limit and continued found every decoding process past it,
+    killed them, and set a good file aside for good. Only the time the watch is awake counts."""
+    import multiprocessing
+    import subprocess
+
+    import zsfs.embedding as embedding
+
+    monkeypatch.setattr(embedding, "HUNG_DECODE_SECONDS", 2.0)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    loader = type("Loader", (), {"_workers": [sleeper]})()
+    decoding = multiprocessing.RawArray("q", [3])
+    since = multiprocessing.RawArray("d", [time.monotonic() - 1000])  # began long ago, then the run was paused
+    try:
+        with embedding.HangWatch(loader, decoding, since) as watch:
+            time.sleep(1.2)
+            assert sleeper.poll() is None and watch.hung == {}
+            sleeper.wait(timeout=10)  # on the same file for 2 s of the watch's own time: stopped
+            assert watch.hung == {0: 3} and sleeper.returncode == -signal.SIGKILL
+    finally:
+        sleeper.kill()
 
 
 def test_the_check_that_a_file_crashes_alone_runs_torch_after_the_models_did(tmp_path):

@@ -229,6 +229,19 @@ def test_more_local_workers_than_cores_are_refused_before_ray_starts(photos, tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_joining_ray_keeps_this_processs_sigterm_handler(cluster):
+    """Bug: `ray.init` made SIGTERM a bare sys.exit(15) in the driver, so `zsfs extract --ray`
+    stopped by SIGTERM said nothing and exited 15, not as the README says (one line, exit 143)."""
+    script = ("import signal, ray\nfrom zsfs.distributed import _connect\n"
+              "def mine(number, frame): pass\n"
+              "signal.signal(signal.SIGTERM, mine)\n"
+              f"_connect({cluster!r})\n"
+              "print('kept' if signal.getsignal(signal.SIGTERM) is mine else signal.getsignal(signal.SIGTERM))\n"
+              "ray.shutdown()\n")
+    joined = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert joined.returncode == 0 and joined.stdout.strip() == "kept", joined.stdout + joined.stderr
+
+
 def test_every_worker_gets_its_cores_on_one_node():
     """Bug: nodes of 4, 1 and 1 cores with 2 workers got 3 cores each (6 // 2), which one node
     alone has: the second worker waited for a node, without a word."""

@@ -16,10 +16,12 @@ Every node must see the source, the models' weights and the store's folder at th
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 
 import numpy as np
 
@@ -239,6 +241,26 @@ def _connect(address: str | None) -> bool:
     """Connect this process to Ray; True when it started the Ray instance itself."""
     if ray.is_initialized():
         return False
+    with _sigterm_kept():
+        return _start_or_join(address)
+
+
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """``ray.init`` makes SIGTERM a bare ``sys.exit(15)`` in this process: keep what this process
+    did with it (the command line stops cleanly, with its message; see ``zsfs.cli.common``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: set outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _start_or_join(address: str | None) -> bool:
     if address == LOCAL:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         return True

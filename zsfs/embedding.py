@@ -302,11 +302,23 @@ class HangWatch:
 
     def _watch(self) -> None:
         limit = HUNG_DECODE_SECONDS
-        while not self._stop.wait(min(5.0, limit / 4)):
+        tick = min(5.0, limit / 4)
+        awake: dict[int, tuple[int, float, float]] = {}  # decoding process -> (position, its start, seconds)
+        last = time.monotonic()
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            # Only time the watch was awake counts: a run paused (Ctrl-Z, a suspended job) and continued
+            # finds every process mid-file, long "since" it began, and none of them hung.
+            step, last = min(now - last, 2 * tick), now
             for worker_id, worker in enumerate(self.workers):
-                index = self.decoding[worker_id]
-                if (index < 0 or worker_id in self.hung or time.monotonic() - self.decoding_since[worker_id] < limit
-                        or self.decoding[worker_id] != index or worker.pid is None):
+                index, since = self.decoding[worker_id], self.decoding_since[worker_id]
+                if index < 0 or worker_id in self.hung:
+                    awake.pop(worker_id, None)
+                    continue
+                seen = awake.get(worker_id)
+                spent = seen[2] + step if seen is not None and seen[:2] == (index, since) else min(now - since, step)
+                awake[worker_id] = (index, since, spent)
+                if spent < limit or self.decoding[worker_id] != index or worker.pid is None:
                     continue
                 self.hung[worker_id] = int(index)
                 try:

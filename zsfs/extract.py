@@ -30,7 +30,7 @@ from zsfs.names import check_class_names, counted, pairs_text, reasons_text
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
-from zsfs.store.files import check_store_lock, check_store_update, disk_error, store_lock
+from zsfs.store.files import check_store_lock, check_store_update, disk_error, names_beside, store_lock
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
@@ -270,7 +270,7 @@ def extract(
     given_classes = _given_classes(classes)  # a bad class file fails before a long listing
     image_source = open_source(source)
     out = Path(out) if out is not None else default_output(image_source.location)
-    check_writable(out, "store")
+    check_writable(out, "store", beside=names_beside(out))
     rerun = out.is_file()
     check_own_shards_folder(out)  # before the models load, as the checks below
     if rerun:  # it writes into the shards folder too

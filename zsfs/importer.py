@@ -26,6 +26,7 @@ from zsfs.errors import ZsfsError
 from zsfs.names import check_class_names, counted, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
+from zsfs.store.files import names_beside
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
 from zsfs.digests import listing_sha256
 from zsfs.store.writer import refuse_another_listing
@@ -234,7 +235,7 @@ def import_store(
     ``progress`` is passed to :func:`write_store`.
     """
     clip_embeddings, backbone_features = Path(clip_embeddings), Path(backbone_features)
-    check_writable(out, "store")
+    check_writable(out, "store", beside=names_beside(out))
     clip = load_rows(clip_embeddings, "CLIP embeddings")
     backbone = load_rows(backbone_features, "backbone features")
     table_location = Path(paths) if paths is not None else clip_embeddings

@@ -86,6 +86,11 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
+def temporary_name(path: Path) -> str:
+    """A name as long as those of the temporary files and folders written on the way to ``path``."""
+    return f".{path.name}.{_owner()}.{'x' * 8}.tmp"  # mkstemp's and mkdtemp's random part: 8 characters
+
+
 def _owner() -> str:
     return f"{os.getpid()}-{_host()}"
 

@@ -43,8 +43,8 @@ REPORT = "report.html"
 def refuse_run_file(path: Path) -> None:
     """Refuse to write over a fit run's own files (its predictions, config, metrics, classifier):
     the run, and every report and prediction made from it, would then read another table."""
-    if path.name in (PREDICTIONS, CLASSIFIER, CONFIG, METRICS) and (path.parent / CONFIG).is_file() and (
-            path.parent / PREDICTIONS).is_file():
+    own = {name.casefold() for name in (PREDICTIONS, CLASSIFIER, CONFIG, METRICS)}  # casefold: macOS, Windows
+    if path.name.casefold() in own and (path.parent / CONFIG).is_file() and (path.parent / PREDICTIONS).is_file():
         raise ZsfsError(f"{path} is a file of the fit run in {path.parent}: writing it would replace the run's "
                         "own; choose another file")
 

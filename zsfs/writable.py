@@ -3,20 +3,24 @@ in the way), instead of after an hour of embedding or fitting."""
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from zsfs.errors import ZsfsError
-from zsfs.outputs import _owner
+from zsfs.outputs import temporary_name
 
 
-def check_writable(path: str | Path, what: str, fix: str = "choose another location") -> None:
+def check_writable(path: str | Path, what: str, fix: str = "choose another location", *,
+                   beside: Iterable[str] | None = None) -> None:
     """Check that ``path`` (a file or folder to create or update) can be written.
 
     Creates and removes a probe file in the nearest existing folder on its way: the operating
     system's answer, which ``os.access`` does not give for root, ACLs or read-only mounts.
+    ``beside``: the names the writer creates next to ``path`` on the way (a store's temporary
+    file, lock and shards folder) [the temporary name of ``zsfs.outputs``' writers]; one longer
+    than the file system takes is refused now, not once the work is done.
     """
     path = Path(path).absolute()
     folder = path.parent
@@ -24,14 +28,23 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
         folder = folder.parent
     if not folder.is_dir():
         raise ZsfsError(f"cannot write the {what} {path}: {folder} is a file, not a folder")
-    try:  # named as zsfs' longest temporary file for ``path`` is (outputs._owner): a name too long fails now
-        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=folder)
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".zsfs-write-check-", dir=folder)
     except OSError as error:
-        if error.errno == errno.ENAMETOOLONG:
-            raise ZsfsError(f"cannot write the {what} {path}: its name is too long for the file system once zsfs "
-                            f"adds its temporary files' {len(os.fsencode(f'.{_owner()}.12345678.tmp'))} bytes; "
-                            "choose a shorter name") from None
         raise ZsfsError(f"cannot write the {what} {path}: {folder} is not writable "
                         f"({error.strerror or error}); {fix}") from None
     os.close(handle)
     os.unlink(probe)
+    longest = max(len(os.fsencode(name)) for name in ([temporary_name(path)] if beside is None else beside))
+    limit = _longest_name(folder)
+    if longest > limit:
+        raise ZsfsError(f"cannot write the {what} {path}: its name is too long for the file system, which takes "
+                        f"names of {limit} bytes at most, as zsfs also writes a {longest}-byte name beside it (a "
+                        "temporary file or a shards folder); choose a shorter name")
+
+
+def _longest_name(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no answer: the usual limit
+        return 255

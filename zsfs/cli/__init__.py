@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from zsfs import __version__
-from zsfs.cli.common import ZsfsGroup, stop_cleanly_on_sigterm
+from zsfs.cli.common import ZsfsGroup
 
 
 @click.group(cls=ZsfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +24,6 @@ def main() -> None:
     from zsfs.decode import quiet_decoder_warnings
 
     quiet_decoder_warnings()  # decoding workers set it too (embedding._start_worker)
-    stop_cleanly_on_sigterm()
 
 
 def _register() -> None:

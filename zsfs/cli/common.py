@@ -47,6 +47,10 @@ class ZsfsGroup(click.Group):
     one-line message and a non-zero exit code."""
 
     def invoke(self, ctx: click.Context) -> object:
+        with _sigterm_stops_cleanly():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except click.UsageError as error:
@@ -75,11 +79,20 @@ class Terminated(KeyboardInterrupt):
     the same clean-up (the store's lock and temporary files) and a message, not a silent end."""
 
 
-def stop_cleanly_on_sigterm() -> None:
-    """Raise :class:`Terminated` on SIGTERM in this process, unless a host program handles it
-    already. Decoding processes (forks) put the default back (``embedding._start_worker``)."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
+@contextmanager
+def _sigterm_stops_cleanly() -> Iterator[None]:
+    """Raise :class:`Terminated` on SIGTERM while a command runs, unless a host program handles it;
+    what was there before is put back afterwards (a program calling the command line in-process
+    keeps its own). Decoding processes (forks) put the default back (``embedding._start_worker``)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _raise_terminated(number: int, frame: object) -> None:

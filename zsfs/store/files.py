@@ -52,6 +52,12 @@ def disk_error(error: BaseException, what: str, *, resume: str = "the same comma
 
 
 # -- temporary files and publication -----------------------------------------------------
+def names_beside(master: Path) -> list[str]:
+    """The names a store's writer creates next to ``master``: its temporary file (as
+    :func:`temp_file` names it), its lock and its shards folder (``zsfs.writable.check_writable``)."""
+    return [f".{master.name}.{'x' * 8}{schema.TMP_SUFFIX}", lock_path(master).name, schema.shard_dir(master).name]
+
+
 def temp_file(final: Path) -> Path:
     """A new empty file beside ``final``, created exclusively (``O_EXCL``, random name, mode
     0600): a link planted at a predictable name cannot redirect the write elsewhere."""
@@ -362,8 +368,9 @@ def check_store_update(master: Path, data_dir: Path) -> None:
     from zsfs.writable import check_writable
 
     fix = "make it writable, or copy the store (the .h5 file and its shards folder) to a place that is"
-    for inside in (master, data_dir / schema.GRAPH_FILE):  # the lock file goes beside the master
-        check_writable(inside, "store", fix)
+    check_writable(master, "store", fix, beside=names_beside(master))  # the lock file goes beside the master
+    graph = data_dir / schema.GRAPH_FILE
+    check_writable(graph, "store", fix, beside=[names_beside(graph)[0]])
     check_store_lock(master)
 
 

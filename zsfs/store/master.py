@@ -152,7 +152,7 @@ def _damage_named(shard: h5py.File) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        raise StoreError(f"{shard.filename} cannot be read ({one_line(error)}): it is damaged; remove it and "
+        raise StoreError(f"{shard.filename} cannot be read ({one_line(error)}): if it is damaged, remove it and "
                          f"{REPAIR}") from None
 
 

@@ -88,7 +88,8 @@ def check_own_shards_folder(master: Path) -> None:
     would ``y.h5`` renamed from ``x.h5``, and writing one would replace the other's shards."""
     master = Path(master).absolute()
     folder = schema.shard_dir(master)
-    if folder == master:  # x.shards: the master would be its own shards folder
+    if folder.parent == master.parent and folder.name.casefold() == master.name.casefold():  # x.shards (x.SHARDS
+        # on a file system that ignores case): the master would be its own shards folder
         raise StoreError(f"{master.name} is the name of the folder where a store keeps its shards; name the store "
                          f"{master.with_suffix('.h5').name}")
     if folder.exists() and not folder.is_dir():  # found before any work, not when the first shard is written
