@@ -491,6 +491,35 @@ def test_a_paused_run_is_not_taken_for_a_hang(monkeypatch):
         sleeper.kill()
 
 
+def test_a_pause_while_a_file_decodes_does_not_count_as_decoding_time(monkeypatch):
+    """The other half of a pause: the watch itself wakes up long after it went to sleep (the clock
+    jumps 1000 s here, as across a SIGSTOP and SIGCONT); at most two of its ticks count."""
+    import multiprocessing
+    import subprocess
+    import types
+
+    import zsfs.embedding as embedding
+
+    paused = {"seconds": 0.0}
+    clock = types.SimpleNamespace(monotonic=lambda: time.monotonic() + paused["seconds"])
+    monkeypatch.setattr(embedding, "time", clock)
+    monkeypatch.setattr(embedding, "HUNG_DECODE_SECONDS", 8.0)  # a tick every 2 s; at most 4 s counted per wake-up
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    loader = type("Loader", (), {"_workers": [sleeper]})()
+    decoding = multiprocessing.RawArray("q", [5])
+    since = multiprocessing.RawArray("d", [clock.monotonic()])
+    try:
+        with embedding.HangWatch(loader, decoding, since) as watch:
+            time.sleep(2.5)  # seen once: 2 s
+            paused["seconds"] = 1000.0
+            time.sleep(2.5)  # the wake-up after the pause: 4 s more, 6 in all
+            assert sleeper.poll() is None and watch.hung == {}
+            sleeper.wait(timeout=10)  # 8 s on the same file
+            assert watch.hung == {0: 5}
+    finally:
+        sleeper.kill()
+
+
 def test_the_check_that_a_file_crashes_alone_runs_torch_after_the_models_did(tmp_path):
     """Bug: the check forks this process; after the models had run, the child's first parallel
     torch operation (a model's preprocessing) deadlocked, and the check timed out: a file that

@@ -381,6 +381,10 @@ def test_a_store_named_like_its_own_shards_folder_or_too_long_is_refused_before_
     longest = tmp_path / ("z" * 238 + ".h5")  # bug: refused too, by the longer names of other outputs
     assert run_cli(*extract_args(base, longest)).exit_code == 0
     assert run_cli("neighbours", longest, "--k", "2").exit_code == 0  # an update of the store checks them too
+    renamed = tmp_path / ("r" * 245 + ".h5")  # a rename keeps the shards folder: an update writes only the lock
+    longest.rename(renamed)
+    result = run_cli("neighbours", renamed, "--k", "2")
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize(("option", "value", "built"), [("--shard-size", "7", "--shard-size 4"),

@@ -255,6 +255,10 @@ def _sigterm_kept() -> Iterator[None]:
     previous = signal.getsignal(signal.SIGTERM)
     try:
         yield
+    except SystemExit as exit:  # SIGTERM while Ray started: Ray's handler had already replaced ours
+        if exit.code == signal.SIGTERM and callable(previous):
+            previous(signal.SIGTERM, None)
+        raise
     finally:
         if previous is not None:  # None: set outside Python, which cannot be put back
             signal.signal(signal.SIGTERM, previous)

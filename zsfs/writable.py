@@ -45,6 +45,7 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
 
 def _longest_name(folder: Path) -> int:
     try:
-        return os.pathconf(folder, "PC_NAME_MAX")
+        limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no answer: the usual limit
         return 255
+    return limit if limit > 0 else 255  # -1: no limit known; 0 from some FUSE and 9p mounts

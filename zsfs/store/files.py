@@ -368,7 +368,7 @@ def check_store_update(master: Path, data_dir: Path) -> None:
     from zsfs.writable import check_writable
 
     fix = "make it writable, or copy the store (the .h5 file and its shards folder) to a place that is"
-    check_writable(master, "store", fix, beside=names_beside(master))  # the lock file goes beside the master
+    check_writable(master, "store", fix, beside=[lock_path(master).name])  # an update writes only its lock there
     graph = data_dir / schema.GRAPH_FILE
     check_writable(graph, "store", fix, beside=[names_beside(graph)[0]])
     check_store_lock(master)
