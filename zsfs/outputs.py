@@ -48,7 +48,7 @@ def new_folder(path: str | Path) -> Iterator[Path]:
     check_new_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_folders(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide results from the user's group
         yield tmp
@@ -88,7 +88,12 @@ def _host() -> str:
 
 def temporary_name(path: Path) -> str:
     """A name as long as those of the temporary files and folders written on the way to ``path``."""
-    return f".{path.name}.{_owner()}.{'x' * 8}.tmp"  # mkstemp's and mkdtemp's random part: 8 characters
+    return f"{_temporary_prefix(path)}{'x' * 8}.tmp"  # mkstemp's and mkdtemp's random part: 8 characters
+
+
+def _temporary_prefix(path: Path) -> str:
+    """``.<name>.<pid>-<host>.``: what :data:`_TMP_NAME` reads back."""
+    return f".{path.name}.{_owner()}."
 
 
 def _owner() -> str:
@@ -133,7 +138,7 @@ def replacing_file(path: str | Path) -> Iterator[Path]:
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_folders(path.parent)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(handle)
     tmp = Path(name)
     try:

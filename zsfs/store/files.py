@@ -53,15 +53,24 @@ def disk_error(error: BaseException, what: str, *, resume: str = "the same comma
 
 # -- temporary files and publication -----------------------------------------------------
 def names_beside(master: Path) -> list[str]:
-    """The names a store's writer creates next to ``master``: its temporary file (as
-    :func:`temp_file` names it), its lock and its shards folder (``zsfs.writable.check_writable``)."""
-    return [f".{master.name}.{'x' * 8}{schema.TMP_SUFFIX}", lock_path(master).name, schema.shard_dir(master).name]
+    """The names a store's writer creates next to ``master``: its temporary file, its lock and its
+    shards folder (``zsfs.writable.check_writable``)."""
+    return [temp_file_name(master), lock_path(master).name, schema.shard_dir(master).name]
+
+
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}."
+
+
+def temp_file_name(final: Path) -> str:
+    """A name as long as the one :func:`temp_file` gives ``final``'s temporary file."""
+    return f"{_temp_prefix(final)}{'x' * 8}{schema.TMP_SUFFIX}"  # mkstemp's random part: 8 characters
 
 
 def temp_file(final: Path) -> Path:
     """A new empty file beside ``final``, created exclusively (``O_EXCL``, random name, mode
     0600): a link planted at a predictable name cannot redirect the write elsewhere."""
-    handle, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=schema.TMP_SUFFIX)
+    handle, name = tempfile.mkstemp(dir=final.parent, prefix=_temp_prefix(final), suffix=schema.TMP_SUFFIX)
     try:
         os.fchmod(handle, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the store from others
     finally:
@@ -74,7 +83,7 @@ def temp_files_of(final: Path) -> list[Path]:
     legacy = final.with_name(final.name + schema.TMP_SUFFIX)  # the fixed name of format 1 writers
     # listed, not globbed: a store name with [, ] or * would be read as a pattern, matching other
     # stores' files and missing its own
-    prefix = f".{final.name}."
+    prefix = _temp_prefix(final)
     try:
         names = os.listdir(final.parent)
     except OSError:  # no folder yet, or one that can be written but not listed
@@ -370,7 +379,7 @@ def check_store_update(master: Path, data_dir: Path) -> None:
     fix = "make it writable, or copy the store (the .h5 file and its shards folder) to a place that is"
     check_writable(master, "store", fix, beside=[lock_path(master).name])  # an update writes only its lock there
     graph = data_dir / schema.GRAPH_FILE
-    check_writable(graph, "store", fix, beside=[names_beside(graph)[0]])
+    check_writable(graph, "store", fix, beside=[temp_file_name(graph)])
     check_store_lock(master)
 
 
