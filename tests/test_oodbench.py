@@ -15,7 +15,7 @@ from zsfs.fit.run import FitConfig
 from zsfs.evaluate import LabelCodes
 from zsfs.oodbench import ood_bench, score_split, summarize
 from zsfs.store import Store
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.synthetic import class_names, make_synthetic_store
 
 # Small and quick; the test outcomes do not depend on the fit's default epochs.
@@ -187,15 +187,19 @@ def test_cli_id_class_file_gives_one_split(labelled_store, tmp_path):
     assert json.loads(piped.stdout)["id_classes"] == ["class_0001", "class_0003"]
 
 
-def test_cli_seed_draws_the_split(labelled_store):
+def test_cli_seed_draws_the_split(labelled_store, tmp_path, monkeypatch):
     def drawn(seed):
         result = bench_cli("--store", labelled_store, "--id-classes", 3, "--splits", 1, "--seed", seed, "--json",
                          *QUICK_FIT_ARGS)
         assert result.exit_code == 0, result.output
+        # a file named 3 is here: the number wins, and the note says how to read the file instead
+        assert "--id-classes 3 is read as a number of ID classes, not the file 3; pass ./3" in output_text(result)
         metrics = json.loads(result.stdout)
         assert metrics["n_splits"] == 1 and metrics["id_classes"] == 3 and metrics["config"]["seed"] == seed
         return metrics["splits"][0]["id_classes"]
 
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "3").write_text("class_0001\n")
     assert drawn(1) != drawn(2)
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from tests.test_extract import ROW_DATASETS, read_store
 from zsfs.errors import ZsfsError
 from zsfs.extract import default_output, extract
-from zsfs.predict import TAR_LINK, image_inputs
+from zsfs.predict import TAR_BESIDE_IMAGES, TAR_LINK, image_inputs
 from zsfs.sources import IMAGE_EXTENSIONS, open_source
 from zsfs.tars import expand_braces, list_tar, locate_members
 from zsfs.testing.cli import output_text, run_cli
@@ -72,6 +72,9 @@ def test_tars_beside_images_or_a_subfolder_are_named_not_silently_dropped(shards
     assert source.paths == ["stray.png"] and source.unread_tars == ["00000.tar"]
     result = run_cli("extract", mixed, "--out", tmp_path / "m.h5", *TINY_MODEL_ARGS, "--workers", "0")
     assert result.exit_code == 0 and "tar files not read" in output_text(result), result.output
+    given = image_inputs([mixed])  # bug: predict dropped them without a row; now a row saying why
+    assert given.paths == [str(mixed / "stray.png"), str(mixed / "00000.tar")]
+    assert given.unreadable == {str(mixed / "00000.tar"): TAR_BESIDE_IMAGES}
 
 
 def test_a_tar_source_is_recorded_the_same_from_any_folder(shards, monkeypatch):

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 
 TAR_LINK = "a link inside the tar (not read: zsfs reads the files of a tar)"
+TAR_BESIDE_IMAGES = "a tar in a folder of images (not read: pass the tar itself to read its images)"
 
 
 def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
@@ -65,8 +66,10 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
             paths += [os.path.join(base, path) for path in listing.paths]  # keeps an unreadable folder's '/'
             unreadable.update({os.path.join(base, path): reason for path, reason in listing.unreadable.items()})
             links = [os.path.join(base, path) for path in listing.tar_links]  # a row each, to say why no class
-            paths += links
+            tars = [os.path.join(base, path) for path in listing.unread_tars]  # see zsfs.tars.TAR_FOLDER
+            paths += links + tars
             unreadable.update(dict.fromkeys(links, TAR_LINK))
+            unreadable.update(dict.fromkeys(tars, TAR_BESIDE_IMAGES))
         elif given.is_file() and is_compressed_tar(given.name):
             raise compressed_tar_error(given)
         elif given.is_file():

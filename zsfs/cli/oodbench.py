@@ -100,11 +100,16 @@ def _share_fit_options(command: click.Command) -> click.Command:
 
 
 def _parse_id_classes(value: str) -> int | list[str]:
+    path = Path(value)
     try:
-        return int(value)  # a count; a negative one gets ood_bench's range error
+        count = int(value)  # a count; a negative one gets ood_bench's range error
     except ValueError:
         pass
-    path = Path(value)
+    else:
+        if path.is_file():  # the number wins, as --help says; say so, and how to read the file
+            console.print(f"[yellow]Note:[/] --id-classes {shown(value)} is read as a number of ID classes, not the "
+                          f"file {shown(value)}; pass {shown('./' + value)} to read the file.")
+        return count
     if not path.exists() or path.is_dir():  # a pipe (<(...)) is no regular file, but reads as one
         raise ZsfsError(f"--id-classes takes a number of ID classes or a file of ID class names; "
                         f"{value!r} is neither a number nor an existing file")
