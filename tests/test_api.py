@@ -110,7 +110,9 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
                            (dict(seed=1.5), "seed must be a whole number, not 1.5"),
                            (dict(accumulate="no"), "accumulate must be True or False, not 'no'"),
                            (dict(k="{0}"), "k must be a whole number, not '{0}'"),  # braces: not fields
-                           (dict(prompts="{x}"), "prompts must be one of ensemble, single, not '{x}'")):
+                           (dict(prompts="{x}"), "prompts must be one of ensemble, single, not '{x}'"),
+                           (dict(device="gpu"), "device must be one of cpu, cuda, mps, not 'gpu'"),  # was a ZsfsError
+                           (dict(vocabulary=1), "vocabulary must be a string, not 1")):
         with pytest.raises(zsfs.ParameterError) as raised:
             zsfs.fit(store_path, **wrong)
         assert str(raised.value) == message
@@ -120,4 +122,14 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
         zsfs.extract(photos, batch_size="8")
     with pytest.raises(zsfs.ParameterError, match=r"^workers must be at least 0, not -1$"):
         zsfs.extract(photos, workers=-1)
+    for wrong, message in ((dict(precision="fp8"), "precision must be one of fp32, bf16, fp16, not 'fp8'"),
+                           (dict(dtype="int8"), "dtype must be one of float16, float32, not 'int8'"),
+                           (dict(device="CPU"), "device must be one of cpu, cuda, mps, not 'CPU'"),
+                           (dict(vocab_name=None), "vocab_name must be a string, not None")):
+        with pytest.raises(zsfs.ParameterError) as raised:  # bug: ZsfsError, or a traceback for None
+            zsfs.extract(photos, tmp_path / "x.h5", **wrong)
+        assert str(raised.value) == message
+    for store in (None, 123):  # bug: TypeError from deep in pathlib
+        with pytest.raises(zsfs.ParameterError, match=rf"^store must be a zsfs.Store or its path, not {store}$"):
+            zsfs.fit(store)
     assert not photos.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["s.h5", "s.shards"]

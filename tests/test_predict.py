@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,8 @@ def test_library_inputs_are_checked_before_any_work(fitted):
     assert predict_images(fitted["run"], photos["root"], workers=0).equals(alone)
     with pytest.raises(ParameterError, match="^workers must be at least 0, not -1$"):
         predict_images(fitted["run"], photos["root"], workers=-1)
+    with pytest.raises(ParameterError, match="^precision must be one of fp32, bf16, fp16, not 'fp8'$"):
+        predict_images(fitted["run"], photos["root"], precision="fp8")  # bug: ignored on CPU
 
     run = load_run(fitted["run"])
     with Store(fitted["store"]) as store:
@@ -80,6 +83,12 @@ def test_library_inputs_are_checked_before_any_work(fitted):
     poisoned[3, 0], poisoned[7] = np.nan, 0.0
     with pytest.raises(ParameterError, match=r"has 2 rows that are zero or not finite \(first: row 3, counted from 0\)$"):
         run.predict(poisoned)
+    # bug: rows finite in float64 but not as float32 products (1e300) gave NaN scores; no rows warned
+    scaled = run.predict(features[:5].astype(np.float64) * 1e300)
+    assert scaled.equals(run.predict(features[:5])), scaled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run.predict(features[:0]).shape == (0, 5)
 
 
 def test_unreadable_files_get_an_error_not_a_prediction(fitted):

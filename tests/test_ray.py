@@ -216,6 +216,15 @@ def test_an_address_where_no_cluster_answers_is_one_line_at_once(photos, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_address_ray_cannot_parse_is_one_line():
+    """Bug: `ray="bogus"` raised Ray's own ValueError. A process of its own: this one may be connected."""
+    script = ("from zsfs.distributed import _start_or_join\n"
+              "from zsfs.errors import ZsfsError\n"
+              "try:\n    _start_or_join('bogus')\nexcept ZsfsError as error:\n    print(error)\n")
+    said = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120).stdout
+    assert said.startswith("'bogus' is not a Ray cluster address (Invalid address format: bogus); start one"), said
+
+
 def test_more_local_workers_than_cores_are_refused_before_ray_starts(photos, tmp_path):
     """Bug: `--ray local --ray-workers 3` on 2 cores was refused only once a local Ray had started (15 s)."""
     too_many = (os.cpu_count() or 1) + 1

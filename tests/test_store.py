@@ -270,6 +270,9 @@ def test_vocabulary_added_while_the_store_is_read_and_unfinished_store(tmp_path,
         assert "v" not in reading.vocabulary_names()  # an open store keeps its view
     with Store(master) as store:
         assert store.vocabulary("v").classes == ["a"]
+    for named in ("s", "s.hdf5"):  # bug: "not finished ... rerun the command", of a finished s.h5
+        with pytest.raises(StoreError, match=rf"store .*{named} does not exist; did you mean .*s\.h5\?$"):
+            Store(tmp_path / named)
     master.unlink()
     with pytest.raises(StoreError, match="is not finished .*s.shards"):
         Store(master)

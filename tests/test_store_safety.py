@@ -449,18 +449,36 @@ def test_a_store_rebuilt_under_a_fit_stops_it_instead_of_mixing_two_builds(tmp_p
 def test_rows_read_as_nan_during_a_rebuild_name_the_rebuild_not_damage(tmp_path):
     """Bug: while another process replaced the shards, a fit read missing rows as NaN and told the
     user to rebuild a healthy store ("non-finite backbone features ... damaged")."""
+    from zsfs.fit import FitConfig, fit_store
     from zsfs.fit.run import _refuse_non_finite
     from zsfs.testing.synthetic import make_synthetic_store
 
     options = dict(clip_dim=16, backbone_dim=16, shard_size=100)
     path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=1, **options)
-    read_as_missing = np.full(300, np.nan)
     with Store(path) as store:
         with pytest.raises(ZsfsError, match="non-finite backbone features"):  # not rebuilt: damage it is
-            _refuse_non_finite(store, slice(None), read_as_missing)
+            _refuse_non_finite(store, slice(None), np.full(300, np.nan))
         make_synthetic_store(path, 300, 3, seed=2, overwrite=True, **options)
+        with h5py.File(schema.shard_dir(path) / schema.shard_name(1), "r+") as shard:
+            shard["clip"][5] = np.nan  # what this reader meets in the new build
         with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
-            _refuse_non_finite(store, slice(None), read_as_missing)
+            fit_store(store, FitConfig(k=3, candidates=10))
+
+
+def test_any_error_of_a_fit_on_a_store_rebuilt_under_it_names_the_rebuild(tmp_path):
+    """Bug: a store opened without a vocabulary, then rebuilt with one, failed the fit with "has no
+    class vocabulary yet; add one with zsfs text ...": advice that was wrong, as any error is then."""
+    from zsfs.fit import FitConfig, fit_store
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    options = dict(clip_dim=16, backbone_dim=16)
+    path = make_synthetic_store(tmp_path / "s.h5", 60, 3, seed=1, **options)
+    with Store(path) as store:
+        with pytest.raises(ZsfsError, match="has no vocabulary 'new'"):  # not rebuilt: the advice holds
+            fit_store(store, FitConfig(k=3, candidates=10), vocabulary="new")
+        make_synthetic_store(path, 60, 3, seed=2, overwrite=True, vocabulary="new", **options)
+        with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
+            fit_store(store, FitConfig(k=3, candidates=10), vocabulary="new")
 
 
 def test_a_rebuild_in_the_middle_of_a_fit_is_caught_at_its_end(tmp_path, monkeypatch):

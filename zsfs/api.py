@@ -17,6 +17,7 @@ importable as before. Errors name the parameters as given here (``k must be at l
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import types
 import warnings
@@ -38,11 +39,15 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     ``preset`` ``"paper"``, ``"fast"`` or ``"paper-fast"`` [the defaults]. The result has
     ``.predictions``, ``.metrics`` (None when the store has no labels), ``.config`` and ``.save(dir)``.
     """
-    from zsfs.errors import ParameterError, literal
+    from zsfs.errors import ParameterError, check_parameter_type, literal
     from zsfs.fit.run import FitConfig, fit_store
     from zsfs.runs import in_memory
     from zsfs.store import Store
 
+    if not isinstance(store, (Store, str, os.PathLike)):
+        raise ParameterError(f"{{store}} must be a zsfs.Store or its path, not {literal(repr(store))}")
+    if vocabulary is not None:
+        check_parameter_type("vocabulary", vocabulary, str)
     presets = {None: {}, "paper": {"paper": True}, "fast": {"fast": True}, "paper-fast": {"paper": True, "fast": True}}
     if preset not in presets:
         raise ParameterError(f"{{preset}} must be one of paper, fast, paper-fast (or None), "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from zsfs.errors import ParameterError, ZsfsError
+from zsfs.errors import ParameterError, check_choice
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI lists DEVICES before any work starts
     import torch
@@ -21,11 +21,10 @@ BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16")
 
 
 def check_device(device: str) -> "torch.device":
-    """The torch device for ``device``; ZsfsError when it is unknown or absent on this machine."""
+    """The torch device for ``device``; ParameterError when it is unknown or absent on this machine."""
     import torch
 
-    if device not in DEVICES:
-        raise ZsfsError(f"unknown device {device!r}; use one of: {', '.join(DEVICES)}")
+    check_choice("device", device, DEVICES)
     if device == "cuda" and not torch.cuda.is_available():
         raise ParameterError("{device} cuda was asked for, but torch sees no CUDA GPU here; use {device} cpu")
     if device == "mps" and not torch.backends.mps.is_available():

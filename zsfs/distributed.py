@@ -277,6 +277,8 @@ def _start_or_join(address: str | None) -> bool:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ConnectionError as error:
         raise ZsfsError(f"no Ray cluster at {address!r} ({error}); {fix}") from None
+    except ValueError as error:  # "Invalid address format: bogus", an unparsable port
+        raise ZsfsError(f"{address!r} is not a Ray cluster address ({error}); {fix}") from None
     return False
 
 

@@ -55,6 +55,12 @@ def check_parameter_type(name: str, value: object, kind: type) -> None:
         raise ParameterError(f"{{{name}}} must be {described}, not {literal(repr(value))}")
 
 
+def check_choice(name: str, value: object, choices: "tuple[str, ...]") -> None:
+    """ParameterError unless ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ParameterError(f"{{{name}}} must be one of {', '.join(choices)}, not {literal(repr(value))}")
+
+
 def check_at_least(name: str, value: int | None, least: int) -> None:
     """ParameterError unless ``value`` is a whole number >= ``least`` (None passes: chosen for the machine)."""
     if value is not None:

@@ -24,7 +24,8 @@ import numpy as np
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_images
-from zsfs.errors import ParameterError, StoreMismatchError, ZsfsError, check_at_least
+from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_choice,
+                         check_parameter_type)
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
 from zsfs.names import check_class_names, counted, pairs_text, reasons_text
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -258,6 +259,7 @@ def extract(
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
                    max_pixels=max_pixels, ray=ray, ray_workers=ray_workers)
+    check_parameter_type("vocab_name", vocab_name, str)
     check_vocabulary_name(vocab_name)
     if ray is None:
         check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
@@ -479,10 +481,8 @@ def _given_classes(classes: Sequence[str] | str | Path | None) -> list[str] | No
 def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,
                    max_pixels: int, ray: str | None, ray_workers: int | None) -> None:
     """Refuse bad options before anything is listed or written (not even the store's lock file)."""
-    if precision not in MODEL_PRECISIONS:
-        raise ZsfsError(f"unknown precision {precision!r}; use one of: {', '.join(MODEL_PRECISIONS)}")
-    if dtype not in EMBEDDING_DTYPES:
-        raise ZsfsError(f"unknown dtype {dtype!r}; use one of: {', '.join(EMBEDDING_DTYPES)}")
+    check_choice("precision", precision, MODEL_PRECISIONS)
+    check_choice("dtype", dtype, EMBEDDING_DTYPES)
     for name, value, least in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1),
                                ("max_pixels", max_pixels, 1), ("workers", workers, 0), ("ray_workers", ray_workers, 1)):
         check_at_least(name, value, least)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
-from zsfs.errors import ZsfsError, check_at_least
-from zsfs.devices import check_device
+from zsfs.errors import ZsfsError, check_at_least, check_choice
+from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import embedded_images
 from zsfs.extract import DEFAULT_BATCH_SIZE
 from zsfs.models import load_backbone_from_record
@@ -110,6 +110,7 @@ def predict_images(
 
     for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0), ("max_pixels", max_pixels, 1)):
         check_at_least(name, value, least)
+    check_choice("precision", precision, MODEL_PRECISIONS)
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     if not (np.isfinite(run.classifier.weight).all() and np.isfinite(run.classifier.bias).all()):
         raise ZsfsError(f"the classifier of {run_dir} has non-finite weights (its training diverged); "

@@ -286,13 +286,14 @@ class FittedRun:
             described = "ragged rows" if array is None else f"a {array.dtype} array of shape {array.shape}"
             raise ParameterError(f"{{features}} must be an (n, {width}) array of numbers: rows of the store's "
                                  f"backbone features (Store.read(\"backbone\")), not {described}")
+        from zsfs.store.extras import normalise_rows
         from zsfs.store.writer import unusable_row_numbers  # a store's rule: finite, not all zero
 
         bad = unusable_row_numbers(array)
         if len(bad):
             raise ParameterError(f"{{features}} has {counted(len(bad), 'row')} that {'is' if len(bad) == 1 else 'are'} "
                                  f"zero or not finite (first: row {int(bad[0])}, counted from 0)")
-        return array
+        return normalise_rows(array, "features")  # as a store's rows: float32 products of 1e300 or 1e-30 overflow
 
     def predict_images(self, images: "Sequence[str | Path] | str | Path", **options) -> "pl.DataFrame":
         """Classify image files and/or folders (options as :func:`zsfs.predict.predict_images`)."""

@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from zsfs.devices import check_device
-from zsfs.errors import ParameterError, ZsfsError
+from zsfs.errors import ParameterError, check_choice
 from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K, choose_search, neighbour_graph, open_search
 from zsfs.fit.run import SEARCH_DTYPES
 from zsfs.store.files import check_store_update, store_lock
@@ -31,8 +31,7 @@ def add_neighbour_graph(store_path: str | Path, *, k: int | None = None, device:
     from zsfs.store import Store, write_neighbour_graph
 
     torch_device = check_device(device)
-    if precision not in SEARCH_DTYPES:
-        raise ZsfsError(f"precision must be one of {', '.join(SEARCH_DTYPES)}, not {precision!r}")
+    check_choice("precision", precision, tuple(SEARCH_DTYPES))
     with ExitStack() as held:  # the store's lock, taken after the checks, held until the graph is written
         with Store(store_path) as store:
             store.check_enough_images(2, "a neighbour graph")

@@ -27,6 +27,8 @@ _EPS = 1e-6  # keeps deficits finite when the seeds agree exactly on a statistic
 
 def logit_statistics(logits: torch.Tensor) -> torch.Tensor:
     """(n, 3) float32: top logit, top-1 minus top-2 logit, population std of the logits."""
+    if not len(logits):  # torch warns of "degrees of freedom <= 0" for the std of no rows
+        return torch.zeros((0, 3), dtype=torch.float32, device=logits.device)
     top = torch.topk(logits, min(2, logits.shape[1]), dim=1).values
     gap = top[:, 0] - top[:, 1] if top.shape[1] == 2 else torch.zeros_like(top[:, 0])
     std = logits.std(dim=1, correction=0)

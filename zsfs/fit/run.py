@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from zsfs.devices import PRECISION_CHOICES, SEARCH_PRECISIONS, check_device, has_fast_bf16
-from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_parameter_type, literal
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_choice, check_parameter_type, literal
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
@@ -122,9 +122,7 @@ class FitConfig:
             raise ParameterError(f"{{k}} {self.k} is larger than {{candidates}} {self.candidates}: the seeds are "
                                  f"taken from the candidates, so use {{k}} <= {{candidates}} (or raise {{candidates}})")
         for name, choices in (("method", METHOD_CHOICES), ("prompts", PROMPT_CHOICES), ("precision", PRECISION_CHOICES)):
-            if getattr(self, name) not in choices:
-                raise ParameterError(f"{{{name}}} must be one of {', '.join(choices)}, "
-                                     f"not {literal(repr(getattr(self, name)))}")
+            check_choice(name, getattr(self, name), choices)
         for name in ("lr", "loss_floor", "ood_multiplier"):
             if not math.isfinite(getattr(self, name)):
                 raise ParameterError(f"{{{name}}} must be a finite number, not {getattr(self, name)}")
@@ -225,6 +223,15 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     """
     config.validate()
     device = check_device(config.device)
+    try:
+        return _fit_checked(store, config, device, vocabulary, classes)
+    except ZsfsError:  # a store rebuilt under the fit: that is the cause, whatever the error says (no vocabulary, ...)
+        store.check_unchanged()
+        raise
+
+
+def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabulary: str | None,
+                 classes: list[str] | None) -> FitResult:
     timer = _Timer()
     store.check_enough_images(2, "a fit")
     name = resolve_vocabulary(store, vocabulary)
@@ -419,8 +426,7 @@ def _refuse_non_finite(store: "Store", rows: slice | np.ndarray, per_row: np.nda
     holding non-finite features (extract and import never write one) makes every score it
     touches NaN, and the fit would fail far from the cause or write NaN scores for every image."""
     bad = ~np.isfinite(per_row.cpu().numpy() if isinstance(per_row, torch.Tensor) else per_row)
-    if bad.any():
-        store.check_unchanged()  # a rebuild under way reads as missing rows (NaN): name the rebuild, not damage
+    if bad.any():  # (a rebuild under way reads as missing rows, NaN: fit_store names the rebuild instead)
         row = int(np.arange(store.n_images)[rows][np.flatnonzero(bad)[0]])
         raise ZsfsError(f"{store.path} holds non-finite {what} (NaN or infinity) at row {row} "
                         f"({visible(store.paths(np.array([row]))[0])}){' and others' if bad.sum() > 1 else ''}; "

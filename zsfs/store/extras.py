@@ -161,12 +161,16 @@ def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndar
     counts rows from ``first_row``, the position of ``values[0]`` in the whole input."""
     if values.ndim != 2:
         raise ZsfsError(f"{what}: expected a 2-d array (rows, dim), got shape {values.shape}")
-    norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32))
+    with np.errstate(over="ignore"):  # float64 rows of 1e300 become infinite in float32: redone below
+        norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32, casting="unsafe"))
     bad = ~np.isfinite(norms) | (norms == 0)
-    if bad.any():  # float32 squares overflow above ~1e19 and vanish below ~1e-23: those rows in float64
+    if bad.any():  # float32 squares overflow above ~1e19 and vanish below ~1e-23: those rows scaled to 1 first
         norms = norms.astype(np.float64)
-        again = values[bad].astype(np.float64)
-        norms[bad] = np.sqrt(np.einsum("ij,ij->i", again, again))
+        again = np.abs(values[bad].astype(np.float64))
+        largest = again.max(axis=1)
+        with np.errstate(invalid="ignore"):  # a zero row: 0 / 0, NaN, refused below
+            again /= largest[:, None]
+        norms[bad] = largest * np.sqrt(np.einsum("ij,ij->i", again, again))
         bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
         n_bad = int(bad.sum())

@@ -395,6 +395,9 @@ def open_master(path: Path) -> h5py.File:
     if not path.exists():
         if written_elsewhere(path):
             raise StoreError(f"store {path} is being written by another zsfs process; wait for it to finish")
+        meant = path.with_suffix(".h5")  # "photos" for "photos.h5": its shards folder is the same
+        if meant != path and meant.is_file():
+            raise StoreError(f"store {path} does not exist; did you mean {meant}?")
         if schema.shard_dir(path).is_dir():
             raise StoreError(f"store {path} is not finished (its shards are in {schema.shard_dir(path).name}/); "
                              "rerun the command that builds it to finish")
