@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from zsfs.cli import main
 from zsfs.errors import ZsfsError
-from zsfs.importer import RowParts, import_store
+from zsfs.importer import RowParts, import_store, numbered_parts
 from zsfs.store import Store
 from zsfs.digests import rows_sha256
 from zsfs.testing.cli import output_text, run_cli
@@ -76,6 +76,18 @@ def test_import_clip_retrieval_folder(inputs, tmp_path):
         assert store.paths().tolist() == inputs["paths"]
         np.testing.assert_allclose(store.read("clip"), inputs["clip"], atol=1e-3)
         assert not store.has_labels
+
+
+def test_parts_are_joined_in_natural_order_and_tied_numbers_are_refused(tmp_path):
+    """Bug: parts were ordered by the last number in their names, so emb_{i}.fp16.npy (every part
+    "16") were joined as emb_0, emb_1, emb_10, emb_11, emb_2: rows silently matched to other paths."""
+    names = [f"emb_{i}.fp16.npy" for i in range(12)] + [f"part-{i}-of-12.npy" for i in range(12)]
+    for name in reversed(names):
+        (tmp_path / name).touch()
+    assert [path.name for path in numbered_parts(tmp_path, "*.npy")] == names
+    (tmp_path / "emb_01.fp16.npy").touch()
+    with pytest.raises(ZsfsError, match=r"parts 'emb_01.fp16.npy' and 'emb_1.fp16.npy' have the same number"):
+        numbered_parts(tmp_path, "*.npy")
 
 
 def test_row_parts_slices_across_parts():

@@ -70,13 +70,21 @@ class RowParts:
 
 
 def numbered_parts(folder: Path, pattern: str) -> list[Path]:
-    """Files matching ``pattern`` in ``folder``, ordered by the last number in their names."""
+    """Files matching ``pattern`` in ``folder`` in natural order: the numbers in their names
+    compared as numbers (``emb_2.fp16.npy`` before ``emb_10.fp16.npy``, ``part-3-of-10`` before
+    ``part-10-of-10``). Names that differ only in leading zeros (``1`` and ``01``) have no order:
+    refused, since the rows of every part would be matched with the wrong paths."""
 
-    def number(path: Path) -> int:
-        found = re.findall(r"\d+", path.stem)
-        return int(found[-1]) if found else -1
+    def natural(path: Path) -> tuple:
+        pieces = re.split(r"(\d+)", path.name)  # text, number, text, ...: odd places hold the numbers
+        return tuple(int(piece) if place % 2 else piece for place, piece in enumerate(pieces))
 
-    return sorted(folder.glob(pattern), key=lambda path: (number(path), path.name))
+    parts = sorted(folder.glob(pattern), key=lambda path: (natural(path), path.name))
+    tied = [(first.name, second.name) for first, second in zip(parts, parts[1:]) if natural(first) == natural(second)]
+    if tied:
+        raise ZsfsError(f"{folder}: parts {tied[0][0]!r} and {tied[0][1]!r} have the same number, so their order "
+                        "is unknown; rename them (one number per part)")
+    return parts
 
 
 def embedding_source(location: Path) -> Path:
