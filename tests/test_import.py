@@ -431,3 +431,33 @@ def test_a_vocabulary_file_that_is_no_usable_npz_gets_its_own_reason(inputs):
                          paths=folder / "paths.csv", vocabularies={"pets": folder / name})
         assert "pickle" not in str(caught.value), name
     assert not (folder / "v.h5").exists()
+
+
+def test_a_bad_vocabulary_is_refused_before_the_store_is_written_or_replaced(inputs):
+    """Bugs: a NaN or zero vocabulary row, or one of strings, was refused (or a ValueError
+    traceback) only after the store was written: with --overwrite the old store was gone; a class
+    name with an undecodable byte (os.listdir's surrogates) made a store no command could open;
+    n_templates of shape (3,) or of text was a traceback."""
+    folder = inputs["dir"]
+    common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                  paths=folder / "paths.csv")
+    master = import_store(folder / "v.h5", **common, vocabularies={"pets": folder / "pets.npz"}).master
+    text = inputs["text"]
+    holes = text.copy()
+    holes[1] = np.nan
+    bad = {"nan.npz": (dict(single=holes), r"single: 1 row is zero or not finite \(first: row 1"),
+           "zero.npz": (dict(single=np.zeros_like(text)), r"single: 2 rows are zero or not finite"),
+           "text.npz": (dict(single=np.full(text.shape, "x")), r"single must be a \(classes, CLIP dim\) array of "
+                                                               r"floats, not a <U1 array of shape \(2, 8\)"),
+           "ints.npz": (dict(single=np.ones(text.shape, int), ensemble=text), "single must be .* array of floats"),
+           "byte.npz": (dict(classes=np.array(["caf\udce9", "dog"])), r"has a class name that is not UTF-8 text "
+                                                                     r"\(position 1, counted from 1: caf\\xe9\)"),
+           "shape.npz": (dict(n_templates=np.array([80, 80])), r"n_templates must be one whole number >= 0 .*, not "
+                                                                r"a int64 array of shape \(2,\)$"),
+           "word.npz": (dict(n_templates=np.array("eighty")), r"n_templates must be .* shape \(\) \(eighty\)$")}
+    for name, (arrays, reason) in bad.items():
+        np.savez(folder / name, **{"classes": np.array(["cat", "dog"]), "single": text, **arrays})
+        with pytest.raises(ZsfsError, match=reason):
+            import_store(folder / "v.h5", **common, vocabularies={"pets": folder / name}, overwrite=True)
+    with Store(master) as store:
+        assert store.vocabulary_names() == ["pets"] and store.verify()["shards"] >= 1

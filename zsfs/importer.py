@@ -27,7 +27,7 @@ from zsfs.names import check_class_names, counted, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.files import names_beside
-from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
+from zsfs.store.extras import check_vocabulary_name, normalise_rows, refuse_other_classes
 from zsfs.digests import listing_sha256
 from zsfs.store.writer import refuse_another_listing
 from zsfs.writable import check_writable
@@ -211,13 +211,29 @@ def load_vocabulary(file: Path) -> ImportedVocabulary:
         raise ZsfsError(f"vocabulary file {file}: classes has shape {arrays['classes'].shape}; expected one name "
                         "per class, a 1-d array")
     has_ensemble = "ensemble" in arrays
-    n_templates = int(arrays["n_templates"]) if "n_templates" in arrays else (0 if has_ensemble else 1)
+    n_templates = arrays.get("n_templates", np.int64(0 if has_ensemble else 1))
+    if n_templates.ndim != 0 or not np.issubdtype(n_templates.dtype, np.integer) or n_templates < 0:
+        raise ZsfsError(f"vocabulary file {file}: n_templates must be one whole number >= 0 (the prompts averaged "
+                        f"into ensemble; 0: unknown), not a {n_templates.dtype} array of shape {n_templates.shape}"
+                        f"{'' if n_templates.ndim else f' ({n_templates})'}")
+    # Checked here, before anything is written (with --overwrite the old store stays as it was):
+    # numbers, finite and not zero, as the image rows are.
+    single, ensemble = (_text_embeddings(arrays[key], f"vocabulary file {file}: {key}")
+                        for key in ("single", "ensemble" if has_ensemble else "single"))
     return ImportedVocabulary(
         classes=check_class_names(arrays["classes"].tolist(), f"vocabulary file {file}"),
-        single=arrays["single"],
-        ensemble=arrays["ensemble"] if has_ensemble else arrays["single"],
-        n_templates=n_templates,
+        single=single,
+        ensemble=ensemble,
+        n_templates=int(n_templates),
     )
+
+
+def _text_embeddings(values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` as unit float rows; ZsfsError when they are not floats, not (C, D), or a row is zero or not finite."""
+    if not np.issubdtype(values.dtype, np.floating) or values.ndim != 2:
+        raise ZsfsError(f"{what} must be a (classes, CLIP dim) array of floats, not a {values.dtype} array of shape "
+                        f"{values.shape}")
+    return normalise_rows(values, what)
 
 
 def import_store(

@@ -91,6 +91,10 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
     with_nul = [i for i, name in enumerate(names) if "\x00" in name]
     if with_nul:  # no store string can hold one
         raise ZsfsError(f"{where} has a class name with a NUL byte (position {with_nul[0] + 1}, counted from 1)")
+    not_text = [i for i, name in enumerate(names) if not _is_utf8_text(name)]
+    if not_text:  # an undecodable byte of a file name (os.listdir's surrogates): stores hold UTF-8 text
+        raise ZsfsError(f"{where} has a class name that is not UTF-8 text (position {not_text[0] + 1}, counted "
+                        f"from 1: {visible(names[not_text[0]])})")
     looks = [unicodedata.normalize("NFC", _UNSAFE.sub("", name)).strip() for name in names]  # what a reader sees
     blank = [i for i, seen in enumerate(looks) if not seen]
     if blank:
@@ -105,6 +109,14 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
                 "they are shown)" if any(len(same) > 1 for same in spellings) else ""
         raise ZsfsError(f"{where} lists these names more than once: {some_names(shown, 10)}{alike}")
     return names
+
+
+def _is_utf8_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def spelling_key(name: str) -> str:
