@@ -433,6 +433,27 @@ def test_a_vocabulary_file_that_is_no_usable_npz_gets_its_own_reason(inputs):
     assert not (folder / "v.h5").exists()
 
 
+def test_path_and_label_columns_that_are_not_one_text_per_row_are_one_clear_line(inputs):
+    """Bugs: a list-typed label column or a binary path column with bytes that are not UTF-8 was a
+    polars traceback; struct labels became classes named '{"cat"}'; an empty path or label ("")
+    was accepted (a file named "", a class without a name)."""
+    folder = inputs["dir"]
+    paths, labels = inputs["paths"], inputs["labels"]
+    tables = {"list": ({"path": paths, "label": [[label] for label in labels]}, r"label column 'label' holds List"),
+              "struct": ({"path": paths, "label": [{"name": label} for label in labels]}, "holds Struct"),
+              "binary": ({"path": [path.encode() + b"\xff" for path in paths], "label": labels},
+                         r"path column 'path' cannot be read as text \(invalid utf8\)"),
+              "empty": ({"path": [*paths[:-1], ""], "label": labels},
+                        rf"path column 'path' has 1 empty value \(first: row {N - 1}, counted from 0\)$"),
+              "nameless": ({"path": paths, "label": ["", *labels[1:]]}, r"label column 'label' has 1 empty value")}
+    for name, (table, reason) in tables.items():
+        pl.DataFrame(table).write_parquet(folder / f"{name}.parquet")
+        with pytest.raises(ZsfsError, match=reason):
+            import_store(folder / "t.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                         paths=folder / f"{name}.parquet", label_column="label")
+    assert not (folder / "t.h5").exists()
+
+
 def test_a_bad_vocabulary_is_refused_before_the_store_is_written_or_replaced(inputs):
     """Bugs: a NaN or zero vocabulary row, or one of strings, was refused (or a ValueError
     traceback) only after the store was written: with --overwrite the old store was gone; a class

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsfs.errors import ZsfsError
+from zsfs.errors import ZsfsError, one_line
 from zsfs.names import check_class_names, counted, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
@@ -161,10 +161,20 @@ def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...],
                      if len(table.columns) == 1 and any(mark in table.columns[0] for mark in ";\t|") else "")
         raise ZsfsError(f"the paths table has no {what} column {wanted!r} (columns: {', '.join(table.columns)})"
                         f"{separated}; name it with --{what}-column")
+    import polars as pl
+
     values = table.get_column(names[0])
-    if values.null_count():
-        raise ZsfsError(f"{what} column {names[0]!r} has {counted(values.null_count(), 'empty value')}")
-    values = values.cast(str)
+    if values.dtype.is_nested():  # a list or struct per row: its text would be '["cat"]' or '{"cat"}'
+        raise ZsfsError(f"{what} column {names[0]!r} holds {values.dtype} values; it must hold one text value per row")
+    try:
+        values = values.cast(str)
+    except pl.exceptions.PolarsError as error:  # bytes that are not UTF-8 text, ...
+        raise ZsfsError(f"{what} column {names[0]!r} cannot be read as text ({one_line(str(error))}); it must hold "
+                        "one UTF-8 text value per row") from None
+    empty = values.is_null() | (values.str.len_bytes() == 0)
+    if empty.any():  # no file is named "", and a label "" would be a class without a name
+        raise ZsfsError(f"{what} column {names[0]!r} has {counted(int(empty.sum()), 'empty value')} (first: row "
+                        f"{int(empty.arg_true()[0])}, counted from 0)")
     with_nul = values.str.contains("\x00", literal=True)
     if with_nul.any():
         raise ZsfsError(f"{what} column {names[0]!r} has {counted(int(with_nul.sum()), 'value')} with a NUL byte "
