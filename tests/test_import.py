@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from zsfs.cli import main
-from zsfs.errors import ZsfsError
+from zsfs.errors import StoreError, ZsfsError
 from zsfs.importer import RowParts, import_store, numbered_parts
 from zsfs.store import Store
 from zsfs.digests import rows_sha256
@@ -431,6 +431,24 @@ def test_a_vocabulary_file_that_is_no_usable_npz_gets_its_own_reason(inputs):
                          paths=folder / "paths.csv", vocabularies={"pets": folder / name})
         assert "pickle" not in str(caught.value), name
     assert not (folder / "v.h5").exists()
+
+
+def test_a_rerun_through_a_link_to_the_store_is_refused(inputs):
+    """Bug: `zsfs import current.h5 ... --vocab` with current.h5 a link to real.h5 wrote a whole
+    new store (current.shards/) in place of the link, and real.h5 got no vocabulary."""
+    folder = inputs["dir"]
+    common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                  paths=folder / "paths.csv")
+    real = import_store(folder / "real.h5", **common).master
+    (folder / "current.h5").symlink_to("real.h5")
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match=r"current.h5 is a link to .*real.h5; pass that path"):
+            import_store(folder / "current.h5", **common, vocabularies={"pets": folder / "pets.npz"},
+                         overwrite=overwrite)
+    assert (folder / "current.h5").is_symlink() and not (folder / "current.shards").exists()
+    with Store(folder / "current.h5") as store:  # reading through the link is fine
+        assert store.n_images == N and store.path.parent / "real.shards" == store.data_dir
+    assert real.is_file()
 
 
 def test_path_and_label_columns_that_are_not_one_text_per_row_are_one_clear_line(inputs):

@@ -85,8 +85,13 @@ def unusable_row_numbers(features: np.ndarray, spans: Sequence[tuple[int, int]] 
 def check_own_shards_folder(master: Path) -> None:
     """Refuse to write ``master`` when its shards folder is a file, or when another store keeps
     its shards in that folder: ``x.h5`` and ``x.hdf5`` (or ``x``) would share ``x.shards/``, as
-    would ``y.h5`` renamed from ``x.h5``, and writing one would replace the other's shards."""
+    would ``y.h5`` renamed from ``x.h5``, and writing one would replace the other's shards. A link
+    to a store is refused too: its store keeps its shards beside the file linked to, so a rerun
+    through the link would write a whole new store in place of the link."""
     master = Path(master).absolute()
+    if master.is_symlink():
+        raise StoreError(f"{master} is a link to {master.resolve()}; pass that path to write or update the store "
+                         "(a store is written where its master file lies)")
     folder = schema.shard_dir(master)
     if folder.parent == master.parent and folder.name.casefold() == master.name.casefold():  # x.shards (x.SHARDS
         # on a file system that ignores case): the master would be its own shards folder
