@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from zsfs.cli import main
-from zsfs.errors import StoreError, ZsfsError
+from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
 from zsfs.importer import RowParts, import_store, numbered_parts
 from zsfs.store import Store
 from zsfs.digests import rows_sha256
@@ -449,6 +449,20 @@ def test_a_rerun_through_a_link_to_the_store_is_refused(inputs):
     with Store(folder / "current.h5") as store:  # reading through the link is fine
         assert store.n_images == N and store.path.parent / "real.shards" == store.data_dir
     assert real.is_file()
+
+
+def test_embeddings_read_from_another_place_are_named_as_such(inputs, monkeypatch):
+    """Bug: the same embeddings moved to another folder were refused as 'differs in clip', as if
+    they had changed. And import_store("s.h5", ...) with a str failed with an AttributeError."""
+    folder = inputs["dir"]
+    monkeypatch.chdir(folder)
+    import_store("s.h5", clip_embeddings="clip.npy", backbone_features="backbone.npy", paths="paths.csv")
+    (folder / "moved").mkdir()
+    (folder / "clip.npy").rename(folder / "moved" / "clip.npy")
+    with pytest.raises(StoreMismatchError, match=rf"differs in clip; its clip embeddings were imported from "
+                                                 rf"{folder / 'clip.npy'}, this run reads {folder / 'moved' / 'clip.npy'}\); "
+                                                 "pass --overwrite"):
+        import_store("s.h5", clip_embeddings="moved/clip.npy", backbone_features="backbone.npy", paths="paths.csv")
 
 
 def test_path_and_label_columns_that_are_not_one_text_per_row_are_one_clear_line(inputs):

@@ -268,7 +268,7 @@ def import_store(
     ``metadata/`` parts are used). All inputs must list the same images in the same order.
     ``progress`` is passed to :func:`write_store`.
     """
-    clip_embeddings, backbone_features = Path(clip_embeddings), Path(backbone_features)
+    out, clip_embeddings, backbone_features = Path(out), Path(clip_embeddings), Path(backbone_features)
     check_writable(out, "store", beside=names_beside(out))
     clip = load_rows(clip_embeddings, "CLIP embeddings")
     backbone = load_rows(backbone_features, "backbone features")
@@ -291,10 +291,10 @@ def import_store(
         check_vocabulary_name(name)
     loaded = {name: load_vocabulary(Path(file)) for name, file in (vocabularies or {}).items()}
     source = str(table_location.absolute())
-    if Path(out).is_file() and not overwrite:
-        refuse_another_listing(Path(out), {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
-                                           "n_items": len(image_paths)})
-    refuse_other_vocabularies(Path(out), loaded, overwrite)
+    if out.is_file() and not overwrite:
+        refuse_another_listing(out, {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
+                                     "n_items": len(image_paths)})
+    refuse_other_vocabularies(out, loaded, overwrite)
     for name, vocabulary in loaded.items():  # checked before writing anything
         for kind, values in (("single", vocabulary.single), ("ensemble", vocabulary.ensemble)):
             if values.shape != (len(vocabulary.classes), clip.shape[1]):
