@@ -37,7 +37,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, usable_rows)
 from zsfs.weights import relocated
-from zsfs.writable import check_writable
+from zsfs.writable import check_writable, refuse_input_as_output
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -273,6 +273,9 @@ def extract(
     image_source = open_source(source)
     out = Path(out) if out is not None else default_output(image_source.location)
     check_writable(out, "store", beside=names_beside(out))
+    refuse_input_as_output(out, [("image source", source), ("CLIP weights file", clip_weights),
+                                 ("backbone weights file", backbone_weights),
+                                 ("class file", classes if isinstance(classes, (str, Path)) else None)])
     rerun = out.is_file()
     check_own_shards_folder(out)  # before the models load, as the checks below
     if rerun:  # it writes into the shards folder too

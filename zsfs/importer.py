@@ -30,7 +30,7 @@ from zsfs.store.files import names_beside
 from zsfs.store.extras import check_vocabulary_name, normalise_rows, refuse_other_classes
 from zsfs.digests import listing_sha256
 from zsfs.store.writer import refuse_another_listing
-from zsfs.writable import check_writable
+from zsfs.writable import check_writable, refuse_input_as_output
 
 if TYPE_CHECKING:
     import polars as pl
@@ -270,6 +270,8 @@ def import_store(
     """
     out, clip_embeddings, backbone_features = Path(out), Path(clip_embeddings), Path(backbone_features)
     check_writable(out, "store", beside=names_beside(out))
+    refuse_input_as_output(out, [("CLIP embeddings file", clip_embeddings), ("backbone features file", backbone_features),
+                                 ("paths table", paths), *(("vocabulary file", file) for file in (vocabularies or {}).values())])
     clip = load_rows(clip_embeddings, "CLIP embeddings")
     backbone = load_rows(backbone_features, "backbone features")
     table_location = Path(paths) if paths is not None else clip_embeddings

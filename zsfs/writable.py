@@ -43,6 +43,23 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
                         "temporary file or a shards folder); choose a shorter name")
 
 
+def refuse_input_as_output(output: str | Path, inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+    """ZsfsError when ``output`` is one of the files the command reads (``(what, path)`` pairs; by
+    any name, links too): the store written there would replace that input, and ``--overwrite``
+    would do it."""
+    output = Path(output)
+    for what, given in inputs:
+        if given is None:
+            continue
+        try:
+            same = output.is_file() and Path(given).is_file() and os.path.samefile(output, given)
+        except OSError:
+            continue
+        if same:
+            raise ZsfsError(f"{output} is the {what} this command reads, not a place for the store it writes; name "
+                            f"the store another file (e.g. {output.with_suffix('.h5').name})")
+
+
 def _longest_name(folder: Path) -> int:
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")
