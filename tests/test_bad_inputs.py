@@ -40,6 +40,7 @@ def made(tmp_path_factory) -> dict:
     np.save(work / "backbone.npy", rows)
     pl.DataFrame({"path": ["a.jpg", "b\x00.jpg"]}).write_parquet(work / "nul.parquet")
     pl.DataFrame({"path": ["a.jpg", "b.jpg"]}).write_parquet(work / "paths.parquet")
+    (work / "ragged.csv").write_text("path,label\na.jpg,cat\nb,c.jpg,dog\n")  # a comma in a path, unquoted
     diverged = work / "diverged"
     diverged.mkdir()
     (diverged / "config.json").write_text((run / "config.json").read_text())
@@ -97,6 +98,9 @@ CASES = [  # (command line, exit code, words of the error line)
      "another file (e.g. clip.h5)"),
     (("extract", "{work}/classes.txt", "--out", "{work}/classes.txt", "--overwrite"), 1, "is the image source this "
      "command reads"),
+    (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features", "{work}/backbone.npy",
+      "--paths", "{work}/ragged.csv"), 1, "a line has more fields than the header (a separator inside a path or "
+     "label must be quoted"),  # bug: polars' advice, truncate_ragged_lines=True, and \x0a\x0a
     (("predict", "--run", "{work}/diverged", "{photos}"), 1, "non-finite weights"),
     (("predict", "--run", "{run}", "--out", "{work}/a-file/p.csv", "{photos}"), 1, "a-file is a file"),
     (("report", "{run}", "--images", "{work}/no-such-folder"), 2, "no-such-folder' does not exist"),

@@ -148,7 +148,10 @@ def read_table(location: Path) -> "pl.DataFrame":
             with open(location, "rb") as handle:  # polars takes only UTF-8 paths; Python files work for any
                 return pl.read_csv(handle, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
     except (pl.exceptions.PolarsError, OSError) as error:
-        raise ZsfsError(f"cannot read paths table {location}: {error}") from None
+        if "more fields than defined" in str(error):  # polars' advice (truncate_ragged_lines) is no zsfs option
+            raise ZsfsError(f"cannot read paths table {location}: a line has more fields than the header (a "
+                            "separator inside a path or label must be quoted: \"a,b.jpg\")") from None
+        raise ZsfsError(f"cannot read paths table {location}: {one_line(error)}") from None
     raise ZsfsError(f"paths table {location}: expected a .parquet or .csv file")
 
 
@@ -169,7 +172,7 @@ def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...],
     try:
         values = values.cast(str)
     except pl.exceptions.PolarsError as error:  # bytes that are not UTF-8 text, ...
-        raise ZsfsError(f"{what} column {names[0]!r} cannot be read as text ({one_line(str(error))}); it must hold "
+        raise ZsfsError(f"{what} column {names[0]!r} cannot be read as text ({one_line(error)}); it must hold "
                         "one UTF-8 text value per row") from None
     empty = values.is_null() | (values.str.len_bytes() == 0)
     if empty.any():  # no file is named "", and a label "" would be a class without a name
