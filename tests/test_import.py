@@ -261,6 +261,9 @@ def test_an_imported_store_without_vocabulary_points_to_import_not_to_zsfs_text(
     assert "zsfs text" not in said and not (folder / "run").exists()
     said = output_text(run_cli("info", master))
     assert "No vocabularies yet: add one with `zsfs import bare.h5" in said
+    (folder / "twice.txt").write_text("cat\ncat\n")  # bug: the class file's fault came first, then this
+    said = output_text(run_cli("text", master, "--classes", folder / "twice.txt", "--vocab", "pets"))
+    assert "the store's CLIP embeddings were imported (`zsfs import`) from another tool" in said, said
 
 
 def test_a_reimport_does_not_replace_a_vocabulary_by_other_classes(inputs):

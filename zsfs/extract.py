@@ -36,7 +36,7 @@ from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, usable_rows)
-from zsfs.weights import relocated
+from zsfs.weights import refuse_imported, relocated
 from zsfs.writable import check_writable, refuse_input_as_output
 
 DEFAULT_BATCH_SIZE = 64
@@ -429,12 +429,13 @@ def add_vocabulary(
     """
     check_device(device)
     check_vocabulary_name(name)
-    class_names = _given_classes(classes)
     with Store(store_path) as store:
         record, data_dir = dict(store.clip_info), store.data_dir
         if name in store.vocabulary_names() and not overwrite:
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
                             "choose another --vocab or pass --overwrite to replace it")
+    refuse_imported(record, "CLIP")  # before the class file is checked: no class file can be embedded then
+    class_names = _given_classes(classes)
     check_store_update(Path(store_path), data_dir)
     with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
         clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device)
