@@ -506,6 +506,7 @@ def test_a_bad_vocabulary_is_refused_before_the_store_is_written_or_replaced(inp
            "text.npz": (dict(single=np.full(text.shape, "x")), r"single must be a \(classes, CLIP dim\) array of "
                                                                r"floats, not a <U1 array of shape \(2, 8\)"),
            "ints.npz": (dict(single=np.ones(text.shape, int), ensemble=text), "single must be .* array of floats"),
+           "numbers.npz": (dict(classes=np.array([np.nan, 1.0])), r"classes holds float64 values; expected strings"),
            "byte.npz": (dict(classes=np.array(["caf\udce9", "dog"])), r"has a class name that is not UTF-8 text "
                                                                      r"\(position 1, counted from 1: caf\\xe9\)"),
            "shape.npz": (dict(n_templates=np.array([80, 80])), r"n_templates must be one whole number >= 0 .*, not "

@@ -223,6 +223,9 @@ def load_vocabulary(file: Path) -> ImportedVocabulary:
     if arrays["classes"].ndim != 1:
         raise ZsfsError(f"vocabulary file {file}: classes has shape {arrays['classes'].shape}; expected one name "
                         "per class, a 1-d array")
+    if arrays["classes"].dtype.kind not in "US":  # numbers would become names such as "nan" and "1.0"
+        raise ZsfsError(f"vocabulary file {file}: classes holds {arrays['classes'].dtype} values; expected strings "
+                        "(numpy.array(names, dtype=str))")
     has_ensemble = "ensemble" in arrays
     n_templates = arrays.get("n_templates", np.int64(0 if has_ensemble else 1))
     if n_templates.ndim != 0 or not np.issubdtype(n_templates.dtype, np.integer) or n_templates < 0:
