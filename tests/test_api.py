@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,11 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
                                          r"fit ignores them$") as warned:  # bug: ignored without a word from Python
         zsfs.fit(store_path, k=2, candidates=6, cycle_epochs=1, epochs=3, max_cycles=2)
     assert warned[0].filename == __file__  # the caller's line, not zsfs's
+    first = zsfs.fit(store_path, k=2, candidates=6, cycle_epochs=1)
+    with warnings.catch_warnings():  # bug: redoing a run from its recorded parameters always warned
+        warnings.simplefilter("error")
+        again = zsfs.fit(store_path, vocabulary=first.config["vocabulary"], **first.config["parameters"])
+    assert again.predictions.equals(first.predictions)
     result = run_cli("fit", "--store", store_path, "--k", "20", "--candidates", "10", "--out", tmp_path / "r")
     assert result.exit_code == 1
     assert "Error: --k 20 is larger than --candidates 10: the seeds are taken from the candidates, so use --k <= " \
