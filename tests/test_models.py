@@ -177,6 +177,14 @@ def test_random_clip_is_reproducible_and_leaves_the_global_rng_alone(tiny_clip):
     assert torch.equal(again.encode_images(x), tiny_clip.encode_images(x))
 
 
+def test_loading_clip_leaves_a_bare_root_logger_bare(monkeypatch):
+    """Bug: open_clip's module-level logging.info() gave the root logger a stderr handler (as
+    logging.basicConfig does), so a notebook's own basicConfig(level=INFO) afterwards did nothing."""
+    monkeypatch.setattr(logging.root, "handlers", [])  # as in a fresh interpreter (pytest adds its own)
+    load_clip(str(TINY_CLIP_CONFIG), "random")
+    assert logging.root.handlers == []
+
+
 def test_clip_checkpoint_file_round_trip(tiny_clip, tmp_path):
     file = tmp_path / "clip.pt"
     torch.save(tiny_clip.model.state_dict(), file)

@@ -208,6 +208,21 @@ def encode_vocabulary(
 # --- CLIP ------------------------------------------------------------------------------------
 
 
+@contextmanager
+def _root_handlers_kept() -> Iterator[None]:
+    """open_clip logs through ``logging.info()`` at module level, which gives a root logger without
+    handlers one for stderr (``logging.basicConfig``): a caller's own ``basicConfig`` later did
+    nothing. Handlers added in the block are taken away again."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [handler for handler in root.handlers if handler not in before]:
+            root.removeHandler(handler)
+
+
+@_root_handlers_kept()
 def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipModel:
     """Load an open_clip model.
 
