@@ -131,7 +131,8 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
     for wrong, message in ((dict(precision="fp8"), "precision must be one of fp32, bf16, fp16, not 'fp8'"),
                            (dict(dtype="int8"), "dtype must be one of float16, float32, not 'int8'"),
                            (dict(device="CPU"), "device must be one of cpu, cuda, mps, not 'CPU'"),
-                           (dict(vocab_name=None), "vocab_name must be a string, not None")):
+                           (dict(vocab_name=None), "vocab_name must be a string, not None"),
+                           (dict(overwrite="no"), "overwrite must be True or False, not 'no'")):
         with pytest.raises(zsfs.ParameterError) as raised:  # bug: ZsfsError, or a traceback for None
             zsfs.extract(photos, tmp_path / "x.h5", **wrong)
         assert str(raised.value) == message

@@ -260,6 +260,7 @@ def extract(
     _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
                    max_pixels=max_pixels, ray=ray, ray_workers=ray_workers)
     check_parameter_type("vocab_name", vocab_name, str)
+    check_parameter_type("overwrite", overwrite, bool)  # "no" is true
     check_vocabulary_name(vocab_name)
     if ray is None:
         check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
