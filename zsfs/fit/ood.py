@@ -16,6 +16,7 @@ of the backbone distance to the fit's reference images (``ood_distance``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,5 +160,9 @@ def combined_score(components: dict[str, np.ndarray], stored: dict[str, np.ndarr
 
 
 def flag_threshold(seed_scores: np.ndarray, false_positive_rate: float = FLAG_FPR) -> float:
-    """The score above which ``false_positive_rate`` of the seeds (surely in distribution) lie."""
-    return float(np.quantile(np.asarray(seed_scores, np.float64), 1.0 - false_positive_rate))
+    """The score above which at most ``false_positive_rate`` of the seeds (surely in distribution)
+    lie: the seed score with floor(rate x n) seeds above it (an interpolated quantile flagged
+    more, 6 of 112 seeds for 5 %)."""
+    scores = np.sort(np.asarray(seed_scores, np.float64))
+    above = math.floor(round(false_positive_rate * len(scores), 9))  # 0.05 x 140 is 7.000000000000001
+    return float(scores[len(scores) - 1 - above])

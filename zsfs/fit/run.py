@@ -336,7 +336,7 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
     stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
     ood_score = ood.combined_score(components, stored_quantiles)
     ood_distance = ood.cdf(distance, stored_quantiles["reference_distance"]).astype(np.float32)
-    flag_threshold = ood.flag_threshold(ood_score[seed_cycle.rows])
+    flag_threshold = ood.flag_threshold(ood_score[np.unique(seed_cycle.rows)])  # an image seeding 2 classes: once
     pseudo_label, pseudo_cycle = _pseudo_labels(n_images, trained.cycles)
     classifier = Classifier(
         classes=[vocab.classes[i] for i in head_classes],
