@@ -116,9 +116,10 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
     config["class_shares"][present[0]] = 0.9996  # bug: printed "1e+02 %"
     config["cycles"][0]["n_kept"] += 3
     (run / runs.CONFIG).write_text(json.dumps(config))
-    frame = pl.read_parquet(run / runs.PREDICTIONS)  # the first class: its seeds, and no other image predicted
-    frame.with_columns(predicted=pl.when(~pl.col("is_seed") & (pl.col("predicted") == present[0]))
-                       .then(pl.lit(present[1])).otherwise(pl.col("predicted"))).write_parquet(run / runs.PREDICTIONS)
+    frame = pl.read_parquet(run / runs.PREDICTIONS)  # the first class: its seeds, and no other image predicted;
+    frame.with_columns(  # the third: seeds, and no image predicted, its seeds neither
+        predicted=pl.when((~pl.col("is_seed") & (pl.col("predicted") == present[0])) | (pl.col("predicted") == present[2]))
+        .then(pl.lit(present[1])).otherwise(pl.col("predicted"))).write_parquet(run / runs.PREDICTIONS)
     metrics = json.loads((run / runs.METRICS).read_text())
     metrics.update(ood_auroc=0.81, ood_paper_auroc=0.6123, ood_continuous_auroc=0.7, mcm_auroc=0.75)
     (run / runs.METRICS).write_text(json.dumps(metrics))
@@ -126,6 +127,7 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
     page = render_report(run)
     assert re.findall(r'<h3 class="class-name">([^<]*)</h3>', page) == present
     assert page.count("none: no image besides its seeds is predicted as this class") == 1  # the first class
+    assert page.count("none: no image is predicted as this class, its seeds neither") == 1  # bug: "besides its seeds"
     assert len(config["classes"]) == 5  # a twentieth of an even share, as a fit decides: 1 %
     assert "<h3>Absent (1)</h3><p>Each estimated to take under 1.0 % of the collection" in page
     assert "keeps them): unicorn</p>" in page

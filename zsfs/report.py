@@ -267,7 +267,9 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
         block = [f'<h3 class="class-name">{_e(name)}</h3><p class="stats">{_e(stats)}</p>',
                  "<h4>Seeds</h4>" + _gallery(seeds_of.get((name,)), made),
                  "<h4>A sample of the images predicted as this class</h4>"
-                 + _gallery(sample_of.get((name,)), made, "none: no image besides its seeds is predicted as this class")]
+                 + _gallery(sample_of.get((name,)), made,
+                            "none: no image besides its seeds is predicted as this class" if predicted.get(name)
+                            else "none: no image is predicted as this class, its seeds neither")]
         blocks.append(f'<div class="class">{"".join(block)}</div>')
     reported = [name for name in classes if name in absent]
     if reported:
