@@ -189,6 +189,9 @@ def test_reported_absent_classes_get_no_seeds_labels_or_predictions(absent_store
     labelled = np.concatenate([c.labels for c in result.cycles])
     assert {result.classes[i] for i in np.unique(labelled)} <= set(present)
     assert sum(result.class_shares[c] for c in result.absent_classes) == 0.0
+    estimated = result.estimated_shares  # before the cut: each absent class below it, each present one above it
+    assert sum(estimated.values()) == pytest.approx(1.0) and set(estimated) == set(result.classes)
+    assert all((estimated[c] < 0.5 / len(result.classes)) == (c in result.absent_classes) for c in result.classes)
     assert metrics["absent_classes"]["precision"] == 1.0
     assert result.unseeded_classes == []  # an absent class has no seed, by design: it is not "unseeded"
     # the OOD reference: the re-ranked candidates of the 4 present classes only (100 each at most;

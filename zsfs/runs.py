@@ -126,6 +126,7 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "seeds_per_class": result.seeds_per_class,
         "classes_read_as_one": [list(pair) for pair in result.classes_read_as_one],
         "class_shares": result.class_shares,
+        "estimated_shares": result.estimated_shares,
         "neighbour_search": result.neighbour_search,
         "precision": result.precision,
         "cycles": [{"cycle": c.index, "n_candidates": c.n_candidates, "n_kept": c.n_kept,

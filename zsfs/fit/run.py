@@ -164,7 +164,8 @@ class FitResult:
     precision: str = "fp32"  # of the training products: config.precision with "auto" resolved
     absent_classes: list[str] = field(default_factory=list)  # listed classes the collection does not hold
     class_shares: dict[str, float] | None = None  # balanced method: estimated fraction of images per class
-    ood_flag_threshold: float | None = None  # the ood_score of the seeds' 95th percentile: flagged above it
+    estimated_shares: dict[str, float] | None = None  # the same before the absent classes were set to 0
+    ood_flag_threshold: float | None = None  # flagged above it: at most 5 % of the seeds are (ood.flag_threshold)
     classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # (first, later): one text embedding
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
@@ -291,8 +292,8 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
                                                                                            device=device), n_classes)
             del candidate_features
         with timer.phase("class shares + self-training"):
-            trained, head_classes, shares = _balanced_training(features, sample, drawn, seed_rows, seed_labels,
-                                                               log_prior, prototypes, config, generator, dtype)
+            trained, head_classes, shares, estimated = _balanced_training(
+                features, sample, drawn, seed_rows, seed_labels, log_prior, prototypes, config, generator, dtype)
     else:
         with timer.phase("read features"):
             features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
@@ -302,7 +303,7 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
                                  cycle_epochs=config.cycle_epochs, batch_size=config.batch_size, lr=config.lr,
                                  max_cycles=config.max_cycles, loss_floor=config.loss_floor,
                                  accumulate=config.accumulate, generator=generator, train_dtype=dtype)
-        head_classes, shares = np.arange(n_classes), None
+        head_classes, shares, estimated = np.arange(n_classes), None, None
     if not (torch.isfinite(trained.head.weight).all() and torch.isfinite(trained.head.bias).all()):
         raise ZsfsError(f"training diverged (the classifier's weights are not finite) with --lr {config.lr}; "
                         "use a smaller --lr")
@@ -373,6 +374,7 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
         precision=precision,
         absent_classes=[vocab.classes[i] for i in np.setdiff1d(np.arange(n_classes), head_classes)],
         class_shares=None if shares is None else dict(zip(vocab.classes, shares.tolist())),
+        estimated_shares=None if estimated is None else dict(zip(vocab.classes, estimated.tolist())),
         classes_read_as_one=[(vocab.classes[first], vocab.classes[later]) for first, later in repeated_rows(texts)],
         timings=timer.timings,
         cpu_timings=timer.cpu_timings,
@@ -395,11 +397,13 @@ def transductive_sample(n_images: int, seed_rows: np.ndarray, seed: int) -> tupl
 
 def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarray, seed_rows: np.ndarray,
                        seed_labels: np.ndarray, log_prior: torch.Tensor, prototypes: torch.Tensor, config: FitConfig,
-                       generator: torch.Generator, dtype: torch.dtype) -> tuple[SelfTraining, np.ndarray, np.ndarray]:
+                       generator: torch.Generator, dtype: torch.dtype
+                       ) -> tuple[SelfTraining, np.ndarray, np.ndarray, np.ndarray]:
     """Class model (started from ``prototypes``), absent classes, balanced self-training on the present classes.
 
     Returns the training (cycle labels as vocabulary indices), the vocabulary index of each head
-    class and the estimated share of every vocabulary class (0 for absent ones).
+    class, the share of every vocabulary class (0 for absent ones) and the class model's own
+    estimate of the shares (absent ones included: how far below the cut they fell).
     """
     n_classes = log_prior.shape[1]
     seed_positions = torch.as_tensor(np.searchsorted(rows, seed_rows), device=features.device)
@@ -420,7 +424,7 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarr
         lr=config.lr, generator=generator, train_dtype=dtype)
     for cycle in trained.cycles:
         cycle.labels = present[cycle.labels]
-    return trained, present, shares
+    return trained, present, shares, mixture.shares
 
 
 def _refuse_non_finite(store: "Store", rows: slice | np.ndarray, per_row: np.ndarray | torch.Tensor,
