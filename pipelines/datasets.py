@@ -1,7 +1,7 @@
 """The paper's datasets: how to prepare each, its ID class count, and the paper's numbers.
 
 Numbers are percentages from the paper's Table 1 (top-1 accuracy) and Table 2 (OOD AUROC,
-mean over 5 splits), as summarised in ``docs/method.md``.
+mean over 5 splits).
 """
 
 from __future__ import annotations

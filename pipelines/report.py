@@ -140,9 +140,12 @@ def _mean(values: list[float | None]) -> float | None:
 
 def _describe_settings(parameters: dict) -> str:
     """The fit settings that change the comparison with the paper, in a few words."""
-    parts = [f"k={parameters['k']}" if "k" in parameters else None,
+    method = parameters.get("method", "cycles")  # runs from before the balanced method: the cycles
+    cycles = method == "cycles"
+    parts = [f"{method} method" if "method" in parameters else None,
+             f"k={parameters['k']}" if "k" in parameters else None,
              f"{parameters['prompts']} prompts" if "prompts" in parameters else None,
-             None if "accumulate" not in parameters else
+             None if "accumulate" not in parameters or not cycles else  # the balanced method does not read it
              ("accumulated cycles" if parameters["accumulate"] else "per-cycle sets (paper)")]
     return ", ".join(part for part in parts if part)
 
@@ -192,7 +195,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="(Re)write WORK/results.md and WORK/results.csv from the "
                                                  "pipelines' finished runs.", epilog="Example: python -m pipelines.report work")
     parser.add_argument("work", nargs="?", type=Path, default=Path("work"), help="the pipelines' --work folder [work]")
-    for written in write_results(parser.parse_args().work):
+    work = parser.parse_args().work
+    if not work.is_dir():  # a typo made a folder with an empty table; a file, a traceback
+        parser.error(f"{work} is not a folder: give the --work folder of `python -m pipelines.run`")
+    for written in write_results(work):
         print(written)
 
 

@@ -117,6 +117,8 @@ def run_zsfs(argv: Sequence[str]) -> None:
     except click.ClickException as error:
         raise ZsfsError(f"zsfs {argv[0]}: {error.format_message()}") from None
     except SystemExit as exit_:  # zsfs printed the reason already
+        if exit_.code in (130, 143):  # Ctrl-C or SIGTERM: the whole pipeline stops, as the step did
+            raise
         if exit_.code not in (0, None):
             raise ZsfsError(f"step `zsfs {shlex.join(argv)}` failed (exit {exit_.code}); fix the cause above "
                             f"and rerun: finished steps are kept") from None
@@ -124,6 +126,23 @@ def run_zsfs(argv: Sequence[str]) -> None:
 
 def _zsfs_step(name: str, output: Path, argv: tuple[str, ...]) -> Step:
     return Step(name, output, lambda: run_zsfs(argv), argv)
+
+
+def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> list[str]:
+    """``text`` split as a shell would, and checked against each zsfs command it goes to (``commands``:
+    name -> the arguments the pipeline gives it): a typo is reported now, not after hours of extract."""
+    from zsfs.cli import main as zsfs_main
+
+    try:
+        words = shlex.split(text)
+    except ValueError as error:  # "No closing quotation"
+        raise ZsfsError(f"{option} {text!r}: {error}") from None
+    for name, given in commands.items():
+        try:
+            zsfs_main.get_command(click.Context(zsfs_main), name).make_context(name, [*given, *words])
+        except click.ClickException as error:
+            raise ZsfsError(f"{option} {text!r}: `zsfs {name}` says: {error.format_message()}") from None
+    return words
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]},
@@ -146,22 +165,34 @@ def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, im
     """Run the paper's experiment for DATASETS (cifar10 cifar100 caltech101 caltech256 cars imagenet, or all)."""
     from zsfs.cli.common import console
 
+    failed = []
     try:
         names = [name for name, entry in DATASETS.items() if entry.runnable] if datasets == ("all",) else datasets
         chosen = [get_dataset(name) for name in names]
         if images is not None and len(chosen) != 1:
             raise ZsfsError("--images names one prepared folder: give exactly one dataset with it")
+        extract_words = extra_arguments("--extract-args", extract_args, {"extract": ["."]})
+        fit_words = extra_arguments("--fit-args", fit_args, {"fit": ["--store", "s.h5"],
+                                                             "ood-bench": ["--store", "s.h5", "--id-classes", "2"]})
         for dataset in chosen:
             console.rule(dataset.title)
             steps = plan(dataset, data_root, work, device=device, images=images, splits=splits,
-                         extract_args=shlex.split(extract_args), fit_args=shlex.split(fit_args))
-            run_steps(steps, dry_run=dry_run, echo=lambda line: console.print(line, markup=False, soft_wrap=True))
+                         extract_args=extract_words, fit_args=fit_words)
+            try:
+                run_steps(steps, dry_run=dry_run, echo=lambda line: console.print(line, markup=False, soft_wrap=True))
+            except ZsfsError as error:  # the other datasets still run (ImageNet, first of all, is downloaded by hand)
+                console.print(f"[bold red]Error:[/] {dataset.name}: {error}")
+                failed.append(dataset.name)
         if not dry_run:
             md_path, csv_path = report.write_results(work)
             console.print(f"Results: {md_path} and {csv_path}")
     except ZsfsError as error:
         console.print(f"[bold red]Error:[/] {error}")
         raise SystemExit(1) from None
+    if failed:
+        console.print(f"[bold red]Error:[/] {len(failed)} of {len(chosen)} datasets did not finish: "
+                      f"{', '.join(failed)} (the errors above say why); rerun to resume them")
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -112,8 +112,9 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     assert f"| Synthetic | 1,500 | {float(ours['accuracy']):.2f} |" in markdown
     assert f"{float(ours['auroc_mean']):.2f} ± {float(ours['auroc_std']):.2f}" in markdown
     assert "| Geo | 30 / ? | n/a |" in markdown and "95.07" in markdown and "58.17" in markdown
-    assert ours["fit_settings"] == "k=16, ensemble prompts, accumulated cycles"
-    assert "- Synthetic: fit: k=16, ensemble prompts, accumulated cycles" in markdown
+    # bug: "accumulated cycles", an option the balanced method does not read; the method was not said
+    assert ours["fit_settings"] == "balanced method, k=16, ensemble prompts"
+    assert "- Synthetic: fit: balanced method, k=16, ensemble prompts" in markdown
 
     # A rerun finds everything done; removing one output reruns only that step.
     before = (work / "synth" / "fit" / "metrics.json").stat().st_mtime_ns
@@ -139,7 +140,34 @@ def test_a_failing_zsfs_step_raises_a_clear_error(tmp_path):
         run_zsfs(["fit", "--no-such-option"])
 
 
+def test_an_interrupted_step_stops_the_pipeline_with_its_exit_status(monkeypatch):
+    """Bug: Ctrl-C in a step was 'step failed (exit 130); fix the cause above', exit 1, and the
+    next dataset started."""
+    import zsfs.cli
+
+    def interrupted(**_):
+        raise SystemExit(130)  # what the zsfs command line does on Ctrl-C, after its one line
+
+    monkeypatch.setattr(zsfs.cli.main, "main", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        run_zsfs(["fit", "--store", "s.h5"])
+    assert stopped.value.code == 130
+
+
 # -- report ---------------------------------------------------------------------------------
+
+def test_report_of_a_folder_that_is_not_there_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    """Bug: a typo made the folder and wrote an empty table (exit 0); a file was a traceback."""
+    from pipelines import report
+
+    (tmp_path / "a-file").write_text("")
+    for given in ("typo", "a-file"):
+        monkeypatch.setattr(sys, "argv", ["report", str(tmp_path / given)])
+        with pytest.raises(SystemExit) as stopped:
+            report.main()
+        assert stopped.value.code == 2 and "is not a folder: give the --work folder" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
+
 
 def test_report_without_runs_shows_the_paper_numbers_only(tmp_path):
     rows = collect(tmp_path)
@@ -301,7 +329,20 @@ def test_cli_runs_the_steps_and_writes_the_results(tmp_path):
     (["geo"], "not public"),
     (["mnist"], "no pipeline for dataset 'mnist'"),
     (["cifar10", "cifar100", "--images", "."], "exactly one dataset"),
+    (["cifar10", "--fit-args", "--bogus"], "--fit-args '--bogus': `zsfs fit` says: No such option '--bogus'"),
+    (["cifar10", "--fit-args", "--k five"], "`zsfs fit` says: Invalid value for '--k'"),  # bug: after the extract
+    (["cifar10", "--extract-args", "--precision fp8"], "`zsfs extract` says: Invalid value for '--precision'"),
+    (["cifar10", "--extract-args", '"--precision'], "--extract-args '\"--precision': No closing quotation"),
 ])
 def test_cli_refuses_what_it_cannot_run(tmp_path, args, message):
     result = CliRunner().invoke(main, [*args, "--work", str(tmp_path / "w"), "--dry-run"])
-    assert result.exit_code == 1 and message in result.output
+    assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+
+
+def test_one_dataset_that_fails_does_not_stop_the_others(tmp_path):
+    """Bug: `all` stopped at ImageNet (downloaded by hand, first in the registry): nothing ran."""
+    result = CliRunner().invoke(main, ["imagenet", "cars", "--data-root", str(tmp_path / "d"),
+                                       "--work", str(tmp_path / "w")])  # both downloaded by hand: both say so
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and said.count("must be downloaded by hand") == 2, said
+    assert "2 of 2 datasets did not finish: imagenet, cars (the errors above say why)" in said, said

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 SINGLE_PROMPT = "a photo of a {}"
-"""The method's prompt (method.md, step A1)."""
+"""The method's prompt (the paper's step A)."""
 
 ENSEMBLE_TEMPLATES: tuple[str, ...] = (
     "a bad photo of a {}.",

@@ -1,4 +1,4 @@
-"""CLIP-space nearest neighbours of the seed candidates (the re-ranking of method.md step A).
+"""CLIP-space nearest neighbours of the seed candidates (the re-ranking of the paper's step A; docs/fit.md, "What it does").
 
 :class:`NeighbourSearch` runs one of three searches, chosen by :func:`choose_search`:
 

@@ -1,6 +1,6 @@
 """OOD scores: the paper's, from the classifier's logits, and zsfs' default rank score.
 
-The paper's (``ood_paper``, ``ood_continuous``), calibrated on the seed images: three statistics of each logit vector (method.md step C.8): the top logit, the gap between
+The paper's (``ood_paper``, ``ood_continuous``), calibrated on the seed images: three statistics of each logit vector (the paper's step C): the top logit, the gap between
 the top two logits and the standard deviation of all logits. Images of unknown classes tend to
 have lower values of all three. With mean ``mu`` and standard deviation ``sigma`` of each
 statistic over the seeds, and the user's multiplier ``m``:

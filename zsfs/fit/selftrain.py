@@ -1,4 +1,4 @@
-"""Self-training (method.md step B): train on the seeds, then grow the pseudo-labels in cycles.
+"""Self-training (the paper's step B): train on the seeds, then grow the pseudo-labels in cycles.
 
 Cycle t takes list positions ``t*k .. t*k+k-1`` of every class's re-ranked candidates, keeps
 those the current head assigns to that class, and fine-tunes on them (the paper) or on

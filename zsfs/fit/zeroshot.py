@@ -21,7 +21,7 @@ TOP_CLASSES = 5
 """A neighbour supports a class only if the class is among its top-5 zero-shot classes."""
 
 MCM_TEMPERATURE = 1.0
-"""MCM: max softmax of cosine / temperature over the ID classes (temperature 1 as in method.md)."""
+"""MCM: max softmax of cosine / temperature over the ID classes (temperature 1, as MCM's zero-shot setting)."""
 
 
 def as_tensor(array: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
