@@ -1,7 +1,8 @@
 """Build the two extra real-data checks of docs/fit.md beside ``../shared/bench/fashion-mnist``.
 
-Both use a second map of the Fashion-MNIST classes to ImageNet concepts (other synsets than the
-shared folder's ``vocab-fashion.npz``; "single" = the first synset alone, so a weaker prompt):
+Both use a second map of the Fashion-MNIST classes to ImageNet concepts (for 8 of the 10 classes
+partly other synsets than the shared folder's ``vocab-fashion.npz``, each class keeping at least
+one of them; "single" = the first synset alone, so a weaker prompt):
 
 - ``test``: the shared folder's features (10,000 test images) with this map: only
   ``vocab-fashion.npz`` is new; the other files are links to the shared folder.
