@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,14 +92,26 @@ def main() -> None:
     args = parser.parse_args()
     if args.split == "train" and args.weights is None:
         parser.error("train needs --weights (../shared/models/tf_efficientnet_lite0.safetensors)")
-    args.out.mkdir(parents=True, exist_ok=False)
-    if args.split == "test":
-        for name in SHARED_FILES[:3]:
-            os.symlink((args.shared / name).absolute(), args.out / name)
-    else:
-        embed_train_sample(args.weights, args.out)
-    os.symlink((args.shared / SHARED_FILES[3]).absolute(), args.out / SHARED_FILES[3])
-    second_map_vocabulary(args.out)
+    needed = [args.shared / name for name in (SHARED_FILES if args.split == "test" else SHARED_FILES[3:])]
+    if args.split == "train":
+        needed += [args.weights, IMAGES / "train-images-idx3-ubyte.gz", IMAGES / "train-labels-idx1-ubyte.gz"]
+    missing = [str(path) for path in needed if not path.is_file()]
+    if missing:  # before the folder is made: links to nothing, or an empty folder a rerun refuses
+        parser.error(f"not found: {', '.join(missing)}")
+    if args.out.exists():
+        parser.error(f"{args.out} exists; give a new folder")
+    args.out.mkdir(parents=True)
+    try:
+        if args.split == "test":
+            for name in SHARED_FILES[:3]:
+                os.symlink((args.shared / name).absolute(), args.out / name)
+        else:
+            embed_train_sample(args.weights, args.out)
+        os.symlink((args.shared / SHARED_FILES[3]).absolute(), args.out / SHARED_FILES[3])
+        second_map_vocabulary(args.out)
+    except BaseException:  # Ctrl-C in the long embedding too: no half-made folder for the next run to refuse
+        shutil.rmtree(args.out)
+        raise
 
 
 if __name__ == "__main__":

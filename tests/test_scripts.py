@@ -111,3 +111,14 @@ def test_make_second_map_gives_the_shared_features_another_vocabulary(tmp_path):
     assert vocabulary["ensemble"].shape == (10, 1000) and not np.array_equal(vocabulary["ensemble"], shared["ensemble"])
     assert np.allclose(np.linalg.norm(vocabulary["ensemble"], axis=1), 1)
     assert (vocabulary["single"].sum(axis=1) == 1).all() and (vocabulary["single"] > 0).sum() == 10  # one synset each
+    again = run(command(ROOT / "benchmarks/make_second_map.py") + ["test", str(SHARED / "bench/fashion-mnist"),
+                                                                    str(out)], tmp_path)
+    assert again.returncode == 2 and "exists; give a new folder" in again.stderr  # was a FileExistsError traceback
+
+
+def test_make_second_map_checks_its_inputs_before_making_the_folder(tmp_path):
+    """Bug: a wrong shared folder gave a folder of links to nothing (exit 0); missing training
+    images left an empty folder that the rerun refused."""
+    done = run(command(ROOT / "benchmarks/make_second_map.py") + ["test", str(tmp_path / "nowhere"), "fm2"], tmp_path)
+    assert done.returncode == 2 and f"not found: {tmp_path / 'nowhere' / 'backbone.npy'}" in done.stderr
+    assert not (tmp_path / "fm2").exists()
