@@ -26,7 +26,8 @@ from zsfs.testing.synthetic import class_names
 
 
 def make_run(run_dir: Path, pool: Path, n_rows: int, n_classes: int, n_pool: int, seed: int = 0) -> None:
-    """A run folder of ``n_rows`` predictions over ``n_classes`` classes, paths cycling through the pool."""
+    """Fill the empty folder ``run_dir`` as a run of ``n_rows`` predictions over ``n_classes``
+    classes, paths cycling through the pool."""
     import polars as pl
 
     rng = np.random.default_rng(seed)
@@ -54,7 +55,6 @@ def make_run(run_dir: Path, pool: Path, n_rows: int, n_classes: int, n_pool: int
         "ood_flag": ood_score >= 2 / 3,
         "label": names[label],
     })
-    run_dir.mkdir(parents=True)
     frame.write_parquet(run_dir / runs.PREDICTIONS)
     write_json(run_dir / runs.CONFIG, {
         "classes": names.tolist(), "absent_classes": names[:3].tolist(), "stop_reason": "loss rose",
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/zsfs-bench-report"), help="where the run is kept")
     args = parser.parse_args()
 
+    from zsfs.outputs import new_folder
     from zsfs.report import write_report
 
     pool = args.work / f"photos-{args.pool}"
@@ -89,7 +90,8 @@ def main() -> None:
     run_dir = args.work / f"run-{args.rows}x{args.classes}-pool{args.pool}"
     if not run_dir.is_dir():
         start = time.perf_counter()
-        make_run(run_dir, pool, args.rows, args.classes, args.pool)
+        with new_folder(run_dir) as filled:  # whole or absent: an interrupted run broke every later one
+            make_run(filled, pool, args.rows, args.classes, args.pool)
         print(f"run of {args.rows:,} images written in {time.perf_counter() - start:.1f} s", flush=True)
 
     out = args.work / "report.html"
