@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,15 +70,16 @@ def import_features(folder: Path, work: Path) -> Path:
     store = work / f"{folder.name}.h5"
     if store.exists():
         return store
-    vocabularies = [f"{path.stem.removeprefix('vocab-')}={path}" for path in sorted(folder.glob("vocab-*.npz"))]
-    command = [sys.executable, "-c", "from zsfs.cli import main; main()", "import", str(store),
-               "--clip-embeddings", str(folder / "clip.npy"),
-               "--backbone-features", str(folder / "backbone.npy"), "--paths", str(folder / "images.csv"),
-               "--label-column", "label"]
-    for vocabulary in vocabularies:
-        command += ["--vocab", vocabulary]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return store
+    from zsfs.errors import ZsfsError
+    from zsfs.importer import import_store
+
+    try:
+        return import_store(store, clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                            paths=folder / "images.csv", label_column="label",
+                            vocabularies={path.stem.removeprefix("vocab-"): path
+                                          for path in sorted(folder.glob("vocab-*.npz"))}).master
+    except ZsfsError as error:
+        raise SystemExit(f"--features {folder}: {error}") from None
 
 
 def synthetic_store(size: str, work: Path) -> Path:
@@ -203,11 +203,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=4, help="draws per number of present classes [4]")
     parser.add_argument("--scenarios", default="full,absent,ood", help="which of full,absent,ood [all]")
     parser.add_argument("--work", type=Path, default=None, help="folder for imported stores [a temporary one]")
-    parser.add_argument("--out", type=Path, default=Path("bench-quality"), help="folder for quality.csv/json")
+    parser.add_argument("--out", type=Path, default=Path("bench-quality"),
+                        help="folder for quality.csv/json [./bench-quality]")
     args = parser.parse_args(argv)
     scenarios = set(args.scenarios.split(","))
     if not args.features and not args.synthetic:
         parser.error("give at least one --features folder or --synthetic size")
+    for option, given, known in (("--scenarios", scenarios, ("full", "absent", "ood")),
+                                 ("--synthetic", filter(None, args.synthetic.split(",")), SYNTHETIC)):
+        unknown = sorted(set(given) - set(known))
+        if unknown:  # a typo ran nothing and wrote empty tables
+            parser.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    missing = [str(folder) for folder in args.features if not (folder / "clip.npy").is_file()]
+    if missing:
+        parser.error(f"--features: no clip.npy in {', '.join(missing)} (a folder laid out as "
+                     "../shared/bench/fashion-mnist)")
 
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)

@@ -122,3 +122,14 @@ def test_make_second_map_checks_its_inputs_before_making_the_folder(tmp_path):
     done = run(command(ROOT / "benchmarks/make_second_map.py") + ["test", str(tmp_path / "nowhere"), "fm2"], tmp_path)
     assert done.returncode == 2 and f"not found: {tmp_path / 'nowhere' / 'backbone.npy'}" in done.stderr
     assert not (tmp_path / "fm2").exists()
+
+
+def test_bench_quality_refuses_what_it_cannot_run(tmp_path):
+    """Bug: a typo in --scenarios exited 0 with empty tables; --synthetic 5k and a missing
+    --features folder were tracebacks."""
+    for args, said in ((["--synthetic", "2k", "--scenarios", "ful"], "--scenarios: unknown ful; choose from full"),
+                       (["--synthetic", "5k"], "--synthetic: unknown 5k; choose from 2k, 10k"),
+                       (["--features", "nowhere"], "--features: no clip.npy in nowhere")):
+        done = run(command(ROOT / "benchmarks/bench_quality.py") + args, tmp_path)
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
