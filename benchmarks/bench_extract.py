@@ -140,7 +140,7 @@ def warm_up(clip, backbone, source, device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="tiny,small", help="comma-separated: tiny, small, default")
+    parser.add_argument("--models", default="tiny,small", help=f"comma-separated: {', '.join(SETTINGS)}")
     parser.add_argument("--n-images", type=int, default=300)
     parser.add_argument("--images", type=Path, help="use this folder instead of generated JPEGs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
@@ -151,6 +151,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="best of N interleaved runs of (a), (c), (d)")
     parser.add_argument("--skip-naive", action="store_true", help="skip (b) (slow with big models)")
     args = parser.parse_args()
+    unknown = [name for name in args.models.split(",") if name not in SETTINGS]
+    if unknown:  # before the images are written (KeyError after them)
+        parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
     device = check_device(args.device)
     workers = default_workers(args.device) if args.workers is None else args.workers
 

@@ -46,13 +46,24 @@ def list_once(folder: str) -> None:
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def entry_count(text: str) -> int:
+    """``10000``, ``10k`` or ``1M`` as a count (the other benchmarks write sizes with k and M)."""
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--sizes", default="10000,100000,1000000",
+                        help="comma-separated entry counts: 10000 or 10k, 1M [10000,100000,1000000]")
     parser.add_argument("--workdir", type=Path,
                         help="keep the tars here and reuse them on the next run [default: a temporary folder]")
     parser.add_argument("--list", help=argparse.SUPPRESS)  # the child process's entry point
     args = parser.parse_args()
+    try:
+        sizes = [entry_count(size) for size in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes: {args.sizes!r} is not a list of counts such as 10000,100k,1M")
     if args.list:
         list_once(args.list)
         return
@@ -61,7 +72,7 @@ def main() -> None:
         print(f"load average {os.getloadavg()[0]:.1f}; {PER_TAR:,} samples per tar, 3 members per sample")
         print(f"{'entries':>10} {'tars':>5} {'GB':>5} {'write s':>8} {'list s (1st)':>12} {'list s':>7} "
               f"{'us/entry':>8} {'digest s':>8} {'peak RSS MB':>11}")
-        for n in (int(size) for size in args.sizes.split(",")):
+        for n in sizes:
             folder, written = base / f"n{n}", float("nan")
             if not (folder / "complete").exists():
                 started = time.perf_counter()
