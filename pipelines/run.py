@@ -172,8 +172,10 @@ def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, im
         if images is not None and len(chosen) != 1:
             raise ZsfsError("--images names one prepared folder: give exactly one dataset with it")
         extract_words = extra_arguments("--extract-args", extract_args, {"extract": ["."]})
-        fit_words = extra_arguments("--fit-args", fit_args, {"fit": ["--store", "s.h5"],
-                                                             "ood-bench": ["--store", "s.h5", "--id-classes", "2"]})
+        takers = {"fit": ["--store", "s.h5"]}
+        if any(dataset.id_classes is not None for dataset in chosen):  # ImageNet alone runs no ood-bench
+            takers["ood-bench"] = ["--store", "s.h5", "--id-classes", "2"]
+        fit_words = extra_arguments("--fit-args", fit_args, takers)
         for dataset in chosen:
             console.rule(dataset.title)
             steps = plan(dataset, data_root, work, device=device, images=images, splits=splits,

@@ -504,8 +504,8 @@ def test_a_bad_vocabulary_is_refused_before_the_store_is_written_or_replaced(inp
     bad = {"nan.npz": (dict(single=holes), r"single: 1 row is zero or not finite \(first: row 1"),
            "zero.npz": (dict(single=np.zeros_like(text)), r"single: 2 rows are zero or not finite"),
            "text.npz": (dict(single=np.full(text.shape, "x")), r"single must be a \(classes, CLIP dim\) array of "
-                                                               r"floats, not a <U1 array of shape \(2, 8\)"),
-           "ints.npz": (dict(single=np.ones(text.shape, int), ensemble=text), "single must be .* array of floats"),
+                                                               r"numbers, not a <U1 array of shape \(2, 8\)"),
+           "complex.npz": (dict(single=text + 1j), "single must be .* array of numbers, not a complex64 array"),
            "numbers.npz": (dict(classes=np.array([np.nan, 1.0])), r"classes holds float64 values; expected strings"),
            "byte.npz": (dict(classes=np.array(["caf\udce9", "dog"])), r"has a class name that is not UTF-8 text "
                                                                      r"\(position 1, counted from 1: caf\\xe9\)"),
@@ -518,3 +518,7 @@ def test_a_bad_vocabulary_is_refused_before_the_store_is_written_or_replaced(inp
             import_store(folder / "v.h5", **common, vocabularies={"pets": folder / name}, overwrite=True)
     with Store(master) as store:
         assert store.vocabulary_names() == ["pets"] and store.verify()["shards"] >= 1
+    np.savez(folder / "ints.npz", classes=np.array(["cat", "dog"]), single=np.eye(2, text.shape[1], dtype=int))
+    master = import_store(folder / "v.h5", **common, vocabularies={"ints": folder / "ints.npz"}).master  # as before
+    with Store(master) as store:
+        np.testing.assert_array_equal(store.vocabulary("ints").single, np.eye(2, text.shape[1]))

@@ -300,6 +300,12 @@ def test_imagenet_names_are_unique_prompt_words():
 
 # -- command line ---------------------------------------------------------------------------
 
+def test_fit_only_options_are_taken_for_a_dataset_without_the_ood_protocol(tmp_path):
+    result = CliRunner().invoke(main, ["imagenet", "--data-root", str(tmp_path / "d"), "--work", str(tmp_path / "w"),
+                                       "--fit-args", "--report", "--dry-run"])  # bug: refused, as ood-bench has none
+    assert result.exit_code == 0 and "--report" in result.output, result.output
+
+
 def test_cli_dry_run_prints_the_commands_and_creates_nothing(tmp_path):
     result = CliRunner().invoke(main, ["cifar10", "--data-root", str(tmp_path / "d"), "--work", str(tmp_path / "w"),
                                        "--device", "cuda", "--fit-args", "--paper --k 5", "--dry-run"])
@@ -330,6 +336,7 @@ def test_cli_runs_the_steps_and_writes_the_results(tmp_path):
     (["mnist"], "no pipeline for dataset 'mnist'"),
     (["cifar10", "cifar100", "--images", "."], "exactly one dataset"),
     (["cifar10", "--fit-args", "--bogus"], "--fit-args '--bogus': `zsfs fit` says: No such option '--bogus'"),
+    (["cifar10", "--fit-args", "--report"], "`zsfs ood-bench` says: No such option '--report'"),
     (["cifar10", "--fit-args", "--k five"], "`zsfs fit` says: Invalid value for '--k'"),  # bug: after the extract
     (["cifar10", "--extract-args", "--precision fp8"], "`zsfs extract` says: Invalid value for '--precision'"),
     (["cifar10", "--extract-args", '"--precision'], "--extract-args '\"--precision': No closing quotation"),

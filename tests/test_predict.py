@@ -84,8 +84,10 @@ def test_library_inputs_are_checked_before_any_work(fitted):
     with pytest.raises(ParameterError, match=r"has 2 rows that are zero or not finite \(first: row 3, counted from 0\)$"):
         run.predict(poisoned)
     # bug: rows finite in float64 but not as float32 products (1e300) gave NaN scores; no rows warned
-    scaled = run.predict(features[:5].astype(np.float64) * 1e300)
-    assert scaled.equals(run.predict(features[:5])), scaled
+    scaled = features[:5].astype(np.float64)
+    scaled[:4] *= 1e300
+    scaled[4] = scaled[4] / np.abs(scaled[4]).max() * 1e308  # its largest value 1e308: its norm is past float64
+    assert run.predict(scaled).equals(run.predict(features[:5])), run.predict(scaled)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert run.predict(features[:0]).shape == (0, 5)

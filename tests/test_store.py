@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
+from zsfs.errors import ParameterError, StoreError, StoreMismatchError, ZsfsError
 from zsfs.store import Store, write_store, write_vocabulary
 from zsfs.store import schema
 from zsfs.store.extras import normalise_rows
@@ -65,6 +65,8 @@ def test_round_trip(tmp_path, arrays):
         assert vocab.classes == ["cat", "dog", "eel"] and vocab.prompt == "a photo of a {}" and vocab.n_templates == 80
         np.testing.assert_allclose(vocab.embeddings("single"), unit(vocab_single), atol=1e-6)
         np.testing.assert_allclose(vocab.embeddings("ensemble"), unit(vocab_ensemble), atol=1e-6)
+        with pytest.raises(ParameterError, match="^prompts must be one of single, ensemble, not 'both'$"):
+            vocab.embeddings("both")  # from zsfs.Store: was a bare ValueError
         sub = vocab.subset(["eel", "cat"])
         assert sub.classes == ["eel", "cat"]
         np.testing.assert_array_equal(sub.single, vocab.single[[2, 0]])
@@ -273,6 +275,12 @@ def test_vocabulary_added_while_the_store_is_read_and_unfinished_store(tmp_path,
     for named in ("s", "s.hdf5"):  # bug: "not finished ... rerun the command", of a finished s.h5
         with pytest.raises(StoreError, match=rf"store .*{named} does not exist; did you mean .*s\.h5\?$"):
             Store(tmp_path / named)
+    (tmp_path / "s").mkdir()  # the image folder that `zsfs extract s/` made s.h5 from
+    (tmp_path / "s.csv").write_text("path\n")
+    with pytest.raises(StoreError, match=r"s is a folder; pass the store's master .h5 file; did you mean .*s\.h5\?$"):
+        Store(tmp_path / "s")
+    with pytest.raises(StoreError, match=r"s.csv is not an HDF5 file .*; did you mean .*s\.h5\?$"):
+        Store(tmp_path / "s.csv")
     master.unlink()
     with pytest.raises(StoreError, match="is not finished .*s.shards"):
         Store(master)

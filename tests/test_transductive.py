@@ -136,6 +136,7 @@ def test_combined_score_is_the_mean_collection_rank():
         seeds = score[:n_seeds]
         flagged = int((seeds > ood.flag_threshold(seeds)).sum())
         assert flagged == int(0.05 * n_seeds + 1e-9), n_seeds  # as many as 5 % allows, never more
+    assert (score[:20] > ood.flag_threshold(score[:20], 0.99)).sum() == 19  # all but the top one, not none
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,10 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     if unknown:
         raise ParameterError(f"unknown parameter {unknown[0]!r}; fit takes vocabulary, preset, {', '.join(known)}")
     config = FitConfig.from_options(**presets[preset], **parameters)
-    unread = config.unread(parameters)
+    # Values at their defaults are left out: a run's recorded parameters, given back to redo it,
+    # hold every option of the other method so (the command line names only the options typed).
+    defaults = {name: spec.default for name, spec in known.items()}
+    unread = config.unread({name: value for name, value in parameters.items() if value != defaults[name]})
     if unread:  # not an error: one set of parameters can serve fits of both methods (as the CLI says too)
         warnings.warn(config.unread_note(unread), stacklevel=3)  # the caller's line, past the callable module
     if isinstance(store, Store):

@@ -245,10 +245,12 @@ def load_vocabulary(file: Path) -> ImportedVocabulary:
 
 
 def _text_embeddings(values: np.ndarray, what: str) -> np.ndarray:
-    """``values`` as unit float rows; ZsfsError when they are not floats, not (C, D), or a row is zero or not finite."""
-    if not np.issubdtype(values.dtype, np.floating) or values.ndim != 2:
-        raise ZsfsError(f"{what} must be a (classes, CLIP dim) array of floats, not a {values.dtype} array of shape "
-                        f"{values.shape}")
+    """``values`` as unit float rows; ZsfsError when they are not real numbers (integers were always
+    taken), not (C, D), or a row is zero or not finite."""
+    real = np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)
+    if not real or values.ndim != 2:  # text, booleans, complex numbers (their imaginary part was dropped)
+        raise ZsfsError(f"{what} must be a (classes, CLIP dim) array of numbers, not a {values.dtype} array of "
+                        f"shape {values.shape}")
     return normalise_rows(values, what)
 
 

@@ -103,7 +103,7 @@ with each of them (at 1000 classes x 100 candidates, all of them would cost 100x
 product)."""
 N_QUANTILES = 1001
 FLAG_FPR = 0.05
-"""``ood_flag`` marks images whose score exceeds that of 95 % of the seeds (5 % false positives on them)."""
+"""``ood_flag`` marks images whose score exceeds that of 95 % of the seeds (at most 5 % false positives on them)."""
 _ROWS_PER_PRODUCT = 4096  # (rows x reference rows) similarity blocks stay small at any store size
 
 
@@ -163,6 +163,8 @@ def flag_threshold(seed_scores: np.ndarray, false_positive_rate: float = FLAG_FP
     """The score above which at most ``false_positive_rate`` of the seeds (surely in distribution)
     lie: the seed score with floor(rate x n) seeds above it (an interpolated quantile flagged
     more, 6 of 112 seeds for 5 %)."""
+    if not 0 <= false_positive_rate < 1:
+        raise ValueError(f"false_positive_rate must be in [0, 1), not {false_positive_rate}")
     scores = np.sort(np.asarray(seed_scores, np.float64))
-    above = math.floor(round(false_positive_rate * len(scores), 9))  # 0.05 x 140 is 7.000000000000001
+    above = min(math.floor(round(false_positive_rate * len(scores), 9)), len(scores) - 1)  # 0.05 x 140 is 7.000000000000001
     return float(scores[len(scores) - 1 - above])

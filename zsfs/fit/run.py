@@ -97,11 +97,8 @@ class FitConfig:
         return config
 
     def unread(self, given: dict) -> list[str]:
-        """The parameters among ``given`` (None = not given) that this config's method never reads,
-        set to other values than their defaults (a run's recorded parameters, given back to redo
-        it, hold every one at its default: nothing to say of them)."""
-        defaults = {spec.name: spec.default for spec in fields(self)}
-        return [name for name in UNREAD_BY[self.method] if given.get(name) not in (None, defaults[name])]
+        """The parameters among ``given`` (None = not given) that this config's method never reads."""
+        return [name for name in UNREAD_BY[self.method] if given.get(name) is not None]
 
     def unread_note(self, names: list[str], readers: str | None = None) -> str:
         """``"NAMES is/are only read by the READERS; this METHOD fit ignores it/them"`` (``readers``:

@@ -164,18 +164,26 @@ def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndar
     with np.errstate(over="ignore"):  # float64 rows of 1e300 become infinite in float32: redone below
         norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32, casting="unsafe"))
     bad = ~np.isfinite(norms) | (norms == 0)
-    if bad.any():  # float32 squares overflow above ~1e19 and vanish below ~1e-23: those rows scaled to 1 first
+    rescaled = None
+    if bad.any():  # squares overflow (float32 above ~1e19) or vanish (below ~1e-23): those rows divided by
+        # their largest value first, so that their norm is in [1, sqrt(dim)] at any finite scale
+        retry = bad.copy()
+        with np.errstate(invalid="ignore", divide="ignore"):  # a zero or infinite row: NaN, refused below
+            scaled = values[retry].astype(np.float64)
+            scaled /= np.abs(scaled).max(axis=1, keepdims=True)
+            scaled_norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
         norms = norms.astype(np.float64)
-        again = np.abs(values[bad].astype(np.float64))
-        largest = again.max(axis=1)
-        with np.errstate(invalid="ignore"):  # a zero row: 0 / 0, NaN, refused below
-            again /= largest[:, None]
-        norms[bad] = largest * np.sqrt(np.einsum("ij,ij->i", again, again))
+        norms[retry] = scaled_norms
         bad = ~np.isfinite(norms) | (norms == 0)
+        rescaled = (retry, scaled / scaled_norms[:, None])
     if bad.any():
         n_bad = int(bad.sum())
         raise ZsfsError(f"{what}: {counted(n_bad, 'row')} {'is' if n_bad == 1 else 'are'} zero or not finite "
                         f"(first: row {first_row + int(np.argmax(bad))}, counted from 0)")
-    if np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
+    if rescaled is None and np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
         return values
-    return (values / norms[:, None]).astype(np.result_type(values.dtype, np.float32), copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # the rescaled rows' quotients are replaced below
+        unit = (values / norms[:, None]).astype(np.result_type(values.dtype, np.float32), copy=False)
+    if rescaled is not None:
+        unit[rescaled[0]] = rescaled[1]
+    return unit

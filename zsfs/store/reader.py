@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from zsfs.errors import StoreError, one_line
+from zsfs.errors import StoreError, check_choice, one_line
 from zsfs.names import check_class_names, counted
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
@@ -43,8 +43,7 @@ class Vocabulary:
 
     def embeddings(self, prompts: str) -> np.ndarray:
         """Text embeddings for ``prompts``: "single" (one prompt) or "ensemble" (template mean)."""
-        if prompts not in schema.PROMPT_KINDS:
-            raise ValueError(f"prompts must be one of {schema.PROMPT_KINDS}, got {prompts!r}")
+        check_choice("prompts", prompts, schema.PROMPT_KINDS)
         return self.single if prompts == schema.VOCAB_SINGLE else self.ensemble
 
     def subset(self, classes: Sequence[str]) -> "Vocabulary":
@@ -392,20 +391,21 @@ class Store:
 
 def open_master(path: Path) -> h5py.File:
     """Open a master file, with a clear message for each way it can be the wrong file."""
+    meant = path.with_suffix(".h5") if path.name else path  # "photos" (the image folder, say) for "photos.h5"
+    meant = f"; did you mean {meant}?" if meant != path and meant.is_file() else ""
     if not path.exists():
         if written_elsewhere(path):
             raise StoreError(f"store {path} is being written by another zsfs process; wait for it to finish")
-        meant = path.with_suffix(".h5")  # "photos" for "photos.h5": its shards folder is the same
-        if meant != path and meant.is_file():
-            raise StoreError(f"store {path} does not exist; did you mean {meant}?")
+        if meant:
+            raise StoreError(f"store {path} does not exist{meant}")
         if schema.shard_dir(path).is_dir():
             raise StoreError(f"store {path} is not finished (its shards are in {schema.shard_dir(path).name}/); "
                              "rerun the command that builds it to finish")
         raise StoreError(f"store {path} does not exist; create it with `zsfs extract` or `zsfs import`")
     if path.is_dir():
-        raise StoreError(f"{path} is a folder; pass the store's master .h5 file")
+        raise StoreError(f"{path} is a folder; pass the store's master .h5 file{meant}")
     if not h5py.is_hdf5(path):
-        raise StoreError(f"{path} is not an HDF5 file (damaged, truncated, or not a zsfs store)")
+        raise StoreError(f"{path} is not an HDF5 file (damaged, truncated, or not a zsfs store){meant}")
     try:
         file = h5py.File(path, "r")
     except OSError as error:
