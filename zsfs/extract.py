@@ -258,10 +258,7 @@ def extract(
     started = time.perf_counter()
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
-                   max_pixels=max_pixels, ray=ray, ray_workers=ray_workers)
-    check_parameter_type("vocab_name", vocab_name, str)
-    check_parameter_type("overwrite", overwrite, bool)  # "no" is true
-    check_vocabulary_name(vocab_name)
+                   max_pixels=max_pixels, ray=ray, ray_workers=ray_workers, vocab_name=vocab_name, overwrite=overwrite)
     if ray is None:
         check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
     else:
@@ -484,10 +481,13 @@ def _given_classes(classes: Sequence[str] | str | Path | None) -> list[str] | No
 
 
 def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,
-                   max_pixels: int, ray: str | None, ray_workers: int | None) -> None:
+                   max_pixels: int, ray: str | None, ray_workers: int | None, vocab_name: str, overwrite: bool) -> None:
     """Refuse bad options before anything is listed or written (not even the store's lock file)."""
     check_choice("precision", precision, MODEL_PRECISIONS)
     check_choice("dtype", dtype, EMBEDDING_DTYPES)
+    check_parameter_type("vocab_name", vocab_name, str)
+    check_parameter_type("overwrite", overwrite, bool)  # "no" is true
+    check_vocabulary_name(vocab_name)
     for name, value, least in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1),
                                ("max_pixels", max_pixels, 1), ("workers", workers, 0), ("ray_workers", ray_workers, 1)):
         check_at_least(name, value, least)

@@ -157,6 +157,8 @@ def read_table(location: Path) -> "pl.DataFrame":
 
 def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...], what: str) -> list[str]:
     """One string column of ``table``; ``name=None`` takes the first of ``candidates`` present."""
+    import polars as pl
+
     names = [name] if name else [c for c in candidates if c in table.columns][:1]
     if not names or names[0] not in table.columns:
         wanted = name or " or ".join(candidates)
@@ -164,8 +166,6 @@ def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...],
                      if len(table.columns) == 1 and any(mark in table.columns[0] for mark in ";\t|") else "")
         raise ZsfsError(f"the paths table has no {what} column {wanted!r} (columns: {', '.join(table.columns)})"
                         f"{separated}; name it with --{what}-column")
-    import polars as pl
-
     values = table.get_column(names[0])
     if values.dtype.is_nested():  # a list or struct per row: its text would be '["cat"]' or '{"cat"}'
         raise ZsfsError(f"{what} column {names[0]!r} holds {values.dtype} values; it must hold one text value per row")
@@ -234,8 +234,8 @@ def load_vocabulary(file: Path) -> ImportedVocabulary:
                         f"{'' if n_templates.ndim else f' ({n_templates})'}")
     # Checked here, before anything is written (with --overwrite the old store stays as it was):
     # numbers, finite and not zero, as the image rows are.
-    single, ensemble = (_text_embeddings(arrays[key], f"vocabulary file {file}: {key}")
-                        for key in ("single", "ensemble" if has_ensemble else "single"))
+    single = _text_embeddings(arrays["single"], f"vocabulary file {file}: single")
+    ensemble = _text_embeddings(arrays["ensemble"], f"vocabulary file {file}: ensemble") if has_ensemble else single
     return ImportedVocabulary(
         classes=check_class_names(arrays["classes"].tolist(), f"vocabulary file {file}"),
         single=single,

@@ -48,11 +48,11 @@ def refuse_input_as_output(output: str | Path, inputs: Iterable[tuple[str, str |
     any name, links too): the store written there would replace that input, and ``--overwrite``
     would do it."""
     output = Path(output)
+    if not output.is_file():  # a new store replaces nothing
+        return
     for what, given in inputs:
-        if given is None:
-            continue
         try:
-            same = output.is_file() and Path(given).is_file() and os.path.samefile(output, given)
+            same = given is not None and Path(given).is_file() and os.path.samefile(output, given)
         except OSError:
             continue
         if same:

@@ -163,11 +163,10 @@ def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndar
         raise ZsfsError(f"{what}: expected a 2-d array (rows, dim), got shape {values.shape}")
     with np.errstate(over="ignore"):  # float64 rows of 1e300 become infinite in float32: redone below
         norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32, casting="unsafe"))
-    bad = ~np.isfinite(norms) | (norms == 0)
-    rescaled = None
-    if bad.any():  # squares overflow (float32 above ~1e19) or vanish (below ~1e-23): those rows divided by
+    retry = ~np.isfinite(norms) | (norms == 0)
+    bad = retry
+    if retry.any():  # squares overflow (float32 above ~1e19) or vanish (below ~1e-23): those rows divided by
         # their largest value first, so that their norm is in [1, sqrt(dim)] at any finite scale
-        retry = bad.copy()
         with np.errstate(invalid="ignore", divide="ignore"):  # a zero or infinite row: NaN, refused below
             scaled = values[retry].astype(np.float64)
             scaled /= np.abs(scaled).max(axis=1, keepdims=True)
@@ -175,15 +174,14 @@ def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndar
         norms = norms.astype(np.float64)
         norms[retry] = scaled_norms
         bad = ~np.isfinite(norms) | (norms == 0)
-        rescaled = (retry, scaled / scaled_norms[:, None])
     if bad.any():
         n_bad = int(bad.sum())
         raise ZsfsError(f"{what}: {counted(n_bad, 'row')} {'is' if n_bad == 1 else 'are'} zero or not finite "
                         f"(first: row {first_row + int(np.argmax(bad))}, counted from 0)")
-    if rescaled is None and np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
+    if not retry.any() and np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
         return values
     with np.errstate(over="ignore", invalid="ignore"):  # the rescaled rows' quotients are replaced below
         unit = (values / norms[:, None]).astype(np.result_type(values.dtype, np.float32), copy=False)
-    if rescaled is not None:
-        unit[rescaled[0]] = rescaled[1]
+    if retry.any():
+        unit[retry] = scaled / scaled_norms[:, None]
     return unit

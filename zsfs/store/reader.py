@@ -389,13 +389,18 @@ class Store:
                 "identity_sha256": hashlib.sha256(identity.encode()).hexdigest()}
 
 
+def _did_you_mean(path: Path) -> str:
+    """``"; did you mean photos.h5?"`` for ``photos`` (the image folder, say) beside the store extract wrote."""
+    meant = path.with_suffix(".h5") if path.name else path
+    return f"; did you mean {meant}?" if meant != path and meant.is_file() else ""
+
+
 def open_master(path: Path) -> h5py.File:
     """Open a master file, with a clear message for each way it can be the wrong file."""
-    meant = path.with_suffix(".h5") if path.name else path  # "photos" (the image folder, say) for "photos.h5"
-    meant = f"; did you mean {meant}?" if meant != path and meant.is_file() else ""
     if not path.exists():
         if written_elsewhere(path):
             raise StoreError(f"store {path} is being written by another zsfs process; wait for it to finish")
+        meant = _did_you_mean(path)
         if meant:
             raise StoreError(f"store {path} does not exist{meant}")
         if schema.shard_dir(path).is_dir():
@@ -403,9 +408,9 @@ def open_master(path: Path) -> h5py.File:
                              "rerun the command that builds it to finish")
         raise StoreError(f"store {path} does not exist; create it with `zsfs extract` or `zsfs import`")
     if path.is_dir():
-        raise StoreError(f"{path} is a folder; pass the store's master .h5 file{meant}")
+        raise StoreError(f"{path} is a folder; pass the store's master .h5 file{_did_you_mean(path)}")
     if not h5py.is_hdf5(path):
-        raise StoreError(f"{path} is not an HDF5 file (damaged, truncated, or not a zsfs store){meant}")
+        raise StoreError(f"{path} is not an HDF5 file (damaged, truncated, or not a zsfs store){_did_you_mean(path)}")
     try:
         file = h5py.File(path, "r")
     except OSError as error:
