@@ -283,6 +283,22 @@ def test_a_reimport_does_not_replace_a_vocabulary_by_other_classes(inputs):
         assert store.vocabulary("pets").classes == ["emu", "yak"]
 
 
+def test_a_rerun_that_repairs_a_shard_does_not_replace_a_vocabulary_by_other_classes(inputs):
+    """With a shard missing the store cannot be opened, so the vocabulary check before the write
+    passes; the rerun repairs the shard and must then refuse the other classes."""
+    folder = inputs["dir"]
+    common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                  paths=folder / "paths.csv", shard_size=25)
+    master = import_store(folder / "v.h5", vocabularies={"pets": folder / "pets.npz"}, **common).master
+    (folder / "v.shards" / "shard-00001.h5").unlink()
+    other = folder / "other.npz"
+    np.savez(other, classes=np.array(["emu", "yak"]), single=unit_rows(2, D_CLIP, 4))
+    with pytest.raises(ZsfsError, match="already has a vocabulary 'pets' with other classes \\(2: cat; dog\\)"):
+        import_store(folder / "v.h5", vocabularies={"pets": other}, **common)
+    with Store(master) as store:
+        assert store.vocabulary("pets").classes == ["cat", "dog"] and store.verify()["shards"] == 3
+
+
 def test_a_rerun_with_other_embeddings_does_not_reuse_the_old_shards(inputs):
     """Bug: the import's identity held the paths and model names only, so a rerun after the
     embeddings were exported again kept the old rows (or, after an interruption, mixed them)."""
@@ -480,7 +496,9 @@ def test_path_and_label_columns_that_are_not_one_text_per_row_are_one_clear_line
                          r"path column 'path' cannot be read as text \(invalid utf8\)"),
               "empty": ({"path": [*paths[:-1], ""], "label": labels},
                         rf"path column 'path' has 1 empty value \(first: row {N - 1}, counted from 0\)$"),
-              "nameless": ({"path": paths, "label": ["", *labels[1:]]}, r"label column 'label' has 1 empty value")}
+              "nameless": ({"path": paths, "label": ["", *labels[1:]]}, r"label column 'label' has 1 empty value"),
+              "nul": ({"path": [*paths[:5], "photos/a\x00b.jpg", *paths[6:]], "label": labels},
+                      r"path column 'path' has 1 value with a NUL byte \(first: row 5, counted from 0\)")}
     for name, (table, reason) in tables.items():
         pl.DataFrame(table).write_parquet(folder / f"{name}.parquet")
         with pytest.raises(ZsfsError, match=reason):

@@ -243,3 +243,30 @@ def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):
     run = runs.load_run(saved)
     assert run.metrics is None and not (saved / runs.METRICS).exists()
     assert "label" not in run.predictions.columns
+
+
+def test_metrics_json_writes_an_undefined_figure_as_null(tmp_path):
+    """metrics.json is valid JSON: an AUROC or precision that is NaN (no such images) is null."""
+    from zsfs.outputs import write_json
+
+    write_json(tmp_path / "m.json", {"ood_auroc": float("nan"), "values": np.array([1.0, np.inf]),
+                                     "n": np.int64(3), "where": tmp_path})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"ood_auroc": None, "values": [1.0, None], "n": 3,
+                                                            "where": str(tmp_path)}
+
+
+def test_predictions_name_no_class_where_the_fit_gave_none(tmp_path):
+    """Class codes of -1 (an image no seed or cycle labelled) are null in predictions.parquet, not
+    the first class; the rows follow the store's paths and labels."""
+    store_path = make_synthetic_store(tmp_path / "s.h5", 4, 2, seed=0, clip_dim=8, backbone_dim=8)
+    codes = np.array([1, -1, 0, -1])
+    result = SimpleNamespace(classes=["cat", "dog"], predicted=np.array([1, 0, 0, 1]), pseudo_label=codes,
+                             zero_shot_predicted=codes[::-1].copy(), **{name: np.zeros(4) for name in (
+                                 "confidence", "ood_score", "ood_flag", "ood_distance", "ood_paper", "ood_continuous",
+                                 "is_seed", "pseudo_cycle", "zero_shot_confidence", "mcm_score")})
+    with Store(store_path) as store:
+        frame = runs.predictions_frame(result, store, store.labels())
+        assert frame["path"].to_list() == store.paths().tolist() and frame["label"].to_list() == store.labels().tolist()
+    assert frame["predicted"].to_list() == ["dog", "cat", "cat", "dog"]
+    assert frame["pseudo_label"].to_list() == ["dog", None, "cat", None]
+    assert frame["zero_shot_predicted"].to_list() == [None, "cat", None, "dog"]

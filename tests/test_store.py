@@ -391,3 +391,118 @@ def test_a_closed_store_says_so(tmp_path):
     for read in (lambda: store.read("backbone"), store.vocabulary_names, store.paths, store.labels):
         with pytest.raises(StoreError, match=r"s\.h5 was closed; open it again"):
             read()
+
+
+def test_a_rebuilt_master_drops_the_graph_of_its_previous_build(tmp_path, arrays):
+    """docs/store.md: rebuilding the master (here a repair) removes the neighbour graph, and a
+    graph whose build is not the master's (its removal was interrupted) is ignored."""
+    from zsfs.store import write_neighbour_graph
+
+    master = build(tmp_path / "s.h5", arrays)
+    with Store(master) as store:
+        first_build = store.build
+    graph = np.tile(np.arange(1, 4, dtype=np.int32), (N, 1))
+    write_neighbour_graph(master, graph, {"search": "exact", "precision": "fp32"}, build=first_build)
+    graph_file = schema.graph_file(schema.shard_dir(master))
+    old_graph = graph_file.read_bytes()
+    (schema.shard_dir(master) / schema.shard_name(1)).unlink()
+    build(master, arrays)  # the repair writes shard 1 again and rebuilds the master
+    assert not graph_file.exists()
+    graph_file.write_bytes(old_graph)  # a repair killed after its master's rename, before the graph's removal
+    with Store(master) as store:
+        assert store.build != first_build and store.graph_info is None
+        with pytest.raises(StoreError, match="has no neighbour graph"):
+            store.neighbour_graph(np.array([0]))
+
+
+def test_overwrite_leaves_no_vocabulary_of_the_store_it_replaces(tmp_path, arrays):
+    master = build(tmp_path / "s.h5", arrays, vocabularies={"old": (["cat"], random_rows(1, D_CLIP, 4),
+                                                                    random_rows(1, D_CLIP, 5))})
+    build(master, arrays, source="/data/other-images", overwrite=True)  # another store under the same name
+    with Store(master) as store:
+        assert store.vocabulary_names() == []
+    assert not list(schema.shard_dir(master).glob(schema.VOCAB_FILE_PREFIX + "*"))
+
+
+def test_verify_reads_the_vocabularies_and_the_graph_through_their_checksums(tmp_path, arrays):
+    from zsfs.store import write_neighbour_graph
+
+    master = build(tmp_path / "s.h5", arrays, vocabularies={"v": (["cat"], random_rows(1, D_CLIP, 4),
+                                                                  random_rows(1, D_CLIP, 5))})
+    with Store(master) as store:
+        write_neighbour_graph(master, np.tile(np.arange(1, 4, dtype=np.int32), (N, 1)),
+                              {"search": "exact", "precision": "fp32"}, build=store.build)
+    folder = schema.shard_dir(master)
+    for damaged, dataset in ((schema.vocabulary_file(folder, "v"), schema.VOCAB_SINGLE),
+                             (schema.graph_file(folder), schema.GRAPH_ROWS)):
+        pristine = damaged.read_bytes()
+        with h5py.File(damaged, "r") as file:
+            offset = file[dataset].id.get_chunk_info(0).byte_offset
+        data = bytearray(pristine)
+        data[offset + 2] ^= 0x10  # one flipped bit, same size: opening the store does not see it
+        damaged.write_bytes(bytes(data))
+        with Store(master) as store, pytest.raises(StoreError, match=f"{damaged.name}: dataset '{dataset}' is damaged"):
+            store.verify()
+        damaged.write_bytes(pristine)
+    with Store(master) as store:
+        assert store.verify()["neighbour_graph"] is True
+
+
+def test_a_shard_that_points_outside_the_store_is_refused_on_open(tmp_path, arrays):
+    """The master's virtual datasets read the shards' data: a crafted shard whose clip is itself a
+    virtual dataset of a foreign file (its size recorded to match) would hand that file's bytes to readers."""
+    master = build(tmp_path / "s.h5", arrays)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as file:
+        file.create_dataset("clip", data=np.full((50, D_CLIP), 7, np.float16))
+    shard = schema.shard_dir(master) / schema.shard_name(0)
+    with h5py.File(shard, "r+") as file:
+        del file["clip"]
+        layout = h5py.VirtualLayout(shape=(50, D_CLIP), dtype=np.float16)
+        layout[:] = h5py.VirtualSource(str(foreign), "clip", shape=(50, D_CLIP))
+        file.create_virtual_dataset("clip", layout)
+    with h5py.File(master, "r+") as file:
+        file[schema.SHARDS_BYTES][0] = shard.stat().st_size
+    with pytest.raises(StoreError, match="'clip' is a virtual dataset; a store never points outside its own files"):
+        Store(master)
+
+
+def test_shard_files_are_named_one_folder_below_the_master():
+    from pathlib import Path
+
+    from zsfs.store.integrity import check_shard_names
+
+    check_shard_names(["s.shards/shard-00000.h5", "s.shards/shard-00001.h5"], Path("s.h5"))
+    for outside in ("../s.shards/shard-00000.h5", "/tmp/s.shards/shard-00000.h5", "a/s.shards/shard-00000.h5",
+                    "s.shards/../../s.shards/shard-00000.h5"):
+        with pytest.raises(StoreError, match=r"names shard files outside its folder \(1 of 2\); refused"):
+            check_shard_names(["s.shards/shard-00000.h5", outside], Path("s.h5"))
+
+
+def test_a_vocabulary_for_a_store_rebuilt_meanwhile_is_refused(tmp_path, arrays):
+    """write_store's vocabularies are written after its lock is released: a store another process
+    rebuilt (other data) meanwhile must not get text embeddings of other models."""
+    master = build(tmp_path / "s.h5", arrays)
+    with Store(master) as store:
+        embedded_for = store.identity
+    build(master, arrays, source="/data/other-images", overwrite=True)
+    with pytest.raises(StoreError, match="was rebuilt by another process .* vocabulary 'v' was not written"):
+        write_vocabulary(master, "v", ["cat"], random_rows(1, D_CLIP, 4), random_rows(1, D_CLIP, 5), prompt="{}",
+                         n_templates=1, identity=embedded_for)
+    with Store(master) as store:
+        assert store.vocabulary_names() == []
+
+
+def test_the_listing_digest_separates_paths_and_labels():
+    """A store of other files or labels must not reuse the shards (its identity holds this digest)."""
+    from zsfs.digests import listing_sha256
+
+    assert listing_sha256(["ab", "c"]) != listing_sha256(["a", "bc"])
+    assert listing_sha256(["a"], ["bc"]) != listing_sha256(["ab"], ["c"])
+    assert listing_sha256(["a", "b"], ["x", "y"]) != listing_sha256(["a", "b"], ["y", "x"])
+    assert listing_sha256(["a", "b"]) != listing_sha256(["a", "b"], ["x", "y"])
+
+
+def test_a_model_record_whose_dim_is_not_the_stored_one_is_refused(tmp_path, arrays):
+    with pytest.raises(ValueError, match=f"clip record says dim=99 but the stored embeddings have {D_CLIP}"):
+        build(tmp_path / "s.h5", arrays, clip_info={**CLIP_INFO, "dim": 99})

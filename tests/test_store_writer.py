@@ -246,3 +246,32 @@ def test_a_store_is_not_written_into_a_renamed_stores_shards_but_reruns_under_an
     assert again.pending_shards() == []
     again.close()
     new_writer(tmp_path / "x.h5", overwrite=True).close()
+
+
+def test_a_master_older_than_a_changed_shard_is_rebuilt_but_a_copied_store_keeps_its_master(tmp_path):
+    """docs/store.md: a master older than one of its shard files is rebuilt (a repair stopped
+    before the master), unless each newer shard still has the sha256 the master recorded (cp -r)."""
+    import os
+
+    master = tmp_path / "s.h5"
+    writer = new_writer(master)
+    write_all(writer)
+    writer.finalize(ATTRS)
+    with Store(master) as store:
+        first_build = store.build
+    shard = writer.shard_path(1)
+    later = master.stat().st_mtime + 10
+    os.utime(shard, (later, later))  # what a copy does: newer, same bytes
+    new_writer(master).finish(ATTRS, shards_written=False)
+    with Store(master) as store:
+        assert store.build == first_build
+    size = shard.stat().st_size
+    with h5py.File(shard, "r+") as file:  # rewritten by a repair whose master was never rebuilt: other bytes
+        file[schema.WIDTH][0] = 4321
+    assert shard.stat().st_size == size  # so only its recorded sha256 tells
+    os.utime(shard, (later + 10, later + 10))
+    new_writer(master).finish(ATTRS, shards_written=False)
+    with Store(master) as store:
+        assert store.build != first_build
+        assert store.verify()["shards"] == 3
+        assert 4321 in store.read("width")
