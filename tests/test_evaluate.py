@@ -114,6 +114,8 @@ def test_fpr_at_tpr_hand_computed():
     assert fpr_at_tpr(scores, flags, tpr=1.0) == 0.75  # threshold 1 -> 1.5, 2.5, 10.5
     assert fpr_at_tpr(scores, flags, tpr=0.5) == 0.0  # 10th highest positive = 11 > 10.5
     assert fpr_at_tpr(scores, flags, tpr=0.55) == 0.25  # 11th highest = 10 -> 10.5 counts
+    # 0.56 x 25 is 14.000000000000002 in floating point: 14 positives are 56 %, not 15
+    assert fpr_at_tpr(np.r_[np.arange(1, 26.0), 11.5], np.r_[np.ones(25, bool), False], tpr=0.56) == 0.0
 
 
 def test_fpr_at_tpr_ties_at_threshold_count():

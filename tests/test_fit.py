@@ -102,6 +102,8 @@ def test_ood_thresholds_and_flags_are_calibrated_on_the_seeds(fitted, store_path
     expected = ood.fit_thresholds(ood.logit_statistics(logits), 1.0)
     np.testing.assert_allclose(classifier.ood.mean, expected.mean, rtol=1e-4)
     np.testing.assert_allclose(classifier.ood.std, expected.std, rtol=1e-3)
+    # confidence: the head's softmax probability of its class (in [0, 1]), not a logit
+    np.testing.assert_allclose(result.confidence[seeds], torch.softmax(logits, dim=1).amax(dim=1).numpy(), rtol=1e-4)
     threshold = result.ood_flag_threshold  # saved in config.json (the cut was nowhere)
     np.testing.assert_array_equal(result.ood_flag, result.ood_score > threshold)
     seed_scores = result.ood_score[np.unique(seeds)]
@@ -356,6 +358,8 @@ def test_a_class_whose_seeds_also_seed_another_class_has_seeds(tmp_path):
     assert np.bincount(seeds.labels, minlength=5).tolist() == [16] * 5
     assert len(np.unique(result.pseudo_label[result.is_seed])) < 5  # one label kept per image
     assert result.unseeded_classes == []
+    images = np.unique(seeds.rows)  # the flag's cut counts each seed image once, not once per class it seeds
+    assert (result.ood_score[images] > result.ood_flag_threshold).sum() == int(0.05 * len(images) + 1e-9)
     # the run and its report count each class's seeds (the report counted each image's first label)
     from zsfs.report import render_report
 

@@ -11,7 +11,7 @@ import torch
 
 from zsfs.fit import neighbours, ood, seeds
 from zsfs.fit.classifier import LinearHead
-from zsfs.fit.selftrain import STOP_LOSS_ROSE, STOP_NO_CANDIDATES, FeatureTable, self_train
+from zsfs.fit.selftrain import STOP_LOSS_FLOOR, STOP_LOSS_ROSE, STOP_NO_CANDIDATES, FeatureTable, self_train
 from zsfs.testing.synthetic import unit
 
 
@@ -101,6 +101,20 @@ def test_neighbour_support_and_rerank_match_naive_loop(tiny):
         order = sorted(range(8), key=lambda r: (-support[c, r], r))  # float64 may order near-ties otherwise
         np.testing.assert_array_equal(ranked[c], candidates[c, order])
     assert (ranked[2, 5:] == seeds.MISSING).all()
+
+
+def test_neighbour_support_counts_a_neighbour_only_for_its_top_five_classes():
+    """With CLIP's scale of 100, a random image's 6th class has a negligible probability, so the
+    rule matters only where zero-shot is unsure: images almost equally close to 7 class texts."""
+    rng = np.random.default_rng(3)
+    texts = unit(np.eye(7, 8))
+    images = unit(np.ones((20, 8)) + 0.005 * rng.standard_normal((20, 8)))
+    scores = seeds.zero_shot_scan(images, texts, 4)[0]
+    assert scores.confidence.max() < 0.5  # unsure: every class keeps a sizeable probability
+    candidates = np.stack([rng.choice(20, 4, replace=False) for _ in range(7)])
+    neighbours = rng.integers(0, 20, (*candidates.shape, 3))
+    support = seeds.neighbour_support(candidates, neighbours, images, texts, scores)
+    np.testing.assert_allclose(support, naive_support(candidates, neighbours, images, texts), rtol=1e-4, atol=1e-6)
 
 
 def test_positions_drop_padding():
@@ -313,3 +327,54 @@ def test_probed_search_pads_with_missing_when_lists_are_short(scan_dtype):
     empty = neighbours.NeighbourSearch(np.asarray(embeddings), method="exact", device=torch.device("cpu"))
     assert empty(np.empty(0, dtype=np.int64), 2).shape == (0, 2)
     assert neighbours.nearest_lists(torch.empty(0, 4), torch.ones(3, 4), 2).shape == (0, 2)
+
+
+def test_paper_cycles_keep_only_agreeing_candidates_and_train_on_them_alone():
+    """The paper's cycle (accumulate=False): the next k candidates of each class, kept where the head
+    agrees, trained on alone; a cycle that keeps none trains nothing and the next positions follow.
+    Class 0's positions 2-3 are class 1's images and the other way round, so cycle 1 keeps none."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 6)  # rows 0-5 class 0, rows 6-11 class 1
+    features = torch.as_tensor(unit(np.eye(2, 6)[labels] + 0.05 * rng.standard_normal((12, 6))))
+    ranked = np.array([[0, 1, 6, 7, 2, 3], [8, 9, 4, 5, 10, 11]])
+    result = self_train(ranked, FeatureTable(np.arange(12), features), k=2, epochs=20, cycle_epochs=3,
+                        batch_size=4, lr=5e-2, max_cycles=10, loss_floor=0.0, accumulate=False,
+                        generator=torch.Generator().manual_seed(0))
+    seeds, wrong, right = result.cycles
+    assert len(seeds.losses) == 20 and len(right.losses) <= 3  # epochs on the seeds, cycle_epochs after
+    assert (wrong.n_candidates, wrong.n_kept, wrong.n_trained, wrong.losses) == (4, 0, 0, [])
+    assert sorted(right.rows.tolist()) == [2, 3, 10, 11] and right.labels.tolist() == labels[right.rows].tolist()
+    assert right.n_trained == right.n_kept == 4  # the paper: this cycle's kept candidates only, no seeds
+    assert result.stop_reason == STOP_NO_CANDIDATES
+
+
+def test_self_training_passes_the_stop_rules_to_training_and_stops_below_the_loss_floor(monkeypatch):
+    """Scripted losses (seeds 1.0, cycle 1 0.5 then 0.05 < floor 0.1): the cycles stop on the floor;
+    each cycle's training is told the previous first-epoch loss and the floor."""
+    scripted = iter([[1.0, 0.9], [0.5, 0.05], [0.4], [0.3], [0.2]])
+    given = []
+
+    def train_epochs(self, features, labels, **kwargs):
+        given.append(kwargs)
+        return next(scripted)
+
+    monkeypatch.setattr(LinearHead, "train_epochs", train_epochs)
+    labels = np.repeat(np.arange(2), 10)
+    features = torch.as_tensor(unit(np.eye(2, 4)[labels] + 0.01 * np.random.default_rng(0).standard_normal((20, 4))))
+    ranked = np.stack([np.flatnonzero(labels == c) for c in range(2)])
+    result = self_train(ranked, FeatureTable(np.arange(20), features), k=2, epochs=7, cycle_epochs=3, batch_size=4,
+                        lr=1e-2, max_cycles=4, loss_floor=0.1, accumulate=True, generator=torch.Generator().manual_seed(0))
+    assert result.stop_reason == STOP_LOSS_FLOOR and [c.index for c in result.cycles] == [0, 1]
+    assert given[0]["epochs"] == 7 and given[0].get("stop_after_first") is None
+    assert (given[1]["epochs"], given[1]["stop_below"], given[1]["stop_after_first"]) == (3, 0.1, 1.0)
+
+
+def test_seeds_that_agree_exactly_are_not_flagged_and_get_finite_continuous_scores():
+    """A statistic is flagged only *below* mean - m x std; with identical seed statistics (std 0) the
+    deficits stay finite (an epsilon, not a division by zero)."""
+    seed_stats = np.tile([4.0, 2.0, 1.0], (5, 1))
+    thresholds = ood.fit_thresholds(seed_stats, multiplier=0.0)
+    np.testing.assert_array_equal(thresholds.thresholds, [4.0, 2.0, 1.0])
+    assert ood.paper_score(seed_stats, thresholds).tolist() == [0.0] * 5  # at the threshold: not below it
+    continuous = ood.continuous_score(np.array([[4.0, 2.0, 1.0], [3.0, 2.0, 1.0], [5.0, 3.0, 2.0]]), thresholds)
+    assert np.isfinite(continuous).all() and continuous[0] == 0 and continuous[1] > 1e5 and continuous[2] < -1e5

@@ -65,18 +65,41 @@ def test_class_mixture_matches_a_per_image_em_reference():
     start = unit_rows(rng, 3, 6)
     mixture = transductive.class_mixture(features, log_prior, start, concentration=5.0, prior_weight=0.5,
                                          iterations=7)
-    x, prior, mu = features.double().numpy(), log_prior.double().numpy(), start.double().numpy()
-    q = np.array([np.exp(5 * x[i] @ mu.T - np.max(5 * x[i] @ mu.T)) for i in range(30)])
-    q /= q.sum(axis=1, keepdims=True)
-    for _ in range(7):
-        pi = q.mean(axis=0)
-        mu = np.array([q[:, c] @ x / np.linalg.norm(q[:, c] @ x) for c in range(3)])
-        for i in range(30):
-            logit = 5 * x[i] @ mu.T + np.log(pi) + 0.5 * prior[i]
-            q[i] = np.exp(logit - logit.max()) / np.exp(logit - logit.max()).sum()
-    assert np.allclose(mixture.shares, q.mean(axis=0), atol=1e-4)
+    shares, mu = em_reference(features, log_prior, start, 5.0, 0.5, 7)
+    assert np.allclose(mixture.shares, shares, atol=1e-4)
     assert mixture.shares.sum() == pytest.approx(1.0)
     assert np.allclose(mixture.prototypes.numpy(), mu, atol=1e-4)
+
+
+def em_reference(features, log_prior, start, kappa: float, weight: float, iterations: int):
+    """(shares, prototypes) of the vMF mixture's EM, one image at a time in float64."""
+    x, prior, mu = features.double().numpy(), log_prior.double().numpy(), start.double().numpy()
+    n, n_classes = prior.shape
+    q = np.array([np.exp(kappa * x[i] @ mu.T - np.max(kappa * x[i] @ mu.T)) for i in range(n)])
+    q /= q.sum(axis=1, keepdims=True)
+    for _ in range(iterations):
+        pi = q.mean(axis=0)
+        mu = np.array([q[:, c] @ x / np.linalg.norm(q[:, c] @ x) for c in range(n_classes)])
+        for i in range(n):
+            logit = kappa * x[i] @ mu.T + np.log(pi) + weight * prior[i]
+            q[i] = np.exp(logit - logit.max()) / np.exp(logit - logit.max()).sum()
+    return q.mean(axis=0), mu
+
+
+def test_the_class_model_and_sinkhorn_default_to_the_documented_settings():
+    """docs/fit.md: concentration 50, prior weight 0.5, 5 EM steps; Sinkhorn-Knopp, 30 iterations."""
+    rng = np.random.default_rng(8)
+    features = unit_rows(rng, 40, 6)
+    log_prior = torch.log_softmax(torch.as_tensor(rng.standard_normal((40, 3)), dtype=torch.float32), dim=1)
+    start = unit_rows(rng, 3, 6)
+    mixture = transductive.class_mixture(features, log_prior, start)
+    shares, mu = em_reference(features, log_prior, start, 50.0, 0.5, 5)
+    assert np.allclose(mixture.shares, shares, atol=1e-4) and np.allclose(mixture.prototypes.numpy(), mu, atol=1e-4)
+    log_scores, marginals = 4 * log_prior, torch.tensor([0.6, 0.3, 0.1])  # far from converged in a few steps
+    assert torch.equal(transductive.sinkhorn(log_scores, marginals),
+                       transductive.sinkhorn(log_scores, marginals, iterations=30))
+    assert not torch.equal(transductive.sinkhorn(log_scores, marginals, iterations=10),
+                           transductive.sinkhorn(log_scores, marginals, iterations=30))
 
 
 def test_class_prototypes_are_the_unit_mean_of_each_label_and_zero_without_rows():
@@ -99,6 +122,8 @@ def test_tempered_shares_are_the_normalised_square_roots():
 def test_absent_classes_are_those_below_a_twentieth_of_an_even_share():
     shares = np.array([0.5, 0.475, 0.015, 0.01])  # even share 0.25: the threshold is 0.0125
     assert transductive.absent_classes(shares).tolist() == [False, False, False, True]
+    at_the_cut = np.array([0.6, 0.3875, 0.05 / 4, 0.0])  # "below" the cut: a share exactly at it is present
+    assert transductive.absent_classes(at_the_cut).tolist() == [False, False, False, True]
 
 
 def test_reference_distance_is_one_minus_the_kth_nearest_cosine():
@@ -122,6 +147,7 @@ def test_reference_rows_are_the_candidates_or_a_seeded_subset():
     subset = ood.reference_rows(np.arange(100), 5, limit=10)
     assert len(subset) == 10 and np.all(np.diff(subset) > 0)
     assert subset.tolist() == ood.reference_rows(np.arange(100), 5, limit=10).tolist()
+    assert len(ood.reference_rows(np.arange(5000), 0)) == 4096  # docs/fit.md: at most 4,096 reference images
 
 
 def test_combined_score_is_the_mean_collection_rank():
@@ -137,6 +163,9 @@ def test_combined_score_is_the_mean_collection_rank():
         flagged = int((seeds > ood.flag_threshold(seeds)).sum())
         assert flagged == int(0.05 * n_seeds + 1e-9), n_seeds  # as many as 5 % allows, never more
     assert (score[:20] > ood.flag_threshold(score[:20], 0.99)).sum() == 19  # all but the top one, not none
+    for rate in (-0.01, 1.0):  # a rate of 1 would flag every seed: refused, not a cut below the lowest
+        with pytest.raises(ValueError, match="false_positive_rate must be in"):
+            ood.flag_threshold(score[:20], rate)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +219,7 @@ def test_reported_absent_classes_get_no_seeds_labels_or_predictions(absent_store
     labelled = np.concatenate([c.labels for c in result.cycles])
     assert {result.classes[i] for i in np.unique(labelled)} <= set(present)
     assert sum(result.class_shares[c] for c in result.absent_classes) == 0.0
+    assert sum(result.class_shares.values()) == pytest.approx(1.0)  # the present classes share the whole collection
     estimated = result.estimated_shares  # before the cut: each absent class below it, each present one above it
     assert sum(estimated.values()) == pytest.approx(1.0) and set(estimated) == set(result.classes)
     assert all((estimated[c] < 0.5 / len(result.classes)) == (c in result.absent_classes) for c in result.classes)
@@ -198,6 +228,7 @@ def test_reported_absent_classes_get_no_seeds_labels_or_predictions(absent_store
     # the OOD reference: the re-ranked candidates of the 4 present classes only (100 each at most;
     # the 6 absent classes' candidates would add up to 600 more of the 1,200 images)
     assert 16 * len(present) <= len(result.classifier.ood_reference) <= 100 * len(present)
+    assert len(result.classifier.ood_reference) > len(result.cycles[0].rows)  # the shortlists, not the seeds alone
     assert result.classifier.ood_nearest == ood.NEAREST_REFERENCE
 
 
@@ -326,8 +357,10 @@ def test_self_training_balances_to_the_tempered_shares(absent_store, monkeypatch
         return train(*args, **kwargs)
 
     monkeypatch.setattr(transductive, "balanced_self_training", spy)
+    monkeypatch.setattr(transductive, "ABSENT_SHARE", 0.5)  # the 6 absent classes fall below it: kept all the same
     with Store(path) as store:
         result = fit_store(store, FitConfig(keep_all_classes=True))
+    assert result.absent_classes == [] and result.classifier.classes == result.classes
     shares = np.array([result.class_shares[c] for c in result.classes])
     expected = np.sqrt(shares) / np.sqrt(shares).sum()
     np.testing.assert_allclose(given["marginals"], expected, rtol=1e-6)
@@ -342,3 +375,98 @@ def test_more_than_4096_candidates_shrink_the_nearest_rank_with_the_reference(tm
         result = fit_store(store, FitConfig(cycle_epochs=1))
     assert len(result.classifier.ood_reference) == ood.MAX_REFERENCE_ROWS
     assert 2 <= result.classifier.ood_nearest < ood.NEAREST_REFERENCE
+
+
+def test_later_balanced_cycles_label_from_the_last_cycles_fresh_head(monkeypatch):
+    """Cycle 1 is labelled from the given posterior, each later one from the head the cycle before
+    trained, and every cycle trains a fresh head; by default a third, two thirds, then all of each class."""
+    rng = np.random.default_rng(7)
+    centres = unit_rows(rng, 3, 16)
+    truth = torch.as_tensor(rng.integers(0, 3, 120))
+    features = F.normalize(centres[truth] + 0.5 * unit_rows(rng, 120, 16), dim=1)
+    posterior = torch.log_softmax(torch.as_tensor(rng.standard_normal((120, 3)), dtype=torch.float32), dim=1)
+    scored, heads = [], []
+    sinkhorn = transductive.sinkhorn
+
+    def spy(log_scores, marginals, *args, **kwargs):
+        scored.append(log_scores.clone())
+        return sinkhorn(log_scores, marginals, *args, **kwargs)
+
+    class RecordedHead(transductive.LinearHead):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            heads.append(self)
+
+    monkeypatch.setattr(transductive, "sinkhorn", spy)
+    monkeypatch.setattr(transductive, "LinearHead", RecordedHead)
+    seeds = torch.as_tensor([int(np.flatnonzero(truth.numpy() == c)[0]) for c in range(3)])
+    trained = transductive.balanced_self_training(
+        features, np.arange(120), seeds, truth[seeds], posterior, np.full(3, 1 / 3), cycle_epochs=2, batch_size=32,
+        lr=0.1, generator=torch.Generator().manual_seed(0))
+    assert [c.index for c in trained.cycles] == [0, 1, 2, 3]
+    for cycle, fraction in zip(trained.cycles[1:], (1 / 3, 2 / 3, 1.0)):
+        assert abs(cycle.n_kept + 3 - fraction * 120) <= 6, (cycle.index, cycle.n_kept)
+    assert len(heads) == len({id(head) for head in heads}) == 3 and trained.head is heads[-1]
+    assert len(scored) == 3 and torch.equal(scored[0], posterior)
+    for head, log_scores in zip(heads[:-1], scored[1:]):
+        assert torch.allclose(log_scores, torch.log_softmax(head.predict_logits(features), dim=1))
+
+
+def test_the_class_model_runs_on_the_drawn_rows_and_its_posterior_labels_the_first_cycle(absent_store, monkeypatch):
+    """Shares are estimated on the randomly drawn rows alone (the seeds are k per class whatever the
+    collection holds); self-training works on those and the seeds, from the mixture's posterior."""
+    from zsfs.fit import run
+
+    path, _ = absent_store
+    monkeypatch.setattr(run, "TRANSDUCTIVE_ROWS", 500)  # the store holds 1,200 images: a sample
+    seen = {}
+    mixture, posterior, train = (transductive.class_mixture, transductive.mixture_log_posterior,
+                                 transductive.balanced_self_training)
+
+    def mixture_spy(features, *args, **kwargs):
+        seen["mixture rows"] = len(features)
+        seen["mixture"] = mixture(features, *args, **kwargs)
+        return seen["mixture"]
+
+    def posterior_spy(features, log_prior, fitted, classes, **kwargs):
+        assert fitted is seen["mixture"]
+        seen["posterior"] = posterior(features, log_prior, fitted, classes, **kwargs)
+        return seen["posterior"]
+
+    def train_spy(features, rows, seed_positions, seed_labels, initial_log_probs, *args, **kwargs):
+        seen["rows"], seen["initial"] = rows, initial_log_probs
+        return train(features, rows, seed_positions, seed_labels, initial_log_probs, *args, **kwargs)
+
+    monkeypatch.setattr(transductive, "class_mixture", mixture_spy)
+    monkeypatch.setattr(transductive, "mixture_log_posterior", posterior_spy)
+    monkeypatch.setattr(transductive, "balanced_self_training", train_spy)
+    with Store(path) as store:
+        result = fit_store(store, FitConfig(cycle_epochs=1))
+    seeds = result.cycles[0].rows
+    assert seen["mixture rows"] == 500
+    assert np.isin(seeds, seen["rows"]).all() and len(seen["rows"]) > 500
+    assert seen["initial"] is seen["posterior"]
+
+
+def test_predictions_name_the_present_classes_wherever_the_absent_ones_are_listed(absent_store, monkeypatch):
+    """The head holds the present classes only; its outputs map back to their places in the
+    vocabulary (here the 6 absent classes are listed first, so head index != vocabulary index)."""
+    path, present = absent_store
+    monkeypatch.setattr(transductive, "ABSENT_SHARE", 0.5)  # every absent class is reported
+    with Store(path) as store:
+        listed = store.vocabulary("synthetic").classes[::-1]
+        result = fit_store(store, FitConfig(cycle_epochs=1), classes=listed)
+        labels = np.asarray(store.labels()).astype(str)
+    assert result.classes == listed and result.classifier.classes == present[::-1]
+    predicted = np.asarray(result.classes)[result.predicted]
+    assert set(predicted) == set(present) and (predicted == labels).mean() > 0.9
+    seeded = result.is_seed
+    assert (np.asarray(result.classes)[result.pseudo_label[seeded]] == labels[seeded]).mean() > 0.9
+
+
+def test_the_fit_seed_drives_the_training(absent_store):
+    """--seed is the training's seed too (head initialisation, batch order), not only the sampling's."""
+    path, _ = absent_store
+    with Store(path) as store:
+        first, other = (fit_store(store, FitConfig(cycle_epochs=1, seed=seed)) for seed in (0, 1))
+    assert not np.array_equal(first.classifier.weight, other.classifier.weight)
