@@ -96,6 +96,25 @@ def test_linked_class_folders_are_read_once_and_a_link_loop_is_a_skipped_entry(t
     assert source.decode(2).size == (8, 8)
 
 
+def test_a_tar_gone_after_listing_is_a_skip_reason_not_a_crash(tmp_path):
+    """A shard moved or deleted after the listing: its members fail with the reason, as a missing
+    file does (extract records them as skipped, the report shows the reason), not with an OSError."""
+    import io
+
+    from zsfs.decode import ImageDecodeError
+    from zsfs.testing.tars import write_tar_shards
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    write_tar_shards(tmp_path / "shards", [(".png", png.getvalue())] * 2, per_tar=1)
+    source = open_source(tmp_path / "shards")
+    assert source.decode(0).size == (8, 8)
+    (tmp_path / "shards" / "00001.tar").unlink()
+    with pytest.raises(ImageDecodeError) as caught:
+        source.decode(1)
+    assert caught.value.reason == "unreadable tar (No such file or directory)"
+
+
 def test_txt_list_resolves_relative_to_its_folder(tmp_path):
     write_image_folder(tmp_path / "imgs", n_per_class=2, classes=("a",), broken=False)
     outside = save(Image.new("RGB", (8, 8)), tmp_path.parent / f"{tmp_path.name}-outside.png")
@@ -161,6 +180,11 @@ def test_csv_list_with_and_without_labels(tmp_path):
     assert labelled.paths == ["x/1.jpg", "x/2.jpg"] and labelled.labels == ["cat", "dog"]
     assert labelled.classes == ["cat", "dog"]
     assert open_source(tmp_path / "without.csv").labels is None
+    (tmp_path / "UPPER.CSV").write_text("path,label\nx/1.jpg,cat\n,\n \t, \n")  # blank rows list nothing
+    upper = open_source(tmp_path / "UPPER.CSV")  # the suffix in any case: read as a table, not one path per line
+    assert upper.paths == ["x/1.jpg"] and upper.labels == ["cat"]
+    (tmp_path / "LIST.TXT").write_text("x/1.jpg\n")
+    assert open_source(tmp_path / "LIST.TXT").paths == ["x/1.jpg"]
 
 
 @pytest.mark.parametrize(
@@ -168,6 +192,8 @@ def test_csv_list_with_and_without_labels(tmp_path):
     [
         ("nopath.csv", "file,label\na.jpg,x\n", "no 'path' column"),
         ("blank.csv", "path,label\na.jpg,x\nb.jpg,\n", "empty label"),
+        # bug: a row with a label and no file name (a spreadsheet's gap) was dropped without a word
+        ("gap.csv", "path,label\na.jpg,x\n,y\n\n\"\",z\n", r"gap\.csv: 2 rows with an empty path \(first: line 3\); give"),
         ("empty.txt", "# nothing\n\n", "lists no images"),
         ("list.json", "[]", "neither a folder nor a list file"),
     ],

@@ -308,7 +308,17 @@ def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]
             "the first line must be a header such as 'path,label'."
         )
     reader.fieldnames = columns
-    rows = [row for row in reader if (row.get("path") or "").strip()]
+    rows, pathless = [], []  # pathless: line numbers of rows with something but no path
+    for row in reader:
+        if (row.get("path") or "").strip():
+            rows.append(row)
+        elif any(isinstance(value, str) and value.strip() for value in row.values()):
+            pathless.append(reader.line_num)
+    if pathless:  # a spreadsheet's missing file name: dropping the row would lose an image unseen
+        raise ZsfsError(
+            f"{list_file}: {counted(len(pathless), 'row')} with an empty path (first: line {pathless[0]}); "
+            "give every row a path or delete the row."
+        )
     paths = [row["path"] for row in rows]
     if "label" not in columns:
         return paths, None
