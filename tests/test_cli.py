@@ -154,6 +154,44 @@ def test_extract_summary_shows_class_vocabulary_verbatim(tmp_path, monkeypatch):
     assert "[v] (1 class)" in result.output
 
 
+def test_extract_summary_lists_every_skip_reason_and_the_files_set_aside(tmp_path, monkeypatch):
+    import zsfs.extract
+    from zsfs.embedding import CRASHING_FILE, HUNG_FILE
+    from zsfs.testing.cli import output_text
+
+    def fake_extract(source, out, *, on_start, on_batch, **kwargs):
+        on_start(0)
+        return zsfs.extract.ExtractSummary(
+            output=Path("s.h5"), n_images=1, n_skipped=4, skipped_reasons={"truncated file": 1, "not an image": 3},
+            shards_written=1, shards_reused=0, images_processed=5, seconds=1.0, embedding_seconds=1.0,
+            vocabulary=None, set_aside={"bomb.png": f"{CRASHING_FILE} (signal SIGSEGV)",
+                                        "slow.tif": HUNG_FILE.format(seconds=600)})
+
+    monkeypatch.setattr(zsfs.extract, "extract", fake_extract)
+    monkeypatch.chdir(tmp_path)
+    said = output_text(run_cli("extract", "photos"))
+    assert re.search(r"skipped │ 4 \(`zsfs info --skipped` lists them\) │ │ not an image │ 3 │ │ truncated file │ 1 │",
+                     said), said  # every reason, the most frequent first
+    assert "│ vocabulary │ none │" in said
+    assert "Note: 1 file crashed the image decoder and was set aside (skipped): 1: bomb.png." in said
+    assert "Note: 1 file hung the image decoder and was set aside (skipped): 1: slow.tif." in said
+
+
+def test_text_runs_where_device_says(tmp_path):
+    """Bug class: an option parsed and then not passed on. An absent GPU is named before the store is read."""
+    import torch
+
+    (tmp_path / "c.txt").write_text("cat\n")
+    for device, words, present in (("cuda", "no CUDA GPU", torch.cuda.is_available()),
+                                   ("mps", "no Apple GPU", torch.backends.mps.is_available())):
+        if present:
+            continue
+        result = run_cli("text", tmp_path / "missing.h5", "--classes", tmp_path / "c.txt", "--name", "x",
+                         "--device", device)
+        assert result.exit_code == 1 and f"--device {device} was asked for, but torch sees {words} here; use " \
+            "--device cpu" in " ".join(result.output.split()), result.output
+
+
 def test_text_message_shows_names_verbatim(tmp_path, monkeypatch):
     import zsfs.extract
 
@@ -250,6 +288,17 @@ def test_other_options_show_the_library_defaults():
 
     assert option(extract_command, "batch_size").default == option(predict_command, "batch_size").default == \
         DEFAULT_BATCH_SIZE
+    import inspect
+
+    from zsfs.cli.report import report_command
+    from zsfs.extract import extract as library_extract
+    from zsfs.report import OOD_IMAGES
+
+    library = inspect.signature(library_extract).parameters
+    for name in ("clip_model", "clip_weights", "backbone", "backbone_weights", "vocab_name", "device", "precision",
+                 "shard_size", "dtype"):
+        assert option(extract_command, name).default == library[name].default, name
+    assert option(report_command, "ood_images").default == OOD_IMAGES
     k = option(neighbours_command, "k")
     assert k.default is None and f"[default: {GRAPH_K}, or every other image" in k.help and k.type.max == GRAPH_MAX_K
 

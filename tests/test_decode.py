@@ -287,6 +287,18 @@ def test_a_file_of_a_format_this_pillow_lacks_is_not_called_foreign():
         decode_image("x.heic", data=heic)
 
 
+@pytest.mark.parametrize("head", [b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"II*\x00", b"MM\x00*", b"RIFF\0\0\0\0WEBP",
+                                  b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51" + b"\xff" * 8])
+def test_a_damaged_image_is_told_from_a_file_that_is_no_image(head):
+    """The skip reason says which: a file that starts with an image format's signature is damaged
+    (or a variant this Pillow lacks); other RIFF files (WAV, AVI) and text are not images at all."""
+    with pytest.raises(ImageDecodeError, match="x.img: corrupt or truncated image header, or a format variant"):
+        decode_image("x.img", data=head + bytes(40))
+    for foreign in (b"RIFF\0\0\0\0WAVE" + bytes(40), b"hello, world" + bytes(40)):
+        with pytest.raises(ImageDecodeError, match="x.img: not an image \\(unidentified format\\)$"):
+            decode_image("x.img", data=foreign)
+
+
 def test_a_valid_file_pillow_cannot_read_says_so():
     float_colour = encode_tiff(np.zeros((4, 4, 3), np.float32))  # valid TIFF; Pillow has no mode for it
     with pytest.raises(ImageDecodeError, match="format variant Pillow cannot read"):

@@ -48,6 +48,9 @@ def test_prompts():
     assert len(ENSEMBLE_TEMPLATES) == len(set(ENSEMBLE_TEMPLATES)) == 80
     assert all(template.count("{}") == 1 for template in ENSEMBLE_TEMPLATES)
     assert "itap of a {}." in ENSEMBLE_TEMPLATES and "a photo of a {}." in ENSEMBLE_TEMPLATES
+    # The paper's 80 templates word for word: an edited one changes every ensemble vocabulary, unseen.
+    assert hashlib.sha256("\n".join(ENSEMBLE_TEMPLATES).encode()).hexdigest() == \
+        "4f976686fb651bb5803d4689dcd849f75efe0ef19a3c801355bc9a6f03c8a5af"
 
 
 # --- CLIP ----------------------------------------------------------------------------------------
@@ -239,6 +242,17 @@ def test_clip_file_that_does_not_fit_or_is_not_a_checkpoint(tiny_backbone, tmp_p
         load_clip(str(TINY_CLIP_CONFIG), str(tmp_path / "notes.pt"))
 
 
+def test_a_new_weights_path_for_an_imported_store_gets_the_import_explanation(tmp_path):
+    """`--clip-weights FILE` on a store made by `zsfs import`: there is no zsfs model to relocate."""
+    from zsfs.store.schema import IMPORTED_WEIGHTS
+    from zsfs.weights import relocated, weights_from_record
+
+    (tmp_path / "clip.pt").write_bytes(b"weights")
+    record = {"name": "their-clip", "weights": IMPORTED_WEIGHTS, "file": None, "sha256": None}
+    with pytest.raises(ModelLoadError, match=r"^the store's CLIP embeddings were imported \(`zsfs import`\) from another"):
+        weights_from_record(relocated(record, tmp_path / "clip.pt", "CLIP"), "CLIP")
+
+
 def test_json_that_is_not_an_open_clip_config(tmp_path):
     (tmp_path / "cfg.json").write_text('{"embed_dim": 8}')
     with pytest.raises(ModelLoadError, match="not an open_clip model config"):
@@ -262,6 +276,7 @@ def test_tiny_backbone_record_and_features(tiny_backbone):
     assert record["dim"] == 64 and record["image_size"] == [160, 160]
     assert record["mean"] == record["std"] == [0.5, 0.5, 0.5]
     assert record["crop_pct"] == pytest.approx(0.95) and record["crop"] == "center"
+    assert record["pretrained_tag"] is None  # random weights: no pretrained tag claimed in the store
     assert json.loads(json.dumps(record)) == record
     x = pixels_for(tiny_backbone)
     assert x.shape == (3, 3, 160, 160)
@@ -298,6 +313,7 @@ def test_backbone_checkpoint_file_round_trip(tiny_backbone, tmp_path, with_head)
     save_file(state, str(file))
     loaded = load_backbone(TINY_BACKBONE, str(file))
     assert (loaded.record["weights"], loaded.record["output"], loaded.record["dim"]) == ("file", "pre_logits", 64)
+    assert loaded.record["pretrained_tag"] is None  # a file's weights are not the tag's
     x = pixels_for(tiny_backbone)
     with torch.inference_mode():
         expected = torch.nn.functional.normalize(reference(tiny_backbone.scaling(x)), dim=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -19,6 +20,7 @@ from zsfs import runs
 from zsfs.errors import ZsfsError
 from zsfs.extract import extract
 from zsfs.fit import FitConfig, fit_store
+from zsfs.names import counted
 from zsfs.report import render_report, write_report
 from zsfs.sources import ImageSource
 from zsfs.store import Store
@@ -209,6 +211,7 @@ def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp
     assert "<td>absent classes</td><td>1: class_0002</td>" in page
     assert f"<td>flagged OOD</td><td>{int(frame['ood_flag'].sum()):,}</td>" in page
     assert "<td>accuracy</td>" not in page
+    assert int(frame["ood_flag"].sum()) > 0 and "flagged OOD from here" in page  # the histogram's line: the flags' lowest score
     levels = [int((frame["ood_paper"] * 3).round().eq(level).sum()) for level in range(4)]
     assert f"<td>paper OOD score 0 / 1/3 / 2/3 / 1</td><td>{' / '.join(f'{n:,}' for n in levels)}</td>" in page
     assert page.count("<svg") == 2  # OOD histogram and cycles; no continuous score, no labels
@@ -399,3 +402,130 @@ def test_fit_report_on_a_full_disk_says_the_run_is_saved_and_how_to_write_the_re
     assert sorted(path.name for path in run.iterdir()) == ["classifier.pt", "config.json", "metrics.json",
                                                            "predictions.parquet"]
     assert run_zsfs("report", run).returncode == 0 and (run / "report.html").is_file()
+
+
+def section_of(page: str, anchor: str) -> str:
+    return re.search(rf'<section id="{anchor}">(.*?)</section>', page, re.S).group(1)
+
+
+def shown_paths(section: str) -> list[str]:
+    """The image path of each gallery item, in order (its title: ``path | ... | predicted: ...``)."""
+    return [html.unescape(title).split(" | ")[0] for title in re.findall(r'<figure title="([^"]*)"', section)]
+
+
+def test_the_summary_and_the_ood_gallery_show_the_runs_own_numbers(unlabelled_run):
+    """Values, not only sections: the summary's counts and times, and the images with the highest
+    ood_score, highest first (sorted the other way, the gallery showed the most typical images)."""
+    frame = pl.read_parquet(unlabelled_run / runs.PREDICTIONS)
+    config = json.loads((unlabelled_run / runs.CONFIG).read_text())
+    page = render_report(unlabelled_run, ood_images=3)
+    assert f"<td>images</td><td>{frame.height:,}</td>" in page
+    assert f"<td>classes</td><td>{len(config['classes']):,}</td>" in page
+    assert f"<td>self-training cycles</td><td>{len(config['cycles']) - 1}</td>" in page
+    timings = config["timings_s"]
+    assert len(timings) > 1 and f"<td>time: total</td><td>{sum(timings.values()):.2f} s</td>" in page
+    highest = frame.sort(["ood_score", "ood_continuous"], descending=True, maintain_order=True).head(3)
+    assert shown_paths(section_of(page, "ood")) == highest["path"].to_list()
+    assert "The 3 images with the highest ood_score then ood_continuous." in page
+
+
+def test_accuracy_confusions_and_class_stats_count_the_right_images(photo_run, tmp_path):
+    """The confusion table names (true label, predicted) in that order, most frequent first; each
+    class block counts its predictions, seeds and pseudo-labels (values, not only their places)."""
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    frame = pl.read_parquet(run / runs.PREDICTIONS)
+    config = json.loads((run / runs.CONFIG).read_text())
+    red, green, blue = "red", "green", "blue"
+    assert {red, green, blue} == set(config["classes"])
+    first_green = frame.filter(pl.col("label") == green)["path"][0]
+    predicted = (pl.when(pl.col("label") == red).then(pl.lit(blue))  # every red image taken for blue
+                 .when(pl.col("path") == first_green).then(pl.lit(red))  # one green one for red
+                 .otherwise(pl.col("label")))
+    frame = frame.with_columns(predicted=predicted)
+    frame.write_parquet(run / runs.PREDICTIONS)
+    n_red = int((frame["label"] == red).sum())
+    assert n_red > 1
+
+    page = render_report(run)
+    confusions = re.search(r"<h3>Most frequent confusions</h3><table>(.*?)</table>", page).group(1)
+    assert re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", confusions) == [
+        (red, blue, str(n_red)), (green, red, "1")]
+    assert f"<p>{frame.height} images have a true label among the classes (0 others" in page
+    assert f"{first_green} | true label: {green} | predicted: {red}" in html.unescape(page)  # the tooltips
+    for name in (red, green, blue):
+        seeds = config["seeds_per_class"][name]
+        stats = (f"{counted(int((frame['predicted'] == name).sum()), 'image')} predicted · {counted(seeds, 'seed')} · "
+                 f"{int((frame['pseudo_label'] == name).sum()):,} pseudo-labelled")
+        assert f'<h3 class="class-name">{name}</h3><p class="stats">{stats}' in page
+    cut = config["ood_flag_threshold"]
+    assert f"(ood_score above {cut:.4f}, that of 95 % of the seeds)</td>" in page
+    assert "flagged OOD from here" in section_of(page, "figures")  # the histogram marks where flagging starts
+
+
+def test_the_per_class_and_seed_options_of_the_command_reach_the_page(photo_run, tmp_path):
+    out = tmp_path / "one.html"
+    result = run_cli("report", photo_run, "--per-class", "1", "--ood-images", "2", "--seed", "3", "--out", out)
+    assert result.exit_code == 0, result.output
+    page, expected = out.read_text(), render_report(photo_run, per_class=1, ood_images=2, seed=3)
+    for galleries in ("classes", "ood"):  # the same images (the figures' SVG ids differ from one drawing to the next)
+        assert section_of(page, galleries) == section_of(expected, galleries)
+    assert section_of(page, "classes") != section_of(render_report(photo_run, per_class=1, ood_images=2), "classes")
+    classes = section_of(page, "classes")
+    assert all(block.count("<figure ") <= 2 for block in classes.split('<div class="class">')[1:])  # a seed, a sample
+    assert gallery_items(section_of(page, "ood")) == 2
+
+
+def test_the_confusion_matrix_is_normalised_per_true_class_and_accuracy_goes_worst_first():
+    """Each row (a true class) sums to 1: [[1, 3], [0, 2]] is drawn as 0.25, 0.75, 0, 1 (per
+    predicted class it would be 1, 0.6, 0, 0.4); the per-class bars go worst first, a class with
+    no images before all (drawn as "no images")."""
+    import matplotlib
+    import numpy as np
+
+    from zsfs import figures
+
+    svg = figures.confusion(["a", "b"], np.array([[1, 3], [0, 2]]))
+    matrix = re.findall(r'href="data:image/png;base64,([^"]+)"', svg)[0]  # the first image; the colour bar's next
+    with Image.open(io.BytesIO(base64.b64decode(matrix))) as image:
+        colours = np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0).astype(int)
+    blues = matplotlib.colormaps["Blues"]
+    for share in (0.25, 0.75, 0.0, 1.0):
+        expected = np.array([round(255 * c) for c in blues(share)[:3]])
+        assert np.abs(colours - expected).max(axis=1).min() <= 2, share
+    names = ["best_class", "worst_class", "middle_class", "empty_class"]
+    svg = figures.per_class_accuracy(names, np.array([1.0, 0.1, 0.5, np.nan]))
+    assert sorted(names, key=svg.index) == ["empty_class", "worst_class", "middle_class", "best_class"]
+
+
+def test_thumbnails_come_in_the_order_of_their_images(tmp_path):
+    """Each gallery item shows its own picture: the threads finish in any order, the list does not."""
+    import numpy as np
+
+    from zsfs.thumbnails import thumbnails
+
+    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250), (250, 0, 250)]
+    paths = [tmp_path / f"{i}.png" for i in range(len(colours))]
+    for path, colour in zip(paths, colours):
+        Image.new("RGB", (40, 30), colour).save(path)
+    for colour, (uri, reason) in zip(colours, thumbnails(files(paths), workers=3)):
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
+            mean = np.asarray(image.convert("RGB"), dtype=np.float64).mean(axis=(0, 1))
+        assert np.abs(mean - colour).max() < 12, (colour, mean)
+
+
+def test_a_run_on_a_list_file_looks_its_images_up_beside_the_list(photo_run, tmp_path):
+    """A store made from a .txt/.csv list records the list as its source, and its paths are
+    relative to the list's folder: the report looks them up there, not under the list file."""
+    photos = tmp_path / "photos"
+    shutil.copytree(photo_run.parent / "photos", photos)
+    frame = pl.read_parquet(photo_run / runs.PREDICTIONS)
+    (photos / "list.txt").write_text(frame["path"][0] + "\n")
+    store = extract(photos / "list.txt", tmp_path / "list.h5", workers=0, **TINY_MODELS).output
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    config = json.loads((run / runs.CONFIG).read_text())
+    config["store"]["path"] = str(store)  # another store: the run's own paths, under the store's source folder
+    (run / runs.CONFIG).write_text(json.dumps(config))
+    page = render_report(run)
+    assert 'class="note"' not in page and page.count('<img class="thumb"') == gallery_items(page) > 0
