@@ -140,3 +140,20 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
         with pytest.raises(zsfs.ParameterError, match=rf"^store must be a zsfs.Store or its path, not {store}$"):
             zsfs.fit(store)
     assert not photos.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["s.h5", "s.shards"]
+
+
+def test_each_preset_gives_the_config_it_names(tmp_path):
+    """zsfs.fit(preset=...) is the CLI's --paper / --fast: each name must give its own FitConfig."""
+    from dataclasses import asdict
+
+    from zsfs.fit.run import FitConfig
+
+    store_path = make_synthetic_store(tmp_path / "s.h5", 50, 2, seed=4, clip_dim=32, backbone_dim=64)
+    given = dict(k=2, candidates=6, cycle_epochs=1)
+    for preset, expected in ((None, FitConfig(**given)), ("paper", FitConfig.paper(**given)),
+                             ("fast", FitConfig.fast(**given)), ("paper-fast", FitConfig.fast(paper=True, **given))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the paper preset's cycles options
+            run = zsfs.fit(store_path, preset=preset, **given)
+        assert run.config["parameters"] == asdict(expected), preset
+    assert FitConfig.fast(**given).ivf_neighbours and not FitConfig(**given).ivf_neighbours  # the presets differ

@@ -821,3 +821,89 @@ def test_decoding_workers_and_model_threads_share_the_cores_as_the_help_says():
     with model_threads(torch.device("cpu"), workers=8, cores=4):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_overwrite_replaces_a_store_of_another_source_or_other_classes(tmp_path):
+    """--overwrite is the way out that both refusals name (another listing, other classes): it must
+    rebuild the store, not refuse in its turn; and it recomputes every shard."""
+    first = write_image_folder(tmp_path / "a", n_per_class=2, broken=False)["root"]
+    second = write_image_folder(tmp_path / "b", n_per_class=3, classes=("cat", "dog"), broken=False)
+    out = tmp_path / "s.h5"
+    extract(first, out, workers=0, shard_size=4, **TINY_MODELS)
+    replaced = extract(second["root"], out, workers=0, shard_size=4, overwrite=True, **TINY_MODELS)
+    assert (replaced.shards_written, replaced.shards_reused) == (2, 0)
+    stored = read_store(out)
+    assert stored["path"] == second["good"] and stored["label"] == [second["labels"][path] for path in second["good"]]
+    with Store(out) as store:
+        assert store.vocabulary("default").classes == ["cat", "dog"]
+    renamed = extract(second["root"], out, workers=0, shard_size=4, classes=[" kitten ", "puppy\n"], overwrite=True,
+                      **TINY_MODELS)
+    assert renamed.vocabulary == "default" and renamed.classes == ["kitten", "puppy"]
+    with Store(out) as store:
+        assert store.vocabulary("default").classes == ["kitten", "puppy"]
+
+
+def test_a_resume_reports_and_counts_only_the_shards_it_computes(tmp_path):
+    """images_processed covers every listing entry decoded (embedded or skipped), as images/s reads
+    it; a resume's progress bar (on_start) and counts cover only the shards still to compute."""
+    made = write_image_folder(tmp_path / "photos", n_per_class=2)
+    n_listed = len(made["good"]) + len(made["bad"])
+    out = tmp_path / "s.h5"
+    summary = extract(made["root"], out, workers=0, shard_size=4, **TINY_MODELS)
+    assert summary.images_processed == n_listed == summary.n_images + summary.n_skipped
+    expected = read_store(out)
+    (tmp_path / "s.shards" / "shard-00001.h5").unlink()
+    ticks = []
+    again = extract(made["root"], out, workers=0, shard_size=4, on_start=lambda n: ticks.append(("start", n)),
+                    on_batch=ticks.append, **TINY_MODELS)
+    assert ticks[0] == ("start", 4) and sum(ticks[1:]) == 4
+    assert (again.shards_written, again.shards_reused, again.images_processed) == (1, -(-n_listed // 4) - 1, 4)
+    assert_same_store(out, expected)  # the shard recomputed is the one removed
+
+
+def test_skipped_files_are_recorded_in_listing_order_whatever_made_them_skipped():
+    """A file the models gave NaN features and one that could not be decoded, in one batch: the
+    shard's skipped record follows the listing (what `zsfs info --skipped` prints), not the order
+    the two kinds of failure were found in."""
+    from types import SimpleNamespace
+
+    from zsfs.embedding import Batch
+    from zsfs.extract import NO_FEATURES, _ShardRows
+
+    rows = _ShardRows(4, 2, 2, np.float32)
+    clip = np.array([[1, 0], [np.nan, 0], [0, 1]], np.float32)
+    rows.add(Batch(np.array([1, 2, 3]), (), np.full(3, 8), np.full(3, 9), [(0, "not an image")]), (clip, clip.copy()))
+    data = rows.shard_data(SimpleNamespace(paths=["a.txt", "b.png", "c.png", "d.png"], labels=["x", "y", "z", "w"]))
+    assert list(data.paths) == ["b.png", "d.png"] and list(data.labels) == ["y", "w"]
+    assert list(data.skipped_paths) == ["a.txt", "c.png"]
+    assert list(data.skipped_reasons) == ["not an image", NO_FEATURES]
+
+
+def test_a_store_named_by_another_path_of_an_input_is_refused(tmp_path, monkeypatch):
+    """The store may not be an input file by any name: the check compares files, not the strings
+    given (a link to the list file, or the list file named relative to the current folder)."""
+    from zsfs.errors import ZsfsError
+
+    made = write_image_folder(tmp_path / "photos", n_per_class=1, broken=False)
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{made['root'] / path}\n" for path in made["good"]))
+    text = listing.read_text()
+    (tmp_path / "link.h5").symlink_to(listing)
+    monkeypatch.chdir(tmp_path)
+    for source, out in ((listing, tmp_path / "link.h5"), ("list.txt", listing)):
+        with pytest.raises(ZsfsError, match="is the image source this command reads, not a place for the store"):
+            extract(source, out, workers=0, **TINY_MODELS)
+    assert listing.read_text() == text
+
+
+def test_the_default_store_is_named_after_the_source_without_its_suffix(tmp_path, monkeypatch):
+    """photos/ -> ./photos.h5, list.csv -> ./list.h5, 00001.tar -> ./00001.h5 (as default_output says)."""
+    from zsfs.extract import default_output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    for name in ("list.csv", "00001.tar"):
+        (tmp_path / "in" / name).write_text("")
+    (tmp_path / "in" / "photos.v2").mkdir()
+    assert [default_output(tmp_path / "in" / name) for name in ("list.csv", "00001.tar", "photos.v2")] == \
+        [tmp_path / "list.h5", tmp_path / "00001.h5", tmp_path / "photos.v2.h5"]

@@ -145,13 +145,14 @@ def test_an_interrupted_step_stops_the_pipeline_with_its_exit_status(monkeypatch
     next dataset started."""
     import zsfs.cli
 
-    def interrupted(**_):
-        raise SystemExit(130)  # what the zsfs command line does on Ctrl-C, after its one line
+    for code in (130, 143):  # what the zsfs command line does on Ctrl-C or SIGTERM, after its one line
+        def interrupted(**_):
+            raise SystemExit(code)
 
-    monkeypatch.setattr(zsfs.cli.main, "main", interrupted)
-    with pytest.raises(SystemExit) as stopped:
-        run_zsfs(["fit", "--store", "s.h5"])
-    assert stopped.value.code == 130
+        monkeypatch.setattr(zsfs.cli.main, "main", interrupted)
+        with pytest.raises(SystemExit) as stopped:
+            run_zsfs(["fit", "--store", "s.h5"])
+        assert stopped.value.code == code
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -239,6 +240,7 @@ def test_caltech_folders_get_prompt_names_and_non_classes_are_left_out(tmp_path)
     for folder in ("001.ak47", "145.motorbikes-101", "232.t-shirt", "257.clutter"):
         _jpeg(c256 / folder / f"{folder[:3]}_0001.jpg")
     (c256 / "001.ak47" / "notes.txt").write_text("not an image")
+    (c256 / "001.ak47" / "._001_0001.jpg").write_bytes(b"")  # a macOS resource fork: hidden, not an image
     folder = prepare.caltech256(tmp_path)
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["ak47", "motorbikes", "t-shirt"]
     assert [p.name for p in (folder / "ak47").iterdir()] == ["001_0001.jpg"]
@@ -353,3 +355,59 @@ def test_one_dataset_that_fails_does_not_stop_the_others(tmp_path):
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and said.count("must be downloaded by hand") == 2, said
     assert "2 of 2 datasets did not finish: imagenet, cars (the errors above say why)" in said, said
+
+
+def test_report_counts_images_from_either_run_and_means_only_complete_columns(tmp_path):
+    """A dataset with a fit and no ood-bench still shows its image count; a column that one of the
+    datasets run lacks gets no mean (a mean over fewer datasets than the row names would mislead)."""
+    def write(name: str, folder: str, metrics: dict) -> None:
+        (tmp_path / name / folder).mkdir(parents=True)
+        (tmp_path / name / folder / "metrics.json").write_text(json.dumps(metrics))
+
+    write("cifar10", "fit", {"n_images": 10000, "accuracy": 0.95, "zero_shot_accuracy": 0.5})
+    write("cifar100", "fit", {"n_images": 9000, "accuracy": 0.75})  # a run that recorded no zero-shot accuracy
+    write("caltech101", "ood-bench", {"n_images": 8677, "n_splits": 2, "auroc_mean": 0.9, "auroc_std": 0.01})
+    rows = {row["dataset"]: row for row in collect(tmp_path)}
+    assert (rows["cifar10"]["n_images"], rows["cifar100"]["n_images"], rows["caltech101"]["n_images"]) == \
+        (10000, 9000, 8677)
+    markdown = render_markdown(list(rows.values()))
+    assert "| CIFAR-10 | 10,000 | 95.00 | 50.00 |" in markdown and "| CIFAR-100 | 9,000 | 75.00 | – |" in markdown
+    assert "| **mean over the 2 run here** |  | 85.00 | – | 73.59 | 74.46 | 87.60 |" in markdown
+    ood_table = markdown.split("## OOD detection")[1].split("Notes:")[0]
+    assert "| Caltech-101 | 21 / 101 | 90.00 ± 1.00 |" in ood_table and "| Geo | 30 / ? | n/a |" in ood_table
+    assert "ImageNet" not in ood_table  # classification only: no row in the OOD table
+
+
+def test_imagenet_names_never_take_a_first_synonym_of_other_classes():
+    """A repeated first synonym takes the first other synonym that no class uses as its first one,
+    even one that is itself repeated: 'maillot' is two other classes' name already. Names are
+    folder names ('/' would nest folders)."""
+    names = prepare.imagenet_class_names(
+        ["n1", "n2", "n3", "n4", "n5"],
+        [("crane",), ("crane", "maillot"), ("maillot",), ("maillot", "tank suit"), ("AC/DC_adapter",)])
+    assert names == ["crane n1", "crane n2", "maillot n3", "tank suit", "AC-DC adapter"]
+
+
+def test_all_runs_every_runnable_dataset_and_only_those(tmp_path):
+    """`all` leaves out the datasets that are not public (Geo) instead of failing on them."""
+    result = CliRunner().invoke(main, ["all", "--data-root", str(tmp_path / "d"), "--work", str(tmp_path / "w"),
+                                       "--dry-run"])
+    assert result.exit_code == 0, result.output
+    runnable = [dataset for dataset in DATASETS.values() if dataset.runnable]
+    assert [dataset.name for dataset in runnable] == ["imagenet", "cars", "cifar10", "cifar100", "caltech101",
+                                                      "caltech256"]
+    said = " ".join(result.output.split())
+    assert all(f"zsfs extract {tmp_path / 'd' / dataset.name / 'images'}" in said for dataset in runnable), said
+    assert "geo" not in said.lower() and list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_left_by_an_unfinished_preparation_is_not_taken_as_prepared(tmp_path):
+    """The prepare step is done when the folder carries the marker a finished preparation writes, not
+    as soon as the folder exists: otherwise extract would embed a half-written folder."""
+    steps = plan(DATASETS["cifar10"], tmp_path / "data", tmp_path / "work")
+    images = tmp_path / "data" / "cifar10" / "images"
+    images.mkdir(parents=True)
+    assert steps[0].name == "prepare" and not steps[0].is_done()
+    assert run_steps(steps, dry_run=True, echo=lambda line: None)[0] == "prepare"
+    (images / prepare.PREPARED_MARKER).write_text("")
+    assert steps[0].is_done() and run_steps(steps, dry_run=True, echo=lambda line: None)[0] == "extract"

@@ -96,6 +96,7 @@ def test_a_tar_source_is_recorded_the_same_from_any_folder(shards, monkeypatch):
 def test_brace_expansion():
     assert expand_braces("d/{008..011}.tar") == ["d/008.tar", "d/009.tar", "d/010.tar", "d/011.tar"]
     assert expand_braces("{a,b}/{1..2}.tar") == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]
+    assert expand_braces("d/{03..01}.tar") == ["d/03.tar", "d/02.tar", "d/01.tar"]  # counts down, as a shell does
     with pytest.raises(ZsfsError, match="cannot expand"):
         expand_braces("d/{x}.tar")
 
@@ -296,3 +297,25 @@ def test_reading_through_many_tars_keeps_at_most_8_of_them_open(tmp_path):
     first = str(tmp_path / source.paths[0].split("::")[0])
     assert not any(os.readlink(fd) == first for fd in Path("/proc/self/fd").iterdir()
                    if fd.is_symlink() and fd.exists())  # the first tars' files were closed on the way
+
+
+def test_a_pax_path_wins_over_the_ustar_name_and_prefix_fields(tmp_path):
+    """A pax writer may also fill the ustar header's name and prefix fields with an approximation
+    of the path (libarchive does): the pax 'path' record is the member's name, not prefix + path."""
+    path = tmp_path / "pax.tar"
+    name = "dossier-été/" + "x" * 120 + ".jpg"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo(name)
+        info.size = 3
+        archive.addfile(info, io.BytesIO(b"abc"))
+    data = bytearray(path.read_bytes())
+    position = next(start for start in range(0, len(data), 512)
+                    if data[start + 156:start + 157] == b"0")  # the member's own header, after its pax header
+    header = data[position:position + 512]
+    header[345:345 + 9] = b"elsewhere"  # the prefix field
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    data[position:position + 512] = header
+    path.write_bytes(bytes(data))
+    listing = list_tar(path, {".jpg"})
+    assert listing.names == [name] and path.read_bytes()[listing.offsets[0]:][:3] == b"abc"
