@@ -225,6 +225,27 @@ def test_info_tables_show_user_strings_verbatim(capsys):
     assert "No vocabularies yet: add one with `zsfs text st[/x]ore.h5 --classes FILE --vocab NAME`." in capsys.readouterr().err
 
 
+def test_info_tables_show_the_stores_counts(capsys, monkeypatch):
+    """Each row of `zsfs info` is its own figure: images and skipped files apart, the labels past
+    the tenth counted, the graph's k, each vocabulary's class count and first five classes."""
+    from zsfs.cli.common import console
+    from zsfs.cli.store import show_summary
+
+    monkeypatch.setattr(console, "_width", 200)  # one line per row
+    summary = {**_store_summary(), "n_images": 7, "n_skipped": 3, "skipped_reasons": {"truncated file": 2, "empty file": 1},
+               "labels": {f"l{i}": i + 1 for i in range(12)}, "n_shards": 2,
+               "neighbour_graph": {"k": 5, "search": "exact", "precision": "bf16"},
+               "vocabularies": {"v": list("abcdef")}}
+    show_summary(summary, "`zsfs text ...`")
+    err = " ".join(capsys.readouterr().err.split())
+    for row in ("│ images │ 7 │", "│ skipped │ 3 (truncated file: 2; empty file: 1; `zsfs info --skipped` lists them) │",
+                "│ labels │ 12 labels: l0 (1); l1 (2);", "l9 (10); ... and 2 more (`zsfs info --json` lists all) │",
+                "│ stored as │ float16, 2 shards │", "│ neighbour graph │ 5 per image (exact, bf16) │",
+                "│ v │ 6 │ a; b; c; d; e; ... │"):
+        assert row in err, row
+    assert "l10 (11)" not in err
+
+
 def test_the_precisions_the_cli_offers_are_the_ones_the_code_knows():
     """The CLI lists precisions before torch is imported (zsfs.devices); the dtype tables must agree."""
     from zsfs import devices, embedding
@@ -336,3 +357,31 @@ def test_the_readme_tiny_model_flags_are_the_tests_own():
     assert (root / given["--clip-model"]).resolve() == Path(TINY_MODELS["clip_model"]).resolve()
     assert [given["--clip-weights"], given["--backbone"], given["--backbone-weights"]] == [
         TINY_MODELS["clip_weights"], TINY_MODELS["backbone"], TINY_MODELS["backbone_weights"]]
+
+
+def test_info_verify_counts_what_it_read(tmp_path):
+    """`zsfs info --verify` says how many shards and vocabularies it checked, and whether a graph."""
+    from zsfs.fit.graph import add_neighbour_graph
+    from zsfs.store import Store
+    from zsfs.testing.cli import output_text
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    path = make_synthetic_store(tmp_path / "s.h5", 60, 3, clip_dim=16, backbone_dim=16, shard_size=20)
+    result = run_cli("info", "--verify", path)
+    assert result.exit_code == 0, result.output
+    with Store(path) as store:
+        read = store.verify()["bytes_read"]
+    assert (f"Verified: 3 shards against their recorded checksums, 1 vocabulary, no neighbour graph and the index: "
+            f"{read:,} bytes read, no damage found.") in output_text(result)
+    add_neighbour_graph(path, k=3)
+    assert "1 vocabulary, the neighbour graph and the index" in output_text(run_cli("info", "--verify", path))
+
+
+def test_a_library_message_is_one_short_line_and_a_bare_one_names_its_type():
+    from zsfs.errors import one_line
+
+    assert one_line(ValueError("spans\n  two   lines")) == "spans two lines"
+    assert one_line(KeyError("h")) == "KeyError: 'h'"  # "'h'" alone says nothing
+    assert one_line(OSError()) == "OSError"  # bug: "OSError: OSError", the type standing in for the message twice
+    long = one_line(RuntimeError("x" * 1000))
+    assert len(long) == 300 and long.endswith("...")

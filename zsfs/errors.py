@@ -76,8 +76,10 @@ class _OwnName(dict):
 
 def one_line(error: BaseException, limit: int = 300) -> str:
     """An exception as one short line for a message of ours (library messages can span pages)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    if len(text) < 12:  # bare codes or words ("101", "'h'") say little without their type
+    text = " ".join(str(error).split())
+    if not text:  # an error with no message: its type is all there is to say
+        text = type(error).__name__
+    elif len(text) < 12:  # bare codes or words ("101", "'h'") say little without their type
         text = f"{type(error).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
