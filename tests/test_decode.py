@@ -74,6 +74,26 @@ def test_exif_orientation_is_applied(tmp_path):
     assert np.abs(np.asarray(decoded, np.int16) - original).mean() < 6
 
 
+# The transpose that shows an image stored with each EXIF orientation upright (each undoes itself, but 6 and 8).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+STORED = {**UPRIGHT, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED))
+def test_every_exif_orientation_is_applied_and_the_upright_size_recorded(tmp_path, orientation):
+    original = np.zeros((20, 30, 3), np.uint8)
+    original[:10, :10] = (250, 0, 0)  # a red top-left corner: its position shows any turn or flip
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    stored = Image.fromarray(original).transpose(STORED[orientation])
+    path = save(stored, tmp_path / "r.jpg", quality=95, exif=exif.tobytes())
+    decoded = decode_strict(path)
+    assert decoded.size == image_size(decoded) == (30, 20)  # width x height as shown, whatever was stored
+    assert np.abs(np.asarray(decoded, np.int16) - original).mean() < 6
+
+
 def test_animated_gif_gives_its_first_frame(tmp_path):
     frames = [Image.new("RGB", (16, 16), colour).quantize(4) for colour in ((255, 0, 0), (0, 0, 255))]
     path = save(frames[0], tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=40)
@@ -86,6 +106,9 @@ def test_sixteen_bit_images_scale_to_eight_bit(tmp_path):
         decoded = np.asarray(decode_strict(save(Image.fromarray(ramp), tmp_path / f"g{suffix}")))
         assert np.abs(decoded[..., 0].astype(int) - np.rint(ramp / 257)).max() <= 1
         assert decoded[..., 0].min() == 0 and decoded[..., 0].max() == 255
+    eight_bit = np.tile(np.arange(0, 101, dtype=np.uint16), (2, 1))  # 8-bit data (0..100) in a 16-bit container
+    decoded = np.asarray(decode_strict(save(Image.fromarray(eight_bit), tmp_path / "g8.png")))
+    assert (decoded[..., 0] == eight_bit).all()  # kept as it is: 100 is no highlight to stretch to white
     twelve_bit = (ramp >> 4).astype(np.uint16)  # e.g. medical images: 0..4095 in 16-bit files
     decoded = np.asarray(decode_strict(save(Image.fromarray(twelve_bit), tmp_path / "g12.png")))
     assert np.abs(decoded[..., 0].astype(int) - np.rint(twelve_bit.astype(float) * 255 / 4095)).max() <= 1
@@ -185,8 +208,10 @@ def test_images_over_the_working_size_are_reduced_before_conversion(tmp_path, mo
     Image.new("RGB", (64, 40), (0, 0, 255)).save(jpeg, exif=exif)
     rotated = decode_strict(jpeg)
     assert rotated.size == (10, 16) and image_size(rotated) == (40, 64)  # 1/2 scale, then halved again
-    palette = save(Image.new("P", (64, 40), 3), tmp_path / "p.png")
-    assert decode_strict(palette).size == (16, 10)
+    palette = Image.new("P", (64, 40), 3)
+    palette.putpalette([0, 0, 0] * 3 + [200, 30, 10])
+    decoded = decode_strict(save(palette, tmp_path / "p.png"))
+    assert decoded.size == (16, 10) and (np.asarray(decoded) == (200, 30, 10)).all()  # reduced in colour, not grey
 
 
 # --- high bit depths as satellite, microscopy and scientific tools write them --------------------

@@ -576,6 +576,23 @@ def test_a_crash_that_no_one_file_causes_stops_the_run_and_blames_no_file(tmp_pa
                      r"finished\.$", said) and "memory" not in said, said
 
 
+def test_at_most_ten_files_are_set_aside_for_crashing_the_decoder_and_each_once():
+    from zsfs.embedding import (CRASHING_FILE, MAX_CRASHING_FILES, DecodingProcessDied, crash_advice,
+                                set_aside_crashing_file)
+
+    def crash(index):
+        return DecodingProcessDied("crashed", crashed=True, how="killed by SIGSEGV", crashing_index=index)
+
+    set_aside: dict[int, str] = {}
+    assert not set_aside_crashing_file(set_aside, crash(None))  # between files: nobody to blame
+    for index in range(MAX_CRASHING_FILES):
+        assert crash_advice(set_aside) == "" and set_aside_crashing_file(set_aside, crash(index))
+        assert not set_aside_crashing_file(set_aside, crash(index))  # crashed again without it: not its fault alone
+    assert set_aside[3] == f"{CRASHING_FILE} (killed by SIGSEGV)"
+    assert not set_aside_crashing_file(set_aside, crash(MAX_CRASHING_FILES))  # the eleventh: the run stops
+    assert len(set_aside) == MAX_CRASHING_FILES == 10 and "10 files crashed or hung" in crash_advice(set_aside)
+
+
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
     killed = tmp_path / "killed.h5"

@@ -560,3 +560,34 @@ def test_labels_spelled_decomposed_match_the_composed_class_names(tmp_path):
     assert metrics["n_evaluated"] == 80 and "labels_not_classes" not in metrics
     assert metrics["zero_shot_accuracy"] == 1.0
     assert "No image's true label is one of the classes" not in render_report(tmp_path / "run")
+
+
+def test_the_fit_summary_shows_the_runs_own_figures(tmp_path, monkeypatch):
+    """Each row of the fit's summary table is the figure the run wrote: accuracies and AUROCs from
+    metrics.json, flagged and paper-score counts from predictions.parquet, cycles from config.json."""
+    from zsfs.cli.common import console
+    from zsfs.evaluate import paper_score_counts
+    from zsfs.runs import OOD_AUROC_LABELS
+
+    monkeypatch.setattr(console, "_width", 200)  # one line per row
+    path = make_synthetic_store(tmp_path / "small.h5", 200, 4, seed=3, n_ood_classes=2)
+    run = tmp_path / "run"
+    outcome = fit_cli("--store", str(path), "--out", str(run), "--k", "2", "--cycle-epochs", "5")
+    assert outcome.exit_code == 0, outcome.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    frame = pl.read_parquet(run / "predictions.parquet")
+    assert metrics["accuracy"] != metrics["zero_shot_accuracy"]  # so that the two rows tell one from the other
+    text = output_text(outcome)
+    assert f"│ accuracy │ {metrics['accuracy']:.4f} │" in text
+    assert f"│ zero-shot accuracy │ {metrics['zero_shot_accuracy']:.4f} │" in text
+    for key, label in OOD_AUROC_LABELS.items():
+        assert f"│ {label} │ {metrics[key]:.4f} │" in text, label
+    flagged = int(frame["ood_flag"].sum())
+    assert 0 < flagged < frame.height
+    assert f"score above 95 % of the seeds) │ {flagged} (ood_score > {config['ood_flag_threshold']:.4f}) │" in text
+    counts = paper_score_counts(frame["ood_paper"].to_numpy())
+    assert counts != counts[::-1]
+    assert "paper OOD score 0 / 1/3 / 2/3 / 1 │ " + " / ".join(map(str, counts)) + " │" in text
+    assert f"│ cycles run │ {len(config['cycles']) - 1} ({config['stop_reason']}) │" in text
+    assert f"│ seed images │ {int(frame['is_seed'].sum())} │" in text

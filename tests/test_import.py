@@ -176,14 +176,15 @@ def test_cli_import_then_info_json(inputs):
                                   "--backbone-features", str(folder / "backbone.npy"), "--paths",
                                   str(folder / "paths.parquet"), "--label-column", "label",
                                   "--vocab", f"pets={folder / 'pets.npz'}", "--clip-name", "ViT-B-32",
-                                  "--shard-size", "40"])
+                                  "--backbone-name", "vit-g", "--shard-size", "40", "--dtype", "float32"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["info", "--json", str(folder / "cli.h5")])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["n_images"] == N and summary["n_skipped"] == 0 and summary["n_shards"] == 2
     assert summary["clip"] == {**summary["clip"], "name": "ViT-B-32", "weights": "imported", "dim": D_CLIP}
-    assert summary["backbone"]["dim"] == D_BACKBONE
+    assert summary["backbone"]["dim"] == D_BACKBONE and summary["backbone"]["name"] == "vit-g"
+    assert summary["dtype"] == "float32"  # --dtype, not the float16 default
     assert summary["vocabularies"] == {"pets": ["cat", "dog"]}
     assert summary["labels"] == {"cat": (N + 1) // 2, "dog": N // 2}  # ood-bench's errors send users here
     assert summary["index"]["type"] == "flat"
@@ -540,3 +541,16 @@ def test_a_bad_vocabulary_is_refused_before_the_store_is_written_or_replaced(inp
     master = import_store(folder / "v.h5", **common, vocabularies={"ints": folder / "ints.npz"}).master  # as before
     with Store(master) as store:
         np.testing.assert_array_equal(store.vocabulary("ints").single, np.eye(2, text.shape[1]))
+
+
+@pytest.mark.parametrize("vocab, message", [(("pets=a.npz", "pets=b.npz"), "--vocab 'pets' given twice"),
+                                            (("pets",), "--vocab expects NAME=FILE.npz, got 'pets'")])
+def test_cli_import_refuses_a_vocabulary_named_twice_or_without_a_file(tmp_path, monkeypatch, vocab, message):
+    """Two --vocab of one name kept only the last, in silence."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("clip.npy", "backbone.npy"):
+        (tmp_path / name).write_bytes(b"")
+    result = run_cli("import", "s.h5", "--clip-embeddings", "clip.npy", "--backbone-features", "backbone.npy",
+                     *[arg for value in vocab for arg in ("--vocab", value)])
+    assert result.exit_code == 1 and message in output_text(result)
+    assert not (tmp_path / "s.h5").exists()

@@ -9,12 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from zsfs.cli.common import console
 from zsfs.errors import ZsfsError
 from zsfs.evaluate import auroc, id_ood_splits
 from zsfs.fit.run import FitConfig
 from zsfs.evaluate import LabelCodes
 from zsfs.oodbench import ood_bench, score_split, summarize
-from zsfs.store import Store
+from zsfs.store import Store, write_vocabulary
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.synthetic import class_names, make_synthetic_store
 
@@ -127,14 +128,22 @@ def test_cli_every_named_class_as_id_and_fewer_distinct_splits(tmp_path):
     """Bugs: 4 named classes plus 2 never named: --id-classes 4 was refused ("between 1 and 3"),
     and --splits 3 of 3 named classes ran one split three times."""
     path = make_synthetic_store(tmp_path / "open.h5", 600, 4, n_ood_classes=2, seed=1, **SMALL_STORE)
-    result = bench_cli("--store", path, "--id-classes", 4, "--splits", 3, "--json", *QUICK_FIT_ARGS)
+    with Store(path) as store:  # a second vocabulary: --vocab must reach the benchmark
+        vocab = store.vocabulary("synthetic")
+    write_vocabulary(path, "decoy", vocab.classes[:2], vocab.single[:2], vocab.ensemble[:2], prompt="a photo of a {}",
+                     n_templates=80)
+    result = bench_cli("--store", path, "--id-classes", 4, "--splits", 3, "--json", "--vocab", "synthetic",
+                       *QUICK_FIT_ARGS)
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["n_splits"] == 1 and metrics["splits"][0]["id_classes"] == class_names(4)
-    assert "only 1 distinct split of 4 ID classes exists" in " ".join(result.stderr.split())
+    assert metrics["vocabulary"] == "synthetic" and len(metrics["always_ood_classes"]) == 2
+    said = " ".join(result.stderr.split())
+    assert "only 1 distinct split of 4 ID classes exists" in said
+    assert "2 label classes are not in vocabulary 'synthetic': always OOD." in said
     listed = tmp_path / "id.txt"
     listed.write_text("class_0001\n")
-    result = bench_cli("--store", path, "--id-classes", listed, "--splits", 3, *QUICK_FIT_ARGS)
+    result = bench_cli("--store", path, "--id-classes", listed, "--splits", 3, "--vocab", "synthetic", *QUICK_FIT_ARGS)
     assert result.exit_code == 0 and "--splits is ignored" in result.stderr
     said = " ".join(result.stderr.split())  # one ID class: MCM is constant, which the table alone did not say
     assert "split 1/1: 1 ID class, " in said and "ood-bench: 1 ID class, 1 split" in said, said
@@ -147,7 +156,8 @@ def test_store_without_labels_is_refused(tmp_path):
         ood_bench(store, 1, FitConfig(**QUICK_FIT))
 
 
-def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path):
+def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(console, "_width", 200)  # one line per table row
     out = tmp_path / "bench"
     result = bench_cli("--store", labelled_store, "--id-classes", 6, "--splits", 2, "--out", out, "--json",
                      *QUICK_FIT_ARGS)
@@ -164,6 +174,19 @@ def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path):
     assert len(written["splits"]) == 2 and written["config"]["epochs"] == 20
     assert "MCM" in result.stderr and "zsfs (paper score)" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["bench"]  # no temporary folder left behind
+    said = " ".join(result.stderr.split())
+    for number, split in enumerate(splits):  # each split's line gives that split's own figures
+        o = split["ood"]
+        assert (f"split {number + 1}/2: 6 ID classes, {split['n_id_images']:,} ID / {split['n_ood_images']:,} OOD "
+                f"images; AUROC zsfs {o['zsfs']['auroc']:.3f}, continuous {o['zsfs_continuous']['auroc']:.3f}, MCM "
+                f"{o['mcm']['auroc']:.3f}; ID accuracy {split['id_accuracy']:.3f}") in said
+    for title, prefix in (("zsfs (ood_score)", ""), ("zsfs (paper score)", "paper_"),
+                          ("zsfs (continuous score)", "continuous_"), ("MCM", "mcm_")):
+        cells = [f"{written[f'{prefix}{metric}_mean']:.3f} ± {written[f'{prefix}{metric}_std']:.3f}"
+                 for metric in ("auroc", "fpr95")]
+        assert f"│ {title} │ {cells[0]} │ {cells[1]} │" in said, title
+    assert (f"│ ID accuracy: zsfs │ {written['id_accuracy_mean']:.3f} ± {written['id_accuracy_std']:.3f} │" in said)
+    assert "distinct split" not in said  # 2 of the 210 splits of 6 classes in 10 exist: no note
 
 
 def test_cli_id_class_file_gives_one_split(labelled_store, tmp_path):

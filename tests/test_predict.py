@@ -93,6 +93,34 @@ def test_library_inputs_are_checked_before_any_work(fitted):
         assert run.predict(features[:0]).shape == (0, 5)
 
 
+def test_small_batches_give_every_file_its_own_row_and_count_every_file(fitted):
+    """Results come back batch by batch, failures within them: each row must still pair the file with
+    its own prediction or reason, whatever the batch size; progress counts every file once."""
+    root = fitted["photos"]["root"]
+    whole = predict_images(fitted["run"], [root], workers=0)
+    started, advanced = [], []
+    batched = predict_images(fitted["run"], [root], workers=0, batch_size=3, on_start=started.append,
+                             on_batch=advanced.append)
+    assert 0 < whole["error"].null_count() < whole.height  # good and bad files in the batches
+    assert batched.select(pl.col(pl.String)).equals(whole.select(pl.col(pl.String)))
+    np.testing.assert_allclose(batched.select(pl.col(pl.Float32)).to_numpy(),
+                               whole.select(pl.col(pl.Float32)).to_numpy(), rtol=1e-4, atol=1e-5)
+    assert started == [whole.height] and sum(advanced) == whole.height and max(advanced) <= 3
+
+
+def test_the_pixel_budget_reaches_the_decoder(fitted, tmp_path):
+    """--max-pixels (and the library's max_pixels) is the decoding budget of each image, as in extract."""
+    photos = fitted["photos"]
+    png = next(photos["root"] / path for path in photos["good"] if path.endswith(".png"))  # no smaller decode
+    frame = predict_images(fitted["run"], [png], workers=0, max_pixels=100)
+    assert frame["error"].to_list() == ["image too large (over the budget of 100 pixels, see --max-pixels)"]
+    out = tmp_path / "p.csv"
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--max-pixels", "100", "--out", out, png)
+    assert result.exit_code == 1 and "no image could be read" in output_text(result)
+    assert pl.read_csv(out)["error"].to_list() == frame["error"].to_list()
+    assert predict_images(fitted["run"], [png], workers=0)["error"].to_list() == [None]
+
+
 def test_unreadable_files_get_an_error_not_a_prediction(fitted):
     photos = fitted["photos"]
     bad = [photos["root"] / relative for relative in photos["bad"]]

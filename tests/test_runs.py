@@ -270,3 +270,18 @@ def test_predictions_name_no_class_where_the_fit_gave_none(tmp_path):
     assert frame["predicted"].to_list() == ["dog", "cat", "cat", "dog"]
     assert frame["pseudo_label"].to_list() == ["dog", None, "cat", None]
     assert frame["zero_shot_predicted"].to_list() == [None, "cat", None, "dog"]
+
+
+def test_the_default_run_folder_is_named_after_store_vocabulary_k_and_time(tmp_path, monkeypatch):
+    """As --help says: runs/<store>-<vocab>-k<k>-<UTC time>, with a counter where that exists."""
+    import re
+    from pathlib import Path
+
+    from zsfs.cli.fit import default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    first = default_run_dir(Path("stores/photos.h5"), "pets", 8)
+    assert first.parent == Path("runs") and re.fullmatch(r"photos-pets-k8-\d{8}-\d{6}", first.name), first
+    first.mkdir(parents=True)
+    second = default_run_dir(Path("stores/photos.h5"), "pets", 8)
+    assert not second.exists() and re.fullmatch(r"photos-pets-k8-\d{8}-\d{6}(-2)?", second.name), second
