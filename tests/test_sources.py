@@ -194,6 +194,7 @@ def test_csv_list_with_and_without_labels(tmp_path):
         ("blank.csv", "path,label\na.jpg,x\nb.jpg,\n", "empty label"),
         # bug: a row with a label and no file name (a spreadsheet's gap) was dropped without a word
         ("gap.csv", "path,label\na.jpg,x\n,y\n\n\"\",z\n", r"gap\.csv: 2 rows with an empty path \(first: line 3\); give"),
+        ("extra.csv", "path,label\na.jpg,x\n,,note\n", r"extra\.csv: 1 row with an empty path \(first: line 3\)"),
         ("empty.txt", "# nothing\n\n", "lists no images"),
         ("list.json", "[]", "neither a folder nor a list file"),
     ],

@@ -312,7 +312,8 @@ def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]
     for row in reader:
         if (row.get("path") or "").strip():
             rows.append(row)
-        elif any(isinstance(value, str) and value.strip() for value in row.values()):
+        elif any(text.strip() for value in row.values()  # fields past the header's come as a list
+                 for text in (value if isinstance(value, list) else [value or ""])):
             pathless.append(reader.line_num)
     if pathless:  # a spreadsheet's missing file name: dropping the row would lose an image unseen
         raise ZsfsError(
