@@ -274,14 +274,22 @@ def test_predictions_name_no_class_where_the_fit_gave_none(tmp_path):
 
 def test_the_default_run_folder_is_named_after_store_vocabulary_k_and_time(tmp_path, monkeypatch):
     """As --help says: runs/<store>-<vocab>-k<k>-<UTC time>, with a counter where that exists."""
-    import re
+    from datetime import datetime, timezone
     from pathlib import Path
 
+    import zsfs.cli.fit
     from zsfs.cli.fit import default_run_dir
 
+    class FixedClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            assert tz is timezone.utc  # the folder's time is UTC, whatever the machine's zone
+            return datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+
+    monkeypatch.setattr(zsfs.cli.fit, "datetime", FixedClock)
     monkeypatch.chdir(tmp_path)
-    first = default_run_dir(Path("stores/photos.h5"), "pets", 8)
-    assert first.parent == Path("runs") and re.fullmatch(r"photos-pets-k8-\d{8}-\d{6}", first.name), first
-    first.mkdir(parents=True)
-    second = default_run_dir(Path("stores/photos.h5"), "pets", 8)
-    assert not second.exists() and re.fullmatch(r"photos-pets-k8-\d{8}-\d{6}(-2)?", second.name), second
+    for expected in ("photos-pets-k8-20260102-030405", "photos-pets-k8-20260102-030405-2",
+                     "photos-pets-k8-20260102-030405-3"):
+        made = default_run_dir(Path("stores/photos.h5"), "pets", 8)
+        assert made == Path("runs") / expected
+        made.mkdir(parents=True)
