@@ -133,3 +133,239 @@ def test_bench_quality_refuses_what_it_cannot_run(tmp_path):
         done = run(command(ROOT / "benchmarks/bench_quality.py") + args, tmp_path)
         assert done.returncode == 2 and said in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the benchmarks' figures, from their pure parts on hand-made inputs (mutation review) ---
+
+def _script(name: str):
+    """A benchmark script imported as a module (benchmarks/ is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_quality_summary_is_mean_population_std_min_and_n_per_metric():
+    rows = [{"dataset": "d", "scenario": "absent", "method": "default-k16", "metric": "minus paper-k16", "value": v}
+            for v in (0.1, -0.2, 0.4)]
+    rows += [{"dataset": "d", "scenario": "absent", "method": "paper-k16", "metric": "minus paper-k16", "value": 9.0},
+             {"dataset": "d", "scenario": "full", "method": "default-k16", "metric": "minus paper-k16", "value": 7.0},
+             {"dataset": "e", "scenario": "absent", "method": "default-k16", "metric": "minus paper-k16", "value": 5.0},
+             {"dataset": "d", "scenario": "absent", "method": "default-k16", "metric": "accuracy", "value": 3.0}]
+    summary = _script("bench_quality").summarise(rows)
+    assert len(summary) == 5  # one row per (dataset, scenario, method, metric)
+    row = next(r for r in summary if (r["dataset"], r["scenario"], r["method"], r["metric"])
+               == ("d", "absent", "default-k16", "minus paper-k16"))
+    assert row["mean"] == pytest.approx(0.1)
+    assert row["std"] == pytest.approx((0.18 / 3) ** 0.5)  # ddof 0: (0 + 0.09 + 0.09) / 3
+    assert row["min"] == pytest.approx(-0.2) and row["n"] == 3
+
+
+def test_bench_quality_absent_figures_by_hand(tmp_path, monkeypatch):
+    """Every absent-scenario figure against fits whose predictions are made up here: the
+    default equals the paper in the 2-class draw (not below it) and is below it in the 3-class one."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import zsfs.fit.run
+    from zsfs.fit.run import FitConfig
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    bench = _script("bench_quality")
+    seen = []
+
+    def fake_fit(subset, config, vocabulary):
+        labels = np.asarray(subset.labels()).astype(str)
+        classes = list(subset.vocabulary(vocabulary).classes)
+        present = sorted(set(labels))
+        absent = [name for name in classes if name not in present]
+        paper = config == FitConfig.paper(k=16, seed=0)
+        assert paper or config == FitConfig(k=16, seed=0)
+        predicted = labels.copy()
+        if not paper:  # the last present class taken for the first one
+            predicted[labels == present[-1]] = present[0]
+            reported = [absent[0], present[0]] if len(present) == 2 else []
+            zero_shot = np.full(len(labels), present[0])
+        else:  # 2 classes: the same number wrong, labelled with an absent class; 3 classes: all right
+            if len(present) == 2:
+                predicted[labels == present[-1]] = absent[0]
+            reported = [absent[-1]]  # never read: only the default's are scored
+            zero_shot = np.full(len(labels), present[-1])
+        if not paper:
+            seen.append((labels, present, absent))
+        index = {name: i for i, name in enumerate(classes)}
+        return SimpleNamespace(classes=classes, predicted=np.array([index[p] for p in predicted]),
+                               zero_shot_predicted=np.array([index[p] for p in zero_shot]), absent_classes=reported)
+
+    monkeypatch.setattr(zsfs.fit.run, "fit_store", fake_fit)
+    store = make_synthetic_store(tmp_path / "s.h5", 80, 4, clip_dim=8, backbone_dim=8, seed=0)
+    rows = []
+    bench.run_absent(bench.Source("s", store, "synthetic"), 1, tmp_path,
+                     lambda dataset, scenario, method, metric, value, **extra: rows.append((method, metric, value)))
+
+    def values(method, metric):
+        return [value for m, k, value in rows if (m, k) == (method, metric)]
+
+    assert [len(present) for _, present, _ in seen] == [2, 3]
+    share = [{name: float(np.mean(labels == name)) for name in present} for labels, present, _ in seen]
+    default = [1 - s[p[-1]] for s, (_, p, _) in zip(share, seen)]
+    paper = [default[0], 1.0]
+    assert values("default-k16", "accuracy") == pytest.approx(default)
+    assert values("paper-k16", "accuracy") == pytest.approx(paper)
+    assert values("zero-shot", "accuracy") == pytest.approx([s[p[0]] for s, (_, p, _) in zip(share, seen)])
+    assert values("default-k16", "gain over zero-shot") == pytest.approx(
+        [d - s[p[0]] for d, s, (_, p, _) in zip(default, share, seen)])
+    assert len(values("paper-k16", "gain over zero-shot")) == 2  # against which zero-shot: see the review
+    assert values("default-k16", "labelled absent") == [0.0, 0.0]
+    assert values("paper-k16", "labelled absent") == pytest.approx([share[0][seen[0][1][-1]], 0.0])
+    assert values("default-k16", "minus paper-k16") == pytest.approx([0.0, default[1] - 1.0])
+    assert values("default-k16", "draws below paper-k16") == [0.0, 1.0]  # a tie is not below
+    assert values("default-k16", "absent precision") == [0.5]  # a draw reporting none has no precision
+    assert values("default-k16", "absent recall") == pytest.approx([1 / 2, 0.0])  # of the 2 and 1 absent classes
+    assert values("paper-k16", "absent precision") == values("paper-k16", "absent recall") == []
+
+
+def test_bench_fit_overall_pseudo_label_precision_weighs_cycles_by_their_size():
+    overall = _script("bench_fit")._overall_precision
+    per_cycle = [{"n_kept": 10, "precision": 0.9}, {"n_kept": 30, "precision": 0.5}, {"n_kept": 0, "precision": None}]
+    assert overall(per_cycle) == pytest.approx((9 + 15) / 40)  # not (0.9 + 0.5) / 2, nor over the cycles
+
+
+def test_bench_fit_configs_are_what_their_names_say():
+    from zsfs.fit.run import FitConfig
+
+    bench = _script("bench_fit")
+    config = {name: bench.make_config(name) for name in bench.CONFIGS}
+    default, paper, fast = FitConfig(), FitConfig.paper(), FitConfig.fast()
+    assert config["default"] == default and config["paper"] == paper and config["fast"] == fast
+    assert config["paper-fast"] == FitConfig.fast(paper=True) != fast
+    assert config["paper-fast"].prompts == paper.prompts and config["paper-fast"].precision == fast.precision
+    for name, differs in (("no-accumulate", {"method": "cycles", "accumulate": False}), ("single", {"prompts": "single"}),
+                          ("duplicates", {"unique_pseudo_labels": False}), ("fast-cycles", {"method": "cycles"}),
+                          ("fast-exact", {"ivf_neighbours": False})):
+        base = fast if name.startswith("fast-") else default
+        assert config[name] == FitConfig(**{**base.__dict__, **differs}), name
+        assert {k for k, v in config[name].__dict__.items() if v != base.__dict__[k]} == set(differs), name
+    for name in ("fast-no-accumulate", "fast-single", "fast-duplicates"):
+        assert config[name] == FitConfig(**{**fast.__dict__, **bench.CONFIGS[name.removeprefix("fast-")][1]}), name
+    assert (config["previous-default"].method, config["previous-default"].prompts) == ("cycles", "ensemble")
+    assert config["previous-default"].accumulate and config["previous-default"].unique_pseudo_labels
+
+
+def test_bench_fit_peak_rss_is_in_mebibytes():
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("needs Linux's /proc")
+    bench = _script("bench_fit")
+    high_water_kib = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM"))
+    assert bench.peak_rss_mb() == pytest.approx(high_water_kib / 1024, rel=0.01)
+
+
+def test_make_second_map_vocabulary_by_hand(tmp_path, monkeypatch):
+    import gzip
+
+    import numpy as np
+
+    bench = _script("make_second_map")
+    bench.second_map_vocabulary(tmp_path)
+    vocabulary = np.load(tmp_path / "vocab-fashion.npz")
+    assert vocabulary["classes"].tolist() == bench.CLASSES
+    for row, name in enumerate(bench.CLASSES):
+        synsets = bench.SECOND_MAP[name]
+        assert np.flatnonzero(vocabulary["ensemble"][row]).tolist() == sorted(synsets), name
+        assert vocabulary["ensemble"][row, synsets] == pytest.approx(1 / np.sqrt(len(synsets)))
+        assert np.flatnonzero(vocabulary["single"][row]).tolist() == [synsets[0]], name  # the first synset
+        assert vocabulary["single"][row, synsets[0]] == 1
+    # the IDX reader: magic (0, 0, type, dims), big-endian sizes, then the bytes
+    data = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    with gzip.open(tmp_path / "x.gz", "wb") as handle:
+        handle.write(bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in data.shape) + data.tobytes())
+    monkeypatch.setattr(bench, "IMAGES", tmp_path)
+    assert np.array_equal(bench.idx_file("x.gz"), data)
+
+
+def test_bench_report_run_is_consistent(tmp_path):
+    import numpy as np
+    import polars as pl
+
+    from zsfs import runs
+
+    bench = _script("bench_report")
+    bench.make_run(tmp_path, tmp_path / "pool", 300, 4, 5)
+    frame = pl.read_parquet(tmp_path / runs.PREDICTIONS)
+    metrics = json.loads((tmp_path / runs.METRICS).read_text())
+    assert metrics["n_images"] == frame.height == 300
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(frame["label"].to_numpy() == frame["predicted"].to_numpy())))
+    assert 0.7 < metrics["accuracy"] < 0.95  # 80 % kept plus chance hits among 4 classes
+    assert frame["is_seed"].sum() == 16 * 4 and (frame["pseudo_cycle"].to_numpy()[frame["is_seed"].to_numpy()] == 0).all()
+    assert (frame["ood_flag"].to_numpy() == (frame["ood_score"].to_numpy() >= 2 / 3)).all()
+    assert (frame["pseudo_label"].is_null().to_numpy() == (frame["pseudo_cycle"].to_numpy() < 0)).all()
+    assert frame["path"].n_unique() == 5
+
+
+def test_bench_quality_ood_rows_by_hand(tmp_path, monkeypatch):
+    """Each split's AUROC and FPR95 under its own detector and config; the paper's MCM and
+    continuous score (the default's numbers again) left out; ID accuracy per split."""
+    import zsfs.oodbench
+    from zsfs.fit.run import FitConfig
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    bench = _script("bench_quality")
+    asked = []
+
+    def fake_bench(store, id_classes, config, *, n_splits, vocabulary):
+        paper = config == FitConfig.paper(seed=0)
+        asked.append((id_classes, n_splits, paper))
+        base = 0.5 if paper else 0.0
+        return {"splits": [{"id_accuracy": base + split / 10,
+                            "ood": {detector: {"auroc": base + split / 10 + d / 100, "fpr95": 1 - base - d / 100}
+                                    for d, detector in enumerate(("zsfs", "mcm", "zsfs_continuous"))}}
+                           for split in range(2)]}
+
+    monkeypatch.setattr(zsfs.oodbench, "ood_bench", fake_bench)
+    store = make_synthetic_store(tmp_path / "s.h5", 40, 5, clip_dim=8, backbone_dim=8, seed=0)
+    rows = []
+    bench.run_ood(bench.Source("s", store, "synthetic"), lambda *row: rows.append(row))
+    assert asked == [(3, 5, False), (3, 5, True)]  # 60 % of 5 classes ID, 5 splits; the default, then the paper
+    got = {}
+    for dataset, scenario, method, metric, value in rows:
+        assert (dataset, scenario) == ("s", "ood")
+        got.setdefault((method, metric), []).append(value)
+    expected = {
+        ("default: zsfs", "auroc"): [0.0, 0.1], ("default: zsfs", "fpr95"): [1.0, 1.0],
+        ("default: mcm", "auroc"): [0.01, 0.11], ("default: mcm", "fpr95"): [0.99, 0.99],
+        ("default: zsfs_continuous", "auroc"): [0.02, 0.12], ("default: zsfs_continuous", "fpr95"): [0.98, 0.98],
+        ("default", "ID accuracy"): [0.0, 0.1],
+        ("paper: zsfs", "auroc"): [0.5, 0.6], ("paper: zsfs", "fpr95"): [0.5, 0.5], ("paper", "ID accuracy"): [0.5, 0.6],
+    }
+    assert set(got) == set(expected) and all(got[key] == pytest.approx(expected[key]) for key in expected), got
+
+
+def test_bench_fit_reports_the_fit_metrics_it_is_given(tmp_path, monkeypatch):
+    """fit_once's figures from a made-up fit result and its metrics: accuracy and zero-shot not
+    swapped, seed precision of cycle 0, all pseudo-labels weighed, cycles after the seeds, Adam steps."""
+    from types import SimpleNamespace
+
+    import zsfs.fit.run
+    import zsfs.runs
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    bench = _script("bench_fit")
+    make_synthetic_store(bench.store_path(tmp_path, "500"), 40, 3, clip_dim=8, backbone_dim=8, seed=0)
+    cycles = [SimpleNamespace(losses=[1.0] * 3, n_trained=100), SimpleNamespace(losses=[1.0] * 2, n_trained=50)]
+    result = SimpleNamespace(timings={"predict": 1.0}, cpu_timings={"predict": 1.0}, cycles=cycles,
+                             stop_reason="loss rose", neighbour_search={"source": "x", "search": "y"})
+    monkeypatch.setattr(zsfs.fit.run, "fit_store", lambda store, config: result)
+    monkeypatch.setattr(zsfs.runs, "fit_metrics", lambda fitted, labels: {
+        "accuracy": 0.8, "zero_shot_accuracy": 0.6,
+        "seed_precision": [{"cycle": 0, "n_kept": 10, "precision": 0.9}, {"cycle": 1, "n_kept": 30, "precision": 0.5}]})
+    fitted = bench.fit_once(tmp_path, "500", "fast")
+    batch = bench.make_config("fast").batch_size
+    assert (fitted["accuracy"], fitted["zero_shot_accuracy"], fitted["seed_precision"]) == (0.8, 0.6, 0.9)
+    assert fitted["pseudo_precision_all"] == pytest.approx(0.6) and fitted["cycles"] == 1
+    assert fitted["steps"] == 3 * -(-100 // batch) + 2 * -(-50 // batch) and fitted["batch_size"] == batch
+    assert fitted["peak_rss_mb"] > 0 and (fitted["size"], fitted["config"]) == ("500", "fast")
