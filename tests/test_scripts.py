@@ -137,17 +137,6 @@ def test_bench_quality_refuses_what_it_cannot_run(tmp_path):
 
 # --- the benchmarks' figures, from their pure parts on hand-made inputs (mutation review) ---
 
-def _script(name: str):
-    """A benchmark script imported as a module (benchmarks/ is no package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_quality_summary_is_mean_population_std_min_and_n_per_metric():
     rows = [{"dataset": "d", "scenario": "absent", "method": "default-k16", "metric": "minus paper-k16", "value": v}
             for v in (0.1, -0.2, 0.4)]
@@ -155,7 +144,9 @@ def test_bench_quality_summary_is_mean_population_std_min_and_n_per_metric():
              {"dataset": "d", "scenario": "full", "method": "default-k16", "metric": "minus paper-k16", "value": 7.0},
              {"dataset": "e", "scenario": "absent", "method": "default-k16", "metric": "minus paper-k16", "value": 5.0},
              {"dataset": "d", "scenario": "absent", "method": "default-k16", "metric": "accuracy", "value": 3.0}]
-    summary = _script("bench_quality").summarise(rows)
+    from benchmarks import bench_quality
+
+    summary = bench_quality.summarise(rows)
     assert len(summary) == 5  # one row per (dataset, scenario, method, metric)
     row = next(r for r in summary if (r["dataset"], r["scenario"], r["method"], r["metric"])
                == ("d", "absent", "default-k16", "minus paper-k16"))
@@ -175,7 +166,7 @@ def test_bench_quality_absent_figures_by_hand(tmp_path, monkeypatch):
     from zsfs.fit.run import FitConfig
     from zsfs.testing.synthetic import make_synthetic_store
 
-    bench = _script("bench_quality")
+    from benchmarks import bench_quality as bench
     seen = []
 
     def fake_fit(subset, config, vocabulary):
@@ -232,7 +223,7 @@ def test_bench_quality_absent_figures_by_hand(tmp_path, monkeypatch):
 
 
 def test_bench_fit_overall_pseudo_label_precision_weighs_cycles_by_their_size():
-    overall = _script("bench_fit")._overall_precision
+    from benchmarks.bench_fit import _overall_precision as overall
     per_cycle = [{"n_kept": 10, "precision": 0.9}, {"n_kept": 30, "precision": 0.5}, {"n_kept": 0, "precision": None}]
     assert overall(per_cycle) == pytest.approx((9 + 15) / 40)  # not (0.9 + 0.5) / 2, nor over the cycles
 
@@ -240,7 +231,7 @@ def test_bench_fit_overall_pseudo_label_precision_weighs_cycles_by_their_size():
 def test_bench_fit_configs_are_what_their_names_say():
     from zsfs.fit.run import FitConfig
 
-    bench = _script("bench_fit")
+    from benchmarks import bench_fit as bench
     config = {name: bench.make_config(name) for name in bench.CONFIGS}
     default, paper, fast = FitConfig(), FitConfig.paper(), FitConfig.fast()
     assert config["default"] == default and config["paper"] == paper and config["fast"] == fast
@@ -262,7 +253,7 @@ def test_bench_fit_peak_rss_is_in_mebibytes():
     status = Path("/proc/self/status")
     if not status.exists():
         pytest.skip("needs Linux's /proc")
-    bench = _script("bench_fit")
+    from benchmarks import bench_fit as bench
     high_water_kib = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM"))
     assert bench.peak_rss_mb() == pytest.approx(high_water_kib / 1024, rel=0.01)
 
@@ -272,7 +263,7 @@ def test_make_second_map_vocabulary_by_hand(tmp_path, monkeypatch):
 
     import numpy as np
 
-    bench = _script("make_second_map")
+    from benchmarks import make_second_map as bench
     bench.second_map_vocabulary(tmp_path)
     vocabulary = np.load(tmp_path / "vocab-fashion.npz")
     assert vocabulary["classes"].tolist() == bench.CLASSES
@@ -296,7 +287,7 @@ def test_bench_report_run_is_consistent(tmp_path):
 
     from zsfs import runs
 
-    bench = _script("bench_report")
+    from benchmarks import bench_report as bench
     bench.make_run(tmp_path, tmp_path / "pool", 300, 4, 5)
     frame = pl.read_parquet(tmp_path / runs.PREDICTIONS)
     metrics = json.loads((tmp_path / runs.METRICS).read_text())
@@ -316,7 +307,7 @@ def test_bench_quality_ood_rows_by_hand(tmp_path, monkeypatch):
     from zsfs.fit.run import FitConfig
     from zsfs.testing.synthetic import make_synthetic_store
 
-    bench = _script("bench_quality")
+    from benchmarks import bench_quality as bench
     asked = []
 
     def fake_bench(store, id_classes, config, *, n_splits, vocabulary):
@@ -356,7 +347,7 @@ def test_bench_fit_reports_the_fit_metrics_it_is_given(tmp_path, monkeypatch):
     import zsfs.runs
     from zsfs.testing.synthetic import make_synthetic_store
 
-    bench = _script("bench_fit")
+    from benchmarks import bench_fit as bench
     make_synthetic_store(bench.store_path(tmp_path, "500"), 40, 3, clip_dim=8, backbone_dim=8, seed=0)
     cycles = [SimpleNamespace(losses=[1.0] * 3, n_trained=100), SimpleNamespace(losses=[1.0] * 2, n_trained=50)]
     result = SimpleNamespace(timings={"predict": 1.0}, cpu_timings={"predict": 1.0}, cycles=cycles,
