@@ -164,8 +164,8 @@ def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndar
     with np.errstate(over="ignore"):  # float64 rows of 1e300 become infinite in float32: redone below
         norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32, casting="unsafe"))
     retry = ~np.isfinite(norms) | (norms == 0)
-    bad = retry
-    if retry.any():  # squares overflow (float32 above ~1e19) or vanish (below ~1e-23): those rows divided by
+    bad, retried = retry, bool(retry.any())
+    if retried:  # squares overflow (float32 above ~1e19) or vanish (below ~1e-23): those rows divided by
         # their largest value first, so that their norm is in [1, sqrt(dim)] at any finite scale
         with np.errstate(invalid="ignore", divide="ignore"):  # a zero or infinite row: NaN, refused below
             scaled = values[retry].astype(np.float64)
@@ -178,10 +178,10 @@ def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndar
         n_bad = int(bad.sum())
         raise ZsfsError(f"{what}: {counted(n_bad, 'row')} {'is' if n_bad == 1 else 'are'} zero or not finite "
                         f"(first: row {first_row + int(np.argmax(bad))}, counted from 0)")
-    if not retry.any() and np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
+    if not retried and np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
         return values
     with np.errstate(over="ignore", invalid="ignore"):  # the rescaled rows' quotients are replaced below
         unit = (values / norms[:, None]).astype(np.result_type(values.dtype, np.float32), copy=False)
-    if retry.any():
+    if retried:
         unit[retry] = scaled / scaled_norms[:, None]
     return unit
