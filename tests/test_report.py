@@ -63,6 +63,15 @@ def gallery_items(page: str) -> int:
     return page.count("<figure ")
 
 
+def section_of(page: str, anchor: str) -> str:
+    return re.search(rf'<section id="{anchor}">(.*?)</section>', page, re.S).group(1)
+
+
+def shown_paths(section: str) -> list[str]:
+    """The image path of each gallery item, in order (its title: ``path | ... | predicted: ...``)."""
+    return [html.unescape(title).split(" | ")[0] for title in re.findall(r'<figure title="([^"]*)"', section)]
+
+
 def test_labelled_run_has_every_section_and_a_thumbnail_per_shown_image(photo_run):
     page = write_report(photo_run).read_text()
     frame = pl.read_parquet(photo_run / runs.PREDICTIONS)
@@ -402,15 +411,6 @@ def test_fit_report_on_a_full_disk_says_the_run_is_saved_and_how_to_write_the_re
     assert sorted(path.name for path in run.iterdir()) == ["classifier.pt", "config.json", "metrics.json",
                                                            "predictions.parquet"]
     assert run_zsfs("report", run).returncode == 0 and (run / "report.html").is_file()
-
-
-def section_of(page: str, anchor: str) -> str:
-    return re.search(rf'<section id="{anchor}">(.*?)</section>', page, re.S).group(1)
-
-
-def shown_paths(section: str) -> list[str]:
-    """The image path of each gallery item, in order (its title: ``path | ... | predicted: ...``)."""
-    return [html.unescape(title).split(" | ")[0] for title in re.findall(r'<figure title="([^"]*)"', section)]
 
 
 def test_the_summary_and_the_ood_gallery_show_the_runs_own_numbers(unlabelled_run):
