@@ -70,9 +70,10 @@ class _ShardWorker:
             raise self.failure
         return self.embedder.records
 
-    def write_shard(self, writer: StoreWriter, shard: int) -> int:
+    def write_shard(self, writer: StoreWriter, shard: int) -> tuple[int, dict[int, str]]:
+        """(listing entries processed, every file this worker has set aside so far -> reason)."""
         self.shard, self.entries_done = shard, 0
-        return self.embedder.write_shards(writer, [shard], on_batch=self._count)
+        return self.embedder.write_shards(writer, [shard], on_batch=self._count), self.embedder.set_aside
 
     def _count(self, entries: int) -> None:
         self.entries_done += entries
@@ -125,7 +126,7 @@ class RayEmbedders(AbstractContextManager):
                             "weight files (see docs/scale.md)")
         self.records = records[0]
         self.shards_redone = 0
-        self.set_aside: dict[int, str] = {}  # the workers set crashing files aside; the store's skips count them
+        self.set_aside: dict[int, str] = {}  # what the workers set aside (crashing or hanging files), as they report it
 
     def _start_worker(self):
         options = dict(num_cpus=self.cores, num_gpus=1 if self.settings.device == "cuda" else 0, max_restarts=0,
@@ -165,7 +166,7 @@ class RayEmbedders(AbstractContextManager):
             done = ready[0]
             worker, shard = running.pop(done)
             try:
-                entries = ray.get(done)
+                entries, set_aside = ray.get(done)
             except (RayActorError, RayTaskError) as error:
                 worker_died = isinstance(error, RayActorError)
                 cause = getattr(error, "cause", None)
@@ -183,6 +184,7 @@ class RayEmbedders(AbstractContextManager):
                 self.shards_redone += 1
                 queue.appendleft(shard)
             else:
+                self.set_aside.update(set_aside)
                 processed += entries
                 report(shard, entries)
             idle.append(worker)
