@@ -88,9 +88,7 @@ def make_config(name: str):
     from zsfs.fit.run import FitConfig
 
     preset, overrides = CONFIGS[name]
-    factory = {"default": FitConfig, "paper": FitConfig.paper, "fast": FitConfig.fast,
-               "paper-fast": lambda **o: FitConfig.fast(paper=True, **o)}[preset]
-    return factory(**overrides)
+    return FitConfig.from_options(paper=preset.startswith("paper"), fast=preset.endswith("fast"), **overrides)
 
 
 def fit_once(work: Path, size: str, config_name: str) -> dict:
