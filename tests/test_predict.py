@@ -137,6 +137,34 @@ def test_unreadable_files_get_an_error_not_a_prediction(fitted):
     assert pl.read_csv(out)["error"].null_count() == 0  # the rows that say why are still written
 
 
+def test_images_the_model_gives_no_usable_features_get_that_error_not_a_label(fitted, monkeypatch):
+    """Bug: a NaN row (an fp16 overflow on a GPU) got class 0, a null confidence and an
+    in-distribution ood_paper, and an all-zero row a class at 1/C confidence; extract skips both."""
+    import torch
+
+    from zsfs.extract import NO_FEATURES
+    from zsfs.models import Backbone
+
+    good = sorted(fitted["photos"]["root"] / relative for relative in fitted["photos"]["good"])[:8]
+    unchanged = predict_images(fitted["run"], good, workers=0, batch_size=4)
+    encode = Backbone.encode_images
+
+    def overflowing(self, pixels):  # the first image of each batch NaN, the second all zero
+        features = encode(self, pixels)
+        features[0] = torch.nan
+        features[1] = 0.0
+        return features
+
+    monkeypatch.setattr(Backbone, "encode_images", overflowing)
+    frame = predict_images(fitted["run"], good, workers=0, batch_size=4)
+    failed = [0, 1, 4, 5]
+    assert frame["error"].to_list() == [NO_FEATURES if i in failed else None for i in range(8)]
+    for column in ("predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous"):
+        assert frame[column].is_null().to_list() == [i in failed for i in range(8)], column
+    for i in (2, 3, 6, 7):  # the others keep their own rows
+        assert frame.row(i) == unchanged.row(i)
+
+
 def test_a_file_that_crashes_its_decoding_process_gets_that_error_and_the_rest_their_predictions(fitted, tmp_path):
     """Bug: one file crashing the decoder (SIGSEGV, in a child process here, for real) ended the
     whole predict with an error, whatever the other images were."""

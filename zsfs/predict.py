@@ -19,12 +19,13 @@ from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.errors import ZsfsError, check_at_least, check_choice
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import embedded_images
-from zsfs.extract import DEFAULT_BATCH_SIZE
+from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES
 from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
 from zsfs.outputs import replacing_file
 from zsfs.runs import FittedRun, load_run, refuse_run_file
 from zsfs.sources import ImageSource, given_path, open_source
+from zsfs.store.writer import usable_rows
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar, locate_members, merged_members,
                        split_member_path)
 from zsfs.weights import refuse_imported, relocated
@@ -130,9 +131,11 @@ def predict_images(
                                  precision=precision, workers=workers, max_pixels=max_pixels,
                                  on_batch=on_batch)) as embedded:
         for _, batch, outputs in embedded:
-            if outputs is not None:
-                rows.append(batch.indices)
-                features.append(outputs[0])
+            if outputs is not None:  # as extract: NaN or all-zero features (an fp16 overflow) label nothing
+                usable = usable_rows(outputs[0])
+                rows.append(batch.indices[usable])
+                features.append(outputs[0][usable])
+                errors.update((int(index), NO_FEATURES) for index in batch.indices[~usable])
             errors.update(batch.failures)
 
     n = len(source)
