@@ -228,6 +228,21 @@ def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp
     assert "not found" in re.search(r'<p class="note">([^<]*)', page).group(1)
 
 
+def test_a_run_not_saved_yet_renders_as_its_saved_copy(tmp_path):
+    """Bug: render_report took the FittedRun that zsfs.fit returns, then failed on its missing
+    folder (AttributeError) when naming the page."""
+    import zsfs
+
+    store_path = make_synthetic_store(tmp_path / "s.h5", 200, 3, seed=2, clip_dim=32, backbone_dim=64)
+    run = zsfs.fit(store_path, k=3, candidates=10, cycle_epochs=2)
+    page = render_report(run)
+    saved = render_report(run.save(tmp_path / "run"))
+    assert "<title>zsfs report: a run not saved</title>" in page and "Not saved (.save(dir) writes it)" in page
+    assert sections(page) == sections(saved) == SECTIONS
+    for anchor in ("classes", "ood", "parameters"):  # (the figures' SVG ids differ from page to page)
+        assert section_of(page, anchor) == section_of(saved, anchor), anchor
+
+
 def test_class_names_with_dollar_signs_are_text_not_formulas():
     """Bug: matplotlib read "a$_$b" as a formula and the report failed with a raw ParseSyntaxException."""
     import matplotlib

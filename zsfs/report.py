@@ -349,7 +349,7 @@ NAVIGATION = {"summary": "Summary", "figures": "OOD and cycles", "accuracy": "Ac
 
 
 def _page(run: FittedRun, content: str, anchors: list[str]) -> str:
-    name = run.path.resolve().name
+    name = run.path.resolve().name if run.path is not None else "a run not saved"  # zsfs.fit() in Python
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     links = " ".join(f'<a href="#{anchor}">{NAVIGATION[anchor]}</a>' for anchor in anchors)  # only those it has
     return f"""<!DOCTYPE html>
@@ -357,7 +357,7 @@ def _page(run: FittedRun, content: str, anchors: list[str]) -> str:
 <title>zsfs report: {_e(name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>zsfs report: {_e(name)}</h1>
-<p class="meta">Run folder {_e(str(run.path))} · rendered {stamp} by zsfs {_e(__version__)}</p>
+<p class="meta">{_e(f"Run folder {run.path}" if run.path is not None else "Not saved (.save(dir) writes it)")} · rendered {stamp} by zsfs {_e(__version__)}</p>
 <nav>{links}</nav>
 {content}
 </body></html>
