@@ -68,12 +68,13 @@ def test_summary_is_mean_and_std_over_splits(bench):
 
 
 def test_same_seed_same_result(labelled_store, bench):
-    with Store(labelled_store) as store:
-        again = ood_bench(store, 6, FitConfig(**QUICK_FIT), n_splits=2)
+    with Store(labelled_store) as store:  # a numpy count is a count (bug: it was recorded as the first split's names)
+        again = ood_bench(store, np.int64(6), FitConfig(**QUICK_FIT), n_splits=2)
     def without_time(splits):
         return [{key: value for key, value in split.items() if key != "fit_seconds"} for split in splits]
 
     assert without_time(again["splits"]) == without_time(bench["splits"])
+    assert again["id_classes"] == 6 and type(again["id_classes"]) is int  # written to metrics.json as it is
 
 
 def test_splits_are_drawn_from_the_fit_seed_in_python_as_on_the_command_line(labelled_store, bench):

@@ -148,7 +148,7 @@ def ood_bench(
     return {
         "protocol": "zero-shot OOD: only the ID class names are given to the fit; OOD = images whose "
                     "true label is not ID; AUROC and FPR at 95% TPR with OOD as the positive class",
-        "id_classes": id_classes if isinstance(id_classes, int) else list(splits[0]),
+        "id_classes": int(id_classes) if isinstance(id_classes, (int, np.integer)) else list(splits[0]),
         "n_splits": len(splits),
         "seed": seed,
         "vocabulary": vocab_name,

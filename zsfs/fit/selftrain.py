@@ -109,7 +109,7 @@ def self_train(
                                    batch_size=batch_size, generator=generator, stop_below=loss_floor,
                                    stop_after_first=previous_first)
         cycles.append(Cycle(t, len(rows), kept_rows, kept_labels, len(train_rows), losses))
-        if not losses:  # nothing kept and nothing accumulated: try the next positions
+        if not losses:  # no epoch ran (nothing to train on, or cycle_epochs 0): try the next positions
             continue
         if losses[0] > previous_first:
             stop = STOP_LOSS_ROSE
