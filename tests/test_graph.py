@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from zsfs.errors import StoreError, ZsfsError
+from zsfs.errors import ParameterError, StoreError, ZsfsError
 from zsfs.fit import FitConfig, fit_store, neighbours
 from zsfs.fit.graph import add_neighbour_graph
 from zsfs.store import Store, write_neighbour_graph
@@ -80,6 +80,9 @@ def test_graph_is_replaced_and_bad_requests_fail_cleanly(tmp_path):
     assert too_many.exit_code == 2 and "101" in too_many.output  # click's range check
     with pytest.raises(ZsfsError, match="1 <= k < 1500"):
         add_neighbour_graph(path, k=1500)
+    for wrong in (2.5, True):  # bug: a TypeError from numpy after the whole search
+        with pytest.raises(ParameterError, match=f"^k must be a whole number, not {wrong}$"):
+            add_neighbour_graph(path, k=wrong)
     missing = run_cli("neighbours", tmp_path / "nope.h5")
     assert missing.exit_code == 1 and "nope.h5" in missing.output
     record = {"search": "exact", "precision": "fp32"}

@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from zsfs.devices import check_device
-from zsfs.errors import ParameterError, check_choice
+from zsfs.errors import ParameterError, check_at_least, check_choice
 from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K, choose_search, neighbour_graph, open_search
 from zsfs.fit.run import SEARCH_DTYPES
 from zsfs.store.files import check_store_update, store_lock
@@ -30,6 +30,7 @@ def add_neighbour_graph(store_path: str | Path, *, k: int | None = None, device:
     """
     from zsfs.store import Store, write_neighbour_graph
 
+    check_at_least("k", k, 1)  # a whole number (None: chosen for the store), before a search that would fail on it
     torch_device = check_device(device)
     check_choice("precision", precision, tuple(SEARCH_DTYPES))
     with ExitStack() as held:  # the store's lock, taken after the checks, held until the graph is written
