@@ -327,7 +327,7 @@ def import_store(
     refuse_other_vocabularies(master, loaded, overwrite)  # again: shards this run repaired hid them before
     for name, vocabulary in loaded.items():
         write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
-                         prompt=schema.IMPORTED_WEIGHTS, n_templates=vocabulary.n_templates, overwrite=True)
+                         prompt=schema.IMPORTED_PROMPT, n_templates=vocabulary.n_templates, overwrite=True)
     return ImportSummary(master=master, n_images=len(image_paths), repeated_paths=repeated(image_paths))
 
 

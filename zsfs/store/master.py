@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # faiss is imported lazily
 
 
 def write_master(master: h5py.File, shard_paths: list[Path], *, identity: dict, attrs: dict, previous: Path | None,
-                 exact_max: int, index_seed: int, checksums: tuple[np.ndarray, list[str]]) -> None:
+                 exact_max: int, checksums: tuple[np.ndarray, list[str]]) -> None:
     """Write into the new, empty file ``master`` the master of complete ``shard_paths`` (all in
     one folder next to the master's final location); ``checksums``: each shard file's size and
     sha256. Format 1 vocabularies of ``previous``, an older master of the same store, are kept."""
@@ -58,7 +58,7 @@ def write_master(master: h5py.File, shard_paths: list[Path], *, identity: dict, 
         master.create_dataset(schema.SHARDS_BYTES, data=checksums[0])
         write_strings(master, schema.SHARDS_SHA256, checksums[1])
 
-        index, index_info = build_index(gather(shards, schema.CLIP), exact_max=exact_max, seed=index_seed)
+        index, index_info = build_index(gather(shards, schema.CLIP), exact_max=exact_max)
         write_index_dataset(master, index)
         del index
         if previous is not None:

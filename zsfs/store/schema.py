@@ -111,6 +111,8 @@ ATTR_N_TEMPLATES = "n_templates"
 IMPORTED_WEIGHTS = "imported"
 """The ``weights`` of a model record in a store built by ``zsfs import``: the model that made
 the embeddings is not known to zsfs, so it cannot be reloaded."""
+IMPORTED_PROMPT = "imported"
+"""The ``prompt`` of an imported vocabulary: its texts were embedded outside zsfs."""
 
 UNKNOWN_SIZE = -1
 """width/height of rows whose size is not known (imported stores); also the fill value that

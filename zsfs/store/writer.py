@@ -352,7 +352,7 @@ class StoreWriter:
         self.close()
         return self.master
 
-    def finalize(self, attrs: dict, *, exact_max: int = EXACT_MAX, index_seed: int = 0) -> Path:
+    def finalize(self, attrs: dict, *, exact_max: int = EXACT_MAX) -> Path:
         """Build the master from the shards; returns its path.
 
         ``attrs`` must hold ``source``, ``clip`` and ``backbone`` (dicts are stored as JSON).
@@ -369,7 +369,7 @@ class StoreWriter:
         shard_paths = [self.shard_path(shard) for shard in range(self.n_shards)]
         with new_hdf5(self.master, f"master {self.master.name}") as file:
             write_master(file, shard_paths, identity=self.identity, attrs=attrs, previous=self.master,
-                         exact_max=exact_max, index_seed=index_seed, checksums=file_checksums(shard_paths))
+                         exact_max=exact_max, checksums=file_checksums(shard_paths))
         # The graph described the embeddings of the previous build (it records that build's id).
         remove_file(schema.graph_file(self.shards_dir))
         self.close()
