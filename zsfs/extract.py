@@ -112,14 +112,18 @@ def _model_identity(record: dict) -> dict:
     return {key: value for key, value in record.items() if key != "file"}
 
 
+def position_batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
+    """Listing positions ``start`` to ``stop - 1`` in batches of ``batch_size`` (the last one shorter)."""
+    return [list(range(first, min(first + batch_size, stop))) for first in range(start, stop, batch_size)]
+
+
 def shard_batches(writer: StoreWriter, shards: Sequence[int], batch_size: int) -> tuple[list[list[int]], list[int]]:
     """Batches of listing positions (never crossing a shard boundary) and each batch's shard."""
     batches, owners = [], []
     for shard in shards:
-        start, stop = writer.shard_bounds(shard)
-        for first in range(start, stop, batch_size):
-            batches.append(list(range(first, min(first + batch_size, stop))))
-            owners.append(shard)
+        in_shard = position_batches(*writer.shard_bounds(shard), batch_size)
+        batches += in_shard
+        owners += [shard] * len(in_shard)
     return batches, owners
 
 

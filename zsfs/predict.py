@@ -19,7 +19,7 @@ from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.errors import ZsfsError, check_at_least, check_choice
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import embedded_images
-from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES
+from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
 from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
 from zsfs.outputs import replacing_file
@@ -124,7 +124,7 @@ def predict_images(
     if on_start is not None:
         on_start(len(source))
 
-    batches = [list(range(start, min(start + batch_size, len(source)))) for start in range(0, len(source), batch_size)]
+    batches = position_batches(0, len(source), batch_size)
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     rows, features, errors = [], [], {}
     with closing(embedded_images(source, (backbone,), batches, range(len(batches)), set_aside={}, device=device,
