@@ -94,7 +94,8 @@ def check_ray_plan(address: str | None, device: str, n_workers: int | None) -> N
     Ray not installed, or more CPU workers than a local Ray instance would have CPUs (Ray counts
     at most this machine's cores; a cluster's are counted once connected)."""
     if ray is None:
-        raise ZsfsError('--ray needs Ray, which the core install leaves out: pip install "zsfs[ray]"')
+        raise ZsfsError('--ray needs Ray, which the core install leaves out: pip install -e ".[ray]" in the zsfs '
+                        'checkout (docs/scale.md)')
     if address == LOCAL and not ray.is_initialized() and device != "cuda" and n_workers is not None:
         _check_cpu_workers(n_workers, os.cpu_count() or 1, "this machine's", "ask for fewer")
 
