@@ -403,19 +403,35 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
                          worker_niceness=default_worker_niceness(device))
     with model_threads(torch_device, workers, cores):
         loaded = iter(loader)  # kept: a failure looks at its decoding processes. (It installs torch's handler.)
-        with without_torch_sigchld_handler(), HangWatch(loaded, decoding, decoding_since) as watch:
+        with without_torch_sigchld_handler():
             try:
-                yield embed_batches(loaded, tags, tuple(model.encode_images for model in models), torch_device,
-                                    precision, on_batch)
-            except Exception as error:
-                died = decoding_process_died(loaded, error, decoding, watch.hung)
-                if died is None:
-                    raise
-                if died.crashed and (died.crashing_index is None or not _crashes_alone(images, died.crashing_index)):
-                    # between files, or a file that decodes alone (a heap corrupted earlier?): nobody to blame
-                    died = DecodingProcessDied(f"{died}, and no file it was decoding crashes a process of its own",
-                                               crashed=True, how=died.how)
-                raise died from error
+                with HangWatch(loaded, decoding, decoding_since) as watch:
+                    try:
+                        yield embed_batches(loaded, tags, tuple(model.encode_images for model in models),
+                                            torch_device, precision, on_batch)
+                    except Exception as error:
+                        died = decoding_process_died(loaded, error, decoding, watch.hung)
+                        if died is None:
+                            raise
+                        if died.crashed and (died.crashing_index is None
+                                             or not _crashes_alone(images, died.crashing_index)):
+                            # between files, or a file that decodes alone (a heap corrupted earlier?): nobody to blame
+                            died = DecodingProcessDied(f"{died}, and no file it was decoding crashes a process of "
+                                                       "its own", crashed=True, how=died.how)
+                        raise died from error
+            finally:
+                _stop_decoding(loaded)
+
+
+def _stop_decoding(loaded: Iterator) -> None:
+    """Stop the decoding processes now, while torch's SIGCHLD handler is held off: left to the
+    loader's garbage collection, a process ended by a signal sent to the whole process group
+    (`timeout`, `scancel`) made that handler raise from it after the run's last line ("Exception
+    ignored in ... DataLoader worker ... is killed by signal: Terminated"). What the loader's
+    ``__del__`` calls; a loader without decoding processes has nothing to stop."""
+    shut_down = getattr(loaded, "_shutdown_workers", None)
+    if shut_down is not None:
+        shut_down()
 
 
 def embedded_images(source: ImageSource, models: Sequence[ImageModel], batches: list[list[int]], tags: Sequence, *,
