@@ -69,6 +69,27 @@ def test_ctrl_c_message_does_not_promise_a_resume_for_every_command(monkeypatch,
     assert result.exit_code == 130 and "a rerun resumes where this one stopped" in result.output
 
 
+def test_ctrl_c_after_a_fit_is_saved_says_the_run_is_kept(monkeypatch, tmp_path):
+    """Bug: Ctrl-C while `fit --report` rendered the page said "Nothing half-written was left",
+    and the rerun it invited refused the run's folder, which held the whole run."""
+    import zsfs.report
+    from zsfs.runs import load_run
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    store = make_synthetic_store(tmp_path / "s.h5", 200, 3, seed=0, clip_dim=32, backbone_dim=64)
+    monkeypatch.setattr(zsfs.report, "write_report", interrupted)
+    result = run_cli("fit", "--store", store, "--k", "3", "--candidates", "10", "--out", tmp_path / "run", "--report")
+    assert result.exit_code == 130, result.output
+    said = " ".join(result.output.split())
+    assert said.endswith(f"Interrupted. The run was saved in full in {tmp_path / 'run'} before that; write its report "
+                         f"with `zsfs report {tmp_path / 'run'}`."), said
+    assert "Nothing half-written" not in said
+    assert load_run(tmp_path / "run").read_predictions(["predicted"]).height == 200
+
+
 def _prediction_frame() -> pl.DataFrame:
     return pl.DataFrame({
         "path": ["[draft]/a.jpg", "[/x]/b.jpg"],

@@ -69,9 +69,23 @@ class ZsfsGroup(click.Group):
         except KeyboardInterrupt as stop:
             resumes = ctx.invoked_subcommand in RESUMING_COMMANDS
             terminated = isinstance(stop, Terminated)
-            console.print(f"[yellow]{'Terminated (SIGTERM)' if terminated else 'Interrupted'}.[/] Nothing "
-                          "half-written was left" + ("; a rerun resumes where this one stopped." if resumes else "."))
+            kept = getattr(stop, "kept", None)  # see kept_if_interrupted
+            console.print(f"[yellow]{'Terminated (SIGTERM)' if terminated else 'Interrupted'}.[/] " + (
+                f"{kept}." if kept else "Nothing half-written was left"
+                + ("; a rerun resumes where this one stopped." if resumes else ".")), soft_wrap=True)
             sys.exit(128 + signal.SIGTERM if terminated else 130)
+
+
+@contextmanager
+def kept_if_interrupted(what: str) -> Iterator[None]:
+    """For a command's work after its result is complete on disk: Ctrl-C or SIGTERM there says
+    ``what`` (that result, and how to finish), not "nothing half-written was left", which sent
+    the user to a rerun that refuses the finished result."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        stop.kept = what
+        raise
 
 
 class Terminated(KeyboardInterrupt):

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from zsfs.cli.common import FiniteFloat, GivenPath, console, note_unread_options, shown, what_failed
+from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupted, note_unread_options, shown,
+                              what_failed)
 from zsfs.errors import ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES
 from zsfs.names import counted, pairs_text, some_names
@@ -146,23 +147,26 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
             else:  # named when the run is done: two fits started in the same second get two folders
                 saved = _save_under_a_new_name(run, lambda: default_run_dir(store_path, vocabulary, config.k))
         metrics = run.metrics
-    show_summary(result, metrics, saved)
-    if with_report:
-        from zsfs.cli.report import say_written
-        from zsfs.report import write_report
+    kept = f"The run was saved in full in {shown(saved)} before that" + (
+        f"; write its report with `zsfs report {shown(saved)}`" if with_report else "")
+    with kept_if_interrupted(kept):  # a rerun of this command would refuse the run's folder
+        show_summary(result, metrics, saved)
+        if with_report:
+            from zsfs.cli.report import say_written
+            from zsfs.report import write_report
 
-        try:
-            notes: list[str] = []
-            with console.status("Rendering the report..."):
-                written = write_report(saved, on_missing_images=notes.append)
-            say_written(written, notes)
-        except (ZsfsError, OSError) as error:  # the run is saved: a rerun of this command would refuse its folder
-            reason = what_failed(error) if isinstance(error, OSError) else str(error)
-            raise ZsfsError(f"the run is saved in {saved}, but its report was not written ({reason}); once that is "
-                            f"mended, write it with `zsfs report {saved}`") from error
-    if as_json:
-        click.echo(json.dumps({"run": str(saved), "metrics": metrics,
-                               "timings_s": result.timings}, indent=2, default=str))
+            try:
+                notes: list[str] = []
+                with console.status("Rendering the report..."):
+                    written = write_report(saved, on_missing_images=notes.append)
+                say_written(written, notes)
+            except (ZsfsError, OSError) as error:  # the run is saved: a rerun of this command would refuse its folder
+                reason = what_failed(error) if isinstance(error, OSError) else str(error)
+                raise ZsfsError(f"the run is saved in {saved}, but its report was not written ({reason}); once that "
+                                f"is mended, write it with `zsfs report {saved}`") from error
+        if as_json:
+            click.echo(json.dumps({"run": str(saved), "metrics": metrics,
+                                   "timings_s": result.timings}, indent=2, default=str))
 
 
 def _save_under_a_new_name(run, new_name, attempts: int = 10) -> Path:
