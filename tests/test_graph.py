@@ -99,8 +99,15 @@ def test_graph_is_replaced_and_bad_requests_fail_cleanly(tmp_path):
 
 
 def test_bf16_graph_on_cpu_is_exact(tmp_path, monkeypatch):
-    monkeypatch.setattr(neighbours, "GRAPH_BLOCK", 500)  # three blocks
+    monkeypatch.setattr(neighbours, "GRAPH_BLOCK", 100)  # 15 blocks, not a tenth of the 1,500 rows each
     path = synthetic(tmp_path / "a")
+    steps = []
+    add_neighbour_graph(path, k=4, on_rows=steps.append)
+    assert steps == [100] * 15
+    steps.clear()
+    monkeypatch.setattr(neighbours, "GRAPH_BLOCK", 131072)  # bug: one block, so the progress bar stood at 0 throughout
+    add_neighbour_graph(path, k=4, on_rows=steps.append)
+    assert steps == [150] * 10
     assert run_cli("neighbours", path, "--k", "4", "--precision", "bf16").exit_code == 0
     with Store(path) as store:
         assert store.graph_info == {"k": 4, "search": "exact", "precision": "bf16 scan, fp32 re-scoring"}

@@ -56,8 +56,13 @@ GRAPH_MAX_K = 100
 """Most neighbours per image a stored graph may hold (its build holds ~GRAPH_BLOCK x k x 24 bytes)."""
 
 GRAPH_BLOCK = 131072
-"""Rows per block when building a graph (one progress step). Large, because each block visits
-every IVF list once: with 16k-row blocks the 1.28M graph spent its time gathering lists."""
+"""Most rows per block when building a graph (one progress step). Large, because each block
+visits every IVF list once: with 16k-row blocks the 1.28M graph spent its time gathering lists."""
+
+GRAPH_STEPS = 10
+"""Blocks a graph of up to ``GRAPH_STEPS x GRAPH_BLOCK`` rows is built in: a tenth of the store
+each, so the progress bar moves on a small store too (a 50k store's single block held it at 0
+for the whole search) and every list is gathered 10 times whatever the size (the 1.28M count)."""
 
 
 class RunningTop:
@@ -238,11 +243,12 @@ def graph_serves(graph: dict | None, n_neighbours: int, method: str) -> bool:
 
 def neighbour_graph(search: NeighbourSearch, n_rows: int, k: int, *,
                     on_rows: Callable[[int], None] | None = None) -> np.ndarray:
-    """``(n_rows, k)`` int32: the ``k`` neighbours of every store row, in blocks of
-    ``GRAPH_BLOCK`` rows; ``on_rows(n)`` is called after each block (progress)."""
+    """``(n_rows, k)`` int32: the ``k`` neighbours of every store row, in blocks of a tenth of the
+    rows (:data:`GRAPH_STEPS`; at most ``GRAPH_BLOCK``); ``on_rows(n)`` is called after each block (progress)."""
     graph = np.empty((n_rows, k), dtype=np.int32)
-    for start in range(0, n_rows, GRAPH_BLOCK):
-        rows = np.arange(start, min(n_rows, start + GRAPH_BLOCK))
+    block = min(GRAPH_BLOCK, max(1, -(-n_rows // GRAPH_STEPS)))
+    for start in range(0, n_rows, block):
+        rows = np.arange(start, min(n_rows, start + block))
         graph[start : start + len(rows)] = search(rows, k)
         if on_rows is not None:
             on_rows(len(rows))
