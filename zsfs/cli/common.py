@@ -134,9 +134,10 @@ def option_flags(command: click.Command | None, values: dict | None = None) -> d
             for p in getattr(command, "params", []) if isinstance(p, click.Option)}
 
 
-def note_unread_options(config: "FitConfig", given: dict) -> None:
+def note_fit_options(config: "FitConfig", given: dict) -> None:
     """Say which of the options the user gave the fit's method will not read (they are not errors:
-    one set of options can serve runs of both methods)."""
+    one set of options can serve runs of both methods), and when bf16 will be emulated."""
+    note_emulated_bf16(config.precision, config.device)
     unread = config.unread(given)
     if unread:
         flags = option_flags(click.get_current_context().command, given)
@@ -144,6 +145,20 @@ def note_unread_options(config: "FitConfig", given: dict) -> None:
         readers = "cycles method (--method cycles, --paper)" if config.method == "balanced" else None
         note = config.unread_note(typed, readers)
         console.print(f"[yellow]Note:[/] {note}.", soft_wrap=True)
+
+
+def note_emulated_bf16(precision: str, device: str) -> None:
+    """Say so when bf16 products are asked for on a CPU that has none in hardware: torch then
+    emulates them, many times slower than fp32 (``zsfs.devices.has_fast_bf16``)."""
+    if precision == "bf16" and device == "cpu":
+        import torch
+
+        from zsfs.devices import has_fast_bf16
+
+        if not has_fast_bf16(torch.device("cpu")):
+            console.print("[yellow]Note:[/] this CPU has no bf16 products in hardware (AVX512-BF16, AMX): torch "
+                          "emulates them, many times slower than fp32 (--precision fp32; fit's auto chooses it).",
+                          soft_wrap=True)
 
 
 def what_failed(error: BaseException) -> str:

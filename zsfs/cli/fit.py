@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupted, note_unread_options, shown,
+from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupted, note_fit_options, shown,
                               what_failed)
 from zsfs.errors import ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES
@@ -123,7 +123,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
 
     config = FitConfig.from_options(paper=paper, fast=fast, **options)
     check_device(config.device)  # before the store is read and any note is printed
-    note_unread_options(config, options)
+    note_fit_options(config, options)
     if run_dir is not None:
         check_new_folder(run_dir)
     with Store(store_path) as store:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import GivenPath, console, note_unread_options, shown
+from zsfs.cli.common import GivenPath, console, note_fit_options, shown
 from zsfs.errors import ZsfsError
 from zsfs.names import counted
 
@@ -48,7 +48,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     wanted = _parse_id_classes(id_classes)
     config = FitConfig.from_options(paper=paper, fast=fast, **fit_options)
     check_device(config.device)  # before the store is read and any note is printed
-    note_unread_options(config, fit_options)
+    note_fit_options(config, fit_options)
     if not isinstance(wanted, int) and click.get_current_context().get_parameter_source("splits") \
             is not click.core.ParameterSource.DEFAULT:
         console.print("[yellow]Note:[/] --splits is ignored: a file of ID classes is one split.")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import GivenPath, console, image_progress, shown
+from zsfs.cli.common import GivenPath, console, image_progress, note_emulated_bf16, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, reasons_text, some_names, utf8_text, visible
@@ -143,8 +143,9 @@ def _escaped(text: str) -> str:
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where to search: on a GPU the search is exact for every store size.")
 @click.option("--precision", type=click.Choice(SEARCH_PRECISIONS), default="fp32", show_default=True,
-              help="bf16: bf16 scan re-scored in fp32, faster on GPUs and AVX512-BF16 CPUs (for stores with an "
-                   "exact index, or on a GPU, the scan is exact; bigger stores on CPU use their IVF lists).")
+              help="bf16: bf16 scan re-scored in fp32, faster on GPUs and CPUs with AVX512-BF16/AMX, many times "
+                   "slower on other CPUs (for stores with an exact index, or on a GPU, the scan is exact; bigger "
+                   "stores on CPU use their IVF lists).")
 def neighbours_command(store_path: Path, k: int | None, device: str, precision: str) -> None:
     """Find every image's k nearest CLIP neighbours once and keep them in STORE.
 
@@ -165,6 +166,7 @@ def neighbours_command(store_path: Path, k: int | None, device: str, precision: 
     from zsfs.fit.graph import add_neighbour_graph
 
     started = time.perf_counter()
+    note_emulated_bf16(precision, device)
     with image_progress("neighbours") as (on_start, on_rows):
         record = add_neighbour_graph(store_path, k=k, device=device, precision=precision, on_start=on_start,
                                      on_rows=on_rows)
