@@ -304,6 +304,24 @@ def test_a_store_row_that_is_not_finite_stops_the_fit_naming_it(tmp_path, datase
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("method", ["balanced", "cycles"])
+def test_a_fit_tells_each_phase_as_it_starts(tmp_path, method):
+    """Bug: the command line showed one unchanging spinner for the whole fit (minutes with
+    --paper), and nothing at all in a log. Each phase is now told: in the spinner on a terminal,
+    a line each otherwise (here)."""
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=0)
+    heard = []
+    with Store(path) as store:
+        result = fit_store(store, FitConfig(method=method, cycle_epochs=1), on_phase=heard.append)
+    assert heard[0] == "read clip + index" and heard[-1] == "predict"
+    assert list(dict.fromkeys(heard)) == list(result.timings)  # every timed phase, in order
+    said = fit_cli("--store", path, "--out", tmp_path / "run", "--method", method, "--cycle-epochs", "1")
+    assert said.exit_code == 0, said.output
+    lines = [line.removeprefix("fit: ").removesuffix("...") for line in said.output.splitlines()
+             if line.startswith("fit: ")]
+    assert lines == heard
+
+
 def test_a_non_finite_row_that_no_training_reads_stops_the_fit_at_predict(tmp_path):
     """The cycles method reads only the candidates' features before it predicts every row."""
     import h5py

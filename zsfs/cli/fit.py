@@ -139,8 +139,15 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
             console.print(f"[yellow]Note:[/] the store holds {counted(store.n_images, 'image')}, no more than "
                           f"--candidates {config.candidates}: every image is a candidate of every class, and the "
                           f"seeds are ranked by their neighbours' zero-shot votes alone.{few}")
-        with console.status(f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}..."):
-            result = fit_store(store, config, vocabulary)
+        fitting = f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}"
+        with console.status(f"{fitting}...") as status:
+            def on_phase(name: str) -> None:  # a spinner on a terminal; a line each in a log (Slurm, nohup)
+                if console.is_terminal:
+                    status.update(f"{fitting}: {name}...")
+                else:
+                    console.print(f"fit: {name}...", markup=False)
+
+            result = fit_store(store, config, vocabulary, on_phase=on_phase)
             run = in_memory(result, store, config)
             if run_dir is not None:
                 saved = run.save(run_dir).path

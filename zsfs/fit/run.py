@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
@@ -181,14 +182,18 @@ class FitResult:
 
 
 class _Timer:
-    """Wall and CPU seconds per phase (CPU time shows the cost on a machine shared with others)."""
+    """Wall and CPU seconds per phase (CPU time shows the cost on a machine shared with others);
+    ``on_phase(name)`` hears of each phase as it starts."""
 
-    def __init__(self):
+    def __init__(self, on_phase: Callable[[str], None] | None = None):
         self.timings: dict[str, float] = {}
         self.cpu_timings: dict[str, float] = {}
+        self.on_phase = on_phase
 
     @contextmanager
     def phase(self, name: str):
+        if self.on_phase is not None:
+            self.on_phase(name)
         wall, cpu = time.perf_counter(), time.process_time()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - wall
@@ -217,23 +222,23 @@ def resolve_vocabulary(store: "Store", name: str | None) -> str:
 
 
 def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
-              classes: list[str] | None = None) -> FitResult:
+              classes: list[str] | None = None, *, on_phase: Callable[[str], None] | None = None) -> FitResult:
     """Label and OOD-score every image of ``store`` from a vocabulary's class names.
 
     ``classes`` restricts the vocabulary to these in-distribution classes (``zsfs ood-bench``).
+    ``on_phase(name)`` hears of each phase (the keys of ``FitResult.timings``) as it starts.
     """
     config.validate()
     device = check_device(config.device)
     try:
-        return _fit_checked(store, config, device, vocabulary, classes)
+        return _fit_checked(store, config, device, vocabulary, classes, _Timer(on_phase))
     except ZsfsError:  # a store rebuilt under the fit: that is the cause, whatever the error says (no vocabulary, ...)
         store.check_unchanged()
         raise
 
 
 def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabulary: str | None,
-                 classes: list[str] | None) -> FitResult:
-    timer = _Timer()
+                 classes: list[str] | None, timer: _Timer) -> FitResult:
     store.check_enough_images(2, "a fit")
     name = resolve_vocabulary(store, vocabulary)
     vocab = store.vocabulary(name)
