@@ -33,6 +33,24 @@ def test_the_store_typed_in_the_other_form_gets_a_hint_naming_this_commands_form
         assert f"without --store: zsfs {command} STORE" in result.output and "Did you mean" not in result.output
     other = run_cli("info", "--stor", "photos.h5").output  # other usage errors are click's own
     assert "No such option" in other and "The store is" not in other
+    # the same for a run folder (predict --run, report RUN_DIR) and a new store (extract --out, import OUT)
+    said = " ".join(run_cli("predict", "runs/x", "new.jpg").output.split())
+    assert "The run folder is an option here: zsfs predict --run RUN_DIR" in said, said
+    said = " ".join(run_cli("report", "--run", "runs/x").output.split())  # bug: "Did you mean '--out'?"
+    assert "without --run: zsfs report RUN_DIR" in said and "Did you mean" not in said, said
+    said = " ".join(run_cli("import", "--out", "s.h5", "--clip-embeddings", "c.npy").output.split())
+    assert "The store to write is an argument here, without --out: zsfs import OUT" in said, said
+
+
+def test_a_source_that_ray_took_as_its_address_is_named(tmp_path, monkeypatch):
+    """Bug: `zsfs extract --ray photos` said "Missing argument 'SOURCE'": --ray's optional value took the folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    said = " ".join(run_cli("extract", "--ray", "photos").output.split())
+    assert "Missing argument 'SOURCE'" in said and "--ray took 'photos' as its cluster address: put SOURCE first " \
+        "(zsfs extract SOURCE --ray ...) or give the address as --ray=ADDRESS" in said, said
+    said = " ".join(run_cli("extract", "--ray", "head:6379").output.split())  # an address: click's message alone
+    assert "Missing argument 'SOURCE'" in said and "--ray took" not in said, said
 
 
 def test_sigterm_is_handled_only_while_a_command_runs(monkeypatch, tmp_path):

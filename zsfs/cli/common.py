@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -54,7 +55,7 @@ class ZsfsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as error:
-            error.message += _store_form_hint(self.get_command(ctx, ctx.invoked_subcommand or ""), error)
+            error.message += _form_hint(self.get_command(ctx, ctx.invoked_subcommand or ""), error)
             raise
         except ZsfsError as error:
             if isinstance(error, ParameterError):  # named as the user typed them: the command's flags
@@ -113,16 +114,29 @@ def _raise_terminated(number: int, frame: object) -> None:
     raise Terminated()
 
 
-def _store_form_hint(command: click.Command | None, error: click.UsageError) -> str:
-    """fit and ood-bench take the store as ``--store``, info, text and neighbours as an argument:
-    a usage error from typing the other form says which form this command takes."""
+ARGUMENT_FORMS = {"--store": ("STORE", "the store"), "--run": ("RUN_DIR", "the run folder"),
+                  "--out": ("OUT", "the store to write")}
+"""Flags that one command takes as an option and another as an argument (fit --store, info
+STORE; predict --run, report RUN_DIR; extract --out, import OUT): the argument's name and what it is."""
+
+
+def _form_hint(command: click.Command | None, error: click.UsageError) -> str:
+    """A usage error from typing the other form of :data:`ARGUMENT_FORMS` says which form this
+    command takes; a SOURCE missing because ``--ray`` took it as its address says so."""
     params = getattr(command, "params", [])
-    if isinstance(error, click.MissingParameter) and error.param is not None and "--store" in error.param.opts:
-        return f"The store is an option here: zsfs {command.name} --store STORE ..."  # click adds the space
-    if isinstance(error, click.NoSuchOption) and error.option_name == "--store" and \
-            any(isinstance(p, click.Argument) and p.human_readable_name == "STORE" for p in params):
-        error.possibilities = []  # click's "did you mean" guesses another option
-        return f" The store is an argument here, without --store: zsfs {command.name} STORE ..."
+    if isinstance(error, click.MissingParameter) and error.param is not None:
+        for flag, (argument, what) in ARGUMENT_FORMS.items():
+            if flag in error.param.opts:
+                return f"{what.capitalize()} is an option here: zsfs {command.name} {flag} {argument} ..."  # click adds the space
+        address = error.ctx.params.get("ray") if error.ctx is not None else None
+        if error.param.human_readable_name == "SOURCE" and address and os.path.exists(address):
+            return (f"--ray took {address!r} as its cluster address: put SOURCE first (zsfs {command.name} SOURCE "
+                    "--ray ...) or give the address as --ray=ADDRESS")
+    if isinstance(error, click.NoSuchOption) and error.option_name in ARGUMENT_FORMS:
+        argument, what = ARGUMENT_FORMS[error.option_name]
+        if any(isinstance(p, click.Argument) and p.human_readable_name == argument for p in params):
+            error.possibilities = []  # click's "did you mean" guesses another option
+            return f" {what.capitalize()} is an argument here, without {error.option_name}: zsfs {command.name} {argument} ..."
     return ""
 
 
