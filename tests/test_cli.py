@@ -42,8 +42,9 @@ def test_the_store_typed_in_the_other_form_gets_a_hint_naming_this_commands_form
     assert "The store to write is an argument here, without --out: zsfs import OUT" in said, said
 
 
-def test_a_source_that_ray_took_as_its_address_is_named(tmp_path, monkeypatch):
-    """Bug: `zsfs extract --ray photos` said "Missing argument 'SOURCE'": --ray's optional value took the folder."""
+def test_a_source_that_ray_took_as_its_address_or_many_sources_are_named(tmp_path, monkeypatch):
+    """Bugs: `zsfs extract --ray photos` said "Missing argument 'SOURCE'": --ray's optional value
+    took the folder; `zsfs extract photos/*.jpg` said only "unexpected extra arguments"."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "photos").mkdir()
     said = " ".join(run_cli("extract", "--ray", "photos").output.split())
@@ -51,6 +52,9 @@ def test_a_source_that_ray_took_as_its_address_is_named(tmp_path, monkeypatch):
         "(zsfs extract SOURCE --ray ...) or give the address as --ray=ADDRESS" in said, said
     said = " ".join(run_cli("extract", "--ray", "head:6379").output.split())  # an address: click's message alone
     assert "Missing argument 'SOURCE'" in said and "--ray took" not in said, said
+    said = " ".join(run_cli("extract", "a.jpg", "b.jpg").output.split())  # photos/*.jpg, as predict takes them
+    assert "Got unexpected extra argument (b.jpg). zsfs extract takes one SOURCE (a shell pattern such as photos/*.jpg " \
+        "gives many): a folder, a list file or tar shards" in said, said
 
 
 def test_sigterm_is_handled_only_while_a_command_runs(monkeypatch, tmp_path):

@@ -197,6 +197,8 @@ def test_csv_list_with_and_without_labels(tmp_path):
         ("extra.csv", "path,label\na.jpg,x\n,,note\n", r"extra\.csv: 1 row with an empty path \(first: line 3\)"),
         ("empty.txt", "# nothing\n\n", "lists no images"),
         ("list.json", "[]", "neither a folder nor a list file"),
+        ("photo.JPG", "", r"photo\.JPG is an image; the source is one folder, list file or set of tar shards: put the "
+                          r"images in a folder, or list their paths in a \.txt file"),  # bug: "neither a folder nor ..."
     ],
 )
 def test_bad_list_files_are_clear_errors(tmp_path, name, content, message):

@@ -168,6 +168,9 @@ def open_source(source: str | Path) -> ImageSource:
             _scan_folder(location)
     if is_compressed_tar(location.name):
         raise compressed_tar_error(location)
+    if location.suffix.lower() in IMAGE_EXTENSIONS:  # `zsfs extract photo.jpg`, or photos/*.jpg's first
+        raise ZsfsError(f"{location} is an image; the source is one folder, list file or set of tar shards: put the "
+                        "images in a folder, or list their paths in a .txt file (one per line)")
     if location.suffix.lower() not in LIST_SUFFIXES:
         raise ZsfsError(
             f"{location} is neither a folder nor a list file; a list must end in .txt (one path "

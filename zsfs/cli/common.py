@@ -122,7 +122,8 @@ STORE; predict --run, report RUN_DIR; extract --out, import OUT): the argument's
 
 def _form_hint(command: click.Command | None, error: click.UsageError) -> str:
     """A usage error from typing the other form of :data:`ARGUMENT_FORMS` says which form this
-    command takes; a SOURCE missing because ``--ray`` took it as its address says so."""
+    command takes; a SOURCE missing because ``--ray`` took it as its address, or extract given
+    many, says so."""
     params = getattr(command, "params", [])
     if isinstance(error, click.MissingParameter) and error.param is not None:
         for flag, (argument, what) in ARGUMENT_FORMS.items():
@@ -132,6 +133,9 @@ def _form_hint(command: click.Command | None, error: click.UsageError) -> str:
         if error.param.human_readable_name == "SOURCE" and address and os.path.exists(address):
             return (f"--ray took {address!r} as its cluster address: put SOURCE first (zsfs {command.name} SOURCE "
                     "--ray ...) or give the address as --ray=ADDRESS")
+    if command is not None and command.name == "extract" and error.message.startswith("Got unexpected extra argument"):
+        return (". zsfs extract takes one SOURCE (a shell pattern such as photos/*.jpg gives many): a folder, a list "
+                "file or tar shards; put the images in a folder, or list their paths in a .txt file")
     if isinstance(error, click.NoSuchOption) and error.option_name in ARGUMENT_FORMS:
         argument, what = ARGUMENT_FORMS[error.option_name]
         if any(isinstance(p, click.Argument) and p.human_readable_name == argument for p in params):
