@@ -49,14 +49,20 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, images: 
     _check_options(per_class, ood_images)
     run = load_run(run_dir)  # what is not a run is said before where the page would go
     out = Path(run_dir) / REPORT if out is None else Path(out)
-    if out.suffix.lower() not in (".html", ".htm"):  # a typo would replace a store, a run's file, an image
-        raise ZsfsError(f"cannot write the report to {out.name!r}: its name must end in .html or .htm")
+    check_report_path(out)
     check_writable(out, "report")  # before the rendering, with the message every command gives
     page, missing = _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed)
     written = write_text_atomically(out, page)
     if missing and on_missing_images is not None:
         on_missing_images(missing)
     return written
+
+
+def check_report_path(out: Path) -> None:
+    """Refuse a page name that does not end in .html or .htm: a typo would replace a store, a
+    run's file, an image."""
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ZsfsError(f"cannot write the report to {out.name!r}: its name must end in .html or .htm")
 
 
 def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | None = None, per_class: int | None = None,
