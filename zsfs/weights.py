@@ -161,7 +161,9 @@ def checkpoint_keys(file: Path) -> set[str]:
 
         return set(load_state_dict(str(file)))
     except Exception as error:  # pickle, zip, safetensors header errors: not a checkpoint
+        # torch's own text ("KeyError: 101", or advice to retry with weights_only=False) helps no one here
+        reason = one_line(error) if isinstance(error, OSError) else "its content is no tensors saved by torch or safetensors"
         raise ModelLoadError(
-            f"cannot read {file} as a checkpoint ({one_line(error)}); pass a .safetensors or "
+            f"cannot read {file} as a checkpoint ({reason}); pass a .safetensors or "
             "torch .pth/.bin file saved from this model."
         ) from None
