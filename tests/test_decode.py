@@ -162,6 +162,16 @@ def test_other_unreadable_files(tmp_path, make, reason):
         decode_image(make(tmp_path / "x.png"))
 
 
+def test_a_store_given_as_an_image_is_named_as_one(tmp_path):
+    """Bug: `zsfs predict --run RUN photos.h5` (the store by mistake) said "corrupt image data":
+    Pillow names HDF5 files and has no decoder for them."""
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "photos.h5", 20, 2, seed=0)
+    with pytest.raises(ImageDecodeError, match=r"photos\.h5: not an image: an HDF5 data file \(a zsfs store\?\)$"):
+        decode_image(store)
+
+
 def test_permission_denied_is_a_skip_reason(tmp_path, monkeypatch):
     path = save(Image.new("RGB", (8, 8)), tmp_path / "p.png")
 

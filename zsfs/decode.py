@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited onto white: their stored colour is arbitrary."""
@@ -77,6 +77,9 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
         if (status.st_size if data is None else len(data)) == 0:
             raise ImageDecodeError("empty file", path)
         with _pixel_budget_replaces_pillows(), Image.open(path if data is None else io.BytesIO(data)) as image:
+            if isinstance(image, ImageFile.StubImageFile):  # a format Pillow names but has no decoder for
+                store = " (a zsfs store?)" if image.format == "HDF5" else ""
+                raise ImageDecodeError(f"not an image: an {image.format} data file{store}", path)
             width, height = image.size
             _decode_smaller(image, max_pixels)
             if draft is not None:  # no effect when _decode_smaller reduced it already
