@@ -776,7 +776,7 @@ def test_class_folders_that_print_alike_are_refused_before_the_models_load(tmp_p
     monkeypatch.setattr(extract_module, "_embedder", None)  # reaching the models would fail with a TypeError
     result = run_cli("extract", folder["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
     assert result.exit_code == 1 and output_text(result).startswith(
-        f"Error: the class folders of {folder['root']} lists these names more than once: 1: 'cat' = 'cat\\u200b'")
+        f"Error: the class folders of {folder['root']} lists 1 name more than once: 'cat' = 'cat\\u200b'")
     assert "rename the folders, or name the classes with --classes FILE" in output_text(result)
     assert not (tmp_path / "s.h5").exists()
 

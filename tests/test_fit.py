@@ -419,7 +419,7 @@ def test_class_subset(store_path):
     with Store(store_path) as store:
         with pytest.raises(ZsfsError, match="the classes to take from vocabulary .synthetic. lists no class names"):
             fit_store(store, FitConfig(), classes=[])
-        with pytest.raises(ZsfsError, match=f"more than once: 1: {classes[1]}$"):
+        with pytest.raises(ZsfsError, match=f"lists 1 name more than once: {classes[1]}$"):
             fit_store(store, FitConfig(), classes=[classes[0], classes[1], classes[1]])
         from_array = store.vocabulary("synthetic").subset(np.array(classes))  # any sequence of names
     assert from_array.classes == classes and all(type(name) is str for name in from_array.classes)

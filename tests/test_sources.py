@@ -264,7 +264,7 @@ def test_read_class_file(tmp_path):
     with pytest.raises(ZsfsError, match="lists no class names"):
         read_class_file(tmp_path / "empty.txt")
     (tmp_path / "twice.txt").write_text("dog\ncat\ndog\ncat\nowl\n", encoding="utf-8")
-    with pytest.raises(ZsfsError, match="more than once: 2: dog; cat$"):
+    with pytest.raises(ZsfsError, match="lists 2 names more than once: dog; cat$"):
         read_class_file(tmp_path / "twice.txt")
     with pytest.raises(ZsfsError, match="is a folder; pass a text file"):
         read_class_file(tmp_path)
@@ -300,25 +300,25 @@ def test_every_class_list_is_checked_by_one_rule():
         check_class_names([], "the classes given")
     with pytest.raises(ZsfsError, match=r"lists 2 empty class names \(first: position 2, counted from 1\)"):
         check_class_names(["cat", " ", "dog", ""], "x")
-    with pytest.raises(ZsfsError, match="more than once: 2: dog; cat$"):
+    with pytest.raises(ZsfsError, match="lists 2 names more than once: dog; cat$"):
         check_class_names(["dog", "cat", "dog", "cat", "owl", "dog"], "x")
     assert check_class_names(np.array([b"cat", "d\xc3\xb6g".encode("latin-1")]), "x") == ["cat", "d\xf6g"]  # "S" arrays
     # Bugs: an npz vocabulary took ' T-shirt ' next to 'T-shirt', a zero-width space as a class,
     # and 'cat' next to 'cat' + U+200B (two classes that print alike)
     assert check_class_names([" T-shirt\t", "dog"], "x") == [" T-shirt\t", "dog"]  # as given: labels match
-    with pytest.raises(ZsfsError, match="more than once: 1: ' T-shirt' = 'T-shirt'"):
+    with pytest.raises(ZsfsError, match="lists 1 name more than once: ' T-shirt' = 'T-shirt'"):
         check_class_names([" T-shirt", "T-shirt"], "x")
     with pytest.raises(ZsfsError, match=r"lists 1 empty class name \(first: position 2, counted from 1\)"):
         check_class_names(["cat", "\u200b\ufeff "], "x")
-    with pytest.raises(ZsfsError, match=r"more than once: 1: 'cat' = 'cat\\u200b' \(names that differ only in"):
+    with pytest.raises(ZsfsError, match=r"lists 1 name more than once: 'cat' = 'cat\\u200b' \(names that differ only in"):
         check_class_names(["cat", "dog", "cat\u200b"], "x")
-    with pytest.raises(ZsfsError, match="more than once: 1: 'caf\u00e9' = 'cafe\u0301'"):
+    with pytest.raises(ZsfsError, match="lists 1 name more than once: 'caf\u00e9' = 'cafe\u0301'"):
         check_class_names(["caf\u00e9", "cafe\u0301"], "x")  # one label once compared in NFC
     with pytest.raises(ZsfsError, match="x has a class name that is not UTF-8 text"):
         check_class_names([b"\xff"], "x")
     with pytest.raises(ZsfsError, match=r"x has a class name with a NUL byte \(position 2, counted from 1\)"):
         check_class_names(["cat", "d\x00g"], "x")  # bug: a vocabulary's write failed with a traceback
-    with pytest.raises(ZsfsError, match="the classes given lists these names more than once: 1: cat$"):
+    with pytest.raises(ZsfsError, match="the classes given lists 1 name more than once: cat$"):
         extract("unused-folder", classes=["cat", " cat "])  # checked before the folder is listed
 
 

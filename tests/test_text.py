@@ -134,6 +134,6 @@ def test_text_refuses_classes_clip_reads_as_one(unlabelled_store, tmp_path):
     assert result.exit_code == 1 and "pairs 1: 'Dog' = 'dog'" in output_text(result)
     classes.write_text("caf\u00e9\ncafe\u0301\ndog\n")  # one name, composed and decomposed: refused before CLIP
     result = run_cli("text", store, "--classes", classes, "--vocab", "twice")
-    assert result.exit_code == 1 and "more than once: 1: 'caf\u00e9' = 'cafe\u0301'" in output_text(result)
+    assert result.exit_code == 1 and "lists 1 name more than once: 'caf\u00e9' = 'cafe\u0301'" in output_text(result)
     with Store(store) as opened:
         assert "twice" not in opened.vocabulary_names()

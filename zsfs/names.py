@@ -107,7 +107,9 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
                  for same in spellings]
         alike = " (names that differ only in invisible characters or Unicode form look the same wherever " \
                 "they are shown)" if any(len(same) > 1 for same in spellings) else ""
-        raise ZsfsError(f"{where} lists these names more than once: {some_names(shown, 10)}{alike}")
+        # "N names ...: a; b": some_names' "N: a; b" read as a line number here
+        raise ZsfsError(f"{where} lists {counted(len(shown), 'name')} more than once: "
+                        f"{some_names(shown, 10, with_count=False)}{alike}")
     return names
 
 
@@ -139,8 +141,9 @@ def pairs_text(pairs: Sequence[tuple[str, str]], limit: int, listed_in: str | No
     return some_names([f"{first!r} = {later!r}" for first, later in pairs], limit, listed_in)
 
 
-def some_names(names: Sequence[str], limit: int, listed_in: str | None = None) -> str:
-    """``"N: a; b; ...; ... (M more[ in LISTED_IN])"``: the count and the first ``limit`` names,
-    "; "-separated, as names may hold commas (ImageNet's class names do)."""
+def some_names(names: Sequence[str], limit: int, listed_in: str | None = None, *, with_count: bool = True) -> str:
+    """``"N: a; b; ...; ... (M more[ in LISTED_IN])"``: the count (unless not ``with_count``) and the
+    first ``limit`` names, "; "-separated, as names may hold commas (ImageNet's class names do)."""
     more, where = len(names) - limit, f" in {listed_in}" if listed_in else ""
-    return f"{len(names):,}: {'; '.join(map(str, names[:limit]))}" + (f"; ... ({more:,} more{where})" if more > 0 else "")
+    count = f"{len(names):,}: " if with_count else ""
+    return f"{count}{'; '.join(map(str, names[:limit]))}" + (f"; ... ({more:,} more{where})" if more > 0 else "")
