@@ -129,7 +129,11 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     with Store(store_path) as store:
         store.check_enough_images(2, "a fit")  # first: no other advice helps a store without images
         vocabulary = resolve_vocabulary(store, vocabulary)
-        check_writable(run_dir or default_run_dir(store_path, vocabulary, config.k), "run folder")
+        if run_dir is not None:
+            check_writable(run_dir, "run folder")
+        else:  # the default, under ./runs: the user chose no location
+            check_writable(default_run_dir(store_path, vocabulary, config.k), "run folder",
+                           "choose another location with --out RUN_DIR")
         if store.n_images <= config.neighbours:
             console.print(f"[yellow]Note:[/] --neighbours {config.neighbours} is more than the store's other "
                           f"images: each image's {store.n_images - 1:,} neighbours are used.")
