@@ -269,6 +269,32 @@ def test_a_full_disk_leaves_the_previous_predictions_file_whole(fitted, tmp_path
     assert [entry.name for entry in tmp_path.iterdir()] == [out.name]  # no temporary file left
 
 
+def test_a_read_only_predictions_file_is_kept_and_a_replaced_one_keeps_its_permissions(fitted, tmp_path, monkeypatch):
+    """Bug: `chmod 444 p.csv` did not keep p.csv: the rename replaced it, and any file replaced came
+    out with the umask's permissions instead of its own."""
+    import zsfs.predict
+
+    out = tmp_path / "p.csv"
+    out.write_text("kept\n")
+    out.chmod(0o444)
+    embedded = []
+    monkeypatch.setattr(zsfs.predict, "embedded_images", lambda *args, **kwargs: embedded.append(1) / 0)
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", out, fitted["photos"]["root"])
+    said = " ".join(output_text(result).split())
+    assert result.exit_code == 1 and f"cannot write the predictions file {out}: it is read-only, and zsfs does " \
+        "not replace a read-only file; make it writable (chmod u+w) or choose another name" in said, said
+    assert not embedded and out.read_text() == "kept\n"  # refused before any image was read
+    monkeypatch.undo()
+    out.chmod(0o640)
+    assert run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", out,
+                   fitted["photos"]["root"]).exit_code == 0
+    assert out.read_text().startswith("path,") and (out.stat().st_mode & 0o777) == 0o640
+    page = tmp_path / "page.html"  # the report's page, through the same writer
+    page.write_text("kept")
+    page.chmod(0o444)
+    assert run_cli("report", fitted["run"], "--out", page).exit_code == 1 and page.read_text() == "kept"
+
+
 def test_bad_inputs_are_clear_errors(fitted, tmp_path):
     with pytest.raises(ZsfsError, match="not a folder"):
         predict_images(tmp_path / "no-such-run", [fitted["photos"]["root"]])

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -130,12 +131,24 @@ def remove_stale_folders(parent: str | Path) -> list[Path]:
     return removed
 
 
+def refuse_read_only_file(path: str | Path, what: str) -> None:
+    """ZsfsError when ``path`` is a file nobody may write (mode without write bits): a rename
+    would replace it all the same, where a user made it read-only to keep it."""
+    path = Path(path)
+    if path.is_file() and not path.stat().st_mode & 0o222:
+        raise ZsfsError(f"cannot write the {what} {path}: it is read-only, and zsfs does not replace a read-only "
+                        "file; make it writable (chmod u+w) or choose another name")
+
+
 @contextmanager
 def replacing_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; it replaces ``path`` when the block succeeds,
-    so readers never see half a file. On any error it is removed and ``path`` keeps its old
-    content; one left by a killed process is removed as :func:`new_folder`'s are."""
+    so readers never see half a file, and keeps its permissions. On any error it is removed and
+    ``path`` keeps its old content; one left by a killed process is removed as :func:`new_folder`'s
+    are. A read-only ``path`` is refused (:func:`refuse_read_only_file`)."""
     path = Path(path).absolute()
+    refuse_read_only_file(path, "file")
+    mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~current_umask()
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_folders(path.parent)
     handle, name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
@@ -144,7 +157,7 @@ def replacing_file(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         fsync_file(tmp)  # before the chmod: a umask without the owner's read bit could not reopen it
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600: like any file the user creates instead
+        os.chmod(tmp, mode)  # mkstemp's 0600: the replaced file's, or like any file the user creates instead
         os.replace(tmp, path)
         fsync_folder(path.parent)
     except BaseException as error:
