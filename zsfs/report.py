@@ -113,7 +113,7 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
         "ood": _ood(most_ood, made, ood_by),
         "parameters": _parameters(run.config),
     }
-    missing = _missing_images(made, where, run.path)
+    missing = _missing_images(made, where, run.path, images)
     note = f'<p class="note">{_e(missing)}</p>' if missing else ""
     return _page(run, note + "".join(sections.values()), [anchor for anchor, part in sections.items() if part]), missing
 
@@ -312,15 +312,18 @@ def _parameters(config: dict) -> str:
     return _section("parameters", "Parameters", _table(rows))
 
 
-def _missing_images(made: dict, where: str, run_dir: Path | None) -> str | None:
-    """Why some images could not be shown, and what to do (None when every one shows)."""
+def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | Path | None) -> str | None:
+    """Why some images could not be shown, and what to do (None when every one shows): with
+    ``images`` given, to check that folder, not to give one."""
     failed = Counter(reason for uri, reason in made.values() if uri is None)
     if not failed:
         return None
     reasons = reasons_text(failed.most_common())
-    return (f"{sum(failed.values()):,} of {len(made):,} images could not be shown ({reasons}); {where}. Stores made "
-            "by `zsfs import` may hold stand-in paths; if the images moved, run "
-            f"`zsfs report {run_dir or 'RUN_DIR'} --images FOLDER`.")
+    advice = (f"check that {images} is the folder the store's image paths are relative to" if images is not None
+              else "stores made by `zsfs import` may hold stand-in paths; if the images moved, run "
+                   f"`zsfs report {run_dir or 'RUN_DIR'} --images FOLDER`")
+    return f"{sum(failed.values()):,} of {len(made):,} images could not be shown ({reasons}); {where}. " \
+           f"{advice[0].upper()}{advice[1:]}."
 
 
 # --- HTML ----------------------------------------------------------------------------------------
