@@ -350,6 +350,13 @@ def test_backbone_file_that_does_not_fit(tiny_backbone, tiny_clip, tmp_path):
         with pytest.raises(ModelLoadError, match=r"cannot read .*junk.pth as a checkpoint \(its content is no tensors "
                                                  r"saved by torch or safetensors\); pass a \.safetensors or"):
             load_backbone(TINY_BACKBONE, str(tmp_path / "junk.pth"))
+    torch.save(tiny_backbone.model, tmp_path / "whole.pth")  # the model object, not its state_dict
+    with pytest.raises(ModelLoadError, match=r"whole.pth as a checkpoint \(a pickled Python object, such as a whole "
+                                             r"model saved with torch.save\(model\), not its tensors\)"):
+        load_backbone(TINY_BACKBONE, str(tmp_path / "whole.pth"))
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "clip.pt").read_bytes()[:2000])  # an interrupted download
+    with pytest.raises(ModelLoadError, match=r"cut.pth as a checkpoint \((?!its content).*\); pass"):
+        load_backbone(TINY_BACKBONE, str(tmp_path / "cut.pth"))
 
 
 @pytest.mark.parametrize(

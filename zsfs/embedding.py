@@ -420,18 +420,21 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
                                                        "its own", crashed=True, how=died.how)
                         raise died from error
             finally:
-                _stop_decoding(loaded)
+                _unwatch_decoding(loaded)
 
 
-def _stop_decoding(loaded: Iterator) -> None:
-    """Stop the decoding processes now, while torch's SIGCHLD handler is held off: left to the
-    loader's garbage collection, a process ended by a signal sent to the whole process group
-    (`timeout`, `scancel`) made that handler raise from it after the run's last line ("Exception
-    ignored in ... DataLoader worker ... is killed by signal: Terminated"). What the loader's
-    ``__del__`` calls; a loader without decoding processes has nothing to stop."""
-    shut_down = getattr(loaded, "_shutdown_workers", None)
-    if shut_down is not None:
-        shut_down()
+def _unwatch_decoding(loaded: Iterator) -> None:
+    """Take the decoding processes off torch's SIGCHLD watch before its handler is back (what its
+    own shutdown does last). Left on it, a process ended by a signal to the whole process group
+    (`timeout`, `scancel`) made that handler raise from the loader's garbage collection, after the
+    run's last line ("Exception ignored in ... DataLoader worker ... is killed by signal:
+    Terminated"). Stopping the processes here instead would wait up to 5 s for each busy one
+    before the message and the store's lock. A loader without decoding processes has none."""
+    if getattr(loaded, "_worker_pids_set", False):
+        from torch.utils.data._utils.signal_handling import _remove_worker_pids
+
+        _remove_worker_pids(id(loaded))
+        loaded._worker_pids_set = False
 
 
 def embedded_images(source: ImageSource, models: Sequence[ImageModel], batches: list[list[int]], tags: Sequence, *,

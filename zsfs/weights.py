@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from zsfs.errors import ModelLoadError, one_line
+from zsfs.errors import ModelLoadError, error_chain, one_line
 from zsfs.digests import file_sha256
 from zsfs.store.schema import IMPORTED_WEIGHTS
 
@@ -161,9 +161,19 @@ def checkpoint_keys(file: Path) -> set[str]:
 
         return set(load_state_dict(str(file)))
     except Exception as error:  # pickle, zip, safetensors header errors: not a checkpoint
-        # torch's own text ("KeyError: 101", or advice to retry with weights_only=False) helps no one here
-        reason = one_line(error) if isinstance(error, OSError) else "its content is no tensors saved by torch or safetensors"
         raise ModelLoadError(
-            f"cannot read {file} as a checkpoint ({reason}); pass a .safetensors or "
+            f"cannot read {file} as a checkpoint ({_not_a_checkpoint(error)}); pass a .safetensors or "
             "torch .pth/.bin file saved from this model."
         ) from None
+
+
+def _not_a_checkpoint(error: Exception) -> str:
+    """Why a file is no checkpoint, in words: torch's own text is "KeyError: 101" for a text file,
+    and advice to retry with ``weights_only=False``, which no option here can take."""
+    import pickle
+
+    if "Unsupported global" in str(error):  # torch's safe loader met a class (timm's wrapper keeps the text)
+        return "a pickled Python object, such as a whole model saved with torch.save(model), not its tensors"
+    if any(isinstance(cause, (KeyError, pickle.UnpicklingError)) for cause in error_chain(error)):
+        return "its content is no tensors saved by torch or safetensors"
+    return one_line(error)  # a truncated zip or safetensors header, an unreadable file: their own words
