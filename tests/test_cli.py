@@ -50,8 +50,11 @@ def test_a_source_that_ray_took_as_its_address_or_many_sources_are_named(tmp_pat
     said = " ".join(run_cli("extract", "--ray", "photos").output.split())
     assert "Missing argument 'SOURCE'" in said and "--ray took 'photos' as its cluster address: put SOURCE first " \
         "(zsfs extract SOURCE --ray ...) or give the address as --ray=ADDRESS" in said, said
-    said = " ".join(run_cli("extract", "--ray", "head:6379").output.split())  # an address: click's message alone
-    assert "Missing argument 'SOURCE'" in said and "--ray took" not in said, said
+    said = " ".join(run_cli("extract", "--ray", "laion/{00000..00009}.tar").output.split())  # no such path: a pattern
+    assert "--ray took 'laion/{00000..00009}.tar' as its cluster address" in said, said
+    for address in ("head:6379", "ray://head:10001"):  # addresses: click's message alone
+        said = " ".join(run_cli("extract", "--ray", address).output.split())
+        assert "Missing argument 'SOURCE'" in said and "--ray took" not in said, said
     said = " ".join(run_cli("extract", "a.jpg", "b.jpg").output.split())  # photos/*.jpg, as predict takes them
     assert "Got unexpected extra argument (b.jpg). zsfs extract takes one SOURCE (a shell pattern such as photos/*.jpg " \
         "gives many): a folder, a list file or tar shards" in said, said

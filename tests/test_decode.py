@@ -168,7 +168,7 @@ def test_a_store_given_as_an_image_is_named_as_one(tmp_path):
     from zsfs.testing.synthetic import make_synthetic_store
 
     store = make_synthetic_store(tmp_path / "photos.h5", 20, 2, seed=0)
-    with pytest.raises(ImageDecodeError, match=r"photos\.h5: not an image: an HDF5 data file \(a zsfs store\?\)$"):
+    with pytest.raises(ImageDecodeError, match=r"photos\.h5: not an image: HDF5 data \(a zsfs store\?\)$"):
         decode_image(store)
 
 

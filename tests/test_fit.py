@@ -319,7 +319,7 @@ def test_a_fit_tells_each_phase_as_it_starts(tmp_path, method):
     assert said.exit_code == 0, said.output
     lines = [line.removeprefix("fit: ").removesuffix("...") for line in said.output.splitlines()
              if line.startswith("fit: ")]
-    assert lines == heard
+    assert lines == heard + ["saving the run"]
 
 
 def test_a_non_finite_row_that_no_training_reads_stops_the_fit_at_predict(tmp_path):

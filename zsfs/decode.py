@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited onto white: their stored colour is arbitrary."""
@@ -77,9 +77,9 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
         if (status.st_size if data is None else len(data)) == 0:
             raise ImageDecodeError("empty file", path)
         with _pixel_budget_replaces_pillows(), Image.open(path if data is None else io.BytesIO(data)) as image:
-            if isinstance(image, ImageFile.StubImageFile):  # a format Pillow names but has no decoder for
+            if image.format in DATA_FORMATS:  # Pillow names them (stub plugins) but they hold no picture
                 store = " (a zsfs store?)" if image.format == "HDF5" else ""
-                raise ImageDecodeError(f"not an image: an {image.format} data file{store}", path)
+                raise ImageDecodeError(f"not an image: {image.format} data{store}", path)
             width, height = image.size
             _decode_smaller(image, max_pixels)
             if draft is not None:  # no effect when _decode_smaller reduced it already
@@ -118,6 +118,9 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
     except MemoryError:
         raise ImageDecodeError("image too large to decode (out of memory)", path) from None
 
+
+DATA_FORMATS = ("HDF5", "BUFR", "GRIB")
+"""Scientific data formats Pillow identifies and cannot decode (WMF, its other stub, is a picture)."""
 
 ORIGINAL_SIZE = "zsfs.original_size"
 """``Image.info`` key of a decoded image's size (width, height) in the file, after orientation."""

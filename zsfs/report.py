@@ -47,11 +47,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, images: 
     :func:`render_report`'s. ``on_missing_images`` hears the page's note when some images could
     not be shown (an empty gallery should be no surprise)."""
     _check_options(per_class, ood_images)
-    run = load_run(run_dir)  # what is not a run is said before where the page would go
+    run = load_run(run_dir)  # what is not a run is said before where the page would go (`zsfs report` checks the name first)
     out = Path(run_dir) / REPORT if out is None else Path(out)
     check_report_path(out)
-    check_writable(out, "report")
-    refuse_read_only_file(out, "report")  # before the rendering, with the message every command gives
+    check_writable(out, "report")  # before the rendering, with the message every command gives
+    refuse_read_only_file(out, "report")
     page, missing = _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed)
     written = write_text_atomically(out, page)
     if missing and on_missing_images is not None:

@@ -130,7 +130,8 @@ def _form_hint(command: click.Command | None, error: click.UsageError) -> str:
             if flag in error.param.opts:
                 return f"{what.capitalize()} is an option here: zsfs {command.name} {flag} {argument} ..."  # click adds the space
         address = error.ctx.params.get("ray") if error.ctx is not None else None
-        if error.param.human_readable_name == "SOURCE" and address and os.path.exists(address):
+        path_like = address and (os.path.exists(address) or ("/" in address and "://" not in address))
+        if error.param.human_readable_name == "SOURCE" and path_like:  # a folder, a list, 'shards/{0..9}.tar'; not ray://
             return (f"--ray took {address!r} as its cluster address: put SOURCE first (zsfs {command.name} SOURCE "
                     "--ray ...) or give the address as --ray=ADDRESS")
     if command is not None and command.name == "extract" and error.message.startswith("Got unexpected extra argument"):
@@ -167,15 +168,16 @@ def note_fit_options(config: "FitConfig", given: dict) -> None:
 
 def note_emulated_bf16(precision: str, device: str) -> None:
     """Say so when bf16 products are asked for on a CPU that has none in hardware: torch then
-    emulates them, many times slower than fp32 (``zsfs.devices.has_fast_bf16``)."""
+    emulates them, many times slower than fp32 (``zsfs.devices.has_fast_bf16``). Torch before
+    2.10 cannot tell: nothing is said there."""
     if precision == "bf16" and device == "cpu":
         import torch
 
         from zsfs.devices import has_fast_bf16
 
-        if not has_fast_bf16(torch.device("cpu")):
-            console.print("[yellow]Note:[/] this CPU has no bf16 products in hardware (AVX512-BF16, AMX): torch "
-                          "emulates them, many times slower than fp32 (--precision fp32; fit's auto chooses it).",
+        if hasattr(torch.cpu, "get_capabilities") and not has_fast_bf16(torch.device("cpu")):
+            console.print("[yellow]Note:[/] this CPU has no bf16 products in hardware (AVX512-BF16, AMX, Arm BF16): "
+                          "torch emulates them, many times slower than fp32 (--precision fp32; fit's auto chooses it).",
                           soft_wrap=True)
 
 

@@ -153,6 +153,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
 
             result = fit_store(store, config, vocabulary, on_phase=on_phase)
             run = in_memory(result, store, config)
+            on_phase("saving the run")  # not a timed phase: the fit is done
             if run_dir is not None:
                 saved = run.save(run_dir).path
             else:  # named when the run is done: two fits started in the same second get two folders

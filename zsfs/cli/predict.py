@@ -34,7 +34,8 @@ def _check_out(ctx: click.Context, param: click.Parameter, value: Path | None) -
 @click.option("--run", "run_dir", required=True, type=GivenPath(path_type=Path),
               help="Run folder written by `zsfs fit`.")
 @click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), callback=_check_out,
-              help="Write every prediction to a .csv, .parquet or .json file (replaced whole if it exists).")
+              help="Write every prediction to a .csv, .parquet or .json file (replaced whole if it exists, unless "
+                   "read-only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON lines on stdout.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the backbone runs (a clear error when torch sees no such device).")

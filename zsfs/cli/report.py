@@ -26,7 +26,8 @@ def _check_out(ctx: click.Context, param: click.Parameter, value: Path | None) -
                epilog="Example: zsfs report runs/photos-k16 --out photos-k16.html")
 @click.argument("run_dir", type=GivenPath(path_type=Path))
 @click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), default=None, callback=_check_out,
-              help="HTML file to write (its name ends in .html or .htm), replaced if it exists [RUN_DIR/report.html].")
+              help="HTML file to write (its name ends in .html or .htm), replaced if it exists, unless read-only "
+                   "[RUN_DIR/report.html].")
 @click.option("--images", type=GivenPath(exists=True, file_okay=False, path_type=Path), default=None,
               help="Folder the store's image paths are relative to, if the images moved [the store's source].")
 @click.option("--per-class", type=click.IntRange(min=1), default=None,

@@ -62,7 +62,8 @@ visits every IVF list once: with 16k-row blocks the 1.28M graph spent its time g
 GRAPH_STEPS = 10
 """Blocks a graph of up to ``GRAPH_STEPS x GRAPH_BLOCK`` rows is built in: a tenth of the store
 each, so the progress bar moves on a small store too (a 50k store's single block held it at 0
-for the whole search) and every list is gathered 10 times whatever the size (the 1.28M count)."""
+for the whole search), and every IVF list is gathered 10 times up to that size (as the 1.28M
+graph was); larger stores take more blocks of ``GRAPH_BLOCK`` rows."""
 
 
 class RunningTop:
