@@ -164,14 +164,17 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
     try:
         child = run_python_unprivileged(UNWRITABLE_CLI.format(cases=cases), cwd=work)
         # the default run folder (./runs/...) in a read-only working folder: the user chose no location
-        default = run_python_unprivileged(UNWRITABLE_CLI.format(cases={"fit": ["fit", "--store", store]}), cwd=read_only)
+        defaults = {"fit": ["fit", "--store", store], "extract": ["extract", photos, *TINY_MODEL_ARGS]}
+        default = run_python_unprivileged(UNWRITABLE_CLI.format(cases=defaults), cwd=read_only)
     finally:
         read_only.chmod(0o755)
     assert default.returncode == 0, default.stderr[-3000:]
-    code, output = json.loads(default.stdout.splitlines()[-1])["fit"]
-    said = " ".join(output.split())
-    assert code == 1 and f"{read_only} is not writable (Permission denied); choose another location with --out " \
-        "RUN_DIR" in said, said  # bug: "choose another location" alone
+    for name, advice in (("fit", "choose another location with --out RUN_DIR"),
+                         ("extract", "the store goes to the working folder unless given one: choose another location "
+                                     "with --out PATH")):
+        code, output = json.loads(default.stdout.splitlines()[-1])[name]
+        said = " ".join(output.split())
+        assert code == 1 and f"{read_only} is not writable (Permission denied); {advice}" in said, said  # bug: no --out
     assert child.returncode == 0, child.stderr[-3000:]
     results = json.loads(child.stdout.splitlines()[-1])
     assert sorted(results) == sorted(cases)

@@ -273,8 +273,10 @@ def extract(
                              workers, max_pixels)
     given_classes = _given_classes(classes)  # a bad class file fails before a long listing
     image_source = open_source(source)
+    fix = "choose another location" if out is not None else \
+        "the store goes to the working folder unless given one: choose another location with --out PATH"
     out = Path(out) if out is not None else default_output(image_source.location)
-    check_writable(out, "store", beside=names_beside(out))
+    check_writable(out, "store", fix, beside=names_beside(out))
     refuse_input_as_output(out, [("image source", source), ("CLIP weights file", clip_weights),
                                  ("backbone weights file", backbone_weights),
                                  ("class file", classes if isinstance(classes, (str, Path)) else None)])
