@@ -222,8 +222,8 @@ def test_extract_summary_lists_every_skip_reason_and_the_files_set_aside(tmp_pat
     assert re.search(r"skipped │ 4 \(`zsfs info --skipped` lists them\) │ │ not an image │ 3 │ │ truncated file │ 1 │",
                      said), said  # every reason, the most frequent first
     assert "│ vocabulary │ none │" in said
-    assert "Note: 1 file crashed the image decoder and was set aside (skipped): 1: bomb.png." in said
-    assert "Note: 1 file hung the image decoder and was set aside (skipped): 1: slow.tif." in said
+    assert "Note: 1 file crashed the image decoder and was set aside (skipped): bomb.png." in said
+    assert "Note: 1 file hung the image decoder and was set aside (skipped): slow.tif." in said
 
 
 def test_text_runs_where_device_says(tmp_path):

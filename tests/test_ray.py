@@ -181,7 +181,7 @@ def test_a_file_that_crashes_a_workers_decoding_is_skipped_as_in_a_local_run(clu
                      "--workers", "1", "--ray", "--ray-workers", "1")
     assert result.exit_code == 0, result.output
     # bug: a Ray run said nothing of the files its workers set aside (a local run's note)
-    assert f"1 file crashed the image decoder and was set aside (skipped): 1: green/{CRASHING_NAME}" in " ".join(
+    assert f"1 file crashed the image decoder and was set aside (skipped): green/{CRASHING_NAME}" in " ".join(
         output_text(result).split()), result.output
     with Store(out) as store:
         skipped = dict(zip(*store.skipped()))
@@ -200,7 +200,7 @@ def test_a_file_that_hangs_a_workers_decoding_is_set_aside_as_in_a_local_run(clu
     result = run_cli("extract", folder, "--out", out, *TINY_MODEL_ARGS, "--shard-size", "6", "--batch-size", "2",
                      "--workers", "1", "--ray", "--ray-workers", "1")
     assert result.exit_code == 0, result.output
-    assert f"1 file hung the image decoder and was set aside (skipped): 1: red/{HANGING_NAME}" in " ".join(
+    assert f"1 file hung the image decoder and was set aside (skipped): red/{HANGING_NAME}" in " ".join(
         output_text(result).split()), result.output
     with Store(out) as store:
         skipped = dict(zip(*store.skipped()))

@@ -454,9 +454,10 @@ def add_vocabulary(
 def refuse_same_text_to_clip(pairs: list[tuple[str, str]]) -> None:
     """A ``ZsfsError`` naming the class names CLIP reads as the same text (see ``same_text_to_clip``)."""
     if pairs:
-        raise ZsfsError(f"CLIP reads some class names as the same tokens (its tokenizer ignores case, spacing and "
-                        f"the Unicode form, and cuts long texts), pairs {pairs_text(pairs, 10)}. It gives each pair "
-                        "one embedding and cannot tell their images apart: list each class once.")
+        raise ZsfsError(f"CLIP reads {counted(len(pairs), 'pair')} of class names as the same tokens (its tokenizer "
+                        f"ignores case, spacing and the Unicode form, and cuts long texts): "
+                        f"{pairs_text(pairs, 10, with_count=False)}. It gives each pair one embedding and cannot tell "
+                        "their images apart: list each class once.")
 
 
 def default_output(location: Path) -> Path:

@@ -136,9 +136,10 @@ def reasons_text(counts: Iterable[tuple[str, int]]) -> str:
     return "; ".join(f"{reason}: {count:,}" for reason, count in counts)
 
 
-def pairs_text(pairs: Sequence[tuple[str, str]], limit: int, listed_in: str | None = None) -> str:
+def pairs_text(pairs: Sequence[tuple[str, str]], limit: int, listed_in: str | None = None, *,
+               with_count: bool = True) -> str:
     """:func:`some_names` of ``(first, later)`` name pairs, each as ``'first' = 'later'``."""
-    return some_names([f"{first!r} = {later!r}" for first, later in pairs], limit, listed_in)
+    return some_names([f"{first!r} = {later!r}" for first, later in pairs], limit, listed_in, with_count=with_count)
 
 
 def some_names(names: Sequence[str], limit: int, listed_in: str | None = None, *, with_count: bool = True) -> str:

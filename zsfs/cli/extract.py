@@ -89,7 +89,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     for paths, what in ((crashing, "crashed the image decoder"), (hanging, "hung the image decoder")):
         if paths:  # the decoding process's own crash report is on the terminal above: say it was handled
             console.print(f"Note: {counted(len(paths), 'file')} {what} and {'was' if len(paths) == 1 else 'were'} "
-                          f"set aside (skipped): {some_names([shown(path) for path in paths], 5)}.")
+                          f"set aside (skipped): {some_names([shown(path) for path in paths], 5, with_count=False)}.")
     move = "move the loose images into class subfolders" if summary.no_labels_reason else ""
     if summary.vocabulary is None:
         why = f"{summary.no_labels_reason}; {move} or pass --classes" if move else "no class subfolders, no --classes"
