@@ -47,7 +47,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, images: 
     :func:`render_report`'s. ``on_missing_images`` hears the page's note when some images could
     not be shown (an empty gallery should be no surprise)."""
     _check_options(per_class, ood_images)
-    run = load_run(run_dir)  # what is not a run is said before where the page would go (`zsfs report` checks the name first)
+    # what is not a run is said before where the page would go (`zsfs report` checks the page's name first)
+    run = load_run(run_dir)
     out = Path(run_dir) / REPORT if out is None else Path(out)
     check_report_path(out)
     check_writable(out, "report")  # before the rendering, with the message every command gives
@@ -360,6 +361,7 @@ NAVIGATION = {"summary": "Summary", "figures": "OOD and cycles", "accuracy": "Ac
 
 def _page(run: FittedRun, content: str, anchors: list[str]) -> str:
     name = run.path.resolve().name if run.path is not None else "a run not saved"  # zsfs.fit() in Python
+    folder = f"Run folder {run.path}" if run.path is not None else "Not saved (.save(dir) writes it)"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     links = " ".join(f'<a href="#{anchor}">{NAVIGATION[anchor]}</a>' for anchor in anchors)  # only those it has
     return f"""<!DOCTYPE html>
@@ -367,7 +369,7 @@ def _page(run: FittedRun, content: str, anchors: list[str]) -> str:
 <title>zsfs report: {_e(name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>zsfs report: {_e(name)}</h1>
-<p class="meta">{_e(f"Run folder {run.path}" if run.path is not None else "Not saved (.save(dir) writes it)")} · rendered {stamp} by zsfs {_e(__version__)}</p>
+<p class="meta">{_e(folder)} · rendered {stamp} by zsfs {_e(__version__)}</p>
 <nav>{links}</nav>
 {content}
 </body></html>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import signal
@@ -128,10 +129,12 @@ def _form_hint(command: click.Command | None, error: click.UsageError) -> str:
     if isinstance(error, click.MissingParameter) and error.param is not None:
         for flag, (argument, what) in ARGUMENT_FORMS.items():
             if flag in error.param.opts:
-                return f"{what.capitalize()} is an option here: zsfs {command.name} {flag} {argument} ..."  # click adds the space
+                # (click adds the space before it)
+                return f"{what.capitalize()} is an option here: zsfs {command.name} {flag} {argument} ..."
         address = error.ctx.params.get("ray") if error.ctx is not None else None
         path_like = address and (os.path.exists(address) or ("/" in address and "://" not in address))
-        if error.param.human_readable_name == "SOURCE" and path_like:  # a folder, a list, 'shards/{0..9}.tar'; not ray://
+        # a folder, a list, 'shards/{0..9}.tar' given as --ray's value; not an address such as ray://head:10001
+        if error.param.human_readable_name == "SOURCE" and path_like:
             return (f"--ray took {address!r} as its cluster address: put SOURCE first (zsfs {command.name} SOURCE "
                     "--ray ...) or give the address as --ray=ADDRESS")
     if command is not None and command.name == "extract" and error.message.startswith("Got unexpected extra argument"):
@@ -141,7 +144,8 @@ def _form_hint(command: click.Command | None, error: click.UsageError) -> str:
         argument, what = ARGUMENT_FORMS[error.option_name]
         if any(isinstance(p, click.Argument) and p.human_readable_name == argument for p in params):
             error.possibilities = []  # click's "did you mean" guesses another option
-            return f" {what.capitalize()} is an argument here, without {error.option_name}: zsfs {command.name} {argument} ..."
+            return (f" {what.capitalize()} is an argument here, without {error.option_name}: "
+                    f"zsfs {command.name} {argument} ...")
     return ""
 
 
@@ -164,6 +168,20 @@ def note_fit_options(config: "FitConfig", given: dict) -> None:
         readers = "cycles method (--method cycles, --paper)" if config.method == "balanced" else None
         note = config.unread_note(typed, readers)
         console.print(f"[yellow]Note:[/] {note}.", soft_wrap=True)
+
+
+def usage_check(module: str, check: str) -> Callable[[click.Context, click.Parameter, object], object]:
+    """A click callback running ``module.check(value)`` on a given value: its ZsfsError becomes a
+    usage error (exit 2) before any work. Imported when called, so `zsfs --help` stays fast."""
+    def callback(ctx: click.Context, param: click.Parameter, value: object) -> object:
+        if value is not None:
+            try:
+                getattr(importlib.import_module(module), check)(value)
+            except ZsfsError as error:
+                raise click.BadParameter(str(error)) from None
+        return value
+
+    return callback
 
 
 def note_emulated_bf16(precision: str, device: str) -> None:

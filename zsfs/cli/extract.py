@@ -46,7 +46,8 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
                                                 "are removed first: a failed rebuild does not bring it back).")
 @click.option("--ray", "ray", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Compute the shards on a Ray cluster: ADDRESS, or RAY_ADDRESS, or the cluster this machine "
-                   "joined; 'local' starts Ray here. Needs Ray: pip install -e \".[ray]\" in the zsfs checkout (docs/scale.md).")
+                   "joined; 'local' starts Ray here. Needs Ray: pip install -e \".[ray]\" in the zsfs checkout "
+                   "(docs/scale.md).")
 @click.option("--ray-workers", type=click.IntRange(min=1),
               help="Ray workers, each holding both models [default: one per GPU with --device cuda, "
                    "else one per node].")

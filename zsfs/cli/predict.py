@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown
+from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown, usage_check
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.names import counted
@@ -16,24 +16,13 @@ from zsfs.names import counted
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
 
-def _check_out(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    """Refuse an --out that write_predictions cannot or should not write before any image is embedded."""
-    from zsfs.predict import check_predictions_path  # here, not at the top: `zsfs --help` stays fast
-
-    if value is not None:
-        try:
-            check_predictions_path(value)
-        except ZsfsError as error:
-            raise click.BadParameter(str(error)) from None
-    return value
-
-
 @click.command(short_help="Classify new image files with a fitted run.",
                epilog="Example: zsfs predict --run runs/photos-k16 new_images/ extra.jpg --out predictions.csv")
 @click.argument("images", nargs=-1, required=True, type=GivenPath(path_type=Path))
 @click.option("--run", "run_dir", required=True, type=GivenPath(path_type=Path),
               help="Run folder written by `zsfs fit`.")
-@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), callback=_check_out,
+@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path),
+              callback=usage_check("zsfs.predict", "check_predictions_path"),
               help="Write every prediction to a .csv, .parquet or .json file (replaced whole if it exists, unless "
                    "read-only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON lines on stdout.")

@@ -6,26 +6,14 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import GivenPath, console, shown
-from zsfs.errors import ZsfsError
-
-
-def _check_out(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    """A page name write_report refuses is a usage error, as predict's --out is (exit 2)."""
-    from zsfs.report import check_report_path  # here, not at the top: `zsfs --help` stays fast
-
-    if value is not None:
-        try:
-            check_report_path(value)
-        except ZsfsError as error:
-            raise click.BadParameter(str(error)) from None
-    return value
+from zsfs.cli.common import GivenPath, console, shown, usage_check
 
 
 @click.command("report", short_help="Write one offline HTML page about a fit run.",
                epilog="Example: zsfs report runs/photos-k16 --out photos-k16.html")
 @click.argument("run_dir", type=GivenPath(path_type=Path))
-@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), default=None, callback=_check_out,
+@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), default=None,
+              callback=usage_check("zsfs.report", "check_report_path"),
               help="HTML file to write (its name ends in .html or .htm), replaced if it exists, unless read-only "
                    "[RUN_DIR/report.html].")
 @click.option("--images", type=GivenPath(exists=True, file_okay=False, path_type=Path), default=None,
