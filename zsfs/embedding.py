@@ -429,11 +429,13 @@ def _unwatch_decoding(loaded: Iterator) -> None:
     (`timeout`, `scancel`) made that handler raise from the loader's garbage collection, after the
     run's last line ("Exception ignored in ... DataLoader worker ... is killed by signal:
     Terminated"). Stopping the processes here instead would wait up to 5 s for each busy one
-    before the message and the store's lock. A loader without decoding processes has none."""
-    if getattr(loaded, "_worker_pids_set", False):
-        from torch.utils.data._utils.signal_handling import _remove_worker_pids
+    before the message and the store's lock. A loader without decoding processes has none; a
+    torch whose private names differ keeps its own shutdown (and that message)."""
+    from torch.utils.data._utils import signal_handling
 
-        _remove_worker_pids(id(loaded))
+    remove = getattr(signal_handling, "_remove_worker_pids", None)
+    if getattr(loaded, "_worker_pids_set", False) and remove is not None:
+        remove(id(loaded))
         loaded._worker_pids_set = False
 
 
