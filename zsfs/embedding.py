@@ -403,24 +403,21 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
                          worker_niceness=default_worker_niceness(device))
     with model_threads(torch_device, workers, cores):
         loaded = iter(loader)  # kept: a failure looks at its decoding processes. (It installs torch's handler.)
-        with without_torch_sigchld_handler():
+        with without_torch_sigchld_handler(), HangWatch(loaded, decoding, decoding_since) as watch:
             try:
-                with HangWatch(loaded, decoding, decoding_since) as watch:
-                    try:
-                        yield embed_batches(loaded, tags, tuple(model.encode_images for model in models),
-                                            torch_device, precision, on_batch)
-                    except Exception as error:
-                        died = decoding_process_died(loaded, error, decoding, watch.hung)
-                        if died is None:
-                            raise
-                        if died.crashed and (died.crashing_index is None
-                                             or not _crashes_alone(images, died.crashing_index)):
-                            # between files, or a file that decodes alone (a heap corrupted earlier?): nobody to blame
-                            died = DecodingProcessDied(f"{died}, and no file it was decoding crashes a process of "
-                                                       "its own", crashed=True, how=died.how)
-                        raise died from error
+                yield embed_batches(loaded, tags, tuple(model.encode_images for model in models), torch_device,
+                                    precision, on_batch)
+            except Exception as error:
+                died = decoding_process_died(loaded, error, decoding, watch.hung)
+                if died is None:
+                    raise
+                if died.crashed and (died.crashing_index is None or not _crashes_alone(images, died.crashing_index)):
+                    # between files, or a file that decodes alone (a heap corrupted earlier?): nobody to blame
+                    died = DecodingProcessDied(f"{died}, and no file it was decoding crashes a process of its own",
+                                               crashed=True, how=died.how)
+                raise died from error
             finally:
-                _unwatch_decoding(loaded)
+                _unwatch_decoding(loaded)  # inside the block: before torch's SIGCHLD handler is back
 
 
 def _unwatch_decoding(loaded: Iterator) -> None:

@@ -320,11 +320,10 @@ def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | 
     if not failed:
         return None
     reasons = reasons_text(failed.most_common())
-    advice = (f"check that {images} is the folder the store's image paths are relative to" if images is not None
-              else "stores made by `zsfs import` may hold stand-in paths; if the images moved, run "
-                   f"`zsfs report {run_dir or 'RUN_DIR'} --images FOLDER`")
-    return f"{sum(failed.values()):,} of {len(made):,} images could not be shown ({reasons}); {where}. " \
-           f"{advice[0].upper()}{advice[1:]}."
+    advice = (f"Check that {images} is the folder the store's image paths are relative to." if images is not None
+              else "Stores made by `zsfs import` may hold stand-in paths; if the images moved, run "
+                   f"`zsfs report {run_dir or 'RUN_DIR'} --images FOLDER`.")
+    return f"{sum(failed.values()):,} of {len(made):,} images could not be shown ({reasons}); {where}. {advice}"
 
 
 # --- HTML ----------------------------------------------------------------------------------------
