@@ -68,13 +68,17 @@ def test_summary_is_mean_and_std_over_splits(bench):
 
 
 def test_same_seed_same_result(labelled_store, bench):
+    heard = []
     with Store(labelled_store) as store:  # a numpy count is a count (bug: it was recorded as the first split's names)
-        again = ood_bench(store, np.int64(6), FitConfig(**QUICK_FIT), n_splits=2)
+        again = ood_bench(store, np.int64(6), FitConfig(**QUICK_FIT), n_splits=2, on_phase=heard.append)
     def without_time(splits):
         return [{key: value for key, value in split.items() if key != "fit_seconds"} for split in splits]
 
     assert without_time(again["splits"]) == without_time(bench["splits"])
     assert again["id_classes"] == 6 and type(again["id_classes"]) is int  # written to metrics.json as it is
+    # each split's fit names its phases (the spinner showed one line per split for minutes)
+    half = len(heard) // 2
+    assert heard[0] == heard[half] == "read clip + index" and heard[half - 1] == heard[-1] == "predict", heard
 
 
 def test_splits_are_drawn_from_the_fit_seed_in_python_as_on_the_command_line(labelled_store, bench):
@@ -159,6 +163,14 @@ def test_store_without_labels_is_refused(tmp_path):
 
 def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path, monkeypatch):
     monkeypatch.setattr(console, "_width", 200)  # one line per table row
+    spinner = []  # what a terminal's status line shows (a log never sees it)
+
+    class Status:
+        def __enter__(self): return self
+        def __exit__(self, *exc): return False
+        def update(self, text): spinner.append(text)
+
+    monkeypatch.setattr(console, "status", lambda text: spinner.append(text) or Status())
     out = tmp_path / "bench"
     result = bench_cli("--store", labelled_store, "--id-classes", 6, "--splits", 2, "--out", out, "--json",
                      *QUICK_FIT_ARGS)
@@ -188,6 +200,10 @@ def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path, 
         assert f"│ {title} │ {cells[0]} │ {cells[1]} │" in said, title
     assert (f"│ ID accuracy: zsfs │ {written['id_accuracy_mean']:.3f} ± {written['id_accuracy_std']:.3f} │" in said)
     assert "distinct split" not in said  # 2 of the 210 splits of 6 classes in 10 exist: no note
+    # each split's fit names its phases; bug: the spinner said "fitting split 3 of 2" after the last
+    assert spinner[0] == "reading the store" and spinner[1] == "fitting split 1 of 2: read clip + index", spinner
+    assert spinner[-1] == "fitting split 2 of 2: predict", spinner
+    assert {text.split(":")[0] for text in spinner[1:]} == {"fitting split 1 of 2", "fitting split 2 of 2"}, spinner
 
 
 def test_cli_id_class_file_gives_one_split(labelled_store, tmp_path):

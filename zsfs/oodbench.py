@@ -97,6 +97,7 @@ def ood_bench(
     vocabulary: str | None = None,
     on_start: Callable[[int], None] | None = None,
     on_split: Callable[[int, SplitResult], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the protocol on an open ``Store``; returns the metrics.json content.
 
@@ -104,7 +105,8 @@ def ood_bench(
     when fewer distinct ones exist) or the ID class names (one split). ID classes are drawn
     among the labels that the vocabulary names; labels it does not name can never be ID, so
     they are always OOD (listed as ``always_ood_classes``). ``config`` is the ``FitConfig``
-    used for every split. ``on_start(n_splits)`` and ``on_split(number, result)`` report progress.
+    used for every split. ``on_start(n_splits)``, ``on_split(number, result)`` and ``on_phase(name)``
+    (each phase of each split's fit, as ``fit_store`` names it) report progress.
     """
     from zsfs.fit.run import fit_store, resolve_vocabulary
 
@@ -140,7 +142,7 @@ def ood_bench(
 
     results = []
     for number, split in enumerate(splits):
-        fitted = fit_store(store, config, vocabulary=vocab_name, classes=split)
+        fitted = fit_store(store, config, vocabulary=vocab_name, classes=split, on_phase=on_phase)
         results.append(score_split(fitted, labels, split))
         if on_split is not None:
             on_split(number, results[-1])

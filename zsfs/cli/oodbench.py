@@ -52,9 +52,9 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     if not isinstance(wanted, int) and click.get_current_context().get_parameter_source("splits") \
             is not click.core.ParameterSource.DEFAULT:
         console.print("[yellow]Note:[/] --splits is ignored: a file of ID classes is one split.")
-    n_splits = 0  # as the benchmark draws them (on_start)
+    n_splits, fitted = 0, 0  # as the benchmark draws them (on_start), and as they end (on_split)
 
-    with Store(store_path) as store, console.status("fitting split 1") as status:
+    with Store(store_path) as store, console.status("reading the store") as status:
         def start(count: int) -> None:
             nonlocal n_splits
             n_splits = count
@@ -62,18 +62,21 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
                 exist = "exists" if count == 1 else "exist"
                 console.print(f"[yellow]Note:[/] only {counted(count, 'distinct split')} of {wanted} ID classes "
                               f"{exist}; each is run once.")
-            status.update(f"fitting split 1 of {n_splits}")
 
         def report_split(number: int, split) -> None:
+            nonlocal fitted
+            fitted = number + 1
             o = split.ood
             console.print(f"split {number + 1}/{n_splits}: {counted(len(split.id_classes), 'ID class', 'ID classes')}, "
                           f"{split.n_id_images:,} ID / {split.n_ood_images:,} OOD images; AUROC zsfs "
                           f"{o['zsfs']['auroc']:.3f}, continuous {o['zsfs_continuous']['auroc']:.3f}, "
                           f"MCM {o['mcm']['auroc']:.3f}; ID accuracy {split.id_accuracy:.3f}")
-            status.update(f"fitting split {number + 2} of {n_splits}")
+
+        def phase(name: str) -> None:  # the spinner only: a log gets a line per split, not per phase
+            status.update(f"fitting split {fitted + 1} of {n_splits}: {name}")
 
         metrics = run_bench(store, wanted, config, n_splits=splits, vocabulary=vocabulary,
-                            on_start=start, on_split=report_split)
+                            on_start=start, on_split=report_split, on_phase=phase)
     if metrics["n_splits"] and all(len(split["id_classes"]) == 1 for split in metrics["splits"]):
         console.print("[yellow]Note:[/] with one ID class, MCM (a softmax over the ID classes) is 1 for every "
                       "image: its AUROC is 0.5 by construction. Use 2 or more ID classes to compare the detectors.")
