@@ -28,6 +28,7 @@ from zsfs.models import (
 )
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
+from zsfs.testing.privileges import run_python_unprivileged
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 
@@ -237,9 +238,76 @@ def test_clip_file_that_does_not_fit_or_is_not_a_checkpoint(tiny_backbone, tmp_p
     save_file(tiny_backbone.model.state_dict(), str(other))
     with pytest.raises(ModelLoadError, match="does not fit the CLIP architecture zsfs-tiny-clip"):
         load_clip(str(TINY_CLIP_CONFIG), str(other))
+    # bug: each of these was blamed on the architecture ("does not fit ... KeyError: 101", "EOFError", ...)
     (tmp_path / "notes.pt").write_text("not a checkpoint")
-    with pytest.raises(ModelLoadError, match="does not fit"):
+    with pytest.raises(ModelLoadError, match=r"cannot read .*notes.pt as a checkpoint \(its content is no tensors"):
         load_clip(str(TINY_CLIP_CONFIG), str(tmp_path / "notes.pt"))
+    torch.save(tiny_backbone.model, tmp_path / "whole.pt")  # the model object, not its state_dict
+    with pytest.raises(ModelLoadError, match=r"whole.pt as a checkpoint \(a pickled Python object"):
+        load_clip(str(TINY_CLIP_CONFIG), str(tmp_path / "whole.pt"))
+    with pytest.warns(FutureWarning):  # torch deprecates TorchScript; OpenAI's own CLIP files are TorchScript
+        torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)).save(str(tmp_path / "ViT-B-32.pt"))
+    with pytest.raises(ModelLoadError, match=r"ViT-B-32.pt as a checkpoint \(a TorchScript archive, as OpenAI's original"):
+        load_clip(str(TINY_CLIP_CONFIG), str(tmp_path / "ViT-B-32.pt"))
+    (tmp_path / "empty.pt").touch()
+    with pytest.raises(ModelLoadError, match=r"^CLIP weights file .*empty.pt is empty \(an interrupted download"):
+        load_clip(str(TINY_CLIP_CONFIG), str(tmp_path / "empty.pt"))
+    with pytest.raises(ModelLoadError, match=r"^backbone weights file .*empty.pt is empty"):
+        load_backbone(TINY_BACKBONE, str(tmp_path / "empty.pt"))
+
+
+@pytest.mark.parametrize("load", ["clip", "backbone"])
+def test_weights_given_as_a_folder_or_unreadable_say_so(tmp_path, load):
+    """Bug: a folder was "not found" (it exists); an unreadable .safetensors was "No such file or directory"."""
+    flag = f"--{load}-weights"
+    what = "CLIP" if load == "clip" else "backbone"
+    loader = (lambda weights: load_clip(str(TINY_CLIP_CONFIG), weights)) if load == "clip" else \
+        (lambda weights: load_backbone(TINY_BACKBONE, weights))
+    (tmp_path / "snapshot").mkdir()
+    with pytest.raises(ModelLoadError, match=rf"^{what} weights .*snapshot is a folder; pass the weights file in it "
+                                             rf"\({flag} .*snapshot/model.safetensors, for example\)"):
+        loader(str(tmp_path / "snapshot"))
+    locked = tmp_path / "locked.safetensors"
+    locked.write_bytes(b"weights")
+    locked.chmod(0)
+    child = run_python_unprivileged(
+        f"from zsfs.models import load_clip, load_backbone\n"
+        f"from zsfs.testing.models import TINY_CLIP_CONFIG, TINY_BACKBONE\n"
+        f"from zsfs.errors import ModelLoadError\n"
+        f"try:\n"
+        f"    {'load_clip(str(TINY_CLIP_CONFIG), ' if load == 'clip' else 'load_backbone(TINY_BACKBONE, '}{str(locked)!r})\n"
+        f"except ModelLoadError as error:\n"
+        f"    print(error)\n")
+    assert child.stdout.strip() == f"cannot read {what} weights file {locked}: Permission denied", child
+
+
+@pytest.mark.parametrize("load", ["clip", "backbone"])
+def test_weights_reached_through_a_link_to_a_blob_without_suffix(tiny_clip, tiny_backbone, tmp_path, load):
+    """A Hugging Face cache holds snapshots/REV/model.safetensors -> blobs/SHA (no suffix). Bug: the
+    link was resolved, and the blob refused as "no tensors saved by torch or safetensors"."""
+    model = tiny_clip.model if load == "clip" else tiny_backbone.model
+    blob = tmp_path / "blobs" / "5cc1d47b0e"
+    blob.parent.mkdir()
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(blob))
+    link = tmp_path / "snapshots" / "aaaa" / "model.safetensors"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    loaded = load_clip(str(TINY_CLIP_CONFIG), str(link)) if load == "clip" else load_backbone(TINY_BACKBONE, str(link))
+    assert loaded.record["file"] == str(link) and loaded.record["sha256"] == hashlib.sha256(blob.read_bytes()).hexdigest()
+    reference = tiny_clip if load == "clip" else tiny_backbone
+    x = pixels_for(reference)
+    torch.testing.assert_close(loaded.encode_images(x), reference.encode_images(x))
+
+
+def test_a_tokenizer_that_cannot_be_had_is_named(tmp_path):
+    """Bug: a model whose tokenizer comes from the Hugging Face hub ended in a ModuleNotFoundError traceback
+    without `transformers` (and in a minute of retries with it, offline)."""
+    config = json.loads(TINY_CLIP_CONFIG.read_text())
+    config["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-B-16-SigLIP"
+    (tmp_path / "hf-tokenizer-clip.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"^could not load the tokenizer of CLIP hf-tokenizer-clip "
+                                             r"\(timm/ViT-B-16-SigLIP: .*\); it needs the transformers package"):
+        load_clip(str(tmp_path / "hf-tokenizer-clip.json"), "random")
 
 
 def test_a_new_weights_path_for_an_imported_store_gets_the_import_explanation(tmp_path):
@@ -263,8 +331,43 @@ def test_clip_download_failure_says_how_to_pass_a_file(offline):
     with pytest.raises(ModelLoadError) as caught:
         load_clip("ViT-B-32", "openai")
     message = str(caught.value)
-    assert "could not download the CLIP weights ViT-B-32 / openai" in message
-    assert "--clip-weights /path/to/" in message and "Traceback" not in message
+    assert "could not download the CLIP weights ViT-B-32 / openai" in message and "Traceback" not in message
+    assert "point HF_HOME at a copy of the Hugging Face cache" in message
+    # bug: the advice kept ViT-B-32, whose GELU is not the QuickGELU these weights were trained with
+    assert message.endswith("Or pass a local file: --clip-model ViT-B-32-quickgelu --clip-weights "
+                            "/path/to/open_clip_pytorch_model.bin (from huggingface.co/timm/vit_base_patch32_clip_224.openai).")
+    with pytest.raises(ModelLoadError) as caught:  # weights with their own preprocessing: a file cannot match it
+        load_clip("ViT-H-14", "dfn5b")
+    assert str(caught.value).endswith("--clip-model ViT-H-14-quickgelu --clip-weights /path/to/open_clip_pytorch_model.bin "
+                                      "(from huggingface.co/apple/DFN5B-CLIP-ViT-H-14); but a file gets ViT-H-14's own "
+                                      "image preprocessing, not these weights' (resize_mode differs), so its features "
+                                      "would be off: prefer the cache.")
+
+
+def test_a_store_built_from_a_tag_takes_no_file_and_says_how_to_work_offline():
+    """Bug: the advice went in a circle offline: "pass --clip-weights FILE", then "not a file; drop --clip-weights"."""
+    from zsfs.weights import relocated
+
+    record = {"name": "ViT-B-32", "weights": "openai", "file": None, "sha256": None}
+    with pytest.raises(ModelLoadError, match=r"^the CLIP model of the store was built with the pretrained weights "
+                                             r"ViT-B-32 / openai, which are known by name only .* drop --clip-weights\. "
+                                             r"Without a network, point HF_HOME at a copy of the Hugging Face cache"):
+        relocated(record, "/some/file.bin", "CLIP")
+
+
+def test_a_cut_short_download_in_the_cache_is_named_not_a_traceback(tmp_path, monkeypatch, offline):
+    """Bug: a truncated file in the Hugging Face cache ended in safetensors' traceback."""
+    import huggingface_hub.constants as hub
+
+    snapshot = tmp_path / "models--timm--test_vit.r160_in1k" / "snapshots" / "a1b2c3"
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("a1b2c3")
+    (snapshot / "model.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\"")  # cut short
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"^cannot load the downloaded backbone weights of test_vit \(.*\); delete "
+                                             r"them from the Hugging Face cache \(`hf cache rm model/timm/test_vit.r160_in1k`\)"):
+        load_backbone(TINY_BACKBONE, "default")
 
 
 # --- backbone ------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ import difflib
 import json
 import logging
 import tempfile
+import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -33,6 +34,7 @@ from zsfs.digests import file_sha256
 from zsfs.weights import (
     DEFAULT,
     FILE,
+    HUB_CACHE_ADVICE,
     RANDOM,
     RANDOM_SEED,
     check_same_init,
@@ -238,17 +240,27 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
     pretrained = None if kind == RANDOM else (str(file) if kind == FILE else weights)
     # OpenAI's weights were trained with QuickGELU; open_clip only warns when the config lacks it.
     quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    tokenizer = _clip_tokenizer(arch)  # before the weights: a missing tokenizer fails in a second, not minutes
     try:
         with seeded_init(), hub_offline_unless_reachable() if kind == "tag" else nullcontext(), \
                 _without_random_init_warning() if kind == RANDOM else nullcontext():
             if kind == "tag":
                 _download_clip_tag(arch, weights)
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=pretrained, force_quick_gelu=quick_gelu
-            )
-    except Exception as error:  # open_clip raises many types; all mean "this file does not fit"
-        if kind != FILE:
+            with warnings.catch_warnings():  # a TorchScript file is refused below, in words
+                warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    arch, pretrained=pretrained, force_quick_gelu=quick_gelu
+                )
+    except ModelLoadError:
+        raise
+    except Exception as error:  # open_clip raises many types; all mean "these weights do not load"
+        if kind == RANDOM:
             raise
+        if kind == "tag":  # downloaded, yet unreadable: a cut-short download in the cache
+            raise ModelLoadError(f"cannot load the downloaded CLIP weights {arch} / {weights} ({one_line(error)}); "
+                                 f"{_delete_from_cache(tag_cfg.get('hf_hub'))} so that they are downloaded again, "
+                                 "or pass a local file with --clip-weights.") from None
+        checkpoint_keys(file)  # a file that is no checkpoint at all is told so, not blamed on the architecture
         raise ModelLoadError(
             f"weights file {file} does not fit the CLIP architecture {arch}: {one_line(error)}. "
             "Check that --clip-model matches the checkpoint."
@@ -267,7 +279,6 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
         record["config"] = config
     if kind == RANDOM:
         record.update(seed=RANDOM_SEED, init_fingerprint=init_fingerprint(model))
-    tokenizer = open_clip.get_tokenizer(arch)
     preprocess, scaling = worker_transform(preprocess, device)
     return ClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, record=record,
                      device=torch.device(device), scaling=scaling)
@@ -351,13 +362,57 @@ def _clip_weights_source(arch: str, weights: str) -> tuple[str, Path | None]:
 def _download_clip_tag(arch: str, tag: str) -> None:
     import open_clip
 
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
     try:
-        open_clip.download_pretrained(open_clip.get_pretrained_cfg(arch, tag))
+        open_clip.download_pretrained(cfg)
     except Exception as error:  # HF hub, URL and cache errors come in many types
         raise ModelLoadError(
-            f"could not download the CLIP weights {arch} / {tag} ({one_line(error)}). On an "
-            "air-gapped machine pass a local file: --clip-weights /path/to/open_clip_model.safetensors"
+            f"could not download the CLIP weights {arch} / {tag} ({one_line(error)}). {HUB_CACHE_ADVICE} "
+            f"Or pass a local file: {_clip_file_advice(arch, cfg)}"
         ) from None
+
+
+def _delete_from_cache(hub_id: str | None) -> str:
+    """How to drop a cut-short download (an interrupted download leaves a file that does not load)."""
+    if hub_id:
+        return f"delete them from the Hugging Face cache (`hf cache rm model/{hub_id.strip('/')}`)"
+    return "delete the downloaded file from its cache"
+
+
+def _clip_file_advice(arch: str, tag_cfg: dict) -> str:
+    """How to load a tag's weights from a file: a file loads with the architecture's own settings,
+    so a tag trained with QuickGELU needs the architecture's -quickgelu variant, and a tag with its
+    own preprocessing cannot be matched by a file at all."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    quick = f"{arch}-quickgelu"
+    file_arch = quick if tag_cfg.get("quick_gelu") and quick in open_clip.list_models() else arch
+    source = f" (from huggingface.co/{tag_cfg['hf_hub'].strip('/')})" if tag_cfg.get("hf_hub") else ""
+    advice = f"--clip-model {file_arch} --clip-weights /path/to/open_clip_pytorch_model.bin{source}"
+    preprocessing = {**asdict(PreprocessCfg()), **(open_clip.get_model_config(arch).get("preprocess_cfg") or {})}
+    differs = [key for key in ("mean", "std", "interpolation", "resize_mode")
+               if key in tag_cfg and tuple(np.atleast_1d(tag_cfg[key])) != tuple(np.atleast_1d(preprocessing[key]))]
+    if differs:
+        advice += (f"; but a file gets {arch}'s own image preprocessing, not these weights' ({', '.join(differs)} "
+                   f"{'differs' if len(differs) == 1 else 'differ'}), so its features would be off: prefer the cache")
+    return advice + "."
+
+
+def _clip_tokenizer(arch: str) -> Callable:
+    """open_clip's tokenizer for ``arch``; one from the Hugging Face hub needs ``transformers`` and
+    the hub or its cache."""
+    import open_clip
+
+    hub_name = (open_clip.get_model_config(arch) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+    try:
+        with hub_offline_unless_reachable() if hub_name else nullcontext():
+            return open_clip.get_tokenizer(arch)
+    except Exception as error:  # ImportError, hub and cache errors of many types
+        need = ("it needs the transformers package: pip install transformers" if isinstance(error, ImportError)
+                else HUB_CACHE_ADVICE)
+        raise ModelLoadError(f"could not load the tokenizer of CLIP {arch} ({hub_name}: {one_line(error)}); "
+                             f"{need}") from None
 
 
 def _clip_preprocessing(cfg: dict) -> dict:
@@ -410,12 +465,16 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
         if file is not None:
             raise ModelLoadError(f"cannot read backbone weights file {file}: {one_line(error)}") from None
         raise ModelLoadError(
-            f"could not download the backbone weights of {name} ({one_line(error)}). On an "
-            "air-gapped machine pass a local file: --backbone-weights /path/to/model.safetensors"
+            f"could not download the backbone weights of {name} ({one_line(error)}). {HUB_CACHE_ADVICE} "
+            "Or pass a local file: --backbone-weights /path/to/model.safetensors"
         ) from None
     except Exception as error:  # state-dict mismatch, unreadable or foreign checkpoint format
-        if file is None:
+        if weights == RANDOM:
             raise
+        if file is None:  # downloaded, yet unreadable: a cut-short download in the cache
+            raise ModelLoadError(f"cannot load the downloaded backbone weights of {name} ({one_line(error)}); "
+                                 f"{_delete_from_cache(pretrained_cfg.hf_hub_id)} so that they are downloaded "
+                                 "again, or pass a local file with --backbone-weights.") from None
         raise ModelLoadError(
             f"weights file {file} does not fit the backbone {name}: {one_line(error, 600)}. "
             "Check that --backbone matches the checkpoint."

@@ -26,6 +26,8 @@ DEFAULT = "default"
 FILE = "file"
 RANDOM_SEED = 0
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+HUB_CACHE_ADVICE = ("Without a network, point HF_HOME at a copy of the Hugging Face cache of a machine that "
+                    "downloaded them (~/.cache/huggingface by default); zsfs then reads them from there.")
 
 
 def init_fingerprint(model: torch.nn.Module, n_values: int = 4096) -> str:
@@ -75,10 +77,22 @@ def _reachable(host: str, timeout: float) -> bool:
 
 
 def existing_file(weights: str, what: str, flag: str) -> Path | None:
-    """The weights file if it exists; None if ``weights`` does not look like a path."""
+    """The weights file if it exists and can be read; None if ``weights`` does not look like a path.
+
+    The path is made absolute but its links are kept: a Hugging Face cache's ``model.safetensors``
+    is a link to a blob without a suffix, and the libraries tell the format by the suffix."""
     path = Path(weights).expanduser()
+    if path.is_dir():
+        raise ModelLoadError(f"{what} weights {path} is a folder; pass the weights file in it ({flag} "
+                             f"{path / 'model.safetensors'}, for example).")
     if path.is_file():
-        return path.resolve()
+        try:
+            path.open("rb").close()
+        except OSError as error:  # said once here: the libraries' own reasons are misleading (safetensors: "No such file")
+            raise ModelLoadError(f"cannot read {what} weights file {path}: {error.strerror}") from None
+        if path.stat().st_size == 0:
+            raise ModelLoadError(f"{what} weights file {path} is empty (an interrupted download or copy?)")
+        return Path(os.path.abspath(path))
     if os.sep in weights or path.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise _not_found(path, what, flag)
     return None
@@ -94,13 +108,18 @@ def relocated(record: dict, new_file: str | Path | None, what: str) -> dict:
     if new_file is None or record.get("weights") == IMPORTED_WEIGHTS:  # weights_from_record explains imports
         return record
     flag = f"--{what.lower()}-weights"
+    if record.get("weights") == RANDOM:
+        raise ModelLoadError(f"the {what} model of the store was built with weights 'random', not a file; drop {flag}")
     if record.get("weights") != FILE:
-        raise ModelLoadError(f"the {what} model of the store was built with weights {record.get('weights')!r}, "
-                             f"not a file; drop {flag}")
-    path = Path(new_file).expanduser()
-    if not path.is_file():
-        raise _not_found(path, what, flag)
-    return {**record, "file": str(path.resolve())}
+        # A tag is recorded by name, with no sha256 to check a file against: it comes from the cache.
+        raise ModelLoadError(f"the {what} model of the store was built with the pretrained weights "
+                             f"{record.get('name')} / {record.get('weights')}, which are known by name only (no "
+                             f"sha256 to check a file against), so a file cannot stand in for them; drop {flag}. "
+                             f"{HUB_CACHE_ADVICE}")
+    path = existing_file(str(new_file), what, flag)
+    if path is None:  # a bare name that is no file
+        raise _not_found(Path(new_file).expanduser(), what, flag)
+    return {**record, "file": str(path)}
 
 
 def weights_from_record(record: dict, what: str) -> str:
@@ -157,9 +176,13 @@ def checkpoint_keys(file: Path) -> set[str]:
 
             with safe_open(str(file), framework="pt") as handle:
                 return set(handle.keys())
+        import warnings
+
         from timm.models import load_state_dict
 
-        return set(load_state_dict(str(file)))
+        with warnings.catch_warnings():  # torch warns of a TorchScript archive before refusing it
+            warnings.simplefilter("ignore", UserWarning)
+            return set(load_state_dict(str(file)))
     except Exception as error:  # pickle, zip, safetensors header errors: not a checkpoint
         raise ModelLoadError(
             f"cannot read {file} as a checkpoint ({_not_a_checkpoint(error)}); pass a .safetensors or "
@@ -172,6 +195,9 @@ def _not_a_checkpoint(error: Exception) -> str:
     and advice to retry with ``weights_only=False``, which no option here can take."""
     import pickle
 
+    if "TorchScript" in str(error):
+        return ("a TorchScript archive, as OpenAI's original CLIP files are, which zsfs does not load: use the "
+                "weights as open_clip publishes them (open_clip_pytorch_model.bin on the Hugging Face hub)")
     if "Unsupported global" in str(error):  # torch's safe loader met a class (timm's wrapper keeps the text)
         return "a pickled Python object, such as a whole model saved with torch.save(model), not its tensors"
     if any(isinstance(cause, (KeyError, pickle.UnpicklingError)) for cause in error_chain(error)):
