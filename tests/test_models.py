@@ -424,6 +424,29 @@ def test_backbone_checkpoint_file_round_trip(tiny_backbone, tmp_path, with_head)
     assert torch.equal(load_backbone_from_record(loaded.record).encode_images(x), loaded.encode_images(x))
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_fine_tuned_backbone_loads_with_its_own_classifier_size(tiny_backbone, tmp_path, suffix):
+    """Bug: a file whose classifier has 10 classes (fine-tuned) was refused as "size mismatch ...
+    Check that --backbone matches the checkpoint"; the classifier is dropped anyway."""
+    import timm
+
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        tuned = timm.create_model(TINY_BACKBONE, num_classes=10).eval()
+    file = tmp_path / f"tuned{suffix}"
+    if suffix == ".safetensors":
+        save_file(tuned.state_dict(), str(file))
+    else:
+        torch.save(tuned.state_dict(), file)
+    loaded = load_backbone(TINY_BACKBONE, str(file))
+    assert (loaded.record["output"], loaded.record["dim"]) == ("pre_logits", 64)
+    x = pixels_for(tiny_backbone)
+    tuned.reset_classifier(0)
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(tuned(tiny_backbone.scaling(x)), dim=-1)
+    torch.testing.assert_close(loaded.encode_images(x), expected)
+
+
 def test_backbone_from_record_checks_file_and_init(tiny_backbone, tmp_path):
     file = tmp_path / "b.pth"
     torch.save(tiny_backbone.model.state_dict(), file)

@@ -38,7 +38,7 @@ from zsfs.weights import (
     RANDOM,
     RANDOM_SEED,
     check_same_init,
-    checkpoint_keys,
+    checkpoint_shapes,
     existing_file,
     hub_offline_unless_reachable,
     init_fingerprint,
@@ -260,7 +260,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
             raise ModelLoadError(f"cannot load the downloaded CLIP weights {arch} / {weights} ({one_line(error)}); "
                                  f"{_delete_from_cache(tag_cfg.get('hf_hub'))} so that they are downloaded again, "
                                  "or pass a local file with --clip-weights.") from None
-        checkpoint_keys(file)  # a file that is no checkpoint at all is told so, not blamed on the architecture
+        checkpoint_shapes(file)  # a file that is no checkpoint at all is told so, not blamed on the architecture
         raise ModelLoadError(
             f"weights file {file} does not fit the CLIP architecture {arch}: {one_line(error)}. "
             "Check that --clip-model matches the checkpoint."
@@ -531,10 +531,13 @@ def _file_options(name: str, file: Path, pretrained_cfg, keep_head: bool) -> dic
     """
     classifiers = pretrained_cfg.classifier or ()
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
-    keys = checkpoint_keys(file)
-    has_head = any(f"{classifier}.weight" in keys for classifier in classifiers)
-    if has_head:
+    shapes = checkpoint_shapes(file)
+    heads = [shapes[f"{classifier}.weight"] for classifier in classifiers if f"{classifier}.weight" in shapes]
+    if heads and keep_head:
         return {"pretrained_cfg_overlay": {"file": str(file)}}
+    if heads:  # a fine-tuned file's classifier has its own number of classes: load it as it is, then drop it
+        n_classes = heads[0][0]
+        return {"num_classes": n_classes, "pretrained_cfg_overlay": {"file": str(file), "num_classes": n_classes}}
     if keep_head:
         raise ModelLoadError(
             f"weights file {file} has no classifier/projection head, which {name} needs "

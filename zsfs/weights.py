@@ -168,21 +168,21 @@ def check_same_init(loaded: dict, recorded: dict, what: str) -> None:
         )
 
 
-def checkpoint_keys(file: Path) -> set[str]:
-    """Tensor names in a checkpoint (safetensors: read from the header only)."""
+def checkpoint_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a checkpoint, by name (safetensors: read from the header only)."""
     try:
         if file.suffix.lower() == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(file), framework="pt") as handle:
-                return set(handle.keys())
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         import warnings
 
         from timm.models import load_state_dict
 
         with warnings.catch_warnings():  # torch warns of a TorchScript archive before refusing it
             warnings.simplefilter("ignore", UserWarning)
-            return set(load_state_dict(str(file)))
+            return {key: tuple(value.shape) for key, value in load_state_dict(str(file)).items()}
     except Exception as error:  # pickle, zip, safetensors header errors: not a checkpoint
         raise ModelLoadError(
             f"cannot read {file} as a checkpoint ({_not_a_checkpoint(error)}); pass a .safetensors or "
