@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -599,6 +600,34 @@ def test_at_most_ten_files_are_set_aside_for_crashing_the_decoder_and_each_once(
     assert set_aside[3] == f"{CRASHING_FILE} (killed by SIGSEGV)"
     assert not set_aside_crashing_file(set_aside, crash(MAX_CRASHING_FILES))  # the eleventh: the run stops
     assert len(set_aside) == MAX_CRASHING_FILES == 10 and "10 files crashed or hung" in crash_advice(set_aside)
+
+
+def test_a_writer_killed_with_kill_9_leaves_its_store_unlocked_whatever_its_decoding_processes_do(tmp_path):
+    """Bug: decoding processes, forked after the writer took the store's lock, held it too: kill -9
+    of the writer (the out-of-memory killer picks the big process) left the store locked while one
+    lived, for ever when one was stuck on a read from a lost mount; every rerun was refused."""
+    from zsfs.store.files import acquire_lock, lock_path, release_lock
+
+    source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
+    out = tmp_path / "s.h5"
+    process = subprocess.Popen([sys.executable, "-c", _kill_script(source, out, 600, workers=2)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    decoding: list[int] = []
+    try:
+        deadline = time.monotonic() + 120  # until both decoding processes sit in a (600 s) read
+        while len(decoding) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            decoding = children(process.pid) if lock_path(out).exists() else []
+        assert len(decoding) == 2, decoding
+        time.sleep(1)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert all(Path(f"/proc/{pid}").exists() for pid in decoding)  # still reading, orphaned
+        release_lock(acquire_lock(out))  # free at once: bug, "another zsfs process is writing"
+    finally:
+        for pid in decoding:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):

@@ -162,7 +162,7 @@ def test_a_forked_child_releasing_the_lock_leaves_the_parents_lock_file(tmp_path
     lock = acquire_lock(master)
     try:
         child = os.fork()
-        if child == 0:  # the child inherits the held lock (as a DataLoader worker would) and lets go of it
+        if child == 0:  # a forked child (a DataLoader worker) forgets the lock it inherited: releasing it does nothing
             release_lock(lock)
             os._exit(0)
         assert os.waitpid(child, 0)[1] == 0

@@ -252,7 +252,21 @@ def remove_leftover_temp_files(master: Path, data_dir: Path) -> None:
 
 
 # -- the writer lock ---------------------------------------------------------------------
-_held: dict[Path, list] = {}  # lock file -> [open handle, depth, pid of the process that took it]
+_held: dict[Path, list] = {}  # lock file -> [open handle, depth]
+
+
+def _forget_locks_in_a_forked_child() -> None:
+    """A forked child (a decoding process) shares the writer's lock through the descriptor it
+    inherits: with the writer killed by kill -9, the store stayed locked while a child lived, for
+    ever when one hung on a lost mount. The child closes its copies; the writer's own keep the lock."""
+    for handle, _ in _held.values():
+        with suppress(OSError):
+            os.close(handle)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_a_forked_child)
 
 
 LOCK_SUFFIX = ".lock"
@@ -307,7 +321,7 @@ def acquire_lock(master: Path) -> Path:
     else:
         raise StoreError(f"cannot write the store {master}: its lock file {lock} was replaced {LOCK_ATTEMPTS} "
                          "times while this process took it")
-    _held[lock] = [handle, 1, os.getpid()]
+    _held[lock] = [handle, 1]
     return lock
 
 
@@ -334,11 +348,10 @@ def release_lock(lock: Path) -> None:
     entry[1] -= 1
     if entry[1] == 0:
         del _held[lock]
-        handle, _, owner = entry
+        handle, _ = entry
         # Removed while still held, so no folder keeps a stray lock file; a process that opened
         # it meanwhile sees, once it gets the flock, that the name no longer leads to it, and retries.
-        # A forked child shares the flock: only the process that took it removes the file.
-        if owner == os.getpid() and _names(lock, handle):
+        if _names(lock, handle):
             with suppress(OSError):
                 os.unlink(lock)
         os.close(handle)  # closing the (last) descriptor releases the flock
