@@ -92,6 +92,9 @@ def test_ctrl_c_message_does_not_promise_a_resume_for_every_command(monkeypatch,
         (tmp_path / name).write_bytes(b"")
     result = run_cli("import", "s.h5", "--clip-embeddings", "c.npy", "--backbone-features", "b.npy")
     assert result.exit_code == 130 and "a rerun resumes where this one stopped" in result.output
+    result = run_cli("import", "s.h5", "--clip-embeddings", "c.npy", "--backbone-features", "b.npy", "--overwrite")
+    assert result.exit_code == 130 and "a rerun without --overwrite resumes from the shards this run finished (with " \
+        "it, the store is built again from the start)." in " ".join(result.output.split())  # bug: it said "a rerun"
 
 
 def test_ctrl_c_after_a_fit_is_saved_says_the_run_is_kept(monkeypatch, tmp_path):

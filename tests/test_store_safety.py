@@ -106,6 +106,16 @@ def test_full_disk_during_import_and_extract_then_resume(tmp_path, base):
     assert run_cli(*args).exit_code == 0
     with Store(tmp_path / "i.h5") as imported:
         assert imported.n_images == n and imported.vocabulary_names() == ["v"]
+    # Bug: under --overwrite, "rerun the same command" started over each time (a job script with the
+    # flag, resubmitted after each failure, never finished); the rerun without it resumes.
+    outcome = run_zsfs(*args, "--overwrite", file_size_limit=30_000)  # the shards (19 kB) fit, the master not
+    assert_clean_failure(outcome)
+    assert "Note: a rerun without --overwrite resumes from the shards this run finished" in outcome.output
+    finished = sorted((tmp_path / "i.shards").glob("shard-*.h5"))
+    assert finished and not (tmp_path / "i.h5").exists()
+    stamps = [path.stat().st_mtime_ns for path in finished]
+    assert run_cli(*args).exit_code == 0
+    assert [path.stat().st_mtime_ns for path in finished] == stamps  # reused, not written again
 
     out = tmp_path / "e.h5"
     extract_command = ("extract", base / "photos", "--out", out, *TINY_MODEL_ARGS, "--workers", "0",

@@ -42,6 +42,11 @@ def shown(value: object) -> str:
 
 RESUMING_COMMANDS = ("extract", "import")
 """Commands whose rerun continues an interrupted run (finished shards are kept)."""
+OVERWRITING = "zsfs.overwriting"
+"""``ctx.meta`` key a resuming command sets under ``--overwrite``, which removes the finished shards:
+its rerun resumes only without the flag."""
+RESUME_WITHOUT_OVERWRITE = ("a rerun without --overwrite resumes from the shards this run finished (with it, the "
+                            "store is built again from the start)")
 
 
 class ZsfsGroup(click.Group):
@@ -61,21 +66,30 @@ class ZsfsGroup(click.Group):
         except ZsfsError as error:
             if isinstance(error, ParameterError):  # named as the user typed them: the command's flags
                 error = error.render(option_flags(self.get_command(ctx, ctx.invoked_subcommand or "")))
-            console.print(f"[bold red]Error:[/] {shown(error)}", soft_wrap=True)  # one line, also in logs
+            console.print(f"[bold red]Error:[/] {shown(error)}{_resuming_hint(ctx, str(error))}", soft_wrap=True)
             sys.exit(1)
         except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
             if not (isinstance(error, OSError) or is_disk_full(error) or shared_memory_full(error)):
                 raise  # a bug: keep its traceback
-            console.print(f"[bold red]Error:[/] {shown(describe_os_error(error))}", soft_wrap=True)
+            said = describe_os_error(error)
+            console.print(f"[bold red]Error:[/] {shown(said)}{_resuming_hint(ctx, said)}", soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt as stop:
             resumes = ctx.invoked_subcommand in RESUMING_COMMANDS
             terminated = isinstance(stop, Terminated)
             kept = getattr(stop, "kept", None)  # see kept_if_interrupted
+            overwriting = ctx.meta.get(OVERWRITING, False)
+            resume = RESUME_WITHOUT_OVERWRITE if overwriting else "a rerun resumes where this one stopped"
             console.print(f"[yellow]{'Terminated (SIGTERM)' if terminated else 'Interrupted'}.[/] " + (
                 f"{kept}." if kept else "Nothing half-written was left"
-                + ("; a rerun resumes where this one stopped." if resumes else ".")), soft_wrap=True)
+                + (f"; {resume}." if resumes else ".")), soft_wrap=True)
             sys.exit(128 + signal.SIGTERM if terminated else 130)
+
+
+def _resuming_hint(ctx: click.Context, message: str) -> str:
+    """After a failure that asks for a rerun (a full disk) of a resuming command under --overwrite:
+    the same command would start over."""
+    return f" Note: {RESUME_WITHOUT_OVERWRITE}." if ctx.meta.get(OVERWRITING) and "rerun" in message else ""
 
 
 @contextmanager

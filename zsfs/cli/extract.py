@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown
+from zsfs.cli.common import OVERWRITING, GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown
 from zsfs.devices import DEVICES, MODEL_PRECISIONS
 from zsfs.names import counted, pairs_text, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
@@ -70,6 +70,8 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     """
     from zsfs.embedding import CRASHING_FILE
     from zsfs.extract import extract as run_extract
+
+    click.get_current_context().meta[OVERWRITING] = options["overwrite"]
 
     loading = console.status("Scanning the source and loading the models...")
     with image_progress("embedding") as (start_bar, on_batch):

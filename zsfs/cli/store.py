@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import GivenPath, console, image_progress, note_emulated_bf16, shown
+from zsfs.cli.common import OVERWRITING, GivenPath, console, image_progress, note_emulated_bf16, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, reasons_text, some_names, utf8_text, visible
@@ -59,6 +59,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
     """
     from zsfs.importer import import_store
 
+    click.get_current_context().meta[OVERWRITING] = overwrite
     vocabularies = parse_vocabularies(vocab)
     written = 0
     with console.status("Importing embeddings...") as status:
