@@ -255,7 +255,7 @@ def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):
     assert first["path"] == str(one_image) and first["predicted"] in fitted["fit"]["predicted"].to_list()
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
 def test_a_full_disk_leaves_the_previous_predictions_file_whole(fitted, tmp_path, suffix):
     # a real failure: the child's writes fail past 300 bytes, as on a full disk
     out = tmp_path / f"predictions{suffix}"
@@ -265,6 +265,8 @@ def test_a_full_disk_leaves_the_previous_predictions_file_whole(fitted, tmp_path
 
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
     assert f"({out})" in output_text(outcome), outcome.output  # the file the user named
+    # bug: polars' csv and json writers fail with no errno: "[Errno None] None: ..."
+    assert "the disk is full (or a file-size limit was reached)" in output_text(outcome), outcome.output
     assert out.read_text() == "previous predictions\n"
     assert [entry.name for entry in tmp_path.iterdir()] == [out.name]  # no temporary file left
 

@@ -126,6 +126,19 @@ def test_full_disk_during_import_and_extract_then_resume(tmp_path, base):
         assert extracted.n_images == 9
 
 
+def test_full_disk_while_polars_writes_the_predictions_is_one_line(tmp_path):
+    """Bug: polars' parquet writer, failing after its first pages (predictions.parquet of 2,000
+    images), raised ComputeError "Invalid thrift: transport error", no errno: a traceback after the fit."""
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s.h5", 2000, 3, seed=0, clip_dim=16, backbone_dim=16)
+    outcome = run_zsfs("fit", "--store", store, "--out", tmp_path / "run", "--k", "2", "--cycle-epochs", "1",
+                       file_size_limit=30_000)
+    assert_clean_failure(outcome)
+    assert f"({tmp_path / 'run'}" in output_text(outcome), outcome.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["s.h5", "s.shards"]
+
+
 @pytest.mark.parametrize("file_size_limit", [200, 8_000], ids=["predictions", "classifier"])
 def test_full_disk_during_fit_is_one_line(store, tmp_path, file_size_limit):
     """Bug: with room for predictions.parquet (~5 kB here) but not classifier.pt (~13 kB), torch's

@@ -186,6 +186,24 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> "pl.Data
         return pl.read_parquet(handle, columns=columns)
 
 
+TABLE_FORMATS = ("csv", "parquet", "json")
+
+
+def write_table(frame: "pl.DataFrame", path: str | Path, table_format: str = "parquet") -> None:
+    """Write a polars table as csv, parquet or json. polars serialises it in memory and Python
+    writes the bytes: polars' own writers report a full disk without an errno (csv "[Errno None]",
+    parquet a ComputeError), or, json, not at all (a cut file and no error). Also polars takes
+    only UTF-8 paths."""
+    import io
+
+    if table_format not in TABLE_FORMATS:
+        raise ValueError(f"table_format must be one of {TABLE_FORMATS}, not {table_format!r}")
+    serialised = io.BytesIO()
+    getattr(frame, f"write_{table_format}")(serialised)
+    with open(path, "wb") as handle:
+        handle.write(serialised.getbuffer())
+
+
 def write_json(path: str | Path, value: object) -> None:
     """Indented JSON; numpy values become plain ones and NaN/inf become null (valid JSON)."""
     Path(path).write_text(json.dumps(_plain(value), indent=2, allow_nan=False) + "\n")

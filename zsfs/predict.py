@@ -22,7 +22,7 @@ from zsfs.embedding import embedded_images
 from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
 from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
-from zsfs.outputs import replacing_file
+from zsfs.outputs import TABLE_FORMATS, replacing_file, write_table
 from zsfs.runs import FittedRun, load_run, refuse_run_file
 from zsfs.sources import ImageSource, given_path, open_source
 from zsfs.store.writer import usable_rows
@@ -157,7 +157,7 @@ def predict_images(
     })
 
 
-OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
+OUTPUT_SUFFIXES = tuple(f".{table_format}" for table_format in TABLE_FORMATS)
 """What :func:`write_predictions` can write, by file suffix."""
 
 
@@ -173,8 +173,6 @@ def write_predictions(frame: "pl.DataFrame", path: str | Path) -> Path:
     """Write predictions as .csv, .parquet or .json (chosen by the suffix), whole or not at all."""
     path = Path(path)
     check_predictions_path(path)
-    suffix = path.suffix.lower()
-    writers = dict(zip(OUTPUT_SUFFIXES, (frame.write_csv, frame.write_parquet, frame.write_json)))
-    with replacing_file(path) as tmp, open(tmp, "wb") as handle:  # polars takes only UTF-8 paths
-        writers[suffix](handle)
+    with replacing_file(path) as tmp:
+        write_table(frame, tmp, path.suffix.lower().removeprefix("."))
     return path

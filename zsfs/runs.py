@@ -22,7 +22,7 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.names import counted, utf8_texts
-from zsfs.outputs import new_folder, read_parquet, write_json
+from zsfs.outputs import new_folder, read_parquet, write_json, write_table
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -256,8 +256,7 @@ class FittedRun:
         same run, read from there."""
         run_dir = Path(run_dir).absolute()
         with new_folder(run_dir) as tmp:
-            with open(tmp / PREDICTIONS, "wb") as handle:  # polars takes only UTF-8 paths
-                self.predictions.write_parquet(handle)
+            write_table(self.predictions, tmp / PREDICTIONS)
             self.classifier.save(tmp / CLASSIFIER)
             write_json(tmp / CONFIG, self.config)
             if self.metrics is not None:
