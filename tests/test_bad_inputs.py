@@ -190,6 +190,29 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
     assert sorted(path.name for path in read_only.iterdir()) == ["photos.h5", "photos.shards"]  # nothing written
 
 
+def test_output_folders_that_can_be_written_but_not_listed_take_the_results(made):
+    """A drop-box folder (mode 733: anyone may add, nobody may list). Bug: every command ran its
+    whole job, then failed on "Permission denied" while looking for temporary folders to clean up."""
+    work, photos, store, run = (str(made[key]) for key in ("work", "photos", "store", "run"))
+    drop = made["work"] / "drop"
+    drop.mkdir()
+    cases = {
+        "fit": ["fit", "--store", store, "--out", f"{drop}/run"],
+        "predict": ["predict", "--run", run, "--out", f"{drop}/p.csv", photos],
+        "report": ["report", run, "--out", f"{drop}/r.html"],
+        "ood-bench": ["ood-bench", "--store", store, "--id-classes", "2", "--out", f"{drop}/bench"],
+    }
+    drop.chmod(0o333)
+    try:
+        child = run_python_unprivileged(UNWRITABLE_CLI.format(cases=cases), cwd=work)
+    finally:
+        drop.chmod(0o755)
+    assert child.returncode == 0, child.stderr[-3000:]
+    for name, (code, output) in json.loads(child.stdout.splitlines()[-1]).items():
+        assert code == 0, (name, output)
+    assert sorted(path.name for path in drop.iterdir()) == ["bench", "p.csv", "r.html", "run"]
+
+
 def test_a_rerun_into_a_store_with_a_read_only_shards_folder_is_refused_before_any_work(made):
     """Bug: extract checked only the master's folder; with a new vocabulary it loaded both models,
     embedded the class names, then failed to write them."""

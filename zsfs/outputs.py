@@ -117,9 +117,13 @@ def remove_stale_folders(parent: str | Path) -> list[Path]:
     Only folders made on this host by a process that no longer exists: a folder of a live
     process (or of another host sharing the file system) is never touched. Returns those removed.
     """
-    removed = []
+    removed: list[Path] = []
     host = _host()
-    for entry in Path(parent).iterdir():
+    try:
+        entries = list(Path(parent).iterdir())
+    except PermissionError:  # a folder one may write to but not list (a drop box): nothing to find
+        return removed
+    for entry in entries:
         match = _TMP_NAME.match(entry.name)
         if match is None or match["host"] != host or entry.is_symlink() or _alive(int(match["pid"])):
             continue
