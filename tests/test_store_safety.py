@@ -166,6 +166,31 @@ def lock_held_by_another_process(master: Path) -> Iterator[None]:
         holder.wait()
 
 
+def test_the_lock_file_follows_the_umask_and_a_leftover_one_is_named(store):
+    """Bug: the lock was created 0644 whatever the umask: after a writer of a group-shared store
+    (umask 002) was killed, the others could not take its leftover lock, and were not told what it was."""
+    from zsfs.store.files import lock_path
+    from zsfs.testing.privileges import run_python_unprivileged
+
+    before = os.umask(0o002)
+    try:
+        lock = acquire_lock(store)
+        try:
+            assert lock.stat().st_mode & 0o777 == 0o664
+        finally:
+            release_lock(lock)
+    finally:
+        os.umask(before)
+    lock_path(store).write_text("")
+    lock_path(store).chmod(0o444)  # another user's leftover, as this one sees it
+    child = run_python_unprivileged(
+        "from zsfs.testing.cli import output_text, run_cli\n"
+        f"print(output_text(run_cli('neighbours', {str(store)!r}, '--k', '2')))")
+    said = " ".join(child.stdout.split())
+    assert f"cannot create its lock file {lock_path(store)} (Permission denied); if no zsfs process is writing the " \
+        "store, it is a killed writer's leftover: remove it" in said, child
+
+
 def test_a_second_writer_gets_a_clear_error(store):
     with lock_held_by_another_process(store):
         outcome = run_zsfs("neighbours", store, "--k", "2")

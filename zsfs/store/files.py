@@ -296,11 +296,14 @@ def acquire_lock(master: Path) -> Path:
         try:
             master.parent.mkdir(parents=True, exist_ok=True)
             # O_NOFOLLOW: a link planted at the lock's name is refused, never followed.
-            handle = os.open(lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
+            # 0o666 less the umask, as the store's own files: a group that shares a store shares its lock
+            handle = os.open(lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o666)
         except OSError as error:
             reason = "it is a link" if error.errno == errno.ELOOP else error.strerror
+            leftover = ("; if no zsfs process is writing the store, it is a killed writer's leftover: remove it"
+                        if error.errno == errno.EACCES and lock.exists() else "")
             raise StoreError(f"cannot write the store {master}: cannot create its lock file {lock} "
-                             f"({reason})") from None
+                             f"({reason}){leftover}") from None
         try:
             import fcntl
 
