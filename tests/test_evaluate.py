@@ -192,3 +192,17 @@ def test_id_ood_splits_rejects_unknown_or_all_classes():
 def test_mean_std_population():
     assert mean_std([1.0, 3.0]) == (2.0, 1.0)
     assert mean_std([0.5]) == (0.5, 0.0)
+
+
+def test_label_codes_read_both_unicode_forms_of_a_name_as_one_class():
+    """A label copied from macOS (decomposed: e + combining accent) is the same class as the
+    composed one; the two forms sort apart ("cafz" between them), so codes must be remapped."""
+    codes = LabelCodes.of(np.array(["cafe\u0301", "cafz", "caf\u00e9"]))
+    assert codes.index_in(["caf\u00e9"]).tolist() == [0, -1, 0]
+
+
+def test_random_id_ood_splits_are_distinct():
+    """ood-bench promises distinct draws: a repeated split would be scored twice and shrink the std."""
+    for seed in range(10):
+        splits = id_ood_splits(list("abcd"), 2, n_splits=6, seed=seed)
+        assert len({tuple(split) for split in splits}) == 6

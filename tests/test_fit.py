@@ -609,3 +609,25 @@ def test_the_fit_summary_shows_the_runs_own_figures(tmp_path, monkeypatch):
     assert "paper OOD score 0 / 1/3 / 2/3 / 1 │ " + " / ".join(map(str, counts)) + " │" in text
     assert f"│ cycles run │ {len(config['cycles']) - 1} ({config['stop_reason']}) │" in text
     assert f"│ seed images │ {int(frame['is_seed'].sum())} │" in text
+
+
+def test_the_paper_preset_is_the_papers_whole_schedule():
+    """The schedule docs/fit.md gives for --paper (batch 16, Adam 1e-3, 100 epochs, up to 20 per
+    cycle, at most 19 cycles, loss floor 0.1, m = 1): nothing else pinned the last three."""
+    paper = FitConfig.paper()
+    assert (paper.batch_size, paper.lr, paper.epochs, paper.cycle_epochs) == (16, 1e-3, 100, 20)
+    assert (paper.max_cycles, paper.loss_floor, paper.ood_multiplier, paper.method) == (19, 0.1, 1.0, "cycles")
+
+
+def test_the_fit_searches_as_many_neighbours_as_asked(tmp_path, monkeypatch):
+    """--neighbours was never checked against the searches the fit makes (one fewer went unseen)."""
+    from zsfs.fit import neighbours
+
+    asked = []
+    search = neighbours.NeighbourSearch.__call__
+    monkeypatch.setattr(neighbours.NeighbourSearch, "__call__",
+                        lambda self, rows, k: asked.append(k) or search(self, rows, k))
+    path = make_synthetic_store(tmp_path / "s.h5", 120, 3, clip_dim=16, backbone_dim=16)
+    with Store(path) as store:
+        fit_store(store, FitConfig(k=2, candidates=10, neighbours=3, cycle_epochs=1))
+    assert asked and set(asked) == {3}

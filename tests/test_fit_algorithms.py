@@ -378,3 +378,48 @@ def test_seeds_that_agree_exactly_are_not_flagged_and_get_finite_continuous_scor
     assert ood.paper_score(seed_stats, thresholds).tolist() == [0.0] * 5  # at the threshold: not below it
     continuous = ood.continuous_score(np.array([[4.0, 2.0, 1.0], [3.0, 2.0, 1.0], [5.0, 3.0, 2.0]]), thresholds)
     assert np.isfinite(continuous).all() and continuous[0] == 0 and continuous[1] > 1e5 and continuous[2] < -1e5
+
+
+def test_rerank_keeps_the_zero_shot_order_among_equal_support():
+    """Candidates whose neighbours never name the class all have support 0, so ties are common;
+    an unstable sort reorders rows longer than 16 on CPU, and R is 100: the seeds would be arbitrary."""
+    candidates = np.arange(100)[None].repeat(2, 0)
+    assert np.array_equal(seeds.rerank(candidates, np.zeros((2, 100), np.float32)), candidates)
+
+
+def _small_classifier(seed: int = 0):
+    from zsfs.fit.classifier import Classifier
+
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=(3, 8)).astype(np.float32)
+    thresholds = ood.fit_thresholds(rng.normal(size=(5, 3)), 1.0)
+    return Classifier(["a", "b", "c"], weights, np.zeros(3, np.float32), thresholds), rng
+
+
+def test_classify_in_chunks_gives_each_row_its_own_result_and_normalises_raw_features():
+    """Rows past the first chunk (65,536 images) must get their own labels; a library caller's raw
+    (unnormalised) features must give the same confidences as normalised ones."""
+    classifier, rng = _small_classifier()
+    features = rng.normal(size=(10, 8)).astype(np.float32)
+    whole, chunked = classifier.classify(features), classifier.classify(features, chunk_rows=3)
+    assert np.array_equal(whole[0], chunked[0]) and np.allclose(whole[1], chunked[1])
+    assert np.allclose(classifier.classify(7.5 * features)[1], whole[1])
+
+
+def test_a_classifier_saved_by_an_older_zsfs_reads_its_ood_fields(tmp_path):
+    """Runs written before ood_nearest was saved used the 5th nearest; their quantiles were named
+    seed_distance. No test loaded such a file."""
+    from zsfs.fit.classifier import Classifier, load_classifier
+
+    rng = np.random.default_rng(0)
+    thresholds = ood.fit_thresholds(rng.normal(size=(5, 3)), 1.0)
+    classifier = Classifier(["a", "b"], rng.normal(size=(2, 4)).astype(np.float32), np.zeros(2, np.float32),
+                            thresholds, ood_reference=np.eye(4, dtype=np.float16),
+                            ood_quantiles={"reference_distance": np.linspace(0, 1, 11)})
+    classifier.save(tmp_path / "c.pt")
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    del state["ood_nearest"]
+    state["ood_quantiles"] = {"seed_distance": state["ood_quantiles"]["reference_distance"]}
+    torch.save(state, tmp_path / "c.pt")
+    old = load_classifier(tmp_path / "c.pt")
+    assert old.ood_nearest == 5 and np.array_equal(old.ood_quantiles["reference_distance"], np.linspace(0, 1, 11))

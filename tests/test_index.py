@@ -7,7 +7,7 @@ import pytest
 
 from faiss import serialize_index
 
-from zsfs.store.index import build_index, choose_nlist, drop_self, nearest_neighbours
+from zsfs.store.index import build_index, choose_nlist, choose_nprobe, drop_self, nearest_neighbours
 from zsfs.testing.synthetic import random_unit_rows as unit_rows
 
 
@@ -87,3 +87,24 @@ def test_block_streaming_matches_serialize_index(tmp_path, monkeypatch, exact_ma
         restored = index_module.read_index_blocks(dataset)
     np.testing.assert_array_equal(serialize_index(restored), serialize_index(index))
     assert getattr(restored, "nprobe", None) == info.get("nprobe")  # an IVF index keeps its stored nprobe
+
+
+def test_ivf_sizes_follow_their_rules():
+    """nlist: the power of two nearest sqrt(N); nprobe never below its floor (16), so recall holds
+    on mid-sized stores."""
+    assert choose_nlist(3_000_000) == 2048
+    assert [choose_nprobe(n) for n in (8, 64, 1024, 8192)] == [8, 16, 16, 128]
+
+
+def test_ivf_lists_are_trained_on_a_seeded_sample_of_the_whole_store(monkeypatch):
+    """Not the first rows: a store listed class by class would train its lists on the first classes."""
+    import zsfs.store.index as index
+
+    seen = []
+    as_float32 = index.as_float32
+    monkeypatch.setattr(index, "as_float32", lambda rows: seen.append(np.array(rows)) or as_float32(rows))
+    embeddings = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+    _, info = index.build_index(embeddings, exact_max=0, seed=3)
+    assert info["n_train"] < 2000
+    sample = np.sort(np.random.default_rng(3).choice(2000, info["n_train"], replace=False))
+    assert np.array_equal(seen[0], embeddings[sample])

@@ -506,3 +506,21 @@ def test_the_listing_digest_separates_paths_and_labels():
 def test_a_model_record_whose_dim_is_not_the_stored_one_is_refused(tmp_path, arrays):
     with pytest.raises(ValueError, match=f"clip record says dim=99 but the stored embeddings have {D_CLIP}"):
         build(tmp_path / "s.h5", arrays, clip_info={**CLIP_INFO, "dim": 99})
+
+
+def test_a_shard_that_grew_after_its_master_was_written_is_refused(tmp_path):
+    """The master's virtual datasets and index describe the shard as it was; trailing bytes do not
+    trouble HDF5, so only the recorded size tells."""
+    path = make_synthetic_store(tmp_path / "s.h5", 60, 3, clip_dim=8, backbone_dim=8, shard_size=30)
+    with open(tmp_path / "s.shards" / "shard-00000.h5", "ab") as shard:
+        shard.write(b"\0" * 64)
+    with pytest.raises(StoreError, match="shard-00000.h5"):
+        Store(path).close()
+
+
+def test_the_format_version_is_the_one_docs_store_md_describes():
+    """A new format version is a contract change: older zsfs refuses such stores. Change both, or neither."""
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "store.md").read_text()
+    assert f"this page describes format version **{schema.FORMAT_VERSION}**" in page

@@ -275,3 +275,24 @@ def test_a_master_older_than_a_changed_shard_is_rebuilt_but_a_copied_store_keeps
         assert store.build != first_build
         assert store.verify()["shards"] == 3
         assert 4321 in store.read("width")
+
+
+def test_a_row_that_overflows_float16_is_refused_as_stored(tmp_path):
+    """Checked after the cast: 1e5 is finite as float32 but infinite as float16, and a stored
+    infinite row scores every image NaN in each fit of the store."""
+    writer = new_writer(tmp_path / "s.h5", dtype="float16")
+    data = shard_data(writer, 0)
+    data.clip[2] = 0
+    data.clip[2, 0] = 1e5
+    with pytest.raises(ValueError, match=r"clip row 2 \('img3.png'\) is NaN, infinite or all zero as float16"):
+        writer.write_shard(0, data)
+
+
+def test_unusable_rows_are_numbered_in_the_whole_array_past_the_first_block(monkeypatch):
+    """A bad row past the first block of a span must be named by its own number (the user looks it up)."""
+    import zsfs.store.writer as writer
+
+    monkeypatch.setattr(writer, "SCAN_ROWS", 4)
+    features = np.ones((20, 3), np.float32)
+    features[13] = 0
+    assert writer.unusable_row_numbers(features, [(8, 20)]).tolist() == [13]
