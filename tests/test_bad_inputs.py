@@ -19,6 +19,7 @@ from zsfs.errors import ZsfsError
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS
+from zsfs.store import schema
 from zsfs.testing.privileges import run_python_unprivileged
 
 
@@ -225,7 +226,8 @@ def test_a_rerun_into_a_store_with_a_read_only_shards_folder_is_refused_before_a
     shutil.copytree(made["store"].with_suffix(".shards"), shards)
     cases = {"extract rerun": ["extract", str(made["photos"]), "--out", f"{folder}/photos.h5", *TINY_MODEL_ARGS,
                                "--classes", f"{made['work']}/classes.txt", "--vocab", "more"],
-             "neighbours": ["neighbours", f"{folder}/photos.h5", "--k", "2"]}
+             "neighbours": ["neighbours", f"{folder}/photos.h5", "--k", "2"],
+             "text": ["text", f"{folder}/photos.h5", "--classes", f"{made['work']}/classes.txt", "--vocab", "more"]}
     shards.chmod(0o555)
     try:
         child = run_python_unprivileged(UNWRITABLE_CLI.format(cases=cases), cwd=made["work"])
@@ -235,6 +237,9 @@ def test_a_rerun_into_a_store_with_a_read_only_shards_folder_is_refused_before_a
     for name, (code, output) in json.loads(child.stdout.splitlines()[-1]).items():
         assert code == 1 and f"{shards} is not writable (Permission denied); make it writable, or copy the store" \
             in " ".join(output.split()), (name, output)
+        # the file the command adds (bug: text and extract named the neighbour graph)
+        adds = schema.GRAPH_FILE if name == "neighbours" else schema.vocabulary_file(shards, "more").name
+        assert f"cannot write the store {shards / adds}:" in " ".join(output.split()), (name, output)
 
 
 def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_fi
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
 from zsfs.store.files import check_store_lock, check_store_update, disk_error, names_beside, store_lock
 from zsfs.store.reader import Store
-from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir
+from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, usable_rows)
 from zsfs.weights import refuse_imported, relocated
@@ -282,8 +282,8 @@ def extract(
                                  ("class file", classes if isinstance(classes, (str, Path)) else None)])
     rerun = out.is_file()
     check_own_shards_folder(out)  # before the models load, as the checks below
-    if rerun:  # it writes into the shards folder too
-        check_store_update(out, shard_dir(out))
+    if rerun:  # it writes into the shards folder too (its vocabulary when missing)
+        check_store_update(out, shard_dir(out), vocabulary_file(shard_dir(out), vocab_name))
     else:
         check_store_lock(out)
     class_names = image_source.classes if given_classes is None else given_classes
@@ -440,7 +440,7 @@ def add_vocabulary(
                             "choose another --vocab or pass --overwrite to replace it")
     refuse_imported(record, "CLIP")  # before the class file is checked: no class file can be embedded then
     class_names = _given_classes(classes)
-    check_store_update(Path(store_path), data_dir)
+    check_store_update(Path(store_path), data_dir, vocabulary_file(data_dir, name))
     with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
         clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device)
         refuse_same_text_to_clip(same_text_to_clip(clip, class_names))
