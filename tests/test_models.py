@@ -321,6 +321,29 @@ def test_a_new_weights_path_for_an_imported_store_gets_the_import_explanation(tm
         weights_from_record(relocated(record, tmp_path / "clip.pt", "CLIP"), "CLIP")
 
 
+def test_a_hub_repositorys_open_clip_config_with_its_weights_file_keeps_their_preprocessing(tiny_clip, tmp_path):
+    """An air-gapped user with a copy of an open_clip repository (open_clip_config.json beside
+    open_clip_pytorch_model.bin) gets the weights' own preprocessing, as the tag would. Bug: the
+    config was refused as "not an open_clip model config"."""
+    repository = tmp_path / "tiny-clip.laion"
+    repository.mkdir()
+    preprocessing = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear",
+                     "resize_mode": "squash"}
+    config = {"model_cfg": json.loads(TINY_CLIP_CONFIG.read_text()), "preprocess_cfg": preprocessing}
+    (repository / "open_clip_config.json").write_text(json.dumps(config))
+    torch.save(tiny_clip.model.state_dict(), repository / "open_clip_pytorch_model.bin")
+    loaded = load_clip(str(repository / "open_clip_config.json"), str(repository / "open_clip_pytorch_model.bin"))
+    record = loaded.record
+    assert record["name"] == "tiny-clip.laion" and record["config"] == config
+    assert (record["mean"], record["std"], record["interpolation"], record["crop"]) == (
+        [0.5] * 3, [0.25] * 3, "bilinear", "squash")
+    x = pixels_for(tiny_clip)
+    assert torch.equal(loaded.encode_texts(["a cat"]), tiny_clip.encode_texts(["a cat"]))
+    reloaded = load_clip_from_record(json.loads(json.dumps(record)))
+    assert reloaded.record == record and torch.equal(reloaded.encode_images(x), loaded.encode_images(x))
+    assert reloaded.scaling.mean.flatten().tolist() == [0.5] * 3  # the workers' scaling is the config's
+
+
 def test_json_that_is_not_an_open_clip_config(tmp_path):
     (tmp_path / "cfg.json").write_text('{"embed_dim": 8}')
     with pytest.raises(ModelLoadError, match="not an open_clip model config"):

@@ -229,12 +229,13 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
     """Load an open_clip model.
 
     name: an open_clip architecture (``ViT-B-32``) or a path to a model-config JSON file (its
-    stem becomes the architecture name). weights: a pretrained tag, a checkpoint file, or
-    ``"random"``.
+    stem becomes the architecture name), also a hub repository's ``open_clip_config.json``
+    (named after its folder; its ``preprocess_cfg`` applies). weights: a pretrained tag, a
+    checkpoint file, or ``"random"``.
     """
     import open_clip
 
-    arch, config = _resolve_clip_name(name)
+    arch, config, preprocessing = _resolve_clip_name(name)
     kind, file = _clip_weights_source(arch, weights)
     tag_cfg = open_clip.get_pretrained_cfg(arch, weights) if kind == "tag" else {}
     pretrained = None if kind == RANDOM else (str(file) if kind == FILE else weights)
@@ -249,7 +250,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
             with warnings.catch_warnings():  # a TorchScript file is refused below, in words
                 warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    arch, pretrained=pretrained, force_quick_gelu=quick_gelu
+                    arch, pretrained=pretrained, force_quick_gelu=quick_gelu, **preprocessing
                 )
     except ModelLoadError:
         raise
@@ -314,7 +315,16 @@ def _without_random_init_warning() -> Iterator[None]:
         root.removeFilter(drop)
 
 
-def _resolve_clip_name(name: str) -> tuple[str, dict | None]:
+HUB_CONFIG_NAME = "open_clip_config.json"
+"""The config file of an open_clip repository on the Hugging Face hub: ``model_cfg`` (the
+architecture) and ``preprocess_cfg`` (the weights' own image preprocessing)."""
+_PREPROCESS_OPTIONS = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation",
+                       "resize_mode": "image_resize_mode"}
+
+
+def _resolve_clip_name(name: str) -> tuple[str, dict | None, dict[str, Any]]:
+    """The open_clip architecture ``name`` stands for, the config it came from (None for a
+    registered name), and ``create_model_and_transforms`` options for a config's preprocessing."""
     import open_clip
 
     if name.lower().endswith(".json") or Path(name).expanduser().is_file():
@@ -325,13 +335,21 @@ def _resolve_clip_name(name: str) -> tuple[str, dict | None]:
             config = json.loads(config_file.read_text())
         except (OSError, ValueError) as error:
             raise ModelLoadError(f"cannot read CLIP model config {config_file}: {error}") from None
-        if not all(key in config for key in ("embed_dim", "vision_cfg", "text_cfg")):
+        architecture = config.get("model_cfg", config) if isinstance(config, dict) else {}
+        if not all(key in architecture for key in ("embed_dim", "vision_cfg", "text_cfg")):
             raise ModelLoadError(
                 f"{config_file} is not an open_clip model config (it needs embed_dim, vision_cfg "
-                "and text_cfg)."
+                f"and text_cfg, or a model_cfg that has them, as a hub repository's {HUB_CONFIG_NAME})."
             )
-        open_clip.add_model_config(config_file.resolve())
-        return config_file.stem, config
+        # a hub repository's config is named after its folder (the repository), not "open_clip_config"
+        arch = config_file.absolute().parent.name if config_file.name == HUB_CONFIG_NAME else config_file.stem
+        with tempfile.TemporaryDirectory() as folder:  # open_clip registers a config by its file's stem
+            registered = Path(folder) / f"{arch}.json"
+            registered.write_text(json.dumps(architecture))
+            open_clip.add_model_config(registered)
+        preprocessing = config.get("preprocess_cfg", {}) if architecture is not config else {}
+        return arch, config, {option: preprocessing[key] for key, option in _PREPROCESS_OPTIONS.items()
+                              if key in preprocessing}
     arch = name.replace("/", "-")  # open_clip accepts "ViT-B/32" for "ViT-B-32"
     if arch not in open_clip.list_models():
         raise ModelLoadError(
@@ -339,7 +357,7 @@ def _resolve_clip_name(name: str) -> tuple[str, dict | None]:
             "open_clip.list_models() lists them all; a path to an open_clip model config .json "
             "also works."
         )
-    return arch, None
+    return arch, None, {}
 
 
 def _clip_weights_source(arch: str, weights: str) -> tuple[str, Path | None]:
