@@ -88,7 +88,7 @@ def existing_file(weights: str, what: str, flag: str) -> Path | None:
     if path.is_file():
         try:
             path.open("rb").close()
-        except OSError as error:  # said once here: the libraries' own reasons are misleading (safetensors: "No such file")
+        except OSError as error:  # said here: the libraries' own reasons mislead (safetensors: "No such file")
             raise ModelLoadError(f"cannot read {what} weights file {path}: {error.strerror}") from None
         if path.stat().st_size == 0:
             raise ModelLoadError(f"{what} weights file {path} is empty (an interrupted download or copy?)")

@@ -18,7 +18,8 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--out", type=GivenPath(dir_okay=False, path_type=Path),
               help="Store to write [default: SOURCE's name + .h5 in the current folder].")
 @click.option("--clip-model", default="ViT-B-32", show_default=True,
-              help="open_clip architecture, or a path to an open_clip model-config JSON (also a hub repository's open_clip_config.json).")
+              help="open_clip architecture, or a path to an open_clip model-config JSON (also a hub "
+                   "repository's open_clip_config.json).")
 @click.option("--clip-weights", default="openai", show_default=True,
               help="open_clip pretrained tag, a local checkpoint file, or 'random'.")
 @click.option("--backbone", default="vit_giant_patch14_clip_224.laion2b", show_default=True,
