@@ -373,9 +373,44 @@ def test_a_store_built_from_a_tag_takes_no_file_and_says_how_to_work_offline():
 
     record = {"name": "ViT-B-32", "weights": "openai", "file": None, "sha256": None}
     with pytest.raises(ModelLoadError, match=r"^the CLIP model of the store was built with the pretrained weights "
-                                             r"ViT-B-32 / openai, which are known by name only .* drop --clip-weights\. "
+                                             r"ViT-B-32 / openai, which zsfs loads by that name, not from a file; drop --clip-weights\. "
                                              r"Without a network, point HF_HOME at a copy of the Hugging Face cache"):
         relocated(record, "/some/file.bin", "CLIP")
+
+
+def _cached_default_weights(cache, monkeypatch, state: dict) -> None:
+    """The Hugging Face cache as a download of test_vit's default weights leaves it (offline)."""
+    import huggingface_hub.constants as hub
+
+    snapshot = cache / "models--timm--test_vit.r160_in1k" / "snapshots" / "a1b2c3"
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot.parent.parent / "refs").mkdir(exist_ok=True)
+    (snapshot.parent.parent / "refs" / "main").write_text("a1b2c3")
+    save_file(state, str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+
+
+def test_pretrained_weights_are_recorded_by_their_values_and_other_ones_under_the_name_refused(
+        tmp_path, monkeypatch, offline):
+    """A tag is known by name only (no file to hash): a cache holding newer, or another node's,
+    weights under that name gave other features silently (predict's OOD distances all 1.00)."""
+    import timm
+
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        state = timm.create_model(TINY_BACKBONE).state_dict()
+    _cached_default_weights(tmp_path, monkeypatch, state)
+    loaded = load_backbone(TINY_BACKBONE, "default")
+    assert loaded.record["weights"] == "default" and len(loaded.record["weights_fingerprint"]) == 64
+    x = pixels_for(loaded)
+    assert torch.equal(load_backbone_from_record(loaded.record).encode_images(x), loaded.encode_images(x))
+    older = {key: value for key, value in loaded.record.items() if key != "weights_fingerprint"}
+    state = {key: value + 0.01 for key, value in state.items()}  # the weights updated under the same name
+    _cached_default_weights(tmp_path, monkeypatch, state)
+    with pytest.raises(ModelLoadError, match=r"^the backbone weights test_vit / default loaded here are not the ones "
+                                             r"the store was built with \(their values differ"):
+        load_backbone_from_record(loaded.record)
+    load_backbone_from_record(older)  # a store of an earlier zsfs has no fingerprint to check
 
 
 def test_a_cut_short_download_in_the_cache_is_named_not_a_traceback(tmp_path, monkeypatch, offline):

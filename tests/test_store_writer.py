@@ -296,3 +296,17 @@ def test_unusable_rows_are_numbered_in_the_whole_array_past_the_first_block(monk
     features = np.ones((20, 3), np.float32)
     features[13] = 0
     assert writer.unusable_row_numbers(features, [(8, 20)]).tolist() == [13]
+
+
+def test_a_resume_with_other_values_under_a_tags_name_says_so():
+    """Shards embedded with a tag's weights must not be resumed with other weights under that name."""
+    from zsfs.store.writer import describe_difference
+
+    record = {"name": "test_vit", "weights": "default", "weights_fingerprint": "a" * 64}
+    then = {**IDENTITY, "backbone": record}
+    changed = {**IDENTITY, "backbone": {**record, "weights_fingerprint": "b" * 64}}
+    assert describe_difference(then, changed) == ("differs in backbone; its backbone weights test_vit / default had "
+                                                  "other values (the cache holds other weights under that name now)")
+    earlier = {**IDENTITY, "backbone": {key: value for key, value in record.items() if key != "weights_fingerprint"}}
+    assert describe_difference(earlier, then) == ("differs in backbone; it was built by an earlier zsfs, which did not "
+                                                  "record the values of its backbone weights")

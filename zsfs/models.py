@@ -37,7 +37,7 @@ from zsfs.weights import (
     HUB_CACHE_ADVICE,
     RANDOM,
     RANDOM_SEED,
-    check_same_init,
+    check_same_weights,
     checkpoint_shapes,
     existing_file,
     hub_offline_unless_reachable,
@@ -280,6 +280,8 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
         record["config"] = config
     if kind == RANDOM:
         record.update(seed=RANDOM_SEED, init_fingerprint=init_fingerprint(model))
+    elif kind == "tag":
+        record["weights_fingerprint"] = init_fingerprint(model)
     preprocess, scaling = worker_transform(preprocess, device)
     return ClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, record=record,
                      device=torch.device(device), scaling=scaling)
@@ -295,7 +297,7 @@ def load_clip_from_record(record: dict, device: str = "cpu") -> ClipModel:
             clip = load_clip(str(config_file), weights, device)
     else:
         clip = load_clip(record["name"], weights, device)
-    check_same_init(clip.record, record, "CLIP")
+    check_same_weights(clip.record, record, "CLIP")
     clip.record = dict(record)
     return clip
 
@@ -519,6 +521,8 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
     }
     if weights == RANDOM:
         record.update(seed=RANDOM_SEED, init_fingerprint=init_fingerprint(model))
+    elif weights == DEFAULT:
+        record["weights_fingerprint"] = init_fingerprint(model)
     preprocess, scaling = worker_transform(preprocess, device)
     return Backbone(model=model, preprocess=preprocess, record=record, device=torch.device(device), scaling=scaling)
 
@@ -526,7 +530,7 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
 def load_backbone_from_record(record: dict, device: str = "cpu") -> Backbone:
     """Reload the backbone a store recorded (same weights; a file must have the same sha256)."""
     backbone = load_backbone(record["name"], weights_from_record(record, "backbone"), device)
-    check_same_init(backbone.record, record, "backbone")
+    check_same_weights(backbone.record, record, "backbone")
     backbone.record = dict(record)
     return backbone
 

@@ -31,7 +31,9 @@ HUB_CACHE_ADVICE = ("Without a network, point HF_HOME at a copy of the Hugging F
 
 
 def init_fingerprint(model: torch.nn.Module, n_values: int = 4096) -> str:
-    """sha256 over every tensor's shape and first ``n_values`` values: cheap even for ViT-G."""
+    """sha256 over every tensor's shape and first ``n_values`` values: cheap even for ViT-G. It
+    identifies random weights (``init_fingerprint``) and pretrained ones, which are known by name
+    only (``weights_fingerprint``)."""
     digest = hashlib.sha256()
     for key, tensor in model.state_dict().items():
         head = tensor.detach().flatten()[:n_values].float().cpu().numpy()
@@ -111,11 +113,10 @@ def relocated(record: dict, new_file: str | Path | None, what: str) -> dict:
     if record.get("weights") == RANDOM:
         raise ModelLoadError(f"the {what} model of the store was built with weights 'random', not a file; drop {flag}")
     if record.get("weights") != FILE:
-        # A tag is recorded by name, with no sha256 to check a file against: it comes from the cache.
+        # A tag is recorded by its name and its values, not a file's sha256: it comes from the cache.
         raise ModelLoadError(f"the {what} model of the store was built with the pretrained weights "
-                             f"{record.get('name')} / {record.get('weights')}, which are known by name only (no "
-                             f"sha256 to check a file against), so a file cannot stand in for them; drop {flag}. "
-                             f"{HUB_CACHE_ADVICE}")
+                             f"{record.get('name')} / {record.get('weights')}, which zsfs loads by that name, not "
+                             f"from a file; drop {flag}. {HUB_CACHE_ADVICE}")
     path = existing_file(str(new_file), what, flag)
     if path is None:  # a bare name that is no file
         raise _not_found(Path(new_file).expanduser(), what, flag)
@@ -158,13 +159,23 @@ def refuse_imported(record: dict, what: str) -> None:
         )
 
 
-def check_same_init(loaded: dict, recorded: dict, what: str) -> None:
-    """Random weights reload only if this installation initialises them identically."""
+def check_same_weights(loaded: dict, recorded: dict, what: str) -> None:
+    """A model reloads only with the weights it was recorded with: random ones initialised
+    identically by this installation, pretrained ones (a tag, known by name) with the same values
+    (the cache may hold newer weights under the name, or another node's cache other ones). Files
+    are checked by their sha256 before loading (``weights_from_record``)."""
     if recorded["weights"] == RANDOM and loaded.get("init_fingerprint") != recorded.get("init_fingerprint"):
         raise ModelLoadError(
             f"the store's {what} model {recorded['name']} was randomly initialised, and this "
             "installation initialises it differently (other torch/open_clip/timm version?), so its "
             "features cannot be reproduced. Use a weights file for work you want to reload."
+        )
+    recorded_values = recorded.get("weights_fingerprint")  # older stores lack it: nothing to check against
+    if recorded_values is not None and loaded.get("weights_fingerprint") != recorded_values:
+        raise ModelLoadError(
+            f"the {what} weights {recorded['name']} / {recorded['weights']} loaded here are not the ones the store "
+            "was built with (their values differ: the cache holds other weights under that name); restore the "
+            "cache the store was built with (HF_HOME), or rebuild the store."
         )
 
 

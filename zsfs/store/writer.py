@@ -415,8 +415,8 @@ def mismatch_error(path: Path, found: dict | None, expected: dict) -> StoreMisma
                               "choose another output")
 
 
-def _without_origin(record: dict) -> dict:
-    return {key: value for key, value in record.items() if key != "imported_from"}
+def _without(record: dict, key: str) -> dict:
+    return {name: value for name, value in record.items() if name != key}
 
 
 def describe_difference(found: dict | None, expected: dict) -> str:
@@ -437,11 +437,17 @@ def describe_difference(found: dict | None, expected: dict) -> str:
         built = (f"--max-pixels {then:,}" if then else
                  "the default --max-pixels (or by a zsfs from before 2026-12-02, which did not record it)")
         text += f"; it was built with {built}, this run uses " + (f"--max-pixels {now:,}" if now else "the default")
-    moved = [key for key in keys if isinstance(found.get(key), dict) and isinstance(expected.get(key), dict)
-             and _without_origin(found[key]) == _without_origin(expected[key])]
-    for key in moved:  # `zsfs import` of the same embeddings from another place
-        text += (f"; its {key} embeddings were imported from {found[key]['imported_from']}, this run reads "
-                 f"{expected[key]['imported_from']}")
+    records = [key for key in keys if isinstance(found.get(key), dict) and isinstance(expected.get(key), dict)]
+    for key in records:
+        then, now = found[key], expected[key]
+        if _without(then, "imported_from") == _without(now, "imported_from"):  # the same embeddings, moved
+            text += (f"; its {key} embeddings were imported from {then['imported_from']}, this run reads "
+                     f"{now['imported_from']}")
+        elif _without(then, "weights_fingerprint") == _without(now, "weights_fingerprint"):  # a tag's weights
+            text += (f"; it was built by an earlier zsfs, which did not record the values of its {key} weights"
+                     if then.get("weights_fingerprint") is None else
+                     f"; its {key} weights {now['name']} / {now['weights']} had other values (the cache holds other "
+                     "weights under that name now)")
     layout = [f"--{key.replace('_', '-')} {found[key]}" for key in ("shard_size", "dtype")
               if key in keys and found.get(key) is not None]
     if layout:  # a resume with other options: say which to pass
