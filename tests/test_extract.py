@@ -961,3 +961,38 @@ def test_the_default_store_is_named_after_the_source_without_its_suffix(tmp_path
     (tmp_path / "in" / "photos.v2").mkdir()
     assert [default_output(tmp_path / "in" / name) for name in ("list.csv", "00001.tar", "photos.v2")] == \
         [tmp_path / "list.h5", tmp_path / "00001.h5", tmp_path / "photos.v2.h5"]
+
+
+def test_a_store_of_pretrained_weights_resumes_when_older_and_refuses_other_values_under_the_name(
+        tmp_path, monkeypatch, offline):
+    """Pretrained weights are fingerprinted since 2026-12-03. A store built before (its records
+    have no fingerprint) still resumes; a newer one refuses a cache that holds other weights."""
+    import huggingface_hub.constants as hub
+    import timm
+
+    from zsfs.store.hdf5 import canonical_json
+    from zsfs.store.schema import ATTR_IDENTITY
+    from zsfs.testing.models import cache_default_backbone_weights
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        state = timm.create_model(TINY_BACKBONE).state_dict()
+    cache_default_backbone_weights(tmp_path / "cache", state)
+    source = write_image_folder(tmp_path / "photos", n_per_class=2)["root"]
+    out = tmp_path / "s.h5"
+    args = ("extract", source, "--out", out, f"--clip-model={TINY_CLIP_CONFIG}", "--clip-weights=random",
+            f"--backbone={TINY_BACKBONE}", "--backbone-weights=default", "--workers", "0", "--shard-size", "4")
+    assert run_cli(*args).exit_code == 0
+    for path in [out, *sorted((tmp_path / "s.shards").glob("*.h5"))]:  # as an earlier zsfs wrote them
+        with h5py.File(path, "r+") as file:
+            identity = json.loads(file.attrs[ATTR_IDENTITY])
+            del identity["backbone"]["weights_fingerprint"]
+            file.attrs[ATTR_IDENTITY] = canonical_json(identity)
+    older = run_cli(*args)
+    assert older.exit_code == 0, older.output  # bug: "differs in backbone" (every old tag-built store)
+    assert run_cli(*args, "--overwrite").exit_code == 0  # a store of this zsfs: fingerprinted
+    cache_default_backbone_weights(tmp_path / "cache", {key: value + 0.01 for key, value in state.items()})
+    refused = run_cli(*args)
+    assert refused.exit_code == 1 and "its backbone weights test_vit / default had other values (the cache holds " \
+        "other weights under that name now)" in " ".join(output_text(refused).split()), refused.output

@@ -27,7 +27,7 @@ from zsfs.models import (
     worker_transform,
 )
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
+from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, cache_default_backbone_weights
 from zsfs.testing.privileges import run_python_unprivileged
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -379,14 +379,9 @@ def test_a_store_built_from_a_tag_takes_no_file_and_says_how_to_work_offline():
 
 
 def _cached_default_weights(cache, monkeypatch, state: dict) -> None:
-    """The Hugging Face cache as a download of test_vit's default weights leaves it (offline)."""
     import huggingface_hub.constants as hub
 
-    snapshot = cache / "models--timm--test_vit.r160_in1k" / "snapshots" / "a1b2c3"
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (snapshot.parent.parent / "refs").mkdir(exist_ok=True)
-    (snapshot.parent.parent / "refs" / "main").write_text("a1b2c3")
-    save_file(state, str(snapshot / "model.safetensors"))
+    cache_default_backbone_weights(cache, state)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
 
 

@@ -89,14 +89,16 @@ class EmbedSettings:
 
 
 def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict, *, dtype: str,
-                   max_pixels: int) -> dict:
+                   max_pixels: int, earlier: dict | None = None) -> dict:
     """What makes shards interchangeable: same listing, same models and weights, same layout,
-    same pixel budget (it decides which images are skipped, and at which scale large JPEGs are read)."""
+    same pixel budget (it decides which images are skipped, and at which scale large JPEGs are read).
+    ``earlier``: the identity the store being resumed records, if any."""
+    earlier = earlier or {}
     return {
         "source": str(source.location),
         "listing_sha256": source.digest(),
-        "clip": _model_identity(clip_record),
-        "backbone": _model_identity(backbone_record),
+        "clip": _model_identity(clip_record, earlier.get("clip")),
+        "backbone": _model_identity(backbone_record, earlier.get("backbone")),
         "dtype": dtype,  # the writer adds n_items and shard_size
         **_budget_identity(max_pixels),
     }
@@ -107,9 +109,12 @@ def _budget_identity(max_pixels: int) -> dict:
     return {} if max_pixels == DEFAULT_MAX_PIXELS else {"max_pixels": max_pixels}
 
 
-def _model_identity(record: dict) -> dict:
-    # A weights file may move between runs; its sha256 (kept) is what identifies it.
-    return {key: value for key, value in record.items() if key != "file"}
+def _model_identity(record: dict, earlier: dict | None) -> dict:
+    # A weights file may move between runs; its sha256 (kept) is what identifies it. A store built
+    # before a tag's weights were fingerprinted (2026-12-03) resumes without the fingerprint.
+    old_store = isinstance(earlier, dict) and "weights_fingerprint" not in earlier
+    return {key: value for key, value in record.items()
+            if key != "file" and not (old_store and key == "weights_fingerprint")}
 
 
 def position_batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
@@ -308,8 +313,9 @@ def extract(
         if given_classes is not None:  # before the images: a list given is fixed in seconds
             refuse_same_text_to_clip(read_as_one)
         clip_record, backbone_record = embedder.records
+        earlier = None if overwrite else recorded_identity(out)
         writer = StoreWriter(out, store_identity(image_source, clip_record, backbone_record, dtype=dtype,
-                                                 max_pixels=max_pixels),
+                                                 max_pixels=max_pixels, earlier=earlier),
                              n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype, overwrite=overwrite)
         pending = writer.pending_shards()
         if on_start is not None:
