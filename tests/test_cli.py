@@ -97,6 +97,22 @@ def test_ctrl_c_message_does_not_promise_a_resume_for_every_command(monkeypatch,
         "it, the store is built again from the start)." in " ".join(result.output.split())  # bug: it said "a rerun"
 
 
+def test_a_failure_that_asks_for_a_rerun_under_overwrite_says_to_drop_it():
+    """Bug: "Rerun: an extract resumes ..." (a decoding process killed) got no note: "rerun" was
+    looked for in lower case only; under --overwrite every rerun started over."""
+    import click
+
+    from zsfs.cli.common import OVERWRITING, _resuming_hint
+
+    context = click.Context(click.Command("extract"))
+    context.meta[OVERWRITING] = True
+    for message in ("free some space and rerun the same command.", "Rerun: an extract resumes from the shards"):
+        assert _resuming_hint(context, message).startswith(" Note: a rerun without --overwrite resumes"), message
+    assert _resuming_hint(context, "unknown CLIP model 'x'") == ""
+    context.meta[OVERWRITING] = False
+    assert _resuming_hint(context, "free some space and rerun") == ""
+
+
 def test_ctrl_c_after_a_fit_is_saved_says_the_run_is_kept(monkeypatch, tmp_path):
     """Bug: Ctrl-C while `fit --report` rendered the page said "Nothing half-written was left",
     and the rerun it invited refused the run's folder, which held the whole run."""

@@ -299,9 +299,22 @@ def test_weights_reached_through_a_link_to_a_blob_without_suffix(tiny_clip, tiny
     torch.testing.assert_close(loaded.encode_images(x), reference.encode_images(x))
 
 
-def test_a_tokenizer_that_cannot_be_had_is_named(tmp_path):
+def test_a_link_without_a_suffix_goes_by_its_targets_name(tiny_backbone, tmp_path):
+    """current -> vit.safetensors: the libraries tell the format by the name, and the link's has none."""
+    save_file(tiny_backbone.model.state_dict(), str(tmp_path / "vit.safetensors"))
+    (tmp_path / "current").symlink_to(tmp_path / "vit.safetensors")
+    loaded = load_backbone(TINY_BACKBONE, str(tmp_path / "current"))
+    assert loaded.record["file"] == str(tmp_path / "vit.safetensors")
+    x = pixels_for(tiny_backbone)
+    torch.testing.assert_close(loaded.encode_images(x), tiny_backbone.encode_images(x))
+
+
+def test_a_tokenizer_that_cannot_be_had_is_named(tmp_path, monkeypatch, offline):
     """Bug: a model whose tokenizer comes from the Hugging Face hub ended in a ModuleNotFoundError traceback
     without `transformers` (and in a minute of retries with it, offline)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # not installed (whether or not it is here)
     config = json.loads(TINY_CLIP_CONFIG.read_text())
     config["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-B-16-SigLIP"
     (tmp_path / "hf-tokenizer-clip.json").write_text(json.dumps(config))

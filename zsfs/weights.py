@@ -94,7 +94,10 @@ def existing_file(weights: str, what: str, flag: str) -> Path | None:
             raise ModelLoadError(f"cannot read {what} weights file {path}: {error.strerror}") from None
         if path.stat().st_size == 0:
             raise ModelLoadError(f"{what} weights file {path} is empty (an interrupted download or copy?)")
-        return Path(os.path.abspath(path))
+        # A link keeps its own name where that tells the format, as a cache's snapshots/REV/model.safetensors
+        # does (its blob has no suffix); else (current -> vit.safetensors) its target's name is the one to go by.
+        absolute = Path(os.path.abspath(path))
+        return absolute if absolute.suffix.lower() in CHECKPOINT_SUFFIXES else absolute.resolve()
     if os.sep in weights or path.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise _not_found(path, what, flag)
     return None
@@ -174,8 +177,9 @@ def check_same_weights(loaded: dict, recorded: dict, what: str) -> None:
     if recorded_values is not None and loaded.get("weights_fingerprint") != recorded_values:
         raise ModelLoadError(
             f"the {what} weights {recorded['name']} / {recorded['weights']} loaded here are not the ones the store "
-            "was built with (their values differ: the cache holds other weights under that name); restore the "
-            "cache the store was built with (HF_HOME), or rebuild the store."
+            "was built with (their values differ: the cache holds other weights under that name, or another "
+            "timm/open_clip version names their tensors otherwise); restore the cache (HF_HOME) and versions the "
+            "store was built with, or rebuild the store."
         )
 
 

@@ -89,7 +89,7 @@ class ZsfsGroup(click.Group):
 def _resuming_hint(ctx: click.Context, message: str) -> str:
     """After a failure that asks for a rerun (a full disk) of a resuming command under --overwrite:
     the same command would start over."""
-    return f" Note: {RESUME_WITHOUT_OVERWRITE}." if ctx.meta.get(OVERWRITING) and "rerun" in message else ""
+    return f" Note: {RESUME_WITHOUT_OVERWRITE}." if ctx.meta.get(OVERWRITING) and "rerun" in message.lower() else ""
 
 
 @contextmanager

@@ -300,7 +300,11 @@ def acquire_lock(master: Path) -> Path:
             handle = os.open(lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o666)
         except OSError as error:
             reason = "it is a link" if error.errno == errno.ELOOP else error.strerror
-            leftover = ("; if no zsfs process is writing the store, it is a killed writer's leftover: remove it"
+            if error.errno == errno.EACCES and written_elsewhere(master):  # another user's live writer
+                raise StoreError(f"another zsfs process is writing {master} (it holds {lock.name}); wait for it to "
+                                 "finish, or write to another output") from None
+            leftover = ("; no zsfs process of this machine is writing the store, so it is a killed writer's "
+                        "leftover: remove it, unless a writer on another machine sharing the folder runs"
                         if error.errno == errno.EACCES and lock.exists() else "")
             raise StoreError(f"cannot write the store {master}: cannot create its lock file {lock} "
                              f"({reason}){leftover}") from None
