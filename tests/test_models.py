@@ -423,17 +423,21 @@ def test_pretrained_weights_are_recorded_by_their_values_and_other_ones_under_th
 
 def test_a_cut_short_download_in_the_cache_is_named_not_a_traceback(tmp_path, monkeypatch, offline):
     """Bug: a truncated file in the Hugging Face cache ended in safetensors' traceback."""
-    import huggingface_hub.constants as hub
-
-    snapshot = tmp_path / "models--timm--test_vit.r160_in1k" / "snapshots" / "a1b2c3"
-    snapshot.mkdir(parents=True)
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("a1b2c3")
-    (snapshot / "model.safetensors").write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{\"a\"")  # cut short
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ModelLoadError, match=r"^cannot load the downloaded backbone weights of test_vit \(.*\); delete "
-                                             r"them from the Hugging Face cache \(`hf cache rm model/timm/test_vit.r160_in1k`\)"):
+    _cached_default_weights(tmp_path, monkeypatch, {"head.weight": torch.zeros(2, 2)})
+    cached = next(tmp_path.rglob("model.safetensors"))
+    cached.write_bytes(cached.read_bytes()[:20])  # cut short
+    with pytest.raises(ModelLoadError, match=r"^cannot read the downloaded backbone weights of test_vit \(.*\): a cut-"
+                                             r"short or damaged download; delete the folder "
+                                             r"models--timm--test_vit.r160_in1k of the Hugging Face cache"):
         load_backbone(TINY_BACKBONE, "default")
+    # weights that read but do not fit (another timm version's): said as they are; a download would not help
+    import timm
+
+    resized = {**timm.create_model(TINY_BACKBONE).state_dict(), "cls_token": torch.zeros(1, 1, 5)}
+    cache_default_backbone_weights(tmp_path, resized)
+    with pytest.raises(ModelLoadError, match=r"^cannot load the backbone weights of test_vit: ") as caught:
+        load_backbone(TINY_BACKBONE, "default")
+    assert "downloaded again" not in str(caught.value)
 
 
 # --- backbone ------------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ from zsfs.weights import (
     existing_file,
     hub_offline_unless_reachable,
     init_fingerprint,
+    not_a_checkpoint,
     seeded_init,
+    unreadable_checkpoint,
     weights_from_record,
 )
 
@@ -257,11 +259,11 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
     except Exception as error:  # open_clip raises many types; all mean "these weights do not load"
         if kind == RANDOM:
             raise
-        if kind == "tag":  # downloaded, yet unreadable: a cut-short download in the cache
-            raise ModelLoadError(f"cannot load the downloaded CLIP weights {arch} / {weights} ({one_line(error)}); "
-                                 f"{_delete_from_cache(tag_cfg.get('hf_hub'))} so that they are downloaded again, "
-                                 "or pass a local file with --clip-weights.") from None
-        checkpoint_shapes(file)  # a file that is no checkpoint at all is told so, not blamed on the architecture
+        if kind == "tag":
+            raise _pretrained_error(f"CLIP weights {arch} / {weights}", tag_cfg.get("hf_hub"), error,
+                                    "--clip-weights") from None
+        if unreadable_checkpoint(error):  # told so, not blamed on the architecture
+            raise not_a_checkpoint(file, error) from None
         raise ModelLoadError(
             f"weights file {file} does not fit the CLIP architecture {arch}: {one_line(error)}. "
             "Check that --clip-model matches the checkpoint."
@@ -392,11 +394,16 @@ def _download_clip_tag(arch: str, tag: str) -> None:
         ) from None
 
 
-def _delete_from_cache(hub_id: str | None) -> str:
-    """How to drop a cut-short download (an interrupted download leaves a file that does not load)."""
-    if hub_id:
-        return f"delete them from the Hugging Face cache (`hf cache rm model/{hub_id.strip('/')}`)"
-    return "delete the downloaded file from its cache"
+def _pretrained_error(weights: str, hub_id: str | None, error: Exception, flag: str) -> ModelLoadError:
+    """Pretrained weights that were downloaded (or found in the cache) and did not load: a file
+    that cannot be read is a cut-short or damaged download; anything else is said as it is."""
+    if not unreadable_checkpoint(error):
+        return ModelLoadError(f"cannot load the {weights}: {one_line(error)}")
+    where = (f"the folder models--{hub_id.strip('/').replace('/', '--')} of the Hugging Face cache (HF_HOME/hub)"
+             if hub_id else "the downloaded file from its cache")
+    return ModelLoadError(f"cannot read the downloaded {weights} ({one_line(error)}): a cut-short or damaged "
+                          f"download; delete {where} so that they are downloaded again, or pass a local file with "
+                          f"{flag}.")
 
 
 def _clip_file_advice(arch: str, tag_cfg: dict) -> str:
@@ -491,10 +498,9 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
     except Exception as error:  # state-dict mismatch, unreadable or foreign checkpoint format
         if weights == RANDOM:
             raise
-        if file is None:  # downloaded, yet unreadable: a cut-short download in the cache
-            raise ModelLoadError(f"cannot load the downloaded backbone weights of {name} ({one_line(error)}); "
-                                 f"{_delete_from_cache(pretrained_cfg.hf_hub_id)} so that they are downloaded "
-                                 "again, or pass a local file with --backbone-weights.") from None
+        if file is None:
+            raise _pretrained_error(f"backbone weights of {name}", pretrained_cfg.hf_hub_id, error,
+                                    "--backbone-weights") from None
         raise ModelLoadError(
             f"weights file {file} does not fit the backbone {name}: {one_line(error, 600)}. "
             "Check that --backbone matches the checkpoint."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import traceback
 from contextlib import contextmanager
 from urllib.parse import urlparse
 from pathlib import Path
@@ -199,10 +200,28 @@ def checkpoint_shapes(file: Path) -> dict[str, tuple[int, ...]]:
             warnings.simplefilter("ignore", UserWarning)
             return {key: tuple(value.shape) for key, value in load_state_dict(str(file)).items()}
     except Exception as error:  # pickle, zip, safetensors header errors: not a checkpoint
-        raise ModelLoadError(
-            f"cannot read {file} as a checkpoint ({_not_a_checkpoint(error)}); pass a .safetensors or "
-            "torch .pth/.bin file saved from this model."
-        ) from None
+        raise not_a_checkpoint(file, error) from None
+
+
+def not_a_checkpoint(file: Path, error: Exception) -> ModelLoadError:
+    """The error for a weights file that could not be read as tensors, with the reason in words."""
+    return ModelLoadError(f"cannot read {file} as a checkpoint ({_not_a_checkpoint(error)}); pass a .safetensors or "
+                          "torch .pth/.bin file saved from this model.")
+
+
+_CHECKPOINT_READERS = ("torch/serialization.py", "torch/_weights_only_unpickler.py", "/safetensors/")
+
+
+def unreadable_checkpoint(error: BaseException) -> bool:
+    """Whether loading weights failed in reading the file (torch.load, safetensors: a cut-short
+    download, a file of something else), not in fitting its tensors to the model, nor for memory."""
+    for cause in error_chain(error):
+        if isinstance(cause, MemoryError):
+            return False
+        frames = traceback.extract_tb(cause.__traceback__)
+        if frames and any(reader in frames[-1].filename.replace(os.sep, "/") for reader in _CHECKPOINT_READERS):
+            return True
+    return False
 
 
 def _not_a_checkpoint(error: Exception) -> str:
