@@ -4,6 +4,7 @@ half of one."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -194,18 +195,41 @@ TABLE_FORMATS = ("csv", "parquet", "json")
 
 
 def write_table(frame: "pl.DataFrame", path: str | Path, table_format: str = "parquet") -> None:
-    """Write a polars table as csv, parquet or json. polars serialises it in memory and Python
-    writes the bytes: polars' own writers report a full disk without an errno (csv "[Errno None]",
-    parquet a ComputeError), or, json, not at all (a cut file and no error). Also polars takes
-    only UTF-8 paths."""
-    import io
-
+    """Write a polars table as csv, parquet or json, through a Python file (polars takes only
+    UTF-8 paths). A failed write raises the OSError the system gave: polars' writers report a
+    full disk without its errno (csv "[Errno None]", parquet a ComputeError), or, json, not at
+    all (a cut file and no error)."""
     if table_format not in TABLE_FORMATS:
         raise ValueError(f"table_format must be one of {TABLE_FORMATS}, not {table_format!r}")
-    serialised = io.BytesIO()
-    getattr(frame, f"write_{table_format}")(serialised)
     with open(path, "wb") as handle:
-        handle.write(serialised.getbuffer())
+        sink = _FirstWriteError(handle)
+        try:
+            getattr(frame, f"write_{table_format}")(sink)
+        except Exception:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+        if sink.error is not None:
+            raise sink.error
+
+
+class _FirstWriteError(io.RawIOBase):
+    """A writable file that keeps the first OSError of its writes (and fails every later one)."""
+
+    def __init__(self, handle: BinaryIO):
+        super().__init__()
+        self.handle, self.error = handle, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if self.error is None:
+            try:
+                return self.handle.write(data)
+            except OSError as error:
+                self.error = error
+        raise self.error
 
 
 def write_json(path: str | Path, value: object) -> None:
