@@ -357,6 +357,21 @@ def test_a_hub_repositorys_open_clip_config_with_its_weights_file_keeps_their_pr
     assert reloaded.scaling.mean.flatten().tolist() == [0.5] * 3  # the workers' scaling is the config's
 
 
+def test_a_hub_config_in_a_cache_is_named_after_its_repository_and_no_config_replaces_open_clips(tmp_path):
+    """Pointed into a Hugging Face cache, a repository's config was named after the revision hash;
+    a folder named like one of open_clip's models replaced that model's config in the process."""
+    config = {"model_cfg": json.loads(TINY_CLIP_CONFIG.read_text()), "preprocess_cfg": {}}
+    snapshot = tmp_path / "models--someone--tiny-clip.cache" / "snapshots" / "0f1e2d"
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_config.json").write_text(json.dumps(config))
+    assert load_clip(str(snapshot / "open_clip_config.json"), "random").record["name"] == "tiny-clip.cache"
+    (tmp_path / "ViT-B-32").mkdir()
+    (tmp_path / "ViT-B-32" / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"would be CLIP model 'ViT-B-32', which open_clip already has with another "
+                                             r"config; rename the file \(or, for a hub repository's config, its folder\)"):
+        load_clip(str(tmp_path / "ViT-B-32" / "open_clip_config.json"), "random")
+
+
 def test_json_that_is_not_an_open_clip_config(tmp_path):
     (tmp_path / "cfg.json").write_text('{"embed_dim": 8}')
     with pytest.raises(ModelLoadError, match="not an open_clip model config"):

@@ -345,8 +345,10 @@ def _resolve_clip_name(name: str) -> tuple[str, dict | None, dict[str, Any]]:
                 f"{config_file} is not an open_clip model config (it needs embed_dim, vision_cfg "
                 f"and text_cfg, or a model_cfg that has them, as a hub repository's {HUB_CONFIG_NAME})."
             )
-        # a hub repository's config is named after its folder (the repository), not "open_clip_config"
-        arch = config_file.absolute().parent.name if config_file.name == HUB_CONFIG_NAME else config_file.stem
+        arch = _config_name(config_file)
+        if arch in open_clip.list_models() and open_clip.get_model_config(arch) != architecture:
+            raise ModelLoadError(f"{config_file} would be CLIP model {arch!r}, which open_clip already has with "
+                                 "another config; rename the file (or, for a hub repository's config, its folder)")
         with tempfile.TemporaryDirectory() as folder:  # open_clip registers a config by its file's stem
             registered = Path(folder) / f"{arch}.json"
             registered.write_text(json.dumps(architecture))
@@ -362,6 +364,15 @@ def _resolve_clip_name(name: str) -> tuple[str, dict | None, dict[str, Any]]:
             "also works."
         )
     return arch, None, {}
+
+
+def _config_name(config_file: Path) -> str:
+    """A config file's model name: its stem; a hub repository's is named after the repository,
+    its folder or, in a Hugging Face cache (models--ORG--NAME/snapshots/REV/), the NAME."""
+    if config_file.name != HUB_CONFIG_NAME:
+        return config_file.stem
+    folder = config_file.absolute().parent
+    return folder.parent.parent.name.split("--")[-1] if folder.parent.name == "snapshots" else folder.name
 
 
 def _clip_weights_source(arch: str, weights: str) -> tuple[str, Path | None]:
