@@ -532,6 +532,24 @@ def test_a_fine_tuned_backbone_loads_with_its_own_classifier_size(tiny_backbone,
     torch.testing.assert_close(loaded.encode_images(x), expected)
 
 
+def test_an_open_clip_checkpoint_loads_as_the_timm_clip_tower_it_holds(tmp_path):
+    """The file an air-gapped user has for the default backbone (the paper's ViT-G/14) is often the
+    open_clip checkpoint (visual.proj, not head). Bug: refused as having no projection head,
+    although timm converts it. ViT-B/32 here, randomly initialised: the same code path."""
+    import open_clip
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        clip = open_clip.create_model("ViT-B-32-quickgelu").eval()
+    torch.save(clip.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+    tower = load_backbone("vit_base_patch32_clip_224.openai", str(tmp_path / "open_clip_pytorch_model.bin"))
+    assert (tower.record["output"], tower.record["dim"]) == ("head", 512)
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        same = torch.nn.functional.cosine_similarity(tower.model(pixels), clip.encode_image(pixels))
+    assert same.min() > 0.999, same
+
+
 def test_backbone_from_record_checks_file_and_init(tiny_backbone, tmp_path):
     file = tmp_path / "b.pth"
     torch.save(tiny_backbone.model.state_dict(), file)

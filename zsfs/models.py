@@ -561,6 +561,10 @@ def keeps_clip_head(name: str, tag: str | None) -> bool:
     return BACKBONE_HEAD_MARKER in name.split(".", 1)[0] and FINE_TUNED_MARKER not in f"_{tag or ''}_"
 
 
+OPEN_CLIP_PROJECTION = "visual.proj"
+"""The image projection's name in an open_clip checkpoint (timm's CLIP towers call it ``head``)."""
+
+
 def _file_options(name: str, file: Path, pretrained_cfg, keep_head: bool) -> dict[str, Any]:
     """timm.create_model options that load ``file`` strictly, with or without a classifier.
 
@@ -572,7 +576,7 @@ def _file_options(name: str, file: Path, pretrained_cfg, keep_head: bool) -> dic
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
     shapes = checkpoint_shapes(file)
     heads = [shapes[f"{classifier}.weight"] for classifier in classifiers if f"{classifier}.weight" in shapes]
-    if heads and keep_head:
+    if keep_head and (heads or OPEN_CLIP_PROJECTION in shapes):  # timm converts an open_clip checkpoint itself
         return {"pretrained_cfg_overlay": {"file": str(file)}}
     if heads:  # a fine-tuned file's classifier has its own number of classes: load it as it is, then drop it
         n_classes = heads[0][0]
