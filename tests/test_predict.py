@@ -271,6 +271,33 @@ def test_a_full_disk_leaves_the_previous_predictions_file_whole(fitted, tmp_path
     assert [entry.name for entry in tmp_path.iterdir()] == [out.name]  # no temporary file left
 
 
+WRITE_TABLES_PAST_A_LIMIT = """
+import resource, signal, sys
+import numpy as np, polars as pl
+from zsfs.outputs import write_table
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+frame = pl.DataFrame({"score": np.random.default_rng(0).random(300_000)})  # MBs in every format
+for kind in ("csv", "parquet", "json"):
+    try:
+        write_table(frame, f"{sys.argv[1]}/t.{kind}", kind)
+        print(kind, "written")
+    except OSError as error:
+        print(kind, error.errno)
+"""
+
+
+def test_a_table_cut_short_by_a_full_disk_raises_the_systems_error_in_every_format(tmp_path):
+    """Past the file's buffer, polars' writers fail part-way: csv lost the errno ("[Errno None]"),
+    parquet became a ComputeError, and json reported nothing (a cut file, "written")."""
+    import errno
+
+    result = subprocess.run([sys.executable, "-c", WRITE_TABLES_PAST_A_LIMIT, str(tmp_path)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.stdout.split() == ["csv", str(errno.EFBIG), "parquet", str(errno.EFBIG), "json", str(errno.EFBIG)], \
+        result
+
+
 def test_a_read_only_predictions_file_is_kept_and_a_replaced_one_keeps_its_permissions(fitted, tmp_path, monkeypatch):
     """Bug: `chmod 444 p.csv` did not keep p.csv: the rename replaced it, and any file replaced came
     out with the umask's permissions instead of its own."""

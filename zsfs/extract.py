@@ -117,6 +117,13 @@ def _model_identity(record: dict, earlier: dict | None) -> dict:
             if key != "file" and not (old_store and key == "weights_fingerprint")}
 
 
+def _as_identified(record: dict, identity: dict) -> dict:
+    """The model record a master keeps: no fingerprint that its store's identity lacks (an older
+    store resumed: its first shards were embedded with weights of unknown values)."""
+    return record if "weights_fingerprint" in identity else {
+        key: value for key, value in record.items() if key != "weights_fingerprint"}
+
+
 def position_batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
     """Listing positions ``start`` to ``stop - 1`` in batches of ``batch_size`` (the last one shorter)."""
     return [list(range(first, min(first + batch_size, stop))) for first in range(start, stop, batch_size)]
@@ -325,8 +332,9 @@ def extract(
         embedding_seconds = time.perf_counter() - embedding_started
         writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
 
-        writer.finish({"source": str(image_source.location), "clip": clip_record, "backbone": backbone_record},
-                      shards_written=bool(pending))
+        records = {"clip": _as_identified(clip_record, writer.identity["clip"]),
+                   "backbone": _as_identified(backbone_record, writer.identity["backbone"])}
+        writer.finish({"source": str(image_source.location), **records}, shards_written=bool(pending))
         if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
             refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
         vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)

@@ -13,6 +13,7 @@ differently fails loudly instead of silently producing other features.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import logging
 import tempfile
@@ -38,6 +39,7 @@ from zsfs.weights import (
     RANDOM,
     RANDOM_SEED,
     check_same_weights,
+    checkpoint_reason,
     checkpoint_shapes,
     existing_file,
     hub_offline_unless_reachable,
@@ -347,8 +349,9 @@ def _resolve_clip_name(name: str) -> tuple[str, dict | None, dict[str, Any]]:
             )
         arch = _config_name(config_file)
         if arch in open_clip.list_models() and open_clip.get_model_config(arch) != architecture:
-            raise ModelLoadError(f"{config_file} would be CLIP model {arch!r}, which open_clip already has with "
-                                 "another config; rename the file (or, for a hub repository's config, its folder)")
+            # open_clip keeps one config per name, and a hub repository may carry one of its names with the
+            # config of another release (timm/ViT-B-16-SigLIP): another config gets a name of its own
+            arch += "-" + hashlib.sha256(json.dumps(architecture, sort_keys=True).encode()).hexdigest()[:8]
         with tempfile.TemporaryDirectory() as folder:  # open_clip registers a config by its file's stem
             registered = Path(folder) / f"{arch}.json"
             registered.write_text(json.dumps(architecture))
@@ -372,7 +375,8 @@ def _config_name(config_file: Path) -> str:
     if config_file.name != HUB_CONFIG_NAME:
         return config_file.stem
     folder = config_file.absolute().parent
-    return folder.parent.parent.name.split("--")[-1] if folder.parent.name == "snapshots" else folder.name
+    in_cache = folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--")
+    return folder.parent.parent.name.split("--")[-1] if in_cache else folder.name
 
 
 def _clip_weights_source(arch: str, weights: str) -> tuple[str, Path | None]:
@@ -412,9 +416,9 @@ def _pretrained_error(weights: str, hub_id: str | None, error: Exception, flag: 
         return ModelLoadError(f"cannot load the {weights}: {one_line(error)}")
     where = (f"the folder models--{hub_id.strip('/').replace('/', '--')} of the Hugging Face cache (HF_HOME/hub)"
              if hub_id else "the downloaded file from its cache")
-    return ModelLoadError(f"cannot read the downloaded {weights} ({one_line(error)}): a cut-short or damaged "
-                          f"download; delete {where} so that they are downloaded again, or pass a local file with "
-                          f"{flag}.")
+    return ModelLoadError(f"cannot read the downloaded {weights} ({checkpoint_reason(error)}); if the download was "
+                          f"cut short or damaged, delete {where} so that they are downloaded again; or pass a local "
+                          f"file with {flag}.")
 
 
 def _clip_file_advice(arch: str, tag_cfg: dict) -> str:

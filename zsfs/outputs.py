@@ -205,8 +205,8 @@ def write_table(frame: "pl.DataFrame", path: str | Path, table_format: str = "pa
         sink = _FirstWriteError(handle)
         try:
             getattr(frame, f"write_{table_format}")(sink)
-        except Exception:
-            if sink.error is not None:
+        except BaseException as error:  # polars' own errors, and its Rust panics (not Exceptions)
+            if sink.error is not None and not isinstance(error, KeyboardInterrupt):
                 raise sink.error from None
             raise
         if sink.error is not None:

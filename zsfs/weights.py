@@ -80,10 +80,8 @@ def _reachable(host: str, timeout: float) -> bool:
 
 
 def existing_file(weights: str, what: str, flag: str) -> Path | None:
-    """The weights file if it exists and can be read; None if ``weights`` does not look like a path.
-
-    The path is made absolute but its links are kept: a Hugging Face cache's ``model.safetensors``
-    is a link to a blob without a suffix, and the libraries tell the format by the suffix."""
+    """The weights file if it exists and can be read, by the name that tells its format (see
+    :func:`_named_by_format`); None if ``weights`` does not look like a path."""
     path = Path(weights).expanduser()
     if path.is_dir():
         raise ModelLoadError(f"{what} weights {path} is a folder; pass the weights file in it ({flag} "
@@ -95,13 +93,21 @@ def existing_file(weights: str, what: str, flag: str) -> Path | None:
             raise ModelLoadError(f"cannot read {what} weights file {path}: {error.strerror}") from None
         if path.stat().st_size == 0:
             raise ModelLoadError(f"{what} weights file {path} is empty (an interrupted download or copy?)")
-        # A link keeps its own name where that tells the format, as a cache's snapshots/REV/model.safetensors
-        # does (its blob has no suffix); else (current -> vit.safetensors) its target's name is the one to go by.
-        absolute = Path(os.path.abspath(path))
-        return absolute if absolute.suffix.lower() in CHECKPOINT_SUFFIXES else absolute.resolve()
+        return _named_by_format(Path(os.path.abspath(path)))
     if os.sep in weights or path.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise _not_found(path, what, flag)
     return None
+
+
+def _named_by_format(path: Path, max_links: int = 40) -> Path:
+    """``path``, or the first link on its way to the file whose name tells the format (the
+    libraries go by the suffix): a cache's ``snapshots/REV/model.safetensors`` leads to a blob
+    without one; ``current -> vit.safetensors`` has none itself."""
+    for _ in range(max_links):
+        if path.suffix.lower() in CHECKPOINT_SUFFIXES or not path.is_symlink():
+            break
+        path = Path(os.path.abspath(path.parent / os.readlink(path)))
+    return path
 
 
 def _not_found(path: Path, what: str, flag: str) -> ModelLoadError:
@@ -205,10 +211,11 @@ def checkpoint_shapes(file: Path) -> dict[str, tuple[int, ...]]:
 
 def not_a_checkpoint(file: Path, error: Exception) -> ModelLoadError:
     """The error for a weights file that could not be read as tensors, with the reason in words."""
-    return ModelLoadError(f"cannot read {file} as a checkpoint ({_not_a_checkpoint(error)}); pass a .safetensors or "
+    return ModelLoadError(f"cannot read {file} as a checkpoint ({checkpoint_reason(error)}); pass a .safetensors or "
                           "torch .pth/.bin file saved from this model.")
 
 
+_OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory")  # torch's allocator, in C
 _CHECKPOINT_READERS = ("torch/serialization.py", "torch/_weights_only_unpickler.py", "/safetensors/")
 
 
@@ -216,7 +223,7 @@ def unreadable_checkpoint(error: BaseException) -> bool:
     """Whether loading weights failed in reading the file (torch.load, safetensors: a cut-short
     download, a file of something else), not in fitting its tensors to the model, nor for memory."""
     for cause in error_chain(error):
-        if isinstance(cause, MemoryError):
+        if isinstance(cause, MemoryError) or any(text in str(cause).lower() for text in _OUT_OF_MEMORY):
             return False
         frames = traceback.extract_tb(cause.__traceback__)
         if frames and any(reader in frames[-1].filename.replace(os.sep, "/") for reader in _CHECKPOINT_READERS):
@@ -224,8 +231,8 @@ def unreadable_checkpoint(error: BaseException) -> bool:
     return False
 
 
-def _not_a_checkpoint(error: Exception) -> str:
-    """Why a file is no checkpoint, in words: torch's own text is "KeyError: 101" for a text file,
+def checkpoint_reason(error: Exception) -> str:
+    """Why a file could not be read as a checkpoint, in words: torch's own text is "KeyError: 101" for a text file,
     and advice to retry with ``weights_only=False``, which no option here can take."""
     import pickle
 

@@ -305,7 +305,7 @@ def acquire_lock(master: Path) -> Path:
                                  "finish, or write to another output") from None
             leftover = ("; no zsfs process of this machine is writing the store, so it is a killed writer's "
                         "leftover: remove it, unless a writer on another machine sharing the folder runs"
-                        if error.errno == errno.EACCES and lock.exists() else "")
+                        if error.errno == errno.EACCES and lock.exists() and os.path.exists("/proc/locks") else "")
             raise StoreError(f"cannot write the store {master}: cannot create its lock file {lock} "
                              f"({reason}){leftover}") from None
         try:
