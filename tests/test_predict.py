@@ -328,6 +328,38 @@ def test_a_read_only_predictions_file_is_kept_and_a_replaced_one_keeps_its_permi
     assert run_cli("report", fitted["run"], "--out", page).exit_code == 1 and page.read_text() == "kept"
 
 
+def test_an_output_given_as_a_link_is_written_through_it(fitted, tmp_path):
+    """Bug: `--out latest.csv`, a link to this run's file, replaced the link with a new file and
+    left the file it named stale."""
+    (tmp_path / "runs").mkdir()
+    target, link = tmp_path / "runs" / "monday.csv", tmp_path / "latest.csv"
+    target.write_text("stale\n")
+    link.symlink_to(Path("runs") / "monday.csv")
+    assert run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", link,
+                   fitted["photos"]["root"]).exit_code == 0
+    assert link.is_symlink() and target.read_text().startswith("path,")
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["latest.csv", "monday.csv", "runs"]
+    page, page_link = tmp_path / "runs" / "page.html", tmp_path / "page.html"
+    page_link.symlink_to(page)  # not there yet: created where the link points
+    assert run_cli("report", fitted["run"], "--out", page_link).exit_code == 0
+    assert page_link.is_symlink() and page.read_text().startswith("<!DOCTYPE html>")
+
+    # what a name is refused for, its link's file is refused for too; the format goes by the name given
+    run_predictions = Path(fitted["run"]) / "predictions.parquet"
+    before = run_predictions.read_bytes()
+    for name, points_to, refused in (
+            ("run.parquet", run_predictions, "is a file of the fit run in"),
+            ("other.csv", tmp_path / "runs" / "other.json", "that file's name ends in another; give that file's own name"),
+            ("store.html", fitted["store"], "its name must end in .html or .htm")):
+        (tmp_path / name).symlink_to(points_to)
+        command = ("report", fitted["run"]) if name.endswith(".html") else \
+            ("predict", "--run", fitted["run"], "--workers", "0", fitted["photos"]["root"])
+        result = run_cli(*command, "--out", tmp_path / name)
+        said = " ".join(output_text(result).split())
+        assert result.exit_code == 2 and f"{tmp_path / name} links to {points_to}; " in said and refused in said, said
+    assert run_predictions.read_bytes() == before and not (tmp_path / "runs" / "other.json").exists()
+
+
 def test_bad_inputs_are_clear_errors(fitted, tmp_path):
     with pytest.raises(ZsfsError, match="not a folder"):
         predict_images(tmp_path / "no-such-run", [fitted["photos"]["root"]])

@@ -13,7 +13,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -145,13 +145,34 @@ def refuse_read_only_file(path: str | Path, what: str) -> None:
                         "file; make it writable (chmod u+w) or choose another name")
 
 
+def written_file(path: str | Path) -> Path:
+    """The file that writing ``path`` changes: ``path`` (absolute), or the file a link there names,
+    which is written through as a shell's ``>`` does: replacing the link itself would leave the
+    file it names stale, perhaps on another disk."""
+    path = Path(path).absolute()
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def check_output_names(path: str | Path, check: "Callable[[Path], None]") -> None:
+    """``check`` (which raises on a name it refuses) of ``path`` and, for a link, of the file it
+    names too: a link named page.html to a store must not replace the store."""
+    path, target = Path(path), written_file(path)
+    check(path)
+    if target != path.absolute():
+        try:
+            check(target)
+        except ZsfsError as error:
+            raise ZsfsError(f"{path} links to {target}; {error}") from None
+
+
 @contextmanager
 def replacing_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; it replaces ``path`` when the block succeeds,
     so readers never see half a file, and keeps its permissions. On any error it is removed and
     ``path`` keeps its old content; one left by a killed process is removed as :func:`new_folder`'s
-    are. A read-only ``path`` is refused (:func:`refuse_read_only_file`)."""
-    path = Path(path).absolute()
+    are. A read-only ``path`` is refused (:func:`refuse_read_only_file`); a link is written
+    through (:func:`written_file`)."""
+    path = written_file(path)
     refuse_read_only_file(path, "file")
     mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~current_umask()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from zsfs.errors import ZsfsError, check_at_least
 from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import counted, reasons_text, some_names, visible
-from zsfs.outputs import refuse_read_only_file, write_text_atomically
+from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically
 from zsfs.runs import OOD_AUROC_LABELS, REPORT, FittedRun, load_run, seed_images_text
 from zsfs.sources import ImageSource
 from zsfs.tars import locate_members
@@ -62,7 +62,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, images: 
 
 def check_report_path(out: Path) -> None:
     """Refuse a page name that does not end in .html or .htm: a typo would replace a store, a
-    run's file, an image."""
+    run's file, an image (by its name, and by the name of the file a link names)."""
+    check_output_names(out, _check_report_name)
+
+
+def _check_report_name(out: Path) -> None:
     if out.suffix.lower() not in (".html", ".htm"):
         raise ZsfsError(f"cannot write the report to {out.name!r}: its name must end in .html or .htm")
 
