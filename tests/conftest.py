@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-"""Real weights and images that CI keeps beside the clone (see ../shared/README.md)."""
+_CLONE = Path(os.path.abspath(__file__)).parents[1]
+SHARED = next((clone.parent / "shared" for clone in (_CLONE, _CLONE.resolve()) if (clone.parent / "shared").is_dir()),
+              _CLONE.parent / "shared")
+"""Real weights and images that CI keeps beside the clone (see ../shared/README.md): beside the
+clone as named, or, where the clone is reached through a link, beside the folder it names."""
 
 
 def _missing_shared(item: pytest.Item) -> list[Path]:

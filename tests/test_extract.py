@@ -50,11 +50,22 @@ def read_store(path: Path) -> dict:
 
 
 def assert_same_store(path: Path, expected: dict) -> None:
-    """The store at ``path`` holds exactly ``expected`` (a :func:`read_store` result)."""
-    found = read_store(path)
-    for name in (*ROW_DATASETS, "path", "label", "skipped"):
-        np.testing.assert_array_equal(np.asarray(found[name], dtype=object), np.asarray(expected[name], dtype=object),
-                                      err_msg=name)
+    """The store at ``path`` holds ``expected`` (a :func:`read_store` result), see :func:`assert_same_rows`."""
+    assert_same_rows(read_store(path), expected)
+
+
+def assert_same_rows(found: dict, expected: dict) -> None:
+    """Two :func:`read_store` results of the same images: the same files, sizes, labels and skips,
+    and embeddings within one float16 step, as the models round differently with another thread
+    count or batch split (decoding processes take a core from torch; a CPU's kernels differ)."""
+    assert found.keys() == expected.keys()
+    for name in found:
+        if name in ("clip", "backbone"):
+            assert found[name].shape == expected[name].shape, name
+            np.testing.assert_allclose(found[name], expected[name], rtol=0, atol=1e-3, err_msg=name)
+        else:
+            np.testing.assert_array_equal(np.asarray(found[name], dtype=object),
+                                          np.asarray(expected[name], dtype=object), err_msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -455,8 +466,7 @@ def test_a_file_that_crashes_its_decoding_process_is_skipped_and_the_run_goes_on
     extract(source, tmp_path / "ref.h5", workers=1, shard_size=6, batch_size=2, **TINY_MODELS)
     mine, theirs = read_store(tmp_path / "s.h5"), read_store(tmp_path / "ref.h5")
     assert theirs["skipped"].pop(relative) == "empty file" and mine["skipped"].pop(relative)
-    for key in mine:
-        np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
+    assert_same_rows(mine, theirs)
 
 
 def test_a_file_whose_decoding_hangs_is_set_aside_and_the_run_goes_on(tmp_path):
@@ -485,7 +495,7 @@ def test_a_paused_run_is_not_taken_for_a_hang(monkeypatch):
 
     import zsfs.embedding as embedding
 
-    monkeypatch.setattr(embedding, "HUNG_DECODE_SECONDS", 2.0)
+    monkeypatch.setattr(embedding, "HUNG_DECODE_SECONDS", 4.0)  # 2.8 s to spare for a busy machine's delays
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     loader = type("Loader", (), {"_workers": [sleeper]})()
     decoding = multiprocessing.RawArray("q", [3])
@@ -494,7 +504,7 @@ def test_a_paused_run_is_not_taken_for_a_hang(monkeypatch):
         with embedding.HangWatch(loader, decoding, since) as watch:
             time.sleep(1.2)
             assert sleeper.poll() is None and watch.hung == {}
-            sleeper.wait(timeout=10)  # on the same file for 2 s of the watch's own time: stopped
+            sleeper.wait(timeout=10)  # on the same file for 4 s of the watch's own time: stopped
             assert watch.hung == {0: 3} and sleeper.returncode == -signal.SIGKILL
     finally:
         sleeper.kill()
@@ -768,7 +778,7 @@ def test_weights_files_give_the_in_memory_models_embeddings(photos, tmp_path):
     np.testing.assert_allclose(stored["backbone"][:4], expected_backbone, atol=1e-5)
     with Store(out) as store:
         for info, file in ((store.clip_info, clip_file), (store.backbone_info, backbone_file)):
-            assert info["file"] == str(file.resolve())
+            assert info["file"] == os.path.abspath(file)  # as given: a linked folder on its way is kept
             assert info["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
 
 

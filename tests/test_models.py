@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 
 import numpy as np
@@ -194,7 +195,7 @@ def test_clip_checkpoint_file_round_trip(tiny_clip, tmp_path):
     file = tmp_path / "clip.pt"
     torch.save(tiny_clip.model.state_dict(), file)
     loaded = load_clip(str(TINY_CLIP_CONFIG), str(file))
-    assert loaded.record["weights"] == "file" and loaded.record["file"] == str(file.resolve())
+    assert loaded.record["weights"] == "file" and loaded.record["file"] == os.path.abspath(file)
     assert loaded.record["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
     x = pixels_for(tiny_clip)
     assert torch.equal(loaded.encode_images(x), tiny_clip.encode_images(x))

@@ -33,10 +33,25 @@ def fitted(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("predict")
     photos = write_image_folder(work / "photos", n_per_class=6)
     store_path = extract(photos["root"], work / "photos.h5", dtype="float32", workers=0, **TINY_MODELS).output
-    config = FitConfig(k=2, candidates=6, cycle_epochs=5, batch_size=8)
+    # three seeds a class: with two, a class's OOD threshold (mean - std) is its lower seed's own
+    # statistic, which then flips by a float32 rounding of the CPU's kernels (see same_predictions)
+    config = FitConfig(k=3, candidates=6, cycle_epochs=5, batch_size=8)
     with Store(store_path) as store:
         run = save_run(fit_store(store, config), store, config, work / "run")
     return {"photos": photos, "run": run, "store": store_path, "fit": pl.read_parquet(run / "predictions.parquet")}
+
+
+def assert_same_predictions(mine: pl.DataFrame, theirs: pl.DataFrame) -> None:
+    """Predictions of the same images made in other batches, threads or processes: the same files,
+    errors, classes and paper scores; the other scores equal to float32 rounding, which a CPU's
+    matrix kernels do differently by batch shape and thread count. ``ood_distance`` is a CDF over
+    the fixture's few reference rows, so steep that one rounding moves it by up to ~1e-3."""
+    assert mine.columns == theirs.columns
+    exact = [name for name, dtype in mine.schema.items() if not dtype.is_float()] + ["ood_paper"]
+    assert mine.select(exact).equals(theirs.select(exact))
+    for column, rtol, atol in (("confidence", 1e-4, 1e-5), ("ood_continuous", 1e-4, 1e-3), ("ood_distance", 0, 5e-3)):
+        np.testing.assert_allclose(mine[column].to_numpy(), theirs[column].to_numpy(), rtol=rtol, atol=atol,
+                                   err_msg=column)
 
 
 def test_predictions_match_the_fit_on_the_same_images(fitted):
@@ -52,7 +67,7 @@ def test_predictions_match_the_fit_on_the_same_images(fitted):
         assert row["predicted"] == fit[path]["predicted"], path
         assert row["confidence"] == pytest.approx(fit[path]["confidence"], abs=1e-4)
         assert row["ood_paper"] == pytest.approx(fit[path]["ood_paper"], abs=1e-6)
-        assert row["ood_distance"] == pytest.approx(fit[path]["ood_distance"], abs=1e-6)
+        assert row["ood_distance"] == pytest.approx(fit[path]["ood_distance"], abs=5e-3)
         assert row["ood_continuous"] == pytest.approx(fit[path]["ood_continuous"], abs=1e-3)
 
 
@@ -87,11 +102,7 @@ def test_library_inputs_are_checked_before_any_work(fitted):
     scaled = features[:5].astype(np.float64)
     scaled[:4] *= 1e300
     scaled[4] = scaled[4] / np.abs(scaled[4]).max() * 1e308  # its largest value 1e308: its norm is past float64
-    from_scaled, from_unit = run.predict(scaled), run.predict(features[:5])
-    assert from_scaled.select("predicted", "ood_paper").equals(from_unit.select("predicted", "ood_paper"))
-    # the same rows to float32 rounding: a CPU's matrix kernels may round the last bit differently
-    np.testing.assert_allclose(from_scaled.drop("predicted").to_numpy(), from_unit.drop("predicted").to_numpy(),
-                               rtol=1e-5, atol=1e-5)
+    assert_same_predictions(run.predict(scaled), run.predict(features[:5]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert run.predict(features[:0]).shape == (0, 5)
@@ -106,9 +117,7 @@ def test_small_batches_give_every_file_its_own_row_and_count_every_file(fitted):
     batched = predict_images(fitted["run"], [root], workers=0, batch_size=3, on_start=started.append,
                              on_batch=advanced.append)
     assert 0 < whole["error"].null_count() < whole.height  # good and bad files in the batches
-    assert batched.select(pl.col(pl.String)).equals(whole.select(pl.col(pl.String)))
-    np.testing.assert_allclose(batched.select(pl.col(pl.Float32)).to_numpy(),
-                               whole.select(pl.col(pl.Float32)).to_numpy(), rtol=1e-4, atol=1e-5)
+    assert_same_predictions(batched, whole)
     assert started == [whole.height] and sum(advanced) == whole.height and max(advanced) <= 3
 
 
@@ -165,8 +174,8 @@ def test_images_the_model_gives_no_usable_features_get_that_error_not_a_label(fi
     assert frame["error"].to_list() == [NO_FEATURES if i in failed else None for i in range(8)]
     for column in ("predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous"):
         assert frame[column].is_null().to_list() == [i in failed for i in range(8)], column
-    for i in (2, 3, 6, 7):  # the others keep their own rows
-        assert frame.row(i) == unchanged.row(i)
+    kept = [2, 3, 6, 7]  # the others keep their own rows (classified without the failed ones)
+    assert_same_predictions(frame[kept], unchanged[kept])
 
 
 def test_a_file_that_crashes_its_decoding_process_gets_that_error_and_the_rest_their_predictions(fitted, tmp_path):
@@ -186,10 +195,7 @@ def test_a_file_that_crashes_its_decoding_process_gets_that_error_and_the_rest_t
     row = crashed["path"].str.ends_with(crashing.name)
     assert crashed.filter(row)["error"].to_list() == ["crashes the image decoder (killed by SIGSEGV)"]
     # the images batched with it went through the model in a smaller batch: equal up to float rounding
-    mine, theirs = crashed.filter(~row), clean.filter(~row)
-    assert mine.columns == theirs.columns and mine.select(pl.col(pl.String)).equals(theirs.select(pl.col(pl.String)))
-    np.testing.assert_allclose(mine.select(pl.col(pl.Float64)).to_numpy(), theirs.select(pl.col(pl.Float64)).to_numpy(),
-                               rtol=1e-5, atol=1e-6)
+    assert_same_predictions(crashed.filter(~row), clean.filter(~row))
 
 
 def test_the_table_says_a_read_failure_is_no_class(fitted):
@@ -491,8 +497,8 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
     from_files = predict_images(fitted["run"], [photos["root"] / path for path in good], workers=0)
     assert from_members["path"].to_list() == from_tars["path"].to_list() == recorded
     assert from_members["error"].null_count() == len(good)
-    for column in ("predicted", "confidence", "ood_continuous"):
-        assert from_members[column].to_list() == from_tars[column].to_list() == from_files[column].to_list()
+    for other in (from_tars, from_files):  # the tars read with a decoding process: torch has a core less
+        assert_same_predictions(from_members.drop("path"), other.drop("path"))
 
     with pytest.raises(ZsfsError, match="holds no file named 'nope.jpg'"):
         predict_images(fitted["run"], ["shards/00000.tar::nope.jpg"], workers=0)
