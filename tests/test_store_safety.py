@@ -189,7 +189,9 @@ def test_the_lock_file_follows_the_umask_and_a_leftover_one_is_named(store):
     said = " ".join(child.stdout.split())
     assert f"cannot create its lock file {lock_path(store)} (Permission denied); no zsfs process of this machine is " \
         "writing the store, so it is a killed writer's leftover: remove it, unless a writer on another machine" in said
+    lock_path(store).chmod(0o644)  # for the holder, run as this user
     with lock_held_by_another_process(store):  # another user's live writer holds it: never "remove it"
+        lock_path(store).chmod(0o444)
         child = run_python_unprivileged(
             "from zsfs.testing.cli import output_text, run_cli\n"
             f"print(output_text(run_cli('neighbours', {str(store)!r}, '--k', '2')))")
@@ -336,18 +338,18 @@ def test_crafted_files_pointing_outside_the_store_are_refused(store, tmp_path, k
 
 def test_extract_and_text_on_a_read_only_mount_are_a_clear_error(base, store, tmp_path):
     """Rerunning extract or text on a store mounted read-only: one clear line, before any work.
-    (The test makes a real read-only bind mount: CI runs as root.)"""
+    (A real read-only bind mount, in a mount namespace of the command's own: any user can make one
+    where user namespaces are allowed, and it goes with the command.)"""
     mount = tmp_path / "mnt"
     mount.mkdir()
-    subprocess.run(["mount", "--bind", "-o", "ro", store.parent, mount], check=True, capture_output=True)
-    try:
-        mounted = mount / store.name
-        for args in (("text", mounted, "--classes", mount / "classes.txt", "--name", "x"), extract_args(base, mounted)):
-            outcome = run_zsfs(*args)
-            assert outcome.returncode == 1 and outcome.problems == [], outcome.output
-            assert "Read-only file system" in outcome.output
-    finally:
-        subprocess.run(["umount", mount], check=True)
+    read_only = ["unshare", "--map-root-user", "--mount", "sh", "-c",
+                 'mount --bind -o ro "$1" "$2" && shift 2 && exec "$@"', "sh", str(store.parent), str(mount)]
+    mounted = mount / store.name
+    for args in (("text", mounted, "--classes", mount / "classes.txt", "--name", "x"), extract_args(base, mounted)):
+        outcome = run_zsfs(*args, launcher=read_only)
+        assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+        assert "Read-only file system" in outcome.output
+    assert not os.path.ismount(mount)  # the mount went with the command
 
 
 def test_reading_a_store_that_another_process_is_building_says_so(tmp_path):

@@ -14,6 +14,7 @@ import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,10 @@ class Outcome:
         return found
 
 
-def run_zsfs(*args, file_size_limit: int | None = None, cwd: Path | None = None, timeout: float = 600) -> Outcome:
-    """``zsfs ARGS`` in a child process, every file it writes capped at ``file_size_limit`` bytes."""
+def run_zsfs(*args, file_size_limit: int | None = None, cwd: Path | None = None, timeout: float = 600,
+             launcher: Sequence[str] = ()) -> Outcome:
+    """``zsfs ARGS`` in a child process, every file it writes capped at ``file_size_limit`` bytes;
+    started through ``launcher`` (a command that ends by running its arguments) when given."""
 
     def limit() -> None:
         if file_size_limit is not None:
@@ -49,7 +52,7 @@ def run_zsfs(*args, file_size_limit: int | None = None, cwd: Path | None = None,
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     env = {**os.environ, "COLUMNS": "400", "TERM": "dumb"}  # one message, one line
-    result = subprocess.run([sys.executable, "-c", RUN_CLI, *map(str, args)], preexec_fn=limit, cwd=cwd, env=env,
+    result = subprocess.run([*launcher, sys.executable, "-c", RUN_CLI, *map(str, args)], preexec_fn=limit, cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=timeout)
     return Outcome(result.returncode, result.stdout + result.stderr)
 
