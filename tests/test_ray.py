@@ -46,6 +46,10 @@ SETTINGS = dict(shard_size=6, batch_size=2, **TINY_MODELS)  # 40 files -> 7 shar
 @pytest.fixture(scope="module")
 def cluster() -> str:
     """A local Ray instance for this module; yields its address."""
+    if any(character.isspace() for character in sys.executable):  # else every test waits for workers in vain
+        pytest.fail(f"Ray cannot start workers with a runtime_env (these tests' hooks) from a Python whose path "
+                    f"holds a space ({sys.executable}): its shell command leaves the path unquoted; clone the "
+                    "project under a path without spaces")
     context = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False,
                        runtime_env=SLOW_WORKERS)
     try:
