@@ -17,7 +17,7 @@ import pytest
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import extract
 from zsfs.fit.run import FitConfig, fit_store
-from zsfs.predict import predict_images
+from zsfs.predict import predict_images, write_predictions
 from zsfs.runs import load_run, save_run
 from zsfs.store import Store
 from zsfs.testing.cli import output_text, run_cli
@@ -47,7 +47,9 @@ def assert_same_predictions(mine: pl.DataFrame, theirs: pl.DataFrame) -> None:
     matrix kernels do differently by batch shape and thread count. ``ood_distance`` is a CDF over
     the fixture's few reference rows, so steep that one rounding moves it by up to ~1e-3."""
     assert mine.columns == theirs.columns
-    exact = [name for name, dtype in mine.schema.items() if not dtype.is_float()] + ["ood_paper"]
+    close = {"confidence", "ood_continuous", "ood_distance"}  # a new score column must be placed here
+    assert {name for name, dtype in mine.schema.items() if dtype.is_float()} == close | {"ood_paper"}
+    exact = [name for name in mine.columns if name not in close]
     assert mine.select(exact).equals(theirs.select(exact))
     for column, rtol, atol in (("confidence", 1e-4, 1e-5), ("ood_continuous", 1e-4, 1e-3), ("ood_distance", 0, 5e-3)):
         np.testing.assert_allclose(mine[column].to_numpy(), theirs[column].to_numpy(), rtol=rtol, atol=atol,
@@ -364,6 +366,39 @@ def test_an_output_given_as_a_link_is_written_through_it(fitted, tmp_path):
         said = " ".join(output_text(result).split())
         assert result.exit_code == 2 and f"{tmp_path / name} links to {points_to}; " in said and refused in said, said
     assert run_predictions.read_bytes() == before and not (tmp_path / "runs" / "other.json").exists()
+
+    (tmp_path / "loop.csv").symlink_to("round.csv")
+    (tmp_path / "round.csv").symlink_to("loop.csv")
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", tmp_path / "loop.csv",
+                     fitted["photos"]["root"])
+    assert result.exit_code == 2 and "is a link that leads back to itself" in " ".join(output_text(result).split())
+    (tmp_path / "tables.csv").mkdir()
+    (tmp_path / "folder.csv").symlink_to("tables.csv")  # the command line's --out refuses a folder itself
+    with pytest.raises(ZsfsError, match=r"folder.csv is a folder \(.*tables.csv\); give a file name$"):
+        write_predictions(fitted["fit"], tmp_path / "folder.csv")
+    assert (tmp_path / "loop.csv").is_symlink() and (tmp_path / "folder.csv").is_symlink()
+
+
+def test_an_output_linked_into_a_read_only_folder_is_refused_before_the_work(fitted, tmp_path):
+    """Bug: the early check probed the link's folder, so the write into the file's own read-only
+    folder failed only after every image was classified, naming a hidden temporary file."""
+    from zsfs.testing.privileges import run_python_unprivileged
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "p.csv").write_text("kept\n")
+    (kept / "p.csv").chmod(0o666)
+    kept.chmod(0o555)
+    (tmp_path / "p.csv").symlink_to(kept / "p.csv")
+    child = run_python_unprivileged(
+        "import zsfs.predict\nzsfs.predict.embedded_images = lambda *a, **k: 1 / 0  # no image may be read\n"
+        "from zsfs.testing.cli import output_text, run_cli\n"
+        f"print(output_text(run_cli('predict', '--run', {str(fitted['run'])!r}, '--workers', '0', "
+        f"'--out', {str(tmp_path / 'p.csv')!r}, {str(fitted['photos']['root'])!r})))")
+    said = " ".join(child.stdout.split())
+    assert f"cannot write the predictions file {kept / 'p.csv'}: {kept} is not writable (Permission denied)" in said, \
+        child
+    assert (kept / "p.csv").read_text() == "kept\n"
 
 
 def test_bad_inputs_are_clear_errors(fitted, tmp_path):

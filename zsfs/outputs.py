@@ -146,16 +146,24 @@ def refuse_read_only_file(path: str | Path, what: str) -> None:
 
 
 def written_file(path: str | Path) -> Path:
-    """The file that writing ``path`` changes: ``path`` (absolute), or the file a link there names,
-    which is written through as a shell's ``>`` does: replacing the link itself would leave the
-    file it names stale, perhaps on another disk."""
+    """The file that writing ``path`` replaces: ``path`` (absolute), or the file a link there
+    names: replacing the link itself would leave the file it names stale, perhaps on another disk.
+    A folder that cannot be searched is left to the writability check to name."""
     path = Path(path).absolute()
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        if not path.is_symlink():
+            return path
+    except OSError:
+        return path
+    target = Path(os.path.realpath(path))
+    if target.is_symlink():  # realpath stops where links go round in a loop
+        raise ZsfsError(f"{path} is a link that leads back to itself (through {target}); give a file's own name")
+    return target
 
 
-def check_output_names(path: str | Path, check: "Callable[[Path], None]") -> None:
+def check_output_names(path: str | Path, check: "Callable[[Path], None]") -> Path:
     """``check`` (which raises on a name it refuses) of ``path`` and, for a link, of the file it
-    names too: a link named page.html to a store must not replace the store."""
+    names too (a link named page.html to a store must not replace the store); returns that file."""
     path, target = Path(path), written_file(path)
     check(path)
     if target != path.absolute():
@@ -163,6 +171,9 @@ def check_output_names(path: str | Path, check: "Callable[[Path], None]") -> Non
             check(target)
         except ZsfsError as error:
             raise ZsfsError(f"{path} links to {target}; {error}") from None
+    if os.path.isdir(target):  # not Path.is_dir: an unsearchable folder is the writability check's to name
+        raise ZsfsError(f"{path} is a folder{'' if target == path.absolute() else f' ({target})'}; give a file name")
+    return target
 
 
 @contextmanager

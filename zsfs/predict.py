@@ -22,7 +22,7 @@ from zsfs.embedding import embedded_images
 from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
 from zsfs.models import load_backbone_from_record
 from zsfs.names import utf8_texts
-from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table, written_file
+from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
 from zsfs.runs import FittedRun, load_run, refuse_run_file
 from zsfs.sources import ImageSource, given_path, open_source
 from zsfs.store.writer import usable_rows
@@ -164,8 +164,7 @@ OUTPUT_SUFFIXES = tuple(f".{table_format}" for table_format in TABLE_FORMATS)
 def check_predictions_path(path: Path) -> None:
     """Refuse a file :func:`write_predictions` cannot or should not write: another suffix, or a
     fit run's own predictions or config (by its name, and by the name of the file a link names)."""
-    check_output_names(path, _check_predictions_name)
-    target = written_file(path)
+    target = check_output_names(path, _check_predictions_name)
     if target.suffix.lower() != path.suffix.lower():  # the format goes by the name given
         raise ZsfsError(f"{path} links to {target}; cannot write predictions there: the format goes by the name, "
                         "and that file's name ends in another; give that file's own name")

@@ -23,7 +23,7 @@ from zsfs.errors import ZsfsError, check_at_least
 from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import counted, reasons_text, some_names, visible
-from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically
+from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically, written_file
 from zsfs.runs import OOD_AUROC_LABELS, REPORT, FittedRun, load_run, seed_images_text
 from zsfs.sources import ImageSource
 from zsfs.tars import locate_members
@@ -51,7 +51,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, images: 
     run = load_run(run_dir)
     out = Path(run_dir) / REPORT if out is None else Path(out)
     check_report_path(out)
-    check_writable(out, "report")  # before the rendering, with the message every command gives
+    check_writable(written_file(out), "report")  # before the rendering, with the message every command gives
     refuse_read_only_file(out, "report")
     page, missing = _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed)
     written = write_text_atomically(out, page)

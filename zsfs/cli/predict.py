@@ -45,11 +45,11 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     read). The table shows the first rows; --out or --json gives them all.
     """
     from zsfs.predict import OUTPUT_SUFFIXES, predict_images, write_predictions
-    from zsfs.outputs import refuse_read_only_file
+    from zsfs.outputs import refuse_read_only_file, written_file
     from zsfs.writable import check_writable
 
     if out is not None:
-        check_writable(out, "predictions file")  # a missing folder is created at the end
+        check_writable(written_file(out), "predictions file")  # a missing folder is created at the end
         refuse_read_only_file(out, "predictions file")  # before the images, not after
     with image_progress("classifying") as (on_start, on_batch):
         frame = predict_images(run_dir, images, on_start=on_start, on_batch=on_batch, **options)
