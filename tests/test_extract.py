@@ -399,13 +399,18 @@ def test_a_killed_decoding_process_is_one_clear_line_and_the_rerun_resumes(tmp_p
     assert f"{5 - len(finished)} / {len(finished)}" in result.output  # shards written / reused
 
 
+STOPPED_BY = {signal.SIGTERM: "Terminated (SIGTERM).", signal.SIGINT: "Interrupted."}
+
+
 @pytest.mark.parametrize("group", [False, True])
-def test_sigterm_stops_an_extract_cleanly_and_the_rerun_resumes(tmp_path, group):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_an_extract_cleanly_and_the_rerun_resumes(tmp_path, group, stop):
     """Bug: SIGTERM (what `timeout`, `docker stop` and Slurm send) ended extract at once with no
     word, leaving its lock file. Now it stops as Ctrl-C does: one line, exit 143, no lock left, its
     decoding process gone. Bug: sent to the whole process group (`timeout`, `scancel`, `kill --
     -PGID`), it also ended the decoding processes, and torch's shutdown printed a traceback ("Exception
-    ignored in ... DataLoader worker ... is killed by signal: Terminated") after that one line."""
+    ignored in ... DataLoader worker ... is killed by signal: Terminated") after that one line.
+    SIGINT to the group is a terminal's Ctrl-C (the decoding processes get it too): exit 130."""
     source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
     out, shards = tmp_path / "s.h5", tmp_path / "s.shards"
     process = subprocess.Popen([sys.executable, "-c", _kill_script(source, out, 0.05, workers=2)],
@@ -415,13 +420,13 @@ def test_sigterm_stops_an_extract_cleanly_and_the_rerun_resumes(tmp_path, group)
         time.sleep(0.02)
     decoding = children(process.pid)
     if group:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, stop)
     else:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
     said = " ".join(process.communicate(timeout=60)[0].split())
-    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in said, said
+    assert process.returncode == 128 + stop and "Traceback" not in said, said
     assert "Exception ignored" not in said, said
-    assert said.endswith("Terminated (SIGTERM). Nothing half-written was left; a rerun resumes where this one "
+    assert said.endswith(f"{STOPPED_BY[stop]} Nothing half-written was left; a rerun resumes where this one "
                          "stopped."), said
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # the lock, temporary files
     assert decoding and not [pid for pid in decoding if Path(f"/proc/{pid}").exists() and
@@ -430,6 +435,49 @@ def test_sigterm_stops_an_extract_cleanly_and_the_rerun_resumes(tmp_path, group)
     result = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "1", "--shard-size", "6",
                      "--batch-size", "2")
     assert result.exit_code == 0 and f"{5 - finished} / {finished}" in result.output, result.output
+
+
+def test_ctrl_c_under_overwrite_while_the_models_load_leaves_the_old_store_and_says_so(tmp_path):
+    """Bug: Ctrl-C while the models loaded, under --overwrite, said "a rerun without --overwrite
+    resumes from the shards this run finished": no shard was, and --overwrite had not removed the
+    old store yet (it does once the models are loaded). Now it says a rerun resumes where it stopped;
+    stopped after a shard, it still says to drop the flag (the old store is gone by then)."""
+    from zsfs.testing.failures import store_content
+    from zsfs.testing.hooks import DELAY_VARIABLE, LOAD_DELAY_VARIABLE, LOAD_STARTED_VARIABLE
+
+    source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
+    out, loading = tmp_path / "s.h5", tmp_path / "loading"
+
+    def extract_args(store: Path) -> list[str]:
+        return ["extract", str(source), "--out", str(store), *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "6",
+                "--batch-size", "2"]
+
+    assert run_cli(*extract_args(out)).exit_code == 0
+    before = store_content(out)
+
+    def ctrl_c_overwriting(store: Path, when: Path, **hooks: str) -> str:
+        script = ("from zsfs.testing.hooks import hooked_workers\nhooked_workers()\nfrom zsfs.cli import main\n"
+                  f"main({[*extract_args(store), '--overwrite']!r})\n")
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True, env={**os.environ, **hooks})
+        deadline = time.monotonic() + 120
+        while not when.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C
+        said = " ".join(process.communicate(timeout=60)[0].split())
+        assert process.returncode == 130 and "Traceback" not in said, said
+        return said
+
+    said = ctrl_c_overwriting(out, loading, **{LOAD_DELAY_VARIABLE: "120", LOAD_STARTED_VARIABLE: str(loading)})
+    assert said.endswith("Interrupted. Nothing half-written was left; a rerun resumes where this one stopped."), said
+    assert store_content(out) == before
+    assert run_cli(*extract_args(out)).exit_code == 0  # the old store, as it was: complete
+
+    other = tmp_path / "t.h5"  # a new store: its first shard is this run's
+    said = ctrl_c_overwriting(other, tmp_path / "t.shards" / "shard-00000.h5", **{DELAY_VARIABLE: "0.1"})
+    assert said.endswith("Interrupted. Nothing half-written was left; a rerun without --overwrite resumes from the "
+                         "shards this run finished (with it, the store is built again from the start)."), said
+    assert not other.exists()
 
 
 def _crashing_extract(source: Path, out: Path, workers: int, **crash: str) -> subprocess.CompletedProcess:

@@ -72,12 +72,14 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     from zsfs.embedding import CRASHING_FILE
     from zsfs.extract import extract as run_extract
 
-    click.get_current_context().meta[OVERWRITING] = options["overwrite"]
-
+    context = click.get_current_context()
     loading = console.status("Scanning the source and loading the models...")
     with image_progress("embedding") as (start_bar, on_batch):
 
         def on_start(total: int) -> None:  # models are loaded: from here on, images flow
+            # --overwrite has removed the old store by now (not while the models load): a stop from
+            # here on loses what this run writes unless its rerun drops the flag
+            context.meta[OVERWRITING] = options["overwrite"]
             loading.stop()
             start_bar(total)
 

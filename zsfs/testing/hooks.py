@@ -9,6 +9,7 @@ import time
 
 DELAY_VARIABLE = "ZSFS_TEST_DECODE_DELAY"
 LOAD_DELAY_VARIABLE = "ZSFS_TEST_LOAD_DELAY"
+LOAD_STARTED_VARIABLE = "ZSFS_TEST_LOAD_STARTED"
 CRASH_VARIABLE = "ZSFS_TEST_CRASH_ON"
 CRASH_AT_VARIABLE = "ZSFS_TEST_CRASH_AT_DECODE"
 HANG_VARIABLE = "ZSFS_TEST_HANG_ON"
@@ -35,7 +36,8 @@ def slow_decoding() -> None:
 
 def hooked_workers() -> None:
     """:func:`slow_decoding`; every ``ShardEmbedder`` (its models) of this process built
-    ``$ZSFS_TEST_LOAD_DELAY`` seconds late; a process that decodes a file whose name ends with
+    ``$ZSFS_TEST_LOAD_DELAY`` seconds late (the file ``$ZSFS_TEST_LOAD_STARTED`` made as the wait
+    begins, so that a test knows the models are loading); a process that decodes a file whose name ends with
     ``$ZSFS_TEST_CRASH_ON`` (or a tar member whose bytes hold it) killed by SIGSEGV, as a codec
     library's bug does, and one that
     starts its ``$ZSFS_TEST_CRASH_AT_DECODE``-th decode too, whatever the file (as a heap
@@ -69,9 +71,12 @@ def hooked_workers() -> None:
     if crash_on or crash_at or hang_on:
         sources.decode_image = crashing
     delay = float(os.environ.get(LOAD_DELAY_VARIABLE, "0"))
+    started = os.environ.get(LOAD_STARTED_VARIABLE)
     build = extract.ShardEmbedder.__init__
 
     def slow(self, *args, **kwargs):
+        if started:
+            open(started, "w").close()
         time.sleep(delay)
         build(self, *args, **kwargs)
 
