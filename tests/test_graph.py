@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.test_index import assert_nearest, brute_force_neighbours
 from zsfs.errors import ParameterError, StoreError, ZsfsError
 from zsfs.fit import FitConfig, fit_store, neighbours
 from zsfs.fit.graph import add_neighbour_graph
@@ -23,12 +24,6 @@ def synthetic(folder):
     return make_synthetic_store(folder / "store.h5", 1500, 8, n_ood_classes=2, seed=0)
 
 
-def brute_force(clip: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    similarity = clip[rows].astype(np.float32) @ clip.astype(np.float32).T
-    similarity[np.arange(len(rows)), rows] = -np.inf
-    return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-
-
 def test_stored_graph_holds_each_rows_nearest_rows(tmp_path):
     path = synthetic(tmp_path / "a")
     result = run_cli("neighbours", path, "--k", "6")
@@ -37,7 +32,7 @@ def test_stored_graph_holds_each_rows_nearest_rows(tmp_path):
         assert store.graph_info == {"k": 6, "search": "exact (faiss flat index)", "precision": "fp32"}
         rows = np.array([0, 7, 1499])
         graph = store.neighbour_graph(rows)
-        np.testing.assert_array_equal(graph, brute_force(store.read("clip"), rows, 6))
+        assert_nearest(graph, store.read("clip"), rows)
         assert store.summary()["neighbour_graph"]["k"] == 6
     info = json.loads(run_cli("info", "--json", path).stdout)
     assert info["neighbour_graph"]["search"] == "exact (faiss flat index)"
@@ -105,7 +100,7 @@ def test_bf16_graph_on_cpu_is_exact(tmp_path, monkeypatch):
     with Store(path) as store:
         assert store.graph_info == {"k": 4, "search": "exact", "precision": "bf16 scan, fp32 re-scoring"}
         rows = np.arange(0, 1500, 50)
-        np.testing.assert_array_equal(store.neighbour_graph(rows), brute_force(store.read("clip"), rows, 4))
+        assert_nearest(store.neighbour_graph(rows), store.read("clip"), rows)
 
 
 def test_a_graph_is_built_in_tenths_of_the_store_for_its_progress(tmp_path, monkeypatch):
@@ -161,7 +156,7 @@ def test_a_store_rebuilt_during_the_search_is_not_given_the_old_graph(tmp_path):
 def test_a_graph_is_used_only_when_it_is_as_exact_as_the_fits_own_search(tmp_path):
     path = synthetic(tmp_path / "a")
     with Store(path) as store:
-        exact, build = brute_force(store.read("clip"), np.arange(1500), 5), store.build
+        exact, build = brute_force_neighbours(store.read("clip"), np.arange(1500), 5), store.build
     write_neighbour_graph(path, exact, {"search": "ivf (4 lists, nprobe 1)", "precision": "fp32"}, build=build)
     with Store(path) as store:
         assert fit_store(store, CONFIG).neighbour_search["source"] == "fit"  # exact search beats an IVF graph
