@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,6 +20,8 @@ from zsfs.errors import ZsfsError
 from zsfs.fit import FitConfig, fit_store
 from zsfs.outputs import new_folder
 from zsfs.store import Store
+from zsfs.testing.cli import run_cli
+from zsfs.testing.failures import RUN_CLI
 from zsfs.testing.synthetic import make_synthetic_store
 
 # A process that opens a new folder, fills it, says where it is, then waits to be killed.
@@ -293,3 +296,58 @@ def test_the_default_run_folder_is_named_after_store_vocabulary_k_and_time(tmp_p
         made = default_run_dir(Path("stores/photos.h5"), "pets", 8)
         assert made == Path("runs") / expected
         made.mkdir(parents=True)
+
+
+# `zsfs fit` in a child process, its run folder's config.json written only after a file
+# ($1) marks that the rest of the run is in its temporary folder, and never (so a signal lands there).
+SLOW_SAVE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import zsfs.runs
+    from zsfs.cli import main
+    marker, write_json = Path(sys.argv.pop(1)), zsfs.runs.write_json
+    def slow_write_json(path, data):
+        marker.touch()
+        time.sleep(600)
+        write_json(path, data)
+    zsfs.runs.write_json = slow_write_json
+    sys.argv[0] = "zsfs"
+    main()
+""")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("when", ["training", "saving"])
+def test_a_signal_stops_a_fit_cleanly_and_leaves_no_run_folder(tmp_path, stop, when):
+    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM (`timeout`, Slurm) during a fit's
+    training or while its run folder is written: one line, exit 130 / 143, no traceback, neither the
+    run folder nor its temporary sibling left, and the same command then runs to the end."""
+    store_path = make_synthetic_store(tmp_path / "s.h5", 2000, 10, n_ood_classes=3, seed=0)
+    run_dir, marker = tmp_path / "runs" / "k16", tmp_path / "saving"
+    # --paper --epochs 2000: a self-training phase of minutes, so the signal lands inside it
+    args = ["fit", "--store", str(store_path), "--out", str(run_dir), "--paper", "--epochs", "2000"]
+    script = ["-c", SLOW_SAVE, str(marker)] if when == "saving" else ["-c", RUN_CLI]
+    process = subprocess.Popen([sys.executable, *script, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True,
+                               env={**os.environ, "COLUMNS": "400", "TERM": "dumb", "PYTHONUNBUFFERED": "1"})
+    heard = []
+    if when == "training":
+        for line in process.stdout:  # a log's lines (not a terminal): one per phase as it starts
+            heard.append(line)
+            if line.startswith("fit: self-training"):
+                break
+    else:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [path.name for path in (tmp_path / "runs").iterdir() if path.name.startswith(".k16.")]  # being written
+    os.killpg(process.pid, stop)
+    said = " ".join("".join(heard + [process.communicate(timeout=60)[0]]).split())
+    stopped = {signal.SIGINT: "Interrupted.", signal.SIGTERM: "Terminated (SIGTERM)."}[stop]
+    assert process.returncode == 128 + stop and "Traceback" not in said, said
+    assert said.endswith(f"{stopped} Nothing half-written was left."), said
+    left = sorted(path.name for path in run_dir.parent.iterdir()) if run_dir.parent.exists() else []
+    assert left == []  # no run folder, no temporary one
+
+    result = run_cli("fit", "--store", store_path, "--out", run_dir, "--k", "4", "--cycle-epochs", "2")
+    assert result.exit_code == 0 and (run_dir / "config.json").is_file(), result.output
