@@ -222,8 +222,10 @@ def test_master_closes_opened_shards_when_a_later_shard_fails_to_open(tmp_path, 
     monkeypatch.setattr(master_module.h5py, "File", failing_file)
     with pytest.raises(OSError, match="simulated"), real_file(tmp_path / "s.h5", "w") as master:
         master_module.write_master(master, shard_paths, identity=writer.identity, attrs=ATTRS, previous=None,
-                                   exact_max=1000, checksums=(np.zeros(3, np.int64), ["0"] * 3))
-    assert len(opened) == 2
+                                   index=None, index_info={}, checksums=(np.zeros(3, np.int64), ["0"] * 3))
+    with pytest.raises(OSError, match="simulated"):  # the index is built from the shards before that
+        master_module.index_shards(shard_paths, exact_max=1000)
+    assert len(opened) == 4
     assert not any(file.id.valid for file in opened), "shards opened before the failure were left open"
 
 

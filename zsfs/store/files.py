@@ -27,6 +27,7 @@ import h5py
 
 from zsfs.durable import current_umask, fsync_folder
 from zsfs.errors import StoreError, ZsfsError, is_disk_full
+from zsfs.signals import held_signals
 from zsfs.store import schema
 
 
@@ -201,7 +202,7 @@ def new_hdf5(final: Path, what: str) -> Iterator[h5py.File]:
     sink = None
     try:
         sink = WriteSink(tmp)
-        with h5py.File(sink, "w") as file:
+        with held_signals(), h5py.File(sink, "w") as file:  # HDF5 calls the sink's methods
             _sinks[file.id] = sink
             try:
                 yield file

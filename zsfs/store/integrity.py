@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, one_line
+from zsfs.signals import held_signals
 from zsfs.store import schema
 from zsfs.store.hdf5 import read_strings
 
@@ -43,7 +44,8 @@ def check_structure(file: h5py.File, path: Path, *, master: bool = False) -> Non
                 else:
                     problems.append(f"{name!r} is a virtual dataset")
 
-    file.visit_links(visit)  # visits links without following them
+    with held_signals():  # HDF5 calls visit
+        file.visit_links(visit)  # visits links without following them
     if not problems and virtual:
         if schema.SHARDS_FILE not in file:
             problems.append(f"virtual datasets but no {schema.SHARDS_FILE!r} table")
@@ -77,7 +79,8 @@ def read_all(group: h5py.Group, path: Path) -> int:
     checksum on the way); returns the number of bytes read."""
     total = 0
     names: list[str] = []
-    group.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+    with held_signals():  # HDF5 calls the lambda
+        group.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
     for name in names:
         dataset = group[name]
         try:

@@ -32,11 +32,20 @@ if TYPE_CHECKING:  # faiss is imported lazily
     import faiss
 
 
+def index_shards(shard_paths: list[Path], *, exact_max: int) -> tuple["faiss.Index", dict]:
+    """The FAISS index of the CLIP embeddings of ``shard_paths`` and its record (``build_index``),
+    made before the master is written: that write holds Ctrl-C until it ends (``held_signals``)."""
+    with ExitStack() as opened:  # a shard that fails to open closes the ones opened before it
+        clip = gather([opened.enter_context(h5py.File(shard, "r")) for shard in shard_paths], schema.CLIP)
+    return build_index(clip, exact_max=exact_max)
+
+
 def write_master(master: h5py.File, shard_paths: list[Path], *, identity: dict, attrs: dict, previous: Path | None,
-                 exact_max: int, checksums: tuple[np.ndarray, list[str]]) -> None:
+                 index: "faiss.Index", index_info: dict, checksums: tuple[np.ndarray, list[str]]) -> None:
     """Write into the new, empty file ``master`` the master of complete ``shard_paths`` (all in
-    one folder next to the master's final location); ``checksums``: each shard file's size and
-    sha256. Format 1 vocabularies of ``previous``, an older master of the same store, are kept."""
+    one folder next to the master's final location); ``index`` and ``index_info``: theirs, from
+    :func:`index_shards`; ``checksums``: each shard file's size and sha256. Format 1 vocabularies
+    of ``previous``, an older master of the same store, are kept."""
     if not shard_paths:
         raise ValueError("cannot write a master for a store of zero items")
     names = [f"{shard.parent.name}/{shard.name}" for shard in shard_paths]
@@ -58,9 +67,7 @@ def write_master(master: h5py.File, shard_paths: list[Path], *, identity: dict, 
         master.create_dataset(schema.SHARDS_BYTES, data=checksums[0])
         write_strings(master, schema.SHARDS_SHA256, checksums[1])
 
-        index, index_info = build_index(gather(shards, schema.CLIP), exact_max=exact_max)
         write_index_dataset(master, index)
-        del index
         if previous is not None:
             carry_over_vocabularies(previous, master, identity)
 

@@ -1,5 +1,6 @@
 """Slowed-down decoding and model loading, so that a test can kill a worker in the middle of a
-shard, or while it loads its models; a decoder that crashes, or hangs, on one file name."""
+shard, or while it loads its models; a decoder that crashes, or hangs, on one file name; HDF5's
+calls back into Python slowed down, so that a test's signal lands inside one."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ CRASH_VARIABLE = "ZSFS_TEST_CRASH_ON"
 CRASH_AT_VARIABLE = "ZSFS_TEST_CRASH_AT_DECODE"
 HANG_VARIABLE = "ZSFS_TEST_HANG_ON"
 HUNG_SECONDS_VARIABLE = "ZSFS_TEST_HUNG_DECODE_SECONDS"
+CALLBACK_DELAY_VARIABLE = "ZSFS_TEST_HDF5_CALLBACK_DELAY"
+CALLBACK_STARTED_VARIABLE = "ZSFS_TEST_HDF5_CALLBACK_STARTED"
 
 
 def slow_decoding() -> None:
@@ -81,3 +84,31 @@ def hooked_workers() -> None:
         build(self, *args, **kwargs)
 
     extract.ShardEmbedder.__init__ = slow
+
+
+def slow_hdf5_callbacks(kind: str) -> None:
+    """Make the first call HDF5's C code makes into this process' Python code of one ``kind``
+    sleep ``$ZSFS_TEST_HDF5_CALLBACK_DELAY`` seconds, the file ``$ZSFS_TEST_HDF5_CALLBACK_STARTED``
+    made as the wait begins. ``kind``: ``"write"`` (the store's file object, ``WriteSink.write``),
+    ``"visit"`` (a link lookup of the link visitor that checks a store file as it is opened) or
+    ``"index"`` (a read of the stored FAISS index, which FAISS' stream reader makes)."""
+    import h5py
+
+    from zsfs.store import schema
+    from zsfs.store.files import WriteSink
+
+    delay, started = float(os.environ[CALLBACK_DELAY_VARIABLE]), os.environ[CALLBACK_STARTED_VARIABLE]
+    owner, name = {"write": (WriteSink, "write"), "visit": (h5py.Group, "get"),
+                   "index": (h5py.Dataset, "__getitem__")}[kind]
+    original = getattr(owner, name)
+    called_back = {"write": lambda self, kwargs: True, "visit": lambda self, kwargs: kwargs.get("getlink"),
+                   "index": lambda self, kwargs: self.name == f"/{schema.INDEX_DATASET}"}[kind]
+
+    def slow(self, *args, **kwargs):
+        if called_back(self, kwargs):
+            setattr(owner, name, original)  # the first call only
+            open(started, "w").close()
+            time.sleep(delay)
+        return original(self, *args, **kwargs)
+
+    setattr(owner, name, slow)

@@ -1,0 +1,37 @@
+"""Ctrl-C and SIGTERM held while HDF5 calls back into Python.
+
+Python raises a signal's exception (KeyboardInterrupt, the command line's Terminated) in whatever
+Python code runs next, and that can be a function HDF5 called from C. There the exception is
+lost: HDF5 prints "Exception ignored" and carries on, or is left in a state that crashes the
+process when the file is closed; h5py's link visitor turns it into a SystemError traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while HDF5 may call this process' Python (the file object a store
+    is written through, a link visitor) and deliver them, to the handlers that were there, when
+    the block ends. Keep such blocks short: a user waits for them."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous = {number: handler for number, handler in previous.items()
+                if handler is not None and handler != signal.SIG_IGN}  # None: set outside Python, kept
+    received: list[int] = []
+    for number in previous:
+        signal.signal(number, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            signal.raise_signal(received[0])
