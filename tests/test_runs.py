@@ -324,8 +324,9 @@ def test_a_signal_stops_a_fit_cleanly_and_leaves_no_run_folder(tmp_path, stop, w
     run folder nor its temporary sibling left, and the same command then runs to the end."""
     store_path = make_synthetic_store(tmp_path / "s.h5", 2000, 10, n_ood_classes=3, seed=0)
     run_dir, marker = tmp_path / "runs" / "k16", tmp_path / "saving"
-    # --paper --epochs 2000: a self-training phase of minutes, so the signal lands inside it
-    args = ["fit", "--store", str(store_path), "--out", str(run_dir), "--paper", "--epochs", "2000"]
+    # training: --paper --epochs 2000, a self-training phase of minutes, so the signal lands inside it
+    args = ["fit", "--store", str(store_path), "--out", str(run_dir),
+            *(["--paper", "--epochs", "2000"] if when == "training" else ["--k", "4", "--cycle-epochs", "2"])]
     script = ["-c", SLOW_SAVE, str(marker)] if when == "saving" else ["-c", RUN_CLI]
     process = subprocess.Popen([sys.executable, *script, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True,
@@ -340,6 +341,7 @@ def test_a_signal_stops_a_fit_cleanly_and_leaves_no_run_folder(tmp_path, stop, w
         deadline = time.monotonic() + 120
         while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert marker.exists(), "the fit did not reach its run folder's config.json"
         assert [path.name for path in (tmp_path / "runs").iterdir() if path.name.startswith(".k16.")]  # being written
     os.killpg(process.pid, stop)
     said = " ".join("".join(heard + [process.communicate(timeout=60)[0]]).split())
