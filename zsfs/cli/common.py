@@ -59,7 +59,8 @@ class ZsfsGroup(click.Group):
 
     def _invoke(self, ctx: click.Context) -> object:
         try:
-            return super().invoke(ctx)
+            with _stops_outlive_finalisers():
+                return super().invoke(ctx)
         except click.UsageError as error:
             error.message += _form_hint(self.get_command(ctx, ctx.invoked_subcommand or ""), error)
             raise
@@ -127,6 +128,36 @@ def _sigterm_stops_cleanly() -> Iterator[None]:
 
 def _raise_terminated(number: int, frame: object) -> None:
     raise Terminated()
+
+
+@contextmanager
+def _stops_outlive_finalisers() -> Iterator[None]:
+    """Ctrl-C or SIGTERM landing in a finaliser (``__del__``, a weakref callback, a Cython
+    object's dealloc: h5py and torch free objects there) raises where Python cannot raise: it was
+    printed as "Exception ignored" and dropped, and the command ran on. While a command runs, such
+    a stop is sent again to this process a moment later, when the finaliser is over; a command
+    that ends first stops on it here, inside the command."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous, resent = sys.unraisablehook, []
+
+    def resend(unraisable: "sys.UnraisableHookArgs") -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        number = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        timer = threading.Timer(0.01, os.kill, (os.getpid(), number))
+        timer.start()
+        resent.append(timer)
+
+    sys.unraisablehook = resend
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+        for timer in resent:
+            timer.join()  # its signal is handled here if not before
 
 
 ARGUMENT_FORMS = {"--store": ("STORE", "the store"), "--run": ("RUN_DIR", "the run folder"),

@@ -1,6 +1,6 @@
 """Slowed-down decoding and model loading, so that a test can kill a worker in the middle of a
-shard, or while it loads its models; a decoder that crashes, or hangs, on one file name; HDF5's
-calls back into Python slowed down, so that a test's signal lands inside one."""
+shard, or while it loads its models; a decoder that crashes, or hangs, on one file name; calls
+from C into Python (HDF5's, FAISS', a finaliser) slowed down, so that a test's signal lands inside one."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ CRASH_VARIABLE = "ZSFS_TEST_CRASH_ON"
 CRASH_AT_VARIABLE = "ZSFS_TEST_CRASH_AT_DECODE"
 HANG_VARIABLE = "ZSFS_TEST_HANG_ON"
 HUNG_SECONDS_VARIABLE = "ZSFS_TEST_HUNG_DECODE_SECONDS"
-CALLBACK_DELAY_VARIABLE = "ZSFS_TEST_HDF5_CALLBACK_DELAY"
-CALLBACK_STARTED_VARIABLE = "ZSFS_TEST_HDF5_CALLBACK_STARTED"
+CALLBACK_DELAY_VARIABLE = "ZSFS_TEST_CALLBACK_DELAY"
+CALLBACK_STARTED_VARIABLE = "ZSFS_TEST_CALLBACK_STARTED"
 
 
 def slow_decoding() -> None:
@@ -86,29 +86,43 @@ def hooked_workers() -> None:
     extract.ShardEmbedder.__init__ = slow
 
 
-def slow_hdf5_callbacks(kind: str) -> None:
-    """Make the first call HDF5's C code makes into this process' Python code of one ``kind``
-    sleep ``$ZSFS_TEST_HDF5_CALLBACK_DELAY`` seconds, the file ``$ZSFS_TEST_HDF5_CALLBACK_STARTED``
-    made as the wait begins. ``kind``: ``"write"`` (the store's file object, ``WriteSink.write``),
-    ``"visit"`` (a link lookup of the link visitor that checks a store file as it is opened) or
-    ``"index"`` (a read of the stored FAISS index, which FAISS' stream reader makes)."""
+def slow_callback(kind: str) -> None:
+    """Make the first call of one ``kind`` that C code makes into this process' Python sleep
+    ``$ZSFS_TEST_CALLBACK_DELAY`` seconds, the file ``$ZSFS_TEST_CALLBACK_STARTED`` made as the
+    wait begins. ``kind``: ``"write"`` (HDF5 writing through the store's file object,
+    ``WriteSink.write``), ``"visit"`` (a link lookup of HDF5's link visitor, which checks a store
+    file as it is opened), ``"index"`` (a read of the stored FAISS index, which FAISS' stream
+    reader makes) or ``"finaliser"`` (the ``__del__`` of an object dropped as ``Store.summary``
+    starts: Python's finalisers cannot raise)."""
     import h5py
 
-    from zsfs.store import schema
+    from zsfs.store import Store, schema
     from zsfs.store.files import WriteSink
 
     delay, started = float(os.environ[CALLBACK_DELAY_VARIABLE]), os.environ[CALLBACK_STARTED_VARIABLE]
+
+    def wait() -> None:
+        open(started, "w").close()
+        time.sleep(delay)
+
+    class SlowToFinalise:
+        def __del__(self) -> None:
+            wait()
+
     owner, name = {"write": (WriteSink, "write"), "visit": (h5py.Group, "get"),
-                   "index": (h5py.Dataset, "__getitem__")}[kind]
+                   "index": (h5py.Dataset, "__getitem__"), "finaliser": (Store, "summary")}[kind]
     original = getattr(owner, name)
     called_back = {"write": lambda self, kwargs: True, "visit": lambda self, kwargs: kwargs.get("getlink"),
-                   "index": lambda self, kwargs: self.name == f"/{schema.INDEX_DATASET}"}[kind]
+                   "index": lambda self, kwargs: self.name == f"/{schema.INDEX_DATASET}",
+                   "finaliser": lambda self, kwargs: True}[kind]
 
     def slow(self, *args, **kwargs):
         if called_back(self, kwargs):
             setattr(owner, name, original)  # the first call only
-            open(started, "w").close()
-            time.sleep(delay)
+            if kind == "finaliser":
+                SlowToFinalise()  # dropped at once: its __del__ runs here
+            else:
+                wait()
         return original(self, *args, **kwargs)
 
     setattr(owner, name, slow)
