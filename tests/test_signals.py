@@ -30,11 +30,13 @@ def test_a_signal_in_the_block_reaches_the_handler_that_was_there_when_the_block
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_ctrl_c_in_the_block_is_a_keyboard_interrupt_after_it_and_an_error_of_the_block_stays_its_cause():
+def test_ctrl_c_in_the_block_is_a_keyboard_interrupt_after_it_and_an_error_of_the_block_stays_its_context():
+    went_on = []
     with pytest.raises(KeyboardInterrupt):
         with held_signals():
             signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            went_on.append(True)
+    assert went_on and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(KeyboardInterrupt) as stopped:
         with held_signals():
             signal.raise_signal(signal.SIGINT)
@@ -53,3 +55,20 @@ def test_outside_the_main_thread_nothing_is_changed():
     thread.start()
     thread.join()
     assert seen == [signal.default_int_handler]
+
+
+def test_every_signal_held_is_delivered_after_the_block():
+    """Bug: only the first signal held was delivered: a host's SIGTERM handler that does not raise
+    (Ray's, a program's own) took it, and a Ctrl-C held after it was lost."""
+    heard: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: heard.append(number))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with held_signals():
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGTERM)
+                heard.append(0)
+        assert heard == [0, signal.SIGTERM]  # each signal once, in the order they came
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -312,3 +312,33 @@ def test_a_resume_with_other_values_under_a_tags_name_says_so():
     earlier = {**IDENTITY, "backbone": {key: value for key, value in record.items() if key != "weights_fingerprint"}}
     assert describe_difference(earlier, then) == ("differs in backbone; it was built by an earlier zsfs, which did not "
                                                   "record the values of its backbone weights")
+
+
+@pytest.mark.parametrize("odd_shard", ["wider clip", "no labels"])
+def test_shards_that_cannot_make_one_store_are_refused_before_the_index_is_built(tmp_path, monkeypatch, odd_shard):
+    """Bug: with the index built before the master is written, shards of two CLIP widths gave
+    numpy's "Can't broadcast" (a traceback) instead of the store's message, and labels in some
+    shards only were refused after minutes of index building at 1.28M rows."""
+    import dataclasses
+
+    from zsfs.store import master as master_module
+
+    writer = new_writer(tmp_path / "s.h5")
+    for shard in writer.pending_shards():
+        data = shard_data(writer, shard)
+        if shard == 1:
+            data = (dataclasses.replace(data, clip=np.hstack([data.clip, data.clip[:, :1]]) / np.sqrt(1.5))
+                    if odd_shard == "wider clip" else dataclasses.replace(data, labels=None))
+        writer.write_shard(shard, data)
+    monkeypatch.setattr(master_module, "build_index", lambda *args, **kwargs: pytest.fail("the index was built first"))
+    said = "disagree on the shape of 'clip'" if odd_shard == "wider clip" else "have labels and others not"
+    with pytest.raises(StoreError, match=said):
+        writer.finalize(ATTRS)
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_master_of_no_shards_is_refused_in_words(tmp_path):
+    from zsfs.store.master import index_shards
+
+    with pytest.raises(ValueError, match="zero items"):
+        index_shards([], exact_max=1000)

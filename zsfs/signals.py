@@ -23,15 +23,24 @@ def held_signals() -> Iterator[None]:
         yield
         return
     previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    previous = {number: handler for number, handler in previous.items()
-                if handler is not None and handler != signal.SIG_IGN}  # None: set outside Python, kept
+    # only Python handlers run Python; the default action (and C handlers) need no holding
+    previous = {number: handler for number, handler in previous.items() if callable(handler)}
     received: list[int] = []
     for number in previous:
         signal.signal(number, lambda number, frame: received.append(number))
     try:
         yield
     finally:
-        for number, handler in previous.items():
+        _restore(previous)
+        for number in dict.fromkeys(received):  # each once, in the order they came
+            signal.raise_signal(number)
+
+
+def _restore(handlers: dict) -> None:
+    """Put every handler back, even when a signal handled between two of them raises."""
+    if handlers:
+        (number, handler), *rest = handlers.items()
+        try:
             signal.signal(number, handler)
-        if received:
-            signal.raise_signal(received[0])
+        finally:
+            _restore(dict(rest))

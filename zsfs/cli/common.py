@@ -135,8 +135,8 @@ def _stops_outlive_finalisers() -> Iterator[None]:
     """Ctrl-C or SIGTERM landing in a finaliser (``__del__``, a weakref callback, a Cython
     object's dealloc: h5py and torch free objects there) raises where Python cannot raise: it was
     printed as "Exception ignored" and dropped, and the command ran on. While a command runs, such
-    a stop is sent again to this process a moment later, when the finaliser is over; a command
-    that ends first stops on it here, inside the command."""
+    a stop is sent again to this process a moment later; a command that ends first stops on it
+    here, inside the command."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -146,7 +146,10 @@ def _stops_outlive_finalisers() -> Iterator[None]:
         if not isinstance(unraisable.exc_value, KeyboardInterrupt):
             previous(unraisable)
             return
+        if resent and resent[-1].is_alive():  # one stop is enough (the kernel, too, merges a pending signal)
+            return
         number = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        # a moment later: the hook runs inside the finaliser's caller, where a stop is still lost
         timer = threading.Timer(0.01, os.kill, (os.getpid(), number))
         timer.start()
         resent.append(timer)

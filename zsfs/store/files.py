@@ -195,7 +195,8 @@ def new_hdf5(final: Path, what: str) -> Iterator[h5py.File]:
     """Yield a new HDF5 file to fill; it replaces ``final`` only once complete and durable.
 
     On any error (a full disk, Ctrl-C, a bug) the temporary file is removed and ``final`` keeps
-    its previous content; write failures become one ``ZsfsError`` line.
+    its previous content; write failures become one ``ZsfsError`` line. The block runs with
+    Ctrl-C and SIGTERM held (``held_signals``): only write in it, compute before.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_file(final)

@@ -32,11 +32,31 @@ if TYPE_CHECKING:  # faiss is imported lazily
     import faiss
 
 
+def check_shards_agree(shards: list[h5py.File]) -> bool:
+    """Refuse shards that cannot make one store: none at all, labels in some only, rows of another
+    width in some. Returns whether they hold labels."""
+    if not shards:
+        raise ValueError("cannot write a master for a store of zero items")
+    folder = Path(shards[0].filename).parent
+    labelled = {schema.LABEL in shard for shard in shards}
+    if len(labelled) > 1:
+        raise StoreError(f"some shards in {folder} have labels and others not; pass --overwrite to rebuild the store")
+    for name in schema.VIRTUAL_DATASETS:
+        shapes = {shard[name].shape[1:] for shard in shards}
+        if len(shapes) > 1:
+            raise StoreError(f"shards in {folder} disagree on the shape of {name!r} ({sorted(shapes)}); "
+                             "pass --overwrite to rebuild the store")
+    return labelled.pop()
+
+
 def index_shards(shard_paths: list[Path], *, exact_max: int) -> tuple["faiss.Index", dict]:
     """The FAISS index of the CLIP embeddings of ``shard_paths`` and its record (``build_index``),
-    made before the master is written: that write holds Ctrl-C until it ends (``held_signals``)."""
+    made before the master is written: that write holds Ctrl-C until it ends (``held_signals``).
+    Shards that cannot make one store are refused first (:func:`check_shards_agree`)."""
     with ExitStack() as opened:  # a shard that fails to open closes the ones opened before it
-        clip = gather([opened.enter_context(h5py.File(shard, "r")) for shard in shard_paths], schema.CLIP)
+        shards = [opened.enter_context(h5py.File(shard, "r")) for shard in shard_paths]
+        check_shards_agree(shards)
+        clip = gather(shards, schema.CLIP)
     return build_index(clip, exact_max=exact_max)
 
 
@@ -46,18 +66,13 @@ def write_master(master: h5py.File, shard_paths: list[Path], *, identity: dict, 
     one folder next to the master's final location); ``index`` and ``index_info``: theirs, from
     :func:`index_shards`; ``checksums``: each shard file's size and sha256. Format 1 vocabularies
     of ``previous``, an older master of the same store, are kept."""
-    if not shard_paths:
-        raise ValueError("cannot write a master for a store of zero items")
     names = [f"{shard.parent.name}/{shard.name}" for shard in shard_paths]
     with ExitStack() as opened:  # a shard that fails to open closes the ones opened before it
         shards = [opened.enter_context(h5py.File(shard, "r")) for shard in shard_paths]
+        labelled = check_shards_agree(shards)
         rows = np.array([len(shard[schema.PATH]) for shard in shards], dtype=np.int64)
-        labelled = {schema.LABEL in shard for shard in shards}
-        if len(labelled) > 1:
-            raise StoreError(f"some shards in {shard_paths[0].parent} have labels and others not; "
-                             "pass --overwrite to rebuild the store")
         dims = {name: link_virtual(master, name, shards, names, rows) for name in schema.VIRTUAL_DATASETS}
-        for name in (schema.PATH, schema.LABEL) if labelled == {True} else (schema.PATH,):
+        for name in (schema.PATH, schema.LABEL) if labelled else (schema.PATH,):
             write_strings(master, name, concat_strings(shards, name))
         skipped = concat_strings(shards, schema.SKIPPED_PATH)
         write_strings(master, schema.SKIPPED_PATH, skipped)
@@ -100,12 +115,9 @@ def write_index_dataset(master: h5py.File, index: "faiss.Index") -> None:
 
 
 def link_virtual(master: h5py.File, name: str, shards: list[h5py.File], names: list[str], rows: np.ndarray) -> int:
-    """Create ``name`` as a virtual dataset over the shards; returns its row width (0 for 1-d)."""
-    shapes = {shard[name].shape[1:] for shard in shards}
-    if len(shapes) > 1:
-        raise StoreError(f"shards disagree on the shape of {name!r} ({sorted(shapes)}); "
-                         "pass --overwrite to rebuild the store")
-    tail = shapes.pop()
+    """Create ``name`` as a virtual dataset over the shards (which agree: :func:`check_shards_agree`);
+    returns its row width (0 for 1-d)."""
+    tail = shards[0][name].shape[1:]
     dtype = shards[0][name].dtype
     layout = h5py.VirtualLayout(shape=(int(rows.sum()), *tail), dtype=dtype)
     offsets = np.concatenate([[0], np.cumsum(rows)])
