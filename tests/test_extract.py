@@ -32,7 +32,7 @@ from zsfs.testing.failures import run_zsfs
 from zsfs.testing.hooks import CRASH_AT_VARIABLE, CRASH_VARIABLE, HANG_VARIABLE, HUNG_SECONDS_VARIABLE
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS, TINY_MODELS
-from zsfs.testing.processes import children
+from zsfs.testing.processes import STOPPED_BY, children, started, stop, wait_for
 
 ROW_DATASETS = ("clip", "backbone", "width", "height")
 
@@ -399,12 +399,9 @@ def test_a_killed_decoding_process_is_one_clear_line_and_the_rerun_resumes(tmp_p
     assert f"{5 - len(finished)} / {len(finished)}" in result.output  # shards written / reused
 
 
-STOPPED_BY = {signal.SIGTERM: "Terminated (SIGTERM).", signal.SIGINT: "Interrupted."}
-
-
 @pytest.mark.parametrize("group", [False, True])
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_an_extract_cleanly_and_the_rerun_resumes(tmp_path, group, stop):
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_an_extract_cleanly_and_the_rerun_resumes(tmp_path, group, number):
     """Bug: SIGTERM (what `timeout`, `docker stop` and Slurm send) ended extract at once with no
     word, leaving its lock file. Now it stops as Ctrl-C does: one line, exit 143, no lock left, its
     decoding process gone. Bug: sent to the whole process group (`timeout`, `scancel`, `kill --
@@ -413,20 +410,13 @@ def test_a_signal_stops_an_extract_cleanly_and_the_rerun_resumes(tmp_path, group
     SIGINT to the group is a terminal's Ctrl-C (the decoding processes get it too): exit 130."""
     source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
     out, shards = tmp_path / "s.h5", tmp_path / "s.shards"
-    process = subprocess.Popen([sys.executable, "-c", _kill_script(source, out, 0.05, workers=2)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not (shards / "shard-00000.h5").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    decoding = children(process.pid)
-    if group:
-        os.killpg(process.pid, stop)
-    else:
-        process.send_signal(stop)
-    said = " ".join(process.communicate(timeout=60)[0].split())
-    assert process.returncode == 128 + stop and "Traceback" not in said, said
+    with started(["-c", _kill_script(source, out, 0.05, workers=2)]) as process:
+        wait_for(shards / "shard-00000.h5", process)
+        decoding = children(process.pid)
+        said = stop(process, number, group=group)
+    assert process.returncode == 128 + number and "Traceback" not in said, said
     assert "Exception ignored" not in said, said
-    assert said.endswith(f"{STOPPED_BY[stop]} Nothing half-written was left; a rerun resumes where this one "
+    assert said.endswith(f"{STOPPED_BY[number]} Nothing half-written was left; a rerun resumes where this one "
                          "stopped."), said
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # the lock, temporary files
     assert decoding and not [pid for pid in decoding if Path(f"/proc/{pid}").exists() and
@@ -458,13 +448,9 @@ def test_ctrl_c_under_overwrite_while_the_models_load_leaves_the_old_store_and_s
     def ctrl_c_overwriting(store: Path, when: Path, **hooks: str) -> str:
         script = ("from zsfs.testing.hooks import hooked_workers\nhooked_workers()\nfrom zsfs.cli import main\n"
                   f"main({[*extract_args(store), '--overwrite']!r})\n")
-        process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True, env={**os.environ, **hooks})
-        deadline = time.monotonic() + 120
-        while not when.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C
-        said = " ".join(process.communicate(timeout=60)[0].split())
+        with started(["-c", script], hooks) as process:
+            wait_for(when, process)
+            said = stop(process, signal.SIGINT)  # a terminal's Ctrl-C
         assert process.returncode == 130 and "Traceback" not in said, said
         return said
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,6 +21,7 @@ from zsfs.outputs import new_folder
 from zsfs.store import Store
 from zsfs.testing.cli import run_cli
 from zsfs.testing.failures import RUN_CLI
+from zsfs.testing.processes import STOPPED_BY, started, stop, wait_for
 from zsfs.testing.synthetic import make_synthetic_store
 
 # A process that opens a new folder, fills it, says where it is, then waits to be killed.
@@ -316,9 +316,9 @@ SLOW_SAVE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("when", ["training", "saving"])
-def test_a_signal_stops_a_fit_cleanly_and_leaves_no_run_folder(tmp_path, stop, when):
+def test_a_signal_stops_a_fit_cleanly_and_leaves_no_run_folder(tmp_path, number, when):
     """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM (`timeout`, Slurm) during a fit's
     training or while its run folder is written: one line, exit 130 / 143, no traceback, neither the
     run folder nor its temporary sibling left, and the same command then runs to the end."""
@@ -328,26 +328,19 @@ def test_a_signal_stops_a_fit_cleanly_and_leaves_no_run_folder(tmp_path, stop, w
     args = ["fit", "--store", str(store_path), "--out", str(run_dir),
             *(["--paper", "--epochs", "2000"] if when == "training" else ["--k", "4", "--cycle-epochs", "2"])]
     script = ["-c", SLOW_SAVE, str(marker)] if when == "saving" else ["-c", RUN_CLI]
-    process = subprocess.Popen([sys.executable, *script, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True,
-                               env={**os.environ, "COLUMNS": "400", "TERM": "dumb", "PYTHONUNBUFFERED": "1"})
     heard = []
-    if when == "training":
-        for line in process.stdout:  # a log's lines (not a terminal): one per phase as it starts
-            heard.append(line)
-            if line.startswith("fit: self-training"):
-                break
-    else:
-        deadline = time.monotonic() + 120
-        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert marker.exists(), "the fit did not reach its run folder's config.json"
-        assert [path.name for path in (tmp_path / "runs").iterdir() if path.name.startswith(".k16.")]  # being written
-    os.killpg(process.pid, stop)
-    said = " ".join("".join(heard + [process.communicate(timeout=60)[0]]).split())
-    stopped = {signal.SIGINT: "Interrupted.", signal.SIGTERM: "Terminated (SIGTERM)."}[stop]
-    assert process.returncode == 128 + stop and "Traceback" not in said, said
-    assert said.endswith(f"{stopped} Nothing half-written was left."), said
+    with started([*script, *args]) as process:
+        if when == "training":
+            for line in process.stdout:  # a log's lines (not a terminal): one per phase as it starts
+                heard.extend(line.split())
+                if line.startswith("fit: self-training"):
+                    break
+        else:
+            wait_for(marker, process)  # config.json is next
+            assert [path.name for path in run_dir.parent.iterdir() if path.name.startswith(".k16.")]  # being written
+        said = " ".join([*heard, stop(process, number)])
+    assert process.returncode == 128 + number and "Traceback" not in said, said
+    assert said.endswith(f"{STOPPED_BY[number]} Nothing half-written was left."), said
     left = sorted(path.name for path in run_dir.parent.iterdir()) if run_dir.parent.exists() else []
     assert left == []  # no run folder, no temporary one
 

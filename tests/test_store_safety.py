@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs, store_content
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS
+from zsfs.testing.processes import STOPPED_BY, started, stop, wait_for
 
 CLASSES = [f"class number {i}" for i in range(6)]
 
@@ -655,9 +655,9 @@ def test_a_rebuild_while_a_store_is_opened_is_named_as_such(tmp_path, monkeypatc
         Store(path)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("callback", ["write", "visit", "index", "finaliser"])
-def test_a_signal_inside_a_call_from_c_stops_cleanly(tmp_path, callback, stop):
+def test_a_signal_inside_a_call_from_c_stops_cleanly(tmp_path, callback, number):
     """Bug: Ctrl-C or SIGTERM landing while HDF5's C code ran our Python (the file object it writes
     a store through; the link visitor that checks a store file as it is opened) raised there: HDF5
     printed "Exception ignored" screens and carried on, or h5py gave a SystemError traceback, and
@@ -673,7 +673,7 @@ def test_a_signal_inside_a_call_from_c_stops_cleanly(tmp_path, callback, stop):
     (tmp_path / "paths.csv").write_text("path\n" + "".join(f"photos/{i:02d}.jpg\n" for i in range(40)))
     np.savez(tmp_path / "pets.npz", classes=np.array(["cat", "dog"]),
              single=np.random.default_rng(2).standard_normal((2, 8)).astype(np.float32))
-    master, started = tmp_path / "s.h5", tmp_path / "started"
+    master, inside = tmp_path / "s.h5", tmp_path / "inside"
     imported = ["import", str(master), "--clip-embeddings", str(tmp_path / "clip.npy"), "--backbone-features",
                 str(tmp_path / "backbone.npy"), "--paths", str(tmp_path / "paths.csv"), "--shard-size", "10",
                 "--vocab", f"pets={tmp_path / 'pets.npz'}"]
@@ -683,19 +683,12 @@ def test_a_signal_inside_a_call_from_c_stops_cleanly(tmp_path, callback, stop):
             "index": ["fit", "--store", str(master), "--out", str(tmp_path / "run"), "--k", "2"]}[callback]
     script = (f"from zsfs.testing.hooks import slow_callback\nslow_callback({callback!r})\n"
               f"from zsfs.cli import main\nmain({args!r})\n")
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True,
-                               env={**os.environ, "COLUMNS": "400", "TERM": "dumb", CALLBACK_DELAY_VARIABLE: "2",
-                                    CALLBACK_STARTED_VARIABLE: str(started)})
-    deadline = time.monotonic() + 120
-    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(process.pid, stop)
-    said = " ".join(process.communicate(timeout=120)[0].split())
-    stopped = {signal.SIGINT: "Interrupted.", signal.SIGTERM: "Terminated (SIGTERM)."}[stop]
-    assert process.returncode == 128 + stop, said
+    with started(["-c", script], {CALLBACK_DELAY_VARIABLE: "2", CALLBACK_STARTED_VARIABLE: str(inside)}) as process:
+        wait_for(inside, process)
+        said = stop(process, number)
+    assert process.returncode == 128 + number, said
     assert "Traceback" not in said and "Exception ignored" not in said and "SystemError" not in said, said
-    assert said.endswith(f"{stopped} Nothing half-written was left" +
+    assert said.endswith(f"{STOPPED_BY[number]} Nothing half-written was left" +
                          ("; a rerun resumes where this one stopped." if callback == "write" else ".")), said
     assert not [path.name for path in tmp_path.rglob(".*")] and not (tmp_path / "run").exists()
     assert run_cli(*imported).exit_code == 0

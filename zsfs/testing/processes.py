@@ -1,8 +1,55 @@
-"""Live processes, read from /proc (Linux), so that a test can kill -9 the very one it means."""
+"""Live processes, read from /proc (Linux), so that a test can kill -9 the very one it means; a
+command in a child process of its own session, stopped by a real signal where a test chooses."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+STOPPED_BY = {signal.SIGINT: "Interrupted.", signal.SIGTERM: "Terminated (SIGTERM)."}
+"""The words that start the one line a command stopped by that signal prints."""
+
+
+@contextmanager
+def started(arguments: Sequence[str], env: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """``python ARGUMENTS`` (``-c SCRIPT ARGS...``) in a session of its own, so that its process
+    group is its own (as a terminal's or `timeout`'s is), its output collected one line per
+    message (wide, no terminal, unbuffered); the group is killed if it is still there afterwards."""
+    process = subprocess.Popen([sys.executable, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True,
+                               env={**os.environ, "COLUMNS": "400", "TERM": "dumb", "PYTHONUNBUFFERED": "1",
+                                    **(env or {})})
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        process.stdout.close()
+
+
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> None:
+    """Return once ``path`` exists; fail, saying so, if ``process`` ends or ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), f"{path.name} did not appear (the process {'ended' if process.poll() is not None else 'ran on'})"
+
+
+def stop(process: subprocess.Popen, number: int, *, group: bool = True, seconds: float = 120) -> str:
+    """Send signal ``number`` to ``process``' group (a terminal's Ctrl-C, `timeout`, `scancel`), or
+    to it alone; its output from then to its end, whitespace collapsed to single spaces."""
+    if group:
+        os.killpg(process.pid, number)
+    else:
+        process.send_signal(number)
+    return " ".join(process.communicate(timeout=seconds)[0].split())
 
 
 def parent_pid(pid: int) -> int | None:
