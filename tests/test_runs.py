@@ -21,7 +21,7 @@ from zsfs.outputs import new_folder
 from zsfs.store import Store
 from zsfs.testing.cli import run_cli
 from zsfs.testing.failures import RUN_CLI
-from zsfs.testing.processes import STOPPED_BY, started, stop, wait_for
+from zsfs.testing.processes import STOPPED_BY, read_until, started, stop, wait_for
 from zsfs.testing.synthetic import make_synthetic_store
 
 # A process that opens a new folder, fills it, says where it is, then waits to be killed.
@@ -330,11 +330,8 @@ def test_a_signal_stops_a_fit_cleanly_and_leaves_no_run_folder(tmp_path, number,
     script = ["-c", SLOW_SAVE, str(marker)] if when == "saving" else ["-c", RUN_CLI]
     heard = []
     with started([*script, *args]) as process:
-        if when == "training":
-            for line in process.stdout:  # a log's lines (not a terminal): one per phase as it starts
-                heard.extend(line.split())
-                if line.startswith("fit: self-training"):
-                    break
+        if when == "training":  # a log's lines (not a terminal): one per phase as it starts
+            heard = " ".join(read_until(process, "fit: self-training")).split()
         else:
             wait_for(marker, process)  # config.json is next
             assert [path.name for path in run_dir.parent.iterdir() if path.name.startswith(".k16.")]  # being written

@@ -109,20 +109,19 @@ def slow_callback(kind: str) -> None:
         def __del__(self) -> None:
             wait()
 
-    owner, name = {"write": (WriteSink, "write"), "visit": (h5py.Group, "get"),
-                   "index": (h5py.Dataset, "__getitem__"), "finaliser": (Store, "summary")}[kind]
+    calls = {  # kind: the class, its method, whether a call is the one to slow, what that call does first
+        "write": (WriteSink, "write", lambda self, kwargs: True, wait),
+        "visit": (h5py.Group, "get", lambda self, kwargs: bool(kwargs.get("getlink")), wait),
+        "index": (h5py.Dataset, "__getitem__", lambda self, kwargs: self.name == f"/{schema.INDEX_DATASET}", wait),
+        "finaliser": (Store, "summary", lambda self, kwargs: True, SlowToFinalise),  # dropped at once: __del__ waits
+    }
+    owner, name, is_the_call, first = calls[kind]
     original = getattr(owner, name)
-    called_back = {"write": lambda self, kwargs: True, "visit": lambda self, kwargs: kwargs.get("getlink"),
-                   "index": lambda self, kwargs: self.name == f"/{schema.INDEX_DATASET}",
-                   "finaliser": lambda self, kwargs: True}[kind]
 
     def slow(self, *args, **kwargs):
-        if called_back(self, kwargs):
+        if is_the_call(self, kwargs):
             setattr(owner, name, original)  # the first call only
-            if kind == "finaliser":
-                SlowToFinalise()  # dropped at once: its __del__ runs here
-            else:
-                wait()
+            first()
         return original(self, *args, **kwargs)
 
     setattr(owner, name, slow)

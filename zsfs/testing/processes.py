@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,6 +41,22 @@ def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> Non
     while not path.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert path.exists(), f"{path.name} did not appear (the process {'ended' if process.poll() is not None else 'ran on'})"
+
+
+def read_until(process: subprocess.Popen, prefix: str, seconds: float = 120) -> list[str]:
+    """The lines ``process`` prints up to the first that starts with ``prefix``; fails, saying so,
+    if it ends or ``seconds`` pass first (its group is then killed)."""
+    watchdog = threading.Timer(seconds, os.killpg, (process.pid, signal.SIGKILL))
+    watchdog.start()
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith(prefix):
+                return lines
+    finally:
+        watchdog.cancel()
+    raise AssertionError(f"no line starting {prefix!r} came; the process said: {''.join(lines)[-2000:]}")
 
 
 def stop(process: subprocess.Popen, number: int, *, group: bool = True, seconds: float = 120) -> str:
