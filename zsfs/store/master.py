@@ -49,60 +49,63 @@ def check_shards_agree(shards: list[h5py.File]) -> bool:
     return labelled.pop()
 
 
-def index_shards(shard_paths: list[Path], *, exact_max: int) -> tuple["faiss.Index", dict]:
-    """The FAISS index of the CLIP embeddings of ``shard_paths`` and its record (``build_index``),
-    made before the master is written: that write holds Ctrl-C until it ends (``held_signals``).
-    Shards that cannot make one store are refused first (:func:`check_shards_agree`)."""
-    with ExitStack() as opened:  # a shard that fails to open closes the ones opened before it
+@contextmanager
+def opened_shards(shard_paths: list[Path]) -> Iterator[list[h5py.File]]:
+    """The shard files, open for reading and checked to make one store (:func:`check_shards_agree`);
+    a shard that fails to open closes the ones opened before it."""
+    with ExitStack() as opened:
         shards = [opened.enter_context(h5py.File(shard, "r")) for shard in shard_paths]
         check_shards_agree(shards)
-        clip = gather(shards, schema.CLIP)
-    return build_index(clip, exact_max=exact_max)
+        yield shards
 
 
-def write_master(master: h5py.File, shard_paths: list[Path], *, identity: dict, attrs: dict, previous: Path | None,
+def index_shards(shards: list[h5py.File], *, exact_max: int) -> tuple["faiss.Index", dict]:
+    """The FAISS index of the shards' CLIP embeddings and its record (``build_index``), made before
+    the master is written: that write holds Ctrl-C until it ends (``held_signals``)."""
+    return build_index(gather(shards, schema.CLIP), exact_max=exact_max)
+
+
+def write_master(master: h5py.File, shards: list[h5py.File], *, identity: dict, attrs: dict, previous: Path | None,
                  index: "faiss.Index", index_info: dict, checksums: tuple[np.ndarray, list[str]]) -> None:
-    """Write into the new, empty file ``master`` the master of complete ``shard_paths`` (all in
-    one folder next to the master's final location); ``index`` and ``index_info``: theirs, from
-    :func:`index_shards`; ``checksums``: each shard file's size and sha256. Format 1 vocabularies
-    of ``previous``, an older master of the same store, are kept."""
-    names = [f"{shard.parent.name}/{shard.name}" for shard in shard_paths]
-    with ExitStack() as opened:  # a shard that fails to open closes the ones opened before it
-        shards = [opened.enter_context(h5py.File(shard, "r")) for shard in shard_paths]
-        labelled = check_shards_agree(shards)
-        rows = np.array([len(shard[schema.PATH]) for shard in shards], dtype=np.int64)
-        dims = {name: link_virtual(master, name, shards, names, rows) for name in schema.VIRTUAL_DATASETS}
-        for name in (schema.PATH, schema.LABEL) if labelled else (schema.PATH,):
-            write_strings(master, name, concat_strings(shards, name))
-        skipped = concat_strings(shards, schema.SKIPPED_PATH)
-        write_strings(master, schema.SKIPPED_PATH, skipped)
-        write_strings(master, schema.SKIPPED_REASON, concat_strings(shards, schema.SKIPPED_REASON))
-        write_strings(master, schema.SHARDS_FILE, names)
-        master.create_dataset(schema.SHARDS_ROWS, data=rows)
-        master.create_dataset(schema.SHARDS_BYTES, data=checksums[0])
-        write_strings(master, schema.SHARDS_SHA256, checksums[1])
+    """Write into the new, empty file ``master`` the master of complete ``shards`` (from
+    :func:`opened_shards`, all in one folder next to the master's final location); ``index`` and
+    ``index_info``: theirs, from :func:`index_shards`; ``checksums``: each shard file's size and
+    sha256. Format 1 vocabularies of ``previous``, an older master of the same store, are kept."""
+    names = [f"{path.parent.name}/{path.name}" for path in (Path(shard.filename) for shard in shards)]
+    labelled = schema.LABEL in shards[0]  # in every shard or none: check_shards_agree
+    rows = np.array([len(shard[schema.PATH]) for shard in shards], dtype=np.int64)
+    dims = {name: link_virtual(master, name, shards, names, rows) for name in schema.VIRTUAL_DATASETS}
+    for name in (schema.PATH, schema.LABEL) if labelled else (schema.PATH,):
+        write_strings(master, name, concat_strings(shards, name))
+    skipped = concat_strings(shards, schema.SKIPPED_PATH)
+    write_strings(master, schema.SKIPPED_PATH, skipped)
+    write_strings(master, schema.SKIPPED_REASON, concat_strings(shards, schema.SKIPPED_REASON))
+    write_strings(master, schema.SHARDS_FILE, names)
+    master.create_dataset(schema.SHARDS_ROWS, data=rows)
+    master.create_dataset(schema.SHARDS_BYTES, data=checksums[0])
+    write_strings(master, schema.SHARDS_SHA256, checksums[1])
 
-        write_index_dataset(master, index)
-        if previous is not None:
-            carry_over_vocabularies(previous, master, identity)
+    write_index_dataset(master, index)
+    if previous is not None:
+        carry_over_vocabularies(previous, master, identity)
 
-        master.attrs.update({
-            schema.ATTR_FORMAT: schema.FORMAT_NAME,
-            schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
-            schema.ATTR_ZSFS_VERSION: __version__,
-            schema.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            schema.ATTR_IDENTITY: canonical_json(identity),
-            schema.ATTR_N_IMAGES: int(rows.sum()),
-            schema.ATTR_N_SKIPPED: len(skipped),
-            schema.ATTR_INDEX: json.dumps(index_info),
-            schema.ATTR_BUILD: uuid.uuid4().hex,
-        })
-        for key, value in attrs.items():
-            if key in (schema.ATTR_CLIP, schema.ATTR_BACKBONE):
-                value = with_dim(value, dims[schema.CLIP if key == schema.ATTR_CLIP else schema.BACKBONE], key)
-            if isinstance(value, str):  # HDF5 string attributes are UTF-8: other name bytes become \xNN
-                value = utf8_text(value)
-            master.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+    master.attrs.update({
+        schema.ATTR_FORMAT: schema.FORMAT_NAME,
+        schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
+        schema.ATTR_ZSFS_VERSION: __version__,
+        schema.ATTR_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        schema.ATTR_IDENTITY: canonical_json(identity),
+        schema.ATTR_N_IMAGES: int(rows.sum()),
+        schema.ATTR_N_SKIPPED: len(skipped),
+        schema.ATTR_INDEX: json.dumps(index_info),
+        schema.ATTR_BUILD: uuid.uuid4().hex,
+    })
+    for key, value in attrs.items():
+        if key in (schema.ATTR_CLIP, schema.ATTR_BACKBONE):
+            value = with_dim(value, dims[schema.CLIP if key == schema.ATTR_CLIP else schema.BACKBONE], key)
+        if isinstance(value, str):  # HDF5 string attributes are UTF-8: other name bytes become \xNN
+            value = utf8_text(value)
+        master.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
 
 
 def write_index_dataset(master: h5py.File, index: "faiss.Index") -> None:

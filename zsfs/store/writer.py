@@ -27,7 +27,7 @@ from zsfs.store.files import (LOCK_SUFFIX, acquire_lock, new_hdf5, release_lock,
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_checked, write_strings
 from zsfs.digests import file_sha256
 from zsfs.store.index import EXACT_MAX
-from zsfs.store.master import index_shards, write_master
+from zsfs.store.master import index_shards, opened_shards, write_master
 
 SIZE_DTYPE = np.int32
 
@@ -367,13 +367,14 @@ class StoreWriter:
             raise StoreError(f"{len(pending)} of {self.n_shards} shards are not written yet "
                              f"(first: {schema.shard_name(pending[0])}); rerun to finish them")
         shard_paths = [self.shard_path(shard) for shard in range(self.n_shards)]
-        # the long parts first: writing the master holds Ctrl-C until it ends
-        checksums = file_checksums(shard_paths)
-        index, index_info = index_shards(shard_paths, exact_max=exact_max)
-        with new_hdf5(self.master, f"master {self.master.name}") as file:
-            write_master(file, shard_paths, identity=self.identity, attrs=attrs, previous=self.master,
-                         index=index, index_info=index_info, checksums=checksums)
-        del index
+        with opened_shards(shard_paths) as shards:
+            # the long parts first: writing the master holds Ctrl-C until it ends
+            checksums = file_checksums(shard_paths)
+            index, index_info = index_shards(shards, exact_max=exact_max)
+            with new_hdf5(self.master, f"master {self.master.name}") as file:
+                write_master(file, shards, identity=self.identity, attrs=attrs, previous=self.master,
+                             index=index, index_info=index_info, checksums=checksums)
+            del index
         # The graph described the embeddings of the previous build (it records that build's id).
         remove_file(schema.graph_file(self.shards_dir))
         self.close()
