@@ -123,6 +123,27 @@ def test_small_batches_give_every_file_its_own_row_and_count_every_file(fitted):
     assert started == [whole.height] and sum(advanced) == whole.height and max(advanced) <= 3
 
 
+def test_features_are_classified_batch_by_batch(fitted, monkeypatch):
+    """bug: every image's features were kept until the end and then copied into one array (2 x N x D
+    floats: 120 GB for 10M images at 1536 dimensions); each batch is now classified as it comes."""
+    from zsfs.fit.classifier import Classifier
+
+    classified = []
+    classify = Classifier.classify
+
+    def counted(self, features, *args, **kwargs):
+        classified.append(len(features))
+        return classify(self, features, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "classify", counted)
+    root = fitted["photos"]["root"]
+    batched = predict_images(fitted["run"], [root], workers=0, batch_size=3)
+
+    assert classified and max(classified) <= 3 and sum(classified) == batched["error"].null_count()
+    monkeypatch.undo()
+    assert_same_predictions(batched, predict_images(fitted["run"], [root], workers=0))
+
+
 def test_the_pixel_budget_reaches_the_decoder(fitted, tmp_path):
     """--max-pixels (and the library's max_pixels) is the decoding budget of each image, as in extract."""
     photos = fitted["photos"]
@@ -265,6 +286,19 @@ def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):
     assert set(written.columns) == {"path", "predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous", "error"}
     first = json.loads(result.stdout.splitlines()[0])
     assert first["path"] == str(one_image) and first["predicted"] in fitted["fit"]["predicted"].to_list()
+
+
+def test_json_lines_are_utf8_whatever_the_locale_says(fitted, tmp_path, monkeypatch):
+    """bug: with an ASCII (or Latin-1) stdout, an image named in other letters ended --json in a traceback."""
+    named = tmp_path / "ünï 猫.png"
+    shutil.copy(fitted["photos"]["root"] / fitted["photos"]["good"][0], named)
+    monkeypatch.setenv("PYTHONIOENCODING", "ascii")
+
+    outcome = run_zsfs("predict", "--run", fitted["run"], "--workers", "0", "--json", named)
+
+    assert outcome.returncode == 0 and not outcome.problems, outcome.output
+    row = json.loads(next(line for line in outcome.output.splitlines() if line.startswith("{")))
+    assert row["path"] == str(named) and row["error"] is None
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])

@@ -126,25 +126,23 @@ def predict_images(
 
     batches = position_batches(0, len(source), batch_size)
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    rows, features, errors = [], [], {}
+    n = len(source)
+    predicted = np.full(n, None, dtype=object)
+    confidence, ood_distance, ood_paper, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(4))
+    errors: dict[int, str] = {}
     with closing(embedded_images(source, (backbone,), batches, range(len(batches)), set_aside={}, device=device,
                                  precision=precision, workers=workers, max_pixels=max_pixels,
                                  on_batch=on_batch)) as embedded:
         for _, batch, outputs in embedded:
             if outputs is not None:  # as extract: NaN or all-zero features (an fp16 overflow) label nothing
                 usable = usable_rows(outputs[0])
-                rows.append(batch.indices[usable])
-                features.append(outputs[0][usable])
+                good = batch.indices[usable]
+                if len(good):  # classified batch by batch: memory stays one batch, however many images
+                    predicted[good], confidence[good], ood_distance[good], ood_paper[good], ood_continuous[good] = \
+                        run.classifier.classify(outputs[0][usable])
                 errors.update((int(index), NO_FEATURES) for index in batch.indices[~usable])
             errors.update(batch.failures)
 
-    n = len(source)
-    predicted = np.full(n, None, dtype=object)
-    confidence, ood_distance, ood_paper, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(4))
-    if rows:
-        good = np.concatenate(rows)
-        predicted[good], confidence[good], ood_distance[good], ood_paper[good], ood_continuous[good] = \
-            run.classifier.classify(np.concatenate(features))
     error = [errors.get(i) for i in range(n)]
     return pl.DataFrame({
         "path": utf8_texts(source.paths),

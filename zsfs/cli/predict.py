@@ -55,8 +55,10 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
         frame = predict_images(run_dir, images, on_start=on_start, on_batch=on_batch, **options)
     if out is not None:
         write_predictions(frame, out)
-    if as_json:
-        sys.stdout.write(frame.write_ndjson())
+    if as_json:  # JSON text is UTF-8 (RFC 8259), whatever encoding the terminal's locale names
+        sys.stdout.flush()
+        sys.stdout.buffer.write(frame.write_ndjson().encode())
+        sys.stdout.buffer.flush()
     console.print(_table(frame))
     failed = frame["error"].is_not_null().sum()
     if out is not None:
