@@ -81,6 +81,21 @@ def test_full_disk_during_text_keeps_the_old_vocabulary(store):
         assert reopened.vocabulary("default").classes == CLASSES
 
 
+def test_a_damaged_vocabulary_file_says_how_to_get_it_back(store):
+    """bug: the message said to rerun the command that wrote it, which failed with the same message."""
+    vocabulary = next((store.parent / "s.shards").glob("vocab-*.h5"))
+    vocabulary.write_bytes(b"garbage")
+    for command in (("info", store), ("text", store, "--classes", store.parent / "classes.txt", "--name", "default",
+                                      "--overwrite")):
+        said = output_text(run_cli(*command))
+        assert f"{vocabulary} is damaged (" in said and "remove it, then rerun the `zsfs text`" in said, said
+
+    vocabulary.unlink()  # as it says
+    assert run_cli("text", store, "--classes", store.parent / "classes.txt", "--name", "default").exit_code == 0
+    with Store(store) as repaired:
+        assert repaired.vocabulary("default").classes == CLASSES
+
+
 def test_full_disk_during_neighbours_keeps_the_old_graph_and_reruns_reclaim_space(store):
     before = store_content(store)
     assert_clean_failure(run_zsfs("neighbours", store, "--k", "5", file_size_limit=3_000))
@@ -288,6 +303,48 @@ def test_planted_links_are_never_followed(base, store, tmp_path):
     assert victim.read_text() == "precious"
 
 
+def flip_a_bit(shard: Path) -> None:
+    """One flipped bit in the embeddings of ``shard``: same size, a chunk that fails its checksum."""
+    with h5py.File(shard, "r") as file:
+        offset = file["clip"].id.get_chunk_info(0).byte_offset
+    data = bytearray(shard.read_bytes())
+    data[offset + 5] ^= 0x10
+    shard.write_bytes(bytes(data))
+
+
+def test_verify_names_the_damaged_shard_not_the_master_reading_through_it(store):
+    """bug: with a shard damaged before its master recorded it, --verify read the master's virtual
+    datasets first and named the master, and fit's advice (run --verify) led nowhere."""
+    from zsfs.digests import file_sha256
+    from zsfs.store.hdf5 import read_strings, write_strings
+
+    shard = store.parent / "s.shards" / "shard-00001.h5"
+    flip_a_bit(shard)
+    with h5py.File(store, "r+") as master:  # as if recorded after the damage
+        digests = read_strings(master[schema.SHARDS_SHA256])
+        digests[1] = file_sha256(shard)
+        del master[schema.SHARDS_SHA256]
+        write_strings(master, schema.SHARDS_SHA256, digests)
+
+    result = run_cli("info", "--verify", store)
+
+    assert result.exit_code == 1 and "shard-00001.h5: dataset 'clip' is damaged" in output_text(result), result.output
+
+
+def test_a_link_to_the_master_from_another_folder_reads_the_store(store, tmp_path):
+    """bug: readers looked for the shards beside the link ("missing 1 of 1 shard files")."""
+    link = tmp_path / "elsewhere" / "s.h5"
+    link.parent.mkdir()
+    link.symlink_to(store)
+
+    with Store(link) as linked, Store(store) as original:
+        assert linked.path == store and linked.n_images == original.n_images
+        np.testing.assert_array_equal(linked.read("backbone"), original.read("backbone"))
+    assert run_cli("info", "--verify", link).exit_code == 0
+    result = run_cli("fit", "--store", link, "--k", "2", "--candidates", "4", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+
+
 def test_swapped_and_damaged_shards_are_refused(store):
     shards = store.parent / "s.shards"
     first, second = shards / "shard-00000.h5", shards / "shard-00001.h5"
@@ -300,11 +357,7 @@ def test_swapped_and_damaged_shards_are_refused(store):
     first.rename(second)
     (shards / "swap").rename(first)
 
-    with h5py.File(first, "r") as file:
-        offset = file["clip"].id.get_chunk_info(0).byte_offset
-    data = bytearray(first.read_bytes())
-    data[offset + 5] ^= 0x10  # one flipped bit in the embeddings
-    first.write_bytes(bytes(data))
+    flip_a_bit(first)
     assert run_cli("info", store).exit_code == 0  # size and identity still match: opening is cheap
     result = run_cli("info", "--verify", store)
     assert result.exit_code == 1 and "shard-00000.h5 does not match its recorded checksum" in result.output
@@ -467,28 +520,28 @@ def test_a_resume_with_another_layout_is_refused_before_the_models_load_and_says
     assert result.exit_code == 1 and f"it was built with {built} (pass the same to resume it)" in said, said
 
 
-def test_a_shard_damaged_after_it_was_written_is_named_when_the_master_is_rebuilt(base, tmp_path):
-    """Bug: a shard damaged at the same size and newer than its master (a `cp -r` gone wrong)
+@pytest.mark.parametrize("another_shard_removed", [False, True])
+def test_a_rerun_rewrites_a_shard_damaged_in_place_since_the_master(base, store, another_shard_removed):
+    """Bugs: a shard damaged at the same size and newer than its master (a `cp -r` gone wrong)
     made the rerun rebuild the master and fail with "could not write master ...: Can't
-    synchronously read data", naming neither the shard nor the repair."""
-    out = tmp_path / "s.h5"
-    shutil.copy(base / "s.h5", out)
-    shutil.copytree(base / "s.shards", tmp_path / "s.shards")
-    shard = tmp_path / "s.shards" / "shard-00001.h5"
-    with h5py.File(shard, "r") as file:
-        where = file["clip"].id.get_chunk_info(0).byte_offset + 10  # inside the checksummed chunk
-    data = bytearray(shard.read_bytes())
-    data[where] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    later = out.stat().st_mtime + 10
-    os.utime(shard, (later, later))
-    result = run_cli(*extract_args(base, out))
-    said = output_text(result)
-    assert result.exit_code == 1 and f"{shard} cannot be read (" in said and "): if it is damaged, remove it and rerun " \
-        "the command that made the store" in said and "could not write master" not in said, said
-    shard.unlink()  # the repair the message gives
-    assert run_cli(*extract_args(base, out)).exit_code == 0
-    assert run_cli("info", out, "--verify").exit_code == 0
+    synchronously read data"; then it said to remove the shard by hand. And a rerun repairing
+    another, removed shard kept the damaged one, and its rebuilt master recorded the damaged
+    file's digest as the good one: --verify passed the checksums, and only --overwrite
+    (re-embedding everything) got the store back. The rerun now rewrites it."""
+    shards = store.parent / "s.shards"
+    flip_a_bit(shards / "shard-00001.h5")
+    later = store.stat().st_mtime + 10
+    os.utime(shards / "shard-00001.h5", (later, later))
+    assert "shard-00001.h5 does not match its recorded checksum" in output_text(run_cli("info", "--verify", store))
+    if another_shard_removed:
+        (shards / "shard-00002.h5").unlink()
+
+    result = run_cli(*extract_args(base, store))
+
+    assert result.exit_code == 0, result.output
+    assert run_cli("info", store, "--verify").exit_code == 0
+    with Store(store) as repaired, Store(base / "s.h5") as original:
+        np.testing.assert_array_equal(repaired.read("clip"), original.read("clip"))
 
 
 @pytest.mark.parametrize("new_shard_size", [100, 70])

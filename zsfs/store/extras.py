@@ -126,7 +126,10 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
     try:
         file = h5py.File(path, "r")
     except OSError as error:
-        raise StoreError(f"{path} is damaged ({error}); replace it (rerun the command that wrote it)") from None
+        # the commands that write one refuse to open it too: it must go first
+        writer = ("`zsfs neighbours`" if kind == schema.GRAPH_FORMAT
+                  else "the `zsfs text`, `zsfs extract` or `zsfs import` that wrote it")
+        raise StoreError(f"{path} is damaged ({error}); remove it, then rerun {writer}") from None
     try:
         check_structure(file, path)
         if file.attrs.get(schema.ATTR_FORMAT) != kind:

@@ -72,7 +72,9 @@ class Store:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).absolute()
+        given = Path(path).absolute()
+        # a link to a master in another folder: its shards are beside the master, not the link
+        self.path = given.resolve() if given.is_symlink() else given
         # Stamped before it is opened: a rebuild (shards first, the master last) that ends
         # after this point replaces the master, so check_unchanged sees it, however it interleaves.
         master_stamp = file_stamp(self.path)
@@ -335,10 +337,11 @@ class Store:
                 if file_sha256(folder / name) != expected:
                     raise StoreError(f"{self.path}: shard file {name} does not match its recorded checksum; it "
                                      f"is damaged: {self._how_to_repair('it')}")
-        checked = read_all(self._file, self.path)
-        for name in self.shard_files:
+        checked = 0
+        for name in self.shard_files:  # before the master, whose virtual datasets read them: name the file
             with h5py.File(folder / name, "r") as shard:
                 checked += read_all(shard, folder / name)
+        checked += read_all(self._file, self.path)
         extras = list(self._vocabulary_files.values())
         if self._graph_dataset() is not None and self._graph_file is not None:
             extras.append(schema.graph_file(self.data_dir))

@@ -27,6 +27,7 @@ from zsfs.store.files import (LOCK_SUFFIX, acquire_lock, new_hdf5, release_lock,
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_checked, write_strings
 from zsfs.digests import file_sha256
 from zsfs.store.index import EXACT_MAX
+from zsfs.store.integrity import read_all
 from zsfs.store.master import index_shards, opened_shards, write_master
 
 SIZE_DTYPE = np.int32
@@ -284,27 +285,43 @@ class StoreWriter:
 
     def master_is_current(self) -> bool:
         """True when the master exists and records every shard file as it is: a repair that
-        stopped between its shards and the master's rebuild leaves it stale. A shard file
-        written after the master must have the sha256 the master recorded (a copy, ``cp -r``,
-        makes every shard newer than its master without changing a byte; only those are hashed)."""
+        stopped between its shards and the master's rebuild leaves it stale."""
+        return self.master.is_file() and not self.shards_changed_since_master()
+
+    def shards_changed_since_master(self) -> list[int]:
+        """Shards whose file was written after the master and differs from the sha256 it recorded
+        (none without a master). A copy, ``cp -r``, makes every shard newer than its master
+        without changing a byte; only those newer files are hashed."""
         if not self.master.is_file():
-            return False
+            return []
         built = self.master.stat().st_mtime_ns
-        shards = (self.shard_path(shard) for shard in range(self.n_shards))
-        newer = [path for path in shards if path.is_file() and path.stat().st_mtime_ns > built]
-        if not newer:
-            return True
-        recorded = self._recorded(schema.SHARDS_SHA256, read_strings)
-        return all(path in recorded and recorded[path] == file_sha256(path) for path in newer)
+        newer = [shard for shard in range(self.n_shards)
+                 if self.shard_path(shard).is_file() and self.shard_path(shard).stat().st_mtime_ns > built]
+        recorded = self._recorded(schema.SHARDS_SHA256, read_strings) if newer else {}
+        return [shard for shard in newer if recorded.get(self.shard_path(shard)) != file_sha256(self.shard_path(shard))]
 
     def pending_shards(self, *, remove_tmp: bool = True) -> list[int]:
-        """Shards not yet completely written, or missing or cut short since the store's finished
-        master recorded them (a rerun repairs them). Removes leftover temporary files unless
+        """Shards not yet completely written, or missing, cut short or damaged since the store's
+        finished master recorded them (a rerun repairs them). Removes leftover temporary files unless
         ``remove_tmp=False`` (pass that when other processes write shards concurrently)."""
         if remove_tmp:
             self.remove_tmp_files()
         recorded = self.recorded_shard_bytes()
-        return [shard for shard in range(self.n_shards) if not self.shard_is_complete(shard, recorded)]
+        pending = [shard for shard in range(self.n_shards) if not self.shard_is_complete(shard, recorded)]
+        # changed in place since the master (same size): rewritten if a chunk fails its checksum,
+        # else the rebuilt master would record the damaged file's digest as the good one
+        changed = [shard for shard in self.shards_changed_since_master() if shard not in pending]
+        return sorted(pending + [shard for shard in changed if not self._reads_whole(shard)])
+
+    def _reads_whole(self, shard: int) -> bool:
+        """True when every dataset of the shard's file reads through its checksums."""
+        path = self.shard_path(shard)
+        try:
+            with h5py.File(path, "r") as file:
+                read_all(file, path)
+        except (OSError, StoreError):
+            return False
+        return True
 
     # -- writing --------------------------------------------------------------------------
     def write_shard(self, shard: int, data: ShardData) -> None:
