@@ -7,7 +7,7 @@
 Each ``--features`` folder is laid out like ``../shared/bench/fashion-mnist/`` (``clip.npy``,
 ``backbone.npy``, ``images.csv`` with a ``label`` column, ``vocab-*.npz``) and is imported once
 with ``zsfs import``; ``--synthetic`` adds synthetic stores (sizes of bench_fit.py's table).
-Three scenarios per store:
+Four scenarios per store:
 
 - ``full``: every listed class present. Zero-shot, ``--paper`` at k 5 and 16, the default at
   k 5 and 16, ``--fast``, the paper's cycles with zsfs' other defaults (``--method cycles``) and
@@ -18,6 +18,9 @@ Three scenarios per store:
   ``min`` column shows the worst draw) and the fraction of draws below it; the fraction of present
   images labelled with an absent class (``labelled absent``); precision and recall of the
   absent classes the fit reports.
+- ``small``: random samples of 200, 500 and 1,000 images of the store (``--draws`` each), every
+  listed class: zero-shot, ``--paper --k 16`` and the default's accuracy (a user's first, small
+  folder: with few images a training cycle is one batch, see docs/fit.md).
 - ``ood``: ``zsfs ood-bench``'s protocol (6 ID classes when there are 10, else 60 %; 5 splits)
   for the default and ``--paper``: AUROC and FPR95 of ``ood_score``, the paper score and MCM.
 
@@ -50,6 +53,7 @@ FULL_CONFIGS = {
 }
 ABSENT_CONFIGS = {"paper-k16": ("paper", {"k": 16}), "default-k16": ("default", {"k": 16})}
 OOD_CONFIGS = {"default": ("default", {}), "paper": ("paper", {})}
+SMALL_SIZES = (200, 500, 1_000)
 
 
 @dataclass
@@ -162,6 +166,29 @@ def run_absent(source: Source, draws: int, work: Path, record) -> None:
                     _remove(stale)
 
 
+def run_small(source: Source, draws: int, work: Path, record) -> None:
+    from zsfs.fit.run import fit_store
+    from zsfs.store import Store
+    from zsfs.testing.synthetic import rows_store
+
+    rng = np.random.default_rng(0)
+    with Store(source.store) as store:
+        for size in (size for size in SMALL_SIZES if size < store.n_images):
+            for draw in range(draws):
+                rows = np.sort(rng.choice(store.n_images, size, replace=False))
+                path = rows_store(store, source.vocabulary, rows, work / f"{source.name}-small-{size}-{draw}.h5",
+                                  f"sample of {store.path.name}: {size} images")
+                with Store(path) as sample:
+                    labels = np.asarray(sample.labels()).astype(str)
+                    for name, (preset, overrides) in ABSENT_CONFIGS.items():
+                        accuracy, zero_shot = accuracy_on(fit_store(sample, make_config(preset, overrides, 0),
+                                                                    source.vocabulary), labels)
+                        record(source.name, f"small-{size}", name, "accuracy", accuracy)
+                    record(source.name, f"small-{size}", "zero-shot", "accuracy", zero_shot)
+                for stale in work.glob(f"{path.stem}*"):
+                    _remove(stale)
+
+
 def run_ood(source: Source, record) -> None:
     from zsfs.oodbench import ood_bench
     from zsfs.store import Store
@@ -204,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", default="fashion", help="vocabulary of the feature folders [fashion]")
     parser.add_argument("--synthetic", default="", help=f"comma-separated synthetic sizes: {', '.join(SYNTHETIC)}")
     parser.add_argument("--seeds", type=int, default=3, help="fit seeds per configuration (full scenario) [3]")
-    parser.add_argument("--draws", type=int, default=4, help="draws per number of present classes [4]")
-    parser.add_argument("--scenarios", default="full,absent,ood", help="which of full,absent,ood [all]")
+    parser.add_argument("--draws", type=int, default=4,
+                        help="draws per number of present classes, and per sample size [4]")
+    parser.add_argument("--scenarios", default="full,absent,small,ood", help="which of full,absent,small,ood [all]")
     parser.add_argument("--work", type=Path, default=None, help="folder for imported stores [a temporary one]")
     parser.add_argument("--out", type=Path, default=Path("bench-quality"),
                         help="folder for quality.csv/json [./bench-quality]")
@@ -213,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = set(args.scenarios.split(","))
     if not args.features and not args.synthetic:
         parser.error("give at least one --features folder or --synthetic size")
-    for option, given, known in (("--scenarios", scenarios, ("full", "absent", "ood")),
+    for option, given, known in (("--scenarios", scenarios, ("full", "absent", "small", "ood")),
                                  ("--synthetic", filter(None, args.synthetic.split(",")), SYNTHETIC)):
         unknown = sorted(set(given) - set(known))
         if unknown:  # a typo ran nothing and wrote empty tables
@@ -240,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_full(source, args.seeds, record)
             if "absent" in scenarios:
                 run_absent(source, args.draws, work, record)
+            if "small" in scenarios:
+                run_small(source, args.draws, work, record)
             if "ood" in scenarios:
                 run_ood(source, record)
 
@@ -249,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
 
     pl.DataFrame(summary).write_csv(args.out / "quality.csv")
     (args.out / "quality.json").write_text(json.dumps({"summary": summary, "runs": rows}, indent=2) + "\n")
-    print(f"{'dataset':16} {'scenario':8} {'method':28} {'metric':24} {'mean ± std':>17} {'min':>8}  n")
+    print(f"{'dataset':16} {'scenario':10} {'method':28} {'metric':24} {'mean ± std':>17} {'min':>8}  n")
     for row in summary:
-        print(f"{row['dataset']:16} {row['scenario']:8} {row['method']:28} {row['metric']:24} "
+        print(f"{row['dataset']:16} {row['scenario']:10} {row['method']:28} {row['metric']:24} "
               f"{row['mean']:8.4f} ± {row['std']:.4f} {row['min']:8.4f}  {row['n']}")
     print(f"written: {args.out / 'quality.csv'}, {args.out / 'quality.json'}")
     return 0

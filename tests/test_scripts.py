@@ -94,6 +94,21 @@ def test_bench_quality_reports_the_default_against_the_paper_in_every_absent_dra
     assert summary["default-k16", "minus paper-k16"]["min"] == pytest.approx(min(margins))
 
 
+def test_bench_quality_fits_small_samples_of_the_store(tmp_path):
+    out, work = tmp_path / "quality", tmp_path / "work"
+    done = run(command(ROOT / "benchmarks/bench_quality.py") + [
+        "--synthetic", "2k", "--seeds", "1", "--draws", "1", "--scenarios", "small", "--work", str(work),
+        "--out", str(out)], tmp_path)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    runs = json.loads((out / "quality.json").read_text())["runs"]
+
+    measured = sorted((row["scenario"], row["method"]) for row in runs if row["metric"] == "accuracy")
+    assert measured == sorted((f"small-{size}", method) for size in (200, 500, 1000)
+                              for method in ("default-k16", "paper-k16", "zero-shot"))
+    assert all(0 < row["value"] <= 1 for row in runs)
+    assert sorted(path.name for path in work.iterdir()) == ["synthetic-2k.h5", "synthetic-2k.shards"]  # samples removed
+
+
 @pytest.mark.shared("bench/fashion-mnist")
 def test_make_second_map_gives_the_shared_features_another_vocabulary(tmp_path):
     import numpy as np

@@ -60,8 +60,8 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="--method cycles: epochs on the seeds before the cycles [20; paper: 100].")
 @click.option("--cycle-epochs", type=click.IntRange(min=0), default=None,
-              help="Epochs per cycle: each of the balanced method's 3 (>= 1), at most per cycle of --method "
-                   "cycles [5; paper: 20].")
+              help="Epochs per cycle: each of the balanced method's 3 (>= 1; more on a small collection, until "
+                   "its head has made 20 updates), at most per cycle of --method cycles [5; paper: 20].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size [512; paper: 16].")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Adam learning rate [2e-2; paper: 1e-3].")
 @click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="--method cycles: maximum cycles [19].")

@@ -172,15 +172,20 @@ def make_synthetic_store(path: str | Path, n_images: int, n_classes: int, *, n_o
 def subset_store(store: "Store", vocabulary: str, present: list[str], path: str | Path) -> Path:
     """A store of the images of ``store`` labelled with one of the ``present`` classes, with the
     full ``vocabulary`` (the absent-class scenario: listed classes the collection does not hold)."""
+    labels = np.asarray(store.labels()).astype(str)
+    return rows_store(store, vocabulary, np.flatnonzero(np.isin(labels, present)), path,
+                      f"subset of {store.path.name}: {len(present)} classes")
+
+
+def rows_store(store: "Store", vocabulary: str, rows: np.ndarray, path: str | Path, source: str) -> Path:
+    """A store of ``store``'s sorted ``rows`` (features, paths, labels) with its ``vocabulary``."""
     from zsfs.store.arrays import write_store
 
-    labels = np.asarray(store.labels()).astype(str)
-    rows = np.flatnonzero(np.isin(labels, present))
     vocab = store.vocabulary(vocabulary)
     return write_store(Path(path), clip=store.read("clip", rows), backbone=store.read("backbone", rows),
-                       paths=[str(p) for p in store.paths(rows)], labels=labels[rows].tolist(),
-                       clip_info=dict(store.clip_info), backbone_info=dict(store.backbone_info),
-                       source=f"subset of {store.path.name}: {len(present)} classes",
+                       paths=[str(p) for p in store.paths(rows)],
+                       labels=np.asarray(store.labels()).astype(str)[rows].tolist(),
+                       clip_info=dict(store.clip_info), backbone_info=dict(store.backbone_info), source=source,
                        vocabularies={vocabulary: (vocab.classes, vocab.single, vocab.ensemble)})
 
 
