@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -241,6 +243,7 @@ def test_a_store_is_not_written_into_a_renamed_stores_shards_but_reruns_under_an
         assert renamed.n_images > 0 and renamed.verify()
     (tmp_path / "y.h5").rename(tmp_path / "x.h5")
     (tmp_path / "x.hdf5").symlink_to(tmp_path / "x.h5")  # the same store under a second name
+    shutil.copy(tmp_path / "x.h5", tmp_path / "x-backup.h5")  # bug: a copy of the master blocked its rerun
     again = new_writer(tmp_path / "x.h5")  # its own rerun, and its own --overwrite, are not refused
     assert again.pending_shards() == []
     again.close()

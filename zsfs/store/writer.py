@@ -88,7 +88,8 @@ def check_own_shards_folder(master: Path) -> None:
     its shards in that folder: ``x.h5`` and ``x.hdf5`` (or ``x``) would share ``x.shards/``, as
     would ``y.h5`` renamed from ``x.h5``, and writing one would replace the other's shards. A link
     to a store is refused too: its store keeps its shards beside the file linked to, so a rerun
-    through the link would write a whole new store in place of the link."""
+    through the link would write a whole new store in place of the link. A copy of ``master``
+    (the same identity) is not another store: the rerun of ``master`` goes on."""
     master = Path(master).absolute()
     if master.is_symlink():
         raise StoreError(f"{master} is a link to {master.resolve()}; pass that path to write or update the store "
@@ -115,6 +116,8 @@ def check_own_shards_folder(master: Path) -> None:
         return
     for entry in entries:
         if master.exists() and os.path.samefile(entry, master):  # another name of this very store
+            continue
+        if master.is_file() and recorded_identity(entry) == recorded_identity(master):  # a copy of its master
             continue
         if folder.name in _shard_folders_of(entry):
             raise StoreError(f"{entry} keeps its shards in {folder.name}/, where {master.name} would write its own "
