@@ -284,8 +284,8 @@ def test_neighbour_search_choice(tmp_path, monkeypatch):
     from zsfs.testing.synthetic import make_synthetic_store
     from zsfs.store import Store
 
-    flat = make_synthetic_store(tmp_path / "flat.h5", 200, 4, clip_dim=16, backbone_dim=8, seed=0)
-    ivf = make_synthetic_store(tmp_path / "ivf.h5", 2000, 4, clip_dim=16, backbone_dim=8, seed=0, exact_max=1000)
+    flat = make_synthetic_store(tmp_path / "flat.h5", 200, 4, clip_dim=64, backbone_dim=8, seed=0)
+    ivf = make_synthetic_store(tmp_path / "ivf.h5", 2000, 4, clip_dim=64, backbone_dim=8, seed=0, exact_max=1000)
     cpu, cuda, bf16 = torch.device("cpu"), torch.device("cuda"), torch.bfloat16
     with Store(flat) as a, Store(ivf) as b:
         assert [neighbours.choose_search(a, cpu), neighbours.choose_search(a, cpu, bf16)] == ["faiss", "exact"]

@@ -327,6 +327,17 @@ def test_the_sampled_rows_hash_generates_each_synthetic_block_once():
     assert len(generated) == 4  # two blocks, once for the clip sample and once for the backbone's
 
 
+def test_a_synthetic_store_refuses_a_zero_shot_accuracy_it_cannot_reach():
+    """bug: with few CLIP dimensions the noise search ended at no noise, silently: every image of
+    a class had one CLIP row (neighbour and candidate rankings all ties) and zero-shot sat near chance."""
+    with pytest.raises(ValueError, match=r"clip_accuracy 0.6 is out of reach with clip_dim 32 and 3 classes "
+                                         r"\(noise-free zero-shot accuracy 0\.\d\d\)"):
+        SyntheticGenerator(100, 3, clip_dim=32, backbone_dim=8, seed=2)
+    reached = SyntheticGenerator(100, 3, clip_dim=64, backbone_dim=8, seed=2)
+    clip, _ = reached.rows(0, 100)
+    assert len(np.unique(clip[reached.labels() == reached.names[0]], axis=0)) > 1
+
+
 def test_a_rerun_repairs_shards_that_were_cut_short_removed_or_damaged(inputs):
     """Bug: the errors said "rerun the command that made it", but a rerun reused a cut-short shard
     and stopped on a missing one; now it writes those shards again, and only those."""

@@ -49,7 +49,7 @@ def photo_run(tmp_path_factory):
 def unlabelled_run(tmp_path_factory):
     """A run on a synthetic store without labels; its image paths are stand-ins (no files)."""
     work = tmp_path_factory.mktemp("report-synthetic")
-    store_path = make_synthetic_store(work / "s.h5", 200, 3, seed=2, labels=False, clip_dim=32, backbone_dim=64)
+    store_path = make_synthetic_store(work / "s.h5", 200, 3, seed=2, labels=False, clip_dim=64, backbone_dim=64)
     config = FitConfig(k=3, candidates=10, cycle_epochs=2)
     with Store(store_path) as store:
         return runs.save_run(fit_store(store, config), store, config, work / "run")
@@ -237,7 +237,7 @@ def test_a_run_not_saved_yet_renders_as_its_saved_copy(tmp_path):
     folder (AttributeError) when naming the page."""
     import zsfs
 
-    store_path = make_synthetic_store(tmp_path / "s.h5", 200, 3, seed=2, clip_dim=32, backbone_dim=64)
+    store_path = make_synthetic_store(tmp_path / "s.h5", 200, 3, seed=2, clip_dim=64, backbone_dim=64)
     run = zsfs.fit(store_path, k=3, candidates=10, cycle_epochs=2)
     page = render_report(run)
     saved = render_report(run.save(tmp_path / "run"))

@@ -335,7 +335,7 @@ def test_bench_quality_ood_rows_by_hand(tmp_path, monkeypatch):
                            for split in range(2)]}
 
     monkeypatch.setattr(zsfs.oodbench, "ood_bench", fake_bench)
-    store = make_synthetic_store(tmp_path / "s.h5", 40, 5, clip_dim=8, backbone_dim=8, seed=0)
+    store = make_synthetic_store(tmp_path / "s.h5", 40, 5, clip_dim=64, backbone_dim=8, seed=0)
     rows = []
     bench.run_ood(bench.Source("s", store, "synthetic"), lambda *row: rows.append(row))
     assert asked == [(3, 5, False), (3, 5, True)]  # 60 % of 5 classes ID, 5 splits; the default, then the paper

@@ -395,7 +395,7 @@ def test_self_training_balances_to_the_tempered_shares(absent_store, monkeypatch
 def test_more_than_4096_candidates_shrink_the_nearest_rank_with_the_reference(tmp_path):
     """Sun et al. scale k with the fraction of the reference kept: over 41 classes of 100 candidates
     (80 here) are cut to a 4,096-row reference, and the distance is to a nearer neighbour than the 20th."""
-    path = make_synthetic_store(tmp_path / "wide.h5", 16000, 80, seed=5, clip_dim=32, backbone_dim=32)
+    path = make_synthetic_store(tmp_path / "wide.h5", 16000, 80, seed=5, clip_dim=128, backbone_dim=32)
     with Store(path) as store:
         result = fit_store(store, FitConfig(cycle_epochs=1))
     assert len(result.classifier.ood_reference) == ood.MAX_REFERENCE_ROWS

@@ -84,6 +84,11 @@ class SyntheticGenerator:
         base = self.text[labels] + VISUAL_WEIGHT * self.visual[labels]
         noise = rng.standard_normal((CALIBRATION_ROWS, self.clip_dim), dtype=np.float32)
         text_part, noise_part = base @ self.text[: self.n_classes].T, noise @ self.text[: self.n_classes].T
+        best = np.mean(np.argmax(text_part, axis=1) == labels)
+        if best < target:  # the search would end at no noise: every image of a class the same CLIP row
+            raise ValueError(f"clip_accuracy {target} is out of reach with clip_dim {self.clip_dim} and "
+                             f"{self.n_classes} classes (noise-free zero-shot accuracy {best:.2f}); "
+                             "use a larger clip_dim or a lower clip_accuracy")
         low, high = 0.0, 10.0
         for _ in range(30):
             scale = (low + high) / 2
