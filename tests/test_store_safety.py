@@ -343,6 +343,22 @@ def test_a_link_to_the_master_from_another_folder_reads_the_store(store, tmp_pat
     assert run_cli("info", "--verify", link).exit_code == 0
     result = run_cli("fit", "--store", link, "--k", "2", "--candidates", "4", "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
+    # writes through the link take the real store's lock (they once locked a lock beside the link)
+    with lock_held_by_another_process(store):
+        for command in (("neighbours", link, "--k", "3"),
+                        ("text", link, "--classes", store.parent / "classes.txt", "--name", "more")):
+            said = output_text(run_cli(*command))
+            assert f"another zsfs process is writing {store}" in said, said
+    with Store(store) as unchanged:
+        assert "more" not in unchanged.vocabulary_names()
+
+
+def test_a_link_loop_in_place_of_a_store_is_a_one_line_error(tmp_path):
+    """bug: resolving it raised Python's RuntimeError (a traceback)."""
+    (tmp_path / "a.h5").symlink_to(tmp_path / "b.h5")
+    (tmp_path / "b.h5").symlink_to(tmp_path / "a.h5")
+    outcome = run_zsfs("info", tmp_path / "a.h5")
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
 
 
 def test_swapped_and_damaged_shards_are_refused(store):

@@ -274,6 +274,14 @@ if hasattr(os, "register_at_fork"):
 LOCK_SUFFIX = ".lock"
 
 
+def master_file(path: str | Path) -> Path:
+    """The absolute path of the store ``path`` names: a link to a master (in another folder, say)
+    names the master it links to, beside which its shards and its lock are. (``realpath``: a
+    link loop gives a path that does not exist, not an exception.)"""
+    given = Path(path).absolute()
+    return Path(os.path.realpath(given)) if given.is_symlink() else given
+
+
 def lock_path(master: Path) -> Path:
     return master.with_name(f".{master.name}{LOCK_SUFFIX}")
 
@@ -289,7 +297,7 @@ the file), so more than a few mean the file system does not keep a file's identi
 def acquire_lock(master: Path) -> Path:
     """Take the advisory lock that says "a zsfs process is writing this store" (reentrant
     within a process). Fails at once, with a clear message, while another process holds it."""
-    master = Path(master).absolute()
+    master = master_file(master)  # through a link too, the real store's lock
     lock = lock_path(master)
     if lock in _held:
         _held[lock][1] += 1

@@ -17,7 +17,7 @@ from zsfs.errors import StoreError, check_choice, one_line
 from zsfs.names import check_class_names, counted
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
-from zsfs.store.files import written_elsewhere
+from zsfs.store.files import master_file, written_elsewhere
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, string_view
 from zsfs.store.index import read_index_blocks
 from zsfs.digests import file_sha256
@@ -72,9 +72,7 @@ class Store:
     """
 
     def __init__(self, path: str | Path) -> None:
-        given = Path(path).absolute()
-        # a link to a master in another folder: its shards are beside the master, not the link
-        self.path = given.resolve() if given.is_symlink() else given
+        self.path = master_file(path)  # a link's store: shards beside the master, not the link
         # Stamped before it is opened: a rebuild (shards first, the master last) that ends
         # after this point replaces the master, so check_unchanged sees it, however it interleaves.
         master_stamp = file_stamp(self.path)
