@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from zsfs.digests import file_sha256
 from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import ShardData, Store, StoreWriter
 from zsfs.store import schema
@@ -250,7 +251,7 @@ def test_a_store_is_not_written_into_a_renamed_stores_shards_but_reruns_under_an
     new_writer(tmp_path / "x.h5", overwrite=True).close()
 
 
-def test_a_master_older_than_a_changed_shard_is_rebuilt_but_a_copied_store_keeps_its_master(tmp_path):
+def test_a_master_older_than_a_changed_shard_is_rebuilt_but_a_copied_store_keeps_its_master(tmp_path, monkeypatch):
     """docs/store.md: a master older than one of its shard files is rebuilt (a repair stopped
     before the master), unless each newer shard still has the sha256 the master recorded (cp -r)."""
     import os
@@ -264,7 +265,15 @@ def test_a_master_older_than_a_changed_shard_is_rebuilt_but_a_copied_store_keeps
     shard = writer.shard_path(1)
     later = master.stat().st_mtime + 10
     os.utime(shard, (later, later))  # what a copy does: newer, same bytes
-    new_writer(master).finish(ATTRS, shards_written=False)
+    from zsfs.store import writer as writer_module
+
+    hashed = []
+    monkeypatch.setattr(writer_module, "file_sha256", lambda path: hashed.append(path) or file_sha256(path))
+    rerun = new_writer(master)
+    assert rerun.pending_shards() == []
+    rerun.finish(ATTRS, shards_written=False)
+    assert hashed == [shard]  # bug: hashed again by finish (a full pass over a big store per rerun)
+    monkeypatch.undo()
     with Store(master) as store:
         assert store.build == first_build
     size = shard.stat().st_size
@@ -277,6 +286,31 @@ def test_a_master_older_than_a_changed_shard_is_rebuilt_but_a_copied_store_keeps
         assert store.build != first_build
         assert store.verify()["shards"] == 3
         assert 4321 in store.read("width")
+
+
+def test_a_shard_damaged_anywhere_since_its_master_is_rewritten_or_kept_never_a_crash(tmp_path):
+    """bug: damage in a shard's HDF5 metadata (not its checksummed chunks) made the check whether a
+    changed shard still reads whole raise h5py's RuntimeError or KeyError: a traceback, no repair."""
+    import os
+
+    master = tmp_path / "s.h5"
+    writer = new_writer(master)
+    write_all(writer)
+    writer.finalize(ATTRS)
+    shard = writer.shard_path(1)
+    good = shard.read_bytes()
+    rng = np.random.default_rng(0)
+    later = master.stat().st_mtime + 10
+    pending = 0
+    for offset in range(0, len(good) - 16, max(1, len(good) // 300)):
+        damaged = bytearray(good)
+        damaged[offset : offset + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+        shard.write_bytes(bytes(damaged))
+        os.utime(shard, (later, later))
+        rerun = new_writer(master, lock=False)
+        pending += rerun.pending_shards(remove_tmp=False) == [1]
+        rerun.close()
+    assert pending > 0  # the damage that reads as damage is found
 
 
 def test_a_row_that_overflows_float16_is_refused_as_stored(tmp_path):

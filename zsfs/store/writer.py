@@ -114,10 +114,11 @@ def check_own_shards_folder(master: Path) -> None:
                    and (entry.suffix.lower() in HDF5_SUFFIXES or schema.shard_dir(entry) == folder)]
     except OSError:  # an unlistable folder: the write itself will say what is wrong
         return
+    identity = recorded_identity(master) if master.is_file() else {}
     for entry in entries:
         if master.exists() and os.path.samefile(entry, master):  # another name of this very store
             continue
-        if master.is_file() and recorded_identity(entry) == recorded_identity(master):  # a copy of its master
+        if identity and recorded_identity(entry) == identity:  # a copy of its master
             continue
         if folder.name in _shard_folders_of(entry):
             raise StoreError(f"{entry} keeps its shards in {folder.name}/, where {master.name} would write its own "
@@ -180,6 +181,7 @@ class StoreWriter:
         self.n_items, self.shard_size, self.dtype = int(n_items), int(shard_size), dtype
         self.n_shards = math.ceil(n_items / shard_size)
         self._release = lambda: None
+        self._digests: dict[Path, tuple[tuple, str]] = {}
         if lock:
             held = acquire_lock(self.master)
             self._release = weakref.finalize(self, release_lock, held)
@@ -226,11 +228,13 @@ class StoreWriter:
             try:
                 with h5py.File(path, "r") as file:
                     identity = read_identity(file)
-            except OSError:
+            except Exception:  # unreadable, or damaged metadata (h5py's RuntimeError, a garbled identity)
                 if path == self.master:
                     raise StoreError(f"{path} exists and is not a readable zsfs store; "
                                      "pass --overwrite to replace it or choose another output") from None
                 continue  # a damaged shard is simply rewritten
+            if identity is None and path != self.master:
+                continue  # so is one whose identity was lost: zsfs writes none without
             if identity != self.identity:
                 raise mismatch_error(path, identity, self.identity)
 
@@ -283,7 +287,7 @@ class StoreWriter:
                     and attrs.get(schema.ATTR_STOP) == stop
                     and all(name in file for name in schema.VIRTUAL_DATASETS)
                 )
-        except OSError:
+        except Exception:  # damaged metadata fails in h5py as RuntimeError, KeyError, ...: written again
             return False
 
     def master_is_current(self) -> bool:
@@ -301,7 +305,16 @@ class StoreWriter:
         newer = [shard for shard in range(self.n_shards)
                  if self.shard_path(shard).is_file() and self.shard_path(shard).stat().st_mtime_ns > built]
         recorded = self._recorded(schema.SHARDS_SHA256, read_strings) if newer else {}
-        return [shard for shard in newer if recorded.get(self.shard_path(shard)) != file_sha256(self.shard_path(shard))]
+        return [shard for shard in newer if recorded.get(self.shard_path(shard)) != self._sha256(self.shard_path(shard))]
+
+    def _sha256(self, path: Path) -> str:
+        """``path``'s sha256, hashed once while its size and time stay the same (a rerun asks
+        twice: which shards to write, then whether the master is current)."""
+        info = path.stat()
+        key = (info.st_size, info.st_mtime_ns, info.st_ino)
+        if self._digests.get(path, (None,))[0] != key:
+            self._digests[path] = (key, file_sha256(path))
+        return self._digests[path][1]
 
     def pending_shards(self, *, remove_tmp: bool = True) -> list[int]:
         """Shards not yet completely written, or missing, cut short or damaged since the store's
@@ -322,7 +335,7 @@ class StoreWriter:
         try:
             with h5py.File(path, "r") as file:
                 read_all(file, path)
-        except (OSError, StoreError):
+        except Exception:  # damaged metadata fails in h5py as RuntimeError, KeyError, ...: not whole either
             return False
         return True
 
