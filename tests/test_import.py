@@ -333,6 +333,8 @@ def test_a_synthetic_store_refuses_a_zero_shot_accuracy_it_cannot_reach():
     with pytest.raises(ValueError, match=r"clip_accuracy 0.6 is out of reach with clip_dim 32 and 3 classes "
                                          r"\(noise-free zero-shot accuracy 0\.\d\d\)"):
         SyntheticGenerator(100, 3, clip_dim=32, backbone_dim=8, seed=2)
+    with pytest.raises(ValueError, match="clip_accuracy 1.0 needs a noise-free store"):
+        SyntheticGenerator(100, 3, clip_dim=64, backbone_dim=8, seed=2, clip_accuracy=1.0)
     reached = SyntheticGenerator(100, 3, clip_dim=64, backbone_dim=8, seed=2)
     clip, _ = reached.rows(0, 100)
     assert len(np.unique(clip[reached.labels() == reached.names[0]], axis=0)) > 1

@@ -94,6 +94,8 @@ class SyntheticGenerator:
             scale = (low + high) / 2
             accuracy = np.mean(np.argmax(text_part + scale * noise_part, axis=1) == labels)
             low, high = (scale, high) if accuracy > target else (low, scale)
+        if high < 1e-6:  # e.g. clip_accuracy 1.0: no noise at all, one CLIP row per class
+            raise ValueError(f"clip_accuracy {target} needs a noise-free store; choose a lower one")
         return (low + high) / 2
 
     def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
