@@ -359,6 +359,11 @@ def test_a_link_loop_in_place_of_a_store_is_a_one_line_error(tmp_path):
     (tmp_path / "b.h5").symlink_to(tmp_path / "a.h5")
     outcome = run_zsfs("info", tmp_path / "a.h5")
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32))
+    (tmp_path / "paths.csv").write_text("path\n" + "".join(f"{i}.jpg\n" for i in range(10)))
+    outcome = run_zsfs("import", tmp_path / "a.h5", "--clip-embeddings", tmp_path / "rows.npy",
+                       "--backbone-features", tmp_path / "rows.npy", "--paths", tmp_path / "paths.csv")
+    assert outcome.returncode == 1 and outcome.problems == [] and "is a link to" in outcome.output, outcome.output
 
 
 def test_swapped_and_damaged_shards_are_refused(store):

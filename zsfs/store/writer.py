@@ -22,7 +22,7 @@ import numpy as np
 
 from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import schema
-from zsfs.store.files import (LOCK_SUFFIX, acquire_lock, new_hdf5, release_lock, remove_file, remove_leftover_temp_files,
+from zsfs.store.files import (LOCK_SUFFIX, acquire_lock, master_file, new_hdf5, release_lock, remove_file, remove_leftover_temp_files,
                               temp_files_of, written_elsewhere)
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_checked, write_strings
 from zsfs.digests import file_sha256
@@ -92,7 +92,7 @@ def check_own_shards_folder(master: Path) -> None:
     (the same identity) is not another store: the rerun of ``master`` goes on."""
     master = Path(master).absolute()
     if master.is_symlink():
-        raise StoreError(f"{master} is a link to {master.resolve()}; pass that path to write or update the store "
+        raise StoreError(f"{master} is a link to {master_file(master)}; pass that path to write or update the store "
                          "(a store is written where its master file lies)")
     folder = schema.shard_dir(master)
     if folder.parent == master.parent and folder.name.casefold() == master.name.casefold():  # x.shards (x.SHARDS
@@ -302,19 +302,20 @@ class StoreWriter:
         if not self.master.is_file():
             return []
         built = self.master.stat().st_mtime_ns
-        newer = [shard for shard in range(self.n_shards)
-                 if self.shard_path(shard).is_file() and self.shard_path(shard).stat().st_mtime_ns > built]
+        paths = {shard: self.shard_path(shard) for shard in range(self.n_shards)}
+        newer = [shard for shard, path in paths.items() if path.is_file() and path.stat().st_mtime_ns > built]
         recorded = self._recorded(schema.SHARDS_SHA256, read_strings) if newer else {}
-        return [shard for shard in newer if recorded.get(self.shard_path(shard)) != self._sha256(self.shard_path(shard))]
+        return [shard for shard in newer if recorded.get(paths[shard]) != self._sha256(paths[shard])]
 
     def _sha256(self, path: Path) -> str:
         """``path``'s sha256, hashed once while its size and time stay the same (a rerun asks
         twice: which shards to write, then whether the master is current)."""
         info = path.stat()
         key = (info.st_size, info.st_mtime_ns, info.st_ino)
-        if self._digests.get(path, (None,))[0] != key:
-            self._digests[path] = (key, file_sha256(path))
-        return self._digests[path][1]
+        known = self._digests.get(path)
+        if known is None or known[0] != key:
+            known = self._digests[path] = (key, file_sha256(path))
+        return known[1]
 
     def pending_shards(self, *, remove_tmp: bool = True) -> list[int]:
         """Shards not yet completely written, or missing, cut short or damaged since the store's
