@@ -35,10 +35,16 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from zsfs.store import Store
 
 SYNTHETIC = {"2k": (2_000, 10), "10k": (10_000, 100)}
 FULL_CONFIGS = {
@@ -134,7 +140,7 @@ def run_absent(source: Source, draws: int, work: Path, record) -> None:
             for draw in range(draws):
                 present = sorted(rng.choice(classes, size, replace=False).tolist())
                 path = subset_store(store, source.vocabulary, present, work / f"{source.name}-absent-{size}-{draw}.h5")
-                with Store(path) as subset:
+                with temporary_store(path) as subset:
                     labels = np.asarray(subset.labels()).astype(str)
                     results = {name: fit_store(subset, make_config(preset, overrides, 0), source.vocabulary)
                                for name, (preset, overrides) in ABSENT_CONFIGS.items()}
@@ -162,8 +168,6 @@ def run_absent(source: Source, draws: int, work: Path, record) -> None:
                     margin = accuracies["default-k16"] - accuracies["paper-k16"]
                     record(source.name, "absent", "default-k16", "minus paper-k16", margin)
                     record(source.name, "absent", "default-k16", "draws below paper-k16", float(margin < 0))
-                for stale in work.glob(f"{path.stem}*"):
-                    _remove(stale)
 
 
 def run_small(source: Source, draws: int, work: Path, record) -> None:
@@ -178,15 +182,13 @@ def run_small(source: Source, draws: int, work: Path, record) -> None:
                 rows = np.sort(rng.choice(store.n_images, size, replace=False))
                 path = rows_store(store, source.vocabulary, rows, work / f"{source.name}-small-{size}-{draw}.h5",
                                   f"sample of {store.path.name}: {size} images")
-                with Store(path) as sample:
+                with temporary_store(path) as sample:
                     labels = np.asarray(sample.labels()).astype(str)
                     for name, (preset, overrides) in ABSENT_CONFIGS.items():
                         accuracy, zero_shot = accuracy_on(fit_store(sample, make_config(preset, overrides, 0),
                                                                     source.vocabulary), labels)
                         record(source.name, f"small-{size}", name, "accuracy", accuracy)
                     record(source.name, f"small-{size}", "zero-shot", "accuracy", zero_shot)
-                for stale in work.glob(f"{path.stem}*"):
-                    _remove(stale)
 
 
 def run_ood(source: Source, record) -> None:
@@ -206,6 +208,19 @@ def run_ood(source: Source, record) -> None:
                     for metric in ("auroc", "fpr95"):
                         record(source.name, "ood", f"{name}: {detector}", metric, values[metric])
                 record(source.name, "ood", name, "ID accuracy", split["id_accuracy"])
+
+
+@contextmanager
+def temporary_store(master: Path) -> Iterator["Store"]:
+    """The store ``master``, open; its master and shards are removed afterwards."""
+    from zsfs.store import Store
+
+    try:
+        with Store(master) as store:
+            yield store
+    finally:
+        for stale in master.parent.glob(f"{master.stem}*"):
+            _remove(stale)
 
 
 def _remove(path: Path) -> None:
