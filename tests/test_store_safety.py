@@ -81,19 +81,36 @@ def test_full_disk_during_text_keeps_the_old_vocabulary(store):
         assert reopened.vocabulary("default").classes == CLASSES
 
 
-def test_a_damaged_vocabulary_file_says_how_to_get_it_back(store):
-    """bug: the message said to rerun the command that wrote it, which failed with the same message."""
-    vocabulary = next((store.parent / "s.shards").glob("vocab-*.h5"))
+def test_a_damaged_vocabulary_file_leaves_the_others_usable_and_says_how_to_get_it_back(store, tmp_path):
+    """bug: the message said to rerun the command that wrote it, which failed with the same message.
+    bug: one damaged vocabulary file stopped the store from opening: `info`, and fits on its other
+    vocabularies, failed too (the file's name is a digest: its vocabulary cannot be told)."""
+    classes = store.parent / "classes.txt"
+    assert run_cli("text", store, "--classes", classes, "--name", "other").exit_code == 0
+    vocabulary = schema.vocabulary_file(store.parent / "s.shards", "default")
     vocabulary.write_bytes(b"garbage")
-    for command in (("info", store), ("text", store, "--classes", store.parent / "classes.txt", "--name", "default",
-                                      "--overwrite")):
-        said = output_text(run_cli(*command))
-        assert f"{vocabulary} is damaged (" in said and "remove it, then rerun the `zsfs text`" in said, said
+    damaged = f"{vocabulary} is damaged ("
 
-    vocabulary.unlink()  # as it says
-    assert run_cli("text", store, "--classes", store.parent / "classes.txt", "--name", "default").exit_code == 0
+    shown = run_cli("info", store)
+    assert shown.exit_code == 0 and damaged in output_text(shown) and "other" in output_text(shown), output_text(shown)
+    with Store(store) as opened:
+        assert opened.vocabulary_names() == ["other"]
+        assert list(opened.unreadable_vocabularies) == [str(vocabulary)]
+        assert "remove it, then rerun the `zsfs text`" in opened.unreadable_vocabularies[str(vocabulary)]
+        with pytest.raises(StoreError, match=r"no vocabulary 'default' \(available: other\); 1 vocabulary file could "
+                                             r"not be read, maybe that one: .* is damaged \("):
+            opened.vocabulary("default")
+        with pytest.raises(StoreError, match="is damaged"):
+            opened.verify()
+    verified = run_cli("info", "--verify", store)
+    assert verified.exit_code == 1 and damaged in output_text(verified), output_text(verified)
+    fitted = run_cli("fit", "--store", store, "--vocab", "other", "--k", "2", "--out", tmp_path / "run")
+    assert fitted.exit_code == 0, output_text(fitted)
+
+    assert run_cli("text", store, "--classes", classes, "--name", "default").exit_code == 0  # writes it anew
     with Store(store) as repaired:
-        assert repaired.vocabulary("default").classes == CLASSES
+        assert repaired.vocabulary("default").classes == CLASSES and repaired.unreadable_vocabularies == {}
+        repaired.verify()
 
 
 def test_full_disk_during_neighbours_keeps_the_old_graph_and_reruns_reclaim_space(store):

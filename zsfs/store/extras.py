@@ -146,16 +146,25 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
     return file
 
 
-def vocabulary_files(shards: Path, identity: dict) -> dict[str, Path]:
-    """Vocabulary name -> file, for every vocabulary file in the store's shard folder."""
-    found = {}
+def vocabulary_files(shards: Path, identity: dict) -> tuple[dict[str, Path], dict[Path, str]]:
+    """Every vocabulary file in the store's shard folder: ``(name -> file, unreadable file -> why)``.
+
+    A file that cannot be read (damaged, another store's, misnamed) is set aside with its reason
+    rather than raised: its file name is a digest, so its vocabulary is unknown, and the store's
+    other vocabularies must stay usable (``Store.vocabulary`` and ``zsfs info`` name it)."""
+    found, unreadable = {}, {}
     for path in sorted(shards.glob(f"{schema.VOCAB_FILE_PREFIX}*{schema.SHARD_SUFFIX}")):
-        with open_extra(path, schema.VOCAB_FORMAT, identity) as file:
-            name = str(file.attrs.get(schema.ATTR_NAME, ""))
+        try:
+            with open_extra(path, schema.VOCAB_FORMAT, identity) as file:
+                name = str(file.attrs.get(schema.ATTR_NAME, ""))
+        except StoreError as error:
+            unreadable[path] = str(error)
+            continue
         if path != schema.vocabulary_file(shards, name):
-            raise StoreError(f"{path} holds vocabulary {name!r} under another name; remove it")
+            unreadable[path] = f"{path} holds vocabulary {name!r} under another name; remove it"
+            continue
         found[name] = path
-    return found
+    return found, unreadable
 
 
 def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndarray:

@@ -83,7 +83,9 @@ class Store:
             with self._rebuild_named():  # a shard or vocabulary "of another store", met halfway through a rebuild
                 self._read_metadata()
                 self._check_shards()
-                self._vocabulary_files = vocabulary_files(self.data_dir, self.identity)
+                self._vocabulary_files, self._unreadable_vocabularies = vocabulary_files(self.data_dir, self.identity)
+                if self._unreadable_vocabularies:
+                    self.check_unchanged()  # a file "of another store" met halfway through a rebuild: name the rebuild
             self._opened_stamps = [master_stamp, *self._file_stamps()[1:]]  # the shards' stamps, now they are known
         except BaseException:
             self._master.close()
@@ -276,11 +278,21 @@ class Store:
                     "text embeddings; finished shards are reused)")
         return f"`zsfs text {self.path.name} --classes FILE --vocab NAME`"
 
+    @property
+    def unreadable_vocabularies(self) -> dict[str, str]:
+        """Vocabulary file -> why it cannot be read (damaged, another store's): set aside when the
+        store was opened, so that the other vocabularies stay usable; ``verify`` fails on them."""
+        return {str(path): why for path, why in self._unreadable_vocabularies.items()}
+
     def vocabulary(self, name: str) -> Vocabulary:
         names = self.vocabulary_names()
         if name not in names:
             available = ", ".join(names) if names else f"none; add one with {self.how_to_add_a_vocabulary()}"
-            raise StoreError(f"{self.path.name} has no vocabulary {name!r} (available: {available})")
+            unreadable = ""
+            if self._unreadable_vocabularies:  # it may be the one in a damaged file (a digest names it)
+                unreadable = (f"; {counted(len(self._unreadable_vocabularies), 'vocabulary file')} could not be read, "
+                              f"maybe that one: {next(iter(self._unreadable_vocabularies.values()))}")
+            raise StoreError(f"{self.path.name} has no vocabulary {name!r} (available: {available}){unreadable}")
         if name not in self._vocabulary_files:
             return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path)
         with self._rebuild_named(), open_extra(self._vocabulary_files[name], schema.VOCAB_FORMAT, self.identity) as file:
@@ -340,6 +352,8 @@ class Store:
             with h5py.File(folder / name, "r") as shard:
                 checked += read_all(shard, folder / name)
         checked += read_all(self._file, self.path)
+        if self._unreadable_vocabularies:
+            raise StoreError(next(iter(self._unreadable_vocabularies.values())))
         extras = list(self._vocabulary_files.values())
         if self._graph_dataset() is not None and self._graph_file is not None:
             extras.append(schema.graph_file(self.data_dir))
@@ -378,6 +392,7 @@ class Store:
             "clip": model(self.clip_info),
             "backbone": model(self.backbone_info),
             "vocabularies": {name: self.vocabulary(name).classes for name in self.vocabulary_names()},
+            "unreadable_vocabularies": self.unreadable_vocabularies,  # file -> why ({} when none)
             "n_shards": self.n_shards,
             "index": self.index_info,
             "neighbour_graph": self.graph_info,
