@@ -436,7 +436,7 @@ def test_an_output_linked_into_a_read_only_folder_is_refused_before_the_work(fit
 
 
 def test_bad_inputs_are_clear_errors(fitted, tmp_path):
-    with pytest.raises(ZsfsError, match="not a folder"):
+    with pytest.raises(ZsfsError, match="no-such-run does not exist"):
         predict_images(tmp_path / "no-such-run", [fitted["photos"]["root"]])
     with pytest.raises(ZsfsError, match="does not exist"):
         predict_images(fitted["run"], [tmp_path / "missing.jpg"])
@@ -448,7 +448,7 @@ def test_bad_inputs_are_clear_errors(fitted, tmp_path):
 
     result = run_cli("predict", "--run", tmp_path / "no-such-run", tmp_path)
     assert result.exit_code == 1
-    assert "Error:" in result.output and "not a folder" in result.output
+    assert "Error:" in result.output and "no-such-run does not exist" in output_text(result)
 
 
 def test_cli_without_out_says_how_to_get_the_rows_the_table_leaves_out(fitted):

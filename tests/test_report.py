@@ -182,6 +182,17 @@ def test_a_run_whose_store_is_gone_says_so_in_one_sentence(photo_run, tmp_path):
     assert f"the store {tmp_path / 'gone.h5'} cannot be opened, so the image paths could not be located." in note
 
 
+def test_predictions_of_another_run_are_one_clear_line(photo_run, unlabelled_run, tmp_path):
+    """Bug: a run folder holding another run's predictions.parquet gave an IndexError traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    shutil.copy(unlabelled_run / runs.PREDICTIONS, run / runs.PREDICTIONS)
+    result = run_cli("report", run)
+    said = output_text(result)
+    assert result.exit_code == 1 and "Traceback" not in said, said
+    assert "predictions.parquet holds 200 rows, but the run was fitted on" in said and "another run's file" in said
+
+
 def test_a_report_that_cannot_be_written_is_one_clear_line(photo_run, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     result = run_cli("report", photo_run, "--out", tmp_path / "file" / "report.html")
@@ -298,6 +309,8 @@ def test_report_of_what_is_not_a_run_is_a_clear_error(tmp_path):
     (tmp_path / "x.h5").write_bytes(b"")  # bug: "cannot write the report x.h5/report.html: x.h5 is a file"
     result = run_cli("report", tmp_path / "x.h5")
     assert result.exit_code == 1 and "is not a folder; pass a run folder" in result.output
+    result = run_cli("report", tmp_path / "gone")  # bug: "is not a folder"
+    assert result.exit_code == 1 and "gone does not exist; pass a run folder" in output_text(result)
     result = run_cli("report", tmp_path, "--per-class", "0")
     assert result.exit_code == 2 and "--per-class" in result.output
     with pytest.raises(ZsfsError, match="^per_class must be at least 1, not 0$"):
@@ -414,6 +427,15 @@ def test_a_store_rebuilt_since_the_fit_does_not_name_the_images(tmp_path):
     page = render_report(run, images=photos["root"])  # the run's own names, under the folder it saw
     shown = gallery_items(page)
     assert shown > 0 and page.count('<img class="thumb"') == shown
+
+    # Bug: rebuilt from another folder, without --images the page showed that folder's files of
+    # the same names (other images) as the fitted ones, and no note.
+    other = write_image_folder(tmp_path / "other", n_per_class=6, broken=False, seed=2)
+    extract(other["root"], store_path, workers=0, overwrite=True, **TINY_MODELS)
+    page = render_report(run)
+    note = re.search(r'<p class="note">([^<]*)', page).group(1)
+    assert page.count('<img class="thumb"') == 0 and gallery_items(page) > 0
+    assert f"the store {store_path} was rebuilt since the fit (its content differs)" in html.unescape(note)
 
 
 def test_fit_report_on_a_full_disk_says_the_run_is_saved_and_how_to_write_the_report(tmp_path):
@@ -539,12 +561,11 @@ def test_a_run_on_a_list_file_looks_its_images_up_beside_the_list(photo_run, tmp
     photos = tmp_path / "photos"
     shutil.copytree(photo_run.parent / "photos", photos)
     frame = pl.read_parquet(photo_run / runs.PREDICTIONS)
-    (photos / "list.txt").write_text(frame["path"][0] + "\n")
-    store = extract(photos / "list.txt", tmp_path / "list.h5", workers=0, **TINY_MODELS).output
-    run = tmp_path / "run"
-    shutil.copytree(photo_run, run)
-    config = json.loads((run / runs.CONFIG).read_text())
-    config["store"]["path"] = str(store)  # another store: the run's own paths, under the store's source folder
-    (run / runs.CONFIG).write_text(json.dumps(config))
+    (photos / "list.txt").write_text("".join(f"{path}\n" for path in frame["path"]))
+    store_path = extract(photos / "list.txt", tmp_path / "list.h5", workers=0, **TINY_MODELS).output
+    (tmp_path / "classes.txt").write_text("\n".join(json.loads((photo_run / runs.CONFIG).read_text())["classes"]))
+    assert run_cli("text", store_path, "--classes", tmp_path / "classes.txt", "--name", "default").exit_code == 0
+    with Store(store_path) as store:
+        run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
     page = render_report(run)
     assert 'class="note"' not in page and page.count('<img class="thumb"') == gallery_items(page) > 0

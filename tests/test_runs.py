@@ -61,7 +61,7 @@ def test_a_saved_run_reads_back(run_dir):
 
 
 def test_loading_what_is_not_a_run_is_a_clear_error(run_dir, tmp_path):
-    with pytest.raises(ZsfsError, match="not a folder"):
+    with pytest.raises(ZsfsError, match="missing does not exist; pass a run folder"):
         runs.load_run(tmp_path / "missing")
     with pytest.raises(ZsfsError, match="has no config.json"):
         runs.load_run(tmp_path)

@@ -152,6 +152,9 @@ def image_locations(run: FittedRun, images: str | Path | None,
         return Path(images), f"image paths were looked up from --images {images}", exact
     if source is None:
         return None, f"the store {store_path} cannot be opened, so the image paths could not be located", None
+    if not fitted_on:  # its source may be another folder, whose files of the same names are other images
+        return None, (f"the store {store_path} was rebuilt since the fit (its content differs), so its images may "
+                      "not be the ones fitted and are not shown"), None
     return (source if source.is_dir() else source.parent), f"image paths were looked up from the store's source {source}", exact
 
 

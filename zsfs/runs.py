@@ -247,9 +247,14 @@ class FittedRun:
         if not path.is_file():
             raise ZsfsError(f"{self.path} has no {PREDICTIONS}; is it a run folder written by `zsfs fit`?")
         try:
-            return read_parquet(path, columns)
+            frame = read_parquet(path, columns)
         except (OSError, pl.exceptions.PolarsError) as error:
             raise ZsfsError(f"{path} is unreadable ({error}); rerun `zsfs fit`") from None
+        fitted = (self.config.get("store") or {}).get("n_images")
+        if isinstance(fitted, int) and frame.height != fitted:  # one row per store image, in store order
+            raise ZsfsError(f"{path} holds {frame.height:,} rows, but the run was fitted on {fitted:,} images "
+                            f"({CONFIG}): it is another run's file; rerun `zsfs fit`")
+        return frame
 
     def save(self, run_dir: str | Path) -> "FittedRun":
         """Write the run folder ``run_dir`` (complete or absent; never over an existing one); the
@@ -307,7 +312,8 @@ def load_run(run_dir: str | Path) -> FittedRun:
     ``.predict_images(paths)``, ``.predictions``, ``.metrics``, ``.config``; ZsfsError when it is not one."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ZsfsError(f"{run_dir} is not a folder; pass a run folder written by `zsfs fit --out RUN_DIR`")
+        problem = "is not a folder" if run_dir.exists() else "does not exist"
+        raise ZsfsError(f"{run_dir} {problem}; pass a run folder written by `zsfs fit --out RUN_DIR`")
     config = _read_json(run_dir / CONFIG, required=True)
     classes = config.get("classes")
     if not (isinstance(classes, list) and classes and all(isinstance(name, str) for name in classes)):

@@ -227,7 +227,7 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
         console.print(vocabularies)
     else:
         console.print(f"No vocabularies yet: add one with {shown(vocabulary_advice)}.")
-    for why in summary["unreadable_vocabularies"].values():
+    for why in summary.get("unreadable_vocabularies", {}).values():
         console.print(f"[yellow]Note:[/] a vocabulary file cannot be read: {shown(why)}", soft_wrap=True)
 
 
