@@ -29,7 +29,7 @@ from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
-from zsfs.testing.processes import parent_pid, titled
+from zsfs.testing.processes import ancestors, parent_pid, titled
 from zsfs.testing.hooks import (CRASH_VARIABLE, DELAY_VARIABLE, HANG_VARIABLE, HUNG_SECONDS_VARIABLE,
                                 LOAD_DELAY_VARIABLE)
 
@@ -127,6 +127,26 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     assert {name: (shards / name).stat().st_mtime_ns for name in finished} == finished  # kept, not redone
     assert_same_store(out, photos["local"])
     assert not list(shards.glob("*.tmp"))  # the killed worker's half-written file is gone
+
+
+def test_sigterm_while_the_driver_waits_on_ray_stops_as_sigterm(photos, tmp_path):
+    """Bug: SIGTERM landing while the driver waited inside Ray's C++ code (ray.get, ray.wait) came
+    back from Ray as a plain KeyboardInterrupt: exit 130 and "Interrupted.", where `timeout` and
+    Slurm expect 143 and the README says "Terminated (SIGTERM).". Here it lands while the
+    workers of `--ray local` (a Ray instance of the driver's own) load the models."""
+    args = ["extract", str(photos["root"]), "--out", str(tmp_path / "ray.h5"), *TINY_MODEL_ARGS, "--ray", "local",
+            "--ray-workers", "1"]
+    driver = subprocess.Popen([sys.executable, "-c", f"from zsfs.cli import main; main({args!r})"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while driver.poll() is None and time.monotonic() < deadline and not any(
+            driver.pid in ancestors(pid) for pid in titled(b"ray::_ShardWorker")):
+        time.sleep(0.01)
+    assert driver.poll() is None, driver.stderr.read().decode()
+    driver.send_signal(signal.SIGTERM)
+    said = driver.communicate(timeout=120)[1].decode()
+    assert driver.returncode == 128 + signal.SIGTERM, said
+    assert "Terminated (SIGTERM). Nothing half-written was left; a rerun resumes where this one stopped." in said
 
 
 def test_a_killed_decoding_process_costs_only_its_shard(cluster, photos, tmp_path):

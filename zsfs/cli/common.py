@@ -77,7 +77,7 @@ class ZsfsGroup(click.Group):
             sys.exit(1)
         except KeyboardInterrupt as stop:
             resumes = ctx.invoked_subcommand in RESUMING_COMMANDS
-            terminated = isinstance(stop, Terminated)
+            terminated = isinstance(stop, Terminated) or _SIGTERM_RECEIVED.is_set()
             kept = getattr(stop, "kept", None)  # see kept_if_interrupted
             overwriting = ctx.meta.get(OVERWRITING, False)
             resume = RESUME_WITHOUT_OVERWRITE if overwriting else "a rerun resumes where this one stopped"
@@ -119,6 +119,7 @@ def _sigterm_stops_cleanly() -> Iterator[None]:
             signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
+    _SIGTERM_RECEIVED.clear()
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
@@ -126,7 +127,13 @@ def _sigterm_stops_cleanly() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+_SIGTERM_RECEIVED = threading.Event()
+"""Set by the SIGTERM handler: Ray's C++ waits (ray.get, ray.wait) turn the handler's Terminated
+into a plain KeyboardInterrupt, and the command must still stop as terminated (exit 143)."""
+
+
 def _raise_terminated(number: int, frame: object) -> None:
+    _SIGTERM_RECEIVED.set()
     raise Terminated()
 
 
@@ -148,7 +155,8 @@ def _stops_outlive_finalisers() -> Iterator[None]:
             return
         if resent and resent[-1].is_alive():  # one stop is enough (the kernel, too, merges a pending signal)
             return
-        number = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        number = (signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) or _SIGTERM_RECEIVED.is_set()
+                  else signal.SIGINT)
         # a moment later: the hook runs inside the finaliser's caller, where a stop is still lost
         timer = threading.Timer(0.01, os.kill, (os.getpid(), number))
         timer.start()

@@ -90,6 +90,14 @@ def titled(prefix: bytes) -> list[int]:
     return pids
 
 
+def ancestors(pid: int) -> list[int]:
+    """The parent, grandparent, ... of ``pid`` (empty when it has gone)."""
+    found = []
+    while (pid := parent_pid(pid)) not in (None, 0):
+        found.append(pid)
+    return found
+
+
 def children(pid: int) -> list[int]:
     """The live child processes of ``pid``."""
     return [int(entry.name) for entry in Path("/proc").iterdir()
