@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -300,3 +302,16 @@ def test_accented_labels_and_vocabulary_in_either_unicode_form(tmp_path, classes
     spelled = [unicodedata.normalize(classes_form, name) for name in ("café", "pão")]
     assert sorted(metrics["id_classes"]) == sorted(spelled)
     assert metrics["splits"][0]["zero_shot_id_accuracy"] == 1.0
+
+
+def test_a_closed_message_pipe_does_not_cost_the_results(labelled_store, tmp_path):
+    """Bug: `zsfs ood-bench ... 2>&1 | head -2`: the messages' reader went away, rich exited 1
+    with nothing said, and the finished bench's metrics.json was never written."""
+    out = tmp_path / "bench"
+    script = ("from zsfs.cli import main\n"
+              f"main({['ood-bench', '--store', str(labelled_store), '--id-classes', '6', '--splits', '2', '--out', str(out), *QUICK_FIT_ARGS]!r})\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process.stdout.read(1)  # the first message, then the reader leaves
+    process.stdout.close()
+    assert process.wait(timeout=300) == 0
+    assert len(json.loads((out / "metrics.json").read_text())["splits"]) == 2

@@ -24,7 +24,23 @@ from zsfs.names import visible
 if TYPE_CHECKING:
     from zsfs.fit.run import FitConfig
 
-console = Console(stderr=True, highlight=False, emoji=False)
+class _MessagesConsole(Console):
+    """rich's Console whose reader may leave: a `2>&1 | head` that closes the pipe ends the
+    messages, not the command (rich's default sent stdout to /dev/null and exited 1, so a bench
+    or a fit lost its finished results to a closed progress pipe)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more is written to it
+        try:
+            fileno = self.file.fileno()
+        except (AttributeError, OSError, ValueError):  # not a real file: nothing to redirect
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)  # Python's own writes there at exit fail quietly too
+        os.dup2(devnull, fileno)
+        os.close(devnull)
+
+
+console = _MessagesConsole(stderr=True, highlight=False, emoji=False)
 """Progress, tables and messages go to stderr so that stdout stays machine-readable.
 
 Strings given to it are rich markup: pass every string that comes from files or users (paths,
