@@ -254,6 +254,21 @@ def test_not_a_store_and_newer_format(tmp_path):
         Store(other)
 
 
+def test_a_file_beside_a_master_passed_as_the_store_names_the_master(tmp_path, arrays):
+    """Bug: `zsfs neighbours x.shards/shard-00000.h5` said "not a zsfs store" and no more."""
+    master = build(tmp_path / "s.h5", arrays)
+    single = random_rows(2, D_CLIP, 7)
+    write_vocabulary(master, "v", ["a", "b"], single, single, prompt="p {}", n_templates=1)
+    shards = tmp_path / "s.shards"
+    for part, what in ((shards / "shard-00000.h5", "a shard"), (next(shards.glob("vocab-*.h5")), "a vocabulary file")):
+        with pytest.raises(StoreError, match=f"^{part} is {what} of a zsfs store, not the store; pass its master "
+                                             f"file: {master}$"):
+            Store(part)
+    master.rename(tmp_path / "elsewhere.h5")
+    with pytest.raises(StoreError, match=r"pass its master file \(the .h5 file beside its folder\)$"):
+        Store(shards / "shard-00000.h5")
+
+
 def test_write_store_rejects_bad_input(tmp_path, arrays):
     with pytest.raises(ZsfsError, match="130 paths but clip=129"):
         build(tmp_path / "s.h5", {**arrays, "clip": arrays["clip"][:-1]})

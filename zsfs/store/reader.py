@@ -411,6 +411,11 @@ def _did_you_mean(path: Path) -> str:
     return f"; did you mean {meant}?" if meant != path and meant.is_file() else ""
 
 
+_PARTS = {schema.SHARD_FORMAT: "a shard", schema.VOCAB_FORMAT: "a vocabulary file",
+          schema.GRAPH_FORMAT: "the neighbour graph"}
+"""The files beside a master, by their format mark: named when passed as a store."""
+
+
 def open_master(path: Path) -> h5py.File:
     """Open a master file, with a clear message for each way it can be the wrong file."""
     if not path.exists():
@@ -433,6 +438,12 @@ def open_master(path: Path) -> h5py.File:
         raise StoreError(f"{path} cannot be opened as HDF5 ({error}); it is probably truncated or damaged") from None
     fmt = file.attrs.get(schema.ATTR_FORMAT)
     version = file.attrs.get(schema.ATTR_FORMAT_VERSION)
+    if fmt in _PARTS:
+        file.close()
+        masters = [path.parent.parent / f"{path.parent.stem}{suffix}" for suffix in (".h5", ".hdf5", ".hdf", ".he5")]
+        master = next((candidate for candidate in masters if candidate.is_file()), None)
+        raise StoreError(f"{path} is {_PARTS[fmt]} of a zsfs store, not the store; pass its master file"
+                         + (f": {master}" if master else " (the .h5 file beside its folder)"))
     if fmt != schema.FORMAT_NAME or version is None:
         file.close()
         raise StoreError(f"{path} is an HDF5 file but not a zsfs store (no '{schema.FORMAT_NAME}' format mark)")
