@@ -49,8 +49,8 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     config = FitConfig.from_options(paper=paper, fast=fast, **fit_options)
     check_device(config.device)  # before the store is read and any note is printed
     note_fit_options(config, fit_options)
-    if not isinstance(wanted, int) and click.get_current_context().get_parameter_source("splits") \
-            is not click.core.ParameterSource.DEFAULT:
+    if not isinstance(wanted, int) and splits != 1 and click.get_current_context().get_parameter_source("splits") \
+            is not click.core.ParameterSource.DEFAULT:  # --splits 1 is what a file gives: nothing to say
         console.print("[yellow]Note:[/] --splits is ignored: a file of ID classes is one split.")
     n_splits, fitted = 0, 0  # as the benchmark draws them (on_start), and as they end (on_split)
 
