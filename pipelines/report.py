@@ -13,7 +13,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipelines.datasets import ACCURACY_BASELINES, AUROC_BASELINES, BASELINE_TITLES, DATASETS, Dataset
+from pipelines.datasets import (ACCURACY_BASELINES, AUROC_BASELINES, BACKBONE, BASELINE_TITLES, CLIP_MODEL, DATASETS,
+                                Dataset)
 from zsfs.outputs import replacing_file
 from zsfs.runs import CONFIG as CONFIG_FILE, METRICS as METRICS_FILE  # ood-bench names its file alike
 
@@ -33,7 +34,8 @@ OURS_OOD = {
 OURS_FPR = {"fpr95": "zsfs FPR95", "mcm_fpr95": "MCM FPR95"}
 
 COLUMNS = (
-    ["dataset", "title", "available", "n_images", "n_classes", "id_classes", "n_splits", "fit_settings"]
+    ["dataset", "title", "available", "n_images", "n_classes", "id_classes", "n_splits", "fit_settings", "models",
+     "paper_models"]
     + list(OURS_ACCURACY)
     + [f"paper_{key}_accuracy" for key in ACCURACY_BASELINES]
     + [f"{key}_{stat}" for key in OURS_OOD for stat in ("mean", "std")]
@@ -60,6 +62,7 @@ def collect(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> list[dict
         settings = _read_metrics(Path(work) / name / FIT_DIR, CONFIG_FILE)
         if settings:
             row["fit_settings"] = _describe_settings(settings.get("parameters", {}))
+            row["models"], row["paper_models"] = _describe_models(settings)
         if fit:
             row["n_images"] = fit.get("n_images")
             for key in OURS_ACCURACY:
@@ -117,7 +120,9 @@ def render_markdown(rows: list[dict]) -> str:
     lines += _table(header, body + _mean_row(ood_rows, "auroc_mean", ours, paper, offset=1))
     notes = []
     for row in rows:
-        parts = [row["note"], row["fit_settings"] and f"fit: {row['fit_settings']}"]
+        parts = [row["note"], row["fit_settings"] and f"fit: {row['fit_settings']}",
+                 row["models"] and f"models: {row['models']}" + ("" if row["paper_models"] else
+                                                                 " (**not the paper's**: not comparable)")]
         if any(parts):
             notes.append(f"- {row['title']}: " + "; ".join(part for part in parts if part))
     lines += ["", "Notes:", *notes, ""]
@@ -148,6 +153,16 @@ def _describe_settings(parameters: dict) -> str:
              None if "accumulate" not in parameters or not cycles else  # the balanced method does not read it
              ("accumulated cycles" if parameters["accumulate"] else "per-cycle sets (paper)")]
     return ", ".join(part for part in parts if part)
+
+
+def _describe_models(config: dict) -> tuple[str, bool]:
+    """The models a fit's store was made with (its config.json), in a few words, and whether they
+    are the paper's (same architectures, trained weights: a tag or a local file of them); an
+    ``--extract-args`` that replaced a model must not pass for the paper's setup."""
+    clip, backbone = config.get("clip") or {}, config.get("backbone") or {}
+    words = f"{clip.get('name')} ({clip.get('weights')}) + {backbone.get('name')} ({backbone.get('weights')})"
+    trained = all(model.get("weights") not in (None, "random", "imported") for model in (clip, backbone))
+    return words, trained and clip.get("name") == CLIP_MODEL and backbone.get("name") == BACKBONE
 
 
 def _read_metrics(run_dir: Path, file: str = METRICS_FILE) -> dict | None:

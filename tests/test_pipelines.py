@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipelines import prepare  # noqa: E402
+from pipelines import prepare, report  # noqa: E402
 from pipelines.datasets import BACKBONE, CLIP_MODEL, DATASETS, Dataset  # noqa: E402
 from pipelines.report import COLUMNS, collect, render_markdown, write_results  # noqa: E402
 from pipelines.run import Layout, main, plan, run_steps, run_zsfs  # noqa: E402
@@ -115,6 +115,17 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     # bug: "accumulated cycles", an option the balanced method does not read; the method was not said
     assert ours["fit_settings"] == "balanced method, k=16, ensemble prompts"
     assert "- Synthetic: fit: balanced method, k=16, ensemble prompts" in markdown
+    # bug: a store made with other models (here synthetic ones; --extract-args can replace the
+    # paper's) stood beside the paper's numbers as if it were its setup
+    config = json.loads((work / "synth" / "fit" / "config.json").read_text())
+    models = f"{config['clip']['name']} ({config['clip']['weights']}) + {config['backbone']['name']} " \
+             f"({config['backbone']['weights']})"
+    assert ours["models"] == models and ours["paper_models"] == "False"
+    assert f"models: {models} (**not the paper's**: not comparable)" in markdown
+    paper_config = {"clip": {"name": CLIP_MODEL, "weights": "file"},
+                    "backbone": {"name": BACKBONE, "weights": "default"}}
+    assert report._describe_models(paper_config)[1] is True  # local files of its weights are the paper's setup
+    assert report._describe_models({**paper_config, "clip": {"name": CLIP_MODEL, "weights": "random"}})[1] is False
 
     # A rerun finds everything done; removing one output reruns only that step.
     before = (work / "synth" / "fit" / "metrics.json").stat().st_mtime_ns
