@@ -565,6 +565,11 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
     from_tars = predict_images(fitted["run"], [Path("shards/00000.tar"), Path("shards/00001.tar")], workers=1)
     from_files = predict_images(fitted["run"], [photos["root"] / path for path in good], workers=0)
     assert from_members["path"].to_list() == from_tars["path"].to_list() == recorded
+    # bug: extract reads a brace pattern of tars, predict said it "does not exist"
+    from_pattern = predict_images(fitted["run"], ["shards/{00000..00001}.tar"], workers=0)
+    assert from_pattern["path"].to_list() == recorded
+    with pytest.raises(ZsfsError, match=r"1 of 3 tar files do not exist \(first: .*00002.tar\)"):
+        predict_images(fitted["run"], ["shards/{00000..00002}.tar"], workers=0)
     assert from_members["error"].null_count() == len(good)
     for other in (from_tars, from_files):  # the tars read with a decoding process: torch has a core less
         assert_same_predictions(from_members.drop("path"), other.drop("path"))

@@ -26,8 +26,8 @@ from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, writ
 from zsfs.runs import FittedRun, load_run, refuse_run_file
 from zsfs.sources import ImageSource, given_path, open_source
 from zsfs.store.writer import usable_rows
-from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar, locate_members, merged_members,
-                       split_member_path)
+from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, is_tar_pattern,
+                       locate_members, merged_members, split_member_path)
 from zsfs.weights import refuse_imported, relocated
 
 if TYPE_CHECKING:
@@ -58,9 +58,9 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
         if split_member_path(str(given)) is not None:
             named_members.append(len(paths))
             paths.append(str(given))
-        elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX):
-            listing = open_source(given)
-            base = given if given.is_dir() else given.parent
+        elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX) or is_tar_pattern(str(given)):
+            listing = open_source(given)  # a pattern 'shards/{00000..00009}.tar' too, as extract reads it
+            base = given if given.is_dir() else _folder_of_tars(given)
             base = "" if str(base) == "." else base  # "a.tar" lists "a.tar::x.jpg", not "./a.tar::x.jpg"
             if listing.members is not None:
                 listed.append((np.arange(len(paths), len(paths) + len(listing.paths)), listing.members))
@@ -82,6 +82,13 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
         listed.append((rows, locate_members([paths[row] for row in rows], Path.cwd())))
     return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable,
                        members=merged_members(len(paths), listed))
+
+
+def _folder_of_tars(given: Path) -> Path:
+    """The folder of a tar, or of the tars a brace pattern names: their listing's paths are relative to it."""
+    if given.is_file():
+        return given.parent
+    return Path(os.path.commonpath([os.path.dirname(name) or "." for name in expand_braces(str(given))]))
 
 
 def predict_images(

@@ -34,7 +34,8 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
               help="The store's backbone weights file at a new location (its sha256 must match).")
 @MAX_PIXELS_OPTION
 def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: bool, **options) -> None:
-    """Classify IMAGES (files and/or folders) with the classifier of a fitted run.
+    """Classify IMAGES (files, folders, tar shards: a .tar, a pattern 'shards/{00000..00009}.tar',
+    or one member 'shard.tar::name.jpg') with the classifier of a fitted run.
 
     Extracts backbone features with the same backbone and weights as the run's store, applies the
     classifier, and reports for every image its class, confidence and OOD scores (higher = more
