@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipelines.datasets import (ACCURACY_BASELINES, AUROC_BASELINES, BACKBONE, BASELINE_TITLES, CLIP_MODEL, DATASETS,
-                                Dataset)
+from pipelines.datasets import (ACCURACY_BASELINES, AUROC_BASELINES, BACKBONE, BASELINE_TITLES, CLIP_MODEL,
+                                CLIP_WEIGHTS, DATASETS, Dataset)
 from zsfs.outputs import replacing_file
 from zsfs.runs import CONFIG as CONFIG_FILE, METRICS as METRICS_FILE  # ood-bench names its file alike
 
@@ -157,12 +157,13 @@ def _describe_settings(parameters: dict) -> str:
 
 def _describe_models(config: dict) -> tuple[str, bool]:
     """The models a fit's store was made with (its config.json), in a few words, and whether they
-    are the paper's (same architectures, trained weights: a tag or a local file of them); an
-    ``--extract-args`` that replaced a model must not pass for the paper's setup."""
+    are the paper's (its architectures with its weights: its tags, or local files, taken on
+    trust: an air-gapped cluster passes them so); an ``--extract-args`` that replaced a model
+    or its weights must not pass for the paper's setup."""
     clip, backbone = config.get("clip") or {}, config.get("backbone") or {}
     words = f"{clip.get('name')} ({clip.get('weights')}) + {backbone.get('name')} ({backbone.get('weights')})"
-    trained = all(model.get("weights") not in (None, "random", "imported") for model in (clip, backbone))
-    return words, trained and clip.get("name") == CLIP_MODEL and backbone.get("name") == BACKBONE
+    return words, (clip.get("name") == CLIP_MODEL and clip.get("weights") in (CLIP_WEIGHTS, "file")
+                   and backbone.get("name") == BACKBONE and backbone.get("weights") in ("default", "file"))
 
 
 def _read_metrics(run_dir: Path, file: str = METRICS_FILE) -> dict | None:

@@ -125,7 +125,9 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     paper_config = {"clip": {"name": CLIP_MODEL, "weights": "file"},
                     "backbone": {"name": BACKBONE, "weights": "default"}}
     assert report._describe_models(paper_config)[1] is True  # local files of its weights are the paper's setup
-    assert report._describe_models({**paper_config, "clip": {"name": CLIP_MODEL, "weights": "random"}})[1] is False
+    for clip_weights in ("random", "laion2b_s34b_b79k"):  # another checkpoint is another setup (review)
+        assert report._describe_models({**paper_config, "clip": {"name": CLIP_MODEL, "weights": clip_weights}})[1] \
+            is False
 
     # A rerun finds everything done; removing one output reruns only that step.
     before = (work / "synth" / "fit" / "metrics.json").stat().st_mtime_ns

@@ -568,8 +568,20 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
     # bug: extract reads a brace pattern of tars, predict said it "does not exist"
     from_pattern = predict_images(fitted["run"], ["shards/{00000..00001}.tar"], workers=0)
     assert from_pattern["path"].to_list() == recorded
-    with pytest.raises(ZsfsError, match=r"1 of 3 tar files do not exist \(first: .*00002.tar\)"):
+    with pytest.raises(ZsfsError, match=r"1 of 3 tar files do not exist \(first: shards/00002.tar\)"):
         predict_images(fitted["run"], ["shards/{00000..00002}.tar"], workers=0)
+    with pytest.raises(ZsfsError, match=r"^shards/00009.tar does not exist; pass image files"):
+        predict_images(fitted["run"], ["shards/00009.tar"], workers=0)
+    # each tar under the name the pattern gives it, wherever a link leads (review: the paths were
+    # made relative to the folder the links resolve to, and named no file)
+    Path("elsewhere").mkdir()
+    Path("shards/00001.tar").rename("elsewhere/00001.tar")
+    Path("shards/00001.tar").symlink_to(Path("../elsewhere/00001.tar"))
+    linked = predict_images(fitted["run"], ["shards/{00000..00001}.tar"], workers=0)
+    assert linked["path"].to_list() == recorded and linked["error"].null_count() == len(good)
+    assert predict_images(fitted["run"], [f"{tmp_path}/{{shards,elsewhere}}/00001.tar"], workers=0)["path"].to_list() \
+        == [f"{tmp_path}/{folder}/00001.tar::{member.split('::')[1]}" for folder in ("shards", "elsewhere")
+            for member in members if member.startswith("00001.tar")]
     assert from_members["error"].null_count() == len(good)
     for other in (from_tars, from_files):  # the tars read with a decoding process: torch has a core less
         assert_same_predictions(from_members.drop("path"), other.drop("path"))

@@ -422,6 +422,11 @@ def test_a_store_rebuilt_since_the_fit_does_not_name_the_images(tmp_path):
     store_path = extract(photos["root"], tmp_path / "photos.h5", workers=0, **TINY_MODELS).output
     with Store(store_path) as store:
         run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
+    # a repair (a shard lost, the same extract rerun) rewrites the master, not the content: images show
+    next((tmp_path / "photos.shards").glob("shard-*.h5")).unlink()
+    assert extract(photos["root"], store_path, workers=0, **TINY_MODELS).shards_written == 1
+    repaired = render_report(run)
+    assert 'class="note"' not in repaired and repaired.count('<img class="thumb"') == gallery_items(repaired) > 0
     fewer = write_image_folder(tmp_path / "fewer", n_per_class=1, broken=False, seed=1)
     extract(fewer["root"], store_path, workers=0, overwrite=True, **TINY_MODELS)
     page = render_report(run, images=photos["root"])  # the run's own names, under the folder it saw

@@ -72,3 +72,33 @@ def test_every_signal_held_is_delivered_after_the_block():
         assert heard == [0, signal.SIGTERM]  # each signal once, in the order they came
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_command_stopped_by_sigterm_leaves_no_trace_for_the_next_command_of_the_process():
+    """Review: the flag that keeps SIGTERM's meaning through Ray's plain KeyboardInterrupt outlived
+    its command: in a host program with its own SIGTERM handler, a later command's Ctrl-C was
+    reported as "Terminated (SIGTERM)" with exit 143."""
+    import click
+    from click.testing import CliRunner
+
+    from zsfs.cli.common import ZsfsGroup
+
+    @click.group(cls=ZsfsGroup)
+    def host() -> None:
+        pass
+
+    @host.command()
+    @click.argument("number", type=int)
+    def stop(number: int) -> None:
+        signal.raise_signal(number)
+        raise AssertionError("not stopped")
+
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    terminated = CliRunner().invoke(host, ["stop", str(int(signal.SIGTERM))])
+    assert terminated.exit_code == 143 and "Terminated (SIGTERM)." in terminated.output, terminated.output
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: None)  # the host's own
+    try:
+        interrupted = CliRunner().invoke(host, ["stop", str(int(signal.SIGINT))])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert interrupted.exit_code == 130 and "Interrupted." in interrupted.output, interrupted.output

@@ -8,7 +8,7 @@ not run) and the paper's logit scores (thresholds calibrated on the run's seeds)
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,8 +26,8 @@ from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, writ
 from zsfs.runs import FittedRun, load_run, refuse_run_file
 from zsfs.sources import ImageSource, given_path, open_source
 from zsfs.store.writer import usable_rows
-from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, is_tar_pattern,
-                       locate_members, merged_members, split_member_path)
+from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
+                       merged_members, split_member_path)
 from zsfs.weights import refuse_imported, relocated
 
 if TYPE_CHECKING:
@@ -54,13 +54,13 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
     unreadable: dict[str, str] = {}
     listed: list[tuple[np.ndarray, TarMembers]] = []  # rows of listings with tars, and their byte ranges
     named_members: list[int] = []  # rows given as ``shard.tar::member``
-    for given in (Path(given_path(item, "image input")) for item in inputs):
+    for given in _tar_patterns_expanded(Path(given_path(item, "image input")) for item in inputs):
         if split_member_path(str(given)) is not None:
             named_members.append(len(paths))
             paths.append(str(given))
-        elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX) or is_tar_pattern(str(given)):
-            listing = open_source(given)  # a pattern 'shards/{00000..00009}.tar' too, as extract reads it
-            base = given if given.is_dir() else _folder_of_tars(given)
+        elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX):
+            listing = open_source(given)
+            base = given if given.is_dir() else given.parent
             base = "" if str(base) == "." else base  # "a.tar" lists "a.tar::x.jpg", not "./a.tar::x.jpg"
             if listing.members is not None:
                 listed.append((np.arange(len(paths), len(paths) + len(listing.paths)), listing.members))
@@ -84,11 +84,19 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
                        members=merged_members(len(paths), listed))
 
 
-def _folder_of_tars(given: Path) -> Path:
-    """The folder of a tar, or of the tars a brace pattern names: their listing's paths are relative to it."""
-    if given.is_file():
-        return given.parent
-    return Path(os.path.commonpath([os.path.dirname(name) or "." for name in expand_braces(str(given))]))
+def _tar_patterns_expanded(inputs: Iterable[Path]) -> Iterator[Path]:
+    """``inputs``, each brace pattern of tars (``shards/{00000..00009}.tar``, as extract reads
+    them) replaced by the tars it names, each named as the user wrote it (the paths of their
+    images are under that name, as a single tar's are)."""
+    for given in inputs:
+        names = expand_braces(str(given)) if given.suffix.lower() == TAR_SUFFIX and not given.exists() else [str(given)]
+        if names == [str(given)]:  # not a pattern (a missing tar is said as any missing input is)
+            yield given
+            continue
+        missing = [name for name in names if not Path(name).is_file()]
+        if missing:
+            raise ZsfsError(f"{given}: {len(missing)} of {len(names)} tar files do not exist (first: {missing[0]})")
+        yield from map(Path, names)
 
 
 def predict_images(

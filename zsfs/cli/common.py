@@ -24,16 +24,19 @@ from zsfs.names import visible
 if TYPE_CHECKING:
     from zsfs.fit.run import FitConfig
 
+
 class _MessagesConsole(Console):
     """rich's Console whose reader may leave: a `2>&1 | head` that closes the pipe ends the
     messages, not the command (rich's default sent stdout to /dev/null and exited 1, so a bench
     or a fit lost its finished results to a closed progress pipe)."""
 
     def on_broken_pipe(self) -> None:
-        self.quiet = True  # nothing more is written to it
+        self.quiet = True  # nothing more is written to it (until the next command: ZsfsGroup.invoke)
         try:
-            fileno = self.file.fileno()
-        except (AttributeError, OSError, ValueError):  # not a real file: nothing to redirect
+            fileno, data = self.file.fileno(), sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):  # not real files: nothing to redirect
+            return
+        if os.path.sameopenfile(fileno, data):  # the command's data goes there too: a closed data pipe stops it
             return
         devnull = os.open(os.devnull, os.O_WRONLY)  # Python's own writes there at exit fail quietly too
         os.dup2(devnull, fileno)
@@ -48,6 +51,7 @@ class names, model names, error messages) through ``shown``, or '[draft]' vanish
 and an escape sequence in a class name reaches the terminal. No emoji codes, so that ':smile:' in a
 file name stays as written.
 """
+
 
 def shown(value: object) -> str:
     """``value`` as rich markup that prints exactly its text, with unsafe characters written
@@ -70,6 +74,8 @@ class ZsfsGroup(click.Group):
     one-line message and a non-zero exit code."""
 
     def invoke(self, ctx: click.Context) -> object:
+        console.quiet = False  # an earlier command of this process may have lost its reader (on_broken_pipe)
+        _SIGTERM_RECEIVED.clear()  # set by this command's handler only
         with _sigterm_stops_cleanly():
             return self._invoke(ctx)
 
@@ -135,12 +141,12 @@ def _sigterm_stops_cleanly() -> Iterator[None]:
             signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
-    _SIGTERM_RECEIVED.clear()
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _SIGTERM_RECEIVED.clear()  # a later command of this process (a host's) starts unsignalled
 
 
 _SIGTERM_RECEIVED = threading.Event()

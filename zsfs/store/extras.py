@@ -126,7 +126,7 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
     try:
         file = h5py.File(path, "r")
     except OSError as error:
-        # the commands that write one refuse to open it too: it must go first
+        # removing it first works for both (a vocabulary written again would also replace its file)
         writer = ("`zsfs neighbours`" if kind == schema.GRAPH_FORMAT
                   else "the `zsfs text`, `zsfs extract` or `zsfs import` that wrote it")
         raise StoreError(f"{path} is damaged ({error}); remove it, then rerun {writer}") from None
