@@ -316,6 +316,29 @@ def test_a_rerun_with_other_embeddings_does_not_reuse_the_old_shards(inputs):
         np.testing.assert_allclose(store.read("clip"), unit_rows(N, D_CLIP, 9), atol=1e-3)
 
 
+def test_a_rerun_after_rows_changed_in_place_outside_the_sample_is_refused(tmp_path):
+    """Bug (new-user review): the identity samples 4,096 rows, so embeddings exported again in place
+    with a few other rows changed reused the old shards: exit 0 and a stale store."""
+    n = 5000
+    np.save(tmp_path / "clip.npy", unit_rows(n, 4, 0))
+    np.save(tmp_path / "backbone.npy", unit_rows(n, 4, 1))
+    pl.DataFrame({"path": [f"{i}.jpg" for i in range(n)]}).write_csv(tmp_path / "paths.csv")
+    common = dict(clip_embeddings=tmp_path / "clip.npy", backbone_features=tmp_path / "backbone.npy",
+                  paths=tmp_path / "paths.csv", shard_size=2000)
+    master = import_store(tmp_path / "s.h5", **common).master
+    sampled = np.unique(np.linspace(0, n - 1, 4096).round().astype(int))
+    row = int(np.setdiff1d(np.arange(n), sampled)[0])
+    exported = np.load(tmp_path / "clip.npy", mmap_mode="r+")  # written in place, as an exporter may
+    exported[row] *= -1
+    exported.flush()
+    del exported
+    with pytest.raises(ZsfsError, match="--overwrite"):
+        import_store(tmp_path / "s.h5", **common)
+    import_store(tmp_path / "s.h5", **common, overwrite=True)
+    with Store(master) as store:
+        np.testing.assert_allclose(store.read("clip")[row], -unit_rows(n, 4, 0)[row], atol=1e-3)
+
+
 def test_the_sampled_rows_hash_generates_each_synthetic_block_once():
     """Bug: the identity's row sample read a synthetic store one row at a time, each read
     generating the row's whole block again (a 1,500-row test store took a minute to write)."""

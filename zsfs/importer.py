@@ -43,11 +43,12 @@ PATH_COLUMNS = ("image_path", "path")  # tried in this order when no column is n
 class RowParts:
     """Row-wise concatenation of (memory-mapped) 2-d arrays, sliced without copying the rest."""
 
-    def __init__(self, parts: list[np.ndarray], names: list[str]) -> None:
+    def __init__(self, parts: list[np.ndarray], names: list[str], stamps: list[list] | None = None) -> None:
         dims = {part.shape[1] for part in parts}
         if len(dims) != 1:
             raise ZsfsError(f"array parts have different widths {sorted(dims)}: {', '.join(names)}")
         self.parts = parts
+        self.stamps = stamps or []  # [name, size, modification time in ns] of each part's file
         self.offsets = np.cumsum([0] + [len(part) for part in parts])
         self.shape = (int(self.offsets[-1]), dims.pop())
 
@@ -107,7 +108,7 @@ def load_rows(location: Path, what: str) -> RowParts:
     files = numbered_parts(source, "*.npy") if source.is_dir() else [source]
     if not files:
         raise ZsfsError(f"{what}: no .npy files in {source}")
-    parts = []
+    parts, stamps = [], []
     for file in files:
         try:
             with open(file, "rb") as handle:
@@ -122,7 +123,9 @@ def load_rows(location: Path, what: str) -> RowParts:
             raise ZsfsError(f"{what}: {file} holds a {part.dtype} array of shape {part.shape}; "
                             "expected floating-point rows (N, D)")
         parts.append(part)
-    return RowParts(parts, [file.name for file in files])
+        stat = file.stat()
+        stamps.append([file.name, stat.st_size, stat.st_mtime_ns])
+    return RowParts(parts, [file.name for file in files], stamps)
 
 
 def read_table(location: Path) -> "pl.DataFrame":
@@ -316,8 +319,8 @@ def import_store(
         backbone=backbone,
         paths=np.asarray(image_paths, dtype=object),
         labels=None if labels is None else np.asarray(labels, dtype=object),
-        clip_info=imported_record(clip_name, clip.shape[1], clip_embeddings),
-        backbone_info=imported_record(backbone_name, backbone.shape[1], backbone_features),
+        clip_info=imported_record(clip_name, clip, clip_embeddings),
+        backbone_info=imported_record(backbone_name, backbone, backbone_features),
         source=source,
         shard_size=shard_size,
         dtype=dtype,
@@ -338,7 +341,10 @@ def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:
             refuse_other_classes(out, name, vocabulary.classes, "`zsfs import ... --overwrite` rebuilds the whole store")
 
 
-def imported_record(name: str, dim: int, location: Path) -> dict:
-    """Model record of imported embeddings: the name as given, no weights file zsfs could reload."""
-    return {"name": name, "weights": schema.IMPORTED_WEIGHTS, "file": None, "sha256": None, "dim": int(dim),
-            "imported_from": str(location.absolute())}
+def imported_record(name: str, rows: RowParts, location: Path) -> dict:
+    """Model record of imported embeddings: the name as given, no weights file zsfs could reload,
+    where they came from, and each file's size and modification time: the identity samples 4,096
+    rows (reading all of a resumed import's would cost a pass), so a file exported again in place
+    with a few rows changed is told apart by these (it is then imported anew, not left stale)."""
+    return {"name": name, "weights": schema.IMPORTED_WEIGHTS, "file": None, "sha256": None, "dim": int(rows.shape[1]),
+            "imported_from": str(location.absolute()), "imported_files": rows.stamps}
