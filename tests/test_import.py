@@ -339,6 +339,28 @@ def test_a_rerun_after_rows_changed_in_place_outside_the_sample_is_refused(tmp_p
         np.testing.assert_allclose(store.read("clip")[row], -unit_rows(n, 4, 0)[row], atol=1e-3)
 
 
+def test_a_store_imported_before_the_files_were_recorded_still_takes_a_rerun(inputs):
+    """A store whose records lack imported_files (imported before 2026-12-03) is resumed and given
+    a vocabulary by the same import (docs/store.md), not refused as other data."""
+    from zsfs.importer import imported_record, load_rows
+    from zsfs.store import write_store
+
+    folder = inputs["dir"]
+    clip, backbone = load_rows(folder / "clip.npy", "clip"), load_rows(folder / "backbone.npy", "backbone")
+    old = {name: {key: value for key, value in imported_record(name, rows, folder / file).items()
+                  if key != "imported_files"}
+           for name, rows, file in (("imported-clip", clip, "clip.npy"), ("imported-backbone", backbone, "backbone.npy"))}
+    master = write_store(folder / "old.h5", clip=clip, backbone=backbone, paths=np.asarray(inputs["paths"], dtype=object),
+                         labels=None, clip_info=old["imported-clip"], backbone_info=old["imported-backbone"],
+                         source=str((folder / "paths.csv").absolute()), shard_size=25)
+    before = {path.name: path.stat().st_mtime_ns for path in (folder / "old.shards").glob("shard-*.h5")}
+    import_store(master, clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                 paths=folder / "paths.csv", shard_size=25, vocabularies={"pets": folder / "pets.npz"})
+    with Store(master) as store:
+        assert store.vocabulary_names() == ["pets"] and "imported_files" not in store.clip_info
+    assert {path.name: path.stat().st_mtime_ns for path in (folder / "old.shards").glob("shard-*.h5")} == before
+
+
 def test_the_sampled_rows_hash_generates_each_synthetic_block_once():
     """Bug: the identity's row sample read a synthetic store one row at a time, each read
     generating the row's whole block again (a 1,500-row test store took a minute to write)."""

@@ -29,7 +29,7 @@ from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.files import names_beside
 from zsfs.store.extras import check_vocabulary_name, normalise_rows, refuse_other_classes
 from zsfs.digests import listing_sha256
-from zsfs.store.writer import refuse_another_listing
+from zsfs.store.writer import recorded_identity, refuse_another_listing
 from zsfs.writable import check_writable, refuse_input_as_output
 
 if TYPE_CHECKING:
@@ -313,14 +313,15 @@ def import_store(
             if values.shape != (len(vocabulary.classes), clip.shape[1]):
                 raise ZsfsError(f"vocabulary {name!r}: {kind} has shape {values.shape}, expected "
                                 f"({len(vocabulary.classes)} classes, {clip.shape[1]} = the CLIP embedding dim)")
+    earlier = {} if overwrite else recorded_identity(out)  # the store being resumed or added to, if any
     master = write_store(
         out,
         clip=clip,
         backbone=backbone,
         paths=np.asarray(image_paths, dtype=object),
         labels=None if labels is None else np.asarray(labels, dtype=object),
-        clip_info=imported_record(clip_name, clip, clip_embeddings),
-        backbone_info=imported_record(backbone_name, backbone, backbone_features),
+        clip_info=imported_record(clip_name, clip, clip_embeddings, earlier.get("clip")),
+        backbone_info=imported_record(backbone_name, backbone, backbone_features, earlier.get("backbone")),
         source=source,
         shard_size=shard_size,
         dtype=dtype,
@@ -341,10 +342,15 @@ def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:
             refuse_other_classes(out, name, vocabulary.classes, "`zsfs import ... --overwrite` rebuilds the whole store")
 
 
-def imported_record(name: str, rows: RowParts, location: Path) -> dict:
+def imported_record(name: str, rows: RowParts, location: Path, earlier: dict | None = None) -> dict:
     """Model record of imported embeddings: the name as given, no weights file zsfs could reload,
     where they came from, and each file's size and modification time: the identity samples 4,096
     rows (reading all of a resumed import's would cost a pass), so a file exported again in place
-    with a few rows changed is told apart by these (it is then imported anew, not left stale)."""
-    return {"name": name, "weights": schema.IMPORTED_WEIGHTS, "file": None, "sha256": None, "dim": int(rows.shape[1]),
-            "imported_from": str(location.absolute()), "imported_files": rows.stamps}
+    with a few rows changed is told apart by these (it is then imported anew, not left stale).
+    ``earlier``: the record of the store being resumed; one made before the files were recorded
+    (2026-12-03) is resumed without them, as before."""
+    record = {"name": name, "weights": schema.IMPORTED_WEIGHTS, "file": None, "sha256": None,
+              "dim": int(rows.shape[1]), "imported_from": str(location.absolute()), "imported_files": rows.stamps}
+    if isinstance(earlier, dict) and earlier and "imported_files" not in earlier:
+        del record["imported_files"]
+    return record
