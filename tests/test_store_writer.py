@@ -123,9 +123,19 @@ def test_identity_mismatch_refused_then_overwritten(tmp_path):
 
 
 def test_foreign_file_at_master_path_is_refused(tmp_path):
+    """A file that is not HDF5 is never replaced (bug: --overwrite replaced it, a typo costing a
+    thesis); an HDF5 file, a damaged store maybe, is with --overwrite."""
     master = tmp_path / "s.h5"
     master.write_text("my thesis")
-    with pytest.raises(StoreError, match="not a readable zsfs store"):
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match="s.h5 exists and is not an HDF5 file, so not a zsfs store; zsfs "
+                                             "replaces only stores, even with --overwrite"):
+            new_writer(master, overwrite=overwrite)
+    assert master.read_text() == "my thesis"
+    master.unlink()
+    with h5py.File(master, "w") as file:
+        file["x"] = np.zeros(3)
+    with pytest.raises(StoreError):
         new_writer(master)
     new_writer(master, overwrite=True)
     assert not master.exists()

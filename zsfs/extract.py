@@ -35,7 +35,7 @@ from zsfs.store.files import check_store_lock, check_store_update, disk_error, n
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
-                               refuse_another_listing, usable_rows)
+                               refuse_another_listing, refuse_replacing_another_file, usable_rows)
 from zsfs.weights import refuse_imported, relocated
 from zsfs.writable import check_writable, refuse_input_as_output
 
@@ -294,6 +294,7 @@ def extract(
                                  ("class file", classes if isinstance(classes, (str, Path)) else None)])
     rerun = out.is_file()
     check_own_shards_folder(out)  # before the models load, as the checks below
+    refuse_replacing_another_file(out)
     if rerun:  # it writes into the shards folder too (its vocabulary when missing)
         check_store_update(out, shard_dir(out), vocabulary_file(shard_dir(out), vocab_name))
     else:

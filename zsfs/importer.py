@@ -29,7 +29,7 @@ from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.files import names_beside
 from zsfs.store.extras import check_vocabulary_name, normalise_rows, refuse_other_classes
 from zsfs.digests import listing_sha256
-from zsfs.store.writer import recorded_identity, refuse_another_listing
+from zsfs.store.writer import recorded_identity, refuse_another_listing, refuse_replacing_another_file
 from zsfs.writable import check_writable, refuse_input_as_output
 
 if TYPE_CHECKING:
@@ -283,6 +283,7 @@ def import_store(
     check_writable(out, "store", beside=names_beside(out))
     refuse_input_as_output(out, [("CLIP embeddings file", clip_embeddings), ("backbone features file", backbone_features),
                                  ("paths table", paths), *(("vocabulary file", file) for file in (vocabularies or {}).values())])
+    refuse_replacing_another_file(out)  # before any input is read
     clip = load_rows(clip_embeddings, "CLIP embeddings")
     backbone = load_rows(backbone_features, "backbone features")
     table_location = Path(paths) if paths is not None else clip_embeddings

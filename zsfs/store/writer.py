@@ -126,6 +126,15 @@ def check_own_shards_folder(master: Path) -> None:
                              f"output with another name")
 
 
+def refuse_replacing_another_file(master: Path) -> None:
+    """Refuse an output that is a file but not HDF5, --overwrite or not: no store is such a file,
+    so it is a typo for another argument (``import notes.csv ...``), and --overwrite would replace it."""
+    master = Path(master)
+    if master.is_file() and not h5py.is_hdf5(master):
+        raise StoreError(f"{master} exists and is not an HDF5 file, so not a zsfs store; zsfs replaces only stores, "
+                         "even with --overwrite: choose another output, or move that file away")
+
+
 def _stores_being_written_beside(master: Path) -> list[Path]:
     """The stores in ``master``'s folder whose writer lock another process holds now."""
     try:
@@ -187,6 +196,7 @@ class StoreWriter:
             self._release = weakref.finalize(self, release_lock, held)
         try:
             check_own_shards_folder(self.master)  # before anything, --overwrite too: it would delete them
+            refuse_replacing_another_file(self.master)
             if overwrite:
                 self.remove_existing()
             else:
