@@ -76,8 +76,9 @@ CASES = [  # (command line, exit code, words of the error line)
     (FIT + ("--ood-multiplier", "inf"), 2, "'inf' is not a finite number"),
     (FIT + ("--loss-floor", "-inf"), 2, "--loss-floor"),
     (("ood-bench", "--store", "{store}", "--id-classes", "2", "--lr", "inf"), 2, "'inf' is not a finite number"),
-    (FIT + ("--seed", str(2**64)), 1, "--seed must be between 0 and 2147483647"),
-    (FIT + ("--seed", "-1"), 1, "--seed must be between"),
+    # click's usage error, as the README says of a value out of range (it was a plain error, exit 1)
+    (FIT + ("--seed", str(2**64)), 2, "--seed"),
+    (FIT + ("--seed", "-1"), 2, "-1 is not in the range 0<=x<=2147483647"),
     (FIT + ("--out", "{work}/a-file/run"), 1, "a-file is a file, not a folder"),
     (("text", "{store}", "--classes", "{work}/latin1.txt", "--name", "x"), 1, "is not UTF-8 text (byte 0xe9"),
     (("text", "{store}", "--classes", "{work}/classes.txt", "--name", "a/b"), 1, "invalid vocabulary name 'a/b'"),
@@ -90,6 +91,12 @@ CASES = [  # (command line, exit code, words of the error line)
      "invalid vocabulary name ' x ': use a non-empty name without '/', control or invisible characters, a leading "
      "'.' or spaces at either end"),  # bug: written, and then `--vocab x` did not find it
     (("extract", "{photos}", "--out", "{work}/a-file/x.h5"), 1, "a-file is a file, not a folder"),
+    # bug: a file that is no store (a typo for another argument) was replaced by one under --overwrite
+    (("extract", "{photos}", "--out", "{work}/a-file", "--overwrite"), 1,
+     "a-file exists and is not an HDF5 file, so not a zsfs store; zsfs replaces only stores, even with --overwrite"),
+    (("import", "{work}/classes.txt", "--clip-embeddings", "{work}/clip.npy", "--backbone-features",
+      "{work}/backbone.npy", "--paths", "{work}/paths.parquet", "--overwrite"), 1,
+     "classes.txt exists and is not an HDF5 file, so not a zsfs store"),
     (("extract", "{photos}", "--out", "{work}/x.h5", "--max-pixels", "0"), 2, "--max-pixels"),
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features",
       "{work}/backbone.npy", "--paths", "{work}/nul.parquet"), 1, "1 value with a NUL byte (first: row 1, counted from 0)"),

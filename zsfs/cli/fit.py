@@ -68,7 +68,8 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
 @click.option("--loss-floor", type=FiniteFloat(min=0), default=None,
               help="--method cycles: stop once an epoch's training loss is below this [0.1].")
 @click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in the paper score's threshold = mean - m*std [1].")
-@click.option("--seed", type=int, default=None, help="Random seed: same seed and store give identical outputs [0].")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None,
+              help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
               help="Matrix products of the neighbour scan (re-scored in fp32) and of training: bf16 halves their "
