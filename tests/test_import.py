@@ -557,7 +557,10 @@ def test_path_and_label_columns_that_are_not_one_text_per_row_are_one_clear_line
                         rf"path column 'path' has 1 empty value \(first: row {N - 1}, counted from 0\)$"),
               "nameless": ({"path": paths, "label": ["", *labels[1:]]}, r"label column 'label' has 1 empty value"),
               "nul": ({"path": [*paths[:5], "photos/a\x00b.jpg", *paths[6:]], "label": labels},
-                      r"path column 'path' has 1 value with a NUL byte \(first: row 5, counted from 0\)")}
+                      r"path column 'path' has 1 value with a NUL byte \(first: row 5, counted from 0\)"),
+              # bug: pandas' missing number (NaN) became a class named "NaN"
+              "nan": ({"path": paths, "label": [float("nan") if i == 4 else 1.0 for i in range(N)]},
+                      r"label column 'label' has 1 empty value \(first: row 4, counted from 0\)$")}
     for name, (table, reason) in tables.items():
         pl.DataFrame(table).write_parquet(folder / f"{name}.parquet")
         with pytest.raises(ZsfsError, match=reason):

@@ -172,12 +172,15 @@ def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...],
     values = table.get_column(names[0])
     if values.dtype.is_nested():  # a list or struct per row: its text would be '["cat"]' or '{"cat"}'
         raise ZsfsError(f"{what} column {names[0]!r} holds {values.dtype} values; it must hold one text value per row")
+    missing = values.is_null()
+    if values.dtype.is_float():  # pandas writes a missing number as NaN, which would become a class "NaN"
+        missing = missing | values.is_nan().fill_null(False)
     try:
         values = values.cast(str)
     except pl.exceptions.PolarsError as error:  # bytes that are not UTF-8 text, ...
         raise ZsfsError(f"{what} column {names[0]!r} cannot be read as text ({one_line(error)}); it must hold "
                         "one UTF-8 text value per row") from None
-    empty = values.is_null() | (values.str.len_bytes() == 0)
+    empty = missing | (values.str.len_bytes() == 0)
     if empty.any():  # no file is named "", and a label "" would be a class without a name
         raise ZsfsError(f"{what} column {names[0]!r} has {counted(int(empty.sum()), 'empty value')} (first: row "
                         f"{int(empty.arg_true()[0])}, counted from 0)")
