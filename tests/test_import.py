@@ -254,14 +254,16 @@ def test_an_imported_store_without_vocabulary_points_to_import_not_to_zsfs_text(
     """Bug: fit and info told users of imported stores to run `zsfs text`, which cannot embed class
     names in another tool's space."""
     folder = inputs["dir"]
-    master = import_store(folder / "bare.h5", clip_embeddings=folder / "clip.npy",
+    master = import_store(folder / "bare store.h5", clip_embeddings=folder / "clip.npy",
                           backbone_features=folder / "backbone.npy", paths=folder / "paths.csv", label_column="label").master
     outcome = run_cli("fit", "--store", master, "--out", folder / "run")
     said = output_text(outcome)
-    assert outcome.exit_code == 1 and "add one with `zsfs import bare.h5 ... --vocab NAME=FILE.npz` (rerun it" in said, said
+    # the store's whole path, quoted (review: its name alone named a file in the current folder)
+    hint = f"`zsfs import '{folder / 'bare store.h5'}' ... --vocab NAME=FILE.npz` (rerun it"
+    assert outcome.exit_code == 1 and f"add one with {hint}" in said, said
     assert "zsfs text" not in said and not (folder / "run").exists()
     said = output_text(run_cli("info", master))
-    assert "No vocabularies yet: add one with `zsfs import bare.h5" in said
+    assert f"No vocabularies yet: add one with {hint}" in said, said
     (folder / "twice.txt").write_text("cat\ncat\n")  # bug: the class file's fault came first, then this
     said = output_text(run_cli("text", master, "--classes", folder / "twice.txt", "--vocab", "pets"))
     assert "the store's CLIP embeddings were imported (`zsfs import`) from another tool" in said, said

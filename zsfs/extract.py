@@ -27,7 +27,7 @@ from zsfs.embedding import Batch, embedded_images
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_choice,
                          check_parameter_type)
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
-from zsfs.names import check_class_names, counted, pairs_text, reasons_text
+from zsfs.names import as_argument, check_class_names, counted, pairs_text, reasons_text
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
@@ -305,7 +305,7 @@ def extract(
             check_class_names(class_names, f"the class folders of {image_source.location}")
         except ZsfsError as error:
             raise ZsfsError(f"{error}; rename the folders, or name the classes with --classes FILE") from None
-    replace_vocabulary = f"`zsfs text {out.name} --classes FILE --vocab {vocab_name} --overwrite`"
+    replace_vocabulary = f"`zsfs text {as_argument(out)} --classes FILE --vocab {as_argument(vocab_name)} --overwrite`"
     if not overwrite and (rerun or shard_dir(out).is_dir()):  # (the digest costs a pass over the listing)
         try:
             refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
@@ -407,7 +407,7 @@ def _missing_vocabulary(master: Path, source: ImageSource, name: str, classes: l
     if n_images == 0:
         counts = reasons_text(Counter(map(str, reasons)).most_common())
         raise ZsfsError(f"none of the {len(skipped_paths):,} files of {source.location} could be decoded "
-                        f"({counts}); {master} records them (`zsfs info --skipped {master.name}`)")
+                        f"({counts}); {master} records them (`zsfs info --skipped {as_argument(master)}`)")
     return classes if classes and not has_vocabulary else None
 
 

@@ -8,6 +8,7 @@ derived from folder names) get :func:`utf8_text`, which writes each undecodable 
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -124,6 +125,14 @@ def _is_utf8_text(name: str) -> bool:
 def spelling_key(name: str) -> str:
     """What two spellings of one name share: the Unicode form, case and spacing aside."""
     return " ".join(unicodedata.normalize("NFC", name).casefold().split())
+
+
+def as_argument(path: str | os.PathLike) -> str:
+    """``path`` as a command suggested in a message takes it: whole (the store's name alone named
+    a file in the reader's current folder, not the store) and quoted for the shell."""
+    import shlex
+
+    return shlex.quote(os.fspath(path))
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, ZsfsError
-from zsfs.names import check_class_names, counted, some_names
+from zsfs.names import as_argument, check_class_names, counted, some_names
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files, store_lock
 from zsfs.store.hdf5 import canonical_json, read_identity, write_checked, write_strings
@@ -64,7 +64,7 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
     with store_lock(master), Store(master) as store:
         if identity is not None and store.identity != identity:
             raise StoreError(f"{master} was rebuilt by another process (other data or models) after this run wrote "
-                             f"it; vocabulary {name!r} was not written into it (`zsfs info {master.name}` shows what "
+                             f"it; vocabulary {name!r} was not written into it (`zsfs info {as_argument(master)}` shows what "
                              "it holds now)")
         clip_dim = int(store.clip_info["dim"])
         for kind, values in arrays.items():

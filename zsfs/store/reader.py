@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, check_choice, one_line
-from zsfs.names import check_class_names, counted
+from zsfs.names import as_argument, check_class_names, counted
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
 from zsfs.store.files import master_file, written_elsewhere
@@ -226,7 +226,7 @@ class Store:
         """A ``StoreError`` when the store holds fewer than ``least`` images; ``needs`` says for
         what (``"a fit"``): checked before anything else, whose advice could not help."""
         if self.n_images < least:
-            skipped = (f" ({counted(self.n_skipped, 'file')} skipped: `zsfs info --skipped {self.path.name}` lists "
+            skipped = (f" ({counted(self.n_skipped, 'file')} skipped: `zsfs info --skipped {as_argument(self.path)}` lists "
                        "them and why)" if self.n_skipped else "")
             raise StoreError(f"{self.path} holds {counted(self.n_images, 'embedded image')}; {needs} needs at "
                              f"least {least}{skipped}")
@@ -274,9 +274,9 @@ class Store:
         """The command that adds a vocabulary to this store: imported CLIP embeddings come with
         their text embeddings (zsfs cannot embed new class names in another tool's space)."""
         if self.clip_info.get("weights") == schema.IMPORTED_WEIGHTS:
-            return (f"`zsfs import {self.path.name} ... --vocab NAME=FILE.npz` (rerun it with the other tool's "
+            return (f"`zsfs import {as_argument(self.path)} ... --vocab NAME=FILE.npz` (rerun it with the other tool's "
                     "text embeddings; finished shards are reused)")
-        return f"`zsfs text {self.path.name} --classes FILE --vocab NAME`"
+        return f"`zsfs text {as_argument(self.path)} --classes FILE --vocab NAME`"
 
     @property
     def unreadable_vocabularies(self) -> dict[str, str]:
