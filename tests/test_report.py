@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from PIL import Image
@@ -261,7 +262,6 @@ def test_a_run_not_saved_yet_renders_as_its_saved_copy(tmp_path):
 def test_class_names_with_dollar_signs_are_text_not_formulas():
     """Bug: matplotlib read "a$_$b" as a formula and the report failed with a raw ParseSyntaxException."""
     import matplotlib
-    import numpy as np
 
     from zsfs import figures
 
@@ -271,12 +271,25 @@ def test_class_names_with_dollar_signs_are_text_not_formulas():
     assert matplotlib.rcParams["text.parse_math"] and matplotlib.rcParams["svg.fonttype"] != "none"  # caller's own
 
 
+def test_a_class_name_too_long_for_a_figure_warns_no_one():
+    """Bug (new-user review): `fit --report` with a class name of 5,000 characters printed
+    matplotlib's 'constrained_layout not applied' warning with a source line of ours."""
+    import warnings
+
+    from zsfs import figures
+
+    names = ["x" * 5000, "b"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert figures.confusion(names, np.eye(2)).startswith("<svg")
+        assert figures.per_class_accuracy(names, np.array([0.5, 1.0])).startswith("<svg")
+
+
 def test_figures_label_log_axes_with_numbers_and_mark_classes_without_images():
     """Bugs: the log axes' tick labels showed raw formula text (``$\\mathdefault{10^{2}}$``); a class
     no image belongs to was drawn as a zero bar; CJK class names printed a warning per glyph."""
     import warnings
 
-    import numpy as np
 
     from zsfs import figures
 
@@ -322,7 +335,6 @@ def test_a_real_browser_draws_the_page(photo_run, tmp_path):
     import shutil as which
     import subprocess
 
-    import numpy as np
 
     browser = which.which("chromium")
     assert browser, "chromium is missing: apt-get install -y chromium (.ci/run does it)"
@@ -368,7 +380,6 @@ def test_a_real_browser_draws_the_page(photo_run, tmp_path):
 
 def test_thumbnails_of_every_image_kind_show_the_picture(photo_run):
     """Bug: 16-bit PNGs became white squares (Pillow clips I;16 to RGB); thumbnails now decode as extract does."""
-    import numpy as np
 
     from zsfs.thumbnails import thumbnails
 
@@ -527,7 +538,6 @@ def test_the_confusion_matrix_is_normalised_per_true_class_and_accuracy_goes_wor
     predicted class it would be 1, 0.6, 0, 0.4); the per-class bars go worst first, a class with
     no images before all (drawn as "no images")."""
     import matplotlib
-    import numpy as np
 
     from zsfs import figures
 
@@ -546,7 +556,6 @@ def test_the_confusion_matrix_is_normalised_per_true_class_and_accuracy_goes_wor
 
 def test_thumbnails_come_in_the_order_of_their_images(tmp_path):
     """Each gallery item shows its own picture: the threads finish in any order, the list does not."""
-    import numpy as np
 
     from zsfs.thumbnails import thumbnails
 

@@ -34,6 +34,9 @@ def _drawing(draw: Callable[..., str]) -> Callable[..., str]:
             # Text stays text in the SVG (svg.fonttype none): the browser draws every glyph, so
             # matplotlib's font lacking one (CJK class names) is no news for the user.
             warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+            # a class name of thousands of characters leaves the axes no room: the figure is drawn
+            # unadjusted, and the page's tables give the names whole
+            warnings.filterwarnings("ignore", message="constrained_layout not applied", category=UserWarning)
             return draw(*args, **kwargs)
 
     return wrapper
