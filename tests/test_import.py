@@ -195,6 +195,21 @@ def test_cli_import_then_info_json(inputs):
     assert f"2 labels: cat ({(N + 1) // 2}); dog ({N // 2})" in output_text(result)
 
 
+def test_cli_import_in_a_log_says_how_far_it_got(inputs, monkeypatch):
+    """Bug (new-user review): without a terminal (a job's log) import printed nothing until its
+    summary: a long import looked hung."""
+    import zsfs.cli.store
+
+    monkeypatch.setattr(zsfs.cli.store, "LOG_SECONDS", 0.0)  # a line per shard here
+    folder = inputs["dir"]
+    result = run_cli("import", folder / "log.h5", "--clip-embeddings", folder / "clip.npy", "--backbone-features",
+                     folder / "backbone.npy", "--paths", folder / "paths.csv", "--shard-size", "25")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("import:")]
+    assert lines == ["import: reading the inputs...", "import: 25 rows written...", "import: 50 rows written...",
+                     f"import: {N} rows written..."], result.output
+
+
 def test_cli_import_names_paths_given_twice(inputs):
     """Rows that repeat a path are kept (the table is taken as written) and named, as extract
     names a list file's repeats; an import without repeats says nothing of them."""

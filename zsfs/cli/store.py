@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -13,6 +14,10 @@ from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, reasons_text, some_names, utf8_text, visible
 from zsfs.store.schema import DEFAULT_SHARD_SIZE
+
+
+LOG_SECONDS = 10.0
+"""Where no terminal shows a spinner (a job's log), import says how far it got this often."""
 
 
 def parse_vocabularies(values: tuple[str, ...]) -> dict[str, Path]:
@@ -61,13 +66,19 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 
     click.get_current_context().meta[OVERWRITING] = overwrite
     vocabularies = parse_vocabularies(vocab)
-    written = 0
+    written, logged_at = 0, time.monotonic()
     with console.status("Importing embeddings...") as status:
+        if not console.is_terminal:  # a spinner on a terminal; lines in a log (Slurm, nohup), which looked hung
+            console.print("import: reading the inputs...")
 
         def progress(rows: int) -> None:
-            nonlocal written
+            nonlocal written, logged_at
             written += rows
-            status.update(f"Importing embeddings: {written:,} rows written; then the index")
+            if console.is_terminal:
+                status.update(f"Importing embeddings: {written:,} rows written; then the index")
+            elif time.monotonic() - logged_at >= LOG_SECONDS:
+                console.print(f"import: {written:,} rows written...")
+                logged_at = time.monotonic()
 
         summary = import_store(out, clip_embeddings=clip_embeddings, backbone_features=backbone_features,
                               paths=paths_table, path_column=path_column, label_column=label_column,
