@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -66,15 +67,13 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 
     click.get_current_context().meta[OVERWRITING] = overwrite
     vocabularies = parse_vocabularies(vocab)
-    written, logged_at = 0, time.monotonic()
+    written, logged_at = 0, -math.inf  # in a log: a line at the first shard, then every LOG_SECONDS
     with console.status("Importing embeddings...") as status:
-        if not console.is_terminal:  # a spinner on a terminal; lines in a log (Slurm, nohup), which looked hung
-            console.print("import: reading the inputs...")
 
         def progress(rows: int) -> None:
             nonlocal written, logged_at
             written += rows
-            if console.is_terminal:
+            if console.is_terminal:  # a spinner; lines in a log (Slurm, nohup), where it looked hung
                 status.update(f"Importing embeddings: {written:,} rows written; then the index")
             elif time.monotonic() - logged_at >= LOG_SECONDS:
                 console.print(f"import: {written:,} rows written...")
