@@ -296,6 +296,10 @@ def test_the_default_run_folder_is_named_after_store_vocabulary_k_and_time(tmp_p
         made = default_run_dir(Path("stores/photos.h5"), "pets", 8)
         assert made == Path("runs") / expected
         made.mkdir(parents=True)
+    # bug (new-user review): a 3,000-character vocabulary name made a folder name the file system refused
+    long = default_run_dir(Path("stores/photos.h5"), "\u00e9" * 3000, 8)
+    assert long.name == "photos-" + "\u00e9" * 45 + "-k8-20260102-030405" and len(os.fsencode(long.name)) <= 200
+    long.mkdir()
 
 
 # `zsfs fit` in a child process, its run folder's config.json written only after a file

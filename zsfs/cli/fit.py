@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,15 +25,31 @@ PARAMETERS = ("method", "keep_all_classes", "k", "candidates", "neighbours", "pr
               "precision", "ivf_neighbours")
 
 
+RUN_NAME_BYTES = 200
+"""The longest default run folder name before its counter: file systems allow 255 bytes a name."""
+
+
 def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
-    """``runs/<store>-<vocab>-k<k>-<UTC time>``, with a counter if that exists already."""
+    """``runs/<store>-<vocab>-k<k>-<UTC time>``, with a counter if that exists already; a store or
+    vocabulary name too long for a folder name is cut (a 3,000-character vocabulary name failed
+    with "name too long" for a name the user never chose)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{store.stem}-{vocabulary}-k{k}-{stamp}"
+    tail = f"-k{k}-{stamp}"
+    room = (RUN_NAME_BYTES - len(tail) - 1) // 2  # bytes for each of the two names
+    base = Path("runs") / f"{_cut(store.stem, room)}-{_cut(vocabulary, room)}{tail}"
     candidate, n = base, 1
     while candidate.exists():
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
+
+
+def _cut(name: str, limit: int) -> str:
+    """``name``'s longest start of at most ``limit`` bytes, whole characters only."""
+    name = name[:limit]  # a character is at least one byte
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
 
 
 @click.command("fit", short_help="Label and OOD-score every image of a store (stage 2).")
