@@ -27,7 +27,7 @@ from zsfs.runs import FittedRun, load_run, refuse_run_file
 from zsfs.sources import ImageSource, given_path, open_source
 from zsfs.store.writer import usable_rows
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
-                       merged_members, split_member_path)
+                       merged_members, named_tars, split_member_path)
 from zsfs.weights import refuse_imported, relocated
 
 if TYPE_CHECKING:
@@ -89,14 +89,10 @@ def _tar_patterns_expanded(inputs: Iterable[Path]) -> Iterator[Path]:
     them) replaced by the tars it names, each named as the user wrote it (the paths of their
     images are under that name, as a single tar's are)."""
     for given in inputs:
-        names = expand_braces(str(given)) if given.suffix.lower() == TAR_SUFFIX and not given.exists() else [str(given)]
-        if names == [str(given)]:  # not a pattern (a missing tar is said as any missing input is)
+        if given.suffix.lower() == TAR_SUFFIX and not given.exists() and expand_braces(str(given)) != [str(given)]:
+            yield from named_tars(str(given))
+        else:  # not a pattern (a missing tar is said as any missing input is)
             yield given
-            continue
-        missing = [name for name in names if not Path(name).is_file()]
-        if missing:
-            raise ZsfsError(f"{given}: {len(missing)} of {len(names)} tar files do not exist (first: {missing[0]})")
-        yield from map(Path, names)
 
 
 def predict_images(

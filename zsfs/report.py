@@ -145,8 +145,8 @@ def image_locations(run: FittedRun, images: str | Path | None,
         with Store(store_path) as store:
             source = Path(store.source)
             # the same content: a repair (a rerun of extract) rewrites the master, and its `created`, only
-            fitted_on = all(store.fingerprint()[key] == run.config["store"].get(key)
-                            for key in ("identity_sha256", "n_images"))
+            fingerprint = store.fingerprint()
+            fitted_on = all(fingerprint[key] == run.config["store"].get(key) for key in ("identity_sha256", "n_images"))
             exact = store.paths(rows).tolist() if fitted_on else None
     except (ZsfsError, OSError):
         source, exact = None, None

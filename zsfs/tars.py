@@ -127,15 +127,20 @@ def tar_shards_in(folder: Path, image_suffixes: Iterable[str]) -> list[Path]:
     return sorted(tars)
 
 
-def resolve_tars(given: str) -> tuple[Path, list[Path]]:
-    """(root, tar files) of a brace pattern or a single tar (``tar_shards_in`` reads folders). A
-    tar file whose name holds braces (``x{1}.tar``) is that file, not a pattern."""
+def named_tars(given: str) -> list[Path]:
+    """The tar files of a brace pattern or a single tar, as the pattern names them; an error naming
+    the missing ones. A tar file whose name holds braces (``x{1}.tar``) is that file, not a pattern."""
     path = Path(given).expanduser()
-    names = [str(path)] if path.is_file() else expand_braces(str(path))
-    tars = [Path(name).resolve() for name in names]
+    tars = [path] if path.is_file() else [Path(name) for name in expand_braces(str(path))]
     missing = [tar for tar in tars if not tar.is_file()]
     if missing:
         raise ZsfsError(f"{given}: {len(missing)} of {len(tars)} tar files do not exist (first: {missing[0]})")
+    return tars
+
+
+def resolve_tars(given: str) -> tuple[Path, list[Path]]:
+    """(root, tar files) of a brace pattern or a single tar (``tar_shards_in`` reads folders)."""
+    tars = [tar.resolve() for tar in named_tars(given)]
     return Path(os.path.commonpath([tar.parent for tar in tars])), tars
 
 

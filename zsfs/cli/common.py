@@ -75,7 +75,6 @@ class ZsfsGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         console.quiet = False  # an earlier command of this process may have lost its reader (on_broken_pipe)
-        _SIGTERM_RECEIVED.clear()  # set by this command's handler only
         with _sigterm_stops_cleanly():
             return self._invoke(ctx)
 

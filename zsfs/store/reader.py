@@ -440,7 +440,7 @@ def open_master(path: Path) -> h5py.File:
     version = file.attrs.get(schema.ATTR_FORMAT_VERSION)
     if fmt in _PARTS:
         file.close()
-        masters = [path.parent.parent / f"{path.parent.stem}{suffix}" for suffix in (".h5", ".hdf5", ".hdf", ".he5")]
+        masters = [path.parent.parent / f"{path.parent.stem}{suffix}" for suffix in schema.HDF5_SUFFIXES]
         master = next((candidate for candidate in masters if candidate.is_file()), None)
         raise StoreError(f"{path} is {_PARTS[fmt]} of a zsfs store, not the store; pass its master file"
                          + (f": {master}" if master else " (the .h5 file beside its folder)"))

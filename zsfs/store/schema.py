@@ -77,6 +77,7 @@ GRAPH_ROWS = "neighbours"  # in the graph file: (N, K) int32, each row's K neare
 ATTR_GRAPH = "graph"  # JSON on the graph dataset: {"k", "search", "precision"}
 
 # Files beside the shards (format 2), each written whole and renamed into place.
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")  # names a master may have
 VOCAB_FILE_PREFIX = "vocab-"  # + the first 16 hex digits of sha256(name) + ".h5"
 GRAPH_FILE = "neighbours.h5"
 SHARD_FORMAT = FORMAT_NAME + "-shard"

@@ -111,7 +111,7 @@ def check_own_shards_folder(master: Path) -> None:
         return  # nobody's shards are there
     try:
         entries = [entry for entry in master.parent.iterdir() if entry.name != master.name and entry.is_file()
-                   and (entry.suffix.lower() in HDF5_SUFFIXES or schema.shard_dir(entry) == folder)]
+                   and (entry.suffix.lower() in schema.HDF5_SUFFIXES or schema.shard_dir(entry) == folder)]
     except OSError:  # an unlistable folder: the write itself will say what is wrong
         return
     identity = recorded_identity(master) if master.is_file() else {}
@@ -146,7 +146,6 @@ def _stores_being_written_beside(master: Path) -> list[Path]:
     return [store for store in stores if written_elsewhere(store)]
 
 
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 """Where another store may sit under any name (a renamed master keeps its shards folder)."""
 
 
