@@ -80,7 +80,7 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
         again = zsfs.fit(store_path, vocabulary=first.config["vocabulary"], **first.config["parameters"])
     assert again.predictions.equals(first.predictions)
     result = run_cli("fit", "--store", store_path, "--k", "20", "--candidates", "10", "--out", tmp_path / "r")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Error: --k 20 is larger than --candidates 10: the seeds are taken from the candidates, so use --k <= " \
            "--candidates (or raise --candidates)" in output_text(result)
 

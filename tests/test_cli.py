@@ -259,7 +259,7 @@ def test_text_runs_where_device_says(tmp_path):
             continue
         result = run_cli("text", tmp_path / "missing.h5", "--classes", tmp_path / "c.txt", "--name", "x",
                          "--device", device)
-        assert result.exit_code == 1 and f"--device {device} was asked for, but torch sees {words} here; use " \
+        assert result.exit_code == 2 and f"--device {device} was asked for, but torch sees {words} here; use " \
             "--device cpu" in " ".join(result.output.split()), result.output
 
 

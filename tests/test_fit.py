@@ -453,7 +453,7 @@ def test_bad_input_fails_cleanly(store_path, tmp_path):
     outcome = fit_cli("--store", str(store_path), "--vocab", "nope", "--out", str(tmp_path / "r3"))
     assert outcome.exit_code == 1 and "it has: synthetic" in output_text(outcome)
     outcome = fit_cli("--store", str(store_path), "--k", "20", "--candidates", "10", "--out", str(tmp_path / "r4"))
-    assert outcome.exit_code == 1 and "--candidates" in output_text(outcome)
+    assert outcome.exit_code == 2 and "--candidates" in output_text(outcome)
     existing = tmp_path / "r5"
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")
@@ -475,22 +475,32 @@ def test_several_vocabularies_need_a_choice(store_path, tmp_path):
     write_vocabulary(copy, "other", vocab.classes[:3], vocab.single[:3], vocab.ensemble[:3],
                      prompt="a photo of a {}", n_templates=80)
     outcome = fit_cli("--store", str(copy), "--out", str(tmp_path / "run"))
-    assert outcome.exit_code == 1 and "other" in output_text(outcome) and "synthetic" in output_text(outcome)
+    assert outcome.exit_code == 2 and "other" in output_text(outcome) and "synthetic" in output_text(outcome)
     assert f"{copy} has several vocabularies (other, synthetic); choose one with --vocab" in output_text(outcome)
     assert not (tmp_path / "run").exists()
     with pytest.raises(ParameterError, match="choose one with vocabulary$"):  # the library's name for it
         zsfs.fit(copy)
 
 
+@pytest.mark.parametrize("options, said", [
+    (("--cycle-epochs", "0"), "--cycle-epochs must be at least 1 with the balanced method"),
+    (("--k", "20", "--candidates", "10"), "--k 20 is larger than --candidates 10"),
+])
+def test_options_that_do_not_fit_together_are_a_usage_error(store_path, tmp_path, options, said):
+    outcome = fit_cli("--store", str(store_path), *options, "--out", str(tmp_path / "run"))
+    assert outcome.exit_code == 2 and said in output_text(outcome), outcome.output  # as click's range checks exit
+    assert "Traceback" not in output_text(outcome) and not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is missing")
 def test_cuda_without_gpu_is_a_clear_error(store_path, tmp_path):
     outcome = fit_cli("--store", str(store_path), "--device", "cuda", "--out", str(tmp_path / "run"))
-    assert outcome.exit_code == 1 and "CUDA" in output_text(outcome)
+    assert outcome.exit_code == 2 and "CUDA" in output_text(outcome)
     assert not (tmp_path / "run").exists()
     for command in ("fit", "ood-bench"):  # said first, before the store is read (and its notes printed)
         extra = ("--id-classes", "2") if command == "ood-bench" else ()
         outcome = run_cli(command, "--store", tmp_path / "missing.h5", "--device", "cuda", *extra)
-        assert outcome.exit_code == 1 and "torch sees no CUDA GPU here" in output_text(outcome), outcome.output
+        assert outcome.exit_code == 2 and "torch sees no CUDA GPU here" in output_text(outcome), outcome.output
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -273,7 +273,7 @@ def test_more_local_workers_than_cores_are_refused_before_ray_starts(photos, tmp
     outcome = run_zsfs("extract", photos["root"], "--out", out / "x.h5", *TINY_MODEL_ARGS, "--ray", "local",
                        "--ray-workers", too_many, timeout=120)
     assert list(ray_temp.iterdir()) == [], "a local Ray instance was started first"
-    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert outcome.returncode == 2 and outcome.problems == [], outcome.output
     assert f"--ray-workers {too_many} is more than this machine's {counted(os.cpu_count(), 'CPU')}" in outcome.output
     assert "Ray" not in outcome.output.replace("--ray", "")  # no line of a Ray instance starting
     assert list(out.iterdir()) == []

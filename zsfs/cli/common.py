@@ -86,10 +86,11 @@ class ZsfsGroup(click.Group):
             error.message += _form_hint(self.get_command(ctx, ctx.invoked_subcommand or ""), error)
             raise
         except ZsfsError as error:
-            if isinstance(error, ParameterError):  # named as the user typed them: the command's flags
+            bad_argument = isinstance(error, ParameterError)
+            if bad_argument:  # named as the user typed them: the command's flags
                 error = error.render(option_flags(self.get_command(ctx, ctx.invoked_subcommand or "")))
             console.print(f"[bold red]Error:[/] {shown(error)}{_resuming_hint(ctx, str(error))}", soft_wrap=True)
-            sys.exit(1)
+            sys.exit(2 if bad_argument else 1)  # 2: a usage error, as click's own checks of the options exit
         except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
             if not (isinstance(error, OSError) or is_disk_full(error) or shared_memory_full(error)):
                 raise  # a bug: keep its traceback
