@@ -25,7 +25,7 @@ from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
 from zsfs.fit.zeroshot import as_tensor, zero_shot_logits
 from zsfs.methods import UNREAD_BY
-from zsfs.names import repeated_rows, visible
+from zsfs.names import counted, repeated_rows, visible
 
 if TYPE_CHECKING:
     from zsfs.store import Store
@@ -208,16 +208,25 @@ def resolved_precision(precision: str, device: torch.device) -> str:
 
 
 def resolve_vocabulary(store: "Store", name: str | None) -> str:
+    """``name``, or the store's only vocabulary. A vocabulary file that cannot be read may hold
+    the one meant (its file name is a digest): then none is taken for the user, and it is named."""
     names = store.vocabulary_names()
+    unreadable = list(store.unreadable_vocabularies.values())
+    damaged = (f"{counted(len(unreadable), 'vocabulary file')} cannot be read ({unreadable[0]})" if unreadable
+               else "")
     if name is None:
-        if len(names) == 1:
+        if len(names) == 1 and not unreadable:
             return names[0]
         if not names:
+            if unreadable:
+                raise ZsfsError(f"{store.path} has no readable vocabulary: {damaged}")
             raise ZsfsError(f"{store.path} has no class vocabulary yet; add one with {store.how_to_add_a_vocabulary()}")
-        raise ParameterError(f"{literal(store.path)} has several vocabularies ({literal(', '.join(names))}); choose one "
-                             "with {vocabulary}")
+        has = f"several vocabularies ({', '.join(names)})" if not unreadable else \
+            f"{counted(len(names), 'readable vocabulary', 'readable vocabularies')} ({', '.join(names)}), and {damaged}"
+        raise ParameterError(f"{literal(store.path)} has {literal(has)}; choose one with {{vocabulary}}")
     if name not in names:
-        raise ZsfsError(f"{store.path} has no vocabulary {name!r}; it has: {', '.join(names) or 'none'}")
+        raise ZsfsError(f"{store.path} has no vocabulary {name!r}; it has: {', '.join(names) or 'none'}"
+                        + (f"; {damaged}, maybe that one" if unreadable else ""))
     return name
 
 
