@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import polars as pl
@@ -90,6 +91,24 @@ def test_parts_are_joined_in_natural_order_and_tied_numbers_are_refused(tmp_path
         numbered_parts(tmp_path, "*.npy")
 
 
+def test_float64_rows_beyond_float32s_range_import_as_their_directions(inputs):
+    """Bug: rows of 1e300 (finite) read as infinite in float32: numpy's overflow warning, then
+    "rows are zero or not finite", which they are not; 1e-300 read as zero rows."""
+    folder = inputs["dir"]
+    wide = inputs["clip"].astype(np.float64)
+    wide[0] *= 1e300
+    wide[1] *= 1e-300
+    np.save(folder / "wide.npy", wide)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from the cast
+        master = import_store(folder / "out.h5", clip_embeddings=folder / "wide.npy",
+                              backbone_features=folder / "backbone.npy", paths=folder / "paths.csv").master
+    with Store(master) as store:
+        np.testing.assert_allclose(store.read("clip"), inputs["clip"], atol=1e-3)
+    assert RowParts([inputs["clip"].astype(np.float64)], ["a"])[0:N].tobytes() == \
+        inputs["clip"].astype(np.float32).tobytes()  # rows within the range: cast as they are
+
+
 def test_row_parts_slices_across_parts():
     parts = [np.arange(6).reshape(3, 2), np.arange(6, 8).reshape(1, 2), np.arange(8, 16).reshape(4, 2)]
     rows = RowParts(parts, ["a", "b", "c"])
@@ -124,8 +143,12 @@ def test_import_input_errors(inputs):
     with pytest.raises(ZsfsError, match="no paths table"):
         import_store(folder / "o.h5", **common)
     np.savez(folder / "bad.npz", classes=np.array(["a"]), single=unit_rows(1, 5, 0))
-    with pytest.raises(ZsfsError, match=r"vocabulary 'bad': single has shape \(1, 5\)"):
+    with pytest.raises(ZsfsError, match=r"bad.npz: single has shape \(1, 5\), expected \(1 classes, 8 = the CLIP "):
         import_store(folder / "o.h5", **common, paths=folder / "paths.csv", vocabularies={"bad": folder / "bad.npz"})
+    # bug: a width cut off where the rows are zero was "2 rows are zero or not finite", not the width
+    np.savez(folder / "cut.npz", classes=np.array(["a", "b"]), single=np.eye(2, 20)[:, 10:])
+    with pytest.raises(ZsfsError, match=r"cut.npz: single has shape \(2, 10\), expected \(2 classes, 8 = the CLIP "):
+        import_store(folder / "o.h5", **common, paths=folder / "paths.csv", vocabularies={"cut": folder / "cut.npz"})
     (folder / "notes.npy").write_text("not an array\n")  # before: np.load's advice about allow_pickle
     with pytest.raises(ZsfsError, match=r"CLIP embeddings: .*notes.npy is not a .npy file \(saved by numpy.save\)"):
         import_store(folder / "o.h5", clip_embeddings=folder / "notes.npy", backbone_features=folder / "backbone.npy",
@@ -584,6 +607,22 @@ def test_path_and_label_columns_that_are_not_one_text_per_row_are_one_clear_line
             import_store(folder / "t.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
                          paths=folder / f"{name}.parquet", label_column="label")
     assert not (folder / "t.h5").exists()
+
+
+def test_vocabulary_names_read_from_a_crlf_or_bom_file_are_taken_as_class_files_are(inputs):
+    """Bug: 'cat\\r', '\\ufeffdog' and 'cat ' were stored as they were, and no label matched them
+    (`zsfs text` strips a class file's lines and its BOM)."""
+    folder = inputs["dir"]
+    np.savez(folder / "crlf.npz", classes=np.array(["\ufeffcat\r", "dog "]), single=inputs["text"])
+    master = import_store(folder / "v.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                          paths=folder / "paths.csv", label_column="label", vocabularies={"pets": folder / "crlf.npz"}
+                          ).master
+    with Store(master) as store:
+        assert store.vocabulary("pets").classes == ["cat", "dog"]
+    np.savez(folder / "twice.npz", classes=np.array(["cat", "cat\r"]), single=inputs["text"])
+    with pytest.raises(ZsfsError, match="lists 1 name more than once"):
+        import_store(folder / "w.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                     paths=folder / "paths.csv", vocabularies={"pets": folder / "twice.npz"})
 
 
 def test_a_bad_vocabulary_is_refused_before_the_store_is_written_or_replaced(inputs):

@@ -29,7 +29,8 @@ from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.files import names_beside
 from zsfs.store.extras import check_vocabulary_name, normalise_rows, refuse_other_classes
 from zsfs.digests import listing_sha256
-from zsfs.store.writer import recorded_identity, refuse_another_listing, refuse_replacing_another_file
+from zsfs.store.writer import (check_own_shards_folder, recorded_identity, refuse_another_listing,
+                               refuse_replacing_another_file)
 from zsfs.writable import check_writable, refuse_input_as_output
 
 if TYPE_CHECKING:
@@ -67,7 +68,20 @@ class RowParts:
                   for i in range(max(first_part, 0), min(last_part, len(self.parts)))]
         rows = np.concatenate([piece for piece in pieces if len(piece)] or [self.parts[0][:0]])
         # float64 is numpy's default dtype; the store holds float16/32, so wider rows narrow here.
-        return rows.astype(np.float32) if rows.dtype.itemsize > 4 else rows
+        return _narrowed(rows) if rows.dtype.itemsize > 4 else rows
+
+
+def _narrowed(rows: np.ndarray) -> np.ndarray:
+    """Wide float ``rows`` as float32. A row is a direction (the store normalises it), so a finite,
+    non-zero row whose largest value float32 cannot hold (it would read as infinite or zero) is
+    divided by that value first; every other row is cast as it is."""
+    largest = np.abs(rows).max(axis=1, initial=0.0)
+    info = np.finfo(np.float32)
+    scale = np.isfinite(largest) & (largest > 0) & ((largest > info.max) | (largest < info.tiny))
+    if scale.any():
+        rows = rows.copy()
+        rows[scale] /= largest[scale, None]
+    return rows.astype(np.float32)
 
 
 def numbered_parts(folder: Path, pattern: str) -> list[Path]:
@@ -208,9 +222,9 @@ class ImportedVocabulary:
     n_templates: int  # 1 when the file had no ensemble (the single prompt stands in); 0 = unknown
 
 
-def load_vocabulary(file: Path) -> ImportedVocabulary:
+def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
     """Text embeddings from an ``.npz`` with ``classes``, ``single`` and optionally ``ensemble``
-    (and ``n_templates``)."""
+    (and ``n_templates``), each a row of ``width`` (the CLIP embeddings') per class."""
     if file.is_file() and not zipfile.is_zipfile(file):  # numpy would read it as a pickle
         raise ZsfsError(f"vocabulary file {file} is not an .npz file (numpy.savez(FILE, classes=..., single=...))")
     try:
@@ -240,23 +254,32 @@ def load_vocabulary(file: Path) -> ImportedVocabulary:
                         f"{'' if n_templates.ndim else f' ({n_templates})'}")
     # Checked here, before anything is written (with --overwrite the old store stays as it was):
     # numbers, finite and not zero, as the image rows are.
-    single = _text_embeddings(arrays["single"], f"vocabulary file {file}: single")
-    ensemble = _text_embeddings(arrays["ensemble"], f"vocabulary file {file}: ensemble") if has_ensemble else single
+    shape = (len(arrays["classes"]), width)
+    single = _text_embeddings(arrays["single"], f"vocabulary file {file}: single", shape)
+    ensemble = _text_embeddings(arrays["ensemble"], f"vocabulary file {file}: ensemble", shape) if has_ensemble \
+        else single
+    names = check_class_names(arrays["classes"].tolist(), f"vocabulary file {file}")
     return ImportedVocabulary(
-        classes=check_class_names(arrays["classes"].tolist(), f"vocabulary file {file}"),
+        # as `zsfs text` reads a class file: names read from a CRLF or BOM-marked file keep "\r", "\ufeff"
+        # or spaces that no label carries (their fit found no labelled class)
+        classes=[name.lstrip("\ufeff").strip() for name in names],
         single=single,
         ensemble=ensemble,
         n_templates=int(n_templates),
     )
 
 
-def _text_embeddings(values: np.ndarray, what: str) -> np.ndarray:
+def _text_embeddings(values: np.ndarray, what: str, shape: tuple[int, int]) -> np.ndarray:
     """``values`` as unit float rows; ZsfsError when they are not real numbers (integers were always
-    taken), not (C, D), or a row is zero or not finite."""
+    taken), not of ``shape`` (classes, CLIP dim: said first, as a cut-off width can leave zero
+    rows), or a row is zero or not finite."""
     real = np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)
     if not real or values.ndim != 2:  # text, booleans, complex numbers (their imaginary part was dropped)
         raise ZsfsError(f"{what} must be a (classes, CLIP dim) array of numbers, not a {values.dtype} array of "
                         f"shape {values.shape}")
+    if values.shape != shape:
+        raise ZsfsError(f"{what} has shape {values.shape}, expected ({shape[0]} classes, {shape[1]} = the CLIP "
+                        "embedding dim)")
     return normalise_rows(values, what)
 
 
@@ -287,6 +310,7 @@ def import_store(
     refuse_input_as_output(out, [("CLIP embeddings file", clip_embeddings), ("backbone features file", backbone_features),
                                  ("paths table", paths), *(("vocabulary file", file) for file in (vocabularies or {}).values())])
     refuse_replacing_another_file(out)  # before any input is read
+    check_own_shards_folder(out, overwrite)
     clip = load_rows(clip_embeddings, "CLIP embeddings")
     backbone = load_rows(backbone_features, "backbone features")
     table_location = Path(paths) if paths is not None else clip_embeddings
@@ -306,17 +330,12 @@ def import_store(
 
     for name in vocabularies or {}:
         check_vocabulary_name(name)
-    loaded = {name: load_vocabulary(Path(file)) for name, file in (vocabularies or {}).items()}
+    loaded = {name: load_vocabulary(Path(file), clip.shape[1]) for name, file in (vocabularies or {}).items()}
     source = str(table_location.absolute())
     if out.is_file() and not overwrite:
         refuse_another_listing(out, {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
                                      "n_items": len(image_paths)})
     refuse_other_vocabularies(out, loaded, overwrite)
-    for name, vocabulary in loaded.items():  # checked before writing anything
-        for kind, values in (("single", vocabulary.single), ("ensemble", vocabulary.ensemble)):
-            if values.shape != (len(vocabulary.classes), clip.shape[1]):
-                raise ZsfsError(f"vocabulary {name!r}: {kind} has shape {values.shape}, expected "
-                                f"({len(vocabulary.classes)} classes, {clip.shape[1]} = the CLIP embedding dim)")
     earlier = {} if overwrite else recorded_identity(out)  # the store being resumed or added to, if any
     master = write_store(
         out,
