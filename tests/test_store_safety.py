@@ -106,6 +106,15 @@ def test_a_damaged_vocabulary_file_leaves_the_others_usable_and_says_how_to_get_
     assert verified.exit_code == 1 and damaged in output_text(verified), output_text(verified)
     fitted = run_cli("fit", "--store", store, "--vocab", "other", "--k", "2", "--out", tmp_path / "run")
     assert fitted.exit_code == 0, output_text(fitted)
+    # bug: without --vocab the fit took "other" as the store's only vocabulary; with --vocab default it said
+    # only "it has: other"
+    unnamed = run_cli("fit", "--store", store, "--k", "2", "--out", tmp_path / "unnamed")
+    said = output_text(unnamed)
+    assert unnamed.exit_code == 2 and "has 1 readable vocabulary (other), and 1 vocabulary file cannot be read (" \
+        in said and damaged in said and said.rstrip().endswith("choose one with --vocab"), said
+    asked = output_text(run_cli("fit", "--store", store, "--vocab", "default", "--out", tmp_path / "asked"))
+    assert "has no vocabulary 'default'; it has: other; 1 vocabulary file cannot be read (" in asked, asked
+    assert damaged in asked and not (tmp_path / "unnamed").exists() and not (tmp_path / "asked").exists()
 
     assert run_cli("text", store, "--classes", classes, "--name", "default").exit_code == 0  # writes it anew
     with Store(store) as repaired:
@@ -509,6 +518,69 @@ def test_a_store_never_writes_into_another_stores_shards_folder(base, store, oth
         reopened.verify()
     again = run_cli(*extract_args(base, store))  # its own rerun is not refused
     assert again.exit_code == 0, again.output
+
+
+def test_a_rerun_under_a_renamed_masters_new_name_is_refused_and_overwrite_builds_anew(base, store):
+    """Bug: the rerun of `extract` on a renamed master embedded every image again into
+    renamed.shards/ and replaced the master: its graph and vocabularies stayed behind in s.shards/."""
+    renamed = store.with_name("renamed.h5")
+    store.rename(renamed)
+    before = store_content(renamed)
+    assert before["graph"] is not None
+    result = run_cli(*extract_args(base, renamed))
+    said = output_text(result)
+    assert result.exit_code == 1 and f"{renamed} reads its shards from s.shards/, not renamed.shards/: it was " \
+        "renamed (or copied under a new name) since it was built" in said and "Rename it back to s.h5" in said, said
+    assert "embedding" not in result.output and not renamed.with_name("renamed.shards").exists()
+    assert store_content(renamed) == before
+    note = "Note: renamed.h5 reads its shards from s.shards/, not renamed.shards/: it was renamed or copied"
+    assert note in output_text(run_cli("info", renamed))
+    assert note in output_text(run_cli("neighbours", renamed, "--k", "3"))  # they write into s.shards/
+    assert note in output_text(run_cli("text", renamed, "--classes", base / "classes.txt", "--name", "more"))
+    before = store_content(renamed)
+    assert "Note:" not in output_text(run_cli("info", base / "s.h5"))
+    renamed.rename(store)  # the fix the message gives
+    again = run_cli(*extract_args(base, store))
+    assert again.exit_code == 0 and store_content(store) == before, again.output
+    store.rename(renamed)
+    rebuilt = run_cli(*extract_args(base, renamed), "--overwrite")
+    assert rebuilt.exit_code == 0 and renamed.with_name("renamed.shards").is_dir(), rebuilt.output
+    with Store(renamed) as anew:
+        anew.verify()
+
+
+@pytest.mark.parametrize("command", ["extract", "import"])
+def test_an_output_that_is_no_store_or_part_of_one_is_never_replaced(base, store, tmp_path, command):
+    """Bugs: --overwrite replaced an HDF5 file that is no zsfs store (the user's own features),
+    and `--out s.shards/shard-00000.h5` wrote a new master over a shard of the store, with no
+    --overwrite (the store then failed to open)."""
+    features = tmp_path / "features.h5"
+    with h5py.File(features, "w") as file:
+        file["precious"] = np.arange(10)
+    before = store_content(store)
+    shard = store.with_name("s.shards") / "shard-00000.h5"
+    shard_bytes = shard.read_bytes()
+    if command == "extract":
+        args = lambda out: extract_args(base, out)  # noqa: E731
+    else:
+        np.save(tmp_path / "clip.npy", np.eye(3, 8, dtype=np.float32))
+        np.save(tmp_path / "backbone.npy", np.eye(3, 5, dtype=np.float32))
+        (tmp_path / "paths.csv").write_text("path\na\nb\nc\n")
+        args = lambda out: ("import", out, "--clip-embeddings", tmp_path / "clip.npy",  # noqa: E731
+                            "--backbone-features", tmp_path / "backbone.npy", "--paths", tmp_path / "paths.csv")
+    for out, said in ((features, f"{features} is an HDF5 file but not a zsfs store (no 'zsfs-store' format mark); "
+                                 "zsfs replaces only stores, even with --overwrite"),
+                      (shard, f"{shard} is inside {shard.parent}, the folder where a store keeps its shards; "
+                              "choose an output outside it"),
+                      (shard.with_name("new.h5"), "the folder where a store keeps its shards")):
+        for extra in ((), ("--overwrite",)):
+            result = run_cli(*args(out), *extra)
+            assert result.exit_code == 1 and said in output_text(result), result.output
+            assert "embedding" not in result.output
+    with h5py.File(features, "r") as file:
+        assert list(file) == ["precious"]
+    assert shard.read_bytes() == shard_bytes and not shard.with_name("new.h5").exists()
+    assert store_content(store) == before
 
 
 def test_a_file_in_the_shards_folders_place_is_refused_before_any_work(base, tmp_path):

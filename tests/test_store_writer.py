@@ -124,7 +124,8 @@ def test_identity_mismatch_refused_then_overwritten(tmp_path):
 
 def test_foreign_file_at_master_path_is_refused(tmp_path):
     """A file that is not HDF5 is never replaced (bug: --overwrite replaced it, a typo costing a
-    thesis); an HDF5 file, a damaged store maybe, is with --overwrite."""
+    thesis), nor an HDF5 file without the store's mark (bug: the user's own features were); an
+    HDF5 file too damaged to show its mark, a store maybe, is with --overwrite."""
     master = tmp_path / "s.h5"
     master.write_text("my thesis")
     for overwrite in (False, True):
@@ -135,6 +136,13 @@ def test_foreign_file_at_master_path_is_refused(tmp_path):
     master.unlink()
     with h5py.File(master, "w") as file:
         file["x"] = np.zeros(3)
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match="s.h5 is an HDF5 file but not a zsfs store .*even with --overwrite"):
+            new_writer(master, overwrite=overwrite)
+    with h5py.File(master, "r") as file:
+        assert file["x"].shape == (3,)
+    master.write_bytes(master.read_bytes()[:600])  # truncated: its signature reads, its attributes do not
+    assert h5py.is_hdf5(master)
     with pytest.raises(StoreError):
         new_writer(master)
     new_writer(master, overwrite=True)

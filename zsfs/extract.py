@@ -293,7 +293,7 @@ def extract(
                                  ("backbone weights file", backbone_weights),
                                  ("class file", classes if isinstance(classes, (str, Path)) else None)])
     rerun = out.is_file()
-    check_own_shards_folder(out)  # before the models load, as the checks below
+    check_own_shards_folder(out, overwrite)  # before the models load, as the checks below
     refuse_replacing_another_file(out)
     if rerun:  # it writes into the shards folder too (its vocabulary when missing)
         check_store_update(out, shard_dir(out), vocabulary_file(shard_dir(out), vocab_name))

@@ -262,6 +262,26 @@ def usage_check(module: str, check: str) -> Callable[[click.Context, click.Param
     return callback
 
 
+def note_a_borrowed_shards_folder(master: "os.PathLike", folder: str | None = None) -> None:
+    """A note when ``master`` reads its shards (vocabularies, graph) from ``folder`` (default: the
+    one its shard table names), another name's: it was renamed or copied under a new name, and
+    what `text` and `neighbours` write there a copy shares with its original."""
+    from pathlib import Path
+
+    from zsfs.store import schema
+    from zsfs.store.writer import shard_folders_named
+
+    master = Path(master)
+    folder = folder or min(shard_folders_named(master), default=None)
+    own = schema.shard_dir(master).name
+    if folder and folder != own:
+        console.print(f"[yellow]Note:[/] {shown(master.name)} reads its shards from {shown(folder)}/, not {shown(own)}/: "
+                      "it was renamed or copied under a new name since it was built. `zsfs text` and `zsfs neighbours` "
+                      "write into that folder, which a copy shares with the original (copy both under one name for an "
+                      "independent store); `zsfs extract` and `zsfs import` update the store only under its first "
+                      "name.", soft_wrap=True)
+
+
 def note_emulated_bf16(precision: str, device: str) -> None:
     """Say so when bf16 products are asked for on a CPU that has none in hardware: torch then
     emulates them, many times slower than fp32 (``zsfs.devices.has_fast_bf16``). Torch before

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import OVERWRITING, GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown
+from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, console, image_progress,
+                              note_a_borrowed_shards_folder, shown)
 from zsfs.devices import DEVICES, MODEL_PRECISIONS
 from zsfs.names import counted, pairs_text, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
@@ -142,6 +143,7 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
             loading.stop()
     console.print(f"Vocabulary [bold]{shown(name)}[/] ({counted(len(classes), 'class', 'classes')}) written to "
                   f"{shown(store)}")
+    note_a_borrowed_shards_folder(store)
 
 
 def _summary_table(summary) -> Table:

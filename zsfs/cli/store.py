@@ -10,11 +10,12 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import OVERWRITING, GivenPath, console, image_progress, note_emulated_bf16, shown
+from zsfs.cli.common import (OVERWRITING, GivenPath, console, image_progress, note_a_borrowed_shards_folder,
+                              note_emulated_bf16, shown)
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, reasons_text, some_names, utf8_text, visible
-from zsfs.store.schema import DEFAULT_SHARD_SIZE
+from zsfs.store import schema
 
 
 LOG_SECONDS = 10.0
@@ -47,7 +48,7 @@ def parse_vocabularies(values: tuple[str, ...]) -> dict[str, Path]:
               help="Class text embeddings: .npz with classes, single and optionally ensemble. Repeatable.")
 @click.option("--clip-name", default="imported-clip", show_default=True, help="Name of the CLIP model used.")
 @click.option("--backbone-name", default="imported-backbone", show_default=True, help="Name of the backbone used.")
-@click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(min=1),
+@click.option("--shard-size", default=schema.DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(min=1),
               help="Images per shard file.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Stored precision of the embeddings.")
@@ -183,6 +184,7 @@ def neighbours_command(store_path: Path, k: int | None, device: str, precision: 
                                      on_rows=on_rows)
     console.print(f"Stored {counted(record['k'], 'neighbour')} per image ({record['search']}, {record['precision']}) "
                   f"in {time.perf_counter() - started:.1f} s.", markup=False)
+    note_a_borrowed_shards_folder(store_path)
 
 
 def _labels_line(counts: dict[str, int]) -> str:
@@ -239,6 +241,8 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
         console.print(f"No vocabularies yet: add one with {shown(vocabulary_advice)}.")
     for why in summary.get("unreadable_vocabularies", {}).values():
         console.print(f"[yellow]Note:[/] a vocabulary file cannot be read: {shown(why)}", soft_wrap=True)
+    if summary["n_shards"]:
+        note_a_borrowed_shards_folder(Path(summary["path"]), summary["shards_folder"])
 
 
 COMMANDS = [import_command, info_command, neighbours_command]

@@ -394,6 +394,7 @@ class Store:
             "vocabularies": {name: self.vocabulary(name).classes for name in self.vocabulary_names()},
             "unreadable_vocabularies": self.unreadable_vocabularies,  # file -> why ({} when none)
             "n_shards": self.n_shards,
+            "shards_folder": self.data_dir.name,  # beside the master; another name's when it was renamed or copied
             "index": self.index_info,
             "neighbour_graph": self.graph_info,
         }
@@ -409,11 +410,6 @@ def _did_you_mean(path: Path) -> str:
     """``"; did you mean photos.h5?"`` for ``photos`` (the image folder, say) beside the store extract wrote."""
     meant = path.with_suffix(".h5") if path.name else path
     return f"; did you mean {meant}?" if meant != path and meant.is_file() else ""
-
-
-_PARTS = {schema.SHARD_FORMAT: "a shard", schema.VOCAB_FORMAT: "a vocabulary file",
-          schema.GRAPH_FORMAT: "the neighbour graph"}
-"""The files beside a master, by their format mark: named when passed as a store."""
 
 
 def open_master(path: Path) -> h5py.File:
@@ -438,11 +434,11 @@ def open_master(path: Path) -> h5py.File:
         raise StoreError(f"{path} cannot be opened as HDF5 ({error}); it is probably truncated or damaged") from None
     fmt = file.attrs.get(schema.ATTR_FORMAT)
     version = file.attrs.get(schema.ATTR_FORMAT_VERSION)
-    if fmt in _PARTS:
+    if fmt in schema.PART_FORMATS:
         file.close()
         masters = [path.parent.parent / f"{path.parent.stem}{suffix}" for suffix in schema.HDF5_SUFFIXES]
         master = next((candidate for candidate in masters if candidate.is_file()), None)
-        raise StoreError(f"{path} is {_PARTS[fmt]} of a zsfs store, not the store; pass its master file"
+        raise StoreError(f"{path} is {schema.PART_FORMATS[fmt]} of a zsfs store, not the store; pass its master file"
                          + (f": {master}" if master else " (the .h5 file beside its folder)"))
     if fmt != schema.FORMAT_NAME or version is None:
         file.close()

@@ -83,6 +83,8 @@ GRAPH_FILE = "neighbours.h5"
 SHARD_FORMAT = FORMAT_NAME + "-shard"
 VOCAB_FORMAT = FORMAT_NAME + "-vocabulary"
 GRAPH_FORMAT = FORMAT_NAME + "-neighbours"
+PART_FORMATS = {SHARD_FORMAT: "a shard", VOCAB_FORMAT: "a vocabulary file", GRAPH_FORMAT: "the neighbour graph"}
+"""The files a store keeps in its shards folder, by their format mark, as messages name them."""
 ATTR_NAME = "name"  # a vocabulary file's vocabulary name
 ATTR_BUILD = "build"  # random id of one master build; the graph file records the one it was made for
 

@@ -83,18 +83,28 @@ def unusable_row_numbers(features: np.ndarray, spans: Sequence[tuple[int, int]] 
     return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
-def check_own_shards_folder(master: Path) -> None:
+def check_own_shards_folder(master: Path, overwrite: bool = False) -> None:
     """Refuse to write ``master`` when its shards folder is a file, or when another store keeps
     its shards in that folder: ``x.h5`` and ``x.hdf5`` (or ``x``) would share ``x.shards/``, as
     would ``y.h5`` renamed from ``x.h5``, and writing one would replace the other's shards. A link
     to a store is refused too: its store keeps its shards beside the file linked to, so a rerun
     through the link would write a whole new store in place of the link. A copy of ``master``
-    (the same identity) is not another store: the rerun of ``master`` goes on."""
+    (the same identity) is not another store: the rerun of ``master`` goes on. Without
+    ``overwrite``, a master renamed since it was built is refused: it reads its shards (and
+    vocabularies, graph) from the folder of its first name, and a rerun under the new one would
+    embed every image again into another folder, leaving those behind."""
     master = Path(master).absolute()
     if master.is_symlink():
         raise StoreError(f"{master} is a link to {master_file(master)}; pass that path to write or update the store "
                          "(a store is written where its master file lies)")
     folder = schema.shard_dir(master)
+    used = sorted(shard_folders_named(master)) if master.is_file() and not overwrite else []
+    if used and folder.name not in used:
+        first_name = master.with_name(used[0].removesuffix(".shards") + master.suffix)
+        raise StoreError(f"{master} reads its shards from {used[0]}/, not {folder.name}/: it was renamed (or copied "
+                         f"under a new name) since it was built, and a rerun under this name would embed every image "
+                         f"again into {folder.name}/. Rename it back to {first_name.name} to update that store, or "
+                         "pass --overwrite to build a new one under this name")
     if folder.parent == master.parent and folder.name.casefold() == master.name.casefold():  # x.shards (x.SHARDS
         # on a file system that ignores case): the master would be its own shards folder
         raise StoreError(f"{master.name} is the name of the folder where a store keeps its shards; name the store "
@@ -120,19 +130,53 @@ def check_own_shards_folder(master: Path) -> None:
             continue
         if identity and recorded_identity(entry) == identity:  # a copy of its master
             continue
-        if folder.name in _shard_folders_of(entry):
+        if folder.name in shard_folders_named(entry):
             raise StoreError(f"{entry} keeps its shards in {folder.name}/, where {master.name} would write its own "
                              f"(a store's shards folder is named after its name without the suffix); choose an "
                              f"output with another name")
 
 
 def refuse_replacing_another_file(master: Path) -> None:
-    """Refuse an output that is a file but not HDF5, --overwrite or not: no store is such a file,
-    so it is a typo for another argument (``import notes.csv ...``), and --overwrite would replace it."""
+    """Refuse an output that is no zsfs store, --overwrite or not: a file that is not HDF5 or
+    carries another format mark (the user's own features), a part of a store (a shard, a
+    vocabulary, the graph), or any path inside a store's shards folder. Each is a typo for
+    another argument (``import notes.csv ...``, ``--out x.shards/shard-00000.h5``), and
+    --overwrite would replace it. A master too damaged to show its mark is a store to rebuild."""
     master = Path(master)
-    if master.is_file() and not h5py.is_hdf5(master):
-        raise StoreError(f"{master} exists and is not an HDF5 file, so not a zsfs store; zsfs replaces only stores, "
-                         "even with --overwrite: choose another output, or move that file away")
+    keep = "zsfs replaces only stores, even with --overwrite: choose another output, or move that file away"
+    if master.parent.name.endswith(".shards") and _holds_store_parts(master.parent):
+        raise StoreError(f"{master} is inside {master.parent}, the folder where a store keeps its shards; "
+                         "choose an output outside it")
+    if not master.is_file():
+        return
+    if not h5py.is_hdf5(master):
+        raise StoreError(f"{master} exists and is not an HDF5 file, so not a zsfs store; {keep}")
+    mark = _format_mark(master)
+    if mark in schema.PART_FORMATS:
+        raise StoreError(f"{master} is {schema.PART_FORMATS[mark]} of a zsfs store, not a store; {keep}")
+    if mark is not None and mark != schema.FORMAT_NAME:
+        raise StoreError(f"{master} is an HDF5 file but not a zsfs store (no '{schema.FORMAT_NAME}' format mark); "
+                         f"{keep}")
+
+
+def _format_mark(path: Path) -> str | None:
+    """The format mark of an HDF5 file ("" when it has none), or None when it cannot be read."""
+    try:
+        with h5py.File(path, "r") as file:
+            mark = file.attrs.get(schema.ATTR_FORMAT, "")
+    except (OSError, RuntimeError, ValueError, KeyError):
+        return None
+    return mark.decode("utf-8", "replace") if isinstance(mark, bytes) else str(mark)
+
+
+def _holds_store_parts(folder: Path) -> bool:
+    """Whether ``folder`` holds a shard, vocabulary or graph file of a store (by name)."""
+    patterns = ("shard-*" + schema.SHARD_SUFFIX, schema.VOCAB_FILE_PREFIX + "*" + schema.SHARD_SUFFIX,
+                schema.GRAPH_FILE)
+    try:
+        return any(next(folder.glob(pattern), None) is not None for pattern in patterns)
+    except OSError:
+        return False
 
 
 def _stores_being_written_beside(master: Path) -> list[Path]:
@@ -146,11 +190,9 @@ def _stores_being_written_beside(master: Path) -> list[Path]:
     return [store for store in stores if written_elsewhere(store)]
 
 
-"""Where another store may sit under any name (a renamed master keeps its shards folder)."""
-
-
-def _shard_folders_of(path: Path) -> set[str]:
-    """The folders a zsfs master's shard table names (none for other files)."""
+def shard_folders_named(path: Path) -> set[str]:
+    """The folders a zsfs master's shard table names (none for other files): its own
+    (``schema.shard_dir``), or its first name's when it was renamed or copied under a new name."""
     try:
         if not h5py.is_hdf5(path):
             return set()
@@ -194,7 +236,7 @@ class StoreWriter:
             held = acquire_lock(self.master)
             self._release = weakref.finalize(self, release_lock, held)
         try:
-            check_own_shards_folder(self.master)  # before anything, --overwrite too: it would delete them
+            check_own_shards_folder(self.master, overwrite)  # before anything, --overwrite too: it would delete them
             refuse_replacing_another_file(self.master)
             if overwrite:
                 self.remove_existing()
