@@ -588,6 +588,12 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
 
     with pytest.raises(ZsfsError, match="holds no file named 'nope.jpg'"):
         predict_images(fitted["run"], ["shards/00000.tar::nope.jpg"], workers=0)
+    # bug: a real file so named (extract embeds it) was taken for a member of shards/x.tar, "which does not exist"
+    named_like_a_member = Path("shards/x.tar::y.jpg")
+    shutil.copy(photos["root"] / good[0], named_like_a_member)
+    as_file = predict_images(fitted["run"], [named_like_a_member], workers=0)
+    assert as_file["path"].to_list() == [str(named_like_a_member)] and as_file["error"].null_count() == 1
+    assert_same_predictions(as_file.drop("path"), from_files.drop("path")[:1])
 
 
 def test_on_cpu_the_model_gets_the_cores_the_decoding_workers_leave(fitted, monkeypatch):

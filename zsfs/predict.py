@@ -55,7 +55,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
     listed: list[tuple[np.ndarray, TarMembers]] = []  # rows of listings with tars, and their byte ranges
     named_members: list[int] = []  # rows given as ``shard.tar::member``
     for given in _tar_patterns_expanded(Path(given_path(item, "image input")) for item in inputs):
-        if split_member_path(str(given)) is not None:
+        if split_member_path(str(given)) is not None and not given.is_file():  # a file so named is that file
             named_members.append(len(paths))
             paths.append(str(given))
         elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX):
