@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zsfs.errors import ZsfsError, check_at_least
-from zsfs.names import some_names
+from zsfs.names import counted, some_names, spelled_like
 
 __all__ = [
     "LabelCodes",
@@ -157,8 +157,11 @@ def id_ood_splits(
         wanted = list(dict.fromkeys(str(name) for name in id_classes))
         unknown = sorted(set(wanted) - set(classes))
         if unknown:
-            raise ZsfsError(f"these ID classes are not among the store's labels: "
-                            f"{some_names([repr(name) for name in unknown], 10)}. Use the exact label names "
+            hint = spelled_like(classes, "the label")
+            named = [f"{name!r}{hint(name)}" for name in unknown]
+            raise ZsfsError(f"{counted(len(unknown), 'ID class', 'ID classes')} "
+                            f"{'is' if len(unknown) == 1 else 'are'} not among the store's labels: "
+                            f"{some_names(named, 10, with_count=False)}. Use the exact label names "
                             "(`zsfs info` lists them).")
         _check_id_count(len(wanted), len(classes), always_ood)
         chosen = set(wanted)

@@ -12,7 +12,7 @@ import os
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -125,6 +125,18 @@ def _is_utf8_text(name: str) -> bool:
 def spelling_key(name: str) -> str:
     """What two spellings of one name share: the Unicode form, case and spacing aside."""
     return " ".join(unicodedata.normalize("NFC", name).casefold().split())
+
+
+def spelled_like(known: Iterable[str], what: str) -> Callable[[str], str]:
+    """A function giving, for a name that differs from one of ``known`` only by case, spacing or
+    Unicode form (almost surely meant as that one), ``" (spelled like WHAT 'x')"``; else ``""``."""
+    by_key = {spelling_key(name): name for name in known}
+
+    def hint(name: str) -> str:
+        match = by_key.get(spelling_key(name))
+        return f" (spelled like {what} {match!r})" if match is not None else ""
+
+    return hint
 
 
 def as_argument(path: str | os.PathLike) -> str:

@@ -218,12 +218,11 @@ SHOWN_CLASSES = 8
 def _labels_not_classes(counts: dict[str, int], classes: list[str]) -> str:
     """``'bird ' 18 (spelled like class 'bird'); fish 3``: a label that differs from a class only
     by case, spaces or Unicode form is almost surely meant as that class."""
-    from zsfs.names import spelling_key
+    from zsfs.names import spelled_like
 
-    by_key = {spelling_key(name): name for name in classes}
-    return some_names([f"{label!r} {count:,}" + (f" (spelled like class {by_key[spelling_key(label)]!r})"
-                                                if spelling_key(label) in by_key else "")
-                       for label, count in counts.items()], SHOWN_CLASSES, "metrics.json")
+    hint = spelled_like(classes, "class")
+    return some_names([f"{label!r} {count:,}{hint(label)}" for label, count in counts.items()], SHOWN_CLASSES,
+                      "metrics.json")
 
 
 def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> None:
