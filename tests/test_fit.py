@@ -398,7 +398,7 @@ def test_the_summary_names_listed_classes_that_got_no_seed(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert "classes without seeds" in result.output and not config["absent_classes"]
     # was clamped silently (`zsfs neighbours --k 100` refuses the same value)
-    assert "--neighbours 100 is more than the store's other images: each image's 59 neighbours are used" in \
+    assert "--neighbours 100 is more than the store's other images: each image's neighbours are the 59 other images" in \
         output_text(result)
     seeded = pl.read_parquet(tmp_path / "run" / "predictions.parquet").filter(pl.col("is_seed"))["pseudo_label"]
     assert seeded.n_unique() < 3

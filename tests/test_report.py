@@ -242,6 +242,11 @@ def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp
     assert gallery_items(page) > 0 and "<img " not in page  # stand-in paths: nothing to show
     note = html.unescape(re.search(r'<p class="note">([^<]*)', page).group(1))
     assert "not found" in note and f"run `zsfs report {run} --images FOLDER`" in note  # without --images: give one
+    elsewhere = tmp_path / "pages" / "my page.html"  # review: the command suggested dropped the --out given
+    elsewhere.parent.mkdir()
+    said = []
+    write_report(run, elsewhere, on_missing_images=said.append)
+    assert f"run `zsfs report {run} --out '{elsewhere}' --images FOLDER`" in said[0]
 
 
 def test_a_run_not_saved_yet_renders_as_its_saved_copy(tmp_path):

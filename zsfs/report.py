@@ -22,7 +22,7 @@ from zsfs import __version__, figures
 from zsfs.errors import ZsfsError, check_at_least
 from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
-from zsfs.names import counted, reasons_text, some_names, visible
+from zsfs.names import as_argument, counted, reasons_text, some_names, visible
 from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically, written_file
 from zsfs.runs import OOD_AUROC_LABELS, REPORT, FittedRun, load_run, seed_images_text
 from zsfs.sources import ImageSource
@@ -53,7 +53,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, images: 
     check_report_path(out)
     check_writable(written_file(out), "report")  # before the rendering, with the message every command gives
     refuse_read_only_file(out, "report")
-    page, missing = _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed)
+    page, missing = _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed,
+                            out=None if out == Path(run_dir) / REPORT else out)
     written = write_text_atomically(out, page)
     if missing and on_missing_images is not None:
         on_missing_images(missing)
@@ -86,8 +87,9 @@ def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | Non
 
 
 def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None, ood_images: int,
-            seed: int) -> tuple[str, str | None]:
-    """The page, and its note on the images it could not show (None when all show)."""
+            seed: int, out: Path | None = None) -> tuple[str, str | None]:
+    """The page, and its note on the images it could not show (None when all show; its command
+    writes to ``out``, None: the run folder's page)."""
     import polars as pl
 
     frame = run.read_predictions(COLUMNS).with_row_index(ROW)  # predictions are in store order
@@ -118,7 +120,7 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
         "ood": _ood(most_ood, made, ood_by),
         "parameters": _parameters(run.config),
     }
-    missing = _missing_images(made, where, run.path, images)
+    missing = _missing_images(made, where, run.path, images, out)
     note = f'<p class="note">{_e(missing)}</p>' if missing else ""
     return _page(run, note + "".join(sections.values()), [anchor for anchor, part in sections.items() if part]), missing
 
@@ -322,16 +324,19 @@ def _parameters(config: dict) -> str:
     return _section("parameters", "Parameters", _table(rows))
 
 
-def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | Path | None) -> str | None:
+def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | Path | None,
+                    out: Path | None = None) -> str | None:
     """Why some images could not be shown, and what to do (None when every one shows): with
-    ``images`` given, to check that folder, not to give one."""
+    ``images`` given, to check that folder, not to give one; the command suggested writes to
+    ``out`` (None: the run folder's page)."""
     failed = Counter(reason for uri, reason in made.values() if uri is None)
     if not failed:
         return None
     reasons = reasons_text(failed.most_common())
     advice = (f"Check that {images} is the folder the store's image paths are relative to." if images is not None
               else "Stores made by `zsfs import` may hold stand-in paths; if the images moved, run "
-                   f"`zsfs report {run_dir or 'RUN_DIR'} --images FOLDER`.")
+                   f"`zsfs report {as_argument(run_dir) if run_dir else 'RUN_DIR'}"
+                   f"{f' --out {as_argument(out)}' if out is not None else ''} --images FOLDER`.")
     return f"{sum(failed.values()):,} of {len(made):,} images could not be shown ({reasons}); {where}. {advice}"
 
 

@@ -157,7 +157,7 @@ def _summary_table(summary) -> Table:
     if summary.repeated_paths:
         table.add_row("paths listed twice or more", shown(some_names(summary.repeated_paths, 10)))  # each embedded
     if summary.classes_read_as_one:
-        table.add_row("class folders CLIP reads as one (one text embedding: `zsfs text STORE --classes FILE "
+        table.add_row("class names CLIP reads as one (one text embedding: `zsfs text STORE --classes FILE "
                       "--vocab NAME` adds a list with each class once)",
                       shown(pairs_text(summary.classes_read_as_one, 10)))
     if summary.empty_tars:

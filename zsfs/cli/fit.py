@@ -154,7 +154,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
                            "choose another location with --out RUN_DIR")
         if store.n_images <= config.neighbours:
             console.print(f"[yellow]Note:[/] --neighbours {config.neighbours} is more than the store's other "
-                          f"images: each image's {store.n_images - 1:,} neighbours are used.")
+                          f"images: each image's neighbours are the {counted(store.n_images - 1, 'other image')}.")
         if store.n_images <= config.candidates:
             few = (" So few images give the method little to learn from: compare its labels with the "
                    "zero_shot_predicted column." if store.n_images <= FitConfig.candidates else "")
