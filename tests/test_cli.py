@@ -279,7 +279,8 @@ def _store_summary() -> dict:
         "path": "st[/x]ore.h5", "zsfs_version": "0", "created": "now", "source": "photos/[draft]",
         "n_images": 2, "n_skipped": 1, "skipped_reasons": {"bad [/x] file": 1}, "has_labels": True,
         "labels": {"[lab]el": 2},
-        "dtype": "float16", "n_shards": 1, "index": {"type": "flat", "metric": "ip"}, "neighbour_graph": None,
+        "dtype": "float16", "n_shards": 1, "shards_folder": "x]ore.shards", "index": {"type": "flat", "metric": "ip"},
+        "neighbour_graph": None,
         "clip": model, "backbone": {**model, "name": "[backbone]"}, "vocabularies": {"[v]": ["[a]", "b"]},
     }
 

@@ -34,9 +34,9 @@ class Outcome:
             found.append(f"killed by a signal (exit {self.returncode})")
         if "Traceback" in self.output or "Exception ignored" in self.output:
             found.append("traceback")
-        if self.returncode not in (0, 1):
+        if self.returncode not in (0, 1, 2):  # 2: a usage error (options that cannot be served)
             found.append(f"exit code {self.returncode}")
-        if self.returncode == 1 and sum(line.startswith("Error:") for line in self.output.splitlines()) != 1:
+        if self.returncode in (1, 2) and sum(line.startswith("Error:") for line in self.output.splitlines()) != 1:
             found.append("not exactly one error line")
         return found
 
