@@ -286,6 +286,8 @@ def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):
     assert set(written.columns) == {"path", "predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous", "error"}
     first = json.loads(result.stdout.splitlines()[0])
     assert first["path"] == str(one_image) and first["predicted"] in fitted["fit"]["predicted"].to_list()
+    # review: the image given alone and in its folder gave two rows without a word (extract names such paths)
+    assert f"Paths given twice or more (each row kept): 1: {one_image}" in " ".join(output_text(result).split())
 
 
 def test_json_lines_are_utf8_whatever_the_locale_says(fitted, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from rich.table import Table
 from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown, usage_check
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
-from zsfs.names import counted
+from zsfs.names import counted, repeated, some_names
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
@@ -70,6 +70,9 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     else:
         where = ""
     console.print(f"{counted(frame.height - failed, 'image')} classified, {failed:,} skipped{where}")
+    twice = repeated(frame["path"].to_list())  # a file and the folder holding it, say: as extract, a row each
+    if twice:
+        console.print(f"Paths given twice or more (each row kept): {shown(some_names(twice, 10))}")
     if failed == frame.height:  # the rows say why; the exit status tells a script nothing was classified
         raise ZsfsError(f"no image could be read ({counted(failed, 'image')} given; the rows say why)")
 
