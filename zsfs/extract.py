@@ -288,6 +288,9 @@ def extract(
     fix = "choose another location" if out is not None else \
         "the store goes to the working folder unless given one: choose another location with --out PATH"
     out = Path(out) if out is not None else default_output(image_source.location)
+    if out.is_file():  # another location would embed everything again
+        fix = ("a rerun updates the store in place (its lock and any missing shard are written beside it): make that "
+               "folder writable; reading the store (`zsfs info`, `zsfs fit --store`) needs no write access")
     check_writable(out, "store", fix, beside=names_beside(out))
     refuse_input_as_output(out, [("image source", source), ("CLIP weights file", clip_weights),
                                  ("backbone weights file", backbone_weights),
