@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipelines.datasets import (ACCURACY_BASELINES, AUROC_BASELINES, BACKBONE, BASELINE_TITLES, CLIP_MODEL,
                                 CLIP_WEIGHTS, DATASETS, Dataset)
+from zsfs.errors import ZsfsError
 from zsfs.outputs import replacing_file
 from zsfs.runs import CONFIG as CONFIG_FILE, METRICS as METRICS_FILE  # ood-bench names its file alike
 
@@ -162,13 +163,22 @@ def _describe_models(config: dict) -> tuple[str, bool]:
     or its weights must not pass for the paper's setup."""
     clip, backbone = config.get("clip") or {}, config.get("backbone") or {}
     words = f"{clip.get('name')} ({clip.get('weights')}) + {backbone.get('name')} ({backbone.get('weights')})"
-    return words, (clip.get("name") == CLIP_MODEL and clip.get("weights") in (CLIP_WEIGHTS, "file")
-                   and backbone.get("name") == BACKBONE and backbone.get("weights") in ("default", "file"))
+    # OpenAI's weights as a local file load with the architecture's own "-quickgelu" variant (as zsfs's
+    # download error advises); the tag loads them into the plain name
+    paper_clip = (clip.get("name") == CLIP_MODEL and clip.get("weights") in (CLIP_WEIGHTS, "file")
+                  or clip.get("name") == f"{CLIP_MODEL}-quickgelu" and clip.get("weights") == "file")
+    return words, paper_clip and backbone.get("name") == BACKBONE and backbone.get("weights") in ("default", "file")
 
 
 def _read_metrics(run_dir: Path, file: str = METRICS_FILE) -> dict | None:
     path = run_dir / file
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ZsfsError(f"{path} is unreadable ({error}); remove {run_dir} and rerun its step (`python -m "
+                        "pipelines.run` skips only finished steps)") from None
 
 
 def _percent(fraction: float | None) -> float | None:
@@ -214,8 +224,12 @@ def main() -> None:
     work = parser.parse_args().work
     if not work.is_dir():  # a typo made a folder with an empty table; a file, a traceback
         parser.error(f"{work} is not a folder: give the --work folder of `python -m pipelines.run`")
-    for written in write_results(work):
-        print(written)
+    try:
+        written = write_results(work)
+    except ZsfsError as error:
+        parser.exit(1, f"Error: {error}\n")
+    for path in written:
+        print(path)
 
 
 if __name__ == "__main__":  # python -m pipelines.report [WORK]

@@ -19,6 +19,7 @@ import click
 
 from pipelines import prepare, report
 from pipelines.datasets import BACKBONE, CLIP_MODEL, CLIP_WEIGHTS, DATASETS, OOD_SPLITS, Dataset, get_dataset
+from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 
 
@@ -80,8 +81,9 @@ def plan(
     steps = []
     if images is None:
         images = prepare.images_folder(data_root, dataset.name)
+        # done once prepared, or once its store is (extract reads the images only to build it)
         steps.append(Step("prepare", images, lambda: dataset.prepare(Path(data_root)),
-                          done=lambda: prepare.is_prepared(images)))
+                          done=lambda: prepare.is_prepared(images) or layout.store.is_file()))
     extract = ("extract", str(images), "--out", str(layout.store), "--clip-model", CLIP_MODEL,
                "--clip-weights", CLIP_WEIGHTS, "--backbone", BACKBONE, "--device", device, *extract_args)
     steps.append(_zsfs_step("extract", layout.store, extract))
@@ -152,7 +154,8 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
               show_default=True, help="Where datasets are downloaded and prepared.")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("work"), show_default=True,
               help="Stores, runs and results.md / results.csv.")
-@click.option("--device", default="cpu", show_default=True, help="Device for extract, fit and ood-bench.")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Device for extract, fit and ood-bench.")
 @click.option("--images", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="An already prepared class-subfolder folder (one dataset only): skips preparation.")
 @click.option("--extract-args", default="", help='Extra `zsfs extract` options, e.g. "--precision bf16".')
@@ -167,6 +170,8 @@ def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, im
 
     failed = []
     try:
+        if "all" in datasets and len(datasets) > 1:
+            raise ZsfsError("'all' runs every dataset: give it alone, or name the datasets")
         names = [name for name, entry in DATASETS.items() if entry.runnable] if datasets == ("all",) else datasets
         chosen = [get_dataset(name) for name in names]
         if images is not None and len(chosen) != 1:

@@ -63,6 +63,18 @@ def test_plan_runs_the_paper_models_and_protocol(tmp_path):
     assert steps[3].describe().startswith("zsfs ood-bench --store ")
 
 
+def test_a_dataset_whose_store_is_built_needs_no_preparation_and_a_bad_device_is_said_first(tmp_path):
+    """Review: a rerun prepared the images again (offline: a failed download, exit 1) though every
+    later step was done; --device tpu was refused only by extract, after the preparation."""
+    steps = plan(DATASETS["cifar10"], tmp_path / "data", tmp_path / "work")
+    assert not steps[0].is_done()
+    Layout(tmp_path / "work", "cifar10").store.parent.mkdir(parents=True)
+    Layout(tmp_path / "work", "cifar10").store.write_bytes(b"")
+    assert steps[0].is_done() and steps[1].is_done()
+    result = CliRunner().invoke(main, ["cifar10", "--device", "tpu", "--work", str(tmp_path / "w"), "--dry-run"])
+    assert result.exit_code == 2 and "'tpu' is not one of 'cpu', 'cuda', 'mps'" in result.output
+
+
 def test_imagenet_is_classification_only_and_images_skip_preparation(tmp_path):
     steps = plan(DATASETS["imagenet"], tmp_path, tmp_path / "work", images=tmp_path / "sorted")
     assert [step.name for step in steps] == ["extract", "fit"]
@@ -87,8 +99,9 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     steps = plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2)
 
     log: list[str] = []
-    assert run_steps(steps, echo=log.append) == ["prepare", "fit", "ood-bench"]
-    assert any(line.startswith("done  extract") for line in log) and prepared == [data]
+    assert run_steps(steps, echo=log.append) == ["fit", "ood-bench"]  # the store is built: no images needed
+    assert any(line.startswith("done  prepare") for line in log) and prepared == []
+    assert any(line.startswith("done  extract") for line in log)
     fit_metrics = json.loads((work / "synth" / "fit" / "metrics.json").read_text())
     bench_metrics = json.loads((work / "synth" / "ood-bench" / "metrics.json").read_text())
     assert bench_metrics["n_splits"] == 2 and bench_metrics["id_classes"] == 6
@@ -128,6 +141,10 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     for clip_weights in ("random", "laion2b_s34b_b79k"):  # another checkpoint is another setup (review)
         assert report._describe_models({**paper_config, "clip": {"name": CLIP_MODEL, "weights": clip_weights}})[1] \
             is False
+    # review: OpenAI's weights as a file load as ViT-B-32-quickgelu (as zsfs's download error advises)
+    quickgelu = {"name": f"{CLIP_MODEL}-quickgelu", "weights": "file"}
+    assert report._describe_models({**paper_config, "clip": quickgelu})[1] is True
+    assert report._describe_models({**paper_config, "clip": {**quickgelu, "weights": "openai"}})[1] is False
 
     # A rerun finds everything done; removing one output reruns only that step.
     before = (work / "synth" / "fit" / "metrics.json").stat().st_mtime_ns
@@ -136,7 +153,7 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     (work / "synth" / "ood-bench" / "metrics.json").unlink()
     (work / "synth" / "ood-bench").rmdir()
     assert run_steps(steps, echo=log.append) == ["ood-bench"]
-    assert prepared == [data]
+    assert prepared == []
 
 
 def test_dry_run_runs_nothing(tmp_path):
@@ -181,6 +198,21 @@ def test_report_of_a_folder_that_is_not_there_is_a_usage_error(tmp_path, monkeyp
             report.main()
         assert stopped.value.code == 2 and "is not a folder: give the --work folder" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_report_of_a_damaged_metrics_file_is_one_line(tmp_path, monkeypatch, capsys):
+    """Review: an unreadable metrics.json was a JSONDecodeError traceback."""
+    from pipelines import report
+
+    fit = tmp_path / "cifar10" / report.FIT_DIR
+    fit.mkdir(parents=True)
+    (fit / "metrics.json").write_text("{bad")
+    monkeypatch.setattr(sys, "argv", ["report", str(tmp_path)])
+    with pytest.raises(SystemExit) as stopped:
+        report.main()
+    said = capsys.readouterr().err
+    assert stopped.value.code == 1 and f"Error: {fit / 'metrics.json'} is unreadable (" in said, said
+    assert "Traceback" not in said and f"remove {fit} and rerun its step" in said
 
 
 def test_report_without_runs_shows_the_paper_numbers_only(tmp_path):
@@ -349,6 +381,7 @@ def test_cli_runs_the_steps_and_writes_the_results(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["geo"], "not public"),
     (["mnist"], "no pipeline for dataset 'mnist'"),
+    (["all", "cifar10"], "'all' runs every dataset: give it alone, or name the datasets"),  # was "no pipeline for 'all'"
     (["cifar10", "cifar100", "--images", "."], "exactly one dataset"),
     (["cifar10", "--fit-args", "--bogus"], "--fit-args '--bogus': `zsfs fit` says: No such option '--bogus'"),
     (["cifar10", "--fit-args", "--report"], "`zsfs ood-bench` says: No such option '--report'"),

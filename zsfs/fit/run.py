@@ -129,8 +129,9 @@ class FitConfig:
                 raise ParameterError(f"{{{name}}} must be a finite number, not {getattr(self, name)}")
         if not self.lr > 0:
             raise ParameterError(f"{{lr}} must be > 0, not {self.lr}")
-        if self.ood_multiplier < 0:
-            raise ParameterError(f"{{ood_multiplier}} must be at least 0, not {self.ood_multiplier}")
+        for name in ("loss_floor", "ood_multiplier"):  # as the CLI's ranges say
+            if getattr(self, name) < 0:
+                raise ParameterError(f"{{{name}}} must be at least 0, not {getattr(self, name)}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ParameterError(f"{{seed}} must be between 0 and {MAX_SEED} (faiss takes a 32-bit seed), "
                                  f"not {self.seed}")
