@@ -56,6 +56,24 @@ def test_fit_returns_a_run_that_saves_and_reloads(tmp_path):
     assert predicted["predicted"].to_list() == run.predictions["predicted"].to_list()
     with pytest.raises(zsfs.ZsfsError, match="already exists"):
         run.save(tmp_path / "run")
+    # review: these were TypeErrors from deep inside (the bytes were read as numbers: "47 does not exist")
+    for call, message in ((lambda: zsfs.Store(3), "path must be a path (a str or pathlib.Path), not 3"),
+                          (lambda: zsfs.load_run(3), "run_dir must be a path (a str or pathlib.Path), not 3"),
+                          (lambda: zsfs.report(3), "run_dir must be a path (a str or pathlib.Path), not 3"),
+                          (lambda: zsfs.report(run), "run_dir is a run not saved yet: save it first"),
+                          (lambda: zsfs.extract(tmp_path, 3), "out must be a path (a str or pathlib.Path), not 3"),
+                          (lambda: zsfs.extract(tmp_path, tmp_path / "x.h5", classes=3),
+                           "classes must be a list of class names or a class file's path, not 3"),
+                          (lambda: reloaded.predict_images(5), "images must be a path or a list of paths, not 5"),
+                          (lambda: reloaded.predict_images(b"/tmp"), "images must be a path or a list of paths, not "
+                                                                     "b'/tmp'"),
+                          (lambda: reloaded.predict_images([b"/tmp"]), "images must be a path (a str or pathlib.Path)"),
+                          (lambda: reloaded.predict_images([tmp_path], bogus=1), "unknown parameter 'bogus'; "
+                                                                                 "predict_images takes images, device")):
+        with pytest.raises(zsfs.ParameterError) as raised:
+            call()
+        assert str(raised.value).startswith(message), str(raised.value)
+    assert zsfs.report(saved) == saved.path / "report.html"  # the run zsfs.fit returned, once saved
 
 
 def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import numbers
+import os
 from collections.abc import Iterator
 
 
@@ -53,6 +54,13 @@ def check_parameter_type(name: str, value: object, kind: type) -> None:
     accepted, described = PARAMETER_KINDS[kind]
     if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
         raise ParameterError(f"{{{name}}} must be {described}, not {literal(repr(value))}")
+
+
+def check_path_type(name: str, value: object) -> None:
+    """ParameterError unless ``value`` is a path: a ``str`` or an ``os.PathLike`` (``bytes`` are not:
+    iterated, they read as numbers)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ParameterError(f"{{{name}}} must be a path (a str or pathlib.Path), not {literal(repr(value))}")
 
 
 def check_choice(name: str, value: object, choices: "tuple[str, ...]") -> None:

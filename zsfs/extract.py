@@ -12,6 +12,7 @@ each shard, so shards of a local run and of a Ray run are interchangeable.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_images
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_choice,
-                         check_parameter_type)
+                         check_parameter_type, check_path_type, literal)
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
 from zsfs.names import as_argument, check_class_names, counted, pairs_text, reasons_text
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -273,6 +274,9 @@ def extract(
     """
     started = time.perf_counter()
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    check_path_type("source", source)
+    if out is not None:
+        check_path_type("out", out)
     _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
                    max_pixels=max_pixels, ray=ray, ray_workers=ray_workers, vocab_name=vocab_name, overwrite=overwrite)
     if ray is None:
@@ -500,8 +504,11 @@ def _given_classes(classes: Sequence[str] | str | Path | None) -> list[str] | No
     """The class names given (a list, or a class file), checked; None when none were given."""
     if classes is None:
         return None
-    if isinstance(classes, (str, Path)):
+    if isinstance(classes, (str, os.PathLike)):
         return read_class_file(classes)
+    if not isinstance(classes, (list, tuple)) and not hasattr(classes, "tolist"):  # a number, bytes, a set...
+        raise ParameterError(f"{{classes}} must be a list of class names or a class file's path, not "
+                             f"{literal(repr(classes))}")
     return check_class_names([str(name).strip() for name in classes], "the classes given")  # as a class file's lines
 
 

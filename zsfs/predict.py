@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
-from zsfs.errors import ZsfsError, check_at_least, check_choice
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_choice, check_path_type, literal
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import embedded_images
 from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
@@ -48,6 +48,11 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
     """
     if isinstance(inputs, (str, os.PathLike)):  # one path, not its characters
         inputs = [inputs]
+    if isinstance(inputs, (bytes, bytearray)) or not isinstance(inputs, Iterable):  # bytes: read as numbers
+        raise ParameterError(f"{{images}} must be a path or a list of paths, not {literal(repr(inputs))}")
+    inputs = list(inputs)
+    for item in inputs:
+        check_path_type("images", item)
     if not inputs:
         raise ZsfsError("no images given; pass image files and/or folders")
     paths: list[str] = []

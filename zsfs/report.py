@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs import __version__, figures
-from zsfs.errors import ZsfsError, check_at_least
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_path_type
 from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import as_argument, counted, reasons_text, some_names, visible
@@ -40,13 +40,20 @@ ROW = "row"  # the store row of a prediction (a column the report adds)
 MAX_LISTED = 10  # absent classes named in the summary (the Classes section lists them all)
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, *, images: str | Path | None = None,
+def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = None, *, images: str | Path | None = None,
                  per_class: int | None = None, ood_images: int = OOD_IMAGES, seed: int = 0,
                  on_missing_images: Callable[[str], None] | None = None) -> Path:
     """Render the report of ``run_dir`` to ``out`` [RUN_DIR/report.html]; the options as
     :func:`render_report`'s. ``on_missing_images`` hears the page's note when some images could
     not be shown (an empty gallery should be no surprise)."""
     _check_options(per_class, ood_images)
+    if isinstance(run_dir, FittedRun):  # what zsfs.fit returns: its saved folder
+        if run_dir.path is None:
+            raise ParameterError("{run_dir} is a run not saved yet: save it first (run.save(folder)), or render its "
+                                 "page with zsfs.report.render_report(run)")
+        run_dir = run_dir.path
+    if out is not None:
+        check_path_type("out", out)
     # what is not a run is said before where the page would go (`zsfs report` checks the page's name first)
     run = load_run(run_dir)
     out = Path(run_dir) / REPORT if out is None else Path(out)

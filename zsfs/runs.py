@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import ParameterError, ZsfsError
+from zsfs.errors import ParameterError, ZsfsError, check_path_type
 from zsfs.names import counted, utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
 
@@ -302,14 +302,21 @@ class FittedRun:
 
     def predict_images(self, images: "Sequence[str | Path] | str | Path", **options) -> "pl.DataFrame":
         """Classify image files and/or folders (options as :func:`zsfs.predict.predict_images`)."""
+        import inspect
+
         from zsfs.predict import predict_images
 
+        taken = [name for name in inspect.signature(predict_images).parameters if name not in ("run_dir", "inputs")]
+        unknown = [name for name in options if name not in taken]
+        if unknown:  # as zsfs.fit says it (a TypeError otherwise)
+            raise ParameterError(f"unknown parameter {unknown[0]!r}; predict_images takes images, {', '.join(taken)}")
         return predict_images(self, images, **options)
 
 
 def load_run(run_dir: str | Path) -> FittedRun:
     """Open a run folder written by ``zsfs fit`` or ``FittedRun.save``: ``.predict(features)``,
     ``.predict_images(paths)``, ``.predictions``, ``.metrics``, ``.config``; ZsfsError when it is not one."""
+    check_path_type("run_dir", run_dir)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         problem = "is not a folder" if run_dir.exists() else "does not exist"

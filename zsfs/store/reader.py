@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from zsfs.errors import StoreError, check_choice, one_line
+from zsfs.errors import StoreError, check_choice, check_path_type, one_line
 from zsfs.names import as_argument, check_class_names, counted
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
@@ -72,6 +72,7 @@ class Store:
     """
 
     def __init__(self, path: str | Path) -> None:
+        check_path_type("path", path)
         self.path = master_file(path)  # a link's store: shards beside the master, not the link
         # Stamped before it is opened: a rebuild (shards first, the master last) that ends
         # after this point replaces the master, so check_unchanged sees it, however it interleaves.
