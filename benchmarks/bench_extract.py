@@ -176,23 +176,18 @@ def main() -> None:
             for _ in range(args.repeat):
                 a_run = bench_extract(folder, setting, args, workdir)
                 c_run = bench_decode(source, clip, backbone, args, workers)
-                d_run = bench_forward(source, clip, backbone, args, device)
-                with model_threads(device, workers):  # the threads extract leaves to the models on CPU
-                    shared_run = bench_forward(source, clip, backbone, args, device)[0], torch.get_num_threads()
-                runs.append((a_run, c_run, d_run, shared_run))
-            (a, a_end_to_end), _, _, _ = max(runs, key=lambda run: run[0][0])
+                with model_threads(device):  # the threads extract gives the models on CPU
+                    d_run = bench_forward(source, clip, backbone, args, device)
+                runs.append((a_run, c_run, d_run))
+            (a, a_end_to_end), _, _ = max(runs, key=lambda run: run[0][0])
             c = max(run[1] for run in runs)
             d, d_clip, d_backbone = max((run[2] for run in runs), key=lambda forward: forward[0])
-            d_shared, model_thread_count = max(run[3] for run in runs)
             flops = backbone_flops(backbone, device)
             print(f"\n== {name}: CLIP {setting[0]} ({setting[1]}), backbone {setting[2]} ({setting[3]})")
             print(f"(a) zsfs extract          {a:9.1f} img/s   (end to end incl. loading+finalize: {a_end_to_end:.1f})")
             print(f"(b) naive per-image loop  {b:9.1f} img/s")
             print(f"(c) decode + preprocess   {c:9.1f} img/s")
             print(f"(d) forward passes        {d:9.1f} img/s   (CLIP alone {d_clip:.1f}, backbone alone {d_backbone:.1f})")
-            if device.type == "cpu":
-                print(f"    (d) with the {model_thread_count} thread(s) extract leaves the models beside {workers} "
-                      f"decoding worker(s): {d_shared:.1f} img/s")
             print(f"ratios: a/b = {a / b:.2f}   a/c = {a / c:.2f}   a/d = {a / d:.2f}   a/min(c,d) = {a / min(c, d):.2f}")
             print(f"backbone: {flops / 1e9:.2f} GFLOP/image -> {flops * d_backbone / 1e12:.3f} TFLOP/s alone, "
                   f"{flops * a / 1e12:.3f} TFLOP/s inside extract")

@@ -49,19 +49,21 @@ def default_worker_niceness(device: str) -> int:
 
 
 @contextmanager
-def model_threads(device: torch.device, workers: int, cores: int | None = None) -> Iterator[None]:
-    """On CPU, give the models the cores (of ``cores``, default all) the decoding workers leave
-    free (at least one).
+def model_threads(device: torch.device, cores: int | None = None) -> Iterator[None]:
+    """On CPU, give the models every core (of ``cores``, default all) as intra-op threads; the
+    decoding workers run at a lower priority (:func:`default_worker_niceness`) and fill the gaps.
 
-    Oversubscribed intra-op threads wait on each other at every operator; measured on a 2-core
-    machine, 1 model thread + 1 worker beat 2 threads + 1 worker by 1.3x (ViT-B/32) to 2.3x (tiny
-    models). The caller's setting is restored afterwards.
+    Measured on an idle 2-core Xeon (`bench_extract.py --models tiny,small --n-images 160
+    --repeat 2`): ViT-B/32 + EfficientNet-Lite0 at 13.5 img/s with 2 threads against 7.1 with the
+    one thread the decoding worker used to leave (the bare forward rate: 15.4), the decode-bound
+    tiny models at 199 against 224 img/s. (On a 2-core machine kept busy by other jobs, one
+    thread beside the worker had been faster.) The caller's setting is restored afterwards.
     """
     if device.type != "cpu":
         yield
         return
     previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, (available_cores() if cores is None else cores) - workers))
+    torch.set_num_threads(max(1, available_cores() if cores is None else cores))
     try:
         yield
     finally:
@@ -386,8 +388,8 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
                      set_aside: Mapping[int, str] | None = None) -> Iterator[Iterator[tuple]]:
     """The whole pipeline over ``batches`` of ``source``: decoding workers apply every model's
     preprocessing, the models embed on ``device``; yields :func:`embed_batches`' results (one
-    output per model). ``workers``: None = :func:`default_workers`. On CPU the models get the cores
-    the workers leave (:func:`model_threads`) while the results are read. ``set_aside``:
+    output per model). ``workers``: None = :func:`default_workers`. On CPU the models get every
+    core (:func:`model_threads`) while the results are read. ``set_aside``:
     positions reported as failed with their reason, not decoded (:func:`set_aside_crashing_file`).
     A decoding process that dies raises :class:`DecodingProcessDied`; one that crashed names the
     file it was decoding when that file crashes a process of its own too; one still decoding a
@@ -401,7 +403,7 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
                            decoding_since=decoding_since, set_aside=set_aside)
     loader = make_loader(images, batches, workers=workers, pin_memory=torch_device.type == "cuda",
                          worker_niceness=default_worker_niceness(device))
-    with model_threads(torch_device, workers, cores):
+    with model_threads(torch_device, cores):
         loaded = iter(loader)  # kept: a failure looks at its decoding processes. (It installs torch's handler.)
         with without_torch_sigchld_handler(), HangWatch(loaded, decoding, decoding_since) as watch:
             try:

@@ -38,7 +38,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0),
               help="Decoding processes [default: every core with a GPU; on CPU a quarter of the cores, "
-                   "at least 1, and the models get the rest].")
+                   "at least 1, at a lower priority than the models, which get every core].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Images per shard file (the unit of resuming).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
