@@ -70,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zsfs-bench-tars-") as tmp:
         base = args.workdir or Path(tmp)
         print(f"load average {os.getloadavg()[0]:.1f}; {PER_TAR:,} samples per tar, 3 members per sample")
-        print(f"{'entries':>10} {'tars':>5} {'GB':>5} {'write s':>8} {'list s (1st)':>12} {'list s':>7} "
+        print(f"{'entries':>10} {'tars':>5} {'GB':>5} {'write s':>8} {'list s (1st)':>12} {'(2nd)':>7} "
               f"{'us/entry':>8} {'digest s':>8} {'peak RSS MB':>11}")
         for n in sizes:
             folder, written = base / f"n{n}", float("nan")

@@ -244,7 +244,7 @@ def test_cli_import_names_paths_given_twice(inputs):
     common = ["--clip-embeddings", str(folder / "clip.npy"), "--backbone-features", str(folder / "backbone.npy")]
     result = CliRunner().invoke(main, ["import", str(folder / "twice.h5"), *common, "--paths", str(folder / "twice.csv")])
     assert result.exit_code == 0, result.output
-    assert "Paths given twice or more (each row kept): 2: photos/002.jpg; photos/a b.jpg" in " ".join(
+    assert "2 paths given twice or more (each row kept): photos/002.jpg; photos/a b.jpg" in " ".join(
         result.output.split())
     with Store(folder / "twice.h5") as store:
         assert store.n_images == N and store.paths().tolist() == paths

@@ -72,7 +72,8 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     console.print(f"{counted(frame.height - failed, 'image')} classified, {failed:,} skipped{where}")
     twice = repeated(frame["path"].to_list())  # a file and the folder holding it, say: as extract, a row each
     if twice:
-        console.print(f"Paths given twice or more (each row kept): {shown(some_names(twice, 10))}")
+        console.print(f"{counted(len(twice), 'path')} given twice or more (each row kept): "
+                      f"{shown(some_names(twice, 10, with_count=False))}")
     if failed == frame.height:  # the rows say why; the exit status tells a script nothing was classified
         raise ZsfsError(f"no image could be read ({counted(failed, 'image')} given; the rows say why)")
 

@@ -89,7 +89,8 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
     with Store(summary.master) as store:
         show_summary(store.summary(), store.how_to_add_a_vocabulary())
     if summary.repeated_paths:  # each row stays an image of its own, as extract keeps a list file's repeats
-        console.print(f"Paths given twice or more (each row kept): {shown(some_names(summary.repeated_paths, 10))}")
+        console.print(f"{counted(len(summary.repeated_paths), 'path')} given twice or more (each row kept): "
+                      f"{shown(some_names(summary.repeated_paths, 10, with_count=False))}")
 
 
 @click.command("info", short_help="Show what a store holds: images, models, vocabularies.")
