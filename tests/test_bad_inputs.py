@@ -178,8 +178,9 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
         read_only.chmod(0o755)
     assert default.returncode == 0, default.stderr[-3000:]
     for name, advice in (("fit", "choose another location with --out RUN_DIR"),
-                         ("extract", "the store goes to the working folder unless given one: choose another location "
-                                     "with --out PATH")):
+                         # ./photos.h5 is there: a rerun, which another location would redo from the start
+                         ("extract", "make it writable, or copy the store (the .h5 file and its shards folder) to a "
+                                     "place that is")):
         code, output = json.loads(default.stdout.splitlines()[-1])[name]
         said = " ".join(output.split())
         assert code == 1 and f"{read_only} is not writable (Permission denied); {advice}" in said, said  # bug: no --out
@@ -190,9 +191,9 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
         errors = [line for line in output.splitlines() if line.startswith("Error")]
         assert code == 1 and len(errors) == 1, (name, output)
         assert f"{read_only} is not writable (Permission denied)" in errors[0], (name, output)
-        # Bugs: neighbours searched every image first (then failed on the lock file); text said
-        # "choose another location" for the store it adds to.
-        adds_to_the_store = name in ("text", "neighbours")
+        # Bugs: neighbours searched every image first (then failed on the lock file); text, and
+        # later extract's rerun, said "choose another location" for the store they add to.
+        adds_to_the_store = name in ("text", "neighbours", "extract rerun")
         assert ("copy the store" in errors[0]) == adds_to_the_store, (name, output)
         assert ("choose another location" in errors[0]) != adds_to_the_store, (name, output)
     assert sorted(path.name for path in read_only.iterdir()) == ["photos.h5", "photos.shards"]  # nothing written

@@ -458,8 +458,8 @@ def test_extract_and_text_on_a_read_only_mount_are_a_clear_error(base, store, tm
         assert outcome.returncode == 1 and outcome.problems == [], outcome.output
         assert "Read-only file system" in outcome.output
         if args[0] == "extract":  # review: "choose another location" would embed everything again
-            assert "choose another location" not in outcome.output and "make that folder writable; reading the " \
-                "store (`zsfs info`, `zsfs fit --store`) needs no write access" in " ".join(outcome.output.split())
+            assert "choose another location" not in outcome.output and "make it writable, or copy the store (the " \
+                ".h5 file and its shards folder) to a place that is" in " ".join(outcome.output.split())
 
 
 def test_reading_a_store_that_another_process_is_building_says_so(tmp_path):

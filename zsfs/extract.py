@@ -32,7 +32,8 @@ from zsfs.names import as_argument, check_class_names, counted, pairs_text, reas
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
-from zsfs.store.files import check_store_lock, check_store_update, disk_error, names_beside, store_lock
+from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_update, disk_error, names_beside,
+                              store_lock)
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
@@ -292,9 +293,8 @@ def extract(
     fix = "choose another location" if out is not None else \
         "the store goes to the working folder unless given one: choose another location with --out PATH"
     out = Path(out) if out is not None else default_output(image_source.location)
-    if out.is_file():  # another location would embed everything again
-        fix = ("a rerun updates the store in place (its lock and any missing shard are written beside it): make that "
-               "folder writable; reading the store (`zsfs info`, `zsfs fit --store`) needs no write access")
+    if out.is_file():  # a rerun updates the store in place: another location would embed everything again
+        fix = UPDATE_FIX
     check_writable(out, "store", fix, beside=names_beside(out))
     refuse_input_as_output(out, [("image source", source), ("CLIP weights file", clip_weights),
                                  ("backbone weights file", backbone_weights),

@@ -401,16 +401,20 @@ def check_store_lock(master: Path) -> None:
     release_lock(acquire_lock(master))
 
 
+UPDATE_FIX = "make it writable, or copy the store (the .h5 file and its shards folder) to a place that is"
+"""What to do when a store's folder cannot be written and the store is to be updated (another
+location would build it anew)."""
+
+
 def check_store_update(master: Path, data_dir: Path, adding: Path | None = None) -> None:
     """Fail now, before long work, if ``adding`` (a file in the store's shards folder ``data_dir``:
     a vocabulary; by default the neighbour graph) cannot be added to an existing store, or another
     process writes it."""
     from zsfs.writable import check_writable
 
-    fix = "make it writable, or copy the store (the .h5 file and its shards folder) to a place that is"
-    check_writable(master, "store", fix, beside=[lock_path(master).name])  # an update writes only its lock there
+    check_writable(master, "store", UPDATE_FIX, beside=[lock_path(master).name])  # an update writes only its lock there
     adding = data_dir / schema.GRAPH_FILE if adding is None else adding
-    check_writable(adding, "store", fix, beside=[temp_file_name(adding)])
+    check_writable(adding, "store", UPDATE_FIX, beside=[temp_file_name(adding)])
     check_store_lock(master)
 
 
