@@ -277,9 +277,9 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
     pseudo = dict(frame.group_by("pseudo_label").len().iter_rows()) if "pseudo_label" in frame.columns else {}
     seeds_of = seeds.partition_by("pseudo_label", as_dict=True) if seeds.height else {}
     sample_of = sample.partition_by("predicted", as_dict=True) if sample.height else {}
-    n_seeds = run.config.get("seeds_per_class") or (  # runs before it: an image shared by two classes counts once
-        dict(frame.filter(pl.col("is_seed")).group_by("pseudo_label").len().iter_rows())
-        if "is_seed" in frame.columns else {})
+    seeds_here = (dict(frame.filter(pl.col("is_seed")).group_by("pseudo_label").len().iter_rows())
+                  if "is_seed" in frame.columns else {})  # by pseudo-label: a seed shared by classes is under one
+    n_seeds = run.config.get("seeds_per_class") or seeds_here  # runs before it: a shared image counts once
     absent = set(run.config.get("absent_classes") or [])
     shares = run.config.get("class_shares") or {}
     blocks, empty = [], []
@@ -287,7 +287,9 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
         if name in absent or not (predicted.get(name) or n_seeds.get(name) or pseudo.get(name)):
             empty.append(name)
             continue
-        stats = (f"{counted(predicted.get(name, 0), 'image')} predicted · {counted(n_seeds.get(name, 0), 'seed')} · "
+        shared = n_seeds.get(name, 0) - seeds_here.get(name, 0)  # --duplicate-labels: shown under another class
+        stats = (f"{counted(predicted.get(name, 0), 'image')} predicted · {counted(n_seeds.get(name, 0), 'seed')}"
+                 + (f" ({shared:,} shared with another class, shown there)" if shared > 0 else "") + " · "
                  f"{pseudo.get(name, 0):,} pseudo-labelled" + (f" · estimated share {_percent(shares[name])}"
                                                                if shares.get(name) is not None else ""))
         block = [f'<h3 class="class-name">{_e(name)}</h3><p class="stats">{_e(stats)}</p>',
