@@ -61,6 +61,11 @@ def collect(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> list[dict
         for key, value in dataset.paper_auroc.items():
             row[f"paper_{key}_auroc"] = value
         settings = _read_metrics(Path(work) / name / FIT_DIR, CONFIG_FILE)
+        if settings and len(settings.get("classes") or []) not in (0, dataset.n_classes):
+            # a run on another folder (--images): its own counts, not the dataset's
+            row["n_classes"] = len(settings["classes"])
+            row["note"] = (f"measured on another image folder ({row['n_classes']} classes), not the "
+                           f"dataset's ({dataset.n_classes} classes): not comparable")
         if settings:
             row["fit_settings"] = _describe_settings(settings.get("parameters", {}))
             row["models"], row["paper_models"] = _describe_models(settings)
@@ -71,6 +76,7 @@ def collect(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> list[dict
         if ood:
             row["n_images"] = row["n_images"] or ood.get("n_images")
             row["n_splits"] = ood.get("n_splits")
+            row["id_classes"] = ood.get("id_classes", row["id_classes"])
             for key in list(OURS_OOD) + list(OURS_FPR):
                 row[f"{key}_mean"] = _percent(ood.get(f"{key}_mean"))
             for key in OURS_OOD:

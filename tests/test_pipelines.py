@@ -215,6 +215,22 @@ def test_report_of_a_damaged_metrics_file_is_one_line(tmp_path, monkeypatch, cap
     assert "Traceback" not in said and f"remove {fit} and rerun its step" in said
 
 
+def test_a_run_on_another_image_folder_shows_its_own_counts_and_is_not_comparable(tmp_path):
+    """Review: a run with --images of a 3-class folder showed the registry's '6 / 10' classes and
+    the dataset's note (test set, 10,000 images) beside 90 measured images."""
+    fit = tmp_path / "cifar10" / report.FIT_DIR
+    bench = tmp_path / "cifar10" / report.OOD_DIR
+    fit.mkdir(parents=True)
+    bench.mkdir()
+    (fit / "config.json").write_text(json.dumps({"classes": ["red", "green", "blue"], "parameters": {}}))
+    (fit / "metrics.json").write_text(json.dumps({"n_images": 90, "accuracy": 0.5}))
+    (bench / "metrics.json").write_text(json.dumps({"n_images": 90, "n_splits": 2, "id_classes": 2}))
+    row = next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")
+    assert (row["n_images"], row["n_classes"], row["id_classes"]) == (90, 3, 2)
+    assert row["note"] == "measured on another image folder (3 classes), not the dataset's (10 classes): not comparable"
+    assert "| CIFAR-10 | 2 / 3 |" in render_markdown(collect(tmp_path))
+
+
 def test_report_without_runs_shows_the_paper_numbers_only(tmp_path):
     rows = collect(tmp_path)
     markdown = render_markdown(rows)
