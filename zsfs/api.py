@@ -39,7 +39,7 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     ``preset`` ``"paper"``, ``"fast"`` or ``"paper-fast"`` [the defaults]. The result has
     ``.predictions``, ``.metrics`` (None when the store has no labels), ``.config`` and ``.save(dir)``.
     """
-    from zsfs.errors import ParameterError, check_parameter_type, literal
+    from zsfs.errors import ParameterError, check_parameter_type, literal, refuse_unknown_parameters
     from zsfs.fit.run import FitConfig, fit_store
     from zsfs.runs import in_memory
     from zsfs.store import Store
@@ -53,9 +53,7 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
         raise ParameterError(f"{{preset}} must be one of paper, fast, paper-fast (or None), "
                              f"not {literal(repr(preset))}")
     known = FitConfig.__dataclass_fields__
-    unknown = [name for name in parameters if name not in known]
-    if unknown:
-        raise ParameterError(f"unknown parameter {unknown[0]!r}; fit takes vocabulary, preset, {', '.join(known)}")
+    refuse_unknown_parameters(parameters, ["vocabulary", "preset", *known], "fit")
     config = FitConfig.from_options(**presets[preset], **parameters)
     # Values at their defaults are left out: a run's recorded parameters, given back to redo it,
     # hold every option of the other method so (the command line names only the options typed).

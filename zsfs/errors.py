@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import numbers
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 
 class ZsfsError(Exception):
@@ -61,6 +61,14 @@ def check_path_type(name: str, value: object) -> None:
     iterated, they read as numbers)."""
     if not isinstance(value, (str, os.PathLike)):
         raise ParameterError(f"{{{name}}} must be a path (a str or pathlib.Path), not {literal(repr(value))}")
+
+
+def refuse_unknown_parameters(given: "Iterable[str]", taken: "Sequence[str]", called: str) -> None:
+    """ParameterError naming the first of ``given`` that ``called`` does not take (a TypeError
+    from Python otherwise, or, for options passed on, one from deep inside)."""
+    unknown = [name for name in given if name not in taken]
+    if unknown:
+        raise ParameterError(f"unknown parameter {literal(repr(unknown[0]))}; {called} takes {literal(', '.join(taken))}")
 
 
 def check_choice(name: str, value: object, choices: "tuple[str, ...]") -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import ParameterError, ZsfsError, check_path_type
+from zsfs.errors import ParameterError, ZsfsError, check_path_type, refuse_unknown_parameters
 from zsfs.names import counted, utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
 
@@ -307,9 +307,7 @@ class FittedRun:
         from zsfs.predict import predict_images
 
         taken = [name for name in inspect.signature(predict_images).parameters if name not in ("run_dir", "inputs")]
-        unknown = [name for name in options if name not in taken]
-        if unknown:  # as zsfs.fit says it (a TypeError otherwise)
-            raise ParameterError(f"unknown parameter {unknown[0]!r}; predict_images takes images, {', '.join(taken)}")
+        refuse_unknown_parameters(options, ["images", *taken], "predict_images")
         return predict_images(self, images, **options)
 
 
