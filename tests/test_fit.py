@@ -483,6 +483,11 @@ def test_several_vocabularies_need_a_choice(store_path, tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ParameterError, match="choose one with vocabulary$"):  # the library's name for it
         zsfs.fit(copy)
+    # bug: a --vocab naming none of them was a plain error (exit 1), not a usage error like a bad choice
+    unknown = fit_cli("--store", str(copy), "--vocab", "nope", "--out", str(tmp_path / "run"))
+    assert unknown.exit_code == 2 and "has no vocabulary 'nope'; it has: other, synthetic" in output_text(unknown)
+    with pytest.raises(ParameterError, match="has no vocabulary 'nope'; it has: other, synthetic$"):
+        zsfs.fit(copy, vocabulary="nope")
 
 
 @pytest.mark.parametrize("options, said", [

@@ -226,8 +226,8 @@ def resolve_vocabulary(store: "Store", name: str | None) -> str:
             f"{counted(len(names), 'readable vocabulary', 'readable vocabularies')} ({', '.join(names)}), and {damaged}"
         raise ParameterError(f"{literal(store.path)} has {literal(has)}; choose one with {{vocabulary}}")
     if name not in names:
-        raise ZsfsError(f"{store.path} has no vocabulary {name!r}; it has: {', '.join(names) or 'none'}"
-                        + (f"; {damaged}, maybe that one" if unreadable else ""))
+        raise ParameterError(literal(f"{store.path} has no vocabulary {name!r}; it has: {', '.join(names) or 'none'}"
+                                     + (f"; {damaged}, maybe that one" if unreadable else "")))
     return name
 
 
