@@ -6,6 +6,7 @@ import gzip
 import os
 import io
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -318,3 +319,24 @@ def test_a_pax_path_wins_over_the_ustar_name_and_prefix_fields(tmp_path):
     path.write_bytes(bytes(data))
     listing = list_tar(path, {".jpg"})
     assert listing.names == [name] and path.read_bytes()[listing.offsets[0]:][:3] == b"abc"
+
+
+def test_hidden_members_are_left_out_as_a_folder_scan_leaves_out_hidden_files(tmp_path):
+    """Bug: a tar made on macOS lists a ``._photo.jpg`` resource fork beside each image; a folder scan
+    skips those (hidden), a tar listing took each as an image that then failed to decode."""
+    tree = tmp_path / "tree"
+    (tree / ".cache").mkdir(parents=True)
+    (tree / "sub").mkdir()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tree / "photo.jpg")
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(tree / "sub" / "b.png")
+    (tree / "._photo.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    shutil.copy(tree / "photo.jpg", tree / ".cache" / "copy.jpg")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    subprocess.run(["tar", "-cf", str(shards / "00000.tar"), "-C", str(tree), "."], check=True)  # members "./x"
+    assert "./._photo.jpg" in list_tar(shards / "00000.tar", None).names  # the real tool wrote them
+    source = open_source(shards)
+    assert sorted(source.paths) == ["00000.tar::./photo.jpg", "00000.tar::./sub/b.png"]
+    assert open_source(tree).paths == ["photo.jpg", "sub/b.png"]  # the same images as the folder
+    for row, path in enumerate(source.paths):
+        assert source.members.read(row) == (tree / path.split("::./")[1]).read_bytes()
