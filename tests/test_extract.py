@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -1050,3 +1051,29 @@ def test_a_store_of_pretrained_weights_resumes_when_older_and_refuses_other_valu
     refused = run_cli(*args)
     assert refused.exit_code == 1 and "its backbone weights test_vit / default had other values (the cache holds " \
         "other weights under that name now)" in " ".join(output_text(refused).split()), refused.output
+
+
+def test_a_decoding_process_whose_reader_left_mid_hand_over_prints_no_traceback():
+    """Bug (seen on a busy machine): SIGTERM to extract during a batch's hand-over printed
+    multiprocessing's resource-sharer traceback (BrokenPipeError, ConnectionResetError) from the
+    decoding process under the "Terminated" line. Here a real sharer thread, in a process set up
+    as a decoding process is, meets a peer that connects and resets the connection."""
+    script = textwrap.dedent("""
+        import os, socket, struct, sys, time
+        from multiprocessing import resource_sharer
+        from zsfs.embedding import _start_worker
+        if sys.argv[1] == "worker":
+            _start_worker(0, 0)
+        resource_sharer.DupFd(os.open(os.devnull, os.O_RDONLY))  # starts the sharer's thread
+        peer = socket.socket(socket.AF_UNIX)
+        peer.connect(resource_sharer._resource_sharer._address)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # a reset, as a process killed mid-handshake leaves it
+        time.sleep(0.5)
+        sys.excepthook(ValueError, ValueError("other errors are still reported"), None)
+    """)
+    plain = subprocess.run([sys.executable, "-c", script, "plain"], capture_output=True, text=True, timeout=60)
+    assert "resource_sharer.py" in plain.stderr  # what a decoding process printed before
+    quiet = subprocess.run([sys.executable, "-c", script, "worker"], capture_output=True, text=True, timeout=60)
+    assert quiet.returncode == 0 and "resource_sharer" not in quiet.stderr, quiet.stderr
+    assert "ValueError: other errors are still reported" in quiet.stderr

@@ -11,6 +11,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -178,12 +179,28 @@ def make_loader(dataset: Dataset, batches: list[list[int]], *, workers: int, pin
 
 def _start_worker(niceness: int, worker_id: int) -> None:
     """A decoding process of ours: Pillow's warnings off the terminal (spawned workers do not
-    inherit the command line's filter), SIGTERM's default action back, and the priority lowered
-    by ``niceness``."""
+    inherit the command line's filter), SIGTERM's default action back, no traceback when the
+    main process stops mid hand-over, and the priority lowered by ``niceness``."""
     quiet_decoder_warnings()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a fork of the command line: torch's shutdown terminates it
+    sys.excepthook = partial(_quiet_when_the_reader_left, sys.excepthook)
     if niceness > 0 and hasattr(os, "nice"):
         os.nice(niceness)
+
+
+_RESOURCE_SHARER = os.path.join("multiprocessing", "resource_sharer.py")
+
+
+def _quiet_when_the_reader_left(report: Callable, kind: type, error: BaseException, trace) -> None:
+    """A decoding process hands each batch's shared-memory file to the main process through
+    multiprocessing's resource sharer, a thread that reports its errors to ``sys.excepthook`` and
+    serves on. When the main process stops (SIGTERM, Ctrl-C) during a hand-over, the connection
+    breaks, and that traceback was printed under the command's last line: the reader left,
+    there is nothing to report. Anything else goes to ``report``."""
+    if issubclass(kind, (ConnectionError, EOFError)) and trace is not None \
+            and trace.tb_frame.f_code.co_filename.endswith(_RESOURCE_SHARER):
+        return
+    report(kind, error, trace)
 
 
 DYING_SECONDS = 10.0
