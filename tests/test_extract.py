@@ -1048,9 +1048,44 @@ def test_a_store_of_pretrained_weights_resumes_when_older_and_refuses_other_valu
         assert "weights_fingerprint" not in store.backbone_info
     assert run_cli(*args, "--overwrite").exit_code == 0  # a store of this zsfs: fingerprinted
     cache_default_backbone_weights(tmp_path / "cache", {key: value + 0.01 for key, value in state.items()})
+    assert run_cli(*args).exit_code == 0  # a finished store: nothing to embed, no model loaded
+    (tmp_path / "s.shards" / "shard-00001.h5").unlink()  # a shard to embed again: with other values, refused
     refused = run_cli(*args)
     assert refused.exit_code == 1 and "its backbone weights test_vit / default had other values (the cache holds " \
         "other weights under that name now)" in " ".join(output_text(refused).split()), refused.output
+
+
+def test_a_rerun_on_a_finished_store_needs_no_model(tmp_path, monkeypatch, offline):
+    """Bug: a rerun on a finished store loaded both models (minutes for ViT-G, a download the
+    machine may not reach) to find nothing to do. Here the pretrained weights are gone from the
+    cache, as on an air-gapped machine the store was copied to: only work to do needs them."""
+    import huggingface_hub.constants as hub
+    import timm
+
+    from zsfs.testing.models import cache_default_backbone_weights
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    cache_default_backbone_weights(tmp_path / "cache", timm.create_model(TINY_BACKBONE).state_dict())
+    source = write_image_folder(tmp_path / "photos", n_per_class=2)["root"]
+    out = tmp_path / "s.h5"
+    args = ("extract", source, "--out", out, f"--clip-model={TINY_CLIP_CONFIG}", "--clip-weights=random",
+            f"--backbone={TINY_BACKBONE}", "--backbone-weights=default", "--workers", "0", "--shard-size", "4")
+    assert run_cli(*args).exit_code == 0
+    built = out.stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "cache")
+    again = run_cli(*args)
+    said = output_text(again)
+    assert again.exit_code == 0 and "0 / 3" in said and "default" in said, said  # shards written / reused; the vocabulary
+    assert out.stat().st_mtime_ns == built  # the master was kept as it was
+    named = run_cli(*args, "--vocab-name", "again")  # a vocabulary to embed: CLIP (random, no download) loads
+    assert named.exit_code == 0, output_text(named)
+    with Store(out) as store:
+        assert store.vocabulary_names() == ["again", "default"]
+    other = run_cli(*args[:-4], "--backbone-weights=random", "--workers", "0", "--shard-size", "4")
+    assert other.exit_code == 1 and "--overwrite" in output_text(other)  # other models: still refused
+    (tmp_path / "s.shards" / "shard-00001.h5").unlink()
+    repair = run_cli(*args)  # images to embed: the backbone's weights are needed, and said to be missing
+    assert repair.exit_code == 1 and "could not download the backbone weights of test_vit" in output_text(repair)
 
 
 def test_a_decoding_process_whose_reader_left_mid_hand_over_prints_no_traceback():

@@ -153,10 +153,10 @@ def test_models_see_the_same_central_square_of_a_very_thin_image(tiny_clip, tiny
 def test_class_names_clip_reads_as_the_same_text(tiny_clip):
     composed, decomposed = "caf\u00e9", "cafe\u0301"
     classes = ["Cat", "dog", "cat", composed, "CAT", decomposed, "bird"]
-    assert same_text_to_clip(tiny_clip, classes) == [("Cat", "cat"), ("Cat", "CAT"), (composed, decomposed)]
+    assert same_text_to_clip(tiny_clip.tokenizer, classes) == [("Cat", "cat"), ("Cat", "CAT"), (composed, decomposed)]
     single, _ = encode_vocabulary(tiny_clip, ["Cat", "cat"])
     np.testing.assert_array_equal(single[0], single[1])  # why they are refused: one embedding for two classes
-    assert same_text_to_clip(tiny_clip, ["cat", "cats", "a cat"]) == [] and same_text_to_clip(tiny_clip, ["x"]) == []
+    assert same_text_to_clip(tiny_clip.tokenizer, ["cat", "cats", "a cat"]) == [] and same_text_to_clip(tiny_clip.tokenizer, ["x"]) == []
 
 
 def test_vocabulary_goes_through_in_blocks_of_classes(tiny_clip, monkeypatch):

@@ -27,7 +27,8 @@ from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_images
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_choice,
                          check_parameter_type, check_path_type, literal)
-from zsfs.models import encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip
+from zsfs.models import (backbone_as_recorded, clip_as_recorded, clip_tokenizer, encode_vocabulary, load_backbone,
+                         load_clip, load_clip_from_record, same_text_to_clip)
 from zsfs.names import as_argument, check_class_names, counted, pairs_text, reasons_text
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
@@ -38,7 +39,7 @@ from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, refuse_replacing_another_file, usable_rows)
-from zsfs.weights import refuse_imported, relocated
+from zsfs.weights import check_same_weights, refuse_imported, relocated
 from zsfs.writable import check_writable, refuse_input_as_output
 
 DEFAULT_BATCH_SIZE = 64
@@ -232,7 +233,7 @@ class ShardEmbedder(AbstractContextManager):
         return encode_vocabulary(self.clip, classes)
 
     def same_text_to_clip(self, classes: list[str]) -> list[tuple[str, str]]:
-        return same_text_to_clip(self.clip, classes)
+        return same_text_to_clip(self.clip.tokenizer, classes)
 
     def __exit__(self, *exc) -> None:
         return None
@@ -323,6 +324,27 @@ def extract(
     if class_names and not overwrite:
         refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
 
+    recorded = _finished_as_requested(out, settings, image_source, shard_size=shard_size, dtype=dtype) \
+        if rerun and not overwrite else None
+    vocabulary = None if recorded is None else _missing_vocabulary(out, image_source, vocab_name, class_names)
+    if recorded is not None and not (vocabulary and ray is not None):  # (Ray: a worker's GPU embeds the vocabulary)
+        # no image to embed: no backbone to load, no Ray cluster to start
+        if on_start is not None:
+            on_start(0)
+        if vocabulary:  # CLIP alone
+            with store_lock(out):
+                clip = load_clip(clip_model, clip_weights, device=device)
+                check_same_weights(clip.record, recorded["clip"], "CLIP")
+                read_as_one = same_text_to_clip(clip.tokenizer, class_names)
+                if given_classes is not None:
+                    refuse_same_text_to_clip(read_as_one)
+                single, ensemble = encode_vocabulary(clip, vocabulary)
+                _write_vocabulary(out, vocab_name, vocabulary, single, ensemble, overwrite=True, identity=recorded)
+        else:
+            read_as_one = same_text_to_clip(clip_tokenizer(clip_model), class_names) if class_names else []
+        return _summary(out, image_source, started, vocabulary=vocab_name if class_names else None,
+                        classes=class_names, read_as_one=read_as_one)
+
     with _embedder(settings, image_source, ray, ray_workers) as embedder:
         read_as_one = embedder.same_text_to_clip(class_names) if class_names else []
         if given_classes is not None:  # before the images: a list given is fixed in seconds
@@ -352,31 +374,65 @@ def extract(
                               identity=writer.identity)
         shards_redone = embedder.shards_redone
         set_aside = {image_source.paths[index]: embedder.set_aside[index] for index in sorted(embedder.set_aside)}
-    with Store(writer.master) as store:
+    return _summary(writer.master, image_source, started, vocabulary=vocab_name if class_names else None,
+                    classes=class_names, read_as_one=read_as_one, shards_written=len(pending),
+                    images_processed=processed, embedding_seconds=embedding_seconds, shards_redone=shards_redone,
+                    set_aside=set_aside)
+
+
+def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: str | None,
+             classes: list[str] | None, read_as_one: list[tuple[str, str]], shards_written: int = 0,
+             images_processed: int = 0, embedding_seconds: float = 0.0, shards_redone: int = 0,
+             set_aside: dict[str, str] | None = None) -> ExtractSummary:
+    """What the run did, with the finished store's counts (the defaults: a run that had nothing to do)."""
+    with Store(master) as store:
         skipped_paths, reasons = store.skipped()
-        n_images = store.n_images
+        n_images, n_shards = store.n_images, store.n_shards
     return ExtractSummary(
-        output=writer.master,
+        output=master,
         n_images=n_images,
         n_skipped=len(skipped_paths),
         skipped_reasons=dict(Counter(str(reason) for reason in reasons)),
-        shards_written=len(pending),
-        shards_reused=writer.n_shards - len(pending),
-        images_processed=processed,
+        shards_written=shards_written,
+        shards_reused=n_shards - shards_written,
+        images_processed=images_processed,
         seconds=time.perf_counter() - started,
         embedding_seconds=embedding_seconds,
-        vocabulary=vocab_name if class_names else None,
-        classes=list(class_names or []),
+        vocabulary=vocabulary,
+        classes=list(classes or []),
         shards_redone=shards_redone,
-        set_aside=set_aside,
-        no_labels_reason=image_source.no_labels_reason,
-        empty_tars=image_source.empty_tars,
-        compressed_tars=image_source.compressed_tars,
-        unread_tars=image_source.unread_tars,
-        tar_links=image_source.tar_links,
-        repeated_paths=image_source.repeated_paths,
+        set_aside=set_aside or {},
+        no_labels_reason=source.no_labels_reason,
+        empty_tars=source.empty_tars,
+        compressed_tars=source.compressed_tars,
+        unread_tars=source.unread_tars,
+        tar_links=source.tar_links,
+        repeated_paths=source.repeated_paths,
         classes_read_as_one=read_as_one,  # class folders: the images are embedded, the summary says it
     )
+
+
+def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageSource, *, shard_size: int,
+                           dtype: str) -> dict | None:
+    """The identity of the existing store ``master`` when it already holds every image this run
+    would embed, as these models would (every shard whole, a current master), judged without
+    loading a model; None otherwise (the run then checks and writes as a first run does)."""
+    recorded = recorded_identity(master)
+    if not master.is_file() or not recorded:
+        return None
+    requested = store_identity(source, {}, {}, dtype=dtype, max_pixels=settings.max_pixels)
+    requested.update(n_items=len(source.paths), shard_size=shard_size)
+    if set(recorded) != set(requested) or any(recorded[key] != value for key, value in requested.items()
+                                              if key not in ("clip", "backbone")):
+        return None
+    if not (clip_as_recorded(settings.clip_model, settings.clip_weights, recorded["clip"] or {})
+            and backbone_as_recorded(settings.backbone, settings.backbone_weights, recorded["backbone"] or {})):
+        return None
+    writer = StoreWriter(master, recorded, n_items=len(source.paths), shard_size=shard_size, dtype=dtype)
+    try:
+        return recorded if not writer.pending_shards() and writer.master_is_current() else None
+    finally:
+        writer.close()
 
 
 def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: ImageSource) -> StoreMismatchError:
@@ -465,7 +521,7 @@ def add_vocabulary(
     check_store_update(Path(store_path), data_dir, vocabulary_file(data_dir, name))
     with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
         clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device)
-        refuse_same_text_to_clip(same_text_to_clip(clip, class_names))
+        refuse_same_text_to_clip(same_text_to_clip(clip.tokenizer, class_names))
         if on_start is not None:
             on_start(len(class_names))
         single, ensemble = encode_vocabulary(clip, class_names, on_classes=on_classes)

@@ -172,14 +172,14 @@ class Backbone:
         return F.normalize(features.float(), dim=-1)
 
 
-def same_text_to_clip(clip: ClipModel, classes: Sequence[str]) -> list[tuple[str, str]]:
-    """(earlier, later) class names whose prompts CLIP's tokenizer turns into the same tokens:
+def same_text_to_clip(tokenizer: Callable, classes: Sequence[str]) -> list[tuple[str, str]]:
+    """(earlier, later) class names whose prompts a CLIP tokenizer turns into the same tokens:
     open_clip's tokenizers ignore case, spacing and the Unicode form ('Cat' = 'cat', 'café'
     composed = decomposed) and cut long texts at their context length. Such classes get one and
     the same embedding, so no method can tell their images apart."""
     if len(classes) < 2:
         return []
-    tokens = np.asarray(clip.tokenizer([SINGLE_PROMPT.format(name) for name in classes]))
+    tokens = np.asarray(tokenizer([SINGLE_PROMPT.format(name) for name in classes]))
     return [(classes[first], classes[later]) for first, later in repeated_rows(tokens)]
 
 
@@ -289,6 +289,30 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
     preprocess, scaling = worker_transform(preprocess, device)
     return ClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, record=record,
                      device=torch.device(device), scaling=scaling)
+
+
+def clip_as_recorded(name: str, weights: str, recorded: dict) -> bool:
+    """Whether ``load_clip(name, weights)`` gives the model ``recorded`` (a store identity's
+    ``clip``) describes, judged without loading it: architecture, config, weights tag or file
+    sha256. False where it cannot tell (an unknown name): loading decides, with its own errors."""
+    import open_clip
+
+    try:
+        arch, config, _ = _resolve_clip_name(name)
+        kind, file = _clip_weights_source(arch, weights)
+    except ModelLoadError:
+        return False
+    tag_cfg = open_clip.get_pretrained_cfg(arch, weights) if kind == "tag" else {}
+    expected = {"name": arch, "weights": weights if kind == "tag" else kind, "config": config,
+                "sha256": file_sha256(file) if file else None,
+                "quick_gelu": bool(tag_cfg.get("quick_gelu", False))
+                or bool(open_clip.get_model_config(arch).get("quick_gelu", False))}
+    return all(recorded.get(key) == value for key, value in expected.items())
+
+
+def clip_tokenizer(name: str) -> Callable:
+    """The tokenizer of the CLIP model ``name`` (an architecture or a config file), without its weights."""
+    return _clip_tokenizer(_resolve_clip_name(name)[0])
 
 
 def load_clip_from_record(record: dict, device: str = "cpu") -> ClipModel:
@@ -567,6 +591,23 @@ def keeps_clip_head(name: str, tag: str | None) -> bool:
 
 OPEN_CLIP_PROJECTION = "visual.proj"
 """The image projection's name in an open_clip checkpoint (timm's CLIP towers call it ``head``)."""
+
+
+def backbone_as_recorded(name: str, weights: str, recorded: dict) -> bool:
+    """Whether ``load_backbone(name, weights)`` gives the model ``recorded`` (a store identity's
+    ``backbone``) describes, judged without loading it: name, pretrained tag or file sha256, the
+    output taken. False where it cannot tell: loading decides, with its own errors."""
+    try:
+        pretrained_cfg = _resolve_backbone_name(name)
+        file = None if weights in (DEFAULT, RANDOM) else existing_file(weights, "backbone", "--backbone-weights")
+    except ModelLoadError:
+        return False
+    if weights not in (DEFAULT, RANDOM) and file is None:
+        return False
+    expected = {"name": name, "weights": FILE if file else weights, "sha256": file_sha256(file) if file else None,
+                "pretrained_tag": pretrained_cfg.tag if weights == DEFAULT else None,
+                "output": "head" if keeps_clip_head(name, pretrained_cfg.tag) else "pre_logits"}
+    return all(recorded.get(key) == value for key, value in expected.items())
 
 
 def _file_options(name: str, file: Path, pretrained_cfg, keep_head: bool) -> dict[str, Any]:
