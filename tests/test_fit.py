@@ -454,7 +454,7 @@ def test_bad_input_fails_cleanly(store_path, tmp_path):
     outcome = fit_cli("--store", str(damaged), "--out", str(tmp_path / "r2"))
     assert outcome.exit_code == 1 and "HDF5" in output_text(outcome)
     outcome = fit_cli("--store", str(store_path), "--vocab", "nope", "--out", str(tmp_path / "r3"))
-    assert outcome.exit_code == 1 and "it has: synthetic" in output_text(outcome)
+    assert outcome.exit_code == 2 and "it has: synthetic" in output_text(outcome)
     outcome = fit_cli("--store", str(store_path), "--k", "20", "--candidates", "10", "--out", str(tmp_path / "r4"))
     assert outcome.exit_code == 2 and "--candidates" in output_text(outcome)
     existing = tmp_path / "r5"
