@@ -279,6 +279,18 @@ def test_more_local_workers_than_cores_are_refused_before_ray_starts(photos, tmp
     assert list(out.iterdir()) == []
 
 
+def test_ray_local_starts_its_own_instance_whatever_ray_address_says(photos, tmp_path, monkeypatch):
+    """Bug: `--ray local` called ray.init() without an address, which joins RAY_ADDRESS (set in
+    every KubeRay pod) or the last `ray start` of the machine: here an address where nothing
+    answers, where it hung on Ray's retries."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    out = tmp_path / "ray.h5"
+    outcome = run_zsfs("extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--ray", "local",
+                       "--ray-workers", "1", timeout=300)
+    assert outcome.returncode == 0, outcome.output
+    assert_same_store(out, photos["local"])
+
+
 def test_joining_ray_keeps_this_processs_sigterm_handler(cluster):
     """Bug: `ray.init` made SIGTERM a bare sys.exit(15) in the driver, so `zsfs extract --ray`
     stopped by SIGTERM said nothing and exited 15, not as the README says (one line, exit 143)."""

@@ -268,8 +268,8 @@ def _sigterm_kept() -> Iterator[None]:
 
 
 def _start_or_join(address: str | None) -> bool:
-    if address == LOCAL:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if address == LOCAL:  # Ray's own "local": a new instance, whatever RAY_ADDRESS or the last `ray start` says
+        ray.init(address=LOCAL, include_dashboard=False, log_to_driver=False, configure_logging=False)
         return True
     address = address or os.environ.get("RAY_ADDRESS") or "auto"
     fix = "start one with `ray start --head`, pass its address (--ray HOST:6379 or RAY_ADDRESS), or --ray local"
