@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import warnings
 
 import numpy as np
@@ -377,6 +378,32 @@ def test_a_rerun_after_rows_changed_in_place_outside_the_sample_is_refused(tmp_p
     import_store(tmp_path / "s.h5", **common, overwrite=True)
     with Store(master) as store:
         np.testing.assert_allclose(store.read("clip")[row], -unit_rows(n, 4, 0)[row], atol=1e-3)
+
+
+def test_a_rerun_after_a_file_was_touched_or_copied_without_its_time_resumes(inputs):
+    """Bug (new-user review): the store recorded each .npy file's modification time, so a rerun
+    after `touch`, a `cp` without -p or a restore from backup (same bytes) was refused as other
+    data ("differs in backbone"), and only --overwrite, embedding everything again, went on."""
+    from zsfs.importer import file_stamps
+
+    folder = inputs["dir"]
+    common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                  paths=folder / "paths.csv", shard_size=25)
+    master = import_store(folder / "t.h5", **common).master
+    shards = {path: path.stat().st_mtime_ns for path in (folder / "t.shards").glob("shard-*.h5")}
+    subprocess.run(["touch", "-d", "2030-01-01", str(folder / "backbone.npy")], check=True)
+    subprocess.run(["cp", str(folder / "clip.npy"), str(folder / "copy.npy")], check=True)  # a new time
+    os.replace(folder / "copy.npy", folder / "clip.npy")
+    import_store(folder / "t.h5", **common, vocabularies={"pets": folder / "pets.npz"})
+    with Store(master) as store:
+        assert store.vocabulary_names() == ["pets"]
+        assert [stamp[0] for stamp in store.backbone_info["imported_files"]] == ["backbone.npy"]
+    assert {path: path.stat().st_mtime_ns for path in shards} == shards  # every shard reused
+    np.save(folder / "backbone.npy", -np.load(folder / "backbone.npy"))  # other bytes: refused as before
+    with pytest.raises(ZsfsError, match="--overwrite"):
+        import_store(folder / "t.h5", **common)
+    stamp = [folder.joinpath("clip.npy").name, *(lambda i: [i.st_size, i.st_mtime_ns])(folder.joinpath("clip.npy").stat())]
+    assert file_stamps([folder / "clip.npy"], [stamp]) == [stamp]  # a store of the time-only form keeps it
 
 
 def test_a_store_imported_before_the_files_were_recorded_still_takes_a_rerun(inputs):

@@ -28,7 +28,7 @@ from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.files import names_beside
 from zsfs.store.extras import check_vocabulary_name, normalise_rows, refuse_other_classes
-from zsfs.digests import listing_sha256
+from zsfs.digests import file_sha256, listing_sha256
 from zsfs.store.writer import (check_own_shards_folder, recorded_identity, refuse_another_listing,
                                refuse_replacing_another_file)
 from zsfs.writable import check_writable, refuse_input_as_output
@@ -44,12 +44,12 @@ PATH_COLUMNS = ("image_path", "path")  # tried in this order when no column is n
 class RowParts:
     """Row-wise concatenation of (memory-mapped) 2-d arrays, sliced without copying the rest."""
 
-    def __init__(self, parts: list[np.ndarray], names: list[str], stamps: list[list] | None = None) -> None:
+    def __init__(self, parts: list[np.ndarray], names: list[str], files: list[Path] | None = None) -> None:
         dims = {part.shape[1] for part in parts}
         if len(dims) != 1:
             raise ZsfsError(f"array parts have different widths {sorted(dims)}: {', '.join(names)}")
         self.parts = parts
-        self.stamps = stamps or []  # [name, size, modification time in ns] of each part's file
+        self.files = files or []  # each part's file
         self.offsets = np.cumsum([0] + [len(part) for part in parts])
         self.shape = (int(self.offsets[-1]), dims.pop())
 
@@ -122,7 +122,7 @@ def load_rows(location: Path, what: str) -> RowParts:
     files = numbered_parts(source, "*.npy") if source.is_dir() else [source]
     if not files:
         raise ZsfsError(f"{what}: no .npy files in {source}")
-    parts, stamps = [], []
+    parts = []
     for file in files:
         try:
             with open(file, "rb") as handle:
@@ -137,9 +137,7 @@ def load_rows(location: Path, what: str) -> RowParts:
             raise ZsfsError(f"{what}: {file} holds a {part.dtype} array of shape {part.shape}; "
                             "expected floating-point rows (N, D)")
         parts.append(part)
-        stat = file.stat()
-        stamps.append([file.name, stat.st_size, stat.st_mtime_ns])
-    return RowParts(parts, [file.name for file in files], stamps)
+    return RowParts(parts, [file.name for file in files], files)
 
 
 def read_table(location: Path) -> "pl.DataFrame":
@@ -367,13 +365,35 @@ def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:
 
 def imported_record(name: str, rows: RowParts, location: Path, earlier: dict | None = None) -> dict:
     """Model record of imported embeddings: the name as given, no weights file zsfs could reload,
-    where they came from, and each file's size and modification time: the identity samples 4,096
-    rows (reading all of a resumed import's would cost a pass), so a file exported again in place
-    with a few rows changed is told apart by these (it is then imported anew, not left stale).
-    ``earlier``: the record of the store being resumed; one made before the files were recorded
-    (2026-12-03) is resumed without them, as before."""
+    where they came from, and each file's stamp (:func:`file_stamps`): the identity samples 4,096
+    rows, so a file exported again in place with a few rows changed is told apart by these (it is
+    then imported anew, not left stale). ``earlier``: the record of the store being resumed; one
+    made before the files were recorded (2026-12-03) is resumed without them, as before."""
+    earlier = earlier if isinstance(earlier, dict) else {}
     record = {"name": name, "weights": schema.IMPORTED_WEIGHTS, "file": None, "sha256": None,
-              "dim": int(rows.shape[1]), "imported_from": str(location.absolute()), "imported_files": rows.stamps}
-    if isinstance(earlier, dict) and earlier and "imported_files" not in earlier:
-        del record["imported_files"]
+              "dim": int(rows.shape[1]), "imported_from": str(location.absolute())}
+    if not earlier or "imported_files" in earlier:
+        record["imported_files"] = file_stamps(rows.files, earlier.get("imported_files") or [])
     return record
+
+
+def file_stamps(files: list[Path], earlier: list[list]) -> list[list]:
+    """Each file's ``[name, size, modification time in ns, sha256]``. A file whose name, size and
+    time are those ``earlier`` recorded is not read again; one whose time alone changed (``touch``,
+    a copy, a restore) and whose bytes hash as recorded keeps the recorded stamp, so its store
+    resumes. Stamps recorded before the sha256 was (three entries) are kept in that form."""
+    recorded = {entry[0]: entry for entry in earlier if isinstance(entry, list) and entry}
+    stamps = []
+    for file in files:
+        info = file.stat()
+        now = [file.name, info.st_size, info.st_mtime_ns]
+        known = recorded.get(file.name)
+        if known is not None and len(known) == 3:  # the older form: time-stamped only
+            stamps.append(now)
+        elif known is not None and known[1:3] == now[1:]:
+            stamps.append(known)
+        else:
+            digest = file_sha256(file)
+            same_bytes = known is not None and known[1] == info.st_size and known[3:] == [digest]
+            stamps.append(known if same_bytes else [*now, digest])
+    return stamps
