@@ -164,6 +164,25 @@ def test_import_input_errors(inputs):
         import_store(folder / "o.h5", **common, paths=folder / "parts")
 
 
+def test_parquet_parts_with_other_extra_columns_are_read_as_one_table(inputs):
+    """Bug (new-user review): parts whose columns differ beside the path (a later export added one)
+    were refused with polars' "schema lengths differ", naming no file."""
+    folder = inputs["dir"]
+    (folder / "mixed").mkdir()
+    half = N // 2
+    pl.DataFrame({"path": inputs["paths"][:half]}).write_parquet(folder / "mixed" / "part-0.parquet")
+    pl.DataFrame({"extra": list(range(N - half)), "path": inputs["paths"][half:]}).write_parquet(
+        folder / "mixed" / "part-1.parquet")
+    master = import_store(folder / "mixed.h5", clip_embeddings=folder / "clip.npy",
+                          backbone_features=folder / "backbone.npy", paths=folder / "mixed").master
+    with Store(master) as store:
+        assert list(store.paths()) == list(inputs["paths"])
+    pl.DataFrame({"file": ["x.jpg"] * (N - half)}).write_parquet(folder / "mixed" / "part-1.parquet")
+    with pytest.raises(ZsfsError, match=rf"path column 'path' has {N - half} empty values \(first: row {half},"):
+        import_store(folder / "other.h5", clip_embeddings=folder / "clip.npy",
+                     backbone_features=folder / "backbone.npy", paths=folder / "mixed")
+
+
 @pytest.mark.parametrize("table", ["paths.parquet", "paths.csv"])
 def test_a_paths_table_named_with_bytes_that_are_not_utf8(inputs, table):
     """polars takes only UTF-8 paths: the table is read through a Python file."""

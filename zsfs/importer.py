@@ -158,7 +158,7 @@ def read_table(location: Path) -> "pl.DataFrame":
     suffix = files[0].suffix.lower()
     try:
         if suffix == ".parquet":
-            return pl.concat([read_parquet(file) for file in files], how="vertical_relaxed")
+            return pl.concat([read_parquet(file) for file in files], how="diagonal_relaxed")  # parts may add columns
         if suffix in (".csv", ".tsv"):
             with open(location, "rb") as handle:  # polars takes only UTF-8 paths; Python files work for any
                 return pl.read_csv(handle, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
