@@ -251,7 +251,8 @@ def test_info_lists_skipped_files_one_line_each_whatever_their_names(tmp_path):
     os.makedirs(raw_root + b"/cat")
     _write_png(raw_root + b"/cat/good.png", 0)
     broken = {b"cat/tab\there\nnewline.jpg": b"not a picture", b"cat/caf\xe9.png": b"",
-              b"cat/tab\\x09here\\x0anewline.jpg": b""}  # bug: listed as the name above (a backslash kept single)
+              b"cat/tab\\x09here\\x0anewline.jpg": b"",  # bug: listed as the name above (a backslash kept single)
+              b"cat/caf\\xe9.png": b""}  # bug: the same as cat/caf\xe9.png in the JSON listing
     for name, content in broken.items():
         with open(raw_root + b"/" + name, "wb") as handle:
             handle.write(content)
@@ -260,11 +261,12 @@ def test_info_lists_skipped_files_one_line_each_whatever_their_names(tmp_path):
     assert extracted.exit_code == 0 and "`zsfs info --skipped` lists them" in extracted.output, extracted.output
     listed = run_cli("info", store, "--skipped")
     assert listed.exit_code == 0, listed.output
-    assert listed.stdout.splitlines() == ["cat/caf\\xe9.png\tempty file",
+    assert listed.stdout.splitlines() == ["cat/caf\\\\xe9.png\tempty file", "cat/caf\\xe9.png\tempty file",
                                           "cat/tab\\x09here\\x0anewline.jpg\tnot an image (unidentified format)",
                                           "cat/tab\\\\x09here\\\\x0anewline.jpg\tempty file"]
     as_json = json.loads(run_cli("info", store, "--skipped", "--json").stdout)
     assert as_json["skipped"] == [{"path": "cat/caf\\xe9.png", "reason": "empty file"},
+                                  {"path": "cat/caf\\xe9.png", "reason": "empty file", "escaped": True},
                                   {"path": "cat/tab\there\nnewline.jpg", "reason": "not an image (unidentified format)"},
                                   {"path": "cat/tab\\x09here\\x0anewline.jpg", "reason": "empty file"}]
     assert as_json["n_images"] == 1
