@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gzip
-import os
 import io
+import json
+import os
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,6 +21,8 @@ from zsfs.errors import ZsfsError
 from zsfs.extract import default_output, extract
 from zsfs.predict import TAR_BESIDE_IMAGES, TAR_LINK, image_inputs
 from zsfs.sources import IMAGE_EXTENSIONS, open_source
+from zsfs.store.hdf5 import canonical_json
+from zsfs.store.schema import ATTR_IDENTITY
 from zsfs.tars import expand_braces, list_tar, locate_members
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
@@ -340,3 +344,14 @@ def test_hidden_members_are_left_out_as_a_folder_scan_leaves_out_hidden_files(tm
     assert open_source(tree).paths == ["photo.jpg", "sub/b.png"]  # the same images as the folder
     for row, path in enumerate(source.paths):
         assert source.members.read(row) == (tree / path.split("::./")[1]).read_bytes()
+
+    # a store an earlier zsfs built from these tars listed the hidden members: its rerun says so
+    out = tmp_path / "s.h5"
+    assert run_cli("extract", shards, "--out", out, *TINY_MODEL_ARGS, "--workers", "0").exit_code == 0
+    with h5py.File(out, "r+") as file:
+        identity = json.loads(file.attrs[ATTR_IDENTITY])
+        identity.update(listing_sha256=source.digest_with_hidden_members(), n_items=4)
+        file.attrs[ATTR_IDENTITY] = canonical_json(identity)
+    refused = run_cli("extract", shards, "--out", out, *TINY_MODEL_ARGS, "--workers", "0")
+    assert refused.exit_code == 1 and "was built with the 2 hidden members (a name or folder starting with a dot" \
+        in output_text(refused), output_text(refused)

@@ -436,14 +436,22 @@ def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageS
 
 
 def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: ImageSource) -> StoreMismatchError:
-    """``error``, or a clearer one when the listing without the suffixes scans take since
-    ``SUFFIXES_ADDED`` is the one the store was built from: a zsfs that did not read them yet
-    built it (or those files came since)."""
+    """``error``, or a clearer one when the store was built from this source as an earlier zsfs
+    listed it: without the suffixes scans take since ``SUFFIXES_ADDED``, or with the hidden
+    members of its tars (or those files came since)."""
+    recorded = recorded_identity(master).get("listing_sha256")
+    built = master if master.is_file() else shard_dir(master)  # a killed first run left only shards
+    if source.digest_with_hidden_members() is not None and recorded == source.digest_with_hidden_members():
+        hidden = len(source.listing_with_hidden_members) - len(source.paths)
+        return StoreMismatchError(
+            f"{built} was built with the {counted(hidden, 'hidden member')} (a name or folder starting with a dot, "
+            "such as macOS's ._photo.jpg) that these tars hold: zsfs leaves them out since December 2026, as a "
+            "folder scan leaves out hidden files. Pass --overwrite to embed the tars again without them, or keep "
+            "the store as it is")
     earlier = source.digest_without_added_suffixes()
-    if earlier is None or recorded_identity(master).get("listing_sha256") != earlier[0]:
+    if earlier is None or recorded != earlier[0]:
         return error
     added = len(source.paths) - earlier[1]
-    built = master if master.is_file() else shard_dir(master)  # a killed first run left only shards
     return StoreMismatchError(
         f"{built} was built without the {counted(added, 'file')} of {', '.join(sorted(SUFFIXES_ADDED))} that this "
         "folder holds: zsfs reads these suffixes since December 2026 (or the files came since). Pass --overwrite to "

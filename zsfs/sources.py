@@ -59,6 +59,7 @@ class ImageSource:
     aliases: list[str] = field(default_factory=list)  # linked folders not read: other names of listed ones
     repeated_paths: list[str] = field(default_factory=list)  # listed more than once (each row is embedded)
     # (a list file's line, or a member name a tar holds twice)
+    listing_with_hidden_members: list[str] | None = None  # tars: the listing before hidden members were left out
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -100,6 +101,13 @@ class ImageSource:
             return None
         labels = None if self.labels is None else [self.labels[i] for i in kept]
         return listing_sha256([self.paths[i] for i in kept], labels), len(kept)
+
+
+    def digest_with_hidden_members(self) -> str | None:
+        """The digest of the listing of tar shards as zsfs made it before it left out hidden
+        members (``._photo.jpg``, December 2026); None when the tars hold none."""
+        with_hidden = self.listing_with_hidden_members
+        return None if with_hidden is None else listing_sha256(with_hidden, None)
 
 
 def given_path(path: str | Path, what: str) -> str:
@@ -265,7 +273,7 @@ def _compressed_tars_in(folder: Path) -> list[str]:
 
 
 def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[str] | None = None) -> ImageSource:
-    paths, members, links = list_tars(root, tars, IMAGE_EXTENSIONS)
+    paths, members, links, with_hidden = list_tars(root, tars, IMAGE_EXTENSIONS)
     if not paths:
         linked = f", only {counted(len(links), 'link')} (not read: zsfs reads the files of a tar)" if links else ""
         raise ZsfsError(f"the {counted(len(tars), 'tar file')} of {location} hold no images "
@@ -275,7 +283,7 @@ def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[s
     empty = [tars[number].relative_to(root).as_posix() for number in np.flatnonzero(images_per_tar == 0)]
     return ImageSource(location=location, root=root, paths=paths, labels=None, members=members, empty_tars=empty,
                        compressed_tars=compressed or [], repeated_paths=repeated(paths),  # a member name twice
-                       tar_links=links)
+                       tar_links=links, listing_with_hidden_members=with_hidden)
 
 
 def _read_list(list_file: Path) -> ImageSource:
