@@ -1088,24 +1088,50 @@ def test_a_rerun_on_a_finished_store_needs_no_model(tmp_path, monkeypatch, offli
     assert repair.exit_code == 1 and "could not download the backbone weights of test_vit" in output_text(repair)
 
 
+def test_a_rerun_on_a_finished_store_refuses_what_a_first_run_refuses(tmp_path, monkeypatch):
+    """The rerun that loads no model still refuses class names CLIP reads as one when they are given
+    (bug in review: the folder names Cat/ and cat/, only reported, then given with --classes, passed),
+    and random weights that this installation initialises otherwise (as another torch would)."""
+    for name in ("Cat", "cat"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (200, 30, 30) if name == "Cat" else (30, 30, 200)).save(
+            tmp_path / "photos" / name / "a.png")
+    out = tmp_path / "s.h5"
+    args = ("extract", tmp_path / "photos", "--out", out, *TINY_MODEL_ARGS, "--workers", "0")
+    first = run_cli(*args)
+    assert first.exit_code == 0 and "'Cat' = 'cat'" in output_text(first), output_text(first)
+    assert run_cli(*args).exit_code == 0  # the folder names: reported again, as the first run did
+    classes = tmp_path / "classes.txt"
+    classes.write_text("Cat\ncat\n")
+    given = run_cli(*args, "--classes", classes)
+    assert given.exit_code == 1 and "CLIP reads 1 pair of class names as the same tokens" in output_text(given)
+    import zsfs.models
+
+    monkeypatch.setattr(zsfs.models, "init_fingerprint", lambda model: "initialised otherwise")
+    other = run_cli(*args)
+    assert other.exit_code == 1 and "--overwrite" in output_text(other), output_text(other)
+
+
 def test_a_decoding_process_whose_reader_left_mid_hand_over_prints_no_traceback():
     """Bug (seen on a busy machine): SIGTERM to extract during a batch's hand-over printed
     multiprocessing's resource-sharer traceback (BrokenPipeError, ConnectionResetError) from the
     decoding process under the "Terminated" line. Here a real sharer thread, in a process set up
     as a decoding process is, meets a peer that connects and resets the connection."""
     script = textwrap.dedent("""
-        import os, socket, struct, sys, time
+        import os, socket, struct, sys, threading
         from multiprocessing import resource_sharer
         from zsfs.embedding import _start_worker
         if sys.argv[1] == "worker":
             _start_worker(0, 0)
+        reported, hook = threading.Event(), sys.excepthook  # the sharer thread reports through sys.excepthook
+        sys.excepthook = lambda *error: (reported.set(), hook(*error))
         resource_sharer.DupFd(os.open(os.devnull, os.O_RDONLY))  # starts the sharer's thread
         peer = socket.socket(socket.AF_UNIX)
         peer.connect(resource_sharer._resource_sharer._address)
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         peer.close()  # a reset, as a process killed mid-handshake leaves it
-        time.sleep(0.5)
-        sys.excepthook(ValueError, ValueError("other errors are still reported"), None)
+        assert reported.wait(60), "the sharer reported nothing"
+        hook(ValueError, ValueError("other errors are still reported"), None)
     """)
     plain = subprocess.run([sys.executable, "-c", script, "plain"], capture_output=True, text=True, timeout=60)
     assert "resource_sharer.py" in plain.stderr  # what a decoding process printed before

@@ -329,19 +329,19 @@ def extract(
     vocabulary = None if recorded is None else _missing_vocabulary(out, image_source, vocab_name, class_names)
     if recorded is not None and not (vocabulary and ray is not None):  # (Ray: a worker's GPU embeds the vocabulary)
         # no image to embed: no backbone to load, no Ray cluster to start
-        if on_start is not None:
-            on_start(0)
+        read_as_one = same_text_to_clip(clip_tokenizer(clip_model), class_names) if class_names else []
+        if given_classes is not None:
+            refuse_same_text_to_clip(read_as_one)
         if vocabulary:  # CLIP alone
             with store_lock(out):
                 clip = load_clip(clip_model, clip_weights, device=device)
                 check_same_weights(clip.record, recorded["clip"], "CLIP")
-                read_as_one = same_text_to_clip(clip.tokenizer, class_names)
-                if given_classes is not None:
-                    refuse_same_text_to_clip(read_as_one)
+                if on_start is not None:
+                    on_start(0)
                 single, ensemble = encode_vocabulary(clip, vocabulary)
                 _write_vocabulary(out, vocab_name, vocabulary, single, ensemble, overwrite=True, identity=recorded)
-        else:
-            read_as_one = same_text_to_clip(clip_tokenizer(clip_model), class_names) if class_names else []
+        elif on_start is not None:
+            on_start(0)
         return _summary(out, image_source, started, vocabulary=vocab_name if class_names else None,
                         classes=class_names, read_as_one=read_as_one)
 

@@ -293,8 +293,10 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
 
 def clip_as_recorded(name: str, weights: str, recorded: dict) -> bool:
     """Whether ``load_clip(name, weights)`` gives the model ``recorded`` (a store identity's
-    ``clip``) describes, judged without loading it: architecture, config, weights tag or file
-    sha256. False where it cannot tell (an unknown name): loading decides, with its own errors."""
+    ``clip``) describes, judged without loading its weights: architecture, config, weights tag or
+    file sha256 (random weights: built, see :func:`_as_identity`). What a library version works out
+    at load time (preprocessing, a tag's values) is not compared. False where it cannot tell (an
+    unknown name): loading decides, with its own errors."""
     import open_clip
 
     try:
@@ -302,12 +304,21 @@ def clip_as_recorded(name: str, weights: str, recorded: dict) -> bool:
         kind, file = _clip_weights_source(arch, weights)
     except ModelLoadError:
         return False
+    if kind == RANDOM:
+        return _as_identity(load_clip(name, RANDOM).record) == recorded
     tag_cfg = open_clip.get_pretrained_cfg(arch, weights) if kind == "tag" else {}
     expected = {"name": arch, "weights": weights if kind == "tag" else kind, "config": config,
                 "sha256": file_sha256(file) if file else None,
                 "quick_gelu": bool(tag_cfg.get("quick_gelu", False))
                 or bool(open_clip.get_model_config(arch).get("quick_gelu", False))}
     return all(recorded.get(key) == value for key, value in expected.items())
+
+
+def _as_identity(record: dict) -> dict:
+    """A model record as a store's identity holds it: JSON values, no file path. Random weights
+    are compared so, built: their values are their initialisation, which another torch, open_clip
+    or timm may make otherwise (tests and benchmarks use them; nothing is read or downloaded)."""
+    return json.loads(json.dumps({key: value for key, value in record.items() if key != "file"}))
 
 
 def clip_tokenizer(name: str) -> Callable:
@@ -595,8 +606,9 @@ OPEN_CLIP_PROJECTION = "visual.proj"
 
 def backbone_as_recorded(name: str, weights: str, recorded: dict) -> bool:
     """Whether ``load_backbone(name, weights)`` gives the model ``recorded`` (a store identity's
-    ``backbone``) describes, judged without loading it: name, pretrained tag or file sha256, the
-    output taken. False where it cannot tell: loading decides, with its own errors."""
+    ``backbone``) describes, judged without loading its weights: name, pretrained tag or file
+    sha256, the output taken (random weights: built, see :func:`_as_identity`). False where it
+    cannot tell: loading decides, with its own errors."""
     try:
         pretrained_cfg = _resolve_backbone_name(name)
         file = None if weights in (DEFAULT, RANDOM) else existing_file(weights, "backbone", "--backbone-weights")
@@ -604,6 +616,8 @@ def backbone_as_recorded(name: str, weights: str, recorded: dict) -> bool:
         return False
     if weights not in (DEFAULT, RANDOM) and file is None:
         return False
+    if weights == RANDOM:
+        return _as_identity(load_backbone(name, RANDOM).record) == recorded
     expected = {"name": name, "weights": FILE if file else weights, "sha256": file_sha256(file) if file else None,
                 "pretrained_tag": pretrained_cfg.tag if weights == DEFAULT else None,
                 "output": "head" if keeps_clip_head(name, pretrained_cfg.tag) else "pre_logits"}

@@ -62,7 +62,8 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 
     Each image is decoded once and fed to CLIP and to the backbone. Bad files are skipped and
     recorded. An interrupted run resumes when the same command is run again; run again on a
-    finished store, it loads no model (a new --vocab-name loads CLIP alone).
+    finished store, it loads no model (a new --vocab-name loads CLIP alone, or with --ray
+    goes to a worker).
 
     \b
     Example:
