@@ -523,6 +523,20 @@ def test_a_store_never_writes_into_another_stores_shards_folder(base, store, oth
     assert again.exit_code == 0, again.output
 
 
+def test_a_copy_of_the_master_never_blocks_the_stores_own_reruns(base, store):
+    """Bug (new-user review): after `cp s.h5 s.bak.h5` and a rebuild of s.h5 with --overwrite (other
+    settings), every rerun of s.h5 was refused: "s.bak.h5 keeps its shards in s.shards/". The folder
+    is s.h5's own; the copy, which reads it, is stale since the rebuild and says so."""
+    copy = store.with_name("s.bak.h5")
+    shutil.copy(store, copy)
+    rebuilt = [*extract_args(base, store)][:-2] + ["--shard-size", "3"]
+    assert run_cli(*rebuilt, "--overwrite").exit_code == 0
+    again = run_cli(*rebuilt)
+    assert again.exit_code == 0 and "0 / " in output_text(again), output_text(again)  # nothing to write
+    stale = run_cli("info", copy)
+    assert stale.exit_code == 1 and "do not belong to this store" in output_text(stale)
+
+
 def test_a_rerun_under_a_renamed_masters_new_name_is_refused_and_overwrite_builds_anew(base, store):
     """Bug: the rerun of `extract` on a renamed master embedded every image again into
     renamed.shards/ and replaced the master: its graph and vocabularies stayed behind in s.shards/."""

@@ -89,7 +89,8 @@ def check_own_shards_folder(master: Path, overwrite: bool = False) -> None:
     would ``y.h5`` renamed from ``x.h5``, and writing one would replace the other's shards. A link
     to a store is refused too: its store keeps its shards beside the file linked to, so a rerun
     through the link would write a whole new store in place of the link. A copy of ``master``
-    (the same identity) is not another store: the rerun of ``master`` goes on. Without
+    (the same identity, or any master reading the folder ``master`` itself reads) is not another
+    store: the rerun of ``master`` goes on. Without
     ``overwrite``, a master renamed since it was built is refused: it reads its shards (and
     vocabularies, graph) from the folder of its first name, and a rerun under the new one would
     embed every image again into another folder, leaving those behind."""
@@ -119,6 +120,8 @@ def check_own_shards_folder(master: Path, overwrite: bool = False) -> None:
                              "choose an output with another name")
     if not folder.is_dir():
         return  # nobody's shards are there
+    if master.is_file() and folder.name in shard_folders_named(master):
+        return  # its own: another master reading them is a copy of this one, stale once this one is rebuilt
     try:
         entries = [entry for entry in master.parent.iterdir() if entry.name != master.name and entry.is_file()
                    and (entry.suffix.lower() in schema.HDF5_SUFFIXES or schema.shard_dir(entry) == folder)]
