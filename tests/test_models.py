@@ -624,7 +624,9 @@ def test_backbone_download_failure_says_how_to_pass_a_file(offline):
     with pytest.raises(ModelLoadError) as caught:
         load_backbone(TINY_BACKBONE, "default")
     message = str(caught.value)
-    assert "could not download the backbone weights of test_vit" in message
+    # bug (docs review): the README says it names where from; the CLIP message did, this one did not
+    assert "could not download the backbone weights of test_vit from huggingface.co/timm/test_vit.r160_in1k (" \
+        in message, message
     assert "--backbone-weights /path/to/model.safetensors" in message
 
 

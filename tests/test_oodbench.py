@@ -255,8 +255,9 @@ def test_cli_seed_draws_the_split(labelled_store, tmp_path, monkeypatch):
     ("--5", "neither a number nor an existing file"),  # not a traceback from int()
 ])
 def test_cli_bad_id_classes(labelled_store, id_classes, message):
+    """A value that does not fit the store is a usage error (exit 2), as README says (it was 1)."""
     result = bench_cli("--store", labelled_store, "--id-classes", id_classes)
-    assert result.exit_code == 1 and message in result.stderr
+    assert result.exit_code == 2 and message in result.stderr and "--id-classes" in result.stderr
     assert "Traceback" not in result.output
 
 
@@ -264,7 +265,7 @@ def test_cli_unknown_class_in_file(labelled_store, tmp_path):
     listed = tmp_path / "id.txt"
     listed.write_text("class_0001\nzebra\n")
     result = bench_cli("--store", labelled_store, "--id-classes", listed)
-    assert result.exit_code == 1 and "'zebra'" in result.stderr
+    assert result.exit_code == 2 and "'zebra'" in result.stderr
 
 
 def test_cli_existing_out_is_refused_before_any_work(labelled_store, tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from zsfs.errors import ZsfsError, check_at_least
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, literal
 from zsfs.names import counted, some_names, spelled_like
 
 __all__ = [
@@ -159,10 +159,10 @@ def id_ood_splits(
         if unknown:
             hint = spelled_like(classes, "the label")
             named = [f"{name!r}{hint(name)}" for name in unknown]
-            raise ZsfsError(f"{counted(len(unknown), 'ID class', 'ID classes')} "
-                            f"{'is' if len(unknown) == 1 else 'are'} not among the store's labels: "
-                            f"{some_names(named, 10, with_count=False)}. Use the exact label names "
-                            "(`zsfs info` lists them).")
+            raise ParameterError(literal(f"{counted(len(unknown), 'ID class', 'ID classes')} "
+                                         f"{'is' if len(unknown) == 1 else 'are'} not among the store's labels: "
+                                         f"{some_names(named, 10, with_count=False)}. Use the exact label names "
+                                         "(`zsfs info` lists them)."))
         _check_id_count(len(wanted), len(classes), always_ood)
         chosen = set(wanted)
         return [[name for name in classes if name in chosen]]
@@ -195,9 +195,9 @@ def _check_id_count(n_id: int, n_classes: int, always_ood: int) -> None:
     most = n_classes if always_ood else n_classes - 1
     if not 1 <= n_id <= most:
         named = f", {n_classes} of them in the vocabulary," if always_ood else ""
-        raise ZsfsError(
-            f"the number of ID classes must be between 1 and {most} (the store's labels "
-            f"have {n_classes + always_ood} classes{named} and at least one must stay OOD), got {n_id}"
+        raise ParameterError(
+            f"{{id_classes}}: the number of ID classes must be between 1 and {most} (the store's labels "
+            f"have {n_classes + always_ood} classes{literal(named)} and at least one must stay OOD), got {n_id}"
         )
 
 

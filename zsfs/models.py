@@ -541,8 +541,10 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
     except OSError as error:
         if file is not None:
             raise ModelLoadError(f"cannot read backbone weights file {file}: {one_line(error)}") from None
+        source = (f" from huggingface.co/{pretrained_cfg.hf_hub_id.strip('/')}" if pretrained_cfg.hf_hub_id
+                  else f" from {pretrained_cfg.url}" if pretrained_cfg.url else "")
         raise ModelLoadError(
-            f"could not download the backbone weights of {name} ({one_line(error)}). {HUB_CACHE_ADVICE} "
+            f"could not download the backbone weights of {name}{source} ({one_line(error)}). {HUB_CACHE_ADVICE} "
             "Or pass a local file: --backbone-weights /path/to/model.safetensors"
         ) from None
     except Exception as error:  # state-dict mismatch, unreadable or foreign checkpoint format

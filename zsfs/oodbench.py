@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError, literal
 from zsfs.names import counted, spelled_like
 from zsfs.outputs import new_folder, write_json
 from zsfs.evaluate import LabelCodes, accuracy, composed_names, id_ood_splits, mean_std, ood_metrics
@@ -131,11 +131,11 @@ def ood_bench(
         unnamed = [name for name, composed in given if composed in always_ood]
         if unnamed:
             hint = spelled_like(vocabulary_classes, f"{vocab_name!r}'s class")
-            raise ZsfsError(f"{counted(len(unnamed), 'ID class', 'ID classes')} {'is a label' if len(unnamed) == 1 else 'are labels'} "
-                            f"that vocabulary {vocab_name!r} does not name: "
-                            f"{', '.join(f'{name!r}{hint(name)}' for name in unnamed[:10])}; an ID class needs "
-                            "its class name's text "
-                            f"embedding: add a vocabulary that names it with {store.how_to_add_a_vocabulary()}")
+            raise ParameterError(literal(
+                f"{counted(len(unnamed), 'ID class', 'ID classes')} {'is a label' if len(unnamed) == 1 else 'are labels'} "
+                f"that vocabulary {vocab_name!r} does not name: "
+                f"{', '.join(f'{name!r}{hint(name)}' for name in unnamed[:10])}; an ID class needs its class name's text "
+                f"embedding: add a vocabulary that names it with {store.how_to_add_a_vocabulary()}"))
         id_classes = [spelled.get(composed, name) for name, composed in given]
     seed = config.seed
     splits = id_ood_splits(eligible, id_classes, n_splits=n_splits, seed=seed, always_ood=len(always_ood))

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from zsfs.cli.common import GivenPath, console, note_fit_options, shown
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, literal
 from zsfs.names import counted
 
 
@@ -114,8 +114,8 @@ def _parse_id_classes(value: str) -> int | list[str]:
                           f"file {shown(value)}; pass {shown('./' + value)} to read the file.")
         return count
     if not path.exists() or path.is_dir():  # a pipe (<(...)) is no regular file, but reads as one
-        raise ZsfsError(f"--id-classes takes a number of ID classes or a file of ID class names; "
-                        f"{value!r} is neither a number nor an existing file")
+        raise ParameterError(f"{{id_classes}} takes a number of ID classes or a file of ID class names; "
+                             f"{literal(repr(value))} is neither a number nor an existing file")
     from zsfs.sources import read_class_file
 
     return read_class_file(path)
