@@ -441,10 +441,10 @@ def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: Image
     members of its tars (or those files came since)."""
     recorded = recorded_identity(master).get("listing_sha256")
     built = master if master.is_file() else shard_dir(master)  # a killed first run left only shards
-    if source.digest_with_hidden_members() is not None and recorded == source.digest_with_hidden_members():
-        hidden = len(source.listing_with_hidden_members) - len(source.paths)
+    with_hidden = source.digest_with_hidden_members()
+    if with_hidden is not None and recorded == with_hidden[0]:
         return StoreMismatchError(
-            f"{built} was built with the {counted(hidden, 'hidden member')} (a name or folder starting with a dot, "
+            f"{built} was built with the {counted(with_hidden[1], 'hidden member')} (a name or folder starting with a dot, "
             "such as macOS's ._photo.jpg) that these tars hold: zsfs leaves them out since December 2026, as a "
             "folder scan leaves out hidden files. Pass --overwrite to embed the tars again without them, or keep "
             "the store as it is")

@@ -10,6 +10,7 @@ import csv
 import io
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,6 @@ class ImageSource:
     aliases: list[str] = field(default_factory=list)  # linked folders not read: other names of listed ones
     repeated_paths: list[str] = field(default_factory=list)  # listed more than once (each row is embedded)
     # (a list file's line, or a member name a tar holds twice)
-    listing_with_hidden_members: list[str] | None = None  # tars: the listing before hidden members were left out
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -90,6 +90,10 @@ class ImageSource:
 
     def digest(self) -> str:
         """sha256 of the listing (paths and labels): changes whenever the listing does."""
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> str:  # asked for by several checks of a rerun: a pass over a listing of millions each
         return listing_sha256(self.paths, self.labels)
 
     def digest_without_added_suffixes(self) -> tuple[str, int] | None:
@@ -102,12 +106,15 @@ class ImageSource:
         labels = None if self.labels is None else [self.labels[i] for i in kept]
         return listing_sha256([self.paths[i] for i in kept], labels), len(kept)
 
-
-    def digest_with_hidden_members(self) -> str | None:
-        """The digest of the listing of tar shards as zsfs made it before it left out hidden
-        members (``._photo.jpg``, December 2026); None when the tars hold none."""
-        with_hidden = self.listing_with_hidden_members
-        return None if with_hidden is None else listing_sha256(with_hidden, None)
+    def digest_with_hidden_members(self) -> tuple[str, int] | None:
+        """(digest, number of hidden members) of the listing of tar shards as zsfs made it before it
+        left out hidden members (``._photo.jpg``, December 2026): the tars are listed again (only
+        a store that does not match asks); None for other sources and tars with no such member."""
+        if self.members is None:
+            return None
+        with_hidden = list_tars(self.root, self.members.tars, IMAGE_EXTENSIONS, keep_hidden=True)[0]
+        hidden = len(with_hidden) - len(self.paths)
+        return (listing_sha256(with_hidden, None), hidden) if hidden else None
 
 
 def given_path(path: str | Path, what: str) -> str:
@@ -273,7 +280,7 @@ def _compressed_tars_in(folder: Path) -> list[str]:
 
 
 def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[str] | None = None) -> ImageSource:
-    paths, members, links, with_hidden = list_tars(root, tars, IMAGE_EXTENSIONS)
+    paths, members, links = list_tars(root, tars, IMAGE_EXTENSIONS)
     if not paths:
         linked = f", only {counted(len(links), 'link')} (not read: zsfs reads the files of a tar)" if links else ""
         raise ZsfsError(f"the {counted(len(tars), 'tar file')} of {location} hold no images "
@@ -283,7 +290,7 @@ def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[s
     empty = [tars[number].relative_to(root).as_posix() for number in np.flatnonzero(images_per_tar == 0)]
     return ImageSource(location=location, root=root, paths=paths, labels=None, members=members, empty_tars=empty,
                        compressed_tars=compressed or [], repeated_paths=repeated(paths),  # a member name twice
-                       tar_links=links, listing_with_hidden_members=with_hidden)
+                       tar_links=links)
 
 
 def _read_list(list_file: Path) -> ImageSource:

@@ -311,32 +311,30 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
-def list_tars(root: Path, tars: Sequence[Path],
-              image_suffixes: Iterable[str]) -> tuple[list[str], TarMembers, list[str], list[str] | None]:
+def list_tars(root: Path, tars: Sequence[Path], image_suffixes: Iterable[str], *,
+              keep_hidden: bool = False) -> tuple[list[str], TarMembers, list[str]]:
     """Listing paths ``<tar relative to root>::<member>`` and their byte ranges, tars in the given
-    order, hidden members left out as a folder scan leaves out hidden files; the paths of the
-    image names that are links (not listed); and, only when some member was left out as hidden,
-    the listing as it was with them (zsfs listed them before December 2026)."""
+    order, hidden members left out as a folder scan leaves out hidden files (``keep_hidden``: as
+    zsfs listed them before December 2026); and the paths of the image names that are links
+    (not listed)."""
     suffixes = frozenset(image_suffixes)
     paths: list[str] = []
     links: list[str] = []
-    with_hidden: list[str] = []
     tar_ids, offsets, sizes = [], [], []
     for number, tar in enumerate(tars):
         listing = list_tar(tar, suffixes)
-        shown = [i for i, name in enumerate(listing.names) if not is_hidden(name)]
+        shown = [i for i, name in enumerate(listing.names) if keep_hidden or not _is_hidden(name)]
         prefix = tar.relative_to(root).as_posix() + MEMBER_SEPARATOR
         paths.extend(prefix + listing.names[i] for i in shown)
-        with_hidden.extend(prefix + name for name in listing.names)
-        links.extend(prefix + name for name in listing.links if not is_hidden(name))
+        links.extend(prefix + name for name in listing.links if keep_hidden or not _is_hidden(name))
         tar_ids.append(np.full(len(shown), number, dtype=np.int32))
         offsets.append(np.asarray(listing.offsets, dtype=np.int64)[shown])
         sizes.append(np.asarray(listing.sizes, dtype=np.int64)[shown])
     members = TarMembers(tuple(tars), _concat(tar_ids, np.int32), _concat(offsets, np.int64), _concat(sizes, np.int64))
-    return paths, members, links, with_hidden if len(with_hidden) != len(paths) else None
+    return paths, members, links
 
 
-def is_hidden(member: str) -> bool:
+def _is_hidden(member: str) -> bool:
     """Whether a member is hidden as a folder scan sees it: its name or a folder's starts with a dot
     (macOS tar writes ``._photo.jpg`` resource forks beside the images; ``./`` is not hidden)."""
     return "/." in "/" + member and any(part.startswith(".") and part not in (".", "..")
