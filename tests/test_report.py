@@ -128,6 +128,7 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
     config["absent_classes"] = ["unicorn"]
     config["class_shares"] = {**{name: 0.99 / len(present) for name in present}, "<ghost>": 0.01, "unicorn": 0.0}
     config["class_shares"][present[0]] = 0.9996  # bug: printed "1e+02 %"
+    config["class_shares"][present[1]] = 7e-15  # bug: printed "7e-13 %", a mixture's rounding residue
     config["cycles"][0]["n_kept"] += 3
     (run / runs.CONFIG).write_text(json.dumps(config))
     frame = pl.read_parquet(run / runs.PREDICTIONS)  # the first class: its seeds, and no other image predicted;
@@ -146,7 +147,8 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
     assert "<h3>Absent (1)</h3><p>Each estimated to take under 1.0 % of the collection" in page
     assert "keeps them): unicorn</p>" in page
     assert f"estimated share {100 * 0.99 / len(present):.1f} %" in page and "estimated share 100.0 %" in page
-    assert "e+" not in re.sub(r"<svg.*?</svg>", "", page, flags=re.S)
+    assert "estimated share &lt; 0.001 %" in page
+    assert not re.search(r"\de[+-]\d", re.sub(r"<svg.*?</svg>", "", page, flags=re.S))
     assert "<h3>No image (1)</h3>" in page and "these classes: &lt;ghost&gt;</p>" in page
     assert "<td>OOD AUROC (paper score)</td><td>0.6123</td>" in page
     seeds = int(pl.read_parquet(run / runs.PREDICTIONS)["is_seed"].sum())
@@ -341,6 +343,30 @@ def test_report_of_what_is_not_a_run_is_a_clear_error(tmp_path):
         render_report(tmp_path, per_class=0)
 
 
+@pytest.mark.parametrize("seed", ["-5", str(2**31), "99999999999999999999999"])
+def test_a_seed_out_of_range_is_a_usage_error(photo_run, seed):
+    """Bug: --seed -5 or a huge one crashed in polars' sampling with a traceback (exit 1)."""
+    result = run_cli("report", photo_run, "--seed", seed)
+    assert result.exit_code == 2 and "--seed" in result.output and "Traceback" not in output_text(result)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"seed": -1}, "^seed must be between 0 and 2147483647, not -1$"),
+    ({"seed": "3"}, "^seed must be a whole number, not '3'$"),
+    ({"seed": True}, "^seed must be a whole number, not True$"),
+    ({"images": 123}, r"^images must be a path \(a str or pathlib.Path\), not 123$"),
+])
+def test_bad_options_from_python_are_parameter_errors(photo_run, tmp_path, options, message):
+    """Bug: seed=-1 raised polars' OverflowError, seed='3' and images=123 a TypeError, seed=True drew as 1."""
+    from zsfs.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=message):
+        render_report(photo_run, **options)
+    with pytest.raises(ParameterError, match=message):
+        write_report(photo_run, tmp_path / "page.html", **options)
+    assert not (tmp_path / "page.html").exists()
+
+
 def test_a_real_browser_draws_the_page(photo_run, tmp_path):
     """Headless Chromium (Debian package ``chromium``; .ci/run installs it) renders the page offline."""
     import shutil as which
@@ -370,9 +396,16 @@ def test_a_real_browser_draws_the_page(photo_run, tmp_path):
     config = json.loads((run / runs.CONFIG).read_text())
     config["absent_classes"] = [f"an_unbreakable_class_name_number_{i}" for i in range(40)]
     config["classes"] += config["absent_classes"]
-    (run / runs.CONFIG).write_text(json.dumps(config))
+    first, long_name = config["classes"][0], "x" * 300  # bug: a long class name ran off the page in its heading
+    renamed = json.loads(json.dumps(config).replace(json.dumps(first), json.dumps(long_name)))
+    assert renamed["classes"][0] == long_name
+    (run / runs.CONFIG).write_text(json.dumps(renamed))
+    frame = pl.read_parquet(run / runs.PREDICTIONS)
+    frame.with_columns(pl.col(name).replace(first, long_name) for name, kind in frame.schema.items()
+                       if kind == pl.String and name != "path").write_parquet(run / runs.PREDICTIONS)
     measured = tmp_path / "measured.html"
     page = write_report(run, tmp_path / "long.html")
+    assert f'<h3 class="class-name">{long_name}</h3>' in page.read_text()
     measure = ("<script>const label = document.querySelector('#summary td');"
                "document.title = [label.getBoundingClientRect().width, label.offsetHeight,"
                " document.documentElement.scrollWidth, window.innerWidth].join(' ');</script></body>")
@@ -495,6 +528,9 @@ def test_the_summary_and_the_ood_gallery_show_the_runs_own_numbers(unlabelled_ru
     highest = frame.sort(["ood_score", "ood_continuous"], descending=True, maintain_order=True).head(3)
     assert shown_paths(section_of(page, "ood")) == highest["path"].to_list()
     assert "The 3 images with the highest ood_score then ood_continuous." in page
+    page = render_report(unlabelled_run, ood_images=0)  # bug: "The 0 images with the highest ood_score ..."
+    assert "None shown: the page was asked for 0 of them." in section_of(page, "ood")
+    assert shown_paths(section_of(page, "ood")) == [] and "The 0 images" not in page
 
 
 def test_accuracy_confusions_and_class_stats_count_the_right_images(photo_run, tmp_path):

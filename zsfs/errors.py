@@ -85,6 +85,17 @@ def check_at_least(name: str, value: int | None, least: int) -> None:
             raise ParameterError(f"{{{name}}} must be at least {least}, not {value}")
 
 
+MAX_SEED = 2**31 - 1
+"""The largest seed: faiss takes a 32-bit one, so every command's seed has this range."""
+
+
+def check_seed(value: object) -> None:
+    """ParameterError unless ``value`` is a whole number from 0 to :data:`MAX_SEED`."""
+    check_parameter_type("seed", value, int)
+    if not 0 <= value <= MAX_SEED:
+        raise ParameterError(f"{{seed}} must be between 0 and {MAX_SEED}, not {value}")
+
+
 class _OwnName(dict):
     def __missing__(self, name: str) -> str:
         return name

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs import __version__, figures
-from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_path_type
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_path_type, check_seed
 from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import as_argument, counted, reasons_text, some_names, visible
@@ -46,7 +46,7 @@ def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = Non
     """Render the report of ``run_dir`` to ``out`` [RUN_DIR/report.html]; the options as
     :func:`render_report`'s. ``on_missing_images`` hears the page's note when some images could
     not be shown (an empty gallery should be no surprise)."""
-    _check_options(per_class, ood_images)
+    _check_options(images, per_class, ood_images, seed)
     if isinstance(run_dir, FittedRun):  # what zsfs.fit returns: its saved folder
         if run_dir.path is None:
             raise ParameterError("{run_dir} is a run not saved yet: save it first (run.save(folder)), or render its "
@@ -88,7 +88,7 @@ def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | Non
     allows, at most 8]. ``ood_images``: images in the "most likely OOD" gallery. ``seed``: draws
     the sampled predictions.
     """
-    _check_options(per_class, ood_images)
+    _check_options(images, per_class, ood_images, seed)
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     return _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed)[0]
 
@@ -124,7 +124,7 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
         "figures": _figures(run, frame),
         "accuracy": _accuracy(frame, classes) if "label" in frame.columns else "",
         "classes": _classes(run, frame, classes, seeds, sample, made),
-        "ood": _ood(most_ood, made, ood_by),
+        "ood": _ood(most_ood, made, ood_by, ood_images),
         "parameters": _parameters(run.config),
     }
     missing = _missing_images(made, where, run.path, images, out)
@@ -132,10 +132,13 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
     return _page(run, note + "".join(sections.values()), [anchor for anchor, part in sections.items() if part]), missing
 
 
-def _check_options(per_class: int | None, ood_images: int) -> None:
+def _check_options(images: str | Path | None, per_class: int | None, ood_images: int, seed: int) -> None:
     """Refuse bad options before the run is read."""
+    if images is not None:
+        check_path_type("images", images)
     check_at_least("per_class", per_class, 1)
     check_at_least("ood_images", ood_images, 0)
+    check_seed(seed)
 
 
 def image_locations(run: FittedRun, images: str | Path | None,
@@ -312,9 +315,12 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
     return _section("classes", "Classes", "".join(blocks))
 
 
-def _ood(most_ood, made: dict, ood_by: list[str]) -> str:
+def _ood(most_ood, made: dict, ood_by: list[str], ood_images: int) -> str:
     if not ood_by:
         return _section("ood", "Most likely out of distribution", "<p>This run has no OOD scores.</p>")
+    if not most_ood.height:  # --ood-images 0, or no rows
+        return _section("ood", "Most likely out of distribution", "<p>None shown: the page was asked for 0 of them.</p>"
+                        if ood_images == 0 else "<p>The run has no images.</p>")
     note = f"<p>The {counted(most_ood.height, 'image')} with the highest {' then '.join(ood_by)}.</p>"
     return _section("ood", "Most likely out of distribution", note + _gallery(most_ood, made))
 
@@ -399,8 +405,11 @@ def _page(run: FittedRun, content: str, anchors: list[str]) -> str:
 
 
 def _percent(share: float) -> str:
-    """``"12.3 %"``; below 1 %, two significant digits (``"0.05 %"``)."""
-    return f"{100 * share:.1f} %" if share >= 0.01 else f"{100 * share:.2g} %"
+    """``"12.3 %"``; below 1 %, two significant digits (``"0.05 %"``); below 0.001 %, ``"< 0.001 %"``
+    (a mixture's share of a class nothing took is a rounding residue, ``7e-13``)."""
+    if share >= 0.01:
+        return f"{100 * share:.1f} %"
+    return f"{100 * share:.2g} %" if share >= 1e-5 else "< 0.001 %"
 
 
 def _fraction(value: float | None) -> str:
@@ -420,7 +429,8 @@ table { border-collapse: collapse; margin: .5em 0; display: block; max-width: 10
 td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: break-word; }
 td:first-child { font-weight: 600; } .figure svg { max-width: 100%; height: auto; }
 .note { background: #fff4d6; border-left: 4px solid #e0a800; padding: .6em; }
-.class { border-top: 1px solid #eee; padding-top: .3em; } .class h3 { margin-bottom: 0; } h4 { margin: .4em 0; }
+.class { border-top: 1px solid #eee; padding-top: .3em; } .class h3 { margin-bottom: 0; overflow-wrap: anywhere; }
+h4 { margin: .4em 0; }
 .gallery { display: flex; flex-wrap: wrap; gap: 6px; }
 figure { margin: 0; width: 100px; font-size: 11px; text-align: center; }
 .thumb { width: 96px; height: 96px; object-fit: cover; border-radius: 4px; display: block; }

@@ -12,7 +12,7 @@ import click
 
 from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupted, note_fit_options, shown,
                               what_failed)
-from zsfs.errors import ZsfsError
+from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES
 from zsfs.names import counted, pairs_text, some_names
 
@@ -85,7 +85,7 @@ def _cut(name: str, limit: int) -> str:
 @click.option("--loss-floor", type=FiniteFloat(min=0), default=None,
               help="--method cycles: stop once an epoch's training loss is below this [0.1].")
 @click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in the paper score's threshold = mean - m*std [1].")
-@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,

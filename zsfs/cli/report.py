@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from zsfs.cli.common import GivenPath, console, shown, usage_check
+from zsfs.errors import MAX_SEED
 
 
 @click.command("report", short_help="Write one offline HTML page about a fit run.",
@@ -22,7 +23,7 @@ from zsfs.cli.common import GivenPath, console, shown, usage_check
               help="Seeds and sampled predictions shown per class [up to 8, fewer for many classes].")
 @click.option("--ood-images", type=click.IntRange(min=0), default=48, show_default=True,
               help="Images shown in the 'most likely OOD' gallery.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Draws the sampled predictions.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Draws the sampled predictions.")
 def report_command(run_dir: Path, out: Path | None, **options) -> None:
     """Write one HTML page about the fit run in RUN_DIR that opens offline, alone.
 

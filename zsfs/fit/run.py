@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from zsfs.devices import PRECISION_CHOICES, SEARCH_PRECISIONS, check_device, has_fast_bf16
-from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_choice, check_parameter_type, literal
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_choice, check_parameter_type, check_seed,
+                         literal)
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 PROMPT_CHOICES = ("ensemble", "single")
 METHOD_CHOICES = ("balanced", "cycles")
 """Self-training: transductive class-balanced (zsfs.fit.transductive) or the paper's candidate cycles."""
-MAX_SEED = 2**31 - 1
 SEARCH_DTYPES = dict(zip(SEARCH_PRECISIONS, (torch.float32, torch.bfloat16)))
 CHUNK_ROWS = 32768
 SCHEDULE = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5}
@@ -132,9 +132,7 @@ class FitConfig:
         for name in ("loss_floor", "ood_multiplier"):  # as the CLI's ranges say
             if getattr(self, name) < 0:
                 raise ParameterError(f"{{{name}}} must be at least 0, not {getattr(self, name)}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ParameterError(f"{{seed}} must be between 0 and {MAX_SEED} (faiss takes a 32-bit seed), "
-                                 f"not {self.seed}")
+        check_seed(self.seed)
 
 
 @dataclass
