@@ -453,6 +453,60 @@ def test_bad_inputs_are_clear_errors(fitted, tmp_path):
     assert "Error:" in result.output and "no-such-run does not exist" in output_text(result)
 
 
+def test_list_files_are_read_as_extract_reads_them(fitted, tmp_path, monkeypatch):
+    """Bug: a .txt list of images was taken for an image: one row "not an image", nothing classified."""
+    photos = fitted["photos"]
+    chosen = photos["good"][:3]
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "some.txt").write_text("# chosen\n" + "".join(f"{photos['root'] / p}\n" for p in chosen[:2]))
+    (tmp_path / "lists" / "more.csv").write_text("path,label\n" + f"{photos['root'] / chosen[2]},x\n")
+    shutil.copy(photos["root"] / chosen[0], tmp_path / "lists" / "near.png")
+    (tmp_path / "lists" / "near.txt").write_text("near.png\n")  # relative to the list's folder
+    monkeypatch.chdir(tmp_path)
+    frame = predict_images(fitted["run"], ["lists/some.txt", "lists/more.csv", "lists/near.txt"], workers=0)
+    assert frame["path"].to_list() == [str(photos["root"] / p) for p in chosen] + ["lists/near.png"]
+    assert frame["error"].is_null().all()
+    alone = predict_images(fitted["run"], [photos["root"] / p for p in chosen], workers=0)
+    assert_same_predictions(frame.head(3), alone)
+    assert frame["predicted"][3] == alone["predicted"][0]
+
+
+def test_a_pipe_or_device_given_by_name_gets_a_row_saying_why(fitted, tmp_path):
+    """Bug: a FIFO or /dev/null given by name was "does not exist"; inside a folder it got a row."""
+    fifo = tmp_path / "f.jpg"
+    os.mkfifo(fifo)
+    image = fitted["photos"]["root"] / fitted["photos"]["good"][0]
+    frame = predict_images(fitted["run"], [fifo, "/dev/null", image], workers=0)
+    assert frame["path"].to_list() == [str(fifo), "/dev/null", str(image)]
+    assert frame["error"].to_list() == ["not a regular file", "not a regular file", None]
+
+
+def test_two_names_that_read_alike_are_not_called_one_file_given_twice(fitted, tmp_path):
+    """Bug: 'bad<0xff>.jpg' and a file literally named 'bad\\xff.jpg' print alike (a name's
+    undecodable byte is written \\xff), and predict said one path was given twice."""
+    folder = tmp_path / "h"
+    folder.mkdir()
+    image = fitted["photos"]["root"] / fitted["photos"]["good"][0]
+    shutil.copy(image, os.fsdecode(bytes(folder) + b"/bad\xff.jpg"))
+    shutil.copy(image, folder / "bad\\xff.jpg")
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", folder)
+    assert result.exit_code == 0, result.output
+    assert "given twice" not in output_text(result) and "2 images classified" in output_text(result)
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", folder, os.fsdecode(bytes(folder) + b"/bad\xff.jpg"))
+    assert "1 path given twice or more (each row kept)" in output_text(result), result.output
+
+
+def test_an_output_name_as_long_as_the_file_system_takes_is_written(fitted, tmp_path):
+    """Bug: a 240-byte name was refused: the temporary file beside it held the whole name, plus
+    the process id and host, past 255 bytes."""
+    image = fitted["photos"]["root"] / fitted["photos"]["good"][0]
+    out = tmp_path / ("x" * 251 + ".csv")
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", image, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert pl.read_csv(out)["path"].to_list() == [str(image)]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [out.name]
+
+
 def test_cli_without_out_says_how_to_get_the_rows_the_table_leaves_out(fitted):
     result = run_cli("predict", "--run", fitted["run"], "--workers", "0", fitted["photos"]["root"])
     assert result.exit_code == 0, result.output

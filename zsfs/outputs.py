@@ -93,9 +93,17 @@ def temporary_name(path: Path) -> str:
     return f"{_temporary_prefix(path)}{'x' * 8}.tmp"  # mkstemp's and mkdtemp's random part: 8 characters
 
 
+_NAME_BYTES = 255
+"""The longest file name of the usual file systems (NAME_MAX)."""
+
+
 def _temporary_prefix(path: Path) -> str:
-    """``.<name>.<pid>-<host>.``: what :data:`_TMP_NAME` reads back."""
-    return f".{path.name}.{_owner()}."
+    """``.<name>.<pid>-<host>.``: what :data:`_TMP_NAME` reads back; ``<name>`` cut to the bytes
+    that leave the whole temporary name within 255, so that any name the file system takes for
+    ``path`` can be written (the pid and the random part keep it apart from another's)."""
+    owner = _owner()
+    room = _NAME_BYTES - len(os.fsencode(f"..{owner}.{'x' * 8}.tmp"))
+    return f".{os.fsdecode(os.fsencode(path.name)[:max(room, 1)])}.{owner}."
 
 
 def _owner() -> str:

@@ -21,10 +21,10 @@ from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import embedded_images
 from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
 from zsfs.models import load_backbone_from_record
-from zsfs.names import utf8_texts
+from zsfs.names import repeated, utf8_texts
 from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
 from zsfs.runs import FittedRun, load_run, refuse_run_file
-from zsfs.sources import ImageSource, given_path, open_source
+from zsfs.sources import LIST_SUFFIXES, ImageSource, given_path, open_source
 from zsfs.store.writer import usable_rows
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
                        merged_members, named_tars, split_member_path)
@@ -39,9 +39,10 @@ TAR_BESIDE_IMAGES = "a tar in a folder of images (not read: pass the tar itself 
 
 
 def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
-    """One listing of image files, folders, tar shards and tar members (``shard.tar::key.jpg``,
-    as a store records them); folders and tars are listed as by ``zsfs extract``. One path may be
-    given alone.
+    """One listing of image files, folders, tar shards, tar members (``shard.tar::key.jpg``, as a
+    store records them) and ``.txt`` / ``.csv`` lists of images; folders, tars and lists are read
+    as by ``zsfs extract``. One path may be given alone. ``repeated_paths``: the files given
+    more than once (each keeps its row).
 
     Paths are kept as the user wrote them (relative to the working directory), so the
     output names each image the way it was asked for.
@@ -78,7 +79,10 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
             unreadable.update(dict.fromkeys(tars, TAR_BESIDE_IMAGES))
         elif given.is_file() and is_compressed_tar(given.name):
             raise compressed_tar_error(given)
-        elif given.is_file():
+        elif given.is_file() and given.suffix.lower() in LIST_SUFFIXES:  # a list of images, as extract reads it
+            listed_paths = open_source(given).paths  # relative to the list's folder, which the user named so
+            paths += [os.path.join(given.parent, path) if str(given.parent) != "." else path for path in listed_paths]
+        elif given.exists():  # a file, or a pipe or device: its row says it is not a regular file
             paths.append(str(given))
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
@@ -86,7 +90,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
         rows = np.asarray(named_members)
         listed.append((rows, locate_members([paths[row] for row in rows], Path.cwd())))
     return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable,
-                       members=merged_members(len(paths), listed))
+                       members=merged_members(len(paths), listed), repeated_paths=repeated(paths))
 
 
 def _tar_patterns_expanded(inputs: Iterable[Path]) -> Iterator[Path]:
@@ -112,6 +116,7 @@ def predict_images(
     max_pixels: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_repeated: Callable[[list[str]], None] | None = None,
 ) -> "pl.DataFrame":
     """Classify ``inputs`` with the run's classifier; a polars DataFrame, one row per file.
 
@@ -122,6 +127,8 @@ def predict_images(
     ``backbone_weights``: the weights file the store recorded, at a new location (its sha256
     must still match). ``max_pixels``: the decoding budget of one image (as ``zsfs extract``).
     Paths in the frame are UTF-8 text: a name's undecodable bytes appear as ``\\xNN``.
+    ``on_repeated`` hears the files given more than once, by their exact names (the frame's
+    text can make two names one).
     """
     import polars as pl
 
@@ -136,6 +143,8 @@ def predict_images(
     record = relocated(run.classifier.backbone, backbone_weights, "backbone")  # before a long listing, as:
     refuse_imported(record, "backbone")
     source = image_inputs(inputs)  # a missing input (the model takes seconds to load)
+    if source.repeated_paths and on_repeated is not None:
+        on_repeated(source.repeated_paths)
     backbone = load_backbone_from_record(record, device=device)
     if on_start is not None:
         on_start(len(source))

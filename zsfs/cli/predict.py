@@ -11,7 +11,7 @@ from rich.table import Table
 from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown, usage_check
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
-from zsfs.names import counted, repeated, some_names
+from zsfs.names import counted, some_names
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
@@ -34,8 +34,9 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
               help="The store's backbone weights file at a new location (its sha256 must match).")
 @MAX_PIXELS_OPTION
 def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: bool, **options) -> None:
-    """Classify IMAGES (files, folders, tar shards: a .tar, a pattern 'shards/{00000..00009}.tar',
-    or one member 'shard.tar::name.jpg') with the classifier of a fitted run.
+    """Classify IMAGES (files, folders, .txt/.csv lists of image paths as zsfs extract reads them,
+    tar shards: a .tar, a pattern 'shards/{00000..00009}.tar', or one member 'shard.tar::name.jpg')
+    with the classifier of a fitted run.
 
     Extracts backbone features with the same backbone and weights as the run's store, applies the
     classifier, and reports for every image its class, confidence and OOD scores (higher = more
@@ -52,8 +53,10 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     if out is not None:
         check_writable(written_file(out), "predictions file")  # a missing folder is created at the end
         refuse_read_only_file(out, "predictions file")  # before the images, not after
+    twice: list[str] = []  # a file and the folder holding it, say: as extract, a row each
     with image_progress("classifying") as (on_start, on_batch):
-        frame = predict_images(run_dir, images, on_start=on_start, on_batch=on_batch, **options)
+        frame = predict_images(run_dir, images, on_start=on_start, on_batch=on_batch, on_repeated=twice.extend,
+                               **options)
     if out is not None:
         write_predictions(frame, out)
     if as_json:  # JSON text is UTF-8 (RFC 8259), whatever encoding the terminal's locale names
@@ -70,7 +73,6 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     else:
         where = ""
     console.print(f"{counted(frame.height - failed, 'image')} classified, {failed:,} skipped{where}")
-    twice = repeated(frame["path"].to_list())  # a file and the folder holding it, say: as extract, a row each
     if twice:
         console.print(f"{counted(len(twice), 'path')} given twice or more (each row kept): "
                       f"{shown(some_names(twice, 10, with_count=False))}")
