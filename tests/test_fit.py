@@ -155,6 +155,8 @@ def test_classes_with_one_text_embedding_are_named(store_path, tmp_path):
     assert "classes with one text embedding" in text and f"1: {vocab.classes[0]!r} = 'Class 0'" in text
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["classes_read_as_one"] == [[vocab.classes[0], "Class 0"]]
+    zero_shot = pl.read_parquet(tmp_path / "run" / "predictions.parquet")["zero_shot_predicted"]
+    assert "Class 0" not in zero_shot.to_list() and vocab.classes[0] in zero_shot.to_list()  # bug: the later won
 
 
 def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):

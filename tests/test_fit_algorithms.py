@@ -37,6 +37,17 @@ def test_zero_shot_scores_match_full_softmax(tiny):
     np.testing.assert_allclose(scores.mcm, mcm.max(1), rtol=1e-5)
 
 
+def test_of_classes_with_one_text_embedding_zero_shot_picks_the_first():
+    """Bug: torch.topk orders equal logits as it likes, so zero-shot voted for the later of two
+    classes CLIP reads as one ('Bag', 'bag'), whose label then never matched: accuracy 0."""
+    rng = np.random.default_rng(1)
+    images, texts = unit(rng.standard_normal((300, 8))), unit(rng.standard_normal((2, 8)))
+    texts = texts[[0, 0, 0, 1, 1]]  # three of one embedding, two of another
+    scores = seeds.zero_shot_scan(images, texts, 9, chunk_rows=64)[0]
+    assert set(scores.predicted.tolist()) == {0, 3}
+    np.testing.assert_array_equal(scores.predicted, (100.0 * images @ texts.T).argmax(1))
+
+
 def test_top_candidates_match_full_argsort(tiny):
     images, texts = tiny
     _, rows, values = seeds.zero_shot_scan(images, texts, 9, chunk_rows=7)

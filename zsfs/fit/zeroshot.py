@@ -74,10 +74,11 @@ class ZeroShotAccumulator:
     def update(self, start: int, logits: torch.Tensor) -> None:
         rows = slice(start, start + len(logits))
         lse = torch.logsumexp(logits, dim=1)
-        top_values, top_indices = torch.topk(logits, self.top, dim=1)
+        best, predicted = torch.max(logits, dim=1)  # of equal logits the first: topk orders ties as it likes
+        top_indices = torch.topk(logits, self.top, dim=1).indices
         cosines = logits / (LOGIT_SCALE * MCM_TEMPERATURE)
-        self.predicted[rows] = top_indices[:, 0].cpu().numpy()
-        self.confidence[rows] = torch.exp(top_values[:, 0] - lse).cpu().numpy()
+        self.predicted[rows] = predicted.cpu().numpy()
+        self.confidence[rows] = torch.exp(best - lse).cpu().numpy()
         self.logsumexp[rows] = lse.cpu().numpy()
         self.top_classes[rows] = top_indices.to(torch.int32).cpu().numpy()
         self.mcm[rows] = torch.softmax(cosines, dim=1).amax(dim=1).cpu().numpy()
