@@ -465,6 +465,11 @@ def test_bad_input_fails_cleanly(store_path, tmp_path):
     outcome = fit_cli("--store", str(store_path), "--out", str(existing))
     assert outcome.exit_code == 1 and "already exists" in output_text(outcome)
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+    dangling = tmp_path / "r6"  # bug: passed the check, fitted, then "Not a directory" at the end
+    dangling.symlink_to(tmp_path / "nowhere")
+    outcome = fit_cli("--store", str(store_path), "--out", str(dangling))
+    assert outcome.exit_code == 1 and "r6 is a link to nothing; choose another folder" in output_text(outcome)
+    assert "seed" not in output_text(outcome) and dangling.is_symlink() and not (tmp_path / "nowhere").exists()
     assert not any((tmp_path / name).exists() for name in ("r1", "r2", "r3", "r4"))
     assert not list(tmp_path.glob(".*tmp"))
 

@@ -275,6 +275,11 @@ def test_cli_existing_out_is_refused_before_any_work(labelled_store, tmp_path):
     result = bench_cli("--store", labelled_store, "--id-classes", 3, "--out", out)
     assert result.exit_code == 1 and "already exists" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    dangling = tmp_path / "dangling"  # bug: every split ran, then "Not a directory"
+    dangling.symlink_to(tmp_path / "nowhere")
+    result = bench_cli("--store", labelled_store, "--id-classes", 3, "--out", dangling)
+    assert result.exit_code == 1 and "dangling is a link to nothing; choose another folder" in result.stderr
+    assert "split" not in result.stderr and dangling.is_symlink()
 
 
 def test_cli_missing_store_and_unlabelled_store(tmp_path):

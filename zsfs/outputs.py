@@ -32,9 +32,11 @@ class FolderExistsError(ZsfsError):
 
 
 def check_new_folder(path: str | Path) -> None:
-    """Fail before any work when ``path`` exists (results are never overwritten)."""
-    if Path(path).exists():
-        raise FolderExistsError(f"{path} already exists; choose another folder (results are never overwritten)")
+    """Fail before any work when ``path`` exists (results are never overwritten), a link to
+    nothing included (the folder could not be put in its place)."""
+    if os.path.lexists(path):
+        what = "is a link to nothing" if not os.path.exists(path) else "already exists"
+        raise FolderExistsError(f"{path} {what}; choose another folder (results are never overwritten)")
 
 
 @contextmanager
