@@ -137,6 +137,29 @@ def test_ctrl_c_after_a_fit_is_saved_says_the_run_is_kept(monkeypatch, tmp_path)
     assert load_run(tmp_path / "run").read_predictions(["predicted"]).height == 200
 
 
+def test_a_full_stdout_after_a_fit_is_saved_says_the_run_is_kept_not_rerun(tmp_path):
+    """Bug: `fit --json > /dev/full` (and ood-bench's) said "the disk is full: free some space and
+    rerun", and the rerun refused the run's folder, which held the whole run."""
+    from zsfs.runs import load_run
+    from zsfs.testing.failures import run_zsfs
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s.h5", 200, 3, seed=0, clip_dim=32, backbone_dim=64)
+    to_full_disk = ("sh", "-c", 'exec "$@" > /dev/full', "sh")  # stdout on a device whose writes fail: ENOSPC
+    result = run_zsfs("fit", "--store", store, "--k", "3", "--candidates", "10", "--out", tmp_path / "run", "--json",
+                      launcher=to_full_disk)
+    assert result.returncode == 1, result.output
+    said = " ".join(result.output.split())
+    assert f"The run was saved in full in {tmp_path / 'run'} before that." in said and "rerun" not in said, said
+    assert load_run(tmp_path / "run").read_predictions(["predicted"]).height == 200
+    labelled = make_synthetic_store(tmp_path / "l.h5", 300, 4, seed=0, clip_dim=64, backbone_dim=64)
+    result = run_zsfs("ood-bench", "--store", labelled, "--id-classes", "2", "--splits", "1", "--k", "3",
+                      "--candidates", "10", "--out", tmp_path / "bench", "--json", launcher=to_full_disk)
+    said = " ".join(result.output.split())
+    assert result.returncode == 1 and f"The metrics were saved in full in {tmp_path / 'bench' / 'metrics.json'} " \
+        "before that." in said and "rerun" not in said, said
+
+
 def _prediction_frame() -> pl.DataFrame:
     return pl.DataFrame({
         "path": ["[draft]/a.jpg", "[/x]/b.jpg"],

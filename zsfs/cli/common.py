@@ -104,7 +104,7 @@ class ZsfsGroup(click.Group):
             overwriting = ctx.meta.get(OVERWRITING, False)
             resume = RESUME_WITHOUT_OVERWRITE if overwriting else "a rerun resumes where this one stopped"
             console.print(f"[yellow]{'Terminated (SIGTERM)' if terminated else 'Interrupted'}.[/] " + (
-                f"{kept}." if kept else "Nothing half-written was left"
+                f"{shown(kept)}." if kept else "Nothing half-written was left"
                 + (f"; {resume}." if resumes else ".")), soft_wrap=True)
             sys.exit(128 + signal.SIGTERM if terminated else 130)
 
@@ -117,14 +117,19 @@ def _resuming_hint(ctx: click.Context, message: str) -> str:
 
 @contextmanager
 def kept_if_interrupted(what: str) -> Iterator[None]:
-    """For a command's work after its result is complete on disk: Ctrl-C or SIGTERM there says
-    ``what`` (that result, and how to finish), not "nothing half-written was left", which sent
-    the user to a rerun that refuses the finished result."""
+    """For a command's work after its result is complete on disk: Ctrl-C, SIGTERM or a failed
+    write there (stdout on a full disk) says ``what`` (plain text: that result, and how to finish), not
+    "nothing half-written was left" or "free some space and rerun", which sent the user to a
+    rerun that refuses the finished result."""
     try:
         yield
     except KeyboardInterrupt as stop:
         stop.kept = what
         raise
+    except Exception as error:
+        if not (isinstance(error, OSError) or is_disk_full(error)):
+            raise
+        raise ZsfsError(f"{what_failed(error)}. {what}.") from error
 
 
 class Terminated(KeyboardInterrupt):

@@ -177,8 +177,8 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
             else:  # named when the run is done: two fits started in the same second get two folders
                 saved = _save_under_a_new_name(run, lambda: default_run_dir(store_path, vocabulary, config.k))
         metrics = run.metrics
-    kept = f"The run was saved in full in {shown(saved)} before that" + (
-        f"; write its report with `zsfs report {shown(saved)}`" if with_report else "")
+    kept = f"The run was saved in full in {saved} before that" + (
+        f"; write its report with `zsfs report {saved}`" if with_report else "")
     with kept_if_interrupted(kept):  # a rerun of this command would refuse the run's folder
         show_summary(result, metrics, saved)
         if with_report:

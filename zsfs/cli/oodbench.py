@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import GivenPath, console, note_fit_options, shown
+from zsfs.cli.common import GivenPath, console, kept_if_interrupted, note_fit_options, shown
 from zsfs.errors import ParameterError, literal
 from zsfs.names import counted
 
@@ -86,8 +86,12 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
                             f"not in vocabulary {metrics['vocabulary']!r}: always OOD."))
     console.print(_table(metrics))
     if out is not None:
-        console.print(f"Written: {shown(write_metrics(metrics, out))}")
-    if as_json:
+        written = write_metrics(metrics, out)
+        with kept_if_interrupted(f"The metrics were saved in full in {written} before that"):
+            console.print(f"Written: {shown(written)}")
+            if as_json:
+                click.echo(json.dumps(metrics, indent=2))
+    elif as_json:
         click.echo(json.dumps(metrics, indent=2))
 
 
