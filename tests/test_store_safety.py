@@ -551,11 +551,20 @@ def test_a_rerun_under_a_renamed_masters_new_name_is_refused_and_overwrite_build
     assert "embedding" not in result.output and not renamed.with_name("renamed.shards").exists()
     assert store_content(renamed) == before
     note = "Note: renamed.h5 reads its shards from s.shards/, not renamed.shards/: it was renamed or copied"
-    assert note in output_text(run_cli("info", renamed))
+    said = " ".join(output_text(run_cli("info", renamed)).split())
+    assert note in said and "(for an independent store, copy the store and its shards folder, both under their " \
+        "first names, into another folder)" in said  # bug: "copy both under one name": g.h5 + g.shards/ still shared
     assert note in output_text(run_cli("neighbours", renamed, "--k", "3"))  # they write into s.shards/
     assert note in output_text(run_cli("text", renamed, "--classes", base / "classes.txt", "--name", "more"))
     before = store_content(renamed)
     assert "Note:" not in output_text(run_cli("info", base / "s.h5"))
+    apart = store.parent / "apart"  # the note's advice, followed: the copy's updates leave the original as it was
+    apart.mkdir()
+    shutil.copy(renamed, apart / "s.h5")
+    shutil.copytree(store.with_name("s.shards"), apart / "s.shards")
+    assert run_cli("neighbours", apart / "s.h5", "--k", "5").exit_code == 0
+    assert store_content(renamed) == before and store_content(apart / "s.h5")["graph"] != before["graph"]
+    assert "Note:" not in output_text(run_cli("info", apart / "s.h5"))
     renamed.rename(store)  # the fix the message gives
     again = run_cli(*extract_args(base, store))
     assert again.exit_code == 0 and store_content(store) == before, again.output

@@ -282,8 +282,8 @@ def note_a_borrowed_shards_folder(master: "os.PathLike", folder: str | None = No
     if folder and folder != own:
         console.print(f"[yellow]Note:[/] {shown(master.name)} reads its shards from {shown(folder)}/, not {shown(own)}/: "
                       "it was renamed or copied under a new name since it was built. `zsfs text` and `zsfs neighbours` "
-                      "write into that folder, which a copy shares with the original (copy both under one name for an "
-                      "independent store); `zsfs extract` and `zsfs import` update the store only under its first "
+                      "write into that folder, which a copy shares with the original (for an independent store, copy the "
+                      "store and its shards folder, both under their first names, into another folder); `zsfs extract` and `zsfs import` update the store only under its first "
                       "name.", soft_wrap=True)
 
 
