@@ -159,6 +159,26 @@ def test_classes_with_one_text_embedding_are_named(store_path, tmp_path):
     assert "Class 0" not in zero_shot.to_list() and vocab.classes[0] in zero_shot.to_list()  # bug: the later won
 
 
+def test_a_one_class_fit_says_mcm_tells_no_image_apart(store_path, tmp_path):
+    """Review: with one class MCM is 1 for every image, so half of ood_score is constant; ood-bench
+    said so of one ID class, fit said nothing."""
+    copy = tmp_path / "s.h5"
+    shutil.copy(store_path, copy)
+    shutil.copytree(store_path.with_name("synthetic.shards"), tmp_path / "synthetic.shards")
+    with Store(copy) as store:
+        vocab = store.vocabulary("synthetic")
+    write_vocabulary(copy, "one", vocab.classes[:1], vocab.single[:1], vocab.ensemble[:1],
+                     prompt="a photo of a {}", n_templates=80)
+    note = "with one class, MCM (a softmax over the classes) is 1 for every image: ood_score ranks the images by " \
+        "ood_distance alone"
+    outcome = fit_cli("--store", str(copy), "--vocab", "one", "--out", str(tmp_path / "run"), "--k", "4", *QUICK)
+    assert outcome.exit_code == 0 and note in " ".join(output_text(outcome).split()), outcome.output
+    frame = pl.read_parquet(tmp_path / "run" / "predictions.parquet")
+    assert frame["mcm_score"].min() == frame["mcm_score"].max()  # constant (stored negated: higher = more OOD)
+    outcome = fit_cli("--store", str(copy), "--vocab", "synthetic", "--out", str(tmp_path / "run2"), "--k", "4", *QUICK)
+    assert outcome.exit_code == 0 and "with one class" not in output_text(outcome)
+
+
 def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):
     run = tmp_path / "run"
     outcome = fit_cli("--store", str(store_path), "--out", str(run), "--k", "8", "--json", *QUICK)

@@ -275,6 +275,11 @@ def test_cli_existing_out_is_refused_before_any_work(labelled_store, tmp_path):
     result = bench_cli("--store", labelled_store, "--id-classes", 3, "--out", out)
     assert result.exit_code == 1 and "already exists" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    taken_by_a_file = tmp_path / "metrics.json"  # was click's "is a file", exit 2, where fit says this, exit 1
+    taken_by_a_file.write_text("mine")
+    result = bench_cli("--store", labelled_store, "--id-classes", 3, "--out", taken_by_a_file)
+    assert result.exit_code == 1 and "metrics.json already exists; choose another folder" in result.stderr
+    assert taken_by_a_file.read_text() == "mine"
     dangling = tmp_path / "dangling"  # bug: every split ran, then "Not a directory"
     dangling.symlink_to(tmp_path / "nowhere")
     result = bench_cli("--store", labelled_store, "--id-classes", 3, "--out", dangling)

@@ -21,7 +21,7 @@ from zsfs.names import counted
                    "(one split).")
 @click.option("--splits", type=click.IntRange(min=1), default=5, show_default=True,
               help="Number of distinct random ID/OOD splits (with N; fewer when fewer exist).")
-@click.option("--out", type=GivenPath(file_okay=False, path_type=Path),
+@click.option("--out", type=GivenPath(path_type=Path),  # an existing file: "already exists", as fit says
               help="Folder to create with metrics.json (must not exist) [default: write nothing].")
 @click.option("--vocab", "vocabulary", help="Vocabulary whose names match the labels [default: the store's only one].")
 @click.option("--json", "as_json", is_flag=True, help="Also print metrics.json to stdout.")
