@@ -134,16 +134,27 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
     """``text`` split as a shell would, and checked against each zsfs command it goes to (``commands``:
     name -> the arguments the pipeline gives it): a typo is reported now, not after hours of extract."""
     from zsfs.cli import main as zsfs_main
+    from zsfs.cli.common import option_flags
+    from zsfs.cli.fit import PARAMETERS
+    from zsfs.errors import ParameterError
+    from zsfs.fit.run import FitConfig
 
     try:
         words = shlex.split(text)
     except ValueError as error:  # "No closing quotation"
         raise ZsfsError(f"{option} {text!r}: {error}") from None
     for name, given in commands.items():
+        command = zsfs_main.get_command(click.Context(zsfs_main), name)
         try:
-            zsfs_main.get_command(click.Context(zsfs_main), name).make_context(name, [*given, *words])
+            params = command.make_context(name, [*given, *words]).params
+            if "paper" in params and all(parameter in params for parameter in PARAMETERS):  # fit, ood-bench
+                # the options' agreement (--k above --candidates), which fit checks before the store
+                FitConfig.from_options(paper=params["paper"], fast=params["fast"],
+                                       **{parameter: params[parameter] for parameter in PARAMETERS})
         except click.ClickException as error:
             raise ZsfsError(f"{option} {text!r}: `zsfs {name}` says: {error.format_message()}") from None
+        except ParameterError as error:
+            raise ZsfsError(f"{option} {text!r}: `zsfs {name}` says: {error.render(option_flags(command))}") from None
     return words
 
 

@@ -155,10 +155,29 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
         with pytest.raises(zsfs.ParameterError) as raised:  # bug: ZsfsError, or a traceback for None
             zsfs.extract(photos, tmp_path / "x.h5", **wrong)
         assert str(raised.value) == message
+    for classes, shown in ((["red", None], "None"), ([b"red", "blue"], "b'red'"), (["red", 3], "3")):
+        with pytest.raises(zsfs.ParameterError) as raised:  # bug: became the classes "None", "b'red'", "3"
+            zsfs.extract(photos, tmp_path / "x.h5", classes=classes)
+        assert str(raised.value) == f"classes must hold class names (str), not {shown}"
+    for call, name in ((lambda: zsfs.extract(photos, tmp_path / "x.h5", on_batch=5), "on_batch"),  # bug: a
+                       (lambda: zsfs.report(tmp_path, on_missing_images=3), "on_missing_images")):  # TypeError inside
+        with pytest.raises(zsfs.ParameterError) as raised:
+            call()
+        assert str(raised.value) == f"{name} must be a function (or None), not {5 if name == 'on_batch' else 3}"
+    run = zsfs.fit(store_path, k=2, candidates=6, cycle_epochs=1)
+    (tmp_path / "a-file").write_text("x")
+    for folder, message in ((None, "run_dir must be a path (a str or pathlib.Path), not None"),  # bugs: pathlib's
+                            (5, "run_dir must be a path (a str or pathlib.Path), not 5"),  # TypeError, and
+                            (b"dir", "run_dir must be a path (a str or pathlib.Path), not b'dir'"),  # FileExistsError
+                            (tmp_path / "a-file" / "run", f"cannot write the run folder {tmp_path / 'a-file' / 'run'}: "
+                             f"{tmp_path / 'a-file'} is a file, not a folder")):
+        with pytest.raises(zsfs.ZsfsError) as raised:
+            run.save(folder)
+        assert str(raised.value) == message
     for store in (None, 123):  # bug: TypeError from deep in pathlib
         with pytest.raises(zsfs.ParameterError, match=rf"^store must be a zsfs.Store or its path, not {store}$"):
             zsfs.fit(store)
-    assert not photos.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["s.h5", "s.shards"]
+    assert not photos.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "s.h5", "s.shards"]
 
 
 def test_each_preset_gives_the_config_it_names(tmp_path):

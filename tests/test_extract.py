@@ -1138,3 +1138,13 @@ def test_a_decoding_process_whose_reader_left_mid_hand_over_prints_no_traceback(
     quiet = subprocess.run([sys.executable, "-c", script, "worker"], capture_output=True, text=True, timeout=60)
     assert quiet.returncode == 0 and "resource_sharer" not in quiet.stderr, quiet.stderr
     assert "ValueError: other errors are still reported" in quiet.stderr
+
+
+def test_the_summary_names_the_store_by_its_absolute_path_on_a_rerun_too(tmp_path, monkeypatch):
+    """Bug: `output` was absolute after a run that embedded images, and the path as given (relative)
+    after a rerun on the finished store."""
+    write_image_folder(tmp_path / "photos", n_per_class=2)
+    monkeypatch.chdir(tmp_path)
+    first = extract("photos", "s.h5", workers=0, **TINY_MODELS)
+    again = extract("photos", "s.h5", workers=0, **TINY_MODELS)
+    assert first.output == again.output == tmp_path / "s.h5" and again.shards_written == 0

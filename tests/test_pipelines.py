@@ -402,6 +402,8 @@ def test_cli_runs_the_steps_and_writes_the_results(tmp_path):
     (["cifar10", "--fit-args", "--bogus"], "--fit-args '--bogus': `zsfs fit` says: No such option '--bogus'"),
     (["cifar10", "--fit-args", "--report"], "`zsfs ood-bench` says: No such option '--report'"),
     (["cifar10", "--fit-args", "--k five"], "`zsfs fit` says: Invalid value for '--k'"),  # bug: after the extract
+    (["cifar10", "--fit-args", "--k 200"],  # bug: passed, then failed after the whole extract
+     "--fit-args '--k 200': `zsfs fit` says: --k 200 is larger than --candidates 100"),
     (["cifar10", "--extract-args", "--precision fp8"], "`zsfs extract` says: Invalid value for '--precision'"),
     (["cifar10", "--extract-args", '"--precision'], "--extract-args '\"--precision': No closing quotation"),
 ])

@@ -92,6 +92,12 @@ def test_read_rows_and_chunks(tmp_path, arrays):
         assert store.read("clip", np.array([], dtype=np.int64)).shape == (0, D_CLIP)
         with pytest.raises(IndexError):
             store.read("clip", np.array([N]))
+        for rows in (np.array([1.9]), "a"):  # bugs: 1.9 read row 1; "a" was numpy's ValueError
+            with pytest.raises(ParameterError, match="^rows must be None, a slice, whole-number row ids or a boolean"):
+                store.read("clip", rows)
+        for chunk_rows in (0, -1):  # bugs: 0 was range()'s ValueError; -1 yielded nothing, a loop over no rows
+            with pytest.raises(ParameterError, match=f"^chunk_rows must be at least 1, not {chunk_rows}$"):
+                list(store.iter_chunks("clip", chunk_rows))
         with pytest.raises(StoreError, match="not 'path'; paths\\(\\), labels\\(\\)"):
             store.read("path")  # was raw bytes, not the names paths() gives
         chunks = list(store.iter_chunks("clip", chunk_rows=47))

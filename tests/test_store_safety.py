@@ -698,6 +698,36 @@ def test_a_store_rebuilt_under_a_fit_stops_it_instead_of_mixing_two_builds(tmp_p
         assert fit_store(store, FitConfig(k=3, candidates=10)).predicted.shape == (300,)
 
 
+def test_an_open_store_refuses_rows_of_a_rebuild_or_of_moved_shards(tmp_path):
+    """Bugs: Store.read and iter_chunks handed out the rebuilt store's rows beside the old build's
+    paths and labels, and NaN rows once the shards folder was moved; only a fit checked."""
+    from zsfs.store import write_vocabulary
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    options = dict(clip_dim=16, backbone_dim=16, shard_size=100)
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=1, **options)
+    with Store(path) as store:
+        before = store.read("backbone")
+        vocabulary = store.vocabulary(store.vocabulary_names()[0])
+        write_vocabulary(path, "more", vocabulary.classes, vocabulary.single, vocabulary.ensemble,
+                         prompt="a photo of a {}", n_templates=80)  # beside the shards: they are unchanged
+        np.testing.assert_array_equal(store.read("backbone"), before)
+        assert len(list(store.iter_chunks("clip", 128))) == 3
+        make_synthetic_store(path, 300, 3, seed=2, overwrite=True, **options)
+        for read in (lambda: store.read("backbone", np.arange(5)), lambda: list(store.iter_chunks("clip", 128))):
+            with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it .*\\(from "
+                                                 r"Python: open the store again, zsfs.Store\(path\)"):
+                read()
+    with Store(path) as store:
+        shards = schema.shard_dir(path)
+        shards.rename(tmp_path / "elsewhere")
+        with pytest.raises(StoreError, match=r"shard-00000.h5 was moved or deleted since this process opened the "
+                                             r"store \(3 files gone\)"):
+            store.read("clip")
+        (tmp_path / "elsewhere").rename(shards)  # put back: the same files, readable again
+        assert store.read("clip").shape == (300, 16)
+
+
 def test_rows_read_as_nan_during_a_rebuild_name_the_rebuild_not_damage(tmp_path):
     """Bug: while another process replaced the shards, a fit read missing rows as NaN and told the
     user to rebuild a healthy store ("non-finite backbone features ... damaged")."""

@@ -56,6 +56,14 @@ def check_parameter_type(name: str, value: object, kind: type) -> None:
         raise ParameterError(f"{{{name}}} must be {described}, not {literal(repr(value))}")
 
 
+def check_callbacks(**callbacks: object) -> None:
+    """ParameterError unless each of ``callbacks`` (``on_batch=...``) is None or callable (a
+    number failed deep inside, at its first call)."""
+    for name, value in callbacks.items():
+        if value is not None and not callable(value):
+            raise ParameterError(f"{{{name}}} must be a function (or None), not {literal(repr(value))}")
+
+
 def check_path_type(name: str, value: object) -> None:
     """ParameterError unless ``value`` is a path: a ``str`` or an ``os.PathLike`` (``bytes`` are not:
     iterated, they read as numbers)."""

@@ -25,7 +25,7 @@ import numpy as np
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_images
-from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_choice,
+from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, literal)
 from zsfs.models import (backbone_as_recorded, clip_as_recorded, clip_tokenizer, encode_vocabulary, load_backbone,
                          load_clip, load_clip_from_record, same_text_to_clip)
@@ -276,6 +276,7 @@ def extract(
     """
     started = time.perf_counter()
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    check_callbacks(on_start=on_start, on_batch=on_batch)
     check_path_type("source", source)
     if out is not None:
         check_path_type("out", out)
@@ -389,7 +390,7 @@ def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: s
         skipped_paths, reasons = store.skipped()
         n_images, n_shards = store.n_images, store.n_shards
     return ExtractSummary(
-        output=master,
+        output=Path(master).absolute(),  # a rerun with nothing to do was given the path as typed
         n_images=n_images,
         n_skipped=len(skipped_paths),
         skipped_reasons=dict(Counter(str(reason) for reason in reasons)),
@@ -573,7 +574,11 @@ def _given_classes(classes: Sequence[str] | str | Path | None) -> list[str] | No
     if not isinstance(classes, (list, tuple)) and not hasattr(classes, "tolist"):  # a number, bytes, a set...
         raise ParameterError(f"{{classes}} must be a list of class names or a class file's path, not "
                              f"{literal(repr(classes))}")
-    return check_class_names([str(name).strip() for name in classes], "the classes given")  # as a class file's lines
+    classes = list(classes.tolist() if hasattr(classes, "tolist") else classes)
+    not_text = [name for name in classes if not isinstance(name, str)]
+    if not_text:  # None, b"red" and 3 became the classes "None", "b'red'" and "3"
+        raise ParameterError(f"{{classes}} must hold class names (str), not {literal(repr(not_text[0]))}")
+    return check_class_names([name.strip() for name in classes], "the classes given")  # as a class file's lines
 
 
 def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
-from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_choice, check_path_type, literal
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice, check_path_type,
+                         literal)
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import embedded_images
 from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
@@ -134,6 +135,7 @@ def predict_images(
 
     for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0), ("max_pixels", max_pixels, 1)):
         check_at_least(name, value, least)
+    check_callbacks(on_start=on_start, on_batch=on_batch, on_repeated=on_repeated)
     check_choice("precision", precision, MODEL_PRECISIONS)
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     if not (np.isfinite(run.classifier.weight).all() and np.isfinite(run.classifier.bias).all()):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs import __version__, figures
-from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_path_type, check_seed
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_callbacks, check_path_type, check_seed
 from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import as_argument, counted, reasons_text, some_names, visible
@@ -47,6 +47,7 @@ def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = Non
     :func:`render_report`'s. ``on_missing_images`` hears the page's note when some images could
     not be shown (an empty gallery should be no surprise)."""
     _check_options(images, per_class, ood_images, seed)
+    check_callbacks(on_missing_images=on_missing_images)
     if isinstance(run_dir, FittedRun):  # what zsfs.fit returns: its saved folder
         if run_dir.path is None:
             raise ParameterError("{run_dir} is a run not saved yet: save it first (run.save(folder)), or render its "

@@ -127,8 +127,8 @@ def kept_if_interrupted(what: str) -> Iterator[None]:
         stop.kept = what
         raise
     except Exception as error:
-        if not (isinstance(error, OSError) or is_disk_full(error)):
-            raise
+        if isinstance(error, ZsfsError) or not (isinstance(error, OSError) or is_disk_full(error)):
+            raise  # ours say what to do already (is_disk_full reads the causes too)
         raise ZsfsError(f"{what_failed(error)}. {what}.") from error
 
 

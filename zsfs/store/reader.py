@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from zsfs.errors import StoreError, check_choice, check_path_type, one_line
+from zsfs.errors import ParameterError, StoreError, check_at_least, check_choice, check_path_type, literal, one_line
 from zsfs.names import as_argument, check_class_names, counted
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
@@ -87,6 +87,7 @@ class Store:
                 self._vocabulary_files, self._unreadable_vocabularies = vocabulary_files(self.data_dir, self.identity)
                 if self._unreadable_vocabularies:
                     self.check_unchanged()  # a file "of another store" met halfway through a rebuild: name the rebuild
+            self._folder_stamps = self._shard_folder_stamps()  # first: a change after it shows in the quick check
             self._opened_stamps = [master_stamp, *self._file_stamps()[1:]]  # the shards' stamps, now they are known
         except BaseException:
             self._master.close()
@@ -170,15 +171,36 @@ class Store:
         shards = getattr(self, "shard_files", [])
         return [file_stamp(path) for path in (self.path, *(self.path.parent / name for name in shards))]
 
+    def _shard_folder_stamps(self) -> list[tuple[int, int, int, int] | None]:
+        """:func:`file_stamp` of each folder holding shard files: replacing, moving or deleting a
+        shard changes its folder's; two stats instead of one per shard for the common check."""
+        folders = sorted({(self.path.parent / name).parent for name in getattr(self, "shard_files", [])})
+        return [file_stamp(folder) for folder in folders]
+
     def check_unchanged(self) -> None:
-        """StoreError when the master or a shard file was replaced since the store was opened:
-        the shards are read by name, so rows read since may come from the new build while the
-        master's paths and labels are the old one's. Long readers (a fit) call it before they
-        hand out results."""
-        if self._file_stamps()[: len(self._opened_stamps)] != self._opened_stamps:  # while opening: the master only
-            raise StoreError(f"{self.path} was rebuilt or repaired while this process was reading it (by another "
-                             "zsfs extract or import), so what it read may mix the old and the new store; "
-                             "nothing was written: rerun once the other process is done")
+        """StoreError when the master or a shard file was replaced, moved or deleted since the
+        store was opened: the shards are read by name, so rows read since may come from the new
+        build (or be NaN, a missing shard's fill) while the master's paths and labels are the old
+        one's. :meth:`read` and :meth:`iter_chunks` call it after reading; long readers (a fit)
+        before they hand out results."""
+        opened = self._opened_stamps
+        if len(opened) > 1 and file_stamp(self.path) == opened[0] and self._shard_folder_stamps() == self._folder_stamps:
+            return  # nothing in the shards' folders changed (the usual case)
+        folder_stamps = self._shard_folder_stamps()
+        stamps = self._file_stamps()[: len(opened)]  # while opening: the master only
+        if stamps == opened:  # a vocabulary or graph was written beside the shards: they are as opened
+            self._folder_stamps = folder_stamps
+            return
+        files = [self.path, *(self.path.parent / name for name in getattr(self, "shard_files", []))][: len(opened)]
+        gone = [path for path, stamp in zip(files, stamps) if stamp is None]
+        if gone:
+            raise StoreError(f"{gone[0]} was moved or deleted since this process opened the store "
+                             f"({counted(len(gone), 'file')} gone), so rows read from it are not the store's; put it "
+                             f"back (or {REPAIR}), then open the store again (from Python: zsfs.Store(path))")
+        raise StoreError(f"{self.path} was rebuilt or repaired while this process was reading it (by another "
+                         "zsfs extract or import), so what it read may mix the old and the new store; "
+                         "nothing was written: rerun once the other process is done (from Python: open the store "
+                         "again, zsfs.Store(path))")
 
     @contextmanager
     def _rebuild_named(self) -> Iterator[None]:
@@ -249,7 +271,9 @@ class Store:
         """
         self._check_row_dataset(dataset)
         with self._read_errors(dataset):
-            return read_rows(self._dataset(dataset), rows)
+            read = read_rows(self._dataset(dataset), rows)
+        self.check_unchanged()  # the shards are read by name: a rebuild's would pass for this store's
+        return read
 
     def _check_row_dataset(self, dataset: str) -> None:
         if dataset not in schema.VIRTUAL_DATASETS:  # the others have their own readers
@@ -258,11 +282,13 @@ class Store:
 
     def iter_chunks(self, dataset: str, chunk_rows: int = READ_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` blocks of ``dataset`` (as :meth:`read`'s) in order: bounded memory for big stores."""
+        check_at_least("chunk_rows", chunk_rows, 1)  # 0 failed in range(), -1 yielded nothing
         self._check_row_dataset(dataset)
         data = self._dataset(dataset)
         for start in range(0, len(data), chunk_rows):
             with self._read_errors(dataset):
                 block = data[start : start + chunk_rows]
+            self.check_unchanged()  # as read's
             yield start, block
 
     # -- vocabularies and index -----------------------------------------------------------
@@ -495,6 +521,9 @@ def read_rows(data: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray
     if isinstance(rows, slice):
         return data[rows]
     rows = np.asarray(rows)
+    if rows.dtype != bool and not np.issubdtype(rows.dtype, np.integer) and rows.size:  # 1.9 read as row 1
+        raise ParameterError(f"{{rows}} must be None, a slice, whole-number row ids or a boolean mask, not an array "
+                             f"of {literal(rows.dtype)}")
     if rows.dtype == bool:
         if rows.shape != (len(data),):
             raise IndexError(f"boolean mask of length {len(rows)} for {len(data)} rows")
