@@ -69,7 +69,7 @@ def test_fit_returns_a_run_that_saves_and_reloads(tmp_path):
                                                                      "b'/tmp'"),
                           (lambda: reloaded.predict_images([b"/tmp"]), "images must be a path (a str or pathlib.Path)"),
                           (lambda: reloaded.predict_images([tmp_path], bogus=1), "unknown parameter 'bogus'; "
-                                                                                 "predict_images takes images, device")):
+                                                                                 "predict_images takes images, lists")):
         with pytest.raises(zsfs.ParameterError) as raised:
             call()
         assert str(raised.value).startswith(message), str(raised.value)

@@ -454,7 +454,9 @@ def test_bad_inputs_are_clear_errors(fitted, tmp_path):
 
 
 def test_list_files_are_read_as_extract_reads_them(fitted, tmp_path, monkeypatch):
-    """Bug: a .txt list of images was taken for an image: one row "not an image", nothing classified."""
+    """Bug: a .txt list of images was taken for an image: one row "not an image", nothing
+    classified. Lists come with --list (lists=); a .txt or .csv among the images gets a row saying
+    it is a list (review: read as a list, `photos/*` with a labels.csv stopped the command)."""
     photos = fitted["photos"]
     chosen = photos["good"][:3]
     (tmp_path / "lists").mkdir()
@@ -462,13 +464,29 @@ def test_list_files_are_read_as_extract_reads_them(fitted, tmp_path, monkeypatch
     (tmp_path / "lists" / "more.csv").write_text("path,label\n" + f"{photos['root'] / chosen[2]},x\n")
     shutil.copy(photos["root"] / chosen[0], tmp_path / "lists" / "near.png")
     (tmp_path / "lists" / "near.txt").write_text("near.png\n")  # relative to the list's folder
+    (tmp_path / "linked.txt").symlink_to(tmp_path / "lists" / "near.txt")  # review: its target's folder, as extract
     monkeypatch.chdir(tmp_path)
-    frame = predict_images(fitted["run"], ["lists/some.txt", "lists/more.csv", "lists/near.txt"], workers=0)
-    assert frame["path"].to_list() == [str(photos["root"] / p) for p in chosen] + ["lists/near.png"]
+    frame = predict_images(fitted["run"], lists=["lists/some.txt", "lists/more.csv", "lists/near.txt", "linked.txt"],
+                           workers=0)
+    assert frame["path"].to_list() == [str(photos["root"] / p) for p in chosen] + ["lists/near.png",
+                                                                                  str(tmp_path / "lists" / "near.png")]
     assert frame["error"].is_null().all()
     alone = predict_images(fitted["run"], [photos["root"] / p for p in chosen], workers=0)
     assert_same_predictions(frame.head(3), alone)
-    assert frame["predicted"][3] == alone["predicted"][0]
+    assert frame["predicted"][3] == frame["predicted"][4] == alone["predicted"][0]
+
+    (tmp_path / "labels.csv").write_text("name,class\na,b\n")  # no 'path' column: not a list of images
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "lists/near.png", "labels.csv",
+                     "--list", "lists/near.txt", "--out", "p.csv")
+    assert result.exit_code == 0, result.output
+    written = pl.read_csv(tmp_path / "p.csv")
+    assert written["path"].to_list() == ["lists/near.png", "labels.csv", "lists/near.png"]
+    assert written["error"].to_list()[1] == ("a list file, not an image (to classify the images it lists: zsfs "
+                                              "predict --list FILE; lists=[FILE])")
+    result = run_cli("predict", "--run", fitted["run"])
+    assert result.exit_code == 2 and "give IMAGES (files, folders, tars) and/or --list FILE" in output_text(result)
+    result = run_cli("predict", "--run", fitted["run"], "--list", "lists/near.png")
+    assert result.exit_code == 1 and "a list of images must end in .txt" in output_text(result)
 
 
 def test_a_pipe_or_device_given_by_name_gets_a_row_saying_why(fitted, tmp_path):

@@ -722,10 +722,39 @@ def test_an_open_store_refuses_rows_of_a_rebuild_or_of_moved_shards(tmp_path):
         shards = schema.shard_dir(path)
         shards.rename(tmp_path / "elsewhere")
         with pytest.raises(StoreError, match=r"shard-00000.h5 was moved or deleted since this process opened the "
-                                             r"store \(3 files gone\)"):
+                                             r"store \(3 shard files gone\)"):
             store.read("clip")
         (tmp_path / "elsewhere").rename(shards)  # put back: the same files, readable again
         assert store.read("clip").shape == (300, 16)
+        path.rename(tmp_path / "moved.h5")
+        with pytest.raises(StoreError, match=r"s.h5 was moved or deleted since this process opened it; open the "
+                                             r"store again \(from Python: zsfs.Store\(path\)\) where it is now$"):
+            store.read("clip")
+        (tmp_path / "moved.h5").rename(path)
+    with Store(path) as store:  # review: a rebuild leaving fewer shards was "moved or deleted ... put it back"
+        make_synthetic_store(path, 150, 3, seed=2, overwrite=True, **options)
+        assert not (schema.shard_dir(path) / schema.shard_name(2)).exists()
+        with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
+            store.read("clip")
+
+
+def test_a_shard_overwritten_in_place_is_seen_by_the_fits_thorough_check(tmp_path):
+    """Review: the per-read check looks at the shards' folder (a rename into place changes it);
+    a shard copied over in place (cp, rsync --inplace) changes only the file, so the checks a fit
+    makes before handing out results stat every file."""
+    from zsfs.fit import FitConfig, fit_store
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    options = dict(clip_dim=16, backbone_dim=16, shard_size=100)
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=1, **options)
+    other = make_synthetic_store(tmp_path / "o.h5", 300, 3, seed=2, **options)
+    with Store(path) as store:
+        shutil.copyfile(schema.shard_dir(other) / schema.shard_name(1), schema.shard_dir(path) / schema.shard_name(1))
+        store.read("clip", np.arange(3))  # the folder is as it was: the quick check cannot see it
+        with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
+            store.check_unchanged()
+        with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
+            fit_store(store, FitConfig(k=3, candidates=10))
 
 
 def test_rows_read_as_nan_during_a_rebuild_name_the_rebuild_not_damage(tmp_path):

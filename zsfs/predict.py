@@ -37,13 +37,16 @@ if TYPE_CHECKING:
 
 TAR_LINK = "a link inside the tar (not read: zsfs reads the files of a tar)"
 TAR_BESIDE_IMAGES = "a tar in a folder of images (not read: pass the tar itself to read its images)"
+LIST_AS_IMAGE = "a list file, not an image (to classify the images it lists: zsfs predict --list FILE; lists=[FILE])"
 
 
-def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
-    """One listing of image files, folders, tar shards, tar members (``shard.tar::key.jpg``, as a
-    store records them) and ``.txt`` / ``.csv`` lists of images; folders, tars and lists are read
-    as by ``zsfs extract``. One path may be given alone. ``repeated_paths``: the files given
-    more than once (each keeps its row).
+def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str | Path] = ()) -> ImageSource:
+    """One listing of image files, folders, tar shards and tar members (``shard.tar::key.jpg``, as
+    a store records them), then of the images the ``.txt`` / ``.csv`` ``lists`` name; folders,
+    tars and lists are read as by ``zsfs extract``. One path may be given alone. A ``.txt`` or
+    ``.csv`` among ``inputs`` gets a row saying it is a list (``photos/*`` may hold a
+    ``labels.csv``: read as a list, it would stop the command). ``repeated_paths``: the files
+    given more than once (each keeps its row).
 
     Paths are kept as the user wrote them (relative to the working directory), so the
     output names each image the way it was asked for.
@@ -55,8 +58,12 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
     inputs = list(inputs)
     for item in inputs:
         check_path_type("images", item)
-    if not inputs:
-        raise ZsfsError("no images given; pass image files and/or folders")
+    if isinstance(lists, (str, os.PathLike)):
+        lists = [lists]
+    for item in lists:
+        check_path_type("lists", item)
+    if not inputs and not lists:
+        raise ZsfsError("no images given; pass image files and/or folders (or lists of them)")
     paths: list[str] = []
     unreadable: dict[str, str] = {}
     listed: list[tuple[np.ndarray, TarMembers]] = []  # rows of listings with tars, and their byte ranges
@@ -80,18 +87,30 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path) -> ImageSource:
             unreadable.update(dict.fromkeys(tars, TAR_BESIDE_IMAGES))
         elif given.is_file() and is_compressed_tar(given.name):
             raise compressed_tar_error(given)
-        elif given.is_file() and given.suffix.lower() in LIST_SUFFIXES:  # a list of images, as extract reads it
-            listed_paths = open_source(given).paths  # relative to the list's folder, which the user named so
-            paths += [os.path.join(given.parent, path) if str(given.parent) != "." else path for path in listed_paths]
+        elif given.is_file() and given.suffix.lower() in LIST_SUFFIXES:
+            paths.append(str(given))
+            unreadable[str(given)] = LIST_AS_IMAGE
         elif given.exists():  # a file, or a pipe or device: its row says it is not a regular file
             paths.append(str(given))
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
+    for list_file in lists:
+        paths += _listed_images(Path(given_path(list_file, "list of images")))
     if named_members:
         rows = np.asarray(named_members)
         listed.append((rows, locate_members([paths[row] for row in rows], Path.cwd())))
     return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable,
                        members=merged_members(len(paths), listed), repeated_paths=repeated(paths))
+
+
+def _listed_images(list_file: Path) -> list[str]:
+    """The paths ``list_file`` names, as ``zsfs extract`` reads them (relative to the list's
+    folder: a linked list's own), written from the working folder as the list was given."""
+    if list_file.suffix.lower() not in LIST_SUFFIXES:
+        raise ZsfsError(f"{list_file}: a list of images must end in .txt (one path per line) or .csv (a 'path' column)")
+    listing = open_source(list_file)
+    base = listing.root if list_file.is_symlink() else list_file.parent
+    return [path if str(base) == "." else os.path.join(base, path) for path in listing.paths]
 
 
 def _tar_patterns_expanded(inputs: Iterable[Path]) -> Iterator[Path]:
@@ -107,8 +126,9 @@ def _tar_patterns_expanded(inputs: Iterable[Path]) -> Iterator[Path]:
 
 def predict_images(
     run_dir: "str | Path | FittedRun",
-    inputs: Sequence[str | Path] | str | Path,
+    inputs: Sequence[str | Path] | str | Path = (),
     *,
+    lists: Sequence[str | Path] = (),
     device: str = "cpu",
     precision: str = "fp32",
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -128,6 +148,7 @@ def predict_images(
     ``backbone_weights``: the weights file the store recorded, at a new location (its sha256
     must still match). ``max_pixels``: the decoding budget of one image (as ``zsfs extract``).
     Paths in the frame are UTF-8 text: a name's undecodable bytes appear as ``\\xNN``.
+    ``lists``: ``.txt`` / ``.csv`` lists of image paths, read as ``zsfs extract`` reads one.
     ``on_repeated`` hears the files given more than once, by their exact names (the frame's
     text can make two names one).
     """
@@ -144,7 +165,7 @@ def predict_images(
     check_device(device)  # before the model loads: an absent GPU is a clear error
     record = relocated(run.classifier.backbone, backbone_weights, "backbone")  # before a long listing, as:
     refuse_imported(record, "backbone")
-    source = image_inputs(inputs)  # a missing input (the model takes seconds to load)
+    source = image_inputs(inputs, lists)  # a missing input (the model takes seconds to load)
     if source.repeated_paths and on_repeated is not None:
         on_repeated(source.repeated_paths)
     backbone = load_backbone_from_record(record, device=device)

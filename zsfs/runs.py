@@ -304,8 +304,9 @@ class FittedRun:
                                  f"zero or not finite (first: row {int(bad[0])}, counted from 0)")
         return normalise_rows(array, "features")  # as a store's rows: float32 products of 1e300 or 1e-30 overflow
 
-    def predict_images(self, images: "Sequence[str | Path] | str | Path", **options) -> "pl.DataFrame":
-        """Classify image files and/or folders (options as :func:`zsfs.predict.predict_images`)."""
+    def predict_images(self, images: "Sequence[str | Path] | str | Path" = (), **options) -> "pl.DataFrame":
+        """Classify image files and/or folders, and the images of ``lists=[...]`` (options as
+        :func:`zsfs.predict.predict_images`)."""
         import inspect
 
         from zsfs.predict import predict_images

@@ -17,8 +17,12 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
 
 @click.command(short_help="Classify new image files with a fitted run.",
-               epilog="Example: zsfs predict --run runs/photos-k16 new_images/ extra.jpg --out predictions.csv")
-@click.argument("images", nargs=-1, required=True, type=GivenPath(path_type=Path))
+               epilog="Example: zsfs predict --run runs/photos-k16 new_images/ extra.jpg --out predictions.csv\n\n"
+                      "         zsfs predict --run runs/photos-k16 --list todo.txt --out predictions.parquet")
+@click.argument("images", nargs=-1, type=GivenPath(path_type=Path))
+@click.option("--list", "lists", multiple=True, type=GivenPath(dir_okay=False, path_type=Path),
+              help="A .txt (one path per line) or .csv ('path' column) list of images, read as zsfs extract reads "
+                   "one: paths relative to the list's folder. May be repeated; with or without IMAGES.")
 @click.option("--run", "run_dir", required=True, type=GivenPath(path_type=Path),
               help="Run folder written by `zsfs fit`.")
 @click.option("--out", type=GivenPath(dir_okay=False, path_type=Path),
@@ -34,9 +38,9 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
               help="The store's backbone weights file at a new location (its sha256 must match).")
 @MAX_PIXELS_OPTION
 def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: bool, **options) -> None:
-    """Classify IMAGES (files, folders, .txt/.csv lists of image paths as zsfs extract reads them,
-    tar shards: a .tar, a pattern 'shards/{00000..00009}.tar', or one member 'shard.tar::name.jpg')
-    with the classifier of a fitted run.
+    """Classify IMAGES (files, folders, tar shards: a .tar, a pattern 'shards/{00000..00009}.tar',
+    or one member 'shard.tar::name.jpg') and the images of --list files with the classifier of a
+    fitted run.
 
     Extracts backbone features with the same backbone and weights as the run's store, applies the
     classifier, and reports for every image its class, confidence and OOD scores (higher = more
@@ -50,6 +54,8 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     from zsfs.outputs import refuse_read_only_file, written_file
     from zsfs.writable import check_writable
 
+    if not images and not options["lists"]:
+        raise click.UsageError("give IMAGES (files, folders, tars) and/or --list FILE")
     if out is not None:
         check_writable(written_file(out), "predictions file")  # a missing folder is created at the end
         refuse_read_only_file(out, "predictions file")  # before the images, not after

@@ -87,6 +87,7 @@ class Store:
                 self._vocabulary_files, self._unreadable_vocabularies = vocabulary_files(self.data_dir, self.identity)
                 if self._unreadable_vocabularies:
                     self.check_unchanged()  # a file "of another store" met halfway through a rebuild: name the rebuild
+            self._shard_folders = sorted({(self.path.parent / name).parent for name in self.shard_files})
             self._folder_stamps = self._shard_folder_stamps()  # first: a change after it shows in the quick check
             self._opened_stamps = [master_stamp, *self._file_stamps()[1:]]  # the shards' stamps, now they are known
         except BaseException:
@@ -172,31 +173,35 @@ class Store:
         return [file_stamp(path) for path in (self.path, *(self.path.parent / name for name in shards))]
 
     def _shard_folder_stamps(self) -> list[tuple[int, int, int, int] | None]:
-        """:func:`file_stamp` of each folder holding shard files: replacing, moving or deleting a
-        shard changes its folder's; two stats instead of one per shard for the common check."""
-        folders = sorted({(self.path.parent / name).parent for name in getattr(self, "shard_files", [])})
-        return [file_stamp(folder) for folder in folders]
+        """:func:`file_stamp` of each folder holding shard files (one, but for old stores)."""
+        return [file_stamp(folder) for folder in getattr(self, "_shard_folders", [])]
 
-    def check_unchanged(self) -> None:
+    def check_unchanged(self, thorough: bool = True) -> None:
         """StoreError when the master or a shard file was replaced, moved or deleted since the
         store was opened: the shards are read by name, so rows read since may come from the new
         build (or be NaN, a missing shard's fill) while the master's paths and labels are the old
-        one's. :meth:`read` and :meth:`iter_chunks` call it after reading; long readers (a fit)
-        before they hand out results."""
+        one's. Long readers (a fit) call it before they hand out results: ``thorough``, a stat of
+        every file. :meth:`read` and :meth:`iter_chunks` call it after each read, not thorough:
+        the master's and the shards' folder's stamps, which a shard replaced (renamed into place,
+        as zsfs writes), moved or deleted changes; one overwritten in place (``cp`` over it) only
+        the thorough check sees, as folders on some network file systems keep no reliable times."""
         opened = self._opened_stamps
-        if len(opened) > 1 and file_stamp(self.path) == opened[0] and self._shard_folder_stamps() == self._folder_stamps:
-            return  # nothing in the shards' folders changed (the usual case)
+        if not thorough and len(opened) > 1 and file_stamp(self.path) == opened[0] and \
+                self._shard_folder_stamps() == self._folder_stamps:
+            return  # nothing in the shards' folders changed (the usual case): two stats
         folder_stamps = self._shard_folder_stamps()
         stamps = self._file_stamps()[: len(opened)]  # while opening: the master only
         if stamps == opened:  # a vocabulary or graph was written beside the shards: they are as opened
             self._folder_stamps = folder_stamps
             return
-        files = [self.path, *(self.path.parent / name for name in getattr(self, "shard_files", []))][: len(opened)]
-        gone = [path for path, stamp in zip(files, stamps) if stamp is None]
-        if gone:
-            raise StoreError(f"{gone[0]} was moved or deleted since this process opened the store "
-                             f"({counted(len(gone), 'file')} gone), so rows read from it are not the store's; put it "
-                             f"back (or {REPAIR}), then open the store again (from Python: zsfs.Store(path))")
+        reopen = "open the store again (from Python: zsfs.Store(path))"
+        if stamps[0] is None:
+            raise StoreError(f"{self.path} was moved or deleted since this process opened it; {reopen} where it is now")
+        gone = [name for name, stamp in zip(getattr(self, "shard_files", []), stamps[1:]) if stamp is None]
+        if gone and stamps[0] == opened[0]:  # the same master: its shards went, no rebuild took their place
+            raise StoreError(f"{self.path.parent / gone[0]} was moved or deleted since this process opened the store "
+                             f"({counted(len(gone), 'shard file')} gone), so rows read from it are not the store's; put "
+                             f"it back (or {REPAIR}), then {reopen}")
         raise StoreError(f"{self.path} was rebuilt or repaired while this process was reading it (by another "
                          "zsfs extract or import), so what it read may mix the old and the new store; "
                          "nothing was written: rerun once the other process is done (from Python: open the store "
@@ -272,7 +277,7 @@ class Store:
         self._check_row_dataset(dataset)
         with self._read_errors(dataset):
             read = read_rows(self._dataset(dataset), rows)
-        self.check_unchanged()  # the shards are read by name: a rebuild's would pass for this store's
+        self.check_unchanged(thorough=False)  # the shards are read by name: a rebuild's would pass for this store's
         return read
 
     def _check_row_dataset(self, dataset: str) -> None:
@@ -288,7 +293,7 @@ class Store:
         for start in range(0, len(data), chunk_rows):
             with self._read_errors(dataset):
                 block = data[start : start + chunk_rows]
-            self.check_unchanged()  # as read's
+            self.check_unchanged(thorough=False)  # as read's
             yield start, block
 
     # -- vocabularies and index -----------------------------------------------------------
