@@ -22,7 +22,7 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import ParameterError, ZsfsError, check_path_type, refuse_unknown_parameters
 from zsfs.names import counted, utf8_texts
-from zsfs.outputs import check_new_folder, new_folder, read_parquet, write_json, write_table
+from zsfs.outputs import new_folder, read_parquet, write_json, write_table
 from zsfs.writable import check_writable
 
 if TYPE_CHECKING:
@@ -262,8 +262,7 @@ class FittedRun:
         same run, read from there."""
         check_path_type("run_dir", run_dir)
         run_dir = Path(run_dir).absolute()
-        check_new_folder(run_dir)  # as `zsfs fit` checks its --out: a clear error, not pathlib's or tempfile's
-        check_writable(run_dir, "run folder")
+        check_writable(run_dir, "run folder")  # as `zsfs fit` checks its --out (new_folder refuses an existing one)
         with new_folder(run_dir) as tmp:
             write_table(self.predictions, tmp / PREDICTIONS)
             self.classifier.save(tmp / CLASSIFIER)

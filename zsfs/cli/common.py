@@ -282,9 +282,9 @@ def note_a_borrowed_shards_folder(master: "os.PathLike", folder: str | None = No
     if folder and folder != own:
         console.print(f"[yellow]Note:[/] {shown(master.name)} reads its shards from {shown(folder)}/, not {shown(own)}/: "
                       "it was renamed or copied under a new name since it was built. `zsfs text` and `zsfs neighbours` "
-                      "write into that folder, which a copy shares with the original (for an independent store, copy the "
-                      "store and its shards folder, both under their first names, into another folder); `zsfs extract` and `zsfs import` update the store only under its first "
-                      "name.", soft_wrap=True)
+                      "write into that folder, which a copy shares with the original (for an independent store, copy "
+                      "the store and its shards folder, both under their first names, into another folder); "
+                      "`zsfs extract` and `zsfs import` update the store only under its first name.", soft_wrap=True)
 
 
 def note_emulated_bf16(precision: str, device: str) -> None:
