@@ -49,8 +49,13 @@ class TarMembers:
         return bool(self.tar[i] >= 0)
 
     def read(self, i: int) -> bytes:
-        """The member's bytes (fewer when the tar was truncated after listing)."""
-        return os.pread(self._descriptor(int(self.tar[i])), int(self.size[i]), int(self.offset[i]))
+        """The member's bytes; an ``OSError`` when the tar ends before them (truncated after listing)."""
+        size = int(self.size[i])
+        data = os.pread(self._descriptor(int(self.tar[i])), size, int(self.offset[i]))
+        if len(data) < size:  # else a member past the new end read as an "empty file", a cut one as corrupt
+            raise OSError(f"the tar ends {len(data):,} bytes into this {size:,}-byte member: it was cut short "
+                          "since it was listed")
+        return data
 
     def _descriptor(self, tar: int) -> int:
         # Kept open: DataLoader workers read consecutive members of the same tar. pread has no
