@@ -81,13 +81,14 @@ CASES = [  # (command line, exit code, words of the error line)
     (FIT + ("--seed", "-1"), 2, "-1 is not in the range 0<=x<=2147483647"),
     (FIT + ("--out", "{work}/a-file/run"), 1, "a-file is a file, not a folder"),
     (("text", "{store}", "--classes", "{work}/latin1.txt", "--name", "x"), 1, "is not UTF-8 text (byte 0xe9"),
-    (("text", "{store}", "--classes", "{work}/classes.txt", "--name", "a/b"), 1, "invalid vocabulary name 'a/b'"),
+    # an invalid vocabulary name is a usage error, as the README says of option values (was exit 1)
+    (("text", "{store}", "--classes", "{work}/classes.txt", "--name", "a/b"), 2, "invalid vocabulary name 'a/b'"),
     (("extract", "{photos}", "--out", "{work}/x.h5", "--classes", "{work}/latin1.txt"), 1, "is not UTF-8 text"),
-    (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "a/b"), 1, "invalid vocabulary name 'a/b'"),
-    (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "new\nline"), 1,
+    (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "a/b"), 2, "invalid vocabulary name 'a/b'"),
+    (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "new\nline"), 2,
      "invalid vocabulary name 'new\\nline'"),  # bug: accepted, then part of a run folder's name
-    (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "ab\u202ecd"), 1, "control or invisible"),
-    (("text", "{store}", "--classes", "{work}/classes.txt", "--name", " x "), 1,
+    (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "ab\u202ecd"), 2, "control or invisible"),
+    (("text", "{store}", "--classes", "{work}/classes.txt", "--name", " x "), 2,
      "invalid vocabulary name ' x ': use a non-empty name without '/', control or invisible characters, a leading "
      "'.' or spaces at either end"),  # bug: written, and then `--vocab x` did not find it
     (("extract", "{photos}", "--out", "{work}/a-file/x.h5"), 1, "a-file is a file, not a folder"),

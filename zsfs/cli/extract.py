@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, console, image_progress,
-                              note_a_borrowed_shards_folder, shown)
+                              note_a_borrowed_shards_folder, shown, usage_check)
 from zsfs.devices import DEVICES, MODEL_PRECISIONS
 from zsfs.names import counted, pairs_text, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
@@ -30,6 +30,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--classes", "classes_file", type=GivenPath(dir_okay=False, path_type=Path),
               help="Class names, one per line ('#' lines are comments) [default: the source's subfolder names].")
 @click.option("--vocab", "--vocab-name", "vocab_name", default="default", show_default=True,
+              callback=usage_check("zsfs.store.extras", "check_vocabulary_name"),
               help="Name of the vocabulary written (zsfs fit --vocab NAME).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the models run (a clear error when torch sees no such device).")
@@ -55,10 +56,10 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
                    "else one per node].")
 def extract(source: Path, out: Path | None, classes_file: Path | None, **options) -> None:
     """Embed every image of SOURCE into a feature store. SOURCE: an image folder (class subfolders
-    give labels), a .txt list (one path per line) or .csv list (a header with a 'path' column and
-    optionally 'label'), their relative paths relative to the list's folder, or webdataset tar shards
-    (a folder of .tar files, or a pattern 'laion/{00000..00099}.tar'), read in place; their images
-    are recorded as <tar>::<member>.
+    give labels), a .txt list (one path per line; lines starting with '#' are comments) or .csv list
+    (a header with a 'path' column and optionally 'label'), their relative paths relative to the
+    list's folder, or webdataset tar shards (a folder of .tar files, or a pattern
+    'laion/{00000..00099}.tar'), read in place; their images are recorded as <tar>::<member>.
 
     Each image is decoded once and fed to CLIP and to the backbone. Bad files are skipped and
     recorded. An interrupted run resumes when the same command is run again; run again on a
@@ -113,7 +114,8 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 @click.argument("store", type=GivenPath(path_type=Path))
 @click.option("--classes", "classes_file", required=True, type=GivenPath(dir_okay=False, path_type=Path),
               help="Class names, one per line ('#' lines are comments).")
-@click.option("--vocab", "--name", "name", required=True, help="Name of the vocabulary (zsfs fit --vocab NAME).")
+@click.option("--vocab", "--name", "name", required=True,
+              callback=usage_check("zsfs.store.extras", "check_vocabulary_name"), help="Name of the vocabulary (zsfs fit --vocab NAME).")
 @click.option("--clip-weights", type=GivenPath(dir_okay=False, path_type=Path),
               help="The store's CLIP weights file at a new location (its sha256 must match the record).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,

@@ -22,14 +22,21 @@ LOG_SECONDS = 10.0
 """Where no terminal shows a spinner (a job's log), import says how far it got this often."""
 
 
-def parse_vocabularies(values: tuple[str, ...]) -> dict[str, Path]:
+def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Path]:
+    """``--vocab NAME=FILE.npz`` options as ``{NAME: FILE}``; a malformed one is a usage error (exit 2)."""
+    from zsfs.store.extras import check_vocabulary_name
+
     vocabularies = {}
     for value in values:
         name, sep, file = value.partition("=")
         if not sep or not name or not file:
-            raise ZsfsError(f"--vocab expects NAME=FILE.npz, got {value!r}")
+            raise click.BadParameter(f"expects NAME=FILE.npz, got {value!r}")
         if name in vocabularies:
-            raise ZsfsError(f"--vocab {name!r} given twice")
+            raise click.BadParameter(f"the name {name!r} is given twice")
+        try:
+            check_vocabulary_name(name)
+        except ZsfsError as error:
+            raise click.BadParameter(str(error)) from None
         vocabularies[name] = Path(file)
     return vocabularies
 
@@ -44,7 +51,7 @@ def parse_vocabularies(values: tuple[str, ...]) -> dict[str, Path]:
               help="Parquet/CSV table of image paths (default: the clip-retrieval folder's metadata/).")
 @click.option("--path-column", default=None, help="Column with the paths [default: image_path, else path].")
 @click.option("--label-column", default=None, help="Column with ground-truth labels (evaluation only).")
-@click.option("--vocab", "vocab", multiple=True, metavar="NAME=FILE.npz",
+@click.option("--vocab", "vocabularies", multiple=True, metavar="NAME=FILE.npz", callback=parse_vocabularies,
               help="Class text embeddings: .npz with classes, single and optionally ensemble. Repeatable.")
 @click.option("--clip-name", default="imported-clip", show_default=True, help="Name of the CLIP model used.")
 @click.option("--backbone-name", default="imported-backbone", show_default=True, help="Name of the backbone used.")
@@ -54,7 +61,7 @@ def parse_vocabularies(values: tuple[str, ...]) -> dict[str, Path]:
               help="Stored precision of the embeddings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at OUT (its files are removed first).")
 def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, paths_table: Path | None,
-                   path_column: str | None, label_column: str | None, vocab: tuple[str, ...], clip_name: str,
+                   path_column: str | None, label_column: str | None, vocabularies: dict[str, Path], clip_name: str,
                    backbone_name: str, shard_size: int, dtype: str, overwrite: bool) -> None:
     """Build a store from embeddings computed elsewhere (rows must align across inputs).
 
@@ -67,7 +74,6 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
     from zsfs.importer import import_store
 
     click.get_current_context().meta[OVERWRITING] = overwrite
-    vocabularies = parse_vocabularies(vocab)
     written, logged_at = 0, -math.inf  # in a log: a line at the first shard, then every LOG_SECONDS
     with console.status("Importing embeddings...") as status:
 
