@@ -440,6 +440,18 @@ def test_the_command_list_says_what_each_command_does_uncut():
     assert len(listed) == 9 and not [line for line in listed if line.rstrip().endswith("...")], result.output
 
 
+def test_the_help_of_every_list_reader_says_that_hash_lines_are_comments(tmp_path):
+    """A .txt list skips lines starting with '#'; extract's and predict's --help did not say so, so
+    a file named '#1.jpg' went missing unexplained."""
+    for command in ("extract", "predict"):
+        said = " ".join(run_cli(command, "--help").output.split())
+        assert re.search(r"\.txt (list )?\(one path per line; (lines starting with )?'#'( lines)? are comments\)", said), said
+    from zsfs.sources import open_source
+
+    (tmp_path / "todo.txt").write_text("# made by hand\na.jpg\n")
+    assert open_source(tmp_path / "todo.txt").paths == ["a.jpg"]
+
+
 def test_the_readme_tiny_model_flags_are_the_tests_own():
     """The README's no-weights route names the tiny models the tests use: it must not go stale."""
     from zsfs.testing.models import TINY_MODELS

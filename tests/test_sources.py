@@ -185,6 +185,10 @@ def test_csv_list_with_and_without_labels(tmp_path):
     assert upper.paths == ["x/1.jpg"] and upper.labels == ["cat"]
     (tmp_path / "LIST.TXT").write_text("x/1.jpg\n")
     assert open_source(tmp_path / "LIST.TXT").paths == ["x/1.jpg"]
+    (tmp_path / "trailing.csv").write_text('path,label\n"x/a,b.jpg",cat,,\n')  # empty fields past the header's
+    assert open_source(tmp_path / "trailing.csv").paths == ["x/a,b.jpg"]
+    (tmp_path / "hash.txt").write_text("# a comment\n./#1.jpg\n")  # a name opening with '#', as documented
+    assert open_source(tmp_path / "hash.txt").paths == ["#1.jpg"]
 
 
 @pytest.mark.parametrize(
@@ -195,6 +199,10 @@ def test_csv_list_with_and_without_labels(tmp_path):
         # bug: a row with a label and no file name (a spreadsheet's gap) was dropped without a word
         ("gap.csv", "path,label\na.jpg,x\n,y\n\n\"\",z\n", r"gap\.csv: 2 rows with an empty path \(first: line 3\); give"),
         ("extra.csv", "path,label\na.jpg,x\n,,note\n", r"extra\.csv: 1 row with an empty path \(first: line 3\)"),
+        # bug: an unquoted comma in a name shifted the row ('a' labelled 'b.jpg'); a second 'path' column hid the first
+        ("comma.csv", "path,label\nz.jpg,y\na,b.jpg,cat\n", r"comma\.csv: 1 row with more fields than the header's 2 "
+                                                          r"\(first: line 3, 3 fields\); quote a path holding a comma"),
+        ("twice.csv", "path,label, path\na.jpg,x,b.jpg\n", r"twice\.csv: the header names the column 'path' twice"),
         ("empty.txt", "# nothing\n\n", "lists no images"),
         ("list.json", "[]", "neither a folder nor a list file"),
         ("photo.JPG", "", r"photo\.JPG is an image; the source is one folder, list file or set of tar shards: put the "
@@ -274,6 +282,22 @@ def test_read_class_file(tmp_path):
     (tmp_path / "nul.txt").write_bytes(b"cat\nd\x00g\n")
     with pytest.raises(ZsfsError, match=r"nul.txt holds a NUL byte \(line 2\)"):
         read_class_file(tmp_path / "nul.txt")
+
+
+def test_a_class_file_line_keeps_no_invisible_character(tmp_path):
+    """Bug: a zero-width space pasted inside a name, or the BOM of a second file concatenated onto the
+    first (cat a.txt b.txt), stayed in the class name: embedded, and shown, unseen."""
+    from zsfs.sources import read_class_file
+
+    classes = tmp_path / "classes.txt"
+    classes.write_bytes("\ufeffcat\n\ufeffdog\n".encode())  # a second BOM opens line 2
+    assert read_class_file(classes) == ["cat", "dog"]
+    classes.write_bytes(b"cat\rdog\r")  # classic Mac line ends
+    assert read_class_file(classes) == ["cat", "dog"]
+    classes.write_text("cat\nd\u200bog\nsea\tlion\n", encoding="utf-8")
+    with pytest.raises(ZsfsError, match=r"line 2 has an invisible or control character in the name 'd\\u200bog' "
+                                        r"\(and 1 other line\); remove it"):
+        read_class_file(classes)
 
 
 def test_a_class_file_may_be_a_pipe():

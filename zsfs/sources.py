@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import Image
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError
-from zsfs.names import check_class_names, counted, repeated, some_names, utf8_text, utf8_texts
+from zsfs.names import check_class_names, counted, repeated, some_names, utf8_text, utf8_texts, visible
 from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar,
                        is_tar_pattern, list_tars, resolve_tars, tar_shards_in)
 
@@ -152,7 +153,19 @@ def read_class_file(path: str | Path) -> list[str]:
                         f"{error.start}); save it as UTF-8") from None
     except OSError as error:
         raise ZsfsError(f"cannot read the class file {path}: {error.strerror}") from None
-    classes = [name for name in (line.strip() for line in text.splitlines()) if name and not name.startswith("#")]
+    # Lines end at "\n", "\r\n" or "\r" (universal newlines); splitlines() would also end one at a form
+    # feed or U+2028 inside it. A BOM opening a later line is one of a file concatenated with another
+    # (cat a.txt b.txt): dropped.
+    lines = [(number, line.lstrip("\ufeff").strip())
+             for number, line in enumerate(re.split("\r\n|\r|\n", text), start=1)]
+    named = [(number, name) for number, name in lines if name and not name.startswith("#")]
+    unseen = [(number, name) for number, name in named if visible(name) != name]
+    if unseen:  # embedded as written, a zero-width space or a tab would change the text unseen
+        number, name = unseen[0]
+        others = f" (and {counted(len(unseen) - 1, 'other line')})" if len(unseen) > 1 else ""
+        raise ZsfsError(f"class file {path} line {number} has an invisible or control character in the name "
+                        f"'{visible(name)}'{others}; remove it: a class name is embedded as written")
+    classes = [name for _, name in named]
     if not classes:
         raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
     return check_class_names(classes, f"class file {path}")
@@ -325,18 +338,30 @@ def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]
             f"{list_file} has no 'path' column (found: {', '.join(columns) or 'nothing'}); "
             "the first line must be a header such as 'path,label'."
         )
+    named_twice = repeated(column for column in columns if column)
+    if named_twice:  # DictReader would keep the last column of a name: the other is read as nothing
+        raise ZsfsError(f"{list_file}: the header names the column {named_twice[0]!r} twice; name each column once.")
     reader.fieldnames = columns
-    rows, pathless = [], []  # pathless: line numbers of rows with something but no path
+    rows, pathless, overlong = [], [], []  # line numbers: rows with something but no path, with too many fields
     for row in reader:
+        extra = row.pop(None, [])  # the fields past the header's, as a list
+        if any(text.strip() for text in extra):
+            overlong.append((reader.line_num, len(columns) + len(extra)))
         if (row.get("path") or "").strip():
             rows.append(row)
-        elif any(text.strip() for value in row.values()  # fields past the header's come as a list
-                 for text in (value if isinstance(value, list) else [value or ""])):
+        elif any((value or "").strip() for value in [*row.values(), *extra]):
             pathless.append(reader.line_num)
     if pathless:  # a spreadsheet's missing file name: dropping the row would lose an image unseen
         raise ZsfsError(
             f"{list_file}: {counted(len(pathless), 'row')} with an empty path (first: line {pathless[0]}); "
             "give every row a path or delete the row."
+        )
+    if overlong:  # "a,b.jpg,cat" under "path,label": an unquoted comma in a name shifts every field after it
+        line, fields = overlong[0]
+        raise ZsfsError(
+            f"{list_file}: {counted(len(overlong), 'row')} with more fields than the header's {len(columns)} "
+            f"(first: line {line}, {fields} fields); quote a path holding a comma (\"a,b.jpg\"), as spreadsheets "
+            "write it."
         )
     paths = [row["path"] for row in rows]
     if "label" not in columns:

@@ -21,8 +21,9 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
                       "         zsfs predict --run runs/photos-k16 --list todo.txt --out predictions.parquet")
 @click.argument("images", nargs=-1, type=GivenPath(path_type=Path))
 @click.option("--list", "lists", multiple=True, type=GivenPath(dir_okay=False, path_type=Path),
-              help="A .txt (one path per line) or .csv ('path' column) list of images, read as zsfs extract reads "
-                   "one: paths relative to the list's folder. May be repeated; with or without IMAGES.")
+              help="A .txt (one path per line; '#' lines are comments) or .csv ('path' column) list of images, "
+                   "read as zsfs extract reads one: paths relative to the list's folder. May be repeated; with or "
+                   "without IMAGES.")
 @click.option("--run", "run_dir", required=True, type=GivenPath(path_type=Path),
               help="Run folder written by `zsfs fit`.")
 @click.option("--out", type=GivenPath(dir_okay=False, path_type=Path),
