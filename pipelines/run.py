@@ -177,40 +177,49 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
 def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, images: Path | None,
          extract_args: str, fit_args: str, splits: int, dry_run: bool) -> None:
     """Run the paper's experiment for DATASETS (cifar10 cifar100 caltech101 caltech256 cars imagenet, or all)."""
+    from zsfs.cli.common import console, say_stopped, sigterm_stops_cleanly
+
+    with sigterm_stops_cleanly():
+        try:
+            _run_datasets(datasets, data_root, work, device, images, extract_args, fit_args, splits, dry_run)
+        except KeyboardInterrupt as stop:  # in a step of its own (a download, the report): zsfs steps say their own
+            say_stopped(stop, "Finished steps are kept and nothing half-written was left; a rerun resumes.")
+        except ZsfsError as error:
+            console.print(f"[bold red]Error:[/] {error}")
+            raise SystemExit(1) from None
+
+
+def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, images: Path | None,
+                  extract_args: str, fit_args: str, splits: int, dry_run: bool) -> None:
     from zsfs.cli.common import console
 
     failed = []
-    try:
-        if "all" in datasets and len(datasets) > 1:
-            raise ZsfsError("'all' runs every dataset: give it alone, or name the datasets")
-        names = [name for name, entry in DATASETS.items() if entry.runnable] if datasets == ("all",) else datasets
-        chosen = [get_dataset(name) for name in names]
-        if images is not None and len(chosen) != 1:
-            raise ZsfsError("--images names one prepared folder: give exactly one dataset with it")
-        extract_words = extra_arguments("--extract-args", extract_args, {"extract": ["."]})
-        takers = {"fit": ["--store", "s.h5"]}
-        if any(dataset.id_classes is not None for dataset in chosen):  # ImageNet alone runs no ood-bench
-            takers["ood-bench"] = ["--store", "s.h5", "--id-classes", "2"]
-        fit_words = extra_arguments("--fit-args", fit_args, takers)
-        for dataset in chosen:
-            console.rule(dataset.title)
-            steps = plan(dataset, data_root, work, device=device, images=images, splits=splits,
-                         extract_args=extract_words, fit_args=fit_words)
-            try:
-                run_steps(steps, dry_run=dry_run, echo=lambda line: console.print(line, markup=False, soft_wrap=True))
-            except ZsfsError as error:  # the other datasets still run (ImageNet, first of all, is downloaded by hand)
-                console.print(f"[bold red]Error:[/] {dataset.name}: {error}")
-                failed.append(dataset.name)
-        if not dry_run:
-            md_path, csv_path = report.write_results(work)
-            console.print(f"Results: {md_path} and {csv_path}")
-    except ZsfsError as error:
-        console.print(f"[bold red]Error:[/] {error}")
-        raise SystemExit(1) from None
+    if "all" in datasets and len(datasets) > 1:
+        raise ZsfsError("'all' runs every dataset: give it alone, or name the datasets")
+    names = [name for name, entry in DATASETS.items() if entry.runnable] if datasets == ("all",) else datasets
+    chosen = [get_dataset(name) for name in names]
+    if images is not None and len(chosen) != 1:
+        raise ZsfsError("--images names one prepared folder: give exactly one dataset with it")
+    extract_words = extra_arguments("--extract-args", extract_args, {"extract": ["."]})
+    takers = {"fit": ["--store", "s.h5"]}
+    if any(dataset.id_classes is not None for dataset in chosen):  # ImageNet alone runs no ood-bench
+        takers["ood-bench"] = ["--store", "s.h5", "--id-classes", "2"]
+    fit_words = extra_arguments("--fit-args", fit_args, takers)
+    for dataset in chosen:
+        console.rule(dataset.title)
+        steps = plan(dataset, data_root, work, device=device, images=images, splits=splits,
+                     extract_args=extract_words, fit_args=fit_words)
+        try:
+            run_steps(steps, dry_run=dry_run, echo=lambda line: console.print(line, markup=False, soft_wrap=True))
+        except ZsfsError as error:  # the other datasets still run (ImageNet, first of all, is downloaded by hand)
+            console.print(f"[bold red]Error:[/] {dataset.name}: {error}")
+            failed.append(dataset.name)
+    if not dry_run:
+        md_path, csv_path = report.write_results(work)
+        console.print(f"Results: {md_path} and {csv_path}")
     if failed:
-        console.print(f"[bold red]Error:[/] {len(failed)} of {len(chosen)} datasets did not finish: "
-                      f"{', '.join(failed)} (the errors above say why); rerun to resume them")
-        raise SystemExit(1)
+        raise ZsfsError(f"{len(failed)} of {len(chosen)} datasets did not finish: {', '.join(failed)} (the errors "
+                        "above say why); rerun to resume them")
 
 
 if __name__ == "__main__":

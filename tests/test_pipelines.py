@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pipelines.datasets import BACKBONE, CLIP_MODEL, DATASETS, Dataset  # noqa: 
 from pipelines.report import COLUMNS, collect, render_markdown, write_results  # noqa: E402
 from pipelines.run import Layout, main, plan, run_steps, run_zsfs  # noqa: E402
 from zsfs.errors import ZsfsError  # noqa: E402
+from zsfs.testing.processes import STOPPED_BY, started, stop, wait_for  # noqa: E402
 from zsfs.testing.synthetic import make_synthetic_store  # noqa: E402
 
 QUICK_FIT_ARGS = ["--epochs", "20", "--cycle-epochs", "5", "--cycles", "3"]
@@ -183,6 +185,31 @@ def test_an_interrupted_step_stops_the_pipeline_with_its_exit_status(monkeypatch
         with pytest.raises(SystemExit) as stopped:
             run_zsfs(["fit", "--store", "s.h5"])
         assert stopped.value.code == code
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_a_download_is_one_line_and_its_exit_status(tmp_path, number):
+    """Bug: Ctrl-C while a dataset downloaded printed click's "Aborted!" and exited 1 (as a failure);
+    SIGTERM ended the pipeline without a word."""
+    began = tmp_path / "downloading"
+    script = ("import sys, time, pathlib, torchvision.datasets\n"
+              "sys.path.insert(0, sys.argv[1])\n"
+              "class SlowCifar:\n"  # a download that takes long: the stop lands inside it
+              "    def __init__(self, *args, **kwargs):\n"
+              "        pathlib.Path(sys.argv[2]).touch()\n"
+              "        time.sleep(120)\n"
+              "torchvision.datasets.CIFAR10 = SlowCifar\n"
+              "from pipelines.run import main\n"
+              "main(sys.argv[3:])\n")
+    with started(["-c", script, str(ROOT), str(began), "cifar10", "--data-root", str(tmp_path / "data"),
+                  "--work", str(tmp_path / "work")]) as process:
+        wait_for(began, process)
+        said = stop(process, number)
+    assert process.returncode == 128 + number, said
+    assert said.endswith(f"{STOPPED_BY[number]} Finished steps are kept and nothing half-written was left; a rerun "
+                         "resumes."), said
+    assert "Aborted" not in said and "Traceback" not in said
+    assert not prepare.is_prepared(tmp_path / "data" / "cifar10" / "images")
 
 
 # -- report ---------------------------------------------------------------------------------

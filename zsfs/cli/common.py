@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 from rich.console import Console
@@ -75,7 +75,7 @@ class ZsfsGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         console.quiet = False  # an earlier command of this process may have lost its reader (on_broken_pipe)
-        with _sigterm_stops_cleanly():
+        with sigterm_stops_cleanly():
             return self._invoke(ctx)
 
     def _invoke(self, ctx: click.Context) -> object:
@@ -99,14 +99,19 @@ class ZsfsGroup(click.Group):
             sys.exit(1)
         except KeyboardInterrupt as stop:
             resumes = ctx.invoked_subcommand in RESUMING_COMMANDS
-            terminated = isinstance(stop, Terminated) or _SIGTERM_RECEIVED.is_set()
             kept = getattr(stop, "kept", None)  # see kept_if_interrupted
             overwriting = ctx.meta.get(OVERWRITING, False)
             resume = RESUME_WITHOUT_OVERWRITE if overwriting else "a rerun resumes where this one stopped"
-            console.print(f"[yellow]{'Terminated (SIGTERM)' if terminated else 'Interrupted'}.[/] " + (
-                f"{shown(kept)}." if kept else "Nothing half-written was left"
-                + (f"; {resume}." if resumes else ".")), soft_wrap=True)
-            sys.exit(128 + signal.SIGTERM if terminated else 130)
+            say_stopped(stop, f"{shown(kept)}." if kept else "Nothing half-written was left"
+                        + (f"; {resume}." if resumes else "."))
+
+
+def say_stopped(stop: KeyboardInterrupt, what: str) -> NoReturn:
+    """End a command stopped by Ctrl-C or SIGTERM (``stop``): one line, "Interrupted." or
+    "Terminated (SIGTERM)." then ``what`` (rich markup), and exit 130 or 143 as a shell reports them."""
+    terminated = isinstance(stop, Terminated) or _SIGTERM_RECEIVED.is_set()
+    console.print(f"[yellow]{'Terminated (SIGTERM)' if terminated else 'Interrupted'}.[/] {what}", soft_wrap=True)
+    sys.exit(128 + signal.SIGTERM if terminated else 130)
 
 
 def _resuming_hint(ctx: click.Context, message: str) -> str:
@@ -138,7 +143,7 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextmanager
-def _sigterm_stops_cleanly() -> Iterator[None]:
+def sigterm_stops_cleanly() -> Iterator[None]:
     """Raise :class:`Terminated` on SIGTERM while a command runs, unless a host program handles it;
     what was there before is put back afterwards (a program calling the command line in-process
     keeps its own). Decoding processes (forks) put the default back (``embedding._start_worker``)."""
