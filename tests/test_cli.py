@@ -452,6 +452,21 @@ def test_the_help_of_every_list_reader_says_that_hash_lines_are_comments(tmp_pat
     assert open_source(tmp_path / "todo.txt").paths == ["a.jpg"]
 
 
+def test_every_command_has_examples_that_copy_whole():
+    """Bug: ood-bench's and predict's examples (click epilogs) were rewrapped at 80 columns, so a
+    copied first line ended in '--out' and failed."""
+    from click.testing import CliRunner
+
+    from zsfs.cli import main
+
+    for name in main.list_commands(None):
+        text = CliRunner().invoke(main, [name, "--help"], terminal_width=80).output
+        examples = text.split("Example:")[1].split("Options:")[0] if "Example:" in text else ""
+        lines = [line.strip() for line in examples.splitlines() if line.strip()]
+        continued = [False] + [line.endswith("\\") for line in lines[:-1]]  # a shell line continuation
+        assert lines and all(line.startswith("zsfs ") or after for line, after in zip(lines, continued)), (name, text)
+
+
 def test_the_readme_tiny_model_flags_are_the_tests_own():
     """The README's no-weights route names the tiny models the tests use: it must not go stale."""
     from zsfs.testing.models import TINY_MODELS

@@ -32,6 +32,7 @@ _LAZY = {
     "report": ("zsfs.report", None),  # likewise: zsfs.report(run_dir) writes report.html
     "ZsfsError": ("zsfs.errors", "ZsfsError"),
     "ParameterError": ("zsfs.errors", "ParameterError"),
+    "StoreError": ("zsfs.errors", "StoreError"),
 }
 __all__ = ["__version__", *_LAZY]
 

@@ -75,12 +75,13 @@ def repeated_rows(rows: "np.ndarray") -> list[tuple[int, int]]:
     return list(zip(earliest[later].tolist(), later.tolist()))
 
 
-def check_class_names(names: Iterable[object], where: str) -> list[str]:
+def check_class_names(names: Iterable[object], where: str, lines: Sequence[int] | None = None) -> list[str]:
     """``names`` as a list of ``str``, or a ``ZsfsError`` that says what ``where`` (e.g.
     ``"class file x.txt"``) got wrong: no names, an empty name (blank or only invisible
     characters), a name given twice (also when two differ only in invisible characters, spaces at
-    the ends or Unicode form: they look the same wherever they are shown). The names are returned
-    as given: stores, labels and folder names hold them so."""
+    the ends or Unicode form: they look the same wherever they are shown). ``lines``: each name's
+    line number in a file, said with a name given twice. The names are returned as given: stores,
+    labels and folder names hold them so."""
     from zsfs.errors import ZsfsError
 
     try:  # any sequence, a numpy array too; bytes (numpy "S" arrays) are UTF-8 text, not "b'cat'"
@@ -106,6 +107,9 @@ def check_class_names(names: Iterable[object], where: str) -> list[str]:
         spellings = [list(dict.fromkeys(name for name, seen in zip(names, looks) if seen == look)) for look in twice]
         shown = [visible(same[0]) if len(same) == 1 else " = ".join(f"'{visible(name)}'" for name in same)
                  for same in spellings]
+        if lines is not None:  # where to edit the file
+            shown = [f"{text} (lines {', '.join(str(line) for line, seen in zip(lines, looks) if seen == look)})"
+                     for text, look in zip(shown, twice)]
         alike = " (names that differ only in invisible characters or Unicode form look the same wherever " \
                 "they are shown)" if any(len(same) > 1 for same in spellings) else ""
         # "N names ...: a; b": some_names' "N: a; b" read as a line number here

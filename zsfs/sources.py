@@ -165,10 +165,9 @@ def read_class_file(path: str | Path) -> list[str]:
         others = f" (and {counted(len(unseen) - 1, 'other line')})" if len(unseen) > 1 else ""
         raise ZsfsError(f"class file {path} line {number} has an invisible or control character in the name "
                         f"'{visible(name)}'{others}; remove it: a class name is embedded as written")
-    classes = [name for _, name in named]
-    if not classes:
+    if not named:
         raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
-    return check_class_names(classes, f"class file {path}")
+    return check_class_names([name for _, name in named], f"class file {path}", lines=[number for number, _ in named])
 
 
 def open_source(source: str | Path) -> ImageSource:

@@ -28,7 +28,8 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--backbone-weights", default="default", show_default=True,
               help="'default' (the weights the timm name implies), a local file, or 'random'.")
 @click.option("--classes", "classes_file", type=GivenPath(dir_okay=False, path_type=Path),
-              help="Class names, one per line ('#' lines are comments) [default: the source's subfolder names].")
+              help="Class names, one per line ('#' lines are comments) [default: the source's labels: its subfolder "
+                   "names, or a .csv list's label column].")
 @click.option("--vocab", "--vocab-name", "vocab_name", default="default", show_default=True,
               callback=usage_check("zsfs.store.extras", "check_vocabulary_name"),
               help="Name of the vocabulary written (zsfs fit --vocab NAME).")

@@ -109,7 +109,7 @@ def _cut(name: str, limit: int) -> str:
                                                       "on stdout (every parameter is in the run's config.json).")
 def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, paper: bool, fast: bool, as_json: bool,
                 with_report: bool, **options) -> None:
-    """Label and OOD-score every image of STORE from its class names (no labels needed).
+    """Label and OOD-score every image of the store (--store) from its class names (no labels needed).
 
     Zero-shot candidates per class, neighbourhood re-ranking, the first k as seeds; then (default)
     the share of each class in the collection is estimated, classes the collection does not hold
@@ -120,7 +120,6 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     Writes predictions.parquet, classifier.pt, config.json (+ metrics.json when the store has
     labels) to a new run folder.
 
-    \b
     Rules: k must not exceed --candidates; a class with fewer than k candidates uses what it
     has; the paper's cycles stop when a cycle's first-epoch loss rises, when the loss drops
     below 0.1, or when the candidates run out.

@@ -12,8 +12,7 @@ from zsfs.errors import ParameterError, literal
 from zsfs.names import counted
 
 
-@click.command("ood-bench", short_help="Benchmark the OOD scores with some classes held out.",
-               epilog="Example: zsfs ood-bench --store cifar10.h5 --id-classes 6 --splits 5 --out cifar10-ood")
+@click.command("ood-bench", short_help="Benchmark the OOD scores with some classes held out.")
 @click.option("--store", "store_path", required=True, type=GivenPath(path_type=Path),
               help="A store whose images have labels.")
 @click.option("--id-classes", required=True, metavar="N|FILE",
@@ -32,6 +31,10 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     Reports AUROC (OOD positive) and FPR at 95% TPR, mean +- std over the splits, for zsfs'
     ood_score, its paper score, its continuous score and the MCM baseline on the same store and
     prompts.
+
+    \b
+    Example:
+      zsfs ood-bench --store cifar10.h5 --id-classes 6 --out cifar10-ood
     """
     import json
 

@@ -16,9 +16,7 @@ from zsfs.names import counted, some_names
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
 
-@click.command(short_help="Classify new image files with a fitted run.",
-               epilog="Example: zsfs predict --run runs/photos-k16 new_images/ extra.jpg --out predictions.csv\n\n"
-                      "         zsfs predict --run runs/photos-k16 --list todo.txt --out predictions.parquet")
+@click.command(short_help="Classify new image files with a fitted run.")
 @click.argument("images", nargs=-1, type=GivenPath(path_type=Path))
 @click.option("--list", "lists", multiple=True, type=GivenPath(dir_okay=False, path_type=Path),
               help="A .txt (one path per line; '#' lines are comments) or .csv ('path' column) list of images, "
@@ -50,6 +48,11 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     the paper's ood_paper (0, 1/3, 2/3 or 1) and its continuous form ood_continuous. Unreadable
     files get an error, not a row of zeros (and the exit status is 1 when no image could be
     read). The table shows the first rows; --out or --json gives them all.
+
+    \b
+    Example:
+      zsfs predict --run runs/photos-k16 new/ extra.jpg --out predictions.csv
+      zsfs predict --run runs/photos-k16 --list todo.txt --out predictions.parquet
     """
     from zsfs.predict import OUTPUT_SUFFIXES, predict_images, write_predictions
     from zsfs.outputs import refuse_read_only_file, written_file

@@ -10,8 +10,7 @@ from zsfs.cli.common import GivenPath, console, shown, usage_check
 from zsfs.errors import MAX_SEED
 
 
-@click.command("report", short_help="Write one offline HTML page about a fit run.",
-               epilog="Example: zsfs report runs/photos-k16 --out photos-k16.html")
+@click.command("report", short_help="Write one offline HTML page about a fit run.")
 @click.argument("run_dir", type=GivenPath(path_type=Path))
 @click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), default=None,
               callback=usage_check("zsfs.report", "check_report_path"),
@@ -31,6 +30,10 @@ def report_command(run_dir: Path, out: Path | None, **options) -> None:
     and a sample of its predictions as thumbnails, the images most likely OOD, the OOD score
     histogram, pseudo-labels per cycle, accuracy and confusion matrix when the store has labels,
     and the run's parameters. Its size grows with the number of classes, not of images.
+
+    \b
+    Example:
+      zsfs report runs/photos-k16 --out photos-k16.html
     """
     from zsfs.report import write_report
 
