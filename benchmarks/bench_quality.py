@@ -103,11 +103,11 @@ def synthetic_store(size: str, work: Path) -> Path:
 
 
 def accuracy_on(result, labels: np.ndarray) -> tuple[float, float]:
-    """Accuracy of the fit and of zero-shot against ``labels``."""
-    from zsfs.evaluate import accuracy
+    """Accuracy of the fit and of zero-shot against ``labels``, as metrics.json has them."""
+    from zsfs.runs import fit_metrics
 
-    names = np.asarray(result.classes)
-    return accuracy(labels, names[result.predicted]), accuracy(labels, names[result.zero_shot_predicted])
+    metrics = fit_metrics(result, labels)
+    return metrics["accuracy"], metrics["zero_shot_accuracy"]
 
 
 def run_full(source: Source, seeds: int, record) -> None:

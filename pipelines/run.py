@@ -223,4 +223,9 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
 
 
 if __name__ == "__main__":
-    main()
+    from zsfs.cli.common import ignore_late_stops
+
+    try:
+        main()
+    finally:
+        ignore_late_stops()

@@ -610,7 +610,9 @@ def test_thumbnails_come_in_the_order_of_their_images(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(len(colours))]
     for path, colour in zip(paths, colours):
         Image.new("RGB", (40, 30), colour).save(path)
-    for colour, (uri, reason) in zip(colours, thumbnails(files(paths), workers=3)):
+    made = thumbnails(files(paths), workers=3)
+    assert len(made) == len(colours) and all(uri is not None and reason is None for uri, reason in made), made
+    for colour, (uri, reason) in zip(colours, made):
         with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
             mean = np.asarray(image.convert("RGB"), dtype=np.float64).mean(axis=(0, 1))
         assert np.abs(mean - colour).max() < 12, (colour, mean)

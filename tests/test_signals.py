@@ -102,3 +102,28 @@ def test_a_command_stopped_by_sigterm_leaves_no_trace_for_the_next_command_of_th
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert interrupted.exit_code == 130 and "Interrupted." in interrupted.output, interrupted.output
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_after_a_command_has_ended_leaves_its_success(tmp_path, number):
+    """Bug: Ctrl-C or SIGTERM during Python's shutdown (torch, h5py: up to a second), after "Run
+    written", ended the process silently with 130/143: a scheduler redid finished work."""
+    from zsfs.testing.processes import started, stop, wait_for
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s.h5", 60, 3, seed=0, clip_dim=16, backbone_dim=16)
+    ending = tmp_path / "ending"
+    script = ("import atexit, pathlib, sys, time\n"
+              "ending = pathlib.Path(sys.argv[1])\n"
+              "def slow_shutdown():\n"  # a shutdown that takes long: the stop lands inside it
+              "    ending.touch()\n"
+              "    time.sleep(3)\n"
+              "atexit.register(slow_shutdown)\n"
+              "sys.argv = ['zsfs', *sys.argv[2:]]\n"
+              "from zsfs.cli import run\n"
+              "run()\n")
+    with started(["-c", script, str(ending), "info", str(store)]) as process:
+        wait_for(ending, process)
+        said = stop(process, number)
+    assert process.returncode == 0, said
+    assert "Interrupted" not in said and "Terminated" not in said

@@ -2,6 +2,11 @@
 with them, and importing the fit (``zsfs.fit``, which imports torch) would cost it 3 s and 480 MB.
 The fit takes them from here."""
 
+METHOD_CHOICES = ("balanced", "cycles")
+"""Self-training: transductive class-balanced (zsfs.fit.transductive) or the paper's candidate cycles."""
+PROMPT_CHOICES = ("ensemble", "single")
+"""Class text embeddings: the 80-template ensemble or the single 'a photo of a {}'."""
+
 CYCLES_ONLY = ("accumulate", "epochs", "max_cycles", "loss_floor")
 """Parameters only the cycles method reads (the balanced one trains fresh heads in its 3 cycles)."""
 BALANCED_ONLY = ("keep_all_classes",)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from zsfs import __version__
-from zsfs.cli.common import ZsfsGroup
+from zsfs.cli.common import ZsfsGroup, ignore_late_stops
 
 
 @click.group(cls=ZsfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +24,14 @@ def main() -> None:
     from zsfs.decode import quiet_decoder_warnings
 
     quiet_decoder_warnings()  # decoding workers set it too (embedding._start_worker)
+
+
+def run() -> None:
+    """The ``zsfs`` program (its entry point): :func:`main`, then a stop during Python's shutdown ignored."""
+    try:
+        main()
+    finally:
+        ignore_late_stops()
 
 
 def _register() -> None:

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 
 class _MessagesConsole(Console):
-    """rich's Console whose reader may leave: a `2>&1 | head` that closes the pipe ends the
+    """rich's Console whose reader may leave: a `2>&1 | head` that closes the pipe, or a messages
+    file the system stops taking (a full disk or quota under `2>job.log`, /dev/full), ends the
     messages, not the command (rich's default sent stdout to /dev/null and exited 1, so a bench
     or a fit lost its finished results to a closed progress pipe)."""
 
@@ -43,7 +44,32 @@ class _MessagesConsole(Console):
         os.close(devnull)
 
 
-console = _MessagesConsole(stderr=True, highlight=False, emoji=False)
+class _Stderr:
+    """``sys.stderr`` as it is at each write (a test runner's capture too), for the console: a
+    write or flush the file system refuses is a reader gone, as a closed pipe is (rich then calls
+    ``on_broken_pipe``); anything else is the stream's own."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stderr.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as error:  # ENOSPC, EDQUOT, EIO
+            raise BrokenPipeError(error.errno, error.strerror) from error
+
+    def flush(self) -> None:
+        try:
+            sys.stderr.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise BrokenPipeError(error.errno, error.strerror) from error
+
+    def __getattr__(self, name: str) -> object:  # fileno, isatty, encoding, ...
+        return getattr(sys.stderr, name)
+
+
+console = _MessagesConsole(file=_Stderr(), highlight=False, emoji=False)
 """Progress, tables and messages go to stderr so that stdout stays machine-readable.
 
 Strings given to it are rich markup: pass every string that comes from files or users (paths,
@@ -135,6 +161,15 @@ def kept_if_interrupted(what: str) -> Iterator[None]:
         if isinstance(error, ZsfsError) or not (isinstance(error, OSError) or is_disk_full(error)):
             raise  # ours say what to do already (is_disk_full reads the causes too)
         raise ZsfsError(f"{what_failed(error)}. {what}.") from error
+
+
+def ignore_late_stops() -> None:
+    """For a program whose command has ended (its result written, its last line said): Ctrl-C and
+    SIGTERM are ignored through Python's shutdown (torch, h5py, Ray: up to a second), where they
+    ended the process silently with 130/143 after it said it succeeded."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class Terminated(KeyboardInterrupt):

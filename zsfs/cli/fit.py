@@ -14,6 +14,7 @@ from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupte
                               what_failed)
 from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES
+from zsfs.methods import METHOD_CHOICES, PROMPT_CHOICES
 from zsfs.names import counted, pairs_text, some_names
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def _cut(name: str, limit: int) -> str:
 @click.option("--vocab", "vocabulary", default=None, help="Vocabulary (class list) of the store [default: its only one].")
 @click.option("--out", "run_dir", type=GivenPath(path_type=Path), default=None,
               help="Run folder to create (must not exist) [default: runs/<store>-<vocab>-k<k>-<UTC time>].")
-@click.option("--method", type=click.Choice(["balanced", "cycles"]), default=None,
+@click.option("--method", type=click.Choice(METHOD_CHOICES), default=None,
               help="After the seeds: 'balanced' labels the whole collection by class-balanced self-training with "
                    "estimated class shares (absent classes dropped); 'cycles' grows the pseudo-labels from the "
                    "candidate lists as the paper does [balanced; paper: cycles].")
@@ -66,7 +67,7 @@ def _cut(name: str, limit: int) -> str:
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Seeds per class; candidates per class per cycle [16].")
 @click.option("--candidates", type=click.IntRange(min=1), default=None, help="Zero-shot candidates per class, R [100].")
 @click.option("--neighbours", type=click.IntRange(min=1), default=None, help="CLIP neighbours for re-ranking [5].")
-@click.option("--prompts", type=click.Choice(["ensemble", "single"]), default=None,
+@click.option("--prompts", type=click.Choice(PROMPT_CHOICES), default=None,
               help="Class text embeddings: 80-template ensemble or 'a photo of a {}' [ensemble; paper: single].")
 @click.option("--accumulate/--no-accumulate", default=None,
               help="--method cycles: train each cycle on all pseudo-labels so far (seeds included) or only on the "

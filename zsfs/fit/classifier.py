@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from zsfs.errors import ZsfsError
 from zsfs.names import counted
 from zsfs.fit import ood
+from zsfs.fit.zeroshot import as_tensor
 from zsfs.runs import CLASSIFIER
 
 CLASSIFIER_FORMAT = "zsfs-classifier"
@@ -33,8 +34,7 @@ INPUT_NORMALISATION = "l2"
 
 def normalise(features: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """float32, L2-normalised rows on ``device``."""
-    tensor = torch.as_tensor(features).to(device=device, dtype=torch.float32)
-    return F.normalize(tensor, dim=1)
+    return F.normalize(as_tensor(features, device), dim=1)
 
 
 class LinearHead:

@@ -24,18 +24,14 @@ from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
-from zsfs.fit.zeroshot import as_tensor, zero_shot_logits
-from zsfs.methods import UNREAD_BY
+from zsfs.fit.zeroshot import CHUNK_ROWS, as_tensor, zero_shot_logits
+from zsfs.methods import METHOD_CHOICES, PROMPT_CHOICES, UNREAD_BY
 from zsfs.names import counted, repeated_rows, visible
 
 if TYPE_CHECKING:
     from zsfs.store import Store
 
-PROMPT_CHOICES = ("ensemble", "single")
-METHOD_CHOICES = ("balanced", "cycles")
-"""Self-training: transductive class-balanced (zsfs.fit.transductive) or the paper's candidate cycles."""
 SEARCH_DTYPES = dict(zip(SEARCH_PRECISIONS, (torch.float32, torch.bfloat16)))
-CHUNK_ROWS = 32768
 SCHEDULE = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5}
 """zsfs' training schedule: the defaults, and ``--fast``'s replacement for the paper's."""
 PAPER_SCHEDULE = {"epochs": 100, "cycle_epochs": 20, "batch_size": 16, "lr": 1e-3}
@@ -342,6 +338,7 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
             predicted[rows], confidence[rows] = head_classes[best.cpu().numpy()], confidence_of_best.cpu().numpy()
             statistics[rows], distance[rows] = chunk_statistics.cpu().numpy(), chunk_distance.cpu().numpy()
             _refuse_non_finite(store, rows, distance[rows])  # the rows no earlier phase read
+    # over seed places, as the paper's seed sets are (an image seeding 2 classes under --paper counts twice)
     thresholds = ood.fit_thresholds(statistics[seed_cycle.rows], config.ood_multiplier)
     components = {"mcm": -scores.mcm, "reference_distance": distance}
     stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
@@ -420,7 +417,7 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarr
     on_drawn = torch.as_tensor(drawn, device=features.device)
     mixture = transductive.class_mixture(features[on_drawn], log_prior[on_drawn], prototypes)
     absent = (np.zeros(n_classes, bool) if config.keep_all_classes
-              else transductive.absent_classes(mixture.shares, transductive.ABSENT_SHARE))
+              else transductive.absent_classes(mixture.shares))
     present = np.flatnonzero(~absent)
     shares = np.where(absent, 0.0, mixture.shares)
     shares /= shares.sum()

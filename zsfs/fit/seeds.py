@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from zsfs.fit.neighbours import RunningTop
-from zsfs.fit.zeroshot import ZeroShotAccumulator, ZeroShotScores, as_tensor, iter_logit_chunks, pair_logits
+from zsfs.fit.zeroshot import (CHUNK_ROWS, ZeroShotAccumulator, ZeroShotScores, as_tensor, iter_logit_chunks,
+                              pair_logits)
 
 MISSING = -1
 """Padding in candidate lists (and in neighbour lists when a collection is tiny)."""
@@ -40,7 +41,7 @@ class TopCandidates(RunningTop):
 
 
 def zero_shot_scan(clip: np.ndarray | torch.Tensor, texts: np.ndarray | torch.Tensor, r: int, *,
-                   chunk_rows: int = 32768,
+                   chunk_rows: int = CHUNK_ROWS,
                    device: torch.device | str = "cpu") -> tuple[ZeroShotScores, np.ndarray, np.ndarray]:
     """One pass over the image embeddings: every image's zero-shot scores, and each class's top-R
     candidate rows with their logits (``(C, min(R, N))`` each, best first)."""

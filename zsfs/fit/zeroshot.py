@@ -24,6 +24,11 @@ MCM_TEMPERATURE = 1.0
 """MCM: max softmax of cosine / temperature over the ID classes (temperature 1, as MCM's zero-shot setting)."""
 
 
+CHUNK_ROWS = 32768
+"""Rows per block of the fit's passes over a store (zero-shot logits, backbone features): bounded
+memory at any size."""
+
+
 def as_tensor(array: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """float32 tensor on ``device`` (stores keep float16; all arithmetic is float32)."""
     tensor = torch.as_tensor(array)
@@ -39,7 +44,7 @@ def iter_logit_chunks(
     images: np.ndarray | torch.Tensor,
     texts: np.ndarray | torch.Tensor,
     *,
-    chunk_rows: int = 16384,
+    chunk_rows: int = CHUNK_ROWS,
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(first_row, logits)`` for consecutive row chunks of ``images``."""

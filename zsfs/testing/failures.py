@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-RUN_CLI = "import sys; from zsfs.cli import main; sys.argv[0] = 'zsfs'; main()"
+RUN_CLI = "import sys; from zsfs.cli import run; sys.argv[0] = 'zsfs'; run()"
 
 
 @dataclass(frozen=True)
