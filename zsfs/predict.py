@@ -24,7 +24,7 @@ from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
 from zsfs.models import load_backbone_from_record
 from zsfs.names import repeated, utf8_texts
 from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
-from zsfs.runs import FittedRun, load_run, refuse_run_file
+from zsfs.runs import PREDICTION_COLUMNS, FittedRun, load_run, prediction_frame, refuse_run_file
 from zsfs.sources import LIST_SUFFIXES, ImageSource, given_path, open_source
 from zsfs.store.writer import usable_rows
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
@@ -191,16 +191,11 @@ def predict_images(
                 errors.update((int(index), NO_FEATURES) for index in batch.indices[~usable])
             errors.update(batch.failures)
 
-    error = [errors.get(i) for i in range(n)]
-    return pl.DataFrame({
-        "path": utf8_texts(source.paths),
-        "predicted": pl.Series(predicted.tolist(), dtype=pl.String),
-        "confidence": pl.Series(confidence).fill_nan(None),
-        "ood_distance": pl.Series(ood_distance).fill_nan(None),
-        "ood_paper": pl.Series(ood_paper).fill_nan(None),
-        "ood_continuous": pl.Series(ood_continuous).fill_nan(None),
-        "error": pl.Series(error, dtype=pl.String),
-    })
+    error = np.full(n, None, dtype=object)
+    error[list(errors)] = list(errors.values())
+    return prediction_frame(predicted, confidence, ood_distance, ood_paper, ood_continuous).with_columns(
+        pl.Series("path", utf8_texts(source.paths), dtype=pl.String), pl.Series("error", error.tolist(), dtype=pl.String),
+    ).select("path", *PREDICTION_COLUMNS, "error")
 
 
 OUTPUT_SUFFIXES = tuple(f".{table_format}" for table_format in TABLE_FORMATS)

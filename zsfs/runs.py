@@ -61,6 +61,23 @@ def seed_images_text(seed_images: int, seed_places: int | None) -> str:
     return f"{seed_images:,}" + (f" ({seed_places:,} seed places: an image can seed two classes)" if shared else "")
 
 
+PREDICTION_COLUMNS = ("predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous")
+"""What a fitted run says of new images (``Classifier.classify``'s outputs, in its order)."""
+
+
+def prediction_frame(predicted: np.ndarray, confidence: np.ndarray, ood_distance: np.ndarray, ood_paper: np.ndarray,
+                     ood_continuous: np.ndarray) -> "pl.DataFrame":
+    """The :data:`PREDICTION_COLUMNS` as a table (``FittedRun.predict``, ``zsfs predict``): class
+    names, null where there is none; NaN scores (an image not read, a run older than its OOD
+    reference) null as well, so a table's reader finds every missing value one way."""
+    import polars as pl
+
+    scores = {name: pl.Series(name, values).fill_nan(None)
+              for name, values in zip(PREDICTION_COLUMNS[1:], (confidence, ood_distance, ood_paper, ood_continuous))}
+    return pl.DataFrame({"predicted": pl.Series(np.asarray(predicted, dtype=object).tolist(), dtype=pl.String),
+                         **scores})
+
+
 # --- writing -------------------------------------------------------------------------------------
 
 def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
@@ -274,12 +291,7 @@ class FittedRun:
 
     def predict(self, features: np.ndarray) -> "pl.DataFrame":
         """Class, confidence and OOD scores of backbone features (rows of the store's backbone)."""
-        import polars as pl
-
-        features = self._checked_features(features)
-        predicted, confidence, ood_distance, ood_paper, ood_continuous = self.classifier.classify(features)
-        return pl.DataFrame({"predicted": pl.Series(predicted.tolist(), dtype=pl.String), "confidence": confidence,
-                             "ood_distance": ood_distance, "ood_paper": ood_paper, "ood_continuous": ood_continuous})
+        return prediction_frame(*self.classifier.classify(self._checked_features(features)))
 
     def _checked_features(self, features) -> np.ndarray:
         """``features`` as an (n, D) float array of the run's backbone width, or ParameterError
