@@ -98,7 +98,7 @@ def test_library_inputs_are_checked_before_any_work(fitted):
             run.predict(wrong)
     poisoned = features.copy()
     poisoned[3, 0], poisoned[7] = np.nan, 0.0
-    with pytest.raises(ParameterError, match=r"has 2 rows that are zero or not finite \(first: row 3, counted from 0\)$"):
+    with pytest.raises(ParameterError, match=r"features: 2 rows are zero or not finite \(first: row 3, counted from 0\)$"):
         run.predict(poisoned)
     # bug: rows finite in float64 but not as float32 products (1e300) gave NaN scores; no rows warned
     scaled = features[:5].astype(np.float64)

@@ -12,7 +12,7 @@ import pytest
 from zsfs.errors import ParameterError, StoreError, StoreMismatchError, ZsfsError
 from zsfs.store import Store, write_store, write_vocabulary
 from zsfs.store import schema
-from zsfs.store.extras import normalise_rows
+from zsfs.store.rows import normalise_rows
 from zsfs.testing.synthetic import make_synthetic_store, unit
 
 N, D_CLIP, D_BACKBONE = 130, 16, 24

@@ -344,12 +344,12 @@ def test_a_row_that_overflows_float16_is_refused_as_stored(tmp_path):
 
 def test_unusable_rows_are_numbered_in_the_whole_array_past_the_first_block(monkeypatch):
     """A bad row past the first block of a span must be named by its own number (the user looks it up)."""
-    import zsfs.store.writer as writer
+    import zsfs.store.rows as rows
 
-    monkeypatch.setattr(writer, "SCAN_ROWS", 4)
+    monkeypatch.setattr(rows, "SCAN_ROWS", 4)
     features = np.ones((20, 3), np.float32)
     features[13] = 0
-    assert writer.unusable_row_numbers(features, [(8, 20)]).tolist() == [13]
+    assert rows.unusable_row_numbers(features, [(8, 20)]).tolist() == [13]
 
 
 def test_a_resume_with_other_values_under_a_tags_name_says_so():

@@ -37,8 +37,9 @@ from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_update, 
                               store_lock)
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
+from zsfs.store.rows import usable_rows
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
-                               refuse_another_listing, refuse_replacing_another_file, usable_rows)
+                               refuse_another_listing, refuse_replacing_another_file)
 from zsfs.weights import check_same_weights, refuse_imported, relocated
 from zsfs.writable import check_writable, refuse_input_as_output
 

@@ -27,7 +27,8 @@ from zsfs.names import check_class_names, counted, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.files import names_beside
-from zsfs.store.extras import check_vocabulary_name, normalise_rows, refuse_other_classes
+from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
+from zsfs.store.rows import normalise_rows
 from zsfs.digests import file_sha256, listing_sha256
 from zsfs.store.writer import (check_own_shards_folder, recorded_identity, refuse_another_listing,
                                refuse_replacing_another_file)

@@ -26,7 +26,7 @@ from zsfs.names import repeated, utf8_texts
 from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
 from zsfs.runs import PREDICTION_COLUMNS, FittedRun, load_run, prediction_frame, refuse_run_file
 from zsfs.sources import LIST_SUFFIXES, ImageSource, given_path, open_source
-from zsfs.store.writer import usable_rows
+from zsfs.store.rows import usable_rows
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
                        merged_members, named_tars, split_member_path)
 from zsfs.weights import refuse_imported, relocated

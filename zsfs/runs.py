@@ -21,7 +21,7 @@ import numpy as np
 
 from zsfs import __version__
 from zsfs.errors import ParameterError, ZsfsError, check_path_type, refuse_unknown_parameters
-from zsfs.names import counted, utf8_texts
+from zsfs.names import utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
 from zsfs.writable import check_writable
 
@@ -306,13 +306,11 @@ class FittedRun:
             described = "ragged rows" if array is None else f"a {array.dtype} array of shape {array.shape}"
             raise ParameterError(f"{{features}} must be an (n, {width}) array of numbers: rows of the store's "
                                  f"backbone features (Store.read(\"backbone\")), not {described}")
-        from zsfs.store.extras import normalise_rows
-        from zsfs.store.writer import unusable_row_numbers  # a store's rule: finite, not all zero
+        from zsfs.store.rows import normalise_rows, unusable_row_numbers, unusable_rows_text  # a store's rule
 
         bad = unusable_row_numbers(array)
         if len(bad):
-            raise ParameterError(f"{{features}} has {counted(len(bad), 'row')} that {'is' if len(bad) == 1 else 'are'} "
-                                 f"zero or not finite (first: row {int(bad[0])}, counted from 0)")
+            raise ParameterError(f"{{features}}: {unusable_rows_text(len(bad), int(bad[0]))}")
         return normalise_rows(array, "features")  # as a store's rows: float32 products of 1e300 or 1e-30 overflow
 
     def predict_images(self, images: "Sequence[str | Path] | str | Path" = (), **options) -> "pl.DataFrame":

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ZsfsError
-from zsfs.names import counted
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.digests import listing_sha256, rows_sha256
 from zsfs.store.index import EXACT_MAX
-from zsfs.store.extras import normalise_rows, write_vocabulary
-from zsfs.store.writer import ShardData, StoreWriter, unusable_row_numbers
+from zsfs.store.extras import write_vocabulary
+from zsfs.store.rows import normalise_rows, refuse_unusable_rows
+from zsfs.store.writer import ShardData, StoreWriter
 
 
 def write_store(
@@ -100,14 +100,3 @@ def write_store(
     return path
 
 
-def refuse_unusable_rows(features: dict[str, np.ndarray], spans: Sequence[tuple[int, int]] | None) -> None:
-    """A ``ZsfsError`` naming the first array of ``features`` (name -> rows) that has rows, among
-    ``spans`` (None: all), that are not finite or all zero; ``normalise_rows`` would refuse them
-    only once the shards before them were written."""
-    for name, values in features.items():
-        bad = unusable_row_numbers(values, spans)
-        if len(bad):
-            one = len(bad) == 1
-            raise ZsfsError(f"{name}: {counted(len(bad), 'row')} {'is' if one else 'are'} zero or not finite (first: "
-                            f"row {int(bad[0])}, counted from 0); fix or drop {'it' if one else 'them'} (with the "
-                            "same rows of the other inputs); nothing was written or removed")

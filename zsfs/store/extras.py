@@ -15,12 +15,12 @@ import h5py
 import numpy as np
 
 from zsfs.errors import StoreError, ZsfsError
-from zsfs.names import as_argument, check_class_names, counted, some_names
+from zsfs.names import as_argument, check_class_names, some_names
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files, store_lock
 from zsfs.store.hdf5 import canonical_json, read_identity, write_checked, write_strings
+from zsfs.store.rows import normalise_rows
 
-NORM_TOLERANCE = 1e-3  # float16 rounding moves a unit row's norm by ~1e-4
 
 
 def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to_replace: str) -> None:
@@ -165,35 +165,3 @@ def vocabulary_files(shards: Path, identity: dict) -> tuple[dict[str, Path], dic
             continue
         found[name] = path
     return found, unreadable
-
-
-def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndarray:
-    """Rows scaled to unit L2 norm; rows already unit-norm (to float16 precision) are returned
-    as they are, without a copy. Zero or non-finite rows are an error, never silently kept; it
-    counts rows from ``first_row``, the position of ``values[0]`` in the whole input."""
-    if values.ndim != 2:
-        raise ZsfsError(f"{what}: expected a 2-d array (rows, dim), got shape {values.shape}")
-    with np.errstate(over="ignore"):  # float64 rows of 1e300 become infinite in float32: redone below
-        norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32, casting="unsafe"))
-    retry = ~np.isfinite(norms) | (norms == 0)
-    bad, retried = retry, bool(retry.any())
-    if retried:  # squares overflow (float32 above ~1e19) or vanish (below ~1e-23): those rows divided by
-        # their largest value first, so that their norm is in [1, sqrt(dim)] at any finite scale
-        with np.errstate(invalid="ignore", divide="ignore"):  # a zero or infinite row: NaN, refused below
-            scaled = values[retry].astype(np.float64)
-            scaled /= np.abs(scaled).max(axis=1, keepdims=True)
-            scaled_norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
-        norms = norms.astype(np.float64)
-        norms[retry] = scaled_norms
-        bad = ~np.isfinite(norms) | (norms == 0)
-    if bad.any():
-        n_bad = int(bad.sum())
-        raise ZsfsError(f"{what}: {counted(n_bad, 'row')} {'is' if n_bad == 1 else 'are'} zero or not finite "
-                        f"(first: row {first_row + int(np.argmax(bad))}, counted from 0)")
-    if not retried and np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
-        return values
-    with np.errstate(over="ignore", invalid="ignore"):  # the rescaled rows' quotients are replaced below
-        unit = (values / norms[:, None]).astype(np.result_type(values.dtype, np.float32), copy=False)
-    if retried:
-        unit[retry] = scaled / scaled_norms[:, None]
-    return unit

@@ -29,6 +29,7 @@ from zsfs.digests import file_sha256
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.integrity import read_all
 from zsfs.store.master import index_shards, opened_shards, write_master
+from zsfs.store.rows import usable_rows
 
 SIZE_DTYPE = np.int32
 
@@ -62,25 +63,6 @@ class ShardData:
             raise ValueError(f"shard has {n} paths but {wrong} rows")
         if len(self.skipped_paths) != len(self.skipped_reasons):
             raise ValueError("skipped_paths and skipped_reasons differ in length")
-
-
-def usable_rows(features: np.ndarray) -> np.ndarray:
-    """(n,) bool: rows that are finite and not all zero (an embedding has a direction). A store
-    holds only such rows: extract skips an image whose features are not, the writer refuses them."""
-    return np.isfinite(features).all(axis=1) & features.any(axis=1)
-
-
-SCAN_ROWS = 65_536
-"""Rows read at a time by :func:`unusable_row_numbers` (bounded memory over memory-mapped inputs)."""
-
-
-def unusable_row_numbers(features: np.ndarray, spans: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
-    """Ascending numbers of the rows of ``features`` that are not :func:`usable_rows`, among the
-    ``(start, stop)`` row spans given (None: all rows), read :data:`SCAN_ROWS` at a time."""
-    spans = [(0, len(features))] if spans is None else spans
-    found = [np.flatnonzero(~usable_rows(np.asarray(features[block : min(block + SCAN_ROWS, stop)]))) + block
-             for start, stop in spans for block in range(start, stop, SCAN_ROWS)]
-    return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
 def check_own_shards_folder(master: Path, overwrite: bool = False) -> None:

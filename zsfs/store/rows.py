@@ -1,0 +1,79 @@
+"""The rows a store holds: finite, not all zero (an embedding has a direction), of unit L2 norm.
+
+One rule for every way rows come in: extract skips an image whose features break it, import and
+the writer refuse such rows, ``FittedRun.predict`` refuses them as parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from zsfs.errors import ZsfsError
+from zsfs.names import counted
+
+NORM_TOLERANCE = 1e-3  # float16 rounding moves a unit row's norm by ~1e-4
+SCAN_ROWS = 65_536
+"""Rows read at a time by :func:`unusable_row_numbers` (bounded memory over memory-mapped inputs)."""
+
+
+def usable_rows(features: np.ndarray) -> np.ndarray:
+    """(n,) bool: rows that are finite and not all zero."""
+    return np.isfinite(features).all(axis=1) & features.any(axis=1)
+
+
+def unusable_row_numbers(features: np.ndarray, spans: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """Ascending numbers of the rows of ``features`` that are not :func:`usable_rows`, among the
+    ``(start, stop)`` row spans given (None: all rows), read :data:`SCAN_ROWS` at a time."""
+    spans = [(0, len(features))] if spans is None else spans
+    found = [np.flatnonzero(~usable_rows(np.asarray(features[block : min(block + SCAN_ROWS, stop)]))) + block
+             for start, stop in spans for block in range(start, stop, SCAN_ROWS)]
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+def unusable_rows_text(count: int, first: int) -> str:
+    """``"2 rows are zero or not finite (first: row 57, counted from 0)"``: what every refusal says."""
+    return f"{counted(count, 'row')} {'is' if count == 1 else 'are'} zero or not finite (first: row {first}, counted from 0)"
+
+
+def refuse_unusable_rows(features: dict[str, np.ndarray], spans: Sequence[tuple[int, int]] | None) -> None:
+    """A ``ZsfsError`` naming the first array of ``features`` (name -> rows) that has rows, among
+    ``spans`` (None: all), that are not :func:`usable_rows`; ``normalise_rows`` would refuse them
+    only once the shards before them were written."""
+    for name, values in features.items():
+        bad = unusable_row_numbers(values, spans)
+        if len(bad):
+            them = "it" if len(bad) == 1 else "them"
+            raise ZsfsError(f"{name}: {unusable_rows_text(len(bad), int(bad[0]))}; fix or drop {them} (with the same "
+                            "rows of the other inputs); nothing was written or removed")
+
+
+def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndarray:
+    """Rows scaled to unit L2 norm; rows already unit-norm (to float16 precision) are returned
+    as they are, without a copy. Zero or non-finite rows are an error, never silently kept; it
+    counts rows from ``first_row``, the position of ``values[0]`` in the whole input."""
+    if values.ndim != 2:
+        raise ZsfsError(f"{what}: expected a 2-d array (rows, dim), got shape {values.shape}")
+    with np.errstate(over="ignore"):  # float64 rows of 1e300 become infinite in float32: redone below
+        norms = np.sqrt(np.einsum("ij,ij->i", values, values, dtype=np.float32, casting="unsafe"))
+    retry = ~np.isfinite(norms) | (norms == 0)
+    bad, retried = retry, bool(retry.any())
+    if retried:  # squares overflow (float32 above ~1e19) or vanish (below ~1e-23): those rows divided by
+        # their largest value first, so that their norm is in [1, sqrt(dim)] at any finite scale
+        with np.errstate(invalid="ignore", divide="ignore"):  # a zero or infinite row: NaN, refused below
+            scaled = values[retry].astype(np.float64)
+            scaled /= np.abs(scaled).max(axis=1, keepdims=True)
+            scaled_norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
+        norms = norms.astype(np.float64)
+        norms[retry] = scaled_norms
+        bad = ~np.isfinite(norms) | (norms == 0)
+    if bad.any():
+        raise ZsfsError(f"{what}: {unusable_rows_text(int(bad.sum()), first_row + int(np.argmax(bad)))}")
+    if not retried and np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
+        return values
+    with np.errstate(over="ignore", invalid="ignore"):  # the rescaled rows' quotients are replaced below
+        unit = (values / norms[:, None]).astype(np.result_type(values.dtype, np.float32), copy=False)
+    if retried:
+        unit[retry] = scaled / scaled_norms[:, None]
+    return unit
