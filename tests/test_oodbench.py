@@ -198,7 +198,7 @@ def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path, 
                 f"images; AUROC zsfs {o['zsfs']['auroc']:.3f}, continuous {o['zsfs_continuous']['auroc']:.3f}, MCM "
                 f"{o['mcm']['auroc']:.3f}; ID accuracy {split['id_accuracy']:.3f}") in said
     for title, prefix in (("zsfs (ood_score)", ""), ("zsfs (paper score)", "paper_"),
-                          ("zsfs (continuous score)", "continuous_"), ("MCM", "mcm_")):
+                          ("zsfs (ood_continuous)", "continuous_"), ("MCM", "mcm_")):
         cells = [f"{written[f'{prefix}{metric}_mean']:.3f} ± {written[f'{prefix}{metric}_std']:.3f}"
                  for metric in ("auroc", "fpr95")]
         assert f"│ {title} │ {cells[0]} │ {cells[1]} │" in said, title

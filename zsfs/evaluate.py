@@ -18,6 +18,7 @@ from zsfs.errors import ParameterError, ZsfsError, check_at_least, literal
 from zsfs.names import counted, some_names, spelled_like
 
 __all__ = [
+    "OOD_DETECTORS",
     "LabelCodes",
     "accuracy",
     "per_class_accuracy",
@@ -126,6 +127,27 @@ def fpr_at_tpr(scores: np.ndarray, is_positive: np.ndarray, tpr: float = 0.95) -
     needed = max(1, math.ceil(tpr * positive_scores.size - 1e-9))
     threshold = positive_scores[needed - 1]
     return float(np.mean(scores[~is_positive] >= threshold))
+
+
+@dataclass(frozen=True)
+class OodDetector:
+    """One OOD score of a fit, and the names it goes by: a fit's metrics.json, ood-bench's."""
+
+    column: str  # the FitResult attribute and predictions column (higher = more OOD)
+    title: str  # on screen
+    fit_metric: str  # a fit's metrics.json key of its AUROC
+    bench_name: str  # ood-bench's key of it in each split's "ood"
+    bench_prefix: str  # ood-bench's summary keys: f"{bench_prefix}auroc_mean", ...
+    baseline: bool = False  # not zsfs' own: the score zsfs' are measured against
+
+
+OOD_DETECTORS = (
+    OodDetector("ood_score", "ood_score", "ood_auroc", "zsfs", ""),
+    OodDetector("ood_paper", "paper score", "ood_paper_auroc", "zsfs_paper", "paper_"),
+    OodDetector("ood_continuous", "ood_continuous", "ood_continuous_auroc", "zsfs_continuous", "continuous_"),
+    OodDetector("mcm_score", "MCM", "mcm_auroc", "mcm", "mcm_", baseline=True),  # negated by the fit: higher = OOD
+)
+"""The OOD scores every fit writes and every evaluation compares, in the order they are shown."""
 
 
 def ood_metrics(scores: np.ndarray, is_ood: np.ndarray) -> dict[str, float]:

@@ -21,18 +21,12 @@ from zsfs import __version__
 from zsfs.errors import ParameterError, ZsfsError, literal
 from zsfs.names import counted, spelled_like
 from zsfs.outputs import new_folder, write_json
-from zsfs.evaluate import LabelCodes, accuracy, composed_names, id_ood_splits, mean_std, ood_metrics
+from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, composed_names, id_ood_splits, mean_std, ood_metrics
 
 if TYPE_CHECKING:
     from zsfs.fit.run import FitConfig, FitResult
     from zsfs.store import Store
 
-METHODS = {"zsfs": "zsfs (ood_score)", "zsfs_paper": "zsfs (paper score)", "zsfs_continuous": "zsfs (continuous score)",
-           "mcm": "MCM"}
-"""OOD detectors compared on every split, and their display names."""
-
-SUMMARY_PREFIX = {"zsfs": "", "zsfs_paper": "paper_", "zsfs_continuous": "continuous_", "mcm": "mcm_"}
-"""metrics.json key prefix of each detector: ``auroc_mean``, ``continuous_auroc_mean``, ``mcm_auroc_mean``."""
 
 METRICS_FILE = "metrics.json"
 
@@ -57,18 +51,13 @@ def score_split(result: "FitResult", labels: LabelCodes, id_classes: Sequence[st
     is_ood = ~is_id
     if is_ood.all() or not is_ood.any():
         raise ZsfsError("a split needs both ID and OOD images; the store's labels give only one kind")
-    detectors = {
-        "zsfs": result.ood_score,
-        "zsfs_paper": result.ood_paper,
-        "zsfs_continuous": result.ood_continuous,
-        "mcm": result.mcm_score,  # already negated by the fit: higher = more OOD
-    }
     truth = labels.index_in(result.classes)[is_id]  # predicted -1 (no class) never matches
     return SplitResult(
         id_classes=list(id_classes),
         n_id_images=int(is_id.sum()),
         n_ood_images=int(is_ood.sum()),
-        ood={name: ood_metrics(np.asarray(scores, np.float64), is_ood) for name, scores in detectors.items()},
+        ood={detector.bench_name: ood_metrics(np.asarray(getattr(result, detector.column), np.float64), is_ood)
+             for detector in OOD_DETECTORS},
         id_accuracy=accuracy(truth, result.predicted[is_id]),
         zero_shot_id_accuracy=accuracy(truth, result.zero_shot_predicted[is_id]),
         fit_seconds=float(sum(result.timings.values())),
@@ -79,10 +68,11 @@ def score_split(result: "FitResult", labels: LabelCodes, id_classes: Sequence[st
 def summarize(splits: Sequence[SplitResult]) -> dict[str, float]:
     """Mean and std over splits: ``auroc_mean``, ``mcm_fpr95_std``, ``id_accuracy_mean``, ..."""
     summary: dict[str, float] = {}
-    for detector, prefix in SUMMARY_PREFIX.items():
+    for detector in OOD_DETECTORS:  # "auroc_mean", "continuous_auroc_mean", "mcm_fpr95_std", ...
         for metric in ("auroc", "fpr95"):
-            mean, std = mean_std([split.ood[detector][metric] for split in splits])
-            summary[f"{prefix}{metric}_mean"], summary[f"{prefix}{metric}_std"] = mean, std
+            mean, std = mean_std([split.ood[detector.bench_name][metric] for split in splits])
+            key = f"{detector.bench_prefix}{metric}"
+            summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
     for key in ("id_accuracy", "zero_shot_id_accuracy"):
         summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std([getattr(split, key) for split in splits])
     return summary

@@ -21,6 +21,7 @@ import numpy as np
 
 from zsfs import __version__
 from zsfs.errors import ParameterError, ZsfsError, check_path_type, refuse_unknown_parameters
+from zsfs.evaluate import OOD_DETECTORS
 from zsfs.names import utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
 from zsfs.writable import check_writable
@@ -49,8 +50,7 @@ def refuse_run_file(path: Path) -> None:
         raise ZsfsError(f"{path} is a file of the fit run in {path.parent}: writing it would replace the run's "
                         "own; choose another file")
 
-OOD_AUROC_LABELS = {"ood_auroc": "OOD AUROC (ood_score)", "ood_paper_auroc": "OOD AUROC (paper score)",
-                    "ood_continuous_auroc": "OOD AUROC (ood_continuous)", "mcm_auroc": "OOD AUROC (MCM)"}
+OOD_AUROC_LABELS = {detector.fit_metric: f"OOD AUROC ({detector.title})" for detector in OOD_DETECTORS}
 """metrics.json's OOD AUROCs, named by the score each measures (the fit summary and the report)."""
 
 
@@ -117,11 +117,8 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
         metrics["absent_classes"] = {"reported": list(result.absent_classes), "truly_absent": truly_absent,
                                      "precision": len(truly_absent) / len(result.absent_classes)}
     if not is_id.all():
-        is_ood = ~is_id
-        metrics["ood_auroc"] = auroc(result.ood_score, is_ood)
-        metrics["ood_paper_auroc"] = auroc(result.ood_paper, is_ood)
-        metrics["ood_continuous_auroc"] = auroc(result.ood_continuous, is_ood)
-        metrics["mcm_auroc"] = auroc(result.mcm_score, is_ood)
+        for detector in OOD_DETECTORS:
+            metrics[detector.fit_metric] = auroc(getattr(result, detector.column), ~is_id)
     return metrics
 
 

@@ -129,7 +129,7 @@ def _parse_id_classes(value: str) -> int | list[str]:
 
 
 def _table(metrics: dict) -> Table:
-    from zsfs.oodbench import METHODS, SUMMARY_PREFIX
+    from zsfs.evaluate import OOD_DETECTORS
 
     id_classes = metrics["id_classes"]
     n_id = id_classes if isinstance(id_classes, int) else len(id_classes)
@@ -138,9 +138,9 @@ def _table(metrics: dict) -> Table:
     table.add_column("detector", style="bold")
     table.add_column("AUROC ↑", justify="right")
     table.add_column("FPR@95%TPR ↓", justify="right")
-    for method, title in METHODS.items():
-        prefix = SUMMARY_PREFIX[method]
-        table.add_row(title, _pm(metrics, f"{prefix}auroc"), _pm(metrics, f"{prefix}fpr95"))
+    for detector in OOD_DETECTORS:
+        title = detector.title if detector.baseline else f"zsfs ({detector.title})"
+        table.add_row(title, _pm(metrics, f"{detector.bench_prefix}auroc"), _pm(metrics, f"{detector.bench_prefix}fpr95"))
     table.add_section()
     table.add_row("ID accuracy: zsfs", _pm(metrics, "id_accuracy"), "")
     table.add_row("ID accuracy: zero-shot CLIP", _pm(metrics, "zero_shot_id_accuracy"), "")
