@@ -205,7 +205,8 @@ def test_bench_quality_absent_figures_by_hand(tmp_path, monkeypatch):
             seen.append((labels, present, absent))
         index = {name: i for i, name in enumerate(classes)}
         return SimpleNamespace(classes=classes, predicted=np.array([index[p] for p in predicted]),
-                               zero_shot_predicted=np.array([index[p] for p in zero_shot]), absent_classes=reported)
+                               zero_shot_predicted=np.array([index[p] for p in zero_shot]), absent_classes=reported,
+                               cycles=[])
 
     monkeypatch.setattr(zsfs.fit.run, "fit_store", fake_fit)
     store = make_synthetic_store(tmp_path / "s.h5", 80, 4, clip_dim=8, backbone_dim=8, seed=0)

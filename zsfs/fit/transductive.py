@@ -118,8 +118,10 @@ def _posterior_logits(features: torch.Tensor, prototypes: torch.Tensor, shares: 
     return concentration * features @ prototypes.T + torch.log(shares.clamp_min(1e-30)) + prior_weight * log_prior
 
 
-def absent_classes(shares: np.ndarray, threshold: float = ABSENT_SHARE) -> np.ndarray:
-    """(C,) bool: classes whose share is below ``threshold`` times an even share."""
+def absent_classes(shares: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """(C,) bool: classes whose share is below ``threshold`` (default ``ABSENT_SHARE``, read when
+    called) times an even share."""
+    threshold = ABSENT_SHARE if threshold is None else threshold
     return np.asarray(shares) < threshold / len(shares)
 
 
