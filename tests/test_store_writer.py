@@ -394,3 +394,15 @@ def test_a_master_of_no_shards_is_refused_in_words(tmp_path):
 
     with pytest.raises(ValueError, match="zero items"), opened_shards([]):
         pass
+
+
+def test_a_model_that_differs_is_said_by_the_parts_that_differ():
+    """Bug: a store whose backbone record differed only in its random weights' fingerprint or its
+    preprocessing was refused as "differs in backbone", naming nothing a user could act on."""
+    from zsfs.store.writer import describe_difference
+
+    then = {"name": "test_vit", "weights": "random", "crop_pct": 0.95, "init_fingerprint": "4cc355baf915088f4adc5f24"}
+    now = {**then, "crop_pct": 0.875, "init_fingerprint": "0123456789abcdef01234567"}
+    assert describe_difference({"backbone": then}, {"backbone": now}) == (
+        "differs in backbone; its backbone differs in crop_pct (0.95 then, 0.875 now), "
+        "init_fingerprint (4cc355baf915... then, 0123456789ab... now)")

@@ -494,6 +494,12 @@ def _without(record: dict, key: str) -> dict:
     return {name: value for name, value in record.items() if name != key}
 
 
+def _short(value) -> str:
+    """A recorded value in a message: digests cut to 12 characters."""
+    text = str(value)
+    return text[:12] + "..." if len(text) > 16 and all(c in "0123456789abcdef" for c in text) else text
+
+
 def describe_difference(found: dict | None, expected: dict) -> str:
     if found is None:
         return "it records no identity"
@@ -523,6 +529,10 @@ def describe_difference(found: dict | None, expected: dict) -> str:
                      if then.get("weights_fingerprint") is None else
                      f"; its {key} weights {now['name']} / {now['weights']} had other values (the cache holds other "
                      "weights under that name now)")
+        else:  # say which parts of the model differ: another model, other weights, other preprocessing
+            parts = sorted(part for part in set(then) | set(now) if then.get(part) != now.get(part))
+            text += f"; its {key} differs in " + ", ".join(
+                f"{part} ({_short(then.get(part))} then, {_short(now.get(part))} now)" for part in parts)
     layout = [f"--{key.replace('_', '-')} {found[key]}" for key in ("shard_size", "dtype")
               if key in keys and found.get(key) is not None]
     if layout:  # a resume with other options: say which to pass
