@@ -135,7 +135,8 @@ def test_the_fit_summary_tells_seed_images_from_seed_places(tmp_path):
     assert seeds < config["cycles"][0]["n_kept"] == 40
     text = output_text(outcome)
     assert f"seed images │ {seeds} (40 seed places: an image can seed two classes)" in text
-    assert "OOD AUROC (ood_continuous)" in text and f"(ood_score > {config['ood_flag_threshold']:.4f})" in text
+    assert "OOD AUROC (ood_continuous)" in text
+    assert f"(ood_score above {config['ood_flag_threshold']:.4f}, that of 95 % of the seeds)" in text
 
 
 def test_classes_with_one_text_embedding_are_named(store_path, tmp_path):
@@ -630,7 +631,7 @@ def test_the_fit_summary_shows_the_runs_own_figures(tmp_path, monkeypatch):
     metrics.json, flagged and paper-score counts from predictions.parquet, cycles from config.json."""
     from zsfs.cli.common import console
     from zsfs.evaluate import paper_score_counts
-    from zsfs.runs import OOD_AUROC_LABELS
+    from zsfs.evaluate import OOD_DETECTORS
 
     monkeypatch.setattr(console, "_width", 200)  # one line per row
     path = make_synthetic_store(tmp_path / "small.h5", 200, 4, seed=3, n_ood_classes=2)
@@ -644,15 +645,16 @@ def test_the_fit_summary_shows_the_runs_own_figures(tmp_path, monkeypatch):
     text = output_text(outcome)
     assert f"│ accuracy │ {metrics['accuracy']:.4f} │" in text
     assert f"│ zero-shot accuracy │ {metrics['zero_shot_accuracy']:.4f} │" in text
-    for key, label in OOD_AUROC_LABELS.items():
-        assert f"│ {label} │ {metrics[key]:.4f} │" in text, label
+    for detector in OOD_DETECTORS:
+        assert f"│ OOD AUROC ({detector.title}) │ {metrics[detector.fit_metric]:.4f} │" in text, detector
     flagged = int(frame["ood_flag"].sum())
     assert 0 < flagged < frame.height
-    assert f"score above 95 % of the seeds) │ {flagged} (ood_score > {config['ood_flag_threshold']:.4f}) │" in text
+    assert f"│ flagged OOD │ {flagged} (ood_score above {config['ood_flag_threshold']:.4f}, that of 95 % of the seeds) │" \
+        in text
     counts = paper_score_counts(frame["ood_paper"].to_numpy())
     assert counts != counts[::-1]
     assert "paper OOD score 0 / 1/3 / 2/3 / 1 │ " + " / ".join(map(str, counts)) + " │" in text
-    assert f"│ cycles run │ {len(config['cycles']) - 1} ({config['stop_reason']}) │" in text
+    assert f"│ self-training cycles │ {len(config['cycles']) - 1} ({config['stop_reason']}) │" in text
     assert f"│ seed images │ {int(frame['is_seed'].sum())} │" in text
 
 

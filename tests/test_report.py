@@ -522,7 +522,7 @@ def test_the_summary_and_the_ood_gallery_show_the_runs_own_numbers(unlabelled_ru
     page = render_report(unlabelled_run, ood_images=3)
     assert f"<td>images</td><td>{frame.height:,}</td>" in page
     assert f"<td>classes</td><td>{len(config['classes']):,}</td>" in page
-    assert f"<td>self-training cycles</td><td>{len(config['cycles']) - 1}</td>" in page
+    assert f"<td>self-training cycles</td><td>{len(config['cycles']) - 1} ({config['stop_reason']})</td>" in page
     timings = config["timings_s"]
     assert len(timings) > 1 and f"<td>time: total</td><td>{sum(timings.values()):.2f} s</td>" in page
     highest = frame.sort(["ood_score", "ood_continuous"], descending=True, maintain_order=True).head(3)

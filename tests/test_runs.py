@@ -229,13 +229,17 @@ def test_fit_metrics_hand_computed():
 
 def test_the_fit_summary_names_labels_that_are_no_class_and_their_near_spellings():
     """A class folder named 'bird ' (or in another Unicode form) silently counted as OOD."""
-    from zsfs.cli.fit import _labels_not_classes
+    import polars as pl
+
+    def row(outside: dict, classes: list[str]) -> str:
+        rows = dict(runs.summary_rows({"classes": classes}, {"labels_not_classes": outside}, pl.DataFrame(), 8))
+        return rows["labels that are no class (images counted as OOD)"]
 
     decomposed = "cafe\u0301"
-    said = _labels_not_classes({"bird ": 18, decomposed: 3, "yak": 1}, ["bird", "caf\u00e9", "dog"])
+    said = row({"bird ": 18, decomposed: 3, "yak": 1}, ["bird", "caf\u00e9", "dog"])
     assert said == (f"3: 'bird ' 18 (spelled like class 'bird'); {decomposed!r} 3 (spelled like class 'caf\u00e9'); "
                     "'yak' 1")
-    assert "(spelled like class 'red fox')" in _labels_not_classes({"Red  Fox": 2}, ["red fox"])  # spacing inside
+    assert "(spelled like class 'red fox')" in row({"Red  Fox": 2}, ["red fox"])  # spacing inside
 
 
 def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):
@@ -347,3 +351,17 @@ def test_a_signal_stops_a_fit_cleanly_and_leaves_no_run_folder(tmp_path, number,
 
     result = run_cli("fit", "--store", store_path, "--out", run_dir, "--k", "4", "--cycle-epochs", "2")
     assert result.exit_code == 0 and (run_dir / "config.json").is_file(), result.output
+
+
+def test_the_summary_says_none_absent_only_where_absent_classes_were_looked_for():
+    """The paper's cycles and --keep-all-classes never look for absent classes: 'absent classes:
+    none' there read as a finding (the report said it of every run)."""
+    import polars as pl
+
+    def absent(method: str, keep: bool, found: list[str]) -> str | None:
+        config = {"classes": ["a", "b"], "absent_classes": found,
+                  "parameters": {"method": method, "keep_all_classes": keep}}
+        return dict(runs.summary_rows(config, None, pl.DataFrame(), 8)).get("absent classes")
+
+    assert absent("balanced", False, []) == "none" and absent("balanced", False, ["b"]) == "1: b"
+    assert absent("cycles", False, []) is None and absent("balanced", True, []) is None

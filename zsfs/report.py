@@ -20,11 +20,11 @@ import numpy as np
 
 from zsfs import __version__, figures
 from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_callbacks, check_path_type, check_seed
-from zsfs.evaluate import LabelCodes, confusion_matrix, paper_score_counts, per_class_accuracy
+from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
-from zsfs.names import as_argument, counted, reasons_text, some_names, visible
+from zsfs.names import as_argument, counted, reasons_text, visible
 from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically, written_file
-from zsfs.runs import OOD_AUROC_LABELS, REPORT, FittedRun, load_run, seed_images_text
+from zsfs.runs import REPORT, FittedRun, load_run, summary_rows
 from zsfs.sources import ImageSource
 from zsfs.tars import locate_members
 from zsfs.thumbnails import thumbnails
@@ -121,7 +121,7 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
     openable = [row for row in rows if root is not None or Path(files[row]).is_absolute()]
     made.update(zip(openable, _thumbnails_of([files[row] for row in openable], root)))
     sections = {
-        "summary": _summary(run, frame, classes),
+        "summary": _summary(run, frame),
         "figures": _figures(run, frame),
         "accuracy": _accuracy(frame, classes) if "label" in frame.columns else "",
         "classes": _classes(run, frame, classes, seeds, sample, made),
@@ -186,38 +186,8 @@ def _thumbnails_of(paths: list[str], root: Path | None) -> list[tuple[str | None
 
 # --- sections ------------------------------------------------------------------------------------
 
-def _summary(run: FittedRun, frame, classes: list[str]) -> str:
-    config, metrics = run.config, run.metrics or {}
-    rows = [("images", f"{frame.height:,}"), ("classes", f"{len(classes):,}")]
-    absent = config.get("absent_classes")
-    if absent is not None:
-        rows.append(("absent classes", some_names(absent, MAX_LISTED, "Classes below") if absent else "none"))
-    if config.get("classes_without_seeds"):
-        rows.append(("classes without seeds", some_names(config["classes_without_seeds"], MAX_LISTED, "config.json")))
-    if "stop_reason" in config:
-        rows.append(("stop reason", str(config["stop_reason"])))
-    if config.get("cycles"):
-        rows.append(("self-training cycles", str(len(config["cycles"]) - 1)))
-    if "is_seed" in frame.columns:
-        rows.append(("seed images", seed_images_text(int(frame["is_seed"].sum()),
-                                                     (config.get("cycles") or [{}])[0].get("n_kept"))))
-    if "pseudo_label" in frame.columns:
-        rows.append(("pseudo-labelled images (seeds included)", f"{frame['pseudo_label'].is_not_null().sum():,}"))
-    if "ood_flag" in frame.columns:
-        cut = config.get("ood_flag_threshold")
-        rows.append(("flagged OOD", f"{int(frame['ood_flag'].sum()):,}" + (
-            f" (ood_score above {cut:.4f}, that of 95 % of the seeds)" if cut is not None else "")))
-    if "ood_paper" in frame.columns:  # the paper's score: 0, 1/3, 2/3 or 1
-        counts = paper_score_counts(frame["ood_paper"].to_numpy())
-        rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{count:,}" for count in counts)))
-    for key, label in {"accuracy": "accuracy", "zero_shot_accuracy": "zero-shot accuracy", **OOD_AUROC_LABELS}.items():
-        if metrics.get(key) is not None:
-            rows.append((label, f"{metrics[key]:.4f}"))
-    timings = config.get("timings_s") or {}
-    rows += [(f"time: {phase}", f"{seconds:.2f} s") for phase, seconds in timings.items()]
-    if timings:
-        rows.append(("time: total", f"{sum(timings.values()):.2f} s"))
-    return _section("summary", "Summary", _table(rows))
+def _summary(run: FittedRun, frame) -> str:
+    return _section("summary", "Summary", _table(summary_rows(run.config, run.metrics, frame, MAX_LISTED)))
 
 
 def _figures(run: FittedRun, frame) -> str:

@@ -50,15 +50,65 @@ def refuse_run_file(path: Path) -> None:
         raise ZsfsError(f"{path} is a file of the fit run in {path.parent}: writing it would replace the run's "
                         "own; choose another file")
 
-OOD_AUROC_LABELS = {detector.fit_metric: f"OOD AUROC ({detector.title})" for detector in OOD_DETECTORS}
-"""metrics.json's OOD AUROCs, named by the score each measures (the fit summary and the report)."""
+def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", names_shown: int) -> list[tuple[str, str]]:
+    """What a run's summary says, as (label, plain text) rows: the fit command's table and the
+    report's, from the run's config.json, metrics.json and predictions (``frame``: at least its
+    is_seed, pseudo_label, ood_flag and ood_paper columns); runs of older versions lack some
+    figures, whose rows are left out. ``names_shown``: class names listed in one row."""
+    from zsfs.evaluate import paper_score_counts
+    from zsfs.names import pairs_text, some_names, spelled_like
 
-
-def seed_images_text(seed_images: int, seed_places: int | None) -> str:
-    """The count of seed images, and of seed places when more: with the paper's rule (no unique
-    pseudo-labels) one image can seed two classes and counts once (the fit summary and the report)."""
-    shared = seed_places is not None and seed_places > seed_images
-    return f"{seed_images:,}" + (f" ({seed_places:,} seed places: an image can seed two classes)" if shared else "")
+    listed = lambda names: some_names(names, names_shown, "config.json")  # noqa: E731
+    rows = []
+    if metrics is not None and "accuracy" not in metrics:
+        rows.append(("accuracy", "- (no image's label is a class of this vocabulary)"))
+    for key, label in {"accuracy": "accuracy", "zero_shot_accuracy": "zero-shot accuracy",
+                       **{detector.fit_metric: f"OOD AUROC ({detector.title})" for detector in OOD_DETECTORS}}.items():
+        if (metrics or {}).get(key) is not None:
+            rows.append((label, f"{metrics[key]:.4f}"))
+    classes = config.get("classes") or []
+    outside = (metrics or {}).get("labels_not_classes")
+    if outside:  # a near-miss of a class name ('bird ' for 'bird') is said so
+        hint = spelled_like(classes, "class")
+        rows.append(("labels that are no class (images counted as OOD)", some_names(
+            [f"{label!r} {count:,}{hint(label)}" for label, count in outside.items()], names_shown, "metrics.json")))
+    rows += [("images", f"{frame.height:,}"), ("classes", f"{len(classes):,}")]
+    parameters = config.get("parameters") or {}
+    looked_for_absent = parameters.get("method") == "balanced" and not parameters.get("keep_all_classes")
+    if config.get("absent_classes") or (looked_for_absent and config.get("absent_classes") is not None):
+        rows.append(("absent classes", listed(config["absent_classes"]) if config["absent_classes"] else "none"))
+    if config.get("classes_without_seeds"):
+        rows.append(("classes without seeds", listed(config["classes_without_seeds"])))
+    if config.get("classes_read_as_one"):  # the later of each pair is never zero-shot's pick
+        rows.append(("classes with one text embedding (CLIP reads them as one)",
+                     pairs_text([tuple(pair) for pair in config["classes_read_as_one"]], names_shown, "config.json")))
+    cycles = config.get("cycles") or []
+    if "is_seed" in frame.columns:  # with the paper's rule an image can seed two classes: seed places
+        seeds, places = int(frame["is_seed"].sum()), cycles[0]["n_kept"] if cycles else None
+        rows.append(("seed images", f"{seeds:,}" + (f" ({places:,} seed places: an image can seed two classes)"
+                                                   if places is not None and places > seeds else "")))
+    if "pseudo_label" in frame.columns:
+        rows.append(("pseudo-labelled images (seeds included)", f"{frame['pseudo_label'].is_not_null().sum():,}"))
+    if cycles:
+        rows.append(("self-training cycles", f"{len(cycles) - 1}" + (f" ({config['stop_reason']})"
+                                                                     if config.get("stop_reason") else "")))
+    search = config.get("neighbour_search")
+    if search:
+        rows.append(("neighbours", f"{search['source']}: {search['search']}, {search['precision']}"))
+    if config.get("precision"):
+        rows.append(("training products", str(config["precision"])))
+    if "ood_flag" in frame.columns:
+        cut = config.get("ood_flag_threshold")
+        rows.append(("flagged OOD", f"{int(frame['ood_flag'].sum()):,}" + (
+            f" (ood_score above {cut:.4f}, that of 95 % of the seeds)" if cut is not None else "")))
+    if "ood_paper" in frame.columns:  # the paper's score: 0, 1/3, 2/3 or 1
+        counts = paper_score_counts(frame["ood_paper"].to_numpy())
+        rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{count:,}" for count in counts)))
+    timings = config.get("timings_s") or {}
+    rows += [(f"time: {phase}", f"{seconds:.2f} s") for phase, seconds in timings.items()]
+    if timings:
+        rows.append(("time: total", f"{sum(timings.values()):.2f} s"))
+    return rows
 
 
 PREDICTION_COLUMNS = ("predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous")

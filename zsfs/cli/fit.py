@@ -15,10 +15,10 @@ from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupte
 from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES
 from zsfs.methods import METHOD_CHOICES, PROMPT_CHOICES
-from zsfs.names import counted, pairs_text, some_names
+from zsfs.names import counted
 
 if TYPE_CHECKING:
-    from zsfs.fit.run import FitResult
+    from zsfs.runs import FittedRun
 
 # Parameters a user can set; None means "the preset's value" (FitConfig() or FitConfig.paper()).
 PARAMETERS = ("method", "keep_all_classes", "k", "candidates", "neighbours", "prompts", "accumulate", "unique_pseudo_labels", "epochs",
@@ -184,7 +184,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     kept = f"The run was saved in full in {saved} before that" + (
         f"; write its report with `zsfs report {saved}`" if with_report else "")
     with kept_if_interrupted(kept):  # a rerun of this command would refuse the run's folder
-        show_summary(result, metrics, saved)
+        show_summary(run, saved)
         if with_report:
             from zsfs.cli.report import say_written
             from zsfs.report import write_report
@@ -219,67 +219,28 @@ SHOWN_CLASSES = 8
 """Class names listed in one row of the fit summary."""
 
 
-def _labels_not_classes(counts: dict[str, int], classes: list[str]) -> str:
-    """``'bird ' 18 (spelled like class 'bird'); fish 3``: a label that differs from a class only
-    by case, spaces or Unicode form is almost surely meant as that class."""
-    from zsfs.names import spelled_like
-
-    hint = spelled_like(classes, "class")
-    return some_names([f"{label!r} {count:,}{hint(label)}" for label, count in counts.items()], SHOWN_CLASSES,
-                      "metrics.json")
-
-
-def show_summary(result: "FitResult", metrics: dict | None, run_dir: Path) -> None:
+def show_summary(run: "FittedRun", run_dir: Path) -> None:
+    """The run's summary (:func:`zsfs.runs.summary_rows`) and its cycles, as tables."""
     from rich.table import Table
 
-    from zsfs.evaluate import paper_score_counts
-    from zsfs.runs import OOD_AUROC_LABELS, seed_images_text
+    from zsfs.runs import summary_rows
 
-    table = Table(title=f"zsfs fit: {counted(len(result.predicted), 'image')}, "
-                        f"{counted(len(result.classes), 'class', 'classes')}", title_justify="left")
+    table = Table(title="zsfs fit", title_justify="left")
     table.add_column("", style="bold")
     table.add_column("value", justify="right")
-    if metrics and "accuracy" in metrics:
-        table.add_row("accuracy", f"{metrics['accuracy']:.4f}")
-        table.add_row("zero-shot accuracy", f"{metrics['zero_shot_accuracy']:.4f}")
-        for key, label in OOD_AUROC_LABELS.items():
-            if key in metrics:
-                table.add_row(label, f"{metrics[key]:.4f}")
-    elif metrics:
-        table.add_row("accuracy", "- (no image's label is a class of this vocabulary)")
-    if metrics and metrics.get("labels_not_classes"):
-        table.add_row("labels that are no class (images counted as OOD)",
-                      shown(_labels_not_classes(metrics["labels_not_classes"], result.classes)))
-    table.add_row("seed images", seed_images_text(int(result.is_seed.sum()),
-                                                  result.cycles[0].n_kept if result.cycles else None))
-    if result.classes_read_as_one:  # the later of each pair is never zero-shot's pick
-        table.add_row("classes with one text embedding (CLIP reads them as one)",
-                      shown(pairs_text(result.classes_read_as_one, SHOWN_CLASSES, "config.json")))
-    if result.unseeded_classes:
-        table.add_row("classes without seeds", shown(some_names(result.unseeded_classes, SHOWN_CLASSES, "config.json")))
-    table.add_row("cycles run", f"{len(result.cycles) - 1} ({result.stop_reason})")
-    search = result.neighbour_search
-    table.add_row("neighbours", shown(f"{search['source']}: {search['search']}, {search['precision']}"))
-    table.add_row("training products", result.precision)
-    if result.absent_classes:
-        table.add_row("absent classes", shown(some_names(result.absent_classes, SHOWN_CLASSES, "config.json")))
-    table.add_row("flagged OOD (score above 95 % of the seeds)", f"{int(result.ood_flag.sum()):,}"
-                  + (f" (ood_score > {result.ood_flag_threshold:.4f})" if result.ood_flag_threshold is not None else ""))
-    table.add_row("paper OOD score 0 / 1/3 / 2/3 / 1",
-                  " / ".join(f"{count:,}" for count in paper_score_counts(result.ood_paper)))
-    for phase, seconds in result.timings.items():
-        table.add_row(f"time: {phase}", f"{seconds:.2f} s")
-    table.add_row("time: total", f"{sum(result.timings.values()):.2f} s")
+    for label, value in summary_rows(run.config, run.metrics, run.predictions, SHOWN_CLASSES):
+        table.add_row(shown(label), shown(value))
     console.print(table)
 
     cycles = Table(title="cycles", title_justify="left")
     for name in ("cycle", "candidates", "kept", "trained on", "epochs", "first loss", "seed precision"):
         cycles.add_column(name, justify="right")
-    precision = {p["cycle"]: p["precision"] for p in (metrics or {}).get("seed_precision", [])}
-    for c in result.cycles:
-        p = precision.get(c.index)
-        cycles.add_row(str(c.index), f"{c.n_candidates:,}", f"{c.n_kept:,}", f"{c.n_trained:,}", str(len(c.losses)),
-                       "-" if c.first_loss is None else f"{c.first_loss:.4f}", "-" if p is None else f"{p:.4f}")
+    precision = {p["cycle"]: p["precision"] for p in (run.metrics or {}).get("seed_precision", [])}
+    for c in run.config["cycles"]:
+        p = precision.get(c["cycle"])
+        cycles.add_row(str(c["cycle"]), f"{c['n_candidates']:,}", f"{c['n_kept']:,}", f"{c['n_trained']:,}",
+                       str(c["epochs"]), "-" if c["first_loss"] is None else f"{c['first_loss']:.4f}",
+                       "-" if p is None else f"{p:.4f}")
     console.print(cycles)
     console.print(f"Run written to [bold]{shown(run_dir)}[/]")
 
