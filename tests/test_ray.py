@@ -317,3 +317,30 @@ def test_every_worker_gets_its_cores_on_one_node():
         for n in range(1, sum(nodes) + 1):
             best = max(c for c in range(1, sum(nodes) + 1) if sum(cpus // c for cpus in nodes) >= n)
             assert cores_per_worker(nodes, n) == min(best, sum(nodes) // n)
+
+
+def _command_line(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as file:
+        return file.read()
+
+
+def test_the_process_finder_names_only_this_sessions_processes(tmp_path):
+    """Bug: a Ray worker of another test session on the same machine (two checkouts tested at
+    once) was found by its title and killed by this session's test, failing that session's run."""
+    title = f"zsfs-finder-test-{os.getpid()}"
+    sleeper = "import time; time.sleep(60)"
+    ours = subprocess.Popen(["bash", "-c", f'exec -a {title} "$0" -c "{sleeper}"', sys.executable])
+    # another session's: its parent exits at once, so it is no descendant of this process
+    subprocess.run(["bash", "-c", f'(exec -a {title} "$0" -c "{sleeper}" & echo $! > {tmp_path}/other)',
+                    sys.executable], check=True)
+    other = int((tmp_path / "other").read_text())
+    try:
+        deadline = time.monotonic() + 30
+        while not all(_command_line(pid).startswith(title.encode()) for pid in (ours.pid, other)):
+            assert time.monotonic() < deadline, "the two processes did not take the title"
+            time.sleep(0.02)
+        assert titled(title.encode()) == [ours.pid]
+    finally:
+        ours.kill()
+        os.kill(other, signal.SIGKILL)
+        ours.wait()

@@ -79,7 +79,9 @@ def parent_pid(pid: int) -> int | None:
 
 
 def titled(prefix: bytes) -> list[int]:
-    """Processes whose command line starts with ``prefix`` (Ray titles its workers ``ray::CLASS.METHOD``)."""
+    """This process's descendants whose command line starts with ``prefix`` (Ray titles its workers
+    ``ray::CLASS.METHOD``; a local Ray instance's workers descend from the process that started it).
+    Another test session's processes on the same machine are never named: a test kills what it finds."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
@@ -87,7 +89,7 @@ def titled(prefix: bytes) -> list[int]:
                 pids.append(int(entry.name))
         except OSError:
             continue
-    return pids
+    return [pid for pid in pids if os.getpid() in ancestors(pid)]
 
 
 def ancestors(pid: int) -> list[int]:
