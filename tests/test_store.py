@@ -202,6 +202,40 @@ def test_a_vocabulary_identity_is_compared_as_json_not_as_text(tmp_path, arrays)
                 store.vocabulary("v")
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda v: {**v, "classes": ["a", "b", "a", "c"]}, "lists 1 name more than once: a"),
+    (lambda v: {**v, "classes": np.array([], dtype=h5py.string_dtype())}, "lists no class names"),
+    (lambda v: {**v, "single": np.vstack([v["single"]] * 2)}, "single has shape (8, 16), not (4 classes, 16"),
+    (lambda v: {**v, "ensemble": v["ensemble"][:, :10]}, "ensemble has shape (4, 10), not (4 classes, 16"),
+    (lambda v: {**v, "single": np.where(np.arange(4)[:, None] == 2, np.nan, v["single"])},
+     "single: 1 row is zero or not finite (first: row 2, counted from 0)"),
+    (lambda v: {name: values for name, values in v.items() if name != "ensemble"}, "lacks ensemble"),
+])
+def test_a_vocabulary_written_by_hand_against_the_format_is_refused_naming_its_file(tmp_path, arrays, edit, said):
+    """Bug: a vocabulary file written by hand (docs/store.md, "Writing the files yourself") with a
+    name given twice, no names, rows of another count or width, or a NaN row was read as it was:
+    `zsfs fit` ended in a torch traceback, blamed the store's CLIP embeddings of the images, or
+    fitted two classes of one name; a missing dataset sent the user to `zsfs info --verify` on the
+    vocabulary file. Now one line names the file and what is wrong, before any work."""
+    from zsfs.testing.cli import output_text, run_cli
+
+    master = build(tmp_path / "s.h5", arrays)
+    write_vocabulary(master, "v", ["a", "b", "c", "d"], random_rows(4, D_CLIP, 7), random_rows(4, D_CLIP, 8),
+                     prompt="p {}", n_templates=1)
+    [vocabulary_file] = (tmp_path / "s.shards").glob("vocab-*.h5")
+    with h5py.File(vocabulary_file, "r+") as file:
+        written = {name: file[name].asstr()[:] if name == "classes" else file[name][:] for name in file}
+        for name in written:
+            del file[name]
+        for name, values in edit(written).items():
+            file.create_dataset(name, data=np.asarray(values, dtype=h5py.string_dtype()) if name == "classes" else values)
+    result = run_cli("fit", "--store", master, "--k", "2", "--candidates", "4", "--out", tmp_path / "run")
+    text = output_text(result)
+    assert result.exit_code == 1, text
+    assert text.startswith(f"Error: {vocabulary_file}: vocabulary 'v'") and said in text, text
+    assert "write it again (`zsfs text --overwrite`" in text and not (tmp_path / "run").exists()
+
+
 def test_missing_shard_is_named(tmp_path, arrays):
     master = build(tmp_path / "s.h5", arrays)
     (tmp_path / "s.shards" / "shard-00001.h5").unlink()

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from zsfs.errors import ParameterError, StoreError, check_at_least, check_choice, check_path_type, literal, one_line
+from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, check_choice, check_path_type, literal,
+                         one_line)
 from zsfs.names import as_argument, check_class_names, counted
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
@@ -22,6 +23,7 @@ from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, string_
 from zsfs.store.index import read_index_blocks
 from zsfs.digests import file_sha256
 from zsfs.store.integrity import check_structure, read_all
+from zsfs.store.rows import normalise_rows
 
 if TYPE_CHECKING:
     import faiss
@@ -326,9 +328,9 @@ class Store:
                               f"maybe that one: {next(iter(self._unreadable_vocabularies.values()))}")
             raise StoreError(f"{self.path.name} has no vocabulary {name!r} (available: {available}){unreadable}")
         if name not in self._vocabulary_files:
-            return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path)
+            return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path, self.clip_info["dim"])
         with self._rebuild_named(), open_extra(self._vocabulary_files[name], schema.VOCAB_FORMAT, self.identity) as file:
-            return read_vocabulary(file, name, self._vocabulary_files[name])
+            return read_vocabulary(file, name, self._vocabulary_files[name], self.clip_info["dim"])
 
     def _graph_dataset(self) -> h5py.Dataset | None:
         """The neighbour graph of this build of the store, or None."""
@@ -487,16 +489,36 @@ def open_master(path: Path) -> h5py.File:
     return file
 
 
-def read_vocabulary(group: h5py.Group, name: str, path: Path) -> Vocabulary:
+HAND_WRITTEN_VOCABULARY = ("zsfs never writes such a vocabulary: write it again (`zsfs text --overwrite`, or rerun the "
+                           "`zsfs extract` or `zsfs import` that wrote it)")
+
+
+def read_vocabulary(group: h5py.Group, name: str, path: Path, clip_dim: int) -> Vocabulary:
+    """Vocabulary ``name`` from its file (or format 1 group), held to what zsfs writes: a file
+    written by hand (docs/store.md) with names given twice, rows of another count or width, or
+    NaN rows is refused naming the file, not met later as a torch error or as NaN images."""
+    where = f"{path}: vocabulary {name!r}"
+    missing = [dataset for dataset in (schema.VOCAB_CLASSES, *schema.PROMPT_KINDS) if dataset not in group]
+    if missing:
+        raise StoreError(f"{where} lacks {', '.join(missing)}; {HAND_WRITTEN_VOCABULARY}")
     with read_errors(path, f"vocabulary {name!r}"):
-        return Vocabulary(
-            name=name,
-            classes=[str(c) for c in group[schema.VOCAB_CLASSES].asstr()[:]],
-            single=group[schema.VOCAB_SINGLE][:],
-            ensemble=group[schema.VOCAB_ENSEMBLE][:],
-            prompt=str(group.attrs.get(schema.ATTR_PROMPT, "")),
-            n_templates=int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0)),
-        )
+        classes = group[schema.VOCAB_CLASSES].asstr()[:]
+        arrays = {kind: group[kind][:] for kind in schema.PROMPT_KINDS}
+        prompt = str(group.attrs.get(schema.ATTR_PROMPT, ""))
+        n_templates = int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0))
+    try:
+        if classes.ndim != 1:
+            raise ZsfsError(f"{where}: classes has shape {classes.shape}, not (classes,)")
+        classes = check_class_names(classes.tolist(), where)
+        for kind, values in arrays.items():
+            if values.shape != (len(classes), clip_dim):
+                raise ZsfsError(f"{where}: {kind} has shape {values.shape}, not ({len(classes)} classes, {clip_dim} = "
+                                "the store's CLIP dim)")
+            arrays[kind] = normalise_rows(values, f"{where}: {kind}")
+    except ZsfsError as error:
+        raise StoreError(f"{error}; {HAND_WRITTEN_VOCABULARY}") from None
+    return Vocabulary(name=name, classes=classes, single=arrays[schema.VOCAB_SINGLE],
+                      ensemble=arrays[schema.VOCAB_ENSEMBLE], prompt=prompt, n_templates=n_templates)
 
 
 def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
