@@ -234,6 +234,10 @@ def test_a_vocabulary_written_by_hand_against_the_format_is_refused_naming_its_f
     assert result.exit_code == 1, text
     assert text.startswith(f"Error: {vocabulary_file}: vocabulary 'v'") and said in text, text
     assert "write it again (`zsfs text --overwrite`" in text and not (tmp_path / "run").exists()
+    info = run_cli("info", master)  # bug: info stopped at it, showing nothing of the store
+    shown = " ".join(output_text(info).split())
+    assert info.exit_code == 0 and "Note: a vocabulary file cannot be read: " in shown and said in shown, shown
+    assert "│ images │ 130 │" in shown and "No readable vocabularies yet" in shown, shown  # the rest of the store
 
 
 def test_missing_shard_is_named(tmp_path, arrays):

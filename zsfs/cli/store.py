@@ -254,7 +254,8 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
                                  shown("; ".join(classes[:5]) + ("; ..." if len(classes) > 5 else "")))
         console.print(vocabularies)
     else:
-        console.print(f"No vocabularies yet: add one with {shown(vocabulary_advice)}.")
+        readable = " readable" if summary.get("unreadable_vocabularies") else ""
+        console.print(f"No{readable} vocabularies yet: add one with {shown(vocabulary_advice)}.")
     for why in summary.get("unreadable_vocabularies", {}).values():
         console.print(f"[yellow]Note:[/] a vocabulary file cannot be read: {shown(why)}", soft_wrap=True)
     if summary["n_shards"]:

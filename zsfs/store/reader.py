@@ -406,6 +406,12 @@ class Store:
         def model(info: dict) -> dict:
             return {"name": info.get("name"), "weights": info.get("weights"), "dim": info.get("dim"), **info}
 
+        vocabularies, unreadable = {}, self.unreadable_vocabularies
+        for name in self.vocabulary_names():
+            try:
+                vocabularies[name] = self.vocabulary(name).classes
+            except StoreError as error:  # a file written by hand against the format: named, the rest shown
+                unreadable[str(self._vocabulary_files.get(name, self.path))] = str(error)
         reasons, counts = np.unique(self.skipped()[1], return_counts=True)
         labels = {}
         if self.has_labels:
@@ -425,8 +431,8 @@ class Store:
             "dtype": self.dtype,
             "clip": model(self.clip_info),
             "backbone": model(self.backbone_info),
-            "vocabularies": {name: self.vocabulary(name).classes for name in self.vocabulary_names()},
-            "unreadable_vocabularies": self.unreadable_vocabularies,  # file -> why ({} when none)
+            "vocabularies": vocabularies,
+            "unreadable_vocabularies": unreadable,  # file -> why ({} when none)
             "n_shards": self.n_shards,
             "shards_folder": self.data_dir.name,  # beside the master; another name's when it was renamed or copied
             "index": self.index_info,
