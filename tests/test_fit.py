@@ -20,7 +20,7 @@ from zsfs.fit.run import resolved_precision
 from zsfs.runs import fit_metrics
 from zsfs.store import Store, write_vocabulary
 import zsfs
-from zsfs.errors import ParameterError, ZsfsError
+from zsfs.errors import ParameterError, StoreError, ZsfsError
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
 from zsfs.testing.synthetic import make_synthetic_store
@@ -516,6 +516,12 @@ def test_several_vocabularies_need_a_choice(store_path, tmp_path):
     assert unknown.exit_code == 2 and "has no vocabulary 'nope'; it has: other, synthetic" in output_text(unknown)
     with pytest.raises(ParameterError, match="has no vocabulary 'nope'; it has: other, synthetic$"):
         zsfs.fit(copy, vocabulary="nope")
+    misspelt = fit_cli("--store", str(copy), "--vocab", "Synthetic", "--out", str(tmp_path / "run"))
+    assert misspelt.exit_code == 2 and "has no vocabulary 'Synthetic' (spelled like the vocabulary 'synthetic'); " \
+        "it has: other, synthetic" in " ".join(output_text(misspelt).split())
+    with Store(copy) as store, pytest.raises(StoreError, match=r"no vocabulary 'Synthetic' \(spelled like the "
+                                                                r"vocabulary 'synthetic'\)"):
+        store.vocabulary("Synthetic")
 
 
 @pytest.mark.parametrize("options, said", [

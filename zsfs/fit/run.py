@@ -26,7 +26,7 @@ from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
 from zsfs.fit.zeroshot import CHUNK_ROWS, as_tensor, zero_shot_logits
 from zsfs.methods import METHOD_CHOICES, PROMPT_CHOICES, UNREAD_BY
-from zsfs.names import counted, repeated_rows, visible
+from zsfs.names import counted, repeated_rows, spelled_like, visible
 
 if TYPE_CHECKING:
     from zsfs.store import Store
@@ -220,7 +220,8 @@ def resolve_vocabulary(store: "Store", name: str | None) -> str:
             f"{counted(len(names), 'readable vocabulary', 'readable vocabularies')} ({', '.join(names)}), and {damaged}"
         raise ParameterError(f"{literal(store.path)} has {literal(has)}; choose one with {{vocabulary}}")
     if name not in names:
-        raise ParameterError(literal(f"{store.path} has no vocabulary {name!r}; it has: {', '.join(names) or 'none'}"
+        hint = spelled_like(names, "the vocabulary")(name)  # --vocab Fashion for fashion
+        raise ParameterError(literal(f"{store.path} has no vocabulary {name!r}{hint}; it has: {', '.join(names) or 'none'}"
                                      + (f"; {damaged}, maybe that one" if unreadable else "")))
     return name
 

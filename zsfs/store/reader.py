@@ -15,7 +15,7 @@ import numpy as np
 
 from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, check_choice, check_path_type, literal,
                          one_line)
-from zsfs.names import as_argument, check_class_names, counted
+from zsfs.names import as_argument, check_class_names, counted, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
 from zsfs.store.files import master_file, written_elsewhere
@@ -326,7 +326,8 @@ class Store:
             if self._unreadable_vocabularies:  # it may be the one in a damaged file (a digest names it)
                 unreadable = (f"; {counted(len(self._unreadable_vocabularies), 'vocabulary file')} could not be read, "
                               f"maybe that one: {next(iter(self._unreadable_vocabularies.values()))}")
-            raise StoreError(f"{self.path.name} has no vocabulary {name!r} (available: {available}){unreadable}")
+            hint = spelled_like(names, "the vocabulary")(name)  # --vocab Fashion for fashion
+            raise StoreError(f"{self.path.name} has no vocabulary {name!r}{hint} (available: {available}){unreadable}")
         if name not in self._vocabulary_files:
             return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path, self.clip_info["dim"])
         with self._rebuild_named(), open_extra(self._vocabulary_files[name], schema.VOCAB_FORMAT, self.identity) as file:
