@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import h5py
@@ -587,3 +588,16 @@ def test_the_format_version_is_the_one_docs_store_md_describes():
 
     page = (Path(__file__).parents[1] / "docs" / "store.md").read_text()
     assert f"this page describes format version **{schema.FORMAT_VERSION}**" in page
+
+
+def test_info_writes_a_vocabularys_class_count_as_every_other_count(tmp_path, arrays):
+    """Bug: the vocabularies table said 1200 where every other count of zsfs says 1,200."""
+    from zsfs.testing.cli import output_text, run_cli
+
+    master = build(tmp_path / "s.h5", arrays)
+    names = [f"c{i}" for i in range(1200)]
+    write_vocabulary(master, "big", names, random_rows(1200, D_CLIP, 1), random_rows(1200, D_CLIP, 2),
+                     prompt="p {}", n_templates=1)
+    info = run_cli("info", master)
+    assert info.exit_code == 0 and re.search(r"│ big\s+│ 1,200 │ c0; c1; c2; c3; c4; \.\.\.", output_text(info)), \
+        output_text(info)

@@ -250,7 +250,7 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
         for name in ("name", "classes", "first classes"):
             vocabularies.add_column(name)
         for name, classes in summary["vocabularies"].items():
-            vocabularies.add_row(shown(name), str(len(classes)),
+            vocabularies.add_row(shown(name), f"{len(classes):,}",
                                  shown("; ".join(classes[:5]) + ("; ..." if len(classes) > 5 else "")))
         console.print(vocabularies)
     else:
