@@ -13,9 +13,11 @@ import signal
 import subprocess
 import sys
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import ray  # the test extra installs it: pip install -e ".[test]"
@@ -277,6 +279,28 @@ def test_more_local_workers_than_cores_are_refused_before_ray_starts(photos, tmp
     assert f"--ray-workers {too_many} is more than this machine's {counted(os.cpu_count(), 'CPU')}" in outcome.output
     assert "Ray" not in outcome.output.replace("--ray", "")  # no line of a Ray instance starting
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["argument", "working folder"])
+def test_a_name_ray_cannot_take_as_text_is_one_line_before_ray_starts(photos, tmp_path, monkeypatch, where):
+    """Bug: an output (or source) whose name is not UTF-8, or such a working folder, with --ray made
+    ray.init fail in its core with a UnicodeEncodeError traceback, once a local Ray had started."""
+    ray_temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: a Ray started there needs socket paths < 108 bytes
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_temp))
+    odd = tmp_path / os.fsdecode(b"caf\xe9 folder")
+    odd.mkdir()
+    shown = str(odd).replace(os.fsdecode(b"\xe9"), "\\xe9")
+    out, cwd, said = ((odd / "x.h5", tmp_path, f"Ray cannot start with the argument {shown}/x.h5 on the command line")
+                      if where == "argument" else
+                      (tmp_path / "x.h5", odd, f"Ray cannot start in the working folder {shown}:"))
+    outcome = run_zsfs("extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--ray", "local", cwd=cwd,
+                       timeout=300)
+    started = list(ray_temp.iterdir())
+    shutil.rmtree(ray_temp, ignore_errors=True)
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert said in output_text(outcome), outcome.output
+    assert started == [], "a local Ray instance was started first"
+    assert list(odd.iterdir()) == [] and not out.exists()
 
 
 def test_ray_local_starts_its_own_instance_whatever_ray_address_says(photos, tmp_path, monkeypatch):

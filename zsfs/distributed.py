@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,7 @@ import numpy as np
 from zsfs.embedding import DecodingProcessDied
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import EmbedSettings, ShardEmbedder
-from zsfs.names import counted
+from zsfs.names import counted, utf8_text, visible
 from zsfs.sources import ImageSource
 from zsfs.store.writer import StoreWriter
 
@@ -96,8 +97,26 @@ def check_ray_plan(address: str | None, device: str, n_workers: int | None) -> N
     if ray is None:
         raise ZsfsError('--ray needs Ray, which the core install leaves out: pip install -e ".[ray]" in the zsfs '
                         'checkout (docs/scale.md)')
+    if not ray.is_initialized():
+        _check_text_for_ray()
     if address == LOCAL and not ray.is_initialized() and device != "cuda" and n_workers is not None:
         _check_cpu_workers(n_workers, os.cpu_count() or 1, "this machine's", "ask for fewer")
+
+
+def _check_text_for_ray() -> None:
+    """Refuse a command line or working folder holding a name that is not UTF-8 text (a byte
+    such as 0xFF): ``ray.init`` hands both to Ray's core as UTF-8 strings and fails there with a
+    ``UnicodeEncodeError`` (the command line as the job's entrypoint, the working folder on the
+    workers' search path)."""
+    for argument in sys.orig_argv:
+        if utf8_text(argument) != argument:
+            raise ZsfsError(f"Ray cannot start with the argument {visible(argument)} on the command line: Ray takes "
+                            "it as UTF-8 text, which that name is not; give it through a link to it (or to its folder) "
+                            "with a UTF-8 name, or leave out --ray")
+    folder = os.getcwd()
+    if utf8_text(folder) != folder:
+        raise ZsfsError(f"Ray cannot start in the working folder {visible(folder)}: Ray takes its name as UTF-8 "
+                        "text, which it is not; run zsfs from another folder, or leave out --ray")
 
 
 class RayEmbedders(AbstractContextManager):
