@@ -7,9 +7,11 @@ One Ray instance serves the whole module (starting one takes ~15 s). Its workers
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import shutil
@@ -251,6 +253,41 @@ def test_an_address_where_no_cluster_answers_is_one_line_at_once(photos, tmp_pat
                        timeout=120)  # a hang is a failure, not a wait
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
     assert "no Ray cluster at '127.0.0.1:1' (Connection refused)" in output_text(outcome)
+    assert len(outcome.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_address_where_another_server_answers_is_one_line_at_once(photos, tmp_path):
+    """Bug: `--ray HEAD:8265` (the dashboard's port, an HTTP server) passed the TCP check and left
+    Ray retrying for minutes, printing its own warnings."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def answer_as_http() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                continue
+            with connection:
+                connection.settimeout(5)
+                with contextlib.suppress(OSError):
+                    connection.recv(1024)
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=answer_as_http, daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    try:
+        outcome = run_zsfs("extract", photos["root"], "--out", tmp_path / "x.h5", *TINY_MODEL_ARGS, "--ray", address,
+                           timeout=60)  # a hang is a failure, not a wait
+    finally:
+        done.set()
+        thread.join()
+        server.close()
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert f"no Ray cluster at '{address}' (something answers there, but not a Ray cluster" in output_text(outcome)
     assert len(outcome.output.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 

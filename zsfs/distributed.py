@@ -47,6 +47,9 @@ MAX_ATTEMPTS = 3
 that exhausts memory would otherwise kill every worker in turn; one that crashes its decoding
 process is set aside by the worker itself)."""
 RAY_LOGS = "/tmp/ray/session_latest/logs"
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)  # the client's preface, then an empty SETTINGS frame
+HTTP2_FRAME_HEADER = 9  # bytes: length (3), type (1), flags (1), stream (4)
+HTTP2_SETTINGS = 0x04  # the frame type a gRPC server sends first
 
 
 class _ShardWorker:
@@ -305,15 +308,27 @@ def _start_or_join(address: str | None) -> bool:
 
 
 def _unreachable(address: str, timeout: float = CONNECT_SECONDS) -> str | None:
-    """Why nothing answers at ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``), or None when a
-    TCP connection is taken there (or the address has another form, such as "auto")."""
+    """Why no Ray cluster answers at ``address`` (``HOST:PORT`` or ``ray://HOST:PORT``): nothing
+    takes a TCP connection there, or what does is no gRPC server (HTTP/2), as a cluster's GCS and
+    a Ray client server are (a dashboard's port, say); None when one answers (or the address has
+    another form, such as "auto", or the cluster speaks TLS)."""
     host, colon, port = address.removeprefix("ray://").rpartition(":")
     if not colon or not port.isdigit() or not host:
         return None
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):  # a plain preface gets no answer
+                return None
+            connection.sendall(HTTP2_PREFACE)
+            try:
+                reply = connection.recv(HTTP2_FRAME_HEADER)
+            except TimeoutError:
+                reply = b""
     except OSError as error:
         return error.strerror or str(error) or type(error).__name__
+    if len(reply) < HTTP2_FRAME_HEADER or reply[3] != HTTP2_SETTINGS:  # a gRPC server's first frame
+        return ("something answers there, but not a Ray cluster: its address is the port of its head's `ray start "
+                "--head --port`, 6379 by default, not the dashboard's (8265)")
     return None
 
 
