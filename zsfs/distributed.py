@@ -320,10 +320,12 @@ def _unreachable(address: str, timeout: float = CONNECT_SECONDS) -> str | None:
             if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):  # a plain preface gets no answer
                 return None
             connection.sendall(HTTP2_PREFACE)
-            try:
-                reply = connection.recv(HTTP2_FRAME_HEADER)
+            reply = b""
+            try:  # the whole frame header, even when it comes in pieces
+                while len(reply) < HTTP2_FRAME_HEADER and (piece := connection.recv(HTTP2_FRAME_HEADER - len(reply))):
+                    reply += piece
             except TimeoutError:
-                reply = b""
+                pass
     except OSError as error:
         return error.strerror or str(error) or type(error).__name__
     if len(reply) < HTTP2_FRAME_HEADER or reply[3] != HTTP2_SETTINGS:  # a gRPC server's first frame
