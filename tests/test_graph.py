@@ -165,3 +165,34 @@ def test_a_graph_is_used_only_when_it_is_as_exact_as_the_fits_own_search(tmp_pat
     with Store(ivf_store) as store:
         assert store.graph_info["search"].startswith("ivf")
         assert fit_store(store, CONFIG).neighbour_search["source"] == "store graph"  # IVF for IVF: same search
+
+
+def test_a_damaged_graph_is_set_aside_and_the_store_stays_usable(tmp_path):
+    """Bug: a neighbour graph file cut short (a copy interrupted, a disk error) stopped `zsfs info`
+    and every fit of the store, though the graph is derived data a fit can do without; a
+    damaged vocabulary file was already only a note. Now it is named in a note and by --verify,
+    and fits search neighbours themselves."""
+    from zsfs.store import schema
+
+    path = synthetic(tmp_path / "a")
+    assert run_cli("neighbours", path, "--k", "5").exit_code == 0
+    graph = schema.graph_file(schema.shard_dir(path))
+    with open(graph, "r+b") as file:
+        file.truncate(2000)
+    info = run_cli("info", path)
+    said = " ".join(output_text(info).split())
+    assert info.exit_code == 0 and "│ neighbour graph │ cannot be read (see the note below) │" in said, said
+    assert f"Note: the neighbour graph file cannot be read (fits search neighbours themselves): {graph} is damaged" \
+        in said and "remove it, then rerun `zsfs neighbours`" in said, said
+    assert json.loads(run_cli("info", "--json", path).stdout)["unreadable_graph"].startswith(f"{graph} is damaged")
+    verified = run_cli("info", "--verify", path)
+    assert verified.exit_code == 1 and f"{graph} is damaged" in output_text(verified)
+    with Store(path) as store:
+        result = fit_store(store, CONFIG)
+        with pytest.raises(StoreError, match="is damaged"):
+            store.neighbour_graph(np.array([0]))
+    assert result.neighbour_search["source"] == "fit"
+    fitted = run_cli("fit", "--store", path, "--cycle-epochs", "2", "--out", tmp_path / "run")
+    said = " ".join(output_text(fitted).split())
+    assert fitted.exit_code == 0 and "Note: the store's neighbour graph cannot be read, so this fit searches " \
+        f"neighbours itself: {graph} is damaged" in said, said

@@ -161,6 +161,9 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
             console.print(f"[yellow]Note:[/] the store holds {counted(store.n_images, 'image')}, no more than "
                           f"--candidates {config.candidates}: every image is a candidate of every class, and the "
                           f"seeds are ranked by their neighbours' zero-shot votes alone.{few}")
+        if store.unreadable_graph:  # `zsfs neighbours` was run to spare every fit its search: say it was lost
+            console.print(f"[yellow]Note:[/] the store's neighbour graph cannot be read, so this fit searches "
+                          f"neighbours itself: {shown(store.unreadable_graph)}", soft_wrap=True)
         if len(store.vocabulary(vocabulary).classes) == 1:  # as ood-bench says of one ID class
             console.print("[yellow]Note:[/] with one class, MCM (a softmax over the classes) is 1 for every image: "
                           "ood_score ranks the images by ood_distance alone. List other classes to let CLIP tell "

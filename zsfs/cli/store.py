@@ -230,7 +230,8 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
         ("source", summary["source"]),
         ("stored as", f"{summary['dtype']}, {counted(summary['n_shards'], 'shard')}"),
         ("index", f"{index_text}, {index['metric']}"),
-        ("neighbour graph", "none (`zsfs neighbours` adds one)" if summary["neighbour_graph"] is None else
+        ("neighbour graph", "cannot be read (see the note below)" if summary.get("unreadable_graph") else
+         "none (`zsfs neighbours` adds one)" if summary["neighbour_graph"] is None else
          "{k} per image ({search}, {precision})".format(**summary["neighbour_graph"])),
         ("created", f"{summary['created']} by zsfs {summary['zsfs_version']}"),
     ]:
@@ -258,6 +259,9 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
         console.print(f"No{readable} vocabularies yet: add one with {shown(vocabulary_advice)}.")
     for why in summary.get("unreadable_vocabularies", {}).values():
         console.print(f"[yellow]Note:[/] a vocabulary file cannot be read: {shown(why)}", soft_wrap=True)
+    if summary.get("unreadable_graph"):
+        console.print(f"[yellow]Note:[/] the neighbour graph file cannot be read (fits search neighbours "
+                      f"themselves): {shown(summary['unreadable_graph'])}", soft_wrap=True)
     if summary["n_shards"]:
         note_a_borrowed_shards_folder(Path(summary["path"]), summary["shards_folder"])
 

@@ -81,6 +81,7 @@ class Store:
         master_stamp = file_stamp(self.path)
         self._master = open_master(self.path)
         self._graph_file: h5py.File | None = None
+        self._unreadable_graph: str | None = None  # why the graph file cannot be read: set aside, as a vocabulary's
         try:
             self._opened_stamps = [master_stamp]
             with self._rebuild_named():  # a shard or vocabulary "of another store", met halfway through a rebuild
@@ -337,9 +338,13 @@ class Store:
         """The neighbour graph of this build of the store, or None."""
         master = self._file  # the store is open
         path = schema.graph_file(self.data_dir)
-        if self._graph_file is None and path.is_file():
-            with self._rebuild_named():
+        if self._graph_file is None and self._unreadable_graph is None and path.is_file():
+            try:
                 file = open_extra(path, schema.GRAPH_FORMAT, self.identity)
+            except StoreError as error:  # derived data: without it fits search neighbours themselves
+                self.check_unchanged()  # unless the store was rebuilt since it was opened: that is the cause then
+                self._unreadable_graph = str(error)
+                return master.get(schema.GRAPH_DATASET)
             if str(file.attrs.get(schema.ATTR_BUILD)) == self.build:
                 self._graph_file = file
             else:  # left over from an earlier build (its removal was interrupted): not this store's
@@ -347,6 +352,13 @@ class Store:
         if self._graph_file is not None:
             return self._graph_file[schema.GRAPH_ROWS]
         return master.get(schema.GRAPH_DATASET)  # format 1
+
+    @property
+    def unreadable_graph(self) -> str | None:
+        """Why the neighbour graph file cannot be read (damaged, another store's), or None: set
+        aside, so that the store stays usable (fits search neighbours themselves); ``verify`` fails on it."""
+        self._graph_dataset()
+        return self._unreadable_graph
 
     @property
     def graph_info(self) -> dict | None:
@@ -361,7 +373,7 @@ class Store:
         """``(len(rows), K)`` int64: the stored nearest rows of ``rows`` (``-1`` where none)."""
         graph = self._graph_dataset()
         if graph is None:
-            raise StoreError(f"{self.path} has no neighbour graph; add one with `zsfs neighbours`")
+            raise StoreError(self._unreadable_graph or f"{self.path} has no neighbour graph; add one with `zsfs neighbours`")
         with self._read_errors(schema.GRAPH_DATASET):
             return read_rows(graph, rows).astype(np.int64)
 
@@ -387,8 +399,8 @@ class Store:
             with h5py.File(folder / name, "r") as shard:
                 checked += read_all(shard, folder / name)
         checked += read_all(self._file, self.path)
-        if self._unreadable_vocabularies:
-            raise StoreError(next(iter(self._unreadable_vocabularies.values())))
+        if self._unreadable_vocabularies or self.unreadable_graph:
+            raise StoreError(next(iter(self._unreadable_vocabularies.values()), self._unreadable_graph))
         extras = list(self._vocabulary_files.values())
         if self._graph_dataset() is not None and self._graph_file is not None:
             extras.append(schema.graph_file(self.data_dir))
@@ -438,6 +450,7 @@ class Store:
             "shards_folder": self.data_dir.name,  # beside the master; another name's when it was renamed or copied
             "index": self.index_info,
             "neighbour_graph": self.graph_info,
+            "unreadable_graph": self.unreadable_graph,  # why the graph file cannot be read (None when it can)
         }
 
     def fingerprint(self) -> dict:
