@@ -244,6 +244,10 @@ def test_store_file_names_with_percent_signs_or_bytes_that_are_not_utf8(tmp_path
         shards = store.data_dir
     assert shards.is_dir() and shards.name.endswith(".shards") and os.fsencode(shards.name).decode("utf-8")
     assert run_cli("info", master).exit_code == 0
+    described = run_cli("info", "--json", master)  # bug: a lone surrogate ("\udcf6"), refused by strict readers
+    assert json.loads(described.stdout)["path"] == (str(master) if b"\xf6" not in name else
+                                                     str(tmp_path / "ph\\xf6.h5"))
+    assert "\\udc" not in described.stdout
 
 
 def test_info_lists_skipped_files_one_line_each_whatever_their_names(tmp_path):

@@ -146,13 +146,25 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
     if skipped is not None:
         summary["skipped"] = [_json_entry(path, reason) for path, reason in zip(*skipped)]
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(_as_json_text(summary), indent=2))
     else:
         show_summary(summary, advice)
 
 
 def _escaped(text: str) -> str:
     return visible(text.replace("\\", "\\\\"))
+
+
+def _as_json_text(value: object) -> object:
+    """``value`` with every string that is not UTF-8 text (a file name's undecodable byte, held as a
+    lone surrogate) escaped as on a ``--skipped`` line: strict JSON readers refuse a lone surrogate."""
+    if isinstance(value, str):
+        return value if value == utf8_text(value) else _escaped(value)
+    if isinstance(value, dict):
+        return {_as_json_text(key): _as_json_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_json_text(item) for item in value]
+    return value
 
 
 def _json_entry(path: str, reason: str) -> dict:
