@@ -211,6 +211,12 @@ def test_a_vocabulary_identity_is_compared_as_json_not_as_text(tmp_path, arrays)
     (lambda v: {**v, "single": np.where(np.arange(4)[:, None] == 2, np.nan, v["single"])},
      "single: 1 row is zero or not finite (first: row 2, counted from 0)"),
     (lambda v: {name: values for name, values in v.items() if name != "ensemble"}, "lacks ensemble"),
+    # bug: these three ended in a traceback (TypeError, UnicodeDecodeError), in fit and in info
+    (lambda v: {**v, "classes": np.arange(4)}, "classes is not a 1-d dataset of strings"),
+    (lambda v: {**v, "classes": np.array([b"a", b"caf\xe9", b"c", b"d"], dtype=h5py.string_dtype())},
+     "has a class name that is not UTF-8 text"),
+    (lambda v: {**v, "single": v["single"].astype(str).astype(h5py.string_dtype())},
+     "single does not hold floating-point numbers"),
 ])
 def test_a_vocabulary_written_by_hand_against_the_format_is_refused_naming_its_file(tmp_path, arrays, edit, said):
     """Bug: a vocabulary file written by hand (docs/store.md, "Writing the files yourself") with a
@@ -229,7 +235,8 @@ def test_a_vocabulary_written_by_hand_against_the_format_is_refused_naming_its_f
         for name in written:
             del file[name]
         for name, values in edit(written).items():
-            file.create_dataset(name, data=np.asarray(values, dtype=h5py.string_dtype()) if name == "classes" else values)
+            as_text = name == "classes" and np.asarray(values).dtype.kind == "U"
+            file.create_dataset(name, data=np.asarray(values, dtype=h5py.string_dtype()) if as_text else values)
     result = run_cli("fit", "--store", master, "--k", "2", "--candidates", "4", "--out", tmp_path / "run")
     text = output_text(result)
     assert result.exit_code == 1, text
@@ -239,6 +246,8 @@ def test_a_vocabulary_written_by_hand_against_the_format_is_refused_naming_its_f
     shown = " ".join(output_text(info).split())
     assert info.exit_code == 0 and "Note: a vocabulary file cannot be read: " in shown and said in shown, shown
     assert "│ images │ 130 │" in shown and "No readable vocabularies yet" in shown, shown  # the rest of the store
+    verified = run_cli("info", "--verify", master)  # bug: "no damage found", the note beside it
+    assert verified.exit_code == 1 and said in " ".join(output_text(verified).split()), output_text(verified)
 
 
 def test_missing_shard_is_named(tmp_path, arrays):

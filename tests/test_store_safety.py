@@ -740,6 +740,19 @@ def test_an_open_store_refuses_rows_of_a_rebuild_or_of_moved_shards(tmp_path):
             store.read("clip")
 
 
+def test_a_store_rebuilt_under_info_stops_it_instead_of_noting_a_vocabulary(tmp_path):
+    """Review: Store.summary (zsfs info) took the rebuild met while reading a vocabulary for that
+    vocabulary's fault, and described the old store with a note."""
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    options = dict(backbone_dim=16, shard_size=100)
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=1, clip_dim=16, **options)
+    with Store(path) as store:
+        make_synthetic_store(path, 300, 3, seed=2, clip_dim=8, overwrite=True, **options)
+        with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
+            store.summary()
+
+
 def test_a_shard_overwritten_in_place_is_seen_by_the_fits_thorough_check(tmp_path):
     """Review: the per-read check looks at the shards' folder (a rename into place changes it);
     a shard copied over in place (cp, rsync --inplace) changes only the file, so the checks a fit

@@ -407,6 +407,8 @@ class Store:
         for path in extras:
             with h5py.File(path, "r") as file:
                 checked += read_all(file, path)
+        for name in self.vocabulary_names():  # whole: then each held to the format, as a fit reads it
+            self.vocabulary(name)
         self.index()
         return {"shards": self.n_shards, "shard_checksums": self.shard_bytes is not None,
                 "vocabularies": len(self.vocabulary_names()), "neighbour_graph": self.graph_info is not None,
@@ -424,6 +426,7 @@ class Store:
             try:
                 vocabularies[name] = self.vocabulary(name).classes
             except StoreError as error:  # a file written by hand against the format: named, the rest shown
+                self.check_unchanged()  # unless the store was rebuilt since it was opened: that is the cause then
                 unreadable[str(self._vocabulary_files.get(name, self.path))] = str(error)
         reasons, counts = np.unique(self.skipped()[1], return_counts=True)
         labels = {}
@@ -509,27 +512,34 @@ def open_master(path: Path) -> h5py.File:
     return file
 
 
-HAND_WRITTEN_VOCABULARY = ("zsfs never writes such a vocabulary: write it again (`zsfs text --overwrite`, or rerun the "
-                           "`zsfs extract` or `zsfs import` that wrote it)")
+HAND_WRITTEN_VOCABULARY = ("zsfs does not write such a vocabulary: write it again (`zsfs text --overwrite`, or rerun "
+                           "the `zsfs extract` or `zsfs import` that wrote it)")
 
 
 def read_vocabulary(group: h5py.Group, name: str, path: Path, clip_dim: int) -> Vocabulary:
     """Vocabulary ``name`` from its file (or format 1 group), held to what zsfs writes: a file
-    written by hand (docs/store.md) with names given twice, rows of another count or width, or
-    NaN rows is refused naming the file, not met later as a torch error or as NaN images."""
+    written by hand (docs/store.md) with names given twice, rows of another count, width or type,
+    or NaN rows is refused naming the file, not met later as a torch error or as NaN images."""
     where = f"{path}: vocabulary {name!r}"
-    missing = [dataset for dataset in (schema.VOCAB_CLASSES, *schema.PROMPT_KINDS) if dataset not in group]
+    kinds = (schema.VOCAB_CLASSES, *schema.PROMPT_KINDS)
+    missing = [kind for kind in kinds if not isinstance(group.get(kind), h5py.Dataset)]
     if missing:
         raise StoreError(f"{where} lacks {', '.join(missing)}; {HAND_WRITTEN_VOCABULARY}")
+    datasets = {kind: group[kind] for kind in kinds}
+    texts = datasets[schema.VOCAB_CLASSES]
+    wrong_type = ([f"{schema.VOCAB_CLASSES} is not a 1-d dataset of strings"]
+                  if texts.ndim != 1 or not h5py.check_string_dtype(texts.dtype) else []) + \
+                 [f"{kind} does not hold floating-point numbers" for kind in schema.PROMPT_KINDS
+                  if datasets[kind].dtype.kind != "f"]
+    if wrong_type:
+        raise StoreError(f"{where}: {wrong_type[0]}; {HAND_WRITTEN_VOCABULARY}")
     with read_errors(path, f"vocabulary {name!r}"):
-        classes = group[schema.VOCAB_CLASSES].asstr()[:]
-        arrays = {kind: group[kind][:] for kind in schema.PROMPT_KINDS}
+        raw_classes = texts[:]  # bytes: check_class_names decodes them, or says why it cannot
+        arrays = {kind: datasets[kind][:] for kind in schema.PROMPT_KINDS}
         prompt = str(group.attrs.get(schema.ATTR_PROMPT, ""))
         n_templates = int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0))
     try:
-        if classes.ndim != 1:
-            raise ZsfsError(f"{where}: classes has shape {classes.shape}, not (classes,)")
-        classes = check_class_names(classes.tolist(), where)
+        classes = check_class_names(raw_classes.tolist(), where)
         for kind, values in arrays.items():
             if values.shape != (len(classes), clip_dim):
                 raise ZsfsError(f"{where}: {kind} has shape {values.shape}, not ({len(classes)} classes, {clip_dim} = "
