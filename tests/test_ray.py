@@ -292,6 +292,25 @@ def test_an_address_where_another_server_answers_is_one_line_at_once(photos, tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_address_check_passes_a_real_cluster_and_names_what_else_answers(cluster):
+    """Review: no test ran the check against a real cluster's GCS (a check refusing every cluster
+    would have passed), and a tunnel whose far end is down or a silent server got the advice meant
+    for a dashboard's port."""
+    from zsfs.distributed import _unreachable
+
+    assert _unreachable(cluster) is None and _unreachable(f"ray://{cluster}") is None  # both speak gRPC
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections (the kernel's backlog), never answers
+        assert _unreachable(f"127.0.0.1:{silent.getsockname()[1]}", timeout=0.5) == (
+            "a connection is taken there, but nothing answered in 0.5 s (an overloaded head, or a tunnel whose far end "
+            "is down?)")
+    with socket.create_server(("127.0.0.1", 0)) as closing:
+        thread = threading.Thread(target=lambda: closing.accept()[0].close(), daemon=True)
+        thread.start()
+        assert _unreachable(f"127.0.0.1:{closing.getsockname()[1]}").startswith(
+            "a connection is taken there, then closed without an answer")
+        thread.join()
+
+
 def test_an_address_ray_cannot_parse_is_one_line():
     """Bug: `ray="bogus"` raised Ray's own ValueError. A process of its own: this one may be connected."""
     script = ("from zsfs.distributed import _start_or_join\n"

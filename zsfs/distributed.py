@@ -47,7 +47,7 @@ MAX_ATTEMPTS = 3
 that exhausts memory would otherwise kill every worker in turn; one that crashes its decoding
 process is set aside by the worker itself)."""
 RAY_LOGS = "/tmp/ray/session_latest/logs"
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)  # the client's preface, then an empty SETTINGS frame
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04" + bytes(5)  # + an empty SETTINGS frame
 HTTP2_FRAME_HEADER = 9  # bytes: length (3), type (1), flags (1), stream (4)
 HTTP2_SETTINGS = 0x04  # the frame type a gRPC server sends first
 
@@ -325,12 +325,19 @@ def _unreachable(address: str, timeout: float = CONNECT_SECONDS) -> str | None:
                 while len(reply) < HTTP2_FRAME_HEADER and (piece := connection.recv(HTTP2_FRAME_HEADER - len(reply))):
                     reply += piece
             except TimeoutError:
+                return (f"a connection is taken there, but nothing answered in {timeout:g} s (an overloaded head, "
+                        "or a tunnel whose far end is down?)")
+            except ConnectionResetError:  # closed before reading the preface: said below, as a plain close
                 pass
     except OSError as error:
         return error.strerror or str(error) or type(error).__name__
+    if not reply:  # a tunnel (kubectl port-forward, ssh -L) whose far end is down takes, then closes, connections
+        return "a connection is taken there, then closed without an answer (a tunnel whose far end is down?)"
     if len(reply) < HTTP2_FRAME_HEADER or reply[3] != HTTP2_SETTINGS:  # a gRPC server's first frame
-        return ("something answers there, but not a Ray cluster: its address is the port of its head's `ray start "
-                "--head --port`, 6379 by default, not the dashboard's (8265)")
+        port_of = ("its head's Ray client server, `ray://HEAD:10001` by default" if address.startswith("ray://") else
+                   "its head's `ray start --head --port`, 6379 by default")
+        return f"something answers there, but not a Ray cluster: its address is the port of {port_of}, not the " \
+               "dashboard's (8265)"
     return None
 
 
