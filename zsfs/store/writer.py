@@ -494,6 +494,11 @@ def _without(record: dict, key: str) -> dict:
     return {name: value for name, value in record.items() if name != key}
 
 
+def _differing(then: dict, now: dict) -> list[str]:
+    """The keys whose values differ between two records (one missing counts), sorted."""
+    return sorted(key for key in set(then) | set(now) if then.get(key) != now.get(key))
+
+
 def _short(value) -> str:
     """A recorded value in a message: digests cut to 12 characters."""
     text = str(value)
@@ -503,7 +508,7 @@ def _short(value) -> str:
 def describe_difference(found: dict | None, expected: dict) -> str:
     if found is None:
         return "it records no identity"
-    keys = sorted(key for key in set(found) | set(expected) if found.get(key) != expected.get(key))
+    keys = _differing(found, expected)
     if not keys:
         return "identity differs"
     text = "differs in " + ", ".join(keys)
@@ -530,9 +535,8 @@ def describe_difference(found: dict | None, expected: dict) -> str:
                      f"; its {key} weights {now['name']} / {now['weights']} had other values (the cache holds other "
                      "weights under that name now)")
         else:  # say which parts of the model differ: another model, other weights, other preprocessing
-            parts = sorted(part for part in set(then) | set(now) if then.get(part) != now.get(part))
             text += f"; its {key} differs in " + ", ".join(
-                f"{part} ({_short(then.get(part))} then, {_short(now.get(part))} now)" for part in parts)
+                f"{part} ({_short(then.get(part))} then, {_short(now.get(part))} now)" for part in _differing(then, now))
     layout = [f"--{key.replace('_', '-')} {found[key]}" for key in ("shard_size", "dtype")
               if key in keys and found.get(key) is not None]
     if layout:  # a resume with other options: say which to pass
