@@ -671,7 +671,8 @@ def test_a_bad_vocabulary_is_refused_before_the_store_is_written_or_replaced(inp
     """Bugs: a NaN or zero vocabulary row, or one of strings, was refused (or a ValueError
     traceback) only after the store was written: with --overwrite the old store was gone; a class
     name with an undecodable byte (os.listdir's surrogates) made a store no command could open;
-    n_templates of shape (3,) or of text was a traceback."""
+    n_templates of shape (3,) or of text was a traceback; a name with a tab or a zero-width space,
+    refused in a class file, was embedded and stored."""
     folder = inputs["dir"]
     common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
                   paths=folder / "paths.csv")
@@ -687,6 +688,8 @@ def test_a_bad_vocabulary_is_refused_before_the_store_is_written_or_replaced(inp
            "numbers.npz": (dict(classes=np.array([np.nan, 1.0])), r"classes holds float64 values; expected strings"),
            "byte.npz": (dict(classes=np.array(["caf\udce9", "dog"])), r"has a class name that is not UTF-8 text "
                                                                      r"\(position 1, counted from 1: caf\\xe9\)"),
+           "tab.npz": (dict(classes=np.array(["cat", "hot\tdog"])), r"vocabulary file .*tab.npz has an invisible "
+                                                                    r"or control character in the name 'hot\\x09dog'"),
            "shape.npz": (dict(n_templates=np.array([80, 80])), r"n_templates must be one whole number >= 0 .*, not "
                                                                 r"a int64 array of shape \(2,\)$"),
            "word.npz": (dict(n_templates=np.array("eighty")), r"n_templates must be .* shape \(\) \(eighty\)$")}

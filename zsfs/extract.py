@@ -29,7 +29,7 @@ from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at
                          check_parameter_type, check_path_type, literal)
 from zsfs.models import (backbone_as_recorded, clip_as_recorded, clip_tokenizer, encode_vocabulary, load_backbone,
                          load_clip, load_clip_from_record, same_text_to_clip)
-from zsfs.names import as_argument, check_class_names, counted, pairs_text, reasons_text
+from zsfs.names import as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
@@ -313,6 +313,7 @@ def extract(
     if given_classes is None and class_names:  # folder names: as strict as a list, and before the models load
         try:
             check_class_names(class_names, f"the class folders of {image_source.location}")
+            refuse_unseen_characters(class_names, f"the class folders of {image_source.location}")
         except ZsfsError as error:
             raise ZsfsError(f"{error}; rename the folders, or name the classes with --classes FILE") from None
     replace_vocabulary = f"`zsfs text {as_argument(out)} --classes FILE --vocab {as_argument(vocab_name)} --overwrite`"
@@ -579,7 +580,9 @@ def _given_classes(classes: Sequence[str] | str | Path | None) -> list[str] | No
     not_text = [name for name in classes if not isinstance(name, str)]
     if not_text:  # None, b"red" and 3 became the classes "None", "b'red'" and "3"
         raise ParameterError(f"{{classes}} must hold class names (str), not {literal(repr(not_text[0]))}")
-    return check_class_names([name.strip() for name in classes], "the classes given")  # as a class file's lines
+    classes = check_class_names([name.strip() for name in classes], "the classes given")  # as a class file's lines
+    refuse_unseen_characters(classes, "the classes given")
+    return classes
 
 
 def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,

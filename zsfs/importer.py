@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs.errors import ZsfsError, one_line
-from zsfs.names import check_class_names, counted, repeated
+from zsfs.names import check_class_names, counted, refuse_unseen_characters, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.files import names_beside
@@ -257,11 +257,13 @@ def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
     single = _text_embeddings(arrays["single"], f"vocabulary file {file}: single", shape)
     ensemble = _text_embeddings(arrays["ensemble"], f"vocabulary file {file}: ensemble", shape) if has_ensemble \
         else single
-    names = check_class_names(arrays["classes"].tolist(), f"vocabulary file {file}")
+    # as `zsfs text` reads a class file: names read from a CRLF or BOM-marked file keep "\r", "\ufeff"
+    # or spaces that no label carries (their fit found no labelled class)
+    names = [name.lstrip("\ufeff").strip()
+             for name in check_class_names(arrays["classes"].tolist(), f"vocabulary file {file}")]
+    refuse_unseen_characters(names, f"vocabulary file {file}")
     return ImportedVocabulary(
-        # as `zsfs text` reads a class file: names read from a CRLF or BOM-marked file keep "\r", "\ufeff"
-        # or spaces that no label carries (their fit found no labelled class)
-        classes=[name.lstrip("\ufeff").strip() for name in names],
+        classes=names,
         single=single,
         ensemble=ensemble,
         n_templates=int(n_templates),

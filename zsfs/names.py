@@ -118,6 +118,22 @@ def check_class_names(names: Iterable[object], where: str, lines: Sequence[int] 
     return names
 
 
+def refuse_unseen_characters(names: Sequence[str], where: str, lines: Sequence[int] | None = None) -> None:
+    """A ``ZsfsError`` for a new class name holding a control, invisible or formatting character:
+    a class name is embedded as written, so a zero-width space or a tab would change its text unseen.
+    (Names read back from stores are not held to this: earlier versions wrote some.)"""
+    from zsfs.errors import ZsfsError
+
+    unseen = [i for i, name in enumerate(names) if visible(name) != name]
+    if unseen:
+        first = unseen[0]
+        at = f" line {lines[first]}" if lines is not None else ""
+        others = f" (and {counted(len(unseen) - 1, 'other line' if lines else 'other name')})" \
+            if len(unseen) > 1 else ""
+        raise ZsfsError(f"{where}{at} has an invisible or control character in the name "
+                        f"'{visible(names[first])}'{others}; remove it: a class name is embedded as written")
+
+
 def _is_utf8_text(name: str) -> bool:
     try:
         name.encode("utf-8")

@@ -20,7 +20,7 @@ from PIL import Image
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError
-from zsfs.names import check_class_names, counted, repeated, some_names, utf8_text, utf8_texts, visible
+from zsfs.names import check_class_names, counted, refuse_unseen_characters, repeated, some_names, utf8_text, utf8_texts
 from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar,
                        is_tar_pattern, list_tars, resolve_tars, tar_shards_in)
 
@@ -159,12 +159,7 @@ def read_class_file(path: str | Path) -> list[str]:
     lines = [(number, line.lstrip("\ufeff").strip())
              for number, line in enumerate(re.split("\r\n|\r|\n", text), start=1)]
     named = [(number, name) for number, name in lines if name and not name.startswith("#")]
-    unseen = [(number, name) for number, name in named if visible(name) != name]
-    if unseen:  # embedded as written, a zero-width space or a tab would change the text unseen
-        number, name = unseen[0]
-        others = f" (and {counted(len(unseen) - 1, 'other line')})" if len(unseen) > 1 else ""
-        raise ZsfsError(f"class file {path} line {number} has an invisible or control character in the name "
-                        f"'{visible(name)}'{others}; remove it: a class name is embedded as written")
+    refuse_unseen_characters([name for _, name in named], f"class file {path}", [number for number, _ in named])
     if not named:
         raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
     return check_class_names([name for _, name in named], f"class file {path}", lines=[number for number, _ in named])
