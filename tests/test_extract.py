@@ -856,19 +856,13 @@ def test_class_folders_that_print_alike_are_refused_before_the_models_load(tmp_p
     assert not (tmp_path / "s.h5").exists()
 
 
-def test_a_class_folder_or_given_class_with_an_invisible_character_is_refused_before_the_models_load(
-        tmp_path, monkeypatch):
-    """Bug: a class folder 'dog' + U+200B (or the same name in a classes list) was embedded as
-    written, text that differs unseen from 'dog'; a class file refused it."""
+def test_given_classes_with_an_invisible_character_are_refused_before_the_models_load(tmp_path, monkeypatch):
+    """Bug: a classes list holding 'hot' + tab + 'dog' was embedded as written, text that differs
+    unseen from what is shown; a class file refused it. (Class folders keep their names as given.)"""
     from zsfs import extract as extract_module
 
-    folder = write_image_folder(tmp_path / "src", n_per_class=1, classes=("cat", "dog\u200b"))
+    folder = write_image_folder(tmp_path / "src", n_per_class=1, classes=("cat", "dog"))
     monkeypatch.setattr(extract_module, "_embedder", None)  # reaching the models would fail with a TypeError
-    result = run_cli("extract", folder["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
-    assert result.exit_code == 1 and output_text(result).startswith(
-        f"Error: the class folders of {folder['root']} has an invisible or control character in the name "
-        "'dog\\u200b'; remove it")
-    assert "rename the folders, or name the classes with --classes FILE" in output_text(result)
     with pytest.raises(ZsfsError, match=r"^the classes given has an invisible or control character in the name "
                                         r"'hot\\x09dog' \(and 1 other name\)"):
         extract_module.extract(folder["root"], tmp_path / "s.h5", classes=["cat", "hot\tdog", "a\x1b[31m"],

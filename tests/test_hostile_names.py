@@ -245,9 +245,27 @@ def test_store_file_names_with_percent_signs_or_bytes_that_are_not_utf8(tmp_path
     assert shards.is_dir() and shards.name.endswith(".shards") and os.fsencode(shards.name).decode("utf-8")
     assert run_cli("info", master).exit_code == 0
     described = run_cli("info", "--json", master)  # bug: a lone surrogate ("\udcf6"), refused by strict readers
-    assert json.loads(described.stdout)["path"] == (str(master) if b"\xf6" not in name else
-                                                     str(tmp_path / "ph\\xf6.h5"))
+    summary = json.loads(described.stdout)
+    assert summary["path"] == (str(master) if b"\xf6" not in name else str(tmp_path / "ph\\xf6.h5"))
     assert "\\udc" not in described.stdout
+    # bug: the escaped path read like a name holding the text \xf6; its pointer now says it was escaped
+    assert summary["escaped"] == ([] if b"\xf6" not in name else ["/path"])
+
+
+def test_info_json_says_which_names_it_escaped(tmp_path):
+    """Bug: a path that is not UTF-8 text was written escaped (ph\\xf6tos) with nothing to tell it
+    from a path holding the text \\xf6; ``escaped`` now points at each such value."""
+    raw_root = os.fsencode(tmp_path) + b"/ph\xf6tos"
+    os.makedirs(raw_root + b"/cat")
+    _write_png(raw_root + b"/cat/a.png", 0)
+    store = Path(os.fsdecode(os.fsencode(tmp_path) + b"/s\xf6.h5"))
+    extracted = run_cli("extract", Path(os.fsdecode(raw_root)), "--out", store, *TINY_MODEL_ARGS, "--workers", "0")
+    assert extracted.exit_code == 0, extracted.output
+    summary = json.loads(run_cli("info", store, "--json").stdout)
+    assert summary["path"] == f"{tmp_path}/s\\xf6.h5" and summary["source"] == f"{tmp_path}/ph\\xf6tos"
+    assert summary["escaped"] == ["/path"]  # the source was stored as UTF-8 text (lossy)
+    store.rename(tmp_path / "s.h5")
+    assert json.loads(run_cli("info", tmp_path / "s.h5", "--json").stdout)["escaped"] == []
 
 
 def test_info_lists_skipped_files_one_line_each_whatever_their_names(tmp_path):

@@ -313,7 +313,6 @@ def extract(
     if given_classes is None and class_names:  # folder names: as strict as a list, and before the models load
         try:
             check_class_names(class_names, f"the class folders of {image_source.location}")
-            refuse_unseen_characters(class_names, f"the class folders of {image_source.location}")
         except ZsfsError as error:
             raise ZsfsError(f"{error}; rename the folders, or name the classes with --classes FILE") from None
     replace_vocabulary = f"`zsfs text {as_argument(out)} --classes FILE --vocab {as_argument(vocab_name)} --overwrite`"

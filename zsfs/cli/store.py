@@ -146,7 +146,9 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
     if skipped is not None:
         summary["skipped"] = [_json_entry(path, reason) for path, reason in zip(*skipped)]
     if as_json:
-        click.echo(json.dumps(_as_json_text(summary), indent=2))
+        escaped: list[str] = []
+        written = _as_json_text(summary, escaped=escaped)
+        click.echo(json.dumps({**written, "escaped": escaped}, indent=2))
     else:
         show_summary(summary, advice)
 
@@ -155,15 +157,28 @@ def _escaped(text: str) -> str:
     return visible(text.replace("\\", "\\\\"))
 
 
-def _as_json_text(value: object) -> object:
+def _as_json_text(value: object, pointer: str = "", escaped: list[str] | None = None) -> object:
     """``value`` with every string that is not UTF-8 text (a file name's undecodable byte, held as a
-    lone surrogate) escaped as on a ``--skipped`` line: strict JSON readers refuse a lone surrogate."""
+    lone surrogate) escaped as on a ``--skipped`` line, since strict JSON readers refuse a lone
+    surrogate; the JSON pointer (RFC 6901) of each such value, or of the member whose name was
+    escaped, is appended to ``escaped`` (an escaped ``\\xe9`` reads apart from the text ``\\xe9``)."""
     if isinstance(value, str):
-        return value if value == utf8_text(value) else _escaped(value)
+        if value == utf8_text(value):
+            return value
+        if escaped is not None:
+            escaped.append(pointer)
+        return _escaped(value)
     if isinstance(value, dict):
-        return {_as_json_text(key): _as_json_text(item) for key, item in value.items()}
+        written = {}
+        for key, item in value.items():
+            name = _as_json_text(key)
+            at = f"{pointer}/{name.replace('~', '~0').replace('/', '~1')}"
+            if escaped is not None and name != key:
+                escaped.append(at)
+            written[name] = _as_json_text(item, at, escaped)
+        return written
     if isinstance(value, list):
-        return [_as_json_text(item) for item in value]
+        return [_as_json_text(item, f"{pointer}/{i}", escaped) for i, item in enumerate(value)]
     return value
 
 
