@@ -406,6 +406,8 @@ def test_a_real_browser_draws_the_page(photo_run, tmp_path):
     measured = tmp_path / "measured.html"
     page = write_report(run, tmp_path / "long.html")
     assert f'<h3 class="class-name">{long_name}</h3>' in page.read_text()
+    # the summary names 10 of the 40 and says where the rest are (it said config.json, not on the page)
+    assert "an_unbreakable_class_name_number_9; ... (30 more in Classes below)</td>" in page.read_text()
     measure = ("<script>const label = document.querySelector('#summary td');"
                "document.title = [label.getBoundingClientRect().width, label.offsetHeight,"
                " document.documentElement.scrollWidth, window.innerWidth].join(' ');</script></body>")

@@ -187,7 +187,8 @@ def _thumbnails_of(paths: list[str], root: Path | None) -> list[tuple[str | None
 # --- sections ------------------------------------------------------------------------------------
 
 def _summary(run: FittedRun, frame) -> str:
-    return _section("summary", "Summary", _table(summary_rows(run.config, run.metrics, frame, MAX_LISTED)))
+    return _section("summary", "Summary", _table(summary_rows(run.config, run.metrics, frame, MAX_LISTED,
+                                                                  absent_listed_in="Classes below")))
 
 
 def _figures(run: FittedRun, frame) -> str:

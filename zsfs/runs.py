@@ -50,11 +50,13 @@ def refuse_run_file(path: Path) -> None:
         raise ZsfsError(f"{path} is a file of the fit run in {path.parent}: writing it would replace the run's "
                         "own; choose another file")
 
-def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", names_shown: int) -> list[tuple[str, str]]:
+def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", names_shown: int,
+                 absent_listed_in: str = "config.json") -> list[tuple[str, str]]:
     """What a run's summary says, as (label, plain text) rows: the fit command's table and the
     report's, from the run's config.json, metrics.json and predictions (``frame``: at least its
     is_seed, pseudo_label, ood_flag and ood_paper columns); runs of older versions lack some
-    figures, whose rows are left out. ``names_shown``: class names listed in one row."""
+    figures, whose rows are left out. ``names_shown``: class names listed in one row;
+    ``absent_listed_in``: where the absent classes left out of it are all listed."""
     from zsfs.evaluate import paper_score_counts
     from zsfs.names import pairs_text, some_names, spelled_like
 
@@ -76,7 +78,8 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
     parameters = config.get("parameters") or {}
     looked_for_absent = parameters.get("method") == "balanced" and not parameters.get("keep_all_classes")
     if config.get("absent_classes") or (looked_for_absent and config.get("absent_classes") is not None):
-        rows.append(("absent classes", listed(config["absent_classes"]) if config["absent_classes"] else "none"))
+        rows.append(("absent classes", some_names(config["absent_classes"], names_shown, absent_listed_in)
+                     if config["absent_classes"] else "none"))
     if config.get("classes_without_seeds"):
         rows.append(("classes without seeds", listed(config["classes_without_seeds"])))
     if config.get("classes_read_as_one"):  # the later of each pair is never zero-shot's pick
