@@ -455,6 +455,17 @@ def test_format_1_stores_are_read_and_extended(tmp_path, arrays):
     with Store(master) as store:
         assert store.vocabulary_names() == ["new", "old"] and store.graph_info["k"] == 2
 
+    # Bug: two in-master vocabularies that break the format were keyed by the master's path, so
+    # info named one of them
+    with h5py.File(master, "r+") as file:
+        for name in ("old", "older"):
+            if name not in file["vocab"]:
+                file.copy(file["vocab/old"], "vocab/older")
+            file[f"vocab/{name}/single"][0] = np.nan
+    with Store(master) as store:
+        assert sorted(store.summary()["unreadable_vocabularies"]) == [f"{master} (vocabulary 'old')",
+                                                                     f"{master} (vocabulary 'older')"]
+
 
 def test_a_closed_store_says_so(tmp_path):
     """Bug: reading a closed store said it "has no dataset 'backbone'", as if it were damaged."""

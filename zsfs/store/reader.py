@@ -427,7 +427,8 @@ class Store:
                 vocabularies[name] = self.vocabulary(name).classes
             except StoreError as error:  # a file written by hand against the format: named, the rest shown
                 self.check_unchanged()  # unless the store was rebuilt since it was opened: that is the cause then
-                unreadable[str(self._vocabulary_files.get(name, self.path))] = str(error)
+                where = self._vocabulary_files.get(name)  # none: in the master (format 1), which holds several
+                unreadable[str(where) if where else f"{self.path} (vocabulary {name!r})"] = str(error)
         reasons, counts = np.unique(self.skipped()[1], return_counts=True)
         labels = {}
         if self.has_labels:
