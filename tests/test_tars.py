@@ -83,6 +83,22 @@ def test_tars_beside_images_or_a_subfolder_are_named_not_silently_dropped(shards
     assert given.unreadable == {str(mixed / "00000.tar"): TAR_BESIDE_IMAGES}
 
 
+def test_a_store_written_among_its_tars_is_rerun_from_the_same_tars(shards, tmp_path, monkeypatch):
+    """Bug: `cd tars/ && zsfs extract .` wrote tars.shards/ there, and that subfolder made the rerun
+    (a resume, a new --vocab) read the folder as an image folder: "no images found"."""
+    folder = tmp_path / "tars"
+    shutil.copytree(shards["root"], folder)
+    monkeypatch.chdir(folder)
+    first = run_cli("extract", ".", *TINY_MODEL_ARGS, "--workers", "0")
+    assert first.exit_code == 0 and (folder / "tars.shards").is_dir(), first.output
+    again = run_cli("extract", ".", *TINY_MODEL_ARGS, "--workers", "0")
+    assert again.exit_code == 0, again.output
+    assert open_source(folder).paths == shards["paths"]
+    (folder / "logs").mkdir()  # any other subfolder still makes it an image folder
+    with pytest.raises(ZsfsError, match="read as tar shards only when it holds no subfolder"):
+        open_source(folder)
+
+
 def test_a_tar_source_is_recorded_the_same_from_any_folder(shards, monkeypatch):
     """Bug: tars were recorded as written, made absolute ("/w/pat/../laion/00000.tar"), so a
     rerun from another folder was refused as another source; folders were already normalised."""

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from zsfs.errors import ZsfsError
+from zsfs.store.schema import SHARDS_SUFFIX
 
 MEMBER_SEPARATOR = "::"
 TAR_SUFFIX = ".tar"
@@ -112,7 +113,9 @@ def _brace_choices(group: str, pattern: str) -> list[str]:
 
 def tar_shards_in(folder: Path, image_suffixes: Iterable[str]) -> list[Path]:
     """The ``*.tar`` files of a folder laid out as img2dataset writes it (tars, parquet and
-    stats files, no subfolders, no loose images); empty when the folder is an image folder."""
+    stats files, no subfolders, no loose images); empty when the folder is an image folder. A
+    store's shards folder (``*.shards``) does not count as a subfolder: ``cd tars/ && zsfs
+    extract .`` writes its store there, and its rerun must read the same tars."""
     suffixes = frozenset(image_suffixes)
     tars = []
     try:
@@ -123,6 +126,8 @@ def tar_shards_in(folder: Path, image_suffixes: Iterable[str]) -> list[Path]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
+            if entry.name.endswith(SHARDS_SUFFIX):
+                continue
             return []
         suffix = os.path.splitext(entry.name)[1].lower()
         if suffix in suffixes:  # loose images: an image folder

@@ -123,6 +123,7 @@ the virtual datasets read where a shard file is missing (NaN for the embeddings)
 
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
+SHARDS_SUFFIX = ".shards"  # a master's shards folder: imagenet.h5 -> imagenet.shards
 DEFAULT_SHARD_SIZE = 50_000
 EMBEDDING_DTYPES = ("float16", "float32")
 
@@ -149,7 +150,7 @@ def shard_dir(master: Path) -> Path:
     master = Path(master)
     stem = os.fsencode(master.stem).decode("utf-8", "surrogateescape")  # such bytes: U+DC80-U+DCFF
     stem = "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in stem)
-    return master.with_name(stem + ".shards")
+    return master.with_name(stem + SHARDS_SUFFIX)
 
 
 def vds_file_name(shard_file: str) -> str:
