@@ -681,6 +681,29 @@ def test_a_rerun_rewrites_a_shard_damaged_in_place_since_the_master(base, store,
         np.testing.assert_array_equal(repaired.read("clip"), original.read("clip"))
 
 
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_a_damaged_master_is_rebuilt_from_its_shards_as_its_errors_say(base, store, damage):
+    """Bug: a truncated (or overwritten) master's errors said only "probably truncated or damaged"
+    and "pass --overwrite to replace it", which embeds every image again; removing the master and
+    rerunning reuses every finished shard. The errors now say so."""
+    if damage == "truncated":
+        os.truncate(store, store.stat().st_size // 3)
+    else:
+        store.write_bytes(b"not an HDF5 file")
+    said = output_text(run_cli("info", store))
+    assert "if it is the damaged master of the store in s.shards/, remove it" in said, said
+    rerun = run_cli(*extract_args(base, store))
+    assert rerun.exit_code == 1 and "if it is the damaged master of the store in s.shards/, remove it" in \
+        output_text(rerun), output_text(rerun)
+    if damage == "truncated":  # a file that is no HDF5 at all is never replaced, even with --overwrite
+        assert "else --overwrite replaces it (embedding every image again)" in output_text(rerun)
+    store.unlink()
+    rebuilt = run_cli(*extract_args(base, store))
+    assert rebuilt.exit_code == 0 and "0 / 3" in rebuilt.output, rebuilt.output  # shards written / reused
+    with Store(store) as repaired, Store(base / "s.h5") as original:
+        np.testing.assert_array_equal(repaired.read("clip"), original.read("clip"))
+
+
 @pytest.mark.parametrize("new_shard_size", [100, 70])
 def test_a_store_rebuilt_under_a_fit_stops_it_instead_of_mixing_two_builds(tmp_path, new_shard_size):
     """Bug: a fit reading a store while `zsfs import --overwrite` rebuilt it exited 0 with 10 %

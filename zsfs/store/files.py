@@ -59,6 +59,19 @@ def names_beside(master: Path) -> list[str]:
     return [temp_file_name(master), lock_path(master).name, schema.shard_dir(master).name]
 
 
+def damaged_master_advice(master: Path) -> str:
+    """What to do about a master that cannot be read beside a shards folder holding shard files:
+    a rebuild reuses them, where ``--overwrite`` would embed every image again ("" without them)."""
+    from zsfs.names import as_argument
+    from zsfs.store import schema
+
+    shards = schema.shard_dir(master)
+    if not any(shards.glob(f"shard-*{schema.SHARD_SUFFIX}")):
+        return ""
+    return (f"; if it is the damaged master of the store in {shards.name}/, remove it (`rm {as_argument(master)}`) "
+            "and rerun the extract or import that made it: its finished shards are reused")
+
+
 def _temp_prefix(final: Path) -> str:
     return f".{final.name}."
 

@@ -18,7 +18,7 @@ from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, 
 from zsfs.names import as_argument, check_class_names, counted, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
-from zsfs.store.files import master_file, written_elsewhere
+from zsfs.store.files import damaged_master_advice, master_file, written_elsewhere
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, string_view
 from zsfs.store.index import read_index_blocks
 from zsfs.digests import file_sha256
@@ -485,11 +485,13 @@ def open_master(path: Path) -> h5py.File:
     if path.is_dir():
         raise StoreError(f"{path} is a folder; pass the store's master .h5 file{_did_you_mean(path)}")
     if not h5py.is_hdf5(path):
-        raise StoreError(f"{path} is not an HDF5 file (damaged, truncated, or not a zsfs store){_did_you_mean(path)}")
+        raise StoreError(f"{path} is not an HDF5 file (damaged, truncated, or not a zsfs store)"
+                         f"{damaged_master_advice(path) or _did_you_mean(path)}")
     try:
         file = h5py.File(path, "r")
     except OSError as error:
-        raise StoreError(f"{path} cannot be opened as HDF5 ({error}); it is probably truncated or damaged") from None
+        raise StoreError(f"{path} cannot be opened as HDF5 ({error}); it is probably truncated or damaged"
+                         f"{damaged_master_advice(path)}") from None
     fmt = file.attrs.get(schema.ATTR_FORMAT)
     version = file.attrs.get(schema.ATTR_FORMAT_VERSION)
     if fmt in schema.PART_FORMATS:

@@ -22,7 +22,7 @@ import numpy as np
 
 from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import schema
-from zsfs.store.files import (LOCK_SUFFIX, acquire_lock, master_file, new_hdf5, release_lock, remove_file, remove_leftover_temp_files,
+from zsfs.store.files import (LOCK_SUFFIX, acquire_lock, damaged_master_advice, master_file, new_hdf5, release_lock, remove_file, remove_leftover_temp_files,
                               temp_files_of, written_elsewhere)
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_checked, write_strings
 from zsfs.digests import file_sha256
@@ -129,13 +129,14 @@ def refuse_replacing_another_file(master: Path) -> None:
     --overwrite would replace it. A master too damaged to show its mark is a store to rebuild."""
     master = Path(master)
     keep = "zsfs replaces only stores, even with --overwrite: choose another output, or move that file away"
-    if master.parent.name.endswith(".shards") and _holds_store_parts(master.parent):
+    if master.parent.name.endswith(schema.SHARDS_SUFFIX) and _holds_store_parts(master.parent):
         raise StoreError(f"{master} is inside {master.parent}, the folder where a store keeps its shards; "
                          "choose an output outside it")
     if not master.is_file():
         return
     if not h5py.is_hdf5(master):
-        raise StoreError(f"{master} exists and is not an HDF5 file, so not a zsfs store; {keep}")
+        raise StoreError(f"{master} exists and is not an HDF5 file, so not a zsfs store; {keep}"
+                         f"{damaged_master_advice(master)}")
     mark = _format_mark(master)
     if mark in schema.PART_FORMATS:
         raise StoreError(f"{master} is {schema.PART_FORMATS[mark]} of a zsfs store, not a store; {keep}")
@@ -266,8 +267,10 @@ class StoreWriter:
                     identity = read_identity(file)
             except Exception:  # unreadable, or damaged metadata (h5py's RuntimeError, a garbled identity)
                 if path == self.master:
-                    raise StoreError(f"{path} exists and is not a readable zsfs store; "
-                                     "pass --overwrite to replace it or choose another output") from None
+                    advice = damaged_master_advice(path)
+                    raise StoreError(f"{path} exists and is not a readable zsfs store" + (
+                        f"{advice}; else --overwrite replaces it (embedding every image again), or choose another "
+                        "output" if advice else "; pass --overwrite to replace it or choose another output")) from None
                 continue  # a damaged shard is simply rewritten
             if identity is None and path != self.master:
                 continue  # so is one whose identity was lost: zsfs writes none without
