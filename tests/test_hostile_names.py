@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
+from zsfs.errors import ZsfsError
 from zsfs.report import render_report
 from zsfs.sources import open_source
 from zsfs.store import Store
@@ -266,6 +267,20 @@ def test_info_json_says_which_names_it_escaped(tmp_path):
     assert summary["escaped"] == ["/path"]  # the source was stored as UTF-8 text (lossy)
     store.rename(tmp_path / "s.h5")
     assert json.loads(run_cli("info", tmp_path / "s.h5", "--json").stdout)["escaped"] == []
+
+
+def test_class_folders_read_as_one_label_are_refused(tmp_path):
+    """Bug: folders caf + byte 0xE9 and caf + the text \\xe9 were both read as the label
+    'caf\\xe9': their images were one class, and nothing said so."""
+    raw_root = os.fsencode(tmp_path / "photos")
+    for i, label in enumerate((b"caf\xe9", b"caf\\xe9", b"dog")):
+        os.makedirs(raw_root + b"/" + label)
+        _write_png(raw_root + b"/" + label + b"/a.png", i)
+    with pytest.raises(ZsfsError, match=r"class folders of .*photos read as one label: 1: caf\\xe9 \(a name that "
+                                        r"is not UTF-8 text"):
+        open_source(Path(os.fsdecode(raw_root)))
+    os.rename(raw_root + b"/caf\\xe9", raw_root + b"/cafe")
+    assert sorted(set(open_source(Path(os.fsdecode(raw_root))).labels)) == ["caf\\xe9", "cafe", "dog"]
 
 
 def test_info_lists_skipped_files_one_line_each_whatever_their_names(tmp_path):
