@@ -332,9 +332,18 @@ def test_a_reimport_does_not_replace_a_vocabulary_by_other_classes(inputs):
     np.savez(other, classes=np.array(["emu", "yak"]), single=unit_rows(2, D_CLIP, 4))
     with pytest.raises(ZsfsError, match="already has a vocabulary 'pets' with other classes \\(2: cat; dog\\)"):
         import_store(folder / "v.h5", vocabularies={"pets": other}, **common)
-    import_store(folder / "v.h5", vocabularies={"pets": folder / "pets_ensemble.npz"}, **common)  # same classes
+    import_store(folder / "v.h5", vocabularies={"pets": folder / "pets_ensemble.npz"}, **common)  # adds an ensemble
     with Store(master) as store:
         assert store.vocabulary("pets").classes == ["cat", "dog"] and store.vocabulary("pets").n_templates == 80
+    # Bug: the same classes with other text embeddings replaced them without a word (earlier fits used them)
+    for kind in ("single", "ensemble"):
+        arrays = dict(np.load(folder / "pets_ensemble.npz"))
+        arrays[kind] = -arrays[kind]
+        np.savez(folder / "changed.npz", **arrays)
+        with pytest.raises(ZsfsError, match=f"already has a vocabulary 'pets' of these classes with other text "
+                                            f"embeddings \\({kind}\\), which earlier fits used"):
+            import_store(folder / "v.h5", vocabularies={"pets": folder / "changed.npz"}, **common)
+    import_store(folder / "v.h5", vocabularies={"pets": folder / "pets_ensemble.npz"}, **common)  # the same: a rerun
     import_store(folder / "v.h5", vocabularies={"pets": other}, overwrite=True, **common)  # a new store
     with Store(master) as store:
         assert store.vocabulary("pets").classes == ["emu", "yak"]

@@ -360,10 +360,12 @@ def import_store(
 
 
 def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:
-    """A rerun must not replace a vocabulary of the store with other classes (``--overwrite`` rebuilds all)."""
+    """A rerun must not replace a vocabulary of the store with other classes or text embeddings
+    (``--overwrite`` rebuilds all)."""
     if not overwrite:
         for name, vocabulary in loaded.items():
-            refuse_other_classes(out, name, vocabulary.classes, "`zsfs import ... --overwrite` rebuilds the whole store")
+            refuse_other_classes(out, name, vocabulary.classes, "`zsfs import ... --overwrite` rebuilds the whole store",
+                                 {"single": vocabulary.single, "ensemble": vocabulary.ensemble})
 
 
 def imported_record(name: str, rows: RowParts, location: Path, earlier: dict | None = None) -> dict:

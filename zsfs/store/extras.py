@@ -23,11 +23,13 @@ from zsfs.store.rows import normalise_rows
 
 
 
-def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to_replace: str) -> None:
+def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to_replace: str,
+                         embeddings: dict[str, np.ndarray] | None = None) -> None:
     """Before a rerun of extract or import into ``master``: its vocabulary ``name``, if any, must
-    hold these ``classes`` (the rerun rewrites it), not others that earlier runs were fitted on.
-    Call it after ``refuse_another_listing``: for a store of other images, replacing its
-    vocabulary is not the fix."""
+    hold these ``classes`` (the rerun rewrites it), not others that earlier runs were fitted on;
+    and, with ``embeddings`` (``single`` / ``ensemble`` rows given, as an import has them), these
+    text embeddings. Call it after ``refuse_another_listing``: for a store of other images,
+    replacing its vocabulary is not the fix."""
     from zsfs.store.reader import Store
 
     if not master.is_file():
@@ -39,11 +41,23 @@ def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to
     with store:
         if name not in store.vocabulary_names():
             return
-        existing = store.vocabulary(name).classes
-    if list(existing) != [str(c) for c in classes]:
+        existing = store.vocabulary(name)
+    if list(existing.classes) != [str(c) for c in classes]:
         raise ZsfsError(f"{master.name} already has a vocabulary {name!r} with other classes "
-                        f"({some_names(list(existing), 5)}); give "
+                        f"({some_names(list(existing.classes), 5)}); give "
                         f"these classes another vocabulary name, or replace it: {how_to_replace}")
+    def differs(given: np.ndarray, stored: np.ndarray) -> bool:  # stored as float32 unit rows
+        return np.shape(given) != stored.shape or not np.allclose(
+            normalise_rows(np.asarray(given, dtype=np.float32), "text embeddings"), stored, atol=1e-5)
+
+    # an ensemble where the stored one is the single prompt's stand-in (none was given) is added, not replaced
+    filled_in = not differs(existing.single, existing.ensemble)
+    other = [kind for kind, rows in (embeddings or {}).items()
+             if differs(rows, getattr(existing, kind)) and not (kind == schema.VOCAB_ENSEMBLE and filled_in)]
+    if other:
+        raise ZsfsError(f"{master.name} already has a vocabulary {name!r} of these classes with other text "
+                        f"embeddings ({' and '.join(other)}), which earlier fits used; give these another "
+                        f"vocabulary name, or replace it: {how_to_replace}")
 
 
 def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np.ndarray, ensemble: np.ndarray,
