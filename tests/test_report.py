@@ -95,6 +95,21 @@ def test_labelled_run_has_every_section_and_a_thumbnail_per_shown_image(photo_ru
     assert len(page) < 2_000_000
 
 
+def test_the_pixel_budget_its_note_names_is_an_option_of_report(photo_run, tmp_path):
+    """Bug: an image over the pixel budget was noted "see --max-pixels", an option `zsfs report`
+    did not have: such an image could never be shown."""
+    out = tmp_path / "small.html"
+    budget = run_cli("report", photo_run, "--out", out, "--max-pixels", "100")  # 32 x 32 images; JPEGs decode smaller
+    assert budget.exit_code == 0, budget.output
+    said = " ".join(output_text(budget).split())
+    assert re.search(r"Note: (\d+) of \d+ images could not be shown \(image too large \(over the budget of 100 "
+                     r"pixels, see --max-pixels\): \1\); image paths were looked up from the store's source "
+                     r"[^ ]+\.$", said), said  # not told to pass --images: the files were found
+    assert run_cli("report", photo_run, "--out", out, "--max-pixels", "4096").exit_code == 0
+    assert "<img " in out.read_text() and 'class="note"' not in out.read_text()
+    assert run_cli("report", photo_run, "--out", out, "--max-pixels", "0").exit_code == 2
+
+
 def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):
     out = tmp_path / "elsewhere.html"
     (tmp_path / "moved").mkdir()  # a folder that does not hold the images (a missing one is a usage error)

@@ -37,16 +37,18 @@ THUMBNAIL_BUDGET = 4000  # thumbnails in the class galleries: ~3 KB each keeps a
 MAX_PER_CLASS = 8
 OOD_IMAGES = 48
 ROW = "row"  # the store row of a prediction (a column the report adds)
+NO_FOLDER = "no image folder known"
+NOT_FOUND = "file not found"  # zsfs.decode's reason
 MAX_LISTED = 10  # absent classes named in the summary (the Classes section lists them all)
 
 
 def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = None, *, images: str | Path | None = None,
                  per_class: int | None = None, ood_images: int = OOD_IMAGES, seed: int = 0,
-                 on_missing_images: Callable[[str], None] | None = None) -> Path:
+                 max_pixels: int | None = None, on_missing_images: Callable[[str], None] | None = None) -> Path:
     """Render the report of ``run_dir`` to ``out`` [RUN_DIR/report.html]; the options as
     :func:`render_report`'s. ``on_missing_images`` hears the page's note when some images could
     not be shown (an empty gallery should be no surprise)."""
-    _check_options(images, per_class, ood_images, seed)
+    _check_options(images, per_class, ood_images, seed, max_pixels)
     check_callbacks(on_missing_images=on_missing_images)
     if isinstance(run_dir, FittedRun):  # what zsfs.fit returns: its saved folder
         if run_dir.path is None:
@@ -62,7 +64,7 @@ def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = Non
     check_writable(written_file(out), "report")  # before the rendering, with the message every command gives
     refuse_read_only_file(out, "report")
     page, missing = _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed,
-                            out=None if out == Path(run_dir) / REPORT else out)
+                            max_pixels=max_pixels, out=None if out == Path(run_dir) / REPORT else out)
     written = write_text_atomically(out, page)
     if missing and on_missing_images is not None:
         on_missing_images(missing)
@@ -81,21 +83,23 @@ def _check_report_name(out: Path) -> None:
 
 
 def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | None = None, per_class: int | None = None,
-                  ood_images: int = OOD_IMAGES, seed: int = 0) -> str:
+                  ood_images: int = OOD_IMAGES, seed: int = 0, max_pixels: int | None = None) -> str:
     """The report's HTML.
 
     ``images``: the folder the store's image paths are relative to [the store's source folder].
     ``per_class``: seeds and sampled predictions shown per class [as many as the thumbnail budget
     allows, at most 8]. ``ood_images``: images in the "most likely OOD" gallery. ``seed``: draws
-    the sampled predictions.
+    the sampled predictions. ``max_pixels``: the pixel budget of one image, as ``zsfs extract``'s
+    [89,478,485]; a larger JPEG is decoded smaller, a larger image of another format not shown.
     """
-    _check_options(images, per_class, ood_images, seed)
+    _check_options(images, per_class, ood_images, seed, max_pixels)
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
-    return _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed)[0]
+    return _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed,
+                   max_pixels=max_pixels)[0]
 
 
 def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None, ood_images: int,
-            seed: int, out: Path | None = None) -> tuple[str, str | None]:
+            seed: int, max_pixels: int | None = None, out: Path | None = None) -> tuple[str, str | None]:
     """The page, and its note on the images it could not show (None when all show; its command
     writes to ``out``, None: the run folder's page)."""
     import polars as pl
@@ -117,9 +121,9 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
     rows = shown[ROW].to_list()
     root, where, exact = image_locations(run, images, np.asarray(rows, dtype=np.int64))
     files = dict(zip(rows, exact if exact is not None else shown["path"].to_list()))  # row -> the name to open
-    made = {row: (None, "no image folder known") for row in rows}  # keyed by row: two names can read alike
+    made = {row: (None, NO_FOLDER) for row in rows}  # keyed by row: two names can read alike
     openable = [row for row in rows if root is not None or Path(files[row]).is_absolute()]
-    made.update(zip(openable, _thumbnails_of([files[row] for row in openable], root)))
+    made.update(zip(openable, _thumbnails_of([files[row] for row in openable], root, max_pixels)))
     sections = {
         "summary": _summary(run, frame),
         "figures": _figures(run, frame),
@@ -133,11 +137,13 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
     return _page(run, note + "".join(sections.values()), [anchor for anchor, part in sections.items() if part]), missing
 
 
-def _check_options(images: str | Path | None, per_class: int | None, ood_images: int, seed: int) -> None:
+def _check_options(images: str | Path | None, per_class: int | None, ood_images: int, seed: int,
+                   max_pixels: int | None) -> None:
     """Refuse bad options before the run is read."""
     if images is not None:
         check_path_type("images", images)
     check_at_least("per_class", per_class, 1)
+    check_at_least("max_pixels", max_pixels, 1)
     check_at_least("ood_images", ood_images, 0)
     check_seed(seed)
 
@@ -173,7 +179,8 @@ def image_locations(run: FittedRun, images: str | Path | None,
     return (source if source.is_dir() else source.parent), f"image paths were looked up from the store's source {source}", exact
 
 
-def _thumbnails_of(paths: list[str], root: Path | None) -> list[tuple[str | None, str | None]]:
+def _thumbnails_of(paths: list[str], root: Path | None,
+                   max_pixels: int | None = None) -> list[tuple[str | None, str | None]]:
     """The thumbnails of ``paths``, the store's (files or ``shard.tar::member``) relative to
     ``root``, or absolute."""
     base = root or Path("/")
@@ -181,7 +188,8 @@ def _thumbnails_of(paths: list[str], root: Path | None) -> list[tuple[str | None
         members = locate_members(paths, base)
     except ZsfsError:  # a tar moved or rewritten since extraction: its images show as not found
         members = None
-    return thumbnails(ImageSource(location=base, root=base, paths=paths, labels=None, members=members))
+    return thumbnails(ImageSource(location=base, root=base, paths=paths, labels=None, members=members),
+                      max_pixels=max_pixels)
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -320,11 +328,12 @@ def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | 
     if not failed:
         return None
     reasons = reasons_text(failed.most_common())
-    advice = (f"Check that {images} is the folder the store's image paths are relative to." if images is not None
-              else "Stores made by `zsfs import` may hold stand-in paths; if the images moved, run "
-                   f"`zsfs report {as_argument(run_dir) if run_dir else 'RUN_DIR'}"
-                   f"{f' --out {as_argument(out)}' if out is not None else ''} --images FOLDER`.")
-    return f"{sum(failed.values()):,} of {len(made):,} images could not be shown ({reasons}); {where}. {advice}"
+    advice = "" if not failed.keys() & {NOT_FOUND, NO_FOLDER} else (  # others say what to do, or it is the file
+        f" Check that {images} is the folder the store's image paths are relative to." if images is not None
+        else " Stores made by `zsfs import` may hold stand-in paths; if the images moved, run "
+             f"`zsfs report {as_argument(run_dir) if run_dir else 'RUN_DIR'}"
+             f"{f' --out {as_argument(out)}' if out is not None else ''} --images FOLDER`.")
+    return f"{sum(failed.values()):,} of {len(made):,} images could not be shown ({reasons}); {where}.{advice}"
 
 
 # --- HTML ----------------------------------------------------------------------------------------

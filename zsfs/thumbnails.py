@@ -19,14 +19,15 @@ THUMBNAIL_PX = 96  # longest side
 JPEG_QUALITY = 70
 
 
-def thumbnail(source: "ImageSource", i: int, size: int = THUMBNAIL_PX) -> tuple[str | None, str | None]:
+def thumbnail(source: "ImageSource", i: int, size: int = THUMBNAIL_PX,
+              max_pixels: int | None = None) -> tuple[str | None, str | None]:
     """``(data URI, None)`` for the ``i``-th image of ``source`` when readable, ``(None, reason)``
     otherwise (decoded as ``zsfs extract`` decodes: files or tar members, EXIF orientation, 16-bit
-    and palette images, the same reasons)."""
-    from zsfs.decode import ImageDecodeError
+    and palette images, the same reasons and pixel budget ``max_pixels`` [its default])."""
+    from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError
 
     try:
-        image = source.decode(i, draft=(size, size))
+        image = source.decode(i, max_pixels or DEFAULT_MAX_PIXELS, draft=(size, size))
     except ImageDecodeError as error:
         return None, error.reason
     image.thumbnail((size, size))
@@ -35,9 +36,9 @@ def thumbnail(source: "ImageSource", i: int, size: int = THUMBNAIL_PX) -> tuple[
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), None
 
 
-def thumbnails(source: "ImageSource", size: int = THUMBNAIL_PX,
-               workers: int | None = None) -> list[tuple[str | None, str | None]]:
+def thumbnails(source: "ImageSource", size: int = THUMBNAIL_PX, workers: int | None = None,
+               max_pixels: int | None = None) -> list[tuple[str | None, str | None]]:
     """:func:`thumbnail` of every image of ``source``, in order; decoded by threads (Pillow releases the GIL)."""
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda i: thumbnail(source, i, size), range(len(source))))
+        return list(pool.map(lambda i: thumbnail(source, i, size, max_pixels), range(len(source))))
