@@ -141,6 +141,7 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
                            (dict(prompts="{x}"), "prompts must be one of ensemble, single, not '{x}'"),
                            (dict(device="gpu"), "device must be one of cpu, cuda, mps, not 'gpu'"),  # was a ZsfsError
                            (dict(loss_floor=-1), "loss_floor must be at least 0, not -1"),  # review: the CLI refused it
+                           (dict(ood_multiplier=1e308), "ood_multiplier must be at most 100, not 1e+308"),
                            (dict(vocabulary=1), "vocabulary must be a string, not 1")):
         with pytest.raises(zsfs.ParameterError) as raised:
             zsfs.fit(store_path, **wrong)

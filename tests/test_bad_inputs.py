@@ -74,6 +74,8 @@ CASES = [  # (command line, exit code, words of the error line)
     (FIT + ("--lr", "nan"), 2, "'nan' is not a finite number"),
     (FIT + ("--ood-multiplier", "nan"), 2, "'nan' is not a finite number"),
     (FIT + ("--ood-multiplier", "inf"), 2, "'inf' is not a finite number"),
+    # bug: 1e308 overflowed to a numpy warning and a null threshold in config.json
+    (FIT + ("--ood-multiplier", "1e308"), 2, "1e+308 is not in the range 0<=x<=100"),
     (FIT + ("--loss-floor", "-inf"), 2, "--loss-floor"),
     (("ood-bench", "--store", "{store}", "--id-classes", "2", "--lr", "inf"), 2, "'inf' is not a finite number"),
     # click's usage error, as the README says of a value out of range (it was a plain error, exit 1)

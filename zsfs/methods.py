@@ -15,3 +15,7 @@ UNREAD_BY = {"balanced": CYCLES_ONLY, "cycles": BALANCED_ONLY}
 
 ABSENT_SHARE = 0.05
 """A class is absent when its estimated share is below ``ABSENT_SHARE / C`` (a twentieth of an even share)."""
+
+MAX_OOD_MULTIPLIER = 100.0
+"""The largest m of the paper score's thresholds (seed mean - m x std): at 100 standard deviations
+below the seeds' mean no image is flagged already; far larger ones overflowed to no threshold."""

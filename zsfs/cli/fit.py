@@ -14,7 +14,7 @@ from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupte
                               what_failed)
 from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES
-from zsfs.methods import METHOD_CHOICES, PROMPT_CHOICES
+from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES
 from zsfs.names import counted
 
 if TYPE_CHECKING:
@@ -85,7 +85,8 @@ def _cut(name: str, limit: int) -> str:
 @click.option("--cycles", "max_cycles", type=click.IntRange(min=0), default=None, help="--method cycles: maximum cycles [19].")
 @click.option("--loss-floor", type=FiniteFloat(min=0), default=None,
               help="--method cycles: stop once an epoch's training loss is below this [0.1].")
-@click.option("--ood-multiplier", type=FiniteFloat(min=0), default=None, help="m in the paper score's threshold = mean - m*std [1].")
+@click.option("--ood-multiplier", type=FiniteFloat(min=0, max=MAX_OOD_MULTIPLIER), default=None,
+              help="m in the paper score's threshold = mean - m*std [1].")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
               help="Random seed: same seed and store give identical outputs [0].")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Where the numeric work runs [cpu].")

@@ -25,7 +25,7 @@ from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
 from zsfs.fit.zeroshot import CHUNK_ROWS, as_tensor, zero_shot_logits
-from zsfs.methods import METHOD_CHOICES, PROMPT_CHOICES, UNREAD_BY
+from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES, UNREAD_BY
 from zsfs.names import counted, repeated_rows, spelled_like, visible
 
 if TYPE_CHECKING:
@@ -128,6 +128,8 @@ class FitConfig:
         for name in ("loss_floor", "ood_multiplier"):  # as the CLI's ranges say
             if getattr(self, name) < 0:
                 raise ParameterError(f"{{{name}}} must be at least 0, not {getattr(self, name)}")
+        if self.ood_multiplier > MAX_OOD_MULTIPLIER:
+            raise ParameterError(f"{{ood_multiplier}} must be at most {MAX_OOD_MULTIPLIER:g}, not {self.ood_multiplier}")
         check_seed(self.seed)
 
 
