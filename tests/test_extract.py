@@ -870,6 +870,25 @@ def test_given_classes_with_an_invisible_character_are_refused_before_the_models
     assert not (tmp_path / "s.h5").exists()
 
 
+def test_images_in_formats_zsfs_cannot_read_are_counted_not_left_out_unsaid(tmp_path):
+    """Bug: a phone's .heic photos (or camera raw files) beside JPEGs were left out of the store
+    with nothing said ("skipped 0"); a folder of only such files said only "no images found"."""
+    folder = write_image_folder(tmp_path / "src", n_per_class=1, classes=("cat", "dog"), broken=False)
+    for name in ("cat/IMG_0001.HEIC", "cat/IMG_0002.heic", "dog/raw.dng", "dog/.hidden.heic", "dog/notes.txt"):
+        (folder["root"] / name).write_bytes(b"not decoded")
+    assert open_source(folder["root"]).unread_formats == {".dng": 1, ".heic": 2}
+    result = run_cli("extract", folder["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert "images not read 1 .dng and 2 .heic files, formats zsfs cannot read: convert them (to JPEG or PNG) " \
+        "to include them" in " ".join(output_text(result).replace("│", " ").split()), result.output
+    only = tmp_path / "phone"
+    only.mkdir()
+    (only / "IMG_0001.heic").write_bytes(b"not decoded")
+    with pytest.raises(ZsfsError, match=r"no images found in .*phone \(looked recursively for .*\); it holds 1 "
+                                        r"\.heic file, a format zsfs cannot read: convert them"):
+        open_source(only)
+
+
 def test_a_source_of_only_broken_files_is_an_error(tmp_path):
     """Bug: every file skipped gave an empty store that made `zsfs fit` crash later."""
     folder = write_image_folder(tmp_path / "src", n_per_class=1, classes=("only",))

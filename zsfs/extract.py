@@ -69,6 +69,7 @@ class ExtractSummary:
     compressed_tars: list[str] = field(default_factory=list)  # compressed tars beside the shards: not read
     unread_tars: list[str] = field(default_factory=list)  # .tar files in an image folder: not read
     tar_links: list[str] = field(default_factory=list)  # image names that are links inside a tar: not read
+    unread_formats: dict[str, int] = field(default_factory=dict)  # images in formats not read: suffix -> count
     repeated_paths: list[str] = field(default_factory=list)  # the list's paths given more than once
     classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # class folders CLIP cannot tell apart
 
@@ -409,6 +410,7 @@ def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: s
         compressed_tars=source.compressed_tars,
         unread_tars=source.unread_tars,
         tar_links=source.tar_links,
+        unread_formats=source.unread_formats,
         repeated_paths=source.repeated_paths,
         classes_read_as_one=read_as_one,  # class folders: the images are embedded, the summary says it
     )

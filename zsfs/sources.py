@@ -10,6 +10,7 @@ import csv
 import io
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +34,11 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 """File suffixes (compared lower-case) that a folder scan picks up: the photo, scan and raster
 formats Pillow decodes (JPEG 2000 and AVIF where its build has them; a file it cannot decode is
 skipped with the reason)."""
+
+UNREAD_IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw", ".svg"})
+"""Image formats a scan does not take, since Pillow cannot decode them (phone, camera raw and
+vector images): counted by suffix, so that the extract summary says they were left out."""
 
 LIST_SUFFIXES = (".txt", ".csv")
 
@@ -61,6 +67,8 @@ class ImageSource:
     aliases: list[str] = field(default_factory=list)  # linked folders not read: other names of listed ones
     repeated_paths: list[str] = field(default_factory=list)  # listed more than once (each row is embedded)
     # (a list file's line, or a member name a tar holds twice)
+    unread_formats: dict[str, int] = field(default_factory=dict)  # a folder's images of UNREAD_IMAGE_SUFFIXES:
+    # suffix -> count
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -213,6 +221,7 @@ def _scan_folder(folder: Path) -> ImageSource:
     seen = {_folder_identity(folder)}  # (device, inode) of every folder listed
     aliases: list[str] = []  # linked folders not read: other names of folders listed
     tars: list[str] = []  # .tar files, which an image folder does not read
+    unread_formats: Counter[str] = Counter()
     tree = str(folder) + os.sep  # ``folder`` is resolved (open_source)
 
     def record(error: OSError) -> None:
@@ -253,6 +262,9 @@ def _scan_folder(folder: Path) -> ImageSource:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
         )
         tars.extend(prefix + name for name in files if not name.startswith(".") and name.lower().endswith(TAR_SUFFIX))
+        unread_formats.update(suffix for suffix in (os.path.splitext(name)[1].lower() for name in files
+                                                    if not name.startswith("."))
+                              if suffix in UNREAD_IMAGE_SUFFIXES)
     if not found and not unreadable:
         compressed = _compressed_tars_in(folder)
         if compressed:
@@ -262,7 +274,8 @@ def _scan_folder(folder: Path) -> ImageSource:
             raise ZsfsError(f"no images found in {folder}, but {counted(len(tars), 'tar file')} "
                             f"({some_names(sorted(tars), 3)}): {TAR_FOLDER}")
         extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise ZsfsError(f"no images found in {folder} (looked recursively for {extensions}).")
+        raise ZsfsError(f"no images found in {folder} (looked recursively for {extensions})"
+                        + (f"; it holds {unread_formats_text(unread_formats)}" if unread_formats else "") + ".")
     paths = sorted(found + list(unreadable))
     first_parts = [path.partition("/") for path in paths]
     # Labels become class names (prompts, vocabularies, outputs): valid UTF-8 text.
@@ -275,7 +288,8 @@ def _scan_folder(folder: Path) -> ImageSource:
               f"(first: {utf8_text(loose[0])}), so the subfolders are not read as labels"
               if loose and len(loose) < len(paths) else None)
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable,
-                       no_labels_reason=reason, aliases=aliases, unread_tars=sorted(tars))
+                       no_labels_reason=reason, aliases=aliases, unread_tars=sorted(tars),
+                       unread_formats=dict(sorted(unread_formats.items())))
 
 
 def _refuse_folders_read_as_one_label(folder: Path, label_of: dict[str, str]) -> None:
@@ -288,6 +302,15 @@ def _refuse_folders_read_as_one_label(folder: Path, label_of: dict[str, str]) ->
                     f"{some_names([visible(label) for label in merged], 3)} (a name that is not UTF-8 text is read "
                     "with its bytes written \\xNN, as another folder is named); rename one of each, or list the "
                     "images in a .csv with a label column")
+
+
+def unread_formats_text(counts: dict[str, int]) -> str:
+    """``"1 .dng and 2 .heic files, formats zsfs cannot read: convert them (to JPEG or PNG) ..."``."""
+    listed = [f"{count:,} {suffix}" for suffix, count in counts.items()]
+    named = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
+    return (f"{named} {'file' if sum(counts.values()) == 1 else 'files'}, "
+            f"{'a format' if len(counts) == 1 else 'formats'} zsfs cannot read: "
+            "convert them (to JPEG or PNG) to include them")
 
 
 def _folder_identity(path: str | Path) -> tuple[int, int]:
