@@ -269,18 +269,26 @@ def test_info_json_says_which_names_it_escaped(tmp_path):
     assert json.loads(run_cli("info", tmp_path / "s.h5", "--json").stdout)["escaped"] == []
 
 
-def test_class_folders_read_as_one_label_are_refused(tmp_path):
+def test_class_folders_read_as_one_label_are_refused_by_extract_not_predict(tmp_path):
     """Bug: folders caf + byte 0xE9 and caf + the text \\xe9 were both read as the label
-    'caf\\xe9': their images were one class, and nothing said so."""
+    'caf\\xe9': their images were one class, and nothing said so. predict reads no labels: it
+    takes such a folder."""
+    from zsfs.predict import image_inputs
+
     raw_root = os.fsencode(tmp_path / "photos")
     for i, label in enumerate((b"caf\xe9", b"caf\\xe9", b"dog")):
         os.makedirs(raw_root + b"/" + label)
         _write_png(raw_root + b"/" + label + b"/a.png", i)
-    with pytest.raises(ZsfsError, match=r"class folders of .*photos read as one label: 1: caf\\xe9 \(a name that "
-                                        r"is not UTF-8 text"):
-        open_source(Path(os.fsdecode(raw_root)))
+    root = Path(os.fsdecode(raw_root))
+    assert open_source(root).merged_labels == ["caf\\xe9"]
+    result = run_cli("extract", root, "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
+    assert result.exit_code == 1 and " ".join(result.output.split()).startswith(
+        f"Error: class folders of {tmp_path}/photos read as one label: caf\\xe9 (a name that is not UTF-8 text"), \
+        result.output
+    assert not (tmp_path / "s.h5").exists()
+    assert len(image_inputs([root]).paths) == 3
     os.rename(raw_root + b"/caf\\xe9", raw_root + b"/cafe")
-    assert sorted(set(open_source(Path(os.fsdecode(raw_root))).labels)) == ["caf\\xe9", "cafe", "dog"]
+    assert sorted(set(open_source(root).labels)) == ["caf\\xe9", "cafe", "dog"] and not open_source(root).merged_labels
 
 
 def test_info_lists_skipped_files_one_line_each_whatever_their_names(tmp_path):

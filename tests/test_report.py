@@ -110,6 +110,24 @@ def test_the_pixel_budget_its_note_names_is_an_option_of_report(photo_run, tmp_p
     assert run_cli("report", photo_run, "--out", out, "--max-pixels", "0").exit_code == 2
 
 
+def test_the_report_decodes_with_the_pixel_budget_the_store_was_extracted_with(tmp_path, monkeypatch):
+    """Review: a store extracted with a larger --max-pixels showed its large images as "too large"
+    unless `zsfs report` was given the option again; the store's budget is now the default."""
+    import zsfs.report
+
+    photos = write_image_folder(tmp_path / "photos", n_per_class=3, broken=False)
+    store_path = extract(photos["root"], tmp_path / "p.h5", workers=0, max_pixels=10_000, **TINY_MODELS).output
+    with Store(store_path) as store:
+        run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
+    budgets = []
+    real = zsfs.report.thumbnails
+    monkeypatch.setattr(zsfs.report, "thumbnails", lambda source, **kw: budgets.append(kw["max_pixels"]) or
+                        real(source, **kw))
+    assert "<img " in render_report(run)
+    render_report(run, max_pixels=500)
+    assert budgets == [10_000, 500]
+
+
 def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):
     out = tmp_path / "elsewhere.html"
     (tmp_path / "moved").mkdir()  # a folder that does not hold the images (a missing one is a usage error)

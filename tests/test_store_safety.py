@@ -697,6 +697,9 @@ def test_a_damaged_master_is_rebuilt_from_its_shards_as_its_errors_say(base, sto
         output_text(rerun), output_text(rerun)
     if damage == "truncated":  # a file that is no HDF5 at all is never replaced, even with --overwrite
         assert "else --overwrite replaces it (embedding every image again)" in output_text(rerun)
+    # the store's source named like it (photos.csv beside photos.shards/) is not called its master
+    (store.parent / "s.csv").write_text("path\n")
+    assert "remove it" not in output_text(run_cli("info", store.parent / "s.csv"))
     store.unlink()
     rebuilt = run_cli(*extract_args(base, store))
     assert rebuilt.exit_code == 0 and "0 / 3" in rebuilt.output, rebuilt.output  # shards written / reused

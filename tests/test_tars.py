@@ -94,7 +94,11 @@ def test_a_store_written_among_its_tars_is_rerun_from_the_same_tars(shards, tmp_
     again = run_cli("extract", ".", *TINY_MODEL_ARGS, "--workers", "0")
     assert again.exit_code == 0, again.output
     assert open_source(folder).paths == shards["paths"]
-    (folder / "logs").mkdir()  # any other subfolder still makes it an image folder
+    shutil.rmtree(folder / "tars.shards")
+    (folder / "tars.shards").mkdir()  # as a first run stopped before its first shard leaves it
+    assert open_source(folder).paths == shards["paths"]
+    (folder / "extra.shards").mkdir()  # any other subfolder still makes it an image folder, so named or not
+    (folder / "extra.shards" / "notes.txt").write_text("mine")
     with pytest.raises(ZsfsError, match="read as tar shards only when it holds no subfolder"):
         open_source(folder)
 

@@ -32,6 +32,9 @@ costs up to 4 bytes per pixel (~360 MB) in the decoding process; a 16-bit colour
 (decoded twice, see ``_low_byte_tiles``) about 20 (~1.8 GB; measured: 800 MB and 2.5 s for a
 36 MP one, where its high bytes alone took 240 MB and 0.4 s)."""
 
+FILE_NOT_FOUND = "file not found"
+"""The reason of an image whose file is not there (``zsfs report`` then suggests --images)."""
+
 WORKING_PIXELS = 4096 * 4096
 """Larger images are made smaller before any copy or colour conversion (JPEG: by DCT scaling while
 decoding; others: by box reduction right after): the models see a few hundred pixels per side,
@@ -104,7 +107,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
                                    path) from None
         raise ImageDecodeError("not an image (unidentified format)", path) from None
     except FileNotFoundError:
-        raise ImageDecodeError("file not found", path) from None
+        raise ImageDecodeError(FILE_NOT_FOUND, path) from None
     except PermissionError:
         raise ImageDecodeError("unreadable file (permission denied)", path) from None
     except OSError as error:

@@ -29,7 +29,8 @@ from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at
                          check_parameter_type, check_path_type, literal)
 from zsfs.models import (backbone_as_recorded, clip_as_recorded, clip_tokenizer, encode_vocabulary, load_backbone,
                          load_clip, load_clip_from_record, same_text_to_clip)
-from zsfs.names import as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters
+from zsfs.names import (as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters,
+                        some_names, visible)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
@@ -311,6 +312,11 @@ def extract(
     else:
         check_store_lock(out)
     class_names = image_source.classes if given_classes is None else given_classes
+    if image_source.merged_labels:  # before the models load
+        raise ZsfsError(f"class folders of {visible(str(image_source.location))} read as one label: "
+                        f"{some_names([visible(label) for label in image_source.merged_labels], 3, with_count=False)} "
+                        "(a name that is not UTF-8 text is read with its bytes written \\xNN, as another folder is "
+                        "named); rename one of each, or list the images in a .csv with a label column")
     if given_classes is None and class_names:  # folder names: as strict as a list, and before the models load
         try:
             check_class_names(class_names, f"the class folders of {image_source.location}")

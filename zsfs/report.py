@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs import __version__, figures
+from zsfs.decode import FILE_NOT_FOUND
 from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_callbacks, check_path_type, check_seed
 from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
@@ -38,7 +39,6 @@ MAX_PER_CLASS = 8
 OOD_IMAGES = 48
 ROW = "row"  # the store row of a prediction (a column the report adds)
 NO_FOLDER = "no image folder known"
-NOT_FOUND = "file not found"  # zsfs.decode's reason
 MAX_LISTED = 10  # absent classes named in the summary (the Classes section lists them all)
 
 
@@ -90,7 +90,8 @@ def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | Non
     ``per_class``: seeds and sampled predictions shown per class [as many as the thumbnail budget
     allows, at most 8]. ``ood_images``: images in the "most likely OOD" gallery. ``seed``: draws
     the sampled predictions. ``max_pixels``: the pixel budget of one image, as ``zsfs extract``'s
-    [89,478,485]; a larger JPEG is decoded smaller, a larger image of another format not shown.
+    [the store's extract's, 89,478,485 by default]; a larger JPEG is decoded smaller, a larger
+    image of another format not shown.
     """
     _check_options(images, per_class, ood_images, seed, max_pixels)
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
@@ -119,11 +120,11 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
     shown = pl.concat([part.select(ROW, "path") for part in (seeds, sample, most_ood)]).unique(
         subset=ROW, keep="first", maintain_order=True)
     rows = shown[ROW].to_list()
-    root, where, exact = image_locations(run, images, np.asarray(rows, dtype=np.int64))
+    root, where, exact, budget = image_locations(run, images, np.asarray(rows, dtype=np.int64))
     files = dict(zip(rows, exact if exact is not None else shown["path"].to_list()))  # row -> the name to open
     made = {row: (None, NO_FOLDER) for row in rows}  # keyed by row: two names can read alike
     openable = [row for row in rows if root is not None or Path(files[row]).is_absolute()]
-    made.update(zip(openable, _thumbnails_of([files[row] for row in openable], root, max_pixels)))
+    made.update(zip(openable, _thumbnails_of([files[row] for row in openable], root, max_pixels or budget)))
     sections = {
         "summary": _summary(run, frame),
         "figures": _figures(run, frame),
@@ -149,15 +150,16 @@ def _check_options(images: str | Path | None, per_class: int | None, ood_images:
 
 
 def image_locations(run: FittedRun, images: str | Path | None,
-                    rows: np.ndarray) -> tuple[Path | None, str, list[str] | None]:
-    """The folder the run's image paths are relative to, where that came from (for the note), and
-    the store's exact paths of ``rows`` (None without the store the run was fitted on: the
+                    rows: np.ndarray) -> tuple[Path | None, str, list[str] | None, int | None]:
+    """The folder the run's image paths are relative to, where that came from (for the note), the
+    store's exact paths of ``rows`` (None without the store the run was fitted on: the
     predictions' path column is text, where bytes that are not UTF-8 read as ``\\xNN``, which
-    names no file; a store rebuilt since the fit would name other images)."""
+    names no file; a store rebuilt since the fit would name other images), and the pixel budget
+    its extract was given, when not the default (None)."""
     store_path = run.config.get("store", {}).get("path")
     if not store_path:
-        return (Path(images), f"image paths were looked up from --images {images}", None) if images is not None else \
-            (None, "the run records no store, so the image paths could not be located", None)
+        return (Path(images), f"image paths were looked up from --images {images}", None, None) if images is not None \
+            else (None, "the run records no store, so the image paths could not be located", None, None)
     from zsfs.store import Store
 
     try:
@@ -167,16 +169,19 @@ def image_locations(run: FittedRun, images: str | Path | None,
             fingerprint = store.fingerprint()
             fitted_on = all(fingerprint[key] == run.config["store"].get(key) for key in ("identity_sha256", "n_images"))
             exact = store.paths(rows).tolist() if fitted_on else None
+            budget = store.identity.get("max_pixels")  # `extract --max-pixels`: its images are shown as embedded
     except (ZsfsError, OSError):
-        source, exact = None, None
+        source, exact, budget = None, None, None
+    budget = budget if isinstance(budget, int) and budget > 0 else None
     if images is not None:
-        return Path(images), f"image paths were looked up from --images {images}", exact
+        return Path(images), f"image paths were looked up from --images {images}", exact, budget
     if source is None:
-        return None, f"the store {store_path} cannot be opened, so the image paths could not be located", None
+        return None, f"the store {store_path} cannot be opened, so the image paths could not be located", None, None
     if not fitted_on:  # its source may be another folder, whose files of the same names are other images
         return None, (f"the store {store_path} was rebuilt since the fit (its content differs), so its images may "
-                      "not be the ones fitted and are not shown"), None
-    return (source if source.is_dir() else source.parent), f"image paths were looked up from the store's source {source}", exact
+                      "not be the ones fitted and are not shown"), None, None
+    return ((source if source.is_dir() else source.parent), f"image paths were looked up from the store's source {source}",
+            exact, budget)
 
 
 def _thumbnails_of(paths: list[str], root: Path | None,
@@ -328,7 +333,7 @@ def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | 
     if not failed:
         return None
     reasons = reasons_text(failed.most_common())
-    advice = "" if not failed.keys() & {NOT_FOUND, NO_FOLDER} else (  # others say what to do, or it is the file
+    advice = "" if not failed.keys() & {FILE_NOT_FOUND, NO_FOLDER} else (  # others say what to do, or it is the file
         f" Check that {images} is the folder the store's image paths are relative to." if images is not None
         else " Stores made by `zsfs import` may hold stand-in paths; if the images moved, run "
              f"`zsfs report {as_argument(run_dir) if run_dir else 'RUN_DIR'}"

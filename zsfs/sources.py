@@ -21,7 +21,7 @@ from PIL import Image
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError
-from zsfs.names import check_class_names, counted, refuse_unseen_characters, repeated, some_names, utf8_text, utf8_texts, visible
+from zsfs.names import check_class_names, counted, refuse_unseen_characters, repeated, some_names, utf8_text, utf8_texts
 from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar,
                        is_tar_pattern, list_tars, resolve_tars, tar_shards_in)
 
@@ -69,6 +69,7 @@ class ImageSource:
     # (a list file's line, or a member name a tar holds twice)
     unread_formats: dict[str, int] = field(default_factory=dict)  # a folder's images of UNREAD_IMAGE_SUFFIXES:
     # suffix -> count
+    merged_labels: list[str] = field(default_factory=list)  # labels of two class folders (see _scan_folder)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -281,27 +282,21 @@ def _scan_folder(folder: Path) -> ImageSource:
     # Labels become class names (prompts, vocabularies, outputs): valid UTF-8 text.
     loose = [first for first, slash, _ in first_parts if not slash]
     labels = None if loose else utf8_texts(first for first, _, _ in first_parts)
-    if labels is not None:
-        _refuse_folders_read_as_one_label(folder, dict(zip((first for first, _, _ in first_parts), labels)))
+    merged = [] if labels is None else _labels_of_several_folders(dict(zip((first for first, _, _ in first_parts),
+                                                                            labels)))
     lie = "lies" if len(loose) == 1 else "lie"
     reason = (f"{counted(len(loose), 'image')} {lie} directly in {utf8_text(folder.name)}/, not in a class subfolder "
               f"(first: {utf8_text(loose[0])}), so the subfolders are not read as labels"
               if loose and len(loose) < len(paths) else None)
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable,
                        no_labels_reason=reason, aliases=aliases, unread_tars=sorted(tars),
-                       unread_formats=dict(sorted(unread_formats.items())))
+                       unread_formats=dict(sorted(unread_formats.items())), merged_labels=merged)
 
 
-def _refuse_folders_read_as_one_label(folder: Path, label_of: dict[str, str]) -> None:
-    """A label is a class folder's name as UTF-8 text, an undecodable byte written ``\\xNN``: a
-    folder so named beside one whose name holds that text would merge two classes unseen."""
-    if len(set(label_of.values())) == len(label_of):
-        return
-    merged = repeated(label_of.values())
-    raise ZsfsError(f"class folders of {utf8_text(str(folder))} read as one label: "
-                    f"{some_names([visible(label) for label in merged], 3)} (a name that is not UTF-8 text is read "
-                    "with its bytes written \\xNN, as another folder is named); rename one of each, or list the "
-                    "images in a .csv with a label column")
+def _labels_of_several_folders(label_of: dict[str, str]) -> list[str]:
+    """A label is a class folder's name as UTF-8 text, an undecodable byte written ``\\xNN``: the
+    labels that so name a folder beside one whose name holds that text (two classes in one)."""
+    return [] if len(set(label_of.values())) == len(label_of) else repeated(label_of.values())
 
 
 def unread_formats_text(counts: dict[str, int]) -> str:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from zsfs.errors import ZsfsError
-from zsfs.store.schema import SHARDS_SUFFIX
+from zsfs.store.schema import SHARDS_SUFFIX, holds_store_parts
 
 MEMBER_SEPARATOR = "::"
 TAR_SUFFIX = ".tar"
@@ -126,7 +126,7 @@ def tar_shards_in(folder: Path, image_suffixes: Iterable[str]) -> list[Path]:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            if entry.name.endswith(SHARDS_SUFFIX):
+            if entry.name.endswith(SHARDS_SUFFIX) and _store_shards_folder(entry.path):
                 continue
             return []
         suffix = os.path.splitext(entry.name)[1].lower()
@@ -135,6 +135,15 @@ def tar_shards_in(folder: Path, image_suffixes: Iterable[str]) -> list[Path]:
         if suffix == TAR_SUFFIX:
             tars.append(Path(entry.path))
     return sorted(tars)
+
+
+def _store_shards_folder(path: str) -> bool:
+    """A ``*.shards`` folder holding a store's files, or nothing yet (a first run stopped early)."""
+    try:
+        empty = not any(name for name in os.listdir(path) if not name.startswith("."))
+    except OSError:
+        return False
+    return empty or holds_store_parts(Path(path))
 
 
 def named_tars(given: str) -> list[Path]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import MAX_PIXELS_OPTION, GivenPath, console, shown, usage_check
+from zsfs.cli.common import GivenPath, console, shown, usage_check
 from zsfs.errors import MAX_SEED
 
 
@@ -23,7 +23,9 @@ from zsfs.errors import MAX_SEED
 @click.option("--ood-images", type=click.IntRange(min=0), default=48, show_default=True,
               help="Images shown in the 'most likely OOD' gallery.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Draws the sampled predictions.")
-@MAX_PIXELS_OPTION
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Pixel budget of one image: a larger JPEG is decoded smaller, a larger image of another format is "
+                   "not shown [the store's extract's: 89,478,485 unless it was given --max-pixels].")
 def report_command(run_dir: Path, out: Path | None, **options) -> None:
     """Write one HTML page about the fit run in RUN_DIR that opens offline, alone.
 

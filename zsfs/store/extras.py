@@ -56,8 +56,9 @@ def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to
              if differs(rows, getattr(existing, kind)) and not (kind == schema.VOCAB_ENSEMBLE and filled_in)]
     if other:
         raise ZsfsError(f"{master.name} already has a vocabulary {name!r} of these classes with other text "
-                        f"embeddings ({' and '.join(other)}), which earlier fits used; give these another "
-                        f"vocabulary name, or replace it: {how_to_replace}")
+                        f"embeddings ({' and '.join(other)}; a file without an ensemble would store its single "
+                        f"rows as one), which earlier fits used; give these another vocabulary name, or replace "
+                        f"it: {how_to_replace}")
 
 
 def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np.ndarray, ensemble: np.ndarray,

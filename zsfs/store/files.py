@@ -66,8 +66,8 @@ def damaged_master_advice(master: Path) -> str:
     from zsfs.store import schema
 
     shards = schema.shard_dir(master)
-    if not any(shards.glob(f"shard-*{schema.SHARD_SUFFIX}")):
-        return ""
+    if master.suffix.lower() != schema.SHARD_SUFFIX or not any(shards.glob(schema.SHARD_GLOB)):
+        return ""  # photos.csv / photos.tar beside photos.shards/: the store's source, not its master
     return (f"; if it is the damaged master of the store in {shards.name}/, remove it (`rm {as_argument(master)}`) "
             "and rerun the extract or import that made it: its finished shards are reused")
 

@@ -486,7 +486,7 @@ def open_master(path: Path) -> h5py.File:
         raise StoreError(f"{path} is a folder; pass the store's master .h5 file{_did_you_mean(path)}")
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path} is not an HDF5 file (damaged, truncated, or not a zsfs store)"
-                         f"{damaged_master_advice(path) or _did_you_mean(path)}")
+                         f"{_did_you_mean(path) or damaged_master_advice(path)}")
     try:
         file = h5py.File(path, "r")
     except OSError as error:

@@ -124,6 +124,7 @@ the virtual datasets read where a shard file is missing (NaN for the embeddings)
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
 SHARDS_SUFFIX = ".shards"  # a master's shards folder: imagenet.h5 -> imagenet.shards
+SHARD_GLOB = "shard-*" + SHARD_SUFFIX  # the shard files of a shards folder
 DEFAULT_SHARD_SIZE = 50_000
 EMBEDDING_DTYPES = ("float16", "float32")
 
@@ -175,3 +176,12 @@ def vocabulary_file(shards: Path, name: str) -> Path:
 
 def graph_file(shards: Path) -> Path:
     return Path(shards) / GRAPH_FILE
+
+
+def holds_store_parts(folder: Path) -> bool:
+    """Whether ``folder`` holds a shard, vocabulary or graph file of a store (by name)."""
+    patterns = (SHARD_GLOB, VOCAB_FILE_PREFIX + "*" + SHARD_SUFFIX, GRAPH_FILE)
+    try:
+        return any(next(Path(folder).glob(pattern), None) is not None for pattern in patterns)
+    except OSError:
+        return False

@@ -129,7 +129,7 @@ def refuse_replacing_another_file(master: Path) -> None:
     --overwrite would replace it. A master too damaged to show its mark is a store to rebuild."""
     master = Path(master)
     keep = "zsfs replaces only stores, even with --overwrite: choose another output, or move that file away"
-    if master.parent.name.endswith(schema.SHARDS_SUFFIX) and _holds_store_parts(master.parent):
+    if master.parent.name.endswith(schema.SHARDS_SUFFIX) and schema.holds_store_parts(master.parent):
         raise StoreError(f"{master} is inside {master.parent}, the folder where a store keeps its shards; "
                          "choose an output outside it")
     if not master.is_file():
@@ -153,16 +153,6 @@ def _format_mark(path: Path) -> str | None:
     except (OSError, RuntimeError, ValueError, KeyError):
         return None
     return mark.decode("utf-8", "replace") if isinstance(mark, bytes) else str(mark)
-
-
-def _holds_store_parts(folder: Path) -> bool:
-    """Whether ``folder`` holds a shard, vocabulary or graph file of a store (by name)."""
-    patterns = ("shard-*" + schema.SHARD_SUFFIX, schema.VOCAB_FILE_PREFIX + "*" + schema.SHARD_SUFFIX,
-                schema.GRAPH_FILE)
-    try:
-        return any(next(folder.glob(pattern), None) is not None for pattern in patterns)
-    except OSError:
-        return False
 
 
 def _stores_being_written_beside(master: Path) -> list[Path]:
@@ -251,7 +241,7 @@ class StoreWriter:
         """Master and every shard or temporary file this writer would own."""
         files = ([self.master] if self.master.exists() else []) + temp_files_of(self.master)
         if self.shards_dir.is_dir():
-            files += sorted(self.shards_dir.glob("shard-*" + schema.SHARD_SUFFIX))
+            files += sorted(self.shards_dir.glob(schema.SHARD_GLOB))
             files += sorted(self.shards_dir.glob(schema.VOCAB_FILE_PREFIX + "*" + schema.SHARD_SUFFIX))
             files += [path for path in [self.shards_dir / schema.GRAPH_FILE] if path.exists()]
             files += sorted(self.shards_dir.glob("*" + schema.TMP_SUFFIX))
@@ -475,7 +465,7 @@ def recorded_identity(master: Path) -> dict:
     """The identity ``master`` records or, before there is one (a first run was killed), the first
     finished shard's; empty when neither can be read."""
     shards = schema.shard_dir(master)
-    for path in [master] if master.is_file() else sorted(shards.glob("shard-*" + schema.SHARD_SUFFIX)):
+    for path in [master] if master.is_file() else sorted(shards.glob(schema.SHARD_GLOB)):
         try:
             with h5py.File(path, "r") as file:
                 found = read_identity(file)
