@@ -96,6 +96,29 @@ def test_linked_class_folders_are_read_once_and_a_link_loop_is_a_skipped_entry(t
     assert source.decode(2).size == (8, 8)
 
 
+def test_linked_images_listed_under_another_name_are_read_once(tmp_path):
+    """Bug: a link to an image of the tree (or two links to one image elsewhere) listed the image
+    twice, embedded under two labels, while linked folders were read once. A link to an image
+    listed nowhere else is read, as a linked folder is."""
+    photos, elsewhere = tmp_path / "photos", tmp_path / "other-disk"
+    for folder in (photos / "cat", photos / "dog", elsewhere):
+        folder.mkdir(parents=True)
+    save(Image.new("RGB", (8, 8)), photos / "dog" / "0.png")
+    save(Image.new("RGB", (8, 8)), elsewhere / "1.png")
+    (photos / "cat" / "dogfile.png").symlink_to(photos / "dog" / "0.png")
+    (photos / "cat" / "outside.png").symlink_to(elsewhere / "1.png")
+    (photos / "dog" / "outside-again.png").symlink_to(elsewhere / "1.png")  # a second link to it
+    (photos / "cat" / "chain.png").symlink_to(photos / "cat" / "dogfile.png")  # a link to a link
+    (photos / "cat" / "gone.png").symlink_to(tmp_path / "missing.png")  # dangling: listed, fails to decode
+    source = open_source(photos)
+    assert source.paths == ["cat/chain.png", "cat/dogfile.png", "cat/gone.png", "cat/outside.png", "dog/0.png",
+                            "dog/outside-again.png"]
+    assert source.unreadable == {"cat/chain.png": "linked image not read (a link into photos/, listed there)",
+                                 "cat/dogfile.png": "linked image not read (a link into photos/, listed there)",
+                                 "dog/outside-again.png": "linked image not read (a link to an image listed already)"}
+    assert source.classes == ["cat", "dog"] and source.decode(3).size == (8, 8)
+
+
 def test_a_tar_gone_after_listing_is_a_skip_reason_not_a_crash(tmp_path):
     """A shard moved or deleted after the listing: its members fail with the reason, as a missing
     file does (extract records them as skipped, the report shows the reason), not with an OSError."""

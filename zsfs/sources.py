@@ -11,6 +11,7 @@ import io
 import os
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +47,8 @@ UNREADABLE_FOLDER = "unreadable folder"
 """Reason prefix of a listing entry ``folder/`` that a scan could not read."""
 LINKED_FOLDER = "linked folder not followed"
 """Reason prefix of a linked folder not read because the scan lists it under another name (nothing is lost)."""
+LINKED_IMAGE = "linked image not read"
+"""Reason prefix of a link to an image the scan lists under another name (nothing is lost)."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,8 @@ def _scan_folder(folder: Path) -> ImageSource:
     and recorded as skipped with the reason, never dropped silently. Linked folders are followed
     (class folders are often links to another disk), each folder once: a link to a folder of the
     scanned tree, or to one listed already, is a skipped entry with that reason (so no image is
-    listed twice, under two labels, and no link loops)."""
+    listed twice, under two labels, and no link loops); so is a link to an image of the tree, or a
+    second link to one image."""
     found: list[str] = []
     unreadable: dict[str, str] = {}
     seen = {_folder_identity(folder)}  # (device, inode) of every folder listed
@@ -235,7 +239,8 @@ def _scan_folder(folder: Path) -> ImageSource:
         unreadable[entry] = f"{LINKED_FOLDER} ({why})"
         aliases.append(entry)
 
-    for directory, subdirs, files in os.walk(folder, onerror=record, followlinks=True):
+    linked: list[str] = []  # image files that are links: checked once the whole tree is listed
+    for directory, subdirs, files, file_links in _walk(str(folder), record):
         relative = Path(directory).relative_to(folder).as_posix()
         prefix = "" if relative == "." else relative + "/"  # a string join: a Path per file costs 3.5x more
         kept = []
@@ -257,15 +262,20 @@ def _scan_folder(folder: Path) -> ImageSource:
             seen.add(identity)
             kept.append(name)
         subdirs[:] = kept
-        found.extend(
-            prefix + name
-            for name in files
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-        )
+        images = [name for name in files
+                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
+        found.extend(prefix + name for name in images)
+        if file_links:
+            linked.extend(prefix + name for name in images if name in file_links)
         tars.extend(prefix + name for name in files if not name.startswith(".") and name.lower().endswith(TAR_SUFFIX))
         unread_formats.update(suffix for suffix in (os.path.splitext(name)[1].lower() for name in files
                                                     if not name.startswith("."))
                               if suffix in UNREAD_IMAGE_SUFFIXES)
+    other_names = _other_names(folder, found, linked)
+    if other_names:
+        found = [path for path in found if path not in other_names]
+        unreadable.update((path, f"{LINKED_IMAGE} ({why})") for path, why in other_names.items())
+        aliases.extend(other_names)
     if not found and not unreadable:
         compressed = _compressed_tars_in(folder)
         if compressed:
@@ -291,6 +301,56 @@ def _scan_folder(folder: Path) -> ImageSource:
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable,
                        no_labels_reason=reason, aliases=aliases, unread_tars=sorted(tars),
                        unread_formats=dict(sorted(unread_formats.items())), merged_labels=merged)
+
+
+def _walk(top: str, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, list[str], list[str], set[str]]]:
+    """``os.walk(top, onerror=onerror, followlinks=True)`` (top-down: the caller prunes the
+    subfolders), each folder's files that are links given too: its directory entries say so
+    without a stat per file."""
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError as error:
+            onerror(error)
+            continue
+        subdirs, files, links = [], [], set()
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # a link to a folder is one (followed, as os.walk's followlinks)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(entry.name)
+                continue
+            files.append(entry.name)
+            if entry.is_symlink():
+                links.add(entry.name)
+        yield directory, subdirs, files, links
+        pending.extend(os.path.join(directory, name) for name in reversed(subdirs))  # os.walk's order
+
+
+def _other_names(folder: Path, found: list[str], linked: list[str]) -> dict[str, str]:
+    """The image links of ``linked`` that name an image listed already (the target under its own
+    name in the tree, or an earlier link to it), each with why: listed twice, it would be embedded
+    twice, under two labels maybe. Links to images the scan lists nowhere else are kept."""
+    if not linked:
+        return {}
+    listed = set(found) - set(linked)
+    first_link_to: dict[str, str] = {}  # target -> the link that lists it
+    others = {}
+    for path in sorted(linked):
+        target = os.path.realpath(os.path.join(folder, path))
+        inside = os.path.relpath(target, folder)
+        if not inside.startswith(os.pardir + os.sep) and Path(inside).as_posix() in listed:
+            others[path] = f"a link into {folder.name}/, listed there"  # as a linked folder's reasons: one
+        elif target in first_link_to:  # per kind, so that a summary counts them in one line
+            others[path] = "a link to an image listed already"
+        else:
+            first_link_to[target] = path
+    return others
 
 
 def _labels_of_several_folders(label_of: dict[str, str]) -> list[str]:
