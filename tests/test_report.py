@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -126,6 +127,25 @@ def test_the_report_decodes_with_the_pixel_budget_the_store_was_extracted_with(t
     assert "<img " in render_report(run)
     render_report(run, max_pixels=500)
     assert budgets == [10_000, 500]
+
+
+def test_a_read_only_home_gives_no_matplotlib_warning_and_no_new_folder_per_report(tmp_path, monkeypatch):
+    """Review: with a read-only home (clusters), every report printed matplotlib's two-line warning
+    and left a new /tmp/matplotlib-* folder; matplotlib now gets one folder of this user's own."""
+    from zsfs.testing.privileges import run_python_unprivileged
+
+    home, temporary = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir(mode=0o555)
+    temporary.mkdir()
+    for name in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    draw = "import numpy as np, zsfs.figures as f; print(f.histogram(np.arange(9.0), title='t', xlabel='x')[:4])"
+    for _ in range(2):
+        child = run_python_unprivileged(draw)
+        assert child.returncode == 0 and child.stdout == "<svg\n" and child.stderr == "", child.stderr
+    assert [path.name for path in temporary.iterdir()] == [f"zsfs-matplotlib-{os.getuid()}"]
 
 
 def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):

@@ -23,11 +23,42 @@ RC = {"svg.fonttype": "none",  # text stays text: smaller, and searchable in the
       "text.parse_math": False}  # class names are plain text: "a$_$b" is no formula (and no crash)
 
 
+def _writable_matplotlib_folder() -> None:
+    """Point matplotlib at ``$TMPDIR/zsfs-matplotlib-UID`` when its own config folder cannot be
+    written (a read-only home on a cluster): it would otherwise warn on every report and leave a new
+    temporary folder behind each time. Left alone when ``MPLCONFIGDIR`` is set, when matplotlib is
+    imported already, or when that folder is not this user's own."""
+    import os
+    import sys
+    import tempfile
+
+    if "MPLCONFIGDIR" in os.environ or "matplotlib" in sys.modules or not hasattr(os, "getuid"):
+        return
+    config = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config"),
+                          "matplotlib")
+    probe = config
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)  # the nearest folder there is: matplotlib would create the rest in it
+    if os.access(probe, os.W_OK | os.X_OK):
+        return
+    own = os.path.join(tempfile.gettempdir(), f"zsfs-matplotlib-{os.getuid()}")
+    try:
+        os.mkdir(own, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return
+    status = os.lstat(own)
+    if os.path.isdir(own) and not os.path.islink(own) and status.st_uid == os.getuid() and not status.st_mode & 0o077:
+        os.environ["MPLCONFIGDIR"] = own
+
+
 def _drawing(draw: Callable[..., str]) -> Callable[..., str]:
     """Run a figure function under :data:`RC`, leaving the caller's matplotlib settings alone."""
 
     @functools.wraps(draw)
     def wrapper(*args, **kwargs) -> str:
+        _writable_matplotlib_folder()
         import matplotlib
 
         with matplotlib.rc_context(RC), warnings.catch_warnings():
