@@ -185,6 +185,45 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
     assert not photos.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "s.h5", "s.shards"]
 
 
+def test_the_writers_and_the_benchmark_check_their_arguments_before_any_work(tmp_path):
+    """Review: import_store(overwrite="no") rebuilt a 10,000-image store from other files and
+    add_vocabulary(overwrite="no") replaced a vocabulary ("no" is true); shard_size=0, a list of
+    vocabularies, ood_bench(store, 2.0, ...) or a dict config, report(images=missing folder)
+    ended in a ValueError, AttributeError or TypeError from deep inside, or a page of 'not found'."""
+    from zsfs.extract import add_vocabulary
+    from zsfs.importer import import_store
+    from zsfs.oodbench import ood_bench
+
+    store_path = make_synthetic_store(tmp_path / "s.h5", 60, 3, clip_dim=8, backbone_dim=8)
+    with zsfs.Store(store_path) as store:
+        vocabulary = store.vocabulary_names()[0]
+        classes = store.vocabulary(vocabulary).classes
+    files = dict(clip_embeddings=tmp_path / "c.npy", backbone_features=tmp_path / "b.npy", paths=tmp_path / "p.csv")
+    for wrong, message in ((dict(overwrite="no"), "overwrite must be True or False, not 'no'"),
+                           (dict(shard_size=0), "shard_size must be at least 1, not 0"),
+                           (dict(vocabularies=["a.npz"]), "vocabularies must be a dict of vocabulary name: .npz file, "
+                                                          "not ['a.npz']"),
+                           (dict(clip_embeddings=5), "clip_embeddings must be a path (a str or pathlib.Path), not 5"),
+                           (dict(dtype="int8"), "dtype must be one of float16, float32, not 'int8'")):
+        with pytest.raises(zsfs.ParameterError) as raised:
+            import_store(store_path, **{**files, **wrong})
+        assert str(raised.value) == message
+    with pytest.raises(zsfs.ParameterError, match=r"^overwrite must be True or False, not 'no'$"):
+        add_vocabulary(store_path, ["cat", "dog"], vocabulary, overwrite="no")
+    with zsfs.Store(store_path) as store:
+        assert store.n_images == 60 and store.vocabulary(vocabulary).classes == classes  # both untouched
+        for id_classes, config, message in (
+                (2.0, zsfs.FitConfig(), "id_classes must be a number of ID classes or a list of class names, not 2.0"),
+                (True, zsfs.FitConfig(), "id_classes must be a number of ID classes or a list of class names, not True"),
+                (2, {"k": 2}, "config must be a zsfs.FitConfig, not {'k': 2}")):
+            with pytest.raises(zsfs.ParameterError) as raised:
+                ood_bench(store, id_classes, config)
+            assert str(raised.value) == message
+    run = zsfs.fit(store_path, k=2, candidates=6, cycle_epochs=1)
+    with pytest.raises(zsfs.ParameterError, match=r"^images '.*nope' does not exist$"):
+        zsfs.report(run, images=tmp_path / "nope")
+
+
 def test_each_preset_gives_the_config_it_names(tmp_path):
     """zsfs.fit(preset=...) is the CLI's --paper / --fast: each name must give its own FitConfig."""
     from dataclasses import asdict

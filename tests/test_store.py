@@ -91,8 +91,18 @@ def test_read_rows_and_chunks(tmp_path, arrays):
         mask = np.arange(N) % 7 == 0
         np.testing.assert_array_equal(store.read("backbone", mask), store.read("backbone")[mask])
         assert store.read("clip", np.array([], dtype=np.int64)).shape == (0, D_CLIP)
-        with pytest.raises(IndexError):
-            store.read("clip", np.array([N]))
+        # review: an id out of range, a mask of another length, a step below 1 or a vocabulary name that is
+        # no string ended in IndexError, h5py's ValueError or a TypeError; a row id gave a (1, D) array
+        with pytest.raises(ParameterError, match=f"^rows: row id {N} is out of range for {N} rows$"):
+            store.read("clip", np.array([3, N]))
+        with pytest.raises(ParameterError, match=r"^rows: a boolean mask of shape \(3,\) for"):
+            store.read("clip", np.ones(3, dtype=bool))
+        with pytest.raises(ParameterError, match="^name must be a string, not 1$"):
+            store.vocabulary(1)
+        np.testing.assert_array_equal(store.read("clip", slice(60, 40, -2)), full[60:40:-2])
+        np.testing.assert_array_equal(store.read("clip", 5), full[5])
+        np.testing.assert_array_equal(store.read("clip", np.array([[1, 2], [3, 4]])), full[[[1, 2], [3, 4]]])
+        assert store.paths(np.array([7, 3])).tolist() == [arrays["paths"][7], arrays["paths"][3]]
         for rows in (np.array([1.9]), "a"):  # bugs: 1.9 read row 1; "a" was numpy's ValueError
             with pytest.raises(ParameterError, match="^rows must be None, a slice, whole-number row ids or a boolean"):
                 store.read("clip", rows)

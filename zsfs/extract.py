@@ -528,7 +528,9 @@ def add_vocabulary(
     ``on_classes(n)`` as classes are embedded (progress). Returns the class names written.
     """
     check_device(device)
+    check_parameter_type("name", name, str)
     check_vocabulary_name(name)
+    check_parameter_type("overwrite", overwrite, bool)  # "no" is true: it would replace the vocabulary
     with Store(store_path) as store:
         record, data_dir = dict(store.clip_info), store.data_dir
         if name in store.vocabulary_names() and not overwrite:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsfs.errors import ZsfsError, one_line
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice, check_parameter_type,
+                         check_path_type, literal, one_line)
 from zsfs.names import check_class_names, counted, refuse_unseen_characters, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
@@ -306,6 +307,8 @@ def import_store(
     ``metadata/`` parts are used). All inputs must list the same images in the same order.
     ``progress`` is passed to :func:`write_store`.
     """
+    _check_arguments(out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies,
+                     clip_name, backbone_name, shard_size, dtype, overwrite, progress)
     out, clip_embeddings, backbone_features = Path(out), Path(clip_embeddings), Path(backbone_features)
     check_writable(out, "store", beside=names_beside(out))
     refuse_input_as_output(out, [("CLIP embeddings file", clip_embeddings), ("backbone features file", backbone_features),
@@ -357,6 +360,30 @@ def import_store(
         write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
                          prompt=schema.IMPORTED_PROMPT, n_templates=vocabulary.n_templates, overwrite=True)
     return ImportSummary(master=master, n_images=len(image_paths), repeated_paths=repeated(image_paths))
+
+
+def _check_arguments(out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies,
+                     clip_name, backbone_name, shard_size, dtype, overwrite, progress) -> None:
+    """ParameterError for an argument of :func:`import_store` of the wrong kind, before anything is
+    read (``overwrite="no"`` is true: it would replace the store)."""
+    for name, value in (("out", out), ("clip_embeddings", clip_embeddings), ("backbone_features", backbone_features),
+                        ("paths", paths)):
+        if value is not None or name != "paths":
+            check_path_type(name, value)
+    for name, value in (("path_column", path_column), ("label_column", label_column), ("clip_name", clip_name),
+                        ("backbone_name", backbone_name)):
+        if value is not None or name in ("clip_name", "backbone_name"):
+            check_parameter_type(name, value, str)
+    if vocabularies is not None:
+        if not isinstance(vocabularies, dict):
+            raise ParameterError(f"{{vocabularies}} must be a dict of vocabulary name: .npz file, not "
+                                 f"{literal(repr(vocabularies))}")
+        for file in vocabularies.values():
+            check_path_type("vocabularies", file)
+    check_at_least("shard_size", shard_size, 1)
+    check_choice("dtype", dtype, schema.EMBEDDING_DTYPES)
+    check_parameter_type("overwrite", overwrite, bool)
+    check_callbacks(progress=progress)
 
 
 def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:

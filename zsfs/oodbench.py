@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import ParameterError, ZsfsError, literal
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, literal
 from zsfs.names import counted, spelled_like
 from zsfs.outputs import new_folder, write_json
 from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, composed_names, id_ood_splits, mean_std, ood_metrics
@@ -98,8 +98,16 @@ def ood_bench(
     used for every split. ``on_start(n_splits)``, ``on_split(number, result)`` and ``on_phase(name)``
     (each phase of each split's fit, as ``fit_store`` names it) report progress.
     """
-    from zsfs.fit.run import fit_store, resolve_vocabulary
+    from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
 
+    if not isinstance(config, FitConfig):
+        raise ParameterError(f"{{config}} must be a zsfs.FitConfig, not {literal(repr(config))}")
+    named = isinstance(id_classes, (list, tuple, np.ndarray))
+    if isinstance(id_classes, (bool, np.bool_)) or not (named or isinstance(id_classes, (int, np.integer))) \
+            or (named and not all(isinstance(name, str) for name in id_classes)):
+        raise ParameterError(f"{{id_classes}} must be a number of ID classes or a list of class names, not "
+                             f"{literal(repr(id_classes))}")
+    check_at_least("n_splits", n_splits, 1)
     store.check_enough_images(2, "the OOD benchmark")
     labels = store.labels()
     if labels is None:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, check_choice, check_path_type, literal,
-                         one_line)
+from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, check_choice, check_parameter_type,
+                         check_path_type, literal, one_line)
 from zsfs.names import as_argument, check_class_names, counted, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
@@ -320,6 +320,7 @@ class Store:
         return {str(path): why for path, why in self._unreadable_vocabularies.items()}
 
     def vocabulary(self, name: str) -> Vocabulary:
+        check_parameter_type("name", name, str)
         names = self.vocabulary_names()
         if name not in names:
             available = ", ".join(names) if names else f"none; add one with {self.how_to_add_a_vocabulary()}"
@@ -579,21 +580,24 @@ def read_rows(data: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray
     if rows is None:
         return data[:]
     if isinstance(rows, slice):
-        return data[rows]
+        if rows.step is None or rows.step > 0:  # h5py reads no other step
+            return data[rows]
+        rows = np.arange(len(data))[rows]
     rows = np.asarray(rows)
     if rows.dtype != bool and not np.issubdtype(rows.dtype, np.integer) and rows.size:  # 1.9 read as row 1
         raise ParameterError(f"{{rows}} must be None, a slice, whole-number row ids or a boolean mask, not an array "
                              f"of {literal(rows.dtype)}")
     if rows.dtype == bool:
         if rows.shape != (len(data),):
-            raise IndexError(f"boolean mask of length {len(rows)} for {len(data)} rows")
+            raise ParameterError(f"{{rows}}: a boolean mask of shape {rows.shape} for {len(data):,} rows")
         rows = np.flatnonzero(rows)
     rows = rows.astype(np.int64, copy=False)
     rows = np.where(rows < 0, rows + len(data), rows)
     if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
-        raise IndexError(f"row ids out of range for {len(data)} rows")
+        outside = rows[(rows < 0) | (rows >= len(data))].flat[0]
+        raise ParameterError(f"{{rows}}: row id {outside} is out of range for {len(data):,} rows")
     wanted, order = np.unique(rows, return_inverse=True)
-    return gather_rows(data, wanted)[order.reshape(-1)]
+    return gather_rows(data, wanted)[order.reshape(rows.shape)]  # numpy's shapes: one row id, one row
 
 
 def gather_rows(data: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
