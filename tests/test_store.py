@@ -175,6 +175,12 @@ def test_write_vocabulary_adds_and_replaces(tmp_path, arrays):
         vocab = store.vocabulary("v")
         assert vocab.classes == ["x", "y", "z"] and vocab.prompt == "q {}"
         np.testing.assert_array_equal(store.read("clip"), clip_before)
+        # review: a vocabulary added while a store is open (zsfs text, import in a notebook) was "no vocabulary
+        # 'w' (available: v)" until the store was opened again
+        write_vocabulary(master, "w", ["c", "d"], single, single, prompt="", n_templates=1)
+        assert store.vocabulary("w").classes == ["c", "d"] and store.vocabulary_names() == ["v", "w"]
+        with pytest.raises(StoreError, match=r"has no vocabulary 'u' \(available: v, w\)"):
+            store.vocabulary("u")
 
 
 def test_a_vocabulary_identity_is_compared_as_json_not_as_text(tmp_path, arrays):

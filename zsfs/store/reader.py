@@ -322,6 +322,10 @@ class Store:
     def vocabulary(self, name: str) -> Vocabulary:
         check_parameter_type("name", name, str)
         names = self.vocabulary_names()
+        if name not in names and schema.vocabulary_file(self.data_dir, name).is_file():
+            # added since this store was opened (zsfs text, import --vocab): listed again
+            self._vocabulary_files, self._unreadable_vocabularies = vocabulary_files(self.data_dir, self.identity)
+            names = self.vocabulary_names()
         if name not in names:
             available = ", ".join(names) if names else f"none; add one with {self.how_to_add_a_vocabulary()}"
             unreadable = ""
