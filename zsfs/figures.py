@@ -29,6 +29,7 @@ def _writable_matplotlib_folder() -> None:
     temporary folder behind each time. Left alone when ``MPLCONFIGDIR`` is set, when matplotlib is
     imported already, or when that folder is not this user's own."""
     import os
+    import stat
     import sys
     import tempfile
 
@@ -48,8 +49,8 @@ def _writable_matplotlib_folder() -> None:
         pass
     except OSError:
         return
-    status = os.lstat(own)
-    if os.path.isdir(own) and not os.path.islink(own) and status.st_uid == os.getuid() and not status.st_mode & 0o077:
+    status = os.lstat(own)  # not followed: a link planted there is no folder of ours
+    if stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid() and not status.st_mode & 0o077:
         os.environ["MPLCONFIGDIR"] = own
 
 

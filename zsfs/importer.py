@@ -366,13 +366,14 @@ def _check_arguments(out, clip_embeddings, backbone_features, paths, path_column
                      clip_name, backbone_name, shard_size, dtype, overwrite, progress) -> None:
     """ParameterError for an argument of :func:`import_store` of the wrong kind, before anything is
     read (``overwrite="no"`` is true: it would replace the store)."""
-    for name, value in (("out", out), ("clip_embeddings", clip_embeddings), ("backbone_features", backbone_features),
-                        ("paths", paths)):
-        if value is not None or name != "paths":
-            check_path_type(name, value)
-    for name, value in (("path_column", path_column), ("label_column", label_column), ("clip_name", clip_name),
-                        ("backbone_name", backbone_name)):
-        if value is not None or name in ("clip_name", "backbone_name"):
+    for name, value in (("out", out), ("clip_embeddings", clip_embeddings), ("backbone_features", backbone_features)):
+        check_path_type(name, value)
+    if paths is not None:
+        check_path_type("paths", paths)
+    for name, value in (("clip_name", clip_name), ("backbone_name", backbone_name)):
+        check_parameter_type(name, value, str)
+    for name, value in (("path_column", path_column), ("label_column", label_column)):
+        if value is not None:
             check_parameter_type(name, value, str)
     if vocabularies is not None:
         if not isinstance(vocabularies, dict):

@@ -262,15 +262,13 @@ def _scan_folder(folder: Path) -> ImageSource:
             seen.add(identity)
             kept.append(name)
         subdirs[:] = kept
-        images = [name for name in files
-                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
+        suffixes = [(name, os.path.splitext(name)[1].lower()) for name in files if not name.startswith(".")]
+        images = [name for name, suffix in suffixes if suffix in IMAGE_EXTENSIONS]
         found.extend(prefix + name for name in images)
         if file_links:
             linked.extend(prefix + name for name in images if name in file_links)
-        tars.extend(prefix + name for name in files if not name.startswith(".") and name.lower().endswith(TAR_SUFFIX))
-        unread_formats.update(suffix for suffix in (os.path.splitext(name)[1].lower() for name in files
-                                                    if not name.startswith("."))
-                              if suffix in UNREAD_IMAGE_SUFFIXES)
+        tars.extend(prefix + name for name, suffix in suffixes if suffix == TAR_SUFFIX)
+        unread_formats.update(suffix for _, suffix in suffixes if suffix in UNREAD_IMAGE_SUFFIXES)
     other_names = _other_names(folder, found, linked)
     if other_names:
         found = [path for path in found if path not in other_names]
@@ -292,8 +290,8 @@ def _scan_folder(folder: Path) -> ImageSource:
     # Labels become class names (prompts, vocabularies, outputs): valid UTF-8 text.
     loose = [first for first, slash, _ in first_parts if not slash]
     labels = None if loose else utf8_texts(first for first, _, _ in first_parts)
-    merged = [] if labels is None else _labels_of_several_folders(dict(zip((first for first, _, _ in first_parts),
-                                                                            labels)))
+    # a label is a class folder's name as UTF-8 text, an undecodable byte written \xNN: two folders can give one
+    merged = [] if labels is None else repeated(dict(zip((first for first, _, _ in first_parts), labels)).values())
     lie = "lies" if len(loose) == 1 else "lie"
     reason = (f"{counted(len(loose), 'image')} {lie} directly in {utf8_text(folder.name)}/, not in a class subfolder "
               f"(first: {utf8_text(loose[0])}), so the subfolders are not read as labels"
@@ -351,12 +349,6 @@ def _other_names(folder: Path, found: list[str], linked: list[str]) -> dict[str,
         else:
             first_link_to[target] = path
     return others
-
-
-def _labels_of_several_folders(label_of: dict[str, str]) -> list[str]:
-    """A label is a class folder's name as UTF-8 text, an undecodable byte written ``\\xNN``: the
-    labels that so name a folder beside one whose name holds that text (two classes in one)."""
-    return [] if len(set(label_of.values())) == len(label_of) else repeated(label_of.values())
 
 
 def unread_formats_text(counts: dict[str, int]) -> str:

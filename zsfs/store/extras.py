@@ -168,7 +168,7 @@ def vocabulary_files(shards: Path, identity: dict) -> tuple[dict[str, Path], dic
     rather than raised: its file name is a digest, so its vocabulary is unknown, and the store's
     other vocabularies must stay usable (``Store.vocabulary`` and ``zsfs info`` name it)."""
     found, unreadable = {}, {}
-    for path in sorted(shards.glob(f"{schema.VOCAB_FILE_PREFIX}*{schema.SHARD_SUFFIX}")):
+    for path in sorted(shards.glob(schema.VOCAB_GLOB)):
         try:
             with open_extra(path, schema.VOCAB_FORMAT, identity) as file:
                 name = str(file.attrs.get(schema.ATTR_NAME, ""))

@@ -125,6 +125,7 @@ SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
 SHARDS_SUFFIX = ".shards"  # a master's shards folder: imagenet.h5 -> imagenet.shards
 SHARD_GLOB = "shard-*" + SHARD_SUFFIX  # the shard files of a shards folder
+VOCAB_GLOB = VOCAB_FILE_PREFIX + "*" + SHARD_SUFFIX  # its vocabulary files
 DEFAULT_SHARD_SIZE = 50_000
 EMBEDDING_DTYPES = ("float16", "float32")
 
@@ -180,7 +181,7 @@ def graph_file(shards: Path) -> Path:
 
 def holds_store_parts(folder: Path) -> bool:
     """Whether ``folder`` holds a shard, vocabulary or graph file of a store (by name)."""
-    patterns = (SHARD_GLOB, VOCAB_FILE_PREFIX + "*" + SHARD_SUFFIX, GRAPH_FILE)
+    patterns = (SHARD_GLOB, VOCAB_GLOB, GRAPH_FILE)
     try:
         return any(next(Path(folder).glob(pattern), None) is not None for pattern in patterns)
     except OSError:

@@ -242,7 +242,7 @@ class StoreWriter:
         files = ([self.master] if self.master.exists() else []) + temp_files_of(self.master)
         if self.shards_dir.is_dir():
             files += sorted(self.shards_dir.glob(schema.SHARD_GLOB))
-            files += sorted(self.shards_dir.glob(schema.VOCAB_FILE_PREFIX + "*" + schema.SHARD_SUFFIX))
+            files += sorted(self.shards_dir.glob(schema.VOCAB_GLOB))
             files += [path for path in [self.shards_dir / schema.GRAPH_FILE] if path.exists()]
             files += sorted(self.shards_dir.glob("*" + schema.TMP_SUFFIX))
         return files
@@ -258,9 +258,10 @@ class StoreWriter:
             except Exception:  # unreadable, or damaged metadata (h5py's RuntimeError, a garbled identity)
                 if path == self.master:
                     advice = damaged_master_advice(path)
-                    raise StoreError(f"{path} exists and is not a readable zsfs store" + (
-                        f"{advice}; else --overwrite replaces it (embedding every image again), or choose another "
-                        "output" if advice else "; pass --overwrite to replace it or choose another output")) from None
+                    fix = f"{advice}; else --overwrite replaces it (embedding every image again)," if advice else \
+                        "; pass --overwrite to replace it"
+                    raise StoreError(f"{path} exists and is not a readable zsfs store{fix} or choose another output") \
+                        from None
                 continue  # a damaged shard is simply rewritten
             if identity is None and path != self.master:
                 continue  # so is one whose identity was lost: zsfs writes none without
