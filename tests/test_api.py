@@ -88,7 +88,7 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
         zsfs.fit(store_path, k=20, candidates=10)
     with pytest.raises(zsfs.ParameterError, match=r"^max_cycles must be at least 0"):
         zsfs.fit(store_path, max_cycles=-1)
-    with pytest.raises(zsfs.ParameterError, match=r"unknown parameter 'kk'; fit takes vocabulary, preset, method, k,"):
+    with pytest.raises(zsfs.ParameterError, match=r"unexpected keyword argument 'kk'; fit takes store, vocabulary, preset, method, k,"):
         zsfs.fit(store_path, kk=3)
     with pytest.raises(zsfs.ParameterError, match=r"^preset must be one of"):
         zsfs.fit(store_path, preset="quick")
@@ -113,9 +113,12 @@ def test_front_doors_document_and_check_their_own_arguments(tmp_path):
     import inspect
     import pydoc
 
-    assert list(inspect.signature(zsfs.fit).parameters) == ["store", "vocabulary", "preset", "parameters"]
+    fit_keywords = inspect.signature(zsfs.fit).parameters  # bug: **parameters, not each FitConfig field
+    assert list(fit_keywords)[:5] == ["store", "vocabulary", "preset", "method", "k"]
+    assert set(fit_keywords) == {"store", "vocabulary", "preset", *zsfs.FitConfig.__dataclass_fields__}
+    assert fit_keywords["k"].default == zsfs.FitConfig().k and fit_keywords["k"].annotation is int
     assert "vocab_name" in inspect.signature(zsfs.extract).parameters
-    assert "Called as zsfs.fit(store, *, vocabulary=None, preset=None, **parameters)" in pydoc.render_doc(
+    assert "Called as zsfs.fit(store, *, vocabulary=None, preset=None, method='balanced', k=16," in pydoc.render_doc(
         zsfs.fit, renderer=pydoc.plaintext)
     assert "Called as zsfs.report(run_dir, out=None, *, images=None" in pydoc.render_doc(
         zsfs.report, renderer=pydoc.plaintext)

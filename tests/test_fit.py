@@ -602,7 +602,19 @@ def test_fit_precision_must_be_known(tmp_path):
     result = run_cli("fit", "--store", tmp_path / "s.h5", "--precision", "fp16")
     assert result.exit_code == 2 and "fp16" in result.output
     with pytest.raises(ZsfsError, match="^precision must be one of auto, fp32, bf16, not 'fp16'$"):
-        FitConfig(precision="fp16").validate()
+        FitConfig(precision="fp16")
+
+
+def test_fit_config_refuses_a_bad_value_where_it_is_written(store_path):
+    """Bug: FitConfig(k=0) was accepted, and refused only when a fit or ood_bench started."""
+    with pytest.raises(ParameterError, match="^k must be at least 1, not 0$"):
+        FitConfig(k=0)
+    with pytest.raises(ParameterError, match="^k 20 is larger than candidates 10"):
+        FitConfig.paper(k=20, candidates=10)
+    config = FitConfig(k=2)
+    config.k = 0  # a field set since: fit_store checks again
+    with Store(store_path) as store, pytest.raises(ParameterError, match="^k must be at least 1, not 0$"):
+        fit_store(store, config)
 
 
 def test_damaged_classifier_file_is_a_clear_error(tmp_path):

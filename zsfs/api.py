@@ -16,6 +16,8 @@ importable as before. Errors name the parameters as given here (``k must be at l
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import inspect
 import os
 import sys
@@ -36,7 +38,8 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     """Label and OOD-score every image of ``store`` (a :class:`zsfs.Store` or its path).
 
     ``parameters`` are :class:`zsfs.fit.FitConfig`'s fields (``k=16``, ``epochs=...``), on top of
-    ``preset`` ``"paper"``, ``"fast"`` or ``"paper-fast"`` [the defaults]. The result has
+    ``preset`` ``"paper"``, ``"fast"`` or ``"paper-fast"`` [the defaults]; the values shown for them are
+    the defaults', which a preset changes in part (docs/fit.md). The result has
     ``.predictions``, ``.metrics`` (None when the store has no labels), ``.config`` and ``.save(dir)``.
     """
     from zsfs.errors import ParameterError, check_parameter_type, literal, refuse_unknown_parameters
@@ -67,12 +70,23 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
         return in_memory(fit_store(opened, config, vocabulary), opened, config)
 
 
-def callable_module(name: str, function: Callable) -> None:
+def spelled_out(function: Callable, fields_of: type) -> inspect.Signature:
+    """``function``'s signature with its ``**parameters`` written out as the dataclass ``fields_of``'s
+    fields, keyword-only with their defaults: what help(), ``zsfs.fit?`` and completion show."""
+    signature = inspect.signature(function)
+    written = [inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=spec.default,
+                                 annotation=getattr(builtins, spec.type, spec.type))
+               for spec in dataclasses.fields(fields_of)]
+    return signature.replace(parameters=[parameter for parameter in signature.parameters.values()
+                                         if parameter.kind != parameter.VAR_KEYWORD] + written)
+
+
+def callable_module(name: str, function: Callable, signature: inspect.Signature | None = None) -> None:
     """Make the module ``name`` callable as ``function``: ``zsfs.fit(...)`` while ``zsfs.fit`` stays the
     package that ``from zsfs.fit import FitConfig`` reads. (Python binds a submodule as an attribute
     of its parent when first imported, so a plain function named ``zsfs.fit`` would be replaced.)"""
 
-    signature, called = inspect.signature(function), name.rpartition(".")[2]
+    signature, called = signature or inspect.signature(function), name.rpartition(".")[2]
 
     class CallableModule(types.ModuleType):
         def __call__(self, *args, **kwargs):

@@ -8,6 +8,6 @@ from zsfs import api
 from zsfs.fit.classifier import Classifier, load_classifier
 from zsfs.fit.run import FitConfig, FitResult, fit_store
 
-api.callable_module(__name__, api.fit)  # zsfs.fit(store, k=16): the front door (zsfs/api.py)
+api.callable_module(__name__, api.fit, api.spelled_out(api.fit, FitConfig))  # zsfs.fit(store, k=16): the front door (zsfs/api.py)
 
 __all__ = ["Classifier", "FitConfig", "FitResult", "fit_store", "load_classifier"]

@@ -89,9 +89,7 @@ class FitConfig:
     def from_options(cls, *, paper: bool = False, fast: bool = False, **given) -> "FitConfig":
         """A validated config from a preset and the options a user gave (None = not given)."""
         chosen = {name: value for name, value in given.items() if value is not None}
-        config = cls.fast(paper=paper, **chosen) if fast else cls.paper(**chosen) if paper else cls(**chosen)
-        config.validate()
-        return config
+        return cls.fast(paper=paper, **chosen) if fast else cls.paper(**chosen) if paper else cls(**chosen)
 
     def unread(self, given: dict) -> list[str]:
         """The parameters among ``given`` (None = not given) that this config's method never reads."""
@@ -105,7 +103,11 @@ class FitConfig:
         return (f"{', '.join(names)} {'is' if one else 'are'} only read by the {readers or other + ' method'}; "
                 f"this {self.method} fit ignores {'it' if one else 'them'}")
 
+    def __post_init__(self) -> None:
+        self.validate()  # a bad value is refused where it is written, not when a fit starts
+
     def validate(self) -> None:
+        """ParameterError naming the first field with a value no fit takes."""
         for spec in fields(self):  # annotated "int", "float", "str" or "bool" (a string: annotations are postponed)
             check_parameter_type(spec.name, getattr(self, spec.name), PARAMETER_TYPES[spec.type])
         for name in ("k", "candidates", "neighbours", "epochs", "batch_size"):
