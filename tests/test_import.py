@@ -323,6 +323,28 @@ def test_an_imported_store_without_vocabulary_points_to_import_not_to_zsfs_text(
     assert "the store's CLIP embeddings were imported (`zsfs import`) from another tool" in said, said
 
 
+def test_a_fit_on_a_vocabulary_without_an_ensemble_records_the_single_prompts_it_read(inputs):
+    """Bug: config.json said prompts 'ensemble' for a vocabulary imported with single rows only
+    (they are what the fit read), and `--prompts ensemble` said nothing of it."""
+    folder = inputs["dir"]
+    master = import_store(folder / "v.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                          paths=folder / "paths.csv", vocabularies={"pets": folder / "pets.npz",
+                                                                     "pets80": folder / "pets_ensemble.npz"}).master
+    quick = ["--k", "2", "--candidates", "6", "--cycle-epochs", "1"]
+    note = "vocabulary 'pets' holds no prompt ensemble (it was imported with single-prompt embeddings only): " \
+           "--prompts ensemble reads those"
+    for vocabulary, prompts, used in (("pets", [], "single"), ("pets", ["--prompts", "ensemble"], "single"),
+                                      ("pets80", ["--prompts", "ensemble"], "ensemble"),
+                                      ("pets80", ["--prompts", "single"], "single")):
+        run = folder / f"run-{vocabulary}-{len(prompts)}-{used}"
+        outcome = run_cli("fit", "--store", master, "--vocab", vocabulary, *prompts, *quick, "--out", run)
+        assert outcome.exit_code == 0, outcome.output
+        config = json.loads((run / "config.json").read_text())
+        assert config["parameters"]["prompts"] == (prompts[1] if prompts else "ensemble")
+        assert config["prompts_used"] == used
+        assert (note in " ".join(output_text(outcome).split())) == (vocabulary == "pets" and bool(prompts))
+
+
 def test_a_reimport_does_not_replace_a_vocabulary_by_other_classes(inputs):
     folder = inputs["dir"]
     common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",

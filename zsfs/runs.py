@@ -185,6 +185,7 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "parameters": asdict(config),
         "vocabulary": result.vocabulary,
         "classes": result.classes,
+        "prompts_used": result.prompts_used,
         "store": store.fingerprint(),
         "clip": store.clip_info,
         "backbone": store.backbone_info,

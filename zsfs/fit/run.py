@@ -141,6 +141,7 @@ class FitResult:
 
     vocabulary: str
     classes: list[str]
+    prompts_used: str  # the text embeddings read: "single" where the vocabulary has no ensemble
     predicted: np.ndarray  # int64 class index
     confidence: np.ndarray  # max softmax probability of the classifier
     ood_score: np.ndarray  # mean of the collection ranks of MCM and ood_distance, in [0, 1]; higher = more OOD
@@ -365,6 +366,7 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
     return FitResult(
         vocabulary=name,
         classes=list(vocab.classes),
+        prompts_used=vocab.prompts_used(config.prompts),
         predicted=predicted,
         confidence=confidence,
         ood_score=ood_score,

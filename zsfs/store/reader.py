@@ -48,6 +48,12 @@ class Vocabulary:
         check_choice("prompts", prompts, schema.PROMPT_KINDS)
         return self.single if prompts == schema.VOCAB_SINGLE else self.ensemble
 
+    def prompts_used(self, prompts: str) -> str:
+        """The text embeddings ``embeddings(prompts)`` gives in truth: "single" for an ensemble that is
+        the single prompt standing in (imported without one: ``n_templates`` 1)."""
+        check_choice("prompts", prompts, schema.PROMPT_KINDS)
+        return schema.VOCAB_SINGLE if self.n_templates == 1 else prompts
+
     def subset(self, classes: Sequence[str]) -> "Vocabulary":
         """The vocabulary restricted to ``classes``, in the order given."""
         classes = check_class_names(classes, f"the classes to take from vocabulary {self.name!r}")
