@@ -211,9 +211,9 @@ class Store:
             raise StoreError(f"{self.path.parent / gone[0]} was moved or deleted since this process opened the store "
                              f"({counted(len(gone), 'shard file')} gone), so rows read from it are not the store's; put "
                              f"it back (or {REPAIR}), then {reopen}")
-        raise StoreError(f"{self.path} was rebuilt or repaired while this process was reading it (by another "
-                         "zsfs extract or import), so what it read may mix the old and the new store; "
-                         "nothing was written: rerun once the other process is done (from Python: open the store "
+        raise StoreError(f"{self.path} was rebuilt or repaired while this process was reading it (by a zsfs "
+                         "extract or import, here or in another process), so what it read may mix the old and the "
+                         "new store; nothing was written: rerun once that is done (from Python: open the store "
                          "again, zsfs.Store(path))")
 
     @contextmanager
@@ -307,7 +307,12 @@ class Store:
 
     # -- vocabularies and index -----------------------------------------------------------
     def vocabulary_names(self) -> list[str]:
+        """The store's vocabularies, as its folder holds them now: those added (zsfs text, import
+        --vocab) or removed since it was opened too (a folder listing; the files are read if it changed)."""
         group = self._file.get(schema.VOCAB_GROUP)  # format 1 kept vocabularies in the master
+        listed = set(self.data_dir.glob(schema.VOCAB_GLOB))
+        if listed != {*self._vocabulary_files.values(), *self._unreadable_vocabularies}:
+            self._vocabulary_files, self._unreadable_vocabularies = vocabulary_files(self.data_dir, self.identity)
         legacy = [name for name in group if not name.startswith(".")] if group is not None else []
         return sorted(set(legacy) | set(self._vocabulary_files))
 
@@ -328,10 +333,6 @@ class Store:
     def vocabulary(self, name: str) -> Vocabulary:
         check_parameter_type("name", name, str)
         names = self.vocabulary_names()
-        if name not in names and schema.vocabulary_file(self.data_dir, name).is_file():
-            # added since this store was opened (zsfs text, import --vocab): listed again
-            self._vocabulary_files, self._unreadable_vocabularies = vocabulary_files(self.data_dir, self.identity)
-            names = self.vocabulary_names()
         if name not in names:
             available = ", ".join(names) if names else f"none; add one with {self.how_to_add_a_vocabulary()}"
             unreadable = ""
