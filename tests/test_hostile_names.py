@@ -14,7 +14,6 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from zsfs.errors import ZsfsError
 from zsfs.report import render_report
 from zsfs.sources import open_source
 from zsfs.store import Store
