@@ -119,6 +119,25 @@ def test_linked_images_listed_under_another_name_are_read_once(tmp_path):
     assert source.classes == ["cat", "dog"] and source.decode(3).size == (8, 8)
 
 
+def test_a_link_to_an_image_of_a_linked_folder_is_read_once(tmp_path):
+    """Bug: photos/dog -> /disk/dogs and photos/cat/x.png -> /disk/dogs/1.png listed 1.png twice
+    (as dog/1.png and cat/x.png): links were compared with the tree's own files only."""
+    photos, dogs = tmp_path / "photos", tmp_path / "disk" / "dogs"
+    for folder in (photos / "cat", dogs / "puppies", tmp_path / "disk" / "loose"):
+        folder.mkdir(parents=True)
+    for image in (dogs / "1.png", dogs / "puppies" / "2.png", tmp_path / "disk" / "loose" / "3.png"):
+        save(Image.new("RGB", (8, 8)), image)
+    (photos / "dog").symlink_to(dogs)
+    (photos / "cat" / "x.png").symlink_to(dogs / "1.png")
+    (photos / "cat" / "y.png").symlink_to(dogs / "puppies" / "2.png")  # deeper in the linked folder
+    (photos / "cat" / "z.png").symlink_to(tmp_path / "disk" / "loose" / "3.png")  # listed nowhere else: read
+    source = open_source(photos)
+    again = "linked image not read (a link to an image listed already)"
+    assert source.unreadable == {"cat/x.png": again, "cat/y.png": again}
+    assert [path for path in source.paths if path not in source.unreadable] == ["cat/z.png", "dog/1.png",
+                                                                                "dog/puppies/2.png"]
+
+
 def test_a_tar_gone_after_listing_is_a_skip_reason_not_a_crash(tmp_path):
     """A shard moved or deleted after the listing: its members fail with the reason, as a missing
     file does (extract records them as skipped, the report shows the reason), not with an OSError."""

@@ -224,6 +224,7 @@ def _scan_folder(folder: Path) -> ImageSource:
     found: list[str] = []
     unreadable: dict[str, str] = {}
     seen = {_folder_identity(folder)}  # (device, inode) of every folder listed
+    listed_at = {str(folder): ""}  # real path of the tree and of each linked folder listed -> its place in the tree
     aliases: list[str] = []  # linked folders not read: other names of folders listed
     tars: list[str] = []  # .tar files, which an image folder does not read
     unread_formats: Counter[str] = Counter()
@@ -248,7 +249,8 @@ def _scan_folder(folder: Path) -> ImageSource:
             if name.startswith("."):  # hidden folders are not read
                 continue
             path = os.path.join(directory, name)
-            if os.path.islink(path) and (os.path.realpath(path) + os.sep).startswith(tree):
+            target = os.path.realpath(path) if os.path.islink(path) else None
+            if target is not None and (target + os.sep).startswith(tree):
                 not_read(prefix + name + "/", f"a link into {folder.name}/, listed there")
                 continue
             try:
@@ -261,6 +263,8 @@ def _scan_folder(folder: Path) -> ImageSource:
                 continue
             seen.add(identity)
             kept.append(name)
+            if target is not None:
+                listed_at.setdefault(target, prefix + name + "/")
         subdirs[:] = kept
         suffixes = [(name, os.path.splitext(name)[1].lower()) for name in files if not name.startswith(".")]
         images = [name for name, suffix in suffixes if suffix in IMAGE_EXTENSIONS]
@@ -269,7 +273,7 @@ def _scan_folder(folder: Path) -> ImageSource:
             linked.extend(prefix + name for name in images if name in file_links)
         tars.extend(prefix + name for name, suffix in suffixes if suffix == TAR_SUFFIX)
         unread_formats.update(suffix for _, suffix in suffixes if suffix in UNREAD_IMAGE_SUFFIXES)
-    other_names = _other_names(folder, found, linked)
+    other_names = _other_names(folder, found, linked, listed_at)
     if other_names:
         found = [path for path in found if path not in other_names]
         unreadable.update((path, f"{LINKED_IMAGE} ({why})") for path, why in other_names.items())
@@ -330,10 +334,11 @@ def _walk(top: str, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, l
         pending.extend(os.path.join(directory, name) for name in reversed(subdirs))  # os.walk's order
 
 
-def _other_names(folder: Path, found: list[str], linked: list[str]) -> dict[str, str]:
+def _other_names(folder: Path, found: list[str], linked: list[str], listed_at: dict[str, str]) -> dict[str, str]:
     """The image links of ``linked`` that name an image listed already (the target under its own
-    name in the tree, or an earlier link to it), each with why: listed twice, it would be embedded
-    twice, under two labels maybe. Links to images the scan lists nowhere else are kept."""
+    name, in the tree or in a linked folder listed, or an earlier link to it), each with why: listed
+    twice, it would be embedded twice, under two labels maybe. Links to images the scan lists
+    nowhere else are kept. ``listed_at``: real folder -> its place in the tree ("" for the tree)."""
     if not linked:
         return {}
     listed = set(found) - set(linked)
@@ -341,14 +346,27 @@ def _other_names(folder: Path, found: list[str], linked: list[str]) -> dict[str,
     others = {}
     for path in sorted(linked):
         target = os.path.realpath(os.path.join(folder, path))
-        inside = os.path.relpath(target, folder)
-        if not inside.startswith(os.pardir + os.sep) and Path(inside).as_posix() in listed:
+        listed_there = _place_in_tree(target, listed_at) in listed
+        if listed_there and target.startswith(str(folder) + os.sep):
             others[path] = f"a link into {folder.name}/, listed there"  # as a linked folder's reasons: one
-        elif target in first_link_to:  # per kind, so that a summary counts them in one line
+        elif listed_there or target in first_link_to:  # per kind, so that a summary counts them in one line
             others[path] = "a link to an image listed already"
         else:
             first_link_to[target] = path
     return others
+
+
+def _place_in_tree(target: str, listed_at: dict[str, str]) -> str | None:
+    """Where the file at real path ``target`` is listed in the tree: under its nearest folder
+    that ``listed_at`` names (the tree, or a linked folder the scan read), or None."""
+    parent, name = os.path.split(target)
+    parts = [name]
+    while parent not in listed_at:
+        parent, part = os.path.split(parent)
+        if not part:  # the file system's root: in no listed folder
+            return None
+        parts.append(part)
+    return listed_at[parent] + "/".join(reversed(parts))
 
 
 def unread_formats_text(counts: dict[str, int]) -> str:
