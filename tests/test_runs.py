@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -129,6 +131,40 @@ def test_the_next_run_removes_what_a_killed_run_left_but_not_a_live_runs_folder(
         live.wait()
         killed.stdout.close()
         live.stdout.close()
+
+
+def test_a_live_runs_folder_is_kept_where_its_pid_means_nothing_here(tmp_path):
+    """Review: a fit in another container on the same host name and volume (its own pid namespace)
+    had its half-saved run removed by a report written here, whose process list lacks that pid:
+    the fit then failed after all its work. The writer now holds its temporary folder locked."""
+    from zsfs.outputs import _alive, _in_use
+
+    pid = next(candidate for candidate in range(4000, 30000) if not _alive(candidate))  # no process here
+    namespace = ["unshare", "--fork", "--pid", "--mount-proc", "--kill-child"] + (
+        [] if os.geteuid() == 0 else ["--map-root-user"])
+    # the holder forked right after the namespace's last pid is set to pid - 1 gets that pid
+    holder = subprocess.Popen([*namespace, "sh", "-c", f'echo {pid - 1} > /proc/sys/kernel/ns_last_pid; '
+                               f'"$0" -c "$1" "$2" & wait', sys.executable, HOLDER, str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        held = holder.stdout.readline().strip()
+        assert f".run.{pid}-" in held, holder.stderr.read() if not held else held
+        assert not _alive(pid)  # to this process, its writer is gone
+        with new_folder(tmp_path / "report") as tmp:  # bug: removed the other's folder
+            (tmp / "done").write_text("y")
+        assert os.path.isfile(os.path.join(held, "half-written"))
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+        holder.stderr.close()
+    # gone for good (the namespace's processes end with it): the next writer removes its folder
+    deadline = time.monotonic() + 60
+    while _in_use(Path(held)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with new_folder(tmp_path / "next"):
+        pass
+    assert not os.path.exists(held)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

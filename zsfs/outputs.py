@@ -46,7 +46,7 @@ def new_folder(path: str | Path) -> Iterator[Path]:
     On any error (Ctrl-C included) the temporary folder is removed and ``path`` stays absent.
     A process killed outright (kill -9, power loss) cannot clean up: its temporary folder is
     named after its host and pid, and the next call into the same parent removes it once that
-    process is gone.
+    process is gone (and no process holds it: :func:`_held`).
     """
     path = Path(path).absolute()
     check_new_folder(path)
@@ -54,21 +54,57 @@ def new_folder(path: str | Path) -> Iterator[Path]:
     remove_stale_folders(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     try:
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide results from the user's group
-        yield tmp
-        fsync_tree(tmp)
-        # os.rename replaces an *empty* folder on POSIX: check again right before it.
-        check_new_folder(path)
-        try:
-            os.rename(tmp, path)
-        except OSError:  # another process made it since (ENOTEMPTY / EEXIST): say so, as before any work
+        with _held(os.open(tmp, os.O_RDONLY)):
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide results from the user's group
+            yield tmp
+            fsync_tree(tmp)
+            # os.rename replaces an *empty* folder on POSIX: check again right before it.
             check_new_folder(path)
-            raise
-        fsync_folder(path.parent)
+            try:
+                os.rename(tmp, path)
+            except OSError:  # another process made it since (ENOTEMPTY / EEXIST): say so, as before any work
+                check_new_folder(path)
+                raise
+            fsync_folder(path.parent)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         _name_the_result(error, tmp, path)
         raise
+
+
+@contextmanager
+def _held(descriptor: int) -> Iterator[None]:
+    """An exclusive flock on the open ``descriptor`` of a temporary file or folder for the block
+    (closed after): a process in another pid namespace that shares this host name (containers on
+    one machine and one volume) cannot tell from the pid in the name that its writer is alive,
+    but sees the lock (:func:`_in_use`)."""
+    import fcntl
+
+    try:
+        with suppress(OSError):  # a file system without flock: the pid in the name is all there is
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _in_use(entry: Path) -> bool:
+    """Whether a live process holds ``entry`` (:func:`_held`)."""
+    import fcntl
+
+    try:
+        descriptor = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # gone meanwhile, or not ours to open: not to be removed by us either way
+        return os.path.lexists(entry)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock here: the pid decides
+        return False
+    finally:
+        os.close(descriptor)
+    return False
 
 
 def _name_the_result(error: BaseException, tmp: Path, path: Path) -> None:
@@ -125,8 +161,9 @@ def _alive(pid: int) -> bool:
 def remove_stale_folders(parent: str | Path) -> list[Path]:
     """Remove the temporary folders (and files) that killed writers left in ``parent``.
 
-    Only folders made on this host by a process that no longer exists: a folder of a live
-    process (or of another host sharing the file system) is never touched. Returns those removed.
+    Only folders made on this host by a process that no longer exists and that no process holds
+    (:func:`_held`): a folder of a live process (in another container sharing the host name too,
+    or of another host sharing the file system) is never touched. Returns those removed.
     """
     removed: list[Path] = []
     host = _host()
@@ -136,7 +173,8 @@ def remove_stale_folders(parent: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TMP_NAME.match(entry.name)
-        if match is None or match["host"] != host or entry.is_symlink() or _alive(int(match["pid"])):
+        if match is None or match["host"] != host or entry.is_symlink() or _alive(int(match["pid"])) \
+                or _in_use(entry):
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)  # another process may be removing it too
@@ -199,14 +237,14 @@ def replacing_file(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_folders(path.parent)
     handle, name = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
-    os.close(handle)
     tmp = Path(name)
     try:
-        yield tmp
-        fsync_file(tmp)  # before the chmod: a umask without the owner's read bit could not reopen it
-        os.chmod(tmp, mode)  # mkstemp's 0600: the replaced file's, or like any file the user creates instead
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
+        with _held(handle):
+            yield tmp
+            fsync_file(tmp)  # before the chmod: a umask without the owner's read bit could not reopen it
+            os.chmod(tmp, mode)  # mkstemp's 0600: the replaced file's, or like any file the user creates instead
+            os.replace(tmp, path)
+            fsync_folder(path.parent)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
         _name_the_result(error, tmp, path)
