@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
@@ -110,7 +111,6 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
 def test_front_doors_document_and_check_their_own_arguments(tmp_path):
     """Bugs: help(zsfs.fit) showed only the package's text and inspect.signature(zsfs.fit) was
     (*args, **kwargs); zsfs.extract(..., vocab=...) raised a bare TypeError, not a ParameterError."""
-    import inspect
     import pydoc
 
     fit_keywords = inspect.signature(zsfs.fit).parameters  # bug: **parameters, not each FitConfig field
@@ -128,6 +128,30 @@ def test_front_doors_document_and_check_their_own_arguments(tmp_path):
     with pytest.raises(zsfs.ParameterError, match=r"unexpected keyword argument 'img'; report takes run_dir"):
         zsfs.report(tmp_path, img=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_other_functions_refuse_unknown_and_missing_arguments_as_parameter_errors(tmp_path):
+    """Review: docs/python.md says unknown or missing arguments raise ParameterError; outside the front
+    doors they raised Python's TypeError, which `except zsfs.ZsfsError` misses."""
+    from zsfs.extract import add_vocabulary
+    from zsfs.importer import import_store
+    from zsfs.oodbench import ood_bench
+    from zsfs.runs import FittedRun
+
+    calls = [(lambda: zsfs.load_run(tmp_path, bogus=1), "unexpected keyword argument 'bogus'; load_run takes run_dir$"),
+             (lambda: zsfs.Store(), "missing a required argument: 'path'; Store takes path$"),
+             (lambda: zsfs.FitConfig(kk=3), "unexpected keyword argument 'kk'; FitConfig takes method, k, "),
+             (lambda: import_store(tmp_path / "x.h5"), "missing a required argument: 'clip_embeddings'; import_store "
+                                                       "takes out, clip_embeddings, "),
+             (lambda: add_vocabulary(tmp_path / "s.h5"), "missing a required argument: 'classes'; add_vocabulary"),
+             (lambda: ood_bench(), "missing a required argument: 'store'; ood_bench takes store, id_classes, "),
+             (lambda: FittedRun.predict(None), "missing a required argument: 'features'; FittedRun.predict takes "
+                                               "features$")]
+    for call, said in calls:
+        with pytest.raises(zsfs.ParameterError, match=said):
+            call()
+    assert list(tmp_path.iterdir()) == []
+    assert list(inspect.signature(zsfs.Store).parameters) == ["path"]  # the signature shown is the function's
 
 
 def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):

@@ -27,6 +27,7 @@ from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
 from zsfs.decode import decode_image
 from zsfs.sources import open_source
+from zsfs.store import schema
 from zsfs.store.reader import Store
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
@@ -256,6 +257,25 @@ def test_a_rerun_does_not_replace_a_vocabulary_by_other_classes(photos, tmp_path
     with Store(store) as opened:
         assert opened.vocabulary("default").classes == ["blue", "green", "red"]
         assert opened.vocabulary("pets").classes == ["cat", "dog"]
+
+
+def test_a_store_whose_extract_stopped_before_its_vocabulary_says_to_rerun_it(photos, tmp_path):
+    """Review: an extract killed after its master, before its class-folder vocabulary (the file this
+    test removes), left a store that fit and info said to give a vocabulary with `zsfs text`."""
+    store = tmp_path / "s.h5"
+    extract = ("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0")
+    assert run_cli(*extract).exit_code == 0
+    schema.vocabulary_file(schema.shard_dir(store), "default").unlink()  # what the kill left
+    unwritten = "vocabulary 'default' was not written: the zsfs extract that made the store was stopped before it " \
+                "wrote it (after the store's images); rerun that command, which reuses the finished shards"
+    fit = run_cli("fit", "--store", store, "--k", "2", "--out", tmp_path / "run")
+    assert fit.exit_code == 1 and f"{store}: {unwritten}" in " ".join(output_text(fit).split()), fit.output
+    info = " ".join(output_text(run_cli("info", store)).split())
+    assert unwritten in info and "zsfs text" not in info
+    again = run_cli(*extract)
+    assert again.exit_code == 0, again.output
+    with Store(store) as opened:
+        assert opened.vocabulary("default").classes == ["blue", "green", "red"] and not opened.unwritten_vocabularies
 
 
 def test_a_rerun_repairs_a_removed_shard_and_rebuilds_a_master_older_than_its_shards(photos, tmp_path):

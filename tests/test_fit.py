@@ -583,8 +583,13 @@ def test_fit_refuses_a_store_with_fewer_than_two_images(tmp_path):
     from zsfs.store import write_store
 
     clip = np.eye(1, 8, dtype=np.float32)
-    path = write_store(tmp_path / "one.h5", clip=clip, backbone=clip, paths=["a.jpg"], clip_info={"name": "c"},
-                       backbone_info={"name": "b"}, source="test",
+    with pytest.raises(ParameterError, match="^clip_info must be a dict with at least 'name' and 'weights'"):
+        write_store(tmp_path / "one.h5", clip=clip, backbone=clip, paths=["a.jpg"], clip_info={"name": "c"},
+                    backbone_info={"name": "b"}, source="test")  # review: a store no reader could open
+    assert list(tmp_path.iterdir()) == []
+    path = write_store(tmp_path / "one.h5", clip=clip, backbone=clip, paths=["a.jpg"],
+                       clip_info={"name": "c", "weights": "random"}, backbone_info={"name": "b", "weights": "random"},
+                       source="test",
                        vocabularies={"v": (["x", "y"], np.eye(2, 8, dtype=np.float32), np.eye(2, 8, dtype=np.float32))})
     with Store(path) as store, pytest.raises(ZsfsError, match="at least 2"):
         fit_store(store, FitConfig(k=1, candidates=1))

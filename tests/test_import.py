@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import warnings
 
@@ -18,6 +19,7 @@ from zsfs.importer import RowParts, import_store, numbered_parts
 from zsfs.store import Store
 from zsfs.digests import rows_sha256
 from zsfs.testing.cli import output_text, run_cli
+from zsfs.testing.failures import run_zsfs
 from zsfs.testing.synthetic import BLOCK_ROWS, SyntheticGenerator, _LazyRows
 from zsfs.testing.synthetic import random_unit_rows as unit_rows
 
@@ -343,6 +345,44 @@ def test_a_fit_on_a_vocabulary_without_an_ensemble_records_the_single_prompts_it
         assert config["parameters"]["prompts"] == (prompts[1] if prompts else "ensemble")
         assert config["prompts_used"] == used
         assert (note in " ".join(output_text(outcome).split())) == (vocabulary == "pets" and bool(prompts))
+
+
+def test_an_import_stopped_between_its_vocabularies_is_named_not_fitted_on_the_other(inputs):
+    """Review: an import stopped after its master and first vocabulary (killed, a full disk) left a store
+    that looked finished with one vocabulary: `zsfs fit` took it as "the store's only one" and fitted on
+    the wrong class list. The store now records the vocabularies its command writes after the master."""
+    folder = inputs["dir"]
+    many = [f"class {i}" for i in range(4000)]  # a vocabulary file larger than the store's other files
+    np.savez(folder / "many.npz", classes=np.array(many), single=unit_rows(len(many), D_CLIP, 5))
+    common = ["import", folder / "v.h5", "--clip-embeddings", folder / "clip.npy", "--backbone-features",
+              folder / "backbone.npy", "--paths", folder / "paths.csv", "--label-column", "label",
+              "--vocab", f"pets={folder / 'pets.npz'}", "--vocab", f"many={folder / 'many.npz'}"]
+    stopped = run_zsfs(*common, file_size_limit=150_000)  # the OS stops the write of the second vocabulary
+    assert stopped.returncode == 1 and "file-size limit" in stopped.output, stopped.output
+    unwritten = ("vocabulary 'many' was not written: the zsfs import that made the store was stopped before it "
+                 "wrote it (after the store's images); rerun that command, which reuses the finished shards")
+    with Store(folder / "v.h5") as store:
+        assert store.vocabulary_names() == ["pets"] and store.unwritten_vocabularies == ["many"]
+        with pytest.raises(StoreError, match="has no vocabulary 'many': vocabulary 'many' was not written"):
+            store.vocabulary("many")
+        with pytest.raises(StoreError, match=re.escape(unwritten)):
+            store.verify()
+    info = run_cli("info", folder / "v.h5")
+    assert info.exit_code == 0 and f"Note: {unwritten}." in " ".join(output_text(info).split())
+    assert "No vocabularies yet" not in output_text(info)
+    assert json.loads(run_cli("info", "--json", folder / "v.h5").output)["unwritten_vocabularies"] == ["many"]
+    quick = ["--k", "2", "--candidates", "6", "--cycle-epochs", "1"]
+    for chosen, code, said in (([], 2, f"{unwritten}; or choose one of pets with --vocab"),  # bug: it fitted
+                               (["--vocab", "many"], 1, unwritten)):                   # on 'pets', its only one
+        outcome = run_cli("fit", "--store", folder / "v.h5", *chosen, *quick, "--out", folder / "run")
+        assert outcome.exit_code == code and said in " ".join(output_text(outcome).split()), outcome.output
+        assert not (folder / "run").exists()
+    assert run_cli("fit", "--store", folder / "v.h5", "--vocab", "pets", *quick, "--out", folder / "run").exit_code == 0
+    assert run_zsfs(*common).returncode == 0  # the rerun writes it
+    with Store(folder / "v.h5") as store:
+        assert store.vocabulary_names() == ["many", "pets"] and store.unwritten_vocabularies == []
+        assert store.vocabulary("many").classes == many
+        store.verify()
 
 
 def test_a_reimport_does_not_replace_a_vocabulary_by_other_classes(inputs):

@@ -13,6 +13,7 @@ import pytest
 from zsfs.errors import ParameterError, StoreError, StoreMismatchError, ZsfsError
 from zsfs.store import Store, write_store, write_vocabulary
 from zsfs.store import schema
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.store.rows import normalise_rows
 from zsfs.testing.synthetic import make_synthetic_store, unit
 
@@ -155,6 +156,25 @@ def test_moved_store_reads_from_another_cwd(tmp_path, arrays, monkeypatch):
         np.testing.assert_array_equal(store.read("clip"), expected)
     with h5py.File(moved / "s.h5", "r") as file:  # plain h5py resolves the shards too
         np.testing.assert_array_equal(file["clip"][:], expected)
+
+
+@pytest.mark.parametrize("attribute, value, said", [
+    (schema.ATTR_CLIP, '{"name": "ViT-B-32", "weights": "imported"}', "its clip record has no 'dim'"),
+    (schema.ATTR_BACKBONE, '{"dim": 16}', "its backbone record has no 'name' or 'weights'"),
+    (schema.ATTR_CLIP, '{"name": "c", "weights": "w", "dim": "8"}', "its clip record's dim is not a whole number"),
+    (schema.ATTR_CLIP, '["c"]', "its clip record is not a JSON object"),
+    (schema.ATTR_PLANNED_VOCABULARIES, '{"v": 1}', "planned_vocabularies is not a list of names"),
+])
+def test_a_master_attribute_written_by_hand_against_the_format_is_one_line(tmp_path, arrays, attribute, value, said):
+    """Review: a master written by following docs/store.md, with model records lacking `dim`,
+    failed `zsfs info` and `zsfs fit` with a KeyError traceback."""
+    master = build(tmp_path / "s.h5", arrays)
+    with h5py.File(master, "r+") as file:
+        file.attrs[attribute] = value
+    with pytest.raises(StoreError, match=f"s.h5 is damaged or incomplete \\({re.escape(said)}"):
+        Store(master)
+    outcome = run_cli("info", master)
+    assert outcome.exit_code == 1 and said in output_text(outcome) and "Traceback" not in outcome.output
 
 
 def test_write_vocabulary_adds_and_replaces(tmp_path, arrays):

@@ -90,14 +90,9 @@ def callable_module(name: str, function: Callable, signature: inspect.Signature 
 
     class CallableModule(types.ModuleType):
         def __call__(self, *args, **kwargs):
-            try:
-                signature.bind(*args, **kwargs)
-            except TypeError as error:  # an unknown or missing argument: the error every bad one gets
-                from zsfs.errors import ParameterError, literal
+            from zsfs.errors import bind_arguments
 
-                taken = ", ".join(("**" if parameter.kind == parameter.VAR_KEYWORD else "") + parameter.name
-                                  for parameter in signature.parameters.values())
-                raise ParameterError(f"{literal(error)}; {called} takes {literal(taken)}") from None
+            bind_arguments(signature, called, args, kwargs)  # an unknown or missing argument: a ParameterError
             return function(*args, **kwargs)
 
     CallableModule.__call__.__doc__ = function.__doc__

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import numbers
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import ParamSpec, TypeVar
+
+P, R = ParamSpec("P"), TypeVar("R")
 
 
 class ZsfsError(Exception):
@@ -77,6 +82,30 @@ def refuse_unknown_parameters(given: "Iterable[str]", taken: "Sequence[str]", ca
     unknown = [name for name in given if name not in taken]
     if unknown:
         raise ParameterError(f"unknown parameter {literal(repr(unknown[0]))}; {called} takes {literal(', '.join(taken))}")
+
+
+def bind_arguments(signature: "inspect.Signature", called: str, args: tuple, kwargs: dict) -> None:
+    """ParameterError for an unknown or missing argument of ``called`` (Python's TypeError
+    otherwise), naming what it takes."""
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as error:
+        taken = ", ".join(("**" if parameter.kind == parameter.VAR_KEYWORD else "") + parameter.name
+                          for parameter in signature.parameters.values() if parameter.name != "self")
+        raise ParameterError(f"{literal(error)}; {called} takes {literal(taken)}") from None
+
+
+def checked_arguments(function: "Callable[P, R]") -> "Callable[P, R]":
+    """``function`` with :func:`bind_arguments` first: its bad calls raise ParameterError, as the
+    front doors' do, so that ``except zsfs.ZsfsError`` catches every mistake of a caller."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        bind_arguments(signature, function.__qualname__.removesuffix(".__init__"), args, kwargs)
+        return function(*args, **kwargs)
+
+    return checked
 
 
 def check_choice(name: str, value: object, choices: "tuple[str, ...]") -> None:

@@ -12,6 +12,7 @@ each shard, so shards of a local run and of a Ray run are interchangeable.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -25,7 +26,7 @@ import numpy as np
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_images
-from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
+from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, checked_arguments, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, literal)
 from zsfs.models import (backbone_as_recorded, clip_as_recorded, clip_tokenizer, encode_vocabulary, load_backbone,
                          load_clip, load_clip_from_record, same_text_to_clip)
@@ -37,7 +38,8 @@ from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write
 from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_update, disk_error, names_beside,
                               store_lock)
 from zsfs.store.reader import Store
-from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
+from zsfs.store.schema import (ATTR_PLANNED_VOCABULARIES, DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir,
+                               vocabulary_file)
 from zsfs.store.rows import usable_rows
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, refuse_replacing_another_file)
@@ -373,7 +375,9 @@ def extract(
 
         records = {"clip": _as_identified(clip_record, writer.identity["clip"]),
                    "backbone": _as_identified(backbone_record, writer.identity["backbone"])}
-        writer.finish({"source": str(image_source.location), **records}, shards_written=bool(pending))
+        planned = json.dumps([vocab_name] if class_names else [])  # written below, after the master
+        writer.finish({"source": str(image_source.location), **records, ATTR_PLANNED_VOCABULARIES: planned},
+                      shards_written=bool(pending))
         if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
             refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
         vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
@@ -510,6 +514,7 @@ def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: li
     return processed
 
 
+@checked_arguments
 def add_vocabulary(
     store_path: str | Path,
     classes: Sequence[str] | str | Path,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice, check_parameter_type,
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, checked_arguments, check_callbacks, check_choice, check_parameter_type,
                          check_path_type, literal, one_line)
 from zsfs.names import check_class_names, counted, refuse_unseen_characters, repeated
 from zsfs.outputs import read_parquet
@@ -285,6 +285,7 @@ def _text_embeddings(values: np.ndarray, what: str, shape: tuple[int, int]) -> n
     return normalise_rows(values, what)
 
 
+@checked_arguments
 def import_store(
     out: str | Path,
     *,
@@ -350,6 +351,7 @@ def import_store(
         clip_info=imported_record(clip_name, clip, clip_embeddings, earlier.get("clip")),
         backbone_info=imported_record(backbone_name, backbone, backbone_features, earlier.get("backbone")),
         source=source,
+        planned_vocabularies=list(loaded),
         shard_size=shard_size,
         dtype=dtype,
         overwrite=overwrite,

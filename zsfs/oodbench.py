@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import ParameterError, ZsfsError, check_at_least, literal
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, checked_arguments, literal
 from zsfs.names import counted, spelled_like
 from zsfs.outputs import new_folder, write_json
 from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, composed_names, id_ood_splits, mean_std, ood_metrics
@@ -78,6 +78,7 @@ def summarize(splits: Sequence[SplitResult]) -> dict[str, float]:
     return summary
 
 
+@checked_arguments
 def ood_bench(
     store: "Store",
     id_classes: int | Sequence[str],

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import ParameterError, ZsfsError, check_path_type, refuse_unknown_parameters
+from zsfs.errors import ParameterError, ZsfsError, check_path_type, checked_arguments, refuse_unknown_parameters
 from zsfs.evaluate import OOD_DETECTORS
 from zsfs.names import utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
@@ -340,6 +340,7 @@ class FittedRun:
         return FittedRun(run_dir, self.config, self.metrics, predictions=self._predictions,
                          classifier=self._classifier)
 
+    @checked_arguments
     def predict(self, features: np.ndarray) -> "pl.DataFrame":
         """Class, confidence and OOD scores of backbone features (rows of the store's backbone)."""
         return prediction_frame(*self.classifier.classify(self._checked_features(features)))
@@ -364,6 +365,7 @@ class FittedRun:
             raise ParameterError(f"{{features}}: {unusable_rows_text(len(bad), int(bad[0]))}")
         return normalise_rows(array, "features")  # as a store's rows: float32 products of 1e300 or 1e-30 overflow
 
+    @checked_arguments
     def predict_images(self, images: "Sequence[str | Path] | str | Path" = (), **options) -> "pl.DataFrame":
         """Classify image files and/or folders, and the images of ``lists=[...]`` (options as
         :func:`zsfs.predict.predict_images`)."""
@@ -376,6 +378,7 @@ class FittedRun:
         return predict_images(self, images, **options)
 
 
+@checked_arguments
 def load_run(run_dir: str | Path) -> FittedRun:
     """Open a run folder written by ``zsfs fit`` or ``FittedRun.save``: ``.predict(features)``,
     ``.predict_images(paths)``, ``.predictions``, ``.metrics``, ``.config``; ZsfsError when it is not one."""

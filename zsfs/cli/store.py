@@ -93,7 +93,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
     from zsfs.store import Store
 
     with Store(summary.master) as store:
-        show_summary(store.summary(), store.how_to_add_a_vocabulary())
+        show_summary(store.summary(), store.how_to_add_a_vocabulary(), store.unwritten_note())
     if summary.repeated_paths:  # each row stays an image of its own, as extract keeps a list file's repeats
         console.print(f"{counted(len(summary.repeated_paths), 'path')} given twice or more (each row kept): "
                       f"{shown(some_names(summary.repeated_paths, 10, with_count=False))}")
@@ -124,7 +124,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
     from zsfs.store import Store
 
     with Store(store_path) as store:
-        summary, advice = store.summary(), store.how_to_add_a_vocabulary()
+        summary, advice, unwritten = store.summary(), store.how_to_add_a_vocabulary(), store.unwritten_note()
         if verify:
             with console.status("verifying every byte of the store"):
                 summary["verified"] = store.verify()
@@ -150,7 +150,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
         written = _as_json_text(summary, escaped=escaped)
         click.echo(json.dumps({**written, "escaped": escaped}, indent=2))
     else:
-        show_summary(summary, advice)
+        show_summary(summary, advice, unwritten)
 
 
 def _escaped(text: str) -> str:
@@ -238,9 +238,10 @@ def _labels_line(counts: dict[str, int]) -> str:
     return f"{counted(len(counts), 'label')}: {shown_counts}{more}"
 
 
-def show_summary(summary: dict, vocabulary_advice: str) -> None:
+def show_summary(summary: dict, vocabulary_advice: str, unwritten_note: str = "") -> None:
     """Readable tables of a store summary, on the console (stderr); ``vocabulary_advice``: how to
-    add a vocabulary (:meth:`Store.how_to_add_a_vocabulary`), shown when there is none."""
+    add a vocabulary (:meth:`Store.how_to_add_a_vocabulary`), shown when there is none and none
+    is missing for ``unwritten_note`` (:meth:`Store.unwritten_note`)."""
     from rich.table import Table
 
     # Every value below may hold user text (paths, model names, class names): never read it as markup.
@@ -281,9 +282,11 @@ def show_summary(summary: dict, vocabulary_advice: str) -> None:
             vocabularies.add_row(shown(name), f"{len(classes):,}",
                                  shown("; ".join(classes[:5]) + ("; ..." if len(classes) > 5 else "")))
         console.print(vocabularies)
-    else:
+    elif not unwritten_note:
         readable = " readable" if summary.get("unreadable_vocabularies") else ""
         console.print(f"No{readable} vocabularies yet: add one with {shown(vocabulary_advice)}.")
+    if unwritten_note:
+        console.print(f"[yellow]Note:[/] {shown(unwritten_note)}.", soft_wrap=True)
     for why in summary.get("unreadable_vocabularies", {}).values():
         console.print(f"[yellow]Note:[/] a vocabulary file cannot be read: {shown(why)}", soft_wrap=True)
     if summary.get("unreadable_graph"):

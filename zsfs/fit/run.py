@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from zsfs.devices import PRECISION_CHOICES, SEARCH_PRECISIONS, check_device, has_fast_bf16
-from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_choice, check_parameter_type, check_seed,
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, checked_arguments, check_choice, check_parameter_type, check_seed,
                          literal)
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
@@ -135,6 +135,9 @@ class FitConfig:
         check_seed(self.seed)
 
 
+FitConfig.__init__ = checked_arguments(FitConfig.__init__)  # FitConfig(kk=3): a ParameterError, as fit(kk=3)
+
+
 @dataclass
 class FitResult:
     """Everything a fit produces, per image (length N arrays) and for the run."""
@@ -211,6 +214,12 @@ def resolve_vocabulary(store: "Store", name: str | None) -> str:
     """``name``, or the store's only vocabulary. A vocabulary file that cannot be read may hold
     the one meant (its file name is a digest): then none is taken for the user, and it is named."""
     names = store.vocabulary_names()
+    unwritten = store.unwritten_note()  # the command that made the store was stopped before it wrote them
+    if unwritten and (name is None or name in store.unwritten_vocabularies):  # none taken for the user
+        if name is None and names:
+            raise ParameterError(f"{literal(store.path)}: {literal(unwritten)}; or choose one of "
+                                 f"{literal(', '.join(names))} with {{vocabulary}}")
+        raise ZsfsError(f"{store.path}: {unwritten}")
     unreadable = list(store.unreadable_vocabularies.values())
     damaged = (f"{counted(len(unreadable), 'vocabulary file')} cannot be read ({unreadable[0]})" if unreadable
                else "")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError, literal
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.digests import listing_sha256, rows_sha256
@@ -30,6 +31,7 @@ def write_store(
     backbone_info: dict,
     source: str,
     vocabularies: dict[str, tuple[Sequence[str], np.ndarray, np.ndarray]] | None = None,
+    planned_vocabularies: Sequence[str] = (),
     shard_size: int = schema.DEFAULT_SHARD_SIZE,
     dtype: str = "float16",
     overwrite: bool = False,
@@ -42,11 +44,16 @@ def write_store(
     normalised input passes through unchanged), so arrays may be memory-mapped ``.npy`` files
     larger than RAM. ``width``/``height`` default to -1 (unknown). ``vocabularies`` maps a name
     to ``(classes, single, ensemble)``, recorded with ``SINGLE_PROMPT`` and the 80 ensemble templates; use
-    :func:`write_vocabulary` directly to record other prompts. ``progress(rows)`` is called
+    :func:`write_vocabulary` directly to record other prompts (``planned_vocabularies``: the names the
+    caller writes so, after this returns, recorded with these). ``progress(rows)`` is called
     after each shard with the number of rows it wrote (for progress bars). A rerun over a complete
     store with the same identity writes no shard and keeps its master (and index, ``exact_max``
     included) and neighbour graph; only the (small) vocabularies given are written again.
     """
+    for name, record in (("clip_info", clip_info), ("backbone_info", backbone_info)):
+        if not isinstance(record, dict) or not {"name", "weights"} <= set(record):  # what every reader takes
+            raise ParameterError(f"{{{name}}} must be a dict with at least 'name' and 'weights' (and 'dim', or the "
+                                 f"embeddings' width is recorded), not {literal(repr(record))}")
     n = len(paths)
     lengths = {"clip": len(clip), "backbone": len(backbone)}
     for name, values in (("labels", labels), ("width", width), ("height", height)):
@@ -92,8 +99,10 @@ def write_store(
         ))
         if progress is not None:
             progress(stop - start)
-    path = writer.finish({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
-                          schema.ATTR_BACKBONE: backbone_info}, shards_written=bool(pending), exact_max=exact_max)
+    planned = [*(vocabularies or {}), *planned_vocabularies]
+    path = writer.finish({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info, schema.ATTR_BACKBONE: backbone_info,
+                          schema.ATTR_PLANNED_VOCABULARIES: json.dumps(planned)},
+                         shards_written=bool(pending), exact_max=exact_max)
     for name, (classes, single, ensemble) in (vocabularies or {}).items():
         write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
                          n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True, identity=writer.identity)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, check_choice, check_parameter_type,
+from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, checked_arguments, check_choice, check_parameter_type,
                          check_path_type, literal, one_line)
 from zsfs.names import as_argument, check_class_names, counted, spelled_like
 from zsfs.store import schema
@@ -67,6 +67,20 @@ class Vocabulary:
                           self.n_templates)
 
 
+def _model_record(attrs: h5py.AttributeManager, role: str) -> dict:
+    """The master's ``clip`` or ``backbone`` record; ValueError without the keys every reader takes
+    (a master written by hand: its fit or ``info`` failed on a KeyError deep inside)."""
+    record = json.loads(attrs[role])
+    if not isinstance(record, dict):
+        raise ValueError(f"its {role} record is not a JSON object")
+    missing = [key for key in ("name", "weights", "dim") if key not in record]
+    if missing:
+        raise ValueError(f"its {role} record has no {' or '.join(map(repr, missing))}")
+    if not isinstance(record["dim"], int) or isinstance(record["dim"], bool) or record["dim"] < 1:
+        raise ValueError(f"its {role} record's dim is not a whole number >= 1: {record['dim']!r}")
+    return record
+
+
 REPAIR = "rerun the command that made the store: it writes the missing shards again, and only those"
 """How a store with missing or damaged shard files is repaired (StoreWriter.pending_shards)."""
 
@@ -79,6 +93,7 @@ class Store:
     every byte.
     """
 
+    @checked_arguments
     def __init__(self, path: str | Path) -> None:
         check_path_type("path", path)
         self.path = master_file(path)  # a link's store: shards beside the master, not the link
@@ -115,8 +130,8 @@ class Store:
         try:
             self.n_images = int(attrs[schema.ATTR_N_IMAGES])
             self.n_skipped = int(attrs[schema.ATTR_N_SKIPPED])
-            self.clip_info: dict = json.loads(attrs[schema.ATTR_CLIP])
-            self.backbone_info: dict = json.loads(attrs[schema.ATTR_BACKBONE])
+            self.clip_info: dict = _model_record(attrs, schema.ATTR_CLIP)
+            self.backbone_info: dict = _model_record(attrs, schema.ATTR_BACKBONE)
             self.index_info: dict = json.loads(attrs[schema.ATTR_INDEX])
             self.identity: dict = json.loads(attrs[schema.ATTR_IDENTITY])
             self.source = str(attrs[schema.ATTR_SOURCE])
@@ -127,6 +142,10 @@ class Store:
             self.shard_bytes = self._file[schema.SHARDS_BYTES][:] if schema.SHARDS_BYTES in self._file else None
             self.dtype = str(self._file[schema.CLIP].dtype)
             self.build = str(attrs.get(schema.ATTR_BUILD, ""))
+            self._planned_vocabularies = json.loads(attrs.get(schema.ATTR_PLANNED_VOCABULARIES, "[]"))
+            if not isinstance(self._planned_vocabularies, list) or not all(
+                    isinstance(name, str) for name in self._planned_vocabularies):
+                raise ValueError(f"{schema.ATTR_PLANNED_VOCABULARIES} is not a list of names")
         except (KeyError, ValueError, OSError) as error:
             raise StoreError(f"{self.path} is damaged or incomplete ({error}); rebuild it") from None
         self.n_shards = len(self.shard_files)
@@ -316,6 +335,25 @@ class Store:
         legacy = [name for name in group if not name.startswith(".")] if group is not None else []
         return sorted(set(legacy) | set(self._vocabulary_files))
 
+    @property
+    def unwritten_vocabularies(self) -> list[str]:
+        """The vocabularies that the command which built the store writes after its master, and has
+        not written: it was stopped between (killed, a full disk). A rerun of it writes them."""
+        written = set(self.vocabulary_names())  # a file that cannot be read was written: it is damaged
+        return [name for name in self._planned_vocabularies
+                if name not in written and not schema.vocabulary_file(self.data_dir, name).exists()]
+
+    def unwritten_note(self) -> str:
+        """Why :attr:`unwritten_vocabularies` are missing, and what writes them ("" when none are)."""
+        names = self.unwritten_vocabularies
+        if not names:
+            return ""
+        command = "zsfs import" if self.clip_info.get("weights") == schema.IMPORTED_WEIGHTS else "zsfs extract"
+        return (f"{'vocabulary' if len(names) == 1 else 'vocabularies'} {', '.join(map(repr, names))} "
+                f"{'was' if len(names) == 1 else 'were'} not written: the {command} that made the store was stopped "
+                f"before it wrote {'it' if len(names) == 1 else 'them'} (after the store's images); rerun that "
+                f"command, which reuses the finished shards")
+
     def how_to_add_a_vocabulary(self) -> str:
         """The command that adds a vocabulary to this store: imported CLIP embeddings come with
         their text embeddings (zsfs cannot embed new class names in another tool's space)."""
@@ -340,6 +378,8 @@ class Store:
                 unreadable = (f"; {counted(len(self._unreadable_vocabularies), 'vocabulary file')} could not be read, "
                               f"maybe that one: {next(iter(self._unreadable_vocabularies.values()))}")
             hint = spelled_like(names, "the vocabulary")(name)  # --vocab Fashion for fashion
+            if name in self.unwritten_vocabularies:
+                hint = f": {self.unwritten_note()}"
             raise StoreError(f"{self.path.name} has no vocabulary {name!r}{hint} (available: {available}){unreadable}")
         if name not in self._vocabulary_files:
             return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path, self.clip_info["dim"])
@@ -413,6 +453,8 @@ class Store:
         checked += read_all(self._file, self.path)
         if self._unreadable_vocabularies or self.unreadable_graph:
             raise StoreError(next(iter(self._unreadable_vocabularies.values()), self._unreadable_graph))
+        if self.unwritten_vocabularies:
+            raise StoreError(f"{self.path}: {self.unwritten_note()}")
         extras = list(self._vocabulary_files.values())
         if self._graph_dataset() is not None and self._graph_file is not None:
             extras.append(schema.graph_file(self.data_dir))
@@ -462,6 +504,7 @@ class Store:
             "backbone": model(self.backbone_info),
             "vocabularies": vocabularies,
             "unreadable_vocabularies": unreadable,  # file -> why ({} when none)
+            "unwritten_vocabularies": self.unwritten_vocabularies,  # the command that made it was stopped first
             "n_shards": self.n_shards,
             "shards_folder": self.data_dir.name,  # beside the master; another name's when it was renamed or copied
             "index": self.index_info,

@@ -101,6 +101,8 @@ ATTR_BACKBONE = "backbone"  # JSON: {"name", "weights", "sha256", "dim", "output
 ATTR_INDEX = "index"  # JSON: {"type", "metric", "n", ...}; on the master root
 ATTR_N_IMAGES = "n_images"
 ATTR_N_SKIPPED = "n_skipped"
+ATTR_PLANNED_VOCABULARIES = "planned_vocabularies"  # JSON list: the vocabularies the command that built the
+#                         master writes after it (a kill between leaves the store without them: named, not silent)
 
 # Shard attributes.
 ATTR_SHARD = "shard"  # shard number
