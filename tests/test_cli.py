@@ -98,7 +98,8 @@ def test_ctrl_c_message_does_not_promise_a_resume_for_every_command(monkeypatch,
     assert result.exit_code == 130 and "a rerun resumes where this one stopped" in result.output
     result = run_cli("import", "s.h5", "--clip-embeddings", "c.npy", "--backbone-features", "b.npy", "--overwrite")
     assert result.exit_code == 130 and "a rerun without --overwrite resumes from the shards this run finished (with " \
-        "it, the store is built again from the start)." in " ".join(result.output.split())  # bug: it said "a rerun"
+        "it, the store is built again from the start: --overwrite removes the earlier store before it writes)." \
+        in " ".join(result.output.split())  # bug: it said "a rerun"
 
 
 def test_a_failure_that_asks_for_a_rerun_under_overwrite_says_to_drop_it():

@@ -278,6 +278,26 @@ def test_a_store_whose_extract_stopped_before_its_vocabulary_says_to_rerun_it(ph
         assert opened.vocabulary("default").classes == ["blue", "green", "red"] and not opened.unwritten_vocabularies
 
 
+def test_a_resume_with_other_model_names_is_refused_before_any_model_loads(photos, tmp_path, offline):
+    """Review: resuming a killed extract without its model options loaded (downloaded, on a user's machine)
+    the default models, only to be refused once they were loaded; here, offline, it failed on the download."""
+    store = tmp_path / "s.h5"
+    assert run_cli("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0",
+                   "--shard-size", "4").exit_code == 0
+    store.unlink()  # a first run killed before its master: its shards are what a rerun resumes
+    for path, models, said in ((store.with_suffix(".shards"), [], "CLIP zsfs-tiny-clip and backbone test_vit, this "
+                                "run asks for ViT-B-32 and vit_giant_patch14_clip_224.laion2b"),
+                               (store.with_suffix(".shards"), TINY_MODEL_ARGS[:2], "backbone test_vit, this run asks "
+                                "for vit_giant_patch14_clip_224.laion2b")):
+        outcome = run_cli("extract", photos["root"], "--out", store, *models, "--workers", "0", "--shard-size", "4")
+        text = " ".join(output_text(outcome).split())
+        assert outcome.exit_code == 1 and f"{path} was built with {said}; pass the models it was built with to " \
+            "resume it" in text, text
+        assert "download" not in text
+    assert run_cli("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0",
+                   "--shard-size", "4").exit_code == 0  # with them, it resumes
+
+
 def test_a_rerun_repairs_a_removed_shard_and_rebuilds_a_master_older_than_its_shards(photos, tmp_path):
     store = tmp_path / "s.h5"
     args = ("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "4")
@@ -483,7 +503,8 @@ def test_ctrl_c_under_overwrite_while_the_models_load_leaves_the_old_store_and_s
     other = tmp_path / "t.h5"  # a new store: its first shard is this run's
     said = ctrl_c_overwriting(other, tmp_path / "t.shards" / "shard-00000.h5", **{DELAY_VARIABLE: "0.1"})
     assert said.endswith("Interrupted. Nothing half-written was left; a rerun without --overwrite resumes from the "
-                         "shards this run finished (with it, the store is built again from the start)."), said
+                         "shards this run finished (with it, the store is built again from the start: --overwrite removes the "
+                         "earlier store before it writes)."), said
     assert not other.exists()
 
 

@@ -332,6 +332,7 @@ def extract(
                                          "max_pixels": _budget_identity(max_pixels).get("max_pixels")})
         except StoreMismatchError as error:
             raise _new_suffixes_explain(error, out, image_source) from None
+        _refuse_other_model_names(out, settings)
     if class_names and not overwrite:
         refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
 
@@ -447,6 +448,27 @@ def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageS
         return recorded if not writer.pending_shards() and writer.master_is_current() else None
     finally:
         writer.close()
+
+
+def _refuse_other_model_names(master: Path, settings: EmbedSettings) -> None:
+    """Before the models load: refuse to resume a store built with other models, judged by name
+    (the weights are compared once loaded). A resume without the model options, of a store built
+    with others, loaded (downloaded maybe) the default models only to be refused."""
+    from zsfs.models import clip_architecture
+
+    recorded = recorded_identity(master)
+    built = {role: (recorded.get(role) or {}).get("name") for role in ("clip", "backbone")}
+    try:
+        requested = {"clip": clip_architecture(settings.clip_model), "backbone": settings.backbone}
+    except ZsfsError:  # a name no model has: loading says so
+        return
+    differing = [role for role in built if built[role] is not None and built[role] != requested[role]]
+    if differing:
+        path = master if master.is_file() else shard_dir(master)
+        then = " and ".join(f"{'CLIP' if role == 'clip' else 'backbone'} {built[role]}" for role in differing)
+        now = " and ".join(f"{requested[role]}" for role in differing)
+        raise StoreMismatchError(f"{path} was built with {then}, this run asks for {now}; pass the models it was "
+                                 "built with to resume it (--clip-model, --backbone), or --overwrite to replace it")
 
 
 def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: ImageSource) -> StoreMismatchError:

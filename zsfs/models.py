@@ -321,9 +321,15 @@ def _as_identity(record: dict) -> dict:
     return json.loads(json.dumps({key: value for key, value in record.items() if key != "file"}))
 
 
+def clip_architecture(name: str) -> str:
+    """The open_clip architecture ``name`` (an architecture or a config file) stands for: the
+    ``name`` of the model record ``load_clip(name)`` makes."""
+    return _resolve_clip_name(name)[0]
+
+
 def clip_tokenizer(name: str) -> Callable:
     """The tokenizer of the CLIP model ``name`` (an architecture or a config file), without its weights."""
-    return _clip_tokenizer(_resolve_clip_name(name)[0])
+    return _clip_tokenizer(clip_architecture(name))
 
 
 def load_clip_from_record(record: dict, device: str = "cpu") -> ClipModel:

@@ -92,7 +92,7 @@ OVERWRITING = "zsfs.overwriting"
 """``ctx.meta`` key a resuming command sets under ``--overwrite``, which removes the finished shards:
 its rerun resumes only without the flag."""
 RESUME_WITHOUT_OVERWRITE = ("a rerun without --overwrite resumes from the shards this run finished (with it, the "
-                            "store is built again from the start)")
+                            "store is built again from the start: --overwrite removes the earlier store before it writes)")
 
 
 class ZsfsGroup(click.Group):

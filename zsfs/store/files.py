@@ -48,8 +48,8 @@ def disk_error(error: BaseException, what: str, *, resume: str = "the same comma
     else:
         cause, advice = (getattr(error, "strerror", None) or str(error)), "fix that and rerun"
     # "its previous content" is the file's: with --overwrite the old store was removed on purpose first
-    return ZsfsError(f"could not write {what}: {cause}. Nothing half-written was kept (that file has its "
-                     f"previous content, if any); {advice} {resume}.")
+    return ZsfsError(f"could not write {what}: {cause}. Nothing half-written was kept (a file it replaces keeps its "
+                     f"previous content); {advice} {resume}.")
 
 
 # -- temporary files and publication -----------------------------------------------------
