@@ -319,6 +319,17 @@ def test_a_full_disk_leaves_the_previous_predictions_file_whole(fitted, tmp_path
     assert [entry.name for entry in tmp_path.iterdir()] == [out.name]  # no temporary file left
 
 
+def test_no_room_for_the_decoding_workers_state_says_so(fitted, tmp_path):
+    """Review: with decoding workers and a file-size limit, predict failed on the workers' shared
+    state (a file of /dev/shm) with "the disk is full", naming no file and no way round it."""
+    outcome = run_zsfs("predict", "--run", fitted["run"], "--workers", "1", "--out", tmp_path / "p.csv",
+                       fitted["photos"]["root"], file_size_limit=1)
+    said = " ".join(output_text(outcome).split())
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert "shared memory (/dev/shm) is full, or over a file-size limit" in said and "--workers 0" in said, said
+    assert list(tmp_path.iterdir()) == []
+
+
 WRITE_TABLES_PAST_A_LIMIT = """
 import resource, signal, sys
 import numpy as np, polars as pl

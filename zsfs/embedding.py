@@ -414,8 +414,11 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
     """
     torch_device = torch.device(device)
     workers = default_workers(device, cores) if workers is None else workers
-    decoding = multiprocessing.RawArray("q", [-1] * workers) if workers > 0 else None
-    decoding_since = multiprocessing.RawArray("d", workers) if workers > 0 else None
+    try:  # the workers' state, in a file of /dev/shm (or the temporary folder) shared with them
+        decoding = multiprocessing.RawArray("q", [-1] * workers) if workers > 0 else None
+        decoding_since = multiprocessing.RawArray("d", workers) if workers > 0 else None
+    except OSError as error:  # no file named: say where, as a batch that cannot be shared says
+        raise OSError(error.errno, f"{error.strerror}: the decoding workers' shared memory") from None
     images = DecodedImages(source, *(model.preprocess for model in models), max_pixels=max_pixels, decoding=decoding,
                            decoding_since=decoding_since, set_aside=set_aside)
     loader = make_loader(images, batches, workers=workers, pin_memory=torch_device.type == "cuda",
