@@ -26,8 +26,8 @@ import numpy as np
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_images
-from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, checked_arguments, check_callbacks, check_choice,
-                         check_parameter_type, check_path_type, literal)
+from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
+                         check_parameter_type, check_path_type, checked_arguments, literal)
 from zsfs.models import (backbone_as_recorded, clip_as_recorded, clip_tokenizer, encode_vocabulary, load_backbone,
                          load_clip, load_clip_from_record, same_text_to_clip)
 from zsfs.names import (as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters,

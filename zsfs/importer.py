@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsfs.errors import (ParameterError, ZsfsError, check_at_least, checked_arguments, check_callbacks, check_choice, check_parameter_type,
-                         check_path_type, literal, one_line)
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice,
+                         check_parameter_type, check_path_type, checked_arguments, literal, one_line)
 from zsfs.names import check_class_names, counted, refuse_unseen_characters, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -292,6 +293,13 @@ def show_summary(summary: dict, vocabulary_advice: str, unwritten_note: str = ""
     if summary.get("unreadable_graph"):
         console.print(f"[yellow]Note:[/] the neighbour graph file cannot be read (fits search neighbours "
                       f"themselves): {shown(summary['unreadable_graph'])}", soft_wrap=True)
+    leftovers = summary.get("leftover_files", [])
+    if leftovers:
+        size = sum(os.stat(path).st_size for path in leftovers if os.path.isfile(path))
+        console.print(f"[yellow]Note:[/] {counted(len(leftovers), 'temporary file')} ({size / 1e6:,.1f} MB) that a "
+                      f"stopped write of this store left: the next command that writes it (a rerun of extract or "
+                      f"import, text, neighbours) removes them, or remove them yourself: "
+                      f"{shown(some_names(leftovers, 3))}", soft_wrap=True)
     if summary["n_shards"]:
         note_a_borrowed_shards_folder(Path(summary["path"]), summary["shards_folder"])
 

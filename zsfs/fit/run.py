@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from zsfs.devices import PRECISION_CHOICES, SEARCH_PRECISIONS, check_device, has_fast_bf16
-from zsfs.errors import (ParameterError, ZsfsError, check_at_least, checked_arguments, check_choice, check_parameter_type, check_seed,
-                         literal)
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_choice, check_parameter_type, check_seed,
+                         checked_arguments, literal)
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.neighbours import choose_search, graph_serves, open_search

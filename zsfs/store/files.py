@@ -254,16 +254,22 @@ def check_written(file: h5py.File) -> None:
         check_sink(sink)
 
 
+def leftover_temp_files(master: Path, data_dir: Path) -> list[Path]:
+    """The temporary files that stopped writes of a store left (a temporary master is as large as
+    the master), while no process writes it: what :func:`remove_leftover_temp_files` removes."""
+    if written_elsewhere(master):
+        return []
+    in_data_dir = sorted(data_dir.glob("*" + schema.TMP_SUFFIX)) if data_dir.is_dir() else []
+    return temp_files_of(master) + in_data_dir
+
+
 def remove_leftover_temp_files(master: Path, data_dir: Path) -> None:
     """Remove what killed writes of a store left behind: temporary masters beside ``master``, and
     every temporary file in its shards folder ``data_dir`` (shards, vocabularies, the graph).
     Call it only under the store's lock, which every writer of these files holds: then none of
     them is being written."""
-    for path in temp_files_of(master):
+    for path in temp_files_of(master) + (list(data_dir.glob("*" + schema.TMP_SUFFIX)) if data_dir.is_dir() else []):
         path.unlink(missing_ok=True)
-    if data_dir.is_dir():
-        for path in data_dir.glob("*" + schema.TMP_SUFFIX):
-            path.unlink(missing_ok=True)
 
 
 # -- the writer lock ---------------------------------------------------------------------

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, checked_arguments, check_choice, check_parameter_type,
-                         check_path_type, literal, one_line)
+from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, check_choice, check_parameter_type,
+                         check_path_type, checked_arguments, literal, one_line)
 from zsfs.names import as_argument, check_class_names, counted, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, vocabulary_files
-from zsfs.store.files import damaged_master_advice, master_file, written_elsewhere
+from zsfs.store.files import damaged_master_advice, leftover_temp_files, master_file, written_elsewhere
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, string_view
 from zsfs.store.index import read_index_blocks
 from zsfs.digests import file_sha256
@@ -510,6 +510,8 @@ class Store:
             "index": self.index_info,
             "neighbour_graph": self.graph_info,
             "unreadable_graph": self.unreadable_graph,  # why the graph file cannot be read (None when it can)
+            # what stopped writes left (a temporary master is as large as the master): the next writer removes them
+            "leftover_files": [str(path) for path in leftover_temp_files(self.path, self.data_dir)],
         }
 
     def fingerprint(self) -> dict:
