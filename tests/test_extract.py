@@ -292,7 +292,7 @@ def test_a_resume_with_other_model_names_is_refused_before_any_model_loads(photo
         outcome = run_cli("extract", photos["root"], "--out", store, *models, "--workers", "0", "--shard-size", "4")
         text = " ".join(output_text(outcome).split())
         assert outcome.exit_code == 1 and f"{path} was built with {said}; pass the models it was built with to " \
-            "resume it" in text, text
+            "resume or update it" in text, text
         assert "download" not in text
     assert run_cli("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0",
                    "--shard-size", "4").exit_code == 0  # with them, it resumes

@@ -378,6 +378,12 @@ def test_an_import_stopped_between_its_vocabularies_is_named_not_fitted_on_the_o
         assert outcome.exit_code == code and said in " ".join(output_text(outcome).split()), outcome.output
         assert not (folder / "run").exists()
     assert run_cli("fit", "--store", folder / "v.h5", "--vocab", "pets", *quick, "--out", folder / "run").exit_code == 0
+    assert common[-2:] == ["--vocab", f"many={folder / 'many.npz'}"]
+    assert run_zsfs(*common[:-2]).returncode == 0  # a rerun without that vocabulary
+    with Store(folder / "v.h5") as store:  # review: the plan of the stopped run was kept for good
+        assert store.vocabulary_names() == ["pets"] and store.unwritten_vocabularies == []
+        store.verify()
+    assert run_zsfs(*common, file_size_limit=150_000).returncode == 1  # stopped again
     assert run_zsfs(*common).returncode == 0  # the rerun writes it
     with Store(folder / "v.h5") as store:
         assert store.vocabulary_names() == ["many", "pets"] and store.unwritten_vocabularies == []

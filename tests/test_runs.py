@@ -167,6 +167,19 @@ def test_a_live_runs_folder_is_kept_where_its_pid_means_nothing_here(tmp_path):
     assert not os.path.exists(held)
 
 
+def test_a_fifo_named_like_a_stale_temporary_folder_does_not_hang_the_next_writer(tmp_path):
+    """Review: the in-use check opened every stale-looking entry to try its lock; a FIFO under such
+    a name blocked that open, and with it every fit, report or predict writing into the folder."""
+    from zsfs.outputs import _alive, _host
+
+    pid = next(candidate for candidate in range(4000, 30000) if not _alive(candidate))
+    fifo = tmp_path / f".run.{pid}-{_host()}.abcd1234.tmp"
+    os.mkfifo(fifo)
+    script = f"from zsfs.outputs import new_folder\nwith new_folder({str(tmp_path / 'next')!r}): pass\n"
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)  # bug: blocked for ever
+    assert not fifo.exists() and (tmp_path / "next").is_dir()
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_results_get_the_users_umask(tmp_path, umask):
     """Bug: run folders came out 0700 (mkdtemp) and written files 0644 whatever the umask."""

@@ -160,10 +160,9 @@ def test_moved_store_reads_from_another_cwd(tmp_path, arrays, monkeypatch):
 
 @pytest.mark.parametrize("attribute, value, said", [
     (schema.ATTR_CLIP, '{"name": "ViT-B-32", "weights": "imported"}', "its clip record has no 'dim'"),
-    (schema.ATTR_BACKBONE, '{"dim": 16}', "its backbone record has no 'name' or 'weights'"),
+    (schema.ATTR_BACKBONE, '{"name": "b", "weights": "w"}', "its backbone record has no 'dim'"),
     (schema.ATTR_CLIP, '{"name": "c", "weights": "w", "dim": "8"}', "its clip record's dim is not a whole number"),
     (schema.ATTR_CLIP, '["c"]', "its clip record is not a JSON object"),
-    (schema.ATTR_PLANNED_VOCABULARIES, '{"v": 1}', "planned_vocabularies is not a list of names"),
 ])
 def test_a_master_attribute_written_by_hand_against_the_format_is_one_line(tmp_path, arrays, attribute, value, said):
     """Review: a master written by following docs/store.md, with model records lacking `dim`,
@@ -175,6 +174,22 @@ def test_a_master_attribute_written_by_hand_against_the_format_is_one_line(tmp_p
         Store(master)
     outcome = run_cli("info", master)
     assert outcome.exit_code == 1 and said in output_text(outcome) and "Traceback" not in outcome.output
+
+
+def test_a_master_whose_records_lack_name_and_weights_still_opens(tmp_path, arrays):
+    """Review: requiring every record key refused stores written before write_store asked for them;
+    only `dim` is needed to read one (a model is reloaded only from a name and weights)."""
+    master = build(tmp_path / "s.h5", arrays)
+    with h5py.File(master, "r+") as file:
+        file.attrs[schema.ATTR_BACKBONE] = json.dumps({"dim": D_BACKBONE})
+    with Store(master) as store:
+        assert store.backbone_info == {"name": None, "weights": None, "dim": D_BACKBONE}
+    assert run_cli("info", master).exit_code == 0
+    from zsfs.errors import ModelLoadError
+    from zsfs.weights import weights_from_record
+
+    with pytest.raises(ModelLoadError, match="records no backbone model name or weights"):
+        weights_from_record({"name": None, "weights": None, "dim": 8}, "backbone")
 
 
 def test_write_vocabulary_adds_and_replaces(tmp_path, arrays):

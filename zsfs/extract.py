@@ -12,7 +12,6 @@ each shard, so shards of a local run and of a Ray run are interchangeable.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -34,12 +33,12 @@ from zsfs.names import (as_argument, check_class_names, counted, pairs_text, rea
                         some_names, visible)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
-from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_vocabulary
+from zsfs.store.extras import (check_vocabulary_name, refuse_other_classes, write_planned_vocabularies,
+                               write_vocabulary)
 from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_update, disk_error, names_beside,
                               store_lock)
 from zsfs.store.reader import Store
-from zsfs.store.schema import (ATTR_PLANNED_VOCABULARIES, DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir,
-                               vocabulary_file)
+from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.rows import usable_rows
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, refuse_replacing_another_file)
@@ -376,9 +375,10 @@ def extract(
 
         records = {"clip": _as_identified(clip_record, writer.identity["clip"]),
                    "backbone": _as_identified(backbone_record, writer.identity["backbone"])}
-        planned = json.dumps([vocab_name] if class_names else [])  # written below, after the master
-        writer.finish({"source": str(image_source.location), **records, ATTR_PLANNED_VOCABULARIES: planned},
-                      shards_written=bool(pending))
+        # written below, after the master: a stop between is then named, not silent
+        write_planned_vocabularies(writer.shards_dir, writer.identity, [vocab_name] if class_names else [],
+                                   "zsfs extract")
+        writer.finish({"source": str(image_source.location), **records}, shards_written=bool(pending))
         if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
             refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
         vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
@@ -468,7 +468,8 @@ def _refuse_other_model_names(master: Path, settings: EmbedSettings) -> None:
         then = " and ".join(f"{'CLIP' if role == 'clip' else 'backbone'} {built[role]}" for role in differing)
         now = " and ".join(f"{requested[role]}" for role in differing)
         raise StoreMismatchError(f"{path} was built with {then}, this run asks for {now}; pass the models it was "
-                                 "built with to resume it (--clip-model, --backbone), or --overwrite to replace it")
+                                 "built with to resume or update it (--clip-model, --backbone), or --overwrite to "
+                                 "replace it")
 
 
 def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: ImageSource) -> StoreMismatchError:

@@ -352,6 +352,7 @@ def import_store(
         backbone_info=imported_record(backbone_name, backbone, backbone_features, earlier.get("backbone")),
         source=source,
         planned_vocabularies=list(loaded),
+        planned_by="zsfs import",
         shard_size=shard_size,
         dtype=dtype,
         overwrite=overwrite,

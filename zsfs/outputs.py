@@ -93,7 +93,9 @@ def _in_use(entry: Path) -> bool:
     import fcntl
 
     try:
-        descriptor = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
+        if not (stat.S_ISDIR(mode := os.lstat(entry).st_mode) or stat.S_ISREG(mode)):
+            return False  # no writer's (a FIFO planted under such a name would block the open below)
+        descriptor = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:  # gone meanwhile, or not ours to open: not to be removed by us either way
         return os.path.lexists(entry)
     try:

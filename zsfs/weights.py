@@ -137,6 +137,9 @@ def weights_from_record(record: dict, what: str) -> str:
     """The ``weights`` argument that reloads a record; a file must still have its sha256."""
     refuse_imported(record, what)
     weights = record["weights"]
+    if weights is None or record.get("name") is None:  # a store written by hand, without them
+        raise ModelLoadError(f"the store records no {what} model name or weights, so zsfs cannot load the model "
+                             "its embeddings came from; embed new images with the tool that made them")
     if weights != FILE:
         return weights
     file = Path(record["file"])

@@ -272,7 +272,7 @@ def show_summary(summary: dict, vocabulary_advice: str, unwritten_note: str = ""
         models.add_column(name)
     for role in ("clip", "backbone"):
         record = summary[role]
-        models.add_row(role, shown(record["name"]), shown(record["weights"]), str(record["dim"]))
+        models.add_row(role, shown(str(record["name"])), shown(str(record["weights"])), str(record["dim"]))
     console.print(models)
 
     if summary["vocabularies"]:
@@ -295,11 +295,11 @@ def show_summary(summary: dict, vocabulary_advice: str, unwritten_note: str = ""
                       f"themselves): {shown(summary['unreadable_graph'])}", soft_wrap=True)
     leftovers = summary.get("leftover_files", [])
     if leftovers:
-        size = sum(os.stat(path).st_size for path in leftovers if os.path.isfile(path))
+        size = sum(os.path.getsize(path) for path in leftovers if os.path.isfile(path))
         console.print(f"[yellow]Note:[/] {counted(len(leftovers), 'temporary file')} ({size / 1e6:,.1f} MB) that a "
-                      f"stopped write of this store left: the next command that writes it (a rerun of extract or "
-                      f"import, text, neighbours) removes them, or remove them yourself: "
-                      f"{shown(some_names(leftovers, 3))}", soft_wrap=True)
+                      f"stopped write of this store left, unless a zsfs command on another machine is writing it "
+                      f"now: the next command that writes it (a rerun of extract or import, text, neighbours) "
+                      f"removes them: {shown(some_names(leftovers, 3))}", soft_wrap=True)
     if summary["n_shards"]:
         note_a_borrowed_shards_folder(Path(summary["path"]), summary["shards_folder"])
 

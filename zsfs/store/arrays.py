@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.digests import listing_sha256, rows_sha256
 from zsfs.store.index import EXACT_MAX
-from zsfs.store.extras import write_vocabulary
+from zsfs.store.extras import write_planned_vocabularies, write_vocabulary
 from zsfs.store.rows import normalise_rows, refuse_unusable_rows
 from zsfs.store.writer import ShardData, StoreWriter
 
@@ -32,6 +31,7 @@ def write_store(
     source: str,
     vocabularies: dict[str, tuple[Sequence[str], np.ndarray, np.ndarray]] | None = None,
     planned_vocabularies: Sequence[str] = (),
+    planned_by: str = "zsfs.store.write_store",
     shard_size: int = schema.DEFAULT_SHARD_SIZE,
     dtype: str = "float16",
     overwrite: bool = False,
@@ -45,7 +45,8 @@ def write_store(
     larger than RAM. ``width``/``height`` default to -1 (unknown). ``vocabularies`` maps a name
     to ``(classes, single, ensemble)``, recorded with ``SINGLE_PROMPT`` and the 80 ensemble templates; use
     :func:`write_vocabulary` directly to record other prompts (``planned_vocabularies``: the names the
-    caller writes so, after this returns, recorded with these). ``progress(rows)`` is called
+    caller writes so, after this returns, recorded with these as ``planned_by``'s plan, which names a
+    vocabulary missing after a stop). ``progress(rows)`` is called
     after each shard with the number of rows it wrote (for progress bars). A rerun over a complete
     store with the same identity writes no shard and keeps its master (and index, ``exact_max``
     included) and neighbour graph; only the (small) vocabularies given are written again.
@@ -54,6 +55,9 @@ def write_store(
         if not isinstance(record, dict) or not {"name", "weights"} <= set(record):  # what every reader takes
             raise ParameterError(f"{{{name}}} must be a dict with at least 'name' and 'weights' (and 'dim', or the "
                                  f"embeddings' width is recorded), not {literal(repr(record))}")
+    if isinstance(planned_vocabularies, str) or not all(isinstance(name, str) for name in planned_vocabularies):
+        raise ParameterError(f"{{planned_vocabularies}} must be a list of vocabulary names, not "
+                             f"{literal(repr(planned_vocabularies))}")
     n = len(paths)
     lengths = {"clip": len(clip), "backbone": len(backbone)}
     for name, values in (("labels", labels), ("width", width), ("height", height)):
@@ -99,10 +103,10 @@ def write_store(
         ))
         if progress is not None:
             progress(stop - start)
-    planned = [*(vocabularies or {}), *planned_vocabularies]
-    path = writer.finish({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info, schema.ATTR_BACKBONE: backbone_info,
-                          schema.ATTR_PLANNED_VOCABULARIES: json.dumps(planned)},
-                         shards_written=bool(pending), exact_max=exact_max)
+    write_planned_vocabularies(writer.shards_dir, writer.identity, [*(vocabularies or {}), *planned_vocabularies],
+                               planned_by)
+    path = writer.finish({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
+                          schema.ATTR_BACKBONE: backbone_info}, shards_written=bool(pending), exact_max=exact_max)
     for name, (classes, single, ensemble) in (vocabularies or {}).items():
         write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
                          n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True, identity=writer.identity)

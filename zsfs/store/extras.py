@@ -18,7 +18,7 @@ from zsfs.errors import StoreError, ZsfsError
 from zsfs.names import as_argument, check_class_names, some_names
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files, store_lock
-from zsfs.store.hdf5 import canonical_json, read_identity, write_checked, write_strings
+from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_checked, write_strings
 from zsfs.store.rows import normalise_rows
 
 
@@ -97,6 +97,30 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
             file.attrs.update({schema.ATTR_FORMAT: schema.VOCAB_FORMAT, schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
                                schema.ATTR_IDENTITY: canonical_json(store.identity), schema.ATTR_NAME: name,
                                schema.ATTR_PROMPT: prompt, schema.ATTR_N_TEMPLATES: int(n_templates)})
+
+
+def write_planned_vocabularies(shards: Path, identity: dict, names: Sequence[str], command: str) -> None:
+    """Record, before the master of the store ``identity`` is written, the vocabularies ``command``
+    writes after it (:data:`schema.PLANNED_FILE`); call it under the store's lock. Replaces the
+    last run's record: a rerun that drops a vocabulary drops it from the plan too."""
+    with new_hdf5(shards / schema.PLANNED_FILE, "the planned vocabularies") as file:
+        write_strings(file, schema.VOCAB_CLASSES, list(names))
+        file.attrs.update({schema.ATTR_FORMAT: schema.PLANNED_FORMAT, schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
+                           schema.ATTR_IDENTITY: canonical_json(identity), schema.ATTR_COMMAND: command})
+
+
+def planned_vocabularies(shards: Path, identity: dict) -> tuple[list[str], str]:
+    """The vocabularies the last extract/import of the store ``identity`` planned to write after its
+    master, and that command; none when it recorded none (an older zsfs, a store written otherwise),
+    or the record is another build's or damaged (a plan, not data: nothing to repair)."""
+    path = shards / schema.PLANNED_FILE
+    if not path.is_file():
+        return [], ""
+    try:
+        with open_extra(path, schema.PLANNED_FORMAT, identity) as file:
+            return [str(name) for name in read_strings(file[schema.VOCAB_CLASSES])], str(file.attrs[schema.ATTR_COMMAND])
+    except (StoreError, KeyError, OSError, ValueError):
+        return [], ""
 
 
 def check_vocabulary_name(name: str) -> None:

@@ -259,8 +259,7 @@ def leftover_temp_files(master: Path, data_dir: Path) -> list[Path]:
     the master), while no process writes it: what :func:`remove_leftover_temp_files` removes."""
     if written_elsewhere(master):
         return []
-    in_data_dir = sorted(data_dir.glob("*" + schema.TMP_SUFFIX)) if data_dir.is_dir() else []
-    return temp_files_of(master) + in_data_dir
+    return temp_files_of(master) + sorted(data_dir.glob("*" + schema.TMP_SUFFIX) if data_dir.is_dir() else [])
 
 
 def remove_leftover_temp_files(master: Path, data_dir: Path) -> None:
@@ -268,7 +267,7 @@ def remove_leftover_temp_files(master: Path, data_dir: Path) -> None:
     every temporary file in its shards folder ``data_dir`` (shards, vocabularies, the graph).
     Call it only under the store's lock, which every writer of these files holds: then none of
     them is being written."""
-    for path in temp_files_of(master) + (list(data_dir.glob("*" + schema.TMP_SUFFIX)) if data_dir.is_dir() else []):
+    for path in temp_files_of(master) + sorted(data_dir.glob("*" + schema.TMP_SUFFIX) if data_dir.is_dir() else []):
         path.unlink(missing_ok=True)
 
 

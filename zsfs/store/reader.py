@@ -17,7 +17,7 @@ from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, 
                          check_path_type, checked_arguments, literal, one_line)
 from zsfs.names import as_argument, check_class_names, counted, spelled_like
 from zsfs.store import schema
-from zsfs.store.extras import open_extra, vocabulary_files
+from zsfs.store.extras import open_extra, planned_vocabularies, vocabulary_files
 from zsfs.store.files import damaged_master_advice, leftover_temp_files, master_file, written_elsewhere
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, string_view
 from zsfs.store.index import read_index_blocks
@@ -68,17 +68,17 @@ class Vocabulary:
 
 
 def _model_record(attrs: h5py.AttributeManager, role: str) -> dict:
-    """The master's ``clip`` or ``backbone`` record; ValueError without the keys every reader takes
-    (a master written by hand: its fit or ``info`` failed on a KeyError deep inside)."""
+    """The master's ``clip`` or ``backbone`` record; ValueError without the ``dim`` every reader
+    takes (a master written by hand: its fit or ``info`` failed on a KeyError deep inside).
+    ``name`` and ``weights`` (which ``write_store`` asks for) read as None when missing."""
     record = json.loads(attrs[role])
     if not isinstance(record, dict):
         raise ValueError(f"its {role} record is not a JSON object")
-    missing = [key for key in ("name", "weights", "dim") if key not in record]
-    if missing:
-        raise ValueError(f"its {role} record has no {' or '.join(map(repr, missing))}")
+    if "dim" not in record:
+        raise ValueError(f"its {role} record has no 'dim'")
     if not isinstance(record["dim"], int) or isinstance(record["dim"], bool) or record["dim"] < 1:
         raise ValueError(f"its {role} record's dim is not a whole number >= 1: {record['dim']!r}")
-    return record
+    return {"name": None, "weights": None, **record}
 
 
 REPAIR = "rerun the command that made the store: it writes the missing shards again, and only those"
@@ -142,10 +142,6 @@ class Store:
             self.shard_bytes = self._file[schema.SHARDS_BYTES][:] if schema.SHARDS_BYTES in self._file else None
             self.dtype = str(self._file[schema.CLIP].dtype)
             self.build = str(attrs.get(schema.ATTR_BUILD, ""))
-            self._planned_vocabularies = json.loads(attrs.get(schema.ATTR_PLANNED_VOCABULARIES, "[]"))
-            if not isinstance(self._planned_vocabularies, list) or not all(
-                    isinstance(name, str) for name in self._planned_vocabularies):
-                raise ValueError(f"{schema.ATTR_PLANNED_VOCABULARIES} is not a list of names")
         except (KeyError, ValueError, OSError) as error:
             raise StoreError(f"{self.path} is damaged or incomplete ({error}); rebuild it") from None
         self.n_shards = len(self.shard_files)
@@ -332,6 +328,8 @@ class Store:
         listed = set(self.data_dir.glob(schema.VOCAB_GLOB))
         if listed != {*self._vocabulary_files.values(), *self._unreadable_vocabularies}:
             self._vocabulary_files, self._unreadable_vocabularies = vocabulary_files(self.data_dir, self.identity)
+            if self._unreadable_vocabularies:  # as when opened: a file "of another store" may be a rebuild's
+                self.check_unchanged()
         legacy = [name for name in group if not name.startswith(".")] if group is not None else []
         return sorted(set(legacy) | set(self._vocabulary_files))
 
@@ -339,16 +337,22 @@ class Store:
     def unwritten_vocabularies(self) -> list[str]:
         """The vocabularies that the command which built the store writes after its master, and has
         not written: it was stopped between (killed, a full disk). A rerun of it writes them."""
+        return self._unwritten()[0]
+
+    def _unwritten(self) -> tuple[list[str], str]:
+        """:attr:`unwritten_vocabularies`, and the command that planned them."""
+        planned, command = planned_vocabularies(self.data_dir, self.identity)
+        if self.n_images == 0:  # nothing was embedded: its command stopped there, on purpose
+            return [], command
         written = set(self.vocabulary_names())  # a file that cannot be read was written: it is damaged
-        return [name for name in self._planned_vocabularies
-                if name not in written and not schema.vocabulary_file(self.data_dir, name).exists()]
+        return [name for name in planned
+                if name not in written and not schema.vocabulary_file(self.data_dir, name).exists()], command
 
     def unwritten_note(self) -> str:
         """Why :attr:`unwritten_vocabularies` are missing, and what writes them ("" when none are)."""
-        names = self.unwritten_vocabularies
+        names, command = self._unwritten()
         if not names:
             return ""
-        command = "zsfs import" if self.clip_info.get("weights") == schema.IMPORTED_WEIGHTS else "zsfs extract"
         return (f"{'vocabulary' if len(names) == 1 else 'vocabularies'} {', '.join(map(repr, names))} "
                 f"{'was' if len(names) == 1 else 'were'} not written: the {command} that made the store was stopped "
                 f"before it wrote {'it' if len(names) == 1 else 'them'} (after the store's images); rerun that "
@@ -475,8 +479,9 @@ class Store:
         def model(info: dict) -> dict:
             return {"name": info.get("name"), "weights": info.get("weights"), "dim": info.get("dim"), **info}
 
+        names = self.vocabulary_names()  # first: it lists the folder again when it changed
         vocabularies, unreadable = {}, self.unreadable_vocabularies
-        for name in self.vocabulary_names():
+        for name in names:
             try:
                 vocabularies[name] = self.vocabulary(name).classes
             except StoreError as error:  # a file written by hand against the format: named, the rest shown

@@ -83,6 +83,12 @@ GRAPH_FILE = "neighbours.h5"
 SHARD_FORMAT = FORMAT_NAME + "-shard"
 VOCAB_FORMAT = FORMAT_NAME + "-vocabulary"
 GRAPH_FORMAT = FORMAT_NAME + "-neighbours"
+PLANNED_FORMAT = FORMAT_NAME + "-planned-vocabularies"
+PLANNED_FILE = "planned-vocabularies.h5"
+"""In the shards folder: the vocabularies the last extract/import of the store writes after its master
+(names, and the command), recorded before the master: a stop between leaves the store without them,
+named rather than silent."""
+ATTR_COMMAND = "command"  # the planned-vocabularies file's writer, as messages name it
 PART_FORMATS = {SHARD_FORMAT: "a shard", VOCAB_FORMAT: "a vocabulary file", GRAPH_FORMAT: "the neighbour graph"}
 """The files a store keeps in its shards folder, by their format mark, as messages name them."""
 ATTR_NAME = "name"  # a vocabulary file's vocabulary name
@@ -101,8 +107,6 @@ ATTR_BACKBONE = "backbone"  # JSON: {"name", "weights", "sha256", "dim", "output
 ATTR_INDEX = "index"  # JSON: {"type", "metric", "n", ...}; on the master root
 ATTR_N_IMAGES = "n_images"
 ATTR_N_SKIPPED = "n_skipped"
-ATTR_PLANNED_VOCABULARIES = "planned_vocabularies"  # JSON list: the vocabularies the command that built the
-#                         master writes after it (a kill between leaves the store without them: named, not silent)
 
 # Shard attributes.
 ATTR_SHARD = "shard"  # shard number
