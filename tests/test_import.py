@@ -333,8 +333,8 @@ def test_a_fit_on_a_vocabulary_without_an_ensemble_records_the_single_prompts_it
                           paths=folder / "paths.csv", vocabularies={"pets": folder / "pets.npz",
                                                                      "pets80": folder / "pets_ensemble.npz"}).master
     quick = ["--k", "2", "--candidates", "6", "--cycle-epochs", "1"]
-    note = "vocabulary 'pets' holds no prompt ensemble (it was imported with single-prompt embeddings only): " \
-           "--prompts ensemble reads those"
+    note = "vocabulary 'pets' holds no prompt ensemble of its own (its ensemble rows are its single-prompt rows, as " \
+           "when imported without one): --prompts ensemble reads those"
     for vocabulary, prompts, used in (("pets", [], "single"), ("pets", ["--prompts", "ensemble"], "single"),
                                       ("pets80", ["--prompts", "ensemble"], "ensemble"),
                                       ("pets80", ["--prompts", "single"], "single")):
@@ -345,6 +345,19 @@ def test_a_fit_on_a_vocabulary_without_an_ensemble_records_the_single_prompts_it
         assert config["parameters"]["prompts"] == (prompts[1] if prompts else "ensemble")
         assert config["prompts_used"] == used
         assert (note in " ".join(output_text(outcome).split())) == (vocabulary == "pets" and bool(prompts))
+    # review: judged by n_templates, a real ensemble given n_templates 1 read as "single", and a file
+    # without one claiming 5 templates as "ensemble"
+    np.savez(folder / "one.npz", classes=np.array(["cat", "dog"]), single=inputs["text"],
+             ensemble=unit_rows(2, D_CLIP, 6), n_templates=np.array(1))
+    np.savez(folder / "claims.npz", classes=np.array(["cat", "dog"]), single=inputs["text"], n_templates=np.array(5))
+    with pytest.raises(ZsfsError, match="claims.npz: n_templates is 5 but it holds no ensemble"):
+        import_store(master, clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                     paths=folder / "paths.csv", vocabularies={"claims": folder / "claims.npz"})
+    import_store(master, clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                 paths=folder / "paths.csv", vocabularies={"one": folder / "one.npz"})
+    with Store(master) as store:
+        assert store.vocabulary("one").prompts_used("ensemble") == "ensemble"
+        assert store.vocabulary("pets").prompts_used("ensemble") == "single"
 
 
 def test_an_import_stopped_between_its_vocabularies_is_named_not_fitted_on_the_other(inputs):

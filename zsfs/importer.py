@@ -252,6 +252,9 @@ def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
         raise ZsfsError(f"vocabulary file {file}: n_templates must be one whole number >= 0 (the prompts averaged "
                         f"into ensemble; 0: unknown), not a {n_templates.dtype} array of shape {n_templates.shape}"
                         f"{'' if n_templates.ndim else f' ({n_templates})'}")
+    if not has_ensemble and n_templates > 1:  # the single rows stand in for it: they are no average
+        raise ZsfsError(f"vocabulary file {file}: n_templates is {n_templates} but it holds no ensemble; add the "
+                        "ensemble of those prompts, or leave n_templates out")
     # Checked here, before anything is written (with --overwrite the old store stays as it was):
     # numbers, finite and not zero, as the image rows are.
     shape = (len(arrays["classes"]), width)

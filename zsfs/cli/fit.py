@@ -167,9 +167,9 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
                           f"neighbours itself: {shown(store.unreadable_graph)}", soft_wrap=True)
         chosen = store.vocabulary(vocabulary)
         if options.get("prompts") == "ensemble" and chosen.prompts_used("ensemble") == "single":
-            console.print(f"[yellow]Note:[/] vocabulary {shown(repr(vocabulary))} holds no prompt ensemble (it was "
-                          f"imported with single-prompt embeddings only): --prompts ensemble reads those.",
-                          soft_wrap=True)
+            console.print(f"[yellow]Note:[/] vocabulary {shown(repr(vocabulary))} holds no prompt ensemble of its "
+                          f"own (its ensemble rows are its single-prompt rows, as when imported without one): "
+                          f"--prompts ensemble reads those.", soft_wrap=True)
         if len(chosen.classes) == 1:  # as ood-bench says of one ID class
             console.print("[yellow]Note:[/] with one class, MCM (a softmax over the classes) is 1 for every image: "
                           "ood_score ranks the images by ood_distance alone. List other classes to let CLIP tell "

@@ -50,9 +50,9 @@ class Vocabulary:
 
     def prompts_used(self, prompts: str) -> str:
         """The text embeddings ``embeddings(prompts)`` gives in truth: "single" for an ensemble that is
-        the single prompt standing in (imported without one: ``n_templates`` 1)."""
+        the single prompt's rows (a vocabulary imported without one, where they stand in)."""
         check_choice("prompts", prompts, schema.PROMPT_KINDS)
-        return schema.VOCAB_SINGLE if self.n_templates == 1 else prompts
+        return schema.VOCAB_SINGLE if np.array_equal(self.single, self.ensemble) else prompts
 
     def subset(self, classes: Sequence[str]) -> "Vocabulary":
         """The vocabulary restricted to ``classes``, in the order given."""
