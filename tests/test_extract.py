@@ -294,6 +294,11 @@ def test_a_resume_with_other_model_names_is_refused_before_any_model_loads(photo
         assert outcome.exit_code == 1 and f"{path} was built with {said}; pass the models it was built with to " \
             "resume or update it" in text, text
         assert "download" not in text
+    # review: other layout options and other models were said one after the other, each after the other was fixed
+    outcome = run_cli("extract", photos["root"], "--out", store, "--workers", "0", "--shard-size", "5")
+    text = " ".join(output_text(outcome).split())
+    assert outcome.exit_code == 1 and "it was built with --shard-size 4 (pass the same to resume it)" in text \
+        and "; and it was built with CLIP zsfs-tiny-clip and backbone test_vit, this run asks for ViT-B-32" in text, text
     assert run_cli("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0",
                    "--shard-size", "4").exit_code == 0  # with them, it resumes
 

@@ -330,8 +330,12 @@ def extract(
                                          "n_items": len(image_source.paths), "shard_size": shard_size, "dtype": dtype,
                                          "max_pixels": _budget_identity(max_pixels).get("max_pixels")})
         except StoreMismatchError as error:
-            raise _new_suffixes_explain(error, out, image_source) from None
-        _refuse_other_model_names(out, settings)
+            models = _other_model_names(out, settings)  # said together: a resume fixed for one failed on the other
+            raise _new_suffixes_explain(StoreMismatchError(f"{error}{'; and it was ' + models if models else ''}"),
+                                        out, image_source) from None
+        models = _other_model_names(out, settings)
+        if models:
+            raise StoreMismatchError(f"{out if out.is_file() else shard_dir(out)} was {models}")
     if class_names and not overwrite:
         refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
 
@@ -450,9 +454,10 @@ def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageS
         writer.close()
 
 
-def _refuse_other_model_names(master: Path, settings: EmbedSettings) -> None:
-    """Before the models load: refuse to resume a store built with other models, judged by name
-    (the weights are compared once loaded). A resume without the model options, of a store built
+def _other_model_names(master: Path, settings: EmbedSettings) -> str:
+    """Before the models load: ``"built with MODELS, this run asks for ...; pass ..."`` when the
+    store (or its first run's shards) was built with other models, judged by name (the weights
+    are compared once loaded); "" otherwise. A resume without the model options, of a store built
     with others, loaded (downloaded maybe) the default models only to be refused."""
     from zsfs.models import clip_architecture
 
@@ -461,15 +466,14 @@ def _refuse_other_model_names(master: Path, settings: EmbedSettings) -> None:
     try:
         requested = {"clip": clip_architecture(settings.clip_model), "backbone": settings.backbone}
     except ZsfsError:  # a name no model has: loading says so
-        return
+        return ""
     differing = [role for role in built if built[role] is not None and built[role] != requested[role]]
-    if differing:
-        path = master if master.is_file() else shard_dir(master)
-        then = " and ".join(f"{'CLIP' if role == 'clip' else 'backbone'} {built[role]}" for role in differing)
-        now = " and ".join(f"{requested[role]}" for role in differing)
-        raise StoreMismatchError(f"{path} was built with {then}, this run asks for {now}; pass the models it was "
-                                 "built with to resume or update it (--clip-model, --backbone), or --overwrite to "
-                                 "replace it")
+    if not differing:
+        return ""
+    then = " and ".join(f"{'CLIP' if role == 'clip' else 'backbone'} {built[role]}" for role in differing)
+    now = " and ".join(f"{requested[role]}" for role in differing)
+    return (f"built with {then}, this run asks for {now}; pass the models it was built with to resume or update "
+            "it (--clip-model, --backbone), or --overwrite to replace it")
 
 
 def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: ImageSource) -> StoreMismatchError:
