@@ -167,6 +167,24 @@ def test_a_live_runs_folder_is_kept_where_its_pid_means_nothing_here(tmp_path):
     assert not os.path.exists(held)
 
 
+def test_a_second_fit_into_the_same_folder_is_refused_at_its_start(tmp_path):
+    """Review: two `zsfs fit --out X` at once: the second ran its whole fit, then said X exists.
+    The first now holds X's temporary folder from the start of its fit."""
+    store = make_synthetic_store(tmp_path / "s.h5", 600, 3, seed=0, clip_dim=16, backbone_dim=16)
+    fit = ["fit", "--store", str(store), "--out", str(tmp_path / "run"), "--k", "2", "--cycle-epochs", "1"]
+    with started(["-c", RUN_CLI, *fit]) as first:
+        read_until(first, "fit: ")  # its fit has begun (a log's phase line)
+        os.kill(first.pid, signal.SIGSTOP)  # held mid-fit, whatever this machine's speed
+        try:
+            second = run_cli(*fit)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        said = first.communicate(timeout=300)[0]
+    assert second.exit_code == 1 and f"another zsfs process (pid {first.pid}) is writing {tmp_path / 'run'} now" \
+        in " ".join(second.output.split()), second.output
+    assert first.returncode == 0 and (tmp_path / "run" / "predictions.parquet").is_file(), said
+
+
 def test_a_fifo_named_like_a_stale_temporary_folder_does_not_hang_the_next_writer(tmp_path):
     """Review: the in-use check opened every stale-looking entry to try its lock; a FIFO under such
     a name blocked that open, and with it every fit, report or predict writing into the folder."""

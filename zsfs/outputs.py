@@ -33,10 +33,34 @@ class FolderExistsError(ZsfsError):
 
 def check_new_folder(path: str | Path) -> None:
     """Fail before any work when ``path`` exists (results are never overwritten), a link to
-    nothing included (the folder could not be put in its place)."""
+    nothing included (the folder could not be put in its place), or another process of this host
+    is filling it (:func:`new_folder`): the later would find it taken only at its end."""
     if os.path.lexists(path):
         what = "is a link to nothing" if not os.path.exists(path) else "already exists"
         raise FolderExistsError(f"{path} {what}; choose another folder (results are never overwritten)")
+    writer = _writer_of(Path(path).absolute())
+    if writer is not None:
+        raise FolderExistsError(f"another zsfs process (pid {writer}) is writing {path} now; choose another folder "
+                                "(results are never overwritten)")
+
+
+def _writer_of(path: Path) -> int | None:
+    """The pid of another live process of this host whose :func:`new_folder` is filling ``path`` now."""
+    try:
+        names = os.listdir(path.parent)
+    except OSError:  # no folder yet (nothing is written there), or one that cannot be listed
+        return None
+    host, own = _host(), os.fsencode(path.name)
+    for name in names:
+        match = _TMP_NAME.match(name)
+        if match is None or match["host"] != host or int(match["pid"]) == os.getpid() \
+                or not os.path.isdir(path.parent / name):
+            continue
+        written = os.fsencode(name[1:match.start("pid") - 1])  # the name, cut when long (_temporary_prefix)
+        cut = len(os.fsencode(name)) == _NAME_BYTES and own.startswith(written)
+        if (written == own or cut) and (_alive(int(match["pid"])) or _in_use(path.parent / name)):
+            return int(match["pid"])
+    return None
 
 
 @contextmanager

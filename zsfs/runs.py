@@ -332,12 +332,21 @@ class FittedRun:
         run_dir = Path(run_dir).absolute()
         check_writable(run_dir, "run folder")  # as `zsfs fit` checks its --out (new_folder refuses an existing one)
         with new_folder(run_dir) as tmp:
-            write_table(self.predictions, tmp / PREDICTIONS)
-            self.classifier.save(tmp / CLASSIFIER)
-            write_json(tmp / CONFIG, self.config)
-            if self.metrics is not None:
-                write_json(tmp / METRICS, self.metrics)
-        return FittedRun(run_dir, self.config, self.metrics, predictions=self._predictions,
+            self.write_files(tmp)
+        return self.saved_as(run_dir)
+
+    def write_files(self, folder: Path) -> None:
+        """Write the run's files into the empty ``folder`` (a :func:`zsfs.outputs.new_folder`'s):
+        what :meth:`save` does, for a caller that reserved the run folder before its fit."""
+        write_table(self.predictions, folder / PREDICTIONS)
+        self.classifier.save(folder / CLASSIFIER)
+        write_json(folder / CONFIG, self.config)
+        if self.metrics is not None:
+            write_json(folder / METRICS, self.metrics)
+
+    def saved_as(self, run_dir: Path) -> "FittedRun":
+        """This run, as saved in ``run_dir``."""
+        return FittedRun(Path(run_dir).absolute(), self.config, self.metrics, predictions=self._predictions,
                          classifier=self._classifier)
 
     @checked_arguments

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,7 +136,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     """
     from zsfs.devices import check_device
     from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
-    from zsfs.outputs import check_new_folder
+    from zsfs.outputs import check_new_folder, new_folder
     from zsfs.runs import in_memory
     from zsfs.store import Store
     from zsfs.writable import check_writable
@@ -175,7 +176,9 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
                           "ood_score ranks the images by ood_distance alone. List other classes to let CLIP tell "
                           "images apart.")
         fitting = f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}"
-        with console.status(f"{fitting}...") as status:
+        # --out is taken for the fit's whole length: a second fit into it is refused now, not after its own fit
+        reserved = new_folder(run_dir) if run_dir is not None else nullcontext()
+        with reserved as folder, console.status(f"{fitting}...") as status:
             def on_phase(name: str) -> None:  # a spinner on a terminal; a line each in a log (Slurm, nohup)
                 if console.is_terminal:
                     status.update(f"{fitting}: {name}...")
@@ -185,8 +188,9 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
             result = fit_store(store, config, vocabulary, on_phase=on_phase)
             run = in_memory(result, store, config)
             on_phase("saving the run")  # not a timed phase: the fit is done
-            if run_dir is not None:
-                saved = run.save(run_dir).path
+            if folder is not None:
+                run.write_files(folder)
+                saved = run.saved_as(run_dir).path
             else:  # named when the run is done: two fits started in the same second get two folders
                 saved = _save_under_a_new_name(run, lambda: default_run_dir(store_path, vocabulary, config.k))
         metrics = run.metrics
