@@ -588,6 +588,41 @@ def test_the_summary_and_the_ood_gallery_show_the_runs_own_numbers(unlabelled_ru
     assert shown_paths(section_of(page, "ood")) == [] and "The 0 images" not in page
 
 
+def test_captions_show_what_the_hover_text_alone_said_and_the_ood_gallery_marks_flags(photo_run, tmp_path):
+    """Review: the predicted class and true label were only in a hover title (a phone never shows it),
+    the "most likely OOD" gallery never said which images are flagged (none, in a run of one class),
+    the parameters showed prompts 'ensemble' where config.json says single rows were read, and absent
+    classes took a share of the thumbnail budget."""
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    frame = pl.read_parquet(run / runs.PREDICTIONS)
+    config = json.loads((run / runs.CONFIG).read_text())
+    first, second = config["classes"][:2]
+    seed = frame.with_row_index("row").filter(pl.col("is_seed") & (pl.col("pseudo_label") == first))["row"][0]
+    top = frame.with_row_index("row").sort(["ood_score", "ood_continuous"], descending=True,
+                                           maintain_order=True)["row"][0]
+    frame = frame.with_columns(  # a seed of the first class predicted as the second; the top OOD image flagged
+        predicted=pl.when(pl.int_range(pl.len()) == seed).then(pl.lit(second)).otherwise(pl.col("predicted")),
+        ood_flag=pl.int_range(pl.len()) == top)
+    frame.write_parquet(run / runs.PREDICTIONS)
+    page = render_report(run, ood_images=3)
+    seeds = section_of(page, "classes").split("<h4>A sample")[0]
+    label = frame["label"][seed]
+    wrong = f"✗ true label {label}" if label != second else ""
+    assert f"predicted {second}" in seeds and wrong in seeds
+    ood = section_of(page, "ood")
+    assert "1 of them is flagged OOD (ood_flag), marked “flagged”." in html.unescape(ood)
+    assert ood.count("flagged</figcaption>") == 1 and "<figcaption>" in ood
+    frame.with_columns(ood_flag=pl.lit(False)).write_parquet(run / runs.PREDICTIONS)
+    assert "None of them is flagged OOD (ood_flag): they are only the least typical images." in \
+        section_of(render_report(run, ood_images=3), "ood")
+    assert f"<td>prompts_used</td><td>{config['prompts_used']}</td>" in page
+    config["classes"] = config["classes"] + [f"absent {i}" for i in range(1000)]
+    config["absent_classes"] = [f"absent {i}" for i in range(1000)]
+    (run / runs.CONFIG).write_text(json.dumps(config))
+    assert gallery_items(render_report(run, ood_images=0)) == gallery_items(render_report(photo_run, ood_images=0))
+
+
 def test_accuracy_confusions_and_class_stats_count_the_right_images(photo_run, tmp_path):
     """The confusion table names (true label, predicted) in that order, most frequent first; each
     class block counts its predictions, seeds and pseudo-labels (values, not only their places)."""

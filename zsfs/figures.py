@@ -134,7 +134,7 @@ def cycles(kept: Sequence[int], precision: Sequence[float | None] | None) -> str
 @_drawing
 def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
     """Accuracy of each class, sorted, worst first (names shown when few enough); NaN: no image
-    has the class as its true label (marked "no images", not drawn as a zero)."""
+    has the class as its true label (marked "no images", not drawn as a zero); a zero is marked "0"."""
     accuracy = np.asarray(accuracy, dtype=np.float64)
     order = np.argsort(np.nan_to_num(accuracy, nan=-1.0), kind="stable")
     figure = _figure(height=HEIGHT_IN if len(classes) > MAX_TICK_LABELS else max(HEIGHT_IN, 0.22 * len(classes) + 1))
@@ -146,6 +146,8 @@ def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
         axes.barh(np.arange(len(order)), accuracy[order], color="#4c72b0")
         for position in np.flatnonzero(np.isnan(accuracy[order])):
             axes.text(0.01, position, "no images", va="center", fontsize=8, color="#888")
+        for position in np.flatnonzero(accuracy[order] == 0):  # a zero draws no bar: said, not left blank
+            axes.text(0.01, position, "0", va="center", fontsize=8, color="#444")
         axes.set_yticks(np.arange(len(order)), [classes[i] for i in order])
         # Half a row of room below the first row and above the last: "no images" clear of the axis line.
         axes.set(xlabel="accuracy on the images of the class (true label)", xlim=(0, 1.02),

@@ -11,6 +11,7 @@ are); every column beyond the basic ones is optional, so older and newer runs re
 from __future__ import annotations
 
 import html
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -107,7 +108,8 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
 
     frame = run.read_predictions(COLUMNS).with_row_index(ROW)  # predictions are in store order
     classes = run.classes
-    per_class = per_class or int(np.clip(THUMBNAIL_BUDGET // (2 * max(len(classes), 1)), 1, MAX_PER_CLASS))
+    shown_classes = len(classes) - len(run.config.get("absent_classes") or [])  # absent ones have no gallery
+    per_class = per_class or int(np.clip(THUMBNAIL_BUDGET // (2 * max(shown_classes, 1)), 1, MAX_PER_CLASS))
     ood_by = [c for c in ("ood_score", "ood_continuous") if c in frame.columns]
 
     seeds = (frame.filter(pl.col("is_seed")).group_by("pseudo_label", maintain_order=True).head(per_class)
@@ -284,11 +286,11 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
                  f"{pseudo.get(name, 0):,} pseudo-labelled" + (f" · estimated share {_percent(shares[name])}"
                                                                if shares.get(name) is not None else ""))
         block = [f'<h3 class="class-name">{_e(name)}</h3><p class="stats">{_e(stats)}</p>',
-                 "<h4>Seeds</h4>" + _gallery(seeds_of.get((name,)), made),
+                 "<h4>Seeds</h4>" + _gallery(seeds_of.get((name,)), made, of_class=name),
                  "<h4>A sample of the images predicted as this class</h4>"
                  + _gallery(sample_of.get((name,)), made,
                             "none: no image besides its seeds is predicted as this class" if predicted.get(name)
-                            else "none: no image is predicted as this class, its seeds neither")]
+                            else "none: no image is predicted as this class, its seeds neither", of_class=name)]
         blocks.append(f'<div class="class">{"".join(block)}</div>')
     reported = [name for name in classes if name in absent]
     if reported:
@@ -309,7 +311,11 @@ def _ood(most_ood, made: dict, ood_by: list[str], ood_images: int) -> str:
     if not most_ood.height:  # --ood-images 0, or no rows
         return _section("ood", "Most likely out of distribution", "<p>None shown: the page was asked for 0 of them.</p>"
                         if ood_images == 0 else "<p>The run has no images.</p>")
-    note = f"<p>The {counted(most_ood.height, 'image')} with the highest {' then '.join(ood_by)}.</p>"
+    flagged = int(most_ood["ood_flag"].sum()) if "ood_flag" in most_ood.columns else None
+    marked = ("" if flagged is None else
+              " None of them is flagged OOD (ood_flag): they are only the least typical images." if flagged == 0 else
+              f" {flagged:,} of them {'is' if flagged == 1 else 'are'} flagged OOD (ood_flag), marked “flagged”.")
+    note = f"<p>The {counted(most_ood.height, 'image')} with the highest {' then '.join(ood_by)}.{_e(marked)}</p>"
     return _section("ood", "Most likely out of distribution", note + _gallery(most_ood, made))
 
 
@@ -318,7 +324,7 @@ def _parameters(config: dict) -> str:
     unread = UNREAD_BY.get(parameters.get("method"), ())
     rows = [(name, str(value) + (f" (not read by the {parameters['method']} method)" if name in unread else ""))
             for name, value in parameters.items()]
-    for key in ("vocabulary", "zsfs_version", "torch_version"):
+    for key in ("prompts_used", "vocabulary", "zsfs_version", "torch_version"):
         if key in config:
             rows.append((key, str(config[key])))
     for key in ("store", "clip", "backbone", "neighbour_search"):
@@ -346,13 +352,23 @@ def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | 
 
 # --- HTML ----------------------------------------------------------------------------------------
 
-def _gallery(rows, made: dict, empty: str = "none") -> str:
+def _gallery(rows, made: dict, empty: str = "none", of_class: str | None = None) -> str:
+    """Thumbnails with their scores; the predicted class where it is not ``of_class`` (the class
+    the gallery shows), the true label where it differs, and "flagged" for ood_flag: shown, not
+    only in the hover text a phone never shows."""
     if rows is None or rows.height == 0:
         return f'<p class="empty">{_e(empty)}</p>'
     items = []
     for row in rows.iter_rows(named=True):
         uri, reason = made[row[ROW]]
         facts = [f"{key} {row[key]:.2f}" for key in ("confidence", "ood_score") if row.get(key) is not None]
+        if row["predicted"] != of_class:
+            facts.append(f"predicted {row['predicted']}" if row["predicted"] is not None else "no class")
+        if row.get("label") is not None and (unicodedata.normalize("NFC", row["label"])  # compared as metrics are
+                                             != unicodedata.normalize("NFC", row["predicted"] or "")):
+            facts.append(f"✗ true label {row['label']}")
+        if row.get("ood_flag"):
+            facts.append("flagged")
         caption = " · ".join(facts)
         title = row["path"] + (f" | true label: {row['label']}" if row.get("label") is not None else "") + \
             f" | predicted: {row['predicted']}"
@@ -415,13 +431,14 @@ body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1100px
 h1 { font-size: 1.6em; } h2 { border-bottom: 2px solid #4c72b0; padding-bottom: .2em; margin-top: 1.6em; }
 nav a { margin-right: 1em; } .meta, .stats, .empty { color: #666; }
 table { border-collapse: collapse; margin: .5em 0; display: block; max-width: 100%; overflow-x: auto; }
-td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: break-word; }
+td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: anywhere; }
+td:first-child, th { overflow-wrap: break-word; }  /* labels whole; values (paths, digests) wrap on a phone */
 td:first-child { font-weight: 600; } .figure svg { max-width: 100%; height: auto; }
 .note { background: #fff4d6; border-left: 4px solid #e0a800; padding: .6em; }
 .class { border-top: 1px solid #eee; padding-top: .3em; } .class h3 { margin-bottom: 0; overflow-wrap: anywhere; }
 h4 { margin: .4em 0; }
 .gallery { display: flex; flex-wrap: wrap; gap: 6px; }
-figure { margin: 0; width: 100px; font-size: 11px; text-align: center; }
+figure { margin: 0; width: 100px; font-size: 11px; text-align: center; overflow-wrap: anywhere; }
 .thumb { width: 96px; height: 96px; object-fit: cover; border-radius: 4px; display: block; }
 div.thumb.missing { background: #eee; color: #888; font-size: 10px; display: flex; align-items: center;
                     justify-content: center; text-align: center; }
