@@ -168,6 +168,26 @@ def test_unreachable_images_get_a_note_not_a_failure(photo_run, tmp_path):
         " ".join(said.split()) and "--images FOLDER" not in said, said
 
 
+def test_moved_images_of_a_list_of_absolute_paths_get_advice_that_fits(tmp_path):
+    """Review: a store from a .csv of absolute paths, its images moved: `--images` cannot relocate
+    absolute paths, and the note said to check that the folder is the one they are relative to."""
+    photos = write_image_folder(tmp_path / "photos", n_per_class=3, broken=False)
+    listed = sorted(str(path) for path in (tmp_path / "photos").rglob("*.png"))
+    (tmp_path / "lists").mkdir()  # elsewhere: the store keeps the paths as they are, absolute
+    pl.DataFrame({"path": listed, "label": [Path(path).parent.name for path in listed]}).write_csv(
+        tmp_path / "lists" / "l.csv")
+    store_path = extract(tmp_path / "lists" / "l.csv", tmp_path / "l.h5", workers=0, **TINY_MODELS).output
+    with Store(store_path) as store:
+        assert all(Path(path).is_absolute() for path in store.paths())
+    with Store(store_path) as store:
+        run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
+    (tmp_path / "photos").rename(tmp_path / "moved")
+    note = html.unescape(re.search(r'<p class="note">([^<]*)', render_report(run, images=tmp_path / "moved")).group(1))
+    assert "The store's image paths are absolute (from a list of absolute paths), which --images does not move: put " \
+        "the images back where they were, or extract a store from their new place." in note, note
+    assert "relative to" not in note and photos["root"]
+
+
 def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp_path):
     """Bugs: absent classes (and, with 1000 classes, hundreds without an image) were empty "none"
     blocks with no word why; the paper score's AUROC was left out; the summary's seed count

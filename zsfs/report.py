@@ -135,7 +135,8 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
         "ood": _ood(most_ood, made, ood_by, ood_images),
         "parameters": _parameters(run.config),
     }
-    missing = _missing_images(made, where, run.path, images, out)
+    absolute = bool(rows) and all(Path(files[row]).is_absolute() for row in rows)  # a list of absolute paths
+    missing = _missing_images(made, where, run.path, images, out, absolute)
     note = f'<p class="note">{_e(missing)}</p>' if missing else ""
     return _page(run, note + "".join(sections.values()), [anchor for anchor, part in sections.items() if part]), missing
 
@@ -334,15 +335,17 @@ def _parameters(config: dict) -> str:
 
 
 def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | Path | None,
-                    out: Path | None = None) -> str | None:
+                    out: Path | None = None, absolute: bool = False) -> str | None:
     """Why some images could not be shown, and what to do (None when every one shows): with
     ``images`` given, to check that folder, not to give one; the command suggested writes to
-    ``out`` (None: the run folder's page)."""
+    ``out`` (None: the run folder's page). ``absolute``: the store's paths are (a list file's)."""
     failed = Counter(reason for uri, reason in made.values() if uri is None)
     if not failed:
         return None
     reasons = reasons_text(failed.most_common())
     advice = "" if not failed.keys() & {FILE_NOT_FOUND, NO_FOLDER} else (  # others say what to do, or it is the file
+        " The store's image paths are absolute (from a list of absolute paths), which --images does not move: "
+        "put the images back where they were, or extract a store from their new place." if absolute else
         f" Check that {images} is the folder the store's image paths are relative to." if images is not None
         else " Stores made by `zsfs import` may hold stand-in paths; if the images moved, run "
              f"`zsfs report {as_argument(run_dir) if run_dir else 'RUN_DIR'}"
