@@ -292,6 +292,29 @@ def test_an_address_where_another_server_answers_is_one_line_at_once(photos, tmp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_ray_client_address_without_its_package_and_a_token_cluster_get_advice_that_fits(cluster, photos, tmp_path,
+                                                                                           monkeypatch):
+    """Review: `--ray ray://HOST:PORT` without Ray Client's package said "is not a Ray cluster
+    address ... start one with ray start"; a cluster refusing a client that sends no auth token
+    said "no Ray cluster ... start one", while one ran."""
+    from zsfs.distributed import _token_hint
+
+    address = "ray://" + cluster  # a real server that answers (the cluster's GCS); this venv has no ray[client]
+    outcome = run_zsfs("extract", photos["root"], "--out", tmp_path / "x.h5", *TINY_MODEL_ARGS, "--ray", address,
+                       timeout=120)
+    said = " ".join(output_text(outcome).split())
+    assert outcome.returncode == 1 and f"{address!r} is a Ray Client address, which needs Ray's client package: " \
+        "pip install 'ray[client]'" in said and "start one" not in said, outcome.output
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert _token_hint().startswith(f"if the cluster uses token authentication (a cluster started where {token} "
+                                    "exists does), rerun with RAY_AUTH_MODE=token set")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert _token_hint() == ""  # it was sent: the advice would be wrong
+
+
 def test_the_address_check_passes_a_real_cluster_and_names_what_else_answers(cluster):
     """Review: no test ran the check against a real cluster's GCS (a check refusing every cluster
     would have passed), and a tunnel whose far end is down or a silent server got the advice meant

@@ -23,6 +23,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -301,10 +302,25 @@ def _start_or_join(address: str | None) -> bool:
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ConnectionError as error:
-        raise ZsfsError(f"no Ray cluster at {address!r} ({error}); {fix}") from None
+        raise ZsfsError(f"could not join a Ray cluster at {address!r} ({error}); {_token_hint() or fix}") from None
     except ValueError as error:  # "Invalid address format: bogus", an unparsable port
+        if "ray[client]" in str(error):  # a ray:// address, without Ray Client's package
+            raise ZsfsError(f"{address!r} is a Ray Client address, which needs Ray's client package: "
+                            "pip install 'ray[client]' (zsfs' [ray] extra has it), or pass the cluster's HOST:6379 "
+                            "from one of its nodes") from None
         raise ZsfsError(f"{address!r} is not a Ray cluster address ({error}); {fix}") from None
     return False
+
+
+def _token_hint() -> str:
+    """What to try when joining failed while this machine holds a Ray auth token and Ray was not
+    told to send it: a cluster started with `ray start` where the token exists requires it (Ray
+    says only that it failed to connect, after ~20 s of warnings)."""
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_MODE") == "token" or not (token.is_file() or os.environ.get("RAY_AUTH_TOKEN")):
+        return ""
+    return (f"if the cluster uses token authentication (a cluster started where {token} exists does), rerun with "
+            "RAY_AUTH_MODE=token set, and the cluster's token in that file or in RAY_AUTH_TOKEN")
 
 
 def _unreachable(address: str, timeout: float = CONNECT_SECONDS) -> str | None:
