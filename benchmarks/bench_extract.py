@@ -138,10 +138,28 @@ def warm_up(clip, backbone, source, device) -> None:
     sync(device)
 
 
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number >= 1 (0 images, or a batch of 0, failed with a traceback)."""
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number >= 1")
+    return number
+
+
+def model_settings(text: str) -> list[str]:
+    """An argparse type: comma-separated names of ``SETTINGS``, checked before any image is written."""
+    names = text.split(",")
+    unknown = [name for name in names if name not in SETTINGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="tiny,small", help=f"comma-separated: {', '.join(SETTINGS)}")
-    parser.add_argument("--n-images", type=int, default=300)
+    parser.add_argument("--models", type=model_settings, default="tiny,small",
+                        help=f"comma-separated: {', '.join(SETTINGS)}")
+    parser.add_argument("--n-images", type=at_least_one, default=300)
     parser.add_argument("--images", type=Path, help="use this folder instead of generated JPEGs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
     parser.add_argument("--precision", default="fp32", choices=list(AUTOCAST_DTYPES))
@@ -151,9 +169,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="best of N interleaved runs of (a), (c), (d)")
     parser.add_argument("--skip-naive", action="store_true", help="skip (b) (slow with big models)")
     args = parser.parse_args()
-    unknown = [name for name in args.models.split(",") if name not in SETTINGS]
-    if unknown:  # before the images are written (KeyError after them)
-        parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
     device = check_device(args.device)
     workers = default_workers(args.device) if args.workers is None else args.workers
 
@@ -166,7 +181,7 @@ def main() -> None:
         print(f"{len(source.paths)} images from {folder}; device {args.device}, precision {args.precision}, "
               f"batch {args.batch_size}, workers {workers}, torch threads {torch.get_num_threads()}, "
               f"best of {args.repeat}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
-        for name in args.models.split(","):
+        for name in args.models:
             setting = SETTINGS[name]
             clip = load_clip(setting[0], setting[1], device=args.device)
             backbone = load_backbone(setting[2], setting[3], device=args.device)

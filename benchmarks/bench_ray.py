@@ -22,7 +22,7 @@ from pathlib import Path
 
 import ray
 
-from bench_extract import SETTINGS
+from bench_extract import SETTINGS, at_least_one, model_settings
 from zsfs.testing.images import write_photos
 from zsfs.extract import extract
 
@@ -42,15 +42,18 @@ def run(folder: Path, out: Path, setting: tuple, args, *, on_ray: bool) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="tiny", help=f"comma-separated, of: {', '.join(SETTINGS)}")
-    parser.add_argument("--n-images", type=int, default=600)
+    parser.add_argument("--models", type=model_settings, default="tiny",
+                        help=f"comma-separated, of: {', '.join(SETTINGS)}")
+    parser.add_argument("--n-images", type=at_least_one, default=600)
     parser.add_argument("--images", type=Path, help="a folder of your own images instead of generated ones")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=100, help="images per shard = per Ray task")
     parser.add_argument("--workers", type=int, help="DataLoader workers per process [default: zsfs's]")
-    parser.add_argument("--ray-workers", type=int, default=2)
+    parser.add_argument("--ray-workers", type=at_least_one, default=2)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    if args.images is None and args.ray_workers > args.n_images:  # zsfs refuses it, after Ray has started
+        parser.error(f"--ray-workers {args.ray_workers} is more than --n-images {args.n_images}")
 
     ray.init(include_dashboard=False, log_to_driver=False)  # once: Ray's start-up is not what is measured
     cpus = int(ray.cluster_resources()["CPU"])
@@ -63,7 +66,7 @@ def main() -> None:
               f"batch {args.batch_size}, shard {args.shard_size}; load average {os.getloadavg()[0]:.1f}")
         print(f"{'models':8} {'single img/s':>12} {'Ray img/s':>10} {'Ray/single':>10} "
               f"{'single s':>9} {'Ray s':>7}  (end to end)")
-        for name in args.models.split(","):
+        for name in args.models:
             best = {False: (0.0, 0.0), True: (0.0, 0.0)}
             for _ in range(args.repeat):
                 for on_ray in (False, True):

@@ -63,7 +63,9 @@ def main() -> None:
     try:
         sizes = [entry_count(size) for size in args.sizes.split(",")]
     except ValueError:
-        parser.error(f"--sizes: {args.sizes!r} is not a list of counts such as 10000,100k,1M")
+        sizes = []
+    if not sizes or min(sizes) < 1:  # 0 failed in the child process, with a traceback
+        parser.error(f"--sizes: {args.sizes!r} is not a list of counts >= 1 such as 10000,100k,1M")
     if args.list:
         list_once(args.list)
         return

@@ -378,3 +378,18 @@ def test_bench_fit_reports_the_fit_metrics_it_is_given(tmp_path, monkeypatch):
     assert fitted["pseudo_precision_all"] == pytest.approx(0.6) and fitted["cycles"] == 1
     assert fitted["steps"] == 3 * -(-100 // batch) + 2 * -(-50 // batch) and fitted["batch_size"] == batch
     assert fitted["peak_rss_mb"] > 0 and (fitted["size"], fitted["config"]) == ("500", "fast")
+
+
+@pytest.mark.parametrize("script, args, said", [
+    ("bench_extract.py", ["--n-images", "0"], "argument --n-images: 0 is not a whole number >= 1"),
+    ("bench_extract.py", ["--models", "tiny,bogus"], "argument --models: unknown bogus; choose from"),
+    ("bench_ray.py", ["--models", "bogus"], "argument --models: unknown bogus; choose from"),
+    ("bench_ray.py", ["--n-images", "1", "--ray-workers", "3"], "--ray-workers 3 is more than --n-images 1"),
+    ("bench_tars.py", ["--sizes", "0"], "--sizes: '0' is not a list of counts >= 1"),
+])
+def test_benchmarks_refuse_bad_sizes_in_one_line_before_any_work(script, args, said, tmp_path):
+    """Review: these were tracebacks (a KeyError after the images were written, ZsfsErrors, a child's
+    CalledProcessError)."""
+    done = run(command(ROOT / "benchmarks" / script) + args, tmp_path)
+    assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
