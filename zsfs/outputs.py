@@ -58,7 +58,7 @@ def _writer_of(path: Path) -> int | None:
             continue
         written = os.fsencode(name[1:match.start("pid") - 1])  # the name, cut when long (_temporary_prefix)
         cut = len(os.fsencode(name)) == _NAME_BYTES and own.startswith(written)
-        if (written == own or cut) and (_alive(int(match["pid"])) or _in_use(path.parent / name)):
+        if (written == own or cut) and _writing(path.parent / name, int(match["pid"])):
             return int(match["pid"])
     return None
 
@@ -110,6 +110,11 @@ def _held(descriptor: int) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)
+
+
+def _writing(entry: Path, pid: int) -> bool:
+    """Whether the writer of the temporary ``entry`` of this host (``pid``, from its name) is alive."""
+    return _alive(pid) or _in_use(entry)
 
 
 def _in_use(entry: Path) -> bool:
@@ -199,8 +204,7 @@ def remove_stale_folders(parent: str | Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TMP_NAME.match(entry.name)
-        if match is None or match["host"] != host or entry.is_symlink() or _alive(int(match["pid"])) \
-                or _in_use(entry):
+        if match is None or match["host"] != host or entry.is_symlink() or _writing(entry, int(match["pid"])):
             continue
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)  # another process may be removing it too

@@ -214,8 +214,9 @@ def resolve_vocabulary(store: "Store", name: str | None) -> str:
     """``name``, or the store's only vocabulary. A vocabulary file that cannot be read may hold
     the one meant (its file name is a digest): then none is taken for the user, and it is named."""
     names = store.vocabulary_names()
-    unwritten = store.unwritten_note()  # the command that made the store was stopped before it wrote them
-    if unwritten and (name is None or name in store.unwritten_vocabularies):  # none taken for the user
+    missing = store.unwritten_vocabularies  # the command that made the store was stopped before it wrote them
+    if missing and (name is None or name in missing):  # none taken for the user
+        unwritten = store.unwritten_note()
         if name is None and names:
             raise ParameterError(f"{literal(store.path)}: {literal(unwritten)}; or choose one of "
                                  f"{literal(', '.join(names))} with {{vocabulary}}")

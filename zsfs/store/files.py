@@ -257,8 +257,10 @@ def check_written(file: h5py.File) -> None:
 def leftover_temp_files(master: Path, data_dir: Path) -> list[Path]:
     """The temporary files that stopped writes of a store left (a temporary master is as large as
     the master), while no process writes it: what :func:`remove_leftover_temp_files` removes."""
-    if written_elsewhere(master):
-        return []
+    return [] if written_elsewhere(master) else _temp_files_of_store(master, data_dir)
+
+
+def _temp_files_of_store(master: Path, data_dir: Path) -> list[Path]:
     return temp_files_of(master) + sorted(data_dir.glob("*" + schema.TMP_SUFFIX) if data_dir.is_dir() else [])
 
 
@@ -267,7 +269,7 @@ def remove_leftover_temp_files(master: Path, data_dir: Path) -> None:
     every temporary file in its shards folder ``data_dir`` (shards, vocabularies, the graph).
     Call it only under the store's lock, which every writer of these files holds: then none of
     them is being written."""
-    for path in temp_files_of(master) + sorted(data_dir.glob("*" + schema.TMP_SUFFIX) if data_dir.is_dir() else []):
+    for path in _temp_files_of_store(master, data_dir):
         path.unlink(missing_ok=True)
 
 
