@@ -154,7 +154,6 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
     """A read-only folder; a read-only mount fails the same way (the write probe gets EROFS)."""
     import shutil
 
-
     work, photos, store, run = (str(made[key]) for key in ("work", "photos", "store", "run"))
     read_only = made["work"] / "ro"
     read_only.mkdir()
@@ -162,7 +161,8 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
     shutil.copytree(made["store"].with_suffix(".shards"), read_only / "photos.shards")
     cases = {
         "extract": ["extract", photos, "--out", f"{read_only}/s.h5", *TINY_MODEL_ARGS],
-        "extract rerun": ["extract", photos, "--out", f"{read_only}/photos.h5", *TINY_MODEL_ARGS],
+        "extract rerun": ["extract", photos, "--out", f"{read_only}/photos.h5", *TINY_MODEL_ARGS,
+                          "--classes", f"{work}/classes.txt", "--vocab", "more"],  # a vocabulary to add
         "text": ["text", f"{read_only}/photos.h5", "--classes", f"{work}/classes.txt", "--name", "more"],
         "neighbours": ["neighbours", f"{read_only}/photos.h5", "--k", "2"],
         "fit": ["fit", "--store", store, "--out", f"{read_only}/run"],
@@ -175,11 +175,19 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
     try:
         child = run_python_unprivileged(UNWRITABLE_CLI.format(cases=cases), cwd=work)
         # the default run folder (./runs/...) in a read-only working folder: the user chose no location
-        defaults = {"fit": ["fit", "--store", store], "extract": ["extract", photos, *TINY_MODEL_ARGS]}
+        defaults = {"fit": ["fit", "--store", store],
+                    "extract": ["extract", photos, *TINY_MODEL_ARGS, "--classes", f"{work}/classes.txt",
+                                "--vocab", "more"],
+                    # the same command as made the store: nothing to write (bug: refused as unwritable)
+                    "extract again": ["extract", photos, *TINY_MODEL_ARGS],
+                    "extract again, --out": ["extract", photos, "--out", "photos.h5", *TINY_MODEL_ARGS]}
         default = run_python_unprivileged(UNWRITABLE_CLI.format(cases=defaults), cwd=read_only)
     finally:
         read_only.chmod(0o755)
     assert default.returncode == 0, default.stderr[-3000:]
+    for name in ("extract again", "extract again, --out"):
+        code, output = json.loads(default.stdout.splitlines()[-1])[name]
+        assert code == 0 and "shards written / reused │ 0 / 1" in output, (name, output)
     for name, advice in (("fit", "choose another location with --out RUN_DIR"),
                          # ./photos.h5 is there: a rerun, which another location would redo from the start
                          ("extract", "make it writable, or copy the store (the .h5 file and its shards folder) to a "

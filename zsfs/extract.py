@@ -35,8 +35,8 @@ from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
 from zsfs.store.extras import (check_vocabulary_name, refuse_other_classes, write_planned_vocabularies,
                                write_vocabulary)
-from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_update, disk_error, names_beside,
-                              store_lock)
+from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_update, check_store_writable, disk_error,
+                              names_beside, store_lock)
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.rows import usable_rows
@@ -301,18 +301,27 @@ def extract(
     out = Path(out) if out is not None else default_output(image_source.location)
     if out.is_file():  # a rerun updates the store in place: another location would embed everything again
         fix = UPDATE_FIX
-    check_writable(out, "store", fix, beside=names_beside(out))
+    rerun = out.is_file()
+    class_names = image_source.classes if given_classes is None else given_classes
+    try:
+        check_writable(out, "store", fix, beside=names_beside(out))
+        if rerun:  # it writes into the shards folder too (its vocabulary when missing)
+            check_store_writable(out, shard_dir(out), vocabulary_file(shard_dir(out), vocab_name))
+    except ZsfsError:
+        # a finished store on a read-only disk: a rerun of the same command has nothing to write
+        done = _already_done(out, settings, image_source, shard_size=shard_size, dtype=dtype, vocab_name=vocab_name,
+                             classes=class_names, started=started) if rerun and not overwrite else None
+        if done is None:
+            raise
+        if on_start is not None:
+            on_start(0)
+        return done
     refuse_input_as_output(out, [("image source", source), ("CLIP weights file", clip_weights),
                                  ("backbone weights file", backbone_weights),
                                  ("class file", classes if isinstance(classes, (str, Path)) else None)])
-    rerun = out.is_file()
     check_own_shards_folder(out, overwrite)  # before the models load, as the checks below
     refuse_replacing_another_file(out)
-    if rerun:  # it writes into the shards folder too (its vocabulary when missing)
-        check_store_update(out, shard_dir(out), vocabulary_file(shard_dir(out), vocab_name))
-    else:
-        check_store_lock(out)
-    class_names = image_source.classes if given_classes is None else given_classes
+    check_store_lock(out)
     if image_source.merged_labels:  # before the models load
         raise ZsfsError(f"class folders of {visible(str(image_source.location))} read as one label: "
                         f"{some_names([visible(label) for label in image_source.merged_labels], 3, with_count=False)} "
@@ -431,8 +440,26 @@ def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: s
     )
 
 
+def _already_done(master: Path, settings: EmbedSettings, source: ImageSource, *, shard_size: int, dtype: str,
+                  vocab_name: str, classes: list[str] | None, started: float) -> ExtractSummary | None:
+    """The summary of a rerun with nothing to write, judged by reading alone (no lock, no model):
+    every image embedded as requested and the vocabulary, if any, holding these classes; None
+    otherwise. For a store the run cannot write: a rerun of a finished extract then succeeds."""
+    if source.merged_labels:
+        return None
+    try:
+        recorded = _finished_as_requested(master, settings, source, shard_size=shard_size, dtype=dtype, lock=False)
+        if recorded is None or _missing_vocabulary(master, source, vocab_name, classes):  # (its classes too)
+            return None
+    except (ZsfsError, OSError):
+        return None  # the error that sent the run here is the one to show
+    read_as_one = same_text_to_clip(clip_tokenizer(settings.clip_model), classes) if classes else []
+    return _summary(master, source, started, vocabulary=vocab_name if classes else None, classes=classes,
+                    read_as_one=read_as_one)
+
+
 def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageSource, *, shard_size: int,
-                           dtype: str) -> dict | None:
+                           dtype: str, lock: bool = True) -> dict | None:
     """The identity of the existing store ``master`` when it already holds every image this run
     would embed, as these models would (every shard whole, a current master), judged without
     loading a model; None otherwise (the run then checks and writes as a first run does)."""
@@ -447,7 +474,7 @@ def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageS
     if not (clip_as_recorded(settings.clip_model, settings.clip_weights, recorded["clip"] or {})
             and backbone_as_recorded(settings.backbone, settings.backbone_weights, recorded["backbone"] or {})):
         return None
-    writer = StoreWriter(master, recorded, n_items=len(source.paths), shard_size=shard_size, dtype=dtype)
+    writer = StoreWriter(master, recorded, n_items=len(source.paths), shard_size=shard_size, dtype=dtype, lock=lock)
     try:
         return recorded if not writer.pending_shards() and writer.master_is_current() else None
     finally:

@@ -430,12 +430,18 @@ def check_store_update(master: Path, data_dir: Path, adding: Path | None = None)
     """Fail now, before long work, if ``adding`` (a file in the store's shards folder ``data_dir``:
     a vocabulary; by default the neighbour graph) cannot be added to an existing store, or another
     process writes it."""
+    check_store_writable(master, data_dir, adding)
+    check_store_lock(master)
+
+
+def check_store_writable(master: Path, data_dir: Path, adding: Path | None = None) -> None:
+    """The folder checks of :func:`check_store_update`, without its lock: the lock file would be
+    created in the master's folder, which fails there already when that is read-only."""
     from zsfs.writable import check_writable
 
     check_writable(master, "store", UPDATE_FIX, beside=[lock_path(master).name])  # an update writes only its lock there
     adding = data_dir / schema.GRAPH_FILE if adding is None else adding
     check_writable(adding, "store", UPDATE_FIX, beside=[temp_file_name(adding)])
-    check_store_lock(master)
 
 
 @contextmanager
