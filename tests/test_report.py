@@ -376,7 +376,6 @@ def test_figures_label_log_axes_with_numbers_and_mark_classes_without_images():
     no image belongs to was drawn as a zero bar; CJK class names printed a warning per glyph."""
     import warnings
 
-
     from zsfs import figures
 
     counts = figures.histogram(np.random.default_rng(0).exponential(size=5000), title="t", xlabel="x")
@@ -389,6 +388,22 @@ def test_figures_label_log_axes_with_numbers_and_mark_classes_without_images():
         accuracy = figures.per_class_accuracy(["cat", "日本語", "dog"], np.array([0.5, np.nan, 1.0]))
     assert accuracy.count("no images") == 1 and "日本語" in accuracy
     assert [str(warning.message) for warning in caught] == []
+
+
+def test_a_figure_renders_the_same_twice_and_the_pages_figures_name_their_parts_apart():
+    """Bug: matplotlib salted its SVG ids at random, so two renders of one run differed byte for byte."""
+    from zsfs import figures
+
+    values = np.random.default_rng(0).exponential(size=500)
+    first = figures.histogram(values, title="OOD score", xlabel="x", flagged_from=1.0)
+    assert first == figures.histogram(values, title="OOD score", xlabel="x", flagged_from=1.0)
+    other = figures.histogram(values, title="margin", xlabel="x", flagged_from=1.0)
+    def referenced(svg: str) -> set[str]:  # the ids a part is drawn through (clip paths, markers)
+        return set(re.findall(r'url\(#([^)]+)\)|href="#([^"]+)"', svg)) - {("", "")}
+
+    assert referenced(first) and not referenced(first) & referenced(other)  # one page holds both
+    matrix = np.eye(3)
+    assert figures.confusion(["a", "b", "c"], matrix) == figures.confusion(["a", "b", "c"], matrix)
 
 
 def test_fit_report_writes_the_page_beside_the_run(unlabelled_run, tmp_path):

@@ -62,7 +62,11 @@ def _drawing(draw: Callable[..., str]) -> Callable[..., str]:
         _writable_matplotlib_folder()
         import matplotlib
 
-        with matplotlib.rc_context(RC), warnings.catch_warnings():
+        # matplotlib names an SVG's clip paths and markers with a hash salted at random unless given a
+        # salt: a fixed one renders a run twice the same; one per figure keeps the names of the page's
+        # figures apart
+        salt = f"zsfs {draw.__name__} {kwargs.get('title', '')}"
+        with matplotlib.rc_context({**RC, "svg.hashsalt": salt}), warnings.catch_warnings():
             # Text stays text in the SVG (svg.fonttype none): the browser draws every glyph, so
             # matplotlib's font lacking one (CJK class names) is no news for the user.
             warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
