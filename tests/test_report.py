@@ -692,6 +692,27 @@ def test_accuracy_confusions_and_class_stats_count_the_right_images(photo_run, t
     assert "flagged OOD from here" in section_of(page, "figures")  # the histogram marks where flagging starts
 
 
+def test_ood_histograms_split_images_by_whether_their_true_label_is_a_class(photo_run, tmp_path):
+    """Where true labels say which images are out of distribution, the OOD histograms stack them
+    apart (they showed one colour for all, so a score's separation could not be seen)."""
+    from zsfs.report import TRUTH_GROUPS
+
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    figures_of = lambda: section_of(render_report(run), "figures")  # noqa: E731
+    assert not any(name in figures_of() for name in TRUTH_GROUPS)  # every label a class: nothing to split
+    frame = pl.read_parquet(run / runs.PREDICTIONS)
+    relabelled = (pl.when(pl.int_range(pl.len()) < 3).then(pl.lit("purple"))  # not among the classes
+                  .when(pl.int_range(pl.len()) < 5).then(pl.lit(None)).otherwise(pl.col("label")))
+    frame.with_columns(label=relabelled).write_parquet(run / runs.PREDICTIONS)
+    shown = figures_of()
+    assert all(shown.count(f">{name}<") == 2 for name in TRUTH_GROUPS), shown  # both histograms' legends
+    frame.with_columns(label=pl.when(pl.int_range(pl.len()) < 3).then(pl.lit("purple"))
+                       .otherwise(pl.col("label"))).write_parquet(run / runs.PREDICTIONS)
+    shown = figures_of()
+    assert shown.count(f">{TRUTH_GROUPS[1]}<") == 2 and TRUTH_GROUPS[2] not in shown  # only groups with images
+
+
 def test_the_per_class_and_seed_options_of_the_command_reach_the_page(photo_run, tmp_path):
     out = tmp_path / "one.html"
     result = run_cli("report", photo_run, "--per-class", "1", "--ood-images", "2", "--seed", "3", "--out", out)

@@ -19,6 +19,8 @@ HEIGHT_IN = 3.0
 MAX_TICK_LABELS = 40  # more class names than this on an axis are unreadable: the axis gets none
 
 
+GROUP_COLOURS = ("#4c72b0", "#dd8452", "#8c8c8c")  # blue, orange, grey: told apart with most colour blindness
+
 RC = {"svg.fonttype": "none",  # text stays text: smaller, and searchable in the page
       "text.parse_math": False}  # class names are plain text: "a$_$b" is no formula (and no crash)
 
@@ -93,16 +95,26 @@ def _svg(figure) -> str:
 
 @_drawing
 def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: float | None = None,
-              bins: int = 60) -> str:
-    """Counts of ``values`` (NaN left out) on a log scale, with a line where flagging starts."""
+              bins: int = 60, groups: np.ndarray | None = None, group_names: Sequence[str] = ()) -> str:
+    """Counts of ``values`` (NaN left out) on a log scale, with a line where flagging starts.
+    ``groups``: each value's index into ``group_names``; the groups' counts are then stacked in
+    colours of their own, named in the legend."""
     values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    finite = np.isfinite(values)
+    groups = np.zeros(values.shape, dtype=np.int64) if groups is None else np.asarray(groups)[finite]
+    values = values[finite]
     figure = _figure()
     axes = figure.add_subplot()
     if values.size:
         from matplotlib.ticker import FuncFormatter, NullFormatter
 
-        axes.hist(values, bins=bins, color="#4c72b0")
+        if len(group_names) > 1:
+            shown = [g for g in range(len(group_names)) if (groups == g).any()]
+            axes.hist([values[groups == g] for g in shown], bins=np.histogram_bin_edges(values, bins), stacked=True,
+                      color=[GROUP_COLOURS[g % len(GROUP_COLOURS)] for g in shown],
+                      label=[group_names[g] for g in shown])
+        else:
+            axes.hist(values, bins=bins, color=GROUP_COLOURS[0])
         axes.set_yscale("log")
         # Plain numbers ("1,000"): the default labels are formulas ("10^{3}"), shown raw with
         # parse_math off. Minor ticks are labelled only when the counts span under a decade
@@ -113,7 +125,8 @@ def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: floa
         axes.yaxis.set_minor_formatter(plain if high < 10 * low else NullFormatter())
     if flagged_from is not None:
         axes.axvline(flagged_from, color="#c44e52", linestyle="--", label="flagged OOD from here")
-        axes.legend(loc="upper right")
+    if flagged_from is not None or (values.size and len(group_names) > 1):
+        axes.legend(loc="best", fontsize="small")
     axes.set(title=title, xlabel=xlabel, ylabel="images (log scale)")
     return _svg(figure)
 

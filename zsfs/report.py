@@ -210,18 +210,34 @@ def _summary(run: FittedRun, frame) -> str:
                                                                   absent_listed_in="Classes below")))
 
 
+TRUTH_GROUPS = ("true label among the classes", "true label not among them", "no true label")
+
+
+def _truth_groups(frame, classes: list[str]) -> np.ndarray | None:
+    """Each image's index into :data:`TRUTH_GROUPS`, for the OOD histograms; None where the true
+    labels cannot tell in- from out-of-distribution (no labels, or all on one side)."""
+    if "label" not in frame.columns:
+        return None
+    labels = frame["label"].fill_null("").to_numpy()
+    among = LabelCodes.of(labels).index_in(classes) >= 0  # compared in NFC, as metrics.json does
+    groups = np.where(among, 0, np.where(labels == "", 2, 1))
+    return groups if among.any() and (groups == 1).any() else None
+
+
 def _figures(run: FittedRun, frame) -> str:
     parts = []
+    groups = _truth_groups(frame, run.classes)
+    split = {"groups": groups, "group_names": TRUTH_GROUPS} if groups is not None else {}
     if "ood_score" in frame.columns:
         scores = frame["ood_score"].to_numpy()
         flagged = run.config.get("ood_flag_threshold")  # older runs did not record it: their lowest flagged score
         if flagged is None and "ood_flag" in frame.columns and frame["ood_flag"].any():
             flagged = float(frame.filter(frame["ood_flag"])["ood_score"].min())
         parts.append(figures.histogram(scores, title="OOD score (higher = more likely none of the classes)",
-                                       xlabel="ood_score", flagged_from=flagged))
+                                       xlabel="ood_score", flagged_from=flagged, **split))
     if "ood_continuous" in frame.columns:
         parts.append(figures.histogram(frame["ood_continuous"].to_numpy(), title="Continuous OOD score",
-                                       xlabel="ood_continuous"))
+                                       xlabel="ood_continuous", **split))
     cycles = run.config.get("cycles") or []
     if cycles:
         precision = {p["cycle"]: p["precision"] for p in (run.metrics or {}).get("seed_precision", [])}
