@@ -677,3 +677,17 @@ def test_info_writes_a_vocabularys_class_count_as_every_other_count(tmp_path, ar
     info = run_cli("info", master)
     assert info.exit_code == 0 and re.search(r"│ big\s+│ 1,200 │ c0; c1; c2; c3; c4; \.\.\.", output_text(info)), \
         output_text(info)
+
+
+def test_a_vocabulary_a_python_caller_planned_but_did_not_write_is_named_with_its_call(tmp_path, arrays):
+    """Review: the note said "the zsfs.store.write_store that made the store ... rerun that command"."""
+    master = build(tmp_path / "s.h5", arrays, planned_vocabularies=["animals"])  # stopped before write_vocabulary
+    with Store(master) as store:
+        assert store.unwritten_vocabularies == ["animals"]
+        assert store.unwritten_note() == (
+            "vocabulary 'animals' was not written: the zsfs.store.write_store() call that made the store was stopped "
+            "before it wrote it (after the store's images); rerun that call, which reuses the finished shards")
+    write_vocabulary(master, "animals", ["cat", "dog", "eel"], random_rows(3, D_CLIP, 4), random_rows(3, D_CLIP, 5),
+                     prompt="a photo of a {}.", n_templates=1)
+    with Store(master) as store:
+        assert store.unwritten_vocabularies == [] and store.unwritten_note() == ""

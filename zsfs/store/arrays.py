@@ -31,7 +31,7 @@ def write_store(
     source: str,
     vocabularies: dict[str, tuple[Sequence[str], np.ndarray, np.ndarray]] | None = None,
     planned_vocabularies: Sequence[str] = (),
-    planned_by: str = "zsfs.store.write_store",
+    planned_by: str = "zsfs.store.write_store()",
     shard_size: int = schema.DEFAULT_SHARD_SIZE,
     dtype: str = "float16",
     overwrite: bool = False,
@@ -46,7 +46,7 @@ def write_store(
     to ``(classes, single, ensemble)``, recorded with ``SINGLE_PROMPT`` and the 80 ensemble templates; use
     :func:`write_vocabulary` directly to record other prompts (``planned_vocabularies``: the names the
     caller writes so, after this returns, recorded with these as ``planned_by``'s plan, which names a
-    vocabulary missing after a stop). ``progress(rows)`` is called
+    vocabulary missing after a stop: a command, ``"zsfs ..."``, or the Python function called). ``progress(rows)`` is called
     after each shard with the number of rows it wrote (for progress bars). A rerun over a complete
     store with the same identity writes no shard and keeps its master (and index, ``exact_max``
     included) and neighbour graph; only the (small) vocabularies given are written again.

@@ -353,10 +353,11 @@ class Store:
         names, command = self._unwritten()
         if not names:
             return ""
+        kind = "command" if command.startswith("zsfs ") else "call"  # a CLI command, or a Python function
         return (f"{'vocabulary' if len(names) == 1 else 'vocabularies'} {', '.join(map(repr, names))} "
-                f"{'was' if len(names) == 1 else 'were'} not written: the {command} that made the store was stopped "
-                f"before it wrote {'it' if len(names) == 1 else 'them'} (after the store's images); rerun that "
-                f"command, which reuses the finished shards")
+                f"{'was' if len(names) == 1 else 'were'} not written: the {command}{'' if kind == 'command' else ' call'} "
+                f"that made the store was stopped before it wrote {'it' if len(names) == 1 else 'them'} (after the "
+                f"store's images); rerun that {kind}, which reuses the finished shards")
 
     def how_to_add_a_vocabulary(self) -> str:
         """The command that adds a vocabulary to this store: imported CLIP embeddings come with
