@@ -219,7 +219,7 @@ def neighbours_command(store_path: Path, k: int | None, device: str, precision: 
     """
     import time
 
-    from zsfs.fit.graph import add_neighbour_graph
+    from zsfs.neighbours import add_neighbour_graph
 
     started = time.perf_counter()
     note_emulated_bf16(precision, device)

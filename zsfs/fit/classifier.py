@@ -24,7 +24,6 @@ from zsfs.errors import ZsfsError
 from zsfs.names import counted
 from zsfs.fit import ood
 from zsfs.fit.zeroshot import as_tensor
-from zsfs.runs import CLASSIFIER
 
 CLASSIFIER_FORMAT = "zsfs-classifier"
 CLASSIFIER_VERSION = 1
@@ -193,6 +192,8 @@ def load_classifier(path: str | Path) -> Classifier:
     """Load a classifier saved by ``zsfs fit`` (``RUN_DIR/classifier.pt``)."""
     path = Path(path)
     if path.is_dir():
+        from zsfs.runs import CLASSIFIER  # a run folder: zsfs.runs knows its layout (imported only here)
+
         path = path / CLASSIFIER
     if not path.is_file():
         raise ZsfsError(f"no classifier at {path}; pass a run folder written by `zsfs fit`")

@@ -1,4 +1,4 @@
-"""``zsfs fit`` as a library call: a store in, labels and OOD scores out (the only I/O of fit).
+"""``zsfs fit`` as a library call: a store in, labels and OOD scores out (it reads the store; the steps it chains do no I/O).
 
 :func:`fit_store` chains the pure steps (zero-shot scan, candidates, re-ranking,
 self-training, prediction, OOD calibration) and times each phase. Writing the result to a
