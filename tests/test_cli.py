@@ -179,7 +179,7 @@ def test_a_messages_file_the_disk_refuses_costs_the_messages_not_the_result(tmp_
     assert result.returncode == 0 and json.loads(result.output)["n_images"] == 200, result.output
 
 
-def _prediction_frame() -> pl.DataFrame:
+def _new_image_predictions() -> pl.DataFrame:
     return pl.DataFrame({
         "path": ["[draft]/a.jpg", "[/x]/b.jpg"],
         "predicted": ["[cat]", None],
@@ -195,7 +195,7 @@ def _prediction_frame() -> pl.DataFrame:
 def test_predict_table_shows_paths_classes_and_errors_verbatim(tmp_path, monkeypatch):
     import zsfs.predict
 
-    monkeypatch.setattr(zsfs.predict, "predict_images", lambda *args, **kwargs: _prediction_frame())
+    monkeypatch.setattr(zsfs.predict, "predict_images", lambda *args, **kwargs: _new_image_predictions())
     monkeypatch.chdir(tmp_path)
     result = run_cli("predict", "--run", "run", "photos")
     assert result.exit_code == 0, result.output

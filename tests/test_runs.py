@@ -339,7 +339,7 @@ def test_predictions_name_no_class_where_the_fit_gave_none(tmp_path):
                                  "confidence", "ood_score", "ood_flag", "ood_distance", "ood_paper", "ood_continuous",
                                  "is_seed", "pseudo_cycle", "zero_shot_confidence", "mcm_score")})
     with Store(store_path) as store:
-        frame = runs.predictions_frame(result, store, store.labels())
+        frame = runs.run_predictions(result, store, store.labels())
         assert frame["path"].to_list() == store.paths().tolist() and frame["label"].to_list() == store.labels().tolist()
     assert frame["predicted"].to_list() == ["dog", "cat", "cat", "dog"]
     assert frame["pseudo_label"].to_list() == ["dog", None, "cat", None]

@@ -44,7 +44,7 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     """
     from zsfs.errors import ParameterError, check_parameter_type, literal, refuse_unknown_parameters
     from zsfs.fit.run import FitConfig, fit_store
-    from zsfs.runs import in_memory
+    from zsfs.runs import FittedRun
     from zsfs.store import Store
 
     if not isinstance(store, (Store, str, os.PathLike)):
@@ -65,9 +65,9 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     if unread:  # not an error: one set of parameters can serve fits of both methods (as the CLI says too)
         warnings.warn(config.unread_note(unread), stacklevel=3)  # the caller's line, past the callable module
     if isinstance(store, Store):
-        return in_memory(fit_store(store, config, vocabulary), store, config)
+        return FittedRun.from_fit(fit_store(store, config, vocabulary), store, config)
     with Store(store) as opened:
-        return in_memory(fit_store(opened, config, vocabulary), opened, config)
+        return FittedRun.from_fit(fit_store(opened, config, vocabulary), opened, config)
 
 
 def spelled_out(function: Callable, fields_of: type) -> inspect.Signature:

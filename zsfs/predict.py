@@ -24,7 +24,7 @@ from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
 from zsfs.models import load_backbone_from_record
 from zsfs.names import repeated, utf8_texts
 from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
-from zsfs.runs import PREDICTION_COLUMNS, FittedRun, load_run, prediction_frame, refuse_run_file
+from zsfs.runs import PREDICTION_COLUMNS, FittedRun, load_run, new_image_predictions, refuse_run_file
 from zsfs.sources import LIST_SUFFIXES, ImageSource, given_path, open_source
 from zsfs.store.rows import usable_rows
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
@@ -193,7 +193,7 @@ def predict_images(
 
     error = np.full(n, None, dtype=object)
     error[list(errors)] = list(errors.values())
-    return prediction_frame(predicted, confidence, ood_distance, ood_paper, ood_continuous).with_columns(
+    return new_image_predictions(predicted, confidence, ood_distance, ood_paper, ood_continuous).with_columns(
         pl.Series("path", utf8_texts(source.paths), dtype=pl.String), pl.Series("error", error.tolist(), dtype=pl.String),
     ).select("path", *PREDICTION_COLUMNS, "error")
 

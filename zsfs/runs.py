@@ -118,7 +118,7 @@ PREDICTION_COLUMNS = ("predicted", "confidence", "ood_distance", "ood_paper", "o
 """What a fitted run says of new images (``Classifier.classify``'s outputs, in its order)."""
 
 
-def prediction_frame(predicted: np.ndarray, confidence: np.ndarray, ood_distance: np.ndarray, ood_paper: np.ndarray,
+def new_image_predictions(predicted: np.ndarray, confidence: np.ndarray, ood_distance: np.ndarray, ood_paper: np.ndarray,
                      ood_continuous: np.ndarray) -> "pl.DataFrame":
     """The :data:`PREDICTION_COLUMNS` as a table (``FittedRun.predict``, ``zsfs predict``): class
     names, null where there is none; NaN scores (an image not read, a run older than its OOD
@@ -208,7 +208,7 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
     }
 
 
-def predictions_frame(result: "FitResult", store: "Store", labels: "Sequence | None") -> "pl.DataFrame":
+def run_predictions(result: "FitResult", store: "Store", labels: "Sequence | None") -> "pl.DataFrame":
     """The content of predictions.parquet: one row per image of the store, in store order
     (``labels``: the store's, read once by the caller)."""
     import polars as pl
@@ -245,16 +245,7 @@ def save_run(result: "FitResult", store: "Store", config: "FitConfig", run_dir: 
     Everything goes to a temporary sibling folder that is renamed at the end, so ``run_dir`` is
     either complete or absent. An existing ``run_dir`` is an error and is left untouched.
     """
-    return in_memory(result, store, config).save(run_dir).path
-
-
-def in_memory(result: "FitResult", store: "Store", config: "FitConfig") -> "FittedRun":
-    """The run a fit makes, before it is saved: everything the store is needed for is taken now."""
-    labels = store.labels()
-    run = FittedRun(None, run_config(result, store, config), fit_metrics(result, labels) if labels is not None else None,
-                    predictions=predictions_frame(result, store, labels), classifier=result.classifier)
-    store.check_unchanged()  # the fit's rows and these paths and labels are of one build of the store
-    return run
+    return FittedRun.from_fit(result, store, config).save(run_dir).path
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -276,6 +267,15 @@ class FittedRun:
                  predictions: "pl.DataFrame | None" = None, classifier: "Classifier | None" = None):
         self.path, self.config, self._metrics = path, config, metrics
         self._predictions, self._classifier = predictions, classifier
+
+    @classmethod
+    def from_fit(cls, result: "FitResult", store: "Store", config: "FitConfig") -> "FittedRun":
+        """The run a fit of ``store`` made, not saved yet: everything the store is needed for is taken now."""
+        labels = store.labels()
+        run = cls(None, run_config(result, store, config), fit_metrics(result, labels) if labels is not None else None,
+                  predictions=run_predictions(result, store, labels), classifier=result.classifier)
+        store.check_unchanged()  # the fit's rows and these paths and labels are of one build of the store
+        return run
 
     def __repr__(self) -> str:
         where = f"{str(self.path)!r}" if self.path is not None else "not saved"
@@ -352,7 +352,7 @@ class FittedRun:
     @checked_arguments
     def predict(self, features: np.ndarray) -> "pl.DataFrame":
         """Class, confidence and OOD scores of backbone features (rows of the store's backbone)."""
-        return prediction_frame(*self.classifier.classify(self._checked_features(features)))
+        return new_image_predictions(*self.classifier.classify(self._checked_features(features)))
 
     def _checked_features(self, features) -> np.ndarray:
         """``features`` as an (n, D) float array of the run's backbone width, or ParameterError

@@ -137,7 +137,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     from zsfs.devices import check_device
     from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
     from zsfs.outputs import check_new_folder, new_folder
-    from zsfs.runs import in_memory
+    from zsfs.runs import FittedRun
     from zsfs.store import Store
     from zsfs.writable import check_writable
 
@@ -186,7 +186,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
                     console.print(f"fit: {name}...", markup=False)
 
             result = fit_store(store, config, vocabulary, on_phase=on_phase)
-            run = in_memory(result, store, config)
+            run = FittedRun.from_fit(result, store, config)
             on_phase("saving the run")  # not a timed phase: the fit is done
             if folder is not None:
                 run.write_files(folder)
