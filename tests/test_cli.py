@@ -404,6 +404,16 @@ def test_the_fit_options_name_every_parameter_with_the_configs_choices_and_defau
             assert value(text, option, getattr(config, name)) == getattr(config, name), (name, which)
         checked += 1
     assert checked >= 15
+    # the algorithm's constants the help texts name
+    from zsfs.fit.neighbours import IVF_MIN_ROWS
+    from zsfs.fit.transductive import CYCLE_FRACTIONS, MIN_CYCLE_UPDATES
+    from zsfs.store.index import EXACT_MAX
+
+    help_of = {name: " ".join(option.help.split()) for name, option in options.items()}
+    assert f"each of the balanced method's {len(CYCLE_FRACTIONS)} " in help_of["cycle_epochs"]
+    assert f"until its head has made {MIN_CYCLE_UPDATES} updates" in help_of["cycle_epochs"]
+    assert f"it has {IVF_MIN_ROWS // 1000}k images or more" in help_of["ivf_neighbours"]
+    assert f"(up to {EXACT_MAX // 1000}k images;" in help_of["ivf_neighbours"]
 
 
 def test_other_options_show_the_library_defaults():

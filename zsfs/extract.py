@@ -27,8 +27,8 @@ from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_images
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, checked_arguments, literal)
-from zsfs.models import (backbone_as_recorded, clip_as_recorded, clip_tokenizer, encode_vocabulary, load_backbone,
-                         load_clip, load_clip_from_record, same_text_to_clip)
+from zsfs.models import (backbone_as_recorded, clip_architecture, clip_as_recorded, clip_tokenizer, encode_vocabulary,
+                         load_backbone, load_clip, load_clip_from_record, same_text_to_clip)
 from zsfs.names import (as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters,
                         some_names, visible)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -486,8 +486,6 @@ def _other_model_names(master: Path, settings: EmbedSettings) -> str:
     store (or its first run's shards) was built with other models, judged by name (the weights
     are compared once loaded); "" otherwise. A resume without the model options, of a store built
     with others, loaded (downloaded maybe) the default models only to be refused."""
-    from zsfs.models import clip_architecture
-
     recorded = recorded_identity(master)
     built = {role: (recorded.get(role) or {}).get("name") for role in ("clip", "backbone")}
     try:

@@ -123,24 +123,36 @@ def worker_transform(preprocess: Callable, device: str | torch.device = "cpu") -
                                transforms.PILToTensor()]), scaling
 
 
-@dataclass
-class ClipModel:
-    """An open_clip model with its own eval transform and tokenizer. ``preprocess`` gives uint8
-    pixels where ``scaling`` is set (see :class:`PixelScaling`)."""
+@dataclass(kw_only=True)
+class ImageModel:
+    """A model with its own eval transform: ``preprocess`` gives uint8 pixels where ``scaling`` is
+    set (see :class:`PixelScaling`), which the model's first step then scales."""
 
     model: torch.nn.Module
     preprocess: Callable
-    tokenizer: Callable
     record: dict
     device: torch.device
     scaling: PixelScaling | None = None
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels)
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) pixels from ``preprocess`` -> (B, D) float32, L2-normalised."""
         pixels = pixels.to(self.device, non_blocking=True)
-        features = self.model.encode_image(pixels if self.scaling is None else self.scaling(pixels))
+        features = self._image_features(pixels if self.scaling is None else self.scaling(pixels))
         return F.normalize(features.float(), dim=-1)
+
+
+@dataclass(kw_only=True)
+class ClipModel(ImageModel):
+    """An open_clip model with its own eval transform and tokenizer."""
+
+    tokenizer: Callable
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -154,22 +166,9 @@ class ClipModel:
         return F.normalize(torch.cat(chunks), dim=-1)
 
 
-@dataclass
-class Backbone:
-    """A timm feature extractor with its own eval transform (uint8 pixels where ``scaling`` is set)."""
-
-    model: torch.nn.Module
-    preprocess: Callable
-    record: dict
-    device: torch.device
-    scaling: PixelScaling | None = None
-
-    @torch.inference_mode()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) pixels from ``preprocess`` -> (B, D) float32, L2-normalised."""
-        pixels = pixels.to(self.device, non_blocking=True)
-        features = self.model(pixels if self.scaling is None else self.scaling(pixels))
-        return F.normalize(features.float(), dim=-1)
+@dataclass(kw_only=True)
+class Backbone(ImageModel):
+    """A timm feature extractor with its own eval transform (its pre-logits features)."""
 
 
 def same_text_to_clip(tokenizer: Callable, classes: Sequence[str]) -> list[tuple[str, str]]:

@@ -21,8 +21,8 @@ import numpy as np
 
 from zsfs import __version__
 from zsfs.errors import ParameterError, ZsfsError, check_path_type, checked_arguments, refuse_unknown_parameters
-from zsfs.evaluate import OOD_DETECTORS
-from zsfs.names import utf8_texts
+from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, auroc, paper_score_counts, per_class_accuracy
+from zsfs.names import pairs_text, some_names, spelled_like, utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
 from zsfs.writable import check_writable
 
@@ -57,9 +57,6 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
     is_seed, pseudo_label, ood_flag and ood_paper columns); runs of older versions lack some
     figures, whose rows are left out. ``names_shown``: class names listed in one row;
     ``absent_listed_in``: where the absent classes left out of it are all listed."""
-    from zsfs.evaluate import paper_score_counts
-    from zsfs.names import pairs_text, some_names, spelled_like
-
     listed = lambda names: some_names(names, names_shown, "config.json")  # noqa: E731
     rows = []
     if metrics is not None and "accuracy" not in metrics:
@@ -139,8 +136,6 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
     Images whose true label is outside the vocabulary are the OOD ones: when there are some,
     the OOD AUROCs of the paper score, the continuous score and MCM are added.
     """
-    from zsfs.evaluate import LabelCodes, accuracy, auroc, per_class_accuracy
-
     codes = LabelCodes.of(labels)
     truth = codes.index_in(result.classes)  # each image's class index; -1: its label is no class
     is_id = truth >= 0

@@ -14,7 +14,7 @@ import click
 from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupted, note_fit_options, shown,
                               what_failed)
 from zsfs.errors import MAX_SEED, ZsfsError
-from zsfs.devices import DEVICES, PRECISION_CHOICES
+from zsfs.devices import DEVICES, PRECISION_CHOICES, check_device
 from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES
 from zsfs.names import counted
 
@@ -134,7 +134,6 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
       zsfs fit --store imagenet.h5 --keep-all-classes
       zsfs fit --store imagenet.h5 --report        # + report.html to look at
     """
-    from zsfs.devices import check_device
     from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
     from zsfs.outputs import check_new_folder, new_folder
     from zsfs.runs import FittedRun

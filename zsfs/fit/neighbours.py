@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from zsfs.store.index import drop_self, nearest_neighbours
+from zsfs.store.index import MISSING, build_index, drop_self, nearest_neighbours
 
 if TYPE_CHECKING:
     import faiss
@@ -67,12 +67,12 @@ graph was); larger stores take more blocks of ``GRAPH_BLOCK`` rows."""
 
 
 class RunningTop:
-    """The ``width`` best scores seen so far per query, and the rows that gave them (-1: none)."""
+    """The ``width`` best scores seen so far per query, and the rows that gave them (``MISSING``: none)."""
 
     def __init__(self, n_queries: int, width: int, device: torch.device):
         self.width = width
         self.scores = torch.full((n_queries, width), -torch.inf, device=device)
-        self.rows = torch.full((n_queries, width), -1, dtype=torch.int64, device=device)
+        self.rows = torch.full((n_queries, width), MISSING, dtype=torch.int64, device=device)
 
     def update(self, queries: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor | None) -> None:
         """Merge ``scores`` (len(queries) x len(rows)); each query at most once per call.
@@ -89,7 +89,7 @@ def probed_neighbours(
     probes: np.ndarray, *, scan_dtype: torch.dtype = torch.float32, scan: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Row ids ``(len(query_rows), k)``: each query row's ``k`` nearest rows by inner product
-    among the rows of the lists it probes, itself excluded; ``-1`` where those hold too few.
+    among the rows of the lists it probes, itself excluded; ``MISSING`` where those hold too few.
 
     ``embeddings``: ``(N, D)`` rows on the device to search on (any float dtype). ``lists``:
     row ids per list (None: all rows); ``probes``: ``(len(query_rows), P)`` list numbers per
@@ -222,8 +222,6 @@ def open_search(store: "Store", method: str, *, device: torch.device, scan_dtype
     2 x 2.6 GB), better before the CLIP embeddings are in memory than after. For "ivf" on a
     store whose index is exact, the lists are built here (``build_index``, seeded).
     """
-    from zsfs.store.index import build_index
-
     build_lists = method == "ivf" and store.index_info.get("type") == "flat"
     index = store.index() if method in ("faiss", "ivf") and not build_lists else None
     clip = store.read("clip")

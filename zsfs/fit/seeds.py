@@ -14,9 +14,8 @@ import torch
 from zsfs.fit.neighbours import RunningTop
 from zsfs.fit.zeroshot import (CHUNK_ROWS, ZeroShotAccumulator, ZeroShotScores, as_tensor, iter_logit_chunks,
                               pair_logits)
+from zsfs.store.index import MISSING  # padding in candidate and neighbour lists
 
-MISSING = -1
-"""Padding in candidate lists (and in neighbour lists when a collection is tiny)."""
 
 
 class TopCandidates(RunningTop):

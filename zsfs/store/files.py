@@ -63,7 +63,6 @@ def damaged_master_advice(master: Path) -> str:
     """What to do about a master that cannot be read beside a shards folder holding shard files:
     a rebuild reuses them, where ``--overwrite`` would embed every image again ("" without them)."""
     from zsfs.names import as_argument
-    from zsfs.store import schema
 
     shards = schema.shard_dir(master)
     if master.suffix.lower() != schema.SHARD_SUFFIX or not any(shards.glob(schema.SHARD_GLOB)):
@@ -419,6 +418,10 @@ def written_elsewhere(master: Path) -> bool:
 def check_store_lock(master: Path) -> None:
     """Fail now, before long work, if the store cannot be written or another process writes it."""
     release_lock(acquire_lock(master))
+
+
+REPAIR = "rerun the command that made the store: it writes the missing shards again, and only those"
+"""How a store with missing or damaged shard files is repaired (StoreWriter.pending_shards)."""
 
 
 UPDATE_FIX = "make it writable, or copy the store (the .h5 file and its shards folder) to a place that is"

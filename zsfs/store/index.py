@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # faiss is imported lazily: `zsfs --help` must stay fast
     import faiss
     import h5py
 
+MISSING = -1
+"""No row: faiss pads a search's results with it where too few rows are found; zsfs' own searches
+and candidate lists pad the same way."""
 EXACT_MAX = 100_000
 MAX_NLIST = 8192
 TRAIN_POINTS_PER_LIST = 64  # k-means needs ~40+ points per centroid to be stable
@@ -143,7 +146,7 @@ def nearest_neighbours(
 
     ``query_rows[i]`` is the stored row of ``queries[i]``. Each batch asks faiss for ``k + 1``
     neighbours; the query's own row is dropped where it appears, otherwise the last one is.
-    Where the probed IVF lists hold fewer than ``k + 1`` rows in all, faiss pads with -1.
+    Where the probed IVF lists hold fewer than ``k + 1`` rows in all, faiss pads with ``MISSING``.
     """
     query_rows = np.asarray(query_rows, dtype=np.int64)
     if len(queries) != len(query_rows):

@@ -23,10 +23,9 @@ from zsfs import __version__
 from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 from zsfs.names import utf8_text
-from zsfs.store.files import check_written
+from zsfs.store.files import REPAIR, check_written
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_strings
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
-from zsfs.store.reader import REPAIR
 
 if TYPE_CHECKING:  # faiss is imported lazily
     import faiss

@@ -18,7 +18,7 @@ from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, 
 from zsfs.names import as_argument, check_class_names, counted, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, planned_vocabularies, vocabulary_files
-from zsfs.store.files import damaged_master_advice, leftover_temp_files, master_file, written_elsewhere
+from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files, master_file, written_elsewhere
 from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, string_view
 from zsfs.store.index import read_index_blocks
 from zsfs.digests import file_sha256
@@ -79,10 +79,6 @@ def _model_record(attrs: h5py.AttributeManager, role: str) -> dict:
     if not isinstance(record["dim"], int) or isinstance(record["dim"], bool) or record["dim"] < 1:
         raise ValueError(f"its {role} record's dim is not a whole number >= 1: {record['dim']!r}")
     return {"name": None, "weights": None, **record}
-
-
-REPAIR = "rerun the command that made the store: it writes the missing shards again, and only those"
-"""How a store with missing or damaged shard files is repaired (StoreWriter.pending_shards)."""
 
 
 class Store:
