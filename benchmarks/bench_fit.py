@@ -85,7 +85,7 @@ def copy_store(work: Path, size: str, target: Path) -> None:
 
 
 def make_config(name: str):
-    from zsfs.fit.run import FitConfig
+    from zsfs.fit.config import FitConfig
 
     preset, overrides = CONFIGS[name]
     return FitConfig.from_options(paper=preset.startswith("paper"), fast=preset.endswith("fast"), **overrides)

@@ -70,7 +70,7 @@ class Source:
 
 
 def make_config(preset: str, overrides: dict, seed: int):
-    from zsfs.fit.run import FitConfig
+    from zsfs.fit.config import FitConfig
 
     return FitConfig.from_options(paper=preset == "paper", fast=preset == "fast", seed=seed, **overrides)
 

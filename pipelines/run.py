@@ -137,7 +137,7 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
     from zsfs.cli.common import option_flags
     from zsfs.cli.fit import PARAMETERS
     from zsfs.errors import ParameterError
-    from zsfs.fit.run import FitConfig
+    from zsfs.fit.config import FitConfig
 
     try:
         words = shlex.split(text)

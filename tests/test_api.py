@@ -255,7 +255,7 @@ def test_each_preset_gives_the_config_it_names(tmp_path):
     """zsfs.fit(preset=...) is the CLI's --paper / --fast: each name must give its own FitConfig."""
     from dataclasses import asdict
 
-    from zsfs.fit.run import FitConfig
+    from zsfs.fit.config import FitConfig
 
     store_path = make_synthetic_store(tmp_path / "s.h5", 50, 2, seed=4, clip_dim=32, backbone_dim=64)
     given = dict(k=2, candidates=6, cycle_epochs=1)

@@ -69,7 +69,7 @@ def test_sigterm_is_handled_only_while_a_command_runs(monkeypatch, tmp_path):
     seen = []
     # a program's own process, which no earlier test's in-process ray.init gave Ray's handler
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    monkeypatch.setattr("zsfs.store.Store", lambda *args: seen.append(signal.getsignal(signal.SIGTERM)) or 1 / 0)
+    monkeypatch.setattr("zsfs.cli.store.Store", lambda *args: seen.append(signal.getsignal(signal.SIGTERM)) or 1 / 0)
     try:
         run_cli("info", tmp_path / "s.h5")
     except ZeroDivisionError:  # a bug's traceback: the handler goes too
@@ -81,12 +81,10 @@ def test_sigterm_is_handled_only_while_a_command_runs(monkeypatch, tmp_path):
 
 
 def test_ctrl_c_message_does_not_promise_a_resume_for_every_command(monkeypatch, tmp_path):
-    import zsfs.store
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(zsfs.store, "Store", interrupted)
+    monkeypatch.setattr("zsfs.cli.store.Store", interrupted)
     result = run_cli("info", "s.h5")
     assert result.exit_code == 130
     assert "Interrupted." in result.output and "resume" not in result.output  # it spoke of extract and import
@@ -378,7 +376,7 @@ def test_the_fit_options_name_every_parameter_with_the_configs_choices_and_defau
     import re
 
     from zsfs.cli.fit import PARAMETERS, fit_command
-    from zsfs.fit.run import FitConfig
+    from zsfs.fit.config import FitConfig
 
     assert sorted(PARAMETERS) == sorted(field.name for field in dataclasses.fields(FitConfig))
     options = {param.name: param for param in fit_command.params if param.name in PARAMETERS}

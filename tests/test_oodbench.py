@@ -14,7 +14,7 @@ import pytest
 from zsfs.cli.common import console
 from zsfs.errors import ZsfsError
 from zsfs.evaluate import auroc, id_ood_splits
-from zsfs.fit.run import FitConfig
+from zsfs.fit.config import FitConfig
 from zsfs.evaluate import LabelCodes
 from zsfs.oodbench import ood_bench, score_split, summarize
 from zsfs.store import Store, write_vocabulary

@@ -16,7 +16,8 @@ import pytest
 
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import extract
-from zsfs.fit.run import FitConfig, fit_store
+from zsfs.fit.config import FitConfig
+from zsfs.fit.run import fit_store
 from zsfs.predict import predict_images, write_predictions
 from zsfs.runs import load_run, save_run
 from zsfs.store import Store

@@ -178,7 +178,7 @@ def test_bench_quality_absent_figures_by_hand(tmp_path, monkeypatch):
     import numpy as np
 
     import zsfs.fit.run
-    from zsfs.fit.run import FitConfig
+    from zsfs.fit.config import FitConfig
     from zsfs.testing.synthetic import make_synthetic_store
 
     from benchmarks import bench_quality as bench
@@ -245,7 +245,7 @@ def test_bench_fit_overall_pseudo_label_precision_weighs_cycles_by_their_size():
 
 
 def test_bench_fit_configs_are_what_their_names_say():
-    from zsfs.fit.run import FitConfig
+    from zsfs.fit.config import FitConfig
 
     from benchmarks import bench_fit as bench
     config = {name: bench.make_config(name) for name in bench.CONFIGS}
@@ -320,7 +320,7 @@ def test_bench_quality_ood_rows_by_hand(tmp_path, monkeypatch):
     """Each split's AUROC and FPR95 under its own detector and config; the paper's MCM and
     continuous score (the default's numbers again) left out; ID accuracy per split."""
     import zsfs.oodbench
-    from zsfs.fit.run import FitConfig
+    from zsfs.fit.config import FitConfig
     from zsfs.testing.synthetic import make_synthetic_store
 
     from benchmarks import bench_quality as bench

@@ -43,7 +43,8 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     ``.predictions``, ``.metrics`` (None when the store has no labels), ``.config`` and ``.save(dir)``.
     """
     from zsfs.errors import ParameterError, check_parameter_type, literal, refuse_unknown_parameters
-    from zsfs.fit.run import FitConfig, fit_store
+    from zsfs.fit.config import FitConfig
+    from zsfs.fit.run import fit_store
     from zsfs.runs import FittedRun
     from zsfs.store import Store
 

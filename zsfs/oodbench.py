@@ -24,7 +24,8 @@ from zsfs.outputs import new_folder, write_json
 from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, composed_names, id_ood_splits, mean_std, ood_metrics
 
 if TYPE_CHECKING:
-    from zsfs.fit.run import FitConfig, FitResult
+    from zsfs.fit.config import FitConfig
+    from zsfs.fit.run import FitResult
     from zsfs.store import Store
 
 
@@ -99,7 +100,8 @@ def ood_bench(
     used for every split. ``on_start(n_splits)``, ``on_split(number, result)`` and ``on_phase(name)``
     (each phase of each split's fit, as ``fit_store`` names it) report progress.
     """
-    from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
+    from zsfs.fit.config import FitConfig
+    from zsfs.fit.run import fit_store, resolve_vocabulary
 
     if not isinstance(config, FitConfig):
         raise ParameterError(f"{{config}} must be a zsfs.FitConfig, not {literal(repr(config))}")

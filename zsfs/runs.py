@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     import polars as pl
 
     from zsfs.fit.classifier import Classifier
-    from zsfs.fit.run import FitConfig, FitResult
+    from zsfs.fit.config import FitConfig
+    from zsfs.fit.run import FitResult
     from zsfs.store import Store
 
 PREDICTIONS = "predictions.parquet"

@@ -22,7 +22,7 @@ from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, share
 from zsfs.names import visible
 
 if TYPE_CHECKING:
-    from zsfs.fit.run import FitConfig
+    from zsfs.fit.config import FitConfig
 
 
 class _MessagesConsole(Console):

@@ -134,7 +134,8 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
       zsfs fit --store imagenet.h5 --keep-all-classes
       zsfs fit --store imagenet.h5 --report        # + report.html to look at
     """
-    from zsfs.fit.run import FitConfig, fit_store, resolve_vocabulary
+    from zsfs.fit.config import FitConfig
+    from zsfs.fit.run import fit_store, resolve_vocabulary
     from zsfs.outputs import check_new_folder, new_folder
     from zsfs.runs import FittedRun
     from zsfs.store import Store

@@ -39,7 +39,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     import json
 
     from zsfs.devices import check_device
-    from zsfs.fit.run import FitConfig
+    from zsfs.fit.config import FitConfig
     from zsfs.oodbench import ood_bench as run_bench, write_metrics
     from zsfs.outputs import check_new_folder
     from zsfs.store import Store

@@ -6,7 +6,8 @@ folder; ``load_classifier`` reloads its classifier for inference on new images.
 
 from zsfs import api
 from zsfs.fit.classifier import Classifier, load_classifier
-from zsfs.fit.run import FitConfig, FitResult, fit_store
+from zsfs.fit.config import FitConfig
+from zsfs.fit.run import FitResult, fit_store
 
 api.callable_module(__name__, api.fit, api.spelled_out(api.fit, FitConfig))  # zsfs.fit(store, k=16): the front door (zsfs/api.py)
 
