@@ -713,6 +713,25 @@ def test_ood_histograms_split_images_by_whether_their_true_label_is_a_class(phot
     assert shown.count(f">{TRUTH_GROUPS[1]}<") == 2 and TRUTH_GROUPS[2] not in shown  # only groups with images
 
 
+def test_the_cycles_table_is_the_fit_commands_with_each_cycles_own_figures(photo_run):
+    """Review: the page's cycles table was written apart from the fit command's and lacked its
+    "first loss" column."""
+    config = json.loads((photo_run / runs.CONFIG).read_text())
+    metrics = json.loads((photo_run / runs.METRICS).read_text())
+    page = section_of(render_report(photo_run), "figures")
+    header = re.findall(r"<th>([^<]*)</th>", page)
+    assert header == ["cycle", "candidates", "kept", "trained on", "epochs", "first loss", "seed precision"]
+    cells = re.findall(r"<tr>((?:<td>[^<]*</td>)+)</tr>", page)
+    assert len(cells) == len(config["cycles"]) >= 1
+    for row, cycle in zip(cells, config["cycles"]):
+        values = re.findall(r"<td>([^<]*)</td>", row)
+        precision = {p["cycle"]: p["precision"] for p in metrics["seed_precision"]}[cycle["cycle"]]
+        assert values == [str(cycle["cycle"]), f"{cycle['n_candidates']:,}", f"{cycle['n_kept']:,}",
+                          f"{cycle['n_trained']:,}", str(cycle["epochs"]),
+                          "-" if cycle["first_loss"] is None else f"{cycle['first_loss']:.4f}", f"{precision:.4f}"]
+    assert any(cycle["first_loss"] is not None for cycle in config["cycles"])
+
+
 def test_the_per_class_and_seed_options_of_the_command_reach_the_page(photo_run, tmp_path):
     out = tmp_path / "one.html"
     result = run_cli("report", photo_run, "--per-class", "1", "--ood-images", "2", "--seed", "3", "--out", out)

@@ -26,7 +26,7 @@ from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import as_argument, counted, reasons_text, visible
 from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically, written_file
-from zsfs.runs import REPORT, FittedRun, load_run, summary_rows
+from zsfs.runs import REPORT, FittedRun, cycle_rows, load_run, summary_rows
 from zsfs.sources import ImageSource
 from zsfs.tars import locate_members
 from zsfs.thumbnails import thumbnails
@@ -243,9 +243,7 @@ def _figures(run: FittedRun, frame) -> str:
         precision = {p["cycle"]: p["precision"] for p in (run.metrics or {}).get("seed_precision", [])}
         kept = [c["n_kept"] for c in cycles]
         parts.append(figures.cycles(kept, [precision.get(c["cycle"]) for c in cycles] if precision else None))
-        header = ["cycle", "candidates", "kept", "trained on", "epochs"] + (["precision"] if precision else [])
-        rows = [[c["cycle"], f"{c['n_candidates']:,}", f"{c['n_kept']:,}", f"{c['n_trained']:,}", c["epochs"]]
-                + ([_fraction(precision.get(c["cycle"]))] if precision else []) for c in cycles]
+        header, rows = cycle_rows(run.config, run.metrics)
         parts.append(_table(rows, header))
     return _section("figures", "OOD scores and self-training", "".join(f'<div class="figure">{p}</div>'
                                                                      if p.startswith("<svg") else p for p in parts))
@@ -434,10 +432,6 @@ def _percent(share: float) -> str:
     if share >= 0.01:
         return f"{100 * share:.1f} %"
     return f"{100 * share:.2g} %" if share >= 1e-5 else "< 0.001 %"
-
-
-def _fraction(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def _e(value) -> str:

@@ -51,6 +51,20 @@ def refuse_run_file(path: Path) -> None:
         raise ZsfsError(f"{path} is a file of the fit run in {path.parent}: writing it would replace the run's "
                         "own; choose another file")
 
+def cycle_rows(config: dict, metrics: dict | None) -> tuple[list[str], list[list[str]]]:
+    """The run's self-training cycles as (header, rows of plain text), for the fit command's table
+    and the report's: seed precision only where the store has labels (metrics.json), "-" where a
+    cycle has no such figure."""
+    precision = {p["cycle"]: p["precision"] for p in (metrics or {}).get("seed_precision", [])}
+    header = ["cycle", "candidates", "kept", "trained on", "epochs", "first loss"] + (
+        ["seed precision"] if precision else [])
+    figure = lambda value: "-" if value is None else f"{value:.4f}"  # noqa: E731
+    rows = [[str(c["cycle"]), f"{c['n_candidates']:,}", f"{c['n_kept']:,}", f"{c['n_trained']:,}", str(c["epochs"]),
+             figure(c.get("first_loss"))] + ([figure(precision.get(c["cycle"]))] if precision else [])
+            for c in config.get("cycles") or []]
+    return header, rows
+
+
 def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", names_shown: int,
                  absent_listed_in: str = "config.json") -> list[tuple[str, str]]:
     """What a run's summary says, as (label, plain text) rows: the fit command's table and the

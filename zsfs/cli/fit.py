@@ -236,7 +236,7 @@ def show_summary(run: "FittedRun", run_dir: Path) -> None:
     """The run's summary (:func:`zsfs.runs.summary_rows`) and its cycles, as tables."""
     from rich.table import Table
 
-    from zsfs.runs import summary_rows
+    from zsfs.runs import cycle_rows, summary_rows
 
     table = Table(title="zsfs fit", title_justify="left")
     table.add_column("", style="bold")
@@ -246,14 +246,11 @@ def show_summary(run: "FittedRun", run_dir: Path) -> None:
     console.print(table)
 
     cycles = Table(title="cycles", title_justify="left")
-    for name in ("cycle", "candidates", "kept", "trained on", "epochs", "first loss", "seed precision"):
+    header, rows = cycle_rows(run.config, run.metrics)
+    for name in header:
         cycles.add_column(name, justify="right")
-    precision = {p["cycle"]: p["precision"] for p in (run.metrics or {}).get("seed_precision", [])}
-    for c in run.config["cycles"]:
-        p = precision.get(c["cycle"])
-        cycles.add_row(str(c["cycle"]), f"{c['n_candidates']:,}", f"{c['n_kept']:,}", f"{c['n_trained']:,}",
-                       str(c["epochs"]), "-" if c["first_loss"] is None else f"{c['first_loss']:.4f}",
-                       "-" if p is None else f"{p:.4f}")
+    for row in rows:
+        cycles.add_row(*row)
     console.print(cycles)
     console.print(f"Run written to [bold]{shown(run_dir)}[/]")
 
