@@ -691,3 +691,22 @@ def test_a_vocabulary_a_python_caller_planned_but_did_not_write_is_named_with_it
                      prompt="a photo of a {}.", n_templates=1)
     with Store(master) as store:
         assert store.unwritten_vocabularies == [] and store.unwritten_note() == ""
+
+
+def test_a_store_opened_by_a_name_whose_shards_another_master_reads_names_that_master(tmp_path, arrays):
+    """Review: `--out mystore` (no suffix) then `zsfs info mystore.h5`, or a store renamed since it
+    was built, said "not finished; rerun the command that builds it", and that rerun was refused."""
+    bare = build(tmp_path / "mystore", arrays)
+    with pytest.raises(StoreError) as caught:
+        Store(tmp_path / "mystore.h5")
+    assert str(caught.value) == (f"store {tmp_path / 'mystore.h5'} does not exist; mystore.shards/ holds the shards "
+                                 f"of the store {bare}: pass that path")
+    built = build(tmp_path / "p3.h5", arrays)
+    renamed = built.rename(tmp_path / "p3renamed.h5")
+    with pytest.raises(StoreError, match=f"p3.shards/ holds the shards of the store {re.escape(str(renamed))}: pass"):
+        Store(built)
+    with Store(renamed) as store:
+        assert store.n_images == N
+    renamed.unlink()  # no master reads the folder: a store stopped before its master
+    with pytest.raises(StoreError, match=r"is not finished \(its shards are in p3.shards/\); rerun the command"):
+        Store(built)

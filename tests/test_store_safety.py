@@ -455,13 +455,17 @@ def test_extract_and_text_on_a_read_only_mount_are_a_clear_error(base, store, tm
     read_only = [*namespace, "sh", "-c", f'mount --bind -o {",".join(["ro", *kept])} "$1" "$2" && shift 2 && exec "$@"',
                  "sh", str(store.parent), str(mount)]
     mounted = mount / store.name
-    for args in (("text", mounted, "--classes", mount / "classes.txt", "--name", "x"), extract_args(base, mounted)):
+    for args in (("text", mounted, "--classes", mount / "classes.txt", "--name", "x"),
+                 (*extract_args(base, mounted), "--classes", mount / "classes.txt", "--vocab", "x")):  # one to add
         outcome = run_zsfs(*args, launcher=read_only)
         assert outcome.returncode == 1 and outcome.problems == [], outcome.output
         assert "Read-only file system" in outcome.output
         if args[0] == "extract":  # review: "choose another location" would embed everything again
             assert "choose another location" not in outcome.output and "make it writable, or copy the store (the " \
                 ".h5 file and its shards folder) to a place that is" in " ".join(outcome.output.split())
+    # the command that built it again: nothing to write, so nothing the mount refuses
+    outcome = run_zsfs(*extract_args(base, mounted), launcher=read_only)
+    assert outcome.returncode == 0 and outcome.problems == [], outcome.output
 
 
 def test_reading_a_store_that_another_process_is_building_says_so(tmp_path):

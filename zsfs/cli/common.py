@@ -314,7 +314,7 @@ def note_a_borrowed_shards_folder(master: "os.PathLike", folder: str | None = No
     from pathlib import Path
 
     from zsfs.store import schema
-    from zsfs.store.writer import shard_folders_named
+    from zsfs.store.hdf5 import shard_folders_named
 
     master = Path(master)
     folder = folder or min(shard_folders_named(master), default=None)

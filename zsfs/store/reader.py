@@ -19,7 +19,7 @@ from zsfs.names import as_argument, check_class_names, counted, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, planned_vocabularies, vocabulary_files
 from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files, master_file, written_elsewhere
-from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, string_view
+from zsfs.store.hdf5 import canonical_json, masters_reading, read_identity, read_strings, string_view
 from zsfs.store.index import read_index_blocks
 from zsfs.digests import file_sha256
 from zsfs.store.integrity import check_structure, read_all
@@ -537,8 +537,13 @@ def open_master(path: Path) -> h5py.File:
         meant = _did_you_mean(path)
         if meant:
             raise StoreError(f"store {path} does not exist{meant}")
-        if schema.shard_dir(path).is_dir():
-            raise StoreError(f"store {path} is not finished (its shards are in {schema.shard_dir(path).name}/); "
+        shards = schema.shard_dir(path)
+        if shards.is_dir():
+            readers = masters_reading(shards, other_than=path)
+            if readers:  # named without a suffix (--out photos), or renamed since: that file is the store
+                raise StoreError(f"store {path} does not exist; {shards.name}/ holds the shards of the store "
+                                 f"{readers[0]}: pass that path")
+            raise StoreError(f"store {path} is not finished (its shards are in {shards.name}/); "
                              "rerun the command that builds it to finish")
         raise StoreError(f"store {path} does not exist; create it with `zsfs extract` or `zsfs import`")
     if path.is_dir():

@@ -15,7 +15,7 @@ import math
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -24,7 +24,8 @@ from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import schema
 from zsfs.store.files import (LOCK_SUFFIX, acquire_lock, damaged_master_advice, master_file, new_hdf5, release_lock, remove_file, remove_leftover_temp_files,
                               temp_files_of, written_elsewhere)
-from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_checked, write_strings
+from zsfs.store.hdf5 import (canonical_json, masters_reading, read_identity, read_strings, shard_folders_named,
+                             write_checked, write_strings)
 from zsfs.digests import file_sha256
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.integrity import read_all
@@ -104,18 +105,11 @@ def check_own_shards_folder(master: Path, overwrite: bool = False) -> None:
         return  # nobody's shards are there
     if master.is_file() and folder.name in shard_folders_named(master):
         return  # its own: another master reading them is a copy of this one, stale once this one is rebuilt
-    try:
-        entries = [entry for entry in master.parent.iterdir() if entry.name != master.name and entry.is_file()
-                   and (entry.suffix.lower() in schema.HDF5_SUFFIXES or schema.shard_dir(entry) == folder)]
-    except OSError:  # an unlistable folder: the write itself will say what is wrong
-        return
     identity = recorded_identity(master) if master.is_file() else {}
-    for entry in entries:
+    for entry in masters_reading(folder, other_than=master):
         if master.exists() and os.path.samefile(entry, master):  # another name of this very store
             continue
-        if identity and recorded_identity(entry) == identity:  # a copy of its master
-            continue
-        if folder.name in shard_folders_named(entry):
+        if not (identity and recorded_identity(entry) == identity):  # not a copy of its master
             raise StoreError(f"{entry} keeps its shards in {folder.name}/, where {master.name} would write its own "
                              f"(a store's shards folder is named after its name without the suffix); choose an "
                              f"output with another name")
@@ -164,20 +158,6 @@ def _stores_being_written_beside(master: Path) -> list[Path]:
     stores = [master.parent / name[1 : -len(LOCK_SUFFIX)] for name in names
               if name.startswith(".") and name.endswith(LOCK_SUFFIX)]
     return [store for store in stores if written_elsewhere(store)]
-
-
-def shard_folders_named(path: Path) -> set[str]:
-    """The folders a zsfs master's shard table names (none for other files): its own
-    (``schema.shard_dir``), or its first name's when it was renamed or copied under a new name."""
-    try:
-        if not h5py.is_hdf5(path):
-            return set()
-        with h5py.File(path, "r") as file:
-            if read_identity(file) is None or schema.SHARDS_FILE not in file:
-                return set()
-            return {PurePosixPath(name).parts[0] for name in read_strings(file[schema.SHARDS_FILE])}
-    except (OSError, ValueError, IndexError):
-        return set()
 
 
 class StoreWriter:
