@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -567,6 +566,31 @@ def test_a_file_whose_decoding_hangs_is_set_aside_and_the_run_goes_on(tmp_path):
         assert store.n_images == len(folder["good"]) - 1
 
 
+class _WatchClock:
+    """The hang watch's clock, moved by the test alone: its ticks (real waits) between two moves
+    count nothing, so a late wake-up of a busy machine changes no count."""
+
+    def __init__(self) -> None:
+        self.now = 1e6
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _advance_until_hung(clock: _WatchClock, watch, tick: float, most: float) -> float:
+    """Move ``clock`` one tick at a time, a real tick apart, until ``watch`` stops a process; the
+    clock time that took (``most`` and more: not stopped)."""
+    moved = 0.0
+    while not watch.hung and moved <= most:
+        clock.now += tick
+        moved += tick
+        time.sleep(tick * 1.5)
+    deadline = time.monotonic() + 10
+    while not watch.hung and time.monotonic() < deadline:  # the watch's last tick may come late
+        time.sleep(0.1)
+    return moved
+
+
 def test_a_paused_run_is_not_taken_for_a_hang(monkeypatch):
     """Bug: the watch compared the clock with when each file began; a run stopped (Ctrl-Z, a
     suspended job) for longer than the limit and continued found every decoding process past it,
@@ -576,17 +600,20 @@ def test_a_paused_run_is_not_taken_for_a_hang(monkeypatch):
 
     import zsfs.embedding as embedding
 
-    monkeypatch.setattr(embedding, "HUNG_DECODE_SECONDS", 4.0)  # 2.8 s to spare for a busy machine's delays
+    clock = _WatchClock()
+    monkeypatch.setattr(embedding, "time", clock)
+    monkeypatch.setattr(embedding, "HUNG_DECODE_SECONDS", 1.0)  # a tick every 0.25 s
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     loader = type("Loader", (), {"_workers": [sleeper]})()
     decoding = multiprocessing.RawArray("q", [3])
-    since = multiprocessing.RawArray("d", [time.monotonic() - 1000])  # began long ago, then the run was paused
+    since = multiprocessing.RawArray("d", [clock.now - 1000])  # began long ago, then the run was paused
     try:
         with embedding.HangWatch(loader, decoding, since) as watch:
-            time.sleep(1.2)
+            time.sleep(1.0)  # ticks while the clock stands still: no time awake
             assert sleeper.poll() is None and watch.hung == {}
-            sleeper.wait(timeout=10)  # on the same file for 4 s of the watch's own time: stopped
-            assert watch.hung == {0: 3} and sleeper.returncode == -signal.SIGKILL
+            moved = _advance_until_hung(clock, watch, 0.25, 3.0)
+            sleeper.wait(timeout=10)  # on the same file for 1 s of the watch's own time: stopped
+            assert watch.hung == {0: 3} and sleeper.returncode == -signal.SIGKILL and moved >= 1.0
     finally:
         sleeper.kill()
 
@@ -596,26 +623,26 @@ def test_a_pause_while_a_file_decodes_does_not_count_as_decoding_time(monkeypatc
     jumps 1000 s here, as across a SIGSTOP and SIGCONT); at most two of its ticks count."""
     import multiprocessing
     import subprocess
-    import types
 
     import zsfs.embedding as embedding
 
-    paused = {"seconds": 0.0}
-    clock = types.SimpleNamespace(monotonic=lambda: time.monotonic() + paused["seconds"])
+    clock = _WatchClock()
     monkeypatch.setattr(embedding, "time", clock)
-    monkeypatch.setattr(embedding, "HUNG_DECODE_SECONDS", 8.0)  # a tick every 2 s; at most 4 s counted per wake-up
+    monkeypatch.setattr(embedding, "HUNG_DECODE_SECONDS", 2.0)  # a tick every 0.5 s; at most 1 s counted per wake-up
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     loader = type("Loader", (), {"_workers": [sleeper]})()
     decoding = multiprocessing.RawArray("q", [5])
-    since = multiprocessing.RawArray("d", [clock.monotonic()])
+    since = multiprocessing.RawArray("d", [clock.now])
     try:
         with embedding.HangWatch(loader, decoding, since) as watch:
-            time.sleep(2.5)  # seen once: 2 s
-            paused["seconds"] = 1000.0
-            time.sleep(2.5)  # the wake-up after the pause: 4 s more, 6 in all
+            clock.now += 0.5  # one tick awake
+            time.sleep(1.0)
+            clock.now += 1000.0  # the pause: counted as two ticks at most, 1.5 s in all
+            time.sleep(1.0)
             assert sleeper.poll() is None and watch.hung == {}
-            sleeper.wait(timeout=10)  # 8 s on the same file
-            assert watch.hung == {0: 5}
+            moved = _advance_until_hung(clock, watch, 0.5, 2.0)  # 2 s on the same file
+            sleeper.wait(timeout=10)
+            assert watch.hung == {0: 5} and 0.5 <= moved <= 1.0
     finally:
         sleeper.kill()
 
@@ -863,30 +890,24 @@ def test_weights_files_give_the_in_memory_models_embeddings(photos, tmp_path):
             assert info["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
 
 
-def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path, monkeypatch):
-    from zsfs.store.writer import StoreWriter
+def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path):
+    """A real write failure in this process (a file-size limit below a shard's size, as a full disk
+    fails it): one line, no half-written file, and a rerun writes the store."""
+    from zsfs.testing.failures import file_size_limit_here
 
-    write_file = StoreWriter._write_shard_file
-    written = []
-
-    def fill_disk_after_one_shard(self, path, shard, *args):
-        if written:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        written.append(shard)
-        return write_file(self, path, shard, *args)
-
-    monkeypatch.setattr(StoreWriter, "_write_shard_file", fill_disk_after_one_shard)
     out = tmp_path / "s.h5"
-    full = run_cli("extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "8")
-    assert full.exit_code == 1 and "disk is full" in full.output and "Traceback" not in full.output
-    assert [p.name for p in (tmp_path / "s.shards").iterdir()] == ["shard-00000.h5"]  # no half-written files
+    extract = ("extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "8")
+    with file_size_limit_here(2_000):
+        full = run_cli(*extract)
+    assert full.exit_code == 1 and "disk is full (or a file-size limit was reached)" in full.output
+    assert "Traceback" not in full.output
+    assert list((tmp_path / "s.shards").iterdir()) == []  # no half-written files
     # Regression: the embedding generator once held inference mode across its yields, so a run
     # that stopped early left autograd off for the rest of the process (fit training then failed).
     assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
 
-    monkeypatch.setattr(StoreWriter, "_write_shard_file", write_file)
-    resumed = run_cli("extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "8")
-    assert resumed.exit_code == 0 and "2 / 1" in resumed.output  # 19 files / 8 = 3 shards: written / reused
+    resumed = run_cli(*extract)
+    assert resumed.exit_code == 0 and "3 / 0" in resumed.output  # 19 files / 8 = 3 shards: written / reused
 
 
 def test_class_folders_that_print_alike_are_refused_before_the_models_load(tmp_path, monkeypatch):

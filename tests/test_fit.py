@@ -616,6 +616,9 @@ def test_fit_config_refuses_a_bad_value_where_it_is_written(store_path):
         FitConfig(k=0)
     with pytest.raises(ParameterError, match="^k 20 is larger than candidates 10"):
         FitConfig.paper(k=20, candidates=10)
+    with pytest.raises(ParameterError, match="^k 11 is larger than candidates 10"):  # the boundary (mutation review)
+        FitConfig(k=11, candidates=10)
+    assert FitConfig(k=10, candidates=10).k == 10  # every candidate a seed
     config = FitConfig(k=2)
     config.k = 0  # a field set since: fit_store checks again
     with Store(store_path) as store, pytest.raises(ParameterError, match="^k must be at least 1, not 0$"):
@@ -629,6 +632,16 @@ def test_damaged_classifier_file_is_a_clear_error(tmp_path):
     path = tmp_path / "classifier.pt"
     torch.save({"format": CLASSIFIER_FORMAT, "version": 1}, path)
     with pytest.raises(ZsfsError, match="damaged zsfs classifier"):
+        load_classifier(path)
+
+
+def test_a_classifier_of_a_newer_format_asks_for_a_newer_zsfs(tmp_path):
+    """Mutation review: no test wrote a classifier file of a later format version."""
+    from zsfs.fit.classifier import CLASSIFIER_FORMAT, CLASSIFIER_VERSION
+
+    path = tmp_path / "classifier.pt"
+    torch.save({"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION + 1, "classes": ["a"]}, path)
+    with pytest.raises(ZsfsError, match=f"^{re.escape(str(path))} was written by a newer zsfs; upgrade zsfs to read it$"):
         load_classifier(path)
 
 

@@ -14,7 +14,8 @@ import resource
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,20 @@ def run_zsfs(*args, file_size_limit: int | None = None, cwd: Path | None = None,
     result = subprocess.run([*launcher, sys.executable, "-c", RUN_CLI, *map(str, args)], preexec_fn=limit, cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=timeout)
     return Outcome(result.returncode, result.stdout + result.stderr)
+
+
+@contextmanager
+def file_size_limit_here(limit: int) -> Iterator[None]:
+    """This process's writes capped at ``limit`` bytes a file for the block, as :func:`run_zsfs`
+    caps a child's (the soft limit only: it is raised back after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
 
 def store_content(master: Path) -> dict:
