@@ -890,6 +890,24 @@ def test_weights_files_give_the_in_memory_models_embeddings(photos, tmp_path):
             assert info["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
 
 
+def test_progress_in_a_log_is_lines_while_the_work_runs_and_the_rate_of_the_images(photos, tmp_path, monkeypatch):
+    """Review: with stderr in a file (nohup, Slurm), extract printed nothing while it ran, then one
+    bar at the end with the last batch's rate ("100/100 27,804.6 img/s")."""
+    import zsfs.cli.common as common
+
+    monkeypatch.setattr(common, "LOG_SECONDS", 0.0)  # a line after every batch
+    result = run_cli("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
+                     "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("embedding:")]
+    n = len(photos["good"]) + len(photos["bad"])  # every listed file is decoded, or found not to decode
+    assert lines[0] == f"embedding: {n} img to do" and "━" not in result.output  # no bar drawn into the log
+    done = [int(re.match(r"embedding: (\d+) of ", line).group(1)) for line in lines[1:]]
+    assert done == sorted(done) and len(done) >= 3 and done[-1] == n and all(d < n for d in done[:-1])
+    assert re.fullmatch(rf"embedding: {n} of {n} img \(100 %\) in \d+:\d\d:\d\d, [\d,.]+ img/s", lines[-1])
+    assert all(re.search(r", \d+:\d\d:\d\d left$", line) for line in lines[1:-1])
+
+
 def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path):
     """A real write failure in this process (a file-size limit below a shard's size, as a full disk
     fails it): one line, no half-written file, and a rerun writes the store."""

@@ -8,8 +8,10 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -407,14 +409,23 @@ class _ItemsPerSecond(ProgressColumn):
                     style="progress.data.speed")
 
 
+LOG_SECONDS = 10.0
+"""Where no terminal shows a bar (a log of nohup, Slurm, CI), a line of progress this often."""
+
+
 @contextmanager
 def image_progress(description: str, unit: str = "img") -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
     """A progress bar over images (count, images/s, ETA) for a long library call; yields the
     call's ``(on_start(total), on_advance(n))`` hooks and stops the bar however the call ends.
 
     The bar starts at ``on_start``, once the total is known (after model loading), so that the
-    rate is not diluted by set-up time. ``unit``: what is counted, for the rate column.
+    rate is not diluted by set-up time. ``unit``: what is counted, for the rate column. Where
+    stderr is no terminal, lines instead (:func:`_logged_progress`).
     """
+    if not console.is_terminal:
+        with _logged_progress(description, unit) as hooks:
+            yield hooks
+        return
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ItemsPerSecond(unit),
                         TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
     task = progress.add_task(description, total=None, start=False)
@@ -431,3 +442,42 @@ def image_progress(description: str, unit: str = "img") -> Iterator[tuple[Callab
     finally:
         if progress.live.is_started:  # stopping a bar never shown prints an empty line where no terminal is
             progress.stop()
+
+
+@contextmanager
+def _logged_progress(description: str, unit: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """:func:`image_progress` for a log: a line as the work starts, one every :data:`LOG_SECONDS`
+    (done, share, rate since the start, time left) and one at the end (a bar rendered once, at
+    the end, showed nothing while the work ran, then the last batch's rate)."""
+    state = {"total": 0, "done": 0, "started": 0.0, "logged": 0.0, "advanced": 0.0}
+
+    def line(final: bool = False) -> None:
+        now = time.monotonic()
+        # at the end, up to the last item counted: what the call does after them is not their rate
+        total, done, elapsed = state["total"], state["done"], max((state["advanced"] if final else now)
+                                                                  - state["started"], 1e-9)
+        rate = done / elapsed
+        left = f", {timedelta(seconds=round((total - done) / rate))} left" if rate and not final and done < total else ""
+        took = f" in {timedelta(seconds=round(elapsed))}" if final else ""
+        console.print(f"{description}: {done:,} of {total:,} {unit} ({100 * done / total:.0f} %){took}, "
+                      f"{rate:,.1f} {unit}/s{left}", markup=False, highlight=False)
+        state["logged"] = now
+
+    def on_start(total: int) -> None:
+        if total == 0:
+            return
+        state.update(total=total, started=time.monotonic())
+        console.print(f"{description}: {total:,} {unit} to do", markup=False, highlight=False)
+        state["logged"] = state["started"]
+
+    def on_advance(n: int) -> None:
+        state["done"] += n
+        state["advanced"] = time.monotonic()
+        if time.monotonic() - state["logged"] >= LOG_SECONDS and state["done"] < state["total"]:
+            line()
+
+    try:
+        yield on_start, on_advance
+    finally:
+        if state["total"] and state["done"]:
+            line(final=True)

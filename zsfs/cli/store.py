@@ -11,16 +11,12 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import (OVERWRITING, GivenPath, console, image_progress, note_a_borrowed_shards_folder,
+from zsfs.cli.common import (LOG_SECONDS, OVERWRITING, GivenPath, console, image_progress, note_a_borrowed_shards_folder,
                               note_emulated_bf16, shown)
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, reasons_text, some_names, utf8_text, visible
 from zsfs.store import Store, schema
-
-
-LOG_SECONDS = 10.0
-"""Where no terminal shows a spinner (a job's log), import says how far it got this often."""
 
 
 def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Path]:
