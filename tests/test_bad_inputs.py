@@ -301,3 +301,14 @@ def test_pillow_warnings_stay_off_the_terminal(tmp_path):
                            "--workers", workers)
         assert outcome.returncode == 0 and "Warning" not in outcome.output, outcome.output
         assert "images in the store │ 1" in output_text(outcome)
+
+
+def test_a_folder_whose_file_system_makes_no_files_is_named_so_not_missing():
+    """Review: `--out /proc/x.h5` said "/proc is not writable (No such file or directory)", though
+    /proc is there (the kernel answers ENOENT to a new file in it)."""
+    from zsfs.writable import check_writable
+
+    with pytest.raises(ZsfsError) as caught:
+        check_writable("/proc/x.h5", "store")
+    assert str(caught.value) == ("cannot write the store /proc/x.h5: /proc is not writable (it takes no new files); "
+                                 "choose another location")

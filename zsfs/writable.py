@@ -3,6 +3,7 @@ in the way), instead of after an hour of embedding or fitting."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterable
@@ -31,8 +32,9 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
     try:
         handle, probe = tempfile.mkstemp(prefix=".zsfs-write-check-", dir=folder)
     except OSError as error:
-        raise ZsfsError(f"cannot write the {what} {path}: {folder} is not writable "
-                        f"({error.strerror or error}); {fix}") from None
+        # ENOENT for a folder that is there: a file system that makes no files (/proc, /sys)
+        reason = "it takes no new files" if error.errno == errno.ENOENT and folder.is_dir() else error.strerror or error
+        raise ZsfsError(f"cannot write the {what} {path}: {folder} is not writable ({reason}); {fix}") from None
     os.close(handle)
     os.unlink(probe)
     longest = max(len(os.fsencode(name)) for name in ([temporary_name(path)] if beside is None else beside))
