@@ -323,6 +323,11 @@ def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp
     assert gallery_items(page) > 0 and "<img " not in page  # stand-in paths: nothing to show
     note = html.unescape(re.search(r'<p class="note">([^<]*)', page).group(1))
     assert "not found" in note and f"run `zsfs report {run} --images FOLDER`" in note  # without --images: give one
+    assert "zsfs import" not in note and " If the images moved, run" in note  # review: named import for any store
+    config["clip"] = {**config["clip"], "weights": "imported"}
+    (run / runs.CONFIG).write_text(json.dumps(config))
+    note = html.unescape(re.search(r'<p class="note">([^<]*)', render_report(run)).group(1))
+    assert "This store was made by `zsfs import`, whose paths may be stand-ins; if the images moved, run" in note
     elsewhere = tmp_path / "pages" / "my page.html"  # review: the command suggested dropped the --out given
     elsewhere.parent.mkdir()
     said = []

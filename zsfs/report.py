@@ -28,6 +28,7 @@ from zsfs.names import as_argument, counted, reasons_text, visible
 from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically, written_file
 from zsfs.runs import REPORT, FittedRun, cycle_rows, load_run, summary_rows
 from zsfs.sources import ImageSource
+from zsfs.store.schema import IMPORTED_WEIGHTS
 from zsfs.tars import locate_members
 from zsfs.thumbnails import thumbnails
 from zsfs.writable import check_writable
@@ -136,7 +137,8 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
         "parameters": _parameters(run.config),
     }
     absolute = bool(rows) and all(Path(files[row]).is_absolute() for row in rows)  # a list of absolute paths
-    missing = _missing_images(made, where, run.path, images, out, absolute)
+    imported = (run.config.get("clip") or {}).get("weights") == IMPORTED_WEIGHTS
+    missing = _missing_images(made, where, run.path, images, out, absolute, imported)
     note = f'<p class="note">{_e(missing)}</p>' if missing else ""
     return _page(run, note + "".join(sections.values()), [anchor for anchor, part in sections.items() if part]), missing
 
@@ -349,21 +351,23 @@ def _parameters(config: dict) -> str:
 
 
 def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | Path | None,
-                    out: Path | None = None, absolute: bool = False) -> str | None:
+                    out: Path | None = None, absolute: bool = False, imported: bool = False) -> str | None:
     """Why some images could not be shown, and what to do (None when every one shows): with
     ``images`` given, to check that folder, not to give one; the command suggested writes to
-    ``out`` (None: the run folder's page). ``absolute``: the store's paths are (a list file's)."""
+    ``out`` (None: the run folder's page). ``absolute``: the store's paths are (a list file's);
+    ``imported``: the store was made by ``zsfs import`` (its paths may be stand-ins)."""
     failed = Counter(reason for uri, reason in made.values() if uri is None)
     if not failed:
         return None
     reasons = reasons_text(failed.most_common())
+    relocate = (f"if the images moved, run `zsfs report {as_argument(run_dir) if run_dir else 'RUN_DIR'}"
+                f"{f' --out {as_argument(out)}' if out is not None else ''} --images FOLDER`.")
     advice = "" if not failed.keys() & {FILE_NOT_FOUND, NO_FOLDER} else (  # others say what to do, or it is the file
         " The store's image paths are absolute (from a list of absolute paths), which --images does not move: "
         "put the images back where they were, or extract a store from their new place." if absolute else
         f" Check that {images} is the folder the store's image paths are relative to." if images is not None
-        else " Stores made by `zsfs import` may hold stand-in paths; if the images moved, run "
-             f"`zsfs report {as_argument(run_dir) if run_dir else 'RUN_DIR'}"
-             f"{f' --out {as_argument(out)}' if out is not None else ''} --images FOLDER`.")
+        else f" This store was made by `zsfs import`, whose paths may be stand-ins; {relocate}" if imported
+        else f" {relocate[0].upper()}{relocate[1:]}")
     return f"{sum(failed.values()):,} of {len(made):,} images could not be shown ({reasons}); {where}.{advice}"
 
 
