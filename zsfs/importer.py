@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice,
+from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, checked_arguments, literal, one_line)
-from zsfs.names import check_class_names, counted, refuse_unseen_characters, repeated
+from zsfs.names import as_argument, check_class_names, counted, refuse_unseen_characters, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.files import names_beside
@@ -341,8 +341,12 @@ def import_store(
     loaded = {name: load_vocabulary(Path(file), clip.shape[1]) for name, file in (vocabularies or {}).items()}
     source = str(table_location.absolute())
     if out.is_file() and not overwrite:
-        refuse_another_listing(out, {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
-                                     "n_items": len(image_paths)})
+        try:
+            refuse_another_listing(out, {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
+                                         "n_items": len(image_paths)})
+        except StoreMismatchError as error:
+            raise StoreMismatchError(f"{error}{_label_column_hint(out, table, image_paths, labels, path_column)}") \
+                from None
     refuse_other_vocabularies(out, loaded, overwrite)
     earlier = {} if overwrite else recorded_identity(out)  # the store being resumed or added to, if any
     master = write_store(
@@ -366,6 +370,26 @@ def import_store(
         write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
                          prompt=schema.IMPORTED_PROMPT, n_templates=vocabulary.n_templates, overwrite=True)
     return ImportSummary(master=master, n_images=len(image_paths), repeated_paths=repeated(image_paths))
+
+
+def _label_column_hint(out: Path, table: "pl.DataFrame", image_paths: list[str], labels: list[str] | None,
+                       path_column: str | None) -> str:
+    """``"; it was imported ..."`` when ``out`` differs from this import only in its labels: made
+    without --label-column, or with one of ``table``'s columns ("" otherwise). The listing digest
+    covers paths and labels, so a rerun that left the option out read as "the names or labels changed"."""
+    recorded = recorded_identity(out).get("listing_sha256")
+    if labels is not None:
+        return "; it was imported without --label-column" if listing_sha256(image_paths, None) == recorded else ""
+    for name in table.columns:
+        if name == path_column or name in PATH_COLUMNS:
+            continue
+        try:
+            values = column(table, name, (), "label")
+        except ZsfsError:  # not one text value per row: no label column
+            continue
+        if listing_sha256(image_paths, values) == recorded:
+            return f"; it was imported with --label-column {as_argument(name)}: pass it again"
+    return ""
 
 
 def _check_arguments(out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies,
