@@ -908,6 +908,14 @@ def test_progress_in_a_log_is_lines_while_the_work_runs_and_the_rate_of_the_imag
     assert all(re.search(r", \d+:\d\d:\d\d left$", line) for line in lines[1:-1])
 
 
+def test_a_precision_no_cpu_model_uses_is_named_so(photos, tmp_path):
+    """Review: `--precision bf16` on CPU was ignored without a word (the help says so, the run did not)."""
+    args = ("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
+    said = output_text(run_cli(*args, "--precision", "bf16"))
+    assert "Note: --precision bf16 is an autocast on CUDA; on cpu the models compute in fp32." in said, said
+    assert "--precision" not in output_text(run_cli(*args))  # fp32: nothing to say (and nothing to redo)
+
+
 def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path):
     """A real write failure in this process (a file-size limit below a shard's size, as a full disk
     fails it): one line, no half-written file, and a rerun writes the store."""

@@ -78,6 +78,10 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     from zsfs.extract import extract as run_extract
 
     context = click.get_current_context()
+    device = options["device"]
+    if options["precision"] != "fp32" and options["ray"] is None and not device.startswith("cuda"):
+        console.print(f"[yellow]Note:[/] --precision {options['precision']} is an autocast on CUDA; on {device} the "
+                      "models compute in fp32.", soft_wrap=True)
     loading = console.status("Scanning the source and loading the models...")
     with image_progress("embedding") as (start_bar, on_batch):
 
