@@ -33,7 +33,7 @@ from zsfs.testing.failures import run_zsfs
 from zsfs.testing.hooks import CRASH_AT_VARIABLE, CRASH_VARIABLE, HANG_VARIABLE, HUNG_SECONDS_VARIABLE
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS, TINY_MODELS
-from zsfs.testing.processes import STOPPED_BY, children, started, stop, wait_for
+from zsfs.testing.processes import STOPPED_BY, children, read_until, started, stop, wait_for
 
 ROW_DATASETS = ("clip", "backbone", "width", "height")
 
@@ -461,15 +461,33 @@ def test_a_signal_stops_an_extract_cleanly_and_the_rerun_resumes(tmp_path, group
         said = stop(process, number, group=group)
     assert process.returncode == 128 + number and "Traceback" not in said, said
     assert "Exception ignored" not in said, said
-    assert said.endswith(f"{STOPPED_BY[number]} Nothing half-written was left; a rerun resumes where this one "
-                         "stopped."), said
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # the lock, temporary files
     assert decoding and not [pid for pid in decoding if Path(f"/proc/{pid}").exists() and
                              "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
     finished = len(list(shards.glob("shard-*.h5")))
+    n = len(open_source(source).paths)
+    kept = sum(min(6 * (int(path.stem[6:]) + 1), n) - 6 * int(path.stem[6:]) for path in shards.glob("shard-*.h5"))
+    # review: "a rerun resumes where this one stopped" said nothing of the shard's files embedded again
+    assert said.endswith(f"{STOPPED_BY[number]} Nothing half-written was left; the finished shards hold {kept} of the "
+                         f"{n} files (--shard-size 6): a rerun keeps them and embeds the other {n - kept}."), said
     result = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "1", "--shard-size", "6",
                      "--batch-size", "2")
     assert result.exit_code == 0 and f"{5 - finished} / {finished}" in result.output, result.output
+
+
+def test_ctrl_c_before_a_shard_is_finished_says_the_rerun_starts_over(tmp_path):
+    """Review: with every file in one shard, Ctrl-C half-way said "a rerun resumes where this one
+    stopped", and the rerun embedded everything again."""
+    source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
+    script = _kill_script(source, tmp_path / "s.h5", 0.1).replace("'--shard-size', '6'", "'--shard-size', '1000'")
+    with started(["-c", script]) as process:
+        read_until(process, "embedding:")  # the models are loaded (a log's first progress line)
+        time.sleep(0.5)  # images flow: 2.8 s of decoding in all
+        said = stop(process, signal.SIGINT)
+    assert process.returncode == 130 and "Traceback" not in said, said
+    n = len(open_source(source).paths)
+    assert said.endswith(f"Interrupted. Nothing half-written was left; no shard of 1,000 files (--shard-size) was "
+                         f"finished: a rerun embeds the {n} files from the start."), said
 
 
 def test_ctrl_c_under_overwrite_while_the_models_load_leaves_the_old_store_and_says_so(tmp_path):

@@ -382,7 +382,11 @@ def extract(
         if on_start is not None:
             on_start(sum(stop - start for start, stop in map(writer.shard_bounds, pending)))
         embedding_started = time.perf_counter()
-        processed = embedder.write_shards(writer, pending, on_batch)
+        try:
+            processed = embedder.write_shards(writer, pending, on_batch)
+        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: the command line says what a rerun redoes
+            stop.resume = _kept_for_a_rerun(writer)
+            raise
         embedding_seconds = time.perf_counter() - embedding_started
         writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
 
@@ -405,6 +409,19 @@ def extract(
                     classes=class_names, read_as_one=read_as_one, shards_written=len(pending),
                     images_processed=processed, embedding_seconds=embedding_seconds, shards_redone=shards_redone,
                     set_aside=set_aside)
+
+
+def _kept_for_a_rerun(writer: StoreWriter) -> str:
+    """What a stopped run leaves its rerun: the files of the finished shards (a shard is kept
+    whole or not at all)."""
+    recorded = writer.recorded_shard_bytes()
+    finished = [shard for shard in range(writer.n_shards) if writer.shard_is_complete(shard, recorded)]
+    kept = sum(stop - start for start, stop in map(writer.shard_bounds, finished))
+    if not kept:
+        return (f"no shard of {writer.shard_size:,} files (--shard-size) was finished: a rerun embeds the "
+                f"{writer.n_items:,} files from the start")
+    return (f"the finished shards hold {kept:,} of the {writer.n_items:,} files (--shard-size {writer.shard_size:,}): "
+            f"a rerun keeps them and embeds the other {writer.n_items - kept:,}")
 
 
 def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: str | None,

@@ -129,7 +129,9 @@ class ZsfsGroup(click.Group):
             resumes = ctx.invoked_subcommand in RESUMING_COMMANDS
             kept = getattr(stop, "kept", None)  # see kept_if_interrupted
             overwriting = ctx.meta.get(OVERWRITING, False)
-            resume = RESUME_WITHOUT_OVERWRITE if overwriting else "a rerun resumes where this one stopped"
+            # extract says how much its finished shards hold (see zsfs.extract)
+            resume = RESUME_WITHOUT_OVERWRITE if overwriting else \
+                getattr(stop, "resume", None) or "a rerun resumes where this one stopped"
             say_stopped(stop, f"{shown(kept)}." if kept else "Nothing half-written was left"
                         + (f"; {resume}." if resumes else "."))
 
