@@ -114,8 +114,11 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
         rows.append(("training products", str(config["precision"])))
     if "ood_flag" in frame.columns:
         cut = config.get("ood_flag_threshold")
-        rows.append(("flagged OOD", f"{int(frame['ood_flag'].sum()):,}" + (
-            f" (ood_score above {cut:.4f}, that of 95 % of the seeds)" if cut is not None else "")))
+        flagged = int(frame["ood_flag"].sum())
+        # the share said: an in-distribution collection has many images less typical than its seeds
+        rows.append(("flagged OOD", f"{flagged:,} ({100 * flagged / max(frame.height, 1):.0f} % of the images" + (
+            f"; ood_score above {cut:.4f}, that of 95 % of the seeds: less typical than the seeds, not all out of "
+            "distribution)" if cut is not None else ")")))
     if "ood_paper" in frame.columns:  # the paper's score: 0, 1/3, 2/3 or 1
         counts = paper_score_counts(frame["ood_paper"].to_numpy())
         rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{count:,}" for count in counts)))
