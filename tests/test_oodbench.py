@@ -190,6 +190,9 @@ def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path, 
         assert written[key] == pytest.approx(np.mean(per_split)), key
     assert len(written["splits"]) == 2 and written["config"]["epochs"] == 20
     assert "MCM" in result.stderr and "zsfs (paper score)" in result.stderr
+    # review: the paper score of a default fit read as the paper's own: the title names the fit
+    assert f"zsfs ood-bench: 6 ID classes, 2 splits; fit: {written['config']['method']}, k {written['config']['k']}" \
+        in " ".join(result.stderr.split())
     assert [p.name for p in tmp_path.iterdir()] == ["bench"]  # no temporary folder left behind
     said = " ".join(result.stderr.split())
     for number, split in enumerate(splits):  # each split's line gives that split's own figures
