@@ -531,3 +531,21 @@ def test_a_library_message_is_one_short_line_and_a_bare_one_names_its_type():
     assert one_line(OSError()) == "OSError"  # bug: "OSError: OSError", the type standing in for the message twice
     long = one_line(RuntimeError("x" * 1000))
     assert len(long) == 300 and long.endswith("...")
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """Review: `extract --batch-size` and `predict --batch-size` showed no description in --help."""
+    import click
+
+    from zsfs.cli import main
+
+    def commands(group: click.Group, prefix: str = ""):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", command
+
+    silent = [f"{name} {option.opts[0]}" for name, command in commands(main) for option in command.params
+              if isinstance(option, click.Option) and not option.hidden and not (option.help or "").strip()]
+    assert silent == []

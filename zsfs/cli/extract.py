@@ -37,7 +37,8 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
               help="Where the models run (a clear error when torch sees no such device).")
 @click.option("--precision", type=click.Choice(MODEL_PRECISIONS), default="fp32", show_default=True,
               help="Autocast precision on CUDA (CPU and MPS always compute in fp32).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per forward pass of the models: larger keeps a GPU busier and takes more memory.")
 @click.option("--workers", type=click.IntRange(min=0),
               help="Decoding processes [default: every core with a GPU; on CPU a quarter of the cores, "
                    "at least 1, at a lower priority than the models, which get every core].")

@@ -31,7 +31,8 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON lines on stdout.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the backbone runs (a clear error when torch sees no such device).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per forward pass of the backbone: larger keeps a GPU busier and takes more memory.")
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes [default: as zsfs extract].")
 @click.option("--backbone-weights", type=GivenPath(dir_okay=False, path_type=Path),
               help="The store's backbone weights file at a new location (its sha256 must match).")
