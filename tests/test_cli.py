@@ -549,3 +549,15 @@ def test_every_option_of_every_command_says_what_it_does():
     silent = [f"{name} {option.opts[0]}" for name, command in commands(main) for option in command.params
               if isinstance(option, click.Option) and not option.hidden and not (option.help or "").strip()]
     assert silent == []
+
+
+def test_an_output_file_given_as_a_folder_suggests_a_file_in_it(tmp_path):
+    """Review: `--out sub/` gave click's bare "File 'sub/' is a directory."."""
+    (tmp_path / "sub").mkdir()
+    for args, example in ((("extract", tmp_path, "--out", f"{tmp_path}/sub/"), "STORE.h5"),
+                          (("predict", "--run", tmp_path, "--out", tmp_path / "sub", tmp_path), "predictions.csv"),
+                          (("report", tmp_path, "--out", tmp_path / "sub"), "report.html")):
+        result = run_cli(*args)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"is a folder; give a file in it, such as {tmp_path / 'sub' / example}" \
+            in said, (args, said)

@@ -388,9 +388,17 @@ class GivenPath(click.Path):
     script's unset variable (``zsfs extract "$DIR"``) would run on whatever folder it runs in.
     The type of every path argument and option."""
 
+    def __init__(self, *args, file_in_folder: str | None = None, **kwargs) -> None:
+        """``file_in_folder``: a file name to suggest where a folder is given for a file."""
+        super().__init__(*args, **kwargs)
+        self.file_in_folder = file_in_folder
+
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
         if isinstance(value, str) and value == "":  # " " is a name a folder can have
             self.fail("is empty (an unset shell variable?); give a path", param, ctx)
+        if self.file_in_folder and not self.dir_okay and isinstance(value, (str, os.PathLike)) and os.path.isdir(value):
+            self.fail(f"{os.fsdecode(value)!r} is a folder; give a file in it, such as "
+                      f"{os.path.join(os.fsdecode(value), self.file_in_folder)}", param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -16,7 +16,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 
 @click.command(short_help="Embed every image of SOURCE into a feature store (stage 1).")
 @click.argument("source", type=GivenPath(path_type=Path))
-@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path),
+@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path, file_in_folder="STORE.h5"),
               help="Store to write [default: SOURCE's name + .h5 in the current folder].")
 @click.option("--clip-model", default="ViT-B-32", show_default=True,
               help="open_clip architecture, or a path to an open_clip model-config JSON (also a hub "

@@ -24,7 +24,7 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
                    "without IMAGES.")
 @click.option("--run", "run_dir", required=True, type=GivenPath(path_type=Path),
               help="Run folder written by `zsfs fit`.")
-@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path),
+@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path, file_in_folder="predictions.csv"),
               callback=usage_check("zsfs.predict", "check_predictions_path"),
               help="Write every prediction to a .csv, .parquet or .json file (replaced whole if it exists, unless "
                    "read-only).")

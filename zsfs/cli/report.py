@@ -12,7 +12,7 @@ from zsfs.errors import MAX_SEED
 
 @click.command("report", short_help="Write one offline HTML page about a fit run.")
 @click.argument("run_dir", type=GivenPath(path_type=Path))
-@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=GivenPath(dir_okay=False, path_type=Path, file_in_folder="report.html"), default=None,
               callback=usage_check("zsfs.report", "check_report_path"),
               help="HTML file to write (its name ends in .html or .htm), replaced if it exists, unless read-only "
                    "[RUN_DIR/report.html].")
