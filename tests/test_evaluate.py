@@ -210,3 +210,10 @@ def test_random_id_ood_splits_are_distinct():
     for seed in range(10):
         splits = id_ood_splits(list("abcd"), 2, n_splits=6, seed=seed)
         assert len({tuple(split) for split in splits}) == 6
+
+
+def test_counts_of_labels_not_among_the_classes_most_first_in_composed_form():
+    codes = LabelCodes.of(np.array(["cat", "dog", "eel", "eel", "cafe\u0301", "dog", "eel"]))
+    assert codes.counts_not_among(["dog", "café"]) == {"eel": 3, "cat": 1}  # 'café' decomposed is the class
+    assert codes.counts_not_among(["cat", "dog", "eel", "café"]) == {}
+    assert codes.counts_not_among([]) == {"eel": 3, "dog": 2, "cat": 1, "café": 1}

@@ -1292,3 +1292,20 @@ def test_the_summary_names_the_store_by_its_absolute_path_on_a_rerun_too(tmp_pat
     first = extract("photos", "s.h5", workers=0, **TINY_MODELS)
     again = extract("photos", "s.h5", workers=0, **TINY_MODELS)
     assert first.output == again.output == tmp_path / "s.h5" and again.shards_written == 0
+
+
+def test_classes_that_leave_out_some_label_folders_are_named_by_extract(photos, tmp_path):
+    """Review: `--classes` without two of the folders said nothing; only a fit's metrics later
+    counted their images as out of distribution."""
+    classes = tmp_path / "classes.txt"
+    classes.write_text("red\n")
+    result = run_cli("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
+                     "--classes", classes)
+    assert result.exit_code == 0, result.output
+    labels = open_source(photos["root"]).labels
+    counts = {name: labels.count(name) for name in ("blue", "green")}
+    assert "Note: 2 labels of the source are no class of vocabulary 'default' " \
+           f"('blue' {counts['blue']}; 'green' {counts['green']}; {sum(counts.values())} images in all): a fit labels " \
+           "them with the listed classes and evaluates them as out of distribution." in output_text(result), result.output
+    every = run_cli("extract", photos["root"], "--out", tmp_path / "t.h5", *TINY_MODEL_ARGS, "--workers", "0")
+    assert every.exit_code == 0 and "no class of vocabulary" not in every.output  # the folders are the classes

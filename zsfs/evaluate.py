@@ -62,6 +62,16 @@ class LabelCodes:
         """(N,) bool: the image's label is one of ``names``."""
         return self.index_in(names) >= 0
 
+    def counts_not_among(self, names: Sequence[str]) -> dict[str, int]:
+        """Each label that is none of ``names``, with its images, most images first (the images a
+        fit evaluates as out of distribution; a near-miss class name shows here)."""
+        outside = np.ones(len(self.classes), bool)
+        code = self.code(names)
+        outside[code[code >= 0]] = False
+        per_label = np.bincount(self.codes, minlength=len(self.classes))
+        order = np.flatnonzero(outside)[np.argsort(-per_label[outside], kind="stable")]
+        return {str(self.classes[i]): int(per_label[i]) for i in order}
+
     def index_in(self, names: Sequence[str]) -> np.ndarray:
         """(N,) position in ``names`` of each image's label; -1 where it is none of them."""
         code = self.code(names)

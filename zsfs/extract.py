@@ -25,6 +25,7 @@ import numpy as np
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_images
+from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, checked_arguments, literal)
 from zsfs.models import (backbone_as_recorded, clip_architecture, clip_as_recorded, clip_tokenizer, encode_vocabulary,
@@ -74,6 +75,7 @@ class ExtractSummary:
     unread_formats: dict[str, int] = field(default_factory=dict)  # images in formats not read: suffix -> count
     repeated_paths: list[str] = field(default_factory=list)  # the list's paths given more than once
     classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # class folders CLIP cannot tell apart
+    labels_not_classes: dict[str, int] = field(default_factory=dict)  # the source's labels no class names -> images
 
     @property
     def images_per_second(self) -> float:
@@ -454,6 +456,9 @@ def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: s
         unread_formats=source.unread_formats,
         repeated_paths=source.repeated_paths,
         classes_read_as_one=read_as_one,  # class folders: the images are embedded, the summary says it
+        # --classes that leave out some of the folders: a fit evaluates their images as out of distribution
+        labels_not_classes=LabelCodes.of(source.labels).counts_not_among(classes)
+        if classes and source.labels is not None else {},
     )
 
 

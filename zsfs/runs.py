@@ -159,12 +159,7 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
     is_id = truth >= 0
     metrics: dict = {"n_images": int(len(truth)), "n_evaluated": int(is_id.sum())}
     if not is_id.all():  # their images are the OOD ones; a near-miss name ('bird ' for 'bird') shows here
-        per_label = np.bincount(codes.codes, minlength=len(codes.classes))
-        outside = np.ones(len(codes.classes), bool)
-        class_codes = codes.code(result.classes)
-        outside[class_codes[class_codes >= 0]] = False
-        order = np.flatnonzero(outside)[np.argsort(-per_label[outside], kind="stable")]
-        metrics["labels_not_classes"] = {str(codes.classes[i]): int(per_label[i]) for i in order}
+        metrics["labels_not_classes"] = codes.counts_not_among(result.classes)
     if not is_id.any():  # no label names a class: nothing here can be measured (not "precision 0")
         return metrics
     metrics["accuracy"] = accuracy(truth[is_id], result.predicted[is_id])

@@ -106,6 +106,14 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
         if paths:  # the decoding process's own crash report is on the terminal above: say it was handled
             console.print(f"Note: {counted(len(paths), 'file')} {what} and {'was' if len(paths) == 1 else 'were'} "
                           f"set aside (skipped): {some_names([shown(path) for path in paths], 5, with_count=False)}.")
+    outside = summary.labels_not_classes
+    if outside:  # --classes left some folders (labels) out: said now, not first by a fit's metrics
+        images, them = sum(outside.values()), "it" if sum(outside.values()) == 1 else "them"
+        listed = some_names([f"{label!r} {count:,}" for label, count in outside.items()], 5, with_count=False)
+        console.print(f"Note: {counted(len(outside), 'label')} of the source {'is' if len(outside) == 1 else 'are'} "
+                      f"no class of vocabulary {shown(repr(summary.vocabulary))} ({shown(listed)}; "
+                      f"{counted(images, 'image')} in all): a fit labels {them} with the listed classes and evaluates "
+                      f"{them} as out of distribution.", soft_wrap=True)
     move = "move the loose images into class subfolders" if summary.no_labels_reason else ""
     if summary.vocabulary is None:
         why = f"{summary.no_labels_reason}; {move} or pass --classes" if move else "no class subfolders, no --classes"
