@@ -35,15 +35,16 @@ from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.processes import ancestors, parent_pid, titled
 from zsfs.testing.hooks import (CRASH_VARIABLE, DELAY_VARIABLE, HANG_VARIABLE, HUNG_SECONDS_VARIABLE,
-                                LOAD_DELAY_VARIABLE)
+                                LOAD_DELAY_VARIABLE, WRITE_PAUSE_VARIABLE)
 
 CRASHING_NAME = "crashes-the-decoder.png"  # decoding a file of this name crashes a worker's decoding process
 HANGING_NAME = "hangs-the-decoder.png"  # ... and one of this name never returns (a lost network mount)
 HUNG_SECONDS = 6  # the workers' HUNG_DECODE_SECONDS
+PAUSE_FLAG = Path(tempfile.gettempdir()) / f"zsfs-test-ray-pause-{os.getpid()}"  # while it exists, written shards wait
 SLOW_WORKERS = {"worker_process_setup_hook": "zsfs.testing.hooks.hooked_workers",
                 "env_vars": {DELAY_VARIABLE: "0.06", LOAD_DELAY_VARIABLE: "0.5",  # 6 images: >= 0.36 s a shard
                              CRASH_VARIABLE: CRASHING_NAME, HANG_VARIABLE: HANGING_NAME,
-                             HUNG_SECONDS_VARIABLE: str(HUNG_SECONDS)}}
+                             HUNG_SECONDS_VARIABLE: str(HUNG_SECONDS), WRITE_PAUSE_VARIABLE: str(PAUSE_FLAG)}}
 SETTINGS = dict(shard_size=6, batch_size=2, **TINY_MODELS)  # 40 files -> 7 shards
 
 
@@ -111,17 +112,21 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     assert 1 <= len(finished) <= 4 and not out.exists()
 
     done: dict = {}
-    rerun = threading.Thread(target=lambda: done.update(result=run_cli(*args[:-4], "--ray", "--ray-workers", "2")))
-    rerun.start()  # `--ray` alone, in this process: its Ray connection (slow decoding) is used
-    shards_before = len(finished)
-
-    def mid_shard() -> list[int]:  # models loaded, shards flowing: the workers in the middle of a shard
-        if len(list(shards.glob("shard-*.h5"))) <= shards_before:
-            return []
-        time.sleep(0.1)  # not at the end of the shard just written (killed then, it has nothing to redo)
-        return _shard_worker_pids()
-
-    _kill_the_first(mid_shard, rerun, deadline + 120, pause=0.02)
+    PAUSE_FLAG.touch()  # the rerun's shards wait, written, in their temporary files
+    try:
+        rerun = threading.Thread(target=lambda: done.update(result=run_cli(*args[:-4], "--ray", "--ray-workers", "2")))
+        rerun.start()  # `--ray` alone, in this process: its Ray connection (slow decoding) is used
+        while not list(shards.glob("*.tmp")) and rerun.is_alive() and time.monotonic() < deadline + 120:
+            time.sleep(0.02)
+        busy = _shard_worker_pids()
+        assert busy, "no worker was caught in the middle of a shard"
+        for pid in busy:  # kill -9 in the middle of their shards: one of them holds a temporary file
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        left = list(shards.glob("*.tmp"))
+        assert left, "no temporary shard file was left to clean"
+    finally:
+        PAUSE_FLAG.unlink(missing_ok=True)
     rerun.join(timeout=300)
 
     result = done["result"]
@@ -130,7 +135,7 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     assert re.search(r"shards redone \(worker lost\)\s+\S*\s*[1-9]", result.output), result.output
     assert {name: (shards / name).stat().st_mtime_ns for name in finished} == finished  # kept, not redone
     assert_same_store(out, photos["local"])
-    assert not list(shards.glob("*.tmp"))  # the killed worker's half-written file is gone
+    assert not list(shards.glob("*.tmp"))  # the killed workers' unfinished files are gone (review: none was shown to exist)
 
 
 def test_sigterm_while_the_driver_waits_on_ray_stops_as_sigterm(photos, tmp_path):

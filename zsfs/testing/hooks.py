@@ -17,6 +17,7 @@ HANG_VARIABLE = "ZSFS_TEST_HANG_ON"
 HUNG_SECONDS_VARIABLE = "ZSFS_TEST_HUNG_DECODE_SECONDS"
 CALLBACK_DELAY_VARIABLE = "ZSFS_TEST_CALLBACK_DELAY"
 CALLBACK_STARTED_VARIABLE = "ZSFS_TEST_CALLBACK_STARTED"
+WRITE_PAUSE_VARIABLE = "ZSFS_TEST_PAUSE_SHARD_WRITES_WHILE"
 
 
 def slow_decoding() -> None:
@@ -46,7 +47,8 @@ def hooked_workers() -> None:
     starts its ``$ZSFS_TEST_CRASH_AT_DECODE``-th decode too, whatever the file (as a heap
     corrupted earlier makes it); one that decodes a file whose name ends with
     ``$ZSFS_TEST_HANG_ON`` hung (as a read from a lost network mount is), and
-    ``zsfs.embedding.HUNG_DECODE_SECONDS`` set to ``$ZSFS_TEST_HUNG_DECODE_SECONDS``. For Ray workers (a set-up hook, as ``slow_decoding``) and for
+    ``zsfs.embedding.HUNG_DECODE_SECONDS`` set to ``$ZSFS_TEST_HUNG_DECODE_SECONDS``; shards written
+    while the file ``$ZSFS_TEST_PAUSE_SHARD_WRITES_WHILE`` exists held in their temporary files. For Ray workers (a set-up hook, as ``slow_decoding``) and for
     ``zsfs`` run by a test in a child process; decoding processes are forks, so they inherit it."""
     import zsfs.embedding as embedding
     import zsfs.extract as extract
@@ -84,6 +86,25 @@ def hooked_workers() -> None:
         build(self, *args, **kwargs)
 
     extract.ShardEmbedder.__init__ = slow
+    _pausing_shard_writes(os.environ.get(WRITE_PAUSE_VARIABLE))
+
+
+def _pausing_shard_writes(flag: str | None) -> None:
+    """While the file ``flag`` exists, each shard written waits, whole in its temporary file, before
+    it is renamed into place: a worker killed then leaves that file behind."""
+    if not flag:
+        return
+    from zsfs.store.writer import StoreWriter
+
+    write = StoreWriter._write_shard_file
+
+    def paused(self, *args, **kwargs):
+        write(self, *args, **kwargs)
+        deadline = time.monotonic() + 120
+        while os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    StoreWriter._write_shard_file = paused
 
 
 def slow_callback(kind: str) -> None:
