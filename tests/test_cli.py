@@ -561,3 +561,20 @@ def test_an_output_file_given_as_a_folder_suggests_a_file_in_it(tmp_path):
         said = " ".join(result.output.split())
         assert result.exit_code == 2 and f"is a folder; give a file in it, such as {tmp_path / 'sub' / example}" \
             in said, (args, said)
+
+
+def test_folders_made_on_the_way_to_an_output_are_named(tmp_path):
+    """Review: `--out /nonexistent/dir/x.h5` made /nonexistent/dir without a word: a typo in a path
+    scatters outputs over the disk."""
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s.h5", 60, 3, seed=0, clip_dim=16, backbone_dim=16)
+    run = tmp_path / "made" / "deeper" / "run"
+    result = run_cli("fit", "--store", store, "--k", "2", "--cycle-epochs", "1", "--out", run)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and f"Note: made the folder {tmp_path / 'made'} (it was not there) for {run}." in said
+    page = tmp_path / "made" / "pages" / "r.html"
+    said = " ".join(run_cli("report", run, "--out", page).output.split())
+    assert f"Note: made the folder {tmp_path / 'made' / 'pages'} (it was not there) for {page}." in said, said
+    again = run_cli("report", run, "--out", page)
+    assert again.exit_code == 0 and "made the folder" not in again.output  # there now

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
@@ -381,6 +382,32 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(number):  # said before a range check, which would call inf out of range
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return super().convert(number, param, ctx)
+
+
+def noting_made_folders(parameter: str) -> Callable[[Callable], Callable]:
+    """A command decorator: after the command, a note naming the folders it made on the way to its
+    output (the parameter ``parameter``), which a typo in --out makes where an error would be
+    expected (``--out /data/sotre/x.h5``)."""
+    import functools
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def noting(*args, **kwargs):
+            output = kwargs.get(parameter)
+            first_missing = None
+            if output is not None:
+                folder = Path(output).absolute().parent
+                while not folder.exists() and folder != folder.parent:
+                    first_missing, folder = folder, folder.parent
+            result = command(*args, **kwargs)
+            if first_missing is not None and first_missing.is_dir():
+                console.print(f"Note: made the folder {shown(first_missing)} (it was not there) for {shown(output)}.",
+                              soft_wrap=True)
+            return result
+
+        return noting
+
+    return decorate
 
 
 class GivenPath(click.Path):

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, console, image_progress,
-                              note_a_borrowed_shards_folder, shown, usage_check)
+                             note_a_borrowed_shards_folder, noting_made_folders, shown, usage_check)
 from zsfs.devices import DEVICES, MODEL_PRECISIONS
 from zsfs.names import counted, pairs_text, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
@@ -56,6 +56,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--ray-workers", type=click.IntRange(min=1),
               help="Ray workers, each holding both models [default: one per GPU with --device cuda, "
                    "else one per node].")
+@noting_made_folders("out")
 def extract(source: Path, out: Path | None, classes_file: Path | None, **options) -> None:
     """Embed every image of SOURCE into a feature store. SOURCE: an image folder (class subfolders
     give labels), a .txt list (one path per line; lines starting with '#' are comments) or .csv list

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupted, note_fit_options, shown,
-                              what_failed)
+from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupted, note_fit_options,
+                             noting_made_folders, shown, what_failed)
 from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES, check_device
 from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES
@@ -110,6 +110,7 @@ def _cut(name: str, limit: int) -> str:
               help="Also write report.html in the run folder (as `zsfs report RUN_DIR`).")
 @click.option("--json", "as_json", is_flag=True, help="Also print the run folder, metrics and phase times as JSON "
                                                       "on stdout (every parameter is in the run's config.json).")
+@noting_made_folders("run_dir")
 def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, paper: bool, fast: bool, as_json: bool,
                 with_report: bool, **options) -> None:
     """Label and OOD-score every image of the store (--store) from its class names (no labels needed).

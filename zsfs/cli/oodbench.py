@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import GivenPath, console, kept_if_interrupted, note_fit_options, shown
+from zsfs.cli.common import GivenPath, console, kept_if_interrupted, note_fit_options, noting_made_folders, shown
 from zsfs.errors import ParameterError, literal
 from zsfs.names import counted
 
@@ -24,6 +24,7 @@ from zsfs.names import counted
               help="Folder to create with metrics.json (must not exist) [default: write nothing].")
 @click.option("--vocab", "vocabulary", help="Vocabulary whose names match the labels [default: the store's only one].")
 @click.option("--json", "as_json", is_flag=True, help="Also print metrics.json to stdout.")
+@noting_made_folders("out")
 def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, vocabulary: str | None,
               as_json: bool, paper: bool, fast: bool, **fit_options) -> None:
     """Zero-shot OOD benchmark: only the ID class names go to the fit; OOD = images of other classes.

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import GivenPath, MAX_PIXELS_OPTION, console, image_progress, shown, usage_check
+from zsfs.cli.common import (GivenPath, MAX_PIXELS_OPTION, console, image_progress, noting_made_folders, shown,
+                             usage_check)
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, some_names
@@ -37,6 +38,7 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 @click.option("--backbone-weights", type=GivenPath(dir_okay=False, path_type=Path),
               help="The store's backbone weights file at a new location (its sha256 must match).")
 @MAX_PIXELS_OPTION
+@noting_made_folders("out")
 def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: bool, **options) -> None:
     """Classify IMAGES (files, folders, tar shards: a .tar, a pattern 'shards/{00000..00009}.tar',
     or one member 'shard.tar::name.jpg') and the images of --list files with the classifier of a

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import GivenPath, console, shown, usage_check
+from zsfs.cli.common import GivenPath, console, noting_made_folders, shown, usage_check
 from zsfs.errors import MAX_SEED
 
 
@@ -26,6 +26,7 @@ from zsfs.errors import MAX_SEED
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Pixel budget of one image: a larger JPEG is decoded smaller, a larger image of another format is "
                    "not shown [the store's extract's: 89,478,485 unless it was given --max-pixels].")
+@noting_made_folders("out")
 def report_command(run_dir: Path, out: Path | None, **options) -> None:
     """Write one HTML page about the fit run in RUN_DIR that opens offline, alone.
 

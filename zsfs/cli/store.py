@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import (LOG_SECONDS, OVERWRITING, GivenPath, console, image_progress, note_a_borrowed_shards_folder,
-                              note_emulated_bf16, shown)
+from zsfs.cli.common import (LOG_SECONDS, OVERWRITING, GivenPath, console, image_progress,
+                             note_a_borrowed_shards_folder, note_emulated_bf16, noting_made_folders, shown)
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, reasons_text, some_names, utf8_text, visible
@@ -57,6 +57,7 @@ def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Stored precision of the embeddings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at OUT (its files are removed first).")
+@noting_made_folders("out")
 def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, paths_table: Path | None,
                    path_column: str | None, label_column: str | None, vocabularies: dict[str, Path], clip_name: str,
                    backbone_name: str, shard_size: int, dtype: str, overwrite: bool) -> None:
