@@ -578,3 +578,24 @@ def test_folders_made_on_the_way_to_an_output_are_named(tmp_path):
     assert f"Note: made the folder {tmp_path / 'made' / 'pages'} (it was not there) for {page}." in said, said
     again = run_cli("report", run, "--out", page)
     assert again.exit_code == 0 and "made the folder" not in again.output  # there now
+
+
+def test_a_short_runs_bar_ends_with_its_rate():
+    """Review: a run of one batch ended its bar on "… img/s" (rich's speed needs two updates, and
+    is None once the task is done)."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from zsfs.cli.common import _ItemsPerSecond
+
+    clock = [100.0]
+    progress = Progress(console=Console(file=io.StringIO()), get_time=lambda: clock[0])
+    task = progress.add_task("embedding", total=60)
+    clock[0] += 2.0
+    progress.advance(task, 60)  # one batch: the whole task
+    column = _ItemsPerSecond("img")
+    assert str(column.render(progress.tasks[0])) == "30.0 img/s"
+    waiting = progress.add_task("not started", total=None, start=False)
+    assert str(column.render(progress.tasks[waiting])) == "… img/s"

@@ -442,8 +442,10 @@ class _ItemsPerSecond(ProgressColumn):
         self.unit = unit
 
     def render(self, task) -> Text:
-        return Text(f"{task.speed:,.1f} {self.unit}/s" if task.speed else f"… {self.unit}/s",
-                    style="progress.data.speed")
+        # rich's speed needs two updates within its window, and is None once the task is done: a
+        # short run's bar ended on "… img/s"; the rate since the start stands in for it
+        speed = task.finished_speed or task.speed or (task.completed / task.elapsed if task.elapsed else None)
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"… {self.unit}/s", style="progress.data.speed")
 
 
 LOG_SECONDS = 10.0
