@@ -19,8 +19,12 @@ from zsfs.testing.synthetic import make_synthetic_store
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 
 
-def test_import_zsfs_loads_no_heavy_library():
-    code = "import sys, zsfs; print(sorted(m for m in ('torch', 'open_clip', 'timm', 'polars', 'h5py') if m in sys.modules))"
+@pytest.mark.parametrize("module", ["zsfs", "zsfs.cli"])
+def test_import_zsfs_loads_no_heavy_library(module):
+    """The command line too: every command's --help would pay for them (a review found h5py, 140 ms,
+    loaded by `zsfs --help` once a command module imported Store at its top)."""
+    code = (f"import sys, {module}; print(sorted(m for m in ('torch', 'open_clip', 'timm', 'polars', 'h5py', 'faiss') "
+            "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

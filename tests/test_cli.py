@@ -69,7 +69,7 @@ def test_sigterm_is_handled_only_while_a_command_runs(monkeypatch, tmp_path):
     seen = []
     # a program's own process, which no earlier test's in-process ray.init gave Ray's handler
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    monkeypatch.setattr("zsfs.cli.store.Store", lambda *args: seen.append(signal.getsignal(signal.SIGTERM)) or 1 / 0)
+    monkeypatch.setattr("zsfs.store.Store", lambda *args: seen.append(signal.getsignal(signal.SIGTERM)) or 1 / 0)
     try:
         run_cli("info", tmp_path / "s.h5")
     except ZeroDivisionError:  # a bug's traceback: the handler goes too
@@ -84,7 +84,7 @@ def test_ctrl_c_message_does_not_promise_a_resume_for_every_command(monkeypatch,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("zsfs.cli.store.Store", interrupted)
+    monkeypatch.setattr("zsfs.store.Store", interrupted)
     result = run_cli("info", "s.h5")
     assert result.exit_code == 130
     assert "Interrupted." in result.output and "resume" not in result.output  # it spoke of extract and import

@@ -26,7 +26,7 @@ _LAZY = {
     "extract": ("zsfs.extract", None),  # a callable module: zsfs.extract(...) runs the stage
     "fit": ("zsfs.fit", None),  # likewise: zsfs.fit(store, k=16)
     "Store": ("zsfs.store", "Store"),
-    "FitConfig": ("zsfs.fit.run", "FitConfig"),
+    "FitConfig": ("zsfs.fit.config", "FitConfig"),
     "FittedRun": ("zsfs.runs", "FittedRun"),
     "load_run": ("zsfs.runs", "load_run"),
     "report": ("zsfs.report", None),  # likewise: zsfs.report(run_dir) writes report.html

@@ -16,7 +16,7 @@ from zsfs.cli.common import (LOG_SECONDS, OVERWRITING, GivenPath, console, image
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, reasons_text, some_names, utf8_text, visible
-from zsfs.store import Store, schema
+from zsfs.store import schema
 
 
 def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Path]:
@@ -88,6 +88,8 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
                               paths=paths_table, path_column=path_column, label_column=label_column,
                               vocabularies=vocabularies, clip_name=clip_name, backbone_name=backbone_name,
                               shard_size=shard_size, dtype=dtype, overwrite=overwrite, progress=progress)
+    from zsfs.store import Store  # not at the top: h5py would load for every command's --help
+
     with Store(summary.master) as store:
         show_summary(store.summary(), store.how_to_add_a_vocabulary(), store.unwritten_note())
     if summary.repeated_paths:  # each row stays an image of its own, as extract keeps a list file's repeats
@@ -117,6 +119,8 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
       zsfs info --json imagenet.h5 | jq .vocabularies
       zsfs info --skipped imagenet.h5 > skipped.tsv
     """
+    from zsfs.store import Store
+
     with Store(store_path) as store:
         summary, advice, unwritten = store.summary(), store.how_to_add_a_vocabulary(), store.unwritten_note()
         if verify:
