@@ -344,9 +344,13 @@ def import_store(
         try:
             refuse_another_listing(out, {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
                                          "n_items": len(image_paths)})
-        except StoreMismatchError as error:
-            raise StoreMismatchError(f"{error}{_label_column_hint(out, table, image_paths, labels, path_column)}") \
-                from None
+        except StoreMismatchError:
+            labelled = _label_column_hint(out, table, image_paths, labels, path_column)
+            if not labelled:
+                raise
+            raise StoreMismatchError(f"{out} {labelled} (labels are part of what identifies the images), and its "
+                                     "finished shards are reused only so; --overwrite imports it again with this "
+                                     "run's labels") from None
     refuse_other_vocabularies(out, loaded, overwrite)
     earlier = {} if overwrite else recorded_identity(out)  # the store being resumed or added to, if any
     master = write_store(
@@ -374,12 +378,13 @@ def import_store(
 
 def _label_column_hint(out: Path, table: "pl.DataFrame", image_paths: list[str], labels: list[str] | None,
                        path_column: str | None) -> str:
-    """``"; it was imported ..."`` when ``out`` differs from this import only in its labels: made
+    """``"was imported ...: ..."`` when ``out`` differs from this import only in its labels: made
     without --label-column, or with one of ``table``'s columns ("" otherwise). The listing digest
     covers paths and labels, so a rerun that left the option out read as "the names or labels changed"."""
     recorded = recorded_identity(out).get("listing_sha256")
     if labels is not None:
-        return "; it was imported without --label-column" if listing_sha256(image_paths, None) == recorded else ""
+        return ("was imported without --label-column: leave it out to add to that store"
+                if listing_sha256(image_paths, None) == recorded else "")
     for name in table.columns:
         if name == path_column or name in PATH_COLUMNS:
             continue
@@ -388,7 +393,7 @@ def _label_column_hint(out: Path, table: "pl.DataFrame", image_paths: list[str],
         except ZsfsError:  # not one text value per row: no label column
             continue
         if listing_sha256(image_paths, values) == recorded:
-            return f"; it was imported with --label-column {as_argument(name)}: pass it again"
+            return f"was imported with --label-column {as_argument(name)}: pass it again"
     return ""
 
 
