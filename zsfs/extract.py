@@ -16,7 +16,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, closing
+from contextlib import AbstractContextManager, closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_fi
 from zsfs.store.extras import (check_vocabulary_name, refuse_other_classes, write_planned_vocabularies,
                                write_vocabulary)
 from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_update, check_store_writable, disk_error,
-                              names_beside, store_lock)
+                              names_beside, store_lock, written_elsewhere)
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.rows import usable_rows
@@ -387,7 +387,8 @@ def extract(
         try:
             processed = embedder.write_shards(writer, pending, on_batch)
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: the command line says what a rerun redoes
-            stop.resume = _kept_for_a_rerun(writer)
+            with suppress(Exception):  # (a file system that fails now: the stop is still said in one line)
+                stop.resume = _kept_for_a_rerun(writer, pending)
             raise
         embedding_seconds = time.perf_counter() - embedding_started
         writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
@@ -413,15 +414,15 @@ def extract(
                     set_aside=set_aside)
 
 
-def _kept_for_a_rerun(writer: StoreWriter) -> str:
-    """What a stopped run leaves its rerun: the files of the finished shards (a shard is kept
-    whole or not at all)."""
+def _kept_for_a_rerun(writer: StoreWriter, pending: Sequence[int]) -> str:
+    """What a stopped run leaves its rerun: the files of the shards finished before it, and of
+    those of its ``pending`` shards it finished (a shard is kept whole or not at all)."""
     recorded = writer.recorded_shard_bytes()
-    finished = [shard for shard in range(writer.n_shards) if writer.shard_is_complete(shard, recorded)]
-    kept = sum(stop - start for start, stop in map(writer.shard_bounds, finished))
+    unfinished = [shard for shard in pending if not writer.shard_is_complete(shard, recorded)]
+    kept = writer.n_items - sum(stop - start for start, stop in map(writer.shard_bounds, unfinished))
     if not kept:
-        return (f"no shard of {writer.shard_size:,} files (--shard-size) was finished: a rerun embeds the "
-                f"{writer.n_items:,} files from the start")
+        return (f"no shard (of {min(writer.shard_size, writer.n_items):,} files here: --shard-size "
+                f"{writer.shard_size:,}) was finished: a rerun embeds the {writer.n_items:,} files from the start")
     return (f"the finished shards hold {kept:,} of the {writer.n_items:,} files (--shard-size {writer.shard_size:,}): "
             f"a rerun keeps them and embeds the other {writer.n_items - kept:,}")
 
@@ -466,8 +467,9 @@ def _already_done(master: Path, settings: EmbedSettings, source: ImageSource, *,
                   vocab_name: str, classes: list[str] | None, started: float) -> ExtractSummary | None:
     """The summary of a rerun with nothing to write, judged by reading alone (no lock, no model):
     every image embedded as requested and the vocabulary, if any, holding these classes; None
-    otherwise. For a store the run cannot write: a rerun of a finished extract then succeeds."""
-    if source.merged_labels:
+    otherwise, and while another process writes the store. For a store the run cannot write: a
+    rerun of a finished extract then succeeds."""
+    if source.merged_labels or written_elsewhere(master):  # (a writer's lock is read, not taken)
         return None
     try:
         recorded = _finished_as_requested(master, settings, source, shard_size=shard_size, dtype=dtype, lock=False)
@@ -475,6 +477,7 @@ def _already_done(master: Path, settings: EmbedSettings, source: ImageSource, *,
             return None
     except (ZsfsError, OSError):
         return None  # the error that sent the run here is the one to show
+    # (classes --classes gives that CLIP reads as one: their vocabulary was refused, so none is there)
     read_as_one = same_text_to_clip(clip_tokenizer(settings.clip_model), classes) if classes else []
     return _summary(master, source, started, vocabulary=vocab_name if classes else None, classes=classes,
                     read_as_one=read_as_one)
