@@ -217,3 +217,10 @@ def test_counts_of_labels_not_among_the_classes_most_first_in_composed_form():
     assert codes.counts_not_among(["dog", "café"]) == {"eel": 3, "cat": 1}  # 'café' decomposed is the class
     assert codes.counts_not_among(["cat", "dog", "eel", "café"]) == {}
     assert codes.counts_not_among([]) == {"eel": 3, "dog": 2, "cat": 1, "café": 1}
+
+
+def test_percent_keeps_two_digits_of_small_shares():
+    """Review: 3 flagged images of 1,000 showed as "0 % of the images"."""
+    from zsfs.names import percent
+
+    assert [percent(x) for x in (0.123, 0.003, 0.0004, 1e-13, 0.0)] == ["12.3 %", "0.3 %", "0.04 %", "< 0.001 %", "0 %"]

@@ -15,6 +15,7 @@ import torch
 from zsfs.devices import has_fast_bf16
 from zsfs.evaluate import auroc
 from zsfs.fit import FitConfig, fit_store, load_classifier, ood
+from zsfs.names import percent
 from zsfs.fit.classifier import normalise
 from zsfs.fit.run import resolved_precision
 from zsfs.runs import fit_metrics
@@ -136,7 +137,7 @@ def test_the_fit_summary_tells_seed_images_from_seed_places(tmp_path):
     text = output_text(outcome)
     assert f"seed images │ {seeds} (40 seed places: an image can seed two classes)" in text
     assert "OOD AUROC (ood_continuous)" in text
-    assert f"ood_score above {config['ood_flag_threshold']:.4f}, that of 95 % of the seeds: less typical" in text
+    assert f"ood_score above {config['ood_flag_threshold']:.4f}: less typical than 95 % of the seeds" in text
 
 
 def test_classes_with_one_text_embedding_are_named(store_path, tmp_path):
@@ -685,9 +686,9 @@ def test_the_fit_summary_shows_the_runs_own_figures(tmp_path, monkeypatch):
         assert f"│ OOD AUROC ({detector.title}) │ {metrics[detector.fit_metric]:.4f} │" in text, detector
     flagged = int(frame["ood_flag"].sum())
     assert 0 < flagged < frame.height
-    assert (f"│ flagged OOD │ {flagged} ({100 * flagged / frame.height:.0f} % of the images; ood_score above "
-            f"{config['ood_flag_threshold']:.4f}, that of 95 % of the seeds: less typical than the seeds, not all out "
-            "of distribution) │") in text
+    assert (f"│ flagged OOD │ {flagged} ({percent(flagged / frame.height)} of the images; ood_score above "
+            f"{config['ood_flag_threshold']:.4f}: less typical than 95 % of the seeds, not all out of distribution) │"
+            ) in text
     counts = paper_score_counts(frame["ood_paper"].to_numpy())
     assert counts != counts[::-1]
     assert "paper OOD score 0 / 1/3 / 2/3 / 1 │ " + " / ".join(map(str, counts)) + " │" in text

@@ -22,7 +22,7 @@ from zsfs import runs
 from zsfs.errors import ZsfsError
 from zsfs.extract import extract
 from zsfs.fit import FitConfig, fit_store
-from zsfs.names import counted
+from zsfs.names import counted, percent
 from zsfs.report import render_report, write_report
 from zsfs.sources import ImageSource
 from zsfs.store import Store
@@ -315,7 +315,7 @@ def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp
     assert "<b>class</b>" not in page and "&lt;b&gt;class&lt;/b&gt; &amp; &quot;zero&quot;" in page
     assert "<td>absent classes</td><td>1: class_0002</td>" in page
     flagged = int(frame["ood_flag"].sum())
-    assert f"<td>flagged OOD</td><td>{flagged:,} ({100 * flagged / frame.height:.0f} % of the images)</td>" in page
+    assert f"<td>flagged OOD</td><td>{flagged:,} ({percent(flagged / frame.height)} of the images)</td>" in page
     assert "<td>accuracy</td>" not in page
     assert int(frame["ood_flag"].sum()) > 0 and "flagged OOD from here" in page  # the histogram's line: the flags' lowest score
     levels = [int((frame["ood_paper"] * 3).round().eq(level).sum()) for level in range(4)]
@@ -694,8 +694,7 @@ def test_accuracy_confusions_and_class_stats_count_the_right_images(photo_run, t
                  f"{int((frame['pseudo_label'] == name).sum()):,} pseudo-labelled")
         assert f'<h3 class="class-name">{name}</h3><p class="stats">{stats}' in page
     cut = config["ood_flag_threshold"]
-    assert f"ood_score above {cut:.4f}, that of 95 % of the seeds: less typical than the seeds, not all out of " \
-        "distribution)</td>" in page
+    assert f"ood_score above {cut:.4f}: less typical than 95 % of the seeds, not all out of distribution)</td>" in page
     assert "flagged OOD from here" in section_of(page, "figures")  # the histogram marks where flagging starts
 
 

@@ -189,3 +189,11 @@ def some_names(names: Sequence[str], limit: int, listed_in: str | None = None, *
     more, where = len(names) - limit, f" in {listed_in}" if listed_in else ""
     count = f"{len(names):,}: " if with_count else ""
     return f"{count}{'; '.join(map(str, names[:limit]))}" + (f"; ... ({more:,} more{where})" if more > 0 else "")
+
+
+def percent(share: float) -> str:
+    """``"12.3 %"``; below 1 %, two significant digits (``"0.05 %"``); below 0.001 %, ``"< 0.001 %"``
+    (a mixture's share of a class nothing took is a rounding residue, ``7e-13``); none, ``"0 %"``."""
+    if share >= 0.01:
+        return f"{100 * share:.1f} %"
+    return f"{100 * share:.2g} %" if share >= 1e-5 else "< 0.001 %" if share > 0 else "0 %"

@@ -24,7 +24,7 @@ from zsfs.decode import FILE_NOT_FOUND
 from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_callbacks, check_path_type, check_seed, literal
 from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
-from zsfs.names import as_argument, counted, reasons_text, visible
+from zsfs.names import as_argument, counted, percent, reasons_text, visible
 from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically, written_file
 from zsfs.runs import REPORT, FittedRun, cycle_rows, load_run, summary_rows
 from zsfs.sources import ImageSource
@@ -300,7 +300,7 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
         shared = n_seeds.get(name, 0) - seeds_here.get(name, 0)  # --duplicate-labels: shown under another class
         stats = (f"{counted(predicted.get(name, 0), 'image')} predicted · {counted(n_seeds.get(name, 0), 'seed')}"
                  + (f" ({shared:,} shared with another class, shown there)" if shared > 0 else "") + " · "
-                 f"{pseudo.get(name, 0):,} pseudo-labelled" + (f" · estimated share {_percent(shares[name])}"
+                 f"{pseudo.get(name, 0):,} pseudo-labelled" + (f" · estimated share {percent(shares[name])}"
                                                                if shares.get(name) is not None else ""))
         block = [f'<h3 class="class-name">{_e(name)}</h3><p class="stats">{_e(stats)}</p>',
                  "<h4>Seeds</h4>" + _gallery(seeds_of.get((name,)), made, of_class=name),
@@ -311,7 +311,7 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
         blocks.append(f'<div class="class">{"".join(block)}</div>')
     reported = [name for name in classes if name in absent]
     if reported:
-        cut = _percent(ABSENT_SHARE / len(classes))
+        cut = percent(ABSENT_SHARE / len(classes))
         blocks.append(f'<div class="class"><h3>Absent ({len(reported):,})</h3><p>Each estimated to take under {cut} '
                       "of the collection (a twentieth of an even share), so given no seeds and never predicted "
                       f"(<code>--keep-all-classes</code> keeps them): {_e('; '.join(reported))}</p></div>")
@@ -428,14 +428,6 @@ def _page(run: FittedRun, content: str, anchors: list[str]) -> str:
 {content}
 </body></html>
 """
-
-
-def _percent(share: float) -> str:
-    """``"12.3 %"``; below 1 %, two significant digits (``"0.05 %"``); below 0.001 %, ``"< 0.001 %"``
-    (a mixture's share of a class nothing took is a rounding residue, ``7e-13``)."""
-    if share >= 0.01:
-        return f"{100 * share:.1f} %"
-    return f"{100 * share:.2g} %" if share >= 1e-5 else "< 0.001 %"
 
 
 def _e(value) -> str:

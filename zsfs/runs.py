@@ -22,7 +22,7 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import ParameterError, ZsfsError, check_path_type, checked_arguments, refuse_unknown_parameters
 from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, auroc, paper_score_counts, per_class_accuracy
-from zsfs.names import pairs_text, some_names, spelled_like, utf8_texts
+from zsfs.names import pairs_text, percent, some_names, spelled_like, utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
 from zsfs.writable import check_writable
 
@@ -116,9 +116,9 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
         cut = config.get("ood_flag_threshold")
         flagged = int(frame["ood_flag"].sum())
         # the share said: an in-distribution collection has many images less typical than its seeds
-        rows.append(("flagged OOD", f"{flagged:,} ({100 * flagged / max(frame.height, 1):.0f} % of the images" + (
-            f"; ood_score above {cut:.4f}, that of 95 % of the seeds: less typical than the seeds, not all out of "
-            "distribution)" if cut is not None else ")")))
+        rows.append(("flagged OOD", f"{flagged:,} ({percent(flagged / max(frame.height, 1))} of the images" + (
+            f"; ood_score above {cut:.4f}: less typical than 95 % of the seeds, not all out of distribution)"
+            if cut is not None else ")")))
     if "ood_paper" in frame.columns:  # the paper's score: 0, 1/3, 2/3 or 1
         counts = paper_score_counts(frame["ood_paper"].to_numpy())
         rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{count:,}" for count in counts)))
