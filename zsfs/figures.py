@@ -97,8 +97,8 @@ def _svg(figure) -> str:
 def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: float | None = None,
               bins: int = 60, groups: np.ndarray | None = None, group_names: Sequence[str] = ()) -> str:
     """Counts of ``values`` (NaN left out) on a log scale, with a line where flagging starts.
-    ``groups``: each value's index into ``group_names``; the groups' counts are then stacked in
-    colours of their own, named in the legend."""
+    ``groups``: each value's index into ``group_names``; each group's counts are then drawn as an
+    outline of its own colour, named in the legend."""
     values = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values)
     groups = np.zeros(values.shape, dtype=np.int64) if groups is None else np.asarray(groups)[finite]
@@ -108,11 +108,11 @@ def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: floa
     if values.size:
         from matplotlib.ticker import FuncFormatter, NullFormatter
 
-        if len(group_names) > 1:
-            shown = [g for g in range(len(group_names)) if (groups == g).any()]
-            axes.hist([values[groups == g] for g in shown], bins=np.histogram_bin_edges(values, bins), stacked=True,
-                      color=[GROUP_COLOURS[g % len(GROUP_COLOURS)] for g in shown],
-                      label=[group_names[g] for g in shown])
+        if len(group_names) > 1:  # overlaid outlines: stacked on a log scale, a small group on top vanished
+            edges = np.histogram_bin_edges(values, bins)
+            for g in (g for g in range(len(group_names)) if (groups == g).any()):
+                axes.hist(values[groups == g], bins=edges, histtype="step", linewidth=1.5,
+                          color=GROUP_COLOURS[g % len(GROUP_COLOURS)], label=group_names[g])
         else:
             axes.hist(values, bins=bins, color=GROUP_COLOURS[0])
         axes.set_yscale("log")

@@ -212,7 +212,7 @@ def _summary(run: FittedRun, frame) -> str:
                                                                   absent_listed_in="Classes below")))
 
 
-TRUTH_GROUPS = ("true label among the classes", "true label not among them", "no true label")
+TRUTH_GROUPS = ("true label is a class", "true label is no class", "no true label")
 
 
 def _truth_groups(frame, classes: list[str]) -> np.ndarray | None:
@@ -221,7 +221,7 @@ def _truth_groups(frame, classes: list[str]) -> np.ndarray | None:
     if "label" not in frame.columns:
         return None
     labels = frame["label"].fill_null("").to_numpy()
-    among = LabelCodes.of(labels).index_in(classes) >= 0  # compared in NFC, as metrics.json does
+    among = LabelCodes.of(labels).is_any_of(classes)  # compared in NFC, as metrics.json does
     groups = np.where(among, 0, np.where(labels == "", 2, 1))
     return groups if among.any() and (groups == 1).any() else None
 
