@@ -486,15 +486,15 @@ def image_progress(description: str, unit: str = "img") -> Iterator[tuple[Callab
 @contextmanager
 def _logged_progress(description: str, unit: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
     """:func:`image_progress` for a log: a line as the work starts, one every :data:`LOG_SECONDS`
-    (done, share, rate since the start, time left) and one at the end (a bar rendered once, at
-    the end, showed nothing while the work ran, then the last batch's rate)."""
+    (done, share, rate since the start, time left) and one when it is done (a bar rendered once,
+    at the end, showed nothing while the work ran, then the last batch's rate)."""
     state = {"total": 0, "done": 0, "started": 0.0, "logged": 0.0, "advanced": 0.0}
 
     def line(final: bool = False) -> None:
         now = time.monotonic()
         # at the end, up to the last item counted: what the call does after them is not their rate
-        total, done, elapsed = state["total"], state["done"], max((state["advanced"] if final else now)
-                                                                  - state["started"], 1e-9)
+        total, elapsed = state["total"], max((state["advanced"] if final else now) - state["started"], 1e-9)
+        done = min(state["done"], total)
         rate = done / elapsed
         left = f", {timedelta(seconds=round((total - done) / rate))} left" if rate and not final and done < total else ""
         took = f" in {timedelta(seconds=round(elapsed))}" if final else ""
@@ -515,8 +515,6 @@ def _logged_progress(description: str, unit: str) -> Iterator[tuple[Callable[[in
         if time.monotonic() - state["logged"] >= LOG_SECONDS and state["done"] < state["total"]:
             line()
 
-    try:
-        yield on_start, on_advance
-    finally:
-        if state["total"] and state["done"]:
-            line(final=True)
+    yield on_start, on_advance  # stopped (an error, Ctrl-C): no end line, the stop's message follows
+    if state["total"] and state["done"]:
+        line(final=True)

@@ -109,12 +109,13 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
                           f"set aside (skipped): {some_names([shown(path) for path in paths], 5, with_count=False)}.")
     outside = summary.labels_not_classes
     if outside:  # --classes left some folders (labels) out: said now, not first by a fit's metrics
-        images, them = sum(outside.values()), "it" if sum(outside.values()) == 1 else "them"
+        images = sum(outside.values())
         listed = some_names([f"{label!r} {count:,}" for label, count in outside.items()], 5, with_count=False)
-        console.print(f"Note: {counted(len(outside), 'label')} of the source {'is' if len(outside) == 1 else 'are'} "
-                      f"no class of vocabulary {shown(repr(summary.vocabulary))} ({shown(listed)}; "
-                      f"{counted(images, 'image')} in all): a fit labels {them} with the listed classes and evaluates "
-                      f"{them} as out of distribution.", soft_wrap=True)
+        one = images == 1
+        console.print(f"Note: {counted(images, 'image')} {'has' if one else 'have'} a label that is no class of "
+                      f"vocabulary {shown(repr(summary.vocabulary))} ({shown(listed)}): a fit gives "
+                      f"{'it' if one else 'each of them'} one of the listed classes and counts {'it' if one else 'them'} "
+                      "as out of distribution.", soft_wrap=True)
     move = "move the loose images into class subfolders" if summary.no_labels_reason else ""
     if summary.vocabulary is None:
         why = f"{summary.no_labels_reason}; {move} or pass --classes" if move else "no class subfolders, no --classes"
