@@ -217,6 +217,7 @@ def test_counts_of_labels_not_among_the_classes_most_first_in_composed_form():
     assert codes.counts_not_among(["dog", "café"]) == {"eel": 3, "cat": 1}  # 'café' decomposed is the class
     assert codes.counts_not_among(["cat", "dog", "eel", "café"]) == {}
     assert codes.counts_not_among([]) == {"eel": 3, "dog": 2, "cat": 1, "café": 1}
+    assert LabelCodes.of(np.array([], dtype=str)).counts_not_among(["a"]) == {}  # review: an IndexError
 
 
 def test_percent_keeps_two_digits_of_small_shares():

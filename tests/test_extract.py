@@ -630,9 +630,9 @@ def test_a_paused_run_is_not_taken_for_a_hang(monkeypatch):
         with embedding.HangWatch(loader, decoding, since) as watch:
             time.sleep(1.0)  # ticks while the clock stands still: no time awake
             assert sleeper.poll() is None and watch.hung == {}
-            moved = _advance_until_hung(clock, watch, 0.25, 3.0)
+            _advance_until_hung(clock, watch, 0.25, 3.0)  # (the guard is the hung == {} above: time asleep)
             sleeper.wait(timeout=10)  # on the same file for 1 s of the watch's own time: stopped
-            assert watch.hung == {0: 3} and sleeper.returncode == -signal.SIGKILL and moved >= 1.0
+            assert watch.hung == {0: 3} and sleeper.returncode == -signal.SIGKILL
     finally:
         sleeper.kill()
 
@@ -942,6 +942,8 @@ def test_disk_full_is_a_clear_error_and_resumable(photos, tmp_path):
 
     out = tmp_path / "s.h5"
     extract = ("extract", photos["root"], "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "8")
+    # In this process, for the autograd check below (a child's limit is run_zsfs', test_store_safety):
+    # the limit holds for every file written meanwhile, the CLI runner's output being held in memory.
     with file_size_limit_here(2_000):
         full = run_cli(*extract)
     assert full.exit_code == 1 and "disk is full (or a file-size limit was reached)" in full.output

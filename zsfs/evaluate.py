@@ -55,6 +55,8 @@ class LabelCodes:
     def code(self, names: Sequence[str]) -> np.ndarray:
         """Codes of ``names`` (compared in NFC, as the labels); -1 for a name that is no label."""
         names = composed_names(list(names))
+        if not len(self.classes):  # no labels at all
+            return np.full(len(names), -1, np.int64)
         position = np.clip(np.searchsorted(self.classes, names), 0, len(self.classes) - 1)
         return np.where(self.classes[position] == names, position, -1)
 

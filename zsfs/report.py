@@ -26,7 +26,7 @@ from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import as_argument, counted, percent, reasons_text, visible
 from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically, written_file
-from zsfs.runs import REPORT, FittedRun, cycle_rows, load_run, summary_rows
+from zsfs.runs import REPORT, FittedRun, cycle_rows, load_run, seed_precision, summary_rows
 from zsfs.sources import ImageSource
 from zsfs.store.schema import IMPORTED_WEIGHTS
 from zsfs.tars import locate_members
@@ -242,7 +242,7 @@ def _figures(run: FittedRun, frame) -> str:
                                        xlabel="ood_continuous", **split))
     cycles = run.config.get("cycles") or []
     if cycles:
-        precision = {p["cycle"]: p["precision"] for p in (run.metrics or {}).get("seed_precision", [])}
+        precision = seed_precision(run.metrics)
         kept = [c["n_kept"] for c in cycles]
         parts.append(figures.cycles(kept, [precision.get(c["cycle"]) for c in cycles] if precision else None))
         header, rows = cycle_rows(run.config, run.metrics)

@@ -51,11 +51,17 @@ def refuse_run_file(path: Path) -> None:
         raise ZsfsError(f"{path} is a file of the fit run in {path.parent}: writing it would replace the run's "
                         "own; choose another file")
 
+
+def seed_precision(metrics: dict | None) -> dict[int, float]:
+    """Each cycle's precision of its pseudo-labels (metrics.json; empty without labels)."""
+    return {p["cycle"]: p["precision"] for p in (metrics or {}).get("seed_precision", [])}
+
+
 def cycle_rows(config: dict, metrics: dict | None) -> tuple[list[str], list[list[str]]]:
     """The run's self-training cycles as (header, rows of plain text), for the fit command's table
     and the report's: seed precision only where the store has labels (metrics.json), "-" where a
     cycle has no such figure."""
-    precision = {p["cycle"]: p["precision"] for p in (metrics or {}).get("seed_precision", [])}
+    precision = seed_precision(metrics)
     header = ["cycle", "candidates", "kept", "trained on", "epochs", "first loss"] + (
         ["seed precision"] if precision else [])
     figure = lambda value: "-" if value is None else f"{value:.4f}"  # noqa: E731

@@ -17,7 +17,6 @@ from zsfs.fit.zeroshot import (CHUNK_ROWS, ZeroShotAccumulator, ZeroShotScores, 
 from zsfs.store.index import MISSING  # padding in candidate and neighbour lists
 
 
-
 class TopCandidates(RunningTop):
     """Top-R rows per class over logit chunks (``RunningTop`` with the classes as its queries;
     never N x C)."""
