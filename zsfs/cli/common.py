@@ -423,9 +423,12 @@ class GivenPath(click.Path):
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
         if isinstance(value, str) and value == "":  # " " is a name a folder can have
             self.fail("is empty (an unset shell variable?); give a path", param, ctx)
-        if self.file_in_folder and not self.dir_okay and isinstance(value, (str, os.PathLike)) and os.path.isdir(value):
-            self.fail(f"{os.fsdecode(value)!r} is a folder; give a file in it, such as "
-                      f"{os.path.join(os.fsdecode(value), self.file_in_folder)}", param, ctx)
+        if self.file_in_folder and not self.dir_okay and isinstance(value, (str, os.PathLike)):
+            text = os.fsdecode(value)
+            # a trailing slash names a folder, there or not (`--out results/` would be a file "results")
+            if os.path.isdir(text) or text.endswith(("/", os.sep)):
+                self.fail(f"{text!r} {'is' if os.path.isdir(text) else 'names'} a folder; give a file in it, such as "
+                          f"{os.path.join(text, self.file_in_folder)}", param, ctx)
         return super().convert(value, param, ctx)
 
 

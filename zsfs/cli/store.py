@@ -39,7 +39,7 @@ def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple
 
 
 @click.command("import", short_help="Build a store from embeddings computed elsewhere.")
-@click.argument("out", type=GivenPath(dir_okay=False, path_type=Path))
+@click.argument("out", type=GivenPath(dir_okay=False, path_type=Path, file_in_folder="STORE.h5"))
 @click.option("--clip-embeddings", required=True, type=GivenPath(exists=True, path_type=Path),
               help="CLIP image embeddings: .npy file, folder of .npy parts, or a clip-retrieval output folder.")
 @click.option("--backbone-features", required=True, type=GivenPath(exists=True, path_type=Path),
