@@ -432,3 +432,21 @@ def test_the_summary_says_none_absent_only_where_absent_classes_were_looked_for(
 
     assert absent("balanced", False, []) == "none" and absent("balanced", False, ["b"]) == "1: b"
     assert absent("cycles", False, []) is None and absent("balanced", True, []) is None
+
+
+def test_a_killed_runs_folder_its_owner_made_unreadable_is_removed_all_the_same(tmp_path):
+    """Review: a leftover temporary folder that its owner could no longer read (a chmod since, of it
+    or of a folder inside) was never removed: each writer into that folder skipped it as "in use"."""
+    from zsfs.outputs import _alive, _host
+    from zsfs.testing.privileges import run_python_unprivileged
+
+    pid = next(candidate for candidate in range(4000, 30000) if not _alive(candidate))
+    left = tmp_path / f".run.{pid}-{_host()}.abcd1234.tmp"
+    (left / "inner").mkdir(parents=True)
+    (left / "inner" / "half-written").write_text("x")
+    (left / "inner").chmod(0)
+    left.chmod(0o100)  # search only: not readable, not writable
+    script = f"from zsfs.outputs import new_folder\nwith new_folder({str(tmp_path / 'next')!r}): pass\n"
+    child = run_python_unprivileged(script)  # as any user: root would read through the modes
+    assert child.returncode == 0, child.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["next"]

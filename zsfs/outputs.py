@@ -122,8 +122,11 @@ def _in_use(entry: Path) -> bool:
     import fcntl
 
     try:
-        if not (stat.S_ISDIR(mode := os.lstat(entry).st_mode) or stat.S_ISREG(mode)):
+        status = os.lstat(entry)
+        if not (stat.S_ISDIR(status.st_mode) or stat.S_ISREG(status.st_mode)):
             return False  # no writer's (a FIFO planted under such a name would block the open below)
+        if stat.S_ISDIR(status.st_mode) and status.st_uid == os.geteuid() and not status.st_mode & stat.S_IRUSR:
+            os.chmod(entry, stat.S_IMODE(status.st_mode) | stat.S_IRWXU)  # ours, made unreadable since: opened
         descriptor = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:  # gone meanwhile, or not ours to open: not to be removed by us either way
         return os.path.lexists(entry)
@@ -207,11 +210,35 @@ def remove_stale_folders(parent: str | Path) -> list[Path]:
         if match is None or match["host"] != host or entry.is_symlink() or _writing(entry, int(match["pid"])):
             continue
         if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)  # another process may be removing it too
+            _remove_tree(entry)
         else:
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+def _remove_tree(folder: Path) -> None:
+    """``shutil.rmtree``, also where a folder inside is this user's but no longer readable or
+    writable by them (a chmod since): each is given its owner's rights back and removed. Errors
+    are ignored: another process may be removing the same folder."""
+    def unlock(function, path, error) -> None:
+        error = error[1] if isinstance(error, tuple) else error  # rmtree's onerror: sys.exc_info()
+        if not isinstance(error, PermissionError):
+            return
+        for folder in {os.path.dirname(path), path}:  # the folder that could not be listed, or emptied
+            with suppress(OSError):
+                status = os.lstat(folder)
+                if stat.S_ISDIR(status.st_mode) and status.st_uid == os.geteuid():
+                    os.chmod(folder, stat.S_IMODE(status.st_mode) | stat.S_IRWXU)
+        with suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, onerror=lambda *failed: None)
+            else:
+                os.unlink(path)
+
+    shutil.rmtree(folder, onerror=unlock)
+    if os.path.lexists(folder):  # emptied only once its insides were unlocked above
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def refuse_read_only_file(path: str | Path, what: str) -> None:
