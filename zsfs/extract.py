@@ -301,9 +301,9 @@ def extract(
     fix = "choose another location" if out is not None else \
         "the store goes to the working folder unless given one: choose another location with --out PATH"
     out = Path(out) if out is not None else default_output(image_source.location)
-    if out.is_file():  # a rerun updates the store in place: another location would embed everything again
-        fix = UPDATE_FIX
     rerun = out.is_file()
+    if rerun:  # a rerun updates the store in place: another location would embed everything again
+        fix = UPDATE_FIX
     class_names = image_source.classes if given_classes is None else given_classes
     try:
         check_writable(out, "store", fix, beside=names_beside(out))

@@ -101,14 +101,14 @@ def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: floa
     outline of its own colour, named in the legend."""
     values = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(values)
-    groups = np.zeros(values.shape, dtype=np.int64) if groups is None else np.asarray(groups)[finite]
+    groups = None if groups is None else np.asarray(groups)[finite]
     values = values[finite]
     figure = _figure()
     axes = figure.add_subplot()
     if values.size:
         from matplotlib.ticker import FuncFormatter, NullFormatter
 
-        if len(group_names) > 1:  # overlaid outlines: stacked on a log scale, a small group on top vanished
+        if groups is not None and len(group_names) > 1:  # overlaid outlines: stacked on a log scale, a small group on top vanished
             edges = np.histogram_bin_edges(values, bins)
             for g in (g for g in range(len(group_names)) if (groups == g).any()):
                 axes.hist(values[groups == g], bins=edges, histtype="step", linewidth=1.5,
@@ -125,7 +125,7 @@ def histogram(values: np.ndarray, *, title: str, xlabel: str, flagged_from: floa
         axes.yaxis.set_minor_formatter(plain if high < 10 * low else NullFormatter())
     if flagged_from is not None:
         axes.axvline(flagged_from, color="#c44e52", linestyle="--", label="flagged OOD from here")
-    if flagged_from is not None or (values.size and len(group_names) > 1):
+    if flagged_from is not None or (values.size and groups is not None and len(group_names) > 1):
         axes.legend(loc="best", fontsize="small")
     axes.set(title=title, xlabel=xlabel, ylabel="images (log scale)")
     return _svg(figure)

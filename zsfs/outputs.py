@@ -225,20 +225,18 @@ def _remove_tree(folder: Path) -> None:
         error = error[1] if isinstance(error, tuple) else error  # rmtree's onerror: sys.exc_info()
         if not isinstance(error, PermissionError):
             return
-        for folder in {os.path.dirname(path), path}:  # the folder that could not be listed, or emptied
+        for locked in {os.path.dirname(path), path}:  # the folder that could not be listed, or emptied
             with suppress(OSError):
-                status = os.lstat(folder)
+                status = os.lstat(locked)
                 if stat.S_ISDIR(status.st_mode) and status.st_uid == os.geteuid():
-                    os.chmod(folder, stat.S_IMODE(status.st_mode) | stat.S_IRWXU)
+                    os.chmod(locked, stat.S_IMODE(status.st_mode) | stat.S_IRWXU)
         with suppress(OSError):
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, onerror=lambda *failed: None)
+                _remove_tree(Path(path))  # its own insides may be locked too
             else:
                 os.unlink(path)
 
     shutil.rmtree(folder, onerror=unlock)
-    if os.path.lexists(folder):  # emptied only once its insides were unlocked above
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def refuse_read_only_file(path: str | Path, what: str) -> None:

@@ -316,8 +316,6 @@ def note_a_borrowed_shards_folder(master: "os.PathLike", folder: str | None = No
     """A note when ``master`` reads its shards (vocabularies, graph) from ``folder`` (default: the
     one its shard table names), another name's: it was renamed or copied under a new name, and
     what `text` and `neighbours` write there a copy shares with its original."""
-    from pathlib import Path
-
     from zsfs.store import schema
     from zsfs.store.hdf5 import shard_folders_named
 

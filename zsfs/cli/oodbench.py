@@ -134,11 +134,9 @@ def _table(metrics: dict) -> Table:
 
     id_classes = metrics["id_classes"]
     n_id = id_classes if isinstance(id_classes, int) else len(id_classes)
-    config = metrics.get("config") or {}
-    # the scores are of this fit's method: the paper score of a default fit is not the paper's (--paper)
-    fitted = f"; fit: {config['method']}, k {config['k']}" if {"method", "k"} <= set(config) else ""
+    config = metrics["config"]  # the scores are of this fit's method: a default fit's paper score is not --paper's
     table = Table(title=f"zsfs ood-bench: {counted(n_id, 'ID class', 'ID classes')}, "
-                        f"{counted(metrics['n_splits'], 'split')}{fitted}")
+                        f"{counted(metrics['n_splits'], 'split')}; fit: {config['method']}, k {config['k']}")
     table.add_column("detector", style="bold")
     table.add_column("AUROC ↑", justify="right")
     table.add_column("FPR@95%TPR ↓", justify="right")
