@@ -2,14 +2,18 @@
 
 Every step writes one output (a folder, a store, a run folder) that appears only when the step
 is complete, so a rerun skips finished steps and resumes an interrupted one (``zsfs extract``
-resumes shard by shard). The zsfs steps run the ``zsfs`` command line in this process, with
-the exact arguments ``--dry-run`` prints, so each step can also be rerun by hand.
+resumes shard by shard). What each zsfs step was made with (its options, and the store it read)
+is recorded in the dataset's ``steps.json``: a rerun that asks for other options, or finds the
+store rebuilt under a finished fit, says so instead of reporting the earlier results. The zsfs
+steps run the ``zsfs`` command line in this process, with the exact arguments ``--dry-run``
+prints, so each step can also be rerun by hand.
 
     python -m pipelines.run cifar10 --data-root data --work work --device cuda
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,24 +25,90 @@ from pipelines import prepare, report
 from pipelines.datasets import BACKBONE, CLIP_MODEL, CLIP_WEIGHTS, DATASETS, OOD_SPLITS, Dataset, get_dataset
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
+from zsfs.outputs import write_text_atomically
+
+
+STEPS_FILE = "steps.json"
 
 
 @dataclass(frozen=True)
 class Step:
     """One pipeline step: done when ``output`` exists (or ``done()`` says so); ``argv`` is its
-    zsfs command line, if it is one."""
+    zsfs command line, if it is one. ``settings`` are what its output depends on besides the
+    work folder's layout (the zsfs command without its paths and device), and ``store`` the store
+    it reads, if any: both are recorded in ``record`` (the dataset's steps.json) when it finishes."""
 
     name: str
     output: Path
     run: Callable[[], object]
     argv: tuple[str, ...] | None = None
     done: Callable[[], bool] | None = None
+    settings: tuple[str, ...] = ()
+    store: Path | None = None
+    record: Path | None = None
 
     def is_done(self) -> bool:
         return self.done() if self.done is not None else self.output.exists()
 
     def describe(self) -> str:
         return "zsfs " + shlex.join(self.argv) if self.argv else f"{self.name} -> {self.output}"
+
+    def made_with(self) -> dict:
+        """What this step's output is made with now: its settings and the content of its store."""
+        made: dict = {"settings": list(self.settings)}
+        if self.store is not None:
+            made["store"] = _store_content(self.store)
+        return made
+
+    def change(self) -> str | None:
+        """How a finished output differs from what this run asks for (None when it does not, or when
+        nothing was recorded: an output made by hand or by an earlier version of this script)."""
+        if self.record is None:
+            return None
+        recorded = read_records(self.record).get(self.name)
+        if recorded is None:
+            return None
+        if recorded.get("settings") != list(self.settings):
+            return (f"{self.output} was made by `zsfs {shlex.join(recorded.get('settings') or ())}`; "
+                    f"this run asks for `zsfs {shlex.join(self.settings)}`")
+        store = None if self.store is None else _store_content(self.store)
+        if store is not None and recorded.get("store") != store:  # (an unreadable store: its step says why)
+            return f"{self.output} was made from an earlier build of {self.store}"
+        return None
+
+    def remember(self) -> None:
+        """Record what the output just made was made with."""
+        if self.record is not None:
+            records = read_records(self.record)
+            records[self.name] = self.made_with()
+            write_text_atomically(self.record, json.dumps(records, indent=2) + "\n")
+
+
+def read_records(path: Path) -> dict:
+    """The dataset's steps.json: step name -> what its output was made with ({} when there is none)."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise ZsfsError(f"cannot read {path} ({error}): remove it, and the pipeline takes every finished "
+                        "output as it is") from None
+    if not isinstance(records, dict):
+        raise ZsfsError(f"{path} is not what this pipeline writes: remove it, and the pipeline takes every "
+                        "finished output as it is")
+    return records
+
+
+def _store_content(path: Path) -> dict | None:
+    """What identifies a store's content (not its path: a work folder may move); None when it cannot be read."""
+    from zsfs.store import Store
+
+    try:
+        with Store(path) as store:
+            fingerprint = store.fingerprint()
+    except (ZsfsError, OSError):
+        return None
+    return {key: value for key, value in fingerprint.items() if key != "path"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +134,10 @@ class Layout:
     def ood_run(self) -> Path:
         return self.folder / report.OOD_DIR
 
+    @property
+    def record(self) -> Path:
+        return self.folder / STEPS_FILE
+
 
 def plan(
     dataset: Dataset,
@@ -84,30 +158,50 @@ def plan(
         # done once prepared, or once its store is (extract reads the images only to build it)
         steps.append(Step("prepare", images, lambda: dataset.prepare(Path(data_root)),
                           done=lambda: prepare.is_prepared(images) or layout.store.is_file()))
-    extract = ("extract", str(images), "--out", str(layout.store), "--clip-model", CLIP_MODEL,
-               "--clip-weights", CLIP_WEIGHTS, "--backbone", BACKBONE, "--device", device, *extract_args)
-    steps.append(_zsfs_step("extract", layout.store, extract))
-    fit = ("fit", "--store", str(layout.store), "--out", str(layout.fit_run), "--device", device, *fit_args)
-    steps.append(_zsfs_step("fit", layout.fit_run, fit))
+        source = ("extract", dataset.name)  # a prepared dataset: the same images wherever --data-root puts them
+    else:
+        source = ("extract", str(Path(images).resolve()))
+    models = ("--clip-model", CLIP_MODEL, "--clip-weights", CLIP_WEIGHTS, "--backbone", BACKBONE)
+    steps.append(_zsfs_step("extract", layout, layout.store, (*source, *models, *extract_args),
+                            ("extract", str(images), "--out", str(layout.store), *models, "--device", device,
+                             *extract_args)))
+    steps.append(_zsfs_step("fit", layout, layout.fit_run, ("fit", *fit_args),
+                            ("fit", "--store", str(layout.store), "--out", str(layout.fit_run), "--device", device,
+                             *fit_args)))
     if dataset.id_classes is not None:
-        bench = ("ood-bench", "--store", str(layout.store), "--id-classes", str(dataset.id_classes),
-                 "--splits", str(splits), "--out", str(layout.ood_run), "--device", device, *fit_args)
-        steps.append(_zsfs_step("ood-bench", layout.ood_run, bench))
+        protocol = ("--id-classes", str(dataset.id_classes), "--splits", str(splits))
+        steps.append(_zsfs_step("ood-bench", layout, layout.ood_run, ("ood-bench", *protocol, *fit_args),
+                                ("ood-bench", "--store", str(layout.store), *protocol, "--out", str(layout.ood_run),
+                                 "--device", device, *fit_args)))
     return steps
 
 
 def run_steps(steps: Sequence[Step], *, dry_run: bool = False, echo: Callable[[str], None] = print) -> list[str]:
-    """Run the unfinished steps in order; returns the names of the steps run (or due, when dry)."""
+    """Run the unfinished steps in order; returns the names of the steps run (or due, when dry).
+    A finished output made with other settings than these stops it first, every such output named."""
+    _refuse_changed([step for step in steps if step.is_done()])
     ran = []
     for step in steps:
         if step.is_done():
+            _refuse_changed([step])  # a store an earlier step of this run has just rebuilt
             echo(f"done  {step.name}: {step.output}")
             continue
         echo(f"{'todo' if dry_run else 'run '}  {step.describe()}")
         if not dry_run:
             step.run()
+            step.remember()
         ran.append(step.name)
     return ran
+
+
+def _refuse_changed(finished: Sequence[Step]) -> None:
+    changes = [(step, change) for step in finished if (change := step.change())]
+    if changes:
+        said = "; ".join(f"{step.name}: {change}" for step, change in changes)
+        remove = " ".join(shlex.quote(str(step.output)) for step, _ in changes)
+        raise ZsfsError(f"{said}. Its results would be reported as this run's: remove them to redo the steps with "
+                        f"these options (rm -r {remove}; an extract's store is read by the steps after it), or "
+                        "give another --work")
 
 
 def run_zsfs(argv: Sequence[str]) -> None:
@@ -126,8 +220,9 @@ def run_zsfs(argv: Sequence[str]) -> None:
                             f"and rerun: finished steps are kept") from None
 
 
-def _zsfs_step(name: str, output: Path, argv: tuple[str, ...]) -> Step:
-    return Step(name, output, lambda: run_zsfs(argv), argv)
+def _zsfs_step(name: str, layout: Layout, output: Path, settings: tuple[str, ...], argv: tuple[str, ...]) -> Step:
+    return Step(name, output, lambda: run_zsfs(argv), argv, settings=settings,
+                store=None if output == layout.store else layout.store, record=layout.record)
 
 
 def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> list[str]:

@@ -157,6 +157,31 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     assert run_steps(steps, echo=log.append) == ["ood-bench"]
     assert prepared == []
 
+    # bug: a rerun with other fit options reported the earlier fit's results as its own; the
+    # device alone is no change (the same store and options)
+    recorded = json.loads((work / "synth" / "steps.json").read_text())
+    assert recorded["fit"]["settings"] == ["fit", *QUICK_FIT_ARGS] and "extract" not in recorded
+    assert recorded["fit"]["store"]["n_images"] == 1500 and "path" not in recorded["fit"]["store"]
+    assert run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2, device="cuda"),
+                     dry_run=True, echo=log.append) == []
+    other = plan(synth, data, work, fit_args=[*QUICK_FIT_ARGS, "--k", "5"], splits=2)
+    with pytest.raises(ZsfsError) as refused:
+        run_steps(other, echo=log.append)
+    said = str(refused.value)
+    assert f"fit: {work / 'synth' / 'fit'} was made by `zsfs fit {' '.join(QUICK_FIT_ARGS)}`; this run asks for " \
+           f"`zsfs fit {' '.join(QUICK_FIT_ARGS)} --k 5`" in said
+    assert "ood-bench: " in said and f"rm -r {work / 'synth' / 'fit'} {work / 'synth' / 'ood-bench'}" in said
+    assert (work / "synth" / "fit" / "metrics.json").stat().st_mtime_ns == before  # nothing was run
+    # bug: a store rebuilt under finished runs (other models, other images) kept their results
+    make_synthetic_store(Layout(work, "synth").store, 1500, 10, seed=1, overwrite=True, **SMALL_STORE)
+    with pytest.raises(ZsfsError, match=f"fit: {work / 'synth' / 'fit'} was made from an earlier build of "):
+        run_steps(steps, dry_run=True, echo=log.append)
+    (work / "synth" / "steps.json").write_text("[")
+    with pytest.raises(ZsfsError, match="cannot read .*steps.json.*remove it"):
+        run_steps(steps, dry_run=True, echo=log.append)
+    (work / "synth" / "steps.json").unlink()  # outputs made before the record existed are taken as they are
+    assert run_steps(other, dry_run=True, echo=log.append) == []
+
 
 def test_dry_run_runs_nothing(tmp_path):
     steps = plan(DATASETS["cifar100"], tmp_path / "data", tmp_path / "work")
