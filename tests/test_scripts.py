@@ -393,3 +393,12 @@ def test_benchmarks_refuse_bad_sizes_in_one_line_before_any_work(script, args, s
     done = run(command(ROOT / "benchmarks" / script) + args, tmp_path)
     assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_tars_says_which_tars_it_reused(tmp_path):
+    """Review: the write time of the tars a second run found in --workdir printed as 'nan'."""
+    work = tmp_path / "tars"
+    lines = [run(command(ROOT / "benchmarks" / "bench_tars.py") + ["--sizes", "30", "--workdir", str(work)],
+                 tmp_path).stdout.splitlines() for _ in range(2)]
+    first, second = (next(line.split() for line in output if line.split()[:1] == ["30"]) for output in lines)
+    assert float(first[3]) >= 0 and second[3] == "reused" and first[:3] == second[:3] == ["30", "1", "0.00"]
