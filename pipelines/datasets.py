@@ -37,7 +37,8 @@ class Dataset:
 
     ``prepare(data_root)`` returns a folder of class subfolders (folder name = class name =
     prompt word), downloading where a public downloader exists; ``None`` for data that is not
-    public. ``id_classes`` is the ID class count of the OOD protocol (None: classification only).
+    public. ``id_classes`` is the ID class count of the OOD protocol (None: classification only);
+    ``n_images`` the images the paper's numbers are measured on, where fixed (None: unknown here).
     """
 
     name: str
@@ -48,6 +49,7 @@ class Dataset:
     paper_accuracy: dict[str, float] = field(default_factory=dict)
     paper_auroc: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    n_images: int | None = None
 
     @property
     def runnable(self) -> bool:
@@ -64,13 +66,13 @@ DATASETS: dict[str, Dataset] = {
         Dataset(
             "imagenet", "ImageNet", 1000, None, prepare.imagenet,
             paper_accuracy=_numbers(ACCURACY_BASELINES, (61.15, 63.11, 68.29)),
-            note="validation set (50,000 images); classification only, as in the paper",
+            note="validation set (50,000 images); classification only, as in the paper", n_images=50_000,
         ),
         Dataset(
             "cars", "Stanford Cars", 196, 120, prepare.stanford_cars,
             paper_accuracy=_numbers(ACCURACY_BASELINES, (57.62, 57.73, 79.63)),
             paper_auroc=_numbers(AUROC_BASELINES, (63.93, 63.16, 72.50, 73.19)),
-            note="test set (8,041 images); manual download",
+            note="test set (8,041 images); manual download", n_images=8_041,
         ),
         Dataset(
             "geo", "Geo", None, 30, None,
@@ -81,13 +83,13 @@ DATASETS: dict[str, Dataset] = {
             "cifar10", "CIFAR-10", 10, 6, prepare.cifar10,
             paper_accuracy=_numbers(ACCURACY_BASELINES, (87.65, 87.40, 95.07)),
             paper_auroc=_numbers(AUROC_BASELINES, (89.26, 88.34, 93.00, 89.26)),
-            note="test set (10,000 images)",
+            note="test set (10,000 images)", n_images=10_000,
         ),
         Dataset(
             "cifar100", "CIFAR-100", 100, 20, prepare.cifar100,
             paper_accuracy=_numbers(ACCURACY_BASELINES, (59.54, 61.52, 80.14)),
             paper_auroc=_numbers(AUROC_BASELINES, (78.10, 78.94, 82.10, 85.60)),
-            note="test set (10,000 images)",
+            note="test set (10,000 images)", n_images=10_000,
         ),
         Dataset(
             "caltech101", "Caltech-101", 101, 21, prepare.caltech101,

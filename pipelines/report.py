@@ -71,6 +71,11 @@ def collect(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> list[dict
             row["models"], row["paper_models"] = _describe_models(settings)
         if fit:
             row["n_images"] = fit.get("n_images")
+            if dataset.n_images and row["n_images"] and row["n_images"] != dataset.n_images \
+                    and len((settings or {}).get("classes") or []) in (0, dataset.n_classes):
+                # review: a sample of the dataset's classes (--images) was noted "test set (10,000 images)"
+                row["note"] = (f"measured on {row['n_images']:,} images of another image folder, not the "
+                               f"dataset's {dataset.n_images:,}: not comparable")
             for key in OURS_ACCURACY:
                 row[key] = _percent(fit.get(key))
         if ood:

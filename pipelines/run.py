@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
@@ -30,20 +30,27 @@ from zsfs.outputs import write_text_atomically
 
 STEPS_FILE = "steps.json"
 
+SET_BY_THE_PIPELINE = {"source": "the images (prepared, or --images)", "out": "WORK/<dataset>/...",
+                       "store_path": "WORK/<dataset>/<dataset>.h5", "run_dir": "WORK/<dataset>/fit",
+                       "device": "the pipeline's --device", "id_classes": "the pipeline's --id-classes",
+                       "splits": "the pipeline's --splits"}
+"""zsfs parameters the pipeline gives each step itself (name -> where they come from): refused in
+--extract-args and --fit-args, where the last value would win and send a step elsewhere."""
+
 
 @dataclass(frozen=True)
 class Step:
     """One pipeline step: done when ``output`` exists (or ``done()`` says so); ``argv`` is its
     zsfs command line, if it is one. ``settings`` are what its output depends on besides the
-    work folder's layout (the zsfs command without its paths and device), and ``store`` the store
-    it reads, if any: both are recorded in ``record`` (the dataset's steps.json) when it finishes."""
+    work folder's layout (:func:`command_settings`), and ``store`` the store it reads, if any:
+    both are recorded in ``record`` (the dataset's steps.json) when it finishes."""
 
     name: str
     output: Path
     run: Callable[[], object]
     argv: tuple[str, ...] | None = None
     done: Callable[[], bool] | None = None
-    settings: tuple[str, ...] = ()
+    settings: dict | None = None
     store: Path | None = None
     record: Path | None = None
 
@@ -55,7 +62,7 @@ class Step:
 
     def made_with(self) -> dict:
         """What this step's output is made with now: its settings and the content of its store."""
-        made: dict = {"settings": list(self.settings)}
+        made: dict = {"settings": self.settings}
         if self.store is not None:
             made["store"] = _store_content(self.store)
         return made
@@ -68,9 +75,13 @@ class Step:
         recorded = read_records(self.record).get(self.name)
         if recorded is None:
             return None
-        if recorded.get("settings") != list(self.settings):
-            return (f"{self.output} was made by `zsfs {shlex.join(recorded.get('settings') or ())}`; "
-                    f"this run asks for `zsfs {shlex.join(self.settings)}`")
+        then = recorded.get("settings") or {}
+        changed = sorted(name for name in {*then, *(self.settings or {})}
+                         if then.get(name, "(none)") != (self.settings or {}).get(name, "(none)"))
+        if changed:
+            said = ", ".join(f"{name} {_shown(then.get(name, '(none)'))} -> {_shown(self.settings.get(name, '(none)'))}"
+                             for name in changed)
+            return f"{self.output} was made with other settings ({said})"
         store = None if self.store is None else _store_content(self.store)
         if store is not None and recorded.get("store") != store:  # (an unreadable store: its step says why)
             return f"{self.output} was made from an earlier build of {self.store}"
@@ -82,6 +93,38 @@ class Step:
             records = read_records(self.record)
             records[self.name] = self.made_with()
             write_text_atomically(self.record, json.dumps(records, indent=2) + "\n")
+
+
+def command_settings(argv: Sequence[str], source: str | None = None) -> dict:
+    """What a zsfs command line asks for, by meaning: every parameter with its default filled in,
+    fit's and ood-bench's as the fit config they resolve to (``--k=5`` and ``--k 5`` are one setting,
+    as are no ``--k`` and the default's), without the paths and the device the pipeline gives
+    (``source``, when given, stands for the images)."""
+    from zsfs.cli.fit import PARAMETERS
+    from zsfs.fit.config import FitConfig
+
+    params = _parsed(argv).params
+    if "paper" in params and all(parameter in params for parameter in PARAMETERS):  # fit, ood-bench
+        config = FitConfig.from_options(paper=params.pop("paper"), fast=params.pop("fast"),
+                                        **{parameter: params.pop(parameter) for parameter in PARAMETERS})
+        params.update(asdict(config))
+    settings = {name: value for name, value in params.items() if name not in (
+        "source", "out", "store_path", "run_dir", "device")}
+    if source is not None:
+        settings["images"] = source
+    return json.loads(json.dumps(settings, default=str))  # as steps.json holds them (paths as text, lists)
+
+
+def _parsed(argv: Sequence[str]) -> click.Context:
+    """``argv``'s zsfs command parsed without running anything (its checks of paths are skipped)."""
+    from zsfs.cli import main as zsfs_main
+
+    command = zsfs_main.get_command(click.Context(zsfs_main), argv[0])
+    return command.make_context(argv[0], list(argv[1:]), resilient_parsing=True)
+
+
+def _shown(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def read_records(path: Path) -> dict:
@@ -149,8 +192,10 @@ def plan(
     extract_args: Sequence[str] = (),
     fit_args: Sequence[str] = (),
     splits: int = OOD_SPLITS,
+    id_classes: int | None = None,
 ) -> list[Step]:
-    """The steps of one dataset's pipeline, in order (nothing is run here)."""
+    """The steps of one dataset's pipeline, in order (nothing is run here); ``id_classes``: the OOD
+    protocol's ID class count [the paper's for the dataset]."""
     layout = Layout(Path(work), dataset.name)
     steps = []
     if images is None:
@@ -158,21 +203,19 @@ def plan(
         # done once prepared, or once its store is (extract reads the images only to build it)
         steps.append(Step("prepare", images, lambda: dataset.prepare(Path(data_root)),
                           done=lambda: prepare.is_prepared(images) or layout.store.is_file()))
-        source = ("extract", dataset.name)  # a prepared dataset: the same images wherever --data-root puts them
+        source = f"prepared {dataset.name}"  # the same images wherever --data-root puts them
     else:
-        source = ("extract", str(Path(images).resolve()))
-    models = ("--clip-model", CLIP_MODEL, "--clip-weights", CLIP_WEIGHTS, "--backbone", BACKBONE)
-    steps.append(_zsfs_step("extract", layout, layout.store, (*source, *models, *extract_args),
-                            ("extract", str(images), "--out", str(layout.store), *models, "--device", device,
-                             *extract_args)))
-    steps.append(_zsfs_step("fit", layout, layout.fit_run, ("fit", *fit_args),
-                            ("fit", "--store", str(layout.store), "--out", str(layout.fit_run), "--device", device,
-                             *fit_args)))
+        source = str(Path(images).resolve())
+    extract = ("extract", str(images), "--out", str(layout.store), "--clip-model", CLIP_MODEL,
+               "--clip-weights", CLIP_WEIGHTS, "--backbone", BACKBONE, "--device", device, *extract_args)
+    steps.append(_zsfs_step("extract", layout, layout.store, extract, source))
+    fit = ("fit", "--store", str(layout.store), "--out", str(layout.fit_run), "--device", device, *fit_args)
+    steps.append(_zsfs_step("fit", layout, layout.fit_run, fit))
+    id_classes = dataset.id_classes if id_classes is None else id_classes
     if dataset.id_classes is not None:
-        protocol = ("--id-classes", str(dataset.id_classes), "--splits", str(splits))
-        steps.append(_zsfs_step("ood-bench", layout, layout.ood_run, ("ood-bench", *protocol, *fit_args),
-                                ("ood-bench", "--store", str(layout.store), *protocol, "--out", str(layout.ood_run),
-                                 "--device", device, *fit_args)))
+        bench = ("ood-bench", "--store", str(layout.store), "--id-classes", str(id_classes),
+                 "--splits", str(splits), "--out", str(layout.ood_run), "--device", device, *fit_args)
+        steps.append(_zsfs_step("ood-bench", layout, layout.ood_run, bench))
     return steps
 
 
@@ -220,8 +263,8 @@ def run_zsfs(argv: Sequence[str]) -> None:
                             f"and rerun: finished steps are kept") from None
 
 
-def _zsfs_step(name: str, layout: Layout, output: Path, settings: tuple[str, ...], argv: tuple[str, ...]) -> Step:
-    return Step(name, output, lambda: run_zsfs(argv), argv, settings=settings,
+def _zsfs_step(name: str, layout: Layout, output: Path, argv: tuple[str, ...], source: str | None = None) -> Step:
+    return Step(name, output, lambda: run_zsfs(argv), argv, settings=command_settings(argv, source),
                 store=None if output == layout.store else layout.store, record=layout.record)
 
 
@@ -238,6 +281,15 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
         words = shlex.split(text)
     except ValueError as error:  # "No closing quotation"
         raise ZsfsError(f"{option} {text!r}: {error}") from None
+    for name in commands:  # first: an option of one command is unknown to the other
+        command = zsfs_main.get_command(click.Context(zsfs_main), name)
+        alone = _parsed([name, *words])
+        for parameter in command.params:
+            if parameter.name in SET_BY_THE_PIPELINE and \
+                    alone.get_parameter_source(parameter.name) is click.core.ParameterSource.COMMANDLINE:
+                given_as = parameter.opts[0] if parameter.opts[0].startswith("-") else "an image folder"
+                raise ZsfsError(f"{option} {text!r}: the pipeline gives `zsfs {name}` {given_as} itself "
+                                f"({SET_BY_THE_PIPELINE[parameter.name]}): leave it out")
     for name, given in commands.items():
         command = zsfs_main.get_command(click.Context(zsfs_main), name)
         try:
@@ -268,15 +320,19 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
 @click.option("--fit-args", default="", help='Extra options for `zsfs fit` and `zsfs ood-bench`, e.g. "--k 5".')
 @click.option("--splits", type=click.IntRange(min=1), default=OOD_SPLITS, show_default=True,
               help="ID/OOD splits of the OOD protocol.")
+@click.option("--id-classes", type=click.IntRange(min=1), default=None,
+              help="ID classes of the OOD protocol (one dataset only; e.g. for an --images folder of fewer "
+                   "classes) [the paper's for the dataset].")
 @click.option("--dry-run", is_flag=True, help="Print what would run (as zsfs command lines) and stop.")
 def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, images: Path | None,
-         extract_args: str, fit_args: str, splits: int, dry_run: bool) -> None:
+         extract_args: str, fit_args: str, splits: int, id_classes: int | None, dry_run: bool) -> None:
     """Run the paper's experiment for DATASETS (cifar10 cifar100 caltech101 caltech256 cars imagenet, or all)."""
     from zsfs.cli.common import console, say_stopped, sigterm_stops_cleanly
 
     with sigterm_stops_cleanly():
         try:
-            _run_datasets(datasets, data_root, work, device, images, extract_args, fit_args, splits, dry_run)
+            _run_datasets(datasets, data_root, work, device, images, extract_args, fit_args, splits, id_classes,
+                          dry_run)
         except KeyboardInterrupt as stop:  # in a step of its own (a download, the report): zsfs steps say their own
             say_stopped(stop, "Finished steps are kept and nothing half-written was left; a rerun resumes.")
         except ZsfsError as error:
@@ -285,7 +341,7 @@ def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, im
 
 
 def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, images: Path | None,
-                  extract_args: str, fit_args: str, splits: int, dry_run: bool) -> None:
+                  extract_args: str, fit_args: str, splits: int, id_classes: int | None, dry_run: bool) -> None:
     from zsfs.cli.common import console
 
     failed = []
@@ -295,6 +351,9 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
     chosen = [get_dataset(name) for name in names]
     if images is not None and len(chosen) != 1:
         raise ZsfsError("--images names one prepared folder: give exactly one dataset with it")
+    if id_classes is not None and (len(chosen) != 1 or chosen[0].id_classes is None):
+        raise ZsfsError("--id-classes sets the OOD protocol of one dataset: give exactly one dataset that has it "
+                        f"({', '.join(name for name, entry in DATASETS.items() if entry.runnable and entry.id_classes)})")
     extract_words = extra_arguments("--extract-args", extract_args, {"extract": ["."]})
     takers = {"fit": ["--store", "s.h5"]}
     if any(dataset.id_classes is not None for dataset in chosen):  # ImageNet alone runs no ood-bench
@@ -302,7 +361,7 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
     fit_words = extra_arguments("--fit-args", fit_args, takers)
     for dataset in chosen:
         console.rule(dataset.title)
-        steps = plan(dataset, data_root, work, device=device, images=images, splits=splits,
+        steps = plan(dataset, data_root, work, device=device, images=images, splits=splits, id_classes=id_classes,
                      extract_args=extract_words, fit_args=fit_words)
         try:
             run_steps(steps, dry_run=dry_run, echo=lambda line: console.print(line, markup=False, soft_wrap=True))

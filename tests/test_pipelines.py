@@ -160,17 +160,24 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     # bug: a rerun with other fit options reported the earlier fit's results as its own; the
     # device alone is no change (the same store and options)
     recorded = json.loads((work / "synth" / "steps.json").read_text())
-    assert recorded["fit"]["settings"] == ["fit", *QUICK_FIT_ARGS] and "extract" not in recorded
+    fit_settings = recorded["fit"]["settings"]
+    assert (fit_settings["epochs"], fit_settings["k"], fit_settings["method"]) == (20, 16, "balanced")
+    assert not {"store_path", "run_dir", "device"} & set(fit_settings) and "extract" not in recorded
+    assert recorded["ood-bench"]["settings"]["splits"] == 2 and recorded["ood-bench"]["settings"]["id_classes"] == "6"
     assert recorded["fit"]["store"]["n_images"] == 1500 and "path" not in recorded["fit"]["store"]
-    assert run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2, device="cuda"),
-                     dry_run=True, echo=log.append) == []
+    # settings by meaning (review: the default's value, or --k=16, was a change of words)
+    for same in (["--k=16", *QUICK_FIT_ARGS], [*QUICK_FIT_ARGS, "--k", "16"]):
+        assert run_steps(plan(synth, data, work, fit_args=same, splits=2, device="cuda"),
+                         dry_run=True, echo=log.append) == []
     other = plan(synth, data, work, fit_args=[*QUICK_FIT_ARGS, "--k", "5"], splits=2)
     with pytest.raises(ZsfsError) as refused:
         run_steps(other, echo=log.append)
     said = str(refused.value)
-    assert f"fit: {work / 'synth' / 'fit'} was made by `zsfs fit {' '.join(QUICK_FIT_ARGS)}`; this run asks for " \
-           f"`zsfs fit {' '.join(QUICK_FIT_ARGS)} --k 5`" in said
-    assert "ood-bench: " in said and f"rm -r {work / 'synth' / 'fit'} {work / 'synth' / 'ood-bench'}" in said
+    assert f"fit: {work / 'synth' / 'fit'} was made with other settings (k 16 -> 5)" in said
+    assert f"ood-bench: {work / 'synth' / 'ood-bench'} was made with other settings (k 16 -> 5)" in said
+    assert f"rm -r {work / 'synth' / 'fit'} {work / 'synth' / 'ood-bench'}" in said
+    with pytest.raises(ZsfsError, match=r"ood-bench: .* \(id_classes 6 -> 4\)"):
+        run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2, id_classes=4), dry_run=True)
     assert (work / "synth" / "fit" / "metrics.json").stat().st_mtime_ns == before  # nothing was run
     # bug: a store rebuilt under finished runs (other models, other images) kept their results
     make_synthetic_store(Layout(work, "synth").store, 1500, 10, seed=1, overwrite=True, **SMALL_STORE)
@@ -281,6 +288,13 @@ def test_a_run_on_another_image_folder_shows_its_own_counts_and_is_not_comparabl
     assert (row["n_images"], row["n_classes"], row["id_classes"]) == (90, 3, 2)
     assert row["note"] == "measured on another image folder (3 classes), not the dataset's (10 classes): not comparable"
     assert "| CIFAR-10 | 2 / 3 |" in render_markdown(collect(tmp_path))
+    # review: a folder of the dataset's 10 classes but 600 images kept the note "test set (10,000 images)"
+    (fit / "config.json").write_text(json.dumps({"classes": [f"c{i}" for i in range(10)], "parameters": {}}))
+    (fit / "metrics.json").write_text(json.dumps({"n_images": 600, "accuracy": 0.5}))
+    row = next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")
+    assert row["note"] == "measured on 600 images of another image folder, not the dataset's 10,000: not comparable"
+    (fit / "metrics.json").write_text(json.dumps({"n_images": 10_000, "accuracy": 0.5}))
+    assert next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")["note"] == "test set (10,000 images)"
 
 
 def test_report_without_runs_shows_the_paper_numbers_only(tmp_path):
@@ -447,6 +461,17 @@ def test_cli_runs_the_steps_and_writes_the_results(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
+    # review: the last --store/--out won, so a step read another store or wrote elsewhere, and the
+    # results were reported as this dataset's
+    (["cifar10", "--fit-args", "--store other.h5"], "--fit-args '--store other.h5': the pipeline gives `zsfs fit` --store "
+                                         "itself (WORK/<dataset>/<dataset>.h5): leave it out"),
+    (["cifar10", "--fit-args", "--out elsewhere"], "the pipeline gives `zsfs fit` --out itself"),
+    (["cifar10", "--fit-args", "--device cuda"], "the pipeline gives `zsfs fit` --device itself (the pipeline's --device)"),
+    (["cifar10", "--fit-args", "--splits 3"], "the pipeline gives `zsfs ood-bench` --splits itself"),
+    (["cifar10", "--extract-args", "--out y.h5"], "the pipeline gives `zsfs extract` --out itself"),
+    (["cifar10", "--extract-args", "more_images"], "the pipeline gives `zsfs extract` an image folder itself"),
+    (["cifar10", "cifar100", "--id-classes", "3"], "--id-classes sets the OOD protocol of one dataset"),
+    (["imagenet", "--id-classes", "3"], "--id-classes sets the OOD protocol of one dataset"),
     (["geo"], "not public"),
     (["mnist"], "no pipeline for dataset 'mnist'"),
     (["all", "cifar10"], "'all' runs every dataset: give it alone, or name the datasets"),  # was "no pipeline for 'all'"
