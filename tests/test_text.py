@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from zsfs.errors import ParameterError
 from zsfs.extract import add_vocabulary, extract
 from zsfs.models import encode_vocabulary, load_clip
 from zsfs.store.reader import Store
@@ -113,6 +114,12 @@ def test_text_finds_a_moved_weights_file_only_if_it_matches(unlabelled_store, tm
     assert add_vocabulary(store, classes, "animals", clip_weights=moved) == ANIMALS
     with Store(store) as opened:
         assert opened.vocabulary_names() == ["animals"]
+        # review: an open Store (as zsfs.fit takes) was refused as "path must be a path"
+        assert add_vocabulary(opened, ["fox", "owl"], "night", clip_weights=moved) == ["fox", "owl"]
+    with Store(store) as opened:
+        assert opened.vocabulary_names() == ["animals", "night"]
+    with pytest.raises(ParameterError, match=r"^store_path must be a path \(a str or pathlib.Path\), not 5$"):
+        add_vocabulary(5, ["fox"], "x")
 
 
 def test_text_on_a_missing_store_or_class_file(unlabelled_store, tmp_path):

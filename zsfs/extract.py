@@ -593,7 +593,7 @@ def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: li
 
 @checked_arguments
 def add_vocabulary(
-    store_path: str | Path,
+    store_path: "str | Path | Store",
     classes: Sequence[str] | str | Path,
     name: str,
     *,
@@ -607,8 +607,12 @@ def add_vocabulary(
 
     ``clip_weights``: the recorded weights file at a new location (its sha256 must match).
     ``on_start(n)`` is called once the model is loaded with the number of classes,
-    ``on_classes(n)`` as classes are embedded (progress). Returns the class names written.
+    ``on_classes(n)`` as classes are embedded (progress). ``store_path`` may be an open ``Store``,
+    as ``zsfs.fit`` takes one. Returns the class names written.
     """
+    if isinstance(store_path, Store):
+        store_path = store_path.path
+    check_path_type("store_path", store_path)  # (Store's own check would name its "path")
     check_device(device)
     check_parameter_type("name", name, str)
     check_vocabulary_name(name)
