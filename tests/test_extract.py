@@ -487,8 +487,8 @@ def test_ctrl_c_before_a_shard_is_finished_says_the_rerun_starts_over(tmp_path):
     assert process.returncode == 130 and "Traceback" not in said, said
     assert not re.search(r"embedding: [\d,]+ of [\d,]+ img \(\d+ %\) in ", said), said  # no "done" line (review)
     n = len(open_source(source).paths)
-    assert said.endswith(f"Interrupted. Nothing half-written was left; no shard (of {n} files here: --shard-size "
-                         f"1,000) was finished: a rerun embeds the {n} files from the start."), said
+    assert said.endswith(f"Interrupted. Nothing half-written was left; no shard was finished (the {n} files here "
+                         f"are one shard: --shard-size 1,000): a rerun embeds the {n} files from the start."), said
 
 
 def test_ctrl_c_under_overwrite_while_the_models_load_leaves_the_old_store_and_says_so(tmp_path):

@@ -406,3 +406,25 @@ def test_a_model_that_differs_is_said_by_the_parts_that_differ():
     assert describe_difference({"backbone": then}, {"backbone": now}) == (
         "differs in backbone; its backbone differs in crop_pct (0.95 then, 0.875 now), "
         "init_fingerprint (4cc355baf915... then, 0123456789ab... now)")
+
+
+def test_a_stop_says_what_the_rerun_keeps_in_shards_of_that_size(tmp_path):
+    """Review: "no shard (of 200 files here: --shard-size 200)" read as 200 files in the collection."""
+    from zsfs.extract import _kept_for_a_rerun
+
+    writer = new_writer(tmp_path / "s.h5")  # 25 files, shards of 10
+    try:
+        assert _kept_for_a_rerun(writer, writer.pending_shards()) == (
+            "no shard was finished (each holds 10 files: --shard-size 10): a rerun embeds the 25 files from the start")
+        writer.write_shard(1, shard_data(writer, 1))
+        assert _kept_for_a_rerun(writer, writer.pending_shards()) == (
+            "the finished shards hold 10 of the 25 files (--shard-size 10): a rerun keeps them and embeds the other 15")
+    finally:
+        writer.close()
+    one = new_writer(tmp_path / "t.h5", shard_size=100)
+    try:
+        assert _kept_for_a_rerun(one, one.pending_shards()) == (
+            "no shard was finished (the 25 files here are one shard: --shard-size 100): a rerun embeds the 25 files "
+            "from the start")
+    finally:
+        one.close()

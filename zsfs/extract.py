@@ -421,8 +421,10 @@ def _kept_for_a_rerun(writer: StoreWriter, pending: Sequence[int]) -> str:
     unfinished = [shard for shard in pending if not writer.shard_is_complete(shard, recorded)]
     kept = writer.n_items - sum(stop - start for start, stop in map(writer.shard_bounds, unfinished))
     if not kept:
-        return (f"no shard (of {min(writer.shard_size, writer.n_items):,} files here: --shard-size "
-                f"{writer.shard_size:,}) was finished: a rerun embeds the {writer.n_items:,} files from the start")
+        shards = (f"the {writer.n_items:,} files here are one shard" if writer.shard_size >= writer.n_items else
+                  f"each holds {writer.shard_size:,} files")
+        return (f"no shard was finished ({shards}: --shard-size {writer.shard_size:,}): a rerun embeds the "
+                f"{writer.n_items:,} files from the start")
     return (f"the finished shards hold {kept:,} of the {writer.n_items:,} files (--shard-size {writer.shard_size:,}): "
             f"a rerun keeps them and embeds the other {writer.n_items - kept:,}")
 
