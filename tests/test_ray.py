@@ -320,6 +320,24 @@ def test_a_ray_client_address_without_its_package_and_a_token_cluster_get_advice
     assert _token_hint() == ""  # it was sent: the advice would be wrong
 
 
+def test_no_cluster_to_join_here_is_said_with_zsfs_options(monkeypatch, tmp_path):
+    """Review: `--ray` with no cluster running quoted Ray's "setting --address flag" (no zsfs option)
+    and the token advice, which cannot help where no cluster runs."""
+    from zsfs.distributed import _join_failure
+
+    token = tmp_path / "auth_token"
+    token.write_text("secret")  # the token advice applies to a cluster that refused, not to none at all
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    none_here = ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by "
+                                "setting `--address` flag or `RAY_ADDRESS` environment variable.")
+    assert _join_failure("auto", none_here, "start one") == "no Ray cluster runs on this machine for --ray to join; " \
+                                                           "start one"
+    refused = ConnectionError("Failed to connect to GCS")
+    assert _join_failure("10.0.0.1:6379", refused, "start one").startswith(
+        "could not join a Ray cluster at '10.0.0.1:6379' (Failed to connect to GCS); if the cluster uses token")
+
+
 def test_the_address_check_passes_a_real_cluster_and_names_what_else_answers(cluster):
     """Review: no test ran the check against a real cluster's GCS (a check refusing every cluster
     would have passed), and a tunnel whose far end is down or a silent server got the advice meant

@@ -302,7 +302,7 @@ def _start_or_join(address: str | None) -> bool:
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ConnectionError as error:
-        raise ZsfsError(f"could not join a Ray cluster at {address!r} ({error}); {_token_hint() or fix}") from None
+        raise ZsfsError(_join_failure(address, error, fix)) from None
     except ValueError as error:  # "Invalid address format: bogus", an unparsable port
         if "ray[client]" in str(error):  # a ray:// address, without Ray Client's package
             raise ZsfsError(f"{address!r} is a Ray Client address, which needs Ray's client package: "
@@ -310,6 +310,14 @@ def _start_or_join(address: str | None) -> bool:
                             "from one of its nodes") from None
         raise ZsfsError(f"{address!r} is not a Ray cluster address ({error}); {fix}") from None
     return False
+
+
+def _join_failure(address: str, error: ConnectionError, fix: str) -> str:
+    """Why joining ``address`` failed, and what to do."""
+    if address == "auto" and "Could not find any running Ray instance" in str(error):
+        # Ray's own text names its flags (`--address`), not zsfs'; a token cannot help where none runs
+        return f"no Ray cluster runs on this machine for --ray to join; {fix}"
+    return f"could not join a Ray cluster at {address!r} ({error}); {_token_hint() or fix}"
 
 
 def _token_hint() -> str:
