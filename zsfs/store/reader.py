@@ -262,7 +262,9 @@ class Store:
     def paths(self, rows: slice | np.ndarray | None = None) -> np.ndarray:
         """The images' paths, as recorded (``rows``: as :meth:`read` takes them; None = all)."""
         with self._read_errors(schema.PATH):
-            return read_rows(string_view(self._dataset(schema.PATH)), rows)
+            paths = read_rows(string_view(self._dataset(schema.PATH)), rows)
+        self.check_unchanged(thorough=False)  # as read's: the open master is the old build's after a rebuild
+        return paths
 
     def labels(self) -> np.ndarray | None:
         return self._strings(schema.LABEL) if self.has_labels else None
@@ -281,7 +283,9 @@ class Store:
 
     def _strings(self, name: str) -> np.ndarray:
         with self._read_errors(name):
-            return read_strings(self._dataset(name))
+            strings = read_strings(self._dataset(name))
+        self.check_unchanged(thorough=False)  # as paths'
+        return strings
 
     def _dataset(self, name: str) -> h5py.Dataset:
         if name not in self._file:
