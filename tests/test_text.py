@@ -146,3 +146,15 @@ def test_text_refuses_classes_clip_reads_as_one(unlabelled_store, tmp_path):
     assert result.exit_code == 1 and "lists 1 name more than once: 'caf\u00e9' = 'cafe\u0301'" in output_text(result)
     with Store(store) as opened:
         assert "twice" not in opened.vocabulary_names()
+
+
+def test_text_counts_one_class_in_the_singular(unlabelled_store, tmp_path):
+    """Review: the log line said "class names: 1 classes to do"."""
+    store, _ = unlabelled_store
+    classes = tmp_path / "one.txt"
+    classes.write_text("cat\n")
+    result = run_cli("text", store, "--classes", classes, "--name", "one")
+    assert result.exit_code == 0 and "class names: 1 class to do" in result.output, result.output
+    classes.write_text("cat\ndog\n")
+    result = run_cli("text", store, "--classes", classes, "--name", "two")
+    assert result.exit_code == 0 and "class names: 2 classes to do" in result.output, result.output

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, shared_memory_full
-from zsfs.names import visible
+from zsfs.names import counted, visible
 
 if TYPE_CHECKING:
     from zsfs.fit.config import FitConfig
@@ -454,16 +454,18 @@ LOG_SECONDS = 10.0
 
 
 @contextmanager
-def image_progress(description: str, unit: str = "img") -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+def image_progress(description: str, unit: str = "img",
+                   one: str | None = None) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
     """A progress bar over images (count, images/s, ETA) for a long library call; yields the
     call's ``(on_start(total), on_advance(n))`` hooks and stops the bar however the call ends.
 
     The bar starts at ``on_start``, once the total is known (after model loading), so that the
-    rate is not diluted by set-up time. ``unit``: what is counted, for the rate column. Where
-    stderr is no terminal, lines instead (:func:`_logged_progress`).
+    rate is not diluted by set-up time. ``unit``: what is counted, for the rate column (``one``:
+    its singular, where it differs: "1 class to do"). Where stderr is no terminal, lines instead
+    (:func:`_logged_progress`).
     """
     if not console.is_terminal:
-        with _logged_progress(description, unit) as hooks:
+        with _logged_progress(description, unit, one) as hooks:
             yield hooks
         return
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _ItemsPerSecond(unit),
@@ -485,7 +487,8 @@ def image_progress(description: str, unit: str = "img") -> Iterator[tuple[Callab
 
 
 @contextmanager
-def _logged_progress(description: str, unit: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+def _logged_progress(description: str, unit: str,
+                     one: str | None = None) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
     """:func:`image_progress` for a log: a line as the work starts, one every :data:`LOG_SECONDS`
     (done, share, rate since the start, time left) and one when it is done (a bar rendered once,
     at the end, showed nothing while the work ran, then the last batch's rate)."""
@@ -507,7 +510,7 @@ def _logged_progress(description: str, unit: str) -> Iterator[tuple[Callable[[in
         if total == 0:
             return
         state.update(total=total, started=time.monotonic())
-        console.print(f"{description}: {total:,} {unit} to do", markup=False, highlight=False)
+        console.print(f"{description}: {counted(total, one or unit, unit)} to do", markup=False, highlight=False)
         state["logged"] = state["started"]
 
     def on_advance(n: int) -> None:

@@ -149,7 +149,7 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
     from zsfs.extract import add_vocabulary
 
     loading = console.status("Loading the CLIP model...")
-    with image_progress("class names", unit="classes") as (start_bar, on_classes):
+    with image_progress("class names", unit="classes", one="class") as (start_bar, on_classes):
 
         def on_start(total: int) -> None:
             loading.stop()
