@@ -49,6 +49,14 @@ def test_fit_with_a_stored_graph_equals_fit_with_search(tmp_path):
     np.testing.assert_array_equal(searched.predicted, stored.predicted)
     np.testing.assert_array_equal(searched.classifier.weight, stored.classifier.weight)
     assert wider.neighbour_search["source"] == "fit"
+    # review: a graph too small to serve was passed over without a word ("neighbours: fit: exact")
+    assert wider.neighbour_search["graph_unused"] == "the store's graph holds 5 neighbours an image, this fit uses " \
+                                                     "6 (zsfs neighbours --k 6 stores enough)"
+    assert "graph_unused" not in searched.neighbour_search
+    told = run_cli("fit", "--store", with_graph, "--cycle-epochs", "2", "--neighbours", "6", "--out", tmp_path / "w")
+    assert told.exit_code == 0 and "(the store's graph holds 5 neighbours" in output_text(told), told.output
+    config = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert config["neighbour_search"]["graph_unused"] == wider.neighbour_search["graph_unused"]
     outcome = run_cli("fit", "--store", with_graph, "--cycle-epochs", "2", "--out", tmp_path / "run")
     assert outcome.exit_code == 0 and "store graph" in outcome.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -159,7 +167,10 @@ def test_a_graph_is_used_only_when_it_is_as_exact_as_the_fits_own_search(tmp_pat
         exact, build = brute_force_neighbours(store.read("clip"), np.arange(1500), 5), store.build
     write_neighbour_graph(path, exact, {"search": "ivf (4 lists, nprobe 1)", "precision": "fp32"}, build=build)
     with Store(path) as store:
-        assert fit_store(store, CONFIG).neighbour_search["source"] == "fit"  # exact search beats an IVF graph
+        searched = fit_store(store, CONFIG).neighbour_search
+        assert searched["source"] == "fit"  # exact search beats an IVF graph
+        assert searched["graph_unused"] == "the store's graph is approximate (ivf (4 lists, nprobe 1)), this fit " \
+                                           "searches exactly"
     ivf_store = make_synthetic_store(tmp_path / "b" / "store.h5", 1500, 8, seed=0, exact_max=1000)
     assert run_cli("neighbours", ivf_store, "--k", "5").exit_code == 0
     with Store(ivf_store) as store:

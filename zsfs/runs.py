@@ -115,7 +115,8 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
                                                                      if config.get("stop_reason") else "")))
     search = config.get("neighbour_search")
     if search:
-        rows.append(("neighbours", f"{search['source']}: {search['search']}, {search['precision']}"))
+        rows.append(("neighbours", f"{search['source']}: {search['search']}, {search['precision']}"
+                                   + (f" ({search['graph_unused']})" if search.get("graph_unused") else "")))
     if config.get("precision"):
         rows.append(("training products", str(config["precision"])))
     if "ood_flag" in frame.columns:

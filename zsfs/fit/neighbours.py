@@ -232,12 +232,18 @@ def open_search(store: "Store", method: str, *, device: torch.device, scan_dtype
     return search, clip
 
 
-def graph_serves(graph: dict | None, n_neighbours: int, method: str) -> bool:
-    """Whether a stored graph (its record, see ``Store.graph_info``) can stand in for ``method``:
-    it holds enough neighbours and is at least as exact (an IVF graph only replaces an IVF search)."""
-    if graph is None or graph["k"] < n_neighbours:
-        return False
-    return str(graph.get("search", "")).startswith("exact") or method == "ivf"
+def graph_unused(graph: dict | None, n_neighbours: int, method: str) -> str | None:
+    """Why a stored graph (its record, see ``Store.graph_info``) cannot stand in for ``method``,
+    None when it can (or there is none): it must hold enough neighbours and be at least as exact
+    (an IVF graph only replaces an IVF search)."""
+    if graph is None:
+        return None
+    if graph["k"] < n_neighbours:
+        return (f"the store's graph holds {graph['k']} neighbours an image, this fit uses {n_neighbours} "
+                f"(zsfs neighbours --k {n_neighbours} stores enough)")
+    if not str(graph.get("search", "")).startswith("exact") and method != "ivf":
+        return f"the store's graph is approximate ({graph.get('search')}), this fit searches exactly"
+    return None
 
 
 def neighbour_graph(search: NeighbourSearch, n_rows: int, k: int, *,

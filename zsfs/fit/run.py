@@ -21,7 +21,7 @@ from zsfs.errors import ParameterError, ZsfsError, literal
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.config import FitConfig
-from zsfs.fit.neighbours import choose_search, graph_serves, open_search
+from zsfs.fit.neighbours import choose_search, graph_unused, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
 from zsfs.fit.zeroshot import CHUNK_ROWS, as_tensor, zero_shot_logits
 from zsfs.names import counted, repeated_rows, spelled_like, visible
@@ -169,7 +169,8 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
     n_neighbours = min(config.neighbours, n_images - 1)
     graph = store.graph_info
     method = choose_search(store, device, dtype, ivf=config.ivf_neighbours)
-    use_graph = graph_serves(graph, n_neighbours, method)
+    unused = graph_unused(graph, n_neighbours, method)
+    use_graph = graph is not None and unused is None
     with timer.phase("read clip + index"):
         if use_graph:
             search, clip = None, store.read("clip")
@@ -187,7 +188,7 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
             neighbour_search = {"source": "store graph", **graph}
         else:
             found = search(unique, n_neighbours)
-            neighbour_search = {"source": "fit", **search.describe()}
+            neighbour_search = {"source": "fit", **search.describe(), **({"graph_unused": unused} if unused else {})}
         neighbours = np.full((*candidates.shape, n_neighbours), seeds.MISSING, np.int64)
         neighbours[valid] = found[np.searchsorted(unique, candidates[valid])]
         support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)
