@@ -605,3 +605,18 @@ def test_a_short_runs_bar_ends_with_its_rate():
     assert str(column.render(progress.tasks[0])) == "30.0 img/s"
     waiting = progress.add_task("not started", total=None, start=False)
     assert str(column.render(progress.tasks[waiting])) == "… img/s"
+
+
+def test_info_tables_show_long_paths_whole(capsys, monkeypatch):
+    """Review: a source path longer than the terminal's column was cut ("…/hostile0/ph\\xf6…")."""
+    from zsfs.cli.common import console
+    from zsfs.cli.store import show_summary
+
+    monkeypatch.setattr(console, "_width", 80)
+    source = "/data/" + "/".join(f"level-{i:02d}" for i in range(20)) + "/photos"
+    weights = "/models/" + "x" * 90 + "/clip.pt"
+    show_summary({**_store_summary(), "source": source, "clip": {"name": "c", "weights": weights, "dim": 4}}, "`x`")
+    lines = capsys.readouterr().err.splitlines()
+    values = "".join(line.split("│")[2].strip() for line in lines if line.count("│") == 3)  # the store's rows
+    weights_column = "".join(line.split("│")[3].strip() for line in lines if line.count("│") == 5)  # the models'
+    assert "…" not in "".join(lines) and source in values and weights in weights_column

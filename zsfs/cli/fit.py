@@ -241,7 +241,7 @@ def show_summary(run: "FittedRun", run_dir: Path) -> None:
 
     table = Table(title="zsfs fit", title_justify="left")
     table.add_column("", style="bold")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")  # paths are shown whole
     for label, value in summary_rows(run.config, run.metrics, run.predictions, SHOWN_CLASSES):
         table.add_row(shown(label), shown(value))
     console.print(table)

@@ -245,7 +245,7 @@ def show_summary(summary: dict, vocabulary_advice: str, unwritten_note: str = ""
     # Every value below may hold user text (paths, model names, class names): never read it as markup.
     overview = Table(title=f"zsfs store {shown(summary['path'])}", show_header=False, title_justify="left")
     overview.add_column(style="bold")
-    overview.add_column()
+    overview.add_column(overflow="fold")  # paths are shown whole (a long one was cut to "ph\xf6…")
     index = summary["index"]
     index_text = index["type"] + (f" (nlist {index['nlist']}, nprobe {index['nprobe']})" if "nlist" in index else "")
     reasons = reasons_text(summary["skipped_reasons"].items())
@@ -266,7 +266,7 @@ def show_summary(summary: dict, vocabulary_advice: str, unwritten_note: str = ""
 
     models = Table(title="Models", title_justify="left")
     for name in ("role", "name", "weights", "dim"):
-        models.add_column(name)
+        models.add_column(name, overflow="fold")  # a weights file's path, whole
     for role in ("clip", "backbone"):
         record = summary[role]
         models.add_row(role, shown(str(record["name"])), shown(str(record["weights"])), str(record["dim"]))
@@ -275,7 +275,7 @@ def show_summary(summary: dict, vocabulary_advice: str, unwritten_note: str = ""
     if summary["vocabularies"]:
         vocabularies = Table(title="Vocabularies", title_justify="left")
         for name in ("name", "classes", "first classes"):
-            vocabularies.add_column(name)
+            vocabularies.add_column(name, overflow="fold")
         for name, classes in summary["vocabularies"].items():
             vocabularies.add_row(shown(name), f"{len(classes):,}",
                                  shown("; ".join(classes[:5]) + ("; ..." if len(classes) > 5 else "")))
