@@ -291,6 +291,17 @@ def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):
     assert f"1 path given twice or more (each row kept): {one_image}" in " ".join(output_text(result).split())
 
 
+def test_cli_takes_the_models_precision_as_extract_does(fitted):
+    """Review: Python's predict_images took precision=, the command had no --precision."""
+    one_image = fitted["photos"]["root"] / fitted["photos"]["good"][0]
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--precision", "bf16", one_image)
+    said = output_text(result)
+    assert result.exit_code == 0 and "Note: --precision bf16 is an autocast on CUDA; on cpu the backbone computes " \
+        "in fp32." in said, said
+    refused = run_cli("predict", "--run", fitted["run"], "--precision", "fp8", one_image)
+    assert refused.exit_code == 2 and "'fp8' is not one of 'fp32', 'bf16', 'fp16'" in output_text(refused)
+
+
 def test_json_lines_are_utf8_whatever_the_locale_says(fitted, tmp_path, monkeypatch):
     """bug: with an ASCII (or Latin-1) stdout, an image named in other letters ended --json in a traceback."""
     named = tmp_path / "ünï 猫.png"

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from zsfs.devices import MODEL_PRECISIONS
 from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, shared_memory_full
 from zsfs.names import counted, visible
 
@@ -435,6 +436,20 @@ MAX_PIXELS_OPTION = click.option(
     help="Pixel budget of one image: larger JPEGs are decoded at 1/2 to 1/8 scale, larger files of other formats "
          "are skipped with a reason [default: 89,478,485, Pillow's own limit].")
 """Shared by the commands that decode images (the default lives in ``zsfs.decode.DEFAULT_MAX_PIXELS``)."""
+
+
+def model_precision_option(models: str) -> Callable:
+    """``--precision`` of the commands that run image models (``models``: "the models", "the backbone")."""
+    return click.option("--precision", type=click.Choice(MODEL_PRECISIONS), default="fp32", show_default=True,
+                        help=f"Autocast precision of {models} on CUDA (CPU and MPS always compute in fp32).")
+
+
+def note_precision_off_cuda(precision: str, device: str, computing: str) -> None:
+    """Say that ``--precision`` changes nothing off CUDA (it was ignored without a word);
+    ``computing``: "the models compute", "the backbone computes"."""
+    if precision != "fp32" and not device.startswith("cuda"):
+        console.print(f"[yellow]Note:[/] --precision {precision} is an autocast on CUDA; on {device} {computing} "
+                      "in fp32.", soft_wrap=True, highlight=False)
 
 
 class _ItemsPerSecond(ProgressColumn):

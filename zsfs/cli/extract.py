@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, console, image_progress,
-                             note_a_borrowed_shards_folder, noting_made_folders, shown, usage_check)
-from zsfs.devices import DEVICES, MODEL_PRECISIONS
+from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, console, image_progress, model_precision_option,
+                             note_a_borrowed_shards_folder, note_precision_off_cuda, noting_made_folders, shown,
+                             usage_check)
+from zsfs.devices import DEVICES
 from zsfs.names import counted, pairs_text, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
@@ -35,8 +36,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
               help="Name of the vocabulary written (zsfs fit --vocab NAME).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the models run (a clear error when torch sees no such device).")
-@click.option("--precision", type=click.Choice(MODEL_PRECISIONS), default="fp32", show_default=True,
-              help="Autocast precision on CUDA (CPU and MPS always compute in fp32).")
+@model_precision_option("the models")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per forward pass of the models: larger keeps a GPU busier and takes more memory.")
 @click.option("--workers", type=click.IntRange(min=0),
@@ -81,9 +81,8 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 
     context = click.get_current_context()
     device = options["device"]
-    if options["precision"] != "fp32" and options["ray"] is None and not device.startswith("cuda"):
-        console.print(f"[yellow]Note:[/] --precision {options['precision']} is an autocast on CUDA; on {device} the "
-                      "models compute in fp32.", soft_wrap=True)
+    if options["ray"] is None:  # (Ray's workers may have GPUs)
+        note_precision_off_cuda(options["precision"], device, "the models compute")
     loading = console.status("Scanning the source and loading the models...")
     with image_progress("embedding") as (start_bar, on_batch):
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import (GivenPath, MAX_PIXELS_OPTION, console, image_progress, noting_made_folders, shown,
-                             usage_check)
+from zsfs.cli.common import (GivenPath, MAX_PIXELS_OPTION, console, image_progress, model_precision_option,
+                             note_precision_off_cuda, noting_made_folders, shown, usage_check)
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, some_names
@@ -32,6 +32,7 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 @click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON lines on stdout.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the backbone runs (a clear error when torch sees no such device).")
+@model_precision_option("the backbone")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per forward pass of the backbone: larger keeps a GPU busier and takes more memory.")
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding processes [default: as zsfs extract].")
@@ -66,6 +67,7 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     if out is not None:
         check_writable(written_file(out), "predictions file")  # a missing folder is created at the end
         refuse_read_only_file(out, "predictions file")  # before the images, not after
+    note_precision_off_cuda(options["precision"], options["device"], "the backbone computes")
     twice: list[str] = []  # a file and the folder holding it, say: as extract, a row each
     with image_progress("classifying") as (on_start, on_batch):
         frame = predict_images(run_dir, images, on_start=on_start, on_batch=on_batch, on_repeated=twice.extend,
