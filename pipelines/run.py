@@ -37,6 +37,11 @@ SET_BY_THE_PIPELINE = {"source": "the images (prepared, or --images)", "out": "W
 """zsfs parameters the pipeline gives each step itself (name -> where they come from): refused in
 --extract-args and --fit-args, where the last value would win and send a step elsewhere."""
 
+HOW_NOT_WHAT = {"extract": ("batch_size", "workers", "shard_size", "ray", "ray_workers", "overwrite"),
+                "fit": ("as_json", "with_report"), "ood-bench": ("as_json",)}
+"""Parameters that change how a step runs or what it prints, not its results: no change of settings
+(a rerun with another --batch-size must not ask for the store to be rebuilt)."""
+
 
 @dataclass(frozen=True)
 class Step:
@@ -99,7 +104,7 @@ def command_settings(argv: Sequence[str], source: str | None = None) -> dict:
     """What a zsfs command line asks for, by meaning: every parameter with its default filled in,
     fit's and ood-bench's as the fit config they resolve to (``--k=5`` and ``--k 5`` are one setting,
     as are no ``--k`` and the default's), without the paths and the device the pipeline gives
-    (``source``, when given, stands for the images)."""
+    (``source``, when given, stands for the images), nor :data:`HOW_NOT_WHAT`."""
     from zsfs.cli.fit import PARAMETERS
     from zsfs.fit.config import FitConfig
 
@@ -108,8 +113,8 @@ def command_settings(argv: Sequence[str], source: str | None = None) -> dict:
         config = FitConfig.from_options(paper=params.pop("paper"), fast=params.pop("fast"),
                                         **{parameter: params.pop(parameter) for parameter in PARAMETERS})
         params.update(asdict(config))
-    settings = {name: value for name, value in params.items() if name not in (
-        "source", "out", "store_path", "run_dir", "device")}
+    ignored = {"source", "out", "store_path", "run_dir", "device", *HOW_NOT_WHAT.get(argv[0], ())}
+    settings = {name: value for name, value in params.items() if name not in ignored}
     if source is not None:
         settings["images"] = source
     return json.loads(json.dumps(settings, default=str))  # as steps.json holds them (paths as text, lists)

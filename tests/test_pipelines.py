@@ -165,7 +165,16 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     assert not {"store_path", "run_dir", "device"} & set(fit_settings) and "extract" not in recorded
     assert recorded["ood-bench"]["settings"]["splits"] == 2 and recorded["ood-bench"]["settings"]["id_classes"] == "6"
     assert recorded["fit"]["store"]["n_images"] == 1500 and "path" not in recorded["fit"]["store"]
-    # settings by meaning (review: the default's value, or --k=16, was a change of words)
+    # settings by meaning (review: the default's value, or --k=16, was a change of words); how a step
+    # runs is no setting (a new --batch-size of extract asked for the store to be rebuilt)
+    plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2)[1].remember()  # as if the pipeline built the store
+    assert run_steps(plan(synth, data, work, fit_args=[*QUICK_FIT_ARGS, "--json"], splits=2,
+                          extract_args=["--batch-size", "8", "--workers", "0", "--shard-size", "100"]),
+                     dry_run=True, echo=log.append) == []
+    with pytest.raises(ZsfsError, match=r"^extract: \S+synth.h5 was made with other settings \(dtype float16 -> "
+                                        r"float32\)\. Its results"):
+        run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2, extract_args=["--dtype", "float32"]),
+                  dry_run=True, echo=log.append)
     for same in (["--k=16", *QUICK_FIT_ARGS], [*QUICK_FIT_ARGS, "--k", "16"]):
         assert run_steps(plan(synth, data, work, fit_args=same, splits=2, device="cuda"),
                          dry_run=True, echo=log.append) == []
