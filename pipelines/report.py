@@ -61,21 +61,15 @@ def collect(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> list[dict
         for key, value in dataset.paper_auroc.items():
             row[f"paper_{key}_auroc"] = value
         settings = _read_metrics(Path(work) / name / FIT_DIR, CONFIG_FILE)
-        if settings and len(settings.get("classes") or []) not in (0, dataset.n_classes):
-            # a run on another folder (--images): its own counts, not the dataset's
-            row["n_classes"] = len(settings["classes"])
-            row["note"] = (f"measured on another image folder ({row['n_classes']} classes), not the "
-                           f"dataset's ({dataset.n_classes} classes): not comparable")
+        unlike = _unlike_the_papers(dataset, settings, fit, ood)
+        if unlike:  # a run on another folder (--images) or protocol: its own counts, not the dataset's
+            row["note"] = f"measured on {'; '.join(unlike)}: not comparable"
+            row["n_classes"] = len((settings or {}).get("classes") or []) or row["n_classes"]
         if settings:
             row["fit_settings"] = _describe_settings(settings.get("parameters", {}))
             row["models"], row["paper_models"] = _describe_models(settings)
         if fit:
             row["n_images"] = fit.get("n_images")
-            if dataset.n_images and row["n_images"] and row["n_images"] != dataset.n_images \
-                    and len((settings or {}).get("classes") or []) in (0, dataset.n_classes):
-                # review: a sample of the dataset's classes (--images) was noted "test set (10,000 images)"
-                row["note"] = (f"measured on {row['n_images']:,} images of another image folder, not the "
-                               f"dataset's {dataset.n_images:,}: not comparable")
             for key in OURS_ACCURACY:
                 row[key] = _percent(fit.get(key))
         if ood:
@@ -88,6 +82,22 @@ def collect(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> list[dict
                 row[f"{key}_std"] = _percent(ood.get(f"{key}_std"))
         rows.append(row)
     return rows
+
+
+def _unlike_the_papers(dataset: Dataset, settings: dict | None, fit: dict | None, ood: dict | None) -> list[str]:
+    """How the runs differ from the paper's setup: another class count, image count or ID class count."""
+    unlike = []
+    n_classes = len((settings or {}).get("classes") or [])
+    if n_classes not in (0, dataset.n_classes):
+        unlike.append(f"another image folder ({n_classes} classes), not the dataset's ({dataset.n_classes} classes)")
+    elif dataset.n_images and (fit or {}).get("n_images") not in (None, dataset.n_images):
+        # review: a sample of the dataset's classes (--images) was noted "test set (10,000 images)"
+        unlike.append(f"{fit['n_images']:,} images of another image folder, not the dataset's {dataset.n_images:,}")
+    n_id = (ood or {}).get("id_classes")
+    n_id = len(n_id) if isinstance(n_id, list) else n_id
+    if dataset.id_classes is not None and n_id not in (None, dataset.id_classes):
+        unlike.append(f"{n_id} ID classes in the OOD protocol, not the paper's {dataset.id_classes}")
+    return unlike
 
 
 def write_results(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> tuple[Path, Path]:

@@ -14,10 +14,12 @@ prints, so each step can also be rerun by hand.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -25,7 +27,13 @@ from pipelines import prepare, report
 from pipelines.datasets import BACKBONE, CLIP_MODEL, CLIP_WEIGHTS, DATASETS, OOD_SPLITS, Dataset, get_dataset
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
+from zsfs.names import counted
 from zsfs.outputs import write_text_atomically
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from zsfs.fit.config import FitConfig
 
 
 STEPS_FILE = "steps.json"
@@ -55,7 +63,7 @@ class Step:
     run: Callable[[], object]
     argv: tuple[str, ...] | None = None
     done: Callable[[], bool] | None = None
-    settings: dict | None = None
+    settings: dict = field(default_factory=dict)
     store: Path | None = None
     record: Path | None = None
 
@@ -80,15 +88,18 @@ class Step:
         recorded = read_records(self.record).get(self.name)
         if recorded is None:
             return None
-        then = recorded.get("settings") or {}
-        changed = sorted(name for name in {*then, *(self.settings or {})}
-                         if then.get(name, "(none)") != (self.settings or {}).get(name, "(none)"))
+        then = recorded["settings"]
+        # names on both sides only: a setting a later zsfs adds (or drops) is no change of this output
+        changed = sorted(name for name in set(then) & set(self.settings) if then[name] != self.settings[name])
         if changed:
-            said = ", ".join(f"{name} {_shown(then.get(name, '(none)'))} -> {_shown(self.settings.get(name, '(none)'))}"
-                             for name in changed)
+            said = ", ".join(f"{name} {_shown(then[name])} -> {_shown(self.settings[name])}" for name in changed)
             return f"{self.output} was made with other settings ({said})"
-        store = None if self.store is None else _store_content(self.store)
-        if store is not None and recorded.get("store") != store:  # (an unreadable store: its step says why)
+        if self.store is None or recorded.get("store") is None:
+            return None
+        if not self.store.exists():  # a new extract would build another: a check after it would come too late
+            return f"{self.output} was made from {self.store}, which is gone"
+        store = _store_content(self.store)
+        if store is not None and recorded["store"] != store:  # (an unreadable store: its step says why)
             return f"{self.output} was made from an earlier build of {self.store}"
         return None
 
@@ -106,18 +117,29 @@ def command_settings(argv: Sequence[str], source: str | None = None) -> dict:
     as are no ``--k`` and the default's), without the paths and the device the pipeline gives
     (``source``, when given, stands for the images), nor :data:`HOW_NOT_WHAT`."""
     from zsfs.cli.fit import PARAMETERS
-    from zsfs.fit.config import FitConfig
 
     params = _parsed(argv).params
-    if "paper" in params and all(parameter in params for parameter in PARAMETERS):  # fit, ood-bench
-        config = FitConfig.from_options(paper=params.pop("paper"), fast=params.pop("fast"),
-                                        **{parameter: params.pop(parameter) for parameter in PARAMETERS})
+    config = _fit_config(params)
+    if config is not None:
+        params = {name: value for name, value in params.items() if name not in {"paper", "fast", *PARAMETERS}}
         params.update(asdict(config))
     ignored = {"source", "out", "store_path", "run_dir", "device", *HOW_NOT_WHAT.get(argv[0], ())}
     settings = {name: value for name, value in params.items() if name not in ignored}
     if source is not None:
         settings["images"] = source
     return json.loads(json.dumps(settings, default=str))  # as steps.json holds them (paths as text, lists)
+
+
+def _fit_config(params: dict) -> "FitConfig | None":
+    """The fit config a fit's or ood-bench's parsed options resolve to (None for another command);
+    a ParameterError when they disagree (--k above --candidates)."""
+    from zsfs.cli.fit import PARAMETERS
+    from zsfs.fit.config import FitConfig
+
+    if "paper" not in params or not all(parameter in params for parameter in PARAMETERS):
+        return None
+    return FitConfig.from_options(paper=params["paper"], fast=params["fast"],
+                                  **{parameter: params[parameter] for parameter in PARAMETERS})
 
 
 def _parsed(argv: Sequence[str]) -> click.Context:
@@ -129,7 +151,7 @@ def _parsed(argv: Sequence[str]) -> click.Context:
 
 
 def _shown(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if isinstance(value, str) else "none" if value is None else json.dumps(value)
 
 
 def read_records(path: Path) -> dict:
@@ -141,10 +163,22 @@ def read_records(path: Path) -> dict:
     except (OSError, ValueError) as error:
         raise ZsfsError(f"cannot read {path} ({error}): remove it, and the pipeline takes every finished "
                         "output as it is") from None
-    if not isinstance(records, dict):
+    if not (isinstance(records, dict) and all(isinstance(record, dict) and isinstance(record.get("settings"), dict)
+                                              for record in records.values())):
         raise ZsfsError(f"{path} is not what this pipeline writes: remove it, and the pipeline takes every "
                         "finished output as it is")
     return records
+
+
+def _store_labels(path: Path) -> "np.ndarray | None":
+    """The labels of the store at ``path``; None when it has none or cannot be read (its step says why)."""
+    from zsfs.store import Store
+
+    try:
+        with Store(path) as store:
+            return store.labels()
+    except (ZsfsError, OSError):
+        return None
 
 
 def _store_content(path: Path) -> dict | None:
@@ -244,12 +278,17 @@ def run_steps(steps: Sequence[Step], *, dry_run: bool = False, echo: Callable[[s
 
 def _refuse_changed(finished: Sequence[Step]) -> None:
     changes = [(step, change) for step in finished if (change := step.change())]
-    if changes:
-        said = "; ".join(f"{step.name}: {change}" for step, change in changes)
-        remove = " ".join(shlex.quote(str(step.output)) for step, _ in changes)
-        raise ZsfsError(f"{said}. Its results would be reported as this run's: remove them to redo the steps with "
-                        f"these options (rm -r {remove}; an extract's store is read by the steps after it), or "
-                        "give another --work")
+    if not changes:
+        return
+    said = "; ".join(f"{step.name}: {change}" for step, change in changes)
+    rebuilt = next((step for step, _ in changes if step.name == "extract"), None)
+    if rebuilt is not None:  # every later output is made from the store: the dataset's folder goes whole
+        remove = (f"rm -r {shlex.quote(str(rebuilt.record.parent))}: the store, its shards and every result made "
+                  "from it")
+    else:
+        remove = "rm -r " + " ".join(shlex.quote(str(step.output)) for step, _ in changes)
+    raise ZsfsError(f"{said}. Their results would be reported as this run's: remove them to redo the steps with "
+                    f"these options ({remove}), or give another --work")
 
 
 def run_zsfs(argv: Sequence[str]) -> None:
@@ -278,9 +317,7 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
     name -> the arguments the pipeline gives it): a typo is reported now, not after hours of extract."""
     from zsfs.cli import main as zsfs_main
     from zsfs.cli.common import option_flags
-    from zsfs.cli.fit import PARAMETERS
     from zsfs.errors import ParameterError
-    from zsfs.fit.config import FitConfig
 
     try:
         words = shlex.split(text)
@@ -298,11 +335,8 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
     for name, given in commands.items():
         command = zsfs_main.get_command(click.Context(zsfs_main), name)
         try:
-            params = command.make_context(name, [*given, *words]).params
-            if "paper" in params and all(parameter in params for parameter in PARAMETERS):  # fit, ood-bench
-                # the options' agreement (--k above --candidates), which fit checks before the store
-                FitConfig.from_options(paper=params["paper"], fast=params["fast"],
-                                       **{parameter: params[parameter] for parameter in PARAMETERS})
+            # and the options' agreement (--k above --candidates), which fit checks before the store
+            _fit_config(command.make_context(name, [*given, *words]).params)
         except click.ClickException as error:
             raise ZsfsError(f"{option} {text!r}: `zsfs {name}` says: {error.format_message()}") from None
         except ParameterError as error:
@@ -359,6 +393,8 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
     if id_classes is not None and (len(chosen) != 1 or chosen[0].id_classes is None):
         raise ZsfsError("--id-classes sets the OOD protocol of one dataset: give exactly one dataset that has it "
                         f"({', '.join(name for name, entry in DATASETS.items() if entry.runnable and entry.id_classes)})")
+    for dataset in chosen:
+        _check_protocol(dataset, Layout(work, dataset.name).store, images, id_classes)
     extract_words = extra_arguments("--extract-args", extract_args, {"extract": ["."]})
     takers = {"fit": ["--store", "s.h5"]}
     if any(dataset.id_classes is not None for dataset in chosen):  # ImageNet alone runs no ood-bench
@@ -379,6 +415,29 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
     if failed:
         raise ZsfsError(f"{len(failed)} of {len(chosen)} datasets did not finish: {', '.join(failed)} (the errors "
                         "above say why); rerun to resume them")
+
+
+def _check_protocol(dataset: Dataset, store: Path, images: Path | None, id_classes: int | None) -> None:
+    """Refuse, before any work, an OOD protocol that leaves no OOD class (ood-bench would refuse it
+    after the extract and the fit): ID classes below the classes of the store's labels, once it is
+    built, else of the --images folder, else of the dataset."""
+    if dataset.id_classes is None:
+        return
+    n_id = dataset.id_classes if id_classes is None else id_classes
+    labels = _store_labels(store)
+    if labels is not None:
+        classes = len(set(labels.tolist()))
+        held = f"the labels of {store} name {counted(classes, 'class', 'classes')}"
+    elif images is not None:
+        classes = sum(1 for entry in os.scandir(images) if entry.is_dir() and not entry.name.startswith("."))
+        held = f"--images {images} holds {counted(classes, 'class folder')}"
+    else:
+        classes = dataset.n_classes
+        held = f"{dataset.title} has {counted(classes, 'class', 'classes')}"
+    if n_id >= classes:
+        given = "--id-classes" if id_classes is not None else f"the paper's protocol for {dataset.name}"
+        raise ZsfsError(f"{given} takes {n_id} ID classes, and {held}: the OOD protocol needs at least one OOD "
+                        + (f"class; pass --id-classes N with N below {classes}" if classes > 1 else "class"))
 
 
 if __name__ == "__main__":

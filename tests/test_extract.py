@@ -792,9 +792,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
                       "--workers", "1", "--shard-size", "6", "--batch-size", "2")
     said = " ".join(output_text(refused).split())
     assert refused.exit_code == 1 and f"{shards} was built from another source, other models or other settings " \
-        "(differs in listing_sha256, n_items; the source lists 29 files now, 28 when the store was built; a store " \
-        "is not added to: --overwrite embeds every file again, and zsfs predict labels new images with a fitted run)" \
-        in said, said
+        "(differs in listing_sha256, n_items; the source lists 29 files now, 28 when the store was built; files " \
+        "cannot be added to a store: --overwrite embeds every file again, and zsfs predict labels new images with a " \
+        "fitted run)" in said, said
     added.unlink()
 
     result = run_cli("extract", source, "--out", killed, *TINY_MODEL_ARGS, "--workers", "1", "--shard-size", "6",

@@ -50,7 +50,7 @@ def test_fit_with_a_stored_graph_equals_fit_with_search(tmp_path):
     np.testing.assert_array_equal(searched.classifier.weight, stored.classifier.weight)
     assert wider.neighbour_search["source"] == "fit"
     # review: a graph too small to serve was passed over without a word ("neighbours: fit: exact")
-    assert wider.neighbour_search["graph_unused"] == "the store's graph holds 5 neighbours an image, this fit uses " \
+    assert wider.neighbour_search["graph_unused"] == "the store's graph holds 5 neighbours per image, this fit uses " \
                                                      "6 (zsfs neighbours --k 6 stores enough)"
     assert "graph_unused" not in searched.neighbour_search
     told = run_cli("fit", "--store", with_graph, "--cycle-epochs", "2", "--neighbours", "6", "--out", tmp_path / "w")

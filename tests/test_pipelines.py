@@ -172,7 +172,8 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
                           extract_args=["--batch-size", "8", "--workers", "0", "--shard-size", "100"]),
                      dry_run=True, echo=log.append) == []
     with pytest.raises(ZsfsError, match=r"^extract: \S+synth.h5 was made with other settings \(dtype float16 -> "
-                                        r"float32\)\. Its results"):
+                                        r"float32\)\. Their results .*\(rm -r \S+/work/synth: the store, its "
+                                        r"shards and every result made from it\)"):
         run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2, extract_args=["--dtype", "float32"]),
                   dry_run=True, echo=log.append)
     for same in (["--k=16", *QUICK_FIT_ARGS], [*QUICK_FIT_ARGS, "--k", "16"]):
@@ -192,9 +193,22 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     make_synthetic_store(Layout(work, "synth").store, 1500, 10, seed=1, overwrite=True, **SMALL_STORE)
     with pytest.raises(ZsfsError, match=f"fit: {work / 'synth' / 'fit'} was made from an earlier build of "):
         run_steps(steps, dry_run=True, echo=log.append)
-    (work / "synth" / "steps.json").write_text("[")
-    with pytest.raises(ZsfsError, match="cannot read .*steps.json.*remove it"):
-        run_steps(steps, dry_run=True, echo=log.append)
+    # review: a record naming settings this zsfs does not (an earlier or later one's) refused unchanged outputs
+    records_file = work / "synth" / "steps.json"
+    records = json.loads(records_file.read_text())
+    records["fit"]["settings"].pop("epochs")
+    records["fit"]["settings"]["a_later_option"] = 3
+    records_file.write_text(json.dumps(records))
+    fit_step = next(step for step in steps if step.name == "fit")
+    assert fit_step.change() == f"{work / 'synth' / 'fit'} was made from an earlier build of {Layout(work, 'synth').store}"
+    # review: with the store removed (to rebuild it), the finished fit passed the check made before any work
+    moved = Layout(work, "synth").store.rename(tmp_path / "moved.h5")
+    assert fit_step.change() == f"{work / 'synth' / 'fit'} was made from {Layout(work, 'synth').store}, which is gone"
+    moved.rename(Layout(work, "synth").store)
+    for damaged in ("[", '{"fit": 1}', '{"fit": {"settings": [1]}}', "[1]"):  # review: tracebacks
+        records_file.write_text(damaged)
+        with pytest.raises(ZsfsError, match=r"(cannot read|is not what this pipeline writes).*remove it"):
+            run_steps(steps, dry_run=True, echo=log.append)
     (work / "synth" / "steps.json").unlink()  # outputs made before the record existed are taken as they are
     assert run_steps(other, dry_run=True, echo=log.append) == []
 
@@ -295,15 +309,22 @@ def test_a_run_on_another_image_folder_shows_its_own_counts_and_is_not_comparabl
     (bench / "metrics.json").write_text(json.dumps({"n_images": 90, "n_splits": 2, "id_classes": 2}))
     row = next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")
     assert (row["n_images"], row["n_classes"], row["id_classes"]) == (90, 3, 2)
-    assert row["note"] == "measured on another image folder (3 classes), not the dataset's (10 classes): not comparable"
+    assert row["note"] == "measured on another image folder (3 classes), not the dataset's (10 classes); 2 ID " \
+                          "classes in the OOD protocol, not the paper's 6: not comparable"
     assert "| CIFAR-10 | 2 / 3 |" in render_markdown(collect(tmp_path))
     # review: a folder of the dataset's 10 classes but 600 images kept the note "test set (10,000 images)"
     (fit / "config.json").write_text(json.dumps({"classes": [f"c{i}" for i in range(10)], "parameters": {}}))
     (fit / "metrics.json").write_text(json.dumps({"n_images": 600, "accuracy": 0.5}))
+    (bench / "metrics.json").write_text(json.dumps({"n_images": 600, "n_splits": 2, "id_classes": 6}))
     row = next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")
     assert row["note"] == "measured on 600 images of another image folder, not the dataset's 10,000: not comparable"
     (fit / "metrics.json").write_text(json.dumps({"n_images": 10_000, "accuracy": 0.5}))
+    (bench / "metrics.json").write_text(json.dumps({"n_images": 10_000, "n_splits": 2, "id_classes": 6}))
     assert next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")["note"] == "test set (10,000 images)"
+    # review: AUROC under another ID class count stood beside the paper's as comparable
+    (bench / "metrics.json").write_text(json.dumps({"n_images": 10_000, "n_splits": 2, "id_classes": 4}))
+    assert next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")["note"] == \
+        "measured on 4 ID classes in the OOD protocol, not the paper's 6: not comparable"
 
 
 def test_report_without_runs_shows_the_paper_numbers_only(tmp_path):
@@ -480,6 +501,9 @@ def test_cli_runs_the_steps_and_writes_the_results(tmp_path):
     (["cifar10", "--extract-args", "--out y.h5"], "the pipeline gives `zsfs extract` --out itself"),
     (["cifar10", "--extract-args", "more_images"], "the pipeline gives `zsfs extract` an image folder itself"),
     (["cifar10", "cifar100", "--id-classes", "3"], "--id-classes sets the OOD protocol of one dataset"),
+    # review: accepted, then refused by ood-bench after the extract and the fit
+    (["cifar10", "--id-classes", "10"], "--id-classes takes 10 ID classes, and CIFAR-10 has 10 classes: the OOD "
+                                        "protocol needs at least one OOD class; pass --id-classes N with N below 10"),
     (["imagenet", "--id-classes", "3"], "--id-classes sets the OOD protocol of one dataset"),
     (["geo"], "not public"),
     (["mnist"], "no pipeline for dataset 'mnist'"),
@@ -496,6 +520,23 @@ def test_cli_runs_the_steps_and_writes_the_results(tmp_path):
 def test_cli_refuses_what_it_cannot_run(tmp_path, args, message):
     result = CliRunner().invoke(main, [*args, "--work", str(tmp_path / "w"), "--dry-run"])
     assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+
+
+def test_an_images_folder_of_fewer_classes_than_the_protocol_is_refused_before_any_work(tmp_path):
+    """Review: five class folders under cifar10's 6 ID classes failed in ood-bench, after the
+    extract and the fit, and the pipeline had no option to change the count."""
+    images = tmp_path / "five"
+    for name in ("cat", "dog", "bird", "frog", "ship", ".hidden"):
+        (images / name).mkdir(parents=True)
+    result = CliRunner().invoke(main, ["cifar10", "--images", str(images), "--work", str(tmp_path / "w")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"the paper's protocol for cifar10 takes 6 ID classes, and --images {images} " \
+        "holds 5 class folders: the OOD protocol needs at least one OOD class; pass --id-classes N with N below 5" \
+        in said, said
+    assert not (tmp_path / "w").exists()
+    dry = CliRunner().invoke(main, ["cifar10", "--images", str(images), "--work", str(tmp_path / "w"),
+                                    "--id-classes", "3", "--dry-run"])
+    assert dry.exit_code == 0 and "--id-classes 3" in dry.output, dry.output
 
 
 def test_one_dataset_that_fails_does_not_stop_the_others(tmp_path):

@@ -333,6 +333,12 @@ def test_no_cluster_to_join_here_is_said_with_zsfs_options(monkeypatch, tmp_path
                                 "setting `--address` flag or `RAY_ADDRESS` environment variable.")
     assert _join_failure("auto", none_here, "start one") == "no Ray cluster runs on this machine for --ray to join; " \
                                                            "start one"
+    # the text matched is Ray's own (the real path takes ~6 s and would join another test's cluster here)
+    import inspect
+
+    import ray._private.services
+
+    assert "Could not find any running Ray instance" in inspect.getsource(ray._private.services)
     refused = ConnectionError("Failed to connect to GCS")
     assert _join_failure("10.0.0.1:6379", refused, "start one").startswith(
         "could not join a Ray cluster at '10.0.0.1:6379' (Failed to connect to GCS); if the cluster uses token")

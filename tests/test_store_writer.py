@@ -428,3 +428,10 @@ def test_a_stop_says_what_the_rerun_keeps_in_shards_of_that_size(tmp_path):
             "from the start")
     finally:
         one.close()
+    single = new_writer(tmp_path / "u.h5", n_items=1, shard_size=100)
+    try:
+        assert _kept_for_a_rerun(single, single.pending_shards()) == (
+            "no shard was finished (the 1 file here is one shard: --shard-size 100): a rerun embeds the 1 file from "
+            "the start")
+    finally:
+        single.close()

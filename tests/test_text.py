@@ -118,7 +118,7 @@ def test_text_finds_a_moved_weights_file_only_if_it_matches(unlabelled_store, tm
         assert add_vocabulary(opened, ["fox", "owl"], "night", clip_weights=moved) == ["fox", "owl"]
     with Store(store) as opened:
         assert opened.vocabulary_names() == ["animals", "night"]
-    with pytest.raises(ParameterError, match=r"^store_path must be a path \(a str or pathlib.Path\), not 5$"):
+    with pytest.raises(ParameterError, match=r"^store_path must be a zsfs.Store or its path, not 5$"):
         add_vocabulary(5, ["fox"], "x")
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import inspect
-import os
 import sys
 import types
 import warnings
@@ -46,10 +45,9 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     from zsfs.fit.config import FitConfig
     from zsfs.fit.run import fit_store
     from zsfs.runs import FittedRun
-    from zsfs.store import Store
+    from zsfs.store.reader import Store, check_store_or_path
 
-    if not isinstance(store, (Store, str, os.PathLike)):
-        raise ParameterError(f"{{store}} must be a zsfs.Store or its path, not {literal(repr(store))}")
+    check_store_or_path("store", store)
     if vocabulary is not None:
         check_parameter_type("vocabulary", vocabulary, str)
     presets = {None: {}, "paper": {"paper": True}, "fast": {"fast": True}, "paper-fast": {"paper": True, "fast": True}}

@@ -38,7 +38,7 @@ from zsfs.store.extras import (check_vocabulary_name, refuse_other_classes, writ
                                write_vocabulary)
 from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_update, check_store_writable, disk_error,
                               names_beside, store_lock, written_elsewhere)
-from zsfs.store.reader import Store
+from zsfs.store.reader import Store, check_store_or_path
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.rows import usable_rows
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
@@ -421,10 +421,11 @@ def _kept_for_a_rerun(writer: StoreWriter, pending: Sequence[int]) -> str:
     unfinished = [shard for shard in pending if not writer.shard_is_complete(shard, recorded)]
     kept = writer.n_items - sum(stop - start for start, stop in map(writer.shard_bounds, unfinished))
     if not kept:
-        shards = (f"the {writer.n_items:,} files here are one shard" if writer.shard_size >= writer.n_items else
-                  f"each holds {writer.shard_size:,} files")
+        files = counted(writer.n_items, "file")
+        shards = (f"the {files} here {'is' if writer.n_items == 1 else 'are'} one shard"
+                  if writer.shard_size >= writer.n_items else f"each holds {writer.shard_size:,} files")
         return (f"no shard was finished ({shards}: --shard-size {writer.shard_size:,}): a rerun embeds the "
-                f"{writer.n_items:,} files from the start")
+                f"{files} from the start")
     return (f"the finished shards hold {kept:,} of the {writer.n_items:,} files (--shard-size {writer.shard_size:,}): "
             f"a rerun keeps them and embeds the other {writer.n_items - kept:,}")
 
@@ -595,7 +596,7 @@ def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: li
 
 @checked_arguments
 def add_vocabulary(
-    store_path: "str | Path | Store",
+    store_path: str | Path | Store,
     classes: Sequence[str] | str | Path,
     name: str,
     *,
@@ -612,9 +613,9 @@ def add_vocabulary(
     ``on_classes(n)`` as classes are embedded (progress). ``store_path`` may be an open ``Store``,
     as ``zsfs.fit`` takes one. Returns the class names written.
     """
+    check_store_or_path("store_path", store_path)  # (Store's own check would name its "path")
     if isinstance(store_path, Store):
         store_path = store_path.path
-    check_path_type("store_path", store_path)  # (Store's own check would name its "path")
     check_device(device)
     check_parameter_type("name", name, str)
     check_vocabulary_name(name)

@@ -239,7 +239,7 @@ def graph_unused(graph: dict | None, n_neighbours: int, method: str) -> str | No
     if graph is None:
         return None
     if graph["k"] < n_neighbours:
-        return (f"the store's graph holds {graph['k']} neighbours an image, this fit uses {n_neighbours} "
+        return (f"the store's graph holds {graph['k']} neighbours per image, this fit uses {n_neighbours} "
                 f"(zsfs neighbours --k {n_neighbours} stores enough)")
     if not str(graph.get("search", "")).startswith("exact") and method != "ivf":
         return f"the store's graph is approximate ({graph.get('search')}), this fit searches exactly"

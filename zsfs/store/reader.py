@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -525,6 +526,13 @@ class Store:
         identity = canonical_json(self.identity)
         return {"path": str(self.path), "created": self.created, "n_images": self.n_images,
                 "identity_sha256": hashlib.sha256(identity.encode()).hexdigest()}
+
+
+def check_store_or_path(name: str, value: object) -> None:
+    """ParameterError unless ``value`` is an open :class:`Store` or a path (the calls that read a
+    store take either)."""
+    if not isinstance(value, (Store, str, os.PathLike)):
+        raise ParameterError(f"{{{name}}} must be a zsfs.Store or its path, not {literal(repr(value))}")
 
 
 def _did_you_mean(path: Path) -> str:

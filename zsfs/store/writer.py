@@ -493,8 +493,8 @@ def describe_difference(found: dict | None, expected: dict) -> str:
         text += (f"; the source lists {now:,} files now, {then:,} when the store was built" if then != now else
                  "; the source's file names or labels changed since the store was built")
         # a user adding a few images expects an append
-        text += "; a store is not added to: --overwrite embeds every file again, and zsfs predict labels new " \
-                "images with a fitted run"
+        text += "; files cannot be added to a store: --overwrite embeds every file again, and zsfs predict " \
+                "labels new images with a fitted run"
     elif "max_pixels" in keys:  # recorded when not the default (and only since 2026-12-02)
         then, now = found.get("max_pixels"), expected.get("max_pixels")
         built = (f"--max-pixels {then:,}" if then else
