@@ -639,18 +639,24 @@ def test_captions_show_what_the_hover_text_alone_said_and_the_ood_gallery_marks_
     frame = pl.read_parquet(run / runs.PREDICTIONS)
     config = json.loads((run / runs.CONFIG).read_text())
     first, second = config["classes"][:2]
-    seed = frame.with_row_index("row").filter(pl.col("is_seed") & (pl.col("pseudo_label") == first))["row"][0]
+    seed, other_seed = frame.with_row_index("row").filter(pl.col("is_seed") & (pl.col("pseudo_label") == first))["row"][:2]
     top = frame.with_row_index("row").sort(["ood_score", "ood_continuous"], descending=True,
                                            maintain_order=True)["row"][0]
-    frame = frame.with_columns(  # a seed of the first class predicted as the second; the top OOD image flagged
-        predicted=pl.when(pl.int_range(pl.len()) == seed).then(pl.lit(second)).otherwise(pl.col("predicted")),
-        ood_flag=pl.int_range(pl.len()) == top)
+    index = pl.int_range(pl.len())
+    frame = frame.with_columns(  # a right seed of the first class predicted as the second, a wrong one of the
+        # second class predicted so (review: the ✗ compared the true label with the prediction, not the seed's
+        # class: the right seed was marked and the wrong one not); the top OOD image flagged
+        predicted=pl.when(index.is_in([seed, other_seed])).then(pl.lit(second)).otherwise(pl.col("predicted")),
+        label=pl.when(index == seed).then(pl.lit(first)).when(index == other_seed).then(pl.lit(second))
+        .otherwise(pl.col("label")),
+        ood_flag=index == top)
     frame.write_parquet(run / runs.PREDICTIONS)
     page = render_report(run, ood_images=3)
     seeds = section_of(page, "classes").split("<h4>A sample")[0]
-    label = frame["label"][seed]
-    wrong = f"✗ true label {label}" if label != second else ""
-    assert f"predicted {second}" in seeds and wrong in seeds
+    captions = dict(re.findall(r'<figure title="([^|"]+) \|.*?<figcaption>([^<]*)</figcaption>', html.unescape(seeds)))
+    right, wrong = captions[frame["path"][seed]], captions[frame["path"][other_seed]]
+    assert f"predicted {second}" in right and "✗" not in right, right
+    assert f"predicted {second}" in wrong and f"✗ true label {second}" in wrong, wrong
     ood = section_of(page, "ood")
     assert "1 of them is flagged OOD (ood_flag), marked “flagged”." in html.unescape(ood)
     assert ood.count("flagged</figcaption>") == 1 and "<figcaption>" in ood

@@ -375,8 +375,10 @@ def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | 
 
 def _gallery(rows, made: dict, empty: str = "none", of_class: str | None = None) -> str:
     """Thumbnails with their scores; the predicted class where it is not ``of_class`` (the class
-    the gallery shows), the true label where it differs, and "flagged" for ood_flag: shown, not
-    only in the hover text a phone never shows."""
+    the gallery shows), the true label where it differs from that class (a seed's, in a seeds
+    gallery: a wrong seed is one of another class, whatever the head predicts), or from the
+    predicted one without ``of_class``, and "flagged" for ood_flag: shown, not only in the hover
+    text a phone never shows."""
     if rows is None or rows.height == 0:
         return f'<p class="empty">{_e(empty)}</p>'
     items = []
@@ -385,8 +387,9 @@ def _gallery(rows, made: dict, empty: str = "none", of_class: str | None = None)
         facts = [f"{key} {row[key]:.2f}" for key in ("confidence", "ood_score") if row.get(key) is not None]
         if row["predicted"] != of_class:
             facts.append(f"predicted {row['predicted']}" if row["predicted"] is not None else "no class")
+        said = of_class if of_class is not None else row["predicted"]
         if row.get("label") is not None and (unicodedata.normalize("NFC", row["label"])  # compared as metrics are
-                                             != unicodedata.normalize("NFC", row["predicted"] or "")):
+                                             != unicodedata.normalize("NFC", said or "")):
             facts.append(f"✗ true label {row['label']}")
         if row.get("ood_flag"):
             facts.append("flagged")
