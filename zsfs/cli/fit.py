@@ -102,7 +102,8 @@ def _cut(name: str, limit: int) -> str:
                    "index) [exact; --fast: ivf].")
 @click.option("--paper", is_flag=True, help="Paper-faithful preset: the paper's cycles and training "
                                             "schedule, single prompt, per-cycle sets, duplicates kept (other "
-                                            "options still override it).")
+                                            "options still override it); k stays 16: add --k 5 for the reference "
+                                            "scripts' value.")
 @click.option("--fast", is_flag=True, help="Faster preset: bf16 products where the hardware has them, IVF neighbours (with "
                                            "--paper also batch 512, lr 2e-2, 20 epochs, 5 per cycle; other "
                                            "options still override it).")
