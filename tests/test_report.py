@@ -216,8 +216,9 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
     assert re.findall(r'<h3 class="class-name">([^<]*)</h3>', page) == present
     assert page.count("none: no image besides its seeds is predicted as this class") == 1  # the first class
     assert page.count("none: no image is predicted as this class, its seeds neither") == 1  # bug: "besides its seeds"
-    assert len(config["classes"]) == 5  # a twentieth of an even share, as a fit decides: 1 %
-    assert "<h3>Absent (1)</h3><p>Each estimated to take under 1.0 % of the collection" in page
+    assert len(config["classes"]) == 5  # a fiftieth of an even share, as a fit decides: 0.4 %
+    assert "<h3>Absent (1)</h3><p>Each estimated to take under 0.4 % of the collection (2.0 % of an even share)" \
+        in page
     assert "keeps them): unicorn</p>" in page
     assert f"estimated share {100 * 0.99 / len(present):.1f} %" in page and "estimated share 100.0 %" in page
     assert "estimated share &lt; 0.001 %" in page

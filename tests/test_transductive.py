@@ -144,10 +144,10 @@ def test_a_small_collection_trains_its_heads_enough_to_beat_zero_shot(tmp_path):
     assert [len(cycle.losses) for cycle in result.cycles] == [0, 20, 20, 20]  # one batch an epoch
 
 
-def test_absent_classes_are_those_below_a_twentieth_of_an_even_share():
-    shares = np.array([0.5, 0.475, 0.015, 0.01])  # even share 0.25: the threshold is 0.0125
+def test_absent_classes_are_those_below_a_fiftieth_of_an_even_share():
+    shares = np.array([0.5, 0.4898, 0.0052, 0.005 - 1e-4])  # even share 0.25: the threshold is 0.005
     assert transductive.absent_classes(shares).tolist() == [False, False, False, True]
-    at_the_cut = np.array([0.6, 0.3875, 0.05 / 4, 0.0])  # "below" the cut: a share exactly at it is present
+    at_the_cut = np.array([0.6, 0.395, 0.02 / 4, 0.0])  # "below" the cut: a share exactly at it is present
     assert transductive.absent_classes(at_the_cut).tolist() == [False, False, False, True]
 
 

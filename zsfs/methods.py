@@ -13,8 +13,10 @@ BALANCED_ONLY = ("keep_all_classes",)
 UNREAD_BY = {"balanced": CYCLES_ONLY, "cycles": BALANCED_ONLY}
 """Each method's parameters it never reads."""
 
-ABSENT_SHARE = 0.05
-"""A class is absent when its estimated share is below ``ABSENT_SHARE / C`` (a twentieth of an even share)."""
+ABSENT_SHARE = 0.02
+"""A class is absent when its estimated share is below ``ABSENT_SHARE / C`` (a fiftieth of an even
+share). A false report drops a present class whole (never predicted), a missed one only takes some
+images: at a twentieth, 2 of 24 real-data draws reported a present class (docs/fit.md)."""
 
 MAX_OOD_MULTIPLIER = 100.0
 """The largest m of the paper score's thresholds (seed mean - m x std): at 100 standard deviations

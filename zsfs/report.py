@@ -313,7 +313,7 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
     if reported:
         cut = percent(ABSENT_SHARE / len(classes))
         blocks.append(f'<div class="class"><h3>Absent ({len(reported):,})</h3><p>Each estimated to take under {cut} '
-                      "of the collection (a twentieth of an even share), so given no seeds and never predicted "
+                      f"of the collection ({percent(ABSENT_SHARE)} of an even share), so given no seeds and never predicted "
                       f"(<code>--keep-all-classes</code> keeps them): {_e('; '.join(reported))}</p></div>")
     unused = [name for name in empty if name not in absent]
     if unused:

@@ -11,7 +11,7 @@ Three published ideas use all of it, on the stored embeddings alone:
    class takes (what keeps balanced pseudo-labelling from collapsing when the folder holds only
    some of the listed classes) and its posterior (:func:`mixture_log_posterior`) labels every
    image for the first cycle.
-2. **Absent classes** (:func:`absent_classes`): a class whose estimated share is below a twentieth of
+2. **Absent classes** (:func:`absent_classes`): a class whose estimated share is below a fiftieth of
    an even share holds (almost) no images; it gets no seeds, no pseudo-labels and no predictions.
 3. **Balanced self-training** (:func:`balanced_self_training`): each cycle labels every image by
    optimal transport (Sinkhorn-Knopp over the mixture posterior, then over the last head's, with
