@@ -421,17 +421,12 @@ def test_a_stop_says_what_the_rerun_keeps_in_shards_of_that_size(tmp_path):
             "the finished shards hold 10 of the 25 files (--shard-size 10): a rerun keeps them and embeds the other 15")
     finally:
         writer.close()
-    one = new_writer(tmp_path / "t.h5", shard_size=100)
-    try:
-        assert _kept_for_a_rerun(one, one.pending_shards()) == (
-            "no shard was finished (the 25 files here are one shard: --shard-size 100): a rerun embeds the 25 files "
-            "from the start")
-    finally:
-        one.close()
-    single = new_writer(tmp_path / "u.h5", n_items=1, shard_size=100)
-    try:
-        assert _kept_for_a_rerun(single, single.pending_shards()) == (
-            "no shard was finished (the 1 file here is one shard: --shard-size 100): a rerun embeds the 1 file from "
-            "the start")
-    finally:
-        single.close()
+    for name, n_items, said in (("t.h5", 25, "the 25 files here are one shard: --shard-size 100): a rerun embeds "
+                                             "the 25 files"),
+                                ("u.h5", 1, "the 1 file here is one shard: --shard-size 100): a rerun embeds the 1 "
+                                            "file")):
+        whole = new_writer(tmp_path / name, n_items=n_items, shard_size=100)
+        try:
+            assert _kept_for_a_rerun(whole, whole.pending_shards()) == f"no shard was finished ({said} from the start"
+        finally:
+            whole.close()
