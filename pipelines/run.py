@@ -19,7 +19,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from zsfs.fit.config import FitConfig
+    from zsfs.store import Store
 
 
 STEPS_FILE = "steps.json"
@@ -172,25 +173,24 @@ def read_records(path: Path) -> dict:
 
 def _store_labels(path: Path) -> "np.ndarray | None":
     """The labels of the store at ``path``; None when it has none or cannot be read (its step says why)."""
-    from zsfs.store import Store
-
-    try:
-        with Store(path) as store:
-            return store.labels()
-    except (ZsfsError, OSError):
-        return None
+    return _reading_store(path, lambda store: store.labels())
 
 
 def _store_content(path: Path) -> dict | None:
     """What identifies a store's content (not its path: a work folder may move); None when it cannot be read."""
+    return _reading_store(path, lambda store: {key: value for key, value in store.fingerprint().items()
+                                               if key != "path"})
+
+
+def _reading_store(path: Path, read: "Callable[[Store], Any]") -> Any:
+    """``read(store)`` of the store at ``path``, or None when it cannot be opened or read."""
     from zsfs.store import Store
 
     try:
         with Store(path) as store:
-            fingerprint = store.fingerprint()
+            return read(store)
     except (ZsfsError, OSError):
         return None
-    return {key: value for key, value in fingerprint.items() if key != "path"}
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,8 @@ def run_steps(steps: Sequence[Step], *, dry_run: bool = False, echo: Callable[[s
     ran = []
     for step in steps:
         if step.is_done():
-            _refuse_changed([step])  # a store an earlier step of this run has just rebuilt
+            if ran and not dry_run:
+                _refuse_changed([step])  # a store an earlier step of this run has just rebuilt
             echo(f"done  {step.name}: {step.output}")
             continue
         echo(f"{'todo' if dry_run else 'run '}  {step.describe()}")
