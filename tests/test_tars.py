@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import json
 import os
+import pickle
 import shutil
+import sys
 import subprocess
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -325,6 +329,50 @@ def test_reading_through_many_tars_keeps_at_most_8_of_them_open(tmp_path):
     first = str(tmp_path / source.paths[0].split("::")[0])
     assert not any(os.readlink(fd) == first for fd in Path("/proc/self/fd").iterdir()
                    if fd.is_symlink() and fd.exists())  # the first tars' files were closed on the way
+
+
+def test_threads_reading_through_many_tars_each_get_their_own_member(tmp_path):
+    """The report decodes thumbnails in 8 threads: one thread's read must not close (or reuse the
+    descriptor of) a tar another thread is reading, once more than 8 tars are in play."""
+    samples = [(f"{i:03d}.jpg", i.to_bytes(2, "big") * 50) for i in range(60)]
+    write_tar_shards(tmp_path, samples, per_tar=2)  # 30 tars
+    source = open_source(tmp_path)
+    rows = list(range(60)) * 50
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave between any two bytecodes, as on a busy machine
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            read = list(pool.map(source.members.read, rows))
+    finally:
+        sys.setswitchinterval(switch_interval)
+    assert read == [samples[row][1] for row in rows]
+
+
+def test_a_source_closes_its_tars_when_closed_or_dropped(tmp_path):
+    samples = [(f"{i:03d}.jpg", bytes([i]) * 10) for i in range(12)]
+    write_tar_shards(tmp_path, samples, per_tar=1)
+    open_files = lambda: len(list(Path("/proc/self/fd").iterdir()))  # noqa: E731
+    before = open_files()
+    source = open_source(tmp_path)
+    for row in range(5):
+        source.members.read(row)
+    assert open_files() - before == 5
+    source.members.close()
+    assert open_files() == before
+    assert source.members.read(3) == samples[3][1]  # reopened on demand
+    del source
+    gc.collect()
+    assert open_files() == before
+
+
+def test_a_pickled_source_reads_in_the_process_that_unpickles_it(tmp_path):
+    """DataLoader workers started by spawn, and Ray tasks, receive the source pickled."""
+    samples = [(f"{i:03d}.jpg", bytes([i]) * 10) for i in range(12)]
+    write_tar_shards(tmp_path, samples, per_tar=1)
+    source = open_source(tmp_path)
+    source.members.read(0)
+    copy = pickle.loads(pickle.dumps(source))
+    assert [copy.members.read(row) for row in range(12)] == [data for _, data in samples]
 
 
 def test_a_pax_path_wins_over_the_ustar_name_and_prefix_fields(tmp_path):

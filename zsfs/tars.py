@@ -15,6 +15,9 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,34 +47,63 @@ class TarMembers:
     tar: np.ndarray  # (n,) int32
     offset: np.ndarray  # (n,) int64
     size: np.ndarray  # (n,) int64
-    _descriptors: dict = field(default_factory=dict, repr=False)  # tar index -> open file descriptor
+    _descriptors: OrderedDict = field(default_factory=OrderedDict, repr=False)  # tar index -> open descriptor
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        # Plain descriptors are not closed by garbage collection: a notebook that reads many
+        # sources would keep up to OPEN_TARS of each open.
+        weakref.finalize(self, _close_all, self._descriptors)
 
     def holds(self, i: int) -> bool:
         return bool(self.tar[i] >= 0)
 
     def read(self, i: int) -> bytes:
-        """The member's bytes; an ``OSError`` when the tar ends before them (truncated after listing)."""
+        """The member's bytes; an ``OSError`` when the tar ends before them (truncated after listing).
+
+        Safe from several threads (the report decodes thumbnails in a pool): the read happens
+        under the lock that guards the open descriptors, so none is closed or reused under it.
+        """
         size = int(self.size[i])
-        data = os.pread(self._descriptor(int(self.tar[i])), size, int(self.offset[i]))
+        with self._lock:
+            data = os.pread(self._descriptor(int(self.tar[i])), size, int(self.offset[i]))
         if len(data) < size:  # else a member past the new end read as an "empty file", a cut one as corrupt
             raise OSError(f"the tar ends {len(data):,} bytes into this {size:,}-byte member: it was cut short "
                           "since it was listed")
         return data
+
+    def close(self) -> None:
+        """Close the open tars (reading again reopens them)."""
+        with self._lock:
+            _close_all(self._descriptors)
 
     def _descriptor(self, tar: int) -> int:
         # Kept open: DataLoader workers read consecutive members of the same tar. pread has no
         # shared file position, so descriptors inherited across fork are safe to keep using.
         descriptor = self._descriptors.get(tar)
         if descriptor is None:
-            if len(self._descriptors) >= 8:  # a long run walks through thousands of tars
-                for old in self._descriptors.values():
-                    os.close(old)
-                self._descriptors.clear()
+            if len(self._descriptors) >= OPEN_TARS:  # a long run walks through thousands of tars
+                os.close(self._descriptors.popitem(last=False)[1])
             descriptor = self._descriptors[tar] = os.open(self.tars[tar], os.O_RDONLY)
+        else:
+            self._descriptors.move_to_end(tar)
         return descriptor
 
-    def __getstate__(self) -> dict:  # open files stay in the process that opened them
-        return {**self.__dict__, "_descriptors": {}}
+    def __getstate__(self) -> dict:  # open files and the lock stay in the process that made them
+        return {key: value for key, value in self.__dict__.items() if key not in ("_descriptors", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _descriptors=OrderedDict(), _lock=threading.Lock())
+        self.__post_init__()
+
+
+OPEN_TARS = 8
+"""Tars a source keeps open at once, the least recently read closed first."""
+
+
+def _close_all(descriptors: dict) -> None:
+    while descriptors:
+        os.close(descriptors.popitem()[1])
 
 
 def is_compressed_tar(name: str) -> bool:
