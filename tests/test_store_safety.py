@@ -256,6 +256,27 @@ def test_a_second_writer_gets_a_clear_error(store):
     assert not lock_path(store).exists()  # the next writer took it over and removed it
 
 
+def test_a_failed_write_whose_error_is_kept_leaves_the_store_to_the_next_writer(tmp_path):
+    """Bug: the writer released its lock only when garbage-collected, and a kept error (a notebook's
+    last traceback) holds the writer: every later zsfs run on the store said another process was writing it."""
+    from zsfs.store.arrays import write_store
+
+    rows = np.random.default_rng(0).normal(size=(20, 4))
+    paths = [f"{i}.jpg" for i in range(20)]
+
+    def stop_after_a_shard(n_rows: int) -> None:
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError) as kept:
+        write_store(tmp_path / "s.h5", clip=rows, backbone=rows, paths=paths, clip_info={"name": "c", "weights": "w"},
+                    backbone_info={"name": "b", "weights": "w"}, source="x", shard_size=5, progress=stop_after_a_shard)
+    assert kept.value.__traceback__ is not None
+    other_writer = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                                   "from zsfs.store.files import acquire_lock; acquire_lock(Path(sys.argv[1]))",
+                                   str(tmp_path / "s.h5")], capture_output=True, text=True)
+    assert other_writer.returncode == 0, other_writer.stderr  # was "another zsfs process is writing"
+
+
 def test_a_forked_child_releasing_the_lock_leaves_the_parents_lock_file(tmp_path):
     from zsfs.store.files import lock_path, written_elsewhere
 

@@ -377,37 +377,38 @@ def extract(
             refuse_same_text_to_clip(read_as_one)
         clip_record, backbone_record = embedder.records
         earlier = None if overwrite else recorded_identity(out)
-        writer = StoreWriter(out, store_identity(image_source, clip_record, backbone_record, dtype=dtype,
-                                                 max_pixels=max_pixels, earlier=earlier),
-                             n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype, overwrite=overwrite)
-        pending = writer.pending_shards()
-        if on_start is not None:
-            on_start(sum(stop - start for start, stop in map(writer.shard_bounds, pending)))
-        embedding_started = time.perf_counter()
-        try:
-            processed = embedder.write_shards(writer, pending, on_batch)
-        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: the command line says what a rerun redoes
-            with suppress(Exception):  # (a file system that fails now: the stop is still said in one line)
-                stop.resume = _kept_for_a_rerun(writer, pending)
-            raise
-        embedding_seconds = time.perf_counter() - embedding_started
-        writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
+        with StoreWriter(out, store_identity(image_source, clip_record, backbone_record, dtype=dtype,
+                                             max_pixels=max_pixels, earlier=earlier),
+                         n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype,
+                         overwrite=overwrite) as writer:
+            pending = writer.pending_shards()
+            if on_start is not None:
+                on_start(sum(stop - start for start, stop in map(writer.shard_bounds, pending)))
+            embedding_started = time.perf_counter()
+            try:
+                processed = embedder.write_shards(writer, pending, on_batch)
+            except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: the command line says what a rerun redoes
+                with suppress(Exception):  # (a file system that fails now: the stop is still said in one line)
+                    stop.resume = _kept_for_a_rerun(writer, pending)
+                raise
+            embedding_seconds = time.perf_counter() - embedding_started
+            writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
 
-        records = {"clip": _as_identified(clip_record, writer.identity["clip"]),
-                   "backbone": _as_identified(backbone_record, writer.identity["backbone"])}
-        # written below, after the master: a stop between is then named, not silent
-        write_planned_vocabularies(writer.shards_dir, writer.identity, [vocab_name] if class_names else [],
-                                   "zsfs extract")
-        writer.finish({"source": str(image_source.location), **records}, shards_written=bool(pending))
-        if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
-            refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
-        vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
-        if vocabulary:
-            single, ensemble = embedder.encode_vocabulary(vocabulary)
-            _write_vocabulary(writer.master, vocab_name, vocabulary, single, ensemble, overwrite=True,
-                              identity=writer.identity)
-        shards_redone = embedder.shards_redone
-        set_aside = {image_source.paths[index]: embedder.set_aside[index] for index in sorted(embedder.set_aside)}
+            records = {"clip": _as_identified(clip_record, writer.identity["clip"]),
+                       "backbone": _as_identified(backbone_record, writer.identity["backbone"])}
+            # written below, after the master: a stop between is then named, not silent
+            write_planned_vocabularies(writer.shards_dir, writer.identity, [vocab_name] if class_names else [],
+                                       "zsfs extract")
+            writer.finish({"source": str(image_source.location), **records}, shards_written=bool(pending))
+            if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
+                refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
+            vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
+            if vocabulary:
+                single, ensemble = embedder.encode_vocabulary(vocabulary)
+                _write_vocabulary(writer.master, vocab_name, vocabulary, single, ensemble, overwrite=True,
+                                  identity=writer.identity)
+            shards_redone = embedder.shards_redone
+            set_aside = {image_source.paths[index]: embedder.set_aside[index] for index in sorted(embedder.set_aside)}
     return _summary(writer.master, image_source, started, vocabulary=vocab_name if class_names else None,
                     classes=class_names, read_as_one=read_as_one, shards_written=len(pending),
                     images_processed=processed, embedding_seconds=embedding_seconds, shards_redone=shards_redone,
@@ -502,11 +503,9 @@ def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageS
     if not (clip_as_recorded(settings.clip_model, settings.clip_weights, recorded["clip"] or {})
             and backbone_as_recorded(settings.backbone, settings.backbone_weights, recorded["backbone"] or {})):
         return None
-    writer = StoreWriter(master, recorded, n_items=len(source.paths), shard_size=shard_size, dtype=dtype, lock=lock)
-    try:
+    with StoreWriter(master, recorded, n_items=len(source.paths), shard_size=shard_size, dtype=dtype,
+                     lock=lock) as writer:
         return recorded if not writer.pending_shards() and writer.master_is_current() else None
-    finally:
-        writer.close()
 
 
 def _other_model_names(master: Path, settings: EmbedSettings) -> str:

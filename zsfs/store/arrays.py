@@ -82,31 +82,28 @@ def write_store(
     features = {"the clip embeddings": clip, "the backbone features": backbone}
     if overwrite:  # every row is written again: checked before the old store is removed
         refuse_unusable_rows(features, None)
-    writer = StoreWriter(Path(master), identity, n_items=n, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
-    pending = writer.pending_shards()
-    if not overwrite:  # the rows this run writes, before it writes any: a bad row must not leave half a store
-        try:
+    with StoreWriter(Path(master), identity, n_items=n, shard_size=shard_size, dtype=dtype,
+                     overwrite=overwrite) as writer:
+        pending = writer.pending_shards()
+        if not overwrite:  # the rows this run writes, before it writes any: a bad row must not leave half a store
             refuse_unusable_rows(features, [writer.shard_bounds(shard) for shard in pending])
-        except ZsfsError:
-            writer.close()
-            raise
-    for shard in pending:
-        start, stop = writer.shard_bounds(shard)
-        rows = slice(start, stop)
-        writer.write_shard(shard, ShardData(
-            clip=normalise_rows(np.asarray(clip[rows]), f"clip rows {start}-{stop}", start),
-            backbone=normalise_rows(np.asarray(backbone[rows]), f"backbone rows {start}-{stop}", start),
-            paths=paths[rows],
-            width=width[rows],
-            height=height[rows],
-            labels=None if labels is None else labels[rows],
-        ))
-        if progress is not None:
-            progress(stop - start)
-    write_planned_vocabularies(writer.shards_dir, writer.identity, [*(vocabularies or {}), *planned_vocabularies],
-                               planned_by)
-    path = writer.finish({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
-                          schema.ATTR_BACKBONE: backbone_info}, shards_written=bool(pending), exact_max=exact_max)
+        for shard in pending:
+            start, stop = writer.shard_bounds(shard)
+            rows = slice(start, stop)
+            writer.write_shard(shard, ShardData(
+                clip=normalise_rows(np.asarray(clip[rows]), f"clip rows {start}-{stop}", start),
+                backbone=normalise_rows(np.asarray(backbone[rows]), f"backbone rows {start}-{stop}", start),
+                paths=paths[rows],
+                width=width[rows],
+                height=height[rows],
+                labels=None if labels is None else labels[rows],
+            ))
+            if progress is not None:
+                progress(stop - start)
+        write_planned_vocabularies(writer.shards_dir, writer.identity, [*(vocabularies or {}), *planned_vocabularies],
+                                   planned_by)
+        path = writer.finish({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
+                              schema.ATTR_BACKBONE: backbone_info}, shards_written=bool(pending), exact_max=exact_max)
     for name, (classes, single, ensemble) in (vocabularies or {}).items():
         write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
                          n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True, identity=writer.identity)

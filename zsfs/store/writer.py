@@ -167,8 +167,8 @@ class StoreWriter:
     writer adds ``n_items``, ``shard_size`` and ``dtype`` to it. Shards are independent files,
     so several processes may each write a different subset of ``pending_shards()``: the
     coordinating writer holds the store's lock (a second ``zsfs`` run into the same output
-    gets a clear error), helpers pass ``lock=False``. The lock is released by :meth:`close`,
-    at the end of :meth:`finalize`, or when the writer is garbage-collected.
+    gets a clear error), helpers pass ``lock=False``. The lock is released by :meth:`close`
+    (on leaving a ``with`` block), at the end of :meth:`finalize`, or when the writer is garbage-collected.
     """
 
     def __init__(self, master: Path, identity: dict, *, n_items: int, shard_size: int,
@@ -205,6 +205,14 @@ class StoreWriter:
     def close(self) -> None:
         """Release the store's lock (idempotent)."""
         self._release()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # Not left to garbage collection: a kept traceback (a notebook's last error) holds the
+        # writer, and with it the lock that keeps every other zsfs process out of this store.
+        self.close()
 
     # -- layout ---------------------------------------------------------------------------
     def shard_bounds(self, shard: int) -> tuple[int, int]:
