@@ -74,6 +74,23 @@ def photos(tmp_path_factory) -> dict:
     return write_image_folder(tmp_path_factory.mktemp("src") / "photos", n_per_class=5)
 
 
+def test_the_batches_of_a_huge_listing_cost_little_memory():
+    """Review: every listing position was a Python int in a list (482 MB for 10 million images)."""
+    import tracemalloc
+
+    from zsfs.extract import position_batches
+
+    assert [list(batch) for batch in position_batches(3, 12, 4)] == [[3, 4, 5, 6], [7, 8, 9, 10], [11]]
+    tracemalloc.start()
+    try:
+        batches = position_batches(0, 10_000_000, 256)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(batches) == 39_063 and batches[-1][-1] == 9_999_999
+    assert held < 20_000_000, held
+
+
 def test_extract_mixed_folder(photos, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default output lands in the current folder
     result = run_cli("extract", photos["root"], *TINY_MODEL_ARGS, "--workers", "1", "--shard-size", "4", "--batch-size", "3")

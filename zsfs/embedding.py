@@ -164,7 +164,7 @@ def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors, out=out)
 
 
-def make_loader(dataset: Dataset, batches: list[list[int]], *, workers: int, pin_memory: bool,
+def make_loader(dataset: Dataset, batches: list[range], *, workers: int, pin_memory: bool,
                 worker_niceness: int = 0) -> DataLoader:
     """One loader over all the work (not one per shard), so workers never idle in between.
 
@@ -398,7 +398,7 @@ class ImageModel(Protocol):
 
 
 @contextmanager
-def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches: list[list[int]], tags: Iterable, *,
+def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches: list[range], tags: Iterable, *,
                      device: str, precision: str, workers: int | None = None,
                      max_pixels: int = DEFAULT_MAX_PIXELS, cores: int | None = None,
                      on_batch: Callable[[int], None] | None = None,
@@ -458,7 +458,7 @@ def _unwatch_decoding(loaded: Iterator) -> None:
         loaded._worker_pids_set = False
 
 
-def embedded_images(source: ImageSource, models: Sequence[ImageModel], batches: list[list[int]], tags: Sequence, *,
+def embedded_images(source: ImageSource, models: Sequence[ImageModel], batches: list[range], tags: Sequence, *,
                     set_aside: dict[int, str], rerun_advice: str = "", **options) -> Iterator[tuple]:
     """:func:`embedded_listing`'s results over all ``batches``, in order; a file that crashes or
     hangs its decoding process goes into ``set_aside`` (:func:`set_aside_crashing_file`; its batch then

@@ -133,12 +133,13 @@ def _as_identified(record: dict, identity: dict) -> dict:
         key: value for key, value in record.items() if key != "weights_fingerprint"}
 
 
-def position_batches(start: int, stop: int, batch_size: int) -> list[list[int]]:
-    """Listing positions ``start`` to ``stop - 1`` in batches of ``batch_size`` (the last one shorter)."""
-    return [list(range(first, min(first + batch_size, stop))) for first in range(start, stop, batch_size)]
+def position_batches(start: int, stop: int, batch_size: int) -> list[range]:
+    """Listing positions ``start`` to ``stop - 1`` in batches of ``batch_size`` (the last one shorter);
+    ranges, not lists: a listing of 10 million images would hold half a gigabyte of Python ints."""
+    return [range(first, min(first + batch_size, stop)) for first in range(start, stop, batch_size)]
 
 
-def shard_batches(writer: StoreWriter, shards: Sequence[int], batch_size: int) -> tuple[list[list[int]], list[int]]:
+def shard_batches(writer: StoreWriter, shards: Sequence[int], batch_size: int) -> tuple[list[range], list[int]]:
     """Batches of listing positions (never crossing a shard boundary) and each batch's shard."""
     batches, owners = [], []
     for shard in shards:
