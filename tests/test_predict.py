@@ -19,7 +19,7 @@ from zsfs.extract import extract
 from zsfs.fit.config import FitConfig
 from zsfs.fit.run import fit_store
 from zsfs.predict import predict_images, write_predictions
-from zsfs.runs import load_run, save_run
+from zsfs.runs import FittedRun, load_run
 from zsfs.store import Store
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.images import write_image_folder
@@ -38,7 +38,7 @@ def fitted(tmp_path_factory) -> dict:
     # statistic, which then flips by a float32 rounding of the CPU's kernels (see same_predictions)
     config = FitConfig(k=3, candidates=6, cycle_epochs=5, batch_size=8)
     with Store(store_path) as store:
-        run = save_run(fit_store(store, config), store, config, work / "run")
+        run = FittedRun.from_fit(fit_store(store, config), store, config).save(work / "run").path
     return {"photos": photos, "run": run, "store": store_path, "fit": pl.read_parquet(run / "predictions.parquet")}
 
 

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from zsfs import runs
+from zsfs.runs import FittedRun
 from zsfs.errors import ZsfsError
 from zsfs.extract import extract
 from zsfs.fit import FitConfig, fit_store
@@ -44,7 +45,7 @@ def photo_run(tmp_path_factory):
     photos = write_image_folder(work / "photos", n_per_class=6)
     store_path = extract(photos["root"], work / "photos.h5", workers=0, **TINY_MODELS).output
     with Store(store_path) as store:
-        return runs.save_run(fit_store(store, QUICK), store, QUICK, work / "run")
+        return FittedRun.from_fit(fit_store(store, QUICK), store, QUICK).save(work / "run").path
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def unlabelled_run(tmp_path_factory):
     store_path = make_synthetic_store(work / "s.h5", 200, 3, seed=2, labels=False, clip_dim=64, backbone_dim=64)
     config = FitConfig(k=3, candidates=10, cycle_epochs=2)
     with Store(store_path) as store:
-        return runs.save_run(fit_store(store, config), store, config, work / "run")
+        return FittedRun.from_fit(fit_store(store, config), store, config).save(work / "run").path
 
 
 def sections(page: str) -> list[str]:
@@ -119,7 +120,7 @@ def test_the_report_decodes_with_the_pixel_budget_the_store_was_extracted_with(t
     photos = write_image_folder(tmp_path / "photos", n_per_class=3, broken=False)
     store_path = extract(photos["root"], tmp_path / "p.h5", workers=0, max_pixels=10_000, **TINY_MODELS).output
     with Store(store_path) as store:
-        run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
+        run = FittedRun.from_fit(fit_store(store, QUICK), store, QUICK).save(tmp_path / "run").path
     budgets = []
     real = zsfs.report.thumbnails
     monkeypatch.setattr(zsfs.report, "thumbnails", lambda source, **kw: budgets.append(kw["max_pixels"]) or
@@ -180,7 +181,7 @@ def test_moved_images_of_a_list_of_absolute_paths_get_advice_that_fits(tmp_path)
     with Store(store_path) as store:
         assert all(Path(path).is_absolute() for path in store.paths())
     with Store(store_path) as store:
-        run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
+        run = FittedRun.from_fit(fit_store(store, QUICK), store, QUICK).save(tmp_path / "run").path
     (tmp_path / "photos").rename(tmp_path / "moved")
     note = html.unescape(re.search(r'<p class="note">([^<]*)', render_report(run, images=tmp_path / "moved")).group(1))
     assert "The store's image paths are absolute (from a list of absolute paths), which --images does not move: put " \
@@ -561,7 +562,7 @@ def test_a_run_on_tar_shards_shows_its_images(tmp_path):
     store_path = extract(tmp_path / "shards", tmp_path / "shards.h5", workers=0, classes=["red", "blue"],
                          **TINY_MODELS).output
     with Store(store_path) as store:
-        run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
+        run = FittedRun.from_fit(fit_store(store, QUICK), store, QUICK).save(tmp_path / "run").path
     page = render_report(run)
     shown = re.findall(r'<img class="thumb" src="data:image/jpeg;base64,', page)
     assert len(shown) == gallery_items(page) > 0 and 'class="note"' not in page
@@ -573,7 +574,7 @@ def test_a_store_rebuilt_since_the_fit_does_not_name_the_images(tmp_path):
     photos = write_image_folder(tmp_path / "photos", n_per_class=6, broken=False)
     store_path = extract(photos["root"], tmp_path / "photos.h5", workers=0, **TINY_MODELS).output
     with Store(store_path) as store:
-        run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
+        run = FittedRun.from_fit(fit_store(store, QUICK), store, QUICK).save(tmp_path / "run").path
     # a repair (a shard lost, the same extract rerun) rewrites the master, not the content: images show
     next((tmp_path / "photos.shards").glob("shard-*.h5")).unlink()
     assert extract(photos["root"], store_path, workers=0, **TINY_MODELS).shards_written == 1
@@ -807,6 +808,6 @@ def test_a_run_on_a_list_file_looks_its_images_up_beside_the_list(photo_run, tmp
     (tmp_path / "classes.txt").write_text("\n".join(json.loads((photo_run / runs.CONFIG).read_text())["classes"]))
     assert run_cli("text", store_path, "--classes", tmp_path / "classes.txt", "--name", "default").exit_code == 0
     with Store(store_path) as store:
-        run = runs.save_run(fit_store(store, QUICK), store, QUICK, tmp_path / "run")
+        run = FittedRun.from_fit(fit_store(store, QUICK), store, QUICK).save(tmp_path / "run").path
     page = render_report(run)
     assert 'class="note"' not in page and page.count('<img class="thumb"') == gallery_items(page) > 0

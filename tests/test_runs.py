@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from zsfs import runs
+from zsfs.runs import FittedRun
 from zsfs.errors import ZsfsError
 from zsfs.fit import FitConfig, fit_store
 from zsfs.outputs import new_folder
@@ -43,7 +44,7 @@ def run_dir(tmp_path_factory):
     store_path = make_synthetic_store(root / "s.h5", 300, 3, n_ood_classes=1, seed=0, clip_dim=32, backbone_dim=64)
     config = FitConfig(k=4, candidates=20, cycle_epochs=2)
     with Store(store_path) as store:
-        return runs.save_run(fit_store(store, config), store, config, root / "run")
+        return FittedRun.from_fit(fit_store(store, config), store, config).save(root / "run").path
 
 
 def test_a_saved_run_reads_back(run_dir):
@@ -313,7 +314,7 @@ def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):
     store_path = make_synthetic_store(tmp_path / "s.h5", 120, 2, seed=1, labels=False, clip_dim=32, backbone_dim=64)
     config = FitConfig(k=2, candidates=10, cycle_epochs=1)
     with Store(store_path) as store:
-        saved = runs.save_run(fit_store(store, config), store, config, tmp_path / "run")
+        saved = FittedRun.from_fit(fit_store(store, config), store, config).save(tmp_path / "run").path
     run = runs.load_run(saved)
     assert run.metrics is None and not (saved / runs.METRICS).exists()
     assert "label" not in run.predictions.columns

@@ -254,15 +254,6 @@ def run_predictions(result: "FitResult", store: "Store", labels: "Sequence | Non
     return pl.DataFrame({name: pl.Series(name, values) for name, values in columns.items()})
 
 
-def save_run(result: "FitResult", store: "Store", config: "FitConfig", run_dir: str | Path) -> Path:
-    """Write ``run_dir`` (predictions.parquet, classifier.pt, config.json, metrics.json).
-
-    Everything goes to a temporary sibling folder that is renamed at the end, so ``run_dir`` is
-    either complete or absent. An existing ``run_dir`` is an error and is left untouched.
-    """
-    return FittedRun.from_fit(result, store, config).save(run_dir).path
-
-
 # --- reading -------------------------------------------------------------------------------------
 
 _ON_FIRST_USE = object()

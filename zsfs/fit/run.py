@@ -2,7 +2,7 @@
 
 :func:`fit_store` chains the pure steps (zero-shot scan, candidates, re-ranking,
 self-training, prediction, OOD calibration) and times each phase. Writing the result to a
-run folder is :func:`zsfs.runs.save_run`.
+run folder is ``zsfs.runs.FittedRun.from_fit(result, store, config).save(run_dir)``.
 """
 
 from __future__ import annotations
