@@ -20,6 +20,7 @@ from zsfs.store import Store
 from zsfs.digests import rows_sha256
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
+from zsfs.testing.privileges import run_python_unprivileged
 from zsfs.testing.synthetic import BLOCK_ROWS, SyntheticGenerator, _LazyRows
 from zsfs.testing.synthetic import random_unit_rows as unit_rows
 
@@ -212,6 +213,38 @@ def test_rerunning_the_same_import_keeps_the_store_and_its_neighbour_graph(input
     with Store(folder / "s.h5") as store:
         assert store.summary() == before and store.graph_info["k"] == 3
         assert store.vocabulary("pets").classes == ["cat", "dog"]
+
+
+def test_the_same_import_again_writes_nothing_and_succeeds_on_a_read_only_copy(inputs):
+    """Review: an identical rerun rewrote the vocabulary files and the plan of vocabularies, so it
+    failed on a read-only copy of the store, where the same extract again succeeds (docs/store.md)."""
+    folder = inputs["dir"]
+    store = folder / "store"
+    args = ["import", str(store / "s.h5"), "--clip-embeddings", str(folder / "clip.npy"), "--backbone-features",
+            str(folder / "backbone.npy"), "--paths", str(folder / "paths.csv"), "--vocab",
+            f"pets={folder / 'pets_ensemble.npz'}", "--shard-size", "25"]
+    assert run_cli(*args).exit_code == 0
+    written = lambda: {path: path.stat().st_mtime_ns for path in store.rglob("*")}  # noqa: E731
+    before = written()
+    again = run_cli(*args)
+    assert again.exit_code == 0, again.output
+    assert written() == before
+    for path in [store, *store.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        child = run_python_unprivileged("import sys; from zsfs.testing.cli import output_text, run_cli\n"
+                                        f"result = run_cli(*{args!r}); print(output_text(result)); "
+                                        "sys.exit(result.exit_code)")
+        assert child.returncode == 0, child.stdout + child.stderr
+        with Store(store / "s.h5") as imported:  # and a rerun with something to write says why it cannot
+            assert imported.vocabulary("pets").n_templates == 80
+        other = [*args[:-3], f"cats={folder / 'pets.npz'}", *args[-2:]]
+        child = run_python_unprivileged("from zsfs.testing.cli import output_text, run_cli\n"
+                                        f"print(output_text(run_cli(*{other!r})))")
+        assert "not writable" in child.stdout or "Permission denied" in child.stdout, child.stdout + child.stderr
+    finally:
+        for path in [store, *store.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
 
 
 def test_cli_import_then_info_json(inputs):

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -314,7 +315,13 @@ def import_store(
     _check_arguments(out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies,
                      clip_name, backbone_name, shard_size, dtype, overwrite, progress)
     out, clip_embeddings, backbone_features = Path(out), Path(clip_embeddings), Path(backbone_features)
-    check_writable(out, "store", beside=names_beside(out))
+    try:
+        check_writable(out, "store", beside=names_beside(out))
+        unwritable = None
+    except ZsfsError as error:  # a rerun of the import that made the store has nothing to write: known once read
+        if overwrite or not out.is_file():
+            raise
+        unwritable = error
     refuse_input_as_output(out, [("CLIP embeddings file", clip_embeddings), ("backbone features file", backbone_features),
                                  ("paths table", paths), *(("vocabulary file", file) for file in (vocabularies or {}).values())])
     refuse_replacing_another_file(out)  # before any input is read
@@ -353,27 +360,40 @@ def import_store(
                                      "run's labels") from None
     refuse_other_vocabularies(out, loaded, overwrite)
     earlier = {} if overwrite else recorded_identity(out)  # the store being resumed or added to, if any
-    master = write_store(
-        out,
-        clip=clip,
-        backbone=backbone,
-        paths=np.asarray(image_paths, dtype=object),
-        labels=None if labels is None else np.asarray(labels, dtype=object),
-        clip_info=imported_record(clip_name, clip, clip_embeddings, earlier.get("clip")),
-        backbone_info=imported_record(backbone_name, backbone, backbone_features, earlier.get("backbone")),
-        source=source,
-        planned_vocabularies=list(loaded),
-        planned_by="zsfs import",
-        shard_size=shard_size,
-        dtype=dtype,
-        overwrite=overwrite,
-        progress=progress,
-    )
-    refuse_other_vocabularies(master, loaded, overwrite)  # again: shards this run repaired hid them before
-    for name, vocabulary in loaded.items():
-        write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
-                         prompt=schema.IMPORTED_PROMPT, n_templates=vocabulary.n_templates, overwrite=True)
+    with _failing_as(unwritable):
+        master = write_store(
+            out,
+            clip=clip,
+            backbone=backbone,
+            paths=np.asarray(image_paths, dtype=object),
+            labels=None if labels is None else np.asarray(labels, dtype=object),
+            clip_info=imported_record(clip_name, clip, clip_embeddings, earlier.get("clip")),
+            backbone_info=imported_record(backbone_name, backbone, backbone_features, earlier.get("backbone")),
+            source=source,
+            planned_vocabularies=list(loaded),
+            planned_by="zsfs import",
+            shard_size=shard_size,
+            dtype=dtype,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        refuse_other_vocabularies(master, loaded, overwrite)  # again: shards this run repaired hid them before
+        for name, vocabulary in loaded.items():
+            write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
+                             prompt=schema.IMPORTED_PROMPT, n_templates=vocabulary.n_templates, overwrite=True)
     return ImportSummary(master=master, n_images=len(image_paths), repeated_paths=repeated(image_paths))
+
+
+@contextmanager
+def _failing_as(unwritable: ZsfsError | None) -> Iterator[None]:
+    """Where the store was found unwritable before the inputs were read (an identical rerun writes
+    nothing, so it went on): writing it fails as that check said, not with the lock's error."""
+    try:
+        yield
+    except ZsfsError:
+        if unwritable is None:
+            raise
+        raise unwritable from None
 
 
 def _label_column_hint(out: Path, table: "pl.DataFrame", image_paths: list[str], labels: list[str] | None,

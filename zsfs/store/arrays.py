@@ -12,7 +12,9 @@ from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.digests import listing_sha256, rows_sha256
 from zsfs.store.index import EXACT_MAX
+from zsfs.store.extras import planned_vocabularies as recorded_plan
 from zsfs.store.extras import write_planned_vocabularies, write_vocabulary
+from zsfs.store.files import written_elsewhere
 from zsfs.store.rows import normalise_rows, refuse_unusable_rows
 from zsfs.store.writer import ShardData, StoreWriter
 
@@ -49,7 +51,8 @@ def write_store(
     vocabulary missing after a stop: a command, ``"zsfs ..."``, or the Python function called). ``progress(rows)`` is called
     after each shard with the number of rows it wrote (for progress bars). A rerun over a complete
     store with the same identity writes no shard and keeps its master (and index, ``exact_max``
-    included) and neighbour graph; only the (small) vocabularies given are written again.
+    included) and neighbour graph; one that would also write the same vocabularies writes nothing
+    (and so succeeds on a read-only copy of the store).
     """
     for name, record in (("clip_info", clip_info), ("backbone_info", backbone_info)):
         if not isinstance(record, dict) or not {"name", "weights"} <= set(record):  # what every reader takes
@@ -82,8 +85,44 @@ def write_store(
     features = {"the clip embeddings": clip, "the backbone features": backbone}
     if overwrite:  # every row is written again: checked before the old store is removed
         refuse_unusable_rows(features, None)
-    with StoreWriter(Path(master), identity, n_items=n, shard_size=shard_size, dtype=dtype,
-                     overwrite=overwrite) as writer:
+    planned = [*(vocabularies or {}), *planned_vocabularies]
+    layout = dict(n_items=n, shard_size=shard_size, dtype=dtype)
+    written = None if overwrite else _written_already(Path(master), identity, layout, planned, planned_by)
+    if written is None:
+        written = _write_shards_and_master(Path(master), identity, layout, features, paths=paths, labels=labels,
+                                           width=width, height=height, attrs={schema.ATTR_SOURCE: str(source),
+                                           schema.ATTR_CLIP: clip_info, schema.ATTR_BACKBONE: backbone_info},
+                                           planned=planned, planned_by=planned_by, overwrite=overwrite,
+                                           exact_max=exact_max, progress=progress)
+    path, recorded = written
+    for name, (classes, single, ensemble) in (vocabularies or {}).items():
+        write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
+                         n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True, identity=recorded)
+    return path
+
+
+def _written_already(master: Path, identity: dict, layout: dict, planned: list[str],
+                     planned_by: str) -> tuple[Path, dict] | None:
+    """``(master, its recorded identity)`` when ``master`` is a complete store of ``identity`` and
+    ``layout`` with this plan of vocabularies recorded, judged by reading alone (no lock); None
+    otherwise. A rerun then writes no store file, so it also succeeds where the store cannot be
+    written (a read-only copy), as extract's does."""
+    if written_elsewhere(master):
+        return None
+    try:
+        with StoreWriter(master, identity, **layout, lock=False) as writer:
+            done = (not writer.pending_shards(remove_tmp=False) and writer.master_is_current()
+                    and recorded_plan(writer.shards_dir, writer.identity) == (planned, planned_by))
+            return (writer.master, writer.identity) if done else None
+    except (ZsfsError, OSError):
+        return None  # the writing run says what is wrong
+
+
+def _write_shards_and_master(master: Path, identity: dict, layout: dict, features: dict, *, paths, labels, width,
+                             height, attrs: dict, planned: list[str], planned_by: str, overwrite: bool,
+                             exact_max: int, progress: Callable[[int], None] | None) -> tuple[Path, dict]:
+    clip, backbone = features.values()
+    with StoreWriter(master, identity, **layout, overwrite=overwrite) as writer:
         pending = writer.pending_shards()
         if not overwrite:  # the rows this run writes, before it writes any: a bad row must not leave half a store
             refuse_unusable_rows(features, [writer.shard_bounds(shard) for shard in pending])
@@ -100,13 +139,7 @@ def write_store(
             ))
             if progress is not None:
                 progress(stop - start)
-        write_planned_vocabularies(writer.shards_dir, writer.identity, [*(vocabularies or {}), *planned_vocabularies],
-                                   planned_by)
-        path = writer.finish({schema.ATTR_SOURCE: str(source), schema.ATTR_CLIP: clip_info,
-                              schema.ATTR_BACKBONE: backbone_info}, shards_written=bool(pending), exact_max=exact_max)
-    for name, (classes, single, ensemble) in (vocabularies or {}).items():
-        write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
-                         n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True, identity=writer.identity)
-    return path
+        write_planned_vocabularies(writer.shards_dir, writer.identity, planned, planned_by)
+        return writer.finish(attrs, shards_written=bool(pending), exact_max=exact_max), writer.identity
 
 

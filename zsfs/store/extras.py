@@ -76,6 +76,8 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
     classes = check_class_names(classes, f"vocabulary {name!r}")
     arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"vocabulary {name!r} {kind}")
               for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
+    if overwrite and _holds_vocabulary(master, name, classes, arrays, prompt, n_templates, identity):
+        return  # a rerun writes nothing, so it also succeeds on a store it cannot write (a read-only copy)
     with store_lock(master), Store(master) as store:
         if identity is not None and store.identity != identity:
             raise StoreError(f"{master} was rebuilt by another process (other data or models) after this run wrote "
@@ -97,6 +99,23 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
             file.attrs.update({schema.ATTR_FORMAT: schema.VOCAB_FORMAT, schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
                                schema.ATTR_IDENTITY: canonical_json(store.identity), schema.ATTR_NAME: name,
                                schema.ATTR_PROMPT: prompt, schema.ATTR_N_TEMPLATES: int(n_templates)})
+
+
+def _holds_vocabulary(master: Path, name: str, classes: list[str], arrays: dict[str, np.ndarray], prompt: str,
+                      n_templates: int, identity: dict | None) -> bool:
+    """Whether the store ``master`` (of ``identity``, when given) already holds vocabulary ``name``
+    exactly so: these classes, unit rows, prompt and template count."""
+    from zsfs.store.reader import Store
+
+    try:
+        with Store(master) as store:
+            if (identity is not None and store.identity != identity) or name not in store.vocabulary_names():
+                return False
+            stored = store.vocabulary(name)
+    except (StoreError, OSError):
+        return False  # the write says what is wrong
+    return (stored.classes == classes and stored.prompt == prompt and stored.n_templates == int(n_templates)
+            and all(np.array_equal(getattr(stored, kind), rows) for kind, rows in arrays.items()))
 
 
 def write_planned_vocabularies(shards: Path, identity: dict, names: Sequence[str], command: str) -> None:
