@@ -121,6 +121,8 @@ CASES = [  # (command line, exit code, words of the error line)
      "--clip-embeddings)"),
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features",
       "{work}/backbone.npy", "--paths", "{work}/no-paths.csv"), 1, "no-paths.csv does not exist (given as --paths)"),
+    (("predict", "--run", "{run}", "--list", "{work}/no-list.txt"), 1,  # review: it offered folders and tars
+     "Error: the list of images {work}/no-list.txt does not exist"),
     (("text", "{store}", "--classes", "{work}/no-classes.txt", "--name", "x"), 1,
      "class file {work}/no-classes.txt does not exist"),
 ]

@@ -108,6 +108,8 @@ def _listed_images(list_file: Path) -> list[str]:
     folder: a linked list's own), written from the working folder as the list was given."""
     if list_file.suffix.lower() not in LIST_SUFFIXES:
         raise ZsfsError(f"{list_file}: a list of images must end in .txt (one path per line) or .csv (a 'path' column)")
+    if not list_file.exists():  # (open_source's message offers folders and tars, which a list cannot be)
+        raise ZsfsError(f"the list of images {list_file} does not exist")
     listing = open_source(list_file)
     base = listing.root if list_file.is_symlink() else list_file.parent
     return [path if str(base) == "." else os.path.join(base, path) for path in listing.paths]
