@@ -365,7 +365,8 @@ def test_a_file_beside_a_master_passed_as_the_store_names_the_master(tmp_path, a
     single = random_rows(2, D_CLIP, 7)
     write_vocabulary(master, "v", ["a", "b"], single, single, prompt="p {}", n_templates=1)
     shards = tmp_path / "s.shards"
-    for part, what in ((shards / "shard-00000.h5", "a shard"), (next(shards.glob("vocab-*.h5")), "a vocabulary file")):
+    for part, what in ((shards / "shard-00000.h5", "a shard"), (next(shards.glob("vocab-*.h5")), "a vocabulary file"),
+                       (shards / schema.PLANNED_FILE, "the plan of vocabularies")):  # review: "not a zsfs store"
         with pytest.raises(StoreError, match=f"^{part} is {what} of a zsfs store, not the store; pass its master "
                                              f"file: {master}$"):
             Store(part)

@@ -89,7 +89,8 @@ PLANNED_FILE = "planned-vocabularies.h5"
 (names, and the command), recorded before the master: a stop between leaves the store without them,
 named rather than silent."""
 ATTR_COMMAND = "command"  # the planned-vocabularies file's writer, as messages name it
-PART_FORMATS = {SHARD_FORMAT: "a shard", VOCAB_FORMAT: "a vocabulary file", GRAPH_FORMAT: "the neighbour graph"}
+PART_FORMATS = {SHARD_FORMAT: "a shard", VOCAB_FORMAT: "a vocabulary file", GRAPH_FORMAT: "the neighbour graph",
+                PLANNED_FORMAT: "the plan of vocabularies"}
 """The files a store keeps in its shards folder, by their format mark, as messages name them."""
 ATTR_NAME = "name"  # a vocabulary file's vocabulary name
 ATTR_BUILD = "build"  # random id of one master build; the graph file records the one it was made for
