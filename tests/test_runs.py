@@ -451,3 +451,12 @@ def test_a_killed_runs_folder_its_owner_made_unreadable_is_removed_all_the_same(
     child = run_python_unprivileged(script)  # as any user: root would read through the modes
     assert child.returncode == 0, child.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["next"]
+
+
+def test_the_cycles_table_shows_a_diverging_loss_whole():
+    """Review: `--lr 1e30` gave a first loss of 3.9e+29, shown in 4 decimals (34 digits) and cut by the table."""
+    config = {"cycles": [{"cycle": 0, "n_candidates": 10, "n_kept": 8, "n_trained": 8, "epochs": 5,
+                          "first_loss": 3.8633625e29},
+                         {"cycle": 1, "n_candidates": 10, "n_kept": 9, "n_trained": 9, "epochs": 5, "first_loss": 0.69315}]}
+    header, rows = runs.cycle_rows(config, None)
+    assert header[-1] == "first loss" and [row[-1] for row in rows] == ["3.863e+29", "0.6932"]

@@ -64,7 +64,8 @@ def cycle_rows(config: dict, metrics: dict | None) -> tuple[list[str], list[list
     precision = seed_precision(metrics)
     header = ["cycle", "candidates", "kept", "trained on", "epochs", "first loss"] + (
         ["seed precision"] if precision else [])
-    figure = lambda value: "-" if value is None else f"{value:.4f}"  # noqa: E731
+    # a diverging loss (--lr 1e30: 3.9e+29) in 4 decimals is 34 digits, cut by the table's column
+    figure = lambda value: "-" if value is None else f"{value:.4f}" if abs(value) < 1e5 else f"{value:.3e}"  # noqa: E731
     rows = [[str(c["cycle"]), f"{c['n_candidates']:,}", f"{c['n_kept']:,}", f"{c['n_trained']:,}", str(c["epochs"]),
              figure(c.get("first_loss"))] + ([figure(precision.get(c["cycle"]))] if precision else [])
             for c in config.get("cycles") or []]
