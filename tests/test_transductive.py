@@ -45,6 +45,22 @@ def test_sinkhorn_meets_both_marginals_and_matches_a_log_domain_reference():
     assert torch.equal(whole, assignment[:, active])
 
 
+@pytest.mark.parametrize("gap", [60.0, 110.0, 400.0])
+def test_sinkhorn_gives_a_class_far_below_every_images_best_its_marginal(gap):
+    """Review: a class more than ~90 below each image's best class underflowed to 0 in float32 and
+    got no image whatever its marginal (the exact answer puts n x marginal there for every gap)."""
+    rng = np.random.default_rng(1)
+    log_scores = torch.as_tensor(rng.standard_normal((12, 3)), dtype=torch.float32)
+    log_scores[:, 1] -= gap
+    marginals = torch.tensor([0.5, 0.25, 0.25])
+    assignment = transductive.sinkhorn(log_scores, marginals, iterations=200)
+    assert torch.allclose(assignment.sum(dim=1), torch.ones(12), atol=1e-5)
+    assert torch.allclose(assignment.sum(dim=0), 12 * marginals, atol=1e-3)
+    # the plan does not depend on the gap: shifting a class's scores by a constant is absorbed by its scaling
+    assert torch.allclose(assignment, transductive.sinkhorn(log_scores + torch.tensor([0.0, gap, 0.0]), marginals,
+                                                            iterations=200), atol=1e-4)
+
+
 def test_most_confident_keeps_the_top_fraction_of_each_label():
     rng = np.random.default_rng(1)
     labels = torch.as_tensor(rng.integers(0, 4, 50))

@@ -148,6 +148,10 @@ def sinkhorn(log_scores: torch.Tensor, marginals: torch.Tensor, iterations: int 
     # gather and scatter when every class takes part, as usual.
     scores = (log_scores if every_class else log_scores.index_select(1, torch.nonzero(active).squeeze(1))).float()
     kernel = scores - scores.amax(dim=1, keepdim=True)  # a new matrix: log_scores stays as it was
+    # Each column shifted to a largest entry of 1 as well: a class far below every image's best one
+    # (by 90: exp underflows in float32) would else get no image whatever its marginal. The shift is
+    # absorbed by the column scaling, and it is 0 for a class that is some image's best, as usual.
+    kernel -= kernel.amax(dim=0, keepdim=True)
     kernel.exp_()
     target = marginals[active].float() / marginals[active].sum() * len(kernel)
     column = torch.ones(kernel.shape[1], device=kernel.device)
