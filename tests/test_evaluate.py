@@ -225,3 +225,17 @@ def test_percent_keeps_two_digits_of_small_shares():
     from zsfs.names import percent
 
     assert [percent(x) for x in (0.123, 0.003, 0.0004, 1e-13, 0.0)] == ["12.3 %", "0.3 %", "0.04 %", "< 0.001 %", "0 %"]
+
+
+def test_fpr_at_tpr_matches_the_roc_definition_with_tied_scores():
+    """The lowest false-positive rate among thresholds whose true-positive rate reaches 95 %, by brute force."""
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        n = int(rng.integers(2, 80))
+        scores, positive = rng.integers(0, 4, n) / 3.0, rng.random(n) < 0.4
+        if positive.all() or not positive.any():
+            continue
+        cuts = np.unique(scores)
+        tpr = np.array([(scores[positive] >= cut).mean() for cut in cuts])
+        fpr = np.array([(scores[~positive] >= cut).mean() for cut in cuts])
+        assert fpr_at_tpr(scores, positive) == pytest.approx(fpr[tpr >= 0.95 - 1e-12].min(), abs=1e-12)

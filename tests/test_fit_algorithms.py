@@ -434,3 +434,28 @@ def test_a_classifier_saved_by_an_older_zsfs_reads_its_ood_fields(tmp_path):
     torch.save(state, tmp_path / "c.pt")
     old = load_classifier(tmp_path / "c.pt")
     assert old.ood_nearest == 5 and np.array_equal(old.ood_quantiles["reference_distance"], np.linspace(0, 1, 11))
+
+
+def test_one_class_per_image_matches_a_loop_over_images_with_tied_scores():
+    """Review: only a 3 x 3 hand example checked it; here heavy ties (the lower class wins) and padding."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n_classes, width, n_rows = rng.integers(1, 6), rng.integers(1, 8), rng.integers(1, 12)
+        rows = np.stack([rng.choice(n_rows, min(width, n_rows), replace=False) for _ in range(n_classes)])
+        rows = np.where(rng.random(rows.shape) < 0.2, seeds.MISSING, rows)
+        scores = rng.integers(0, 3, rows.shape).astype(np.float32)
+        expected = np.zeros(rows.shape, bool)
+        for row in np.unique(rows[rows != seeds.MISSING]):
+            places = sorted(zip(*np.nonzero(rows == row)), key=lambda place: (-scores[place], place[0]))
+            expected[places[0]] = True
+        assert np.array_equal(seeds.one_class_per_image(rows, scores), expected)
+
+
+def test_the_flag_threshold_matches_a_search_over_seed_scores_with_ties():
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        scores = rng.integers(0, 6, rng.integers(1, 200)) / 5.0
+        rate = float(rng.choice([0.0, 0.05, 0.1, 0.5, 0.99]))
+        allowed = int(np.floor(rate * len(scores) + 1e-9))
+        expected = min(cut for cut in np.unique(scores) if (scores > cut).sum() <= allowed)
+        assert ood.flag_threshold(scores, rate) == expected

@@ -3,6 +3,8 @@ absent classes end to end on a synthetic store, determinism."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -511,3 +513,18 @@ def test_the_fit_seed_drives_the_training(absent_store):
     with Store(path) as store:
         first, other = (fit_store(store, FitConfig(cycle_epochs=1, seed=seed)) for seed in (0, 1))
     assert not np.array_equal(first.classifier.weight, other.classifier.weight)
+
+
+def test_most_confident_matches_a_sort_per_label_with_ties_and_empty_labels():
+    rng = np.random.default_rng(6)
+    for _ in range(200):
+        n, n_labels = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        labels, confidence = rng.integers(0, n_labels, n), rng.integers(0, 4, n) / 4
+        for fraction in (1 / 3, 2 / 3, 1.0, 0.3):
+            expected = np.zeros(n, bool)
+            for label in range(n_labels + 1):  # the last label has no row
+                members = sorted(np.nonzero(labels == label)[0], key=lambda row: (-confidence[row], row))
+                expected[members[: math.ceil(fraction * len(members))]] = True
+            kept = transductive.most_confident(torch.as_tensor(labels), torch.as_tensor(confidence, dtype=torch.float32),
+                                               fraction, n_labels + 1)
+            assert np.array_equal(kept.numpy(), expected)

@@ -161,8 +161,8 @@ def combined_score(components: dict[str, np.ndarray], stored: dict[str, np.ndarr
 
 def flag_threshold(seed_scores: np.ndarray, false_positive_rate: float = FLAG_FPR) -> float:
     """The score above which at most ``false_positive_rate`` of the seeds (surely in distribution)
-    lie: the seed score with floor(rate x n) seeds above it (an interpolated quantile flagged
-    more, 6 of 112 seeds for 5 %)."""
+    lie: the lowest seed score with at most floor(rate x n) seeds above it (fewer with ties at the
+    cut; an interpolated quantile flagged more, 6 of 112 seeds for 5 %)."""
     if not 0 <= false_positive_rate < 1:
         raise ValueError(f"false_positive_rate must be in [0, 1), not {false_positive_rate}")
     scores = np.sort(np.asarray(seed_scores, np.float64))
