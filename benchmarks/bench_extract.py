@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from zsfs.devices import check_device
+from zsfs.errors import ZsfsError
 from zsfs.embedding import (AUTOCAST_DTYPES, DecodedImages, default_worker_niceness, default_workers, make_loader,
                             model_threads)
 from zsfs.extract import extract
@@ -169,7 +170,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="best of N interleaved runs of (a), (c), (d)")
     parser.add_argument("--skip-naive", action="store_true", help="skip (b) (slow with big models)")
     args = parser.parse_args()
-    device = check_device(args.device)
+    try:
+        device = check_device(args.device)
+    except ZsfsError as error:  # no such GPU here: one line, as zsfs says it
+        parser.exit(1, f"bench_extract.py: {error}\n")
     workers = default_workers(args.device) if args.workers is None else args.workers
 
     with tempfile.TemporaryDirectory() as tmp:

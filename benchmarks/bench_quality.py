@@ -6,7 +6,7 @@
 
 Each ``--features`` folder is laid out like ``../shared/bench/fashion-mnist/`` (``clip.npy``,
 ``backbone.npy``, ``images.csv`` with a ``label`` column, ``vocab-*.npz``) and is imported once
-with ``zsfs import``; ``--synthetic`` adds synthetic stores (sizes of bench_fit.py's table).
+with ``zsfs import``; ``--synthetic`` adds synthetic stores (2k or 10k, made as bench_fit.py makes them).
 Four scenarios per store:
 
 - ``full``: every listed class present. Zero-shot, ``--paper`` at k 5 and 16, the default at
