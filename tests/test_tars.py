@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import sys
 import subprocess
 import tarfile
@@ -357,7 +358,7 @@ def test_threads_reading_through_many_tars_each_get_their_own_member(tmp_path):
     assert read == [samples[row][1] for row in rows]
 
 
-def test_a_source_closes_its_tars_when_closed_or_dropped(tmp_path):
+def test_a_sources_tars_are_closed_by_members_close_and_when_the_source_is_dropped(tmp_path):
     samples = [(f"{i:03d}.jpg", bytes([i]) * 10) for i in range(12)]
     write_tar_shards(tmp_path, samples, per_tar=1)
 
@@ -375,14 +376,25 @@ def test_a_source_closes_its_tars_when_closed_or_dropped(tmp_path):
     assert open_tars() == 0
 
 
-def test_a_pickled_source_reads_in_the_process_that_unpickles_it(tmp_path):
-    """DataLoader workers started by spawn, and Ray tasks, receive the source pickled."""
+def test_a_source_reads_in_a_process_that_unpickles_it_or_is_forked_from_a_reading_thread(tmp_path):
+    """DataLoader workers started by spawn, and Ray tasks, receive the source pickled (its open
+    descriptors' numbers mean nothing there); a worker forked while another thread of its parent
+    held the reading lock would wait on it for good."""
     samples = [(f"{i:03d}.jpg", bytes([i]) * 10) for i in range(12)]
     write_tar_shards(tmp_path, samples, per_tar=1)
     source = open_source(tmp_path)
     source.members.read(0)
-    copy = pickle.loads(pickle.dumps(source))
-    assert [copy.members.read(row) for row in range(12)] == [data for _, data in samples]
+    (tmp_path / "source.pickle").write_bytes(pickle.dumps(source))
+    other = subprocess.run([sys.executable, "-c", "import pickle, sys; source = pickle.load(open(sys.argv[1], 'rb')); "
+                            "sys.stdout.buffer.write(b''.join(source.members.read(row) for row in range(12)))",
+                            str(tmp_path / "source.pickle")], capture_output=True, timeout=120)
+    assert other.returncode == 0 and other.stdout == b"".join(data for _, data in samples), other.stderr
+    with source.members._lock:  # as a thumbnail thread holds it while the main thread forks a worker
+        child = os.fork()
+        if child == 0:
+            signal.alarm(20)  # a deadlock ends the child, not the test run
+            os._exit(0 if source.members.read(5) == samples[5][1] else 1)
+    assert os.waitpid(child, 0)[1] == 0
 
 
 def test_a_pax_path_wins_over_the_ustar_name_and_prefix_fields(tmp_path):

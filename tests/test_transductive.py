@@ -58,6 +58,11 @@ def test_sinkhorn_gives_a_class_far_below_every_images_best_its_marginal(gap):
     assignment = transductive.sinkhorn(log_scores, marginals, iterations=200)
     assert torch.allclose(assignment.sum(dim=1), torch.ones(12), atol=1e-5)
     assert torch.allclose(assignment.sum(dim=0), 12 * marginals, atol=1e-3)
+    # a class at -inf everywhere (an overflowing head) gets nothing and leaves the others finite (was NaN)
+    dead = log_scores.clone()
+    dead[:, 1] = -torch.inf
+    assert torch.isfinite(transductive.sinkhorn(dead, marginals)).all()
+    assert (transductive.sinkhorn(dead, marginals)[:, 1] == 0).all()
     # the plan does not depend on the gap: shifting a class's scores by a constant is absorbed by its scaling
     assert torch.allclose(assignment, transductive.sinkhorn(log_scores + torch.tensor([0.0, gap, 0.0]), marginals,
                                                             iterations=200), atol=1e-4)

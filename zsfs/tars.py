@@ -49,6 +49,7 @@ class TarMembers:
     size: np.ndarray  # (n,) int64
     _descriptors: OrderedDict = field(default_factory=OrderedDict, repr=False)  # tar index -> open descriptor
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _pid: int = field(default_factory=os.getpid, repr=False)  # the process the lock belongs to
 
     def __post_init__(self) -> None:
         # Plain descriptors are not closed by garbage collection: a notebook that reads many
@@ -65,7 +66,7 @@ class TarMembers:
         under the lock that guards the open descriptors, so none is closed or reused under it.
         """
         size = int(self.size[i])
-        with self._lock:
+        with self._process_lock():  # held through the pread too: reads are short next to the decoding that follows
             data = os.pread(self._descriptor(int(self.tar[i])), size, int(self.offset[i]))
         if len(data) < size:  # else a member past the new end read as an "empty file", a cut one as corrupt
             raise OSError(f"the tar ends {len(data):,} bytes into this {size:,}-byte member: it was cut short "
@@ -74,8 +75,16 @@ class TarMembers:
 
     def close(self) -> None:
         """Close the open tars (reading again reopens them)."""
-        with self._lock:
+        with self._process_lock():
             _close_all(self._descriptors)
+
+    def _process_lock(self) -> threading.Lock:
+        """The lock of this process: a forked child (a DataLoader worker) gets a new one, as another
+        thread of its parent may have held the inherited copy at the fork, for good."""
+        if self._pid != os.getpid():
+            object.__setattr__(self, "_lock", threading.Lock())
+            object.__setattr__(self, "_pid", os.getpid())
+        return self._lock
 
     def _descriptor(self, tar: int) -> int:
         # Kept open: DataLoader workers read consecutive members of the same tar. pread has no
@@ -90,10 +99,10 @@ class TarMembers:
         return descriptor
 
     def __getstate__(self) -> dict:  # open files and the lock stay in the process that made them
-        return {key: value for key, value in self.__dict__.items() if key not in ("_descriptors", "_lock")}
+        return {key: value for key, value in self.__dict__.items() if key not in ("_descriptors", "_lock", "_pid")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _descriptors=OrderedDict(), _lock=threading.Lock())
+        self.__dict__.update(state, _descriptors=OrderedDict(), _lock=threading.Lock(), _pid=os.getpid())
         self.__post_init__()
 
 

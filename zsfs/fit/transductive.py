@@ -151,7 +151,7 @@ def sinkhorn(log_scores: torch.Tensor, marginals: torch.Tensor, iterations: int 
     # Each column shifted to a largest entry of 1 as well: a class far below every image's best one
     # (by 90: exp underflows in float32) would else get no image whatever its marginal. The shift is
     # absorbed by the column scaling, and it is 0 for a class that is some image's best, as usual.
-    kernel -= kernel.amax(dim=0, keepdim=True)
+    kernel -= kernel.amax(dim=0, keepdim=True).nan_to_num(neginf=0.0)  # (a class at -inf everywhere stays at 0)
     kernel.exp_()
     target = marginals[active].float() / marginals[active].sum() * len(kernel)
     column = torch.ones(kernel.shape[1], device=kernel.device)
