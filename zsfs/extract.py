@@ -506,7 +506,7 @@ def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageS
         return None
     with StoreWriter(master, recorded, n_items=len(source.paths), shard_size=shard_size, dtype=dtype,
                      lock=lock) as writer:
-        return recorded if not writer.pending_shards() and writer.master_is_current() else None
+        return recorded if writer.is_complete() else None
 
 
 def _other_model_names(master: Path, settings: EmbedSettings) -> str:

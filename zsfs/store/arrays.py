@@ -111,7 +111,7 @@ def _written_already(master: Path, identity: dict, layout: dict, planned: list[s
         return None
     try:
         with StoreWriter(master, identity, **layout, lock=False) as writer:
-            done = (not writer.pending_shards(remove_tmp=False) and writer.master_is_current()
+            done = (writer.is_complete(remove_tmp=False)
                     and recorded_plan(writer.shards_dir, writer.identity) == (planned, planned_by))
             return (writer.master, writer.identity) if done else None
     except (ZsfsError, OSError):

@@ -313,6 +313,11 @@ class StoreWriter:
         stopped between its shards and the master's rebuild leaves it stale."""
         return self.master.is_file() and not self.shards_changed_since_master()
 
+    def is_complete(self, *, remove_tmp: bool = True) -> bool:
+        """Every shard whole and a current master: a rerun has nothing to write (``remove_tmp``:
+        as for :meth:`pending_shards`)."""
+        return not self.pending_shards(remove_tmp=remove_tmp) and self.master_is_current()
+
     def shards_changed_since_master(self) -> list[int]:
         """Shards whose file was written after the master and differs from the sha256 it recorded
         (none without a master). A copy, ``cp -r``, makes every shard newer than its master
