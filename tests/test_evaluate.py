@@ -56,6 +56,7 @@ def test_paper_score_counts_each_level_and_a_missing_score_as_0():
     scores = np.array([0, 1 / 3, 1 / 3, 2 / 3, 1, 1, 1, np.nan], dtype=np.float32)  # float32 thirds
     assert paper_score_counts(scores) == [2, 2, 1, 3]
     assert paper_score_counts(np.array([], dtype=np.float32)) == [0, 0, 0, 0]
+    assert paper_score_counts(np.array([0.0, 0.333333, 0.666667, 1.0])) == [1, 1, 1, 1]  # as a CSV rounds them
 
 
 def test_accuracy_rejects_mismatched_lengths():
@@ -218,6 +219,9 @@ def test_counts_of_labels_not_among_the_classes_most_first_in_composed_form():
     assert codes.counts_not_among(["cat", "dog", "eel", "café"]) == {}
     assert codes.counts_not_among([]) == {"eel": 3, "dog": 2, "cat": 1, "café": 1}
     assert LabelCodes.of(np.array([], dtype=str)).counts_not_among(["a"]) == {}  # review: an IndexError
+    names = [f"n{i:02d}" for i in range(50)]  # 40 labels of 1 image, 10 of 2: most first, then by name
+    many = LabelCodes.of(np.array(names + names[40:]))
+    assert list(many.counts_not_among(["other"]).items()) == [(n, 2) for n in names[40:]] + [(n, 1) for n in names[:40]]
 
 
 def test_percent_keeps_two_digits_of_small_shares():

@@ -135,11 +135,25 @@ def test_positions_drop_padding():
     np.testing.assert_array_equal(classes, [0, 0])
 
 
+def test_pair_logits_match_a_float64_product_across_chunks():
+    from zsfs.fit.zeroshot import LOGIT_SCALE, pair_logits
+
+    rng = np.random.default_rng(5)
+    images, texts = unit(rng.standard_normal((30, 8))), unit(rng.standard_normal((4, 8)))
+    rows, classes = rng.integers(0, 30, (5, 10)), rng.integers(0, 4, (5, 10))
+    logits = pair_logits(images, torch.as_tensor(rows), torch.as_tensor(texts), torch.as_tensor(classes), chunk_pairs=7)
+    expected = LOGIT_SCALE * (images[rows].astype(np.float64) * texts[classes]).sum(-1)
+    assert logits.shape == (5, 10)
+    np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4)
+
+
 def test_logit_statistics_and_scores():
     logits = torch.tensor([[3.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     stats = ood.logit_statistics(logits).numpy()
     np.testing.assert_allclose(stats[0], [3.0, 2.0, np.std([3.0, 1.0, 0.0])], rtol=1e-6)
     np.testing.assert_allclose(stats[1], [1.0, 0.0, 0.0], atol=1e-7)
+    one_class = ood.logit_statistics(torch.tensor([[3.0], [1.0]])).numpy()  # no second logit: a gap of 0
+    np.testing.assert_array_equal(one_class, [[3.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     seed_stats = np.array([[3.0, 2.0, 1.0], [5.0, 4.0, 3.0]])  # mean 4,3,2; std 1,1,1
     thresholds = ood.fit_thresholds(seed_stats, multiplier=1.0)
     np.testing.assert_allclose(thresholds.thresholds, [3.0, 2.0, 1.0])
@@ -237,6 +251,20 @@ def test_train_epochs_stop_rules():
     assert len(losses) == 1
 
 
+def test_train_epochs_compares_only_the_first_epoch_with_stop_after_first(monkeypatch):
+    """A later epoch above ``stop_after_first`` does not stop the training (scripted losses: the
+    rule reads only them)."""
+    from zsfs.fit import classifier
+
+    scripted = iter([0.5, 2.0, 0.4])
+    monkeypatch.setattr(classifier.F, "cross_entropy",
+                        lambda logits, labels: logits.sum() * 0 + next(scripted))  # one batch per epoch
+    head = LinearHead(4, 2, lr=1e-2, generator=torch.Generator().manual_seed(0))
+    losses = head.train_epochs(torch.eye(4)[:2], torch.tensor([0, 1]), epochs=3, batch_size=4,
+                               generator=torch.Generator().manual_seed(0), stop_after_first=1.0)
+    assert losses == pytest.approx([0.5, 2.0, 0.4])
+
+
 def test_self_training_uses_candidates_in_order_until_they_run_out():
     rng = np.random.default_rng(0)
     n_classes, k = 3, 2
@@ -265,6 +293,23 @@ def test_self_training_stops_when_a_cycles_first_epoch_loss_rises(monkeypatch):
                         lr=1e-2, max_cycles=4, loss_floor=0.0, accumulate=True, generator=torch.Generator().manual_seed(0))
     assert result.stop_reason == STOP_LOSS_ROSE
     assert [c.index for c in result.cycles] == [0, 1, 2] and result.cycles[-1].losses == [0.6]
+
+
+@pytest.mark.parametrize("scripted, floor, cycles", [
+    ([[1.0], [1.0], [0.9], [0.8]], 0.0, 4),  # a first-epoch loss equal to the last cycle's has not risen
+    ([[1.0], [0.5, 0.1], [0.4], [0.3]], 0.1, 4),  # a last epoch at the floor is not below it
+    ([[1.0], [0.5, 0.09], [0.4], [0.3]], 0.1, 2),  # ... below it stops
+])
+def test_self_training_stop_rules_are_strict(monkeypatch, scripted, floor, cycles):
+    scripted = iter(scripted)
+    monkeypatch.setattr(LinearHead, "train_epochs", lambda self, *args, **kwargs: next(scripted))
+    labels = np.repeat(np.arange(2), 10)
+    features = torch.as_tensor(unit(np.eye(2, 4)[labels] + 0.01 * np.random.default_rng(0).standard_normal((20, 4))))
+    ranked = np.stack([np.flatnonzero(labels == c) for c in range(2)])
+    result = self_train(ranked, FeatureTable(np.arange(20), features), k=2, epochs=2, cycle_epochs=2, batch_size=4,
+                        lr=1e-2, max_cycles=3, loss_floor=floor, accumulate=True, generator=torch.Generator().manual_seed(0))
+    assert len(result.cycles) == cycles
+    assert result.stop_reason != STOP_LOSS_ROSE and (result.stop_reason == STOP_LOSS_FLOOR) == (cycles == 2)
 
 
 @pytest.mark.parametrize("scan_dtype", [torch.float32, torch.bfloat16])
@@ -307,6 +352,10 @@ def test_neighbour_search_choice(tmp_path, monkeypatch):
     monkeypatch.setattr(neighbours, "IVF_MIN_ROWS", 100)
     with Store(flat) as a:
         assert neighbours.choose_search(a, cpu, ivf=True) == neighbours.choose_search(a, cpu, bf16, ivf=True) == "ivf"
+    for minimum, expected in [(200, "ivf"), (201, "faiss")]:  # "at least IVF_MIN_ROWS images": 200 is enough
+        monkeypatch.setattr(neighbours, "IVF_MIN_ROWS", minimum)
+        with Store(flat) as a:
+            assert neighbours.choose_search(a, cpu, ivf=True) == expected, minimum
 
 
 @pytest.mark.parametrize("scan_dtype", [torch.float32, torch.bfloat16])

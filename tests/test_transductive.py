@@ -145,7 +145,8 @@ def test_tempered_shares_are_the_normalised_square_roots():
 def test_a_cycle_repeats_its_epochs_until_the_head_has_made_the_minimum_updates():
     minimum = transductive.MIN_CYCLE_UPDATES
     for n_rows, batch_size, epochs in [(1, 512, 5), (400, 512, 5), (513, 512, 5), (2048, 512, 5), (20_000, 512, 5),
-                                       (30, 8, 1), (30, 8, 7), (10_000, 512, 1)]:
+                                       (30, 8, 1), (30, 8, 7), (10_000, 512, 1), (1536, 512, 5), (30, 4, 1),
+                                       *((n_rows, 512, 5) for n_rows in range(1, 5001, 7))]:
         batches = len(range(0, n_rows, batch_size))  # the batches of one epoch, as LinearHead trains them
         reference = next(e for e in range(epochs, minimum + epochs + 1) if e * batches >= minimum)
         assert transductive.cycle_epochs_for(n_rows, epochs, batch_size) == reference, (n_rows, batch_size, epochs)
@@ -187,6 +188,7 @@ def test_nearest_rank_scales_k_with_the_sampled_fraction():
     assert ood.nearest_rank(600, 600) == ood.NEAREST_REFERENCE == 20
     assert ood.nearest_rank(8192, 4096) == 10 and ood.nearest_rank(100_000, 4096) == 2  # never 1: self-match
     assert ood.nearest_rank(40_000, 4096, k=40) == 4
+    assert ood.nearest_rank(7000, 4096) == 12 and ood.nearest_rank(6000, 4096) == 14  # 11.7 and 13.65, rounded
 
 
 def test_reference_rows_are_the_candidates_or_a_seeded_subset():
@@ -359,6 +361,29 @@ def test_balanced_self_training_labels_its_first_cycle_from_the_given_posterior(
     assert last.n_kept == 300 - 3
     predicted = trained.head.predict_logits(features).argmax(dim=1)
     assert (predicted == truth).float().mean() > 0.95
+
+
+def test_a_balanced_cycle_keeps_the_rows_the_transport_plan_is_surest_of():
+    """Each cycle keeps, per Sinkhorn label, the ceil(fraction x size) rows of highest plan
+    probability (ties: the lower row), seeds counted in that ranking and then left out."""
+    rng = np.random.default_rng(11)
+    truth = torch.as_tensor(rng.integers(0, 3, 60))
+    strength = torch.as_tensor(rng.permutation(np.linspace(1.0, 6.0, 60)), dtype=torch.float32)
+    posterior = torch.log_softmax(strength[:, None] * F.one_hot(truth, 3).float(), dim=1)
+    seeds = torch.as_tensor([int(np.flatnonzero(truth.numpy() == c)[0]) for c in range(3)])
+    marginals = np.full(3, 1 / 3)
+    trained = transductive.balanced_self_training(
+        unit_rows(rng, 60, 8), np.arange(60), seeds, truth[seeds], posterior, marginals, cycle_epochs=1,
+        batch_size=64, lr=0.1, generator=torch.Generator().manual_seed(0), fractions=(0.5,))
+    confidence, labels = transductive.sinkhorn(posterior, torch.as_tensor(marginals, dtype=torch.float32)).max(dim=1)
+    expected = set()
+    for c in range(3):
+        rows = [i for i in range(60) if labels[i] == c]
+        ranked = sorted(rows, key=lambda i: (-float(confidence[i]), i))
+        expected |= set(ranked[: math.ceil(0.5 * len(rows))]) - set(seeds.tolist())
+    assert sorted(trained.cycles[1].rows.tolist()) == sorted(expected)
+    assert np.array_equal(trained.cycles[1].labels, labels.numpy()[trained.cycles[1].rows])
+    assert len(set(confidence[list(expected)].tolist())) > 10  # the ranking has something to order
 
 
 def test_transductive_sample_draws_rows_keeps_the_seeds_and_marks_the_random_ones(monkeypatch):
