@@ -24,8 +24,8 @@ Four scenarios per store:
 - ``ood``: ``zsfs ood-bench``'s protocol (6 ID classes when there are 10, else 60 %; 5 splits)
   for the default and ``--paper``: AUROC and FPR95 of ``ood_score``, the paper score and MCM.
 
-Prints one table (mean ± std and min over seeds/draws/splits) and writes ``quality.csv`` and
-``quality.json`` under ``--out``.
+Prints one table (mean ± std and min over seeds/draws/splits) at the end, a line per scenario as
+it starts on stderr, and writes ``quality.csv`` and ``quality.json`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--features: no clip.npy in {', '.join(missing)} (a folder laid out as "
                      "../shared/bench/fashion-mnist)")
 
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -278,15 +279,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"dataset": dataset, "scenario": scenario, "method": method, "metric": metric,
                          "value": float(value), **extra})
 
+        runs = {"full": lambda source: run_full(source, args.seeds, record),
+                "absent": lambda source: run_absent(source, args.draws, work, record),
+                "small": lambda source: run_small(source, args.draws, work, record),
+                "ood": lambda source: run_ood(source, record)}
         for source in sources:
-            if "full" in scenarios:
-                run_full(source, args.seeds, record)
-            if "absent" in scenarios:
-                run_absent(source, args.draws, work, record)
-            if "small" in scenarios:
-                run_small(source, args.draws, work, record)
-            if "ood" in scenarios:
-                run_ood(source, record)
+            for scenario in (name for name in runs if name in scenarios):
+                # on stderr, so that stdout stays the table: a run takes minutes on 2 cores, longer when loaded
+                print(f"[{time.perf_counter() - started:6.0f} s] {source.name}: {scenario}", file=sys.stderr, flush=True)
+                runs[scenario](source)
 
     summary = summarise(rows)
     args.out.mkdir(parents=True, exist_ok=True)

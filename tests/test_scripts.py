@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,8 @@ def test_bench_quality_reports_the_default_against_the_paper_in_every_absent_dra
     done = run(command(ROOT / "benchmarks/bench_quality.py") + [
         "--synthetic", "2k", "--seeds", "1", "--draws", "1", "--scenarios", "absent", "--out", str(out)], tmp_path)
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    assert re.search(r"^\[ *\d+ s\] synthetic-2k: absent$", done.stderr, re.M), done.stderr  # progress, off the table
+    assert "synthetic-2k: absent" not in done.stdout
     runs = json.loads((out / "quality.json").read_text())["runs"]
 
     def values(method, metric):
