@@ -81,8 +81,13 @@ def test_graph_is_replaced_and_bad_requests_fail_cleanly(tmp_path):
         assert store.graph_info["k"] == 3 and store.neighbour_graph(np.arange(4)).shape == (4, 3)
     too_many = run_cli("neighbours", path, "--k", "101")
     assert too_many.exit_code == 2 and "101" in too_many.output  # click's range check
-    with pytest.raises(ZsfsError, match="1 <= k < 1500"):
+    with pytest.raises(ZsfsError, match=r"^k 1500 is not possible for a store of 1500 images: use 1 <= k <= 100 "
+                                        r"\(the most a graph holds\)$"):  # one maximum (it said "< 1500, at most 100")
         add_neighbour_graph(path, k=1500)
+    small = make_synthetic_store(tmp_path / "small.h5", 30, 3, clip_dim=16, backbone_dim=8, seed=0)
+    with pytest.raises(ZsfsError, match=r"use 1 <= k <= 29 \(each image has that many others\)$"):
+        add_neighbour_graph(small, k=30)
+    assert run_cli("neighbours", small, "--k", "29").exit_code == 0
     for wrong in (2.5, True):  # bug: a TypeError from numpy after the whole search
         with pytest.raises(ParameterError, match=f"^k must be a whole number, not {wrong}$"):
             add_neighbour_graph(path, k=wrong)

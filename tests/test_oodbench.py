@@ -159,6 +159,21 @@ def test_cli_every_named_class_as_id_and_fewer_distinct_splits(tmp_path):
     assert "with one ID class, MCM (a softmax over the ID classes) is 1 for every image: its AUROC is 0.5" in said
 
 
+def test_a_vocabulary_naming_the_labels_in_another_case_is_refused_with_the_spellings(tmp_path):
+    """A new user's vocabulary of lower-cased label names: the fit said which label it meant, ood-bench did not."""
+    path = make_synthetic_store(tmp_path / "case.h5", 200, 3, **SMALL_STORE)
+    with Store(path) as store:
+        vocab = store.vocabulary("synthetic")
+    write_vocabulary(path, "upper", [name.upper() for name in vocab.classes], vocab.single, vocab.ensemble,
+                     prompt="a photo of a {}", n_templates=80)
+    with Store(path) as store, pytest.raises(ZsfsError) as refused:
+        ood_bench(store, 1, FitConfig(**QUICK_FIT), vocabulary="upper")
+    assert str(refused.value).startswith(
+        "none of the store's 3 label classes is in vocabulary 'upper' (labels 'class_0000' (spelled like its class "
+        "'CLASS_0000'); 'class_0001' (spelled like its class 'CLASS_0001'); 'class_0002' (spelled like its class "
+        "'CLASS_0002')); add a vocabulary"), str(refused.value)
+
+
 def test_store_without_labels_is_refused(tmp_path):
     path = make_synthetic_store(tmp_path / "blind.h5", 200, 3, labels=False, **SMALL_STORE)
     with Store(path) as store, pytest.raises(ZsfsError, match="has no labels"):

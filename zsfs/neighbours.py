@@ -37,9 +37,11 @@ def add_neighbour_graph(store_path: str | Path, *, k: int | None = None, device:
         with Store(store_path) as store:
             store.check_enough_images(2, "a neighbour graph")
             k = min(GRAPH_K, store.n_images - 1) if k is None else k
-            if not 0 < k < min(store.n_images, GRAPH_MAX_K + 1):
+            most = min(store.n_images - 1, GRAPH_MAX_K)
+            if not 0 < k <= most:
+                why = "the most a graph holds" if most == GRAPH_MAX_K else "each image has that many others"
                 raise ParameterError(f"{{k}} {k} is not possible for a store of {store.n_images} images: use 1 <= "
-                                     f"{{k}} < {store.n_images}, at most {GRAPH_MAX_K}")
+                                     f"{{k}} <= {most} ({why})")
             check_store_update(store.path, store.data_dir)  # before the search, not after it
             # Held through the search: another writer of the store is refused now, not this search at its end.
             held.enter_context(store_lock(store.path))
