@@ -408,3 +408,4 @@ def test_repeated_rows_pairs_each_repeat_with_its_first():
     rows = np.array([[1, 2], [3, 4], [1, 2], [3, 4], [5, 6], [1, 2]])
     assert repeated_rows(rows) == [(0, 2), (1, 3), (0, 5)]
     assert repeated_rows(rows[:1]) == [] and repeated_rows(np.array([[1], [2]])) == []
+    assert repeated_rows(np.array([[1, 2], [1, 2]])) == [(0, 1)]  # two class names CLIP reads as one

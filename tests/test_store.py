@@ -72,11 +72,14 @@ def test_round_trip(tmp_path, arrays):
         sub = vocab.subset(["eel", "cat"])
         assert sub.classes == ["eel", "cat"]
         np.testing.assert_array_equal(sub.single, vocab.single[[2, 0]])
+        np.testing.assert_array_equal(sub.ensemble, vocab.ensemble[[2, 0]])
         with pytest.raises(StoreError, match="no class 'cow'"):
             vocab.subset(["cow"])
         with pytest.raises(StoreError, match="available: animals"):
             store.vocabulary("plants")
         assert store.index().ntotal == N
+        _, nearest = store.index().search(store.read("clip").astype(np.float32), 1)  # index ids are store rows,
+        np.testing.assert_array_equal(nearest[:, 0], np.arange(N))  # across the 3 shards
         fingerprint = store.fingerprint()
         assert fingerprint["n_images"] == N and len(fingerprint["identity_sha256"]) == 64
 
@@ -711,3 +714,15 @@ def test_a_store_opened_by_a_name_whose_shards_another_master_reads_names_that_m
     renamed.unlink()  # no master reads the folder: a store stopped before its master
     with pytest.raises(StoreError, match=r"is not finished \(its shards are in p3.shards/\); rerun the command"):
         Store(built)
+
+
+def test_a_rerun_rewrites_a_shard_that_lost_its_identity(tmp_path, arrays):
+    """A shard whose identity attribute is gone is not this store's: the rerun writes it again
+    (taken as complete, it gave a master that then refused to open)."""
+    master = build(tmp_path / "s.h5", arrays)
+    with h5py.File(tmp_path / "s.shards" / "shard-00001.h5", "r+") as shard:
+        del shard.attrs[schema.ATTR_IDENTITY]
+    build(tmp_path / "s.h5", arrays)
+    with Store(master) as store:
+        assert store.n_images == N and store.paths().tolist() == arrays["paths"]
+        np.testing.assert_allclose(store.read("clip"), unit(arrays["clip"]), atol=1e-3)
