@@ -665,6 +665,10 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
     # bug: extract reads a brace pattern of tars, predict said it "does not exist"
     from_pattern = predict_images(fitted["run"], ["shards/{00000..00001}.tar"], workers=0)
     assert from_pattern["path"].to_list() == recorded
+    monkeypatch.chdir(tmp_path / "shards")  # a tar in the working folder: its members as "00000.tar::x", no "./"
+    here = predict_images(fitted["run"], ["00000.tar"], workers=0)
+    assert here["path"].to_list() == [path for path in members if path.startswith("00000.tar::")]
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ZsfsError, match=r"1 of 3 tar files do not exist \(first: shards/00002.tar\)"):
         predict_images(fitted["run"], ["shards/{00000..00002}.tar"], workers=0)
     with pytest.raises(ZsfsError, match=r"^shards/00009.tar does not exist; pass image files"):

@@ -726,3 +726,20 @@ def test_a_rerun_rewrites_a_shard_that_lost_its_identity(tmp_path, arrays):
     with Store(master) as store:
         assert store.n_images == N and store.paths().tolist() == arrays["paths"]
         np.testing.assert_allclose(store.read("clip"), unit(arrays["clip"]), atol=1e-3)
+
+
+def test_a_rerun_rewrites_a_shard_whose_size_changed_under_an_older_time(tmp_path, arrays):
+    """A shard grown since its master, its time put back (a copy keeping times): its recorded
+    size tells, and the rerun writes it again."""
+    import os
+
+    master = build(tmp_path / "s.h5", arrays)
+    shard = tmp_path / "s.shards" / "shard-00001.h5"
+    size, times = shard.stat().st_size, (shard.stat().st_atime, shard.stat().st_mtime)
+    with open(shard, "ab") as grown:
+        grown.write(b"\0" * 4096)
+    os.utime(shard, times)
+    build(tmp_path / "s.h5", arrays)
+    assert shard.stat().st_size == size
+    with Store(master) as store:
+        assert store.n_images == N and store.paths().tolist() == arrays["paths"]
