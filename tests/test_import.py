@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import warnings
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -213,6 +214,24 @@ def test_rerunning_the_same_import_keeps_the_store_and_its_neighbour_graph(input
     with Store(folder / "s.h5") as store:
         assert store.summary() == before and store.graph_info["k"] == 3
         assert store.vocabulary("pets").classes == ["cat", "dog"]
+
+
+def test_the_same_files_spelled_otherwise_are_the_same_import(inputs, monkeypatch):
+    """Bug: the paths table given as `../x/paths.csv` after `/abs/x/paths.csv` was "another source"
+    (extract records its source resolved; import recorded it as typed, made absolute)."""
+    folder = inputs["dir"]
+    (folder / "sub").mkdir()
+    (folder / "linked").symlink_to(folder)
+    monkeypatch.chdir(folder / "sub")
+    written = []
+    for spelled in (folder, Path(".."), folder / "linked"):
+        import_store(folder / "s.h5", clip_embeddings=spelled / "clip.npy", backbone_features=spelled / "backbone.npy",
+                     paths=spelled / "paths.csv", shard_size=25)
+        written.append({path.name: path.stat().st_mtime_ns for path in folder.glob("s.*")})
+        with Store(folder / "s.h5") as store:
+            assert store.source == str((folder / "paths.csv").resolve())
+            assert store.clip_info["imported_from"] == str((folder / "clip.npy").resolve())
+    assert written[0] == written[1] == written[2]  # the reruns found the store written
 
 
 def test_the_same_import_again_writes_nothing_and_succeeds_on_a_read_only_copy(inputs):
@@ -565,7 +584,7 @@ def test_a_store_imported_before_the_files_were_recorded_still_takes_a_rerun(inp
            for name, rows, file in (("imported-clip", clip, "clip.npy"), ("imported-backbone", backbone, "backbone.npy"))}
     master = write_store(folder / "old.h5", clip=clip, backbone=backbone, paths=np.asarray(inputs["paths"], dtype=object),
                          labels=None, clip_info=old["imported-clip"], backbone_info=old["imported-backbone"],
-                         source=str((folder / "paths.csv").absolute()), shard_size=25)
+                         source=str((folder / "paths.csv").resolve()), shard_size=25)
     before = {path.name: path.stat().st_mtime_ns for path in (folder / "old.shards").glob("shard-*.h5")}
     import_store(master, clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
                  paths=folder / "paths.csv", shard_size=25, vocabularies={"pets": folder / "pets.npz"})

@@ -346,7 +346,7 @@ def import_store(
     for name in vocabularies or {}:
         check_vocabulary_name(name)
     loaded = {name: load_vocabulary(Path(file), clip.shape[1]) for name, file in (vocabularies or {}).items()}
-    source = str(table_location.absolute())
+    source = str(table_location.resolve())  # as extract records its source: one file, one source, however spelled
     if out.is_file() and not overwrite:
         try:
             refuse_another_listing(out, {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
@@ -459,7 +459,7 @@ def imported_record(name: str, rows: RowParts, location: Path, earlier: dict | N
     made before the files were recorded (2026-12-03) is resumed without them, as before."""
     earlier = earlier if isinstance(earlier, dict) else {}
     record = {"name": name, "weights": schema.IMPORTED_WEIGHTS, "file": None, "sha256": None,
-              "dim": int(rows.shape[1]), "imported_from": str(location.absolute())}
+              "dim": int(rows.shape[1]), "imported_from": str(location.resolve())}
     if not earlier or "imported_files" in earlier:
         record["imported_files"] = file_stamps(rows.files, earlier.get("imported_files") or [])
     return record
