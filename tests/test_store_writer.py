@@ -430,3 +430,15 @@ def test_a_stop_says_what_the_rerun_keeps_in_shards_of_that_size(tmp_path):
             assert _kept_for_a_rerun(whole, whole.pending_shards()) == f"no shard was finished ({said} from the start"
         finally:
             whole.close()
+
+
+def test_the_summary_lists_the_skip_reasons_most_frequent_first(tmp_path):
+    import dataclasses
+
+    writer = new_writer(tmp_path / "s.h5")
+    reasons = {0: ["z frequent"] * 3, 1: ["m"] * 2, 2: ["a rare"]}  # the skipped items of each shard: 3, 2, 1
+    for shard in writer.pending_shards():
+        writer.write_shard(shard, dataclasses.replace(shard_data(writer, shard), skipped_reasons=reasons[shard]))
+    writer.finalize(ATTRS)
+    with Store(tmp_path / "s.h5") as store:
+        assert list(store.summary()["skipped_reasons"].items()) == [("z frequent", 3), ("m", 2), ("a rare", 1)]
