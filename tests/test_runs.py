@@ -100,6 +100,19 @@ def test_an_existing_run_is_never_overwritten(run_dir):
     assert (run_dir / runs.CONFIG).read_bytes() == before
 
 
+def test_an_empty_folder_made_while_the_results_are_written_is_not_replaced(tmp_path):
+    """os.rename replaces an empty folder on POSIX: one made at the target meanwhile (another run
+    starting, a user's mkdir) is refused at the end, not silently taken over."""
+    from zsfs.outputs import FolderExistsError
+
+    target = tmp_path / "run"
+    with pytest.raises(FolderExistsError, match="already exists"):
+        with new_folder(target) as tmp:
+            (tmp / "metrics.json").write_text("{}")
+            target.mkdir()
+    assert target.is_dir() and list(target.iterdir()) == [] and list(tmp_path.iterdir()) == [target]
+
+
 def _hold_a_new_folder(target) -> tuple[subprocess.Popen, str]:
     child = subprocess.Popen([sys.executable, "-c", HOLDER, str(target)], stdout=subprocess.PIPE, text=True)
     return child, child.stdout.readline().strip()
