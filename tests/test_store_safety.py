@@ -455,7 +455,7 @@ def test_verify_reads_every_block_of_a_dataset(tmp_path, monkeypatch):
         integrity.read_all(file, path)
 
 
-@pytest.mark.parametrize("kind", ["external link", "external storage", "virtual dataset"])
+@pytest.mark.parametrize("kind", ["external link", "external storage", "virtual dataset", "another shard dataset"])
 def test_crafted_files_pointing_outside_the_store_are_refused(store, tmp_path, kind):
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"TOP-SECRET-BYTES" * 64)
@@ -470,6 +470,14 @@ def test_crafted_files_pointing_outside_the_store_are_refused(store, tmp_path, k
             del master["skipped/reason"]
             master.create_dataset("skipped/reason", shape=(len(secret.read_bytes()),), dtype=np.uint8,
                                   external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+        elif kind == "another shard dataset":  # the store's own shards, but each one's heights read as widths
+            sources, width = master["width"].virtual_sources(), master["width"]
+            layout = h5py.VirtualLayout(shape=width.shape, dtype=width.dtype)
+            for mapped, file_name, _, _ in sources:
+                (start,), (end,) = mapped.get_select_bounds()
+                layout[start : end + 1] = h5py.VirtualSource(file_name, "height", shape=(end + 1 - start,))
+            del master["width"]
+            master.create_virtual_dataset("width", layout)
         else:
             n, dim = master["clip"].shape
             del master["clip"]
