@@ -234,6 +234,36 @@ def test_the_same_files_spelled_otherwise_are_the_same_import(inputs, monkeypatc
     assert written[0] == written[1] == written[2]  # the reruns found the store written
 
 
+def test_a_linked_table_keeps_its_name_and_an_earlier_spelling_stands(inputs):
+    """A table linked into another folder is recorded there (the report looks beside it, where
+    its relative paths point), not at the link's target; and a store whose source an earlier zsfs
+    recorded as typed (`sub/../paths.csv`) takes the same import again, keeping that record."""
+    from zsfs.importer import load_rows
+    from zsfs.store import write_store
+
+    folder = inputs["dir"]
+    (folder / "elsewhere").mkdir()
+    (folder / "elsewhere" / "paths.csv").symlink_to(folder / "paths.csv")
+    arrays = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy", shard_size=25)
+    import_store(folder / "linked.h5", paths=folder / "elsewhere" / "paths.csv", **arrays)
+    with Store(folder / "linked.h5") as store:
+        assert store.source == str((folder / "elsewhere").resolve() / "paths.csv")
+
+    typed = str(folder / "sub" / ".." / "paths.csv")
+    (folder / "sub").mkdir()
+    import_store(folder / "old.h5", paths=folder / "paths.csv", **arrays)
+    with Store(folder / "old.h5") as store:
+        clip_info, backbone_info = store.clip_info, store.backbone_info
+    rows = {name: load_rows(folder / f"{name}.npy", name) for name in ("clip", "backbone")}
+    write_store(folder / "old.h5", **rows, paths=np.asarray(inputs["paths"], dtype=object), labels=None,
+                clip_info={**clip_info, "imported_from": str(folder / "sub" / ".." / "clip.npy")},
+                backbone_info=backbone_info, source=typed, shard_size=25, overwrite=True)
+    import_store(folder / "old.h5", paths=folder / "paths.csv", vocabularies={"pets": folder / "pets.npz"}, **arrays)
+    with Store(folder / "old.h5") as store:
+        assert store.source == typed and store.clip_info["imported_from"] == str(folder / "sub" / ".." / "clip.npy")
+        assert store.vocabulary_names() == ["pets"]
+
+
 def test_the_same_import_again_writes_nothing_and_succeeds_on_a_read_only_copy(inputs):
     """Review: an identical rerun rewrote the vocabulary files and the plan of vocabularies, so it
     failed on a read-only copy of the store, where the same extract again succeeds (docs/store.md)."""

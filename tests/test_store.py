@@ -735,10 +735,10 @@ def test_a_rerun_rewrites_a_shard_whose_size_changed_under_an_older_time(tmp_pat
 
     master = build(tmp_path / "s.h5", arrays)
     shard = tmp_path / "s.shards" / "shard-00001.h5"
-    size, times = shard.stat().st_size, (shard.stat().st_atime, shard.stat().st_mtime)
+    size, times = shard.stat().st_size, (shard.stat().st_atime_ns, shard.stat().st_mtime_ns)
     with open(shard, "ab") as grown:
         grown.write(b"\0" * 4096)
-    os.utime(shard, times)
+    os.utime(shard, ns=times)
     build(tmp_path / "s.h5", arrays)
     assert shard.stat().st_size == size
     with Store(master) as store:

@@ -222,8 +222,10 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
     assert source.compressed_tars == ["00002a.tar.gz"] and source.repeated_paths == []
     with tarfile.open(root / "99999.tar", "w") as last:  # the last tar in the listing, with no image
         last.add(__file__, arcname="0.txt")
-    assert open_source(root).empty_tars == ["00000a.tar", "00001a.tar", "99999.tar"]
-    (root / "99999.tar").unlink()
+    try:
+        assert open_source(root).empty_tars == ["00000a.tar", "00001a.tar", "99999.tar"]
+    finally:
+        (root / "99999.tar").unlink()
     with tarfile.open(root / "00003a.tar", "w") as twice:  # bug: two rows of one name, without a note
         for _ in range(2):
             twice.add(shards["folder"] / shards["files"][0], arcname="0.jpg")

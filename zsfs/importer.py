@@ -346,7 +346,8 @@ def import_store(
     for name in vocabularies or {}:
         check_vocabulary_name(name)
     loaded = {name: load_vocabulary(Path(file), clip.shape[1]) for name, file in (vocabularies or {}).items()}
-    source = str(table_location.resolve())  # as extract records its source: one file, one source, however spelled
+    earlier = {} if overwrite else recorded_identity(out)  # the store being resumed or added to, if any
+    source = recorded_location(table_location, earlier.get("source"))
     if out.is_file() and not overwrite:
         try:
             refuse_another_listing(out, {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
@@ -359,7 +360,6 @@ def import_store(
                                      "finished shards are reused only so; --overwrite imports it again with this "
                                      "run's labels") from None
     refuse_other_vocabularies(out, loaded, overwrite)
-    earlier = {} if overwrite else recorded_identity(out)  # the store being resumed or added to, if any
     with _failing_as(unwritable):
         master = write_store(
             out,
@@ -451,6 +451,19 @@ def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:
                                  {"single": vocabulary.single, "ensemble": vocabulary.ensemble})
 
 
+def recorded_location(location: Path, recorded: object = None) -> str:
+    """How a store records an input ``location``: absolute, with ``..`` and its folder's links
+    resolved, so that one file is one source however it is spelled; a linked file keeps its own
+    name (the report looks for the images beside it, where a table's relative paths point). Where
+    the store already records the same file otherwise (``recorded``: an earlier zsfs kept the path
+    as typed), that record stands, so the import that made the store is still the same import."""
+    location = Path(location)
+    here = str(location.resolve() if location.is_dir() else location.absolute().parent.resolve() / location.name)
+    if isinstance(recorded, str) and recorded != here and Path(recorded).resolve() == Path(here).resolve():
+        return recorded
+    return here
+
+
 def imported_record(name: str, rows: RowParts, location: Path, earlier: dict | None = None) -> dict:
     """Model record of imported embeddings: the name as given, no weights file zsfs could reload,
     where they came from, and each file's stamp (:func:`file_stamps`): the identity samples 4,096
@@ -459,7 +472,7 @@ def imported_record(name: str, rows: RowParts, location: Path, earlier: dict | N
     made before the files were recorded (2026-12-03) is resumed without them, as before."""
     earlier = earlier if isinstance(earlier, dict) else {}
     record = {"name": name, "weights": schema.IMPORTED_WEIGHTS, "file": None, "sha256": None,
-              "dim": int(rows.shape[1]), "imported_from": str(location.resolve())}
+              "dim": int(rows.shape[1]), "imported_from": recorded_location(location, earlier.get("imported_from"))}
     if not earlier or "imported_files" in earlier:
         record["imported_files"] = file_stamps(rows.files, earlier.get("imported_files") or [])
     return record
