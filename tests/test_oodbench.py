@@ -174,6 +174,18 @@ def test_a_vocabulary_naming_the_labels_in_another_case_is_refused_with_the_spel
         "'CLASS_0002')); add a vocabulary"), str(refused.value)
 
 
+def test_cli_names_the_spelling_of_a_label_left_always_ood(tmp_path):
+    path = make_synthetic_store(tmp_path / "mixed.h5", 400, 4, **SMALL_STORE)
+    with Store(path) as store:
+        vocab = store.vocabulary("synthetic")
+    classes = [name.upper() if name == "class_0002" else name for name in vocab.classes]
+    write_vocabulary(path, "mixed", classes, vocab.single, vocab.ensemble, prompt="a photo of a {}", n_templates=80)
+    result = bench_cli("--store", path, "--id-classes", 2, "--splits", 1, "--vocab", "mixed", *QUICK_FIT_ARGS)
+    assert result.exit_code == 0, result.output
+    assert ("1 label class is not in vocabulary 'mixed': always OOD ('class_0002' (spelled like its class "
+            "'CLASS_0002'))." in " ".join(result.stderr.split())), result.stderr
+
+
 def test_store_without_labels_is_refused(tmp_path):
     path = make_synthetic_store(tmp_path / "blind.h5", 200, 3, labels=False, **SMALL_STORE)
     with Store(path) as store, pytest.raises(ZsfsError, match="has no labels"):
