@@ -159,6 +159,13 @@ def spelled_like(known: Iterable[str], what: str) -> Callable[[str], str]:
     return hint
 
 
+def near_spellings(names: Iterable[str], known: Iterable[str], what: str) -> list[str]:
+    """``"'x' (spelled like WHAT 'X')"`` for each of ``names`` that differs from one of ``known``
+    only by case, spacing or Unicode form (:func:`spelled_like`); the others are left out."""
+    hint = spelled_like(known, what)
+    return [f"{name!r}{hint(name)}" for name in names if hint(name)]
+
+
 def as_argument(path: str | os.PathLike) -> str:
     """``path`` as a command suggested in a message takes it: whole (the store's name alone named
     a file in the reader's current folder, not the store) and quoted for the shell."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from zsfs import __version__
 from zsfs.errors import ParameterError, ZsfsError, check_at_least, checked_arguments, literal
-from zsfs.names import counted, some_names, spelled_like
+from zsfs.names import counted, near_spellings, some_names, spelled_like
 from zsfs.outputs import new_folder, write_json
 from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, composed_names, id_ood_splits, mean_std, ood_metrics
 
@@ -125,8 +125,7 @@ def ood_bench(
     eligible = [spelled[name] for name in label_classes if name in spelled]
     always_ood = [name for name in label_classes if name not in spelled]
     if not eligible:
-        hint = spelled_like(vocabulary_classes, "its class")  # labels and class names are compared exactly
-        near = [f"{name!r}{hint(name)}" for name in label_classes if hint(name)]
+        near = near_spellings(label_classes, vocabulary_classes, "its class")  # compared exactly: say which differ
         raise ZsfsError(f"none of the store's {len(label_classes)} label classes is in vocabulary {vocab_name!r}"
                         f"{f' (labels {some_names(near, 3, with_count=False)})' if near else ''}; "
                         f"add a vocabulary of the label names with {store.how_to_add_a_vocabulary()}")

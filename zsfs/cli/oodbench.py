@@ -9,7 +9,7 @@ from rich.table import Table
 
 from zsfs.cli.common import GivenPath, console, kept_if_interrupted, note_fit_options, noting_made_folders, shown
 from zsfs.errors import ParameterError, literal
-from zsfs.names import counted, some_names, spelled_like
+from zsfs.names import counted, near_spellings, some_names
 
 
 @click.command("ood-bench", short_help="Benchmark the OOD scores with some classes held out.")
@@ -82,13 +82,13 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         metrics = run_bench(store, wanted, config, n_splits=splits, vocabulary=vocabulary,
                             on_start=start, on_split=report_split, on_phase=phase)
         # a label that differs from a class name only by case or spacing is almost surely meant as it
-        hint = spelled_like(store.vocabulary(metrics["vocabulary"]).classes, "its class")
+        near = near_spellings(metrics["always_ood_classes"], store.vocabulary(metrics["vocabulary"]).classes,
+                              "its class")
     if metrics["n_splits"] and all(len(split["id_classes"]) == 1 for split in metrics["splits"]):
         console.print("[yellow]Note:[/] with one ID class, MCM (a softmax over the ID classes) is 1 for every "
                       "image: its AUROC is 0.5 by construction. Use 2 or more ID classes to compare the detectors.")
     if metrics["always_ood_classes"]:
         n_outside = len(metrics["always_ood_classes"])
-        near = [f"{name!r}{hint(name)}" for name in metrics["always_ood_classes"] if hint(name)]
         spelled = f" ({some_names(near, 3, with_count=False)})" if near else ""
         console.print(shown(f"{counted(n_outside, 'label class', 'label classes')} {'is' if n_outside == 1 else 'are'} "
                             f"not in vocabulary {metrics['vocabulary']!r}: always OOD{spelled}."))
