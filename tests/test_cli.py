@@ -530,7 +530,10 @@ def test_a_library_message_is_one_short_line_and_a_bare_one_names_its_type():
     assert one_line(KeyError("h")) == "KeyError: 'h'"  # "'h'" alone says nothing
     assert one_line(OSError()) == "OSError"  # bug: "OSError: OSError", the type standing in for the message twice
     long = one_line(RuntimeError("x" * 1000))
-    assert len(long) == 300 and long.endswith("...")
+    assert len(long) == 300 and long.endswith("...")  # no space to cut at: cut where the room ends
+    # bug (new user): the hub's message was cut mid-word ("make sure your Interne...")
+    words = one_line(RuntimeError("make sure your Internet connection is on " * 20), limit=60)
+    assert words == "make sure your Internet connection is on make sure your..."
 
 
 def test_every_option_of_every_command_says_what_it_does():

@@ -145,7 +145,12 @@ def one_line(error: BaseException, limit: int = 300) -> str:
         text = type(error).__name__
     elif len(text) < 12:  # bare codes or words ("101", "'h'") say little without their type
         text = f"{type(error).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    space = cut.rfind(" ")
+    # at the last space, unless that drops much of the room: a word cut in two reads as a typo
+    return (cut[:space] if space >= limit // 2 else cut) + "..."
 
 
 def error_chain(error: BaseException | None) -> Iterator[BaseException]:
