@@ -242,6 +242,15 @@ def test_more_workers_than_the_cluster_can_hold_is_refused_not_a_silent_wait(clu
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cuda_on_a_cluster_without_a_gpu_is_a_bad_argument_as_without_ray(cluster, photos, tmp_path):
+    """Bug (new user): exit status 1 with --ray, where the same --device cuda without a GPU is 2."""
+    result = run_cli("extract", photos["root"], "--out", tmp_path / "x.h5", "--ray", "auto", "--device", "cuda",
+                     *TINY_MODEL_ARGS)
+    assert result.exit_code == 2, output_text(result)
+    assert "--device cuda with --ray, but the Ray cluster has no GPU; use --device cpu" in output_text(result)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ray_options_refused_clearly(photos, monkeypatch, tmp_path):
     with pytest.raises(ZsfsError, match="ray_workers needs ray"):
         extract(photos["root"], photos["root"].parent / "x.h5", ray_workers=2, **SETTINGS)

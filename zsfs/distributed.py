@@ -375,7 +375,8 @@ def _plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
     if device == "cuda":
         gpus = int(resources.get("GPU", 0))
         if gpus == 0:
-            raise ZsfsError("--device cuda with --ray, but the Ray cluster has no GPU")
+            raise ParameterError("{device} cuda with {ray}, but the Ray cluster has no GPU; use {device} cpu, or a "
+                                 "cluster with GPU nodes")
         n_workers = gpus if n_workers is None else n_workers
         if n_workers > gpus:  # the workers that found no GPU would wait for one forever, in silence
             raise ParameterError(f"{{ray_workers}} {n_workers} is more than the Ray cluster's {counted(gpus, 'GPU')}: "
