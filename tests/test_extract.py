@@ -1253,7 +1253,22 @@ def test_a_rerun_on_a_finished_store_needs_no_model(tmp_path, monkeypatch, offli
     assert other.exit_code == 1 and "--overwrite" in output_text(other)  # other models: still refused
     (tmp_path / "s.shards" / "shard-00001.h5").unlink()
     repair = run_cli(*args)  # images to embed: the backbone's weights are needed, and said to be missing
-    assert repair.exit_code == 1 and "could not download the backbone weights of test_vit" in output_text(repair)
+    said = " ".join(output_text(repair).split())
+    assert repair.exit_code == 1 and "could not download the backbone weights of test_vit" in said
+    # bug (new user): it said "Or pass a local file", which the rerun then refused after loading both models
+    assert f"{out} was started with them by name, so zsfs loads them by that name only" in said, said
+    assert "--backbone-weights" not in said
+    from safetensors.torch import save_file
+
+    file = tmp_path / "test_vit.safetensors"
+    save_file(timm.create_model(TINY_BACKBONE).state_dict(), str(file))
+    with_file = run_cli(*args[:-4], f"--backbone-weights={file}", "--workers", "0", "--shard-size", "4")
+    said = " ".join(output_text(with_file).split())
+    assert with_file.exit_code == 1 and (
+        "s.h5 was built with the backbone weights test_vit / default, loaded by that name, and this run passes a file "
+        "(--backbone-weights): a store built so reloads them by name only, even where a file holds the same values; "
+        "drop --backbone-weights, or pass --overwrite to replace the store.") in said, said
+    assert not (tmp_path / "s.shards" / "shard-00001.h5").exists()
 
 
 def test_a_rerun_on_a_finished_store_refuses_what_a_first_run_refuses(tmp_path, monkeypatch):

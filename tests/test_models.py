@@ -453,6 +453,40 @@ def test_pretrained_weights_are_recorded_by_their_values_and_other_ones_under_th
     load_backbone_from_record(older)  # a store of an earlier zsfs has no fingerprint to check
 
 
+def test_weights_a_store_recorded_by_name_and_the_cache_lost_are_not_offered_from_a_file(
+        tmp_path, monkeypatch, offline):
+    """Bug (new user): reloading a tag-built model offline said "Or pass a local file: --backbone-weights",
+    and the file was then refused ("loads by that name, not from a file")."""
+    import huggingface_hub.constants as hub
+    import timm
+
+    _cached_default_weights(tmp_path / "cache", monkeypatch, timm.create_model(TINY_BACKBONE).state_dict())
+    record = load_backbone(TINY_BACKBONE, "default").record
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty"))  # a machine whose cache lacks them
+    with pytest.raises(ModelLoadError) as caught:
+        load_backbone_from_record(record)
+    message = str(caught.value)
+    assert message.startswith("could not download the backbone weights of test_vit from "
+                              "huggingface.co/timm/test_vit.r160_in1k (huggingface.co cannot be reached") and \
+        ("); the store was built with them by name, so zsfs loads them by that name only, from the Hugging Face "
+         "cache, not from a file. Without a network, point HF_HOME at") in message, message
+    assert "--backbone-weights" not in message
+    with pytest.raises(ModelLoadError, match="Or pass a local file: --backbone-weights"):  # a first load: a file is a way
+        load_backbone(TINY_BACKBONE, "default")
+
+
+def test_a_download_error_crosses_processes_whole():
+    """A Ray worker's error reaches the driver pickled: the download error keeps its parts and text."""
+    import pickle
+
+    from zsfs.weights import WeightsDownloadError
+
+    error = WeightsDownloadError("backbone", "backbone weights of x", "offline", "--backbone-weights FILE")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.role, str(copy)) == ("backbone", str(error))
+    assert str(copy.by_name_only("why")).startswith("could not download the backbone weights of x (offline); why, ")
+
+
 def test_a_cut_short_download_in_the_cache_is_named_not_a_traceback(tmp_path, monkeypatch, offline):
     """Bug: a truncated file in the Hugging Face cache ended in safetensors' traceback."""
     _cached_default_weights(tmp_path, monkeypatch, {"head.weight": torch.zeros(2, 2)})
@@ -620,10 +654,17 @@ def test_backbone_name_and_weights_errors(name, weights, message):
         load_backbone(name, weights)
 
 
-def test_backbone_download_failure_says_how_to_pass_a_file(offline):
+def test_backbone_download_failure_says_how_to_pass_a_file(offline, monkeypatch):
+    import timm
+
+    built = []
+    monkeypatch.setattr(timm, "create_model", lambda *args, **kwargs: built.append(args))
     with pytest.raises(ModelLoadError) as caught:
         load_backbone(TINY_BACKBONE, "default")
     message = str(caught.value)
+    # new user: ViT-G took 30 s and 5 GB to build before its download failed; uncached offline: not built at all
+    assert built == []
+    assert "huggingface.co cannot be reached and the Hugging Face cache (" in message
     # bug (docs review): the README says it names where from; the CLIP message did, this one did not
     assert "could not download the backbone weights of test_vit from huggingface.co/timm/test_vit.r160_in1k (" \
         in message, message
@@ -648,10 +689,11 @@ def test_openai_tag_gets_quick_gelu(monkeypatch):
 
 
 @pytest.mark.parametrize("reachable", [False, True])
-def test_unreachable_hub_means_cache_only_instead_of_a_minute_of_retries(monkeypatch, reachable):
+def test_unreachable_hub_means_cache_only_instead_of_a_minute_of_retries(monkeypatch, reachable, tmp_path):
     import huggingface_hub.constants as hub
     import timm
 
+    _cached_default_weights(tmp_path, monkeypatch, {"x": torch.zeros(1)})  # cached: the model is built, then loads
     offline_during_download = []
 
     def fake_create_model(*args, **kwargs):

@@ -28,8 +28,8 @@ from zsfs.embedding import Batch, embedded_images
 from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, checked_arguments, literal)
-from zsfs.models import (backbone_as_recorded, clip_architecture, clip_as_recorded, clip_tokenizer, encode_vocabulary,
-                         load_backbone, load_clip, load_clip_from_record, same_text_to_clip)
+from zsfs.models import (backbone_as_recorded, by_name_only, clip_architecture, clip_as_recorded, clip_tokenizer,
+                         encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip)
 from zsfs.names import (as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters,
                         some_names, visible)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -39,11 +39,11 @@ from zsfs.store.extras import (check_vocabulary_name, refuse_other_classes, writ
 from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_update, check_store_writable, disk_error,
                               names_beside, store_lock, written_elsewhere)
 from zsfs.store.reader import Store, check_store_or_path
-from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
+from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, IMPORTED_WEIGHTS, shard_dir, vocabulary_file
 from zsfs.store.rows import usable_rows
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, refuse_replacing_another_file)
-from zsfs.weights import check_same_weights, refuse_imported, relocated
+from zsfs.weights import FILE, HUB_CACHE_ADVICE, RANDOM, check_same_weights, refuse_imported, relocated
 from zsfs.writable import check_writable, refuse_input_as_output
 
 DEFAULT_BATCH_SIZE = 64
@@ -342,10 +342,11 @@ def extract(
                                          "n_items": len(image_source.paths), "shard_size": shard_size, "dtype": dtype,
                                          "max_pixels": _budget_identity(max_pixels).get("max_pixels")})
         except StoreMismatchError as error:
-            models = _other_model_names(out, settings)  # said together: a resume fixed for one failed on the other
+            # said together: a resume fixed for one failed on the other
+            models = _other_model_names(out, settings) or _file_for_weights_by_name(out, settings)
             raise _new_suffixes_explain(StoreMismatchError(f"{error}{'; and it was ' + models if models else ''}"),
                                         out, image_source) from None
-        models = _other_model_names(out, settings)
+        models = _other_model_names(out, settings) or _file_for_weights_by_name(out, settings)
         if models:
             raise StoreMismatchError(f"{out if out.is_file() else shard_dir(out)} was {models}")
     if class_names and not overwrite:
@@ -361,7 +362,8 @@ def extract(
             refuse_same_text_to_clip(read_as_one)
         if vocabulary:  # CLIP alone
             with store_lock(out):
-                clip = load_clip(clip_model, clip_weights, device=device)
+                with by_name_only(f"{out} was built with them by name"):
+                    clip = load_clip(clip_model, clip_weights, device=device)
                 check_same_weights(clip.record, recorded["clip"], "CLIP")
                 if on_start is not None:
                     on_start(0)
@@ -372,7 +374,8 @@ def extract(
         return _summary(out, image_source, started, vocabulary=vocab_name if class_names else None,
                         classes=class_names, read_as_one=read_as_one)
 
-    with _embedder(settings, image_source, ray, ray_workers) as embedder:
+    with by_name_only(f"{out} was started with them by name", () if overwrite else _recorded_by_name(out)), \
+            _embedder(settings, image_source, ray, ray_workers) as embedder:
         read_as_one = embedder.same_text_to_clip(class_names) if class_names else []
         if given_classes is not None:  # before the images: a list given is fixed in seconds
             refuse_same_text_to_clip(read_as_one)
@@ -509,6 +512,14 @@ def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageS
         return recorded if writer.is_complete() else None
 
 
+def _recorded_by_name(master: Path) -> tuple[str, ...]:
+    """The models (``"clip"``, ``"backbone"``) that the store, or its first run's shards, loaded by a
+    pretrained name: a rerun must load them so too, not from a file."""
+    recorded = recorded_identity(master)
+    return tuple(role for role in ("clip", "backbone")
+                 if (recorded.get(role) or {}).get("weights") not in (None, FILE, RANDOM, IMPORTED_WEIGHTS))
+
+
 def _other_model_names(master: Path, settings: EmbedSettings) -> str:
     """Before the models load: ``"built with MODELS, this run asks for ...; pass ..."`` when the
     store (or its first run's shards) was built with other models, judged by name (the weights
@@ -527,6 +538,22 @@ def _other_model_names(master: Path, settings: EmbedSettings) -> str:
     now = " and ".join(f"{requested[role]}" for role in differing)
     return (f"built with {then}, this run asks for {now}; pass the models it was built with to resume or update "
             "it (--clip-model, --backbone), or --overwrite to replace it")
+
+
+def _file_for_weights_by_name(master: Path, settings: EmbedSettings) -> str:
+    """Before the models load: ``"built with the pretrained weights ..."`` when this run passes a weights
+    file for a model the store loaded by a pretrained name (a rerun must load it so too: the store
+    records a name, not a file's sha256); "" otherwise."""
+    recorded = recorded_identity(master)
+    asked = {"clip": settings.clip_weights, "backbone": settings.backbone_weights}
+    for role in _recorded_by_name(master):
+        if Path(asked[role]).expanduser().is_file():
+            flag = f"--{role}-weights"
+            return (f"built with the {'CLIP' if role == 'clip' else 'backbone'} weights {recorded[role]['name']} / "
+                    f"{recorded[role]['weights']}, loaded by that name, and this run passes a file ({flag}): a store "
+                    f"built so reloads them by name only, even where a file holds the same values; drop {flag}, or "
+                    f"pass --overwrite to replace the store. {HUB_CACHE_ADVICE}")
+    return ""
 
 
 def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: ImageSource) -> StoreMismatchError:

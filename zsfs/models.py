@@ -21,7 +21,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Container, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from zsfs.weights import (
     HUB_CACHE_ADVICE,
     RANDOM,
     RANDOM_SEED,
+    WeightsDownloadError,
     check_same_weights,
     checkpoint_reason,
     checkpoint_shapes,
@@ -334,16 +335,30 @@ def clip_tokenizer(name: str) -> Callable:
 def load_clip_from_record(record: dict, device: str = "cpu") -> ClipModel:
     """Reload the CLIP model a store recorded (same tag, same file bytes, or same random init)."""
     weights = weights_from_record(record, "CLIP")
-    if "config" in record:  # a custom config travels inside the record
-        with tempfile.TemporaryDirectory() as folder:
-            config_file = Path(folder) / f"{record['name']}.json"
-            config_file.write_text(json.dumps(record["config"]))
-            clip = load_clip(str(config_file), weights, device)
-    else:
-        clip = load_clip(record["name"], weights, device)
+    with by_name_only("the store was built with them by name"):
+        if "config" in record:  # a custom config travels inside the record
+            with tempfile.TemporaryDirectory() as folder:
+                config_file = Path(folder) / f"{record['name']}.json"
+                config_file.write_text(json.dumps(record["config"]))
+                clip = load_clip(str(config_file), weights, device)
+        else:
+            clip = load_clip(record["name"], weights, device)
     check_same_weights(clip.record, record, "CLIP")
     clip.record = dict(record)
     return clip
+
+
+@contextmanager
+def by_name_only(why: str, roles: Container[str] = ("clip", "backbone")) -> Iterator[None]:
+    """Pretrained weights of the ``roles`` (``"clip"``, ``"backbone"``) that a store recorded by name
+    and that cannot be downloaded now: their error offers no file, which the store would refuse
+    (``why`` says which store); other errors pass as they are."""
+    try:
+        yield
+    except WeightsDownloadError as error:
+        if error.role not in roles:
+            raise
+        raise error.by_name_only(why) from None
 
 
 @contextmanager
@@ -443,10 +458,8 @@ def _download_clip_tag(arch: str, tag: str) -> None:
     try:
         open_clip.download_pretrained(cfg)
     except Exception as error:  # HF hub, URL and cache errors come in many types
-        raise ModelLoadError(
-            f"could not download the CLIP weights {arch} / {tag} ({one_line(error)}). {HUB_CACHE_ADVICE} "
-            f"Or pass a local file: {_clip_file_advice(arch, cfg)}"
-        ) from None
+        raise WeightsDownloadError("clip", f"CLIP weights {arch} / {tag}", one_line(error),
+                                   _clip_file_advice(arch, cfg)) from None
 
 
 def _pretrained_error(weights: str, hub_id: str | None, error: Exception, flag: str) -> ModelLoadError:
@@ -542,16 +555,16 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
         options = _file_options(name, file, pretrained_cfg, keep_head)
     try:
         with seeded_init(), hub_offline_unless_reachable() if weights == DEFAULT else nullcontext():
+            if weights == DEFAULT:
+                _refuse_uncached_offline(pretrained_cfg)
             model = timm.create_model(name, pretrained=weights != RANDOM, **options)
     except OSError as error:
         if file is not None:
             raise ModelLoadError(f"cannot read backbone weights file {file}: {one_line(error)}") from None
         source = (f" from huggingface.co/{pretrained_cfg.hf_hub_id.strip('/')}" if pretrained_cfg.hf_hub_id
                   else f" from {pretrained_cfg.url}" if pretrained_cfg.url else "")
-        raise ModelLoadError(
-            f"could not download the backbone weights of {name}{source} ({one_line(error)}). {HUB_CACHE_ADVICE} "
-            "Or pass a local file: --backbone-weights /path/to/model.safetensors"
-        ) from None
+        raise WeightsDownloadError("backbone", f"backbone weights of {name}{source}", one_line(error),
+                                   "--backbone-weights /path/to/model.safetensors") from None
     except Exception as error:  # state-dict mismatch, unreadable or foreign checkpoint format
         if weights == RANDOM:
             raise
@@ -590,9 +603,29 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
     return Backbone(model=model, preprocess=preprocess, record=record, device=torch.device(device), scaling=scaling)
 
 
+def _refuse_uncached_offline(pretrained_cfg) -> None:
+    """Offline, weights from the hub that its cache lacks fail here, before the model is built (ViT-G
+    takes half a minute and 5 GB to build), with the error the hub gives. The names looked for are the
+    ones timm loads from: the configured file or ``pytorch_model.bin``, and their safetensors forms."""
+    import huggingface_hub
+    import huggingface_hub.constants as hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if not (hub.HF_HUB_OFFLINE and pretrained_cfg.hf_hub_id):
+        return
+    repository, _, revision = pretrained_cfg.hf_hub_id.partition("@")
+    configured = pretrained_cfg.hf_hub_filename or "pytorch_model.bin"
+    names = {configured, f"{Path(configured).stem}.safetensors", "model.safetensors", "open_clip_model.safetensors"}
+    if not any(isinstance(huggingface_hub.try_to_load_from_cache(repository, name, revision=revision or None), str)
+               for name in sorted(names)):
+        raise LocalEntryNotFoundError(f"huggingface.co cannot be reached and the Hugging Face cache "
+                                      f"({hub.HF_HUB_CACHE}) does not hold them")
+
+
 def load_backbone_from_record(record: dict, device: str = "cpu") -> Backbone:
     """Reload the backbone a store recorded (same weights; a file must have the same sha256)."""
-    backbone = load_backbone(record["name"], weights_from_record(record, "backbone"), device)
+    with by_name_only("the store was built with them by name"):
+        backbone = load_backbone(record["name"], weights_from_record(record, "backbone"), device)
     check_same_weights(backbone.record, record, "backbone")
     backbone.record = dict(record)
     return backbone
