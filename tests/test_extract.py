@@ -942,6 +942,9 @@ def test_progress_in_a_log_is_lines_while_the_work_runs_and_the_rate_of_the_imag
     lines = [line for line in result.output.splitlines() if line.startswith("embedding:")]
     n = len(photos["good"]) + len(photos["bad"])  # every listed file is decoded, or found not to decode
     assert lines[0] == f"embedding: {n} img to do" and "━" not in result.output  # no bar drawn into the log
+    # new user: the scan and the models' loading (half a minute for ViT-G) left the log empty
+    said = result.output.splitlines()
+    assert said.index("Scanning the source and loading the models...") < said.index(lines[0])
     done = [int(re.match(r"embedding: (\d+) of ", line).group(1)) for line in lines[1:]]
     assert done == sorted(done) and len(done) >= 3 and done[-1] == n and all(d < n for d in done[:-1])
     assert re.fullmatch(rf"embedding: {n} of {n} img \(100 %\) in \d+:\d\d:\d\d, [\d,.]+ img/s", lines[-1])

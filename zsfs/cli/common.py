@@ -35,6 +35,10 @@ class _MessagesConsole(Console):
     messages, not the command (rich's default sent stdout to /dev/null and exited 1, so a bench
     or a fit lost its finished results to a closed progress pipe)."""
 
+    def status(self, status, **kwargs):
+        """rich's spinner; where no terminal shows one, :class:`_LoggedStatus`."""
+        return super().status(status, **kwargs) if self.is_terminal else _LoggedStatus(self, status)
+
     def on_broken_pipe(self) -> None:
         self.quiet = True  # nothing more is written to it (until the next command: ZsfsGroup.invoke)
         try:
@@ -46,6 +50,39 @@ class _MessagesConsole(Console):
         devnull = os.open(os.devnull, os.O_WRONLY)  # Python's own writes there at exit fail quietly too
         os.dup2(devnull, fileno)
         os.close(devnull)
+
+
+class _LoggedStatus:
+    """A status where no terminal shows a spinner (a log of nohup, Slurm, CI): its text as a line once it
+    has lasted :data:`LOG_SECONDS` (a long start, ViT-G loading, left a log empty, as if the command hung;
+    a bad input found at once stays one error line)."""
+
+    def __init__(self, console: Console, text: str):
+        self.console, self.text, self._timer = console, text, None
+
+    def _say(self) -> None:
+        self.console.print(self.text, highlight=False)
+
+    def start(self) -> None:
+        self.stop()
+        self._timer = threading.Timer(LOG_SECONDS, self._say)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def update(self, status: str | None = None, **_) -> None:
+        if status is not None:
+            self.text = status
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def __enter__(self) -> "_LoggedStatus":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 class _Stderr:
