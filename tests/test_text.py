@@ -75,6 +75,18 @@ def test_text_adds_a_vocabulary_without_touching_images(unlabelled_store, tmp_pa
     np.testing.assert_allclose(vocabulary.ensemble, expected_ensemble, atol=1e-5)
 
 
+def test_text_names_the_vocabulary_as_extract_does_when_no_name_is_given(unlabelled_store, tmp_path):
+    """New user: `zsfs text flat.h5 --classes FILE` on a store with no vocabulary failed with "Missing
+    option '--vocab'", where extract names its vocabulary "default"."""
+    store, _ = unlabelled_store
+    classes = tmp_path / "animals.txt"
+    classes.write_text("\n".join(ANIMALS))
+    result = run_cli("text", store, "--classes", classes)
+    assert result.exit_code == 0, result.output
+    with Store(store) as opened:
+        assert opened.vocabulary_names() == ["default"] and opened.vocabulary("default").classes == ANIMALS
+
+
 def test_text_refuses_a_duplicate_name_unless_overwrite(unlabelled_store, tmp_path):
     store, _ = unlabelled_store
     classes = tmp_path / "animals.txt"

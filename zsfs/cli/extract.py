@@ -129,8 +129,9 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 @click.argument("store", type=GivenPath(path_type=Path))
 @click.option("--classes", "classes_file", required=True, type=GivenPath(dir_okay=False, path_type=Path),
               help="Class names, one per line ('#' lines are comments).")
-@click.option("--vocab", "--name", "name", required=True,
-              callback=usage_check("zsfs.store.extras", "check_vocabulary_name"), help="Name of the vocabulary (zsfs fit --vocab NAME).")
+@click.option("--vocab", "--name", "name", default="default", show_default=True,
+              callback=usage_check("zsfs.store.extras", "check_vocabulary_name"),
+              help="Name of the vocabulary (zsfs fit --vocab NAME); as extract names the one it writes.")
 @click.option("--clip-weights", type=GivenPath(dir_okay=False, path_type=Path),
               help="The store's CLIP weights file at a new location (its sha256 must match the record).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
