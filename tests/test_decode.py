@@ -338,3 +338,42 @@ def test_a_valid_file_pillow_cannot_read_says_so():
     float_colour = encode_tiff(np.zeros((4, 4, 3), np.float32))  # valid TIFF; Pillow has no mode for it
     with pytest.raises(ImageDecodeError, match="format variant Pillow cannot read"):
         decode_image("rgb-float.tif", data=float_colour)
+
+
+def test_the_pixel_budget_is_inclusive_and_a_draft_decodes_a_jpeg_smaller(tmp_path, monkeypatch):
+    """An image of exactly ``max_pixels`` pixels is within the budget (one more is over), also
+    above the working size; a JPEG decoded with ``draft`` (thumbnails) comes out at the smallest
+    DCT scale still at least that size, its size in the file kept."""
+    Image.new("RGB", (100, 50), (10, 20, 30)).save(tmp_path / "exact.png")
+    assert decode_image(tmp_path / "exact.png", max_pixels=5000).size == (100, 50)
+    monkeypatch.setattr("zsfs.decode.WORKING_PIXELS", 1000)  # the budget is then checked on its own
+    assert image_size(decode_image(tmp_path / "exact.png", max_pixels=5000)) == (100, 50)
+    with pytest.raises(ImageDecodeError, match="over the budget of 4,999 pixels"):
+        decode_image(tmp_path / "exact.png", max_pixels=4999)
+    monkeypatch.undo()
+    Image.new("RGB", (800, 600), (200, 100, 50)).save(tmp_path / "big.jpg", quality=90)
+    thumbnail = decode_image(tmp_path / "big.jpg", draft=(100, 100))
+    assert thumbnail.size == (200, 150) and image_size(thumbnail) == (800, 600)
+    assert decode_image(tmp_path / "big.jpg").size == (800, 600)
+
+
+def test_a_maximum_that_is_a_power_of_two_needs_one_bit_more(tmp_path):
+    """16-bit samples whose maximum is 2**k need k + 1 bits: 256 is a 9-bit value (-> 128), not a
+    highlight clipped to white."""
+    pixels = np.array([[0, 64], [128, 256]], dtype=np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "nine_bits.png")
+    decoded = np.asarray(decode_image(tmp_path / "nine_bits.png"))[..., 0]
+    np.testing.assert_array_equal(decoded, np.rint(pixels * 255 / 511).astype(np.uint8))
+
+
+def test_overlapping_decodes_restore_pillows_own_limit():
+    """Pillow's bomb limit is lifted while any decode runs and restored by the last one to end,
+    not left lifted by one that began while another ran."""
+    from zsfs.decode import _pixel_budget_replaces_pillows
+
+    before = Image.MAX_IMAGE_PIXELS
+    with _pixel_budget_replaces_pillows():
+        with _pixel_budget_replaces_pillows():
+            assert Image.MAX_IMAGE_PIXELS is None
+        assert Image.MAX_IMAGE_PIXELS is None
+    assert Image.MAX_IMAGE_PIXELS == before is not None

@@ -133,6 +133,7 @@ def test_library_summary_counts_reasons(photos, tmp_path):
     assert sum(summary.skipped_reasons.values()) == len(photos["bad"]) and len(summary.skipped_reasons) >= 3
     assert (summary.shards_written, summary.shards_reused) == (-(-n_listed // 8), 0)
     assert ticks[0] == ("start", n_listed) and sum(ticks[1:]) == n_listed
+    assert summary.images_processed == n_listed  # the skipped files were processed too
     assert summary.vocabulary == "default" and summary.classes == ["blue", "green", "red"]
 
     again = extract(photos["root"], tmp_path / "s.h5", workers=0, shard_size=8, batch_size=4, **TINY_MODELS)
@@ -1351,3 +1352,32 @@ def test_classes_that_leave_out_some_label_folders_are_named_by_extract(photos, 
            "counts them as out of distribution." in output_text(result), result.output
     every = run_cli("extract", photos["root"], "--out", tmp_path / "t.h5", *TINY_MODEL_ARGS, "--workers", "0")
     assert every.exit_code == 0 and "no class of vocabulary" not in every.output  # the folders are the classes
+
+
+def _four_pixels(image) -> torch.Tensor:
+    return torch.zeros((3, 2, 2), dtype=torch.uint8)
+
+
+def test_a_decoding_process_notes_no_file_once_it_has_decoded_one(tmp_path):
+    """Between files a decoding process's slot says -1: a process idle after its last file (its
+    prefetch full while the models run) would otherwise be taken for one hung on that file, and a
+    crash between files would be blamed on the file before."""
+    import multiprocessing
+
+    from zsfs.embedding import DecodedImages, make_loader
+    from zsfs.extract import position_batches
+
+    source = open_source(write_image_folder(tmp_path / "photos", n_per_class=1)["root"])
+    decoding, since = multiprocessing.RawArray("q", [-1]), multiprocessing.RawArray("d", 1)
+    images = DecodedImages(source, _four_pixels, decoding=decoding, decoding_since=since)
+    before = time.monotonic()
+    loaded = list(make_loader(images, position_batches(0, len(source.paths), 2), workers=1, pin_memory=False))
+    done = [int(i) for batch in loaded for i in batch.indices] + [i for batch in loaded for i, _ in batch.failures]
+    assert sorted(done) == list(range(len(source.paths)))
+    assert decoding[0] == -1 and since[0] >= before
+
+
+def test_ray_workers_without_ray_is_refused_before_anything_is_written(photos, tmp_path):
+    with pytest.raises(ZsfsError, match=r"^ray_workers needs ray$"):
+        extract(photos["root"], tmp_path / "s.h5", ray_workers=2, **TINY_MODELS)
+    assert not list(tmp_path.iterdir())

@@ -716,3 +716,30 @@ def test_random_clip_loads_without_open_clip_warning(caplog):
     with caplog.at_level(logging.WARNING):
         load_clip(str(TINY_CLIP_CONFIG), "random")
     assert not [r for r in caplog.records if "pretrained weights" in r.getMessage()]
+
+
+def test_a_random_or_nameless_record_is_refused_in_words(tiny_clip, tmp_path):
+    """A new weights path for random weights says they were random; a record without a model
+    name (a store written by hand) says so, not a KeyError or open_clip's own error."""
+    from zsfs.weights import relocated
+
+    with pytest.raises(ModelLoadError, match=r"^the CLIP model of the store was built with weights 'random', not "
+                                             r"a file; drop --clip-weights$"):
+        relocated(dict(tiny_clip.record), tmp_path / "clip.pt", "CLIP")
+    with pytest.raises(ModelLoadError, match=r"^the store records no CLIP model name or weights"):
+        load_clip_from_record({**tiny_clip.record, "name": None})
+
+
+def test_a_clip_file_is_judged_the_recorded_one_by_its_sha256(tiny_clip, tmp_path):
+    """A rerun on a finished store judges, without loading, whether it asks for the recorded
+    model: another weights file of the same architecture is not it."""
+    from zsfs.models import clip_as_recorded
+
+    state = tiny_clip.model.state_dict()
+    torch.save(state, tmp_path / "a.pt")
+    first = next(key for key, value in state.items() if value.is_floating_point())
+    torch.save({**state, first: state[first] + 1}, tmp_path / "b.pt")
+    record = load_clip(str(TINY_CLIP_CONFIG), str(tmp_path / "a.pt")).record
+    identity = json.loads(json.dumps({key: value for key, value in record.items() if key != "file"}))
+    assert clip_as_recorded(str(TINY_CLIP_CONFIG), str(tmp_path / "a.pt"), identity)
+    assert not clip_as_recorded(str(TINY_CLIP_CONFIG), str(tmp_path / "b.pt"), identity)

@@ -139,7 +139,7 @@ def test_missing_compressed_and_damaged_tars_are_clear_errors(shards, tmp_path):
     compressed = tmp_path / "gz" / "00000.tar"
     compressed.parent.mkdir()
     compressed.write_bytes(gzip.compress((shards["root"] / "00000.tar").read_bytes()))
-    with pytest.raises(ZsfsError, match="compressed"):
+    with pytest.raises(ZsfsError, match="00000.tar is compressed; zsfs reads uncompressed"):  # (by its bytes)
         open_source(compressed)
     # named by their suffix: each was "neither a folder nor a list file", "no images found" or, to
     # predict, "not an image"
@@ -435,12 +435,14 @@ def test_hidden_members_are_left_out_as_a_folder_scan_leaves_out_hidden_files(tm
     Image.new("RGB", (8, 8), (10, 200, 10)).save(tree / "sub" / "b.png")
     (tree / "._photo.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     shutil.copy(tree / "photo.jpg", tree / ".cache" / "copy.jpg")
+    (tree / ".cache" / "link.jpg").symlink_to("copy.jpg")  # a hidden link: not named as a link either
     shards = tmp_path / "shards"
     shards.mkdir()
     subprocess.run(["tar", "-cf", str(shards / "00000.tar"), "-C", str(tree), "."], check=True)  # members "./x"
     assert "./._photo.jpg" in list_tar(shards / "00000.tar", None).names  # the real tool wrote them
     source = open_source(shards)
     assert sorted(source.paths) == ["00000.tar::./photo.jpg", "00000.tar::./sub/b.png"]
+    assert source.tar_links == []
     assert open_source(tree).paths == ["photo.jpg", "sub/b.png"]  # the same images as the folder
     for row, path in enumerate(source.paths):
         assert source.members.read(row) == (tree / path.split("::./")[1]).read_bytes()
@@ -455,3 +457,37 @@ def test_hidden_members_are_left_out_as_a_folder_scan_leaves_out_hidden_files(tm
     refused = run_cli("extract", shards, "--out", out, *TINY_MODEL_ARGS, "--workers", "0")
     assert refused.exit_code == 1 and "was built with the 2 hidden members (a name or folder starting with a dot" \
         in output_text(refused), output_text(refused)
+
+
+def test_a_tar_without_closing_blocks_lists_its_last_member_and_data_after_an_empty_header_is_damage(tmp_path):
+    """Some writers omit the closing blocks: a last member whose data ends at the file's end is
+    whole. A block of zeros followed by more headers is not the end: the members after it would
+    be lost silently."""
+    path = tmp_path / "t" / "00000.tar"
+    path.parent.mkdir()
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as archive:
+        for name in ("0.jpg", "1.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 1024  # whole blocks: no padding after the data
+            archive.addfile(info, io.BytesIO(b"\xff\xd8" + bytes(1022)))
+    with tarfile.open(path) as archive:
+        members = archive.getmembers()
+    data = path.read_bytes()
+    end = members[1].offset_data + 1024
+    path.write_bytes(data[:end])
+    listing = list_tar(path, IMAGE_EXTENSIONS)
+    assert listing.names == ["0.jpg", "1.jpg"] and listing.offsets[1] == members[1].offset_data
+    path.write_bytes(data[:members[1].offset] + bytes(512) + data[members[1].offset:end])
+    with pytest.raises(ZsfsError, match=r"damaged after 1 images \(an empty header at byte 1536 is followed by data"):
+        list_tar(path, IMAGE_EXTENSIONS)
+
+
+def test_hidden_files_and_folders_beside_tars_leave_them_tar_shards(shards, tmp_path):
+    """A folder of tars that a Mac or git also wrote into (``._0.jpg``, ``.git/``) is still read as
+    tar shards: hidden entries count as neither loose images nor subfolders, as a scan skips them."""
+    root = tmp_path / "tars"
+    shutil.copytree(shards["root"], root, ignore=shutil.ignore_patterns("*.shards", "*.h5"))
+    expected = open_source(root).paths
+    (root / "._0.jpg").write_bytes(b"\0\5\26\7")
+    (root / ".git").mkdir()
+    assert open_source(root).paths == expected and expected and "::" in expected[0]
