@@ -33,8 +33,9 @@ HUB_CACHE_ADVICE = ("Without a network, point HF_HOME at a copy of the Hugging F
 
 class WeightsDownloadError(ModelLoadError):
     """Pretrained weights known by name that could be neither downloaded nor found in the cache;
-    ``role`` is ``"clip"`` or ``"backbone"``, the model's key in a store's identity. Its message offers a local file as the way out; :meth:`by_name_only` is the error where a file is
-    none (weights a store recorded by name reload by that name)."""
+    ``role`` is ``"clip"`` or ``"backbone"``, the model's key in a store's identity. Its message offers
+    a local file as the way out; :meth:`by_name_only` is the error where a file is none (weights a
+    store recorded by name reload by that name)."""
 
     def __init__(self, role: str, weights: str, reason: str, file_advice: str):
         self.role, self.weights, self.reason, self.file_advice = role, weights, reason, file_advice
