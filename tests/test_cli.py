@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from zsfs.testing.cli import run_cli
 
@@ -623,3 +624,25 @@ def test_info_tables_show_long_paths_whole(capsys, monkeypatch):
     values = "".join(line.split("│")[2].strip() for line in lines if line.count("│") == 3)  # the store's rows
     weights_column = "".join(line.split("│")[3].strip() for line in lines if line.count("│") == 5)  # the models'
     assert "…" not in "".join(lines) and source in values and weights in weights_column
+
+
+def test_the_edges_of_what_errors_say():
+    """Review (mutation): the largest seed is taken (faiss' 32-bit range), h5py's "file too large"
+    (errno 27) is a full disk, a failed probe for a temporary folder says so, and `info`'s escapes
+    read back one way (a backslash doubled; JSON pointers escape "~" before "/", RFC 6901)."""
+    from zsfs.cli.common import describe_os_error
+    from zsfs.cli.store import _as_json_text, _escaped
+    from zsfs.errors import MAX_SEED, ParameterError, check_seed, is_disk_full
+
+    check_seed(0)
+    check_seed(MAX_SEED)
+    with pytest.raises(ParameterError, match=f"seed must be between 0 and {MAX_SEED}, not {MAX_SEED + 1}"):
+        check_seed(MAX_SEED + 1)
+    assert is_disk_full(RuntimeError("Can't write data (file write failed: errno = 27, error message = 'x')"))
+    assert not is_disk_full(RuntimeError("Can't write data (errno = 2)"))
+    probe = FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
+    assert describe_os_error(probe).endswith(": the disk may be full; free some space (or set TMPDIR) and rerun")
+    assert _escaped("a\\x0a\nb") == "a\\\\x0a\\x0ab"
+    escaped: list[str] = []
+    assert _as_json_text({"x/y~\udcff": ["ok", "z\udce9"]}, escaped=escaped) == {"x/y~\\xff": ["ok", "z\\xe9"]}
+    assert escaped == ["/x~1y~0\\xff", "/x~1y~0\\xff/1"]

@@ -229,6 +229,7 @@ def test_percent_keeps_two_digits_of_small_shares():
     from zsfs.names import percent
 
     assert [percent(x) for x in (0.123, 0.003, 0.0004, 1e-13, 0.0)] == ["12.3 %", "0.3 %", "0.04 %", "< 0.001 %", "0 %"]
+    assert [percent(x) for x in (0.01, 1e-5)] == ["1.0 %", "0.001 %"]  # the boundaries: one decimal; two digits
 
 
 def test_fpr_at_tpr_matches_the_roc_definition_with_tied_scores():

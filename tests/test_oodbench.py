@@ -117,6 +117,10 @@ def test_score_split_uses_ood_as_positive_and_the_fit_scores_as_given():
     assert split.id_accuracy == pytest.approx(2 / 3)
     assert split.zero_shot_id_accuracy == pytest.approx(1 / 3)
     assert summarize([split])["auroc_std"] == 0.0
+    # Review (mutation): a split whose labels give only one kind has no AUROC to measure.
+    for id_classes in (["zzz"], ["a", "b", "c"]):  # every image OOD; every image ID
+        with pytest.raises(ZsfsError, match="a split needs both ID and OOD images"):
+            score_split(result, LabelCodes.of(labels), id_classes)
 
 
 def test_labels_outside_the_vocabulary_are_always_ood(tmp_path):

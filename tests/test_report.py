@@ -451,6 +451,7 @@ def test_a_seed_out_of_range_is_a_usage_error(photo_run, seed):
     ({"seed": "3"}, "^seed must be a whole number, not '3'$"),
     ({"seed": True}, "^seed must be a whole number, not True$"),
     ({"images": 123}, r"^images must be a path \(a str or pathlib.Path\), not 123$"),
+    ({"ood_images": -1}, "^ood_images must be at least 0, not -1$"),  # review (mutation): head(-1) showed all but one
 ])
 def test_bad_options_from_python_are_parameter_errors(photo_run, tmp_path, options, message):
     """Bug: seed=-1 raised polars' OverflowError, seed='3' and images=123 a TypeError, seed=True drew as 1."""
@@ -811,3 +812,90 @@ def test_a_run_on_a_list_file_looks_its_images_up_beside_the_list(photo_run, tmp
         run = FittedRun.from_fit(fit_store(store, QUICK), store, QUICK).save(tmp_path / "run").path
     page = render_report(run)
     assert 'class="note"' not in page and page.count('<img class="thumb"') == gallery_items(page) > 0
+
+
+def test_a_run_that_records_no_store_says_no_image_folder_is_known(unlabelled_run, tmp_path):
+    """Review (mutation): without a store, each image's reason is that no folder is known (not "file
+    not found"), and an older run's flag line is drawn at its lowest flagged score."""
+    from zsfs import figures
+
+    run = tmp_path / "run"
+    shutil.copytree(unlabelled_run, run)
+    config = json.loads((run / runs.CONFIG).read_text())
+    config["store"].pop("path")
+    del config["ood_flag_threshold"]  # as runs before it was recorded
+    (run / runs.CONFIG).write_text(json.dumps(config))
+    frame = pl.read_parquet(run / runs.PREDICTIONS)
+    flagged = frame.filter(pl.col("ood_flag"))["ood_score"]
+    assert flagged.len() > 1 and flagged.min() < flagged.max()
+    drawn = {}
+    histogram = figures.histogram
+
+    def spy(values, **options):
+        drawn[options["xlabel"]] = options.get("flagged_from")
+        return histogram(values, **options)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(figures, "histogram", spy)
+        page = render_report(run)
+    assert drawn["ood_score"] == pytest.approx(flagged.min())
+    shown = gallery_items(page)
+    note = html.unescape(re.search(r'<p class="note">([^<]*)', page).group(1))
+    assert re.match(r"(\d+) of \1 images could not be shown \(no image folder known: \1\); the run records no store, "
+                    r"so the image paths could not be located\. If the images moved, run", note), note
+    assert page.count('<div class="thumb missing">no image folder known</div>') == shown
+
+
+def test_figures_of_many_classes_name_none_and_a_zero_accuracy_is_marked():
+    """Review (mutation): over 40 classes an axis gets no names (unreadable); a class of accuracy 0
+    draws no bar, so it is marked "0"."""
+    from zsfs import figures
+
+    def texts(svg: str) -> list[str]:
+        return re.findall(r">([^<>]+)</text>", svg)
+
+    for n, named in ((40, True), (41, False)):
+        names = [f"cls_{i:02d}" for i in range(n)]
+        accuracy = figures.per_class_accuracy(names, np.linspace(0.1, 1, n))
+        confusion = figures.confusion(names, np.eye(n))
+        assert ("cls_07" in texts(accuracy)) == named and ("cls_07" in texts(confusion)) == named
+    assert "41 classes, worst to best" in texts(accuracy)
+    marked = texts(figures.per_class_accuracy(["a", "b", "c"], np.array([0.0, 0.5, np.nan])))
+    assert marked.count("0") == 1 and marked.count("no images") == 1
+
+
+def test_matplotlib_gets_a_folder_of_zsfs_only_for_a_read_only_home_and_never_one_others_may_write(tmp_path,
+                                                                                                    monkeypatch):
+    """Review (mutation): a writable home is left to matplotlib; a zsfs-matplotlib folder that others
+    may write (planted there) is not used."""
+    from zsfs.testing.privileges import run_python_unprivileged
+
+    home, temporary = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    temporary.mkdir()
+    for name in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    draw = ("import os, numpy as np, zsfs.figures as f; f.histogram(np.arange(9.0), title='t', xlabel='x'); "
+            "print(os.environ.get('MPLCONFIGDIR'))")
+    child = run_python_unprivileged(draw)
+    assert child.returncode == 0 and child.stdout == "None\n" and list(temporary.iterdir()) == [], child.stderr
+    monkeypatch.setenv("HOME", str(tmp_path / "read-only home"))  # a fresh one: matplotlib has written in the first
+    (tmp_path / "read-only home").mkdir(mode=0o555)
+    planted = temporary / f"zsfs-matplotlib-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)
+    child = run_python_unprivileged(draw)
+    assert child.returncode == 0 and child.stdout.strip() != str(planted), child.stdout + child.stderr
+
+
+def test_a_read_only_page_is_not_replaced(photo_run, tmp_path):
+    """Review (mutation): a page the user made read-only (to keep it) is refused, not renamed over."""
+    kept = tmp_path / "kept.html"
+    kept.write_text("precious")
+    kept.chmod(0o444)
+    result = run_cli("report", photo_run, "--out", kept)
+    said = " ".join(output_text(result).split())
+    assert result.exit_code == 1 and f"cannot write the report {kept}: it is read-only" in said, said
+    assert kept.read_text() == "precious"

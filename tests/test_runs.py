@@ -474,3 +474,37 @@ def test_the_cycles_table_shows_a_diverging_loss_whole():
                          {"cycle": 1, "n_candidates": 10, "n_kept": 9, "n_trained": 9, "epochs": 5, "first_loss": 0.69315}]}
     header, rows = runs.cycle_rows(config, None)
     assert header[-1] == "first loss" and [row[-1] for row in rows] == ["3.863e+29", "0.6932"]
+
+
+def test_the_summary_says_why_a_labelled_run_has_no_accuracy_and_lists_exactly_as_many_names_as_fit():
+    """Review (mutation): a run whose labels name no class has metrics.json without "accuracy": the
+    summary says why (not nothing); a list of exactly the names shown gets no "... (0 more)"."""
+    import polars as pl
+
+    metrics = {"n_images": 5, "n_evaluated": 0, "labels_not_classes": {"Dog": 5}}
+    rows = dict(runs.summary_rows({"classes": ["dog"]}, metrics, pl.DataFrame(), 8))
+    assert rows["accuracy"] == "- (no image's label is a class of this vocabulary)"
+    assert "accuracy" not in dict(runs.summary_rows({"classes": ["dog"]}, None, pl.DataFrame(), 8))  # no labels
+    config = {"classes": list("abcdefgh"), "absent_classes": list("abcdefgh"), "parameters": {"method": "balanced"}}
+    assert dict(runs.summary_rows(config, None, pl.DataFrame(), 8))["absent classes"] == "8: a; b; c; d; e; f; g; h"
+    assert dict(runs.summary_rows(config, None, pl.DataFrame(), 7))["absent classes"] == \
+        "8: a; b; c; d; e; f; g; ... (1 more in config.json)"
+
+
+def test_a_run_file_is_refused_as_an_output_in_any_case(run_dir, tmp_path):
+    """Review (mutation): on a case-insensitive file system (macOS, Windows) CONFIG.JSON is the run's config.json."""
+    for name in ("config.json", "CONFIG.JSON", "Predictions.Parquet", "metrics.JSON", "classifier.PT"):
+        with pytest.raises(ZsfsError, match="is a file of the fit run in"):
+            runs.refuse_run_file(run_dir / name)
+    runs.refuse_run_file(run_dir / "new.parquet")  # another name there
+    runs.refuse_run_file(tmp_path / "config.json")  # no run here
+
+
+def test_a_default_run_folder_name_fits_in_200_bytes_whatever_the_names(tmp_path, monkeypatch):
+    """Review (mutation): each name is cut to whole characters within its share of the 200 bytes."""
+    from zsfs.cli.fit import default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    for store, vocabulary in ((f"a{'é' * 300}.h5", "a" + "é" * 3000), ("é" * 300 + ".h5", "é" * 3000)):
+        name = default_run_dir(Path("stores") / store, vocabulary, 8).name
+        assert 190 <= len(os.fsencode(name)) <= 200 and name.isprintable(), (len(os.fsencode(name)), name)
