@@ -712,8 +712,14 @@ def test_a_store_opened_by_a_name_whose_shards_another_master_reads_names_that_m
     with Store(renamed) as store:
         assert store.n_images == N
     renamed.unlink()  # no master reads the folder: a store stopped before its master
-    with pytest.raises(StoreError, match=r"is not finished \(its shards are in p3.shards/\); rerun the command"):
+    (tmp_path / "p3.shards" / "shard-00001.h5").unlink()
+    with pytest.raises(StoreError) as caught:
         Store(built)
+    # new user: it said only "rerun the command that builds it", not which options that command had
+    assert str(caught.value).endswith(
+        "is not finished (its shards are in p3.shards/); it was started from /data/images with CLIP tiny-clip / "
+        "random, backbone tiny-backbone / random, --shard-size 50 and --dtype float16, and 2 of its 3 shards are "
+        "written; rerun the command that builds it to finish"), caught.value
 
 
 def test_a_rerun_rewrites_a_shard_that_lost_its_identity(tmp_path, arrays):

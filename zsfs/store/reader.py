@@ -555,7 +555,9 @@ def open_master(path: Path) -> h5py.File:
             if readers:  # named without a suffix (--out photos), or renamed since: that file is the store
                 raise StoreError(f"store {path} does not exist; {shards.name}/ holds the shards of the store "
                                  f"{readers[0]}: pass that path")
-            raise StoreError(f"store {path} is not finished (its shards are in {shards.name}/); "
+            from zsfs.store.writer import unfinished_run  # (the writer's module: what its shards record)
+
+            raise StoreError(f"store {path} is not finished (its shards are in {shards.name}/){unfinished_run(path)}; "
                              "rerun the command that builds it to finish")
         raise StoreError(f"store {path} does not exist; create it with `zsfs extract` or `zsfs import`")
     if path.is_dir():

@@ -470,6 +470,27 @@ def recorded_identity(master: Path) -> dict:
     return {}
 
 
+def unfinished_run(master: Path) -> str:
+    """What the shards of an unfinished store record of the run that started it (source, models,
+    layout, shards written), as ``"; it was started from ..."``: the rerun that finishes it must ask
+    for the same; "" when no shard records it."""
+    identity = recorded_identity(master)
+    if not identity.get("n_items") or not identity.get("shard_size"):
+        return ""
+
+    def model(role: str, named: str) -> str:
+        record = identity.get(role) or {}
+        if record.get("weights") == schema.IMPORTED_WEIGHTS:
+            return f"{named} embeddings imported from {record.get('imported_from')}"
+        return f"{named} {record.get('name')} / {record.get('weights')}"
+
+    written = len(list(schema.shard_dir(master).glob(schema.SHARD_GLOB)))
+    n_shards = math.ceil(identity["n_items"] / identity["shard_size"])
+    return (f"; it was started from {identity.get('source')} with {model('clip', 'CLIP')}, "
+            f"{model('backbone', 'backbone')}, --shard-size {identity['shard_size']} and --dtype "
+            f"{identity.get('dtype')}, and {written} of its {n_shards} shards are written")
+
+
 def mismatch_error(path: Path, found: dict | None, expected: dict) -> StoreMismatchError:
     """The refusal of a store or shard file whose recorded identity is not this run's."""
     return StoreMismatchError(f"{path} was built from another source, other models or other settings "
