@@ -1129,10 +1129,21 @@ def test_a_resume_reports_and_counts_only_the_shards_it_computes(tmp_path):
     (tmp_path / "s.shards" / "shard-00001.h5").unlink()
     ticks = []
     again = extract(made["root"], out, workers=0, shard_size=4, on_start=lambda n: ticks.append(("start", n)),
-                    on_batch=ticks.append, **TINY_MODELS)
-    assert ticks[0] == ("start", 4) and sum(ticks[1:]) == 4
-    assert (again.shards_written, again.shards_reused, again.images_processed) == (1, -(-n_listed // 4) - 1, 4)
+                    on_batch=ticks.append, on_resume=lambda *kept: ticks.append(("resume", *kept)), **TINY_MODELS)
+    n_shards = -(-n_listed // 4)
+    assert ticks[:2] == [("resume", n_shards - 1, n_shards), ("start", 4)] and sum(ticks[2:]) == 4
+    assert (again.shards_written, again.shards_reused, again.images_processed) == (1, n_shards - 1, 4)
     assert_same_store(out, expected)  # the shard recomputed is the one removed
+    (tmp_path / "s.shards" / "shard-00002.h5").unlink()
+    said = output_text(run_cli("extract", made["root"], "--out", out, *TINY_MODEL_ARGS, "--workers", "0",
+                               "--shard-size", "4"))
+    # new user: a resume said nothing of it until the summary's "shards written / reused"
+    assert f"Resuming: {n_shards - 1} of the {n_shards} shards were finished by an earlier run and are kept; 1 " \
+           "shard is embedded now." in said, said
+    ticks.clear()
+    extract(made["root"], out, workers=0, shard_size=4, on_resume=ticks.append, **TINY_MODELS)  # a finished store
+    extract(made["root"], tmp_path / "t.h5", workers=0, shard_size=4, on_resume=ticks.append, **TINY_MODELS)  # a first run
+    assert ticks == []
 
 
 def test_skipped_files_are_recorded_in_listing_order_whatever_made_them_skipped():

@@ -268,13 +268,15 @@ def extract(
     ray_workers: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_resume: Callable[[int, int], None] | None = None,
 ) -> ExtractSummary:
     """Embed every image of ``source`` with CLIP and the backbone into the store ``out``.
 
     ``classes``: a list of class names or a file with one per line; by default the source's
     folder labels; with neither, no vocabulary is written (``add_vocabulary`` adds one later).
     ``on_start(n)`` is called once with the number of listing entries still to process,
-    ``on_batch(n)`` after each batch with the entries it covered (progress reporting).
+    ``on_batch(n)`` after each batch with the entries it covered (progress reporting);
+    ``on_resume(kept, n_shards)`` before ``on_start`` when a rerun keeps shards an earlier run finished.
     ``max_pixels``: the decoding budget of one image (default ``zsfs.decode.DEFAULT_MAX_PIXELS``).
     Rerunning after an interruption resumes: complete shards are kept, not recomputed.
     ``ray``: compute the shards on a Ray cluster at this address (``"local"`` starts one here,
@@ -283,7 +285,7 @@ def extract(
     """
     started = time.perf_counter()
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-    check_callbacks(on_start=on_start, on_batch=on_batch)
+    check_callbacks(on_start=on_start, on_batch=on_batch, on_resume=on_resume)
     check_path_type("source", source)
     if out is not None:
         check_path_type("out", out)
@@ -386,6 +388,8 @@ def extract(
                          n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype,
                          overwrite=overwrite) as writer:
             pending = writer.pending_shards()
+            if on_resume is not None and 0 < len(pending) < writer.n_shards:
+                on_resume(writer.n_shards - len(pending), writer.n_shards)
             if on_start is not None:
                 on_start(sum(stop - start for start, stop in map(writer.shard_bounds, pending)))
             embedding_started = time.perf_counter()

@@ -93,10 +93,16 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
             loading.stop()
             start_bar(total)
 
+        def on_resume(kept: int, n_shards: int) -> None:  # said before the work: the summary alone came last
+            loading.stop()
+            left = n_shards - kept
+            console.print(f"Resuming: {kept:,} of the {counted(n_shards, 'shard')} were finished by an earlier run "
+                          f"and are kept; {counted(left, 'shard')} {'is' if left == 1 else 'are'} embedded now.")
+
         loading.start()
         try:
             summary = run_extract(source, out, classes=classes_file, on_start=on_start, on_batch=on_batch,
-                                  **options)
+                                  on_resume=on_resume, **options)
         finally:
             loading.stop()
     console.print(_summary_table(summary))
