@@ -535,6 +535,8 @@ def test_a_library_message_is_one_short_line_and_a_bare_one_names_its_type():
     # bug (new user): the hub's message was cut mid-word ("make sure your Interne...")
     words = one_line(RuntimeError("make sure your Internet connection is on " * 20), limit=60)
     assert words == "make sure your Internet connection is on make sure your..."
+    assert one_line(RuntimeError("abcdefghij klmnop qrstuv"), limit=20) == "abcdefghij klmnop..."  # the room's last word
+    assert one_line(RuntimeError("is on. make sure it is"), limit=12) == "is on..."  # no ". ..."
 
 
 def test_every_option_of_every_command_says_what_it_does():

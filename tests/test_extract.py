@@ -1392,3 +1392,34 @@ def test_ray_workers_without_ray_is_refused_before_anything_is_written(photos, t
     with pytest.raises(ZsfsError, match=r"^ray_workers needs ray$"):
         extract(photos["root"], tmp_path / "s.h5", ray_workers=2, **TINY_MODELS)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_store_built_by_name_is_judged_by_the_weights_asked_for_not_by_files_named_like_them(tmp_path, monkeypatch):
+    """Review: a file named `default` (or like a tag) in the working folder made a rerun of a store built
+    by name be refused as passing a file, though the loaders take those names as names; and a rerun
+    asking for another CLIP tag was told, when it could not download it, that the store "was started
+    with them by name"."""
+    from dataclasses import replace
+
+    from zsfs.extract import EmbedSettings, _other_weights_by_name, _recorded_by_name
+    from zsfs.store.arrays import write_store
+
+    rows = np.eye(4, dtype=np.float32)
+    master = write_store(tmp_path / "s.h5", clip=rows, backbone=rows, paths=[f"{i}.png" for i in range(4)],
+                         clip_info={"name": "ViT-B-32", "weights": "openai"},
+                         backbone_info={"name": TINY_BACKBONE, "weights": "default", "output": "pre_logits"},
+                         source="/data/images")
+    monkeypatch.chdir(tmp_path)
+    for name in ("default", "openai", "laion2b_s34b_b79k"):
+        Path(name).write_bytes(b"not weights")
+    same = EmbedSettings("ViT-B-32", "openai", TINY_BACKBONE, "default", "cpu", "fp32", 8, 0, 10**6)
+    assert _other_weights_by_name(master, same) == "" and _recorded_by_name(master, same) == ("clip", "backbone")
+    other_tag = replace(same, clip_weights="laion2b_s34b_b79k")
+    assert _other_weights_by_name(master, other_tag) == (
+        "built with the CLIP weights ViT-B-32 / openai, this run asks for ViT-B-32 / laion2b_s34b_b79k; pass "
+        "--clip-weights openai to resume or update it, or --overwrite to replace it")
+    assert _recorded_by_name(master, other_tag) == ("backbone",)  # its download failing is no by-name case
+    a_file = replace(same, backbone_weights=str(tmp_path / "default"))
+    assert _other_weights_by_name(master, a_file).startswith(
+        "built with the backbone weights test_vit / default, loaded by that name, and this run passes a file "
+        "(--backbone-weights)")

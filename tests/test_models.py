@@ -467,12 +467,27 @@ def test_weights_a_store_recorded_by_name_and_the_cache_lost_are_not_offered_fro
         load_backbone_from_record(record)
     message = str(caught.value)
     assert message.startswith("could not download the backbone weights of test_vit from "
-                              "huggingface.co/timm/test_vit.r160_in1k (huggingface.co cannot be reached") and \
-        ("); the store was built with them by name, so zsfs loads them by that name only, from the Hugging Face "
-         "cache, not from a file. Without a network, point HF_HOME at") in message, message
+                              "huggingface.co/timm/test_vit.r160_in1k (HF_HUB_OFFLINE is set") and \
+        ("); the store was built with them by name, so zsfs loads them by that name only, from the cache, not from "
+         "a file. Without a network, point HF_HOME at") in message, message
     assert "--backbone-weights" not in message
     with pytest.raises(ModelLoadError, match="Or pass a local file: --backbone-weights"):  # a first load: a file is a way
         load_backbone(TINY_BACKBONE, "default")
+
+
+def test_weights_timm_downloads_from_a_url_are_cached_by_torch_and_the_advice_says_so():
+    """Review: a backbone whose weights come from a URL only (no hub id) was told to point HF_HOME at a
+    Hugging Face cache, which timm never reads for it."""
+    from timm.models import get_pretrained_cfg
+
+    from zsfs.models import _timm_cache_advice
+
+    url_only = get_pretrained_cfg("gcvit_base.in1k", allow_unregistered=True)
+    assert url_only.url and not url_only.hf_hub_id
+    advice = _timm_cache_advice(url_only)
+    assert advice.startswith(f"Without a network, copy {url_only.url.rsplit('/', 1)[1]} from a machine that "
+                             f"downloaded it into timm's cache folder {torch.hub.get_dir()}/checkpoints"), advice
+    assert "HF_HOME" in _timm_cache_advice(get_pretrained_cfg(TINY_BACKBONE, allow_unregistered=True))
 
 
 def test_a_download_error_crosses_processes_whole():
@@ -481,9 +496,9 @@ def test_a_download_error_crosses_processes_whole():
 
     from zsfs.weights import WeightsDownloadError
 
-    error = WeightsDownloadError("backbone", "backbone weights of x", "offline", "--backbone-weights FILE")
+    error = WeightsDownloadError("backbone", "backbone weights of x", "offline", "--backbone-weights FILE", "Copy it.")
     copy = pickle.loads(pickle.dumps(error))
-    assert (copy.role, str(copy)) == ("backbone", str(error))
+    assert (copy.role, copy.cache_advice, str(copy)) == ("backbone", "Copy it.", str(error))
     assert str(copy.by_name_only("why")).startswith("could not download the backbone weights of x (offline); why, ")
 
 
@@ -664,7 +679,11 @@ def test_backbone_download_failure_says_how_to_pass_a_file(offline, monkeypatch)
     message = str(caught.value)
     # new user: ViT-G took 30 s and 5 GB to build before its download failed; uncached offline: not built at all
     assert built == []
-    assert "huggingface.co cannot be reached and the Hugging Face cache (" in message
+    assert "(HF_HUB_OFFLINE is set, and the Hugging Face cache (" in message  # as the fixture sets it
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # offline because the hub did not answer (hub_offline_unless_reachable)
+    with pytest.raises(ModelLoadError, match=r"\(huggingface.co cannot be reached, and the Hugging Face cache \("):
+        load_backbone(TINY_BACKBONE, "default")
+    assert built == []
     # bug (docs review): the README says it names where from; the CLIP message did, this one did not
     assert "could not download the backbone weights of test_vit from huggingface.co/timm/test_vit.r160_in1k (" \
         in message, message

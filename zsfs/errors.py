@@ -147,10 +147,10 @@ def one_line(error: BaseException, limit: int = 300) -> str:
         text = f"{type(error).__name__}: {text}"
     if len(text) <= limit:
         return text
-    cut = text[: limit - 3]
-    space = cut.rfind(" ")
+    space = text.rfind(" ", 0, limit - 2)  # a word ending where the room does is whole
     # at the last space, unless that drops much of the room: a word cut in two reads as a typo
-    return (cut[:space] if space >= limit // 2 else cut) + "..."
+    cut = text[:space] if space >= limit // 2 else text[: limit - 3]
+    return cut.rstrip(" ,;:.") + "..."
 
 
 def error_chain(error: BaseException | None) -> Iterator[BaseException]:

@@ -29,7 +29,7 @@ from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, checked_arguments, literal)
 from zsfs.models import (backbone_as_recorded, by_name_only, clip_architecture, clip_as_recorded, clip_tokenizer,
-                         encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip)
+                         clip_weights_kind, encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip)
 from zsfs.names import (as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters,
                         some_names, visible)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -43,7 +43,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, IMPORTED_WEI
 from zsfs.store.rows import usable_rows
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, refuse_replacing_another_file)
-from zsfs.weights import FILE, HUB_CACHE_ADVICE, RANDOM, check_same_weights, refuse_imported, relocated
+from zsfs.weights import DEFAULT, FILE, HUB_CACHE_ADVICE, RANDOM, check_same_weights, refuse_imported, relocated
 from zsfs.writable import check_writable, refuse_input_as_output
 
 DEFAULT_BATCH_SIZE = 64
@@ -345,10 +345,10 @@ def extract(
                                          "max_pixels": _budget_identity(max_pixels).get("max_pixels")})
         except StoreMismatchError as error:
             # said together: a resume fixed for one failed on the other
-            models = _other_model_names(out, settings) or _file_for_weights_by_name(out, settings)
+            models = _other_model_names(out, settings) or _other_weights_by_name(out, settings)
             raise _new_suffixes_explain(StoreMismatchError(f"{error}{'; and it was ' + models if models else ''}"),
                                         out, image_source) from None
-        models = _other_model_names(out, settings) or _file_for_weights_by_name(out, settings)
+        models = _other_model_names(out, settings) or _other_weights_by_name(out, settings)
         if models:
             raise StoreMismatchError(f"{out if out.is_file() else shard_dir(out)} was {models}")
     if class_names and not overwrite:
@@ -376,7 +376,8 @@ def extract(
         return _summary(out, image_source, started, vocabulary=vocab_name if class_names else None,
                         classes=class_names, read_as_one=read_as_one)
 
-    with by_name_only(f"{out} was started with them by name", () if overwrite else _recorded_by_name(out)), \
+    by_name = () if overwrite else _recorded_by_name(out, settings)
+    with by_name_only(f"{out} was started with them by name", by_name), \
             _embedder(settings, image_source, ray, ray_workers) as embedder:
         read_as_one = embedder.same_text_to_clip(class_names) if class_names else []
         if given_classes is not None:  # before the images: a list given is fixed in seconds
@@ -516,12 +517,19 @@ def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageS
         return recorded if writer.is_complete() else None
 
 
-def _recorded_by_name(master: Path) -> tuple[str, ...]:
-    """The models (``"clip"``, ``"backbone"``) that the store, or its first run's shards, loaded by a
-    pretrained name: a rerun must load them so too, not from a file."""
+def _recorded_by_name(master: Path, settings: EmbedSettings) -> tuple[str, ...]:
+    """The models (``"clip"``, ``"backbone"``) that the store, or its first run's shards, loaded by the
+    pretrained name this run asks for too: the run must load them so again, not from a file."""
     recorded = recorded_identity(master)
-    return tuple(role for role in ("clip", "backbone")
-                 if (recorded.get(role) or {}).get("weights") not in (None, FILE, RANDOM, IMPORTED_WEIGHTS))
+    asked = {"clip": settings.clip_weights, "backbone": settings.backbone_weights}
+    return tuple(role for role in ("clip", "backbone") if _by_name(recorded.get(role))
+                 and recorded[role]["weights"] == asked[role])
+
+
+def _by_name(record: dict | None) -> bool:
+    """Whether a model record is of pretrained weights loaded by name (a tag), not a file, random
+    weights or imported embeddings."""
+    return (record or {}).get("weights") not in (None, FILE, RANDOM, IMPORTED_WEIGHTS)
 
 
 def _other_model_names(master: Path, settings: EmbedSettings) -> str:
@@ -544,19 +552,26 @@ def _other_model_names(master: Path, settings: EmbedSettings) -> str:
             "it (--clip-model, --backbone), or --overwrite to replace it")
 
 
-def _file_for_weights_by_name(master: Path, settings: EmbedSettings) -> str:
-    """Before the models load: ``"built with the pretrained weights ..."`` when this run passes a weights
-    file for a model the store loaded by a pretrained name (a rerun must load it so too: the store
-    records a name, not a file's sha256); "" otherwise."""
+def _other_weights_by_name(master: Path, settings: EmbedSettings) -> str:
+    """Before the models load: ``"built with the ... weights ..."`` when the store loaded a model by a
+    pretrained name and this run asks for a weights file (the store records a name, not a file's
+    sha256: a rerun must load it by name too) or, for CLIP, another tag; "" otherwise."""
     recorded = recorded_identity(master)
-    asked = {"clip": settings.clip_weights, "backbone": settings.backbone_weights}
-    for role in _recorded_by_name(master):
-        if Path(asked[role]).expanduser().is_file():
-            flag = f"--{role}-weights"
-            return (f"built with the {'CLIP' if role == 'clip' else 'backbone'} weights {recorded[role]['name']} / "
-                    f"{recorded[role]['weights']}, loaded by that name, and this run passes a file ({flag}): a store "
-                    f"built so reloads them by name only, even where a file holds the same values; drop {flag}, or "
-                    f"pass --overwrite to replace the store. {HUB_CACHE_ADVICE}")
+    for role in ("clip", "backbone"):
+        if not _by_name(recorded.get(role)):
+            continue
+        flag, named, built = f"--{role}-weights", "CLIP" if role == "clip" else "backbone", recorded[role]
+        asked = settings.clip_weights if role == "clip" else settings.backbone_weights
+        kind = clip_weights_kind(settings.clip_model, asked) if role == "clip" else \
+            FILE if asked not in (DEFAULT, RANDOM) and Path(asked).expanduser().is_file() else None
+        if kind == FILE:
+            return (f"built with the {named} weights {built['name']} / {built['weights']}, loaded by that name, and "
+                    f"this run passes a file ({flag}): a store built so reloads them by name only, even where a file "
+                    f"holds the same values; drop {flag}, or pass --overwrite to replace the store. {HUB_CACHE_ADVICE}")
+        if kind == "tag" and asked != built["weights"]:
+            return (f"built with the {named} weights {built['name']} / {built['weights']}, this run asks for "
+                    f"{built['name']} / {asked}; pass {flag} {built['weights']} to resume or update it, or "
+                    "--overwrite to replace it")
     return ""
 
 

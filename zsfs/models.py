@@ -16,12 +16,14 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Container, Iterator, Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -314,6 +316,15 @@ def clip_as_recorded(name: str, weights: str, recorded: dict) -> bool:
     return all(recorded.get(key) == value for key, value in expected.items())
 
 
+def clip_weights_kind(name: str, weights: str) -> str | None:
+    """How ``load_clip(name, weights)`` takes ``weights``: ``"tag"``, ``"file"`` or ``"random"`` (a tag
+    before a file of that name); None where it cannot tell (an unknown name or weights: loading says why)."""
+    try:
+        return _clip_weights_source(_resolve_clip_name(name)[0], weights)[0]
+    except ModelLoadError:
+        return None
+
+
 def _as_identity(record: dict) -> dict:
     """A model record as a store's identity holds it: JSON values, no file path. Random weights
     are compared so, built: their values are their initialisation, which another torch, open_clip
@@ -564,7 +575,8 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
         source = (f" from huggingface.co/{pretrained_cfg.hf_hub_id.strip('/')}" if pretrained_cfg.hf_hub_id
                   else f" from {pretrained_cfg.url}" if pretrained_cfg.url else "")
         raise WeightsDownloadError("backbone", f"backbone weights of {name}{source}", one_line(error),
-                                   "--backbone-weights /path/to/model.safetensors") from None
+                                   "--backbone-weights /path/to/model.safetensors",
+                                   _timm_cache_advice(pretrained_cfg)) from None
     except Exception as error:  # state-dict mismatch, unreadable or foreign checkpoint format
         if weights == RANDOM:
             raise
@@ -609,17 +621,32 @@ def _refuse_uncached_offline(pretrained_cfg) -> None:
     ones timm loads from: the configured file or ``pytorch_model.bin``, and their safetensors forms."""
     import huggingface_hub
     import huggingface_hub.constants as hub
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import LocalEntryNotFoundError
+    from timm.models import _builder
 
-    if not (hub.HF_HUB_OFFLINE and pretrained_cfg.hf_hub_id):
+    # timm's old-cache switch loads a file downloaded from the URL first: the hub's cache is not all
+    if not (hub.HF_HUB_OFFLINE and pretrained_cfg.hf_hub_id) or getattr(_builder, "_USE_OLD_CACHE", False):
         return
     repository, _, revision = pretrained_cfg.hf_hub_id.partition("@")
     configured = pretrained_cfg.hf_hub_filename or "pytorch_model.bin"
     names = {configured, f"{Path(configured).stem}.safetensors", "model.safetensors", "open_clip_model.safetensors"}
     if not any(isinstance(huggingface_hub.try_to_load_from_cache(repository, name, revision=revision or None), str)
                for name in sorted(names)):
-        raise LocalEntryNotFoundError(f"huggingface.co cannot be reached and the Hugging Face cache "
-                                      f"({hub.HF_HUB_CACHE}) does not hold them")
+        offline = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+                   else f"{urlparse(hub.ENDPOINT).hostname} cannot be reached")
+        raise LocalEntryNotFoundError(f"{offline}, and the Hugging Face cache ({hub.HF_HUB_CACHE}) does not hold them")
+
+
+def _timm_cache_advice(pretrained_cfg) -> str:
+    """How to work offline with a timm model's default weights: the Hugging Face cache, or torch's
+    hub folder for weights timm downloads from a URL."""
+    if pretrained_cfg.hf_hub_id or not pretrained_cfg.url:
+        return HUB_CACHE_ADVICE
+    import torch.hub
+
+    file = Path(urlparse(pretrained_cfg.url).path).name
+    return (f"Without a network, copy {file} from a machine that downloaded it into timm's cache folder "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'} (TORCH_HOME); zsfs then reads it from there.")
 
 
 def load_backbone_from_record(record: dict, device: str = "cpu") -> Backbone:

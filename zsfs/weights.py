@@ -33,23 +33,25 @@ HUB_CACHE_ADVICE = ("Without a network, point HF_HOME at a copy of the Hugging F
 
 class WeightsDownloadError(ModelLoadError):
     """Pretrained weights known by name that could be neither downloaded nor found in the cache;
-    ``role`` is ``"clip"`` or ``"backbone"``, the model's key in a store's identity. Its message offers
-    a local file as the way out; :meth:`by_name_only` is the error where a file is none (weights a
-    store recorded by name reload by that name)."""
+    ``role`` is ``"clip"`` or ``"backbone"``, the model's key in a store's identity; ``cache_advice``
+    says how to fill the cache they come from offline. Its message offers a local file as the other way
+    out; :meth:`by_name_only` is the error where a file is none (weights a store recorded by name
+    reload by that name)."""
 
-    def __init__(self, role: str, weights: str, reason: str, file_advice: str):
-        self.role, self.weights, self.reason, self.file_advice = role, weights, reason, file_advice
-        super().__init__(f"could not download the {weights} ({reason}). {HUB_CACHE_ADVICE} "
-                         f"Or pass a local file: {file_advice}")
+    def __init__(self, role: str, weights: str, reason: str, file_advice: str, cache_advice: str = HUB_CACHE_ADVICE):
+        self.role, self.weights, self.reason = role, weights, reason
+        self.file_advice, self.cache_advice = file_advice, cache_advice
+        super().__init__(f"could not download the {weights} ({reason}). {cache_advice} Or pass a local file: "
+                         f"{file_advice}")
 
     def __reduce__(self):  # pickled whole (a Ray worker's error reaches the driver so)
-        return type(self), (self.role, self.weights, self.reason, self.file_advice)
+        return type(self), (self.role, self.weights, self.reason, self.file_advice, self.cache_advice)
 
     def by_name_only(self, why: str) -> ModelLoadError:
         """The same failure where ``why`` (a store recorded these weights by name) rules a file out: a
         file is refused there, even one of the same values, so offering it would lead nowhere."""
         return ModelLoadError(f"could not download the {self.weights} ({self.reason}); {why}, so zsfs loads them "
-                              f"by that name only, from the Hugging Face cache, not from a file. {HUB_CACHE_ADVICE}")
+                              f"by that name only, from the cache, not from a file. {self.cache_advice}")
 
 
 def init_fingerprint(model: torch.nn.Module, n_values: int = 4096) -> str:

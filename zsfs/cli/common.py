@@ -35,9 +35,12 @@ class _MessagesConsole(Console):
     messages, not the command (rich's default sent stdout to /dev/null and exited 1, so a bench
     or a fit lost its finished results to a closed progress pipe)."""
 
-    def status(self, status, **kwargs):
-        """rich's spinner; where no terminal shows one, :class:`_LoggedStatus`."""
-        return super().status(status, **kwargs) if self.is_terminal else _LoggedStatus(self, status)
+    def status(self, status, *, logged: bool = False, **kwargs):
+        """rich's spinner; where no terminal shows one, a :class:`_LoggedStatus` if ``logged`` (a long
+        silent set-up; work that logs its own lines leaves it off)."""
+        if logged and not self.is_terminal:
+            return _LoggedStatus(self, status)
+        return super().status(status, **kwargs)
 
     def on_broken_pipe(self) -> None:
         self.quiet = True  # nothing more is written to it (until the next command: ZsfsGroup.invoke)

@@ -83,7 +83,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     device = options["device"]
     if options["ray"] is None:  # (Ray's workers may have GPUs)
         note_precision_off_cuda(options["precision"], device, "the models compute")
-    loading = console.status("Scanning the source and loading the models...")
+    loading = console.status("Scanning the source and loading the models...", logged=True)
     with image_progress("embedding") as (start_bar, on_batch):
 
         def on_start(total: int) -> None:  # models are loaded: from here on, images flow
@@ -137,7 +137,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
               help="Class names, one per line ('#' lines are comments).")
 @click.option("--vocab", "--name", "name", default="default", show_default=True,
               callback=usage_check("zsfs.store.extras", "check_vocabulary_name"),
-              help="Name of the vocabulary (zsfs fit --vocab NAME); as extract names the one it writes.")
+              help="Name of the vocabulary (zsfs fit --vocab NAME); 'default' is the name extract gives its own.")
 @click.option("--clip-weights", type=GivenPath(dir_okay=False, path_type=Path),
               help="The store's CLIP weights file at a new location (its sha256 must match the record).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
@@ -154,7 +154,7 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
     """
     from zsfs.extract import add_vocabulary
 
-    loading = console.status("Loading the CLIP model...")
+    loading = console.status("Loading the CLIP model...", logged=True)
     with image_progress("class names", unit="classes", one="class") as (start_bar, on_classes):
 
         def on_start(total: int) -> None:

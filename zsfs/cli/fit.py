@@ -206,7 +206,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
 
             try:
                 notes: list[str] = []
-                with console.status("Rendering the report..."):
+                with console.status("Rendering the report...", logged=True):
                     written = write_report(saved, on_missing_images=notes.append)
                 say_written(written, notes)
             except (ZsfsError, OSError) as error:  # the run is saved: a rerun of this command would refuse its folder

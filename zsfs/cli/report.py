@@ -42,7 +42,7 @@ def report_command(run_dir: Path, out: Path | None, **options) -> None:
     from zsfs.report import write_report
 
     notes: list[str] = []
-    with console.status(f"Rendering the report of {shown(run_dir)}..."):
+    with console.status(f"Rendering the report of {shown(run_dir)}...", logged=True):
         written = write_report(run_dir, out, on_missing_images=notes.append, **options)
     say_written(written, notes)
 

@@ -124,7 +124,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
     with Store(store_path) as store:
         summary, advice, unwritten = store.summary(), store.how_to_add_a_vocabulary(), store.unwritten_note()
         if verify:
-            with console.status("verifying every byte of the store"):
+            with console.status("verifying every byte of the store", logged=True):
                 summary["verified"] = store.verify()
         skipped = store.skipped() if list_skipped else None
     if verify:  # on the console (stderr), before a listing on stdout too
