@@ -1140,6 +1140,12 @@ def test_a_resume_reports_and_counts_only_the_shards_it_computes(tmp_path):
     # new user: a resume said nothing of it until the summary's "shards written / reused"
     assert f"Resuming: {n_shards - 1} of the {n_shards} shards were finished by an earlier run and are kept; 1 " \
            "shard is embedded now." in said, said
+    for shard in sorted((tmp_path / "s.shards").glob("shard-*.h5"))[1:]:
+        shard.unlink()
+    said = output_text(run_cli("extract", made["root"], "--out", out, *TINY_MODEL_ARGS, "--workers", "0",
+                               "--shard-size", "4"))
+    assert f"Resuming: 1 of the {n_shards} shards was finished by an earlier run and is kept; {n_shards - 1} shards " \
+           "are embedded now." in said, said  # review: "1 of the 3 shards were ... are kept"
     ticks.clear()
     extract(made["root"], out, workers=0, shard_size=4, on_resume=ticks.append, **TINY_MODELS)  # a finished store
     extract(made["root"], tmp_path / "t.h5", workers=0, shard_size=4, on_resume=ticks.append, **TINY_MODELS)  # a first run

@@ -205,7 +205,7 @@ def test_cli_writes_metrics_json_and_prints_the_table(labelled_store, tmp_path, 
         def __exit__(self, *exc): return False
         def update(self, text): spinner.append(text)
 
-    monkeypatch.setattr(console, "status", lambda text: spinner.append(text) or Status())
+    monkeypatch.setattr(console, "status", lambda text, **_: spinner.append(text) or Status())
     out = tmp_path / "bench"
     result = bench_cli("--store", labelled_store, "--id-classes", 6, "--splits", 2, "--out", out, "--json",
                      *QUICK_FIT_ARGS)

@@ -718,8 +718,23 @@ def test_a_store_opened_by_a_name_whose_shards_another_master_reads_names_that_m
     # new user: it said only "rerun the command that builds it", not which options that command had
     assert str(caught.value).endswith(
         "is not finished (its shards are in p3.shards/); it was started from /data/images with CLIP tiny-clip / "
-        "random, backbone tiny-backbone / random, --shard-size 50 and --dtype float16, and 2 of its 3 shards are "
-        "written; rerun the command that builds it to finish"), caught.value
+        "random, backbone tiny-backbone / random, --shard-size 50 and --dtype float16, and 2 of its 3 shard "
+        "files are there; rerun the command that builds it to finish"), caught.value
+    # review: a weights file is named by its path, a pixel budget given, and an identity of another shape is no crash
+    shards = sorted((tmp_path / "p3.shards").glob("shard-*.h5"))
+    with h5py.File(shards[0], "r") as file:
+        recorded = json.loads(file.attrs["identity"])
+    for identity, said in (
+            ({**recorded, "max_pixels": 1000,
+              "clip": {"name": "c", "weights": "file", "file": "/w/clip.pt"}},
+             "with CLIP c / /w/clip.pt, backbone tiny-backbone / random, --shard-size 50, --max-pixels 1000 and "),
+            ([1, 2], "is not finished (its shards are in p3.shards/); rerun the command"),
+            ({"n_items": "16", "shard_size": 50}, "is not finished (its shards are in p3.shards/); rerun the command")):
+        for shard in shards:
+            with h5py.File(shard, "r+") as file:
+                file.attrs["identity"] = json.dumps(identity)
+        with pytest.raises(StoreError, match=re.escape(said)):
+            Store(built)
 
 
 def test_a_rerun_rewrites_a_shard_that_lost_its_identity(tmp_path, arrays):

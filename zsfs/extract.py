@@ -29,7 +29,8 @@ from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, checked_arguments, literal)
 from zsfs.models import (backbone_as_recorded, by_name_only, clip_architecture, clip_as_recorded, clip_tokenizer,
-                         clip_weights_kind, encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip)
+                         clip_weights_kind, encode_vocabulary, load_backbone, load_clip, load_clip_from_record,
+                         same_text_to_clip)
 from zsfs.names import (as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters,
                         some_names, visible)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT

@@ -632,8 +632,9 @@ def _refuse_uncached_offline(pretrained_cfg) -> None:
     names = {configured, f"{Path(configured).stem}.safetensors", "model.safetensors", "open_clip_model.safetensors"}
     if not any(isinstance(huggingface_hub.try_to_load_from_cache(repository, name, revision=revision or None), str)
                for name in sorted(names)):
-        offline = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-                   else f"{urlparse(hub.ENDPOINT).hostname} cannot be reached")
+        set_offline = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # (huggingface_hub reads both)
+                       if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")]
+        offline = f"{set_offline[0]} is set" if set_offline else f"{urlparse(hub.ENDPOINT).hostname} cannot be reached"
         raise LocalEntryNotFoundError(f"{offline}, and the Hugging Face cache ({hub.HF_HUB_CACHE}) does not hold them")
 
 

@@ -96,8 +96,9 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
         def on_resume(kept: int, n_shards: int) -> None:  # said before the work: the summary alone came last
             loading.stop()
             left = n_shards - kept
-            console.print(f"Resuming: {kept:,} of the {counted(n_shards, 'shard')} were finished by an earlier run "
-                          f"and are kept; {counted(left, 'shard')} {'is' if left == 1 else 'are'} embedded now.")
+            console.print(f"Resuming: {kept:,} of the {counted(n_shards, 'shard')} {'was' if kept == 1 else 'were'} "
+                          f"finished by an earlier run and {'is' if kept == 1 else 'are'} kept; {counted(left, 'shard')} "
+                          f"{'is' if left == 1 else 'are'} embedded now.")
 
         loading.start()
         try:

@@ -58,7 +58,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         console.print("[yellow]Note:[/] --splits is ignored: a file of ID classes is one split.")
     n_splits, fitted = 0, 0  # as the benchmark draws them (on_start), and as they end (on_split)
 
-    with Store(store_path) as store, console.status("reading the store") as status:
+    with Store(store_path) as store, console.status("reading the store", logged=True) as status:
         def start(count: int) -> None:
             nonlocal n_splits
             n_splits = count

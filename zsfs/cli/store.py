@@ -73,7 +73,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 
     click.get_current_context().meta[OVERWRITING] = overwrite
     written, logged_at = 0, -math.inf  # in a log: a line at the first shard, then every LOG_SECONDS
-    with console.status("Importing embeddings...") as status:
+    with console.status("Importing embeddings...", logged=True) as status:
 
         def progress(rows: int) -> None:
             nonlocal written, logged_at
@@ -81,6 +81,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
             if console.is_terminal:  # a spinner; lines in a log (Slurm, nohup), where it looked hung
                 status.update(f"Importing embeddings: {written:,} rows written; then the index")
             elif time.monotonic() - logged_at >= LOG_SECONDS:
+                status.stop()  # its own lines from here on
                 console.print(f"import: {written:,} rows written...")
                 logged_at = time.monotonic()
 

@@ -465,30 +465,35 @@ def recorded_identity(master: Path) -> dict:
                 found = read_identity(file)
         except (OSError, ValueError):  # unreadable, or an identity that is not JSON
             continue  # the writer says what is wrong with a master, and rewrites a damaged shard
-        if found:
+        if found and isinstance(found, dict):  # (JSON of another shape: no identity of ours)
             return found
     return {}
 
 
 def unfinished_run(master: Path) -> str:
     """What the shards of an unfinished store record of the run that started it (source, models,
-    layout, shards written), as ``"; it was started from ..."``: the rerun that finishes it must ask
-    for the same; "" when no shard records it."""
+    layout, shard files there), as ``"; it was started from ..."``: the rerun that finishes it must ask
+    for the same; "" when no shard records it in the shape zsfs writes."""
     identity = recorded_identity(master)
-    if not identity.get("n_items") or not identity.get("shard_size"):
+    n_items, shard_size = identity.get("n_items"), identity.get("shard_size")
+    if not (isinstance(n_items, int) and isinstance(shard_size, int) and n_items > 0 and shard_size > 0):
         return ""
 
     def model(role: str, named: str) -> str:
-        record = identity.get(role) or {}
-        if record.get("weights") == schema.IMPORTED_WEIGHTS:
-            return f"{named} embeddings imported from {record.get('imported_from')}"
-        return f"{named} {record.get('name')} / {record.get('weights')}"
+        record = identity.get(role) if isinstance(identity.get(role), dict) else {}
+        if record.get("weights") == schema.IMPORTED_WEIGHTS:  # (--clip-name, --backbone-name)
+            return f"{named} embeddings {record.get('name')} imported from {record.get('imported_from')}"
+        config = " (a model-config file)" if "config" in record else ""
+        weights = record.get("file") or record.get("weights")  # a file by its path: the rerun passes it
+        return f"{named} {record.get('name')}{config} / {weights}"
 
-    written = len(list(schema.shard_dir(master).glob(schema.SHARD_GLOB)))
-    n_shards = math.ceil(identity["n_items"] / identity["shard_size"])
+    budget = identity.get("max_pixels")
+    budget = f", --max-pixels {budget}" if budget else ""
+    layout = f"--shard-size {shard_size}{budget} and --dtype {identity.get('dtype')}"
+    files = len(list(schema.shard_dir(master).glob(schema.SHARD_GLOB)))
     return (f"; it was started from {identity.get('source')} with {model('clip', 'CLIP')}, "
-            f"{model('backbone', 'backbone')}, --shard-size {identity['shard_size']} and --dtype "
-            f"{identity.get('dtype')}, and {written} of its {n_shards} shards are written")
+            f"{model('backbone', 'backbone')}, {layout}, and {files} of its {math.ceil(n_items / shard_size)} shard "
+            "files are there")
 
 
 def mismatch_error(path: Path, found: dict | None, expected: dict) -> StoreMismatchError:
