@@ -29,8 +29,8 @@ from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, checked_arguments, literal)
 from zsfs.models import (backbone_as_recorded, by_name_only, clip_architecture, clip_as_recorded, clip_tokenizer,
-                         clip_weights_kind, encode_vocabulary, load_backbone, load_clip, load_clip_from_record,
-                         same_text_to_clip)
+                         encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip,
+                         weights_kind)
 from zsfs.names import (as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters,
                         some_names, visible)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -44,7 +44,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, IMPORTED_WEI
 from zsfs.store.rows import usable_rows
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, refuse_replacing_another_file)
-from zsfs.weights import DEFAULT, FILE, HUB_CACHE_ADVICE, RANDOM, check_same_weights, refuse_imported, relocated
+from zsfs.weights import FILE, HUB_CACHE_ADVICE, RANDOM, check_same_weights, refuse_imported, relocated
 from zsfs.writable import check_writable, refuse_input_as_output
 
 DEFAULT_BATCH_SIZE = 64
@@ -96,6 +96,10 @@ class EmbedSettings:
     batch_size: int
     workers: int | None  # DataLoader decoding processes; None: ``default_workers``
     max_pixels: int  # the decoding budget of one image
+
+    def model(self, role: str) -> tuple[str, str]:
+        """The (name, weights) asked for the ``"clip"`` or ``"backbone"`` model."""
+        return (self.clip_model, self.clip_weights) if role == "clip" else (self.backbone, self.backbone_weights)
 
 
 def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict, *, dtype: str,
@@ -522,9 +526,8 @@ def _recorded_by_name(master: Path, settings: EmbedSettings) -> tuple[str, ...]:
     """The models (``"clip"``, ``"backbone"``) that the store, or its first run's shards, loaded by the
     pretrained name this run asks for too: the run must load them so again, not from a file."""
     recorded = recorded_identity(master)
-    asked = {"clip": settings.clip_weights, "backbone": settings.backbone_weights}
     return tuple(role for role in ("clip", "backbone") if _by_name(recorded.get(role))
-                 and recorded[role]["weights"] == asked[role])
+                 and recorded[role]["weights"] == settings.model(role)[1])
 
 
 def _by_name(record: dict | None) -> bool:
@@ -562,9 +565,8 @@ def _other_weights_by_name(master: Path, settings: EmbedSettings) -> str:
         if not _by_name(recorded.get(role)):
             continue
         flag, named, built = f"--{role}-weights", "CLIP" if role == "clip" else "backbone", recorded[role]
-        asked = settings.clip_weights if role == "clip" else settings.backbone_weights
-        kind = clip_weights_kind(settings.clip_model, asked) if role == "clip" else \
-            FILE if asked not in (DEFAULT, RANDOM) and Path(asked).expanduser().is_file() else None
+        name, asked = settings.model(role)
+        kind = weights_kind(role, name, asked)
         if kind == FILE:
             return (f"built with the {named} weights {built['name']} / {built['weights']}, loaded by that name, and "
                     f"this run passes a file ({flag}): a store built so reloads them by name only, even where a file "

@@ -316,9 +316,15 @@ def clip_as_recorded(name: str, weights: str, recorded: dict) -> bool:
     return all(recorded.get(key) == value for key, value in expected.items())
 
 
-def clip_weights_kind(name: str, weights: str) -> str | None:
-    """How ``load_clip(name, weights)`` takes ``weights``: ``"tag"``, ``"file"`` or ``"random"`` (a tag
-    before a file of that name); None where it cannot tell (an unknown name or weights: loading says why)."""
+def weights_kind(role: str, name: str, weights: str) -> str | None:
+    """How the loader of ``role`` (``"clip"``: :func:`load_clip`, ``"backbone"``: :func:`load_backbone`)
+    takes ``weights`` for the model ``name``: ``"tag"`` (pretrained, by name: a CLIP tag before a file
+    of that name, a backbone's ``"default"``), ``"file"`` or ``"random"``; None where it cannot tell
+    (an unknown name or weights: loading says why)."""
+    if role == "backbone":
+        if weights in (DEFAULT, RANDOM):
+            return "tag" if weights == DEFAULT else RANDOM
+        return FILE if Path(weights).expanduser().is_file() else None
     try:
         return _clip_weights_source(_resolve_clip_name(name)[0], weights)[0]
     except ModelLoadError:

@@ -163,7 +163,7 @@ def near_spellings(names: Iterable[str], known: Iterable[str], what: str) -> lis
     """``"'x' (spelled like WHAT 'X')"`` for each of ``names`` that differs from one of ``known``
     only by case, spacing or Unicode form (:func:`spelled_like`); the others are left out."""
     hint = spelled_like(known, what)
-    return [f"{name!r}{hint(name)}" for name in names if hint(name)]
+    return [f"{name!r}{said}" for name in names if (said := hint(name))]
 
 
 def as_argument(path: str | os.PathLike) -> str:

@@ -487,8 +487,8 @@ def unfinished_run(master: Path) -> str:
         weights = record.get("file") or record.get("weights")  # a file by its path: the rerun passes it
         return f"{named} {record.get('name')}{config} / {weights}"
 
-    budget = identity.get("max_pixels")
-    budget = f", --max-pixels {budget}" if budget else ""
+    max_pixels = identity.get("max_pixels")  # recorded only when not the default
+    budget = f", --max-pixels {max_pixels}" if max_pixels else ""
     layout = f"--shard-size {shard_size}{budget} and --dtype {identity.get('dtype')}"
     files = len(list(schema.shard_dir(master).glob(schema.SHARD_GLOB)))
     return (f"; it was started from {identity.get('source')} with {model('clip', 'CLIP')}, "
