@@ -730,6 +730,9 @@ def test_a_rerun_rewrites_a_shard_damaged_in_place_since_the_master(base, store,
     result = run_cli(*extract_args(base, store))
 
     assert result.exit_code == 0, result.output
+    # walkthrough: the summary counted the shard as written but did not say which, or why
+    said = " ".join(output_text(result).split())
+    assert "rewritten (damaged or cut" in said and "1: shard-00001.h5" in said and "shard-00002" not in said, said
     assert run_cli("info", store, "--verify").exit_code == 0
     with Store(store) as repaired, Store(base / "s.h5") as original:
         np.testing.assert_array_equal(repaired.read("clip"), original.read("clip"))

@@ -66,6 +66,7 @@ class ExtractSummary:
     vocabulary: str | None  # name of the vocabulary written, None when no class names known
     classes: list[str] = field(default_factory=list)
     shards_redone: int = 0  # Ray: shards recomputed because the worker holding them died
+    shards_repaired: list[str] = field(default_factory=list)  # shard files there but damaged or cut short: rewritten
     set_aside: dict[str, str] = field(default_factory=dict)  # files this run set aside for crashing or hanging a
     # decoding process -> reason
     no_labels_reason: str | None = None  # the source's, when its class subfolders could not be used
@@ -394,6 +395,8 @@ def extract(
                          n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype,
                          overwrite=overwrite) as writer:
             pending = writer.pending_shards()
+            # a shard is renamed into place whole: a file there that is still pending is damaged
+            repaired = [writer.shard_path(shard).name for shard in pending if writer.shard_path(shard).is_file()]
             if on_resume is not None and 0 < len(pending) < writer.n_shards:
                 on_resume(writer.n_shards - len(pending), writer.n_shards)
             if on_start is not None:
@@ -426,7 +429,7 @@ def extract(
     return _summary(writer.master, image_source, started, vocabulary=vocab_name if class_names else None,
                     classes=class_names, read_as_one=read_as_one, shards_written=len(pending),
                     images_processed=processed, embedding_seconds=embedding_seconds, shards_redone=shards_redone,
-                    set_aside=set_aside)
+                    shards_repaired=repaired, set_aside=set_aside)
 
 
 def _kept_for_a_rerun(writer: StoreWriter, pending: Sequence[int]) -> str:
@@ -448,7 +451,7 @@ def _kept_for_a_rerun(writer: StoreWriter, pending: Sequence[int]) -> str:
 def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: str | None,
              classes: list[str] | None, read_as_one: list[tuple[str, str]], shards_written: int = 0,
              images_processed: int = 0, embedding_seconds: float = 0.0, shards_redone: int = 0,
-             set_aside: dict[str, str] | None = None) -> ExtractSummary:
+             shards_repaired: list[str] | None = None, set_aside: dict[str, str] | None = None) -> ExtractSummary:
     """What the run did, with the finished store's counts (the defaults: a run that had nothing to do)."""
     with Store(master) as store:
         skipped_paths, reasons = store.skipped()
@@ -466,6 +469,7 @@ def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: s
         vocabulary=vocabulary,
         classes=list(classes or []),
         shards_redone=shards_redone,
+        shards_repaired=shards_repaired or [],
         set_aside=set_aside or {},
         no_labels_reason=source.no_labels_reason,
         empty_tars=source.empty_tars,

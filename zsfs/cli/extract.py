@@ -201,6 +201,8 @@ def _summary_table(summary) -> Table:
 
         table.add_row("images not read", unread_formats_text(summary.unread_formats))
     table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")
+    if summary.shards_repaired:  # checked against the master's checksums or unreadable: a user may want to know why
+        table.add_row("shards rewritten (damaged or cut short)", shown(some_names(summary.shards_repaired, 10)))
     if summary.shards_redone:
         table.add_row("shards redone (worker lost)", f"{summary.shards_redone}")
     if summary.images_processed:  # a rerun over finished shards embeds nothing: no rate to give
