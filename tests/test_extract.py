@@ -1428,4 +1428,12 @@ def test_a_store_built_by_name_is_judged_by_the_weights_asked_for_not_by_files_n
     a_file = replace(same, backbone_weights=str(tmp_path / "default"))
     assert _other_weights_by_name(master, a_file).startswith(
         "built with the backbone weights test_vit / default, loaded by that name, and this run passes a file "
-        "(--backbone-weights)")
+        "(--backbone-weights)") and "point HF_HOME at" in _other_weights_by_name(master, a_file)
+    # review: weights timm downloads from a URL are cached by torch; HF_HOME does not hold them
+    url_only = write_store(tmp_path / "u.h5", clip=rows, backbone=rows, paths=[f"{i}.png" for i in range(4)],
+                           clip_info={"name": "ViT-B-32", "weights": "openai"},
+                           backbone_info={"name": "gcvit_base.in1k", "weights": "default", "output": "pre_logits"},
+                           source="/data/images")
+    said = _other_weights_by_name(url_only, replace(a_file, backbone="gcvit_base.in1k"))
+    assert "drop --backbone-weights, or pass --overwrite to replace the store. Without a network, copy gcvit_base" in \
+        said and "timm's cache folder" in said and "HF_HOME" not in said, said

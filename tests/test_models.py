@@ -421,6 +421,11 @@ def test_a_store_built_from_a_tag_takes_no_file_and_says_how_to_work_offline():
                                              r"ViT-B-32 / openai, which zsfs loads by that name, not from a file; drop --clip-weights\. "
                                              r"Without a network, point HF_HOME at a copy of the Hugging Face cache"):
         relocated(record, "/some/file.bin", "CLIP")
+    # review: a backbone timm downloads from a URL is cached by torch, not in HF_HOME
+    backbone = {"name": "gcvit_base.in1k", "weights": "default", "file": None, "sha256": None}
+    with pytest.raises(ModelLoadError, match=r"drop --backbone-weights\. Without a network, copy gcvit_base[^ ]*\.pth "
+                                             r"from a machine that downloaded it into timm's cache folder .*/checkpoints"):
+        relocated(backbone, "/some/file.bin", "backbone")
 
 
 def _cached_default_weights(cache, monkeypatch, state: dict) -> None:

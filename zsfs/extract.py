@@ -29,8 +29,8 @@ from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, checked_arguments, literal)
 from zsfs.models import (backbone_as_recorded, by_name_only, clip_architecture, clip_as_recorded, clip_tokenizer,
-                         encode_vocabulary, load_backbone, load_clip, load_clip_from_record, same_text_to_clip,
-                         weights_kind)
+                         encode_vocabulary, load_backbone, load_clip, load_clip_from_record, offline_advice,
+                         same_text_to_clip, weights_kind)
 from zsfs.names import (as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters,
                         some_names, visible)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -44,7 +44,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, IMPORTED_WEI
 from zsfs.store.rows import usable_rows
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, refuse_replacing_another_file)
-from zsfs.weights import FILE, HUB_CACHE_ADVICE, RANDOM, check_same_weights, refuse_imported, relocated
+from zsfs.weights import FILE, RANDOM, check_same_weights, refuse_imported, relocated
 from zsfs.writable import check_writable, refuse_input_as_output
 
 DEFAULT_BATCH_SIZE = 64
@@ -574,7 +574,8 @@ def _other_weights_by_name(master: Path, settings: EmbedSettings) -> str:
         if kind == FILE:
             return (f"built with the {named} weights {built['name']} / {built['weights']}, loaded by that name, and "
                     f"this run passes a file ({flag}): a store built so reloads them by name only, even where a file "
-                    f"holds the same values; drop {flag}, or pass --overwrite to replace the store. {HUB_CACHE_ADVICE}")
+                    f"holds the same values; drop {flag}, or pass --overwrite to replace the store. "
+                    f"{offline_advice(role, built['name'])}")
         if kind == "tag" and asked != built["weights"]:
             return (f"built with the {named} weights {built['name']} / {built['weights']}, this run asks for "
                     f"{built['name']} / {asked}; pass {flag} {built['weights']} to resume or update it, or "

@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Container, Iterator, Sequence
@@ -642,6 +642,15 @@ def _refuse_uncached_offline(pretrained_cfg) -> None:
                        if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")]
         offline = f"{set_offline[0]} is set" if set_offline else f"{urlparse(hub.ENDPOINT).hostname} cannot be reached"
         raise LocalEntryNotFoundError(f"{offline}, and the Hugging Face cache ({hub.HF_HUB_CACHE}) does not hold them")
+
+
+def offline_advice(role: str, name: str) -> str:
+    """How to have the pretrained weights of the model ``name`` (``role``: "clip" or "backbone")
+    without a network: every open_clip tag comes from the Hugging Face hub, some timm ones from a URL."""
+    if role == "backbone":
+        with suppress(ModelLoadError):  # a name this timm does not know: its error comes on loading
+            return _timm_cache_advice(_resolve_backbone_name(name))
+    return HUB_CACHE_ADVICE
 
 
 def _timm_cache_advice(pretrained_cfg) -> str:

@@ -146,10 +146,12 @@ def relocated(record: dict, new_file: str | Path | None, what: str) -> dict:
     if record.get("weights") == RANDOM:
         raise ModelLoadError(f"the {what} model of the store was built with weights 'random', not a file; drop {flag}")
     if record.get("weights") != FILE:
+        from zsfs.models import offline_advice  # (zsfs.models imports this module)
+
         # A tag is recorded by its name and its values, not a file's sha256: it comes from the cache.
         raise ModelLoadError(f"the {what} model of the store was built with the pretrained weights "
                              f"{record.get('name')} / {record.get('weights')}, which zsfs loads by that name, not "
-                             f"from a file; drop {flag}. {HUB_CACHE_ADVICE}")
+                             f"from a file; drop {flag}. {offline_advice(what.lower(), str(record.get('name')))}")
     path = existing_file(str(new_file), what, flag)
     if path is None:  # a bare name that is no file
         raise _not_found(Path(new_file).expanduser(), what, flag)
