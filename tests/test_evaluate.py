@@ -74,6 +74,16 @@ def test_per_class_accuracy_hand_computed_and_empty_class_is_nan():
         per_class_accuracy(true, predicted[:-1], 4)
 
 
+@pytest.mark.parametrize("metric", [per_class_accuracy, confusion_matrix])
+def test_class_metrics_refuse_codes_outside_the_classes(metric):
+    """Review: a -1 ("no class", as LabelCodes.index_in gives it) was counted in another class's cell:
+    confusion_matrix([1, 1], [1, -1], 3) put it at true 0 / predicted 2."""
+    for true, predicted in (([1, 1], [1, -1]), ([1, 3], [1, 1]), ([0.0, 1.0], [0.0, 1.0])):
+        with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+            metric(np.array(true), np.array(predicted), 3)
+    assert metric(np.array([], dtype=np.int64), np.array([], dtype=np.int64), 3).shape[0] == 3
+
+
 def test_auroc_hand_computed():
     # Positives 0.35, 0.8; negatives 0.1, 0.4: pairs won 1+1+0+1 of 4.
     assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75

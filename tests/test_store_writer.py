@@ -442,3 +442,13 @@ def test_the_summary_lists_the_skip_reasons_most_frequent_first(tmp_path):
     writer.finalize(ATTRS)
     with Store(tmp_path / "s.h5") as store:
         assert list(store.summary()["skipped_reasons"].items()) == [("z frequent", 3), ("m", 2), ("a rare", 1)]
+
+
+def test_a_changed_listing_is_described_even_where_the_identity_lacks_its_counts():
+    """Review: an identity without n_items (a foreign or edited store) raised TypeError formatting None."""
+    from zsfs.store.writer import describe_difference
+
+    assert describe_difference({"listing_sha256": "a"}, {"listing_sha256": "b", "n_items": 5}).startswith(
+        "differs in listing_sha256, n_items; the source's file names or labels changed since the store was built")
+    assert "lists 5 files now, 4 when" in describe_difference({"listing_sha256": "a", "n_items": 4},
+                                                               {"listing_sha256": "b", "n_items": 5})

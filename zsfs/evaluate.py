@@ -100,7 +100,7 @@ def per_class_accuracy(true: np.ndarray, predicted: np.ndarray, n_classes: int) 
 
     ``true`` and ``predicted`` are class indices (``LabelCodes.index_in`` turns names into them).
     """
-    true, predicted = _same_length(true, predicted)
+    true, predicted = _class_codes(true, predicted, n_classes)
     hits = np.bincount(true, weights=true == predicted, minlength=n_classes)
     totals = np.bincount(true, minlength=n_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -109,7 +109,7 @@ def per_class_accuracy(true: np.ndarray, predicted: np.ndarray, n_classes: int) 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
     """(n_classes, n_classes) counts: row = true class, column = predicted class (class indices)."""
-    true, predicted = _same_length(true, predicted)
+    true, predicted = _class_codes(true, predicted, n_classes)
     return np.bincount(true * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
@@ -242,6 +242,16 @@ def _same_length(true: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, n
     true, predicted = np.asarray(true), np.asarray(predicted)
     if true.shape != predicted.shape or true.ndim != 1:
         raise ValueError(f"expected two 1-d arrays of equal length, got {true.shape} and {predicted.shape}")
+    return true, predicted
+
+
+def _class_codes(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_same_length`` arrays of class indices in [0, n_classes): a -1 ("no class", as
+    ``LabelCodes.index_in`` gives it) would count in another class's cell."""
+    true, predicted = _same_length(true, predicted)
+    for name, codes in (("true", true), ("predicted", predicted)):
+        if codes.size and not (np.issubdtype(codes.dtype, np.integer) and 0 <= codes.min() and codes.max() < n_classes):
+            raise ValueError(f"{name} must hold class indices in [0, {n_classes}); filter out other codes first")
     return true, predicted
 
 

@@ -133,7 +133,8 @@ def nearest_rank(n_candidates: int, n_kept: int, k: int = NEAREST_REFERENCE) -> 
     """The k for a reference of ``n_kept`` rows drawn from ``n_candidates``: ``k`` scaled by the
     kept fraction (the k-th nearest of the whole set is about the (k * fraction)-th of a random
     subset), at least 2 (a reference image is its own nearest: with k = 1 it would sit at
-    distance 0)."""
+    distance 0); :func:`reference_distance` caps it at the reference's size, so the image of a
+    one-row reference still scores 0."""
     return min(k, max(2, round(k * n_kept / max(n_candidates, 1))))
 
 

@@ -31,9 +31,9 @@ if TYPE_CHECKING:  # faiss is imported lazily
     import faiss
 
 
-def check_shards_agree(shards: list[h5py.File]) -> bool:
+def check_shards_agree(shards: list[h5py.File]) -> None:
     """Refuse shards that cannot make one store: none at all, labels in some only, rows of another
-    width in some. Returns whether they hold labels."""
+    width in some."""
     if not shards:
         raise ValueError("cannot write a master for a store of zero items")
     folder = Path(shards[0].filename).parent
@@ -45,7 +45,6 @@ def check_shards_agree(shards: list[h5py.File]) -> bool:
         if len(shapes) > 1:
             raise StoreError(f"shards in {folder} disagree on the shape of {name!r} ({sorted(shapes)}); "
                              "pass --overwrite to rebuild the store")
-    return labelled.pop()
 
 
 @contextmanager

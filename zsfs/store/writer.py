@@ -529,7 +529,9 @@ def describe_difference(found: dict | None, expected: dict) -> str:
         text += f"; it was built from {found.get('source')}, this run reads {expected.get('source')}"
     elif "listing_sha256" in keys:  # the commonest case: files were added, removed or renamed
         then, now = found.get("n_items"), expected.get("n_items")
-        text += (f"; the source lists {now:,} files now, {then:,} when the store was built" if then != now else
+        counted_both = isinstance(then, int) and isinstance(now, int)  # a foreign or edited identity may lack them
+        text += (f"; the source lists {now:,} files now, {then:,} when the store was built"
+                 if counted_both and then != now else
                  "; the source's file names or labels changed since the store was built")
         # a user adding a few images expects an append
         text += "; files cannot be added to a store: --overwrite embeds every file again, and zsfs predict " \
