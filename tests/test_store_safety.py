@@ -859,6 +859,26 @@ def test_a_shard_overwritten_in_place_is_seen_by_the_fits_thorough_check(tmp_pat
             fit_store(store, FitConfig(k=3, candidates=10))
 
 
+def test_a_run_is_not_made_from_a_fit_whose_store_changed_before_its_paths_were_read(tmp_path):
+    """FittedRun.from_fit reads the store's paths and labels after the fit: a shard copied over in
+    place between the two (which only the thorough check sees) would pair the fit's rows with
+    another build's names."""
+    from zsfs.fit import FitConfig, fit_store
+    from zsfs.runs import FittedRun
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    options = dict(clip_dim=16, backbone_dim=16, shard_size=100)
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=1, **options)
+    other = make_synthetic_store(tmp_path / "o.h5", 300, 3, seed=2, **options)
+    config = FitConfig(k=3, candidates=10)
+    with Store(path) as store:
+        result = fit_store(store, config)
+        assert len(FittedRun.from_fit(result, store, config).predictions) == 300
+        shutil.copyfile(schema.shard_dir(other) / schema.shard_name(1), schema.shard_dir(path) / schema.shard_name(1))
+        with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
+            FittedRun.from_fit(result, store, config)
+
+
 def test_rows_read_as_nan_during_a_rebuild_name_the_rebuild_not_damage(tmp_path):
     """Bug: while another process replaced the shards, a fit read missing rows as NaN and told the
     user to rebuild a healthy store ("non-finite backbone features ... damaged")."""
