@@ -434,6 +434,10 @@ def test_the_summary_names_listed_classes_that_got_no_seed(tmp_path):
     from zsfs.report import render_report
 
     assert "classes without seeds" in render_report(tmp_path / "run")
+    for neighbours, noted in ((60, True), (59, False)):  # the boundary: 59 other images each
+        said = output_text(run_cli("fit", "--store", path, "--neighbours", str(neighbours), "--out",
+                                   tmp_path / f"run-{neighbours}", "--epochs", "1", "--cycle-epochs", "1"))
+        assert ("more than the store's other images" in said) == noted, said
 
 
 def test_class_subset(store_path):
