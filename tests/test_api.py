@@ -253,6 +253,37 @@ def test_the_writers_and_the_benchmark_check_their_arguments_before_any_work(tmp
     run = zsfs.fit(store_path, k=2, candidates=6, cycle_epochs=1)
     with pytest.raises(zsfs.ParameterError, match=r"^images '.*nope' does not exist$"):
         zsfs.report(run, images=tmp_path / "nope")
+    # review: a path, or None for a config, ended in AttributeError ('str' object has no attribute ...)
+    from zsfs.fit import fit_store
+
+    for call in (lambda: ood_bench(str(store_path), 2, zsfs.FitConfig()), lambda: fit_store(str(store_path),
+                                                                                            zsfs.FitConfig())):
+        with pytest.raises(zsfs.ParameterError, match=r"^store must be an open zsfs.Store \(zsfs.Store\(path\)\), "
+                                                      r"not '.*s.h5'$"):
+            call()
+    with zsfs.Store(store_path) as store:
+        with pytest.raises(zsfs.ParameterError, match=r"^config must be a zsfs.FitConfig, not None$"):
+            fit_store(store, None)
+        # review: one string was taken as its letters ("no class 'c'"); a near miss got no hint
+        with pytest.raises(zsfs.ZsfsError, match=rf"must be a list of class names, not the one string {classes[0]!r}$"):
+            fit_store(store, zsfs.FitConfig(), classes=classes[0])
+        with pytest.raises(zsfs.StoreError, match=rf"has no class {classes[0].upper()!r} \(spelled like its class "
+                                                  rf"{classes[0]!r}\)$"):
+            fit_store(store, zsfs.FitConfig(), classes=[classes[0].upper(), classes[1]])
+    # review: from Python, an existing folder as the output with overwrite=True failed in unlink (IsADirectoryError)
+    from PIL import Image
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "keep.txt").write_text("x")
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.png")
+    for overwrite in (False, True):
+        for call in (lambda: import_store(tmp_path / "folder", **files, overwrite=overwrite),
+                     lambda: zsfs.extract(tmp_path / "photos", tmp_path / "folder", overwrite=overwrite)):
+            with pytest.raises(zsfs.StoreError, match=r"folder is a folder; give a file in it as the store, such as "
+                                                      r".*folder/STORE.h5$"):
+                call()
+    assert (tmp_path / "folder" / "keep.txt").read_text() == "x"
 
 
 def test_each_preset_gives_the_config_it_names(tmp_path):

@@ -101,6 +101,11 @@ def test_library_inputs_are_checked_before_any_work(fitted):
     poisoned[3, 0], poisoned[7] = np.nan, 0.0
     with pytest.raises(ParameterError, match=r"features: 2 rows are zero or not finite \(first: row 3, counted from 0\)$"):
         run.predict(poisoned)
+    # review: the documented run.classifier.classify gave a class and NaN confidence for NaN rows, and
+    # torch's "mat1 and mat2 shapes cannot be multiplied" for another width
+    for wrong, said in ((poisoned, "2 rows are zero or not finite"), (features[:, :5], "array of numbers")):
+        with pytest.raises(ParameterError, match=said):
+            run.classifier.classify(wrong)
     # bug: rows finite in float64 but not as float32 products (1e300) gave NaN scores; no rows warned
     scaled = features[:5].astype(np.float64)
     scaled[:4] *= 1e300

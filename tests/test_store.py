@@ -99,6 +99,8 @@ def test_read_rows_and_chunks(tmp_path, arrays):
         # no string ended in IndexError, h5py's ValueError or a TypeError; a row id gave a (1, D) array
         with pytest.raises(ParameterError, match=f"^rows: row id {N} is out of range for {N} rows$"):
             store.read("clip", np.array([3, N]))
+        with pytest.raises(ParameterError, match=f"^rows: row id {-2 * N} is out of range for {N} rows$"):
+            store.read("clip", np.array([-1, -2 * N]))  # review: it named the id after wrapping, -N
         with pytest.raises(ParameterError, match=r"^rows: a boolean mask of shape \(3,\) for"):
             store.read("clip", np.ones(3, dtype=bool))
         with pytest.raises(ParameterError, match="^name must be a string, not 1$"):

@@ -84,6 +84,8 @@ def check_class_names(names: Iterable[object], where: str, lines: Sequence[int] 
     labels and folder names hold them so."""
     from zsfs.errors import ZsfsError
 
+    if isinstance(names, (str, bytes)):  # its letters would be taken as the names: 'B', 'a', 'g'
+        raise ZsfsError(f"{where} must be a list of class names, not the one string {names!r}")
     try:  # any sequence, a numpy array too; bytes (numpy "S" arrays) are UTF-8 text, not "b'cat'"
         names = [name.decode("utf-8") if isinstance(name, bytes) else str(name) for name in names]
     except UnicodeDecodeError as error:

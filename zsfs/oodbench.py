@@ -100,11 +100,12 @@ def ood_bench(
     used for every split. ``on_start(n_splits)``, ``on_split(number, result)`` and ``on_phase(name)``
     (each phase of each split's fit, as ``fit_store`` names it) report progress.
     """
-    from zsfs.fit.config import FitConfig
+    from zsfs.fit.config import check_fit_config
     from zsfs.fit.run import fit_store, resolve_vocabulary
+    from zsfs.store.reader import check_open_store
 
-    if not isinstance(config, FitConfig):
-        raise ParameterError(f"{{config}} must be a zsfs.FitConfig, not {literal(repr(config))}")
+    check_open_store("store", store)
+    check_fit_config("config", config)
     named = isinstance(id_classes, (list, tuple, np.ndarray))
     if isinstance(id_classes, (bool, np.bool_)) or not (named or isinstance(id_classes, (int, np.integer))) \
             or (named and not all(isinstance(name, str) for name in id_classes)):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import ParameterError, ZsfsError, check_path_type, checked_arguments, refuse_unknown_parameters
+from zsfs.errors import ZsfsError, check_path_type, checked_arguments, refuse_unknown_parameters
 from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, auroc, paper_score_counts, per_class_accuracy
 from zsfs.names import pairs_text, percent, some_names, spelled_like, utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
@@ -359,27 +359,7 @@ class FittedRun:
     @checked_arguments
     def predict(self, features: np.ndarray) -> "pl.DataFrame":
         """Class, confidence and OOD scores of backbone features (rows of the store's backbone)."""
-        return new_image_predictions(*self.classifier.classify(self._checked_features(features)))
-
-    def _checked_features(self, features) -> np.ndarray:
-        """``features`` as an (n, D) float array of the run's backbone width, or ParameterError
-        (not a matrix-product error from deep in torch, nor NaN classes for NaN rows)."""
-        width = self.classifier.weight.shape[1]
-        try:
-            array = np.asarray(features)
-        except ValueError:  # ragged rows
-            array = None
-        if array is None or array.ndim != 2 or array.shape[1] != width or not (
-                np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-            described = "ragged rows" if array is None else f"a {array.dtype} array of shape {array.shape}"
-            raise ParameterError(f"{{features}} must be an (n, {width}) array of numbers: rows of the store's "
-                                 f"backbone features (Store.read(\"backbone\")), not {described}")
-        from zsfs.store.rows import normalise_rows, unusable_row_numbers, unusable_rows_text  # a store's rule
-
-        bad = unusable_row_numbers(array)
-        if len(bad):
-            raise ParameterError(f"{{features}}: {unusable_rows_text(len(bad), int(bad[0]))}")
-        return normalise_rows(array, "features")  # as a store's rows: float32 products of 1e300 or 1e-30 overflow
+        return new_image_predictions(*self.classifier.classify(features))
 
     @checked_arguments
     def predict_images(self, images: "Sequence[str | Path] | str | Path" = (), **options) -> "pl.DataFrame":

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.names import counted
 from zsfs.fit import ood
 from zsfs.fit.zeroshot import as_tensor
@@ -153,6 +153,7 @@ class Classifier:
         score. ``ood_distance`` is the fit's column for new images, the backbone half of its
         ``ood_score``: the rank of their reference distance in the fitted collection, in [0, 1]
         (the MCM half needs CLIP embeddings; NaN for runs written before zsfs stored the reference)."""
+        features = self._checked_features(features)
         weight, bias = torch.from_numpy(self.weight), torch.from_numpy(self.bias)
         has_reference = self.ood_reference is not None and "reference_distance" in self.ood_quantiles
         reference = torch.from_numpy(self.ood_reference).float() if has_reference else None
@@ -163,6 +164,26 @@ class Classifier:
             distance = ood.cdf(distance, self.ood_quantiles["reference_distance"]).astype(np.float32)
         return (np.asarray(self.classes, dtype=object)[best], confidence, distance,
                 ood.paper_score(statistics, self.ood), ood.continuous_score(statistics, self.ood))
+
+    def _checked_features(self, features) -> np.ndarray:
+        """``features`` as an (n, D) float array of the run's backbone width, or ParameterError
+        (not a matrix-product error from deep in torch, nor NaN classes for NaN rows)."""
+        width = self.weight.shape[1]
+        try:
+            array = np.asarray(features)
+        except ValueError:  # ragged rows
+            array = None
+        if array is None or array.ndim != 2 or array.shape[1] != width or not (
+                np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            described = "ragged rows" if array is None else f"a {array.dtype} array of shape {array.shape}"
+            raise ParameterError(f"{{features}} must be an (n, {width}) array of numbers: rows of the store's "
+                                 f"backbone features (Store.read(\"backbone\")), not {described}")
+        from zsfs.store.rows import normalise_rows, unusable_row_numbers, unusable_rows_text  # a store's rule
+
+        bad = unusable_row_numbers(array)
+        if len(bad):
+            raise ParameterError(f"{{features}}: {unusable_rows_text(len(bad), int(bad[0]))}")
+        return normalise_rows(array, "features")  # as a store's rows: float32 products of 1e300 or 1e-30 overflow
 
     def save(self, path: Path) -> None:
         state = {

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 from zsfs.devices import PRECISION_CHOICES
 from zsfs.errors import (ParameterError, check_at_least, check_choice, check_parameter_type, check_seed,
-                         checked_arguments)
+                         checked_arguments, literal)
 from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES, UNREAD_BY
 
 SCHEDULE = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5}
@@ -116,3 +116,9 @@ class FitConfig:
 
 
 FitConfig.__init__ = checked_arguments(FitConfig.__init__)  # FitConfig(kk=3): a ParameterError, as fit(kk=3)
+
+
+def check_fit_config(name: str, value: object) -> None:
+    """ParameterError unless ``value`` is a :class:`FitConfig` (a dict or None failed inside)."""
+    if not isinstance(value, FitConfig):
+        raise ParameterError(f"{{{name}}} must be a zsfs.FitConfig, not {literal(repr(value))}")

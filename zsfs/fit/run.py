@@ -20,11 +20,12 @@ from zsfs.devices import SEARCH_PRECISIONS, check_device, has_fast_bf16
 from zsfs.errors import ParameterError, ZsfsError, literal
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
-from zsfs.fit.config import FitConfig
+from zsfs.fit.config import FitConfig, check_fit_config
 from zsfs.fit.neighbours import choose_search, graph_unused, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
 from zsfs.fit.zeroshot import CHUNK_ROWS, as_tensor, zero_shot_logits
 from zsfs.names import counted, repeated_rows, spelled_like, visible
+from zsfs.store.reader import check_open_store
 
 if TYPE_CHECKING:
     from zsfs.store import Store
@@ -144,6 +145,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     ``classes`` restricts the vocabulary to these in-distribution classes (``zsfs ood-bench``).
     ``on_phase(name)`` hears of each phase (the keys of ``FitResult.timings``) as it starts.
     """
+    check_open_store("store", store)
+    check_fit_config("config", config)
     config.validate()
     device = check_device(config.device)
     try:

@@ -61,7 +61,8 @@ class Vocabulary:
         position = {name: i for i, name in enumerate(self.classes)}
         unknown = [c for c in classes if c not in position]
         if unknown:
-            raise StoreError(f"vocabulary {self.name!r} has no class {unknown[0]!r}"
+            hint = spelled_like(self.classes, "its class")
+            raise StoreError(f"vocabulary {self.name!r} has no class {unknown[0]!r}{hint(unknown[0])}"
                              f"{f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''}")
         rows = np.array([position[c] for c in classes], dtype=np.int64)
         return Vocabulary(self.name, list(classes), self.single[rows], self.ensemble[rows], self.prompt,
@@ -535,6 +536,13 @@ def check_store_or_path(name: str, value: object) -> None:
         raise ParameterError(f"{{{name}}} must be a zsfs.Store or its path, not {literal(repr(value))}")
 
 
+def check_open_store(name: str, value: object) -> None:
+    """ParameterError unless ``value`` is an open :class:`Store` (the functions that work on one;
+    a path failed on an AttributeError inside)."""
+    if not isinstance(value, Store):
+        raise ParameterError(f"{{{name}}} must be an open zsfs.Store (zsfs.Store(path)), not {literal(repr(value))}")
+
+
 def _did_you_mean(path: Path) -> str:
     """``"; did you mean photos.h5?"`` for ``photos`` (the image folder, say) beside the store extract wrote."""
     meant = path.with_suffix(".h5") if path.name else path
@@ -668,10 +676,10 @@ def read_rows(data: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray
         if rows.shape != (len(data),):
             raise ParameterError(f"{{rows}}: a boolean mask of shape {rows.shape} for {len(data):,} rows")
         rows = np.flatnonzero(rows)
-    rows = rows.astype(np.int64, copy=False)
-    rows = np.where(rows < 0, rows + len(data), rows)
+    given = rows.astype(np.int64, copy=False)
+    rows = np.where(given < 0, given + len(data), given)
     if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
-        outside = rows[(rows < 0) | (rows >= len(data))].flat[0]
+        outside = given[(rows < 0) | (rows >= len(data))].flat[0]  # as given: -10001, not -1
         raise ParameterError(f"{{rows}}: row id {outside} is out of range for {len(data):,} rows")
     wanted, order = np.unique(rows, return_inverse=True)
     return gather_rows(data, wanted)[order.reshape(rows.shape)]  # numpy's shapes: one row id, one row

@@ -126,6 +126,8 @@ def refuse_replacing_another_file(master: Path) -> None:
     if master.parent.name.endswith(schema.SHARDS_SUFFIX) and schema.holds_store_parts(master.parent):
         raise StoreError(f"{master} is inside {master.parent}, the folder where a store keeps its shards; "
                          "choose an output outside it")
+    if master.is_dir():  # (the command line refuses it as an option; from Python, --overwrite's unlink failed)
+        raise StoreError(f"{master} is a folder; give a file in it as the store, such as {master / 'STORE.h5'}")
     if not master.is_file():
         return
     if not h5py.is_hdf5(master):
