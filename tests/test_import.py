@@ -139,11 +139,11 @@ def test_row_count_mismatch_is_a_clear_error(inputs):
 def test_import_input_errors(inputs):
     folder = inputs["dir"]
     common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy")
-    with pytest.raises(ZsfsError, match="no path column 'file'.*columns: path, label\\); name it"):
+    with pytest.raises(ZsfsError, match="no path column 'file'.*columns: 'path', 'label'\\); name it"):
         import_store(folder / "o.h5", **common, paths=folder / "paths.csv", path_column="file")
     semicolons = folder / "semicolons.csv"  # a spreadsheet's export in many locales
     semicolons.write_text(folder.joinpath("paths.csv").read_text().replace(",", ";"))
-    with pytest.raises(ZsfsError, match=r"columns: path;label\) \(a \.csv is read with commas between the columns"):
+    with pytest.raises(ZsfsError, match=r"columns: 'path;label'\) \(a \.csv is read with commas between the columns"):
         import_store(folder / "o.h5", **common, paths=semicolons)
     with pytest.raises(ZsfsError, match="no paths table"):
         import_store(folder / "o.h5", **common)
@@ -166,6 +166,23 @@ def test_import_input_errors(inputs):
     (folder / "parts" / "part-0.parquet").write_text("not parquet")
     with pytest.raises(ZsfsError, match="cannot read paths table .*parts"):
         import_store(folder / "o.h5", **common, paths=folder / "parts")
+    # new user: a column named twice was read as its first (extract's lists refuse it); polars' own
+    # advice (infer_schema_length, ignore_errors) and error names came through; no line for bad bytes
+    rows = "".join(f"photos/{i:03d}.jpg,{label}\n" for i, label in enumerate(inputs["labels"]))
+    for name, text, said in (
+            ("twice.csv", "path,path,label\n" + rows.replace(",", ",x,"), "the header names the column 'path' twice; "
+             "name each column once"),
+            ("spaced.csv", "path , path,label\n" + rows, "the header names the column 'path' twice"),
+            ("empty.csv", "", "it is empty; it needs a header line (such as path,label) and a line per image"),
+            ("quote.csv", 'path,label\n"photos/000.jpg,cat\n', "a quote is not closed"),
+            ("latin1.csv", "path,label\n" + "".join(rows.splitlines(keepends=True)[:2]), None)):
+        data = text.encode() if said else (text + "caf\xe9.jpg,cat\n").encode("latin-1")
+        (folder / name).write_bytes(data)
+        with pytest.raises(ZsfsError) as raised:
+            import_store(folder / "o.h5", **common, paths=folder / name)
+        expected = said or f"it is not UTF-8 text (first at line {text.count(chr(10)) + 1}); save it as UTF-8"
+        assert expected in str(raised.value) and "infer_schema" not in str(raised.value), raised.value
+    assert not (folder / "o.h5").exists()
 
 
 def test_parquet_parts_with_other_extra_columns_are_read_as_one_table(inputs):
@@ -448,6 +465,29 @@ def test_a_fit_on_a_vocabulary_without_an_ensemble_records_the_single_prompts_it
     with Store(master) as store:
         assert store.vocabulary("one").prompts_used("ensemble") == "ensemble"
         assert store.vocabulary("pets").prompts_used("ensemble") == "single"
+
+
+def test_an_unfinished_import_names_its_labels_and_vocabularies_and_its_rerun_without_them_is_told(inputs):
+    """New user: a store whose import stopped among its shards said "started ... with --shard-size 40 and
+    --dtype float16", not that it had labels from --label-column or its --vocab; and the rerun that left
+    --label-column out got extract's "the source's file names or labels changed ... --overwrite"."""
+    folder = inputs["dir"]
+    command = ["import", folder / "u.h5", "--clip-embeddings", folder / "clip.npy", "--backbone-features",
+               folder / "backbone.npy", "--paths", folder / "paths.csv", "--shard-size", "20"]
+    vocab = ["--vocab", f"pets={folder / 'pets.npz'}"]
+    assert run_cli(*command, "--label-column", "label", *vocab).exit_code == 0
+    (folder / "u.h5").unlink()  # the state a kill among the shards leaves: shards, no master
+    (folder / "u.shards" / "shard-00002.h5").unlink()
+    said = " ".join(output_text(run_cli("info", folder / "u.h5")).split())
+    assert ("--shard-size 20, --dtype float16, labels from a --label-column and --vocab pets, and 2 of its 3 shard "
+            "files are there; rerun the command that builds it to finish") in said, said
+    rerun = run_cli(*command, *vocab)
+    said = " ".join(output_text(rerun).split())
+    assert rerun.exit_code == 1 and "u.h5 was imported with --label-column label: pass it again" in said, said
+    assert "changed" not in said and not (folder / "u.h5").exists()
+    assert run_cli(*command, "--label-column", "label", *vocab).exit_code == 0  # as the messages say
+    with Store(folder / "u.h5") as store:
+        assert store.labels().tolist() == inputs["labels"] and store.vocabulary_names() == ["pets"]
 
 
 def test_an_import_stopped_between_its_vocabularies_is_named_not_fitted_on_the_other(inputs):
@@ -803,6 +843,18 @@ def test_embeddings_read_from_another_place_are_named_as_such(inputs, monkeypatc
                                                  rf"{folder / 'clip.npy'}, this run reads {folder / 'moved' / 'clip.npy'}\); "
                                                  "pass --overwrite"):
         import_store("s.h5", clip_embeddings="moved/clip.npy", backbone_features="backbone.npy", paths="paths.csv")
+
+
+def test_a_header_and_labels_with_spaces_are_read_as_extract_reads_a_list(inputs):
+    """New user: "path, label" named the column " label" (the error showed "columns: path,  label"), and
+    --label-column " label" stored the classes " cat" and " dog", which no class name matches."""
+    folder = inputs["dir"]
+    rows = "".join(f"{path}, {label} \n" for path, label in zip(inputs["paths"], inputs["labels"]))
+    (folder / "spaced.csv").write_text("path, label\n" + rows)
+    import_store(folder / "s.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                 paths=folder / "spaced.csv", label_column="label")
+    with Store(folder / "s.h5") as store:
+        assert store.labels().tolist() == inputs["labels"] and store.paths().tolist() == inputs["paths"]
 
 
 def test_path_and_label_columns_that_are_not_one_text_per_row_are_one_clear_line(inputs):

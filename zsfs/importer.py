@@ -164,13 +164,46 @@ def read_table(location: Path) -> "pl.DataFrame":
             return pl.concat([read_parquet(file) for file in files], how="diagonal_relaxed")  # parts may add columns
         if suffix in (".csv", ".tsv"):
             with open(location, "rb") as handle:  # polars takes only UTF-8 paths; Python files work for any
-                return pl.read_csv(handle, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
+                table = pl.read_csv(handle, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
+            return _header_checked(table, location)
     except (pl.exceptions.PolarsError, OSError) as error:
-        if "more fields than defined" in str(error):  # polars' advice (truncate_ragged_lines) is no zsfs option
-            raise ZsfsError(f"cannot read paths table {location}: a line has more fields than the header (a "
-                            "separator inside a path or label must be quoted: \"a,b.jpg\")") from None
-        raise ZsfsError(f"cannot read paths table {location}: {one_line(error)}") from None
-    raise ZsfsError(f"paths table {location}: expected a .parquet or .csv file")
+        raise ZsfsError(f"cannot read paths table {location}: {_table_error(error, location)}") from None
+    raise ZsfsError(f"paths table {location}: expected a .parquet, .csv or .tsv (tab-separated) file")
+
+
+_DUPLICATED = re.compile(r"^(?P<name>.*)_duplicated_\d+$")  # polars' name for a header's second column of a name
+
+
+def _header_checked(table: "pl.DataFrame", location: Path) -> "pl.DataFrame":
+    """``table`` with its column names stripped, as extract's lists take them ("path, label" names
+    "label"), refusing a name given twice (polars renames the second "path_duplicated_0")."""
+    names = [name.strip() for name in table.columns]
+    twice = [match["name"].strip() for name in table.columns if (match := _DUPLICATED.match(name))
+             and match["name"] in table.columns] or repeated(names)
+    if twice:
+        raise ZsfsError(f"paths table {location}: the header names the column {twice[0]!r} twice; name each column "
+                        "once")
+    return table.rename(dict(zip(table.columns, names)))
+
+
+def _table_error(error: Exception, location: Path) -> str:
+    """What is wrong with a CSV polars cannot read, in zsfs' words: its advice names options of its own."""
+    text = str(error)
+    if "more fields than defined" in text:  # (truncate_ragged_lines)
+        return "a line has more fields than the header (a separator inside a path or label must be quoted: \"a,b.jpg\")"
+    if "not properly escaped" in text:  # (infer_schema_length, ignore_errors, ...)
+        return ("a quote is not closed (a field that starts with \" ends with \"; a quote inside it is written \"\"), "
+                "or a quote stands inside an unquoted field")
+    if "empty CSV" in text:
+        return "it is empty; it needs a header line (such as path,label) and a line per image"
+    if "invalid utf-8" in text:
+        data = location.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:  # the line to fix in a table of a million rows
+            line = data.count(b"\n", 0, bad.start) + 1
+            return f"it is not UTF-8 text (first at line {line}); save it as UTF-8"
+    return one_line(error)
 
 
 def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...], what: str) -> list[str]:
@@ -182,7 +215,7 @@ def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...],
         wanted = name or " or ".join(candidates)
         separated = (" (a .csv is read with commas between the columns, a .tsv with tabs)"
                      if len(table.columns) == 1 and any(mark in table.columns[0] for mark in ";\t|") else "")
-        raise ZsfsError(f"the paths table has no {what} column {wanted!r} (columns: {', '.join(table.columns)})"
+        raise ZsfsError(f"the paths table has no {what} column {wanted!r} (columns: {', '.join(map(repr, table.columns))})"
                         f"{separated}; name it with --{what}-column")
     values = table.get_column(names[0])
     if values.dtype.is_nested():  # a list or struct per row: its text would be '["cat"]' or '{"cat"}'
@@ -195,6 +228,8 @@ def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...],
     except pl.exceptions.PolarsError as error:  # bytes that are not UTF-8 text, ...
         raise ZsfsError(f"{what} column {names[0]!r} cannot be read as text ({one_line(error)}); it must hold "
                         "one UTF-8 text value per row") from None
+    if what == "label":  # as extract's lists and class names take them: " cat" is the class "cat"
+        values = values.str.strip_chars()
     empty = missing | (values.str.len_bytes() == 0)
     if empty.any():  # no file is named "", and a label "" would be a class without a name
         raise ZsfsError(f"{what} column {names[0]!r} has {counted(int(empty.sum()), 'empty value')} (first: row "
@@ -348,7 +383,7 @@ def import_store(
     loaded = {name: load_vocabulary(Path(file), clip.shape[1]) for name, file in (vocabularies or {}).items()}
     earlier = {} if overwrite else recorded_identity(out)  # the store being resumed or added to, if any
     source = recorded_location(table_location, earlier.get("source"))
-    if out.is_file() and not overwrite:
+    if earlier:  # a finished store or the shards of a stopped import (and not --overwrite)
         try:
             refuse_another_listing(out, {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
                                          "n_items": len(image_paths)})

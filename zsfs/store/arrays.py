@@ -126,6 +126,8 @@ def _write_shards_and_master(master: Path, identity: dict, layout: dict, feature
         pending = writer.pending_shards()
         if not overwrite:  # the rows this run writes, before it writes any: a bad row must not leave half a store
             refuse_unusable_rows(features, [writer.shard_bounds(shard) for shard in pending])
+        # before the shards: a stop among them leaves a store whose error names the vocabularies to ask for again
+        write_planned_vocabularies(writer.shards_dir, writer.identity, planned, planned_by)
         for shard in pending:
             start, stop = writer.shard_bounds(shard)
             rows = slice(start, stop)
@@ -139,7 +141,6 @@ def _write_shards_and_master(master: Path, identity: dict, layout: dict, feature
             ))
             if progress is not None:
                 progress(stop - start)
-        write_planned_vocabularies(writer.shards_dir, writer.identity, planned, planned_by)
         return writer.finish(attrs, shards_written=bool(pending), exact_max=exact_max), writer.identity
 
 

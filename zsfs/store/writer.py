@@ -22,6 +22,7 @@ import numpy as np
 
 from zsfs.errors import StoreError, StoreMismatchError
 from zsfs.store import schema
+from zsfs.store.extras import planned_vocabularies
 from zsfs.store.files import (LOCK_SUFFIX, acquire_lock, damaged_master_advice, master_file, new_hdf5, release_lock, remove_file, remove_leftover_temp_files,
                               temp_files_of, written_elsewhere)
 from zsfs.store.hdf5 import (canonical_json, masters_reading, read_identity, read_strings, shard_folders_named,
@@ -490,12 +491,30 @@ def unfinished_run(master: Path) -> str:
         return f"{named} {record.get('name')}{config} / {weights}"
 
     max_pixels = identity.get("max_pixels")  # recorded only when not the default
-    budget = f", --max-pixels {max_pixels}" if max_pixels else ""
-    layout = f"--shard-size {shard_size}{budget} and --dtype {identity.get('dtype')}"
-    files = len(list(schema.shard_dir(master).glob(schema.SHARD_GLOB)))
+    options = [f"--shard-size {shard_size}", *([f"--max-pixels {max_pixels}"] if max_pixels else []),
+               f"--dtype {identity.get('dtype')}"]
+    shard_files = sorted(schema.shard_dir(master).glob(schema.SHARD_GLOB))
+    clip = identity.get("clip")
+    imported = isinstance(clip, dict) and clip.get("weights") == schema.IMPORTED_WEIGHTS
+    if imported and _holds_labels(shard_files):  # a folder's labels come with it; an import's from an option
+        options.append("labels from a --label-column")
+    planned, _ = planned_vocabularies(schema.shard_dir(master), identity)
+    if planned:
+        options.append(f"--vocab {', '.join(planned)}")
     return (f"; it was started from {identity.get('source')} with {model('clip', 'CLIP')}, "
-            f"{model('backbone', 'backbone')}, {layout}, and {files} of its {math.ceil(n_items / shard_size)} shard "
-            "files are there")
+            f"{model('backbone', 'backbone')}, {', '.join(options[:-1])} and {options[-1]}, and {len(shard_files)} of "
+            f"its {math.ceil(n_items / shard_size)} shard files are there")
+
+
+def _holds_labels(shard_files: list[Path]) -> bool:
+    """Whether the first readable of ``shard_files`` holds labels (every shard of a store or none)."""
+    for path in shard_files:
+        try:
+            with h5py.File(path, "r") as file:
+                return schema.LABEL in file
+        except OSError:  # a damaged shard: the next one tells
+            continue
+    return False
 
 
 def mismatch_error(path: Path, found: dict | None, expected: dict) -> StoreMismatchError:
