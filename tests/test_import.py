@@ -801,7 +801,12 @@ def test_a_vocabulary_file_that_is_no_usable_npz_gets_its_own_reason(inputs):
     np.savez(folder / "objects.npz", classes=np.array(["cat", "dog"], dtype=object), single=inputs["text"])
     np.savez(folder / "square.npz", classes=np.array([["cat", "dog"], ["owl", "emu"]]), single=inputs["text"])
     (folder / "fake.npz").write_text("classes,cat,dog\n")
-    refused = {"objects.npz": "holds an object array; save its classes as a string array",
+    # new user: a misspelled "ensembel" was ignored without a word (every fit then used the single prompt)
+    np.savez(folder / "typo.npz", classes=np.array(["cat", "dog"]), single=inputs["text"], ensembel=inputs["text"])
+    np.savez(folder / "extra.npz", classes=np.array(["cat", "dog"]), single=inputs["text"], model=np.array("x"))
+    refused = {"typo.npz": "has an array 'ensembel'; did you mean 'ensemble'[?] zsfs reads classes, single, ensemble, "
+                           "n_templates$",
+               "objects.npz": "holds an object array; save its classes as a string array",
                "square.npz": r"classes has shape \(2, 2\); expected one name per class, a 1-d array",
                "paths.csv": r"is not an .npz file \(numpy.savez",
                "fake.npz": r"is not an .npz file \(numpy.savez"}
@@ -811,6 +816,8 @@ def test_a_vocabulary_file_that_is_no_usable_npz_gets_its_own_reason(inputs):
                          paths=folder / "paths.csv", vocabularies={"pets": folder / name})
         assert "pickle" not in str(caught.value), name
     assert not (folder / "v.h5").exists()
+    import_store(folder / "v.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                 paths=folder / "paths.csv", vocabularies={"pets": folder / "extra.npz"})  # another tool's own array
 
 
 def test_a_rerun_through_a_link_to_the_store_is_refused(inputs):

@@ -13,6 +13,7 @@ Accepted inputs for image embeddings / backbone features:
 
 from __future__ import annotations
 
+import difflib
 import re
 import zipfile
 from collections.abc import Callable, Iterator
@@ -258,6 +259,10 @@ class ImportedVocabulary:
     n_templates: int  # 1 when the file had no ensemble (the single prompt stands in); 0 = unknown
 
 
+VOCABULARY_KEYS = ("classes", "single", "ensemble", "n_templates")
+"""The arrays an imported vocabulary's .npz holds (the last two optional); others are not read."""
+
+
 def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
     """Text embeddings from an ``.npz`` with ``classes``, ``single`` and optionally ``ensemble``
     (and ``n_templates``), each a row of ``width`` (the CLIP embeddings') per class."""
@@ -273,6 +278,12 @@ def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
         raise ZsfsError(f"cannot read vocabulary file {file} ({error})") from None
     except OSError as error:
         raise ZsfsError(f"cannot read vocabulary file {file} ({error})") from None
+    misspelled = {key: close[0] for key in sorted(set(arrays) - set(VOCABULARY_KEYS))
+                  if (close := difflib.get_close_matches(key.lower(), VOCABULARY_KEYS, n=1, cutoff=0.75))}
+    if misspelled:  # "ensembel" was ignored: the store then had no ensemble, and every fit used the single prompt
+        key, meant = next(iter(misspelled.items()))
+        raise ZsfsError(f"vocabulary file {file} has an array {key!r}; did you mean {meant!r}? zsfs reads "
+                        f"{', '.join(VOCABULARY_KEYS)}")
     missing = {"classes", "single"} - set(arrays)
     if missing:
         raise ZsfsError(f"vocabulary file {file} lacks {sorted(missing)} (has {sorted(arrays)})")
