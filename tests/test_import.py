@@ -587,6 +587,10 @@ def test_a_rerun_with_other_embeddings_does_not_reuse_the_old_shards(inputs):
     np.save(folder / "clip.npy", unit_rows(N, D_CLIP, 9))  # exported again, same shape
     with pytest.raises(ZsfsError, match="--overwrite"):
         import_store(folder / "r.h5", **common)
+    np.save(folder / "clip.npy", unit_rows(N, D_CLIP, 9).astype(np.float16))  # and at another size
+    with pytest.raises(ZsfsError, match=rf"its clip embeddings changed since the store was built \(clip.npy: "
+                                        rf"{N * D_CLIP * 4 + 128:,} bytes then, {N * D_CLIP * 2 + 128:,} now\)"):
+        import_store(folder / "r.h5", **common)
     import_store(folder / "r.h5", **common, overwrite=True)
     with Store(master) as store:
         np.testing.assert_allclose(store.read("clip"), unit_rows(N, D_CLIP, 9), atol=1e-3)
@@ -608,8 +612,11 @@ def test_a_rerun_after_rows_changed_in_place_outside_the_sample_is_refused(tmp_p
     exported[row] *= -1
     exported.flush()
     del exported
-    with pytest.raises(ZsfsError, match="--overwrite"):
+    with pytest.raises(ZsfsError, match="--overwrite") as raised:
         import_store(tmp_path / "s.h5", **common)
+    # new user: the message held both records' file lists, hashes and times (~1,000 characters)
+    assert "differs in clip; its clip embeddings changed since the store was built (clip.npy: other content))" in \
+        str(raised.value) and "imported_files" not in str(raised.value), raised.value
     import_store(tmp_path / "s.h5", **common, overwrite=True)
     with Store(master) as store:
         np.testing.assert_allclose(store.read("clip")[row], -unit_rows(n, 4, 0)[row], atol=1e-3)

@@ -539,6 +539,23 @@ def _short(value) -> str:
     return text[:12] + "..." if len(text) > 16 and all(c in "0123456789abcdef" for c in text) else text
 
 
+def _changed_files(then: object, now: object) -> str:
+    """Which of an import's files (``[name, size, time, sha256]`` each) differ: "changed since the
+    store was built (clip.npy: other content)", not two lists of hashes and times."""
+    recorded = {entry[0]: entry for entry in then if isinstance(entry, list) and entry} if isinstance(then, list) else {}
+    changes = []
+    for entry in now if isinstance(now, list) else []:
+        known = recorded.pop(entry[0], None)
+        if known is None:
+            changes.append(f"{entry[0]}: new")
+        elif known[1:2] != entry[1:2] and all(isinstance(sizes[1], int) for sizes in (known, entry)):
+            changes.append(f"{entry[0]}: {known[1]:,} bytes then, {entry[1]:,} now")
+        elif known != entry:
+            changes.append(f"{entry[0]}: other content")
+    changes += [f"{name}: gone" for name in recorded]
+    return f"changed since the store was built ({'; '.join(changes) or 'its files differ'})"
+
+
 def describe_difference(found: dict | None, expected: dict) -> str:
     if found is None:
         return "it records no identity"
@@ -568,6 +585,8 @@ def describe_difference(found: dict | None, expected: dict) -> str:
         if _without(then, "imported_from") == _without(now, "imported_from"):  # the same embeddings, moved
             text += (f"; its {key} embeddings were imported from {then['imported_from']}, this run reads "
                      f"{now['imported_from']}")
+        elif _without(then, "imported_files") == _without(now, "imported_files"):  # the same files, written again
+            text += f"; its {key} embeddings {_changed_files(then.get('imported_files'), now.get('imported_files'))}"
         elif _without(then, "weights_fingerprint") == _without(now, "weights_fingerprint"):  # a tag's weights
             text += (f"; it was built by an earlier zsfs, which did not record the values of its {key} weights"
                      if then.get("weights_fingerprint") is None else
