@@ -350,8 +350,18 @@ def test_cli_import_in_a_log_says_how_far_it_got(inputs, monkeypatch):
                      folder / "backbone.npy", "--paths", folder / "paths.csv", "--shard-size", "25")
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("import:")]
-    assert lines == ["import: 25 rows written...", "import: 50 rows written...", f"import: {N} rows written..."], \
-        result.output
+    # new user: no total, and nothing during the index and master (minutes at scale), nor of a resume
+    assert lines == [f"import: 25 of {N} rows written...", f"import: 50 of {N} rows written...",
+                     f"import: {N} of {N} rows written; building the index and the master..."], result.output
+    (folder / "log.h5").unlink()
+    (folder / "log.shards" / "shard-00001.h5").unlink()
+    monkeypatch.setattr(zsfs.cli.store, "LOG_SECONDS", 1000.0)  # the first line and the last
+    result = run_cli("import", folder / "log.h5", "--clip-embeddings", folder / "clip.npy", "--backbone-features",
+                     folder / "backbone.npy", "--paths", folder / "paths.csv", "--shard-size", "25")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith(("import:", "Resuming"))]
+    assert lines == ["Resuming: 2 of the 3 shards were finished by an earlier run and are kept; 1 shard is written now.",
+                     "import: 25 of 25 rows written; building the index and the master..."], result.output
 
 
 def test_cli_import_names_paths_given_twice(inputs):

@@ -397,10 +397,7 @@ def extract(
             pending = writer.pending_shards()
             # a shard is renamed into place whole: a file there that is still pending is damaged
             repaired = [writer.shard_path(shard).name for shard in pending if writer.shard_path(shard).is_file()]
-            if on_resume is not None and 0 < len(pending) < writer.n_shards:
-                on_resume(writer.n_shards - len(pending), writer.n_shards)
-            if on_start is not None:
-                on_start(sum(stop - start for start, stop in map(writer.shard_bounds, pending)))
+            writer.announce(pending, on_start, on_resume)
             embedding_started = time.perf_counter()
             try:
                 processed = embedder.write_shards(writer, pending, on_batch)

@@ -351,15 +351,17 @@ def import_store(
     dtype: str = "float16",
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_resume: Callable[[int, int], None] | None = None,
 ) -> ImportSummary:
     """Build the store ``out`` from precomputed, row-aligned embeddings.
 
     ``paths`` may be omitted when ``clip_embeddings`` is a clip-retrieval output folder (its
     ``metadata/`` parts are used). All inputs must list the same images in the same order.
-    ``progress`` is passed to :func:`write_store`.
+    ``progress``, ``on_start`` and ``on_resume`` are passed to :func:`write_store`.
     """
     _check_arguments(out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies,
-                     clip_name, backbone_name, shard_size, dtype, overwrite, progress)
+                     clip_name, backbone_name, shard_size, dtype, overwrite, progress, on_start, on_resume)
     out, clip_embeddings, backbone_features = Path(out), Path(clip_embeddings), Path(backbone_features)
     try:
         check_writable(out, "store", beside=names_beside(out))
@@ -422,6 +424,8 @@ def import_store(
             dtype=dtype,
             overwrite=overwrite,
             progress=progress,
+            on_start=on_start,
+            on_resume=on_resume,
         )
         refuse_other_vocabularies(master, loaded, overwrite)  # again: shards this run repaired hid them before
         for name, vocabulary in loaded.items():
@@ -464,7 +468,7 @@ def _label_column_hint(out: Path, table: "pl.DataFrame", image_paths: list[str],
 
 
 def _check_arguments(out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies,
-                     clip_name, backbone_name, shard_size, dtype, overwrite, progress) -> None:
+                     clip_name, backbone_name, shard_size, dtype, overwrite, progress, on_start, on_resume) -> None:
     """ParameterError for an argument of :func:`import_store` of the wrong kind, before anything is
     read (``overwrite="no"`` is true: it would replace the store)."""
     for name, value in (("out", out), ("clip_embeddings", clip_embeddings), ("backbone_features", backbone_features)):
@@ -485,7 +489,7 @@ def _check_arguments(out, clip_embeddings, backbone_features, paths, path_column
     check_at_least("shard_size", shard_size, 1)
     check_choice("dtype", dtype, schema.EMBEDDING_DTYPES)
     check_parameter_type("overwrite", overwrite, bool)
-    check_callbacks(progress=progress)
+    check_callbacks(progress=progress, on_start=on_start, on_resume=on_resume)
 
 
 def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:

@@ -508,6 +508,15 @@ class _ItemsPerSecond(ProgressColumn):
         return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"… {self.unit}/s", style="progress.data.speed")
 
 
+def resuming_line(kept: int, n_shards: int, done: str) -> str:
+    """What a rerun of a stopped extract or import keeps, said before its work (``done``: what
+    happens to the other shards now, "embedded", "written")."""
+    left = n_shards - kept
+    return (f"Resuming: {kept:,} of the {counted(n_shards, 'shard')} {'was' if kept == 1 else 'were'} finished by an "
+            f"earlier run and {'is' if kept == 1 else 'are'} kept; {counted(left, 'shard')} {'is' if left == 1 else 'are'} "
+            f"{done} now.")
+
+
 LOG_SECONDS = 10.0
 """Where no terminal shows a bar (a log of nohup, Slurm, CI), a line of progress this often."""
 

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, console, image_progress, model_precision_option,
-                             note_a_borrowed_shards_folder, note_precision_off_cuda, noting_made_folders, shown,
+                             note_a_borrowed_shards_folder, note_precision_off_cuda, noting_made_folders, resuming_line, shown,
                              usage_check)
 from zsfs.devices import DEVICES
 from zsfs.names import counted, pairs_text, some_names
@@ -95,10 +95,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 
         def on_resume(kept: int, n_shards: int) -> None:  # said before the work: the summary alone came last
             loading.stop()
-            left = n_shards - kept
-            console.print(f"Resuming: {kept:,} of the {counted(n_shards, 'shard')} {'was' if kept == 1 else 'were'} "
-                          f"finished by an earlier run and {'is' if kept == 1 else 'are'} kept; {counted(left, 'shard')} "
-                          f"{'is' if left == 1 else 'are'} embedded now.")
+            console.print(resuming_line(kept, n_shards, "embedded"))
 
         loading.start()
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import (LOG_SECONDS, OVERWRITING, GivenPath, console, image_progress,
+from zsfs.cli.common import (LOG_SECONDS, OVERWRITING, GivenPath, console, image_progress, resuming_line,
                              note_a_borrowed_shards_folder, note_emulated_bf16, noting_made_folders, shown)
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
@@ -72,23 +72,35 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
     from zsfs.importer import import_store
 
     click.get_current_context().meta[OVERWRITING] = overwrite
-    written, logged_at = 0, -math.inf  # in a log: a line at the first shard, then every LOG_SECONDS
+    written, total, logged_at = 0, 0, -math.inf  # in a log: a line at the first shard, then every LOG_SECONDS
     with console.status("Importing embeddings...", logged=True) as status:
+
+        def on_resume(kept: int, n_shards: int) -> None:
+            status.stop()
+            console.print(resuming_line(kept, n_shards, "written"))
+            status.start()
+
+        def on_start(rows: int) -> None:
+            nonlocal total
+            total = rows
 
         def progress(rows: int) -> None:
             nonlocal written, logged_at
             written += rows
+            last = written >= total
+            said = f"{written:,} of {total:,} rows written" + ("; building the index and the master" if last else "")
             if console.is_terminal:  # a spinner; lines in a log (Slurm, nohup), where it looked hung
-                status.update(f"Importing embeddings: {written:,} rows written; then the index")
-            elif time.monotonic() - logged_at >= LOG_SECONDS:
+                status.update(f"Importing embeddings: {said}")
+            elif last or time.monotonic() - logged_at >= LOG_SECONDS:  # the index and master take minutes at scale
                 status.stop()  # its own lines from here on
-                console.print(f"import: {written:,} rows written...")
+                console.print(f"import: {said}...")
                 logged_at = time.monotonic()
 
         summary = import_store(out, clip_embeddings=clip_embeddings, backbone_features=backbone_features,
                               paths=paths_table, path_column=path_column, label_column=label_column,
                               vocabularies=vocabularies, clip_name=clip_name, backbone_name=backbone_name,
-                              shard_size=shard_size, dtype=dtype, overwrite=overwrite, progress=progress)
+                              shard_size=shard_size, dtype=dtype, overwrite=overwrite, progress=progress,
+                              on_start=on_start, on_resume=on_resume)
     from zsfs.store import Store  # not at the top: h5py would load for every command's --help
 
     with Store(summary.master) as store:

@@ -39,6 +39,8 @@ def write_store(
     overwrite: bool = False,
     exact_max: int = EXACT_MAX,
     progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_resume: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write a complete store from row-aligned arrays; returns the master's path.
 
@@ -49,7 +51,9 @@ def write_store(
     :func:`write_vocabulary` directly to record other prompts (``planned_vocabularies``: the names the
     caller writes so, after this returns, recorded with these as ``planned_by``'s plan, which names a
     vocabulary missing after a stop: a command, ``"zsfs ..."``, or the Python function called). ``progress(rows)`` is called
-    after each shard with the number of rows it wrote (for progress bars). A rerun over a complete
+    after each shard with the number of rows it wrote (for progress bars); before the first, ``on_resume(kept,
+    n_shards)`` hears how many shards an earlier, stopped run finished (when it finished some) and
+    ``on_start(rows)`` how many rows this run writes, as ``zsfs.extract``'s do. A rerun over a complete
     store with the same identity writes no shard and keeps its master (and index, ``exact_max``
     included) and neighbour graph; one that would also write the same vocabularies writes nothing
     (and so succeeds on a read-only copy of the store).
@@ -93,7 +97,8 @@ def write_store(
                                            width=width, height=height, attrs={schema.ATTR_SOURCE: str(source),
                                            schema.ATTR_CLIP: clip_info, schema.ATTR_BACKBONE: backbone_info},
                                            planned=planned, planned_by=planned_by, overwrite=overwrite,
-                                           exact_max=exact_max, progress=progress)
+                                           exact_max=exact_max, progress=progress, on_start=on_start,
+                                           on_resume=on_resume)
     path, recorded = written
     for name, (classes, single, ensemble) in (vocabularies or {}).items():
         write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
@@ -120,7 +125,9 @@ def _written_already(master: Path, identity: dict, layout: dict, planned: list[s
 
 def _write_shards_and_master(master: Path, identity: dict, layout: dict, features: dict, *, paths, labels, width,
                              height, attrs: dict, planned: list[str], planned_by: str, overwrite: bool,
-                             exact_max: int, progress: Callable[[int], None] | None) -> tuple[Path, dict]:
+                             exact_max: int, progress: Callable[[int], None] | None,
+                             on_start: Callable[[int], None] | None,
+                             on_resume: Callable[[int, int], None] | None) -> tuple[Path, dict]:
     clip, backbone = features.values()
     with StoreWriter(master, identity, **layout, overwrite=overwrite) as writer:
         pending = writer.pending_shards()
@@ -128,6 +135,7 @@ def _write_shards_and_master(master: Path, identity: dict, layout: dict, feature
             refuse_unusable_rows(features, [writer.shard_bounds(shard) for shard in pending])
         # before the shards: a stop among them leaves a store whose error names the vocabularies to ask for again
         write_planned_vocabularies(writer.shards_dir, writer.identity, planned, planned_by)
+        writer.announce(pending, on_start, on_resume)
         for shard in pending:
             start, stop = writer.shard_bounds(shard)
             rows = slice(start, stop)

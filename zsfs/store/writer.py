@@ -356,6 +356,15 @@ class StoreWriter:
         changed = [shard for shard in self.shards_changed_since_master() if shard not in pending]
         return sorted(pending + [shard for shard in changed if not self._reads_whole(shard)])
 
+    def announce(self, pending: Sequence[int], on_start: Callable[[int], None] | None,
+                 on_resume: Callable[[int, int], None] | None) -> None:
+        """Tell ``on_resume(kept, n_shards)`` how many shards an earlier run finished (when it finished
+        some, not all), then ``on_start(items)`` how many items the ``pending`` shards hold."""
+        if on_resume is not None and 0 < len(pending) < self.n_shards:
+            on_resume(self.n_shards - len(pending), self.n_shards)
+        if on_start is not None:
+            on_start(sum(stop - start for start, stop in map(self.shard_bounds, pending)))
+
     def _reads_whole(self, shard: int) -> bool:
         """True when every dataset of the shard's file reads through its checksums."""
         path = self.shard_path(shard)
