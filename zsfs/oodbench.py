@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,6 +80,21 @@ def summarize(splits: Sequence[SplitResult]) -> dict[str, float]:
     return summary
 
 
+def _vocabulary_naming(store: "Store", labels: list[str], asked: str) -> str:
+    """``"vocabulary 'x' names all 10 of them: choose it with --vocab x"`` for the store's other
+    vocabulary naming most of ``labels`` (NFC, as labels are compared); "" when none names one."""
+    named = {}
+    for name in store.vocabulary_names():
+        if name != asked:
+            with suppress(ZsfsError):  # a damaged or unwritten vocabulary: the others may do
+                named[name] = len(set(labels) & set(composed_names(store.vocabulary(name).classes).tolist()))
+    best = max(named, key=named.__getitem__, default=None)
+    if best is None or not named[best]:
+        return ""
+    share = "all" if named[best] == len(labels) else f"{named[best]}"
+    return f"vocabulary {best!r} names {share} of them: choose it with --vocab {best}"
+
+
 @checked_arguments
 def ood_bench(
     store: "Store",
@@ -127,9 +143,10 @@ def ood_bench(
     always_ood = [name for name in label_classes if name not in spelled]
     if not eligible:
         near = near_spellings(label_classes, vocabulary_classes, "its class")  # compared exactly: say which differ
+        other = _vocabulary_naming(store, label_classes, vocab_name)
         raise ZsfsError(f"none of the store's {len(label_classes)} label classes is in vocabulary {vocab_name!r}"
-                        f"{f' (labels {some_names(near, 3, with_count=False)})' if near else ''}; "
-                        f"add a vocabulary of the label names with {store.how_to_add_a_vocabulary()}")
+                        f"{f' (labels are compared exactly: {some_names(near, 3, with_count=False)})' if near else ''}; "
+                        + (other or f"add a vocabulary of the label names with {store.how_to_add_a_vocabulary()}"))
     if not isinstance(id_classes, (int, np.integer)):
         given = dict.fromkeys(zip(map(str, id_classes), composed_names(list(id_classes)).tolist()))
         unnamed = [name for name, composed in given if composed in always_ood]
