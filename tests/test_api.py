@@ -235,7 +235,8 @@ def test_the_writers_and_the_benchmark_check_their_arguments_before_any_work(tmp
                            (dict(vocabularies=["a.npz"]), "vocabularies must be a dict of vocabulary name: .npz file, "
                                                           "not ['a.npz']"),
                            (dict(clip_embeddings=5), "clip_embeddings must be a path (a str or pathlib.Path), not 5"),
-                           (dict(dtype="int8"), "dtype must be one of float16, float32, not 'int8'")):
+                           (dict(dtype="int8"), "dtype must be one of float16, float32, not 'int8'"),
+                           (dict(clip_name=" "), "clip_name is empty; give the model's name (it is shown and recorded)")):
         with pytest.raises(zsfs.ParameterError) as raised:
             import_store(store_path, **{**files, **wrong})
         assert str(raised.value) == message

@@ -477,6 +477,8 @@ def _check_arguments(out, clip_embeddings, backbone_features, paths, path_column
         check_path_type("paths", paths)
     for name, value in (("clip_name", clip_name), ("backbone_name", backbone_name)):
         check_parameter_type(name, value, str)
+        if not value.strip():  # an unset shell variable: a blank name in every table
+            raise ParameterError(f"{{{name}}} is empty; give the model's name (it is shown and recorded)")
     for name, value in (("path_column", path_column), ("label_column", label_column)):
         if value is not None:
             check_parameter_type(name, value, str)

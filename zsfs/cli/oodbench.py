@@ -149,7 +149,7 @@ def _table(metrics: dict) -> Table:
         table.add_row(title, _pm(metrics, f"{detector.bench_prefix}auroc"), _pm(metrics, f"{detector.bench_prefix}fpr95"))
     table.add_section()
     table.add_row("ID accuracy: zsfs", _pm(metrics, "id_accuracy"), "")
-    table.add_row("ID accuracy: zero-shot CLIP", _pm(metrics, "zero_shot_id_accuracy"), "")
+    table.add_row("ID accuracy: zero-shot", _pm(metrics, "zero_shot_id_accuracy"), "")  # (imported: maybe no CLIP)
     return table
 
 

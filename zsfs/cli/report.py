@@ -17,7 +17,8 @@ from zsfs.errors import MAX_SEED
               help="HTML file to write (its name ends in .html or .htm), replaced if it exists, unless read-only "
                    "[RUN_DIR/report.html].")
 @click.option("--images", type=GivenPath(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Folder the store's image paths are relative to, if the images moved [the store's source].")
+              help="Folder the store's image paths are relative to, if the images moved [the store's source: its "
+                   "folder, or the folder of its list or, for an import, of its paths table].")
 @click.option("--per-class", type=click.IntRange(min=1), default=None,
               help="Seeds and sampled predictions shown per class [up to 8, fewer for many classes].")
 @click.option("--ood-images", type=click.IntRange(min=0), default=48, show_default=True,

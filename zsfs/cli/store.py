@@ -41,15 +41,20 @@ def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple
 @click.command("import", short_help="Build a store from embeddings computed elsewhere.")
 @click.argument("out", type=GivenPath(dir_okay=False, path_type=Path, file_in_folder="STORE.h5"))
 @click.option("--clip-embeddings", required=True, type=GivenPath(exists=True, path_type=Path),
-              help="CLIP image embeddings: .npy file, folder of .npy parts, or a clip-retrieval output folder.")
+              help="CLIP image embeddings, an (N, D) float array with finite, non-zero rows: a .npy file, a folder "
+                   "of .npy parts, or a clip-retrieval output folder.")
 @click.option("--backbone-features", required=True, type=GivenPath(exists=True, path_type=Path),
-              help="Backbone features, row-aligned with the CLIP embeddings (same forms).")
+              help="Backbone features, row-aligned with the CLIP embeddings (same forms, any width).")
 @click.option("--paths", "paths_table", type=GivenPath(exists=True, path_type=Path),
-              help="Parquet/CSV table of image paths (default: the clip-retrieval folder's metadata/).")
+              help="Parquet, CSV or TSV (tab-separated) table of image paths, a row per embedding row, relative "
+                   "to its folder or absolute (default: the clip-retrieval folder's metadata/).")
 @click.option("--path-column", default=None, help="Column with the paths [default: image_path, else path].")
-@click.option("--label-column", default=None, help="Column with ground-truth labels (evaluation only).")
+@click.option("--label-column", default=None,
+              help="Column with ground-truth labels (evaluation only; part of what identifies the store: a rerun "
+                   "passes it again).")
 @click.option("--vocab", "vocabularies", multiple=True, metavar="NAME=FILE.npz", callback=parse_vocabularies,
-              help="Class text embeddings: .npz with classes, single and optionally ensemble. Repeatable.")
+              help="Class text embeddings: an .npz with classes (C,) strings, single (C, D) and optionally "
+                   "ensemble (C, D) and n_templates; D is the CLIP embeddings' width. Repeatable.")
 @click.option("--clip-name", default="imported-clip", show_default=True, help="Name of the CLIP model used.")
 @click.option("--backbone-name", default="imported-backbone", show_default=True, help="Name of the backbone used.")
 @click.option("--shard-size", default=schema.DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(min=1),
@@ -62,6 +67,10 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
                    path_column: str | None, label_column: str | None, vocabularies: dict[str, Path], clip_name: str,
                    backbone_name: str, shard_size: int, dtype: str, overwrite: bool) -> None:
     """Build a store from embeddings computed elsewhere (rows must align across inputs).
+
+    A stopped import is finished by the same command again: its finished shards are kept (it
+    must ask for the same --label-column, --shard-size and --dtype). docs/store.md describes
+    every input.
 
     \b
     Example:
@@ -143,7 +152,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
     if verify:  # on the console (stderr), before a listing on stdout too
         checked = summary["verified"]
         console.print(f"Verified: {counted(checked['shards'], 'shard')}"
-                      f"{' against their recorded checksums' if checked['shard_checksums'] else ''}, "
+                      f"{' against ' + ('its' if checked['shards'] == 1 else 'their') + ' recorded checksums' if checked['shard_checksums'] else ''}, "
                       f"{counted(checked['vocabularies'], 'vocabulary', 'vocabularies')}, "
                       f"{'the' if checked['neighbour_graph'] else 'no'} "
                       f"neighbour graph and the index: {checked['bytes_read']:,} bytes read, no damage found.",
