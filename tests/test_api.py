@@ -177,6 +177,9 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
         with pytest.raises(zsfs.ParameterError) as raised:
             zsfs.fit(store_path, **wrong)
         assert str(raised.value) == message
+        if "vocabulary" not in wrong:  # review: FitConfig(device="tpu") was taken until a fit started
+            with pytest.raises(zsfs.ParameterError, match=re.escape(message)):
+                zsfs.FitConfig(**wrong)
     zsfs.fit(store_path, k=np.int64(3), candidates=10, lr=1, cycle_epochs=np.int64(1))  # numpy integers and whole floats pass
     photos = tmp_path / "photos"
     with pytest.raises(zsfs.ParameterError, match=r"^batch_size must be a whole number, not '8'$"):
@@ -236,7 +239,12 @@ def test_the_writers_and_the_benchmark_check_their_arguments_before_any_work(tmp
                                                           "not ['a.npz']"),
                            (dict(clip_embeddings=5), "clip_embeddings must be a path (a str or pathlib.Path), not 5"),
                            (dict(dtype="int8"), "dtype must be one of float16, float32, not 'int8'"),
-                           (dict(clip_name=" "), "clip_name is empty; give the model's name (it is shown and recorded)")):
+                           (dict(clip_name=" "), "clip_name is empty; give the model's name (it is shown and recorded)"),
+                           # review: a 7-line, 333-character dump of the array; and a missing table named CLI flags
+                           (dict(clip_embeddings=np.zeros((50, 1000))), "clip_embeddings must be a path (a str or "
+                                                                        "pathlib.Path), not a float64 array of shape (50, 1000)"),
+                           (dict(paths=None), "no paths table: pass paths (a parquet, CSV or TSV file), or a "
+                                              "clip-retrieval output folder (with metadata/) as clip_embeddings")):
         with pytest.raises(zsfs.ParameterError) as raised:
             import_store(store_path, **{**files, **wrong})
         assert str(raised.value) == message

@@ -103,6 +103,9 @@ CASES = [  # (command line, exit code, words of the error line)
     (("extract", "{photos}", "--out", "{work}/x.h5", "--max-pixels", "0"), 2, "--max-pixels"),
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features", "{work}/backbone.npy",
       "--paths", "{work}/paths.parquet", "--backbone-name", ""), 2, "--backbone-name is empty; give the model's name"),
+    (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features", "{work}/backbone.npy"), 2,
+     "no paths table: pass --paths (a parquet, CSV or TSV file), or a clip-retrieval output folder (with metadata/) as "
+     "--clip-embeddings"),
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features",
       "{work}/backbone.npy", "--paths", "{work}/nul.parquet"), 1, "1 value with a NUL byte (first: row 1, counted from 0)"),
     (("import", "{work}/clip.npy", "--clip-embeddings", "{work}/clip.npy", "--backbone-features",  # bug: with

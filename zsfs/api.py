@@ -41,7 +41,7 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     the defaults', which a preset changes in part (docs/fit.md). The result has
     ``.predictions``, ``.metrics`` (None when the store has no labels), ``.config`` and ``.save(dir)``.
     """
-    from zsfs.errors import ParameterError, check_parameter_type, literal, refuse_unknown_parameters
+    from zsfs.errors import ParameterError, check_parameter_type, refuse_unknown_parameters, shown_value
     from zsfs.fit.config import FitConfig
     from zsfs.fit.run import fit_store
     from zsfs.runs import FittedRun
@@ -53,7 +53,7 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     presets = {None: {}, "paper": {"paper": True}, "fast": {"fast": True}, "paper-fast": {"paper": True, "fast": True}}
     if preset not in presets:
         raise ParameterError(f"{{preset}} must be one of paper, fast, paper-fast (or None), "
-                             f"not {literal(repr(preset))}")
+                             f"not {shown_value(preset)}")
     known = FitConfig.__dataclass_fields__
     refuse_unknown_parameters(parameters, ["vocabulary", "preset", *known], "fit")
     config = FitConfig.from_options(**presets[preset], **parameters)

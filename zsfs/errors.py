@@ -49,6 +49,17 @@ def literal(value: object) -> str:
     return str(value).replace("{", "{{").replace("}", "}}")
 
 
+def shown_value(value: object) -> str:
+    """A wrong argument as a :class:`ParameterError` shows it (:func:`literal`), on one line: an
+    array as its dtype and shape (its repr spans lines and pages), other values' repr cut at 100
+    characters."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if isinstance(shape, tuple) and dtype is not None:  # numpy, torch
+        return literal(f"a {dtype} array of shape {shape}")
+    text = " ".join(repr(value).split())
+    return literal(text if len(text) <= 100 else text[:99] + "…")
+
+
 PARAMETER_KINDS = {int: (numbers.Integral, "a whole number"), float: (numbers.Real, "a number"),
                    bool: (bool, "True or False"), str: (str, "a string")}
 
@@ -58,7 +69,7 @@ def check_parameter_type(name: str, value: object, kind: type) -> None:
     but a bool is not a number: ``k=True`` is a mistake, not 1)."""
     accepted, described = PARAMETER_KINDS[kind]
     if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
-        raise ParameterError(f"{{{name}}} must be {described}, not {literal(repr(value))}")
+        raise ParameterError(f"{{{name}}} must be {described}, not {shown_value(value)}")
 
 
 def check_callbacks(**callbacks: object) -> None:
@@ -66,14 +77,14 @@ def check_callbacks(**callbacks: object) -> None:
     number failed deep inside, at its first call)."""
     for name, value in callbacks.items():
         if value is not None and not callable(value):
-            raise ParameterError(f"{{{name}}} must be a function (or None), not {literal(repr(value))}")
+            raise ParameterError(f"{{{name}}} must be a function (or None), not {shown_value(value)}")
 
 
 def check_path_type(name: str, value: object) -> None:
     """ParameterError unless ``value`` is a path: a ``str`` or an ``os.PathLike`` (``bytes`` are not:
     iterated, they read as numbers)."""
     if not isinstance(value, (str, os.PathLike)):
-        raise ParameterError(f"{{{name}}} must be a path (a str or pathlib.Path), not {literal(repr(value))}")
+        raise ParameterError(f"{{{name}}} must be a path (a str or pathlib.Path), not {shown_value(value)}")
 
 
 def refuse_unknown_parameters(given: "Iterable[str]", taken: "Sequence[str]", called: str) -> None:
@@ -81,7 +92,7 @@ def refuse_unknown_parameters(given: "Iterable[str]", taken: "Sequence[str]", ca
     from Python otherwise, or, for options passed on, one from deep inside)."""
     unknown = [name for name in given if name not in taken]
     if unknown:
-        raise ParameterError(f"unknown parameter {literal(repr(unknown[0]))}; {called} takes {literal(', '.join(taken))}")
+        raise ParameterError(f"unknown parameter {shown_value(unknown[0])}; {called} takes {literal(', '.join(taken))}")
 
 
 def bind_arguments(signature: "inspect.Signature", called: str, args: tuple, kwargs: dict) -> None:
@@ -111,7 +122,7 @@ def checked_arguments(function: "Callable[P, R]") -> "Callable[P, R]":
 def check_choice(name: str, value: object, choices: "tuple[str, ...]") -> None:
     """ParameterError unless ``value`` is one of ``choices``."""
     if not isinstance(value, str) or value not in choices:
-        raise ParameterError(f"{{{name}}} must be one of {', '.join(choices)}, not {literal(repr(value))}")
+        raise ParameterError(f"{{{name}}} must be one of {', '.join(choices)}, not {shown_value(value)}")
 
 
 def check_at_least(name: str, value: int | None, least: int) -> None:

@@ -27,7 +27,7 @@ from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_images
 from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
-                         check_parameter_type, check_path_type, checked_arguments, literal)
+                         check_parameter_type, check_path_type, checked_arguments, shown_value)
 from zsfs.models import (backbone_as_recorded, by_name_only, clip_architecture, clip_as_recorded, clip_tokenizer,
                          encode_vocabulary, load_backbone, load_clip, load_clip_from_record, offline_advice,
                          same_text_to_clip, weights_kind)
@@ -724,11 +724,11 @@ def _given_classes(classes: Sequence[str] | str | Path | None) -> list[str] | No
         return read_class_file(classes)
     if not isinstance(classes, (list, tuple)) and not hasattr(classes, "tolist"):  # a number, bytes, a set...
         raise ParameterError(f"{{classes}} must be a list of class names or a class file's path, not "
-                             f"{literal(repr(classes))}")
+                             f"{shown_value(classes)}")
     classes = list(classes.tolist() if hasattr(classes, "tolist") else classes)
     not_text = [name for name in classes if not isinstance(name, str)]
     if not_text:  # None, b"red" and 3 became the classes "None", "b'red'" and "3"
-        raise ParameterError(f"{{classes}} must hold class names (str), not {literal(repr(not_text[0]))}")
+        raise ParameterError(f"{{classes}} must hold class names (str), not {shown_value(not_text[0])}")
     classes = check_class_names([name.strip() for name in classes], "the classes given")  # as a class file's lines
     refuse_unseen_characters(classes, "the classes given")
     return classes

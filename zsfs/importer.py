@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
-                         check_parameter_type, check_path_type, checked_arguments, literal, one_line)
+                         check_parameter_type, check_path_type, checked_arguments, one_line, shown_value)
 from zsfs.names import as_argument, check_class_names, counted, refuse_unseen_characters, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
@@ -363,6 +363,9 @@ def import_store(
     _check_arguments(out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies,
                      clip_name, backbone_name, shard_size, dtype, overwrite, progress, on_start, on_resume)
     out, clip_embeddings, backbone_features = Path(out), Path(clip_embeddings), Path(backbone_features)
+    if paths is None and not (clip_embeddings / CLIP_RETRIEVAL_METADATA).is_dir():
+        raise ParameterError("no paths table: pass {paths} (a parquet, CSV or TSV file), or a clip-retrieval output "
+                             "folder (with metadata/) as {clip_embeddings}")
     try:
         check_writable(out, "store", beside=names_beside(out))
         unwritable = None
@@ -377,9 +380,6 @@ def import_store(
     clip = load_rows(clip_embeddings, "CLIP embeddings")
     backbone = load_rows(backbone_features, "backbone features")
     table_location = Path(paths) if paths is not None else clip_embeddings
-    if paths is None and not (clip_embeddings / CLIP_RETRIEVAL_METADATA).is_dir():
-        raise ZsfsError("no paths table: pass --paths FILE (parquet or CSV), or a clip-retrieval output folder "
-                        "(with metadata/) as --clip-embeddings")
     table = read_table(table_location)
     image_paths = column(table, path_column, PATH_COLUMNS, "path")
     labels = column(table, label_column, (), "label") if label_column else None
@@ -485,7 +485,7 @@ def _check_arguments(out, clip_embeddings, backbone_features, paths, path_column
     if vocabularies is not None:
         if not isinstance(vocabularies, dict):
             raise ParameterError(f"{{vocabularies}} must be a dict of vocabulary name: .npz file, not "
-                                 f"{literal(repr(vocabularies))}")
+                                 f"{shown_value(vocabularies)}")
         for file in vocabularies.values():
             check_path_type("vocabularies", file)
     check_at_least("shard_size", shard_size, 1)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import ParameterError, ZsfsError, check_at_least, checked_arguments, literal
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, checked_arguments, literal, shown_value
 from zsfs.names import counted, near_spellings, some_names, spelled_like
 from zsfs.outputs import new_folder, write_json
 from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, composed_names, id_ood_splits, mean_std, ood_metrics
@@ -126,7 +126,7 @@ def ood_bench(
     if isinstance(id_classes, (bool, np.bool_)) or not (named or isinstance(id_classes, (int, np.integer))) \
             or (named and not all(isinstance(name, str) for name in id_classes)):
         raise ParameterError(f"{{id_classes}} must be a number of ID classes or a list of class names, not "
-                             f"{literal(repr(id_classes))}")
+                             f"{shown_value(id_classes)}")
     check_at_least("n_splits", n_splits, 1)
     store.check_enough_images(2, "the OOD benchmark")
     labels = store.labels()

@@ -17,7 +17,7 @@ import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice, check_path_type,
-                         literal)
+                         shown_value)
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import embedded_images
 from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
@@ -54,7 +54,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
     if isinstance(inputs, (str, os.PathLike)):  # one path, not its characters
         inputs = [inputs]
     if isinstance(inputs, (bytes, bytearray)) or not isinstance(inputs, Iterable):  # bytes: read as numbers
-        raise ParameterError(f"{{images}} must be a path or a list of paths, not {literal(repr(inputs))}")
+        raise ParameterError(f"{{images}} must be a path or a list of paths, not {shown_value(inputs)}")
     inputs = list(inputs)
     for item in inputs:
         check_path_type("images", item)

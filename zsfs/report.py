@@ -21,7 +21,8 @@ import numpy as np
 
 from zsfs import __version__, figures
 from zsfs.decode import FILE_NOT_FOUND
-from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_callbacks, check_path_type, check_seed, literal
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_path_type, check_seed,
+                         shown_value)
 from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import as_argument, counted, percent, reasons_text, visible
@@ -149,8 +150,8 @@ def _check_options(images: str | Path | None, per_class: int | None, ood_images:
     if images is not None:
         check_path_type("images", images)
         if not Path(images).is_dir():  # as `--images` says: every image would show as not found
-            raise ParameterError(f"{{images}} {literal(repr(str(images)))} is not a folder" if Path(images).exists()
-                                 else f"{{images}} {literal(repr(str(images)))} does not exist")
+            raise ParameterError(f"{{images}} {shown_value(str(images))} is not a folder" if Path(images).exists()
+                                 else f"{{images}} {shown_value(str(images))} does not exist")
     check_at_least("per_class", per_class, 1)
     check_at_least("max_pixels", max_pixels, 1)
     check_at_least("ood_images", ood_images, 0)

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from zsfs.cli.common import GivenPath, console, kept_if_interrupted, note_fit_options, noting_made_folders, shown
-from zsfs.errors import ParameterError, literal
+from zsfs.errors import ParameterError, shown_value
 from zsfs.names import counted, near_spellings, some_names
 
 
@@ -127,7 +127,7 @@ def _parse_id_classes(value: str) -> int | list[str]:
         return count
     if not path.exists() or path.is_dir():  # a pipe (<(...)) is no regular file, but reads as one
         raise ParameterError(f"{{id_classes}} takes a number of ID classes or a file of ID class names; "
-                             f"{literal(repr(value))} is neither a number nor an existing file")
+                             f"{shown_value(value)} is neither a number nor an existing file")
     from zsfs.sources import read_class_file
 
     return read_class_file(path)

@@ -45,7 +45,7 @@ def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple
                    "of .npy parts, or a clip-retrieval output folder.")
 @click.option("--backbone-features", required=True, type=GivenPath(exists=True, path_type=Path),
               help="Backbone features, row-aligned with the CLIP embeddings (same forms, any width).")
-@click.option("--paths", "paths_table", type=GivenPath(exists=True, path_type=Path),
+@click.option("--paths", type=GivenPath(exists=True, path_type=Path),
               help="Parquet, CSV or TSV (tab-separated) table of image paths, a row per embedding row, relative "
                    "to its folder or absolute (default: the clip-retrieval folder's metadata/).")
 @click.option("--path-column", default=None, help="Column with the paths [default: image_path, else path].")
@@ -63,7 +63,7 @@ def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple
               help="Stored precision of the embeddings.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at OUT (its files are removed first).")
 @noting_made_folders("out")
-def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, paths_table: Path | None,
+def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, paths: Path | None,
                    path_column: str | None, label_column: str | None, vocabularies: dict[str, Path], clip_name: str,
                    backbone_name: str, shard_size: int, dtype: str, overwrite: bool) -> None:
     """Build a store from embeddings computed elsewhere (rows must align across inputs).
@@ -106,7 +106,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
                 logged_at = time.monotonic()
 
         summary = import_store(out, clip_embeddings=clip_embeddings, backbone_features=backbone_features,
-                              paths=paths_table, path_column=path_column, label_column=label_column,
+                              paths=paths, path_column=path_column, label_column=label_column,
                               vocabularies=vocabularies, clip_name=clip_name, backbone_name=backbone_name,
                               shard_size=shard_size, dtype=dtype, overwrite=overwrite, progress=progress,
                               on_start=on_start, on_resume=on_resume)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from zsfs.devices import PRECISION_CHOICES
+from zsfs.devices import DEVICES, PRECISION_CHOICES
 from zsfs.errors import (ParameterError, check_at_least, check_choice, check_parameter_type, check_seed,
-                         checked_arguments, literal)
+                         checked_arguments, shown_value)
 from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES, UNREAD_BY
 
 SCHEDULE = {"batch_size": 512, "lr": 2e-2, "epochs": 20, "cycle_epochs": 5}
@@ -100,7 +100,9 @@ class FitConfig:
         if self.k > self.candidates:
             raise ParameterError(f"{{k}} {self.k} is larger than {{candidates}} {self.candidates}: the seeds are "
                                  f"taken from the candidates, so use {{k}} <= {{candidates}} (or raise {{candidates}})")
-        for name, choices in (("method", METHOD_CHOICES), ("prompts", PROMPT_CHOICES), ("precision", PRECISION_CHOICES)):
+        # a device is named here; whether this machine has it is checked when a fit starts
+        for name, choices in (("method", METHOD_CHOICES), ("prompts", PROMPT_CHOICES), ("precision", PRECISION_CHOICES),
+                              ("device", DEVICES)):
             check_choice(name, getattr(self, name), choices)
         for name in ("lr", "loss_floor", "ood_multiplier"):
             if not math.isfinite(getattr(self, name)):
@@ -121,4 +123,4 @@ FitConfig.__init__ = checked_arguments(FitConfig.__init__)  # FitConfig(kk=3): a
 def check_fit_config(name: str, value: object) -> None:
     """ParameterError unless ``value`` is a :class:`FitConfig` (a dict or None failed inside)."""
     if not isinstance(value, FitConfig):
-        raise ParameterError(f"{{{name}}} must be a zsfs.FitConfig, not {literal(repr(value))}")
+        raise ParameterError(f"{{{name}}} must be a zsfs.FitConfig, not {shown_value(value)}")

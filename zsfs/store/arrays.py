@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsfs.errors import ParameterError, ZsfsError, literal
+from zsfs.errors import ParameterError, ZsfsError, shown_value
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.digests import listing_sha256, rows_sha256
@@ -61,10 +61,10 @@ def write_store(
     for name, record in (("clip_info", clip_info), ("backbone_info", backbone_info)):
         if not isinstance(record, dict) or not {"name", "weights"} <= set(record):  # what every reader takes
             raise ParameterError(f"{{{name}}} must be a dict with at least 'name' and 'weights' (and 'dim', or the "
-                                 f"embeddings' width is recorded), not {literal(repr(record))}")
+                                 f"embeddings' width is recorded), not {shown_value(record)}")
     if isinstance(planned_vocabularies, str) or not all(isinstance(name, str) for name in planned_vocabularies):
         raise ParameterError(f"{{planned_vocabularies}} must be a list of vocabulary names, not "
-                             f"{literal(repr(planned_vocabularies))}")
+                             f"{shown_value(planned_vocabularies)}")
     n = len(paths)
     lengths = {"clip": len(clip), "backbone": len(backbone)}
     for name, values in (("labels", labels), ("width", width), ("height", height)):

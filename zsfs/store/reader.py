@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, check_choice, check_parameter_type,
-                         check_path_type, checked_arguments, literal, one_line)
+                         check_path_type, checked_arguments, literal, one_line, shown_value)
 from zsfs.names import as_argument, check_class_names, counted, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, planned_vocabularies, vocabulary_files
@@ -533,14 +533,14 @@ def check_store_or_path(name: str, value: object) -> None:
     """ParameterError unless ``value`` is an open :class:`Store` or a path (the calls that read a
     store take either)."""
     if not isinstance(value, (Store, str, os.PathLike)):
-        raise ParameterError(f"{{{name}}} must be a zsfs.Store or its path, not {literal(repr(value))}")
+        raise ParameterError(f"{{{name}}} must be a zsfs.Store or its path, not {shown_value(value)}")
 
 
 def check_open_store(name: str, value: object) -> None:
     """ParameterError unless ``value`` is an open :class:`Store` (the functions that work on one;
     a path failed on an AttributeError inside)."""
     if not isinstance(value, Store):
-        raise ParameterError(f"{{{name}}} must be an open zsfs.Store (zsfs.Store(path)), not {literal(repr(value))}")
+        raise ParameterError(f"{{{name}}} must be an open zsfs.Store (zsfs.Store(path)), not {shown_value(value)}")
 
 
 def _did_you_mean(path: Path) -> str:
