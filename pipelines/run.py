@@ -414,8 +414,8 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
         md_path, csv_path = report.write_results(work)
         console.print(f"Results: {md_path} and {csv_path}")
     if failed:
-        raise ZsfsError(f"{len(failed)} of {len(chosen)} datasets did not finish: {', '.join(failed)} (the errors "
-                        "above say why); rerun to resume them")
+        raise ZsfsError(f"{len(failed)} of {len(chosen)} datasets did not finish: {', '.join(failed)}; do what the "
+                        "errors above say, then rerun: finished steps are kept")
 
 
 def _check_protocol(dataset: Dataset, store: Path, images: Path | None, id_classes: int | None) -> None:

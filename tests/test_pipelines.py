@@ -545,7 +545,7 @@ def test_one_dataset_that_fails_does_not_stop_the_others(tmp_path):
                                        "--work", str(tmp_path / "w")])  # both downloaded by hand: both say so
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and said.count("must be downloaded by hand") == 2, said
-    assert "2 of 2 datasets did not finish: imagenet, cars (the errors above say why)" in said, said
+    assert "2 of 2 datasets did not finish: imagenet, cars; do what the errors above say, then rerun: finished steps are kept" in said, said
 
 
 def test_report_counts_images_from_either_run_and_means_only_complete_columns(tmp_path):

@@ -36,7 +36,7 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
         **parameters) -> FittedRun:
     """Label and OOD-score every image of ``store`` (a :class:`zsfs.Store` or its path).
 
-    ``parameters`` are :class:`zsfs.fit.FitConfig`'s fields (``k=16``, ``epochs=...``), on top of
+    The other keyword arguments are :class:`zsfs.fit.FitConfig`'s fields (``k=16``, ``epochs=...``), on top of
     ``preset`` ``"paper"``, ``"fast"`` or ``"paper-fast"`` [the defaults]; the values shown for them are
     the defaults', which a preset changes in part (docs/fit.md). The result has
     ``.predictions``, ``.metrics`` (None when the store has no labels), ``.config`` and ``.save(dir)``.

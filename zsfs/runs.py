@@ -262,7 +262,8 @@ _ON_FIRST_USE = object()
 
 
 class FittedRun:
-    """A fit run: just made by :func:`zsfs.fit` (``path`` None until :meth:`save`) or read from its
+    """A fit run: just made by :func:`zsfs.fit` (``path`` None: :meth:`save` returns the run as saved,
+    and this object stays unsaved) or read from its
     folder by :func:`load_run`, where the classifier and predictions are read on first use (a report
     needs no torch, a prediction no parquet).
 
@@ -290,16 +291,19 @@ class FittedRun:
 
     @property
     def classes(self) -> list[str]:
+        """The classes the run labels with, in the classifier's order."""
         return list(self.config["classes"])
 
     @property
     def metrics(self) -> dict | None:
+        """metrics.json: accuracy and OOD figures against the store's labels (None without labels)."""
         if self._metrics is _ON_FIRST_USE:  # read when asked for: predict needs none, nor a damaged one
             self._metrics = None if self.path is None else _read_json(self.path / METRICS, required=False)
         return self._metrics
 
     @property
     def classifier(self) -> "Classifier":
+        """The linear head and its OOD reference (``.classify(features)``), read on first use."""
         if self._classifier is None:
             from zsfs.fit.classifier import load_classifier
 
@@ -308,6 +312,7 @@ class FittedRun:
 
     @property
     def predictions(self) -> "pl.DataFrame":
+        """A row per image of the store: its label, confidence and OOD scores (docs/fit.md lists the columns)."""
         if self._predictions is None:
             self._predictions = self.read_predictions()
         return self._predictions
@@ -333,8 +338,8 @@ class FittedRun:
         return frame
 
     def save(self, run_dir: str | Path) -> "FittedRun":
-        """Write the run folder ``run_dir`` (complete or absent; never over an existing one); the
-        same run, read from there."""
+        """Write the run folder ``run_dir`` (complete or absent; never over an existing one); returns
+        the same run, read from there (``run = run.save(dir)``: this object keeps ``path`` None)."""
         check_path_type("run_dir", run_dir)
         run_dir = Path(run_dir).absolute()
         check_writable(run_dir, "run folder")  # as `zsfs fit` checks its --out (new_folder refuses an existing one)

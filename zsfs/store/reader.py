@@ -246,6 +246,7 @@ class Store:
 
     # -- context manager ------------------------------------------------------------------
     def close(self) -> None:
+        """Close the store's files (``with Store(path) as store:`` does it on leaving)."""
         if self._graph_file is not None:
             self._graph_file.close()
             self._graph_file = None
@@ -269,9 +270,11 @@ class Store:
         return paths
 
     def labels(self) -> np.ndarray | None:
+        """Each image's true label (strings, in row order), or None for a store without labels."""
         return self._strings(schema.LABEL) if self.has_labels else None
 
     def skipped(self) -> tuple[np.ndarray, np.ndarray]:
+        """The files extract skipped and why: (paths, reasons), in listing order."""
         return self._strings(schema.SKIPPED_PATH), self._strings(schema.SKIPPED_REASON)
 
     def check_enough_images(self, least: int, needs: str) -> None:
@@ -376,6 +379,7 @@ class Store:
         return {str(path): why for path, why in self._unreadable_vocabularies.items()}
 
     def vocabulary(self, name: str) -> Vocabulary:
+        """The vocabulary ``name``: its classes and text embeddings (``vocabulary_names()`` lists them)."""
         check_parameter_type("name", name, str)
         names = self.vocabulary_names()
         if name not in names:
