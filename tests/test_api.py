@@ -242,7 +242,7 @@ def test_the_writers_and_the_benchmark_check_their_arguments_before_any_work(tmp
                            (dict(clip_name=" "), "clip_name is empty; give the model's name (it is shown and recorded)"),
                            # review: a 7-line, 333-character dump of the array; and a missing table named CLI flags
                            (dict(clip_embeddings=np.zeros((50, 1000))), "clip_embeddings must be a path (a str or "
-                                                                        "pathlib.Path), not a float64 array of shape (50, 1000)"),
+                                                                        "pathlib.Path), not an array of float64 of shape (50, 1000)"),
                            (dict(paths=None), "no paths table: pass paths (a parquet, CSV or TSV file), or a "
                                               "clip-retrieval output folder (with metadata/) as clip_embeddings")):
         with pytest.raises(zsfs.ParameterError) as raised:
@@ -310,3 +310,19 @@ def test_each_preset_gives_the_config_it_names(tmp_path):
             run = zsfs.fit(store_path, preset=preset, **given)
         assert run.config["parameters"] == asdict(expected), preset
     assert FitConfig.fast(**given).ivf_neighbours and not FitConfig(**given).ivf_neighbours  # the presets differ
+
+
+def test_a_wrong_argument_is_shown_on_one_line_and_whole_where_it_matters():
+    """Review: an array's repr spanned lines (333 characters for a (50, 1000) array); a numpy scalar
+    is no array, and a path or string is shown whole (what is wrong may be at its end)."""
+    from pathlib import Path
+
+    from zsfs.errors import shown_value
+
+    assert shown_value(np.zeros((50, 1000))) == "an array of float64 of shape (50, 1000)"
+    assert shown_value(np.float64(3.5)) == repr(np.float64(3.5))
+    long_path = Path("/data/" + "sub/" * 60 + "photos_v2")
+    assert shown_value(long_path) == repr(long_path) and shown_value("a  b") == "'a  b'"
+    many = shown_value(list(range(1000)))
+    assert len(many) == 200 and many.endswith("…") and "\n" not in many
+    assert shown_value({"k": 2}) == "{{'k': 2}}"  # literal: braces are no ParameterError fields

@@ -183,6 +183,14 @@ def test_import_input_errors(inputs):
         expected = said or f"it is not UTF-8 text (first at line {text.count(chr(10)) + 1}); save it as UTF-8"
         assert expected in str(raised.value) and "infer_schema" not in str(raised.value), raised.value
     assert not (folder / "o.h5").exists()
+    # review: a spreadsheet's empty columns (polars: '' and '_duplicated_0') and a real column named like
+    # polars' second of a name were refused as a column named twice
+    for name, text in (("empty-columns.csv", "path,label,, \n" + rows.replace("\n", ",,\n")),
+                       ("polars-like.csv", "path,path_duplicated_0,label\n" + rows.replace(",", ",x,"))):
+        (folder / name).write_text(text)
+        import_store(folder / f"{name}.h5", **common, paths=folder / name, label_column="label")
+        with Store(folder / f"{name}.h5") as store:
+            assert store.labels().tolist() == inputs["labels"]
 
 
 def test_parquet_parts_with_other_extra_columns_are_read_as_one_table(inputs):
@@ -485,11 +493,16 @@ def test_an_unfinished_import_names_its_labels_and_vocabularies_and_its_rerun_wi
     command = ["import", folder / "u.h5", "--clip-embeddings", folder / "clip.npy", "--backbone-features",
                folder / "backbone.npy", "--paths", folder / "paths.csv", "--shard-size", "20"]
     vocab = ["--vocab", f"pets={folder / 'pets.npz'}"]
-    assert run_cli(*command, "--label-column", "label", *vocab).exit_code == 0
-    (folder / "u.h5").unlink()  # the state a kill among the shards leaves: shards, no master
-    (folder / "u.shards" / "shard-00002.h5").unlink()
+
+    def stop(rows: int) -> None:  # Ctrl-C after the first shard (review: the plan was written after the last)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        import_store(folder / "u.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                     paths=folder / "paths.csv", shard_size=20, label_column="label",
+                     vocabularies={"pets": folder / "pets.npz"}, progress=stop)
     said = " ".join(output_text(run_cli("info", folder / "u.h5")).split())
-    assert ("--shard-size 20, --dtype float16, labels from a --label-column and --vocab pets, and 2 of its 3 shard "
+    assert ("--shard-size 20, --dtype float16, labels from a --label-column and --vocab pets, and 1 of its 3 shard "
             "files are there; rerun the command that builds it to finish") in said, said
     rerun = run_cli(*command, *vocab)
     said = " ".join(output_text(rerun).split())
@@ -820,7 +833,8 @@ def test_a_vocabulary_file_that_is_no_usable_npz_gets_its_own_reason(inputs):
     (folder / "fake.npz").write_text("classes,cat,dog\n")
     # new user: a misspelled "ensembel" was ignored without a word (every fit then used the single prompt)
     np.savez(folder / "typo.npz", classes=np.array(["cat", "dog"]), single=inputs["text"], ensembel=inputs["text"])
-    np.savez(folder / "extra.npz", classes=np.array(["cat", "dog"]), single=inputs["text"], model=np.array("x"))
+    np.savez(folder / "extra.npz", classes=np.array(["cat", "dog"]), single=inputs["text"], model=np.array("x"),
+             templates=np.array(["a photo of a {}."]), n_templates=np.array(1))  # review: "templates" is no typo here
     refused = {"typo.npz": "has an array 'ensembel'; did you mean 'ensemble'[?] zsfs reads classes, single, ensemble, "
                            "n_templates$",
                "objects.npz": "holds an object array; save its classes as a string array",
@@ -879,6 +893,30 @@ def test_a_header_and_labels_with_spaces_are_read_as_extract_reads_a_list(inputs
                  paths=folder / "spaced.csv", label_column="label")
     with Store(folder / "s.h5") as store:
         assert store.labels().tolist() == inputs["labels"] and store.paths().tolist() == inputs["paths"]
+
+
+def test_a_store_imported_with_labels_as_written_says_so_on_a_rerun(inputs, monkeypatch):
+    """Review: a store imported before labels were stripped (" cat" kept) could no longer be rerun (to add
+    a vocabulary, to resume), and the refusal said the labels had changed, of a file that had not."""
+    import zsfs.importer
+
+    folder = inputs["dir"]
+    rows = "".join(f"{path}, {label}\n" for path, label in zip(inputs["paths"], inputs["labels"]))
+    (folder / "spaced.csv").write_text("path,label\n" + rows)
+    files = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                 paths=folder / "spaced.csv", label_column="label")
+    column = zsfs.importer.column
+    with monkeypatch.context() as earlier:  # the zsfs of before 2026-12-05
+        earlier.setattr(zsfs.importer, "column", lambda *args, **options: column(*args, **options, as_written=True))
+        import_store(folder / "s.h5", **files)
+    with Store(folder / "s.h5") as store:
+        assert store.labels().tolist()[:2] == [" cat", " dog"]
+    with pytest.raises(StoreMismatchError) as raised:
+        import_store(folder / "s.h5", **files, vocabularies={"pets": folder / "pets.npz"})
+    assert str(raised.value) == (
+        f"{folder / 's.h5'} was imported by a zsfs that kept spaces at the ends of labels (before 2026-12-05), which "
+        "this one strips (labels are part of what identifies the images), and its finished shards are reused only so; "
+        "--overwrite imports it again with this run's labels")
 
 
 def test_path_and_label_columns_that_are_not_one_text_per_row_are_one_clear_line(inputs):
@@ -977,3 +1015,14 @@ def test_cli_import_refuses_a_vocabulary_named_twice_or_without_a_file(tmp_path,
                      *[arg for value in vocab for arg in ("--vocab", value)])
     assert result.exit_code == 2 and message in output_text(result)
     assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 1 << 20])
+def test_the_first_line_that_is_not_utf8_is_found_a_block_at_a_time(tmp_path, block):
+    """Review: the error path read a whole table into memory (a 300 MB one: 1.6 GB) to number the line."""
+    from zsfs.importer import _first_line_not_utf8
+
+    for data, line in ((b"a\nb\n\xe9\n", 3), (("a\n" + "é" * 10 + "\n").encode() + b"\xff", 3),
+                       (b"ok\n\xc3", 2), ("ok\né\n".encode(), None)):
+        (tmp_path / "t.csv").write_bytes(data)
+        assert _first_line_not_utf8(tmp_path / "t.csv", block) == line, data

@@ -452,3 +452,17 @@ def test_a_changed_listing_is_described_even_where_the_identity_lacks_its_counts
         "differs in listing_sha256, n_items; the source's file names or labels changed since the store was built")
     assert "lists 5 files now, 4 when" in describe_difference({"listing_sha256": "a", "n_items": 4},
                                                                {"listing_sha256": "b", "n_items": 5})
+
+
+def test_an_imports_changed_files_are_named_by_what_changed():
+    """Review: a file recorded before its sha256 was (three entries) and only touched since was called
+    'other content'."""
+    from zsfs.store.writer import _changed_files
+
+    then = [["clip.npy", 100, 5, "a" * 64], ["old.npy", 100, 5], ["gone.npy", 1, 1, "c" * 64]]
+    now = [["clip.npy", 100, 6, "b" * 64], ["old.npy", 100, 6, "a" * 64], ["new.npy", 10, 1, "d" * 64]]
+    assert _changed_files(then, now) == (
+        "changed since the store was built (clip.npy: other content; old.npy: modified since (the store recorded its "
+        "time, not its content); new.npy: new; gone.npy: gone)")
+    assert _changed_files([["a.npy", 2_000, 1, "a" * 64]], [["a.npy", 1_000, 1, "a" * 64]]) == \
+        "changed since the store was built (a.npy: 2,000 bytes then, 1,000 now)"

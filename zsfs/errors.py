@@ -51,13 +51,17 @@ def literal(value: object) -> str:
 
 def shown_value(value: object) -> str:
     """A wrong argument as a :class:`ParameterError` shows it (:func:`literal`), on one line: an
-    array as its dtype and shape (its repr spans lines and pages), other values' repr cut at 100
+    array as its dtype and shape (its repr spans lines and pages), a string or path whole (the
+    part that is wrong may be at its end), other values' repr with its lines joined and cut at 200
     characters."""
     shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
-    if isinstance(shape, tuple) and dtype is not None:  # numpy, torch
-        return literal(f"a {dtype} array of shape {shape}")
-    text = " ".join(repr(value).split())
-    return literal(text if len(text) <= 100 else text[:99] + "…")
+    if isinstance(shape, tuple) and shape and dtype is not None:  # numpy, torch; not their scalars, np.float64(3.5)
+        return literal(f"an array of {dtype} of shape {shape}")
+    text = repr(value)
+    if not isinstance(value, (str, os.PathLike)):
+        text = " ".join(text.split())
+        text = text if len(text) <= 200 else text[:199] + "…"
+    return literal(text)
 
 
 PARAMETER_KINDS = {int: (numbers.Integral, "a whole number"), float: (numbers.Real, "a number"),

@@ -13,6 +13,8 @@ Accepted inputs for image embeddings / backbone features:
 
 from __future__ import annotations
 
+import codecs
+import csv
 import difflib
 import re
 import zipfile
@@ -164,27 +166,27 @@ def read_table(location: Path) -> "pl.DataFrame":
         if suffix == ".parquet":
             return pl.concat([read_parquet(file) for file in files], how="diagonal_relaxed")  # parts may add columns
         if suffix in (".csv", ".tsv"):
+            separator = "\t" if suffix == ".tsv" else ","
             with open(location, "rb") as handle:  # polars takes only UTF-8 paths; Python files work for any
-                table = pl.read_csv(handle, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
-            return _header_checked(table, location)
+                table = pl.read_csv(handle, separator=separator, infer_schema=False)
+            return _header_checked(table, location, separator)
     except (pl.exceptions.PolarsError, OSError) as error:
         raise ZsfsError(f"cannot read paths table {location}: {_table_error(error, location)}") from None
     raise ZsfsError(f"paths table {location}: expected a .parquet, .csv or .tsv (tab-separated) file")
 
 
-_DUPLICATED = re.compile(r"^(?P<name>.*)_duplicated_\d+$")  # polars' name for a header's second column of a name
-
-
-def _header_checked(table: "pl.DataFrame", location: Path) -> "pl.DataFrame":
+def _header_checked(table: "pl.DataFrame", location: Path, separator: str) -> "pl.DataFrame":
     """``table`` with its column names stripped, as extract's lists take them ("path, label" names
-    "label"), refusing a name given twice (polars renames the second "path_duplicated_0")."""
-    names = [name.strip() for name in table.columns]
-    twice = [match["name"].strip() for name in table.columns if (match := _DUPLICATED.match(name))
-             and match["name"] in table.columns] or repeated(names)
+    "label"), refusing a name its header gives twice (polars renames the second "path_duplicated_0":
+    read from the header line itself); unnamed columns (a spreadsheet's empty ones) are left alone."""
+    with open(location, "rb") as handle:
+        first = handle.readline().decode("utf-8-sig", errors="replace")
+    header = [name.strip() for name in next(csv.reader([first], delimiter=separator), [])]
+    twice = repeated(name for name in header if name)
     if twice:
         raise ZsfsError(f"paths table {location}: the header names the column {twice[0]!r} twice; name each column "
                         "once")
-    return table.rename(dict(zip(table.columns, names)))
+    return table.rename({name: name.strip() for name in table.columns if name.strip() not in ("", name)})
 
 
 def _table_error(error: Exception, location: Path) -> str:
@@ -197,18 +199,32 @@ def _table_error(error: Exception, location: Path) -> str:
                 "or a quote stands inside an unquoted field")
     if "empty CSV" in text:
         return "it is empty; it needs a header line (such as path,label) and a line per image"
-    if "invalid utf-8" in text:
-        data = location.read_bytes()
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as bad:  # the line to fix in a table of a million rows
-            line = data.count(b"\n", 0, bad.start) + 1
-            return f"it is not UTF-8 text (first at line {line}); save it as UTF-8"
+    if "invalid utf-8" in text:  # the line to fix in a table of a million rows
+        line = _first_line_not_utf8(location)
+        return f"it is not UTF-8 text{f' (first at line {line})' if line else ''}; save it as UTF-8"
     return one_line(error)
 
 
-def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...], what: str) -> list[str]:
-    """One string column of ``table``; ``name=None`` takes the first of ``candidates`` present."""
+def _first_line_not_utf8(location: Path, block: int = 1 << 20) -> int | None:
+    """The number of the first line of ``location`` that is not UTF-8 text, read a block at a time
+    (a paths table can be gigabytes); None when every byte decodes."""
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with open(location, "rb") as handle:
+        while True:
+            data = handle.read(block)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as bad:  # its start counts from the bytes the decoder still held
+                return line + data.count(b"\n", 0, max(bad.start - (len(bad.object) - len(data)), 0))
+            if not data:
+                return None
+            line += data.count(b"\n")
+
+
+def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...], what: str, *,
+           as_written: bool = False) -> list[str]:
+    """One string column of ``table``; ``name=None`` takes the first of ``candidates`` present.
+    Labels lose spaces at their ends unless ``as_written`` (as zsfs imported them before 2026-12-05)."""
     import polars as pl
 
     names = [name] if name else [c for c in candidates if c in table.columns][:1]
@@ -229,7 +245,7 @@ def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...],
     except pl.exceptions.PolarsError as error:  # bytes that are not UTF-8 text, ...
         raise ZsfsError(f"{what} column {names[0]!r} cannot be read as text ({one_line(error)}); it must hold "
                         "one UTF-8 text value per row") from None
-    if what == "label":  # as extract's lists and class names take them: " cat" is the class "cat"
+    if what == "label" and not as_written:  # as extract's lists and class names take them: " cat" is the class "cat"
         values = values.str.strip_chars()
     empty = missing | (values.str.len_bytes() == 0)
     if empty.any():  # no file is named "", and a label "" would be a class without a name
@@ -278,8 +294,9 @@ def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
         raise ZsfsError(f"cannot read vocabulary file {file} ({error})") from None
     except OSError as error:
         raise ZsfsError(f"cannot read vocabulary file {file} ({error})") from None
+    absent = [key for key in VOCABULARY_KEYS if key not in arrays]  # "templates" beside "n_templates" is another array
     misspelled = {key: close[0] for key in sorted(set(arrays) - set(VOCABULARY_KEYS))
-                  if (close := difflib.get_close_matches(key.lower(), VOCABULARY_KEYS, n=1, cutoff=0.75))}
+                  if (close := difflib.get_close_matches(key.lower(), absent, n=1, cutoff=0.75))}
     if misspelled:  # "ensembel" was ignored: the store then had no ensemble, and every fit used the single prompt
         key, meant = next(iter(misspelled.items()))
         raise ZsfsError(f"vocabulary file {file} has an array {key!r}; did you mean {meant!r}? zsfs reads "
@@ -401,7 +418,7 @@ def import_store(
             refuse_another_listing(out, {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
                                          "n_items": len(image_paths)})
         except StoreMismatchError:
-            labelled = _label_column_hint(out, table, image_paths, labels, path_column)
+            labelled = _label_column_hint(out, table, image_paths, labels, path_column, label_column)
             if not labelled:
                 raise
             raise StoreMismatchError(f"{out} {labelled} (labels are part of what identifies the images), and its "
@@ -447,14 +464,18 @@ def _failing_as(unwritable: ZsfsError | None) -> Iterator[None]:
 
 
 def _label_column_hint(out: Path, table: "pl.DataFrame", image_paths: list[str], labels: list[str] | None,
-                       path_column: str | None) -> str:
+                       path_column: str | None, label_column: str | None) -> str:
     """``"was imported ...: ..."`` when ``out`` differs from this import only in its labels: made
-    without --label-column, or with one of ``table``'s columns ("" otherwise). The listing digest
-    covers paths and labels, so a rerun that left the option out read as "the names or labels changed"."""
+    without --label-column, with one of ``table``'s columns, or with the labels' spaces at their
+    ends kept ("" otherwise). The listing digest covers paths and labels, so a rerun that left the
+    option out read as "the names or labels changed"."""
     recorded = recorded_identity(out).get("listing_sha256")
     if labels is not None:
-        return ("was imported without --label-column: leave it out to add to that store"
-                if listing_sha256(image_paths, None) == recorded else "")
+        if listing_sha256(image_paths, None) == recorded:
+            return "was imported without --label-column: leave it out to add to that store"
+        as_written = column(table, label_column, (), "label", as_written=True)
+        return ("was imported by a zsfs that kept spaces at the ends of labels (before 2026-12-05), which this one "
+                "strips" if as_written != labels and listing_sha256(image_paths, as_written) == recorded else "")
     for name in table.columns:
         if name == path_column or name in PATH_COLUMNS:
             continue

@@ -559,6 +559,8 @@ def _changed_files(then: object, now: object) -> str:
             changes.append(f"{entry[0]}: new")
         elif known[1:2] != entry[1:2] and all(isinstance(sizes[1], int) for sizes in (known, entry)):
             changes.append(f"{entry[0]}: {known[1]:,} bytes then, {entry[1]:,} now")
+        elif len(known) < 4:  # recorded before the sha256 was (2026-12-03): only its time tells
+            changes.append(f"{entry[0]}: modified since (the store recorded its time, not its content)")
         elif known != entry:
             changes.append(f"{entry[0]}: other content")
     changes += [f"{name}: gone" for name in recorded]
