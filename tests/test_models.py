@@ -476,6 +476,8 @@ def test_weights_a_store_recorded_by_name_and_the_cache_lost_are_not_offered_fro
         ("); the store was built with them by name, so zsfs loads them by that name only, from the cache, not from "
          "a file. Without a network, point HF_HOME at") in message, message
     assert "--backbone-weights" not in message
+    with pytest.raises(ModelLoadError, match=r"\); the store /data/s.h5 was built with them by name, so"):
+        load_backbone_from_record(record, store="/data/s.h5")  # review: predict and text did not say which store
     with pytest.raises(ModelLoadError, match="Or pass a local file: --backbone-weights"):  # a first load: a file is a way
         load_backbone(TINY_BACKBONE, "default")
 

@@ -680,7 +680,7 @@ def add_vocabulary(
     class_names = _given_classes(classes)
     check_store_update(Path(store_path), data_dir, vocabulary_file(data_dir, name))
     with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
-        clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device)
+        clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device, store=store_path)
         refuse_same_text_to_clip(same_text_to_clip(clip.tokenizer, class_names))
         if on_start is not None:
             on_start(len(class_names))

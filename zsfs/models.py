@@ -349,10 +349,11 @@ def clip_tokenizer(name: str) -> Callable:
     return _clip_tokenizer(clip_architecture(name))
 
 
-def load_clip_from_record(record: dict, device: str = "cpu") -> ClipModel:
-    """Reload the CLIP model a store recorded (same tag, same file bytes, or same random init)."""
+def load_clip_from_record(record: dict, device: str = "cpu", *, store: str | os.PathLike | None = None) -> ClipModel:
+    """Reload the CLIP model a store recorded (same tag, same file bytes, or same random init);
+    ``store``: its path, for the messages."""
     weights = weights_from_record(record, "CLIP")
-    with by_name_only("the store was built with them by name"):
+    with by_name_only(_built_by_name(store)):
         if "config" in record:  # a custom config travels inside the record
             with tempfile.TemporaryDirectory() as folder:
                 config_file = Path(folder) / f"{record['name']}.json"
@@ -665,9 +666,15 @@ def _timm_cache_advice(pretrained_cfg) -> str:
             f"{Path(torch.hub.get_dir()) / 'checkpoints'} (TORCH_HOME); zsfs then reads it from there.")
 
 
-def load_backbone_from_record(record: dict, device: str = "cpu") -> Backbone:
-    """Reload the backbone a store recorded (same weights; a file must have the same sha256)."""
-    with by_name_only("the store was built with them by name"):
+def _built_by_name(store: str | os.PathLike | None) -> str:
+    """Why weights reload by name only: the store (named where known) recorded them so."""
+    return f"the store{f' {os.fspath(store)}' if store else ''} was built with them by name"
+
+
+def load_backbone_from_record(record: dict, device: str = "cpu", *, store: str | os.PathLike | None = None) -> Backbone:
+    """Reload the backbone a store recorded (same weights; a file must have the same sha256);
+    ``store``: its path, for the messages."""
+    with by_name_only(_built_by_name(store)):
         backbone = load_backbone(record["name"], weights_from_record(record, "backbone"), device)
     check_same_weights(backbone.record, record, "backbone")
     backbone.record = dict(record)

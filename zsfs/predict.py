@@ -170,7 +170,7 @@ def predict_images(
     source = image_inputs(inputs, lists)  # a missing input (the model takes seconds to load)
     if source.repeated_paths and on_repeated is not None:
         on_repeated(source.repeated_paths)
-    backbone = load_backbone_from_record(record, device=device)
+    backbone = load_backbone_from_record(record, device=device, store=(run.config.get("store") or {}).get("path"))
     if on_start is not None:
         on_start(len(source))
 
