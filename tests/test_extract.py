@@ -1371,6 +1371,25 @@ def test_classes_that_leave_out_some_label_folders_are_named_by_extract(photos, 
     assert every.exit_code == 0 and "no class of vocabulary" not in every.output  # the folders are the classes
 
 
+def test_a_class_folder_whose_every_file_was_skipped_is_named_not_counted_as_images(tmp_path):
+    """New user: a folder of an empty .jpg and a junk .png, left out of --classes, was "2 images have a
+    label that is no class" (no image of the store has it); without --classes it became a class of the
+    default vocabulary without a word."""
+    made = write_image_folder(tmp_path / "photos", n_per_class=2)
+    (tmp_path / "photos" / "broken").mkdir()
+    (tmp_path / "photos" / "broken" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "photos" / "broken" / "junk.png").write_text("not an image")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(sorted(set(made["labels"].values()))) + "\n")
+    given = run_cli("extract", made["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
+                    "--classes", classes)
+    assert given.exit_code == 0 and "Note" not in output_text(given), output_text(given)
+    folders = run_cli("extract", made["root"], "--out", tmp_path / "t.h5", *TINY_MODEL_ARGS, "--workers", "0")
+    said = " ".join(output_text(folders).split())
+    assert folders.exit_code == 0 and "Note: 1 class of vocabulary 'default' has no image in the store: every file " \
+        "of its folder was skipped ('broken'); a fit still gives it images unless it reports it absent" in said, said
+
+
 def _four_pixels(image) -> torch.Tensor:
     return torch.zeros((3, 2, 2), dtype=torch.uint8)
 

@@ -77,7 +77,8 @@ class ExtractSummary:
     unread_formats: dict[str, int] = field(default_factory=dict)  # images in formats not read: suffix -> count
     repeated_paths: list[str] = field(default_factory=list)  # the list's paths given more than once
     classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # class folders CLIP cannot tell apart
-    labels_not_classes: dict[str, int] = field(default_factory=dict)  # the source's labels no class names -> images
+    labels_not_classes: dict[str, int] = field(default_factory=dict)  # the stored labels no class names -> images
+    classes_without_images: list[str] = field(default_factory=list)  # class folders whose every file was skipped
 
     @property
     def images_per_second(self) -> float:
@@ -453,6 +454,9 @@ def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: s
     with Store(master) as store:
         skipped_paths, reasons = store.skipped()
         n_images, n_shards = store.n_images, store.n_shards
+        # the images embedded, not the listing: a folder whose every file was skipped labels none
+        stored = LabelCodes.of(store.labels()) if classes and store.has_labels else None
+    listed = LabelCodes.of(source.labels) if stored is not None and source.labels is not None else None
     return ExtractSummary(
         output=Path(master).absolute(),  # a rerun with nothing to do was given the path as typed
         n_images=n_images,
@@ -477,8 +481,9 @@ def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: s
         repeated_paths=source.repeated_paths,
         classes_read_as_one=read_as_one,  # class folders: the images are embedded, the summary says it
         # --classes that leave out some of the folders: a fit evaluates their images as out of distribution
-        labels_not_classes=LabelCodes.of(source.labels).counts_not_among(classes)
-        if classes and source.labels is not None else {},
+        labels_not_classes=stored.counts_not_among(classes) if stored is not None else {},
+        classes_without_images=[] if listed is None else
+        [name for name, was, kept in zip(classes, listed.code(classes) >= 0, stored.code(classes) >= 0) if was and not kept],
     )
 
 

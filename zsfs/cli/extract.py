@@ -119,6 +119,15 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
                       f"vocabulary {shown(repr(summary.vocabulary))} ({shown(listed)}): a fit gives "
                       f"{'it' if one else 'each of them'} one of the listed classes and counts {'it' if one else 'them'} "
                       "as out of distribution.", soft_wrap=True)
+    emptied = summary.classes_without_images
+    if emptied:  # its folder's files were all skipped: the class is listed, and no image of the store is of it
+        one = len(emptied) == 1
+        console.print(f"Note: {counted(len(emptied), 'class', 'classes')} of vocabulary "
+                      f"{shown(repr(summary.vocabulary))} {'has' if one else 'have'} no image in the store: every file "
+                      f"of {'its folder' if one else 'their folders'} was skipped "
+                      f"({shown(some_names([repr(name) for name in emptied], 5, with_count=False))}); a fit still gives "
+                      f"{'it' if one else 'them'} images unless it reports {'it' if one else 'them'} absent "
+                      "(`zsfs info --skipped` says why; --classes chooses the list).", soft_wrap=True)
     move = "move the loose images into class subfolders" if summary.no_labels_reason else ""
     if summary.vocabulary is None:
         why = f"{summary.no_labels_reason}; {move} or pass --classes" if move else "no class subfolders, no --classes"
