@@ -254,3 +254,11 @@ def test_fpr_at_tpr_matches_the_roc_definition_with_tied_scores():
         tpr = np.array([(scores[positive] >= cut).mean() for cut in cuts])
         fpr = np.array([(scores[~positive] >= cut).mean() for cut in cuts])
         assert fpr_at_tpr(scores, positive) == pytest.approx(fpr[tpr >= 0.95 - 1e-12].min(), abs=1e-12)
+
+
+def test_label_codes_of_some_rows_drop_the_labels_none_of_them_has():
+    """extract's summary counts the labels of the images stored, not of the files skipped."""
+    labels = LabelCodes.of(np.array(["b", "a", "c", "a", "b"]))
+    kept = labels.of_rows(np.array([True, True, False, True, False]))
+    assert kept.classes.tolist() == ["a", "b"] and kept.codes.tolist() == [1, 0, 0]
+    assert kept.counts_not_among(["a"]) == {"b": 1} and kept.code(["c"]).tolist() == [-1]

@@ -1387,7 +1387,7 @@ def test_a_class_folder_whose_every_file_was_skipped_is_named_not_counted_as_ima
     folders = run_cli("extract", made["root"], "--out", tmp_path / "t.h5", *TINY_MODEL_ARGS, "--workers", "0")
     said = " ".join(output_text(folders).split())
     assert folders.exit_code == 0 and "Note: 1 class of vocabulary 'default' has no image in the store: every file " \
-        "of its folder was skipped ('broken'); a fit still gives it images unless it reports it absent" in said, said
+        "labelled with it was skipped ('broken'); a fit still gives it images unless it reports it absent" in said, said
 
 
 def _four_pixels(image) -> torch.Tensor:

@@ -434,7 +434,7 @@ def test_the_summary_names_listed_classes_that_got_no_seed(tmp_path):
     from zsfs.report import render_report
 
     assert "classes without seeds" in render_report(tmp_path / "run")
-    assert "classes no image is labelled with" not in output_text(result)  # each class labels some here
+    assert "classes no image is predicted as" not in output_text(result)  # each class is predicted here
     for neighbours, noted in ((60, True), (59, False)):  # the boundary: 59 other images each
         said = output_text(run_cli("fit", "--store", path, "--neighbours", str(neighbours), "--out",
                                    tmp_path / f"run-{neighbours}", "--epochs", "1", "--cycle-epochs", "1"))
@@ -448,7 +448,7 @@ def test_the_summary_names_present_classes_no_image_is_labelled_with():
 
     config = {"classes": ["cat", "dog", "emu", "owl"], "absent_classes": ["owl"]}
     frame = pl.DataFrame({"predicted": ["cat", "cat", "dog"]})
-    assert ("classes no image is labelled with (absent ones aside)", "1: emu") in summary_rows(config, None, frame, 10)
+    assert ("classes no image is predicted as (absent ones aside)", "1: emu") in summary_rows(config, None, frame, 10)
     frame = pl.DataFrame({"predicted": ["cat", "emu", "dog"]})
     assert not any(label.startswith("classes no image") for label, _ in summary_rows(config, None, frame, 10))
 

@@ -52,6 +52,11 @@ class LabelCodes:
             codes = merged.reshape(-1)[codes]
         return cls(classes, codes.reshape(-1))
 
+    def of_rows(self, rows: np.ndarray) -> "LabelCodes":
+        """The labels of ``rows`` (a mask or indices) alone: a label none of them has is dropped."""
+        present, codes = np.unique(self.codes[rows], return_inverse=True)
+        return LabelCodes(self.classes[present], codes.astype(np.int64).reshape(-1))
+
     def code(self, names: Sequence[str]) -> np.ndarray:
         """Codes of ``names`` (compared in NFC, as the labels); -1 for a name that is no label."""
         names = composed_names(list(names))

@@ -454,9 +454,11 @@ def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: s
     with Store(master) as store:
         skipped_paths, reasons = store.skipped()
         n_images, n_shards = store.n_images, store.n_shards
-        # the images embedded, not the listing: a folder whose every file was skipped labels none
-        stored = LabelCodes.of(store.labels()) if classes and store.has_labels else None
-    listed = LabelCodes.of(source.labels) if stored is not None and source.labels is not None else None
+    listed = LabelCodes.of(source.labels) if classes and source.labels is not None else None
+    stored = listed
+    if listed is not None and len(skipped_paths):  # the images embedded: a folder whose every file was skipped has none
+        skipped = set(skipped_paths.tolist())  # (few; the store's labels of a 100M-image store would take GBs)
+        stored = listed.of_rows(np.fromiter((path not in skipped for path in source.paths), bool, len(source.paths)))
     return ExtractSummary(
         output=Path(master).absolute(),  # a rerun with nothing to do was given the path as typed
         n_images=n_images,

@@ -105,7 +105,7 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
         labelled = set(frame["predicted"].unique().to_list()) | set(config.get("absent_classes") or [])
         unused = [name for name in classes if name not in labelled]
         if unused:
-            rows.append(("classes no image is labelled with (absent ones aside)", listed(unused)))
+            rows.append(("classes no image is predicted as (absent ones aside)", listed(unused)))
     if config.get("classes_read_as_one"):  # the later of each pair is never zero-shot's pick
         rows.append(("classes with one text embedding (CLIP reads them as one)",
                      pairs_text([tuple(pair) for pair in config["classes_read_as_one"]], names_shown, "config.json")))

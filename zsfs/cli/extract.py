@@ -124,7 +124,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
         one = len(emptied) == 1
         console.print(f"Note: {counted(len(emptied), 'class', 'classes')} of vocabulary "
                       f"{shown(repr(summary.vocabulary))} {'has' if one else 'have'} no image in the store: every file "
-                      f"of {'its folder' if one else 'their folders'} was skipped "
+                      f"labelled with {'it' if one else 'them'} was skipped "
                       f"({shown(some_names([repr(name) for name in emptied], 5, with_count=False))}); a fit still gives "
                       f"{'it' if one else 'them'} images unless it reports {'it' if one else 'them'} absent "
                       "(`zsfs info --skipped` says why; --classes chooses the list).", soft_wrap=True)
