@@ -418,7 +418,8 @@ def import_store(
             refuse_another_listing(out, {"source": source, "listing_sha256": listing_sha256(image_paths, labels),
                                          "n_items": len(image_paths)})
         except StoreMismatchError:
-            labelled = _label_column_hint(out, table, image_paths, labels, path_column, label_column)
+            labelled = _label_column_hint(earlier.get("listing_sha256"), table, image_paths, labels, path_column,
+                                          label_column)
             if not labelled:
                 raise
             raise StoreMismatchError(f"{out} {labelled} (labels are part of what identifies the images), and its "
@@ -463,13 +464,13 @@ def _failing_as(unwritable: ZsfsError | None) -> Iterator[None]:
         raise unwritable from None
 
 
-def _label_column_hint(out: Path, table: "pl.DataFrame", image_paths: list[str], labels: list[str] | None,
+def _label_column_hint(recorded: str | None, table: "pl.DataFrame", image_paths: list[str], labels: list[str] | None,
                        path_column: str | None, label_column: str | None) -> str:
-    """``"was imported ...: ..."`` when ``out`` differs from this import only in its labels: made
+    """``"was imported ...: ..."`` when the store whose listing digest is ``recorded`` differs from
+    this import only in its labels: made
     without --label-column, with one of ``table``'s columns, or with the labels' spaces at their
     ends kept ("" otherwise). The listing digest covers paths and labels, so a rerun that left the
     option out read as "the names or labels changed"."""
-    recorded = recorded_identity(out).get("listing_sha256")
     if labels is not None:
         if listing_sha256(image_paths, None) == recorded:
             return "was imported without --label-column: leave it out to add to that store"

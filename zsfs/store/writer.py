@@ -491,9 +491,12 @@ def unfinished_run(master: Path) -> str:
     if not (isinstance(n_items, int) and isinstance(shard_size, int) and n_items > 0 and shard_size > 0):
         return ""
 
+    records = {role: identity[role] if isinstance(identity.get(role), dict) else {} for role in ("clip", "backbone")}
+    imported = records["clip"].get("weights") == schema.IMPORTED_WEIGHTS  # (--clip-name, --backbone-name)
+
     def model(role: str, named: str) -> str:
-        record = identity.get(role) if isinstance(identity.get(role), dict) else {}
-        if record.get("weights") == schema.IMPORTED_WEIGHTS:  # (--clip-name, --backbone-name)
+        record = records[role]
+        if record.get("weights") == schema.IMPORTED_WEIGHTS:
             return f"{named} embeddings {record.get('name')} imported from {record.get('imported_from')}"
         config = " (a model-config file)" if "config" in record else ""
         weights = record.get("file") or record.get("weights")  # a file by its path: the rerun passes it
@@ -503,8 +506,6 @@ def unfinished_run(master: Path) -> str:
     options = [f"--shard-size {shard_size}", *([f"--max-pixels {max_pixels}"] if max_pixels else []),
                f"--dtype {identity.get('dtype')}"]
     shard_files = sorted(schema.shard_dir(master).glob(schema.SHARD_GLOB))
-    clip = identity.get("clip")
-    imported = isinstance(clip, dict) and clip.get("weights") == schema.IMPORTED_WEIGHTS
     if imported and _holds_labels(shard_files):  # a folder's labels come with it; an import's from an option
         options.append("labels from a --label-column")
     planned, _ = planned_vocabularies(schema.shard_dir(master), identity)
