@@ -339,7 +339,16 @@ def test_a_fit_tells_each_phase_as_it_starts(tmp_path, method):
     with Store(path) as store:
         result = fit_store(store, FitConfig(method=method, cycle_epochs=1), on_phase=heard.append)
     assert heard[0] == "read clip + index" and heard[-1] == "predict"
-    assert list(dict.fromkeys(heard)) == list(result.timings)  # every timed phase, in order
+    phases = [name for name in heard if ": " not in name]
+    assert list(dict.fromkeys(phases)) == list(result.timings)  # every timed phase, in order
+    # and each self-training cycle within its phase (a --paper fit of 1,000 classes trains for minutes)
+    trained_in = "class shares + self-training" if method == "balanced" else "self-training"
+    steps = [name for name in heard if ": " in name]
+    expected = ([f"cycle {index} of 3" for index in (1, 2, 3)] if method == "balanced" else
+                ["training on the seeds"] + [f"cycle {cycle.index} of at most 19" for cycle in result.cycles[1:]])
+    assert steps == [f"{trained_in}: {step}" for step in expected]
+    assert heard.index(steps[0]) == heard.index(trained_in) + 1 and heard.index(steps[-1]) + 1 == heard.index(
+        "read OOD reference")
     said = fit_cli("--store", path, "--out", tmp_path / "run", "--method", method, "--cycle-epochs", "1")
     assert said.exit_code == 0, said.output
     lines = [line.removeprefix("fit: ").removesuffix("...") for line in said.output.splitlines()

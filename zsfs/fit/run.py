@@ -83,21 +83,33 @@ class FitResult:
 
 class _Timer:
     """Wall and CPU seconds per phase (CPU time shows the cost on a machine shared with others);
-    ``on_phase(name)`` hears of each phase as it starts."""
+    ``on_phase(name)`` hears of each phase as it starts, and of each step within one as
+    ``"{phase}: {step}"`` (``step``)."""
 
     def __init__(self, on_phase: Callable[[str], None] | None = None):
         self.timings: dict[str, float] = {}
         self.cpu_timings: dict[str, float] = {}
         self.on_phase = on_phase
+        self.current = ""
 
     @contextmanager
     def phase(self, name: str):
+        self.current = name
         if self.on_phase is not None:
             self.on_phase(name)
         wall, cpu = time.perf_counter(), time.process_time()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - wall
         self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + time.process_time() - cpu
+
+    def step(self, step: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(f"{self.current}: {step}")
+
+    def cycle_steps(self, n_cycles: int, at_most: bool) -> Callable[[int], None]:
+        """``on_cycle`` for self-training: cycle 0 is the seeds' own training."""
+        of = f"of at most {n_cycles}" if at_most else f"of {n_cycles}"
+        return lambda index: self.step(f"cycle {index} {of}" if index else "training on the seeds")
 
 
 def resolved_precision(precision: str, device: torch.device) -> str:
@@ -143,7 +155,8 @@ def fit_store(store: "Store", config: FitConfig, vocabulary: str | None = None,
     """Label and OOD-score every image of ``store`` from a vocabulary's class names.
 
     ``classes`` restricts the vocabulary to these in-distribution classes (``zsfs ood-bench``).
-    ``on_phase(name)`` hears of each phase (the keys of ``FitResult.timings``) as it starts.
+    ``on_phase(name)`` hears of each phase (the keys of ``FitResult.timings``) as it starts, and
+    of each self-training cycle as ``"{phase}: cycle 2 of 3"``.
     """
     check_open_store("store", store)
     check_fit_config("config", config)
@@ -215,7 +228,8 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
             del candidate_features
         with timer.phase("class shares + self-training"):
             trained, head_classes, shares, estimated = _balanced_training(
-                features, sample, drawn, seed_rows, seed_labels, log_prior, prototypes, config, generator, dtype)
+                features, sample, drawn, seed_rows, seed_labels, log_prior, prototypes, config, generator, dtype,
+                timer.cycle_steps(len(transductive.CYCLE_FRACTIONS), at_most=False))
     else:
         with timer.phase("read features"):
             features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
@@ -224,7 +238,8 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
             trained = self_train(ranked, features, k=config.k, epochs=config.epochs,
                                  cycle_epochs=config.cycle_epochs, batch_size=config.batch_size, lr=config.lr,
                                  max_cycles=config.max_cycles, loss_floor=config.loss_floor,
-                                 accumulate=config.accumulate, generator=generator, train_dtype=dtype)
+                                 accumulate=config.accumulate, generator=generator, train_dtype=dtype,
+                                 on_cycle=timer.cycle_steps(config.max_cycles, at_most=True))
         head_classes, shares, estimated = np.arange(n_classes), None, None
     if not (torch.isfinite(trained.head.weight).all() and torch.isfinite(trained.head.bias).all()):
         raise ZsfsError(f"training diverged (the classifier's weights are not finite) with --lr {config.lr}; "
@@ -321,7 +336,7 @@ def transductive_sample(n_images: int, seed_rows: np.ndarray, seed: int) -> tupl
 
 def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarray, seed_rows: np.ndarray,
                        seed_labels: np.ndarray, log_prior: torch.Tensor, prototypes: torch.Tensor, config: FitConfig,
-                       generator: torch.Generator, dtype: torch.dtype
+                       generator: torch.Generator, dtype: torch.dtype, on_cycle: Callable[[int], None]
                        ) -> tuple[SelfTraining, np.ndarray, np.ndarray, np.ndarray]:
     """Class model (started from ``prototypes``), absent classes, balanced self-training on the present classes.
 
@@ -345,7 +360,7 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarr
         features, rows, seed_positions[keep], torch.as_tensor(head_index[seed_labels], device=features.device)[keep],
         transductive.mixture_log_posterior(features, log_prior, mixture, present),
         transductive.tempered(shares[present]), cycle_epochs=config.cycle_epochs, batch_size=config.batch_size,
-        lr=config.lr, generator=generator, train_dtype=dtype)
+        lr=config.lr, generator=generator, train_dtype=dtype, on_cycle=on_cycle)
     for cycle in trained.cycles:
         cycle.labels = present[cycle.labels]
     return trained, present, shares, mixture.shares

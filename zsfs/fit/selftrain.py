@@ -9,6 +9,7 @@ epoch's loss falls below ``loss_floor``, when the candidates run out, or after `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,8 +77,11 @@ def self_train(
     accumulate: bool,
     generator: torch.Generator,
     train_dtype: torch.dtype = torch.float32,
+    on_cycle: Callable[[int], None] | None = None,
 ) -> SelfTraining:
-    """Train a linear head on the first k re-ranked candidates per class, then self-train."""
+    """Train a linear head on the first k re-ranked candidates per class, then self-train.
+    ``on_cycle(index)`` hears of each cycle as it starts (0: the seeds)."""
+    on_cycle = on_cycle or (lambda index: None)
     device = features.features.device
     n_classes = len(ranked)
     head = LinearHead(features.features.shape[1], n_classes, lr=lr, generator=generator, device=device,
@@ -87,6 +91,7 @@ def self_train(
         return torch.as_tensor(labels, dtype=torch.int64, device=device)
 
     train_rows, train_labels = positions(ranked, 0, k)
+    on_cycle(0)
     losses = head.train_epochs(features[train_rows], labels_tensor(train_labels), epochs=epochs,
                                batch_size=batch_size, generator=generator)
     cycles = [Cycle(0, len(train_rows), train_rows, train_labels, len(train_rows), losses)]
@@ -97,6 +102,7 @@ def self_train(
         if len(rows) == 0:
             stop = STOP_NO_CANDIDATES
             break
+        on_cycle(t)
         assigned = head.predict_logits(features[rows]).argmax(dim=1).cpu().numpy()
         agree = assigned == labels
         kept_rows, kept_labels = rows[agree], labels[agree]

@@ -23,6 +23,7 @@ Three published ideas use all of it, on the stored embeddings alone:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,6 +203,7 @@ def balanced_self_training(
     generator: torch.Generator,
     train_dtype: torch.dtype = torch.float32,
     fractions: tuple[float, ...] = CYCLE_FRACTIONS,
+    on_cycle: Callable[[int], None] | None = None,
 ) -> SelfTraining:
     """One cycle per fraction: Sinkhorn pseudo-labels over all ``features``, train a fresh head.
 
@@ -210,8 +212,10 @@ def balanced_self_training(
     posterior); later cycles use the previous head's. ``marginals``: each class's share of the
     pseudo-labels (all positive, summing to 1: the tempered estimated shares, absent classes
     dropped before). Cycle 0 records the seeds (no
-    training of its own: they are part of every cycle's training set).
+    training of its own: they are part of every cycle's training set). ``on_cycle(index)`` hears
+    of each cycle as it starts.
     """
+    on_cycle = on_cycle or (lambda index: None)
     device = features.device
     n_classes = len(marginals)
     marginals = torch.as_tensor(marginals, dtype=torch.float32, device=device)
@@ -221,6 +225,7 @@ def balanced_self_training(
     is_seed[seed_positions] = True
     head = None
     for index, fraction in enumerate(fractions, start=1):
+        on_cycle(index)
         log_probs = initial_log_probs if head is None else torch.log_softmax(head.predict_logits(features), dim=1)
         confidence, labels = sinkhorn(log_probs, marginals).max(dim=1)
         kept = (most_confident(labels, confidence, fraction, n_classes) & ~is_seed).nonzero().squeeze(1)
