@@ -166,6 +166,27 @@ def test_missing_compressed_and_damaged_tars_are_clear_errors(shards, tmp_path):
         open_source(damaged.parent)
 
 
+def test_one_error_names_every_damaged_tar(shards, tmp_path):
+    """Bug: listing stopped at the first damaged tar, so among 10,000 downloaded shards each damaged
+    one cost a rerun that listed every tar again before it was named."""
+    root = tmp_path / "some damaged"
+    shutil.copytree(shards["root"], root)
+    names = sorted(path.name for path in root.glob("*.tar"))
+    assert len(names) >= 3
+    with tarfile.open(root / names[0]) as archive:
+        second = archive.getmember(shards["paths"][1].split("::")[1])
+    for name in (names[0], names[2]):  # cut inside the second image's data
+        with open(root / name, "r+b") as handle:
+            handle.truncate(second.offset_data + 10)
+    with pytest.raises(ZsfsError) as raised:
+        open_source(root)
+    said = str(raised.value)
+    assert said.startswith(f"2 of {len(names)} tar files cannot be listed; mend or remove each and rerun: ")
+    assert said.count("is damaged after 1 images (the file ends inside the member") == 2
+    assert f"{root / names[0]} is" in said and f"{root / names[2]} is" in said and names[1] not in said
+    assert "repair or remove it" not in said  # said once for all
+
+
 def test_a_tar_cut_inside_any_member_or_with_a_size_past_its_end_is_a_clear_error(tmp_path):
     """Bugs: cut inside a caption, the listing stopped there as if at the archive's end (the
     samples after it were lost silently); a damaged base-256 size was an OverflowError traceback."""

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from zsfs.errors import ZsfsError
+from zsfs.names import counted, some_names
 from zsfs.store.schema import SHARDS_SUFFIX, holds_store_parts
 
 MEMBER_SEPARATOR = "::"
@@ -122,6 +123,9 @@ def is_compressed_tar(name: str) -> bool:
 READ_IN_PLACE = "zsfs reads uncompressed .tar shards (as img2dataset writes them) in place"
 TAR_FOLDER = ("a folder is read as tar shards only when it holds no subfolder and no loose image; name the tars "
               "instead, one .tar or a pattern such as 'shards/{00000..00099}.tar'")
+
+
+_MEND = "; repair or remove it and rerun"
 
 
 def compressed_tar_error(path: Path | str) -> ZsfsError:
@@ -233,8 +237,8 @@ def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> TarListing:
     except _Compressed:
         raise compressed_tar_error(path) from None
     except (_Damaged, OSError, ValueError) as error:
-        raise ZsfsError(f"{path} is not a readable tar, or is damaged after {len(listing.names)} images ({error}); "
-                        "repair or remove it and rerun") from None
+        raise ZsfsError(f"{path} is not a readable tar, or is damaged after {len(listing.names)} images ({error})"
+                        f"{_MEND}") from None
     finally:
         os.close(fd)
     return listing
@@ -381,8 +385,13 @@ def list_tars(root: Path, tars: Sequence[Path], image_suffixes: Iterable[str], *
     paths: list[str] = []
     links: list[str] = []
     tar_ids, offsets, sizes = [], [], []
+    failed: list[ZsfsError] = []
     for number, tar in enumerate(tars):
-        listing = list_tar(tar, suffixes)
+        try:
+            listing = list_tar(tar, suffixes)
+        except ZsfsError as error:  # the others are listed still, so that one error names every tar to mend
+            failed.append(error)
+            continue
         shown = [i for i, name in enumerate(listing.names) if keep_hidden or not _is_hidden(name)]
         prefix = tar.relative_to(root).as_posix() + MEMBER_SEPARATOR
         paths.extend(prefix + listing.names[i] for i in shown)
@@ -390,6 +399,11 @@ def list_tars(root: Path, tars: Sequence[Path], image_suffixes: Iterable[str], *
         tar_ids.append(np.full(len(shown), number, dtype=np.int32))
         offsets.append(np.asarray(listing.offsets, dtype=np.int64)[shown])
         sizes.append(np.asarray(listing.sizes, dtype=np.int64)[shown])
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise ZsfsError(f"{len(failed):,} of {counted(len(tars), 'tar file')} cannot be listed; mend or remove each "
+                        f"and rerun: {some_names([str(error).removesuffix(_MEND) for error in failed], 10, with_count=False)}")
     members = TarMembers(tuple(tars), _concat(tar_ids, np.int32), _concat(offsets, np.int64), _concat(sizes, np.int64))
     return paths, members, links
 
