@@ -163,6 +163,9 @@ def test_logit_statistics_and_scores():
     np.testing.assert_allclose(continuous, [0.0, 1.1 / 3, 2.2 / 3, 3.0], rtol=1e-5)
     restored = ood.OodThresholds.from_dict(thresholds.to_dict())
     np.testing.assert_array_equal(restored.thresholds, thresholds.thresholds)
+    wider = ood.fit_thresholds(seed_stats, multiplier=2.5)  # review (mutation): a multiplier of 1 was all that was read back
+    np.testing.assert_allclose(wider.thresholds, [1.5, 0.5, -0.5])
+    np.testing.assert_array_equal(ood.OodThresholds.from_dict(wider.to_dict()).thresholds, wider.thresholds)
 
 
 def test_training_is_deterministic_and_learns():
@@ -508,3 +511,7 @@ def test_the_flag_threshold_matches_a_search_over_seed_scores_with_ties():
         allowed = int(np.floor(rate * len(scores) + 1e-9))
         expected = min(cut for cut in np.unique(scores) if (scores > cut).sum() <= allowed)
         assert ood.flag_threshold(scores, rate) == expected
+    # review (mutation): no rate above made rate x n fall just below a whole number (0.29 x 100 is 28.999999999999996)
+    for rate, n in ((0.29, 100), (0.58, 50)):
+        scores = np.arange(n, dtype=np.float64)
+        assert (scores > ood.flag_threshold(scores, rate)).sum() == round(rate * n)

@@ -127,8 +127,13 @@ def test_labels_outside_the_vocabulary_are_always_ood(tmp_path):
     path = make_synthetic_store(tmp_path / "open.h5", 600, 4, n_ood_classes=2, seed=1, **SMALL_STORE)
     with Store(path) as store:
         metrics = ood_bench(store, 2, FitConfig(**QUICK_FIT), n_splits=1)
+        labels = store.labels()
     assert metrics["always_ood_classes"] == class_names(2, "ood")
-    assert set(metrics["splits"][0]["id_classes"]) <= set(class_names(4))
+    split = metrics["splits"][0]
+    assert set(split["id_classes"]) <= set(class_names(4))
+    # review (mutation: the unnamed labels' images left out of the split passed): they are counted OOD
+    assert split["n_ood_images"] == int((~np.isin(labels, split["id_classes"])).sum())
+    assert split["n_ood_images"] > int(np.isin(labels, class_names(4)).sum()) - split["n_id_images"]
     # Bug: an unnamed label given as an ID class was said not to be a label at all.
     with Store(path) as store, pytest.raises(ZsfsError, match="1 ID class is a label that vocabulary 'synthetic' does not name: "
                                                               "'ood_0000'.*zsfs text"):

@@ -302,6 +302,7 @@ def test_fit_metrics_hand_computed():
     assert [c["precision"] for c in metrics["seed_precision"]] == [0.5, None, 1.0]  # one kept image has a precision
     assert metrics["absent_classes"] == {"reported": ["fox", "emu"], "truly_absent": ["fox"], "precision": 0.5}
     assert metrics["ood_auroc"] == 1.0 and metrics["mcm_auroc"] == 0.25
+    assert metrics["ood_paper_auroc"] == 1.0 and metrics["ood_continuous_auroc"] == 1.0
     assert metrics["labels_not_classes"] == {"yak": 1}
     # labels that name no class (a vocabulary spelt otherwise): nothing measurable, not precision 0
     other = runs.fit_metrics(result, np.array(["Dog", "Cat", "yak", "Dog", "Emu"], dtype=object))

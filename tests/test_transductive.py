@@ -197,6 +197,10 @@ def test_reference_rows_are_the_candidates_or_a_seeded_subset():
     subset = ood.reference_rows(np.arange(100), 5, limit=10)
     assert len(subset) == 10 and np.all(np.diff(subset) > 0)
     assert subset.tolist() == ood.reference_rows(np.arange(100), 5, limit=10).tolist()
+    # review (mutation: the first `limit` rows passed): the seed draws the subset, from all of the candidates
+    assert subset.tolist() != ood.reference_rows(np.arange(100), 6, limit=10).tolist()
+    drawn = ood.reference_rows(np.arange(100_000), 0, limit=1000)
+    assert drawn.max() > 90_000 and abs(drawn.mean() - 50_000) < 3_000  # (the mean's spread is ~900)
     assert len(ood.reference_rows(np.arange(5000), 0)) == 4096  # docs/fit.md: at most 4,096 reference images
 
 
