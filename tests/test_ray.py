@@ -21,13 +21,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray  # the test extra installs it: pip install -e ".[test]"
+import torch
 
 from tests.test_extract import assert_same_store, read_store
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.names import counted
 from zsfs.extract import extract
+from zsfs.models import load_backbone, load_clip
 from zsfs.store import Store
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
@@ -196,6 +199,31 @@ def test_a_worker_killed_while_it_loads_the_models_is_replaced(cluster, photos, 
     result = done["result"]
     assert result.exit_code == 0, result.output
     assert_same_store(out, photos["local"])
+
+
+def test_model_files_named_from_the_commands_folder_reach_the_workers(cluster, photos, tmp_path, monkeypatch):
+    """Walkthrough bug: a relative --clip-model, --clip-weights or --backbone-weights was looked up
+    in each Ray worker's working folder ("CLIP model config file ... not found" on a cluster started
+    from another folder); the workers of this module's cluster work in the folder pytest started in."""
+    here = tmp_path / "here"
+    here.mkdir()
+    shutil.copy(TINY_MODELS["clip_model"], here / "my-clip.json")
+    clip, backbone = load_clip(TINY_MODELS["clip_model"], "random"), load_backbone(TINY_MODELS["backbone"], "random")
+    torch.save(clip.model.state_dict(), here / "clip.pt")
+    torch.save(backbone.model.state_dict(), here / "backbone.pth")
+    monkeypatch.chdir(here)
+    assert Path.cwd() != Path(ray.get(ray.remote(lambda: os.getcwd()).remote()))  # else this test could not fail
+    relative = ["--clip-model", "my-clip.json", "--clip-weights", "clip.pt", "--backbone", TINY_MODELS["backbone"],
+                "--backbone-weights", "backbone.pth", "--shard-size", "6"]
+    by_ray = run_cli("extract", photos["root"], "--out", tmp_path / "ray.h5", *relative, "--ray", "--ray-workers", "1")
+    assert by_ray.exit_code == 0, output_text(by_ray)
+    local = run_cli("extract", photos["root"], "--out", tmp_path / "local.h5", *relative, "--workers", "0")
+    assert local.exit_code == 0, output_text(local)
+    stored, expected = read_store(tmp_path / "ray.h5"), read_store(tmp_path / "local.h5")
+    for key in ("clip", "backbone"):
+        np.testing.assert_array_equal(stored[key], expected[key])
+    with Store(tmp_path / "ray.h5") as store:
+        assert store.backbone_info["file"] == str(here / "backbone.pth")
 
 
 def test_a_model_a_ray_worker_cannot_load_is_one_clear_line(cluster, photos, tmp_path):

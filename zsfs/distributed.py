@@ -134,7 +134,7 @@ class RayEmbedders(AbstractContextManager):
 
     def __init__(self, settings: EmbedSettings, source: ImageSource, *, address: str | None = None,
                  n_workers: int | None = None):
-        self.settings = settings  # options checked by zsfs.extract.extract, before any work
+        self.settings = settings.with_absolute_files()  # options checked by zsfs.extract.extract, before any work
         self.started_ray = _connect(address)
         try:
             self.n_workers, self.cores = _plan_workers(settings.device, n_workers)

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, closing, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,14 @@ class EmbedSettings:
     def model(self, role: str) -> tuple[str, str]:
         """The (name, weights) asked for the ``"clip"`` or ``"backbone"`` model."""
         return (self.clip_model, self.clip_weights) if role == "clip" else (self.backbone, self.backbone_weights)
+
+    def with_absolute_files(self) -> EmbedSettings:
+        """These settings with the model files they name as absolute paths: a Ray worker resolves a
+        relative path in its own working folder, not in the one the command was run from."""
+        files = {"clip_model": self.clip_model} if Path(self.clip_model).expanduser().is_file() else {}
+        files.update((f"{role}_weights", self.model(role)[1]) for role in ("clip", "backbone")
+                     if weights_kind(role, *self.model(role)) == FILE)  # not a tag named like a file here
+        return replace(self, **{name: os.path.abspath(os.path.expanduser(path)) for name, path in files.items()})
 
 
 def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict, *, dtype: str,
