@@ -91,7 +91,8 @@ class Step:
             return None
         then = recorded["settings"]
         # names on both sides only: a setting a later zsfs adds (or drops) is no change of this output
-        changed = sorted(name for name in set(then) & set(self.settings) if then[name] != self.settings[name])
+        changed = sorted(name for name in set(then) & set(self.settings)
+                         if not _same_setting(then[name], self.settings[name]))
         if changed:
             said = ", ".join(f"{name} {_shown(then[name])} -> {_shown(self.settings[name])}" for name in changed)
             return f"{self.output} was made with other settings ({said})"
@@ -149,6 +150,15 @@ def _parsed(argv: Sequence[str]) -> click.Context:
 
     command = zsfs_main.get_command(click.Context(zsfs_main), argv[0])
     return command.make_context(argv[0], list(argv[1:]), resilient_parsing=True)
+
+
+def _same_setting(then: object, now: object) -> bool:
+    """Equal, or two spellings of one file's path (relative and absolute, through a link): the
+    file is the setting, not how its path was written (a walkthrough was told to remove its store)."""
+    if then == now:
+        return True
+    return (isinstance(then, str) and isinstance(now, str) and os.path.isfile(then) and os.path.isfile(now)
+            and os.path.samefile(then, now))
 
 
 def _shown(value: object) -> str:

@@ -85,7 +85,7 @@ def test_imagenet_is_classification_only_and_images_skip_preparation(tmp_path):
 
 # -- orchestration on a synthetic store -----------------------------------------------------
 
-def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(tmp_path):
+def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(tmp_path, monkeypatch):
     prepared = []
 
     def fake_prepare(data_root: Path) -> Path:  # stands in for a download: an empty, finished folder
@@ -176,6 +176,19 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
                                         r"shards and every result made from it\)"):
         run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2, extract_args=["--dtype", "float32"]),
                   dry_run=True, echo=log.append)
+    # a file is a setting, not its path's spelling (walkthrough: a relative --clip-model given absolute asked
+    # for the store to be removed); another file is a change
+    for name in ("clip.json", "other.json"):
+        (tmp_path / name).write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2, extract_args=["--clip-model", "clip.json"])[1].remember()
+    assert run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2,
+                          extract_args=["--clip-model", str(tmp_path / "clip.json")]), dry_run=True) == []
+    with pytest.raises(ZsfsError, match=r"^extract: \S+synth.h5 was made with other settings \(clip_model clip.json -> "
+                                        r"\S+other.json\)"):
+        run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2,
+                       extract_args=["--clip-model", str(tmp_path / "other.json")]), dry_run=True)
+    plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2)[1].remember()
     for same in (["--k=16", *QUICK_FIT_ARGS], [*QUICK_FIT_ARGS, "--k", "16"]):
         assert run_steps(plan(synth, data, work, fit_args=same, splits=2, device="cuda"),
                          dry_run=True, echo=log.append) == []
