@@ -440,8 +440,9 @@ def _check_protocol(dataset: Dataset, store: Path, images: Path | None, id_class
         classes = len(set(labels.tolist()))
         held = f"the labels of {store} name {counted(classes, 'class', 'classes')}"
     elif images is not None:
-        classes = sum(1 for entry in os.scandir(images) if entry.is_dir() and not entry.name.startswith("."))
-        held = f"--images {images} holds {counted(classes, 'class folder')}"
+        classes = sum(1 for entry in os.scandir(images) if entry.is_dir() and not entry.name.startswith(".")
+                      and _holds_an_image(entry.path))  # an empty class folder gives no label
+        held = f"--images {images} holds {counted(classes, 'class folder')} with images"
     else:
         classes = dataset.n_classes
         held = f"{dataset.title} has {counted(classes, 'class', 'classes')}"
@@ -449,6 +450,17 @@ def _check_protocol(dataset: Dataset, store: Path, images: Path | None, id_class
         given = "--id-classes" if id_classes is not None else f"the paper's protocol for {dataset.name}"
         raise ZsfsError(f"{given} takes {n_id} ID classes, and {held}: the OOD protocol needs at least one OOD "
                         + (f"class; pass --id-classes N with N below {classes}" if classes > 1 else "class"))
+
+
+def _holds_an_image(folder: str) -> bool:
+    """Whether a scan of ``folder`` would find an image (it stops at the first)."""
+    from zsfs.sources import IMAGE_EXTENSIONS
+
+    for parent, folders, files in os.walk(folder, followlinks=True):
+        folders[:] = [name for name in folders if not name.startswith(".")]  # hidden ones are not scanned
+        if any(not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in files):
+            return True
+    return False
 
 
 if __name__ == "__main__":

@@ -539,13 +539,21 @@ def test_an_images_folder_of_fewer_classes_than_the_protocol_is_refused_before_a
     """Review: five class folders under cifar10's 6 ID classes failed in ood-bench, after the
     extract and the fit, and the pipeline had no option to change the count."""
     images = tmp_path / "five"
-    for name in ("cat", "dog", "bird", "frog", "ship", ".hidden"):
+    for name in ("cat", "dog", "bird", "frog", "ship/deep", ".hidden"):
         (images / name).mkdir(parents=True)
-    result = CliRunner().invoke(main, ["cifar10", "--images", str(images), "--work", str(tmp_path / "w")])
-    said = " ".join(result.output.split())
-    assert result.exit_code == 1 and f"the paper's protocol for cifar10 takes 6 ID classes, and --images {images} " \
-        "holds 5 class folders: the OOD protocol needs at least one OOD class; pass --id-classes N with N below 5" \
-        in said, said
+        (images / name / "1.jpg").write_bytes(b"")
+    # walkthrough: folders that give no label (empty, or no image a scan takes) were counted as classes
+    for name, files in (("empty", ()), ("notes", ("read me.txt", ".hidden.jpg")), ("hidden inside", (".x/1.jpg",))):
+        for file in files:
+            (images / name / file).parent.mkdir(parents=True, exist_ok=True)
+            (images / name / file).write_bytes(b"")
+        (images / name).mkdir(exist_ok=True)
+    for given, taken in ((), "the paper's protocol for cifar10 takes 6 ID classes"), (("--id-classes", "5"),
+                                                                                      "--id-classes takes 5 ID classes"):
+        result = CliRunner().invoke(main, ["cifar10", "--images", str(images), "--work", str(tmp_path / "w"), *given])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 1 and f"{taken}, and --images {images} holds 5 class folders with images: the OOD " \
+            "protocol needs at least one OOD class; pass --id-classes N with N below 5" in said, said
     assert not (tmp_path / "w").exists()
     dry = CliRunner().invoke(main, ["cifar10", "--images", str(images), "--work", str(tmp_path / "w"),
                                     "--id-classes", "3", "--dry-run"])
