@@ -265,7 +265,7 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
         link = tarfile.TarInfo("1.jpg")
         link.type, link.linkname = tarfile.SYMTYPE, "../0.jpg"
         linked.addfile(link)
-    with pytest.raises(ZsfsError, match=r"hold no images \(.*\), only 1 link \(not read"):
+    with pytest.raises(ZsfsError, match=r"^1 tar file of \S+links holds no images \(.*\), only 1 link \(not read"):
         open_source(only_links)
     given = image_inputs([root / "00004a.tar"])  # bug: predict dropped the links without a row
     assert given.paths == [str(root / f"00004a.tar::{i}.jpg") for i in range(3)]
@@ -275,6 +275,14 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
         assert image_inputs(["00004a.tar"]).paths == [f"00004a.tar::{i}.jpg" for i in range(3)]
     with pytest.raises(ZsfsError, match=r"'1.jpg' is a link inside .*00004a.tar, not a file"):
         image_inputs([f"{root / '00004a.tar'}::1.jpg"])
+    # walkthrough: predict stopped at a pattern's empty tar ("the 1 tar file of ... hold no images"), which extract
+    # lists as empty and a folder of the tars passes over; a tar named alone, or a pattern of empty ones, still stops
+    pattern = str(root / "{00000a,00004a,00001a}.tar")
+    assert image_inputs([pattern]).paths == [str(root / f"00004a.tar::{i}.jpg") for i in range(3)]
+    with pytest.raises(ZsfsError, match=r"^1 tar file of \S+00000a.tar holds no images"):
+        image_inputs([root / "00000a.tar", root / "00004a.tar"])
+    with pytest.raises(ZsfsError, match=r"^the 2 tar files of \S+\{00000a,00001a\}.tar hold no images"):
+        image_inputs([str(root / "{00000a,00001a}.tar"), root / "00004a.tar"])
 
     result = run_cli("extract", root, "--out", tmp_path / "laion.h5", "--workers", "0", *TINY_MODEL_ARGS)
     assert result.exit_code == 0, result.output

@@ -25,7 +25,7 @@ from zsfs.models import load_backbone_from_record
 from zsfs.names import repeated, utf8_texts
 from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
 from zsfs.runs import PREDICTION_COLUMNS, FittedRun, load_run, new_image_predictions, refuse_run_file
-from zsfs.sources import LIST_SUFFIXES, ImageSource, given_path, open_source
+from zsfs.sources import LIST_SUFFIXES, ImageSource, NoImagesError, given_path, open_source
 from zsfs.store.rows import usable_rows
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
                        merged_members, named_tars, split_member_path)
@@ -68,12 +68,19 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
     unreadable: dict[str, str] = {}
     listed: list[tuple[np.ndarray, TarMembers]] = []  # rows of listings with tars, and their byte ranges
     named_members: list[int] = []  # rows given as ``shard.tar::member``
-    for given in _tar_patterns_expanded(Path(given_path(item, "image input")) for item in inputs):
+    empty_of_pattern: dict[str, list[Path]] = {}  # a pattern's tars that hold no image (each pattern named)
+    for given, pattern in _tar_patterns_expanded(Path(given_path(item, "image input")) for item in inputs):
         if split_member_path(str(given)) is not None and not given.is_file():  # a file so named is that file
             named_members.append(len(paths))
             paths.append(str(given))
         elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX):
-            listing = open_source(given)
+            try:
+                listing = open_source(given)
+            except NoImagesError:
+                if pattern is None:
+                    raise
+                empty_of_pattern.setdefault(pattern, []).append(given)  # as extract lists a pattern: no row
+                continue
             base = given if given.is_dir() else given.parent
             base = "" if str(base) == "." else base  # "a.tar" lists "a.tar::x.jpg", not "./a.tar::x.jpg"
             if listing.members is not None:
@@ -94,6 +101,9 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
             paths.append(str(given))
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
+    for pattern, empty in empty_of_pattern.items():
+        if len(empty) == len(named_tars(pattern)):  # (a pattern named twice counts its tars twice: never all)
+            open_source(pattern)  # its error, as extract's
     for list_file in lists:
         paths += _listed_images(Path(given_path(list_file, "list of images")))
     if named_members:
@@ -115,15 +125,15 @@ def _listed_images(list_file: Path) -> list[str]:
     return [path if str(base) == "." else os.path.join(base, path) for path in listing.paths]
 
 
-def _tar_patterns_expanded(inputs: Iterable[Path]) -> Iterator[Path]:
-    """``inputs``, each brace pattern of tars (``shards/{00000..00009}.tar``, as extract reads
-    them) replaced by the tars it names, each named as the user wrote it (the paths of their
-    images are under that name, as a single tar's are)."""
+def _tar_patterns_expanded(inputs: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
+    """``(input, None)`` for each of ``inputs``, each brace pattern of tars (``shards/{00000..00009}.tar``,
+    as extract reads them) replaced by ``(tar, pattern)`` for the tars it names, each named as the
+    user wrote it (the paths of their images are under that name, as a single tar's are)."""
     for given in inputs:
         if given.suffix.lower() == TAR_SUFFIX and not given.exists() and expand_braces(str(given)) != [str(given)]:
-            yield from named_tars(str(given))
+            yield from ((tar, str(given)) for tar in named_tars(str(given)))
         else:  # not a pattern (a missing tar is said as any missing input is)
-            yield given
+            yield given, None
 
 
 def predict_images(

@@ -51,6 +51,10 @@ LINKED_IMAGE = "linked image not read"
 """Reason prefix of a link to an image the scan lists under another name (nothing is lost)."""
 
 
+class NoImagesError(ZsfsError):
+    """Tar shards that hold no image member."""
+
+
 @dataclass(frozen=True)
 class ImageSource:
     """The images of a folder, list file or tar shards, in a fixed order, with their labels when known."""
@@ -392,7 +396,8 @@ def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[s
     paths, members, links = list_tars(root, tars, IMAGE_EXTENSIONS)
     if not paths:
         linked = f", only {counted(len(links), 'link')} (not read: zsfs reads the files of a tar)" if links else ""
-        raise ZsfsError(f"the {counted(len(tars), 'tar file')} of {location} hold no images "
+        raise NoImagesError(f"{'the ' if len(tars) > 1 else ''}{counted(len(tars), 'tar file')} of {location} "
+                            f"{'hold' if len(tars) > 1 else 'holds'} no images "
                         f"({' '.join(sorted(IMAGE_EXTENSIONS))}){linked}.")
     # A shard with no image member is valid (tar lists nothing) but often a failed download: say so.
     images_per_tar = np.bincount(members.tar, minlength=len(tars))
