@@ -83,7 +83,9 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     device = options["device"]
     if options["ray"] is None:  # (Ray's workers may have GPUs)
         note_precision_off_cuda(options["precision"], device, "the models compute")
-    loading = console.status("Scanning the source and loading the models...", logged=True)
+    loading = console.status("Scanning the source and loading the models..." if options["ray"] is None else
+                             "Scanning the source and loading the models on the Ray workers (a worker starts when "
+                             "the cluster has its CPUs or GPU free: other jobs may hold them)...", logged=True)
     with image_progress("embedding") as (start_bar, on_batch):
 
         def on_start(total: int) -> None:  # models are loaded: from here on, images flow
