@@ -147,6 +147,22 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     assert not list(shards.glob("*.tmp"))  # the killed workers' unfinished files are gone (review: none was shown to exist)
 
 
+def test_rays_messages_go_to_stderr_not_stdout(cluster, tmp_path, capfd):
+    """Walkthrough: Ray's "(raylet) A worker died or was killed ..." came on stdout, in colour,
+    where zsfs writes only data (--json); here is the function Ray's message thread calls."""
+    from ray._private import worker as ray_worker
+
+    few = write_image_folder(tmp_path / "few", n_per_class=1)
+    result = run_cli("extract", few["root"], "--out", tmp_path / "ray.h5", *TINY_MODEL_ARGS, "--ray",
+                     "--ray-workers", "1")
+    assert result.exit_code == 0 and result.stdout == "", output_text(result)
+    capfd.readouterr()
+    ray_worker.print_to_stdstream({"lines": ["A worker died or was killed"], "pid": "raylet", "is_err": False},
+                                  ignore_prefix=False)
+    said = capfd.readouterr()
+    assert "A worker died" in said.err and said.out == ""
+
+
 def test_sigterm_while_the_driver_waits_on_ray_stops_as_sigterm(photos, tmp_path):
     """Bug: SIGTERM landing while the driver waited inside Ray's C++ code (ray.get, ray.wait) came
     back from Ray as a plain KeyboardInterrupt: exit 130 and "Interrupted.", where `timeout` and
