@@ -377,7 +377,7 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
 def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, images: Path | None,
          extract_args: str, fit_args: str, splits: int, id_classes: int | None, dry_run: bool) -> None:
     """Run the paper's experiment for DATASETS (cifar10 cifar100 caltech101 caltech256 cars imagenet, or all)."""
-    from zsfs.cli.common import console, say_stopped, sigterm_stops_cleanly
+    from zsfs.cli.common import say_error, say_stopped, sigterm_stops_cleanly
 
     with sigterm_stops_cleanly():
         try:
@@ -386,13 +386,13 @@ def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, im
         except KeyboardInterrupt as stop:  # in a step of its own (a download, the report): zsfs steps say their own
             say_stopped(stop, "Finished steps are kept and nothing half-written was left; a rerun resumes.")
         except ZsfsError as error:
-            console.print(f"[bold red]Error:[/] {error}")
+            say_error(str(error))
             raise SystemExit(1) from None
 
 
 def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, images: Path | None,
                   extract_args: str, fit_args: str, splits: int, id_classes: int | None, dry_run: bool) -> None:
-    from zsfs.cli.common import console
+    from zsfs.cli.common import console, say_error
 
     failed = []
     if "all" in datasets and len(datasets) > 1:
@@ -418,7 +418,7 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
         try:
             run_steps(steps, dry_run=dry_run, echo=lambda line: console.print(line, markup=False, soft_wrap=True))
         except ZsfsError as error:  # the other datasets still run (ImageNet, first of all, is downloaded by hand)
-            console.print(f"[bold red]Error:[/] {dataset.name}: {error}")
+            say_error(f"{dataset.name}: {error}")
             failed.append(dataset.name)
     if not dry_run:
         md_path, csv_path = report.write_results(work)

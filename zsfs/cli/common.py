@@ -139,6 +139,11 @@ RESUME_WITHOUT_OVERWRITE = ("a rerun without --overwrite resumes from the shards
                             "store is built again from the start: --overwrite removes the earlier store before it writes)")
 
 
+def say_error(message: str) -> None:
+    """``Error: MESSAGE`` on one line (a log's reader greps it; a terminal folds it), as text, not markup."""
+    console.print(f"[bold red]Error:[/] {shown(message)}", soft_wrap=True)
+
+
 class ZsfsGroup(click.Group):
     """Turns ``ZsfsError``, file-system failures (a full disk above all) and Ctrl-C into a
     one-line message and a non-zero exit code."""
@@ -159,13 +164,13 @@ class ZsfsGroup(click.Group):
             bad_argument = isinstance(error, ParameterError)
             if bad_argument:  # named as the user typed them: the command's flags
                 error = error.render(option_flags(self.get_command(ctx, ctx.invoked_subcommand or "")))
-            console.print(f"[bold red]Error:[/] {shown(error)}{_resuming_hint(ctx, str(error))}", soft_wrap=True)
+            say_error(f"{error}{_resuming_hint(ctx, str(error))}")
             sys.exit(2 if bad_argument else 1)  # 2: a usage error, as click's own checks of the options exit
         except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
             if not (isinstance(error, OSError) or is_disk_full(error) or shared_memory_full(error)):
                 raise  # a bug: keep its traceback
             said = describe_os_error(error)
-            console.print(f"[bold red]Error:[/] {shown(said)}{_resuming_hint(ctx, said)}", soft_wrap=True)
+            say_error(f"{said}{_resuming_hint(ctx, said)}")
             sys.exit(1)
         except KeyboardInterrupt as stop:
             resumes = ctx.invoked_subcommand in RESUMING_COMMANDS
