@@ -152,6 +152,13 @@ def _parsed(argv: Sequence[str]) -> click.Context:
     return command.make_context(argv[0], list(argv[1:]), resilient_parsing=True)
 
 
+def _unless_given(options: Sequence[tuple[str, str]], given: Sequence[str]) -> list[str]:
+    """The words of ``options`` (option, value) that ``given`` does not set again, so that the
+    command echoed and recorded names each option once (the last one given wins anyway)."""
+    named = {word.partition("=")[0] for word in given if word.startswith("--")}
+    return [word for option, value in options if option not in named for word in (option, value)]
+
+
 def _same_setting(then: object, now: object) -> bool:
     """Equal, or two spellings of one file's path (relative and absolute, through a link): the
     file is the setting, not how its path was written (a walkthrough was told to remove its store)."""
@@ -255,8 +262,9 @@ def plan(
         source = f"prepared {dataset.name}"  # the same images wherever --data-root puts them
     else:
         source = str(Path(images).resolve())
-    extract = ("extract", str(images), "--out", str(layout.store), "--clip-model", CLIP_MODEL,
-               "--clip-weights", CLIP_WEIGHTS, "--backbone", BACKBONE, "--device", device, *extract_args)
+    models = (("--clip-model", CLIP_MODEL), ("--clip-weights", CLIP_WEIGHTS), ("--backbone", BACKBONE))
+    extract = ("extract", str(images), "--out", str(layout.store), *_unless_given(models, extract_args),
+               "--device", device, *extract_args)
     steps.append(_zsfs_step("extract", layout, layout.store, extract, source))
     fit = ("fit", "--store", str(layout.store), "--out", str(layout.fit_run), "--device", device, *fit_args)
     steps.append(_zsfs_step("fit", layout, layout.fit_run, fit))

@@ -63,6 +63,11 @@ def test_plan_runs_the_paper_models_and_protocol(tmp_path):
     assert fit[-2:] == ("--k", "5") and bench[-2:] == ("--k", "5")
     assert bench[bench.index("--id-classes") + 1] == "6" and bench[bench.index("--splits") + 1] == "5"
     assert steps[3].describe().startswith("zsfs ood-bench --store ")
+    # walkthrough: the echoed command named the paper's models and then the ones given (the last one wins)
+    mine = plan(DATASETS["cifar10"], tmp_path / "data", tmp_path / "work",
+                extract_args=["--clip-model=my.json", "--clip-weights", "random"])[1].argv
+    assert mine.count("--clip-weights") == 1 and mine[-3:] == ("--clip-model=my.json", "--clip-weights", "random")
+    assert CLIP_MODEL not in mine and "openai" not in mine and mine[mine.index("--backbone") + 1] == BACKBONE
 
 
 def test_a_dataset_whose_store_is_built_needs_no_preparation_and_a_bad_device_is_said_first(tmp_path):
