@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+import zsfs.fit.run
 from tests.test_index import assert_nearest, brute_force_neighbours
 from zsfs.errors import ParameterError, StoreError, ZsfsError
 from zsfs.fit import FitConfig, fit_store, neighbours
@@ -38,11 +39,14 @@ def test_stored_graph_holds_each_rows_nearest_rows(tmp_path):
     assert info["neighbour_graph"]["search"] == "exact (faiss flat index)"
 
 
-def test_fit_with_a_stored_graph_equals_fit_with_search(tmp_path):
+def test_fit_with_a_stored_graph_equals_fit_with_search(tmp_path, monkeypatch):
     plain, with_graph = synthetic(tmp_path / "plain"), synthetic(tmp_path / "graph")
     assert run_cli("neighbours", with_graph, "--k", "5").exit_code == 0
     with Store(plain) as a, Store(with_graph) as b:
-        searched, stored = fit_store(a, CONFIG), fit_store(b, CONFIG)
+        searched = fit_store(a, CONFIG)
+        with monkeypatch.context() as no_search:  # review (mutation): a fit that searched anyway, saying "store graph"
+            no_search.setattr(zsfs.fit.run, "open_search", lambda *args, **kwargs: pytest.fail("the fit searched"))
+            stored = fit_store(b, CONFIG)
         wider = fit_store(b, FitConfig(epochs=20, cycle_epochs=5, neighbours=6))  # more than stored: search
     assert searched.neighbour_search["source"] == "fit"
     assert stored.neighbour_search == {"source": "store graph", "k": 5, "search": "exact (faiss flat index)", "precision": "fp32"}

@@ -76,8 +76,10 @@ def test_drop_self_removes_own_row_else_last_column():
 def test_nearest_neighbours_checks_arguments():
     rows = unit_rows(10, 4)
     index, _ = build_index(rows)
-    with pytest.raises(ValueError, match="k must be"):
-        nearest_neighbours(index, rows, np.arange(10), k=10)
+    for k in (10, 0):  # review (mutation): k 0 gave a (10, 0) array
+        with pytest.raises(ValueError, match=r"k must be in \[1, 9\]"):
+            nearest_neighbours(index, rows, np.arange(10), k=k)
+    assert nearest_neighbours(index, rows, np.arange(10), k=9).shape == (10, 9)
     with pytest.raises(ValueError, match="query rows"):
         nearest_neighbours(index, rows, np.arange(9), k=2)
 

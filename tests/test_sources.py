@@ -94,6 +94,12 @@ def test_linked_class_folders_are_read_once_and_a_link_loop_is_a_skipped_entry(t
     assert source.unreadable == {"cat/again/": into, "dog/home/": into, "hound/": listed, "kitty/": into}
     assert source.classes == ["cat", "dog"]  # kitty and hound are other names of listed folders, not classes
     assert source.decode(2).size == (8, 8)
+    # review (mutation): a folder beside the tree whose name starts with the tree's is outside it
+    sibling = tmp_path / "photos-more"
+    sibling.mkdir()
+    save(Image.new("RGB", (8, 8)), sibling / "3.png")
+    (photos / "bird").symlink_to(sibling)
+    assert "bird/3.png" in open_source(photos).paths
 
 
 def test_linked_images_listed_under_another_name_are_read_once(tmp_path):
