@@ -187,6 +187,13 @@ def test_a_rerun_with_another_pixel_budget_is_refused_not_mixed(tmp_path):
     with Store(out) as store:
         budget_skips = [reason for reason in store.skipped()[1] if "--max-pixels" in reason]
         assert budget_skips and store.identity["max_pixels"] == 100, first.output
+    # the JPEGs kept were decoded at 1/8 scale; the store holds their size in the file (review: a mutation storing
+    # the decoded size passed every test)
+    data = read_store(out)
+    assert any(path.endswith(".jpg") for path in data["path"])
+    for path, width, height in zip(data["path"], data["width"], data["height"]):
+        with Image.open(source / path) as image:
+            assert (width, height) == image.size, path
     again = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0", *small)
     assert again.exit_code == 0 and "0 / 1" in again.output, again.output  # shards written / reused
     unloadable = [arg for arg in TINY_MODEL_ARGS if not arg.startswith("--backbone-weights")]
@@ -1388,6 +1395,11 @@ def test_a_class_folder_whose_every_file_was_skipped_is_named_not_counted_as_ima
     said = " ".join(output_text(folders).split())
     assert folders.exit_code == 0 and "Note: 1 class of vocabulary 'default' has no image in the store: every file " \
         "labelled with it was skipped ('broken'); a fit still gives it images unless it reports it absent" in said, said
+    # review (mutation): a listed class that no folder is named is no folder whose files were all skipped
+    classes.write_text(classes.read_text() + "purple\n")
+    more = run_cli("extract", made["root"], "--out", tmp_path / "u.h5", *TINY_MODEL_ARGS, "--workers", "0",
+                   "--classes", classes)
+    assert more.exit_code == 0 and "was skipped" not in output_text(more), output_text(more)
 
 
 def _four_pixels(image) -> torch.Tensor:

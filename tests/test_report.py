@@ -536,6 +536,22 @@ def test_thumbnails_of_every_image_kind_show_the_picture(photo_run):
     assert thumbnails(files([photo_run.parent / "photos" / "red" / "truncated.jpg"])) == [(None, "truncated file")]
 
 
+def test_a_large_image_becomes_a_thumbnail_of_96_pixels_keeping_its_shape(tmp_path):
+    """Review (mutation): every image of the other tests is under 96 px, so a thumbnail never made smaller passed."""
+    from zsfs.thumbnails import thumbnails
+
+    paths = []
+    for size, suffix in (((300, 150), ".png"), ((150, 450), ".jpg")):  # a JPEG is drafted smaller first
+        paths.append(tmp_path / f"large{suffix}")
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(paths[-1])
+    sizes = []
+    for uri, reason in thumbnails(files(paths)):
+        assert reason is None
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
+            sizes.append(image.size)
+    assert sizes == [(96, 48), (32, 96)]
+
+
 def files(paths: list) -> ImageSource:
     """An image source of absolute file paths."""
     return ImageSource(location=Path("/"), root=Path("/"), paths=[str(path) for path in paths], labels=None)
