@@ -108,8 +108,9 @@ def test_auroc_matches_brute_force_with_many_ties(seed):
 
 
 def test_auroc_rejects_one_class_and_nan():
-    with pytest.raises(ValueError, match="positive and one negative"):
-        auroc([0.1, 0.2], [True, True])
+    for one_kind in ([True, True], [False, False]):  # review (mutation): only all-positive was tried
+        with pytest.raises(ValueError, match="positive and one negative"):
+            auroc([0.1, 0.2], one_kind)
     with pytest.raises(ValueError, match="NaN"):
         auroc([0.1, np.nan], [True, False])
 
@@ -175,7 +176,8 @@ def test_id_classes_that_are_no_label_are_named():
 def test_id_ood_splits_more_splits_than_combinations_gives_each_once():
     """It used to repeat splits, which only made the spread over them look smaller."""
     assert id_ood_splits(["a", "b", "c"], 2, n_splits=5, seed=0) == [["a", "b"], ["a", "c"], ["b", "c"]]
-    assert len(id_ood_splits(["a", "b", "c"], 2, n_splits=3, seed=0)) == 3  # as many as exist: drawn
+    drawn = id_ood_splits(["a", "b", "c"], 2, n_splits=3, seed=0)  # as many as exist: drawn, in the seed's order
+    assert sorted(drawn) == [["a", "b"], ["a", "c"], ["b", "c"]] and drawn == [["b", "c"], ["a", "c"], ["a", "b"]]
 
 
 def test_id_ood_splits_may_take_every_named_class_when_others_stay_ood():

@@ -143,6 +143,8 @@ def test_text_on_a_missing_store_or_class_file(unlabelled_store, tmp_path):
     classes.write_text("cat\n")
     missing = run_cli("text", tmp_path / "nope.h5", "--classes", classes, "--name", "x")
     assert missing.exit_code == 1 and "nope.h5" in missing.output
+    no_classes = run_cli("text", store, "--classes", tmp_path / "nope.txt", "--name", "x")  # review: never tried
+    assert no_classes.exit_code == 1 and f"class file {tmp_path / 'nope.txt'} does not exist" in output_text(no_classes)
 
 
 def test_text_refuses_classes_clip_reads_as_one(unlabelled_store, tmp_path):
