@@ -83,8 +83,8 @@ class FitResult:
 
 class _Timer:
     """Wall and CPU seconds per phase (CPU time shows the cost on a machine shared with others);
-    ``on_phase(name)`` hears of each phase as it starts, and of each step within one as
-    ``"{phase}: {step}"`` (``step``)."""
+    ``on_phase(name)`` hears of each phase as it starts, and of each step within one (``step``) as
+    ``"{phase}: {step}"``."""
 
     def __init__(self, on_phase: Callable[[str], None] | None = None):
         self.timings: dict[str, float] = {}
