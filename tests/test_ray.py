@@ -217,7 +217,7 @@ def test_a_worker_killed_while_it_loads_the_models_is_replaced(cluster, photos, 
     assert_same_store(out, photos["local"])
 
 
-def test_model_files_named_from_the_commands_folder_reach_the_workers(cluster, photos, tmp_path, monkeypatch):
+def test_model_files_named_from_the_commands_folder_reach_the_workers(cluster, tmp_path, monkeypatch):
     """Walkthrough bug: a relative --clip-model, --clip-weights or --backbone-weights was looked up
     in each Ray worker's working folder ("CLIP model config file ... not found" on a cluster started
     from another folder); the workers of this module's cluster work in the folder pytest started in."""
@@ -230,10 +230,11 @@ def test_model_files_named_from_the_commands_folder_reach_the_workers(cluster, p
     monkeypatch.chdir(here)
     assert Path.cwd() != Path(ray.get(ray.remote(lambda: os.getcwd()).remote()))  # else this test could not fail
     relative = ["--clip-model", "my-clip.json", "--clip-weights", "clip.pt", "--backbone", TINY_MODELS["backbone"],
-                "--backbone-weights", "backbone.pth", "--shard-size", "6"]
-    by_ray = run_cli("extract", photos["root"], "--out", tmp_path / "ray.h5", *relative, "--ray", "--ray-workers", "1")
+                "--backbone-weights", "backbone.pth"]
+    few = write_image_folder(tmp_path / "few", n_per_class=1)["root"]
+    by_ray = run_cli("extract", few, "--out", tmp_path / "ray.h5", *relative, "--ray", "--ray-workers", "1")
     assert by_ray.exit_code == 0, output_text(by_ray)
-    local = run_cli("extract", photos["root"], "--out", tmp_path / "local.h5", *relative, "--workers", "0")
+    local = run_cli("extract", few, "--out", tmp_path / "local.h5", *relative, "--workers", "0")
     assert local.exit_code == 0, output_text(local)
     stored, expected = read_store(tmp_path / "ray.h5"), read_store(tmp_path / "local.h5")
     for key in ("clip", "backbone"):
