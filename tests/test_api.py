@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import zsfs
+from zsfs.store import write_vocabulary
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.synthetic import make_synthetic_store
 
@@ -83,6 +84,16 @@ def test_fit_returns_a_run_that_saves_and_reloads(tmp_path):
             call()
         assert str(raised.value).startswith(message), str(raised.value)
     assert zsfs.report(saved) == saved.path / "report.html"  # the run zsfs.fit returned, once saved
+    # an open Store and its path take the same vocabulary (review: a mutation dropping it for a Store passed)
+    with zsfs.Store(store_path) as store:
+        vocab = store.vocabulary("synthetic")
+    write_vocabulary(store_path, "reversed", vocab.classes[::-1], vocab.single[::-1], vocab.ensemble[::-1],
+                          prompt="a photo of a {}", n_templates=80)
+    with zsfs.Store(store_path) as store:
+        by_store = zsfs.fit(store, vocabulary="reversed", k=3, candidates=10, cycle_epochs=1)
+    by_path = zsfs.fit(store_path, vocabulary="reversed", k=3, candidates=10, cycle_epochs=1)
+    assert by_store.config["vocabulary"] == by_path.config["vocabulary"] == "reversed"
+    assert by_store.predictions.equals(by_path.predictions)
 
 
 def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):

@@ -223,6 +223,38 @@ def test_same_seed_gives_identical_outputs(store_path, tmp_path):
     np.testing.assert_array_equal(ca.weight, cb.weight)
 
 
+def test_each_fit_option_reaches_the_algorithm(tmp_path):
+    """Review (mutation): a fit that ignored --seed, --candidates, --prompts or --ood-multiplier (using
+    0, 100, the ensemble, 1) passed every test: they checked the config, or that one value repeats."""
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 4, seed=0)
+    with Store(path) as store:
+        vocab = store.vocabulary("synthetic")
+        shifted = np.roll(vocab.single, 1, axis=0)  # each class's ensemble row is another class's single one
+        write_vocabulary(path, "shifted", vocab.classes, vocab.single, shifted, prompt="a photo of a {}",
+                         n_templates=80)
+    quick = dict(cycle_epochs=1)
+    with Store(path) as store:
+        base = fit_store(store, FitConfig(**quick), "synthetic")
+        other_seed = fit_store(store, FitConfig(**quick, seed=1), "synthetic")
+        assert not np.array_equal(base.classifier.weight, other_seed.classifier.weight)
+
+        narrow = fit_store(store, FitConfig(**quick, k=2, candidates=2), "synthetic")
+        scores = store.read("clip").astype(np.float32) @ vocab.ensemble.astype(np.float32).T
+        top_two = np.argsort(-scores, axis=0)[:2].T  # each class's two highest zero-shot scores
+        seeds = narrow.cycles[0]
+        for label in range(len(vocab.classes)):
+            assert set(seeds.rows[seeds.labels == label]) <= set(top_two[label]), label
+
+        single, ensemble = (fit_store(store, FitConfig(**quick, prompts=prompts), "shifted")
+                            for prompts in ("single", "ensemble"))
+        assert (single.prompts_used, ensemble.prompts_used) == ("single", "ensemble")
+        assert np.array_equal((single.zero_shot_predicted + 1) % 4, ensemble.zero_shot_predicted)
+
+        wider = fit_store(store, FitConfig(**quick, ood_multiplier=2.5), "synthetic")
+        assert wider.classifier.ood.multiplier == 2.5 and base.classifier.ood.multiplier == 1.0
+        assert wider.ood_paper.mean() < base.ood_paper.mean()  # lower thresholds: fewer flags
+
+
 def test_paper_preset_and_variants(store_path):
     paper = FitConfig.paper(epochs=20, cycle_epochs=5, k=8)
     assert (paper.prompts, paper.accumulate, paper.unique_pseudo_labels) == ("single", False, False)
@@ -387,6 +419,8 @@ def test_a_store_no_bigger_than_the_candidates_gets_a_note_and_one_image_only_th
             in output_text(result)) and "So few images" in output_text(result)
     result = run_cli("fit", "--store", small, "--out", tmp_path / "run2", "--cycle-epochs", "1", "--candidates", "29")
     assert result.exit_code == 0 and "no more than --candidates" not in result.output
+    result = run_cli("fit", "--store", small, "--out", tmp_path / "run5", "--cycle-epochs", "1", "--candidates", "30")
+    assert result.exit_code == 0 and "holds 30 images, no more than --candidates 30" in output_text(result)  # review
     larger = make_synthetic_store(tmp_path / "larger.h5", 150, 3, seed=1)  # bug: "So few images" of any store
     result = run_cli("fit", "--store", larger, "--out", tmp_path / "run4", "--cycle-epochs", "1", "--candidates", "200")
     said = output_text(result)
@@ -717,6 +751,11 @@ def test_the_fit_summary_shows_the_runs_own_figures(tmp_path, monkeypatch):
             ) in text
     counts = paper_score_counts(frame["ood_paper"].to_numpy())
     assert counts != counts[::-1]
+    # review (mutation: this row counted the seeds): the seeds and the pseudo-labelled images differ here
+    pseudo, seeded = frame["pseudo_label"].is_not_null().sum(), int(frame["is_seed"].sum())
+    assert pseudo != seeded and f"│ pseudo-labelled images (seeds included) │ {pseudo:,} │" in text
+    assert f"│ images │ {frame.height:,} │" in text and f"│ classes │ {len(config['classes'])} │" in text
+    assert f"│ training products │ {config['precision']} │" in text
     assert "paper OOD score 0 / 1/3 / 2/3 / 1 │ " + " / ".join(map(str, counts)) + " │" in text
     assert f"│ self-training cycles │ {len(config['cycles']) - 1} ({config['stop_reason']}) │" in text
     assert f"│ seed images │ {int(frame['is_seed'].sum())} │" in text

@@ -285,7 +285,7 @@ def test_fit_metrics_hand_computed():
         classes=["cat", "dog", "emu", "fox"],
         predicted=np.array([1, 1, 0, 0, 2]),
         zero_shot_predicted=np.array([1, 0, 1, 1, 1]),
-        cycles=[SimpleNamespace(index=0, n_kept=2, rows=np.array([0, 1]), labels=np.array([1, 1])),
+        cycles=[SimpleNamespace(index=0, n_kept=2, rows=np.array([0, 1]), labels=np.array([1, 0])),
                 SimpleNamespace(index=1, n_kept=0, rows=np.array([], int), labels=np.array([], int)),
                 SimpleNamespace(index=2, n_kept=1, rows=np.array([4]), labels=np.array([2]))],
         absent_classes=["fox", "emu"],
@@ -299,7 +299,8 @@ def test_fit_metrics_hand_computed():
     assert metrics["accuracy"] == pytest.approx(2 / 4)  # dog, cat, dog, emu -> dog, dog, cat, emu
     assert metrics["zero_shot_accuracy"] == pytest.approx(3 / 4)
     assert metrics["per_class_accuracy"] == {"cat": 0.0, "dog": 0.5, "emu": 1.0, "fox": None}
-    assert [c["precision"] for c in metrics["seed_precision"]] == [0.5, None, 1.0]  # one kept image has a precision
+    # one kept image has a precision; the pseudo-labels' own, not the head's on them (review: predicted gives 0.5)
+    assert [c["precision"] for c in metrics["seed_precision"]] == [1.0, None, 1.0]
     assert metrics["absent_classes"] == {"reported": ["fox", "emu"], "truly_absent": ["fox"], "precision": 0.5}
     assert metrics["ood_auroc"] == 1.0 and metrics["mcm_auroc"] == 0.25
     assert metrics["ood_paper_auroc"] == 1.0 and metrics["ood_continuous_auroc"] == 1.0

@@ -128,6 +128,7 @@ def test_brace_expansion():
     assert expand_braces("d/{008..011}.tar") == ["d/008.tar", "d/009.tar", "d/010.tar", "d/011.tar"]
     assert expand_braces("{a,b}/{1..2}.tar") == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]
     assert expand_braces("d/{03..01}.tar") == ["d/03.tar", "d/02.tar", "d/01.tar"]  # counts down, as a shell does
+    assert expand_braces("d/{8..10}.tar") == ["d/8.tar", "d/9.tar", "d/10.tar"]  # unpadded, as a shell (review)
     with pytest.raises(ZsfsError, match="cannot expand"):
         expand_braces("d/{x}.tar")
 
