@@ -1468,3 +1468,25 @@ def test_a_store_built_by_name_is_judged_by_the_weights_asked_for_not_by_files_n
     said = _other_weights_by_name(url_only, replace(a_file, backbone="gcvit_base.in1k"))
     assert "drop --backbone-weights, or pass --overwrite to replace the store. Without a network, copy gcvit_base" in \
         said and "timm's cache folder" in said and "HF_HOME" not in said, said
+
+
+def test_model_files_are_made_absolute_and_tags_stay_tags(tmp_path, monkeypatch):
+    """What a Ray worker and a pipeline's record get: files by absolute path ("~" expanded), and a
+    pretrained tag left a tag even where a file of its name lies in the working folder."""
+    from zsfs.extract import absolute_model_files
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    shutil.copy(TINY_CLIP_CONFIG, tmp_path / "home" / "clip.json")
+    for name in ("openai", "backbone.pth", "clip.pt"):
+        (tmp_path / name).write_bytes(b"weights")
+    assert absolute_model_files({"clip_model": "~/clip.json", "clip_weights": "clip.pt", "backbone": TINY_BACKBONE,
+                                 "backbone_weights": "backbone.pth"}) == {
+        "clip_model": str(tmp_path / "home" / "clip.json"), "clip_weights": str(tmp_path / "clip.pt"),
+        "backbone": TINY_BACKBONE, "backbone_weights": str(tmp_path / "backbone.pth")}
+    by_name = {"clip_model": "ViT-B-32", "clip_weights": "openai", "backbone": "vit_base_patch16_224",
+               "backbone_weights": "default"}
+    assert absolute_model_files(by_name) == by_name  # ./openai is a file, but "openai" is ViT-B-32's tag
+    no_such_tag = absolute_model_files({**by_name, "clip_model": str(TINY_CLIP_CONFIG), "backbone_weights": "random"})
+    assert no_such_tag["clip_weights"] == str(tmp_path / "openai") and no_such_tag["backbone_weights"] == "random"

@@ -265,19 +265,21 @@ class RayEmbedders(AbstractContextManager):
 
 def _connect(address: str | None) -> bool:
     """Connect this process to Ray; True when it started the Ray instance itself."""
-    _ray_messages_to_stderr()
     if ray.is_initialized():
         return False
     with _sigterm_kept():
         return _start_or_join(address)
 
 
-def _ray_messages_to_stderr() -> None:
-    """Ray's driver prints its raylets' messages ("A worker died or was killed ...": zsfs redoes
-    that worker's shard and says so) on stdout, where zsfs writes only data (``--json``): they go
-    to stderr. Ray has no option for it; if a later Ray lacks the function, its lines stay as they are."""
-    from ray._private import worker as ray_worker
-
+def ray_messages_to_stderr() -> None:
+    """For the command line, before Ray starts: Ray's driver prints its raylets' messages ("A worker
+    died or was killed ...": zsfs redoes that worker's shard and says so), and its workers' output
+    where it forwards them, on stdout, where zsfs writes only data: they go to stderr. Ray has no
+    option for it; where a Ray lacks the function, its lines stay as they are. For this process's life."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
     show = getattr(ray_worker, "print_to_stdstream", None)
     if show is None or getattr(show, "to_stderr", False):
         return

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, closing, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -106,10 +106,25 @@ class EmbedSettings:
     def with_absolute_files(self) -> EmbedSettings:
         """These settings with the model files they name as absolute paths: a Ray worker resolves a
         relative path in its own working folder, not in the one the command was run from."""
-        files = {"clip_model": self.clip_model} if Path(self.clip_model).expanduser().is_file() else {}
-        files.update((f"{role}_weights", self.model(role)[1]) for role in ("clip", "backbone")
-                     if weights_kind(role, *self.model(role)) == FILE)  # not a tag named like a file here
-        return replace(self, **{name: os.path.abspath(os.path.expanduser(path)) for name, path in files.items()})
+        return replace(self, **absolute_model_files({name: getattr(self, name) for name in MODEL_OPTIONS}))
+
+
+MODEL_OPTIONS = ("clip_model", "clip_weights", "backbone", "backbone_weights")
+"""``extract``'s options (and ``EmbedSettings``' fields) that choose the models."""
+
+
+def absolute_model_files(models: Mapping[str, str]) -> dict[str, str]:
+    """The :data:`MODEL_OPTIONS` of ``models`` with the files they name as absolute paths (``~``
+    expanded), a pretrained tag named like a file here left a tag: the file is the setting,
+    whichever folder its path was written from."""
+    absolute = {name: models[name] for name in MODEL_OPTIONS}
+    if Path(absolute["clip_model"]).expanduser().is_file():
+        absolute["clip_model"] = os.path.abspath(os.path.expanduser(absolute["clip_model"]))
+    for role, name in (("clip", "clip_model"), ("backbone", "backbone")):
+        weights = f"{role}_weights"
+        if weights_kind(role, models[name], models[weights]) == FILE:
+            absolute[weights] = os.path.abspath(os.path.expanduser(models[weights]))
+    return absolute
 
 
 def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict, *, dtype: str,

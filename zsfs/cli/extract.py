@@ -83,6 +83,10 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     device = options["device"]
     if options["ray"] is None:  # (Ray's workers may have GPUs)
         note_precision_off_cuda(options["precision"], device, "the models compute")
+    else:
+        from zsfs.distributed import ray_messages_to_stderr
+
+        ray_messages_to_stderr()
     loading = console.status("Scanning the source and loading the models..." if options["ray"] is None else
                              "Scanning the source and loading the models on the Ray workers (a worker starts when "
                              "the cluster has its CPUs or GPU free: other jobs may hold them)...", logged=True)

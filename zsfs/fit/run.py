@@ -101,8 +101,10 @@ class _Timer:
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - wall
         self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + time.process_time() - cpu
+        self.current = ""
 
     def step(self, step: str) -> None:
+        """Tell ``on_phase`` of a step within the current phase."""
         if self.on_phase is not None:
             self.on_phase(f"{self.current}: {step}")
 
