@@ -89,10 +89,9 @@ class Step:
         recorded = read_records(self.record).get(self.name)
         if recorded is None:
             return None
-        then = recorded["settings"]
+        then = _files_by_meaning(recorded["settings"])  # recorded before files were made absolute, too
         # names on both sides only: a setting a later zsfs adds (or drops) is no change of this output
-        changed = sorted(name for name in set(then) & set(self.settings)
-                         if not _same_setting(then[name], self.settings[name]))
+        changed = sorted(name for name in set(then) & set(self.settings) if then[name] != self.settings[name])
         if changed:
             said = ", ".join(f"{name} {_shown(then[name])} -> {_shown(self.settings[name])}" for name in changed)
             return f"{self.output} was made with other settings ({said})"
@@ -129,7 +128,22 @@ def command_settings(argv: Sequence[str], source: str | None = None) -> dict:
     settings = {name: value for name, value in params.items() if name not in ignored}
     if source is not None:
         settings["images"] = source
-    return json.loads(json.dumps(settings, default=str))  # as steps.json holds them (paths as text, lists)
+    return _files_by_meaning(json.loads(json.dumps(settings, default=str)))  # as steps.json holds them (paths as
+    # text, lists)
+
+
+def _files_by_meaning(settings: dict) -> dict:
+    """``settings`` with the model and class files they name as absolute paths (a pretrained tag
+    named like a file stays a tag): a file is the setting, however its path was written (a
+    walkthrough was told to remove its store for `--clip-model` given absolute on a rerun)."""
+    from zsfs.extract import MODEL_OPTIONS, absolute_model_files
+
+    settings = dict(settings)
+    if all(isinstance(settings.get(name), str) for name in MODEL_OPTIONS):
+        settings.update(absolute_model_files(settings))
+    if isinstance(settings.get("classes_file"), str) and os.path.isfile(settings["classes_file"]):
+        settings["classes_file"] = os.path.abspath(settings["classes_file"])
+    return settings
 
 
 def _fit_config(params: dict) -> "FitConfig | None":
@@ -153,19 +167,14 @@ def _parsed(argv: Sequence[str]) -> click.Context:
 
 
 def _unless_given(options: Sequence[tuple[str, str]], given: Sequence[str]) -> list[str]:
-    """The words of ``options`` (option, value) that ``given`` does not set again, so that the
+    """The words of extract's ``options`` (flag, value) that the extract arguments ``given`` do not
+    set again (as click reads them: ``--classes --backbone`` gives no --backbone), so that the
     command echoed and recorded names each option once (the last one given wins anyway)."""
-    named = {word.partition("=")[0] for word in given if word.startswith("--")}
-    return [word for option, value in options if option not in named for word in (option, value)]
-
-
-def _same_setting(then: object, now: object) -> bool:
-    """Equal, or two spellings of one file's path (relative and absolute, through a link): the
-    file is the setting, not how its path was written (a walkthrough was told to remove its store)."""
-    if then == now:
-        return True
-    return (isinstance(then, str) and isinstance(now, str) and os.path.isfile(then) and os.path.isfile(now)
-            and os.path.samefile(then, now))
+    parsed = _parsed(("extract", ".", *given))
+    named = {parameter.name for parameter in parsed.command.params
+             if parsed.get_parameter_source(parameter.name) is click.core.ParameterSource.COMMANDLINE}
+    flags = {flag: parameter.name for parameter in parsed.command.params for flag in parameter.opts}
+    return [word for flag, value in options if flags[flag] not in named for word in (flag, value)]
 
 
 def _shown(value: object) -> str:
@@ -430,7 +439,7 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
             failed.append(dataset.name)
     if not dry_run:
         md_path, csv_path = report.write_results(work)
-        console.print(f"Results: {md_path} and {csv_path}")
+        console.print(f"Results: {md_path} and {csv_path}", markup=False, soft_wrap=True)
     if failed:
         raise ZsfsError(f"{len(failed)} of {len(chosen)} datasets did not finish: {', '.join(failed)}; do what the "
                         "errors above say, then rerun: finished steps are kept")
@@ -448,8 +457,9 @@ def _check_protocol(dataset: Dataset, store: Path, images: Path | None, id_class
         classes = len(set(labels.tolist()))
         held = f"the labels of {store} name {counted(classes, 'class', 'classes')}"
     elif images is not None:
-        classes = sum(1 for entry in os.scandir(images) if entry.is_dir() and not entry.name.startswith(".")
-                      and _holds_an_image(entry.path))  # an empty class folder gives no label
+        from zsfs.sources import open_source
+
+        classes = len(open_source(images).classes or [])  # as extract lists them: a folder with no image is no class
         held = f"--images {images} holds {counted(classes, 'class folder')} with images"
     else:
         classes = dataset.n_classes
@@ -458,17 +468,6 @@ def _check_protocol(dataset: Dataset, store: Path, images: Path | None, id_class
         given = "--id-classes" if id_classes is not None else f"the paper's protocol for {dataset.name}"
         raise ZsfsError(f"{given} takes {n_id} ID classes, and {held}: the OOD protocol needs at least one OOD "
                         + (f"class; pass --id-classes N with N below {classes}" if classes > 1 else "class"))
-
-
-def _holds_an_image(folder: str) -> bool:
-    """Whether a scan of ``folder`` would find an image (it stops at the first)."""
-    from zsfs.sources import IMAGE_EXTENSIONS
-
-    for parent, folders, files in os.walk(folder, followlinks=True):
-        folders[:] = [name for name in folders if not name.startswith(".")]  # hidden ones are not scanned
-        if any(not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in files):
-            return True
-    return False
 
 
 if __name__ == "__main__":
