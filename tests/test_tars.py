@@ -183,7 +183,7 @@ def test_one_error_names_every_damaged_tar(shards, tmp_path):
         open_source(root)
     said = str(raised.value)
     assert said.startswith(f"2 of {len(names)} tar files cannot be listed; mend or remove each and rerun: ")
-    assert said.count("is damaged after 1 images (the file ends inside the member") == 2
+    assert said.count("is damaged after 1 images (the file ends inside the member") == 2 and said.count(" | ") == 1
     assert f"{root / names[0]} is" in said and f"{root / names[2]} is" in said and names[1] not in said
     assert "repair or remove it" not in said  # said once for all
 
@@ -266,7 +266,7 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
         link = tarfile.TarInfo("1.jpg")
         link.type, link.linkname = tarfile.SYMTYPE, "../0.jpg"
         linked.addfile(link)
-    with pytest.raises(ZsfsError, match=r"^1 tar file of \S+links holds no images \(.*\), only 1 link \(not read"):
+    with pytest.raises(ZsfsError, match=r"^\S+links holds no images \(.*\), only 1 link \(not read"):
         open_source(only_links)
     given = image_inputs([root / "00004a.tar"])  # bug: predict dropped the links without a row
     assert given.paths == [str(root / f"00004a.tar::{i}.jpg") for i in range(3)]
@@ -280,8 +280,10 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
     # lists as empty and a folder of the tars passes over; a tar named alone, or a pattern of empty ones, still stops
     pattern = str(root / "{00000a,00004a,00001a}.tar")
     assert image_inputs([pattern]).paths == [str(root / f"00004a.tar::{i}.jpg") for i in range(3)]
-    with pytest.raises(ZsfsError, match=r"^1 tar file of \S+00000a.tar holds no images"):
+    with pytest.raises(ZsfsError, match=r"^\S+00000a.tar holds no images"):
         image_inputs([root / "00000a.tar", root / "00004a.tar"])
+    with pytest.raises(ZsfsError, match=r"^the 2 tar files of \S+ hold no images"):  # review: one pattern given twice
+        image_inputs([str(root / "{00000a,00001a}.tar")] * 2)
     with pytest.raises(ZsfsError, match=r"^the 2 tar files of \S+\{00000a,00001a\}.tar hold no images"):
         image_inputs([str(root / "{00000a,00001a}.tar"), root / "00004a.tar"])
 

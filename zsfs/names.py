@@ -192,12 +192,15 @@ def pairs_text(pairs: Sequence[tuple[str, str]], limit: int, listed_in: str | No
     return some_names([f"{first!r} = {later!r}" for first, later in pairs], limit, listed_in, with_count=with_count)
 
 
-def some_names(names: Sequence[str], limit: int, listed_in: str | None = None, *, with_count: bool = True) -> str:
+def some_names(names: Sequence[str], limit: int, listed_in: str | None = None, *, with_count: bool = True,
+               separator: str = "; ") -> str:
     """``"N: a; b; ...; ... (M more[ in LISTED_IN])"``: the count (unless not ``with_count``) and the
-    first ``limit`` names, "; "-separated, as names may hold commas (ImageNet's class names do)."""
+    first ``limit`` names, "; "-separated, as names may hold commas (ImageNet's class names do);
+    ``separator`` for texts that hold "; " themselves."""
     more, where = len(names) - limit, f" in {listed_in}" if listed_in else ""
     count = f"{len(names):,}: " if with_count else ""
-    return f"{count}{'; '.join(map(str, names[:limit]))}" + (f"; ... ({more:,} more{where})" if more > 0 else "")
+    return (f"{count}{separator.join(map(str, names[:limit]))}"
+            + (f"{separator}... ({more:,} more{where})" if more > 0 else ""))
 
 
 def percent(share: float) -> str:

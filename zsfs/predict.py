@@ -102,7 +102,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
     for pattern, empty in empty_of_pattern.items():
-        if len(empty) == len(named_tars(pattern)):  # (a pattern named twice counts its tars twice: never all)
+        if len(set(empty)) == len(set(named_tars(pattern))):  # (a pattern given twice lists its tars twice)
             open_source(pattern)  # its error, as extract's
     for list_file in lists:
         paths += _listed_images(Path(given_path(list_file, "list of images")))

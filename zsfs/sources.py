@@ -396,7 +396,7 @@ def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[s
     paths, members, links = list_tars(root, tars, IMAGE_EXTENSIONS)
     if not paths:
         linked = f", only {counted(len(links), 'link')} (not read: zsfs reads the files of a tar)" if links else ""
-        raise NoImagesError(f"{'the ' if len(tars) > 1 else ''}{counted(len(tars), 'tar file')} of {location} "
+        raise NoImagesError(f"{f'the {len(tars):,} tar files of ' if len(tars) > 1 else ''}{location} "
                             f"{'hold' if len(tars) > 1 else 'holds'} no images "
                         f"({' '.join(sorted(IMAGE_EXTENSIONS))}){linked}.")
     # A shard with no image member is valid (tar lists nothing) but often a failed download: say so.

@@ -402,8 +402,9 @@ def list_tars(root: Path, tars: Sequence[Path], image_suffixes: Iterable[str], *
     if len(failed) == 1:
         raise failed[0]
     if failed:
+        each = [str(error).removesuffix(_MEND) for error in failed]  # " | ": a message may hold "; "
         raise ZsfsError(f"{len(failed):,} of {counted(len(tars), 'tar file')} cannot be listed; mend or remove each "
-                        f"and rerun: {some_names([str(error).removesuffix(_MEND) for error in failed], 10, with_count=False)}")
+                        f"and rerun: {some_names(each, 10, with_count=False, separator=' | ')}")
     members = TarMembers(tuple(tars), _concat(tar_ids, np.int32), _concat(offsets, np.int64), _concat(sizes, np.int64))
     return paths, members, links
 
