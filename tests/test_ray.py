@@ -147,22 +147,6 @@ def test_killed_driver_then_killed_worker_still_give_the_local_store(cluster, ph
     assert not list(shards.glob("*.tmp"))  # the killed workers' unfinished files are gone (review: none was shown to exist)
 
 
-def test_rays_messages_go_to_stderr_not_stdout(cluster, tmp_path, capfd):
-    """Walkthrough: Ray's "(raylet) A worker died or was killed ..." came on stdout, in colour,
-    where zsfs writes only data (--json); here is the function Ray's message thread calls."""
-    from ray._private import worker as ray_worker
-
-    few = write_image_folder(tmp_path / "few", n_per_class=1)
-    result = run_cli("extract", few["root"], "--out", tmp_path / "ray.h5", *TINY_MODEL_ARGS, "--ray",
-                     "--ray-workers", "1")
-    assert result.exit_code == 0 and result.stdout == "", output_text(result)
-    capfd.readouterr()
-    ray_worker.print_to_stdstream({"lines": ["A worker died or was killed"], "pid": "raylet", "is_err": False},
-                                  ignore_prefix=False)
-    said = capfd.readouterr()
-    assert "A worker died" in said.err and said.out == ""
-
-
 def test_sigterm_while_the_driver_waits_on_ray_stops_as_sigterm(photos, tmp_path):
     """Bug: SIGTERM landing while the driver waited inside Ray's C++ code (ray.get, ray.wait) came
     back from Ray as a plain KeyboardInterrupt: exit 130 and "Interrupted.", where `timeout` and
@@ -229,6 +213,9 @@ def test_model_files_named_from_the_commands_folder_reach_the_workers(cluster, t
     torch.save(backbone.model.state_dict(), here / "backbone.pth")
     monkeypatch.chdir(here)
     assert Path.cwd() != Path(ray.get(ray.remote(lambda: os.getcwd()).remote()))  # else this test could not fail
+    from ray._private import worker as ray_worker
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda *args, **kwargs: None)  # as before any zsfs run
     relative = ["--clip-model", "my-clip.json", "--clip-weights", "clip.pt", "--backbone", TINY_MODELS["backbone"],
                 "--backbone-weights", "backbone.pth"]
     few = write_image_folder(tmp_path / "few", n_per_class=1)["root"]
@@ -241,6 +228,24 @@ def test_model_files_named_from_the_commands_folder_reach_the_workers(cluster, t
         np.testing.assert_array_equal(stored[key], expected[key])
     with Store(tmp_path / "ray.h5") as store:
         assert store.backbone_info["file"] == str(here / "backbone.pth")
+    assert getattr(ray_worker.print_to_stdstream, "to_stderr", False)  # `extract --ray` sent Ray's lines to stderr
+
+
+def test_rays_messages_go_to_stderr_not_stdout(cluster, tmp_path, capfd):
+    """Walkthrough: Ray's "(raylet) A worker died or was killed ..." came on stdout, in colour,
+    where zsfs writes only data; here is the function Ray's message thread calls, as `extract
+    --ray` leaves it (that it does: the test above)."""
+    from ray._private import worker as ray_worker
+
+    from zsfs.distributed import ray_messages_to_stderr
+
+    ray_messages_to_stderr()  # what `extract --ray` calls first (a second call changes nothing)
+    ray_messages_to_stderr()
+    capfd.readouterr()
+    ray_worker.print_to_stdstream({"lines": ["A worker died or was killed"], "pid": "raylet", "is_err": False},
+                                  ignore_prefix=False)
+    said = capfd.readouterr()
+    assert "A worker died" in said.err and said.out == ""
 
 
 def test_a_model_a_ray_worker_cannot_load_is_one_clear_line(cluster, photos, tmp_path):

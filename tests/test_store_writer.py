@@ -328,7 +328,7 @@ def test_a_shard_damaged_anywhere_since_its_master_is_rewritten_or_kept_never_a_
     later = master.stat().st_mtime + 10
     pending = in_chunks = 0
     inside = {start + (stop - start - 16) * i // 4 for start, stop in checksummed for i in range(5)}
-    for offset in sorted(set(range(0, len(good) - 16, max(1, len(good) // 300))) | inside):
+    for offset in sorted(set(range(0, len(good) - 16, max(1, len(good) // 150))) | inside):
         damaged = bytearray(good)
         damaged[offset : offset + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
         shard.write_bytes(bytes(damaged))
