@@ -68,7 +68,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
     unreadable: dict[str, str] = {}
     listed: list[tuple[np.ndarray, TarMembers]] = []  # rows of listings with tars, and their byte ranges
     named_members: list[int] = []  # rows given as ``shard.tar::member``
-    empty_of_pattern: dict[str, list[Path]] = {}  # a pattern's tars that hold no image (each pattern named)
+    empty_of_pattern: dict[str, set[Path]] = {}  # a pattern's tars that hold no image (a pattern given twice: once)
     for given, pattern in _tar_patterns_expanded(Path(given_path(item, "image input")) for item in inputs):
         if split_member_path(str(given)) is not None and not given.is_file():  # a file so named is that file
             named_members.append(len(paths))
@@ -79,7 +79,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
             except NoImagesError:
                 if pattern is None:
                     raise
-                empty_of_pattern.setdefault(pattern, []).append(given)  # as extract lists a pattern: no row
+                empty_of_pattern.setdefault(pattern, set()).add(given)  # as extract lists a pattern: no row
                 continue
             base = given if given.is_dir() else given.parent
             base = "" if str(base) == "." else base  # "a.tar" lists "a.tar::x.jpg", not "./a.tar::x.jpg"
@@ -102,7 +102,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
     for pattern, empty in empty_of_pattern.items():
-        if len(set(empty)) == len(set(named_tars(pattern))):  # (a pattern given twice lists its tars twice)
+        if empty == set(named_tars(pattern)):
             open_source(pattern)  # its error, as extract's
     for list_file in lists:
         paths += _listed_images(Path(given_path(list_file, "list of images")))
