@@ -1043,3 +1043,15 @@ def test_the_first_line_that_is_not_utf8_is_found_a_block_at_a_time(tmp_path, bl
                        (b"ok\n\xc3", 2), ("ok\né\n".encode(), None)):
         (tmp_path / "t.csv").write_bytes(data)
         assert _first_line_not_utf8(tmp_path / "t.csv", block) == line, data
+
+
+def test_a_tsv_paths_table_is_read_with_tabs_so_commas_stay_in_the_paths(inputs):
+    """Review: no test read a .tsv; read with commas, these paths would split into 3 fields."""
+    folder, paths = inputs["dir"], [f"photos/{i:03d}, copy.jpg" for i in range(N)]
+    pl.DataFrame({"path": paths, "label": inputs["labels"]}).write_csv(folder / "paths.TSV", separator="\t",
+                                                                       quote_style="never")
+    master = import_store(folder / "out.h5", clip_embeddings=folder / "clip.npy",
+                          backbone_features=folder / "backbone.npy", paths=folder / "paths.TSV",
+                          label_column="label").master
+    with Store(master) as store:
+        assert store.paths().tolist() == paths and store.labels().tolist() == inputs["labels"]
