@@ -721,6 +721,13 @@ def test_the_sampled_rows_hash_generates_each_synthetic_block_once():
     assert len(generated) == 4  # two blocks, once for the clip sample and once for the backbone's
 
 
+def test_the_same_bytes_in_another_shape_or_dtype_are_other_embeddings():
+    """Review (mutation: a digest of the sampled bytes alone passed): 60 x 8 rows are not 30 x 16."""
+    rows = unit_rows(60, 8, 0)
+    digests = {rows_sha256(rows), rows_sha256(rows.reshape(30, 16)), rows_sha256(rows.view(np.int32))}
+    assert len(digests) == 3 and rows_sha256(rows.copy()) == rows_sha256(rows)
+
+
 def test_a_synthetic_store_refuses_a_zero_shot_accuracy_it_cannot_reach():
     """bug: with few CLIP dimensions the noise search ended at no noise, silently: every image of
     a class had one CLIP row (neighbour and candidate rankings all ties) and zero-shot sat near chance."""

@@ -16,7 +16,7 @@ from zsfs.errors import ZsfsError
 from zsfs.evaluate import auroc, id_ood_splits
 from zsfs.fit.config import FitConfig
 from zsfs.evaluate import LabelCodes
-from zsfs.oodbench import ood_bench, score_split, summarize
+from zsfs.oodbench import _vocabulary_naming, ood_bench, score_split, summarize
 from zsfs.store import Store, write_vocabulary
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.synthetic import class_names, make_synthetic_store
@@ -103,7 +103,7 @@ def test_score_split_uses_ood_as_positive_and_the_fit_scores_as_given():
         ood_paper=np.array([0.0, 1 / 3, 0.0, 1.0, 2 / 3]),
         ood_continuous=np.array([-1.0, 0.0, -0.5, 2.0, 1.0]),
         mcm_score=np.array([-0.9, -0.8, -0.7, -0.6, -0.75]),  # the fit's MCM: higher = more OOD
-        timings={"self-training": 1.5},
+        timings={"self-training": 1.5, "predict": 2.0},
         neighbour_search={"source": "fit", "search": "exact", "precision": "fp32"},
     )
     split = score_split(result, LabelCodes.of(labels), ["a", "b"])
@@ -117,6 +117,7 @@ def test_score_split_uses_ood_as_positive_and_the_fit_scores_as_given():
     assert split.id_accuracy == pytest.approx(2 / 3)
     assert split.zero_shot_id_accuracy == pytest.approx(1 / 3)
     assert summarize([split])["auroc_std"] == 0.0
+    assert split.fit_seconds == 3.5  # review (mutation: one phase's time passed): the whole fit's
     # Review (mutation): a split whose labels give only one kind has no AUROC to measure.
     for id_classes in (["zzz"], ["a", "b", "c"]):  # every image OOD; every image ID
         with pytest.raises(ZsfsError, match="a split needs both ID and OOD images"):
@@ -129,6 +130,7 @@ def test_labels_outside_the_vocabulary_are_always_ood(tmp_path):
         metrics = ood_bench(store, 2, FitConfig(**QUICK_FIT), n_splits=1)
         labels = store.labels()
     assert metrics["always_ood_classes"] == class_names(2, "ood")
+    assert metrics["n_label_classes"] == 6  # review (mutation: the 4 named ones passed): every label class
     split = metrics["splits"][0]
     assert set(split["id_classes"]) <= set(class_names(4))
     # review (mutation: the unnamed labels' images left out of the split passed): they are counted OOD
@@ -183,6 +185,12 @@ def test_a_vocabulary_naming_the_labels_in_another_case_is_refused_with_the_spel
         "(spelled like its class 'CLASS_0000'); 'class_0001' (spelled like its class 'CLASS_0001'); 'class_0002' "
         "(spelled like its class 'CLASS_0002')); vocabulary 'synthetic' names all of them: choose it with --vocab "
         "synthetic"), str(refused.value)
+    # review (mutation: "all" said of any count passed): a vocabulary naming some of them says how many
+    write_vocabulary(path, "two", vocab.classes[:2], vocab.single[:2], vocab.ensemble[:2], prompt="a photo of a {}",
+                     n_templates=80)
+    with Store(path) as store:
+        assert _vocabulary_naming(store, list(vocab.classes), "synthetic") == \
+            "vocabulary 'two' names 2 of them: choose it with --vocab two"
 
 
 def test_cli_names_the_spelling_of_a_label_left_always_ood(tmp_path):

@@ -199,6 +199,39 @@ def test_a_second_fit_into_the_same_folder_is_refused_at_its_start(tmp_path):
     assert first.returncode == 0 and (tmp_path / "run" / "predictions.parquet").is_file(), said
 
 
+def test_a_writer_of_a_long_name_is_seen_through_its_cut_temporary_name(tmp_path):
+    """Review: only a short name's writer was tested; a long one's temporary folder holds the name
+    cut (255 bytes in all), and a second `fit --out` of that name ran its whole fit before failing."""
+    from zsfs.outputs import FolderExistsError, check_new_folder
+
+    long_name = tmp_path / ("r" * 250)
+    holder, held = _hold_a_new_folder(long_name)
+    try:
+        assert len(os.path.basename(held)) == 255 and "r" * 250 not in held  # the name is cut
+        with pytest.raises(FolderExistsError, match=f"another zsfs process \\(pid {holder.pid}\\) is writing"):
+            check_new_folder(long_name)
+        check_new_folder(tmp_path / ("s" * 250))  # another long name: free
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_a_file_write_removes_the_temporary_file_a_killed_writer_left(tmp_path):
+    """Review: only new_folder's clean-up was tested; a predict or report killed while replacing
+    its file leaves a hidden copy (a whole predictions file) that the next write must remove."""
+    from zsfs.outputs import _alive, _host, write_text_atomically
+
+    dead = next(candidate for candidate in range(4000, 30000) if not _alive(candidate))
+    killed = tmp_path / f".p.csv.{dead}-{_host()}.abcd1234.tmp"
+    live = tmp_path / f".p.csv.{os.getppid()}-{_host()}.abcd1234.tmp"
+    for left in (killed, live):
+        left.write_text("half")
+    write_text_atomically(tmp_path / "p.csv", "x")
+    assert (tmp_path / "p.csv").read_text() == "x"
+    assert not killed.exists() and live.read_text() == "half"
+
+
 def test_a_fifo_named_like_a_stale_temporary_folder_does_not_hang_the_next_writer(tmp_path):
     """Review: the in-use check opened every stale-looking entry to try its lock; a FIFO under such
     a name blocked that open, and with it every fit, report or predict writing into the folder."""
@@ -253,9 +286,11 @@ def test_result_files_reach_the_disk_before_their_rename_publishes_them(tmp_path
         (folder / "sub").mkdir()
         (folder / "a.txt").write_text("a")
         (folder / "sub" / "b.txt").write_text("b")
+        (folder / "outer" / "inner").mkdir(parents=True)  # a folder holding only a folder: its entry too
+        (folder / "outer" / "inner" / "c.txt").write_text("c")
     [(tmp_folder, synced_before)] = renamed
-    assert {f"{tmp_folder}/a.txt", f"{tmp_folder}/sub/b.txt", f"{tmp_folder}/sub", tmp_folder} <= \
-        set(synced[:synced_before])
+    assert {f"{tmp_folder}/a.txt", f"{tmp_folder}/sub/b.txt", f"{tmp_folder}/sub", tmp_folder, f"{tmp_folder}/outer",
+            f"{tmp_folder}/outer/inner", f"{tmp_folder}/outer/inner/c.txt"} <= set(synced[:synced_before])
     assert synced[synced_before:] == [str(tmp_path)]  # then the rename itself
 
     synced.clear(), renamed.clear()

@@ -348,6 +348,19 @@ def test_a_class_file_line_keeps_no_invisible_character(tmp_path):
         read_class_file(classes)
 
 
+@pytest.mark.parametrize("unseen", ["\u2060", "\u2066", "\u2069", "\u061c", "\u200e", "\u2028", "\x85"])
+def test_every_invisible_or_reordering_character_is_shown_and_refused(unseen):
+    """Review: only U+200B, U+202E, U+FEFF and U+2028 were tried; the word joiner and the bidi
+    isolates (a Trojan-source name) could slip from the set unnoticed."""
+    from zsfs.names import check_class_names, refuse_unseen_characters, visible
+
+    assert visible(f"a{unseen}b") == f"a{unseen.encode('unicode_escape').decode()}b"  # a\u2066b, a\x85b: shown, not acted on
+    with pytest.raises(ZsfsError, match="invisible or control character"):
+        refuse_unseen_characters([f"cat{unseen}"], "x")
+    with pytest.raises(ZsfsError, match="more than once"):
+        check_class_names(["cat", f"cat{unseen}"], "x")
+
+
 def test_a_class_file_may_be_a_pipe():
     """Bug: `--classes <(grep -v x classes.txt)` (a pipe, /dev/fd/N) was called a missing file."""
     from zsfs.sources import read_class_file
