@@ -362,6 +362,11 @@ def test_not_a_store_and_newer_format(tmp_path):
         file.attrs["format_version"] = schema.FORMAT_VERSION + 1
     with pytest.raises(StoreError, match="newer than this zsfs"):
         Store(other)
+    for version in ("two", 2.5, [2, 2], 0):  # another tool's store: a traceback, or 2.5 read as 2
+        with h5py.File(other, "a") as file:
+            file.attrs["format_version"] = version
+        with pytest.raises(StoreError, match=r"has the format version .*, not a whole number from 1 on: it is damaged"):
+            Store(other)
 
 
 def test_a_file_beside_a_master_passed_as_the_store_names_the_master(tmp_path, arrays):

@@ -593,7 +593,11 @@ def open_master(path: Path) -> h5py.File:
     if fmt != schema.FORMAT_NAME or version is None:
         file.close()
         raise StoreError(f"{path} is an HDF5 file but not a zsfs store (no '{schema.FORMAT_NAME}' format mark)")
-    if int(version) > schema.FORMAT_VERSION:
+    if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 1:
+        file.close()  # int() took 2.5 as 2 and raised a traceback on 'two' (another tool's store)
+        raise StoreError(f"{path} has the format version {version!r}, not a whole number from 1 on: it is damaged or "
+                         f"was not written by zsfs{damaged_master_advice(path)}")
+    if version > schema.FORMAT_VERSION:
         file.close()
         raise StoreError(f"{path} uses store format {int(version)}, newer than this zsfs understands "
                          f"({schema.FORMAT_VERSION}); upgrade zsfs")
