@@ -1041,6 +1041,32 @@ def test_cli_import_refuses_a_vocabulary_named_twice_or_without_a_file(tmp_path,
     assert not (tmp_path / "s.h5").exists()
 
 
+def test_a_vocabulary_name_in_another_unicode_form_is_the_same_vocabulary(inputs, monkeypatch):
+    """New user: --vocab café and --vocab cafe + U+0301 (a macOS file name's form) made two
+    vocabularies that print alike, and `zsfs fit` then asked which 'café' to use."""
+    from zsfs.store.extras import write_vocabulary
+
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    monkeypatch.chdir(inputs["dir"])
+    common = ["import", "s.h5", "--clip-embeddings", "clip.npy", "--backbone-features", "backbone.npy", "--paths",
+              "paths.csv", "--label-column", "label"]
+    twice = run_cli(*common, "--vocab", f"{composed}=pets.npz", "--vocab", f"{decomposed}=pets_ensemble.npz")
+    assert twice.exit_code == 2 and f"the name '{composed}' is given twice" in output_text(twice)
+    with pytest.raises(ZsfsError, match="differ only in Unicode form"):  # the Python API too
+        import_store("s.h5", clip_embeddings="clip.npy", backbone_features="backbone.npy", paths="paths.csv",
+                     vocabularies={composed: "pets.npz", decomposed: "pets_ensemble.npz"})
+    assert run_cli(*common, "--vocab", f"{decomposed}=pets.npz").exit_code == 0
+    with Store("s.h5") as store:
+        assert store.vocabulary_names() == [composed]  # kept composed (NFC)
+        assert store.vocabulary(decomposed).classes == store.vocabulary(composed).classes == ["cat", "dog"]
+    with pytest.raises(StoreError, match="already has a vocabulary named"):  # the one vocabulary, not a second
+        write_vocabulary(Path("s.h5"), decomposed, ["cat", "dog"], inputs["text"], inputs["text"], prompt="x",
+                         n_templates=1)
+    fit = run_cli("fit", "--store", "s.h5", "--vocab", decomposed, "--k", "2", "--out", "run", "--cycle-epochs", "1")
+    assert fit.exit_code == 0, fit.output
+    assert json.loads((inputs["dir"] / "run" / "config.json").read_text())["vocabulary"] == composed
+
+
 @pytest.mark.parametrize("block", [1, 2, 3, 1 << 20])
 def test_the_first_line_that_is_not_utf8_is_found_a_block_at_a_time(tmp_path, block):
     """Review: the error path read a whole table into memory (a 300 MB one: 1.6 GB) to number the line."""

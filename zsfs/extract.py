@@ -321,6 +321,7 @@ def extract(
         check_path_type("out", out)
     _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
                    max_pixels=max_pixels, ray=ray, ray_workers=ray_workers, vocab_name=vocab_name, overwrite=overwrite)
+    vocab_name = check_vocabulary_name(vocab_name)  # (checked just above) in the form the store keeps
     if ray is None:
         check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
     else:
@@ -699,7 +700,7 @@ def add_vocabulary(
         store_path = store_path.path
     check_device(device)
     check_parameter_type("name", name, str)
-    check_vocabulary_name(name)
+    name = check_vocabulary_name(name)
     check_parameter_type("overwrite", overwrite, bool)  # "no" is true: it would replace the vocabulary
     with Store(store_path) as store:
         record, data_dir = dict(store.clip_info), store.data_dir
@@ -771,7 +772,6 @@ def _check_options(*, precision: str, batch_size: int, workers: int | None, shar
     check_choice("dtype", dtype, EMBEDDING_DTYPES)
     check_parameter_type("vocab_name", vocab_name, str)
     check_parameter_type("overwrite", overwrite, bool)  # "no" is true
-    check_vocabulary_name(vocab_name)
     for name, value, least in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1),
                                ("max_pixels", max_pixels, 1), ("workers", workers, 0), ("ray_workers", ray_workers, 1)):
         check_at_least(name, value, least)

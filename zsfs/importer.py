@@ -408,9 +408,11 @@ def import_store(
         listing = "; ".join(f"{name}: {count} rows" for name, count in counts.items())
         raise ZsfsError(f"row counts disagree ({listing}); all inputs must list the same images in the same order")
 
-    for name in vocabularies or {}:
-        check_vocabulary_name(name)
-    loaded = {name: load_vocabulary(Path(file), clip.shape[1]) for name, file in (vocabularies or {}).items()}
+    named = {check_vocabulary_name(name): file for name, file in (vocabularies or {}).items()}
+    if len(named) < len(vocabularies or {}):  # two that print alike (the command line refuses them first)
+        raise ZsfsError("two vocabulary names differ only in Unicode form (é as one character or as e + U+0301); "
+                        "name each vocabulary once")
+    loaded = {name: load_vocabulary(Path(file), clip.shape[1]) for name, file in named.items()}
     earlier = {} if overwrite else recorded_identity(out)  # the store being resumed or added to, if any
     source = recorded_location(table_location, earlier.get("source"))
     if earlier:  # a finished store or the shards of a stopped import (and not --overwrite)

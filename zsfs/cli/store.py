@@ -28,12 +28,12 @@ def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple
         name, sep, file = value.partition("=")
         if not sep or not name or not file:
             raise click.BadParameter(f"expects NAME=FILE.npz, got {value!r}")
-        if name in vocabularies:
-            raise click.BadParameter(f"the name {name!r} is given twice")
         try:
-            check_vocabulary_name(name)
+            name = check_vocabulary_name(name)
         except ZsfsError as error:
             raise click.BadParameter(str(error)) from None
+        if name in vocabularies:  # also as another Unicode form: the two would print alike
+            raise click.BadParameter(f"the name {name!r} is given twice")
         vocabularies[name] = Path(file)
     return vocabularies
 

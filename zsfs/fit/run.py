@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from zsfs.devices import SEARCH_PRECISIONS, check_device, has_fast_bf16
-from zsfs.errors import ParameterError, ZsfsError, literal
+from zsfs.errors import ParameterError, ZsfsError, check_parameter_type, literal
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.config import FitConfig, check_fit_config
@@ -124,6 +124,9 @@ def resolved_precision(precision: str, device: torch.device) -> str:
 def resolve_vocabulary(store: "Store", name: str | None) -> str:
     """``name``, or the store's only vocabulary. A vocabulary file that cannot be read may hold
     the one meant (its file name is a digest): then none is taken for the user, and it is named."""
+    if name is not None:
+        check_parameter_type("vocabulary", name, str)
+        name = store.stored_vocabulary_name(name)
     names = store.vocabulary_names()
     missing = store.unwritten_vocabularies  # the command that made the store was stopped before it wrote them
     if missing and (name is None or name in missing):  # none taken for the user

@@ -8,6 +8,7 @@ never reclaims space inside a file it modifies).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
     """
     from zsfs.store.reader import Store
 
-    check_vocabulary_name(name)
+    name = check_vocabulary_name(name)
     classes = check_class_names(classes, f"vocabulary {name!r}")
     arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"vocabulary {name!r} {kind}")
               for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
@@ -142,9 +143,13 @@ def planned_vocabularies(shards: Path, identity: dict) -> tuple[list[str], str]:
         return [], ""
 
 
-def check_vocabulary_name(name: str) -> None:
+def check_vocabulary_name(name: str) -> str:
+    """``name`` in Unicode's composed form (NFC), or a ``ZsfsError`` for an invalid one: 'café'
+    typed as e + U+0301 (as some keyboards and file names give it) prints as 'café' and names that
+    vocabulary, not a second one."""
     if not schema.valid_vocabulary_name(name):
         raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
+    return unicodedata.normalize("NFC", name)
 
 
 def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict, *, build: str) -> None:

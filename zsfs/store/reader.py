@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -378,9 +379,15 @@ class Store:
         store was opened, so that the other vocabularies stay usable; ``verify`` fails on them."""
         return {str(path): why for path, why in self._unreadable_vocabularies.items()}
 
+    def stored_vocabulary_name(self, name: str) -> str:
+        """``name`` as the store keeps it: zsfs writes vocabulary names composed (NFC), so 'café'
+        typed as e + U+0301 (as some keyboards and file names give it) names 'café'."""
+        return name if name in self.vocabulary_names() else unicodedata.normalize("NFC", name)
+
     def vocabulary(self, name: str) -> Vocabulary:
         """The vocabulary ``name``: its classes and text embeddings (``vocabulary_names()`` lists them)."""
         check_parameter_type("name", name, str)
+        name = self.stored_vocabulary_name(name)
         names = self.vocabulary_names()
         if name not in names:
             available = ", ".join(names) if names else f"none; add one with {self.how_to_add_a_vocabulary()}"
