@@ -473,10 +473,15 @@ class GivenPath(click.Path):
             if os.path.isdir(text) or text.endswith(("/", os.sep)):
                 self.fail(f"{text!r} {'is' if os.path.isdir(text) else 'names'} a folder; give a file in it, such as "
                           f"{os.path.join(text, self.file_in_folder)}", param, ctx)
-        if self.exists and isinstance(value, (str, os.PathLike)) and not os.path.exists(value):
-            # a missing file is an error of the run, as every command's own checks say it (exit 1), not a usage error
+        if self.exists and isinstance(value, (str, os.PathLike)):
+            # a missing or unreadable file is an error of the run, as every command's own checks say it (exit 1),
+            # not a usage error (click's own check of these said "Invalid value", exit 2)
             given = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name if param else ""
-            raise ZsfsError(f"{os.fsdecode(value)} does not exist" + (f" (given as {given})" if given else ""))
+            given = f" (given as {given})" if given else ""
+            if not os.path.exists(value):
+                raise ZsfsError(f"{os.fsdecode(value)} does not exist{given}")
+            if self.readable and not os.access(value, os.R_OK):
+                raise ZsfsError(f"{os.fsdecode(value)} cannot be read (permission denied){given}")
         return super().convert(value, param, ctx)
 
 
