@@ -160,7 +160,8 @@ def test_import_input_errors(inputs):
         import_store(folder / "o.h5", **common, paths=folder / "paths.csv", path_column="file")
     semicolons = folder / "semicolons.csv"  # a spreadsheet's export in many locales
     semicolons.write_text(folder.joinpath("paths.csv").read_text().replace(",", ";"))
-    with pytest.raises(ZsfsError, match=r"columns: 'path;label'\) \(a \.csv is read with commas between the columns"):
+    with pytest.raises(ZsfsError, match=r"no path column 'image_path' or 'path' \(columns: 'path;label'\) "
+                                        r"\(a \.csv is read with commas between the columns"):
         import_store(folder / "o.h5", **common, paths=semicolons)
     with pytest.raises(ZsfsError, match="no paths table"):
         import_store(folder / "o.h5", **common)
@@ -464,7 +465,8 @@ def test_an_imported_store_without_vocabulary_points_to_import_not_to_zsfs_text(
     assert f"No vocabularies yet: add one with {hint}" in said, said
     (folder / "twice.txt").write_text("cat\ncat\n")  # bug: the class file's fault came first, then this
     said = output_text(run_cli("text", master, "--classes", folder / "twice.txt", "--vocab", "pets"))
-    assert "the store's CLIP embeddings were imported (`zsfs import`) from another tool" in said, said
+    assert "the store's CLIP embeddings were imported (`zsfs import`) from another tool, so zsfs does not have the " \
+           "model that made them ('imported-clip') to embed with; embed the class names with that tool" in said, said
 
 
 def test_a_fit_on_a_vocabulary_without_an_ensemble_records_the_single_prompts_it_read(inputs):
@@ -774,7 +776,7 @@ def test_a_rerun_repairs_shards_that_were_cut_short_removed_or_damaged(inputs):
     untouched, size = shards[0].stat().st_mtime_ns, shards[4].stat().st_size
     with open(shards[4], "ab") as file:  # grown: HDF5 still opens it, only the recorded size tells
         file.write(b"\0" * 4096)
-    with pytest.raises(ZsfsError, match="damaged or do not belong to this store; remove them and rerun"):
+    with pytest.raises(ZsfsError, match="is damaged or does not belong to this store; remove it and rerun"):
         Store(master)
     import_store(folder / "r.h5", **common)
     with Store(master) as store:
@@ -1009,7 +1011,7 @@ def test_a_bad_vocabulary_is_refused_before_the_store_is_written_or_replaced(inp
            "tab.npz": (dict(classes=np.array(["cat", "hot\tdog"])), r"vocabulary file .*tab.npz has an invisible "
                                                                     r"or control character in the name 'hot\\x09dog'"),
            "shape.npz": (dict(n_templates=np.array([80, 80])), r"n_templates must be one whole number >= 0 .*, not "
-                                                                r"a int64 array of shape \(2,\)$"),
+                                                                r"an int64 array of shape \(2,\)$"),
            "word.npz": (dict(n_templates=np.array("eighty")), r"n_templates must be .* shape \(\) \(eighty\)$")}
     for name, (arrays, reason) in bad.items():
         np.savez(folder / name, **{"classes": np.array(["cat", "dog"]), "single": text, **arrays})

@@ -333,7 +333,7 @@ def test_damaged_shard_is_reported(tmp_path, arrays):
     master = build(tmp_path / "s.h5", arrays)
     shard = tmp_path / "s.shards" / "shard-00002.h5"
     shard.write_bytes(shard.read_bytes()[:2000])
-    with pytest.raises(StoreError, match="shard-00002.h5 are damaged.*remove them and rerun the command"):
+    with pytest.raises(StoreError, match="shard file .*shard-00002.h5 is damaged.*remove it and rerun the command"):
         Store(master)
 
 
@@ -443,7 +443,7 @@ def test_shard_of_another_store_is_refused(tmp_path, arrays):
     first = build(tmp_path / "a" / "s.h5", arrays)
     other = build(tmp_path / "b" / "s.h5", arrays, source="/data/other-images")
     shutil.copy(other.parent / "s.shards" / "shard-00000.h5", first.parent / "s.shards" / "shard-00000.h5")
-    with pytest.raises(StoreError, match="shard-00000.h5 are damaged or do not belong"):
+    with pytest.raises(StoreError, match="shard file s.shards/shard-00000.h5 is damaged or does not belong"):
         Store(first)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, checked_arguments, one_line, shown_value)
-from zsfs.names import as_argument, check_class_names, counted, refuse_unseen_characters, repeated
+from zsfs.names import as_argument, check_class_names, counted, described_array, refuse_unseen_characters, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.files import names_beside
@@ -140,7 +140,7 @@ def load_rows(location: Path, what: str) -> RowParts:
         except (OSError, ValueError) as error:
             raise ZsfsError(f"{what}: cannot read {file} as a numpy array ({error})") from None
         if part.ndim != 2 or not np.issubdtype(part.dtype, np.floating):
-            raise ZsfsError(f"{what}: {file} holds a {part.dtype} array of shape {part.shape}; "
+            raise ZsfsError(f"{what}: {file} holds {described_array(part)}; "
                             "expected floating-point rows (N, D)")
         parts.append(part)
     return RowParts(parts, [file.name for file in files], files)
@@ -229,10 +229,10 @@ def column(table: "pl.DataFrame", name: str | None, candidates: tuple[str, ...],
 
     names = [name] if name else [c for c in candidates if c in table.columns][:1]
     if not names or names[0] not in table.columns:
-        wanted = name or " or ".join(candidates)
+        wanted = repr(name) if name else " or ".join(map(repr, candidates))
         separated = (" (a .csv is read with commas between the columns, a .tsv with tabs)"
                      if len(table.columns) == 1 and any(mark in table.columns[0] for mark in ";\t|") else "")
-        raise ZsfsError(f"the paths table has no {what} column {wanted!r} (columns: {', '.join(map(repr, table.columns))})"
+        raise ZsfsError(f"the paths table has no {what} column {wanted} (columns: {', '.join(map(repr, table.columns))})"
                         f"{separated}; name it with --{what}-column")
     values = table.get_column(names[0])
     if values.dtype.is_nested():  # a list or struct per row: its text would be '["cat"]' or '{"cat"}'
@@ -314,7 +314,7 @@ def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
     n_templates = arrays.get("n_templates", np.int64(0 if has_ensemble else 1))
     if n_templates.ndim != 0 or not np.issubdtype(n_templates.dtype, np.integer) or n_templates < 0:
         raise ZsfsError(f"vocabulary file {file}: n_templates must be one whole number >= 0 (the prompts averaged "
-                        f"into ensemble; 0: unknown), not a {n_templates.dtype} array of shape {n_templates.shape}"
+                        f"into ensemble; 0: unknown), not {described_array(n_templates)}"
                         f"{'' if n_templates.ndim else f' ({n_templates})'}")
     if not has_ensemble and n_templates > 1:  # the single rows stand in for it: they are no average
         raise ZsfsError(f"vocabulary file {file}: n_templates is {n_templates} but it holds no ensemble; add the "
@@ -344,8 +344,7 @@ def _text_embeddings(values: np.ndarray, what: str, shape: tuple[int, int]) -> n
     rows), or a row is zero or not finite."""
     real = np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)
     if not real or values.ndim != 2:  # text, booleans, complex numbers (their imaginary part was dropped)
-        raise ZsfsError(f"{what} must be a (classes, CLIP dim) array of numbers, not a {values.dtype} array of "
-                        f"shape {values.shape}")
+        raise ZsfsError(f"{what} must be a (classes, CLIP dim) array of numbers, not {described_array(values)}")
     if values.shape != shape:
         raise ZsfsError(f"{what} has shape {values.shape}, expected ({shape[0]} classes, {shape[1]} = the CLIP "
                         "embedding dim)")

@@ -203,6 +203,12 @@ def some_names(names: Sequence[str], limit: int, listed_in: str | None = None, *
             + (f"{separator}... ({more:,} more{where})" if more > 0 else ""))
 
 
+def described_array(array: "np.ndarray") -> str:
+    """``"an int64 array of shape (2,)"``: an array a user gave, as messages name it."""
+    kind = str(array.dtype)
+    return f"{'an' if kind[0] in 'aeio' else 'a'} {kind} array of shape {array.shape}"  # a uint8: "you-int"
+
+
 def percent(share: float) -> str:
     """``"12.3 %"``; below 1 %, two significant digits (``"0.05 %"``); below 0.001 %, ``"< 0.001 %"``
     (a mixture's share of a class nothing took is a rounding residue, ``7e-13``); none, ``"0 %"``."""

@@ -192,7 +192,7 @@ def refuse_imported(record: dict, what: str) -> None:
                    "--vocab NAME=FILE.npz`)")
         raise ModelLoadError(
             f"the store's {what} embeddings were imported (`zsfs import`) from another tool, so zsfs "
-            f"cannot recompute them with the same model ({record.get('name')!r}); {instead}, or rebuild "
+            f"does not have the model that made them ({record.get('name')!r}) to embed with; {instead}, or rebuild "
             "the store from the images with `zsfs extract`."
         )
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from zsfs.errors import ParameterError, ZsfsError
-from zsfs.names import counted
+from zsfs.names import counted, described_array
 from zsfs.fit import ood
 from zsfs.fit.zeroshot import as_tensor
 
@@ -175,7 +175,7 @@ class Classifier:
             array = None
         if array is None or array.ndim != 2 or array.shape[1] != width or not (
                 np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-            described = "ragged rows" if array is None else f"a {array.dtype} array of shape {array.shape}"
+            described = "ragged rows" if array is None else described_array(array)
             raise ParameterError(f"{{features}} must be an (n, {width}) array of numbers: rows of the store's "
                                  f"backbone features (Store.read(\"backbone\")), not {described}")
         from zsfs.store.rows import normalise_rows, unusable_row_numbers, unusable_rows_text  # a store's rule

@@ -17,7 +17,7 @@ import numpy as np
 
 from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, check_choice, check_parameter_type,
                          check_path_type, checked_arguments, literal, one_line, shown_value)
-from zsfs.names import as_argument, check_class_names, counted, spelled_like
+from zsfs.names import as_argument, check_class_names, counted, some_names, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import open_extra, planned_vocabularies, vocabulary_files
 from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files, master_file, written_elsewhere
@@ -184,8 +184,11 @@ class Store:
             if not ok:
                 damaged.append(name)
         if damaged:
-            raise StoreError(f"{self.path}: shard files {', '.join(damaged[:3])} are damaged or do not belong "
-                             f"to this store; {self._how_to_repair('them')}")
+            one = len(damaged) == 1
+            raise StoreError(f"{self.path}: {'shard file' if one else 'shard files'} "
+                             f"{some_names(damaged, 3, with_count=False, separator=', ')} "
+                             f"{'is damaged or does' if one else 'are damaged or do'} not belong to this store; "
+                             f"{self._how_to_repair('it' if one else 'them')}")
         if misplaced:
             raise StoreError(f"{self.path}: shard files were swapped or renamed ({', '.join(misplaced[:3])}); "
                              "put them back under their own names or rebuild the store")
