@@ -727,12 +727,33 @@ def test_unreachable_hub_means_cache_only_instead_of_a_minute_of_retries(monkeyp
         raise OSError("no such file in the local cache")
 
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr("zsfs.weights._reachable", lambda host, timeout: reachable)
+    monkeypatch.setattr("zsfs.weights._reachable", lambda host, port, timeout: reachable)
     monkeypatch.setattr(timm, "create_model", fake_create_model)
     with pytest.raises(ModelLoadError, match="could not download the backbone weights of test_vit"):
         load_backbone(TINY_BACKBONE, "default")
     assert offline_during_download == [not reachable]
     assert hub.HF_HUB_OFFLINE is False  # restored
+
+
+def test_a_mirror_on_a_port_of_its_own_is_asked_and_named(monkeypatch):
+    """New user: HF_ENDPOINT=http://127.0.0.1:8765 (an internal mirror) was never asked: zsfs tried
+    port 443 of its host, went offline, and said the weights could not come from huggingface.co."""
+    import socket
+
+    import huggingface_hub.constants as hub
+
+    from zsfs.weights import hub_address, hub_offline_unless_reachable
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    with socket.create_server(("127.0.0.1", 0)) as mirror:  # listening: a connection is taken, nothing served
+        port = mirror.getsockname()[1]
+        monkeypatch.setattr(hub, "ENDPOINT", f"http://127.0.0.1:{port}")
+        with hub_offline_unless_reachable(timeout=5):
+            assert hub.HF_HUB_OFFLINE is False  # the mirror answers: downloads go to it
+        assert hub_address("timm/test_vit.r160_in1k") == f"127.0.0.1:{port}/timm/test_vit.r160_in1k"
+    with hub_offline_unless_reachable(timeout=5):  # closed now: the cache only, at once
+        assert hub.HF_HUB_OFFLINE is True
+    assert hub.HF_HUB_OFFLINE is False
 
 
 def test_random_clip_loads_without_open_clip_warning(caplog):

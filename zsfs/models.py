@@ -45,6 +45,7 @@ from zsfs.weights import (
     checkpoint_reason,
     checkpoint_shapes,
     existing_file,
+    hub_address,
     hub_offline_unless_reachable,
     init_fingerprint,
     not_a_checkpoint,
@@ -501,7 +502,7 @@ def _clip_file_advice(arch: str, tag_cfg: dict) -> str:
 
     quick = f"{arch}-quickgelu"
     file_arch = quick if tag_cfg.get("quick_gelu") and quick in open_clip.list_models() else arch
-    source = f" (from huggingface.co/{tag_cfg['hf_hub'].strip('/')})" if tag_cfg.get("hf_hub") else ""
+    source = f" (from {hub_address(tag_cfg['hf_hub'])})" if tag_cfg.get("hf_hub") else ""
     advice = f"--clip-model {file_arch} --clip-weights /path/to/open_clip_pytorch_model.bin{source}"
     preprocessing = {**asdict(PreprocessCfg()), **(open_clip.get_model_config(arch).get("preprocess_cfg") or {})}
     differs = [key for key in ("mean", "std", "interpolation", "resize_mode")
@@ -579,7 +580,7 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
     except OSError as error:
         if file is not None:
             raise ModelLoadError(f"cannot read backbone weights file {file}: {one_line(error)}") from None
-        source = (f" from huggingface.co/{pretrained_cfg.hf_hub_id.strip('/')}" if pretrained_cfg.hf_hub_id
+        source = (f" from {hub_address(pretrained_cfg.hf_hub_id)}" if pretrained_cfg.hf_hub_id
                   else f" from {pretrained_cfg.url}" if pretrained_cfg.url else "")
         raise WeightsDownloadError("backbone", f"backbone weights of {name}{source}", one_line(error),
                                    "--backbone-weights /path/to/model.safetensors",
@@ -641,7 +642,7 @@ def _refuse_uncached_offline(pretrained_cfg) -> None:
                for name in sorted(names)):
         set_offline = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # (huggingface_hub reads both)
                        if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")]
-        offline = f"{set_offline[0]} is set" if set_offline else f"{urlparse(hub.ENDPOINT).hostname} cannot be reached"
+        offline = f"{set_offline[0]} is set" if set_offline else f"{urlparse(hub.ENDPOINT).netloc} cannot be reached"
         raise LocalEntryNotFoundError(f"{offline}, and the Hugging Face cache ({hub.HF_HUB_CACHE}) does not hold them")
 
 

@@ -83,8 +83,9 @@ def hub_offline_unless_reachable(timeout: float = 3.0) -> Iterator[None]:
     """
     import huggingface_hub.constants as hub
 
-    host = urlparse(hub.ENDPOINT).hostname
-    if hub.HF_HUB_OFFLINE or (host and _reachable(host, timeout)):
+    endpoint = urlparse(hub.ENDPOINT)  # HF_ENDPOINT: an internal mirror, often on a port of its own
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    if hub.HF_HUB_OFFLINE or (endpoint.hostname and _reachable(endpoint.hostname, port, timeout)):
         yield
         return
     hub.HF_HUB_OFFLINE = True  # huggingface_hub reads this constant on every request
@@ -94,9 +95,17 @@ def hub_offline_unless_reachable(timeout: float = 3.0) -> Iterator[None]:
         hub.HF_HUB_OFFLINE = False
 
 
-def _reachable(host: str, timeout: float) -> bool:
+def hub_address(repo: str) -> str:
+    """Where the hub serves ``repo`` from, as messages name it: ``huggingface.co/timm/x``, or
+    the mirror ``HF_ENDPOINT`` names (``mirror.internal:8080/timm/x``)."""
+    import huggingface_hub.constants as hub
+
+    return f"{urlparse(hub.ENDPOINT).netloc or hub.ENDPOINT}/{repo.strip('/')}"
+
+
+def _reachable(host: str, port: int, timeout: float) -> bool:
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
