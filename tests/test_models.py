@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 
 import numpy as np
@@ -18,6 +19,7 @@ from torchvision import transforms
 from zsfs.errors import ModelLoadError
 from zsfs.models import (
     MAX_ASPECT_RATIO,
+    by_name_only,
     encode_vocabulary,
     keeps_clip_head,
     load_backbone,
@@ -499,8 +501,6 @@ def test_weights_timm_downloads_from_a_url_are_cached_by_torch_and_the_advice_sa
 
 def test_a_download_error_crosses_processes_whole():
     """A Ray worker's error reaches the driver pickled: the download error keeps its parts and text."""
-    import pickle
-
     from zsfs.weights import WeightsDownloadError
 
     error = WeightsDownloadError("backbone", "backbone weights of x", "offline", "--backbone-weights FILE", "Copy it.")
@@ -516,8 +516,18 @@ def test_a_cut_short_download_in_the_cache_is_named_not_a_traceback(tmp_path, mo
     cached.write_bytes(cached.read_bytes()[:20])  # cut short
     with pytest.raises(ModelLoadError, match=r"^cannot read the downloaded backbone weights of test_vit \(.*\); if the "
                                              r"download was cut short or damaged, delete the folder "
-                                             r"models--timm--test_vit.r160_in1k of the Hugging Face cache"):
+                                             rf"{tmp_path}/.*models--timm--test_vit.r160_in1k of the Hugging Face cache "
+                                             r".*; or pass a local file: --backbone-weights /path/to/model.safetensors"
+                       ) as damaged:
         load_backbone(TINY_BACKBONE, "default")
+    copy = pickle.loads(pickle.dumps(damaged.value))  # from a Ray worker: whole
+    assert type(copy) is type(damaged.value) and str(copy) == str(damaged.value)
+    # walkthrough: a store built by the name refuses a file, so the advice for it offers the cache only
+    with pytest.raises(ModelLoadError) as caught, by_name_only("s.h5 was built with them by name"):
+        load_backbone(TINY_BACKBONE, "default")
+    said = str(caught.value)
+    assert "s.h5 was built with them by name, so zsfs loads them by that name only, from the cache" in said, said
+    assert "--backbone-weights" not in said and "intact copy" in said
     # weights that read but do not fit (another timm version's): said as they are; a download would not help
     import timm
 

@@ -40,6 +40,7 @@ from zsfs.weights import (
     HUB_CACHE_ADVICE,
     RANDOM,
     RANDOM_SEED,
+    DamagedDownloadError,
     WeightsDownloadError,
     check_same_weights,
     checkpoint_reason,
@@ -265,8 +266,8 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
         if kind == RANDOM:
             raise
         if kind == "tag":
-            raise _pretrained_error(f"CLIP weights {arch} / {weights}", tag_cfg.get("hf_hub"), error,
-                                    "--clip-weights") from None
+            raise _pretrained_error("clip", f"CLIP weights {arch} / {weights}", tag_cfg.get("hf_hub"), error,
+                                    _clip_file_advice(arch, tag_cfg)) from None
         if unreadable_checkpoint(error):  # told so, not blamed on the architecture
             raise not_a_checkpoint(file, error) from None
         raise ModelLoadError(
@@ -481,16 +482,19 @@ def _download_clip_tag(arch: str, tag: str) -> None:
                                    _clip_file_advice(arch, cfg)) from None
 
 
-def _pretrained_error(weights: str, hub_id: str | None, error: Exception, flag: str) -> ModelLoadError:
+def _pretrained_error(role: str, weights: str, hub_id: str | None, error: Exception,
+                      file_advice: str) -> ModelLoadError:
     """Pretrained weights that were downloaded (or found in the cache) and did not load: a file
     that cannot be read is a cut-short or damaged download; anything else is said as it is."""
+    import huggingface_hub.constants as hub
+
     if not unreadable_checkpoint(error):
         return ModelLoadError(f"cannot load the {weights}: {one_line(error)}")
-    where = (f"the folder models--{hub_id.strip('/').replace('/', '--')} of the Hugging Face cache (HF_HOME/hub)"
-             if hub_id else "the downloaded file from its cache")
-    return ModelLoadError(f"cannot read the downloaded {weights} ({checkpoint_reason(error)}); if the download was "
-                          f"cut short or damaged, delete {where} so that they are downloaded again; or pass a local "
-                          f"file with {flag}.")
+    where = (f"the folder {Path(hub.HF_HUB_CACHE) / ('models--' + hub_id.strip('/').split('@')[0].replace('/', '--'))}"
+             " of the Hugging Face cache" if hub_id else "the downloaded file from its cache")
+    return DamagedDownloadError(role, weights, checkpoint_reason(error), file_advice,
+                                f"if the download was cut short or damaged, delete {where} so that they are downloaded "
+                                "again (without a network: replace it with an intact copy from a machine that has them)")
 
 
 def _clip_file_advice(arch: str, tag_cfg: dict) -> str:
@@ -589,8 +593,8 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
         if weights == RANDOM:
             raise
         if file is None:
-            raise _pretrained_error(f"backbone weights of {name}", pretrained_cfg.hf_hub_id, error,
-                                    "--backbone-weights") from None
+            raise _pretrained_error("backbone", f"backbone weights of {name}", pretrained_cfg.hf_hub_id, error,
+                                    "--backbone-weights /path/to/model.safetensors.") from None
         raise ModelLoadError(
             f"weights file {file} does not fit the backbone {name}: {one_line(error, 600)}. "
             "Check that --backbone matches the checkpoint."

@@ -54,6 +54,22 @@ class WeightsDownloadError(ModelLoadError):
                               f"by that name only, from the cache, not from a file. {self.cache_advice}")
 
 
+class DamagedDownloadError(WeightsDownloadError):
+    """Pretrained weights known by name whose download (in the cache) cannot be read: cut short or
+    damaged. The cure is in the cache (``cache_advice``); a file is the other way out, as for a
+    download that failed, and none where a store recorded them by name (:meth:`by_name_only`)."""
+
+    def __init__(self, role: str, weights: str, reason: str, file_advice: str, cache_advice: str):
+        self.role, self.weights, self.reason = role, weights, reason
+        self.file_advice, self.cache_advice = file_advice, cache_advice
+        ModelLoadError.__init__(self, f"cannot read the downloaded {weights} ({reason}); {cache_advice}; or pass a "
+                                      f"local file: {file_advice}")
+
+    def by_name_only(self, why: str) -> ModelLoadError:
+        return ModelLoadError(f"cannot read the downloaded {self.weights} ({self.reason}); {why}, so zsfs loads them "
+                              f"by that name only, from the cache, not from a file: {self.cache_advice}.")
+
+
 def init_fingerprint(model: torch.nn.Module, n_values: int = 4096) -> str:
     """sha256 over every tensor's shape and first ``n_values`` values: cheap even for ViT-G. It
     identifies random weights (``init_fingerprint``) and pretrained ones, which are known by name
