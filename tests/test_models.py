@@ -213,7 +213,9 @@ def test_clip_from_record_needs_the_same_file_or_init(tiny_clip, tmp_path):
     record = load_clip(str(TINY_CLIP_CONFIG), str(file)).record
     assert torch.equal(load_clip_from_record(tiny_clip.record).encode_texts(["x"]), tiny_clip.encode_texts(["x"]))
     file.write_bytes(file.read_bytes() + b"\0")
-    with pytest.raises(ModelLoadError, match="not the one the store was built with"):
+    now = hashlib.sha256(file.read_bytes()).hexdigest()
+    with pytest.raises(ModelLoadError, match=f"not the one the store was built with \\(its sha256 is {now[:16]}\\.\\.\\., "
+                                             f"the store's {record['sha256'][:16]}\\.\\.\\.\\); pass the original file"):
         load_clip_from_record(record)
     file.unlink()
     with pytest.raises(ModelLoadError, match="is missing"):
@@ -274,15 +276,22 @@ def test_weights_given_as_a_folder_or_unreadable_say_so(tmp_path, load):
     locked = tmp_path / "locked.safetensors"
     locked.write_bytes(b"weights")
     locked.chmod(0)
+    hidden = tmp_path / "closed" / "w.safetensors"  # walkthrough: in a folder that cannot be searched
+    hidden.parent.mkdir()
+    hidden.write_bytes(b"weights")
+    hidden.parent.chmod(0)
     child = run_python_unprivileged(
         f"from zsfs.models import load_clip, load_backbone\n"
         f"from zsfs.testing.models import TINY_CLIP_CONFIG, TINY_BACKBONE\n"
         f"from zsfs.errors import ModelLoadError\n"
-        f"try:\n"
-        f"    {'load_clip(str(TINY_CLIP_CONFIG), ' if load == 'clip' else 'load_backbone(TINY_BACKBONE, '}{str(locked)!r})\n"
-        f"except ModelLoadError as error:\n"
-        f"    print(error)\n")
-    assert child.stdout.strip() == f"cannot read {what} weights file {locked}: Permission denied", child
+        f"for file in {[str(locked), str(hidden)]!r}:\n"
+        f"    try:\n"
+        f"        {'load_clip(str(TINY_CLIP_CONFIG), ' if load == 'clip' else 'load_backbone(TINY_BACKBONE, '}file)\n"
+        f"    except ModelLoadError as error:\n"
+        f"        print(error)\n")
+    hidden.parent.chmod(0o755)
+    assert child.stdout.splitlines() == [f"cannot read {what} weights file {file}: Permission denied"
+                                         for file in (locked, hidden)], child
 
 
 @pytest.mark.parametrize("load", ["clip", "backbone"])
@@ -536,6 +545,22 @@ def test_a_cut_short_download_in_the_cache_is_named_not_a_traceback(tmp_path, mo
     with pytest.raises(ModelLoadError, match=r"^cannot load the backbone weights of test_vit: ") as caught:
         load_backbone(TINY_BACKBONE, "default")
     assert "downloaded again" not in str(caught.value)
+
+
+def test_weights_saved_in_one_format_and_named_as_the_other_are_told_to_be_renamed(tmp_path):
+    """Walkthrough: a safetensors file named .bin (a copied hub blob, a renamed download) was "no
+    tensors saved by torch or safetensors", also when it was the very file a store recorded."""
+    state = {key: value.contiguous() for key, value in load_backbone(TINY_BACKBONE, "random").model.state_dict().items()}
+    save_file(state, tmp_path / "vit.bin")
+    save_file(state, tmp_path / "blob")
+    torch.save(state, tmp_path / "vit2.safetensors")
+    for name, told in (("vit.bin", "it is a safetensors file named '.bin', .* as vit.safetensors \\(its sha256"),
+                       ("blob", "it is a safetensors file without a suffix, .* as blob.safetensors"),
+                       ("vit2.safetensors", "it is a torch file named '.safetensors', .* as vit2.pt")):
+        with pytest.raises(ModelLoadError, match=f"^cannot read {tmp_path}/{name} as a checkpoint: {told}"):
+            load_backbone(TINY_BACKBONE, str(tmp_path / name))
+    (tmp_path / "vit.bin").rename(tmp_path / "vit.safetensors")  # as told: it loads
+    assert load_backbone(TINY_BACKBONE, str(tmp_path / "vit.safetensors")).record["weights"] == "file"
 
 
 # --- backbone ------------------------------------------------------------------------------------

@@ -131,10 +131,14 @@ def existing_file(weights: str, what: str, flag: str) -> Path | None:
     """The weights file if it exists and can be read, by the name that tells its format (see
     :func:`_named_by_format`); None if ``weights`` does not look like a path."""
     path = Path(weights).expanduser()
-    if path.is_dir():
+    try:
+        is_folder, is_file = path.is_dir(), path.is_file()
+    except OSError as error:  # a folder on the way that cannot be searched (Python 3.11 raises, not False)
+        raise ModelLoadError(f"cannot read {what} weights file {path}: {error.strerror}") from None
+    if is_folder:
         raise ModelLoadError(f"{what} weights {path} is a folder; pass the weights file in it ({flag} "
                              f"{path / 'model.safetensors'}, for example).")
-    if path.is_file():
+    if is_file:
         try:
             path.open("rb").close()
         except OSError as error:  # said here: the libraries' own reasons mislead (safetensors: "No such file")
@@ -199,10 +203,12 @@ def weights_from_record(record: dict, what: str) -> str:
             f"at that path, or pass its new location with --{what.lower()}-weights PATH (its sha256 "
             "is checked against the store's record)."
         )
-    if file_sha256(file) != record["sha256"]:
+    found = file_sha256(file)
+    if found != record["sha256"]:  # the digests: to find the right copy among several (sha256sum)
         raise ModelLoadError(
-            f"the {what} weights file {file} is not the one the store was built with (sha256 "
-            "differs); pass the original file, or rebuild the store."
+            f"the {what} weights file {file} is not the one the store was built with (its sha256 is "
+            f"{found[:16]}..., the store's {str(record['sha256'])[:16]}...); pass the original file, or rebuild the "
+            "store."
         )
     return str(file)
 
@@ -264,8 +270,28 @@ def checkpoint_shapes(file: Path) -> dict[str, tuple[int, ...]]:
 
 def not_a_checkpoint(file: Path, error: Exception) -> ModelLoadError:
     """The error for a weights file that could not be read as tensors, with the reason in words."""
+    written_as = _format_by_content(file)
+    if written_as is not None and (written_as == ".safetensors") != (file.suffix.lower() == ".safetensors"):
+        kind = "a safetensors file" if written_as == ".safetensors" else "a torch file"  # a hub blob, a renamed copy
+        named = f"named {file.suffix!r}" if file.suffix else "without a suffix"
+        return ModelLoadError(f"cannot read {file} as a checkpoint: it is {kind} {named}, and the libraries zsfs loads "
+                              f"through read a file by its suffix; rename it, or link to it, as "
+                              f"{file.with_suffix(written_as).name} (its sha256, which a store records, stays the same)")
     return ModelLoadError(f"cannot read {file} as a checkpoint ({checkpoint_reason(error)}); pass a .safetensors or "
                           "torch .pth/.bin file saved from this model.")
+
+
+def _format_by_content(file: Path) -> str | None:
+    """".safetensors" or ".pt" as a weights file's first bytes tell (safetensors: the header's
+    length, then its JSON's "{"; torch: a zip archive, or a pickle of the legacy format), else None."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return None
+    if len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < 1 << 30:
+        return ".safetensors"
+    return ".pt" if head.startswith((b"PK\x03\x04", b"\x80")) else None
 
 
 _OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory")  # torch's allocator, in C
