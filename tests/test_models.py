@@ -678,6 +678,10 @@ def test_backbone_file_that_does_not_fit(tiny_backbone, tiny_clip, tmp_path):
     # timm alone would load this non-strictly and leave the EfficientNet random.
     with pytest.raises(ModelLoadError, match="does not fit the backbone test_efficientnet"):
         load_backbone("test_efficientnet", str(vit_file))
+    # walkthrough: another model's file for a CLIP tower was blamed on its head alone
+    with pytest.raises(ModelLoadError, match=r"vit.safetensors has no classifier/projection head, which "
+                                             r"vit_base_patch32_clip_224.laion2b needs .* Check that --backbone matches"):
+        load_backbone("vit_base_patch32_clip_224.laion2b", str(vit_file))
     clip_file = tmp_path / "clip.pt"
     torch.save(tiny_clip.model.state_dict(), clip_file)
     with pytest.raises(ModelLoadError, match="does not fit the backbone test_vit"):

@@ -736,9 +736,9 @@ def _file_options(name: str, file: Path, pretrained_cfg, keep_head: bool) -> dic
         n_classes = heads[0][0]
         return {"num_classes": n_classes, "pretrained_cfg_overlay": {"file": str(file), "num_classes": n_classes}}
     if keep_head:
-        raise ModelLoadError(
+        raise ModelLoadError(  # most often another model's file (walkthrough: lite0's for the default ViT-G)
             f"weights file {file} has no classifier/projection head, which {name} needs "
-            "(its head projects into the CLIP space)."
+            "(its head projects into the CLIP space). Check that --backbone matches the checkpoint."
         )
     return {"num_classes": 0, "pretrained_cfg_overlay": {"file": str(file), "num_classes": 0}}
 
