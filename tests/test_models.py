@@ -446,6 +446,24 @@ def _cached_default_weights(cache, monkeypatch, state: dict) -> None:
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
 
 
+def test_hf_home_set_to_the_hub_folder_itself_is_pointed_out(tmp_path, monkeypatch, offline):
+    """Walkthrough: HF_HOME=/copy/hub (the folder holding models--*) said only that the cache
+    /copy/hub/hub does not hold the weights."""
+    import huggingface_hub.constants as hub
+
+    cache_default_backbone_weights(tmp_path, {"x": torch.zeros(1)})  # tmp_path/models--timm--...
+    monkeypatch.setattr(hub, "HF_HOME", str(tmp_path))
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelLoadError, match=rf"does not hold them\)\. HF_HOME \({tmp_path}\) holds the models--\* "
+                                             r"folders itself: point HF_HOME at the folder above it, or HF_HUB_CACHE at "
+                                             r"it\. Or pass a local file"):
+        load_backbone(TINY_BACKBONE, "default")
+    (tmp_path / "hub").mkdir()  # a cache there (empty): no such slip to point out
+    with pytest.raises(ModelLoadError) as caught:
+        load_backbone(TINY_BACKBONE, "default")
+    assert "HF_HOME (" not in str(caught.value)
+
+
 def test_pretrained_weights_are_recorded_by_their_values_and_other_ones_under_the_name_refused(
         tmp_path, monkeypatch, offline):
     """A tag is known by name only (no file to hash): a cache holding newer, or another node's,

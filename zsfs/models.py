@@ -479,7 +479,7 @@ def _download_clip_tag(arch: str, tag: str) -> None:
         open_clip.download_pretrained(cfg)
     except Exception as error:  # HF hub, URL and cache errors come in many types
         raise WeightsDownloadError("clip", f"CLIP weights {arch} / {tag}", one_line(error),
-                                   _clip_file_advice(arch, cfg)) from None
+                                   _clip_file_advice(arch, cfg), _hub_cache_advice()) from None
 
 
 def _pretrained_error(role: str, weights: str, hub_id: str | None, error: Exception,
@@ -528,7 +528,7 @@ def _clip_tokenizer(arch: str) -> Callable:
             return open_clip.get_tokenizer(arch)
     except Exception as error:  # ImportError, hub and cache errors of many types
         need = ("it needs the transformers package: pip install transformers" if isinstance(error, ImportError)
-                else HUB_CACHE_ADVICE)
+                else _hub_cache_advice())
         raise ModelLoadError(f"could not load the tokenizer of CLIP {arch} ({hub_name}: {one_line(error)}); "
                              f"{need}") from None
 
@@ -650,20 +650,31 @@ def _refuse_uncached_offline(pretrained_cfg) -> None:
         raise LocalEntryNotFoundError(f"{offline}, and the Hugging Face cache ({hub.HF_HUB_CACHE}) does not hold them")
 
 
+def _hub_cache_advice() -> str:
+    """How to work offline from the Hugging Face cache; where HF_HOME names the cache's hub/ folder
+    itself (its models--* folders are there, and the hub looks in HF_HOME/hub), that slip first."""
+    import huggingface_hub.constants as hub
+
+    if Path(hub.HF_HUB_CACHE).is_dir() or not any(Path(hub.HF_HOME).glob("models--*")):
+        return HUB_CACHE_ADVICE
+    return (f"HF_HOME ({hub.HF_HOME}) holds the models--* folders itself: point HF_HOME at the folder above it, "
+            "or HF_HUB_CACHE at it.")
+
+
 def offline_advice(role: str, name: str) -> str:
     """How to have the pretrained weights of the model ``name`` (``role``: "clip" or "backbone")
     without a network: every open_clip tag comes from the Hugging Face hub, some timm ones from a URL."""
     if role == "backbone":
         with suppress(ModelLoadError):  # a name this timm does not know: its error comes on loading
             return _timm_cache_advice(_resolve_backbone_name(name))
-    return HUB_CACHE_ADVICE
+    return _hub_cache_advice()
 
 
 def _timm_cache_advice(pretrained_cfg) -> str:
     """How to work offline with a timm model's default weights: the Hugging Face cache, or torch's
     hub folder for weights timm downloads from a URL."""
     if pretrained_cfg.hf_hub_id or not pretrained_cfg.url:
-        return HUB_CACHE_ADVICE
+        return _hub_cache_advice()
     import torch.hub
 
     file = Path(urlparse(pretrained_cfg.url).path).name
