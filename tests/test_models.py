@@ -273,6 +273,10 @@ def test_weights_given_as_a_folder_or_unreadable_say_so(tmp_path, load):
     with pytest.raises(ModelLoadError, match=rf"^{what} weights .*snapshot is a folder; pass the weights file in it "
                                              rf"\({flag} .*snapshot/model.safetensors, for example\)"):
         loader(str(tmp_path / "snapshot"))
+    for name in ("open_clip_pytorch_model.bin", "open_clip_model.safetensors", "config.json"):  # walkthrough:
+        (tmp_path / "snapshot" / name).write_bytes(b"x")  # the made-up name was offered beside real ones
+    with pytest.raises(ModelLoadError, match=rf"\({flag} .*snapshot/open_clip_model.safetensors\)\.$"):
+        loader(str(tmp_path / "snapshot"))
     locked = tmp_path / "locked.safetensors"
     locked.write_bytes(b"weights")
     locked.chmod(0)

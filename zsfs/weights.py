@@ -10,7 +10,7 @@ import hashlib
 import os
 import socket
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from urllib.parse import urlparse
 from pathlib import Path
 from typing import Iterator
@@ -136,8 +136,13 @@ def existing_file(weights: str, what: str, flag: str) -> Path | None:
     except OSError as error:  # a folder on the way that cannot be searched (Python 3.11 raises, not False)
         raise ModelLoadError(f"cannot read {what} weights file {path}: {error.strerror}") from None
     if is_folder:
+        held: list[Path] = []
+        with suppress(OSError):  # the checkpoints it holds, safetensors first (walkthrough: a made-up name)
+            held = sorted((file for file in path.iterdir() if file.suffix.lower() in CHECKPOINT_SUFFIXES),
+                          key=lambda file: (file.suffix.lower() != ".safetensors", file.name))
+        example = held[0] if held else path / "model.safetensors"
         raise ModelLoadError(f"{what} weights {path} is a folder; pass the weights file in it ({flag} "
-                             f"{path / 'model.safetensors'}, for example).")
+                             f"{example}{'' if held else ', for example'}).")
     if is_file:
         try:
             path.open("rb").close()
