@@ -1080,6 +1080,25 @@ def test_the_first_line_that_is_not_utf8_is_found_a_block_at_a_time(tmp_path, bl
         assert _first_line_not_utf8(tmp_path / "t.csv", block) == line, data
 
 
+def test_an_import_stopped_among_its_shards_says_what_its_rerun_keeps(inputs):
+    """Walkthrough: Ctrl-C after 7 of 12 shards said only "a rerun resumes", after a log line of
+    5,000 rows written; extract says how many files its finished shards hold."""
+    folder = inputs["dir"]
+    common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                  paths=folder / "paths.csv", shard_size=25)  # 60 rows: 3 shards
+
+    def stopped_after_the_first(rows: int) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C lands between two shards
+
+    with pytest.raises(KeyboardInterrupt) as stop:
+        import_store(folder / "s.h5", **common, progress=stopped_after_the_first)
+    assert stop.value.resume == ("the finished shards hold 25 of the 60 rows (--shard-size 25): a rerun keeps them "
+                                 "and writes the other 35")
+    resumed: list = []
+    import_store(folder / "s.h5", **common, on_resume=lambda kept, n_shards: resumed.append((kept, n_shards)))
+    assert resumed == [(1, 3)]  # as said
+
+
 def test_a_tsv_paths_table_is_read_with_tabs_so_commas_stay_in_the_paths(inputs):
     """Review: no test read a .tsv; read with commas, these paths would split into 3 fields."""
     folder, paths = inputs["dir"], [f"photos/{i:03d}, copy.jpg" for i in range(N)]

@@ -422,15 +422,15 @@ def test_a_model_that_differs_is_said_by_the_parts_that_differ():
 
 def test_a_stop_says_what_the_rerun_keeps_in_shards_of_that_size(tmp_path):
     """Review: "no shard (of 200 files here: --shard-size 200)" read as 200 files in the collection."""
-    from zsfs.extract import _kept_for_a_rerun
-
     writer = new_writer(tmp_path / "s.h5")  # 25 files, shards of 10
     try:
-        assert _kept_for_a_rerun(writer, writer.pending_shards()) == (
+        assert writer.kept_for_a_rerun(writer.pending_shards()) == (
             "no shard was finished (each holds 10 files: --shard-size 10): a rerun embeds the 25 files from the start")
         writer.write_shard(1, shard_data(writer, 1))
-        assert _kept_for_a_rerun(writer, writer.pending_shards()) == (
+        assert writer.kept_for_a_rerun(writer.pending_shards()) == (
             "the finished shards hold 10 of the 25 files (--shard-size 10): a rerun keeps them and embeds the other 15")
+        assert writer.kept_for_a_rerun(writer.pending_shards(), "row", "writes") == (  # an import's
+            "the finished shards hold 10 of the 25 rows (--shard-size 10): a rerun keeps them and writes the other 15")
     finally:
         writer.close()
     for name, n_items, said in (("t.h5", 25, "the 25 files here are one shard: --shard-size 100): a rerun embeds "
@@ -439,7 +439,7 @@ def test_a_stop_says_what_the_rerun_keeps_in_shards_of_that_size(tmp_path):
                                             "file")):
         whole = new_writer(tmp_path / name, n_items=n_items, shard_size=100)
         try:
-            assert _kept_for_a_rerun(whole, whole.pending_shards()) == f"no shard was finished ({said} from the start"
+            assert whole.kept_for_a_rerun(whole.pending_shards()) == f"no shard was finished ({said} from the start"
         finally:
             whole.close()
 

@@ -428,7 +428,7 @@ def extract(
                 processed = embedder.write_shards(writer, pending, on_batch)
             except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: the command line says what a rerun redoes
                 with suppress(Exception):  # (a file system that fails now: the stop is still said in one line)
-                    stop.resume = _kept_for_a_rerun(writer, pending)
+                    stop.resume = writer.kept_for_a_rerun(pending)
                 raise
             embedding_seconds = time.perf_counter() - embedding_started
             writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
@@ -452,22 +452,6 @@ def extract(
                     classes=class_names, read_as_one=read_as_one, shards_written=len(pending),
                     images_processed=processed, embedding_seconds=embedding_seconds, shards_redone=shards_redone,
                     shards_repaired=repaired, set_aside=set_aside)
-
-
-def _kept_for_a_rerun(writer: StoreWriter, pending: Sequence[int]) -> str:
-    """What a stopped run leaves its rerun: the files of the shards finished before it, and of
-    those of its ``pending`` shards it finished (a shard is kept whole or not at all)."""
-    recorded = writer.recorded_shard_bytes()
-    unfinished = [shard for shard in pending if not writer.shard_is_complete(shard, recorded)]
-    kept = writer.n_items - sum(stop - start for start, stop in map(writer.shard_bounds, unfinished))
-    if not kept:
-        files = counted(writer.n_items, "file")
-        shards = (f"the {files} here {'is' if writer.n_items == 1 else 'are'} one shard"
-                  if writer.shard_size >= writer.n_items else f"each holds {writer.shard_size:,} files")
-        return (f"no shard was finished ({shards}: --shard-size {writer.shard_size:,}): a rerun embeds the "
-                f"{files} from the start")
-    return (f"the finished shards hold {kept:,} of the {writer.n_items:,} files (--shard-size {writer.shard_size:,}): "
-            f"a rerun keeps them and embeds the other {writer.n_items - kept:,}")
 
 
 def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: str | None,

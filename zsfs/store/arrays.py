@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -136,19 +137,24 @@ def _write_shards_and_master(master: Path, identity: dict, layout: dict, feature
         # before the shards: a stop among them leaves a store whose error names the vocabularies to ask for again
         write_planned_vocabularies(writer.shards_dir, writer.identity, planned, planned_by)
         writer.announce(pending, on_start, on_resume)
-        for shard in pending:
-            start, stop = writer.shard_bounds(shard)
-            rows = slice(start, stop)
-            writer.write_shard(shard, ShardData(
-                clip=normalise_rows(np.asarray(clip[rows]), f"clip rows {start}-{stop}", start),
-                backbone=normalise_rows(np.asarray(backbone[rows]), f"backbone rows {start}-{stop}", start),
-                paths=paths[rows],
-                width=width[rows],
-                height=height[rows],
-                labels=None if labels is None else labels[rows],
-            ))
-            if progress is not None:
-                progress(stop - start)
+        try:
+            for shard in pending:
+                start, stop = writer.shard_bounds(shard)
+                rows = slice(start, stop)
+                writer.write_shard(shard, ShardData(
+                    clip=normalise_rows(np.asarray(clip[rows]), f"clip rows {start}-{stop}", start),
+                    backbone=normalise_rows(np.asarray(backbone[rows]), f"backbone rows {start}-{stop}", start),
+                    paths=paths[rows],
+                    width=width[rows],
+                    height=height[rows],
+                    labels=None if labels is None else labels[rows],
+                ))
+                if progress is not None:
+                    progress(stop - start)
+        except KeyboardInterrupt as interrupted:  # Ctrl-C, SIGTERM: the command line says what a rerun keeps
+            with suppress(Exception):  # (a file system that fails now: the stop is still said in one line)
+                interrupted.resume = writer.kept_for_a_rerun(pending, "row", "writes")
+            raise
         return writer.finish(attrs, shards_written=bool(pending), exact_max=exact_max), writer.identity
 
 

@@ -365,6 +365,24 @@ class StoreWriter:
         if on_start is not None:
             on_start(sum(stop - start for start, stop in map(self.shard_bounds, pending)))
 
+    def kept_for_a_rerun(self, pending: Sequence[int], item: str = "file", redo: str = "embeds") -> str:
+        """What a stopped run leaves its rerun: the items of the shards finished before it, and of
+        those of its ``pending`` shards it finished (a shard is kept whole or not at all); ``item``
+        is what a row holds ("file", "row"), ``redo`` what the rerun does to the rest ("embeds")."""
+        from zsfs.names import counted
+
+        recorded = self.recorded_shard_bytes()
+        unfinished = [shard for shard in pending if not self.shard_is_complete(shard, recorded)]
+        kept = self.n_items - sum(stop - start for start, stop in map(self.shard_bounds, unfinished))
+        if not kept:
+            items = counted(self.n_items, item)
+            shards = (f"the {items} here {'is' if self.n_items == 1 else 'are'} one shard"
+                      if self.shard_size >= self.n_items else f"each holds {self.shard_size:,} {item}s")
+            return (f"no shard was finished ({shards}: --shard-size {self.shard_size:,}): a rerun {redo} the "
+                    f"{items} from the start")
+        return (f"the finished shards hold {kept:,} of the {self.n_items:,} {item}s (--shard-size "
+                f"{self.shard_size:,}): a rerun keeps them and {redo} the other {self.n_items - kept:,}")
+
     def _reads_whole(self, shard: int) -> bool:
         """True when every dataset of the shard's file reads through its checksums."""
         path = self.shard_path(shard)
