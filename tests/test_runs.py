@@ -359,6 +359,8 @@ def test_the_fit_summary_names_labels_that_are_no_class_and_their_near_spellings
     assert said == (f"3: 'bird ' 18 (spelled like class 'bird'); {decomposed!r} 3 (spelled like class 'caf\u00e9'); "
                     "'yak' 1")
     assert "(spelled like class 'red fox')" in row({"Red  Fox": 2}, ["red fox"])  # spacing inside
+    # walkthrough: a CSV written `path, "Ankle boot"` (a space after each comma) keeps the quotes
+    assert row({'"Ankle boot"': 9}, ["Ankle boot"]) == """1: '"Ankle boot"' 9 (spelled like class 'Ankle boot')"""
 
 
 def test_metrics_of_an_unlabelled_run_are_absent(tmp_path):

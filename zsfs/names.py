@@ -145,13 +145,14 @@ def _is_utf8_text(name: str) -> bool:
 
 
 def spelling_key(name: str) -> str:
-    """What two spellings of one name share: the Unicode form, case and spacing aside."""
-    return " ".join(unicodedata.normalize("NFC", name).casefold().split())
+    """What two spellings of one name share: the Unicode form, case, spacing and quotes around it
+    aside (a CSV written `path, "label"` keeps the quotes: a quoted field starts at its separator)."""
+    return " ".join(unicodedata.normalize("NFC", name).casefold().split()).strip("\"'").strip()
 
 
 def spelled_like(known: Iterable[str], what: str) -> Callable[[str], str]:
-    """A function giving, for a name that differs from one of ``known`` only by case, spacing or
-    Unicode form (almost surely meant as that one), ``" (spelled like WHAT 'x')"``; else ``""``."""
+    """A function giving, for a name that differs from one of ``known`` only by case, spacing,
+    Unicode form or quotes (almost surely meant as that one), ``" (spelled like WHAT 'x')"``; else ``""``."""
     by_key = {spelling_key(name): name for name in known}
 
     def hint(name: str) -> str:
