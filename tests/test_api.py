@@ -306,6 +306,21 @@ def test_the_writers_and_the_benchmark_check_their_arguments_before_any_work(tmp
     assert (tmp_path / "folder" / "keep.txt").read_text() == "x"
 
 
+@pytest.mark.parametrize("wrong, message", [
+    *((dict(**{name: 0}), f"{name} must be at least 1, not 0") for name in ("k", "neighbours", "epochs", "batch_size")),
+    (dict(k=1, candidates=0), "candidates must be at least 1, not 0"),
+    (dict(lr=0.0), "lr must be > 0, not 0.0"),  # a head that never moves
+    (dict(ood_multiplier=100.01), "ood_multiplier must be at most 100, not 100.01"),
+])
+def test_a_config_refuses_each_value_no_fit_takes(wrong, message):
+    """Review (mutations: neighbours=0 reached the fit as a raw ValueError, lr=0 trained a head that
+    never moved; the CLI's ranges hid both from the command line, not from Python)."""
+    with pytest.raises(zsfs.ParameterError) as raised:
+        zsfs.FitConfig(**wrong)
+    assert str(raised.value) == message
+    assert zsfs.FitConfig(ood_multiplier=100).ood_multiplier == 100  # the CLI's top takes
+
+
 def test_each_preset_gives_the_config_it_names(tmp_path):
     """zsfs.fit(preset=...) is the CLI's --paper / --fast: each name must give its own FitConfig."""
     from dataclasses import asdict

@@ -79,6 +79,31 @@ def test_sigterm_is_handled_only_while_a_command_runs(monkeypatch, tmp_path):
         after = signal.signal(signal.SIGTERM, previous)
     assert seen and seen[0] != signal.SIG_DFL  # while it ran: handled
     assert after == signal.SIG_DFL  # after: as it was
+    # review (mutation: the host's check dropped passed): a host's own handler (pipelines.run has one)
+    # stays in place during the command and after it, or its next SIGTERM would kill it silently
+    host = lambda number, frame: None  # noqa: E731
+    seen.clear()
+    previous = signal.signal(signal.SIGTERM, host)
+    try:
+        with pytest.raises(ZeroDivisionError):
+            run_cli("info", tmp_path / "s.h5")
+    finally:
+        after = signal.signal(signal.SIGTERM, previous)
+    assert seen == [host] and after is host
+
+
+def test_a_write_failure_after_a_result_is_saved_says_it_was_saved():
+    """Review (mutation: only a full disk was read so passed): EIO, EPIPE or NFS' EACCES after the
+    result is whole on disk must say so too, not send the user to a rerun that refuses it."""
+    import errno
+
+    from zsfs.cli.common import kept_if_interrupted
+    from zsfs.errors import ZsfsError
+
+    with pytest.raises(ZsfsError, match=r"Input/output error.* KEPT\.$"), kept_if_interrupted("KEPT"):
+        raise OSError(errno.EIO, "Input/output error")
+    with pytest.raises(ValueError), kept_if_interrupted("KEPT"):  # a bug keeps its traceback
+        raise ValueError("bug")
 
 
 def test_ctrl_c_message_does_not_promise_a_resume_for_every_command(monkeypatch, tmp_path):

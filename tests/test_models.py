@@ -569,6 +569,23 @@ def test_a_cut_short_download_in_the_cache_is_named_not_a_traceback(tmp_path, mo
     assert "downloaded again" not in str(caught.value)
 
 
+def test_running_out_of_memory_while_reading_weights_is_not_blamed_on_the_file():
+    """Review (mutation: only MemoryError was checked passed): torch's C allocator says "can't
+    allocate memory" from inside torch.load; a valid ViT-G file must not be called unreadable."""
+    from zsfs.weights import unreadable_checkpoint
+
+    def raised_in_torch_load(error: Exception) -> Exception:  # its last frame in torch's reader, as torch.load's are
+        try:
+            exec(compile("raise error", "/site-packages/torch/serialization.py", "exec"), {"error": error})
+        except Exception as caught:
+            return caught
+        raise AssertionError("not raised")
+
+    assert unreadable_checkpoint(raised_in_torch_load(KeyError(101))) is True  # a text file's "KeyError: 101"
+    assert unreadable_checkpoint(raised_in_torch_load(RuntimeError("DefaultCPUAllocator: can't allocate memory: "
+                                                                   "you tried to allocate 5000000000 bytes"))) is False
+
+
 def test_weights_saved_in_one_format_and_named_as_the_other_are_told_to_be_renamed(tmp_path):
     """Walkthrough: a safetensors file named .bin (a copied hub blob, a renamed download) was "no
     tensors saved by torch or safetensors", also when it was the very file a store recorded."""

@@ -625,7 +625,8 @@ def test_shard_files_are_named_one_folder_below_the_master():
 
     check_shard_names(["s.shards/shard-00000.h5", "s.shards/shard-00001.h5"], Path("s.h5"))
     for outside in ("../s.shards/shard-00000.h5", "/tmp/s.shards/shard-00000.h5", "a/s.shards/shard-00000.h5",
-                    "s.shards/../../s.shards/shard-00000.h5"):
+                    "s.shards/../../s.shards/shard-00000.h5",  # review (mutation: a match at the start passed):
+                    "s.shards/shard-00000.h5/../../x.h5", "s.shards/shard-00000.h5.bak"):
         with pytest.raises(StoreError, match=r"names shard files outside its folder \(1 of 2\); refused"):
             check_shard_names(["s.shards/shard-00000.h5", outside], Path("s.h5"))
 
@@ -675,6 +676,8 @@ def test_the_format_version_is_the_one_docs_store_md_describes():
 
     page = (Path(__file__).parents[1] / "docs" / "store.md").read_text()
     assert f"this page describes format version **{schema.FORMAT_VERSION}**" in page
+    # review (mutation: a 12-digit digest passed): every store's vocabulary files are found by this name
+    assert schema.vocabulary_file(Path("s.shards"), "imagenet") == Path("s.shards/vocab-0afd7c2a84f4f66e.h5")
 
 
 def test_info_writes_a_vocabularys_class_count_as_every_other_count(tmp_path, arrays):
