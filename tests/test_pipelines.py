@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipelines import prepare, report  # noqa: E402
-from pipelines.datasets import BACKBONE, CLIP_MODEL, DATASETS, Dataset  # noqa: E402
+from pipelines.datasets import BACKBONE, CLIP_MODEL, CLIP_WEIGHTS, DATASETS, Dataset  # noqa: E402
 from pipelines.report import COLUMNS, collect, render_markdown, write_results  # noqa: E402
 from pipelines.run import Layout, main, plan, run_steps, run_zsfs  # noqa: E402
 from zsfs.errors import ZsfsError  # noqa: E402
@@ -148,6 +148,11 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     paper_config = {"clip": {"name": CLIP_MODEL, "weights": "file"},
                     "backbone": {"name": BACKBONE, "weights": "default"}}
     assert report._describe_models(paper_config)[1] is True  # local files of its weights are the paper's setup
+    # review (mutations: a random backbone passed; a typo in the tag would have been compared with itself)
+    assert (CLIP_MODEL, CLIP_WEIGHTS, BACKBONE) == ("ViT-B-32", "openai", "vit_giant_patch14_clip_224.laion2b")
+    for backbone in ({"name": BACKBONE, "weights": "random"}, {"name": "vit_large_patch14_clip_224.laion2b",
+                                                                "weights": "default"}):
+        assert report._describe_models({**paper_config, "backbone": backbone})[1] is False
     for clip_weights in ("random", "laion2b_s34b_b79k"):  # another checkpoint is another setup (review)
         assert report._describe_models({**paper_config, "clip": {"name": CLIP_MODEL, "weights": clip_weights}})[1] \
             is False
@@ -252,6 +257,9 @@ def test_a_failing_zsfs_step_raises_a_clear_error(tmp_path):
         run_zsfs(["fit", "--store", str(tmp_path / "missing.h5")])
     with pytest.raises(ZsfsError, match="zsfs fit: No such option"):
         run_zsfs(["fit", "--no-such-option"])
+    # review (mutation: exit 2 taken as success passed): options that do not fit together exit 2
+    with pytest.raises(ZsfsError, match="failed .exit 2"):
+        run_zsfs(["fit", "--store", str(tmp_path / "missing.h5"), "--k", "20", "--candidates", "10"])
 
 
 def test_an_interrupted_step_stops_the_pipeline_with_its_exit_status(monkeypatch):
@@ -538,6 +546,8 @@ def test_cli_runs_the_steps_and_writes_the_results(tmp_path):
     (["cifar10", "cifar100", "--images", "."], "exactly one dataset"),
     (["cifar10", "--fit-args", "--bogus"], "--fit-args '--bogus': `zsfs fit` says: No such option '--bogus'"),
     (["cifar10", "--fit-args", "--report"], "`zsfs ood-bench` says: No such option '--report'"),
+    # review (mutation: checked only when every dataset runs ood-bench passed): imagenet runs none
+    (["imagenet", "cifar10", "--fit-args", "--report"], "`zsfs ood-bench` says: No such option '--report'"),
     (["cifar10", "--fit-args", "--k five"], "`zsfs fit` says: Invalid value for '--k'"),  # bug: after the extract
     (["cifar10", "--fit-args", "--k 200"],  # bug: passed, then failed after the whole extract
      "--fit-args '--k 200': `zsfs fit` says: --k 200 is larger than --candidates 100"),
@@ -586,6 +596,8 @@ def test_one_dataset_that_fails_does_not_stop_the_others(tmp_path):
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and said.count("must be downloaded by hand") == 2, said
     assert "2 of 2 datasets did not finish: imagenet, cars; do what the errors above say, then rerun: finished steps are kept" in said, said
+    # review (mutation: no results after a failure passed): those of the datasets that finished are kept
+    assert (tmp_path / "w" / "results.md").is_file() and (tmp_path / "w" / "results.csv").is_file()
 
 
 def test_report_counts_images_from_either_run_and_means_only_complete_columns(tmp_path):
