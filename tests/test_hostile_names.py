@@ -256,6 +256,15 @@ def test_store_file_names_with_percent_signs_or_bytes_that_are_not_utf8(tmp_path
     assert summary["escaped"] == ([] if b"\xf6" not in name else ["/path"])
 
 
+def test_every_byte_that_is_not_utf8_in_a_masters_name_is_written_as_percent_hex():
+    """Review (mutation: the lowest such byte, 0x80, kept as a lone surrogate passed)."""
+    from zsfs.store.schema import shard_dir
+
+    for raw, folder in ((b"/x/\x80.h5", "%80.shards"), (b"/x/\xff\xf6 a.h5", "%FF%F6 a.shards"),
+                        (b"/x/caf\xc3\xa9.h5", "caf\u00e9.shards")):
+        assert shard_dir(Path(os.fsdecode(raw))).name == folder
+
+
 def test_info_json_says_which_names_it_escaped(tmp_path):
     """Bug: a path that is not UTF-8 text was written escaped (ph\\xf6tos) with nothing to tell it
     from a path holding the text \\xf6; ``escaped`` now points at each such value."""

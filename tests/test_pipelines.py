@@ -629,6 +629,11 @@ def test_imagenet_names_never_take_a_first_synonym_of_other_classes():
         ["n1", "n2", "n3", "n4", "n5"],
         [("crane",), ("crane", "maillot"), ("maillot",), ("maillot", "tank suit"), ("AC/DC_adapter",)])
     assert names == ["crane n1", "crane n2", "maillot n3", "tank suit", "AC-DC adapter"]
+    # review (mutations passed): two repeated names falling back to one other synonym take it once;
+    # underscores at the end leave no space in a folder name
+    names = prepare.imagenet_class_names(["n1", "n2", "n3", "n4", "n5"],
+                                         [("a",), ("a", "b"), ("c",), ("c", "b"), ("tree_ ",)])
+    assert names == ["a n1", "b", "c n3", "c n4", "tree"]
 
 
 def test_all_runs_every_runnable_dataset_and_only_those(tmp_path):
