@@ -192,6 +192,9 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
             with pytest.raises(zsfs.ParameterError, match=re.escape(message)):
                 zsfs.FitConfig(**wrong)
     zsfs.fit(store_path, k=np.int64(3), candidates=10, lr=1, cycle_epochs=np.int64(1))  # numpy integers and whole floats pass
+    # walkthrough: seed=np.int64 passed the check, then torch's generator raised "an integer is required"
+    run = zsfs.fit(store_path, k=3, candidates=10, seed=np.int64(7), lr=np.float32(0.5))
+    assert type(run.config["parameters"]["seed"]) is int and run.config["parameters"]["lr"] == 0.5
     photos = tmp_path / "photos"
     with pytest.raises(zsfs.ParameterError, match=r"^batch_size must be a whole number, not '8'$"):
         zsfs.extract(photos, batch_size="8")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+import numpy as np
+
 from zsfs.devices import DEVICES, PRECISION_CHOICES
 from zsfs.errors import (ParameterError, check_at_least, check_choice, check_parameter_type, check_seed,
                          checked_arguments, shown_value)
@@ -89,7 +91,10 @@ class FitConfig:
     def validate(self) -> None:
         """ParameterError naming the first field with a value no fit takes."""
         for spec in fields(self):  # annotated "int", "float", "str" or "bool" (a string: annotations are postponed)
-            check_parameter_type(spec.name, getattr(self, spec.name), PARAMETER_TYPES[spec.type])
+            value = getattr(self, spec.name)
+            check_parameter_type(spec.name, value, PARAMETER_TYPES[spec.type])
+            if isinstance(value, np.generic):  # seed=np.int64(3): torch's generator takes Python numbers only
+                setattr(self, spec.name, value.item())
         for name in ("k", "candidates", "neighbours", "epochs", "batch_size"):
             check_at_least(name, getattr(self, name), 1)
         for name in ("cycle_epochs", "max_cycles"):
