@@ -324,6 +324,30 @@ def test_a_config_refuses_each_value_no_fit_takes(wrong, message):
     assert zsfs.FitConfig(ood_multiplier=100).ood_multiplier == 100  # the CLI's top takes
 
 
+FORKED_FIT = """
+import multiprocessing, sys, zsfs
+store = sys.argv[1]
+zsfs.fit(store, k=4, candidates=20)  # the parent's thread pool runs
+def child(queue):
+    queue.put(len(zsfs.fit(store, k=4, candidates=20).predictions))
+queue = multiprocessing.Queue()
+process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
+process.start()
+process.join(90)
+print(process.exitcode, queue.get(timeout=1) if process.exitcode == 0 else None)
+process.kill()
+"""
+
+
+def test_a_fit_in_a_child_forked_after_a_fit_finishes(tmp_path):
+    """Walkthrough: zsfs.fit in a multiprocessing child (fork, Linux's default) hung for ever once
+    the parent had fitted: torch's OpenMP pool does not survive a fork."""
+    store_path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=0, clip_dim=16, backbone_dim=16)
+    done = subprocess.run([sys.executable, "-c", FORKED_FIT, str(store_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.split() == ["0", "300"], done.stdout + done.stderr[-2000:]
+
+
 def test_each_preset_gives_the_config_it_names(tmp_path):
     """zsfs.fit(preset=...) is the CLI's --paper / --fast: each name must give its own FitConfig."""
     from dataclasses import asdict

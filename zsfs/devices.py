@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING
 
 from zsfs.errors import ParameterError, check_choice
@@ -18,6 +20,20 @@ PRECISION_CHOICES = ("auto", *SEARCH_PRECISIONS)
 """Precision of a fit's matrix products; "auto": bf16 where :func:`has_fast_bf16`, else fp32."""
 BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16")
 """``torch.cpu.get_capabilities()`` keys of hardware bf16 products (x86 AVX512-BF16 and AMX, Arm BF16)."""
+
+
+def _one_thread_in_a_forked_child() -> None:
+    """A process forked after torch's OpenMP pool ran (a fit, an extract) deadlocks in its first
+    parallel torch operation (walkthrough: `zsfs.fit` in a multiprocessing child hung for ever):
+    the child computes with one thread, as torch's DataLoader workers do. The "spawn" start
+    method gives a child every core."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_thread_in_a_forked_child)
 
 
 def check_device(device: str) -> "torch.device":

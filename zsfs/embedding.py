@@ -496,9 +496,8 @@ def _crashes_alone(images: DecodedImages, index: int, timeout: float = 120.0) ->
 
 
 def _decode_alone(images: DecodedImages, index: int) -> None:
-    # One thread, as in a DataLoader worker: a fork of a process whose OpenMP pool has run (the
-    # models) deadlocks in its first parallel torch operation (the preprocessing's).
-    torch.set_num_threads(1)
+    # with one thread, as every forked child (zsfs.devices): a fork of a process whose OpenMP pool
+    # has run (the models) deadlocked in its first parallel torch operation (the preprocessing's)
     images._decoded(index)
 
 
