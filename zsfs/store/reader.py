@@ -120,9 +120,12 @@ class Store:
     @property
     def _file(self) -> h5py.File:
         """The open master file (h5py's own errors on a closed one name no store, or mislead)."""
+        self._check_open()
+        return self._master
+
+    def _check_open(self) -> None:
         if not self._master:  # a closed h5py file is false
             raise StoreError(f"the store {self.path} was closed; open it again: zsfs.Store(path)")
-        return self._master
 
     def _read_metadata(self) -> None:
         attrs = self._file.attrs
@@ -321,9 +324,12 @@ class Store:
     def iter_chunks(self, dataset: str, chunk_rows: int = READ_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` blocks of ``dataset`` (as :meth:`read`'s) in order: bounded memory for big stores."""
         check_at_least("chunk_rows", chunk_rows, 1)  # 0 failed in range(), -1 yielded nothing
-        self._check_row_dataset(dataset)
-        data = self._dataset(dataset)
+        self._check_row_dataset(dataset)  # here, not at the first block: a generator runs nothing until then
+        return self._blocks(self._dataset(dataset), dataset, chunk_rows)
+
+    def _blocks(self, data: h5py.Dataset, dataset: str, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         for start in range(0, len(data), chunk_rows):
+            self._check_open()  # closed since the last block (a `with` left): said so, not "damaged"
             with self._read_errors(dataset):
                 block = data[start : start + chunk_rows]
             self.check_unchanged(thorough=False)  # as read's
