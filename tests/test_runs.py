@@ -18,7 +18,7 @@ import pytest
 
 from zsfs import runs
 from zsfs.runs import FittedRun
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.fit import FitConfig, fit_store
 from zsfs.outputs import new_folder
 from zsfs.store import Store
@@ -61,6 +61,10 @@ def test_a_saved_run_reads_back(run_dir):
     assert frame.height == 300 and frame["is_seed"].sum() == 12
     # Columns that the run lacks are left out rather than failing: readers tolerate older runs.
     assert run.read_predictions(["path", "ood_score", "no_such_column"]).columns == ["path", "ood_score"]
+    # walkthrough: none of them there was "it is another run's file"; a string was read as its letters
+    assert runs.load_run(run.path).read_predictions(["no_such_column"]).shape == (0, 0)
+    with pytest.raises(ParameterError, match="^columns must be a list of column names, not 'predicted'$"):
+        run.read_predictions("predicted")
 
 
 def test_loading_what_is_not_a_run_is_a_clear_error(run_dir, tmp_path):

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import ZsfsError, check_path_type, checked_arguments, refuse_unknown_parameters
+from zsfs.errors import (ParameterError, ZsfsError, check_path_type, checked_arguments, refuse_unknown_parameters,
+                         shown_value)
 from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, auroc, paper_score_counts, per_class_accuracy
 from zsfs.names import pairs_text, percent, some_names, spelled_like, utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
@@ -323,9 +324,12 @@ class FittedRun:
         return self._predictions
 
     def read_predictions(self, columns: list[str] | None = None) -> "pl.DataFrame":
-        """The predictions (only ``columns`` of them, those that exist, when given)."""
+        """The predictions (only ``columns`` of them, those that exist, when given: a run written
+        before a column was added lacks it)."""
         import polars as pl
 
+        if columns is not None and (isinstance(columns, str) or not all(isinstance(name, str) for name in columns)):
+            raise ParameterError(f"{{columns}} must be a list of column names, not {shown_value(columns)}")
         if self._predictions is not None:
             return self._predictions if columns is None else self._predictions.select(
                 [name for name in columns if name in self._predictions.columns])
@@ -337,7 +341,8 @@ class FittedRun:
         except (OSError, pl.exceptions.PolarsError) as error:
             raise ZsfsError(f"{path} is unreadable ({error}); rerun `zsfs fit`") from None
         fitted = (self.config.get("store") or {}).get("n_images")
-        if isinstance(fitted, int) and frame.height != fitted:  # one row per store image, in store order
+        # one row per store image, in store order (a frame of none of the columns asked for has no rows)
+        if isinstance(fitted, int) and frame.width and frame.height != fitted:
             raise ZsfsError(f"{path} holds {frame.height:,} rows, but the run was fitted on {fitted:,} images "
                             f"({CONFIG}): it is another run's file; rerun `zsfs fit`")
         return frame
