@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from zsfs.errors import ParameterError
 from zsfs.fit import neighbours, ood, seeds
 from zsfs.fit.classifier import LinearHead
 from zsfs.fit.selftrain import STOP_LOSS_FLOOR, STOP_LOSS_ROSE, STOP_NO_CANDIDATES, FeatureTable, self_train
@@ -465,6 +466,9 @@ def test_classify_in_chunks_gives_each_row_its_own_result_and_normalises_raw_fea
     classifier, rng = _small_classifier()
     features = rng.normal(size=(10, 8)).astype(np.float32)
     whole, chunked = classifier.classify(features), classifier.classify(features, chunk_rows=3)
+    for chunk_rows, said in ((0, "at least 1, not 0"), (2.5, "a whole number, not 2.5"), (None, "a whole number")):
+        with pytest.raises(ParameterError, match=f"^chunk_rows must be {said}"):  # walkthrough: raw errors
+            classifier.classify(features, chunk_rows=chunk_rows)
     assert np.array_equal(whole[0], chunked[0]) and np.allclose(whole[1], chunked[1])
     assert np.allclose(classifier.classify(7.5 * features)[1], whole[1])
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsfs.errors import ParameterError, ZsfsError
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_parameter_type
 from zsfs.names import counted, described_array
 from zsfs.fit import ood
 from zsfs.fit.zeroshot import as_tensor
@@ -153,6 +153,8 @@ class Classifier:
         score. ``ood_distance`` is the fit's column for new images, the backbone half of its
         ``ood_score``: the rank of their reference distance in the fitted collection, in [0, 1]
         (the MCM half needs CLIP embeddings; NaN for runs written before zsfs stored the reference)."""
+        check_parameter_type("chunk_rows", chunk_rows, int)  # None or 2.5: a TypeError deep inside
+        check_at_least("chunk_rows", chunk_rows, 1)  # 0: range()'s ValueError
         features = self._checked_features(features)
         weight, bias = torch.from_numpy(self.weight), torch.from_numpy(self.bias)
         has_reference = self.ood_reference is not None and "reference_distance" in self.ood_quantiles
