@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 
@@ -125,6 +126,8 @@ def test_read_rows_and_chunks(tmp_path, arrays):
     # walkthrough: a block read after the `with` was "damaged: run zsfs info --verify and rebuild"
     with pytest.raises(StoreError, match="was closed; open it again"):
         next(blocks)
+    with pytest.raises(ParameterError, match="cannot be sent to another process: pass its path"):  # was h5py's
+        pickle.dumps(store)  # TypeError, naming no store
 
 
 def test_dense_row_gather_matches_numpy(tmp_path, monkeypatch, arrays):

@@ -268,6 +268,10 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, n_images={self.n_images})"
 
+    def __reduce__(self):  # pickle, multiprocessing's spawn, a Pool's arguments: h5py's own TypeError named none
+        raise ParameterError(f"an open Store holds HDF5 files and cannot be sent to another process: pass its path "
+                             f"({str(self.path)!r}) and open it there with zsfs.Store(path)")
+
     # -- rows -----------------------------------------------------------------------------
     def paths(self, rows: slice | np.ndarray | None = None) -> np.ndarray:
         """The images' paths, as recorded (``rows``: as :meth:`read` takes them; None = all)."""
