@@ -632,6 +632,7 @@ def _missing_vocabulary(master: Path, source: ImageSource, name: str, classes: l
     """The class names still to embed (None when the store already has them, or none are known).
     A store nothing could be decoded into is an error, raised before any text is embedded."""
     with Store(master) as store:
+        name = store.stored_vocabulary_name(name)
         has_vocabulary = name in store.vocabulary_names() and store.vocabulary(name).classes == classes
         skipped_paths, reasons = store.skipped()
         n_images = store.n_images
@@ -688,6 +689,7 @@ def add_vocabulary(
     check_parameter_type("overwrite", overwrite, bool)  # "no" is true: it would replace the vocabulary
     with Store(store_path) as store:
         record, data_dir = dict(store.clip_info), store.data_dir
+        name = store.stored_vocabulary_name(name)
         if name in store.vocabulary_names() and not overwrite:
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
                             "choose another --vocab or pass --overwrite to replace it")

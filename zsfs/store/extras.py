@@ -40,6 +40,7 @@ def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to
     except StoreError:
         return  # shards missing or damaged: this rerun re-writes them (vocabularies are checked after)
     with store:
+        name = store.stored_vocabulary_name(name)
         if name not in store.vocabulary_names():
             return
         existing = store.vocabulary(name)
@@ -84,6 +85,7 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
             raise StoreError(f"{master} was rebuilt by another process (other data or models) after this run wrote "
                              f"it; vocabulary {name!r} was not written into it (`zsfs info {as_argument(master)}` shows what "
                              "it holds now)")
+        name = store.stored_vocabulary_name(name)  # a store of an earlier zsfs may spell it decomposed
         clip_dim = int(store.clip_info["dim"])
         for kind, values in arrays.items():
             if values.shape != (len(classes), clip_dim):
@@ -110,6 +112,7 @@ def _holds_vocabulary(master: Path, name: str, classes: list[str], arrays: dict[
 
     try:
         with Store(master) as store:
+            name = store.stored_vocabulary_name(name)
             if (identity is not None and store.identity != identity) or name not in store.vocabulary_names():
                 return False
             stored = store.vocabulary(name)

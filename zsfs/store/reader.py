@@ -269,8 +269,8 @@ class Store:
         return f"Store({str(self.path)!r}, n_images={self.n_images})"
 
     def __reduce__(self):  # pickle, multiprocessing's spawn, a Pool's arguments: h5py's own TypeError named none
-        raise ParameterError(f"an open Store holds HDF5 files and cannot be sent to another process: pass its path "
-                             f"({str(self.path)!r}) and open it there with zsfs.Store(path)")
+        raise ParameterError(f"a Store holds HDF5 files and cannot be pickled or copied (to send it to another "
+                             f"process, say): pass its path ({str(self.path)!r}) and open it there with zsfs.Store(path)")
 
     # -- rows -----------------------------------------------------------------------------
     def paths(self, rows: slice | np.ndarray | None = None) -> np.ndarray:
@@ -393,9 +393,13 @@ class Store:
         return {str(path): why for path, why in self._unreadable_vocabularies.items()}
 
     def stored_vocabulary_name(self, name: str) -> str:
-        """``name`` as the store keeps it: zsfs writes vocabulary names composed (NFC), so 'café'
-        typed as e + U+0301 (as some keyboards and file names give it) names 'café'."""
-        return name if name in self.vocabulary_names() else unicodedata.normalize("NFC", name)
+        """``name`` as the store spells it: 'café' typed as e + U+0301 (as some keyboards and file
+        names give it) names the store's 'café' in either form (zsfs writes new names composed,
+        NFC; a store of an earlier zsfs may hold a decomposed one); a new name, composed."""
+        names = self.vocabulary_names()
+        composed = unicodedata.normalize("NFC", name)
+        return name if name in names else next(
+            (stored for stored in names if unicodedata.normalize("NFC", stored) == composed), composed)
 
     def vocabulary(self, name: str) -> Vocabulary:
         """The vocabulary ``name``: its classes and text embeddings (``vocabulary_names()`` lists them)."""
