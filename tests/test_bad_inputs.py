@@ -198,17 +198,28 @@ def test_unwritable_output_folders_are_refused_before_any_work(made):
                     "extract again, --out": ["extract", photos, "--out", "photos.h5", *TINY_MODEL_ARGS],
                     # new user: click's usage error (exit 2, three lines) where a missing file is one line, exit 1
                     "unreadable input": ["import", f"{work}/u.h5", "--clip-embeddings", f"{work}/unreadable.npy",
-                                         "--backbone-features", f"{work}/backbone.npy", "--paths", f"{work}/paths.parquet"]}
+                                         "--backbone-features", f"{work}/backbone.npy", "--paths", f"{work}/paths.parquet"],
+                    "input in a closed folder": ["import", f"{work}/u.h5", "--clip-embeddings", f"{work}/closed/c.npy",
+                                                 "--backbone-features", f"{work}/backbone.npy", "--paths",
+                                                 f"{work}/paths.parquet"]}
         (made["work"] / "unreadable.npy").write_bytes((made["work"] / "clip.npy").read_bytes())
         (made["work"] / "unreadable.npy").chmod(0)
+        (made["work"] / "closed").mkdir()
+        (made["work"] / "closed" / "c.npy").write_bytes(b"")
+        (made["work"] / "closed").chmod(0)
         default = run_python_unprivileged(UNWRITABLE_CLI.format(cases=defaults), cwd=read_only)
     finally:
         read_only.chmod(0o755)
         (made["work"] / "unreadable.npy").unlink(missing_ok=True)
+        (made["work"] / "closed").chmod(0o755)
     assert default.returncode == 0, default.stderr[-3000:]
     code, output = json.loads(default.stdout.splitlines()[-1])["unreadable input"]
     assert code == 1 and output.count("\n") <= 2 and " ".join(output.split()) == (  # one line, maybe wrapped
         f"Error: {work}/unreadable.npy cannot be read (permission denied) (given as --clip-embeddings)"), output
+    code, output = json.loads(default.stdout.splitlines()[-1])["input in a closed folder"]  # review: "does not exist"
+    assert code == 1 and " ".join(output.split()) == (f"Error: {work}/closed/c.npy cannot be read (permission denied: "
+                                                      "a folder on the way cannot be searched) (given as "
+                                                      "--clip-embeddings)"), output
     for name in ("extract again", "extract again, --out"):
         code, output = json.loads(default.stdout.splitlines()[-1])[name]
         assert code == 0 and "shards written / reused │ 0 / 1" in output, (name, output)

@@ -466,7 +466,15 @@ def test_hf_home_set_to_the_hub_folder_itself_is_pointed_out(tmp_path, monkeypat
     with pytest.raises(ModelLoadError) as caught:
         load_backbone(TINY_BACKBONE, "default")
     assert "HF_HOME (" not in str(caught.value)
-
+    # review: a cache in a folder that cannot be searched raised pathlib's PermissionError while the hint was looked for
+    (tmp_path / "locked").mkdir(mode=0)
+    child = run_python_unprivileged(
+        f"import os\nos.environ.update(HF_HOME={str(tmp_path / 'locked' / 'hf')!r}, HF_HUB_OFFLINE='1')\n"
+        "from zsfs.models import load_backbone\nfrom zsfs.testing.models import TINY_BACKBONE\n"
+        "from zsfs.errors import ModelLoadError\n"
+        "try:\n    load_backbone(TINY_BACKBONE, 'default')\nexcept ModelLoadError as error:\n    print(error)\n")
+    (tmp_path / "locked").chmod(0o755)
+    assert child.stdout.startswith("could not download the backbone weights of test_vit"), child
 
 def test_pretrained_weights_are_recorded_by_their_values_and_other_ones_under_the_name_refused(
         tmp_path, monkeypatch, offline):
@@ -832,7 +840,14 @@ def test_a_mirror_on_a_port_of_its_own_is_asked_and_named(monkeypatch):
     with hub_offline_unless_reachable(timeout=5):  # closed now: the cache only, at once
         assert hub.HF_HUB_OFFLINE is True
     assert hub.HF_HUB_OFFLINE is False
-
+    # review: a mirror's password is never shown, its path is (the files are there); a malformed port raises not
+    monkeypatch.setattr(hub, "ENDPOINT", "https://user:s3cret@mirror.internal:8443/api/hf/")
+    assert hub_address("timm/x") == "mirror.internal:8443/api/hf/timm/x"
+    monkeypatch.setattr(hub, "ENDPOINT", "http://mirror:99999")
+    assert hub_address("timm/x") == "mirror/timm/x"
+    monkeypatch.setattr("zsfs.weights._reachable", lambda host, port, timeout: port == 80)
+    with hub_offline_unless_reachable(timeout=5):
+        assert hub.HF_HUB_OFFLINE is False
 
 def test_random_clip_loads_without_open_clip_warning(caplog):
     """Bug: open_clip warned 'No pretrained weights loaded' although random init was asked for."""

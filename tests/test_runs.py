@@ -63,8 +63,9 @@ def test_a_saved_run_reads_back(run_dir):
     assert run.read_predictions(["path", "ood_score", "no_such_column"]).columns == ["path", "ood_score"]
     # walkthrough: none of them there was "it is another run's file"; a string was read as its letters
     assert runs.load_run(run.path).read_predictions(["no_such_column"]).shape == (0, 0)
-    with pytest.raises(ParameterError, match="^columns must be a list of column names, not 'predicted'$"):
-        run.read_predictions("predicted")
+    for wrong in ("predicted", 5, (name for name in ["path"])):
+        with pytest.raises(ParameterError, match="^columns must be a list of column names, not "):
+            run.read_predictions(wrong)
 
 
 def test_loading_what_is_not_a_run_is_a_clear_error(run_dir, tmp_path):

@@ -646,7 +646,7 @@ def _refuse_uncached_offline(pretrained_cfg) -> None:
                for name in sorted(names)):
         set_offline = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # (huggingface_hub reads both)
                        if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")]
-        offline = f"{set_offline[0]} is set" if set_offline else f"{urlparse(hub.ENDPOINT).netloc} cannot be reached"
+        offline = f"{set_offline[0]} is set" if set_offline else f"{hub_address('')} cannot be reached"
         raise LocalEntryNotFoundError(f"{offline}, and the Hugging Face cache ({hub.HF_HUB_CACHE}) does not hold them")
 
 
@@ -655,7 +655,10 @@ def _hub_cache_advice() -> str:
     itself (its models--* folders are there, and the hub looks in HF_HOME/hub), that slip first."""
     import huggingface_hub.constants as hub
 
-    if Path(hub.HF_HUB_CACHE).is_dir() or not any(Path(hub.HF_HOME).glob("models--*")):
+    try:  # (a folder on the way that cannot be searched raises, on Python 3.11)
+        if Path(hub.HF_HUB_CACHE).is_dir() or not any(Path(hub.HF_HOME).glob("models--*")):
+            return HUB_CACHE_ADVICE
+    except OSError:
         return HUB_CACHE_ADVICE
     return (f"HF_HOME ({hub.HF_HOME}) holds the models--* folders itself: point HF_HOME at the folder above it, "
             "or HF_HUB_CACHE at it.")

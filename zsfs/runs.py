@@ -328,7 +328,8 @@ class FittedRun:
         before a column was added lacks it)."""
         import polars as pl
 
-        if columns is not None and (isinstance(columns, str) or not all(isinstance(name, str) for name in columns)):
+        if columns is not None and not (isinstance(columns, (list, tuple))
+                                        and all(isinstance(name, str) for name in columns)):
             raise ParameterError(f"{{columns}} must be a list of column names, not {shown_value(columns)}")
         if self._predictions is not None:
             return self._predictions if columns is None else self._predictions.select(

@@ -100,8 +100,7 @@ def hub_offline_unless_reachable(timeout: float = 3.0) -> Iterator[None]:
     import huggingface_hub.constants as hub
 
     endpoint = urlparse(hub.ENDPOINT)  # HF_ENDPOINT: an internal mirror, often on a port of its own
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    if hub.HF_HUB_OFFLINE or (endpoint.hostname and _reachable(endpoint.hostname, port, timeout)):
+    if hub.HF_HUB_OFFLINE or (endpoint.hostname and _reachable(endpoint.hostname, _port(endpoint), timeout)):
         yield
         return
     hub.HF_HUB_OFFLINE = True  # huggingface_hub reads this constant on every request
@@ -113,10 +112,26 @@ def hub_offline_unless_reachable(timeout: float = 3.0) -> Iterator[None]:
 
 def hub_address(repo: str) -> str:
     """Where the hub serves ``repo`` from, as messages name it: ``huggingface.co/timm/x``, or
-    the mirror ``HF_ENDPOINT`` names (``mirror.internal:8080/timm/x``)."""
+    the mirror ``HF_ENDPOINT`` names (``mirror.internal:8080/api/hf/timm/x``; never its password)."""
     import huggingface_hub.constants as hub
 
-    return f"{urlparse(hub.ENDPOINT).netloc or hub.ENDPOINT}/{repo.strip('/')}"
+    endpoint = urlparse(hub.ENDPOINT)
+    if not endpoint.hostname:
+        return f"{hub.ENDPOINT}/{repo.strip('/')}".rstrip("/")
+    port = f":{_given_port(endpoint)}" if _given_port(endpoint) else ""
+    return f"{endpoint.hostname}{port}{endpoint.path.rstrip('/')}/{repo.strip('/')}".rstrip("/")
+
+
+def _given_port(endpoint) -> int | None:
+    try:
+        return endpoint.port
+    except ValueError:  # malformed (99999, "abc"): huggingface_hub says what is wrong when it is used
+        return None
+
+
+def _port(endpoint) -> int:
+    """The endpoint's port: its own, else its scheme's."""
+    return _given_port(endpoint) or (80 if endpoint.scheme == "http" else 443)
 
 
 def _reachable(host: str, port: int, timeout: float) -> bool:

@@ -478,8 +478,13 @@ class GivenPath(click.Path):
             # not a usage error (click's own check of these said "Invalid value", exit 2)
             given = param.opts[0] if isinstance(param, click.Option) else param.human_readable_name if param else ""
             given = f" (given as {given})" if given else ""
-            if not os.path.exists(value):
-                raise ZsfsError(f"{os.fsdecode(value)} does not exist{given}")
+            try:
+                os.stat(value)
+            except PermissionError:  # os.path.exists says False: a folder on the way cannot be searched
+                raise ZsfsError(f"{os.fsdecode(value)} cannot be read (permission denied: a folder on the way cannot "
+                                f"be searched){given}") from None
+            except OSError:
+                raise ZsfsError(f"{os.fsdecode(value)} does not exist{given}") from None
             if self.readable and not os.access(value, os.R_OK):
                 raise ZsfsError(f"{os.fsdecode(value)} cannot be read (permission denied){given}")
         return super().convert(value, param, ctx)
