@@ -248,12 +248,14 @@ def test_rerunning_the_same_import_keeps_the_store_and_its_neighbour_graph(input
     args = ("import", folder / "s.h5", "--clip-embeddings", folder / "clip.npy", "--backbone-features",
             folder / "backbone.npy", "--paths", folder / "paths.csv", "--vocab", f"pets={folder / 'pets.npz'}",
             "--shard-size", "25")
-    assert run_cli(*args).exit_code == 0
+    first = run_cli(*args)
+    assert first.exit_code == 0 and "No row written" not in first.output
     assert run_cli("neighbours", folder / "s.h5", "--k", "3").exit_code == 0
     with Store(folder / "s.h5") as store:
         before = store.summary()
     again = run_cli(*args)
     assert again.exit_code == 0, again.output
+    assert f"No row written: {folder / 's.h5'} held these 60 rows already." in output_text(again)  # walkthrough
     with Store(folder / "s.h5") as store:
         assert store.summary() == before and store.graph_info["k"] == 3
         assert store.vocabulary("pets").classes == ["cat", "dog"]

@@ -114,6 +114,8 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 
     with Store(summary.master) as store:
         show_summary(store.summary(), store.how_to_add_a_vocabulary(), store.unwritten_note())
+    if not total:  # a rerun of a finished import (walkthrough: only the table said nothing had been done)
+        console.print(f"No row written: {shown(summary.master)} held these {summary.n_images:,} rows already.")
     if summary.repeated_paths:  # each row stays an image of its own, as extract keeps a list file's repeats
         console.print(f"{counted(len(summary.repeated_paths), 'path')} given twice or more (each row kept): "
                       f"{shown(some_names(summary.repeated_paths, 10, with_count=False))}")
