@@ -249,7 +249,11 @@ def test_rerunning_the_same_import_keeps_the_store_and_its_neighbour_graph(input
             folder / "backbone.npy", "--paths", folder / "paths.csv", "--vocab", f"pets={folder / 'pets.npz'}",
             "--shard-size", "25")
     first = run_cli(*args)
-    assert first.exit_code == 0 and "No row written" not in first.output
+    assert first.exit_code == 0 and "No row written" not in first.output and "Note:" not in first.output
+    same = run_cli("import", folder / "same.h5", "--clip-embeddings", folder / "clip.npy", "--backbone-features",
+                   folder / "." / "clip.npy", "--paths", folder / "paths.csv")  # walkthrough: accepted in silence
+    assert same.exit_code == 0 and "Note: --clip-embeddings and --backbone-features name the same file" in \
+        output_text(same)
     assert run_cli("neighbours", folder / "s.h5", "--k", "3").exit_code == 0
     with Store(folder / "s.h5") as store:
         before = store.summary()

@@ -81,6 +81,10 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
     from zsfs.importer import import_store
 
     click.get_current_context().meta[OVERWRITING] = overwrite
+    if clip_embeddings.resolve() == backbone_features.resolve():  # most likely a slip in a long command line
+        console.print("[yellow]Note:[/] --clip-embeddings and --backbone-features name the same file: the backbone's "
+                      "features are then CLIP's own embeddings, and the fit's neighbourhoods and classifier learn "
+                      "nothing CLIP did not see (the method expects a separate visual backbone).", soft_wrap=True)
     written, total, logged_at = 0, 0, -math.inf  # in a log: a line at the first shard, then every LOG_SECONDS
     with console.status("Importing embeddings...", logged=True) as status:
 
