@@ -195,6 +195,7 @@ def test_arguments_of_the_wrong_type_are_parameter_errors(tmp_path):
     # walkthrough: seed=np.int64 passed the check, then torch's generator raised "an integer is required"
     run = zsfs.fit(store_path, k=3, candidates=10, seed=np.int64(7), lr=np.float32(0.5))
     assert type(run.config["parameters"]["seed"]) is int and run.config["parameters"]["lr"] == 0.5
+
     photos = tmp_path / "photos"
     with pytest.raises(zsfs.ParameterError, match=r"^batch_size must be a whole number, not '8'$"):
         zsfs.extract(photos, batch_size="8")
@@ -307,6 +308,19 @@ def test_the_writers_and_the_benchmark_check_their_arguments_before_any_work(tmp
                                                       r".*folder/STORE.h5$"):
                 call()
     assert (tmp_path / "folder" / "keep.txt").read_text() == "x"
+
+
+def test_a_runs_config_and_metrics_are_copies_a_caller_may_edit(tmp_path):
+    """Walkthrough: they were the run's own dicts; editing them (sorting the classes for a plot)
+    edited what `save` writes."""
+    store_path = make_synthetic_store(tmp_path / "s.h5", 150, 3, seed=0, clip_dim=16, backbone_dim=16)
+    run = zsfs.fit(store_path, k=3, candidates=10)
+    run.config["parameters"]["k"] = 999
+    run.config["classes"].sort(reverse=True)
+    run.metrics["accuracy"] = -1
+    saved = run.save(tmp_path / "run")
+    assert saved.config["parameters"]["k"] == 3 and saved.config["classes"] == sorted(saved.config["classes"])
+    assert saved.metrics["accuracy"] >= 0 and zsfs.load_run(saved.path).metrics["accuracy"] >= 0
 
 
 @pytest.mark.parametrize("wrong, message", [

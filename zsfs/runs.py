@@ -12,6 +12,7 @@ read; this module is the only one that knows its layout::
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -279,7 +280,7 @@ class FittedRun:
 
     def __init__(self, path: Path | None, config: dict, metrics: "dict | None | object" = _ON_FIRST_USE, *,
                  predictions: "pl.DataFrame | None" = None, classifier: "Classifier | None" = None):
-        self.path, self.config, self._metrics = path, config, metrics
+        self.path, self._config, self._metrics = path, config, metrics
         self._predictions, self._classifier = predictions, classifier
 
     @classmethod
@@ -293,19 +294,24 @@ class FittedRun:
 
     def __repr__(self) -> str:
         where = f"{str(self.path)!r}" if self.path is not None else "not saved"
-        return f"FittedRun({where}, {len(self.config.get('classes', []))} classes)"
+        return f"FittedRun({where}, {len(self._config.get('classes', []))} classes)"
 
     @property
     def classes(self) -> list[str]:
         """The classes the run labels with, in the classifier's order."""
-        return list(self.config["classes"])
+        return list(self._config["classes"])
+
+    @property
+    def config(self) -> dict:
+        """config.json, a copy (walkthrough: a caller sorting its classes for a plot edited what `save` writes)."""
+        return copy.deepcopy(self._config)
 
     @property
     def metrics(self) -> dict | None:
-        """metrics.json: accuracy and OOD figures against the store's labels (None without labels)."""
+        """metrics.json: accuracy and OOD figures against the store's labels (None without labels); a copy."""
         if self._metrics is _ON_FIRST_USE:  # read when asked for: predict needs none, nor a damaged one
             self._metrics = None if self.path is None else _read_json(self.path / METRICS, required=False)
-        return self._metrics
+        return copy.deepcopy(self._metrics)
 
     @property
     def classifier(self) -> "Classifier":
@@ -341,7 +347,7 @@ class FittedRun:
             frame = read_parquet(path, columns)
         except (OSError, pl.exceptions.PolarsError) as error:
             raise ZsfsError(f"{path} is unreadable ({error}); rerun `zsfs fit`") from None
-        fitted = (self.config.get("store") or {}).get("n_images")
+        fitted = (self._config.get("store") or {}).get("n_images")
         # one row per store image, in store order (a frame of none of the columns asked for has no rows)
         if isinstance(fitted, int) and frame.width and frame.height != fitted:
             raise ZsfsError(f"{path} holds {frame.height:,} rows, but the run was fitted on {fitted:,} images "
@@ -363,13 +369,13 @@ class FittedRun:
         what :meth:`save` does, for a caller that reserved the run folder before its fit."""
         write_table(self.predictions, folder / PREDICTIONS)
         self.classifier.save(folder / CLASSIFIER)
-        write_json(folder / CONFIG, self.config)
+        write_json(folder / CONFIG, self._config)
         if self.metrics is not None:
             write_json(folder / METRICS, self.metrics)
 
     def saved_as(self, run_dir: Path) -> "FittedRun":
         """This run, as saved in ``run_dir``."""
-        return FittedRun(Path(run_dir).absolute(), self.config, self.metrics, predictions=self._predictions,
+        return FittedRun(Path(run_dir).absolute(), self._config, self.metrics, predictions=self._predictions,
                          classifier=self._classifier)
 
     @checked_arguments
