@@ -128,8 +128,8 @@ def command_settings(argv: Sequence[str], source: str | None = None) -> dict:
     settings = {name: value for name, value in params.items() if name not in ignored}
     if source is not None:
         settings["images"] = source
-    return _files_by_meaning(json.loads(json.dumps(settings, default=str)))  # as steps.json holds them (paths as
-    # text, lists)
+    # as steps.json holds them (paths as text, lists)
+    return _files_by_meaning(json.loads(json.dumps(settings, default=str)))
 
 
 def _files_by_meaning(settings: dict) -> dict:

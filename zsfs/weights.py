@@ -41,8 +41,11 @@ class WeightsDownloadError(ModelLoadError):
     def __init__(self, role: str, weights: str, reason: str, file_advice: str, cache_advice: str = HUB_CACHE_ADVICE):
         self.role, self.weights, self.reason = role, weights, reason
         self.file_advice, self.cache_advice = file_advice, cache_advice
-        super().__init__(f"could not download the {weights} ({reason}). {cache_advice} Or pass a local file: "
-                         f"{file_advice}")
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return (f"could not download the {self.weights} ({self.reason}). {self.cache_advice} Or pass a local file: "
+                f"{self.file_advice}")
 
     def __reduce__(self):  # pickled whole (a Ray worker's error reaches the driver so)
         return type(self), (self.role, self.weights, self.reason, self.file_advice, self.cache_advice)
@@ -59,11 +62,9 @@ class DamagedDownloadError(WeightsDownloadError):
     damaged. The cure is in the cache (``cache_advice``); a file is the other way out, as for a
     download that failed, and none where a store recorded them by name (:meth:`by_name_only`)."""
 
-    def __init__(self, role: str, weights: str, reason: str, file_advice: str, cache_advice: str):
-        self.role, self.weights, self.reason = role, weights, reason
-        self.file_advice, self.cache_advice = file_advice, cache_advice
-        ModelLoadError.__init__(self, f"cannot read the downloaded {weights} ({reason}); {cache_advice}; or pass a "
-                                      f"local file: {file_advice}")
+    def _message(self) -> str:
+        return (f"cannot read the downloaded {self.weights} ({self.reason}); {self.cache_advice}; or pass a local "
+                f"file: {self.file_advice}")
 
     def by_name_only(self, why: str) -> ModelLoadError:
         return ModelLoadError(f"cannot read the downloaded {self.weights} ({self.reason}); {why}, so zsfs loads them "
@@ -118,7 +119,8 @@ def hub_address(repo: str) -> str:
     endpoint = urlparse(hub.ENDPOINT)
     if not endpoint.hostname:
         return f"{hub.ENDPOINT}/{repo.strip('/')}".rstrip("/")
-    port = f":{_given_port(endpoint)}" if _given_port(endpoint) else ""
+    port = _given_port(endpoint)
+    port = f":{port}" if port else ""
     return f"{endpoint.hostname}{port}{endpoint.path.rstrip('/')}/{repo.strip('/')}".rstrip("/")
 
 

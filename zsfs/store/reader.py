@@ -396,16 +396,13 @@ class Store:
         """``name`` as the store spells it: 'café' typed as e + U+0301 (as some keyboards and file
         names give it) names the store's 'café' in either form (zsfs writes new names composed,
         NFC; a store of an earlier zsfs may hold a decomposed one); a new name, composed."""
-        names = self.vocabulary_names()
-        composed = unicodedata.normalize("NFC", name)
-        return name if name in names else next(
-            (stored for stored in names if unicodedata.normalize("NFC", stored) == composed), composed)
+        return _as_stored(name, self.vocabulary_names())
 
     def vocabulary(self, name: str) -> Vocabulary:
         """The vocabulary ``name``: its classes and text embeddings (``vocabulary_names()`` lists them)."""
         check_parameter_type("name", name, str)
-        name = self.stored_vocabulary_name(name)
-        names = self.vocabulary_names()
+        names = self.vocabulary_names()  # (a folder listing: once)
+        name = _as_stored(name, names)
         if name not in names:
             available = ", ".join(names) if names else f"none; add one with {self.how_to_add_a_vocabulary()}"
             unreadable = ""
@@ -631,6 +628,13 @@ def open_master(path: Path) -> h5py.File:
         file.close()
         raise
     return file
+
+
+def _as_stored(name: str, names: Sequence[str]) -> str:
+    """:meth:`Store.stored_vocabulary_name` among the store's vocabulary ``names``."""
+    composed = unicodedata.normalize("NFC", name)
+    return name if name in names else next(
+        (stored for stored in names if unicodedata.normalize("NFC", stored) == composed), composed)
 
 
 HAND_WRITTEN_VOCABULARY = ("zsfs does not write such a vocabulary: write it again (`zsfs text --overwrite`, or rerun "
