@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import re
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torchvision import transforms
 
+from zsfs.digests import checkpoint_sha256
 from zsfs.errors import ModelLoadError
 from zsfs.models import (
     MAX_ASPECT_RATIO,
@@ -883,3 +885,26 @@ def test_a_clip_file_is_judged_the_recorded_one_by_its_sha256(tiny_clip, tmp_pat
     identity = json.loads(json.dumps({key: value for key, value in record.items() if key != "file"}))
     assert clip_as_recorded(str(TINY_CLIP_CONFIG), str(tmp_path / "a.pt"), identity)
     assert not clip_as_recorded(str(TINY_CLIP_CONFIG), str(tmp_path / "b.pt"), identity)
+
+
+def _bytes_read_by_this_process() -> int:
+    """Bytes this process has read through read(2) so far (the kernel's count, page cache included)."""
+    with open("/proc/self/io") as counters:
+        return next(int(line.split()[1]) for line in counters if line.startswith("rchar:"))
+
+
+def test_a_weights_file_is_read_once_per_process_while_unchanged_and_again_when_rewritten(tmp_path):
+    file = tmp_path / "weights.safetensors"
+    file.write_bytes(os.urandom(8 << 20))
+    recent = checkpoint_sha256(file)
+    start = _bytes_read_by_this_process()
+    assert checkpoint_sha256(file) == recent  # changed in the last 2 s: read again, a timestamp may not have moved
+    assert _bytes_read_by_this_process() - start >= 8 << 20
+    time.sleep(2.1)
+    first = checkpoint_sha256(file)
+    start = _bytes_read_by_this_process()
+    assert checkpoint_sha256(file) == first == recent
+    assert _bytes_read_by_this_process() - start < 1 << 20
+    with open(file, "r+b") as handle:  # the same size, the same inode
+        handle.write(b"changed")
+    assert checkpoint_sha256(file) == hashlib.sha256(file.read_bytes()).hexdigest() != first
