@@ -646,11 +646,25 @@ def test_info_tables_show_long_paths_whole(capsys, monkeypatch):
     monkeypatch.setattr(console, "_width", 80)
     source = "/data/" + "/".join(f"level-{i:02d}" for i in range(20)) + "/photos"
     weights = "/models/" + "x" * 90 + "/clip.pt"
-    show_summary({**_store_summary(), "source": source, "clip": {"name": "c", "weights": weights, "dim": 4}}, "`x`")
+    show_summary({**_store_summary(), "source": source, "clip": {"name": "c", "weights": "file", "file": weights, "dim": 4}},
+                 "`x`")
     lines = capsys.readouterr().err.splitlines()
     values = "".join(line.split("│")[2].strip() for line in lines if line.count("│") == 3)  # the store's rows
     weights_column = "".join(line.split("│")[3].strip() for line in lines if line.count("│") == 5)  # the models'
-    assert "…" not in "".join(lines) and source in values and weights in weights_column
+    assert "…" not in "".join(lines) and source in values and f"file{weights}" in weights_column  # folded after "file "
+
+
+def test_info_names_a_stores_weights_file_and_a_backbones_timm_tag(capsys, monkeypatch):
+    """Walkthrough: the Models table said "file" and not which, though `text` and `predict` need that
+    file again; timm's "default" names another tag in another timm version."""
+    from zsfs.cli.common import console
+    from zsfs.cli.store import show_summary
+
+    monkeypatch.setattr(console, "_width", 200)
+    show_summary({**_store_summary(), "clip": {"name": "c", "weights": "file", "file": "/m/clip.pt", "dim": 4},
+                  "backbone": {"name": "b", "weights": "default", "pretrained_tag": "laion2b", "dim": 8}}, "`x`")
+    err = " ".join(capsys.readouterr().err.split())
+    assert "│ clip │ c │ file /m/clip.pt │ 4 │" in err and "│ backbone │ b │ default (laion2b) │ 8 │" in err
 
 
 def test_the_edges_of_what_errors_say():

@@ -297,7 +297,12 @@ def show_summary(summary: dict, vocabulary_advice: str, unwritten_note: str = ""
         models.add_column(name, overflow="fold")  # a weights file's path, whole
     for role in ("clip", "backbone"):
         record = summary[role]
-        models.add_row(role, shown(str(record["name"])), shown(str(record["weights"])), str(record["dim"]))
+        weights = str(record["weights"])
+        if weights == "file" and record.get("file"):  # which file: the store needs that one again (text, predict)
+            weights = f"file {record['file']}"
+        elif record.get("pretrained_tag"):  # timm's "default" names a different tag in another timm version
+            weights = f"{weights} ({record['pretrained_tag']})"
+        models.add_row(role, shown(str(record["name"])), shown(weights), str(record["dim"]))
     console.print(models)
 
     if summary["vocabularies"]:
