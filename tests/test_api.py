@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import subprocess
 import sys
@@ -339,27 +340,41 @@ def test_a_config_refuses_each_value_no_fit_takes(wrong, message):
 
 
 FORKED_FIT = """
-import multiprocessing, sys, zsfs
-store = sys.argv[1]
-zsfs.fit(store, k=4, candidates=20)  # the parent's thread pool runs
+import json, multiprocessing, os, sys, numpy as np, zsfs
+store, runs = sys.argv[1], sys.argv[2]
+features = np.eye(16, dtype=np.float32)
+run = zsfs.fit(store, k=4, candidates=20)  # the parent's thread pools run: torch's, polars'
+run.save(runs + "/parent")
+run.predict(features)
 def child(queue):
-    queue.put(len(zsfs.fit(store, k=4, candidates=20).predictions))
+    run = zsfs.fit(store, k=4, candidates=20)
+    predicted = len(run.predictions) + len(run.predict(features))
+    try:
+        run.save(runs + "/child")
+    except zsfs.ZsfsError as error:
+        queue.put([predicted, str(error), os.path.exists(runs + "/child")])
 queue = multiprocessing.Queue()
 process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
 process.start()
 process.join(90)
-print(process.exitcode, queue.get(timeout=1) if process.exitcode == 0 else None)
+print(json.dumps([process.exitcode, queue.get(timeout=1) if process.exitcode == 0 else None]))
 process.kill()
 """
 
 
-def test_a_fit_in_a_child_forked_after_a_fit_finishes(tmp_path):
+def test_a_fit_in_a_child_forked_after_a_fit_finishes_and_a_save_there_says_why_it_cannot(tmp_path):
     """Walkthrough: zsfs.fit in a multiprocessing child (fork, Linux's default) hung for ever once
-    the parent had fitted: torch's OpenMP pool does not survive a fork."""
+    the parent had fitted: torch's OpenMP pool does not survive a fork. Docs audit: so did
+    FittedRun.predict once the parent had predicted (polars' fill_nan, on polars' pool), and
+    run.save there still does (polars writes on that pool): it is refused, before any file."""
     store_path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=0, clip_dim=16, backbone_dim=16)
-    done = subprocess.run([sys.executable, "-c", FORKED_FIT, str(store_path)], capture_output=True, text=True,
-                          timeout=300)
-    assert done.stdout.split() == ["0", "300"], done.stdout + done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-c", FORKED_FIT, str(store_path), str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    exitcode, (predicted, message, saved) = json.loads(done.stdout)
+    assert exitcode == 0 and predicted == 316 and not saved, done.stderr[-2000:]
+    assert message.startswith(f"cannot write {tmp_path}/") and "after polars started its threads" in message
+    assert 'multiprocessing.get_context("spawn")' in message
+    assert zsfs.load_run(tmp_path / "parent").predictions.height == 300
 
 
 def test_each_preset_gives_the_config_it_names(tmp_path):

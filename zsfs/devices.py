@@ -1,12 +1,13 @@
-"""Where the numeric work runs: one check, shared by every stage."""
+"""Where the numeric work runs: one check, shared by every stage, and the thread pools a fork loses."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import TYPE_CHECKING
 
-from zsfs.errors import ParameterError, check_choice
+from zsfs.errors import ParameterError, ZsfsError, check_choice
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI lists DEVICES before any work starts
     import torch
@@ -22,18 +23,60 @@ BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16")
 """``torch.cpu.get_capabilities()`` keys of hardware bf16 products (x86 AVX512-BF16 and AMX, Arm BF16)."""
 
 
-def _one_thread_in_a_forked_child() -> None:
+# --- thread pools a fork does not copy ----------------------------------------------------------
+
+_polars_pool_forked = False
+"""Whether this process was forked while polars' thread pool ran (see :func:`check_polars_usable`)."""
+_polars_pool_running = False  # in a parent, as it last forked
+
+
+def _note_polars_pool() -> None:
+    """Before a fork, in the parent: whether polars' thread pool has started (its threads are named
+    polars-0, ...). /proc lists them on Linux; elsewhere multiprocessing spawns, and nothing is noted."""
+    global _polars_pool_running
+    try:
+        threads = os.listdir("/proc/self/task")
+    except OSError:
+        return
+    names = []
+    for thread in threads:
+        try:
+            with open(f"/proc/self/task/{thread}/comm") as comm:
+                names.append(comm.read().strip())
+        except OSError:  # a thread that ended meanwhile
+            pass
+    # a forked child's pool lost its threads but not its belief in them: its own children inherit that
+    _polars_pool_running = _polars_pool_forked or any(re.fullmatch(r"polars-\d+", name) for name in names)
+
+
+def _in_a_forked_child() -> None:
     """A process forked after torch's OpenMP pool ran (a fit, an extract) deadlocks in its first
     parallel torch operation (walkthrough: `zsfs.fit` in a multiprocessing child hung for ever):
     the child computes with one thread, as torch's DataLoader workers do. The "spawn" start
-    method gives a child every core."""
+    method gives a child every core. Polars' pool cannot be made smaller: it is noted."""
+    global _polars_pool_forked
+    _polars_pool_forked = _polars_pool_running
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_one_thread_in_a_forked_child)
+    os.register_at_fork(before=_note_polars_pool, after_in_child=_in_a_forked_child)
+
+
+def check_polars_usable(doing: str) -> None:
+    """ZsfsError, before ``doing`` (reading or writing a table), in a process forked after polars'
+    thread pool ran: polars reads, writes, sorts and joins on that pool, whose threads a fork does
+    not copy, and would wait for them for ever (docs audit: ``run.save`` in a multiprocessing child
+    hung). Building a table and a fit work there; torch's pool is handled above."""
+    if _polars_pool_forked:
+        raise ZsfsError(
+            f"cannot {doing} in this process: it was forked (multiprocessing's \"fork\" start method, "
+            "Linux's default before Python 3.14) after polars started its threads, which a fork does not copy, "
+            "so polars would wait for them for ever; start it with multiprocessing.get_context(\"spawn\") "
+            "or \"forkserver\""
+        )
 
 
 def check_device(device: str) -> "torch.device":

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from zsfs.devices import check_polars_usable
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type, checked_arguments, one_line, shown_value)
 from zsfs.names import as_argument, check_class_names, counted, described_array, refuse_unseen_characters, repeated
@@ -150,6 +151,7 @@ def read_table(location: Path) -> "pl.DataFrame":
     """A polars DataFrame from a parquet/CSV file, a folder of parquet parts or a clip-retrieval folder."""
     import polars as pl
 
+    check_polars_usable(f"read {location}")
     location = Path(location)
     if (location / CLIP_RETRIEVAL_METADATA).is_dir():
         location = location / CLIP_RETRIEVAL_METADATA

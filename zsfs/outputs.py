@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from zsfs.devices import check_polars_usable
 from zsfs.errors import ZsfsError, is_disk_full
 from zsfs.durable import current_umask, fsync_file, fsync_folder, fsync_tree
 
@@ -318,6 +319,7 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> "pl.Data
     Read through a Python file: polars takes only UTF-8 paths."""
     import polars as pl
 
+    check_polars_usable(f"read {path}")
     with open(path, "rb") as handle:
         if columns is not None:
             present = set(pl.read_parquet_schema(handle))
@@ -336,6 +338,7 @@ def write_table(frame: "pl.DataFrame", path: str | Path, table_format: str = "pa
     all (a cut file and no error)."""
     if table_format not in TABLE_FORMATS:
         raise ValueError(f"table_format must be one of {TABLE_FORMATS}, not {table_format!r}")
+    check_polars_usable(f"write {path}")  # before the file is opened: nothing left half made
     with open(path, "wb") as handle:
         sink = _FirstWriteError(handle)
         try:

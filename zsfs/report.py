@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs import __version__, figures
+from zsfs.devices import check_polars_usable
 from zsfs.decode import FILE_NOT_FOUND
 from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_path_type, check_seed,
                          shown_value)
@@ -53,6 +54,7 @@ def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = Non
     not be shown (an empty gallery should be no surprise)."""
     _check_options(images, per_class, ood_images, seed, max_pixels)
     check_callbacks(on_missing_images=on_missing_images)
+    check_polars_usable("render a report")
     if isinstance(run_dir, FittedRun):  # what zsfs.fit returns: its saved folder
         if run_dir.path is None:
             raise ParameterError("{run_dir} is a run not saved yet: save it first (run.save(folder)), or render its "
@@ -97,6 +99,7 @@ def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | Non
     image of another format not shown.
     """
     _check_options(images, per_class, ood_images, seed, max_pixels)
+    check_polars_usable("render a report")
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     return _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed,
                    max_pixels=max_pixels)[0]

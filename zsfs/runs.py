@@ -155,7 +155,9 @@ def new_image_predictions(predicted: np.ndarray, confidence: np.ndarray, ood_dis
     reference) null as well, so a table's reader finds every missing value one way."""
     import polars as pl
 
-    scores = {name: pl.Series(name, values).fill_nan(None)
+    # Set to null as the Series is made, not by fill_nan: that runs on polars' thread pool, which a
+    # process forked after the pool started (multiprocessing's fork) waits on for ever.
+    scores = {name: pl.Series(name, np.asarray(values, dtype=np.float64), nan_to_null=True)
               for name, values in zip(PREDICTION_COLUMNS[1:], (confidence, ood_distance, ood_paper, ood_continuous))}
     return pl.DataFrame({"predicted": pl.Series(np.asarray(predicted, dtype=object).tolist(), dtype=pl.String),
                          **scores})
