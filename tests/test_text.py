@@ -128,9 +128,11 @@ def test_text_finds_a_moved_weights_file_only_if_it_matches(unlabelled_store, tm
         assert opened.vocabulary_names() == ["animals"]
         # review: an open Store (as zsfs.fit takes) was refused as "path must be a path"
         assert add_vocabulary(opened, ["fox", "owl"], "night", clip_weights=moved) == ["fox", "owl"]
+    # docs audit: docs/python.md names it `store`, as zsfs.fit does (it was store_path)
+    assert add_vocabulary(store=store, classes=["elk"], name="deer", clip_weights=moved) == ["elk"]
     with Store(store) as opened:
-        assert opened.vocabulary_names() == ["animals", "night"]
-    with pytest.raises(ParameterError, match=r"^store_path must be a zsfs.Store or its path, not 5$"):
+        assert opened.vocabulary_names() == ["animals", "deer", "night"]
+    with pytest.raises(ParameterError, match=r"^store must be a zsfs.Store or its path, not 5$"):
         add_vocabulary(5, ["fox"], "x")
 
 

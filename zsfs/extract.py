@@ -663,7 +663,7 @@ def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: li
 
 @checked_arguments
 def add_vocabulary(
-    store_path: str | Path | Store,
+    store: str | Path | Store,
     classes: Sequence[str] | str | Path,
     name: str,
     *,
@@ -677,20 +677,19 @@ def add_vocabulary(
 
     ``clip_weights``: the recorded weights file at a new location (its sha256 must match).
     ``on_start(n)`` is called once the model is loaded with the number of classes,
-    ``on_classes(n)`` as classes are embedded (progress). ``store_path`` may be an open ``Store``,
+    ``on_classes(n)`` as classes are embedded (progress). ``store`` may be an open ``Store``,
     as ``zsfs.fit`` takes one. Returns the class names written.
     """
-    check_store_or_path("store_path", store_path)  # (Store's own check would name its "path")
-    if isinstance(store_path, Store):
-        store_path = store_path.path
+    check_store_or_path("store", store)  # (Store's own check would name its "path")
+    store_path = store.path if isinstance(store, Store) else store
     check_device(device)
     check_parameter_type("name", name, str)
     name = check_vocabulary_name(name)
     check_parameter_type("overwrite", overwrite, bool)  # "no" is true: it would replace the vocabulary
-    with Store(store_path) as store:
-        record, data_dir = dict(store.clip_info), store.data_dir
-        name = store.stored_vocabulary_name(name)
-        if name in store.vocabulary_names() and not overwrite:
+    with Store(store_path) as opened:
+        record, data_dir = dict(opened.clip_info), opened.data_dir
+        name = opened.stored_vocabulary_name(name)
+        if name in opened.vocabulary_names() and not overwrite:
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
                             "choose another --vocab or pass --overwrite to replace it")
     refuse_imported(record, "CLIP")  # before the class file is checked: no class file can be embedded then
