@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from zsfs.devices import check_device
+from zsfs.decode import ImageDecodeError
 from zsfs.errors import ZsfsError
 from zsfs.embedding import (AUTOCAST_DTYPES, DecodedImages, default_worker_niceness, default_workers, make_loader,
                             model_threads)
@@ -30,6 +32,8 @@ from zsfs.models import load_backbone, load_clip
 from zsfs.sources import open_source
 from zsfs.testing.images import write_photos
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
+
+from harness import at_least, at_least_one, note_machine, run
 
 SETTINGS = {
     # name: (clip model, clip weights, backbone, backbone weights)
@@ -65,11 +69,15 @@ def bench_extract(folder: Path, setting: tuple, args, workdir: Path) -> tuple[fl
 
 
 def bench_naive(source, clip, backbone, device) -> float:
-    """One image at a time: decode, preprocess, embed with each model (the reference scripts' loop)."""
+    """One image at a time: decode, preprocess, embed with each model (the reference scripts' loop);
+    a file that does not decode is skipped, as extract skips it."""
     begin = time.perf_counter()
     with torch.inference_mode():
         for i in range(len(source.paths)):
-            image = source.decode(i)
+            try:
+                image = source.decode(i)
+            except ImageDecodeError:
+                continue
             clip.encode_images(clip.preprocess(image).unsqueeze(0).to(device)).cpu()
             backbone.encode_images(backbone.preprocess(image).unsqueeze(0).to(device)).cpu()
     return rate(len(source.paths), time.perf_counter() - begin)
@@ -139,14 +147,6 @@ def warm_up(clip, backbone, source, device) -> None:
     sync(device)
 
 
-def at_least_one(text: str) -> int:
-    """An argparse type: a whole number >= 1 (0 images, or a batch of 0, failed with a traceback)."""
-    number = int(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a whole number >= 1")
-    return number
-
-
 def model_settings(text: str) -> list[str]:
     """An argparse type: comma-separated names of ``SETTINGS``, checked before any image is written."""
     names = text.split(",")
@@ -160,21 +160,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=model_settings, default="tiny,small",
                         help=f"comma-separated: {', '.join(SETTINGS)}")
-    parser.add_argument("--n-images", type=at_least_one, default=300)
+    parser.add_argument("--n-images", type=at_least_one, default=300, help="generated JPEGs [300]")
     parser.add_argument("--images", type=Path, help="use this folder instead of generated JPEGs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
-    parser.add_argument("--precision", default="fp32", choices=list(AUTOCAST_DTYPES))
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, help="DataLoader workers [default: zsfs's default]")
-    parser.add_argument("--shard-size", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=1, help="best of N interleaved runs of (a), (c), (d)")
+    parser.add_argument("--precision", default="fp32", choices=list(AUTOCAST_DTYPES),
+                        help="the models' autocast precision (CUDA only, as in zsfs extract) [fp32]")
+    parser.add_argument("--batch-size", type=at_least_one, default=64, help="[64]")
+    parser.add_argument("--workers", type=at_least(0), help="DataLoader workers [default: zsfs's default]")
+    parser.add_argument("--shard-size", type=at_least_one, default=50_000, help="[50,000]")
+    parser.add_argument("--repeat", type=at_least_one, default=1, help="best of N interleaved runs of (a), (c), (d) [1]")
     parser.add_argument("--skip-naive", action="store_true", help="skip (b) (slow with big models)")
     args = parser.parse_args()
+    if args.images is not None and not args.images.is_dir():
+        parser.error(f"--images {args.images}: not a folder")
     try:
         device = check_device(args.device)
     except ZsfsError as error:  # no such GPU here: one line, as zsfs says it
         parser.exit(1, f"bench_extract.py: {error}\n")
+    if args.precision != "fp32" and device.type != "cuda":
+        print(f"note: --precision {args.precision} applies on CUDA; on {device.type} the models run in fp32",
+              file=sys.stderr)
     workers = default_workers(args.device) if args.workers is None else args.workers
+    note_machine()
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -182,7 +189,7 @@ def main() -> None:
         if args.images is None:
             write_photos(folder, args.n_images)
         source = open_source(folder)
-        print(f"{len(source.paths)} images from {folder}; device {args.device}, precision {args.precision}, "
+        print(f"{len(source.paths)} images from {folder if args.images else 'generated JPEGs'}; device {args.device}, precision {args.precision}, "
               f"batch {args.batch_size}, workers {workers}, torch threads {torch.get_num_threads()}, "
               f"best of {args.repeat}; load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
         for name in args.models:
@@ -213,4 +220,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

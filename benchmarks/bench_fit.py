@@ -5,7 +5,7 @@
     python benchmarks/bench_fit.py --sizes 10k --configs default,no-accumulate,single,duplicates,paper
     python benchmarks/bench_fit.py --configs fast --graph bf16 --loop  # fits on a store holding its graph
 
-Every fit runs in its own process so that its peak RSS (``ru_maxrss``) is its own; stores are
+Every fit runs in its own process so that its peak RSS (Linux's VmHWM) is its own; stores are
 generated once under ``--work`` and reused. The per-sample-loop baseline re-implements the
 steps the way the paper's scripts do (one image, one query, one sample at a time) and is timed
 on a subsample, then extrapolated linearly to the full sizes (stated in the output).
@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness import check_output, note_machine, peak_rss_mb, run
 
 SIZES = {"500": (500, 5), "2k": (2_000, 10),  # 500: the test suite's smoke run
          "10k": (10_000, 100), "50k": (50_000, 1_000), "1.28M": (1_281_167, 1_000)}
@@ -47,10 +48,6 @@ CONFIGS = {
     "b256-e10": ("default", {"method": "cycles", "batch_size": 256, "lr": 1e-2, "epochs": 10, "cycle_epochs": 5}),
     "b1024-e30": ("default", {"method": "cycles", "batch_size": 1024, "lr": 3e-2, "epochs": 30, "cycle_epochs": 10}),
 }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def store_path(work: Path, size: str) -> Path:
@@ -195,9 +192,10 @@ def run_child(*args: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="50k", help=f"comma list of {', '.join(SIZES)}")
-    parser.add_argument("--configs", default="fast,default", help=f"comma list of {', '.join(CONFIGS)}")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/zsfs-bench"), help="where stores are kept")
+    parser.add_argument("--sizes", default="50k", help=f"comma list of {', '.join(SIZES)} [50k]")
+    parser.add_argument("--configs", default="fast,default", help=f"comma list of {', '.join(CONFIGS)} [fast,default]")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/zsfs-bench"),
+                        help="where stores are kept [/tmp/zsfs-bench]")
     parser.add_argument("--loop", action="store_true",
                         help="also time the per-sample-loop baseline (on the first size, after its first config)")
     parser.add_argument("--graph", choices=["fp32", "bf16"], default=None,
@@ -216,6 +214,8 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    check_output(parser, args.work, "--work", folder=True)
+    note_machine()
     args.work.mkdir(parents=True, exist_ok=True)
     results, looped = [], False
     for size in args.sizes.split(","):
@@ -256,4 +256,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import at_least, at_least_one, note_machine, run
+
 SIDE = 9400  # 88.4 MP: just under Pillow's MAX_IMAGE_PIXELS (89,478,485)
 
 
@@ -114,17 +116,21 @@ def bench_text(args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["decode", "text"])
-    parser.add_argument("--n-images", type=int, default=2, help="decode: images of each kind")
-    parser.add_argument("--workers", default="0,2", help="decode: worker counts to measure")
-    parser.add_argument("--classes", default="100,5000", help="text: class counts to measure")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--n-images", type=at_least_one, default=2, help="decode: images of each kind [2]")
+    parser.add_argument("--workers", default="0,2", help="decode: worker counts to measure [0,2]")
+    parser.add_argument("--classes", default="100,5000", help="text: class counts to measure [100,5000]")
+    parser.add_argument("--threads", type=at_least_one, default=None,
                         help="torch threads of the measured commands (OMP_NUM_THREADS) [default: torch's own]; "
                              "1 keeps a shared machine from oversubscribing")
     args = parser.parse_args()
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the measured commands
-    args.workers = [int(w) for w in args.workers.split(",")]
-    args.classes = [int(c) for c in args.classes.split(",")]
+    try:
+        args.workers = [at_least(0)(w) for w in args.workers.split(",")]
+        args.classes = [at_least_one(c) for c in args.classes.split(",")]
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"--workers / --classes: {error}")
+    note_machine()
     import zsfs
 
     print(f"zsfs from {Path(zsfs.__file__).parent}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
@@ -135,11 +141,15 @@ def main() -> None:
         key = f"workers={row['workers']}" if row["figure"] == "decode" else f"{row['classes']} classes"
         print(f"{row['figure']:6} {key:14} peak RSS {row['peak_rss_mb']:8.0f} MB  {row['seconds']:7.1f} s  "
               f"exit {row['rc']}")
-    if rows[0]["figure"] == "text" and len(rows) > 1:
+    failed = [row for row in rows if row["rc"] != 0]
+    if failed:  # its figure measures an error, not the work: said, and kept out of the ratio
+        print(f"{len(failed)} of {len(rows)} measured commands failed (exit status above): their figures are "
+              "not measurements of the work", file=sys.stderr)
+    if rows[0]["figure"] == "text" and len(rows) > 1 and not failed:
         print(f"peak RSS ratio {rows[-1]['classes']} / {rows[0]['classes']} classes: "
               f"{rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}")
     print(f"({time.perf_counter() - started:.0f} s in all; load average {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from harness import at_least_one, check_output, note_machine, run
 
 if TYPE_CHECKING:
     from zsfs.store import Store
@@ -75,21 +78,31 @@ def make_config(preset: str, overrides: dict, seed: int):
     return FitConfig.from_options(paper=preset == "paper", fast=preset == "fast", seed=seed, **overrides)
 
 
-def import_features(folder: Path, work: Path) -> Path:
-    """``zsfs import`` of a benchmark feature folder (once; reused when it exists)."""
-    store = work / f"{folder.name}.h5"
-    if store.exists():
-        return store
+def dataset_name(folder: Path) -> str:
+    """A feature folder's name in the table and in ``--work`` (``../fm`` and ``fm/`` are ``fm``; a link keeps its own)."""
+    return Path(os.path.abspath(folder)).name
+
+
+def import_features(folder: Path, work: Path, vocabulary: str) -> Path:
+    """``zsfs import`` of a benchmark feature folder; a store of ``--work`` is reused only when it
+    was imported from these very files (import checks that, and writes no row again)."""
     from zsfs.errors import ZsfsError
     from zsfs.importer import import_store
+    from zsfs.store import Store
 
+    store = work / f"{dataset_name(folder)}.h5"
     try:
-        return import_store(store, clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
-                            paths=folder / "images.csv", label_column="label",
-                            vocabularies={path.stem.removeprefix("vocab-"): path
-                                          for path in sorted(folder.glob("vocab-*.npz"))}).master
+        import_store(store, clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                     paths=folder / "images.csv", label_column="label",
+                     vocabularies={path.stem.removeprefix("vocab-"): path for path in sorted(folder.glob("vocab-*.npz"))})
+        with Store(store) as opened:
+            names = opened.vocabulary_names()
     except ZsfsError as error:
         raise SystemExit(f"--features {folder}: {error}") from None
+    if vocabulary not in names:
+        raise SystemExit(f"--vocab {vocabulary}: {folder} has no vocabulary of that name (its vocab-*.npz: "
+                         f"{', '.join(names) or 'none'})")
+    return store
 
 
 def synthetic_store(size: str, work: Path) -> Path:
@@ -160,6 +173,8 @@ def run_absent(source: Source, draws: int, work: Path, record) -> None:
                             record(source.name, "absent", "zero-shot", "accuracy", zero_shot)
                             reported = set(result.absent_classes)
                             truly = set(classes) - set(present)
+                            # precision only where a draw reports some: this row says how many did
+                            record(source.name, "absent", name, "draws reporting absent", float(bool(reported)))
                             if reported:
                                 record(source.name, "absent", name, "absent precision",
                                        len(reported & truly) / len(reported))
@@ -192,7 +207,10 @@ def run_small(source: Source, draws: int, work: Path, record) -> None:
 
 
 def run_ood(source: Source, record) -> None:
+    from zsfs.evaluate import OOD_DETECTORS
     from zsfs.oodbench import ood_bench
+
+    PREDICTION_COLUMN = {detector.bench_name: detector.column for detector in OOD_DETECTORS}
     from zsfs.store import Store
 
     with Store(source.store) as store:
@@ -205,8 +223,9 @@ def run_ood(source: Source, record) -> None:
                 for detector, values in split["ood"].items():
                     if name == "paper" and detector in ("mcm", "zsfs_continuous"):
                         continue  # the same numbers as in the default's rows
-                    for metric in ("auroc", "fpr95"):
-                        record(source.name, "ood", f"{name}: {detector}", metric, values[metric])
+                    for metric in ("auroc", "fpr95"):  # named as the predictions' columns (ood-bench's keys differ)
+                        record(source.name, "ood", f"{name}: {PREDICTION_COLUMN.get(detector, detector)}", metric,
+                               values[metric])
                 record(source.name, "ood", name, "ID accuracy", split["id_accuracy"])
 
 
@@ -245,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="feature folder laid out like ../shared/bench/fashion-mnist (repeatable)")
     parser.add_argument("--vocab", default="fashion", help="vocabulary of the feature folders [fashion]")
     parser.add_argument("--synthetic", default="", help=f"comma-separated synthetic sizes: {', '.join(SYNTHETIC)}")
-    parser.add_argument("--seeds", type=int, default=3, help="fit seeds per configuration (full scenario) [3]")
-    parser.add_argument("--draws", type=int, default=4,
+    parser.add_argument("--seeds", type=at_least_one, default=3, help="fit seeds per configuration (full scenario) [3]")
+    parser.add_argument("--draws", type=at_least_one, default=4,
                         help="draws per number of present classes, and per sample size [4]")
     parser.add_argument("--scenarios", default="full,absent,small,ood", help="which of full,absent,small,ood [all]")
     parser.add_argument("--work", type=Path, default=None, help="folder for imported stores [a temporary one]")
@@ -265,12 +284,22 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"--features: no clip.npy in {', '.join(missing)} (a folder laid out as "
                      "../shared/bench/fashion-mnist)")
+    names = [dataset_name(folder) for folder in args.features]
+    shared = sorted({name for name in names if names.count(name) > 1})
+    if shared:  # the table names a dataset by its folder, and its store in --work too: one was taken for both
+        parser.error(f"--features: several folders are named {', '.join(shared)}; the table names datasets by "
+                     "folder name: give each another name (a link to it)")
+    check_output(parser, args.out, "--out", folder=True)
+    if args.work is not None:
+        check_output(parser, args.work, "--work", folder=True)
+    measured_on = note_machine()
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        sources = [Source(folder.name, import_features(folder, work), args.vocab) for folder in args.features]
+        sources = [Source(dataset_name(folder), import_features(folder, work, args.vocab), args.vocab)
+                   for folder in args.features]
         sources += [Source(f"synthetic-{size}", synthetic_store(size, work), "synthetic")
                     for size in filter(None, args.synthetic.split(","))]
         rows: list[dict] = []
@@ -294,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     import polars as pl
 
     pl.DataFrame(summary).write_csv(args.out / "quality.csv")
-    (args.out / "quality.json").write_text(json.dumps({"summary": summary, "runs": rows}, indent=2) + "\n")
+    (args.out / "quality.json").write_text(json.dumps({"machine": measured_on, "summary": summary, "runs": rows},
+                                                      indent=2) + "\n")
     print(f"{'dataset':16} {'scenario':10} {'method':28} {'metric':24} {'mean ± std':>17} {'min':>8}  n")
     for row in summary:
         print(f"{row['dataset']:16} {row['scenario']:10} {row['method']:28} {row['metric']:24} "
@@ -304,4 +334,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

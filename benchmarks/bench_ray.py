@@ -22,12 +22,13 @@ from pathlib import Path
 
 import ray
 
-from bench_extract import SETTINGS, at_least_one, model_settings
+from bench_extract import SETTINGS, model_settings
+from harness import at_least, at_least_one, note_machine, run
 from zsfs.testing.images import write_photos
 from zsfs.extract import extract
 
 
-def run(folder: Path, out: Path, setting: tuple, args, *, on_ray: bool) -> tuple[float, float]:
+def one_extract(folder: Path, out: Path, setting: tuple, args, *, on_ray: bool) -> tuple[float, float]:
     """(pipeline images/s, end-to-end seconds) of one extract into a fresh store."""
     shutil.rmtree(out.with_suffix(".shards"), ignore_errors=True)
     out.unlink(missing_ok=True)
@@ -44,14 +45,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=model_settings, default="tiny",
                         help=f"comma-separated, of: {', '.join(SETTINGS)}")
-    parser.add_argument("--n-images", type=at_least_one, default=600)
+    parser.add_argument("--n-images", type=at_least_one, default=600, help="generated photos [600]")
     parser.add_argument("--images", type=Path, help="a folder of your own images instead of generated ones")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--shard-size", type=int, default=100, help="images per shard = per Ray task")
-    parser.add_argument("--workers", type=int, help="DataLoader workers per process [default: zsfs's]")
-    parser.add_argument("--ray-workers", type=at_least_one, default=2)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--batch-size", type=at_least_one, default=32, help="[32]")
+    parser.add_argument("--shard-size", type=at_least_one, default=100, help="images per shard = per Ray task [100]")
+    parser.add_argument("--workers", type=at_least(0), help="DataLoader workers per process [default: zsfs's]")
+    parser.add_argument("--ray-workers", type=at_least_one, default=2, help="[2]")
+    parser.add_argument("--repeat", type=at_least_one, default=2, help="runs of each, the best kept [2]")
     args = parser.parse_args()
+    if args.images is not None and not args.images.is_dir():
+        parser.error(f"--images {args.images}: not a folder")
+    note_machine()
     if args.images is None and args.ray_workers > args.n_images:  # zsfs refuses it, after Ray has started
         parser.error(f"--ray-workers {args.ray_workers} is more than --n-images {args.n_images}")
 
@@ -70,7 +74,7 @@ def main() -> None:
             best = {False: (0.0, 0.0), True: (0.0, 0.0)}
             for _ in range(args.repeat):
                 for on_ray in (False, True):
-                    result = run(folder, Path(tmp) / f"{name}-{on_ray}.h5", SETTINGS[name], args, on_ray=on_ray)
+                    result = one_extract(folder, Path(tmp) / f"{name}-{on_ray}.h5", SETTINGS[name], args, on_ray=on_ray)
                     best[on_ray] = max(best[on_ray], result)
             (single, single_s), (distributed, distributed_s) = best[False], best[True]
             print(f"{name:8} {single:12.1f} {distributed:10.1f} {distributed / single:10.2f} "
@@ -79,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,6 +24,8 @@ from zsfs.outputs import write_json
 from zsfs.testing.images import write_photos
 from zsfs.testing.synthetic import class_names
 
+from harness import at_least_one, check_output, note_machine, run
+
 
 def make_run(run_dir: Path, pool: Path, n_rows: int, n_classes: int, n_pool: int, seed: int = 0) -> None:
     """Fill the empty folder ``run_dir`` as a run of ``n_rows`` predictions over ``n_classes``
@@ -72,11 +74,15 @@ def make_run(run_dir: Path, pool: Path, n_rows: int, n_classes: int, n_pool: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="images in the run")
-    parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--pool", type=int, default=5000, help="distinct JPEG files the paths cycle through")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/zsfs-bench-report"), help="where the run is kept")
+    parser.add_argument("--rows", type=at_least_one, default=1_000_000, help="images in the run [1,000,000]")
+    parser.add_argument("--classes", type=at_least_one, default=1000, help="[1000]")
+    parser.add_argument("--pool", type=at_least_one, default=5000,
+                        help="distinct JPEG files the paths cycle through [5000]")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/zsfs-bench-report"),
+                        help="where the run and the page are kept [/tmp/zsfs-bench-report]")
     args = parser.parse_args()
+    check_output(parser, args.work, "--work", folder=True)
+    note_machine()
 
     from zsfs.outputs import new_folder
     from zsfs.report import write_report
@@ -103,7 +109,8 @@ def main() -> None:
           f"page {out.stat().st_size / 1e6:.2f} MB, {page.count('<img ')} thumbnails, "
           f"{page.count('<figure ')} gallery items; load average {os.getloadavg()[0]:.1f}; "
           f"targets: < 30 s, < 20 MB")
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

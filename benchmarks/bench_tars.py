@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 from zsfs.testing.tars import write_tar_shards
+
+from harness import check_output, note_machine, peak_rss_mb, run
 
 PER_TAR = 10_000
 FAKE_JPEG = b"\xff\xd8\xff\xe0" + bytes(300)
@@ -43,7 +44,7 @@ def list_once(folder: str) -> None:
     digest_started = time.perf_counter()
     source.digest()  # part of the store identity: computed once per extract
     print(json.dumps({"entries": len(source), "seconds": listing, "digest_seconds": time.perf_counter() - digest_started,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def entry_count(text: str) -> int:
@@ -69,6 +70,9 @@ def main() -> None:
     if args.list:
         list_once(args.list)
         return
+    if args.workdir is not None:
+        check_output(parser, args.workdir, "--workdir", folder=True)
+    note_machine()
     with tempfile.TemporaryDirectory(prefix="zsfs-bench-tars-") as tmp:
         base = args.workdir or Path(tmp)
         print(f"load average {os.getloadavg()[0]:.1f}; {PER_TAR:,} samples per tar, 3 members per sample")
@@ -94,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -26,6 +26,8 @@ import numpy as np
 
 from zsfs.testing.failures import cut_points, run_zsfs, store_content
 
+from harness import at_least_one, check_output, note_machine, run
+
 COMMANDS = ("text", "neighbours", "import", "extract")
 
 
@@ -137,10 +139,13 @@ def sweep(command: str, base_dir: Path, base: dict, cuts: int, scratch: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cuts", type=int, default=20, help="cut points per command")
-    parser.add_argument("--commands", nargs="+", choices=COMMANDS, default=list(COMMANDS))
+    parser.add_argument("--cuts", type=at_least_one, default=20, help="cut points per command [20]")
+    parser.add_argument("--commands", nargs="+", choices=COMMANDS, default=list(COMMANDS), help="[all]")
     parser.add_argument("--json", type=Path, help="write the full results here")
     options = parser.parse_args()
+    if options.json is not None:  # checked now, not after the sweep
+        check_output(parser, options.json, "--json", folder=False)
+    note_machine()
     with tempfile.TemporaryDirectory(prefix="zsfs-sweep-") as folder:
         scratch = Path(folder)
         base_dir = scratch / "base"
@@ -154,7 +159,8 @@ def main() -> None:
             print(f"{command}: {json.dumps(summary)} ({time.perf_counter() - started:.0f} s)", flush=True)
     if options.json:
         options.json.write_text(json.dumps(results, indent=2, default=str))
+        print(f"written: {options.json}")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import run
+
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 SECOND_MAP = {  # ImageNet-1k indices per class; the first is the "single" prompt
     "T-shirt/top": [610, 639], "Trouser": [608, 842], "Pullover": [841], "Dress": [578, 614, 399],
@@ -84,7 +86,7 @@ def embed_train_sample(weights: Path, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("split", choices=["test", "train"])
     parser.add_argument("shared", type=Path, help="the shared feature folder (../shared/bench/fashion-mnist)")
     parser.add_argument("out", type=Path, help="folder to create")
@@ -97,7 +99,8 @@ def main() -> None:
         needed += [args.weights, IMAGES / "train-images-idx3-ubyte.gz", IMAGES / "train-labels-idx1-ubyte.gz"]
     missing = [str(path) for path in needed if not path.is_file()]
     if missing:  # before the folder is made: links to nothing, or an empty folder a rerun refuses
-        parser.error(f"not found: {', '.join(missing)}")
+        images = " (Debian: apt-get install dataset-fashion-mnist)" if any(str(IMAGES) in path for path in missing) else ""
+        parser.error(f"not found: {', '.join(missing)}{images}")
     if args.out.exists():
         parser.error(f"{args.out} exists; give a new folder")
     args.out.mkdir(parents=True)
@@ -109,10 +112,11 @@ def main() -> None:
             embed_train_sample(args.weights, args.out)
         os.symlink((args.shared / SHARED_FILES[3]).absolute(), args.out / SHARED_FILES[3])
         second_map_vocabulary(args.out)
+        print(f"written: {args.out} (bench_quality.py --features {args.out})")
     except BaseException:  # Ctrl-C in the long embedding too: no half-made folder for the next run to refuse
         shutil.rmtree(args.out)
         raise
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

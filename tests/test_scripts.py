@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The benchmarks import their shared harness by name, as their folder is on the path when they run:
+# so it is here, where their pure parts are imported to be checked by hand.
+sys.path.insert(0, str(ROOT / "benchmarks"))
 FILES = sorted(path for folder in ("benchmarks", "pipelines") for path in (ROOT / folder).glob("*.py")
                if path.name != "__init__.py")
 
@@ -153,6 +156,20 @@ def test_bench_quality_refuses_what_it_cannot_run(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bench_quality_refuses_two_datasets_of_one_name_and_an_unwritable_out_before_any_fit(tmp_path):
+    """Walkthrough: two --features folders named alike shared one store (the second's figures were the
+    first's, n=2 as if two seeds); --out on a file was a traceback after all the fits."""
+    for folder in ("a/fm", "b/fm"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "clip.npy").write_bytes(b"")
+    (tmp_path / "taken").write_text("")
+    for args, said in ((["--features", "a/fm", "--features", "b/fm/"], "several folders are named fm; the table"),
+                       (["--synthetic", "2k", "--out", "taken"], "--out taken: a file, not a folder")):
+        done = run(command(ROOT / "benchmarks/bench_quality.py") + args, tmp_path)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a", "b", "taken"]
+
+
 # --- the benchmarks' figures, from their pure parts on hand-made inputs (mutation review) ---
 
 def test_bench_quality_summary_is_mean_population_std_min_and_n_per_metric():
@@ -268,13 +285,16 @@ def test_bench_fit_configs_are_what_their_names_say():
     assert config["previous-default"].accumulate and config["previous-default"].unique_pseudo_labels
 
 
-def test_bench_fit_peak_rss_is_in_mebibytes():
-    status = Path("/proc/self/status")
-    if not status.exists():
-        pytest.skip("needs Linux's /proc")
-    from benchmarks import bench_fit as bench
-    high_water_kib = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM"))
-    assert bench.peak_rss_mb() == pytest.approx(high_water_kib / 1024, rel=0.01)
+def test_a_benchmarks_peak_memory_is_its_own_not_its_large_parents(tmp_path):
+    """Walkthrough: after bench_fit's --loop had grown its process to 700 MB, every fit it started
+    reported a 709 MB peak (``ru_maxrss`` carries a parent's peak across fork and exec)."""
+    measure = f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import harness; print(harness.peak_rss_mb())"
+    parent = ("import subprocess, sys\n"
+              "ballast = bytearray(400 << 20)\n"
+              "ballast[::4096] = b'x' * len(range(0, len(ballast), 4096))  # every page touched: resident\n"
+              f"print(subprocess.run([sys.executable, '-c', {measure!r}], capture_output=True, text=True, check=True).stdout)")
+    child_mb = float(subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True).stdout)
+    assert 1 < child_mb < 200  # the bare interpreter's own tens of MB, not the parent's 400
 
 
 def test_make_second_map_vocabulary_by_hand(tmp_path, monkeypatch):
@@ -347,12 +367,13 @@ def test_bench_quality_ood_rows_by_hand(tmp_path, monkeypatch):
     for dataset, scenario, method, metric, value in rows:
         assert (dataset, scenario) == ("s", "ood")
         got.setdefault((method, metric), []).append(value)
-    expected = {
-        ("default: zsfs", "auroc"): [0.0, 0.1], ("default: zsfs", "fpr95"): [1.0, 1.0],
-        ("default: mcm", "auroc"): [0.01, 0.11], ("default: mcm", "fpr95"): [0.99, 0.99],
-        ("default: zsfs_continuous", "auroc"): [0.02, 0.12], ("default: zsfs_continuous", "fpr95"): [0.98, 0.98],
+    expected = {  # named as the predictions' columns are (walkthrough: ood-bench's "zsfs" is ood_score)
+        ("default: ood_score", "auroc"): [0.0, 0.1], ("default: ood_score", "fpr95"): [1.0, 1.0],
+        ("default: mcm_score", "auroc"): [0.01, 0.11], ("default: mcm_score", "fpr95"): [0.99, 0.99],
+        ("default: ood_continuous", "auroc"): [0.02, 0.12], ("default: ood_continuous", "fpr95"): [0.98, 0.98],
         ("default", "ID accuracy"): [0.0, 0.1],
-        ("paper: zsfs", "auroc"): [0.5, 0.6], ("paper: zsfs", "fpr95"): [0.5, 0.5], ("paper", "ID accuracy"): [0.5, 0.6],
+        ("paper: ood_score", "auroc"): [0.5, 0.6], ("paper: ood_score", "fpr95"): [0.5, 0.5],
+        ("paper", "ID accuracy"): [0.5, 0.6],
     }
     assert set(got) == set(expected) and all(got[key] == pytest.approx(expected[key]) for key in expected), got
 
@@ -384,7 +405,14 @@ def test_bench_fit_reports_the_fit_metrics_it_is_given(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("script, args, said", [
-    ("bench_extract.py", ["--n-images", "0"], "argument --n-images: 0 is not a whole number >= 1"),
+    ("bench_extract.py", ["--n-images", "0"], "argument --n-images: must be at least 1, not 0"),
+    ("bench_extract.py", ["--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
+    ("bench_extract.py", ["--images", "nowhere"], "--images nowhere: not a folder"),
+    ("bench_ray.py", ["--repeat", "0"], "argument --repeat: must be at least 1, not 0"),
+    ("bench_quality.py", ["--synthetic", "2k", "--seeds", "0"], "argument --seeds: must be at least 1, not 0"),
+    ("failure_sweep.py", ["--cuts", "0"], "argument --cuts: must be at least 1, not 0"),
+    ("bench_report.py", ["--pool", "x"], "argument --pool: not a whole number: 'x'"),
+    ("bench_memory.py", ["text", "--classes", "0,5"], "--workers / --classes: must be at least 1, not 0"),
     ("bench_extract.py", ["--models", "tiny,bogus"], "argument --models: unknown bogus; choose from"),
     ("bench_ray.py", ["--models", "bogus"], "argument --models: unknown bogus; choose from"),
     ("bench_ray.py", ["--n-images", "1", "--ray-workers", "3"], "--ray-workers 3 is more than --n-images 1"),
@@ -392,7 +420,7 @@ def test_bench_fit_reports_the_fit_metrics_it_is_given(tmp_path, monkeypatch):
 ])
 def test_benchmarks_refuse_bad_sizes_in_one_line_before_any_work(script, args, said, tmp_path):
     """Review: these were tracebacks (a KeyError after the images were written, ZsfsErrors, a child's
-    CalledProcessError)."""
+    CalledProcessError); walkthrough: 0 seeds, 0 cuts printed an empty table as a result."""
     done = run(command(ROOT / "benchmarks" / script) + args, tmp_path)
     assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
