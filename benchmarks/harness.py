@@ -90,10 +90,10 @@ def check_output(parser: argparse.ArgumentParser, path: Path, option: str, *, fo
         parser.error(f"{option} {path}: a file, not a folder")
     if not folder and path.is_dir():
         parser.error(f"{option} {path}: a folder, not a file")
-    try:
-        check_writable(path, "output")
+    try:  # an existing folder is probed itself (check_writable probes where a new path would go: its parent)
+        check_writable(path / "probe" if path.is_dir() else path, "output")
     except ZsfsError as error:
-        parser.error(f"{option}: {error}")
+        parser.error(f"{option}: {error}".replace(f"{path / 'probe'}", str(path)))
 
 
 def run(main: Callable[[], int | None]) -> NoReturn:

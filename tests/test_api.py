@@ -377,6 +377,34 @@ def test_a_fit_in_a_child_forked_after_a_fit_finishes_and_a_save_there_says_why_
     assert zsfs.load_run(tmp_path / "parent").predictions.height == 300
 
 
+FORKED_WRITE = """
+import multiprocessing, sys, polars as pl, zsfs
+frame = pl.DataFrame({"a": range(1000)}).sort("a", descending=True)  # the caller's own polars work: its pool runs
+def child(queue):
+    from zsfs.outputs import write_table  # zsfs' modules first imported here, after the fork
+    try:
+        write_table(frame, sys.argv[1])
+    except zsfs.ZsfsError as error:
+        queue.put(str(error))
+queue = multiprocessing.Queue()
+process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
+process.start()
+process.join(30)
+print(process.exitcode, queue.get(timeout=1) if process.exitcode == 0 else None)
+process.kill()
+"""
+
+
+def test_a_child_forked_after_the_callers_own_polars_work_is_refused_a_table_write_not_left_waiting(tmp_path):
+    """Review: the fork hook was registered only when a zsfs stage first ran, so a parent that had
+    used polars itself and imported zsfs forked a child whose table write hung; `import zsfs` sets it."""
+    done = subprocess.run([sys.executable, "-c", FORKED_WRITE, str(tmp_path / "t.parquet")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.startswith(f"0 cannot write {tmp_path / 't.parquet'} in this process: it was forked"), \
+        done.stdout + done.stderr[-2000:]
+    assert not (tmp_path / "t.parquet").exists()
+
+
 def test_each_preset_gives_the_config_it_names(tmp_path):
     """zsfs.fit(preset=...) is the CLI's --paper / --fast: each name must give its own FitConfig."""
     from dataclasses import asdict

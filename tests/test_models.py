@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torchvision import transforms
 
-from zsfs.digests import checkpoint_sha256
+from zsfs.digests import unchanged_file_sha256
 from zsfs.errors import ModelLoadError
 from zsfs.models import (
     MAX_ASPECT_RATIO,
@@ -896,15 +896,15 @@ def _bytes_read_by_this_process() -> int:
 def test_a_weights_file_is_read_once_per_process_while_unchanged_and_again_when_rewritten(tmp_path):
     file = tmp_path / "weights.safetensors"
     file.write_bytes(os.urandom(8 << 20))
-    recent = checkpoint_sha256(file)
+    recent = unchanged_file_sha256(file)
     start = _bytes_read_by_this_process()
-    assert checkpoint_sha256(file) == recent  # changed in the last 2 s: read again, a timestamp may not have moved
+    assert unchanged_file_sha256(file) == recent  # changed in the last 2 s: read again, a timestamp may not have moved
     assert _bytes_read_by_this_process() - start >= 8 << 20
     time.sleep(2.1)
-    first = checkpoint_sha256(file)
+    first = unchanged_file_sha256(file)
     start = _bytes_read_by_this_process()
-    assert checkpoint_sha256(file) == first == recent
+    assert unchanged_file_sha256(file) == first == recent
     assert _bytes_read_by_this_process() - start < 1 << 20
     with open(file, "r+b") as handle:  # the same size, the same inode
         handle.write(b"changed")
-    assert checkpoint_sha256(file) == hashlib.sha256(file.read_bytes()).hexdigest() != first
+    assert unchanged_file_sha256(file) == hashlib.sha256(file.read_bytes()).hexdigest() != first

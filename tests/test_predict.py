@@ -726,3 +726,32 @@ def test_on_cpu_the_model_threads_follow_extracts_rule(fitted, monkeypatch):
     assert threads_seen and set(threads_seen) == {available_cores()}
     assert torch.get_num_threads() == 1  # the caller's setting is back
     torch.set_num_threads(available_cores())
+
+
+FORKED_PREDICT = """
+import json, multiprocessing, sys, zsfs
+run_dir, photos = sys.argv[1], sys.argv[2]
+run = zsfs.load_run(run_dir)
+mine = run.predict_images([photos], workers=0)  # polars' pool runs in this parent
+def child(queue):
+    theirs = run.predict_images([photos], workers=0)
+    columns = run.read_predictions(["predicted", "confidence"])
+    queue.put([theirs.equals(mine), columns.columns, str(theirs.schema["confidence"])])
+queue = multiprocessing.Queue()
+process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
+process.start()
+process.join(60)
+print(json.dumps([process.exitcode, queue.get(timeout=1) if process.exitcode == 0 else None]))
+process.kill()
+"""
+
+
+def test_images_are_predicted_in_a_child_forked_after_polars_ran_and_scores_keep_their_float32(fitted):
+    """Review: predict_images put its table together with polars' with_columns and select, which wait
+    for ever on a pool a forked child does not have (the docs say such a child predicts); and the
+    scores had become Float64, so a CSV of them read 0.30000001192092896."""
+    done = subprocess.run([sys.executable, "-c", FORKED_PREDICT, str(fitted["run"]), str(fitted["photos"]["root"])],
+                          capture_output=True, text=True, timeout=300)
+    exitcode, said = json.loads(done.stdout)
+    assert exitcode == 0 and said == [True, ["predicted", "confidence"], "Float32"], done.stderr[-2000:]
+    assert fitted["fit"].schema["confidence"] == pl.Float32

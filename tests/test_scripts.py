@@ -170,6 +170,30 @@ def test_bench_quality_refuses_two_datasets_of_one_name_and_an_unwritable_out_be
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a", "b", "taken"]
 
 
+def test_an_output_folder_is_judged_writable_by_itself_not_by_its_parent(tmp_path):
+    """Review: --work in a writable folder under a read-only parent ($HOME under /home) was refused,
+    and a read-only folder under a writable parent accepted (the check probed the parent)."""
+    from zsfs.testing.privileges import run_python_unprivileged
+
+    writable, read_only = tmp_path / "ro" / "w", tmp_path / "r"
+    writable.mkdir(parents=True)
+    read_only.mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    read_only.chmod(0o555)
+    code = (f"import argparse, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import harness; "
+            "from pathlib import Path; harness.check_output(argparse.ArgumentParser(prog='bench'), Path(sys.argv[-1]), "
+            "'--work', folder=True); print('accepted')")
+    try:
+        accepted = run_python_unprivileged(code.replace("sys.argv[-1]", repr(str(writable))))
+        refused = run_python_unprivileged(code.replace("sys.argv[-1]", repr(str(read_only))))
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+        read_only.chmod(0o755)
+    assert accepted.returncode == 0 and accepted.stdout.strip() == "accepted", accepted.stderr
+    assert refused.returncode == 2 and f"--work: cannot write the output {read_only}: {read_only} is not writable" \
+        in refused.stderr, refused.stderr
+
+
 # --- the benchmarks' figures, from their pure parts on hand-made inputs (mutation review) ---
 
 def test_bench_quality_summary_is_mean_population_std_min_and_n_per_metric():

@@ -22,6 +22,10 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
+# From the first import on (not when a stage first runs): its fork hooks note the thread pools a
+# multiprocessing child would lose, also those the caller's own polars work started.
+import_module("zsfs.devices")
+
 _LAZY = {
     "extract": ("zsfs.extract", None),  # a callable module: zsfs.extract(...) runs the stage
     "fit": ("zsfs.fit", None),  # likewise: zsfs.fit(store, k=16)

@@ -28,11 +28,14 @@ BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16")
 _polars_pool_forked = False
 """Whether this process was forked while polars' thread pool ran (see :func:`check_polars_usable`)."""
 _polars_pool_running = False  # in a parent, as it last forked
+_torch_pool_forked = False
+"""Whether this process was forked after torch was imported: its thread pool then stays at one thread."""
 
 
 def _note_polars_pool() -> None:
     """Before a fork, in the parent: whether polars' thread pool has started (its threads are named
-    polars-0, ...). /proc lists them on Linux; elsewhere multiprocessing spawns, and nothing is noted."""
+    polars-0, ...). /proc lists them on Linux; elsewhere nothing is noted (macOS and Windows spawn
+    by default; on a BSD, fork with care: docs/python.md)."""
     global _polars_pool_running
     try:
         threads = os.listdir("/proc/self/task")
@@ -54,11 +57,19 @@ def _in_a_forked_child() -> None:
     parallel torch operation (walkthrough: `zsfs.fit` in a multiprocessing child hung for ever):
     the child computes with one thread, as torch's DataLoader workers do. The "spawn" start
     method gives a child every core. Polars' pool cannot be made smaller: it is noted."""
-    global _polars_pool_forked
+    global _polars_pool_forked, _torch_pool_forked
     _polars_pool_forked = _polars_pool_running
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
+        _torch_pool_forked = True
+
+
+def torch_threads_fixed() -> bool:
+    """Whether torch must keep its one thread here (a process forked after torch was imported):
+    more would start the pool a fork does not copy, and wait on it for ever (review:
+    ``predict_images`` in a multiprocessing child hung in its first batch)."""
+    return _torch_pool_forked
 
 
 if hasattr(os, "register_at_fork"):

@@ -58,22 +58,22 @@ def file_sha256(path: Path | str, chunk_size: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-_checkpoint_digests: dict[tuple[int, ...], str] = {}
+_unchanged_digests: dict[tuple[int, ...], str] = {}
 _SETTLED_NS = 2_000_000_000  # FAT's timestamps step by 2 s; other file systems' by a few ms
 
 
-def checkpoint_sha256(path: Path | str) -> str:
+def unchanged_file_sha256(path: Path | str) -> str:
     """:func:`file_sha256` of a model's weights file, read once per process while the file is
     unchanged: checking a store's record and loading the model each need it, and a checkpoint is
     GBs (ViT-bigG's: 10 GB). Unchanged means the same device, inode, size, mtime and ctime (a
     rewrite sets the ctime, which no user can set back); a file changed in the last 2 s is read
-    every time, as a rewrite within a timestamp's step would keep them all. Shards are not hashed
-    so: their checks look for damage, and must read the bytes every time."""
+    every time, as a rewrite within a timestamp's step would keep them all. (A store's writer keeps
+    its shards' digests for one run only, under the store's lock; damage checks read every time.)"""
     info = os.stat(path)
     key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-    if key in _checkpoint_digests:
-        return _checkpoint_digests[key]
+    if key in _unchanged_digests:
+        return _unchanged_digests[key]
     digest = file_sha256(path)
     if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > _SETTLED_NS:
-        _checkpoint_digests[key] = digest
+        _unchanged_digests[key] = digest
     return digest

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from zsfs.devices import MODEL_PRECISIONS
+from zsfs.devices import MODEL_PRECISIONS, torch_threads_fixed
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, image_size, quiet_decoder_warnings
 from zsfs.errors import ZsfsError, one_line, shared_memory_full
 from zsfs.sources import ImageSource
@@ -60,7 +60,7 @@ def model_threads(device: torch.device, cores: int | None = None) -> Iterator[No
     tiny models at 199 against 224 img/s. (On a 2-core machine kept busy by other jobs, one
     thread beside the worker had been faster.) The caller's setting is restored afterwards.
     """
-    if device.type != "cpu":
+    if device.type != "cpu" or torch_threads_fixed():
         yield
         return
     previous = torch.get_num_threads()

@@ -33,7 +33,7 @@ from PIL import Image
 from zsfs.errors import ModelLoadError, one_line
 from zsfs.names import repeated_rows
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.digests import checkpoint_sha256
+from zsfs.digests import unchanged_file_sha256
 from zsfs.weights import (
     DEFAULT,
     FILE,
@@ -279,7 +279,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
         "name": arch,
         "weights": kind if kind != "tag" else weights,
         "file": str(file) if file else None,
-        "sha256": checkpoint_sha256(file) if file else None,
+        "sha256": unchanged_file_sha256(file) if file else None,
         "dim": int(open_clip.get_model_config(arch)["embed_dim"]),
         **_clip_preprocessing(model.visual.preprocess_cfg),
         "quick_gelu": quick_gelu or bool(open_clip.get_model_config(arch).get("quick_gelu", False)),
@@ -312,7 +312,7 @@ def clip_as_recorded(name: str, weights: str, recorded: dict) -> bool:
         return _as_identity(load_clip(name, RANDOM).record) == recorded
     tag_cfg = open_clip.get_pretrained_cfg(arch, weights) if kind == "tag" else {}
     expected = {"name": arch, "weights": weights if kind == "tag" else kind, "config": config,
-                "sha256": checkpoint_sha256(file) if file else None,
+                "sha256": unchanged_file_sha256(file) if file else None,
                 "quick_gelu": bool(tag_cfg.get("quick_gelu", False))
                 or bool(open_clip.get_model_config(arch).get("quick_gelu", False))}
     return all(recorded.get(key) == value for key, value in expected.items())
@@ -608,7 +608,7 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
         "name": name,
         "weights": FILE if file else weights,
         "file": str(file) if file else None,
-        "sha256": checkpoint_sha256(file) if file else None,
+        "sha256": unchanged_file_sha256(file) if file else None,
         "dim": int(model.num_classes if keep_head else getattr(model, "head_hidden_size", model.num_features)),
         "image_size": list(data_config["input_size"][1:]),
         "mean": [float(v) for v in data_config["mean"]],
@@ -727,7 +727,7 @@ def backbone_as_recorded(name: str, weights: str, recorded: dict) -> bool:
         return False
     if weights == RANDOM:
         return _as_identity(load_backbone(name, RANDOM).record) == recorded
-    expected = {"name": name, "weights": FILE if file else weights, "sha256": checkpoint_sha256(file) if file else None,
+    expected = {"name": name, "weights": FILE if file else weights, "sha256": unchanged_file_sha256(file) if file else None,
                 "pretrained_tag": pretrained_cfg.tag if weights == DEFAULT else None,
                 "output": "head" if keeps_clip_head(name, pretrained_cfg.tag) else "pre_logits"}
     return all(recorded.get(key) == value for key, value in expected.items())

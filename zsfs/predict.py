@@ -205,9 +205,11 @@ def predict_images(
 
     error = np.full(n, None, dtype=object)
     error[list(errors)] = list(errors.values())
-    return new_image_predictions(predicted, confidence, ood_distance, ood_paper, ood_continuous).with_columns(
-        pl.Series("path", utf8_texts(source.paths), dtype=pl.String), pl.Series("error", error.tolist(), dtype=pl.String),
-    ).select("path", *PREDICTION_COLUMNS, "error")
+    predictions = new_image_predictions(predicted, confidence, ood_distance, ood_paper, ood_continuous)
+    # one constructor, no with_columns/select: those run on polars' pool, lost in a forked child
+    return pl.DataFrame([pl.Series("path", utf8_texts(source.paths), dtype=pl.String),
+                         *(predictions.get_column(name) for name in PREDICTION_COLUMNS),
+                         pl.Series("error", error.tolist(), dtype=pl.String)])
 
 
 OUTPUT_SUFFIXES = tuple(f".{table_format}" for table_format in TABLE_FORMATS)

@@ -157,7 +157,7 @@ def new_image_predictions(predicted: np.ndarray, confidence: np.ndarray, ood_dis
 
     # Set to null as the Series is made, not by fill_nan: that runs on polars' thread pool, which a
     # process forked after the pool started (multiprocessing's fork) waits on for ever.
-    scores = {name: pl.Series(name, np.asarray(values, dtype=np.float64), nan_to_null=True)
+    scores = {name: pl.Series(name, np.asarray(values), nan_to_null=True)
               for name, values in zip(PREDICTION_COLUMNS[1:], (confidence, ood_distance, ood_paper, ood_continuous))}
     return pl.DataFrame({"predicted": pl.Series(np.asarray(predicted, dtype=object).tolist(), dtype=pl.String),
                          **scores})
@@ -340,8 +340,9 @@ class FittedRun:
                                         and all(isinstance(name, str) for name in columns)):
             raise ParameterError(f"{{columns}} must be a list of column names, not {shown_value(columns)}")
         if self._predictions is not None:
-            return self._predictions if columns is None else self._predictions.select(
-                [name for name in columns if name in self._predictions.columns])
+            # by the constructor, not select: that runs on polars' pool (see new_image_predictions)
+            return self._predictions if columns is None else pl.DataFrame(
+                [self._predictions.get_column(name) for name in columns if name in self._predictions.columns])
         path = self.path / PREDICTIONS
         if not path.is_file():
             raise ZsfsError(f"{self.path} has no {PREDICTIONS}; is it a run folder written by `zsfs fit`?")

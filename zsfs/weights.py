@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from zsfs.errors import ModelLoadError, error_chain, one_line
-from zsfs.digests import checkpoint_sha256
+from zsfs.digests import unchanged_file_sha256
 from zsfs.store.schema import IMPORTED_WEIGHTS
 
 RANDOM = "random"
@@ -225,7 +225,7 @@ def weights_from_record(record: dict, what: str) -> str:
             f"at that path, or pass its new location with --{what.lower()}-weights PATH (its sha256 "
             "is checked against the store's record)."
         )
-    found = checkpoint_sha256(file)
+    found = unchanged_file_sha256(file)
     if found != record["sha256"]:  # the digests: to find the right copy among several (sha256sum)
         raise ModelLoadError(
             f"the {what} weights file {file} is not the one the store was built with (its sha256 is "
