@@ -316,6 +316,22 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
             call()
 
 
+def test_a_quoted_tilde_is_the_home_folder_in_every_path_option(tmp_path, monkeypatch):
+    """Walkthrough: `--out '~/t.h5'` (or `--out=~/t.h5`, which no shell expands) made a folder named "~"
+    in the current one, while the source's "~" was the home folder; `--store '~/x.h5'` did not exist."""
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    make_synthetic_store(home / "s.h5", 30, 3, seed=0, clip_dim=8, backbone_dim=8)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    fitted = run_cli("fit", "--store", "~/s.h5", "--k", "2", "--candidates", "4", "--out=~/runs/r")
+    assert fitted.exit_code == 0, fitted.output
+    assert (home / "runs" / "r" / "predictions.parquet").is_file() and list(work.iterdir()) == []
+    assert run_cli("info", "~/s.h5").exit_code == 0
+
+
 def test_pillow_warnings_stay_off_the_terminal(tmp_path):
     """Bug: a JPEG with a broken EXIF block printed Pillow's "UserWarning: Corrupt EXIF data"
     with a site-packages path and no file name, from the decoding workers too."""

@@ -456,8 +456,8 @@ def noting_made_folders(parameter: str) -> Callable[[Callable], Callable]:
 
 class GivenPath(click.Path):
     """``click.Path`` that refuses an empty argument: click reads "" as the current folder, so a
-    script's unset variable (``zsfs extract "$DIR"``) would run on whatever folder it runs in.
-    The type of every path argument and option."""
+    script's unset variable (``zsfs extract "$DIR"``) would run on whatever folder it runs in; and
+    reads a leading ``~`` as the home folder. The type of every path argument and option."""
 
     def __init__(self, *args, file_in_folder: str | None = None, **kwargs) -> None:
         """``file_in_folder``: a file name to suggest where a folder is given for a file."""
@@ -467,6 +467,10 @@ class GivenPath(click.Path):
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
         if isinstance(value, str) and value == "":  # " " is a name a folder can have
             self.fail("is empty (an unset shell variable?); give a path", param, ctx)
+        if isinstance(value, str) and value.startswith("~"):
+            # as the shell does where it can (`--out=~/x`, '~/x' quoted: it does not): a home folder for
+            # every path alike, not a folder named "~" made in the current one
+            value = os.path.expanduser(value)
         if self.file_in_folder and not self.dir_okay and isinstance(value, (str, os.PathLike)):
             text = os.fsdecode(value)
             # a trailing slash names a folder, there or not (`--out results/` would be a file "results")
