@@ -331,3 +331,23 @@ def test_info_lists_skipped_files_one_line_each_whatever_their_names(tmp_path):
     assert verified.exit_code == 0 and "no damage found" in verified.stderr and verified.stdout == listed.stdout
     assert "Verified: 1 shard against its recorded checksums, 1 vocabulary, no neighbour graph" in \
         " ".join(verified.stderr.split())  # counted, not "1 shard(s)"
+
+
+def test_a_locale_that_reads_file_names_as_ascii_or_latin1_is_refused_with_the_fix(tmp_path):
+    """Walkthrough: under LC_ALL=C PYTHONUTF8=0 (or a Latin-1 locale) a folder "café" became the label
+    "cafÃ©" (Latin-1) and UTF-8 paths from a list "corrupt image data" (ASCII), in silence."""
+    import subprocess
+    import sys
+
+    (tmp_path / "café").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "café" / "a.png")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"}
+    code = ("import sys; from zsfs.cli import main; from zsfs.predict import image_inputs\n"
+            "try:\n    image_inputs([sys.argv[1]])\nexcept Exception as error:\n    print(type(error).__name__, error)\n"
+            "main(['extract', sys.argv[1], '--out', sys.argv[2], *sys.argv[3:]])")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(tmp_path / "s.h5"), *TINY_MODEL_ARGS],
+                          capture_output=True, text=True, env=env, timeout=120)
+    said = "this Python reads file names as ascii, not UTF-8"
+    assert done.returncode == 1 and done.stdout.startswith(f"ZsfsError {said}"), done.stdout + done.stderr
+    assert said in done.stderr and "Set PYTHONUTF8=1" in " ".join(done.stderr.split()), done.stderr
+    assert not (tmp_path / "s.h5").exists()

@@ -24,6 +24,24 @@ def name_bytes(name: str | bytes) -> bytes:
     return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
 
 
+def check_utf8_file_names() -> None:
+    """ZsfsError where this Python decodes file names with another encoding than UTF-8 (a Latin-1
+    or ASCII locale without Python's UTF-8 mode): a folder ``café`` would become the label
+    ``cafÃ©``, and a UTF-8 path read from a list could not be opened at all (walkthrough: both
+    went on in silence, the second as "corrupt image data"). Names that are not UTF-8 are kept as
+    they are in UTF-8 mode too."""
+    import sys
+
+    from zsfs.errors import ZsfsError
+
+    encoding = sys.getfilesystemencoding()
+    if encoding.lower().replace("-", "").replace("_", "") != "utf8":
+        raise ZsfsError(f"this Python reads file names as {encoding}, not UTF-8 (the locale's encoding): "
+                        "non-ASCII names would become wrong labels and paths. Set PYTHONUTF8=1 (Python's UTF-8 "
+                        "mode) or a UTF-8 locale such as C.UTF-8, and rerun; names that are not UTF-8 are kept "
+                        "byte for byte either way")
+
+
 def utf8_text(name: str) -> str:
     """``name`` as valid UTF-8 text: undecodable bytes written as ``\\xNN`` (lossy, for display)."""
     return name_bytes(name).decode("utf-8", "backslashreplace")

@@ -22,7 +22,7 @@ from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import embedded_images
 from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
 from zsfs.models import load_backbone_from_record
-from zsfs.names import repeated, utf8_texts
+from zsfs.names import check_utf8_file_names, repeated, utf8_texts
 from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
 from zsfs.runs import PREDICTION_COLUMNS, FittedRun, load_run, new_image_predictions, refuse_run_file
 from zsfs.sources import LIST_SUFFIXES, ImageSource, NoImagesError, given_path, open_source
@@ -51,6 +51,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
     Paths are kept as the user wrote them (relative to the working directory), so the
     output names each image the way it was asked for.
     """
+    check_utf8_file_names()
     if isinstance(inputs, (str, os.PathLike)):  # one path, not its characters
         inputs = [inputs]
     if isinstance(inputs, (bytes, bytearray)) or not isinstance(inputs, Iterable):  # bytes: read as numbers

@@ -22,7 +22,8 @@ from PIL import Image
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError
-from zsfs.names import check_class_names, counted, refuse_unseen_characters, repeated, some_names, utf8_text, utf8_texts
+from zsfs.names import (check_class_names, check_utf8_file_names, counted, refuse_unseen_characters, repeated,
+                        some_names, utf8_text, utf8_texts)
 from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar,
                        is_tar_pattern, list_tars, resolve_tars, tar_shards_in)
 
@@ -190,6 +191,7 @@ def open_source(source: str | Path) -> ImageSource:
     ``label``. Relative paths are relative to the list file's folder.
     Tars: paths are ``<tar>::<member>``, read in place (see ``zsfs.tars``); no labels.
     """
+    check_utf8_file_names()
     source = given_path(source, "image source")
     if is_tar_pattern(source):
         root, tars = resolve_tars(source)
