@@ -430,6 +430,18 @@ def test_the_default_run_folder_is_named_after_store_vocabulary_k_and_time(tmp_p
     long = default_run_dir(Path("stores/photos.h5"), "\u00e9" * 3000, 8)
     assert long.name == "photos-" + "\u00e9" * 45 + "-k8-20260102-030405" and len(os.fsencode(long.name)) <= 200
     long.mkdir()
+    # walkthrough: fits started together took one name; the later ones failed with "another zsfs process
+    # (pid ...) is writing runs/...": a name another process is filling is taken too
+    writing = subprocess.Popen([sys.executable, "-c", "import sys, time; from zsfs.outputs import new_folder\n"
+                                "with new_folder(sys.argv[1]):\n    print('filling', flush=True); time.sleep(60)",
+                                str(tmp_path / "runs" / "photos-pets-k8-20260102-030405-4")],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert writing.stdout.readline().strip() == "filling"
+        assert default_run_dir(Path("stores/photos.h5"), "pets", 8).name == "photos-pets-k8-20260102-030405-5"
+    finally:
+        writing.kill()
+        writing.wait()
 
 
 # `zsfs fit` in a child process, its run folder's config.json written only after a file

@@ -45,6 +45,12 @@ def check_new_folder(path: str | Path) -> None:
                                 "(results are never overwritten)")
 
 
+def folder_taken(path: str | Path) -> bool:
+    """Whether :func:`check_new_folder` would refuse ``path``: it exists (a link to nothing too),
+    or another process of this host is filling it."""
+    return os.path.lexists(path) or _writer_of(Path(path).absolute()) is not None
+
+
 def _writer_of(path: Path) -> int | None:
     """The pid of another live process of this host whose :func:`new_folder` is filling ``path`` now."""
     try:

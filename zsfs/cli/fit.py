@@ -32,15 +32,19 @@ RUN_NAME_BYTES = 200
 
 
 def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
-    """``runs/<store>-<vocab>-k<k>-<UTC time>``, with a counter if that exists already; a store or
-    vocabulary name too long for a folder name is cut (a 3,000-character vocabulary name failed
-    with "name too long" for a name the user never chose)."""
+    """``runs/<store>-<vocab>-k<k>-<UTC time>``, with a counter if that is taken already (there, or
+    being written by another fit: walkthrough, fits started together in one second failed with
+    "another zsfs process is writing"); a store or vocabulary name too long for a folder name is
+    cut (a 3,000-character vocabulary name failed with "name too long" for a name the user never
+    chose)."""
+    from zsfs.outputs import folder_taken
+
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     tail = f"-k{k}-{stamp}"
     room = (RUN_NAME_BYTES - len(tail) - 1) // 2  # bytes for each of the two names
     base = Path("runs") / f"{_cut(store.stem, room)}-{_cut(vocabulary, room)}{tail}"
     candidate, n = base, 1
-    while candidate.exists():
+    while folder_taken(candidate):
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
