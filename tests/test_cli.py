@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -687,3 +689,20 @@ def test_the_edges_of_what_errors_say():
     escaped: list[str] = []
     assert _as_json_text({"x/y~\udcff": ["ok", "z\udce9"]}, escaped=escaped) == {"x/y~\\xff": ["ok", "z\\xe9"]}
     assert escaped == ["/x~1y~0\\xff", "/x~1y~0\\xff/1"]
+
+
+def test_a_standard_stream_closed_at_the_start_drops_messages_or_fails_the_asked_for_output(tmp_path):
+    """Walkthrough: with stderr closed (`2>&-`) every command exited 1 in silence and fit wrote no run
+    (Python makes a closed stream None); with stdout closed, `info --json` exited 0 with the JSON lost
+    and predict --json printed a traceback."""
+    import shlex
+
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s.h5", 30, 3, seed=0, clip_dim=8, backbone_dim=8)
+    zsfs = f"{shlex.quote(sys.executable)} -m zsfs"
+    fitted = subprocess.run(["bash", "-c", f"{zsfs} fit --store {store} --k 2 --candidates 4 --out {tmp_path / 'run'} "
+                                           "2>&-"], capture_output=True, text=True, timeout=300)
+    assert fitted.returncode == 0 and (tmp_path / "run" / "predictions.parquet").is_file(), fitted.stdout
+    info = subprocess.run(["bash", "-c", f"{zsfs} info {store} --json >&-"], capture_output=True, text=True, timeout=300)
+    assert info.returncode == 1 and info.stderr.strip() == "Error: Bad file descriptor (stdout is closed)", info.stderr

@@ -6,6 +6,10 @@ command is also a plain function call for notebooks and tests.
 
 from __future__ import annotations
 
+import errno
+import io
+import sys
+
 import click
 
 from zsfs import __version__
@@ -27,11 +31,36 @@ def main() -> None:
 
 
 def run() -> None:
-    """The ``zsfs`` program (its entry point): :func:`main`, then a stop during Python's shutdown ignored."""
+    """The ``zsfs`` program (its entry point): :func:`main`, then a stop during Python's shutdown ignored.
+
+    A standard stream closed at the start (``2>&-``, ``>&-``) is None to Python, and every write to
+    it an AttributeError: a closed stderr drops the progress and messages and the work is done
+    (it stopped every command, silently); a closed stdout fails the write of what was asked for
+    there (--json), as a shell's own commands do ("Bad file descriptor")."""
+    import os
+
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
     try:
         main()
     finally:
         ignore_late_stops()
+
+
+class _ClosedStdout(io.TextIOBase):
+    """What a command writes to a stdout closed at the start: the system's EBADF error."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "Bad file descriptor (stdout is closed)")
+
+    @property
+    def buffer(self) -> "_ClosedStdout":
+        return self
 
 
 def _register() -> None:
