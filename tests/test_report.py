@@ -934,3 +934,20 @@ def test_a_read_only_page_is_not_replaced(photo_run, tmp_path):
     said = " ".join(output_text(result).split())
     assert result.exit_code == 1 and f"cannot write the report {kept}: it is read-only" in said, said
     assert kept.read_text() == "precious"
+
+
+def test_a_read_only_run_folder_is_told_to_put_the_page_elsewhere_with_out(photo_run, tmp_path):
+    """Walkthrough: `zsfs report RUN` on a run folder the user cannot write said "choose another
+    location" without naming --out FILE.html (fit names --out RUN_DIR)."""
+    from zsfs.testing.privileges import run_python_unprivileged
+
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    run.chmod(0o555)
+    try:
+        done = run_python_unprivileged(f"from zsfs.cli import main; main(['report', {str(run)!r}])")
+    finally:
+        run.chmod(0o755)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and f"cannot write the report {run / 'report.html'}: {run} is not writable" in said, said
+    assert "choose another location with --out FILE.html" in said and not (run / "report.html").exists()

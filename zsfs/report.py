@@ -66,7 +66,8 @@ def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = Non
     run = load_run(run_dir)
     out = Path(run_dir) / REPORT if out is None else Path(out)
     check_report_path(out)
-    check_writable(written_file(out), "report")  # before the rendering, with the message every command gives
+    # before the rendering, with the message every command gives, and the way around a read-only run folder
+    check_writable(written_file(out), "report", "choose another location with --out FILE.html")
     refuse_read_only_file(out, "report")
     page, missing = _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed,
                             max_pixels=max_pixels, out=None if out == Path(run_dir) / REPORT else out)
