@@ -4,6 +4,7 @@ errors and Ctrl-C are one clear line, and bad options fail before any work is do
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -706,3 +707,30 @@ def test_a_standard_stream_closed_at_the_start_drops_messages_or_fails_the_asked
     assert fitted.returncode == 0 and (tmp_path / "run" / "predictions.parquet").is_file(), fitted.stdout
     info = subprocess.run(["bash", "-c", f"{zsfs} info {store} --json >&-"], capture_output=True, text=True, timeout=300)
     assert info.returncode == 1 and info.stderr.strip() == "Error: Bad file descriptor (stdout is closed)", info.stderr
+
+
+def test_a_dumb_terminal_gets_the_progress_lines_a_log_gets(tmp_path):
+    """Walkthrough: under TERM=dumb (an Emacs shell, an IDE console) rich draws no spinner or bar, and
+    a long extract or fit showed nothing until its end; it now prints the lines a log file gets."""
+    import pty
+
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s.h5", 30, 3, seed=0, clip_dim=8, backbone_dim=8)
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "zsfs", "fit", "--store", str(store), "--k", "2", "--candidates",
+                                "4", "--out", str(tmp_path / "run")], stdin=follower, stdout=follower, stderr=follower,
+                               env={**os.environ, "TERM": "dumb", "COLUMNS": "200"}, close_fds=True)
+    os.close(follower)
+    said = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's last writer has gone
+            break
+        if not chunk:
+            break
+        said += chunk
+    os.close(leader)
+    assert process.wait(timeout=300) == 0, said.decode(errors="replace")
+    assert b"fit: saving the run..." in said, said.decode(errors="replace")

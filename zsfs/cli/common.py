@@ -35,10 +35,16 @@ class _MessagesConsole(Console):
     messages, not the command (rich's default sent stdout to /dev/null and exited 1, so a bench
     or a fit lost its finished results to a closed progress pipe)."""
 
+    @property
+    def animates(self) -> bool:
+        """Whether spinners and bars show: a terminal, but not a dumb one (TERM=dumb: an Emacs shell,
+        an IDE's console), where rich draws none and a long run showed nothing until its end."""
+        return self.is_terminal and not self.is_dumb_terminal
+
     def status(self, status, *, logged: bool = False, **kwargs):
-        """rich's spinner; where no terminal shows one, a :class:`_LoggedStatus` if ``logged`` (a long
+        """rich's spinner; where none shows, a :class:`_LoggedStatus` if ``logged`` (a long
         silent set-up; work that logs its own lines leaves it off)."""
-        if logged and not self.is_terminal:
+        if logged and not self.animates:
             return _LoggedStatus(self, status)
         return super().status(status, **kwargs)
 
@@ -551,7 +557,7 @@ def image_progress(description: str, unit: str = "img",
     its singular, where it differs: "1 class to do"). Where stderr is no terminal, lines instead
     (:func:`_logged_progress`).
     """
-    if not console.is_terminal:
+    if not console.animates:
         with _logged_progress(description, unit, one) as hooks:
             yield hooks
         return

@@ -186,7 +186,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
         reserved = new_folder(run_dir) if run_dir is not None else nullcontext()
         with reserved as folder, console.status(f"{fitting}...") as status:
             def on_phase(name: str) -> None:  # a spinner on a terminal; a line each in a log (Slurm, nohup)
-                if console.is_terminal:
+                if console.animates:
                     status.update(f"{fitting}: {name}...")
                 else:
                     console.print(f"fit: {name}...", markup=False)

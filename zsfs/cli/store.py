@@ -102,7 +102,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
             written += rows
             last = written >= total
             said = f"{written:,} of {total:,} rows written" + ("; building the index and the master" if last else "")
-            if console.is_terminal:  # a spinner; lines in a log (Slurm, nohup), where it looked hung
+            if console.animates:  # a spinner; lines in a log (Slurm, nohup), where it looked hung
                 status.update(f"Importing embeddings: {said}")
             elif last or time.monotonic() - logged_at >= LOG_SECONDS:  # the index and master take minutes at scale
                 status.stop()  # its own lines from here on
