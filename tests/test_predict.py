@@ -755,3 +755,17 @@ def test_images_are_predicted_in_a_child_forked_after_polars_ran_and_scores_keep
     exitcode, said = json.loads(done.stdout)
     assert exitcode == 0 and said == [True, ["predicted", "confidence"], "Float32"], done.stderr[-2000:]
     assert fitted["fit"].schema["confidence"] == pl.Float32
+
+
+def test_on_a_narrow_terminal_the_figures_give_way_to_the_path_and_its_label(capsys, monkeypatch):
+    """Walkthrough: at 50 columns predict's path column was one character wide and the label's none."""
+    from zsfs.cli.common import console
+    from zsfs.cli.predict import _table
+
+    monkeypatch.setattr(console, "_width", 50)
+    frame = pl.DataFrame({"path": ["photos/cat/0001.jpg"], "predicted": ["tabby cat"], "confidence": [0.5],
+                          "ood_distance": [0.25], "ood_paper": [0.0], "error": [None]})
+    console.print(_table(frame))
+    rows = [line for line in capsys.readouterr().err.splitlines() if line.startswith("│")]
+    cells = "".join(row.split("│")[1].strip() for row in rows), "".join(row.split("│")[2].strip() for row in rows)
+    assert cells == ("photos/cat/0001.jpg", "tabby cat"), rows

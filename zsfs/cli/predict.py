@@ -97,10 +97,12 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
 
 def _table(frame) -> Table:
     table = Table(title="zsfs predict" + (f" (first {SHOWN_ROWS} of {frame.height})" if frame.height > SHOWN_ROWS else ""))
-    table.add_column("path", overflow="fold")  # the path is what identifies the row: never cut it
-    table.add_column("predicted")
+    # On a narrow terminal the figures give way first: the path and its label are what a row is for
+    # (at 50 columns the path was one character wide and the label none).
+    table.add_column("path", overflow="fold", min_width=16)  # the path is what identifies the row: never cut it
+    table.add_column("predicted", overflow="fold", min_width=10)
     for column in ("confidence", "OOD distance", "OOD (paper)"):
-        table.add_column(column, justify="right", no_wrap=True)
+        table.add_column(column, justify="right", overflow="ellipsis")
     for row in frame.head(SHOWN_ROWS).iter_rows(named=True):
         if row["error"] is not None:  # "skipped:": a bare "truncated file" read like a class name
             table.add_row(shown(row["path"]), f"[red]skipped: {shown(row['error'])}[/]", "-", "-", "-")
