@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import re
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import zsfs
 from zsfs.store import write_vocabulary
 from zsfs.testing.cli import output_text, run_cli
+from zsfs.testing.forks import run_forked_child
 from zsfs.testing.synthetic import make_synthetic_store
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python.md"
@@ -340,7 +340,7 @@ def test_a_config_refuses_each_value_no_fit_takes(wrong, message):
 
 
 FORKED_FIT = """
-import json, multiprocessing, os, sys, numpy as np, zsfs
+import os, sys, numpy as np, zsfs
 store, runs = sys.argv[1], sys.argv[2]
 features = np.eye(16, dtype=np.float32)
 run = zsfs.fit(store, k=4, candidates=20)  # the parent's thread pools run: torch's, polars'
@@ -353,12 +353,6 @@ def child(queue):
         run.save(runs + "/child")
     except zsfs.ZsfsError as error:
         queue.put([predicted, str(error), os.path.exists(runs + "/child")])
-queue = multiprocessing.Queue()
-process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
-process.start()
-process.join(90)
-print(json.dumps([process.exitcode, queue.get(timeout=1) if process.exitcode == 0 else None]))
-process.kill()
 """
 
 
@@ -368,17 +362,17 @@ def test_a_fit_in_a_child_forked_after_a_fit_finishes_and_a_save_there_says_why_
     FittedRun.predict once the parent had predicted (polars' fill_nan, on polars' pool), and
     run.save there still does (polars writes on that pool): it is refused, before any file."""
     store_path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=0, clip_dim=16, backbone_dim=16)
-    done = subprocess.run([sys.executable, "-c", FORKED_FIT, str(store_path), str(tmp_path)], capture_output=True,
-                          text=True, timeout=300)
-    exitcode, (predicted, message, saved) = json.loads(done.stdout)
-    assert exitcode == 0 and predicted == 316 and not saved, done.stderr[-2000:]
+    exitcode, said, stderr = run_forked_child(FORKED_FIT, str(store_path), str(tmp_path))
+    assert exitcode == 0, stderr[-2000:]
+    predicted, message, saved = said
+    assert predicted == 316 and not saved
     assert message.startswith(f"cannot write {tmp_path}/") and "after polars started its threads" in message
     assert 'multiprocessing.get_context("spawn")' in message
     assert zsfs.load_run(tmp_path / "parent").predictions.height == 300
 
 
 FORKED_WRITE = """
-import multiprocessing, sys, polars as pl, zsfs
+import sys, polars as pl, zsfs
 frame = pl.DataFrame({"a": range(1000)}).sort("a", descending=True)  # the caller's own polars work: its pool runs
 def child(queue):
     from zsfs.outputs import write_table  # zsfs' modules first imported here, after the fork
@@ -386,22 +380,15 @@ def child(queue):
         write_table(frame, sys.argv[1])
     except zsfs.ZsfsError as error:
         queue.put(str(error))
-queue = multiprocessing.Queue()
-process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
-process.start()
-process.join(30)
-print(process.exitcode, queue.get(timeout=1) if process.exitcode == 0 else None)
-process.kill()
 """
 
 
 def test_a_child_forked_after_the_callers_own_polars_work_is_refused_a_table_write_not_left_waiting(tmp_path):
     """Review: the fork hook was registered only when a zsfs stage first ran, so a parent that had
     used polars itself and imported zsfs forked a child whose table write hung; `import zsfs` sets it."""
-    done = subprocess.run([sys.executable, "-c", FORKED_WRITE, str(tmp_path / "t.parquet")], capture_output=True,
-                          text=True, timeout=120)
-    assert done.stdout.startswith(f"0 cannot write {tmp_path / 't.parquet'} in this process: it was forked"), \
-        done.stdout + done.stderr[-2000:]
+    exitcode, said, stderr = run_forked_child(FORKED_WRITE, str(tmp_path / "t.parquet"), timeout=30)
+    assert exitcode == 0 and said.startswith(f"cannot write {tmp_path / 't.parquet'} in this process: it was forked"), \
+        stderr[-2000:]
     assert not (tmp_path / "t.parquet").exists()
 
 

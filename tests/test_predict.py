@@ -24,6 +24,7 @@ from zsfs.store import Store
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.failures import run_zsfs
+from zsfs.testing.forks import run_forked_child
 from zsfs.testing.hooks import CRASH_VARIABLE
 from zsfs.testing.models import TINY_MODELS
 
@@ -729,7 +730,7 @@ def test_on_cpu_the_model_threads_follow_extracts_rule(fitted, monkeypatch):
 
 
 FORKED_PREDICT = """
-import json, multiprocessing, sys, zsfs
+import sys, zsfs
 run_dir, photos = sys.argv[1], sys.argv[2]
 run = zsfs.load_run(run_dir)
 mine = run.predict_images([photos], workers=0)  # polars' pool runs in this parent
@@ -737,12 +738,6 @@ def child(queue):
     theirs = run.predict_images([photos], workers=0)
     columns = run.read_predictions(["predicted", "confidence"])
     queue.put([theirs.equals(mine), columns.columns, str(theirs.schema["confidence"])])
-queue = multiprocessing.Queue()
-process = multiprocessing.get_context("fork").Process(target=child, args=(queue,))
-process.start()
-process.join(60)
-print(json.dumps([process.exitcode, queue.get(timeout=1) if process.exitcode == 0 else None]))
-process.kill()
 """
 
 
@@ -750,10 +745,8 @@ def test_images_are_predicted_in_a_child_forked_after_polars_ran_and_scores_keep
     """Review: predict_images put its table together with polars' with_columns and select, which wait
     for ever on a pool a forked child does not have (the docs say such a child predicts); and the
     scores had become Float64, so a CSV of them read 0.30000001192092896."""
-    done = subprocess.run([sys.executable, "-c", FORKED_PREDICT, str(fitted["run"]), str(fitted["photos"]["root"])],
-                          capture_output=True, text=True, timeout=300)
-    exitcode, said = json.loads(done.stdout)
-    assert exitcode == 0 and said == [True, ["predicted", "confidence"], "Float32"], done.stderr[-2000:]
+    exitcode, said, stderr = run_forked_child(FORKED_PREDICT, str(fitted["run"]), str(fitted["photos"]["root"]))
+    assert exitcode == 0 and said == [True, ["predicted", "confidence"], "Float32"], stderr[-2000:]
     assert fitted["fit"].schema["confidence"] == pl.Float32
 
 
