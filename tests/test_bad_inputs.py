@@ -330,6 +330,9 @@ def test_a_quoted_tilde_is_the_home_folder_in_every_path_option(tmp_path, monkey
     assert fitted.exit_code == 0, fitted.output
     assert (home / "runs" / "r" / "predictions.parquet").is_file() and list(work.iterdir()) == []
     assert run_cli("info", "~/s.h5").exit_code == 0
+    # review: only ~ and ~/ are the home folder: '~root/s.h5' is a folder named ~root here, not /root's
+    make_synthetic_store(work / "~root" / "s.h5", 30, 3, seed=0, clip_dim=8, backbone_dim=8)
+    assert run_cli("info", "~root/s.h5").exit_code == 0
 
 
 def test_pillow_warnings_stay_off_the_terminal(tmp_path):

@@ -707,6 +707,15 @@ def test_a_standard_stream_closed_at_the_start_drops_messages_or_fails_the_asked
     assert fitted.returncode == 0 and (tmp_path / "run" / "predictions.parquet").is_file(), fitted.stdout
     info = subprocess.run(["bash", "-c", f"{zsfs} info {store} --json >&-"], capture_output=True, text=True, timeout=300)
     assert info.returncode == 1 and info.stderr.strip() == "Error: Bad file descriptor (stdout is closed)", info.stderr
+    # review: click writes --version before any command runs (it was a traceback)
+    version = subprocess.run(["bash", "-c", f"{zsfs} --version >&-"], capture_output=True, text=True, timeout=300)
+    assert version.returncode == 1 and version.stderr.strip() == "Error: Bad file descriptor (stdout is closed)"
+    # review: the closed descriptors were left free, so the first file a command opened became its stderr
+    first_file = tmp_path / "first-file-descriptor"
+    opens = (f"import os, zsfs.cli; zsfs.cli.main = lambda: open({str(first_file)!r}, 'w').write("
+             "str(os.open(os.devnull, os.O_RDONLY))); zsfs.cli.run()")
+    subprocess.run(["bash", "-c", f"exec 1>&- 2>&-; {shlex.quote(sys.executable)} -c {shlex.quote(opens)}"], timeout=300)
+    assert int(first_file.read_text()) > 2
 
 
 def test_a_dumb_terminal_gets_the_progress_lines_a_log_gets(tmp_path):

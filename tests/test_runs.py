@@ -442,6 +442,12 @@ def test_the_default_run_folder_is_named_after_store_vocabulary_k_and_time(tmp_p
     finally:
         writing.kill()
         writing.wait()
+    # review: a writer whose cut temporary name matched every counter made the search spin for ever
+    monkeypatch.setattr(zsfs.cli.fit, "MAX_RUN_COUNTER", 5)
+    for n in (4, 5):
+        (tmp_path / "runs" / f"photos-pets-k8-20260102-030405-{n}").mkdir()
+    with pytest.raises(ZsfsError, match=r"030405 to runs/photos-pets-k8-20260102-030405-5 are all taken or being written; choose a folder with --out RUN_DIR"):
+        default_run_dir(Path("stores/photos.h5"), "pets", 8)
 
 
 # `zsfs fit` in a child process, its run folder's config.json written only after a file

@@ -24,22 +24,34 @@ def name_bytes(name: str | bytes) -> bytes:
     return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
 
 
-def check_utf8_file_names() -> None:
+def check_utf8_file_names(paths: Iterable[str]) -> None:
     """ZsfsError where this Python decodes file names with another encoding than UTF-8 (a Latin-1
-    or ASCII locale without Python's UTF-8 mode): a folder ``café`` would become the label
-    ``cafÃ©``, and a UTF-8 path read from a list could not be opened at all (walkthrough: both
-    went on in silence, the second as "corrupt image data"). Names that are not UTF-8 are kept as
-    they are in UTF-8 mode too."""
+    or ASCII locale without Python's UTF-8 mode) and one of ``paths`` is UTF-8 beyond ASCII: a
+    folder ``café`` would become the label ``cafÃ©``, and a UTF-8 path read from a list could not
+    be opened at all (walkthrough: both went on in silence, the second as "corrupt image data").
+    Names in the locale's own encoding (Latin-1 names under a Latin-1 locale) are read as before."""
     import sys
 
     from zsfs.errors import ZsfsError
 
     encoding = sys.getfilesystemencoding()
-    if encoding.lower().replace("-", "").replace("_", "") != "utf8":
-        raise ZsfsError(f"this Python reads file names as {encoding}, not UTF-8 (the locale's encoding): "
-                        "non-ASCII names would become wrong labels and paths. Set PYTHONUTF8=1 (Python's UTF-8 "
-                        "mode) or a UTF-8 locale such as C.UTF-8, and rerun; names that are not UTF-8 are kept "
-                        "byte for byte either way")
+    if encoding.lower().replace("-", "").replace("_", "") == "utf8":
+        return
+    for path in paths:
+        try:
+            raw = os.fsencode(path)
+        except UnicodeEncodeError:  # read from a list as UTF-8 text, which this encoding cannot write
+            raw = path.encode("utf-8", "surrogateescape")
+        if raw.isascii():
+            continue
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:  # the locale's own encoding, or none: read as it is
+            continue
+        raise ZsfsError(f"this Python reads file names as {encoding}, not UTF-8 (the locale's encoding), and "
+                        f"{visible(utf8_text(raw.decode('utf-8')))} is UTF-8: its labels and paths would come out "
+                        "wrong. Set PYTHONUTF8=1 (Python's UTF-8 mode) or a UTF-8 locale such as C.UTF-8, and "
+                        "rerun; names that are not UTF-8 are kept byte for byte either way")
 
 
 def utf8_text(name: str) -> str:

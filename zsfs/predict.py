@@ -51,7 +51,6 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
     Paths are kept as the user wrote them (relative to the working directory), so the
     output names each image the way it was asked for.
     """
-    check_utf8_file_names()
     if isinstance(inputs, (str, os.PathLike)):  # one path, not its characters
         inputs = [inputs]
     if isinstance(inputs, (bytes, bytearray)) or not isinstance(inputs, Iterable):  # bytes: read as numbers
@@ -110,6 +109,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
     if named_members:
         rows = np.asarray(named_members)
         listed.append((rows, locate_members([paths[row] for row in rows], Path.cwd())))
+    check_utf8_file_names(paths)
     return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable,
                        members=merged_members(len(paths), listed), repeated_paths=repeated(paths))
 

@@ -191,7 +191,12 @@ def open_source(source: str | Path) -> ImageSource:
     ``label``. Relative paths are relative to the list file's folder.
     Tars: paths are ``<tar>::<member>``, read in place (see ``zsfs.tars``); no labels.
     """
-    check_utf8_file_names()
+    listing = _listing(source)
+    check_utf8_file_names(listing.paths)
+    return listing
+
+
+def _listing(source: str | Path) -> ImageSource:
     source = given_path(source, "image source")
     if is_tar_pattern(source):
         root, tars = resolve_tars(source)

@@ -39,12 +39,25 @@ def run() -> None:
     there (--json), as a shell's own commands do ("Bad file descriptor")."""
     import os
 
+    for descriptor in (0, 1, 2):  # the system's too: the first file opened would get the number, and C
+        try:                      # libraries' and child processes' writes to it would land in that file
+            os.fstat(descriptor)
+        except OSError:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            if devnull != descriptor:
+                os.dup2(devnull, descriptor)
+                os.close(devnull)
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     if sys.stdout is None:
         sys.stdout = _ClosedStdout()
     try:
         main()
+    except OSError as error:  # click's own --help and --version text, written before any command runs
+        if error.errno != errno.EBADF or not isinstance(sys.stdout, _ClosedStdout):
+            raise
+        print(f"Error: {error.strerror}", file=sys.stderr)
+        sys.exit(1)
     finally:
         ignore_late_stops()
 

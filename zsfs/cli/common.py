@@ -473,7 +473,7 @@ class GivenPath(click.Path):
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
         if isinstance(value, str) and value == "":  # " " is a name a folder can have
             self.fail("is empty (an unset shell variable?); give a path", param, ctx)
-        if isinstance(value, str) and value.startswith("~"):
+        if isinstance(value, str) and (value == "~" or value.startswith("~/")):  # not ~user: ~backup is a name too
             # as the shell does where it can (`--out=~/x`, '~/x' quoted: it does not): a home folder for
             # every path alike, not a folder named "~" made in the current one
             value = os.path.expanduser(value)

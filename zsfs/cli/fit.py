@@ -27,6 +27,8 @@ PARAMETERS = ("method", "keep_all_classes", "k", "candidates", "neighbours", "pr
               "precision", "ivf_neighbours")
 
 
+MAX_RUN_COUNTER = 1000
+"""The highest counter of a default run folder's name (fits started in one second)."""
 RUN_NAME_BYTES = 200
 """The longest default run folder name before its counter: file systems allow 255 bytes a name."""
 
@@ -46,6 +48,8 @@ def default_run_dir(store: Path, vocabulary: str, k: int) -> Path:
     candidate, n = base, 1
     while folder_taken(candidate):
         n += 1
+        if n > MAX_RUN_COUNTER:  # a writer whose cut temporary name matches them all (a long host name)
+            raise ZsfsError(f"{base} to {candidate} are all taken or being written; choose a folder with --out RUN_DIR")
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
 
