@@ -24,7 +24,7 @@ from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
 from zsfs.models import load_backbone_from_record
 from zsfs.names import check_utf8_file_names, repeated, utf8_texts
 from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
-from zsfs.runs import PREDICTION_COLUMNS, FittedRun, load_run, new_image_predictions, refuse_run_file
+from zsfs.runs import FittedRun, load_run, new_image_predictions, refuse_run_file
 from zsfs.sources import LIST_SUFFIXES, ImageSource, NoImagesError, given_path, open_source
 from zsfs.store.rows import usable_rows
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
@@ -208,8 +208,7 @@ def predict_images(
     error[list(errors)] = list(errors.values())
     predictions = new_image_predictions(predicted, confidence, ood_distance, ood_paper, ood_continuous)
     # one constructor, no with_columns/select: those run on polars' pool, lost in a forked child
-    return pl.DataFrame([pl.Series("path", utf8_texts(source.paths), dtype=pl.String),
-                         *(predictions.get_column(name) for name in PREDICTION_COLUMNS),
+    return pl.DataFrame([pl.Series("path", utf8_texts(source.paths), dtype=pl.String), *predictions.get_columns(),
                          pl.Series("error", error.tolist(), dtype=pl.String)])
 
 

@@ -54,7 +54,6 @@ def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = Non
     not be shown (an empty gallery should be no surprise)."""
     _check_options(images, per_class, ood_images, seed, max_pixels)
     check_callbacks(on_missing_images=on_missing_images)
-    check_polars_usable("render a report")
     if isinstance(run_dir, FittedRun):  # what zsfs.fit returns: its saved folder
         if run_dir.path is None:
             raise ParameterError("{run_dir} is a run not saved yet: save it first (run.save(folder)), or render its "
@@ -100,7 +99,6 @@ def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | Non
     image of another format not shown.
     """
     _check_options(images, per_class, ood_images, seed, max_pixels)
-    check_polars_usable("render a report")
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     return _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed,
                    max_pixels=max_pixels)[0]
@@ -112,6 +110,7 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
     writes to ``out``, None: the run folder's page)."""
     import polars as pl
 
+    check_polars_usable("render a report")  # a page is sorted and grouped on polars' pool
     frame = run.read_predictions(COLUMNS).with_row_index(ROW)  # predictions are in store order
     classes = run.classes
     shown_classes = len(classes) - len(run.config.get("absent_classes") or [])  # absent ones have no gallery
