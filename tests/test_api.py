@@ -149,7 +149,7 @@ def test_front_doors_document_and_check_their_own_arguments(tmp_path):
 def test_the_other_functions_refuse_unknown_and_missing_arguments_as_parameter_errors(tmp_path):
     """Review: docs/python.md says unknown or missing arguments raise ParameterError; outside the front
     doors they raised Python's TypeError, which `except zsfs.ZsfsError` misses."""
-    from zsfs.extract import add_vocabulary
+    from zsfs.vocabulary import add_vocabulary
     from zsfs.importer import import_store
     from zsfs.oodbench import ood_bench
     from zsfs.runs import FittedRun
@@ -240,7 +240,7 @@ def test_the_writers_and_the_benchmark_check_their_arguments_before_any_work(tmp
     add_vocabulary(overwrite="no") replaced a vocabulary ("no" is true); shard_size=0, a list of
     vocabularies, ood_bench(store, 2.0, ...) or a dict config, report(images=missing folder)
     ended in a ValueError, AttributeError or TypeError from deep inside, or a page of 'not found'."""
-    from zsfs.extract import add_vocabulary
+    from zsfs.vocabulary import add_vocabulary
     from zsfs.importer import import_store
     from zsfs.oodbench import ood_bench
 

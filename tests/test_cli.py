@@ -333,9 +333,9 @@ def test_text_runs_where_device_says(tmp_path):
 
 
 def test_text_message_shows_names_verbatim(tmp_path, monkeypatch):
-    import zsfs.extract
+    import zsfs.vocabulary
 
-    monkeypatch.setattr(zsfs.extract, "add_vocabulary", lambda *args, **kwargs: ["[a]", "b"])
+    monkeypatch.setattr(zsfs.vocabulary, "add_vocabulary", lambda *args, **kwargs: ["[a]", "b"])
     monkeypatch.chdir(tmp_path)
     result = run_cli("text", "s[/x].h5", "--classes", "c.txt", "--name", "[pets]")
     assert result.exit_code == 0, result.output

@@ -1316,9 +1316,11 @@ def test_a_rerun_on_a_finished_store_refuses_what_a_first_run_refuses(tmp_path, 
     classes.write_text("Cat\ncat\n")
     given = run_cli(*args, "--classes", classes)
     assert given.exit_code == 1 and "CLIP reads 1 pair of class names as the same tokens" in output_text(given)
-    import zsfs.models
+    import zsfs.models.backbone
+    import zsfs.models.clip
 
-    monkeypatch.setattr(zsfs.models, "init_fingerprint", lambda model: "initialised otherwise")
+    for loader in (zsfs.models.clip, zsfs.models.backbone):
+        monkeypatch.setattr(loader, "init_fingerprint", lambda model: "initialised otherwise")
     other = run_cli(*args)
     assert other.exit_code == 1 and "--overwrite" in output_text(other), output_text(other)
 
@@ -1438,7 +1440,8 @@ def test_a_store_built_by_name_is_judged_by_the_weights_asked_for_not_by_files_n
     with them by name"."""
     from dataclasses import replace
 
-    from zsfs.extract import EmbedSettings, _other_weights_by_name, _recorded_by_name
+    from zsfs.extract import EmbedSettings
+    from zsfs.resume import other_weights_by_name, recorded_by_name
     from zsfs.store.arrays import write_store
 
     rows = np.eye(4, dtype=np.float32)
@@ -1450,22 +1453,22 @@ def test_a_store_built_by_name_is_judged_by_the_weights_asked_for_not_by_files_n
     for name in ("default", "openai", "laion2b_s34b_b79k"):
         Path(name).write_bytes(b"not weights")
     same = EmbedSettings("ViT-B-32", "openai", TINY_BACKBONE, "default", "cpu", "fp32", 8, 0, 10**6)
-    assert _other_weights_by_name(master, same) == "" and _recorded_by_name(master, same) == ("clip", "backbone")
+    assert other_weights_by_name(master, same) == "" and recorded_by_name(master, same) == ("clip", "backbone")
     other_tag = replace(same, clip_weights="laion2b_s34b_b79k")
-    assert _other_weights_by_name(master, other_tag) == (
+    assert other_weights_by_name(master, other_tag) == (
         "built with the CLIP weights ViT-B-32 / openai, this run asks for ViT-B-32 / laion2b_s34b_b79k; pass "
         "--clip-weights openai to resume or update it, or --overwrite to replace it")
-    assert _recorded_by_name(master, other_tag) == ("backbone",)  # its download failing is no by-name case
+    assert recorded_by_name(master, other_tag) == ("backbone",)  # its download failing is no by-name case
     a_file = replace(same, backbone_weights=str(tmp_path / "default"))
-    assert _other_weights_by_name(master, a_file).startswith(
+    assert other_weights_by_name(master, a_file).startswith(
         "built with the backbone weights test_vit / default, loaded by that name, and this run passes a file "
-        "(--backbone-weights)") and "point HF_HOME at" in _other_weights_by_name(master, a_file)
+        "(--backbone-weights)") and "point HF_HOME at" in other_weights_by_name(master, a_file)
     # review: weights timm downloads from a URL are cached by torch; HF_HOME does not hold them
     url_only = write_store(tmp_path / "u.h5", clip=rows, backbone=rows, paths=[f"{i}.png" for i in range(4)],
                            clip_info={"name": "ViT-B-32", "weights": "openai"},
                            backbone_info={"name": "gcvit_base.in1k", "weights": "default", "output": "pre_logits"},
                            source="/data/images")
-    said = _other_weights_by_name(url_only, replace(a_file, backbone="gcvit_base.in1k"))
+    said = other_weights_by_name(url_only, replace(a_file, backbone="gcvit_base.in1k"))
     assert "drop --backbone-weights, or pass --overwrite to replace the store. Without a network, copy gcvit_base" in \
         said and "timm's cache folder" in said and "HF_HOME" not in said, said
 

@@ -20,7 +20,6 @@ from torchvision import transforms
 from zsfs.digests import unchanged_file_sha256
 from zsfs.errors import ModelLoadError
 from zsfs.models import (
-    MAX_ASPECT_RATIO,
     by_name_only,
     encode_vocabulary,
     keeps_clip_head,
@@ -32,6 +31,7 @@ from zsfs.models import (
     within_aspect_ratio,
     worker_transform,
 )
+from zsfs.models.encoders import MAX_ASPECT_RATIO
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, cache_default_backbone_weights
 from zsfs.testing.privileges import run_python_unprivileged
@@ -530,7 +530,7 @@ def test_weights_timm_downloads_from_a_url_are_cached_by_torch_and_the_advice_sa
     Hugging Face cache, which timm never reads for it."""
     from timm.models import get_pretrained_cfg
 
-    from zsfs.models import _timm_cache_advice
+    from zsfs.models.backbone import _timm_cache_advice
 
     url_only = get_pretrained_cfg("gcvit_base.in1k", allow_unregistered=True)
     assert url_only.url and not url_only.hf_hub_id
@@ -636,7 +636,7 @@ def test_clip_image_towers_keep_their_head(monkeypatch):
     assert not keeps_clip_head("vit_base_patch16_clip_224.openai_ft_in1k", "openai_ft_in1k")  # a classifier
     assert not keeps_clip_head("vit_base_patch16_clip_224", "laion2b_ft_in12k_in1k")  # the default tag
     assert not keeps_clip_head("vit_base_patch16_224.augreg_in21k", "augreg_in21k")
-    monkeypatch.setattr("zsfs.models.BACKBONE_HEAD_MARKER", "test_")  # make the tiny model a "CLIP tower"
+    monkeypatch.setattr("zsfs.models.backbone.BACKBONE_HEAD_MARKER", "test_")  # make the tiny model a "CLIP tower"
     headed = load_backbone(TINY_BACKBONE, "random")
     assert (headed.record["output"], headed.record["dim"]) == ("head", 1000)
     assert_normalised(headed.encode_images(pixels_for(headed, 2)), (2, 1000))
@@ -795,7 +795,7 @@ def test_openai_tag_gets_quick_gelu(monkeypatch):
         seen.update(kwargs, arch=arch)
         raise KeyboardInterrupt  # stop before building a real ViT-B/32
 
-    monkeypatch.setattr("zsfs.models._download_clip_tag", lambda arch, tag: None)
+    monkeypatch.setattr("zsfs.models.clip._download_clip_tag", lambda arch, tag: None)
     monkeypatch.setattr(open_clip, "create_model_and_transforms", capture)
     with pytest.raises(KeyboardInterrupt):
         load_clip("ViT-B-32", "openai")

@@ -956,7 +956,7 @@ def test_neighbours_and_text_hold_the_store_while_they_work(store):
     """Bug: another writer could take the store during a long neighbour search (or text
     embedding), and the search, finished, was thrown away at its end ("another zsfs process is
     writing"). Now the other writer is the one refused, at once."""
-    from zsfs.extract import add_vocabulary
+    from zsfs.vocabulary import add_vocabulary
     from zsfs.neighbours import add_neighbour_graph
 
     heard = []

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from zsfs.errors import ParameterError
-from zsfs.extract import add_vocabulary, extract
+from zsfs.extract import extract
+from zsfs.vocabulary import add_vocabulary
 from zsfs.models import encode_vocabulary, load_clip
 from zsfs.store.reader import Store
 from zsfs.testing.cli import output_text, run_cli

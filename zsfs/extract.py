@@ -1,7 +1,8 @@
 """Stage 1: an image source -> both models -> a sharded store (resumable).
 
 The decode/embed pipeline lives in ``zsfs.embedding``; this module plans the work per shard,
-writes the store and its vocabulary, and reports what it did. Batches never cross shard
+writes the store and its vocabulary (``zsfs.vocabulary``), and reports what it did; whether an
+existing store is the one this run would write is ``zsfs.resume``'s question. Batches never cross shard
 boundaries: a resumed run computes exactly the batches an uninterrupted run would,
 so its store has the same content. Only shards the writer reports as pending are computed.
 
@@ -27,24 +28,23 @@ from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import Batch, embedded_images
 from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
-                         check_parameter_type, check_path_type, checked_arguments, shown_value)
-from zsfs.models import (backbone_as_recorded, by_name_only, clip_architecture, clip_as_recorded, clip_tokenizer,
-                         encode_vocabulary, load_backbone, load_clip, load_clip_from_record, offline_advice,
-                         same_text_to_clip, weights_kind)
-from zsfs.names import (as_argument, check_class_names, counted, pairs_text, reasons_text, refuse_unseen_characters,
-                        some_names, visible)
-from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.sources import SUFFIXES_ADDED, ImageSource, open_source, read_class_file
-from zsfs.store.extras import (check_vocabulary_name, refuse_other_classes, write_planned_vocabularies,
-                               write_vocabulary)
-from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_update, check_store_writable, disk_error,
-                              names_beside, store_lock, written_elsewhere)
-from zsfs.store.reader import Store, check_store_or_path
-from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, IMPORTED_WEIGHTS, shard_dir, vocabulary_file
+                         check_parameter_type, check_path_type)
+from zsfs.models import (by_name_only, clip_tokenizer, encode_vocabulary, load_backbone, load_clip, same_text_to_clip,
+                         weights_kind)
+from zsfs.names import as_argument, check_class_names, reasons_text, some_names, visible
+from zsfs.resume import (as_identified, budget_identity, finished_as_requested, new_suffixes_explain,
+                         other_model_names, other_weights_by_name, recorded_by_name, store_identity)
+from zsfs.sources import ImageSource, open_source
+from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_planned_vocabularies
+from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_writable, names_beside, store_lock,
+                              written_elsewhere)
+from zsfs.store.reader import Store
+from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.rows import usable_rows
 from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
                                refuse_another_listing, refuse_replacing_another_file)
-from zsfs.weights import FILE, RANDOM, check_same_weights, refuse_imported, relocated
+from zsfs.vocabulary import checked_classes, refuse_same_text_to_clip, save_vocabulary
+from zsfs.weights import FILE, check_same_weights
 from zsfs.writable import check_writable, refuse_input_as_output
 
 DEFAULT_BATCH_SIZE = 64
@@ -125,42 +125,6 @@ def absolute_model_files(models: Mapping[str, str]) -> dict[str, str]:
         if weights_kind(role, models[name], models[weights]) == FILE:
             absolute[weights] = os.path.abspath(os.path.expanduser(models[weights]))
     return absolute
-
-
-def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict, *, dtype: str,
-                   max_pixels: int, earlier: dict | None = None) -> dict:
-    """What makes shards interchangeable: same listing, same models and weights, same layout,
-    same pixel budget (it decides which images are skipped, and at which scale large JPEGs are read).
-    ``earlier``: the identity the store being resumed records, if any."""
-    earlier = earlier or {}
-    return {
-        "source": str(source.location),
-        "listing_sha256": source.digest(),
-        "clip": _model_identity(clip_record, earlier.get("clip")),
-        "backbone": _model_identity(backbone_record, earlier.get("backbone")),
-        "dtype": dtype,  # the writer adds n_items and shard_size
-        **_budget_identity(max_pixels),
-    }
-
-
-def _budget_identity(max_pixels: int) -> dict:
-    # Only a budget other than the default is recorded: stores built before it was recorded match.
-    return {} if max_pixels == DEFAULT_MAX_PIXELS else {"max_pixels": max_pixels}
-
-
-def _model_identity(record: dict, earlier: dict | None) -> dict:
-    # A weights file may move between runs; its sha256 (kept) is what identifies it. A store built
-    # before a tag's weights were fingerprinted (2026-12-03) resumes without the fingerprint.
-    old_store = isinstance(earlier, dict) and "weights_fingerprint" not in earlier
-    return {key: value for key, value in record.items()
-            if key != "file" and not (old_store and key == "weights_fingerprint")}
-
-
-def _as_identified(record: dict, identity: dict) -> dict:
-    """The model record a master keeps: no fingerprint that its store's identity lacks (an older
-    store resumed: its first shards were embedded with weights of unknown values)."""
-    return record if "weights_fingerprint" in identity else {
-        key: value for key, value in record.items() if key != "weights_fingerprint"}
 
 
 def position_batches(start: int, stop: int, batch_size: int) -> list[range]:
@@ -330,7 +294,7 @@ def extract(
         check_ray_plan(ray, device, ray_workers)
     settings = EmbedSettings(clip_model, clip_weights, backbone, backbone_weights, device, precision, batch_size,
                              workers, max_pixels)
-    given_classes = _given_classes(classes)  # a bad class file fails before a long listing
+    given_classes = checked_classes(classes)  # a bad class file fails before a long listing
     image_source = open_source(source)
     fix = "choose another location" if out is not None else \
         "the store goes to the working folder unless given one: choose another location with --out PATH"
@@ -373,19 +337,19 @@ def extract(
         try:
             refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
                                          "n_items": len(image_source.paths), "shard_size": shard_size, "dtype": dtype,
-                                         "max_pixels": _budget_identity(max_pixels).get("max_pixels")})
+                                         "max_pixels": budget_identity(max_pixels).get("max_pixels")})
         except StoreMismatchError as error:
             # said together: a resume fixed for one failed on the other
-            models = _other_model_names(out, settings) or _other_weights_by_name(out, settings)
-            raise _new_suffixes_explain(StoreMismatchError(f"{error}{'; and it was ' + models if models else ''}"),
-                                        out, image_source) from None
-        models = _other_model_names(out, settings) or _other_weights_by_name(out, settings)
+            models = other_model_names(out, settings) or other_weights_by_name(out, settings)
+            raise new_suffixes_explain(StoreMismatchError(f"{error}{'; and it was ' + models if models else ''}"),
+                                       out, image_source) from None
+        models = other_model_names(out, settings) or other_weights_by_name(out, settings)
         if models:
             raise StoreMismatchError(f"{out if out.is_file() else shard_dir(out)} was {models}")
     if class_names and not overwrite:
         refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
 
-    recorded = _finished_as_requested(out, settings, image_source, shard_size=shard_size, dtype=dtype) \
+    recorded = finished_as_requested(out, settings, image_source, shard_size=shard_size, dtype=dtype) \
         if rerun and not overwrite else None
     vocabulary = None if recorded is None else _missing_vocabulary(out, image_source, vocab_name, class_names)
     if recorded is not None and not (vocabulary and ray is not None):  # (Ray: a worker's GPU embeds the vocabulary)
@@ -401,13 +365,13 @@ def extract(
                 if on_start is not None:
                     on_start(0)
                 single, ensemble = encode_vocabulary(clip, vocabulary)
-                _write_vocabulary(out, vocab_name, vocabulary, single, ensemble, overwrite=True, identity=recorded)
+                save_vocabulary(out, vocab_name, vocabulary, single, ensemble, overwrite=True, identity=recorded)
         elif on_start is not None:
             on_start(0)
         return _summary(out, image_source, started, vocabulary=vocab_name if class_names else None,
                         classes=class_names, read_as_one=read_as_one)
 
-    by_name = () if overwrite else _recorded_by_name(out, settings)
+    by_name = () if overwrite else recorded_by_name(out, settings)
     with by_name_only(f"{out} was started with them by name", by_name), \
             _embedder(settings, image_source, ray, ray_workers) as embedder:
         read_as_one = embedder.same_text_to_clip(class_names) if class_names else []
@@ -433,8 +397,8 @@ def extract(
             embedding_seconds = time.perf_counter() - embedding_started
             writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
 
-            records = {"clip": _as_identified(clip_record, writer.identity["clip"]),
-                       "backbone": _as_identified(backbone_record, writer.identity["backbone"])}
+            records = {"clip": as_identified(clip_record, writer.identity["clip"]),
+                       "backbone": as_identified(backbone_record, writer.identity["backbone"])}
             # written below, after the master: a stop between is then named, not silent
             write_planned_vocabularies(writer.shards_dir, writer.identity, [vocab_name] if class_names else [],
                                        "zsfs extract")
@@ -444,7 +408,7 @@ def extract(
             vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)
             if vocabulary:
                 single, ensemble = embedder.encode_vocabulary(vocabulary)
-                _write_vocabulary(writer.master, vocab_name, vocabulary, single, ensemble, overwrite=True,
+                save_vocabulary(writer.master, vocab_name, vocabulary, single, ensemble, overwrite=True,
                                   identity=writer.identity)
             shards_redone = embedder.shards_redone
             set_aside = {image_source.paths[index]: embedder.set_aside[index] for index in sorted(embedder.set_aside)}
@@ -506,7 +470,7 @@ def _already_done(master: Path, settings: EmbedSettings, source: ImageSource, *,
     if source.merged_labels or written_elsewhere(master):  # (a writer's lock is read, not taken)
         return None
     try:
-        recorded = _finished_as_requested(master, settings, source, shard_size=shard_size, dtype=dtype, lock=False)
+        recorded = finished_as_requested(master, settings, source, shard_size=shard_size, dtype=dtype, lock=False)
         if recorded is None or _missing_vocabulary(master, source, vocab_name, classes):  # (its classes too)
             return None
     except (ZsfsError, OSError):
@@ -515,107 +479,6 @@ def _already_done(master: Path, settings: EmbedSettings, source: ImageSource, *,
     read_as_one = same_text_to_clip(clip_tokenizer(settings.clip_model), classes) if classes else []
     return _summary(master, source, started, vocabulary=vocab_name if classes else None, classes=classes,
                     read_as_one=read_as_one)
-
-
-def _finished_as_requested(master: Path, settings: EmbedSettings, source: ImageSource, *, shard_size: int,
-                           dtype: str, lock: bool = True) -> dict | None:
-    """The identity of the existing store ``master`` when it already holds every image this run
-    would embed, as these models would (every shard whole, a current master), judged without
-    loading a model; None otherwise (the run then checks and writes as a first run does)."""
-    recorded = recorded_identity(master)
-    if not master.is_file() or not recorded:
-        return None
-    requested = store_identity(source, {}, {}, dtype=dtype, max_pixels=settings.max_pixels)
-    requested.update(n_items=len(source.paths), shard_size=shard_size)
-    if set(recorded) != set(requested) or any(recorded[key] != value for key, value in requested.items()
-                                              if key not in ("clip", "backbone")):
-        return None
-    if not (clip_as_recorded(settings.clip_model, settings.clip_weights, recorded["clip"] or {})
-            and backbone_as_recorded(settings.backbone, settings.backbone_weights, recorded["backbone"] or {})):
-        return None
-    with StoreWriter(master, recorded, n_items=len(source.paths), shard_size=shard_size, dtype=dtype,
-                     lock=lock) as writer:
-        return recorded if writer.is_complete() else None
-
-
-def _recorded_by_name(master: Path, settings: EmbedSettings) -> tuple[str, ...]:
-    """The models (``"clip"``, ``"backbone"``) that the store, or its first run's shards, loaded by the
-    pretrained name this run asks for too: the run must load them so again, not from a file."""
-    recorded = recorded_identity(master)
-    return tuple(role for role in ("clip", "backbone") if _by_name(recorded.get(role))
-                 and recorded[role]["weights"] == settings.model(role)[1])
-
-
-def _by_name(record: dict | None) -> bool:
-    """Whether a model record is of pretrained weights loaded by name (a tag), not a file, random
-    weights or imported embeddings."""
-    return (record or {}).get("weights") not in (None, FILE, RANDOM, IMPORTED_WEIGHTS)
-
-
-def _other_model_names(master: Path, settings: EmbedSettings) -> str:
-    """Before the models load: ``"built with MODELS, this run asks for ...; pass ..."`` when the
-    store (or its first run's shards) was built with other models, judged by name (the weights
-    are compared once loaded); "" otherwise. A resume without the model options, of a store built
-    with others, loaded (downloaded maybe) the default models only to be refused."""
-    recorded = recorded_identity(master)
-    built = {role: (recorded.get(role) or {}).get("name") for role in ("clip", "backbone")}
-    try:
-        requested = {"clip": clip_architecture(settings.clip_model), "backbone": settings.backbone}
-    except ZsfsError:  # a name no model has: loading says so
-        return ""
-    differing = [role for role in built if built[role] is not None and built[role] != requested[role]]
-    if not differing:
-        return ""
-    then = " and ".join(f"{'CLIP' if role == 'clip' else 'backbone'} {built[role]}" for role in differing)
-    now = " and ".join(f"{requested[role]}" for role in differing)
-    return (f"built with {then}, this run asks for {now}; pass the models it was built with to resume or update "
-            "it (--clip-model, --backbone), or --overwrite to replace it")
-
-
-def _other_weights_by_name(master: Path, settings: EmbedSettings) -> str:
-    """Before the models load: ``"built with the ... weights ..."`` when the store loaded a model by a
-    pretrained name and this run asks for a weights file (the store records a name, not a file's
-    sha256: a rerun must load it by name too) or, for CLIP, another tag; "" otherwise."""
-    recorded = recorded_identity(master)
-    for role in ("clip", "backbone"):
-        if not _by_name(recorded.get(role)):
-            continue
-        flag, named, built = f"--{role}-weights", "CLIP" if role == "clip" else "backbone", recorded[role]
-        name, asked = settings.model(role)
-        kind = weights_kind(role, name, asked)
-        if kind == FILE:
-            return (f"built with the {named} weights {built['name']} / {built['weights']}, loaded by that name, and "
-                    f"this run passes a file ({flag}): a store built so reloads them by name only, even where a file "
-                    f"holds the same values; drop {flag}, or pass --overwrite to replace the store. "
-                    f"{offline_advice(role, built['name'])}")
-        if kind == "tag" and asked != built["weights"]:
-            return (f"built with the {named} weights {built['name']} / {built['weights']}, this run asks for "
-                    f"{built['name']} / {asked}; pass {flag} {built['weights']} to resume or update it, or "
-                    "--overwrite to replace it")
-    return ""
-
-
-def _new_suffixes_explain(error: StoreMismatchError, master: Path, source: ImageSource) -> StoreMismatchError:
-    """``error``, or a clearer one when the store was built from this source as an earlier zsfs
-    listed it: without the suffixes scans take since ``SUFFIXES_ADDED``, or with the hidden
-    members of its tars (or those files came since)."""
-    recorded = recorded_identity(master).get("listing_sha256")
-    built = master if master.is_file() else shard_dir(master)  # a killed first run left only shards
-    with_hidden = source.digest_with_hidden_members()
-    if with_hidden is not None and recorded == with_hidden[0]:
-        return StoreMismatchError(
-            f"{built} was built with the {counted(with_hidden[1], 'hidden member')} (a name or folder starting with a dot, "
-            "such as macOS's ._photo.jpg) that these tars hold: zsfs leaves them out since December 2026, as a "
-            "folder scan leaves out hidden files. Pass --overwrite to embed the tars again without them, or keep "
-            "the store as it is")
-    earlier = source.digest_without_added_suffixes()
-    if earlier is None or recorded != earlier[0]:
-        return error
-    added = len(source.paths) - earlier[1]
-    return StoreMismatchError(
-        f"{built} was built without the {counted(added, 'file')} of {', '.join(sorted(SUFFIXES_ADDED))} that this "
-        "folder holds: zsfs reads these suffixes since December 2026 (or the files came since). Pass --overwrite to "
-        "embed the whole folder again with them, or extract them into a store of their own")
 
 
 def _embedder(settings: EmbedSettings, source: ImageSource, ray: str | None,
@@ -661,59 +524,6 @@ def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: li
     return processed
 
 
-@checked_arguments
-def add_vocabulary(
-    store: str | Path | Store,
-    classes: Sequence[str] | str | Path,
-    name: str,
-    *,
-    clip_weights: str | Path | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
-    on_start: Callable[[int], None] | None = None,
-    on_classes: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Embed class names with the CLIP model the store was built with; image data is untouched.
-
-    ``clip_weights``: the recorded weights file at a new location (its sha256 must match).
-    ``on_start(n)`` is called once the model is loaded with the number of classes,
-    ``on_classes(n)`` as classes are embedded (progress). ``store`` may be an open ``Store``,
-    as ``zsfs.fit`` takes one. Returns the class names written.
-    """
-    check_store_or_path("store", store)  # (Store's own check would name its "path")
-    store_path = store.path if isinstance(store, Store) else store
-    check_device(device)
-    check_parameter_type("name", name, str)
-    name = check_vocabulary_name(name)
-    check_parameter_type("overwrite", overwrite, bool)  # "no" is true: it would replace the vocabulary
-    with Store(store_path) as opened:
-        record, data_dir = dict(opened.clip_info), opened.data_dir
-        name = opened.stored_vocabulary_name(name)
-        if name in opened.vocabulary_names() and not overwrite:
-            raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
-                            "choose another --vocab or pass --overwrite to replace it")
-    refuse_imported(record, "CLIP")  # before the class file is checked: no class file can be embedded then
-    class_names = _given_classes(classes)
-    check_store_update(Path(store_path), data_dir, vocabulary_file(data_dir, name))
-    with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
-        clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device, store=store_path)
-        refuse_same_text_to_clip(same_text_to_clip(clip.tokenizer, class_names))
-        if on_start is not None:
-            on_start(len(class_names))
-        single, ensemble = encode_vocabulary(clip, class_names, on_classes=on_classes)
-        _write_vocabulary(Path(store_path), name, class_names, single, ensemble, overwrite=overwrite)
-    return class_names
-
-
-def refuse_same_text_to_clip(pairs: list[tuple[str, str]]) -> None:
-    """A ``ZsfsError`` naming the class names CLIP reads as the same text (see ``same_text_to_clip``)."""
-    if pairs:
-        raise ZsfsError(f"CLIP reads {counted(len(pairs), 'pair')} of class names as the same tokens (its tokenizer "
-                        f"ignores case, spacing and the Unicode form, and cuts long texts): "
-                        f"{pairs_text(pairs, 10, with_count=False)}. It gives each pair one embedding and cannot tell "
-                        "their images apart: list each class once.")
-
-
 def default_output(location: Path) -> Path:
     """``photos/`` -> ``./photos.h5``; ``list.csv`` -> ``./list.h5``; ``laion/{00000..00099}.tar``
     -> ``./laion.h5`` (a folder named ``cats{2024}`` -> ``./cats{2024}.h5``)."""
@@ -721,33 +531,6 @@ def default_output(location: Path) -> Path:
     if "{" in location.name and not location.exists():  # a brace pattern names no file itself
         location = location.parent
     return Path.cwd() / (location.stem + ".h5" if location.is_file() else location.name + ".h5")
-
-
-def _write_vocabulary(master: Path, name: str, classes: list[str], single: np.ndarray, ensemble: np.ndarray, *,
-                      overwrite: bool, identity: dict | None = None) -> None:
-    try:
-        write_vocabulary(master, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
-                         n_templates=len(ENSEMBLE_TEMPLATES), overwrite=overwrite, identity=identity)
-    except OSError as error:
-        raise disk_error(error, f"vocabulary {name!r} into {master}") from error
-
-
-def _given_classes(classes: Sequence[str] | str | Path | None) -> list[str] | None:
-    """The class names given (a list, or a class file), checked; None when none were given."""
-    if classes is None:
-        return None
-    if isinstance(classes, (str, os.PathLike)):
-        return read_class_file(classes)
-    if not isinstance(classes, (list, tuple)) and not hasattr(classes, "tolist"):  # a number, bytes, a set...
-        raise ParameterError(f"{{classes}} must be a list of class names or a class file's path, not "
-                             f"{shown_value(classes)}")
-    classes = list(classes.tolist() if hasattr(classes, "tolist") else classes)
-    not_text = [name for name in classes if not isinstance(name, str)]
-    if not_text:  # None, b"red" and 3 became the classes "None", "b'red'" and "3"
-        raise ParameterError(f"{{classes}} must hold class names (str), not {shown_value(not_text[0])}")
-    classes = check_class_names([name.strip() for name in classes], "the classes given")  # as a class file's lines
-    refuse_unseen_characters(classes, "the classes given")
-    return classes
 
 
 def _check_options(*, precision: str, batch_size: int, workers: int | None, shard_size: int, dtype: str,

@@ -165,7 +165,7 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
     Example:
       zsfs text imagenet.h5 --classes animals.txt --vocab animals
     """
-    from zsfs.extract import add_vocabulary
+    from zsfs.vocabulary import add_vocabulary
 
     loading = console.status("Loading the CLIP model...", logged=True)
     with image_progress("class names", unit="classes", one="class") as (start_bar, on_classes):

@@ -1,0 +1,75 @@
+"""What loading either model shares: the identity a store compares, the errors and advice about
+pretrained weights that do not come or do not load, close names for a misspelt one."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Container, Iterator, Sequence
+
+from zsfs.errors import ModelLoadError, one_line
+from zsfs.weights import (HUB_CACHE_ADVICE, DamagedDownloadError, WeightsDownloadError, checkpoint_reason,
+                          unreadable_checkpoint)
+
+
+def as_identity(record: dict) -> dict:
+    """A model record as a store's identity holds it: JSON values, no file path. Random weights
+    are compared so, built: their values are their initialisation, which another torch, open_clip
+    or timm may make otherwise (tests and benchmarks use them; nothing is read or downloaded)."""
+    return json.loads(json.dumps({key: value for key, value in record.items() if key != "file"}))
+
+
+@contextmanager
+def by_name_only(why: str, roles: Container[str] = ("clip", "backbone")) -> Iterator[None]:
+    """Pretrained weights of the ``roles`` (``"clip"``, ``"backbone"``) that a store recorded by name
+    and that cannot be downloaded now: their error offers no file, which the store would refuse
+    (``why`` says which store); other errors pass as they are."""
+    try:
+        yield
+    except WeightsDownloadError as error:
+        if error.role not in roles:
+            raise
+        raise error.by_name_only(why) from None
+
+
+def pretrained_error(role: str, weights: str, hub_id: str | None, error: Exception,
+                      file_advice: str) -> ModelLoadError:
+    """Pretrained weights that were downloaded (or found in the cache) and did not load: a file
+    that cannot be read is a cut-short or damaged download; anything else is said as it is."""
+    import huggingface_hub.constants as hub
+
+    if not unreadable_checkpoint(error):
+        return ModelLoadError(f"cannot load the {weights}: {one_line(error)}")
+    where = (f"the folder {Path(hub.HF_HUB_CACHE) / ('models--' + hub_id.strip('/').split('@')[0].replace('/', '--'))}"
+             " of the Hugging Face cache" if hub_id else "the downloaded file from its cache")
+    return DamagedDownloadError(role, weights, checkpoint_reason(error), file_advice,
+                                f"if the download was cut short or damaged, delete {where} so that they are downloaded "
+                                "again (without a network: replace it with an intact copy from a machine that has them)")
+
+
+def hub_cache_advice() -> str:
+    """How to work offline from the Hugging Face cache; where HF_HOME names the cache's hub/ folder
+    itself (its models--* folders are there, and the hub looks in HF_HOME/hub), that slip first."""
+    import huggingface_hub.constants as hub
+
+    try:  # (a folder on the way that cannot be searched raises, on Python 3.11)
+        if Path(hub.HF_HUB_CACHE).is_dir() or not any(Path(hub.HF_HOME).glob("models--*")):
+            return HUB_CACHE_ADVICE
+    except OSError:
+        return HUB_CACHE_ADVICE
+    return (f"HF_HOME ({hub.HF_HOME}) holds the models--* folders itself: point HF_HOME at the folder above it, "
+            "or HF_HUB_CACHE at it.")
+
+
+def built_by_name(store: str | os.PathLike | None) -> str:
+    """Why weights reload by name only: the store (named where known) recorded them so."""
+    return f"the store{f' {os.fspath(store)}' if store else ''} was built with them by name"
+
+
+def close_names(name: str, candidates: Sequence[str]) -> str:
+    lower = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.6)
+    return f" (close names: {', '.join(lower[c] for c in close)})" if close else ""
