@@ -409,7 +409,8 @@ def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, im
 
 def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, images: Path | None,
                   extract_args: str, fit_args: str, splits: int, id_classes: int | None, dry_run: bool) -> None:
-    from zsfs.cli.common import console, say_error
+    from zsfs.cli.common import say_error
+    from zsfs.cli.console import console
 
     failed = []
     if "all" in datasets and len(datasets) > 1:

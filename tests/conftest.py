@@ -102,6 +102,6 @@ def offline(monkeypatch) -> None:
 @pytest.fixture(autouse=True)
 def unwrapped_messages(monkeypatch):
     """Long messages on one line, so that tests can match them whatever the terminal width."""
-    from zsfs.cli.common import console
+    from zsfs.cli.console import console
 
     monkeypatch.setattr(console, "soft_wrap", True)

@@ -245,14 +245,14 @@ def test_predict_refuses_an_unknown_out_suffix_before_any_work(tmp_path, monkeyp
 
 
 def test_extract_summary_shows_user_strings_verbatim_and_uses_the_common_progress(tmp_path, monkeypatch):
-    import zsfs.cli.common
+    import zsfs.cli.console
     import zsfs.cli.extract
     import zsfs.extract
 
     made = []
 
     def spy(description):
-        progress = zsfs.cli.common.image_progress(description)
+        progress = zsfs.cli.console.image_progress(description)
         made.append(progress)
         return progress
 
@@ -293,7 +293,7 @@ def test_extract_summary_shows_class_vocabulary_verbatim(tmp_path, monkeypatch):
 
 def test_extract_summary_lists_every_skip_reason_and_the_files_set_aside(tmp_path, monkeypatch):
     import zsfs.extract
-    from zsfs.cli.common import console
+    from zsfs.cli.console import console
     from zsfs.embedding import CRASHING_FILE, HUNG_FILE
     from zsfs.testing.cli import output_text
 
@@ -369,7 +369,7 @@ def test_info_tables_show_user_strings_verbatim(capsys):
 def test_info_tables_show_the_stores_counts(capsys, monkeypatch):
     """Each row of `zsfs info` is its own figure: images and skipped files apart, the labels past
     the tenth counted, the graph's k, each vocabulary's class count and first five classes."""
-    from zsfs.cli.common import console
+    from zsfs.cli.console import console
     from zsfs.cli.store import show_summary
 
     monkeypatch.setattr(console, "_width", 200)  # one line per row
@@ -628,7 +628,7 @@ def test_a_short_runs_bar_ends_with_its_rate():
     from rich.console import Console
     from rich.progress import Progress
 
-    from zsfs.cli.common import _ItemsPerSecond
+    from zsfs.cli.console import _ItemsPerSecond
 
     clock = [100.0]
     progress = Progress(console=Console(file=io.StringIO()), get_time=lambda: clock[0])
@@ -643,7 +643,7 @@ def test_a_short_runs_bar_ends_with_its_rate():
 
 def test_info_tables_show_long_paths_whole(capsys, monkeypatch):
     """Review: a source path longer than the terminal's column was cut ("…/hostile0/ph\\xf6…")."""
-    from zsfs.cli.common import console
+    from zsfs.cli.console import console
     from zsfs.cli.store import show_summary
 
     monkeypatch.setattr(console, "_width", 80)
@@ -660,7 +660,7 @@ def test_info_tables_show_long_paths_whole(capsys, monkeypatch):
 def test_info_names_a_stores_weights_file_and_a_backbones_timm_tag(capsys, monkeypatch):
     """Walkthrough: the Models table said "file" and not which, though `text` and `predict` need that
     file again; timm's "default" names another tag in another timm version."""
-    from zsfs.cli.common import console
+    from zsfs.cli.console import console
     from zsfs.cli.store import show_summary
 
     monkeypatch.setattr(console, "_width", 200)

@@ -941,9 +941,9 @@ def test_weights_files_give_the_in_memory_models_embeddings(photos, tmp_path):
 def test_progress_in_a_log_is_lines_while_the_work_runs_and_the_rate_of_the_images(photos, tmp_path, monkeypatch):
     """Review: with stderr in a file (nohup, Slurm), extract printed nothing while it ran, then one
     bar at the end with the last batch's rate ("100/100 27,804.6 img/s")."""
-    import zsfs.cli.common as common
+    import zsfs.cli.console as console
 
-    monkeypatch.setattr(common, "LOG_SECONDS", 0.0)  # a line after every batch
+    monkeypatch.setattr(console, "LOG_SECONDS", 0.0)  # a line after every batch
     result = run_cli("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
                      "--batch-size", "4")
     assert result.exit_code == 0, result.output

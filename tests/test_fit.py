@@ -726,7 +726,7 @@ def test_labels_spelled_decomposed_match_the_composed_class_names(tmp_path):
 def test_the_fit_summary_shows_the_runs_own_figures(tmp_path, monkeypatch):
     """Each row of the fit's summary table is the figure the run wrote: accuracies and AUROCs from
     metrics.json, flagged and paper-score counts from predictions.parquet, cycles from config.json."""
-    from zsfs.cli.common import console
+    from zsfs.cli.console import console
     from zsfs.evaluate import paper_score_counts
     from zsfs.evaluate import OOD_DETECTORS
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from zsfs.cli.common import console
+from zsfs.cli.console import console
 from zsfs.errors import ZsfsError
 from zsfs.evaluate import auroc, id_ood_splits
 from zsfs.fit.config import FitConfig

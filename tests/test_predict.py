@@ -752,7 +752,7 @@ def test_images_are_predicted_in_a_child_forked_after_polars_ran_and_scores_keep
 
 def test_on_a_narrow_terminal_the_figures_give_way_to_the_path_and_its_label(capsys, monkeypatch):
     """Walkthrough: at 50 columns predict's path column was one character wide and the label's none."""
-    from zsfs.cli.common import console
+    from zsfs.cli.console import console
     from zsfs.cli.predict import _table
 
     monkeypatch.setattr(console, "_width", 50)

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, console, image_progress, model_precision_option,
-                             note_a_borrowed_shards_folder, note_precision_off_cuda, noting_made_folders, resuming_line, shown,
-                             usage_check)
+from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, model_precision_option,
+                             note_a_borrowed_shards_folder, note_precision_off_cuda, noting_made_folders, usage_check)
+from zsfs.cli.console import console, image_progress, resuming_line, shown
 from zsfs.devices import DEVICES
 from zsfs.names import counted, pairs_text, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import

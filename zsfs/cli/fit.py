@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from zsfs.cli.common import (FiniteFloat, GivenPath, console, kept_if_interrupted, note_fit_options,
-                             noting_made_folders, shown, what_failed)
+from zsfs.cli.common import (FiniteFloat, GivenPath, kept_if_interrupted, note_fit_options, noting_made_folders,
+                             what_failed)
+from zsfs.cli.console import console, shown
 from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES, check_device
 from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import (LOG_SECONDS, OVERWRITING, GivenPath, console, image_progress, resuming_line,
-                             note_a_borrowed_shards_folder, note_emulated_bf16, noting_made_folders, shown)
+from zsfs.cli.common import (OVERWRITING, GivenPath, note_a_borrowed_shards_folder, note_emulated_bf16,
+                             noting_made_folders)
+from zsfs.cli.console import LOG_SECONDS, console, image_progress, resuming_line, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, reasons_text, some_names, utf8_text, visible
