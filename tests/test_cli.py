@@ -387,6 +387,21 @@ def test_info_tables_show_the_stores_counts(capsys, monkeypatch):
     assert "l10 (11)" not in err
 
 
+def test_info_cuts_long_class_and_label_names_in_its_previews(capsys, monkeypatch):
+    """Walkthrough: a 5,000-character class name from a class file filled a screen of `zsfs info`."""
+    from zsfs.cli.console import console
+    from zsfs.cli.store import PREVIEW_CHARACTERS, show_summary
+
+    monkeypatch.setattr(console, "_width", 200)
+    long_name = "x" * 5000
+    show_summary({**_store_summary(), "labels": {long_name: 3, "cat": 1}, "vocabularies": {"v": [long_name, "dog"]}},
+                 "`zsfs text ...`")
+    err = " ".join(capsys.readouterr().err.split())
+    cut = "x" * (PREVIEW_CHARACTERS - 1) + "…"
+    assert f"2 labels: {cut} (3); cat (1)" in err and f"│ v │ 2 │ {cut}; dog │" in err, err
+    assert "x" * PREVIEW_CHARACTERS not in err
+
+
 def test_the_precisions_the_cli_offers_are_the_ones_the_code_knows():
     """The CLI lists precisions before torch is imported (zsfs.devices); the dtype tables must agree."""
     from zsfs import devices, embedding

@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ParamSpec, TypeVar
 
+from zsfs.names import abbreviated
+
 P, R = ParamSpec("P"), TypeVar("R")
 
 
@@ -60,7 +62,7 @@ def shown_value(value: object) -> str:
     text = repr(value)
     if not isinstance(value, (str, os.PathLike)):
         text = " ".join(text.split())
-        text = text if len(text) <= 200 else text[:199] + "…"
+        text = abbreviated(text, 200)
     return literal(text)
 
 

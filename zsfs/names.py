@@ -234,6 +234,12 @@ def some_names(names: Sequence[str], limit: int, listed_in: str | None = None, *
             + (f"{separator}... ({more:,} more{where})" if more > 0 else ""))
 
 
+def abbreviated(text: str, limit: int) -> str:
+    """``text``, or its first ``limit - 1`` characters and "…" where it is longer: a long value in a
+    one-line preview (a 5,000-character class name filled a screen of ``zsfs info``)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def described_array(array: "np.ndarray") -> str:
     """``"an int64 array of shape (2,)"``: an array a user gave, as messages name it."""
     kind = str(array.dtype)

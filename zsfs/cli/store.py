@@ -16,7 +16,7 @@ from zsfs.cli.common import (OVERWRITING, GivenPath, note_a_borrowed_shards_fold
 from zsfs.cli.console import LOG_SECONDS, console, image_progress, resuming_line, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
-from zsfs.names import counted, reasons_text, some_names, utf8_text, visible
+from zsfs.names import abbreviated, counted, reasons_text, some_names, utf8_text, visible
 from zsfs.store import schema
 
 
@@ -257,10 +257,15 @@ def neighbours_command(store_path: Path, k: int | None, device: str, precision: 
     note_a_borrowed_shards_folder(store_path)
 
 
+PREVIEW_CHARACTERS = 60
+"""A label or class name in ``zsfs info``'s tables is cut after this many characters (``--json`` has it whole)."""
+
+
 def _labels_line(counts: dict[str, int]) -> str:
     """``3 labels: cat (10); dog (12); emu (1)``; the first 10 by name, then how many more ("; ":
     names may hold commas)."""
-    shown_counts = "; ".join(f"{name} ({count:,})" for name, count in list(counts.items())[:10])
+    shown_counts = "; ".join(f"{abbreviated(name, PREVIEW_CHARACTERS)} ({count:,})"
+                             for name, count in list(counts.items())[:10])
     more = f"; ... and {len(counts) - 10:,} more (`zsfs info --json` lists all)" if len(counts) > 10 else ""
     return f"{counted(len(counts), 'label')}: {shown_counts}{more}"
 
@@ -312,7 +317,8 @@ def show_summary(summary: dict, vocabulary_advice: str, unwritten_note: str = ""
             vocabularies.add_column(name, overflow="fold")
         for name, classes in summary["vocabularies"].items():
             vocabularies.add_row(shown(name), f"{len(classes):,}",
-                                 shown("; ".join(classes[:5]) + ("; ..." if len(classes) > 5 else "")))
+                                 shown("; ".join(abbreviated(name, PREVIEW_CHARACTERS) for name in classes[:5])
+                                       + ("; ..." if len(classes) > 5 else "")))
         console.print(vocabularies)
     elif not unwritten_note:
         readable = " readable" if summary.get("unreadable_vocabularies") else ""
