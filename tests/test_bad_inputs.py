@@ -58,12 +58,13 @@ def tripwires(monkeypatch):
     import zsfs.fit.run
     import zsfs.importer
     import zsfs.predict
+    import zsfs.vocabulary
 
     def tripped(*args, **kwargs):
         raise AssertionError("the work started before the bad input was refused")
 
     for module, name in ((zsfs.extract, "load_clip"), (zsfs.extract, "load_backbone"),
-                         (zsfs.extract, "load_clip_from_record"), (zsfs.fit.run, "fit_store"),
+                         (zsfs.vocabulary, "load_clip_from_record"), (zsfs.fit.run, "fit_store"),
                          (zsfs.predict, "load_backbone_from_record"), (zsfs.importer, "write_store")):
         monkeypatch.setattr(module, name, tripped)
 
