@@ -722,6 +722,13 @@ def test_a_standard_stream_closed_at_the_start_drops_messages_or_fails_the_asked
     assert fitted.returncode == 0 and (tmp_path / "run" / "predictions.parquet").is_file(), fitted.stdout
     info = subprocess.run(["bash", "-c", f"{zsfs} info {store} --json >&-"], capture_output=True, text=True, timeout=300)
     assert info.returncode == 1 and info.stderr.strip() == "Error: Bad file descriptor (stdout is closed)", info.stderr
+    # walkthrough: fit --json fitted (minutes on a large store), saved its run, then failed to print
+    json_fit = subprocess.run(["bash", "-c", f"{zsfs} fit --store {store} --k 2 --candidates 4 --out "
+                                             f"{tmp_path / 'json-run'} --json >&-"], capture_output=True, text=True,
+                              timeout=300)
+    assert json_fit.returncode == 1 and json_fit.stderr.strip() == "Error: Bad file descriptor (stdout is closed)", \
+        json_fit.stderr
+    assert not (tmp_path / "json-run").exists()  # refused before the work
     # review: click writes --version before any command runs (it was a traceback)
     version = subprocess.run(["bash", "-c", f"{zsfs} --version >&-"], capture_output=True, text=True, timeout=300)
     assert version.returncode == 1 and version.stderr.strip() == "Error: Bad file descriptor (stdout is closed)"

@@ -7,13 +7,13 @@ command is also a plain function call for notebooks and tests.
 from __future__ import annotations
 
 import errno
-import io
 import sys
 
 import click
 
 from zsfs import __version__
 from zsfs.cli.common import ZsfsGroup, ignore_late_stops
+from zsfs.cli.console import ClosedStdout
 
 
 @click.group(cls=ZsfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,30 +50,16 @@ def run() -> None:
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     if sys.stdout is None:
-        sys.stdout = _ClosedStdout()
+        sys.stdout = ClosedStdout()
     try:
         main()
     except OSError as error:  # click's own --help and --version text, written before any command runs
-        if error.errno != errno.EBADF or not isinstance(sys.stdout, _ClosedStdout):
+        if error.errno != errno.EBADF or not isinstance(sys.stdout, ClosedStdout):
             raise
         print(f"Error: {error.strerror}", file=sys.stderr)
         sys.exit(1)
     finally:
         ignore_late_stops()
-
-
-class _ClosedStdout(io.TextIOBase):
-    """What a command writes to a stdout closed at the start: the system's EBADF error."""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        raise OSError(errno.EBADF, "Bad file descriptor (stdout is closed)")
-
-    @property
-    def buffer(self) -> "_ClosedStdout":
-        return self
 
 
 def _register() -> None:

@@ -13,7 +13,7 @@ import click
 
 from zsfs.cli.common import (FiniteFloat, GivenPath, kept_if_interrupted, note_fit_options, noting_made_folders,
                              what_failed)
-from zsfs.cli.console import console, shown
+from zsfs.cli.console import console, prints_on_stdout, shown
 from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES, check_device
 from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES
@@ -118,8 +118,9 @@ def _cut(name: str, limit: int) -> str:
                                            "options still override it).")
 @click.option("--report", "with_report", is_flag=True,
               help="Also write report.html in the run folder (as `zsfs report RUN_DIR`).")
-@click.option("--json", "as_json", is_flag=True, help="Also print the run folder, metrics and phase times as JSON "
-                                                      "on stdout (every parameter is in the run's config.json).")
+@click.option("--json", "as_json", is_flag=True, callback=prints_on_stdout,
+              help="Also print the run folder, metrics and phase times as JSON on stdout (every parameter is in the "
+                   "run's config.json).")
 @noting_made_folders("run_dir")
 def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, paper: bool, fast: bool, as_json: bool,
                 with_report: bool, **options) -> None:

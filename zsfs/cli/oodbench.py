@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from zsfs.cli.common import GivenPath, kept_if_interrupted, note_fit_options, noting_made_folders
-from zsfs.cli.console import console, shown
+from zsfs.cli.console import console, prints_on_stdout, shown
 from zsfs.errors import ParameterError, shown_value
 from zsfs.names import counted, near_spellings, some_names
 
@@ -24,7 +24,7 @@ from zsfs.names import counted, near_spellings, some_names
 @click.option("--out", type=GivenPath(path_type=Path),  # an existing file: "already exists", as fit says
               help="Folder to create with metrics.json (must not exist) [default: write nothing].")
 @click.option("--vocab", "vocabulary", help="Vocabulary whose names match the labels [default: the store's only one].")
-@click.option("--json", "as_json", is_flag=True, help="Also print metrics.json to stdout.")
+@click.option("--json", "as_json", is_flag=True, callback=prints_on_stdout, help="Also print metrics.json to stdout.")
 @noting_made_folders("out")
 def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, vocabulary: str | None,
               as_json: bool, paper: bool, fast: bool, **fit_options) -> None:

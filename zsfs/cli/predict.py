@@ -10,7 +10,7 @@ from rich.table import Table
 
 from zsfs.cli.common import (GivenPath, MAX_PIXELS_OPTION, model_precision_option, note_precision_off_cuda,
                              noting_made_folders, usage_check)
-from zsfs.cli.console import console, image_progress, shown
+from zsfs.cli.console import console, image_progress, prints_on_stdout, shown
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, some_names
@@ -30,7 +30,8 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
               callback=usage_check("zsfs.predict", "check_predictions_path"),
               help="Write every prediction to a .csv, .parquet or .json file (replaced whole if it exists, unless "
                    "read-only).")
-@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON lines on stdout.")
+@click.option("--json", "as_json", is_flag=True, callback=prints_on_stdout,
+              help="Print the predictions as JSON lines on stdout.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the backbone runs (a clear error when torch sees no such device).")
 @model_precision_option("the backbone")

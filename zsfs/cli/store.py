@@ -13,7 +13,7 @@ import click
 
 from zsfs.cli.common import (OVERWRITING, GivenPath, note_a_borrowed_shards_folder, note_emulated_bf16,
                              noting_made_folders)
-from zsfs.cli.console import LOG_SECONDS, console, image_progress, resuming_line, shown
+from zsfs.cli.console import LOG_SECONDS, console, image_progress, prints_on_stdout, resuming_line, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import abbreviated, counted, reasons_text, some_names, utf8_text, visible
@@ -128,10 +128,10 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 
 @click.command("info", short_help="Show what a store holds: images, models, vocabularies.")
 @click.argument("store_path", metavar="STORE", type=GivenPath(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, callback=prints_on_stdout, help="Print the summary as JSON on stdout.")
 @click.option("--verify", is_flag=True,
               help="Also read every byte: shard checksums, every dataset's checksums, vocabularies, graph, index.")
-@click.option("--skipped", "list_skipped", is_flag=True,
+@click.option("--skipped", "list_skipped", is_flag=True, callback=prints_on_stdout,
               help="List the files extract skipped, one 'PATH<tab>REASON' line each on stdout, control characters "
                    "and undecodable bytes as \\xNN, a backslash as two (with --json: a 'skipped' list, each name as it "
                    "is, or so escaped and marked \"escaped\": true when it is not UTF-8 text).")
