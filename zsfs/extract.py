@@ -32,7 +32,7 @@ from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at
 from zsfs.models import (by_name_only, clip_tokenizer, encode_vocabulary, load_backbone, load_clip, same_text_to_clip,
                          weights_kind)
 from zsfs.names import as_argument, check_class_names, reasons_text, some_names, visible
-from zsfs.resume import (as_identified, budget_identity, finished_as_requested, new_suffixes_explain,
+from zsfs.resume import (budget_identity, finished_as_requested, master_model_record, new_suffixes_explain,
                          other_model_names, other_weights_by_name, recorded_by_name, store_identity)
 from zsfs.sources import ImageSource, open_source
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_planned_vocabularies
@@ -397,8 +397,8 @@ def extract(
             embedding_seconds = time.perf_counter() - embedding_started
             writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
 
-            records = {"clip": as_identified(clip_record, writer.identity["clip"]),
-                       "backbone": as_identified(backbone_record, writer.identity["backbone"])}
+            records = {"clip": master_model_record(clip_record, writer.identity["clip"]),
+                       "backbone": master_model_record(backbone_record, writer.identity["backbone"])}
             # written below, after the master: a stop between is then named, not silent
             write_planned_vocabularies(writer.shards_dir, writer.identity, [vocab_name] if class_names else [],
                                        "zsfs extract")
@@ -409,7 +409,7 @@ def extract(
             if vocabulary:
                 single, ensemble = embedder.encode_vocabulary(vocabulary)
                 save_vocabulary(writer.master, vocab_name, vocabulary, single, ensemble, overwrite=True,
-                                  identity=writer.identity)
+                                identity=writer.identity)
             shards_redone = embedder.shards_redone
             set_aside = {image_source.paths[index]: embedder.set_aside[index] for index in sorted(embedder.set_aside)}
     return _summary(writer.master, image_source, started, vocabulary=vocab_name if class_names else None,

@@ -1,9 +1,11 @@
-"""File names as the operating system gives them: bytes, which need not be UTF-8.
+"""Names: file names as the operating system gives them, class names, and the text messages make
+of them (counts, lists cut short, long values abbreviated).
 
-Python hands undecodable bytes over as lone surrogates (PEP 383, ``surrogateescape``), so a
-``str`` path from ``os.walk`` always reopens its file. The store keeps each name's exact bytes
-(:func:`name_bytes`); outputs that must be valid UTF-8 text (parquet, CSV, JSON, class names
-derived from folder names) get :func:`utf8_text`, which writes each undecodable byte as ``\\xNN``.
+File names are bytes, which need not be UTF-8. Python hands undecodable bytes over as lone
+surrogates (PEP 383, ``surrogateescape``), so a ``str`` path from ``os.walk`` always reopens its
+file. The store keeps each name's exact bytes (:func:`name_bytes`); outputs that must be valid
+UTF-8 text (parquet, CSV, JSON, class names derived from folder names) get :func:`utf8_text`,
+which writes each undecodable byte as ``\\xNN``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""An extract run over an existing store: the identity that makes its shards interchangeable with
-the ones this run would write (same listing, models, weights, layout and pixel budget), whether the
-store is already finished as asked, and, where it is not the same, which models or weights it was
-built with, said before any model loads (a resume that named other models loaded, and maybe
-downloaded, the defaults only to be refused)."""
+"""What identifies a store's shards, and an extract run over an existing store.
+
+The identity that makes shards interchangeable with the ones a run would write (same listing,
+models, weights, layout and pixel budget); whether an existing store is already finished as asked;
+and, where it is not the same, which models or weights it was built with, said before any model
+loads (a resume that named other models loaded, and maybe downloaded, the defaults only to be
+refused)."""
 
 from __future__ import annotations
 
@@ -31,19 +33,20 @@ def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict
     return {
         "source": str(source.location),
         "listing_sha256": source.digest(),
-        "clip": model_identity(clip_record, earlier.get("clip")),
-        "backbone": model_identity(backbone_record, earlier.get("backbone")),
+        "clip": _model_identity(clip_record, earlier.get("clip")),
+        "backbone": _model_identity(backbone_record, earlier.get("backbone")),
         "dtype": dtype,  # the writer adds n_items and shard_size
         **budget_identity(max_pixels),
     }
 
 
 def budget_identity(max_pixels: int) -> dict:
-    # Only a budget other than the default is recorded: stores built before it was recorded match.
+    """The pixel budget's part of a store's identity: only a budget other than the default is
+    recorded, so that stores built before it was recorded match."""
     return {} if max_pixels == DEFAULT_MAX_PIXELS else {"max_pixels": max_pixels}
 
 
-def model_identity(record: dict, earlier: dict | None) -> dict:
+def _model_identity(record: dict, earlier: dict | None) -> dict:
     # A weights file may move between runs; its sha256 (kept) is what identifies it. A store built
     # before a tag's weights were fingerprinted (2026-12-03) resumes without the fingerprint.
     old_store = isinstance(earlier, dict) and "weights_fingerprint" not in earlier
@@ -51,7 +54,7 @@ def model_identity(record: dict, earlier: dict | None) -> dict:
             if key != "file" and not (old_store and key == "weights_fingerprint")}
 
 
-def as_identified(record: dict, identity: dict) -> dict:
+def master_model_record(record: dict, identity: dict) -> dict:
     """The model record a master keeps: no fingerprint that its store's identity lacks (an older
     store resumed: its first shards were embedded with weights of unknown values)."""
     return record if "weights_fingerprint" in identity else {
@@ -59,7 +62,7 @@ def as_identified(record: dict, identity: dict) -> dict:
 
 
 def finished_as_requested(master: Path, settings: EmbedSettings, source: ImageSource, *, shard_size: int,
-                           dtype: str, lock: bool = True) -> dict | None:
+                          dtype: str, lock: bool = True) -> dict | None:
     """The identity of the existing store ``master`` when it already holds every image this run
     would embed, as these models would (every shard whole, a current master), judged without
     loading a model; None otherwise (the run then checks and writes as a first run does)."""

@@ -77,7 +77,7 @@ def refuse_same_text_to_clip(pairs: list[tuple[str, str]]) -> None:
 
 
 def save_vocabulary(master: Path, name: str, classes: list[str], single: np.ndarray, ensemble: np.ndarray, *,
-                      overwrite: bool, identity: dict | None = None) -> None:
+                    overwrite: bool, identity: dict | None = None) -> None:
     try:
         write_vocabulary(master, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
                          n_templates=len(ENSEMBLE_TEMPLATES), overwrite=overwrite, identity=identity)

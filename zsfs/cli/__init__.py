@@ -12,8 +12,7 @@ import sys
 import click
 
 from zsfs import __version__
-from zsfs.cli.common import ZsfsGroup, ignore_late_stops
-from zsfs.cli.console import ClosedStdout
+from zsfs.cli.common import ClosedStdout, ZsfsGroup, ignore_late_stops
 
 
 @click.group(cls=ZsfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,8 +34,9 @@ def run() -> None:
 
     A standard stream closed at the start (``2>&-``, ``>&-``) is None to Python, and every write to
     it an AttributeError: a closed stderr drops the progress and messages and the work is done
-    (it stopped every command, silently); a closed stdout fails the write of what was asked for
-    there (--json), as a shell's own commands do ("Bad file descriptor")."""
+    (it stopped every command, silently); an option that prints on a closed stdout (--json, --skipped)
+    is refused before the work with the write's error, as a shell's own commands fail ("Bad file
+    descriptor"; see ``prints_on_stdout``), and so is --help's or --version's text."""
     import os
 
     for descriptor in (0, 1, 2):  # the system's too: the first file opened would get the number, and C

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
+import io
 import math
 import os
 import signal
@@ -236,6 +238,29 @@ def note_fit_options(config: "FitConfig", given: dict) -> None:
         readers = "cycles method (--method cycles, --paper)" if config.method == "balanced" else None
         note = config.unread_note(typed, readers)
         console.print(f"[yellow]Note:[/] {note}.", soft_wrap=True)
+
+
+class ClosedStdout(io.TextIOBase):
+    """What a command writes to a stdout closed at the start (``>&-``): the system's EBADF error."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "Bad file descriptor (stdout is closed)")
+
+    @property
+    def buffer(self) -> "ClosedStdout":
+        return self
+
+
+def prints_on_stdout(ctx: click.Context, parameter: click.Parameter, value: object) -> object:
+    """Click callback of an option whose output goes to stdout (``--json``, ``--skipped``): with
+    stdout closed at the start, the write's error now, before the work (a fit ran its minutes,
+    then could not print what was asked for)."""
+    if value and isinstance(sys.stdout, ClosedStdout):
+        sys.stdout.write("")
+    return value
 
 
 def usage_check(module: str, check: str) -> Callable[[click.Context, click.Parameter, object], object]:

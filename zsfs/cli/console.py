@@ -4,8 +4,6 @@ terminal, lines in a log."""
 
 from __future__ import annotations
 
-import errno
-import io
 import os
 import sys
 import threading
@@ -14,7 +12,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-import click
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
@@ -121,29 +118,6 @@ class names, model names, error messages) through ``shown``, or '[draft]' vanish
 and an escape sequence in a class name reaches the terminal. No emoji codes, so that ':smile:' in a
 file name stays as written.
 """
-
-
-class ClosedStdout(io.TextIOBase):
-    """What a command writes to a stdout closed at the start (``>&-``): the system's EBADF error."""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        raise OSError(errno.EBADF, "Bad file descriptor (stdout is closed)")
-
-    @property
-    def buffer(self) -> "ClosedStdout":
-        return self
-
-
-def prints_on_stdout(ctx: click.Context, parameter: click.Parameter, value: object) -> object:
-    """Click callback of an option whose output goes to stdout (``--json``, ``--skipped``): with
-    stdout closed at the start, the write's error now, before the work (a fit ran its minutes,
-    then could not print what was asked for)."""
-    if value and isinstance(sys.stdout, ClosedStdout):
-        sys.stdout.write("")
-    return value
 
 
 def shown(value: object) -> str:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import click
 
 from zsfs.cli.common import (FiniteFloat, GivenPath, kept_if_interrupted, note_fit_options, noting_made_folders,
-                             what_failed)
-from zsfs.cli.console import console, prints_on_stdout, shown
+                             prints_on_stdout, what_failed)
+from zsfs.cli.console import console, shown
 from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES, check_device
 from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import GivenPath, kept_if_interrupted, note_fit_options, noting_made_folders
-from zsfs.cli.console import console, prints_on_stdout, shown
+from zsfs.cli.common import (GivenPath, kept_if_interrupted, note_fit_options, noting_made_folders,
+                             prints_on_stdout)
+from zsfs.cli.console import console, shown
 from zsfs.errors import ParameterError, shown_value
 from zsfs.names import counted, near_spellings, some_names
 

@@ -9,8 +9,8 @@ import click
 from rich.table import Table
 
 from zsfs.cli.common import (GivenPath, MAX_PIXELS_OPTION, model_precision_option, note_precision_off_cuda,
-                             noting_made_folders, usage_check)
-from zsfs.cli.console import console, image_progress, prints_on_stdout, shown
+                             noting_made_folders, prints_on_stdout, usage_check)
+from zsfs.cli.console import console, image_progress, shown
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, some_names

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from zsfs.cli.common import (OVERWRITING, GivenPath, note_a_borrowed_shards_folder, note_emulated_bf16,
-                             noting_made_folders)
-from zsfs.cli.console import LOG_SECONDS, console, image_progress, prints_on_stdout, resuming_line, shown
+                             noting_made_folders, prints_on_stdout)
+from zsfs.cli.console import LOG_SECONDS, console, image_progress, resuming_line, shown
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import abbreviated, counted, reasons_text, some_names, utf8_text, visible
@@ -317,7 +317,7 @@ def show_summary(summary: dict, vocabulary_advice: str, unwritten_note: str = ""
             vocabularies.add_column(name, overflow="fold")
         for name, classes in summary["vocabularies"].items():
             vocabularies.add_row(shown(name), f"{len(classes):,}",
-                                 shown("; ".join(abbreviated(name, PREVIEW_CHARACTERS) for name in classes[:5])
+                                 shown("; ".join(abbreviated(class_name, PREVIEW_CHARACTERS) for class_name in classes[:5])
                                        + ("; ..." if len(classes) > 5 else "")))
         console.print(vocabularies)
     elif not unwritten_note:

@@ -66,7 +66,7 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
             raise
         if file is None:
             raise pretrained_error("backbone", f"backbone weights of {name}", pretrained_cfg.hf_hub_id, error,
-                                    "--backbone-weights /path/to/model.safetensors.") from None
+                                   "--backbone-weights /path/to/model.safetensors.") from None
         raise ModelLoadError(
             f"weights file {file} does not fit the backbone {name}: {one_line(error, 600)}. "
             "Check that --backbone matches the checkpoint."

@@ -78,7 +78,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
             raise
         if kind == "tag":
             raise pretrained_error("clip", f"CLIP weights {arch} / {weights}", tag_cfg.get("hf_hub"), error,
-                                    _clip_file_advice(arch, tag_cfg)) from None
+                                   _clip_file_advice(arch, tag_cfg)) from None
         if unreadable_checkpoint(error):  # told so, not blamed on the architecture
             raise not_a_checkpoint(file, error) from None
         raise ModelLoadError(

@@ -36,7 +36,7 @@ def by_name_only(why: str, roles: Container[str] = ("clip", "backbone")) -> Iter
 
 
 def pretrained_error(role: str, weights: str, hub_id: str | None, error: Exception,
-                      file_advice: str) -> ModelLoadError:
+                     file_advice: str) -> ModelLoadError:
     """Pretrained weights that were downloaded (or found in the cache) and did not load: a file
     that cannot be read is a cut-short or damaged download; anything else is said as it is."""
     import huggingface_hub.constants as hub
@@ -70,6 +70,8 @@ def built_by_name(store: str | os.PathLike | None) -> str:
 
 
 def close_names(name: str, candidates: Sequence[str]) -> str:
+    """``" (close names: a, b)"``: up to three of ``candidates`` spelled like ``name``, for an unknown
+    model name's error; "" when none is close."""
     lower = {c.lower(): c for c in candidates}
     close = difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.6)
     return f" (close names: {', '.join(lower[c] for c in close)})" if close else ""
