@@ -366,7 +366,7 @@ def test_unusable_rows_are_numbered_in_the_whole_array_past_the_first_block(monk
 
 def test_a_resume_with_other_values_under_a_tags_name_says_so():
     """Shards embedded with a tag's weights must not be resumed with other weights under that name."""
-    from zsfs.store.writer import describe_difference
+    from zsfs.store.identity import describe_difference
 
     record = {"name": "test_vit", "weights": "default", "weights_fingerprint": "a" * 64}
     then = {**IDENTITY, "backbone": record}
@@ -411,7 +411,7 @@ def test_a_master_of_no_shards_is_refused_in_words(tmp_path):
 def test_a_model_that_differs_is_said_by_the_parts_that_differ():
     """Bug: a store whose backbone record differed only in its random weights' fingerprint or its
     preprocessing was refused as "differs in backbone", naming nothing a user could act on."""
-    from zsfs.store.writer import describe_difference
+    from zsfs.store.identity import describe_difference
 
     then = {"name": "test_vit", "weights": "random", "crop_pct": 0.95, "init_fingerprint": "4cc355baf915088f4adc5f24"}
     now = {**then, "crop_pct": 0.875, "init_fingerprint": "0123456789abcdef01234567"}
@@ -458,7 +458,7 @@ def test_the_summary_lists_the_skip_reasons_most_frequent_first(tmp_path):
 
 def test_a_changed_listing_is_described_even_where_the_identity_lacks_its_counts():
     """Review: an identity without n_items (a foreign or edited store) raised TypeError formatting None."""
-    from zsfs.store.writer import describe_difference
+    from zsfs.store.identity import describe_difference
 
     assert describe_difference({"listing_sha256": "a"}, {"listing_sha256": "b", "n_items": 5}).startswith(
         "differs in listing_sha256, n_items; the source's file names or labels changed since the store was built")
@@ -469,7 +469,7 @@ def test_a_changed_listing_is_described_even_where_the_identity_lacks_its_counts
 def test_an_imports_changed_files_are_named_by_what_changed():
     """Review: a file recorded before its sha256 was (three entries) and only touched since was called
     'other content'."""
-    from zsfs.store.writer import _changed_files
+    from zsfs.store.identity import _changed_files
 
     then = [["clip.npy", 100, 5, "a" * 64], ["old.npy", 100, 5], ["gone.npy", 1, 1, "c" * 64]]
     now = [["clip.npy", 100, 6, "b" * 64], ["old.npy", 100, 6, "a" * 64], ["new.npy", 10, 1, "d" * 64]]

@@ -41,8 +41,8 @@ from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_writable
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.rows import usable_rows
-from zsfs.store.writer import (ShardData, StoreWriter, check_own_shards_folder, recorded_identity,
-                               refuse_another_listing, refuse_replacing_another_file)
+from zsfs.store.identity import recorded_identity, refuse_another_listing
+from zsfs.store.writer import ShardData, StoreWriter, check_own_shards_folder, refuse_replacing_another_file
 from zsfs.vocabulary import checked_classes, refuse_same_text_to_clip, save_vocabulary
 from zsfs.weights import FILE, check_same_weights
 from zsfs.writable import check_writable, refuse_input_as_output

@@ -36,8 +36,8 @@ from zsfs.store.files import names_beside
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
 from zsfs.store.rows import normalise_rows
 from zsfs.digests import file_sha256, listing_sha256
-from zsfs.store.writer import (check_own_shards_folder, recorded_identity, refuse_another_listing,
-                               refuse_replacing_another_file)
+from zsfs.store.identity import recorded_identity, refuse_another_listing
+from zsfs.store.writer import check_own_shards_folder, refuse_replacing_another_file
 from zsfs.writable import check_writable, refuse_input_as_output
 
 if TYPE_CHECKING:

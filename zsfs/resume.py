@@ -17,7 +17,8 @@ from zsfs.models import backbone_as_recorded, clip_architecture, clip_as_recorde
 from zsfs.names import counted
 from zsfs.sources import SUFFIXES_ADDED, ImageSource
 from zsfs.store.schema import IMPORTED_WEIGHTS, shard_dir
-from zsfs.store.writer import StoreWriter, recorded_identity
+from zsfs.store.identity import recorded_identity
+from zsfs.store.writer import StoreWriter
 from zsfs.weights import FILE, RANDOM
 
 if TYPE_CHECKING:

@@ -588,7 +588,7 @@ def open_master(path: Path) -> h5py.File:
             if readers:  # named without a suffix (--out photos), or renamed since: that file is the store
                 raise StoreError(f"store {path} does not exist; {shards.name}/ holds the shards of the store "
                                  f"{readers[0]}: pass that path")
-            from zsfs.store.writer import unfinished_run  # (the writer's module: what its shards record)
+            from zsfs.store.identity import unfinished_run  # (imported here: it reads stores itself)
 
             raise StoreError(f"store {path} is not finished (its shards are in {shards.name}/){unfinished_run(path)}; "
                              "rerun the command that builds it to finish")
