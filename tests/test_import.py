@@ -14,7 +14,8 @@ import polars as pl
 import pytest
 
 from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
-from zsfs.importer import RowParts, import_store, numbered_parts
+from zsfs.import_inputs import RowParts, numbered_parts
+from zsfs.importer import import_store
 from zsfs.store import Store
 from zsfs.digests import rows_sha256
 from zsfs.testing.cli import output_text, run_cli
@@ -287,7 +288,7 @@ def test_a_linked_table_keeps_its_name_and_an_earlier_spelling_stands(inputs):
     """A table linked into another folder is recorded there (the report looks beside it, where
     its relative paths point), not at the link's target; and a store whose source an earlier zsfs
     recorded as typed (`sub/../paths.csv`) takes the same import again, keeping that record."""
-    from zsfs.importer import load_rows
+    from zsfs.import_inputs import load_rows
     from zsfs.store import write_store
 
     folder = inputs["dir"]
@@ -699,7 +700,8 @@ def test_a_rerun_after_a_file_was_touched_or_copied_without_its_time_resumes(inp
 def test_a_store_imported_before_the_files_were_recorded_still_takes_a_rerun(inputs):
     """A store whose records lack imported_files (imported before 2026-12-03) is resumed and given
     a vocabulary by the same import (docs/store.md), not refused as other data."""
-    from zsfs.importer import imported_record, load_rows
+    from zsfs.import_inputs import load_rows
+    from zsfs.importer import imported_record
     from zsfs.store import write_store
 
     folder = inputs["dir"]
@@ -1096,7 +1098,7 @@ def test_a_vocabulary_name_in_another_unicode_form_is_the_same_vocabulary(inputs
 @pytest.mark.parametrize("block", [1, 2, 3, 1 << 20])
 def test_the_first_line_that_is_not_utf8_is_found_a_block_at_a_time(tmp_path, block):
     """Review: the error path read a whole table into memory (a 300 MB one: 1.6 GB) to number the line."""
-    from zsfs.importer import _first_line_not_utf8
+    from zsfs.import_inputs import _first_line_not_utf8
 
     for data, line in ((b"a\nb\n\xe9\n", 3), (("a\n" + "é" * 10 + "\n").encode() + b"\xff", 3),
                        (b"ok\n\xc3", 2), ("ok\né\n".encode(), None)):
