@@ -131,10 +131,10 @@ def test_read_rows_and_chunks(tmp_path, arrays):
 
 
 def test_dense_row_gather_matches_numpy(tmp_path, monkeypatch, arrays):
-    from zsfs.store import reader
+    from zsfs.store import rows as row_module
 
-    monkeypatch.setattr(reader, "READ_BLOCK", 32)  # several blocks, some dense, some sparse
-    monkeypatch.setattr(reader, "SPARSE_ROWS_PER_BLOCK", 4)
+    monkeypatch.setattr(row_module, "READ_BLOCK", 32)  # several blocks, some dense, some sparse
+    monkeypatch.setattr(row_module, "SPARSE_ROWS_PER_BLOCK", 4)
     with Store(build(tmp_path / "s.h5", arrays)) as store:
         rows = np.random.default_rng(0).integers(0, N, 90)
         np.testing.assert_array_equal(store.read("clip", rows), store.read("clip")[rows])

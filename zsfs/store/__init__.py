@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from zsfs.store.arrays import write_store
-    from zsfs.store.reader import Store, Vocabulary
-    from zsfs.store.extras import write_neighbour_graph, write_vocabulary
+    from zsfs.store.reader import Store
+    from zsfs.store.extras import Vocabulary, write_neighbour_graph, write_vocabulary
     from zsfs.store.writer import ShardData, StoreWriter
 
 _EXPORTS = {
     "Store": "zsfs.store.reader",
-    "Vocabulary": "zsfs.store.reader",
+    "Vocabulary": "zsfs.store.extras",
     "StoreWriter": "zsfs.store.writer",
     "ShardData": "zsfs.store.writer",
     "write_vocabulary": "zsfs.store.extras",

@@ -1,25 +1,26 @@
-"""What is added to a finished store: class vocabularies and the neighbour graph.
+"""What is added to a finished store: class vocabularies and the neighbour graph, written and read.
 
 Each lives in a file of its own beside the shards (``docs/store.md``), written whole and renamed
 into place like a shard: adding or replacing one never rewrites the master, a full disk or a
 kill leaves the previous version intact, and a replaced file's space is freed at once (HDF5
-never reclaims space inside a file it modifies).
+never reclaims space inside a file it modifies). Reading one holds it to what zsfs writes.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from zsfs.errors import StoreError, ZsfsError
-from zsfs.names import as_argument, check_class_names, some_names
+from zsfs.errors import StoreError, ZsfsError, check_choice
+from zsfs.names import as_argument, check_class_names, some_names, spelled_like
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files, store_lock
-from zsfs.store.hdf5 import canonical_json, read_identity, read_strings, write_checked, write_strings
+from zsfs.store.hdf5 import canonical_json, read_errors, read_identity, read_strings, write_checked, write_strings
 from zsfs.store.rows import normalise_rows
 
 
@@ -231,3 +232,85 @@ def vocabulary_files(shards: Path, identity: dict) -> tuple[dict[str, Path], dic
             continue
         found[name] = path
     return found, unreadable
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Class names and their CLIP text embeddings (C, D), L2-normalised."""
+
+    name: str
+    classes: list[str]
+    single: np.ndarray
+    ensemble: np.ndarray
+    prompt: str = ""
+    n_templates: int = 0
+
+    def embeddings(self, prompts: str) -> np.ndarray:
+        """Text embeddings for ``prompts``: "single" (one prompt) or "ensemble" (template mean)."""
+        check_choice("prompts", prompts, schema.PROMPT_KINDS)
+        return self.single if prompts == schema.VOCAB_SINGLE else self.ensemble
+
+    def prompts_used(self, prompts: str) -> str:
+        """The text embeddings ``embeddings(prompts)`` gives in truth: "single" for an ensemble that is
+        the single prompt's rows (a vocabulary imported without one, where they stand in)."""
+        check_choice("prompts", prompts, schema.PROMPT_KINDS)
+        return schema.VOCAB_SINGLE if np.array_equal(self.single, self.ensemble) else prompts
+
+    def subset(self, classes: Sequence[str]) -> "Vocabulary":
+        """The vocabulary restricted to ``classes``, in the order given."""
+        classes = check_class_names(classes, f"the classes to take from vocabulary {self.name!r}")
+        position = {name: i for i, name in enumerate(self.classes)}
+        unknown = [c for c in classes if c not in position]
+        if unknown:
+            hint = spelled_like(self.classes, "its class")
+            raise StoreError(f"vocabulary {self.name!r} has no class {unknown[0]!r}{hint(unknown[0])}"
+                             f"{f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''}")
+        rows = np.array([position[c] for c in classes], dtype=np.int64)
+        return Vocabulary(self.name, list(classes), self.single[rows], self.ensemble[rows], self.prompt,
+                          self.n_templates)
+
+
+def vocabulary_name_as_stored(name: str, names: Sequence[str]) -> str:
+    """:meth:`Store.stored_vocabulary_name` among the store's vocabulary ``names``."""
+    composed = unicodedata.normalize("NFC", name)
+    return name if name in names else next(
+        (stored for stored in names if unicodedata.normalize("NFC", stored) == composed), composed)
+
+
+HAND_WRITTEN_VOCABULARY = ("zsfs does not write such a vocabulary: write it again (`zsfs text --overwrite`, or rerun "
+                           "the `zsfs extract` or `zsfs import` that wrote it)")
+
+
+def read_vocabulary(group: h5py.Group, name: str, path: Path, clip_dim: int) -> Vocabulary:
+    """Vocabulary ``name`` from its file (or format 1 group), held to what zsfs writes: a file
+    written by hand (docs/store.md) with names given twice, rows of another count, width or type,
+    or NaN rows is refused naming the file, not met later as a torch error or as NaN images."""
+    where = f"{path}: vocabulary {name!r}"
+    kinds = (schema.VOCAB_CLASSES, *schema.PROMPT_KINDS)
+    missing = [kind for kind in kinds if not isinstance(group.get(kind), h5py.Dataset)]
+    if missing:
+        raise StoreError(f"{where} lacks {', '.join(missing)}; {HAND_WRITTEN_VOCABULARY}")
+    datasets = {kind: group[kind] for kind in kinds}
+    texts = datasets[schema.VOCAB_CLASSES]
+    wrong_type = ([f"{schema.VOCAB_CLASSES} is not a 1-d dataset of strings"]
+                  if texts.ndim != 1 or not h5py.check_string_dtype(texts.dtype) else []) + \
+                 [f"{kind} does not hold floating-point numbers" for kind in schema.PROMPT_KINDS
+                  if datasets[kind].dtype.kind != "f"]
+    if wrong_type:
+        raise StoreError(f"{where}: {wrong_type[0]}; {HAND_WRITTEN_VOCABULARY}")
+    with read_errors(path, f"vocabulary {name!r}"):
+        raw_classes = texts[:]  # bytes: check_class_names decodes them, or says why it cannot
+        arrays = {kind: datasets[kind][:] for kind in schema.PROMPT_KINDS}
+        prompt = str(group.attrs.get(schema.ATTR_PROMPT, ""))
+        n_templates = int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0))
+    try:
+        classes = check_class_names(raw_classes.tolist(), where)
+        for kind, values in arrays.items():
+            if values.shape != (len(classes), clip_dim):
+                raise ZsfsError(f"{where}: {kind} has shape {values.shape}, not ({len(classes)} classes, {clip_dim} = "
+                                "the store's CLIP dim)")
+            arrays[kind] = normalise_rows(values, f"{where}: {kind}")
+    except ZsfsError as error:
+        raise StoreError(f"{error}; {HAND_WRITTEN_VOCABULARY}") from None
+    return Vocabulary(name=name, classes=classes, single=arrays[schema.VOCAB_SINGLE],
+                      ensemble=arrays[schema.VOCAB_ENSEMBLE], prompt=prompt, n_templates=n_templates)

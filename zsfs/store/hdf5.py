@@ -1,14 +1,16 @@
-"""Small HDF5 helpers shared by the store's writers and its reader."""
+"""Small HDF5 helpers shared by the store's writers and its readers."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import h5py
 import numpy as np
 
+from zsfs.errors import StoreError, one_line
 from zsfs.names import name_bytes
 from zsfs.store import schema
 
@@ -83,3 +85,13 @@ def masters_reading(folder: Path, *, other_than: Path) -> list[Path]:
     except OSError:
         return []
     return [entry for entry in entries if folder.name in shard_folders_named(entry)]
+
+
+@contextmanager
+def read_errors(path: Path, what: str) -> Iterator[None]:
+    """A failed read (a checksum mismatch, a truncated file) as one clear ``StoreError``."""
+    try:
+        yield
+    except (OSError, KeyError) as error:
+        raise StoreError(f"{path}: cannot read {what} ({one_line(error)}); the store is damaged: run "
+                         f"`zsfs info --verify {path}` and rebuild what it names") from None

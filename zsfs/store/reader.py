@@ -1,73 +1,35 @@
-"""Reading stores: metadata, row datasets (whole, sliced, gathered or chunked), vocabularies, index."""
+"""Reading stores: metadata, row datasets (whole, sliced, gathered or chunked), vocabularies, index
+(the row selection is ``zsfs.store.rows``', a vocabulary file's reading ``zsfs.store.extras``')."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
-from zsfs.errors import (ParameterError, StoreError, ZsfsError, check_at_least, check_choice, check_parameter_type,
-                         check_path_type, checked_arguments, literal, one_line, shown_value)
-from zsfs.names import as_argument, check_class_names, counted, some_names, spelled_like
-from zsfs.store import schema
-from zsfs.store.extras import open_extra, planned_vocabularies, vocabulary_files
-from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files, master_file, written_elsewhere
-from zsfs.store.hdf5 import canonical_json, masters_reading, read_identity, read_strings, string_view
-from zsfs.store.index import read_index_blocks
 from zsfs.digests import file_sha256
+from zsfs.errors import (ParameterError, StoreError, check_at_least, check_parameter_type, check_path_type,
+                         checked_arguments, one_line, shown_value)
+from zsfs.names import as_argument, counted, some_names, spelled_like
+from zsfs.store import schema
+from zsfs.store.extras import (Vocabulary, open_extra, planned_vocabularies, read_vocabulary, vocabulary_files,
+                               vocabulary_name_as_stored)
+from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files, master_file, written_elsewhere
+from zsfs.store.hdf5 import canonical_json, masters_reading, read_errors, read_identity, read_strings, string_view
+from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, read_all
-from zsfs.store.rows import normalise_rows
+from zsfs.store.rows import READ_BLOCK, read_rows
 
 if TYPE_CHECKING:
     import faiss
 
-SPARSE_ROWS_PER_BLOCK = 256  # fewer wanted rows than this in a block: point selection, else read the span
-READ_BLOCK = 65536
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """Class names and their CLIP text embeddings (C, D), L2-normalised."""
-
-    name: str
-    classes: list[str]
-    single: np.ndarray
-    ensemble: np.ndarray
-    prompt: str = ""
-    n_templates: int = 0
-
-    def embeddings(self, prompts: str) -> np.ndarray:
-        """Text embeddings for ``prompts``: "single" (one prompt) or "ensemble" (template mean)."""
-        check_choice("prompts", prompts, schema.PROMPT_KINDS)
-        return self.single if prompts == schema.VOCAB_SINGLE else self.ensemble
-
-    def prompts_used(self, prompts: str) -> str:
-        """The text embeddings ``embeddings(prompts)`` gives in truth: "single" for an ensemble that is
-        the single prompt's rows (a vocabulary imported without one, where they stand in)."""
-        check_choice("prompts", prompts, schema.PROMPT_KINDS)
-        return schema.VOCAB_SINGLE if np.array_equal(self.single, self.ensemble) else prompts
-
-    def subset(self, classes: Sequence[str]) -> "Vocabulary":
-        """The vocabulary restricted to ``classes``, in the order given."""
-        classes = check_class_names(classes, f"the classes to take from vocabulary {self.name!r}")
-        position = {name: i for i, name in enumerate(self.classes)}
-        unknown = [c for c in classes if c not in position]
-        if unknown:
-            hint = spelled_like(self.classes, "its class")
-            raise StoreError(f"vocabulary {self.name!r} has no class {unknown[0]!r}{hint(unknown[0])}"
-                             f"{f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''}")
-        rows = np.array([position[c] for c in classes], dtype=np.int64)
-        return Vocabulary(self.name, list(classes), self.single[rows], self.ensemble[rows], self.prompt,
-                          self.n_templates)
 
 
 def _model_record(attrs: h5py.AttributeManager, role: str) -> dict:
@@ -396,13 +358,13 @@ class Store:
         """``name`` as the store spells it: 'café' typed as e + U+0301 (as some keyboards and file
         names give it) names the store's 'café' in either form (zsfs writes new names composed,
         NFC; a store of an earlier zsfs may hold a decomposed one); a new name, composed."""
-        return _as_stored(name, self.vocabulary_names())
+        return vocabulary_name_as_stored(name, self.vocabulary_names())
 
     def vocabulary(self, name: str) -> Vocabulary:
         """The vocabulary ``name``: its classes and text embeddings (``vocabulary_names()`` lists them)."""
         check_parameter_type("name", name, str)
         names = self.vocabulary_names()  # (a folder listing: once)
-        name = _as_stored(name, names)
+        name = vocabulary_name_as_stored(name, names)
         if name not in names:
             available = ", ".join(names) if names else f"none; add one with {self.how_to_add_a_vocabulary()}"
             unreadable = ""
@@ -630,52 +592,6 @@ def open_master(path: Path) -> h5py.File:
     return file
 
 
-def _as_stored(name: str, names: Sequence[str]) -> str:
-    """:meth:`Store.stored_vocabulary_name` among the store's vocabulary ``names``."""
-    composed = unicodedata.normalize("NFC", name)
-    return name if name in names else next(
-        (stored for stored in names if unicodedata.normalize("NFC", stored) == composed), composed)
-
-
-HAND_WRITTEN_VOCABULARY = ("zsfs does not write such a vocabulary: write it again (`zsfs text --overwrite`, or rerun "
-                           "the `zsfs extract` or `zsfs import` that wrote it)")
-
-
-def read_vocabulary(group: h5py.Group, name: str, path: Path, clip_dim: int) -> Vocabulary:
-    """Vocabulary ``name`` from its file (or format 1 group), held to what zsfs writes: a file
-    written by hand (docs/store.md) with names given twice, rows of another count, width or type,
-    or NaN rows is refused naming the file, not met later as a torch error or as NaN images."""
-    where = f"{path}: vocabulary {name!r}"
-    kinds = (schema.VOCAB_CLASSES, *schema.PROMPT_KINDS)
-    missing = [kind for kind in kinds if not isinstance(group.get(kind), h5py.Dataset)]
-    if missing:
-        raise StoreError(f"{where} lacks {', '.join(missing)}; {HAND_WRITTEN_VOCABULARY}")
-    datasets = {kind: group[kind] for kind in kinds}
-    texts = datasets[schema.VOCAB_CLASSES]
-    wrong_type = ([f"{schema.VOCAB_CLASSES} is not a 1-d dataset of strings"]
-                  if texts.ndim != 1 or not h5py.check_string_dtype(texts.dtype) else []) + \
-                 [f"{kind} does not hold floating-point numbers" for kind in schema.PROMPT_KINDS
-                  if datasets[kind].dtype.kind != "f"]
-    if wrong_type:
-        raise StoreError(f"{where}: {wrong_type[0]}; {HAND_WRITTEN_VOCABULARY}")
-    with read_errors(path, f"vocabulary {name!r}"):
-        raw_classes = texts[:]  # bytes: check_class_names decodes them, or says why it cannot
-        arrays = {kind: datasets[kind][:] for kind in schema.PROMPT_KINDS}
-        prompt = str(group.attrs.get(schema.ATTR_PROMPT, ""))
-        n_templates = int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0))
-    try:
-        classes = check_class_names(raw_classes.tolist(), where)
-        for kind, values in arrays.items():
-            if values.shape != (len(classes), clip_dim):
-                raise ZsfsError(f"{where}: {kind} has shape {values.shape}, not ({len(classes)} classes, {clip_dim} = "
-                                "the store's CLIP dim)")
-            arrays[kind] = normalise_rows(values, f"{where}: {kind}")
-    except ZsfsError as error:
-        raise StoreError(f"{error}; {HAND_WRITTEN_VOCABULARY}") from None
-    return Vocabulary(name=name, classes=classes, single=arrays[schema.VOCAB_SINGLE],
-                      ensemble=arrays[schema.VOCAB_ENSEMBLE], prompt=prompt, n_templates=n_templates)
-
-
 def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
     """(device, inode, size, mtime) of a file, None when it is gone: a rebuild or a repair replaces
     files (written aside, renamed into place), so their stamps change."""
@@ -686,55 +602,3 @@ def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
-@contextmanager
-def read_errors(path: Path, what: str) -> Iterator[None]:
-    """A failed read (a checksum mismatch, a truncated file) as one clear ``StoreError``."""
-    try:
-        yield
-    except (OSError, KeyError) as error:
-        raise StoreError(f"{path}: cannot read {what} ({one_line(error)}); the store is damaged: run "
-                         f"`zsfs info --verify {path}` and rebuild what it names") from None
-
-
-def read_rows(data: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray:
-    """``data[rows]`` for ``Store.read``'s row selections."""
-    if rows is None:
-        return data[:]
-    if isinstance(rows, slice):
-        if rows.step is None or rows.step > 0:  # h5py reads no other step
-            return data[rows]
-        rows = np.arange(len(data))[rows]
-    rows = np.asarray(rows)
-    if rows.dtype != bool and not np.issubdtype(rows.dtype, np.integer) and rows.size:  # 1.9 read as row 1
-        raise ParameterError(f"{{rows}} must be None, a slice, whole-number row ids or a boolean mask, not an array "
-                             f"of {literal(rows.dtype)}")
-    if rows.dtype == bool:
-        if rows.shape != (len(data),):
-            raise ParameterError(f"{{rows}}: a boolean mask of shape {rows.shape} for {len(data):,} rows")
-        rows = np.flatnonzero(rows)
-    given = rows.astype(np.int64, copy=False)
-    rows = np.where(given < 0, given + len(data), given)
-    if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
-        outside = given[(rows < 0) | (rows >= len(data))].flat[0]  # as given: -10001, not -1
-        raise ParameterError(f"{{rows}}: row id {outside} is out of range for {len(data):,} rows")
-    wanted, order = np.unique(rows, return_inverse=True)
-    return gather_rows(data, wanted)[order.reshape(rows.shape)]  # numpy's shapes: one row id, one row
-
-
-def gather_rows(data: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """``data[rows]`` for sorted unique ``rows``, one read per touched block.
-
-    Blocks with few wanted rows use point selection; dense blocks read the covering span and
-    pick in memory (h5py point selection is slow for many points).
-    """
-    out = np.empty((len(rows), *data.shape[1:]), dtype=data.dtype)
-    blocks = rows // READ_BLOCK
-    bounds = np.flatnonzero(np.diff(blocks)) + 1
-    for part in np.split(np.arange(len(rows)), bounds) if len(rows) else []:
-        wanted = rows[part]
-        if len(wanted) < SPARSE_ROWS_PER_BLOCK:
-            out[part] = data[wanted]
-        else:
-            first = int(wanted[0])
-            out[part] = data[first : int(wanted[-1]) + 1][wanted - first]
-    return out

@@ -1,4 +1,5 @@
-"""The rows a store holds: finite, not all zero (an embedding has a direction), of unit L2 norm.
+"""The rows a store holds: finite, not all zero (an embedding has a direction), of unit L2 norm;
+and reading a selection of them from a dataset.
 
 One rule for every way rows come in: extract skips an image whose features break it, import and
 the writer refuse such rows, ``FittedRun.predict`` refuses them as parameters.
@@ -7,11 +8,15 @@ the writer refuse such rows, ``FittedRun.predict`` refuses them as parameters.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsfs.errors import ZsfsError
+from zsfs.errors import ParameterError, ZsfsError, literal
 from zsfs.names import counted
+
+if TYPE_CHECKING:
+    import h5py
 
 NORM_TOLERANCE = 1e-3  # float16 rounding moves a unit row's norm by ~1e-4
 SCAN_ROWS = 65_536
@@ -77,3 +82,51 @@ def normalise_rows(values: np.ndarray, what: str, first_row: int = 0) -> np.ndar
     if retried:
         unit[retry] = scaled / scaled_norms[:, None]
     return unit
+
+
+SPARSE_ROWS_PER_BLOCK = 256  # fewer wanted rows than this in a block: point selection, else read the span
+READ_BLOCK = 65536
+
+
+def read_rows(data: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray:
+    """``data[rows]`` for ``Store.read``'s row selections."""
+    if rows is None:
+        return data[:]
+    if isinstance(rows, slice):
+        if rows.step is None or rows.step > 0:  # h5py reads no other step
+            return data[rows]
+        rows = np.arange(len(data))[rows]
+    rows = np.asarray(rows)
+    if rows.dtype != bool and not np.issubdtype(rows.dtype, np.integer) and rows.size:  # 1.9 read as row 1
+        raise ParameterError(f"{{rows}} must be None, a slice, whole-number row ids or a boolean mask, not an array "
+                             f"of {literal(rows.dtype)}")
+    if rows.dtype == bool:
+        if rows.shape != (len(data),):
+            raise ParameterError(f"{{rows}}: a boolean mask of shape {rows.shape} for {len(data):,} rows")
+        rows = np.flatnonzero(rows)
+    given = rows.astype(np.int64, copy=False)
+    rows = np.where(given < 0, given + len(data), given)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
+        outside = given[(rows < 0) | (rows >= len(data))].flat[0]  # as given: -10001, not -1
+        raise ParameterError(f"{{rows}}: row id {outside} is out of range for {len(data):,} rows")
+    wanted, order = np.unique(rows, return_inverse=True)
+    return gather_rows(data, wanted)[order.reshape(rows.shape)]  # numpy's shapes: one row id, one row
+
+
+def gather_rows(data: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``data[rows]`` for sorted unique ``rows``, one read per touched block.
+
+    Blocks with few wanted rows use point selection; dense blocks read the covering span and
+    pick in memory (h5py point selection is slow for many points).
+    """
+    out = np.empty((len(rows), *data.shape[1:]), dtype=data.dtype)
+    blocks = rows // READ_BLOCK
+    bounds = np.flatnonzero(np.diff(blocks)) + 1
+    for part in np.split(np.arange(len(rows)), bounds) if len(rows) else []:
+        wanted = rows[part]
+        if len(wanted) < SPARSE_ROWS_PER_BLOCK:
+            out[part] = data[wanted]
+        else:
+            first = int(wanted[0])
+            out[part] = data[first : int(wanted[-1]) + 1][wanted - first]
+    return out
