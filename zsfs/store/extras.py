@@ -1,4 +1,4 @@
-"""What is added to a finished store: class vocabularies and the neighbour graph, written and read.
+"""What is added to a finished store: class vocabularies (written and read) and the neighbour graph.
 
 Each lives in a file of its own beside the shards (``docs/store.md``), written whole and renamed
 into place like a shard: adding or replacing one never rewrites the master, a full disk or a

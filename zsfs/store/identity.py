@@ -1,4 +1,4 @@
-"""What a store records of the run that built it (its identity), and why another run is not that
+"""Reading the identity a store records of the run that built it, and why another run is not that
 run: the refusal of a store or shard built from other images, models or settings, in words that
 say which differ and what to pass, or what an unfinished store was started with."""
 

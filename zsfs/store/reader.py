@@ -1,5 +1,5 @@
 """Reading stores: metadata, row datasets (whole, sliced, gathered or chunked), vocabularies, index
-(the row selection is ``zsfs.store.rows``', a vocabulary file's reading ``zsfs.store.extras``')."""
+(row selection: ``zsfs.store.rows``; reading a vocabulary file: ``zsfs.store.extras``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from zsfs.store.extras import (Vocabulary, open_extra, planned_vocabularies, rea
                                vocabulary_name_as_stored)
 from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files, master_file, written_elsewhere
 from zsfs.store.hdf5 import canonical_json, masters_reading, read_errors, read_identity, read_strings, string_view
+from zsfs.store.identity import unfinished_run
 from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, read_all
 from zsfs.store.rows import READ_BLOCK, read_rows
@@ -550,8 +551,6 @@ def open_master(path: Path) -> h5py.File:
             if readers:  # named without a suffix (--out photos), or renamed since: that file is the store
                 raise StoreError(f"store {path} does not exist; {shards.name}/ holds the shards of the store "
                                  f"{readers[0]}: pass that path")
-            from zsfs.store.identity import unfinished_run  # (imported here: it reads stores itself)
-
             raise StoreError(f"store {path} is not finished (its shards are in {shards.name}/){unfinished_run(path)}; "
                              "rerun the command that builds it to finish")
         raise StoreError(f"store {path} does not exist; create it with `zsfs extract` or `zsfs import`")
