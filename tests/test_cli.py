@@ -294,7 +294,7 @@ def test_extract_summary_shows_class_vocabulary_verbatim(tmp_path, monkeypatch):
 def test_extract_summary_lists_every_skip_reason_and_the_files_set_aside(tmp_path, monkeypatch):
     import zsfs.extract
     from zsfs.cli.console import console
-    from zsfs.embedding import CRASHING_FILE, HUNG_FILE
+    from zsfs.crashes import CRASHING_FILE, HUNG_FILE
     from zsfs.testing.cli import output_text
 
     monkeypatch.setattr(console, "_width", 200)  # one line per row, whatever COLUMNS says

@@ -642,17 +642,17 @@ def test_a_paused_run_is_not_taken_for_a_hang(monkeypatch):
     import multiprocessing
     import subprocess
 
-    import zsfs.embedding as embedding
+    import zsfs.crashes as crashes
 
     clock = _WatchClock()
-    monkeypatch.setattr(embedding, "time", clock)
-    monkeypatch.setattr(embedding, "HUNG_DECODE_SECONDS", 1.0)  # a tick every 0.25 s
+    monkeypatch.setattr(crashes, "time", clock)
+    monkeypatch.setattr(crashes, "HUNG_DECODE_SECONDS", 1.0)  # a tick every 0.25 s
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     loader = type("Loader", (), {"_workers": [sleeper]})()
     decoding = multiprocessing.RawArray("q", [3])
     since = multiprocessing.RawArray("d", [clock.now - 1000])  # began long ago, then the run was paused
     try:
-        with embedding.HangWatch(loader, decoding, since) as watch:
+        with crashes.HangWatch(loader, decoding, since) as watch:
             time.sleep(1.0)  # ticks while the clock stands still: no time awake
             assert sleeper.poll() is None and watch.hung == {}
             _advance_until_hung(clock, watch, 0.25, 3.0)  # (the guard is the hung == {} above: time asleep)
@@ -668,17 +668,17 @@ def test_a_pause_while_a_file_decodes_does_not_count_as_decoding_time(monkeypatc
     import multiprocessing
     import subprocess
 
-    import zsfs.embedding as embedding
+    import zsfs.crashes as crashes
 
     clock = _WatchClock()
-    monkeypatch.setattr(embedding, "time", clock)
-    monkeypatch.setattr(embedding, "HUNG_DECODE_SECONDS", 2.0)  # a tick every 0.5 s; at most 1 s counted per wake-up
+    monkeypatch.setattr(crashes, "time", clock)
+    monkeypatch.setattr(crashes, "HUNG_DECODE_SECONDS", 2.0)  # a tick every 0.5 s; at most 1 s counted per wake-up
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     loader = type("Loader", (), {"_workers": [sleeper]})()
     decoding = multiprocessing.RawArray("q", [5])
     since = multiprocessing.RawArray("d", [clock.now])
     try:
-        with embedding.HangWatch(loader, decoding, since) as watch:
+        with crashes.HangWatch(loader, decoding, since) as watch:
             clock.now += 0.5  # one tick awake
             time.sleep(1.0)
             clock.now += 1000.0  # the pause: counted as two ticks at most, 1.5 s in all
@@ -750,8 +750,8 @@ def test_a_crash_that_no_one_file_causes_stops_the_run_and_blames_no_file(tmp_pa
 
 
 def test_at_most_ten_files_are_set_aside_for_crashing_the_decoder_and_each_once():
-    from zsfs.embedding import (CRASHING_FILE, MAX_CRASHING_FILES, DecodingProcessDied, crash_advice,
-                                set_aside_crashing_file)
+    from zsfs.crashes import (CRASHING_FILE, MAX_CRASHING_FILES, DecodingProcessDied, crash_advice,
+                              set_aside_crashing_file)
 
     def crash(index):
         return DecodingProcessDied("crashed", crashed=True, how="killed by SIGSEGV", crashing_index=index)
@@ -770,7 +770,7 @@ def test_a_writer_killed_with_kill_9_leaves_its_store_unlocked_whatever_its_deco
     """Bug: decoding processes, forked after the writer took the store's lock, held it too: kill -9
     of the writer (the out-of-memory killer picks the big process) left the store locked while one
     lived, for ever when one was stuck on a read from a lost mount; every rerun was refused."""
-    from zsfs.store.files import acquire_lock, lock_path, release_lock
+    from zsfs.store.locks import acquire_lock, lock_path, release_lock
 
     source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
     out = tmp_path / "s.h5"

@@ -26,7 +26,7 @@ import torch
 import zsfs
 from zsfs.errors import StoreError, ZsfsError
 from zsfs.store import Store, schema
-from zsfs.store.files import acquire_lock, release_lock
+from zsfs.store.locks import acquire_lock, release_lock
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs, store_content
 from zsfs.testing.images import write_image_folder
@@ -202,7 +202,7 @@ def test_full_disk_during_fit_is_one_line(store, tmp_path, file_size_limit):
 def lock_held_by_another_process(master: Path) -> Iterator[None]:
     """Another (real) process holds the store's writer lock for the block; killed after it."""
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from zsfs.store.files import store_lock\n"
+        "import sys, time; from zsfs.store.locks import store_lock\n"
         f"with store_lock({str(master)!r}):\n    print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -216,7 +216,7 @@ def lock_held_by_another_process(master: Path) -> Iterator[None]:
 def test_the_lock_file_follows_the_umask_and_a_leftover_one_is_named(store):
     """Bug: the lock was created 0644 whatever the umask: after a writer of a group-shared store
     (umask 002) was killed, the others could not take its leftover lock, and were not told what it was."""
-    from zsfs.store.files import lock_path
+    from zsfs.store.locks import lock_path
     from zsfs.testing.privileges import run_python_unprivileged
 
     before = os.umask(0o002)
@@ -251,7 +251,7 @@ def test_a_second_writer_gets_a_clear_error(store):
         outcome = run_zsfs("neighbours", store, "--k", "2")
         assert outcome.returncode == 1 and outcome.problems == [], outcome.output
         assert "another zsfs process is writing" in outcome.output
-    from zsfs.store.files import lock_path
+    from zsfs.store.locks import lock_path
 
     assert lock_path(store).exists()  # kill -9 leaves the file behind, unlocked
     assert run_cli("neighbours", store, "--k", "2").exit_code == 0  # the lock died with its holder
@@ -274,13 +274,13 @@ def test_a_failed_write_whose_error_is_kept_leaves_the_store_to_the_next_writer(
                     backbone_info={"name": "b", "weights": "w"}, source="x", shard_size=5, progress=stop_after_a_shard)
     assert kept.value.__traceback__ is not None
     other_writer = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                                   "from zsfs.store.files import acquire_lock; acquire_lock(Path(sys.argv[1]))",
+                                   "from zsfs.store.locks import acquire_lock; acquire_lock(Path(sys.argv[1]))",
                                    str(tmp_path / "s.h5")], capture_output=True, text=True)
     assert other_writer.returncode == 0, other_writer.stderr  # was "another zsfs process is writing"
 
 
 def test_a_forked_child_releasing_the_lock_leaves_the_parents_lock_file(tmp_path):
-    from zsfs.store.files import lock_path, written_elsewhere
+    from zsfs.store.locks import lock_path, written_elsewhere
 
     master = tmp_path / "s.h5"
     lock = acquire_lock(master)
@@ -291,7 +291,7 @@ def test_a_forked_child_releasing_the_lock_leaves_the_parents_lock_file(tmp_path
             os._exit(0)
         assert os.waitpid(child, 0)[1] == 0
         assert lock_path(master).exists()  # still the parent's, and still locked
-        probe = subprocess.run([sys.executable, "-c", "import sys; from zsfs.store.files import written_elsewhere; "
+        probe = subprocess.run([sys.executable, "-c", "import sys; from zsfs.store.locks import written_elsewhere; "
                                 f"sys.exit(0 if written_elsewhere({str(master)!r}) else 1)"])
         assert probe.returncode == 0
     finally:
@@ -306,7 +306,7 @@ def test_the_writer_lock_excludes_across_removals(tmp_path):
     racer = (
         "import os, sys, time\n"
         "from zsfs.errors import StoreError\n"
-        "from zsfs.store.files import acquire_lock, release_lock\n"
+        "from zsfs.store.locks import acquire_lock, release_lock\n"
         f"master, inside = {str(master)!r}, {str(inside)!r}\n"
         "held = overlaps = 0\n"
         "end = time.monotonic() + 4\n"
@@ -332,7 +332,8 @@ def test_the_writer_lock_excludes_across_removals(tmp_path):
 
 
 def test_planted_links_are_never_followed(base, store, tmp_path):
-    from zsfs.store.files import WriteSink, lock_path, temp_file
+    from zsfs.store.files import WriteSink, temp_file
+    from zsfs.store.locks import lock_path
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -545,7 +546,7 @@ def test_the_readers_lock_probe_never_makes_a_writer_fail(tmp_path):
     with "another zsfs process is writing". Now it reads /proc/locks and takes no lock."""
     master = tmp_path / "s.h5"
     prober = subprocess.Popen([sys.executable, "-c", (
-        "import time; from pathlib import Path; from zsfs.store.files import written_elsewhere\n"
+        "import time; from pathlib import Path; from zsfs.store.locks import written_elsewhere\n"
         f"master = Path({str(master)!r}); end = time.monotonic() + 3; n = 0\n"
         "print('probing', flush=True)\n"
         "while time.monotonic() < end:\n    written_elsewhere(master); n += 1\n"
@@ -947,7 +948,7 @@ def test_a_rebuild_in_the_middle_of_a_fit_is_caught_at_its_end(tmp_path, monkeyp
 def _lock_taken_by_another_process(master: Path) -> str:
     """What a second process hears when it tries to write ``master`` now."""
     script = ("import sys\nfrom pathlib import Path\nfrom zsfs.errors import StoreError\n"
-              "from zsfs.store.files import check_store_lock\n"
+              "from zsfs.store.locks import check_store_lock\n"
               f"try:\n    check_store_lock(Path({str(master)!r}))\nexcept StoreError as error:\n    print(error)\n")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
 
@@ -974,7 +975,7 @@ def test_temporary_files_of_killed_text_and_neighbours_runs_are_removed_by_the_n
     that only an extract or import rerun removed."""
     shards = store.with_name("s.shards")
     script = ("import time\nfrom pathlib import Path\nfrom zsfs.store import schema\n"
-              "from zsfs.store.files import new_hdf5, store_lock\n"
+              "from zsfs.store.files import new_hdf5; from zsfs.store.locks import store_lock\n"
               f"master, shards = Path({str(store)!r}), Path({str(shards)!r})\n"
               "with store_lock(master), new_hdf5(schema.graph_file(shards), 'graph') as file:\n"
               "    file['rows'] = list(range(1000))\n"
@@ -1007,7 +1008,7 @@ def test_a_store_being_written_keeps_its_shards_folder_from_a_namesake(tmp_path)
     shards = tmp_path / "x.shards"
     shards.mkdir()
     (shards / "shard-00000.h5").write_bytes(b"the first shard of x.h5, being written")
-    script = ("import time\nfrom pathlib import Path\nfrom zsfs.store.files import acquire_lock\n"
+    script = ("import time\nfrom pathlib import Path\nfrom zsfs.store.locks import acquire_lock\n"
               f"acquire_lock(Path({str(tmp_path / 'x.h5')!r}))\nprint('writing', flush=True)\ntime.sleep(60)\n")
     writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsfs.embedding import DecodingProcessDied
+from zsfs.crashes import DecodingProcessDied
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import EmbedSettings, ShardEmbedder
 from zsfs.names import counted, utf8_text, visible

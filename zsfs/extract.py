@@ -36,8 +36,8 @@ from zsfs.resume import (budget_identity, finished_as_requested, master_model_re
                          other_model_names, other_weights_by_name, recorded_by_name, store_identity)
 from zsfs.sources import ImageSource, open_source
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_planned_vocabularies
-from zsfs.store.files import (UPDATE_FIX, check_store_lock, check_store_writable, names_beside, store_lock,
-                              written_elsewhere)
+from zsfs.store.files import UPDATE_FIX, check_store_writable, names_beside
+from zsfs.store.locks import check_store_lock, store_lock, written_elsewhere
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
 from zsfs.store.rows import usable_rows
@@ -217,7 +217,7 @@ class ShardEmbedder(AbstractContextManager):
         A file that crashes its decoding process (SIGSEGV in a codec library, say), or hangs it,
         is recorded as skipped, with that reason, and the work goes on from the first batch not
         embedded: a rerun would stop on it in the same place
-        (``zsfs.embedding.set_aside_crashing_file``)."""
+        (``zsfs.crashes.set_aside_crashing_file``)."""
         settings = self.settings
         batches, owners = shard_batches(writer, shards, settings.batch_size)
         # closing(): a failed write stops the decoding processes now, not when the traceback goes

@@ -15,7 +15,8 @@ from zsfs.devices import check_device
 from zsfs.errors import ParameterError, check_at_least, check_choice
 from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K, choose_search, neighbour_graph, open_search
 from zsfs.fit.run import SEARCH_DTYPES
-from zsfs.store.files import check_store_update, store_lock
+from zsfs.store.files import check_store_update
+from zsfs.store.locks import store_lock
 
 
 def add_neighbour_graph(store_path: str | Path, *, k: int | None = None, device: str = "cpu", precision: str = "fp32",

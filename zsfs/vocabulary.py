@@ -17,7 +17,8 @@ from zsfs.names import check_class_names, counted, pairs_text, refuse_unseen_cha
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import read_class_file
 from zsfs.store.extras import check_vocabulary_name, write_vocabulary
-from zsfs.store.files import check_store_update, disk_error, store_lock
+from zsfs.store.files import check_store_update, disk_error
+from zsfs.store.locks import store_lock
 from zsfs.store.reader import Store, check_store_or_path
 from zsfs.store.schema import vocabulary_file
 from zsfs.weights import refuse_imported, relocated

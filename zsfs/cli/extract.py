@@ -76,7 +76,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
       zsfs extract 'laion/{00000..00099}.tar' --device cuda --ray   # on the Ray cluster
       zsfs extract photos/ --ray local --ray-workers 2             # Ray on this machine
     """
-    from zsfs.embedding import CRASHING_FILE
+    from zsfs.crashes import CRASHING_FILE
     from zsfs.extract import extract as run_extract
 
     context = click.get_current_context()

@@ -15,7 +15,7 @@ from zsfs.digests import listing_sha256, rows_sha256
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.extras import planned_vocabularies as recorded_plan
 from zsfs.store.extras import write_planned_vocabularies, write_vocabulary
-from zsfs.store.files import written_elsewhere
+from zsfs.store.locks import written_elsewhere
 from zsfs.store.rows import normalise_rows, refuse_unusable_rows
 from zsfs.store.writer import ShardData, StoreWriter
 

@@ -19,7 +19,8 @@ import numpy as np
 from zsfs.errors import StoreError, ZsfsError, check_choice
 from zsfs.names import as_argument, check_class_names, some_names, spelled_like
 from zsfs.store import schema
-from zsfs.store.files import new_hdf5, remove_leftover_temp_files, store_lock
+from zsfs.store.files import new_hdf5, remove_leftover_temp_files
+from zsfs.store.locks import store_lock
 from zsfs.store.hdf5 import canonical_json, read_errors, read_identity, read_strings, write_checked, write_strings
 from zsfs.store.rows import normalise_rows
 

@@ -21,7 +21,8 @@ from zsfs.names import as_argument, counted, some_names, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import (Vocabulary, open_extra, planned_vocabularies, read_vocabulary, vocabulary_files,
                                vocabulary_name_as_stored)
-from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files, master_file, written_elsewhere
+from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files
+from zsfs.store.locks import master_file, written_elsewhere
 from zsfs.store.hdf5 import canonical_json, masters_reading, read_errors, read_identity, read_strings, string_view
 from zsfs.store.identity import unfinished_run
 from zsfs.store.index import read_index_blocks

@@ -22,14 +22,15 @@ import numpy as np
 
 from zsfs.errors import StoreError
 from zsfs.store import schema
-from zsfs.store.files import (LOCK_SUFFIX, acquire_lock, damaged_master_advice, master_file, new_hdf5, release_lock, remove_file, remove_leftover_temp_files,
-                              temp_files_of, written_elsewhere)
+from zsfs.store.files import (damaged_master_advice, new_hdf5, remove_file, remove_leftover_temp_files,
+                              temp_files_of)
 from zsfs.store.hdf5 import (canonical_json, masters_reading, read_identity, read_strings, shard_folders_named,
                              write_checked, write_strings)
 from zsfs.digests import file_sha256
 from zsfs.store.identity import mismatch_error, recorded_identity
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.integrity import read_all
+from zsfs.store.locks import LOCK_SUFFIX, acquire_lock, master_file, release_lock, written_elsewhere
 from zsfs.store.master import index_shards, opened_shards, write_master
 from zsfs.store.rows import usable_rows
 

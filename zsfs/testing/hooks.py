@@ -47,16 +47,16 @@ def hooked_workers() -> None:
     starts its ``$ZSFS_TEST_CRASH_AT_DECODE``-th decode too, whatever the file (as a heap
     corrupted earlier makes it); one that decodes a file whose name ends with
     ``$ZSFS_TEST_HANG_ON`` hung (as a read from a lost network mount is), and
-    ``zsfs.embedding.HUNG_DECODE_SECONDS`` set to ``$ZSFS_TEST_HUNG_DECODE_SECONDS``; shards written
+    ``zsfs.crashes.HUNG_DECODE_SECONDS`` set to ``$ZSFS_TEST_HUNG_DECODE_SECONDS``; shards written
     while the file ``$ZSFS_TEST_PAUSE_SHARD_WRITES_WHILE`` exists held in their temporary files. For Ray workers (a set-up hook, as ``slow_decoding``) and for
     ``zsfs`` run by a test in a child process; decoding processes are forks, so they inherit it."""
-    import zsfs.embedding as embedding
+    import zsfs.crashes as crashes
     import zsfs.extract as extract
     import zsfs.sources as sources
 
     slow_decoding()
     if HUNG_SECONDS_VARIABLE in os.environ:
-        embedding.HUNG_DECODE_SECONDS = float(os.environ[HUNG_SECONDS_VARIABLE])
+        crashes.HUNG_DECODE_SECONDS = float(os.environ[HUNG_SECONDS_VARIABLE])
     crash_on, crash_at, decode = os.environ.get(CRASH_VARIABLE), os.environ.get(CRASH_AT_VARIABLE), sources.decode_image
     hang_on = os.environ.get(HANG_VARIABLE)
     decodes = {"pid": os.getpid(), "count": 0}
