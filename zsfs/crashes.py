@@ -50,8 +50,8 @@ def decoding_process_died(batches: Iterator[Batch], error: BaseException, decodi
     RuntimeError, an EOFError or a reset connection from the dead process's pipe. Its processes
     are then stopped. None while they all live, and for a full /dev/shm (its message says more).
     ``decoding``: per decoding process, the listing position it is decoding (-1: none), which a
-    crash leaves set (:class:`DecodedImages`). ``hung``: decoding process -> the position it was
-    stopped on for hanging (:class:`HangWatch`)."""
+    crash leaves set (:class:`zsfs.embedding.DecodedImages`). ``hung``: decoding process -> the
+    position it was stopped on for hanging (:class:`HangWatch`)."""
     workers = getattr(batches, "_workers", [])  # none without decoding processes (workers=0)
     if workers and (isinstance(error, (EOFError, ConnectionError)) or "DataLoader worker (pid" in str(error)):
         # What a dying process's pipe says can come before the process has ended: wait for it a little.

@@ -251,7 +251,7 @@ def embedded_listing(source: ImageSource, models: Sequence[ImageModel], batches:
     positions reported as failed with their reason, not decoded (:func:`set_aside_crashing_file`).
     A decoding process that dies raises :class:`DecodingProcessDied`; one that crashed names the
     file it was decoding when that file crashes a process of its own too; one still decoding a
-    file after ``HUNG_DECODE_SECONDS`` is stopped, and names it (:class:`HangWatch`).
+    file after ``zsfs.crashes.HUNG_DECODE_SECONDS`` is stopped, and names it (:class:`HangWatch`).
     """
     torch_device = torch.device(device)
     workers = default_workers(device, cores) if workers is None else workers

@@ -1,6 +1,7 @@
-"""A tar's member list from its 512-byte headers alone (ustar, GNU long names, pax): one ``pread``
-per header through a window, checksums verified in bulk with numpy, and a cut or damaged file an
-error, never a silently shorter listing. ``zsfs.tars`` opens the files and names the errors."""
+"""A tar's member list from its 512-byte headers alone (ustar, GNU long names, pax): headers read
+through a 64 KiB window (one ``pread`` per window, or per large member jumped over), checksums
+verified in bulk with numpy, and a cut or damaged file an error, never a silently shorter
+listing. ``zsfs.tars`` opens the files and names the errors."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The writer lock: "a zsfs process is writing this store", an advisory lock (flock) on a file beside
 the master, reentrant within a process, refused at once with a clear message while another process
-holds it, and seen by readers (``written_elsewhere``) without taking it."""
+holds it, and seen by readers (``written_elsewhere``) without taking it; and ``master_file``, the
+store a path or a link to it names, beside which its shards and its lock are."""
 
 from __future__ import annotations
 

@@ -1,0 +1,110 @@
+"""List files of images, read as written: ``.txt`` a path per line, ``.csv`` a ``path`` column
+(quoted fields may hold commas and newlines) and optionally a ``label`` column; paths relative
+to the list's folder. Text is UTF-8 (names that are not are kept byte for byte); UTF-16 and NUL
+bytes are refused with the fix."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from zsfs.errors import ZsfsError
+from zsfs.names import counted, repeated, utf8_texts
+
+
+def refuse_nul_bytes(data: bytes, what: str) -> None:
+    """A ``ZsfsError`` for text holding a NUL byte, which no file name, label or class name can
+    hold (nor the store's strings): UTF-16 text above all, which Windows PowerShell writes."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ZsfsError(f"{what} is UTF-16 text (as Windows PowerShell's '>' writes it); save it as UTF-8")
+    if b"\x00" in data:
+        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        raise ZsfsError(f"{what} holds a NUL byte (line {line}), which no file name, label or class name can "
+                        "hold; is it UTF-16 text? save it as UTF-8")
+
+
+def read_list_file(list_file: Path) -> tuple[list[str], list[str] | None]:
+    """The image paths (relative to the list's folder where they can be) and labels (None without
+    a label column) a list file names."""
+    root = list_file.parent
+    try:
+        data = list_file.read_bytes()
+    except OSError as error:
+        raise ZsfsError(f"cannot read the list file {list_file}: {error}") from None
+    refuse_nul_bytes(data, f"the list file {list_file}")
+    # Names that are not UTF-8 are kept as bytes (surrogates), like the names of a folder scan;
+    # decoded from bytes, so no newline translation: a name may hold "\r" or U+2028.
+    text = data.decode("utf-8-sig", errors="surrogateescape")
+    if list_file.suffix.lower() == ".csv":
+        raw_paths, labels = _parse_csv(text, list_file)
+    else:  # a path per "\n" or "\r\n" line, verbatim (spaces are part of names); blank and "#" lines skipped
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
+        raw_paths = [line for line in lines if line.strip() and not line.startswith("#")]
+        labels = None
+    if not raw_paths:
+        raise ZsfsError(f"the list file {list_file} lists no images.")
+    return [_relative_when_possible(p, root) for p in raw_paths], labels
+
+
+def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]:
+    """Paths verbatim (a quoted field may hold commas, newlines, spaces), labels stripped."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    if "path" not in columns:
+        raise ZsfsError(
+            f"{list_file} has no 'path' column (found: {', '.join(columns) or 'nothing'}); "
+            "the first line must be a header such as 'path,label'."
+        )
+    named_twice = repeated(column for column in columns if column)
+    if named_twice:  # DictReader would keep the last column of a name: the other is read as nothing
+        raise ZsfsError(f"{list_file}: the header names the column {named_twice[0]!r} twice; name each column once.")
+    reader.fieldnames = columns
+    rows, pathless, overlong = [], [], []  # line numbers: rows with something but no path, with too many fields
+    for row in reader:
+        extra = row.pop(None, [])  # the fields past the header's, as a list
+        if any(text.strip() for text in extra):
+            overlong.append((reader.line_num, len(columns) + len(extra)))
+        if (row.get("path") or "").strip():
+            rows.append(row)
+        elif any((value or "").strip() for value in [*row.values(), *extra]):
+            pathless.append(reader.line_num)
+    if pathless:  # a spreadsheet's missing file name: dropping the row would lose an image unseen
+        raise ZsfsError(
+            f"{list_file}: {counted(len(pathless), 'row')} with an empty path (first: line {pathless[0]}); "
+            "give every row a path or delete the row."
+        )
+    if overlong:  # "a,b.jpg,cat" under "path,label": an unquoted comma in a name shifts every field after it
+        line, fields = overlong[0]
+        raise ZsfsError(
+            f"{list_file}: {counted(len(overlong), 'row')} with more fields than the header's {len(columns)} "
+            f"(first: line {line}, {fields} fields); quote a path holding a comma (\"a,b.jpg\"), as spreadsheets "
+            "write it."
+        )
+    paths = [row["path"] for row in rows]
+    if "label" not in columns:
+        return paths, None
+    labels = utf8_texts((row.get("label") or "").strip() for row in rows)
+    missing = [i for i, label in enumerate(labels) if not label]
+    if missing:
+        raise ZsfsError(
+            f"{list_file}: {counted(len(missing), 'row')} with an empty label (first: {paths[missing[0]]}); "
+            "give every row a label or drop the label column."
+        )
+    return paths, labels
+
+
+def _relative_when_possible(path: str, root: Path) -> str:
+    if not path.startswith(("/", "~", "./")) and not path.endswith(("/", "/.")) and "//" not in path \
+            and "/./" not in path and path != ".":
+        return path  # already what Path(path).as_posix() gives: skips a Path per line (17 s at 1.28M)
+    try:
+        candidate = Path(path).expanduser()
+    except RuntimeError:  # "~name/..." of no such user (or no home): a relative name, as written
+        candidate = Path(path)
+    if not candidate.is_absolute():
+        return candidate.as_posix()
+    try:
+        return candidate.relative_to(root).as_posix()
+    except ValueError:
+        return candidate.as_posix()
