@@ -136,7 +136,7 @@ def _files_by_meaning(settings: dict) -> dict:
     """``settings`` with the model and class files they name as absolute paths (a pretrained tag
     named like a file stays a tag): a file is the setting, however its path was written (a
     walkthrough was told to remove its store for `--clip-model` given absolute on a rerun)."""
-    from zsfs.extract import MODEL_OPTIONS, absolute_model_files
+    from zsfs.shard_embedder import MODEL_OPTIONS, absolute_model_files
 
     settings = dict(settings)
     if all(isinstance(settings.get(name), str) for name in MODEL_OPTIONS):

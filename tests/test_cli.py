@@ -463,7 +463,7 @@ def test_other_options_show_the_library_defaults():
     from zsfs.cli.extract import extract as extract_command
     from zsfs.cli.predict import predict as predict_command
     from zsfs.cli.store import neighbours_command
-    from zsfs.extract import DEFAULT_BATCH_SIZE
+    from zsfs.shard_embedder import DEFAULT_BATCH_SIZE
     from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K
 
     def option(command, name):

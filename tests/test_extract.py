@@ -78,7 +78,7 @@ def test_the_batches_of_a_huge_listing_cost_little_memory():
     """Review: every listing position was a Python int in a list (482 MB for 10 million images)."""
     import tracemalloc
 
-    from zsfs.extract import position_batches
+    from zsfs.shard_embedder import position_batches
 
     assert [list(batch) for batch in position_batches(3, 12, 4)] == [[3, 4, 5, 6], [7, 8, 9, 10], [11]]
     tracemalloc.start()
@@ -403,7 +403,7 @@ def test_a_store_rebuilt_while_its_vocabulary_is_embedded_does_not_get_that_voca
     out, waiting, go = tmp_path / "s.h5", tmp_path / "waiting", tmp_path / "go"
     args = ["extract", str(source), "--out", str(out), *TINY_MODEL_ARGS, "--workers", "0"]
     script = (
-        "import os, time\nfrom zsfs.extract import ShardEmbedder\nembed = ShardEmbedder.encode_vocabulary\n"
+        "import os, time\nfrom zsfs.shard_embedder import ShardEmbedder\nembed = ShardEmbedder.encode_vocabulary\n"
         "def held_up(self, names):\n"
         f"    open({str(waiting)!r}, 'w').close()\n"
         f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.05)\n"
@@ -1059,7 +1059,7 @@ def test_an_image_the_models_give_non_finite_features_is_skipped_with_the_reason
     from types import SimpleNamespace
 
     from zsfs.embedding import Batch
-    from zsfs.extract import NO_FEATURES, _ShardRows
+    from zsfs.shard_embedder import NO_FEATURES, _ShardRows
     from zsfs.store.writer import ShardData, StoreWriter
 
     rows = _ShardRows(5, 4, 3, np.float16)
@@ -1166,7 +1166,7 @@ def test_skipped_files_are_recorded_in_listing_order_whatever_made_them_skipped(
     from types import SimpleNamespace
 
     from zsfs.embedding import Batch
-    from zsfs.extract import NO_FEATURES, _ShardRows
+    from zsfs.shard_embedder import NO_FEATURES, _ShardRows
 
     rows = _ShardRows(4, 2, 2, np.float32)
     clip = np.array([[1, 0], [np.nan, 0], [0, 1]], np.float32)
@@ -1415,7 +1415,7 @@ def test_a_decoding_process_notes_no_file_once_it_has_decoded_one(tmp_path):
     import multiprocessing
 
     from zsfs.embedding import DecodedImages, make_loader
-    from zsfs.extract import position_batches
+    from zsfs.shard_embedder import position_batches
 
     source = open_source(write_image_folder(tmp_path / "photos", n_per_class=1)["root"])
     decoding, since = multiprocessing.RawArray("q", [-1]), multiprocessing.RawArray("d", 1)
@@ -1440,7 +1440,7 @@ def test_a_store_built_by_name_is_judged_by_the_weights_asked_for_not_by_files_n
     with them by name"."""
     from dataclasses import replace
 
-    from zsfs.extract import EmbedSettings
+    from zsfs.shard_embedder import EmbedSettings
     from zsfs.resume import other_weights_by_name, recorded_by_name
     from zsfs.store.arrays import write_store
 
@@ -1476,7 +1476,7 @@ def test_a_store_built_by_name_is_judged_by_the_weights_asked_for_not_by_files_n
 def test_model_files_are_made_absolute_and_tags_stay_tags(tmp_path, monkeypatch):
     """What a Ray worker and a pipeline's record get: files by absolute path ("~" expanded), and a
     pretrained tag left a tag even where a file of its name lies in the working folder."""
-    from zsfs.extract import absolute_model_files
+    from zsfs.shard_embedder import absolute_model_files
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -187,7 +187,7 @@ def test_images_the_model_gives_no_usable_features_get_that_error_not_a_label(fi
     in-distribution ood_paper, and an all-zero row a class at 1/C confidence; extract skips both."""
     import torch
 
-    from zsfs.extract import NO_FEATURES
+    from zsfs.shard_embedder import NO_FEATURES
     from zsfs.models import Backbone
 
     good = sorted(fitted["photos"]["root"] / relative for relative in fitted["photos"]["good"])[:8]

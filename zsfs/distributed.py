@@ -29,7 +29,7 @@ import numpy as np
 
 from zsfs.crashes import DecodingProcessDied
 from zsfs.errors import ParameterError, ZsfsError
-from zsfs.extract import EmbedSettings, ShardEmbedder
+from zsfs.shard_embedder import EmbedSettings, ShardEmbedder
 from zsfs.names import counted, utf8_text, visible
 from zsfs.sources import ImageSource
 from zsfs.store.writer import StoreWriter

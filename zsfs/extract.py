@@ -1,53 +1,45 @@
 """Stage 1: an image source -> both models -> a sharded store (resumable).
 
-The decode/embed pipeline lives in ``zsfs.embedding``; this module plans the work per shard,
-writes the store and its vocabulary (``zsfs.vocabulary``), and reports what it did; whether an
-existing store is the one this run would write is ``zsfs.resume``'s question. Batches never cross shard
-boundaries: a resumed run computes exactly the batches an uninterrupted run would,
-so its store has the same content. Only shards the writer reports as pending are computed.
-
-Whole shards are computed by a ``ShardEmbedder`` (both models, loaded once): in this process,
-or one per Ray worker (``zsfs.distributed``, ``ray=...``); either way the same function writes
-each shard, so shards of a local run and of a Ray run are interchangeable.
+This module checks the request, plans the work per shard (only shards the writer reports as
+pending are computed), writes the store and its vocabulary (``zsfs.vocabulary``), and reports
+what it did. Whole shards are computed by a ``ShardEmbedder`` (``zsfs.shard_embedder``: both
+models, loaded once) in this process, or one per Ray worker (``zsfs.distributed``, ``ray=...``);
+the decode/embed pipeline beneath it is ``zsfs.embedding``. Whether an existing store is the one
+this run would write is ``zsfs.resume``'s question.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, closing, suppress
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
-from zsfs.embedding import Batch, embedded_images
 from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path_type)
-from zsfs.models import (by_name_only, clip_tokenizer, encode_vocabulary, load_backbone, load_clip, same_text_to_clip,
-                         weights_kind)
+from zsfs.models import by_name_only, clip_tokenizer, encode_vocabulary, load_clip, same_text_to_clip
 from zsfs.names import as_argument, check_class_names, reasons_text, some_names, visible
 from zsfs.resume import (budget_identity, finished_as_requested, master_model_record, new_suffixes_explain,
                          other_model_names, other_weights_by_name, recorded_by_name, store_identity)
+from zsfs.shard_embedder import DEFAULT_BATCH_SIZE, EmbedSettings, ShardEmbedder
 from zsfs.sources import ImageSource, open_source
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_planned_vocabularies
 from zsfs.store.files import UPDATE_FIX, check_store_writable, names_beside
+from zsfs.store.identity import recorded_identity, refuse_another_listing
 from zsfs.store.locks import check_store_lock, store_lock, written_elsewhere
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
-from zsfs.store.rows import usable_rows
-from zsfs.store.identity import recorded_identity, refuse_another_listing
-from zsfs.store.writer import ShardData, StoreWriter, check_own_shards_folder, refuse_replacing_another_file
+from zsfs.store.writer import StoreWriter, check_own_shards_folder, refuse_replacing_another_file
 from zsfs.vocabulary import checked_classes, refuse_same_text_to_clip, save_vocabulary
-from zsfs.weights import FILE, check_same_weights
+from zsfs.weights import check_same_weights
 from zsfs.writable import check_writable, refuse_input_as_output
-
-DEFAULT_BATCH_SIZE = 64
 
 
 @dataclass
@@ -83,161 +75,6 @@ class ExtractSummary:
     @property
     def images_per_second(self) -> float:
         return self.images_processed / self.embedding_seconds if self.embedding_seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class EmbedSettings:
-    """How images become embeddings: the models and how they run (``extract``'s options)."""
-
-    clip_model: str
-    clip_weights: str
-    backbone: str
-    backbone_weights: str
-    device: str
-    precision: str
-    batch_size: int
-    workers: int | None  # DataLoader decoding processes; None: ``default_workers``
-    max_pixels: int  # the decoding budget of one image
-
-    def model(self, role: str) -> tuple[str, str]:
-        """The (name, weights) asked for the ``"clip"`` or ``"backbone"`` model."""
-        return (self.clip_model, self.clip_weights) if role == "clip" else (self.backbone, self.backbone_weights)
-
-    def with_absolute_files(self) -> EmbedSettings:
-        """These settings with the model files they name as absolute paths: a Ray worker resolves a
-        relative path in its own working folder, not in the one the command was run from."""
-        return replace(self, **absolute_model_files({name: getattr(self, name) for name in MODEL_OPTIONS}))
-
-
-MODEL_OPTIONS = ("clip_model", "clip_weights", "backbone", "backbone_weights")
-"""``extract``'s options (and ``EmbedSettings``' fields) that choose the models."""
-
-
-def absolute_model_files(models: Mapping[str, str]) -> dict[str, str]:
-    """The :data:`MODEL_OPTIONS` of ``models`` with the files they name as absolute paths (``~``
-    expanded), a pretrained tag named like a file here left a tag: the file is the setting,
-    whichever folder its path was written from."""
-    absolute = {name: models[name] for name in MODEL_OPTIONS}
-    if Path(absolute["clip_model"]).expanduser().is_file():
-        absolute["clip_model"] = os.path.abspath(os.path.expanduser(absolute["clip_model"]))
-    for role, name in (("clip", "clip_model"), ("backbone", "backbone")):
-        weights = f"{role}_weights"
-        if weights_kind(role, models[name], models[weights]) == FILE:
-            absolute[weights] = os.path.abspath(os.path.expanduser(models[weights]))
-    return absolute
-
-
-def position_batches(start: int, stop: int, batch_size: int) -> list[range]:
-    """Listing positions ``start`` to ``stop - 1`` in batches of ``batch_size`` (the last one shorter);
-    ranges, not lists: a listing of 10 million images would hold half a gigabyte of Python ints."""
-    return [range(first, min(first + batch_size, stop)) for first in range(start, stop, batch_size)]
-
-
-def shard_batches(writer: StoreWriter, shards: Sequence[int], batch_size: int) -> tuple[list[range], list[int]]:
-    """Batches of listing positions (never crossing a shard boundary) and each batch's shard."""
-    batches, owners = [], []
-    for shard in shards:
-        in_shard = position_batches(*writer.shard_bounds(shard), batch_size)
-        batches += in_shard
-        owners += [shard] * len(in_shard)
-    return batches, owners
-
-
-NO_FEATURES = ("the models gave NaN, infinite or all-zero features (with --precision fp16 an overflow can: "
-               "bf16 or fp32 avoid it)")
-
-
-class _ShardRows:
-    """Embedded rows and failures of one shard, written batch by batch into arrays of the store's
-    dtype sized for the whole shard: a 50,000-image shard of the default models holds 200 MB of
-    float16 there, where float32 parts, their concatenation and its cast peaked at 780 MB (the
-    cast of each batch rounds as the cast of the whole would)."""
-
-    def __init__(self, capacity: int, clip_dim: int, backbone_dim: int, dtype: str | np.dtype):
-        self.indices = np.empty(capacity, np.int64)
-        self.clip = np.empty((capacity, clip_dim), dtype)
-        self.backbone = np.empty((capacity, backbone_dim), dtype)
-        self.width, self.height = np.empty(capacity, np.int32), np.empty(capacity, np.int32)
-        self.n_rows = 0
-        self.failures: list[tuple[int, str]] = []
-
-    def add(self, batch: Batch, outputs: tuple[np.ndarray, np.ndarray] | None) -> None:
-        if outputs is not None:
-            usable = usable_rows(outputs[0]) & usable_rows(outputs[1])
-            if not usable.all():  # a row of NaN would make every score of a fit NaN
-                self.failures.extend((int(index), NO_FEATURES) for index in batch.indices[~usable])
-                outputs = tuple(output[usable] for output in outputs)
-            rows = slice(self.n_rows, self.n_rows + int(usable.sum()))
-            self.indices[rows], self.clip[rows], self.backbone[rows] = batch.indices[usable], *outputs
-            self.width[rows], self.height[rows] = batch.width[usable], batch.height[usable]
-            self.n_rows = rows.stop
-        self.failures.extend(batch.failures)
-
-    def shard_data(self, source: ImageSource) -> ShardData:
-        filled = slice(0, self.n_rows)
-        indices = self.indices[filled]
-        failures = sorted(self.failures)
-        return ShardData(
-            clip=self.clip[filled],
-            backbone=self.backbone[filled],
-            paths=[source.paths[i] for i in indices],
-            width=self.width[filled],
-            height=self.height[filled],
-            labels=None if source.labels is None else [source.labels[i] for i in indices],
-            skipped_paths=[source.paths[i] for i, _ in failures],
-            skipped_reasons=[reason for _, reason in failures],
-        )
-
-
-class ShardEmbedder(AbstractContextManager):
-    """Both models, loaded once, computing and writing whole shards of one source.
-
-    ``cores``: the CPU cores this process may use (a Ray worker's share) [default: all it sees].
-    ``zsfs.distributed.RayEmbedders`` offers the same methods over a pool of these.
-    """
-
-    def __init__(self, settings: EmbedSettings, source: ImageSource, *, cores: int | None = None):
-        self.settings, self.source, self.cores = settings, source, cores
-        check_device(settings.device)  # before the models load: an absent GPU is a clear error
-        self.clip = load_clip(settings.clip_model, settings.clip_weights, device=settings.device)
-        self.features = load_backbone(settings.backbone, settings.backbone_weights, device=settings.device)
-        self.shards_redone = 0  # a process that dies takes its shards with it: nothing to redo here
-        self.set_aside: dict[int, str] = {}  # listing positions of files that crashed or hung a decoding process -> reason
-
-    @property
-    def records(self) -> tuple[dict, dict]:
-        """The (CLIP, backbone) records: what the store's identity and master record."""
-        return self.clip.record, self.features.record
-
-    def write_shards(self, writer: StoreWriter, shards: Sequence[int],
-                     on_batch: Callable[[int], None] | None = None) -> int:
-        """Compute ``shards`` and write each one as soon as its last batch is embedded; returns
-        the listing entries processed. One loader over all of them, so decoding never idles.
-
-        A file that crashes its decoding process (SIGSEGV in a codec library, say), or hangs it,
-        is recorded as skipped, with that reason, and the work goes on from the first batch not
-        embedded: a rerun would stop on it in the same place
-        (``zsfs.crashes.set_aside_crashing_file``)."""
-        settings = self.settings
-        batches, owners = shard_batches(writer, shards, settings.batch_size)
-        # closing(): a failed write stops the decoding processes now, not when the traceback goes
-        with closing(embedded_images(self.source, (self.clip, self.features), batches, owners,
-                                     set_aside=self.set_aside,
-                                     rerun_advice=" Rerun: an extract resumes from the shards it finished.",
-                                     device=settings.device, precision=settings.precision, workers=settings.workers,
-                                     max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch)) as embedded:
-            return _write_shards(writer, self.source, embedded, owners, self.clip.record["dim"],
-                                 self.features.record["dim"])
-
-    def encode_vocabulary(self, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(single-prompt, ensemble) text embeddings of the class names."""
-        return encode_vocabulary(self.clip, classes)
-
-    def same_text_to_clip(self, classes: list[str]) -> list[tuple[str, str]]:
-        return same_text_to_clip(self.clip.tokenizer, classes)
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def extract(
@@ -504,24 +341,6 @@ def _missing_vocabulary(master: Path, source: ImageSource, name: str, classes: l
         raise ZsfsError(f"none of the {len(skipped_paths):,} files of {source.location} could be decoded "
                         f"({counts}); {master} records them (`zsfs info --skipped {as_argument(master)}`)")
     return classes if classes and not has_vocabulary else None
-
-
-def _write_shards(writer: StoreWriter, source: ImageSource, embedded, owners: list[int], clip_dim: int,
-                  backbone_dim: int) -> int:
-    """Collect embedded batches per shard; write each shard as soon as its last batch is in."""
-    batches_left = Counter(owners)
-    rows: dict[int, _ShardRows] = {}  # the shards in progress only: batches come in listing order
-    processed = 0
-    for shard, batch, outputs in embedded:
-        if shard not in rows:
-            start, stop = writer.shard_bounds(shard)
-            rows[shard] = _ShardRows(stop - start, clip_dim, backbone_dim, writer.dtype)
-        rows[shard].add(batch, outputs)
-        processed += len(batch.indices) + len(batch.failures)
-        batches_left[shard] -= 1
-        if batches_left[shard] == 0:
-            writer.write_shard(shard, rows.pop(shard).shard_data(source))
-    return processed
 
 
 def default_output(location: Path) -> Path:

@@ -20,7 +20,7 @@ from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callba
                          shown_value)
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import embedded_images
-from zsfs.extract import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
+from zsfs.shard_embedder import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
 from zsfs.models import load_backbone_from_record
 from zsfs.names import check_utf8_file_names, repeated, utf8_texts
 from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table

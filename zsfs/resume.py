@@ -22,7 +22,7 @@ from zsfs.store.writer import StoreWriter
 from zsfs.weights import FILE, RANDOM
 
 if TYPE_CHECKING:
-    from zsfs.extract import EmbedSettings
+    from zsfs.shard_embedder import EmbedSettings
 
 
 def store_identity(source: ImageSource, clip_record: dict, backbone_record: dict, *, dtype: str,

@@ -51,7 +51,7 @@ def hooked_workers() -> None:
     while the file ``$ZSFS_TEST_PAUSE_SHARD_WRITES_WHILE`` exists held in their temporary files. For Ray workers (a set-up hook, as ``slow_decoding``) and for
     ``zsfs`` run by a test in a child process; decoding processes are forks, so they inherit it."""
     import zsfs.crashes as crashes
-    import zsfs.extract as extract
+    import zsfs.shard_embedder as shard_embedder
     import zsfs.sources as sources
 
     slow_decoding()
@@ -77,7 +77,7 @@ def hooked_workers() -> None:
         sources.decode_image = crashing
     delay = float(os.environ.get(LOAD_DELAY_VARIABLE, "0"))
     started = os.environ.get(LOAD_STARTED_VARIABLE)
-    build = extract.ShardEmbedder.__init__
+    build = shard_embedder.ShardEmbedder.__init__
 
     def slow(self, *args, **kwargs):
         if started:
@@ -85,7 +85,7 @@ def hooked_workers() -> None:
         time.sleep(delay)
         build(self, *args, **kwargs)
 
-    extract.ShardEmbedder.__init__ = slow
+    shard_embedder.ShardEmbedder.__init__ = slow
     _pausing_shard_writes(os.environ.get(WRITE_PAUSE_VARIABLE))
 
 
