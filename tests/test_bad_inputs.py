@@ -58,12 +58,15 @@ def tripwires(monkeypatch):
     import zsfs.fit.run
     import zsfs.importer
     import zsfs.predict
+    import zsfs.shard_embedder
     import zsfs.vocabulary
 
     def tripped(*args, **kwargs):
         raise AssertionError("the work started before the bad input was refused")
 
-    for module, name in ((zsfs.extract, "load_clip"), (zsfs.extract, "load_backbone"),
+    # the models load in the ShardEmbedder, and extract loads CLIP alone for a rerun's vocabulary
+    for module, name in ((zsfs.shard_embedder, "load_clip"), (zsfs.shard_embedder, "load_backbone"),
+                         (zsfs.extract, "load_clip"),
                          (zsfs.vocabulary, "load_clip_from_record"), (zsfs.fit.run, "fit_store"),
                          (zsfs.predict, "load_backbone_from_record"), (zsfs.importer, "write_store")):
         monkeypatch.setattr(module, name, tripped)

@@ -1,7 +1,7 @@
 """List files of images, read as written: ``.txt`` a path per line, ``.csv`` a ``path`` column
 (quoted fields may hold commas and newlines) and optionally a ``label`` column; paths relative
 to the list's folder. Text is UTF-8 (names that are not are kept byte for byte); UTF-16 and NUL
-bytes are refused with the fix."""
+bytes are refused with the fix (``refuse_nul_bytes``, also for class files)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 
 Batches never cross shard boundaries: a resumed run computes exactly the batches an
 uninterrupted run would, so its store has the same content, and shards of a local run and of a
-Ray run are interchangeable.
+Ray run are interchangeable. ``zsfs predict`` batches new images the same way (``position_batches``).
 """
 
 from __future__ import annotations
