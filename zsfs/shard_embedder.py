@@ -28,6 +28,7 @@ from zsfs.weights import FILE
 
 
 DEFAULT_BATCH_SIZE = 64
+"""Images per batch through both models (``--batch-size`` of extract and predict)."""
 
 
 @dataclass(frozen=True)
