@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -32,8 +33,6 @@ def check_utf8_file_names(paths: Iterable[str]) -> None:
     folder ``café`` would become the label ``cafÃ©``, and a UTF-8 path read from a list could not
     be opened at all (walkthrough: both went on in silence, the second as "corrupt image data").
     Names in the locale's own encoding (Latin-1 names under a Latin-1 locale) are read as before."""
-    import sys
-
     from zsfs.errors import ZsfsError
 
     encoding = sys.getfilesystemencoding()

@@ -7,6 +7,7 @@ command is also a plain function call for notebooks and tests.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 import click
@@ -37,8 +38,6 @@ def run() -> None:
     (it stopped every command, silently); an option that prints on a closed stdout (--json, --skipped)
     is refused before the work with the write's error, as a shell's own commands fail ("Bad file
     descriptor"; see ``prints_on_stdout``), and so is --help's or --version's text."""
-    import os
-
     for descriptor in (0, 1, 2):  # the system's too: the first file opened would get the number, and C
         try:                      # libraries' and child processes' writes to it would land in that file
             os.fstat(descriptor)

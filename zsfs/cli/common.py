@@ -243,11 +243,15 @@ def note_fit_options(config: "FitConfig", given: dict) -> None:
 class ClosedStdout(io.TextIOBase):
     """What a command writes to a stdout closed at the start (``>&-``): the system's EBADF error."""
 
+    @staticmethod
+    def error() -> OSError:
+        return OSError(errno.EBADF, "Bad file descriptor (stdout is closed)")
+
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        raise OSError(errno.EBADF, "Bad file descriptor (stdout is closed)")
+        raise self.error()
 
     @property
     def buffer(self) -> "ClosedStdout":
@@ -259,7 +263,7 @@ def prints_on_stdout(ctx: click.Context, parameter: click.Parameter, value: obje
     stdout closed at the start, the write's error now, before the work (a fit ran its minutes,
     then could not print what was asked for)."""
     if value and isinstance(sys.stdout, ClosedStdout):
-        sys.stdout.write("")
+        raise ClosedStdout.error()
     return value
 
 
