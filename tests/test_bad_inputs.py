@@ -339,6 +339,50 @@ def test_a_quoted_tilde_is_the_home_folder_in_every_path_option(tmp_path, monkey
     assert run_cli("info", "~root/s.h5").exit_code == 0
 
 
+def test_a_tilde_is_the_home_folder_in_every_path_of_the_python_api(tmp_path, monkeypatch):
+    """Bug: zsfs.fit(...).save("~/runs/r"), import_store("~/s.h5", ...) and zsfs.report(out="~/...")
+    made a folder named "~" in the current one, and zsfs.Store("~/s.h5") did not exist, while
+    zsfs.extract's source read "~" as the home folder (and the command line reads every path so)."""
+    import zsfs
+    from zsfs.importer import import_store
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    make_synthetic_store(home / "s.h5", 30, 3, seed=0, clip_dim=8, backbone_dim=8)
+    with zsfs.Store(home / "s.h5") as store:
+        np.save(home / "clip.npy", store.read("clip"))
+        np.save(home / "backbone.npy", store.read("backbone"))
+        pl.DataFrame({"path": store.paths()}).write_csv(home / "paths.csv")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    import_store("~/i.h5", clip_embeddings="~/clip.npy", backbone_features="~/backbone.npy", paths="~/paths.csv")
+    with zsfs.Store("~/i.h5") as store:
+        assert store.path == home / "i.h5" and store.n_images == 30
+    run = zsfs.fit("~/s.h5", k=2, candidates=4).save("~/runs/r")
+    assert run.path == home / "runs" / "r" and zsfs.load_run("~/runs/r").path == home / "runs" / "r"
+    assert zsfs.report("~/runs/r", out="~/page.html") == home / "page.html"
+    assert list(work.iterdir()) == []
+
+
+def test_a_file_named_tilde_and_a_name_is_that_file_not_an_error(tmp_path, monkeypatch):
+    """Bug: an image folder named "~zzq" (a quoted name; no user zzq) stopped extract and predict
+    with pathlib's RuntimeError "Could not determine home directory" and a traceback; a weights
+    file so named too. Only "~" and "~/" are the home folder, as for the command line's options."""
+    from zsfs.models import load_backbone
+    from zsfs.predict import image_inputs
+    from zsfs.sources import open_source
+    from zsfs.testing.models import TINY_BACKBONE
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~zzq" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "~zzq" / "a" / "x.png")
+    assert list(open_source("~zzq").paths) == ["a/x.png"]
+    assert list(image_inputs(["~zzq"]).paths) == ["~zzq/a/x.png"]
+    with pytest.raises(ZsfsError, match=r"~zzq/w\.safetensors"):
+        load_backbone(TINY_BACKBONE, "~zzq/w.safetensors")
+
+
 def test_pillow_warnings_stay_off_the_terminal(tmp_path):
     """Bug: a JPEG with a broken EXIF block printed Pillow's "UserWarning: Corrupt EXIF data"
     with a site-packages path and no file name, from the decoding workers too."""

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import ParamSpec, TypeVar
 
-from zsfs.names import abbreviated
+from zsfs.names import abbreviated, home_expanded
 
 P, R = ParamSpec("P"), TypeVar("R")
 
@@ -86,11 +86,13 @@ def check_callbacks(**callbacks: object) -> None:
             raise ParameterError(f"{{{name}}} must be a function (or None), not {shown_value(value)}")
 
 
-def check_path_type(name: str, value: object) -> None:
-    """ParameterError unless ``value`` is a path: a ``str`` or an ``os.PathLike`` (``bytes`` are not:
-    iterated, they read as numbers)."""
+def check_path(name: str, value: object) -> str:
+    """``value`` as a path's text, with a leading ``~`` read as the home folder (as the command line
+    reads it: :func:`zsfs.names.home_expanded`); ParameterError unless it is a ``str`` or an
+    ``os.PathLike`` (``bytes`` are not: iterated, they read as numbers)."""
     if not isinstance(value, (str, os.PathLike)):
         raise ParameterError(f"{{{name}}} must be a path (a str or pathlib.Path), not {shown_value(value)}")
+    return home_expanded(value)
 
 
 def refuse_unknown_parameters(given: "Iterable[str]", taken: "Sequence[str]", called: str) -> None:

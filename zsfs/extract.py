@@ -23,7 +23,7 @@ from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
-                         check_parameter_type, check_path_type)
+                         check_parameter_type, check_path)
 from zsfs.models import by_name_only, clip_tokenizer, encode_vocabulary, load_clip, same_text_to_clip
 from zsfs.names import as_argument, check_class_names, reasons_text, some_names, visible
 from zsfs.resume import (budget_identity, finished_as_requested, master_model_record, new_suffixes_explain,
@@ -117,9 +117,9 @@ def extract(
     started = time.perf_counter()
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     check_callbacks(on_start=on_start, on_batch=on_batch, on_resume=on_resume)
-    check_path_type("source", source)
+    source = check_path("source", source)
     if out is not None:
-        check_path_type("out", out)
+        out = check_path("out", out)
     _check_options(precision=precision, batch_size=batch_size, workers=workers, shard_size=shard_size, dtype=dtype,
                    max_pixels=max_pixels, ray=ray, ray_workers=ray_workers, vocab_name=vocab_name, overwrite=overwrite)
     vocab_name = check_vocabulary_name(vocab_name)  # (checked just above) in the form the store keeps

@@ -25,7 +25,7 @@ import numpy as np
 
 from zsfs.digests import file_sha256, listing_sha256
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
-                         check_parameter_type, check_path_type, checked_arguments, shown_value)
+                         check_parameter_type, check_path, checked_arguments, shown_value)
 from zsfs.import_inputs import (CLIP_RETRIEVAL_METADATA, PATH_COLUMNS, RowParts, column, load_rows, load_vocabulary,
                                 read_table)
 from zsfs.names import as_argument, repeated
@@ -73,9 +73,9 @@ def import_store(
     ``metadata/`` parts are used). All inputs must list the same images in the same order.
     ``progress``, ``on_start`` and ``on_resume`` are passed to :func:`write_store`.
     """
-    _check_arguments(out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies,
-                     clip_name, backbone_name, shard_size, dtype, overwrite, progress, on_start, on_resume)
-    out, clip_embeddings, backbone_features = Path(out), Path(clip_embeddings), Path(backbone_features)
+    out, clip_embeddings, backbone_features, paths, vocabularies = _check_arguments(
+        out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies, clip_name,
+        backbone_name, shard_size, dtype, overwrite, progress, on_start, on_resume)
     if paths is None and not (clip_embeddings / CLIP_RETRIEVAL_METADATA).is_dir():
         raise ParameterError("no paths table: pass {paths} (a parquet, CSV or TSV file), or a clip-retrieval output "
                              "folder (with metadata/) as {clip_embeddings}")
@@ -92,7 +92,7 @@ def import_store(
     check_own_shards_folder(out, overwrite)
     clip = load_rows(clip_embeddings, "CLIP embeddings")
     backbone = load_rows(backbone_features, "backbone features")
-    table_location = Path(paths) if paths is not None else clip_embeddings
+    table_location = paths if paths is not None else clip_embeddings
     table = read_table(table_location)
     image_paths = column(table, path_column, PATH_COLUMNS, "path")
     labels = column(table, label_column, (), "label") if label_column else None
@@ -108,7 +108,7 @@ def import_store(
     if len(named) < len(vocabularies or {}):  # two that print alike (the command line refuses them first)
         raise ZsfsError("two vocabulary names differ only in Unicode form (é as one character or as e + U+0301); "
                         "name each vocabulary once")
-    loaded = {name: load_vocabulary(Path(file), clip.shape[1]) for name, file in named.items()}
+    loaded = {name: load_vocabulary(file, clip.shape[1]) for name, file in named.items()}
     earlier = {} if overwrite else recorded_identity(out)  # the store being resumed or added to, if any
     source = recorded_location(table_location, earlier.get("source"))
     if earlier:  # a finished store or the shards of a stopped import (and not --overwrite)
@@ -188,13 +188,15 @@ def _label_column_hint(recorded: str | None, table: "pl.DataFrame", image_paths:
 
 
 def _check_arguments(out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies,
-                     clip_name, backbone_name, shard_size, dtype, overwrite, progress, on_start, on_resume) -> None:
+                     clip_name, backbone_name, shard_size, dtype, overwrite, progress, on_start,
+                     on_resume) -> tuple[Path, Path, Path, Path | None, dict[str, Path] | None]:
     """ParameterError for an argument of :func:`import_store` of the wrong kind, before anything is
-    read (``overwrite="no"`` is true: it would replace the store)."""
-    for name, value in (("out", out), ("clip_embeddings", clip_embeddings), ("backbone_features", backbone_features)):
-        check_path_type(name, value)
+    read (``overwrite="no"`` is true: it would replace the store); the paths as read (``~`` expanded):
+    ``out``, ``clip_embeddings``, ``backbone_features``, ``paths`` and ``vocabularies``."""
+    out, clip_embeddings, backbone_features = (Path(check_path(name, value)) for name, value in (
+        ("out", out), ("clip_embeddings", clip_embeddings), ("backbone_features", backbone_features)))
     if paths is not None:
-        check_path_type("paths", paths)
+        paths = Path(check_path("paths", paths))
     for name, value in (("clip_name", clip_name), ("backbone_name", backbone_name)):
         check_parameter_type(name, value, str)
         if not value.strip():  # an unset shell variable: a blank name in every table
@@ -206,12 +208,12 @@ def _check_arguments(out, clip_embeddings, backbone_features, paths, path_column
         if not isinstance(vocabularies, dict):
             raise ParameterError(f"{{vocabularies}} must be a dict of vocabulary name: .npz file, not "
                                  f"{shown_value(vocabularies)}")
-        for file in vocabularies.values():
-            check_path_type("vocabularies", file)
+        vocabularies = {name: Path(check_path("vocabularies", file)) for name, file in vocabularies.items()}
     check_at_least("shard_size", shard_size, 1)
     check_choice("dtype", dtype, schema.EMBEDDING_DTYPES)
     check_parameter_type("overwrite", overwrite, bool)
     check_callbacks(progress=progress, on_start=on_start, on_resume=on_resume)
+    return out, clip_embeddings, backbone_features, paths, vocabularies
 
 
 def refuse_other_vocabularies(out: Path, loaded: dict, overwrite: bool) -> None:

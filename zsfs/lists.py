@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 
 from zsfs.errors import ZsfsError
-from zsfs.names import counted, repeated, utf8_texts
+from zsfs.names import counted, home_expanded, repeated, utf8_texts
 
 
 def refuse_nul_bytes(data: bytes, what: str) -> None:
@@ -98,10 +98,7 @@ def _relative_when_possible(path: str, root: Path) -> str:
     if not path.startswith(("/", "~", "./")) and not path.endswith(("/", "/.")) and "//" not in path \
             and "/./" not in path and path != ".":
         return path  # already what Path(path).as_posix() gives: skips a Path per line (17 s at 1.28M)
-    try:
-        candidate = Path(path).expanduser()
-    except RuntimeError:  # "~name/..." of no such user (or no home): a relative name, as written
-        candidate = Path(path)
+    candidate = Path(home_expanded(path))  # "~name/...": a relative name, as written
     if not candidate.is_absolute():
         return candidate.as_posix()
     try:

@@ -200,6 +200,17 @@ def near_spellings(names: Iterable[str], known: Iterable[str], what: str) -> lis
     return [f"{name!r}{said}" for name in names if (said := hint(name))]
 
 
+def home_expanded(path: str | os.PathLike) -> str:
+    """``path`` as text, a leading ``~`` or ``~/`` read as the home folder, as a shell reads it: for
+    every path alike, whoever gives it (``--out=~/x``, a quoted '~/x', the Python API), not a folder
+    named "~" made in the current one. ``~name`` stays as written: a file may be named so (the shell
+    has already expanded an unquoted ``~user``), and pathlib raised RuntimeError for no such user."""
+    text = os.fspath(path)
+    if isinstance(text, str) and (text == "~" or text.startswith("~/")):
+        return os.path.expanduser(text)
+    return text
+
+
 def as_argument(path: str | os.PathLike) -> str:
     """``path`` as a command suggested in a message takes it: whole (the store's name alone named
     a file in the reader's current folder, not the store) and quoted for the shell."""

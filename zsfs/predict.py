@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs.decode import DEFAULT_MAX_PIXELS
-from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice, check_path_type,
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice, check_path,
                          shown_value)
 from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.embedding import embedded_images
@@ -55,13 +55,10 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
         inputs = [inputs]
     if isinstance(inputs, (bytes, bytearray)) or not isinstance(inputs, Iterable):  # bytes: read as numbers
         raise ParameterError(f"{{images}} must be a path or a list of paths, not {shown_value(inputs)}")
-    inputs = list(inputs)
-    for item in inputs:
-        check_path_type("images", item)
+    inputs = [check_path("images", item) for item in inputs]
     if isinstance(lists, (str, os.PathLike)):
         lists = [lists]
-    for item in lists:
-        check_path_type("lists", item)
+    lists = [check_path("lists", item) for item in lists]
     if not inputs and not lists:
         raise ZsfsError("no images given; pass image files and/or folders (or lists of them)")
     paths: list[str] = []

@@ -22,7 +22,7 @@ import numpy as np
 from zsfs import __version__, figures
 from zsfs.devices import check_polars_usable
 from zsfs.decode import FILE_NOT_FOUND
-from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_path_type, check_seed,
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_path, check_seed,
                          shown_value)
 from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
@@ -52,7 +52,7 @@ def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = Non
     """Render the report of ``run_dir`` to ``out`` [RUN_DIR/report.html]; the options as
     :func:`render_report`'s. ``on_missing_images`` hears the page's note when some images could
     not be shown (an empty gallery should be no surprise)."""
-    _check_options(images, per_class, ood_images, seed, max_pixels)
+    images = _check_options(images, per_class, ood_images, seed, max_pixels)
     check_callbacks(on_missing_images=on_missing_images)
     if isinstance(run_dir, FittedRun):  # what zsfs.fit returns: its saved folder
         if run_dir.path is None:
@@ -60,7 +60,7 @@ def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = Non
                                  "page with zsfs.report.render_report(run)")
         run_dir = run_dir.path
     if out is not None:
-        check_path_type("out", out)
+        out = check_path("out", out)
     # what is not a run is said before where the page would go (`zsfs report` checks the page's name first)
     run = load_run(run_dir)
     out = Path(run_dir) / REPORT if out is None else Path(out)
@@ -98,7 +98,7 @@ def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | Non
     [the store's extract's, 89,478,485 by default]; a larger JPEG is decoded smaller, a larger
     image of another format not shown.
     """
-    _check_options(images, per_class, ood_images, seed, max_pixels)
+    images = _check_options(images, per_class, ood_images, seed, max_pixels)
     run = run_dir if isinstance(run_dir, FittedRun) else load_run(run_dir)
     return _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed,
                    max_pixels=max_pixels)[0]
@@ -148,10 +148,10 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
 
 
 def _check_options(images: str | Path | None, per_class: int | None, ood_images: int, seed: int,
-                   max_pixels: int | None) -> None:
-    """Refuse bad options before the run is read."""
+                   max_pixels: int | None) -> str | None:
+    """Refuse bad options before the run is read; ``images`` as the page reads it (``~`` expanded)."""
     if images is not None:
-        check_path_type("images", images)
+        images = check_path("images", images)
         if not Path(images).is_dir():  # as `--images` says: every image would show as not found
             raise ParameterError(f"{{images}} {shown_value(str(images))} is not a folder" if Path(images).exists()
                                  else f"{{images}} {shown_value(str(images))} does not exist")
@@ -159,6 +159,7 @@ def _check_options(images: str | Path | None, per_class: int | None, ood_images:
     check_at_least("max_pixels", max_pixels, 1)
     check_at_least("ood_images", ood_images, 0)
     check_seed(seed)
+    return images
 
 
 def image_locations(run: FittedRun, images: str | Path | None,

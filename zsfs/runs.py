@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import (ParameterError, ZsfsError, check_path_type, checked_arguments, refuse_unknown_parameters,
+from zsfs.errors import (ParameterError, ZsfsError, check_path, checked_arguments, refuse_unknown_parameters,
                          shown_value)
 from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, auroc, paper_score_counts, per_class_accuracy
 from zsfs.names import pairs_text, percent, some_names, spelled_like, utf8_texts
@@ -360,8 +360,7 @@ class FittedRun:
     def save(self, run_dir: str | Path) -> "FittedRun":
         """Write the run folder ``run_dir`` (complete or absent; never over an existing one); returns
         the same run, read from there (``run = run.save(dir)``: this object keeps ``path`` None)."""
-        check_path_type("run_dir", run_dir)
-        run_dir = Path(run_dir).absolute()
+        run_dir = Path(check_path("run_dir", run_dir)).absolute()
         check_writable(run_dir, "run folder")  # as `zsfs fit` checks its --out (new_folder refuses an existing one)
         with new_folder(run_dir) as tmp:
             self.write_files(tmp)
@@ -403,8 +402,7 @@ class FittedRun:
 def load_run(run_dir: str | Path) -> FittedRun:
     """Open a run folder written by ``zsfs fit`` or ``FittedRun.save``: ``.predict(features)``,
     ``.predict_images(paths)``, ``.predictions``, ``.metrics``, ``.config``; ZsfsError when it is not one."""
-    check_path_type("run_dir", run_dir)
-    run_dir = Path(run_dir)
+    run_dir = Path(check_path("run_dir", run_dir))
     if not run_dir.is_dir():
         problem = "is not a folder" if run_dir.exists() else "does not exist"
         raise ZsfsError(f"{run_dir} {problem}; pass a run folder written by `zsfs fit --out RUN_DIR`")

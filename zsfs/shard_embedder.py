@@ -21,6 +21,7 @@ import numpy as np
 from zsfs.devices import check_device
 from zsfs.embedding import Batch, embedded_images
 from zsfs.models import encode_vocabulary, load_backbone, load_clip, same_text_to_clip, weights_kind
+from zsfs.names import home_expanded
 from zsfs.sources import ImageSource
 from zsfs.store.rows import usable_rows
 from zsfs.store.writer import ShardData, StoreWriter
@@ -64,12 +65,12 @@ def absolute_model_files(models: Mapping[str, str]) -> dict[str, str]:
     expanded), a pretrained tag named like a file here left a tag: the file is the setting,
     whichever folder its path was written from."""
     absolute = {name: models[name] for name in MODEL_OPTIONS}
-    if Path(absolute["clip_model"]).expanduser().is_file():
-        absolute["clip_model"] = os.path.abspath(os.path.expanduser(absolute["clip_model"]))
+    if Path(home_expanded(absolute["clip_model"])).is_file():
+        absolute["clip_model"] = os.path.abspath(home_expanded(absolute["clip_model"]))
     for role, name in (("clip", "clip_model"), ("backbone", "backbone")):
         weights = f"{role}_weights"
         if weights_kind(role, models[name], models[weights]) == FILE:
-            absolute[weights] = os.path.abspath(os.path.expanduser(models[weights]))
+            absolute[weights] = os.path.abspath(home_expanded(models[weights]))
     return absolute
 
 

@@ -23,7 +23,7 @@ from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError
 from zsfs.lists import read_list_file, refuse_nul_bytes
 from zsfs.names import (check_class_names, check_utf8_file_names, counted, refuse_unseen_characters, repeated,
-                        some_names, utf8_text, utf8_texts)
+                        home_expanded, some_names, utf8_text, utf8_texts)
 from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar,
                        is_tar_pattern, list_tars, resolve_tars, tar_shards_in)
 
@@ -136,11 +136,12 @@ class ImageSource:
 
 
 def given_path(path: str | Path, what: str) -> str:
-    """``path`` as text; a ``ZsfsError`` when it is the empty string, which ``Path`` would read as the
-    current folder (``str(Path(""))`` is already ".": only a ``str`` can be checked)."""
+    """``path`` as text, a leading ``~`` read as the home folder (:func:`zsfs.names.home_expanded`); a
+    ``ZsfsError`` when it is the empty string, which ``Path`` would read as the current folder
+    (``str(Path(""))`` is already ".": only a ``str`` can be checked)."""
     if isinstance(path, str) and path == "":
         raise ZsfsError(f"the {what} is an empty path; give a file or folder")
-    return str(path)
+    return home_expanded(path)
 
 
 def read_class_file(path: str | Path) -> list[str]:
@@ -190,8 +191,8 @@ def _listing(source: str | Path) -> ImageSource:
     if is_tar_pattern(source):
         root, tars = resolve_tars(source)
         # normalised as a folder's location is ("a/../t.tar" is "t.tar"), so a rerun from another folder matches
-        return _tar_source(Path(os.path.abspath(os.path.expanduser(source))), root, tars)
-    location = Path(source).expanduser()
+        return _tar_source(Path(os.path.abspath(source)), root, tars)
+    location = Path(source)
     if not location.exists():
         raise ZsfsError(f"{source} does not exist; pass an image folder, a .txt/.csv list of images, or tar "
                         "shards (a .tar, a folder of them, or a pattern 'shards/{00000..00099}.tar').")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ZsfsError
-from zsfs.names import counted, some_names
+from zsfs.names import counted, home_expanded, some_names
 from zsfs.store.schema import SHARDS_SUFFIX, holds_store_parts
 from zsfs.tar_headers import CompressedTar, DamagedTar, TarListing, scan_headers
 
@@ -194,7 +194,7 @@ def _store_shards_folder(path: str) -> bool:
 def named_tars(given: str) -> list[Path]:
     """The tar files of a brace pattern or a single tar, as the pattern names them; an error naming
     the missing ones. A tar file whose name holds braces (``x{1}.tar``) is that file, not a pattern."""
-    path = Path(given).expanduser()
+    path = Path(home_expanded(given))
     tars = [path] if path.is_file() else [Path(name) for name in expand_braces(str(path))]
     missing = [tar for tar in tars if not tar.is_file()]
     if missing:

@@ -20,6 +20,7 @@ import torch
 
 from zsfs.errors import ModelLoadError, error_chain, one_line
 from zsfs.digests import unchanged_file_sha256
+from zsfs.names import home_expanded
 from zsfs.store.schema import IMPORTED_WEIGHTS
 
 RANDOM = "random"
@@ -147,7 +148,7 @@ def _reachable(host: str, port: int, timeout: float) -> bool:
 def existing_file(weights: str, what: str, flag: str) -> Path | None:
     """The weights file if it exists and can be read, by the name that tells its format (see
     :func:`_named_by_format`); None if ``weights`` does not look like a path."""
-    path = Path(weights).expanduser()
+    path = Path(home_expanded(weights))
     try:
         is_folder, is_file = path.is_dir(), path.is_file()
     except OSError as error:  # a folder on the way that cannot be searched (Python 3.11 raises, not False)
@@ -205,7 +206,7 @@ def relocated(record: dict, new_file: str | Path | None, what: str) -> dict:
                              f"from a file; drop {flag}. {offline_advice(what.lower(), str(record.get('name')))}")
     path = existing_file(str(new_file), what, flag)
     if path is None:  # a bare name that is no file
-        raise _not_found(Path(new_file).expanduser(), what, flag)
+        raise _not_found(Path(home_expanded(new_file)), what, flag)
     return {**record, "file": str(path)}
 
 

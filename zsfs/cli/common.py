@@ -21,6 +21,7 @@ import click
 from zsfs.cli.console import console, shown
 from zsfs.devices import MODEL_PRECISIONS
 from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, shared_memory_full
+from zsfs.names import home_expanded
 
 if TYPE_CHECKING:
     from zsfs.fit.config import FitConfig
@@ -390,10 +391,8 @@ class GivenPath(click.Path):
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
         if isinstance(value, str) and value == "":  # " " is a name a folder can have
             self.fail("is empty (an unset shell variable?); give a path", param, ctx)
-        if isinstance(value, str) and (value == "~" or value.startswith("~/")):  # not ~user: ~backup is a name too
-            # as the shell does where it can (`--out=~/x`, '~/x' quoted: it does not): a home folder for
-            # every path alike, not a folder named "~" made in the current one
-            value = os.path.expanduser(value)
+        if isinstance(value, str):
+            value = home_expanded(value)
         if self.file_in_folder and not self.dir_okay and isinstance(value, (str, os.PathLike)):
             text = os.fsdecode(value)
             # a trailing slash names a folder, there or not (`--out results/` would be a file "results")

@@ -14,6 +14,7 @@ import torch
 from zsfs.digests import unchanged_file_sha256
 from zsfs.errors import ModelLoadError, one_line
 from zsfs.models.common import as_identity, built_by_name, by_name_only, close_names, hub_cache_advice, pretrained_error
+from zsfs.names import home_expanded
 from zsfs.models.encoders import Backbone, worker_transform
 from zsfs.weights import (DEFAULT, FILE, RANDOM, RANDOM_SEED, WeightsDownloadError, check_same_weights,
                           checkpoint_shapes, existing_file, hub_address, hub_offline_unless_reachable,
@@ -127,7 +128,7 @@ def backbone_weights_kind(weights: str) -> str | None:
     the name implies), ``"file"`` or ``"random"``; None for anything else (loading says why)."""
     if weights in (DEFAULT, RANDOM):
         return "tag" if weights == DEFAULT else RANDOM
-    return FILE if Path(weights).expanduser().is_file() else None
+    return FILE if Path(home_expanded(weights)).is_file() else None
 
 
 def backbone_offline_advice(name: str) -> str:

@@ -22,7 +22,7 @@ from zsfs.digests import unchanged_file_sha256
 from zsfs.errors import ModelLoadError, one_line
 from zsfs.models.common import as_identity, built_by_name, by_name_only, close_names, hub_cache_advice, pretrained_error
 from zsfs.models.encoders import ClipModel, worker_transform
-from zsfs.names import repeated_rows
+from zsfs.names import home_expanded, repeated_rows
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.weights import (FILE, RANDOM, RANDOM_SEED, WeightsDownloadError, check_same_weights, existing_file,
                           hub_address, hub_offline_unless_reachable, init_fingerprint, not_a_checkpoint, seeded_init,
@@ -193,8 +193,8 @@ def _resolve_clip_name(name: str) -> tuple[str, dict | None, dict[str, Any]]:
     registered name), and ``create_model_and_transforms`` options for a config's preprocessing."""
     import open_clip
 
-    if name.lower().endswith(".json") or Path(name).expanduser().is_file():
-        config_file = Path(name).expanduser()
+    if name.lower().endswith(".json") or Path(home_expanded(name)).is_file():
+        config_file = Path(home_expanded(name))
         if not config_file.is_file():
             raise ModelLoadError(f"CLIP model config file {config_file} not found.")
         try:

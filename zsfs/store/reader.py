@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from zsfs.digests import file_sha256
-from zsfs.errors import (ParameterError, StoreError, check_at_least, check_parameter_type, check_path_type,
+from zsfs.errors import (ParameterError, StoreError, check_at_least, check_parameter_type, check_path,
                          checked_arguments, one_line, shown_value)
 from zsfs.names import as_argument, counted, some_names, spelled_like
 from zsfs.store import schema
@@ -58,8 +58,7 @@ class Store:
 
     @checked_arguments
     def __init__(self, path: str | Path) -> None:
-        check_path_type("path", path)
-        self.path = master_file(path)  # a link's store: shards beside the master, not the link
+        self.path = master_file(check_path("path", path))  # a link's store: shards beside the master, not the link
         # Stamped before it is opened: a rebuild (shards first, the master last) that ends
         # after this point replaces the master, so check_unchanged sees it, however it interleaves.
         master_stamp = file_stamp(self.path)
