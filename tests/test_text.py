@@ -105,7 +105,7 @@ def test_text_refuses_a_duplicate_name_unless_overwrite(unlabelled_store, tmp_pa
         assert opened.vocabulary("animals").classes == ["owl", "bat"]
 
 
-def test_text_finds_a_moved_weights_file_only_if_it_matches(unlabelled_store, tmp_path):
+def test_text_finds_a_moved_weights_file_only_if_it_matches(unlabelled_store, tmp_path, monkeypatch):
     store, weights = unlabelled_store
     moved = tmp_path / "elsewhere" / "clip.pt"
     moved.parent.mkdir()
@@ -135,6 +135,13 @@ def test_text_finds_a_moved_weights_file_only_if_it_matches(unlabelled_store, tm
         assert opened.vocabulary_names() == ["animals", "deer", "night"]
     with pytest.raises(ParameterError, match=r"^store must be a zsfs.Store or its path, not 5$"):
         add_vocabulary(5, ["fox"], "x")
+    # bug: "~/s.h5" opened the home folder's store, then locked and wrote a folder named "~" here
+    monkeypatch.setenv("HOME", str(store.parent))
+    monkeypatch.chdir(tmp_path)
+    assert add_vocabulary(f"~/{store.name}", ["elk"], "home", clip_weights=moved) == ["elk"]
+    assert not (tmp_path / "~").exists()
+    with Store(store) as opened:
+        assert "home" in opened.vocabulary_names()
 
 
 def test_text_on_a_missing_store_or_class_file(unlabelled_store, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.devices import check_device
-from zsfs.errors import ParameterError, ZsfsError, check_parameter_type, checked_arguments, shown_value
+from zsfs.errors import ParameterError, ZsfsError, check_parameter_type, check_path, checked_arguments, shown_value
 from zsfs.models import encode_vocabulary, load_clip_from_record, same_text_to_clip
 from zsfs.names import check_class_names, counted, pairs_text, refuse_unseen_characters
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -44,7 +44,7 @@ def add_vocabulary(
     as ``zsfs.fit`` takes one. Returns the class names written.
     """
     check_store_or_path("store", store)  # (Store's own check would name its "path")
-    store_path = store.path if isinstance(store, Store) else store
+    store_path = store.path if isinstance(store, Store) else Path(check_path("store", store))
     check_device(device)
     check_parameter_type("name", name, str)
     name = check_vocabulary_name(name)
