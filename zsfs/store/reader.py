@@ -21,12 +21,12 @@ from zsfs.names import as_argument, counted, some_names, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import (Vocabulary, open_extra, planned_vocabularies, read_vocabulary, vocabulary_files,
                                vocabulary_name_as_stored)
-from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files
-from zsfs.store.locks import master_file, written_elsewhere
-from zsfs.store.hdf5 import canonical_json, masters_reading, read_errors, read_identity, read_strings, string_view
-from zsfs.store.identity import unfinished_run
+from zsfs.store.files import REPAIR, leftover_temp_files
+from zsfs.store.locks import master_file
+from zsfs.store.hdf5 import canonical_json, read_errors, read_identity, read_strings, string_view
 from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, read_all
+from zsfs.store.master import open_master
 from zsfs.store.rows import READ_BLOCK, read_rows
 
 if TYPE_CHECKING:
@@ -529,66 +529,6 @@ def check_open_store(name: str, value: object) -> None:
     a path failed on an AttributeError inside)."""
     if not isinstance(value, Store):
         raise ParameterError(f"{{{name}}} must be an open zsfs.Store (zsfs.Store(path)), not {shown_value(value)}")
-
-
-def _did_you_mean(path: Path) -> str:
-    """``"; did you mean photos.h5?"`` for ``photos`` (the image folder, say) beside the store extract wrote."""
-    meant = path.with_suffix(".h5") if path.name else path
-    return f"; did you mean {meant}?" if meant != path and meant.is_file() else ""
-
-
-def open_master(path: Path) -> h5py.File:
-    """Open a master file, with a clear message for each way it can be the wrong file."""
-    if not path.exists():
-        if written_elsewhere(path):
-            raise StoreError(f"store {path} is being written by another zsfs process; wait for it to finish")
-        meant = _did_you_mean(path)
-        if meant:
-            raise StoreError(f"store {path} does not exist{meant}")
-        shards = schema.shard_dir(path)
-        if shards.is_dir():
-            readers = masters_reading(shards, other_than=path)
-            if readers:  # named without a suffix (--out photos), or renamed since: that file is the store
-                raise StoreError(f"store {path} does not exist; {shards.name}/ holds the shards of the store "
-                                 f"{readers[0]}: pass that path")
-            raise StoreError(f"store {path} is not finished (its shards are in {shards.name}/){unfinished_run(path)}; "
-                             "rerun the command that builds it to finish")
-        raise StoreError(f"store {path} does not exist; create it with `zsfs extract` or `zsfs import`")
-    if path.is_dir():
-        raise StoreError(f"{path} is a folder; pass the store's master .h5 file{_did_you_mean(path)}")
-    if not h5py.is_hdf5(path):
-        raise StoreError(f"{path} is not an HDF5 file (damaged, truncated, or not a zsfs store)"
-                         f"{_did_you_mean(path) or damaged_master_advice(path)}")
-    try:
-        file = h5py.File(path, "r")
-    except OSError as error:
-        raise StoreError(f"{path} cannot be opened as HDF5 ({error}); it is probably truncated or damaged"
-                         f"{damaged_master_advice(path)}") from None
-    fmt = file.attrs.get(schema.ATTR_FORMAT)
-    version = file.attrs.get(schema.ATTR_FORMAT_VERSION)
-    if fmt in schema.PART_FORMATS:
-        file.close()
-        masters = [path.parent.parent / f"{path.parent.stem}{suffix}" for suffix in schema.HDF5_SUFFIXES]
-        master = next((candidate for candidate in masters if candidate.is_file()), None)
-        raise StoreError(f"{path} is {schema.PART_FORMATS[fmt]} of a zsfs store, not the store; pass its master file"
-                         + (f": {master}" if master else " (the .h5 file beside its folder)"))
-    if fmt != schema.FORMAT_NAME or version is None:
-        file.close()
-        raise StoreError(f"{path} is an HDF5 file but not a zsfs store (no '{schema.FORMAT_NAME}' format mark)")
-    if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 1:
-        file.close()  # int() took 2.5 as 2 and raised a traceback on 'two' (another tool's store)
-        raise StoreError(f"{path} has the format version {version!r}, not a whole number from 1 on: it is damaged or "
-                         f"was not written by zsfs{damaged_master_advice(path)}")
-    if version > schema.FORMAT_VERSION:
-        file.close()
-        raise StoreError(f"{path} uses store format {int(version)}, newer than this zsfs understands "
-                         f"({schema.FORMAT_VERSION}); upgrade zsfs")
-    try:
-        check_structure(file, path, master=True)
-    except BaseException:
-        file.close()
-        raise
-    return file
 
 
 def file_stamp(path: Path) -> tuple[int, int, int, int] | None:
