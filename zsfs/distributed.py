@@ -15,6 +15,7 @@ Every node must see the source, the models' weights and the store's folder at th
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -310,7 +311,18 @@ def _sigterm_kept() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _without_token_auth_notice(record: logging.LogRecord) -> bool:
+    """Drops Ray's notice that token authentication is on (a line at every start of a local
+    instance, and on joining from a machine holding a token): the safe state, on every run. Its
+    warning that authentication is off is kept."""
+    return not record.getMessage().startswith("Token authentication is enabled")
+
+
 def _start_or_join(address: str | None) -> bool:
+    logging.getLogger(RAY_TOKEN_LOGGER).addFilter(_without_token_auth_notice)  # (once: a filter is added once)
     if address == LOCAL:  # Ray's own "local": a new instance, whatever RAY_ADDRESS or the last `ray start` says
         ray.init(address=LOCAL, include_dashboard=False, log_to_driver=False, configure_logging=False)
         return True
