@@ -16,6 +16,7 @@ from pathlib import Path
 from pipelines.datasets import (ACCURACY_BASELINES, AUROC_BASELINES, BACKBONE, BASELINE_TITLES, CLIP_MODEL,
                                 CLIP_WEIGHTS, DATASETS, Dataset)
 from zsfs.errors import ZsfsError
+from zsfs.names import home_expanded
 from zsfs.outputs import replacing_file
 from zsfs.runs import CONFIG as CONFIG_FILE, METRICS as METRICS_FILE  # ood-bench names its file alike
 
@@ -241,7 +242,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description="(Re)write WORK/results.md and WORK/results.csv from the "
                                                  "pipelines' finished runs.", epilog="Example: python -m pipelines.report work")
-    parser.add_argument("work", nargs="?", type=Path, default=Path("work"), help="the pipelines' --work folder [work]")
+    parser.add_argument("work", nargs="?", type=lambda text: Path(home_expanded(text)), default=Path("work"),
+                        help="the pipelines' --work folder [work]")
     work = parser.parse_args().work
     if not work.is_dir():  # a typo made a folder with an empty table; a file, a traceback
         parser.error(f"{work} is not a folder: give the --work folder of `python -m pipelines.run`")

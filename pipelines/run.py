@@ -25,6 +25,7 @@ import click
 
 from pipelines import prepare, report
 from pipelines.datasets import BACKBONE, CLIP_MODEL, CLIP_WEIGHTS, DATASETS, OOD_SPLITS, Dataset, get_dataset
+from zsfs.cli.common import GivenPath
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.names import counted
@@ -375,13 +376,13 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
 @click.command(context_settings={"help_option_names": ["-h", "--help"]},
                epilog="Example: python -m pipelines.run cifar10 cifar100 --data-root data --work work --device cuda")
 @click.argument("datasets", nargs=-1, required=True)
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
+@click.option("--data-root", type=GivenPath(file_okay=False, path_type=Path), default=Path("data"),
               show_default=True, help="Where datasets are downloaded and prepared.")
-@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=Path("work"), show_default=True,
+@click.option("--work", type=GivenPath(file_okay=False, path_type=Path), default=Path("work"), show_default=True,
               help="Stores, runs and results.md / results.csv.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Device for extract, fit and ood-bench.")
-@click.option("--images", type=click.Path(file_okay=False, exists=True, path_type=Path),
+@click.option("--images", type=GivenPath(file_okay=False, exists=True, path_type=Path),
               help="An already prepared class-subfolder folder (one dataset only): skips preparation.")
 @click.option("--extract-args", default="", help='Extra `zsfs extract` options, e.g. "--precision bf16".')
 @click.option("--fit-args", default="", help='Extra options for `zsfs fit` and `zsfs ood-bench`, e.g. "--k 5".')

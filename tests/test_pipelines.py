@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,6 +87,21 @@ def test_a_dataset_whose_store_is_built_needs_no_preparation_and_a_bad_device_is
     assert result.exit_code == 2 and "'tpu' is not one of 'cpu', 'cuda', 'mps'" in result.output
 
 
+
+
+def test_a_tilde_in_the_pipelines_folders_is_the_home_folder(tmp_path, monkeypatch):
+    """Walkthrough: `--work=~/w` (no shell expands it there) planned a folder named "~" in the
+    current one, as zsfs' own commands no longer do; `python -m pipelines.report '~/w'` too."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["cifar10", "--work=~/w", "--data-root=~/d", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"--out {tmp_path}/home/w/cifar10/cifar10.h5" in " ".join(result.output.split()), result.output
+    (tmp_path / "home" / "w").mkdir(parents=True)
+    written = subprocess.run([sys.executable, "-m", "pipelines.report", "~/w"], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=120)
+    assert written.returncode == 0 and (tmp_path / "home" / "w" / "results.md").is_file(), written.stderr
+    assert not (tmp_path / "~").exists()
 def test_imagenet_is_classification_only_and_images_skip_preparation(tmp_path):
     steps = plan(DATASETS["imagenet"], tmp_path, tmp_path / "work", images=tmp_path / "sorted")
     assert [step.name for step in steps] == ["extract", "fit"]
