@@ -6,6 +6,7 @@ import inspect
 import re
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -44,9 +45,12 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     assert len(blocks) == 1
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its folder goes with the test's (17 were left in /tmp)
     exec(compile(blocks[0], str(DOC), "exec"), {"__name__": "__doc_example__"})
     printed = capsys.readouterr().out
     assert "images embedded" in printed and "accuracy against the folder labels" in printed
+    example = next(tmp_path.glob("zsfs-example-*"))
+    assert f"open {example / 'run' / 'report.html'}" in printed
     # Random tiny models give near-ties; the exact match is tested on clear data (below).
     assert float(re.search(r"same class as the fit: ([0-9.]+)", printed).group(1)) >= 0.8
 
