@@ -173,6 +173,33 @@ def test_full_disk_during_import_and_extract_then_resume(tmp_path, base):
         assert extracted.n_images == 9
 
 
+def test_a_store_of_more_shards_than_the_open_files_limit(tmp_path):
+    """Bug: writing the master opens every shard at once; under `ulimit -n 128` a store of 150
+    shards (100M images make 2,000 of 50,000) stopped with "Too many open files" and a traceback,
+    after every shard was written. Now the soft limit is raised as far as the hard one allows, and
+    a hard limit too low is said before any work (real limits, set by the shell of a child)."""
+    n = 1500
+    rows = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
+    np.save(tmp_path / "clip.npy", rows)
+    np.save(tmp_path / "backbone.npy", rows)
+    (tmp_path / "paths.csv").write_text("path\n" + "".join(f"{i}.jpg\n" for i in range(n)))
+    args = ("import", tmp_path / "i.h5", "--clip-embeddings", tmp_path / "clip.npy", "--backbone-features",
+            tmp_path / "backbone.npy", "--paths", tmp_path / "paths.csv", "--shard-size", "10")
+
+    def under(limits: str) -> tuple[str, ...]:  # a launcher: the shell sets the limits, then runs zsfs
+        return ("bash", "-c", f'ulimit {limits} || exit 99; exec "$@"', "bash")
+
+    refused = run_zsfs(*args, launcher=under("-n 128"))  # soft and hard
+    assert refused.returncode == 1 and refused.problems == [], refused.output
+    assert "the store's 150 shards are more files than this process may open at once (128, `ulimit -Hn`)" in \
+        output_text(refused), refused.output
+    assert not (tmp_path / "i.shards").exists()  # said before any shard was written
+    assert run_zsfs(*args, launcher=under("-S -n 128")).returncode == 0  # the soft limit alone: raised
+    with Store(tmp_path / "i.h5") as imported:
+        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)  # as import stores them
+        assert imported.n_images == n and np.allclose(imported.read("clip"), unit, atol=1e-3)
+
+
 def test_full_disk_while_polars_writes_the_predictions_is_one_line(tmp_path):
     """Bug: polars' parquet writer, failing after its first pages (predictions.parquet of 2,000
     images), raised ComputeError "Invalid thrift: transport error", no errno: a traceback after the fit."""

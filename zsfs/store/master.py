@@ -10,6 +10,8 @@ and root attributes are added.
 from __future__ import annotations
 
 import json
+import os
+import resource
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -23,7 +25,7 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
-from zsfs.names import utf8_text
+from zsfs.names import counted, utf8_text
 from zsfs.store.files import REPAIR, check_written, damaged_master_advice
 from zsfs.store.hdf5 import canonical_json, masters_reading, read_identity, read_strings, write_strings
 from zsfs.store.identity import unfinished_run
@@ -51,10 +53,39 @@ def check_shards_agree(shards: list[h5py.File]) -> None:
                              "pass --overwrite to rebuild the store")
 
 
+OPEN_FILES_SPARE = 64
+"""Files a process keeps free beside its shards (the master being written, the lock, Python's own)."""
+
+
+def make_room_for_shards(n_shards: int) -> None:
+    """Raise this process's soft limit on open files (``ulimit -n``, often 1,024) so that the
+    ``n_shards`` shard files fit at once, as writing the master opens them (a store of 100M images
+    has 2,000); a StoreError, before any work, where the hard limit is too low (the soft limit
+    stopped a finished run at its master, with "Too many open files" and a traceback)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc (macOS): the spare covers them
+        in_use = 0
+    needed = in_use + n_shards + OPEN_FILES_SPARE
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    try:
+        if hard != resource.RLIM_INFINITY and needed > hard:
+            raise ValueError("over the hard limit")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (ValueError, OSError):
+        raise StoreError(f"the store's {counted(n_shards, 'shard')} are more files than this process may open at once "
+                         f"({hard if hard != resource.RLIM_INFINITY else soft}, `ulimit -Hn`), and writing its master "
+                         f"opens them all; raise that limit to {needed} (root's, or the container's or job's nofile "
+                         "limit), or build the store with a larger --shard-size") from None
+
+
 @contextmanager
 def opened_shards(shard_paths: list[Path]) -> Iterator[list[h5py.File]]:
     """The shard files, open for reading and checked to make one store (:func:`check_shards_agree`);
     a shard that fails to open closes the ones opened before it."""
+    make_room_for_shards(len(shard_paths))
     with ExitStack() as opened:
         shards = [opened.enter_context(h5py.File(shard, "r")) for shard in shard_paths]
         check_shards_agree(shards)

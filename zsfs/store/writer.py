@@ -31,7 +31,7 @@ from zsfs.store.identity import mismatch_error, recorded_identity
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.integrity import read_all
 from zsfs.store.locks import LOCK_SUFFIX, acquire_lock, master_file, release_lock, written_elsewhere
-from zsfs.store.master import index_shards, opened_shards, write_master
+from zsfs.store.master import index_shards, make_room_for_shards, opened_shards, write_master
 from zsfs.store.rows import usable_rows
 
 SIZE_DTYPE = np.int32
@@ -190,6 +190,7 @@ class StoreWriter:
         self.identity = json.loads(canonical_json({**identity, **layout}))
         self.n_items, self.shard_size, self.dtype = int(n_items), int(shard_size), dtype
         self.n_shards = math.ceil(n_items / shard_size)
+        make_room_for_shards(self.n_shards)  # said now, not once every shard is embedded
         self._release = lambda: None
         self._digests: dict[Path, tuple[tuple, str]] = {}
         if lock:
