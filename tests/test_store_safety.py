@@ -200,6 +200,32 @@ def test_a_store_of_more_shards_than_the_open_files_limit(tmp_path):
         assert imported.n_images == n and np.allclose(imported.read("clip"), unit, atol=1e-3)
 
 
+def test_a_file_system_that_takes_no_locks_holds_a_store(tmp_path, base):
+    """Bug: where flock fails (NFS without its lock daemon: ENOLCK; some Lustre and GPFS mounts: 524),
+    HDF5 locked every file it read, so a store read as damaged ("it is probably truncated or
+    damaged ... remove it (`rm ...`)"), and the writer lock refused every extract. Now zsfs reads
+    without HDF5's lock and writes unguarded there: extract, text, fit, predict and --verify work."""
+    from zsfs.testing.failures import without_file_locks
+
+    unlocked = without_file_locks(tmp_path, errno.ENOLCK)
+    out = tmp_path / "e.h5"
+    done = run_zsfs(*extract_args(base, out), "--workers", "1", launcher=unlocked)
+    assert done.returncode == 0, done.output
+    for launcher in (unlocked, without_file_locks(tmp_path, 524)):
+        verified = run_zsfs("info", out, "--verify", launcher=launcher)
+        assert verified.returncode == 0, verified.output
+    (tmp_path / "animals.txt").write_text("cat\ndog\n")
+    text = run_zsfs("text", out, "--classes", tmp_path / "animals.txt", "--name", "animals", launcher=unlocked)
+    assert text.returncode == 0, text.output
+    fit = run_zsfs("fit", "--store", out, "--vocab", "animals", "--k", "2", "--candidates", "4", "--out",
+                   tmp_path / "run", launcher=unlocked)
+    assert fit.returncode == 0, fit.output
+    predicted = run_zsfs("predict", "--run", tmp_path / "run", base / "photos", "--out", tmp_path / "p.csv",
+                         "--workers", "0", launcher=unlocked)
+    assert predicted.returncode == 0 and (tmp_path / "p.csv").is_file(), predicted.output
+    assert store_content(out)["clip"] == store_content(base / "s.h5")["clip"]
+
+
 def test_full_disk_while_polars_writes_the_predictions_is_one_line(tmp_path):
     """Bug: polars' parquet writer, failing after its first pages (predictions.parquet of 2,000
     images), raised ComputeError "Invalid thrift: transport error", no errno: a traceback after the fit."""

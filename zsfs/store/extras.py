@@ -21,7 +21,8 @@ from zsfs.names import as_argument, check_class_names, some_names, spelled_like
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files
 from zsfs.store.locks import store_lock
-from zsfs.store.hdf5 import canonical_json, read_errors, read_identity, read_strings, write_checked, write_strings
+from zsfs.store.hdf5 import (canonical_json, open_hdf5, read_errors, read_identity, read_strings, write_checked,
+                             write_strings)
 from zsfs.store.rows import normalise_rows
 
 
@@ -192,7 +193,7 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
     from zsfs.store.integrity import check_structure
 
     try:
-        file = h5py.File(path, "r")
+        file = open_hdf5(path)
     except OSError as error:
         # removing it first works for both (a vocabulary written again would also replace its file)
         writer = ("`zsfs neighbours`" if kind == schema.GRAPH_FORMAT

@@ -17,6 +17,15 @@ from zsfs.store import schema
 STRING = h5py.string_dtype("utf-8")
 
 
+def open_hdf5(path: str | Path) -> h5py.File:
+    """``path`` open for reading, without HDF5's own file lock. zsfs writes every HDF5 file aside and
+    renames it into place (its writer lock keeps writers apart: ``zsfs.store.locks``), so no file
+    is read while written; HDF5's lock on a read only made reads fail where the file system takes
+    no locks (NFS without its lock daemon, some Lustre and GPFS mounts: "unable to lock file,
+    errno = 37 / 95 / 524"), and the store read as damaged."""
+    return h5py.File(path, "r", locking=False)
+
+
 def canonical_json(value: dict) -> str:
     """One JSON spelling per value, so that identities compare as strings."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -67,7 +76,7 @@ def shard_folders_named(path: Path) -> set[str]:
     try:
         if not h5py.is_hdf5(path):
             return set()
-        with h5py.File(path, "r") as file:
+        with open_hdf5(path) as file:
             if read_identity(file) is None or schema.SHARDS_FILE not in file:
                 return set()
             return {PurePosixPath(name).parts[0] for name in read_strings(file[schema.SHARDS_FILE])}

@@ -7,12 +7,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import h5py
-
 from zsfs.errors import StoreMismatchError
 from zsfs.store import schema
 from zsfs.store.extras import planned_vocabularies
-from zsfs.store.hdf5 import read_identity
+from zsfs.store.hdf5 import open_hdf5, read_identity
 
 
 def refuse_another_listing(master: Path, listing: dict) -> None:
@@ -33,7 +31,7 @@ def recorded_identity(master: Path) -> dict:
     shards = schema.shard_dir(master)
     for path in [master] if master.is_file() else sorted(shards.glob(schema.SHARD_GLOB)):
         try:
-            with h5py.File(path, "r") as file:
+            with open_hdf5(path) as file:
                 found = read_identity(file)
         except (OSError, ValueError):  # unreadable, or an identity that is not JSON
             continue  # the writer says what is wrong with a master, and rewrites a damaged shard
@@ -80,7 +78,7 @@ def _holds_labels(shard_files: list[Path]) -> bool:
     """Whether the first readable of ``shard_files`` holds labels (every shard of a store or none)."""
     for path in shard_files:
         try:
-            with h5py.File(path, "r") as file:
+            with open_hdf5(path) as file:
                 return schema.LABEL in file
         except OSError:  # a damaged shard: the next one tells
             continue

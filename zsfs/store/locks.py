@@ -50,6 +50,11 @@ def lock_path(master: Path) -> Path:
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
+NO_LOCKS_HERE = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, 524}
+"""flock's errors on a file system that takes no locks (NFS without its lock daemon; Lustre or GPFS
+mounted without them: 524 is Linux's ENOTSUPP). The store is still written there, unguarded, as
+without ``fcntl``: refusing left zsfs no way to write a store on such a mount."""
+
 LOCK_ATTEMPTS = 100
 """Opens of the lock's name before giving up: each retry follows a holder's release (it removes
 the file), so more than a few mean the file system does not keep a file's identity stable."""
@@ -86,6 +91,8 @@ def acquire_lock(master: Path) -> Path:
         except ImportError:
             break  # no advisory locks on this platform
         except OSError as error:
+            if error.errno in NO_LOCKS_HERE:
+                break  # as without fcntl: the file names the writer, nothing enforces it
             os.close(handle)
             if error.errno in (errno.ESTALE, errno.ENOENT):  # removed by its holder meanwhile (NFS)
                 continue

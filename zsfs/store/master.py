@@ -27,7 +27,7 @@ from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 from zsfs.names import counted, utf8_text
 from zsfs.store.files import REPAIR, check_written, damaged_master_advice
-from zsfs.store.hdf5 import canonical_json, masters_reading, read_identity, read_strings, write_strings
+from zsfs.store.hdf5 import canonical_json, masters_reading, open_hdf5, read_identity, read_strings, write_strings
 from zsfs.store.identity import unfinished_run
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
 from zsfs.store.integrity import check_structure
@@ -87,7 +87,7 @@ def opened_shards(shard_paths: list[Path]) -> Iterator[list[h5py.File]]:
     a shard that fails to open closes the ones opened before it."""
     make_room_for_shards(len(shard_paths))
     with ExitStack() as opened:
-        shards = [opened.enter_context(h5py.File(shard, "r")) for shard in shard_paths]
+        shards = [opened.enter_context(open_hdf5(shard)) for shard in shard_paths]
         check_shards_agree(shards)
         yield shards
 
@@ -171,7 +171,7 @@ def carry_over_vocabularies(previous: Path, master: h5py.File, identity: dict) -
     if not previous.is_file():
         return
     try:
-        with h5py.File(previous, "r") as old:
+        with open_hdf5(previous) as old:
             if read_identity(old) == identity and schema.VOCAB_GROUP in old:
                 old.copy(old[schema.VOCAB_GROUP], master, name=schema.VOCAB_GROUP)
     except OSError:
@@ -247,7 +247,7 @@ def open_master(path: Path) -> h5py.File:
         raise StoreError(f"{path} is not an HDF5 file (damaged, truncated, or not a zsfs store)"
                          f"{_did_you_mean(path) or damaged_master_advice(path)}")
     try:
-        file = h5py.File(path, "r")
+        file = open_hdf5(path)
     except OSError as error:
         raise StoreError(f"{path} cannot be opened as HDF5 ({error}); it is probably truncated or damaged"
                          f"{damaged_master_advice(path)}") from None

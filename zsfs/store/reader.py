@@ -23,7 +23,7 @@ from zsfs.store.extras import (Vocabulary, open_extra, planned_vocabularies, rea
                                vocabulary_name_as_stored)
 from zsfs.store.files import REPAIR, leftover_temp_files
 from zsfs.store.locks import master_file
-from zsfs.store.hdf5 import canonical_json, read_errors, read_identity, read_strings, string_view
+from zsfs.store.hdf5 import canonical_json, open_hdf5, read_errors, read_identity, read_strings, string_view
 from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, read_all
 from zsfs.store.master import open_master
@@ -139,7 +139,7 @@ class Store:
         for position, (name, rows) in enumerate(zip(self.shard_files, self.shard_rows)):
             size_ok = self.shard_bytes is None or (folder / name).stat().st_size == self.shard_bytes[position]
             try:  # HDF5 notices truncation on open (end of file before its recorded end)
-                with h5py.File(folder / name, "r") as shard:
+                with open_hdf5(folder / name) as shard:
                     check_structure(shard, folder / name)
                     ok = size_ok and read_identity(shard) == self.identity and all(
                         shard[dataset].shape[0] == rows for dataset in schema.VIRTUAL_DATASETS)
@@ -443,7 +443,7 @@ class Store:
                                      f"is damaged: {self._how_to_repair('it')}")
         checked = 0
         for name in self.shard_files:  # before the master, whose virtual datasets read them: name the file
-            with h5py.File(folder / name, "r") as shard:
+            with open_hdf5(folder / name) as shard:
                 checked += read_all(shard, folder / name)
         checked += read_all(self._file, self.path)
         if self._unreadable_vocabularies or self.unreadable_graph:
@@ -454,7 +454,7 @@ class Store:
         if self._graph_dataset() is not None and self._graph_file is not None:
             extras.append(schema.graph_file(self.data_dir))
         for path in extras:
-            with h5py.File(path, "r") as file:
+            with open_hdf5(path) as file:
                 checked += read_all(file, path)
         for name in self.vocabulary_names():  # whole: then each held to the format, as a fit reads it
             self.vocabulary(name)

@@ -24,8 +24,8 @@ from zsfs.errors import StoreError
 from zsfs.store import schema
 from zsfs.store.files import (damaged_master_advice, new_hdf5, remove_file, remove_leftover_temp_files,
                               temp_files_of)
-from zsfs.store.hdf5 import (canonical_json, masters_reading, read_identity, read_strings, shard_folders_named,
-                             write_checked, write_strings)
+from zsfs.store.hdf5 import (canonical_json, masters_reading, open_hdf5, read_identity, read_strings,
+                             shard_folders_named, write_checked, write_strings)
 from zsfs.digests import file_sha256
 from zsfs.store.identity import mismatch_error, recorded_identity
 from zsfs.store.index import EXACT_MAX
@@ -146,7 +146,7 @@ def refuse_replacing_another_file(master: Path) -> None:
 def _format_mark(path: Path) -> str | None:
     """The format mark of an HDF5 file ("" when it has none), or None when it cannot be read."""
     try:
-        with h5py.File(path, "r") as file:
+        with open_hdf5(path) as file:
             mark = file.attrs.get(schema.ATTR_FORMAT, "")
     except (OSError, RuntimeError, ValueError, KeyError):
         return None
@@ -246,7 +246,7 @@ class StoreWriter:
             if path.suffix == schema.TMP_SUFFIX:
                 continue
             try:
-                with h5py.File(path, "r") as file:
+                with open_hdf5(path) as file:
                     identity = read_identity(file)
             except Exception:  # unreadable, or damaged metadata (h5py's RuntimeError, a garbled identity)
                 if path == self.master:
@@ -282,7 +282,7 @@ class StoreWriter:
         if not self.master.is_file():
             return {}
         try:
-            with h5py.File(self.master, "r") as master:
+            with open_hdf5(self.master) as master:
                 if read_identity(master) != self.identity or dataset not in master:
                     return {}
                 names = read_strings(master[schema.SHARDS_FILE])
@@ -300,7 +300,7 @@ class StoreWriter:
         if recorded_bytes and path in recorded_bytes and path.stat().st_size != recorded_bytes[path]:
             return False
         try:
-            with h5py.File(path, "r") as file:
+            with open_hdf5(path) as file:
                 attrs = file.attrs
                 start, stop = self.shard_bounds(shard)
                 return (
@@ -389,7 +389,7 @@ class StoreWriter:
         """True when every dataset of the shard's file reads through its checksums."""
         path = self.shard_path(shard)
         try:
-            with h5py.File(path, "r") as file:
+            with open_hdf5(path) as file:
                 read_all(file, path)
         except Exception:  # damaged metadata fails in h5py as RuntimeError, KeyError, ...: not whole either
             return False

@@ -1,5 +1,6 @@
 """Real failures for tests and the failure sweep (benchmarks/failure_sweep.py): the ``zsfs``
-command line in a child process whose writes fail the way a full disk makes them fail.
+command line in a child process whose writes fail the way a full disk makes them fail, or on a
+file system that takes no file locks.
 
 ``RLIMIT_FSIZE`` caps the size of every file the child writes; with ``SIGXFSZ`` ignored, a
 write past the cap fails with ``EFBIG`` inside whatever code makes it, HDF5's C code included,
@@ -70,6 +71,21 @@ def file_size_limit_here(limit: int) -> Iterator[None]:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
+
+
+_FLOCK_FAILS = """#include <errno.h>
+int flock(int fd, int operation) { (void)fd; (void)operation; errno = %d; return -1; }
+"""
+
+
+def without_file_locks(folder: Path, error: int) -> tuple[str, ...]:
+    """A ``run_zsfs`` launcher whose command finds the file system taking no locks: every ``flock``,
+    HDF5's and zsfs' own, fails with ``error`` (ENOLCK on NFS without its lock daemon, 524 on some
+    Lustre and GPFS mounts), through a C library loaded first (``LD_PRELOAD``); built with gcc."""
+    source, library = folder / f"flock-{error}.c", folder / f"flock-{error}.so"
+    source.write_text(_FLOCK_FAILS % error)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return ("env", f"LD_PRELOAD={library}")
 
 
 def store_content(master: Path) -> dict:
