@@ -382,7 +382,7 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
               help="Stores, runs and results.md / results.csv.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Device for extract, fit and ood-bench.")
-@click.option("--images", type=GivenPath(file_okay=False, exists=True, path_type=Path),
+@click.option("--images", type=GivenPath(file_okay=False, path_type=Path),
               help="An already prepared class-subfolder folder (one dataset only): skips preparation.")
 @click.option("--extract-args", default="", help='Extra `zsfs extract` options, e.g. "--precision bf16".')
 @click.option("--fit-args", default="", help='Extra options for `zsfs fit` and `zsfs ood-bench`, e.g. "--k 5".')
@@ -420,6 +420,9 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
     chosen = [get_dataset(name) for name in names]
     if images is not None and len(chosen) != 1:
         raise ZsfsError("--images names one prepared folder: give exactly one dataset with it")
+    if images is not None and not images.is_dir():  # (here, not in the option's type: main() says its errors)
+        raise ZsfsError(f"--images {images} {'is not a folder' if images.exists() else 'does not exist'}; give the "
+                        "prepared class-subfolder folder")
     if id_classes is not None and (len(chosen) != 1 or chosen[0].id_classes is None):
         raise ZsfsError("--id-classes sets the OOD protocol of one dataset: give exactly one dataset that has it "
                         f"({', '.join(name for name, entry in DATASETS.items() if entry.runnable and entry.id_classes)})")

@@ -8,6 +8,7 @@ error), print one ``Error:`` line that names the problem, and never reach the ex
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -337,6 +338,11 @@ def test_a_quoted_tilde_is_the_home_folder_in_every_path_option(tmp_path, monkey
     # review: only ~ and ~/ are the home folder: '~root/s.h5' is a folder named ~root here, not /root's
     make_synthetic_store(work / "~root" / "s.h5", 30, 3, seed=0, clip_dim=8, backbone_dim=8)
     assert run_cli("info", "~root/s.h5").exit_code == 0
+    # review: --id-classes=~/ids.txt was "neither a number nor an existing file"
+    (home / "ids.txt").write_text("class_0000\nclass_0001\n")
+    benched = run_cli("ood-bench", "--store", "~/s.h5", "--id-classes=~/ids.txt", "--k", "2", "--candidates", "4",
+                      "--out", "~/bench")
+    assert benched.exit_code == 0 and (home / "bench" / "metrics.json").is_file(), benched.output
 
 
 def test_a_tilde_is_the_home_folder_in_every_path_of_the_python_api(tmp_path, monkeypatch):
@@ -362,6 +368,9 @@ def test_a_tilde_is_the_home_folder_in_every_path_of_the_python_api(tmp_path, mo
     run = zsfs.fit("~/s.h5", k=2, candidates=4).save("~/runs/r")
     assert run.path == home / "runs" / "r" and zsfs.load_run("~/runs/r").path == home / "runs" / "r"
     assert zsfs.report("~/runs/r", out="~/page.html") == home / "page.html"
+    assert zsfs.report("~/runs/r") == home / "runs" / "r" / "report.html"  # review: this one went to ./~/runs/r
+    written = make_synthetic_store(Path("~/w.h5"), 30, 3, seed=0, clip_dim=8, backbone_dim=8)  # zsfs.store.write_store
+    assert written == home / "w.h5" and written.is_file()
     assert list(work.iterdir()) == []
 
 

@@ -87,8 +87,6 @@ def test_a_dataset_whose_store_is_built_needs_no_preparation_and_a_bad_device_is
     assert result.exit_code == 2 and "'tpu' is not one of 'cpu', 'cuda', 'mps'" in result.output
 
 
-
-
 def test_a_tilde_in_the_pipelines_folders_is_the_home_folder(tmp_path, monkeypatch):
     """Walkthrough: `--work=~/w` (no shell expands it there) planned a folder named "~" in the
     current one, as zsfs' own commands no longer do; `python -m pipelines.report '~/w'` too."""
@@ -102,6 +100,12 @@ def test_a_tilde_in_the_pipelines_folders_is_the_home_folder(tmp_path, monkeypat
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=120)
     assert written.returncode == 0 and (tmp_path / "home" / "w" / "results.md").is_file(), written.stderr
     assert not (tmp_path / "~").exists()
+    # review: a missing --images folder, checked by the option's type, ended in a traceback
+    missing = CliRunner().invoke(main, ["cifar10", "--images", str(tmp_path / "nope"), "--dry-run"])
+    assert missing.exit_code == 1 and f"Error: --images {tmp_path / 'nope'} does not exist" in missing.output, \
+        missing.output
+
+
 def test_imagenet_is_classification_only_and_images_skip_preparation(tmp_path):
     steps = plan(DATASETS["imagenet"], tmp_path, tmp_path / "work", images=tmp_path / "sorted")
     assert [step.name for step in steps] == ["extract", "fit"]

@@ -488,7 +488,7 @@ def test_ray_local_starts_its_own_instance_whatever_ray_address_says(photos, tmp
     assert_same_store(out, photos["local"])
     # walkthrough: Ray's "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled
     # to opt out..." came first on every run: the safe state, and nothing for the user to do
-    assert "Token authentication" not in outcome.output, outcome.output
+    assert "Token authentication is enabled" not in outcome.output, outcome.output
 
 
 def test_joining_ray_keeps_this_processs_sigterm_handler(cluster):

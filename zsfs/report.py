@@ -63,13 +63,14 @@ def write_report(run_dir: "str | Path | FittedRun", out: str | Path | None = Non
         out = check_path("out", out)
     # what is not a run is said before where the page would go (`zsfs report` checks the page's name first)
     run = load_run(run_dir)
-    out = Path(run_dir) / REPORT if out is None else Path(out)
+    default = run.path / REPORT  # ("~" read as the home folder, as load_run reads it)
+    out = default if out is None else Path(out)
     check_report_path(out)
     # before the rendering, with the message every command gives, and the way around a read-only run folder
     check_writable(written_file(out), "report", "choose another location with --out FILE.html")
     refuse_read_only_file(out, "report")
     page, missing = _render(run, images=images, per_class=per_class, ood_images=ood_images, seed=seed,
-                            max_pixels=max_pixels, out=None if out == Path(run_dir) / REPORT else out)
+                            max_pixels=max_pixels, out=None if out == default else out)
     written = write_text_atomically(out, page)
     if missing and on_missing_images is not None:
         on_missing_images(missing)

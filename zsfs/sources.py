@@ -22,8 +22,8 @@ from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError
 from zsfs.lists import read_list_file, refuse_nul_bytes
-from zsfs.names import (check_class_names, check_utf8_file_names, counted, refuse_unseen_characters, repeated,
-                        home_expanded, some_names, utf8_text, utf8_texts)
+from zsfs.names import (check_class_names, check_utf8_file_names, counted, home_expanded, refuse_unseen_characters,
+                        repeated, some_names, utf8_text, utf8_texts)
 from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar,
                        is_tar_pattern, list_tars, resolve_tars, tar_shards_in)
 

@@ -11,7 +11,7 @@ from zsfs.cli.common import (GivenPath, kept_if_interrupted, note_fit_options, n
                              prints_on_stdout)
 from zsfs.cli.console import console, shown
 from zsfs.errors import ParameterError, shown_value
-from zsfs.names import counted, near_spellings, some_names
+from zsfs.names import counted, home_expanded, near_spellings, some_names
 
 
 @click.command("ood-bench", short_help="Benchmark the OOD scores with some classes held out.")
@@ -117,7 +117,7 @@ def _share_fit_options(command: click.Command) -> click.Command:
 
 
 def _parse_id_classes(value: str) -> int | list[str]:
-    path = Path(value)
+    path = Path(home_expanded(value))
     try:
         count = int(value)  # a count; a negative one gets ood_bench's range error
     except ValueError:

@@ -14,8 +14,8 @@ import torch
 from zsfs.digests import unchanged_file_sha256
 from zsfs.errors import ModelLoadError, one_line
 from zsfs.models.common import as_identity, built_by_name, by_name_only, close_names, hub_cache_advice, pretrained_error
-from zsfs.names import home_expanded
 from zsfs.models.encoders import Backbone, worker_transform
+from zsfs.names import home_expanded
 from zsfs.weights import (DEFAULT, FILE, RANDOM, RANDOM_SEED, WeightsDownloadError, check_same_weights,
                           checkpoint_shapes, existing_file, hub_address, hub_offline_unless_reachable,
                           init_fingerprint, seeded_init, weights_from_record)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsfs.errors import ParameterError, ZsfsError, shown_value
+from zsfs.errors import ParameterError, ZsfsError, check_path, shown_value
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.digests import listing_sha256, rows_sha256
@@ -59,6 +59,7 @@ def write_store(
     included) and neighbour graph; one that would also write the same vocabularies writes nothing
     (and so succeeds on a read-only copy of the store).
     """
+    master = Path(check_path("master", master))
     for name, record in (("clip_info", clip_info), ("backbone_info", backbone_info)):
         if not isinstance(record, dict) or not {"name", "weights"} <= set(record):  # what every reader takes
             raise ParameterError(f"{{{name}}} must be a dict with at least 'name' and 'weights' (and 'dim', or the "
@@ -92,9 +93,9 @@ def write_store(
         refuse_unusable_rows(features, None)
     planned = [*(vocabularies or {}), *planned_vocabularies]
     layout = dict(n_items=n, shard_size=shard_size, dtype=dtype)
-    written = None if overwrite else _written_already(Path(master), identity, layout, planned, planned_by)
+    written = None if overwrite else _written_already(master, identity, layout, planned, planned_by)
     if written is None:
-        written = _write_shards_and_master(Path(master), identity, layout, features, paths=paths, labels=labels,
+        written = _write_shards_and_master(master, identity, layout, features, paths=paths, labels=labels,
                                            width=width, height=height, attrs={schema.ATTR_SOURCE: str(source),
                                            schema.ATTR_CLIP: clip_info, schema.ATTR_BACKBONE: backbone_info},
                                            planned=planned, planned_by=planned_by, overwrite=overwrite,

@@ -60,25 +60,33 @@ OPEN_FILES_SPARE = 64
 def make_room_for_shards(n_shards: int) -> None:
     """Raise this process's soft limit on open files (``ulimit -n``, often 1,024) so that the
     ``n_shards`` shard files fit at once, as writing the master opens them (a store of 100M images
-    has 2,000); a StoreError, before any work, where the hard limit is too low (the soft limit
-    stopped a finished run at its master, with "Too many open files" and a traceback)."""
+    has 2,000); a StoreError where the hard limit, or the system, allows no such limit (the soft
+    limit stopped a finished run at its master, with "Too many open files")."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        in_use = len(os.listdir("/proc/self/fd"))
-    except OSError:  # no /proc (macOS): the spare covers them
-        in_use = 0
-    needed = in_use + n_shards + OPEN_FILES_SPARE
+    needed = _open_files() + n_shards + OPEN_FILES_SPARE
     if soft == resource.RLIM_INFINITY or needed <= soft:
         return
-    try:
-        if hard != resource.RLIM_INFINITY and needed > hard:
-            raise ValueError("over the hard limit")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-    except (ValueError, OSError):
-        raise StoreError(f"the store's {counted(n_shards, 'shard')} are more files than this process may open at once "
-                         f"({hard if hard != resource.RLIM_INFINITY else soft}, `ulimit -Hn`), and writing its master "
-                         f"opens them all; raise that limit to {needed} (root's, or the container's or job's nofile "
-                         "limit), or build the store with a larger --shard-size") from None
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        reason = f"this process may open {hard} (its hard limit, `ulimit -Hn`)"
+    else:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+            return
+        except (ValueError, OSError) as error:  # macOS: above kern.maxfilesperproc, whatever the hard limit
+            reason = f"the system refused this process a limit of {needed} ({error})"
+    raise StoreError(f"the store's {counted(n_shards, 'shard')} are more files than this process may open at once, "
+                     f"and writing its master opens them all: {reason}; raise the limit to {needed} (root's setting, "
+                     "or the container's or job's nofile limit), or build the store with larger shards (--shard-size)")
+
+
+def _open_files() -> int:
+    """The files this process has open (0 where the system does not list them: the spare covers them)."""
+    for listing in ("/proc/self/fd", "/dev/fd"):  # Linux; macOS and the BSDs
+        try:
+            return len(os.listdir(listing))
+        except OSError:
+            continue
+    return 0
 
 
 @contextmanager

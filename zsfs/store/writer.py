@@ -190,7 +190,6 @@ class StoreWriter:
         self.identity = json.loads(canonical_json({**identity, **layout}))
         self.n_items, self.shard_size, self.dtype = int(n_items), int(shard_size), dtype
         self.n_shards = math.ceil(n_items / shard_size)
-        make_room_for_shards(self.n_shards)  # said now, not once every shard is embedded
         self._release = lambda: None
         self._digests: dict[Path, tuple[tuple, str]] = {}
         if lock:
@@ -361,7 +360,11 @@ class StoreWriter:
     def announce(self, pending: Sequence[int], on_start: Callable[[int], None] | None,
                  on_resume: Callable[[int, int], None] | None) -> None:
         """Tell ``on_resume(kept, n_shards)`` how many shards an earlier run finished (when it finished
-        some, not all), then ``on_start(items)`` how many items the ``pending`` shards hold."""
+        some, not all), then ``on_start(items)`` how many items the ``pending`` shards hold. Before
+        that, when there are shards to write, make sure the master can open them all once they are
+        written (:func:`make_room_for_shards`): said now, not after hours of embedding."""
+        if pending:
+            make_room_for_shards(self.n_shards)
         if on_resume is not None and 0 < len(pending) < self.n_shards:
             on_resume(self.n_shards - len(pending), self.n_shards)
         if on_start is not None:
