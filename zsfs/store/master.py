@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -62,6 +61,10 @@ def make_room_for_shards(n_shards: int) -> None:
     ``n_shards`` shard files fit at once, as writing the master opens them (a store of 100M images
     has 2,000); a StoreError where the hard limit, or the system, allows no such limit (the soft
     limit stopped a finished run at its master, with "Too many open files")."""
+    try:
+        import resource
+    except ImportError:  # no such limits to raise (Windows)
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = _open_files() + n_shards + OPEN_FILES_SPARE
     if soft == resource.RLIM_INFINITY or needed <= soft:
