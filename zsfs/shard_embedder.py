@@ -65,8 +65,9 @@ def absolute_model_files(models: Mapping[str, str]) -> dict[str, str]:
     expanded), a pretrained tag named like a file here left a tag: the file is the setting,
     whichever folder its path was written from."""
     absolute = {name: models[name] for name in MODEL_OPTIONS}
-    if Path(home_expanded(absolute["clip_model"])).is_file():
-        absolute["clip_model"] = os.path.abspath(home_expanded(absolute["clip_model"]))
+    clip_model = home_expanded(absolute["clip_model"])
+    if Path(clip_model).is_file():
+        absolute["clip_model"] = os.path.abspath(clip_model)
     for role, name in (("clip", "clip_model"), ("backbone", "backbone")):
         weights = f"{role}_weights"
         if weights_kind(role, models[name], models[weights]) == FILE:

@@ -193,8 +193,8 @@ def _resolve_clip_name(name: str) -> tuple[str, dict | None, dict[str, Any]]:
     registered name), and ``create_model_and_transforms`` options for a config's preprocessing."""
     import open_clip
 
-    if name.lower().endswith(".json") or Path(home_expanded(name)).is_file():
-        config_file = Path(home_expanded(name))
+    config_file = Path(home_expanded(name))
+    if name.lower().endswith(".json") or config_file.is_file():
         if not config_file.is_file():
             raise ModelLoadError(f"CLIP model config file {config_file} not found.")
         try:
