@@ -397,6 +397,19 @@ def test_a_child_forked_after_the_callers_own_polars_work_is_refused_a_table_wri
     assert not (tmp_path / "t.parquet").exists()
 
 
+def test_a_child_forked_before_polars_threads_name_themselves_is_refused_a_table_write(tmp_path):
+    """Bug (a CI run with two test processes on two cores): a fork right after the caller's first
+    polars sort, before the scheduler had run the pool's new threads, found none named polars-N
+    (a thread names itself when it first runs), and the child's table write hung. Here the parent
+    shares one core with four polars threads, so that their names are late almost every time."""
+    pinned = "import os\nos.sched_setaffinity(0, {0})\nos.environ['POLARS_MAX_THREADS'] = '4'\n" + FORKED_WRITE
+    for attempt in range(3):
+        exitcode, said, stderr = run_forked_child(pinned, str(tmp_path / "t.parquet"), timeout=30)
+        assert exitcode == 0 and said.startswith(f"cannot write {tmp_path / 't.parquet'} in this process: it was "
+                                                 "forked"), (attempt, stderr[-2000:])
+    assert not (tmp_path / "t.parquet").exists()
+
+
 def test_each_preset_gives_the_config_it_names(tmp_path):
     """zsfs.fit(preset=...) is the CLI's --paper / --fast: each name must give its own FitConfig."""
     from dataclasses import asdict

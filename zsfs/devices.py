@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from zsfs.errors import ParameterError, ZsfsError, check_choice
@@ -32,24 +33,63 @@ _torch_pool_forked = False
 """Whether this process was forked after torch was imported: its thread pool then stays at one thread."""
 
 
+NAMING_WAIT_SECONDS = 0.2
+"""How long a fork waits at most for threads that have barely run to name themselves (:func:`_note_polars_pool`)."""
+_NEWBORN_RUNS = 2  # a thread scheduled fewer times may not have named itself yet (seen: 0 and 1; an idle torch thread: 3)
+
+
 def _note_polars_pool() -> None:
     """Before a fork, in the parent: whether polars' thread pool has started (its threads are named
     polars-0, ...). /proc lists them on Linux; elsewhere nothing is noted (macOS and Windows spawn
-    by default; on a BSD, fork with care: docs/python.md)."""
+    by default; on a BSD, fork with care: docs/python.md).
+
+    A thread names itself when it first runs, so the pool's threads, started by polars' first
+    parallel operation, carry the starting thread's name until the scheduler gets to them (review:
+    on a busy machine a fork right after the caller's first sort missed them, and the child's
+    table write hung). While polars has named no thread and an unnamed one has barely run, the fork
+    waits for it, at most ``NAMING_WAIT_SECONDS``."""
     global _polars_pool_running
-    try:
-        threads = os.listdir("/proc/self/task")
-    except OSError:
+    if _polars_pool_forked or "polars" not in sys.modules:  # no polars library loaded: no pool
+        _polars_pool_running = _polars_pool_forked  # a forked child's pool lost its threads, not its belief in them
         return
-    names = []
-    for thread in threads:
+    unnamed, deadline = _thread_name("self"), time.monotonic() + NAMING_WAIT_SECONDS
+    while True:
+        threads = _other_threads()
+        _polars_pool_running = any(re.fullmatch(r"polars-\d+", name) for name, _ in threads)
+        newborn = any(name == unnamed and runs is not None and runs < _NEWBORN_RUNS for name, runs in threads)
+        if _polars_pool_running or not newborn or time.monotonic() > deadline:
+            return
+        time.sleep(0.001)
+
+
+def _other_threads() -> list[tuple[str, int | None]]:
+    """(name, times scheduled, None where the kernel keeps no count) of this process's threads
+    other than the main one; none where /proc does not list them."""
+    try:
+        tids = [tid for tid in os.listdir("/proc/self/task") if tid != str(os.getpid())]
+    except OSError:
+        return []
+    threads = []
+    for tid in tids:
+        name = _thread_name(f"self/task/{tid}")
+        if name is None:  # a thread that ended meanwhile
+            continue
         try:
-            with open(f"/proc/self/task/{thread}/comm") as comm:
-                names.append(comm.read().strip())
-        except OSError:  # a thread that ended meanwhile
-            pass
-    # a forked child's pool lost its threads but not its belief in them: its own children inherit that
-    _polars_pool_running = _polars_pool_forked or any(re.fullmatch(r"polars-\d+", name) for name in names)
+            with open(f"/proc/self/task/{tid}/schedstat") as schedstat:
+                runs = int(schedstat.read().split()[2])
+        except (OSError, IndexError, ValueError):  # a kernel built without scheduler statistics
+            runs = None
+        threads.append((name, runs))
+    return threads
+
+
+def _thread_name(proc_entry: str) -> str | None:
+    """The name (comm) of /proc/``proc_entry``; a new thread has its starter's until it names itself."""
+    try:
+        with open(f"/proc/{proc_entry}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return None
 
 
 def _in_a_forked_child() -> None:
