@@ -48,6 +48,7 @@ SLOW_WORKERS = {"worker_process_setup_hook": "zsfs.testing.hooks.hooked_workers"
                 "env_vars": {DELAY_VARIABLE: "0.06", LOAD_DELAY_VARIABLE: "0.5",  # 6 images: >= 0.36 s a shard
                              CRASH_VARIABLE: CRASHING_NAME, HANG_VARIABLE: HANGING_NAME,
                              HUNG_SECONDS_VARIABLE: str(HUNG_SECONDS), WRITE_PAUSE_VARIABLE: str(PAUSE_FLAG)}}
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance per module (the cluster fixture), in one pytest process
 SETTINGS = dict(shard_size=6, batch_size=2, **TINY_MODELS)  # 40 files -> 7 shards
 
 
