@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -34,8 +35,8 @@ _torch_pool_forked = False
 
 
 NAMING_WAIT_SECONDS = 0.2
-"""How long a fork waits at most for threads that have barely run to name themselves (:func:`_note_polars_pool`)."""
-_NEWBORN_RUNS = 2  # a thread scheduled fewer times may not have named itself yet (seen: 0 and 1; an idle torch thread: 3)
+"""How long a fork waits at most for newborn threads to name themselves (:func:`_note_polars_pool`)."""
+_NEWBORN_RUNS = 2  # a thread scheduled fewer times may not have named itself yet (seen: 0 and 1)
 
 
 def _note_polars_pool() -> None:
@@ -44,51 +45,57 @@ def _note_polars_pool() -> None:
     by default; on a BSD, fork with care: docs/python.md).
 
     A thread names itself when it first runs, so the pool's threads, started by polars' first
-    parallel operation, carry the starting thread's name until the scheduler gets to them (review:
-    on a busy machine a fork right after the caller's first sort missed them, and the child's
-    table write hung). While polars has named no thread and an unnamed one has barely run, the fork
-    waits for it, at most ``NAMING_WAIT_SECONDS``."""
+    parallel operation, carry their starter's name until the scheduler gets to them (review: on a
+    busy machine a fork right after the caller's first sort missed them, and the child's table
+    write hung). While polars has named no thread and another one is newborn, the fork waits for it
+    to run, at most ``NAMING_WAIT_SECONDS``."""
     global _polars_pool_running
     if _polars_pool_forked or "polars" not in sys.modules:  # no polars library loaded: no pool
         _polars_pool_running = _polars_pool_forked  # a forked child's pool lost its threads, not its belief in them
         return
-    unnamed, deadline = _thread_name("self"), time.monotonic() + NAMING_WAIT_SECONDS
+    deadline = time.monotonic() + NAMING_WAIT_SECONDS
     while True:
         threads = _other_threads()
         _polars_pool_running = any(re.fullmatch(r"polars-\d+", name) for name, _ in threads)
-        newborn = any(name == unnamed and runs is not None and runs < _NEWBORN_RUNS for name, runs in threads)
-        if _polars_pool_running or not newborn or time.monotonic() > deadline:
+        if _polars_pool_running or not any(newborn for _, newborn in threads) or time.monotonic() > deadline:
             return
         time.sleep(0.001)
 
 
-def _other_threads() -> list[tuple[str, int | None]]:
-    """(name, times scheduled, None where the kernel keeps no count) of this process's threads
-    other than the main one; none where /proc does not list them."""
+def _other_threads() -> list[tuple[str, bool]]:
+    """The name of each thread of this process but the calling one, and whether it is newborn:
+    runnable and scheduled fewer than ``_NEWBORN_RUNS`` times (a sleeping thread, as torch's idle
+    ones, is none; nor is any where the kernel counts no runs: it then reads 0 for the caller too).
+    none where /proc does not list them."""
+    caller = str(threading.get_native_id())
     try:
-        tids = [tid for tid in os.listdir("/proc/self/task") if tid != str(os.getpid())]
+        tids = os.listdir("/proc/self/task")
     except OSError:
         return []
+    counted = (_times_run(caller) or 0) > 0
     threads = []
     for tid in tids:
-        name = _thread_name(f"self/task/{tid}")
-        if name is None:  # a thread that ended meanwhile
+        if tid == caller:
             continue
         try:
-            with open(f"/proc/self/task/{tid}/schedstat") as schedstat:
-                runs = int(schedstat.read().split()[2])
-        except (OSError, IndexError, ValueError):  # a kernel built without scheduler statistics
-            runs = None
-        threads.append((name, runs))
+            with open(f"/proc/self/task/{tid}/comm") as comm:
+                name = comm.read().strip()
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                state = stat.read().rsplit(")", 1)[1].split()[0]  # the field after the name, which may hold ")"
+        except (OSError, IndexError):  # a thread that ended meanwhile
+            continue
+        runs = _times_run(tid)
+        threads.append((name, counted and state == "R" and runs is not None and runs < _NEWBORN_RUNS))
     return threads
 
 
-def _thread_name(proc_entry: str) -> str | None:
-    """The name (comm) of /proc/``proc_entry``; a new thread has its starter's until it names itself."""
+def _times_run(tid: str) -> int | None:
+    """How many times the scheduler has run thread ``tid`` of this process; None where the kernel
+    keeps no scheduler statistics."""
     try:
-        with open(f"/proc/{proc_entry}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
+        with open(f"/proc/self/task/{tid}/schedstat") as schedstat:
+            return int(schedstat.read().split()[2])
+    except (OSError, IndexError, ValueError):
         return None
 
 
