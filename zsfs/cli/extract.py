@@ -29,8 +29,9 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--backbone-weights", default="default", show_default=True,
               help="'default' (the weights the timm name implies), a local file, or 'random'.")
 @click.option("--classes", "classes_file", type=GivenPath(dir_okay=False, path_type=Path),
-              help="Class names, one per line ('#' lines are comments) [default: the source's labels: its subfolder "
-                   "names, or a .csv list's label column].")
+              help="File of class names, one per line ('#' lines are comments; from a shell, <(printf '%s\\n' cat "
+                   "dog) passes names without a file) [default: the source's labels: its subfolder names, or a .csv "
+                   "list's label column].")
 @click.option("--vocab", "--vocab-name", "vocab_name", default="default", show_default=True,
               callback=usage_check("zsfs.store.extras", "check_vocabulary_name"),
               help="Name of the vocabulary written (zsfs fit --vocab NAME).")
@@ -147,7 +148,8 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 @click.command(short_help="Add a class vocabulary to a store.")
 @click.argument("store", type=GivenPath(path_type=Path))
 @click.option("--classes", "classes_file", required=True, type=GivenPath(dir_okay=False, path_type=Path),
-              help="Class names, one per line ('#' lines are comments).")
+              help="File of class names, one per line ('#' lines are comments; from a shell, <(printf '%s\\n' cat "
+                   "dog) passes names without a file).")
 @click.option("--vocab", "--name", "name", default="default", show_default=True,
               callback=usage_check("zsfs.store.extras", "check_vocabulary_name"),
               help="Name of the vocabulary (zsfs fit --vocab NAME); 'default' is the name extract gives its own.")

@@ -10,7 +10,7 @@ from rich.table import Table
 from zsfs.cli.common import (GivenPath, kept_if_interrupted, note_fit_options, noting_made_folders,
                              prints_on_stdout)
 from zsfs.cli.console import console, shown
-from zsfs.errors import ParameterError, shown_value
+from zsfs.errors import ParameterError, literal, shown_value
 from zsfs.names import counted, home_expanded, near_spellings, some_names
 
 
@@ -128,8 +128,11 @@ def _parse_id_classes(value: str) -> int | list[str]:
                           f"file {shown(value)}; pass {shown('./' + value)} to read the file.")
         return count
     if not path.exists() or path.is_dir():  # a pipe (<(...)) is no regular file, but reads as one
+        from zsfs.sources import names_given_inline
+
         raise ParameterError(f"{{id_classes}} takes a number of ID classes or a file of ID class names; "
-                             f"{shown_value(value)} is neither a number nor an existing file")
+                             f"{shown_value(value)} is neither a number nor an existing file"
+                             + literal(names_given_inline(value)))
     from zsfs.sources import read_class_file
 
     return read_class_file(path)
