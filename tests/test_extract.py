@@ -558,11 +558,14 @@ def test_ctrl_c_under_overwrite_while_the_models_load_leaves_the_old_store_and_s
 
 FORKSERVER_MAIN = """
 import multiprocessing, sys
+from zsfs.cli import run  # as the installed `zsfs` script: the fork server imports zsfs too
 if __name__ == "__main__":  # the fork server runs this file again, as __mp_main__
     multiprocessing.set_start_method("forkserver")  # Python 3.14's default on Linux
-    from zsfs.cli import main
-    main(sys.argv[1:])
+    multiprocessing.set_forkserver_preload(["forkserver_marker"])
+    sys.argv[0] = "zsfs"
+    sys.exit(run())
 """
+FORKSERVER_MARKER = "import os\nopen(os.environ['ZSFS_TEST_FORK_SERVER'], 'a').write('started\\n')\n"
 
 
 def test_decoding_processes_started_by_a_fork_server_give_what_forked_ones_give(tmp_path):
@@ -570,13 +573,20 @@ def test_decoding_processes_started_by_a_fork_server_give_what_forked_ones_give(
     server on Linux, where 3.10-3.13 fork: extract and predict give the same store and predictions."""
     import polars as pl
 
+    from tests.test_predict import assert_same_predictions
+
     source = write_image_folder(tmp_path / "photos", n_per_class=4)["root"]
-    main = tmp_path / "forkserver_main.py"
-    main.write_text(FORKSERVER_MAIN)
+    script, started = tmp_path / "forkserver_zsfs.py", tmp_path / "fork-server-started"
+    script.write_text(FORKSERVER_MAIN)
+    (tmp_path / "forkserver_marker.py").write_text(FORKSERVER_MARKER)  # the fork server imports it when it starts
 
     def by_the_fork_server(*args) -> None:
-        done = subprocess.run([sys.executable, str(main), *map(str, args)], capture_output=True, text=True, timeout=300)
+        started.unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "ZSFS_TEST_FORK_SERVER": str(started),
+                                                "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+        assert started.read_text() == "started\n"  # the decoding processes came from one fork server
 
     settings = [*TINY_MODEL_ARGS, "--workers", "2", "--shard-size", "6", "--batch-size", "2"]
     by_the_fork_server("extract", source, "--out", tmp_path / "server.h5", *settings)
@@ -584,13 +594,11 @@ def test_decoding_processes_started_by_a_fork_server_give_what_forked_ones_give(
     assert_same_store(tmp_path / "server.h5", read_store(tmp_path / "fork.h5"))
 
     assert run_cli("fit", "--store", tmp_path / "fork.h5", "--k", "2", "--out", tmp_path / "run").exit_code == 0
-    by_the_fork_server("predict", "--run", tmp_path / "run", source, "--workers", "2", "--out", tmp_path / "server.csv")
-    forked = run_cli("predict", "--run", tmp_path / "run", source, "--workers", "2", "--out", tmp_path / "fork.csv")
+    by_the_fork_server("predict", "--run", tmp_path / "run", source, "--workers", "2",
+                       "--out", tmp_path / "server.parquet")
+    forked = run_cli("predict", "--run", tmp_path / "run", source, "--workers", "2", "--out", tmp_path / "fork.parquet")
     assert forked.exit_code == 0, forked.output
-    served, expected = pl.read_csv(tmp_path / "server.csv"), pl.read_csv(tmp_path / "fork.csv")
-    assert served.height == expected.height > 0 and served["path"].to_list() == expected["path"].to_list()
-    assert served["predicted"].to_list() == expected["predicted"].to_list()
-    np.testing.assert_allclose(served["confidence"].to_numpy(), expected["confidence"].to_numpy(), atol=1e-3)
+    assert_same_predictions(pl.read_parquet(tmp_path / "server.parquet"), pl.read_parquet(tmp_path / "fork.parquet"))
 
 
 def _crashing_extract(source: Path, out: Path, workers: int, **crash: str) -> subprocess.CompletedProcess:

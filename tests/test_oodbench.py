@@ -302,8 +302,9 @@ def test_cli_seed_draws_the_split(labelled_store, tmp_path, monkeypatch):
     ("-1", "between 1 and 9"),  # was "neither a number nor an existing file"
     ("nonsense", "neither a number nor an existing file"),
     ("--5", "neither a number nor an existing file"),  # not a traceback from int()
-    ("class_0001,class_0002", "(it takes a file, not names separated by commas; from a shell, "
-                              "<(printf '%s\\n' class_0001 class_0002) passes them as one)"),
+    ("class_0001,class_0002", "'class_0001,class_0002' is neither a number nor an existing file; to give class "
+                              "names on the command line, pass them as a file: --id-classes <(printf '%s\\n' "
+                              "class_0001 class_0002) (bash, zsh)"),
 ])
 def test_cli_bad_id_classes(labelled_store, id_classes, message):
     """A value that does not fit the store is a usage error (exit 2), as README says (it was 1)."""

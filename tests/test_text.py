@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -155,6 +156,28 @@ def test_text_on_a_missing_store_or_class_file(unlabelled_store, tmp_path):
     assert missing.exit_code == 1 and "nope.h5" in missing.output
     no_classes = run_cli("text", store, "--classes", tmp_path / "nope.txt", "--name", "x")  # review: never tried
     assert no_classes.exit_code == 1 and f"class file {tmp_path / 'nope.txt'} does not exist" in output_text(no_classes)
+
+
+def test_class_names_where_a_class_file_goes_get_how_to_pass_them(unlabelled_store, tmp_path, monkeypatch):
+    """A new user's `--classes cat,dog` said only that no such file exists: the command line says how
+    to pass names from a shell, Python to pass a list; a value that reads as a path gets no such hint."""
+    from zsfs.names import names_listed_in
+
+    store, _ = unlabelled_store
+    monkeypatch.chdir(tmp_path)
+    said = run_cli("text", store, "--classes", "cat, hot dog,it's", "--name", "x")
+    assert said.exit_code == 2 and "no file is named cat, hot dog,it's; to give class names on the command line, " \
+        "pass them as a file: --classes <(printf '%s\\n' cat 'hot dog' 'it'\"'\"'s') (bash, zsh)" in output_text(said)
+    for path in ("lists/a,b", "classes,v2.txt", "cat,cat", "cat,#dog", "cat"):  # paths, or no list of names
+        said = run_cli("text", store, "--classes", path, "--name", "x")
+        assert said.exit_code == 1 and said.output.count("does not exist; pass a text file") == 1, said.output
+        assert "printf" not in said.output
+    with pytest.raises(ParameterError, match=re.escape("classes 'cat,dog' names no class file; pass the class "
+                                                       "names as a list: ['cat', 'dog']")):
+        add_vocabulary(store, "cat,dog", "x")
+    (tmp_path / "cat,dog").write_text("cat\ndog\n")  # a file so named is read
+    assert names_listed_in("cat,dog") == ["cat", "dog"]
+    assert run_cli("text", store, "--classes", "cat,dog", "--name", "x").exit_code == 0
 
 
 def test_text_refuses_classes_clip_reads_as_one(unlabelled_store, tmp_path):

@@ -200,6 +200,21 @@ def near_spellings(names: Iterable[str], known: Iterable[str], what: str) -> lis
     return [f"{name!r}{said}" for name in names if (said := hint(name))]
 
 
+_FILE_SUFFIX = re.compile(r"\.\w{1,4}$")  # classes,v2.txt is a file's name
+
+
+def names_listed_in(text: str) -> list[str] | None:
+    """The class names that ``text``, given where a class file's path goes and naming no file, lists
+    separated by commas (``cat,dog,hot dog``); None when it reads as a path (a folder part, a file
+    suffix) or as no such list (one name, a repeat, a ``#`` comment, an unseen character)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if (len(names) < 2 or any("/" in name or os.sep in name or name.startswith("#") or visible(name) != name
+                              for name in names)
+            or _FILE_SUFFIX.search(names[-1]) or repeated(names)):
+        return None
+    return names
+
+
 def home_expanded(path: str | os.PathLike) -> str:
     """``path`` as text, a leading ``~`` or ``~/`` read as the home folder, as a shell reads it: for
     every path alike, whoever gives it (``--out=~/x``, a quoted '~/x', the Python API), not a folder

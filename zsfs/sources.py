@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -148,13 +147,10 @@ def given_path(path: str | Path, what: str) -> str:
 def read_class_file(path: str | Path) -> list[str]:
     """Class names from a text file, one per line; blank lines and ``#`` comment lines ignored (as in
     list files), duplicates refused."""
-    given = given_path(path, "class file")
-    path = Path(given)
-    if path.is_dir():
-        raise ZsfsError(f"class file {path} is a folder; pass a text file with one class name per line")
-    if not path.exists():  # a pipe (--classes <(...)) is no regular file, but reads as one
-        raise ZsfsError(f"class file {path} does not exist; pass a text file with one class name per line"
-                        f"{names_given_inline(given)}")
+    path = Path(given_path(path, "class file"))
+    if not path.exists() or path.is_dir():  # a pipe (--classes <(...)) is no regular file, but reads as one
+        raise ZsfsError(f"class file {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass a text "
+                        "file with one class name per line")
     try:
         data = path.read_bytes()
         refuse_nul_bytes(data, f"class file {path}")
@@ -174,16 +170,6 @@ def read_class_file(path: str | Path) -> list[str]:
     if not named:
         raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
     return check_class_names([name for _, name in named], f"class file {path}", lines=[number for number, _ in named])
-
-
-def names_given_inline(given: str) -> str:
-    """A hint for a missing class file whose name is class names separated by commas
-    (``--classes cat,dog``): how to pass them from a shell without writing a file."""
-    names = [name.strip() for name in given.split(",") if name.strip()]
-    if len(names) < 2:
-        return ""
-    return (f" (it takes a file, not names separated by commas; from a shell, <(printf '%s\\n' "
-            f"{' '.join(shlex.quote(name) for name in names)}) passes them as one)")
 
 
 def open_source(source: str | Path) -> ImageSource:

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.devices import check_device
-from zsfs.errors import ParameterError, ZsfsError, check_parameter_type, check_path, checked_arguments, shown_value
+from zsfs.errors import (ParameterError, ZsfsError, check_parameter_type, check_path, checked_arguments, literal,
+                         shown_value)
 from zsfs.models import encode_vocabulary, load_clip_from_record, same_text_to_clip
-from zsfs.names import check_class_names, counted, pairs_text, refuse_unseen_characters
+from zsfs.names import (check_class_names, counted, home_expanded, names_listed_in, pairs_text,
+                        refuse_unseen_characters)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.sources import read_class_file
 from zsfs.store.extras import check_vocabulary_name, write_vocabulary
@@ -91,6 +93,10 @@ def checked_classes(classes: Sequence[str] | str | Path | None) -> list[str] | N
     if classes is None:
         return None
     if isinstance(classes, (str, os.PathLike)):
+        listed = names_listed_in(classes) if isinstance(classes, str) else None
+        if listed is not None and not Path(home_expanded(classes)).exists():
+            raise ParameterError(f"{{classes}} {shown_value(classes)} names no class file; pass the class names as "
+                                 f"a list: {literal(repr(listed))}")
         return read_class_file(classes)
     if not isinstance(classes, (list, tuple)) and not hasattr(classes, "tolist"):  # a number, bytes, a set...
         raise ParameterError(f"{{classes}} must be a list of class names or a class file's path, not "

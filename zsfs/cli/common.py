@@ -21,7 +21,7 @@ import click
 from zsfs.cli.console import console, shown
 from zsfs.devices import MODEL_PRECISIONS
 from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, shared_memory_full
-from zsfs.names import home_expanded
+from zsfs.names import as_argument, home_expanded, names_listed_in
 
 if TYPE_CHECKING:
     from zsfs.fit.config import FitConfig
@@ -265,6 +265,25 @@ def prints_on_stdout(ctx: click.Context, parameter: click.Parameter, value: obje
     then could not print what was asked for)."""
     if value and isinstance(sys.stdout, ClosedStdout):
         raise ClosedStdout.error()
+    return value
+
+
+def class_names_hint(option: str, value: str) -> str:
+    """For a value of ``option`` (a class file) that names no file but lists class names separated by
+    commas (``--classes cat,dog``): how to pass those names from the command line; else ""."""
+    names = names_listed_in(value)
+    if names is None or Path(home_expanded(value)).exists():
+        return ""
+    return (f"; to give class names on the command line, pass them as a file: {option} "
+            f"<(printf '%s\\n' {' '.join(as_argument(name) for name in names)}) (bash, zsh)")
+
+
+def class_file_check(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """A click callback for a class file option: class names listed in its place are a usage error
+    that says how to pass them (a missing file is the class file reader's error)."""
+    hint = "" if value is None else class_names_hint(param.opts[0], str(value))
+    if hint:
+        raise click.BadParameter(f"no file is named {shown(str(value))}{hint}")
     return value
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, model_precision_option,
+from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, class_file_check, model_precision_option,
                              note_a_borrowed_shards_folder, note_precision_off_cuda, noting_made_folders, usage_check)
 from zsfs.cli.console import console, image_progress, resuming_line, shown
 from zsfs.devices import DEVICES
@@ -29,6 +29,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--backbone-weights", default="default", show_default=True,
               help="'default' (the weights the timm name implies), a local file, or 'random'.")
 @click.option("--classes", "classes_file", type=GivenPath(dir_okay=False, path_type=Path),
+              callback=class_file_check,
               help="File of class names, one per line ('#' lines are comments; from a shell, <(printf '%s\\n' cat "
                    "dog) passes names without a file) [default: the source's labels: its subfolder names, or a .csv "
                    "list's label column].")
@@ -148,6 +149,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
 @click.command(short_help="Add a class vocabulary to a store.")
 @click.argument("store", type=GivenPath(path_type=Path))
 @click.option("--classes", "classes_file", required=True, type=GivenPath(dir_okay=False, path_type=Path),
+              callback=class_file_check,
               help="File of class names, one per line ('#' lines are comments; from a shell, <(printf '%s\\n' cat "
                    "dog) passes names without a file).")
 @click.option("--vocab", "--name", "name", default="default", show_default=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import (GivenPath, kept_if_interrupted, note_fit_options, noting_made_folders,
+from zsfs.cli.common import (GivenPath, class_names_hint, kept_if_interrupted, note_fit_options, noting_made_folders,
                              prints_on_stdout)
 from zsfs.cli.console import console, shown
 from zsfs.errors import ParameterError, literal, shown_value
@@ -128,11 +128,9 @@ def _parse_id_classes(value: str) -> int | list[str]:
                           f"file {shown(value)}; pass {shown('./' + value)} to read the file.")
         return count
     if not path.exists() or path.is_dir():  # a pipe (<(...)) is no regular file, but reads as one
-        from zsfs.sources import names_given_inline
-
         raise ParameterError(f"{{id_classes}} takes a number of ID classes or a file of ID class names; "
                              f"{shown_value(value)} is neither a number nor an existing file"
-                             + literal(names_given_inline(value)))
+                             + literal(class_names_hint("--id-classes", value)))
     from zsfs.sources import read_class_file
 
     return read_class_file(path)
