@@ -558,6 +558,8 @@ def test_ctrl_c_under_overwrite_while_the_models_load_leaves_the_old_store_and_s
 
 FORKSERVER_MAIN = """
 import multiprocessing, sys
+from zsfs.testing.hooks import hooked_workers
+hooked_workers()  # the fork server runs it too: a file named by $ZSFS_TEST_CRASH_ON crashes its decoding process
 from zsfs.cli import run  # as the installed `zsfs` script: the fork server imports zsfs too
 if __name__ == "__main__":  # the fork server runs this file again, as __mp_main__
     multiprocessing.set_start_method("forkserver")  # Python 3.14's default on Linux
@@ -570,7 +572,8 @@ FORKSERVER_MARKER = "import os\nopen(os.environ['ZSFS_TEST_FORK_SERVER'], 'a').w
 
 def test_decoding_processes_started_by_a_fork_server_give_what_forked_ones_give(tmp_path):
     """Python 3.14 starts multiprocessing's processes (the loader's decoding processes) from a fork
-    server on Linux, where 3.10-3.13 fork: extract and predict give the same store and predictions."""
+    server on Linux, where 3.10-3.13 fork: extract and predict give the same store and predictions,
+    and a file that crashes its decoding process is set aside as with fork."""
     import polars as pl
 
     from tests.test_predict import assert_same_predictions
@@ -580,11 +583,11 @@ def test_decoding_processes_started_by_a_fork_server_give_what_forked_ones_give(
     script.write_text(FORKSERVER_MAIN)
     (tmp_path / "forkserver_marker.py").write_text(FORKSERVER_MARKER)  # the fork server imports it when it starts
 
-    def by_the_fork_server(*args) -> None:
+    def by_the_fork_server(*args, **env: str) -> None:
         started.unlink(missing_ok=True)
         done = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
                               timeout=300, env={**os.environ, "ZSFS_TEST_FORK_SERVER": str(started),
-                                                "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
+                                                "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]), **env})
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
         assert started.read_text() == "started\n"  # the decoding processes came from one fork server
 
@@ -599,6 +602,12 @@ def test_decoding_processes_started_by_a_fork_server_give_what_forked_ones_give(
     forked = run_cli("predict", "--run", tmp_path / "run", source, "--workers", "2", "--out", tmp_path / "fork.parquet")
     assert forked.exit_code == 0, forked.output
     assert_same_predictions(pl.read_parquet(tmp_path / "server.parquet"), pl.read_parquet(tmp_path / "fork.parquet"))
+
+    crashing = open_source(source).paths[6]  # the first of the second shard
+    by_the_fork_server("extract", source, "--out", tmp_path / "crashed.h5", *settings, **{CRASH_VARIABLE: crashing})
+    with Store(tmp_path / "crashed.h5") as store:
+        assert dict(zip(*store.skipped()))[crashing] == "crashes the image decoder (killed by SIGSEGV)"
+        assert store.n_images == len(read_store(tmp_path / "fork.h5")["path"]) - 1
 
 
 def _crashing_extract(source: Path, out: Path, workers: int, **crash: str) -> subprocess.CompletedProcess:
