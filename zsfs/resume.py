@@ -80,7 +80,8 @@ def finished_as_requested(master: Path, settings: EmbedSettings, source: ImageSo
         return None
     with StoreWriter(master, recorded, n_items=len(source.paths), shard_size=shard_size, dtype=dtype,
                      lock=lock) as writer:
-        return recorded if writer.is_complete() else None
+        # temporary files are another writer's to remove: without the lock one may be writing them now
+        return recorded if writer.is_complete(remove_tmp=lock) else None
 
 
 def recorded_by_name(master: Path, settings: EmbedSettings) -> tuple[str, ...]:
