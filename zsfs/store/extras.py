@@ -9,20 +9,21 @@ never reclaims space inside a file it modifies). Reading one holds it to what zs
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from zsfs.errors import StoreError, ZsfsError, check_choice
+from zsfs.errors import StoreError, ZsfsError, check_choice, one_line
 from zsfs.names import as_argument, check_class_names, some_names, spelled_like
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files
 from zsfs.store.locks import store_lock
-from zsfs.store.hdf5 import (canonical_json, open_hdf5, read_errors, read_identity, read_strings, write_checked,
-                             write_strings)
+from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, read_identity, read_strings,
+                             write_checked, write_strings)
 from zsfs.store.rows import normalise_rows
 
 
@@ -145,7 +146,7 @@ def planned_vocabularies(shards: Path, identity: dict) -> tuple[list[str], str]:
     try:
         with open_extra(path, schema.PLANNED_FORMAT, identity) as file:
             return [str(name) for name in read_strings(file[schema.VOCAB_CLASSES])], str(file.attrs[schema.ATTR_COMMAND])
-    except (StoreError, KeyError, OSError, ValueError):
+    except (StoreError, *DAMAGED_FILE_ERRORS):
         return [], ""
 
 
@@ -195,11 +196,8 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
     try:
         file = open_hdf5(path)
     except OSError as error:
-        # removing it first works for both (a vocabulary written again would also replace its file)
-        writer = ("`zsfs neighbours`" if kind == schema.GRAPH_FORMAT
-                  else "the `zsfs text`, `zsfs extract` or `zsfs import` that wrote it")
-        raise StoreError(f"{path} is damaged ({error}); remove it, then rerun {writer}") from None
-    try:
+        raise damaged_extra(path, kind, error) from None
+    with checked_extra(file, path, kind):
         check_structure(file, path)
         if file.attrs.get(schema.ATTR_FORMAT) != kind:
             raise StoreError(f"{path} is not a {kind} file; remove it")
@@ -209,10 +207,27 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
             recorded = None
         if recorded != identity:
             raise StoreError(f"{path} belongs to another store (its identity differs); remove it")
-    except BaseException:
-        file.close()
-        raise
     return file
+
+
+@contextmanager
+def checked_extra(file: h5py.File, path: Path, kind: str) -> Iterator[None]:
+    """Reads of ``file``, the open vocabulary or graph file ``path``: any error closes it, and
+    damage (``DAMAGED_FILE_ERRORS``) is a ``StoreError`` that says how to get the file back."""
+    try:
+        yield
+    except BaseException as error:
+        file.close()
+        if isinstance(error, DAMAGED_FILE_ERRORS):
+            raise damaged_extra(path, kind, error) from None
+        raise
+
+
+def damaged_extra(path: Path, kind: str, error: BaseException) -> StoreError:
+    # removing it first works for both (a vocabulary written again would also replace its file)
+    writer = ("`zsfs neighbours`" if kind == schema.GRAPH_FORMAT
+              else "the `zsfs text`, `zsfs extract` or `zsfs import` that wrote it")
+    return StoreError(f"{path} is damaged ({one_line(error)}); remove it, then rerun {writer}")
 
 
 def vocabulary_files(shards: Path, identity: dict) -> tuple[dict[str, Path], dict[Path, str]]:
@@ -300,11 +315,11 @@ def read_vocabulary(group: h5py.Group, name: str, path: Path, clip_dim: int) -> 
                   if datasets[kind].dtype.kind != "f"]
     if wrong_type:
         raise StoreError(f"{where}: {wrong_type[0]}; {HAND_WRITTEN_VOCABULARY}")
-    with read_errors(path, f"vocabulary {name!r}"):
-        raw_classes = texts[:]  # bytes: check_class_names decodes them, or says why it cannot
-        arrays = {kind: datasets[kind][:] for kind in schema.PROMPT_KINDS}
-        prompt = str(group.attrs.get(schema.ATTR_PROMPT, ""))
-        n_templates = int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0))
+    # damaged bytes raise h5py's errors here: Store.vocabulary names the file and how to get it back
+    raw_classes = texts[:]  # bytes: check_class_names decodes them, or says why it cannot
+    arrays = {kind: datasets[kind][:] for kind in schema.PROMPT_KINDS}
+    prompt = str(group.attrs.get(schema.ATTR_PROMPT, ""))
+    n_templates = int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0))
     try:
         classes = check_class_names(raw_classes.tolist(), where)
         for kind, values in arrays.items():

@@ -15,6 +15,12 @@ from zsfs.names import name_bytes
 from zsfs.store import schema
 
 STRING = h5py.string_dtype("utf-8")
+DAMAGED_FILE_ERRORS = (OSError, RuntimeError, SystemError, KeyError, ValueError, TypeError, AttributeError)
+"""What h5py raises on reading a file whose bytes are damaged: a bad checksum or a cut file
+(OSError), damaged metadata met while visiting links (RuntimeError; SystemError when met inside the
+visit's own lock), an object or attribute that no longer opens (KeyError), a garbled name, string
+or type (ValueError, TypeError, AttributeError: a dataset read back as a named type). Found by
+flipping each byte of each kind of store file in turn; caught only around reads of a file's bytes."""
 
 
 def open_hdf5(path: str | Path) -> h5py.File:
@@ -98,9 +104,9 @@ def masters_reading(folder: Path, *, other_than: Path) -> list[Path]:
 
 @contextmanager
 def read_errors(path: Path, what: str) -> Iterator[None]:
-    """A failed read (a checksum mismatch, a truncated file) as one clear ``StoreError``."""
+    """A failed read (a checksum mismatch, a truncated file, damaged metadata) as one clear ``StoreError``."""
     try:
         yield
-    except (OSError, KeyError) as error:
+    except DAMAGED_FILE_ERRORS as error:
         raise StoreError(f"{path}: cannot read {what} ({one_line(error)}); the store is damaged: run "
                          f"`zsfs info --verify {path}` and rebuild what it names") from None

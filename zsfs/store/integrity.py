@@ -17,7 +17,7 @@ import numpy as np
 from zsfs.errors import StoreError, one_line
 from zsfs.signals import held_signals
 from zsfs.store import schema
-from zsfs.store.hdf5 import read_strings
+from zsfs.store.hdf5 import DAMAGED_FILE_ERRORS, read_strings
 
 SHARD_FILE_PATTERN = re.compile(r"[^/\\]+\.shards/shard-\d+\.h5")
 VERIFY_BLOCK_ROWS = 65536
@@ -25,7 +25,9 @@ VERIFY_BLOCK_ROWS = 65536
 
 def check_structure(file: h5py.File, path: Path, *, master: bool = False) -> None:
     """Refuse links and raw storage outside ``file``. Only a ``master`` may hold virtual
-    datasets, and only the row datasets, mapped onto the shard files it lists."""
+    datasets, and only the row datasets, mapped onto the shard files it lists. h5py's errors on
+    damaged metadata pass through (``hdf5.DAMAGED_FILE_ERRORS``): each caller says what to do
+    about its kind of file."""
     problems: list[str] = []
     virtual: list[tuple[str, h5py.Dataset]] = []
 
@@ -79,17 +81,20 @@ def read_all(group: h5py.Group, path: Path) -> int:
     checksum on the way); returns the number of bytes read."""
     total = 0
     names: list[str] = []
-    with held_signals():  # HDF5 calls the lambda
-        group.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+    try:
+        with held_signals():  # HDF5 calls the lambda
+            group.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+    except DAMAGED_FILE_ERRORS as error:
+        raise StoreError(f"{path} is damaged ({one_line(error)}); rebuild or replace the file") from None
     for name in names:
-        dataset = group[name]
         try:
+            dataset = group[name]
             if dataset.shape == () or not len(dataset):
                 continue
             for start in range(0, len(dataset), VERIFY_BLOCK_ROWS):
                 block = dataset[start : start + VERIFY_BLOCK_ROWS]
                 total += block.nbytes if isinstance(block, np.ndarray) and block.dtype != object else len(block)
-        except (OSError, ValueError) as error:
+        except DAMAGED_FILE_ERRORS as error:
             raise StoreError(f"{path}: dataset {name!r} is damaged ({one_line(error)}); rebuild or replace "
                              "the file") from None
     return total

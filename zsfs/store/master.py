@@ -26,7 +26,8 @@ from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 from zsfs.names import counted, utf8_text
 from zsfs.store.files import REPAIR, check_written, damaged_master_advice
-from zsfs.store.hdf5 import canonical_json, masters_reading, open_hdf5, read_identity, read_strings, write_strings
+from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, masters_reading, open_hdf5, read_identity,
+                             read_strings, write_strings)
 from zsfs.store.identity import unfinished_run
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
 from zsfs.store.integrity import check_structure
@@ -262,28 +263,33 @@ def open_master(path: Path) -> h5py.File:
     except OSError as error:
         raise StoreError(f"{path} cannot be opened as HDF5 ({error}); it is probably truncated or damaged"
                          f"{damaged_master_advice(path)}") from None
+    try:
+        _check_master(file, path)
+    except BaseException as error:
+        file.close()
+        if isinstance(error, DAMAGED_FILE_ERRORS):
+            raise StoreError(f"{path} is damaged ({one_line(error)}){damaged_master_advice(path)}") from None
+        raise
+    return file
+
+
+def _check_master(file: h5py.File, path: Path) -> None:
+    """A ``StoreError`` unless ``file`` (``path``, open) reads as a zsfs store's master; h5py's
+    errors on damaged bytes pass through (:data:`DAMAGED_FILE_ERRORS`)."""
     fmt = file.attrs.get(schema.ATTR_FORMAT)
     version = file.attrs.get(schema.ATTR_FORMAT_VERSION)
     if fmt in schema.PART_FORMATS:
-        file.close()
         masters = [path.parent.parent / f"{path.parent.stem}{suffix}" for suffix in schema.HDF5_SUFFIXES]
         master = next((candidate for candidate in masters if candidate.is_file()), None)
         raise StoreError(f"{path} is {schema.PART_FORMATS[fmt]} of a zsfs store, not the store; pass its master file"
                          + (f": {master}" if master else " (the .h5 file beside its folder)"))
     if fmt != schema.FORMAT_NAME or version is None:
-        file.close()
         raise StoreError(f"{path} is an HDF5 file but not a zsfs store (no '{schema.FORMAT_NAME}' format mark)")
     if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 1:
-        file.close()  # int() took 2.5 as 2 and raised a traceback on 'two' (another tool's store)
+        # int() took 2.5 as 2 and raised a traceback on 'two' (another tool's store)
         raise StoreError(f"{path} has the format version {version!r}, not a whole number from 1 on: it is damaged or "
                          f"was not written by zsfs{damaged_master_advice(path)}")
     if version > schema.FORMAT_VERSION:
-        file.close()
         raise StoreError(f"{path} uses store format {int(version)}, newer than this zsfs understands "
                          f"({schema.FORMAT_VERSION}); upgrade zsfs")
-    try:
-        check_structure(file, path, master=True)
-    except BaseException:
-        file.close()
-        raise
-    return file
+    check_structure(file, path, master=True)

@@ -19,11 +19,12 @@ from zsfs.errors import (ParameterError, StoreError, check_at_least, check_param
                          checked_arguments, one_line, shown_value)
 from zsfs.names import as_argument, counted, some_names, spelled_like
 from zsfs.store import schema
-from zsfs.store.extras import (Vocabulary, open_extra, planned_vocabularies, read_vocabulary, vocabulary_files,
+from zsfs.store.extras import (Vocabulary, checked_extra, open_extra, planned_vocabularies, read_vocabulary, vocabulary_files,
                                vocabulary_name_as_stored)
 from zsfs.store.files import REPAIR, leftover_temp_files
 from zsfs.store.locks import master_file
-from zsfs.store.hdf5 import canonical_json, open_hdf5, read_errors, read_identity, read_strings, string_view
+from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, read_errors, read_identity, read_strings,
+                             string_view)
 from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, read_all
 from zsfs.store.master import open_master
@@ -145,7 +146,7 @@ class Store:
                         shard[dataset].shape[0] == rows for dataset in schema.VIRTUAL_DATASETS)
                     if ok and shard.attrs.get(schema.ATTR_SHARD) != position:
                         misplaced.append(f"{name} holds shard {shard.attrs.get(schema.ATTR_SHARD)}")
-            except (OSError, KeyError, ValueError):  # ValueError: an identity that is not JSON
+            except DAMAGED_FILE_ERRORS:  # ValueError too: an identity that is not JSON
                 ok = False
             if not ok:
                 damaged.append(name)
@@ -376,10 +377,13 @@ class Store:
             if name in self.unwritten_vocabularies:
                 hint = f": {self.unwritten_note()}"
             raise StoreError(f"{self.path.name} has no vocabulary {name!r}{hint} (available: {available}){unreadable}")
-        if name not in self._vocabulary_files:
-            return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path, self.clip_info["dim"])
-        with self._rebuild_named(), open_extra(self._vocabulary_files[name], schema.VOCAB_FORMAT, self.identity) as file:
-            return read_vocabulary(file, name, self._vocabulary_files[name], self.clip_info["dim"])
+        if name not in self._vocabulary_files:  # format 1: a group in the master
+            with self._read_errors(f"vocabulary {name!r}"):
+                return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path, self.clip_info["dim"])
+        path = self._vocabulary_files[name]
+        with (self._rebuild_named(), open_extra(path, schema.VOCAB_FORMAT, self.identity) as file,
+              checked_extra(file, path, schema.VOCAB_FORMAT)):
+            return read_vocabulary(file, name, path, self.clip_info["dim"])
 
     def _graph_dataset(self) -> h5py.Dataset | None:
         """The neighbour graph of this build of the store, or None."""
@@ -388,11 +392,15 @@ class Store:
         if self._graph_file is None and self._unreadable_graph is None and path.is_file():
             try:
                 file = open_extra(path, schema.GRAPH_FORMAT, self.identity)
+                with checked_extra(file, path, schema.GRAPH_FORMAT):
+                    this_build = str(file.attrs.get(schema.ATTR_BUILD)) == self.build
+                    if this_build:  # read here once: damage found later would stop a fit, not set the graph aside
+                        json.loads(file[schema.GRAPH_ROWS].attrs[schema.ATTR_GRAPH])
             except StoreError as error:  # derived data: without it fits search neighbours themselves
                 self.check_unchanged()  # unless the store was rebuilt since it was opened: that is the cause then
                 self._unreadable_graph = str(error)
                 return master.get(schema.GRAPH_DATASET)
-            if str(file.attrs.get(schema.ATTR_BUILD)) == self.build:
+            if this_build:
                 self._graph_file = file
             else:  # left over from an earlier build (its removal was interrupted): not this store's
                 file.close()

@@ -93,6 +93,10 @@ def read_rows(data: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray
     if rows is None:
         return data[:]
     if isinstance(rows, slice):
+        try:  # here, not in h5py: its errors read as damage (zsfs.store.hdf5.read_errors)
+            rows.indices(len(data))
+        except (TypeError, ValueError) as error:
+            raise ParameterError(f"{{rows}}: {literal(error)} ({literal(repr(rows))})") from None
         if rows.step is None or rows.step > 0:  # h5py reads no other step
             return data[rows]
         rows = np.arange(len(data))[rows]
