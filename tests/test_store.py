@@ -555,6 +555,15 @@ def test_a_closed_store_says_so(tmp_path):
     for read in (lambda: store.read("backbone"), store.vocabulary_names, store.paths, store.labels):
         with pytest.raises(StoreError, match=r"s\.h5 was closed; open it again"):
             read()
+    # walkthrough: a store without labels answered None closed, and after a rebuild that added labels
+    unlabelled = Store(make_synthetic_store(tmp_path / "u.h5", 20, 2, clip_dim=8, backbone_dim=8, labels=False))
+    assert unlabelled.labels() is None
+    make_synthetic_store(tmp_path / "u.h5", 20, 2, clip_dim=8, backbone_dim=8, overwrite=True)
+    with pytest.raises(StoreError, match="was rebuilt or repaired while this process was reading it"):
+        unlabelled.labels()
+    unlabelled.close()
+    with pytest.raises(StoreError, match=r"u\.h5 was closed; open it again"):
+        unlabelled.labels()
 
 
 def test_a_rebuilt_master_drops_the_graph_of_its_previous_build(tmp_path, arrays):

@@ -246,7 +246,11 @@ class Store:
 
     def labels(self) -> np.ndarray | None:
         """Each image's true label (strings, in row order), or None for a store without labels."""
-        return self._strings(schema.LABEL) if self.has_labels else None
+        if self.has_labels:
+            return self._strings(schema.LABEL)
+        self._check_open()  # as reading them would: closed, or rebuilt (with labels, maybe) since it was opened
+        self.check_unchanged(thorough=False)
+        return None
 
     def skipped(self) -> tuple[np.ndarray, np.ndarray]:
         """The files extract skipped and why: (paths, reasons), in listing order."""

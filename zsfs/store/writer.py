@@ -24,7 +24,7 @@ from zsfs.errors import StoreError
 from zsfs.store import schema
 from zsfs.store.files import (damaged_master_advice, new_hdf5, remove_file, remove_leftover_temp_files,
                               temp_files_of)
-from zsfs.store.hdf5 import (canonical_json, masters_reading, open_hdf5, read_identity, read_strings,
+from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, masters_reading, open_hdf5, read_identity, read_strings,
                              shard_folders_named, write_checked, write_strings)
 from zsfs.digests import file_sha256
 from zsfs.store.identity import mismatch_error, recorded_identity
@@ -148,7 +148,7 @@ def _format_mark(path: Path) -> str | None:
     try:
         with open_hdf5(path) as file:
             mark = file.attrs.get(schema.ATTR_FORMAT, "")
-    except (OSError, RuntimeError, ValueError, KeyError):
+    except DAMAGED_FILE_ERRORS:
         return None
     return mark.decode("utf-8", "replace") if isinstance(mark, bytes) else str(mark)
 
@@ -287,7 +287,7 @@ class StoreWriter:
                 names = read_strings(master[schema.SHARDS_FILE])
                 values = read(master[dataset])
                 return {self.master.parent / name: value for name, value in zip(names, values)}
-        except (OSError, KeyError, ValueError):
+        except DAMAGED_FILE_ERRORS:  # a damaged master records nothing: its shards are checked as without one
             return {}
 
     def shard_is_complete(self, shard: int, recorded_bytes: dict[Path, int] | None = None) -> bool:
