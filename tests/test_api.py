@@ -113,6 +113,10 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
         zsfs.fit(store_path, kk=3)
     with pytest.raises(zsfs.ParameterError, match=r"^preset must be one of"):
         zsfs.fit(store_path, preset="quick")
+    # walkthrough: None was read as "not given", as the command line's options are: seed=None fitted seed 0
+    for name in ("seed", "k", "device", "keep_all_classes"):
+        with pytest.raises(zsfs.ParameterError, match=rf"^{name} must be .*, not None$"):
+            zsfs.fit(store_path, **{name: None})
     with pytest.warns(UserWarning, match=r"^epochs, max_cycles are only read by the cycles method; this balanced "
                                          r"fit ignores them$") as warned:  # bug: ignored without a word from Python
         zsfs.fit(store_path, k=2, candidates=6, cycle_epochs=1, epochs=3, max_cycles=2)

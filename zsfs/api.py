@@ -42,7 +42,7 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     ``.predictions``, ``.metrics`` (None when the store has no labels), ``.config`` and ``.save(dir)``.
     """
     from zsfs.errors import ParameterError, check_parameter_type, refuse_unknown_parameters, shown_value
-    from zsfs.fit.config import FitConfig
+    from zsfs.fit.config import PARAMETER_TYPES, FitConfig
     from zsfs.fit.run import fit_store
     from zsfs.runs import FittedRun
     from zsfs.store.reader import Store, check_store_or_path
@@ -56,6 +56,9 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
                              f"not {shown_value(preset)}")
     known = FitConfig.__dataclass_fields__
     refuse_unknown_parameters(parameters, ["vocabulary", "preset", *known], "fit")
+    for name, value in parameters.items():  # from_options reads None as an option not given; here it was given
+        if value is None:  # (seed=None read as seed 0, k=None as 16)
+            check_parameter_type(name, value, PARAMETER_TYPES[known[name].type])
     config = FitConfig.from_options(**presets[preset], **parameters)
     # Values at their defaults are left out: a run's recorded parameters, given back to redo it,
     # hold every option of the other method so (the command line names only the options typed).
