@@ -298,8 +298,10 @@ def test_cli_seed_draws_the_split(labelled_store, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("id_classes, message", [
     ("10", "between 1 and 9"),
-    ("0", "between 1 and 9"),
-    ("-1", "between 1 and 9"),  # was "neither a number nor an existing file"
+    # below 1 whatever the store: click's usage error, as --splits 0 gets (walkthrough: one line, no usage)
+    ("0", "ood-bench --help' for help.\n\nError: Invalid value for '--id-classes': 0 ID classes: give 1 or more, "
+          "or a file of ID class names"),
+    ("-1", "Invalid value for '--id-classes': -1 ID classes"),  # was "neither a number nor an existing file"
     ("nonsense", "neither a number nor an existing file"),
     ("--5", "neither a number nor an existing file"),  # not a traceback from int()
     ("class_0001,class_0002", "'class_0001,class_0002' is neither a number nor an existing file; to give class "

@@ -119,10 +119,13 @@ def _share_fit_options(command: click.Command) -> click.Command:
 def _parse_id_classes(value: str) -> int | list[str]:
     path = Path(home_expanded(value))
     try:
-        count = int(value)  # a count; a negative one gets ood_bench's range error
+        count = int(value)  # a count; one above the store's class count gets ood_bench's range error
     except ValueError:
         pass
     else:
+        if count < 1:  # out of range whatever the store: click's usage error, as for --splits 0
+            raise click.BadParameter(f"{count} ID classes: give 1 or more, or a file of ID class names",
+                                     param_hint="'--id-classes'")
         if path.is_file():  # the number wins, as --help says; say so, and how to read the file
             console.print(f"[yellow]Note:[/] --id-classes {shown(value)} is read as a number of ID classes, not the "
                           f"file {shown(value)}; pass {shown('./' + value)} to read the file.")
