@@ -71,6 +71,39 @@ def test_label_is_the_first_level_folder_of_nested_images(tmp_path):
     assert open_source(tmp_path).labels == ["cat", "cat"]
 
 
+@pytest.mark.parametrize("paths, nested", [
+    (["train/cat/1.jpg", "train/dog/2.jpg", "val/cat/3.jpg", "val/dog/4.jpg"], (["train", "val"], ["cat", "dog"])),
+    (["train/cat/1.jpg", "train/dog/2.jpg", "train/eel/5.jpg", "test/cat/3.jpg", "test/dog/4.jpg"],
+     (["test", "train"], ["cat", "dog"])),  # a split lacking a class
+    (["data/cat/1.jpg", "data/dog/2.jpg"], (["data"], ["cat", "dog"])),  # one folder: one class, "data"
+    (["train/cat/1.jpg", "train/dog/2.jpg", "val/cat/3.jpg", "val/4.jpg"], None),  # an image right in a class folder
+    (["cat/indoor/1.jpg", "cat/outdoor/2.jpg", "dog/park/3.jpg"], None),  # subfolders that are no classes
+    (["a/x/1.jpg", "a/y/2.jpg", "b/x/3.jpg", "b/z/4.jpg", "c/x/5.jpg"], None),  # one shared subfolder
+    (["a/x/1.jpg", "a/y/2.jpg", "b/x/3.jpg", "b/y/4.jpg", "b/v/5.jpg", "b/w/6.jpg", "b/u/7.jpg"], None),  # few shared
+])
+def test_class_folders_holding_the_same_subfolders_are_found(paths, nested):
+    """Walkthrough: train/cat, val/cat, ... silently made the classes train and val."""
+    from zsfs.sources import nested_class_folders
+
+    assert nested_class_folders(paths) == nested
+
+
+def test_extract_notes_a_layout_split_in_folders_of_the_same_classes(tmp_path):
+    from zsfs.testing.cli import output_text, run_cli
+    from zsfs.testing.models import TINY_MODEL_ARGS
+
+    for split in ("train", "val"):
+        write_image_folder(tmp_path / "ds" / split, n_per_class=1, classes=("cat", "dog"), broken=False)
+    result = run_cli("extract", tmp_path / "ds", "--workers", "0", *TINY_MODEL_ARGS)
+    assert result.exit_code == 0, result.output
+    said = " ".join(output_text(result).split())
+    assert "Note: the labels are the first-level folders (train, val), and each of them holds the same subfolders " \
+           f"(cat, dog); if those are the classes, extract each folder on its own (zsfs extract {tmp_path}/ds/train)" \
+           in said, said
+    assert "the labels are the first-level" not in output_text(run_cli(
+        "extract", tmp_path / "ds" / "train", "--workers", "0", *TINY_MODEL_ARGS))
+
+
 def test_linked_class_folders_are_read_once_and_a_link_loop_is_a_skipped_entry(tmp_path):
     """Bug: a class folder that is a link (to another disk) was passed over without a word: its
     images, and its class, were missing from the store. Each folder is listed once: a second

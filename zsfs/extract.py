@@ -71,6 +71,7 @@ class ExtractSummary:
     classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # class folders CLIP cannot tell apart
     labels_not_classes: dict[str, int] = field(default_factory=dict)  # the stored labels no class names -> images
     classes_without_images: list[str] = field(default_factory=list)  # class folders whose every file was skipped
+    nested_classes: tuple[list[str], list[str]] | None = None  # the source's (ImageSource.nested_classes)
 
     @property
     def images_per_second(self) -> float:
@@ -284,6 +285,7 @@ def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: s
         shards_repaired=shards_repaired or [],
         set_aside=set_aside or {},
         no_labels_reason=source.no_labels_reason,
+        nested_classes=source.nested_classes,
         empty_tars=source.empty_tars,
         compressed_tars=source.compressed_tars,
         unread_tars=source.unread_tars,

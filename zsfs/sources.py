@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -78,6 +78,8 @@ class ImageSource:
     unread_formats: dict[str, int] = field(default_factory=dict)  # a folder's images of UNREAD_IMAGE_SUFFIXES:
     # suffix -> count
     merged_labels: list[str] = field(default_factory=list)  # labels of two class folders (see _scan_folder)
+    nested_classes: tuple[list[str], list[str]] | None = None  # class folders that hold the same subfolders:
+    # (the class folders, their shared subfolders), a layout split in train/, val/, ... (see nested_class_folders)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -303,7 +305,26 @@ def _scan_folder(folder: Path) -> ImageSource:
               if loose and len(loose) < len(paths) else None)
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=unreadable,
                        no_labels_reason=reason, aliases=aliases, unread_tars=sorted(tars),
-                       unread_formats=dict(sorted(unread_formats.items())), merged_labels=merged)
+                       unread_formats=dict(sorted(unread_formats.items())), merged_labels=merged,
+                       nested_classes=None if labels is None else nested_class_folders(paths))
+
+
+def nested_class_folders(paths: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """(class folders, their shared subfolders) when every image lies in a subfolder of a class
+    folder and most of these subfolders are in every class folder, two at least: ``train/cat``,
+    ``train/dog``, ``val/cat``, ``val/dog`` make the classes train and val, where cat and dog were
+    meant. None otherwise. Names as UTF-8 text, as labels are."""
+    inside: dict[str, set[str]] = {}
+    for path in paths:
+        first, _, rest = path.partition("/")
+        second, slash, _ = rest.partition("/")
+        if not slash:  # an image right in a class folder: the first level is the classes
+            return None
+        inside.setdefault(first, set()).add(second)
+    shared = set.intersection(*inside.values())
+    if len(shared) < 2 or 2 * len(shared) < len(set.union(*inside.values())):
+        return None
+    return utf8_texts(sorted(inside)), utf8_texts(sorted(shared))
 
 
 def _walk(top: str, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, list[str], list[str], set[str]]]:

@@ -11,7 +11,7 @@ from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, class_fi
                              note_a_borrowed_shards_folder, note_precision_off_cuda, noting_made_folders, usage_check)
 from zsfs.cli.console import console, image_progress, resuming_line, shown
 from zsfs.devices import DEVICES
-from zsfs.names import counted, pairs_text, some_names
+from zsfs.names import as_argument, counted, pairs_text, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
 
 
@@ -136,6 +136,12 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
                       f"({shown(some_names([repr(name) for name in emptied], 5, with_count=False))}); a fit still gives "
                       f"{'it' if one else 'them'} images unless it reports {'it' if one else 'them'} absent "
                       "(`zsfs info --skipped` says why; --classes chooses the list).", soft_wrap=True)
+    if summary.nested_classes:  # train/cat, val/cat, ...: the classes read are train and val
+        folders, inside = (some_names(names, 4, with_count=False, separator=", ") for names in summary.nested_classes)
+        console.print(f"Note: the labels are the first-level folders ({shown(folders)}), and each of them holds the "
+                      f"same subfolders ({shown(inside)}); if those are the classes, extract each folder on its own "
+                      f"(zsfs extract {shown(as_argument(source / summary.nested_classes[0][0]))}), or list the "
+                      "images in a .csv with a label column (path,label).", soft_wrap=True)
     move = "move the loose images into class subfolders" if summary.no_labels_reason else ""
     if summary.vocabulary is None:
         why = f"{summary.no_labels_reason}; {move} or pass --classes" if move else "no class subfolders, no --classes"
