@@ -63,6 +63,14 @@ def test_a_source_that_ray_took_as_its_address_or_many_sources_are_named(tmp_pat
     said = " ".join(run_cli("extract", "a.jpg", "b.jpg").output.split())  # photos/*.jpg, as predict takes them
     assert "Got unexpected extra argument (b.jpg). zsfs extract takes one SOURCE (a shell pattern such as photos/*.jpg " \
         "gives many): a folder, a list file or tar shards" in said, said
+    # walkthrough: an unquoted pattern of tars got the advice for images
+    (tmp_path / "shards").mkdir()
+    tars = [tmp_path / "shards" / f"00{i}.tar" for i in range(3)]
+    for tar in tars:
+        tar.write_bytes(b"")
+    said = " ".join(run_cli("extract", *tars).output.split())
+    assert f"zsfs extract takes one SOURCE: quote a pattern of tar shards for zsfs to expand, '{tmp_path}/shards/" \
+        f"{{000..LAST}}.tar', or pass their folder, {tmp_path}/shards" in said and "photos/*.jpg" not in said, said
 
 
 def test_sigterm_is_handled_only_while_a_command_runs(monkeypatch, tmp_path):

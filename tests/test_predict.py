@@ -677,7 +677,7 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
     here = predict_images(fitted["run"], ["00000.tar"], workers=0)
     assert here["path"].to_list() == [path for path in members if path.startswith("00000.tar::")]
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ZsfsError, match=r"1 of 3 tar files do not exist \(first: shards/00002.tar\)"):
+    with pytest.raises(ZsfsError, match=r"1 of 3 tar files does not exist \(first: shards/00002.tar\)"):
         predict_images(fitted["run"], ["shards/{00000..00002}.tar"], workers=0)
     with pytest.raises(ZsfsError, match=r"^shards/00009.tar does not exist; pass image files"):
         predict_images(fitted["run"], ["shards/00009.tar"], workers=0)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import sys
@@ -136,6 +137,11 @@ def test_brace_expansion():
 def test_missing_compressed_and_damaged_tars_are_clear_errors(shards, tmp_path):
     with pytest.raises(ZsfsError, match="2 of 3 tar files do not exist"):
         open_source(str(shards["root"] / "{00000,00098,00099}.tar"))
+    # walkthrough: a quoted * pattern was "1 of 1 tar files do not exist (first: shards/*.tar)"
+    with pytest.raises(ZsfsError, match=r"\*.tar: zsfs expands brace patterns \('shards/\{000..099\}.tar', "
+                                        r"'shards/\{a,b\}.tar'\), not \* \? or \[ \]; pass a brace pattern, or the "
+                                        rf"folder of the tars \({re.escape(str(shards['root']))}\)$"):
+        open_source(str(shards["root"] / "*.tar"))
 
     compressed = tmp_path / "gz" / "00000.tar"
     compressed.parent.mkdir()

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ZsfsError
-from zsfs.names import counted, home_expanded, some_names
+from zsfs.names import as_argument, counted, home_expanded, some_names
 from zsfs.store.schema import SHARDS_SUFFIX, holds_store_parts
 from zsfs.tar_headers import CompressedTar, DamagedTar, TarListing, scan_headers
 
@@ -197,8 +197,12 @@ def named_tars(given: str) -> list[Path]:
     path = Path(home_expanded(given))
     tars = [path] if path.is_file() else [Path(name) for name in expand_braces(str(path))]
     missing = [tar for tar in tars if not tar.is_file()]
+    if missing and len(tars) == 1 and any(character in given for character in "*?["):  # 'shards/*.tar'
+        raise ZsfsError(f"{given}: zsfs expands brace patterns ('shards/{{000..099}}.tar', 'shards/{{a,b}}.tar'), "
+                        f"not * ? or [ ]; pass a brace pattern, or the folder of the tars ({as_argument(path.parent)})")
     if missing:
-        raise ZsfsError(f"{given}: {len(missing)} of {len(tars)} tar files do not exist (first: {missing[0]})")
+        raise ZsfsError(f"{given}: {len(missing)} of {counted(len(tars), 'tar file')} "
+                        f"{'does' if len(missing) == 1 else 'do'} not exist (first: {missing[0]})")
     return tars
 
 

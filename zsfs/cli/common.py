@@ -209,6 +209,10 @@ def _form_hint(command: click.Command | None, error: click.UsageError) -> str:
             return (f"--ray took {address!r} as its cluster address: put SOURCE first (zsfs {command.name} SOURCE "
                     "--ray ...) or give the address as --ray=ADDRESS")
     if command is not None and command.name == "extract" and error.message.startswith("Got unexpected extra argument"):
+        first = (error.ctx.params.get("source") if error.ctx is not None else None) or Path()
+        if first.suffix.lower() == ".tar":  # shards/{000..003}.tar unquoted: the shell gave every tar
+            return (f". zsfs extract takes one SOURCE: quote a pattern of tar shards for zsfs to expand, "
+                    f"'{first.parent}/{{{first.stem}..LAST}}.tar', or pass their folder, {as_argument(first.parent)}")
         return (". zsfs extract takes one SOURCE (a shell pattern such as photos/*.jpg gives many): a folder, a list "
                 "file or tar shards; put the images in a folder, or list their paths in a .txt file")
     if isinstance(error, click.NoSuchOption) and error.option_name in ARGUMENT_FORMS:
