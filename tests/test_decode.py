@@ -151,7 +151,8 @@ def test_cmyk_jpeg_becomes_rgb(tmp_path):
     ("make", "reason"),
     [
         (lambda p: p, "file not found"),
-        (lambda p: (p.mkdir(), p)[1], "not a regular file"),
+        (lambda p: (p.mkdir(), p)[1], "a folder, not an image file"),  # a list may name one (walkthrough)
+        (lambda p: (p.symlink_to(p.parent / "gone.png"), p)[1], "broken link (to "),  # was "file not found"
         (lambda p: (os.mkfifo(p), p)[1], "not a regular file"),  # reading a pipe would block
         # review: these two were labelled "truncated" and "corrupt" and both give the header's reason
         (lambda p: (p.write_bytes(b"\x89PNG\r\n\x1a\n"), p)[1], "corrupt or truncated image header"),

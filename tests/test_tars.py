@@ -166,10 +166,10 @@ def test_missing_compressed_and_damaged_tars_are_clear_errors(shards, tmp_path):
     data = bytearray((shards["root"] / "00000.tar").read_bytes())
     data[header + 148: header + 156] = b"garbage!"  # the checksum of the second image's header
     damaged.write_bytes(bytes(data))
-    with pytest.raises(ZsfsError, match="damaged after 1 images"):
+    with pytest.raises(ZsfsError, match="damaged after 1 image"):
         open_source(damaged.parent)
     damaged.write_bytes(bytes(data[:header + 100]))  # cut inside that header
-    with pytest.raises(ZsfsError, match="damaged after 1 images"):
+    with pytest.raises(ZsfsError, match="damaged after 1 image"):
         open_source(damaged.parent)
 
 
@@ -189,7 +189,7 @@ def test_one_error_names_every_damaged_tar(shards, tmp_path):
         open_source(root)
     said = str(raised.value)
     assert said.startswith(f"2 of {len(names)} tar files cannot be listed; mend or remove each and rerun: ")
-    assert said.count("is damaged after 1 images (the file ends inside the member") == 2 and said.count(" | ") == 1
+    assert said.count("is damaged after 1 image (the file ends inside the member") == 2 and said.count(" | ") == 1
     assert f"{root / names[0]} is" in said and f"{root / names[2]} is" in said and names[1] not in said
     assert "repair or remove it" not in said  # said once for all
 
@@ -218,7 +218,7 @@ def test_a_tar_cut_inside_any_member_or_with_a_size_past_its_end_is_a_clear_erro
     huge[header + 148:header + 156] = b"%06o\0 " % (sum(huge[header:header + 148]) + 8 * 32
                                                       + sum(huge[header + 156:header + 512]))
     path.write_bytes(bytes(huge))
-    with pytest.raises(ZsfsError, match=r"damaged after 1 images \(the file ends inside the member"):
+    with pytest.raises(ZsfsError, match=r"damaged after 1 image \(the file ends inside the member"):
         open_source(path)
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     with pytest.raises(ZsfsError, match="is not a readable tar"):
@@ -516,7 +516,7 @@ def test_a_tar_without_closing_blocks_lists_its_last_member_and_data_after_an_em
     listing = list_tar(path, IMAGE_EXTENSIONS)
     assert listing.names == ["0.jpg", "1.jpg"] and listing.offsets[1] == members[1].offset_data
     path.write_bytes(data[:members[1].offset] + bytes(512) + data[members[1].offset:end])
-    with pytest.raises(ZsfsError, match=r"damaged after 1 images \(an empty header at byte 1536 is followed by data"):
+    with pytest.raises(ZsfsError, match=r"damaged after 1 image \(an empty header at byte 1536 is followed by data"):
         list_tar(path, IMAGE_EXTENSIONS)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import stat
 import struct
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from zsfs.names import utf8_text
 
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited onto white: their stored colour is arbitrary."""
@@ -75,7 +78,9 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
     try:
         if data is None:
             status = path.stat()
-            if not stat.S_ISREG(status.st_mode):  # directories, pipes (which would block), devices
+            if stat.S_ISDIR(status.st_mode):  # a list may name one
+                raise ImageDecodeError("a folder, not an image file", path)
+            if not stat.S_ISREG(status.st_mode):  # pipes (which would block), devices
                 raise ImageDecodeError("not a regular file", path)
         if (status.st_size if data is None else len(data)) == 0:
             raise ImageDecodeError("empty file", path)
@@ -107,7 +112,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
                                    path) from None
         raise ImageDecodeError("not an image (unidentified format)", path) from None
     except FileNotFoundError:
-        raise ImageDecodeError(FILE_NOT_FOUND, path) from None
+        raise ImageDecodeError(_broken_link(path) if data is None else FILE_NOT_FOUND, path) from None
     except PermissionError:
         raise ImageDecodeError("unreadable file (permission denied)", path) from None
     except OSError as error:
@@ -120,6 +125,15 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageDecodeError("corrupt image data", path) from None
     except MemoryError:
         raise ImageDecodeError("image too large to decode (out of memory)", path) from None
+
+
+def _broken_link(path: Path) -> str:
+    """Why ``path`` is not found: a link whose target is missing says which target to mend."""
+    try:
+        target = os.readlink(path)
+    except OSError:  # no link (or gone since): the file is missing
+        return FILE_NOT_FOUND
+    return f"broken link (to {utf8_text(os.fsdecode(target))})"
 
 
 DATA_FORMATS = ("HDF5", "BUFR", "GRIB")

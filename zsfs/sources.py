@@ -397,7 +397,8 @@ def unread_formats_text(counts: dict[str, int]) -> str:
     named = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
     return (f"{named} {'file' if sum(counts.values()) == 1 else 'files'}, "
             f"{'a format' if len(counts) == 1 else 'formats'} zsfs cannot read: "
-            "convert them (to JPEG or PNG) to include them")
+            f"convert {'it' if sum(counts.values()) == 1 else 'them'} (to JPEG or PNG) to include "
+            f"{'it' if sum(counts.values()) == 1 else 'them'}")
 
 
 def _folder_identity(path: str | Path) -> tuple[int, int]:

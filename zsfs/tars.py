@@ -232,7 +232,7 @@ def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> TarListing:
     except CompressedTar:
         raise compressed_tar_error(path) from None
     except (DamagedTar, OSError, ValueError) as error:
-        raise ZsfsError(f"{path} is not a readable tar, or is damaged after {len(listing.names)} images ({error})"
+        raise ZsfsError(f"{path} is not a readable tar, or is damaged after {counted(len(listing.names), 'image')} ({error})"
                         f"{_MEND}") from None
     finally:
         os.close(fd)
