@@ -51,7 +51,7 @@ def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to
     if list(existing.classes) != [str(c) for c in classes]:
         raise ZsfsError(f"{master.name} already has a vocabulary {name!r} with other classes "
                         f"({some_names(list(existing.classes), 5)}); give "
-                        f"these classes another vocabulary name, or replace it: {how_to_replace}")
+                        f"these classes another vocabulary name (--vocab), or replace it: {how_to_replace}")
     def differs(given: np.ndarray, stored: np.ndarray) -> bool:  # stored as float32 unit rows
         return np.shape(given) != stored.shape or not np.allclose(
             normalise_rows(np.asarray(given, dtype=np.float32), "text embeddings"), stored, atol=1e-5)
@@ -63,7 +63,7 @@ def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to
     if other:
         raise ZsfsError(f"{master.name} already has a vocabulary {name!r} of these classes with other text "
                         f"embeddings ({' and '.join(other)}; a file without an ensemble would store its single "
-                        f"rows as one), which earlier fits used; give these another vocabulary name, or replace "
+                        f"rows as one), which earlier fits used; give these another vocabulary name (--vocab), or replace "
                         f"it: {how_to_replace}")
 
 
