@@ -603,6 +603,37 @@ def test_reading_a_store_that_another_process_is_building_says_so(tmp_path):
     assert outcome.returncode == 1 and "is not finished" in outcome.output
 
 
+def test_the_lock_probe_tells_this_files_lock_from_one_on_another_mount(tmp_path):
+    """Review: /proc/locks was matched on the inode number alone, so a lock on another mount's file
+    of that number told readers the store was "being written"."""
+    from zsfs.store.locks import flock_holders
+
+    device = os.makedev(0, 0x2A)
+    table = ("1: FLOCK  ADVISORY  WRITE 4001 00:2b:138475 0 EOF\n"  # another mount's file
+             "2: POSIX  ADVISORY  WRITE 4002 00:2a:138475 0 EOF\n"  # not a flock
+             "3: FLOCK  ADVISORY  WRITE 4003 00:2a:1138475 0 EOF\n")  # another inode ending so
+    assert flock_holders(table, device, 138475) == (False, {4001})  # 4001's open files decide
+    assert flock_holders(table + "4: FLOCK  ADVISORY  WRITE 4004 00:2a:138475 0 EOF\n", device, 138475) == (True, set())
+    assert flock_holders("4: -> FLOCK  ADVISORY  WRITE 4005 00:2a:138475 0 EOF\n", device, 138475) == (True, set())
+    assert flock_holders(table, os.makedev(259, 300), 138475) == (False, {4001})  # minor above 255: "103:12c"
+    assert flock_holders("1: FLOCK  ADVISORY  WRITE 7 103:12c:9 0 EOF\n", os.makedev(259, 300), 9) == (True, set())
+    # a holder named by another device is asked which files it has open (btrfs, overlays: this file may be it)
+    from zsfs.store.locks import _has_open
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.write_text("")
+    other.write_text("")
+    holder = subprocess.Popen([sys.executable, "-c", f"f = open({str(mine)!r}); print('open', flush=True); input()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        assert _has_open(holder.pid, os.stat(mine)) and not _has_open(holder.pid, os.stat(other))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _has_open(holder.pid, os.stat(mine))  # gone: cannot be told, so taken as holding it
+
+
 def test_the_readers_lock_probe_never_makes_a_writer_fail(tmp_path):
     """Bug: the probe took a shared flock for an instant, and a writer starting then was refused
     with "another zsfs process is writing". Now it reads /proc/locks and takes no lock."""

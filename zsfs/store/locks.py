@@ -159,9 +159,47 @@ def written_elsewhere(master: Path) -> bool:
         return False
     if not stat.S_ISREG(info.st_mode):
         return False
-    inode = f":{info.st_ino}"  # lines read "1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF"
-    return any("FLOCK" in line and any(field.endswith(inode) for field in line.split())
-               for line in entries.splitlines())
+    held, maybe = flock_holders(entries, info.st_dev, info.st_ino)
+    return held or any(_has_open(pid, info) for pid in maybe)
+
+
+def flock_holders(table: str, device: int, inode: int) -> tuple[bool, set[int]]:
+    """From ``/proc/locks``' text: whether a flock is held on the file ``device``:``inode``, and the
+    pids holding one on a file of that inode number that the kernel names by another device. The
+    kernel names a file by its file system's device, which is not stat's on btrfs subvolumes and
+    some overlay mounts, so those may be this file; others are another file system's file (a review
+    found a reader told "being written" by an unrelated lock on another mount)."""
+    ours = f"{os.major(device):02x}:{os.minor(device):02x}:{inode}"
+    number = f":{inode}"
+    others: set[int] = set()
+    for line in table.splitlines():  # "1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF"
+        fields = line.split()  # (a waiter's line has "->" after the number)
+        if "FLOCK" not in fields:
+            continue
+        at = next((i for i, field in enumerate(fields) if field.count(":") == 2 and field.endswith(number)), None)
+        if at is None:
+            continue
+        if fields[at] == ours:
+            return True, set()
+        if fields[at - 1].isdigit():
+            others.add(int(fields[at - 1]))
+    return False, others
+
+
+def _has_open(pid: int, file: os.stat_result) -> bool:
+    """Whether process ``pid`` has ``file`` open; True where that cannot be told (another user's
+    process, or one gone whose children hold its lock), as before devices were compared."""
+    folder = f"/proc/{pid}/fd"
+    try:
+        descriptors = os.listdir(folder)
+    except OSError:
+        return True
+    for descriptor in descriptors:
+        with suppress(OSError):  # closed meanwhile
+            opened = os.stat(f"{folder}/{descriptor}")
+            if (opened.st_dev, opened.st_ino) == (file.st_dev, file.st_ino):
+                return True
+    return False
 
 
 def check_store_lock(master: Path) -> None:
