@@ -270,6 +270,17 @@ def lock_held_by_another_process(master: Path) -> Iterator[None]:
         holder.wait()
 
 
+def test_a_new_file_that_cannot_be_started_is_one_line(tmp_path):
+    """Review: a folder or temporary file that could not be made (a full inode table, a read-only
+    mount; here a file where the folder goes) raised the OSError itself from Python."""
+    from zsfs.store.files import new_hdf5
+
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ZsfsError, match=r"^could not write the graph: File exists. Nothing half-written was kept"):
+        with new_hdf5(tmp_path / "taken" / "x.h5", "the graph"):
+            pass
+
+
 def test_the_lock_file_follows_the_umask_and_a_leftover_one_is_named(store):
     """Bug: the lock was created 0644 whatever the umask: after a writer of a group-shared store
     (umask 002) was killed, the others could not take its leftover lock, and were not told what it was."""

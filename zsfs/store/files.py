@@ -210,8 +210,11 @@ def new_hdf5(final: Path, what: str) -> Iterator[h5py.File]:
     its previous content; write failures become one ``ZsfsError`` line. The block runs with
     Ctrl-C and SIGTERM held (``held_signals``): only write in it, compute before.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_file(final)
+    except OSError as error:  # a full disk or inode table, a read-only mount: nothing was written yet
+        raise disk_error(error, what) from None
     sink = None
     try:
         sink = WriteSink(tmp)
