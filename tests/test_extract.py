@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 import torch
 
-from zsfs.errors import StoreError, ZsfsError
+from zsfs.errors import ParameterError, StoreError, ZsfsError
 from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
 from zsfs.decode import decode_image
@@ -1063,7 +1063,7 @@ def test_given_classes_with_an_invisible_character_are_refused_before_the_models
 
     folder = write_image_folder(tmp_path / "src", n_per_class=1, classes=("cat", "dog"))
     monkeypatch.setattr(extract_module, "_embedder", None)  # reaching the models would fail with a TypeError
-    with pytest.raises(ZsfsError, match=r"^the classes given has an invisible or control character in the name "
+    with pytest.raises(ParameterError, match=r"^the classes given has an invisible or control character in the name "
                                         r"'hot\\x09dog' \(and 1 other name\)"):
         extract_module.extract(folder["root"], tmp_path / "s.h5", classes=["cat", "hot\tdog", "a\x1b[31m"],
                                **TINY_MODELS)

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from zsfs.errors import StoreError, StoreMismatchError, ZsfsError
+from zsfs.errors import ParameterError, StoreError, StoreMismatchError, ZsfsError
 from zsfs.import_inputs import RowParts, numbered_parts
 from zsfs.importer import import_store
 from zsfs.store import Store
@@ -795,7 +795,7 @@ def test_a_rerun_repairs_shards_that_were_cut_short_removed_or_damaged(inputs):
 
 def test_an_invalid_vocabulary_name_is_refused_before_the_store_is_written(inputs):
     folder = inputs["dir"]
-    with pytest.raises(ZsfsError, match="invalid vocabulary name 'a/b'"):
+    with pytest.raises(ParameterError, match="invalid vocabulary name 'a/b'"):  # walkthrough: was a ZsfsError
         import_store(folder / "o.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
                      paths=folder / "paths.csv", vocabularies={"a/b": folder / "pets.npz"})
     assert not (folder / "o.h5").exists() and not (folder / "o.shards").exists()

@@ -121,7 +121,7 @@ def test_read_rows_and_chunks(tmp_path, arrays):
         for chunk_rows in (0, -1):  # bugs: 0 was range()'s ValueError; -1 yielded nothing, a loop over no rows
             with pytest.raises(ParameterError, match=f"^chunk_rows must be at least 1, not {chunk_rows}$"):
                 store.iter_chunks("clip", chunk_rows)  # when called, not at the first block (walkthrough)
-        with pytest.raises(StoreError, match="not 'path'; paths\\(\\), labels\\(\\)"):
+        with pytest.raises(ParameterError, match="not 'path'; paths\\(\\), labels\\(\\)"):
             store.read("path")  # was raw bytes, not the names paths() gives
         chunks = list(store.iter_chunks("clip", chunk_rows=47))
         assert [start for start, _ in chunks] == [0, 47, 94]

@@ -105,6 +105,9 @@ def checked_classes(classes: Sequence[str] | str | Path | None) -> list[str] | N
     not_text = [name for name in classes if not isinstance(name, str)]
     if not_text:  # None, b"red" and 3 became the classes "None", "b'red'" and "3"
         raise ParameterError(f"{{classes}} must hold class names (str), not {shown_value(not_text[0])}")
-    classes = check_class_names([name.strip() for name in classes], "the classes given")  # as a class file's lines
-    refuse_unseen_characters(classes, "the classes given")
+    try:
+        classes = check_class_names([name.strip() for name in classes], "the classes given")  # as a class file's lines
+        refuse_unseen_characters(classes, "the classes given")
+    except ZsfsError as error:  # names given twice, blank, invisible: the caller's list, unlike a class file's lines
+        raise ParameterError(literal(str(error))) from None
     return classes

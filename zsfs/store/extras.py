@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from zsfs.errors import StoreError, ZsfsError, check_choice, one_line
+from zsfs.errors import ParameterError, StoreError, ZsfsError, check_choice, literal, one_line
 from zsfs.names import as_argument, check_class_names, some_names, spelled_like
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files
@@ -154,8 +154,8 @@ def check_vocabulary_name(name: str) -> str:
     """``name`` in Unicode's composed form (NFC), or a ``ZsfsError`` for an invalid one: 'café'
     typed as e + U+0301 (as some keyboards and file names give it) prints as 'café' and names that
     vocabulary, not a second one."""
-    if not schema.valid_vocabulary_name(name):
-        raise ZsfsError(schema.INVALID_VOCABULARY_NAME.format(name))
+    if not schema.valid_vocabulary_name(name):  # always the caller's: an option or a parameter
+        raise ParameterError(literal(schema.INVALID_VOCABULARY_NAME.format(name)))
     return unicodedata.normalize("NFC", name)
 
 

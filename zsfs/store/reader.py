@@ -290,8 +290,9 @@ class Store:
 
     def _check_row_dataset(self, dataset: str) -> None:
         if dataset not in schema.VIRTUAL_DATASETS:  # the others have their own readers
-            raise StoreError(f"read() and iter_chunks() read {', '.join(schema.VIRTUAL_DATASETS)}, not {dataset!r}; "
-                             "paths(), labels(), skipped() and neighbour_graph() read the rest")
+            raise ParameterError(f"{{dataset}}: read() and iter_chunks() read {', '.join(schema.VIRTUAL_DATASETS)}, "
+                                 f"not {shown_value(dataset)}; paths(), labels(), skipped() and neighbour_graph() read "
+                                 "the rest")
 
     def iter_chunks(self, dataset: str, chunk_rows: int = READ_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` blocks of ``dataset`` (as :meth:`read`'s) in order: bounded memory for big stores."""
