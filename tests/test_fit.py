@@ -694,6 +694,10 @@ def test_damaged_classifier_file_is_a_clear_error(tmp_path):
     torch.save({"format": CLASSIFIER_FORMAT, "version": 1}, path)
     with pytest.raises(ZsfsError, match="damaged zsfs classifier"):
         load_classifier(path)
+    path.write_bytes(b"junk")  # walkthrough: "is not a readable zsfs classifier (KeyError)", no remedy
+    with pytest.raises(ZsfsError, match=r"classifier.pt is not a readable zsfs classifier \(damaged, cut short or "
+                                        r"another kind of file: .*\); rerun `zsfs fit` to write it again$"):
+        load_classifier(path)
 
 
 def test_a_classifier_of_a_newer_format_asks_for_a_newer_zsfs(tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_parameter_type
+from zsfs.errors import ParameterError, ZsfsError, check_at_least, check_parameter_type, one_line
 from zsfs.names import counted, described_array
 from zsfs.fit import ood
 from zsfs.fit.zeroshot import as_tensor
@@ -224,7 +224,8 @@ def load_classifier(path: str | Path) -> Classifier:
         with open(path, "rb") as handle:  # a Python file: any path, UTF-8 or not
             state = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        raise ZsfsError(f"{path} is not a readable zsfs classifier ({error.__class__.__name__})") from None
+        raise ZsfsError(f"{path} is not a readable zsfs classifier (damaged, cut short or another kind of file: "
+                        f"{one_line(error)}); rerun `zsfs fit` to write it again") from None
     if not isinstance(state, dict) or state.get("format") != CLASSIFIER_FORMAT:
         raise ZsfsError(f"{path} is not a zsfs classifier file")
     try:
