@@ -88,8 +88,8 @@ def _holds_labels(shard_files: list[Path]) -> bool:
 def mismatch_error(path: Path, found: dict | None, expected: dict) -> StoreMismatchError:
     """The refusal of a store or shard file whose recorded identity is not this run's."""
     return StoreMismatchError(f"{path} was built from another source, other models or other settings "
-                              f"({describe_difference(found, expected)}); pass --overwrite to replace it or "
-                              "choose another output")
+                              f"({describe_difference(found, expected)}); keep it and choose another output, or "
+                              "pass --overwrite to replace it")
 
 
 def _without(record: dict, key: str) -> dict:
