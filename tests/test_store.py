@@ -111,6 +111,8 @@ def test_read_rows_and_chunks(tmp_path, arrays):
             store.read("clip", slice(0, 2.5))
         with pytest.raises(ParameterError, match=r"^rows: slice step cannot be zero"):
             store.paths(slice(None, None, 0))
+        with pytest.raises(ParameterError, match=r"^rows: setting an array element with a sequence"):
+            store.read("clip", [[1, 2], [3]])  # review: numpy's ValueError inside the read was called damage
         np.testing.assert_array_equal(store.read("clip", slice(60, 40, -2)), full[60:40:-2])
         np.testing.assert_array_equal(store.read("clip", 5), full[5])
         np.testing.assert_array_equal(store.read("clip", np.array([[1, 2], [3, 4]])), full[[[1, 2], [3, 4]]])

@@ -276,7 +276,8 @@ def test_a_new_file_that_cannot_be_started_is_one_line(tmp_path):
     from zsfs.store.files import new_hdf5
 
     (tmp_path / "taken").write_text("a file")
-    with pytest.raises(ZsfsError, match=r"^could not write the graph: File exists. Nothing half-written was kept"):
+    with pytest.raises(ZsfsError, match=rf"^could not write the graph: File exists \({tmp_path}/taken\). Nothing "
+                                        "half-written was kept"):
         with new_hdf5(tmp_path / "taken" / "x.h5", "the graph"):
             pass
 
@@ -638,11 +639,11 @@ def test_the_lock_probe_tells_this_files_lock_from_one_on_another_mount(tmp_path
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "open\n"
-        assert _has_open(holder.pid, os.stat(mine)) and not _has_open(holder.pid, os.stat(other))
+        assert _has_open(holder.pid, mine.resolve()) and not _has_open(holder.pid, other.resolve())
     finally:
         holder.kill()
         holder.wait()
-    assert _has_open(holder.pid, os.stat(mine))  # gone: cannot be told, so taken as holding it
+    assert _has_open(holder.pid, mine.resolve())  # gone: cannot be told, so taken as holding it
 
 
 def test_the_readers_lock_probe_never_makes_a_writer_fail(tmp_path):
@@ -857,12 +858,15 @@ def test_a_rerun_rewrites_a_shard_damaged_in_place_since_the_master(base, store,
 HDF5_METADATA_SIGNATURES = (b"TREE", b"HEAP", b"SNOD", b"GCOL")  # B-trees, local heaps, symbol tables, global heaps
 
 
-def damaged_copies(store: Path, part: str, into: Path) -> Iterator[Path]:
-    """Copies of the store's folder, each with one more of ``part``'s HDF5 metadata blocks damaged
-    (its signature's first byte flipped: same size); yields each copy's master."""
+def damaged_copies(store: Path, part: str, into: Path, *, heap_objects: bool = False) -> Iterator[Path]:
+    """Copies of the store's folder, each with one of ``part``'s HDF5 metadata blocks damaged (its
+    signature's first byte flipped: same size), and with ``heap_objects`` the size of a global
+    heap's first object (where attributes' strings live); yields each copy's master. (Such a size
+    damaged in the master, or a heap's own size anywhere, makes HDF5 2.0 loop for ever.)"""
     data = (store.parent / part).read_bytes()
-    offsets = sorted(match.start() for signature in HDF5_METADATA_SIGNATURES
-                     for match in re.finditer(re.escape(signature), data))
+    offsets = sorted({match.start() + shift for signature in HDF5_METADATA_SIGNATURES
+                      for match in re.finditer(re.escape(signature), data)  # 16-byte header, then index,
+                      for shift in ((0, 24) if heap_objects and signature == b"GCOL" else (0,))})  # count, 4, size
     assert len(offsets) >= 4, offsets
     for offset in offsets:
         copy = into / f"at{offset}"
@@ -881,11 +885,14 @@ def test_damaged_metadata_in_any_file_of_a_store_is_a_store_error_and_derived_fi
     OSError or KeyError from a damaged B-tree, heap or symbol table came out raw, as a traceback
     from `zsfs info`, `Store()`, `verify()`; and one damaged vocabulary, graph or plan file stopped
     the whole store from opening, where docs/store.md sets it aside. (A flipped byte in one of a
-    global heap's size fields makes HDF5 2.0 loop for ever: not among these.)"""
-    if part == "vocabulary":
+    global heap's size fields makes HDF5 2.0 loop for ever: not among these.) Review: a vocabulary
+    file's damaged name (a heap object's size) stopped the store from opening."""
+    vocabulary = part == "vocabulary"
+    if vocabulary:
         part = str(schema.vocabulary_file(Path("s.shards"), "default"))
     derived = part.startswith("s.shards/") and "shard-" not in part
-    for master in damaged_copies(store, part, tmp_path):
+    for master in damaged_copies(store, part, tmp_path, heap_objects=vocabulary):
+        damaged = f"{master.parent / part} is damaged ("
         try:
             with Store(master) as opened:
                 opened.summary()
@@ -894,11 +901,17 @@ def test_damaged_metadata_in_any_file_of_a_store_is_a_store_error_and_derived_fi
                 with suppress(StoreError):
                     opened.verify()
                 for name in opened.vocabulary_names():
-                    opened.vocabulary(name)
-        except StoreError as error:  # the store stays usable without them: only reading that one file fails
-            assert not derived or str(error).startswith(f"{master.parent / part} is damaged ("), str(error)
+                    try:  # a vocabulary whose file opens but whose rows are damaged: that one fails, naming its file
+                        opened.vocabulary(name)
+                    except StoreError as error:
+                        assert str(error).startswith(damaged), str(error)
+        except StoreError as error:
+            assert not derived, f"{master}: {error}"  # the store stays usable without them
         shown = run_cli("info", master)
-        assert isinstance(shown.exception, (SystemExit, type(None))), f"{master}: {shown.exception!r}"
+        if derived:  # (review: the first version of this test let a refusal to open pass here)
+            assert shown.exit_code == 0, output_text(shown)
+        else:
+            assert isinstance(shown.exception, (SystemExit, type(None))), f"{master}: {shown.exception!r}"
     if part.endswith("shard-00001.h5"):  # the rerun its message asks for repairs it, adding a vocabulary too
         # (review: its check of the vocabulary's classes met the damage first, as a traceback)
         rerun = run_cli(*extract_args(base, master), "--classes", master.parent / "classes.txt", "--vocab", "x")

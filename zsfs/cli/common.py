@@ -210,9 +210,11 @@ def _form_hint(command: click.Command | None, error: click.UsageError) -> str:
                     "--ray ...) or give the address as --ray=ADDRESS")
     if command is not None and command.name == "extract" and error.message.startswith("Got unexpected extra argument"):
         first = (error.ctx.params.get("source") if error.ctx is not None else None) or Path()
-        if first.suffix.lower() == ".tar":  # shards/{000..003}.tar unquoted: the shell gave every tar
-            return (f". zsfs extract takes one SOURCE: quote a pattern of tar shards for zsfs to expand, "
-                    f"'{first.parent}/{{{first.stem}..LAST}}.tar', or pass their folder, {as_argument(first.parent)}")
+        extra = error.message.partition("(")[2].removesuffix(")").split(" ")  # (a name with a space: no hint)
+        if all(name.lower().endswith(".tar") for name in [first.name, *extra]):  # shards/{000..003}.tar unquoted
+            pattern = as_argument(first.parent / f"{{{first.stem}..LAST}}.tar")
+            return (f". zsfs extract takes one SOURCE: quote a pattern of tar shards for zsfs to expand, {pattern}, "
+                    f"or pass their folder, {as_argument(first.parent)}")
         return (". zsfs extract takes one SOURCE (a shell pattern such as photos/*.jpg gives many): a folder, a list "
                 "file or tar shards; put the images in a folder, or list their paths in a .txt file")
     if isinstance(error, click.NoSuchOption) and error.option_name in ARGUMENT_FORMS:

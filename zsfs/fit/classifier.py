@@ -220,12 +220,14 @@ def load_classifier(path: str | Path) -> Classifier:
         path = path / CLASSIFIER
     if not path.is_file():
         raise ZsfsError(f"no classifier at {path}; pass a run folder written by `zsfs fit`")
-    try:
-        with open(path, "rb") as handle:  # a Python file: any path, UTF-8 or not
+    with open(path, "rb") as handle:  # a Python file: any path, UTF-8 or not (its OSError says what it is)
+        try:
             state = torch.load(handle, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged file
-        raise ZsfsError(f"{path} is not a readable zsfs classifier (damaged, cut short or another kind of file: "
-                        f"{one_line(error)}); rerun `zsfs fit` to write it again") from None
+        except OSError:  # reading the file failed, not decoding it
+            raise
+        except Exception as error:  # torch raises many types for a damaged file
+            raise ZsfsError(f"{path} is not a readable zsfs classifier (damaged, cut short or another kind of file: "
+                            f"{one_line(error)}); rerun `zsfs fit` to write it again") from None
     if not isinstance(state, dict) or state.get("format") != CLASSIFIER_FORMAT:
         raise ZsfsError(f"{path} is not a zsfs classifier file")
     try:

@@ -239,7 +239,8 @@ def vocabulary_files(shards: Path, identity: dict) -> tuple[dict[str, Path], dic
     found, unreadable = {}, {}
     for path in sorted(shards.glob(schema.VOCAB_GLOB)):
         try:
-            with open_extra(path, schema.VOCAB_FORMAT, identity) as file:
+            file = open_extra(path, schema.VOCAB_FORMAT, identity)
+            with file, checked_extra(file, path, schema.VOCAB_FORMAT):  # a damaged name (its heap) is set aside too
                 name = str(file.attrs.get(schema.ATTR_NAME, ""))
         except StoreError as error:
             unreadable[path] = str(error)

@@ -108,13 +108,13 @@ class Store:
             self.shard_bytes = self._file[schema.SHARDS_BYTES][:] if schema.SHARDS_BYTES in self._file else None
             self.dtype = str(self._file[schema.CLIP].dtype)
             self.build = str(attrs.get(schema.ATTR_BUILD, ""))
-        except (KeyError, ValueError, OSError) as error:
-            raise StoreError(f"{self.path} is damaged or incomplete ({error}); rebuild it") from None
+            self.has_labels = schema.LABEL in self._file
+        except DAMAGED_FILE_ERRORS as error:
+            raise StoreError(f"{self.path} is damaged or incomplete ({one_line(error)}); rebuild it") from None
         self.n_shards = len(self.shard_files)
         # Vocabularies and the graph live beside the shards (the master may have been renamed).
         first = self.shard_files[0] if self.shard_files else schema.shard_dir(self.path).name + "/x"
         self.data_dir = self.path.parent / Path(first).parent
-        self.has_labels = schema.LABEL in self._file
 
     def _repairable(self) -> bool:
         """A rerun of the command that made the store repairs its shards only under the master's
@@ -136,7 +136,7 @@ class Store:
             raise StoreError(f"{self.path} is missing {len(missing)} of {self.n_shards} shard files "
                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); keep the "
                              f"{recorded}/ folder, under that name, next to {self.path.name}{repair}")
-        damaged, misplaced = [], []
+        damaged, misplaced, why = [], [], ""
         for position, (name, rows) in enumerate(zip(self.shard_files, self.shard_rows)):
             size_ok = self.shard_bytes is None or (folder / name).stat().st_size == self.shard_bytes[position]
             try:  # HDF5 notices truncation on open (end of file before its recorded end)
@@ -146,15 +146,16 @@ class Store:
                         shard[dataset].shape[0] == rows for dataset in schema.VIRTUAL_DATASETS)
                     if ok and shard.attrs.get(schema.ATTR_SHARD) != position:
                         misplaced.append(f"{name} holds shard {shard.attrs.get(schema.ATTR_SHARD)}")
-            except DAMAGED_FILE_ERRORS:  # ValueError too: an identity that is not JSON
+            except DAMAGED_FILE_ERRORS as error:  # ValueError too: an identity that is not JSON
                 ok = False
+                why = why or f" ({name}: {one_line(error)})"  # the first: damage, or a fault of ours to report
             if not ok:
                 damaged.append(name)
         if damaged:
             one = len(damaged) == 1
             raise StoreError(f"{self.path}: {'shard file' if one else 'shard files'} "
                              f"{some_names(damaged, 3, with_count=False, separator=', ')} "
-                             f"{'is damaged or does' if one else 'are damaged or do'} not belong to this store; "
+                             f"{'is damaged or does' if one else 'are damaged or do'} not belong to this store{why}; "
                              f"{self._how_to_repair('it' if one else 'them')}")
         if misplaced:
             raise StoreError(f"{self.path}: shard files were swapped or renamed ({', '.join(misplaced[:3])}); "

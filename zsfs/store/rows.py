@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsfs.errors import ParameterError, ZsfsError, literal
+from zsfs.errors import ParameterError, ZsfsError, literal, one_line
 from zsfs.names import counted
 
 if TYPE_CHECKING:
@@ -100,7 +100,10 @@ def read_rows(data: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray
         if rows.step is None or rows.step > 0:  # h5py reads no other step
             return data[rows]
         rows = np.arange(len(data))[rows]
-    rows = np.asarray(rows)
+    try:  # here, not in the read: numpy's errors there read as damage
+        rows = np.asarray(rows)
+    except (TypeError, ValueError) as error:  # ragged lists
+        raise ParameterError(f"{{rows}}: {literal(one_line(error))}") from None
     if rows.dtype != bool and not np.issubdtype(rows.dtype, np.integer) and rows.size:  # 1.9 read as row 1
         raise ParameterError(f"{{rows}} must be None, a slice, whole-number row ids or a boolean mask, not an array "
                              f"of {literal(rows.dtype)}")
