@@ -1085,7 +1085,7 @@ def test_images_in_formats_zsfs_cannot_read_are_counted_not_left_out_unsaid(tmp_
     only.mkdir()
     (only / "IMG_0001.heic").write_bytes(b"not decoded")
     with pytest.raises(ZsfsError, match=r"no images found in .*phone \(looked recursively for .*\); it holds 1 "
-                                        r"\.heic file, a format zsfs cannot read: convert them"):
+                                        r"\.heic file, a format zsfs cannot read: convert it \(to JPEG or PNG\) to include it"):
         open_source(only)
 
 
