@@ -113,6 +113,8 @@ def test_read_rows_and_chunks(tmp_path, arrays):
             store.paths(slice(None, None, 0))
         with pytest.raises(ParameterError, match=r"^rows: setting an array element with a sequence"):
             store.read("clip", [[1, 2], [3]])  # review: numpy's ValueError inside the read was called damage
+        with pytest.raises(ParameterError, match=rf"^rows: row id {2 ** 64 - 1} is out of range for {N} rows$"):
+            store.read("clip", np.array([2 ** 64 - 1], dtype=np.uint64))  # review: wrapped to -1, the last row
         np.testing.assert_array_equal(store.read("clip", slice(60, 40, -2)), full[60:40:-2])
         np.testing.assert_array_equal(store.read("clip", 5), full[5])
         np.testing.assert_array_equal(store.read("clip", np.array([[1, 2], [3, 4]])), full[[[1, 2], [3, 4]]])

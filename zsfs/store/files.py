@@ -47,8 +47,12 @@ def disk_error(error: BaseException, what: str, *, resume: str = "the same comma
         cause, advice = DISK_FULL, "free some space and rerun"
     else:
         cause, advice = (getattr(error, "strerror", None) or str(error)), "fix that and rerun"
-        if getattr(error, "filename", None):  # the folder or file that could not be made (a file in its place, say)
-            cause += f" ({os.fsdecode(error.filename)})"
+        # the folder or file that could not be made (a file in its place, say); of a rename, its target
+        name = getattr(error, "filename2", None) or getattr(error, "filename", None)
+        if isinstance(name, (str, bytes, os.PathLike)):
+            name = os.fsdecode(name)
+            # a temporary file that could not be made, or was removed since: its folder is what the user fixes
+            cause += f" ({os.path.dirname(name) if name.endswith(schema.TMP_SUFFIX) else name})"
     # "its previous content" is the file's: with --overwrite the old store was removed on purpose first
     return ZsfsError(f"could not write {what}: {cause}. Nothing half-written was kept (a file it replaces keeps its "
                      f"previous content); {advice} {resume}.")

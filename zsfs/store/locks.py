@@ -160,7 +160,7 @@ def written_elsewhere(master: Path) -> bool:
     if not stat.S_ISREG(info.st_mode):
         return False
     held, maybe = flock_holders(entries, info.st_dev, info.st_ino)
-    return held or (bool(maybe) and any(_has_open(pid, Path(os.path.realpath(lock))) for pid in maybe))
+    return held or any(_has_open(pid, lock, info) for pid in maybe)
 
 
 def flock_holders(table: str, device: int, inode: int) -> tuple[bool, set[int]]:
@@ -186,11 +186,12 @@ def flock_holders(table: str, device: int, inode: int) -> tuple[bool, set[int]]:
     return False, others
 
 
-def _has_open(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` has the file ``path`` (absolute, links resolved) open, by the names
-    the kernel gives its descriptors (read from /proc alone: a stat of each file would wait on a
-    stalled network mount); True where that cannot be told (another user's process, or one gone
-    whose children hold its lock), as before devices were compared."""
+def _has_open(pid: int, lock: Path, file: os.stat_result) -> bool:
+    """Whether process ``pid`` has ``file``, the lock file ``lock``, open. Only its descriptors named
+    like the lock are stat'ed (a stat of every file could wait on a stalled network mount); by
+    (device, inode), as the holder may name the folder otherwise (a bind mount, a container).
+    True where that cannot be told (another user's process, or one gone whose children hold its
+    lock), as before devices were compared."""
     folder = f"/proc/{pid}/fd"
     try:
         descriptors = os.listdir(folder)
@@ -198,8 +199,10 @@ def _has_open(pid: int, path: Path) -> bool:
         return True
     for descriptor in descriptors:
         with suppress(OSError):  # closed meanwhile
-            if os.readlink(f"{folder}/{descriptor}") == str(path):
-                return True
+            if os.readlink(f"{folder}/{descriptor}").endswith("/" + lock.name):
+                opened = os.stat(f"{folder}/{descriptor}")
+                if (opened.st_dev, opened.st_ino) == (file.st_dev, file.st_ino):
+                    return True
     return False
 
 

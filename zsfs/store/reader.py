@@ -146,6 +146,9 @@ class Store:
                         shard[dataset].shape[0] == rows for dataset in schema.VIRTUAL_DATASETS)
                     if ok and shard.attrs.get(schema.ATTR_SHARD) != position:
                         misplaced.append(f"{name} holds shard {shard.attrs.get(schema.ATTR_SHARD)}")
+            except PermissionError as error:  # not damage: removing it would lose a whole shard
+                raise StoreError(f"{self.path}: cannot read {name} ({os.strerror(error.errno)}); make it readable") \
+                    from None  # (h5py's strerror is its whole message)
             except DAMAGED_FILE_ERRORS as error:  # ValueError too: an identity that is not JSON
                 ok = False
                 why = why or f" ({name}: {one_line(error)})"  # the first: damage, or a fault of ours to report
@@ -155,7 +158,8 @@ class Store:
             one = len(damaged) == 1
             raise StoreError(f"{self.path}: {'shard file' if one else 'shard files'} "
                              f"{some_names(damaged, 3, with_count=False, separator=', ')} "
-                             f"{'is damaged or does' if one else 'are damaged or do'} not belong to this store{why}; "
+                             f"{'is damaged or does' if one else 'are damaged or do'} not belong to this store"
+                             f"{why.replace(f'({damaged[0]}: ', '(') if one else why}; "
                              f"{self._how_to_repair('it' if one else 'them')}")
         if misplaced:
             raise StoreError(f"{self.path}: shard files were swapped or renamed ({', '.join(misplaced[:3])}); "

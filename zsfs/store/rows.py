@@ -111,6 +111,8 @@ def read_rows(data: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray
         if rows.shape != (len(data),):
             raise ParameterError(f"{{rows}}: a boolean mask of shape {rows.shape} for {len(data):,} rows")
         rows = np.flatnonzero(rows)
+    if rows.dtype.kind == "u" and rows.size and rows.max() > np.iinfo(np.int64).max:  # would wrap to negative ids
+        raise ParameterError(f"{{rows}}: row id {int(rows.max())} is out of range for {len(data):,} rows")
     given = rows.astype(np.int64, copy=False)
     rows = np.where(given < 0, given + len(data), given)
     if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
