@@ -201,7 +201,7 @@ def test_a_rerun_with_another_pixel_budget_is_refused_not_mixed(tmp_path):
                       "--workers", "0")  # refused before the models load: the missing weights are not reached
     said = " ".join(output_text(refused).split())
     assert refused.exit_code == 1 and "(differs in max_pixels; it was built with --max-pixels 100, this run uses " \
-        "the default); pass --overwrite to replace it" in said, said
+        "the default); keep it and choose another output, or pass --overwrite to replace it" in said, said
     replaced = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0", "--overwrite")
     assert replaced.exit_code == 0, replaced.output
     with Store(out) as store:

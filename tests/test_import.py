@@ -913,7 +913,7 @@ def test_embeddings_read_from_another_place_are_named_as_such(inputs, monkeypatc
     (folder / "clip.npy").rename(folder / "moved" / "clip.npy")
     with pytest.raises(StoreMismatchError, match=rf"differs in clip; its clip embeddings were imported from "
                                                  rf"{folder / 'clip.npy'}, this run reads {folder / 'moved' / 'clip.npy'}\); "
-                                                 "pass --overwrite"):
+                                                 "keep it and choose another output, or pass --overwrite"):
         import_store("s.h5", clip_embeddings="moved/clip.npy", backbone_features="backbone.npy", paths="paths.csv")
 
 
