@@ -395,10 +395,9 @@ def unread_formats_text(counts: dict[str, int]) -> str:
     """``"1 .dng and 2 .heic files, formats zsfs cannot read: convert them (to JPEG or PNG) ..."``."""
     listed = [f"{count:,} {suffix}" for suffix, count in counts.items()]
     named = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
-    return (f"{named} {'file' if sum(counts.values()) == 1 else 'files'}, "
-            f"{'a format' if len(counts) == 1 else 'formats'} zsfs cannot read: "
-            f"convert {'it' if sum(counts.values()) == 1 else 'them'} (to JPEG or PNG) to include "
-            f"{'it' if sum(counts.values()) == 1 else 'them'}")
+    one = sum(counts.values()) == 1
+    return (f"{named} {'file' if one else 'files'}, {'a format' if len(counts) == 1 else 'formats'} zsfs cannot "
+            f"read: convert {'it' if one else 'them'} (to JPEG or PNG) to include {'it' if one else 'them'}")
 
 
 def _folder_identity(path: str | Path) -> tuple[int, int]:

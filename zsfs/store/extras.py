@@ -9,8 +9,8 @@ never reclaims space inside a file it modifies). Reading one holds it to what zs
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from zsfs.names import as_argument, check_class_names, some_names, spelled_like
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files
 from zsfs.store.locks import store_lock
-from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, read_identity, read_strings,
+from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, closed_on_error, open_hdf5, read_identity, read_strings,
                              write_checked, write_strings)
 from zsfs.store.rows import normalise_rows
 
@@ -210,17 +210,10 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
     return file
 
 
-@contextmanager
-def checked_extra(file: h5py.File, path: Path, kind: str) -> Iterator[None]:
+def checked_extra(file: h5py.File, path: Path, kind: str) -> AbstractContextManager[None]:
     """Reads of ``file``, the open vocabulary or graph file ``path``: any error closes it, and
-    damage (``DAMAGED_FILE_ERRORS``) is a ``StoreError`` that says how to get the file back."""
-    try:
-        yield
-    except BaseException as error:
-        file.close()
-        if isinstance(error, DAMAGED_FILE_ERRORS):
-            raise damaged_extra(path, kind, error) from None
-        raise
+    damage is a ``StoreError`` that says how to get the file back."""
+    return closed_on_error(file, lambda error: damaged_extra(path, kind, error))
 
 
 def damaged_extra(path: Path, kind: str, error: BaseException) -> StoreError:

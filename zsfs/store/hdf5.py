@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
@@ -100,6 +100,19 @@ def masters_reading(folder: Path, *, other_than: Path) -> list[Path]:
     except OSError:
         return []
     return [entry for entry in entries if folder.name in shard_folders_named(entry)]
+
+
+@contextmanager
+def closed_on_error(file: h5py.File, damaged: Callable[[BaseException], StoreError]) -> Iterator[None]:
+    """Reads of the open ``file``: any error closes it, and damage (:data:`DAMAGED_FILE_ERRORS`)
+    becomes ``damaged(error)``, a message that says what to do about that kind of file."""
+    try:
+        yield
+    except BaseException as error:
+        file.close()
+        if isinstance(error, DAMAGED_FILE_ERRORS):
+            raise damaged(error) from None
+        raise
 
 
 @contextmanager

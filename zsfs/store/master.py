@@ -26,7 +26,7 @@ from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 from zsfs.names import counted, utf8_text
 from zsfs.store.files import REPAIR, check_written, damaged_master_advice
-from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, masters_reading, open_hdf5, read_identity,
+from zsfs.store.hdf5 import (canonical_json, closed_on_error, masters_reading, open_hdf5, read_identity,
                              read_strings, write_strings)
 from zsfs.store.identity import unfinished_run
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
@@ -263,19 +263,15 @@ def open_master(path: Path) -> h5py.File:
     except OSError as error:
         raise StoreError(f"{path} cannot be opened as HDF5 ({error}); it is probably truncated or damaged"
                          f"{damaged_master_advice(path)}") from None
-    try:
+    with closed_on_error(file, lambda error: StoreError(f"{path} is damaged ({one_line(error)})"
+                                                        f"{damaged_master_advice(path)}")):
         _check_master(file, path)
-    except BaseException as error:
-        file.close()
-        if isinstance(error, DAMAGED_FILE_ERRORS):
-            raise StoreError(f"{path} is damaged ({one_line(error)}){damaged_master_advice(path)}") from None
-        raise
     return file
 
 
 def _check_master(file: h5py.File, path: Path) -> None:
     """A ``StoreError`` unless ``file`` (``path``, open) reads as a zsfs store's master; h5py's
-    errors on damaged bytes pass through (:data:`DAMAGED_FILE_ERRORS`)."""
+    errors on damaged bytes pass through (:data:`zsfs.store.hdf5.DAMAGED_FILE_ERRORS`)."""
     fmt = file.attrs.get(schema.ATTR_FORMAT)
     version = file.attrs.get(schema.ATTR_FORMAT_VERSION)
     if fmt in schema.PART_FORMATS:

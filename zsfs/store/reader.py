@@ -136,7 +136,7 @@ class Store:
             raise StoreError(f"{self.path} is missing {len(missing)} of {self.n_shards} shard files "
                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); keep the "
                              f"{recorded}/ folder, under that name, next to {self.path.name}{repair}")
-        damaged, misplaced, why = [], [], ""
+        damaged, misplaced, first_error = [], [], None
         for position, (name, rows) in enumerate(zip(self.shard_files, self.shard_rows)):
             size_ok = self.shard_bytes is None or (folder / name).stat().st_size == self.shard_bytes[position]
             try:  # HDF5 notices truncation on open (end of file before its recorded end)
@@ -151,15 +151,15 @@ class Store:
                     from None  # (h5py's strerror is its whole message)
             except DAMAGED_FILE_ERRORS as error:  # ValueError too: an identity that is not JSON
                 ok = False
-                why = why or f" ({name}: {one_line(error)})"  # the first: damage, or a fault of ours to report
+                first_error = first_error or (name, one_line(error))  # damage, or a fault of ours to report
             if not ok:
                 damaged.append(name)
         if damaged:
             one = len(damaged) == 1
+            why = "" if first_error is None else f" ({first_error[1]})" if one else " ({}: {})".format(*first_error)
             raise StoreError(f"{self.path}: {'shard file' if one else 'shard files'} "
                              f"{some_names(damaged, 3, with_count=False, separator=', ')} "
-                             f"{'is damaged or does' if one else 'are damaged or do'} not belong to this store"
-                             f"{why.replace(f'({damaged[0]}: ', '(') if one else why}; "
+                             f"{'is damaged or does' if one else 'are damaged or do'} not belong to this store{why}; "
                              f"{self._how_to_repair('it' if one else 'them')}")
         if misplaced:
             raise StoreError(f"{self.path}: shard files were swapped or renamed ({', '.join(misplaced[:3])}); "

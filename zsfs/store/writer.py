@@ -24,8 +24,8 @@ from zsfs.errors import StoreError
 from zsfs.store import schema
 from zsfs.store.files import (damaged_master_advice, new_hdf5, remove_file, remove_leftover_temp_files,
                               temp_files_of)
-from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, masters_reading, open_hdf5, read_identity, read_strings,
-                             shard_folders_named, write_checked, write_strings)
+from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, masters_reading, open_hdf5, read_identity,
+                             read_strings, shard_folders_named, write_checked, write_strings)
 from zsfs.digests import file_sha256
 from zsfs.store.identity import mismatch_error, recorded_identity
 from zsfs.store.index import EXACT_MAX
