@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zsfs.errors import ZsfsError
+import zsfs
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_MODEL_ARGS
@@ -315,10 +316,15 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
         result = run_cli(*args)
         assert result.exit_code == 2 and "is empty (an unset shell variable?)" in result.output, args
     assert not list(tmp_path.glob("*.h5"))
-    for call, what in ((lambda: open_source(""), "image source"), (lambda: read_class_file(""), "class file"),
-                       (lambda: image_inputs([""]), "image input")):
-        with pytest.raises(ZsfsError, match=f"the {what} is an empty path"):
+    # the Python API too (review: zsfs.Store("") said "/tmp/... is a folder", load_run("") read ".")
+    for call, what in ((lambda: open_source(""), "source"), (lambda: read_class_file(""), "classes"),
+                       (lambda: image_inputs([""]), "images"), (lambda: image_inputs([], lists=[""]), "lists"),
+                       (lambda: zsfs.Store(""), "path"), (lambda: zsfs.load_run(""), "run_dir"),
+                       (lambda: zsfs.extract("", "o.h5"), "source"), (lambda: zsfs.extract("a", ""), "out"),
+                       (lambda: zsfs.fit("", k=2), "store")):
+        with pytest.raises(ParameterError, match=f"^{what} is an empty path"):
             call()
+    assert not list(tmp_path.glob("*.h5"))
 
 
 def test_a_quoted_tilde_is_the_home_folder_in_every_path_option(tmp_path, monkeypatch):

@@ -71,6 +71,9 @@ def test_a_source_that_ray_took_as_its_address_or_many_sources_are_named(tmp_pat
     said = " ".join(run_cli("extract", *tars).output.split())
     assert f"zsfs extract takes one SOURCE: quote a pattern of tar shards for zsfs to expand, '{tmp_path}/shards/" \
         f"{{000..LAST}}.tar', or pass their folder, {tmp_path}/shards" in said and "photos/*.jpg" not in said, said
+    monkeypatch.chdir(tmp_path / "shards")  # review: "or pass their folder, ." ended the hint
+    said = " ".join(run_cli("extract", *(tar.name for tar in tars)).output.split())
+    assert "'{000..LAST}.tar', or pass their folder, '.' (the current one)" in said, said
     said = " ".join(run_cli("extract", tars[0], "out.h5").output.split())  # --out forgotten: no tar advice (review)
     assert "quote a pattern" not in said and "zsfs extract takes one SOURCE (a shell pattern" in said, said
 

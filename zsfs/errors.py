@@ -89,9 +89,12 @@ def check_callbacks(**callbacks: object) -> None:
 def check_path(name: str, value: object) -> str:
     """``value`` as a path's text, with a leading ``~`` read as the home folder (as the command line
     reads it: :func:`zsfs.names.home_expanded`); ParameterError unless it is a ``str`` or an
-    ``os.PathLike`` (``bytes`` are not: iterated, they read as numbers)."""
+    ``os.PathLike`` (``bytes`` are not: iterated, they read as numbers), or for the empty string, which
+    ``Path`` reads as the current folder (``Path("")`` is already ".": only a ``str`` can be checked)."""
     if not isinstance(value, (str, os.PathLike)):
         raise ParameterError(f"{{{name}}} must be a path (a str or pathlib.Path), not {shown_value(value)}")
+    if isinstance(value, str) and value == "":
+        raise ParameterError(f"{{{name}}} is an empty path (an unset variable?); give a file or folder")
     return home_expanded(value)
 
 

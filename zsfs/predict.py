@@ -25,7 +25,7 @@ from zsfs.models import load_backbone_from_record
 from zsfs.names import check_utf8_file_names, repeated, utf8_texts
 from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
 from zsfs.runs import FittedRun, load_run, new_image_predictions, refuse_run_file
-from zsfs.sources import LIST_SUFFIXES, ImageSource, NoImagesError, given_path, open_source
+from zsfs.sources import LIST_SUFFIXES, ImageSource, NoImagesError, open_source
 from zsfs.store.rows import usable_rows
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
                        merged_members, named_tars, split_member_path)
@@ -66,7 +66,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
     listed: list[tuple[np.ndarray, TarMembers]] = []  # rows of listings with tars, and their byte ranges
     named_members: list[int] = []  # rows given as ``shard.tar::member``
     empty_of_pattern: dict[str, set[Path]] = {}  # a pattern's tars that hold no image (a pattern given twice: once)
-    for given, pattern in _tar_patterns_expanded(Path(given_path(item, "image input")) for item in inputs):
+    for given, pattern in _tar_patterns_expanded(Path(item) for item in inputs):
         if split_member_path(str(given)) is not None and not given.is_file():  # a file so named is that file
             named_members.append(len(paths))
             paths.append(str(given))
@@ -102,7 +102,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
         if empty == set(named_tars(pattern)):
             open_source(pattern)  # its error, as extract's
     for list_file in lists:
-        paths += _listed_images(Path(given_path(list_file, "list of images")))
+        paths += _listed_images(Path(list_file))
     if named_members:
         rows = np.asarray(named_members)
         listed.append((rows, locate_members([paths[row] for row in rows], Path.cwd())))

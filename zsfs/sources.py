@@ -20,9 +20,9 @@ from PIL import Image
 
 from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
-from zsfs.errors import ZsfsError
+from zsfs.errors import ZsfsError, check_path
 from zsfs.lists import read_list_file, refuse_nul_bytes
-from zsfs.names import (check_class_names, check_utf8_file_names, counted, home_expanded, refuse_unseen_characters,
+from zsfs.names import (check_class_names, check_utf8_file_names, counted, refuse_unseen_characters,
                         repeated, some_names, utf8_text, utf8_texts)
 from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TAR_SUFFIX, TarMembers, compressed_tar_error, is_compressed_tar,
                        is_tar_pattern, list_tars, resolve_tars, tar_shards_in)
@@ -137,19 +137,10 @@ class ImageSource:
         return (listing_sha256(with_hidden, None), hidden) if hidden else None
 
 
-def given_path(path: str | Path, what: str) -> str:
-    """``path`` as text, a leading ``~`` read as the home folder (:func:`zsfs.names.home_expanded`); a
-    ``ZsfsError`` when it is the empty string, which ``Path`` would read as the current folder
-    (``str(Path(""))`` is already ".": only a ``str`` can be checked)."""
-    if isinstance(path, str) and path == "":
-        raise ZsfsError(f"the {what} is an empty path; give a file or folder")
-    return home_expanded(path)
-
-
 def read_class_file(path: str | Path) -> list[str]:
     """Class names from a text file, one per line; blank lines and ``#`` comment lines ignored (as in
     list files), duplicates refused."""
-    path = Path(given_path(path, "class file"))
+    path = Path(check_path("classes", path))
     if not path.exists() or path.is_dir():  # a pipe (--classes <(...)) is no regular file, but reads as one
         raise ZsfsError(f"class file {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass a text "
                         "file with one class name per line")
@@ -189,7 +180,7 @@ def open_source(source: str | Path) -> ImageSource:
 
 
 def _listing(source: str | Path) -> ImageSource:
-    source = given_path(source, "image source")
+    source = check_path("source", source)
     if is_tar_pattern(source):
         root, tars = resolve_tars(source)
         # normalised as a folder's location is ("a/../t.tar" is "t.tar"), so a rerun from another folder matches

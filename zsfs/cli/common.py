@@ -213,8 +213,9 @@ def _form_hint(command: click.Command | None, error: click.UsageError) -> str:
         extra = error.message.partition("(")[2].removesuffix(")").split(" ")  # (a name with a space: no hint)
         if all(name.lower().endswith(".tar") for name in [first.name, *extra]):  # shards/{000..003}.tar unquoted
             pattern = as_argument(first.parent / f"{{{first.stem}..LAST}}.tar")
+            folder = as_argument(first.parent) if first.parent != Path() else "'.' (the current one)"
             return (f". zsfs extract takes one SOURCE: quote a pattern of tar shards for zsfs to expand, {pattern}, "
-                    f"or pass their folder, {as_argument(first.parent)}")
+                    f"or pass their folder, {folder}")
         return (". zsfs extract takes one SOURCE (a shell pattern such as photos/*.jpg gives many): a folder, a list "
                 "file or tar shards; put the images in a folder, or list their paths in a .txt file")
     if isinstance(error, click.NoSuchOption) and error.option_name in ARGUMENT_FORMS:

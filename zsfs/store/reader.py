@@ -537,9 +537,11 @@ class Store:
 
 def check_store_or_path(name: str, value: object) -> None:
     """ParameterError unless ``value`` is an open :class:`Store` or a path (the calls that read a
-    store take either)."""
+    store take either; an empty one is named as ``name``, not as the ``path`` of ``Store``)."""
     if not isinstance(value, (Store, str, os.PathLike)):
         raise ParameterError(f"{{{name}}} must be a zsfs.Store or its path, not {shown_value(value)}")
+    if not isinstance(value, Store):
+        check_path(name, value)
 
 
 def check_open_store(name: str, value: object) -> None:
