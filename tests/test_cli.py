@@ -418,11 +418,11 @@ def test_info_cuts_long_class_and_label_names_in_its_previews(capsys, monkeypatc
 def test_the_precisions_the_cli_offers_are_the_ones_the_code_knows():
     """The CLI lists precisions before torch is imported (zsfs.devices); the dtype tables must agree."""
     from zsfs import devices, embedding
-    from zsfs.fit import run
+    from zsfs.fit.neighbours import SEARCH_DTYPES
 
     assert tuple(embedding.AUTOCAST_DTYPES) == devices.MODEL_PRECISIONS  # zip would drop a name without a dtype
-    assert tuple(run.SEARCH_DTYPES) == devices.SEARCH_PRECISIONS
-    assert set(devices.PRECISION_CHOICES) == {"auto", *run.SEARCH_DTYPES}
+    assert tuple(SEARCH_DTYPES) == devices.SEARCH_PRECISIONS
+    assert set(devices.PRECISION_CHOICES) == {"auto", *SEARCH_DTYPES}
 
 
 def test_the_fit_options_name_every_parameter_with_the_configs_choices_and_defaults():

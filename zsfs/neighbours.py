@@ -13,8 +13,7 @@ from pathlib import Path
 
 from zsfs.devices import check_device
 from zsfs.errors import ParameterError, check_at_least, check_choice
-from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K, choose_search, neighbour_graph, open_search
-from zsfs.fit.run import SEARCH_DTYPES
+from zsfs.fit.neighbours import GRAPH_K, GRAPH_MAX_K, SEARCH_DTYPES, choose_search, neighbour_graph, open_search
 from zsfs.store.files import check_store_update
 from zsfs.store.locks import store_lock
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from zsfs.devices import SEARCH_PRECISIONS
 from zsfs.store.index import MISSING, build_index, drop_self, nearest_neighbours
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from zsfs.store import Store
 
 SEARCHES = ("faiss", "ivf", "exact")
+
+SEARCH_DTYPES = dict(zip(SEARCH_PRECISIONS, (torch.float32, torch.bfloat16)))
+"""The dtype of the neighbour search's scores per ``--precision`` (a fit's and ``zsfs neighbours``')."""
 
 SCORE_BLOCK = {"cpu": 1 << 26, "gpu": 1 << 29}
 """Scores computed at once (queries x rows): on CPU 128 MB in bf16, 256 MB in float32; on a

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from zsfs.devices import SEARCH_PRECISIONS, check_device, has_fast_bf16
+from zsfs.devices import check_device, has_fast_bf16
 from zsfs.errors import ParameterError, ZsfsError, check_parameter_type, literal
 from zsfs.fit import ood, seeds, transductive
 from zsfs.fit.classifier import Classifier, normalise, score_images
 from zsfs.fit.config import FitConfig, check_fit_config
-from zsfs.fit.neighbours import choose_search, graph_unused, open_search
+from zsfs.fit.neighbours import SEARCH_DTYPES, choose_search, graph_unused, open_search
 from zsfs.fit.selftrain import Cycle, FeatureTable, SelfTraining, self_train
 from zsfs.fit.zeroshot import CHUNK_ROWS, as_tensor, zero_shot_logits
 from zsfs.names import counted, repeated_rows, spelled_like, visible
@@ -30,7 +30,6 @@ from zsfs.store.reader import check_open_store
 if TYPE_CHECKING:
     from zsfs.store import Store
 
-SEARCH_DTYPES = dict(zip(SEARCH_PRECISIONS, (torch.float32, torch.bfloat16)))
 TRANSDUCTIVE_ROWS = 20_000
 """The balanced method estimates class shares and self-trains on at most this many rows (+ the seeds)."""
 

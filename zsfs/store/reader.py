@@ -483,11 +483,8 @@ class Store:
 
     # -- descriptions ---------------------------------------------------------------------
     def summary(self) -> dict:
-        """Everything `zsfs info --json` prints."""
-
-        def model(info: dict) -> dict:
-            return {"name": info.get("name"), "weights": info.get("weights"), "dim": info.get("dim"), **info}
-
+        """What the store holds, as `zsfs info --json` prints it (beside ``verified``, ``skipped`` and
+        ``escaped``, which the command adds)."""
         names = self.vocabulary_names()  # first: it lists the folder again when it changed
         vocabularies, unreadable = {}, self.unreadable_vocabularies
         for name in names:
@@ -514,8 +511,8 @@ class Store:
             "has_labels": self.has_labels,
             "labels": labels,  # images per true label, by name ({} without labels)
             "dtype": self.dtype,
-            "clip": model(self.clip_info),
-            "backbone": model(self.backbone_info),
+            "clip": dict(self.clip_info),  # name, weights (None when unrecorded), dim, and what else the master records
+            "backbone": dict(self.backbone_info),
             "vocabularies": vocabularies,
             "unreadable_vocabularies": unreadable,  # file -> why ({} when none)
             "unwritten_vocabularies": self.unwritten_vocabularies,  # the command that made it was stopped first
