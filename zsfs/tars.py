@@ -216,8 +216,9 @@ def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> TarListing:
     """The members of one tar whose suffix is one of ``image_suffixes`` (None: every one), in tar
     order: files in ``names`` (with their byte ranges), links in ``links``.
 
-    Only the 512-byte headers are read, one ``pread`` each (tarfile's parser costs ~5x more per
-    member, and buffered reads would pull every image's bytes in too); checksums are verified
+    Only the 512-byte headers are read, through a small window that jumps over large members
+    (:func:`zsfs.tar_headers.scan_headers`; tarfile's parser costs ~5x more per member, and
+    buffered reads would pull every image's bytes in too); checksums are verified
     and no member may end past the file's end, so a damaged header or a cut file is an error
     rather than a silently shorter listing.
     """

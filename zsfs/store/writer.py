@@ -448,7 +448,8 @@ class StoreWriter:
         """Build the master from the shards; returns its path.
 
         ``attrs`` must hold ``source``, ``clip`` and ``backbone`` (dicts are stored as JSON).
-        Vocabularies of an existing master with the same identity are carried over.
+        Vocabularies inside an existing master of the same identity (format 1) are carried over;
+        vocabulary files beside the shards stay as they are; the neighbour graph is removed.
         """
         missing = {schema.ATTR_SOURCE, schema.ATTR_CLIP, schema.ATTR_BACKBONE} - set(attrs)
         if missing:
