@@ -25,7 +25,7 @@ import click
 
 from pipelines import prepare, report
 from pipelines.datasets import BACKBONE, CLIP_MODEL, CLIP_WEIGHTS, DATASETS, OOD_SPLITS, Dataset, get_dataset
-from zsfs.cli.common import GivenPath
+from zsfs.cli.options import GivenPath
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.names import counted
@@ -345,7 +345,7 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
     """``text`` split as a shell would, and checked against each zsfs command it goes to (``commands``:
     name -> the arguments the pipeline gives it): a typo is reported now, not after hours of extract."""
     from zsfs.cli import main as zsfs_main
-    from zsfs.cli.common import option_flags
+    from zsfs.cli.options import option_flags
     from zsfs.errors import ParameterError
 
     try:
@@ -395,7 +395,8 @@ def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> l
 def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, images: Path | None,
          extract_args: str, fit_args: str, splits: int, id_classes: int | None, dry_run: bool) -> None:
     """Run the paper's experiment for DATASETS (cifar10 cifar100 caltech101 caltech256 cars imagenet, or all)."""
-    from zsfs.cli.common import say_error, say_stopped, sigterm_stops_cleanly
+    from zsfs.cli.group import say_error, say_stopped
+    from zsfs.cli.stops import sigterm_stops_cleanly
 
     with sigterm_stops_cleanly():
         try:
@@ -410,7 +411,7 @@ def main(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, im
 
 def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device: str, images: Path | None,
                   extract_args: str, fit_args: str, splits: int, id_classes: int | None, dry_run: bool) -> None:
-    from zsfs.cli.common import say_error
+    from zsfs.cli.group import say_error
     from zsfs.cli.console import console
 
     failed = []
@@ -476,7 +477,7 @@ def _check_protocol(dataset: Dataset, store: Path, images: Path | None, id_class
 
 
 if __name__ == "__main__":
-    from zsfs.cli.common import ignore_late_stops
+    from zsfs.cli.stops import ignore_late_stops
 
     try:
         main()

@@ -113,7 +113,7 @@ def test_a_write_failure_after_a_result_is_saved_says_it_was_saved():
     result is whole on disk must say so too, not send the user to a rerun that refuses it."""
     import errno
 
-    from zsfs.cli.common import kept_if_interrupted
+    from zsfs.cli.group import kept_if_interrupted
     from zsfs.errors import ZsfsError
 
     with pytest.raises(ZsfsError, match=r"Input/output error.* KEPT\.$"), kept_if_interrupted("KEPT"):
@@ -147,7 +147,7 @@ def test_a_failure_that_asks_for_a_rerun_under_overwrite_says_to_drop_it():
     looked for in lower case only; under --overwrite every rerun started over."""
     import click
 
-    from zsfs.cli.common import OVERWRITING, _resuming_hint
+    from zsfs.cli.group import OVERWRITING, _resuming_hint
 
     context = click.Context(click.Command("extract"))
     context.meta[OVERWRITING] = True
@@ -503,7 +503,7 @@ def test_other_options_show_the_library_defaults():
 def test_a_worker_killed_for_want_of_shared_memory_is_explained():
     """Torch's words when a decoding worker dies of a SIGBUS in a full /dev/shm (Docker's 64 MB):
     it was not an OSError, so it reached the user as a traceback."""
-    from zsfs.cli.common import describe_os_error
+    from zsfs.cli.group import describe_os_error
     from zsfs.errors import shared_memory_full
 
     died = RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly: killed by signal: Bus error. It is "
@@ -702,7 +702,7 @@ def test_the_edges_of_what_errors_say():
     """Review (mutation): the largest seed is taken (faiss' 32-bit range), h5py's "file too large"
     (errno 27) is a full disk, a failed probe for a temporary folder says so, and `info`'s escapes
     read back one way (a backslash doubled; JSON pointers escape "~" before "/", RFC 6901)."""
-    from zsfs.cli.common import describe_os_error
+    from zsfs.cli.group import describe_os_error
     from zsfs.cli.store import _as_json_text, _escaped
     from zsfs.errors import MAX_SEED, ParameterError, check_seed, is_disk_full
 

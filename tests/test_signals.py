@@ -81,7 +81,7 @@ def test_a_command_stopped_by_sigterm_leaves_no_trace_for_the_next_command_of_th
     import click
     from click.testing import CliRunner
 
-    from zsfs.cli.common import ZsfsGroup
+    from zsfs.cli.group import ZsfsGroup
 
     @click.group(cls=ZsfsGroup)
     def host() -> None:

@@ -295,7 +295,7 @@ def ray_messages_to_stderr() -> None:
 @contextmanager
 def _sigterm_kept() -> Iterator[None]:
     """``ray.init`` makes SIGTERM a bare ``sys.exit(15)`` in this process: keep what this process
-    did with it (the command line stops cleanly, with its message; see ``zsfs.cli.common``)."""
+    did with it (the command line stops cleanly, with its message; see ``zsfs.cli.stops``)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

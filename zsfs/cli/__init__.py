@@ -13,7 +13,9 @@ import sys
 import click
 
 from zsfs import __version__
-from zsfs.cli.common import ClosedStdout, ZsfsGroup, ignore_late_stops
+from zsfs.cli.group import ZsfsGroup
+from zsfs.cli.options import ClosedStdout
+from zsfs.cli.stops import ignore_late_stops
 
 
 @click.group(cls=ZsfsGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,9 +7,11 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import (OVERWRITING, GivenPath, MAX_PIXELS_OPTION, class_file_check, model_precision_option,
-                             note_a_borrowed_shards_folder, note_precision_off_cuda, noting_made_folders, usage_check)
 from zsfs.cli.console import console, image_progress, resuming_line, shown
+from zsfs.cli.group import OVERWRITING
+from zsfs.cli.notes import note_a_borrowed_shards_folder, note_precision_off_cuda
+from zsfs.cli.options import (MAX_PIXELS_OPTION, GivenPath, class_file_check, model_precision_option,
+                              noting_made_folders, usage_check)
 from zsfs.devices import DEVICES
 from zsfs.names import as_argument, counted, pairs_text, some_names
 from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from zsfs.cli.common import (FiniteFloat, GivenPath, kept_if_interrupted, note_fit_options, noting_made_folders,
-                             prints_on_stdout, what_failed)
 from zsfs.cli.console import console, shown
+from zsfs.cli.group import kept_if_interrupted, what_failed
+from zsfs.cli.notes import note_fit_options
+from zsfs.cli.options import FiniteFloat, GivenPath, noting_made_folders, prints_on_stdout
 from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES, check_device
 from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES

@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import (GivenPath, class_names_hint, kept_if_interrupted, note_fit_options, noting_made_folders,
-                             prints_on_stdout)
 from zsfs.cli.console import console, shown
+from zsfs.cli.group import kept_if_interrupted
+from zsfs.cli.notes import note_fit_options
+from zsfs.cli.options import GivenPath, class_names_hint, noting_made_folders, prints_on_stdout
 from zsfs.errors import ParameterError, literal, shown_value
 from zsfs.names import counted, home_expanded, near_spellings, some_names
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from zsfs.cli.common import (GivenPath, MAX_PIXELS_OPTION, model_precision_option, note_precision_off_cuda,
-                             noting_made_folders, prints_on_stdout, usage_check)
 from zsfs.cli.console import console, image_progress, shown
+from zsfs.cli.notes import note_precision_off_cuda
+from zsfs.cli.options import (MAX_PIXELS_OPTION, GivenPath, model_precision_option, noting_made_folders,
+                              prints_on_stdout, usage_check)
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.names import counted, some_names

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import GivenPath, noting_made_folders, usage_check
 from zsfs.cli.console import console, shown
+from zsfs.cli.options import GivenPath, noting_made_folders, usage_check
 from zsfs.errors import MAX_SEED
 
 

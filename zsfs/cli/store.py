@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 
-from zsfs.cli.common import (OVERWRITING, GivenPath, note_a_borrowed_shards_folder, note_emulated_bf16,
-                             noting_made_folders, prints_on_stdout)
 from zsfs.cli.console import LOG_SECONDS, console, image_progress, resuming_line, shown
+from zsfs.cli.group import OVERWRITING
+from zsfs.cli.notes import note_a_borrowed_shards_folder, note_emulated_bf16
+from zsfs.cli.options import GivenPath, noting_made_folders, prints_on_stdout
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
 from zsfs.names import abbreviated, counted, reasons_text, some_names, utf8_text, visible
