@@ -245,7 +245,7 @@ def test_rays_messages_go_to_stderr_not_stdout(cluster, tmp_path, capfd):
     --ray` leaves it (that it does: the test above)."""
     from ray._private import worker as ray_worker
 
-    from zsfs.distributed import ray_messages_to_stderr
+    from zsfs.ray_cluster import ray_messages_to_stderr
 
     ray_messages_to_stderr()  # what `extract --ray` calls first (a second call changes nothing)
     ray_messages_to_stderr()
@@ -318,9 +318,9 @@ def test_ray_options_refused_clearly(photos, monkeypatch, tmp_path):
     with pytest.raises(ZsfsError, match="ray_workers must be at least 1"):
         extract(photos["root"], tmp_path / "x.h5", ray="local", ray_workers=0, **SETTINGS)
     assert list(tmp_path.iterdir()) == []
-    import zsfs.distributed
+    import zsfs.ray_cluster
 
-    monkeypatch.setattr(zsfs.distributed, "ray", None)  # as in a core install, without Ray
+    monkeypatch.setattr(zsfs.ray_cluster, "ray", None)  # as in a core install, without Ray
     monkeypatch.chdir(tmp_path)  # where the default output ./photos.h5 would go
     result = run_cli("extract", photos["root"], *TINY_MODEL_ARGS, "--ray", "local")
     assert result.exit_code == 1 and 'pip install -e ".[ray]" in the zsfs checkout' in output_text(result)
@@ -377,7 +377,7 @@ def test_a_ray_client_address_without_its_package_and_a_token_cluster_get_advice
     """Review: `--ray ray://HOST:PORT` without Ray Client's package said "is not a Ray cluster
     address ... start one with ray start"; a cluster refusing a client that sends no auth token
     said "no Ray cluster ... start one", while one ran."""
-    from zsfs.distributed import _token_hint
+    from zsfs.ray_cluster import _token_hint
 
     address = "ray://" + cluster  # a real server that answers (the cluster's GCS); this venv has no ray[client]
     outcome = run_zsfs("extract", photos["root"], "--out", tmp_path / "x.h5", *TINY_MODEL_ARGS, "--ray", address,
@@ -398,7 +398,7 @@ def test_a_ray_client_address_without_its_package_and_a_token_cluster_get_advice
 def test_no_cluster_to_join_here_is_said_with_zsfs_options(monkeypatch, tmp_path):
     """Review: `--ray` with no cluster running quoted Ray's "setting --address flag" (no zsfs option)
     and the token advice, which cannot help where no cluster runs."""
-    from zsfs.distributed import _join_failure
+    from zsfs.ray_cluster import _join_failure
 
     token = tmp_path / "auth_token"
     token.write_text("secret")  # the token advice applies to a cluster that refused, not to none at all
@@ -423,7 +423,7 @@ def test_the_address_check_passes_a_real_cluster_and_names_what_else_answers(clu
     """Review: no test ran the check against a real cluster's GCS (a check refusing every cluster
     would have passed), and a tunnel whose far end is down or a silent server got the advice meant
     for a dashboard's port."""
-    from zsfs.distributed import _unreachable
+    from zsfs.ray_cluster import _unreachable
 
     assert _unreachable(cluster) is None and _unreachable(f"ray://{cluster}") is None  # both speak gRPC
     with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections (the kernel's backlog), never answers
@@ -440,7 +440,7 @@ def test_the_address_check_passes_a_real_cluster_and_names_what_else_answers(clu
 
 def test_an_address_ray_cannot_parse_is_one_line():
     """Bug: `ray="bogus"` raised Ray's own ValueError. A process of its own: this one may be connected."""
-    script = ("from zsfs.distributed import _start_or_join\n"
+    script = ("from zsfs.ray_cluster import _start_or_join\n"
               "from zsfs.errors import ZsfsError\n"
               "try:\n    _start_or_join('bogus')\nexcept ZsfsError as error:\n    print(error)\n")
     said = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120).stdout
@@ -504,10 +504,10 @@ def test_ray_local_starts_its_own_instance_whatever_ray_address_says(photos, tmp
 def test_joining_ray_keeps_this_processs_sigterm_handler(cluster):
     """Bug: `ray.init` made SIGTERM a bare sys.exit(15) in the driver, so `zsfs extract --ray`
     stopped by SIGTERM said nothing and exited 15, not as the README says (one line, exit 143)."""
-    script = ("import signal, ray\nfrom zsfs.distributed import _connect\n"
+    script = ("import signal, ray\nfrom zsfs.ray_cluster import connect\n"
               "def mine(number, frame): pass\n"
               "signal.signal(signal.SIGTERM, mine)\n"
-              f"_connect({cluster!r})\n"
+              f"connect({cluster!r})\n"
               "print('kept' if signal.getsignal(signal.SIGTERM) is mine else signal.getsignal(signal.SIGTERM))\n"
               "ray.shutdown()\n")
     joined = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -517,7 +517,7 @@ def test_joining_ray_keeps_this_processs_sigterm_handler(cluster):
 def test_every_worker_gets_its_cores_on_one_node():
     """Bug: nodes of 4, 1 and 1 cores with 2 workers got 3 cores each (6 // 2), which one node
     alone has: the second worker waited for a node, without a word."""
-    from zsfs.distributed import cores_per_worker
+    from zsfs.ray_cluster import cores_per_worker
 
     assert cores_per_worker([4, 1, 1], 2) == 2
     assert cores_per_worker([4, 1, 1], 6) == 1

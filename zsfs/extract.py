@@ -127,7 +127,7 @@ def extract(
     if ray is None:
         check_device(device)  # before the listing; Ray workers check their own device (the driver may have none)
     else:
-        from zsfs.distributed import check_ray_plan  # Ray is an optional dependency
+        from zsfs.ray_cluster import check_ray_plan  # Ray is an optional dependency
 
         check_ray_plan(ray, device, ray_workers)
     settings = EmbedSettings(clip_model, clip_weights, backbone, backbone_weights, device, precision, batch_size,

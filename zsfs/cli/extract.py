@@ -88,7 +88,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     if options["ray"] is None:  # (Ray's workers may have GPUs)
         note_precision_off_cuda(options["precision"], device, "the models compute")
     else:
-        from zsfs.distributed import ray_messages_to_stderr
+        from zsfs.ray_cluster import ray_messages_to_stderr
 
         ray_messages_to_stderr()
     loading = console.status("Scanning the source and loading the models..." if options["ray"] is None else
