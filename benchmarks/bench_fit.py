@@ -90,7 +90,7 @@ def make_config(name: str):
 
 def fit_once(work: Path, size: str, config_name: str) -> dict:
     from zsfs.fit.run import fit_store
-    from zsfs.runs import fit_metrics
+    from zsfs.evaluate import fit_metrics
     from zsfs.store import Store
 
     config = make_config(config_name)

@@ -117,7 +117,7 @@ def synthetic_store(size: str, work: Path) -> Path:
 
 def accuracy_on(result, labels: np.ndarray) -> tuple[float, float]:
     """Accuracy of the fit and of zero-shot against ``labels``, as metrics.json has them."""
-    from zsfs.runs import fit_metrics
+    from zsfs.evaluate import fit_metrics
 
     metrics = fit_metrics(result, labels)
     return metrics["accuracy"], metrics["zero_shot_accuracy"]

@@ -13,12 +13,11 @@ import pytest
 import torch
 
 from zsfs.devices import has_fast_bf16
-from zsfs.evaluate import auroc
+from zsfs.evaluate import auroc, fit_metrics
 from zsfs.fit import FitConfig, fit_store, load_classifier, ood
 from zsfs.names import percent
 from zsfs.fit.classifier import normalise
 from zsfs.fit.run import resolved_precision
-from zsfs.runs import fit_metrics
 from zsfs.store import Store, write_vocabulary
 import zsfs
 from zsfs.errors import ParameterError, StoreError, ZsfsError
@@ -487,7 +486,7 @@ def test_the_summary_names_listed_classes_that_got_no_seed(tmp_path):
 def test_the_summary_names_present_classes_no_image_is_labelled_with():
     """New user: a class the head never picked showed only in the report's gallery ("0 images predicted");
     the fit's table said "absent classes: none"."""
-    from zsfs.runs import summary_rows
+    from zsfs.run_summary import summary_rows
 
     config = {"classes": ["cat", "dog", "emu", "owl"], "absent_classes": ["owl"]}
     frame = pl.DataFrame({"predicted": ["cat", "cat", "dog"]})

@@ -10,9 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zsfs.evaluate import auroc
+from zsfs.evaluate import auroc, fit_metrics
 from zsfs.fit import FitConfig, fit_store, load_classifier, ood, transductive
-from zsfs.runs import fit_metrics
 from zsfs.store import Store
 from zsfs.testing.synthetic import make_synthetic_store, subset_store
 

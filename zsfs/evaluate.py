@@ -1,4 +1,5 @@
-"""Evaluation metrics and the zero-shot OOD protocol's ID/OOD class splits (pure numpy).
+"""Evaluation metrics (a fit's against the store's true labels: metrics.json) and the zero-shot OOD
+protocol's ID/OOD class splits (pure numpy).
 
 Conventions: OOD metrics treat the *positive* class as OOD and expect higher scores to mean
 "more likely positive" (as zsfs' OOD scores do; negate a confidence before passing it).
@@ -11,11 +12,15 @@ import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from zsfs.errors import ParameterError, ZsfsError, check_at_least, literal
 from zsfs.names import counted, some_names, spelled_like
+
+if TYPE_CHECKING:
+    from zsfs.fit.run import FitResult
 
 __all__ = [
     "OOD_DETECTORS",
@@ -28,6 +33,7 @@ __all__ = [
     "auroc",
     "fpr_at_tpr",
     "ood_metrics",
+    "fit_metrics",
     "id_ood_splits",
     "mean_std",
 ]
@@ -286,3 +292,38 @@ def paper_score_counts(ood_paper: np.ndarray) -> list[int]:
     """How many images have each level of the paper's OOD score: 0, 1/3, 2/3, 1 (a missing score counts as 0)."""
     levels = np.rint(np.nan_to_num(np.asarray(ood_paper, dtype=np.float64)) * 3).astype(np.int64)
     return np.bincount(levels, minlength=4)[:4].tolist()
+
+
+def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
+    """Accuracy figures against true labels (images whose label is a vocabulary class).
+
+    Images whose true label is outside the vocabulary are the OOD ones: when there are some,
+    the OOD AUROCs of the paper score, the continuous score and MCM are added.
+    """
+    codes = LabelCodes.of(labels)
+    truth = codes.index_in(result.classes)  # each image's class index; -1: its label is no class
+    is_id = truth >= 0
+    metrics: dict = {"n_images": int(len(truth)), "n_evaluated": int(is_id.sum())}
+    if not is_id.all():  # their images are the OOD ones; a near-miss name ('bird ' for 'bird') shows here
+        metrics["labels_not_classes"] = codes.counts_not_among(result.classes)
+    if not is_id.any():  # no label names a class: nothing here can be measured (not "precision 0")
+        return metrics
+    metrics["accuracy"] = accuracy(truth[is_id], result.predicted[is_id])
+    metrics["zero_shot_accuracy"] = accuracy(truth[is_id], result.zero_shot_predicted[is_id])
+    per_class = per_class_accuracy(truth[is_id], result.predicted[is_id], len(result.classes))
+    metrics["per_class_accuracy"] = {name: (None if np.isnan(value) else float(value))
+                                     for name, value in zip(result.classes, per_class)}
+    metrics["seed_precision"] = [
+        {"cycle": c.index, "n_kept": c.n_kept,
+         "precision": float(np.mean(truth[c.rows] == c.labels)) if c.n_kept else None}
+        for c in result.cycles
+    ]
+    if result.absent_classes:
+        truly_absent = [name for name, code in zip(result.absent_classes, codes.code(result.absent_classes))
+                        if code < 0]
+        metrics["absent_classes"] = {"reported": list(result.absent_classes), "truly_absent": truly_absent,
+                                     "precision": len(truly_absent) / len(result.absent_classes)}
+    if not is_id.all():
+        for detector in OOD_DETECTORS:
+            metrics[detector.fit_metric] = auroc(getattr(result, detector.column), ~is_id)
+    return metrics

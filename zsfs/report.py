@@ -28,7 +28,8 @@ from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import as_argument, counted, percent, reasons_text, visible
 from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically, written_file
-from zsfs.runs import REPORT, FittedRun, cycle_rows, load_run, seed_precision, summary_rows
+from zsfs.run_summary import cycle_rows, seed_precision, summary_rows
+from zsfs.runs import REPORT, FittedRun, load_run
 from zsfs.sources import ImageSource
 from zsfs.store.schema import IMPORTED_WEIGHTS
 from zsfs.tars import locate_members

@@ -23,8 +23,8 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import (ParameterError, ZsfsError, check_path, checked_arguments, refuse_unknown_parameters,
                          shown_value)
-from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, auroc, paper_score_counts, per_class_accuracy
-from zsfs.names import pairs_text, percent, some_names, spelled_like, utf8_texts
+from zsfs.evaluate import fit_metrics
+from zsfs.names import utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
 from zsfs.writable import check_writable
 
@@ -54,96 +54,6 @@ def refuse_run_file(path: Path) -> None:
                         "own; choose another file")
 
 
-def seed_precision(metrics: dict | None) -> dict[int, float]:
-    """Each cycle's precision of its pseudo-labels (metrics.json; empty without labels)."""
-    return {p["cycle"]: p["precision"] for p in (metrics or {}).get("seed_precision", [])}
-
-
-def cycle_rows(config: dict, metrics: dict | None) -> tuple[list[str], list[list[str]]]:
-    """The run's self-training cycles as (header, rows of plain text), for the fit command's table
-    and the report's: seed precision only where the store has labels (metrics.json), "-" where a
-    cycle has no such figure."""
-    precision = seed_precision(metrics)
-    header = ["cycle", "candidates", "kept", "trained on", "epochs", "first loss"] + (
-        ["seed precision"] if precision else [])
-    # a diverging loss (--lr 1e30: 3.9e+29) in 4 decimals is 34 digits, cut by the table's column
-    figure = lambda value: "-" if value is None else f"{value:.4f}" if abs(value) < 1e5 else f"{value:.3e}"  # noqa: E731
-    rows = [[str(c["cycle"]), f"{c['n_candidates']:,}", f"{c['n_kept']:,}", f"{c['n_trained']:,}", str(c["epochs"]),
-             figure(c.get("first_loss"))] + ([figure(precision.get(c["cycle"]))] if precision else [])
-            for c in config.get("cycles") or []]
-    return header, rows
-
-
-def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", names_shown: int,
-                 absent_listed_in: str = "config.json") -> list[tuple[str, str]]:
-    """What a run's summary says, as (label, plain text) rows: the fit command's table and the
-    report's, from the run's config.json, metrics.json and predictions (``frame``: at least its
-    is_seed, pseudo_label, ood_flag and ood_paper columns); runs of older versions lack some
-    figures, whose rows are left out. ``names_shown``: class names listed in one row;
-    ``absent_listed_in``: where the absent classes left out of it are all listed."""
-    listed = lambda names: some_names(names, names_shown, "config.json")  # noqa: E731
-    rows = []
-    if metrics is not None and "accuracy" not in metrics:
-        rows.append(("accuracy", "- (no image's label is a class of this vocabulary)"))
-    for key, label in {"accuracy": "accuracy", "zero_shot_accuracy": "zero-shot accuracy",
-                       **{detector.fit_metric: f"OOD AUROC ({detector.title})" for detector in OOD_DETECTORS}}.items():
-        if (metrics or {}).get(key) is not None:
-            rows.append((label, f"{metrics[key]:.4f}"))
-    classes = config.get("classes") or []
-    outside = (metrics or {}).get("labels_not_classes")
-    if outside:  # a near-miss of a class name ('bird ' for 'bird') is said so
-        hint = spelled_like(classes, "class")
-        rows.append(("labels that are no class (images counted as OOD)", some_names(
-            [f"{label!r} {count:,}{hint(label)}" for label, count in outside.items()], names_shown, "metrics.json")))
-    rows += [("images", f"{frame.height:,}"), ("classes", f"{len(classes):,}")]
-    parameters = config.get("parameters") or {}
-    looked_for_absent = parameters.get("method") == "balanced" and not parameters.get("keep_all_classes")
-    if config.get("absent_classes") or (looked_for_absent and config.get("absent_classes") is not None):
-        rows.append(("absent classes", some_names(config["absent_classes"], names_shown, absent_listed_in)
-                     if config["absent_classes"] else "none"))
-    if config.get("classes_without_seeds"):
-        rows.append(("classes without seeds", listed(config["classes_without_seeds"])))
-    if "predicted" in frame.columns:  # a present class the head never picks: only the report's gallery showed it
-        labelled = set(frame["predicted"].unique().to_list()) | set(config.get("absent_classes") or [])
-        unused = [name for name in classes if name not in labelled]
-        if unused:
-            rows.append(("classes no image is predicted as (absent ones aside)", listed(unused)))
-    if config.get("classes_read_as_one"):  # the later of each pair is never zero-shot's pick
-        rows.append(("classes with one text embedding (CLIP reads them as one)",
-                     pairs_text([tuple(pair) for pair in config["classes_read_as_one"]], names_shown, "config.json")))
-    cycles = config.get("cycles") or []
-    if "is_seed" in frame.columns:  # with the paper's rule an image can seed two classes: seed places
-        seeds, places = int(frame["is_seed"].sum()), cycles[0]["n_kept"] if cycles else None
-        rows.append(("seed images", f"{seeds:,}" + (f" ({places:,} seed places: an image can seed two classes)"
-                                                   if places is not None and places > seeds else "")))
-    if "pseudo_label" in frame.columns:
-        rows.append(("pseudo-labelled images (seeds included)", f"{frame['pseudo_label'].is_not_null().sum():,}"))
-    if cycles:
-        rows.append(("self-training cycles", f"{len(cycles) - 1}" + (f" ({config['stop_reason']})"
-                                                                     if config.get("stop_reason") else "")))
-    search = config.get("neighbour_search")
-    if search:
-        rows.append(("neighbours", f"{search['source']}: {search['search']}, {search['precision']}"
-                                   + (f" ({search['graph_unused']})" if search.get("graph_unused") else "")))
-    if config.get("precision"):
-        rows.append(("training products", str(config["precision"])))
-    if "ood_flag" in frame.columns:
-        cut = config.get("ood_flag_threshold")
-        flagged = int(frame["ood_flag"].sum())
-        # the share said: an in-distribution collection has many images less typical than its seeds
-        rows.append(("flagged OOD", f"{flagged:,} ({percent(flagged / max(frame.height, 1))} of the images" + (
-            f"; ood_score above {cut:.4f}: less typical than 95 % of the seeds, not all out of distribution)"
-            if cut is not None else ")")))
-    if "ood_paper" in frame.columns:  # the paper's score: 0, 1/3, 2/3 or 1
-        counts = paper_score_counts(frame["ood_paper"].to_numpy())
-        rows.append(("paper OOD score 0 / 1/3 / 2/3 / 1", " / ".join(f"{count:,}" for count in counts)))
-    timings = config.get("timings_s") or {}
-    rows += [(f"time: {phase}", f"{seconds:.2f} s") for phase, seconds in timings.items()]
-    if timings:
-        rows.append(("time: total", f"{sum(timings.values()):.2f} s"))
-    return rows
-
-
 PREDICTION_COLUMNS = ("predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous")
 """What a fitted run says of new images (``Classifier.classify``'s outputs, in its order)."""
 
@@ -164,40 +74,6 @@ def new_image_predictions(predicted: np.ndarray, confidence: np.ndarray, ood_dis
 
 
 # --- writing -------------------------------------------------------------------------------------
-
-def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
-    """Accuracy figures against true labels (images whose label is a vocabulary class).
-
-    Images whose true label is outside the vocabulary are the OOD ones: when there are some,
-    the OOD AUROCs of the paper score, the continuous score and MCM are added.
-    """
-    codes = LabelCodes.of(labels)
-    truth = codes.index_in(result.classes)  # each image's class index; -1: its label is no class
-    is_id = truth >= 0
-    metrics: dict = {"n_images": int(len(truth)), "n_evaluated": int(is_id.sum())}
-    if not is_id.all():  # their images are the OOD ones; a near-miss name ('bird ' for 'bird') shows here
-        metrics["labels_not_classes"] = codes.counts_not_among(result.classes)
-    if not is_id.any():  # no label names a class: nothing here can be measured (not "precision 0")
-        return metrics
-    metrics["accuracy"] = accuracy(truth[is_id], result.predicted[is_id])
-    metrics["zero_shot_accuracy"] = accuracy(truth[is_id], result.zero_shot_predicted[is_id])
-    per_class = per_class_accuracy(truth[is_id], result.predicted[is_id], len(result.classes))
-    metrics["per_class_accuracy"] = {name: (None if np.isnan(value) else float(value))
-                                     for name, value in zip(result.classes, per_class)}
-    metrics["seed_precision"] = [
-        {"cycle": c.index, "n_kept": c.n_kept,
-         "precision": float(np.mean(truth[c.rows] == c.labels)) if c.n_kept else None}
-        for c in result.cycles
-    ]
-    if result.absent_classes:
-        truly_absent = [name for name, code in zip(result.absent_classes, codes.code(result.absent_classes))
-                        if code < 0]
-        metrics["absent_classes"] = {"reported": list(result.absent_classes), "truly_absent": truly_absent,
-                                     "precision": len(truly_absent) / len(result.absent_classes)}
-    if not is_id.all():
-        for detector in OOD_DETECTORS:
-            metrics[detector.fit_metric] = auroc(getattr(result, detector.column), ~is_id)
-    return metrics
 
 
 def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict:

@@ -249,7 +249,7 @@ def show_summary(run: "FittedRun", run_dir: Path) -> None:
     """The run's summary (:func:`zsfs.runs.summary_rows`) and its cycles, as tables."""
     from rich.table import Table
 
-    from zsfs.runs import cycle_rows, summary_rows
+    from zsfs.run_summary import cycle_rows, summary_rows
 
     table = Table(title="zsfs fit", title_justify="left")
     table.add_column("", style="bold")
