@@ -36,7 +36,8 @@ from zsfs.store.identity import recorded_identity, refuse_another_listing
 from zsfs.store.locks import check_store_lock, store_lock, written_elsewhere
 from zsfs.store.reader import Store
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
-from zsfs.store.writer import StoreWriter, check_own_shards_folder, refuse_replacing_another_file
+from zsfs.store.placement import check_own_shards_folder, refuse_replacing_another_file
+from zsfs.store.writer import StoreWriter
 from zsfs.vocabulary import checked_classes, refuse_same_text_to_clip, save_vocabulary
 from zsfs.weights import check_same_weights
 from zsfs.writable import check_writable, refuse_input_as_output

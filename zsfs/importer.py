@@ -33,7 +33,7 @@ from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
 from zsfs.store.files import names_beside
 from zsfs.store.identity import recorded_identity, refuse_another_listing
-from zsfs.store.writer import check_own_shards_folder, refuse_replacing_another_file
+from zsfs.store.placement import check_own_shards_folder, refuse_replacing_another_file
 from zsfs.writable import check_writable, refuse_input_as_output
 
 if TYPE_CHECKING:

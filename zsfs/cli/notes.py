@@ -35,7 +35,7 @@ def note_a_borrowed_shards_folder(master: "os.PathLike", folder: str | None = No
     one its shard table names), another name's: it was renamed or copied under a new name, and
     what `text` and `neighbours` write there a copy shares with its original."""
     from zsfs.store import schema
-    from zsfs.store.hdf5 import shard_folders_named
+    from zsfs.store.placement import shard_folders_named
 
     master = Path(master)
     folder = folder or min(shard_folders_named(master), default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -74,32 +74,6 @@ def write_checked(group: h5py.Group, name: str, data: np.ndarray, **options) -> 
     if not data.size:  # HDF5 refuses fixed-size chunked datasets of zero rows
         options.setdefault("maxshape", (None, *data.shape[1:]))
     return group.create_dataset(name, data=data, fletcher32=True, **options)
-
-
-def shard_folders_named(path: Path) -> set[str]:
-    """The folders a zsfs master's shard table names (none for other files): its own
-    (``schema.shard_dir``), or its first name's when it was renamed or copied under a new name."""
-    try:
-        if not h5py.is_hdf5(path):
-            return set()
-        with open_hdf5(path) as file:
-            if read_identity(file) is None or schema.SHARDS_FILE not in file:
-                return set()
-            return {PurePosixPath(name).parts[0] for name in read_strings(file[schema.SHARDS_FILE])}
-    except (OSError, ValueError, IndexError):
-        return set()
-
-
-def masters_reading(folder: Path, *, other_than: Path) -> list[Path]:
-    """The masters beside ``folder`` (a store's shards folder) that read their shards from it,
-    ``other_than`` left out: each file with an HDF5 suffix, or named as ``folder`` is for it, whose
-    shard table names ``folder`` (an unlistable folder: none)."""
-    try:
-        entries = sorted(entry for entry in folder.parent.iterdir() if entry.name != other_than.name and entry.is_file()
-                         and (entry.suffix.lower() in schema.HDF5_SUFFIXES or schema.shard_dir(entry) == folder))
-    except OSError:
-        return []
-    return [entry for entry in entries if folder.name in shard_folders_named(entry)]
 
 
 @contextmanager

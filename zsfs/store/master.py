@@ -26,12 +26,12 @@ from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 from zsfs.names import counted, utf8_text
 from zsfs.store.files import REPAIR, check_written, damaged_master_advice
-from zsfs.store.hdf5 import (canonical_json, closed_on_error, masters_reading, open_hdf5, read_identity,
-                             read_strings, write_strings)
+from zsfs.store.hdf5 import canonical_json, closed_on_error, open_hdf5, read_identity, read_strings, write_strings
 from zsfs.store.identity import unfinished_run
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
 from zsfs.store.integrity import check_structure
 from zsfs.store.locks import written_elsewhere
+from zsfs.store.placement import masters_reading
 
 if TYPE_CHECKING:  # faiss is imported lazily
     import faiss
