@@ -189,7 +189,7 @@ def _write_arrays(out: Path, images: np.ndarray, targets: np.ndarray, class_name
 
 
 def _category_files(categories: Path, *, skip: set[str], rename: Callable[[str], str]) -> Iterable[tuple[Path, str]]:
-    from zsfs.sources import IMAGE_EXTENSIONS
+    from zsfs.decode import IMAGE_EXTENSIONS
 
     folders = sorted(entry for entry in categories.iterdir() if entry.is_dir() and entry.name not in skip)
     for folder in folders:

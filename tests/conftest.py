@@ -105,3 +105,18 @@ def unwrapped_messages(monkeypatch):
     from zsfs.cli.console import console
 
     monkeypatch.setattr(console, "soft_wrap", True)
+
+
+STARTED_IN = Path.cwd()
+
+
+@pytest.fixture(autouse=True)
+def leaves_the_working_folder_alone():
+    """A test that writes into the folder pytest runs in (the checkout: a command's default output
+    such as ./ds.h5) fails: its file stayed there and failed the next run of the suite."""
+    before = set(os.listdir(STARTED_IN))
+    yield
+    added = sorted(name for name in set(os.listdir(STARTED_IN)) - before
+                   if not name.startswith(".") and name != "__pycache__")
+    if added:
+        pytest.fail(f"the test wrote {added} into {STARTED_IN}; write into tmp_path (monkeypatch.chdir(tmp_path))")

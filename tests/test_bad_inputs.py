@@ -306,7 +306,8 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
     """Bug: click and pathlib read "" as ".", so `zsfs extract "$UNSET"` embedded the working
     folder (and predict classified it); `--classes ""` said "class file . does not exist"."""
     from zsfs.predict import image_inputs
-    from zsfs.sources import open_source, read_class_file
+    from zsfs.lists import read_class_file
+    from zsfs.sources import open_source
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a").mkdir()

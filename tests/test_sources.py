@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from zsfs.errors import ZsfsError
-from zsfs.sources import IMAGE_EXTENSIONS, ImageSource, open_source
+from zsfs.decode import IMAGE_EXTENSIONS
+from zsfs.sources import ImageSource, open_source
 from zsfs.testing.images import write_image_folder
 
 def save(image: Image.Image, path: Path, **options) -> Path:
@@ -83,14 +84,16 @@ def test_label_is_the_first_level_folder_of_nested_images(tmp_path):
 ])
 def test_class_folders_holding_the_same_subfolders_are_found(paths, nested):
     """Walkthrough: train/cat, val/cat, ... silently made the classes train and val."""
-    from zsfs.sources import nested_class_folders
+    from zsfs.folders import nested_class_folders
 
     assert nested_class_folders(paths) == nested
 
 
-def test_extract_notes_a_layout_split_in_folders_of_the_same_classes(tmp_path):
+def test_extract_notes_a_layout_split_in_folders_of_the_same_classes(tmp_path, monkeypatch):
     from zsfs.testing.cli import output_text, run_cli
     from zsfs.testing.models import TINY_MODEL_ARGS
+
+    monkeypatch.chdir(tmp_path)  # the default outputs, ./ds.h5 and ./train.h5 (bug: they were left in the checkout)
 
     for split in ("train", "val"):
         write_image_folder(tmp_path / "ds" / split, n_per_class=1, classes=("cat", "dog"), broken=False)
@@ -342,7 +345,7 @@ def test_digest_is_listing_sha256_of_paths_and_labels():
 
 
 def test_read_class_file(tmp_path):
-    from zsfs.sources import read_class_file
+    from zsfs.lists import read_class_file
 
     good = tmp_path / "classes.txt"
     good.write_text("# my classes\ncat\n\n  dog  \n  # birds too\nbird\n", encoding="utf-8")  # comments as in lists
@@ -368,7 +371,7 @@ def test_read_class_file(tmp_path):
 def test_a_class_file_line_keeps_no_invisible_character(tmp_path):
     """Bug: a zero-width space pasted inside a name, or the BOM of a second file concatenated onto the
     first (cat a.txt b.txt), stayed in the class name: embedded, and shown, unseen."""
-    from zsfs.sources import read_class_file
+    from zsfs.lists import read_class_file
 
     classes = tmp_path / "classes.txt"
     classes.write_bytes("\ufeffcat\n\ufeffdog\n".encode())  # a second BOM opens line 2
@@ -396,7 +399,7 @@ def test_every_invisible_or_reordering_character_is_shown_and_refused(unseen):
 
 def test_a_class_file_may_be_a_pipe():
     """Bug: `--classes <(grep -v x classes.txt)` (a pipe, /dev/fd/N) was called a missing file."""
-    from zsfs.sources import read_class_file
+    from zsfs.lists import read_class_file
 
     read_end, write_end = os.pipe()
     os.write(write_end, b"cat\ndog\n")

@@ -27,7 +27,8 @@ from zsfs.decode import ImageDecodeError
 from zsfs.errors import ZsfsError
 from zsfs.extract import default_output, extract
 from zsfs.predict import TAR_BESIDE_IMAGES, TAR_LINK, image_inputs
-from zsfs.sources import IMAGE_EXTENSIONS, open_source
+from zsfs.decode import IMAGE_EXTENSIONS
+from zsfs.sources import open_source
 from zsfs.store.hdf5 import canonical_json
 from zsfs.store.schema import ATTR_IDENTITY
 from zsfs.tars import expand_braces, list_tar, locate_members

@@ -1,7 +1,7 @@
 """Decoding one image file: ``decode_image`` turns it into an RGB ``PIL.Image`` or raises
 ``ImageDecodeError`` with a short reason, so that callers can skip and record the file instead of
 crashing or inventing pixels. Memory stays bounded whatever the file holds (``DEFAULT_MAX_PIXELS``,
-``WORKING_PIXELS``).
+``WORKING_PIXELS``). Which file suffixes are images: ``IMAGE_EXTENSIONS``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,21 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from zsfs.names import utf8_text
+
+SUFFIXES_ADDED = frozenset({".jpe", ".jfif", ".jp2", ".j2k", ".avif", ".tga", ".pbm", ".pgm", ".ppm", ".pnm"})
+"""Suffixes a scan takes since December 2026: a store built earlier over the same folder lists
+fewer files (see :meth:`ImageSource.digest_without_added_suffixes`)."""
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}) | SUFFIXES_ADDED
+"""File suffixes (compared lower-case) that a folder scan picks up: the photo, scan and raster
+formats Pillow decodes (JPEG 2000 and AVIF where its build has them; a file it cannot decode is
+skipped with the reason)."""
+
+UNREAD_IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw", ".svg"})
+"""Image formats a scan does not take, since Pillow cannot decode them (phone, camera raw and
+vector images): counted by suffix, so that the extract summary says they were left out."""
 
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited onto white: their stored colour is arbitrary."""

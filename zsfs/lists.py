@@ -1,16 +1,19 @@
 """List files of images, read as written: ``.txt`` a path per line, ``.csv`` a ``path`` column
 (quoted fields may hold commas and newlines) and optionally a ``label`` column; paths relative
 to the list's folder. Text is UTF-8 (names that are not are kept byte for byte); UTF-16 and NUL
-bytes are refused with the fix (``refuse_nul_bytes``, also for class files)."""
+bytes are refused with the fix (``refuse_nul_bytes``). Class files (``--classes``), read the same
+way: ``read_class_file``."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
-from zsfs.errors import ZsfsError
-from zsfs.names import counted, home_expanded, repeated, utf8_texts
+from zsfs.errors import ZsfsError, check_path
+from zsfs.names import (check_class_names, counted, home_expanded, refuse_unseen_characters, repeated,
+                        utf8_texts)
 
 
 def refuse_nul_bytes(data: bytes, what: str) -> None:
@@ -105,3 +108,31 @@ def _relative_when_possible(path: str, root: Path) -> str:
         return candidate.relative_to(root).as_posix()
     except ValueError:
         return candidate.as_posix()
+
+
+def read_class_file(path: str | Path) -> list[str]:
+    """Class names from a text file, one per line; blank lines and ``#`` comment lines ignored (as in
+    list files), duplicates refused."""
+    path = Path(check_path("classes", path))
+    if not path.exists() or path.is_dir():  # a pipe (--classes <(...)) is no regular file, but reads as one
+        raise ZsfsError(f"class file {path} {'is a folder' if path.is_dir() else 'does not exist'}; pass a text "
+                        "file with one class name per line")
+    try:
+        data = path.read_bytes()
+        refuse_nul_bytes(data, f"class file {path}")
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ZsfsError(f"class file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                        f"{error.start}); save it as UTF-8") from None
+    except OSError as error:
+        raise ZsfsError(f"cannot read the class file {path}: {error.strerror}") from None
+    # Lines end at "\n", "\r\n" or "\r" (universal newlines); splitlines() would also end one at a form
+    # feed or U+2028 inside it. A BOM opening a later line is one of a file concatenated with another
+    # (cat a.txt b.txt): dropped.
+    lines = [(number, line.lstrip("\ufeff").strip())
+             for number, line in enumerate(re.split("\r\n|\r|\n", text), start=1)]
+    named = [(number, name) for number, name in lines if name and not name.startswith("#")]
+    refuse_unseen_characters([name for _, name in named], f"class file {path}", [number for number, _ in named])
+    if not named:
+        raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
+    return check_class_names([name for _, name in named], f"class file {path}", lines=[number for number, _ in named])

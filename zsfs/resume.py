@@ -15,7 +15,8 @@ from zsfs.decode import DEFAULT_MAX_PIXELS
 from zsfs.errors import StoreMismatchError, ZsfsError
 from zsfs.models import backbone_as_recorded, clip_architecture, clip_as_recorded, offline_advice, weights_kind
 from zsfs.names import counted
-from zsfs.sources import SUFFIXES_ADDED, ImageSource
+from zsfs.decode import SUFFIXES_ADDED
+from zsfs.sources import ImageSource
 from zsfs.store.schema import IMPORTED_WEIGHTS, shard_dir
 from zsfs.store.identity import recorded_identity
 from zsfs.store.writer import StoreWriter

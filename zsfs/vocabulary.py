@@ -17,7 +17,7 @@ from zsfs.models import encode_vocabulary, load_clip_from_record, same_text_to_c
 from zsfs.names import (check_class_names, counted, home_expanded, names_listed_in, pairs_text,
                         refuse_unseen_characters)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.sources import read_class_file
+from zsfs.lists import read_class_file
 from zsfs.store.extras import check_vocabulary_name, write_vocabulary
 from zsfs.store.files import check_store_update, disk_error
 from zsfs.store.locks import store_lock

@@ -221,7 +221,7 @@ def _summary_table(summary) -> Table:
     if summary.tar_links:
         table.add_row("links in tars (not read)", shown(some_names(summary.tar_links, 10)))
     if summary.unread_formats:
-        from zsfs.sources import unread_formats_text
+        from zsfs.folders import unread_formats_text
 
         table.add_row("images not read", unread_formats_text(summary.unread_formats))
     table.add_row("shards written / reused", f"{summary.shards_written} / {summary.shards_reused}")

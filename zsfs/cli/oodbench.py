@@ -135,7 +135,7 @@ def _parse_id_classes(value: str) -> int | list[str]:
         raise ParameterError(f"{{id_classes}} takes a number of ID classes or a file of ID class names; "
                              f"{shown_value(value)} is neither a number nor an existing file"
                              + literal(class_names_hint("--id-classes", value)))
-    from zsfs.sources import read_class_file
+    from zsfs.lists import read_class_file
 
     return read_class_file(path)
 
