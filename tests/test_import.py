@@ -793,6 +793,29 @@ def test_a_rerun_repairs_shards_that_were_cut_short_removed_or_damaged(inputs):
     assert shards[0].stat().st_mtime_ns == untouched
 
 
+def test_a_repair_keeps_the_recorded_digest_of_each_shard_it_did_not_write(inputs):
+    """Review: a rerun that repaired one shard hashed every shard again for its new master (all of
+    a large store's bytes), and recorded damage an older shard took since as its digest: damage no
+    HDF5 checksum covers (an image path's text) then passed --verify. Shards the rerun did not
+    write keep the digest the master recorded."""
+    folder = inputs["dir"]
+    common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                  paths=folder / "paths.csv", shard_size=10)
+    master = import_store(folder / "r.h5", **common).master
+    shards = sorted((folder / "r.shards").glob("shard-*.h5"))
+    before = shards[0].stat()
+    at = shards[0].read_bytes().index(b"photos/001.jpg")
+    with open(shards[0], "r+b") as file:  # photos/001.jpg reads photos/009.jpg: the size and the time kept
+        file.seek(at + len("photos/00"))
+        file.write(b"9")
+    os.utime(shards[0], ns=(before.st_atime_ns, before.st_mtime_ns))
+    shards[2].unlink()
+    import_store(folder / "r.h5", **common)
+    with Store(master) as store, pytest.raises(ZsfsError, match=f"shard file r.shards/{shards[0].name} does not match its "
+                                                                  "recorded checksum"):
+        store.verify()
+
+
 def test_an_invalid_vocabulary_name_is_refused_before_the_store_is_written(inputs):
     folder = inputs["dir"]
     with pytest.raises(ParameterError, match="invalid vocabulary name 'a/b'"):  # walkthrough: was a ZsfsError

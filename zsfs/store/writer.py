@@ -247,6 +247,20 @@ class StoreWriter:
             known = self._digests[path] = (key, file_sha256(path))
         return known[1]
 
+    def _shard_checksums(self, paths: list[Path]) -> tuple[np.ndarray, list[str]]:
+        """Each shard file's size and sha256, for the master (checked on open and by ``--verify``).
+        A shard the finished master of this store recorded, not written since and of the size it
+        recorded, keeps the digest recorded: a rerun that adds or repairs a few shards of a large
+        store hashes only those, and an older shard damaged since (bytes no HDF5 checksum covers)
+        still fails ``--verify`` against its first digest instead of being recorded as it is now."""
+        sizes = np.array([path.stat().st_size for path in paths], dtype=np.int64)
+        built = self.master.stat().st_mtime_ns if self.master.is_file() else None
+        digests = self._recorded(schema.SHARDS_SHA256, read_strings) if built is not None else {}
+        recorded_bytes = self._recorded(schema.SHARDS_BYTES, lambda data: data[()].tolist()) if digests else {}
+        kept = [digests.get(path) if recorded_bytes.get(path) == size and path.stat().st_mtime_ns <= built else None
+                for path, size in zip(paths, sizes.tolist())]
+        return sizes, [str(digest) if digest is not None else self._sha256(path) for path, digest in zip(paths, kept)]
+
     def pending_shards(self, *, remove_tmp: bool = True) -> list[int]:
         """Shards not yet completely written, or missing, cut short or damaged since the store's
         finished master recorded them (a rerun repairs them). Removes leftover temporary files unless
@@ -365,7 +379,7 @@ class StoreWriter:
         shard_paths = [self.shard_path(shard) for shard in range(self.n_shards)]
         with opened_shards(shard_paths) as shards:
             # the long parts first: writing the master holds Ctrl-C until it ends
-            checksums = file_checksums(shard_paths)
+            checksums = self._shard_checksums(shard_paths)
             index, index_info = index_shards(shards, exact_max=exact_max)
             with new_hdf5(self.master, f"master {self.master.name}") as file:
                 write_master(file, shards, identity=self.identity, attrs=attrs, previous=self.master,
@@ -376,7 +390,3 @@ class StoreWriter:
         self.close()
         return self.master
 
-
-def file_checksums(paths: list[Path]) -> tuple[np.ndarray, list[str]]:
-    """Each file's size and sha256 (recorded in the master; checked on open and by --verify)."""
-    return np.array([path.stat().st_size for path in paths], dtype=np.int64), [file_sha256(path) for path in paths]
