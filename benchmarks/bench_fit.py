@@ -64,7 +64,7 @@ def make_store(work: Path, size: str) -> dict:
 
 
 def make_graph(work: Path, size: str, precision: str) -> dict:
-    from zsfs.neighbours import add_neighbour_graph
+    from zsfs.neighbour_graph import add_neighbour_graph
 
     start = time.perf_counter()
     record = add_neighbour_graph(store_path(work, size), precision=precision)

@@ -564,7 +564,7 @@ def test_the_readme_tiny_model_flags_are_the_tests_own():
 
 def test_info_verify_counts_what_it_read(tmp_path):
     """`zsfs info --verify` says how many shards and vocabularies it checked, and whether a graph."""
-    from zsfs.neighbours import add_neighbour_graph
+    from zsfs.neighbour_graph import add_neighbour_graph
     from zsfs.store import Store
     from zsfs.testing.cli import output_text
     from zsfs.testing.synthetic import make_synthetic_store

@@ -11,7 +11,7 @@ import zsfs.fit.run
 from tests.test_index import assert_nearest, brute_force_neighbours
 from zsfs.errors import ParameterError, StoreError, ZsfsError
 from zsfs.fit import FitConfig, fit_store, neighbours
-from zsfs.neighbours import add_neighbour_graph
+from zsfs.neighbour_graph import add_neighbour_graph
 from zsfs.store import Store, write_neighbour_graph
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.synthetic import make_synthetic_store

@@ -1149,7 +1149,7 @@ def test_neighbours_and_text_hold_the_store_while_they_work(store):
     embedding), and the search, finished, was thrown away at its end ("another zsfs process is
     writing"). Now the other writer is the one refused, at once."""
     from zsfs.vocabulary import add_vocabulary
-    from zsfs.neighbours import add_neighbour_graph
+    from zsfs.neighbour_graph import add_neighbour_graph
 
     heard = []
     add_neighbour_graph(store, k=2, on_start=lambda n: heard.append(_lock_taken_by_another_process(store)))

@@ -246,7 +246,7 @@ def neighbours_command(store_path: Path, k: int | None, device: str, precision: 
     """
     import time
 
-    from zsfs.neighbours import add_neighbour_graph
+    from zsfs.neighbour_graph import add_neighbour_graph
 
     started = time.perf_counter()
     note_emulated_bf16(precision, device)
