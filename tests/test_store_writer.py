@@ -290,7 +290,7 @@ def test_a_master_older_than_a_changed_shard_is_rebuilt_but_a_copied_store_keeps
     monkeypatch.setattr(writer_module, "file_sha256", lambda path: hashed.append(path) or file_sha256(path))
     rerun = new_writer(master)
     assert rerun.pending_shards() == []
-    rerun.finish(ATTRS, shards_written=False)
+    rerun.finalize_if_changed(ATTRS, shards_written=False)
     assert hashed == [shard]  # bug: hashed again by finish (a full pass over a big store per rerun)
     monkeypatch.undo()
     with Store(master) as store:
@@ -300,7 +300,7 @@ def test_a_master_older_than_a_changed_shard_is_rebuilt_but_a_copied_store_keeps
         file[schema.WIDTH][0] = 4321
     assert shard.stat().st_size == size  # so only its recorded sha256 tells
     os.utime(shard, (later + 10, later + 10))
-    new_writer(master).finish(ATTRS, shards_written=False)
+    new_writer(master).finalize_if_changed(ATTRS, shards_written=False)
     with Store(master) as store:
         assert store.build != first_build
         assert store.verify()["shards"] == 3

@@ -241,7 +241,7 @@ def extract(
             # written below, after the master: a stop between is then named, not silent
             write_planned_vocabularies(writer.shards_dir, writer.identity, [vocab_name] if class_names else [],
                                        "zsfs extract")
-            writer.finish({"source": str(image_source.location), **records}, shards_written=bool(pending))
+            writer.finalize_if_changed({"source": str(image_source.location), **records}, shards_written=bool(pending))
             if class_names and not overwrite:  # again: a store whose shards this run repaired could not be read before
                 refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
             vocabulary = _missing_vocabulary(writer.master, image_source, vocab_name, class_names)

@@ -156,6 +156,6 @@ def _write_shards_and_master(master: Path, identity: dict, layout: dict, feature
             with suppress(Exception):  # (a file system that fails now: the stop is still said in one line)
                 interrupted.resume = writer.kept_for_a_rerun(pending, "row", "writes")
             raise
-        return writer.finish(attrs, shards_written=bool(pending), exact_max=exact_max), writer.identity
+        return writer.finalize_if_changed(attrs, shards_written=bool(pending), exact_max=exact_max), writer.identity
 
 

@@ -352,7 +352,7 @@ class StoreWriter:
         file.attrs[schema.ATTR_STOP] = stop
         file.attrs[schema.ATTR_SHARD] = shard
 
-    def finish(self, attrs: dict, *, shards_written: bool, **options) -> Path:
+    def finalize_if_changed(self, attrs: dict, *, shards_written: bool, **options) -> Path:
         """:meth:`finalize` when this run wrote shards or the master is older than one; otherwise
         keep the complete store as it is (a rebuilt master drops the neighbour graph and changes
         the store's fingerprint). Releases the lock either way; returns the master's path."""
