@@ -183,11 +183,14 @@ def test_reference_distance_is_one_minus_the_kth_nearest_cosine():
     assert np.allclose(distance, expected, atol=1e-6)
 
 
-def test_nearest_rank_scales_k_with_the_sampled_fraction():
-    assert ood.nearest_rank(600, 600) == ood.NEAREST_REFERENCE == 20
-    assert ood.nearest_rank(8192, 4096) == 10 and ood.nearest_rank(100_000, 4096) == 2  # never 1: self-match
-    assert ood.nearest_rank(40_000, 4096, k=40) == 4
-    assert ood.nearest_rank(7000, 4096) == 12 and ood.nearest_rank(6000, 4096) == 14  # 11.7 and 13.65, rounded
+def test_nearest_rank_is_a_fifth_of_the_reference_rows_per_class():
+    assert ood.nearest_rank(1000, 10) == ood.NEAREST_REFERENCE == 20  # the default's 100 candidates per class
+    assert ood.nearest_rank(4000, 10) == 20  # at most 20
+    # a random 4,096 of the candidates: k falls with the kept fraction (1000 classes: 4.1 rows each)
+    assert ood.nearest_rank(4096, 100) == 8 and ood.nearest_rank(4096, 1000) == 2  # never 1: self-match
+    assert ood.nearest_rank(4096, 50, k=40) == 16
+    # walkthrough: 10 rows per class took the 20th nearest, in another class (AUROC 0.54 for new images)
+    assert ood.nearest_rank(30, 3) == 2 and ood.nearest_rank(150, 3) == 10 and ood.nearest_rank(0, 0) == 2
 
 
 def test_reference_rows_are_the_candidates_or_a_seeded_subset():
@@ -282,7 +285,32 @@ def test_reported_absent_classes_get_no_seeds_labels_or_predictions(absent_store
     # the 6 absent classes' candidates would add up to 600 more of the 1,200 images)
     assert 16 * len(present) <= len(result.classifier.ood_reference) <= 100 * len(present)
     assert len(result.classifier.ood_reference) > len(result.cycles[0].rows)  # the shortlists, not the seeds alone
-    assert result.classifier.ood_nearest == ood.NEAREST_REFERENCE
+    assert result.classifier.ood_nearest == ood.nearest_rank(len(result.classifier.ood_reference), len(present))
+
+
+def test_a_small_collections_ood_distance_is_to_a_reference_image_of_the_images_class(tmp_path):
+    """Walkthrough: with 10 images per class the distance was to the 20th nearest reference image,
+    always one of another class, and `zsfs predict` ranked new in- and out-of-distribution images
+    near chance (AUROC 0.54 on 30 real Fashion-MNIST images; 0.91 now)."""
+    import zsfs
+    from zsfs.testing.synthetic import rows_store
+
+    with Store(make_synthetic_store(tmp_path / "all.h5", 600, 3, seed=1)) as store:
+        labels, features = np.asarray(store.labels()).astype(str), store.read("backbone").astype(np.float32)
+        classes = store.vocabulary("synthetic").classes
+        rng = np.random.default_rng(0)
+        rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == name), 10, replace=False)
+                                       for name in classes]))
+        small = rows_store(store, "synthetic", rows, tmp_path / "small.h5", "small")
+    classifier = zsfs.fit(small, k=5).classifier
+    reference = F.normalize(torch.from_numpy(classifier.ood_reference).float(), dim=1)
+    stored = F.normalize(torch.from_numpy(features[rows]), dim=1)
+    reference_labels = labels[rows][(reference @ stored.T).argmax(dim=1).numpy()]  # each reference row's image
+    assert len(reference) == 30 and classifier.ood_nearest == 2
+    held_out = np.setdiff1d(np.arange(len(labels)), rows)
+    similarity = F.normalize(torch.from_numpy(features[held_out]), dim=1) @ reference.T
+    kth = similarity.topk(classifier.ood_nearest, dim=1).indices[:, -1].numpy()
+    assert np.mean(reference_labels[kth] == labels[held_out]) > 0.6  # 0.80 (overlapping classes); at k = 20: 0
 
 
 def test_default_ood_score_separates_held_out_classes_and_is_deterministic(tmp_path):

@@ -256,7 +256,7 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
         candidate_rows = ranked[head_classes]
         candidate_rows = np.unique(candidate_rows[candidate_rows != seeds.MISSING])
         reference_rows = ood.reference_rows(candidate_rows, config.seed)
-        nearest = ood.nearest_rank(len(candidate_rows), len(reference_rows))
+        nearest = ood.nearest_rank(len(reference_rows), len(head_classes))
         # float32 products even with bf16 (bf16 cosines step by 0.004 near 1: the distances fell on
         # a few dozen values), over the float16 copy classifier.pt keeps, so that predict gives
         # the collection's own rows the fit's ood_distance
