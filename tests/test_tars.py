@@ -23,11 +23,10 @@ import pytest
 from PIL import Image
 
 from tests.test_extract import ROW_DATASETS, assert_same_rows, read_store
-from zsfs.decode import ImageDecodeError
+from zsfs.decode import IMAGE_EXTENSIONS, ImageDecodeError
 from zsfs.errors import ZsfsError
 from zsfs.extract import default_output, extract
 from zsfs.predict import TAR_BESIDE_IMAGES, TAR_LINK, image_inputs
-from zsfs.decode import IMAGE_EXTENSIONS
 from zsfs.sources import open_source
 from zsfs.store.hdf5 import canonical_json
 from zsfs.store.schema import ATTR_IDENTITY
@@ -530,3 +529,29 @@ def test_hidden_files_and_folders_beside_tars_leave_them_tar_shards(shards, tmp_
     (root / "._0.jpg").write_bytes(b"\0\5\26\7")
     (root / ".git").mkdir()
     assert open_source(root).paths == expected and expected and "::" in expected[0]
+
+
+def test_a_member_over_2_gib_decodes_as_its_file_would_without_being_read_whole(tmp_path):
+    """Walkthrough: a 2.5 GB member was read whole (2.6 GB per decoding process) and, as one pread
+    returns at most 2 GiB - 4 KiB on Linux, skipped as "cut short since it was listed"; the same
+    file in a folder decoded in 1 GB. Its tail here is a hole: the tar takes no disk."""
+    image = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(image, "JPEG")
+    big = 2_500_000_000
+    with open(tmp_path / "00000.tar", "wb") as file:
+        for name, size in (("small.jpg", len(image.getvalue())), ("big.jpg", big)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            file.write(info.tobuf(tarfile.GNU_FORMAT) + image.getvalue())
+            file.seek(size - len(image.getvalue()) + (-size % 512), os.SEEK_CUR)
+        file.write(b"\0" * 1024)
+    script = ("import resource, sys\nfrom zsfs.sources import open_source\n"
+              "source = open_source(sys.argv[1])\n"
+              "print([source.decode(i).size for i in range(len(source))], source.members.size.tolist())\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "00000.tar")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    sizes, peak_mb = done.stdout.splitlines()
+    assert sizes == f"[(64, 48), (64, 48)] [{len(image.getvalue())}, {big}]"
+    assert int(peak_mb) < 1000, peak_mb  # 2,600 MB when the member was read whole

@@ -16,6 +16,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
+from typing import BinaryIO
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,7 +78,7 @@ class ImageDecodeError(Exception):
 
 
 def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 draft: tuple[int, int] | None = None, *, data: bytes | None = None) -> Image.Image:
+                 draft: tuple[int, int] | None = None, *, data: bytes | BinaryIO | None = None) -> Image.Image:
     """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
 
     Images above ``WORKING_PIXELS`` come out smaller (the original size is in
@@ -86,20 +87,22 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
     missing, unreadable, non-image, truncated, corrupt or too large files. The whole file is
     decoded here, so a broken file never gets past this function. ``draft``: a JPEG may be decoded
     at 1/2 to 1/8 scale as long as it stays at least this size (thumbnails: much faster).
-    ``data``: the file's bytes, read elsewhere (a tar member named ``path``); the file system is
-    then not touched.
+    ``data``: the file's content, got elsewhere (a tar member named ``path``), as bytes or a
+    seekable binary file (read as the decoder needs it: a large member is not read whole); the
+    file system is then not touched.
     """
     path = Path(path)
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
-        if data is None:
+        if source is None:
             status = path.stat()
             if stat.S_ISDIR(status.st_mode):  # a list may name one
                 raise ImageDecodeError("a folder, not an image file", path)
             if not stat.S_ISREG(status.st_mode):  # pipes (which would block), devices
                 raise ImageDecodeError("not a regular file", path)
-        if (status.st_size if data is None else len(data)) == 0:
+        if (status.st_size if source is None else source.seek(0, os.SEEK_END)) == 0:
             raise ImageDecodeError("empty file", path)
-        with _pixel_budget_replaces_pillows(), Image.open(path if data is None else io.BytesIO(data)) as image:
+        with _pixel_budget_replaces_pillows(), Image.open(path if source is None else _rewound(source)) as image:
             if image.format in DATA_FORMATS:  # Pillow names them (stub plugins) but they hold no picture
                 store = " (a zsfs store?)" if image.format == "HDF5" else ""
                 raise ImageDecodeError(f"not an image: {image.format} data{store}", path)
@@ -110,7 +113,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
             _refuse_planar_sixteen_bit(image)
             low_byte_tiles = _low_byte_tiles(image)  # read before load(), which consumes the tiles
             image.load()  # force the full decode (Image.open only reads the header)
-            low_bytes = _decoded_with(low_byte_tiles, path if data is None else io.BytesIO(data))
+            low_bytes = _decoded_with(low_byte_tiles, path if source is None else _rewound(source))
             if low_bytes is not None:
                 decoded, swapped = _sixteen_bit_colour(np.asarray(image), low_bytes, image.mode, image.getexif())
             else:
@@ -121,13 +124,13 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
     except ImageDecodeError as error:
         raise ImageDecodeError(error.reason, path) from None
     except UnidentifiedImageError:
-        if _starts_like_an_image(_file_head(path) if data is None else data[:16]):
+        if _starts_like_an_image(_file_head(path) if source is None else _rewound(source).read(16)):
             # also valid files of a variant Pillow has no decoder for (3-band float or 5-band TIFFs)
             raise ImageDecodeError("corrupt or truncated image header, or a format variant Pillow cannot read",
                                    path) from None
         raise ImageDecodeError("not an image (unidentified format)", path) from None
     except FileNotFoundError:
-        raise ImageDecodeError(_broken_link(path) if data is None else FILE_NOT_FOUND, path) from None
+        raise ImageDecodeError(_broken_link(path) if source is None else FILE_NOT_FOUND, path) from None
     except PermissionError:
         raise ImageDecodeError("unreadable file (permission denied)", path) from None
     except OSError as error:
@@ -140,6 +143,12 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageDecodeError("corrupt image data", path) from None
     except MemoryError:
         raise ImageDecodeError("image too large to decode (out of memory)", path) from None
+
+
+def _rewound(file: BinaryIO) -> BinaryIO:
+    """``file`` at its start (each decode of it reads from there)."""
+    file.seek(0)
+    return file
 
 
 def _broken_link(path: Path) -> str:
@@ -300,7 +309,7 @@ def _refuse_planar_sixteen_bit(image: Image.Image) -> None:
                                "(save it with the samples interleaved)")
 
 
-def _decoded_with(tiles: list | None, source: Path | io.BytesIO) -> np.ndarray | None:
+def _decoded_with(tiles: list | None, source: Path | BinaryIO) -> np.ndarray | None:
     """The file's pixels decoded with other tiles; None without tiles, or where that decode fails
     (the caller then keeps the high bytes, as Pillow gives them)."""
     if not tiles:

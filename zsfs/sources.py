@@ -71,10 +71,11 @@ class ImageSource:
         if self.members is None or not self.members.holds(i):
             return decode_image(self.absolute(i), max_pixels, draft)
         try:
-            data = self.members.read(i)
+            member = self.members.open(i)
         except OSError as error:
             raise ImageDecodeError(f"unreadable tar ({error.strerror or error})", self.paths[i]) from None
-        return decode_image(self.paths[i], max_pixels, draft, data=data)
+        with member:
+            return decode_image(self.paths[i], max_pixels, draft, data=member)
 
     @property
     def classes(self) -> list[str] | None:

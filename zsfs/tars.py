@@ -12,6 +12,8 @@ labels (classes come from ``--classes``), so listing does not read them.
 
 from __future__ import annotations
 
+import errno
+import io
 import itertools
 import os
 import re
@@ -60,19 +62,30 @@ class TarMembers:
     def holds(self, i: int) -> bool:
         return bool(self.tar[i] >= 0)
 
-    def read(self, i: int) -> bytes:
-        """The member's bytes; an ``OSError`` when the tar ends before them (truncated after listing).
+    def open(self, i: int) -> io.BufferedReader:
+        """The member as a read-only file, read from its tar as a decoder asks (a large member is
+        not read whole, as a file in a folder is not); an ``OSError`` when the tar now ends before
+        the member does (truncated after listing). Safe from several threads (the report decodes
+        thumbnails in a pool): each read happens under the lock that guards the open descriptors,
+        so none is closed or reused under it."""
+        tar, offset, size = int(self.tar[i]), int(self.offset[i]), int(self.size[i])
+        with self._process_lock():
+            end = os.fstat(self._descriptor(tar)).st_size
+        if end < offset + size:  # else a member past the new end read as an "empty file", a cut one as corrupt
+            raise OSError(f"the tar ends {max(end - offset, 0):,} bytes into this {size:,}-byte member: it was cut "
+                          "short since it was listed")
+        reader = _MemberReader(self, tar, offset, size)
+        return io.BufferedReader(reader, buffer_size=max(1, min(size, MEMBER_BUFFER)))
 
-        Safe from several threads (the report decodes thumbnails in a pool): the read happens
-        under the lock that guards the open descriptors, so none is closed or reused under it.
-        """
-        size = int(self.size[i])
+    def read(self, i: int) -> bytes:
+        """The member's bytes (:meth:`open`'s errors)."""
+        with self.open(i) as file:
+            return file.read()
+
+    def pread(self, tar: int, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes of tar ``tar`` from ``offset`` (fewer at its end)."""
         with self._process_lock():  # held through the pread too: reads are short next to the decoding that follows
-            data = os.pread(self._descriptor(int(self.tar[i])), size, int(self.offset[i]))
-        if len(data) < size:  # else a member past the new end read as an "empty file", a cut one as corrupt
-            raise OSError(f"the tar ends {len(data):,} bytes into this {size:,}-byte member: it was cut short "
-                          "since it was listed")
-        return data
+            return os.pread(self._descriptor(tar), size, offset)
 
     def close(self) -> None:
         """Close the open tars (reading again reopens them)."""
@@ -107,6 +120,43 @@ class TarMembers:
         self.__post_init__()
 
 
+class _MemberReader(io.RawIOBase):
+    """The bytes ``offset : offset + size`` of one tar as a read-only, seekable raw file."""
+
+    def __init__(self, members: TarMembers, tar: int, offset: int, size: int) -> None:
+        super().__init__()
+        self._members, self._tar, self._offset, self._size, self._position = members, tar, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if start + position < 0:
+            raise OSError(errno.EINVAL, "negative seek position")
+        self._position = start + position
+        return self._position
+
+    def readinto(self, buffer: memoryview) -> int:
+        # one pread returns at most 2 GiB - 4 KiB on Linux: a larger read comes in several
+        wanted = min(len(buffer), self._size - self._position, MAX_PREAD)
+        if wanted <= 0:
+            return 0
+        data = self._members.pread(self._tar, wanted, self._offset + self._position)
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+MEMBER_BUFFER = 1 << 20
+"""Bytes read from a tar at once for one member: a typical image in one read."""
+MAX_PREAD = 1 << 30
 OPEN_TARS = 8
 """Tars a source keeps open at once, the least recently read closed first."""
 
