@@ -477,6 +477,8 @@ def test_the_summary_names_listed_classes_that_got_no_seed(tmp_path):
 
     assert "classes without seeds" in render_report(tmp_path / "run")
     assert "classes no image is predicted as" not in output_text(result)  # each class is predicted here
+    predicted = set(pl.read_parquet(tmp_path / "run" / "predictions.parquet")["predicted"].unique())
+    assert config["classes_not_predicted"] == [name for name in config["classes"] if name not in predicted] == []
     for neighbours, noted in ((60, True), (59, False)):  # the boundary: 59 other images each
         said = output_text(run_cli("fit", "--store", path, "--neighbours", str(neighbours), "--out",
                                    tmp_path / f"run-{neighbours}", "--epochs", "1", "--cycle-epochs", "1"))
@@ -493,6 +495,15 @@ def test_the_summary_names_present_classes_no_image_is_labelled_with():
     assert ("classes no image is predicted as (absent ones aside)", "1: emu") in summary_rows(config, None, frame, 10)
     frame = pl.DataFrame({"predicted": ["cat", "emu", "dog"]})
     assert not any(label.startswith("classes no image") for label, _ in summary_rows(config, None, frame, 10))
+    # walkthrough: "(88 more in config.json)", which did not list them; it does now, and older runs name no file
+    many = [f"c{i}" for i in range(12)]
+    frame = pl.DataFrame({"predicted": ["c0"]})
+    assert ("classes no image is predicted as (absent ones aside)", "11: c1; c2; ... (9 more)") in \
+        summary_rows({"classes": many}, None, frame, 2)
+    assert ("classes no image is predicted as (absent ones aside)", "11: c1; c2; ... (9 more in config.json)") in \
+        summary_rows({"classes": many, "classes_not_predicted": many[1:]}, None, frame, 2)
+    assert not any(label.startswith("classes no image") for label, _ in
+                   summary_rows({"classes": many, "classes_not_predicted": []}, None, frame, 2))
 
 
 def test_class_subset(store_path):

@@ -20,7 +20,8 @@ from PIL import Image
 
 from zsfs import runs
 from zsfs.runs import FittedRun
-from zsfs.errors import ZsfsError
+import zsfs
+from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import extract
 from zsfs.fit import FitConfig, fit_store
 from zsfs.names import counted, percent
@@ -287,6 +288,9 @@ def test_the_report_is_written_only_to_an_html_file(photo_run, tmp_path, name):
     assert result.exit_code == 2 and f"cannot write the report to {name!r}: its name must end in .html or .htm" in \
         " ".join(result.output.split()), result.output
     assert (tmp_path / name).read_bytes() == b"precious"
+    with pytest.raises(ParameterError, match="its name must end in .html"):  # walkthrough: a ZsfsError from Python
+        zsfs.report(photo_run, out=tmp_path / name)
+    assert (tmp_path / name).read_bytes() == b"precious"
     assert run_cli("report", photo_run, "--out", tmp_path / "page.HTM").exit_code == 0
 
 
@@ -437,9 +441,10 @@ def test_fit_report_writes_the_page_beside_the_run(unlabelled_run, tmp_path):
     store = json.loads((unlabelled_run / runs.CONFIG).read_text())["store"]["path"]
     run = tmp_path / "run"
     result = run_cli("fit", "--store", store, "--out", run, "--k", "2", "--candidates", "6", "--cycle-epochs", "2",
-                     "--report")
+                     "--report", "--json")
     assert result.exit_code == 0, result.output
     assert sections((run / runs.REPORT).read_text())[0] == "summary"
+    assert json.loads(result.stdout)["report"] == str(run / runs.REPORT)  # walkthrough: a script had to guess it
     assert sorted(p.name for p in run.iterdir()) == sorted([runs.PREDICTIONS, runs.CLASSIFIER, runs.CONFIG,
                                                            runs.REPORT])
 

@@ -23,7 +23,7 @@ from zsfs import __version__, figures
 from zsfs.devices import check_polars_usable
 from zsfs.decode import FILE_NOT_FOUND
 from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_path, check_seed,
-                         shown_value)
+                         literal, shown_value)
 from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import as_argument, counted, percent, reasons_text, visible
@@ -86,7 +86,7 @@ def check_report_path(out: Path) -> None:
 
 def _check_report_name(out: Path) -> None:
     if out.suffix.lower() not in (".html", ".htm"):
-        raise ZsfsError(f"cannot write the report to {out.name!r}: its name must end in .html or .htm")
+        raise ParameterError(f"cannot write the report to {literal(repr(out.name))}: its name must end in .html or .htm")
 
 
 def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | None = None, per_class: int | None = None,

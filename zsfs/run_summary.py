@@ -63,11 +63,14 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
                      if config["absent_classes"] else "none"))
     if config.get("classes_without_seeds"):
         rows.append(("classes without seeds", listed(config["classes_without_seeds"])))
-    if "predicted" in frame.columns:  # a present class the head never picks: only the report's gallery showed it
+    unused = config.get("classes_not_predicted")  # a present class the head never picks
+    if unused is None and "predicted" in frame.columns:  # a run written before config.json listed them
         labelled = set(frame["predicted"].unique().to_list()) | set(config.get("absent_classes") or [])
         unused = [name for name in classes if name not in labelled]
-        if unused:
-            rows.append(("classes no image is predicted as (absent ones aside)", listed(unused)))
+        if unused:  # walkthrough: "(88 more in config.json)", which did not list them
+            rows.append(("classes no image is predicted as (absent ones aside)", some_names(unused, names_shown)))
+    elif unused:
+        rows.append(("classes no image is predicted as (absent ones aside)", listed(unused)))
     if config.get("classes_read_as_one"):  # the later of each pair is never zero-shot's pick
         rows.append(("classes with one text embedding (CLIP reads them as one)",
                      pairs_text([tuple(pair) for pair in config["classes_read_as_one"]], names_shown, "config.json")))

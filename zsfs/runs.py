@@ -93,6 +93,7 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "stop_reason": result.stop_reason,
         "absent_classes": result.absent_classes,
         "classes_without_seeds": result.unseeded_classes,
+        "classes_not_predicted": _classes_not_predicted(result),
         "seeds_per_class": result.seeds_per_class,
         "classes_read_as_one": [list(pair) for pair in result.classes_read_as_one],
         "class_shares": result.class_shares,
@@ -107,6 +108,12 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "timings_s": result.timings,
         "cpu_timings_s": result.cpu_timings,
     }
+
+
+def _classes_not_predicted(result: "FitResult") -> list[str]:
+    """The listed classes, absent ones aside, that no image of the collection is predicted as."""
+    predicted, absent = set(np.unique(result.predicted).tolist()), set(result.absent_classes)
+    return [name for index, name in enumerate(result.classes) if index not in predicted and name not in absent]
 
 
 def run_predictions(result: "FitResult", store: "Store", labels: "Sequence | None") -> "pl.DataFrame":

@@ -51,8 +51,10 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Stored dtype of the embeddings.")
 @MAX_PIXELS_OPTION
-@click.option("--overwrite", is_flag=True, help="Replace an existing store built from other models or data (its files "
-                                                "are removed first: a failed rebuild does not bring it back).")
+@click.option("--overwrite", is_flag=True, help="Build the store at OUT anew from the start, whatever it holds (its "
+                                                "files are removed first: a failed rebuild does not bring it back). "
+                                                "Not needed to resume or repair: a rerun without it does that, and "
+                                                "refuses a store built from other models or data.")
 @click.option("--ray", "ray", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Compute the shards on a Ray cluster: ADDRESS, or RAY_ADDRESS, or the cluster this machine "
                    "joined; 'local' starts Ray here. Needs Ray: pip install -e \".[ray]\" in the zsfs checkout "

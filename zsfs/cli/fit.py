@@ -120,8 +120,8 @@ def _cut(name: str, limit: int) -> str:
 @click.option("--report", "with_report", is_flag=True,
               help="Also write report.html in the run folder (as `zsfs report RUN_DIR`).")
 @click.option("--json", "as_json", is_flag=True, callback=prints_on_stdout,
-              help="Also print the run folder, metrics and phase times as JSON on stdout (every parameter is in the "
-                   "run's config.json).")
+              help="Also print the run folder, metrics, phase times and the report's path (null without --report) "
+                   "as JSON on stdout (every parameter is in the run's config.json).")
 @noting_made_folders("run_dir")
 def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, paper: bool, fast: bool, as_json: bool,
                 with_report: bool, **options) -> None:
@@ -211,6 +211,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
         f"; write its report with `zsfs report {saved}`" if with_report else "")
     with kept_if_interrupted(kept):  # a rerun of this command would refuse the run's folder
         show_summary(run, saved)
+        written = None
         if with_report:
             from zsfs.cli.report import say_written
             from zsfs.report import write_report
@@ -225,8 +226,8 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
                 raise ZsfsError(f"the run is saved in {saved}, but its report was not written ({reason}); once that "
                                 f"is mended, write it with `zsfs report {saved}`") from error
         if as_json:
-            click.echo(json.dumps({"run": str(saved), "metrics": metrics,
-                                   "timings_s": result.timings}, indent=2, default=str))
+            click.echo(json.dumps({"run": str(saved), "metrics": metrics, "timings_s": result.timings,
+                                   "report": None if written is None else str(written)}, indent=2, default=str))
 
 
 def _save_under_a_new_name(run, new_name, attempts: int = 10) -> Path:

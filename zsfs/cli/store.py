@@ -63,7 +63,9 @@ def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple
               help="Images per shard file.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Stored precision of the embeddings.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store at OUT (its files are removed first).")
+@click.option("--overwrite", is_flag=True, help="Build the store at OUT anew, whatever it holds (its files are removed "
+                                                "first). Not needed to resume or repair: a rerun without it does that, "
+                                                "and refuses a store built from other inputs.")
 @noting_made_folders("out")
 def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, paths: Path | None,
                    path_column: str | None, label_column: str | None, vocabularies: dict[str, Path], clip_name: str,
