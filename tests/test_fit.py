@@ -170,12 +170,14 @@ def test_a_one_class_fit_says_mcm_tells_no_image_apart(store_path, tmp_path):
         vocab = store.vocabulary("synthetic")
     write_vocabulary(copy, "one", vocab.classes[:1], vocab.single[:1], vocab.ensemble[:1],
                      prompt="a photo of a {}", n_templates=80)
-    note = "with one class, MCM (a softmax over the classes) is 1 for every image: ood_score ranks the images by " \
-        "ood_distance alone"
+    note = "with one class every image is labelled it, at confidence 1, so the self-training's picks follow the " \
+        "store's order and the paper's scores (ood_paper, ood_continuous) say nothing; MCM (a softmax over the " \
+        "classes) is 1 for every image too: ood_score ranks the images by ood_distance alone"
     outcome = fit_cli("--store", str(copy), "--vocab", "one", "--out", str(tmp_path / "run"), "--k", "4", *QUICK)
     assert outcome.exit_code == 0 and note in " ".join(output_text(outcome).split()), outcome.output
     frame = pl.read_parquet(tmp_path / "run" / "predictions.parquet")
     assert frame["mcm_score"].min() == frame["mcm_score"].max()  # constant (stored negated: higher = more OOD)
+    assert (frame["confidence"] == 1).all()  # walkthrough: what the note now says
     outcome = fit_cli("--store", str(copy), "--vocab", "synthetic", "--out", str(tmp_path / "run2"), "--k", "4", *QUICK)
     assert outcome.exit_code == 0 and "with one class" not in output_text(outcome)
 

@@ -185,9 +185,11 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
                           f"own (its ensemble rows are its single-prompt rows, as when imported without one): "
                           f"--prompts ensemble reads those.", soft_wrap=True)
         if len(chosen.classes) == 1:  # as ood-bench says of one ID class
-            console.print("[yellow]Note:[/] with one class, MCM (a softmax over the classes) is 1 for every image: "
-                          "ood_score ranks the images by ood_distance alone. List other classes to let CLIP tell "
-                          "images apart.")
+            console.print("[yellow]Note:[/] with one class every image is labelled it, at confidence 1, so the "
+                          "self-training's picks follow the store's order and the paper's scores (ood_paper, "
+                          "ood_continuous) say nothing; MCM (a softmax over the classes) is 1 for every image too: "
+                          "ood_score ranks the images by ood_distance alone, the distance to the class's zero-shot "
+                          "candidates. List other classes to let CLIP tell images apart.", soft_wrap=True)
         fitting = f"Fitting {store.n_images:,} images on vocabulary {shown(repr(vocabulary))}"
         # --out is taken for the fit's whole length: a second fit into it is refused now, not after its own fit
         reserved = new_folder(run_dir) if run_dir is not None else nullcontext()
