@@ -17,8 +17,10 @@ import polars as pl
 import pytest
 
 from zsfs import runs
-from zsfs.runs import FittedRun
 from zsfs.errors import ParameterError, ZsfsError
+from zsfs.evaluate import fit_metrics
+from zsfs.run_summary import cycle_rows, summary_rows
+from zsfs.runs import FittedRun
 from zsfs.fit import FitConfig, fit_store
 from zsfs.outputs import new_folder
 from zsfs.store import Store
@@ -334,7 +336,7 @@ def test_fit_metrics_hand_computed():
         ood_continuous=np.array([0.0, 0.0, 1.0, 0.0, 0.5]),
         mcm_score=np.array([0.5, 0.1, 0.2, 0.3, 0.4]),
     )
-    metrics = runs.fit_metrics(result, labels)
+    metrics = fit_metrics(result, labels)
     assert metrics["n_images"] == 5 and metrics["n_evaluated"] == 4
     assert metrics["accuracy"] == pytest.approx(2 / 4)  # dog, cat, dog, emu -> dog, dog, cat, emu
     assert metrics["zero_shot_accuracy"] == pytest.approx(3 / 4)
@@ -346,9 +348,9 @@ def test_fit_metrics_hand_computed():
     assert metrics["ood_paper_auroc"] == 1.0 and metrics["ood_continuous_auroc"] == 1.0
     assert metrics["labels_not_classes"] == {"yak": 1}
     # labels that name no class (a vocabulary spelt otherwise): nothing measurable, not precision 0
-    other = runs.fit_metrics(result, np.array(["Dog", "Cat", "yak", "Dog", "Emu"], dtype=object))
+    other = fit_metrics(result, np.array(["Dog", "Cat", "yak", "Dog", "Emu"], dtype=object))
     assert other == {"n_images": 5, "n_evaluated": 0, "labels_not_classes": {"Dog": 2, "Cat": 1, "Emu": 1, "yak": 1}}
-    assert "labels_not_classes" not in runs.fit_metrics(result, np.array(["dog", "cat", "emu", "dog", "emu"]))
+    assert "labels_not_classes" not in fit_metrics(result, np.array(["dog", "cat", "emu", "dog", "emu"]))
 
 
 def test_the_fit_summary_names_labels_that_are_no_class_and_their_near_spellings():
@@ -356,7 +358,7 @@ def test_the_fit_summary_names_labels_that_are_no_class_and_their_near_spellings
     import polars as pl
 
     def row(outside: dict, classes: list[str]) -> str:
-        rows = dict(runs.summary_rows({"classes": classes}, {"labels_not_classes": outside}, pl.DataFrame(), 8))
+        rows = dict(summary_rows({"classes": classes}, {"labels_not_classes": outside}, pl.DataFrame(), 8))
         return rows["labels that are no class (images counted as OOD)"]
 
     decomposed = "cafe\u0301"
@@ -505,7 +507,7 @@ def test_the_summary_says_none_absent_only_where_absent_classes_were_looked_for(
     def absent(method: str, keep: bool, found: list[str]) -> str | None:
         config = {"classes": ["a", "b"], "absent_classes": found,
                   "parameters": {"method": method, "keep_all_classes": keep}}
-        return dict(runs.summary_rows(config, None, pl.DataFrame(), 8)).get("absent classes")
+        return dict(summary_rows(config, None, pl.DataFrame(), 8)).get("absent classes")
 
     assert absent("balanced", False, []) == "none" and absent("balanced", False, ["b"]) == "1: b"
     assert absent("cycles", False, []) is None and absent("balanced", True, []) is None
@@ -534,7 +536,7 @@ def test_the_cycles_table_shows_a_diverging_loss_whole():
     config = {"cycles": [{"cycle": 0, "n_candidates": 10, "n_kept": 8, "n_trained": 8, "epochs": 5,
                           "first_loss": 3.8633625e29},
                          {"cycle": 1, "n_candidates": 10, "n_kept": 9, "n_trained": 9, "epochs": 5, "first_loss": 0.69315}]}
-    header, rows = runs.cycle_rows(config, None)
+    header, rows = cycle_rows(config, None)
     assert header[-1] == "first loss" and [row[-1] for row in rows] == ["3.863e+29", "0.6932"]
 
 
@@ -544,12 +546,12 @@ def test_the_summary_says_why_a_labelled_run_has_no_accuracy_and_lists_exactly_a
     import polars as pl
 
     metrics = {"n_images": 5, "n_evaluated": 0, "labels_not_classes": {"Dog": 5}}
-    rows = dict(runs.summary_rows({"classes": ["dog"]}, metrics, pl.DataFrame(), 8))
+    rows = dict(summary_rows({"classes": ["dog"]}, metrics, pl.DataFrame(), 8))
     assert rows["accuracy"] == "- (no image's label is a class of this vocabulary)"
-    assert "accuracy" not in dict(runs.summary_rows({"classes": ["dog"]}, None, pl.DataFrame(), 8))  # no labels
+    assert "accuracy" not in dict(summary_rows({"classes": ["dog"]}, None, pl.DataFrame(), 8))  # no labels
     config = {"classes": list("abcdefgh"), "absent_classes": list("abcdefgh"), "parameters": {"method": "balanced"}}
-    assert dict(runs.summary_rows(config, None, pl.DataFrame(), 8))["absent classes"] == "8: a; b; c; d; e; f; g; h"
-    assert dict(runs.summary_rows(config, None, pl.DataFrame(), 7))["absent classes"] == \
+    assert dict(summary_rows(config, None, pl.DataFrame(), 8))["absent classes"] == "8: a; b; c; d; e; f; g; h"
+    assert dict(summary_rows(config, None, pl.DataFrame(), 7))["absent classes"] == \
         "8: a; b; c; d; e; f; g; ... (1 more in config.json)"
 
 

@@ -408,7 +408,7 @@ def test_bench_fit_reports_the_fit_metrics_it_is_given(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     import zsfs.fit.run
-    import zsfs.runs
+    import zsfs.evaluate
     from zsfs.testing.synthetic import make_synthetic_store
 
     from benchmarks import bench_fit as bench
@@ -417,7 +417,7 @@ def test_bench_fit_reports_the_fit_metrics_it_is_given(tmp_path, monkeypatch):
     result = SimpleNamespace(timings={"predict": 1.0}, cpu_timings={"predict": 1.0}, cycles=cycles,
                              stop_reason="loss rose", neighbour_search={"source": "x", "search": "y"})
     monkeypatch.setattr(zsfs.fit.run, "fit_store", lambda store, config: result)
-    monkeypatch.setattr(zsfs.runs, "fit_metrics", lambda fitted, labels: {
+    monkeypatch.setattr(zsfs.evaluate, "fit_metrics", lambda fitted, labels: {
         "accuracy": 0.8, "zero_shot_accuracy": 0.6,
         "seed_precision": [{"cycle": 0, "n_kept": 10, "precision": 0.9}, {"cycle": 1, "n_kept": 30, "precision": 0.5}]})
     fitted = bench.fit_once(tmp_path, "500", "fast")

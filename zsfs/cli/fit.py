@@ -249,7 +249,7 @@ SHOWN_CLASSES = 8
 
 
 def show_summary(run: "FittedRun", run_dir: Path) -> None:
-    """The run's summary (:func:`zsfs.runs.summary_rows`) and its cycles, as tables."""
+    """The run's summary (:func:`zsfs.run_summary.summary_rows`) and its cycles, as tables."""
     from rich.table import Table
 
     from zsfs.run_summary import cycle_rows, summary_rows
