@@ -555,3 +555,18 @@ def test_a_member_over_2_gib_decodes_as_its_file_would_without_being_read_whole(
     sizes, peak_mb = done.stdout.splitlines()
     assert sizes == f"[(64, 48), (64, 48)] [{len(image.getvalue())}, {big}]"
     assert int(peak_mb) < 1000, peak_mb  # 2,600 MB when the member was read whole
+
+
+def test_a_tar_member_named_in_a_list_is_skipped_with_what_to_do(shards, tmp_path):
+    """Walkthrough: a list line ``../tars/00000.tar::000000001.jpg`` was skipped as "file not
+    found", with no word that a list names files and the tars themselves are the source."""
+    from zsfs.sources import TAR_MEMBER_IN_LIST
+
+    member = f"{shards['root'] / '00000.tar'}::{shards['paths'][0].partition('::')[2]}"
+    (tmp_path / "a.png").write_bytes((shards["folder"] / shards["files"][0]).read_bytes())
+    (tmp_path / "list.txt").write_text(f"a.png\n{member}\n{tmp_path / 'gone.tar'}::x.jpg\n")
+    source = open_source(tmp_path / "list.txt")
+    assert source.unreadable == {member: TAR_MEMBER_IN_LIST}  # a missing tar's entry: "file not found" when read
+    store = extract(tmp_path / "list.txt", tmp_path / "s.h5", workers=0, **TINY_MODELS).output
+    result = run_cli("info", store, "--skipped")
+    assert f"{member}\t{TAR_MEMBER_IN_LIST}" in result.output, result.output

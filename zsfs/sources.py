@@ -23,7 +23,7 @@ from zsfs.lists import read_list_file
 from zsfs.names import (check_utf8_file_names, counted, 
                         repeated, some_names, utf8_text, utf8_texts)
 from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TarMembers, compressed_tar_error, is_compressed_tar,
-                       is_tar_pattern, list_tars, resolve_tars, tar_shards_in)
+                       is_tar_pattern, list_tars, resolve_tars, split_member_path, tar_shards_in)
 
 
 LIST_SUFFIXES = (".txt", ".csv")
@@ -209,8 +209,14 @@ def _tar_source(location: Path, root: Path, tars: list[Path], compressed: list[s
                        tar_links=links)
 
 
+TAR_MEMBER_IN_LIST = "a tar member (a list names files: give the tars themselves as the source)"
+"""Skip reason of a list entry ``shard.tar::member`` (predict reads those; extract reads whole tars)."""
+
+
 def _read_list(list_file: Path) -> ImageSource:
     paths, labels = read_list_file(list_file)
+    members = [path for path in paths if (parts := split_member_path(path)) is not None
+               and (list_file.parent / parts[0]).is_file() and not (list_file.parent / path).exists()]
     # Kept: a list is taken as written.
     return ImageSource(location=list_file, root=list_file.parent, paths=paths, labels=labels,
-                       repeated_paths=repeated(paths))
+                       unreadable=dict.fromkeys(members, TAR_MEMBER_IN_LIST), repeated_paths=repeated(paths))
