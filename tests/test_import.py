@@ -9,6 +9,7 @@ import subprocess
 import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 import polars as pl
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from zsfs.errors import ParameterError, StoreError, StoreMismatchError, ZsfsError
 from zsfs.import_inputs import RowParts, numbered_parts
 from zsfs.importer import import_store
-from zsfs.store import Store
+from zsfs.store import Store, schema
 from zsfs.digests import rows_sha256
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
@@ -795,25 +796,40 @@ def test_a_rerun_repairs_shards_that_were_cut_short_removed_or_damaged(inputs):
 
 def test_a_repair_keeps_the_recorded_digest_of_each_shard_it_did_not_write(inputs):
     """Review: a rerun that repaired one shard hashed every shard again for its new master (all of
-    a large store's bytes), and recorded damage an older shard took since as its digest: damage no
-    HDF5 checksum covers (an image path's text) then passed --verify. Shards the rerun did not
-    write keep the digest the master recorded."""
+    a large store's bytes), and would record damage an older shard took since (bit rot, which
+    leaves its dates) as its digest. Shards whose inode did not change since the old master keep
+    the digest it recorded; a shard changed since (a copy with its dates kept) is hashed."""
     folder = inputs["dir"]
     common = dict(clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
                   paths=folder / "paths.csv", shard_size=10)
     master = import_store(folder / "r.h5", **common).master
     shards = sorted((folder / "r.shards").glob("shard-*.h5"))
-    before = shards[0].stat()
-    at = shards[0].read_bytes().index(b"photos/001.jpg")
-    with open(shards[0], "r+b") as file:  # photos/001.jpg reads photos/009.jpg: the size and the time kept
-        file.seek(at + len("photos/00"))
-        file.write(b"9")
-    os.utime(shards[0], ns=(before.st_atime_ns, before.st_mtime_ns))
+    with h5py.File(master, "r+") as file:  # a digest shard 0 does not have: kept, it is what the new master says
+        recorded = file[schema.SHARDS_SHA256].asstr()[:]
+        file[schema.SHARDS_SHA256][0] = "0" * 64
     shards[2].unlink()
     import_store(folder / "r.h5", **common)
-    with Store(master) as store, pytest.raises(ZsfsError, match=f"shard file r.shards/{shards[0].name} does not match its "
-                                                                  "recorded checksum"):
+    with Store(master) as store, pytest.raises(ZsfsError, match=f"shard file r.shards/{shards[0].name} does not match "
+                                                                  "its recorded checksum"):
         store.verify()
+    shards[0].unlink()  # as the message says: the rerun writes it again, and hashes it
+    import_store(folder / "r.h5", **common)
+    with Store(master) as store:
+        assert store.verify()["shards"] == 6
+    # the review's case: a valid copy of another build's shard 1, dates kept (cp -p, rsync -a), put in
+    # place; the master is older than the copy's inode, so it is hashed, not given the old digest
+    before = shards[1].stat()
+    data = bytearray(shards[1].read_bytes())
+    at = data.index(b"photos/011.jpg")
+    data[at + len("photos/01")] = ord("9")  # other bytes, same size (a string no HDF5 checksum covers)
+    shards[1].write_bytes(bytes(data))
+    os.utime(shards[1], ns=(before.st_atime_ns, before.st_mtime_ns))
+    shards[3].unlink()
+    import_store(folder / "r.h5", **common)
+    with Store(master) as store:
+        assert store.verify()["shards"] == 6
+    with h5py.File(master, "r") as file:
+        assert file[schema.SHARDS_SHA256].asstr()[1] != recorded[1]
 
 
 def test_an_invalid_vocabulary_name_is_refused_before_the_store_is_written(inputs):

@@ -249,15 +249,17 @@ class StoreWriter:
 
     def _shard_checksums(self, paths: list[Path]) -> tuple[np.ndarray, list[str]]:
         """Each shard file's size and sha256, for the master (checked on open and by ``--verify``).
-        A shard the finished master of this store recorded, not written since and of the size it
-        recorded, keeps the digest recorded: a rerun that adds or repairs a few shards of a large
-        store hashes only those, and an older shard damaged since (bytes no HDF5 checksum covers)
-        still fails ``--verify`` against its first digest instead of being recorded as it is now."""
+        A shard the finished master of this store recorded, at the size it recorded, and whose
+        inode changed last before that master was written (its ctime: a write, a copy in place
+        with its dates kept, ``touch``, a rename all set it; only bit rot leaves it) keeps the
+        digest recorded: a rerun that adds or repairs a few shards of a large store hashes only
+        those, and an older shard damaged since still fails ``--verify`` against its first digest
+        instead of being recorded as it is now."""
         sizes = np.array([path.stat().st_size for path in paths], dtype=np.int64)
         built = self.master.stat().st_mtime_ns if self.master.is_file() else None
         digests = self._recorded(schema.SHARDS_SHA256, read_strings) if built is not None else {}
         recorded_bytes = self._recorded(schema.SHARDS_BYTES, lambda data: data[()].tolist()) if digests else {}
-        kept = [digests.get(path) if recorded_bytes.get(path) == size and path.stat().st_mtime_ns <= built else None
+        kept = [digests.get(path) if recorded_bytes.get(path) == size and path.stat().st_ctime_ns < built else None
                 for path, size in zip(paths, sizes.tolist())]
         return sizes, [str(digest) if digest is not None else self._sha256(path) for path, digest in zip(paths, kept)]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import BinaryIO
 
 DELAY_VARIABLE = "ZSFS_TEST_DECODE_DELAY"
 LOAD_DELAY_VARIABLE = "ZSFS_TEST_LOAD_DELAY"
@@ -65,8 +66,7 @@ def hooked_workers() -> None:
         if decodes["pid"] != os.getpid():  # a new process counts from 0
             decodes.update(pid=os.getpid(), count=0)
         decodes["count"] += 1
-        data = kwargs.get("data")
-        named = crash_on and (str(path).endswith(crash_on) or (data is not None and crash_on.encode() in data))
+        named = crash_on and (str(path).endswith(crash_on) or crash_on.encode() in _content(kwargs.get("data")))
         if named or (crash_at and decodes["count"] == int(crash_at)):
             os.kill(os.getpid(), signal.SIGSEGV)
         if hang_on and str(path).endswith(hang_on):
@@ -146,3 +146,14 @@ def slow_callback(kind: str) -> None:
         return original(self, *args, **kwargs)
 
     setattr(owner, name, slow)
+
+
+def _content(data: "bytes | BinaryIO | None") -> bytes:
+    """The bytes of ``decode_image``'s ``data`` (a tar member is a file), its position kept."""
+    if data is None or isinstance(data, (bytes, bytearray)):
+        return data or b""
+    position = data.tell()
+    data.seek(0)
+    content = data.read()
+    data.seek(position)
+    return content
