@@ -183,14 +183,27 @@ def test_reference_distance_is_one_minus_the_kth_nearest_cosine():
     assert np.allclose(distance, expected, atol=1e-6)
 
 
-def test_nearest_rank_is_a_fifth_of_the_reference_rows_per_class():
-    assert ood.nearest_rank(1000, 10) == ood.NEAREST_REFERENCE == 20  # the default's 100 candidates per class
-    assert ood.nearest_rank(4000, 10) == 20  # at most 20
-    # a random 4,096 of the candidates: k falls with the kept fraction (1000 classes: 4.1 rows each)
-    assert ood.nearest_rank(4096, 100) == 8 and ood.nearest_rank(4096, 1000) == 2  # never 1: self-match
-    assert ood.nearest_rank(4096, 50, k=40) == 16
+def test_nearest_rank_is_a_fifth_of_one_classs_reference_rows():
+    from zsfs.store.index import MISSING
+
+    def lists(counts: list[int], width: int = 100) -> np.ndarray:  # distinct rows, MISSING-padded
+        rows, start = np.full((len(counts), width), MISSING), 0
+        for c, count in enumerate(counts):
+            rows[c, :count] = np.arange(start, start + count)
+            start += count
+        return rows
+
+    assert ood.nearest_rank(lists([100] * 10), 1000) == ood.NEAREST_REFERENCE == 20  # the default's 100 per class
+    assert ood.nearest_rank(lists([200] * 10, 200), 2000) == 20  # at most 20
+    # a random 4,096 of the candidates: k falls with the kept fraction
+    assert ood.nearest_rank(lists([100] * 100), 4096) == 8 and ood.nearest_rank(lists([100] * 1000), 4096) == 2
+    assert ood.nearest_rank(lists([100] * 50), 4096, k=40) == 16
     # walkthrough: 10 rows per class took the 20th nearest, in another class (AUROC 0.54 for new images)
-    assert ood.nearest_rank(30, 3) == 2 and ood.nearest_rank(150, 3) == 10 and ood.nearest_rank(0, 0) == 2
+    assert ood.nearest_rank(lists([10] * 3), 30) == 2 and ood.nearest_rank(lists([50] * 3), 150) == 10
+    # review: classes without candidates (a long list over a small collection) do not count
+    assert ood.nearest_rank(lists([100] * 10 + [0] * 990), 1000) == 20
+    assert ood.nearest_rank(lists([0, 0]), 0) == 2
+
 
 
 def test_reference_rows_are_the_candidates_or_a_seeded_subset():
@@ -285,7 +298,7 @@ def test_reported_absent_classes_get_no_seeds_labels_or_predictions(absent_store
     # the 6 absent classes' candidates would add up to 600 more of the 1,200 images)
     assert 16 * len(present) <= len(result.classifier.ood_reference) <= 100 * len(present)
     assert len(result.classifier.ood_reference) > len(result.cycles[0].rows)  # the shortlists, not the seeds alone
-    assert result.classifier.ood_nearest == ood.nearest_rank(len(result.classifier.ood_reference), len(present))
+    assert 18 <= result.classifier.ood_nearest <= ood.NEAREST_REFERENCE  # ~100 candidates per present class
 
 
 def test_a_small_collections_ood_distance_is_to_a_reference_image_of_the_images_class(tmp_path):

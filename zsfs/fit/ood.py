@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from zsfs.store.index import MISSING  # padding in candidate lists
+
 STATISTICS = ("top_logit", "top_gap", "logit_std")
 _EPS = 1e-6  # keeps deficits finite when the seeds agree exactly on a statistic
 
@@ -129,16 +131,24 @@ def reference_rows(candidate_rows: np.ndarray, seed: int, limit: int = MAX_REFER
     return np.sort(np.random.default_rng(seed).choice(rows, limit, replace=False))
 
 
-def nearest_rank(n_reference: int, n_classes: int, k: int = NEAREST_REFERENCE) -> int:
-    """The k for a reference of ``n_reference`` rows over ``n_classes`` classes: a fifth of the
-    rows per class, at most ``k``, at least 2 (a reference image is its own nearest: with k = 1 it
-    would sit at distance 0). The k-th nearest reference row of an in-distribution image must lie
-    in its class: with 10 rows per class the 20th lay in another, and the distance ranked new
-    images near chance (AUROC 0.54 on 30 Fashion-MNIST images, 0.91 with this k). A random subset
-    of the candidates (``MAX_REFERENCE_ROWS``) has fewer rows per class, so k falls with the kept
-    fraction, as Sun et al. scale k with the fraction of the training set they keep.
-    :func:`reference_distance` caps it at the reference's size."""
-    return min(k, max(2, round(n_reference / max(n_classes, 1) / 5)))
+def nearest_rank(candidates: np.ndarray, n_kept: int, k: int = NEAREST_REFERENCE) -> int:
+    """The k for a reference of ``n_kept`` rows drawn from the candidate lists ``candidates``
+    ((C, R) store rows, ``MISSING``-padded): a fifth of the median class's candidates, times the
+    kept fraction (the rows of one class a reference holds), at most ``k``, at least 2 (a
+    reference image is its own nearest: with k = 1 it would sit at distance 0). The k-th nearest
+    reference row of an in-distribution image must lie in its class: with 10 candidates per class
+    the 20th lay in another, and the distance ranked new images near chance (AUROC 0.54 on 30
+    Fashion-MNIST images, 0.91 with this k). A random subset of the candidates
+    (``MAX_REFERENCE_ROWS``) holds fewer rows per class, so k falls with the kept fraction, as Sun
+    et al. scale k with the fraction of the training set they keep. Classes without candidates
+    (listed, absent from the collection) do not count. :func:`reference_distance` caps k at the
+    reference's size."""
+    listed = candidates != MISSING
+    counts = listed.sum(axis=1)
+    if not counts.any():
+        return 2
+    per_class = float(np.median(counts[counts > 0])) * n_kept / len(np.unique(candidates[listed]))
+    return min(k, max(2, round(per_class / 5)))
 
 
 def quantiles(values: np.ndarray) -> np.ndarray:

@@ -253,10 +253,10 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
     if seed_cycle.n_kept == 0:  # every class lost its candidates: nothing to calibrate OOD on
         raise ZsfsError("no seed image was selected for any class; check the vocabulary against the images")
     with timer.phase("read OOD reference"):
-        candidate_rows = ranked[head_classes]
-        candidate_rows = np.unique(candidate_rows[candidate_rows != seeds.MISSING])
+        candidates = ranked[head_classes]
+        candidate_rows = np.unique(candidates[candidates != seeds.MISSING])
         reference_rows = ood.reference_rows(candidate_rows, config.seed)
-        nearest = ood.nearest_rank(len(reference_rows), len(head_classes))
+        nearest = ood.nearest_rank(candidates, len(reference_rows))
         # float32 products even with bf16 (bf16 cosines step by 0.004 near 1: the distances fell on
         # a few dozen values), over the float16 copy classifier.pt keeps, so that predict gives
         # the collection's own rows the fit's ood_distance
