@@ -188,7 +188,7 @@ def test_permission_denied_is_a_skip_reason(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr("zsfs.sources.Image.open", refuse)
+    monkeypatch.setattr("PIL.Image.open", refuse)
     with pytest.raises(ImageDecodeError, match="permission denied"):
         decode_image(path)
 

@@ -30,7 +30,7 @@ from zsfs.predict import TAR_BESIDE_IMAGES, TAR_LINK, image_inputs
 from zsfs.sources import open_source
 from zsfs.store.hdf5 import canonical_json
 from zsfs.store.schema import ATTR_IDENTITY
-from zsfs.tars import expand_braces, list_tar, locate_members
+from zsfs.tars import TarReadError, expand_braces, list_tar, locate_members
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.tars import files_as_samples, write_tar_shards
@@ -309,7 +309,7 @@ def test_a_tar_truncated_after_listing_costs_only_its_cut_images(shards, tmp_pat
     shutil.copytree(shards["root"], root)
     source = open_source(root)
     with tarfile.open(root / "00000.tar") as archive:  # cut inside the second image's data
-        second = archive.getmember(shards["paths"][1].split("::")[1])
+        first, second = (archive.getmember(path.split("::")[1]) for path in shards["paths"][:2])
     with open(root / "00000.tar", "r+b") as handle:
         handle.truncate(second.offset_data + second.size // 2)
     original = [(shards["folder"] / shards["files"][i]).read_bytes() for i in range(2)]
@@ -320,6 +320,13 @@ def test_a_tar_truncated_after_listing_costs_only_its_cut_images(shards, tmp_pat
     with pytest.raises(ImageDecodeError, match=r"unreadable tar \(the tar ends 0 bytes into this [\d,]+-byte member: "
                                                r"it was cut short since it was listed\)"):
         source.decode(3)
+    # review: cut while a decoder reads it (after open's check): the tar named, not "truncated file"
+    member = source.members.open(0).raw  # unbuffered: each read reaches the tar
+    assert member.read(8) == original[0][:8]
+    with open(root / "00000.tar", "r+b") as handle:
+        handle.truncate(first.offset_data + 8)
+    with pytest.raises(TarReadError, match="the tar ends 8 bytes into this"):
+        member.read()
     assert locate_members([shards["paths"][0], "plain.jpg"], shards["root"]).tar.tolist() == [0, -1]
 
 
@@ -570,3 +577,5 @@ def test_a_tar_member_named_in_a_list_is_skipped_with_what_to_do(shards, tmp_pat
     store = extract(tmp_path / "list.txt", tmp_path / "s.h5", workers=0, **TINY_MODELS).output
     result = run_cli("info", store, "--skipped")
     assert f"{member}\t{TAR_MEMBER_IN_LIST}" in result.output, result.output
+    listed = image_inputs([], lists=[tmp_path / "list.txt"])  # review: predict's --list dropped the reason
+    assert listed.unreadable == {member: TAR_MEMBER_IN_LIST}

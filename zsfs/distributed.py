@@ -222,5 +222,3 @@ class RayEmbedders(AbstractContextManager):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-

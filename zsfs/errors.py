@@ -94,7 +94,7 @@ def check_path(name: str, value: object) -> str:
     if not isinstance(value, (str, os.PathLike)):
         raise ParameterError(f"{{{name}}} must be a path (a str or pathlib.Path), not {shown_value(value)}")
     if isinstance(value, str) and value == "":
-        raise ParameterError(f"{{{name}}} is an empty path (an unset variable?); give a file or folder")
+        raise ParameterError(f"{{{name}}} is an empty path (an unset variable?); give a path")
     return home_expanded(value)
 
 

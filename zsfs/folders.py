@@ -24,7 +24,6 @@ LINKED_IMAGE = "linked image not read"
 """Reason prefix of a link to an image the scan lists under another name (nothing is lost)."""
 
 
-
 @dataclass(frozen=True)
 class FolderScan:
     """What :func:`scan_folder` finds under a folder, paths relative to it (``a/b.jpg``)."""
@@ -122,7 +121,6 @@ def nested_class_folders(paths: Sequence[str]) -> tuple[list[str], list[str]] | 
     return utf8_texts(sorted(inside)), utf8_texts(sorted(shared))
 
 
-
 def _walk(top: str, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, list[str], list[str], set[str]]]:
     """``os.walk(top, onerror=onerror, followlinks=True)`` (top-down: the caller prunes the
     subfolders), each folder's files that are links given too: its directory entries say so
@@ -152,7 +150,6 @@ def _walk(top: str, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, l
         pending.extend(os.path.join(directory, name) for name in reversed(subdirs))  # os.walk's order
 
 
-
 def _other_names(folder: Path, found: list[str], linked: list[str], listed_at: dict[str, str]) -> dict[str, str]:
     """The image links of ``linked`` that name an image listed already (the target under its own
     name, in the tree or in a linked folder listed, or an earlier link to it), each with why: listed
@@ -175,7 +172,6 @@ def _other_names(folder: Path, found: list[str], linked: list[str], listed_at: d
     return others
 
 
-
 def _place_in_tree(target: str, listed_at: dict[str, str]) -> str | None:
     """Where the file at real path ``target`` is listed in the tree: under its nearest folder
     that ``listed_at`` names (the tree, or a linked folder the scan read), or None."""
@@ -189,7 +185,6 @@ def _place_in_tree(target: str, listed_at: dict[str, str]) -> str | None:
     return listed_at[parent] + "/".join(reversed(parts))
 
 
-
 def unread_formats_text(counts: dict[str, int]) -> str:
     """``"1 .dng and 2 .heic files, formats zsfs cannot read: convert them (to JPEG or PNG) ..."``."""
     listed = [f"{count:,} {suffix}" for suffix, count in counts.items()]
@@ -197,7 +192,6 @@ def unread_formats_text(counts: dict[str, int]) -> str:
     one = sum(counts.values()) == 1
     return (f"{named} {'file' if one else 'files'}, {'a format' if len(counts) == 1 else 'formats'} zsfs cannot "
             f"read: convert {'it' if one else 'them'} (to JPEG or PNG) to include {'it' if one else 'them'}")
-
 
 
 def _folder_identity(path: str | Path) -> tuple[int, int]:

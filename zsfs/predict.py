@@ -102,7 +102,9 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
         if empty == set(named_tars(pattern)):
             open_source(pattern)  # its error, as extract's
     for list_file in lists:
-        paths += _listed_images(Path(list_file))
+        listed_paths, reasons = _listed_images(Path(list_file))
+        paths += listed_paths
+        unreadable.update(reasons)
     if named_members:
         rows = np.asarray(named_members)
         listed.append((rows, locate_members([paths[row] for row in rows], Path.cwd())))
@@ -111,16 +113,19 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
                        members=merged_members(len(paths), listed), repeated_paths=repeated(paths))
 
 
-def _listed_images(list_file: Path) -> list[str]:
+def _listed_images(list_file: Path) -> tuple[list[str], dict[str, str]]:
     """The paths ``list_file`` names, as ``zsfs extract`` reads them (relative to the list's
-    folder: a linked list's own), written from the working folder as the list was given."""
+    folder: a linked list's own), written from the working folder as the list was given, and
+    why those it knows fail will fail (a tar member: lists name files)."""
     if list_file.suffix.lower() not in LIST_SUFFIXES:
         raise ZsfsError(f"{list_file}: a list of images must end in .txt (one path per line) or .csv (a 'path' column)")
     if not list_file.exists():  # (open_source's message offers folders and tars, which a list cannot be)
         raise ZsfsError(f"the list of images {list_file} does not exist")
     listing = open_source(list_file)
     base = listing.root if list_file.is_symlink() else list_file.parent
-    return [path if str(base) == "." else os.path.join(base, path) for path in listing.paths]
+    written = [path if str(base) == "." else os.path.join(base, path) for path in listing.paths]
+    as_written = dict(zip(listing.paths, written))
+    return written, {as_written[path]: why for path, why in listing.unreadable.items()}
 
 
 def _tar_patterns_expanded(inputs: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:

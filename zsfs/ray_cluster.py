@@ -27,21 +27,16 @@ LOCAL = "local"
 """``--ray local``: a new Ray instance on this machine."""
 
 
-
 CONNECT_SECONDS = 10.0  # for a cluster's address to take a TCP connection
-
 
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04" + bytes(5)  # + an empty SETTINGS frame
 
 
-
 HTTP2_FRAME_HEADER = 9  # bytes: length (3), type (1), flags (1), stream (4)
 
 
-
 HTTP2_SETTINGS = 0x04  # the frame type a gRPC server sends first
-
 
 
 def check_ray_plan(address: str | None, device: str, n_workers: int | None) -> None:
@@ -55,7 +50,6 @@ def check_ray_plan(address: str | None, device: str, n_workers: int | None) -> N
         _check_text_for_ray()
     if address == LOCAL and not ray.is_initialized() and device != "cuda" and n_workers is not None:
         _check_cpu_workers(n_workers, os.cpu_count() or 1, "this machine's", "ask for fewer")
-
 
 
 def _check_text_for_ray() -> None:
@@ -74,14 +68,12 @@ def _check_text_for_ray() -> None:
                         "text, which it is not; run zsfs from another folder, or leave out --ray")
 
 
-
 def connect(address: str | None) -> bool:
     """Connect this process to Ray; True when it started the Ray instance itself."""
     if ray.is_initialized():
         return False
     with _sigterm_kept():
         return _start_or_join(address)
-
 
 
 def ray_messages_to_stderr() -> None:
@@ -104,7 +96,6 @@ def ray_messages_to_stderr() -> None:
     ray_worker.print_to_stdstream = to_stderr
 
 
-
 @contextmanager
 def _sigterm_kept() -> Iterator[None]:
     """``ray.init`` makes SIGTERM a bare ``sys.exit(15)`` in this process: keep what this process
@@ -124,9 +115,7 @@ def _sigterm_kept() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-
 RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
-
 
 
 def _without_token_auth_notice(record: logging.LogRecord) -> bool:
@@ -134,7 +123,6 @@ def _without_token_auth_notice(record: logging.LogRecord) -> bool:
     instance, and on joining from a machine holding a token): the safe state, on every run. Its
     warning that authentication is off is kept."""
     return not record.getMessage().startswith("Token authentication is enabled")
-
 
 
 def _start_or_join(address: str | None) -> bool:
@@ -160,14 +148,12 @@ def _start_or_join(address: str | None) -> bool:
     return False
 
 
-
 def _join_failure(address: str, error: ConnectionError, fix: str) -> str:
     """Why joining ``address`` failed, and what to do."""
     if address == "auto" and "Could not find any running Ray instance" in str(error):
         # Ray's own text names its flags (`--address`), not zsfs'; a token cannot help where none runs
         return f"no Ray cluster runs on this machine for --ray to join; {fix}"
     return f"could not join a Ray cluster at {address!r} ({error}); {_token_hint() or fix}"
-
 
 
 def _token_hint() -> str:
@@ -179,7 +165,6 @@ def _token_hint() -> str:
         return ""
     return (f"if the cluster uses token authentication (a cluster started where {token} exists does), rerun with "
             "RAY_AUTH_MODE=token set, and the cluster's token in that file or in RAY_AUTH_TOKEN")
-
 
 
 def _unreachable(address: str, timeout: float = CONNECT_SECONDS) -> str | None:
@@ -216,7 +201,6 @@ def _unreachable(address: str, timeout: float = CONNECT_SECONDS) -> str | None:
     return None
 
 
-
 def plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
     """(workers, CPU cores per worker): on CUDA one worker per GPU; on CPU one per node; the
     cluster's CPUs are shared out evenly (DataLoader decoding and, on CPU, the models' threads),
@@ -240,12 +224,10 @@ def plan_workers(device: str, n_workers: int | None) -> tuple[int, int]:
     return n_workers, cores_per_worker(node_cpus, n_workers) or 1
 
 
-
 def _check_cpu_workers(n_workers: int, cpus: int, whose: str, fix: str) -> None:
     if n_workers > cpus:  # the workers that found no CPU would wait for one forever, in silence
         raise ParameterError(f"{{ray_workers}} {n_workers} is more than {whose} {counted(cpus, 'CPU')}: each worker "
                              f"needs one; {fix}")
-
 
 
 def cores_per_worker(node_cpus: Sequence[int], n_workers: int) -> int | None:

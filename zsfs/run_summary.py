@@ -17,7 +17,6 @@ def seed_precision(metrics: dict | None) -> dict[int, float]:
     return {p["cycle"]: p["precision"] for p in (metrics or {}).get("seed_precision", [])}
 
 
-
 def cycle_rows(config: dict, metrics: dict | None) -> tuple[list[str], list[list[str]]]:
     """The run's self-training cycles as (header, rows of plain text), for the fit command's table
     and the report's: seed precision only where the store has labels (metrics.json), "-" where a
@@ -31,7 +30,6 @@ def cycle_rows(config: dict, metrics: dict | None) -> tuple[list[str], list[list
              figure(c.get("first_loss"))] + ([figure(precision.get(c["cycle"]))] if precision else [])
             for c in config.get("cycles") or []]
     return header, rows
-
 
 
 def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", names_shown: int,

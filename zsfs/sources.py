@@ -20,10 +20,9 @@ from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError, check_path
 from zsfs.folders import nested_class_folders, scan_folder, unread_formats_text
 from zsfs.lists import read_list_file
-from zsfs.names import (check_utf8_file_names, counted, 
-                        repeated, some_names, utf8_text, utf8_texts)
-from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TarMembers, compressed_tar_error, is_compressed_tar,
-                       is_tar_pattern, list_tars, resolve_tars, split_member_path, tar_shards_in)
+from zsfs.names import check_utf8_file_names, counted, repeated, some_names, utf8_text, utf8_texts
+from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TarMembers, TarReadError, compressed_tar_error,
+                       is_compressed_tar, is_tar_pattern, list_tars, resolve_tars, split_member_path, tar_shards_in)
 
 
 LIST_SUFFIXES = (".txt", ".csv")
@@ -54,7 +53,7 @@ class ImageSource:
     # (a list file's line, or a member name a tar holds twice)
     unread_formats: dict[str, int] = field(default_factory=dict)  # a folder's images of UNREAD_IMAGE_SUFFIXES:
     # suffix -> count
-    merged_labels: list[str] = field(default_factory=list)  # labels of two class folders (see _scan_folder)
+    merged_labels: list[str] = field(default_factory=list)  # labels of two class folders (see _folder_source)
     nested_classes: tuple[list[str], list[str]] | None = None  # class folders that hold the same subfolders:
     # (the class folders, their shared subfolders), a layout split in train/, val/, ... (see nested_class_folders)
 
@@ -71,11 +70,11 @@ class ImageSource:
         if self.members is None or not self.members.holds(i):
             return decode_image(self.absolute(i), max_pixels, draft)
         try:
-            member = self.members.open(i)
-        except OSError as error:
-            raise ImageDecodeError(f"unreadable tar ({error.strerror or error})", self.paths[i]) from None
-        with member:
-            return decode_image(self.paths[i], max_pixels, draft, data=member)
+            with self.members.open(i) as member:
+                return decode_image(self.paths[i], max_pixels, draft, data=member)
+        except (OSError, TarReadError) as error:  # (decode_image turns the decoders' OSErrors into its own)
+            raise ImageDecodeError(f"unreadable tar ({getattr(error, 'strerror', None) or error})", self.paths[i]) \
+                from None
 
     @property
     def classes(self) -> list[str] | None:

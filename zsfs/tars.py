@@ -120,6 +120,12 @@ class TarMembers:
         self.__post_init__()
 
 
+class TarReadError(Exception):
+    """A tar member that cannot be read any more: the tar cut short since it was listed, or an I/O
+    error. Not an ``OSError``, which decoders turn into "truncated" (or, reading a TIFF's tags, a
+    warning): it reaches :meth:`zsfs.sources.ImageSource.decode`, which names the tar."""
+
+
 class _MemberReader(io.RawIOBase):
     """The bytes ``offset : offset + size`` of one tar as a read-only, seekable raw file."""
 
@@ -137,6 +143,8 @@ class _MemberReader(io.RawIOBase):
         return self._position
 
     def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
         start = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
         if start + position < 0:
             raise OSError(errno.EINVAL, "negative seek position")
@@ -144,19 +152,36 @@ class _MemberReader(io.RawIOBase):
         return self._position
 
     def readinto(self, buffer: memoryview) -> int:
-        # one pread returns at most 2 GiB - 4 KiB on Linux: a larger read comes in several
-        wanted = min(len(buffer), self._size - self._position, MAX_PREAD)
-        if wanted <= 0:
-            return 0
-        data = self._members.pread(self._tar, wanted, self._offset + self._position)
+        data = self._read(min(len(buffer), self._size - self._position))
         buffer[: len(data)] = data
-        self._position += len(data)
         return len(data)
+
+    def readall(self) -> bytes:  # (io's default reads 8 KiB at a time: a pread and the lock each)
+        return self._read(self._size - self._position)
+
+    def _read(self, wanted: int) -> bytes:
+        """The next ``wanted`` bytes (none past the member's end), in reads of at most
+        :data:`MAX_PREAD`; :class:`TarReadError` when the tar no longer holds them."""
+        parts = []
+        while wanted > 0:
+            start = self._offset + self._position
+            try:
+                data = self._members.pread(self._tar, min(wanted, MAX_PREAD), start)
+            except OSError as error:
+                raise TarReadError(error.strerror or str(error)) from None
+            if not data:  # TarMembers.open checked the tar's size: it was cut since
+                raise TarReadError(f"the tar ends {self._position:,} bytes into this {self._size:,}-byte member: "
+                                   "it was cut short since it was listed")
+            parts.append(data)
+            self._position += len(data)
+            wanted -= len(data)
+        return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
 MEMBER_BUFFER = 1 << 20
 """Bytes read from a tar at once for one member: a typical image in one read."""
 MAX_PREAD = 1 << 30
+"""Bytes asked of one pread (Linux returns at most 2 GiB - 4 KiB per call)."""
 OPEN_TARS = 8
 """Tars a source keeps open at once, the least recently read closed first."""
 

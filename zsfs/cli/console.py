@@ -221,5 +221,3 @@ def _logged_progress(description: str, unit: str,
     yield on_start, on_advance  # stopped (an error, Ctrl-C): no end line, the stop's message follows
     if state["total"] and state["done"]:
         line(final=True)
-
-

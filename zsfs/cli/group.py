@@ -16,7 +16,7 @@ import click
 
 from zsfs.cli.console import console, shown
 from zsfs.cli.options import option_flags
-from zsfs.cli.stops import _SIGTERM_RECEIVED, Terminated, _stops_outlive_finalisers, sigterm_stops_cleanly
+from zsfs.cli.stops import SIGTERM_RECEIVED, Terminated, sigterm_stops_cleanly, stops_outlive_finalisers
 from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, shared_memory_full
 from zsfs.names import as_argument
 
@@ -46,7 +46,7 @@ class ZsfsGroup(click.Group):
 
     def _invoke(self, ctx: click.Context) -> object:
         try:
-            with _stops_outlive_finalisers():
+            with stops_outlive_finalisers():
                 return super().invoke(ctx)
         except click.UsageError as error:
             error.message += _form_hint(self.get_command(ctx, ctx.invoked_subcommand or ""), error)
@@ -77,7 +77,7 @@ class ZsfsGroup(click.Group):
 def say_stopped(stop: KeyboardInterrupt, what: str) -> NoReturn:
     """End a command stopped by Ctrl-C or SIGTERM (``stop``): one line, "Interrupted." or
     "Terminated (SIGTERM)." then ``what`` (rich markup), and exit 130 or 143 as a shell reports them."""
-    terminated = isinstance(stop, Terminated) or _SIGTERM_RECEIVED.is_set()
+    terminated = isinstance(stop, Terminated) or SIGTERM_RECEIVED.is_set()
     console.print(f"[yellow]{'Terminated (SIGTERM)' if terminated else 'Interrupted'}.[/] {what}", soft_wrap=True)
     sys.exit(128 + signal.SIGTERM if terminated else 130)
 
@@ -168,5 +168,3 @@ def describe_os_error(error: BaseException) -> str:
     if "No usable temporary directory" in str(error):  # tempfile's probe write failed
         return f"{one_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"
     return what_failed(error)
-
-

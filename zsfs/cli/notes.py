@@ -29,7 +29,6 @@ def note_fit_options(config: "FitConfig", given: dict) -> None:
         console.print(f"[yellow]Note:[/] {note}.", soft_wrap=True)
 
 
-
 def note_a_borrowed_shards_folder(master: "os.PathLike", folder: str | None = None) -> None:
     """A note when ``master`` reads its shards (vocabularies, graph) from ``folder`` (default: the
     one its shard table names), another name's: it was renamed or copied under a new name, and
@@ -48,7 +47,6 @@ def note_a_borrowed_shards_folder(master: "os.PathLike", folder: str | None = No
                       "`zsfs extract` and `zsfs import` update the store only under its first name.", soft_wrap=True)
 
 
-
 def note_emulated_bf16(precision: str, device: str) -> None:
     """Say so when bf16 products are asked for on a CPU that has none in hardware: torch then
     emulates them, many times slower than fp32 (``zsfs.devices.has_fast_bf16``). Torch before
@@ -62,7 +60,6 @@ def note_emulated_bf16(precision: str, device: str) -> None:
             console.print("[yellow]Note:[/] this CPU has no bf16 products in hardware (AVX512-BF16, AMX, Arm BF16): "
                           "torch emulates them, many times slower than fp32 (--precision fp32; fit's auto chooses it).",
                           soft_wrap=True)
-
 
 
 def note_precision_off_cuda(precision: str, device: str, computing: str) -> None:

@@ -39,21 +39,21 @@ def sigterm_stops_cleanly() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _SIGTERM_RECEIVED.clear()  # a later command of this process (a host's) starts unsignalled
+        SIGTERM_RECEIVED.clear()  # a later command of this process (a host's) starts unsignalled
 
 
-_SIGTERM_RECEIVED = threading.Event()
+SIGTERM_RECEIVED = threading.Event()
 """Set by the SIGTERM handler: Ray's C++ waits (ray.get, ray.wait) turn the handler's Terminated
 into a plain KeyboardInterrupt, and the command must still stop as terminated (exit 143)."""
 
 
 def _raise_terminated(number: int, frame: object) -> None:
-    _SIGTERM_RECEIVED.set()
+    SIGTERM_RECEIVED.set()
     raise Terminated()
 
 
 @contextmanager
-def _stops_outlive_finalisers() -> Iterator[None]:
+def stops_outlive_finalisers() -> Iterator[None]:
     """Ctrl-C or SIGTERM landing in a finaliser (``__del__``, a weakref callback, a Cython
     object's dealloc: h5py and torch free objects there) raises where Python cannot raise: it was
     printed as "Exception ignored" and dropped, and the command ran on. While a command runs, such
@@ -70,7 +70,7 @@ def _stops_outlive_finalisers() -> Iterator[None]:
             return
         if resent and resent[-1].is_alive():  # one stop is enough (the kernel, too, merges a pending signal)
             return
-        number = (signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) or _SIGTERM_RECEIVED.is_set()
+        number = (signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) or SIGTERM_RECEIVED.is_set()
                   else signal.SIGINT)
         # a moment later: the hook runs inside the finaliser's caller, where a stop is still lost
         timer = threading.Timer(0.01, os.kill, (os.getpid(), number))

@@ -31,7 +31,6 @@ def shard_folders_named(path: Path) -> set[str]:
         return set()
 
 
-
 def masters_reading(folder: Path, *, other_than: Path) -> list[Path]:
     """The masters beside ``folder`` (a store's shards folder) that read their shards from it,
     ``other_than`` left out: each file with an HDF5 suffix, or named as ``folder`` is for it, whose
@@ -93,7 +92,6 @@ def check_own_shards_folder(master: Path, overwrite: bool = False) -> None:
                              f"output with another name")
 
 
-
 def refuse_replacing_another_file(master: Path) -> None:
     """Refuse an output that is no zsfs store, --overwrite or not: a file that is not HDF5 or
     carries another format mark (the user's own features), a part of a store (a shard, a
@@ -120,7 +118,6 @@ def refuse_replacing_another_file(master: Path) -> None:
                          f"{keep}")
 
 
-
 def _format_mark(path: Path) -> str | None:
     """The format mark of an HDF5 file ("" when it has none), or None when it cannot be read."""
     try:
@@ -129,7 +126,6 @@ def _format_mark(path: Path) -> str | None:
     except DAMAGED_FILE_ERRORS:
         return None
     return mark.decode("utf-8", "replace") if isinstance(mark, bytes) else str(mark)
-
 
 
 def _stores_being_written_beside(master: Path) -> list[Path]:
