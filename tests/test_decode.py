@@ -270,6 +270,9 @@ def test_sixteen_bit_colour_with_alpha_orientation_and_reduction(monkeypatch):
     decoded = np.asarray(decode_image("a.png", data=encode_png16(np.dstack([samples, alpha]))))
     assert (decoded[:20] == 255).all()
     assert (decoded[20:] == as_twelve_bit(samples[20:])).all()
+    encoded = encode_png16(np.dstack([samples, alpha]))  # as bytes, a memoryview (review) or a file: the same
+    for data in (memoryview(encoded), io.BytesIO(encoded)):
+        assert (np.asarray(decode_image("a.png", data=data)) == decoded).all()
 
     turned = decode_image("t.tif", data=encode_tiff(samples, orientation=6))  # "turn 90 degrees clockwise"
     assert (np.asarray(turned) == np.rot90(as_twelve_bit(samples), k=-1)).all()

@@ -77,8 +77,8 @@ class ImageDecodeError(Exception):
         super().__init__(f"{path}: {reason}" if path is not None else reason)
 
 
-def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 draft: tuple[int, int] | None = None, *, data: bytes | BinaryIO | None = None) -> Image.Image:
+def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None, *,
+                 data: bytes | memoryview | BinaryIO | None = None) -> Image.Image:
     """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
 
     Images above ``WORKING_PIXELS`` come out smaller (the original size is in
@@ -92,7 +92,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS,
     file system is then not touched.
     """
     path = Path(path)
-    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     try:
         if source is None:
             status = path.stat()
