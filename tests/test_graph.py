@@ -146,7 +146,8 @@ def test_bf16_on_a_cpu_without_bf16_products_is_said_to_be_slow(tmp_path):
                     ["fit", "--store", path, "--k", "3", "--precision", "bf16", "--out", tmp_path / "run"]):
         result = run_cli(*command)
         assert result.exit_code == 0 and (note in " ".join(output_text(result).split())) == emulated, result.output
-    for command in (["neighbours", path, "--k", "3"], ["fit", "--store", path, "--k", "3", "--fast"]):
+    for command in (["neighbours", path, "--k", "3"],
+                    ["fit", "--store", path, "--k", "3", "--fast", "--out", tmp_path / "fast"]):  # (was ./runs/...)
         assert note not in " ".join(output_text(run_cli(*command)).split())  # fp32, and auto's choice
 
 
