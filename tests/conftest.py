@@ -119,4 +119,5 @@ def leaves_the_working_folder_alone():
     added = sorted(name for name in set(os.listdir(STARTED_IN)) - before
                    if not name.startswith(".") and name != "__pycache__")
     if added:
-        pytest.fail(f"the test wrote {added} into {STARTED_IN}; write into tmp_path (monkeypatch.chdir(tmp_path))")
+        pytest.fail(f"{added} appeared in {STARTED_IN} during this test: it, or a test beside it in another "
+                    "pytest-xdist process, wrote there; write into tmp_path (monkeypatch.chdir(tmp_path))")
