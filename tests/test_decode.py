@@ -166,6 +166,25 @@ def test_other_unreadable_files(tmp_path, make, reason):
     assert raised.value.reason.startswith(reason)
 
 
+def test_a_name_written_in_the_other_unicode_form_is_said_to_exist_so(tmp_path):
+    """Walkthrough: a list naming café.png (é, NFC, as typed) of a folder copied from macOS
+    (e + U+0301, NFD) said only "file not found"."""
+    import unicodedata
+
+    save(Image.new("RGB", (8, 8)), tmp_path / unicodedata.normalize("NFD", "café.png"))
+    with pytest.raises(ImageDecodeError) as raised:
+        decode_image(tmp_path / "café.png")  # NFC, as typed here
+    assert raised.value.reason == "file not found (it exists with its accents in Unicode's NFD form, not as given)"
+    (tmp_path / "ok").mkdir()
+    save(Image.new("RGB", (8, 8)), tmp_path / "ok" / "café.png")  # NFC
+    with pytest.raises(ImageDecodeError) as raised:
+        decode_image(tmp_path / "ok" / unicodedata.normalize("NFD", "café.png"))
+    assert raised.value.reason == "file not found (it exists with its accents in Unicode's NFC form, not as given)"
+    with pytest.raises(ImageDecodeError) as raised:
+        decode_image(tmp_path / "ok" / "caf.png")
+    assert raised.value.reason == "file not found"
+
+
 def _noise_png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")

@@ -14,6 +14,7 @@ import stat
 import struct
 import sys
 import threading
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,7 +131,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
                                    path) from None
         raise ImageDecodeError("not an image (unidentified format)", path) from None
     except FileNotFoundError:
-        raise ImageDecodeError(_broken_link(path) if source is None else FILE_NOT_FOUND, path) from None
+        raise ImageDecodeError(_not_found(path) if source is None else FILE_NOT_FOUND, path) from None
     except PermissionError:
         raise ImageDecodeError("unreadable file (permission denied)", path) from None
     except OSError as error:
@@ -151,11 +152,18 @@ def _rewound(file: BinaryIO) -> BinaryIO:
     return file
 
 
-def _broken_link(path: Path) -> str:
-    """Why ``path`` is not found: a link whose target is missing says which target to mend."""
+def _not_found(path: Path) -> str:
+    """Why ``path`` is not found: a link whose target is missing says which target to mend; a path
+    that exists in Unicode's other form says so (macOS writes 'café' as e + U+0301, NFD; a typed
+    list holds é, NFC; Linux file systems take the two as different names)."""
     try:
         target = os.readlink(path)
     except OSError:  # no link (or gone since): the file is missing
+        text = os.fsdecode(path)
+        for form in ("NFC", "NFD"):
+            other = unicodedata.normalize(form, text)
+            if other != text and os.path.exists(other):
+                return f"{FILE_NOT_FOUND} (it exists with its accents in Unicode's {form} form, not as given)"
         return FILE_NOT_FOUND
     return f"broken link (to {utf8_text(os.fsdecode(target))})"
 
