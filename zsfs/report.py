@@ -86,7 +86,8 @@ def check_report_path(out: Path) -> None:
 
 def _check_report_name(out: Path) -> None:
     if out.suffix.lower() not in (".html", ".htm"):
-        raise ParameterError(f"cannot write the report to {literal(repr(out.name))}: its name must end in .html or .htm")
+        raise ParameterError(f"cannot write the report to {literal(repr(out.name))}: its name must end in .html or "
+                             ".htm")
 
 
 def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | None = None, per_class: int | None = None,

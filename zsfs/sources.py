@@ -169,8 +169,8 @@ def _folder_source(folder: Path) -> ImageSource:
             raise ZsfsError(f"no images found in {folder}, but {counted(len(scan.tars), 'tar file')} "
                             f"({some_names(sorted(scan.tars), 3)}): {TAR_FOLDER}")
         extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise ZsfsError(f"no images found in {folder} (looked recursively for {extensions})"
-                        + (f"; it holds {unread_formats_text(scan.unread_formats)}" if scan.unread_formats else "") + ".")
+        holds = f"; it holds {unread_formats_text(scan.unread_formats)}" if scan.unread_formats else ""
+        raise ZsfsError(f"no images found in {folder} (looked recursively for {extensions}){holds}.")
     paths = sorted(scan.images + list(scan.unreadable))
     first_parts = [path.partition("/") for path in paths]
     # Labels become class names (prompts, vocabularies, outputs): valid UTF-8 text.

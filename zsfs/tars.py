@@ -308,8 +308,8 @@ def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> TarListing:
     except CompressedTar:
         raise compressed_tar_error(path) from None
     except (DamagedTar, OSError, ValueError) as error:
-        raise ZsfsError(f"{path} is not a readable tar, or is damaged after {counted(len(listing.names), 'image')} ({error})"
-                        f"{_MEND}") from None
+        raise ZsfsError(f"{path} is not a readable tar, or is damaged after {counted(len(listing.names), 'image')} "
+                        f"({error}){_MEND}") from None
     finally:
         os.close(fd)
     return listing

@@ -9,8 +9,8 @@ never reclaims space inside a file it modifies). Reading one holds it to what zs
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +22,8 @@ from zsfs.names import as_argument, check_class_names, some_names, spelled_like
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files
 from zsfs.store.locks import store_lock
-from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, closed_on_error, open_hdf5, read_identity, read_strings,
-                             write_checked, write_strings)
+from zsfs.store.hdf5 import (canonical_json, closed_on_error, open_hdf5, read_identity, read_strings, write_checked,
+                             write_strings)
 from zsfs.store.rows import normalise_rows
 
 
@@ -63,8 +63,8 @@ def refuse_other_classes(master: Path, name: str, classes: Sequence[str], how_to
     if other:
         raise ZsfsError(f"{master.name} already has a vocabulary {name!r} of these classes with other text "
                         f"embeddings ({' and '.join(other)}; a file without an ensemble would store its single "
-                        f"rows as one), which earlier fits used; give these another vocabulary name (--vocab), or replace "
-                        f"it: {how_to_replace}")
+                        f"rows as one), which earlier fits used; give these another vocabulary name (--vocab), or "
+                        f"replace it: {how_to_replace}")
 
 
 def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np.ndarray, ensemble: np.ndarray,
@@ -144,9 +144,9 @@ def planned_vocabularies(shards: Path, identity: dict) -> tuple[list[str], str]:
     if not path.is_file():
         return [], ""
     try:
-        with open_extra(path, schema.PLANNED_FORMAT, identity) as file:
+        with reading_extra(path, schema.PLANNED_FORMAT, identity) as file:
             return [str(name) for name in read_strings(file[schema.VOCAB_CLASSES])], str(file.attrs[schema.ATTR_COMMAND])
-    except (StoreError, *DAMAGED_FILE_ERRORS):
+    except StoreError:
         return [], ""
 
 
@@ -210,6 +210,15 @@ def open_extra(path: Path, kind: str, identity: dict) -> h5py.File:
     return file
 
 
+@contextmanager
+def reading_extra(path: Path, kind: str, identity: dict) -> Iterator[h5py.File]:
+    """:func:`open_extra`'s file for the block, closed after it; damage met in the block is
+    :func:`checked_extra`'s ``StoreError``."""
+    file = open_extra(path, kind, identity)
+    with file, checked_extra(file, path, kind):
+        yield file
+
+
 def checked_extra(file: h5py.File, path: Path, kind: str) -> AbstractContextManager[None]:
     """Reads of ``file``, the open vocabulary or graph file ``path``: any error closes it, and
     damage is a ``StoreError`` that says how to get the file back."""
@@ -232,8 +241,7 @@ def vocabulary_files(shards: Path, identity: dict) -> tuple[dict[str, Path], dic
     found, unreadable = {}, {}
     for path in sorted(shards.glob(schema.VOCAB_GLOB)):
         try:
-            file = open_extra(path, schema.VOCAB_FORMAT, identity)
-            with file, checked_extra(file, path, schema.VOCAB_FORMAT):  # a damaged name (its heap) is set aside too
+            with reading_extra(path, schema.VOCAB_FORMAT, identity) as file:  # a damaged name (its heap): set aside too
                 name = str(file.attrs.get(schema.ATTR_NAME, ""))
         except StoreError as error:
             unreadable[path] = str(error)

@@ -19,8 +19,8 @@ from zsfs.errors import (ParameterError, StoreError, check_at_least, check_param
                          checked_arguments, one_line, shown_value)
 from zsfs.names import as_argument, counted, some_names, spelled_like
 from zsfs.store import schema
-from zsfs.store.extras import (Vocabulary, checked_extra, open_extra, planned_vocabularies, read_vocabulary, vocabulary_files,
-                               vocabulary_name_as_stored)
+from zsfs.store.extras import (Vocabulary, checked_extra, open_extra, planned_vocabularies, read_vocabulary,
+                               reading_extra, vocabulary_files, vocabulary_name_as_stored)
 from zsfs.store.files import REPAIR, leftover_temp_files
 from zsfs.store.locks import master_file
 from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, read_errors, read_identity, read_strings,
@@ -391,8 +391,7 @@ class Store:
             with self._read_errors(f"vocabulary {name!r}"):
                 return read_vocabulary(self._file[schema.VOCAB_GROUP][name], name, self.path, self.clip_info["dim"])
         path = self._vocabulary_files[name]
-        with (self._rebuild_named(), open_extra(path, schema.VOCAB_FORMAT, self.identity) as file,
-              checked_extra(file, path, schema.VOCAB_FORMAT)):
+        with self._rebuild_named(), reading_extra(path, schema.VOCAB_FORMAT, self.identity) as file:
             return read_vocabulary(file, name, path, self.clip_info["dim"])
 
     def _graph_dataset(self) -> h5py.Dataset | None:
