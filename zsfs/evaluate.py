@@ -51,12 +51,11 @@ class LabelCodes:
     def of(cls, labels: np.ndarray) -> "LabelCodes":
         """Labels compared in Unicode's composed form (NFC): folder names copied from macOS
         spell 'café' decomposed, a typed class list composed, and both are the same name."""
-        classes, codes = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
-        composed = composed_names(classes)
-        if (composed != classes).any():
-            classes, merged = np.unique(composed, return_inverse=True)
-            codes = merged.reshape(-1)[codes]
-        return cls(classes, codes.reshape(-1))
+        # Objects, not a str array: numpy's str is as wide as the longest label, so one long
+        # label would cost every image its width (a 250-character one: 1 KB each, GBs at 1.28M).
+        distinct, codes = np.unique(np.asarray(labels, dtype=object).reshape(-1), return_inverse=True)
+        classes, merged = np.unique(composed_names(distinct), return_inverse=True)
+        return cls(classes, merged.reshape(-1)[codes.reshape(-1)].astype(np.int64, copy=False))
 
     def of_rows(self, rows: np.ndarray) -> "LabelCodes":
         """The labels of ``rows`` (a mask or indices) alone: a label none of them has is dropped."""
@@ -263,7 +262,8 @@ def _class_codes(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> tup
     for name, codes in (("true", true), ("predicted", predicted)):
         if codes.size and not (np.issubdtype(codes.dtype, np.integer) and 0 <= codes.min() and codes.max() < n_classes):
             raise ValueError(f"{name} must hold class indices in [0, {n_classes}); filter out other codes first")
-    return true, predicted
+    # int64: sums such as ``true * n_classes + predicted`` overflow a narrower type (uint8 codes of 17 classes)
+    return true.astype(np.int64, copy=False), predicted.astype(np.int64, copy=False)
 
 
 def _binary_inputs(scores: np.ndarray, is_positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -298,7 +298,7 @@ def fit_metrics(result: "FitResult", labels: np.ndarray) -> dict:
     """Accuracy figures against true labels (images whose label is a vocabulary class).
 
     Images whose true label is outside the vocabulary are the OOD ones: when there are some,
-    the OOD AUROCs of the paper score, the continuous score and MCM are added.
+    the AUROC of each of ``OOD_DETECTORS`` (``ood_score`` first) is added.
     """
     codes = LabelCodes.of(labels)
     truth = codes.index_in(result.classes)  # each image's class index; -1: its label is no class

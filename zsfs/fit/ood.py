@@ -88,7 +88,7 @@ def continuous_score(statistics: torch.Tensor | np.ndarray, thresholds: OodThres
 # MCM (Ming et al. 2022) asks whether CLIP finds any listed class in the image; the reference
 # distance (deep nearest neighbours, Sun et al. 2022: the distance to the k-th nearest
 # in-distribution training feature in the backbone space; here the training set is what the
-# fit trusts most: the re-ranked zero-shot candidates of every present class, the seeds first)
+# fit trusts most: the re-ranked zero-shot candidates of every present class, seeds among them)
 # asks whether the backbone puts the image near the images that define the classes. They fail on
 # different images, so their mean rank beats either. Each component becomes its empirical CDF
 # over the whole collection (the distance's is stored as quantiles, so that `zsfs predict`
