@@ -214,7 +214,8 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
         support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)
         keep = seeds.one_class_per_image(candidates, support) if config.unique_pseudo_labels else None
         ranked = seeds.rerank(candidates, support, keep)
-        if config.method == "balanced":
+    if config.method == "balanced":
+        with timer.phase("zero-shot prior"):
             seed_rows, seed_labels = seeds.positions(ranked, 0, config.k)
             sample, drawn = transductive_sample(n_images, seed_rows, config.seed)
             log_prior = torch.log_softmax(zero_shot_logits(as_tensor(clip[sample], device), as_tensor(texts, device)),
