@@ -18,7 +18,7 @@ from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import extract
 from zsfs.fit.config import FitConfig
 from zsfs.fit.run import fit_store
-from zsfs.predict import predict_images, write_predictions
+from zsfs.predict import image_inputs, predict_images, write_predictions
 from zsfs.runs import FittedRun, load_run
 from zsfs.store import Store
 from zsfs.testing.cli import output_text, run_cli
@@ -703,6 +703,24 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
     as_file = predict_images(fitted["run"], [named_like_a_member], workers=0)
     assert as_file["path"].to_list() == [str(named_like_a_member)] and as_file["error"].null_count() == 1
     assert_same_predictions(as_file.drop("path"), from_files.drop("path")[:1])
+
+
+def test_predict_reads_the_tar_members_a_list_names(fitted, tmp_path, monkeypatch):
+    """Walkthrough: a list's ``shard.tar::member`` line was skipped as extract skips it, and, the
+    reason being kept by name, so was that member given through its tar: both rows had the list's
+    error. Predict reads members (its own rows are so named): every row is classified."""
+    from zsfs.testing.tars import files_as_samples, write_tar_shards
+
+    monkeypatch.chdir(tmp_path)
+    members = write_tar_shards("shards", files_as_samples(fitted["photos"]["root"], fitted["photos"]["good"][:2]),
+                               per_tar=2)
+    member = f"shards/{members[0]}"
+    Path("list.txt").write_text(f"{member}\n")
+    listed = image_inputs(["shards/00000.tar"], lists=["list.txt"])
+    assert listed.unreadable == {} and listed.paths == [member, f"shards/{members[1]}", member]
+    frame = predict_images(fitted["run"], ["shards/00000.tar"], lists=["list.txt"], workers=0)
+    assert frame["path"].to_list() == listed.paths and frame["error"].null_count() == 3
+    assert frame["predicted"][0] == frame["predicted"][2]
 
 
 def test_on_cpu_the_model_threads_follow_extracts_rule(fitted, monkeypatch):

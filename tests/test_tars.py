@@ -581,5 +581,3 @@ def test_a_tar_member_named_in_a_list_is_skipped_with_what_to_do(shards, tmp_pat
     store = extract(tmp_path / "list.txt", tmp_path / "s.h5", workers=0, **TINY_MODELS).output
     result = run_cli("info", store, "--skipped")
     assert f"{member}\t{TAR_MEMBER_IN_LIST}" in result.output, result.output
-    listed = image_inputs([], lists=[tmp_path / "list.txt"])  # review: predict's --list dropped the reason
-    assert listed.unreadable == {member: TAR_MEMBER_IN_LIST}

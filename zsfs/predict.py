@@ -25,7 +25,7 @@ from zsfs.models import load_backbone_from_record
 from zsfs.names import check_utf8_file_names, repeated, utf8_texts
 from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
 from zsfs.runs import FittedRun, load_run, new_image_predictions, refuse_run_file
-from zsfs.sources import LIST_SUFFIXES, ImageSource, NoImagesError, open_source
+from zsfs.sources import LIST_SUFFIXES, TAR_MEMBER_IN_LIST, ImageSource, NoImagesError, open_source
 from zsfs.store.rows import usable_rows
 from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
                        merged_members, named_tars, split_member_path)
@@ -43,7 +43,8 @@ LIST_AS_IMAGE = "a list file, not an image (to classify the images it lists: zsf
 def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str | Path] = ()) -> ImageSource:
     """One listing of image files, folders, tar shards and tar members (``shard.tar::key.jpg``, as
     a store records them), then of the images the ``.txt`` / ``.csv`` ``lists`` name; folders,
-    tars and lists are read as by ``zsfs extract``. One path may be given alone. A ``.txt`` or
+    tars and lists are read as by ``zsfs extract``, except that a list's tar members are read
+    (extract skips them). One path may be given alone. A ``.txt`` or
     ``.csv`` among ``inputs`` gets a row saying it is a list (``photos/*`` may hold a
     ``labels.csv``: read as a list, it would stop the command). ``repeated_paths``: the files
     given more than once (each keeps its row).
@@ -103,8 +104,13 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
             open_source(pattern)  # its error, as extract's
     for list_file in lists:
         listed_paths, reasons = _listed_images(Path(list_file))
+        # A list's ``shard.tar::member`` line, which extract skips (a store lists files), is read here
+        # as given on the command line (predict's own rows are so named): a reason kept by the name
+        # would also be the row of that member given through its tar.
+        members = {path for path, why in reasons.items() if why == TAR_MEMBER_IN_LIST}
+        named_members += [len(paths) + row for row, path in enumerate(listed_paths) if path in members]
         paths += listed_paths
-        unreadable.update(reasons)
+        unreadable.update((path, why) for path, why in reasons.items() if path not in members)
     if named_members:
         rows = np.asarray(named_members)
         listed.append((rows, locate_members([paths[row] for row in rows], Path.cwd())))
@@ -116,7 +122,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
 def _listed_images(list_file: Path) -> tuple[list[str], dict[str, str]]:
     """The paths ``list_file`` names, as ``zsfs extract`` reads them (relative to the list's
     folder: a linked list's own), written from the working folder as the list was given, and
-    why those it knows fail will fail (a tar member: lists name files)."""
+    why those it knows fail will fail (extract's reasons: a tar member's is the caller's to read)."""
     if list_file.suffix.lower() not in LIST_SUFFIXES:
         raise ZsfsError(f"{list_file}: a list of images must end in .txt (one path per line) or .csv (a 'path' column)")
     if not list_file.exists():  # (open_source's message offers folders and tars, which a list cannot be)
