@@ -254,6 +254,30 @@ def test_a_missing_input_is_refused_before_the_backbone_loads(fitted, tmp_path, 
         predict_images(fitted["run"], [fitted["photos"]["root"], tmp_path / "missing.jpg"])
 
 
+def test_a_classifier_file_with_flipped_bits_is_refused_as_damaged(fitted, tmp_path):
+    """Failure test: a bit flipped in classifier.pt's weights was read as is (torch.load checks no
+    checksum): predict gave 10 of 24 images another label, each at confidence 1, with exit 0."""
+    import zipfile
+
+    from zsfs.fit.classifier import load_classifier
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted["run"], run)
+    path = run / "classifier.pt"
+    with zipfile.ZipFile(path) as archive:  # the bytes of the largest tensor, the OOD reference or the weights
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    header = largest.header_offset  # a local header: 30 bytes, the name, an extra field (its length at 28), the data
+    at = header + 30 + len(largest.filename) + int.from_bytes(data[header + 28 : header + 30], "little")
+    data[at + largest.file_size // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(ZsfsError, match=rf"classifier.pt is damaged \(its part '{largest.filename}' does not match "
+                                        r"the checksum it was written with\); rerun `zsfs fit` to write it again$"):
+        load_classifier(run)
+    outcome = run_cli("predict", "--run", run, fitted["photos"]["root"])
+    assert outcome.exit_code == 1 and "is damaged" in output_text(outcome), outcome.output
+
+
 @pytest.mark.parametrize("damage", ["weight", "width", "bias", "reference", "nearest", "quantiles", "statistics"])
 def test_a_classifier_whose_arrays_disagree_is_damaged_not_a_torch_error(fitted, tmp_path, damage):
     """Bug: a hand-edited classifier.pt gave torch's "mat1 and mat2 shapes cannot be multiplied"

@@ -13,8 +13,10 @@ on CPUs with AVX512-BF16 or AMX, and on GPUs, that halves the cost of a step.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -207,6 +209,20 @@ class Classifier:
             torch.save(state, handle)
 
 
+def _member_failing_its_crc(handle: BinaryIO) -> str | None:
+    """The first member of a ``torch.save`` file (a zip archive) whose bytes fail the CRC-32 the
+    archive records, or None: torch.load reads tensors without checking it, so a flipped bit became
+    a wrong weight, and predict gave other labels at confidence 1 with no word of damage. Leaves
+    ``handle`` at its start; a file that is no zip archive is torch.load's to refuse."""
+    try:
+        with zipfile.ZipFile(handle) as archive:  # (a file object passed in stays open)
+            return archive.testzip()
+    except zipfile.BadZipFile:
+        return None
+    finally:
+        handle.seek(0)
+
+
 LEGACY_OOD_COMPONENTS = {"seed_distance": "reference_distance"}
 """Older names of stored OOD components (runs whose reference was the seeds, with k = 5)."""
 
@@ -221,6 +237,10 @@ def load_classifier(path: str | Path) -> Classifier:
     if not path.is_file():
         raise ZsfsError(f"no classifier at {path}; pass a run folder written by `zsfs fit`")
     with open(path, "rb") as handle:  # a Python file: any path, UTF-8 or not (its OSError says what it is)
+        damaged = _member_failing_its_crc(handle)
+        if damaged is not None:
+            raise ZsfsError(f"{path} is damaged (its part {damaged!r} does not match the checksum it was written "
+                            "with); rerun `zsfs fit` to write it again")
         try:
             state = torch.load(handle, map_location="cpu", weights_only=True)
         except OSError:  # reading the file failed, not decoding it
