@@ -24,6 +24,7 @@ from zsfs.testing.failures import run_zsfs
 from zsfs.testing.privileges import run_python_unprivileged
 from zsfs.testing.synthetic import BLOCK_ROWS, SyntheticGenerator, _LazyRows
 from zsfs.testing.synthetic import random_unit_rows as unit_rows
+from tests.test_store_safety import lock_held_by_another_process
 
 N, D_CLIP, D_BACKBONE = 60, 8, 12
 
@@ -563,6 +564,10 @@ def test_an_import_stopped_between_its_vocabularies_is_named_not_fitted_on_the_o
     info = run_cli("info", folder / "v.h5")
     assert info.exit_code == 0 and f"Note: {unwritten}." in " ".join(output_text(info).split())
     assert "No vocabularies yet" not in output_text(info)
+    # failure test: a fit that opened the store while its import ran was told the import "was stopped"
+    with lock_held_by_another_process(folder / "v.h5"), Store(folder / "v.h5") as store:
+        assert store.unwritten_note() == ("vocabulary 'many' is not written yet: the store is being written by another "
+                                          "zsfs process (the zsfs import); wait for it to finish")
     assert json.loads(run_cli("info", "--json", folder / "v.h5").output)["unwritten_vocabularies"] == ["many"]
     quick = ["--k", "2", "--candidates", "6", "--cycle-epochs", "1"]
     for chosen, code, said in (([], 2, f"{unwritten}; or choose one of pets with --vocab"),  # bug: it fitted

@@ -1022,6 +1022,10 @@ def test_an_open_store_refuses_rows_of_a_rebuild_or_of_moved_shards(tmp_path):
         with pytest.raises(StoreError, match=r"s.h5 was moved or deleted since this process opened it; open the "
                                              r"store again \(from Python: zsfs.Store\(path\)\) where it is now$"):
             store.read("clip")
+        # failure test: gone while another process holds the writer lock, it is a rebuild (--overwrite
+        # removes the old master first), not a move
+        with lock_held_by_another_process(path), pytest.raises(StoreError, match="was rebuilt or repaired while"):
+            store.read("clip")
         (tmp_path / "moved.h5").rename(path)
     with Store(path) as store:  # review: a rebuild leaving fewer shards was "moved or deleted ... put it back"
         make_synthetic_store(path, 150, 3, seed=2, overwrite=True, **options)

@@ -22,7 +22,7 @@ from zsfs.store import schema
 from zsfs.store.extras import (Vocabulary, checked_extra, open_extra, planned_vocabularies, read_vocabulary,
                                reading_extra, vocabulary_files, vocabulary_name_as_stored)
 from zsfs.store.files import REPAIR, leftover_temp_files
-from zsfs.store.locks import master_file
+from zsfs.store.locks import master_file, written_elsewhere
 from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, read_errors, read_identity, read_strings,
                              string_view)
 from zsfs.store.index import read_index_blocks
@@ -193,7 +193,7 @@ class Store:
             self._folder_stamps = folder_stamps
             return
         reopen = "open the store again (from Python: zsfs.Store(path))"
-        if stamps[0] is None:
+        if stamps[0] is None and not written_elsewhere(self.path):  # (a rebuild with --overwrite removes it first)
             raise StoreError(f"{self.path} was moved or deleted since this process opened it; {reopen} where it is now")
         gone = [name for name, stamp in zip(getattr(self, "shard_files", []), stamps[1:]) if stamp is None]
         if gone and stamps[0] == opened[0]:  # the same master: its shards went, no rebuild took their place
@@ -347,10 +347,14 @@ class Store:
         if not names:
             return ""
         kind = "command" if command.startswith("zsfs ") else "call"  # a CLI command, or a Python function
-        return (f"{'vocabulary' if len(names) == 1 else 'vocabularies'} {', '.join(map(repr, names))} "
-                f"{'was' if len(names) == 1 else 'were'} not written: the {command}{'' if kind == 'command' else ' call'} "
-                f"that made the store was stopped before it wrote {'it' if len(names) == 1 else 'them'} (after the "
-                f"store's images); rerun that {kind}, which reuses the finished shards")
+        named = f"{'vocabulary' if len(names) == 1 else 'vocabularies'} {', '.join(map(repr, names))}"
+        if written_elsewhere(self.path):  # its command is still running: it writes them after the images
+            return (f"{named} {'is' if len(names) == 1 else 'are'} not written yet: the store is being written by "
+                    f"another zsfs process (the {command}{'' if kind == 'command' else ' call'}); wait for it to finish")
+        return (f"{named} {'was' if len(names) == 1 else 'were'} not written: the {command}"
+                f"{'' if kind == 'command' else ' call'} that made the store was stopped before it wrote "
+                f"{'it' if len(names) == 1 else 'them'} (after the store's images); rerun that {kind}, which reuses "
+                "the finished shards")
 
     def how_to_add_a_vocabulary(self) -> str:
         """The command that adds a vocabulary to this store: imported CLIP embeddings come with
