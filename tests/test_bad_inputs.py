@@ -317,6 +317,12 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
         result = run_cli(*args)
         assert result.exit_code == 2 and "is empty (an unset shell variable?)" in result.output, args
     assert not list(tmp_path.glob("*.h5"))
+    # failure test: `fit --out -` wrote a run folder named "-" (and ood-bench would); "-" is no stream here
+    for args in (["fit", "--store", "s.h5", "--out", "-"], ["ood-bench", "--store", "s.h5", "--id-classes", "2",
+                                                             "--out", "-"], ["extract", "-"], ["predict", "--run", "-"]):
+        result = run_cli(*args)
+        assert result.exit_code == 2 and "'-' is not standard output or input here" in output_text(result), args
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a"]
     # the Python API too (review: zsfs.Store("") said "/tmp/... is a folder", load_run("") read ".")
     for call, what in ((lambda: open_source(""), "source"), (lambda: read_class_file(""), "classes"),
                        (lambda: image_inputs([""]), "images"), (lambda: image_inputs([], lists=[""]), "lists"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import warnings
@@ -468,6 +469,18 @@ def test_an_output_given_as_a_link_is_written_through_it(fitted, tmp_path):
     with pytest.raises(ZsfsError, match=r"folder.csv is a folder \(.*tables.csv\); give a file name$"):
         write_predictions(fitted["fit"], tmp_path / "folder.csv")
     assert (tmp_path / "loop.csv").is_symlink() and (tmp_path / "folder.csv").is_symlink()
+
+
+def test_an_output_named_by_a_pipe_is_refused_not_replaced(fitted, tmp_path):
+    """Failure test: `--out ff.csv` naming a FIFO (mkfifo) replaced the pipe with a file, exit 0, and a
+    reader waiting on the pipe never heard; a report's too."""
+    for name, command in (("ff.csv", ("predict", "--run", fitted["run"], "--workers", "0", fitted["photos"]["root"])),
+                          ("ff.html", ("report", fitted["run"]))):
+        os.mkfifo(tmp_path / name)
+        result = run_cli(*command, "--out", tmp_path / name)
+        said = " ".join(output_text(result).split())
+        assert result.exit_code == 2 and f"{tmp_path / name} is a named pipe, which zsfs would replace" in said, said
+        assert stat.S_ISFIFO(os.stat(tmp_path / name).st_mode)
 
 
 def test_an_output_linked_into_a_read_only_folder_is_refused_before_the_work(fitted, tmp_path):

@@ -140,6 +140,9 @@ class GivenPath(click.Path):
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
         if isinstance(value, str) and value == "":  # " " is a name a folder can have
             self.fail("is empty (an unset shell variable?); give a path", param, ctx)
+        if isinstance(value, str) and value == "-":  # `--out -` made a run folder named "-", not standard output
+            self.fail("'-' is not standard output or input here: zsfs reads and writes files by name (--json prints "
+                      "on standard output); give a path (./- for a file so named)", param, ctx)
         if isinstance(value, str):
             value = home_expanded(value)
         if self.file_in_folder and not self.dir_okay and isinstance(value, (str, os.PathLike)):
