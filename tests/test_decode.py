@@ -94,6 +94,24 @@ def test_every_exif_orientation_is_applied_and_the_upright_size_recorded(tmp_pat
     assert np.abs(np.asarray(decoded, np.int16) - original).mean() < 6
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB"])
+@pytest.mark.parametrize("orientation", sorted(STORED))
+def test_a_tiff_orientation_tag_is_applied_to_grayscale_tiffs_too(tmp_path, orientation, mode):
+    """Walkthrough: an 8- or 16-bit grayscale TIFF tagged 5 to 8 came out garbled (neither turned nor
+    as stored): Pillow maps such a file from its name into memory at the turned size."""
+    original = np.zeros((20, 30), np.uint8)
+    original[:10, :10] = 250  # a bright top-left corner: its position shows any turn or flip
+    stored = Image.fromarray(original).transpose(STORED[orientation])
+    if mode == "I;16":
+        stored = Image.fromarray(np.asarray(stored).astype(np.uint16) * 257)
+    elif mode == "RGB":
+        stored = stored.convert("RGB")
+    path = save(stored, tmp_path / "r.tif", tiffinfo={EXIF_ORIENTATION: orientation})
+    decoded = decode_strict(path)
+    assert decoded.size == image_size(decoded) == (30, 20)
+    assert np.array_equal(np.asarray(decoded)[..., 0], original)
+
+
 def test_animated_gif_gives_its_first_frame(tmp_path):
     frames = [Image.new("RGB", (16, 16), colour).quantize(4) for colour in ((255, 0, 0), (0, 0, 255))]
     path = save(frames[0], tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=40)

@@ -103,7 +103,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
                 raise ImageDecodeError("not a regular file", path)
         if (status.st_size if source is None else source.seek(0, os.SEEK_END)) == 0:
             raise ImageDecodeError("empty file", path)
-        with _pixel_budget_replaces_pillows(), Image.open(path if source is None else _rewound(source)) as image:
+        with _pixel_budget_replaces_pillows(), _opened(path, source) as file, Image.open(file) as image:
             if image.format in DATA_FORMATS:  # Pillow names them (stub plugins) but they hold no picture
                 store = " (a zsfs store?)" if image.format == "HDF5" else ""
                 raise ImageDecodeError(f"not an image: {image.format} data{store}", path)
@@ -114,7 +114,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
             _refuse_planar_sixteen_bit(image)
             low_byte_tiles = _low_byte_tiles(image)  # read before load(), which consumes the tiles
             image.load()  # force the full decode (Image.open only reads the header)
-            low_bytes = _decoded_with(low_byte_tiles, path if source is None else _rewound(source))
+            low_bytes = _decoded_with(low_byte_tiles, _rewound(file))
             if low_bytes is not None:
                 decoded, swapped = _sixteen_bit_colour(np.asarray(image), low_bytes, image.mode, image.getexif())
             else:
@@ -144,6 +144,19 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
         raise ImageDecodeError("corrupt image data", path) from None
     except MemoryError:
         raise ImageDecodeError("image too large to decode (out of memory)", path) from None
+
+
+@contextmanager
+def _opened(path: Path, source: BinaryIO | None) -> Iterator[BinaryIO]:
+    """``source`` rewound, or the file at ``path`` open for the block. Pillow is given a file, never
+    a name: from a name it maps an uncompressed single-band image (TIFF, BMP, PPM) into memory at its
+    oriented size, so an 8- or 16-bit grayscale TIFF turned by its orientation tag (5 to 8) came out
+    garbled (Pillow 13: rows of the stored width read as rows of the turned one)."""
+    if source is not None:
+        yield _rewound(source)
+        return
+    with open(path, "rb") as file:
+        yield file
 
 
 def _rewound(file: BinaryIO) -> BinaryIO:
