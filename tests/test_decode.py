@@ -112,6 +112,16 @@ def test_a_tiff_orientation_tag_is_applied_to_grayscale_tiffs_too(tmp_path, orie
     assert np.array_equal(np.asarray(decoded)[..., 0], original)
 
 
+@pytest.mark.parametrize("dtype", [np.uint32, np.int8])
+def test_tiff_samples_keep_their_sign(dtype):
+    """Walkthrough: Pillow reads unsigned 32-bit TIFF samples as signed (a ramp to 4e9 came out
+    brightening, then dark from 2**31) and signed 8-bit ones as unsigned (-100 came out bright)."""
+    low, high = (0, 4e9) if dtype == np.uint32 else (-100, 100)
+    ramp = np.linspace(low, high, 64).astype(dtype)[None, :, None].repeat(4, axis=0)
+    row = np.asarray(decode_image("ramp.tif", data=encode_tiff(ramp)))[0, :, 0].astype(int)
+    assert row[0] == 0 and row[-1] == (255 if dtype == np.int8 else 237) and (np.diff(row) >= 0).all(), row
+
+
 def test_animated_gif_gives_its_first_frame(tmp_path):
     frames = [Image.new("RGB", (16, 16), colour).quantize(4) for colour in ((255, 0, 0), (0, 0, 255))]
     path = save(frames[0], tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=40)

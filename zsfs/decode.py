@@ -112,14 +112,17 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
             if draft is not None:  # no effect when _decode_smaller reduced it already
                 image.draft("RGB", draft)
             _refuse_planar_sixteen_bit(image)
+            true_type = _sample_type_pillow_misreads(image)
             low_byte_tiles = _low_byte_tiles(image)  # read before load(), which consumes the tiles
             image.load()  # force the full decode (Image.open only reads the header)
             low_bytes = _decoded_with(low_byte_tiles, _rewound(file))
             if low_bytes is not None:
                 decoded, swapped = _sixteen_bit_colour(np.asarray(image), low_bytes, image.mode, image.getexif())
             else:
+                if true_type is not None:  # the samples as the file means them, as floats ("I" holds no uint32)
+                    image = Image.fromarray(np.asarray(image).view(true_type).astype(np.float32), "F")
                 oriented, swapped = _apply_exif_orientation(_reduced(image))
-                decoded = _to_rgb(oriented)
+                decoded = _to_rgb(oriented, integer=true_type is not None)
         decoded.info[ORIGINAL_SIZE] = (height, width) if swapped else (width, height)
         return decoded
     except ImageDecodeError as error:
@@ -330,6 +333,21 @@ def _refuse_planar_sixteen_bit(image: Image.Image) -> None:
                                "(save it with the samples interleaved)")
 
 
+def _sample_type_pillow_misreads(image: Image.Image) -> type[np.integer] | None:
+    """The sample type of a single-band TIFF that Pillow reads with the wrong sign, or None:
+    unsigned 32-bit samples come as signed ("I": values from 2**31 on turned negative, the brightest
+    pixels dark), signed 8-bit ones as unsigned ("L": negative values turned bright)."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None:
+        return None
+    sample_format, bits = set(tags.get(339) or (1,)), set(tags.get(258) or ())  # SampleFormat, BitsPerSample
+    if image.mode == "I" and sample_format == {1} and bits == {32}:
+        return np.uint32
+    if image.mode == "L" and sample_format == {2} and bits == {8}:
+        return np.int8
+    return None
+
+
 def _decoded_with(tiles: list | None, source: Path | BinaryIO) -> np.ndarray | None:
     """The file's pixels decoded with other tiles; None without tiles, or where that decode fails
     (the caller then keeps the high bytes, as Pillow gives them)."""
@@ -379,12 +397,13 @@ def _combined_and_reduced(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     return np.stack(reduced, axis=-1)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def _to_rgb(image: Image.Image, integer: bool = False) -> Image.Image:
+    """``image`` as 8-bit RGB; ``integer``: its float samples stand for integers (scaled as those are)."""
     mode = image.mode
     if mode == "RGB":
         return image
     if mode.startswith("I") or mode == "F":
-        return _scale_to_8bit(np.asarray(image), integer=mode != "F")
+        return _scale_to_8bit(np.asarray(image), integer=integer or mode != "F")
     if mode == "P":
         mode_with_alpha = "RGBA" if "transparency" in image.info else "RGB"
         image = image.convert(mode_with_alpha)
