@@ -255,6 +255,11 @@ def test_images_over_the_pixel_budget_are_refused_or_decoded_smaller(tmp_path):
     odd = save(Image.new("RGB", (65, 65), (255, 0, 0)), tmp_path / "odd.jpg")
     smaller = decode_image(odd, max_pixels=1050)
     assert smaller.size == (17, 17) and smaller.size[0] * smaller.size[1] <= 1050  # 33 x 33 is 1,089
+    # walkthrough: a progressive JPEG takes its whole size in memory at any scale (1 gigapixel: 3.2 GB at 1/8)
+    progressive = save(Image.new("RGB", (64, 64), (255, 0, 0)), tmp_path / "progressive.jpg", progressive=True)
+    with pytest.raises(ImageDecodeError, match=r"budget of 1,100 pixels.*\): a progressive JPEG takes the memory"):
+        decode_image(progressive, max_pixels=1100)
+    assert decode_image(progressive, max_pixels=4096).size == (64, 64)
 
 
 def test_the_pixel_budget_replaces_pillows_bomb_limit(tmp_path, monkeypatch):

@@ -227,6 +227,11 @@ def _decode_smaller(image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     if width * height <= WORKING_PIXELS and width * height <= max_pixels:
         return
+    if image.format == "JPEG" and image.info.get("progressive") and width * height > max_pixels:
+        # libjpeg keeps every coefficient of a progressive JPEG (about 3 bytes a pixel) at any scale:
+        # a 1-gigapixel one took 3.2 GB decoded at 1/8, the baseline one 0.4 GB
+        raise ImageDecodeError(f"{_too_large(max_pixels)}: a progressive JPEG takes the memory of all its pixels "
+                               "at any decoding scale")
     if image.format == "JPEG":
         # The largest scale that keeps the working size, or a smaller one when the budget needs it.
         scales = [s for s in (1, 2, 4, 8) if s == 1 or (width // s) * (height // s) >= WORKING_PIXELS]
