@@ -24,7 +24,7 @@ import torch
 from zsfs.errors import ParameterError, StoreError, ZsfsError
 from zsfs.extract import extract
 from zsfs.models import load_backbone, load_clip
-from zsfs.decode import decode_image
+from zsfs.decode import ImageDecodeError, decode_image
 from zsfs.sources import open_source
 from zsfs.store import schema
 from zsfs.store.reader import Store
@@ -1087,6 +1087,17 @@ def test_images_in_formats_zsfs_cannot_read_are_counted_not_left_out_unsaid(tmp_
     with pytest.raises(ZsfsError, match=r"no images found in .*phone \(looked recursively for .*\); it holds 1 "
                                         r"\.heic file, a format zsfs cannot read: convert it \(to JPEG or PNG\) to include it"):
         open_source(only)
+    # walkthrough: a folder of DICOM slices said "no images found" and nothing of them; one named alone
+    # (predict, a list) was "not an image (unidentified format)"
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    dicom = scans / "slice.dcm"
+    dicom.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    with pytest.raises(ZsfsError, match=r"it holds 1 \.dcm file, a format zsfs cannot read"):
+        open_source(scans)
+    with pytest.raises(ImageDecodeError, match=r"a \.dcm file, a format zsfs cannot read: convert it \(to JPEG or "
+                                               r"PNG\)$"):
+        decode_image(dicom)
 
 
 def test_a_source_of_only_broken_files_is_an_error(tmp_path):

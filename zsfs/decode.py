@@ -37,9 +37,10 @@ formats Pillow decodes (JPEG 2000 and AVIF where its build has them; a file it c
 skipped with the reason)."""
 
 UNREAD_IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw", ".svg"})
-"""Image formats a scan does not take, since Pillow cannot decode them (phone, camera raw and
-vector images): counted by suffix, so that the extract summary says they were left out."""
+    {".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw", ".svg",
+     ".dcm", ".dicom", ".exr"})
+"""Image formats a scan does not take, since Pillow cannot decode them (phone, camera raw, vector,
+DICOM and OpenEXR images): counted by suffix, so that the extract summary says they were left out."""
 
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited onto white: their stored colour is arbitrary."""
@@ -128,6 +129,10 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
     except ImageDecodeError as error:
         raise ImageDecodeError(error.reason, path) from None
     except UnidentifiedImageError:
+        suffix = path.suffix.lower()
+        if suffix in UNREAD_IMAGE_SUFFIXES:  # named on its own (a list, predict): said as a scan says it
+            raise ImageDecodeError(f"a {suffix} file, a format zsfs cannot read: convert it (to JPEG or PNG)",
+                                   path) from None
         if _starts_like_an_image(_file_head(path) if source is None else _rewound(source).read(16)):
             # also valid files of a variant Pillow has no decoder for (3-band float or 5-band TIFFs)
             raise ImageDecodeError("corrupt or truncated image header, or a format variant Pillow cannot read",
