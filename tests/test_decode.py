@@ -388,7 +388,9 @@ def test_float_pixels_without_a_value_are_white_and_left_out_of_the_scaling(tmp_
 def test_a_file_of_a_format_this_pillow_lacks_is_not_called_foreign():
     heic = b"\x00\x00\x00\x1cftypheic" + bytes(40)  # HEIF, as AVIF where Pillow is built without it
     with pytest.raises(ImageDecodeError, match="corrupt or truncated image header, or a format variant"):
-        decode_image("x.heic", data=heic)
+        decode_image("x.img", data=heic)
+    with pytest.raises(ImageDecodeError, match=r"x.heic: a \.heic file, a format zsfs cannot read: convert it"):
+        decode_image("x.heic", data=heic)  # named on its own, as a scan counts it
 
 
 @pytest.mark.parametrize("head", [b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"II*\x00", b"MM\x00*", b"RIFF\0\0\0\0WEBP",
@@ -396,7 +398,9 @@ def test_a_file_of_a_format_this_pillow_lacks_is_not_called_foreign():
 def test_a_damaged_image_is_told_from_a_file_that_is_no_image(head):
     """The skip reason says which: a file that starts with an image format's signature is damaged
     (or a variant this Pillow lacks); other RIFF files (WAV, AVI) and text are not images at all."""
-    with pytest.raises(ImageDecodeError, match="x.img: corrupt or truncated image header, or a format variant"):
+    damaged = "a TIFF layout Pillow cannot read .*, or a damaged TIFF$" if head.startswith((b"II", b"MM")) else \
+        "corrupt or truncated image header, or a format variant"
+    with pytest.raises(ImageDecodeError, match=f"x.img: {damaged}"):
         decode_image("x.img", data=head + bytes(40))
     for foreign in (b"RIFF\0\0\0\0WAVE" + bytes(40), b"hello, world" + bytes(40)):
         with pytest.raises(ImageDecodeError, match="x.img: not an image \\(unidentified format\\)$"):
@@ -405,8 +409,12 @@ def test_a_damaged_image_is_told_from_a_file_that_is_no_image(head):
 
 def test_a_valid_file_pillow_cannot_read_says_so():
     float_colour = encode_tiff(np.zeros((4, 4, 3), np.float32))  # valid TIFF; Pillow has no mode for it
-    with pytest.raises(ImageDecodeError, match="format variant Pillow cannot read"):
+    with pytest.raises(ImageDecodeError, match="a TIFF layout Pillow cannot read"):
         decode_image("rgb-float.tif", data=float_colour)
+    # walkthrough: two 16-bit bands (photometric MinIsBlack, an extra sample: as GDAL writes them) were
+    # "corrupt or truncated", which sent users looking for damage
+    with pytest.raises(ImageDecodeError, match="a TIFF layout Pillow cannot read \\(such as 2 bands"):
+        decode_image("two-bands.tif", data=encode_tiff(np.zeros((4, 4, 2), np.uint16)))
 
 
 def test_the_pixel_budget_is_inclusive_and_a_draft_decodes_a_jpeg_smaller(tmp_path, monkeypatch):

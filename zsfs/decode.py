@@ -133,8 +133,10 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
         if suffix in UNREAD_IMAGE_SUFFIXES:  # named on its own (a list, predict): said as a scan says it
             raise ImageDecodeError(f"a {suffix} file, a format zsfs cannot read: convert it (to JPEG or PNG)",
                                    path) from None
-        if _starts_like_an_image(_file_head(path) if source is None else _rewound(source).read(16)):
-            # also valid files of a variant Pillow has no decoder for (3-band float or 5-band TIFFs)
+        head = _file_head(path) if source is None else _rewound(source).read(16)
+        if head.startswith((b"II*\x00", b"MM\x00*")):  # most often a valid TIFF Pillow has no mode for
+            raise ImageDecodeError(f"{_TIFF_PILLOW_CANNOT_READ}, or a damaged TIFF", path) from None
+        if _starts_like_an_image(head):  # also valid files of a variant Pillow has no decoder for
             raise ImageDecodeError("corrupt or truncated image header, or a format variant Pillow cannot read",
                                    path) from None
         raise ImageDecodeError("not an image (unidentified format)", path) from None
@@ -165,6 +167,10 @@ def _opened(path: Path, source: BinaryIO | None) -> Iterator[BinaryIO]:
         return
     with open(path, "rb") as file:
         yield file
+
+
+_TIFF_PILLOW_CANNOT_READ = ("a TIFF layout Pillow cannot read (such as 2 bands, or 3 or more not tagged as RGB: GDAL's "
+                            "usual multi-band GeoTIFF; or 3 float bands): save its bands as RGB or one file each")
 
 
 def _rewound(file: BinaryIO) -> BinaryIO:
