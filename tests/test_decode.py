@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -415,6 +417,20 @@ def test_a_valid_file_pillow_cannot_read_says_so():
     # "corrupt or truncated", which sent users looking for damage
     with pytest.raises(ImageDecodeError, match="a TIFF layout Pillow cannot read \\(such as 2 bands"):
         decode_image("two-bands.tif", data=encode_tiff(np.zeros((4, 4, 2), np.uint16)))
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_the_command_lines_decoders_keep_pillows_log_records_off_the_terminal(tmp_path, quiet):
+    """Walkthrough: an 8-band TIFF printed Pillow's "More samples per pixel than can be decoded: 8",
+    naming no file, between extract's progress lines (the skip reason says it all)."""
+    (tmp_path / "eight.tif").write_bytes(encode_tiff(np.zeros((4, 4, 8), np.uint8)))
+    script = ("import sys; from zsfs.decode import ImageDecodeError, decode_image, quiet_decoder_warnings\n"
+              f"{'quiet_decoder_warnings()' if quiet else ''}\n"
+              "try:\n    decode_image(sys.argv[1])\nexcept ImageDecodeError as error:\n    print(error.reason)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "eight.tif")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.startswith("a TIFF layout Pillow cannot read"), done
+    assert ("More samples per pixel" in done.stderr) is not quiet, done.stderr  # (not quiet: the test can fail)
 
 
 def test_the_pixel_budget_is_inclusive_and_a_draft_decodes_a_jpeg_smaller(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ crashing or inventing pixels. Memory stays bounded whatever the file holds (``DE
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import re
@@ -66,8 +67,10 @@ def quiet_decoder_warnings() -> None:
     """Keep Pillow's warnings ("Corrupt EXIF data", "Truncated File Read", ...) off the terminal:
     they name no file, and the image decodes, or its failure is recorded with a reason. Called
     by the command line and by its worker processes (Ray actors), not on import: a library that
-    silenced its caller's warnings would surprise."""
+    silenced its caller's warnings would surprise. Pillow's log records too ("More samples per pixel
+    than can be decoded: 8", between the progress lines)."""
     warnings.filterwarnings("ignore", module=r"PIL\.")
+    logging.getLogger("PIL").setLevel(logging.CRITICAL)
 
 
 class ImageDecodeError(Exception):
