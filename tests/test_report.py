@@ -560,20 +560,22 @@ def test_thumbnails_of_every_image_kind_show_the_picture(photo_run):
     assert thumbnails(files([photo_run.parent / "photos" / "red" / "truncated.jpg"])) == [(None, "truncated file")]
 
 
-def test_a_large_image_becomes_a_thumbnail_of_96_pixels_keeping_its_shape(tmp_path):
-    """Review (mutation): every image of the other tests is under 96 px, so a thumbnail never made smaller passed."""
+def test_a_large_image_becomes_a_thumbnail_of_its_central_square_at_most_96_pixels(tmp_path):
+    """Review (mutation): every image of the other tests is under 96 px, so a thumbnail never made smaller passed.
+    Walkthrough: a thin strip (30,000 x 50) made a 96 x 1 thumbnail, which the page's square tile stretched
+    into streaks: a thumbnail is of the central square (what the tile shows, and a centre-cropping model sees)."""
     from zsfs.thumbnails import thumbnails
 
     paths = []
-    for size, suffix in (((300, 150), ".png"), ((150, 450), ".jpg")):  # a JPEG is drafted smaller first
-        paths.append(tmp_path / f"large{suffix}")
+    for size, suffix in (((300, 150), ".png"), ((150, 450), ".jpg"), ((3000, 50), ".png")):  # a JPEG is drafted
+        paths.append(tmp_path / f"large-{size[0]}{suffix}")
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(paths[-1])
     sizes = []
     for uri, reason in thumbnails(files(paths)):
         assert reason is None
         with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
             sizes.append(image.size)
-    assert sizes == [(96, 48), (32, 96)]
+    assert sizes == [(96, 96), (96, 96), (50, 50)]
 
 
 def files(paths: list) -> ImageSource:

@@ -23,13 +23,18 @@ def thumbnail(source: "ImageSource", i: int, size: int = THUMBNAIL_PX,
               max_pixels: int | None = None) -> tuple[str | None, str | None]:
     """``(data URI, None)`` for the ``i``-th image of ``source`` when readable, ``(None, reason)``
     otherwise (decoded as ``zsfs extract`` decodes: files or tar members, EXIF orientation, 16-bit
-    and palette images, the same reasons and pixel budget ``max_pixels`` [its default])."""
+    and palette images, the same reasons and pixel budget ``max_pixels`` [its default]). The
+    thumbnail is of the image's central square: what a page shows of it in a square tile, and what
+    a centre-cropping model sees (a 30,000 x 50 strip made a 96 x 1 thumbnail, stretched into streaks)."""
     from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError
 
     try:
         image = source.decode(i, max_pixels or DEFAULT_MAX_PIXELS, draft=(size, size))
     except ImageDecodeError as error:
         return None, error.reason
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
