@@ -574,7 +574,8 @@ def test_info_verify_counts_what_it_read(tmp_path):
     assert result.exit_code == 0, result.output
     with Store(path) as store:
         read = store.verify()["bytes_read"]
-    assert (f"Verified: 3 shards against their recorded checksums, 1 vocabulary, no neighbour graph and the index: "
+    assert (f"Verified: 3 shards against their recorded checksums, the master's text against its checksum, 1 "
+            f"vocabulary, no neighbour graph and the index: "
             f"{read:,} bytes read, no damage found.") in output_text(result)
     add_neighbour_graph(path, k=3)
     assert "1 vocabulary, the neighbour graph and the index" in output_text(run_cli("info", "--verify", path))

@@ -329,7 +329,8 @@ def test_info_lists_skipped_files_one_line_each_whatever_their_names(tmp_path):
     assert as_json["n_images"] == 1
     verified = run_cli("info", store, "--skipped", "--verify")  # bug: the verification's result was not said
     assert verified.exit_code == 0 and "no damage found" in verified.stderr and verified.stdout == listed.stdout
-    assert "Verified: 1 shard against its recorded checksums, 1 vocabulary, no neighbour graph" in \
+    assert "Verified: 1 shard against its recorded checksums, the master's text against its checksum, 1 vocabulary, " \
+        "no neighbour graph" in \
         " ".join(verified.stderr.split())  # counted, not "1 shard(s)"
 
 

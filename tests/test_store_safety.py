@@ -447,6 +447,7 @@ def test_verify_names_the_damaged_shard_not_the_master_reading_through_it(store)
     datasets first and named the master, and fit's advice (run --verify) led nowhere."""
     from zsfs.digests import file_sha256
     from zsfs.store.hdf5 import read_strings, write_strings
+    from zsfs.store.master import strings_sha256
 
     shard = store.parent / "s.shards" / "shard-00001.h5"
     flip_a_bit(shard)
@@ -455,6 +456,7 @@ def test_verify_names_the_damaged_shard_not_the_master_reading_through_it(store)
         digests[1] = file_sha256(shard)
         del master[schema.SHARDS_SHA256]
         write_strings(master, schema.SHARDS_SHA256, digests)
+        master.attrs[schema.ATTR_STRINGS_SHA256] = strings_sha256(master)
 
     result = run_cli("info", "--verify", store)
 
@@ -514,6 +516,24 @@ def test_swapped_and_damaged_shards_are_refused(store):
     assert result.exit_code == 1 and "shard-00000.h5 does not match its recorded checksum" in result.output
     with Store(store) as damaged, pytest.raises(StoreError, match="cannot read clip .*damaged"):
         damaged.read("clip")
+
+
+def test_verify_finds_a_damaged_image_path_in_the_master(store):
+    """Failure test: a flipped bit in the master's text (an image path, a label) read as another path
+    (t10k/06147/qof) and --verify said "no damage found": HDF5 checksums no variable-length string."""
+    with Store(store) as opened:
+        first = opened.paths(np.array([0]))[0]
+    data = bytearray(store.read_bytes())
+    at = data.index(first.encode())  # the master's own copy (the shards hold theirs)
+    data[at] ^= 0x01
+    store.write_bytes(bytes(data))
+    with Store(store) as opened:
+        assert opened.paths(np.array([0]))[0] != first  # read as another path: the damage is real
+    result = run_cli("info", "--verify", store)
+    said = " ".join(output_text(result).split())
+    assert result.exit_code == 1 and "the master's text (image paths, labels, skip reasons, shard names) does not " \
+        "match its recorded checksum; the master is damaged; if it is the damaged master of the store in s.shards/, " \
+        "remove it" in said, said
 
 
 def test_verify_reads_every_block_of_a_dataset(tmp_path, monkeypatch):

@@ -129,6 +129,9 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
                       f"{shown(some_names(summary.repeated_paths, 10, with_count=False))}")
 
 
+MASTER_TEXT_VERIFIED = "the master's text against its checksum, "
+
+
 @click.command("info", short_help="Show what a store holds: images, models, vocabularies.")
 @click.argument("store_path", metavar="STORE", type=GivenPath(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, callback=prints_on_stdout, help="Print the summary as JSON on stdout.")
@@ -163,6 +166,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
         checked = summary["verified"]
         console.print(f"Verified: {counted(checked['shards'], 'shard')}"
                       f"{' against ' + ('its' if checked['shards'] == 1 else 'their') + ' recorded checksums' if checked['shard_checksums'] else ''}, "
+                      f"{MASTER_TEXT_VERIFIED if checked['master_text_checksum'] else ''}"
                       f"{counted(checked['vocabularies'], 'vocabulary', 'vocabularies')}, "
                       f"{'the' if checked['neighbour_graph'] else 'no'} "
                       f"neighbour graph and the index: {checked['bytes_read']:,} bytes read, no damage found.",

@@ -9,6 +9,7 @@ and root attributes are added.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -22,6 +23,7 @@ import h5py
 import numpy as np
 
 from zsfs import __version__
+from zsfs.digests import listing_sha256
 from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 from zsfs.names import counted, utf8_text
@@ -131,6 +133,7 @@ def write_master(master: h5py.File, shards: list[h5py.File], *, identity: dict, 
     write_strings(master, schema.SHARDS_SHA256, checksums[1])
 
     write_index_dataset(master, index)
+    master.attrs[schema.ATTR_STRINGS_SHA256] = strings_sha256(master)  # read back: what the file holds
     if previous is not None:
         carry_over_vocabularies(previous, master, identity)
 
@@ -151,6 +154,17 @@ def write_master(master: h5py.File, shards: list[h5py.File], *, identity: dict, 
         if isinstance(value, str):  # HDF5 string attributes are UTF-8: other name bytes become \xNN
             value = utf8_text(value)
         master.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+
+
+def strings_sha256(master: h5py.File) -> str:
+    """sha256 of the master's text (image paths, labels, skip reasons, shard names and digests):
+    variable-length strings live in HDF5's global heap, which no filter checksums, so a flipped
+    bit there read as another path or label, and `zsfs info --verify` found nothing."""
+    digest = hashlib.sha256()
+    for name in schema.MASTER_STRINGS:
+        if name in master:
+            digest.update(f"{name}\0{listing_sha256(read_strings(master[name]))}\n".encode())
+    return digest.hexdigest()
 
 
 def write_index_dataset(master: h5py.File, index: "faiss.Index") -> None:

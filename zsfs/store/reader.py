@@ -21,13 +21,13 @@ from zsfs.names import as_argument, counted, some_names, spelled_like
 from zsfs.store import schema
 from zsfs.store.extras import (Vocabulary, checked_extra, open_extra, planned_vocabularies, read_vocabulary,
                                reading_extra, vocabulary_files, vocabulary_name_as_stored)
-from zsfs.store.files import REPAIR, leftover_temp_files
+from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files
 from zsfs.store.locks import master_file, written_elsewhere
 from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, read_errors, read_identity, read_strings,
                              string_view)
 from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, read_all
-from zsfs.store.master import open_master
+from zsfs.store.master import open_master, strings_sha256
 from zsfs.store.rows import READ_BLOCK, read_rows
 
 if TYPE_CHECKING:
@@ -457,6 +457,10 @@ class Store:
         recorded, and every dataset of every file read through its checksums. Raises
         ``StoreError`` naming the first damaged file; returns what was checked."""
         folder = self.path.parent
+        recorded = self._file.attrs.get(schema.ATTR_STRINGS_SHA256)  # first: the shards' digests are among them
+        if recorded is not None and strings_sha256(self._file) != recorded:
+            raise StoreError(f"{self.path}: the master's text (image paths, labels, skip reasons, shard names) does "
+                             f"not match its recorded checksum; the master is damaged{damaged_master_advice(self.path)}")
         if self._file.get(schema.SHARDS_SHA256) is not None:
             for name, expected in zip(self.shard_files, self._strings(schema.SHARDS_SHA256)):
                 if file_sha256(folder / name) != expected:
@@ -481,6 +485,7 @@ class Store:
             self.vocabulary(name)
         self.index()
         return {"shards": self.n_shards, "shard_checksums": self.shard_bytes is not None,
+                "master_text_checksum": recorded is not None,
                 "vocabularies": len(self.vocabulary_names()), "neighbour_graph": self.graph_info is not None,
                 "bytes_read": checked}
 

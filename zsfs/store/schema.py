@@ -108,6 +108,9 @@ ATTR_BACKBONE = "backbone"  # JSON: {"name", "weights", "sha256", "dim", "output
 ATTR_INDEX = "index"  # JSON: {"type", "metric", "n", ...}; on the master root
 ATTR_N_IMAGES = "n_images"
 ATTR_N_SKIPPED = "n_skipped"
+ATTR_STRINGS_SHA256 = "strings_sha256"  # digest of MASTER_STRINGS (no HDF5 checksum covers text); since 2026-12
+MASTER_STRINGS = (PATH, LABEL, SKIPPED_PATH, SKIPPED_REASON, SHARDS_FILE, SHARDS_SHA256)
+"""The master's string datasets (those it holds), in the order their digest reads them."""
 
 # Shard attributes.
 ATTR_SHARD = "shard"  # shard number
