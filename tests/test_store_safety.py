@@ -536,6 +536,24 @@ def test_verify_finds_a_damaged_image_path_in_the_master(store):
         "remove it" in said, said
 
 
+def test_a_damaged_class_name_in_a_vocabulary_file_is_found(tmp_path):
+    """Failure test (as the master's text): a flipped bit in a vocabulary file's class name read as
+    another class, which then labelled the images of the class it replaced."""
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    path = make_synthetic_store(tmp_path / "v.h5", 60, 3, seed=0)
+    with Store(path) as store:
+        vocabulary_file = store._vocabulary_files["synthetic"]
+    data = bytearray(vocabulary_file.read_bytes())
+    data[data.index(b"class_0001")] ^= 0x02  # 'a' for 'c'
+    vocabulary_file.write_bytes(bytes(data))
+    with Store(path) as store, pytest.raises(StoreError, match=r"vocab-.*\.h5 is damaged \(its class names do not "
+                                                             r"match their recorded sha256\); remove it, then rerun"):
+        store.vocabulary("synthetic")
+    result = run_cli("info", "--verify", path)
+    assert result.exit_code == 1 and "its class names do not match" in " ".join(output_text(result).split())
+
+
 def test_verify_reads_every_block_of_a_dataset(tmp_path, monkeypatch):
     """Mutation review: every test store fit in verify's first block of rows, so nothing showed
     that it reads past it. A real damaged chunk, the last of five blocks."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from zsfs.digests import listing_sha256
 from zsfs.errors import ParameterError, StoreError, ZsfsError, check_choice, literal, one_line
 from zsfs.names import as_argument, check_class_names, some_names, spelled_like
 from zsfs.store import schema
@@ -105,7 +106,8 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
                 write_checked(file, kind, values)
             file.attrs.update({schema.ATTR_FORMAT: schema.VOCAB_FORMAT, schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
                                schema.ATTR_IDENTITY: canonical_json(store.identity), schema.ATTR_NAME: name,
-                               schema.ATTR_PROMPT: prompt, schema.ATTR_N_TEMPLATES: int(n_templates)})
+                               schema.ATTR_PROMPT: prompt, schema.ATTR_N_TEMPLATES: int(n_templates),
+                               schema.ATTR_STRINGS_SHA256: listing_sha256(classes)})  # (text has no HDF5 checksum)
 
 
 def _holds_vocabulary(master: Path, name: str, classes: list[str], arrays: dict[str, np.ndarray], prompt: str,
@@ -319,6 +321,10 @@ def read_vocabulary(group: h5py.Group, name: str, path: Path, clip_dim: int) -> 
         raise StoreError(f"{where}: {wrong_type[0]}; {HAND_WRITTEN_VOCABULARY}")
     # damaged bytes raise h5py's errors here: Store.vocabulary names the file and how to get it back
     raw_classes = texts[:]  # bytes: check_class_names decodes them, or says why it cannot
+    recorded = group.attrs.get(schema.ATTR_STRINGS_SHA256)  # vocabularies written since December 2026
+    if recorded is not None and listing_sha256([raw.decode("utf-8", "surrogateescape") for raw in raw_classes]) != recorded:
+        # a flipped bit in a class name read as another name: its embedding then labelled images with it
+        raise damaged_extra(path, schema.VOCAB_FORMAT, ValueError("its class names do not match their recorded sha256"))
     arrays = {kind: datasets[kind][:] for kind in schema.PROMPT_KINDS}
     prompt = str(group.attrs.get(schema.ATTR_PROMPT, ""))
     n_templates = int(group.attrs.get(schema.ATTR_N_TEMPLATES, 0))
