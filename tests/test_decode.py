@@ -122,6 +122,10 @@ def test_tiff_samples_keep_their_sign(dtype):
     ramp = np.linspace(low, high, 64).astype(dtype)[None, :, None].repeat(4, axis=0)
     row = np.asarray(decode_image("ramp.tif", data=encode_tiff(ramp)))[0, :, 0].astype(int)
     assert row[0] == 0 and row[-1] == (255 if dtype == np.int8 else 237) and (np.diff(row) >= 0).all(), row
+    if dtype == np.uint32:  # review: 2**32 - 1 (GeoTIFF's no-data) became 2**32 in float32: 33 bits, all halved
+        ramp[..., -1, 0] = 2**32 - 1
+        row = np.asarray(decode_image("ramp.tif", data=encode_tiff(ramp)))[0, :, 0].astype(int)
+        assert row[-1] == 255 and row[-2] == 234, row  # (233.9: the ramp, not halved)
 
 
 def test_animated_gif_gives_its_first_frame(tmp_path):
@@ -395,7 +399,7 @@ def test_a_file_of_a_format_this_pillow_lacks_is_not_called_foreign():
         decode_image("x.heic", data=heic)  # named on its own, as a scan counts it
 
 
-@pytest.mark.parametrize("head", [b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"II*\x00", b"MM\x00*", b"RIFF\0\0\0\0WEBP",
+@pytest.mark.parametrize("head", [b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"II*\x00", b"MM\x00*", b"II+\x00", b"RIFF\0\0\0\0WEBP",
                                   b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51" + b"\xff" * 8])
 def test_a_damaged_image_is_told_from_a_file_that_is_no_image(head):
     """The skip reason says which: a file that starts with an image format's signature is damaged

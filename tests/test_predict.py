@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -258,8 +259,6 @@ def test_a_missing_input_is_refused_before_the_backbone_loads(fitted, tmp_path, 
 def test_a_classifier_file_with_flipped_bits_is_refused_as_damaged(fitted, tmp_path):
     """Failure test: a bit flipped in classifier.pt's weights was read as is (torch.load checks no
     checksum): predict gave 10 of 24 images another label, each at confidence 1, with exit 0."""
-    import zipfile
-
     from zsfs.fit.classifier import load_classifier
 
     run = tmp_path / "run"
@@ -277,6 +276,27 @@ def test_a_classifier_file_with_flipped_bits_is_refused_as_damaged(fitted, tmp_p
         load_classifier(run)
     outcome = run_cli("predict", "--run", run, fitted["photos"]["root"])
     assert outcome.exit_code == 1 and "is damaged" in output_text(outcome), outcome.output
+
+
+def test_a_classifier_saved_where_torch_records_no_crc_loads(fitted, tmp_path):
+    """Review: torch.serialization.set_crc32_options(False), a documented speed-up, made torch.save
+    record CRC 0 for every member, which the damage check then refused; the save records them now, and
+    a file saved so elsewhere (no CRC at all) is read unchecked."""
+    import torch
+
+    from zsfs.fit.classifier import load_classifier
+
+    classifier = load_classifier(fitted["run"])
+    torch.serialization.set_crc32_options(False)
+    try:
+        classifier.save(tmp_path / "ours.pt")
+        torch.save(torch.load(tmp_path / "ours.pt", weights_only=True), tmp_path / "theirs.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    for name in ("ours.pt", "theirs.pt"):
+        np.testing.assert_array_equal(load_classifier(tmp_path / name).weight, classifier.weight)
+    with zipfile.ZipFile(tmp_path / "ours.pt") as ours, zipfile.ZipFile(tmp_path / "theirs.pt") as theirs:
+        assert all(member.CRC for member in ours.infolist()) and not any(member.CRC for member in theirs.infolist())
 
 
 @pytest.mark.parametrize("damage", ["weight", "width", "bias", "reference", "nearest", "quantiles", "statistics"])

@@ -137,7 +137,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
             raise ImageDecodeError(f"a {suffix} file, a format zsfs cannot read: convert it (to JPEG or PNG)",
                                    path) from None
         head = _file_head(path) if source is None else _rewound(source).read(16)
-        if head.startswith((b"II*\x00", b"MM\x00*")):  # most often a valid TIFF Pillow has no mode for
+        if head.startswith(_TIFF_SIGNATURES):  # most often a valid TIFF Pillow has no mode for
             raise ImageDecodeError(f"{_TIFF_PILLOW_CANNOT_READ}, or a damaged TIFF", path) from None
         if _starts_like_an_image(head):  # also valid files of a variant Pillow has no decoder for
             raise ImageDecodeError("corrupt or truncated image header, or a format variant Pillow cannot read",
@@ -285,7 +285,8 @@ def _reduction_factor(width: int, height: int) -> int:
     return max(1, math.ceil(math.sqrt(width * height / WORKING_PIXELS)))
 
 
-_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF",
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # TIFF and BigTIFF, each byte order
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", *_TIFF_SIGNATURES, b"RIFF",
                      b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")  # the last two: JPEG 2000 (.jp2, .j2k)
 
 
@@ -457,7 +458,8 @@ def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
         scaled[no_value] = np.nan  # left out of the minimum and maximum below
     low, high = float(np.nanmin(scaled)), float(np.nanmax(scaled))
     if integer and low >= 0:
-        bits = max(8, int(np.ceil(np.log2(high + 1))))
+        # at most 32: a uint32 sample near 2**32 - 1 (GeoTIFF's usual no-data) reaches 2**32 as float32
+        bits = min(32, max(8, int(np.ceil(np.log2(high + 1)))))
         scaled *= 255.0 / (2.0**bits - 1)
     elif high > low:
         scaled -= low

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -205,8 +207,24 @@ class Classifier:
         }
         # Through a Python file: its OSError (a full disk) stays in the error's chain, where torch's
         # own writer leaves only "unexpected pos"; and a path that is not UTF-8 works.
-        with open(path, "wb") as handle:
+        with open(path, "wb") as handle, _crc32_recorded():
             torch.save(state, handle)
+
+
+@contextmanager
+def _crc32_recorded() -> Iterator[None]:
+    """torch.save records each member's CRC-32 in the block, whatever the process set (torch's
+    ``set_crc32_options(False)`` writes 0s, which the load's check would read as damage)."""
+    options = torch.serialization
+    if not hasattr(options, "set_crc32_options"):  # torch before 2.6 always records them
+        yield
+        return
+    before = options.get_crc32_options()
+    options.set_crc32_options(True)
+    try:
+        yield
+    finally:
+        options.set_crc32_options(before)
 
 
 def _member_failing_its_crc(handle: BinaryIO) -> str | None:
@@ -216,6 +234,8 @@ def _member_failing_its_crc(handle: BinaryIO) -> str | None:
     ``handle`` at its start; a file that is no zip archive is torch.load's to refuse."""
     try:
         with zipfile.ZipFile(handle) as archive:  # (a file object passed in stays open)
+            if not any(member.CRC for member in archive.infolist()):  # saved with torch's CRC-32 off: none to check
+                return None
             return archive.testzip()
     except zipfile.BadZipFile:
         return None
