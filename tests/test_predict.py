@@ -778,6 +778,12 @@ def test_predict_reads_the_tar_members_a_list_names(fitted, tmp_path, monkeypatc
     frame = predict_images(fitted["run"], ["shards/00000.tar"], lists=["list.txt"], workers=0)
     assert frame["path"].to_list() == listed.paths and frame["error"].null_count() == 3
     assert frame["predicted"][0] == frame["predicted"][2]
+    # review: a stale line (a member the tar does not hold) stopped the command, with no row at all
+    Path("list.txt").write_text(f"{member}\nshards/00000.tar::nope.jpg\n")
+    frame = predict_images(fitted["run"], [], lists=["list.txt"], workers=0)
+    assert frame["error"].to_list() == [None, "shards/00000.tar holds no file named 'nope.jpg'"]
+    with pytest.raises(ZsfsError, match="holds no file named 'nope.jpg'"):  # given on the command line: an error
+        predict_images(fitted["run"], ["shards/00000.tar::nope.jpg"], workers=0)
 
 
 def test_on_cpu_the_model_threads_follow_extracts_rule(fitted, monkeypatch):

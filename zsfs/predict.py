@@ -66,6 +66,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
     unreadable: dict[str, str] = {}
     listed: list[tuple[np.ndarray, TarMembers]] = []  # rows of listings with tars, and their byte ranges
     named_members: list[int] = []  # rows given as ``shard.tar::member``
+    listed_members: list[int] = []  # rows a list names so
     empty_of_pattern: dict[str, set[Path]] = {}  # a pattern's tars that hold no image (a pattern given twice: once)
     for given, pattern in _tar_patterns_expanded(Path(item) for item in inputs):
         if split_member_path(str(given)) is not None and not given.is_file():  # a file so named is that file
@@ -108,12 +109,16 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
         # as given on the command line (predict's own rows are so named): a reason kept by the name
         # would also be the row of that member given through its tar.
         members = {path for path, why in reasons.items() if why == TAR_MEMBER_IN_LIST}
-        named_members += [len(paths) + row for row, path in enumerate(listed_paths) if path in members]
+        listed_members += [len(paths) + row for row, path in enumerate(listed_paths) if path in members]
         paths += listed_paths
         unreadable.update((path, why) for path, why in reasons.items() if path not in members)
     if named_members:
         rows = np.asarray(named_members)
         listed.append((rows, locate_members([paths[row] for row in rows], Path.cwd())))
+    if listed_members:  # a stale line of a list is its row's reason, as a missing file there is, not the command's end
+        rows, missing = np.asarray(listed_members), {}
+        listed.append((rows, locate_members([paths[row] for row in rows], Path.cwd(), reasons=missing)))
+        unreadable.update((paths[rows[entry]], why) for entry, why in missing.items())
     check_utf8_file_names(paths)
     return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable,
                        members=merged_members(len(paths), listed), repeated_paths=repeated(paths))

@@ -362,9 +362,11 @@ def split_member_path(path: str) -> tuple[str, str] | None:
     return (tar + TAR_SUFFIX, member) if separator and member else None
 
 
-def locate_members(paths: Sequence[str], root: Path) -> TarMembers | None:
+def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | None = None) -> TarMembers | None:
     """Byte ranges of the ``<tar>::<member>`` entries of ``paths`` (relative to ``root``),
-    each tar listed once; None when no entry is a tar member. Other entries get tar -1."""
+    each tar listed once; None when no entry is a tar member. Other entries get tar -1. A member
+    the tar does not hold as a file is an error, or, given ``reasons``, its row's reason there
+    (entry number -> why; its tar stays -1)."""
     split = [split_member_path(path) for path in paths]
     tar_names = sorted({entry[0] for entry in split if entry is not None})
     if not tar_names:
@@ -387,11 +389,13 @@ def locate_members(paths: Sequence[str], root: Path) -> TarMembers | None:
         if entry is None:
             continue
         key = (number[entry[0]], entry[1])
-        if key in links:
-            raise ZsfsError(f"{paths[row]}: {entry[1]!r} is a link inside {entry[0]}, not a file; zsfs reads "
-                            "only the files of a tar")
-        if key not in where:
-            raise ZsfsError(f"{paths[row]}: {entry[0]} holds no file named {entry[1]!r}")
+        why = (f"{entry[1]!r} is a link inside {entry[0]}, not a file; zsfs reads only the files of a tar"
+               if key in links else f"{entry[0]} holds no file named {entry[1]!r}" if key not in where else None)
+        if why is not None:
+            if reasons is None:
+                raise ZsfsError(f"{paths[row]}: {why}")
+            reasons[row] = why
+            continue
         tar_ids[row] = key[0]
         offset[row], size[row] = where[key]
     return TarMembers(tars, tar_ids, offset, size)
