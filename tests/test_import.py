@@ -566,8 +566,9 @@ def test_an_import_stopped_between_its_vocabularies_is_named_not_fitted_on_the_o
     assert "No vocabularies yet" not in output_text(info)
     # failure test: a fit that opened the store while its import ran was told the import "was stopped"
     with lock_held_by_another_process(folder / "v.h5"), Store(folder / "v.h5") as store:
-        assert store.unwritten_note() == ("vocabulary 'many' is not written yet: the store is being written by another "
-                                          "zsfs process (the zsfs import); wait for it to finish")
+        assert store.unwritten_note() == ("vocabulary 'many' is not written: the zsfs import that made the store "
+                                          "writes it after its images, and another zsfs process is writing the store "
+                                          "now; once that is done, rerun the command if it is still missing")
     assert json.loads(run_cli("info", "--json", folder / "v.h5").output)["unwritten_vocabularies"] == ["many"]
     quick = ["--k", "2", "--candidates", "6", "--cycle-epochs", "1"]
     for chosen, code, said in (([], 2, f"{unwritten}; or choose one of pets with --vocab"),  # bug: it fitted

@@ -87,8 +87,8 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
     """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
 
     Images above ``WORKING_PIXELS`` come out smaller (the original size is in
-    ``image_size(image)``); above ``max_pixels`` a JPEG is decoded at a reduced scale and
-    other formats are refused. Raises ``ImageDecodeError`` with a short ``reason`` for empty,
+    ``image_size(image)``); above ``max_pixels`` a baseline JPEG is decoded at a reduced scale and
+    other formats (progressive JPEGs too) are refused. Raises ``ImageDecodeError`` with a short ``reason`` for empty,
     missing, unreadable, non-image, truncated, corrupt or too large files. The whole file is
     decoded here, so a broken file never gets past this function. ``draft``: a JPEG may be decoded
     at 1/2 to 1/8 scale as long as it stays at least this size (thumbnails: much faster).

@@ -2,7 +2,8 @@
 
 The neighbour search is the one step of a fit that depends only on the images, not on the
 vocabulary, k or the ID/OOD split; a store that holds its result (``<stem>.shards/neighbours.h5``;
-``index/neighbours`` in the master of a format-1 store; see docs/store.md) gives every later fit and every ood-bench split the neighbours for free.
+``index/neighbours`` in the master of a format-1 store; see docs/store.md) gives every later fit
+and every ood-bench split the neighbours for free.
 """
 
 from __future__ import annotations

@@ -171,7 +171,8 @@ class GivenPath(click.Path):
 MAX_PIXELS_OPTION = click.option(
     "--max-pixels", type=click.IntRange(min=1), default=None,
     help="Pixel budget of one image: larger JPEGs are decoded at 1/2 to 1/8 scale, larger files of other formats "
-         "are skipped with a reason [default: 89,478,485, Pillow's own limit].")
+         "(progressive JPEGs too: they take all their pixels' memory at any scale) are skipped with a reason "
+         "[default: 89,478,485, Pillow's own limit].")
 """Shared by the commands that decode images (the default lives in ``zsfs.decode.DEFAULT_MAX_PIXELS``)."""
 
 

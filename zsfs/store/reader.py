@@ -193,7 +193,12 @@ class Store:
             self._folder_stamps = folder_stamps
             return
         reopen = "open the store again (from Python: zsfs.Store(path))"
-        if stamps[0] is None and not written_elsewhere(self.path):  # (a rebuild with --overwrite removes it first)
+        if stamps[0] is None and written_elsewhere(self.path):  # a rebuild with --overwrite removes it first
+            raise StoreError(f"{self.path} is gone while another zsfs process writes the store (an extract or import "
+                             "with --overwrite removes the old master before it writes the new one), so what this "
+                             "process read may be the old store's; nothing was written: rerun once that process is "
+                             f"done (if the store was moved instead, {reopen} where it is now)")
+        if stamps[0] is None:
             raise StoreError(f"{self.path} was moved or deleted since this process opened it; {reopen} where it is now")
         gone = [name for name, stamp in zip(getattr(self, "shard_files", []), stamps[1:]) if stamp is None]
         if gone and stamps[0] == opened[0]:  # the same master: its shards went, no rebuild took their place
@@ -348,9 +353,11 @@ class Store:
             return ""
         kind = "command" if command.startswith("zsfs ") else "call"  # a CLI command, or a Python function
         named = f"{'vocabulary' if len(names) == 1 else 'vocabularies'} {', '.join(map(repr, names))}"
-        if written_elsewhere(self.path):  # its command is still running: it writes them after the images
-            return (f"{named} {'is' if len(names) == 1 else 'are'} not written yet: the store is being written by "
-                    f"another zsfs process (the {command}{'' if kind == 'command' else ' call'}); wait for it to finish")
+        if written_elsewhere(self.path):  # its command may still be running (or a `zsfs text`, which takes the lock too)
+            return (f"{named} {'is' if len(names) == 1 else 'are'} not written: the {command}"
+                    f"{'' if kind == 'command' else ' call'} that made the store writes {'it' if len(names) == 1 else 'them'} "
+                    "after its images, and another zsfs process is writing the store now; once that is done, rerun "
+                    f"the {kind} if {'it is' if len(names) == 1 else 'they are'} still missing")
         return (f"{named} {'was' if len(names) == 1 else 'were'} not written: the {command}"
                 f"{'' if kind == 'command' else ' call'} that made the store was stopped before it wrote "
                 f"{'it' if len(names) == 1 else 'them'} (after the store's images); rerun that {kind}, which reuses "
