@@ -318,8 +318,8 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
         assert result.exit_code == 2 and "is empty (an unset shell variable?)" in result.output, args
     assert not list(tmp_path.glob("*.h5"))
     # failure test: `fit --out -` wrote a run folder named "-" (and ood-bench would); "-" is no stream here
-    for args in (["fit", "--store", "s.h5", "--out", "-"], ["ood-bench", "--store", "s.h5", "--id-classes", "2",
-                                                             "--out", "-"], ["extract", "-"], ["predict", "--run", "-"]):
+    for args in (["fit", "--store", "s.h5", "--out", "-"], ["extract", "-"], ["predict", "--run", "-"],
+                 ["ood-bench", "--store", "s.h5", "--id-classes", "2", "--out", "-"]):
         result = run_cli(*args)
         assert result.exit_code == 2 and "'-' is not standard output or input here" in output_text(result), args
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a"]

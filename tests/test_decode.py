@@ -399,7 +399,8 @@ def test_a_file_of_a_format_this_pillow_lacks_is_not_called_foreign():
         decode_image("x.heic", data=heic)  # named on its own, as a scan counts it
 
 
-@pytest.mark.parametrize("head", [b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"II*\x00", b"MM\x00*", b"II+\x00", b"RIFF\0\0\0\0WEBP",
+@pytest.mark.parametrize("head", [b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"II*\x00", b"MM\x00*", b"II+\x00",
+                                  b"RIFF\0\0\0\0WEBP",
                                   b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51" + b"\xff" * 8])
 def test_a_damaged_image_is_told_from_a_file_that_is_no_image(head):
     """The skip reason says which: a file that starts with an image format's signature is damaged

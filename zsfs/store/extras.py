@@ -322,7 +322,8 @@ def read_vocabulary(group: h5py.Group, name: str, path: Path, clip_dim: int) -> 
     # damaged bytes raise h5py's errors here: Store.vocabulary names the file and how to get it back
     raw_classes = texts[:]  # bytes: check_class_names decodes them, or says why it cannot
     recorded = group.attrs.get(schema.ATTR_STRINGS_SHA256)  # vocabularies written since December 2026
-    if recorded is not None and listing_sha256([raw.decode("utf-8", "surrogateescape") for raw in raw_classes]) != recorded:
+    as_written = [raw.decode("utf-8", "surrogateescape") for raw in raw_classes]
+    if recorded is not None and listing_sha256(as_written) != recorded:
         # a flipped bit in a class name read as another name: its embedding then labelled images with it
         raise damaged_extra(path, schema.VOCAB_FORMAT, ValueError("its class names do not match their recorded sha256"))
     arrays = {kind: datasets[kind][:] for kind in schema.PROMPT_KINDS}

@@ -353,11 +353,12 @@ class Store:
             return ""
         kind = "command" if command.startswith("zsfs ") else "call"  # a CLI command, or a Python function
         named = f"{'vocabulary' if len(names) == 1 else 'vocabularies'} {', '.join(map(repr, names))}"
+        one = len(names) == 1
         if written_elsewhere(self.path):  # its command may still be running (or a `zsfs text`, which takes the lock too)
-            return (f"{named} {'is' if len(names) == 1 else 'are'} not written: the {command}"
-                    f"{'' if kind == 'command' else ' call'} that made the store writes {'it' if len(names) == 1 else 'them'} "
+            return (f"{named} {'is' if one else 'are'} not written: the {command}"
+                    f"{'' if kind == 'command' else ' call'} that made the store writes {'it' if one else 'them'} "
                     "after its images, and another zsfs process is writing the store now; once that is done, rerun "
-                    f"the {kind} if {'it is' if len(names) == 1 else 'they are'} still missing")
+                    f"the {kind} if {'it is' if one else 'they are'} still missing")
         return (f"{named} {'was' if len(names) == 1 else 'were'} not written: the {command}"
                 f"{'' if kind == 'command' else ' call'} that made the store was stopped before it wrote "
                 f"{'it' if len(names) == 1 else 'them'} (after the store's images); rerun that {kind}, which reuses "
@@ -467,7 +468,8 @@ class Store:
         recorded = self._file.attrs.get(schema.ATTR_STRINGS_SHA256)  # first: the shards' digests are among them
         if recorded is not None and strings_sha256(self._file) != recorded:
             raise StoreError(f"{self.path}: the master's text (image paths, labels, skip reasons, shard names) does "
-                             f"not match its recorded checksum; the master is damaged{damaged_master_advice(self.path)}")
+                             "not match its recorded checksum; the master is damaged"
+                             f"{damaged_master_advice(self.path)}")
         if self._file.get(schema.SHARDS_SHA256) is not None:
             for name, expected in zip(self.shard_files, self._strings(schema.SHARDS_SHA256)):
                 if file_sha256(folder / name) != expected:
