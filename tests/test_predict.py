@@ -762,6 +762,22 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
     assert_same_predictions(as_file.drop("path"), from_files.drop("path")[:1])
 
 
+def test_images_of_formats_zsfs_cannot_read_get_a_row_saying_so(fitted, tmp_path):
+    """Walkthrough: a folder given to predict with DICOM slices beside its PNGs gave the PNGs' rows and
+    nothing of the .dcm files (extract's summary counts them); each now has a row with the reason a
+    .dcm file named alone gets."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(fitted["photos"]["root"] / fitted["photos"]["good"][0], folder / "a.png")
+    (folder / "slice.DCM").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    frame = predict_images(fitted["run"], [folder], workers=0)
+    reason = "a .dcm file, a format zsfs cannot read: convert it (to JPEG or PNG)"
+    assert frame["path"].to_list() == [str(folder / "a.png"), str(folder / "slice.DCM")]
+    assert frame["error"].to_list() == [None, reason]
+    alone = predict_images(fitted["run"], [folder / "slice.DCM"], workers=0)
+    assert alone["error"].to_list() == [reason]
+
+
 def test_predict_reads_the_tar_members_a_list_names(fitted, tmp_path, monkeypatch):
     """Walkthrough: a list's ``shard.tar::member`` line was skipped as extract skips it, and, the
     reason being kept by name, so was that member given through its tar: both rows had the list's

@@ -132,10 +132,8 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
     except ImageDecodeError as error:
         raise ImageDecodeError(error.reason, path) from None
     except UnidentifiedImageError:
-        suffix = path.suffix.lower()
-        if suffix in UNREAD_IMAGE_SUFFIXES:  # named on its own (a list, predict): said as a scan says it
-            raise ImageDecodeError(f"a {suffix} file, a format zsfs cannot read: convert it (to JPEG or PNG)",
-                                   path) from None
+        if path.suffix.lower() in UNREAD_IMAGE_SUFFIXES:  # named on its own (a list, predict): as a scan says it
+            raise ImageDecodeError(unread_format_reason(path), path) from None
         head = _file_head(path) if source is None else _rewound(source).read(16)
         if head.startswith(_TIFF_SIGNATURES):  # most often a valid TIFF Pillow has no mode for
             raise ImageDecodeError(f"{_TIFF_PILLOW_CANNOT_READ}, or a damaged TIFF", path) from None
@@ -157,6 +155,11 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
         raise ImageDecodeError("corrupt image data", path) from None
     except MemoryError:
         raise ImageDecodeError("image too large to decode (out of memory)", path) from None
+
+
+def unread_format_reason(path: str | Path) -> str:
+    """The skip reason of an image of ``UNREAD_IMAGE_SUFFIXES``."""
+    return f"a {os.path.splitext(path)[1].lower()} file, a format zsfs cannot read: convert it (to JPEG or PNG)"
 
 
 @contextmanager

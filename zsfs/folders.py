@@ -32,7 +32,12 @@ class FolderScan:
     unreadable: dict[str, str]  # entries not read (``sub/`` for a folder): path -> reason
     aliases: list[str]  # linked folders and images not read: other names of ones listed
     tars: list[str]  # .tar files, which an image folder does not read
-    unread_formats: dict[str, int]  # images of UNREAD_IMAGE_SUFFIXES: suffix -> count
+    unread_images: list[str]  # images of UNREAD_IMAGE_SUFFIXES (formats Pillow cannot decode)
+
+    @property
+    def unread_formats(self) -> dict[str, int]:
+        """:attr:`unread_images` counted by suffix (lower case), suffixes sorted."""
+        return suffix_counts(self.unread_images)
 
 
 def scan_folder(folder: Path) -> FolderScan:
@@ -49,7 +54,7 @@ def scan_folder(folder: Path) -> FolderScan:
     listed_at = {str(folder): ""}  # real path of the tree and of each linked folder listed -> its place in the tree
     aliases: list[str] = []  # linked folders not read: other names of folders listed
     tars: list[str] = []  # .tar files, which an image folder does not read
-    unread_formats: Counter[str] = Counter()
+    unread_images: list[str] = []
     tree = str(folder) + os.sep
 
     def record(error: OSError) -> None:
@@ -94,13 +99,13 @@ def scan_folder(folder: Path) -> FolderScan:
         if file_links:
             linked.extend(prefix + name for name in images if name in file_links)
         tars.extend(prefix + name for name, suffix in suffixes if suffix == TAR_SUFFIX)
-        unread_formats.update(suffix for _, suffix in suffixes if suffix in UNREAD_IMAGE_SUFFIXES)
+        unread_images.extend(prefix + name for name, suffix in suffixes if suffix in UNREAD_IMAGE_SUFFIXES)
     other_names = _other_names(folder, found, linked, listed_at)
     if other_names:
         found = [path for path in found if path not in other_names]
         unreadable.update((path, f"{LINKED_IMAGE} ({why})") for path, why in other_names.items())
         aliases.extend(other_names)
-    return FolderScan(found, unreadable, aliases, tars, dict(sorted(unread_formats.items())))
+    return FolderScan(found, unreadable, aliases, tars, unread_images)
 
 
 def nested_class_folders(paths: Sequence[str]) -> tuple[list[str], list[str]] | None:
@@ -183,6 +188,11 @@ def _place_in_tree(target: str, listed_at: dict[str, str]) -> str | None:
             return None
         parts.append(part)
     return listed_at[parent] + "/".join(reversed(parts))
+
+
+def suffix_counts(paths: Sequence[str]) -> dict[str, int]:
+    """How many of ``paths`` end in each suffix (lower case), suffixes sorted."""
+    return dict(sorted(Counter(os.path.splitext(path)[1].lower() for path in paths).items()))
 
 
 def unread_formats_text(counts: dict[str, int]) -> str:

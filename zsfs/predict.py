@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsfs.decode import DEFAULT_MAX_PIXELS
+from zsfs.decode import DEFAULT_MAX_PIXELS, unread_format_reason
 from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice, check_path,
                          shown_value)
 from zsfs.devices import MODEL_PRECISIONS, check_device
@@ -88,9 +88,11 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
             unreadable.update({os.path.join(base, path): reason for path, reason in listing.unreadable.items()})
             links = [os.path.join(base, path) for path in listing.tar_links]  # a row each, to say why no class
             tars = [os.path.join(base, path) for path in listing.unread_tars]  # see zsfs.tars.TAR_FOLDER
-            paths += links + tars
+            formats = [os.path.join(base, path) for path in listing.unread_images]  # .dcm, .heic: as named alone
+            paths += links + tars + formats
             unreadable.update(dict.fromkeys(links, TAR_LINK))
             unreadable.update(dict.fromkeys(tars, TAR_BESIDE_IMAGES))
+            unreadable.update((path, unread_format_reason(path)) for path in formats)
         elif given.is_file() and is_compressed_tar(given.name):
             raise compressed_tar_error(given)
         elif given.is_file() and given.suffix.lower() in LIST_SUFFIXES:

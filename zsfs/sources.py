@@ -18,7 +18,7 @@ from PIL import Image
 from zsfs.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SUFFIXES_ADDED, ImageDecodeError, decode_image
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError, check_path
-from zsfs.folders import nested_class_folders, scan_folder, unread_formats_text
+from zsfs.folders import nested_class_folders, scan_folder, suffix_counts, unread_formats_text
 from zsfs.lists import read_list_file
 from zsfs.names import check_utf8_file_names, counted, repeated, some_names, utf8_text, utf8_texts
 from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TarMembers, TarReadError, compressed_tar_error,
@@ -51,8 +51,7 @@ class ImageSource:
     aliases: list[str] = field(default_factory=list)  # linked folders not read: other names of listed ones
     repeated_paths: list[str] = field(default_factory=list)  # listed more than once (each row is embedded)
     # (a list file's line, or a member name a tar holds twice)
-    unread_formats: dict[str, int] = field(default_factory=dict)  # a folder's images of UNREAD_IMAGE_SUFFIXES:
-    # suffix -> count
+    unread_images: list[str] = field(default_factory=list)  # a folder's images of UNREAD_IMAGE_SUFFIXES (not read)
     merged_labels: list[str] = field(default_factory=list)  # labels of two class folders (see _folder_source)
     nested_classes: tuple[list[str], list[str]] | None = None  # class folders that hold the same subfolders:
     # (the class folders, their shared subfolders), a layout split in train/, val/, ... (see nested_class_folders)
@@ -75,6 +74,11 @@ class ImageSource:
         except (OSError, TarReadError) as error:  # (decode_image turns the decoders' OSErrors into its own)
             raise ImageDecodeError(f"unreadable tar ({getattr(error, 'strerror', None) or error})", self.paths[i]) \
                 from None
+
+    @property
+    def unread_formats(self) -> dict[str, int]:
+        """:attr:`unread_images` counted by suffix (the extract summary's "images not read")."""
+        return suffix_counts(self.unread_images)
 
     @property
     def classes(self) -> list[str] | None:
@@ -184,7 +188,7 @@ def _folder_source(folder: Path) -> ImageSource:
               if loose and len(loose) < len(paths) else None)
     return ImageSource(location=folder, root=folder, paths=paths, labels=labels, unreadable=scan.unreadable,
                        no_labels_reason=reason, aliases=scan.aliases, unread_tars=sorted(scan.tars),
-                       unread_formats=scan.unread_formats, merged_labels=merged,
+                       unread_images=scan.unread_images, merged_labels=merged,
                        nested_classes=None if labels is None else nested_class_folders(paths))
 
 
