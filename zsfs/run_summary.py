@@ -17,6 +17,12 @@ def seed_precision(metrics: dict | None) -> dict[int, float]:
     return {p["cycle"]: p["precision"] for p in (metrics or {}).get("seed_precision", [])}
 
 
+def classes_not_predicted(classes: list[str], predicted: list[str], absent: list[str] | None) -> list[str]:
+    """The ``classes``, ``absent`` ones aside, that none of the ``predicted`` names is."""
+    left_out = set(predicted) | set(absent or [])
+    return [name for name in classes if name not in left_out]
+
+
 def cycle_rows(config: dict, metrics: dict | None) -> tuple[list[str], list[list[str]]]:
     """The run's self-training cycles as (header, rows of plain text), for the fit command's table
     and the report's: seed precision only where the store has labels (metrics.json), "-" where a
@@ -62,13 +68,12 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
     if config.get("classes_without_seeds"):
         rows.append(("classes without seeds", listed(config["classes_without_seeds"])))
     unused = config.get("classes_not_predicted")  # a present class the head never picks
-    if unused is None and "predicted" in frame.columns:  # a run written before config.json listed them
-        labelled = set(frame["predicted"].unique().to_list()) | set(config.get("absent_classes") or [])
-        unused = [name for name in classes if name not in labelled]
-        if unused:  # walkthrough: "(88 more in config.json)", which did not list them
-            rows.append(("classes no image is predicted as (absent ones aside)", some_names(unused, names_shown)))
-    elif unused:
-        rows.append(("classes no image is predicted as (absent ones aside)", listed(unused)))
+    in_config = unused is not None
+    if not in_config and "predicted" in frame.columns:  # a run written before config.json listed them
+        unused = classes_not_predicted(classes, frame["predicted"].unique().to_list(), config.get("absent_classes"))
+    if unused:  # an older run's are not in config.json (walkthrough: "(88 more in config.json)" listed none)
+        rows.append(("classes no image is predicted as (absent ones aside)",
+                     listed(unused) if in_config else some_names(unused, names_shown)))
     if config.get("classes_read_as_one"):  # the later of each pair is never zero-shot's pick
         rows.append(("classes with one text embedding (CLIP reads them as one)",
                      pairs_text([tuple(pair) for pair in config["classes_read_as_one"]], names_shown, "config.json")))

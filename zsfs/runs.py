@@ -26,6 +26,7 @@ from zsfs.errors import (ParameterError, ZsfsError, check_path, checked_argument
 from zsfs.evaluate import fit_metrics
 from zsfs.names import utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table
+from zsfs.run_summary import classes_not_predicted
 from zsfs.writable import check_writable
 
 if TYPE_CHECKING:
@@ -93,7 +94,8 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "stop_reason": result.stop_reason,
         "absent_classes": result.absent_classes,
         "classes_without_seeds": result.unseeded_classes,
-        "classes_not_predicted": _classes_not_predicted(result),
+        "classes_not_predicted": classes_not_predicted(
+            result.classes, [result.classes[index] for index in np.unique(result.predicted)], result.absent_classes),
         "seeds_per_class": result.seeds_per_class,
         "classes_read_as_one": [list(pair) for pair in result.classes_read_as_one],
         "class_shares": result.class_shares,
@@ -108,12 +110,6 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "timings_s": result.timings,
         "cpu_timings_s": result.cpu_timings,
     }
-
-
-def _classes_not_predicted(result: "FitResult") -> list[str]:
-    """The listed classes, absent ones aside, that no image of the collection is predicted as."""
-    predicted, absent = set(np.unique(result.predicted).tolist()), set(result.absent_classes)
-    return [name for index, name in enumerate(result.classes) if index not in predicted and name not in absent]
 
 
 def run_predictions(result: "FitResult", store: "Store", labels: "Sequence | None") -> "pl.DataFrame":

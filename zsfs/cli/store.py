@@ -129,9 +129,6 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
                       f"{shown(some_names(summary.repeated_paths, 10, with_count=False))}")
 
 
-MASTER_TEXT_VERIFIED = "the master's text against its checksum, "
-
-
 @click.command("info", short_help="Show what a store holds: images, models, vocabularies.")
 @click.argument("store_path", metavar="STORE", type=GivenPath(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, callback=prints_on_stdout, help="Print the summary as JSON on stdout.")
@@ -164,12 +161,14 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
         skipped = store.skipped() if list_skipped else None
     if verify:  # on the console (stderr), before a listing on stdout too
         checked = summary["verified"]
-        console.print(f"Verified: {counted(checked['shards'], 'shard')}"
-                      f"{' against ' + ('its' if checked['shards'] == 1 else 'their') + ' recorded checksums' if checked['shard_checksums'] else ''}, "
-                      f"{MASTER_TEXT_VERIFIED if checked['master_text_checksum'] else ''}"
-                      f"{counted(checked['vocabularies'], 'vocabulary', 'vocabularies')}, "
-                      f"{'the' if checked['neighbour_graph'] else 'no'} "
-                      f"neighbour graph and the index: {checked['bytes_read']:,} bytes read, no damage found.",
+        whose = "its" if checked["shards"] == 1 else "their"
+        parts = [counted(checked["shards"], "shard") + (f" against {whose} recorded checksums"
+                                                        if checked["shard_checksums"] else "")]
+        if checked["master_text_checksum"]:
+            parts.append("the master's text against its checksum")
+        parts += [counted(checked["vocabularies"], "vocabulary", "vocabularies"),
+                  f"{'the' if checked['neighbour_graph'] else 'no'} neighbour graph and the index"]
+        console.print(f"Verified: {', '.join(parts)}: {checked['bytes_read']:,} bytes read, no damage found.",
                       markup=False)
     if skipped is not None and not as_json:
         # Names are written visibly (a tab, newline or undecodable byte in a name as \x09, \x0a, \xNN)
