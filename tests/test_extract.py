@@ -1394,7 +1394,8 @@ def test_a_decoding_process_whose_reader_left_mid_hand_over_prints_no_traceback(
     """Bug (seen on a busy machine): SIGTERM to extract during a batch's hand-over printed
     multiprocessing's resource-sharer traceback (BrokenPipeError, ConnectionResetError) from the
     decoding process under the "Terminated" line. Here a real sharer thread, in a process set up
-    as a decoding process is, meets a peer that connects and resets the connection."""
+    as a decoding process is, meets a peer that connects and resets the connection. (The event is set
+    after the hook returns: set first, the main thread could exit mid-traceback, as it once did in CI.)"""
     script = textwrap.dedent("""
         import os, socket, struct, sys, threading
         from multiprocessing import resource_sharer
@@ -1402,7 +1403,7 @@ def test_a_decoding_process_whose_reader_left_mid_hand_over_prints_no_traceback(
         if sys.argv[1] == "worker":
             _start_worker(0, 0)
         reported, hook = threading.Event(), sys.excepthook  # the sharer thread reports through sys.excepthook
-        sys.excepthook = lambda *error: (reported.set(), hook(*error))
+        sys.excepthook = lambda *error: (hook(*error), reported.set())  # set once printed in full
         resource_sharer.DupFd(os.open(os.devnull, os.O_RDONLY))  # starts the sharer's thread
         peer = socket.socket(socket.AF_UNIX)
         peer.connect(resource_sharer._resource_sharer._address)
