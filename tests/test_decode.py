@@ -344,6 +344,19 @@ def test_sixteen_bit_colour_with_alpha_orientation_and_reduction(monkeypatch):
     assert np.abs(np.asarray(reduced, dtype=float) - block_means * 255 / 4095).max() <= 0.5 + 0.5 * 255 / 4095
 
 
+def test_twelve_bit_colour_with_twelve_bit_alpha_is_as_opaque_as_written():
+    """Bug: alpha was always read as 16-bit, so a 12-bit file's opaque 4095 was 6 % opaque and the
+    picture washed out to the background."""
+    samples = twelve_bit_colour(height=4, width=20)
+    alpha = np.full((4, 20), 4095, np.uint16)
+    alpha[:1], alpha[1:2] = 0, 2048  # transparent, half opaque, then opaque
+    for data in (encode_png16(np.dstack([samples, alpha])), encode_tiff(np.dstack([samples, alpha]), extra_samples=2)):
+        decoded = np.asarray(decode_image("a.png", data=data), dtype=float)
+        assert (decoded[0] == 255).all() and (decoded[2:] == as_twelve_bit(samples[2:])).all()
+        half = as_twelve_bit(samples[1]) * 2048 / 4095 + 255 * (1 - 2048 / 4095)
+        assert np.abs(decoded[1] - half).max() <= 1.5
+
+
 def test_sixteen_bit_colour_alpha_straight_premultiplied_and_planes():
     samples = twelve_bit_colour(bands=3)
     alpha = np.random.default_rng(1).integers(0, 65536, samples.shape[:2]).astype(np.uint16)
