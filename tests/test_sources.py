@@ -275,6 +275,18 @@ def test_csv_list_with_and_without_labels(tmp_path):
     assert open_source(tmp_path / "hash.txt").paths == ["#1.jpg"]
 
 
+def test_tab_separated_list_is_read_as_a_table(tmp_path):
+    """Walkthrough: a .tsv list (as pandas' to_csv(sep="\\t") and many dataset tools write one) was
+    refused as no list file."""
+    (tmp_path / "list.tsv").write_text('path\tlabel\nx/a,b.jpg\tcat\n"x/tab\there.jpg"\t dog \n')
+    listing = open_source(tmp_path / "list.tsv")
+    assert listing.paths == ["x/a,b.jpg", "x/tab\there.jpg"] and listing.labels == ["cat", "dog"]
+    (tmp_path / "ragged.tsv").write_text("path\tlabel\nx/a.jpg\tcat\tmore\n")
+    with pytest.raises(ZsfsError, match=r"1 row with more fields than the header's 2 \(first: line 2, 3 fields\); "
+                                        r"quote a path holding a tab"):
+        open_source(tmp_path / "ragged.tsv")
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [

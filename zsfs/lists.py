@@ -1,5 +1,5 @@
-"""List files of images, read as written: ``.txt`` a path per line, ``.csv`` a ``path`` column
-(quoted fields may hold commas and newlines) and optionally a ``label`` column; paths relative
+"""List files of images, read as written: ``.txt`` a path per line, ``.csv`` (or tab-separated ``.tsv``)
+a ``path`` column (quoted fields may hold commas, tabs and newlines) and optionally a ``label`` column; paths relative
 to the list's folder. Text is UTF-8 (names that are not are kept byte for byte); UTF-16 and NUL
 bytes are refused with the fix (``refuse_nul_bytes``). Class files (``--classes``), read the same
 way: ``read_class_file``."""
@@ -39,8 +39,8 @@ def read_list_file(list_file: Path) -> tuple[list[str], list[str] | None]:
     # Names that are not UTF-8 are kept as bytes (surrogates), like the names of a folder scan;
     # decoded from bytes, so no newline translation: a name may hold "\r" or U+2028.
     text = data.decode("utf-8-sig", errors="surrogateescape")
-    if list_file.suffix.lower() == ".csv":
-        raw_paths, labels = _parse_csv(text, list_file)
+    if list_file.suffix.lower() in TABLE_SEPARATORS:
+        raw_paths, labels = _parse_table(text, list_file, TABLE_SEPARATORS[list_file.suffix.lower()])
     else:  # a path per "\n" or "\r\n" line, verbatim (spaces are part of names); blank and "#" lines skipped
         lines = [line.removesuffix("\r") for line in text.split("\n")]
         raw_paths = [line for line in lines if line.strip() and not line.startswith("#")]
@@ -50,9 +50,13 @@ def read_list_file(list_file: Path) -> tuple[list[str], list[str] | None]:
     return [_relative_when_possible(p, root) for p in raw_paths], labels
 
 
-def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]:
-    """Paths verbatim (a quoted field may hold commas, newlines, spaces), labels stripped."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t"}
+"""The list files with a header line (``path`` and optionally ``label``), and their field separators."""
+
+
+def _parse_table(text: str, list_file: Path, separator: str) -> tuple[list[str], list[str] | None]:
+    """Paths verbatim (a quoted field may hold separators, newlines, spaces), labels stripped."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if "path" not in columns:
         raise ZsfsError(
@@ -79,10 +83,10 @@ def _parse_csv(text: str, list_file: Path) -> tuple[list[str], list[str] | None]
         )
     if overlong:  # "a,b.jpg,cat" under "path,label": an unquoted comma in a name shifts every field after it
         line, fields = overlong[0]
+        holding = "a comma (\"a,b.jpg\")" if separator == "," else "a tab"
         raise ZsfsError(
             f"{list_file}: {counted(len(overlong), 'row')} with more fields than the header's {len(columns)} "
-            f"(first: line {line}, {fields} fields); quote a path holding a comma (\"a,b.jpg\"), as spreadsheets "
-            "write it."
+            f"(first: line {line}, {fields} fields); quote a path holding {holding}, as spreadsheets write it."
         )
     paths = [row["path"] for row in rows]
     if "label" not in columns:

@@ -19,13 +19,13 @@ from zsfs.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SUFFIXES_ADDED, Im
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError, check_path
 from zsfs.folders import nested_class_folders, scan_folder, suffix_counts, unread_formats_text
-from zsfs.lists import read_list_file
+from zsfs.lists import TABLE_SEPARATORS, read_list_file
 from zsfs.names import check_utf8_file_names, counted, repeated, some_names, utf8_text, utf8_texts
 from zsfs.tars import (READ_IN_PLACE, TAR_FOLDER, TarMembers, TarReadError, compressed_tar_error,
                        is_compressed_tar, is_tar_pattern, list_tars, resolve_tars, split_member_path, tar_shards_in)
 
 
-LIST_SUFFIXES = (".txt", ".csv")
+LIST_SUFFIXES = (".txt", *TABLE_SEPARATORS)
 
 
 class NoImagesError(ZsfsError):
@@ -119,12 +119,12 @@ class ImageSource:
 
 
 def open_source(source: str | Path) -> ImageSource:
-    """Read a folder (scanned recursively), a ``.txt`` / ``.csv`` list of image paths, or
+    """Read a folder (scanned recursively), a ``.txt`` / ``.csv`` / ``.tsv`` list of image paths, or
     webdataset tar shards (a folder of ``.tar`` files, one ``.tar``, or ``data/{00000..00009}.tar``).
 
     Folder: labels are the first-level subfolder names when every image sits in one.
-    List: ``.txt`` has one path per line; ``.csv`` has a header with ``path`` and optionally
-    ``label``. Relative paths are relative to the list file's folder.
+    List: ``.txt`` has one path per line; ``.csv`` (``.tsv``: tab-separated) has a header with ``path``
+    and optionally ``label``. Relative paths are relative to the list file's folder.
     Tars: paths are ``<tar>::<member>``, read in place (see ``zsfs.tars``); no labels.
     """
     listing = _listing(source)
@@ -140,7 +140,7 @@ def _listing(source: str | Path) -> ImageSource:
         return _tar_source(Path(os.path.abspath(source)), root, tars)
     location = Path(source)
     if not location.exists():
-        raise ZsfsError(f"{source} does not exist; pass an image folder, a .txt/.csv list of images, or tar "
+        raise ZsfsError(f"{source} does not exist; pass an image folder, a .txt/.csv/.tsv list of images, or tar "
                         "shards (a .tar, a folder of them, or a pattern 'shards/{00000..00099}.tar').")
     location = location.resolve()
     if location.is_dir():
@@ -155,7 +155,7 @@ def _listing(source: str | Path) -> ImageSource:
     if location.suffix.lower() not in LIST_SUFFIXES:
         raise ZsfsError(
             f"{location} is neither a folder nor a list file; a list must end in .txt (one path "
-            "per line) or .csv (header with 'path' and optional 'label' columns)."
+            "per line), .csv or .tsv (header with 'path' and optional 'label' columns)."
         )
     return _read_list(location)
 

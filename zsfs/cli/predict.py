@@ -22,7 +22,7 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 @click.command(short_help="Classify new image files with a fitted run.")
 @click.argument("images", nargs=-1, type=GivenPath(path_type=Path))
 @click.option("--list", "lists", multiple=True, type=GivenPath(dir_okay=False, path_type=Path),
-              help="A .txt (one path per line; '#' lines are comments) or .csv ('path' column) list of images, "
+              help="A .txt (one path per line; '#' lines are comments) or .csv / .tsv ('path' column) list of images, "
                    "read as zsfs extract reads one: paths relative to the list's folder. May be repeated; with or "
                    "without IMAGES.")
 @click.option("--run", "run_dir", required=True, type=GivenPath(path_type=Path),
