@@ -185,14 +185,110 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
     generator = torch.Generator().manual_seed(config.seed)
     precision = resolved_precision(config.precision, device)
     dtype = SEARCH_DTYPES[precision]
+    clip, scores, ranked, neighbour_search = _zero_shot_ranking(store, texts, config, device, dtype, timer)
+    if config.method == "balanced":
+        with timer.phase("zero-shot prior"):
+            seed_rows, seed_labels = seeds.positions(ranked, 0, config.k)
+            sample, drawn = transductive_sample(n_images, seed_rows, config.seed)
+            log_prior = torch.log_softmax(zero_shot_logits(as_tensor(clip[sample], device), as_tensor(texts, device)),
+                                          dim=1)
+    del clip
+    if config.method == "balanced":
+        with timer.phase("read features"):
+            features = normalise(store.read("backbone", sample), device)
+            _refuse_non_finite(store, sample, features.sum(dim=1))
+            candidate_rows, candidate_labels = seeds.positions(ranked, 0, config.candidates)
+            candidate_features = normalise(store.read("backbone", candidate_rows), device)
+            _refuse_non_finite(store, candidate_rows, candidate_features.sum(dim=1))
+            prototypes = transductive.class_prototypes(candidate_features, torch.as_tensor(candidate_labels,
+                                                                                           device=device), n_classes)
+            del candidate_features
+        with timer.phase("class shares + self-training"):
+            trained, head_classes, shares, estimated = _balanced_training(
+                features, sample, drawn, seed_rows, seed_labels, log_prior, prototypes, config, generator, dtype,
+                timer.cycle_steps(len(transductive.CYCLE_FRACTIONS), at_most=False))
+    else:
+        unique = np.unique(ranked[ranked != seeds.MISSING])
+        with timer.phase("read features"):
+            features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
+            _refuse_non_finite(store, unique, features.features.sum(dim=1))
+        with timer.phase("self-training"):
+            trained = self_train(ranked, features, k=config.k, epochs=config.epochs,
+                                 cycle_epochs=config.cycle_epochs, batch_size=config.batch_size, lr=config.lr,
+                                 max_cycles=config.max_cycles, loss_floor=config.loss_floor,
+                                 accumulate=config.accumulate, generator=generator, train_dtype=dtype,
+                                 on_cycle=timer.cycle_steps(config.max_cycles, at_most=True))
+        head_classes, shares, estimated = np.arange(n_classes), None, None
+    if not (torch.isfinite(trained.head.weight).all() and torch.isfinite(trained.head.bias).all()):
+        raise ZsfsError(f"training diverged (the classifier's weights are not finite) with --lr {config.lr}; "
+                        "use a smaller --lr")
+    del features
+    seed_cycle = trained.cycles[0]
+    if seed_cycle.n_kept == 0:  # every class lost its candidates: nothing to calibrate OOD on
+        raise ZsfsError("no seed image was selected for any class; check the vocabulary against the images")
+    collection = _scored_collection(store, trained, head_classes, ranked[head_classes], config.seed, device, timer)
+    # over seed places, as the paper's seed sets are (an image seeding 2 classes under --paper counts twice)
+    thresholds = ood.fit_thresholds(collection.statistics[seed_cycle.rows], config.ood_multiplier)
+    components = {"mcm": -scores.mcm, "reference_distance": collection.distance}
+    stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
+    ood_score = ood.combined_score(components, stored_quantiles)
+    ood_distance = ood.cdf(collection.distance, stored_quantiles["reference_distance"]).astype(np.float32)
+    flag_threshold = ood.flag_threshold(ood_score[np.unique(seed_cycle.rows)])  # an image seeding 2 classes: once
+    pseudo_label, pseudo_cycle = _pseudo_labels(n_images, trained.cycles)
+    classifier = Classifier(
+        classes=[vocab.classes[i] for i in head_classes],
+        weight=trained.head.weight.detach().cpu().numpy(),
+        bias=trained.head.bias.detach().cpu().numpy(),
+        ood=thresholds,
+        backbone=dict(store.backbone_info),
+        ood_reference=collection.reference.cpu().to(torch.float16).numpy(),
+        ood_nearest=collection.nearest,
+        ood_quantiles={"reference_distance": stored_quantiles["reference_distance"]},
+    )
+    store.check_unchanged()  # every row came from the build the fit opened
+    return FitResult(
+        vocabulary=name,
+        classes=list(vocab.classes),
+        prompts_used=vocab.prompts_used(config.prompts),
+        predicted=collection.predicted,
+        confidence=collection.confidence,
+        ood_score=ood_score,
+        ood_distance=ood_distance,
+        ood_flag=ood_score > flag_threshold,
+        ood_flag_threshold=float(flag_threshold),
+        ood_paper=ood.paper_score(collection.statistics, thresholds),
+        ood_continuous=ood.continuous_score(collection.statistics, thresholds),
+        is_seed=pseudo_cycle == 0,
+        pseudo_label=pseudo_label,
+        pseudo_cycle=pseudo_cycle,
+        zero_shot_predicted=scores.predicted,
+        zero_shot_confidence=scores.confidence,
+        mcm_score=-scores.mcm,
+        cycles=trained.cycles,
+        stop_reason=trained.stop_reason,
+        classifier=classifier,
+        neighbour_search=neighbour_search,
+        precision=precision,
+        absent_classes=[vocab.classes[i] for i in np.setdiff1d(np.arange(n_classes), head_classes)],
+        class_shares=None if shares is None else dict(zip(vocab.classes, shares.tolist())),
+        estimated_shares=None if estimated is None else dict(zip(vocab.classes, estimated.tolist())),
+        classes_read_as_one=[(vocab.classes[first], vocab.classes[later]) for first, later in repeated_rows(texts)],
+        timings=timer.timings,
+        cpu_timings=timer.cpu_timings,
+    )
 
-    n_neighbours = min(config.neighbours, n_images - 1)
+
+def _zero_shot_ranking(store: "Store", texts: np.ndarray, config: FitConfig, device: torch.device,
+                       dtype: torch.dtype, timer: _Timer) -> tuple[np.ndarray, "seeds.ZeroShotScores", np.ndarray, dict]:
+    """The seed-ranking phases: the store's CLIP rows, their zero-shot scores, every class's
+    re-ranked candidates (``seeds.rerank``: rows, ``seeds.MISSING`` where a class has fewer) and
+    where the re-ranking neighbours came from (the store's graph, or a search the fit ran)."""
+    n_neighbours = min(config.neighbours, store.n_images - 1)
     graph = store.graph_info
     method = choose_search(store, device, dtype, ivf=config.ivf_neighbours)
     unused = graph_unused(graph, n_neighbours, method)
-    use_graph = graph is not None and unused is None
     with timer.phase("read clip + index"):
-        if use_graph:
+        if graph is not None and unused is None:
             search, clip = None, store.read("clip")
         else:
             search, clip = open_search(store, method, device=device, scan_dtype=dtype, seed=config.seed)
@@ -214,115 +310,47 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
         support = seeds.neighbour_support(candidates, neighbours, clip, texts, scores, device=device)
         keep = seeds.one_class_per_image(candidates, support) if config.unique_pseudo_labels else None
         ranked = seeds.rerank(candidates, support, keep)
-    if config.method == "balanced":
-        with timer.phase("zero-shot prior"):
-            seed_rows, seed_labels = seeds.positions(ranked, 0, config.k)
-            sample, drawn = transductive_sample(n_images, seed_rows, config.seed)
-            log_prior = torch.log_softmax(zero_shot_logits(as_tensor(clip[sample], device), as_tensor(texts, device)),
-                                          dim=1)
-    del clip, search
-    if config.method == "balanced":
-        with timer.phase("read features"):
-            features = normalise(store.read("backbone", sample), device)
-            _refuse_non_finite(store, sample, features.sum(dim=1))
-            candidate_rows, candidate_labels = seeds.positions(ranked, 0, config.candidates)
-            candidate_features = normalise(store.read("backbone", candidate_rows), device)
-            _refuse_non_finite(store, candidate_rows, candidate_features.sum(dim=1))
-            prototypes = transductive.class_prototypes(candidate_features, torch.as_tensor(candidate_labels,
-                                                                                           device=device), n_classes)
-            del candidate_features
-        with timer.phase("class shares + self-training"):
-            trained, head_classes, shares, estimated = _balanced_training(
-                features, sample, drawn, seed_rows, seed_labels, log_prior, prototypes, config, generator, dtype,
-                timer.cycle_steps(len(transductive.CYCLE_FRACTIONS), at_most=False))
-    else:
-        with timer.phase("read features"):
-            features = FeatureTable(unique, normalise(store.read("backbone", unique), device))
-            _refuse_non_finite(store, unique, features.features.sum(dim=1))
-        with timer.phase("self-training"):
-            trained = self_train(ranked, features, k=config.k, epochs=config.epochs,
-                                 cycle_epochs=config.cycle_epochs, batch_size=config.batch_size, lr=config.lr,
-                                 max_cycles=config.max_cycles, loss_floor=config.loss_floor,
-                                 accumulate=config.accumulate, generator=generator, train_dtype=dtype,
-                                 on_cycle=timer.cycle_steps(config.max_cycles, at_most=True))
-        head_classes, shares, estimated = np.arange(n_classes), None, None
-    if not (torch.isfinite(trained.head.weight).all() and torch.isfinite(trained.head.bias).all()):
-        raise ZsfsError(f"training diverged (the classifier's weights are not finite) with --lr {config.lr}; "
-                        "use a smaller --lr")
-    del features
-    seed_cycle = trained.cycles[0]
-    if seed_cycle.n_kept == 0:  # every class lost its candidates: nothing to calibrate OOD on
-        raise ZsfsError("no seed image was selected for any class; check the vocabulary against the images")
+    return clip, scores, ranked, neighbour_search
+
+
+@dataclass
+class _ScoredCollection:
+    """What the fitted head says of every image of the store, and the OOD reference it measured against."""
+
+    predicted: np.ndarray  # int64 vocabulary index
+    confidence: np.ndarray  # float32
+    statistics: np.ndarray  # float32 (N, len(ood.STATISTICS)): the paper's logit statistics
+    distance: np.ndarray  # float32 distance to the nearest-th reference row
+    reference: torch.Tensor  # unit reference features, float16 values
+    nearest: int
+
+
+def _scored_collection(store: "Store", trained: SelfTraining, head_classes: np.ndarray, candidates: np.ndarray,
+                       seed: int, device: torch.device, timer: _Timer) -> _ScoredCollection:
+    """Every image scored by the trained head (``head_classes``: the vocabulary index of each of
+    its classes), and its distance to the OOD reference drawn from the present classes' ``candidates``."""
     with timer.phase("read OOD reference"):
-        candidates = ranked[head_classes]
         candidate_rows = np.unique(candidates[candidates != seeds.MISSING])
-        reference_rows = ood.reference_rows(candidate_rows, config.seed)
+        reference_rows = ood.reference_rows(candidate_rows, seed)
         nearest = ood.nearest_rank(candidates, len(reference_rows))
         # float32 products even with bf16 (bf16 cosines step by 0.004 near 1: the distances fell on
         # a few dozen values), over the float16 copy classifier.pt keeps, so that predict gives
         # the collection's own rows the fit's ood_distance
         reference = normalise(store.read("backbone", reference_rows), device).half().float()
     with timer.phase("predict"):
-        predicted = np.empty(n_images, np.int64)
-        confidence = np.empty(n_images, np.float32)
-        statistics = np.empty((n_images, len(ood.STATISTICS)), np.float32)
-        distance = np.empty(n_images, np.float32)
+        n_images = store.n_images
+        scored = _ScoredCollection(predicted=np.empty(n_images, np.int64), confidence=np.empty(n_images, np.float32),
+                                   statistics=np.empty((n_images, len(ood.STATISTICS)), np.float32),
+                                   distance=np.empty(n_images, np.float32), reference=reference, nearest=nearest)
+        weight, bias = trained.head.weight.detach(), trained.head.bias.detach()
         for start, chunk in store.iter_chunks("backbone", CHUNK_ROWS):
             rows = slice(start, start + len(chunk))
-            best, confidence_of_best, chunk_statistics, chunk_distance = score_images(
-                normalise(chunk, device), trained.head.weight.detach(), trained.head.bias.detach(), reference, nearest)
-            predicted[rows], confidence[rows] = head_classes[best.cpu().numpy()], confidence_of_best.cpu().numpy()
-            statistics[rows], distance[rows] = chunk_statistics.cpu().numpy(), chunk_distance.cpu().numpy()
-            _refuse_non_finite(store, rows, distance[rows])  # the rows no earlier phase read
-    # over seed places, as the paper's seed sets are (an image seeding 2 classes under --paper counts twice)
-    thresholds = ood.fit_thresholds(statistics[seed_cycle.rows], config.ood_multiplier)
-    components = {"mcm": -scores.mcm, "reference_distance": distance}
-    stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
-    ood_score = ood.combined_score(components, stored_quantiles)
-    ood_distance = ood.cdf(distance, stored_quantiles["reference_distance"]).astype(np.float32)
-    flag_threshold = ood.flag_threshold(ood_score[np.unique(seed_cycle.rows)])  # an image seeding 2 classes: once
-    pseudo_label, pseudo_cycle = _pseudo_labels(n_images, trained.cycles)
-    classifier = Classifier(
-        classes=[vocab.classes[i] for i in head_classes],
-        weight=trained.head.weight.detach().cpu().numpy(),
-        bias=trained.head.bias.detach().cpu().numpy(),
-        ood=thresholds,
-        backbone=dict(store.backbone_info),
-        ood_reference=reference.cpu().to(torch.float16).numpy(),
-        ood_nearest=nearest,
-        ood_quantiles={"reference_distance": stored_quantiles["reference_distance"]},
-    )
-    store.check_unchanged()  # every row came from the build the fit opened
-    return FitResult(
-        vocabulary=name,
-        classes=list(vocab.classes),
-        prompts_used=vocab.prompts_used(config.prompts),
-        predicted=predicted,
-        confidence=confidence,
-        ood_score=ood_score,
-        ood_distance=ood_distance,
-        ood_flag=ood_score > flag_threshold,
-        ood_flag_threshold=float(flag_threshold),
-        ood_paper=ood.paper_score(statistics, thresholds),
-        ood_continuous=ood.continuous_score(statistics, thresholds),
-        is_seed=pseudo_cycle == 0,
-        pseudo_label=pseudo_label,
-        pseudo_cycle=pseudo_cycle,
-        zero_shot_predicted=scores.predicted,
-        zero_shot_confidence=scores.confidence,
-        mcm_score=-scores.mcm,
-        cycles=trained.cycles,
-        stop_reason=trained.stop_reason,
-        classifier=classifier,
-        neighbour_search=neighbour_search,
-        precision=precision,
-        absent_classes=[vocab.classes[i] for i in np.setdiff1d(np.arange(n_classes), head_classes)],
-        class_shares=None if shares is None else dict(zip(vocab.classes, shares.tolist())),
-        estimated_shares=None if estimated is None else dict(zip(vocab.classes, estimated.tolist())),
-        classes_read_as_one=[(vocab.classes[first], vocab.classes[later]) for first, later in repeated_rows(texts)],
-        timings=timer.timings,
-        cpu_timings=timer.cpu_timings,
-    )
+            best, confidence, statistics, distance = score_images(normalise(chunk, device), weight, bias, reference,
+                                                                  nearest)
+            scored.predicted[rows], scored.confidence[rows] = head_classes[best.cpu().numpy()], confidence.cpu().numpy()
+            scored.statistics[rows], scored.distance[rows] = statistics.cpu().numpy(), distance.cpu().numpy()
+            _refuse_non_finite(store, rows, scored.distance[rows])  # the rows no earlier phase read
+    return scored
 
 
 def transductive_sample(n_images: int, seed_rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
