@@ -536,6 +536,35 @@ def test_verify_finds_a_damaged_image_path_in_the_master(store):
         "remove it" in said, said
 
 
+@pytest.mark.parametrize("dataset", ["shards/rows", "shards/bytes"])
+def test_a_flipped_bit_in_the_master_shard_table_names_the_master_and_a_rerun_repairs_it(base, store, dataset):
+    """Review: the master's shard table (rows and size of each shard) had no checksum: a flipped bit
+    blamed a healthy shard ("shard-00001.h5 is damaged ...; remove it"), a rerun kept the master, and
+    --verify did not see it."""
+    before = store_content(store)
+    with h5py.File(store, "r") as file:
+        table = file[dataset]  # (an older master's is contiguous: the same test on it blamed a shard)
+        offset = table.id.get_chunk_info(0).byte_offset if table.chunks else table.id.get_offset()
+    data = bytearray(store.read_bytes())
+    data[offset + 1] ^= 0x04  # the first shard's count or size, one bit
+    store.write_bytes(bytes(data))
+    advice = (r"s\.h5 is damaged or incomplete .*; rebuild it; if it is the damaged master of the store in "
+              r"s\.shards/, remove it \(`rm .*s\.h5`\) and rerun the extract or import that made it: its finished "
+              r"shards are reused")
+    with pytest.raises(StoreError, match=advice) as refused:
+        Store(store)
+    assert "shard-0" not in str(refused.value)
+    refused = run_cli(*extract_args(base, store))  # as for any damaged master: the user removes it
+    assert refused.exit_code == 1 and re.search(advice, " ".join(output_text(refused).split()))
+    store.unlink()
+    rerun = run_cli(*extract_args(base, store))
+    assert rerun.exit_code == 0 and re.search(r"shards written / reused\W+0 / [1-9]", output_text(rerun)), \
+        output_text(rerun)  # nothing embedded again
+    after = store_content(store)  # a new master: its build's neighbour graph is to be computed again
+    assert after["clip"] == before["clip"] and after["vocabularies"] == before["vocabularies"]
+    assert after["summary"]["n_images"] == before["summary"]["n_images"] and after["graph"] is None
+
+
 def test_a_damaged_class_name_in_a_vocabulary_file_is_found(tmp_path):
     """Failure test (as the master's text): a flipped bit in a vocabulary file's class name read as
     another class, which then labelled the images of the class it replaced."""

@@ -28,7 +28,8 @@ from zsfs.errors import StoreError, one_line
 from zsfs.store import schema
 from zsfs.names import counted, utf8_text
 from zsfs.store.files import REPAIR, check_written, damaged_master_advice
-from zsfs.store.hdf5 import canonical_json, closed_on_error, open_hdf5, read_identity, read_strings, write_strings
+from zsfs.store.hdf5 import (canonical_json, closed_on_error, open_hdf5, read_identity, read_strings, write_checked,
+                             write_strings)
 from zsfs.store.identity import unfinished_run
 from zsfs.store.index import STREAM_BLOCK, build_index, write_index_blocks
 from zsfs.store.integrity import check_structure
@@ -128,8 +129,9 @@ def write_master(master: h5py.File, shards: list[h5py.File], *, identity: dict, 
     write_strings(master, schema.SKIPPED_PATH, skipped)
     write_strings(master, schema.SKIPPED_REASON, concat_strings(shards, schema.SKIPPED_REASON))
     write_strings(master, schema.SHARDS_FILE, names)
-    master.create_dataset(schema.SHARDS_ROWS, data=rows)
-    master.create_dataset(schema.SHARDS_BYTES, data=checksums[0])
+    # checksummed: a flipped bit here blamed a healthy shard (its rows or size no longer matched)
+    write_checked(master, schema.SHARDS_ROWS, rows)
+    write_checked(master, schema.SHARDS_BYTES, checksums[0])
     write_strings(master, schema.SHARDS_SHA256, checksums[1])
 
     write_index_dataset(master, index)

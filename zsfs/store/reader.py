@@ -110,7 +110,8 @@ class Store:
             self.build = str(attrs.get(schema.ATTR_BUILD, ""))
             self.has_labels = schema.LABEL in self._file
         except DAMAGED_FILE_ERRORS as error:
-            raise StoreError(f"{self.path} is damaged or incomplete ({one_line(error)}); rebuild it") from None
+            raise StoreError(f"{self.path} is damaged or incomplete ({one_line(error)}); rebuild it"
+                             f"{damaged_master_advice(self.path)}") from None
         self.n_shards = len(self.shard_files)
         # Vocabularies and the graph live beside the shards (the master may have been renamed).
         first = self.shard_files[0] if self.shard_files else schema.shard_dir(self.path).name + "/x"
