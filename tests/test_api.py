@@ -101,6 +101,20 @@ def test_fit_returns_a_run_that_saves_and_reloads(tmp_path):
     assert by_store.predictions.equals(by_path.predictions)
 
 
+def test_fit_takes_some_of_the_vocabulary_s_classes(tmp_path):
+    """Walkthrough: only fit_store took a class subset, and saving its result meant FittedRun.from_fit,
+    which then paired any store and config with it."""
+    store_path = make_synthetic_store(tmp_path / "s.h5", 150, 3, seed=3, clip_dim=32, backbone_dim=64)
+    run = zsfs.fit(store_path, classes=["class_0002", "class_0000"], k=3, candidates=10, cycle_epochs=1)
+    assert run.classes == ["class_0002", "class_0000"] and run.config["classes"] == ["class_0002", "class_0000"]
+    assert set(run.predictions["predicted"].to_list()) <= {"class_0002", "class_0000"}
+    for classes in ("class_0000", [3], {"class_0000"}):
+        with pytest.raises(zsfs.ParameterError, match="classes must be a list of the vocabulary's class names"):
+            zsfs.fit(store_path, classes=classes)
+    with pytest.raises(zsfs.StoreError, match="vocabulary 'synthetic' has no class 'class_9'"):
+        zsfs.fit(store_path, classes=["class_9"])
+
+
 def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
     store_path = make_synthetic_store(tmp_path / "s.h5", 50, 2, seed=4, clip_dim=32, backbone_dim=64)
     with pytest.raises(zsfs.ParameterError, match=r"^k must be at least 1, not 0$"):
@@ -109,7 +123,7 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
         zsfs.fit(store_path, k=20, candidates=10)
     with pytest.raises(zsfs.ParameterError, match=r"^max_cycles must be at least 0"):
         zsfs.fit(store_path, max_cycles=-1)
-    with pytest.raises(zsfs.ParameterError, match=r"unexpected keyword argument 'kk'; fit takes store, vocabulary, preset, method, k,"):
+    with pytest.raises(zsfs.ParameterError, match=r"unexpected keyword argument 'kk'; fit takes store, vocabulary, classes, preset, method, k,"):
         zsfs.fit(store_path, kk=3)
     with pytest.raises(zsfs.ParameterError, match=r"^preset must be one of"):
         zsfs.fit(store_path, preset="quick")
@@ -138,11 +152,11 @@ def test_front_doors_document_and_check_their_own_arguments(tmp_path):
     import pydoc
 
     fit_keywords = inspect.signature(zsfs.fit).parameters  # bug: **parameters, not each FitConfig field
-    assert list(fit_keywords)[:5] == ["store", "vocabulary", "preset", "method", "k"]
-    assert set(fit_keywords) == {"store", "vocabulary", "preset", *zsfs.FitConfig.__dataclass_fields__}
+    assert list(fit_keywords)[:6] == ["store", "vocabulary", "classes", "preset", "method", "k"]
+    assert set(fit_keywords) == {"store", "vocabulary", "classes", "preset", *zsfs.FitConfig.__dataclass_fields__}
     assert fit_keywords["k"].default == zsfs.FitConfig().k and fit_keywords["k"].annotation is int
     assert "vocab_name" in inspect.signature(zsfs.extract).parameters
-    assert "Called as zsfs.fit(store, *, vocabulary=None, preset=None, method='balanced', k=16," in pydoc.render_doc(
+    assert "Called as zsfs.fit(store, *, vocabulary=None, classes=None, preset=None, method='balanced', k=16," in pydoc.render_doc(
         zsfs.fit, renderer=pydoc.plaintext)
     assert "Called as zsfs.report(run_dir, out=None, *, images=None" in pydoc.render_doc(
         zsfs.report, renderer=pydoc.plaintext)

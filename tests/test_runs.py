@@ -572,3 +572,24 @@ def test_a_default_run_folder_name_fits_in_200_bytes_whatever_the_names(tmp_path
     for store, vocabulary in ((f"a{'é' * 300}.h5", "a" + "é" * 3000), ("é" * 300 + ".h5", "é" * 3000)):
         name = default_run_dir(Path("stores") / store, vocabulary, 8).name
         assert 190 <= len(os.fsencode(name)) <= 200 and name.isprintable(), (len(os.fsencode(name)), name)
+
+
+def test_a_run_pairs_a_fit_with_its_own_store_and_configuration(tmp_path):
+    """Walkthrough: FittedRun.from_fit saved a fit of one store with another store's paths and
+    labels (metrics against them too), and whatever config it was given (k 7 for a fit at k 2)."""
+    options = dict(clip_dim=32, backbone_dim=64)
+    first = make_synthetic_store(tmp_path / "a.h5", 150, 3, seed=1, **options)
+    other = make_synthetic_store(tmp_path / "b.h5", 150, 3, seed=3, **options)
+    config = FitConfig(k=2, candidates=10, cycle_epochs=1)
+    with Store(first) as store, Store(other) as wrong:
+        result = fit_store(store, config)
+        config.k = 7  # changed after the fit: the result keeps what it ran with
+        with pytest.raises(ParameterError, match=r"store \(.*b\.h5\) is not the store this fit read"):
+            FittedRun.from_fit(result, wrong)
+        with pytest.raises(ParameterError, match=r"config is not the configuration this fit ran with: k 7 \(the "
+                                                 r"fit's: 2\); leave it out"):
+            FittedRun.from_fit(result, store, config)
+        with pytest.raises(ParameterError, match=r"result must be the FitResult of zsfs\.fit\.fit_store"):
+            FittedRun.from_fit(FittedRun.from_fit(result, store), store)
+        saved = FittedRun.from_fit(result, store).save(tmp_path / "run").path
+    assert runs.load_run(saved).config["parameters"]["k"] == 2

@@ -26,15 +26,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from zsfs.runs import FittedRun
     from zsfs.store import Store
 
 
-def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str | None = None,
-        **parameters) -> FittedRun:
+def fit(store: Store | str | Path, *, vocabulary: str | None = None, classes: Sequence[str] | None = None,
+        preset: str | None = None, **parameters) -> FittedRun:
     """Label and OOD-score every image of ``store`` (a :class:`zsfs.Store` or its path).
+
+    ``classes``: some of the vocabulary's class names, the only ones to label with (the store's
+    text embeddings serve: no CLIP model is loaded, so an imported store takes them too).
 
     The other keyword arguments are :class:`zsfs.fit.FitConfig`'s fields (``k=16``, ``epochs=...``), on top of
     ``preset`` ``"paper"``, ``"fast"`` or ``"paper-fast"`` [the defaults]; the values shown for them are
@@ -50,12 +53,14 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     check_store_or_path("store", store)
     if vocabulary is not None:
         check_parameter_type("vocabulary", vocabulary, str)
+    if classes is not None and not (isinstance(classes, (list, tuple)) and all(isinstance(name, str) for name in classes)):
+        raise ParameterError(f"{{classes}} must be a list of the vocabulary's class names, not {shown_value(classes)}")
     presets = {None: {}, "paper": {"paper": True}, "fast": {"fast": True}, "paper-fast": {"paper": True, "fast": True}}
     if preset not in presets:
         raise ParameterError(f"{{preset}} must be one of paper, fast, paper-fast (or None), "
                              f"not {shown_value(preset)}")
     known = FitConfig.__dataclass_fields__
-    refuse_unknown_parameters(parameters, ["vocabulary", "preset", *known], "fit")
+    refuse_unknown_parameters(parameters, ["vocabulary", "classes", "preset", *known], "fit")
     for name, value in parameters.items():  # from_options reads None as an option not given; here it was given
         if value is None:  # (seed=None read as seed 0, k=None as 16)
             check_parameter_type(name, value, PARAMETER_TYPES[known[name].type])
@@ -67,9 +72,9 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, preset: str
     if unread:  # not an error: one set of parameters can serve fits of both methods (as the CLI says too)
         warnings.warn(config.unread_note(unread), stacklevel=3)  # the caller's line, past the callable module
     if isinstance(store, Store):
-        return FittedRun.from_fit(fit_store(store, config, vocabulary), store, config)
+        return FittedRun.from_fit(fit_store(store, config, vocabulary, classes), store)
     with Store(store) as opened:
-        return FittedRun.from_fit(fit_store(opened, config, vocabulary), opened, config)
+        return FittedRun.from_fit(fit_store(opened, config, vocabulary, classes), opened)
 
 
 def spelled_out(function: Callable, fields_of: type) -> inspect.Signature:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs import __version__
-from zsfs.errors import (ParameterError, ZsfsError, check_path, checked_arguments, refuse_unknown_parameters,
+from zsfs.errors import (ParameterError, ZsfsError, check_path, checked_arguments, literal, refuse_unknown_parameters,
                          shown_value)
 from zsfs.evaluate import fit_metrics
 from zsfs.names import utf8_texts
@@ -75,6 +75,35 @@ def new_image_predictions(predicted: np.ndarray, confidence: np.ndarray, ood_dis
 
 
 # --- writing -------------------------------------------------------------------------------------
+
+
+def _checked_fit(result: "FitResult", store: "Store", config: "FitConfig | None") -> "FitConfig":
+    """The configuration ``result`` was fitted with, or a ParameterError where ``store`` is not the
+    store it read or ``config`` not that configuration: the run would pair one store's labels with
+    another's images, or record parameters the fit did not use (walkthrough: both were saved)."""
+    from zsfs.fit.config import FitConfig, check_fit_config
+    from zsfs.fit.run import FitResult
+    from zsfs.store.reader import check_open_store
+
+    if not isinstance(result, FitResult):
+        raise ParameterError(f"{{result}} must be the FitResult of zsfs.fit.fit_store(store, config), not "
+                             f"{shown_value(result)}")
+    check_open_store("store", store)
+    if result.store_build is not None and result.store_build != store.build_key():
+        raise ParameterError(f"{{store}} ({literal(store.path)}) is not the store this fit read (another store, or another "
+                             "build of it); pass the store given to fit_store")
+    if config is None:
+        if result.config is None:
+            raise ParameterError("{config} is needed: this FitResult does not record the configuration it was fitted with")
+        return result.config
+    check_fit_config("config", config)
+    if result.config is not None and config != result.config:
+        differing = [literal(f"{name} {getattr(config, name)!r} (the fit's: {getattr(result.config, name)!r})")
+                     for name in FitConfig.__dataclass_fields__ if getattr(config, name) != getattr(result.config, name)]
+        raise ParameterError(f"{{config}} is not the configuration this fit ran with: {'; '.join(differing)}; leave "
+                             "it out (the result records its own)")
+    return config
+
 
 
 def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict:
@@ -165,8 +194,11 @@ class FittedRun:
         self._predictions, self._classifier = predictions, classifier
 
     @classmethod
-    def from_fit(cls, result: "FitResult", store: "Store", config: "FitConfig") -> "FittedRun":
-        """The run a fit of ``store`` made, not saved yet: everything the store is needed for is taken now."""
+    def from_fit(cls, result: "FitResult", store: "Store", config: "FitConfig | None" = None) -> "FittedRun":
+        """The run a fit of ``store`` made (``fit_store(store, config)``), not saved yet: everything
+        the store is needed for is taken now. ``config``: the fit's own, recorded in ``result``
+        (given, it must be the same)."""
+        config = _checked_fit(result, store, config)
         labels = store.labels()
         run = cls(None, run_config(result, store, config), fit_metrics(result, labels) if labels is not None else None,
                   predictions=run_predictions(result, store, labels), classifier=result.classifier)

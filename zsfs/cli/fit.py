@@ -201,7 +201,7 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
                     console.print(f"fit: {name}...", markup=False)
 
             result = fit_store(store, config, vocabulary, on_phase=on_phase)
-            run = FittedRun.from_fit(result, store, config)
+            run = FittedRun.from_fit(result, store)
             on_phase("saving the run")  # not a timed phase: the fit is done
             if folder is not None:
                 run.write_files(folder)

@@ -1,7 +1,7 @@
 """Stage 2: label and OOD-score every image of a store from class names (the paper's steps A-C, docs/fit.md).
 
-``fit_store(store, FitConfig(...))`` runs the whole method; ``zsfs.runs.FittedRun.from_fit(result,
-store, config).save(run_dir)`` writes a run folder; ``load_classifier`` reloads its classifier for inference on new images.
+``fit_store(store, FitConfig(...))`` runs the whole method; ``zsfs.FittedRun.from_fit(result,
+store).save(run_dir)`` writes a run folder; ``load_classifier`` reloads its classifier for inference on new images.
 """
 
 from zsfs import api

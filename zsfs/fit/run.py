@@ -2,11 +2,12 @@
 
 :func:`fit_store` chains the pure steps (zero-shot scan, candidates, re-ranking,
 self-training, prediction, OOD calibration) and times each phase. Writing the result to a
-run folder is ``zsfs.runs.FittedRun.from_fit(result, store, config).save(run_dir)``.
+run folder is ``zsfs.runs.FittedRun.from_fit(result, store).save(run_dir)``.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -66,6 +67,8 @@ class FitResult:
     classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # (first, later): one text embedding
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
+    config: FitConfig | None = None  # a copy of the configuration the fit ran with
+    store_build: tuple | None = None  # which build of which store it read (Store.build_key): FittedRun.from_fit checks it
 
     @property
     def seeds_per_class(self) -> dict[str, int]:
@@ -275,6 +278,8 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
         classes_read_as_one=[(vocab.classes[first], vocab.classes[later]) for first, later in repeated_rows(texts)],
         timings=timer.timings,
         cpu_timings=timer.cpu_timings,
+        config=copy.deepcopy(config),
+        store_build=store.build_key(),
     )
 
 

@@ -543,6 +543,12 @@ class Store:
             "leftover_files": [str(path) for path in leftover_temp_files(self.path, self.data_dir)],
         }
 
+    def build_key(self) -> tuple:
+        """What tells this build of this store's content from any other (a run's fit and its store
+        must have the same): the master's random build id, and for masters written before it, their
+        identity, creation time and size."""
+        return (self.build, canonical_json(self.identity), self.created, self.n_images)
+
     def fingerprint(self) -> dict:
         """What identifies this store's content: recorded by runs fitted on it."""
         identity = canonical_json(self.identity)
