@@ -170,8 +170,8 @@ def _require_manual(title: str, needed: list[Path], how: str) -> None:
     """Fail with the missing files and how to get them; check scipy (torchvision reads .mat with it)."""
     missing = [path for path in needed if not path.exists()]
     if missing:
-        listed = "\n".join(f"  {path}" for path in missing)
-        raise ZsfsError(f"{title} must be downloaded by hand; missing:\n{listed}\n{how}, put them there and "
+        listed = ", ".join(str(path) for path in missing)  # one line, as every error (a newline showed as \x0a)
+        raise ZsfsError(f"{title} must be downloaded by hand; missing: {listed}. {how}, put them there and "
                         f"rerun; or pass an already sorted class-subfolder folder with --images DIR.")
     try:
         import scipy.io  # noqa: F401

@@ -16,7 +16,7 @@ from pathlib import Path
 from pipelines.datasets import (ACCURACY_BASELINES, AUROC_BASELINES, BACKBONE, BASELINE_TITLES, CLIP_MODEL,
                                 CLIP_WEIGHTS, DATASETS, Dataset)
 from zsfs.errors import ZsfsError
-from zsfs.names import home_expanded
+from zsfs.names import counted, home_expanded
 from zsfs.outputs import replacing_file
 from zsfs.runs import CONFIG as CONFIG_FILE, METRICS as METRICS_FILE  # ood-bench names its file alike
 
@@ -158,7 +158,15 @@ def _mean_row(rows: list[dict], measured: str, ours: list[str], paper: list[str]
     if not run:
         return []
     means = [_number(_mean([row[key] for row in run])) for key in [*ours, *paper]]
-    return [[f"**mean over the {len(run)} run here**", *[""] * offset, *means]]
+    unlike = sum(_not_comparable(row) for row in run)  # (walkthrough: averaged in without a word)
+    title = f"**mean over the {counted(len(run), 'dataset')} run here**" + \
+        (f" ({unlike} of them not comparable: see the notes)" if unlike else "")
+    return [[title, *[""] * offset, *means]]
+
+
+def _not_comparable(row: dict) -> bool:
+    """Whether a dataset's measured figures were made unlike the paper's (another folder or protocol, other models)."""
+    return "not comparable" in (row["note"] or "") or bool(row["models"] and not row["paper_models"])
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -399,7 +399,14 @@ def test_report_mean_row_covers_the_datasets_run(tmp_path):
                                                        "zero_shot_accuracy": 0.5}))
     markdown = render_markdown(collect(tmp_path))
     # zsfs mean 85.00; the paper's method over the same two datasets: (95.07 + 80.14) / 2.
-    assert "| **mean over the 2 run here** |  | 85.00 | 50.00 | 73.59 | 74.46 | 87.60 |" in markdown
+    assert "| **mean over the 2 datasets run here** |  | 85.00 | 50.00 | 73.59 | 74.46 | 87.60 |" in markdown
+    # walkthrough: one dataset was "the 1 run", and runs unlike the paper's were averaged in without a word
+    (tmp_path / "cifar100" / "fit" / "config.json").write_text(json.dumps(
+        {"clip": {"name": "tiny", "weights": "random"}, "backbone": {"name": "tiny", "weights": "random"}}))
+    markdown = render_markdown(collect(tmp_path))
+    assert "| **mean over the 2 datasets run here** (1 of them not comparable: see the notes) |" in markdown
+    (tmp_path / "cifar100" / "fit" / "metrics.json").unlink()
+    assert "| **mean over the 1 dataset run here** |" in render_markdown(collect(tmp_path))
 
 
 # -- preparation (no downloads) -------------------------------------------------------------
@@ -616,6 +623,8 @@ def test_one_dataset_that_fails_does_not_stop_the_others(tmp_path):
                                        "--work", str(tmp_path / "w")])  # both downloaded by hand: both say so
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and said.count("must be downloaded by hand") == 2, said
+    assert "\\x0a" not in result.output  # bug: the missing files were listed on lines of their own, shown as \x0a
+    assert f"Error: cars: Stanford Cars must be downloaded by hand; missing: {tmp_path / 'd'}" in said, said
     assert "2 of 2 datasets did not finish: imagenet, cars; do what the errors above say, then rerun: finished steps are kept" in said, said
     # review (mutation: no results after a failure passed): those of the datasets that finished are kept
     assert (tmp_path / "w" / "results.md").is_file() and (tmp_path / "w" / "results.csv").is_file()
@@ -636,7 +645,8 @@ def test_report_counts_images_from_either_run_and_means_only_complete_columns(tm
         (10000, 9000, 8677)
     markdown = render_markdown(list(rows.values()))
     assert "| CIFAR-10 | 10,000 | 95.00 | 50.00 |" in markdown and "| CIFAR-100 | 9,000 | 75.00 | – |" in markdown
-    assert "| **mean over the 2 run here** |  | 85.00 | – | 73.59 | 74.46 | 87.60 |" in markdown
+    assert "| **mean over the 2 datasets run here** (1 of them not comparable: see the notes) |  | 85.00 | – | 73.59 | " \
+        "74.46 | 87.60 |" in markdown  # CIFAR-100's 9,000 images are not the paper's test set
     ood_table = markdown.split("## OOD detection")[1].split("Notes:")[0]
     assert "| Caltech-101 | 21 / 101 | 90.00 ± 1.00 |" in ood_table and "| Geo | 30 / ? | n/a |" in ood_table
     assert "ImageNet" not in ood_table  # classification only: no row in the OOD table
