@@ -68,6 +68,8 @@ class Step:
     settings: dict = field(default_factory=dict)
     store: Path | None = None
     record: Path | None = None
+    images: Path | None = None  # the folder the step reads (extract): its listing is recorded too
+
 
     def is_done(self) -> bool:
         return self.done() if self.done is not None else self.output.exists()
@@ -80,6 +82,8 @@ class Step:
         made: dict = {"settings": self.settings}
         if self.store is not None:
             made["store"] = _store_content(self.store)
+        if self.images is not None:
+            made["images"] = _listing(self.images)
         return made
 
     def change(self) -> str | None:
@@ -96,6 +100,13 @@ class Step:
         if changed:
             said = ", ".join(f"{name} {_shown(then[name])} -> {_shown(self.settings[name])}" for name in changed)
             return f"{self.output} was made with other settings ({said})"
+        listed = recorded.get("images")
+        if self.images is not None and listed and self.images.is_dir():  # (prepared images may be deleted once built)
+            now = _listing(self.images)
+            if now is not None and now != listed:  # extract's own rule: names and labels, as its rerun would refuse
+                return (f"{self.output} was made from {self.images} when it listed {listed['n_files']:,} images; "
+                        + (f"it lists {now['n_files']:,} now" if now["n_files"] != listed["n_files"] else
+                           "their names or labels changed since"))
         if self.store is None or recorded.get("store") is None:
             return None
         if not self.store.exists():  # a new extract would build another: a check after it would come too late
@@ -196,6 +207,18 @@ def read_records(path: Path) -> dict:
         raise ZsfsError(f"{path} is not what this pipeline writes: remove it, and the pipeline takes every "
                         "finished output as it is")
     return records
+
+
+def _listing(images: Path) -> dict | None:
+    """What ``zsfs extract`` records of an image folder's listing (its files' names and labels);
+    None when it lists no image or cannot be read (the extract step says why)."""
+    from zsfs.sources import open_source
+
+    try:
+        source = open_source(images)
+        return {"n_files": len(source.paths), "listing_sha256": source.digest()}
+    except (ZsfsError, OSError):
+        return None
 
 
 def _store_labels(path: Path) -> "np.ndarray | None":
@@ -337,8 +360,11 @@ def run_zsfs(argv: Sequence[str]) -> None:
 
 
 def _zsfs_step(name: str, layout: Layout, output: Path, argv: tuple[str, ...], source: str | None = None) -> Step:
+    """A zsfs command as a step; extract's (``source`` given) records its images' listing, so a
+    rerun after images were added or removed says so (walkthrough: it reported the old store's results)."""
     return Step(name, output, lambda: run_zsfs(argv), argv, settings=command_settings(argv, source),
-                store=None if output == layout.store else layout.store, record=layout.record)
+                store=None if output == layout.store else layout.store, record=layout.record,
+                images=Path(argv[1]) if source is not None else None)
 
 
 def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> list[str]:
@@ -435,6 +461,8 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
         takers["ood-bench"] = ["--store", "s.h5", "--id-classes", "2"]
     fit_words = extra_arguments("--fit-args", fit_args, takers)
     for dataset in chosen:
+        _check_vocabulary(Layout(work, dataset.name).store, fit_words)
+    for dataset in chosen:
         console.rule(dataset.title)
         steps = plan(dataset, data_root, work, device=device, images=images, splits=splits, id_classes=id_classes,
                      extract_args=extract_words, fit_args=fit_words)
@@ -449,6 +477,21 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
     if failed:
         raise ZsfsError(f"{len(failed)} of {len(chosen)} datasets did not finish: {', '.join(failed)}; do what the "
                         "errors above say, then rerun: finished steps are kept")
+
+
+def _check_vocabulary(store: Path, fit_words: Sequence[str]) -> None:
+    """Refuse, before any work, a ``--vocab`` in --fit-args that the built ``store`` does not have
+    (walkthrough: it was taken for a change of settings, and the advice to remove the finished
+    results came before the fit's own refusal)."""
+    vocabulary = _parsed(("fit", "--store", str(store), *fit_words)).params.get("vocabulary")
+    found = None if vocabulary is None else _reading_store(
+        store, lambda opened: (opened.vocabulary_names(), opened.stored_vocabulary_name(vocabulary)))
+    if found is None:  # none asked for, or no store built yet (or unreadable: the steps say why)
+        return
+    names, as_stored = found
+    if as_stored not in names:
+        raise ZsfsError(f"--fit-args --vocab {vocabulary}: {store} has no vocabulary {vocabulary!r}; it has: "
+                        f"{', '.join(names) or 'none'}")
 
 
 def _check_protocol(dataset: Dataset, store: Path, images: Path | None, id_classes: int | None) -> None:

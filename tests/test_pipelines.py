@@ -690,3 +690,42 @@ def test_a_folder_left_by_an_unfinished_preparation_is_not_taken_as_prepared(tmp
     assert run_steps(steps, dry_run=True, echo=lambda line: None)[0] == "prepare"
     (images / prepare.PREPARED_MARKER).write_text("")
     assert steps[0].is_done() and run_steps(steps, dry_run=True, echo=lambda line: None)[0] == "extract"
+
+
+def test_a_rerun_after_the_images_changed_says_the_store_was_made_from_the_earlier_folder(tmp_path):
+    """Walkthrough: after images were added to the --images folder, a rerun printed `done` for every
+    step and reported the old store's results (zsfs extract itself refuses such a store)."""
+    from zsfs.testing.images import write_image_folder
+
+    images, work = tmp_path / "sorted", tmp_path / "work"
+    write_image_folder(images, n_per_class=2, broken=False)
+    make_synthetic_store(Layout(work, "cifar10").store, 300, 3, seed=0, clip_dim=32, backbone_dim=64)
+    steps = plan(DATASETS["cifar10"], tmp_path, work, images=images, fit_args=QUICK_FIT_ARGS, id_classes=2)
+    assert steps[0].name == "extract" and steps[0].is_done()
+    steps[0].remember()  # as if the pipeline had built the store from these images
+    assert run_steps(steps, dry_run=True, echo=[].append) == ["fit", "ood-bench"]
+    first = sorted(images.glob("*/*"))[0]
+    first.rename(first.with_name("renamed" + first.suffix))
+    with pytest.raises(ZsfsError, match=rf"^extract: \S+cifar10\.h5 was made from {images} when it listed 6 images; "
+                                        r"their names or labels changed since\. .*rm -r \S+/work/cifar10"):
+        run_steps(steps, dry_run=True, echo=[].append)
+    (images / "red" / "new.png").write_bytes((first.with_name("renamed" + first.suffix)).read_bytes())
+    with pytest.raises(ZsfsError, match=r"when it listed 6 images; it lists 7 now"):
+        run_steps(steps, dry_run=True, echo=[].append)
+
+
+def test_a_vocabulary_the_store_lacks_is_refused_before_any_advice_to_remove_results(tmp_path):
+    """Walkthrough: --fit-args "--vocab foo" on a finished pipeline said the fit "was made with other
+    settings" and to remove it; once removed, the fit failed: the store has no vocabulary 'foo'."""
+    images, work = tmp_path / "sorted", tmp_path / "work"
+    images.mkdir()
+    make_synthetic_store(Layout(work, "cifar10").store, 1500, 10, seed=0, **SMALL_STORE)
+    result = CliRunner().invoke(main, ["cifar10", "--images", str(images), "--work", str(work),
+                                       "--fit-args", "--vocab foo"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"Error: --fit-args --vocab foo: {Layout(work, 'cifar10').store} has no " \
+        "vocabulary 'foo'; it has: synthetic" in said, said
+    assert not (work / "cifar10" / "fit").exists()
+    dry = CliRunner().invoke(main, ["cifar10", "--images", str(images), "--work", str(work), "--dry-run",
+                                    "--fit-args", "--vocab synthetic"])
+    assert dry.exit_code == 0, dry.output
