@@ -168,6 +168,10 @@ def test_import_input_errors(inputs):
         import_store(folder / "o.h5", **common, paths=semicolons)
     with pytest.raises(ZsfsError, match="no paths table"):
         import_store(folder / "o.h5", **common)
+    for missing in ("clip_embeddings", "backbone_features"):  # walkthrough: "no paths table" was said for these
+        what = "CLIP embeddings" if missing == "clip_embeddings" else "backbone features"
+        with pytest.raises(ZsfsError, match=rf"^{what}: \S+nope\.npy does not exist$"):
+            import_store(folder / "o.h5", **{**common, missing: folder / "nope.npy"})
     np.savez(folder / "bad.npz", classes=np.array(["a"]), single=unit_rows(1, 5, 0))
     with pytest.raises(ZsfsError, match=r"bad.npz: single has shape \(1, 5\), expected \(1 classes, 8 = the CLIP "):
         import_store(folder / "o.h5", **common, paths=folder / "paths.csv", vocabularies={"bad": folder / "bad.npz"})

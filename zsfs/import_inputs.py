@@ -103,11 +103,16 @@ NPY_MAGIC = b"\x93NUMPY"
 """The first bytes of every .npy file."""
 
 
+def check_rows_exist(location: Path, what: str) -> None:
+    """A ZsfsError naming ``what`` when its ``.npy`` file or folder is missing."""
+    if not Path(location).exists():
+        raise ZsfsError(f"{what}: {location} does not exist")
+
+
 def load_rows(location: Path, what: str) -> RowParts:
     """Memory-map a ``.npy`` file or a folder of ``.npy`` parts as one (N, D) array."""
     location = Path(location)
-    if not location.exists():
-        raise ZsfsError(f"{what}: {location} does not exist")
+    check_rows_exist(location, what)
     source = embedding_source(location)
     files = numbered_parts(source, "*.npy") if source.is_dir() else [source]
     if not files:

@@ -26,8 +26,8 @@ import numpy as np
 from zsfs.digests import file_sha256, listing_sha256
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path, checked_arguments, shown_value)
-from zsfs.import_inputs import (CLIP_RETRIEVAL_METADATA, PATH_COLUMNS, RowParts, column, load_rows, load_vocabulary,
-                                read_table)
+from zsfs.import_inputs import (CLIP_RETRIEVAL_METADATA, PATH_COLUMNS, RowParts, check_rows_exist, column, load_rows,
+                                load_vocabulary, read_table)
 from zsfs.names import as_argument, repeated
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
@@ -76,6 +76,8 @@ def import_store(
     out, clip_embeddings, backbone_features, paths, vocabularies = _check_arguments(
         out, clip_embeddings, backbone_features, paths, path_column, label_column, vocabularies, clip_name,
         backbone_name, shard_size, dtype, overwrite, progress, on_start, on_resume)
+    check_rows_exist(clip_embeddings, "CLIP embeddings")  # before the paths table's absence (walkthrough: that
+    check_rows_exist(backbone_features, "backbone features")  # was said instead)
     if paths is None and not (clip_embeddings / CLIP_RETRIEVAL_METADATA).is_dir():
         raise ParameterError("no paths table: pass {paths} (a parquet, CSV or TSV file), or a clip-retrieval output "
                              "folder (with metadata/) as {clip_embeddings}")
