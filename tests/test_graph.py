@@ -106,6 +106,8 @@ def test_graph_is_replaced_and_bad_requests_fail_cleanly(tmp_path):
         write_neighbour_graph(path, np.full((1500, 3), 1500), record, build=build)
     with pytest.raises(ZsfsError, match="needs"):
         write_neighbour_graph(path, np.zeros((1500, 3), np.int32), {"k": 3}, build=build)
+    with pytest.raises(ZsfsError, match="holds row ids, integers; got float64 values"):  # review: 1.9 stored as 1
+        write_neighbour_graph(path, np.full((1500, 3), 1.9), record, build=build)
     with Store(path) as store:  # the failed writes left the graph as it was
         assert store.graph_info["k"] == 3 and store.graph_info["search"] == "exact (faiss flat index)"
 

@@ -57,7 +57,9 @@ def write_store(
     ``on_start(rows)`` how many rows this run writes, as ``zsfs.extract``'s do. A rerun over a complete
     store with the same identity writes no shard and keeps its master (and index, ``exact_max``
     included) and neighbour graph; one that would also write the same vocabularies writes nothing
-    (and so succeeds on a read-only copy of the store).
+    (and so succeeds on a read-only copy of the store). A store is told from other rows by its paths,
+    labels and an evenly spaced sample of 4,096 rows (``rows_sha256``: a rerun must not read every row
+    of a memory-mapped import), so rows edited in place need ``overwrite=True`` to be written again.
     """
     master = Path(check_path("master", master))
     for name, record in (("clip_info", clip_info), ("backbone_info", backbone_info)):

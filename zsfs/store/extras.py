@@ -181,6 +181,8 @@ def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict, *, build: 
         if rows.ndim != 2 or len(rows) != n_images or not 0 < rows.shape[1] < max(n_images, 2):
             raise ZsfsError(f"a neighbour graph for {master} needs shape ({n_images}, K) with 0 < K < "
                             f"{n_images}, got {rows.shape}")
+        if not np.issubdtype(rows.dtype, np.integer):  # (review: 1.9 was stored as row 1)
+            raise ZsfsError(f"a neighbour graph for {master} holds row ids, integers; got {rows.dtype} values")
         if rows.size and (rows.min() < -1 or rows.max() >= n_images):
             raise ZsfsError(f"a neighbour graph for {master} holds row ids outside [-1, {n_images})")
         remove_leftover_temp_files(store.path, store.data_dir)  # a killed `zsfs neighbours` left one
