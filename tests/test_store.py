@@ -361,7 +361,12 @@ def test_damaged_master(tmp_path, arrays, damage):
     content = master.read_bytes()
     master.write_bytes({"truncated": content[: len(content) // 3], "garbage": b"not a store" * 100,
                         "empty": b""}[damage])
-    with pytest.raises(StoreError, match="s.h5"):
+    said = {"truncated": r"cannot be opened as HDF5 \(.*\); it is probably truncated or damaged",
+            "garbage": r"is not an HDF5 file \(damaged, truncated, or not a zsfs store\)"}
+    # review: "s.h5" matched any error; the advice is what helps (the shards are kept)
+    with pytest.raises(StoreError, match=rf"s\.h5 {said.get(damage, said['garbage'])}; if it is the damaged master of "
+                                         r"the store in s\.shards/, remove it \(`rm \S+s\.h5`\) and rerun the extract "
+                                         r"or import that made it: its finished shards are reused$"):
         Store(master)
 
 

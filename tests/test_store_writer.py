@@ -505,3 +505,25 @@ def test_every_store_file_reaches_the_disk_before_its_rename_publishes_it(tmp_pa
     for source, target, synced_before in renamed:
         assert source in synced[:synced_before], f"{target} was renamed into place before it was synced"
         assert synced[synced_before] == str(Path(target).parent)  # then the rename itself
+
+
+def test_a_repair_hashes_only_the_shards_it_wrote_and_keeps_the_others_recorded_digests(tmp_path, monkeypatch):
+    """Review: the rule that keeps a recorded digest (a repair of a few shards of a large store
+    hashes only those; an older shard keeps its first digest, so damage since still fails --verify)
+    had no test: hashing every shard again passed them all."""
+    writer = new_writer(tmp_path / "s.h5")
+    write_all(writer)
+    writer.finalize(ATTRS)
+    with h5py.File(tmp_path / "s.h5", "r") as file:
+        first = [str(name) for name in file[schema.SHARDS_SHA256].asstr()[:]]
+    writer.shard_path(1).unlink()  # one shard lost: the rerun writes it alone
+    hashed = []
+    monkeypatch.setattr("zsfs.store.writer.file_sha256", lambda path: hashed.append(Path(path).name) or file_sha256(path))
+    rerun = new_writer(tmp_path / "s.h5")
+    assert rerun.pending_shards() == [1]
+    write_all(rerun)
+    rerun.finalize(ATTRS)
+    assert hashed == [rerun.shard_path(1).name]
+    with h5py.File(tmp_path / "s.h5", "r") as file:
+        again = [str(name) for name in file[schema.SHARDS_SHA256].asstr()[:]]
+    assert again[0] == first[0] and again[2] == first[2] and again[1] == file_sha256(rerun.shard_path(1))

@@ -204,12 +204,9 @@ class StoreWriter:
         try:
             with open_hdf5(path) as file:
                 attrs = file.attrs
-                start, stop = self.shard_bounds(shard)
-                return (
+                return (  # (the identity holds the listing's size and the shard size: the shard's rows follow)
                     read_identity(file) == self.identity
                     and attrs.get(schema.ATTR_SHARD) == shard
-                    and attrs.get(schema.ATTR_START) == start
-                    and attrs.get(schema.ATTR_STOP) == stop
                     and all(name in file for name in schema.VIRTUAL_DATASETS)
                 )
         except Exception:  # damaged metadata fails in h5py as RuntimeError, KeyError, ...: written again
@@ -258,7 +255,7 @@ class StoreWriter:
         sizes = np.array([path.stat().st_size for path in paths], dtype=np.int64)
         built = self.master.stat().st_mtime_ns if self.master.is_file() else None
         digests = self._recorded(schema.SHARDS_SHA256, read_strings) if built is not None else {}
-        recorded_bytes = self._recorded(schema.SHARDS_BYTES, lambda data: data[()].tolist()) if digests else {}
+        recorded_bytes = self.recorded_shard_bytes() if digests else {}
         kept = [digests.get(path) if recorded_bytes.get(path) == size and path.stat().st_ctime_ns < built else None
                 for path, size in zip(paths, sizes.tolist())]
         return sizes, [str(digest) if digest is not None else self._sha256(path) for path, digest in zip(paths, kept)]
