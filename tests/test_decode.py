@@ -488,3 +488,31 @@ def test_overlapping_decodes_restore_pillows_own_limit():
             assert Image.MAX_IMAGE_PIXELS is None
         assert Image.MAX_IMAGE_PIXELS is None
     assert Image.MAX_IMAGE_PIXELS == before is not None
+
+
+def test_narrow_jpeg_multi_picture_jpeg_and_colour_keys_under_the_budget():
+    """Review: a 7-pixel-wide JPEG over --max-pixels asked Pillow for width 0 at 1/8 scale
+    (ZeroDivisionError: the whole extract stopped); a camera's multi-picture JPEG (MPO) was not
+    decoded smaller (refused as too large); an L or RGB PNG's colour key (tRNS) came out black
+    where a palette image's came out white."""
+    strip = io.BytesIO()
+    Image.fromarray(np.full((60_000, 7, 3), 90, np.uint8)).save(strip, "JPEG")
+    with pytest.raises(ImageDecodeError, match="image too large"):  # Pillow's draft takes 1/4 here: over budget
+        decode_image("strip.jpg", max_pixels=20_000, data=strip.getvalue())
+    assert decode_image("strip.jpg", max_pixels=40_000, data=strip.getvalue()).size == (2, 15_000)
+
+    frames = [Image.new("RGB", (64, 64), colour) for colour in ((200, 0, 0), (0, 200, 0))]
+    mpo = io.BytesIO()
+    frames[0].save(mpo, "MPO", save_all=True, append_images=frames[1:])
+    with Image.open(io.BytesIO(mpo.getvalue())) as opened:
+        assert opened.format == "MPO"
+    decoded = decode_image("camera.jpg", max_pixels=1_100, data=mpo.getvalue())
+    assert decoded.size == (32, 32) and image_size(decoded) == (64, 64)
+
+    for mode, key in (("L", 0), ("RGB", (0, 0, 0)), ("P", 0)):
+        pixels = np.zeros((4, 4), np.uint8)
+        pixels[2:] = 200
+        keyed = io.BytesIO()
+        Image.fromarray(pixels, "L").convert(mode).save(keyed, "PNG", transparency=key)
+        decoded = np.asarray(decode_image("keyed.png", data=keyed.getvalue()))
+        assert (decoded[:2] == 255).all() and (decoded[2:] == 200).all(), mode  # keyed black: transparent, white

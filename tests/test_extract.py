@@ -245,6 +245,42 @@ def test_an_image_a_model_transform_cannot_take_is_skipped_not_fatal(tmp_path):
     assert images[1] == (1, "the model's preprocessing failed (height and width must be > 0)")
 
 
+def test_a_file_unread_for_lack_of_file_descriptors_stops_the_run_instead_of_being_skipped(tmp_path):
+    """Review: "Too many open files" (as ENOMEM, a stale or lost mount) was recorded as the file's
+    skip, "unreadable file (...)", in a finished shard that no rerun retries. Here every descriptor
+    of a real process is taken, so the kernel refuses the image's open() with EMFILE."""
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    script = textwrap.dedent("""
+        import os, resource, sys, torch
+        from zsfs.decode import MachineReadError
+        from zsfs.embedding import DecodedImages, collate, embed_batches
+        from zsfs.sources import open_source
+        images = DecodedImages(open_source(sys.argv[1]), lambda image: torch.zeros(3, 2, 2))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        batch = collate([images[0], images[1]])
+        for descriptor in held:
+            os.close(descriptor)
+        print(type(batch.failures[0][1]).__name__, len(batch.indices))
+        try:
+            list(embed_batches([batch], [0], [lambda pixels: pixels], torch.device("cpu"), "fp32"))
+        except MachineReadError as error:
+            print(error)
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and lines[0] == "MachineReadError 0", done.stdout + done.stderr
+    assert lines[1] == (f"cannot read {tmp_path / 'a.png'}: Too many open files, a failure of this machine or its file "
+                        "system, not of the file: raise the open-file limit (ulimit -n) or pass fewer --workers, then "
+                        "rerun (finished shards are kept)")
+
+
 def test_a_rerun_over_files_of_the_suffixes_added_says_so(tmp_path):
     """A store built before zsfs read .pgm (and other) files: its folder now lists more files."""
     folder = write_image_folder(tmp_path / "photos", n_per_class=1, classes=("cat", "dog"), broken=False)["root"]

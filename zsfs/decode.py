@@ -6,6 +6,7 @@ crashing or inventing pixels. Memory stays bounded whatever the file holds (``DE
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import math
@@ -24,7 +25,9 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
+from zsfs.errors import ZsfsError
 from zsfs.names import utf8_text
 
 SUFFIXES_ADDED = frozenset({".jpe", ".jfif", ".jp2", ".j2k", ".avif", ".tga", ".pbm", ".pgm", ".ppm", ".pnm"})
@@ -82,6 +85,30 @@ class ImageDecodeError(Exception):
         super().__init__(f"{path}: {reason}" if path is not None else reason)
 
 
+_MACHINE_ERRNOS = {errno.EMFILE: "raise the open-file limit (ulimit -n) or pass fewer --workers",
+                   errno.ENFILE: "raise the system's open-file limit or pass fewer --workers",
+                   errno.ENOMEM: "free some memory or pass fewer --workers",
+                   errno.ESTALE: "check the network mount the images are on",
+                   errno.ENOTCONN: "check the mount the images are on (a FUSE mount whose process ended?)",
+                   errno.ETIMEDOUT: "check the network mount the images are on"}
+"""Read errors of the machine or its mounts, not of one file, and what to do about each."""
+
+
+class MachineReadError(ZsfsError):
+    """A file not read for a reason of the machine or its mounts (too many open files, no memory,
+    a stale or lost mount): the run stops, since a skip recorded in a finished shard is never
+    retried (review: one short outage turned every file it met into a permanent skip)."""
+
+
+def machine_read_error(error: BaseException, path: Path | str) -> MachineReadError | None:
+    """``error`` as a :class:`MachineReadError` when it is one of :data:`_MACHINE_ERRNOS`, else None."""
+    advice = _MACHINE_ERRNOS.get(getattr(error, "errno", None))
+    if advice is None:
+        return None
+    return MachineReadError(f"cannot read {utf8_text(os.fsdecode(path))}: {error.strerror}, a failure of this machine "
+                            f"or its file system, not of the file: {advice}, then rerun (finished shards are kept)")
+
+
 def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None, *,
                  data: bytes | memoryview | BinaryIO | None = None) -> Image.Image:
     """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
@@ -90,7 +117,8 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
     ``image_size(image)``); above ``max_pixels`` a baseline JPEG is decoded at a reduced scale and
     other formats (progressive JPEGs too) are refused. Raises ``ImageDecodeError`` with a short ``reason`` for empty,
     missing, unreadable, non-image, truncated, corrupt or too large files. The whole file is
-    decoded here, so a broken file never gets past this function. ``draft``: a JPEG may be decoded
+    decoded here, so a broken file never gets past this function; a failure of the machine rather
+    than of the file raises :class:`MachineReadError` instead. ``draft``: a JPEG may be decoded
     at 1/2 to 1/8 scale as long as it stays at least this size (thumbnails: much faster).
     ``data``: the file's content, got elsewhere (a tar member named ``path``), as bytes or a
     seekable binary file (read as the decoder needs it: a large member is not read whole); the
@@ -146,12 +174,16 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
     except PermissionError:
         raise ImageDecodeError("unreadable file (permission denied)", path) from None
     except OSError as error:
+        machine = machine_read_error(error, path)
+        if machine is not None:
+            raise machine from None
         if "truncated" in str(error).lower():
             raise ImageDecodeError("truncated file", path) from None
         if error.errno is not None:  # a real I/O failure, not a decoder complaint
             raise ImageDecodeError(f"unreadable file ({error.strerror})", path) from None
         raise ImageDecodeError("corrupt image data", path) from None
-    except (SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, NotImplementedError):
+    except (SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, NotImplementedError,
+            ArithmeticError):
         raise ImageDecodeError("corrupt image data", path) from None
     except MemoryError:
         raise ImageDecodeError("image too large to decode (out of memory)", path) from None
@@ -244,20 +276,23 @@ def _decode_smaller(image: Image.Image, max_pixels: int) -> None:
     width, height = image.size
     if width * height <= WORKING_PIXELS and width * height <= max_pixels:
         return
-    if image.format == "JPEG" and image.info.get("progressive") and width * height > max_pixels:
+    is_jpeg = isinstance(image, JpegImageFile)  # also a camera's multi-picture JPEG (MPO), which "JPEG" missed
+    if is_jpeg and image.info.get("progressive") and width * height > max_pixels:
         # libjpeg keeps every coefficient of a progressive JPEG (about 3 bytes a pixel) at any scale:
         # a 1-gigapixel one took 3.2 GB decoded at 1/8, the baseline one 0.4 GB
         raise ImageDecodeError(f"{_too_large(max_pixels)}: a progressive JPEG takes the memory of all its pixels "
                                "at any decoding scale")
-    if image.format == "JPEG":
+    if is_jpeg:
         # The largest scale that keeps the working size, or a smaller one when the budget needs it.
         scales = [s for s in (1, 2, 4, 8) if s == 1 or (width // s) * (height // s) >= WORKING_PIXELS]
         fitting = [s for s in (1, 2, 4, 8) if math.ceil(width / s) * math.ceil(height / s) <= max_pixels]
         if not fitting:
             raise ImageDecodeError(_too_large(max_pixels))
         scale = max(scales[-1], fitting[0])
-        if scale > 1:
-            image.draft(image.mode, (width // scale, height // scale))
+        if scale > 1:  # at least 1 pixel: a 7-pixel-wide strip at 1/8 asked for width 0 (a ZeroDivisionError)
+            image.draft(image.mode, (max(1, width // scale), max(1, height // scale)))
+            if image.width * image.height > max_pixels:  # Pillow took a smaller scale (7 // 1 wide: 1/4)
+                raise ImageDecodeError(_too_large(max_pixels))
     elif width * height > max_pixels:
         raise ImageDecodeError(_too_large(max_pixels))
 
@@ -428,13 +463,13 @@ def _combined_and_reduced(high: np.ndarray, low: np.ndarray) -> np.ndarray:
 def _to_rgb(image: Image.Image, integer: bool = False) -> Image.Image:
     """``image`` as 8-bit RGB; ``integer``: its float samples stand for integers (scaled as those are)."""
     mode = image.mode
-    if mode == "RGB":
+    keyed = "transparency" in image.info  # a colour key (PNG tRNS, GIF): transparent as an alpha band is
+    if mode == "RGB" and not keyed:
         return image
     if mode.startswith("I") or mode == "F":
         return _scale_to_8bit(np.asarray(image), integer=integer or mode != "F")
-    if mode == "P":
-        mode_with_alpha = "RGBA" if "transparency" in image.info else "RGB"
-        image = image.convert(mode_with_alpha)
+    if mode in ("P", "L", "RGB"):  # (review: an L or RGB image's key was ignored: black where P gave white)
+        image = image.convert("RGBA" if keyed else "RGB")
         mode = image.mode
     if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
         rgba = image.convert("RGBA")

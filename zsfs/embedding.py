@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from zsfs.crashes import (CRASH_SIGNALS, DecodingProcessDied, HangWatch, crash_advice, decoding_process_died,
                           set_aside_crashing_file, without_torch_sigchld_handler)
 from zsfs.devices import MODEL_PRECISIONS, torch_threads_fixed
-from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, image_size, quiet_decoder_warnings
+from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, MachineReadError, image_size, quiet_decoder_warnings
 from zsfs.errors import one_line
 from zsfs.sources import ImageSource
 
@@ -80,7 +80,7 @@ class Batch:
     pixels: tuple[torch.Tensor, ...]  # one (B, 3, H, W) tensor per preprocessor; () when none decoded
     width: np.ndarray
     height: np.ndarray
-    failures: list[tuple[int, str]]
+    failures: list[tuple[int, str | MachineReadError]]  # a MachineReadError stops the run (embed_batches)
 
     def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
         return replace(self, pixels=tuple(pixels.pin_memory() for pixels in self.pixels))
@@ -130,6 +130,8 @@ class DecodedImages(Dataset):
             image = self.source.decode(index, self.max_pixels)
         except ImageDecodeError as error:
             return index, error.reason
+        except MachineReadError as error:  # handed over as it is: the main process stops the run with it
+            return index, error
         try:
             pixels = tuple(preprocess(image) for preprocess in self.preprocess)
         except Exception as error:  # a model transform's own limit (open_clip's 'longest' on a 1-pixel-wide
@@ -218,6 +220,9 @@ def embed_batches(batches: Iterable[Batch], tags: Iterable, encoders: Sequence[C
                 if device.type == "cuda" and AUTOCAST_DTYPES[precision] is not None else nullcontext())
     in_flight = None
     for tag, batch in zip(tags, batches):
+        stopping = next((reason for _, reason in batch.failures if isinstance(reason, MachineReadError)), None)
+        if stopping is not None:  # raised here, not in a decoding process, whose errors reach us wrapped
+            raise stopping
         embedded = None
         if batch.pixels:
             # Scoped to the forward passes: a mode held across ``yield`` would leak into the

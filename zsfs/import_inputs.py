@@ -18,6 +18,7 @@ import numpy as np
 
 from zsfs.devices import check_polars_usable
 from zsfs.errors import ZsfsError, one_line
+from zsfs.lists import QUOTE_NOT_CLOSED
 from zsfs.names import check_class_names, counted, described_array, refuse_unseen_characters, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store.rows import normalise_rows
@@ -185,8 +186,7 @@ def _table_error(error: Exception, location: Path) -> str:
     if "more fields than defined" in text:  # (truncate_ragged_lines)
         return "a line has more fields than the header (a separator inside a path or label must be quoted: \"a,b.jpg\")"
     if "not properly escaped" in text:  # (infer_schema_length, ignore_errors, ...)
-        return ("a quote is not closed (a field that starts with \" ends with \"; a quote inside it is written \"\"), "
-                "or a quote stands inside an unquoted field")
+        return f"{QUOTE_NOT_CLOSED}, or a quote stands inside an unquoted field"
     if "empty CSV" in text:
         return "it is empty; it needs a header line (such as path,label) and a line per image"
     if "invalid utf-8" in text:  # the line to fix in a table of a million rows

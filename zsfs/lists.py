@@ -50,32 +50,45 @@ def read_list_file(list_file: Path) -> tuple[list[str], list[str] | None]:
     return [_relative_when_possible(p, root) for p in raw_paths], labels
 
 
+QUOTE_NOT_CLOSED = "a quote is not closed (a field that starts with \" ends with \"; a quote inside it is written \"\")"
+
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t"}
 """The list files with a header line (``path`` and optionally ``label``), and their field separators."""
 
 
 def _parse_table(text: str, list_file: Path, separator: str) -> tuple[list[str], list[str] | None]:
     """Paths verbatim (a quoted field may hold separators, newlines, spaces), labels stripped."""
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    if "path" not in columns:
-        raise ZsfsError(
-            f"{list_file} has no 'path' column (found: {', '.join(columns) or 'nothing'}); "
-            "the first line must be a header such as 'path,label'."
-        )
-    named_twice = repeated(column for column in columns if column)
-    if named_twice:  # DictReader would keep the last column of a name: the other is read as nothing
-        raise ZsfsError(f"{list_file}: the header names the column {named_twice[0]!r} twice; name each column once.")
-    reader.fieldnames = columns
-    rows, pathless, overlong = [], [], []  # line numbers: rows with something but no path, with too many fields
-    for row in reader:
-        extra = row.pop(None, [])  # the fields past the header's, as a list
-        if any(text.strip() for text in extra):
-            overlong.append((reader.line_num, len(columns) + len(extra)))
-        if (row.get("path") or "").strip():
-            rows.append(row)
-        elif any((value or "").strip() for value in [*row.values(), *extra]):
-            pathless.append(reader.line_num)
+    # strict: an unclosed quote is an error, not a field swallowing every line after it (review: 199
+    # rows became one path, "file not found"; a large list stopped on csv's field size limit)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, strict=True)
+    complete = 0  # the last line of the last whole record read: a failing record begins after it
+    try:
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if "path" not in columns:
+            raise ZsfsError(
+                f"{list_file} has no 'path' column (found: {', '.join(columns) or 'nothing'}); "
+                "the first line must be a header such as 'path,label'."
+            )
+        named_twice = repeated(column for column in columns if column)
+        if named_twice:  # DictReader would keep the last column of a name: the other is read as nothing
+            raise ZsfsError(f"{list_file}: the header names the column {named_twice[0]!r} twice; name each column "
+                            "once.")
+        reader.fieldnames = columns
+        rows, pathless, overlong = [], [], []  # line numbers: rows with something but no path, with too many fields
+        complete = reader.line_num
+        for row in reader:
+            extra = row.pop(None, [])  # the fields past the header's, as a list
+            if any(text.strip() for text in extra):
+                overlong.append((reader.line_num, len(columns) + len(extra)))
+            if (row.get("path") or "").strip():
+                rows.append(row)
+            elif any((value or "").strip() for value in [*row.values(), *extra]):
+                pathless.append(reader.line_num)
+            complete = reader.line_num
+    except csv.Error as error:
+        unclosed = "end of data" in str(error) or "field larger" in str(error)
+        raise ZsfsError(f"{list_file}: line {complete + 1}: {QUOTE_NOT_CLOSED if unclosed else error}; quote a whole "
+                        "field (\"a,b.jpg\") or none of it") from None
     if pathless:  # a spreadsheet's missing file name: dropping the row would lose an image unseen
         raise ZsfsError(
             f"{list_file}: {counted(len(pathless), 'row')} with an empty path (first: line {pathless[0]}); "

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zsfs.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SUFFIXES_ADDED, ImageDecodeError, decode_image
+from zsfs.decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SUFFIXES_ADDED, ImageDecodeError, decode_image,
+                         machine_read_error)
 from zsfs.digests import listing_sha256
 from zsfs.errors import ZsfsError, check_path
 from zsfs.folders import nested_class_folders, scan_folder, suffix_counts, unread_formats_text
@@ -72,6 +73,9 @@ class ImageSource:
             with self.members.open(i) as member:
                 return decode_image(self.paths[i], max_pixels, draft, data=member)
         except (OSError, TarReadError) as error:  # (decode_image turns the decoders' OSErrors into its own)
+            machine = machine_read_error(error, self.paths[i])
+            if machine is not None:
+                raise machine from None
             raise ImageDecodeError(f"unreadable tar ({getattr(error, 'strerror', None) or error})", self.paths[i]) \
                 from None
 
