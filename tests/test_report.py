@@ -76,6 +76,11 @@ def shown_paths(section: str) -> list[str]:
     return [html.unescape(title).split(" | ")[0] for title in re.findall(r'<figure title="([^"]*)"', section)]
 
 
+
+def plain_cells(page: str) -> str:
+    """The page with its number cells written as the others (``<td class="n">``: kept on one line)."""
+    return page.replace('<td class="n">', "<td>")
+
 def test_labelled_run_has_every_section_and_a_thumbnail_per_shown_image(photo_run):
     page = write_report(photo_run).read_text()
     frame = pl.read_parquet(photo_run / runs.PREDICTIONS)
@@ -214,7 +219,7 @@ def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp
     metrics.update(ood_auroc=0.81, ood_paper_auroc=0.6123, ood_continuous_auroc=0.7, mcm_auroc=0.75)
     (run / runs.METRICS).write_text(json.dumps(metrics))
 
-    page = render_report(run)
+    page = plain_cells(render_report(run))
     assert re.findall(r'<h3 class="class-name">([^<]*)</h3>', page) == present
     assert page.count("none: no image besides its seeds is predicted as this class") == 1  # the first class
     assert page.count("none: no image is predicted as this class, its seeds neither") == 1  # bug: "besides its seeds"
@@ -313,7 +318,7 @@ def test_unlabelled_run_with_newer_columns_and_hostile_names(unlabelled_run, tmp
     config["seeds_per_class"]["class_0001"] = shown_seeds + 2
     (run / runs.CONFIG).write_text(json.dumps(config))
 
-    page = render_report(run)
+    page = plain_cells(render_report(run))
     # review: the header counted seeds its gallery did not show, without a word
     assert f"{counted(shown_seeds + 2, 'seed')} (2 shared with another class, shown there) · " in page
     assert page.count("shared with another class") == 1
@@ -660,7 +665,7 @@ def test_the_summary_and_the_ood_gallery_show_the_runs_own_numbers(unlabelled_ru
     ood_score, highest first (sorted the other way, the gallery showed the most typical images)."""
     frame = pl.read_parquet(unlabelled_run / runs.PREDICTIONS)
     config = json.loads((unlabelled_run / runs.CONFIG).read_text())
-    page = render_report(unlabelled_run, ood_images=3)
+    page = plain_cells(render_report(unlabelled_run, ood_images=3))
     assert f"<td>images</td><td>{frame.height:,}</td>" in page
     assert f"<td>classes</td><td>{len(config['classes']):,}</td>" in page
     assert f"<td>self-training cycles</td><td>{len(config['cycles']) - 1} ({config['stop_reason']})</td>" in page
@@ -733,7 +738,7 @@ def test_accuracy_confusions_and_class_stats_count_the_right_images(photo_run, t
     n_red = int((frame["label"] == red).sum())
     assert n_red > 1
 
-    page = render_report(run)
+    page = plain_cells(render_report(run))
     confusions = re.search(r"<h3>Most frequent confusions</h3><table>(.*?)</table>", page).group(1)
     assert re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", confusions) == [
         (red, blue, str(n_red)), (green, red, "1")]
@@ -775,9 +780,9 @@ def test_the_cycles_table_is_the_fit_commands_with_each_cycles_own_figures(photo
     "first loss" column."""
     config = json.loads((photo_run / runs.CONFIG).read_text())
     metrics = json.loads((photo_run / runs.METRICS).read_text())
-    page = section_of(render_report(photo_run), "figures")
+    page = plain_cells(section_of(render_report(photo_run), "figures"))
     header = re.findall(r"<th>([^<]*)</th>", page)
-    assert header == ["cycle", "candidates", "kept", "trained on", "epochs", "first loss", "seed precision"]
+    assert header == ["cycle", "candidates", "kept", "trained on", "epochs", "first loss", "pseudo-label precision"]
     cells = re.findall(r"<tr>((?:<td>[^<]*</td>)+)</tr>", page)
     assert len(cells) == len(config["cycles"]) >= 1
     for row, cycle in zip(cells, config["cycles"]):
@@ -959,3 +964,17 @@ def test_a_read_only_run_folder_is_told_to_put_the_page_elsewhere_with_out(photo
     said = " ".join(done.stderr.split())
     assert done.returncode == 1 and f"cannot write the report {run / 'report.html'}: {run} is not writable" in said, said
     assert "choose another location with --out FILE.html" in said and not (run / "report.html").exists()
+
+
+def test_long_class_names_are_shown_by_their_ends_on_the_figures_axes():
+    """Walkthrough: long class names were cut by the figure's edge ('=alert(1)>', 'class name') and
+    left the confusion matrix 50 pixels wide; the page's tables give them whole."""
+    from zsfs import figures
+
+    names = ["dent near mounting hole (left side)", "dent near mounting hole (right side)", "ok"]
+    shown = [figures.tick_label(name) for name in names]
+    assert shown == ["dent near m…(left side)", "dent near m…right side)", "ok"]
+    assert len(set(shown)) == 3 and all(len(name) <= figures.TICK_LABEL_CHARACTERS for name in shown)
+    svg = figures.confusion(names, np.eye(3))
+    texts = re.findall(r">([^<>]+)</text>", svg)
+    assert texts.count("dent near m…(left side)") == 2 and names[0] not in svg

@@ -17,6 +17,7 @@ import numpy as np
 WIDTH_IN = 7.0
 HEIGHT_IN = 3.0
 MAX_TICK_LABELS = 40  # more class names than this on an axis are unreadable: the axis gets none
+TICK_LABEL_CHARACTERS = 24  # a longer class name is shown by its two ends (the page's tables give it whole)
 
 
 GROUP_COLOURS = ("#4c72b0", "#dd8452", "#8c8c8c")  # blue, orange, grey: told apart with most colour blindness
@@ -84,6 +85,16 @@ def _figure(width: float = WIDTH_IN, height: float = HEIGHT_IN):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def tick_label(name: str) -> str:
+    """``name`` on an axis: whole up to :data:`TICK_LABEL_CHARACTERS`, else its first and last
+    characters around an ellipsis (walkthrough: long names were cut by the figure's edge, and left the
+    confusion matrix 50 pixels wide; names differing at either end stay apart)."""
+    if len(name) <= TICK_LABEL_CHARACTERS:
+        return name
+    half = (TICK_LABEL_CHARACTERS - 1) // 2
+    return f"{name[:half]}…{name[-half:]}"
 
 
 def _svg(figure) -> str:
@@ -165,7 +176,7 @@ def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
             axes.text(0.01, position, "no images", va="center", fontsize=8, color="#888")
         for position in np.flatnonzero(accuracy[order] == 0):  # a zero draws no bar: said, not left blank
             axes.text(0.01, position, "0", va="center", fontsize=8, color="#444")
-        axes.set_yticks(np.arange(len(order)), [classes[i] for i in order])
+        axes.set_yticks(np.arange(len(order)), [tick_label(classes[i]) for i in order])
         # Half a row of room below the first row and above the last: "no images" clear of the axis line.
         axes.set(xlabel="accuracy on the images of the class (true label)", xlim=(0, 1.02),
                  ylim=(-0.7, len(order) - 0.3))
@@ -178,16 +189,17 @@ def confusion(classes: Sequence[str], matrix: np.ndarray) -> str:
     """Row-normalised confusion matrix (true class in rows), as an image."""
     matrix = np.asarray(matrix, dtype=np.float64)
     rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    size = min(8.0, 3.0 + 0.25 * len(classes))
+    longest = max((len(tick_label(name)) for name in classes), default=0) if len(classes) <= MAX_TICK_LABELS else 0
+    size = min(8.0, 3.0 + 0.25 * len(classes) + 0.06 * longest)  # room for the names beside the matrix
     figure = _figure(size + 1.2, size)
     axes = figure.add_subplot()
     image = axes.imshow(rows, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     figure.colorbar(image, ax=axes, label="fraction of the true class")
     axes.set(title="Confusion matrix", xlabel="predicted", ylabel="true label")
     if len(classes) <= MAX_TICK_LABELS:
-        ticks = np.arange(len(classes))
-        axes.set_xticks(ticks, classes, rotation=90)
-        axes.set_yticks(ticks, classes)
+        ticks, names = np.arange(len(classes)), [tick_label(name) for name in classes]
+        axes.set_xticks(ticks, names, rotation=90)
+        axes.set_yticks(ticks, names)
     else:
         axes.set_xticks([])
         axes.set_yticks([])

@@ -11,6 +11,7 @@ are); every column beyond the basic ones is optional, so older and newer runs re
 from __future__ import annotations
 
 import html
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
@@ -410,10 +411,18 @@ def _gallery(rows, made: dict, empty: str = "none", of_class: str | None = None)
     return f'<div class="gallery">{"".join(items)}</div>'
 
 
+_NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?\s*%?")
+
+
 def _table(rows, header: list[str] | None = None) -> str:
     head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(cell) for cell in row) + "</tr>" for row in rows)
     return f"<table>{head}{body}</table>"
+
+
+def _cell(value) -> str:
+    """A table cell; a number's is kept on one line (a phone broke "3,218" into "3,21" over "8")."""
+    return f'<td class="n">{_e(value)}</td>' if _NUMBER.fullmatch(str(value)) else f"<td>{_e(value)}</td>"
 
 
 def _section(anchor: str, title: str, content: str) -> str:
@@ -452,8 +461,10 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 2px solid #4c72b0; padding-bottom: 
 nav a { margin-right: 1em; } .meta, .stats, .empty { color: #666; }
 table { border-collapse: collapse; margin: .5em 0; display: block; max-width: 100%; overflow-x: auto; }
 td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: anywhere; }
-td:first-child, th { overflow-wrap: break-word; }  /* labels whole; values (paths, digests) wrap on a phone */
-td:first-child { font-weight: 600; } .figure svg { max-width: 100%; height: auto; }
+th { overflow-wrap: break-word; } td.n { white-space: nowrap; }  /* numbers whole: the table scrolls instead */
+td:first-child { min-width: 7em; }  /* a label breaks where it must (a 180-letter name widened the page) */
+td:first-child { font-weight: 600; } .figure { overflow-x: auto; }
+.figure svg { max-width: 100%; min-width: 560px; height: auto; }  /* on a phone: scrolls, its text stays legible */
 .note { background: #fff4d6; border-left: 4px solid #e0a800; padding: .6em; }
 .class { border-top: 1px solid #eee; padding-top: .3em; } .class h3 { margin-bottom: 0; overflow-wrap: anywhere; }
 h4 { margin: .4em 0; }

@@ -25,11 +25,11 @@ def classes_not_predicted(classes: list[str], predicted: list[str], absent: list
 
 def cycle_rows(config: dict, metrics: dict | None) -> tuple[list[str], list[list[str]]]:
     """The run's self-training cycles as (header, rows of plain text), for the fit command's table
-    and the report's: seed precision only where the store has labels (metrics.json), "-" where a
-    cycle has no such figure."""
+    and the report's: the precision of each cycle's pseudo-labels (cycle 0: the seeds; metrics.json's
+    ``seed_precision``) only where the store has labels, "-" where a cycle has no such figure."""
     precision = seed_precision(metrics)
     header = ["cycle", "candidates", "kept", "trained on", "epochs", "first loss"] + (
-        ["seed precision"] if precision else [])
+        ["pseudo-label precision"] if precision else [])  # (walkthrough: "seed precision" for every cycle)
     # a diverging loss (--lr 1e30: 3.9e+29) in 4 decimals is 34 digits, cut by the table's column
     figure = lambda value: "-" if value is None else f"{value:.4f}" if abs(value) < 1e5 else f"{value:.3e}"  # noqa: E731
     rows = [[str(c["cycle"]), f"{c['n_candidates']:,}", f"{c['n_kept']:,}", f"{c['n_trained']:,}", str(c["epochs"]),
