@@ -16,6 +16,7 @@ import pytest
 
 from zsfs.errors import ParameterError, StoreError, StoreMismatchError, ZsfsError
 from zsfs.import_inputs import RowParts, numbered_parts
+from zsfs import importer
 from zsfs.importer import import_store
 from zsfs.store import Store, schema
 from zsfs.digests import rows_sha256
@@ -592,6 +593,26 @@ def test_an_import_stopped_between_its_vocabularies_is_named_not_fitted_on_the_o
         assert store.vocabulary_names() == ["many", "pets"] and store.unwritten_vocabularies == []
         assert store.vocabulary("many").classes == many
         store.verify()
+
+
+def test_an_import_holds_the_store_lock_from_its_images_to_its_vocabularies(inputs, monkeypatch):
+    """Failure test: readers that opened the store between its master and its vocabularies, while
+    `zsfs import --overwrite` ran, were told the import "was stopped" and to rerun it: the import
+    let go of the store's lock between the two."""
+    from zsfs.store import locks
+
+    folder = inputs["dir"]
+    master = folder / "held.h5"
+    held, write = [], importer.write_vocabulary
+
+    def noting_the_lock(path, *args, **kwargs):
+        held.append(locks.lock_path(Path(path).absolute()) in locks._held)
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(importer, "write_vocabulary", noting_the_lock)
+    import_store(master, clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                 paths=folder / "paths.csv", vocabularies={"pets": folder / "pets.npz"})
+    assert held == [True] and locks.lock_path(master.absolute()) not in locks._held
 
 
 def test_a_reimport_does_not_replace_a_vocabulary_by_other_classes(inputs):

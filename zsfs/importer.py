@@ -16,7 +16,7 @@ Accepted inputs for image embeddings / backbone features:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +33,7 @@ from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
 from zsfs.store.files import names_beside
 from zsfs.store.identity import recorded_identity, refuse_another_listing
+from zsfs.store.locks import store_lock
 from zsfs.store.placement import check_own_shards_folder, refuse_replacing_another_file
 from zsfs.writable import check_writable, refuse_input_as_output
 
@@ -126,7 +127,9 @@ def import_store(
                                      "finished shards are reused only so; --overwrite imports it again with this "
                                      "run's labels") from None
     refuse_other_vocabularies(out, loaded, overwrite)
-    with _failing_as(unwritable):
+    # the lock held from the images to the vocabularies (a failure test: between the two, readers were told
+    # the import had been stopped and to rerun it); an identical rerun on a read-only store writes nothing
+    with _failing_as(unwritable), store_lock(out) if unwritable is None else nullcontext():
         master = write_store(
             out,
             clip=clip,
