@@ -668,6 +668,11 @@ def test_extract_and_text_on_a_read_only_mount_are_a_clear_error(base, store, tm
     outcome = run_zsfs(*extract_args(base, mounted), launcher=read_only)
     assert outcome.returncode == 0 and outcome.problems == [], outcome.output
     assert leftover.read_bytes() == b"half a shard"
+    store.unlink()  # a stopped run's shards, no master yet (failure test: "choose another location" for them too)
+    outcome = run_zsfs(*extract_args(base, mounted), launcher=read_only)
+    said = " ".join(outcome.output.split())
+    assert outcome.returncode == 1 and "choose another location" not in said and "make it writable, or copy the " \
+        "store (the .h5 file and its shards folder) to a place that is" in said, said
 
 
 def test_reading_a_store_that_another_process_is_building_says_so(tmp_path):

@@ -35,7 +35,7 @@ from zsfs.store.files import UPDATE_FIX, check_store_writable, names_beside
 from zsfs.store.identity import recorded_identity, refuse_another_listing
 from zsfs.store.locks import check_store_lock, store_lock, written_elsewhere
 from zsfs.store.reader import Store
-from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, shard_dir, vocabulary_file
+from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES, SHARD_GLOB, shard_dir, vocabulary_file
 from zsfs.store.placement import check_own_shards_folder, refuse_replacing_another_file
 from zsfs.store.writer import StoreWriter
 from zsfs.vocabulary import checked_classes, refuse_same_text_to_clip, save_vocabulary
@@ -139,8 +139,8 @@ def extract(
         "the store goes to the working folder unless given one: choose another location with --out PATH"
     out = Path(out) if out is not None else default_output(image_source.location)
     rerun = out.is_file()
-    if rerun:  # a rerun updates the store in place: another location would embed everything again
-        fix = UPDATE_FIX
+    if rerun or any(shard_dir(out).glob(SHARD_GLOB)):  # a rerun, or a stopped run's shards: updated in place,
+        fix = UPDATE_FIX  # where another location would embed everything again (a failure test: "choose another")
     class_names = image_source.classes if given_classes is None else given_classes
     try:
         check_writable(out, "store", fix, beside=names_beside(out))
