@@ -348,6 +348,26 @@ def test_header_walk_agrees_with_tarfile(tar_format, tmp_path):
     assert list(zip(listing.names, listing.offsets, listing.sizes)) == expected and listing.links == []
 
 
+def test_a_header_summed_as_signed_bytes_is_intact(tmp_path):
+    """Review: old Sun and V7 tars summed a header's bytes as signed (tarfile accepts both); a
+    non-ASCII name's header was refused as "bad header checksum"."""
+    path = tmp_path / "signed.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT, encoding="utf-8") as archive:
+        info = tarfile.TarInfo("café.jpg")
+        info.size = 5
+        archive.addfile(info, io.BytesIO(b"12345"))
+    data = bytearray(path.read_bytes())
+    header = np.frombuffer(bytes(data[:512]), np.uint8).copy()
+    header[148:156] = ord(" ")
+    signed = int(header.view(np.int8).sum(dtype=np.int64))
+    assert signed != int(header.sum(dtype=np.int64))  # the name's UTF-8 bytes are above 127
+    data[148:156] = f"{signed:06o}\0 ".encode()
+    path.write_bytes(bytes(data))
+    with tarfile.open(path, encoding="utf-8") as archive:
+        assert archive.getnames() == ["café.jpg"]
+    assert list_tar(path, IMAGE_EXTENSIONS).names == ["café.jpg"]
+
+
 def test_predict_inputs_list_each_tar_once_and_read_every_member(shards, monkeypatch):
     """Bug: predict listed every tar it was given twice (its listing, then again to locate members)."""
     import zsfs.tars

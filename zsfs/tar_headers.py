@@ -116,8 +116,12 @@ class _Checksums:
             return
         blocks = np.frombuffer(b"".join(self.headers), dtype=np.uint8).reshape(-1, _BLOCK)
         field = blocks[:, 148:156]
-        actual = blocks.sum(axis=1, dtype=np.int64) - field.sum(axis=1, dtype=np.int64) + 8 * ord(" ")
-        bad = np.flatnonzero(actual != _octal_fields(field))
+        recorded = _octal_fields(field)
+        unsigned = blocks.sum(axis=1, dtype=np.int64) - field.sum(axis=1, dtype=np.int64) + 8 * ord(" ")
+        # old Sun and V7 tars summed the bytes as signed (as tarfile also accepts)
+        signed = blocks.view(np.int8).sum(axis=1, dtype=np.int64) - field.view(np.int8).sum(axis=1, dtype=np.int64) \
+            + 8 * ord(" ")
+        bad = np.flatnonzero((unsigned != recorded) & (signed != recorded))
         if bad.size:
             position = self.positions[bad[0]]
             keep = sum(offset < position for offset in offsets)
