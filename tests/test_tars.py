@@ -30,7 +30,7 @@ from zsfs.predict import TAR_BESIDE_IMAGES, TAR_LINK, image_inputs
 from zsfs.sources import open_source
 from zsfs.store.hdf5 import canonical_json
 from zsfs.store.schema import ATTR_IDENTITY
-from zsfs.tars import TarReadError, expand_braces, list_tar, locate_members
+from zsfs.tars import TarReadError, expand_braces, list_tar, locate_members, split_member_path
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.tars import files_as_samples, write_tar_shards
@@ -346,6 +346,26 @@ def test_header_walk_agrees_with_tarfile(tar_format, tmp_path):
         expected = [(m.name, m.offset_data, m.size) for m in archive.getmembers() if m.name != "x.txt"]
     listing = list_tar(path, IMAGE_EXTENSIONS)
     assert list(zip(listing.names, listing.offsets, listing.sizes)) == expected and listing.links == []
+
+
+def test_a_tar_named_in_capitals_is_a_tar_everywhere(tmp_path):
+    """Review: a folder's SHARD0.TAR was listed and read, but its members were not found again
+    (report thumbnails "not found"), and the tar named directly was "neither a folder nor a list file"."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    with tarfile.open(folder / "SHARD0.TAR", "w") as archive:
+        for i in range(2):
+            encoded = io.BytesIO()
+            Image.new("RGB", (8, 8), (100 * i, 0, 0)).save(encoded, "PNG")
+            info = tarfile.TarInfo(f"{i}.png")
+            info.size = len(encoded.getvalue())
+            archive.addfile(info, io.BytesIO(encoded.getvalue()))
+    listed = open_source(folder)
+    assert listed.paths == ["SHARD0.TAR::0.png", "SHARD0.TAR::1.png"]
+    assert split_member_path(listed.paths[1]) == ("SHARD0.TAR", "1.png")
+    assert locate_members(listed.paths, folder).tar.tolist() == [0, 0]
+    assert open_source(str(folder / "SHARD0.TAR")).paths == listed.paths
+    assert split_member_path("a.TaR::") is None and split_member_path("plain.jpg") is None
 
 
 def test_a_header_summed_as_signed_bytes_is_intact(tmp_path):

@@ -32,7 +32,8 @@ from zsfs.store.schema import SHARDS_SUFFIX, holds_store_parts
 from zsfs.tar_headers import CompressedTar, DamagedTar, TarListing, scan_headers
 
 MEMBER_SEPARATOR = "::"
-TAR_SUFFIX = ".tar"
+TAR_SUFFIX = ".tar"  # in any case: SHARD0.TAR is a tar too
+_MEMBER_AFTER_TAR = re.compile(re.escape(TAR_SUFFIX + MEMBER_SEPARATOR), re.IGNORECASE)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tar.lz4")
 """Compressed tars: their members cannot be read in place (see :func:`compressed_tar_error`)."""
 _BRACES = re.compile(r"\{([^{}]*)\}")
@@ -209,7 +210,7 @@ def compressed_tar_error(path: Path | str) -> ZsfsError:
 
 def is_tar_pattern(text: str) -> bool:
     """``data/{00000..00009}.tar`` or ``data/00000.tar``: tar shards named directly."""
-    return text.endswith(TAR_SUFFIX) and (_BRACES.search(text) is not None or not Path(text).is_dir())
+    return text.lower().endswith(TAR_SUFFIX) and (_BRACES.search(text) is not None or not Path(text).is_dir())
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -358,8 +359,8 @@ def _is_hidden(member: str) -> bool:
 
 def split_member_path(path: str) -> tuple[str, str] | None:
     """``a/00001.tar::x/1.jpg`` -> (``a/00001.tar``, ``x/1.jpg``); None for a plain path."""
-    tar, separator, member = path.partition(TAR_SUFFIX + MEMBER_SEPARATOR)
-    return (tar + TAR_SUFFIX, member) if separator and member else None
+    found = _MEMBER_AFTER_TAR.search(path)  # any case, as a folder's tars are found (review: SHARD0.TAR::0.jpg)
+    return (path[:found.start() + len(TAR_SUFFIX)], path[found.end():]) if found and found.end() < len(path) else None
 
 
 def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | None = None) -> TarMembers | None:
