@@ -272,6 +272,8 @@ def test_the_writers_and_the_benchmark_check_their_arguments_before_any_work(tmp
         vocabulary = store.vocabulary_names()[0]
         classes = store.vocabulary(vocabulary).classes
     files = dict(clip_embeddings=tmp_path / "c.npy", backbone_features=tmp_path / "b.npy", paths=tmp_path / "p.csv")
+    for name in ("c.npy", "b.npy"):  # there: a missing one is named before a missing paths table
+        np.save(tmp_path / name, np.ones((3, 8), np.float32))
     for wrong, message in ((dict(overwrite="no"), "overwrite must be True or False, not 'no'"),
                            (dict(shard_size=0), "shard_size must be at least 1, not 0"),
                            (dict(vocabularies=["a.npz"]), "vocabularies must be a dict of vocabulary name: .npz file, "

@@ -14,7 +14,7 @@ from zsfs.cli.options import (MAX_PIXELS_OPTION, GivenPath, class_file_check, mo
                               noting_made_folders, usage_check)
 from zsfs.devices import DEVICES
 from zsfs.names import as_argument, counted, pairs_text, some_names
-from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to import
+from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES  # a constants module: cheap to import
 
 
 @click.command(short_help="Embed every image of SOURCE into a feature store (stage 1).")
@@ -48,7 +48,7 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE  # a constants module: cheap to
                    "at least 1, at a lower priority than the models, which get every core].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Images per shard file (the unit of resuming).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+@click.option("--dtype", type=click.Choice(EMBEDDING_DTYPES), default="float16", show_default=True,
               help="Stored dtype of the embeddings.")
 @MAX_PIXELS_OPTION
 @click.option("--overwrite", is_flag=True, help="Build the store at OUT anew from the start, whatever it holds (its "

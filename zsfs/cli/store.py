@@ -61,7 +61,7 @@ def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple
 @click.option("--backbone-name", default="imported-backbone", show_default=True, help="Name of the backbone used.")
 @click.option("--shard-size", default=schema.DEFAULT_SHARD_SIZE, show_default=True, type=click.IntRange(min=1),
               help="Images per shard file.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+@click.option("--dtype", type=click.Choice(schema.EMBEDDING_DTYPES), default="float16", show_default=True,
               help="Stored precision of the embeddings.")
 @click.option("--overwrite", is_flag=True, help="Build the store at OUT anew, whatever it holds (its files are removed "
                                                 "first). Not needed to resume or repair: a rerun without it does that, "
