@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import polars as pl
 
 
-TAR_LINK = "a link inside the tar (not read: zsfs reads the files of a tar)"
+TAR_LINK = "a link or sparse file inside the tar (not read: zsfs reads the plain files of a tar)"
 TAR_BESIDE_IMAGES = "a tar in a folder of images (not read: pass the tar itself to read its images)"
 LIST_AS_IMAGE = "a list file, not an image (to classify the images it lists: zsfs predict --list FILE; lists=[FILE])"
 

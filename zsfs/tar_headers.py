@@ -17,7 +17,7 @@ class TarListing(NamedTuple):
     names: list[str]
     offsets: list[int]  # where each member's data starts
     sizes: list[int]
-    links: list[str]  # names of symbolic or hard links (not read: a tar shard's images are files)
+    links: list[str]  # names of links and sparse files (not read: a tar shard's images are plain files)
 
 
 class DamagedTar(Exception):
@@ -33,6 +33,7 @@ _WINDOW = 64 * 1024
 _ZERO_BLOCK = bytes(_BLOCK)
 _FILE_TYPES = (b"0", b"\0", b"7")  # regular, old-style regular, contiguous
 _LINK_TYPES = (b"1", b"2")  # hard, symbolic
+_GNU_SPARSE = b"S"  # its data holds the file without its holes: not the file's bytes
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
 
 
@@ -46,7 +47,7 @@ def scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> No
     pread, checked, file_size = os.pread, _Checksums(), os.fstat(fd).st_size
     names, offsets, sizes = listing.names, listing.offsets, listing.sizes
     position, window, window_start = 0, b"", 0
-    long_name, long_size = None, None  # from a preceding GNU 'L' or pax 'x' header
+    long_name, long_size, sparse = None, None, False  # from a preceding GNU 'L' or pax 'x' header
     while True:
         start = position - window_start
         if start + _BLOCK > len(window):
@@ -76,22 +77,34 @@ def scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> No
             long_name = pread(fd, size, data).split(b"\0", 1)[0]
         elif kind == b"x":
             records = _pax_records(pread(fd, size, data))
-            long_name = records.get(b"path", long_name)
+            # GNU tar's pax sparse file: named ./GNUSparseFile.N/NAME in the header, NAME in the records
+            sparse = any(key.startswith(b"GNU.sparse.") for key in records)
+            long_name = records.get(b"GNU.sparse.name", records.get(b"path", long_name))
             long_size = int(records[b"size"]) if b"size" in records else None
         else:
-            if kind in _FILE_TYPES or kind in _LINK_TYPES:
+            if kind == _GNU_SPARSE:  # its sparse map may go on in extension blocks before the data
+                extended = header[482]
+                while extended:
+                    extension = pread(fd, _BLOCK, data)
+                    if len(extension) < _BLOCK:
+                        raise DamagedTar(f"the file ends inside the sparse map of the member whose header is at "
+                                         f"byte {position}")
+                    data, extended = data + _BLOCK, extension[504]
+                if data + size > file_size:
+                    raise DamagedTar(f"the file ends inside the member whose header is at byte {position}")
+            if kind in _FILE_TYPES or kind in _LINK_TYPES or kind == _GNU_SPARSE:
                 name = long_name or header[:100].split(b"\0", 1)[0]
                 if long_name is None and header[345] and header[257:263] == b"ustar\0":
                     name = header[345:500].split(b"\0", 1)[0] + b"/" + name  # POSIX ustar prefix
                 if byte_suffixes is None or name[name.rfind(b"."):].lower() in byte_suffixes:
-                    if kind in _LINK_TYPES:
+                    if kind in _LINK_TYPES or kind == _GNU_SPARSE or sparse:  # (review: a sparse one was dropped)
                         listing.links.append(name.decode("utf-8", "surrogateescape"))
                     else:
                         names.append(name.decode("utf-8", "surrogateescape"))
                         offsets.append(data)
                         sizes.append(size)
             if kind != b"g":  # a pax global header leaves the next member's overrides alone
-                long_name, long_size = None, None
+                long_name, long_size, sparse = None, None, False
         position = data + -(-size // _BLOCK) * _BLOCK
 
 

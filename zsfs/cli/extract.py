@@ -221,7 +221,7 @@ def _summary_table(summary) -> Table:
         table.add_row("tar files not read (the folder holds images: name the tars to read them)",
                       shown(some_names(summary.unread_tars, 10)))
     if summary.tar_links:
-        table.add_row("links in tars (not read)", shown(some_names(summary.tar_links, 10)))
+        table.add_row("tar links, sparse files (not read)", shown(some_names(summary.tar_links, 10)))
     if summary.unread_formats:
         from zsfs.folders import unread_formats_text
 
