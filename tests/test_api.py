@@ -123,7 +123,8 @@ def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
         zsfs.fit(store_path, k=20, candidates=10)
     with pytest.raises(zsfs.ParameterError, match=r"^max_cycles must be at least 0"):
         zsfs.fit(store_path, max_cycles=-1)
-    with pytest.raises(zsfs.ParameterError, match=r"unexpected keyword argument 'kk'; fit takes store, vocabulary, classes, preset, method, k,"):
+    with pytest.raises(zsfs.ParameterError, match=r"unexpected keyword argument 'kk'; fit takes store, vocabulary, "
+                                                  r"classes, preset, method, k,"):
         zsfs.fit(store_path, kk=3)
     with pytest.raises(zsfs.ParameterError, match=r"^preset must be one of"):
         zsfs.fit(store_path, preset="quick")
@@ -156,8 +157,8 @@ def test_front_doors_document_and_check_their_own_arguments(tmp_path):
     assert set(fit_keywords) == {"store", "vocabulary", "classes", "preset", *zsfs.FitConfig.__dataclass_fields__}
     assert fit_keywords["k"].default == zsfs.FitConfig().k and fit_keywords["k"].annotation is int
     assert "vocab_name" in inspect.signature(zsfs.extract).parameters
-    assert "Called as zsfs.fit(store, *, vocabulary=None, classes=None, preset=None, method='balanced', k=16," in pydoc.render_doc(
-        zsfs.fit, renderer=pydoc.plaintext)
+    assert "Called as zsfs.fit(store, *, vocabulary=None, classes=None, preset=None, method='balanced', k=16," \
+        in pydoc.render_doc(zsfs.fit, renderer=pydoc.plaintext)
     assert "Called as zsfs.report(run_dir, out=None, *, images=None" in pydoc.render_doc(
         zsfs.report, renderer=pydoc.plaintext)
     with pytest.raises(zsfs.ParameterError, match=r"unexpected keyword argument 'vocab'; extract takes source, out, "

@@ -645,8 +645,8 @@ def test_report_counts_images_from_either_run_and_means_only_complete_columns(tm
         (10000, 9000, 8677)
     markdown = render_markdown(list(rows.values()))
     assert "| CIFAR-10 | 10,000 | 95.00 | 50.00 |" in markdown and "| CIFAR-100 | 9,000 | 75.00 | – |" in markdown
-    assert "| **mean over the 2 datasets run here** (1 of them not comparable: see the notes) |  | 85.00 | – | 73.59 | " \
-        "74.46 | 87.60 |" in markdown  # CIFAR-100's 9,000 images are not the paper's test set
+    assert "| **mean over the 2 datasets run here** (1 of them not comparable: see the notes) |  | 85.00 | – | " \
+        "73.59 | 74.46 | 87.60 |" in markdown  # CIFAR-100's 9,000 images are not the paper's test set
     ood_table = markdown.split("## OOD detection")[1].split("Notes:")[0]
     assert "| Caltech-101 | 21 / 101 | 90.00 ± 1.00 |" in ood_table and "| Geo | 30 / ? | n/a |" in ood_table
     assert "ImageNet" not in ood_table  # classification only: no row in the OOD table

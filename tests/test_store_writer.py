@@ -518,7 +518,8 @@ def test_a_repair_hashes_only_the_shards_it_wrote_and_keeps_the_others_recorded_
         first = [str(name) for name in file[schema.SHARDS_SHA256].asstr()[:]]
     writer.shard_path(1).unlink()  # one shard lost: the rerun writes it alone
     hashed = []
-    monkeypatch.setattr("zsfs.store.writer.file_sha256", lambda path: hashed.append(Path(path).name) or file_sha256(path))
+    monkeypatch.setattr("zsfs.store.writer.file_sha256",
+                        lambda path: hashed.append(Path(path).name) or file_sha256(path))
     rerun = new_writer(tmp_path / "s.h5")
     assert rerun.pending_shards() == [1]
     write_all(rerun)

@@ -53,7 +53,8 @@ def fit(store: Store | str | Path, *, vocabulary: str | None = None, classes: Se
     check_store_or_path("store", store)
     if vocabulary is not None:
         check_parameter_type("vocabulary", vocabulary, str)
-    if classes is not None and not (isinstance(classes, (list, tuple)) and all(isinstance(name, str) for name in classes)):
+    if classes is not None and not (isinstance(classes, (list, tuple))
+                                    and all(isinstance(name, str) for name in classes)):
         raise ParameterError(f"{{classes}} must be a list of the vocabulary's class names, not {shown_value(classes)}")
     presets = {None: {}, "paper": {"paper": True}, "fast": {"fast": True}, "paper-fast": {"paper": True, "fast": True}}
     if preset not in presets:

@@ -131,7 +131,8 @@ def _listed_images(list_file: Path) -> tuple[list[str], dict[str, str]]:
     folder: a linked list's own), written from the working folder as the list was given, and
     why those it knows fail will fail (extract's reasons: a tar member's is the caller's to read)."""
     if list_file.suffix.lower() not in LIST_SUFFIXES:
-        raise ZsfsError(f"{list_file}: a list of images must end in .txt (one path per line), .csv or .tsv (a 'path' column)")
+        raise ZsfsError(f"{list_file}: a list of images must end in .txt (one path per line), .csv or .tsv "
+                        "(a 'path' column)")
     if not list_file.exists():  # (open_source's message offers folders and tars, which a list cannot be)
         raise ZsfsError(f"the list of images {list_file} does not exist")
     listing = open_source(list_file)

@@ -90,16 +90,19 @@ def _checked_fit(result: "FitResult", store: "Store", config: "FitConfig | None"
                              f"{shown_value(result)}")
     check_open_store("store", store)
     if result.store_build is not None and result.store_build != store.build_key():
-        raise ParameterError(f"{{store}} ({literal(store.path)}) is not the store this fit read (another store, or another "
-                             "build of it); pass the store given to fit_store")
+        raise ParameterError(f"{{store}} ({literal(store.path)}) is not the store this fit read (another store, or "
+                             "another build of it); pass the store given to fit_store")
     if config is None:
         if result.config is None:
-            raise ParameterError("{config} is needed: this FitResult does not record the configuration it was fitted with")
+            raise ParameterError("{config} is needed: this FitResult does not record the configuration it was "
+                                 "fitted with")
         return result.config
     check_fit_config("config", config)
     if result.config is not None and config != result.config:
+        fields = [name for name in FitConfig.__dataclass_fields__
+                  if getattr(config, name) != getattr(result.config, name)]
         differing = [literal(f"{name} {getattr(config, name)!r} (the fit's: {getattr(result.config, name)!r})")
-                     for name in FitConfig.__dataclass_fields__ if getattr(config, name) != getattr(result.config, name)]
+                     for name in fields]
         raise ParameterError(f"{{config}} is not the configuration this fit ran with: {'; '.join(differing)}; leave "
                              "it out (the result records its own)")
     return config

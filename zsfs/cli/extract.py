@@ -66,7 +66,8 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES  # a constant
 def extract(source: Path, out: Path | None, classes_file: Path | None, **options) -> None:
     """Embed every image of SOURCE into a feature store. SOURCE: an image folder (class subfolders
     give labels), a .txt list (one path per line; lines starting with '#' are comments) or .csv list
-    (a header with a 'path' column and optionally 'label'; .tsv: the same, tab-separated), their relative paths relative to the
+    (a header with a 'path' column and optionally 'label'; .tsv: the same, tab-separated), their relative paths
+    relative to the
     list's folder, or webdataset tar shards (a folder of .tar files, or a pattern
     'laion/{00000..00099}.tar'), read in place; their images are recorded as <tar>::<member>.
 

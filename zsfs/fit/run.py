@@ -68,7 +68,7 @@ class FitResult:
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds (all threads) per phase
     config: FitConfig | None = None  # a copy of the configuration the fit ran with
-    store_build: tuple | None = None  # which build of which store it read (Store.build_key): FittedRun.from_fit checks it
+    store_build: tuple | None = None  # the build of the store it read (Store.build_key), which from_fit checks
 
     @property
     def seeds_per_class(self) -> dict[str, int]:
@@ -284,7 +284,8 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
 
 
 def _zero_shot_ranking(store: "Store", texts: np.ndarray, config: FitConfig, device: torch.device,
-                       dtype: torch.dtype, timer: _Timer) -> tuple[np.ndarray, "seeds.ZeroShotScores", np.ndarray, dict]:
+                       dtype: torch.dtype, timer: _Timer
+                       ) -> tuple[np.ndarray, "seeds.ZeroShotScores", np.ndarray, dict]:
     """The seed-ranking phases: the store's CLIP rows, their zero-shot scores, every class's
     re-ranked candidates (``seeds.rerank``: rows, ``seeds.MISSING`` where a class has fewer) and
     where the re-ranking neighbours came from (the store's graph, or a search the fit ran)."""
