@@ -70,7 +70,6 @@ class Step:
     record: Path | None = None
     images: Path | None = None  # the folder the step reads (extract): its listing is recorded too
 
-
     def is_done(self) -> bool:
         return self.done() if self.done is not None else self.output.exists()
 

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -588,6 +589,30 @@ def files(paths: list) -> ImageSource:
     return ImageSource(location=Path("/"), root=Path("/"), paths=[str(path) for path in paths], labels=None)
 
 
+def test_a_thumbnail_unread_for_lack_of_file_descriptors_is_a_reason_not_the_end_of_the_report(tmp_path):
+    """Review: a machine's read failure stopped the whole report, whose thumbnails show a reason
+    instead (a page made again shows the image). Every descriptor of a real process is taken here."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    script = textwrap.dedent("""
+        import os, resource, sys
+        from zsfs.sources import open_source
+        from zsfs.thumbnails import thumbnail
+        source = open_source(sys.argv[1])
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        uri, reason = thumbnail(source, 0)
+        print(uri, reason)
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith(f"None cannot read {tmp_path / 'a.png'}: Too many open "
+                                                           "files, a failure of this machine"), done.stdout + done.stderr
+
+
 def test_thumbnail_threads_leave_pillows_pixel_limit_as_it_was(tmp_path):
     """Bug: each decode saved and restored Image.MAX_IMAGE_PIXELS alone, so overlapping thumbnail
     threads left Pillow's decompression-bomb limit lifted for the rest of the process."""
@@ -972,9 +997,17 @@ def test_long_class_names_are_shown_by_their_ends_on_the_figures_axes():
     from zsfs import figures
 
     names = ["dent near mounting hole (left side)", "dent near mounting hole (right side)", "ok"]
-    shown = [figures.tick_label(name) for name in names]
+    shown = figures.tick_labels(names)
     assert shown == ["dent near m…(left side)", "dent near m…right side)", "ok"]
     assert len(set(shown)) == 3 and all(len(name) <= figures.TICK_LABEL_CHARACTERS for name in shown)
+    # review: names differing in the middle alone were shortened alike: numbered then
+    assert figures.tick_labels(["photograph of a red sports car", "cat", "photograph of a blue sports car"]) == \
+        ["1: photograph … sports car", "cat", "3: photograph … sports car"]
+    from zsfs.report import _table  # walkthrough: a phone broke "3,218" into "3,21" over "8": numbers stay whole
+
+    assert _table([["kept", "3,218"], ["loss", "-1.5e+03"], ["note", "3,218 of them"]]) == (
+        '<table><tr><td>kept</td><td class="n">3,218</td></tr><tr><td>loss</td><td class="n">-1.5e+03</td></tr>'
+        '<tr><td>note</td><td>3,218 of them</td></tr></table>')
     svg = figures.confusion(names, np.eye(3))
     texts = re.findall(r">([^<>]+)</text>", svg)
     assert texts.count("dent near m…(left side)") == 2 and names[0] not in svg

@@ -649,3 +649,28 @@ def test_a_tar_member_named_in_a_list_is_skipped_with_what_to_do(shards, tmp_pat
     store = extract(tmp_path / "list.txt", tmp_path / "s.h5", workers=0, **TINY_MODELS).output
     result = run_cli("info", store, "--skipped")
     assert f"{member}\t{TAR_MEMBER_IN_LIST}" in result.output, result.output
+
+
+def test_a_lost_mount_under_a_tar_stops_the_run_instead_of_skipping_its_images(shards, monkeypatch):
+    """Review: an errno of the machine (a stale NFS handle, a lost FUSE mount) while a member's bytes
+    were read became "unreadable tar (Stale file handle)", a skip no rerun retries; only a failure to
+    open the tar stopped the run. (No NFS server here: the kernel's ESTALE is raised by pread's stand-in.)"""
+    import errno
+
+    from zsfs.decode import ImageDecodeError, MachineReadError
+    from zsfs.tars import TarMembers
+
+    source = open_source(shards["root"])
+
+    def failing(number: int):
+        def pread(self, *args):
+            raise OSError(number, os.strerror(number))
+        return pread
+
+    monkeypatch.setattr(TarMembers, "pread", failing(errno.ESTALE))
+    with pytest.raises(MachineReadError, match=r"::.*: Stale file handle, a failure of this machine or its file "
+                                               r"system, not of the file: check the network mount the images are on"):
+        source.decode(0)
+    monkeypatch.setattr(TarMembers, "pread", failing(errno.EIO))
+    with pytest.raises(ImageDecodeError, match=r"unreadable tar \(Input/output error\)"):  # a bad sector: the file's
+        source.decode(0)

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from zsfs.runs import FittedRun
     from zsfs.store import Store
 
 
-def fit(store: Store | str | Path, *, vocabulary: str | None = None, classes: Sequence[str] | None = None,
-        preset: str | None = None, **parameters) -> FittedRun:
+def fit(store: Store | str | Path, *, vocabulary: str | None = None,
+        classes: list[str] | tuple[str, ...] | None = None, preset: str | None = None, **parameters) -> FittedRun:
     """Label and OOD-score every image of ``store`` (a :class:`zsfs.Store` or its path).
 
     ``classes``: some of the vocabulary's class names, the only ones to label with (the store's

@@ -85,9 +85,9 @@ class ImageDecodeError(Exception):
         super().__init__(f"{path}: {reason}" if path is not None else reason)
 
 
-_MACHINE_ERRNOS = {errno.EMFILE: "raise the open-file limit (ulimit -n) or pass fewer --workers",
-                   errno.ENFILE: "raise the system's open-file limit or pass fewer --workers",
-                   errno.ENOMEM: "free some memory or pass fewer --workers",
+_MACHINE_ERRNOS = {errno.EMFILE: "raise the open-file limit (ulimit -n) or decode with fewer --workers",
+                   errno.ENFILE: "raise the system's open-file limit or decode with fewer --workers",
+                   errno.ENOMEM: "free some memory or decode with fewer --workers",
                    errno.ESTALE: "check the network mount the images are on",
                    errno.ENOTCONN: "check the mount the images are on (a FUSE mount whose process ended?)",
                    errno.ETIMEDOUT: "check the network mount the images are on"}
@@ -106,7 +106,7 @@ def machine_read_error(error: BaseException, path: Path | str) -> MachineReadErr
     if advice is None:
         return None
     return MachineReadError(f"cannot read {utf8_text(os.fsdecode(path))}: {error.strerror}, a failure of this machine "
-                            f"or its file system, not of the file: {advice}, then rerun (finished shards are kept)")
+                            f"or its file system, not of the file: {advice}, then rerun")
 
 
 def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None, *,

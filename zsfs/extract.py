@@ -139,8 +139,8 @@ def extract(
         "the store goes to the working folder unless given one: choose another location with --out PATH"
     out = Path(out) if out is not None else default_output(image_source.location)
     rerun = out.is_file()
-    if rerun or any(shard_dir(out).glob(SHARD_GLOB)):  # a rerun, or a stopped run's shards: updated in place,
-        fix = UPDATE_FIX  # where another location would embed everything again (a failure test: "choose another")
+    if not overwrite and (rerun or any(shard_dir(out).glob(SHARD_GLOB))):  # a rerun, or a stopped run's shards:
+        fix = UPDATE_FIX  # updated in place, where another location embeds everything again (failure test)
     class_names = image_source.classes if given_classes is None else given_classes
     try:
         check_writable(out, "store", fix, beside=names_beside(out))

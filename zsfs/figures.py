@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -87,14 +88,15 @@ def _figure(width: float = WIDTH_IN, height: float = HEIGHT_IN):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def tick_label(name: str) -> str:
-    """``name`` on an axis: whole up to :data:`TICK_LABEL_CHARACTERS`, else its first and last
-    characters around an ellipsis (walkthrough: long names were cut by the figure's edge, and left the
-    confusion matrix 50 pixels wide; names differing at either end stay apart)."""
-    if len(name) <= TICK_LABEL_CHARACTERS:
-        return name
+def tick_labels(classes: Sequence[str]) -> list[str]:
+    """The class names on an axis: whole up to :data:`TICK_LABEL_CHARACTERS`, else their first and
+    last characters around an ellipsis (walkthrough: long names were cut by the figure's edge, and
+    left the confusion matrix 50 pixels wide); names shortened alike get their class number too
+    ('3: photograph … sports car': its place in the run's class list, from 1; review)."""
     half = (TICK_LABEL_CHARACTERS - 1) // 2
-    return f"{name[:half]}…{name[-half:]}"
+    shown = [name if len(name) <= TICK_LABEL_CHARACTERS else f"{name[:half]}…{name[-half:]}" for name in classes]
+    counts = Counter(shown)
+    return [f"{number}: {label}" if counts[label] > 1 else label for number, label in enumerate(shown, start=1)]
 
 
 def _svg(figure) -> str:
@@ -176,7 +178,8 @@ def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
             axes.text(0.01, position, "no images", va="center", fontsize=8, color="#888")
         for position in np.flatnonzero(accuracy[order] == 0):  # a zero draws no bar: said, not left blank
             axes.text(0.01, position, "0", va="center", fontsize=8, color="#444")
-        axes.set_yticks(np.arange(len(order)), [tick_label(classes[i]) for i in order])
+        labels = tick_labels(classes)
+        axes.set_yticks(np.arange(len(order)), [labels[i] for i in order])
         # Half a row of room below the first row and above the last: "no images" clear of the axis line.
         axes.set(xlabel="accuracy on the images of the class (true label)", xlim=(0, 1.02),
                  ylim=(-0.7, len(order) - 0.3))
@@ -189,7 +192,8 @@ def confusion(classes: Sequence[str], matrix: np.ndarray) -> str:
     """Row-normalised confusion matrix (true class in rows), as an image."""
     matrix = np.asarray(matrix, dtype=np.float64)
     rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    longest = max((len(tick_label(name)) for name in classes), default=0) if len(classes) <= MAX_TICK_LABELS else 0
+    names = tick_labels(classes) if len(classes) <= MAX_TICK_LABELS else []
+    longest = max(map(len, names), default=0)
     size = min(8.0, 3.0 + 0.25 * len(classes) + 0.06 * longest)  # room for the names beside the matrix
     figure = _figure(size + 1.2, size)
     axes = figure.add_subplot()
@@ -197,7 +201,7 @@ def confusion(classes: Sequence[str], matrix: np.ndarray) -> str:
     figure.colorbar(image, ax=axes, label="fraction of the true class")
     axes.set(title="Confusion matrix", xlabel="predicted", ylabel="true label")
     if len(classes) <= MAX_TICK_LABELS:
-        ticks, names = np.arange(len(classes)), [tick_label(name) for name in classes]
+        ticks = np.arange(len(classes))
         axes.set_xticks(ticks, names, rotation=90)
         axes.set_yticks(ticks, names)
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from zsfs.errors import ZsfsError, check_path
 from zsfs.names import (check_class_names, counted, home_expanded, refuse_unseen_characters, repeated,
-                        utf8_texts)
+                        utf8_texts, visible)
 
 
 def refuse_nul_bytes(data: bytes, what: str) -> None:
@@ -54,13 +54,18 @@ QUOTE_NOT_CLOSED = "a quote is not closed (a field that starts with \" ends with
 
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t"}
 """The list files with a header line (``path`` and optionally ``label``), and their field separators."""
+_QUOTED = {",": '"a,b.jpg"', "\t": '"a<tab>b.jpg"'}  # a quoted field holding the separator, as an error shows it
 
 
-def _parse_table(text: str, list_file: Path, separator: str) -> tuple[list[str], list[str] | None]:
-    """Paths verbatim (a quoted field may hold separators, newlines, spaces), labels stripped."""
-    # strict: an unclosed quote is an error, not a field swallowing every line after it (review: 199
-    # rows became one path, "file not found"; a large list stopped on csv's field size limit)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, strict=True)
+def _parse_table(text: str, list_file: Path, separator: str,
+                 strict: bool = True) -> tuple[list[str], list[str] | None]:
+    """Paths verbatim (a quoted field may hold separators, newlines, spaces), labels stripped.
+
+    Read strictly first, for one complaint: an unclosed quote, an error here, not a field swallowing
+    every line after it (review: 199 rows became one path, "file not found"; a large list stopped on
+    csv's field size limit). Strict reading refuses more ('"cat" ,' with a space after the quote):
+    such a table is read again as csv always read it."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, strict=strict)
     complete = 0  # the last line of the last whole record read: a failing record begins after it
     try:
         columns = [c.strip() for c in (reader.fieldnames or [])]
@@ -87,8 +92,11 @@ def _parse_table(text: str, list_file: Path, separator: str) -> tuple[list[str],
             complete = reader.line_num
     except csv.Error as error:
         unclosed = "end of data" in str(error) or "field larger" in str(error)
-        raise ZsfsError(f"{list_file}: line {complete + 1}: {QUOTE_NOT_CLOSED if unclosed else error}; quote a whole "
-                        "field (\"a,b.jpg\") or none of it") from None
+        if strict and not unclosed:
+            return _parse_table(text, list_file, separator, strict=False)
+        said = QUOTE_NOT_CLOSED if unclosed else visible(str(error))
+        raise ZsfsError(f"{list_file}: line {complete + 1}: {said}; quote a whole field ({_QUOTED[separator]}) or none "
+                        "of it") from None
     if pathless:  # a spreadsheet's missing file name: dropping the row would lose an image unseen
         raise ZsfsError(
             f"{list_file}: {counted(len(pathless), 'row')} with an empty path (first: line {pathless[0]}); "

@@ -462,8 +462,8 @@ nav a { margin-right: 1em; } .meta, .stats, .empty { color: #666; }
 table { border-collapse: collapse; margin: .5em 0; display: block; max-width: 100%; overflow-x: auto; }
 td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: anywhere; }
 th { overflow-wrap: break-word; } td.n { white-space: nowrap; }  /* numbers whole: the table scrolls instead */
-td:first-child { min-width: 7em; }  /* a label breaks where it must (a 180-letter name widened the page) */
-td:first-child { font-weight: 600; } .figure { overflow-x: auto; }
+td:first-child { font-weight: 600; min-width: 7em; }  /* a label breaks where it must (a long name widened the page) */
+.figure { overflow-x: auto; }
 .figure svg { max-width: 100%; min-width: 560px; height: auto; }  /* on a phone: scrolls, its text stays legible */
 .note { background: #fff4d6; border-left: 4px solid #e0a800; padding: .6em; }
 .class { border-top: 1px solid #eee; padding-top: .3em; } .class h3 { margin-bottom: 0; overflow-wrap: anywhere; }

@@ -108,7 +108,6 @@ def _checked_fit(result: "FitResult", store: "Store", config: "FitConfig | None"
     return config
 
 
-
 def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict:
     """The content of config.json: how the run was made, enough to redo it."""
     import torch

@@ -123,8 +123,13 @@ class TarMembers:
 
 class TarReadError(Exception):
     """A tar member that cannot be read any more: the tar cut short since it was listed, or an I/O
-    error. Not an ``OSError``, which decoders turn into "truncated" (or, reading a TIFF's tags, a
+    error (its ``errno`` kept: a lost mount stops the run, see ``zsfs.decode.machine_read_error``).
+    Not an ``OSError``, which decoders turn into "truncated" (or, reading a TIFF's tags, a
     warning): it reaches :meth:`zsfs.sources.ImageSource.decode`, which names the tar."""
+
+    def __init__(self, message: str, number: int | None = None):
+        super().__init__(message)
+        self.errno, self.strerror = number, message
 
 
 class _MemberReader(io.RawIOBase):
@@ -169,7 +174,7 @@ class _MemberReader(io.RawIOBase):
             try:
                 data = self._members.pread(self._tar, min(wanted, MAX_PREAD), start)
             except OSError as error:
-                raise TarReadError(error.strerror or str(error)) from None
+                raise TarReadError(error.strerror or str(error), error.errno) from None
             if not data:  # TarMembers.open checked the tar's size: it was cut since
                 raise TarReadError(f"the tar ends {self._position:,} bytes into this {self._size:,}-byte member: "
                                    "it was cut short since it was listed")

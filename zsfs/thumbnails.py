@@ -26,12 +26,14 @@ def thumbnail(source: "ImageSource", i: int, size: int = THUMBNAIL_PX,
     and palette images, the same reasons and pixel budget ``max_pixels`` [its default]). The
     thumbnail is of the image's central square: what a page shows of it in a square tile, and what
     a centre-cropping model sees (a 30,000 x 50 strip made a 96 x 1 thumbnail, stretched into streaks)."""
-    from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError
+    from zsfs.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, MachineReadError
 
     try:
         image = source.decode(i, max_pixels or DEFAULT_MAX_PIXELS, draft=(size, size))
     except ImageDecodeError as error:
         return None, error.reason
+    except MachineReadError as error:  # a page made again shows it: no reason to stop the report (review)
+        return None, str(error)
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     image = image.crop((left, top, left + side, top + side))
