@@ -273,10 +273,6 @@ def test_csv_list_with_and_without_labels(tmp_path):
     assert open_source(tmp_path / "trailing.csv").paths == ["x/a,b.jpg"]
     (tmp_path / "hash.txt").write_text("# a comment\n./#1.jpg\n")  # a name opening with '#', as documented
     assert open_source(tmp_path / "hash.txt").paths == ["#1.jpg"]
-    # review: strict reading (for unclosed quotes) refused what csv always read: a space after a closing quote
-    (tmp_path / "spaced.csv").write_text('path,label\nx/1.jpg,"cat" \n"x/2".jpg,dog\n')
-    spaced = open_source(tmp_path / "spaced.csv")
-    assert spaced.paths == ["x/1.jpg", "x/2.jpg"] and spaced.labels == ["cat", "dog"]
 
 
 def test_tab_separated_list_is_read_as_a_table(tmp_path):
@@ -313,6 +309,10 @@ def test_tab_separated_list_is_read_as_a_table(tmp_path):
                                                                  r"field that starts with \" ends with \"; .*\); quote "
                                                                  r"a whole field"),
         ("huge.csv", "path,label\n\"a.jpg,x\n" + "b.jpg,y\n" * 20_000, r"huge\.csv: line 2: a quote is not closed"),
+        # review: a lenient read made '"x/4.jpg" ,dog' the path 'x/4.jpg ' and let an open quote before it swallow rows
+        ("after.csv", "path,label\nx/1.jpg,cat\n\"x/2.jpg,dog\nx/3.jpg,cat\n\"x/4.jpg\" ,dog\n",
+         r"after\.csv: line 3: ',' expected after '\"' \(nothing may stand between a closing quote and the next "
+         r"separator\); quote a whole field"),
         ("empty.txt", "# nothing\n\n", "lists no images"),
         ("list.json", "[]", "neither a folder nor a list file"),
         ("photo.JPG", "", r"photo\.JPG is an image; the source is one folder, list file or set of tar shards: put the "

@@ -280,7 +280,7 @@ def test_tars_holding_no_image_are_named_in_the_extract_summary(shards, tmp_path
     with monkeypatch.context() as here:  # bug: a tar given by a bare name listed "./00004a.tar::0.jpg"
         here.chdir(root)
         assert image_inputs(["00004a.tar"]).paths == [f"00004a.tar::{i}.jpg" for i in range(3)]
-    with pytest.raises(ZsfsError, match=r"'1.jpg' is a link inside .*00004a.tar, not a file"):
+    with pytest.raises(ZsfsError, match=r"'1.jpg' is a link or sparse file inside .*00004a.tar, not a plain file"):
         image_inputs([f"{root / '00004a.tar'}::1.jpg"])
     # walkthrough: predict stopped at a pattern's empty tar ("the 1 tar file of ... hold no images"), which extract
     # lists as empty and a folder of the tars passes over; a tar named alone, or a pattern of empty ones, still stops

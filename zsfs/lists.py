@@ -57,15 +57,15 @@ TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t"}
 _QUOTED = {",": '"a,b.jpg"', "\t": '"a<tab>b.jpg"'}  # a quoted field holding the separator, as an error shows it
 
 
-def _parse_table(text: str, list_file: Path, separator: str,
-                 strict: bool = True) -> tuple[list[str], list[str] | None]:
+def _parse_table(text: str, list_file: Path, separator: str) -> tuple[list[str], list[str] | None]:
     """Paths verbatim (a quoted field may hold separators, newlines, spaces), labels stripped.
 
-    Read strictly first, for one complaint: an unclosed quote, an error here, not a field swallowing
-    every line after it (review: 199 rows became one path, "file not found"; a large list stopped on
-    csv's field size limit). Strict reading refuses more ('"cat" ,' with a space after the quote):
-    such a table is read again as csv always read it."""
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, strict=strict)
+    Read strictly: an unclosed quote is an error naming its line, not a field swallowing every line
+    after it (review: 199 rows became one path, "file not found"; a large list stopped on csv's field
+    size limit), and so is anything between a closing quote and the next separator ('"cat" ,',
+    '"my "best" 1.jpg"'), which a lenient read turned into other names without a word (review: a
+    lenient re-read of such a table let a later open quote swallow rows again)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, strict=True)
     complete = 0  # the last line of the last whole record read: a failing record begins after it
     try:
         columns = [c.strip() for c in (reader.fieldnames or [])]
@@ -92,9 +92,8 @@ def _parse_table(text: str, list_file: Path, separator: str,
             complete = reader.line_num
     except csv.Error as error:
         unclosed = "end of data" in str(error) or "field larger" in str(error)
-        if strict and not unclosed:
-            return _parse_table(text, list_file, separator, strict=False)
-        said = QUOTE_NOT_CLOSED if unclosed else visible(str(error))
+        said = QUOTE_NOT_CLOSED if unclosed else \
+            f"{visible(str(error))} (nothing may stand between a closing quote and the next separator)"
         raise ZsfsError(f"{list_file}: line {complete + 1}: {said}; quote a whole field ({_QUOTED[separator]}) or none "
                         "of it") from None
     if pathless:  # a spreadsheet's missing file name: dropping the row would lose an image unseen

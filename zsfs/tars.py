@@ -395,7 +395,8 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
         if entry is None:
             continue
         key = (number[entry[0]], entry[1])
-        why = (f"{entry[1]!r} is a link inside {entry[0]}, not a file; zsfs reads only the files of a tar"
+        why = (f"{entry[1]!r} is a link or sparse file inside {entry[0]}, not a plain file; zsfs reads only the plain "
+               "files of a tar"
                if key in links else f"{entry[0]} holds no file named {entry[1]!r}" if key not in where else None)
         if why is not None:
             if reasons is None:
