@@ -252,18 +252,13 @@ def test_a_file_unread_for_lack_of_file_descriptors_stops_the_run_instead_of_bei
     for name in ("a.png", "b.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / name)
     script = textwrap.dedent("""
-        import os, resource, sys, torch
+        import os, sys, torch
         from zsfs.decode import MachineReadError
         from zsfs.embedding import DecodedImages, collate, embed_batches
         from zsfs.sources import open_source
+        from zsfs.testing.failures import take_every_descriptor
         images = DecodedImages(open_source(sys.argv[1]), lambda image: torch.zeros(3, 2, 2))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-        held = []
-        try:
-            while True:
-                held.append(os.open(os.devnull, os.O_RDONLY))
-        except OSError:
-            pass
+        held = take_every_descriptor()
         batch = collate([images[0], images[1]])
         for descriptor in held:
             os.close(descriptor)

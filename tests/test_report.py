@@ -594,17 +594,12 @@ def test_a_thumbnail_unread_for_lack_of_file_descriptors_is_a_reason_not_the_end
     instead (a page made again shows the image). Every descriptor of a real process is taken here."""
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     script = textwrap.dedent("""
-        import os, resource, sys
+        import sys
         from zsfs.sources import open_source
+        from zsfs.testing.failures import take_every_descriptor
         from zsfs.thumbnails import thumbnail
         source = open_source(sys.argv[1])
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-        held = []
-        try:
-            while True:
-                held.append(os.open(os.devnull, os.O_RDONLY))
-        except OSError:
-            pass
+        take_every_descriptor()
         uri, reason = thumbnail(source, 0)
         print(uri, reason)
     """)

@@ -113,6 +113,19 @@ def store_content(master: Path) -> dict:
     return {"summary": summary, "vocabularies": vocabularies, "graph": graph, "clip": clip}
 
 
+def take_every_descriptor(limit: int = 64) -> list[int]:
+    """Open /dev/null until this process has no file descriptor left (its soft limit lowered to
+    ``limit`` first, so that it is quick): the kernel then refuses the next open() with EMFILE, as
+    on a machine out of descriptors. Returns them, for the caller to close."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        return held
+
+
 def cut_points(largest_file: int, count: int) -> list[int]:
     """``count`` file-size limits spread over ``[0, largest_file)``: each stops the command at a
     different point of writing its biggest file (and every smaller one before it)."""
