@@ -501,14 +501,15 @@ def test_a_killed_decoding_process_is_one_clear_line_and_the_rerun_resumes(tmp_p
 
 
 @pytest.mark.parametrize("group", [False, True])
-@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_stops_an_extract_cleanly_and_the_rerun_resumes(tmp_path, group, number):
     """Bug: SIGTERM (what `timeout`, `docker stop` and Slurm send) ended extract at once with no
     word, leaving its lock file. Now it stops as Ctrl-C does: one line, exit 143, no lock left, its
     decoding process gone. Bug: sent to the whole process group (`timeout`, `scancel`, `kill --
     -PGID`), it also ended the decoding processes, and torch's shutdown printed a traceback ("Exception
     ignored in ... DataLoader worker ... is killed by signal: Terminated") after that one line.
-    SIGINT to the group is a terminal's Ctrl-C (the decoding processes get it too): exit 130."""
+    SIGINT to the group is a terminal's Ctrl-C (the decoding processes get it too): exit 130. Failure
+    test: SIGHUP (a closed SSH session) ended it with no word in its log; now as SIGTERM, exit 129."""
     source = write_image_folder(tmp_path / "photos", n_per_class=8)["root"]
     out, shards = tmp_path / "s.h5", tmp_path / "s.shards"
     with started(["-c", _kill_script(source, out, 0.05, workers=2)]) as process:

@@ -186,6 +186,8 @@ def _start_worker(niceness: int, worker_id: int) -> None:
     main process stops mid hand-over, and the priority lowered by ``niceness``."""
     quiet_decoder_warnings()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a fork of the command line: torch's shutdown terminates it
+    if hasattr(signal, "SIGHUP") and callable(signal.getsignal(signal.SIGHUP)):  # (an ignored one stays ignored)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     sys.excepthook = partial(_quiet_when_the_reader_left, sys.excepthook)
     if niceness > 0 and hasattr(os, "nice"):
         os.nice(niceness)

@@ -22,7 +22,8 @@ def held_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
-    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+    previous = {number: signal.getsignal(number) for number in stops}
     # only Python handlers run Python; the default action (and C handlers) need no holding
     previous = {number: handler for number, handler in previous.items() if callable(handler)}
     received: list[int] = []

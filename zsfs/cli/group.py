@@ -5,7 +5,6 @@ another command's form; the stops themselves: ``zsfs.cli.stops``."""
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ import click
 
 from zsfs.cli.console import console, shown
 from zsfs.cli.options import option_flags
-from zsfs.cli.stops import SIGTERM_RECEIVED, Terminated, sigterm_stops_cleanly, stops_outlive_finalisers
+from zsfs.cli.stops import STOP_SIGNALS, received_stop, sigterm_stops_cleanly, stops_outlive_finalisers
 from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, shared_memory_full
 from zsfs.names import as_argument
 
@@ -75,11 +74,12 @@ class ZsfsGroup(click.Group):
 
 
 def say_stopped(stop: KeyboardInterrupt, what: str) -> NoReturn:
-    """End a command stopped by Ctrl-C or SIGTERM (``stop``): one line, "Interrupted." or
-    "Terminated (SIGTERM)." then ``what`` (rich markup), and exit 130 or 143 as a shell reports them."""
-    terminated = isinstance(stop, Terminated) or SIGTERM_RECEIVED.is_set()
-    console.print(f"[yellow]{'Terminated (SIGTERM)' if terminated else 'Interrupted'}.[/] {what}", soft_wrap=True)
-    sys.exit(128 + signal.SIGTERM if terminated else 130)
+    """End a command stopped by Ctrl-C or a stop signal (``stop``): one line, "Interrupted.",
+    "Terminated (SIGTERM)." or "Hung up (SIGHUP)." then ``what`` (rich markup), and exit 130, 143 or
+    129 as a shell reports them."""
+    number = received_stop(stop)
+    console.print(f"[yellow]{STOP_SIGNALS[number] if number else 'Interrupted'}.[/] {what}", soft_wrap=True)
+    sys.exit(128 + number if number else 130)
 
 
 def _resuming_hint(ctx: click.Context, message: str) -> str:

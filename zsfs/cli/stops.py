@@ -11,18 +11,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+STOP_SIGNALS = {signal.SIGTERM: "Terminated (SIGTERM)",
+                **({signal.SIGHUP: "Hung up (SIGHUP)"} if hasattr(signal, "SIGHUP") else {})}
+"""The signals a command stops on as on Ctrl-C, and how its line names each: SIGTERM (what
+`timeout`, `docker stop` and Slurm send before SIGKILL), SIGHUP (a closed terminal or SSH session:
+it ended extract with no word in the log; a failure test). A SIGHUP ignored (`nohup`) stays so."""
+
+
 def ignore_late_stops() -> None:
-    """For a program whose command has ended (its result written, its last line said): Ctrl-C and
-    SIGTERM are ignored through Python's shutdown (torch, h5py, Ray: up to a second), where they
-    ended the process silently with 130/143 after it said it succeeded."""
+    """For a program whose command has ended (its result written, its last line said): Ctrl-C,
+    SIGTERM and SIGHUP are ignored through Python's shutdown (torch, h5py, Ray: up to a second),
+    where they ended the process silently with 130/143 after it said it succeeded."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for number in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(number, signal.SIG_IGN)
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (what `timeout`, `docker stop` and Slurm send before SIGKILL), raised as Ctrl-C is:
-    the same clean-up (the store's lock and temporary files) and a message, not a silent end."""
+    """A stop signal (:data:`STOP_SIGNALS`, ``number``), raised as Ctrl-C is: the same clean-up (the
+    store's lock and temporary files) and a message, not a silent end."""
+
+    def __init__(self, number: int = signal.SIGTERM):
+        super().__init__()
+        self.number = number
 
 
 @contextmanager
@@ -34,22 +45,35 @@ def sigterm_stops_cleanly() -> Iterator[None]:
             signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    numbers = [number for number in STOP_SIGNALS if signal.getsignal(number) == signal.SIG_DFL]
+    for number in numbers:
+        signal.signal(number, _raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for number in numbers:
+            signal.signal(number, signal.SIG_DFL)
         SIGTERM_RECEIVED.clear()  # a later command of this process (a host's) starts unsignalled
 
 
 SIGTERM_RECEIVED = threading.Event()
-"""Set by the SIGTERM handler: Ray's C++ waits (ray.get, ray.wait) turn the handler's Terminated
-into a plain KeyboardInterrupt, and the command must still stop as terminated (exit 143)."""
+"""Set by the stop signals' handler: Ray's C++ waits (ray.get, ray.wait) turn the handler's
+Terminated into a plain KeyboardInterrupt, and the command must still stop as terminated (exit
+143; 129 for SIGHUP: :func:`received_stop`)."""
+_received: list[int] = []
+
+
+def received_stop(stop: BaseException) -> int | None:
+    """The stop signal that ``stop`` (a Ctrl-C's KeyboardInterrupt or a Terminated) came from; None for Ctrl-C."""
+    if isinstance(stop, Terminated):
+        return stop.number
+    return _received[-1] if SIGTERM_RECEIVED.is_set() and _received else None
 
 
 def _raise_terminated(number: int, frame: object) -> None:
+    _received.append(number)
     SIGTERM_RECEIVED.set()
-    raise Terminated()
+    raise Terminated(number)
 
 
 @contextmanager
@@ -70,8 +94,7 @@ def stops_outlive_finalisers() -> Iterator[None]:
             return
         if resent and resent[-1].is_alive():  # one stop is enough (the kernel, too, merges a pending signal)
             return
-        number = (signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) or SIGTERM_RECEIVED.is_set()
-                  else signal.SIGINT)
+        number = received_stop(unraisable.exc_value) or signal.SIGINT
         # a moment later: the hook runs inside the finaliser's caller, where a stop is still lost
         timer = threading.Timer(0.01, os.kill, (os.getpid(), number))
         timer.start()
