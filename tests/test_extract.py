@@ -272,8 +272,8 @@ def test_a_file_unread_for_lack_of_file_descriptors_stops_the_run_instead_of_bei
     lines = done.stdout.splitlines()
     assert done.returncode == 0 and lines[0] == "MachineReadError 0", done.stdout + done.stderr
     assert lines[1] == (f"cannot read {tmp_path / 'a.png'}: Too many open files, a failure of this machine or its file "
-                        "system, not of the file: raise the open-file limit (ulimit -n) or decode with fewer --workers, "
-                        "then rerun")
+                        "system, not of the file: raise the open-file limit (ulimit -n) or decode with fewer "
+                        "--workers, then rerun")
 
 
 def test_a_rerun_over_files_of_the_suffixes_added_says_so(tmp_path):

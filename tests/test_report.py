@@ -604,8 +604,9 @@ def test_a_thumbnail_unread_for_lack_of_file_descriptors_is_a_reason_not_the_end
         print(uri, reason)
     """)
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.startswith(f"None cannot read {tmp_path / 'a.png'}: Too many open "
-                                                           "files, a failure of this machine"), done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert done.returncode == 0 and said.startswith(f"None cannot read {tmp_path / 'a.png'}: Too many open files, a "
+                                                    "failure of this machine"), said
 
 
 def test_thumbnail_threads_leave_pillows_pixel_limit_as_it_was(tmp_path):

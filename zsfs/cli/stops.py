@@ -21,7 +21,7 @@ it ended extract with no word in the log; a failure test). A SIGHUP ignored (`no
 def ignore_late_stops() -> None:
     """For a program whose command has ended (its result written, its last line said): Ctrl-C,
     SIGTERM and SIGHUP are ignored through Python's shutdown (torch, h5py, Ray: up to a second),
-    where they ended the process silently with 130/143 after it said it succeeded."""
+    where they ended the process silently with 130/143/129 after it said it succeeded."""
     if threading.current_thread() is threading.main_thread():
         for number in (signal.SIGINT, *STOP_SIGNALS):
             signal.signal(number, signal.SIG_IGN)
@@ -54,6 +54,7 @@ def sigterm_stops_cleanly() -> Iterator[None]:
         for number in numbers:
             signal.signal(number, signal.SIG_DFL)
         SIGTERM_RECEIVED.clear()  # a later command of this process (a host's) starts unsignalled
+        _received.clear()
 
 
 SIGTERM_RECEIVED = threading.Event()
@@ -64,7 +65,8 @@ _received: list[int] = []
 
 
 def received_stop(stop: BaseException) -> int | None:
-    """The stop signal that ``stop`` (a Ctrl-C's KeyboardInterrupt or a Terminated) came from; None for Ctrl-C."""
+    """The stop signal that ``stop`` (a Ctrl-C's KeyboardInterrupt or a Terminated) came from; None
+    for Ctrl-C."""
     if isinstance(stop, Terminated):
         return stop.number
     return _received[-1] if SIGTERM_RECEIVED.is_set() and _received else None

@@ -13,7 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-STOPPED_BY = {signal.SIGINT: "Interrupted.", signal.SIGTERM: "Terminated (SIGTERM).", signal.SIGHUP: "Hung up (SIGHUP)."}
+STOPPED_BY = {signal.SIGINT: "Interrupted.", signal.SIGTERM: "Terminated (SIGTERM).",
+              signal.SIGHUP: "Hung up (SIGHUP)."}
 """The words that start the one line a command stopped by that signal prints."""
 
 
