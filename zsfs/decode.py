@@ -436,9 +436,7 @@ def _sixteen_bit_colour(high: np.ndarray, low: np.ndarray, mode: str, exif: Imag
         alpha = samples[..., 3]
         bits = max(_bit_depth(int(samples[..., :3].max())), _bit_depth(int(alpha.max())))
         opacity = np.rint(alpha * (255.0 / (2.0**bits - 1))).astype(np.uint8)
-        background = Image.new("RGB", rgb.size, TRANSPARENT_BACKGROUND)
-        background.paste(rgb, mask=Image.fromarray(opacity))
-        rgb = background
+        rgb = _on_background(rgb, Image.fromarray(opacity))
     rgb.getexif()[ExifTags.Base.Orientation] = exif.get(ExifTags.Base.Orientation, 1)  # also a TIFF's own tag
     return _apply_exif_orientation(rgb)
 
@@ -473,13 +471,18 @@ def _to_rgb(image: Image.Image, integer: bool = False) -> Image.Image:
         mode = image.mode
     if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, TRANSPARENT_BACKGROUND)
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
+        return _on_background(rgba, rgba.getchannel("A"))
     try:
         return image.convert("RGB")
     except ValueError:
         raise ImageDecodeError(f"unsupported colour mode {mode}") from None
+
+
+def _on_background(image: Image.Image, opacity: Image.Image) -> Image.Image:
+    """``image`` composited by its 8-bit ``opacity`` onto :data:`TRANSPARENT_BACKGROUND`, as RGB."""
+    background = Image.new("RGB", image.size, TRANSPARENT_BACKGROUND)
+    background.paste(image, mask=opacity)
+    return background
 
 
 def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
