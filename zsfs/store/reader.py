@@ -355,15 +355,13 @@ class Store:
         kind = "command" if command.startswith("zsfs ") else "call"  # a CLI command, or a Python function
         one = len(names) == 1
         named = f"{'vocabulary' if one else 'vocabularies'} {', '.join(map(repr, names))}"
+        maker, them = f"the {command}{'' if kind == 'command' else ' call'} that made the store", "it" if one else "them"
         if written_elsewhere(self.path):  # its command may still be running (or a `zsfs text`, which takes the lock too)
-            return (f"{named} {'is' if one else 'are'} not written: the {command}"
-                    f"{'' if kind == 'command' else ' call'} that made the store writes {'it' if one else 'them'} "
-                    "after its images, and another zsfs process is writing the store now; once that is done, rerun "
-                    f"the {kind} if {'it is' if one else 'they are'} still missing")
-        return (f"{named} {'was' if one else 'were'} not written: the {command}"
-                f"{'' if kind == 'command' else ' call'} that made the store was stopped before it wrote "
-                f"{'it' if one else 'them'} (after the store's images); rerun that {kind}, which reuses "
-                "the finished shards")
+            return (f"{named} {'is' if one else 'are'} not written: {maker} writes {them} after its images, and "
+                    f"another zsfs process is writing the store now; once that is done, rerun the {kind} if "
+                    f"{'it is' if one else 'they are'} still missing")
+        return (f"{named} {'was' if one else 'were'} not written: {maker} was stopped before it wrote {them} (after "
+                f"the store's images); rerun that {kind}, which reuses the finished shards")
 
     def how_to_add_a_vocabulary(self) -> str:
         """The command that adds a vocabulary to this store: imported CLIP embeddings come with
