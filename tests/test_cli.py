@@ -779,3 +779,21 @@ def test_a_dumb_terminal_gets_the_progress_lines_a_log_gets(tmp_path):
     os.close(leader)
     assert process.wait(timeout=300) == 0, said.decode(errors="replace")
     assert b"fit: saving the run..." in said, said.decode(errors="replace")
+
+
+def test_a_source_tree_reports_its_own_version_beside_an_installed_copy(tmp_path):
+    """Stores and runs recorded the installed package's version from its metadata, also when another
+    source tree ran through PYTHONPATH; the version is written once, in zsfs/__init__.py."""
+    import importlib.metadata
+    import shutil
+
+    import zsfs
+
+    assert importlib.metadata.version("zsfs") == zsfs.__version__  # pyproject.toml reads it
+    tree = tmp_path / "tree"
+    shutil.copytree(Path(zsfs.__file__).parent, tree / "zsfs", ignore=shutil.ignore_patterns("__pycache__"))
+    init = tree / "zsfs" / "__init__.py"
+    init.write_text(init.read_text().replace(f'__version__ = "{zsfs.__version__}"', '__version__ = "9.9.9"'))
+    shown = subprocess.run([sys.executable, "-m", "zsfs", "--version"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.strip() == "zsfs, version 9.9.9", shown

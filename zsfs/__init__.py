@@ -15,12 +15,10 @@ Names are imported on first use, so that ``import zsfs`` (and ``zsfs --help``) s
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("zsfs")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+# The one place the version is written (pyproject.toml reads it): stores and runs record the code
+# that made them, also when a source tree runs through PYTHONPATH beside another installed copy.
+__version__ = "0.2.0"
 
 # From the first import on (not when a stage first runs): its fork hooks note the thread pools a
 # multiprocessing child would lose, also those the caller's own polars work started.
