@@ -328,6 +328,10 @@ def test_a_tar_truncated_after_listing_costs_only_its_cut_images(shards, tmp_pat
     with pytest.raises(TarReadError, match="the tar ends 8 bytes into this"):
         member.read()
     assert locate_members([shards["paths"][0], "plain.jpg"], shards["root"]).tar.tolist() == [0, -1]
+    # a file named like a member is that file (a folder's `00000.tar::x.jpg` beside the tar), not a member
+    shutil.copy(shards["root"] / "00000.tar", tmp_path / "00000.tar")
+    (tmp_path / "00000.tar::x.jpg").write_bytes(b"")
+    assert locate_members([shards["paths"][0], "00000.tar::x.jpg"], tmp_path).tar.tolist() == [0, -1]
 
 
 @pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])

@@ -370,10 +370,11 @@ def split_member_path(path: str) -> tuple[str, str] | None:
 
 def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | None = None) -> TarMembers | None:
     """Byte ranges of the ``<tar>::<member>`` entries of ``paths`` (relative to ``root``),
-    each tar listed once; None when no entry is a tar member. Other entries get tar -1. A member
-    the tar does not hold as a file is an error, or, given ``reasons``, its row's reason there
-    (entry number -> why; its tar stays -1)."""
-    split = [split_member_path(path) for path in paths]
+    each tar listed once; None when no entry is a tar member. Other entries get tar -1, also a file
+    so named (``x.tar::1.jpg`` in a folder is that file). A member the tar does not hold as a file is
+    an error, or, given ``reasons``, its row's reason there (entry number -> why; its tar stays -1)."""
+    split = [None if entry is None or (root / path).is_file() else entry
+             for path, entry in zip(paths, map(split_member_path, paths))]
     tar_names = sorted({entry[0] for entry in split if entry is not None})
     if not tar_names:
         return None
