@@ -137,7 +137,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 @click.option("--skipped", "list_skipped", is_flag=True, callback=prints_on_stdout,
               help="List the files extract skipped, one 'PATH<tab>REASON' line each on stdout, control characters "
                    "and undecodable bytes as \\xNN, a backslash as two (with --json: a 'skipped' list, each name as it "
-                   "is, or so escaped and marked \"escaped\": true when it is not UTF-8 text).")
+                   "is, or so escaped when it is not UTF-8 text, its JSON pointer in 'escaped').")
 def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bool) -> None:
     """Show what a store holds: images, models, vocabularies, shards, index.
 
@@ -177,7 +177,7 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
         click.echo("".join(f"{_escaped(path)}\t{_escaped(reason)}\n" for path, reason in zip(*skipped)), nl=False)
         return
     if skipped is not None:
-        summary["skipped"] = [_json_entry(path, reason) for path, reason in zip(*skipped)]
+        summary["skipped"] = [{"path": path, "reason": reason} for path, reason in zip(*skipped)]
     if as_json:
         escaped: list[str] = []
         written = _as_json_text(summary, escaped=escaped)
@@ -213,14 +213,6 @@ def _as_json_text(value: object, pointer: str = "", escaped: list[str] | None = 
     if isinstance(value, list):
         return [_as_json_text(item, f"{pointer}/{i}", escaped) for i, item in enumerate(value)]
     return value
-
-
-def _json_entry(path: str, reason: str) -> dict:
-    """A skipped file for ``--json``: its name as it is when it is UTF-8 text; else escaped as on a
-    ``--skipped`` line, marked ``"escaped": true`` (its byte 0xE9 reads apart from a name holding
-    the text \\xe9)."""
-    return {"path": path, "reason": reason} if path == utf8_text(path) else \
-        {"path": _escaped(path), "reason": reason, "escaped": True}
 
 
 @click.command("neighbours", short_help="Keep every image's nearest CLIP neighbours in the store.")
