@@ -213,7 +213,8 @@ class FittedRun:
 
     @property
     def classes(self) -> list[str]:
-        """The classes the run labels with, in the classifier's order."""
+        """The vocabulary's classes the run was fitted with, absent ones too (config.json's
+        ``classes``); the classifier's outputs are ``classifier.classes``, the present ones."""
         return list(self._config["classes"])
 
     @property

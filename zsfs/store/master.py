@@ -60,11 +60,12 @@ OPEN_FILES_SPARE = 64
 """Files a process keeps free beside its shards (the master being written, the lock, Python's own)."""
 
 
-def make_room_for_shards(n_shards: int) -> None:
+def make_room_for_shards(n_shards: int, opening: str = "writing its master opens them all") -> None:
     """Raise this process's soft limit on open files (``ulimit -n``, often 1,024) so that the
-    ``n_shards`` shard files fit at once, as writing the master opens them (a store of 100M images
-    has 2,000); a StoreError where the hard limit, or the system, allows no such limit (the soft
-    limit stopped a finished run at its master, with "Too many open files")."""
+    ``n_shards`` shard files fit at once, as writing the master opens them, and a read of a store
+    (HDF5 keeps each shard a read reaches open, and reads a shard it cannot open as missing rows,
+    NaN, without an error); a store of 100M images has 2,000. A StoreError where the hard limit, or
+    the system, allows no such limit (``opening``: what opens them, for the message)."""
     try:
         import resource
     except ImportError:  # no such limits to raise (Windows)
@@ -82,7 +83,7 @@ def make_room_for_shards(n_shards: int) -> None:
         except (ValueError, OSError) as error:  # macOS: above kern.maxfilesperproc, whatever the hard limit
             reason = f"the system refused this process a limit of {needed} ({error})"
     raise StoreError(f"the store's {counted(n_shards, 'shard')} are more files than this process may open at once, "
-                     f"and writing its master opens them all: {reason}; raise the limit to {needed} (root's setting, "
+                     f"and {opening}: {reason}; raise the limit to {needed} (root's setting, "
                      "or the container's or job's nofile limit), or build the store with larger shards (--shard-size)")
 
 

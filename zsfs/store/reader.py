@@ -27,7 +27,7 @@ from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, rea
                              string_view)
 from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, read_all
-from zsfs.store.master import open_master, strings_sha256
+from zsfs.store.master import make_room_for_shards, open_master, strings_sha256
 from zsfs.store.rows import READ_BLOCK, read_rows
 
 if TYPE_CHECKING:
@@ -74,6 +74,11 @@ class Store:
                 self._vocabulary_files, self._unreadable_vocabularies = vocabulary_files(self.data_dir, self.identity)
                 if self._unreadable_vocabularies:
                     self.check_unchanged()  # a file "of another store" met halfway through a rebuild: name the rebuild
+            self._too_many_shards: StoreError | None = None
+            try:  # HDF5 reads a shard it cannot open as missing rows, NaN, without an error (review)
+                make_room_for_shards(self.n_shards, "reading its rows opens them all")
+            except StoreError as error:  # said by the first read of rows: its summary and listings stay readable
+                self._too_many_shards = error
             self._shard_folders = sorted({(self.path.parent / name).parent for name in self.shard_files})
             self._folder_stamps = self._shard_folder_stamps()  # first: a change after it shows in the quick check
             self._opened_stamps = [master_stamp, *self._file_stamps()[1:]]  # the shards' stamps, now they are known
@@ -223,6 +228,8 @@ class Store:
 
     @contextmanager
     def _read_errors(self, what: str) -> Iterator[None]:
+        if self._too_many_shards is not None:
+            raise self._too_many_shards
         with self._rebuild_named(), read_errors(self.path, what):
             yield
 
