@@ -218,7 +218,9 @@ def extract(
             refuse_same_text_to_clip(read_as_one)
         clip_record, backbone_record = embedder.records
         earlier = None if overwrite else recorded_identity(out)
-        with StoreWriter(out, store_identity(image_source, clip_record, backbone_record, dtype=dtype,
+        # the lock held from the images to the vocabulary, as import holds it (review: the writer's ended
+        # with the master, and a `zsfs text` run meanwhile had its vocabulary overwritten)
+        with store_lock(out), StoreWriter(out, store_identity(image_source, clip_record, backbone_record, dtype=dtype,
                                              max_pixels=max_pixels, earlier=earlier),
                          n_items=len(image_source.paths), shard_size=shard_size, dtype=dtype,
                          overwrite=overwrite) as writer:
