@@ -458,7 +458,7 @@ def test_a_store_rebuilt_while_its_vocabulary_is_embedded_does_not_get_that_voca
         _, stderr = first.communicate(timeout=120)
     finally:
         first.kill()
-    assert first.returncode == 1 and "was rebuilt by another process (other data or models) after this run wrote " \
+    assert first.returncode == 1 and "was rebuilt by another process (other data or models) after this run opened " \
         "it; vocabulary 'default' was not written into it" in " ".join(stderr.split()), stderr
     with Store(out) as store:
         assert store.identity == identity and store.identity["backbone"]["name"] == "test_vit2"

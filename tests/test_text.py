@@ -205,3 +205,34 @@ def test_text_counts_one_class_in_the_singular(unlabelled_store, tmp_path):
     classes.write_text("cat\ndog\n")
     result = run_cli("text", store, "--classes", classes, "--name", "two")
     assert result.exit_code == 0 and "class names: 2 classes to do" in result.output, result.output
+
+
+def test_text_refuses_a_store_rebuilt_with_another_clip_before_it_took_the_lock(unlabelled_store, tmp_path,
+                                                                                monkeypatch):
+    """Review: text read the store's CLIP record, then took the lock; a rebuild between the two (with
+    another CLIP of the same width) was given the old CLIP's embeddings without a word."""
+    import json
+    import subprocess
+    import sys
+
+    import zsfs.vocabulary
+    from zsfs.errors import StoreError
+
+    store, weights = unlabelled_store
+    config = json.loads(Path(TINY_CLIP_CONFIG).read_text())
+    config["text_cfg"]["layers"] = config["vision_cfg"]["layers"] = 2  # another CLIP, the same width
+    (tmp_path / "other-clip.json").write_text(json.dumps(config))
+    checked = zsfs.vocabulary.checked_classes
+
+    def rebuilt_meanwhile(classes):  # a real rebuild lands after the record was read, before the lock
+        subprocess.run([sys.executable, "-m", "zsfs", "extract", str(tmp_path / "flat"), "--out", str(store),
+                        "--clip-model", str(tmp_path / "other-clip.json"), "--clip-weights", "random", "--backbone",
+                        TINY_BACKBONE, "--backbone-weights", "random", "--workers", "0", "--overwrite"],
+                       check=True, capture_output=True)
+        return checked(classes)
+
+    monkeypatch.setattr(zsfs.vocabulary, "checked_classes", rebuilt_meanwhile)
+    with pytest.raises(StoreError, match="was rebuilt by another process .* vocabulary 'animals' was not written"):
+        add_vocabulary(store, ["cat", "dog"], "animals", clip_weights=weights)
+    with Store(store) as rebuilt:
+        assert rebuilt.vocabulary_names() == [] and rebuilt.clip_info["weights"] == "random"

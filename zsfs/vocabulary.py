@@ -52,7 +52,7 @@ def add_vocabulary(
     name = check_vocabulary_name(name)
     check_parameter_type("overwrite", overwrite, bool)  # "no" is true: it would replace the vocabulary
     with Store(store_path) as opened:
-        record, data_dir = dict(opened.clip_info), opened.data_dir
+        record, data_dir, identity = dict(opened.clip_info), opened.data_dir, opened.identity
         name = opened.stored_vocabulary_name(name)
         if name in opened.vocabulary_names() and not overwrite:
             raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
@@ -66,7 +66,8 @@ def add_vocabulary(
         if on_start is not None:
             on_start(len(class_names))
         single, ensemble = encode_vocabulary(clip, class_names, on_classes=on_classes)
-        save_vocabulary(Path(store_path), name, class_names, single, ensemble, overwrite=overwrite)
+        # the store whose CLIP embedded them (review: one rebuilt before the lock was taken got them)
+        save_vocabulary(Path(store_path), name, class_names, single, ensemble, overwrite=overwrite, identity=identity)
     return class_names
 
 

@@ -87,7 +87,7 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
         return  # a rerun writes nothing, so it also succeeds on a store it cannot write (a read-only copy)
     with store_lock(master), Store(master) as store:
         if identity is not None and store.identity != identity:
-            raise StoreError(f"{master} was rebuilt by another process (other data or models) after this run wrote "
+            raise StoreError(f"{master} was rebuilt by another process (other data or models) after this run opened "
                              f"it; vocabulary {name!r} was not written into it (`zsfs info {as_argument(master)}` shows what "
                              "it holds now)")
         name = store.stored_vocabulary_name(name)  # a store of an earlier zsfs may spell it decomposed
