@@ -425,11 +425,12 @@ def _kill_script(source: Path, out: Path, delay: float, workers: int = 0) -> str
     )
 
 
-def test_a_store_rebuilt_while_its_vocabulary_is_embedded_does_not_get_that_vocabulary(tmp_path):
-    """Bug: extract releases the store's lock when the master is written, then embeds the class
-    names; a rebuild with other models (--overwrite) by another process in that time got the
-    first run's text embeddings, and both runs said they succeeded. A real second process here:
-    the first run waits inside its vocabulary embedding until the rebuild has finished."""
+def test_extract_holds_the_store_while_its_vocabulary_is_embedded(tmp_path):
+    """Bug: extract released the store's lock when the master was written, then embedded the class
+    names: a rebuild with other models (--overwrite) in that time got the first run's text
+    embeddings (later refused by the store's identity), and a `zsfs text --vocab default` run had
+    its vocabulary overwritten by extract's (review). The lock is now held to the end: real
+    second processes, while the first run waits inside its vocabulary embedding, are refused."""
     source = write_image_folder(tmp_path / "photos", n_per_class=2)["root"]
     out, waiting, go = tmp_path / "s.h5", tmp_path / "waiting", tmp_path / "go"
     args = ["extract", str(source), "--out", str(out), *TINY_MODEL_ARGS, "--workers", "0"]
@@ -442,6 +443,7 @@ def test_a_store_rebuilt_while_its_vocabulary_is_embedded_does_not_get_that_voca
         "ShardEmbedder.encode_vocabulary = held_up\nfrom zsfs.cli import main\n"
         f"main({args!r})\n"
     )
+    (tmp_path / "mine.txt").write_text("cat\ndog\n")
     first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
     try:
@@ -450,19 +452,18 @@ def test_a_store_rebuilt_while_its_vocabulary_is_embedded_does_not_get_that_voca
             time.sleep(0.05)
         assert waiting.exists(), first.stderr.read() if first.poll() is not None else "timed out"
         other_backbone = [arg.replace(TINY_BACKBONE, "test_vit2") for arg in TINY_MODEL_ARGS]
-        rebuilt = run_cli("extract", source, "--out", out, *other_backbone, "--workers", "0", "--overwrite")
-        assert rebuilt.exit_code == 0, rebuilt.output
-        with Store(out) as store:
-            identity, vocabulary = store.identity, store.vocabulary("default").single
+        rebuilt = run_zsfs("extract", source, "--out", out, *other_backbone, "--workers", "0", "--overwrite")
+        text = run_zsfs("text", out, "--classes", tmp_path / "mine.txt", "--vocab", "default")
         go.touch()
         _, stderr = first.communicate(timeout=120)
     finally:
         first.kill()
-    assert first.returncode == 1 and "was rebuilt by another process (other data or models) after this run opened " \
-        "it; vocabulary 'default' was not written into it" in " ".join(stderr.split()), stderr
+    for refused in (rebuilt, text):
+        assert refused.returncode == 1 and "another zsfs process is writing" in refused.output, refused.output
+    assert first.returncode == 0, stderr
     with Store(out) as store:
-        assert store.identity == identity and store.identity["backbone"]["name"] == "test_vit2"
-        np.testing.assert_array_equal(store.vocabulary("default").single, vocabulary)
+        assert store.identity["backbone"]["name"] == TINY_BACKBONE
+        assert store.vocabulary("default").classes == sorted(path.name for path in source.iterdir())
 
 
 @pytest.mark.parametrize("slow", ["decoding", "embedding"])

@@ -1250,28 +1250,6 @@ def test_neighbours_and_text_hold_the_store_while_they_work(store):
     assert _lock_taken_by_another_process(store) == ""  # released
 
 
-def test_extract_holds_the_store_until_its_vocabulary_is_written(base, tmp_path, monkeypatch):
-    """Review: extract's writer let the lock go with the master, before the vocabulary was embedded:
-    a `zsfs text --vocab default` run then had its vocabulary overwritten by extract's. A real
-    `zsfs text` process, run while extract embeds its vocabulary, is now refused."""
-    from zsfs.extract import extract
-    from zsfs.shard_embedder import ShardEmbedder
-
-    out, embed, heard = tmp_path / "e.h5", ShardEmbedder.encode_vocabulary, []
-    (tmp_path / "mine.txt").write_text("cat\ndog\n")
-
-    def meanwhile(self, classes):
-        heard.append(run_zsfs("text", out, "--classes", tmp_path / "mine.txt", "--vocab", "default"))
-        return embed(self, classes)
-
-    monkeypatch.setattr(ShardEmbedder, "encode_vocabulary", meanwhile)
-    extract(base / "photos", out, clip_model=str(TINY_CLIP_CONFIG), clip_weights=str(base / "clip.pt"),
-            backbone=TINY_BACKBONE, backbone_weights="random", workers=0, shard_size=4)
-    assert len(heard) == 1 and heard[0].returncode == 1 and "another zsfs process is writing" in heard[0].output
-    with Store(out) as extracted:
-        assert extracted.vocabulary("default").classes == sorted(p.name for p in (base / "photos").iterdir())
-
-
 def test_temporary_files_of_killed_text_and_neighbours_runs_are_removed_by_the_next_writer(store):
     """Bug: kill -9 during `zsfs text` or `zsfs neighbours` left a .tmp file in the shards folder
     that only an extract or import rerun removed."""
