@@ -178,6 +178,14 @@ def test_moved_store_reads_from_another_cwd(tmp_path, arrays, monkeypatch):
         np.testing.assert_array_equal(store.read("clip"), expected)
     with h5py.File(moved / "s.h5", "r") as file:  # plain h5py resolves the shards too
         np.testing.assert_array_equal(file["clip"][:], expected)
+    # review: HDF5 looks in $HDF5_VDS_PREFIX first, and read another store's shards of the same names
+    other = build(tmp_path / "other" / "s.h5", {**arrays, "clip": arrays["clip"][::-1].copy()})
+    monkeypatch.setenv("HDF5_VDS_PREFIX", str(other.parent))
+    with h5py.File(moved / "s.h5", "r") as file:
+        assert not np.array_equal(file["clip"][:], expected)  # what HDF5 does with it
+    with pytest.raises(StoreError, match=r"the environment sets HDF5_VDS_PREFIX=.*other, which makes HDF5 read a "
+                                         r"store's shards from that folder, not from beside its master; unset it"):
+        Store(moved / "s.h5")
 
 
 @pytest.mark.parametrize("attribute, value, said", [

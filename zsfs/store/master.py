@@ -253,8 +253,16 @@ def _did_you_mean(path: Path) -> str:
     return f"; did you mean {meant}?" if meant != path and meant.is_file() else ""
 
 
+VDS_PREFIX_VARIABLE = "HDF5_VDS_PREFIX"
+"""Where HDF5 looks for a virtual dataset's source files before the master's own folder."""
+
+
 def open_master(path: Path) -> h5py.File:
     """Open a master file, with a clear message for each way it can be the wrong file."""
+    if os.environ.get(VDS_PREFIX_VARIABLE):  # (review: another store's shards of the same names were read)
+        raise StoreError(f"the environment sets {VDS_PREFIX_VARIABLE}={os.environ[VDS_PREFIX_VARIABLE]}, which makes "
+                         f"HDF5 read a store's shards from that folder, not from beside its master; unset it "
+                         f"(`unset {VDS_PREFIX_VARIABLE}`) to read {path}")
     if not path.exists():
         if written_elsewhere(path):
             raise StoreError(f"store {path} is being written by another zsfs process; wait for it to finish")
