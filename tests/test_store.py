@@ -640,6 +640,25 @@ def test_verify_reads_the_vocabularies_and_the_graph_through_their_checksums(tmp
         assert store.verify()["neighbour_graph"] is True
 
 
+def test_verify_names_a_rebuild_during_its_hashing_not_a_healthy_shard(tmp_path, arrays, monkeypatch):
+    """Review: a rebuild that landed while verify hashed the shards had it call a healthy shard
+    damaged and advise removing it (an import whose inputs are gone could not be redone)."""
+    import zsfs.store.reader
+
+    master, hashed = build(tmp_path / "s.h5", arrays), zsfs.store.reader.file_sha256
+
+    def rebuilt_meanwhile(path):  # minutes into verifying a large store, another process rebuilds it
+        if not (tmp_path / "rebuilt").exists():
+            (tmp_path / "rebuilt").touch()
+            build(master, {**arrays, "clip": arrays["clip"][::-1].copy()}, overwrite=True)
+        return hashed(path)
+
+    monkeypatch.setattr(zsfs.store.reader, "file_sha256", rebuilt_meanwhile)
+    with Store(master) as store, pytest.raises(StoreError, match="rebuilt") as refused:
+        store.verify()
+    assert "damaged" not in str(refused.value)
+
+
 def test_a_shard_that_points_outside_the_store_is_refused_on_open(tmp_path, arrays):
     """The master's virtual datasets read the shards' data: a crafted shard whose clip is itself a
     virtual dataset of a foreign file (its size recorded to match) would hand that file's bytes to readers."""
