@@ -219,3 +219,13 @@ def test_a_damaged_graph_is_set_aside_and_the_store_stays_usable(tmp_path):
     said = " ".join(output_text(fitted).split())
     assert fitted.exit_code == 0 and "Note: the store's neighbour graph cannot be read, so this fit searches " \
         f"neighbours itself: {graph} is damaged" in said, said
+
+
+def test_graph_row_ids_are_int32_until_a_store_outgrows_them():
+    """Review: the graph's ids were int32 whatever the store's size, so past 2^31 - 1 rows they wrapped
+    to negative ids (and to -1, "none"); half the bytes below that."""
+    from zsfs.store import schema
+
+    assert schema.graph_dtype(2**31 - 1) is np.int32 and schema.graph_dtype(2**31) is np.int64
+    graph = neighbours.neighbour_graph(lambda rows, k: np.stack([rows + 1] * k, axis=1) % 5, 5, 2)
+    assert graph.dtype == np.int32 and graph[:, 0].tolist() == [1, 2, 3, 4, 0]

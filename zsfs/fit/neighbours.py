@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from zsfs.devices import SEARCH_PRECISIONS
+from zsfs.store import schema
 from zsfs.store.index import MISSING, build_index, drop_self, nearest_neighbours
 
 if TYPE_CHECKING:
@@ -252,9 +253,10 @@ def graph_unused(graph: dict | None, n_neighbours: int, method: str) -> str | No
 
 def neighbour_graph(search: NeighbourSearch, n_rows: int, k: int, *,
                     on_rows: Callable[[int], None] | None = None) -> np.ndarray:
-    """``(n_rows, k)`` int32: the ``k`` neighbours of every store row, in blocks of a tenth of the
-    rows (:data:`GRAPH_STEPS`; at most ``GRAPH_BLOCK``); ``on_rows(n)`` is called after each block (progress)."""
-    graph = np.empty((n_rows, k), dtype=np.int32)
+    """``(n_rows, k)`` row ids (``schema.graph_dtype``): the ``k`` neighbours of every store row, in blocks of
+    a tenth of the rows (:data:`GRAPH_STEPS`; at most ``GRAPH_BLOCK``); ``on_rows(n)`` is called after each
+    block (progress)."""
+    graph = np.empty((n_rows, k), dtype=schema.graph_dtype(n_rows))
     block = min(GRAPH_BLOCK, max(1, -(-n_rows // GRAPH_STEPS)))
     for start in range(0, n_rows, block):
         rows = np.arange(start, min(n_rows, start + block))

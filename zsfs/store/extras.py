@@ -187,7 +187,7 @@ def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict, *, build: 
             raise ZsfsError(f"a neighbour graph for {master} holds row ids outside [-1, {n_images})")
         remove_leftover_temp_files(store.path, store.data_dir)  # a killed `zsfs neighbours` left one
         with new_hdf5(schema.graph_file(store.data_dir), f"the neighbour graph of {store.path}") as file:
-            dataset = write_checked(file, schema.GRAPH_ROWS, rows.astype(np.int32))
+            dataset = write_checked(file, schema.GRAPH_ROWS, rows.astype(schema.graph_dtype(n_images)))
             dataset.attrs[schema.ATTR_GRAPH] = canonical_json({**info, "k": int(rows.shape[1])})
             file.attrs.update({schema.ATTR_FORMAT: schema.GRAPH_FORMAT, schema.ATTR_FORMAT_VERSION: schema.FORMAT_VERSION,
                                schema.ATTR_IDENTITY: canonical_json(store.identity), schema.ATTR_BUILD: store.build})

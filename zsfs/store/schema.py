@@ -43,6 +43,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from zsfs.names import visible
 
 FORMAT_NAME = "zsfs-store"
@@ -73,7 +75,7 @@ PROMPT_KINDS = (VOCAB_SINGLE, VOCAB_ENSEMBLE)
 
 INDEX_DATASET = "index/faiss"
 GRAPH_DATASET = "index/neighbours"  # format 1 only: the graph inside the master
-GRAPH_ROWS = "neighbours"  # in the graph file: (N, K) int32, each row's K nearest rows, best first
+GRAPH_ROWS = "neighbours"  # in the graph file: (N, K) row ids (graph_dtype), each row's K nearest rows, best first
 ATTR_GRAPH = "graph"  # JSON on the graph dataset: {"k", "search", "precision"}
 
 # Files beside the shards (format 2), each written whole and renamed into place.
@@ -196,3 +198,8 @@ def holds_store_parts(folder: Path) -> bool:
         return any(next(Path(folder).glob(pattern), None) is not None for pattern in patterns)
     except OSError:
         return False
+
+
+def graph_dtype(n_rows: int) -> type:
+    """The row ids of a neighbour graph: int32 (half the bytes) unless a store holds more rows than it counts."""
+    return np.int32 if n_rows <= np.iinfo(np.int32).max else np.int64
