@@ -93,6 +93,18 @@ def test_pseudo_labels_name_the_first_cycle_that_labelled_each_image(fitted):
     np.testing.assert_array_equal(result.pseudo_cycle, cycle)
 
 
+def test_an_image_in_two_classes_of_one_cycle_keeps_its_first_and_cycles_count_past_int16():
+    """Review: numpy keeps the last write to a repeated row, so an image seeding two classes (--paper)
+    kept its last label, not its first; cycle numbers were int16 (a 32,768th cycle stopped the fit)."""
+    from zsfs.fit.run import _pseudo_labels
+    from zsfs.fit.selftrain import Cycle
+
+    cycles = [Cycle(0, 3, np.array([7, 2, 7]), np.array([0, 1, 2]), 0),
+              Cycle(40_000, 1, np.array([2, 5]), np.array([3, 3]), 1)]
+    label, cycle = _pseudo_labels(10, cycles)
+    assert label[[7, 2, 5]].tolist() == [0, 1, 3] and cycle[[7, 2, 5, 0]].tolist() == [0, 0, 40_000, -1]
+
+
 def test_ood_thresholds_and_flags_are_calibrated_on_the_seeds(fitted, store_path):
     result, _, _ = fitted
     seeds = result.cycles[0].rows

@@ -51,7 +51,7 @@ class FitResult:
     ood_continuous: np.ndarray  # mean standardised deficit of the paper's statistics; higher = more OOD
     is_seed: np.ndarray  # bool: one of the initial seeds
     pseudo_label: np.ndarray  # int64 class given by seeds/cycles, -1 if none (first one wins)
-    pseudo_cycle: np.ndarray  # int16 cycle that gave it (0 = seed), -1 if none
+    pseudo_cycle: np.ndarray  # int32 cycle that gave it (0 = seed), -1 if none
     zero_shot_predicted: np.ndarray
     zero_shot_confidence: np.ndarray
     mcm_score: np.ndarray  # MCM OOD score (negated max softmax of cosines); higher = more OOD
@@ -422,7 +422,9 @@ def _refuse_non_finite(store: "Store", rows: slice | np.ndarray, per_row: np.nda
 def _pseudo_labels(n_images: int, cycles: list[Cycle]) -> tuple[np.ndarray, np.ndarray]:
     """Per image: first pseudo-label and the cycle that gave it (-1 where none)."""
     label = np.full(n_images, -1, np.int64)
-    cycle = np.full(n_images, -1, np.int16)
+    cycle = np.full(n_images, -1, np.int32)  # (review: int16 overflowed at a 32,768th cycle, after the training)
     for c in reversed(cycles):  # earlier cycles overwrite later ones: the first one wins
-        label[c.rows], cycle[c.rows] = c.labels, c.index
+        # within a cycle too (an image seeding two classes under --paper): written in reverse, the
+        # last write to a repeated row, which numpy keeps, is its first
+        label[c.rows[::-1]], cycle[c.rows] = c.labels[::-1], c.index
     return label, cycle
