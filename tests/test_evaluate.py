@@ -182,6 +182,17 @@ def test_ood_metrics_keys():
     assert metrics == {"auroc": 1.0, "fpr95": 0.0}
 
 
+def test_fpr95_is_the_share_of_ood_images_taken_as_id_at_95_percent_of_the_id_images():
+    """Review: FPR95 was the share of ID images above the threshold catching 95 % of the OOD ones
+    (0.96 here), not MCM's and OpenOOD's FPR95 (OOD kept at the threshold keeping 95 % of ID: 0.52)."""
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(0, 1, 5000), rng.normal(1.5, 2, 5000)]  # higher = more OOD
+    is_ood = np.r_[np.zeros(5000, bool), np.ones(5000, bool)]
+    keeps_95_percent_of_id = np.sort(scores[~is_ood])[int(np.ceil(0.95 * 5000)) - 1]  # ID: score <= it
+    published = np.mean(scores[is_ood] <= keeps_95_percent_of_id)
+    assert ood_metrics(scores, is_ood)["fpr95"] == pytest.approx(published) and 0.5 < published < 0.55
+
+
 def test_id_ood_splits_reproducible_distinct_and_ordered():
     classes = [f"c{i}" for i in range(10)]
     splits = id_ood_splits(classes, 6, n_splits=5, seed=3)

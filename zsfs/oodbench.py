@@ -172,7 +172,8 @@ def ood_bench(
 
     return {
         "protocol": "zero-shot OOD: only the ID class names are given to the fit; OOD = images whose "
-                    "true label is not ID; AUROC and FPR at 95% TPR with OOD as the positive class",
+                    "true label is not ID; AUROC with OOD as the positive class, FPR95: share of OOD images "
+                    "taken as ID at 95% TPR on ID images",
         "id_classes": int(id_classes) if isinstance(id_classes, (int, np.integer)) else list(splits[0]),
         "n_splits": len(splits),
         "seed": seed,

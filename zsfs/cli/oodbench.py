@@ -32,9 +32,9 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
               as_json: bool, paper: bool, fast: bool, **fit_options) -> None:
     """Zero-shot OOD benchmark: only the ID class names go to the fit; OOD = images of other classes.
 
-    Reports AUROC (OOD positive) and FPR at 95% TPR, mean +- std over the splits, for zsfs'
-    ood_score, its paper score, its continuous score and the MCM baseline on the same store and
-    prompts.
+    Reports AUROC (OOD positive) and FPR95 (OOD images taken as ID at 95% TPR on ID ones, as MCM
+    defines it), mean +- std over the splits, for zsfs' ood_score, its paper score, its continuous
+    score and the MCM baseline on the same store and prompts.
 
     \b
     Example:
