@@ -84,6 +84,23 @@ def test_import_clip_retrieval_folder(inputs, tmp_path):
         assert store.paths().tolist() == inputs["paths"]
         np.testing.assert_allclose(store.read("clip"), inputs["clip"], atol=1e-3)
         assert not store.has_labels
+    # walkthrough: a second clip-retrieval run (the backbone's) that wrote its images in another order,
+    # or a --paths table in another order than the folder's metadata, was stored against the wrong paths
+    order = np.random.default_rng(0).permutation(N)
+    second = tmp_path / "second_run"
+    (second / "img_emb").mkdir(parents=True)
+    (second / "metadata").mkdir()
+    np.save(second / "img_emb" / "img_emb_0.npy", inputs["backbone"][order])
+    pl.DataFrame({"image_path": [inputs["paths"][i] for i in order]}).write_parquet(
+        second / "metadata" / "metadata_0.parquet")
+    shuffled = tmp_path / "shuffled.csv"
+    pl.DataFrame({"path": [inputs["paths"][i] for i in order]}).write_csv(shuffled)
+    for backbone, table in ((second, None), (tmp_path / "backbone.npy", shuffled)):
+        with pytest.raises(ZsfsError, match=r"the metadata of .* lists other images than .*, or the same ones in "
+                                            r"another order \(row 0 \(counted from 0\) is 'photos/\d+.jpg' there, "
+                                            r"'photos/\d+.jpg' in .*\); all inputs must list the same images"):
+            import_store(tmp_path / "other.h5", clip_embeddings=out, backbone_features=backbone, paths=table)
+    assert not (tmp_path / "other.h5").exists()
 
 
 def test_parts_are_joined_in_natural_order_and_tied_numbers_are_refused(tmp_path):

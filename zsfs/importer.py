@@ -28,7 +28,7 @@ from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at
                          check_parameter_type, check_path, checked_arguments, shown_value)
 from zsfs.import_inputs import (CLIP_RETRIEVAL_METADATA, PATH_COLUMNS, RowParts, check_rows_exist, column, load_rows,
                                 load_vocabulary, read_table)
-from zsfs.names import as_argument, repeated
+from zsfs.names import as_argument, repeated, visible
 from zsfs.store import schema, write_store, write_vocabulary
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes
 from zsfs.store.files import names_beside
@@ -100,6 +100,10 @@ def import_store(
     image_paths = column(table, path_column, PATH_COLUMNS, "path")
     labels = column(table, label_column, (), "label") if label_column else None
 
+    for what, folder in (("CLIP embeddings", clip_embeddings), ("backbone features", backbone_features)):
+        if folder != table_location and (folder / CLIP_RETRIEVAL_METADATA).is_dir():
+            _check_same_listing(folder, what, image_paths, table_location, path_column if paths is None else None)
+
     counts = {f"CLIP embeddings ({clip_embeddings})": len(clip),
               f"backbone features ({backbone_features})": len(backbone),
               f"paths ({table_location})": len(image_paths)}
@@ -153,6 +157,23 @@ def import_store(
             write_vocabulary(master, name, vocabulary.classes, vocabulary.single, vocabulary.ensemble,
                              prompt=schema.IMPORTED_PROMPT, n_templates=vocabulary.n_templates, overwrite=True)
     return ImportSummary(master=master, n_images=len(image_paths), repeated_paths=repeated(image_paths))
+
+
+def _check_same_listing(folder: Path, what: str, image_paths: list[str], table_location: Path,
+                        path_column: str | None) -> None:
+    """A ZsfsError where a clip-retrieval folder's own metadata lists other images than the paths
+    the import takes, or the same in another order (walkthrough: a second clip-retrieval run, which
+    wrote its images in another order, had its rows stored against the first run's paths)."""
+    listed = column(read_table(folder), path_column, PATH_COLUMNS, "path")
+    if listed == image_paths:
+        return
+    differ = next((row for row, (ours, theirs) in enumerate(zip(image_paths, listed)) if ours != theirs),
+                  min(len(listed), len(image_paths)))
+    at = (f"row {differ} (counted from 0) is {visible(listed[differ])!r} there, {visible(image_paths[differ])!r} "
+          f"in {table_location}" if differ < min(len(listed), len(image_paths))
+          else f"it lists {len(listed):,} images, {table_location} {len(image_paths):,}")
+    raise ZsfsError(f"{what}: the metadata of {folder} lists other images than {table_location}, or the same ones "
+                    f"in another order ({at}); all inputs must list the same images in the same order")
 
 
 @contextmanager
