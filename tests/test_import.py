@@ -372,6 +372,17 @@ def test_the_same_import_again_writes_nothing_and_succeeds_on_a_read_only_copy(i
             path.chmod(path.stat().st_mode | 0o200)
 
 
+def test_info_counts_a_label_spelled_in_two_unicode_forms_once_as_fits_do(inputs):
+    """Walkthrough: a label column mixing café composed and decomposed (macOS and Linux sources) showed
+    two labels 'café' in `zsfs info`, where fits and ood-bench count one class."""
+    folder, composed = inputs["dir"], "caf\u00e9"
+    spelled = [composed if i % 3 else "cafe\u0301" for i in range(N)]
+    pl.DataFrame({"path": inputs["paths"], "label": spelled}).write_csv(folder / "forms.csv")
+    import_store(folder / "forms.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "backbone.npy",
+                 paths=folder / "forms.csv", label_column="label")
+    assert json.loads(run_cli("info", "--json", folder / "forms.h5").stdout)["labels"] == {composed: N}
+
+
 def test_cli_import_then_info_json(inputs):
     folder = inputs["dir"]
     result = run_cli("import", folder / "cli.h5", "--clip-embeddings", folder / "clip.npy",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -525,7 +526,9 @@ class Store:
         labels = {}
         if self.has_labels:
             names, label_counts = np.unique(np.asarray(self.labels(), dtype=str), return_counts=True)
-            labels = dict(zip(names.tolist(), label_counts.tolist()))
+            for name, count in zip(names.tolist(), label_counts.tolist()):  # one label per NFC form, as fits count them
+                composed = unicodedata.normalize("NFC", name)
+                labels[composed] = labels.get(composed, 0) + count
         return {
             "path": str(self.path),
             "format_version": int(self._file.attrs[schema.ATTR_FORMAT_VERSION]),
