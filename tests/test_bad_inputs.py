@@ -121,8 +121,7 @@ CASES = [  # (command line, exit code, words of the error line)
     (("extract", "{work}/classes.txt", "--out", "{work}/classes.txt", "--overwrite"), 1, "is the image source this "
      "command reads"),
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features", "{work}/backbone.npy",
-      "--paths", "{work}/ragged.csv"), 1, "a line has more fields than the header (a separator inside a path or "
-     "label must be quoted"),  # bug: polars' advice, truncate_ragged_lines=True, and \x0a\x0a
+      "--paths", "{work}/ragged.csv"), 1, "fields, the header 2; quote a path or label holding a comma"),  # bug: polars' advice, truncate_ragged_lines=True, and \x0a\x0a
     (("predict", "--run", "{work}/diverged", "{photos}"), 1, "non-finite weights"),
     (("predict", "--run", "{run}", "--out", "{work}/a-file/p.csv", "{photos}"), 1, "a-file is a file"),
     # review: a missing input was click's usage error (exit 2) in import and report, exit 1 elsewhere

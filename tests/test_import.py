@@ -217,7 +217,13 @@ def test_import_input_errors(inputs):
              "name each column once"),
             ("spaced.csv", "path , path,label\n" + rows, "the header names the column 'path' twice"),
             ("empty.csv", "", "it is empty; it needs a header line (such as path,label) and a line per image"),
-            ("quote.csv", 'path,label\n"photos/000.jpg,cat\n', "a quote is not closed"),
+            ("quote.csv", 'path,label\n"photos/000.jpg,cat\n', "line 2: a quote is not closed"),
+            # walkthrough: no line was named (extract's lists name it), and a tab after a closing quote was
+            # said as "a quote stands inside an unquoted field", which such tables may hold
+            ("ragged.csv", "path,label\n" + rows + "photos/x.jpg,cat,3\n", f"line {len(inputs['labels']) + 2} has 3 fields, the header "
+             "2; quote a path or label holding a comma"),
+            ("closed.tsv", 'path\tlabel\nphotos/000.jpg\tcat\n"q4".png\tBag\n', "line 3: '\\x09' expected after '\"' "
+             "(nothing may stand between a closing quote and the next separator)"),
             ("latin1.csv", "path,label\n" + "".join(rows.splitlines(keepends=True)[:2]), None)):
         data = text.encode() if said else (text + "caf\xe9.jpg,cat\n").encode("latin-1")
         (folder / name).write_bytes(data)

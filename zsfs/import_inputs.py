@@ -18,7 +18,7 @@ import numpy as np
 
 from zsfs.devices import check_polars_usable
 from zsfs.errors import ZsfsError, one_line
-from zsfs.lists import QUOTE_NOT_CLOSED
+from zsfs.lists import QUOTE_NOT_CLOSED, TABLE_SEPARATORS, csv_error_text
 from zsfs.names import check_class_names, counted, described_array, refuse_unseen_characters, repeated
 from zsfs.outputs import read_parquet
 from zsfs.store.rows import normalise_rows
@@ -153,16 +153,16 @@ def read_table(location: Path) -> "pl.DataFrame":
     else:
         raise ZsfsError(f"paths table {location} does not exist")
     suffix = files[0].suffix.lower()
+    separator = TABLE_SEPARATORS.get(suffix)
     try:
         if suffix == ".parquet":
             return pl.concat([read_parquet(file) for file in files], how="diagonal_relaxed")  # parts may add columns
-        if suffix in (".csv", ".tsv"):
-            separator = "\t" if suffix == ".tsv" else ","
+        if separator is not None:
             with open(location, "rb") as handle:  # polars takes only UTF-8 paths; Python files work for any
                 table = pl.read_csv(handle, separator=separator, infer_schema=False)
             return _header_checked(table, location, separator)
     except (pl.exceptions.PolarsError, OSError) as error:
-        raise ZsfsError(f"cannot read paths table {location}: {_table_error(error, location)}") from None
+        raise ZsfsError(f"cannot read paths table {location}: {_table_error(error, location, separator)}") from None
     raise ZsfsError(f"paths table {location}: expected a .parquet, .csv or .tsv (tab-separated) file")
 
 
@@ -180,12 +180,17 @@ def _header_checked(table: "pl.DataFrame", location: Path, separator: str) -> "p
     return table.rename({name: name.strip() for name in table.columns if name.strip() not in ("", name)})
 
 
-def _table_error(error: Exception, location: Path) -> str:
-    """What is wrong with a CSV polars cannot read, in zsfs' words: its advice names options of its own."""
+def _table_error(error: Exception, location: Path, separator: str | None) -> str:
+    """What is wrong with a CSV polars cannot read, in zsfs' words: its advice names options of its own;
+    the line to fix, as extract's lists name it (walkthrough: no line, in a table of a million rows)."""
     text = str(error)
-    if "more fields than defined" in text:  # (truncate_ragged_lines)
+    if separator and ("more fields than defined" in text or "not properly escaped" in text):  # (truncate_ragged_lines)
+        found = _first_bad_record(location, separator)
+        if found:
+            return found
+    if "more fields than defined" in text:
         return "a line has more fields than the header (a separator inside a path or label must be quoted: \"a,b.jpg\")"
-    if "not properly escaped" in text:  # (infer_schema_length, ignore_errors, ...)
+    if "not properly escaped" in text:
         return f"{QUOTE_NOT_CLOSED}, or a quote stands inside an unquoted field"
     if "empty CSV" in text:
         return "it is empty; it needs a header line (such as path,label) and a line per image"
@@ -193,6 +198,27 @@ def _table_error(error: Exception, location: Path) -> str:
         line = _first_line_not_utf8(location)
         return f"it is not UTF-8 text{f' (first at line {line})' if line else ''}; save it as UTF-8"
     return one_line(error)
+
+
+def _first_bad_record(location: Path, separator: str) -> str | None:
+    """The first line of a CSV or TSV table with more fields than its header, or that a strict
+    reader cannot read, and why; None when there is none. Read a record at a time, only once polars
+    has refused the table."""
+    with open(location, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.reader(handle, delimiter=separator, strict=True)
+        complete = 0  # the last line of the last whole record: a failing one begins after it
+        try:
+            width = len(next(reader, []))
+            complete = reader.line_num
+            for fields in reader:
+                if len(fields) > width:
+                    holding = "a comma (\"a,b.jpg\")" if separator == "," else "a tab"
+                    return (f"line {reader.line_num} has {len(fields)} fields, the header {width}; quote a path or "
+                            f"label holding {holding}, as spreadsheets write it")
+                complete = reader.line_num
+        except csv.Error as error:
+            return f"line {complete + 1}: {csv_error_text(error, separator)}"
+    return None
 
 
 def _first_line_not_utf8(location: Path, block: int = 1 << 20) -> int | None:

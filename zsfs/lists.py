@@ -57,6 +57,14 @@ TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t"}
 _QUOTED = {",": '"a,b.jpg"', "\t": '"a<tab>b.jpg"'}  # a quoted field holding the separator, as an error shows it
 
 
+def csv_error_text(error: csv.Error, separator: str) -> str:
+    """What a strict csv reader's error means, and the fix (the record's line is the caller's to say)."""
+    unclosed = "end of data" in str(error) or "field larger" in str(error)
+    said = QUOTE_NOT_CLOSED if unclosed else \
+        f"{visible(str(error))} (nothing may stand between a closing quote and the next separator)"
+    return f"{said}; quote a whole field ({_QUOTED[separator]}) or none of it"
+
+
 def _parse_table(text: str, list_file: Path, separator: str) -> tuple[list[str], list[str] | None]:
     """Paths verbatim (a quoted field may hold separators, newlines, spaces), labels stripped.
 
@@ -91,11 +99,7 @@ def _parse_table(text: str, list_file: Path, separator: str) -> tuple[list[str],
                 pathless.append(reader.line_num)
             complete = reader.line_num
     except csv.Error as error:
-        unclosed = "end of data" in str(error) or "field larger" in str(error)
-        said = QUOTE_NOT_CLOSED if unclosed else \
-            f"{visible(str(error))} (nothing may stand between a closing quote and the next separator)"
-        raise ZsfsError(f"{list_file}: line {complete + 1}: {said}; quote a whole field ({_QUOTED[separator]}) or none "
-                        "of it") from None
+        raise ZsfsError(f"{list_file}: line {complete + 1}: {csv_error_text(error, separator)}") from None
     if pathless:  # a spreadsheet's missing file name: dropping the row would lose an image unseen
         raise ZsfsError(
             f"{list_file}: {counted(len(pathless), 'row')} with an empty path (first: line {pathless[0]}); "
