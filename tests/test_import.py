@@ -205,6 +205,12 @@ def test_import_input_errors(inputs):
     with pytest.raises(ZsfsError, match="expected floating-point rows"):
         import_store(folder / "o.h5", clip_embeddings=folder / "ints.npy", backbone_features=folder / "backbone.npy",
                      paths=folder / "paths.csv")
+    (folder / "widths").mkdir()  # walkthrough: which input's parts differ was not said
+    np.save(folder / "widths" / "p_0.npy", inputs["backbone"][:30])
+    np.save(folder / "widths" / "p_1.npy", inputs["backbone"][30:, :-1])
+    with pytest.raises(ZsfsError, match=r"^backbone features: array parts have different widths \[11, 12\]"):
+        import_store(folder / "o.h5", clip_embeddings=folder / "clip.npy", backbone_features=folder / "widths",
+                     paths=folder / "paths.csv")
     (folder / "parts").mkdir()  # bug: a damaged part of a folder of parquet parts was a polars traceback
     (folder / "parts" / "part-0.parquet").write_text("not parquet")
     with pytest.raises(ZsfsError, match="cannot read paths table .*parts"):

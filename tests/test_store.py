@@ -421,7 +421,7 @@ def test_write_store_rejects_bad_input(tmp_path, arrays):
         build(tmp_path / "s.h5", {**arrays, "clip": arrays["clip"][:-1]})
     zero = arrays["clip"].copy()
     zero[[57, 99]] = 0  # both in the second shard of 50
-    with pytest.raises(ZsfsError, match="^the clip embeddings: 2 rows are zero or not finite \\(first: row 57, "
+    with pytest.raises(ZsfsError, match="^the CLIP embeddings: 2 rows are zero or not finite \\(first: row 57, "
                                         "counted from 0\\); fix or drop them"):
         build(tmp_path / "s.h5", {**arrays, "clip": zero})
     assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.shards").exists()  # not even the first shard

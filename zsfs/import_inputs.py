@@ -133,7 +133,10 @@ def load_rows(location: Path, what: str) -> RowParts:
             raise ZsfsError(f"{what}: {file} holds {described_array(part)}; "
                             "expected floating-point rows (N, D)")
         parts.append(part)
-    return RowParts(parts, [file.name for file in files], files)
+    try:
+        return RowParts(parts, [file.name for file in files], files)
+    except ZsfsError as error:  # parts of different widths: which input's (walkthrough)
+        raise ZsfsError(f"{what}: {error}") from None
 
 
 def read_table(location: Path) -> "pl.DataFrame":

@@ -90,7 +90,7 @@ def write_store(
         "clip": clip_info,
         "backbone": backbone_info,
     }
-    features = {"the clip embeddings": clip, "the backbone features": backbone}
+    features = {"the CLIP embeddings": clip, "the backbone features": backbone}
     if overwrite:  # every row is written again: checked before the old store is removed
         refuse_unusable_rows(features, None)
     planned = [*(vocabularies or {}), *planned_vocabularies]
