@@ -115,7 +115,7 @@ def test_neighbour_support_and_rerank_match_naive_loop(tiny):
     assert (ranked[2, 5:] == seeds.MISSING).all()
 
 
-def test_neighbour_support_counts_a_neighbour_only_for_its_top_five_classes():
+def test_neighbour_support_counts_a_neighbour_only_for_its_top_five_classes(monkeypatch):
     """With CLIP's scale of 100, a random image's 6th class has a negligible probability, so the
     rule matters only where zero-shot is unsure: images almost equally close to 7 class texts."""
     rng = np.random.default_rng(3)
@@ -127,6 +127,12 @@ def test_neighbour_support_counts_a_neighbour_only_for_its_top_five_classes():
     neighbours = rng.integers(0, 20, (*candidates.shape, 3))
     support = seeds.neighbour_support(candidates, neighbours, images, texts, scores)
     np.testing.assert_allclose(support, naive_support(candidates, neighbours, images, texts), rtol=1e-4, atol=1e-6)
+    # review: a product for every pair took minutes with 50,000 classes; only top-5 pairs get one
+    products, pair_logits = [], seeds.pair_logits
+    monkeypatch.setattr(seeds, "pair_logits", lambda *args, **kw: products.append(len(args[1])) or pair_logits(*args, **kw))
+    np.testing.assert_array_equal(seeds.neighbour_support(candidates, neighbours, images, texts, scores), support)
+    in_top = (scores.top_classes[neighbours] == np.arange(7)[:, None, None, None]).any(axis=3)
+    assert products == [int(in_top.sum())] and 0 < products[0] < neighbours.size
 
 
 def test_positions_drop_padding():

@@ -88,12 +88,17 @@ def neighbour_support(
     classes = np.broadcast_to(np.arange(n_classes)[:, None, None], neighbours.shape)
     valid = (neighbours != MISSING) & (candidates != MISSING)[..., None]
     rows, cls = neighbours[valid], classes[valid]
+    # only a neighbour's top-5 classes count: a product for those pairs alone (review: every pair's
+    # took minutes and GBs with 50,000 classes, where few pairs are among them)
+    in_top = (scores.top_classes[rows] == cls[:, None]).any(axis=1)
+    rows, cls = rows[in_top], cls[in_top]
     text = as_tensor(texts, device)
     logits = pair_logits(clip, torch.as_tensor(rows, device=device), text, torch.as_tensor(cls, device=device))
-    probability = torch.exp(logits - torch.as_tensor(scores.logsumexp[rows], device=device))
-    in_top = torch.as_tensor((scores.top_classes[rows] == cls[:, None]).any(axis=1), device=device)
+    probability = torch.zeros(len(in_top), dtype=torch.float32, device=device)
+    probability[torch.as_tensor(in_top, device=device)] = torch.exp(
+        logits - torch.as_tensor(scores.logsumexp[rows], device=device))
     support = torch.zeros(neighbours.shape, dtype=torch.float32, device=device)
-    support[torch.as_tensor(valid, device=device)] = probability * in_top
+    support[torch.as_tensor(valid, device=device)] = probability
     total = support.sum(dim=2).cpu().numpy()
     return np.where(candidates != MISSING, total, -np.inf).astype(np.float32)
 
