@@ -13,7 +13,6 @@ import json
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +20,6 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import ParameterError, ZsfsError, check_at_least, checked_arguments, literal, shown_value
 from zsfs.names import counted, near_spellings, some_names, spelled_like
-from zsfs.outputs import new_folder, write_json
 from zsfs.evaluate import OOD_DETECTORS, LabelCodes, accuracy, composed_names, id_ood_splits, mean_std, ood_metrics
 
 if TYPE_CHECKING:
@@ -187,12 +185,3 @@ def ood_bench(
         "store": store.fingerprint(),
         "zsfs_version": __version__,
     }
-
-
-def write_metrics(metrics: dict, out_dir: Path) -> Path:
-    """Write ``out_dir/metrics.json`` via a temporary folder; refuses an existing ``out_dir``."""
-    with new_folder(out_dir) as tmp:
-        write_json(tmp / METRICS_FILE, metrics)
-    return Path(out_dir) / METRICS_FILE
-
-

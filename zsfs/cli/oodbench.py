@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -44,8 +45,8 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
 
     from zsfs.devices import check_device
     from zsfs.fit.config import FitConfig
-    from zsfs.oodbench import ood_bench as run_bench, write_metrics
-    from zsfs.outputs import check_new_folder
+    from zsfs.oodbench import METRICS_FILE, ood_bench as run_bench
+    from zsfs.outputs import check_new_folder, new_folder, write_json
     from zsfs.store import Store
     from zsfs.writable import check_writable
 
@@ -61,7 +62,10 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         console.print("[yellow]Note:[/] --splits is ignored: a file of ID classes is one split.")
     n_splits, fitted = 0, 0  # as the benchmark draws them (on_start), and as they end (on_split)
 
-    with Store(store_path) as store, console.status("reading the store", logged=True) as status:
+    # --out is taken for the benchmark's whole length, as fit's: a second run into it is refused now,
+    # not after all its splits (failure test)
+    reserved = new_folder(out) if out is not None else nullcontext()
+    with reserved as folder, Store(store_path) as store, console.status("reading the store", logged=True) as status:
         def start(count: int) -> None:
             nonlocal n_splits
             n_splits = count
@@ -87,6 +91,8 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         # a label that differs from a class name only by case or spacing is almost surely meant as it
         near = near_spellings(metrics["always_ood_classes"], store.vocabulary(metrics["vocabulary"]).classes,
                               "its class")
+        if folder is not None:
+            write_json(folder / METRICS_FILE, metrics)
     if metrics["n_splits"] and all(len(split["id_classes"]) == 1 for split in metrics["splits"]):
         console.print("[yellow]Note:[/] with one ID class, MCM (a softmax over the ID classes) is 1 for every "
                       "image: its AUROC is 0.5 by construction. Use 2 or more ID classes to compare the detectors.")
@@ -97,7 +103,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
                             f"not in vocabulary {metrics['vocabulary']!r}: always OOD{spelled}."))
     console.print(_table(metrics))
     if out is not None:
-        written = write_metrics(metrics, out)
+        written = out / METRICS_FILE
         with kept_if_interrupted(f"The metrics were saved in full in {written} before that"):
             console.print(f"Written: {shown(written)}")
             if as_json:
