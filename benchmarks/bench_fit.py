@@ -24,7 +24,8 @@ from pathlib import Path
 from harness import check_output, note_machine, peak_rss_mb, run
 
 SIZES = {"500": (500, 5), "2k": (2_000, 10),  # 500: the test suite's smoke run
-         "10k": (10_000, 100), "50k": (50_000, 1_000), "1.28M": (1_281_167, 1_000)}
+         "10k": (10_000, 100), "50k": (50_000, 1_000), "1.28M": (1_281_167, 1_000),
+         "10k-21k": (10_000, 21_841)}  # a large vocabulary (ImageNet-21k's classes) over a small collection
 CONFIGS = {
     # name: (preset, overrides)
     "default": ("default", {}),

@@ -373,6 +373,23 @@ def test_a_second_bench_into_the_same_out_is_refused_at_once(labelled_store, tmp
     assert len(json.loads((out / "metrics.json").read_text())["splits"]) == 1
 
 
+def test_a_vocabulary_replaced_during_the_bench_is_named(tmp_path):
+    """Failure test: `zsfs text --overwrite` during a benchmark ended it with "vocabulary 'ord' has no
+    class 'cat'" (each split's fit reads the vocabulary again), or, with the same names, went on with
+    other text embeddings for the later splits; the replacement is said now."""
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 4, seed=2, **SMALL_STORE)
+    with Store(path) as store:
+        vocab = store.vocabulary("synthetic")
+
+    def replaced(number, result):  # another process's `zsfs text --overwrite`, after the first split
+        write_vocabulary(path, "synthetic", vocab.classes, vocab.single[::-1], vocab.ensemble[::-1],
+                         prompt="a photo of a {}", n_templates=80, overwrite=True)
+
+    with Store(path) as store, pytest.raises(ZsfsError, match=r"vocabulary 'synthetic' of .*s.h5 was replaced while "
+                                                              r"the benchmark ran \(after 1 split\)"):
+        ood_bench(store, 2, FitConfig(**QUICK_FIT), n_splits=3, on_split=replaced)
+
+
 def test_cli_missing_store_and_unlabelled_store(tmp_path):
     missing = bench_cli("--store", tmp_path / "nope.h5", "--id-classes", 3)
     assert missing.exit_code == 1 and "does not exist" in missing.stderr

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from zsfs.fit.config import FitConfig
     from zsfs.fit.run import FitResult
     from zsfs.store import Store
+    from zsfs.store.extras import Vocabulary
 
 
 METRICS_FILE = "metrics.json"
@@ -63,6 +64,16 @@ def score_split(result: "FitResult", labels: LabelCodes, id_classes: Sequence[st
         fit_seconds=float(sum(result.timings.values())),
         neighbour_search=dict(result.neighbour_search),
     )
+
+
+def _check_same_vocabulary(store: "Store", read_first: "Vocabulary", n_done: int) -> None:
+    """A ZsfsError when the benchmark's vocabulary was replaced since it started (``zsfs text
+    --overwrite``): its splits would mix two vocabularies (failure test: "has no class 'cat'")."""
+    now = store.vocabulary(read_first.name)
+    if now.classes != read_first.classes or not np.array_equal(now.ensemble, read_first.ensemble) \
+            or not np.array_equal(now.single, read_first.single):
+        raise ZsfsError(f"vocabulary {read_first.name!r} of {store.path} was replaced while the benchmark ran (after "
+                        f"{counted(n_done, 'split')}); its splits would mix two vocabularies: rerun the benchmark")
 
 
 def summarize(splits: Sequence[SplitResult]) -> dict[str, float]:
@@ -133,7 +144,8 @@ def ood_bench(
                         f"image (extract a folder with one subfolder per class, or import with labels)")
     labels = LabelCodes.of(labels)
     vocab_name = resolve_vocabulary(store, vocabulary)
-    vocabulary_classes = store.vocabulary(vocab_name).classes
+    read_first = store.vocabulary(vocab_name)
+    vocabulary_classes = read_first.classes
     # labels are compared in NFC (LabelCodes); splits name classes as the vocabulary spells them
     spelled = dict(zip(composed_names(vocabulary_classes).tolist(), vocabulary_classes))
     label_classes = labels.classes.tolist()
@@ -163,6 +175,7 @@ def ood_bench(
 
     results = []
     for number, split in enumerate(splits):
+        _check_same_vocabulary(store, read_first, number)
         fitted = fit_store(store, config, vocabulary=vocab_name, classes=split, on_phase=on_phase)
         results.append(score_split(fitted, labels, split))
         if on_split is not None:
