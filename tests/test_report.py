@@ -678,6 +678,11 @@ def test_fit_report_on_a_full_disk_says_the_run_is_saved_and_how_to_write_the_re
             f"limit was reached) ({run / 'report.html'})); once that is mended, write it with `zsfs report {run}`") in said
     assert sorted(path.name for path in run.iterdir()) == ["classifier.pt", "config.json", "metrics.json",
                                                            "predictions.parquet"]
+    # failure test: the same state after kill -9; a rerun of the command said only "already exists"
+    rerun = run_zsfs("fit", "--store", store, "--out", run, "--report", "--k", "3", "--candidates", "10")
+    assert rerun.returncode == 1 and (f"{run} already exists; choose another folder (results are never "
+                                      "overwritten); it holds a finished run without its report: write that with "
+                                      f"`zsfs report {run}`") in " ".join(output_text(rerun).split()), rerun.output
     assert run_zsfs("report", run).returncode == 0 and (run / "report.html").is_file()
 
 

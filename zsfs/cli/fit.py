@@ -18,7 +18,7 @@ from zsfs.cli.options import FiniteFloat, GivenPath, noting_made_folders, prints
 from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES, check_device
 from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES
-from zsfs.names import counted
+from zsfs.names import as_argument, counted
 
 if TYPE_CHECKING:
     from zsfs.runs import FittedRun
@@ -149,8 +149,8 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     """
     from zsfs.fit.config import FitConfig
     from zsfs.fit.run import fit_store, resolve_vocabulary
-    from zsfs.outputs import check_new_folder, new_folder
-    from zsfs.runs import FittedRun
+    from zsfs.outputs import FolderExistsError, check_new_folder, new_folder
+    from zsfs.runs import CLASSIFIER, CONFIG, PREDICTIONS, REPORT, FittedRun
     from zsfs.store import Store
     from zsfs.writable import check_writable
 
@@ -158,7 +158,14 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
     check_device(config.device)  # before the store is read and any note is printed
     note_fit_options(config, options)
     if run_dir is not None:
-        check_new_folder(run_dir)
+        try:
+            check_new_folder(run_dir)
+        except FolderExistsError as taken:
+            if with_report and all((run_dir / name).is_file() for name in (CONFIG, CLASSIFIER, PREDICTIONS)) \
+                    and not (run_dir / REPORT).exists():  # a fit stopped while writing its report (failure test)
+                raise FolderExistsError(f"{taken}; it holds a finished run without its report: write that with "
+                                        f"`zsfs report {as_argument(run_dir)}`") from None
+            raise
     with Store(store_path) as store:
         store.check_enough_images(2, "a fit")  # first: no other advice helps a store without images
         vocabulary = resolve_vocabulary(store, vocabulary)
