@@ -94,10 +94,17 @@ def test_text_refuses_a_duplicate_name_unless_overwrite(unlabelled_store, tmp_pa
     classes = tmp_path / "animals.txt"
     classes.write_text("\n".join(ANIMALS))
     assert run_cli("text", store, "--classes", classes, "--name", "animals").exit_code == 0
+    written = {path: path.stat().st_mtime_ns for path in store.with_suffix(".shards").glob("vocab*")}
+    assert len(written) == 1
+    # failure test: a rerun (after a kill -9 just past the write, or a pipeline's retry) was refused
+    again = run_cli("text", store, "--classes", classes, "--name", "animals")
+    assert again.exit_code == 0 and f"Vocabulary animals ({len(ANIMALS)} classes) is already in" in again.output
+    assert {path: path.stat().st_mtime_ns for path in store.with_suffix(".shards").glob("vocab*")} == written
 
     classes.write_text("owl\nbat\n")
     refused = run_cli("text", store, "--classes", classes, "--name", "animals")
-    assert refused.exit_code == 1 and "animals" in refused.output and "--overwrite" in refused.output
+    assert refused.exit_code == 1 and "already has a vocabulary 'animals' with other classes (" in refused.output \
+        and "--overwrite" in refused.output
     with Store(store) as opened:
         assert opened.vocabulary("animals").classes == ANIMALS
 

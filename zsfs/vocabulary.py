@@ -14,7 +14,7 @@ from zsfs.devices import check_device
 from zsfs.errors import (ParameterError, ZsfsError, check_parameter_type, check_path, checked_arguments, literal,
                          shown_value)
 from zsfs.models import encode_vocabulary, load_clip_from_record, same_text_to_clip
-from zsfs.names import (check_class_names, counted, home_expanded, names_listed_in, pairs_text,
+from zsfs.names import (check_class_names, counted, some_names, home_expanded, names_listed_in, pairs_text,
                         refuse_unseen_characters)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.lists import read_class_file
@@ -54,11 +54,14 @@ def add_vocabulary(
     with Store(store_path) as opened:
         record, data_dir, identity = dict(opened.clip_info), opened.data_dir, opened.identity
         name = opened.stored_vocabulary_name(name)
-        if name in opened.vocabulary_names() and not overwrite:
-            raise ZsfsError(f"{store_path} already has a vocabulary named {name!r}; "
-                            "choose another --vocab or pass --overwrite to replace it")
+        held = opened.vocabulary(name) if name in opened.vocabulary_names() and not overwrite else None
     refuse_imported(record, "CLIP")  # before the class file is checked: no class file can be embedded then
     class_names = checked_classes(classes)
+    if held is not None:
+        if held.classes == class_names and held.prompt == SINGLE_PROMPT:  # this store's CLIP embedded them
+            return class_names  # a rerun (after a kill, in a pipeline) has nothing to write, as extract's
+        raise ZsfsError(f"{store_path} already has a vocabulary {name!r} with other classes "
+                        f"({some_names(list(held.classes), 5)}); choose another --vocab or pass --overwrite to replace it")
     check_store_update(Path(store_path), data_dir, vocabulary_file(data_dir, name))
     with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
         clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device, store=store_path)

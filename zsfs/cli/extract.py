@@ -185,7 +185,10 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
     loading = console.status("Loading the CLIP model...", logged=True)
     with image_progress("class names", unit="classes", one="class") as (start_bar, on_classes):
 
+        embedded = []
+
         def on_start(total: int) -> None:
+            embedded.append(total)
             loading.stop()
             start_bar(total)
 
@@ -195,7 +198,8 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
                                      overwrite=overwrite, on_start=on_start, on_classes=on_classes)
         finally:
             loading.stop()
-    console.print(f"Vocabulary [bold]{shown(name)}[/] ({counted(len(classes), 'class', 'classes')}) written to "
+    said = "written to" if embedded else "is already in"  # a rerun: nothing to write
+    console.print(f"Vocabulary [bold]{shown(name)}[/] ({counted(len(classes), 'class', 'classes')}) {said} "
                   f"{shown(store)}")
     note_a_borrowed_shards_folder(store)
 
