@@ -22,7 +22,7 @@ from zsfs.evaluate import fit_metrics
 from zsfs.run_summary import cycle_rows, summary_rows
 from zsfs.runs import FittedRun
 from zsfs.fit import FitConfig, fit_store
-from zsfs.outputs import new_folder
+from zsfs.outputs import FolderExistsError, new_folder
 from zsfs.store import Store
 from zsfs.testing.cli import run_cli
 from zsfs.testing.failures import RUN_CLI
@@ -152,6 +152,32 @@ def test_the_next_run_removes_what_a_killed_run_left_but_not_a_live_runs_folder(
         live.wait()
         killed.stdout.close()
         live.stdout.close()
+
+
+def test_a_killed_writers_folder_whose_pid_another_process_was_given_is_removed(tmp_path):
+    """Failure test: a kill -9'd fit's temporary folder blocked its --out ("another zsfs process (pid N)
+    is writing") for as long as any process was given pid N. Its lock, not its pid, decides once the
+    folder is older than any writer's lock-taking; a newer one keeps the pid's benefit of the doubt."""
+    from zsfs.outputs import LOCKED_FROM, _host, check_new_folder
+
+    given = subprocess.Popen(["sleep", "600"])  # a process holding the pid in the killed writer's name
+    try:
+        old = tmp_path / f".zz.{given.pid}-{_host()}.abcdefgh.tmp"
+        old.mkdir()
+        (old / "half-written").write_text("x")
+        young = tmp_path / f".yy.{given.pid}-{_host()}.abcdefgh.tmp"
+        young.mkdir()
+        made = time.time() - LOCKED_FROM - 5
+        os.utime(old, (made, made))
+        check_new_folder(tmp_path / "zz")  # bug: refused
+        with pytest.raises(FolderExistsError, match=f"another zsfs process \\(pid {given.pid}\\) is writing"):
+            check_new_folder(tmp_path / "yy")  # its writer may not have locked it yet
+        with new_folder(tmp_path / "next"):
+            pass
+        assert not old.exists() and young.is_dir()
+    finally:
+        given.kill()
+        given.wait()
 
 
 def test_a_live_runs_folder_is_kept_where_its_pid_means_nothing_here(tmp_path):

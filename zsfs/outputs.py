@@ -13,6 +13,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -113,19 +114,28 @@ def _held(descriptor: int) -> Iterator[None]:
 
     try:
         with suppress(OSError):  # a file system without flock: the pid in the name is all there is
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # blocking: another process's probe (:func:`_in_use`) holds it for an instant, and an entry
+            # left unlocked would pass for a killed writer's once it is LOCKED_FROM old
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
         os.close(descriptor)
 
 
+LOCKED_FROM = 60.0
+"""Seconds after which a temporary entry's writer holds its lock (:func:`_held`) for sure: the lock
+decides, not the pid in the name, which another process may have been given since (failure test)."""
+
+
 def _writing(entry: Path, pid: int) -> bool:
     """Whether the writer of the temporary ``entry`` of this host (``pid``, from its name) is alive."""
-    return _alive(pid) or _in_use(entry)
+    held = _in_use(entry)
+    return _alive(pid) if held is None else held
 
 
-def _in_use(entry: Path) -> bool:
-    """Whether a live process holds ``entry`` (:func:`_held`)."""
+def _in_use(entry: Path) -> bool | None:
+    """Whether a live process holds ``entry`` (:func:`_held`): True, False where it is free, None where
+    this cannot tell (a file system without flock, or an entry just unlocked and so maybe not yet locked)."""
     import fcntl
 
     try:
@@ -142,10 +152,10 @@ def _in_use(entry: Path) -> bool:
     except BlockingIOError:
         return True
     except OSError:  # no flock here: the pid decides
-        return False
+        return None
     finally:
         os.close(descriptor)
-    return False
+    return None if time.time() - status.st_mtime <= LOCKED_FROM else False
 
 
 def _name_the_result(error: BaseException, tmp: Path, path: Path) -> None:
