@@ -78,8 +78,8 @@ class Store:
             self._too_many_shards: StoreError | None = None
             try:  # HDF5 reads a shard it cannot open as missing rows, NaN, without an error (review)
                 make_room_for_shards(self.n_shards, "reading its rows opens them all")
-            except StoreError as error:  # said by the first read of rows: its summary and listings stay readable
-                self._too_many_shards = error
+            except StoreError as error:  # said by the first read through the shards: the master's own
+                self._too_many_shards = error  # datasets (paths, labels, skips: info, reruns) stay readable
             self._shard_folders = sorted({(self.path.parent / name).parent for name in self.shard_files})
             self._folder_stamps = self._shard_folder_stamps()  # first: a change after it shows in the quick check
             self._opened_stamps = [master_stamp, *self._file_stamps()[1:]]  # the shards' stamps, now they are known
@@ -229,8 +229,6 @@ class Store:
 
     @contextmanager
     def _read_errors(self, what: str) -> Iterator[None]:
-        if self._too_many_shards is not None:
-            raise self._too_many_shards
         with self._rebuild_named(), read_errors(self.path, what):
             yield
 
@@ -312,6 +310,12 @@ class Store:
             raise ParameterError(f"{{dataset}}: read() and iter_chunks() read {', '.join(schema.VIRTUAL_DATASETS)}, "
                                  f"not {shown_value(dataset)}; paths(), labels(), skipped() and neighbour_graph() read "
                                  "the rest")
+        self._check_room_for_shards()
+
+    def _check_room_for_shards(self) -> None:
+        """The open-files error of a read through the shards (the virtual datasets) past the limit."""
+        if self._too_many_shards is not None:
+            raise self._too_many_shards
 
     def iter_chunks(self, dataset: str, chunk_rows: int = READ_BLOCK) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` blocks of ``dataset`` (as :meth:`read`'s) in order: bounded memory for big stores."""
@@ -486,6 +490,7 @@ class Store:
                 if file_sha256(folder / name) != expected:
                     raise StoreError(f"{self.path}: shard file {name} does not match its recorded checksum; it "
                                      f"is damaged: {self._how_to_repair('it')}")
+        self._check_room_for_shards()  # the master's virtual datasets are read below
         checked = 0
         for name in self.shard_files:  # before the master, whose virtual datasets read them: name the file
             with open_hdf5(folder / name) as shard:
