@@ -186,6 +186,9 @@ def test_moved_store_reads_from_another_cwd(tmp_path, arrays, monkeypatch):
     with pytest.raises(StoreError, match=r"the environment sets HDF5_VDS_PREFIX=.*other, which makes HDF5 read a "
                                          r"store's shards from that folder, not from beside its master; unset it"):
         Store(moved / "s.h5")
+    with pytest.raises(StoreError, match="the environment sets HDF5_VDS_PREFIX"):  # before any shard is written
+        build(tmp_path / "new" / "s.h5", arrays)
+    assert not (tmp_path / "new" / "s.shards").exists()
 
 
 @pytest.mark.parametrize("attribute, value, said", [

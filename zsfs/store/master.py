@@ -257,12 +257,18 @@ VDS_PREFIX_VARIABLE = "HDF5_VDS_PREFIX"
 """Where HDF5 looks for a virtual dataset's source files before the master's own folder."""
 
 
-def open_master(path: Path) -> h5py.File:
-    """Open a master file, with a clear message for each way it can be the wrong file."""
-    if os.environ.get(VDS_PREFIX_VARIABLE):  # (review: another store's shards of the same names were read)
+def refuse_vds_prefix(path: Path) -> None:
+    """A StoreError while the environment sets :data:`VDS_PREFIX_VARIABLE` (review: another folder's
+    shards of the same names were read as the store's); writers check it before any shard is written."""
+    if os.environ.get(VDS_PREFIX_VARIABLE):
         raise StoreError(f"the environment sets {VDS_PREFIX_VARIABLE}={os.environ[VDS_PREFIX_VARIABLE]}, which makes "
                          f"HDF5 read a store's shards from that folder, not from beside its master; unset it "
-                         f"(`unset {VDS_PREFIX_VARIABLE}`) to read {path}")
+                         f"(`unset {VDS_PREFIX_VARIABLE}`) to use {path}")
+
+
+def open_master(path: Path) -> h5py.File:
+    """Open a master file, with a clear message for each way it can be the wrong file."""
+    refuse_vds_prefix(path)
     if not path.exists():
         if written_elsewhere(path):
             raise StoreError(f"store {path} is being written by another zsfs process; wait for it to finish")

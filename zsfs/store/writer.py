@@ -29,7 +29,7 @@ from zsfs.store.identity import mismatch_error
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.integrity import read_all
 from zsfs.store.locks import acquire_lock, release_lock
-from zsfs.store.master import index_shards, make_room_for_shards, opened_shards, write_master
+from zsfs.store.master import index_shards, make_room_for_shards, opened_shards, refuse_vds_prefix, write_master
 from zsfs.store.placement import check_own_shards_folder, refuse_replacing_another_file
 from zsfs.store.rows import usable_rows
 
@@ -89,6 +89,7 @@ class StoreWriter:
         if clash:
             raise ValueError(f"identity disagrees with the writer's arguments: {clash}")
         self.master = Path(master).absolute()
+        refuse_vds_prefix(self.master)  # its reads would not be of the shards it writes: said before any is
         self.shards_dir = schema.shard_dir(self.master)
         self.identity = json.loads(canonical_json({**identity, **layout}))
         self.n_items, self.shard_size, self.dtype = int(n_items), int(shard_size), dtype
