@@ -373,7 +373,7 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
     each tar listed once; None when no entry is a tar member. Other entries get tar -1, also a file
     so named (``x.tar::1.jpg`` in a folder is that file). A member the tar does not hold as a file is
     an error, or, given ``reasons``, its row's reason there (entry number -> why; its tar stays -1)."""
-    split = [None if entry is None or (root / path).is_file() else entry
+    split = [None if entry is None or os.path.isfile(root / path) else entry  # (False for a name over NAME_MAX)
              for path, entry in zip(paths, map(split_member_path, paths))]
     tar_names = sorted({entry[0] for entry in split if entry is not None})
     if not tar_names:
