@@ -191,6 +191,10 @@ def test_fpr95_is_the_share_of_ood_images_taken_as_id_at_95_percent_of_the_id_im
     keeps_95_percent_of_id = np.sort(scores[~is_ood])[int(np.ceil(0.95 * 5000)) - 1]  # ID: score <= it
     published = np.mean(scores[is_ood] <= keeps_95_percent_of_id)
     assert ood_metrics(scores, is_ood)["fpr95"] == pytest.approx(published) and 0.5 < published < 0.55
+    # review: unsigned scores wrapped when negated (fpr95 1.0 for a perfect split), bools raised
+    perfect = np.array([False] * 4 + [True] * 4)
+    assert ood_metrics(np.array([0, 1, 2, 3, 200, 250, 251, 252], np.uint8), perfect) == {"auroc": 1.0, "fpr95": 0.0}
+    assert ood_metrics(perfect, perfect) == {"auroc": 1.0, "fpr95": 0.0}
 
 
 def test_id_ood_splits_reproducible_distinct_and_ordered():

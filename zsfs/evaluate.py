@@ -182,7 +182,7 @@ def ood_metrics(scores: np.ndarray, is_ood: np.ndarray) -> dict[str, float]:
     OpenOOD define it: the share of OOD images taken as ID at the threshold that keeps 95 % of the
     ID images (review: it was the share of ID images above the threshold that catches 95 % of the
     OOD ones, a figure no published table gives)."""
-    scores, is_ood = np.asarray(scores), np.asarray(is_ood, bool)
+    scores, is_ood = np.asarray(scores, np.float64), np.asarray(is_ood, bool)  # negated below: no unsigned wrap
     return {"auroc": auroc(scores, is_ood), "fpr95": fpr_at_tpr(-scores, ~is_ood, 0.95)}
 
 
