@@ -25,6 +25,7 @@ from pipelines.datasets import BACKBONE, CLIP_MODEL, CLIP_WEIGHTS, DATASETS, Dat
 from pipelines.report import COLUMNS, collect, render_markdown, write_results  # noqa: E402
 from pipelines.run import Layout, main, plan, run_steps, run_zsfs  # noqa: E402
 from zsfs.errors import ZsfsError  # noqa: E402
+from zsfs.oodbench import FPR95_DEFINITION  # noqa: E402
 from zsfs.testing.processes import STOPPED_BY, started, stop, wait_for  # noqa: E402
 from zsfs.testing.synthetic import make_synthetic_store  # noqa: E402
 
@@ -362,7 +363,7 @@ def test_a_run_on_another_image_folder_shows_its_own_counts_and_is_not_comparabl
     bench.mkdir()
     (fit / "config.json").write_text(json.dumps({"classes": ["red", "green", "blue"], "parameters": {}}))
     (fit / "metrics.json").write_text(json.dumps({"n_images": 90, "accuracy": 0.5}))
-    (bench / "metrics.json").write_text(json.dumps({"n_images": 90, "n_splits": 2, "id_classes": 2}))
+    (bench / "metrics.json").write_text(json.dumps({"protocol": FPR95_DEFINITION, "n_images": 90, "n_splits": 2, "id_classes": 2}))
     row = next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")
     assert (row["n_images"], row["n_classes"], row["id_classes"]) == (90, 3, 2)
     assert row["note"] == "measured on another image folder (3 classes), not the dataset's (10 classes); 2 ID " \
@@ -371,16 +372,31 @@ def test_a_run_on_another_image_folder_shows_its_own_counts_and_is_not_comparabl
     # review: a folder of the dataset's 10 classes but 600 images kept the note "test set (10,000 images)"
     (fit / "config.json").write_text(json.dumps({"classes": [f"c{i}" for i in range(10)], "parameters": {}}))
     (fit / "metrics.json").write_text(json.dumps({"n_images": 600, "accuracy": 0.5}))
-    (bench / "metrics.json").write_text(json.dumps({"n_images": 600, "n_splits": 2, "id_classes": 6}))
+    (bench / "metrics.json").write_text(json.dumps({"protocol": FPR95_DEFINITION, "n_images": 600, "n_splits": 2, "id_classes": 6}))
     row = next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")
     assert row["note"] == "measured on 600 images of another image folder, not the dataset's 10,000: not comparable"
     (fit / "metrics.json").write_text(json.dumps({"n_images": 10_000, "accuracy": 0.5}))
-    (bench / "metrics.json").write_text(json.dumps({"n_images": 10_000, "n_splits": 2, "id_classes": 6}))
+    (bench / "metrics.json").write_text(json.dumps({"protocol": FPR95_DEFINITION, "n_images": 10_000, "n_splits": 2, "id_classes": 6}))
     assert next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")["note"] == "test set (10,000 images)"
     # review: AUROC under another ID class count stood beside the paper's as comparable
-    (bench / "metrics.json").write_text(json.dumps({"n_images": 10_000, "n_splits": 2, "id_classes": 4}))
+    (bench / "metrics.json").write_text(json.dumps({"protocol": FPR95_DEFINITION, "n_images": 10_000, "n_splits": 2, "id_classes": 4}))
     assert next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")["note"] == \
         "measured on 4 ID classes in the OOD protocol, not the paper's 6: not comparable"
+
+
+def test_an_ood_bench_of_an_earlier_fpr95_definition_shows_no_fpr95(tmp_path):
+    """Review: FPR95 changed its definition (2026-12-06, as MCM's); a finished ood-bench step of an
+    earlier zsfs, which the pipeline does not rerun, was shown under the new definition's column."""
+    bench = tmp_path / "cifar10" / report.OOD_DIR
+    bench.mkdir(parents=True)
+    figures = {"n_images": 10_000, "n_splits": 2, "id_classes": 6, "auroc_mean": 0.9, "fpr95_mean": 0.619}
+    (bench / "metrics.json").write_text(json.dumps({**figures, "protocol": "zero-shot OOD: ... FPR at 95% TPR"}))
+    row = next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")
+    assert row["auroc_mean"] == 90.0 and row["fpr95_mean"] is None
+    assert row["note"].endswith("FPR95 left out: measured by an earlier zsfs's definition (rerun the ood-bench step)")
+    (bench / "metrics.json").write_text(json.dumps({**figures, "protocol": f"zero-shot OOD: ...; {FPR95_DEFINITION}"}))
+    row = next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")
+    assert row["fpr95_mean"] == 61.9 and row["note"] == "test set (10,000 images)"
 
 
 def test_report_without_runs_shows_the_paper_numbers_only(tmp_path):

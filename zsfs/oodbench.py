@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 
 METRICS_FILE = "metrics.json"
+FPR95_DEFINITION = "FPR95: share of OOD images taken as ID at 95% TPR on ID images"
+"""In a benchmark's ``protocol`` since 2026-12-06 (before, FPR95 was the share of ID images above the
+threshold catching 95 % of the OOD ones): figures without it are not comparable with today's."""
 
 
 @dataclass
@@ -183,8 +186,7 @@ def ood_bench(
 
     return {
         "protocol": "zero-shot OOD: only the ID class names are given to the fit; OOD = images whose "
-                    "true label is not ID; AUROC with OOD as the positive class, FPR95: share of OOD images "
-                    "taken as ID at 95% TPR on ID images",
+                    f"true label is not ID; AUROC with OOD as the positive class, {FPR95_DEFINITION}",
         "id_classes": int(id_classes) if isinstance(id_classes, (int, np.integer)) else list(splits[0]),
         "n_splits": len(splits),
         "seed": seed,
