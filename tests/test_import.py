@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -101,6 +102,14 @@ def test_import_clip_retrieval_folder(inputs, tmp_path):
                                             r"'photos/\d+.jpg' in .*\); all inputs must list the same images"):
             import_store(tmp_path / "other.h5", clip_embeddings=out, backbone_features=backbone, paths=table)
     assert not (tmp_path / "other.h5").exists()
+    # review: a table relocating the folder's paths (/node/data/photos/0.jpg -> photos/0.jpg) is the same listing
+    relocated = tmp_path / "relocated"
+    shutil.copytree(out, relocated)
+    for part in sorted((relocated / "metadata").glob("*.parquet")):
+        table = pl.read_parquet(part)
+        table.with_columns((pl.lit("/gpu-node/data/") + pl.col("image_path")).alias("image_path")).write_parquet(part)
+    import_store(tmp_path / "relocated.h5", clip_embeddings=relocated, backbone_features=tmp_path / "backbone.npy",
+                 paths=tmp_path / "paths.csv")
 
 
 def test_parts_are_joined_in_natural_order_and_tied_numbers_are_refused(tmp_path):

@@ -163,14 +163,24 @@ def _check_same_listing(folder: Path, what: str, image_paths: list[str], table_l
                         path_column: str | None) -> None:
     """A ZsfsError where a clip-retrieval folder's own metadata lists other images than the paths
     the import takes, or the same in another order (walkthrough: a second clip-retrieval run, which
-    wrote its images in another order, had its rows stored against the first run's paths)."""
+    wrote its images in another order, had its rows stored against the first run's paths). A path
+    that ends with the other's, after a ``/``, is the same image moved (``/node/data/a/1.jpg`` and
+    ``a/1.jpg``: a table that relocates the paths; review)."""
+    import polars as pl
+
     listed = column(read_table(folder), path_column, PATH_COLUMNS, "path")
-    if listed == image_paths:
-        return
-    differ = next((row for row, (ours, theirs) in enumerate(zip(image_paths, listed)) if ours != theirs),
-                  min(len(listed), len(image_paths)))
+    if len(listed) != len(image_paths):
+        differ = None
+    else:
+        there, here = pl.col("there"), pl.col("here")
+        same = pl.DataFrame({"there": listed, "here": image_paths}).select(
+            (there == here) | there.str.ends_with(pl.concat_str([pl.lit("/"), here]))
+            | here.str.ends_with(pl.concat_str([pl.lit("/"), there]))).to_series()
+        if same.all():
+            return
+        differ = int((~same).arg_true()[0])
     at = (f"row {differ} (counted from 0) is {visible(listed[differ])!r} there, {visible(image_paths[differ])!r} "
-          f"in {table_location}" if differ < min(len(listed), len(image_paths))
+          f"in {table_location}" if differ is not None
           else f"it lists {len(listed):,} images, {table_location} {len(image_paths):,}")
     raise ZsfsError(f"{what}: the metadata of {folder} lists other images than {table_location}, or the same ones "
                     f"in another order ({at}); all inputs must list the same images in the same order")
