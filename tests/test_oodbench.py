@@ -394,9 +394,9 @@ def test_cli_missing_store_and_unlabelled_store(tmp_path):
     missing = bench_cli("--store", tmp_path / "nope.h5", "--id-classes", 3)
     assert missing.exit_code == 1 and "does not exist" in missing.stderr
     blind = make_synthetic_store(tmp_path / "blind.h5", 200, 3, labels=False, **SMALL_STORE)
-    result = bench_cli("--store", blind, "--id-classes", 1, "--out", tmp_path / "never")
+    result = bench_cli("--store", blind, "--id-classes", 1, "--out", tmp_path / "made" / "never")
     assert result.exit_code == 1 and "has no labels" in result.stderr
-    assert not (tmp_path / "never").exists()
+    assert not (tmp_path / "made").exists()  # review: the folders above --out were made before the store's checks
 
 
 @pytest.mark.parametrize("classes_form", ["NFD", "NFC"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -62,13 +62,15 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         console.print("[yellow]Note:[/] --splits is ignored: a file of ID classes is one split.")
     n_splits, fitted = 0, 0  # as the benchmark draws them (on_start), and as they end (on_split)
 
-    # --out is taken for the benchmark's whole length, as fit's: a second run into it is refused now,
-    # not after all its splits (failure test)
-    reserved = new_folder(out) if out is not None else nullcontext()
-    with reserved as folder, Store(store_path) as store, console.status("reading the store", logged=True) as status:
+    with ExitStack() as reserved, Store(store_path) as store, \
+            console.status("reading the store", logged=True) as status:
+        folder = None
+
         def start(count: int) -> None:
-            nonlocal n_splits
+            nonlocal n_splits, folder
             n_splits = count
+            if out is not None:  # taken once the store is checked, for the splits' whole length, as fit's
+                folder = reserved.enter_context(new_folder(out))  # (a second run into it is refused at once)
             if isinstance(wanted, int) and count < splits:
                 exist = "exists" if count == 1 else "exist"
                 console.print(f"[yellow]Note:[/] only {counted(count, 'distinct split')} of {wanted} ID classes "
