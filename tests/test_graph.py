@@ -226,6 +226,6 @@ def test_graph_row_ids_are_int32_until_a_store_outgrows_them():
     to negative ids (and to -1, "none"); half the bytes below that."""
     from zsfs.store import schema
 
-    assert schema.graph_dtype(2**31 - 1) is np.int32 and schema.graph_dtype(2**31) is np.int64
+    assert schema.graph_dtype(2**31) is np.int32 and schema.graph_dtype(2**31 + 1) is np.int64  # ids up to n - 1
     graph = neighbours.neighbour_graph(lambda rows, k: np.stack([rows + 1] * k, axis=1) % 5, 5, 2)
     assert graph.dtype == np.int32 and graph[:, 0].tolist() == [1, 2, 3, 4, 0]

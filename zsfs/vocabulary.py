@@ -42,7 +42,8 @@ def add_vocabulary(
 
     ``clip_weights``: the recorded weights file at a new location (its sha256 must match).
     ``on_start(n)`` is called once the model is loaded with the number of classes,
-    ``on_classes(n)`` as classes are embedded (progress). ``store`` may be an open ``Store``,
+    ``on_classes(n)`` as classes are embedded (progress); ``on_start(0)`` where the store holds
+    these classes under ``name`` already (a rerun: nothing is written). ``store`` may be an open ``Store``,
     as ``zsfs.fit`` takes one. Returns the class names written.
     """
     check_store_or_path("store", store)  # (Store's own check would name its "path")
@@ -59,9 +60,13 @@ def add_vocabulary(
     class_names = checked_classes(classes)
     if held is not None:
         if held.classes == class_names and held.prompt == SINGLE_PROMPT:  # this store's CLIP embedded them
-            return class_names  # a rerun (after a kill, in a pipeline) has nothing to write, as extract's
-        raise ZsfsError(f"{store_path} already has a vocabulary {name!r} with other classes "
-                        f"({some_names(list(held.classes), 5)}); choose another --vocab or pass --overwrite to replace it")
+            if on_start is not None:  # a rerun (after a kill, in a pipeline) has nothing to write, as extract's
+                on_start(0)
+            return class_names
+        other = (f"with other classes ({some_names(list(held.classes), 5)})" if held.classes != class_names
+                 else f"of these classes embedded otherwise (prompt {held.prompt!r})")
+        raise ZsfsError(f"{store_path} already has a vocabulary {name!r} {other}; choose another --vocab or pass "
+                        "--overwrite to replace it")
     check_store_update(Path(store_path), data_dir, vocabulary_file(data_dir, name))
     with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
         clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device, store=store_path)

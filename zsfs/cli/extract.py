@@ -190,7 +190,8 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
         def on_start(total: int) -> None:
             embedded.append(total)
             loading.stop()
-            start_bar(total)
+            if total:
+                start_bar(total)
 
         loading.start()
         try:
@@ -198,7 +199,7 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
                                      overwrite=overwrite, on_start=on_start, on_classes=on_classes)
         finally:
             loading.stop()
-    said = "written to" if embedded else "is already in"  # a rerun: nothing to write
+    said = "is already in" if embedded == [0] else "written to"  # a rerun: nothing to write
     console.print(f"Vocabulary [bold]{shown(name)}[/] ({counted(len(classes), 'class', 'classes')}) {said} "
                   f"{shown(store)}")
     note_a_borrowed_shards_folder(store)

@@ -424,7 +424,7 @@ def _pseudo_labels(n_images: int, cycles: list[Cycle]) -> tuple[np.ndarray, np.n
     label = np.full(n_images, -1, np.int64)
     cycle = np.full(n_images, -1, np.int32)  # (review: int16 overflowed at a 32,768th cycle, after the training)
     for c in reversed(cycles):  # earlier cycles overwrite later ones: the first one wins
-        # within a cycle too (an image seeding two classes under --paper): written in reverse, the
-        # last write to a repeated row, which numpy keeps, is its first
-        label[c.rows[::-1]], cycle[c.rows] = c.labels[::-1], c.index
+        # within a cycle too (an image seeding two classes under --paper): its first place only
+        rows, first = np.unique(c.rows, return_index=True)
+        label[rows], cycle[rows] = c.labels[first], c.index
     return label, cycle

@@ -201,5 +201,5 @@ def holds_store_parts(folder: Path) -> bool:
 
 
 def graph_dtype(n_rows: int) -> type:
-    """The row ids of a neighbour graph: int32 (half the bytes) unless a store holds more rows than it counts."""
-    return np.int32 if n_rows <= np.iinfo(np.int32).max else np.int64
+    """The row ids of a neighbour graph: int32 (half the bytes) unless a store's last row is past its range."""
+    return np.int32 if n_rows - 1 <= np.iinfo(np.int32).max else np.int64
