@@ -780,6 +780,22 @@ def test_accuracy_confusions_and_class_stats_count_the_right_images(photo_run, t
     assert "flagged OOD from here" in section_of(page, "figures")  # the histogram marks where flagging starts
 
 
+def test_accuracy_figures_of_a_large_vocabulary_show_the_classes_of_the_images(photo_run, tmp_path):
+    """Walkthrough: a vocabulary of 2,264 names over 3 labelled classes drew an empty accuracy line
+    ("2264 classes, worst to best") and a white 2,264 x 2,264 matrix; the figures show the classes
+    some image is or is taken for, and say so."""
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    config = json.loads((run / runs.CONFIG).read_text())
+    config["classes"] = config["classes"] + [f"mineral {i}" for i in range(100)]
+    (run / runs.CONFIG).write_text(json.dumps(config))
+    accuracy = section_of(render_report(run), "accuracy")
+    assert "The figures show the 3 classes that are some image's true label or its prediction, of the 103 " \
+           "listed." in accuracy
+    ticks = re.findall(r">([^<>]+)</text>", accuracy)
+    assert {"red", "green", "blue"} <= set(ticks) and "mineral 7" not in ticks and "103 classes" not in " ".join(ticks)
+
+
 def test_ood_histograms_split_images_by_whether_their_true_label_is_a_class(photo_run, tmp_path):
     """Where true labels say which images are out of distribution, the OOD histograms stack them
     apart (they showed one colour for all, so a score's separation could not be seen)."""
