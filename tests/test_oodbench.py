@@ -185,6 +185,8 @@ def test_a_vocabulary_naming_the_labels_in_another_case_is_refused_with_the_spel
         "(spelled like its class 'CLASS_0000'); 'class_0001' (spelled like its class 'CLASS_0001'); 'class_0002' "
         "(spelled like its class 'CLASS_0002')); vocabulary 'synthetic' names all of them: choose it with --vocab "
         "synthetic"), str(refused.value)
+    refused = bench_cli("--store", path, "--id-classes", 1, "--vocab", "upper")  # walkthrough: exit 1
+    assert refused.exit_code == 2 and "none of the store's 3 label classes is in vocabulary 'upper'" in refused.stderr
     # review (mutation: "all" said of any count passed): a vocabulary naming some of them says how many
     write_vocabulary(path, "two", vocab.classes[:2], vocab.single[:2], vocab.ensemble[:2], prompt="a photo of a {}",
                      n_templates=80)

@@ -157,9 +157,11 @@ def ood_bench(
     if not eligible:
         near = near_spellings(label_classes, vocabulary_classes, "its class")  # compared exactly: say which differ
         other = _vocabulary_naming(store, label_classes, vocab_name)
-        raise ZsfsError(f"none of the store's {len(label_classes)} label classes is in vocabulary {vocab_name!r}"
-                        f"{f' (labels are compared exactly: {some_names(near, 3, with_count=False)})' if near else ''}; "
-                        + (other or f"add a vocabulary of the label names with {store.how_to_add_a_vocabulary()}"))
+        # an option that does not fit the store: exit code 2, as the README says (walkthrough: 1)
+        raise ParameterError(literal(
+            f"none of the store's {len(label_classes)} label classes is in vocabulary {vocab_name!r}"
+            f"{f' (labels are compared exactly: {some_names(near, 3, with_count=False)})' if near else ''}; "
+            + (other or f"add a vocabulary of the label names with {store.how_to_add_a_vocabulary()}")))
     if not isinstance(id_classes, (int, np.integer)):
         given = dict.fromkeys(zip(map(str, id_classes), composed_names(list(id_classes)).tolist()))
         unnamed = [name for name, composed in given if composed in always_ood]
