@@ -111,8 +111,11 @@ def test_fit_takes_some_of_the_vocabulary_s_classes(tmp_path):
     for classes in ("class_0000", [3], {"class_0000"}):
         with pytest.raises(zsfs.ParameterError, match="classes must be a list of the vocabulary's class names"):
             zsfs.fit(store_path, classes=classes)
-    with pytest.raises(zsfs.StoreError, match="vocabulary 'synthetic' has no class 'class_9'"):
+    # walkthrough: a StoreError, and a name given twice a plain ZsfsError, where python.md promises ParameterError
+    with pytest.raises(zsfs.ParameterError, match="^classes: vocabulary 'synthetic' has no class 'class_9'"):
         zsfs.fit(store_path, classes=["class_9"])
+    with pytest.raises(zsfs.ParameterError, match="^classes: .*class_0000"):
+        zsfs.fit(store_path, classes=["class_0000", "class_0000"])
 
 
 def test_library_errors_name_parameters_and_the_cli_its_flags(tmp_path):
@@ -318,7 +321,7 @@ def test_the_writers_and_the_benchmark_check_their_arguments_before_any_work(tmp
         # review: one string was taken as its letters ("no class 'c'"); a near miss got no hint
         with pytest.raises(zsfs.ZsfsError, match=rf"must be a list of class names, not the one string {classes[0]!r}$"):
             fit_store(store, zsfs.FitConfig(), classes=classes[0])
-        with pytest.raises(zsfs.StoreError, match=rf"has no class {classes[0].upper()!r} \(spelled like its class "
+        with pytest.raises(zsfs.ParameterError, match=rf"has no class {classes[0].upper()!r} \(spelled like its class "
                                                   rf"{classes[0]!r}\)$"):
             fit_store(store, zsfs.FitConfig(), classes=[classes[0].upper(), classes[1]])
     # review: from Python, an existing folder as the output with overwrite=True failed in unlink (IsADirectoryError)

@@ -182,7 +182,10 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
     name = resolve_vocabulary(store, vocabulary)
     vocab = store.vocabulary(name)
     if classes is not None:
-        vocab = vocab.subset(classes)
+        try:
+            vocab = vocab.subset(classes)
+        except ZsfsError as error:  # a bad argument, as docs/python.md says of them (walkthrough: StoreError)
+            raise ParameterError("{classes}: " + literal(error)) from None
     texts = vocab.embeddings(config.prompts)
     n_classes, n_images = len(vocab.classes), store.n_images
     generator = torch.Generator().manual_seed(config.seed)
