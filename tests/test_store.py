@@ -6,6 +6,7 @@ import json
 import pickle
 import re
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -660,6 +661,17 @@ def test_verify_names_a_rebuild_during_its_hashing_not_a_healthy_shard(tmp_path,
     with Store(master) as store, pytest.raises(StoreError, match="rebuilt") as refused:
         store.verify()
     assert "damaged" not in str(refused.value)
+    (tmp_path / "rebuilt").unlink()  # review: a rebuild that removed a shard mid-hash was FileNotFoundError
+
+    def removed_meanwhile(path):
+        if Path(path).name == "shard-00001.h5" and not (tmp_path / "rebuilt").exists():
+            (tmp_path / "rebuilt").touch()
+            build(master, arrays, overwrite=True, shard_size=N)  # fewer shards: this one is gone
+        return hashed(path)
+
+    monkeypatch.setattr(zsfs.store.reader, "file_sha256", removed_meanwhile)
+    with Store(master) as store, pytest.raises(StoreError, match="rebuilt"):
+        store.verify()
 
 
 def test_a_shard_that_points_outside_the_store_is_refused_on_open(tmp_path, arrays):

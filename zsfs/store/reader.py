@@ -476,7 +476,11 @@ class Store:
         recorded, and every dataset of every file read through its checksums. Raises
         ``StoreError`` naming the first damaged file; returns what was checked."""
         with self._rebuild_named():  # a rebuild during the minutes of hashing: named, not a healthy shard (review)
-            return self._verified()
+            try:
+                return self._verified()
+            except OSError as error:  # a shard file gone or unreadable meanwhile: named as the rebuild, if one
+                raise StoreError(f"{self.path}: cannot read {error.filename or 'a file'} ({error.strerror or error}) "
+                                 "to verify it") from error
 
     def _verified(self) -> dict:
         folder = self.path.parent
