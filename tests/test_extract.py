@@ -33,7 +33,7 @@ from zsfs.testing.failures import run_zsfs
 from zsfs.testing.hooks import CRASH_AT_VARIABLE, CRASH_VARIABLE, HANG_VARIABLE, HUNG_SECONDS_VARIABLE
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS, TINY_MODELS
-from zsfs.testing.processes import STOPPED_BY, children, read_until, started, stop, wait_for
+from zsfs.testing.processes import STOPPED_BY, children, held_in, read_until, started, stop, wait_for
 
 ROW_DATASETS = ("clip", "backbone", "width", "height")
 
@@ -432,35 +432,18 @@ def test_extract_holds_the_store_while_its_vocabulary_is_embedded(tmp_path):
     its vocabulary overwritten by extract's (review). The lock is now held to the end: real
     second processes, while the first run waits inside its vocabulary embedding, are refused."""
     source = write_image_folder(tmp_path / "photos", n_per_class=2)["root"]
-    out, waiting, go = tmp_path / "s.h5", tmp_path / "waiting", tmp_path / "go"
-    args = ["extract", str(source), "--out", str(out), *TINY_MODEL_ARGS, "--workers", "0"]
-    script = (
-        "import os, time\nfrom zsfs.shard_embedder import ShardEmbedder\nembed = ShardEmbedder.encode_vocabulary\n"
-        "def held_up(self, names):\n"
-        f"    open({str(waiting)!r}, 'w').close()\n"
-        f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.05)\n"
-        "    return embed(self, names)\n"
-        "ShardEmbedder.encode_vocabulary = held_up\nfrom zsfs.cli import main\n"
-        f"main({args!r})\n"
-    )
+    out = tmp_path / "s.h5"
     (tmp_path / "mine.txt").write_text("cat\ndog\n")
-    first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not waiting.exists() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert waiting.exists(), first.stderr.read() if first.poll() is not None else "timed out"
+    args = ["extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "0"]
+    with held_in("zsfs.shard_embedder:ShardEmbedder.encode_vocabulary", args, tmp_path) as (first, go):
         other_backbone = [arg.replace(TINY_BACKBONE, "test_vit2") for arg in TINY_MODEL_ARGS]
         rebuilt = run_zsfs("extract", source, "--out", out, *other_backbone, "--workers", "0", "--overwrite")
         text = run_zsfs("text", out, "--classes", tmp_path / "mine.txt", "--vocab", "default")
         go.touch()
-        _, stderr = first.communicate(timeout=120)
-    finally:
-        first.kill()
+        output, _ = first.communicate(timeout=120)
     for refused in (rebuilt, text):
         assert refused.returncode == 1 and "another zsfs process is writing" in refused.output, refused.output
-    assert first.returncode == 0, stderr
+    assert first.returncode == 0, output
     with Store(out) as store:
         assert store.identity["backbone"]["name"] == TINY_BACKBONE
         assert store.vocabulary("default").classes == sorted(path.name for path in source.iterdir())

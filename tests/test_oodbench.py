@@ -19,6 +19,7 @@ from zsfs.evaluate import LabelCodes
 from zsfs.oodbench import _vocabulary_naming, ood_bench, score_split, summarize
 from zsfs.store import Store, write_vocabulary
 from zsfs.testing.cli import output_text, run_cli
+from zsfs.testing.processes import held_in
 from zsfs.testing.synthetic import class_names, make_synthetic_store
 
 # Small and quick; the test outcomes do not depend on the fit's default epochs.
@@ -346,32 +347,15 @@ def test_cli_existing_out_is_refused_before_any_work(labelled_store, tmp_path):
 def test_a_second_bench_into_the_same_out_is_refused_at_once(labelled_store, tmp_path):
     """Failure test: --out was made at the end, so a second run into it did every split, printed its
     table, then failed ("already exists") and lost its results. It is taken for the whole run now."""
-    import time
-
-    out, waiting, go = tmp_path / "bench", tmp_path / "waiting", tmp_path / "go"
-    args = ["ood-bench", "--store", str(labelled_store), "--id-classes", "3", "--splits", "1", "--out", str(out),
-            *map(str, QUICK_FIT_ARGS)]
-    script = ("import os, time\nimport zsfs.fit.run as run\nfit = run.fit_store\n"
-              "def held_up(*args, **kwargs):\n"
-              f"    open({str(waiting)!r}, 'w').close()\n"
-              f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.05)\n"
-              "    return fit(*args, **kwargs)\n"
-              f"run.fit_store = held_up\nfrom zsfs.cli import main\nmain({args!r})\n")
-    first = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not waiting.exists() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert waiting.exists(), first.stderr.read() if first.poll() is not None else "timed out"
+    out = tmp_path / "bench"
+    args = ["ood-bench", "--store", labelled_store, "--id-classes", 3, "--splits", 1, "--out", out, *QUICK_FIT_ARGS]
+    with held_in("zsfs.fit.run:fit_store", args, tmp_path) as (first, go):
         second = bench_cli(*args[1:])
         go.touch()
-        _, stderr = first.communicate(timeout=300)
-    finally:
-        first.kill()
+        output, _ = first.communicate(timeout=300)
     assert second.exit_code == 1 and f"another zsfs process (pid {first.pid}) is writing" in second.stderr
     assert "split 1/1" not in second.stderr  # refused before any fit
-    assert first.returncode == 0, stderr
+    assert first.returncode == 0, output
     assert len(json.loads((out / "metrics.json").read_text())["splits"]) == 1
 
 

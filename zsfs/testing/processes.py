@@ -36,6 +36,26 @@ def started(arguments: Sequence[str], env: Mapping[str, str] | None = None) -> I
         process.stdout.close()
 
 
+@contextmanager
+def held_in(target: str, argv: Sequence[str], folder: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``zsfs ARGV`` in a process of its own (:func:`started`), held on entering ``target``
+    (``"module:attribute.path"``, e.g. ``"zsfs.fit.run:fit_store"``) until the yielded file exists: a
+    race between real processes, forced at one place. Yields once the process waits there."""
+    waiting, go = folder / "held-waiting", folder / "held-go"
+    module, _, attributes = target.partition(":")
+    *owner, name = attributes.split(".")
+    script = (f"import functools, importlib, os, time\nowner = importlib.import_module({module!r})\n"
+              f"owner = functools.reduce(getattr, {owner!r}, owner)\noriginal = getattr(owner, {name!r})\n"
+              "def held_up(*args, **kwargs):\n"
+              f"    open({str(waiting)!r}, 'w').close()\n"
+              f"    while not os.path.exists({str(go)!r}):\n        time.sleep(0.05)\n"
+              "    return original(*args, **kwargs)\n"
+              f"setattr(owner, {name!r}, held_up)\nfrom zsfs.cli import main\nmain({[str(arg) for arg in argv]!r})\n")
+    with started(["-c", script]) as process:
+        wait_for(waiting, process)
+        yield process, go
+
+
 def wait_for(path: Path, process: subprocess.Popen, seconds: float = 120) -> None:
     """Return once ``path`` exists; fail, saying so, if ``process`` ends or ``seconds`` pass first."""
     deadline = time.monotonic() + seconds
