@@ -14,8 +14,8 @@ from zsfs.devices import check_device
 from zsfs.errors import (ParameterError, ZsfsError, check_parameter_type, check_path, checked_arguments, literal,
                          shown_value)
 from zsfs.models import encode_vocabulary, load_clip_from_record, same_text_to_clip
-from zsfs.names import (check_class_names, counted, some_names, home_expanded, names_listed_in, pairs_text,
-                        refuse_unseen_characters)
+from zsfs.names import (check_class_names, counted, home_expanded, names_listed_in, pairs_text,
+                        refuse_unseen_characters, some_names)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.lists import read_class_file
 from zsfs.store.extras import check_vocabulary_name, write_vocabulary

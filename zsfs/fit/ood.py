@@ -96,10 +96,9 @@ def continuous_score(statistics: torch.Tensor | np.ndarray, thresholds: OodThres
 
 NEAREST_REFERENCE = 20
 """The OOD distance is at most to the 20th nearest reference row (10 and 40 measured within 1
-AUROC point on the real-data benchmark, with the lowest FPR95 at 20 or 40 by the FPR95 of then,
-docs/fit.md): the
-20th of the 100 candidates per class of the default, a fifth; fewer rows per class (a small
-collection, a random subset of the reference) take a smaller k (:func:`nearest_rank`)."""
+AUROC point on the real-data benchmark, with the lowest FPR95, by its definition of then, at 20
+or 40, docs/fit.md): the 20th of the 100 candidates per class of the default, a fifth; fewer rows
+per class (a small collection, a random subset of the reference) take a smaller k (:func:`nearest_rank`)."""
 MAX_REFERENCE_ROWS = 4096
 """At most this many reference rows (a seeded random subset) are kept: every image is compared
 with each of them (at 1000 classes x 100 candidates, all of them would cost 100x the classifier's
