@@ -96,6 +96,8 @@ CASES = [  # (command line, exit code, words of the error line)
     (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "new\nline"), 2,
      "invalid vocabulary name 'new\\nline'"),  # bug: accepted, then part of a run folder's name
     (("extract", "{photos}", "--out", "{work}/x.h5", "--vocab-name", "ab\u202ecd"), 2, "control or invisible"),
+    (("text", "{store}", "--classes", "{work}/classes.txt", "--name", "bad\udcff"), 2,  # failure test: said as
+     "invalid vocabulary name 'bad\\xff': it is not UTF-8 text (its other bytes shown as \\xNN)"),  # invisible
     (("text", "{store}", "--classes", "{work}/classes.txt", "--name", " x "), 2,
      "invalid vocabulary name ' x ': use a non-empty name without '/', control or invisible characters, a leading "
      "'.' or spaces at either end"),  # bug: written, and then `--vocab x` did not find it

@@ -19,7 +19,7 @@ import numpy as np
 
 from zsfs.digests import listing_sha256
 from zsfs.errors import ParameterError, StoreError, ZsfsError, check_choice, literal, one_line
-from zsfs.names import as_argument, check_class_names, some_names, spelled_like
+from zsfs.names import as_argument, check_class_names, some_names, spelled_like, utf8_text
 from zsfs.store import schema
 from zsfs.store.files import new_hdf5, remove_leftover_temp_files
 from zsfs.store.locks import store_lock
@@ -156,6 +156,9 @@ def check_vocabulary_name(name: str) -> str:
     """``name`` in Unicode's composed form (NFC), or a ``ZsfsError`` for an invalid one: 'café'
     typed as e + U+0301 (as some keyboards and file names give it) prints as 'café' and names that
     vocabulary, not a second one."""
+    if isinstance(name, str) and utf8_text(name) != name:  # (failure test: said as invisible characters)
+        raise ParameterError(literal(f"invalid vocabulary name '{utf8_text(name)}': it is not UTF-8 text (its other "
+                                     "bytes shown as \\xNN); name it in UTF-8"))
     if not schema.valid_vocabulary_name(name):  # always the caller's: an option or a parameter
         raise ParameterError(literal(schema.INVALID_VOCABULARY_NAME.format(name)))
     return unicodedata.normalize("NFC", name)
