@@ -16,8 +16,8 @@ from pathlib import Path
 from pipelines.datasets import (ACCURACY_BASELINES, AUROC_BASELINES, BACKBONE, BASELINE_TITLES, CLIP_MODEL,
                                 CLIP_WEIGHTS, DATASETS, Dataset)
 from zsfs.errors import ZsfsError
-from zsfs.oodbench import FPR95_DEFINITION
 from zsfs.names import counted, home_expanded
+from zsfs.oodbench import FPR95_DEFINITION
 from zsfs.outputs import replacing_file
 from zsfs.runs import CONFIG as CONFIG_FILE, METRICS as METRICS_FILE  # ood-bench names its file alike
 
@@ -82,8 +82,8 @@ def collect(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> list[dict
             for key in list(OURS_OOD) + list(OURS_FPR):
                 row[f"{key}_mean"] = _percent(ood.get(f"{key}_mean")) if current or key in OURS_OOD else None
             if not current:
-                row["note"] = f"{row['note']}; " if row["note"] else ""
-                row["note"] += "FPR95 left out: measured by an earlier zsfs's definition (rerun the ood-bench step)"
+                row["note"] = "; ".join(filter(None, [row["note"], "FPR95 left out: measured by an earlier zsfs's "
+                                                                    "definition (rerun the ood-bench step)"]))
             for key in OURS_OOD:
                 row[f"{key}_std"] = _percent(ood.get(f"{key}_std"))
         rows.append(row)

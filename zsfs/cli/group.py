@@ -15,9 +15,10 @@ import click
 
 from zsfs.cli.console import console, shown
 from zsfs.cli.options import option_flags
-from zsfs.cli.stops import STOP_SIGNALS, received_stop, sigterm_stops_cleanly, stops_outlive_finalisers
+from zsfs.cli.stops import received_stop, sigterm_stops_cleanly, stops_outlive_finalisers
 from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, shared_memory_full
 from zsfs.names import as_argument
+from zsfs.signals import STOP_SIGNALS
 
 
 RESUMING_COMMANDS = ("extract", "import")

@@ -10,12 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-
-STOP_SIGNALS = {signal.SIGTERM: "Terminated (SIGTERM)",
-                **({signal.SIGHUP: "Hung up (SIGHUP)"} if hasattr(signal, "SIGHUP") else {})}
-"""The signals a command stops on as on Ctrl-C, and how its line names each: SIGTERM (what
-`timeout`, `docker stop` and Slurm send before SIGKILL), SIGHUP (a closed terminal or SSH session:
-it ended extract with no word in the log; a failure test). A SIGHUP ignored (`nohup`) stays so."""
+from zsfs.signals import STOP_SIGNALS
 
 
 def ignore_late_stops() -> None:

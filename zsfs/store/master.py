@@ -64,8 +64,8 @@ def make_room_for_shards(n_shards: int, opening: str = "writing its master opens
     """Raise this process's soft limit on open files (``ulimit -n``, often 1,024) so that the
     ``n_shards`` shard files fit at once, as writing the master opens them, and a read of a store
     (a read of a virtual dataset opens every shard it reaches at once, and reads one it cannot open
-    as missing rows, NaN, without an error); a store of 100M images has 2,000. A StoreError where the hard limit, or
-    the system, allows no such limit (``opening``: what opens them, for the message)."""
+    as missing rows, NaN, without an error); a store of 100M images has 2,000. A StoreError where
+    the hard limit, or the system, allows no such limit (``opening``: what opens them, for the message)."""
     try:
         import resource
     except ImportError:  # no such limits to raise (Windows)
