@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -35,7 +36,7 @@ HOLDER = textwrap.dedent("""
     from zsfs.outputs import new_folder
     with new_folder(sys.argv[1]) as tmp:
         (tmp / "half-written").write_text("x")
-        print(tmp, flush=True)
+        print(repr(str(tmp)), flush=True)  # repr: a name may hold a newline
         time.sleep(600)
 """)
 
@@ -122,7 +123,7 @@ def test_an_empty_folder_made_while_the_results_are_written_is_not_replaced(tmp_
 
 def _hold_a_new_folder(target) -> tuple[subprocess.Popen, str]:
     child = subprocess.Popen([sys.executable, "-c", HOLDER, str(target)], stdout=subprocess.PIPE, text=True)
-    return child, child.stdout.readline().strip()
+    return child, ast.literal_eval(child.stdout.readline())
 
 
 def test_the_next_run_removes_what_a_killed_run_left_but_not_a_live_runs_folder(tmp_path):
@@ -194,8 +195,10 @@ def test_a_live_runs_folder_is_kept_where_its_pid_means_nothing_here(tmp_path):
                                f'"$0" -c "$1" "$2" & wait', sys.executable, HOLDER, str(tmp_path / "run")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        held = holder.stdout.readline().strip()
-        assert f".run.{pid}-" in held, holder.stderr.read() if not held else held
+        line = holder.stdout.readline()
+        assert line, holder.stderr.read()
+        held = ast.literal_eval(line)
+        assert f".run.{pid}-" in held, held
         assert not _alive(pid)  # to this process, its writer is gone
         with new_folder(tmp_path / "report") as tmp:  # bug: removed the other's folder
             (tmp / "done").write_text("y")
@@ -230,6 +233,32 @@ def test_a_second_fit_into_the_same_folder_is_refused_at_its_start(tmp_path):
     assert second.exit_code == 1 and f"another zsfs process (pid {first.pid}) is writing {tmp_path / 'run'} now" \
         in " ".join(second.output.split()), second.output
     assert first.returncode == 0 and (tmp_path / "run" / "predictions.parquet").is_file(), said
+
+
+def test_a_name_with_a_newline_is_tracked_as_any_other(tmp_path):
+    """Review: the temporary-name pattern stopped at a newline: a kill -9'd writer of "a\\nb" left
+    its folder for ever, and a second writer of such a name was refused only after its whole work;
+    a folder of the user's named like a temporary one plus a final newline counted as one."""
+    from zsfs.outputs import _alive, _host, check_new_folder
+
+    killed, killed_tmp = _hold_a_new_folder(tmp_path / "a\nb")
+    live, live_tmp = _hold_a_new_folder(tmp_path / "c\nd")
+    dead = next(candidate for candidate in range(4000, 30000) if not _alive(candidate))
+    users = tmp_path / f".e.{dead}-{_host()}.abcd1234.tmp\n"
+    users.mkdir()
+    try:
+        with pytest.raises(FolderExistsError, match=f"another zsfs process \\(pid {live.pid}\\) is writing"):
+            check_new_folder(tmp_path / "c\nd")
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+        with new_folder(tmp_path / "next"):
+            pass
+        assert not os.path.exists(killed_tmp) and os.path.isdir(live_tmp) and users.is_dir()
+    finally:
+        live.kill()
+        live.wait()
+        killed.stdout.close()
+        live.stdout.close()
 
 
 def test_a_writer_of_a_long_name_is_seen_through_its_cut_temporary_name(tmp_path):

@@ -60,7 +60,7 @@ def _writer_of(path: Path) -> int | None:
         return None
     host, own = _host(), os.fsencode(path.name)
     for name in names:
-        match = _TMP_NAME.match(name)
+        match = _TMP_NAME.fullmatch(name)
         if match is None or match["host"] != host or int(match["pid"]) == os.getpid() \
                 or not os.path.isdir(path.parent / name):
             continue
@@ -169,8 +169,9 @@ def _name_the_result(error: BaseException, tmp: Path, path: Path) -> None:
             error.filename = str(path)
 
 
-_TMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9-]+)\.[A-Za-z0-9_]+\.tmp$")
-"""``.<name>.<pid>-<host>.<random>.tmp``: a temporary folder of :func:`new_folder`."""
+_TMP_NAME = re.compile(r"\..+\.(?P<pid>\d+)-(?P<host>[A-Za-z0-9-]+)\.[A-Za-z0-9_]+\.tmp", re.DOTALL)
+"""``.<name>.<pid>-<host>.<random>.tmp``: a temporary folder of :func:`new_folder`. Read with
+``fullmatch`` and DOTALL: a name may hold a newline (``$`` would also take a name ending in one)."""
 
 
 def _host() -> str:
@@ -223,7 +224,7 @@ def remove_stale_folders(parent: str | Path) -> list[Path]:
     except PermissionError:  # a folder one may write to but not list (a drop box): nothing to find
         return removed
     for entry in entries:
-        match = _TMP_NAME.match(entry.name)
+        match = _TMP_NAME.fullmatch(entry.name)
         if match is None or match["host"] != host or entry.is_symlink() or _writing(entry, int(match["pid"])):
             continue
         if entry.is_dir():
