@@ -118,8 +118,8 @@ CASES = [  # (command line, exit code, words of the error line)
       "{work}/backbone.npy", "--paths", "{work}/nul.parquet"), 1, "1 value with a NUL byte (first: row 1, counted from 0)"),
     (("import", "{work}/clip.npy", "--clip-embeddings", "{work}/clip.npy", "--backbone-features",  # bug: with
       "{work}/backbone.npy", "--paths", "{work}/paths.parquet", "--overwrite"), 1,  # --overwrite, clip.npy was replaced
-     "clip.npy is the CLIP embeddings file this command reads, not a place for the store it writes; name the store "
-     "another file (e.g. clip.h5)"),
+     "clip.npy is the CLIP embeddings file this command reads, not a place for the store it writes; give the store "
+     "another name (e.g. clip.h5)"),
     (("extract", "{work}/classes.txt", "--out", "{work}/classes.txt", "--overwrite"), 1, "is the image source this "
      "command reads"),
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features", "{work}/backbone.npy",

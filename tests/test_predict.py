@@ -577,6 +577,21 @@ def test_list_files_are_read_as_extract_reads_them(fitted, tmp_path, monkeypatch
     assert result.exit_code == 1 and "a list of images must end in .txt" in output_text(result)
 
 
+def test_a_list_named_as_the_output_is_refused_not_replaced(fitted, tmp_path):
+    """Review: `predict --list todo.csv --out todo.csv` replaced the user's list with the predictions
+    (exit 0); extract and import refuse an input as their output, and so does predict now."""
+    image = fitted["photos"]["root"] / fitted["photos"]["good"][0]
+    todo = tmp_path / "todo.csv"
+    todo.write_text(f"path\n{image}\n")
+    (tmp_path / "linked.csv").symlink_to(todo)
+    for out in (todo, tmp_path / "linked.csv"):  # by any name
+        result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--list", str(todo), "--out", str(out))
+        assert result.exit_code == 1 and (f"{out} is the image list this command reads, not a place for the "
+                                          "predictions file it writes; give the predictions file another name "
+                                          f"(e.g. {out.stem}-predictions.csv)") in output_text(result), result.output
+    assert todo.read_text() == f"path\n{image}\n"
+
+
 def test_a_pipe_or_device_given_by_name_gets_a_row_saying_why(fitted, tmp_path):
     """Bug: a FIFO or /dev/null given by name was "does not exist"; inside a folder it got a row."""
     fifo = tmp_path / "f.jpg"

@@ -45,12 +45,13 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
                         "temporary file or a shards folder); choose a shorter name")
 
 
-def refuse_input_as_output(output: str | Path, inputs: Iterable[tuple[str, str | Path | None]]) -> None:
+def refuse_input_as_output(output: str | Path, inputs: Iterable[tuple[str, str | Path | None]],
+                           written: str = "store") -> None:
     """ZsfsError when ``output`` is one of the files the command reads (``(what, path)`` pairs; by
-    any name, links too): the store written there would replace that input, and ``--overwrite``
-    would do it."""
+    any name, links too): the ``written`` file (a store, a predictions table) would replace that
+    input, and a store's ``--overwrite`` would do it."""
     output = Path(output)
-    if not output.is_file():  # a new store replaces nothing
+    if not output.is_file():  # a new file replaces nothing
         return
     for what, given in inputs:
         try:
@@ -58,8 +59,10 @@ def refuse_input_as_output(output: str | Path, inputs: Iterable[tuple[str, str |
         except OSError:
             continue
         if same:
-            raise ZsfsError(f"{output} is the {what} this command reads, not a place for the store it writes; name "
-                            f"the store another file (e.g. {output.with_suffix('.h5').name})")
+            example = (output.with_suffix(".h5").name if written == "store"
+                       else f"{output.stem}-{written.split()[0]}{output.suffix}")
+            raise ZsfsError(f"{output} is the {what} this command reads, not a place for the {written} it writes; "
+                            f"give the {written} another name (e.g. {example})")
 
 
 def _longest_name(folder: Path) -> int:

@@ -63,13 +63,15 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     """
     from zsfs.predict import OUTPUT_SUFFIXES, predict_images, write_predictions
     from zsfs.outputs import refuse_read_only_file, written_file
-    from zsfs.writable import check_writable
+    from zsfs.writable import check_writable, refuse_input_as_output
 
     if not images and not options["lists"]:
         raise click.UsageError("give IMAGES (files, folders, tars) and/or --list FILE")
     if out is not None:
         check_writable(written_file(out), "predictions file")  # a missing folder is created at the end
         refuse_read_only_file(out, "predictions file")  # before the images, not after
+        refuse_input_as_output(out, [*(("image list", listed) for listed in options["lists"]),
+                                     *(("image", image) for image in images)], written="predictions file")
     note_precision_off_cuda(options["precision"], options["device"], "the backbone computes")
     twice: list[str] = []  # a file and the folder holding it, say: as extract, a row each
     with image_progress("classifying") as (on_start, on_batch):
