@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -19,7 +20,7 @@ from zsfs.evaluate import LabelCodes
 from zsfs.oodbench import _vocabulary_naming, ood_bench, score_split, summarize
 from zsfs.store import Store, write_vocabulary
 from zsfs.testing.cli import output_text, run_cli
-from zsfs.testing.processes import held_in
+from zsfs.testing.processes import held_in, stop
 from zsfs.testing.synthetic import class_names, make_synthetic_store
 
 # Small and quick; the test outcomes do not depend on the fit's default epochs.
@@ -417,3 +418,16 @@ def test_a_closed_message_pipe_does_not_cost_the_results(labelled_store, tmp_pat
     process.stdout.close()
     assert process.wait(timeout=300) == 0
     assert len(json.loads((out / "metrics.json").read_text())["splits"]) == 2
+
+
+
+def test_a_stop_while_the_results_are_printed_says_the_metrics_are_saved(labelled_store, tmp_path):
+    """Review: a stop while the table was printed (a slow terminal, a paused pager) said "Nothing
+    half-written was left", though metrics.json was in place and a rerun into --out is refused."""
+    out = tmp_path / "bench"
+    args = ["ood-bench", "--store", labelled_store, "--id-classes", 3, "--splits", 1, "--out", out, *QUICK_FIT_ARGS]
+    with held_in("zsfs.cli.oodbench:_table", args, tmp_path) as (process, _):
+        said = stop(process, signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM, said
+    assert f"The metrics were saved in full in {out / 'metrics.json'} before that" in said, said
+    assert "Nothing half-written" not in said and len(json.loads((out / "metrics.json").read_text())["splits"]) == 1

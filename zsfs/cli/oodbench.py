@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import click
@@ -95,23 +95,23 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
                               "its class")
         if folder is not None:
             write_json(folder / METRICS_FILE, metrics)
-    if metrics["n_splits"] and all(len(split["id_classes"]) == 1 for split in metrics["splits"]):
-        console.print("[yellow]Note:[/] with one ID class, MCM (a softmax over the ID classes) is 1 for every "
-                      "image: its AUROC is 0.5 by construction. Use 2 or more ID classes to compare the detectors.")
-    if metrics["always_ood_classes"]:
-        n_outside = len(metrics["always_ood_classes"])
-        spelled = f" ({some_names(near, 3, with_count=False)})" if near else ""
-        console.print(shown(f"{counted(n_outside, 'label class', 'label classes')} {'is' if n_outside == 1 else 'are'} "
-                            f"not in vocabulary {metrics['vocabulary']!r}: always OOD{spelled}."))
-    console.print(_table(metrics))
-    if out is not None:
-        written = out / METRICS_FILE
-        with kept_if_interrupted(f"The metrics were saved in full in {written} before that"):
-            console.print(f"Written: {shown(written)}")
-            if as_json:
-                click.echo(json.dumps(metrics, indent=2))
-    elif as_json:
-        click.echo(json.dumps(metrics, indent=2))
+    # the metrics are in place once the with block ends: a stop from here on must not say "nothing was left"
+    with (kept_if_interrupted(f"The metrics were saved in full in {out / METRICS_FILE} before that") if out is not None
+          else nullcontext()):
+        if metrics["n_splits"] and all(len(split["id_classes"]) == 1 for split in metrics["splits"]):
+            console.print("[yellow]Note:[/] with one ID class, MCM (a softmax over the ID classes) is 1 for every "
+                          "image: its AUROC is 0.5 by construction. Use 2 or more ID classes to compare the detectors.")
+        if metrics["always_ood_classes"]:
+            n_outside = len(metrics["always_ood_classes"])
+            spelled = f" ({some_names(near, 3, with_count=False)})" if near else ""
+            verb = "is" if n_outside == 1 else "are"
+            console.print(shown(f"{counted(n_outside, 'label class', 'label classes')} {verb} not in vocabulary "
+                                f"{metrics['vocabulary']!r}: always OOD{spelled}."))
+        console.print(_table(metrics))
+        if out is not None:
+            console.print(f"Written: {shown(out / METRICS_FILE)}")
+        if as_json:
+            click.echo(json.dumps(metrics, indent=2))
 
 
 def _share_fit_options(command: click.Command) -> click.Command:
