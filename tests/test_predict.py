@@ -615,6 +615,13 @@ def test_two_names_that_read_alike_are_not_called_one_file_given_twice(fitted, t
     assert "given twice" not in output_text(result) and "2 images classified" in output_text(result)
     result = run_cli("predict", "--run", fitted["run"], "--workers", "0", folder, os.fsdecode(bytes(folder) + b"/bad\xff.jpg"))
     assert "1 path given twice or more (each row kept)" in output_text(result), result.output
+    # review: only the same spelling was seen; an absolute and a relative name, or a link, are one file too
+    (tmp_path / "linked.jpg").symlink_to(image)
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", folder / "bad\\xff.jpg",
+                     os.path.relpath(folder / "bad\\xff.jpg"), image, tmp_path / "linked.jpg")
+    assert result.exit_code == 0, result.output
+    assert f"2 paths given twice or more (each row kept): {folder}/bad\\xff.jpg; {image}" in " ".join(
+        output_text(result).split()), result.output
 
 
 def test_an_output_name_as_long_as_the_file_system_takes_is_written(fitted, tmp_path):

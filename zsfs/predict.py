@@ -47,7 +47,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
     (extract skips them). One path may be given alone. A ``.txt`` or
     ``.csv`` among ``inputs`` gets a row saying it is a list (``photos/*`` may hold a
     ``labels.csv``: read as a list, it would stop the command). ``repeated_paths``: the files
-    given more than once (each keeps its row).
+    given more than once, by any spelling (each keeps its row).
 
     Paths are kept as the user wrote them (relative to the working directory), so the
     output names each image the way it was asked for.
@@ -123,7 +123,25 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
         unreadable.update((paths[rows[entry]], why) for entry, why in missing.items())
     check_utf8_file_names(paths)
     return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable,
-                       members=merged_members(len(paths), listed), repeated_paths=repeated(paths))
+                       members=merged_members(len(paths), listed), repeated_paths=_repeated_files(paths))
+
+
+def _repeated_files(paths: list[str]) -> list[str]:
+    """The files that more than one of ``paths`` name, by the first name given, each once: by the
+    file, not the spelling (``photos/a.jpg`` and ``$PWD/photos/a.jpg``, or through a link, are one
+    file); a path that names no file (a tar member, a missing file) by its absolute spelling."""
+    def identity(path: str) -> tuple[int, int] | str:
+        try:
+            status = os.stat(path)
+        except (OSError, ValueError):
+            return os.path.abspath(path)
+        return status.st_dev, status.st_ino
+
+    first: dict[tuple[int, int] | str, str] = {}
+    identities = [identity(path) for path in paths]
+    for key, path in zip(identities, paths):
+        first.setdefault(key, path)
+    return [first[key] for key in repeated(identities)]
 
 
 def _listed_images(list_file: Path) -> tuple[list[str], dict[str, str]]:
@@ -178,8 +196,8 @@ def predict_images(
     must still match). ``max_pixels``: the decoding budget of one image (as ``zsfs extract``).
     Paths in the frame are UTF-8 text: a name's undecodable bytes appear as ``\\xNN``.
     ``lists``: ``.txt`` / ``.csv`` lists of image paths, read as ``zsfs extract`` reads one.
-    ``on_repeated`` hears the files given more than once, by their exact names (the frame's
-    text can make two names one).
+    ``on_repeated`` hears the files given more than once (by any spelling, or through a link), by
+    the name first given (not the frame's text, which can make two names one).
     """
     import polars as pl
 

@@ -1,9 +1,11 @@
-"""Notes a command prints before its work: fit options that change nothing, a store whose shards
-folder another master uses, bf16 emulated on this CPU, a precision that only a GPU uses."""
+"""Notes a command prints: before its work, fit options that change nothing, a store whose shards
+folder another master uses, bf16 emulated on this CPU, a precision that only a GPU uses; after
+it, the paths given twice."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,7 @@ import click
 
 from zsfs.cli.console import console, shown
 from zsfs.cli.options import option_flags
+from zsfs.names import counted, some_names
 
 if TYPE_CHECKING:
     from zsfs.fit.config import FitConfig
@@ -68,3 +71,10 @@ def note_precision_off_cuda(precision: str, device: str, computing: str) -> None
     if precision != "fp32" and not device.startswith("cuda"):
         console.print(f"[yellow]Note:[/] --precision {precision} is an autocast on CUDA; on {device} {computing} "
                       "in fp32.", soft_wrap=True, highlight=False)
+
+
+def note_repeated_paths(paths: Sequence[str]) -> None:
+    """Name the paths given more than once (each kept a row of its own), if any."""
+    if paths:
+        console.print(f"{counted(len(paths), 'path')} given twice or more (each row kept): "
+                      f"{shown(some_names(paths, 10, with_count=False))}")

@@ -9,12 +9,12 @@ import click
 from rich.table import Table
 
 from zsfs.cli.console import console, image_progress, shown
-from zsfs.cli.notes import note_precision_off_cuda
+from zsfs.cli.notes import note_precision_off_cuda, note_repeated_paths
 from zsfs.cli.options import (MAX_PIXELS_OPTION, GivenPath, model_precision_option, noting_made_folders,
                               prints_on_stdout, usage_check)
 from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
-from zsfs.names import counted, some_names
+from zsfs.names import counted
 
 SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
@@ -93,9 +93,7 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
     else:
         where = ""
     console.print(f"{counted(frame.height - failed, 'image')} classified, {failed:,} skipped{where}")
-    if twice:
-        console.print(f"{counted(len(twice), 'path')} given twice or more (each row kept): "
-                      f"{shown(some_names(twice, 10, with_count=False))}")
+    note_repeated_paths(twice)
     if failed == frame.height:  # the rows say why; the exit status tells a script nothing was classified
         raise ZsfsError(f"no image could be read ({counted(failed, 'image')} given; the rows say why)")
 

@@ -13,7 +13,7 @@ import click
 
 from zsfs.cli.console import LOG_SECONDS, console, image_progress, resuming_line, shown
 from zsfs.cli.group import OVERWRITING
-from zsfs.cli.notes import note_a_borrowed_shards_folder, note_emulated_bf16
+from zsfs.cli.notes import note_a_borrowed_shards_folder, note_emulated_bf16, note_repeated_paths
 from zsfs.cli.options import GivenPath, noting_made_folders, prints_on_stdout
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
@@ -124,9 +124,7 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
         show_summary(store.summary(), store.how_to_add_a_vocabulary(), store.unwritten_note())
     if not total:  # a rerun of a finished import (walkthrough: only the table said nothing had been done)
         console.print(f"No row written: {shown(summary.master)} held these {summary.n_images:,} rows already.")
-    if summary.repeated_paths:  # each row stays an image of its own, as extract keeps a list file's repeats
-        console.print(f"{counted(len(summary.repeated_paths), 'path')} given twice or more (each row kept): "
-                      f"{shown(some_names(summary.repeated_paths, 10, with_count=False))}")
+    note_repeated_paths(summary.repeated_paths)  # each row an image of its own, as extract keeps a list file's repeats
 
 
 @click.command("info", short_help="Show what a store holds: images, models, vocabularies.")
