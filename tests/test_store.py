@@ -432,6 +432,14 @@ def test_write_store_rejects_bad_input(tmp_path, arrays):
     # the per-shard backstop (and vocabularies) count rows in the whole input too
     with pytest.raises(ZsfsError, match="^w: 2 rows are zero or not finite \\(first: row 57, counted from 0\\)$"):
         normalise_rows(zero[50:100], "w", 50)
+    # edge test: None stored as the class "None" and "" as a class, whose images fit and ood-bench counted OOD
+    for label, shown in ((None, "None"), ("", "''"), ("  ", "'  '"), (3, "3")):
+        labels = [*arrays["labels"][:5], label, *arrays["labels"][6:]]
+        with pytest.raises(ParameterError, match=f"labels must give every row its class name as text; 1 does not "
+                                                 f"\\(first: row 5, {shown}\\): write a store without labels"):
+            build(tmp_path / "s.h5", {**arrays, "labels": labels})
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.shards").exists()
+    build(tmp_path / "s.h5", {**arrays, "labels": np.array(arrays["labels"])})  # a numpy array of text is text
 
 
 def test_vocabulary_added_while_the_store_is_read_and_unfinished_store(tmp_path, arrays):

@@ -79,6 +79,8 @@ def write_store(
         raise ZsfsError(f"row counts disagree: {n} paths but " + ", ".join(f"{k}={v}" for k, v in wrong.items()))
     if n == 0:
         raise ZsfsError("nothing to store: zero rows")
+    if labels is not None:
+        _check_labels(labels)
     unknown = np.full(n, schema.UNKNOWN_SIZE, dtype=np.int32)
     width = unknown if width is None else width
     height = unknown if height is None else height
@@ -161,3 +163,15 @@ def _write_shards_and_master(master: Path, identity: dict, layout: dict, feature
         return writer.finalize_if_changed(attrs, shards_written=bool(pending), exact_max=exact_max), writer.identity
 
 
+
+
+def _check_labels(labels: Sequence[str]) -> None:
+    """ParameterError for a label that is not text or is blank: no class is named so, and fit and
+    ood-bench would count its image out of distribution (zsfs import refuses such a column too)."""
+    values = np.asarray(labels, dtype=object)
+    bad = [row for row, value in enumerate(values) if not isinstance(value, str) or not value.strip()]
+    if bad:
+        raise ParameterError(f"labels must give every row its class name as text; {len(bad):,} "
+                             f"{'does' if len(bad) == 1 else 'do'} not (first: row "
+                             f"{bad[0]}, {shown_value(values[bad[0]])}): write a store without labels "
+                             "(labels=None) when some images have none")
