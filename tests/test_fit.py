@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -756,6 +757,11 @@ def test_labels_spelled_decomposed_match_the_composed_class_names(tmp_path):
     assert metrics["n_evaluated"] == 80 and "labels_not_classes" not in metrics
     assert metrics["zero_shot_accuracy"] == 1.0
     assert "No image's true label is one of the classes" not in render_report(tmp_path / "run")
+    # edge test: classes= compared exactly, "no class 'café' (spelled like its class 'café')"
+    decomposed = [unicodedata.normalize("NFD", name) for name in ("crème brûlée", "café")]
+    with Store(path) as store:
+        result = fit_store(store, FitConfig(cycle_epochs=1), classes=decomposed)
+    assert result.classes == ["crème brûlée", "café"]  # the vocabulary's own spelling
 
 
 def test_the_fit_summary_shows_the_runs_own_figures(tmp_path, monkeypatch):

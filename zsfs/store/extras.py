@@ -283,17 +283,19 @@ class Vocabulary:
         return schema.VOCAB_SINGLE if np.array_equal(self.single, self.ensemble) else prompts
 
     def subset(self, classes: Sequence[str]) -> "Vocabulary":
-        """The vocabulary restricted to ``classes``, in the order given."""
+        """The vocabulary restricted to ``classes``, in the order given, spelled as the vocabulary
+        spells them (a name in another Unicode form, café composed or not, is that class: labels
+        and ood-bench's ID classes are matched so)."""
         classes = check_class_names(classes, f"the classes to take from vocabulary {self.name!r}")
-        position = {name: i for i, name in enumerate(self.classes)}
-        unknown = [c for c in classes if c not in position]
+        position = {unicodedata.normalize("NFC", name): i for i, name in enumerate(self.classes)}
+        unknown = [c for c in classes if unicodedata.normalize("NFC", c) not in position]
         if unknown:
             hint = spelled_like(self.classes, "its class")
             raise StoreError(f"vocabulary {self.name!r} has no class {unknown[0]!r}{hint(unknown[0])}"
                              f"{f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''}")
-        rows = np.array([position[c] for c in classes], dtype=np.int64)
-        return Vocabulary(self.name, list(classes), self.single[rows], self.ensemble[rows], self.prompt,
-                          self.n_templates)
+        rows = np.array([position[unicodedata.normalize("NFC", c)] for c in classes], dtype=np.int64)
+        return Vocabulary(self.name, [self.classes[row] for row in rows], self.single[rows], self.ensemble[rows],
+                          self.prompt, self.n_templates)
 
 
 def vocabulary_name_as_stored(name: str, names: Sequence[str]) -> str:
