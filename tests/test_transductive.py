@@ -99,13 +99,38 @@ def em_reference(features, log_prior, start, kappa: float, weight: float, iterat
     n, n_classes = prior.shape
     q = np.array([np.exp(kappa * x[i] @ mu.T - np.max(kappa * x[i] @ mu.T)) for i in range(n)])
     q /= q.sum(axis=1, keepdims=True)
+    def map_shares(q):  # each class's expected count less one image (a sparse Dirichlet prior's MAP)
+        kept = np.array([max(sum(q[i, c] for i in range(n)) - 1, 0.0) for c in range(n_classes)])
+        return kept / kept.sum()
+
     for _ in range(iterations):
-        pi = q.mean(axis=0)
+        pi = map_shares(q)
         mu = np.array([q[:, c] @ x / np.linalg.norm(q[:, c] @ x) for c in range(n_classes)])
         for i in range(n):
             logit = kappa * x[i] @ mu.T + np.log(pi) + weight * prior[i]
             q[i] = np.exp(logit - logit.max()) / np.exp(logit - logit.max()).sum()
-    return q.mean(axis=0), mu
+    return map_shares(q), mu
+
+
+def test_class_shares_take_one_image_from_each_class_and_drop_those_left_with_none():
+    shares = transductive.sparse_shares(torch.tensor([5.0, 1.0, 0.5, 3.0], dtype=torch.float64))
+    assert shares.tolist() == pytest.approx([4 / 6, 0, 0, 2 / 6])
+    # fewer images than classes, none above one image's worth: the plain shares
+    assert transductive.sparse_shares(torch.tensor([1.0, 0.5, 0.5])).tolist() == pytest.approx([0.5, 0.25, 0.25])
+
+
+def test_a_large_vocabulary_over_a_collection_holding_few_of_its_classes(tmp_path):
+    """Walkthrough: 100 of 21,841 listed classes present, the default fit scored 58 % (zero-shot 54 %):
+    every absent class kept a crumb of every image's share (44 % of the collection in all), and
+    the balanced pseudo-labels gave them most of it. 20 of 2,000 here: 72 % before, 90 % now."""
+    path = make_synthetic_store(tmp_path / "s.h5", 2000, 2000, present_classes=20, seed=1)
+    with Store(path) as store:
+        result = fit_store(store, FitConfig())
+        metrics = fit_metrics(result, store.labels())
+        present = set(np.unique(np.asarray(store.labels()).astype(str)))
+    assert set(result.absent_classes) <= set(result.classes) - present
+    assert len(result.absent_classes) > 0.95 * (2000 - 20)
+    assert metrics["accuracy"] > metrics["zero_shot_accuracy"] + 0.2, metrics
 
 
 def test_the_class_model_and_sinkhorn_default_to_the_documented_settings():

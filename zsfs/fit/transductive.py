@@ -9,7 +9,8 @@ Three published ideas use all of it, on the stored embeddings alone:
    image's zero-shot log-probabilities as a prior (the generative model of TransCLIP, Zanella et
    al. 2024, without its Laplacian term). EM estimates the share of the collection each listed
    class takes (what keeps balanced pseudo-labelling from collapsing when the folder holds only
-   some of the listed classes) and its posterior (:func:`mixture_log_posterior`) labels every
+   some of the listed classes; :func:`sparse_shares`: a class no image is more than one image's
+   worth of loses its share) and its posterior (:func:`mixture_log_posterior`) labels every
    image for the first cycle.
 2. **Absent classes** (:func:`absent_classes`): a class whose estimated share is below a fiftieth of
    an even share holds (almost) no images; it gets no seeds, no pseudo-labels and no predictions.
@@ -94,12 +95,27 @@ def class_mixture(
     """
     responsibilities = torch.softmax(concentration * features @ prototypes.T, dim=1)
     for _ in range(iterations):
-        shares = responsibilities.mean(dim=0)
+        shares = sparse_shares(responsibilities.sum(dim=0))
         prototypes = F.normalize(responsibilities.T @ features, dim=1)
         responsibilities = torch.softmax(
             _posterior_logits(features, prototypes, shares, log_prior, concentration, prior_weight), dim=1)
-    shares = responsibilities.mean(dim=0).cpu().double()  # float64 on the CPU: MPS has none
-    return ClassMixture((shares / shares.sum()).cpu().numpy(), prototypes)
+    shares = sparse_shares(responsibilities.sum(dim=0).cpu().double())  # float64 on the CPU: MPS has none
+    return ClassMixture(shares.numpy(), prototypes)
+
+
+def sparse_shares(counts: torch.Tensor) -> torch.Tensor:
+    """The mixture's class shares from each class's expected number of images (``counts``, (C,)):
+    the MAP estimate under a sparse Dirichlet prior (concentration -> 0), each count less one
+    image, floored at 0, normalised. A class that no image is more than one image's worth of
+    loses its share, and keeps it lost: the EM step's component annihilation of Figueiredo and Jain
+    (2002), with one image in place of half a component's parameters. Plain means leave every
+    listed class a crumb of every image; with far more classes than the collection holds (100 of
+    21,841 listed) the crumbs summed to 44 % of it (docs/fit.md). Where no class holds more than
+    one image's worth (fewer images than classes), the plain shares."""
+    kept = (counts - 1).clamp_min(0)
+    if not bool(kept.sum() > 0):
+        kept = counts
+    return kept / kept.sum()
 
 
 def mixture_log_posterior(features: torch.Tensor, log_prior: torch.Tensor, mixture: ClassMixture,

@@ -9,7 +9,9 @@ The generative model (all vectors L2-normalised at the end):
   neighbours; the noise scale ``s`` is calibrated so that zero-shot accuracy (ensemble prompts)
   is about ``clip_accuracy``; ``b`` is small enough for the backbone clusters to be clean.
 - the vocabulary holds the ID classes only; its "ensemble" embeddings are the exact ``t_c``,
-  its "single" ones are perturbed copies (a single prompt is a noisier class description).
+  its "single" ones are perturbed copies (a single prompt is a noisier class description);
+- ``present_classes`` N: only the first N ID classes hold images, the others are listed only
+  (a large vocabulary over a collection that holds few of its classes).
 
 Rows are generated in fixed blocks from per-block seeds, so any row range can be produced
 on its own (1.28M x 1000 stores are written shard by shard in float16).
@@ -54,7 +56,7 @@ class SyntheticGenerator:
 
     def __init__(self, n_images: int, n_classes: int, *, n_ood_classes: int = 0, clip_dim: int = 512,
                  backbone_dim: int = 1024, clip_accuracy: float = 0.6, backbone_noise: float = 5.0,
-                 seed: int = 0):
+                 present_classes: int | None = None, seed: int = 0):
         self.n_images, self.n_classes, self.n_ood = n_images, n_classes, n_ood_classes
         self.clip_dim, self.backbone_dim, self.seed = clip_dim, backbone_dim, seed
         rng = np.random.default_rng([seed, 0])
@@ -64,7 +66,9 @@ class SyntheticGenerator:
         self.centres = unit(rng.standard_normal((total, backbone_dim), dtype=np.float32))
         noise = unit(rng.standard_normal((n_classes, clip_dim), dtype=np.float32))
         self.single = unit(self.text[:n_classes] + SINGLE_PROMPT_NOISE * noise)
-        self.label_ids = rng.integers(0, total, n_images)
+        present = n_classes if present_classes is None else present_classes
+        self.label_ids = rng.integers(0, present + n_ood_classes, n_images)
+        self.label_ids[self.label_ids >= present] += n_classes - present  # (held-out OOD classes)
         self.backbone_scale = backbone_noise / np.sqrt(backbone_dim)
         self.clip_scale = self._calibrate(clip_accuracy)
         self._last_block: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -151,7 +155,8 @@ class _LazyRows:
 
 def make_synthetic_store(path: str | Path, n_images: int, n_classes: int, *, n_ood_classes: int = 0,
                          clip_dim: int = 512, backbone_dim: int = 1024, clip_accuracy: float = 0.6,
-                         backbone_noise: float = 5.0, seed: int = 0, vocabulary: str = "synthetic",
+                         backbone_noise: float = 5.0, present_classes: int | None = None, seed: int = 0,
+                         vocabulary: str = "synthetic",
                          labels: bool = True, shard_size: int | None = None, **store_options) -> Path:
     """Write a synthetic store (one vocabulary of the ID classes) and return its path."""
     from zsfs.store import schema
@@ -159,7 +164,7 @@ def make_synthetic_store(path: str | Path, n_images: int, n_classes: int, *, n_o
 
     generator = SyntheticGenerator(n_images, n_classes, n_ood_classes=n_ood_classes, clip_dim=clip_dim,
                                    backbone_dim=backbone_dim, clip_accuracy=clip_accuracy,
-                                   backbone_noise=backbone_noise, seed=seed)
+                                   backbone_noise=backbone_noise, present_classes=present_classes, seed=seed)
     names = class_names(n_classes)
     return write_store(
         Path(path),
@@ -169,7 +174,8 @@ def make_synthetic_store(path: str | Path, n_images: int, n_classes: int, *, n_o
         labels=generator.labels() if labels else None,
         clip_info={**CLIP_INFO, "dim": clip_dim},
         backbone_info={**BACKBONE_INFO, "dim": backbone_dim},
-        source=f"synthetic:{n_images}x{n_classes}+{n_ood_classes}:seed{seed}",
+        source=f"synthetic:{n_images}x{n_classes}+{n_ood_classes}:seed{seed}"
+               + ("" if present_classes is None else f":present{present_classes}"),
         vocabularies={vocabulary: (names, generator.single, generator.text[:n_classes].copy())},
         shard_size=shard_size or schema.DEFAULT_SHARD_SIZE,
         **store_options,
