@@ -212,6 +212,21 @@ def test_a_tar_cut_inside_any_member_or_with_a_size_past_its_end_is_a_clear_erro
     path.write_bytes(data[:members[3].offset_data + 100])  # inside the second sample's .json
     with pytest.raises(ZsfsError, match=r"damaged after 2 images \(the file ends inside the member"):
         open_source(path)
+    # walkthrough: cut in a small member's padding (a caption is mostly padding), the tar read as ending
+    # there: 1 of 4 images listed, no word of the rest
+    small = tmp_path / "small.tar"
+    with tarfile.open(small, "w") as archive:
+        for sample in range(4):
+            for suffix, data_ in ((".jpg", b"\xff\xd8" + bytes(3000)), (".txt", b"a caption")):
+                info = tarfile.TarInfo(f"{sample:06d}{suffix}")
+                info.size = len(data_)
+                archive.addfile(info, io.BytesIO(data_))
+    with tarfile.open(small) as archive:
+        caption = archive.getmembers()[1]
+    small.write_bytes(small.read_bytes()[:caption.offset_data + 100])
+    with pytest.raises(ZsfsError, match=rf"damaged after 1 image \(the file ends inside the padding of the member "
+                                        rf"whose header is at byte {caption.offset}"):
+        open_source(small)
     huge = bytearray(data)
     header = members[2].offset
     huge[header + 124:header + 136] = b"\x80" + b"\xff" * 11  # base-256 size of 2**88 - 1 bytes

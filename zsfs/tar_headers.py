@@ -46,7 +46,7 @@ def scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> No
     byte_suffixes = None if suffixes is None else {suffix.encode() for suffix in suffixes}
     pread, checked, file_size = os.pread, _Checksums(), os.fstat(fd).st_size
     names, offsets, sizes = listing.names, listing.offsets, listing.sizes
-    position, window, window_start = 0, b"", 0
+    position, window, window_start, last_header = 0, b"", 0, 0
     long_name, long_size, sparse = None, None, False  # from a preceding GNU 'L' or pax 'x' header
     while True:
         start = position - window_start
@@ -55,6 +55,9 @@ def scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> No
         header = window[start:start + _BLOCK]
         if header == _ZERO_BLOCK or not header:  # the end (some writers omit the closing blocks)
             checked.verify(names, offsets)
+            if position > file_size:  # cut in the last member's padding: what followed it is unknown
+                raise DamagedTar(f"the file ends inside the padding of the member whose header is at byte "
+                                 f"{last_header}")
             if any(pread(fd, 20 * _BLOCK, position)):
                 raise DamagedTar(f"an empty header at byte {position} is followed by data")
             return
@@ -63,6 +66,7 @@ def scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> No
         if len(header) < _BLOCK:
             raise DamagedTar(f"the file ends inside the header at byte {position}")
         checked.add(header, position, names, offsets)
+        last_header = position
         if long_size is not None:
             size = long_size
         elif header[124] & 0x80:  # base-256, for members over 8 GiB
