@@ -525,6 +525,19 @@ def test_the_summary_names_present_classes_no_image_is_labelled_with():
                    summary_rows({"classes": many, "classes_not_predicted": []}, None, frame, 2))
 
 
+def test_the_summary_names_classes_smaller_than_the_neighbour_count():
+    """Edge test: 100 classes of 3 images, perfect zero-shot: 71 %, present classes reported absent,
+    and nothing said (a class's images' 5 neighbours are mostly of other classes)."""
+    from zsfs.run_summary import summary_rows
+
+    config = {"classes": ["cat", "dog", "emu"], "absent_classes": ["emu"], "parameters": {"neighbours": 5},
+              "class_shares": {"cat": 0.996, "dog": 0.004, "emu": 0.0}}
+    frame = pl.DataFrame({"predicted": ["cat"] * 1000})
+    assert ("classes of fewer images than --neighbours (5; estimated)", "1: dog") in summary_rows(config, None, frame, 10)
+    frame = pl.DataFrame({"predicted": ["cat"] * 1250})  # dog: 5 images
+    assert not any(label.startswith("classes of fewer") for label, _ in summary_rows(config, None, frame, 10))
+
+
 def test_class_subset(store_path):
     with Store(store_path) as store:
         classes = store.vocabulary("synthetic").classes[:4]

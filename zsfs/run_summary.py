@@ -67,6 +67,12 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
                      if config["absent_classes"] else "none"))
     if config.get("classes_without_seeds"):
         rows.append(("classes without seeds", listed(config["classes_without_seeds"])))
+    neighbours = parameters.get("neighbours")
+    small = [name for name, share in (config.get("class_shares") or {}).items()
+             if neighbours and 0 < share * frame.height < neighbours]
+    if small:  # their images' neighbours are mostly of other classes: the re-ranking outvotes them (docs/fit.md)
+        rows.append((f"classes of fewer images than --neighbours ({neighbours}; estimated)",
+                     some_names(small, names_shown)))  # (config.json's class_shares, not a list of them)
     unused = config.get("classes_not_predicted")  # a present class the head never picks
     in_config = unused is not None
     if not in_config and "predicted" in frame.columns:  # a run written before config.json listed them
