@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -782,6 +783,12 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
     as_file = predict_images(fitted["run"], [named_like_a_member], workers=0)
     assert as_file["path"].to_list() == [str(named_like_a_member)] and as_file["error"].null_count() == 1
     assert_same_predictions(as_file.drop("path"), from_files.drop("path")[:1])
+    # walkthrough: a stored member a//b.jpg or d/./e.jpg, given back, was made a/b.jpg ("holds no file named")
+    with tarfile.open("odd.tar", "w") as archive:
+        for name in ("a//b.jpg", "d/./e.jpg"):
+            archive.add(photos["root"] / good[0], arcname=name)
+    odd = predict_images(fitted["run"], ["odd.tar::a//b.jpg", "odd.tar::d/./e.jpg"], workers=0)
+    assert odd["path"].to_list() == ["odd.tar::a//b.jpg", "odd.tar::d/./e.jpg"] and odd["error"].null_count() == 2
 
 
 def test_images_of_formats_zsfs_cannot_read_get_a_row_saying_so(fitted, tmp_path):

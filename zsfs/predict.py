@@ -68,10 +68,10 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
     named_members: list[int] = []  # rows given as ``shard.tar::member``
     listed_members: list[int] = []  # rows a list names so
     empty_of_pattern: dict[str, set[Path]] = {}  # a pattern's tars that hold no image (a pattern given twice: once)
-    for given, pattern in _tar_patterns_expanded(Path(item) for item in inputs):
-        if split_member_path(str(given)) is not None and not given.is_file():  # a file so named is that file
+    for given, pattern in _tar_patterns_expanded(inputs):
+        if isinstance(given, str):  # a tar member
             named_members.append(len(paths))
-            paths.append(str(given))
+            paths.append(given)
         elif given.is_dir() or (given.is_file() and given.suffix.lower() == TAR_SUFFIX):
             try:
                 listing = open_source(given)
@@ -160,11 +160,17 @@ def _listed_images(list_file: Path) -> tuple[list[str], dict[str, str]]:
     return written, {as_written[path]: why for path, why in listing.unreadable.items()}
 
 
-def _tar_patterns_expanded(inputs: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
-    """``(input, None)`` for each of ``inputs``, each brace pattern of tars (``shards/{00000..00009}.tar``,
-    as extract reads them) replaced by ``(tar, pattern)`` for the tars it names, each named as the
-    user wrote it (the paths of their images are under that name, as a single tar's are)."""
-    for given in inputs:
+def _tar_patterns_expanded(inputs: Iterable[str | Path]) -> Iterator[tuple[Path | str, str | None]]:
+    """``(Path(input), None)`` for each of ``inputs``, each brace pattern of tars
+    (``shards/{00000..00009}.tar``, as extract reads them) replaced by ``(tar, pattern)`` for the
+    tars it names, each named as the user wrote it (the paths of their images are under that name,
+    as a single tar's are); a tar member (``shard.tar::x.jpg``, not a file so named) as ``(text,
+    None)``, the text as written: a Path would make a stored member ``a//b.jpg`` into ``a/b.jpg``."""
+    for item in inputs:
+        if split_member_path(os.fspath(item)) is not None and not os.path.isfile(item):
+            yield os.fspath(item), None
+            continue
+        given = Path(item)
         if given.suffix.lower() == TAR_SUFFIX and not given.exists() and expand_braces(str(given)) != [str(given)]:
             yield from ((tar, str(given)) for tar in named_tars(str(given)))
         else:  # not a pattern (a missing tar is said as any missing input is)
