@@ -357,3 +357,10 @@ def test_a_locale_that_reads_file_names_as_ascii_or_latin1_is_refused_with_the_f
     assert done.returncode == 1 and done.stdout.startswith(f"1\nZsfsError {said}"), done.stdout + done.stderr
     assert said in done.stderr and "Set PYTHONUTF8=1" in " ".join(done.stderr.split()), done.stderr
     assert not (tmp_path / "s.h5").exists()
+    # the report too (walkthrough: its UTF-8 named images showed as "corrupt image data", exit 0)
+    assert run_cli("extract", tmp_path, "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS).exit_code == 0
+    assert run_cli("fit", "--store", tmp_path / "s.h5", "--k", "1", "--out", tmp_path / "run").exit_code == 0
+    done = subprocess.run([sys.executable, "-m", "zsfs", "report", str(tmp_path / "run")], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 1 and said in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "run" / "report.html").exists()

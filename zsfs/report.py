@@ -27,7 +27,7 @@ from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callba
                          literal, shown_value)
 from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
-from zsfs.names import as_argument, counted, percent, reasons_text, visible
+from zsfs.names import as_argument, check_utf8_file_names, counted, percent, reasons_text, visible
 from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically, written_file
 from zsfs.run_summary import cycle_rows, seed_precision, summary_rows
 from zsfs.runs import REPORT, FittedRun, load_run
@@ -205,6 +205,7 @@ def _thumbnails_of(paths: list[str], root: Path | None,
                    max_pixels: int | None = None) -> list[tuple[str | None, str | None]]:
     """The thumbnails of ``paths``, the store's (files or ``shard.tar::member``) relative to
     ``root``, or absolute."""
+    check_utf8_file_names(paths)  # (walkthrough: under LC_ALL=C, UTF-8 names showed as "corrupt image data")
     base = root or Path("/")
     try:
         members = locate_members(paths, base)
