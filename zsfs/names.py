@@ -76,8 +76,9 @@ bidirectional formatting characters, and the surrogates that stand for undecodab
 
 
 def visible(text: str) -> str:
-    """``text`` with every character of ``_UNSAFE`` written visibly (``\\x1b``, ``\\u202e``; a
-    name's undecodable byte as ``\\xff``): for terminals and pages that show names from files."""
+    """``text`` with every character of ``_UNSAFE`` written visibly (``\\x1b``, ``\\u202e``, a C1
+    control as ``\\u0085``; a name's undecodable byte as ``\\xff``, which no character is written
+    as): for terminals and pages that show names from files."""
     return _UNSAFE.sub(_visible, text)
 
 
@@ -85,7 +86,8 @@ def _visible(match: re.Match) -> str:
     code = ord(match.group())
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte code - 0xDC00
         return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    # C1 controls as \u0085: \x85 is the undecodable byte 0x85 (walkthrough: two names, one line)
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
 
 
 def repeated(values: Iterable[str]) -> list[str]:
