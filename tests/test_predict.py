@@ -24,6 +24,7 @@ from zsfs.fit.run import fit_store
 from zsfs.predict import image_inputs, predict_images, write_predictions
 from zsfs.runs import FittedRun, load_run
 from zsfs.store import Store
+from zsfs.tars import locate_members
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.failures import run_zsfs
@@ -789,6 +790,12 @@ def test_tar_members_are_read_back_as_a_store_records_them(fitted, tmp_path, mon
             archive.add(photos["root"] / good[0], arcname=name)
     odd = predict_images(fitted["run"], ["odd.tar::a//b.jpg", "odd.tar::d/./e.jpg"], workers=0)
     assert odd["path"].to_list() == ["odd.tar::a//b.jpg", "odd.tar::d/./e.jpg"] and odd["error"].null_count() == 2
+    # walkthrough: a tar whose own name holds "::" was split at its first ".tar::" (predict: "x.tar does not
+    # exist"; the report: none of its images found)
+    shutil.copy("odd.tar", "x.tar::odd.tar")
+    named = predict_images(fitted["run"], ["x.tar::odd.tar::a//b.jpg"], workers=0)
+    assert named["error"].null_count() == 1
+    assert locate_members(["x.tar::odd.tar::d/./e.jpg"], tmp_path).tars == (tmp_path / "x.tar::odd.tar",)
 
 
 def test_images_of_formats_zsfs_cannot_read_get_a_row_saying_so(fitted, tmp_path):

@@ -167,7 +167,7 @@ def _tar_patterns_expanded(inputs: Iterable[str | Path]) -> Iterator[tuple[Path 
     as a single tar's are); a tar member (``shard.tar::x.jpg``, not a file so named) as ``(text,
     None)``, the text as written: a Path would make a stored member ``a//b.jpg`` into ``a/b.jpg``."""
     for item in inputs:
-        if split_member_path(os.fspath(item)) is not None and not os.path.isfile(item):
+        if split_member_path(os.fspath(item), Path.cwd()) is not None and not os.path.isfile(item):
             yield os.fspath(item), None
             continue
         given = Path(item)

@@ -222,7 +222,7 @@ TAR_MEMBER_IN_LIST = "a tar member (a list names files: give the tars themselves
 
 def _read_list(list_file: Path) -> ImageSource:
     paths, labels = read_list_file(list_file)
-    members = [path for path in paths if (parts := split_member_path(path)) is not None
+    members = [path for path in paths if (parts := split_member_path(path, list_file.parent)) is not None
                and (list_file.parent / parts[0]).is_file() and not (list_file.parent / path).exists()]
     # Kept: a list is taken as written.
     return ImageSource(location=list_file, root=list_file.parent, paths=paths, labels=labels,

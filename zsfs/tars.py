@@ -362,10 +362,15 @@ def _is_hidden(member: str) -> bool:
                                         for part in member.split("/"))
 
 
-def split_member_path(path: str) -> tuple[str, str] | None:
-    """``a/00001.tar::x/1.jpg`` -> (``a/00001.tar``, ``x/1.jpg``); None for a plain path."""
-    found = _MEMBER_AFTER_TAR.search(path)  # any case, as a folder's tars are found (review: SHARD0.TAR::0.jpg)
-    return (path[:found.start() + len(TAR_SUFFIX)], path[found.end():]) if found and found.end() < len(path) else None
+def split_member_path(path: str, root: Path | None = None) -> tuple[str, str] | None:
+    """``a/00001.tar::x/1.jpg`` -> (``a/00001.tar``, ``x/1.jpg``); None for a plain path. A tar whose
+    own name holds ``.tar::`` (``a.tar::b.tar::1.jpg``): the first split whose tar is a file under
+    ``root``, given one, else the first split."""
+    splits = [(path[:found.start() + len(TAR_SUFFIX)], path[found.end():])  # any case, as a folder's tars are
+              for found in _MEMBER_AFTER_TAR.finditer(path) if found.end() < len(path)]  # found (SHARD0.TAR::0.jpg)
+    if len(splits) > 1 and root is not None:
+        return next((split for split in splits if os.path.isfile(root / split[0])), splits[0])
+    return splits[0] if splits else None
 
 
 def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | None = None) -> TarMembers | None:
@@ -374,7 +379,7 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
     so named (``x.tar::1.jpg`` in a folder is that file). A member the tar does not hold as a file is
     an error, or, given ``reasons``, its row's reason there (entry number -> why; its tar stays -1)."""
     split = [None if entry is None or os.path.isfile(root / path) else entry  # (False for a name over NAME_MAX)
-             for path, entry in zip(paths, map(split_member_path, paths))]
+             for path, entry in zip(paths, (split_member_path(path, root) for path in paths))]
     tar_names = sorted({entry[0] for entry in split if entry is not None})
     if not tar_names:
         return None
