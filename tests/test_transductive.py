@@ -317,6 +317,7 @@ def test_reported_absent_classes_get_no_seeds_labels_or_predictions(absent_store
     estimated = result.estimated_shares  # before the cut: each absent class below it, each present one above it
     assert sum(estimated.values()) == pytest.approx(1.0) and set(estimated) == set(result.classes)
     assert all((estimated[c] < 0.5 / len(result.classes)) == (c in result.absent_classes) for c in result.classes)
+    assert all(estimated[c] > 0 for c in result.classes)  # review: the sparse shares' 0 said nothing of how far
     assert metrics["absent_classes"]["precision"] == 1.0
     assert result.unseeded_classes == []  # an absent class has no seed, by design: it is not "unseeded"
     # the OOD reference: the re-ranked candidates of the 4 present classes only (100 each at most;
@@ -401,7 +402,7 @@ def test_mixture_log_posterior_is_the_e_step_over_the_given_classes():
     rng = np.random.default_rng(5)
     features = unit_rows(rng, 20, 6)
     log_prior = torch.log_softmax(torch.as_tensor(rng.standard_normal((20, 4)), dtype=torch.float32), dim=1)
-    mixture = transductive.ClassMixture(np.array([0.5, 0.3, 0.0, 0.2]), unit_rows(rng, 4, 6))
+    mixture = transductive.ClassMixture(np.array([0.5, 0.3, 0.0, 0.2]), unit_rows(rng, 4, 6), np.full(4, 0.25))
     classes = np.array([0, 1, 3])
     posterior = transductive.mixture_log_posterior(features, log_prior, mixture, classes, concentration=4.0,
                                                    prior_weight=0.5).numpy()

@@ -383,13 +383,14 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarr
     """Class model (started from ``prototypes``), absent classes, balanced self-training on the present classes.
 
     Returns the training (cycle labels as vocabulary indices), the vocabulary index of each head
-    class, the share of every vocabulary class (0 for absent ones) and the class model's own
-    estimate of the shares (absent ones included: how far below the cut they fell).
+    class, the share of every vocabulary class (0 for absent ones) and the class model's mean
+    posterior of each class (before its sparse prior and the cut: how far from them a class was).
     """
     n_classes = log_prior.shape[1]
     seed_positions = torch.as_tensor(np.searchsorted(rows, seed_rows), device=features.device)
     on_drawn = torch.as_tensor(drawn, device=features.device)
-    mixture = transductive.class_mixture(features[on_drawn], log_prior[on_drawn], prototypes)
+    mixture = transductive.class_mixture(features[on_drawn], log_prior[on_drawn], prototypes,
+                                         sparse=not config.keep_all_classes)  # (no class left without a share)
     absent = (np.zeros(n_classes, bool) if config.keep_all_classes
               else transductive.absent_classes(mixture.shares))
     present = np.flatnonzero(~absent)
@@ -405,7 +406,7 @@ def _balanced_training(features: torch.Tensor, rows: np.ndarray, drawn: np.ndarr
         lr=config.lr, generator=generator, train_dtype=dtype, on_cycle=on_cycle)
     for cycle in trained.cycles:
         cycle.labels = present[cycle.labels]
-    return trained, present, shares, mixture.shares
+    return trained, present, shares, mixture.expected
 
 
 def _refuse_non_finite(store: "Store", rows: slice | np.ndarray, per_row: np.ndarray | torch.Tensor,

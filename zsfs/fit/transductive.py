@@ -67,8 +67,10 @@ STOP_SCHEDULE = "balanced schedule done"
 class ClassMixture:
     """EM estimate of the classes in the collection."""
 
-    shares: np.ndarray  # (C,) float64, sums to 1: fraction of the images of each class
+    shares: np.ndarray  # (C,) float64, sums to 1: fraction of the images of each class (0: none left to it)
     prototypes: torch.Tensor  # (C, D) unit mean directions (zero for a class nothing was assigned to)
+    expected: np.ndarray  # (C,) float64: the mean posterior of each class, before the sparse prior takes
+    #                       a class's last image (how far from nothing a class was)
 
 
 def class_prototypes(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -86,32 +88,36 @@ def class_mixture(
     concentration: float = CONCENTRATION,
     prior_weight: float = PRIOR_WEIGHT,
     iterations: int = MIXTURE_ITERATIONS,
+    sparse: bool = True,
 ) -> ClassMixture:
     """EM for a vMF mixture with a per-image prior, started from ``prototypes``.
 
     ``features``: (n, D) unit rows. ``log_prior``: (n, C) zero-shot log-probabilities of the same
     rows. E-step: ``log q_ic = kappa <x_i, mu_c> + log pi_c + lambda log p0_ic`` normalised over c;
-    M-step: ``mu_c`` = normalised q-weighted mean, ``pi_c`` = mean of q.
+    M-step: ``mu_c`` = normalised q-weighted mean, ``pi_c`` = :func:`sparse_shares` of the summed
+    q (``sparse`` False: the mean of q, every class kept).
     """
+    to_shares = sparse_shares if sparse else (lambda counts: counts / counts.sum())
     responsibilities = torch.softmax(concentration * features @ prototypes.T, dim=1)
     for _ in range(iterations):
-        shares = sparse_shares(responsibilities.sum(dim=0))
+        shares = to_shares(responsibilities.sum(dim=0))
         prototypes = F.normalize(responsibilities.T @ features, dim=1)
         responsibilities = torch.softmax(
             _posterior_logits(features, prototypes, shares, log_prior, concentration, prior_weight), dim=1)
-    shares = sparse_shares(responsibilities.sum(dim=0).cpu().double())  # float64 on the CPU: MPS has none
-    return ClassMixture(shares.numpy(), prototypes)
+    counts = responsibilities.sum(dim=0).cpu().double()  # float64 on the CPU: MPS has none
+    return ClassMixture(to_shares(counts).numpy(), prototypes, (counts / counts.sum()).numpy())
 
 
 def sparse_shares(counts: torch.Tensor) -> torch.Tensor:
     """The mixture's class shares from each class's expected number of images (``counts``, (C,)):
     the MAP estimate under a sparse Dirichlet prior (concentration -> 0), each count less one
     image, floored at 0, normalised. A class that no image is more than one image's worth of
-    loses its share, and keeps it lost: the EM step's component annihilation of Figueiredo and Jain
+    loses its share, and in practice keeps it lost (a log share of -69): the EM step's component annihilation of Figueiredo and Jain
     (2002), with one image in place of half a component's parameters. Plain means leave every
     listed class a crumb of every image; with far more classes than the collection holds (100 of
-    21,841 listed) the crumbs summed to 44 % of it (docs/fit.md). Where no class holds more than
-    one image's worth (fewer images than classes), the plain shares."""
+    21,841 listed) the crumbs summed to 44 % of it (docs/fit.md). It costs classes of one or two
+    images, reported absent. Where no class holds more than one image's worth, the plain shares
+    (nothing to choose between; a step from the sparse ones, as the boundary is crossed)."""
     kept = (counts - 1).clamp_min(0)
     if not bool(kept.sum() > 0):
         kept = counts
