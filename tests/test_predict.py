@@ -624,6 +624,10 @@ def test_two_names_that_read_alike_are_not_called_one_file_given_twice(fitted, t
     assert result.exit_code == 0, result.output
     assert f"2 paths given twice or more (each row kept): {folder}/bad\\xff.jpg; {image}" in " ".join(
         output_text(result).split()), result.output
+    # review: two hard links in one folder are two files to the user (cp -al trees), not one given twice
+    os.link(folder / "bad\\xff.jpg", folder / "hard.jpg")
+    result = run_cli("predict", "--run", fitted["run"], "--workers", "0", folder)
+    assert result.exit_code == 0 and "given twice" not in output_text(result), result.output
 
 
 def test_an_output_name_as_long_as_the_file_system_takes_is_written(fitted, tmp_path):

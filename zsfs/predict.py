@@ -123,23 +123,25 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
         unreadable.update((paths[rows[entry]], why) for entry, why in missing.items())
     check_utf8_file_names(paths)
     return ImageSource(location=Path.cwd(), root=Path.cwd(), paths=paths, labels=None, unreadable=unreadable,
-                       members=merged_members(len(paths), listed), repeated_paths=_repeated_files(paths))
+                       members=merged_members(len(paths), listed), repeated_paths=_repeated_files(paths, unreadable))
 
 
-def _repeated_files(paths: list[str]) -> list[str]:
+def _repeated_files(paths: list[str], unreadable: dict[str, str]) -> list[str]:
     """The files that more than one of ``paths`` name, by the first name given, each once: by the
-    file, not the spelling (``photos/a.jpg`` and ``$PWD/photos/a.jpg``, or through a link, are one
-    file); a path that names no file (a tar member, a missing file) by its absolute spelling."""
-    def identity(path: str) -> tuple[int, int] | str:
-        try:
-            status = os.stat(path)
-        except (OSError, ValueError):
-            return os.path.abspath(path)
-        return status.st_dev, status.st_ino
+    file, not the spelling (``photos/a.jpg`` and ``$PWD/photos/a.jpg``, or a link given by name, are
+    one file; two hard links are two names, as a folder lists them); a tar member by its tar's
+    absolute path and its name. Rows already ``unreadable`` (a link inside a folder, listed as
+    such) are not counted."""
+    def identity(path: str) -> tuple[str, str] | str:
+        member = split_member_path(path)
+        if member is not None and not os.path.isfile(path):
+            return os.path.abspath(member[0]), member[1]
+        return os.path.realpath(path)
 
-    first: dict[tuple[int, int] | str, str] = {}
-    identities = [identity(path) for path in paths]
-    for key, path in zip(identities, paths):
+    first: dict[tuple[str, str] | str, str] = {}
+    counted_paths = [path for path in paths if path not in unreadable]
+    identities = [identity(path) for path in counted_paths]
+    for key, path in zip(identities, counted_paths):
         first.setdefault(key, path)
     return [first[key] for key in repeated(identities)]
 

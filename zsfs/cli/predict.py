@@ -71,7 +71,7 @@ def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: 
         check_writable(written_file(out), "predictions file")  # a missing folder is created at the end
         refuse_read_only_file(out, "predictions file")  # before the images, not after
         refuse_input_as_output(out, [*(("image list", listed) for listed in options["lists"]),
-                                     *(("image", image) for image in images)], written="predictions file")
+                                     *(("input", image) for image in images)], written="predictions file")
     note_precision_off_cuda(options["precision"], options["device"], "the backbone computes")
     twice: list[str] = []  # a file and the folder holding it, say: as extract, a row each
     with image_progress("classifying") as (on_start, on_batch):
