@@ -516,3 +516,15 @@ def test_narrow_jpeg_multi_picture_jpeg_and_colour_keys_under_the_budget():
         Image.fromarray(pixels, "L").convert(mode).save(keyed, "PNG", transparency=key)
         decoded = np.asarray(decode_image("keyed.png", data=keyed.getvalue()))
         assert (decoded[:2] == 255).all() and (decoded[2:] == 200).all(), mode  # keyed black: transparent, white
+    # walkthrough: 16-bit keyed PNGs came out black (gray, Pillow's I;16) or black (RGB, read by both bytes)
+    pixels = np.zeros((4, 4), np.uint16)
+    pixels[2:] = 3000  # 12-bit data: scaled by 255 / 4095
+    keyed = io.BytesIO()
+    Image.fromarray(pixels).save(keyed, "PNG", transparency=0)
+    decoded = np.asarray(decode_image("keyed16.png", data=keyed.getvalue()))
+    assert (decoded[:2] == 255).all() and (decoded[2:] == 187).all()
+    rgb = np.repeat(pixels[..., None], 3, axis=2)
+    for key, white_rows in (((0, 0, 0), slice(0, 2)), ((3000, 3000, 3000), slice(2, 4))):
+        decoded = np.asarray(decode_image("keyed16.png", data=encode_png16(rgb, transparency=key)))
+        assert (decoded[white_rows] == 255).all(), key
+    assert (decoded[:2] == 0).all()  # the other rows as they are

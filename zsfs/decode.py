@@ -149,7 +149,9 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
             image.load()  # force the full decode (Image.open only reads the header)
             low_bytes = _decoded_with(low_byte_tiles, _rewound(file))
             if low_bytes is not None:
-                decoded, swapped = _sixteen_bit_colour(np.asarray(image), low_bytes, image.mode, image.getexif())
+                key = image.info.get("transparency")
+                decoded, swapped = _sixteen_bit_colour(np.asarray(image), low_bytes, image.mode, image.getexif(),
+                                                       key if isinstance(key, tuple) else None)
             else:
                 if true_type is not None:  # the samples as the file means them, as floats ("I" holds no uint32)
                     image = Image.fromarray(np.asarray(image).view(true_type).astype(np.float32), "F")
@@ -420,9 +422,11 @@ def _decoded_with(tiles: list | None, source: Path | BinaryIO) -> np.ndarray | N
             return None
 
 
-def _sixteen_bit_colour(high: np.ndarray, low: np.ndarray, mode: str, exif: Image.Exif) -> tuple[Image.Image, bool]:
+def _sixteen_bit_colour(high: np.ndarray, low: np.ndarray, mode: str, exif: Image.Exif,
+                        key: tuple[int, int, int] | None = None) -> tuple[Image.Image, bool]:
     """RGB from the two 8-bit decodes of a 16-bit colour image (``mode`` RGB or RGBA, straight
-    alpha), oriented by ``exif``; and whether it turned.
+    alpha; ``key``: an RGB image's 16-bit colour key, PNG tRNS), oriented by ``exif``; and whether
+    it turned.
 
     The 16-bit samples take the single-band route (``_scale_to_8bit``), box-reduced first as
     ``_reduced`` reduces. About 20 bytes per pixel at the peak (the two decodes, as Pillow
@@ -437,6 +441,8 @@ def _sixteen_bit_colour(high: np.ndarray, low: np.ndarray, mode: str, exif: Imag
         bits = max(_bit_depth(int(samples[..., :3].max())), _bit_depth(int(alpha.max())))
         opacity = np.rint(alpha * (255.0 / (2.0**bits - 1))).astype(np.uint8)
         rgb = _on_background(rgb, Image.fromarray(opacity))
+    elif key is not None:
+        rgb = _keyed_on_background(rgb, samples, key)
     rgb.getexif()[ExifTags.Base.Orientation] = exif.get(ExifTags.Base.Orientation, 1)  # also a TIFF's own tag
     return _apply_exif_orientation(rgb)
 
@@ -465,7 +471,11 @@ def _to_rgb(image: Image.Image, integer: bool = False) -> Image.Image:
     if mode == "RGB" and not keyed:
         return image
     if mode.startswith("I") or mode == "F":
-        return _scale_to_8bit(np.asarray(image), integer=integer or mode != "F")
+        pixels = np.asarray(image)
+        rgb = _scale_to_8bit(pixels, integer=integer or mode != "F")
+        # (walkthrough: a 16-bit gray PNG's key came out black, an 8-bit one's white)
+        key = image.info.get("transparency")
+        return _keyed_on_background(rgb, pixels, key) if isinstance(key, (int, tuple)) else rgb
     if mode in ("P", "L", "RGB"):  # (review: an L or RGB image's key was ignored: black where P gave white)
         image = image.convert("RGBA" if keyed else "RGB")
         mode = image.mode
@@ -476,6 +486,16 @@ def _to_rgb(image: Image.Image, integer: bool = False) -> Image.Image:
         return image.convert("RGB")
     except ValueError:
         raise ImageDecodeError(f"unsupported colour mode {mode}") from None
+
+
+def _keyed_on_background(rgb: Image.Image, samples: np.ndarray, key: int | tuple[int, ...]) -> Image.Image:
+    """``rgb`` with the pixels whose ``samples`` (height, width[, channels]) equal the colour
+    ``key`` (a PNG tRNS value: a gray level or an RGB triple, at the samples' own depth) made the
+    background, as transparent pixels are. (Samples reduced from a large image match it only where
+    a whole block had the key.)"""
+    key = np.asarray(key).reshape(-1)
+    opaque = ~np.all(samples.reshape(*samples.shape[:2], -1)[..., :key.size] == key, axis=-1)
+    return _on_background(rgb, Image.fromarray(np.where(opaque, 255, 0).astype(np.uint8)))
 
 
 def _on_background(image: Image.Image, opacity: Image.Image) -> Image.Image:

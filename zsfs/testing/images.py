@@ -169,16 +169,19 @@ def _save(image: Image.Image, path: Path, fmt: str, **options) -> None:
     path.write_bytes(_encode(image, fmt, **options))
 
 
-def encode_png16(samples: np.ndarray) -> bytes:
+def encode_png16(samples: np.ndarray, transparency: tuple[int, int, int] | None = None) -> bytes:
     """A PNG of 16-bit samples, (height, width, 2 | 3 | 4) for gray+alpha, RGB, RGBA: Pillow
-    cannot write 16-bit colour, which satellite and microscopy tools do."""
+    cannot write 16-bit colour, which satellite and microscopy tools do. ``transparency``: an RGB
+    image's colour key (a tRNS chunk: pixels of that colour are transparent)."""
     height, width, channels = samples.shape
     colour_type = {2: 4, 3: 2, 4: 6}[channels]
     rows = samples.astype(">u2").reshape(height, width * channels)
     scanlines = b"".join(b"\x00" + row.tobytes() for row in rows)  # filter type 0 on every row
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    key = [] if transparency is None else [(b"tRNS", struct.pack(">HHH", *transparency))]
     return b"\x89PNG\r\n\x1a\n" + b"".join(
-        _png_chunk(kind, body) for kind, body in ((b"IHDR", header), (b"IDAT", zlib.compress(scanlines)), (b"IEND", b""))
+        _png_chunk(kind, body) for kind, body in ((b"IHDR", header), *key, (b"IDAT", zlib.compress(scanlines)),
+                                                  (b"IEND", b""))
     )
 
 
