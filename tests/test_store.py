@@ -433,10 +433,10 @@ def test_write_store_rejects_bad_input(tmp_path, arrays):
     with pytest.raises(ZsfsError, match="^w: 2 rows are zero or not finite \\(first: row 57, counted from 0\\)$"):
         normalise_rows(zero[50:100], "w", 50)
     # edge test: None stored as the class "None" and "" as a class, whose images fit and ood-bench counted OOD
-    for label, shown in ((None, "None"), ("", "''"), ("  ", "'  '"), (3, "3")):
+    for label in (None, "", "  ", 3, "\u200b"):
         labels = [*arrays["labels"][:5], label, *arrays["labels"][6:]]
-        with pytest.raises(ParameterError, match=f"labels must give every row its class name as text; 1 does not "
-                                                 f"\\(first: row 5, {shown}\\): write a store without labels"):
+        with pytest.raises(ParameterError, match=re.escape(f"labels must give every row its class name as text; 1 "
+                                                           f"does not (first: row 5, {label!r}): write a store")):
             build(tmp_path / "s.h5", {**arrays, "labels": labels})
     assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.shards").exists()
     build(tmp_path / "s.h5", {**arrays, "labels": np.array(arrays["labels"])})  # a numpy array of text is text

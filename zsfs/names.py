@@ -75,6 +75,11 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-
 bidirectional formatting characters, and the surrogates that stand for undecodable name bytes."""
 
 
+def looks_blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: empty, spaces, or invisible characters only (a zero-width space)."""
+    return not _UNSAFE.sub("", text).strip()
+
+
 def visible(text: str) -> str:
     """``text`` with every character of ``_UNSAFE`` written visibly (``\\x1b``, ``\\u202e``, a C1
     control as ``\\u0085``; a name's undecodable byte as ``\\xff``, which no character is written

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from zsfs.errors import ParameterError, ZsfsError, check_path, shown_value
+from zsfs.names import looks_blank
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.digests import listing_sha256, rows_sha256
@@ -169,7 +170,7 @@ def _check_labels(labels: Sequence[str]) -> None:
     """ParameterError for a label that is not text or is blank: no class is named so, and fit and
     ood-bench would count its image out of distribution (zsfs import refuses such a column too)."""
     values = np.asarray(labels, dtype=object)
-    bad = [row for row, value in enumerate(values) if not isinstance(value, str) or not value.strip()]
+    bad = [row for row, value in enumerate(values) if not isinstance(value, str) or looks_blank(value)]
     if bad:
         raise ParameterError(f"labels must give every row its class name as text; {len(bad):,} "
                              f"{'does' if len(bad) == 1 else 'do'} not (first: row "

@@ -288,12 +288,13 @@ class Vocabulary:
         and ood-bench's ID classes are matched so)."""
         classes = check_class_names(classes, f"the classes to take from vocabulary {self.name!r}")
         position = {unicodedata.normalize("NFC", name): i for i, name in enumerate(self.classes)}
-        unknown = [c for c in classes if unicodedata.normalize("NFC", c) not in position]
+        composed = [unicodedata.normalize("NFC", name) for name in classes]
+        unknown = [name for name, form in zip(classes, composed) if form not in position]
         if unknown:
             hint = spelled_like(self.classes, "its class")
             raise StoreError(f"vocabulary {self.name!r} has no class {unknown[0]!r}{hint(unknown[0])}"
                              f"{f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''}")
-        rows = np.array([position[unicodedata.normalize("NFC", c)] for c in classes], dtype=np.int64)
+        rows = np.array([position[form] for form in composed], dtype=np.int64)
         return Vocabulary(self.name, [self.classes[row] for row in rows], self.single[rows], self.ensemble[rows],
                           self.prompt, self.n_templates)
 

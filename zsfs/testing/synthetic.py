@@ -67,6 +67,8 @@ class SyntheticGenerator:
         noise = unit(rng.standard_normal((n_classes, clip_dim), dtype=np.float32))
         self.single = unit(self.text[:n_classes] + SINGLE_PROMPT_NOISE * noise)
         present = n_classes if present_classes is None else present_classes
+        if not 1 <= present <= n_classes:
+            raise ValueError(f"present_classes must be 1 to n_classes ({n_classes}), not {present}")
         self.label_ids = rng.integers(0, present + n_ood_classes, n_images)
         self.label_ids[self.label_ids >= present] += n_classes - present  # (held-out OOD classes)
         self.backbone_scale = backbone_noise / np.sqrt(backbone_dim)
