@@ -1092,7 +1092,9 @@ def test_images_in_formats_zsfs_cannot_read_are_counted_not_left_out_unsaid(tmp_
     folder = write_image_folder(tmp_path / "src", n_per_class=1, classes=("cat", "dog"), broken=False)
     for name in ("cat/IMG_0001.HEIC", "cat/IMG_0002.heic", "dog/raw.dng", "dog/.hidden.heic", "dog/notes.txt"):
         (folder["root"] / name).write_bytes(b"not decoded")
-    assert open_source(folder["root"]).unread_formats == {".dng": 1, ".heic": 2}
+    (folder["root"] / "dog" / "slide.svs").write_bytes(b"II*\0")  # walkthrough: a whole-slide image, unsaid
+    assert open_source(folder["root"]).unread_formats == {".dng": 1, ".heic": 2, ".svs": 1}
+    (folder["root"] / "dog" / "slide.svs").unlink()
     result = run_cli("extract", folder["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
     assert result.exit_code == 0, result.output
     assert "images not read 1 .dng and 2 .heic files, formats zsfs cannot read: convert them (to JPEG or PNG) " \
