@@ -112,8 +112,9 @@ def sparse_shares(counts: torch.Tensor) -> torch.Tensor:
     """The mixture's class shares from each class's expected number of images (``counts``, (C,)):
     the MAP estimate under a sparse Dirichlet prior (concentration -> 0), each count less one
     image, floored at 0, normalised. A class that no image is more than one image's worth of
-    loses its share, and in practice keeps it lost (a log share of -69): the EM step's component annihilation of Figueiredo and Jain
-    (2002), with one image in place of half a component's parameters. Plain means leave every
+    loses its share, and in practice keeps it lost (a log share of -69): the EM step's component
+    annihilation of Figueiredo and Jain (2002), with one image in place of half a component's
+    parameters. Plain means leave every
     listed class a crumb of every image; with far more classes than the collection holds (100 of
     21,841 listed) the crumbs summed to 44 % of it (docs/fit.md). It costs classes of one or two
     images, reported absent. Where no class holds more than one image's worth, the plain shares

@@ -165,7 +165,6 @@ def _write_shards_and_master(master: Path, identity: dict, layout: dict, feature
 
 
 
-
 def _check_labels(labels: Sequence[str]) -> None:
     """ParameterError for a label that is not text or is blank: no class is named so, and fit and
     ood-bench would count its image out of distribution (zsfs import refuses such a column too)."""
