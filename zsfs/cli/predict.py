@@ -20,7 +20,7 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
 
 
 @click.command(short_help="Classify new image files with a fitted run.")
-@click.argument("images", nargs=-1, type=GivenPath(path_type=Path))
+@click.argument("images", nargs=-1, type=GivenPath())  # text as given: a Path makes member a//b.jpg a/b.jpg
 @click.option("--list", "lists", multiple=True, type=GivenPath(dir_okay=False, path_type=Path),
               help="A .txt (one path per line; '#' lines are comments) or .csv / .tsv ('path' column) list of images, "
                    "read as zsfs extract reads one: paths relative to the list's folder. May be repeated; with or "
@@ -43,7 +43,7 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
               help="The store's backbone weights file at a new location (its sha256 must match).")
 @MAX_PIXELS_OPTION
 @noting_made_folders("out")
-def predict(images: tuple[Path, ...], run_dir: Path, out: Path | None, as_json: bool, **options) -> None:
+def predict(images: tuple[str, ...], run_dir: Path, out: Path | None, as_json: bool, **options) -> None:
     """Classify IMAGES (files, folders, tar shards: a .tar, a pattern 'shards/{00000..00009}.tar',
     or one member 'shard.tar::name.jpg') and the images of --list files with the classifier of a
     fitted run.
