@@ -528,3 +528,15 @@ def test_narrow_jpeg_multi_picture_jpeg_and_colour_keys_under_the_budget():
         decoded = np.asarray(decode_image("keyed16.png", data=encode_png16(rgb, transparency=key)))
         assert (decoded[white_rows] == 255).all(), key
     assert (decoded[:2] == 0).all()  # the other rows as they are
+    # review: the key's own value set the bit depth (a no-data 65535 made 12-bit data 1/16 as bright)
+    nodata = pixels.copy()
+    nodata[:2] = 65535
+    keyed = io.BytesIO()
+    Image.fromarray(nodata).save(keyed, "PNG", transparency=65535)
+    decoded = np.asarray(decode_image("keyed16.png", data=keyed.getvalue()))
+    assert (decoded[:2] == 255).all() and (decoded[2:] == 187).all()
+    rgb_nodata = np.repeat(nodata[..., None], 3, axis=2)
+    decoded = np.asarray(decode_image("keyed16.png", data=encode_png16(rgb_nodata, transparency=(65535,) * 3)))
+    assert (decoded[:2] == 255).all() and (decoded[2:] == 187).all()
+    every = encode_png16(np.full((4, 4, 3), 7, np.uint16), transparency=(7, 7, 7))  # all transparent: white
+    assert (np.asarray(decode_image("keyed16.png", data=every)) == 255).all()

@@ -434,7 +434,7 @@ def _sixteen_bit_colour(high: np.ndarray, low: np.ndarray, mode: str, exif: Imag
     images and as arrays, and a 32-bit channel at a time), where the 8-bit route takes 4 to 8.
     """
     samples = _combined_and_reduced(high, low)
-    rgb = _scale_to_8bit(samples[..., :3], integer=True)
+    rgb = _scale_to_8bit(samples[..., :3], integer=True, transparent=None if key is None else _keyed(samples, key))
     if mode == "RGBA":
         # Alpha by its own depth, never below the colour's: a 12-bit file's opaque 4095 stays opaque
         # (it read as 6 % opaque at 16 bits: the picture washed out), a 16-bit alpha's 65535 too.
@@ -442,8 +442,6 @@ def _sixteen_bit_colour(high: np.ndarray, low: np.ndarray, mode: str, exif: Imag
         bits = max(_bit_depth(int(samples[..., :3].max())), _bit_depth(int(alpha.max())))
         opacity = np.rint(alpha * (255.0 / (2.0**bits - 1))).astype(np.uint8)
         rgb = _on_background(rgb, Image.fromarray(opacity))
-    elif key is not None:
-        rgb = _keyed_on_background(rgb, samples, key)
     rgb.getexif()[ExifTags.Base.Orientation] = exif.get(ExifTags.Base.Orientation, 1)  # also a TIFF's own tag
     return _apply_exif_orientation(rgb)
 
@@ -473,10 +471,9 @@ def _to_rgb(image: Image.Image, integer: bool = False) -> Image.Image:
         return image
     if mode.startswith("I") or mode == "F":
         pixels = np.asarray(image)
-        rgb = _scale_to_8bit(pixels, integer=integer or mode != "F")
-        # (walkthrough: a 16-bit gray PNG's key came out black, an 8-bit one's white)
-        key = image.info.get("transparency")
-        return _keyed_on_background(rgb, pixels, key) if isinstance(key, (int, tuple)) else rgb
+        key = image.info.get("transparency")  # (walkthrough: a 16-bit gray PNG's key came out black)
+        return _scale_to_8bit(pixels, integer=integer or mode != "F",
+                              transparent=_keyed(pixels, key) if isinstance(key, (int, tuple)) else None)
     if mode in ("P", "L", "RGB"):  # (review: an L or RGB image's key was ignored: black where P gave white)
         image = image.convert("RGBA" if keyed else "RGB")
         mode = image.mode
@@ -489,14 +486,12 @@ def _to_rgb(image: Image.Image, integer: bool = False) -> Image.Image:
         raise ImageDecodeError(f"unsupported colour mode {mode}") from None
 
 
-def _keyed_on_background(rgb: Image.Image, samples: np.ndarray, key: int | tuple[int, ...]) -> Image.Image:
-    """``rgb`` with the pixels whose ``samples`` (height, width[, channels]) equal the colour
-    ``key`` (a PNG tRNS value: a gray level or an RGB triple, at the samples' own depth) made the
-    background, as transparent pixels are. (Samples reduced from a large image match it only where
-    a whole block had the key.)"""
+def _keyed(samples: np.ndarray, key: int | tuple[int, ...]) -> np.ndarray:
+    """(height, width) bool: the pixels whose ``samples`` (height, width[, channels]) equal the
+    colour ``key`` (a PNG tRNS value: a gray level or an RGB triple, at the samples' own depth),
+    transparent. (Samples reduced from a large image match it only where a whole block had it.)"""
     key = np.asarray(key).reshape(-1)
-    opaque = ~np.all(samples.reshape(*samples.shape[:2], -1)[..., :key.size] == key, axis=-1)
-    return _on_background(rgb, Image.fromarray(np.where(opaque, 255, 0).astype(np.uint8)))
+    return np.all(samples.reshape(*samples.shape[:2], -1)[..., :key.size] == key, axis=-1)
 
 
 def _on_background(image: Image.Image, opacity: Image.Image) -> Image.Image:
@@ -506,17 +501,23 @@ def _on_background(image: Image.Image, opacity: Image.Image) -> Image.Image:
     return background
 
 
-def _scale_to_8bit(pixels: np.ndarray, *, integer: bool) -> Image.Image:
+def _scale_to_8bit(pixels: np.ndarray, *, integer: bool, transparent: np.ndarray | None = None) -> Image.Image:
     """Map 16/32-bit integer or float pixels to 8 bit without clipping highlights to white.
 
     Non-negative integers are scaled by the smallest bit depth (>= 8) that holds their maximum:
     a 16-bit photo by 1/257, 12-bit medical data in a 16-bit container by 255/4095 (instead of
     turning almost black). Floats and negative integers are min-max scaled. Float pixels with no
     value (NaN, infinite: a GeoTIFF's usual "no data") are left out of the scaling and drawn
-    white, as transparent pixels are; an image with no finite pixel is refused.
+    white, as ``transparent`` pixels ((height, width) bool: a colour key's) are; an image with no
+    finite pixel is refused, one all transparent is white.
     """
     scaled = np.array(pixels, dtype=np.float64)  # the one working copy: every step below is in place
     no_value = None if integer else ~np.isfinite(scaled)
+    if transparent is not None and transparent.any():  # (review: a key of 65535 made 12-bit data 1/16 as bright)
+        if transparent.all():
+            return Image.new("RGB", (scaled.shape[1], scaled.shape[0]), TRANSPARENT_BACKGROUND)
+        keyed = transparent if scaled.ndim == 2 else np.broadcast_to(transparent[..., None], scaled.shape)
+        no_value = keyed if no_value is None else no_value | keyed
     if no_value is not None and not no_value.any():
         no_value = None  # every pixel has a value
     if no_value is not None:
