@@ -70,14 +70,17 @@ def utf8_texts(names: Iterable[str]) -> list[str]:
         return [utf8_text(name) for name in names]
 
 
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\udc80-\udcff]")
+_INVISIBLE = "\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
 """Control characters (C0, DEL, C1: escape sequences, newlines, carriage returns), invisible and
-bidirectional formatting characters, and the surrogates that stand for undecodable name bytes."""
+bidirectional formatting characters (a regular expression class's ranges)."""
+_UNSAFE = re.compile(f"[{_INVISIBLE}\udc80-\udcff]")
+"""The invisible characters, and the surrogates that stand for undecodable name bytes."""
 
 
 def looks_blank(text: str) -> bool:
-    """Whether ``text`` shows nothing: empty, spaces, or invisible characters only (a zero-width space)."""
-    return not _UNSAFE.sub("", text).strip()
+    """Whether ``text`` shows nothing: empty, spaces, or invisible characters only (a zero-width
+    space); an undecodable byte of a name (``\\xe9``) shows."""
+    return not re.sub(f"[{_INVISIBLE}]", "", text).strip()
 
 
 def visible(text: str) -> str:
