@@ -227,6 +227,19 @@ def test_a_tar_cut_inside_any_member_or_with_a_size_past_its_end_is_a_clear_erro
     with pytest.raises(ZsfsError, match=rf"damaged after 1 image \(the file ends inside the padding of the member "
                                         rf"whose header is at byte {caption.offset}"):
         open_source(small)
+    # review: cut after a long name's extended header (GNU 'L', pax 'x'), before the member it names
+    for tar_format in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        long = tmp_path / "long.tar"
+        with tarfile.open(long, "w", format=tar_format) as archive:
+            for sample in range(3):
+                info = tarfile.TarInfo(f"{'a_long_folder_name_' * 6}/{sample:06d}.jpg")
+                info.size = 3000
+                archive.addfile(info, io.BytesIO(b"\xff\xd8" + bytes(2998)))
+        with tarfile.open(long) as archive:
+            second = archive.getmembers()[1]
+        long.write_bytes(long.read_bytes()[:second.offset_data - 512])  # the member's own header cut off
+        with pytest.raises(ZsfsError, match=r"damaged after 1 image \(the file ends after the extended header"):
+            open_source(long)
     huge = bytearray(data)
     header = members[2].offset
     huge[header + 124:header + 136] = b"\x80" + b"\xff" * 11  # base-256 size of 2**88 - 1 bytes

@@ -58,6 +58,9 @@ def scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> No
             if position > file_size:  # cut in the last member's padding: what followed it is unknown
                 raise DamagedTar(f"the file ends inside the padding of the member whose header is at byte "
                                  f"{last_header}")
+            if long_name is not None or long_size is not None:  # a GNU long name or pax header names a next member
+                raise DamagedTar(f"the file ends after the extended header at byte {last_header}, before the "
+                                 "member it describes")
             if any(pread(fd, 20 * _BLOCK, position)):
                 raise DamagedTar(f"an empty header at byte {position} is followed by data")
             return
