@@ -537,6 +537,8 @@ def test_the_summary_names_classes_smaller_than_the_neighbour_count():
     assert ("classes of fewer images than --neighbours (5; estimated)", "1: dog") in summary_rows(config, None, frame, 10)
     frame = pl.DataFrame({"predicted": ["cat"] * 1250})  # dog: 5 images
     assert not any(label.startswith("classes of fewer") for label, _ in summary_rows(config, None, frame, 10))
+    kept = {**config, "parameters": {"neighbours": 5, "keep_all_classes": True}}  # review: absent classes' crumbs
+    assert not any(label.startswith("classes of fewer") for label, _ in summary_rows(kept, None, frame[:1000], 10))
 
 
 def test_class_subset(store_path):

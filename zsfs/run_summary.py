@@ -68,8 +68,9 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
     if config.get("classes_without_seeds"):
         rows.append(("classes without seeds", listed(config["classes_without_seeds"])))
     neighbours = parameters.get("neighbours")
-    small = [name for name, share in (config.get("class_shares") or {}).items()
-             if neighbours and 0 < share * frame.height < neighbours]
+    # (with every class kept, absent ones hold crumbs of share: not classes of few images)
+    shares = {} if parameters.get("keep_all_classes") else config.get("class_shares") or {}
+    small = [name for name, share in shares.items() if neighbours and 0 < share * frame.height < neighbours]
     if small:  # their images' neighbours are mostly of other classes: the re-ranking outvotes them (docs/fit.md)
         rows.append((f"classes of fewer images than --neighbours ({neighbours}; estimated)",
                      some_names(small, names_shown)))  # (config.json's class_shares, not a list of them)

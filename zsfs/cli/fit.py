@@ -74,7 +74,8 @@ def _cut(name: str, limit: int) -> str:
                    "estimated class shares (absent classes dropped); 'cycles' grows the pseudo-labels from the "
                    "candidate lists as the paper does [balanced; paper: cycles].")
 @click.option("--keep-all-classes", is_flag=True, default=None,
-              help="Balanced method: never declare a listed class absent from the collection.")
+              help="Balanced method: never declare a listed class absent from the collection (every class keeps a "
+                   "share of the class model).")
 @click.option("--k", type=click.IntRange(min=1), default=None, help="Seeds per class; candidates per class per cycle [16].")
 @click.option("--candidates", type=click.IntRange(min=1), default=None, help="Zero-shot candidates per class, R [100].")
 @click.option("--neighbours", type=click.IntRange(min=1), default=None, help="CLIP neighbours for re-ranking [5].")

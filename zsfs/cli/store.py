@@ -133,8 +133,9 @@ def import_command(out: Path, clip_embeddings: Path, backbone_features: Path, pa
 @click.option("--verify", is_flag=True,
               help="Also read every byte: shard checksums, every dataset's checksums, vocabularies, graph, index.")
 @click.option("--skipped", "list_skipped", is_flag=True, callback=prints_on_stdout,
-              help="List the files extract skipped, one 'PATH<tab>REASON' line each on stdout, control characters "
-                   "and undecodable bytes as \\xNN, a backslash as two (with --json: a 'skipped' list, each name as it "
+              help="List the files extract skipped, one 'PATH<tab>REASON' line each on stdout, C0 control "
+                   "characters and undecodable bytes as \\xNN, C1 controls and invisible formatting characters as "
+                   "\\uNNNN, a backslash as two (with --json: a 'skipped' list, each name as it "
                    "is, or so escaped when it is not UTF-8 text, its JSON pointer in 'escaped').")
 def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bool) -> None:
     """Show what a store holds: images, models, vocabularies, shards, index.

@@ -62,7 +62,7 @@ class FitResult:
     precision: str = "fp32"  # of the training products: config.precision with "auto" resolved
     absent_classes: list[str] = field(default_factory=list)  # listed classes the collection does not hold
     class_shares: dict[str, float] | None = None  # balanced method: estimated fraction of images per class
-    estimated_shares: dict[str, float] | None = None  # the same before the absent classes were set to 0
+    estimated_shares: dict[str, float] | None = None  # the class model's mean posterior (before its sparse shares)
     ood_flag_threshold: float | None = None  # flagged above it: at most 5 % of the seeds are (ood.flag_threshold)
     classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # (first, later): one text embedding
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
