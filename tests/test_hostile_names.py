@@ -364,3 +364,9 @@ def test_a_locale_that_reads_file_names_as_ascii_or_latin1_is_refused_with_the_f
                           text=True, env=env, timeout=120)
     assert done.returncode == 1 and said in done.stderr, done.stdout + done.stderr
     assert not (tmp_path / "run" / "report.html").exists()
+    # and `fit --report`, before its fit (review: it fitted, saved, then failed on the report)
+    done = subprocess.run([sys.executable, "-m", "zsfs", "fit", "--store", str(tmp_path / "s.h5"), "--k", "1",
+                           "--report", "--out", str(tmp_path / "run2")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 1 and said in done.stderr and "fit:" not in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "run2").exists()

@@ -27,6 +27,11 @@ def name_bytes(name: str | bytes) -> bytes:
     return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
 
 
+def reads_utf8_file_names() -> bool:
+    """Whether this Python decodes file names as UTF-8 (a UTF-8 locale, or Python's UTF-8 mode)."""
+    return sys.getfilesystemencoding().lower().replace("-", "").replace("_", "") == "utf8"
+
+
 def check_utf8_file_names(paths: Iterable[str]) -> None:
     """ZsfsError where this Python decodes file names with another encoding than UTF-8 (a Latin-1
     or ASCII locale without Python's UTF-8 mode) and one of ``paths`` is UTF-8 beyond ASCII: a
@@ -35,9 +40,9 @@ def check_utf8_file_names(paths: Iterable[str]) -> None:
     Names in the locale's own encoding (Latin-1 names under a Latin-1 locale) are read as before."""
     from zsfs.errors import ZsfsError
 
-    encoding = sys.getfilesystemencoding()
-    if encoding.lower().replace("-", "").replace("_", "") == "utf8":
+    if reads_utf8_file_names():
         return
+    encoding = sys.getfilesystemencoding()
     for path in paths:
         try:
             raw = os.fsencode(path)

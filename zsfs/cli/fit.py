@@ -18,7 +18,7 @@ from zsfs.cli.options import FiniteFloat, GivenPath, noting_made_folders, prints
 from zsfs.errors import MAX_SEED, ZsfsError
 from zsfs.devices import DEVICES, PRECISION_CHOICES, check_device
 from zsfs.methods import MAX_OOD_MULTIPLIER, METHOD_CHOICES, PROMPT_CHOICES
-from zsfs.names import as_argument, counted
+from zsfs.names import as_argument, check_utf8_file_names, counted, reads_utf8_file_names
 
 if TYPE_CHECKING:
     from zsfs.runs import FittedRun
@@ -169,6 +169,8 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
             raise
     with Store(store_path) as store:
         store.check_enough_images(2, "a fit")  # first: no other advice helps a store without images
+        if with_report and not reads_utf8_file_names():  # before the fit, not after it (its report would refuse)
+            check_utf8_file_names(store.paths())
         vocabulary = resolve_vocabulary(store, vocabulary)
         if run_dir is not None:
             check_writable(run_dir, "run folder")
