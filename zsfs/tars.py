@@ -389,7 +389,8 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
     links: set[tuple[int, str]] = set()
     for i, tar in enumerate(tars):
         if not tar.is_file():
-            raise ZsfsError(f"{tar} does not exist (named by {next(p for p in paths if p.startswith(tar_names[i]))})")
+            named_by = next(path for path, entry in zip(paths, split) if entry is not None and entry[0] == tar_names[i])
+            raise ZsfsError(f"{tar} does not exist (named by {named_by})")
         listing = list_tar(tar, None)
         links.update((i, name) for name in listing.links)
         where.update(((i, name), (offset, size)) for name, offset, size in zip(listing.names, listing.offsets,
