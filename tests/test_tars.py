@@ -227,6 +227,17 @@ def test_a_tar_cut_inside_any_member_or_with_a_size_past_its_end_is_a_clear_erro
     with pytest.raises(ZsfsError, match=rf"damaged after 1 image \(the file ends inside the padding of the member "
                                         rf"whose header is at byte {caption.offset}"):
         open_source(small)
+    # review: cut inside the closing zero blocks, every member intact: read whole, not called damaged
+    intact = tmp_path / "intact.tar"
+    with tarfile.open(intact, "w") as archive:
+        for sample in range(2):
+            info = tarfile.TarInfo(f"{sample:06d}.jpg")
+            info.size = 3000
+            archive.addfile(info, io.BytesIO(b"\xff\xd8" + bytes(2998)))
+    with tarfile.open(intact) as archive:
+        last = archive.getmembers()[-1]
+    intact.write_bytes(intact.read_bytes()[:last.offset_data + 3072 + 100])  # 100 bytes into the first zero block
+    assert len(open_source(intact).paths) == 2
     # review: cut after a long name's extended header (GNU 'L', pax 'x'), before the member it names
     for tar_format in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
         long = tmp_path / "long.tar"

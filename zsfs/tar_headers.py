@@ -53,7 +53,8 @@ def scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> No
         if start + _BLOCK > len(window):
             window, window_start, start = pread(fd, _WINDOW, position), position, 0
         header = window[start:start + _BLOCK]
-        if header == _ZERO_BLOCK or not header:  # the end (some writers omit the closing blocks)
+        # the end (some writers omit the closing blocks; a download may cut them short: zeros, no member lost)
+        if header == _ZERO_BLOCK or not any(header):
             checked.verify(names, offsets)
             if position > file_size:  # cut in the last member's padding: what followed it is unknown
                 raise DamagedTar(f"the file ends inside the padding of the member whose header is at byte "
