@@ -80,12 +80,13 @@ _INVISIBLE = "\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\uf
 bidirectional formatting characters (a regular expression class's ranges)."""
 _UNSAFE = re.compile(f"[{_INVISIBLE}\udc80-\udcff]")
 """The invisible characters, and the surrogates that stand for undecodable name bytes."""
+_INVISIBLE_ONLY = re.compile(f"[{_INVISIBLE}]")
 
 
 def looks_blank(text: str) -> bool:
     """Whether ``text`` shows nothing: empty, spaces, or invisible characters only (a zero-width
     space); an undecodable byte of a name (``\\xe9``) shows."""
-    return not re.sub(f"[{_INVISIBLE}]", "", text).strip()
+    return not _INVISIBLE_ONLY.sub("", text).strip()
 
 
 def visible(text: str) -> str:
