@@ -16,6 +16,7 @@ from zsfs.errors import ParameterError, StoreError, StoreMismatchError, ZsfsErro
 from zsfs.store import Store, write_store, write_vocabulary
 from zsfs.store import schema
 from zsfs.testing.cli import output_text, run_cli
+from zsfs.store.master import with_dim
 from zsfs.store.rows import normalise_rows
 from zsfs.testing.synthetic import make_synthetic_store, unit
 
@@ -446,6 +447,57 @@ def test_write_store_rejects_bad_input(tmp_path, arrays):
         assert store.labels()[0] == "\udce9\udce9"
 
 
+def test_write_store_checks_every_argument_before_it_writes_or_removes_anything(tmp_path, arrays):
+    # notebook user: these were refused (or silently coerced) only after the store was built, or after
+    # overwrite=True had removed the good store; without overwrite they left a store lacking its vocabulary
+    master = tmp_path / "s.h5"
+    single = random_rows(3, D_CLIP, 4)
+    good = {"v": (["cat", "dog", "eel"], single, single)}
+    build(master, arrays, vocabularies=good)
+    before = sorted((path.name, path.stat().st_mtime_ns) for path in tmp_path.rglob("*"))
+    bad_calls = [
+        ({"vocabularies": {"v": (["cat", "dog", "eel"], single[:, :5], single[:, :5])}},
+         "vocabularies: vocabulary 'v': single has shape (3, 5), expected (3 classes, 16 = the CLIP embedding dim)"),
+        ({"vocabularies": {"v": (["cat", "cat", "eel"], single, single)}}, "vocabularies: vocabulary 'v' lists"),
+        ({"vocabularies": [("v", good["v"])]}, "vocabularies must be a dict of name: (classes, single, ensemble)"),
+        ({"vocabularies": {"v": good["v"][:2]}}, "vocabularies['v'] must be a tuple (classes, single, ensemble)"),
+        ({"clip_info": {**CLIP_INFO, "dim": 99}}, "clip_info says dim=99 but clip has 16 columns"),
+        ({"clip": arrays["clip"][:, 0]}, "clip must be floating-point rows, an (images, dim) array, not an array "
+                                         "of float32 of shape (130,)"),
+        ({"clip": arrays["clip"][None]}, "clip must be floating-point rows"),
+        ({"clip": (arrays["clip"] * 100).astype(np.int64)}, "clip must be floating-point rows"),
+        ({"paths": [path.encode() for path in arrays["paths"]]},
+         "paths must give every row its file's name as text; 130 do not (first: row 0, b'class0/img_0000.jpg')"),
+        ({"paths": [*arrays["paths"][:7], "", *arrays["paths"][8:]]}, "paths must give every row its file's name "
+                                                                      "as text; 1 does not (first: row 7, '')"),
+        ({"width": np.full(N, 2**40)}, "width must be pixel counts (-1: unknown), not 1099511627776 (row 0)"),
+        ({"height": arrays["height"] * 1.5}, "height must be whole numbers, one per row, not a float64 array of shape (130,)"),
+        ({"dtype": "float64"}, "dtype must be one of float16, float32, not 'float64'"),
+        ({"shard_size": 0}, "shard_size must be at least 1, not 0"),
+    ]
+    for change, message in bad_calls:
+        for overwrite in (True, False):
+            options = {"vocabularies": good, **change}
+            given = {**arrays, **{key: options.pop(key) for key in list(options) if key in arrays}}
+            with pytest.raises(ParameterError, match=re.escape(message)):
+                build(master, given, overwrite=overwrite, **options)
+            assert sorted((path.name, path.stat().st_mtime_ns) for path in tmp_path.rglob("*")) == before
+    # another class list under the store's vocabulary name replaced it (earlier fits used it), as import never does
+    with pytest.raises(ZsfsError, match="already has a vocabulary 'v' with other classes"):
+        build(master, arrays, vocabularies={"v": (["p", "q", "r"], single, single)})
+    with pytest.raises(ZsfsError, match="'v' of these classes with other text embeddings \\(single"):
+        build(master, arrays, vocabularies={"v": (["cat", "dog", "eel"], single[::-1], single)})
+    assert sorted((path.name, path.stat().st_mtime_ns) for path in tmp_path.rglob("*")) == before
+    with Store(build(master, arrays, vocabularies={"v": (["p", "q", "r"], single, single)}, overwrite=True)) as store:
+        assert store.vocabulary("v").classes == ["p", "q", "r"]
+    # what still passes: numpy integers in the record, a vocabulary without an ensemble (the single rows stand in)
+    with Store(build(tmp_path / "t.h5", arrays, clip_info={**CLIP_INFO, "dim": np.int64(D_CLIP)},
+                     vocabularies={"w": (["a", "b", "c"], single, None)})) as store:
+        vocabulary = store.vocabulary("w")
+        assert store.clip_info["dim"] == D_CLIP and vocabulary.n_templates == 1
+        np.testing.assert_allclose(vocabulary.embeddings("ensemble"), unit(single), atol=1e-6)
+
+
 def test_vocabulary_added_while_the_store_is_read_and_unfinished_store(tmp_path, arrays):
     master = build(tmp_path / "s.h5", arrays)
     with Store(master) as reading:  # a vocabulary is a file of its own: readers do not block it
@@ -742,9 +794,11 @@ def test_the_listing_digest_separates_paths_and_labels():
     assert listing_sha256(["a", "b"]) != listing_sha256(["a", "b"], ["x", "y"])
 
 
-def test_a_model_record_whose_dim_is_not_the_stored_one_is_refused(tmp_path, arrays):
+def test_a_model_record_whose_dim_is_not_the_stored_one_is_refused():
+    # the master's backstop (write_store refuses such a record first, as a parameter)
     with pytest.raises(ValueError, match=f"clip record says dim=99 but the stored embeddings have {D_CLIP}"):
-        build(tmp_path / "s.h5", arrays, clip_info={**CLIP_INFO, "dim": 99})
+        with_dim({**CLIP_INFO, "dim": 99}, D_CLIP, "clip")
+    assert with_dim(CLIP_INFO, D_CLIP, "clip") == {**CLIP_INFO, "dim": D_CLIP}
 
 
 def test_a_shard_that_grew_after_its_master_was_written_is_refused(tmp_path):

@@ -21,7 +21,7 @@ from zsfs.errors import ZsfsError, one_line
 from zsfs.lists import QUOTE_NOT_CLOSED, TABLE_SEPARATORS, csv_error_text
 from zsfs.names import check_class_names, counted, described_array, refuse_unseen_characters, repeated
 from zsfs.outputs import read_parquet
-from zsfs.store.rows import normalise_rows
+from zsfs.store.rows import text_embedding_rows
 
 if TYPE_CHECKING:
     import polars as pl
@@ -332,8 +332,8 @@ def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
     # Checked here, before anything is written (with --overwrite the old store stays as it was):
     # numbers, finite and not zero, as the image rows are.
     shape = (len(arrays["classes"]), width)
-    single = _text_embeddings(arrays["single"], f"vocabulary file {file}: single", shape)
-    ensemble = _text_embeddings(arrays["ensemble"], f"vocabulary file {file}: ensemble", shape) if has_ensemble \
+    single = text_embedding_rows(arrays["single"], f"vocabulary file {file}: single", shape)
+    ensemble = text_embedding_rows(arrays["ensemble"], f"vocabulary file {file}: ensemble", shape) if has_ensemble \
         else single
     # as `zsfs text` reads a class file: names read from a CRLF or BOM-marked file keep "\r", "\ufeff"
     # or spaces that no label carries (their fit found no labelled class)
@@ -346,16 +346,3 @@ def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
         ensemble=ensemble,
         n_templates=int(n_templates),
     )
-
-
-def _text_embeddings(values: np.ndarray, what: str, shape: tuple[int, int]) -> np.ndarray:
-    """``values`` as unit float rows; ZsfsError when they are not real numbers (integers were always
-    taken), not of ``shape`` (classes, CLIP dim: said first, as a cut-off width can leave zero
-    rows), or a row is zero or not finite."""
-    real = np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)
-    if not real or values.ndim != 2:  # text, booleans, complex numbers (their imaginary part was dropped)
-        raise ZsfsError(f"{what} must be a (classes, CLIP dim) array of numbers, not {described_array(values)}")
-    if values.shape != shape:
-        raise ZsfsError(f"{what} has shape {values.shape}, expected ({shape[0]} classes, {shape[1]} = the CLIP "
-                        "embedding dim)")
-    return normalise_rows(values, what)

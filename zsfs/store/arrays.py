@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 
-from zsfs.errors import ParameterError, ZsfsError, check_path, shown_value
-from zsfs.names import looks_blank
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_choice, check_parameter_type, check_path,
+                         literal, shown_value)
+from zsfs.names import check_class_names, described_array, looks_blank
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.digests import listing_sha256, rows_sha256
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.extras import planned_vocabularies as recorded_plan
-from zsfs.store.extras import write_planned_vocabularies, write_vocabulary
+from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_planned_vocabularies, write_vocabulary
 from zsfs.store.locks import written_elsewhere
-from zsfs.store.rows import normalise_rows, refuse_unusable_rows
+from zsfs.store.rows import normalise_rows, refuse_unusable_rows, text_embedding_rows
 from zsfs.store.writer import ShardData, StoreWriter
 
 
@@ -49,7 +51,9 @@ def write_store(
     Rows of ``clip`` and ``backbone`` are L2-normalised shard by shard while writing (already
     normalised input passes through unchanged), so arrays may be memory-mapped ``.npy`` files
     larger than RAM. ``width``/``height`` default to -1 (unknown). ``vocabularies`` maps a name
-    to ``(classes, single, ensemble)``, recorded with ``SINGLE_PROMPT`` and the 80 ensemble templates; use
+    to ``(classes, single, ensemble)``, recorded with ``SINGLE_PROMPT`` and the 80 ensemble templates
+    (``ensemble`` None: the single rows stand in, as in an import without one; a rerun without
+    ``overwrite`` refuses other classes or rows under a name the store has, as earlier fits used it); use
     :func:`write_vocabulary` directly to record other prompts (``planned_vocabularies``: the names the
     caller writes so, after this returns, recorded with these as ``planned_by``'s plan, which names a
     vocabulary missing after a stop: a command, ``"zsfs ..."``, or the Python function called). ``progress(rows)`` is called
@@ -62,14 +66,16 @@ def write_store(
     labels and an evenly spaced sample of 4,096 rows (``rows_sha256``: a rerun must not read every row
     of a memory-mapped import), so rows edited in place need ``overwrite=True`` to be written again.
     """
+    # every argument is checked before anything is written or, with overwrite, removed
     master = Path(check_path("master", master))
-    for name, record in (("clip_info", clip_info), ("backbone_info", backbone_info)):
-        if not isinstance(record, dict) or not {"name", "weights"} <= set(record):  # what every reader takes
-            raise ParameterError(f"{{{name}}} must be a dict with at least 'name' and 'weights' (and 'dim', or the "
-                                 f"embeddings' width is recorded), not {shown_value(record)}")
+    clip, clip_info = _embedding_rows("clip", clip, "clip_info", clip_info)
+    backbone, backbone_info = _embedding_rows("backbone", backbone, "backbone_info", backbone_info)
     if isinstance(planned_vocabularies, str) or not all(isinstance(name, str) for name in planned_vocabularies):
         raise ParameterError(f"{{planned_vocabularies}} must be a list of vocabulary names, not "
                              f"{shown_value(planned_vocabularies)}")
+    check_at_least("shard_size", shard_size, 1)
+    check_choice("dtype", dtype, schema.EMBEDDING_DTYPES)
+    check_parameter_type("overwrite", overwrite, bool)
     n = len(paths)
     lengths = {"clip": len(clip), "backbone": len(backbone)}
     for name, values in (("labels", labels), ("width", width), ("height", height)):
@@ -80,11 +86,17 @@ def write_store(
         raise ZsfsError(f"row counts disagree: {n} paths but " + ", ".join(f"{k}={v}" for k, v in wrong.items()))
     if n == 0:
         raise ZsfsError("nothing to store: zero rows")
+    _check_names("paths", paths, "every row its file's name", "name each file")
     if labels is not None:
-        _check_labels(labels)
-    unknown = np.full(n, schema.UNKNOWN_SIZE, dtype=np.int32)
-    width = unknown if width is None else width
-    height = unknown if height is None else height
+        _check_names("labels", labels, "every row its class name", "write a store without labels (labels=None) "
+                     "when some images have none")
+    width, height = (_image_sizes(name, values, n) for name, values in (("width", width), ("height", height)))
+    vocabularies = _text_embeddings(vocabularies, clip.shape[1])
+    if not overwrite:  # earlier fits used the store's vocabularies: a rerun may not change them
+        for name, (classes, single, ensemble) in vocabularies.items():
+            refuse_other_classes(master, name, classes, "write_store(..., overwrite=True) rebuilds the whole store, "
+                                 "write_vocabulary(..., overwrite=True) this vocabulary",
+                                 {"single": single, "ensemble": ensemble})
 
     identity = {
         "source": str(source),
@@ -96,7 +108,7 @@ def write_store(
     features = {"the CLIP embeddings": clip, "the backbone features": backbone}
     if overwrite:  # every row is written again: checked before the old store is removed
         refuse_unusable_rows(features, None)
-    planned = [*(vocabularies or {}), *planned_vocabularies]
+    planned = [*vocabularies, *planned_vocabularies]
     layout = dict(n_items=n, shard_size=shard_size, dtype=dtype)
     written = None if overwrite else _written_already(master, identity, layout, planned, planned_by)
     if written is None:
@@ -107,10 +119,89 @@ def write_store(
                                            exact_max=exact_max, progress=progress, on_start=on_start,
                                            on_resume=on_resume)
     path, recorded = written
-    for name, (classes, single, ensemble) in (vocabularies or {}).items():
+    for name, (classes, single, ensemble) in vocabularies.items():
         write_vocabulary(path, name, classes, single, ensemble, prompt=SINGLE_PROMPT,
-                         n_templates=len(ENSEMBLE_TEMPLATES), overwrite=True, identity=recorded)
+                         n_templates=len(ENSEMBLE_TEMPLATES) if ensemble is not single else 1, overwrite=True,
+                         identity=recorded)
     return path
+
+
+def _embedding_rows(name: str, values: object, record_name: str, record: object) -> tuple[np.ndarray, dict]:
+    """``values`` as a 2-d float array (a memory-mapped one stays so) and its model ``record``, or a
+    ParameterError: a 1-d array or a list failed deep inside, a wrong ``dim`` after the shards were
+    written (import refuses integer rows too: they are no embeddings' output)."""
+    if not isinstance(record, dict) or not {"name", "weights"} <= set(record):  # what every reader takes
+        raise ParameterError(f"{{{record_name}}} must be a dict with at least 'name' and 'weights' (and 'dim', or the "
+                             f"embeddings' width is recorded), not {shown_value(record)}")
+    # a numpy array (memory-mapped too) or a list; other row sources sliced alike (import's RowParts, an
+    # h5py dataset, a torch tensor) are read a shard at a time, their type checked then
+    rows = np.asarray(values) if isinstance(values, np.ndarray) or not hasattr(values, "shape") else values
+    shape = tuple(rows.shape)
+    if len(shape) != 2 or not shape[1] or isinstance(rows, np.ndarray) and not np.issubdtype(rows.dtype, np.floating):
+        raise ParameterError(f"{{{name}}} must be floating-point rows, an (images, dim) array, not "
+                             f"{shown_value(rows)}")
+    dim = record.get("dim")
+    if dim is not None:
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim != rows.shape[1]:
+            raise ParameterError(f"{{{record_name}}} says dim={shown_value(dim)} but {{{name}}} has "
+                                 f"{rows.shape[1]} columns")
+        record = {**record, "dim": int(dim)}  # numpy's integers are no JSON
+    return rows, record
+
+
+def _check_names(name: str, values: Sequence[str], what: str, remedy: str) -> None:
+    """ParameterError for a path or label that is not text or is blank: no file or class is named
+    so (fit and ood-bench counted an image labelled None out of distribution; a path stored as
+    ``"b'x.jpg'"`` names no file); zsfs import refuses such columns too."""
+    values = np.asarray(values, dtype=object)
+    bad = [row for row, value in enumerate(values) if not isinstance(value, str) or looks_blank(value)]
+    if bad:
+        raise ParameterError(f"{{{name}}} must give {what} as text; {len(bad):,} "
+                             f"{'does' if len(bad) == 1 else 'do'} not (first: row {bad[0]}, "
+                             f"{shown_value(values[bad[0]])}): {remedy}")
+
+
+def _image_sizes(name: str, values: object, n: int) -> np.ndarray:
+    """Image widths or heights as stored (int32, ``UNKNOWN_SIZE`` for unknown, the default); a
+    ParameterError for fractions or sizes int32 cannot hold (2**40 was stored as 0)."""
+    if values is None:
+        return np.full(n, schema.UNKNOWN_SIZE, dtype=np.int32)
+    sizes = np.asarray(values)
+    if sizes.ndim != 1 or not (np.issubdtype(sizes.dtype, np.integer)):
+        raise ParameterError(f"{{{name}}} must be whole numbers, one per row, not {described_array(sizes)}")
+    outside = (sizes < schema.UNKNOWN_SIZE) | (sizes > np.iinfo(np.int32).max)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise ParameterError(f"{{{name}}} must be pixel counts ({schema.UNKNOWN_SIZE}: unknown), not "
+                             f"{sizes[row]} (row {row})")
+    return sizes.astype(np.int32)
+
+
+def _text_embeddings(vocabularies: object, clip_dim: int) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+    """Each vocabulary's checked class names and unit text rows, ``ensemble`` the ``single`` rows
+    where it is None (as an import without one); a ParameterError, before anything is written, for
+    what ``write_vocabulary`` would refuse only after the store was (re)built."""
+    if vocabularies is None:
+        return {}
+    if not isinstance(vocabularies, dict):
+        raise ParameterError(f"{{vocabularies}} must be a dict of name: (classes, single, ensemble), not "
+                             f"{shown_value(vocabularies)}")
+    checked = {}
+    for name, value in vocabularies.items():
+        if not isinstance(value, tuple) or len(value) != 3:
+            raise ParameterError(f"{{vocabularies}}[{name!r}] must be a tuple (classes, single, ensemble), not "
+                                 f"{shown_value(value)}")
+        classes, single, ensemble = value
+        try:
+            classes = check_class_names(classes, f"vocabulary {check_vocabulary_name(name)!r}")
+            shape = (len(classes), clip_dim)
+            single = text_embedding_rows(np.asarray(single), f"vocabulary {name!r}: single", shape)
+            ensemble = single if ensemble is None else text_embedding_rows(
+                np.asarray(ensemble), f"vocabulary {name!r}: ensemble", shape)
+        except ZsfsError as error:
+            raise ParameterError("{vocabularies}: " + literal(str(error))) from None
+        checked[name] = (classes, single, ensemble)
+    return checked
 
 
 def _written_already(master: Path, identity: dict, layout: dict, planned: list[str],
@@ -162,16 +253,3 @@ def _write_shards_and_master(master: Path, identity: dict, layout: dict, feature
                 interrupted.resume = writer.kept_for_a_rerun(pending, "row", "writes")
             raise
         return writer.finalize_if_changed(attrs, shards_written=bool(pending), exact_max=exact_max), writer.identity
-
-
-
-def _check_labels(labels: Sequence[str]) -> None:
-    """ParameterError for a label that is not text or is blank: no class is named so, and fit and
-    ood-bench would count its image out of distribution (zsfs import refuses such a column too)."""
-    values = np.asarray(labels, dtype=object)
-    bad = [row for row, value in enumerate(values) if not isinstance(value, str) or looks_blank(value)]
-    if bad:
-        raise ParameterError(f"labels must give every row its class name as text; {len(bad):,} "
-                             f"{'does' if len(bad) == 1 else 'do'} not (first: row "
-                             f"{bad[0]}, {shown_value(values[bad[0]])}): write a store without labels "
-                             "(labels=None) when some images have none")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from zsfs.errors import ParameterError, ZsfsError, literal, one_line
-from zsfs.names import counted
+from zsfs.names import counted, described_array
 
 if TYPE_CHECKING:
     import h5py
@@ -139,3 +139,16 @@ def gather_rows(data: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
             first = int(wanted[0])
             out[part] = data[first : int(wanted[-1]) + 1][wanted - first]
     return out
+
+
+def text_embedding_rows(values: np.ndarray, what: str, shape: tuple[int, int]) -> np.ndarray:
+    """``values`` as unit float rows; ZsfsError when they are not real numbers (integers were always
+    taken), not of ``shape`` (classes, CLIP dim: said first, as a cut-off width can leave zero
+    rows), or a row is zero or not finite."""
+    real = np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)
+    if not real or values.ndim != 2:  # text, booleans, complex numbers (their imaginary part was dropped)
+        raise ZsfsError(f"{what} must be a (classes, CLIP dim) array of numbers, not {described_array(values)}")
+    if values.shape != shape:
+        raise ZsfsError(f"{what} has shape {values.shape}, expected ({shape[0]} classes, {shape[1]} = the CLIP "
+                        "embedding dim)")
+    return normalise_rows(values, what)
