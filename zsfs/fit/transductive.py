@@ -233,8 +233,8 @@ def balanced_self_training(
     ``features``: (n, D) unit rows of store ``rows`` (sorted). ``seed_positions`` index into them.
     ``initial_log_probs``: (n, C) class log-probabilities that label the first cycle (the mixture
     posterior); later cycles use the previous head's. ``marginals``: each class's share of the
-    pseudo-labels (all positive, summing to 1: the tempered estimated shares, absent classes
-    dropped before). Cycle 0 records the seeds (no
+    pseudo-labels (summing to 1: the tempered estimated shares, absent classes dropped before; a
+    share that rounded to 0, possible under ``--keep-all-classes``, leaves its class its seeds alone). Cycle 0 records the seeds (no
     training of its own: they are part of every cycle's training set). ``on_cycle(index)`` hears
     of each cycle as it starts.
     """
