@@ -136,6 +136,14 @@ def test_linked_class_folders_are_read_once_and_a_link_loop_is_a_skipped_entry(t
     save(Image.new("RGB", (8, 8)), sibling / "3.png")
     (photos / "bird").symlink_to(sibling)
     assert "bird/3.png" in open_source(photos).paths
+    # edge user: a link up to a folder that holds the tree listed the tree's neighbours (photos-more/3.png,
+    # other-disk/...) as images of class cat; one to / would have listed the whole disk
+    (photos / "cat" / "up").symlink_to("../..")
+    (photos / "cat" / "root").symlink_to("/")
+    source = open_source(photos)
+    holds = "linked folder not followed (a link to a folder that holds photos/)"
+    assert {path: source.unreadable[path] for path in ("cat/up/", "cat/root/")} == {"cat/up/": holds, "cat/root/": holds}
+    assert [path for path in source.paths if not path.endswith("/")] == ["bird/3.png", "cat/1.png", "dog/2.png"]
 
 
 def test_linked_images_listed_under_another_name_are_read_once(tmp_path):

@@ -45,8 +45,9 @@ def scan_folder(folder: Path) -> FolderScan:
     every listed path reopens its file; a sub-folder that cannot be read is listed as ``name/``
     and recorded as skipped with the reason, never dropped silently. Linked folders are followed
     (class folders are often links to another disk), each folder once: a link to a folder of the
-    scanned tree, or to one listed already, is a skipped entry with that reason (so no image is
-    listed twice, under two labels, and no link loops); so is a link to an image of the tree, or a
+    scanned tree, to a folder that holds the tree, or to one listed already, is a skipped entry with
+    that reason (so no image is listed twice, under two labels, no image from beside the tree is
+    listed under a class, and no link loops); so is a link to an image of the tree, or a
     second link to one image. ``folder``: resolved (a real path)."""
     found: list[str] = []
     unreadable: dict[str, str] = {}
@@ -79,6 +80,10 @@ def scan_folder(folder: Path) -> FolderScan:
             target = os.path.realpath(path) if os.path.islink(path) else None
             if target is not None and (target + os.sep).startswith(tree):
                 not_read(prefix + name + "/", f"a link into {folder.name}/, listed there")
+                continue
+            if target is not None and tree.startswith(target.rstrip(os.sep) + os.sep):
+                # a loop that would list the tree's neighbours (or the whole disk, for /) under this class
+                not_read(prefix + name + "/", f"a link to a folder that holds {folder.name}/")
                 continue
             try:
                 identity = _folder_identity(path)
