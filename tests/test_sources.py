@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -344,6 +345,20 @@ def test_list_files_with_nul_bytes_are_refused_before_any_work(tmp_path, name, c
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ZsfsError, match=message):
         open_source(tmp_path / name)
+
+
+def test_a_list_whose_labels_are_not_utf8_text_is_refused_and_its_paths_may_be_any_bytes(tmp_path):
+    """Edge user: a list saved by a spreadsheet in Windows-1252 gave the class 'd\\xe9faut', whose
+    text CLIP embedded, without a word."""
+    (tmp_path / "cp1252.csv").write_bytes(b"path,label\r\nx/a.jpg,ok\r\nx/b.jpg,d\xe9faut\r\nx/c.jpg,d\xe9faut\r\n")
+    with pytest.raises(ZsfsError, match=re.escape("cp1252.csv: 2 labels are not UTF-8 text (first: 'd\\xe9faut', for "
+                                                  "x/b.jpg); the list was saved in another encoding (Windows-1252 or "
+                                                  "Latin-1, as spreadsheets may): save it as UTF-8.")):
+        open_source(tmp_path / "cp1252.csv")
+    (tmp_path / "names.csv").write_bytes("path,label\nx/caf\xe9.jpg,défaut\n".encode("latin-1").replace(
+        b"d\xe9faut", "défaut".encode()))  # a Latin-1 file name, a UTF-8 label
+    from zsfs.lists import read_list_file
+    assert read_list_file(tmp_path / "names.csv") == (["x/caf\udce9.jpg"], ["défaut"])
 
 
 def test_missing_or_imageless_source_is_a_clear_error(tmp_path):

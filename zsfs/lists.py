@@ -115,7 +115,15 @@ def _parse_table(text: str, list_file: Path, separator: str) -> tuple[list[str],
     paths = [row["path"] for row in rows]
     if "label" not in columns:
         return paths, None
-    labels = utf8_texts((row.get("label") or "").strip() for row in rows)
+    given = [(row.get("label") or "").strip() for row in rows]
+    labels = utf8_texts(given)
+    if labels != given:  # a path's bytes may be any, as a file name's; a label is a class name CLIP reads
+        wrong = [i for i, (label, text) in enumerate(zip(given, labels)) if label != text]
+        raise ZsfsError(
+            f"{list_file}: {counted(len(wrong), 'label')} {'is' if len(wrong) == 1 else 'are'} not UTF-8 text (first: "
+            f"'{visible(given[wrong[0]])}', for {visible(paths[wrong[0]])}); the list was saved in "
+            "another encoding (Windows-1252 or Latin-1, as spreadsheets may): save it as UTF-8."
+        )
     missing = [i for i, label in enumerate(labels) if not label]
     if missing:
         raise ZsfsError(
