@@ -541,6 +541,24 @@ def test_the_summary_names_classes_smaller_than_the_neighbour_count():
     assert not any(label.startswith("classes of fewer") for label, _ in summary_rows(kept, None, frame[:1000], 10))
 
 
+def test_the_summary_says_how_many_files_the_store_skipped(tmp_path):
+    """Edge user: extract's 12 skipped files were said by extract alone; the fit, config.json and the
+    report said "images 49" and nothing of them."""
+    from zsfs.run_summary import summary_rows
+
+    path = make_synthetic_store(tmp_path / "my photos.h5", 60, 3, clip_dim=8, backbone_dim=8)
+    with Store(path) as store:
+        assert store.fingerprint()["n_skipped"] == 0
+        frame = pl.DataFrame({"predicted": ["c0"] * 60})
+        rows = summary_rows({"classes": ["c0"], "store": store.fingerprint()}, None, frame, 10)
+    assert not any(label.startswith("files the store skipped") for label, _ in rows)
+    skipped = {"classes": ["c0"], "store": {"path": str(path), "n_skipped": 12}}
+    assert ("files the store skipped (not labelled)", f"12 (`zsfs info '{path}' --skipped` lists them)") in \
+        summary_rows(skipped, None, frame, 10)
+    assert any(label == "files the store skipped (not labelled)" for label, _ in summary_rows(
+        {"classes": ["c0"], "store": {"path": str(path), "n_skipped": 1}}, None, frame, 10))
+
+
 def test_class_subset(store_path):
     with Store(store_path) as store:
         classes = store.vocabulary("synthetic").classes[:4]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from zsfs.evaluate import OOD_DETECTORS, paper_score_counts
-from zsfs.names import pairs_text, percent, some_names, spelled_like
+from zsfs.names import as_argument, pairs_text, percent, some_names, spelled_like
 
 if TYPE_CHECKING:
     import polars as pl
@@ -60,6 +60,10 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
         rows.append(("labels that are no class (images counted as OOD)", some_names(
             [f"{label!r} {count:,}{hint(label)}" for label, count in outside.items()], names_shown, "metrics.json")))
     rows += [("images", f"{frame.height:,}"), ("classes", f"{len(classes):,}")]
+    store = config.get("store") or {}
+    if store.get("n_skipped"):  # files of the collection no label is given for (edge user: said nowhere after extract)
+        rows.append(("files the store skipped (not labelled)", f"{store['n_skipped']:,} (`zsfs info "
+                                                               f"{as_argument(store['path'])} --skipped` lists them)"))
     parameters = config.get("parameters") or {}
     looked_for_absent = parameters.get("method") == "balanced" and not parameters.get("keep_all_classes")
     if config.get("absent_classes") or (looked_for_absent and config.get("absent_classes") is not None):

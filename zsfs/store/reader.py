@@ -574,7 +574,7 @@ class Store:
         """What identifies this store's content: recorded by runs fitted on it."""
         identity = canonical_json(self.identity)
         return {"path": str(self.path), "created": self.created, "n_images": self.n_images,
-                "identity_sha256": hashlib.sha256(identity.encode()).hexdigest()}
+                "n_skipped": self.n_skipped, "identity_sha256": hashlib.sha256(identity.encode()).hexdigest()}
 
 
 def check_store_or_path(name: str, value: object) -> None:
