@@ -943,6 +943,32 @@ def test_a_rerun_rewrites_a_shard_damaged_in_place_since_the_master(base, store,
         np.testing.assert_array_equal(repaired.read("clip"), original.read("clip"))
 
 
+@pytest.mark.parametrize("master_built", [True, False])
+def test_a_shard_whose_text_changed_is_rewritten_not_copied_into_a_new_master(base, store, master_built):
+    """Crash review: an image path changed in a shard (text has no HDF5 checksum) passed the rerun's
+    check of a shard newer than its master; the rebuilt master listed the wrong path (twice in the
+    predictions, with another image's embedding) and recorded the damaged file's digest, so
+    --verify passed. Without a master (a stopped run's shards), the same. Shards now record a
+    digest of their text."""
+    shard = store.parent / "s.shards" / "shard-00001.h5"
+    with Store(store) as built:
+        paths = built.paths().tolist()
+    path = paths[4]  # shard 1's first (4 files a shard)
+    other = path[:-5] + ("x" if path[-5] != "x" else "y") + path[-4:]
+    data = shard.read_bytes()
+    assert data.count(path.encode()) == 1
+    shard.write_bytes(data.replace(path.encode(), other.encode()))  # newer than the master now, as a copy's shards
+    if not master_built:
+        store.unlink()
+
+    result = run_cli(*extract_args(base, store))
+
+    assert result.exit_code == 0, result.output
+    with Store(store) as repaired:
+        assert repaired.paths().tolist() == paths
+    assert run_cli("info", store, "--verify").exit_code == 0
+
+
 HDF5_METADATA_SIGNATURES = (b"TREE", b"HEAP", b"SNOD", b"GCOL")  # B-trees, local heaps, symbol tables, global heaps
 
 

@@ -160,14 +160,22 @@ def write_master(master: h5py.File, shards: list[h5py.File], *, identity: dict, 
 
 
 def strings_sha256(master: h5py.File) -> str:
-    """sha256 of the master's text (image paths, labels, skip reasons, shard names and digests):
-    variable-length strings live in HDF5's global heap, which no filter checksums, so a flipped
-    bit there read as another path or label, and `zsfs info --verify` found nothing."""
+    """sha256 of the text of a master or shard (image paths, labels, skip reasons; a master's shard
+    names and digests): variable-length strings live in HDF5's global heap, which no filter
+    checksums, so a flipped bit there read as another path or label, and `zsfs info --verify`
+    found nothing."""
     digest = hashlib.sha256()
     for name in schema.MASTER_STRINGS:
         if name in master:
             digest.update(f"{name}\0{listing_sha256(read_strings(master[name]))}\n".encode())
     return digest.hexdigest()
+
+
+def text_is_whole(file: h5py.File) -> bool:
+    """Whether the text of a master or shard matches the :func:`strings_sha256` it recorded (files
+    written before December 2026 recorded none: taken as whole)."""
+    recorded = file.attrs.get(schema.ATTR_STRINGS_SHA256)
+    return recorded is None or strings_sha256(file) == recorded
 
 
 def write_index_dataset(master: h5py.File, index: "faiss.Index") -> None:

@@ -28,7 +28,7 @@ from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, rea
                              string_view)
 from zsfs.store.index import read_index_blocks
 from zsfs.store.integrity import check_structure, read_all
-from zsfs.store.master import make_room_for_shards, open_master, strings_sha256
+from zsfs.store.master import make_room_for_shards, open_master, strings_sha256, text_is_whole
 from zsfs.store.rows import READ_BLOCK, read_rows
 
 if TYPE_CHECKING:
@@ -499,6 +499,10 @@ class Store:
         for name in self.shard_files:  # before the master, whose virtual datasets read them: name the file
             with open_hdf5(folder / name) as shard:
                 checked += read_all(shard, folder / name)
+                if not text_is_whole(shard):  # a master rebuilt since recorded the damaged file's digest
+                    raise StoreError(f"{self.path}: the text of shard file {name} (image paths, labels, skip "
+                                     f"reasons) does not match its recorded checksum; it is damaged: "
+                                     f"{self._how_to_repair('it')}")
         checked += read_all(self._file, self.path)
         if self._unreadable_vocabularies or self.unreadable_graph:
             raise StoreError(next(iter(self._unreadable_vocabularies.values()), self._unreadable_graph))

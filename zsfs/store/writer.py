@@ -29,7 +29,8 @@ from zsfs.store.identity import mismatch_error
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.integrity import read_all
 from zsfs.store.locks import acquire_lock, release_lock
-from zsfs.store.master import index_shards, make_room_for_shards, opened_shards, refuse_vds_prefix, write_master
+from zsfs.store.master import (index_shards, make_room_for_shards, opened_shards, refuse_vds_prefix, strings_sha256,
+                               text_is_whole, write_master)
 from zsfs.store.placement import check_own_shards_folder, refuse_replacing_another_file
 from zsfs.store.rows import usable_rows
 
@@ -269,10 +270,14 @@ class StoreWriter:
             self.remove_tmp_files()
         recorded = self.recorded_shard_bytes()
         pending = [shard for shard in range(self.n_shards) if not self.shard_is_complete(shard, recorded)]
-        # changed in place since the master (same size): rewritten if a chunk fails its checksum,
-        # else the rebuilt master would record the damaged file's digest as the good one
+        # changed in place since the master (same size): rewritten if a chunk fails its checksum or
+        # its text its digest, else the rebuilt master would record the damaged file's digest as
+        # the good one (crash review: a path changed so passed --verify after any rerun)
         changed = [shard for shard in self.shards_changed_since_master() if shard not in pending]
-        return sorted(pending + [shard for shard in changed if not self._reads_whole(shard)])
+        pending += [shard for shard in changed if not self._reads_whole(shard)]
+        if not self.master.is_file():  # a stopped run's shards: their text is checked before a master copies it
+            pending += [shard for shard in range(self.n_shards) if shard not in pending and not self._text_whole(shard)]
+        return sorted(pending)
 
     def announce(self, pending: Sequence[int], on_start: Callable[[int], None] | None,
                  on_resume: Callable[[int, int], None] | None) -> None:
@@ -306,14 +311,23 @@ class StoreWriter:
                 f"{self.shard_size:,}): a rerun keeps them and {redo} the other {self.n_items - kept:,}")
 
     def _reads_whole(self, shard: int) -> bool:
-        """True when every dataset of the shard's file reads through its checksums."""
+        """True when every dataset of the shard's file reads through its checksums, and its text
+        matches its digest."""
         path = self.shard_path(shard)
         try:
             with open_hdf5(path) as file:
                 read_all(file, path)
+                return text_is_whole(file)
         except Exception:  # damaged metadata fails in h5py as RuntimeError, KeyError, ...: not whole either
             return False
-        return True
+
+    def _text_whole(self, shard: int) -> bool:
+        """True when the shard's text (paths, labels, skip reasons) matches its digest."""
+        try:
+            with open_hdf5(self.shard_path(shard)) as file:
+                return text_is_whole(file)
+        except Exception:  # as in _reads_whole
+            return False
 
     # -- writing --------------------------------------------------------------------------
     def write_shard(self, shard: int, data: ShardData) -> None:
@@ -345,6 +359,7 @@ class StoreWriter:
             write_strings(file, schema.LABEL, data.labels)
         write_strings(file, schema.SKIPPED_PATH, data.skipped_paths)
         write_strings(file, schema.SKIPPED_REASON, data.skipped_reasons)
+        file.attrs[schema.ATTR_STRINGS_SHA256] = strings_sha256(file)  # read back: what the file holds
         file.attrs[schema.ATTR_FORMAT] = schema.SHARD_FORMAT
         file.attrs[schema.ATTR_FORMAT_VERSION] = schema.FORMAT_VERSION
         file.attrs[schema.ATTR_IDENTITY] = canonical_json(self.identity)
