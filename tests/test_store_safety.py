@@ -991,6 +991,41 @@ def damaged_copies(store: Path, part: str, into: Path, *, heap_objects: bool = F
         yield copy / store.name
 
 
+def test_a_damaged_first_shard_of_an_unfinished_store_is_one_line_and_the_rerun_rewrites_it(base, store):
+    """Crash review: with no master yet (a run killed after some shards), a first shard whose root
+    group's first message type was damaged made `zsfs info`, `fit` and the `extract` that would
+    repair it fail with a KeyError traceback (the run it records was read catching OSError alone)."""
+    damage_the_root_groups_first_message(store.parent / "s.shards" / "shard-00000.h5")
+    store.unlink()
+    said = run_cli("info", store)
+    assert said.exit_code == 1 and "is not finished" in output_text(said), said.output
+    rerun = run_cli(*extract_args(base, store))
+    assert rerun.exit_code == 0, rerun.output
+    with Store(store) as repaired, Store(base / "s.h5") as original:
+        assert repaired.paths().tolist() == original.paths().tolist()
+
+
+def test_a_master_damaged_so_is_one_line_for_extract_too(base, store):
+    """Crash review: `zsfs info` said "remove it and rerun", `zsfs extract` failed with a KeyError
+    traceback (the check for other stores reading the shards folder caught fewer errors)."""
+    damage_the_root_groups_first_message(store)
+    rerun = run_cli(*extract_args(base, store))
+    said = " ".join(output_text(rerun).split())
+    assert rerun.exit_code == 1 and f"{store} exists and is not a readable zsfs store; if it is the damaged master" \
+        in said, rerun.output
+
+
+def damage_the_root_groups_first_message(path: Path) -> None:
+    """Flip the type of the first message of the file's root group (h5py: KeyError "unable to
+    determine object type" on opening the root), as a crash reviewer's byte flips did."""
+    data = bytearray(path.read_bytes())
+    assert data[8] == 0  # superblock version 0: the root group's object header address at byte 64
+    root = int.from_bytes(data[64:72], "little")
+    assert data[root] == 1  # a version 1 object header: its first message's type 16 bytes in
+    data[root + 16] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("part", ["s.h5", "s.shards/shard-00001.h5", "vocabulary", "s.shards/neighbours.h5",
                                   "s.shards/planned-vocabularies.h5"])
 def test_damaged_metadata_in_any_file_of_a_store_is_a_store_error_and_derived_files_are_set_aside(base, store, part,

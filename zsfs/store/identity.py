@@ -10,7 +10,7 @@ from pathlib import Path
 from zsfs.errors import StoreMismatchError
 from zsfs.store import schema
 from zsfs.store.extras import planned_vocabularies
-from zsfs.store.hdf5 import open_hdf5, read_identity
+from zsfs.store.hdf5 import DAMAGED_FILE_ERRORS, open_hdf5, read_identity
 
 
 def refuse_another_listing(master: Path, listing: dict) -> None:
@@ -33,7 +33,7 @@ def recorded_identity(master: Path) -> dict:
         try:
             with open_hdf5(path) as file:
                 found = read_identity(file)
-        except (OSError, ValueError):  # unreadable, or an identity that is not JSON
+        except DAMAGED_FILE_ERRORS:  # unreadable, damaged, or an identity that is not JSON
             continue  # the writer says what is wrong with a master, and rewrites a damaged shard
         if found and isinstance(found, dict):  # (JSON of another shape: no identity of ours)
             return found
@@ -80,7 +80,7 @@ def _holds_labels(shard_files: list[Path]) -> bool:
         try:
             with open_hdf5(path) as file:
                 return schema.LABEL in file
-        except OSError:  # a damaged shard: the next one tells
+        except DAMAGED_FILE_ERRORS:  # a damaged shard: the next one tells
             continue
     return False
 

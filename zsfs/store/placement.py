@@ -27,7 +27,7 @@ def shard_folders_named(path: Path) -> set[str]:
             if read_identity(file) is None or schema.SHARDS_FILE not in file:
                 return set()
             return {PurePosixPath(name).parts[0] for name in read_strings(file[schema.SHARDS_FILE])}
-    except (OSError, ValueError, IndexError):
+    except (*DAMAGED_FILE_ERRORS, IndexError):  # (a damaged master's KeyError, RuntimeError, ...: crash review)
         return set()
 
 
