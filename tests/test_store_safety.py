@@ -681,6 +681,12 @@ def test_extract_and_text_on_a_read_only_mount_are_a_clear_error(base, store, tm
     outcome = run_zsfs(*extract_args(base, mounted), launcher=read_only)
     assert outcome.returncode == 0 and outcome.problems == [], outcome.output
     assert leftover.read_bytes() == b"half a shard"
+    # crash review: another --shard-size said only "make it writable"; once it was, the mismatch
+    args = list(extract_args(base, mounted))
+    args[args.index("--shard-size") + 1] = "3"
+    outcome = run_zsfs(*args, launcher=read_only)
+    said = " ".join(outcome.output.split())
+    assert outcome.returncode == 1 and "it was built with --shard-size 4 (pass the same to resume it)" in said, said
     store.unlink()  # a stopped run's shards, no master yet (failure test: "choose another location" for them too)
     outcome = run_zsfs(*extract_args(base, mounted), launcher=read_only)
     said = " ".join(outcome.output.split())

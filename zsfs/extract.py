@@ -142,6 +142,23 @@ def extract(
     if not overwrite and (rerun or any(shard_dir(out).glob(SHARD_GLOB))):  # a rerun, or a stopped run's shards:
         fix = UPDATE_FIX  # updated in place, where another location embeds everything again (failure test)
     class_names = image_source.classes if given_classes is None else given_classes
+
+    def refuse_another_run() -> None:
+        """StoreMismatchError when the store (or a stopped run's shards) at ``out`` is of another
+        listing, layout or models: what to pass to resume it."""
+        try:
+            refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
+                                         "n_items": len(image_source.paths), "shard_size": shard_size, "dtype": dtype,
+                                         "max_pixels": budget_identity(max_pixels).get("max_pixels")})
+        except StoreMismatchError as error:
+            # said together: a resume fixed for one failed on the other
+            models = other_model_names(out, settings) or other_weights_by_name(out, settings)
+            raise new_suffixes_explain(StoreMismatchError(f"{error}{'; and it was ' + models if models else ''}"),
+                                       out, image_source) from None
+        models = other_model_names(out, settings) or other_weights_by_name(out, settings)
+        if models:
+            raise StoreMismatchError(f"{out if out.is_file() else shard_dir(out)} was {models}")
+
     try:
         check_writable(out, "store", fix, beside=names_beside(out))
         if rerun:  # it writes into the shards folder too (its vocabulary when missing)
@@ -151,6 +168,8 @@ def extract(
         done = _already_done(out, settings, image_source, shard_size=shard_size, dtype=dtype, vocab_name=vocab_name,
                              classes=class_names, started=started) if rerun and not overwrite else None
         if done is None:
+            if rerun and not overwrite:  # a read-only store rerun with other options: which (crash review: once
+                refuse_another_run()     # made writable, the user was told the mismatch only then)
             raise
         if on_start is not None:
             on_start(0)
@@ -173,18 +192,7 @@ def extract(
             raise ZsfsError(f"{error}; rename the folders, or name the classes with --classes FILE") from None
     replace_vocabulary = f"`zsfs text {as_argument(out)} --classes FILE --vocab {as_argument(vocab_name)} --overwrite`"
     if not overwrite and (rerun or shard_dir(out).is_dir()):  # (the digest costs a pass over the listing)
-        try:
-            refuse_another_listing(out, {"source": str(image_source.location), "listing_sha256": image_source.digest(),
-                                         "n_items": len(image_source.paths), "shard_size": shard_size, "dtype": dtype,
-                                         "max_pixels": budget_identity(max_pixels).get("max_pixels")})
-        except StoreMismatchError as error:
-            # said together: a resume fixed for one failed on the other
-            models = other_model_names(out, settings) or other_weights_by_name(out, settings)
-            raise new_suffixes_explain(StoreMismatchError(f"{error}{'; and it was ' + models if models else ''}"),
-                                       out, image_source) from None
-        models = other_model_names(out, settings) or other_weights_by_name(out, settings)
-        if models:
-            raise StoreMismatchError(f"{out if out.is_file() else shard_dir(out)} was {models}")
+        refuse_another_run()
     if class_names and not overwrite:
         refuse_other_classes(out, vocab_name, class_names, replace_vocabulary)
 
