@@ -169,6 +169,12 @@ def test_full_disk_during_import_and_extract_then_resume(tmp_path, base):
     extract_command = ("extract", base / "photos", "--out", out, *TINY_MODEL_ARGS, "--workers", "0",
                        "--shard-size", "4")
     assert_clean_failure(run_zsfs(*extract_command, file_size_limit=30_000))
+    # crash review: a full disk while embedding said "rerun", not what the rerun keeps, as a stop says
+    fresh = [tmp_path / "e2.h5" if arg == out else arg for arg in extract_command]
+    outcome = run_zsfs(*fresh, file_size_limit=8_000)
+    assert_clean_failure(outcome)
+    assert "could not write shard shard-00000.h5" in outcome.output and "No shard was finished (each holds 4 files: " \
+        "--shard-size 4): a rerun embeds the 9 files from the start." in " ".join(outcome.output.split()), outcome.output
     assert run_cli(*extract_command).exit_code == 0
     with Store(out) as extracted:
         assert extracted.n_images == 9

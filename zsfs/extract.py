@@ -239,9 +239,9 @@ def extract(
             embedding_started = time.perf_counter()
             try:
                 processed = embedder.write_shards(writer, pending, on_batch)
-            except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM: the command line says what a rerun redoes
-                with suppress(Exception):  # (a file system that fails now: the stop is still said in one line)
-                    stop.resume = writer.kept_for_a_rerun(pending)
+            except (KeyboardInterrupt, Exception) as stop:  # Ctrl-C, SIGTERM, a full disk, a decoding process
+                with suppress(Exception):  # killed: the command line says what a rerun redoes (a file system that
+                    stop.resume = writer.kept_for_a_rerun(pending)  # fails now: the stop is still one line)
                 raise
             embedding_seconds = time.perf_counter() - embedding_started
             writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped
