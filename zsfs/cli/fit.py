@@ -107,10 +107,10 @@ def _cut(name: str, limit: int) -> str:
                    "cost on GPUs and CPUs with AVX512-BF16/AMX, and is ~70x slower on other CPUs; auto: bf16 where "
                    "the device has it, else fp32 [fp32; --fast: auto].")
 @click.option("--ivf-neighbours/--exact-neighbours", "ivf_neighbours", default=None,
-              help="On CPU, search the re-ranking neighbours through IVF lists, built by the fit where the store's "
-                   "index is exact and it has 20k images or more (~98% of the exact neighbours, 3x faster at 50k), or "
-                   "exactly where the store's index is exact (up to 100k images; bigger stores always use their IVF "
-                   "index) [exact; --fast: ivf].")
+              help="How a CPU fit finds the re-ranking neighbours. --ivf-neighbours: through IVF lists (~98% of "
+                   "the exact neighbours, 3x faster at 50k images), built by the fit for stores of 20k to 100k images; "
+                   "below 20k it still searches exactly. --exact-neighbours: exactly, up to 100k images. Stores above "
+                   "100k always search their own IVF index [exact; --fast: ivf].")
 @click.option("--paper", is_flag=True, help="Paper-faithful preset: the paper's cycles and training "
                                             "schedule, single prompt, per-cycle sets, duplicates kept (other "
                                             "options still override it); k stays 16: add --k 5 for the reference "

@@ -29,10 +29,10 @@ SHOWN_ROWS = 20  # the table on screen; the file or --json has every row
               help="Run folder written by `zsfs fit`.")
 @click.option("--out", type=GivenPath(dir_okay=False, path_type=Path, file_in_folder="predictions.csv"),
               callback=usage_check("zsfs.predict", "check_predictions_path"),
-              help="Write every prediction to a .csv, .parquet or .json file (replaced whole if it exists, unless "
-                   "read-only).")
+              help="Write every prediction to a .csv, .parquet or .json file (.json: one array of row objects; "
+                   "replaced whole if it exists, unless read-only).")
 @click.option("--json", "as_json", is_flag=True, callback=prints_on_stdout,
-              help="Print the predictions as JSON lines on stdout.")
+              help="Print the predictions on stdout as JSON lines, one object per image.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the backbone runs (a clear error when torch sees no such device).")
 @model_precision_option("the backbone")

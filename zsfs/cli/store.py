@@ -48,8 +48,9 @@ def parse_vocabularies(ctx: click.Context, param: click.Parameter, values: tuple
 @click.option("--backbone-features", required=True, type=GivenPath(exists=True, path_type=Path),
               help="Backbone features, row-aligned with the CLIP embeddings (same forms, any width).")
 @click.option("--paths", type=GivenPath(exists=True, path_type=Path),
-              help="Parquet, CSV or TSV (tab-separated) table of image paths, a row per embedding row, relative "
-                   "to its folder or absolute (default: the clip-retrieval folder's metadata/).")
+              help="Parquet, CSV or TSV (tab-separated) table of image paths, or a folder of Parquet parts, a row "
+                   "per embedding row, relative to its folder or absolute (default: the clip-retrieval folder's "
+                   "metadata/).")
 @click.option("--path-column", default=None, help="Column with the paths [default: image_path, else path].")
 @click.option("--label-column", default=None,
               help="Column with ground-truth labels (evaluation only; part of what identifies the store: a rerun "
