@@ -225,11 +225,13 @@ def _new_image_predictions() -> pl.DataFrame:
         "predicted": ["[cat]", None],
         "confidence": [0.9, None],
         "ood_distance": [0.0, None],
+        "ood_distance_flag": [False, None],
         "ood_paper": [0.0, None],
         "ood_continuous": [-1.0, None],
         "error": [None, "bad [b]x[/b]"],
     }, schema={"path": pl.String, "predicted": pl.String, "confidence": pl.Float64, "ood_distance": pl.Float64,
-               "ood_paper": pl.Float64, "ood_continuous": pl.Float64, "error": pl.String})
+               "ood_distance_flag": pl.Boolean, "ood_paper": pl.Float64, "ood_continuous": pl.Float64,
+               "error": pl.String})
 
 
 def test_predict_table_shows_paths_classes_and_errors_verbatim(tmp_path, monkeypatch):

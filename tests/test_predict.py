@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+import zsfs
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.extract import extract
 from zsfs.fit.config import FitConfig
@@ -31,6 +32,7 @@ from zsfs.testing.failures import run_zsfs
 from zsfs.testing.forks import run_forked_child
 from zsfs.testing.hooks import CRASH_VARIABLE
 from zsfs.testing.models import TINY_MODELS
+from zsfs.testing.synthetic import make_synthetic_store
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +57,35 @@ def assert_same_predictions(mine: pl.DataFrame, theirs: pl.DataFrame) -> None:
     assert mine.columns == theirs.columns
     close = {"confidence", "ood_continuous", "ood_distance"}  # a new score column must be placed here
     assert {name for name, dtype in mine.schema.items() if dtype.is_float()} == close | {"ood_paper"}
-    exact = [name for name in mine.columns if name not in close]
+    # the flag follows ood_distance across its cut (one a seed's own distance): tested on its own
+    exact = [name for name in mine.columns if name not in close | {"ood_distance_flag"}]
     assert mine.select(exact).equals(theirs.select(exact))
     for column, rtol, atol in (("confidence", 1e-4, 1e-5), ("ood_continuous", 1e-4, 1e-3), ("ood_distance", 0, 5e-3)):
         np.testing.assert_allclose(mine[column].to_numpy(), theirs[column].to_numpy(), rtol=rtol, atol=atol,
                                    err_msg=column)
+
+
+def test_new_images_are_flagged_on_their_distance_at_the_cut_that_flags_at_most_5_percent_of_the_seeds(tmp_path):
+    """Docs check: predict gave new images ood_distance alone, and the fit's flag cut is on ood_score
+    (its MCM half needs CLIP): nothing said where to flag a new image."""
+    path = make_synthetic_store(tmp_path / "s.h5", 600, 4, n_ood_classes=2, seed=0, backbone_dim=24, backbone_noise=1)
+    run = zsfs.fit(path, k=16, candidates=60)
+    threshold = run.config["ood_distance_flag_threshold"]
+    assert threshold == run.classifier.ood_distance_threshold and 0 < threshold < 1
+    with Store(path) as store:
+        predicted = run.predict(store.read("backbone"))
+    seeds = run.predictions["is_seed"].to_numpy()
+    # the fit's own rows: their ood_distance as the fit's (to float32 rounding), flagged above the cut
+    np.testing.assert_allclose(predicted["ood_distance"].to_numpy(), run.predictions["ood_distance"].to_numpy(), atol=1e-3)
+    flag = predicted["ood_distance_flag"].to_numpy()
+    np.testing.assert_array_equal(flag, predicted["ood_distance"].to_numpy() > threshold)
+    fit_flag = run.predictions["ood_distance"].to_numpy()[seeds] > threshold
+    assert fit_flag.sum() <= int(0.05 * seeds.sum()) and fit_flag.sum() > 0
+    ood_rows = run.predictions["label"].str.starts_with("ood").to_numpy()
+    assert flag[ood_rows].mean() > 2 * flag[~ood_rows].mean()  # the flag means something here
+    # a run written before the cut was recorded: the column is there, null
+    run.classifier.ood_distance_threshold = None
+    assert run.predict(np.ones((2, 24)))["ood_distance_flag"].null_count() == 2
 
 
 def test_predictions_match_the_fit_on_the_same_images(fitted):
@@ -120,7 +146,7 @@ def test_library_inputs_are_checked_before_any_work(fitted):
     assert_same_predictions(run.predict(scaled), run.predict(features[:5]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert run.predict(features[:0]).shape == (0, 5)
+        assert run.predict(features[:0]).shape == (0, 6)
 
 
 def test_small_batches_give_every_file_its_own_row_and_count_every_file(fitted):
@@ -208,7 +234,7 @@ def test_images_the_model_gives_no_usable_features_get_that_error_not_a_label(fi
     frame = predict_images(fitted["run"], good, workers=0, batch_size=4)
     failed = [0, 1, 4, 5]
     assert frame["error"].to_list() == [NO_FEATURES if i in failed else None for i in range(8)]
-    for column in ("predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous"):
+    for column in ("predicted", "confidence", "ood_distance", "ood_distance_flag", "ood_paper", "ood_continuous"):
         assert frame[column].is_null().to_list() == [i in failed for i in range(8)], column
     kept = [2, 3, 6, 7]  # the others keep their own rows (classified without the failed ones)
     assert_same_predictions(frame[kept], unchanged[kept])
@@ -339,7 +365,8 @@ def test_cli_writes_every_row_and_prints_json(fitted, tmp_path):
     assert result.exit_code == 0, result.output
     written = pl.read_csv(out)
     assert written.height == 1 + len(photos["good"]) + len(photos["bad"])
-    assert set(written.columns) == {"path", "predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous", "error"}
+    assert set(written.columns) == {"path", "predicted", "confidence", "ood_distance", "ood_distance_flag", "ood_paper",
+                                    "ood_continuous", "error"}
     first = json.loads(result.stdout.splitlines()[0])
     assert first["path"] == str(one_image) and first["predicted"] in fitted["fit"]["predicted"].to_list()
     # review: the image given alone and in its folder gave two rows without a word (extract names such paths)
@@ -900,7 +927,7 @@ def test_on_a_narrow_terminal_the_figures_give_way_to_the_path_and_its_label(cap
 
     monkeypatch.setattr(console, "_width", 50)
     frame = pl.DataFrame({"path": ["photos/cat/0001.jpg"], "predicted": ["tabby cat"], "confidence": [0.5],
-                          "ood_distance": [0.25], "ood_paper": [0.0], "error": [None]})
+                          "ood_distance": [0.25], "ood_distance_flag": [False], "ood_paper": [0.0], "error": [None]})
     console.print(_table(frame))
     rows = [line for line in capsys.readouterr().err.splitlines() if line.startswith("│")]
     cells = "".join(row.split("│")[1].strip() for row in rows), "".join(row.split("│")[2].strip() for row in rows)

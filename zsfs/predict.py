@@ -254,7 +254,8 @@ def predict_images(
 
     error = np.full(n, None, dtype=object)
     error[list(errors)] = list(errors.values())
-    predictions = new_image_predictions(predicted, confidence, ood_distance, ood_paper, ood_continuous)
+    predictions = new_image_predictions(predicted, confidence, ood_distance, ood_paper, ood_continuous,
+                                        distance_threshold=run.classifier.ood_distance_threshold)
     # one constructor, no with_columns/select: those run on polars' pool, lost in a forked child
     return pl.DataFrame([pl.Series("path", utf8_texts(source.paths), dtype=pl.String), *predictions.get_columns(),
                          pl.Series("error", error.tolist(), dtype=pl.String)])

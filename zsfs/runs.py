@@ -55,21 +55,30 @@ def refuse_run_file(path: Path) -> None:
                         "own; choose another file")
 
 
-PREDICTION_COLUMNS = ("predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous")
-"""What a fitted run says of new images (``Classifier.classify``'s outputs, in its order)."""
+PREDICTION_COLUMNS = ("predicted", "confidence", "ood_distance", "ood_distance_flag", "ood_paper", "ood_continuous")
+"""What a fitted run says of new images (``Classifier.classify``'s outputs, and the flag of their ``ood_distance``)."""
 
 
 def new_image_predictions(predicted: np.ndarray, confidence: np.ndarray, ood_distance: np.ndarray, ood_paper: np.ndarray,
-                     ood_continuous: np.ndarray) -> "pl.DataFrame":
+                          ood_continuous: np.ndarray, *, distance_threshold: float | None) -> "pl.DataFrame":
     """The :data:`PREDICTION_COLUMNS` as a table (``FittedRun.predict``, ``zsfs predict``): class
     names, null where there is none; NaN scores (an image not read, a run older than its OOD
-    reference) null as well, so a table's reader finds every missing value one way."""
+    reference) null as well, so a table's reader finds every missing value one way;
+    ``ood_distance_flag``: ``ood_distance`` above ``distance_threshold`` (null where either is missing)."""
     import polars as pl
 
+    ood_distance = np.asarray(ood_distance)
+    flag = np.full(len(ood_distance), None, dtype=object)
+    if distance_threshold is not None:
+        known = ~np.isnan(ood_distance)
+        flag[known] = ood_distance[known] > distance_threshold
     # Set to null as the Series is made, not by fill_nan: that runs on polars' thread pool, which a
     # process forked after the pool started (multiprocessing's fork) waits on for ever.
     scores = {name: pl.Series(name, np.asarray(values), nan_to_null=True)
-              for name, values in zip(PREDICTION_COLUMNS[1:], (confidence, ood_distance, ood_paper, ood_continuous))}
+              for name, values in (("confidence", confidence), ("ood_distance", ood_distance))}
+    scores["ood_distance_flag"] = pl.Series("ood_distance_flag", flag.tolist(), dtype=pl.Boolean)
+    scores.update((name, pl.Series(name, np.asarray(values), nan_to_null=True))
+                  for name, values in (("ood_paper", ood_paper), ("ood_continuous", ood_continuous)))
     return pl.DataFrame({"predicted": pl.Series(np.asarray(predicted, dtype=object).tolist(), dtype=pl.String),
                          **scores})
 
@@ -138,6 +147,7 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
                     "last_loss": c.losses[-1] if c.losses else None} for c in result.cycles],
         "ood": result.classifier.ood.to_dict(),
         "ood_flag_threshold": result.ood_flag_threshold,
+        "ood_distance_flag_threshold": result.classifier.ood_distance_threshold,
         "timings_s": result.timings,
         "cpu_timings_s": result.cpu_timings,
     }
@@ -297,7 +307,8 @@ class FittedRun:
     @checked_arguments
     def predict(self, features: np.ndarray) -> "pl.DataFrame":
         """Class, confidence and OOD scores of backbone features (rows of the store's backbone)."""
-        return new_image_predictions(*self.classifier.classify(features))
+        return new_image_predictions(*self.classifier.classify(features),
+                                     distance_threshold=self.classifier.ood_distance_threshold)
 
     @checked_arguments
     def predict_images(self, images: "Sequence[str | Path] | str | Path" = (), **options) -> "pl.DataFrame":

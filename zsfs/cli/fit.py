@@ -108,9 +108,10 @@ def _cut(name: str, limit: int) -> str:
                    "the device has it, else fp32 [fp32; --fast: auto].")
 @click.option("--ivf-neighbours/--exact-neighbours", "ivf_neighbours", default=None,
               help="How a CPU fit finds the re-ranking neighbours. --ivf-neighbours: through IVF lists (~98% of "
-                   "the exact neighbours, 3x faster at 50k images), built by the fit for stores of 20k to 100k images; "
-                   "below 20k it still searches exactly. --exact-neighbours: exactly, up to 100k images. Stores above "
-                   "100k always search their own IVF index [exact; --fast: ivf].")
+                   "the exact neighbours, 3x faster at 50k images), built by the fit where the store's index is exact "
+                   "and it has 20k images or more; on a smaller store it still searches exactly. --exact-neighbours: "
+                   "exactly, where the store's index is exact (up to 100k images; bigger stores always search their "
+                   "own IVF index) [exact; --fast: ivf].")
 @click.option("--paper", is_flag=True, help="Paper-faithful preset: the paper's cycles and training "
                                             "schedule, single prompt, per-cycle sets, duplicates kept (other "
                                             "options still override it); k stays 16: add --k 5 for the reference "

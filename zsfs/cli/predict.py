@@ -51,7 +51,8 @@ def predict(images: tuple[str, ...], run_dir: Path, out: Path | None, as_json: b
     Extracts backbone features with the same backbone and weights as the run's store, applies the
     classifier, and reports for every image its class, confidence and OOD scores (higher = more
     likely none of the run's classes): ood_distance, as in the fit's predictions (the backbone
-    half of its ood_score, in [0, 1]; the MCM half needs CLIP, which predict does not run), and
+    half of its ood_score, in [0, 1]; the MCM half needs CLIP, which predict does not run), with
+    ood_distance_flag above the cut that flags at most 5 % of the fit's seeds, and
     the paper's ood_paper (0, 1/3, 2/3 or 1) and its continuous form ood_continuous. Unreadable
     files get an error, not a row of zeros (and the exit status is 1 when no image could be
     read). The table shows the first rows; --out or --json gives them all.
@@ -111,7 +112,8 @@ def _table(frame) -> Table:
             table.add_row(shown(row["path"]), f"[red]skipped: {shown(row['error'])}[/]", "-", "-", "-")
         else:
             table.add_row(shown(row["path"]), shown(row["predicted"]), _number(row["confidence"], ".3f"),
-                          _number(row["ood_distance"], ".2f"), _number(row["ood_paper"], ".2f"))
+                          _number(row["ood_distance"], ".2f") + (" flagged" if row["ood_distance_flag"] else ""),
+                          _number(row["ood_paper"], ".2f"))
     return table
 
 

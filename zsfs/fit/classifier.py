@@ -150,6 +150,8 @@ class Classifier:
     ood_reference: np.ndarray | None = None  # (S, D) float16 unit reference features of the OOD score (zsfs.fit.ood)
     ood_nearest: int = ood.NEAREST_REFERENCE  # the OOD distance is to the ood_nearest-th nearest reference row
     ood_quantiles: dict[str, np.ndarray] = field(default_factory=dict)  # stored CDF of each OOD component
+    ood_distance_threshold: float | None = None  # new images above it are flagged (ood.flag_threshold of the
+    #                                              seeds' ood_distance); None for runs written before 2026-12-06
 
     def classify(self, features: np.ndarray, chunk_rows: int = 65536) -> tuple[np.ndarray, ...]:
         """Per row of raw backbone ``features`` (normalised here), the columns of ``zsfs predict``:
@@ -204,6 +206,7 @@ class Classifier:
             "ood_reference": None if self.ood_reference is None else torch.from_numpy(self.ood_reference),
             "ood_nearest": self.ood_nearest,
             "ood_quantiles": {name: torch.from_numpy(np.asarray(q)) for name, q in self.ood_quantiles.items()},
+            "ood_distance_threshold": self.ood_distance_threshold,
         }
         # Through a Python file: its OSError (a full disk) stays in the error's chain, where torch's
         # own writer leaves only "unexpected pos"; and a path that is not UTF-8 works.
@@ -284,6 +287,8 @@ def load_classifier(path: str | Path) -> Classifier:
             ood_nearest=int(state.get("ood_nearest", 5)),  # 5: the k of runs written before it was stored
             ood_quantiles={LEGACY_OOD_COMPONENTS.get(name, name): q.numpy()
                            for name, q in state.get("ood_quantiles", {}).items()},
+            ood_distance_threshold=None if state.get("ood_distance_threshold") is None
+            else float(state["ood_distance_threshold"]),
         )
     except (KeyError, TypeError, AttributeError) as error:  # a damaged or hand-edited file
         raise ZsfsError(f"{path} is a damaged zsfs classifier (missing or bad {error}); rerun `zsfs fit`") from None

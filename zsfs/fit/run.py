@@ -239,7 +239,8 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
     stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
     ood_score = ood.combined_score(components, stored_quantiles)
     ood_distance = ood.cdf(collection.distance, stored_quantiles["reference_distance"]).astype(np.float32)
-    flag_threshold = ood.flag_threshold(ood_score[np.unique(seed_cycle.rows)])  # an image seeding 2 classes: once
+    seed_rows = np.unique(seed_cycle.rows)  # an image seeding 2 classes: once
+    flag_threshold = ood.flag_threshold(ood_score[seed_rows])
     pseudo_label, pseudo_cycle = _pseudo_labels(n_images, trained.cycles)
     classifier = Classifier(
         classes=[vocab.classes[i] for i in head_classes],
@@ -250,6 +251,8 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
         ood_reference=collection.reference.cpu().to(torch.float16).numpy(),
         ood_nearest=collection.nearest,
         ood_quantiles={"reference_distance": stored_quantiles["reference_distance"]},
+        # new images have no CLIP embedding: predict flags them on the backbone half alone, cut as ood_score's
+        ood_distance_threshold=ood.flag_threshold(ood_distance[seed_rows]),
     )
     store.check_unchanged()  # every row came from the build the fit opened
     return FitResult(
