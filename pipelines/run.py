@@ -225,10 +225,15 @@ def _store_labels(path: Path) -> "np.ndarray | None":
     return _reading_store(path, lambda store: store.labels())
 
 
+STORE_CONTENT_KEYS = ("created", "n_images", "identity_sha256")
+"""The keys of a store's fingerprint that steps.json records (not its path: a work folder may move;
+not what a later zsfs adds to the fingerprint, n_skipped say: every earlier record would differ)."""
+
+
 def _store_content(path: Path) -> dict | None:
-    """What identifies a store's content (not its path: a work folder may move); None when it cannot be read."""
+    """What identifies a store's content; None when it cannot be read."""
     return _reading_store(path, lambda store: {key: value for key, value in store.fingerprint().items()
-                                               if key != "path"})
+                                               if key in STORE_CONTENT_KEYS})
 
 
 def _reading_store(path: Path, read: "Callable[[Store], Any]") -> Any:

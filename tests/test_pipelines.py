@@ -230,6 +230,10 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     assert run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2,
                           extract_args=["--clip-model", str(tmp_path / "clip.json")]), dry_run=True) == []
     plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2)[1].remember()
+    # diff review: the store's fingerprint gained n_skipped, and every step recorded before was "made from an
+    # earlier build": the record keeps what identifies the content alone
+    assert set(json.loads((work / "synth" / "steps.json").read_text())["fit"]["store"]) == \
+        {"created", "n_images", "identity_sha256"}
     for same in (["--k=16", *QUICK_FIT_ARGS], [*QUICK_FIT_ARGS, "--k", "16"]):
         assert run_steps(plan(synth, data, work, fit_args=same, splits=2, device="cuda"),
                          dry_run=True, echo=log.append) == []
