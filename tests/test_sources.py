@@ -145,6 +145,13 @@ def test_linked_class_folders_are_read_once_and_a_link_loop_is_a_skipped_entry(t
     holds = "linked folder not followed (a link to a folder that holds photos/)"
     assert {path: source.unreadable[path] for path in ("cat/up/", "cat/root/")} == {"cat/up/": holds, "cat/root/": holds}
     assert [path for path in source.paths if not path.endswith("/")] == ["bird/3.png", "cat/1.png", "dog/2.png"]
+    # diff review: the same loop through a linked folder outside the tree (other-disk/dogs/up -> other-disk)
+    save(Image.new("RGB", (8, 8)), elsewhere.parent / "payroll.png")
+    (elsewhere / "up").symlink_to("..")
+    source = open_source(photos)
+    assert source.unreadable["dog/up/"] == "linked folder not followed (a link to a folder that holds a linked folder " \
+                                          "listed already)"
+    assert [path for path in source.paths if not path.endswith("/")] == ["bird/3.png", "cat/1.png", "dog/2.png"]
 
 
 def test_linked_images_listed_under_another_name_are_read_once(tmp_path):
