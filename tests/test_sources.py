@@ -362,6 +362,11 @@ def test_a_list_whose_labels_are_not_utf8_text_is_refused_and_its_paths_may_be_a
                                                   "x/b.jpg); the list was saved in another encoding (Windows-1252 or "
                                                   "Latin-1, as spreadsheets may): save it as UTF-8.")):
         open_source(tmp_path / "cp1252.csv")
+    # diff review: predict, which reads no label, refused such a list too
+    from zsfs.predict import image_inputs
+    assert open_source(tmp_path / "cp1252.csv", labels=False).labels is None
+    assert image_inputs([], lists=[tmp_path / "cp1252.csv"]).paths == [str(tmp_path / "x" / name) for name in
+                                                                        ("a.jpg", "b.jpg", "c.jpg")]
     (tmp_path / "names.csv").write_bytes("path,label\nx/caf\xe9.jpg,défaut\n".encode("latin-1").replace(
         b"d\xe9faut", "défaut".encode()))  # a Latin-1 file name, a UTF-8 label
     from zsfs.lists import read_list_file

@@ -27,9 +27,9 @@ def refuse_nul_bytes(data: bytes, what: str) -> None:
                         "hold; is it UTF-16 text? save it as UTF-8")
 
 
-def read_list_file(list_file: Path) -> tuple[list[str], list[str] | None]:
+def read_list_file(list_file: Path, *, labels: bool = True) -> tuple[list[str], list[str] | None]:
     """The image paths (relative to the list's folder where they can be) and labels (None without
-    a label column) a list file names."""
+    a label column, or with ``labels=False``: not read) a list file names."""
     root = list_file.parent
     try:
         data = list_file.read_bytes()
@@ -40,7 +40,7 @@ def read_list_file(list_file: Path) -> tuple[list[str], list[str] | None]:
     # decoded from bytes, so no newline translation: a name may hold "\r" or U+2028.
     text = data.decode("utf-8-sig", errors="surrogateescape")
     if list_file.suffix.lower() in TABLE_SEPARATORS:
-        raw_paths, labels = _parse_table(text, list_file, TABLE_SEPARATORS[list_file.suffix.lower()])
+        raw_paths, labels = _parse_table(text, list_file, TABLE_SEPARATORS[list_file.suffix.lower()], labels)
     else:  # a path per "\n" or "\r\n" line, verbatim (spaces are part of names); blank and "#" lines skipped
         lines = [line.removesuffix("\r") for line in text.split("\n")]
         raw_paths = [line for line in lines if line.strip() and not line.startswith("#")]
@@ -65,7 +65,7 @@ def csv_error_text(error: csv.Error, separator: str) -> str:
     return f"{said}; quote a whole field ({_QUOTED[separator]}) or none of it"
 
 
-def _parse_table(text: str, list_file: Path, separator: str) -> tuple[list[str], list[str] | None]:
+def _parse_table(text: str, list_file: Path, separator: str, with_labels: bool) -> tuple[list[str], list[str] | None]:
     """Paths verbatim (a quoted field may hold separators, newlines, spaces), labels stripped.
 
     Read strictly: an unclosed quote is an error naming its line, not a field swallowing every line
@@ -113,7 +113,7 @@ def _parse_table(text: str, list_file: Path, separator: str) -> tuple[list[str],
             f"(first: line {line}, {fields} fields); quote a path holding {holding}, as spreadsheets write it."
         )
     paths = [row["path"] for row in rows]
-    if "label" not in columns:
+    if "label" not in columns or not with_labels:
         return paths, None
     given = [(row.get("label") or "").strip() for row in rows]
     labels = utf8_texts(given)
