@@ -551,12 +551,10 @@ def test_the_summary_says_how_many_files_the_store_skipped(tmp_path):
         assert store.fingerprint()["n_skipped"] == 0
         frame = pl.DataFrame({"predicted": ["c0"] * 60})
         rows = summary_rows({"classes": ["c0"], "store": store.fingerprint()}, None, frame, 10)
-    assert not any(label.startswith("files the store skipped") for label, _ in rows)
+    assert not any(label.startswith("skipped by the store") for label, _ in rows)
     skipped = {"classes": ["c0"], "store": {"path": str(path), "n_skipped": 12}}
-    assert ("files the store skipped (not labelled)", f"12 (`zsfs info '{path}' --skipped` lists them)") in \
-        summary_rows(skipped, None, frame, 10)
-    assert any(label == "files the store skipped (not labelled)" for label, _ in summary_rows(
-        {"classes": ["c0"], "store": {"path": str(path), "n_skipped": 1}}, None, frame, 10))
+    assert ("skipped by the store", f"12 (files not embedded, other names of listed ones: `zsfs info '{path}' "
+                                    "--skipped` lists them)") in summary_rows(skipped, None, frame, 10)
 
 
 def test_class_subset(store_path):

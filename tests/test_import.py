@@ -20,6 +20,7 @@ from zsfs.import_inputs import RowParts, numbered_parts
 from zsfs import importer
 from zsfs.importer import import_store
 from zsfs.store import Store, schema
+from zsfs.store.master import strings_sha256
 from zsfs.digests import rows_sha256
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs
@@ -903,6 +904,9 @@ def test_a_repair_keeps_the_recorded_digest_of_each_shard_it_did_not_write(input
     at = data.index(b"photos/011.jpg")
     data[at + len("photos/01")] = ord("9")  # other bytes, same size (a string no HDF5 checksum covers)
     shards[1].write_bytes(bytes(data))
+    with h5py.File(shards[1], "r+") as file:  # a valid shard: its text digest its own (the attribute, same size)
+        file.attrs[schema.ATTR_STRINGS_SHA256] = strings_sha256(file)
+    assert shards[1].stat().st_size == before.st_size
     os.utime(shards[1], ns=(before.st_atime_ns, before.st_mtime_ns))
     shards[3].unlink()
     import_store(folder / "r.h5", **common)

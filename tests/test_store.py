@@ -474,6 +474,13 @@ def test_write_store_checks_every_argument_before_it_writes_or_removes_anything(
         ({"height": arrays["height"] * 1.5}, "height must be whole numbers, one per row, not a float64 array of shape (130,)"),
         ({"dtype": "float64"}, "dtype must be one of float16, float32, not 'float64'"),
         ({"shard_size": 0}, "shard_size must be at least 1, not 0"),
+        # diff review: these still removed the good store under overwrite=True, then failed
+        ({"paths": [*arrays["paths"][:3], "a\0b.jpg", *arrays["paths"][4:]]}, "paths must give every row its file's "
+                                                                             "name as text; 1 does not (first: row 3,"),
+        ({"labels": [*arrays["labels"][:2], "c\0t", *arrays["labels"][3:]]}, "labels must give every row its class"),
+        ({"exact_max": "x"}, "exact_max must be a whole number, not 'x'"),
+        ({"progress": 42}, "progress must be a function (or None), not 42"),
+        ({"planned_vocabularies": ["v/../x"]}, "v/../x"),
     ]
     for change, message in bad_calls:
         for overwrite in (True, False):
@@ -490,6 +497,18 @@ def test_write_store_checks_every_argument_before_it_writes_or_removes_anything(
     assert sorted((path.name, path.stat().st_mtime_ns) for path in tmp_path.rglob("*")) == before
     with Store(build(master, arrays, vocabularies={"v": (["p", "q", "r"], single, single)}, overwrite=True)) as store:
         assert store.vocabulary("v").classes == ["p", "q", "r"]
+    # a rerun of other rows is told of those, not of its vocabulary's classes (diff review)
+    with pytest.raises(StoreMismatchError, match="was built from another source"):
+        build(master, {**arrays, "clip": arrays["clip"][::-1].copy()}, vocabularies={"v": (["x", "y", "z"], single, single)})
+    # diff review: these gave correct stores before the checks, and still do
+    with Store(build(tmp_path / "u.h5", {**arrays, "paths": [Path(path) for path in arrays["paths"]],
+                                         "width": arrays["width"].astype(np.float64)},
+                     vocabularies={"w": [["a", "b", "c"], single, single]}, overwrite=np.bool_(False))) as store:
+        assert store.paths().tolist() == arrays["paths"]
+        np.testing.assert_array_equal(store.read("width"), arrays["width"])
+        assert store.vocabulary("w").classes == ["a", "b", "c"]
+    with pytest.raises(ParameterError, match=re.escape("width must be whole numbers, one per row, not a float64 array")):
+        build(tmp_path / "n.h5", {**arrays, "width": np.where(np.arange(N) == 4, np.nan, arrays["width"])})
     # what still passes: numpy integers in the record, a vocabulary without an ensemble (the single rows stand in)
     with Store(build(tmp_path / "t.h5", arrays, clip_info={**CLIP_INFO, "dim": np.int64(D_CLIP)},
                      vocabularies={"w": (["a", "b", "c"], single, None)})) as store:

@@ -150,7 +150,11 @@ def test_full_disk_during_import_and_extract_then_resume(tmp_path, base):
     args = ("import", tmp_path / "i.h5", "--clip-embeddings", tmp_path / "clip.npy", "--backbone-features",
             tmp_path / "backbone.npy", "--paths", tmp_path / "paths.csv", "--vocab", "v=" + str(tmp_path / "v.npz"),
             "--shard-size", "10")
-    assert_clean_failure(run_zsfs(*args, file_size_limit=12_000))
+    outcome = run_zsfs(*args, file_size_limit=12_000)
+    assert_clean_failure(outcome)
+    # diff review: import said "rerun" alone, not what the rerun keeps, as extract now does
+    assert "No shard was finished (each holds 10 rows: --shard-size 10): a rerun writes the 40 rows from the start." \
+        in " ".join(outcome.output.split()), outcome.output
     assert run_cli(*args).exit_code == 0
     with Store(tmp_path / "i.h5") as imported:
         assert imported.n_images == n and imported.vocabulary_names() == ["v"]

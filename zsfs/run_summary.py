@@ -61,9 +61,9 @@ def summary_rows(config: dict, metrics: dict | None, frame: "pl.DataFrame", name
             [f"{label!r} {count:,}{hint(label)}" for label, count in outside.items()], names_shown, "metrics.json")))
     rows += [("images", f"{frame.height:,}"), ("classes", f"{len(classes):,}")]
     store = config.get("store") or {}
-    if store.get("n_skipped"):  # files of the collection no label is given for (edge user: said nowhere after extract)
-        rows.append(("files the store skipped (not labelled)", f"{store['n_skipped']:,} (`zsfs info "
-                                                               f"{as_argument(store['path'])} --skipped` lists them)"))
+    if store.get("n_skipped"):  # files no label is given for (edge user: said nowhere after extract)
+        rows.append(("skipped by the store", f"{store['n_skipped']:,} (files not embedded, other names of listed ones: "
+                                             f"`zsfs info {as_argument(store['path'])} --skipped` lists them)"))
     parameters = config.get("parameters") or {}
     looked_for_absent = parameters.get("method") == "balanced" and not parameters.get("keep_all_classes")
     if config.get("absent_classes") or (looked_for_absent and config.get("absent_classes") is not None):

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import numbers
+import os
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 
-from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_choice, check_parameter_type, check_path,
-                         literal, shown_value)
+from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice, check_parameter_type,
+                         check_path, literal, shown_value)
 from zsfs.names import check_class_names, described_array, looks_blank
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.store import schema
 from zsfs.digests import listing_sha256, rows_sha256
+from zsfs.store.hdf5 import canonical_json
+from zsfs.store.identity import recorded_identity
 from zsfs.store.index import EXACT_MAX
 from zsfs.store.extras import planned_vocabularies as recorded_plan
 from zsfs.store.extras import check_vocabulary_name, refuse_other_classes, write_planned_vocabularies, write_vocabulary
@@ -73,9 +77,13 @@ def write_store(
     if isinstance(planned_vocabularies, str) or not all(isinstance(name, str) for name in planned_vocabularies):
         raise ParameterError(f"{{planned_vocabularies}} must be a list of vocabulary names, not "
                              f"{shown_value(planned_vocabularies)}")
+    planned_vocabularies = [check_vocabulary_name(name) for name in planned_vocabularies]
     check_at_least("shard_size", shard_size, 1)
     check_choice("dtype", dtype, schema.EMBEDDING_DTYPES)
+    overwrite = bool(overwrite) if isinstance(overwrite, np.bool_) else overwrite
     check_parameter_type("overwrite", overwrite, bool)
+    check_at_least("exact_max", exact_max, 0)
+    check_callbacks(progress=progress, on_start=on_start, on_resume=on_resume)  # (a tqdm bar is not one)
     n = len(paths)
     lengths = {"clip": len(clip), "backbone": len(backbone)}
     for name, values in (("labels", labels), ("width", width), ("height", height)):
@@ -86,17 +94,13 @@ def write_store(
         raise ZsfsError(f"row counts disagree: {n} paths but " + ", ".join(f"{k}={v}" for k, v in wrong.items()))
     if n == 0:
         raise ZsfsError("nothing to store: zero rows")
-    _check_names("paths", paths, "every row its file's name", "name each file")
+    paths = _checked_names("paths", [os.fspath(path) if isinstance(path, os.PathLike) else path for path in paths],
+                           "every row its file's name", "name each file")
     if labels is not None:
-        _check_names("labels", labels, "every row its class name", "write a store without labels (labels=None) "
-                     "when some images have none")
+        labels = _checked_names("labels", labels, "every row its class name", "write a store without labels "
+                                "(labels=None) when some images have none")
     width, height = (_image_sizes(name, values, n) for name, values in (("width", width), ("height", height)))
     vocabularies = _text_embeddings(vocabularies, clip.shape[1])
-    if not overwrite:  # earlier fits used the store's vocabularies: a rerun may not change them
-        for name, (classes, single, ensemble) in vocabularies.items():
-            refuse_other_classes(master, name, classes, "write_store(..., overwrite=True) rebuilds the whole store, "
-                                 "write_vocabulary(..., overwrite=True) this vocabulary",
-                                 {"single": single, "ensemble": ensemble})
 
     identity = {
         "source": str(source),
@@ -105,6 +109,13 @@ def write_store(
         "clip": clip_info,
         "backbone": backbone_info,
     }
+    if not overwrite and _same_store(master, identity):  # (another store's refusal names its rows, not these)
+        # earlier fits used the store's vocabularies: a rerun may not change them
+        for name, (classes, single, ensemble) in vocabularies.items():
+            refuse_other_classes(master, name, classes, "write_store(..., overwrite=True) rebuilds the whole store, "
+                                 "write_vocabulary(..., overwrite=True) this vocabulary",
+                                 {"single": single, "ensemble": ensemble})
+
     features = {"the CLIP embeddings": clip, "the backbone features": backbone}
     if overwrite:  # every row is written again: checked before the old store is removed
         refuse_unusable_rows(features, None)
@@ -134,7 +145,7 @@ def _embedding_rows(name: str, values: object, record_name: str, record: object)
         raise ParameterError(f"{{{record_name}}} must be a dict with at least 'name' and 'weights' (and 'dim', or the "
                              f"embeddings' width is recorded), not {shown_value(record)}")
     # a numpy array (memory-mapped too) or a list; other row sources sliced alike (import's RowParts, an
-    # h5py dataset, a torch tensor) are read a shard at a time, their type checked then
+    # h5py dataset, a torch tensor) are read a shard at a time, as float rows whatever their type
     rows = np.asarray(values) if isinstance(values, np.ndarray) or not hasattr(values, "shape") else values
     shape = tuple(rows.shape)
     if len(shape) != 2 or not shape[1] or isinstance(rows, np.ndarray) and not np.issubdtype(rows.dtype, np.floating):
@@ -142,23 +153,25 @@ def _embedding_rows(name: str, values: object, record_name: str, record: object)
                              f"{shown_value(rows)}")
     dim = record.get("dim")
     if dim is not None:
-        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim != rows.shape[1]:
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Real) or dim != shape[1]:
             raise ParameterError(f"{{{record_name}}} says dim={shown_value(dim)} but {{{name}}} has "
-                                 f"{rows.shape[1]} columns")
+                                 f"{shape[1]} columns")
         record = {**record, "dim": int(dim)}  # numpy's integers are no JSON
     return rows, record
 
 
-def _check_names(name: str, values: Sequence[str], what: str, remedy: str) -> None:
-    """ParameterError for a path or label that is not text or is blank: no file or class is named
-    so (fit and ood-bench counted an image labelled None out of distribution; a path stored as
-    ``"b'x.jpg'"`` names no file); zsfs import refuses such columns too."""
+def _checked_names(name: str, values: Sequence[str], what: str, remedy: str) -> Sequence[str]:
+    """``values``, or a ParameterError for a path or label that is not text, is blank or holds a NUL
+    (no store string can): no file or class is named so (fit and ood-bench counted an image labelled
+    None out of distribution; a path stored as ``"b'x.jpg'"`` names no file); zsfs import refuses
+    such columns too."""
     values = np.asarray(values, dtype=object)
-    bad = [row for row, value in enumerate(values) if not isinstance(value, str) or looks_blank(value)]
+    bad = [row for row, value in enumerate(values) if not isinstance(value, str) or looks_blank(value) or "\0" in value]
     if bad:
         raise ParameterError(f"{{{name}}} must give {what} as text; {len(bad):,} "
                              f"{'does' if len(bad) == 1 else 'do'} not (first: row {bad[0]}, "
                              f"{shown_value(values[bad[0]])}): {remedy}")
+    return values
 
 
 def _image_sizes(name: str, values: object, n: int) -> np.ndarray:
@@ -167,7 +180,9 @@ def _image_sizes(name: str, values: object, n: int) -> np.ndarray:
     if values is None:
         return np.full(n, schema.UNKNOWN_SIZE, dtype=np.int32)
     sizes = np.asarray(values)
-    if sizes.ndim != 1 or not (np.issubdtype(sizes.dtype, np.integer)):
+    whole = np.issubdtype(sizes.dtype, np.integer) or (
+        np.issubdtype(sizes.dtype, np.floating) and bool(np.all(np.isfinite(sizes) & (sizes == np.round(sizes)))))
+    if sizes.ndim != 1 or not whole:  # (a table column with a gap: NaN, stored as a garbage int32)
         raise ParameterError(f"{{{name}}} must be whole numbers, one per row, not {described_array(sizes)}")
     outside = (sizes < schema.UNKNOWN_SIZE) | (sizes > np.iinfo(np.int32).max)
     if outside.any():
@@ -188,7 +203,7 @@ def _text_embeddings(vocabularies: object, clip_dim: int) -> dict[str, tuple[lis
                              f"{shown_value(vocabularies)}")
     checked = {}
     for name, value in vocabularies.items():
-        if not isinstance(value, tuple) or len(value) != 3:
+        if not isinstance(value, (tuple, list)) or len(value) != 3:
             raise ParameterError(f"{{vocabularies}}[{name!r}] must be a tuple (classes, single, ensemble), not "
                                  f"{shown_value(value)}")
         classes, single, ensemble = value
@@ -221,6 +236,12 @@ def _written_already(master: Path, identity: dict, layout: dict, planned: list[s
         return None  # the writing run says what is wrong
 
 
+def _same_store(master: Path, identity: dict) -> bool:
+    """Whether ``master`` (or a stopped run's shards) records ``identity``: the store a rerun resumes."""
+    recorded = recorded_identity(master)
+    return bool(recorded) and all(recorded.get(key) == value for key, value in json.loads(canonical_json(identity)).items())
+
+
 def _write_shards_and_master(master: Path, identity: dict, layout: dict, features: dict, *, paths, labels, width,
                              height, attrs: dict, planned: list[str], planned_by: str, overwrite: bool,
                              exact_max: int, progress: Callable[[int], None] | None,
@@ -248,8 +269,8 @@ def _write_shards_and_master(master: Path, identity: dict, layout: dict, feature
                 ))
                 if progress is not None:
                     progress(stop - start)
-        except KeyboardInterrupt as interrupted:  # Ctrl-C, SIGTERM: the command line says what a rerun keeps
-            with suppress(Exception):  # (a file system that fails now: the stop is still said in one line)
-                interrupted.resume = writer.kept_for_a_rerun(pending, "row", "writes")
+        except (KeyboardInterrupt, Exception) as stop:  # Ctrl-C, SIGTERM, a full disk: the command line says
+            with suppress(Exception):  # what a rerun keeps (a file system that fails now: still one line)
+                stop.resume = writer.kept_for_a_rerun(pending, "row", "writes")
             raise
         return writer.finalize_if_changed(attrs, shards_written=bool(pending), exact_max=exact_max), writer.identity
