@@ -474,9 +474,11 @@ def test_a_killed_decoding_process_is_one_clear_line_and_the_rerun_resumes(tmp_p
     assert process.returncode == 1 and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert re.search(r"Error: a decoding process \(pid \d+\) died \(killed by SIGKILL\), perhaps by the "
                      "out-of-memory killer", said), stderr
-    assert "Rerun: an extract resumes from the shards it finished" in said
     finished = sorted(path.name for path in shards.glob("shard-*.h5"))
     assert 1 <= len(finished) < 5 and not out.exists()
+    kept = re.search(r"The finished shards hold ([\d,]+) of the ([\d,]+) files \(--shard-size (\d+)\): a rerun keeps "
+                     r"them and embeds the other ([\d,]+)\.", said)  # (it said "Rerun: ... resumes" alone)
+    assert kept and int(kept[1]) == len(finished) * int(kept[3]) and int(kept[1]) + int(kept[4]) == int(kept[2]), said
 
     result = run_cli("extract", source, "--out", out, *TINY_MODEL_ARGS, "--workers", "1", "--shard-size", "6",
                      "--batch-size", "2")
@@ -815,8 +817,8 @@ def test_a_crash_that_no_one_file_causes_stops_the_run_and_blames_no_file(tmp_pa
     said = " ".join(crashed.stderr.split())
     assert crashed.returncode == 1 and "Traceback" not in crashed.stderr, crashed.stderr
     assert re.search(r"Error: a decoding process \(pid \d+\) crashed \(killed by SIGSEGV\), and no file it was "
-                     r"decoding crashes a process of its own\. Rerun: an extract resumes from the shards it "
-                     r"finished\.$", said) and "memory" not in said, said
+                     r"decoding crashes a process of its own\. No shard was finished \(each holds 6 files: "
+                     r"--shard-size 6\): a rerun embeds the 10 files from the start\.$", said) and "memory" not in said, said
 
 
 def test_at_most_ten_files_are_set_aside_for_crashing_the_decoder_and_each_once():

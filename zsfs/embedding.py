@@ -307,12 +307,12 @@ def _unwatch_decoding(loaded: Iterator) -> None:
 
 
 def embedded_images(source: ImageSource, models: Sequence[ImageModel], batches: list[range], tags: Sequence, *,
-                    set_aside: dict[int, str], rerun_advice: str = "", **options) -> Iterator[tuple]:
+                    set_aside: dict[int, str], **options) -> Iterator[tuple]:
     """:func:`embedded_listing`'s results over all ``batches``, in order; a file that crashes or
     hangs its decoding process goes into ``set_aside`` (:func:`set_aside_crashing_file`; its batch then
     reports it failed) and the decoding starts again at the first batch not yet yielded. A crash
-    no one file is to blame for raises :class:`DecodingProcessDied`, its message ending with
-    ``rerun_advice``. ``options``: :func:`embedded_listing`'s."""
+    no one file is to blame for raises :class:`DecodingProcessDied` (an extract's command line adds what
+    its rerun keeps). ``options``: :func:`embedded_listing`'s."""
     done = 0
     while done < len(batches):
         try:
@@ -323,7 +323,7 @@ def embedded_images(source: ImageSource, models: Sequence[ImageModel], batches: 
                     done += 1
         except DecodingProcessDied as died:
             if not set_aside_crashing_file(set_aside, died):
-                raise DecodingProcessDied(f"{died}.{crash_advice(set_aside)}{rerun_advice}", crashed=died.crashed,
+                raise DecodingProcessDied(f"{died}.{crash_advice(set_aside)}", crashed=died.crashed,
                                           hung=died.hung, how=died.how) from None
 
 
