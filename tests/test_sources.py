@@ -356,21 +356,39 @@ def test_list_files_with_nul_bytes_are_refused_before_any_work(tmp_path, name, c
 
 def test_a_list_whose_labels_are_not_utf8_text_is_refused_and_its_paths_may_be_any_bytes(tmp_path):
     """Edge user: a list saved by a spreadsheet in Windows-1252 gave the class 'd\\xe9faut', whose
-    text CLIP embedded, without a word."""
-    (tmp_path / "cp1252.csv").write_bytes(b"path,label\r\nx/a.jpg,ok\r\nx/b.jpg,d\xe9faut\r\nx/c.jpg,d\xe9faut\r\n")
-    with pytest.raises(ZsfsError, match=re.escape("cp1252.csv: 2 labels are not UTF-8 text (first: 'd\\xe9faut', for "
-                                                  "x/b.jpg); the list was saved in another encoding (Windows-1252 or "
-                                                  "Latin-1, as spreadsheets may): save it as UTF-8.")):
-        open_source(tmp_path / "cp1252.csv")
-    # diff review: predict, which reads no label, refused such a list too
+    text CLIP embedded, without a word. Extract refuses it before the models load, but resumes a
+    store an earlier zsfs built from it (upgrade test: its finished shards were lost to --overwrite)."""
+    from zsfs.lists import read_list_file
     from zsfs.predict import image_inputs
-    assert open_source(tmp_path / "cp1252.csv", labels=False).labels is None
-    assert image_inputs([], lists=[tmp_path / "cp1252.csv"]).paths == [str(tmp_path / "x" / name) for name in
-                                                                        ("a.jpg", "b.jpg", "c.jpg")]
+    from zsfs.testing.cli import output_text, run_cli
+    from zsfs.testing.models import TINY_MODEL_ARGS
+
+    (tmp_path / "x").mkdir()
+    for name in ("a", "b", "c"):
+        save(Image.new("RGB", (8, 8), (40, 90, 200)), tmp_path / "x" / f"{name}.png")
+    listed = tmp_path / "list.csv"
+    cp1252 = b"path,label\r\nx/a.png,ok\r\nx/b.png,d\xe9faut\r\nx/c.png,d\xe9faut\r\n"
+    refusal = ("list.csv: 2 labels are not UTF-8 text (first: 'd\\xe9faut', for x/b.png); the list was saved in another "
+               "encoding (Windows-1252 or Latin-1, as spreadsheets may): save it as UTF-8.")
+    listed.write_bytes(cp1252)
+    assert open_source(listed).labels == ["ok", "d\\xe9faut", "d\\xe9faut"]  # as a legacy folder name's bytes
+    extract = ("extract", listed, "--out", tmp_path / "s.h5", "--workers", "0", *TINY_MODEL_ARGS)
+    result = run_cli(*extract)
+    assert result.exit_code == 1 and refusal in " ".join(output_text(result).split()), result.output
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.shards").exists()
+    # the store an earlier zsfs built from it: the same labels (here from a UTF-8 list that spells them so)
+    listed.write_bytes(cp1252.replace(b"\xe9", b"\\xe9"))
+    assert run_cli(*extract).exit_code == 0
+    listed.write_bytes(cp1252)
+    assert run_cli(*extract).exit_code == 0  # resumed (nothing to write), not refused
+    result = run_cli(*extract, "--overwrite")  # a new build is refused
+    assert result.exit_code == 1 and refusal in " ".join(output_text(result).split()), result.output
+    # diff review: predict, which reads no label, refused such a list too
+    assert open_source(listed, labels=False).labels is None
+    assert image_inputs([], lists=[listed]).paths == [str(tmp_path / "x" / f"{name}.png") for name in "abc"]
     (tmp_path / "names.csv").write_bytes("path,label\nx/caf\xe9.jpg,défaut\n".encode("latin-1").replace(
         b"d\xe9faut", "défaut".encode()))  # a Latin-1 file name, a UTF-8 label
-    from zsfs.lists import read_list_file
-    assert read_list_file(tmp_path / "names.csv") == (["x/caf\udce9.jpg"], ["défaut"])
+    assert read_list_file(tmp_path / "names.csv") == (["x/caf\udce9.jpg"], ["défaut"], None)
 
 
 def test_missing_or_imageless_source_is_a_clear_error(tmp_path):

@@ -180,6 +180,10 @@ def extract(
     check_own_shards_folder(out, overwrite)  # before the models load, as the checks below
     refuse_replacing_another_file(out)
     check_store_lock(out)
+    # a list's labels in another encoding (a class 'd\xe9faut' for CLIP): refused, unless resuming a store an
+    # earlier zsfs built from them (its finished shards hold those labels; upgrade test)
+    if image_source.labels_not_text and (overwrite or recorded_identity(out).get("listing_sha256") != image_source.digest()):
+        raise ZsfsError(image_source.labels_not_text)
     if image_source.merged_labels:  # before the models load
         raise ZsfsError(f"class folders of {visible(str(image_source.location))} read as one label: "
                         f"{some_names([visible(label) for label in image_source.merged_labels], 3, with_count=False)} "

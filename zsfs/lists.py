@@ -27,9 +27,10 @@ def refuse_nul_bytes(data: bytes, what: str) -> None:
                         "hold; is it UTF-16 text? save it as UTF-8")
 
 
-def read_list_file(list_file: Path, *, labels: bool = True) -> tuple[list[str], list[str] | None]:
+def read_list_file(list_file: Path, *, labels: bool = True) -> tuple[list[str], list[str] | None, str | None]:
     """The image paths (relative to the list's folder where they can be) and labels (None without
-    a label column, or with ``labels=False``: not read) a list file names."""
+    a label column, or with ``labels=False``: not read) a list file names, and the refusal due when
+    labels are not UTF-8 text (None when they are: see :func:`_parse_table`)."""
     root = list_file.parent
     try:
         data = list_file.read_bytes()
@@ -39,15 +40,16 @@ def read_list_file(list_file: Path, *, labels: bool = True) -> tuple[list[str], 
     # Names that are not UTF-8 are kept as bytes (surrogates), like the names of a folder scan;
     # decoded from bytes, so no newline translation: a name may hold "\r" or U+2028.
     text = data.decode("utf-8-sig", errors="surrogateescape")
+    not_text = None
     if list_file.suffix.lower() in TABLE_SEPARATORS:
-        raw_paths, labels = _parse_table(text, list_file, TABLE_SEPARATORS[list_file.suffix.lower()], labels)
+        raw_paths, labels, not_text = _parse_table(text, list_file, TABLE_SEPARATORS[list_file.suffix.lower()], labels)
     else:  # a path per "\n" or "\r\n" line, verbatim (spaces are part of names); blank and "#" lines skipped
         lines = [line.removesuffix("\r") for line in text.split("\n")]
         raw_paths = [line for line in lines if line.strip() and not line.startswith("#")]
         labels = None
     if not raw_paths:
         raise ZsfsError(f"the list file {list_file} lists no images.")
-    return [_relative_when_possible(p, root) for p in raw_paths], labels
+    return [_relative_when_possible(p, root) for p in raw_paths], labels, not_text
 
 
 QUOTE_NOT_CLOSED = "a quote is not closed (a field that starts with \" ends with \"; a quote inside it is written \"\")"
@@ -65,7 +67,8 @@ def csv_error_text(error: csv.Error, separator: str) -> str:
     return f"{said}; quote a whole field ({_QUOTED[separator]}) or none of it"
 
 
-def _parse_table(text: str, list_file: Path, separator: str, with_labels: bool) -> tuple[list[str], list[str] | None]:
+def _parse_table(text: str, list_file: Path, separator: str,
+                 with_labels: bool) -> tuple[list[str], list[str] | None, str | None]:
     """Paths verbatim (a quoted field may hold separators, newlines, spaces), labels stripped.
 
     Read strictly: an unclosed quote is an error naming its line, not a field swallowing every line
@@ -114,23 +117,22 @@ def _parse_table(text: str, list_file: Path, separator: str, with_labels: bool) 
         )
     paths = [row["path"] for row in rows]
     if "label" not in columns or not with_labels:
-        return paths, None
+        return paths, None, None
     given = [(row.get("label") or "").strip() for row in rows]
-    labels = utf8_texts(given)
+    labels = utf8_texts(given)  # undecodable bytes written \xNN, as a legacy folder name's
+    not_text = None
     if labels != given:  # a path's bytes may be any, as a file name's; a label is a class name CLIP reads
         wrong = [i for i, (label, text) in enumerate(zip(given, labels)) if label != text]
-        raise ZsfsError(
-            f"{list_file}: {counted(len(wrong), 'label')} {'is' if len(wrong) == 1 else 'are'} not UTF-8 text (first: "
-            f"'{visible(given[wrong[0]])}', for {visible(paths[wrong[0]])}); the list was saved in "
-            "another encoding (Windows-1252 or Latin-1, as spreadsheets may): save it as UTF-8."
-        )
+        not_text = (f"{list_file}: {counted(len(wrong), 'label')} {'is' if len(wrong) == 1 else 'are'} not UTF-8 text "
+                    f"(first: '{visible(given[wrong[0]])}', for {visible(paths[wrong[0]])}); the list was saved in "
+                    "another encoding (Windows-1252 or Latin-1, as spreadsheets may): save it as UTF-8.")
     missing = [i for i, label in enumerate(labels) if not label]
     if missing:
         raise ZsfsError(
             f"{list_file}: {counted(len(missing), 'row')} with an empty label (first: {paths[missing[0]]}); "
             "give every row a label or drop the label column."
         )
-    return paths, labels
+    return paths, labels, not_text
 
 
 def _relative_when_possible(path: str, root: Path) -> str:

@@ -54,6 +54,8 @@ class ImageSource:
     # (a list file's line, or a member name a tar holds twice)
     unread_images: list[str] = field(default_factory=list)  # a folder's images of UNREAD_IMAGE_SUFFIXES (not read)
     merged_labels: list[str] = field(default_factory=list)  # labels of two class folders (see _folder_source)
+    labels_not_text: str | None = None  # a list's labels in another encoding: why extract refuses them (a store
+    # built from such a list before 2026-12-06 is resumed: see zsfs.extract)
     nested_classes: tuple[list[str], list[str]] | None = None  # class folders that hold the same subfolders:
     # (the class folders, their shared subfolders), a layout split in train/, val/, ... (see nested_class_folders)
 
@@ -222,9 +224,10 @@ TAR_MEMBER_IN_LIST = "a tar member (a list names files: give the tars themselves
 
 
 def _read_list(list_file: Path, with_labels: bool) -> ImageSource:
-    paths, labels = read_list_file(list_file, labels=with_labels)
+    paths, labels, labels_not_text = read_list_file(list_file, labels=with_labels)
     members = [path for path in paths if (parts := split_member_path(path, list_file.parent)) is not None
                and (list_file.parent / parts[0]).is_file() and not (list_file.parent / path).exists()]
     # Kept: a list is taken as written.
     return ImageSource(location=list_file, root=list_file.parent, paths=paths, labels=labels,
-                       unreadable=dict.fromkeys(members, TAR_MEMBER_IN_LIST), repeated_paths=repeated(paths))
+                       unreadable=dict.fromkeys(members, TAR_MEMBER_IN_LIST), repeated_paths=repeated(paths),
+                       labels_not_text=labels_not_text)
