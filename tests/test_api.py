@@ -67,8 +67,8 @@ def test_fit_returns_a_run_that_saves_and_reloads(tmp_path):
     assert predicted["predicted"].to_list() == run.predictions["predicted"].to_list()
     # review: a run without an OOD reference (written before zsfs stored one) gave NaN here, null in `zsfs predict`
     reloaded.classifier.ood_reference = None
-    assert predicted.columns == ["predicted", "confidence", "ood_distance", "ood_distance_flag", "ood_paper",
-                                 "ood_continuous"]
+    assert predicted.columns == ["predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous",
+                                 "ood_distance_flag"]
     assert reloaded.predict(np.ones((2, 64)))["ood_distance"].null_count() == 2
     with pytest.raises(zsfs.ZsfsError, match="already exists"):
         run.save(tmp_path / "run")

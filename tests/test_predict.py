@@ -269,7 +269,24 @@ def test_the_table_says_a_read_failure_is_no_class(fitted):
     reason = predict_images(fitted["run"], [bad], workers=0)["error"][0]
     failed = next(line for line in outcome.output.splitlines() if str(bad) in line)  # one line: 400 columns
     assert [cell.strip() for cell in failed.split("│")[1:-1]] == [str(bad), f"skipped: {reason}", "-", "-", "-"]
-    assert "1 image classified, 1 skipped" in outcome.output
+    flagged = int(predict_images(fitted["run"], [photos["root"] / photos["good"][0]], workers=0)["ood_distance_flag"][0])
+    assert f"1 image classified, {flagged} flagged OOD, 1 skipped" in outcome.output
+
+
+def test_predict_says_a_run_fitted_before_the_flag_cut_was_recorded_flags_nothing(fitted, tmp_path):
+    """Upgrade test: an older run's ood_distance_flag was null without a word, as if nothing were flagged."""
+    from zsfs.fit.classifier import load_classifier
+
+    run = tmp_path / "old-run"
+    shutil.copytree(fitted["run"], run)
+    classifier = load_classifier(run / "classifier.pt")
+    classifier.ood_distance_threshold = None
+    classifier.save(run / "classifier.pt")
+    image = fitted["photos"]["root"] / fitted["photos"]["good"][0]
+    outcome = run_zsfs("predict", "--run", run, "--workers", "0", image)
+    said = " ".join(outcome.output.split())
+    assert outcome.returncode == 0 and "1 image classified, 0 skipped Note: no image is flagged OOD: the run was " \
+        "fitted before zsfs recorded its flag's cut (2026-12-06); fit it again to flag new images." in said, said
 
 
 def test_a_missing_input_is_refused_before_the_backbone_loads(fitted, tmp_path, monkeypatch):

@@ -55,7 +55,7 @@ def refuse_run_file(path: Path) -> None:
                         "own; choose another file")
 
 
-PREDICTION_COLUMNS = ("predicted", "confidence", "ood_distance", "ood_distance_flag", "ood_paper", "ood_continuous")
+PREDICTION_COLUMNS = ("predicted", "confidence", "ood_distance", "ood_paper", "ood_continuous", "ood_distance_flag")
 """What a fitted run says of new images (``Classifier.classify``'s outputs, and the flag of their ``ood_distance``)."""
 
 
@@ -74,11 +74,11 @@ def new_image_predictions(predicted: np.ndarray, confidence: np.ndarray, ood_dis
         flag[known] = ood_distance[known] > distance_threshold
     # Set to null as the Series is made, not by fill_nan: that runs on polars' thread pool, which a
     # process forked after the pool started (multiprocessing's fork) waits on for ever.
-    scores = {name: pl.Series(name, np.asarray(values), nan_to_null=True)
-              for name, values in (("confidence", confidence), ("ood_distance", ood_distance))}
+    # the flag last: the columns of runs before it keep their places (upgrade test)
+    scores = {name: pl.Series(name, np.asarray(values), nan_to_null=True) for name, values in (
+        ("confidence", confidence), ("ood_distance", ood_distance), ("ood_paper", ood_paper),
+        ("ood_continuous", ood_continuous))}
     scores["ood_distance_flag"] = pl.Series("ood_distance_flag", flag.tolist(), dtype=pl.Boolean)
-    scores.update((name, pl.Series(name, np.asarray(values), nan_to_null=True))
-                  for name, values in (("ood_paper", ood_paper), ("ood_continuous", ood_continuous)))
     return pl.DataFrame({"predicted": pl.Series(np.asarray(predicted, dtype=object).tolist(), dtype=pl.String),
                          **scores})
 
