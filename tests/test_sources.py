@@ -514,6 +514,13 @@ def test_every_class_list_is_checked_by_one_rule():
         check_class_names(["cat", "\u200b\ufeff "], "x")
     with pytest.raises(ZsfsError, match=r"lists 1 name more than once: 'cat' = 'cat\\u200b' \(names that differ only in"):
         check_class_names(["cat", "dog", "cat\u200b"], "x")
+    # report review: these render as nothing too (a soft hyphen, a Hangul filler, a variation selector, a tag)
+    from zsfs.names import visible
+    for unseen, shown in (("\u00ad", "\\u00ad"), ("\u3164", "\\u3164"), ("\ufe0f", "\\ufe0f"),
+                          ("\U000e0041", "\\U000e0041")):
+        with pytest.raises(ZsfsError, match=re.escape(f"lists 1 name more than once: 'cat' = 'cat{shown}'")):
+            check_class_names(["cat", f"cat{unseen}"], "x")
+        assert visible(f"cat{unseen}") == f"cat{shown}"
     with pytest.raises(ZsfsError, match="lists 1 name more than once: 'caf\u00e9' = 'cafe\u0301'"):
         check_class_names(["caf\u00e9", "cafe\u0301"], "x")  # one label once compared in NFC
     with pytest.raises(ZsfsError, match="x has a class name that is not UTF-8 text"):

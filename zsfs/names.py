@@ -75,9 +75,13 @@ def utf8_texts(names: Iterable[str]) -> list[str]:
         return [utf8_text(name) for name in names]
 
 
-_INVISIBLE = "\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+_INVISIBLE = ("\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+              "\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U0001d173-\U0001d17a"
+              "\U000e0000-\U000e007f\U000e0100-\U000e01ef")
 """Control characters (C0, DEL, C1: escape sequences, newlines, carriage returns), invisible and
-bidirectional formatting characters (a regular expression class's ranges)."""
+bidirectional formatting characters (a regular expression class's ranges): also the soft hyphen,
+the Hangul fillers, variation selectors and tag characters, which render as nothing (a report
+review: "cat" and "cat" + U+00AD were two classes that read alike)."""
 _UNSAFE = re.compile(f"[{_INVISIBLE}\udc80-\udcff]")
 """The invisible characters, and the surrogates that stand for undecodable name bytes."""
 _INVISIBLE_ONLY = re.compile(f"[{_INVISIBLE}]")
@@ -101,7 +105,7 @@ def _visible(match: re.Match) -> str:
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte code - 0xDC00
         return f"\\x{code - 0xDC00:02x}"
     # C1 controls as \u0085: \x85 is the undecodable byte 0x85 (walkthrough: two names, one line)
-    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def repeated(values: Iterable[str]) -> list[str]:
