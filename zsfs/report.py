@@ -207,12 +207,18 @@ def _thumbnails_of(paths: list[str], root: Path | None,
     ``root``, or absolute."""
     check_utf8_file_names(paths)  # (walkthrough: under LC_ALL=C, UTF-8 names showed as "corrupt image data")
     base = root or Path("/")
+    # a member a tar no longer holds (or of a tar gone) shows why; the other tars' images still show
+    # (a review: one rewritten tar made every tar's images "file not found")
+    missing: dict[int, str] = {}
     try:
-        members = locate_members(paths, base)
-    except ZsfsError:  # a tar moved or rewritten since extraction: its images show as not found
+        members = locate_members(paths, base, reasons=missing)
+    except ZsfsError:  # a tar damaged since extraction: its images show as not found
         members = None
-    return thumbnails(ImageSource(location=base, root=base, paths=paths, labels=None, members=members),
-                      max_pixels=max_pixels)
+    shown = thumbnails(ImageSource(location=base, root=base, paths=paths, labels=None, members=members),
+                       max_pixels=max_pixels)
+    for row, why in missing.items():
+        shown[row] = (None, why)
+    return shown
 
 
 # --- sections ------------------------------------------------------------------------------------

@@ -376,8 +376,9 @@ def split_member_path(path: str, root: Path | None = None) -> tuple[str, str] | 
 def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | None = None) -> TarMembers | None:
     """Byte ranges of the ``<tar>::<member>`` entries of ``paths`` (relative to ``root``),
     each tar listed once; None when no entry is a tar member. Other entries get tar -1, also a file
-    so named (``x.tar::1.jpg`` in a folder is that file). A member the tar does not hold as a file is
-    an error, or, given ``reasons``, its row's reason there (entry number -> why; its tar stays -1)."""
+    so named (``x.tar::1.jpg`` in a folder is that file). A member the tar does not hold as a file, or
+    of a tar that does not exist, is an error, or, given ``reasons``, its row's reason there (entry
+    number -> why; its tar stays -1: the other tars' members are still found)."""
     split = [None if entry is None or os.path.isfile(root / path) else entry  # (False for a name over NAME_MAX)
              for path, entry in zip(paths, (split_member_path(path, root) for path in paths))]
     tar_names = sorted({entry[0] for entry in split if entry is not None})
@@ -387,8 +388,12 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
     number = {name: i for i, name in enumerate(tar_names)}
     where: dict[tuple[int, str], tuple[int, int]] = {}
     links: set[tuple[int, str]] = set()
+    gone: set[int] = set()
     for i, tar in enumerate(tars):
         if not tar.is_file():
+            if reasons is not None:
+                gone.add(i)
+                continue
             named_by = next(path for path, entry in zip(paths, split) if entry is not None and entry[0] == tar_names[i])
             raise ZsfsError(f"{tar} does not exist (named by {named_by})")
         listing = list_tar(tar, None)
@@ -402,7 +407,7 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
         if entry is None:
             continue
         key = (number[entry[0]], entry[1])
-        why = (f"{entry[1]!r} is a link or sparse file inside {entry[0]}, not a plain file; zsfs reads only the plain "
+        why = (f"{entry[0]} does not exist" if key[0] in gone else f"{entry[1]!r} is a link or sparse file inside {entry[0]}, not a plain file; zsfs reads only the plain "
                "files of a tar"
                if key in links else f"{entry[0]} holds no file named {entry[1]!r}" if key not in where else None)
         if why is not None:
