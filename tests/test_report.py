@@ -194,6 +194,11 @@ def test_moved_images_of_a_list_of_absolute_paths_get_advice_that_fits(tmp_path)
     assert "The store's image paths are absolute (from a list of absolute paths), which --images does not move: put " \
         "the images back where they were, or extract a store from their new place." in note, note
     assert "relative to" not in note and photos["root"]
+    # report review: an imported table's absolute paths were told to "extract a store", which import cannot make
+    from zsfs.report import FILE_NOT_FOUND, _missing_images
+    note = _missing_images({"a.png": (None, FILE_NOT_FOUND)}, "here", run, None, absolute=True, imported=True)
+    assert "absolute (from an imported table), which --images does not move: put the images back where they were, " \
+        "or import a table of their new paths." in note and "extract" not in note, note
 
 
 def test_absent_and_imageless_classes_are_listed_not_empty_blocks(photo_run, tmp_path):
@@ -521,7 +526,8 @@ def test_a_real_browser_draws_the_page(photo_run, tmp_path):
     run = tmp_path / "run"  # with a long absent list: the summary's values are long
     shutil.copytree(photo_run, run)
     config = json.loads((run / runs.CONFIG).read_text())
-    config["absent_classes"] = [f"an_unbreakable_class_name_number_{i}" for i in range(40)]
+    # (and one long absent name: its paragraph, not only the headings, ran off the page: report review)
+    config["absent_classes"] = [f"an_unbreakable_class_name_number_{i}" for i in range(40)] + ["y" * 300]
     config["classes"] += config["absent_classes"]
     first, long_name = config["classes"][0], "x" * 300  # bug: a long class name ran off the page in its heading
     renamed = json.loads(json.dumps(config).replace(json.dumps(first), json.dumps(long_name)))
@@ -534,7 +540,7 @@ def test_a_real_browser_draws_the_page(photo_run, tmp_path):
     page = write_report(run, tmp_path / "long.html")
     assert f'<h3 class="class-name">{long_name}</h3>' in page.read_text()
     # the summary names 10 of the 40 and says where the rest are (it said config.json, not on the page)
-    assert "an_unbreakable_class_name_number_9; ... (30 more in Classes below)</td>" in page.read_text()
+    assert "an_unbreakable_class_name_number_9; ... (31 more in Classes below)</td>" in page.read_text()
     measure = ("<script>const label = document.querySelector('#summary td');"
                "document.title = [label.getBoundingClientRect().width, label.offsetHeight,"
                " document.documentElement.scrollWidth, window.innerWidth].join(' ');</script></body>")

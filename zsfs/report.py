@@ -384,6 +384,8 @@ def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | 
     relocate = (f"if the images moved, run `zsfs report {as_argument(run_dir) if run_dir else 'RUN_DIR'}"
                 f"{f' --out {as_argument(out)}' if out is not None else ''} --images FOLDER`.")
     advice = "" if not failed.keys() & {FILE_NOT_FOUND, NO_FOLDER} else (  # others say what to do, or it is the file
+        " The store's image paths are absolute (from an imported table), which --images does not move: put the "
+        "images back where they were, or import a table of their new paths." if absolute and imported else
         " The store's image paths are absolute (from a list of absolute paths), which --images does not move: "
         "put the images back where they were, or extract a store from their new place." if absolute else
         f" Check that {images} is the folder the store's image paths are relative to." if images is not None
@@ -470,7 +472,7 @@ def _e(value) -> str:
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1100px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 2px solid #4c72b0; padding-bottom: .2em; margin-top: 1.6em; }
-nav a { margin-right: 1em; } .meta, .stats, .empty { color: #666; }
+nav a { margin-right: 1em; } .meta, .stats, .empty { color: #666; } p { overflow-wrap: anywhere; }
 table { border-collapse: collapse; margin: .5em 0; display: block; max-width: 100%; overflow-x: auto; }
 td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: anywhere; }
 th { overflow-wrap: break-word; } td.n { white-space: nowrap; }  /* numbers whole: the table scrolls instead */
