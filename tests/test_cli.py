@@ -158,6 +158,23 @@ def test_a_failure_that_asks_for_a_rerun_under_overwrite_says_to_drop_it():
     assert _resuming_hint(context, "free some space and rerun") == ""
 
 
+def test_what_a_failed_extract_keeps_is_its_own_sentence():
+    """Ray review: "...see the workers' logs in /tmp/ray/... No shard was finished" ran two sentences together."""
+    import click
+
+    from zsfs.cli.group import OVERWRITING, _kept_for_a_rerun
+    from zsfs.errors import ZsfsError
+
+    context = click.Context(click.Command("extract"))
+    failed = ZsfsError("3 Ray workers died (see their logs)")
+    failed.resume = "no shard was finished (each holds 6 files: --shard-size 6): a rerun embeds the 9 files"
+    assert _kept_for_a_rerun(context, failed, str(failed)) == ". No shard was finished (each holds 6 files: " \
+        "--shard-size 6): a rerun embeds the 9 files."
+    assert _kept_for_a_rerun(context, failed, "free some space and rerun.").startswith(" No shard")
+    context.meta[OVERWRITING] = True  # the note under --overwrite says what a rerun does
+    assert _kept_for_a_rerun(context, failed, str(failed)) == ""
+
+
 def test_ctrl_c_after_a_fit_is_saved_says_the_run_is_kept(monkeypatch, tmp_path):
     """Bug: Ctrl-C while `fit --report` rendered the page said "Nothing half-written was left",
     and the rerun it invited refused the run's folder, which held the whole run."""

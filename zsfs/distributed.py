@@ -40,7 +40,8 @@ MAX_ATTEMPTS = 3
 """Times one shard (or one other call) may take its worker down before the run stops (an image
 that exhausts memory would otherwise kill every worker in turn; one that crashes its decoding
 process is set aside by the worker itself)."""
-RAY_LOGS = "/tmp/ray/session_latest/logs"
+RAY_LOGS = ("the workers' logs (logs/ of the Ray session folder on the worker's node: "
+            "/tmp/ray/session_latest/logs unless RAY_TMPDIR or ray start --temp-dir says otherwise).")
 
 
 class _ShardWorker:
@@ -163,7 +164,7 @@ class RayEmbedders(AbstractContextManager):
                 attempts[shard] += 1
                 if attempts[shard] >= MAX_ATTEMPTS:
                     raise ZsfsError(f"shard {shard} took down {MAX_ATTEMPTS} Ray workers or their decoding processes "
-                                    f"(out of memory?); see the workers' logs in {RAY_LOGS}") from None
+                                    f"(out of memory?); see {RAY_LOGS}") from None
                 if worker_died:
                     self._replace(worker)
                 self.shards_redone += 1
@@ -207,8 +208,8 @@ class RayEmbedders(AbstractContextManager):
                 raise error.cause if isinstance(error.cause, ZsfsError) else error from None
             except RayActorError:
                 if attempt == MAX_ATTEMPTS:
-                    raise ZsfsError(f"{MAX_ATTEMPTS} Ray workers died while {doing} (out of memory?); see the "
-                                    f"workers' logs in {RAY_LOGS}") from None
+                    raise ZsfsError(f"{MAX_ATTEMPTS} Ray workers died while {doing} (out of memory?); see "
+                                    f"{RAY_LOGS}") from None
                 self._replace(worker)
 
     def close(self) -> None:

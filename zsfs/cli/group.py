@@ -55,13 +55,13 @@ class ZsfsGroup(click.Group):
             bad_argument = isinstance(error, ParameterError)
             if bad_argument:  # named as the user typed them: the command's flags
                 error = error.render(option_flags(self.get_command(ctx, ctx.invoked_subcommand or "")))
-            say_error(f"{error}{_kept_for_a_rerun(ctx, error)}{_resuming_hint(ctx, str(error))}")
+            say_error(f"{error}{_kept_for_a_rerun(ctx, error, str(error))}{_resuming_hint(ctx, str(error))}")
             sys.exit(2 if bad_argument else 1)  # 2: a usage error, as click's own checks of the options exit
         except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
             if not (isinstance(error, OSError) or is_disk_full(error) or shared_memory_full(error)):
                 raise  # a bug: keep its traceback
             said = describe_os_error(error)
-            say_error(f"{said}{_kept_for_a_rerun(ctx, error)}{_resuming_hint(ctx, said)}")
+            say_error(f"{said}{_kept_for_a_rerun(ctx, error, said)}{_resuming_hint(ctx, said)}")
             sys.exit(1)
         except KeyboardInterrupt as stop:
             resumes = ctx.invoked_subcommand in RESUMING_COMMANDS
@@ -83,11 +83,13 @@ def say_stopped(stop: KeyboardInterrupt, what: str) -> NoReturn:
     sys.exit(128 + number if number else 130)
 
 
-def _kept_for_a_rerun(ctx: click.Context, error: BaseException) -> str:
+def _kept_for_a_rerun(ctx: click.Context, error: BaseException, said: str) -> str:
     """What a failed extract's finished shards hold for its rerun (``resume``, as a stop's), or ""
-    (under --overwrite :func:`_resuming_hint` says what a rerun does)."""
+    (under --overwrite :func:`_resuming_hint` says what a rerun does), as a sentence after ``said``."""
     resume = None if ctx.meta.get(OVERWRITING) else getattr(error, "resume", None)
-    return f" {resume[0].upper()}{resume[1:]}." if resume else ""
+    if not resume:
+        return ""
+    return f"{'' if said.rstrip().endswith(('.', '!', '?')) else '.'} {resume[0].upper()}{resume[1:]}."
 
 
 def _resuming_hint(ctx: click.Context, message: str) -> str:
