@@ -514,13 +514,17 @@ def test_every_class_list_is_checked_by_one_rule():
         check_class_names(["cat", "\u200b\ufeff "], "x")
     with pytest.raises(ZsfsError, match=r"lists 1 name more than once: 'cat' = 'cat\\u200b' \(names that differ only in"):
         check_class_names(["cat", "dog", "cat\u200b"], "x")
-    # report review: these render as nothing too (a soft hyphen, a Hangul filler, a variation selector, a tag)
-    from zsfs.names import visible
-    for unseen, shown in (("\u00ad", "\\u00ad"), ("\u3164", "\\u3164"), ("\ufe0f", "\\ufe0f"),
-                          ("\U000e0041", "\\U000e0041")):
+    # report review: these render as nothing too (a soft hyphen, a Hangul filler, musical formatting)
+    from zsfs.names import refuse_unseen_characters, visible
+    for unseen, shown in (("\u00ad", "\\u00ad"), ("\u3164", "\\u3164"), ("\U0001d173", "\\U0001d173")):
         with pytest.raises(ZsfsError, match=re.escape(f"lists 1 name more than once: 'cat' = 'cat{shown}'")):
             check_class_names(["cat", f"cat{unseen}"], "x")
         assert visible(f"cat{unseen}") == f"cat{shown}"
+    # diff review: not emoji's variation selectors and tags, nor Japanese or Mongolian ones: names typed so
+    names = ["\u2764\ufe0f heart", "\u2600\ufe0f sun", "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063"
+             "\U000e0074\U000e007f flag", "\u845b\U000e0100\u57ce", "\u1820\u180b\u1821"]
+    assert check_class_names(names, "x") == names and [visible(name) for name in names] == names
+    refuse_unseen_characters(names, "x")
     with pytest.raises(ZsfsError, match="lists 1 name more than once: 'caf\u00e9' = 'cafe\u0301'"):
         check_class_names(["caf\u00e9", "cafe\u0301"], "x")  # one label once compared in NFC
     with pytest.raises(ZsfsError, match="x has a class name that is not UTF-8 text"):
