@@ -646,7 +646,20 @@ def test_a_run_on_tar_shards_shows_its_images(tmp_path):
     (tmp_path / "shards" / "00001.tar").unlink()
     page = render_report(run)
     still = len(re.findall(r'<img class="thumb" src="data:image/jpeg;base64,', page))
-    assert 0 < still < len(shown) and "00001.tar does not exist" in page
+    note = html.unescape(re.search(r'<p class="note">([^<]*)', page).group(1))
+    assert 0 < still < len(shown) and "(file not found: " in note and "If the images moved, run" in note, note
+    # (diff review: a tar gone said "00001.tar does not exist" per image, and lost the advice for moved images)
+    import tarfile
+
+    rewritten = tmp_path / "shards" / "00000.tar"
+    with tarfile.open(rewritten) as tar:
+        kept = [(member, tar.extractfile(member).read()) for member in tar.getmembers()[1:]]
+    with tarfile.open(rewritten, "w") as tar:  # the same tar, its first member gone
+        for member, data in kept:
+            tar.addfile(member, io.BytesIO(data))
+    page = render_report(run)
+    assert 0 < len(re.findall(r'<img class="thumb" src="data:image/jpeg;base64,', page)) < still
+    assert "00000.tar holds no file named" in html.unescape(page)
 
 
 def test_a_store_rebuilt_since_the_fit_does_not_name_the_images(tmp_path):

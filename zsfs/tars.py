@@ -376,9 +376,10 @@ def split_member_path(path: str, root: Path | None = None) -> tuple[str, str] | 
 def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | None = None) -> TarMembers | None:
     """Byte ranges of the ``<tar>::<member>`` entries of ``paths`` (relative to ``root``),
     each tar listed once; None when no entry is a tar member. Other entries get tar -1, also a file
-    so named (``x.tar::1.jpg`` in a folder is that file). A member the tar does not hold as a file, or
-    of a tar that does not exist, is an error, or, given ``reasons``, its row's reason there (entry
-    number -> why; its tar stays -1: the other tars' members are still found)."""
+    so named (``x.tar::1.jpg`` in a folder is that file). A member the tar does not hold as a file is
+    an error, or, given ``reasons``, its row's reason there (entry number -> why; its tar stays -1); so
+    is a tar that does not exist, or, given ``reasons``, its entries stay -1 (a file so named: not
+    found, as a moved image is), and the other tars' members are still found."""
     split = [None if entry is None or os.path.isfile(root / path) else entry  # (False for a name over NAME_MAX)
              for path, entry in zip(paths, (split_member_path(path, root) for path in paths))]
     tar_names = sorted({entry[0] for entry in split if entry is not None})
@@ -407,7 +408,9 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
         if entry is None:
             continue
         key = (number[entry[0]], entry[1])
-        why = (f"{entry[0]} does not exist" if key[0] in gone else f"{entry[1]!r} is a link or sparse file inside {entry[0]}, not a plain file; zsfs reads only the plain "
+        if key[0] in gone:
+            continue
+        why = (f"{entry[1]!r} is a link or sparse file inside {entry[0]}, not a plain file; zsfs reads only the plain "
                "files of a tar"
                if key in links else f"{entry[0]} holds no file named {entry[1]!r}" if key not in where else None)
         if why is not None:
