@@ -57,7 +57,6 @@ def scan_folder(folder: Path) -> FolderScan:
     tars: list[str] = []  # .tar files, which an image folder does not read
     unread_images: list[str] = []
     tree = str(folder) + os.sep
-    roots = [tree]  # the tree and each linked folder outside it that is listed: a link up to one of them loops
 
     def record(error: OSError) -> None:
         if Path(error.filename) == folder:
@@ -79,13 +78,14 @@ def scan_folder(folder: Path) -> FolderScan:
                 continue
             path = os.path.join(directory, name)
             target = os.path.realpath(path) if os.path.islink(path) else None
-            if target is not None and (target + os.sep).startswith(tree):
+            under = None if target is None else target.rstrip(os.sep) + os.sep
+            if under is not None and under.startswith(tree):
                 not_read(prefix + name + "/", f"a link into {folder.name}/, listed there")
                 continue
-            above = None if target is None else target.rstrip(os.sep) + os.sep
-            if above is not None and any(root.startswith(above) and root != above for root in roots):
-                # a loop up that would list the neighbours of a listed folder (or the whole disk, for /)
-                holds = f"{folder.name}/" if tree.startswith(above) else "a linked folder listed already"
+            # a loop up, to a folder holding the tree or a linked folder listed, would list their neighbours
+            # (the whole disk, for /)
+            if under is not None and any(root.startswith(under) for root in listed_at):
+                holds = f"{folder.name}/" if tree.startswith(under) else "a linked folder listed already"
                 not_read(prefix + name + "/", f"a link to a folder that holds {holds}")
                 continue
             try:
@@ -100,7 +100,6 @@ def scan_folder(folder: Path) -> FolderScan:
             kept.append(name)
             if target is not None:
                 listed_at.setdefault(target, prefix + name + "/")
-                roots.append(target + os.sep)
         subdirs[:] = kept
         suffixes = [(name, os.path.splitext(name)[1].lower()) for name in files if not name.startswith(".")]
         images = [name for name, suffix in suffixes if suffix in IMAGE_EXTENSIONS]

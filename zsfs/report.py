@@ -207,8 +207,8 @@ def _thumbnails_of(paths: list[str], root: Path | None,
     ``root``, or absolute."""
     check_utf8_file_names(paths)  # (walkthrough: under LC_ALL=C, UTF-8 names showed as "corrupt image data")
     base = root or Path("/")
-    # a member a tar no longer holds (or of a tar gone) shows why; the other tars' images still show
-    # (a review: one rewritten tar made every tar's images "file not found")
+    # a member a tar no longer holds shows why, a gone tar's as not found; the other tars' images still
+    # show (a review: one rewritten tar made every tar's images "file not found")
     missing: dict[int, str] = {}
     try:
         members = locate_members(paths, base, reasons=missing)

@@ -274,9 +274,10 @@ class StoreWriter:
         # its text its digest, else the rebuilt master would record the damaged file's digest as
         # the good one (crash review: a path changed so passed --verify after any rerun)
         changed = [shard for shard in self.shards_changed_since_master() if shard not in pending]
-        pending += [shard for shard in changed if not self._reads_whole(shard)]
+        pending += [shard for shard in changed if not self._is_whole(shard)]
         if not self.master.is_file():  # a stopped run's shards: their text is checked before a master copies it
-            pending += [shard for shard in range(self.n_shards) if shard not in pending and not self._text_whole(shard)]
+            pending += [shard for shard in range(self.n_shards)
+                        if shard not in pending and not self._is_whole(shard, data=False)]
         return sorted(pending)
 
     def announce(self, pending: Sequence[int], on_start: Callable[[int], None] | None,
@@ -310,23 +311,16 @@ class StoreWriter:
         return (f"the finished shards hold {kept:,} of the {self.n_items:,} {item}s (--shard-size "
                 f"{self.shard_size:,}): a rerun keeps them and {redo} the other {self.n_items - kept:,}")
 
-    def _reads_whole(self, shard: int) -> bool:
-        """True when every dataset of the shard's file reads through its checksums, and its text
-        matches its digest."""
+    def _is_whole(self, shard: int, *, data: bool = True) -> bool:
+        """True when the shard's text (paths, labels, skip reasons) matches its digest and, with
+        ``data``, every dataset of its file reads through its checksums."""
         path = self.shard_path(shard)
         try:
             with open_hdf5(path) as file:
-                read_all(file, path)
+                if data:
+                    read_all(file, path)
                 return text_is_whole(file)
         except Exception:  # damaged metadata fails in h5py as RuntimeError, KeyError, ...: not whole either
-            return False
-
-    def _text_whole(self, shard: int) -> bool:
-        """True when the shard's text (paths, labels, skip reasons) matches its digest."""
-        try:
-            with open_hdf5(self.shard_path(shard)) as file:
-                return text_is_whole(file)
-        except Exception:  # as in _reads_whole
             return False
 
     # -- writing --------------------------------------------------------------------------
