@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import traceback
 from pathlib import Path
 
 import h5py
@@ -138,6 +139,28 @@ def test_library_summary_counts_reasons(photos, tmp_path):
 
     again = extract(photos["root"], tmp_path / "s.h5", workers=0, shard_size=8, batch_size=4, **TINY_MODELS)
     assert (again.shards_written, again.shards_reused, again.images_processed) == (0, summary.shards_written, 0)
+
+
+def test_a_library_extract_stopped_among_its_shards_tells_its_caller_what_a_rerun_keeps(photos, tmp_path):
+    """Review: the command line said how many files the finished shards hold; zsfs.extract()'s
+    caller got a bare KeyboardInterrupt (the sentence sat in an attribute no traceback shows)."""
+    batches = []
+
+    def stopped_in_the_second_shard(n: int) -> None:
+        batches.append(n)
+        if sum(batches) > 8:
+            raise KeyboardInterrupt  # as Ctrl-C lands in a notebook
+
+    with pytest.raises(KeyboardInterrupt) as stop:
+        extract(photos["root"], tmp_path / "s.h5", workers=0, shard_size=8, batch_size=4,
+                on_batch=stopped_in_the_second_shard, **TINY_MODELS)
+    n_listed = len(photos["good"]) + len(photos["bad"])
+    said = f"the finished shards hold 8 of the {n_listed} files (--shard-size 8): a rerun keeps them and embeds " \
+           f"the other {n_listed - 8}"
+    assert stop.value.resume == said  # the command line's sentence
+    if sys.version_info >= (3, 11):  # (Python 3.10 has no exception notes)
+        assert stop.value.__notes__ == [said[0].upper() + said[1:] + "."]
+        assert said[1:] in "".join(traceback.format_exception(stop.value))
 
 
 def test_classes_file_gives_the_vocabulary(photos, tmp_path):

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -1243,6 +1244,9 @@ def test_an_import_stopped_among_its_shards_says_what_its_rerun_keeps(inputs):
         import_store(folder / "s.h5", **common, progress=stopped_after_the_first)
     assert stop.value.resume == ("the finished shards hold 25 of the 60 rows (--shard-size 25): a rerun keeps them "
                                  "and writes the other 35")
+    if sys.version_info >= (3, 11):  # and a Python caller's traceback says it
+        assert stop.value.__notes__ == ["The finished shards hold 25 of the 60 rows (--shard-size 25): a rerun keeps "
+                                        "them and writes the other 35."]
     resumed: list = []
     import_store(folder / "s.h5", **common, on_resume=lambda kept, n_shards: resumed.append((kept, n_shards)))
     assert resumed == [(1, 3)]  # as said

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,8 +244,7 @@ def extract(
             try:
                 processed = embedder.write_shards(writer, pending, on_batch)
             except (KeyboardInterrupt, Exception) as stop:  # Ctrl-C, SIGTERM, a full disk, a decoding process
-                with suppress(Exception):  # killed: the command line says what a rerun redoes (a file system that
-                    stop.resume = writer.kept_for_a_rerun(pending)  # fails now: the stop is still one line)
+                writer.tell_what_a_rerun_keeps(stop, pending)  # killed: the caller hears what a rerun redoes
                 raise
             embedding_seconds = time.perf_counter() - embedding_started
             writer.remove_tmp_files()  # what killed workers left behind; every writer has stopped

@@ -6,7 +6,6 @@ import json
 import numbers
 import os
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -269,8 +268,7 @@ def _write_shards_and_master(master: Path, identity: dict, layout: dict, feature
                 ))
                 if progress is not None:
                     progress(stop - start)
-        except (KeyboardInterrupt, Exception) as stop:  # Ctrl-C, SIGTERM, a full disk: the command line says
-            with suppress(Exception):  # what a rerun keeps (a file system that fails now: still one line)
-                stop.resume = writer.kept_for_a_rerun(pending, "row", "writes")
+        except (KeyboardInterrupt, Exception) as stop:  # Ctrl-C, SIGTERM, a full disk: the caller hears
+            writer.tell_what_a_rerun_keeps(stop, pending, "row", "writes")  # what a rerun keeps
             raise
         return writer.finalize_if_changed(attrs, shards_written=bool(pending), exact_max=exact_max), writer.identity

@@ -13,6 +13,7 @@ import json
 import math
 import weakref
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -310,6 +311,17 @@ class StoreWriter:
                     f"{items} from the start")
         return (f"the finished shards hold {kept:,} of the {self.n_items:,} {item}s (--shard-size "
                 f"{self.shard_size:,}): a rerun keeps them and {redo} the other {self.n_items - kept:,}")
+
+    def tell_what_a_rerun_keeps(self, stop: BaseException, pending: Sequence[int], item: str = "file",
+                                redo: str = "embeds") -> None:
+        """Attach :meth:`kept_for_a_rerun` to ``stop``, what ended the writing of ``pending``: as
+        ``stop.resume`` for the command line's one line and, for a Python caller, as a note its
+        traceback prints (Python 3.11+). Never raises: a file system that fails now must not
+        replace the error."""
+        with suppress(Exception):
+            stop.resume = resume = self.kept_for_a_rerun(pending, item, redo)
+            if hasattr(stop, "add_note"):
+                stop.add_note(f"{resume[0].upper()}{resume[1:]}.")
 
     def _is_whole(self, shard: int, *, data: bool = True) -> bool:
         """True when the shard's text (paths, labels, skip reasons) matches its digest and, with
