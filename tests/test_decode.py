@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -433,8 +434,23 @@ def test_a_valid_file_pillow_cannot_read_says_so():
         decode_image("rgb-float.tif", data=float_colour)
     # walkthrough: two 16-bit bands (photometric MinIsBlack, an extra sample: as GDAL writes them) were
     # "corrupt or truncated", which sent users looking for damage
-    with pytest.raises(ImageDecodeError, match="a TIFF layout Pillow cannot read \\(such as 2 bands"):
+    with pytest.raises(ImageDecodeError, match="a TIFF layout Pillow cannot read: 2 bands of 16-bit integers \\(it "
+                       "reads 1 band of up to 32 bits, or RGB with up to 3 more 8-bit bands or 1 more 16-bit one\\): "
+                       "save it so, e.g. its bands as RGB or one file each$"):
         decode_image("two-bands.tif", data=encode_tiff(np.zeros((4, 4, 2), np.uint16)))
+    # walkthrough: a one-band 64-bit float elevation model, and 16-bit RGB with two near-infrared bands,
+    # were "such as 2 bands, or 3 or more not tagged as RGB": the reason says what the file holds
+    for samples, holds in ((np.zeros((4, 4, 1), np.float64), "1 band of 64-bit floats"),
+                           (np.zeros((4, 4, 5), np.uint16), "5 bands of 16-bit integers tagged RGB"),
+                           (np.zeros((4, 4, 7), np.uint8), "7 bands of 8-bit integers tagged RGB"),
+                           (np.zeros((4, 4, 2), np.int8), "2 bands of 8-bit signed integers")):
+        with pytest.raises(ImageDecodeError, match=f"a TIFF layout Pillow cannot read: {holds} \\(it reads"):
+            decode_image("x.tif", data=encode_tiff(samples))
+    for readable in (np.zeros((4, 4, 6), np.uint8), np.zeros((4, 4, 4), np.uint16)):  # as the reason says
+        assert decode_image("x.tif", data=encode_tiff(readable)).size == (4, 4)
+    cut = encode_tiff(np.zeros((4, 4, 1), np.float64))[:60]  # its first image is past the end: damaged
+    with pytest.raises(ImageDecodeError, match="a TIFF layout Pillow cannot read \\(such as .*, or a damaged TIFF$"):
+        decode_image("cut.tif", data=cut)
 
 
 @pytest.mark.parametrize("quiet", [True, False])
@@ -540,3 +556,30 @@ def test_narrow_jpeg_multi_picture_jpeg_and_colour_keys_under_the_budget():
     assert (decoded[:2] == 255).all() and (decoded[2:] == 187).all()
     every = encode_png16(np.full((4, 4, 3), 7, np.uint16), transparency=(7, 7, 7))  # all transparent: white
     assert (np.asarray(decode_image("keyed16.png", data=every)) == 255).all()
+
+
+def test_decode_image_admits_each_image_at_its_decoded_size_and_lets_go_once_decoded(tmp_path):
+    """Walkthrough: a report's thumbnail threads each decoded a 9000 x 9000 16-bit tile at once (6.4 GB
+    where extract's one worker took 1.6): ``admit`` is how they share a memory budget, asked with the
+    size the decoder will really produce (a JPEG at its reduced scale), before the pixels are decoded."""
+    Image.new("RGB", (2000, 1000), (200, 10, 10)).save(tmp_path / "big.jpg")
+    Image.new("RGB", (300, 200), (10, 200, 10)).save(tmp_path / "small.png")
+    asked, held = [], []
+
+    @contextmanager
+    def admit(size):
+        asked.append(size)
+        held.append(True)
+        try:
+            yield
+        finally:
+            held.pop()
+
+    for name, draft, expected in (("big.jpg", (96, 96), (250, 125)), ("big.jpg", None, (2000, 1000)),
+                                  ("small.png", (96, 96), (300, 200))):
+        image = decode_image(tmp_path / name, draft=draft, admit=admit)
+        assert asked[-1] == expected and image.size == expected and not held
+    with pytest.raises(ImageDecodeError):  # a file that fails after its header lets go too
+        (tmp_path / "cut.png").write_bytes((tmp_path / "small.png").read_bytes()[:200])
+        decode_image(tmp_path / "cut.png", admit=admit)
+    assert asked[-1] == (300, 200) and not held

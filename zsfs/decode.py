@@ -18,8 +18,8 @@ import sys
 import threading
 import unicodedata
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -57,6 +57,10 @@ are skipped with a reason (their decoders cannot decode smaller). Decoding a PNG
 costs up to 4 bytes per pixel (~360 MB) in the decoding process; a 16-bit colour PNG or TIFF
 (decoded twice, see ``_low_byte_tiles``) about 20 (~1.8 GB; measured: 800 MB and 2.5 s for a
 36 MP one, where its high bytes alone took 240 MB and 0.4 s)."""
+
+DECODING_BYTES_PER_PIXEL = 20
+"""What decoding an image costs per pixel at most (as decoded: a JPEG's reduced scale): a 16-bit
+colour PNG or TIFF, above."""
 
 FILE_NOT_FOUND = "file not found"
 """The reason of an image whose file is not there (``zsfs report`` then suggests --images)."""
@@ -111,7 +115,8 @@ def machine_read_error(error: BaseException, path: Path | str) -> MachineReadErr
 
 
 def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None, *,
-                 data: bytes | memoryview | BinaryIO | None = None) -> Image.Image:
+                 data: bytes | memoryview | BinaryIO | None = None,
+                 admit: Callable[[tuple[int, int]], AbstractContextManager] | None = None) -> Image.Image:
     """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
 
     Images above ``WORKING_PIXELS`` come out smaller (the original size is in
@@ -123,7 +128,8 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
     at 1/2 to 1/8 scale as long as it stays at least this size (thumbnails: much faster).
     ``data``: the file's content, got elsewhere (a tar member named ``path``), as bytes or a
     seekable binary file (read as the decoder needs it: a large member is not read whole); the
-    file system is then not touched.
+    file system is then not touched. ``admit(size)``: a context held while the image is decoded,
+    given its size as decoded (after any reduced JPEG scale), for threads that share a memory budget.
     """
     path = Path(path)
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
@@ -136,7 +142,8 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
                 raise ImageDecodeError("not a regular file", path)
         if (status.st_size if source is None else source.seek(0, os.SEEK_END)) == 0:
             raise ImageDecodeError("empty file", path)
-        with _pixel_budget_replaces_pillows(), _opened(path, source) as file, Image.open(file) as image:
+        with ExitStack() as admitted, _pixel_budget_replaces_pillows(), _opened(path, source) as file, \
+                Image.open(file) as image:
             if image.format in DATA_FORMATS:  # Pillow names them (stub plugins) but they hold no picture
                 store = " (a zsfs store?)" if image.format == "HDF5" else ""
                 raise ImageDecodeError(f"not an image: {image.format} data{store}", path)
@@ -144,6 +151,8 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
             _decode_smaller(image, max_pixels)
             if draft is not None:  # no effect when _decode_smaller reduced it already
                 image.draft("RGB", draft)
+            if admit is not None:  # (held until the file and its decoded copies are let go)
+                admitted.enter_context(admit(image.size))
             _refuse_planar_sixteen_bit(image)
             true_type = _sample_type_pillow_misreads(image)
             low_byte_tiles = _low_byte_tiles(image)  # read before load(), which consumes the tiles
@@ -167,7 +176,10 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
             raise ImageDecodeError(unread_format_reason(path), path) from None
         head = _file_head(path) if source is None else _rewound(source).read(16)
         if head.startswith(_TIFF_SIGNATURES):  # most often a valid TIFF Pillow has no mode for
-            raise ImageDecodeError(f"{_TIFF_PILLOW_CANNOT_READ}, or a damaged TIFF", path) from None
+            layout = _tiff_layout(path, source)
+            raise ImageDecodeError(f"{_TIFF_PILLOW_CANNOT_READ}, or a damaged TIFF" if layout is None else
+                                   f"a TIFF layout Pillow cannot read: {layout} ({_PILLOWS_TIFF_LAYOUTS}): save it so, "
+                                   "e.g. its bands as RGB or one file each", path) from None
         if _starts_like_an_image(head):  # also valid files of a variant Pillow has no decoder for
             raise ImageDecodeError("corrupt or truncated image header, or a format variant Pillow cannot read",
                                    path) from None
@@ -212,6 +224,34 @@ def _opened(path: Path, source: BinaryIO | None) -> Iterator[BinaryIO]:
 
 _TIFF_PILLOW_CANNOT_READ = ("a TIFF layout Pillow cannot read (such as 2 bands, or 3 or more not tagged as RGB: GDAL's "
                             "usual multi-band GeoTIFF; or 3 float bands): save its bands as RGB or one file each")
+_PILLOWS_TIFF_LAYOUTS = "it reads 1 band of up to 32 bits, or RGB with up to 3 more 8-bit bands or 1 more 16-bit one"
+_SAMPLE_KINDS = {1: "integers", 2: "signed integers", 3: "floats"}
+
+
+def _tiff_layout(path: Path, source: BinaryIO | None) -> str | None:
+    """What the first image of a TIFF holds, as a skip reason says it ("5 bands of 16-bit integers
+    tagged RGB", "1 band of 64-bit floats"), or None when its header cannot be read (a damaged file).
+    Walkthrough: a one-band 64-bit float elevation model was skipped as "such as 2 bands, or 3 or more
+    not tagged as RGB"."""
+    from PIL.TiffImagePlugin import ImageFileDirectory_v2
+
+    try:
+        with _opened(path, source) as opened:
+            header = opened.read(8)
+            tags = ImageFileDirectory_v2(header + opened.read(8) if header[2] == 43 else header)  # BigTIFF: 16 bytes
+            if not 8 <= tags.next <= opened.seek(0, os.SEEK_END) - 2:  # no first image where the header points
+                return None
+            opened.seek(tags.next)
+            tags.load(opened)
+            if not {256, 257} <= set(tags):  # (no width or height: damaged, whatever else it says)
+                return None
+            bands, bits = int(tags.get(277, 1)), tuple(tags.get(258, (1,)))
+            kind = _SAMPLE_KINDS.get(tuple(tags.get(339, (1,)))[0], "samples of an unknown kind")
+            rgb = " tagged RGB" if tags.get(262) == 2 else ""
+    except Exception:  # any damage: the caller's reason allows for it
+        return None
+    width = f"{bits[0]}-bit" if len(set(bits)) == 1 else "-, ".join(map(str, bits)) + "-bit"
+    return f"{bands} band{'' if bands == 1 else 's'} of {width} {kind}{rgb}"
 
 
 def _rewound(file: BinaryIO) -> BinaryIO:
