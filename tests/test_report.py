@@ -12,6 +12,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -893,6 +896,34 @@ def test_the_confusion_matrix_is_normalised_per_true_class_and_accuracy_goes_wor
     names = ["best_class", "worst_class", "middle_class", "empty_class"]
     svg = figures.per_class_accuracy(names, np.array([1.0, 0.1, 0.5, np.nan]))
     assert sorted(names, key=svg.index) == ["empty_class", "worst_class", "middle_class", "best_class"]
+
+
+def test_thumbnail_threads_hold_at_most_their_decoding_budget_and_a_larger_image_decodes_alone():
+    """Walkthrough: 8 threads each decoded a 9000 x 9000 16-bit tile at once (6.4 GB); they share a
+    budget now (a share per image by its size, capped at the whole: one image larger than it runs alone)."""
+    from zsfs.decode import DECODING_BYTES_PER_PIXEL
+    from zsfs.thumbnails import DecodingBudget
+
+    budget = DecodingBudget(100 * DECODING_BYTES_PER_PIXEL)  # 100 pixels' worth
+    running: list[int] = []
+    most, beside_the_large = [0], []
+    lock = threading.Lock()
+
+    def decode(pixels: int) -> None:
+        with budget.held((pixels, 1)):
+            with lock:
+                running.append(min(pixels, 100))
+                most[0] = max(most[0], sum(running))
+                if pixels > 100:
+                    beside_the_large.append(len(running) - 1)
+            time.sleep(0.05)
+            with lock:
+                running.remove(min(pixels, 100))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(decode, [40] * 6 + [150] + [30] * 6 + [150]))
+    assert 80 <= most[0] <= 100, most  # never above it, and the small ones shared it
+    assert beside_the_large == [0, 0] and not running
 
 
 def test_thumbnails_come_in_the_order_of_their_images(tmp_path):

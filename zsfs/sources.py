@@ -8,6 +8,8 @@ which decodes its images through ``zsfs.decode``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -66,14 +68,14 @@ class ImageSource:
         """Absolute path of the ``i``-th image (listed absolute paths are kept as they are)."""
         return self.root / self.paths[i]
 
-    def decode(self, i: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-               draft: tuple[int, int] | None = None) -> Image.Image:
+    def decode(self, i: int, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None,
+               admit: Callable[[tuple[int, int]], AbstractContextManager] | None = None) -> Image.Image:
         """The ``i``-th image, from its file or its tar member (``decode_image``'s arguments and errors)."""
         if self.members is None or not self.members.holds(i):
-            return decode_image(self.absolute(i), max_pixels, draft)
+            return decode_image(self.absolute(i), max_pixels, draft, admit=admit)
         try:
             with self.members.open(i) as member:
-                return decode_image(self.paths[i], max_pixels, draft, data=member)
+                return decode_image(self.paths[i], max_pixels, draft, data=member, admit=admit)
         except (OSError, TarReadError) as error:  # (decode_image turns the decoders' OSErrors into its own)
             machine = machine_read_error(error, self.paths[i])
             if machine is not None:
