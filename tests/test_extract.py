@@ -1118,8 +1118,11 @@ def test_images_in_formats_zsfs_cannot_read_are_counted_not_left_out_unsaid(tmp_
     for name in ("cat/IMG_0001.HEIC", "cat/IMG_0002.heic", "dog/raw.dng", "dog/.hidden.heic", "dog/notes.txt"):
         (folder["root"] / name).write_bytes(b"not decoded")
     (folder["root"] / "dog" / "slide.svs").write_bytes(b"II*\0")  # walkthrough: a whole-slide image, unsaid
-    assert open_source(folder["root"]).unread_formats == {".dng": 1, ".heic": 2, ".svs": 1}
-    (folder["root"] / "dog" / "slide.svs").unlink()
+    for name in ("dog/brain.nii", "dog/sky.fits"):  # and a medical volume, an astronomy frame
+        (folder["root"] / name).write_bytes(b"not decoded")
+    assert open_source(folder["root"]).unread_formats == {".dng": 1, ".fits": 1, ".heic": 2, ".nii": 1, ".svs": 1}
+    for name in ("dog/slide.svs", "dog/brain.nii", "dog/sky.fits"):
+        (folder["root"] / name).unlink()
     result = run_cli("extract", folder["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
     assert result.exit_code == 0, result.output
     assert "images not read 1 .dng and 2 .heic files, formats zsfs cannot read: convert them (to JPEG or PNG) " \

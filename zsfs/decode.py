@@ -42,10 +42,12 @@ skipped with the reason)."""
 
 UNREAD_IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw", ".svg",
-     ".dcm", ".dicom", ".exr", ".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".bif", ".czi", ".lif", ".nd2"})
+     ".dcm", ".dicom", ".exr", ".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".bif", ".czi", ".lif", ".nd2",
+     ".nii", ".nrrd", ".mha", ".mhd", ".fits", ".fts"})
 """Image formats a scan does not take, since Pillow cannot decode them (phone, camera raw, vector,
-DICOM, OpenEXR, whole-slide and microscope images): counted by suffix, so that the extract
-summary says they were left out (walkthrough: a pathology folder's .svs slides went unmentioned)."""
+DICOM, OpenEXR, whole-slide and microscope images, medical and astronomy volumes): counted by
+suffix, so that the extract summary says they were left out (walkthrough: a pathology folder's .svs
+slides, then a folder's .nii volume and .fits frame, went unmentioned)."""
 
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited onto white: their stored colour is arbitrary."""
