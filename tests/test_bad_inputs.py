@@ -38,6 +38,7 @@ def made(tmp_path_factory) -> dict:
     (work / "latin1.txt").write_bytes("chat\ncaf\u00e9\n".encode("latin-1"))
     (work / "classes.txt").write_text("cat\ndog\n")
     (work / "a-file").write_text("not a folder")
+    (work / "to-nothing").symlink_to(work / "not-mounted")  # as a link to a share not mounted
     rows = np.random.default_rng(0).normal(size=(2, 8))  # float64, numpy's default
     np.save(work / "clip.npy", rows)
     np.save(work / "backbone.npy", rows)
@@ -60,6 +61,7 @@ def tripwires(monkeypatch):
     import zsfs.fit.run
     import zsfs.importer
     import zsfs.predict
+    import zsfs.report
     import zsfs.shard_embedder
     import zsfs.vocabulary
 
@@ -70,7 +72,8 @@ def tripwires(monkeypatch):
     for module, name in ((zsfs.shard_embedder, "load_clip"), (zsfs.shard_embedder, "load_backbone"),
                          (zsfs.extract, "load_clip"),
                          (zsfs.vocabulary, "load_clip_from_record"), (zsfs.fit.run, "fit_store"),
-                         (zsfs.predict, "load_backbone_from_record"), (zsfs.importer, "write_store")):
+                         (zsfs.predict, "load_backbone_from_record"), (zsfs.importer, "write_store"),
+                         (zsfs.report, "_render")):
         monkeypatch.setattr(module, name, tripped)
 
 
@@ -126,6 +129,17 @@ CASES = [  # (command line, exit code, words of the error line)
       "--paths", "{work}/ragged.csv"), 1, "fields, the header 2; quote a path or label holding a comma"),  # bug: polars' advice, truncate_ragged_lines=True, and \x0a\x0a
     (("predict", "--run", "{work}/diverged", "{photos}"), 1, "non-finite weights"),
     (("predict", "--run", "{run}", "--out", "{work}/a-file/p.csv", "{photos}"), 1, "a-file is a file"),
+    # review: refused once the work was done, as "File exists", "File name too long", "... already exists"
+    (FIT + ("--out", "{work}/to-nothing/run"), 1, "to-nothing is a link to nothing ({work}/not-mounted); mount or "
+     "make what it names, or choose another location"),
+    (("predict", "--run", "{run}", "--out", "{work}/to-nothing/p.csv", "{photos}"), 1, "to-nothing is a link to nothing"),
+    (("report", "{run}", "--out", "{work}/to-nothing/r.html"), 1, "to-nothing is a link to nothing"),
+    (FIT + ("--out", "{work}/" + "b" * 256), 1, f"the name {'b' * 256} is too long for the file system, which takes "
+     "names of 255 bytes at most; choose a shorter name"),
+    (FIT + ("--out", "{work}/" + "b" * 256 + "/run"), 1, "is too long for the file system"),
+    (("report", "{run}", "--out", "{work}/" + "c" * 251 + ".html"), 1, "is too long for the file system"),
+    (FIT + ("--out", "{work}/dd/sub/.."), 1, "a name ending in '..' names a folder that is there; give the new one's "
+     "own name"),
     # review: a missing input was click's usage error (exit 2) in import and report, exit 1 elsewhere
     (("report", "{run}", "--images", "{work}/no-such-folder"), 1, "no-such-folder does not exist (given as --images)"),
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/no-clip.npy", "--backbone-features",

@@ -24,9 +24,15 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
     than the file system takes is refused now, not once the work is done.
     """
     path = Path(path).absolute()
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    if path.name == "..":  # (a fit ran to its end, then found "dd/sub/.." there already, and left dd/sub made)
+        raise ZsfsError(f"cannot write the {what} {path}: a name ending in '..' names a folder that is there; give "
+                        "the new one's own name")
+    missing = missing_folders(path)
+    for folder in missing:
+        if os.path.islink(folder):  # a share not mounted: making the folders failed with "File exists" after the work
+            raise ZsfsError(f"cannot write the {what} {path}: {folder} is a link to nothing ({os.readlink(folder)}); "
+                            f"mount or make what it names, or {fix}")
+    folder = missing[0].parent if missing else path.parent
     if not folder.is_dir():
         raise ZsfsError(f"cannot write the {what} {path}: {folder} is a file, not a folder")
     try:
@@ -37,12 +43,28 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
         raise ZsfsError(f"cannot write the {what} {path}: {folder} is not writable ({reason}); {fix}") from None
     os.close(handle)
     os.unlink(probe)
-    longest = max(len(os.fsencode(name)) for name in ([temporary_name(path)] if beside is None else beside))
     limit = _longest_name(folder)
+    made = path.relative_to(folder).parts  # the folders made on the way, then the output itself
+    too_long = [name for name in made if len(os.fsencode(name)) > limit]
+    if too_long:  # (fit and report found it once their work was done)
+        raise ZsfsError(f"cannot write the {what} {path}: the name {too_long[0]} is too long for the file system, "
+                        f"which takes names of {limit} bytes at most; choose a shorter name")
+    longest = max(len(os.fsencode(name)) for name in ([temporary_name(path)] if beside is None else beside))
     if longest > limit:
         raise ZsfsError(f"cannot write the {what} {path}: its name is too long for the file system, which takes "
                         f"names of {limit} bytes at most, as zsfs also writes a {longest}-byte name beside it (a "
                         "temporary file or a shards folder); choose a shorter name")
+
+
+def missing_folders(path: str | Path) -> list[Path]:
+    """The folders on the way to ``path`` (made absolute) that are not there, outermost first: what
+    writing it makes."""
+    missing = []
+    folder = Path(path).absolute().parent
+    while not os.path.exists(folder) and folder != folder.parent:  # (Path.exists raised for a name too long)
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]
 
 
 def refuse_input_as_output(output: str | Path, inputs: Iterable[tuple[str, str | Path | None]],

@@ -107,15 +107,13 @@ def noting_made_folders(parameter: str) -> Callable[[Callable], Callable]:
     expected (``--out /data/sotre/x.h5``)."""
     import functools
 
+    from zsfs.writable import missing_folders
+
     def decorate(command: Callable) -> Callable:
         @functools.wraps(command)
         def noting(*args, **kwargs):
             output = kwargs.get(parameter)
-            first_missing = None
-            if output is not None:
-                folder = Path(output).absolute().parent
-                while not folder.exists() and folder != folder.parent:
-                    first_missing, folder = folder, folder.parent
+            first_missing = next(iter(missing_folders(output)), None) if output is not None else None
             result = command(*args, **kwargs)
             if first_missing is not None and first_missing.is_dir():
                 console.print(f"Note: made the folder {shown(first_missing)} (it was not there) for {shown(output)}.",
