@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import shutil
 import unicodedata
 from pathlib import Path
@@ -760,9 +761,27 @@ def test_damaged_classifier_file_is_a_clear_error(tmp_path):
     with pytest.raises(ZsfsError, match="damaged zsfs classifier"):
         load_classifier(path)
     path.write_bytes(b"junk")  # walkthrough: "is not a readable zsfs classifier (KeyError)", no remedy
-    with pytest.raises(ZsfsError, match=r"classifier.pt is not a readable zsfs classifier \(damaged, cut short or "
-                                        r"another kind of file: .*\); rerun `zsfs fit` to write it again$"):
+    with pytest.raises(ZsfsError, match=r"classifier.pt is damaged \(it is no whole zip archive, as torch writes one: "
+                                        r"cut short, or another kind of file\); rerun `zsfs fit` to write it again$"):
         load_classifier(path)
+
+
+@pytest.mark.parametrize("kept_kib", [8, 40, 90])
+def test_a_classifier_copy_cut_by_a_full_disk_is_named_damaged(tmp_path, kept_kib):
+    """Review: a classifier.pt copied onto a full disk (here: cp under a file-size limit) said only
+    "Error: Invalid argument" once more than a tenth of it was there (torch's zip reader's OSError)."""
+    from zsfs.fit.classifier import CLASSIFIER_FORMAT
+
+    whole = tmp_path / "whole.pt"
+    torch.save({"format": CLASSIFIER_FORMAT, "version": 1, "weight": torch.randn(10, 2560)}, whole)
+    assert whole.stat().st_size > 100 * 1024
+    cut = tmp_path / "run" / "classifier.pt"
+    cut.parent.mkdir()
+    copied = subprocess.run(["bash", "-c", f'ulimit -f {kept_kib}; cp "$0" "$1"', whole, cut], capture_output=True)
+    assert copied.returncode != 0 and cut.stat().st_size == kept_kib * 1024, copied  # the OS stopped it there
+    with pytest.raises(ZsfsError, match=f"^{re.escape(str(cut))} is damaged \\(it is no whole zip archive, as torch "
+                                        "writes one: cut short, or another kind of file\\); rerun `zsfs fit`"):
+        load_classifier(cut.parent)
 
 
 def test_a_classifier_of_a_newer_format_asks_for_a_newer_zsfs(tmp_path):

@@ -230,20 +230,22 @@ def _crc32_recorded() -> Iterator[None]:
         options.set_crc32_options(before)
 
 
-def _member_failing_its_crc(handle: BinaryIO) -> str | None:
-    """The first member of a ``torch.save`` file (a zip archive) whose bytes fail the CRC-32 the
-    archive records, or None: torch.load reads tensors without checking it, so a flipped bit became
-    a wrong weight, and predict gave other labels at confidence 1 with no word of damage. Leaves
-    ``handle`` at its start; a file that is no zip archive is torch.load's to refuse."""
+def _zip_damage(handle: BinaryIO) -> str | None:
+    """What is wrong with a ``torch.save`` file (a zip archive), or None: no whole archive (cut short,
+    or another kind of file: torch's reader said "Invalid argument" of a copy cut by a full disk), or
+    a member whose bytes fail the CRC-32 the archive records (torch.load reads tensors without
+    checking it, so a flipped bit became a wrong weight, and predict gave other labels at confidence
+    1 with no word of damage). Leaves ``handle`` at its start."""
     try:
         with zipfile.ZipFile(handle) as archive:  # (a file object passed in stays open)
             if not any(member.CRC for member in archive.infolist()):  # saved with torch's CRC-32 off: none to check
                 return None
-            return archive.testzip()
+            damaged = archive.testzip()
     except zipfile.BadZipFile:
-        return None
+        return "it is no whole zip archive, as torch writes one: cut short, or another kind of file"
     finally:
         handle.seek(0)
+    return None if damaged is None else f"its part {damaged!r} does not match the checksum it was written with"
 
 
 LEGACY_OOD_COMPONENTS = {"seed_distance": "reference_distance"}
@@ -260,10 +262,9 @@ def load_classifier(path: str | Path) -> Classifier:
     if not path.is_file():
         raise ZsfsError(f"no classifier at {path}; pass a run folder written by `zsfs fit`")
     with open(path, "rb") as handle:  # a Python file: any path, UTF-8 or not (its OSError says what it is)
-        damaged = _member_failing_its_crc(handle)
-        if damaged is not None:
-            raise ZsfsError(f"{path} is damaged (its part {damaged!r} does not match the checksum it was written "
-                            "with); rerun `zsfs fit` to write it again")
+        damage = _zip_damage(handle)
+        if damage is not None:
+            raise ZsfsError(f"{path} is damaged ({damage}); rerun `zsfs fit` to write it again")
         try:
             state = torch.load(handle, map_location="cpu", weights_only=True)
         except OSError:  # reading the file failed, not decoding it
