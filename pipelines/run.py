@@ -58,7 +58,7 @@ class Step:
     """One pipeline step: done when ``output`` exists (or ``done()`` says so); ``argv`` is its
     zsfs command line, if it is one. ``settings`` are what its output depends on besides the
     work folder's layout (:func:`command_settings`), and ``store`` the store it reads, if any:
-    both are recorded in ``record`` (the dataset's steps.json) when it finishes."""
+    both are recorded in ``record`` (the dataset's steps.json) before it runs."""
 
     name: str
     output: Path
@@ -295,7 +295,7 @@ def plan(
         images = prepare.images_folder(data_root, dataset.name)
         # done once prepared, or once its store is (extract reads the images only to build it)
         steps.append(Step("prepare", images, lambda: dataset.prepare(Path(data_root)),
-                          done=lambda: prepare.is_prepared(images) or layout.store.is_file()))
+                          done=lambda: prepare.is_prepared(images) or _store_is_complete(layout.store)))
         source = f"prepared {dataset.name}"  # the same images wherever --data-root puts them
     else:
         source = str(Path(images).resolve())
@@ -326,8 +326,9 @@ def run_steps(steps: Sequence[Step], *, dry_run: bool = False, echo: Callable[[s
             continue
         echo(f"{'todo' if dry_run else 'run '}  {step.describe()}")
         if not dry_run:
-            step.run()
+            # recorded first: killed once its output is there, a step must not pass for one of other settings
             step.remember()
+            step.run()
         ran.append(step.name)
     return ran
 
@@ -366,9 +367,18 @@ def run_zsfs(argv: Sequence[str]) -> None:
 def _zsfs_step(name: str, layout: Layout, output: Path, argv: tuple[str, ...], source: str | None = None) -> Step:
     """A zsfs command as a step; extract's (``source`` given) records its images' listing, so a
     rerun after images were added or removed says so (walkthrough: it reported the old store's results)."""
+    builds_the_store = output == layout.store
     return Step(name, output, lambda: run_zsfs(argv), argv, settings=command_settings(argv, source),
-                store=None if output == layout.store else layout.store, record=layout.record,
+                done=(lambda: _store_is_complete(output)) if builds_the_store else None,
+                store=None if builds_the_store else layout.store, record=layout.record,
                 images=Path(argv[1]) if source is not None else None)
+
+
+def _store_is_complete(path: Path) -> bool:
+    """Whether the store at ``path`` is there, readable, with every vocabulary its extract planned
+    (one stopped after the master, before its class names, was "done" for good, and every fit failed
+    on it); else extract runs again: it resumes, or says what is wrong with the store."""
+    return path.is_file() and _reading_store(path, lambda store: not store.unwritten_vocabularies) is True
 
 
 def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> list[str]:

@@ -82,7 +82,10 @@ def test_a_dataset_whose_store_is_built_needs_no_preparation_and_a_bad_device_is
     steps = plan(DATASETS["cifar10"], tmp_path / "data", tmp_path / "work")
     assert not steps[0].is_done()
     Layout(tmp_path / "work", "cifar10").store.parent.mkdir(parents=True)
-    Layout(tmp_path / "work", "cifar10").store.write_bytes(b"")
+    Layout(tmp_path / "work", "cifar10").store.write_bytes(b"")  # no store: extract (from prepared images) redoes it
+    assert not steps[0].is_done() and not steps[1].is_done()
+    Layout(tmp_path / "work", "cifar10").store.unlink()
+    make_synthetic_store(Layout(tmp_path / "work", "cifar10").store, 100, 10, seed=0, **SMALL_STORE)
     assert steps[0].is_done() and steps[1].is_done()
     result = CliRunner().invoke(main, ["cifar10", "--device", "tpu", "--work", str(tmp_path / "w"), "--dry-run"])
     assert result.exit_code == 2 and "'tpu' is not one of 'cpu', 'cuda', 'mps'" in result.output
@@ -749,3 +752,57 @@ def test_a_vocabulary_the_store_lacks_is_refused_before_any_advice_to_remove_res
     dry = CliRunner().invoke(main, ["cifar10", "--images", str(images), "--work", str(work), "--dry-run",
                                     "--fit-args", "--vocab synthetic"])
     assert dry.exit_code == 0, dry.output
+
+
+def test_a_store_whose_extract_was_stopped_before_its_class_names_is_extracted_again(tmp_path):
+    """Review: an extract killed after the store's master, before its vocabulary (the file removed
+    here, as the kill leaves it), was "done extract" on every rerun, and every fit failed on it."""
+    from zsfs.store import Store, schema
+    from zsfs.testing.images import write_image_folder
+    from zsfs.testing.models import TINY_MODEL_ARGS
+
+    images, work = tmp_path / "sorted", tmp_path / "work"
+    write_image_folder(images, n_per_class=4, broken=False)
+    args = ["cifar10", "--images", str(images), "--work", str(work), "--splits", "1", "--id-classes", "2",
+            "--extract-args", " ".join([*map(str, TINY_MODEL_ARGS), "--workers", "0"]),
+            "--fit-args", "--k 1 --candidates 2 --cycle-epochs 1"]
+    first = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert first.exit_code == 0 and "todo  zsfs extract" in first.output, first.output
+    store = Layout(work, "cifar10").store
+    assert run_zsfs(["extract", str(images), "--out", str(store), *map(str, TINY_MODEL_ARGS), "--workers", "0"]) is None
+    schema.vocabulary_file(schema.shard_dir(store), "default").unlink()  # what the kill left
+    with Store(store) as opened:
+        assert opened.unwritten_vocabularies == ["default"]
+    rerun = CliRunner().invoke(main, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert "run   zsfs extract" in rerun.output and "run   zsfs fit" in rerun.output
+    with Store(store) as opened:
+        assert not opened.unwritten_vocabularies and opened.vocabulary("default").classes == ["blue", "green", "red"]
+
+
+def test_a_step_killed_once_its_output_is_there_is_not_taken_for_one_of_other_settings(tmp_path):
+    """Review: the settings were recorded after the step, so a pipeline killed in between (kill -9
+    here, the moment the fit's run folder is there) left a fit that a rerun with other --fit-args
+    took "as it is", and reported its accuracy beside the new options' OOD figures."""
+    work = tmp_path / "work"
+    make_synthetic_store(Layout(work, "cifar10").store, 600, 10, seed=0, **SMALL_STORE)
+    script = (
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from dataclasses import replace\n"
+        "from pathlib import Path\n"
+        "from pipelines.datasets import DATASETS\n"
+        "from pipelines.run import plan, run_steps\n"
+        f"steps = plan(DATASETS['cifar10'], Path({str(tmp_path)!r}), Path({str(work)!r}), images=Path('.'),\n"
+        f"             fit_args=['--k', '4', *{QUICK_FIT_ARGS!r}])\n"
+        "fit = next(step for step in steps if step.name == 'fit')\n"
+        "def fit_then_killed():\n"
+        "    fit.run()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "run_steps([replace(fit, run=fit_then_killed) if step is fit else step for step in steps])\n")
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (work / "cifar10" / "fit" / "config.json").is_file()  # the output was there when it was killed
+    steps = plan(DATASETS["cifar10"], tmp_path, work, images=Path("."), fit_args=["--k", "2", *QUICK_FIT_ARGS])
+    with pytest.raises(ZsfsError, match=r"^fit: \S+/fit was made with other settings \(k 4 -> 2\)"):
+        run_steps(steps, echo=[].append)
