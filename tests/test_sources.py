@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -556,3 +557,21 @@ def test_repeated_rows_pairs_each_repeat_with_its_first():
     assert repeated_rows(rows) == [(0, 2), (1, 3), (0, 5)]
     assert repeated_rows(rows[:1]) == [] and repeated_rows(np.array([[1], [2]])) == []
     assert repeated_rows(np.array([[1, 2], [1, 2]])) == [(0, 1)]  # two class names CLIP reads as one
+
+
+def test_a_suggested_command_names_a_hostile_file_as_the_shell_reads_it_back(tmp_path):
+    """Review: "write that with `zsfs report -dash`" gave "No such option '-d'" (and a run named
+    --help printed the help), and a name with a newline was suggested as 'new\\x0aline', which named
+    no file once pasted. Each suggestion here goes through a real bash, in the run's folder."""
+    from zsfs.names import as_argument
+
+    names = ["-dash", "--help", "new\nline", os.fsdecode(b"caf\xe9"), "it's", "back\\slash", "a\u202eb", "sp ace"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        said = as_argument(name)
+        assert "\n" not in said and "\u202e" not in said, said  # shown on one line, nothing acting on the terminal
+        found = subprocess.run(["bash", "-c", f'[ -d {said} ] && printf %s {said}'], cwd=tmp_path, capture_output=True)
+        assert found.returncode == 0 and found.stdout == os.fsencode(os.path.join(".", name) if name[0] == "-" else name), \
+            (name, said, found)
+    assert as_argument("--vocab-like", path=False) == "--vocab-like"  # a value after its option stays as it is
+    assert as_argument(tmp_path / "-dash") == str(tmp_path / "-dash")  # an absolute path is no option

@@ -194,7 +194,7 @@ def extract(
             check_class_names(class_names, f"the class folders of {image_source.location}")
         except ZsfsError as error:
             raise ZsfsError(f"{error}; rename the folders, or name the classes with --classes FILE") from None
-    replace_vocabulary = f"`zsfs text {as_argument(out)} --classes FILE --vocab {as_argument(vocab_name)} --overwrite`"
+    replace_vocabulary = f"`zsfs text {as_argument(out)} --classes FILE --vocab {as_argument(vocab_name, path=False)} --overwrite`"
     if not overwrite and (rerun or shard_dir(out).is_dir()):  # (the digest costs a pass over the listing)
         refuse_another_run()
     if class_names and not overwrite:

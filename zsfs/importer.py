@@ -219,7 +219,7 @@ def _label_column_hint(recorded: str | None, table: "pl.DataFrame", image_paths:
         except ZsfsError:  # not one text value per row: no label column
             continue
         if listing_sha256(image_paths, values) == recorded:
-            return f"was imported with --label-column {as_argument(name)}: pass it again"
+            return f"was imported with --label-column {as_argument(name, path=False)}: pass it again"
     return ""
 
 

@@ -246,12 +246,21 @@ def home_expanded(path: str | os.PathLike) -> str:
     return text
 
 
-def as_argument(path: str | os.PathLike) -> str:
-    """``path`` as a command suggested in a message takes it: whole (the store's name alone named
-    a file in the reader's current folder, not the store) and quoted for the shell."""
+def as_argument(value: str | os.PathLike, *, path: bool = True) -> str:
+    """``value`` as a command suggested in a message takes it: whole (the store's name alone named
+    a file in the reader's current folder, not the store) and quoted for the shell; a ``path`` that
+    starts with "-" as ``./-name`` (else an option: `zsfs report -dash` said "No such option");
+    one with an invisible character or an undecodable byte in bash's and zsh's ``$'...'`` with
+    escapes, which a paste gives back whole (``'new\x0aline'``, as :func:`visible` showed it, named
+    no file)."""
     import shlex
 
-    return shlex.quote(os.fspath(path))
+    text = os.fspath(value)
+    if path and text.startswith("-"):
+        text = os.path.join(".", text)
+    if not _UNSAFE.search(text):
+        return shlex.quote(text)
+    return "$'" + _UNSAFE.sub(_visible, text.replace("\\", "\\\\").replace("'", "\\'")) + "'"
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

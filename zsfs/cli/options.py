@@ -62,7 +62,7 @@ def class_names_hint(option: str, value: str) -> str:
     if names is None or Path(home_expanded(value)).exists():
         return ""
     return (f"; to give class names on the command line, pass them as a file: {option} "
-            f"<(printf '%s\\n' {' '.join(as_argument(name) for name in names)}) (bash, zsh)")
+            f"<(printf '%s\\n' {' '.join(as_argument(name, path=False) for name in names)}) (bash, zsh)")
 
 
 def class_file_check(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
