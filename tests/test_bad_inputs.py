@@ -8,6 +8,7 @@ error), print one ``Error:`` line that names the problem, and never reach the ex
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ def made(tmp_path_factory) -> dict:
     (work / "classes.txt").write_text("cat\ndog\n")
     (work / "a-file").write_text("not a folder")
     (work / "to-nothing").symlink_to(work / "not-mounted")  # as a link to a share not mounted
+    os.mkfifo(work / "pipe.h5")
     rows = np.random.default_rng(0).normal(size=(2, 8))  # float64, numpy's default
     np.save(work / "clip.npy", rows)
     np.save(work / "backbone.npy", rows)
@@ -129,6 +131,15 @@ CASES = [  # (command line, exit code, words of the error line)
       "--paths", "{work}/ragged.csv"), 1, "fields, the header 2; quote a path or label holding a comma"),  # bug: polars' advice, truncate_ragged_lines=True, and \x0a\x0a
     (("predict", "--run", "{work}/diverged", "{photos}"), 1, "non-finite weights"),
     (("predict", "--run", "{run}", "--out", "{work}/a-file/p.csv", "{photos}"), 1, "a-file is a file"),
+    # review: --overwrite replaced a named pipe (or a device node: /dev/null as root) by a store; without
+    # it, extract and import waited for ever on the pipe
+    (("import", "{work}/pipe.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features", "{work}/backbone.npy",
+      "--paths", "{work}/paths.parquet", "--overwrite"), 1, "pipe.h5 is a named pipe, not a zsfs store; zsfs "
+     "replaces only stores, even with --overwrite"),
+    (("import", "{work}/pipe.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features", "{work}/backbone.npy",
+      "--paths", "{work}/paths.parquet"), 1, "pipe.h5 is a named pipe, not a zsfs store"),
+    (("extract", "{photos}", "--out", "{work}/pipe.h5"), 1, "pipe.h5 is a named pipe, not a zsfs store"),
+    (("extract", "{photos}", "--out", "{work}/pipe.h5", "--overwrite"), 1, "pipe.h5 is a named pipe, not a zsfs store"),
     # review: refused once the work was done, as "File exists", "File name too long", "... already exists"
     (FIT + ("--out", "{work}/to-nothing/run"), 1, "to-nothing is a link to nothing ({work}/not-mounted); mount or "
      "make what it names, or choose another location"),

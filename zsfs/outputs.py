@@ -294,14 +294,14 @@ def check_output_names(path: str | Path, check: "Callable[[Path], None]") -> Pat
             raise ZsfsError(f"{path} links to {target}; {error}") from None
     if os.path.isdir(target):  # not Path.is_dir: an unsearchable folder is the writability check's to name
         raise ZsfsError(f"{path} is a folder{'' if target == path.absolute() else f' ({target})'}; give a file name")
-    kind = _special_file_kind(target)
+    kind = special_file_kind(target)
     if kind is not None:  # the written file is renamed over the name: a reader waiting on a pipe would never hear
         raise ZsfsError(f"{path} is {kind}{'' if target == path.absolute() else f' ({target})'}, which zsfs would "
                         "replace with a file (it writes a new file, then renames it into place); give a file name")
     return target
 
 
-def _special_file_kind(path: Path) -> str | None:
+def special_file_kind(path: Path) -> str | None:
     """'a named pipe', 'a device', 'a socket' for such a file at ``path``; None for anything else."""
     try:
         mode = os.stat(path).st_mode

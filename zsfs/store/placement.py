@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 import h5py
 
 from zsfs.errors import StoreError
+from zsfs.outputs import special_file_kind
 from zsfs.store import schema
 from zsfs.store.files import damaged_master_advice
 from zsfs.store.hdf5 import DAMAGED_FILE_ERRORS, open_hdf5, read_identity, read_strings
@@ -105,6 +106,9 @@ def refuse_replacing_another_file(master: Path) -> None:
                          "choose an output outside it")
     if master.is_dir():  # (the command line refuses it as an option; from Python, --overwrite's unlink failed)
         raise StoreError(f"{master} is a folder; give a file in it as the store, such as {master / 'STORE.h5'}")
+    kind = special_file_kind(master)
+    if kind is not None:  # (--overwrite replaced a device node by a store; without it, opening a pipe waited for ever)
+        raise StoreError(f"{master} is {kind}, not a zsfs store; {keep}")
     if not master.is_file():
         return
     if not h5py.is_hdf5(master):
