@@ -815,3 +815,20 @@ def test_a_source_tree_reports_its_own_version_beside_an_installed_copy(tmp_path
     shown = subprocess.run([sys.executable, "-m", "zsfs", "--version"], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tmp_path)
     assert shown.returncode == 0 and shown.stdout.strip() == "zsfs, version 9.9.9", shown
+
+
+def test_a_zero_width_from_columns_still_prints_every_line(tmp_path):
+    """Review: COLUMNS=0 (rich took it as the console's width) made every message an empty line: a
+    failed command printed no error, a finished fit no summary."""
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    store = make_synthetic_store(tmp_path / "s.h5", 30, 3, seed=0, clip_dim=8, backbone_dim=8)
+    for env in ({"COLUMNS": "0"}, {"COLUMNS": "0", "TERM": "dumb"}):
+        failed = subprocess.run([sys.executable, "-m", "zsfs", "info", str(tmp_path / "nope.h5")], capture_output=True,
+                                text=True, env={**os.environ, **env}, timeout=120)
+        assert failed.returncode == 1 and f"Error: store {tmp_path / 'nope.h5'} does not exist" in \
+            " ".join(failed.stderr.split()), failed
+    fitted = subprocess.run([sys.executable, "-m", "zsfs", "fit", "--store", str(store), "--k", "2", "--candidates", "4",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "0"}, timeout=300)
+    assert fitted.returncode == 0 and "self-training cycles" in fitted.stderr and "Run written to" in fitted.stderr, fitted

@@ -26,6 +26,11 @@ class _MessagesConsole(Console):
     messages, not the command (rich's default sent stdout to /dev/null and exited 1, so a bench
     or a fit lost its finished results to a closed progress pipe)."""
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        if self.width < 1:  # COLUMNS=0 (rich takes it as the width): every line, errors too, came out empty
+            self.width = None  # measured again at each use: the terminal's, else 80
+
     @property
     def animates(self) -> bool:
         """Whether spinners and bars show: a terminal, but not a dumb one (TERM=dumb: an Emacs shell,
