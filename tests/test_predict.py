@@ -623,6 +623,26 @@ def test_list_files_are_read_as_extract_reads_them(fitted, tmp_path, monkeypatch
     assert result.exit_code == 1 and "a list of images must end in .txt" in output_text(result)
 
 
+def test_a_lists_absolute_paths_are_named_as_the_list_writes_them_from_any_folder(fitted, tmp_path, monkeypatch):
+    """Review: a list's absolute paths came back rewritten, by where the list and the working folder
+    were (`/x/sub/x.png` as `sub/x.png`, `/x/sub/../imgs/a.png` as `sub/../imgs/a.png`, absolute again
+    from `/`), so a script could not join the predictions back to its list."""
+    image = fitted["photos"]["root"] / fitted["photos"]["good"][0]
+    (tmp_path / "sub").mkdir()
+    shutil.copy(image, tmp_path / "sub" / "x.png")
+    (tmp_path / "imgs").mkdir()
+    shutil.copy(image, tmp_path / "imgs" / "a.png")
+    lines = [str(tmp_path / "sub" / "x.png"), f"{tmp_path}/sub/../imgs/a.png", str(image), "x.png"]
+    (tmp_path / "sub" / "abs.txt").write_text("\n".join(lines) + "\n")
+    for folder, list_file in ((tmp_path, "sub/abs.txt"), (tmp_path / "sub", "abs.txt"), (Path("/"), tmp_path / "sub" /
+                                                                                         "abs.txt")):
+        monkeypatch.chdir(folder)
+        frame = predict_images(fitted["run"], lists=[list_file], workers=0)
+        relative = "x.png" if folder == tmp_path / "sub" else os.path.join(Path(list_file).parent, "x.png")
+        assert frame["path"].to_list() == lines[:3] + [relative], folder
+        assert frame["error"].is_null().all() and frame["predicted"].n_unique() == 1
+
+
 def test_a_list_named_as_the_output_is_refused_not_replaced(fitted, tmp_path):
     """Review: `predict --list todo.csv --out todo.csv` replaced the user's list with the predictions
     (exit 0); extract and import refuse an input as their output, and so does predict now."""

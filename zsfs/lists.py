@@ -27,10 +27,12 @@ def refuse_nul_bytes(data: bytes, what: str) -> None:
                         "hold; is it UTF-16 text? save it as UTF-8")
 
 
-def read_list_file(list_file: Path, *, labels: bool = True) -> tuple[list[str], list[str] | None, str | None]:
-    """The image paths (relative to the list's folder where they can be) and labels (None without
-    a label column, or with ``labels=False``: not read) a list file names, and the refusal due when
-    labels are not UTF-8 text (None when they are: see :func:`_parse_table`)."""
+def read_list_file(list_file: Path, *, labels: bool = True,
+                   keep_absolute: bool = False) -> tuple[list[str], list[str] | None, str | None]:
+    """The image paths (relative to the list's folder where they can be, unless ``keep_absolute``:
+    absolute ones as written) and labels (None without a label column, or with ``labels=False``: not
+    read) a list file names, and the refusal due when labels are not UTF-8 text (None when they
+    are: see :func:`_parse_table`)."""
     root = list_file.parent
     try:
         data = list_file.read_bytes()
@@ -49,7 +51,7 @@ def read_list_file(list_file: Path, *, labels: bool = True) -> tuple[list[str], 
         labels = None
     if not raw_paths:
         raise ZsfsError(f"the list file {list_file} lists no images.")
-    return [_relative_when_possible(p, root) for p in raw_paths], labels, not_text
+    return [_relative_when_possible(p, None if keep_absolute else root) for p in raw_paths], labels, not_text
 
 
 QUOTE_NOT_CLOSED = "a quote is not closed (a field that starts with \" ends with \"; a quote inside it is written \"\")"
@@ -135,12 +137,13 @@ def _parse_table(text: str, list_file: Path, separator: str,
     return paths, labels, not_text
 
 
-def _relative_when_possible(path: str, root: Path) -> str:
+def _relative_when_possible(path: str, root: Path | None) -> str:
+    """``path`` as ``Path(path).as_posix()`` gives it, relative to ``root`` when under it (None: as written)."""
     if not path.startswith(("/", "~", "./")) and not path.endswith(("/", "/.")) and "//" not in path \
             and "/./" not in path and path != ".":
         return path  # already what Path(path).as_posix() gives: skips a Path per line (17 s at 1.28M)
     candidate = Path(home_expanded(path))  # "~name/...": a relative name, as written
-    if not candidate.is_absolute():
+    if not candidate.is_absolute() or root is None:
         return candidate.as_posix()
     try:
         return candidate.relative_to(root).as_posix()

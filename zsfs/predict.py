@@ -161,7 +161,8 @@ def _listed_images(list_file: Path) -> tuple[list[str], dict[str, str]]:
                         "(a 'path' column)")
     if not list_file.exists():  # (open_source's message offers folders and tars, which a list cannot be)
         raise ZsfsError(f"the list of images {list_file} does not exist")
-    listing = open_source(list_file, labels=False)  # (a label column in another encoding is no concern here)
+    # (a label column in another encoding is no concern here; absolute paths are named as the list names them)
+    listing = open_source(list_file, labels=False, keep_absolute=True)
     base = listing.root if list_file.is_symlink() else list_file.parent
     written = [path if str(base) == "." else os.path.join(base, path) for path in listing.paths]
     as_written = dict(zip(listing.paths, written))

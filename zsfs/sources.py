@@ -126,7 +126,7 @@ class ImageSource:
         return (listing_sha256(with_hidden, None), hidden) if hidden else None
 
 
-def open_source(source: str | Path, *, labels: bool = True) -> ImageSource:
+def open_source(source: str | Path, *, labels: bool = True, keep_absolute: bool = False) -> ImageSource:
     """Read a folder (scanned recursively), a ``.txt`` / ``.csv`` / ``.tsv`` list of image paths, or
     webdataset tar shards (a folder of ``.tar`` files, one ``.tar``, or ``data/{00000..00009}.tar``).
 
@@ -135,13 +135,15 @@ def open_source(source: str | Path, *, labels: bool = True) -> ImageSource:
     and optionally ``label``. Relative paths are relative to the list file's folder.
     Tars: paths are ``<tar>::<member>``, read in place (see ``zsfs.tars``); no labels.
     ``labels=False``: a list's label column is not read (``zsfs predict`` names no class).
+    ``keep_absolute``: a list's absolute paths stay as written (``zsfs predict`` names each image as
+    asked), where a store keeps those under the list's folder relative to it (to move with it).
     """
-    listing = _listing(source, labels)
+    listing = _listing(source, labels, keep_absolute)
     check_utf8_file_names(listing.paths)
     return listing
 
 
-def _listing(source: str | Path, labels: bool) -> ImageSource:
+def _listing(source: str | Path, labels: bool, keep_absolute: bool) -> ImageSource:
     source = check_path("source", source)
     if is_tar_pattern(source):
         root, tars = resolve_tars(source)
@@ -166,7 +168,7 @@ def _listing(source: str | Path, labels: bool) -> ImageSource:
             f"{location} is neither a folder nor a list file; a list must end in .txt (one path "
             "per line), .csv or .tsv (header with 'path' and optional 'label' columns)."
         )
-    return _read_list(location, labels)
+    return _read_list(location, labels, keep_absolute)
 
 
 def _folder_source(folder: Path) -> ImageSource:
@@ -225,8 +227,8 @@ TAR_MEMBER_IN_LIST = "a tar member (a list names files: give the tars themselves
 """Skip reason of a list entry ``shard.tar::member`` (predict reads those; extract reads whole tars)."""
 
 
-def _read_list(list_file: Path, with_labels: bool) -> ImageSource:
-    paths, labels, labels_not_text = read_list_file(list_file, labels=with_labels)
+def _read_list(list_file: Path, with_labels: bool, keep_absolute: bool) -> ImageSource:
+    paths, labels, labels_not_text = read_list_file(list_file, labels=with_labels, keep_absolute=keep_absolute)
     members = [path for path in paths if (parts := split_member_path(path, list_file.parent)) is not None
                and (list_file.parent / parts[0]).is_file() and not (list_file.parent / path).exists()]
     # Kept: a list is taken as written.
