@@ -728,6 +728,13 @@ def test_predict_rejects_an_unknown_output_format(fitted, tmp_path):
     assert "Invalid value for '--out'" in result.output
     assert "cannot write predictions to 'p.xlsx': its name must end in one of .csv, .parquet, .json" in result.output
     assert not (tmp_path / "p.xlsx").exists()
+    # review: `--out .csv` was told to end in .csv: the name is a hidden file's, with no suffix
+    result = run_cli("predict", "--run", fitted["run"], "--out", tmp_path / ".csv", fitted["photos"]["root"])
+    assert result.exit_code == 2 and "cannot write predictions to '.csv': its name must end in one of .csv, .parquet, " \
+        ".json, after a name (.csv alone names a hidden file with no suffix)" in output_text(result), result.output
+    result = run_cli("report", fitted["run"], "--out", tmp_path / ".HTML")
+    assert result.exit_code == 2 and "cannot write the report to '.HTML': its name must end in .html or .htm, after a " \
+        "name (.HTML alone names a hidden file with no suffix)" in output_text(result), result.output
 
 
 @pytest.mark.parametrize("name", ["predictions.parquet", "config.json", "metrics.json"])

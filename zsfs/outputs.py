@@ -14,7 +14,7 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -280,6 +280,14 @@ def written_file(path: str | Path) -> Path:
     if target.is_symlink():  # realpath stops where links go round in a loop
         raise ZsfsError(f"{path} is a link that leads back to itself (through {target}); give a file's own name")
     return target
+
+
+def suffix_rule(path: Path, suffixes: "Sequence[str]") -> str:
+    """What a refusal of ``path``'s suffix says: the ``suffixes`` it must end in, and, for a name that
+    is one of them alone (``.csv``, a hidden file's name with no suffix), that a name comes first."""
+    rule = f"its name must end in {' or '.join(suffixes) if len(suffixes) < 3 else 'one of ' + ', '.join(suffixes)}"
+    return rule + (f", after a name ({path.name} alone names a hidden file with no suffix)"
+                   if path.name.lower() in suffixes else "")
 
 
 def check_output_names(path: str | Path, check: "Callable[[Path], None]") -> Path:

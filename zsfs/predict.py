@@ -23,7 +23,7 @@ from zsfs.embedding import embedded_images
 from zsfs.shard_embedder import DEFAULT_BATCH_SIZE, NO_FEATURES, position_batches
 from zsfs.models import load_backbone_from_record
 from zsfs.names import check_utf8_file_names, repeated, utf8_texts
-from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, write_table
+from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, suffix_rule, write_table
 from zsfs.runs import FittedRun, load_run, new_image_predictions, refuse_run_file
 from zsfs.sources import LIST_SUFFIXES, TAR_MEMBER_IN_LIST, ImageSource, NoImagesError, open_source
 from zsfs.store.rows import usable_rows
@@ -277,7 +277,7 @@ def check_predictions_path(path: Path) -> None:
 
 def _check_predictions_name(path: Path) -> None:
     if path.suffix.lower() not in OUTPUT_SUFFIXES:  # p.CSV is a CSV file too
-        raise ZsfsError(f"cannot write predictions to {path.name!r}: its name must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+        raise ZsfsError(f"cannot write predictions to {path.name!r}: {suffix_rule(path, OUTPUT_SUFFIXES)}")
     refuse_run_file(path)
 
 

@@ -28,7 +28,7 @@ from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callba
 from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import as_argument, check_utf8_file_names, counted, percent, reasons_text, visible
-from zsfs.outputs import check_output_names, refuse_read_only_file, write_text_atomically, written_file
+from zsfs.outputs import check_output_names, refuse_read_only_file, suffix_rule, write_text_atomically, written_file
 from zsfs.run_summary import cycle_rows, seed_precision, summary_rows
 from zsfs.runs import REPORT, FittedRun, load_run
 from zsfs.sources import ImageSource
@@ -87,8 +87,8 @@ def check_report_path(out: Path) -> None:
 
 def _check_report_name(out: Path) -> None:
     if out.suffix.lower() not in (".html", ".htm"):
-        raise ParameterError(f"cannot write the report to {literal(repr(out.name))}: its name must end in .html or "
-                             ".htm")
+        raise ParameterError(f"cannot write the report to {literal(repr(out.name))}: "
+                             f"{suffix_rule(out, ('.html', '.htm'))}")
 
 
 def render_report(run_dir: "str | Path | FittedRun", *, images: str | Path | None = None, per_class: int | None = None,
