@@ -308,6 +308,7 @@ def test_cli_seed_draws_the_split(labelled_store, tmp_path, monkeypatch):
     ("-1", "Invalid value for '--id-classes': -1 ID classes"),  # was "neither a number nor an existing file"
     ("nonsense", "neither a number nor an existing file"),
     ("--5", "neither a number nor an existing file"),  # not a traceback from int()
+    ("/", "takes a number of ID classes or a file of ID class names; '/' is a folder"),  # review: "no existing file"
     ("class_0001,class_0002", "'class_0001,class_0002' is neither a number nor an existing file; to give class "
                               "names on the command line, pass them as a file: --id-classes <(printf '%s\\n' "
                               "class_0001 class_0002) (bash, zsh)"),

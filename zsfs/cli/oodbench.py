@@ -141,7 +141,7 @@ def _parse_id_classes(value: str) -> int | list[str]:
         return count
     if not path.exists() or path.is_dir():  # a pipe (<(...)) is no regular file, but reads as one
         raise ParameterError(f"{{id_classes}} takes a number of ID classes or a file of ID class names; "
-                             f"{shown_value(value)} is neither a number nor an existing file"
+                             f"{shown_value(value)} is {'a folder' if path.is_dir() else 'neither a number nor an existing file'}"
                              + literal(class_names_hint("--id-classes", value)))
     from zsfs.lists import read_class_file
 
