@@ -663,6 +663,12 @@ def test_a_run_on_tar_shards_shows_its_images(tmp_path):
     page = render_report(run)
     assert 0 < len(re.findall(r'<img class="thumb" src="data:image/jpeg;base64,', page)) < still
     assert "00000.tar holds no file named" in html.unescape(page)
+    # walkthrough: a damaged tar (here, its first header overwritten) made every tar's images "file not found"
+    with open(rewritten, "r+b") as tar:
+        tar.write(b"\xff" * 512)
+    page = render_report(run)
+    others = len(re.findall(r'<img class="thumb" src="data:image/jpeg;base64,', page))
+    assert 0 < others < still and "00000.tar is not a readable tar" in html.unescape(page), html.unescape(page)[-3000:]
 
 
 def test_a_store_rebuilt_since_the_fit_does_not_name_the_images(tmp_path):

@@ -207,13 +207,11 @@ def _thumbnails_of(paths: list[str], root: Path | None,
     ``root``, or absolute."""
     check_utf8_file_names(paths)  # (walkthrough: under LC_ALL=C, UTF-8 names showed as "corrupt image data")
     base = root or Path("/")
-    # a member a tar no longer holds shows why, a gone tar's as not found; the other tars' images still
-    # show (a review: one rewritten tar made every tar's images "file not found")
+    # a member a tar no longer holds shows why, a damaged tar's members why it cannot be listed, a gone
+    # tar's as not found; the other tars' images still show (reviews: one rewritten, or one damaged, tar
+    # made every tar's images "file not found")
     missing: dict[int, str] = {}
-    try:
-        members = locate_members(paths, base, reasons=missing)
-    except ZsfsError:  # a tar damaged since extraction: its images show as not found
-        members = None
+    members = locate_members(paths, base, reasons=missing)
     shown = thumbnails(ImageSource(location=base, root=base, paths=paths, labels=None, members=members),
                        max_pixels=max_pixels)
     for row, why in missing.items():

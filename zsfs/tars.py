@@ -379,7 +379,8 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
     so named (``x.tar::1.jpg`` in a folder is that file). A member the tar does not hold as a file is
     an error, or, given ``reasons``, its row's reason there (entry number -> why; its tar stays -1); so
     is a tar that does not exist, or, given ``reasons``, its entries stay -1 (a file so named: not
-    found, as a moved image is), and the other tars' members are still found."""
+    found, as a moved image is), and the other tars' members are still found; a tar that cannot be
+    listed (damaged since) is an error too, or, given ``reasons``, the reason of each of its rows."""
     split = [None if entry is None or os.path.isfile(root / path) else entry  # (False for a name over NAME_MAX)
              for path, entry in zip(paths, (split_member_path(path, root) for path in paths))]
     tar_names = sorted({entry[0] for entry in split if entry is not None})
@@ -390,6 +391,7 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
     where: dict[tuple[int, str], tuple[int, int]] = {}
     links: set[tuple[int, str]] = set()
     gone: set[int] = set()
+    unlisted: dict[int, str] = {}  # tar -> why it cannot be listed (a report shows the other tars' images)
     for i, tar in enumerate(tars):
         if not tar.is_file():
             if reasons is not None:
@@ -397,7 +399,13 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
                 continue
             named_by = next(path for path, entry in zip(paths, split) if entry is not None and entry[0] == tar_names[i])
             raise ZsfsError(f"{tar} does not exist (named by {named_by})")
-        listing = list_tar(tar, None)
+        try:
+            listing = list_tar(tar, None)
+        except ZsfsError as error:
+            if reasons is None:
+                raise
+            unlisted[i] = str(error)
+            continue
         links.update((i, name) for name in listing.links)
         where.update(((i, name), (offset, size)) for name, offset, size in zip(listing.names, listing.offsets,
                                                                                   listing.sizes))
@@ -410,9 +418,13 @@ def locate_members(paths: Sequence[str], root: Path, reasons: dict[int, str] | N
         key = (number[entry[0]], entry[1])
         if key[0] in gone:
             continue
-        why = (f"{entry[1]!r} is a link or sparse file inside {entry[0]}, not a plain file; zsfs reads only the plain "
-               "files of a tar"
-               if key in links else f"{entry[0]} holds no file named {entry[1]!r}" if key not in where else None)
+        if key[0] in unlisted:
+            why = unlisted[key[0]]
+        elif key in links:
+            why = (f"{entry[1]!r} is a link or sparse file inside {entry[0]}, not a plain file; zsfs reads only the "
+                   "plain files of a tar")
+        else:
+            why = f"{entry[0]} holds no file named {entry[1]!r}" if key not in where else None
         if why is not None:
             if reasons is None:
                 raise ZsfsError(f"{paths[row]}: {why}")
