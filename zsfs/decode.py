@@ -43,11 +43,18 @@ skipped with the reason)."""
 UNREAD_IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw", ".svg",
      ".dcm", ".dicom", ".exr", ".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".bif", ".czi", ".lif", ".nd2",
-     ".nii", ".nrrd", ".mha", ".mhd", ".fits", ".fts"})
+     ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"})
 """Image formats a scan does not take, since Pillow cannot decode them (phone, camera raw, vector,
-DICOM, OpenEXR, whole-slide and microscope images, medical and astronomy volumes): counted by
-suffix, so that the extract summary says they were left out (walkthrough: a pathology folder's .svs
-slides, then a folder's .nii volume and .fits frame, went unmentioned)."""
+DICOM, OpenEXR, whole-slide and microscope images, medical volumes): counted by suffix
+(:func:`image_suffix`), so that the extract summary says they were left out (walkthrough: a
+pathology folder's .svs slides, then a folder's NIfTI volumes, went unmentioned)."""
+
+
+def image_suffix(name: str) -> str:
+    """The suffix, in lower case, that tells ``name``'s format: ``.nii.gz`` whole (a compressed
+    volume, not a .gz file), else the last one."""
+    lower = name.lower()
+    return ".nii.gz" if lower.endswith(".nii.gz") else os.path.splitext(lower)[1]
 
 TRANSPARENT_BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited onto white: their stored colour is arbitrary."""
@@ -174,7 +181,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
     except ImageDecodeError as error:
         raise ImageDecodeError(error.reason, path) from None
     except UnidentifiedImageError:
-        if path.suffix.lower() in UNREAD_IMAGE_SUFFIXES:  # named on its own (a list, predict): as a scan says it
+        if image_suffix(path.name) in UNREAD_IMAGE_SUFFIXES:  # named on its own (a list, predict): as a scan says it
             raise ImageDecodeError(unread_format_reason(path), path) from None
         head = _file_head(path) if source is None else _rewound(source).read(16)
         if head.startswith(_TIFF_SIGNATURES):  # most often a valid TIFF Pillow has no mode for
@@ -208,7 +215,7 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
 
 def unread_format_reason(path: str | Path) -> str:
     """The skip reason of an image of ``UNREAD_IMAGE_SUFFIXES``."""
-    return f"a {os.path.splitext(path)[1].lower()} file, a format zsfs cannot read: convert it (to JPEG or PNG)"
+    return f"a {image_suffix(os.path.basename(path))} file, a format zsfs cannot read: convert it (to JPEG or PNG)"
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zsfs.decode import IMAGE_EXTENSIONS, UNREAD_IMAGE_SUFFIXES
+from zsfs.decode import IMAGE_EXTENSIONS, UNREAD_IMAGE_SUFFIXES, image_suffix
 from zsfs.errors import ZsfsError
 from zsfs.names import utf8_texts
 from zsfs.tars import TAR_SUFFIX
@@ -107,7 +107,8 @@ def scan_folder(folder: Path) -> FolderScan:
         if file_links:
             linked.extend(prefix + name for name in images if name in file_links)
         tars.extend(prefix + name for name, suffix in suffixes if suffix == TAR_SUFFIX)
-        unread_images.extend(prefix + name for name, suffix in suffixes if suffix in UNREAD_IMAGE_SUFFIXES)
+        unread_images.extend(prefix + name for name in files if not name.startswith(".")
+                             and image_suffix(name) in UNREAD_IMAGE_SUFFIXES)
     other_names = _other_names(folder, found, linked, listed_at)
     if other_names:
         found = [path for path in found if path not in other_names]
@@ -199,8 +200,8 @@ def _place_in_tree(target: str, listed_at: dict[str, str]) -> str | None:
 
 
 def suffix_counts(paths: Sequence[str]) -> dict[str, int]:
-    """How many of ``paths`` end in each suffix (lower case), suffixes sorted."""
-    return dict(sorted(Counter(os.path.splitext(path)[1].lower() for path in paths).items()))
+    """How many of ``paths`` end in each suffix (:func:`zsfs.decode.image_suffix`), suffixes sorted."""
+    return dict(sorted(Counter(image_suffix(os.path.basename(path)) for path in paths).items()))
 
 
 def unread_formats_text(counts: dict[str, int]) -> str:
