@@ -435,15 +435,20 @@ def test_a_valid_file_pillow_cannot_read_says_so():
     # walkthrough: two 16-bit bands (photometric MinIsBlack, an extra sample: as GDAL writes them) were
     # "corrupt or truncated", which sent users looking for damage
     with pytest.raises(ImageDecodeError, match="a TIFF layout Pillow cannot read: 2 bands of 16-bit integers \\(it "
-                       "reads 1 band of up to 32 bits, or RGB with up to 3 more 8-bit bands or 1 more 16-bit one\\): "
-                       "save it so, e.g. its bands as RGB or one file each$"):
+                       "reads 1 band of integers or of 32-bit floats, or RGB of 8-bit integers with up to 3 more bands, "
+                       "or of 16-bit unsigned ones with up to 1 more\\): save it in such a layout, e.g. as 8- or "
+                       "16-bit RGB, or a band a file$"):
         decode_image("two-bands.tif", data=encode_tiff(np.zeros((4, 4, 2), np.uint16)))
     # walkthrough: a one-band 64-bit float elevation model, and 16-bit RGB with two near-infrared bands,
     # were "such as 2 bands, or 3 or more not tagged as RGB": the reason says what the file holds
     for samples, holds in ((np.zeros((4, 4, 1), np.float64), "1 band of 64-bit floats"),
                            (np.zeros((4, 4, 5), np.uint16), "5 bands of 16-bit integers tagged RGB"),
                            (np.zeros((4, 4, 7), np.uint8), "7 bands of 8-bit integers tagged RGB"),
-                           (np.zeros((4, 4, 2), np.int8), "2 bands of 8-bit signed integers")):
+                           (np.zeros((4, 4, 2), np.int8), "2 bands of 8-bit signed integers"),
+                           # diff review: what the rule reads, and the same layouts as Pillow refuses them
+                           (np.zeros((4, 4, 3), np.float32), "3 bands of 32-bit floats tagged RGB"),
+                           (np.zeros((4, 4, 3), np.int16), "3 bands of 16-bit signed integers tagged RGB"),
+                           (np.zeros((4, 4, 1), np.float16), "1 band of 16-bit floats")):
         with pytest.raises(ImageDecodeError, match=f"a TIFF layout Pillow cannot read: {holds} \\(it reads"):
             decode_image("x.tif", data=encode_tiff(samples))
     for readable in (np.zeros((4, 4, 6), np.uint8), np.zeros((4, 4, 4), np.uint16)):  # as the reason says

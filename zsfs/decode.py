@@ -187,8 +187,8 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
         if head.startswith(_TIFF_SIGNATURES):  # most often a valid TIFF Pillow has no mode for
             layout = _tiff_layout(path, source)
             raise ImageDecodeError(f"{_TIFF_PILLOW_CANNOT_READ}, or a damaged TIFF" if layout is None else
-                                   f"a TIFF layout Pillow cannot read: {layout} ({_PILLOWS_TIFF_LAYOUTS}): save it so, "
-                                   "e.g. its bands as RGB or one file each", path) from None
+                                   f"a TIFF layout Pillow cannot read: {layout} ({_PILLOWS_TIFF_LAYOUTS}): save it in "
+                                   "such a layout, e.g. as 8- or 16-bit RGB, or a band a file", path) from None
         if _starts_like_an_image(head):  # also valid files of a variant Pillow has no decoder for
             raise ImageDecodeError("corrupt or truncated image header, or a format variant Pillow cannot read",
                                    path) from None
@@ -233,34 +233,42 @@ def _opened(path: Path, source: BinaryIO | None) -> Iterator[BinaryIO]:
 
 _TIFF_PILLOW_CANNOT_READ = ("a TIFF layout Pillow cannot read (such as 2 bands, or 3 or more not tagged as RGB: GDAL's "
                             "usual multi-band GeoTIFF; or 3 float bands): save its bands as RGB or one file each")
-_PILLOWS_TIFF_LAYOUTS = "it reads 1 band of up to 32 bits, or RGB with up to 3 more 8-bit bands or 1 more 16-bit one"
+_PILLOWS_TIFF_LAYOUTS = ("it reads 1 band of integers or of 32-bit floats, or RGB of 8-bit integers with up to 3 more "
+                         "bands, or of 16-bit unsigned ones with up to 1 more")
 _SAMPLE_KINDS = {1: "integers", 2: "signed integers", 3: "floats"}
+_PHOTOMETRIC = {2: "RGB", 3: "palette", 4: "mask", 5: "CMYK", 6: "YCbCr", 8: "CIELab", 32844: "LogL", 32845: "LogLuv"}
+_LAYOUT_REFUSALS = ("unknown pixel mode", "Invalid value for samples per pixel", "unknown data organization")
+"""Pillow's words when it has no mode for a TIFF's layout (other refusals: a damaged file)."""
 
 
 def _tiff_layout(path: Path, source: BinaryIO | None) -> str | None:
-    """What the first image of a TIFF holds, as a skip reason says it ("5 bands of 16-bit integers
-    tagged RGB", "1 band of 64-bit floats"), or None when its header cannot be read (a damaged file).
-    Walkthrough: a one-band 64-bit float elevation model was skipped as "such as 2 bands, or 3 or more
-    not tagged as RGB"."""
-    from PIL.TiffImagePlugin import ImageFileDirectory_v2
+    """What the first image of a TIFF holds ("5 bands of 16-bit integers tagged RGB", "1 band of
+    64-bit floats"), when Pillow refuses it for that layout; None when Pillow refuses it for another
+    reason (a damaged file) or its header cannot be read. Walkthrough: a one-band 64-bit float
+    elevation model was skipped as "such as 2 bands, or 3 or more not tagged as RGB"."""
+    from PIL.TiffImagePlugin import ImageFileDirectory_v2, TiffImageFile
 
     try:
         with _opened(path, source) as opened:
+            try:
+                TiffImageFile(opened).close()
+                return None  # opened here: the failure was elsewhere
+            except SyntaxError as refusal:
+                if str(refusal) not in _LAYOUT_REFUSALS:
+                    return None
+            opened.seek(0)
             header = opened.read(8)
             tags = ImageFileDirectory_v2(header + opened.read(8) if header[2] == 43 else header)  # BigTIFF: 16 bytes
-            if not 8 <= tags.next <= opened.seek(0, os.SEEK_END) - 2:  # no first image where the header points
-                return None
             opened.seek(tags.next)
             tags.load(opened)
-            if not {256, 257} <= set(tags):  # (no width or height: damaged, whatever else it says)
-                return None
             bands, bits = int(tags.get(277, 1)), tuple(tags.get(258, (1,)))
             kind = _SAMPLE_KINDS.get(tuple(tags.get(339, (1,)))[0], "samples of an unknown kind")
-            rgb = " tagged RGB" if tags.get(262) == 2 else ""
+            photometric = tags.get(262)
     except Exception:  # any damage: the caller's reason allows for it
         return None
     width = f"{bits[0]}-bit" if len(set(bits)) == 1 else "-, ".join(map(str, bits)) + "-bit"
-    return f"{bands} band{'' if bands == 1 else 's'} of {width} {kind}{rgb}"
+    tagged = "" if photometric in (0, 1, None) else f" tagged {_PHOTOMETRIC.get(photometric, f'photometric {photometric}')}"
+    return f"{bands} band{'' if bands == 1 else 's'} of {width} {kind}{tagged}"
 
 
 def _rewound(file: BinaryIO) -> BinaryIO:
