@@ -295,7 +295,9 @@ def plan(
         images = prepare.images_folder(data_root, dataset.name)
         # done once prepared, or once its store is (extract reads the images only to build it)
         steps.append(Step("prepare", images, lambda: dataset.prepare(Path(data_root)),
-                          done=lambda: prepare.is_prepared(images) or _store_is_complete(layout.store)))
+                          # (an unreadable store: extract says what is wrong with it, no download helps)
+                          done=lambda: prepare.is_prepared(images) or _store_state(layout.store) in ("complete",
+                                                                                                     "unreadable")))
         source = f"prepared {dataset.name}"  # the same images wherever --data-root puts them
     else:
         source = str(Path(images).resolve())
@@ -369,16 +371,19 @@ def _zsfs_step(name: str, layout: Layout, output: Path, argv: tuple[str, ...], s
     rerun after images were added or removed says so (walkthrough: it reported the old store's results)."""
     builds_the_store = output == layout.store
     return Step(name, output, lambda: run_zsfs(argv), argv, settings=command_settings(argv, source),
-                done=(lambda: _store_is_complete(output)) if builds_the_store else None,
+                done=(lambda: _store_state(output) == "complete") if builds_the_store else None,
                 store=None if builds_the_store else layout.store, record=layout.record,
                 images=Path(argv[1]) if source is not None else None)
 
 
-def _store_is_complete(path: Path) -> bool:
-    """Whether the store at ``path`` is there, readable, with every vocabulary its extract planned
-    (one stopped after the master, before its class names, was "done" for good, and every fit failed
-    on it); else extract runs again: it resumes, or says what is wrong with the store."""
-    return path.is_file() and _reading_store(path, lambda store: not store.unwritten_vocabularies) is True
+def _store_state(path: Path) -> str:
+    """"complete" (every vocabulary its extract planned is there: one stopped after the master, before
+    its class names, was "done" for good, and every fit failed on it), "unfinished" (extract resumes
+    it), "unreadable" (extract says what is wrong with it) or "absent"."""
+    if not os.path.lexists(path):
+        return "absent"
+    complete = _reading_store(path, lambda store: not store.unwritten_vocabularies)
+    return "unreadable" if complete is None else "complete" if complete else "unfinished"
 
 
 def extra_arguments(option: str, text: str, commands: dict[str, list[str]]) -> list[str]:
