@@ -874,3 +874,26 @@ def test_the_fit_searches_as_many_neighbours_as_asked(tmp_path, monkeypatch):
     with Store(path) as store:
         fit_store(store, FitConfig(k=2, candidates=10, neighbours=3, cycle_epochs=1))
     assert asked and set(asked) == {3}
+
+
+def test_every_flipped_byte_of_a_classifiers_zip_directory_loads_or_is_one_clear_error(tmp_path):
+    """Diff review: a flipped byte in a member's name (the zip directory) raised UnicodeDecodeError
+    out of the damage check, and `zsfs predict` printed a traceback."""
+    from zsfs.fit.classifier import CLASSIFIER_FORMAT
+
+    whole = tmp_path / "whole.pt"
+    torch.save({"format": CLASSIFIER_FORMAT, "version": 1, "weight": torch.randn(3, 4)}, whole)
+    data = whole.read_bytes()
+    directory = data.rfind(b"PK\x01\x02", 0, data.rfind(b"PK\x01\x02")) - 400  # the last members' entries
+    flipped = tmp_path / "run" / "classifier.pt"
+    flipped.parent.mkdir()
+    outcomes = set()
+    for offset in range(max(directory, 0), len(data)):
+        for value in (0xFF, 0x80):
+            flipped.write_bytes(data[:offset] + bytes([data[offset] ^ value]) + data[offset + 1:])
+            try:
+                load_classifier(flipped)
+                outcomes.add("loaded")
+            except ZsfsError as error:
+                outcomes.add("damaged" if "damaged" in str(error) else str(error))
+    assert outcomes <= {"loaded", "damaged"} and "damaged" in outcomes, outcomes

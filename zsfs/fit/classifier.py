@@ -12,8 +12,11 @@ on CPUs with AVX512-BF16 or AMX, and on GPUs, that halves the cost of a step.
 
 from __future__ import annotations
 
+import errno
 import math
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -230,6 +233,9 @@ def _crc32_recorded() -> Iterator[None]:
         options.set_crc32_options(before)
 
 
+_POINTS_OUTSIDE = "its zip directory points outside the file"
+
+
 def _zip_damage(handle: BinaryIO) -> str | None:
     """What is wrong with a ``torch.save`` file (a zip archive), or None: no whole archive (cut short,
     or another kind of file: torch's reader said "Invalid argument" of a copy cut by a full disk), or
@@ -243,6 +249,12 @@ def _zip_damage(handle: BinaryIO) -> str | None:
             damaged = archive.testzip()
     except zipfile.BadZipFile:
         return "it is no whole zip archive, as torch writes one: cut short, or another kind of file"
+    except (UnicodeDecodeError, EOFError, ValueError, struct.error, zlib.error, NotImplementedError) as error:
+        return f"its zip directory is garbled: {one_line(error)}"  # (a flipped byte in a member's name)
+    except OSError as error:  # a seek before the file's start: "Invalid argument"
+        if error.errno != errno.EINVAL:  # reading the file failed: not the file's fault
+            raise
+        return _POINTS_OUTSIDE
     finally:
         handle.seek(0)
     return None if damaged is None else f"its part {damaged!r} does not match the checksum it was written with"
@@ -267,8 +279,11 @@ def load_classifier(path: str | Path) -> Classifier:
             raise ZsfsError(f"{path} is damaged ({damage}); rerun `zsfs fit` to write it again")
         try:
             state = torch.load(handle, map_location="cpu", weights_only=True)
-        except OSError:  # reading the file failed, not decoding it
-            raise
+        except OSError as error:
+            if error.errno != errno.EINVAL:  # reading the file failed, not decoding it
+                raise
+            # torch's zip reader says "Invalid argument" of a directory that points past the file
+            raise ZsfsError(f"{path} is damaged ({_POINTS_OUTSIDE}); rerun `zsfs fit` to write it again") from None
         except Exception as error:  # torch raises many types for a damaged file
             raise ZsfsError(f"{path} is not a readable zsfs classifier (damaged, cut short or another kind of file: "
                             f"{one_line(error)}); rerun `zsfs fit` to write it again") from None
