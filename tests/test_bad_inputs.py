@@ -149,8 +149,8 @@ CASES = [  # (command line, exit code, words of the error line)
      "names of 255 bytes at most; choose a shorter name"),
     (FIT + ("--out", "{work}/" + "b" * 256 + "/run"), 1, "is too long for the file system"),
     (("report", "{run}", "--out", "{work}/" + "c" * 251 + ".html"), 1, "is too long for the file system"),
-    (FIT + ("--out", "{work}/dd/sub/.."), 1, "a name ending in '..' names a folder that is there; give the new one's "
-     "own name"),
+    (FIT + ("--out", "{work}/dd/sub/.."), 1, "a name ending in '..' names a folder above, not a new one; give the "
+     "new one's own name"),
     # review: a missing input was click's usage error (exit 2) in import and report, exit 1 elsewhere
     (("report", "{run}", "--images", "{work}/no-such-folder"), 1, "no-such-folder does not exist (given as --images)"),
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/no-clip.npy", "--backbone-features",

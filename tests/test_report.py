@@ -907,16 +907,15 @@ def test_the_confusion_matrix_is_normalised_per_true_class_and_accuracy_goes_wor
 def test_thumbnail_threads_hold_at_most_their_decoding_budget_and_a_larger_image_decodes_alone():
     """Walkthrough: 8 threads each decoded a 9000 x 9000 16-bit tile at once (6.4 GB); they share a
     budget now (a share per image by its size, capped at the whole: one image larger than it runs alone)."""
-    from zsfs.decode import DECODING_BYTES_PER_PIXEL
     from zsfs.thumbnails import DecodingBudget
 
-    budget = DecodingBudget(100 * DECODING_BYTES_PER_PIXEL)  # 100 pixels' worth
+    budget = DecodingBudget(100)  # bytes
     running: list[int] = []
     most, beside_the_large = [0], []
     lock = threading.Lock()
 
     def decode(pixels: int) -> None:
-        with budget.held((pixels, 1)):
+        with budget.held(pixels):
             with lock:
                 running.append(min(pixels, 100))
                 most[0] = max(most[0], sum(running))
@@ -930,6 +929,32 @@ def test_thumbnail_threads_hold_at_most_their_decoding_budget_and_a_larger_image
         list(pool.map(decode, [40] * 6 + [150] + [30] * 6 + [150]))
     assert 80 <= most[0] <= 100, most  # never above it, and the small ones shared it
     assert beside_the_large == [0, 0] and not running
+
+
+def test_a_reports_thumbnails_decode_within_one_budget_charged_by_each_images_kind(tmp_path, monkeypatch):
+    """Diff review: no test saw thumbnails() use its budget (decoding without one passed); an 8-bit
+    image is charged half a 16-bit colour one's bytes per pixel, as it costs at most half."""
+    from zsfs import thumbnails as thumbnails_module
+    from zsfs.decode import MOST_BYTES_PER_PIXEL
+    from zsfs.testing.images import encode_png16
+
+    (tmp_path / "rgb16.png").write_bytes(encode_png16(np.full((30, 40, 3), 40000, np.uint16)))
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(tmp_path / "rgb8.png")
+    Image.new("RGB", (800, 400), (9, 9, 9)).save(tmp_path / "big.jpg")  # decoded at 1/4: 200 x 100
+    charged, totals = [], []
+    held = thumbnails_module.DecodingBudget.held
+
+    def charging(budget, cost_bytes):
+        charged.append(cost_bytes)
+        totals.append(budget.total_bytes)
+        return held(budget, cost_bytes)
+
+    monkeypatch.setattr(thumbnails_module.DecodingBudget, "held", charging)
+    made = thumbnails_module.thumbnails(files([tmp_path / name for name in ("rgb16.png", "rgb8.png", "big.jpg")]),
+                                        workers=1, max_pixels=400_000)
+    assert all(uri is not None for uri, _ in made), made
+    assert charged == [1200 * MOST_BYTES_PER_PIXEL, 1200 * MOST_BYTES_PER_PIXEL // 2, 20000 * MOST_BYTES_PER_PIXEL // 2]
+    assert set(totals) == {400_000 * MOST_BYTES_PER_PIXEL}  # one image at the pixel budget, shared by the threads
 
 
 def test_thumbnails_come_in_the_order_of_their_images(tmp_path):

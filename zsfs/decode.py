@@ -67,9 +67,10 @@ costs up to 4 bytes per pixel (~360 MB) in the decoding process; a 16-bit colour
 (decoded twice, see ``_low_byte_tiles``) about 20 (~1.8 GB; measured: 800 MB and 2.5 s for a
 36 MP one, where its high bytes alone took 240 MB and 0.4 s)."""
 
-DECODING_BYTES_PER_PIXEL = 20
-"""What decoding an image costs per pixel at most (as decoded: a JPEG's reduced scale): a 16-bit
-colour PNG or TIFF, above."""
+MOST_BYTES_PER_PIXEL = 20
+"""What decoding costs per pixel at its peak (as decoded: a JPEG's reduced scale) for a 16-bit
+colour PNG or TIFF, decoded twice (22 measured at 36 MP); other images cost at most half as much
+(3 to 9.4 measured: 8-bit gray to 32-bit float)."""
 
 FILE_NOT_FOUND = "file not found"
 """The reason of an image whose file is not there (``zsfs report`` then suggests --images)."""
@@ -125,7 +126,7 @@ def machine_read_error(error: BaseException, path: Path | str) -> MachineReadErr
 
 def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None, *,
                  data: bytes | memoryview | BinaryIO | None = None,
-                 admit: Callable[[tuple[int, int]], AbstractContextManager] | None = None) -> Image.Image:
+                 admit: Callable[[int], AbstractContextManager] | None = None) -> Image.Image:
     """Decode one file into an RGB image: EXIF orientation applied, first frame of animations.
 
     Images above ``WORKING_PIXELS`` come out smaller (the original size is in
@@ -137,8 +138,9 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
     at 1/2 to 1/8 scale as long as it stays at least this size (thumbnails: much faster).
     ``data``: the file's content, got elsewhere (a tar member named ``path``), as bytes or a
     seekable binary file (read as the decoder needs it: a large member is not read whole); the
-    file system is then not touched. ``admit(size)``: a context held while the image is decoded,
-    given its size as decoded (after any reduced JPEG scale), for threads that share a memory budget.
+    file system is then not touched. ``admit(bytes)``: a context held while the image is decoded,
+    given what decoding it may cost (:data:`MOST_BYTES_PER_PIXEL`, at its size as decoded: after any
+    reduced JPEG scale), for threads that share a memory budget.
     """
     path = Path(path)
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
@@ -160,11 +162,12 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
             _decode_smaller(image, max_pixels)
             if draft is not None:  # no effect when _decode_smaller reduced it already
                 image.draft("RGB", draft)
-            if admit is not None:  # (held until the file and its decoded copies are let go)
-                admitted.enter_context(admit(image.size))
             _refuse_planar_sixteen_bit(image)
             true_type = _sample_type_pillow_misreads(image)
             low_byte_tiles = _low_byte_tiles(image)  # read before load(), which consumes the tiles
+            if admit is not None:  # (held until the file and its decoded copies are let go)
+                per_pixel = MOST_BYTES_PER_PIXEL if low_byte_tiles is not None else MOST_BYTES_PER_PIXEL // 2
+                admitted.enter_context(admit(image.width * image.height * per_pixel))
             image.load()  # force the full decode (Image.open only reads the header)
             low_bytes = _decoded_with(low_byte_tiles, _rewound(file))
             if low_bytes is not None:

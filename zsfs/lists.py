@@ -138,7 +138,10 @@ def _parse_table(text: str, list_file: Path, separator: str,
 
 
 def _relative_when_possible(path: str, root: Path | None) -> str:
-    """``path`` as ``Path(path).as_posix()`` gives it, relative to ``root`` when under it (None: as written)."""
+    """``path`` as ``Path(path).as_posix()`` gives it, relative to ``root`` when under it; with no
+    ``root``, an absolute path exactly as written (predictions are joined back to their list by it)."""
+    if root is None and path.startswith("/"):
+        return path
     if not path.startswith(("/", "~", "./")) and not path.endswith(("/", "/.")) and "//" not in path \
             and "/./" not in path and path != ".":
         return path  # already what Path(path).as_posix() gives: skips a Path per line (17 s at 1.28M)

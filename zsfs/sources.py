@@ -69,7 +69,7 @@ class ImageSource:
         return self.root / self.paths[i]
 
     def decode(self, i: int, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None,
-               admit: Callable[[tuple[int, int]], AbstractContextManager] | None = None) -> Image.Image:
+               admit: Callable[[int], AbstractContextManager] | None = None) -> Image.Image:
         """The ``i``-th image, from its file or its tar member (``decode_image``'s arguments and errors)."""
         if self.members is None or not self.members.holds(i):
             return decode_image(self.absolute(i), max_pixels, draft, admit=admit)

@@ -23,7 +23,7 @@ JPEG_QUALITY = 70
 
 
 def thumbnail(source: "ImageSource", i: int, size: int = THUMBNAIL_PX, max_pixels: int | None = None,
-              admit: Callable[[tuple[int, int]], AbstractContextManager] | None = None
+              admit: Callable[[int], AbstractContextManager] | None = None
               ) -> tuple[str | None, str | None]:
     """``(data URI, None)`` for the ``i``-th image of ``source`` when readable, ``(None, reason)``
     otherwise (decoded as ``zsfs extract`` decodes: files or tar members, EXIF orientation, 16-bit
@@ -52,10 +52,10 @@ def thumbnails(source: "ImageSource", size: int = THUMBNAIL_PX, workers: int | N
                max_pixels: int | None = None) -> list[tuple[str | None, str | None]]:
     """:func:`thumbnail` of every image of ``source``, in order; decoded by threads (Pillow releases
     the GIL) that together hold about what one image at the pixel budget costs (:class:`DecodingBudget`)."""
-    from zsfs.decode import DECODING_BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS
+    from zsfs.decode import DEFAULT_MAX_PIXELS, MOST_BYTES_PER_PIXEL
 
     workers = workers or min(8, os.cpu_count() or 1)
-    budget = DecodingBudget(DECODING_BYTES_PER_PIXEL * (max_pixels or DEFAULT_MAX_PIXELS))
+    budget = DecodingBudget(MOST_BYTES_PER_PIXEL * (max_pixels or DEFAULT_MAX_PIXELS))
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda i: thumbnail(source, i, size, max_pixels, budget.held), range(len(source))))
 
@@ -71,11 +71,9 @@ class DecodingBudget:
         self._changed = threading.Condition()
 
     @contextmanager
-    def held(self, size: tuple[int, int]) -> Iterator[None]:
-        """Hold the share of an image of ``size`` (width, height, as decoded) while it decodes."""
-        from zsfs.decode import DECODING_BYTES_PER_PIXEL
-
-        share = min(size[0] * size[1] * DECODING_BYTES_PER_PIXEL, self.total_bytes)
+    def held(self, cost_bytes: int) -> Iterator[None]:
+        """Hold the share of an image whose decoding costs ``cost_bytes`` (capped at the whole budget)."""
+        share = min(cost_bytes, self.total_bytes)
         with self._changed:
             self._changed.wait_for(lambda: self._free >= share)
             self._free -= share

@@ -25,8 +25,8 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
     """
     path = Path(path).absolute()
     if path.name == "..":  # (a fit ran to its end, then found "dd/sub/.." there already, and left dd/sub made)
-        raise ZsfsError(f"cannot write the {what} {path}: a name ending in '..' names a folder that is there; give "
-                        "the new one's own name")
+        raise ZsfsError(f"cannot write the {what} {path}: a name ending in '..' names a folder above, not a new "
+                        "one; give the new one's own name")
     missing = missing_folders(path)
     for folder in missing:
         if os.path.islink(folder):  # a share not mounted: making the folders failed with "File exists" after the work

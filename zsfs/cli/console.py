@@ -28,8 +28,8 @@ class _MessagesConsole(Console):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
-        if self.width < 1:  # COLUMNS=0 (rich takes it as the width): every line, errors too, came out empty
-            self.width = None  # measured again at each use: the terminal's, else 80
+        if self.width < 1:  # COLUMNS=0 (rich took it as the width): every line, errors too, came out empty
+            self.width = None  # measured at each use, where rich reads COLUMNS=0 as 80
 
     @property
     def animates(self) -> bool:
