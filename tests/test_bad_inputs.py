@@ -41,6 +41,8 @@ def made(tmp_path_factory) -> dict:
     (work / "a-file").write_text("not a folder")
     (work / "to-nothing").symlink_to(work / "not-mounted")  # as a link to a share not mounted
     os.mkfifo(work / "pipe.h5")
+    (work / "loop-a").symlink_to(work / "loop-b")
+    (work / "loop-b").symlink_to(work / "loop-a")
     rows = np.random.default_rng(0).normal(size=(2, 8))  # float64, numpy's default
     np.save(work / "clip.npy", rows)
     np.save(work / "backbone.npy", rows)
@@ -145,6 +147,8 @@ CASES = [  # (command line, exit code, words of the error line)
      "make what it names, or choose another location"),
     (("predict", "--run", "{run}", "--out", "{work}/to-nothing/p.csv", "{photos}"), 1, "to-nothing is a link to nothing"),
     (("report", "{run}", "--out", "{work}/to-nothing/r.html"), 1, "to-nothing is a link to nothing"),
+    (FIT + ("--out", "{work}/loop-a/run"), 1, "loop-a is a link that cannot be followed (Too many levels of symbolic "
+     "links)"),
     (FIT + ("--out", "{work}/" + "b" * 256), 1, f"the name {'b' * 256} is too long for the file system, which takes "
      "names of 255 bytes at most; choose a shorter name"),
     (FIT + ("--out", "{work}/" + "b" * 256 + "/run"), 1, "is too long for the file system"),

@@ -30,8 +30,8 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
     missing = missing_folders(path)
     for folder in missing:
         if os.path.islink(folder):  # a share not mounted: making the folders failed with "File exists" after the work
-            raise ZsfsError(f"cannot write the {what} {path}: {folder} is a link to nothing ({os.readlink(folder)}); "
-                            f"mount or make what it names, or {fix}")
+            raise ZsfsError(f"cannot write the {what} {path}: {folder} is {_unfollowed_link(folder)} "
+                            f"({os.readlink(folder)}); mount or make what it names, or {fix}")
     folder = missing[0].parent if missing else path.parent
     if not folder.is_dir():
         raise ZsfsError(f"cannot write the {what} {path}: {folder} is a file, not a folder")
@@ -54,6 +54,16 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
         raise ZsfsError(f"cannot write the {what} {path}: its name is too long for the file system, which takes "
                         f"names of {limit} bytes at most, as zsfs also writes a {longest}-byte name beside it (a "
                         "temporary file or a shards folder); choose a shorter name")
+
+
+def _unfollowed_link(link: Path) -> str:
+    """Why the link ``link`` leads nowhere: "a link to nothing", or why what it names cannot be reached."""
+    try:
+        os.stat(link)
+    except OSError as error:
+        if error.errno not in (errno.ENOENT, errno.ENOTDIR):  # EACCES, ELOOP, ...
+            return f"a link that cannot be followed ({error.strerror})"
+    return "a link to nothing"
 
 
 def missing_folders(path: str | Path) -> list[Path]:
