@@ -1606,3 +1606,34 @@ def test_model_files_are_made_absolute_and_tags_stay_tags(tmp_path, monkeypatch)
     assert absolute_model_files(by_name) == by_name  # ./openai is a file, but "openai" is ViT-B-32's tag
     no_such_tag = absolute_model_files({**by_name, "clip_model": str(TINY_CLIP_CONFIG), "backbone_weights": "random"})
     assert no_such_tag["clip_weights"] == str(tmp_path / "openai") and no_such_tag["backbone_weights"] == "random"
+
+
+@pytest.mark.parametrize("moved", ["the store's folder", "the shards folder"])
+def test_a_store_moved_while_extract_writes_it_stops_the_run_and_is_not_split(photos, tmp_path, moved):
+    """Review: `mv` of the store's folder (or of its shards folder) during an extract made the folders
+    again at the old path, wrote the other shards there, beside no lock, and ended in "4 of 15 shards
+    are not written yet": the store split in two, neither part usable."""
+    folder = tmp_path / "d"
+    out = folder / "s.h5"
+    done = []
+
+    def move_after_the_first_shard(n: int) -> None:
+        done.append(n)
+        if sum(done) == 8 and not (tmp_path / "moved").exists():  # shard 0 is written, shard 1 is not yet
+            (folder if moved == "the store's folder" else folder / "s.shards").rename(tmp_path / "moved")
+
+    with pytest.raises(StoreError, match=r"s\.shards was moved, renamed or removed while this process wrote it; "
+                                         r"nothing more was written: put it back"):
+        extract(photos["root"], out, workers=0, shard_size=4, batch_size=4, on_batch=move_after_the_first_shard,
+                **TINY_MODELS)
+    if moved == "the store's folder":
+        assert not folder.exists()  # nothing made again at the old path
+        (tmp_path / "moved").rename(folder)  # put back, as said
+    else:
+        assert not (folder / "s.shards").exists() and not out.exists()
+        (tmp_path / "moved").rename(folder / "s.shards")
+    resumed = extract(photos["root"], out, workers=0, shard_size=4, batch_size=4, **TINY_MODELS)
+    assert resumed.shards_reused == 1  # the shard written before the move
+    with Store(out) as store:
+        store.verify()  # raises on a damaged or missing file
+        assert store.n_images + store.n_skipped == len(photos["good"]) + len(photos["bad"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -98,6 +99,7 @@ class StoreWriter:
         self.n_shards = math.ceil(n_items / shard_size)
         self._release = lambda: None
         self._digests: dict[Path, tuple[tuple, str]] = {}
+        self._shards_folder: tuple[int, int] | None = None  # (device, inode), from the first shard written
         if lock:
             held = acquire_lock(self.master)
             self._release = weakref.finalize(self, release_lock, held)
@@ -345,8 +347,22 @@ class StoreWriter:
             raise ValueError(f"shard {shard} covers {stop - start} listed items, got {len(data)} "
                              f"embedded + {len(data.skipped_paths)} skipped")
         final = self.shard_path(shard)
+        self._check_in_place()
         with new_hdf5(final, f"shard {final.name}") as file:
             self._write_shard_file(file, shard, start, stop, data)
+
+    def _check_in_place(self) -> None:
+        """Stop when the store's folder, or its shards folder, was moved, renamed or replaced since
+        this writer's first shard: writing on made new folders at the old path, beside no lock, and
+        split the store in two, neither of them usable (a review moved the folder during an extract)."""
+        if self._shards_folder is None:
+            with suppress(FileExistsError, FileNotFoundError):  # (not its parents: the lock made the store's folder)
+                self.shards_dir.mkdir()
+            self._shards_folder = _identity_of(self.shards_dir)
+        if self._shards_folder is None or _identity_of(self.shards_dir) != self._shards_folder:
+            raise StoreError(f"{self.shards_dir} was moved, renamed or removed while this process wrote it; nothing "
+                             f"more was written: put it back where it was and rerun to finish the store "
+                             f"({self.master})")
 
     def _write_shard_file(self, file: h5py.File, shard: int, start: int, stop: int, data: ShardData) -> None:
         for name, values in ((schema.CLIP, data.clip), (schema.BACKBONE, data.backbone)):
@@ -392,6 +408,8 @@ class StoreWriter:
         missing = {schema.ATTR_SOURCE, schema.ATTR_CLIP, schema.ATTR_BACKBONE} - set(attrs)
         if missing:
             raise ValueError(f"finalize needs attrs {sorted(missing)}")
+        if self._shards_folder is not None:
+            self._check_in_place()  # (the master too would be written at the old path)
         # not pending_shards(): shards written by this run differ from the old master's record
         pending = [shard for shard in range(self.n_shards) if not self.shard_is_complete(shard)]
         if pending:
@@ -410,3 +428,12 @@ class StoreWriter:
         remove_file(schema.graph_file(self.shards_dir))
         self.close()
         return self.master
+
+
+def _identity_of(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``folder``, or None where there is none."""
+    try:
+        status = os.stat(folder)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
