@@ -229,3 +229,22 @@ def test_graph_row_ids_are_int32_until_a_store_outgrows_them():
     assert schema.graph_dtype(2**31) is np.int32 and schema.graph_dtype(2**31 + 1) is np.int64  # ids up to n - 1
     graph = neighbours.neighbour_graph(lambda rows, k: np.stack([rows + 1] * k, axis=1) % 5, 5, 2)
     assert graph.dtype == np.int32 and graph[:, 0].tolist() == [1, 2, 3, 4, 0]
+
+
+def test_a_store_moved_during_its_neighbour_search_is_said_so_and_not_made_again(tmp_path):
+    """Review: `mv` of the store's folder during `zsfs neighbours` said, after the search, "store
+    ... does not exist; create it with zsfs extract", and the lock made the old folder again."""
+    folder = tmp_path / "d"
+    path = make_synthetic_store(folder / "s.h5", 300, 3, seed=0, clip_dim=16, backbone_dim=16, clip_accuracy=0.5)
+
+    def moved_while_searching(n: int) -> None:
+        if folder.exists():
+            folder.rename(tmp_path / "moved")
+
+    with pytest.raises(StoreError, match=rf"^{path} was moved or deleted since this process opened it; nothing was "
+                                         "written: run the command again where the store is now$"):
+        add_neighbour_graph(path, k=5, on_rows=moved_while_searching)
+    assert not folder.exists()
+    add_neighbour_graph(tmp_path / "moved" / "s.h5", k=5)  # where it is now
+    with Store(tmp_path / "moved" / "s.h5") as store:
+        assert store.graph_info["k"] == 5

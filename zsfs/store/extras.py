@@ -8,6 +8,7 @@ never reclaims space inside a file it modifies). Reading one holds it to what zs
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -83,6 +84,8 @@ def write_vocabulary(master: Path, name: str, classes: Sequence[str], single: np
     classes = check_class_names(classes, f"vocabulary {name!r}")
     arrays = {kind: normalise_rows(np.asarray(values, dtype=np.float32), f"vocabulary {name!r} {kind}")
               for kind, values in ((schema.VOCAB_SINGLE, single), (schema.VOCAB_ENSEMBLE, ensemble))}
+    if identity is not None:
+        _refuse_moved_since_opened(master)
     if overwrite and _holds_vocabulary(master, name, classes, arrays, prompt, n_templates, identity):
         return  # a rerun writes nothing, so it also succeeds on a store it cannot write (a read-only copy)
     with store_lock(master), Store(master) as store:
@@ -164,6 +167,15 @@ def check_vocabulary_name(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
+def _refuse_moved_since_opened(master: Path) -> None:
+    """StoreError when the store a caller opened (and searched, or embedded text for) is no longer
+    at ``master``: it said "store ... does not exist; create it with zsfs extract", after the work
+    (a review moved the folder during a neighbour search), and its lock made the folder again."""
+    if not os.path.lexists(master):
+        raise StoreError(f"{master} was moved or deleted since this process opened it; nothing was written: run the "
+                         "command again where the store is now")
+
+
 def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict, *, build: str) -> None:
     """Add (or replace) the store's neighbour graph: ``rows`` (N, K), each image's K nearest
     store rows by CLIP inner product, best first, itself excluded, ``-1`` where none.
@@ -173,6 +185,7 @@ def write_neighbour_graph(master: Path, rows: np.ndarray, info: dict, *, build: 
     other embeddings."""
     from zsfs.store.reader import Store
 
+    _refuse_moved_since_opened(master)
     rows = np.asarray(rows)
     missing = {"search", "precision"} - set(info)
     if missing:
