@@ -248,3 +248,17 @@ def test_a_store_moved_during_its_neighbour_search_is_said_so_and_not_made_again
     add_neighbour_graph(tmp_path / "moved" / "s.h5", k=5)  # where it is now
     with Store(tmp_path / "moved" / "s.h5") as store:
         assert store.graph_info["k"] == 5
+
+
+def test_verify_reads_the_graph_its_store_opened_not_one_written_since(tmp_path):
+    """Review: `zsfs info --verify` during `zsfs neighbours` read the new graph by name (its bytes
+    counted) while the table beside it described the graph the store had opened."""
+    path = make_synthetic_store(tmp_path / "s.h5", 300, 3, seed=0, clip_dim=16, backbone_dim=16, clip_accuracy=0.5)
+    add_neighbour_graph(path, k=5)
+    with Store(path) as store:
+        assert store.graph_info["k"] == 5
+        before = store.verify()["bytes_read"]
+        add_neighbour_graph(path, k=50)  # as another process would, meanwhile
+        assert store.verify()["bytes_read"] == before and store.graph_info["k"] == 5
+    with Store(path) as store:
+        assert store.graph_info["k"] == 50 and store.verify()["bytes_read"] > before

@@ -508,12 +508,11 @@ class Store:
             raise StoreError(next(iter(self._unreadable_vocabularies.values()), self._unreadable_graph))
         if self.unwritten_vocabularies:
             raise StoreError(f"{self.path}: {self.unwritten_note()}")
-        extras = list(self._vocabulary_files.values())
-        if self._graph_dataset() is not None and self._graph_file is not None:
-            extras.append(schema.graph_file(self.data_dir))
-        for path in extras:
+        for path in self._vocabulary_files.values():
             with open_hdf5(path) as file:
                 checked += read_all(file, path)
+        if self._graph_dataset() is not None and self._graph_file is not None:  # the graph this store opened, not
+            checked += read_all(self._graph_file, schema.graph_file(self.data_dir))  # one a `neighbours` wrote since
         for name in self.vocabulary_names():  # whole: then each held to the format, as a fit reads it
             self.vocabulary(name)
         self.index()
