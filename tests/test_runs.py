@@ -21,11 +21,11 @@ from zsfs import runs
 from zsfs.errors import ParameterError, ZsfsError
 from zsfs.evaluate import fit_metrics
 from zsfs.run_summary import cycle_rows, summary_rows
-from zsfs.runs import FittedRun
+from zsfs.runs import FittedRun, load_run
 from zsfs.fit import FitConfig, fit_store
 from zsfs.outputs import FolderExistsError, new_folder
 from zsfs.store import Store
-from zsfs.testing.cli import run_cli
+from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import RUN_CLI
 from zsfs.testing.processes import STOPPED_BY, read_until, started, stop, wait_for
 from zsfs.testing.synthetic import make_synthetic_store
@@ -648,3 +648,22 @@ def test_a_run_pairs_a_fit_with_its_own_store_and_configuration(tmp_path):
             FittedRun.from_fit(FittedRun.from_fit(result, store), store)
         saved = FittedRun.from_fit(result, store).save(tmp_path / "run").path
     assert runs.load_run(saved).config["parameters"]["k"] == 2
+
+
+def test_a_run_being_saved_is_named_so_to_report_and_predict(tmp_path):
+    """Review: `zsfs report RUN` and `zsfs predict --run RUN` while a fit was saving RUN said
+    "RUN does not exist; pass a run folder written by zsfs fit", where a second fit names the writer."""
+    holder, _ = _hold_a_new_folder(tmp_path / "run")
+    try:
+        for command in (("report", tmp_path / "run"), ("predict", "--run", tmp_path / "run", tmp_path)):
+            result = run_cli(*command)
+            assert result.exit_code == 1 and f"{tmp_path / 'run'} is not finished: another zsfs process (pid " \
+                f"{holder.pid}) is writing it now; rerun this once it is done" in output_text(result), result.output
+        with pytest.raises(ZsfsError, match=f"is not finished: another zsfs process \\(pid {holder.pid}\\)"):
+            load_run(tmp_path / "run")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    with pytest.raises(ZsfsError, match="run does not exist; pass a run folder"):  # once that writer is gone
+        load_run(tmp_path / "run")

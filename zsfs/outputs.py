@@ -40,7 +40,7 @@ def check_new_folder(path: str | Path) -> None:
     if os.path.lexists(path):
         what = "is a link to nothing" if not os.path.exists(path) else "already exists"
         raise FolderExistsError(f"{path} {what}; choose another folder (results are never overwritten)")
-    writer = _writer_of(Path(path).absolute())
+    writer = writer_of(path)
     if writer is not None:
         raise FolderExistsError(f"another zsfs process (pid {writer}) is writing {path} now; choose another folder "
                                 "(results are never overwritten)")
@@ -49,11 +49,12 @@ def check_new_folder(path: str | Path) -> None:
 def folder_taken(path: str | Path) -> bool:
     """Whether :func:`check_new_folder` would refuse ``path``: it exists (a link to nothing too),
     or another process of this host is filling it."""
-    return os.path.lexists(path) or _writer_of(Path(path).absolute()) is not None
+    return os.path.lexists(path) or writer_of(path) is not None
 
 
-def _writer_of(path: Path) -> int | None:
+def writer_of(path: str | Path) -> int | None:
     """The pid of another live process of this host whose :func:`new_folder` is filling ``path`` now."""
+    path = Path(path).absolute()
     try:
         names = os.listdir(path.parent)
     except OSError:  # no folder yet (nothing is written there), or one that cannot be listed

@@ -25,7 +25,7 @@ from zsfs.errors import (ParameterError, ZsfsError, check_path, checked_argument
                          shown_value)
 from zsfs.evaluate import fit_metrics
 from zsfs.names import utf8_texts
-from zsfs.outputs import new_folder, read_parquet, write_json, write_table
+from zsfs.outputs import new_folder, read_parquet, write_json, write_table, writer_of
 from zsfs.run_summary import classes_not_predicted
 from zsfs.writable import check_writable
 
@@ -329,6 +329,10 @@ def load_run(run_dir: str | Path) -> FittedRun:
     ``.predict_images(paths)``, ``.predictions``, ``.metrics``, ``.config``; ZsfsError when it is not one."""
     run_dir = Path(check_path("run_dir", run_dir))
     if not run_dir.is_dir():
+        writer = None if run_dir.exists() else writer_of(run_dir)
+        if writer is not None:  # (it said "does not exist" of a run a fit was saving: a review's report)
+            raise ZsfsError(f"{run_dir} is not finished: another zsfs process (pid {writer}) is writing it now; rerun "
+                            "this once it is done")
         problem = "is not a folder" if run_dir.exists() else "does not exist"
         raise ZsfsError(f"{run_dir} {problem}; pass a run folder written by `zsfs fit --out RUN_DIR`")
     config = _read_json(run_dir / CONFIG, required=True)
