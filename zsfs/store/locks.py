@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -93,12 +94,13 @@ def acquire_lock(master: Path) -> Path:
         except OSError as error:
             if error.errno in NO_LOCKS_HERE:
                 break  # as without fcntl: the file names the writer, nothing enforces it
+            holder = _holder(handle) if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else ""
             os.close(handle)
             if error.errno in (errno.ESTALE, errno.ENOENT):  # removed by its holder meanwhile (NFS)
                 continue
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise StoreError(f"another zsfs process is writing {master} (it holds {lock.name}); wait for "
-                                 "it to finish, or write to another output") from None
+                raise StoreError(f"another zsfs process{holder} is writing {master} (it holds {lock.name}); wait "
+                                 "for it to finish, or write to another output") from None
             raise StoreError(f"cannot write the store {master}: cannot lock {lock} ({error.strerror})") from None
         if _names(lock, handle):
             break
@@ -106,8 +108,21 @@ def acquire_lock(master: Path) -> Path:
     else:
         raise StoreError(f"cannot write the store {master}: its lock file {lock} was replaced {LOCK_ATTEMPTS} "
                          "times while this process took it")
+    with suppress(OSError):  # who holds it, for another writer's refusal (a disk too full for it: unsaid)
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{os.getpid()} {socket.gethostname()}\n".encode(errors="replace"), 0)
     _held[lock] = [handle, 1]
     return lock
+
+
+def _holder(handle: int) -> str:
+    """`` (pid N on HOST)``, as the lock file's holder wrote it, or "" (an older zsfs wrote none):
+    a user scripting jobs could not tell which one to wait for."""
+    try:
+        pid, host = os.pread(handle, 300, 0).decode(errors="replace").split()
+    except (OSError, ValueError):
+        return ""
+    return f" (pid {pid} on {host})" if pid.isdigit() else ""
 
 
 def _names(path: Path, handle: int) -> bool:
