@@ -1325,7 +1325,8 @@ def test_neighbours_and_text_hold_the_store_while_they_work(store):
     add_neighbour_graph(store, k=2, on_start=lambda n: heard.append(_lock_taken_by_another_process(store)))
     add_vocabulary(store, CLASSES[:2], "two", clip_weights=store.parent / "clip.pt",
                    on_start=lambda n: heard.append(_lock_taken_by_another_process(store)))
-    assert len(heard) == 2 and all("another zsfs process is writing" in said for said in heard), heard
+    holder = f"another zsfs process (pid {os.getpid()} on {socket.gethostname()}) is writing"
+    assert len(heard) == 2 and all(holder in said for said in heard), heard
     with Store(store) as reopened:
         assert reopened.graph_info["k"] == 2 and "two" in reopened.vocabulary_names()
     assert _lock_taken_by_another_process(store) == ""  # released
