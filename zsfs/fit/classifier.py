@@ -172,7 +172,7 @@ class Classifier:
                  for start in range(0, max(len(features), 1), chunk_rows)]
         best, confidence, statistics, distance = (torch.cat(column).numpy() for column in zip(*parts))
         if has_reference:
-            distance = ood.cdf(distance, self.ood_quantiles["reference_distance"]).astype(np.float32)
+            distance = ood.distance_rank(distance, self.ood_quantiles["reference_distance"])
         return (np.asarray(self.classes, dtype=object)[best], confidence, distance,
                 ood.paper_score(statistics, self.ood), ood.continuous_score(statistics, self.ood))
 

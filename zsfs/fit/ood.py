@@ -156,26 +156,35 @@ def quantiles(values: np.ndarray) -> np.ndarray:
     return np.quantile(np.asarray(values, np.float64), np.linspace(0.0, 1.0, N_QUANTILES))
 
 
-TIE_TOLERANCE = 1e-3
-"""Values closer than this fraction of the stored quantiles' range (about one of their 1,000 steps)
-are ties: :func:`cdf` ranks a value within it of a run of equal quantiles (duplicate images) at
-the run's middle. Without it, 1e-7 of rounding (torch's product kernel for a batch of 1-3 rows;
-a file embedded again) moved such an image from the middle of its run to its top: `zsfs predict`
-gave the fit's 16 black images 1.0 instead of 0.674, and flagged them."""
-
-
-def cdf(values: np.ndarray, stored_quantiles: np.ndarray) -> np.ndarray:
+def cdf(values: np.ndarray, stored_quantiles: np.ndarray, ties_within: float = 0.0) -> np.ndarray:
     """Fraction of the reference population below each value, from :func:`quantiles`; a value
-    that many share (identical images), or within :data:`TIE_TOLERANCE` of it, gets the middle of
-    their range, as average ranks do, not its top (np.interp alone gave a whole collection of
-    duplicates the score 1: most OOD). Elsewhere the two shifted reads average to the plain one."""
+    that many share (identical images), or within ``ties_within`` of it, gets the middle of their
+    range, as average ranks do, not its top (np.interp alone gave a whole collection of duplicates
+    the score 1: most OOD). Away from ties the two shifted reads average to the plain one."""
     stored = np.maximum.accumulate(np.asarray(stored_quantiles, np.float64))  # np.interp needs sorted points
     values = np.asarray(values, np.float64)
     levels = np.linspace(0.0, 1.0, len(stored))
-    tolerance = max(TIE_TOLERANCE * (stored[-1] - stored[0]), 1e-6)  # (the floor: every quantile equal)
-    from_above = np.interp(values + tolerance, stored, levels)  # on a run of equal points: the run's last level
-    from_below = np.interp(tolerance - values, -stored[::-1], levels[::-1])  # ... its first level
+    from_above = np.interp(values + ties_within, stored, levels)  # on a run of equal points: the run's last level
+    from_below = np.interp(ties_within - values, -stored[::-1], levels[::-1])  # ... its first level
     return (from_above + from_below) / 2
+
+
+TIE_TOLERANCE = 1e-3
+"""The ``ood_distance`` column, in the fit and in ``predict``, counts distances closer than this
+fraction of the stored quantiles' range (about one of their 1,000 steps) as ties. Without it,
+1e-7 of rounding (torch's product kernel for a batch of 1-3 rows; a file embedded again) moved a
+duplicate image from the middle of its run of equal quantiles to its bottom or top: `zsfs
+predict` gave a fit's 16 black images 1.0 instead of 0.674, and flagged them. Only there: ranks
+compared within the fit (``ood_score``'s) need no tolerance, and MCM's range shrinks with the
+vocabulary (1.8e-4 at 1,000 classes), where a fixed floor squeezed its ranks."""
+
+
+def distance_rank(distance: np.ndarray, stored_quantiles: np.ndarray) -> np.ndarray:
+    """``ood_distance``: the :func:`cdf` of reference distances, ties within :data:`TIE_TOLERANCE`
+    of the quantiles' range (1e-6 where every quantile is equal: a collection of one image)."""
+    stored = np.asarray(stored_quantiles, np.float64)
+    spread = float(stored.max() - stored.min())
+    return cdf(distance, stored, TIE_TOLERANCE * spread if spread > 0 else 1e-6).astype(np.float32)
 
 
 def combined_score(components: dict[str, np.ndarray], stored: dict[str, np.ndarray]) -> np.ndarray:

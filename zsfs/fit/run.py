@@ -238,7 +238,7 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
     components = {"mcm": -scores.mcm, "reference_distance": collection.distance}
     stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
     ood_score = ood.combined_score(components, stored_quantiles)
-    ood_distance = ood.cdf(collection.distance, stored_quantiles["reference_distance"]).astype(np.float32)
+    ood_distance = ood.distance_rank(collection.distance, stored_quantiles["reference_distance"])
     seed_rows = np.unique(seed_cycle.rows)  # an image seeding 2 classes: once
     flag_threshold = ood.flag_threshold(ood_score[seed_rows])
     pseudo_label, pseudo_cycle = _pseudo_labels(n_images, trained.cycles)
