@@ -465,7 +465,8 @@ def test_extract_holds_the_store_while_its_vocabulary_is_embedded(tmp_path):
         go.touch()
         output, _ = first.communicate(timeout=120)
     for refused in (rebuilt, text):
-        assert refused.returncode == 1 and "another zsfs process is writing" in refused.output, refused.output
+        assert refused.returncode == 1 and f"another zsfs process (pid {first.pid} on " in refused.output, \
+            refused.output
     assert first.returncode == 0, output
     with Store(out) as store:
         assert store.identity["backbone"]["name"] == TINY_BACKBONE

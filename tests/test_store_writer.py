@@ -528,3 +528,61 @@ def test_a_repair_hashes_only_the_shards_it_wrote_and_keeps_the_others_recorded_
     with h5py.File(tmp_path / "s.h5", "r") as file:
         again = [str(name) for name in file[schema.SHARDS_SHA256].asstr()[:]]
     assert again[0] == first[0] and again[2] == first[2] and again[1] == file_sha256(rerun.shard_path(1))
+
+
+def test_a_shards_folder_moved_mid_run_stops_every_copy_of_the_writer_and_a_resumed_run(tmp_path):
+    """Second review: the check of the folder's identity, taken at a writer's first shard, missed the
+    copies Ray's workers get (each took the renamed folder's new one as its own) and a rerun whose
+    folder moved before its first shard: both wrote new shards at the old path."""
+    import pickle
+
+    from ray import cloudpickle  # as Ray sends a writer to its workers
+
+    from zsfs.store.writer import StoreFolderMoved
+
+    master = tmp_path / "s.h5"
+    writer = new_writer(master, lock=False)
+    writer.announce(writer.pending_shards(), None, None)  # the driver makes the folder
+    writer.write_shard(0, shard_data(writer, 0))
+    copy = pickle.loads(cloudpickle.dumps(writer))
+    (tmp_path / "s.shards").rename(tmp_path / "aside")
+    with pytest.raises(StoreFolderMoved, match=r"s\.shards was moved, renamed or removed while this process wrote "
+                                               r"it; nothing more was written: put it back where it was and rerun"):
+        copy.write_shard(1, shard_data(copy, 1))
+    assert not (tmp_path / "s.shards").exists()
+    with pytest.raises(StoreFolderMoved):
+        writer.finalize(ATTRS)
+    (tmp_path / "aside").rename(tmp_path / "s.shards")
+
+    rerun = new_writer(master, lock=False)  # resumes: shard 0 is kept
+    assert rerun.pending_shards() == [1, 2]
+    rerun.announce(rerun.pending_shards(), None, None)
+    (tmp_path / "s.shards").rename(tmp_path / "aside")  # moved before the rerun's first shard (its on_start)
+    with pytest.raises(StoreFolderMoved):
+        rerun.write_shard(1, shard_data(rerun, 1))
+    assert not (tmp_path / "s.shards").exists()
+
+
+def test_a_moved_store_is_not_said_to_keep_no_shard(tmp_path):
+    """Second review: the moved store's error got "No shard was finished: a rerun writes the rows
+    from the start" (its shards counted at the old place), where putting it back keeps them."""
+    from zsfs.store.arrays import write_store
+    from zsfs.store.writer import StoreFolderMoved
+
+    rows = np.random.default_rng(0).normal(size=(30, 4))
+    common = dict(clip=rows, backbone=rows, paths=[f"{i}.jpg" for i in range(30)], clip_info={"name": "c", "weights": "w"},
+                  backbone_info={"name": "b", "weights": "w"}, source="arrays", shard_size=10, dtype="float32")
+
+    def moved_after_the_first(n_rows: int) -> None:
+        if (tmp_path / "d").exists():
+            (tmp_path / "d").rename(tmp_path / "moved")
+
+    with pytest.raises(StoreFolderMoved) as stopped:
+        write_store(tmp_path / "d" / "s.h5", progress=moved_after_the_first, **common)
+    assert getattr(stopped.value, "resume", None) is None and "put it back where it was and rerun, which keeps the " \
+        "shards finished" in str(stopped.value)
+    assert not (tmp_path / "d").exists()
+    (tmp_path / "moved").rename(tmp_path / "d")
+    resumed = []
+    write_store(tmp_path / "d" / "s.h5", on_resume=lambda kept, n: resumed.append((kept, n)), **common)
+    assert resumed == [(1, 3)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -37,6 +36,10 @@ from zsfs.store.placement import check_own_shards_folder, refuse_replacing_anoth
 from zsfs.store.rows import usable_rows
 
 SIZE_DTYPE = np.int32
+
+
+class StoreFolderMoved(StoreError):
+    """The store's folder, or its shards folder, is no longer where this run writes it."""
 
 
 @dataclass
@@ -99,7 +102,7 @@ class StoreWriter:
         self.n_shards = math.ceil(n_items / shard_size)
         self._release = lambda: None
         self._digests: dict[Path, tuple[tuple, str]] = {}
-        self._shards_folder: tuple[int, int] | None = None  # (device, inode), from the first shard written
+        self._folder_made = False  # by this run (a copy sent to a Ray worker keeps it)
         if lock:
             held = acquire_lock(self.master)
             self._release = weakref.finalize(self, release_lock, held)
@@ -291,6 +294,7 @@ class StoreWriter:
         written (:func:`make_room_for_shards`): said now, not after hours of embedding."""
         if pending:
             make_room_for_shards(self.n_shards)
+            self._make_shards_folder()
         if on_resume is not None and 0 < len(pending) < self.n_shards:
             on_resume(self.n_shards - len(pending), self.n_shards)
         if on_start is not None:
@@ -320,6 +324,8 @@ class StoreWriter:
         ``stop.resume`` for the command line's one line and, for a Python caller, as a note its
         traceback prints (Python 3.11+). Never raises: a file system that fails now must not
         replace the error."""
+        if isinstance(stop, StoreFolderMoved):  # counted at the old place, the finished shards would read as none
+            return
         with suppress(Exception):
             stop.resume = resume = self.kept_for_a_rerun(pending, item, redo)
             if hasattr(stop, "add_note"):
@@ -352,17 +358,28 @@ class StoreWriter:
             self._write_shard_file(file, shard, start, stop, data)
 
     def _check_in_place(self) -> None:
-        """Stop when the store's folder, or its shards folder, was moved, renamed or replaced since
-        this writer's first shard: writing on made new folders at the old path, beside no lock, and
-        split the store in two, neither of them usable (a review moved the folder during an extract)."""
-        if self._shards_folder is None:
-            with suppress(FileExistsError, FileNotFoundError):  # (not its parents: the lock made the store's folder)
-                self.shards_dir.mkdir()
-            self._shards_folder = _identity_of(self.shards_dir)
-        if self._shards_folder is None or _identity_of(self.shards_dir) != self._shards_folder:
-            raise StoreError(f"{self.shards_dir} was moved, renamed or removed while this process wrote it; nothing "
-                             f"more was written: put it back where it was and rerun to finish the store "
-                             f"({self.master})")
+        """Stop when the store's folder, or its shards folder, was moved, renamed or removed while
+        this run wrote it (:meth:`announce` made it): writing on made new folders at the old path,
+        beside no lock, and split the store in two, neither of them usable (a review moved the
+        folder during an extract). A check of the name, which holds in every process that writes
+        shards (Ray's workers get a copy of this writer) and on every file system."""
+        if not self._folder_made:
+            self._make_shards_folder()
+        elif not self.shards_dir.is_dir():
+            raise self._moved()
+
+    def _make_shards_folder(self) -> None:
+        """Make the shards folder, once (a shard never makes it again: see :meth:`_check_in_place`)."""
+        try:
+            self.shards_dir.mkdir(exist_ok=True)  # (not its parents: the lock made the store's folder)
+        except FileNotFoundError:
+            raise self._moved() from None
+        self._folder_made = True
+
+    def _moved(self) -> StoreFolderMoved:
+        return StoreFolderMoved(f"{self.shards_dir} was moved, renamed or removed while this process wrote it; "
+                                "nothing more was written: put it back where it was and rerun, which keeps the "
+                                f"shards finished ({self.master})")
 
     def _write_shard_file(self, file: h5py.File, shard: int, start: int, stop: int, data: ShardData) -> None:
         for name, values in ((schema.CLIP, data.clip), (schema.BACKBONE, data.backbone)):
@@ -408,8 +425,7 @@ class StoreWriter:
         missing = {schema.ATTR_SOURCE, schema.ATTR_CLIP, schema.ATTR_BACKBONE} - set(attrs)
         if missing:
             raise ValueError(f"finalize needs attrs {sorted(missing)}")
-        if self._shards_folder is not None:
-            self._check_in_place()  # (the master too would be written at the old path)
+        self._check_in_place()  # (the master too would be written at the old path)
         # not pending_shards(): shards written by this run differ from the old master's record
         pending = [shard for shard in range(self.n_shards) if not self.shard_is_complete(shard)]
         if pending:
@@ -429,11 +445,3 @@ class StoreWriter:
         self.close()
         return self.master
 
-
-def _identity_of(folder: Path) -> tuple[int, int] | None:
-    """(device, inode) of ``folder``, or None where there is none."""
-    try:
-        status = os.stat(folder)
-    except FileNotFoundError:
-        return None
-    return status.st_dev, status.st_ino
