@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,11 +116,28 @@ class Step:
             return f"{self.output} was made from an earlier build of {self.store}"
         return None
 
-    def remember(self) -> None:
-        """Record what the output just made was made with."""
-        if self.record is not None:
+    def remember(self) -> dict | None:
+        """Record what the output about to be made is made with; returns the record it replaced."""
+        if self.record is None:
+            return None
+        records = read_records(self.record)
+        replaced = records.get(self.name)
+        records[self.name] = self.made_with()
+        write_text_atomically(self.record, json.dumps(records, indent=2) + "\n")
+        return replaced
+
+    def restore(self, replaced: dict | None) -> None:
+        """Put back the record :meth:`remember` replaced (none: remove this step's), for a step that
+        made no output: a pipeline refused by another one's lock on this --work wrote its settings
+        over those of the output the other was making (a review: a float16 store said float32)."""
+        if self.record is None:
+            return
+        with suppress(ZsfsError, OSError):  # (the step's own error is the one to report)
             records = read_records(self.record)
-            records[self.name] = self.made_with()
+            if replaced is None:
+                records.pop(self.name, None)
+            else:
+                records[self.name] = replaced
             write_text_atomically(self.record, json.dumps(records, indent=2) + "\n")
 
 
@@ -329,8 +347,13 @@ def run_steps(steps: Sequence[Step], *, dry_run: bool = False, echo: Callable[[s
         echo(f"{'todo' if dry_run else 'run '}  {step.describe()}")
         if not dry_run:
             # recorded first: killed once its output is there, a step must not pass for one of other settings
-            step.remember()
-            step.run()
+            replaced = step.remember()
+            try:
+                step.run()
+            except BaseException:
+                if not step.is_done():  # (a second pipeline on this --work, refused: the first's record stays)
+                    step.restore(replaced)
+                raise
         ran.append(step.name)
     return ran
 
@@ -359,7 +382,7 @@ def run_zsfs(argv: Sequence[str]) -> None:
     except click.ClickException as error:
         raise ZsfsError(f"zsfs {argv[0]}: {error.format_message()}") from None
     except SystemExit as exit_:  # zsfs printed the reason already
-        if exit_.code in (130, 143):  # Ctrl-C or SIGTERM: the whole pipeline stops, as the step did
+        if exit_.code in (129, 130, 143):  # a hang-up, Ctrl-C or SIGTERM: the whole pipeline stops, as the step did
             raise
         if exit_.code not in (0, None):
             raise ZsfsError(f"step `zsfs {shlex.join(argv)}` failed (exit {exit_.code}); fix the cause above "
@@ -481,6 +504,13 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
     fit_words = extra_arguments("--fit-args", fit_args, takers)
     for dataset in chosen:
         _check_vocabulary(Layout(work, dataset.name).store, fit_words)
+    if not dry_run:  # before any download (a review: --device cuda without a GPU, refused once per dataset)
+        from zsfs.devices import check_device
+
+        try:
+            check_device(device)
+        except ZsfsError as error:  # ("device cuda was asked for ...; use device cpu": the option, here)
+            raise ZsfsError(str(error).replace("device", "--device")) from None
     for dataset in chosen:
         console.rule(dataset.title)
         steps = plan(dataset, data_root, work, device=device, images=images, splits=splits, id_classes=id_classes,

@@ -296,7 +296,7 @@ def test_an_interrupted_step_stops_the_pipeline_with_its_exit_status(monkeypatch
     next dataset started."""
     import zsfs.cli
 
-    for code in (130, 143):  # what the zsfs command line does on Ctrl-C or SIGTERM, after its one line
+    for code in (129, 130, 143):  # what the zsfs command line does on a hang-up, Ctrl-C or SIGTERM (review: 129)
         def interrupted(**_):
             raise SystemExit(code)
 
@@ -806,3 +806,51 @@ def test_a_step_killed_once_its_output_is_there_is_not_taken_for_one_of_other_se
     steps = plan(DATASETS["cifar10"], tmp_path, work, images=Path("."), fit_args=["--k", "2", *QUICK_FIT_ARGS])
     with pytest.raises(ZsfsError, match=r"^fit: \S+/fit was made with other settings \(k 4 -> 2\)"):
         run_steps(steps, echo=[].append)
+
+
+def test_a_second_pipeline_refused_by_the_first_ones_lock_leaves_the_first_ones_record(tmp_path):
+    """Review: settings are recorded before a step runs; a second pipeline on the same --work, refused
+    by the first one's lock on the store, left its own settings on the store the first one made (a
+    float16 store recorded as float32, and a rerun of the first one's command told to remove it)."""
+    from pipelines.run import read_records
+    from zsfs.testing.images import write_image_folder
+    from zsfs.testing.models import TINY_MODEL_ARGS
+
+    images, work = tmp_path / "sorted", tmp_path / "work"
+    write_image_folder(images, n_per_class=2, broken=False)
+    tiny = [*map(str, TINY_MODEL_ARGS), "--workers", "0"]
+    first = plan(DATASETS["cifar10"], tmp_path, work, images=images, extract_args=tiny, id_classes=2)
+    first[0].remember()  # as the first pipeline does before its extract, which holds the store's lock now
+    store = Layout(work, "cifar10").store
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from zsfs.store.locks import store_lock\n"
+        f"with store_lock({str(store)!r}):\n    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = plan(DATASETS["cifar10"], tmp_path, work, images=images, extract_args=[*tiny, "--dtype", "float32"],
+                      id_classes=2)
+        with pytest.raises(ZsfsError, match="step `zsfs extract .*` failed \\(exit 1\\)"):
+            run_steps(second, echo=[].append)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert read_records(Layout(work, "cifar10").record)["extract"]["settings"]["dtype"] == "float16"
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_step(tmp_path):
+    """Review: `--device cuda` without a GPU was refused by extract, after each dataset's download."""
+    import torch
+
+    images = tmp_path / "sorted"
+    images.mkdir()
+    make_synthetic_store(Layout(tmp_path / "work", "cifar10").store, 1500, 10, seed=0, **SMALL_STORE)
+    result = CliRunner().invoke(main, ["cifar10", "--images", str(images), "--work", str(tmp_path / "work"),
+                                       "--device", "cuda"])
+    if torch.cuda.is_available():  # a machine with a GPU runs the steps
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 1 and "Error: --device cuda was asked for, but torch sees no CUDA GPU here; use " \
+        "--device cpu" in " ".join(result.output.split()), result.output
+    assert "run " not in result.output and not (tmp_path / "work" / "cifar10" / "fit").exists()
