@@ -148,7 +148,7 @@ CASES = [  # (command line, exit code, words of the error line)
     (("predict", "--run", "{run}", "--out", "{work}/to-nothing/p.csv", "{photos}"), 1, "to-nothing is a link to nothing"),
     (("report", "{run}", "--out", "{work}/to-nothing/r.html"), 1, "to-nothing is a link to nothing"),
     (FIT + ("--out", "{work}/loop-a/run"), 1, "loop-a is a link that cannot be followed (Too many levels of symbolic "
-     "links)"),
+     "links) ({work}/loop-b); mend the link, or choose another location"),
     (FIT + ("--out", "{work}/" + "b" * 256), 1, f"the name {'b' * 256} is too long for the file system, which takes "
      "names of 255 bytes at most; choose a shorter name"),
     (FIT + ("--out", "{work}/" + "b" * 256 + "/run"), 1, "is too long for the file system"),

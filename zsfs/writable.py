@@ -30,8 +30,10 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
     missing = missing_folders(path)
     for folder in missing:
         if os.path.islink(folder):  # a share not mounted: making the folders failed with "File exists" after the work
-            raise ZsfsError(f"cannot write the {what} {path}: {folder} is {_unfollowed_link(folder)} "
-                            f"({os.readlink(folder)}); mount or make what it names, or {fix}")
+            why = _unfollowed_link(folder)
+            remedy = "mount or make what it names" if why == "a link to nothing" else "mend the link"
+            raise ZsfsError(f"cannot write the {what} {path}: {folder} is {why} ({os.readlink(folder)}); {remedy}, "
+                            f"or {fix}")
     folder = missing[0].parent if missing else path.parent
     if not folder.is_dir():
         raise ZsfsError(f"cannot write the {what} {path}: {folder} is a file, not a folder")

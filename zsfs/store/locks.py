@@ -111,6 +111,7 @@ def acquire_lock(master: Path) -> Path:
     with suppress(OSError):  # who holds it, for another writer's refusal (a disk too full for it: unsaid)
         os.ftruncate(handle, 0)
         os.pwrite(handle, f"{os.getpid()} {socket.gethostname()}\n".encode(errors="replace"), 0)
+        os.fsync(handle)  # (another NFS client reads it from the server)
     _held[lock] = [handle, 1]
     return lock
 
