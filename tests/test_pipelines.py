@@ -26,7 +26,7 @@ from pipelines.report import COLUMNS, collect, render_markdown, write_results  #
 from pipelines.run import Layout, main, plan, run_steps, run_zsfs  # noqa: E402
 from zsfs.errors import ZsfsError  # noqa: E402
 from zsfs.oodbench import FPR95_DEFINITION  # noqa: E402
-from zsfs.testing.processes import STOPPED_BY, started, stop, wait_for  # noqa: E402
+from zsfs.testing.processes import STOPPED_BY, lock_held_by_another_process, started, stop, wait_for  # noqa: E402
 from zsfs.testing.synthetic import make_synthetic_store  # noqa: E402
 
 QUICK_FIT_ARGS = ["--epochs", "20", "--cycle-epochs", "5", "--cycles", "3"]
@@ -821,21 +821,11 @@ def test_a_second_pipeline_refused_by_the_first_ones_lock_leaves_the_first_ones_
     tiny = [*map(str, TINY_MODEL_ARGS), "--workers", "0"]
     first = plan(DATASETS["cifar10"], tmp_path, work, images=images, extract_args=tiny, id_classes=2)
     first[0].remember()  # as the first pipeline does before its extract, which holds the store's lock now
-    store = Layout(work, "cifar10").store
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from zsfs.store.locks import store_lock\n"
-        f"with store_lock({str(store)!r}):\n    print('locked', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(Layout(work, "cifar10").store):
         second = plan(DATASETS["cifar10"], tmp_path, work, images=images, extract_args=[*tiny, "--dtype", "float32"],
                       id_classes=2)
         with pytest.raises(ZsfsError, match="step `zsfs extract .*` failed \\(exit 1\\)"):
             run_steps(second, echo=[].append)
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
     assert read_records(Layout(work, "cifar10").record)["extract"]["settings"]["dtype"] == "float16"
 
 

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import h5py
@@ -33,7 +33,7 @@ from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.failures import run_zsfs, store_content
 from zsfs.testing.images import write_image_folder
 from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS
-from zsfs.testing.processes import STOPPED_BY, started, stop, wait_for
+from zsfs.testing.processes import STOPPED_BY, lock_held_by_another_process, started, stop, wait_for
 
 CLASSES = [f"class number {i}" for i in range(6)]
 
@@ -277,22 +277,6 @@ def test_full_disk_during_fit_is_one_line(store, tmp_path, file_size_limit):
     # Bug: the message named no file (polars' and torch's writers name none), only "free some space".
     assert f"({tmp_path / 'run'}" in output_text(outcome), outcome.output
     assert [path.name for path in tmp_path.iterdir()] == ["copy"]  # the store; no run folder, no temporary one
-
-
-@contextmanager
-def lock_held_by_another_process(master: Path) -> Iterator[str]:
-    """Another (real) process holds the store's writer lock for the block (which gets how the
-    refusal names it: ``" (pid N on HOST)"``); killed after it."""
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from zsfs.store.locks import store_lock\n"
-        f"with store_lock({str(master)!r}):\n    print('locked', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        yield f" (pid {holder.pid} on {socket.gethostname()})"
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_new_file_that_cannot_be_started_is_one_line(tmp_path):

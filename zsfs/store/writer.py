@@ -444,4 +444,3 @@ class StoreWriter:
         remove_file(schema.graph_file(self.shards_dir))
         self.close()
         return self.master
-

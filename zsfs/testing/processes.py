@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -125,3 +126,20 @@ def children(pid: int) -> list[int]:
     """The live child processes of ``pid``."""
     return [int(entry.name) for entry in Path("/proc").iterdir()
             if entry.name.isdigit() and parent_pid(int(entry.name)) == pid]
+
+
+@contextmanager
+def lock_held_by_another_process(master: Path) -> Iterator[str]:
+    """Another (real) process holds the store's writer lock for the block (which gets how the
+    refusal names it: ``" (pid N on HOST)"``); killed after it."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from zsfs.store.locks import store_lock\n"
+        f"with store_lock({str(master)!r}):\n    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield f" (pid {holder.pid} on {socket.gethostname()})"
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
