@@ -17,6 +17,7 @@ of the backbone distance to the fit's reference images (``ood_distance``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,9 +175,10 @@ TIE_TOLERANCE = 1e-3
 fraction of the stored quantiles' range (about one of their 1,000 steps) as ties. Without it,
 1e-7 of rounding (torch's product kernel for a batch of 1-3 rows; a file embedded again) moved a
 duplicate image from the middle of its run of equal quantiles to its bottom or top: `zsfs
-predict` gave a fit's 16 black images 1.0 instead of 0.674, and flagged them. Only there: ranks
-compared within the fit (``ood_score``'s) need no tolerance, and MCM's range shrinks with the
-vocabulary (1.8e-4 at 1,000 classes), where a fixed floor squeezed its ranks."""
+predict` gave a fit's 16 black images 1.0 instead of 0.674, and flagged them. Only there
+(``ood_score`` averages MCM's rank with ``ood_distance`` itself): MCM's rank is compared within the
+fit alone, and its range shrinks with the vocabulary (1.8e-4 at 1,000 classes), where a fixed floor
+squeezed its ranks."""
 
 
 def distance_rank(distance: np.ndarray, stored_quantiles: np.ndarray) -> np.ndarray:
@@ -187,9 +189,10 @@ def distance_rank(distance: np.ndarray, stored_quantiles: np.ndarray) -> np.ndar
     return cdf(distance, stored, TIE_TOLERANCE * spread if spread > 0 else 1e-6).astype(np.float32)
 
 
-def combined_score(components: dict[str, np.ndarray], stored: dict[str, np.ndarray]) -> np.ndarray:
-    """Mean CDF of the components (higher = more OOD), in [0, 1]."""
-    return np.mean([cdf(components[name], stored[name]) for name in stored], axis=0).astype(np.float32)
+def combined_score(ranks: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of the components' collection ranks (:func:`cdf`, :func:`distance_rank`; higher =
+    more OOD), in [0, 1]."""
+    return np.mean(ranks, axis=0).astype(np.float32)
 
 
 def flag_threshold(seed_scores: np.ndarray, false_positive_rate: float = FLAG_FPR) -> float:

@@ -237,8 +237,8 @@ def _fit_checked(store: "Store", config: FitConfig, device: torch.device, vocabu
     thresholds = ood.fit_thresholds(collection.statistics[seed_cycle.rows], config.ood_multiplier)
     components = {"mcm": -scores.mcm, "reference_distance": collection.distance}
     stored_quantiles = {name: ood.quantiles(values) for name, values in components.items()}
-    ood_score = ood.combined_score(components, stored_quantiles)
     ood_distance = ood.distance_rank(collection.distance, stored_quantiles["reference_distance"])
+    ood_score = ood.combined_score([ood.cdf(components["mcm"], stored_quantiles["mcm"]), ood_distance])
     seed_rows = np.unique(seed_cycle.rows)  # an image seeding 2 classes: once
     flag_threshold = ood.flag_threshold(ood_score[seed_rows])
     pseudo_label, pseudo_cycle = _pseudo_labels(n_images, trained.cycles)
