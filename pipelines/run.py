@@ -123,7 +123,7 @@ class Step:
         records = read_records(self.record)
         replaced = records.get(self.name)
         records[self.name] = self.made_with()
-        write_text_atomically(self.record, json.dumps(records, indent=2) + "\n")
+        _write_records(self.record, records)
         return replaced
 
     def restore(self, replaced: dict | None) -> None:
@@ -138,7 +138,7 @@ class Step:
                 records.pop(self.name, None)
             else:
                 records[self.name] = replaced
-            write_text_atomically(self.record, json.dumps(records, indent=2) + "\n")
+            _write_records(self.record, records)
 
 
 def command_settings(argv: Sequence[str], source: str | None = None) -> dict:
@@ -208,6 +208,10 @@ def _unless_given(options: Sequence[tuple[str, str]], given: Sequence[str]) -> l
 
 def _shown(value: object) -> str:
     return value if isinstance(value, str) else "none" if value is None else json.dumps(value)
+
+
+def _write_records(path: Path, records: dict) -> None:
+    write_text_atomically(path, json.dumps(records, indent=2) + "\n")
 
 
 def read_records(path: Path) -> dict:
@@ -506,11 +510,12 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
         _check_vocabulary(Layout(work, dataset.name).store, fit_words)
     if not dry_run:  # before any download (a review: --device cuda without a GPU, refused once per dataset)
         from zsfs.devices import check_device
+        from zsfs.errors import ParameterError
 
         try:
             check_device(device)
-        except ZsfsError as error:  # ("device cuda was asked for ...; use device cpu": the option, here)
-            raise ZsfsError(str(error).replace("device", "--device")) from None
+        except ParameterError as error:  # named as the pipeline's option
+            raise ZsfsError(error.render({"device": "--device"})) from None
     for dataset in chosen:
         console.rule(dataset.title)
         steps = plan(dataset, data_root, work, device=device, images=images, splits=splits, id_classes=id_classes,

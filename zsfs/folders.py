@@ -101,14 +101,13 @@ def scan_folder(folder: Path) -> FolderScan:
             if target is not None:
                 listed_at.setdefault(target, prefix + name + "/")
         subdirs[:] = kept
-        suffixes = [(name, os.path.splitext(name)[1].lower()) for name in files if not name.startswith(".")]
+        suffixes = [(name, image_suffix(name)) for name in files if not name.startswith(".")]
         images = [name for name, suffix in suffixes if suffix in IMAGE_EXTENSIONS]
         found.extend(prefix + name for name in images)
         if file_links:
             linked.extend(prefix + name for name in images if name in file_links)
         tars.extend(prefix + name for name, suffix in suffixes if suffix == TAR_SUFFIX)
-        unread_images.extend(prefix + name for name in files if not name.startswith(".")
-                             and image_suffix(name) in UNREAD_IMAGE_SUFFIXES)
+        unread_images.extend(prefix + name for name, suffix in suffixes if suffix in UNREAD_IMAGE_SUFFIXES)
     other_names = _other_names(folder, found, linked, listed_at)
     if other_names:
         found = [path for path in found if path not in other_names]

@@ -170,8 +170,8 @@ class ShardEmbedder(AbstractContextManager):
         batches, owners = shard_batches(writer, shards, settings.batch_size)
         # closing(): a failed write stops the decoding processes now, not when the traceback goes
         with closing(embedded_images(self.source, (self.clip, self.features), batches, owners,
-                                     set_aside=self.set_aside, device=settings.device, precision=settings.precision, workers=settings.workers,
-                                     max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch)) as embedded:
+                                     set_aside=self.set_aside, device=settings.device, precision=settings.precision,
+                                     workers=settings.workers, max_pixels=settings.max_pixels, cores=self.cores, on_batch=on_batch)) as embedded:
             return _write_shards(writer, self.source, embedded, owners, self.clip.record["dim"],
                                  self.features.record["dim"])
 

@@ -30,10 +30,7 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
     missing = missing_folders(path)
     for folder in missing:
         if os.path.islink(folder):  # a share not mounted: making the folders failed with "File exists" after the work
-            why = _unfollowed_link(folder)
-            remedy = "mount or make what it names" if why == "a link to nothing" else "mend the link"
-            raise ZsfsError(f"cannot write the {what} {path}: {folder} is {why} ({os.readlink(folder)}); {remedy}, "
-                            f"or {fix}")
+            raise ZsfsError(f"cannot write the {what} {path}: {folder} is {_unfollowed_link(folder)}, or {fix}")
     folder = missing[0].parent if missing else path.parent
     if not folder.is_dir():
         raise ZsfsError(f"cannot write the {what} {path}: {folder} is a file, not a folder")
@@ -59,13 +56,14 @@ def check_writable(path: str | Path, what: str, fix: str = "choose another locat
 
 
 def _unfollowed_link(link: Path) -> str:
-    """Why the link ``link`` leads nowhere: "a link to nothing", or why what it names cannot be reached."""
+    """Why the link ``link`` leads nowhere, and what mends it: a link to nothing, or one whose target
+    cannot be reached."""
     try:
         os.stat(link)
     except OSError as error:
         if error.errno not in (errno.ENOENT, errno.ENOTDIR):  # EACCES, ELOOP, ...
-            return f"a link that cannot be followed ({error.strerror})"
-    return "a link to nothing"
+            return f"a link that cannot be followed ({error.strerror}) ({os.readlink(link)}); mend the link"
+    return f"a link to nothing ({os.readlink(link)}); mount or make what it names"
 
 
 def missing_folders(path: str | Path) -> list[Path]:
