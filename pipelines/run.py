@@ -31,6 +31,7 @@ from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.names import counted
 from zsfs.outputs import write_text_atomically
+from zsfs.runs import METRICS as METRICS_FILE  # ood-bench names its file alike
 
 if TYPE_CHECKING:
     import numpy as np
@@ -70,9 +71,20 @@ class Step:
     store: Path | None = None
     record: Path | None = None
     images: Path | None = None  # the folder the step reads (extract): its listing is recorded too
+    finished_file: str | None = None  # the file a finished output holds (a fit's metrics.json), when it has one
 
     def is_done(self) -> bool:
+        if self.finished_file is not None:
+            return (self.output / self.finished_file).is_file()
         return self.done() if self.done is not None else self.output.exists()
+
+    def leftover(self) -> str | None:
+        """Why an output that is there but unfinished cannot be made again in place (its command
+        refuses an existing folder, and "choose another folder" is no advice for a pipeline)."""
+        if self.finished_file is None or self.is_done() or not os.path.lexists(self.output):
+            return None
+        return (f"{self.output} is there but holds no {self.finished_file} (emptied, or made by hand), so it is no "
+                f"finished {self.name}: remove it (rm -r {shlex.quote(str(self.output))}) and rerun")
 
     def describe(self) -> str:
         return "zsfs " + shlex.join(self.argv) if self.argv else f"{self.name} -> {self.output}"
@@ -348,6 +360,9 @@ def run_steps(steps: Sequence[Step], *, dry_run: bool = False, echo: Callable[[s
                 _refuse_changed([step])  # a store an earlier step of this run has just rebuilt
             echo(f"done  {step.name}: {step.output}")
             continue
+        leftover = step.leftover()
+        if leftover is not None:  # (a walkthrough: an emptied fit folder passed for a finished fit)
+            raise ZsfsError(leftover)
         echo(f"{'todo' if dry_run else 'run '}  {step.describe()}")
         if not dry_run:
             # recorded first: killed once its output is there, a step must not pass for one of other settings
@@ -400,7 +415,8 @@ def _zsfs_step(name: str, layout: Layout, output: Path, argv: tuple[str, ...], s
     return Step(name, output, lambda: run_zsfs(argv), argv, settings=command_settings(argv, source),
                 done=(lambda: _store_state(output) == "complete") if builds_the_store else None,
                 store=None if builds_the_store else layout.store, record=layout.record,
-                images=Path(argv[1]) if source is not None else None)
+                images=Path(argv[1]) if source is not None else None,
+                finished_file=None if builds_the_store else METRICS_FILE)
 
 
 def _store_state(path: Path) -> str:
@@ -489,7 +505,9 @@ def _run_datasets(datasets: tuple[str, ...], data_root: Path, work: Path, device
     failed = []
     if "all" in datasets and len(datasets) > 1:
         raise ZsfsError("'all' runs every dataset: give it alone, or name the datasets")
-    names = [name for name, entry in DATASETS.items() if entry.runnable] if datasets == ("all",) else datasets
+    # a dataset named twice runs once (it ran twice, the second time all "done")
+    names = [name for name, entry in DATASETS.items() if entry.runnable] if datasets == ("all",) else \
+        list(dict.fromkeys(datasets))
     chosen = [get_dataset(name) for name in names]
     if images is not None and len(chosen) != 1:
         raise ZsfsError("--images names one prepared folder: give exactly one dataset with it")

@@ -281,6 +281,28 @@ def test_dry_run_runs_nothing(tmp_path):
     assert log[1].startswith("todo  zsfs extract ") and not (tmp_path / "data").exists()
 
 
+def test_an_emptied_result_folder_is_no_finished_step_and_its_remedy_is_said(tmp_path):
+    """Walkthrough: a fit folder emptied by hand passed for a finished fit, rerun after rerun, and
+    the results table showed the dataset without its figures; made again, zsfs fit would refuse
+    the folder with "choose another folder", which a pipeline cannot do."""
+    work = tmp_path / "work"
+    make_synthetic_store(Layout(work, "cifar10").store, 60, 10, seed=0, **SMALL_STORE)
+    steps = plan(DATASETS["cifar10"], tmp_path / "data", work, images=tmp_path)
+    (work / "cifar10" / "fit").mkdir()
+    with pytest.raises(ZsfsError) as refused:
+        run_steps(steps, dry_run=True, echo=lambda line: None)
+    assert str(refused.value) == (f"{work / 'cifar10' / 'fit'} is there but holds no metrics.json (emptied, or made "
+                                  f"by hand), so it is no finished fit: remove it (rm -r {work / 'cifar10' / 'fit'}) "
+                                  "and rerun")
+    (work / "cifar10" / "fit").rmdir()
+    assert run_steps(steps, dry_run=True, echo=lambda line: None) == ["fit", "ood-bench"]
+
+
+def test_a_dataset_named_twice_runs_once(tmp_path):
+    result = CliRunner().invoke(main, ["cifar10", "cifar10", "--work", str(tmp_path / "w"), "--dry-run"])
+    assert result.exit_code == 0 and result.output.count("todo  zsfs fit ") == 1, result.output
+
+
 def test_a_failing_zsfs_step_raises_a_clear_error(tmp_path):
     with pytest.raises(ZsfsError, match="failed .exit 1.*finished steps are kept"):
         run_zsfs(["fit", "--store", str(tmp_path / "missing.h5")])
