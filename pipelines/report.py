@@ -77,7 +77,7 @@ def collect(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> list[dict
         if ood:
             row["n_images"] = row["n_images"] or ood.get("n_images")
             row["n_splits"] = ood.get("n_splits")
-            row["id_classes"] = ood.get("id_classes", row["id_classes"])
+            row["id_classes"] = _id_class_count(ood) or row["id_classes"]
             current = FPR95_DEFINITION in str(ood.get("protocol", ""))  # (review: an old run's, as today's)
             for key in list(OURS_OOD) + list(OURS_FPR):
                 row[f"{key}_mean"] = _percent(ood.get(f"{key}_mean")) if current or key in OURS_OOD else None
@@ -99,11 +99,16 @@ def _unlike_the_papers(dataset: Dataset, settings: dict | None, fit: dict | None
     elif dataset.n_images and (fit or {}).get("n_images") not in (None, dataset.n_images):
         # review: a sample of the dataset's classes (--images) was noted "test set (10,000 images)"
         unlike.append(f"{fit['n_images']:,} images of another image folder, not the dataset's {dataset.n_images:,}")
-    n_id = (ood or {}).get("id_classes")
-    n_id = len(n_id) if isinstance(n_id, list) else n_id
+    n_id = _id_class_count(ood)
     if dataset.id_classes is not None and n_id not in (None, dataset.id_classes):
         unlike.append(f"{n_id} ID classes in the OOD protocol, not the paper's {dataset.id_classes}")
     return unlike
+
+
+def _id_class_count(ood: dict | None) -> int | None:
+    """The benchmark's ID class count: ``--id-classes FILE`` records the names (they showed as a list)."""
+    n_id = (ood or {}).get("id_classes")
+    return len(n_id) if isinstance(n_id, list) else n_id
 
 
 def write_results(work: Path, datasets: Mapping[str, Dataset] = DATASETS) -> tuple[Path, Path]:
@@ -210,10 +215,14 @@ def _read_metrics(run_dir: Path, file: str = METRICS_FILE) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        metrics = json.loads(path.read_text())
     except (ValueError, OSError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ZsfsError(f"{path} is unreadable ({error}); remove {run_dir} and rerun its step (`python -m "
+        metrics = error
+    if not isinstance(metrics, dict):  # (a JSON list or number gave a traceback)
+        why = metrics if isinstance(metrics, Exception) else f"a JSON {type(metrics).__name__}, not an object"
+        raise ZsfsError(f"{path} is unreadable ({why}); remove {run_dir} and rerun its step (`python -m "
                         "pipelines.run` skips only finished steps)") from None
+    return metrics
 
 
 def _percent(fraction: float | None) -> float | None:

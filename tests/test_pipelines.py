@@ -381,6 +381,11 @@ def test_report_of_a_damaged_metrics_file_is_one_line(tmp_path, monkeypatch, cap
     said = capsys.readouterr().err
     assert stopped.value.code == 1 and f"Error: {fit / 'metrics.json'} is unreadable (" in said, said
     assert "Traceback" not in said and f"remove {fit} and rerun its step" in said
+    (fit / "metrics.json").write_text("[0.5]")  # JSON, but no object: a traceback
+    with pytest.raises(SystemExit) as stopped:
+        report.main()
+    said = capsys.readouterr().err
+    assert stopped.value.code == 1 and f"is unreadable (a JSON list, not an object); remove {fit}" in said, said
 
 
 def test_a_run_on_another_image_folder_shows_its_own_counts_and_is_not_comparable(tmp_path):
@@ -411,6 +416,11 @@ def test_a_run_on_another_image_folder_shows_its_own_counts_and_is_not_comparabl
     (bench / "metrics.json").write_text(json.dumps({"protocol": FPR95_DEFINITION, "n_images": 10_000, "n_splits": 2, "id_classes": 4}))
     assert next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")["note"] == \
         "measured on 4 ID classes in the OOD protocol, not the paper's 6: not comparable"
+    # a hand-run `ood-bench --id-classes FILE` records the names: the table showed a Python list
+    names = {"protocol": FPR95_DEFINITION, "n_images": 10_000, "n_splits": 1, "id_classes": ["cat", "dog", "ship"]}
+    (bench / "metrics.json").write_text(json.dumps(names))
+    row = next(row for row in collect(tmp_path) if row["dataset"] == "cifar10")
+    assert row["id_classes"] == 3 and "| CIFAR-10 | 3 / 10 |" in render_markdown(collect(tmp_path))
 
 
 def test_an_ood_bench_of_an_earlier_fpr95_definition_shows_no_fpr95(tmp_path):
