@@ -170,7 +170,13 @@ def command_settings(argv: Sequence[str], source: str | None = None) -> dict:
     if source is not None:
         settings["images"] = source
     # as steps.json holds them (paths as text, lists)
-    return _files_by_meaning(json.loads(json.dumps(settings, default=str)))
+    settings = _files_by_meaning(json.loads(json.dumps(settings, default=str)))
+    if isinstance(settings.get("classes_file"), str) and os.path.isfile(settings["classes_file"]):
+        from zsfs.digests import file_sha256
+
+        # its content too: an edited class list under the same name passed for the store's (a walkthrough)
+        settings["classes_file_content"] = file_sha256(settings["classes_file"])[:12]  # (shown in a change)
+    return settings
 
 
 def _files_by_meaning(settings: dict) -> dict:

@@ -226,6 +226,16 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
                                         r"-> \S+/other.json\)"):
         run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2,
                        extract_args=["--clip-model", str(tmp_path / "other.json")]), dry_run=True)
+    # walkthrough: a class list edited under the same name passed for the one the store was built with
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    with_classes = dict(fit_args=QUICK_FIT_ARGS, splits=2, extract_args=["--classes", "classes.txt"])
+    plan(synth, data, work, **with_classes)[1].remember()
+    assert run_steps(plan(synth, data, work, **with_classes), dry_run=True) == []
+    (tmp_path / "classes.txt").write_text("cat\ndog\nbird\n")
+    with pytest.raises(ZsfsError, match=r"^extract: \S+synth.h5 was made with other settings \(classes_file_content "
+                                        r"[0-9a-f]{12} -> [0-9a-f]{12}\)"):
+        run_steps(plan(synth, data, work, **with_classes), dry_run=True)
+    plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2, extract_args=["--clip-model", "clip.json"])[1].remember()
     records = json.loads((work / "synth" / "steps.json").read_text())
     assert records["extract"]["settings"]["clip_model"] == str(tmp_path / "clip.json")  # recorded by meaning
     records["extract"]["settings"]["clip_model"] = "clip.json"  # as a record written before that
