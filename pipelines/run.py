@@ -106,7 +106,7 @@ class Step:
         recorded = read_records(self.record).get(self.name)
         if recorded is None:
             return None
-        then = _files_by_meaning(recorded["settings"])  # recorded before files were made absolute, too
+        then = _by_meaning(recorded["settings"])  # recorded before files were made absolute, too
         # names on both sides only: a setting a later zsfs adds (or drops) is no change of this output
         changed = sorted(name for name in set(then) & set(self.settings) if then[name] != self.settings[name])
         if changed:
@@ -170,7 +170,7 @@ def command_settings(argv: Sequence[str], source: str | None = None) -> dict:
     if source is not None:
         settings["images"] = source
     # as steps.json holds them (paths as text, lists)
-    settings = _files_by_meaning(json.loads(json.dumps(settings, default=str)))
+    settings = _by_meaning(json.loads(json.dumps(settings, default=str)))
     if isinstance(settings.get("classes_file"), str) and os.path.isfile(settings["classes_file"]):
         from zsfs.digests import file_sha256
 
@@ -179,13 +179,17 @@ def command_settings(argv: Sequence[str], source: str | None = None) -> dict:
     return settings
 
 
-def _files_by_meaning(settings: dict) -> dict:
+def _by_meaning(settings: dict) -> dict:
     """``settings`` with the model and class files they name as absolute paths (a pretrained tag
     named like a file stays a tag): a file is the setting, however its path was written (a
-    walkthrough was told to remove its store for `--clip-model` given absolute on a rerun)."""
+    walkthrough was told to remove its store for `--clip-model` given absolute on a rerun); and
+    extract's ``--max-pixels`` as its default's value when not given (given, it was a change)."""
+    from zsfs.decode import DEFAULT_MAX_PIXELS
     from zsfs.shard_embedder import MODEL_OPTIONS, absolute_model_files
 
     settings = dict(settings)
+    if "max_pixels" in settings and settings["max_pixels"] is None:  # (the option says its default, sets none)
+        settings["max_pixels"] = DEFAULT_MAX_PIXELS
     if all(isinstance(settings.get(name), str) for name in MODEL_OPTIONS):
         settings.update(absolute_model_files(settings))
     if isinstance(settings.get("classes_file"), str) and os.path.isfile(settings["classes_file"]):

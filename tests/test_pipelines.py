@@ -207,8 +207,13 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     # runs is no setting (a new --batch-size of extract asked for the store to be rebuilt)
     plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2)[1].remember()  # as if the pipeline built the store
     assert run_steps(plan(synth, data, work, fit_args=[*QUICK_FIT_ARGS, "--json"], splits=2,
-                          extract_args=["--batch-size", "8", "--workers", "0", "--shard-size", "100"]),
+                          extract_args=["--batch-size", "8", "--workers", "0", "--shard-size", "100",
+                                        "--max-pixels", "89478485"]),  # (the default given: it was a change)
                      dry_run=True, echo=log.append) == []
+    records = json.loads((work / "synth" / "steps.json").read_text())
+    records["extract"]["settings"]["max_pixels"] = None  # as recorded before: the default is no change either
+    (work / "synth" / "steps.json").write_text(json.dumps(records))
+    assert run_steps(plan(synth, data, work, fit_args=QUICK_FIT_ARGS, splits=2), dry_run=True, echo=log.append) == []
     with pytest.raises(ZsfsError, match=r"^extract: \S+synth.h5 was made with other settings \(dtype float16 -> "
                                         r"float32\)\. Their results .*\(rm -r \S+/work/synth: the store, its "
                                         r"shards and every result made from it\)"):
