@@ -364,10 +364,11 @@ def run_steps(steps: Sequence[Step], *, dry_run: bool = False, echo: Callable[[s
     A finished output made with other settings than these stops it first, every such output named."""
     _refuse_changed([step for step in steps if step.is_done()])
     ran = []
-    for step in steps:
+    for position, step in enumerate(steps):
         if step.is_done():
-            if ran and not dry_run:
-                _refuse_changed([step])  # a store an earlier step of this run has just rebuilt
+            if ran and not dry_run:  # a store an earlier step of this run has just rebuilt: every output made
+                # from the earlier build is named at once (they were named one per rerun)
+                _refuse_changed([later for later in steps[position:] if later.is_done()])
             echo(f"done  {step.name}: {step.output}")
             continue
         leftover = step.leftover()

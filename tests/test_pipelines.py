@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -269,6 +270,15 @@ def test_pipeline_on_a_synthetic_store_fills_the_table_and_skips_finished_steps(
     make_synthetic_store(Layout(work, "synth").store, 1500, 10, seed=1, overwrite=True, **SMALL_STORE)
     with pytest.raises(ZsfsError, match=f"fit: {work / 'synth' / 'fit'} was made from an earlier build of "):
         run_steps(steps, dry_run=True, echo=log.append)
+    # review: a store rebuilt by this run named the outputs made from its earlier build one per rerun
+    for step in steps[2:]:
+        step.remember()  # as made from this build
+    rebuild = dataclasses.replace(steps[1], done=lambda: False, run=lambda: make_synthetic_store(
+        Layout(work, "synth").store, 1500, 10, seed=2, overwrite=True, **SMALL_STORE))
+    with pytest.raises(ZsfsError) as refused:
+        run_steps([steps[0], rebuild, *steps[2:]], echo=log.append)
+    assert str(refused.value).startswith(f"fit: {work / 'synth' / 'fit'} was made from an earlier build of "), refused
+    assert f"; ood-bench: {work / 'synth' / 'ood-bench'} was made from an earlier build of " in str(refused.value)
     # review: a record naming settings this zsfs does not (an earlier or later one's) refused unchanged outputs
     records_file = work / "synth" / "steps.json"
     records = json.loads(records_file.read_text())
