@@ -78,8 +78,8 @@ def acquire_lock(master: Path) -> Path:
         except OSError as error:
             reason = "it is a link" if error.errno == errno.ELOOP else error.strerror
             if error.errno == errno.EACCES and written_elsewhere(master):  # another user's live writer
-                raise StoreError(f"another zsfs process is writing {master} (it holds {lock.name}); wait for it to "
-                                 "finish, or write to another output") from None
+                raise StoreError(f"another zsfs process{_holder_of(lock)} is writing {master} (it holds {lock.name}); "
+                                 "wait for it to finish, or write to another output") from None
             leftover = ("; no zsfs process of this machine is writing the store, so it is a killed writer's "
                         "leftover: remove it, unless a writer on another machine sharing the folder runs"
                         if error.errno == errno.EACCES and lock.exists() and os.path.exists("/proc/locks") else "")
@@ -124,6 +124,18 @@ def _holder(handle: int) -> str:
     except (OSError, ValueError):
         return ""
     return f" (pid {pid} on {host})" if pid.isdigit() else ""
+
+
+def _holder_of(lock: Path) -> str:
+    """:func:`_holder` of a lock file this user may only read (another user's writer holds it)."""
+    try:
+        handle = os.open(lock, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        return _holder(handle)
+    finally:
+        os.close(handle)
 
 
 def _names(path: Path, handle: int) -> bool:
