@@ -1119,11 +1119,12 @@ def test_images_in_formats_zsfs_cannot_read_are_counted_not_left_out_unsaid(tmp_
     for name in ("cat/IMG_0001.HEIC", "cat/IMG_0002.heic", "dog/raw.dng", "dog/.hidden.heic", "dog/notes.txt"):
         (folder["root"] / name).write_bytes(b"not decoded")
     (folder["root"] / "dog" / "slide.svs").write_bytes(b"II*\0")  # walkthrough: a whole-slide image, unsaid
-    for name in ("dog/brain.nii", "dog/BRAIN.NII.GZ", "dog/scan.nhdr"):  # and medical volumes
+    # and medical volumes; and FITS, which Pillow reads wrongly (a negative 16-bit value wraps to a bright one)
+    for name in ("dog/brain.nii", "dog/BRAIN.NII.GZ", "dog/scan.nhdr", "dog/m31.fits"):
         (folder["root"] / name).write_bytes(b"not decoded")
-    assert open_source(folder["root"]).unread_formats == {".dng": 1, ".heic": 2, ".nhdr": 1, ".nii": 1, ".nii.gz": 1,
-                                                          ".svs": 1}
-    for name in ("dog/slide.svs", "dog/brain.nii", "dog/BRAIN.NII.GZ", "dog/scan.nhdr"):
+    assert open_source(folder["root"]).unread_formats == {".dng": 1, ".fits": 1, ".heic": 2, ".nhdr": 1, ".nii": 1,
+                                                          ".nii.gz": 1, ".svs": 1}
+    for name in ("dog/slide.svs", "dog/brain.nii", "dog/BRAIN.NII.GZ", "dog/scan.nhdr", "dog/m31.fits"):
         (folder["root"] / name).unlink()
     result = run_cli("extract", folder["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0")
     assert result.exit_code == 0, result.output

@@ -43,9 +43,10 @@ skipped with the reason)."""
 UNREAD_IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw", ".svg",
      ".dcm", ".dicom", ".exr", ".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".bif", ".czi", ".lif", ".nd2",
-     ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"})
+     ".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".fits", ".fit", ".fts"})
 """Image formats a scan does not take, since Pillow cannot decode them (phone, camera raw, vector,
-DICOM, OpenEXR, whole-slide and microscope images, medical volumes): counted by suffix
+DICOM, OpenEXR, whole-slide and microscope images, medical volumes), or not faithfully (astronomy's
+FITS: Pillow 13 wraps signed 16-bit values and ignores BZERO and BSCALE): counted by suffix
 (:func:`image_suffix`), so that the extract summary says they were left out (walkthrough: a
 pathology folder's .svs slides, then a folder's NIfTI volumes, went unmentioned)."""
 
