@@ -723,8 +723,8 @@ def test_the_edges_of_what_errors_say():
     (errno 27) is a full disk, a failed probe for a temporary folder says so, and `info`'s escapes
     read back one way (a backslash doubled; JSON pointers escape "~" before "/", RFC 6901)."""
     from zsfs.cli.group import describe_os_error
-    from zsfs.cli.store import _as_json_text, _escaped
     from zsfs.errors import MAX_SEED, ParameterError, check_seed, is_disk_full
+    from zsfs.names import escaped_name, json_text
 
     check_seed(0)
     check_seed(MAX_SEED)
@@ -734,9 +734,9 @@ def test_the_edges_of_what_errors_say():
     assert not is_disk_full(RuntimeError("Can't write data (errno = 2)"))
     probe = FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
     assert describe_os_error(probe).endswith(": the disk may be full; free some space (or set TMPDIR) and rerun")
-    assert _escaped("a\\x0a\nb") == "a\\\\x0a\\x0ab"
+    assert escaped_name("a\\x0a\nb") == "a\\\\x0a\\x0ab"
     escaped: list[str] = []
-    assert _as_json_text({"x/y~\udcff": ["ok", "z\udce9"]}, escaped=escaped) == {"x/y~\\xff": ["ok", "z\\xe9"]}
+    assert json_text({"x/y~\udcff": ["ok", "z\udce9"]}, escaped=escaped) == {"x/y~\\xff": ["ok", "z\\xe9"]}
     assert escaped == ["/x~1y~0\\xff", "/x~1y~0\\xff/1"]
 
 

@@ -256,6 +256,42 @@ def test_store_file_names_with_percent_signs_or_bytes_that_are_not_utf8(tmp_path
     assert summary["escaped"] == ([] if b"\xf6" not in name else ["/path"])
 
 
+def test_json_files_that_name_a_store_or_run_whose_path_is_not_utf8_are_strict_json(tmp_path):
+    """Bug: config.json, ood-bench's metrics.json and `fit --json` / `ood-bench --json` held such a
+    path as a lone surrogate ("\\udcf6"), which duckdb ("invalid high surrogate"), polars and pyarrow
+    refuse; now written as `info --json` writes it, its pointer in ``escaped``, and read back exactly
+    (the report reopens the store through config.json)."""
+    import io
+
+    from zsfs.report import image_locations
+    from zsfs.runs import load_run
+    from zsfs.testing.synthetic import make_synthetic_store
+
+    raw = os.fsencode(tmp_path)
+    master, run = (Path(os.fsdecode(raw + name)) for name in (b"/ph\xf6.h5", b"/run\xf6"))
+    make_synthetic_store(master, 40, 2, clip_dim=16, backbone_dim=16)
+    fit_options = ("--k", "1", "--candidates", "2", "--cycle-epochs", "1")
+    fitted = run_cli("fit", "--store", master, "--out", run, "--json", *fit_options)
+    assert fitted.exit_code == 0, fitted.output
+    bench = run_cli("ood-bench", "--store", master, "--id-classes", "1", "--splits", "1", "--out", tmp_path / "bench",
+                    "--json", *fit_options)
+    assert bench.exit_code == 0, bench.output
+    written = {"fit --json": fitted.stdout, "config.json": (run / "config.json").read_text(encoding="utf-8"),
+               "ood-bench --json": bench.stdout, "metrics.json": (tmp_path / "bench" / "metrics.json").read_text()}
+    for what, text in written.items():
+        assert "\\udc" not in text, what
+    assert json.loads(fitted.stdout)["run"] == f"{tmp_path}/run\\xf6"
+    assert json.loads(fitted.stdout)["escaped"] == ["/run"]
+    config = pl.read_json(io.BytesIO(written["config.json"].encode())).row(0, named=True)  # a strict reader
+    assert config["store"]["path"] == f"{tmp_path}/ph\\xf6.h5" and config["escaped"] == ["/store/path"]
+    assert json.loads(written["metrics.json"])["store"]["path"] == f"{tmp_path}/ph\\xf6.h5"
+    assert json.loads(written["ood-bench --json"]) == json.loads(written["metrics.json"])
+    read = load_run(run)
+    assert read.config["store"]["path"] == str(master) and "escaped" not in read.config
+    exact = image_locations(read, None, np.arange(2))[2]  # None where the store could not be opened
+    assert exact is not None and len(exact) == 2
+
+
 def test_every_byte_that_is_not_utf8_in_a_masters_name_is_written_as_percent_hex():
     """Review (mutation: the lowest such byte, 0x80, kept as a lone surrogate passed)."""
     from zsfs.store.schema import shard_dir

@@ -100,6 +100,53 @@ def visible(text: str) -> str:
     return _UNSAFE.sub(_visible, text)
 
 
+def escaped_name(text: str) -> str:
+    """``text`` as a ``--skipped`` line writes it: :func:`visible`, with a backslash doubled, so that
+    an escaped ``\\xe9`` reads apart from the text ``\\xe9`` (:func:`unescaped_name` reads it back)."""
+    return visible(text.replace("\\", "\\\\"))
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
+
+
+def unescaped_name(text: str) -> str:
+    """The name that :func:`escaped_name` wrote as ``text``: ``\\xNN`` of 0x80 and above is the
+    undecodable byte (its surrogate), below a control character."""
+    def character(match: re.Match) -> str:
+        code = match.group(1)
+        if code == "\\":
+            return code
+        value = int(code[1:], 16)
+        return chr(0xDC00 + value if code[0] == "x" and value >= 0x80 else value)
+
+    return _ESCAPE.sub(character, text)
+
+
+def json_text(value: object, pointer: str = "", escaped: list[str] | None = None) -> object:
+    """``value`` with every string that is not UTF-8 text (a file name's undecodable byte, held as a
+    lone surrogate) escaped as on a ``--skipped`` line (:func:`escaped_name`), since strict JSON
+    readers (duckdb, polars, pyarrow) refuse a lone surrogate; the JSON pointer (RFC 6901) of each
+    such value, or of the member whose name was escaped, is appended to ``escaped``."""
+    if isinstance(value, str):
+        if value == utf8_text(value):
+            return value
+        if escaped is not None:
+            escaped.append(pointer)
+        return escaped_name(value)
+    if isinstance(value, dict):
+        written = {}
+        for key, item in value.items():
+            name = json_text(key)
+            at = f"{pointer}/{name.replace('~', '~0').replace('/', '~1')}"
+            if escaped is not None and name != key:
+                escaped.append(at)
+            written[name] = json_text(item, at, escaped)
+        return written
+    if isinstance(value, list):
+        return [json_text(item, f"{pointer}/{i}", escaped) for i, item in enumerate(value)]
+    return value
+
+
 def _visible(match: re.Match) -> str:
     code = ord(match.group())
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte code - 0xDC00

@@ -24,6 +24,7 @@ import numpy as np
 from zsfs.devices import check_polars_usable
 from zsfs.errors import ZsfsError, is_disk_full
 from zsfs.durable import current_umask, fsync_file, fsync_folder, fsync_tree
+from zsfs.names import json_text
 
 if TYPE_CHECKING:
     import polars as pl
@@ -416,8 +417,21 @@ class _FirstWriteError(io.RawIOBase):
 
 
 def write_json(path: str | Path, value: object) -> None:
-    """Indented JSON; numpy values become plain ones and NaN/inf become null (valid JSON)."""
-    Path(path).write_text(json.dumps(_plain(value), indent=2, allow_nan=False) + "\n")
+    """:func:`strict_json` text, written to ``path``."""
+    Path(path).write_text(strict_json(value) + "\n")
+
+
+def strict_json(value: object) -> str:
+    """Indented strict JSON (what duckdb, polars and pyarrow read): numpy values become plain ones,
+    NaN/inf null, and a string that is not UTF-8 text (a store's or run's path with an undecodable
+    byte: a lone surrogate, which those readers refuse) is escaped as ``zsfs info --json`` writes
+    it, its JSON pointer listed under ``escaped`` (an object's member added only when some was:
+    :func:`zsfs.runs.load_run` reads the names back)."""
+    escaped: list[str] = []
+    written = json_text(_plain(value), escaped=escaped)
+    if escaped and isinstance(written, dict):
+        written = {**written, "escaped": escaped}
+    return json.dumps(written, indent=2, allow_nan=False)
 
 
 def _plain(value):

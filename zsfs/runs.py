@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ from zsfs import __version__
 from zsfs.errors import (ParameterError, ZsfsError, check_path, checked_arguments, literal, refuse_unknown_parameters,
                          shown_value)
 from zsfs.evaluate import fit_metrics
-from zsfs.names import utf8_texts
+from zsfs.names import unescaped_name, utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table, writer_of
 from zsfs.run_summary import classes_not_predicted
 from zsfs.writable import check_writable
@@ -354,4 +355,21 @@ def _read_json(path: Path, *, required: bool) -> dict | None:
         raise ZsfsError(f"{path} is unreadable ({error}); rerun `zsfs fit`") from None
     if not isinstance(value, dict):
         raise ZsfsError(f"{path} holds a JSON {type(value).__name__}, not the object zsfs fit writes; rerun `zsfs fit`")
+    return _names_read_back(value)
+
+
+def _names_read_back(value: dict) -> dict:
+    """A run file's object as it was before :func:`zsfs.outputs.strict_json` escaped its strings
+    that are not UTF-8 text (``escaped``): the store's path must reopen the store (the report's
+    images). Only string values are read back: zsfs writes no member name that needs escaping."""
+    pointers = value.pop("escaped", None)
+    for pointer in dict.fromkeys(pointers if isinstance(pointers, list) else ()):
+        *parents, last = [token.replace("~1", "/").replace("~0", "~") for token in str(pointer).split("/")[1:]] or [""]
+        with suppress(KeyError, IndexError, TypeError, ValueError):  # a pointer edited by hand: left as it is
+            holder = value
+            for token in parents:
+                holder = holder[token if isinstance(holder, dict) else int(token)]
+            key = last if isinstance(holder, dict) else int(last)
+            if isinstance(holder[key], str):
+                holder[key] = unescaped_name(holder[key])
     return value

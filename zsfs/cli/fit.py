@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -239,8 +238,9 @@ def fit_command(store_path: Path, vocabulary: str | None, run_dir: Path | None, 
                 raise ZsfsError(f"the run is saved in {saved}, but its report was not written ({reason}); once that "
                                 f"is mended, write it with `zsfs report {saved}`") from error
         if as_json:
-            click.echo(json.dumps({"run": str(saved), "metrics": metrics, "timings_s": result.timings,
-                                   "report": None if written is None else str(written)}, indent=2, default=str))
+            from zsfs.outputs import strict_json
+
+            click.echo(strict_json({"run": saved, "metrics": metrics, "timings_s": result.timings, "report": written}))
 
 
 def _save_under_a_new_name(run, new_name, attempts: int = 10) -> Path:

@@ -41,12 +41,10 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
     Example:
       zsfs ood-bench --store cifar10.h5 --id-classes 6 --out cifar10-ood
     """
-    import json
-
     from zsfs.devices import check_device
     from zsfs.fit.config import FitConfig
     from zsfs.oodbench import METRICS_FILE, ood_bench as run_bench
-    from zsfs.outputs import check_new_folder, new_folder, write_json
+    from zsfs.outputs import check_new_folder, new_folder, strict_json, write_json
     from zsfs.store import Store
     from zsfs.writable import check_writable
 
@@ -111,7 +109,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
         if out is not None:
             console.print(f"Written: {shown(out / METRICS_FILE)}")
         if as_json:
-            click.echo(json.dumps(metrics, indent=2))
+            click.echo(strict_json(metrics))  # as metrics.json holds them
 
 
 def _share_fit_options(command: click.Command) -> click.Command:

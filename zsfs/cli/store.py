@@ -17,7 +17,7 @@ from zsfs.cli.notes import note_a_borrowed_shards_folder, note_emulated_bf16, no
 from zsfs.cli.options import GivenPath, noting_made_folders, prints_on_stdout
 from zsfs.devices import DEVICES, SEARCH_PRECISIONS
 from zsfs.errors import ZsfsError
-from zsfs.names import abbreviated, counted, reasons_text, some_names, utf8_text, visible
+from zsfs.names import abbreviated, counted, escaped_name, json_text, reasons_text, some_names
 from zsfs.store import schema
 
 
@@ -174,45 +174,16 @@ def info_command(store_path: Path, as_json: bool, verify: bool, list_skipped: bo
         # Names are written visibly (a tab, newline or undecodable byte in a name as \x09, \x0a, \xNN)
         # and a backslash doubled, so that a name holding the text \x0a reads apart from one holding a newline:
         # one line per file, whatever the names hold.
-        click.echo("".join(f"{_escaped(path)}\t{_escaped(reason)}\n" for path, reason in zip(*skipped)), nl=False)
+        click.echo("".join(f"{escaped_name(path)}\t{escaped_name(reason)}\n" for path, reason in zip(*skipped)), nl=False)
         return
     if skipped is not None:
         summary["skipped"] = [{"path": path, "reason": reason} for path, reason in zip(*skipped)]
     if as_json:
         escaped: list[str] = []
-        written = _as_json_text(summary, escaped=escaped)
+        written = json_text(summary, escaped=escaped)
         click.echo(json.dumps({**written, "escaped": escaped}, indent=2))
     else:
         show_summary(summary, advice, unwritten)
-
-
-def _escaped(text: str) -> str:
-    return visible(text.replace("\\", "\\\\"))
-
-
-def _as_json_text(value: object, pointer: str = "", escaped: list[str] | None = None) -> object:
-    """``value`` with every string that is not UTF-8 text (a file name's undecodable byte, held as a
-    lone surrogate) escaped as on a ``--skipped`` line, since strict JSON readers refuse a lone
-    surrogate; the JSON pointer (RFC 6901) of each such value, or of the member whose name was
-    escaped, is appended to ``escaped`` (an escaped ``\\xe9`` reads apart from the text ``\\xe9``)."""
-    if isinstance(value, str):
-        if value == utf8_text(value):
-            return value
-        if escaped is not None:
-            escaped.append(pointer)
-        return _escaped(value)
-    if isinstance(value, dict):
-        written = {}
-        for key, item in value.items():
-            name = _as_json_text(key)
-            at = f"{pointer}/{name.replace('~', '~0').replace('/', '~1')}"
-            if escaped is not None and name != key:
-                escaped.append(at)
-            written[name] = _as_json_text(item, at, escaped)
-        return written
-    if isinstance(value, list):
-        return [_as_json_text(item, f"{pointer}/{i}", escaped) for i, item in enumerate(value)]
-    return value
 
 
 @click.command("neighbours", short_help="Keep every image's nearest CLIP neighbours in the store.")
