@@ -816,6 +816,25 @@ def test_labels_spelled_decomposed_match_the_composed_class_names(tmp_path):
     assert result.classes == ["crème brûlée", "café"]  # the vocabulary's own spelling
 
 
+@pytest.mark.parametrize("classes_form", ["NFC", "NFD"])
+def test_the_label_column_is_spelled_as_the_class_it_names(tmp_path, classes_form):
+    """Bug: predictions.parquet's ``label`` kept the store's decomposed spelling (NFD) beside the
+    composed class names of ``predicted``: metrics.json said accuracy 1.0, ``predicted == label``
+    in pandas or duckdb 0.25. A label that names a class is now spelled as that class, another in
+    NFC (as ``labels_not_classes`` and ``zsfs info`` spell it)."""
+    from zsfs.testing.synthetic import make_accented_store
+
+    path = make_accented_store(tmp_path / "s.h5", labels_form="NFD", classes_form=classes_form, n_images=40)
+    classes = [unicodedata.normalize(classes_form, name) for name in ("café", "pão", "smørrebrød")]
+    zsfs.fit(path, classes=classes, k=2, candidates=4, cycle_epochs=1).save(tmp_path / "run")
+    frame = pl.read_parquet(tmp_path / "run" / "predictions.parquet")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    named = frame.filter(pl.col("label").is_in(frame["predicted"].unique().to_list()))
+    assert named.height == metrics["n_evaluated"] == 30
+    assert (named["predicted"] == named["label"]).mean() == metrics["accuracy"] == 1.0
+    assert set(frame["label"]) - set(named["label"]) == {"crème brûlée"} == set(metrics["labels_not_classes"])
+
+
 def test_the_fit_summary_shows_the_runs_own_figures(tmp_path, monkeypatch):
     """Each row of the fit's summary table is the figure the run wrote: accuracies and AUROCs from
     metrics.json, flagged and paper-score counts from predictions.parquet, cycles from config.json."""

@@ -24,7 +24,7 @@ import numpy as np
 from zsfs import __version__
 from zsfs.errors import (ParameterError, ZsfsError, check_path, checked_arguments, literal, refuse_unknown_parameters,
                          shown_value)
-from zsfs.evaluate import fit_metrics
+from zsfs.evaluate import LabelCodes, fit_metrics
 from zsfs.names import unescaped_name, utf8_texts
 from zsfs.outputs import new_folder, read_parquet, write_json, write_table, writer_of
 from zsfs.run_summary import classes_not_predicted
@@ -181,8 +181,20 @@ def run_predictions(result: "FitResult", store: "Store", labels: "Sequence | Non
         "mcm_score": result.mcm_score,
     }
     if labels is not None:
-        columns["label"] = pl.Series(labels, dtype=pl.String)  # the store's str objects
+        columns["label"] = pl.Series(labels_as_compared(labels, result.classes), dtype=pl.String)
     return pl.DataFrame({name: pl.Series(name, values) for name, values in columns.items()})
+
+
+def labels_as_compared(labels: "Sequence", classes: "Sequence[str]") -> list[str]:
+    """Each label as the metrics read it: the class it names, spelled as the class list spells it
+    (labels and classes are compared in NFC: a folder 'café' copied from macOS is decomposed), or
+    else in NFC, as ``zsfs info`` and ``labels_not_classes`` spell it. A reader of the table who
+    compares ``label`` with ``predicted`` then counts what metrics.json counts."""
+    codes = LabelCodes.of(np.asarray(labels, dtype=object))
+    spelled = codes.classes.astype(object)
+    named = codes.code(classes)
+    spelled[named[named >= 0]] = np.asarray(classes, dtype=object)[named >= 0]
+    return spelled[codes.codes].tolist()
 
 
 # --- reading -------------------------------------------------------------------------------------
