@@ -198,10 +198,16 @@ def test_moved_store_reads_from_another_cwd(tmp_path, arrays, monkeypatch):
     (schema.ATTR_BACKBONE, '{"name": "b", "weights": "w"}', "its backbone record has no 'dim'"),
     (schema.ATTR_CLIP, '{"name": "c", "weights": "w", "dim": "8"}', "its clip record's dim is not a whole number"),
     (schema.ATTR_CLIP, '["c"]', "its clip record is not a JSON object"),
+    (schema.ATTR_N_IMAGES, N - 1, f"its n_images attribute is {N - 1} but its 'clip' dataset holds {N} rows"),
+    (schema.ATTR_N_SKIPPED, 2, "its n_skipped attribute is 2 but its 'skipped/path' dataset holds 0 rows"),
+    (schema.ATTR_CLIP, json.dumps({**CLIP_INFO, "dim": 512}), f"its clip record's dim is 512 but its 'clip' dataset is "
+                                                            f"{D_CLIP} wide"),
 ])
 def test_a_master_attribute_written_by_hand_against_the_format_is_one_line(tmp_path, arrays, attribute, value, said):
     """Review: a master written by following docs/store.md, with model records lacking `dim`,
-    failed `zsfs info` and `zsfs fit` with a KeyError traceback."""
+    failed `zsfs info` and `zsfs fit` with a KeyError traceback. Review: an edited `n_images` opened,
+    and a fit failed on a numpy broadcast traceback; an edited clip `dim` was blamed on every
+    vocabulary file."""
     master = build(tmp_path / "s.h5", arrays)
     with h5py.File(master, "r+") as file:
         file.attrs[attribute] = value

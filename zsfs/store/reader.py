@@ -115,6 +115,7 @@ class Store:
             self.dtype = str(self._file[schema.CLIP].dtype)
             self.build = str(attrs.get(schema.ATTR_BUILD, ""))
             self.has_labels = schema.LABEL in self._file
+            self._check_counts()
         except DAMAGED_FILE_ERRORS as error:
             raise StoreError(f"{self.path} is damaged or incomplete ({one_line(error)}); rebuild it"
                              f"{damaged_master_advice(self.path)}") from None
@@ -122,6 +123,28 @@ class Store:
         # Vocabularies and the graph live beside the shards (the master may have been renamed).
         first = self.shard_files[0] if self.shard_files else schema.shard_dir(self.path).name + "/x"
         self.data_dir = self.path.parent / Path(first).parent
+
+    def _check_counts(self) -> None:
+        """ValueError when the master's counts and widths disagree with its datasets (a master edited
+        by hand, or written so): a fit read ``n_images`` rows of labels into ``len(path)`` and failed on
+        a numpy traceback; a wrong CLIP ``dim`` was blamed on every vocabulary file instead."""
+        file, expected = self._file, {}
+        for name in (*schema.VIRTUAL_DATASETS, schema.PATH, schema.LABEL):
+            if name in file:
+                expected[name] = (self.n_images, "n_images")
+        expected[schema.SKIPPED_PATH] = (self.n_skipped, "n_skipped")
+        for name, (count, attribute) in expected.items():
+            if name in file and len(file[name]) != count:
+                raise ValueError(f"its {attribute} attribute is {count:,} but its {name!r} dataset holds "
+                                 f"{len(file[name]):,} rows")
+        if int(self.shard_rows.sum()) != self.n_images:
+            raise ValueError(f"its n_images attribute is {self.n_images:,} but its shards hold "
+                             f"{int(self.shard_rows.sum()):,} rows")
+        for role, record in ((schema.CLIP, self.clip_info), (schema.BACKBONE, self.backbone_info)):
+            width = file[role].shape[1] if role in file and file[role].ndim == 2 else None
+            if width is not None and width != record["dim"]:
+                raise ValueError(f"its {role} record's dim is {record['dim']} but its {role!r} dataset is "
+                                 f"{width} wide")
 
     def _repairable(self) -> bool:
         """A rerun of the command that made the store repairs its shards only under the master's
