@@ -563,6 +563,48 @@ def test_large_store_gets_a_recorded_ivf_index(tmp_path, arrays):
         assert found.shape == (10, 3) and not (found == np.arange(10)[:, None]).any()
 
 
+def replace_index(master: Path, other: Path) -> None:
+    """``master``'s index dataset replaced by ``other``'s, as by hand with h5py."""
+    with h5py.File(other, "r") as source, h5py.File(master, "r+") as file:
+        data = source[schema.INDEX_DATASET][:]
+        del file[schema.INDEX_DATASET]
+        file.create_dataset(schema.INDEX_DATASET, data=data)
+
+
+@pytest.mark.parametrize("exact_max", [100_000, 100])  # flat, IVF
+def test_an_index_copied_from_another_store_is_refused_not_searched(tmp_path, arrays, exact_max):
+    """Review: another store's index of the same size, copied into a master with h5py, passed
+    `zsfs info --verify`, and `zsfs neighbours` stored that store's neighbours as this one's; one
+    of another width failed on faiss's AssertionError traceback."""
+    master = build(tmp_path / "a" / "s.h5", arrays, exact_max=exact_max)
+    other = build(tmp_path / "b" / "s.h5", {**arrays, "clip": random_rows(N, D_CLIP, 9)}, exact_max=exact_max)
+    with Store(master) as store:
+        assert store.index().ntotal == N  # its own passes
+    replace_index(master, other)
+    with Store(master) as store, pytest.raises(StoreError, match=r"the FAISS index in .*s\.h5 is not this store's \(its "
+                                                                 r"vectors are not the store's CLIP embeddings\)"):
+        store.index()
+    for command in (("info", "--verify", master), ("neighbours", master, "--k", "3")):
+        outcome = run_cli(*command)
+        assert outcome.exit_code == 1 and "is not this store's" in output_text(outcome)
+        assert "Traceback" not in outcome.output
+    narrow = build(tmp_path / "c" / "s.h5", {**arrays, "clip": random_rows(N, 8, 9)}, exact_max=exact_max)
+    replace_index(master, narrow)
+    outcome = run_cli("neighbours", master, "--k", "3")
+    assert outcome.exit_code == 1 and f"it holds {N} vectors of 8, the store {N} of {D_CLIP}" in output_text(outcome)
+
+
+def test_an_index_of_another_kind_than_recorded_is_refused(tmp_path, arrays):
+    """Review: a master whose `index` record says ivf_flat over a flat index failed `zsfs neighbours`
+    on an AttributeError traceback ('IndexFlatIP' object has no attribute 'nlist')."""
+    master = build(tmp_path / "s.h5", arrays)
+    with h5py.File(master, "r+") as file:
+        file.attrs[schema.ATTR_INDEX] = json.dumps({**json.loads(file.attrs[schema.ATTR_INDEX]), "type": "ivf_flat"})
+    outcome = run_cli("neighbours", master, "--k", "3")
+    assert outcome.exit_code == 1 and "Traceback" not in outcome.output
+    assert "it is faiss's IndexFlatIP, the master records an index of type 'ivf_flat'" in output_text(outcome)
+
+
 def test_shard_of_another_store_is_refused(tmp_path, arrays):
     first = build(tmp_path / "a" / "s.h5", arrays)
     other = build(tmp_path / "b" / "s.h5", arrays, source="/data/other-images")

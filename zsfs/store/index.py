@@ -139,6 +139,58 @@ def read_index_blocks(dataset: h5py.Dataset) -> "faiss.Index":
     return faiss.read_index(faiss.PyCallbackIOReader(read, STREAM_BLOCK))
 
 
+SAMPLE_ROWS = 16  # stored vectors compared with the store's own rows each time an index is read
+
+
+def index_mismatch(index: "faiss.Index", info: dict, n: int, dim: int) -> str | None:
+    """Why ``index`` is not an inner-product index of the ``info["type"]`` recorded over ``n`` rows
+    of ``dim`` (an index copied in from another store, or written by hand), or None: faiss itself
+    failed on it with an AssertionError or AttributeError traceback, or searched the wrong vectors."""
+    import faiss
+
+    kinds = {"flat": faiss.IndexFlat, "ivf_flat": faiss.IndexIVFFlat}
+    expected = kinds.get(info.get("type"))
+    if expected is not None and not isinstance(index, expected):
+        return f"it is faiss's {type(index).__name__}, the master records an index of type {info.get('type')!r}"
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return "it does not search by inner product"
+    if index.d != dim or index.ntotal != n:
+        return f"it holds {index.ntotal:,} vectors of {index.d}, the store {n:,} of {dim}"
+    if info.get("n", n) != n or info.get("dim", dim) != dim:
+        return f"the master's index record says {info.get('n')} vectors of {info.get('dim')}, the store holds {n:,} of {dim}"
+    return None
+
+
+def sample_rows(n: int) -> np.ndarray:
+    """Up to :data:`SAMPLE_ROWS` evenly spaced row ids of ``n``."""
+    return np.unique(np.linspace(0, n - 1, num=min(n, SAMPLE_ROWS)).astype(np.int64)) if n else np.zeros(0, np.int64)
+
+
+def stored_vectors(index: "faiss.Index", rows: np.ndarray) -> np.ndarray:
+    """The vectors ``index`` holds for ``rows`` (an IVF index only finds them through a direct
+    map, made for this and dropped after: it costs 8 bytes a row)."""
+    import faiss
+
+    ivf = isinstance(index, faiss.IndexIVF)
+    if ivf:
+        index.make_direct_map()
+    try:
+        return np.stack([index.reconstruct(int(row)) for row in rows]) if len(rows) else np.zeros((0, index.d), np.float32)
+    finally:
+        if ivf:
+            index.set_direct_map_type(faiss.DirectMap.NoMap)
+
+
+def vectors_differ(stored: np.ndarray, rows: np.ndarray) -> bool:
+    """Whether an index's ``stored`` vectors are not the store's ``rows``: compared by direction, as
+    a writer may index its float32 rows beside float16 ones stored (docs/store.md's recipe)."""
+    rows = as_float32(rows)
+    norms = np.linalg.norm(stored, axis=1) * np.linalg.norm(rows, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.einsum("ij,ij->i", stored, rows) / norms
+    return bool(len(rows)) and not bool(np.all(cosine > 0.99))
+
+
 def nearest_neighbours(
     index: "faiss.Index", queries: np.ndarray, query_rows: np.ndarray, k: int, batch_size: int = 16384
 ) -> np.ndarray:

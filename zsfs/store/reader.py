@@ -26,7 +26,7 @@ from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files
 from zsfs.store.locks import master_file, written_elsewhere
 from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, read_errors, read_identity, read_strings,
                              string_view)
-from zsfs.store.index import read_index_blocks
+from zsfs.store.index import index_mismatch, read_index_blocks, sample_rows, stored_vectors, vectors_differ
 from zsfs.store.integrity import check_structure, read_all
 from zsfs.store.master import make_room_for_shards, open_master, strings_sha256, text_is_whole
 from zsfs.store.rows import READ_BLOCK, read_rows
@@ -488,11 +488,21 @@ class Store:
             return read_rows(graph, rows).astype(np.int64)
 
     def index(self) -> "faiss.Index":
-        """The FAISS index over ``clip`` (inner product; row ids are store rows)."""
+        """The FAISS index over ``clip`` (inner product; row ids are store rows), checked to be this
+        store's: of the recorded type and size, holding :func:`sample_rows` of ``clip`` as they are."""
         try:
-            return read_index_blocks(self._dataset(schema.INDEX_DATASET))
+            index = read_index_blocks(self._dataset(schema.INDEX_DATASET))
         except (RuntimeError, OSError) as error:  # faiss / the checksum filter report damage this way
             raise StoreError(f"the FAISS index in {self.path} is damaged ({one_line(error)}); rebuild the store") from None
+        problem = index_mismatch(index, self.index_info, self.n_images, self.clip_info["dim"])
+        if problem is None:  # another store's index of the same size passed for this one: wrong neighbours
+            rows = sample_rows(self.n_images)
+            if vectors_differ(stored_vectors(index, rows), self.read(schema.CLIP, rows)):
+                problem = "its vectors are not the store's CLIP embeddings"
+        if problem is not None:
+            raise StoreError(f"the FAISS index in {self.path} is not this store's ({problem}): it was replaced or "
+                             f"written by hand; rebuild the store{damaged_master_advice(self.path)}")
+        return index
 
     def verify(self) -> dict:
         """Check every byte: shard files against the sizes and sha256 digests the master
