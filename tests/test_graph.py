@@ -221,6 +221,43 @@ def test_a_damaged_graph_is_set_aside_and_the_store_stays_usable(tmp_path):
         f"neighbours itself: {graph} is damaged" in said, said
 
 
+def edit_graph(path, edit) -> None:
+    """The store's graph dataset replaced by ``edit(rows)``, its record kept, as by hand with h5py."""
+    import h5py
+    from zsfs.store import schema
+
+    with h5py.File(schema.graph_file(schema.shard_dir(path)), "r+") as file:
+        rows, record = file[schema.GRAPH_ROWS][:], dict(file[schema.GRAPH_ROWS].attrs)
+        del file[schema.GRAPH_ROWS]
+        file.create_dataset(schema.GRAPH_ROWS, data=edit(rows)).attrs.update(record)
+
+
+def test_a_graph_edited_by_hand_is_refused_naming_its_file(tmp_path):
+    """Review: a graph file of fewer rows than the store (another store's, its build attribute
+    copied) passed --verify and stopped a fit with 'rows: row id 1001 is out of range for 1,000
+    rows', naming no file; a row id past the store's rows passed --verify and failed the fit on
+    numpy's IndexError traceback. Now the first is set aside as a damaged graph, the second is
+    named by --verify and by the fit."""
+    from zsfs.store import schema
+
+    path = synthetic(tmp_path / "a")
+    assert run_cli("neighbours", path, "--k", "5").exit_code == 0
+    graph = schema.graph_file(schema.shard_dir(path))
+    edit_graph(path, lambda rows: rows[:1000])
+    verified = run_cli("info", "--verify", path)
+    assert verified.exit_code == 1 and f"{graph} holds neighbours of shape (1000, 5) (int32), not (1,500, K) row " \
+        "ids: it is not this store's graph; remove it, then rerun `zsfs neighbours`" in output_text(verified)
+    with Store(path) as store:
+        assert store.graph_info is None and "not this store's graph" in store.unreadable_graph
+    assert run_cli("neighbours", path, "--k", "5").exit_code == 0
+    edit_graph(path, lambda rows: np.where(np.arange(rows.size).reshape(rows.shape) == 7, 999_999, rows))
+    said = f"{graph} holds row ids outside [-1, 1,500): it is damaged or was edited; remove it, then rerun `zsfs neighbours`"
+    verified = run_cli("info", "--verify", path)
+    assert verified.exit_code == 1 and said in output_text(verified)
+    fitted = run_cli("fit", "--store", path, "--cycle-epochs", "2", "--out", tmp_path / "run")
+    assert fitted.exit_code == 1 and said in " ".join(output_text(fitted).split()) and "Traceback" not in fitted.output
+
+
 def test_graph_row_ids_are_int32_until_a_store_outgrows_them():
     """Review: the graph's ids were int32 whatever the store's size, so past 2^31 - 1 rows they wrapped
     to negative ids (and to -1, "none"); half the bytes below that."""

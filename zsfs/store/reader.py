@@ -26,7 +26,7 @@ from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files
 from zsfs.store.locks import master_file, written_elsewhere
 from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, read_errors, read_identity, read_strings,
                              string_view)
-from zsfs.store.index import index_mismatch, read_index_blocks, sample_rows, stored_vectors, vectors_differ
+from zsfs.store.index import MISSING, index_mismatch, read_index_blocks, sample_rows, stored_vectors, vectors_differ
 from zsfs.store.integrity import check_structure, read_all
 from zsfs.store.master import make_room_for_shards, open_master, strings_sha256, text_is_whole
 from zsfs.store.rows import READ_BLOCK, read_rows
@@ -451,6 +451,7 @@ class Store:
                     this_build = str(file.attrs.get(schema.ATTR_BUILD)) == self.build
                     if this_build:  # read here once: damage found later would stop a fit, not set the graph aside
                         json.loads(file[schema.GRAPH_ROWS].attrs[schema.ATTR_GRAPH])
+                        self._check_graph_shape(file[schema.GRAPH_ROWS], path)
             except StoreError as error:  # derived data: without it fits search neighbours themselves
                 self.check_unchanged()  # unless the store was rebuilt since it was opened: that is the cause then
                 self._unreadable_graph = str(error)
@@ -462,6 +463,24 @@ class Store:
         if self._graph_file is not None:
             return self._graph_file[schema.GRAPH_ROWS]
         return master.get(schema.GRAPH_DATASET)  # format 1
+
+    def _check_graph_shape(self, dataset: h5py.Dataset, path: Path) -> None:
+        """StoreError unless ``dataset`` holds (N, K) whole numbers: a graph file edited by hand (or
+        another build's, its ``build`` set to this one's) failed a fit on an out-of-range row id, not
+        naming the file; set aside as damage is."""
+        if dataset.ndim != 2 or dataset.shape[0] != self.n_images or dataset.shape[1] < 1 or \
+                not np.issubdtype(dataset.dtype, np.integer):
+            raise StoreError(f"{path} holds neighbours of shape {dataset.shape} ({dataset.dtype}), not "
+                             f"({self.n_images:,}, K) row ids: it is not this store's graph; remove it, then rerun "
+                             "`zsfs neighbours`")
+
+    def _checked_graph_rows(self, found: np.ndarray) -> np.ndarray:
+        """``found``, rows of the graph, or a StoreError naming its file when one is no store row
+        (a fit failed on numpy's IndexError traceback, or read another image's row)."""
+        if found.size and (found.min() < MISSING or found.max() >= self.n_images):
+            raise StoreError(f"{schema.graph_file(self.data_dir)} holds row ids outside [-1, {self.n_images:,}): it "
+                             "is damaged or was edited; remove it, then rerun `zsfs neighbours`")
+        return found
 
     @property
     def unreadable_graph(self) -> str | None:
@@ -479,13 +498,14 @@ class Store:
             return None
         return {**json.loads(dataset.attrs[schema.ATTR_GRAPH]), "k": int(dataset.shape[1])}
 
-    def neighbour_graph(self, rows: np.ndarray) -> np.ndarray:
+    def neighbour_graph(self, rows: np.ndarray | slice | None) -> np.ndarray:
         """``(len(rows), K)`` int64: the stored nearest rows of ``rows`` (``-1`` where none)."""
         graph = self._graph_dataset()
         if graph is None:
             raise StoreError(self._unreadable_graph or f"{self.path} has no neighbour graph; add one with `zsfs neighbours`")
         with self._read_errors(schema.GRAPH_DATASET):
-            return read_rows(graph, rows).astype(np.int64)
+            found = read_rows(graph, rows).astype(np.int64)
+        return self._checked_graph_rows(found)
 
     def index(self) -> "faiss.Index":
         """The FAISS index over ``clip`` (inner product; row ids are store rows), checked to be this
@@ -546,6 +566,7 @@ class Store:
                 checked += read_all(file, path)
         if self._graph_dataset() is not None and self._graph_file is not None:  # the graph this store opened, not
             checked += read_all(self._graph_file, schema.graph_file(self.data_dir))  # one a `neighbours` wrote since
+            self.neighbour_graph(None)  # its row ids too, as a fit reads them
         for name in self.vocabulary_names():  # whole: then each held to the format, as a fit reads it
             self.vocabulary(name)
         self.index()
