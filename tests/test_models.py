@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -577,6 +578,24 @@ def test_a_cut_short_download_in_the_cache_is_named_not_a_traceback(tmp_path, mo
     with pytest.raises(ModelLoadError, match=r"^cannot load the backbone weights of test_vit: ") as caught:
         load_backbone(TINY_BACKBONE, "default")
     assert "downloaded again" not in str(caught.value)
+
+
+def test_the_cache_folder_of_a_tag_whose_hub_entry_names_a_file_is_the_repositorys():
+    """Bug: open_clip's tags of the form org/name/pytorch_model.bin (ViTamin) were told, cut short in the
+    cache, to delete the folder models--org--name--pytorch_model.bin, which does not exist."""
+    import huggingface_hub.constants as hub
+
+    from zsfs.models.common import pretrained_error
+
+    try:
+        exec(compile("raise KeyError(101)", "/site-packages/torch/serialization.py", "exec"))  # a cut file's error
+    except KeyError as error:
+        unreadable = error
+    for hub_id in ("jienengchen/ViTamin-S/pytorch_model.bin", "timm/vit_base_patch32_clip_224.openai/",
+                   "timm/test_vit.r160_in1k@a1b2c3"):
+        folder = Path(hub.HF_HUB_CACHE) / f"models--{'--'.join(hub_id.split('@')[0].split('/')[:2])}"
+        said = str(pretrained_error("clip", "CLIP weights X / y", hub_id, unreadable, "FILE"))
+        assert f"delete the folder {folder} of the Hugging Face cache" in said, said
 
 
 def test_running_out_of_memory_while_reading_weights_is_not_blamed_on_the_file():

@@ -125,6 +125,15 @@ def hub_address(repo: str) -> str:
     return f"{endpoint.hostname}{port}{endpoint.path.rstrip('/')}/{repo.strip('/')}".rstrip("/")
 
 
+def hub_cache_folder(hub_id: str) -> Path:
+    """The Hugging Face cache's folder of the repository ``hub_id`` names (``org/name``, also with a
+    ``@revision`` or, as open_clip's tags may, a file name after it: ``org/name/pytorch_model.bin``)."""
+    import huggingface_hub.constants as hub
+
+    repository = "/".join(hub_id.split("@")[0].strip("/").split("/")[:2])
+    return Path(hub.HF_HUB_CACHE) / f"models--{repository.replace('/', '--')}"
+
+
 def _given_port(endpoint) -> int | None:
     try:
         return endpoint.port

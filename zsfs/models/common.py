@@ -12,7 +12,7 @@ from typing import Container, Iterator, Sequence
 
 from zsfs.errors import ModelLoadError, one_line
 from zsfs.weights import (HUB_CACHE_ADVICE, DamagedDownloadError, WeightsDownloadError, checkpoint_reason,
-                          unreadable_checkpoint)
+                          hub_cache_folder, unreadable_checkpoint)
 
 
 def as_identity(record: dict) -> dict:
@@ -39,12 +39,10 @@ def pretrained_error(role: str, weights: str, hub_id: str | None, error: Excepti
                      file_advice: str) -> ModelLoadError:
     """Pretrained weights that were downloaded (or found in the cache) and did not load: a file
     that cannot be read is a cut-short or damaged download; anything else is said as it is."""
-    import huggingface_hub.constants as hub
-
     if not unreadable_checkpoint(error):
         return ModelLoadError(f"cannot load the {weights}: {one_line(error)}")
-    where = (f"the folder {Path(hub.HF_HUB_CACHE) / ('models--' + hub_id.strip('/').split('@')[0].replace('/', '--'))}"
-             " of the Hugging Face cache" if hub_id else "the downloaded file from its cache")
+    where = (f"the folder {hub_cache_folder(hub_id)} of the Hugging Face cache" if hub_id
+             else "the downloaded file from its cache")
     return DamagedDownloadError(role, weights, checkpoint_reason(error), file_advice,
                                 f"if the download was cut short or damaged, delete {where} so that they are downloaded "
                                 "again (without a network: replace it with an intact copy from a machine that has them)")
