@@ -477,7 +477,10 @@ def test_hf_home_set_to_the_hub_folder_itself_is_pointed_out(tmp_path, monkeypat
         "from zsfs.errors import ModelLoadError\n"
         "try:\n    load_backbone(TINY_BACKBONE, 'default')\nexcept ModelLoadError as error:\n    print(error)\n")
     (tmp_path / "locked").chmod(0o755)
-    assert child.stdout.startswith("could not download the backbone weights of test_vit"), child
+    # and the folder this user cannot search is named (it said "the cache does not hold them")
+    assert child.stdout.startswith("cannot read the Hugging Face cache for the backbone weights of test_vit from "
+                                   f"huggingface.co/timm/test_vit.r160_in1k ({tmp_path / 'locked'}: Permission "
+                                   "denied)"), child
 
 def test_pretrained_weights_are_recorded_by_their_values_and_other_ones_under_the_name_refused(
         tmp_path, monkeypatch, offline):
@@ -578,6 +581,59 @@ def test_a_cut_short_download_in_the_cache_is_named_not_a_traceback(tmp_path, mo
     with pytest.raises(ModelLoadError, match=r"^cannot load the backbone weights of test_vit: ") as caught:
         load_backbone(TINY_BACKBONE, "default")
     assert "downloaded again" not in str(caught.value)
+
+
+_LOAD_AS_ANOTHER_USER = """
+import os
+os.environ.update(HF_HOME={home!r}, HF_HUB_OFFLINE="1")
+import open_clip.pretrained
+from zsfs.errors import ModelLoadError
+from zsfs.models import load_backbone, load_clip
+from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
+load_clip(str(TINY_CLIP_CONFIG), "random")  # registers the tiny architecture, to give it a tag of the hub's
+open_clip.pretrained._PRETRAINED["zsfs-tiny-clip"] = {{"tiny": open_clip.pretrained._pcfg(hf_hub="zsfs/tiny-clip/")}}
+for load in (lambda: load_clip("zsfs-tiny-clip", "tiny"), lambda: load_backbone(TINY_BACKBONE, "default")):
+    try:
+        print("loaded", load().record["weights"])
+    except ModelLoadError as error:
+        print(error)
+"""
+
+
+def test_a_cache_copy_this_user_may_not_read_is_said_so_not_missing_nor_damaged(tiny_clip, tmp_path):
+    """Bug (a cluster's shared HF_HOME, filled by another account): an unreadable file of the cache's copy
+    was "could not download ... (No such file or directory)" (timm) or a damaged download to delete
+    (open_clip); a folder of it that cannot be searched, "the cache does not hold them"."""
+    cache = tmp_path / "hf" / "hub"
+    cache_default_backbone_weights(cache, load_backbone(TINY_BACKBONE, "random").model.state_dict())
+    snapshot = cache / "models--zsfs--tiny-clip" / "snapshots" / "r1"
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("r1")
+    torch.save(tiny_clip.model.state_dict(), snapshot / "open_clip_pytorch_model.bin")
+    load_as_another_user = lambda: run_python_unprivileged(_LOAD_AS_ANOTHER_USER.format(home=str(tmp_path / "hf")))
+    assert load_as_another_user().stdout.splitlines() == ["loaded tiny", "loaded default"]  # readable: they load
+    files = [snapshot / "open_clip_pytorch_model.bin", next(cache.rglob("model.safetensors"))]
+    for file in files:
+        file.chmod(0)
+    said = load_as_another_user().stdout.splitlines()
+    for file in files:
+        file.chmod(0o644)
+    for line, file, weights, advice in zip(said, files, ("CLIP weights zsfs-tiny-clip / tiny", "backbone weights of "
+                                           "test_vit from huggingface.co/timm/test_vit.r160_in1k"),
+                                           ("--clip-model zsfs-tiny-clip --clip-weights", "--backbone-weights")):
+        assert line.startswith(f"cannot read the Hugging Face cache for the {weights} ({file}: Permission "
+                               f"denied); this user may not read it: have the cache's owner make it readable (chmod "
+                               f"-R a+rX {file.parents[2]}, and the folders above it searchable), or point HF_HOME "
+                               f"at a readable copy; or pass a local file: {advice}"), line
+    folders = [cache / "models--zsfs--tiny-clip", cache / "models--timm--test_vit.r160_in1k"]
+    for folder in folders:
+        folder.chmod(0)
+    said = load_as_another_user().stdout.splitlines()
+    for folder in folders:
+        folder.chmod(0o755)
+    assert [re.search(r"^cannot read the .*? \((.*?)\); this user may not read it", line)[1] for line in said] == \
+        [f"{folder}: Permission denied" for folder in folders], said
 
 
 def test_the_cache_folder_of_a_tag_whose_hub_entry_names_a_file_is_the_repositorys():

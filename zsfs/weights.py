@@ -6,6 +6,7 @@ the initial tensors (so a library version that initialises differently is caught
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -72,6 +73,21 @@ class DamagedDownloadError(WeightsDownloadError):
                               f"by that name only, from the cache, not from a file: {self.cache_advice}.")
 
 
+class UnreadableCacheError(DamagedDownloadError):
+    """Pretrained weights whose copy in the Hugging Face cache this user may not read (a cache shared
+    on a cluster, filled by another account): the cure is the cache's permissions, not a download nor
+    deleting it (as for a damaged one); a file is the other way out."""
+
+    def _message(self) -> str:
+        return (f"cannot read the Hugging Face cache for the {self.weights} ({self.reason}); "
+                f"{self.cache_advice}; or pass a local file: {self.file_advice}")
+
+    def by_name_only(self, why: str) -> ModelLoadError:
+        return ModelLoadError(f"cannot read the Hugging Face cache for the {self.weights} ({self.reason}); "
+                              f"{why}, so zsfs loads them by that name only, from the cache, not from a file: "
+                              f"{self.cache_advice}.")
+
+
 def init_fingerprint(model: torch.nn.Module, n_values: int = 4096) -> str:
     """sha256 over every tensor's shape and first ``n_values`` values: cheap even for ViT-G. It
     identifies random weights (``init_fingerprint``) and pretrained ones, which are known by name
@@ -132,6 +148,34 @@ def hub_cache_folder(hub_id: str) -> Path:
 
     repository = "/".join(hub_id.split("@")[0].strip("/").split("/")[:2])
     return Path(hub.HF_HUB_CACHE) / f"models--{repository.replace('/', '--')}"
+
+
+def unreadable_in_cache(hub_id: str) -> str | None:
+    """``"PATH: Permission denied"`` for the first part of the cache's copy of ``hub_id`` this user
+    may not read (its folder or one above, its refs, its snapshots' files and the blobs they link
+    to); None where all can be read, or there is no copy. The hub and the libraries tell such a
+    copy as missing ("No such file", "cannot find the requested files in the local cache")."""
+    folder = hub_cache_folder(hub_id)
+    try:
+        os.stat(folder)
+    except PermissionError as error:  # a folder above cannot be searched: name the first one
+        blocked = next((parent for parent in reversed(folder.parents) if not os.access(parent, os.X_OK)),
+                       folder.parent)
+        return f"{blocked}: {error.strerror}"
+    except OSError:
+        return None  # no copy at all
+    if not os.access(folder, os.X_OK):  # named itself, not as its refs/ that cannot be listed then
+        return f"{folder}: {os.strerror(errno.EACCES)}"
+    denied: list[OSError] = []
+    for part in ("refs", "snapshots"):
+        for root, _, files in os.walk(folder / part, onerror=denied.append):
+            for name in files:
+                try:
+                    open(os.path.join(root, name), "rb").close()  # through a snapshot's link to its blob
+                except OSError as error:
+                    denied.append(error)
+    denied = [error for error in denied if isinstance(error, PermissionError)]
+    return f"{denied[0].filename}: {denied[0].strerror}" if denied else None
 
 
 def _given_port(endpoint) -> int | None:

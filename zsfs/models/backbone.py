@@ -13,7 +13,8 @@ import torch
 
 from zsfs.digests import unchanged_file_sha256
 from zsfs.errors import ModelLoadError, one_line
-from zsfs.models.common import as_identity, built_by_name, by_name_only, close_names, hub_cache_advice, pretrained_error
+from zsfs.models.common import (as_identity, built_by_name, by_name_only, close_names, hub_cache_advice, pretrained_error,
+                                unreadable_cache_error)
 from zsfs.models.encoders import Backbone, worker_transform
 from zsfs.names import home_expanded
 from zsfs.weights import (DEFAULT, FILE, RANDOM, RANDOM_SEED, WeightsDownloadError, check_same_weights,
@@ -59,9 +60,9 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
             raise ModelLoadError(f"cannot read backbone weights file {file}: {one_line(error)}") from None
         source = (f" from {hub_address(pretrained_cfg.hf_hub_id)}" if pretrained_cfg.hf_hub_id
                   else f" from {pretrained_cfg.url}" if pretrained_cfg.url else "")
-        raise WeightsDownloadError("backbone", f"backbone weights of {name}{source}", one_line(error),
-                                   "--backbone-weights /path/to/model.safetensors",
-                                   _timm_cache_advice(pretrained_cfg)) from None
+        weights, advice = f"backbone weights of {name}{source}", "--backbone-weights /path/to/model.safetensors"
+        raise unreadable_cache_error("backbone", weights, pretrained_cfg.hf_hub_id, advice) or WeightsDownloadError(
+            "backbone", weights, one_line(error), advice, _timm_cache_advice(pretrained_cfg)) from None
     except Exception as error:  # state-dict mismatch, unreadable or foreign checkpoint format
         if weights == RANDOM:
             raise

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from zsfs.digests import unchanged_file_sha256
 from zsfs.errors import ModelLoadError, one_line
-from zsfs.models.common import as_identity, built_by_name, by_name_only, close_names, hub_cache_advice, pretrained_error
+from zsfs.models.common import (as_identity, built_by_name, by_name_only, close_names, hub_cache_advice, pretrained_error,
+                                unreadable_cache_error)
 from zsfs.models.encoders import ClipModel, worker_transform
 from zsfs.names import home_expanded, repeated_rows
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -263,8 +264,9 @@ def _download_clip_tag(arch: str, tag: str) -> None:
     try:
         open_clip.download_pretrained(cfg)
     except Exception as error:  # HF hub, URL and cache errors come in many types
-        raise WeightsDownloadError("clip", f"CLIP weights {arch} / {tag}", one_line(error),
-                                   _clip_file_advice(arch, cfg), hub_cache_advice()) from None
+        weights, advice = f"CLIP weights {arch} / {tag}", _clip_file_advice(arch, cfg)
+        raise unreadable_cache_error("clip", weights, cfg.get("hf_hub"), advice) or WeightsDownloadError(
+            "clip", weights, one_line(error), advice, hub_cache_advice()) from None
 
 
 def _clip_file_advice(arch: str, tag_cfg: dict) -> str:

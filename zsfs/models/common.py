@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Container, Iterator, Sequence
 
 from zsfs.errors import ModelLoadError, one_line
-from zsfs.weights import (HUB_CACHE_ADVICE, DamagedDownloadError, WeightsDownloadError, checkpoint_reason,
-                          hub_cache_folder, unreadable_checkpoint)
+from zsfs.weights import (HUB_CACHE_ADVICE, DamagedDownloadError, UnreadableCacheError, WeightsDownloadError,
+                          checkpoint_reason, hub_cache_folder, unreadable_checkpoint, unreadable_in_cache)
 
 
 def as_identity(record: dict) -> dict:
@@ -39,6 +39,9 @@ def pretrained_error(role: str, weights: str, hub_id: str | None, error: Excepti
                      file_advice: str) -> ModelLoadError:
     """Pretrained weights that were downloaded (or found in the cache) and did not load: a file
     that cannot be read is a cut-short or damaged download; anything else is said as it is."""
+    unreadable = unreadable_cache_error(role, weights, hub_id, file_advice)
+    if unreadable is not None:  # not damaged: deleting the copy would be the wrong cure
+        return unreadable
     if not unreadable_checkpoint(error):
         return ModelLoadError(f"cannot load the {weights}: {one_line(error)}")
     where = (f"the folder {hub_cache_folder(hub_id)} of the Hugging Face cache" if hub_id
@@ -46,6 +49,20 @@ def pretrained_error(role: str, weights: str, hub_id: str | None, error: Excepti
     return DamagedDownloadError(role, weights, checkpoint_reason(error), file_advice,
                                 f"if the download was cut short or damaged, delete {where} so that they are downloaded "
                                 "again (without a network: replace it with an intact copy from a machine that has them)")
+
+
+def unreadable_cache_error(role: str, weights: str, hub_id: str | None,
+                           file_advice: str) -> UnreadableCacheError | None:
+    """The error for pretrained weights that did not load because this user may not read the cache's
+    copy of ``hub_id`` (None where that is not why): asked only once loading failed, so a file of the
+    copy that the loader does not read refuses nothing."""
+    denied = unreadable_in_cache(hub_id) if hub_id else None
+    if denied is None:
+        return None
+    return UnreadableCacheError(role, weights, denied, file_advice,
+                                f"this user may not read it: have the cache's owner make it readable (chmod -R a+rX "
+                                f"{hub_cache_folder(hub_id)}, and the folders above it searchable), or point HF_HOME "
+                                "at a readable copy")
 
 
 def hub_cache_advice() -> str:
