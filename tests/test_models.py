@@ -386,6 +386,30 @@ def test_a_hub_repositorys_open_clip_config_with_its_weights_file_keeps_their_pr
     assert reloaded.scaling.mean.flatten().tolist() == [0.5] * 3  # the workers' scaling is the config's
 
 
+def test_a_hub_repository_given_as_the_clip_model_is_told_to_pass_its_files(tmp_path, monkeypatch):
+    """Bug (air-gapped user with a downloaded repository): --clip-model REPO (the folder) and open_clip's
+    --clip-model hf-hub:ORG/NAME were only "unknown CLIP model", with no way to the files zsfs takes."""
+    repository = tmp_path / "tiny-clip.laion"
+    repository.mkdir()
+    (repository / "open_clip_config.json").write_text(json.dumps({"model_cfg": json.loads(TINY_CLIP_CONFIG.read_text())}))
+    for name in ("open_clip_pytorch_model.bin", "open_clip_model.safetensors"):
+        (repository / name).write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match=rf"^CLIP model {repository} is a folder; pass its config file, and its "
+                                             rf"weights file as --clip-weights: --clip-model {repository}/open_clip_"
+                                             rf"config.json --clip-weights {repository}/open_clip_model.safetensors$"):
+        load_clip(str(repository), "random")
+    with pytest.raises(ModelLoadError, match=rf"^CLIP model {tmp_path} is a folder without an open_clip_config.json"):
+        load_clip(str(tmp_path), "random")
+    with pytest.raises(ModelLoadError, match=r"^--clip-model takes no hf-hub: names; download open_clip_config.json "
+                                             r"and the weights file .* of the repository laion/CLIP-ViT-B-32-laion2B"
+                                             r"-s34B-b79K into a folder REPO and pass them: --clip-model REPO/open_"
+                                             r"clip_config.json --clip-weights REPO/open_clip_pytorch_model.bin$"):
+        load_clip("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "random")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ViT-B-32").mkdir()  # a folder named like an architecture leaves the name a name
+    assert load_clip("ViT-B-32", "random").record["name"] == "ViT-B-32"
+
+
 def test_a_hub_config_in_a_cache_is_named_after_its_repository_and_no_config_replaces_open_clips(tmp_path):
     """Pointed into a Hugging Face cache, a repository's config was named after the revision hash;
     a folder named like one of open_clip's models replaced that model's config in the process (a

@@ -9,7 +9,7 @@ import logging
 import os
 import tempfile
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -25,9 +25,9 @@ from zsfs.models.common import (as_identity, built_by_name, by_name_only, close_
 from zsfs.models.encoders import ClipModel, worker_transform
 from zsfs.names import home_expanded, repeated_rows
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
-from zsfs.weights import (FILE, RANDOM, RANDOM_SEED, WeightsDownloadError, check_same_weights, existing_file,
-                          hub_address, hub_offline_unless_reachable, init_fingerprint, not_a_checkpoint, seeded_init,
-                          unreadable_checkpoint, weights_from_record)
+from zsfs.weights import (CHECKPOINT_SUFFIXES, FILE, RANDOM, RANDOM_SEED, WeightsDownloadError, check_same_weights,
+                          existing_file, hub_address, hub_offline_unless_reachable, init_fingerprint, not_a_checkpoint,
+                          seeded_init, unreadable_checkpoint, weights_from_record)
 
 
 @contextmanager
@@ -221,6 +221,8 @@ def _resolve_clip_name(name: str) -> tuple[str, dict | None, dict[str, Any]]:
         return arch, config, {option: preprocessing[key] for key, option in _PREPROCESS_OPTIONS.items()
                               if key in preprocessing}
     arch = name.replace("/", "-")  # open_clip accepts "ViT-B/32" for "ViT-B-32"
+    if arch not in open_clip.list_models() and (config_file.is_dir() or name.startswith(_HUB_PREFIX)):
+        raise _hub_repository_given(name, config_file)  # (a folder ./ViT-B-32 leaves the name a name)
     if arch not in open_clip.list_models():
         raise ModelLoadError(
             f"unknown CLIP model {name!r}{close_names(arch, open_clip.list_models())}. "
@@ -228,6 +230,32 @@ def _resolve_clip_name(name: str) -> tuple[str, dict | None, dict[str, Any]]:
             "also works."
         )
     return arch, None, {}
+
+
+_HUB_PREFIX = "hf-hub:"
+
+
+def _hub_repository_given(name: str, folder: Path) -> ModelLoadError:
+    """The error for a hub repository given as the model, as a folder (a download of it) or as
+    open_clip's ``hf-hub:ORG/NAME``: zsfs takes its config file and its weights file, which it
+    records by sha256 (a repository's files can change under its name)."""
+    if name.startswith(_HUB_PREFIX):
+        repository = name[len(_HUB_PREFIX):].strip("/")
+        return ModelLoadError(
+            f"--clip-model takes no {_HUB_PREFIX} names; download {HUB_CONFIG_NAME} and the weights file "
+            f"(open_clip_pytorch_model.bin) of the repository {repository} into a folder REPO and pass them: "
+            f"--clip-model REPO/{HUB_CONFIG_NAME} --clip-weights REPO/open_clip_pytorch_model.bin")
+    config = folder / HUB_CONFIG_NAME
+    if not config.is_file():
+        return ModelLoadError(f"CLIP model {folder} is a folder without an {HUB_CONFIG_NAME}; pass an open_clip "
+                              "architecture name or a model-config .json file")
+    held: list[str] = []
+    with suppress(OSError):  # safetensors first, as for a folder given as the weights
+        held = sorted((file.name for file in folder.iterdir() if file.suffix.lower() in CHECKPOINT_SUFFIXES),
+                      key=lambda file: (not file.lower().endswith(".safetensors"), file))
+    return ModelLoadError(f"CLIP model {folder} is a folder; pass its config file, and its weights file as "
+                          f"--clip-weights: --clip-model {config} --clip-weights "
+                          f"{folder / (held[0] if held else 'open_clip_pytorch_model.bin')}")
 
 
 def _config_name(config_file: Path) -> str:
