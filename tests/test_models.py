@@ -302,6 +302,26 @@ def test_weights_given_as_a_folder_or_unreadable_say_so(tmp_path, load):
 
 
 @pytest.mark.parametrize("load", ["clip", "backbone"])
+def test_weights_through_a_link_loop_or_a_dangling_link_say_so_not_not_found(tmp_path, monkeypatch, load):
+    """Bug: a weights link that `ls` lists (a link loop, a link whose target moved) was "not found; check
+    the path", and one without a suffix "neither a pretrained tag nor an existing file"."""
+    flag, what = f"--{load}-weights", "CLIP" if load == "clip" else "backbone"
+    loader = (lambda weights: load_clip(str(TINY_CLIP_CONFIG), weights)) if load == "clip" else \
+        (lambda weights: load_backbone(TINY_BACKBONE, weights))
+    (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
+    (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
+    (tmp_path / "current").symlink_to(tmp_path / "moved" / "vit.safetensors")
+    for link, why in (("a.pt", "a link loop"), ("current", f"its target {tmp_path}/moved/vit.safetensors does not exist")):
+        with pytest.raises(ModelLoadError, match=rf"^{what} weights file {re.escape(str(tmp_path / link))} is a link "
+                                                 rf"that leads to no file \({why}\); mend the link, or pass {flag} "
+                                                 r"the weights file itself\.$"):
+            loader(str(tmp_path / link))
+    monkeypatch.chdir(tmp_path)  # a bare name (no folder, no suffix) that is a link is a path too
+    with pytest.raises(ModelLoadError, match=rf"^{what} weights file current is a link that leads to no file"):
+        loader("current")
+
+
+@pytest.mark.parametrize("load", ["clip", "backbone"])
 def test_weights_reached_through_a_link_to_a_blob_without_suffix(tiny_clip, tiny_backbone, tmp_path, load):
     """A Hugging Face cache holds snapshots/REV/model.safetensors -> blobs/SHA (no suffix). Bug: the
     link was resolved, and the blob refused as "no tensors saved by torch or safetensors"."""

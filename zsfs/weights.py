@@ -222,7 +222,7 @@ def existing_file(weights: str, what: str, flag: str) -> Path | None:
         if path.stat().st_size == 0:
             raise ModelLoadError(f"{what} weights file {path} is empty (an interrupted download or copy?)")
         return _named_by_format(Path(os.path.abspath(path)))
-    if os.sep in weights or path.suffix.lower() in CHECKPOINT_SUFFIXES:
+    if os.sep in weights or path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_symlink():
         raise _not_found(path, what, flag)
     return None
 
@@ -239,7 +239,25 @@ def _named_by_format(path: Path, max_links: int = 40) -> Path:
 
 
 def _not_found(path: Path, what: str, flag: str) -> ModelLoadError:
+    broken = _broken_link(path)
+    if broken is not None:  # `ls` lists it: "not found" reads as a mistyped path
+        return ModelLoadError(f"{what} weights file {path} is a link that leads to no file ({broken}); mend the link, "
+                              f"or pass {flag} the weights file itself.")
     return ModelLoadError(f"{what} weights file {path} not found; check the {flag} path.")
+
+
+def _broken_link(path: Path) -> str | None:
+    """Why the link ``path`` leads nowhere ("a link loop", "its target X does not exist"); None
+    where ``path`` is no link."""
+    try:
+        if not path.is_symlink():
+            return None
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a link loop"
+        return f"its target {os.path.realpath(path)} does not exist" if error.errno == errno.ENOENT else error.strerror
+    return None
 
 
 def relocated(record: dict, new_file: str | Path | None, what: str) -> dict:
