@@ -160,6 +160,12 @@ class _OwnName(dict):
         return name
 
 
+def as_sentence(text: str) -> str:
+    """``text`` ended by one full stop, for a sentence of ours to follow (a library's message or
+    :func:`one_line`'s "..." may end with its own: it read "...].. Check that")."""
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def one_line(error: BaseException, limit: int = 300) -> str:
     """An exception as one short line for a message of ours (library messages can span pages)."""
     text = " ".join(str(error).split())

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import torch
 
 from zsfs.digests import unchanged_file_sha256
-from zsfs.errors import ModelLoadError, one_line
+from zsfs.errors import ModelLoadError, as_sentence, one_line
 from zsfs.models.common import (as_identity, built_by_name, by_name_only, close_names, hub_cache_advice, pretrained_error,
                                 unreadable_cache_error)
 from zsfs.models.encoders import Backbone, worker_transform
@@ -70,7 +70,7 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
             raise pretrained_error("backbone", f"backbone weights of {name}", pretrained_cfg.hf_hub_id, error,
                                    "--backbone-weights /path/to/model.safetensors.") from None
         raise ModelLoadError(
-            f"weights file {file} does not fit the backbone {name}: {one_line(error, 600)}. "
+            f"weights file {file} does not fit the backbone {name}: {as_sentence(one_line(error, 600))} "
             "Check that --backbone matches the checkpoint."
         ) from None
     if not keep_head and model.num_classes:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from zsfs.digests import unchanged_file_sha256
-from zsfs.errors import ModelLoadError, one_line
+from zsfs.errors import ModelLoadError, as_sentence, one_line
 from zsfs.models.common import (as_identity, built_by_name, by_name_only, close_names, hub_cache_advice, pretrained_error,
                                 unreadable_cache_error)
 from zsfs.models.encoders import ClipModel, worker_transform
@@ -83,7 +83,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
         if unreadable_checkpoint(error):  # told so, not blamed on the architecture
             raise not_a_checkpoint(file, error) from None
         raise ModelLoadError(
-            f"weights file {file} does not fit the CLIP architecture {arch}: {one_line(error)}. "
+            f"weights file {file} does not fit the CLIP architecture {arch}: {as_sentence(one_line(error))} "
             "Check that --clip-model matches the checkpoint."
         ) from None
     model = model.eval().to(device)
