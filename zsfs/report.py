@@ -136,10 +136,11 @@ def _render(run: FittedRun, *, images: str | Path | None, per_class: int | None,
     made = {row: (None, NO_FOLDER) for row in rows}  # keyed by row: two names can read alike
     openable = [row for row in rows if root is not None or Path(files[row]).is_absolute()]
     made.update(zip(openable, _thumbnails_of([files[row] for row in openable], root, max_pixels or budget)))
+    labels = _label_codes(frame)  # once: the OOD figures and the accuracy section both compare them
     sections = {
         "summary": _summary(run, frame),
-        "figures": _figures(run, frame),
-        "accuracy": _accuracy(frame, classes) if "label" in frame.columns else "",
+        "figures": _figures(run, frame, labels),
+        "accuracy": _accuracy(frame, classes, labels) if labels is not None else "",
         "classes": _classes(run, frame, classes, seeds, sample, made),
         "ood": _ood(most_ood, made, ood_by, ood_images),
         "parameters": _parameters(run.config),
@@ -229,20 +230,26 @@ def _summary(run: FittedRun, frame) -> str:
 TRUTH_GROUPS = ("true label is a class", "true label is no class", "no true label")
 
 
-def _truth_groups(frame, classes: list[str]) -> np.ndarray | None:
-    """Each image's index into :data:`TRUTH_GROUPS`, for the OOD histograms; None where the true
-    labels cannot tell in- from out-of-distribution (no labels, or all on one side)."""
+def _label_codes(frame) -> LabelCodes | None:
+    """The true labels of ``frame`` (no label: "", never a class name), None without a label column."""
     if "label" not in frame.columns:
         return None
-    labels = frame["label"].fill_null("").to_numpy()
-    among = LabelCodes.of(labels).is_any_of(classes)  # compared in NFC, as metrics.json does
-    groups = np.where(among, 0, np.where(labels == "", 2, 1))
+    return LabelCodes.of(frame["label"].fill_null("").to_numpy())
+
+
+def _truth_groups(labels: LabelCodes | None, classes: list[str]) -> np.ndarray | None:
+    """Each image's index into :data:`TRUTH_GROUPS`, for the OOD histograms; None where the true
+    labels cannot tell in- from out-of-distribution (no labels, or all on one side)."""
+    if labels is None:
+        return None
+    among = labels.is_any_of(classes)  # compared in NFC, as metrics.json does
+    groups = np.where(among, 0, np.where(labels.codes == labels.code([""])[0], 2, 1))  # code -1: no "" label
     return groups if among.any() and (groups == 1).any() else None
 
 
-def _figures(run: FittedRun, frame) -> str:
+def _figures(run: FittedRun, frame, labels: LabelCodes | None) -> str:
     parts = []
-    groups = _truth_groups(frame, run.classes)
+    groups = _truth_groups(labels, run.classes)
     split = {"groups": groups, "group_names": TRUTH_GROUPS} if groups is not None else {}
     if "ood_score" in frame.columns:
         scores = frame["ood_score"].to_numpy()
@@ -265,12 +272,12 @@ def _figures(run: FittedRun, frame) -> str:
                                                                      if p.startswith("<svg") else p for p in parts))
 
 
-def _accuracy(frame, classes: list[str]) -> str:
+def _accuracy(frame, classes: list[str], labels: LabelCodes) -> str:
     import polars as pl
 
     codes = {name: i for i, name in enumerate(classes)}
     # compared in NFC, as metrics.json compares them; no label ("", never a class name) is no class
-    truth = LabelCodes.of(frame["label"].fill_null("").to_numpy()).index_in(classes)
+    truth = labels.index_in(classes)
     predicted = frame["predicted"].replace_strict(codes, default=-1, return_dtype=pl.Int64).to_numpy()
     known = (truth >= 0) & (predicted >= 0)
     n = len(classes)
