@@ -27,6 +27,7 @@ TINY = {
     "benchmarks/bench_extract.py": ["--models", "tiny", "--n-images", "6", "--skip-naive", "--workers", "0"],
     "benchmarks/bench_fit.py": ["--sizes", "500", "--configs", "fast", "--loop", "--work", "{tmp}"],  # bug: --loop failed
     "benchmarks/bench_report.py": ["--rows", "2000", "--classes", "4", "--pool", "8", "--work", "{tmp}"],
+    "benchmarks/bench_import.py": ["--rows", "3000", "--work", "{tmp}"],
     "pipelines/report.py": ["{tmp}"],
 }
 """Script -> arguments of a run that takes seconds (``{tmp}``: a fresh folder)."""

@@ -23,9 +23,22 @@ SCAN_ROWS = 65_536
 """Rows read at a time by :func:`unusable_row_numbers` (bounded memory over memory-mapped inputs)."""
 
 
+_MAGNITUDE_BITS = {np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0x7F800000),
+                   np.dtype(np.float64): (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+"""Native IEEE floats: (same-width unsigned view, mask of the magnitude bits, the magnitude of infinity)."""
+
+
 def usable_rows(features: np.ndarray) -> np.ndarray:
     """(n,) bool: rows that are finite and not all zero."""
-    return np.isfinite(features).all(axis=1) & features.any(axis=1)
+    bits = _MAGNITUDE_BITS.get(features.dtype)
+    if bits is None or features.ndim != 2 or not features.shape[1] or not features.flags.c_contiguous:
+        return np.isfinite(features).all(axis=1) & features.any(axis=1)
+    # The same test on the bits, in one integer pass (5-7x faster than isfinite and any, two passes of
+    # float16 arithmetic: shard writes and import checks ran it over every row): an IEEE float's
+    # magnitude bits order it by absolute value, infinity and NaN above every finite value, 0 (and -0) below.
+    unsigned, magnitude, infinity = bits
+    largest = np.bitwise_and(features.view(unsigned), unsigned(magnitude)).max(axis=1)
+    return (largest < infinity) & (largest > 0)
 
 
 def unusable_row_numbers(features: np.ndarray, spans: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
