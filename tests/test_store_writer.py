@@ -364,6 +364,24 @@ def test_unusable_rows_are_numbered_in_the_whole_array_past_the_first_block(monk
     assert rows.unusable_row_numbers(features, [(8, 20)]).tolist() == [13]
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.dtype(">f4"), np.longdouble])
+def test_usable_rows_reads_the_bits_as_the_floats_say(dtype):
+    """usable_rows reads native floats' bits (one integer pass): the same rows as isfinite and any,
+    with every special value (NaN, infinities, -0, subnormals, the largest finite) and layout."""
+    from zsfs.store.rows import usable_rows
+
+    info = np.finfo(dtype)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, info.tiny / 4, -info.tiny, info.max, -info.max, 1.0],
+                        dtype=dtype)
+    rng = np.random.default_rng(0)
+    rows = rng.choice(specials, size=(400, 3))
+    rows[::7] = 0  # all zero, of either sign
+    rows[1::7] = -0.0
+    for features in (rows, np.asfortranarray(rows), rows[:, ::2], rows[:0], rows[:, :0]):
+        expected = np.isfinite(features).all(axis=1) & features.any(axis=1)
+        assert np.array_equal(usable_rows(features), expected), features.dtype
+
+
 def test_a_resume_with_other_values_under_a_tags_name_says_so():
     """Shards embedded with a tag's weights must not be resumed with other weights under that name."""
     from zsfs.store.identity import describe_difference
