@@ -82,8 +82,9 @@ def shown_paths(section: str) -> list[str]:
 
 
 def plain_cells(page: str) -> str:
-    """The page with its number cells written as the others (``<td class="n">``: kept on one line)."""
-    return page.replace('<td class="n">', "<td>")
+    """The page with its cells written alike: number cells (``<td class="n">``: kept on one line) and
+    row headers (``<th scope="row">``: a row's label) as the others."""
+    return re.sub(r'<th scope="row">([^<]*)</th>', r"<td>\1</td>", page.replace('<td class="n">', "<td>"))
 
 def test_labelled_run_has_every_section_and_a_thumbnail_per_shown_image(photo_run):
     page = write_report(photo_run).read_text()
@@ -544,7 +545,7 @@ def test_a_real_browser_draws_the_page(photo_run, tmp_path):
     assert f'<h3 class="class-name">{long_name}</h3>' in page.read_text()
     # the summary names 10 of the 40 and says where the rest are (it said config.json, not on the page)
     assert "an_unbreakable_class_name_number_9; ... (31 more in Classes below)</td>" in page.read_text()
-    measure = ("<script>const label = document.querySelector('#summary td');"
+    measure = ("<script>const label = document.querySelector('#summary th');"
                "document.title = [label.getBoundingClientRect().width, label.offsetHeight,"
                " document.documentElement.scrollWidth, window.innerWidth].join(' ');</script></body>")
     measured.write_text(page.read_text().replace("</body>", measure))
@@ -773,7 +774,7 @@ def test_captions_show_what_the_hover_text_alone_said_and_the_ood_gallery_marks_
     frame.with_columns(ood_flag=pl.lit(False)).write_parquet(run / runs.PREDICTIONS)
     assert "None of them is flagged OOD (ood_flag): they are only the least typical images." in \
         section_of(render_report(run, ood_images=3), "ood")
-    assert f"<td>prompts_used</td><td>{config['prompts_used']}</td>" in page
+    assert f"<th scope=\"row\">prompts_used</th><td>{config['prompts_used']}</td>" in page
     config["classes"] = config["classes"] + [f"absent {i}" for i in range(1000)]
     config["absent_classes"] = [f"absent {i}" for i in range(1000)]
     (run / runs.CONFIG).write_text(json.dumps(config))
@@ -857,7 +858,7 @@ def test_the_cycles_table_is_the_fit_commands_with_each_cycles_own_figures(photo
     config = json.loads((photo_run / runs.CONFIG).read_text())
     metrics = json.loads((photo_run / runs.METRICS).read_text())
     page = plain_cells(section_of(render_report(photo_run), "figures"))
-    header = re.findall(r"<th>([^<]*)</th>", page)
+    header = re.findall(r'<th scope="col">([^<]*)</th>', page)
     assert header == ["cycle", "candidates", "kept", "trained on", "epochs", "first loss", "pseudo-label precision"]
     cells = re.findall(r"<tr>((?:<td>[^<]*</td>)+)</tr>", page)
     assert len(cells) == len(config["cycles"]) >= 1
@@ -1110,8 +1111,24 @@ def test_long_class_names_are_shown_by_their_ends_on_the_figures_axes():
     from zsfs.report import _table  # walkthrough: a phone broke "3,218" into "3,21" over "8": numbers stay whole
 
     assert _table([["kept", "3,218"], ["loss", "-1.5e+03"], ["note", "3,218 of them"]]) == (
-        '<table><tr><td>kept</td><td class="n">3,218</td></tr><tr><td>loss</td><td class="n">-1.5e+03</td></tr>'
-        '<tr><td>note</td><td>3,218 of them</td></tr></table>')
+        '<table><tr><th scope="row">kept</th><td class="n">3,218</td></tr><tr><th scope="row">loss</th>'
+        '<td class="n">-1.5e+03</td></tr><tr><th scope="row">note</th><td>3,218 of them</td></tr></table>')
     svg = figures.confusion(names, np.eye(3))
     texts = re.findall(r">([^<>]+)</text>", svg)
     assert texts.count("dent near m…(left side)") == 2 and names[0] not in svg
+
+
+def test_every_table_row_is_headed_by_its_label_for_a_screen_reader(photo_run):
+    """Review (screen reader): the summary and parameters tables had no header cell, their bold first
+    column was a look only, so "0.1000" was read without "accuracy"; the column headers had no scope."""
+    page = render_report(photo_run)
+    for anchor in ("summary", "parameters", "figures", "accuracy"):
+        tables = re.findall(r"<table>(.*?)</table>", section_of(page, anchor), re.S)
+        assert tables, anchor
+        for table in tables:
+            for row in re.findall(r"<tr>(.*?)</tr>", table):
+                assert row.startswith(("<th scope=\"row\">", "<th scope=\"col\">")), (anchor, row)
+                assert "<th>" not in row, (anchor, row)
+    summary = section_of(page, "summary")
+    assert re.search(r'<tr><th scope="row">accuracy</th><td class="n">[0-9.]+</td></tr>', summary), summary
+    assert '<tr><th scope="row">k</th><td class="n">2</td></tr>' in section_of(page, "parameters")

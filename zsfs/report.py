@@ -434,8 +434,11 @@ _NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?\s*%?")
 
 
 def _table(rows, header: list[str] | None = None) -> str:
-    head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(_cell(cell) for cell in row) + "</tr>" for row in rows)
+    """A table whose first cell of each row heads it: a screen reader names "accuracy" or "k" with the
+    value it reads (the bold first column was a look only: the summary and parameters had no header cell)."""
+    head = "<tr>" + "".join(f'<th scope="col">{_e(h)}</th>' for h in header) + "</tr>" if header else ""
+    body = "".join(f'<tr><th scope="row">{_e(row[0])}</th>' + "".join(_cell(cell) for cell in row[1:]) + "</tr>"
+                   for row in rows)
     return f"<table>{head}{body}</table>"
 
 
@@ -480,8 +483,9 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 2px solid #4c72b0; padding-bottom: 
 nav a { margin-right: 1em; } .meta, .stats, .empty { color: #666; } p { overflow-wrap: anywhere; }
 table { border-collapse: collapse; margin: .5em 0; display: block; max-width: 100%; overflow-x: auto; }
 td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: anywhere; }
-th { overflow-wrap: break-word; } td.n { white-space: nowrap; }  /* numbers whole: the table scrolls instead */
-td:first-child { font-weight: 600; min-width: 7em; }  /* a label breaks where it must (a long name widened the page) */
+th[scope=col] { overflow-wrap: break-word; }
+td.n { white-space: nowrap; }  /* numbers whole: the table scrolls instead */
+th[scope=row] { font-weight: 600; min-width: 7em; text-align: left; }  /* breaks: a long name widened the page */
 .figure { overflow-x: auto; }
 .figure svg { max-width: 100%; min-width: 560px; height: auto; }  /* on a phone: scrolls, its text stays legible */
 .note { background: #fff4d6; border-left: 4px solid #e0a800; padding: .6em; }
