@@ -83,8 +83,10 @@ def shown_paths(section: str) -> list[str]:
 
 def plain_cells(page: str) -> str:
     """The page with its cells written alike: number cells (``<td class="n">``: kept on one line) and
-    row headers (``<th scope="row">``: a row's label) as the others."""
-    return re.sub(r'<th scope="row">([^<]*)</th>', r"<td>\1</td>", page.replace('<td class="n">', "<td>"))
+    row headers (``<th scope="row">``: a row's label; a parameter's broken only at ``_<wbr>``) as the others."""
+    headers = re.sub(r'<th scope="row"[^>]*>(.*?)</th>', lambda m: f"<td>{m.group(1).replace('<wbr>', '')}</td>",
+                     page)
+    return headers.replace('<td class="n">', "<td>")
 
 def test_labelled_run_has_every_section_and_a_thumbnail_per_shown_image(photo_run):
     page = write_report(photo_run).read_text()
@@ -774,7 +776,7 @@ def test_captions_show_what_the_hover_text_alone_said_and_the_ood_gallery_marks_
     frame.with_columns(ood_flag=pl.lit(False)).write_parquet(run / runs.PREDICTIONS)
     assert "None of them is flagged OOD (ood_flag): they are only the least typical images." in \
         section_of(render_report(run, ood_images=3), "ood")
-    assert f"<th scope=\"row\">prompts_used</th><td>{config['prompts_used']}</td>" in page
+    assert f"<td>prompts_used</td><td>{config['prompts_used']}</td>" in plain_cells(page)
     config["classes"] = config["classes"] + [f"absent {i}" for i in range(1000)]
     config["absent_classes"] = [f"absent {i}" for i in range(1000)]
     (run / runs.CONFIG).write_text(json.dumps(config))
@@ -1127,8 +1129,41 @@ def test_every_table_row_is_headed_by_its_label_for_a_screen_reader(photo_run):
         assert tables, anchor
         for table in tables:
             for row in re.findall(r"<tr>(.*?)</tr>", table):
-                assert row.startswith(("<th scope=\"row\">", "<th scope=\"col\">")), (anchor, row)
+                assert row.startswith(("<th scope=\"row\"", "<th scope=\"col\">")), (anchor, row)
                 assert "<th>" not in row, (anchor, row)
     summary = section_of(page, "summary")
     assert re.search(r'<tr><th scope="row">accuracy</th><td class="n">[0-9.]+</td></tr>', summary), summary
-    assert '<tr><th scope="row">k</th><td class="n">2</td></tr>' in section_of(page, "parameters")
+    assert '<tr><th scope="row" class="identifier">k</th><td class="n">2</td></tr>' in section_of(page, "parameters")
+
+
+def browser_title(page: Path, script: str, width: int, tmp_path: Path) -> str:
+    """The title ``script`` (run at the end of ``page``'s body) sets, in headless Chromium at ``width``
+    pixels (at least 500: a headless window is no narrower)."""
+    browser = shutil.which("chromium")
+    assert browser, "chromium is missing: apt-get install -y chromium (.ci/run does it)"
+    measured = tmp_path / f"measured-{width}.html"
+    measured.write_text(page.read_text().replace("</body>", f"<script>{script}</script></body>"))
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", f"--window-size={width},2000", measured.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    return html.unescape(re.search(r"<title>([^<]*)</title>", done.stdout).group(1))
+
+
+def test_parameter_names_are_whole_on_a_laptop_and_broken_only_at_underscores_on_a_phone(photo_run, tmp_path):
+    """Review (screenshot at 1366 px): the parameters table broke its names mid-word, "unique_pseud"
+    over "o_labels", "ivf_neighbour" over "s", with the page half empty beside them."""
+    page = write_report(photo_run, tmp_path / "report.html")
+    # each text node's lines (the parts between <wbr>s), and the whole name's
+    lines = ("const rects = n => { const r = document.createRange(); r.selectNodeContents(n);"
+             " return new Set([...r.getClientRects()].map(x => Math.round(x.top))).size; };"
+             "document.title = JSON.stringify({names: [...document.querySelectorAll('#parameters th')].map(th =>"
+             " [th.textContent, rects(th), Math.max(...[...th.childNodes].filter(n => n.nodeType === 3).map(rects))]),"
+             " page: document.documentElement.scrollWidth, window: innerWidth});")
+    wide = json.loads(browser_title(page, lines, 1366, tmp_path))
+    assert "unique_pseudo_labels" in [name for name, _, _ in wide["names"]]
+    assert [name for name, whole, _ in wide["names"] if whole != 1] == []
+    narrow = json.loads(browser_title(page, lines, 500, tmp_path))
+    assert [name for name, _, part in narrow["names"] if part != 1] == []  # broken at "_" if at all
+    assert narrow["page"] <= narrow["window"]

@@ -373,7 +373,7 @@ def _parameters(config: dict) -> str:
     for key in ("store", "clip", "backbone", "neighbour_search"):
         if isinstance(config.get(key), dict):
             rows.append((key, ", ".join(f"{k}: {v}" for k, v in config[key].items())))
-    return _section("parameters", "Parameters", _table(rows))
+    return _section("parameters", "Parameters", _table(rows, identifiers=True))
 
 
 def _missing_images(made: dict, where: str, run_dir: Path | None, images: str | Path | None,
@@ -433,13 +433,23 @@ def _gallery(rows, made: dict, empty: str = "none", of_class: str | None = None)
 _NUMBER = re.compile(r"[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?\s*%?")
 
 
-def _table(rows, header: list[str] | None = None) -> str:
+def _table(rows, header: list[str] | None = None, *, identifiers: bool = False) -> str:
     """A table whose first cell of each row heads it: a screen reader names "accuracy" or "k" with the
-    value it reads (the bold first column was a look only: the summary and parameters had no header cell)."""
+    value it reads (the bold first column was a look only: the summary and parameters had no header cell).
+    ``identifiers``: the row labels are names in code (parameters, config keys), kept whole where
+    there is room and broken only after an underscore where there is not."""
     head = "<tr>" + "".join(f'<th scope="col">{_e(h)}</th>' for h in header) + "</tr>" if header else ""
-    body = "".join(f'<tr><th scope="row">{_e(row[0])}</th>' + "".join(_cell(cell) for cell in row[1:]) + "</tr>"
+    body = "".join(f"<tr>{_row_header(row[0], identifiers)}" + "".join(_cell(cell) for cell in row[1:]) + "</tr>"
                    for row in rows)
     return f"<table>{head}{body}</table>"
+
+
+def _row_header(label, identifier: bool) -> str:
+    """A row's label; an identifier's breaks only at its underscores (a laptop showed "unique_pseud"
+    over "o_labels", "ivf_neighbour" over "s", with room to spare on the page)."""
+    if not identifier:
+        return f'<th scope="row">{_e(label)}</th>'
+    return f'<th scope="row" class="identifier">{_e(label).replace("_", "_<wbr>")}</th>'
 
 
 def _cell(value) -> str:
@@ -486,6 +496,8 @@ td, th { border: 1px solid #ddd; padding: .2em .6em; overflow-wrap: anywhere; }
 th[scope=col] { overflow-wrap: break-word; }
 td.n { white-space: nowrap; }  /* numbers whole: the table scrolls instead */
 th[scope=row] { font-weight: 600; min-width: 7em; text-align: left; }  /* breaks: a long name widened the page */
+th.identifier { overflow-wrap: normal; }  /* breaks at its <wbr>s only */
+@media (min-width: 700px) { th.identifier wbr { display: none; } }  /* room: whole (nowrap breaks at <wbr>) */
 .figure { overflow-x: auto; }
 .figure svg { max-width: 100%; min-width: 560px; height: auto; }  /* on a phone: scrolls, its text stays legible */
 .note { background: #fff4d6; border-left: 4px solid #e0a800; padding: .6em; }
