@@ -506,7 +506,8 @@ h4 { margin: .4em 0; }
 .gallery { display: flex; flex-wrap: wrap; gap: 6px; }
 figure { margin: 0; width: 100px; font-size: 11px; text-align: center; overflow-wrap: anywhere; }
 .thumb { width: 96px; height: 96px; object-fit: cover; border-radius: 4px; display: block; }
-div.thumb.missing { background: #eee; color: #888; font-size: 10px; display: flex; align-items: center;
+/* the reason an image is not shown, in small print: at least 4.5:1 contrast (#888 on #eee was 3:1) */
+div.thumb.missing { background: #eee; color: #555; font-size: 10px; display: flex; align-items: center;
                     justify-content: center; text-align: center; }
 """
 
