@@ -1194,3 +1194,16 @@ def test_the_small_print_saying_why_an_image_or_a_class_is_missing_is_legible(un
     svg = figures.per_class_accuracy(["cat", "dog"], np.array([np.nan, 0.5]))
     fill = re.search(r'fill: (#[0-9a-f]{6})[^>]*>\s*no images', svg).group(1)
     assert contrast(fill, "#ffffff") >= 4.5, fill
+
+
+def test_the_header_names_the_run_folder_wherever_the_page_is_read_and_the_store_and_models(photo_run, monkeypatch):
+    """Review: the header said "Run folder run" (the path as typed, relative to a folder the reader
+    of the page does not know) and named neither the store nor the models: they were in the
+    Parameters table alone, at the page's end."""
+    config = json.loads((photo_run / runs.CONFIG).read_text())
+    monkeypatch.chdir(photo_run.parent)
+    page = render_report(photo_run.name)
+    meta = html.unescape(re.search(r'<p class="meta">([^<]*)</p>', page).group(1))
+    assert meta.startswith(f"Run folder {photo_run.resolve()} · fitted on the store {config['store']['path']} "
+                           f"({counted(config['store']['n_images'], 'image')}) with {config['clip']['name']} (random) "
+                           f"and {config['backbone']['name']} (random) · rendered "), meta

@@ -467,7 +467,9 @@ NAVIGATION = {"summary": "Summary", "figures": "OOD and cycles", "accuracy": "Ac
 
 def _page(run: FittedRun, content: str, anchors: list[str]) -> str:
     name = run.path.resolve().name if run.path is not None else "a run not saved"  # zsfs.fit() in Python
-    folder = f"Run folder {run.path}" if run.path is not None else "Not saved (.save(dir) writes it)"
+    # absolute: the page is read later, from elsewhere, where "run folder runs/k16" names nothing
+    folder = f"Run folder {run.path.resolve()}" if run.path is not None else "Not saved (.save(dir) writes it)"
+    folder += _made_by(run.config)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     links = " ".join(f'<a href="#{anchor}">{NAVIGATION[anchor]}</a>' for anchor in anchors)  # only those it has
     return f"""<!DOCTYPE html>
@@ -480,6 +482,18 @@ def _page(run: FittedRun, content: str, anchors: list[str]) -> str:
 {content}
 </body></html>
 """
+
+
+def _made_by(config: dict) -> str:
+    """The store and models a run was fitted with, as the header says them (they were in the
+    Parameters table alone, at the page's end, among a model's image means and configuration)."""
+    store = config.get("store") or {}
+    models = [f"{info['name']} ({info.get('weights')})" for info in (config.get(key) for key in ("clip", "backbone"))
+              if isinstance(info, dict) and info.get("name")]
+    said = f" · fitted on the store {store['path']}" if store.get("path") else ""
+    if store.get("n_images") is not None:
+        said += f" ({counted(store['n_images'], 'image')})"
+    return said + (f" with {' and '.join(models)}" if models else "")
 
 
 def _e(value) -> str:
