@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -107,6 +108,10 @@ def test_labelled_run_has_every_section_and_a_thumbnail_per_shown_image(photo_ru
     # Offline and alone: no link or script to anything outside the file.
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page
     assert page.count("<svg") == 5  # two OOD histograms, cycles, per-class accuracy, confusion matrix
+    # each figure one image named by its title (a screen reader read its tick labels one by one: review)
+    assert re.findall(r'<svg role="img" aria-label="([^"]*)"', page) == [
+        "OOD score (higher = more likely none of the classes)", "Continuous OOD score",
+        "Pseudo-labels kept per cycle (0 = seeds)", "Per-class accuracy", "Confusion matrix"]
     assert len(page) < 2_000_000
 
 
@@ -1118,6 +1123,35 @@ def test_long_class_names_are_shown_by_their_ends_on_the_figures_axes():
     svg = figures.confusion(names, np.eye(3))
     texts = re.findall(r">([^<>]+)</text>", svg)
     assert texts.count("dent near m…(left side)") == 2 and names[0] not in svg
+
+
+def test_the_per_class_accuracy_axis_label_stays_inside_its_figure_beside_long_names(monkeypatch):
+    """Review: beside class names of 24 wide characters, the axis label, centred under the narrowed
+    axes, ran past the figure's right edge ("(true labe")."""
+    from zsfs import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_svg", lambda figure: drawn.append(figure) or "<svg")
+    figures.per_class_accuracy([f"{'猫' * 23}{i}" for i in range(6)], np.linspace(0.2, 0.9, 6))
+    (figure,) = drawn
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    with warnings.catch_warnings():  # (this machine's font has no CJK glyph: drawn as boxes, as wide)
+        warnings.simplefilter("ignore")
+        canvas.draw()  # laid out as the SVG is
+    renderer = canvas.get_renderer()
+    label = figure.axes[0].xaxis.label.get_window_extent(renderer)
+    assert 0 <= label.x0 and label.x1 <= figure.bbox.width, (label, figure.bbox)
+
+
+def test_a_command_the_summary_quotes_is_set_as_code_not_in_backticks():
+    """Review: the page showed the terminal's backticks as typed ("`zsfs info s.h5 --skipped` lists them")."""
+    from zsfs.report import _cell
+
+    assert _cell("2 (`zsfs info 'a<b>.h5' --skipped` lists them)") == \
+        "<td>2 (<code>zsfs info &#x27;a&lt;b&gt;.h5&#x27; --skipped</code> lists them)</td>"
+    assert _cell("a ` alone") == "<td>a ` alone</td>" and _cell("3,218") == '<td class="n">3,218</td>'
 
 
 def test_every_table_row_is_headed_by_its_label_for_a_screen_reader(photo_run):

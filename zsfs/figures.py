@@ -8,6 +8,7 @@ stays a single self-contained file. Figures are built with ``matplotlib.figure.F
 from __future__ import annotations
 
 import functools
+import html
 import io
 import warnings
 from collections import Counter
@@ -103,7 +104,10 @@ def _svg(figure) -> str:
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", metadata={"Date": None})  # no date: the same run renders the same
     text = buffer.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+    svg = text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+    # one image named by its title for a screen reader, which read its tick labels one by one (a review)
+    name = html.escape(" ".join(axes.get_title() for axes in figure.axes if axes.get_title()), quote=True)
+    return f'<svg role="img" aria-label="{name}"' + svg[len("<svg"):]
 
 
 @_drawing
@@ -182,7 +186,8 @@ def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
         labels = tick_labels(classes)
         axes.set_yticks(np.arange(len(order)), [labels[i] for i in order])
         # Half a row of room below the first row and above the last: "no images" clear of the axis line.
-        axes.set(xlabel="accuracy on the images of the class (true label)", xlim=(0, 1.02),
+        # on two lines: centred under axes that long names narrow, one line ran past the figure's edge
+        axes.set(xlabel="accuracy on the images\nof the class (true label)", xlim=(0, 1.02),
                  ylim=(-0.7, len(order) - 0.3))
     axes.set_title("Per-class accuracy")
     return _svg(figure)

@@ -453,8 +453,14 @@ def _row_header(label, identifier: bool) -> str:
 
 
 def _cell(value) -> str:
-    """A table cell; a number's is kept on one line (a phone broke "3,218" into "3,21" over "8")."""
-    return f'<td class="n">{_e(value)}</td>' if _NUMBER.fullmatch(str(value)) else f"<td>{_e(value)}</td>"
+    """A table cell; a number's is kept on one line (a phone broke "3,218" into "3,21" over "8"), and
+    a command the text quotes in backticks, as the terminal shows it, is set as code."""
+    if _NUMBER.fullmatch(str(value)):
+        return f'<td class="n">{_e(value)}</td>'
+    return "<td>" + _QUOTED_COMMAND.sub(r"<code>\1</code>", _e(value)) + "</td>"
+
+
+_QUOTED_COMMAND = re.compile(r"`([^`]+)`")
 
 
 def _section(anchor: str, title: str, content: str) -> str:
