@@ -31,7 +31,8 @@ from zsfs.devices import DEVICES
 from zsfs.errors import ZsfsError
 from zsfs.names import counted
 from zsfs.outputs import write_text_atomically
-from zsfs.runs import METRICS as METRICS_FILE  # ood-bench names its file alike
+from zsfs.oodbench import METRICS_FILE as OOD_METRICS_FILE
+from zsfs.runs import CONFIG as RUN_CONFIG_FILE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,7 +72,7 @@ class Step:
     store: Path | None = None
     record: Path | None = None
     images: Path | None = None  # the folder the step reads (extract): its listing is recorded too
-    finished_file: str | None = None  # the file a finished output holds (a fit's metrics.json), when it has one
+    finished_file: str | None = None  # the file a finished output holds (a fit's config.json), when it has one
 
     def is_done(self) -> bool:
         if self.finished_file is not None:
@@ -427,7 +428,13 @@ def _zsfs_step(name: str, layout: Layout, output: Path, argv: tuple[str, ...], s
                 done=(lambda: _store_state(output) == "complete") if builds_the_store else None,
                 store=None if builds_the_store else layout.store, record=layout.record,
                 images=Path(argv[1]) if source is not None else None,
-                finished_file=None if builds_the_store else METRICS_FILE)
+                finished_file=None if builds_the_store else _FINISHED_FILES[name])
+
+
+_FINISHED_FILES = {"fit": RUN_CONFIG_FILE, "ood-bench": OOD_METRICS_FILE}
+"""The file each result folder holds once finished (written with the rest, the folder renamed into
+place): a fit's config.json, since its metrics.json is written only when the store has labels (a
+fit of an unlabeled --images folder was "no finished fit" on every rerun)."""
 
 
 def _store_state(path: Path) -> str:

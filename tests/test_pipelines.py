@@ -316,11 +316,27 @@ def test_an_emptied_result_folder_is_no_finished_step_and_its_remedy_is_said(tmp
     (work / "cifar10" / "fit").mkdir()
     with pytest.raises(ZsfsError) as refused:
         run_steps(steps, dry_run=True, echo=lambda line: None)
-    assert str(refused.value) == (f"{work / 'cifar10' / 'fit'} is there but holds no metrics.json (emptied, or made "
+    assert str(refused.value) == (f"{work / 'cifar10' / 'fit'} is there but holds no config.json (emptied, or made "
                                   f"by hand), so it is no finished fit: remove it (rm -r {work / 'cifar10' / 'fit'}) "
                                   "and rerun")
     (work / "cifar10" / "fit").rmdir()
     assert run_steps(steps, dry_run=True, echo=lambda line: None) == ["fit", "ood-bench"]
+
+
+def test_a_fit_of_a_store_without_labels_is_a_finished_fit(tmp_path):
+    """Review: a fit of an unlabeled store (an --images folder without class folders) writes no
+    metrics.json, and the fit's folder, taken as finished only with one, was "no finished fit:
+    remove it and rerun" on every rerun, which made it again without one."""
+    work = tmp_path / "work"
+    make_synthetic_store(Layout(work, "imagenet").store, 60, 10, seed=0, labels=False, **SMALL_STORE)
+    fit_args = ["--epochs", "2", "--cycle-epochs", "1", "--cycles", "1"]
+    assert run_steps(plan(DATASETS["imagenet"], tmp_path / "data", work, images=tmp_path, fit_args=fit_args),
+                     echo=lambda line: None) == ["fit"]
+    assert not (work / "imagenet" / "fit" / "metrics.json").exists()
+    log: list[str] = []
+    assert run_steps(plan(DATASETS["imagenet"], tmp_path / "data", work, images=tmp_path, fit_args=fit_args),
+                     echo=log.append) == []
+    assert log[-1] == f"done  fit: {work / 'imagenet' / 'fit'}"
 
 
 def test_a_dataset_named_twice_runs_once(tmp_path):
