@@ -362,8 +362,12 @@ def plan(
 
 def run_steps(steps: Sequence[Step], *, dry_run: bool = False, echo: Callable[[str], None] = print) -> list[str]:
     """Run the unfinished steps in order; returns the names of the steps run (or due, when dry).
-    A finished output made with other settings than these stops it first, every such output named."""
+    A finished output made with other settings than these stops it first, every such output named,
+    and so does an unfinished one that is there (:meth:`Step.leftover`: emptied by hand)."""
     _refuse_changed([step for step in steps if step.is_done()])
+    leftovers = [leftover for step in steps if (leftover := step.leftover()) is not None]
+    if leftovers:  # before any step runs (an emptied fit folder was named only after the extract it waited on)
+        raise ZsfsError("; ".join(leftovers))
     ran = []
     for position, step in enumerate(steps):
         if step.is_done():
@@ -372,9 +376,6 @@ def run_steps(steps: Sequence[Step], *, dry_run: bool = False, echo: Callable[[s
                 _refuse_changed([later for later in steps[position:] if later.is_done()])
             echo(f"done  {step.name}: {step.output}")
             continue
-        leftover = step.leftover()
-        if leftover is not None:  # (a walkthrough: an emptied fit folder passed for a finished fit)
-            raise ZsfsError(leftover)
         echo(f"{'todo' if dry_run else 'run '}  {step.describe()}")
         if not dry_run:
             # recorded first: killed once its output is there, a step must not pass for one of other settings

@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 from pipelines import prepare, report  # noqa: E402
 from pipelines.datasets import BACKBONE, CLIP_MODEL, CLIP_WEIGHTS, DATASETS, Dataset  # noqa: E402
 from pipelines.report import COLUMNS, collect, render_markdown, write_results  # noqa: E402
-from pipelines.run import Layout, main, plan, run_steps, run_zsfs  # noqa: E402
+from pipelines.run import Layout, Step, main, plan, run_steps, run_zsfs  # noqa: E402
 from zsfs.errors import ZsfsError  # noqa: E402
 from zsfs.oodbench import FPR95_DEFINITION  # noqa: E402
 from zsfs.testing.processes import STOPPED_BY, lock_held_by_another_process, started, stop, wait_for  # noqa: E402
@@ -321,6 +321,19 @@ def test_an_emptied_result_folder_is_no_finished_step_and_its_remedy_is_said(tmp
                                   "and rerun")
     (work / "cifar10" / "fit").rmdir()
     assert run_steps(steps, dry_run=True, echo=lambda line: None) == ["fit", "ood-bench"]
+
+
+def test_an_emptied_result_folder_is_named_before_any_step_runs(tmp_path):
+    """Review: an emptied fit folder was named only once the steps before it had run (an extract:
+    hours), and an emptied ood-bench folder only after the fit."""
+    ran: list[str] = []
+    steps = [Step(name, tmp_path / name, lambda name=name: ran.append(name), finished_file="metrics.json")
+             for name in ("extract", "fit", "ood-bench")]
+    (tmp_path / "fit").mkdir()
+    (tmp_path / "ood-bench").mkdir()
+    with pytest.raises(ZsfsError) as refused:
+        run_steps(steps, echo=lambda line: None)
+    assert ran == [] and str(refused.value).count("is there but holds no metrics.json") == 2
 
 
 def test_a_fit_of_a_store_without_labels_is_a_finished_fit(tmp_path):
