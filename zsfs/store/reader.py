@@ -566,7 +566,8 @@ class Store:
                 checked += read_all(file, path)
         if self._graph_dataset() is not None and self._graph_file is not None:  # the graph this store opened, not
             checked += read_all(self._graph_file, schema.graph_file(self.data_dir))  # one a `neighbours` wrote since
-            self.neighbour_graph(None)  # its row ids too, as a fit reads them
+            for start in range(0, self.n_images, READ_BLOCK):  # its row ids too, as a fit reads them (in blocks:
+                self.neighbour_graph(slice(start, start + READ_BLOCK))  # 1.5 GB of int64 at 1.28M x 100 at once)
         for name in self.vocabulary_names():  # whole: then each held to the format, as a fit reads it
             self.vocabulary(name)
         self.index()
