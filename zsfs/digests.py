@@ -42,11 +42,16 @@ def rows_sha256(*arrays: np.ndarray, sampled_rows: int = SAMPLED_ROWS) -> str:
     a sample keeps a resumed import of millions of memory-mapped rows from reading them all."""
     digest = hashlib.sha256()
     for array in arrays:
-        rows = np.unique(np.linspace(0, len(array) - 1, min(sampled_rows, len(array))).round().astype(np.int64))
+        rows = evenly_spaced_rows(len(array), sampled_rows)
         sample = np.concatenate([np.asarray(array[int(row) : int(row) + 1]) for row in rows])
         digest.update(f"{tuple(array.shape)}|{sample.dtype.str}|".encode())
         digest.update(np.ascontiguousarray(sample).tobytes())
     return digest.hexdigest()
+
+
+def evenly_spaced_rows(n: int, count: int) -> np.ndarray:
+    """Up to ``count`` evenly spaced row numbers of ``n`` rows, the first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
 
 
 def file_sha256(path: Path | str, chunk_size: int = 1 << 22) -> str:

@@ -161,11 +161,6 @@ def index_mismatch(index: "faiss.Index", info: dict, n: int, dim: int) -> str | 
     return None
 
 
-def sample_rows(n: int) -> np.ndarray:
-    """Up to :data:`SAMPLE_ROWS` evenly spaced row ids of ``n``."""
-    return np.unique(np.linspace(0, n - 1, num=min(n, SAMPLE_ROWS)).astype(np.int64)) if n else np.zeros(0, np.int64)
-
-
 def stored_vectors(index: "faiss.Index", rows: np.ndarray) -> np.ndarray:
     """The vectors ``index`` holds for ``rows`` (an IVF index only finds them through a direct
     map, made for this and dropped after: it costs 8 bytes a row)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from zsfs.digests import file_sha256
+from zsfs.digests import evenly_spaced_rows, file_sha256
 from zsfs.errors import (ParameterError, StoreError, check_at_least, check_parameter_type, check_path,
                          checked_arguments, one_line, shown_value)
 from zsfs.names import as_argument, counted, some_names, spelled_like
@@ -26,7 +26,8 @@ from zsfs.store.files import REPAIR, damaged_master_advice, leftover_temp_files
 from zsfs.store.locks import master_file, written_elsewhere
 from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, read_errors, read_identity, read_strings,
                              string_view)
-from zsfs.store.index import MISSING, index_mismatch, read_index_blocks, sample_rows, stored_vectors, vectors_differ
+from zsfs.store.index import (MISSING, SAMPLE_ROWS, index_mismatch, read_index_blocks, stored_vectors,
+                              vectors_differ)
 from zsfs.store.integrity import check_structure, read_all
 from zsfs.store.master import make_room_for_shards, open_master, strings_sha256, text_is_whole
 from zsfs.store.rows import READ_BLOCK, read_rows
@@ -509,14 +510,15 @@ class Store:
 
     def index(self) -> "faiss.Index":
         """The FAISS index over ``clip`` (inner product; row ids are store rows), checked to be this
-        store's: of the recorded type and size, holding :func:`sample_rows` of ``clip`` as they are."""
+        store's: of the recorded type and size, holding :data:`SAMPLE_ROWS` evenly spaced rows of
+        ``clip`` as they are."""
         try:
             index = read_index_blocks(self._dataset(schema.INDEX_DATASET))
         except (RuntimeError, OSError) as error:  # faiss / the checksum filter report damage this way
             raise StoreError(f"the FAISS index in {self.path} is damaged ({one_line(error)}); rebuild the store") from None
         problem = index_mismatch(index, self.index_info, self.n_images, self.clip_info["dim"])
         if problem is None:  # another store's index of the same size passed for this one: wrong neighbours
-            rows = sample_rows(self.n_images)
+            rows = evenly_spaced_rows(self.n_images, SAMPLE_ROWS)
             if vectors_differ(stored_vectors(index, rows), self.read(schema.CLIP, rows)):
                 problem = "its vectors are not the store's CLIP embeddings"
         if problem is not None:
