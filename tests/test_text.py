@@ -19,7 +19,7 @@ from zsfs.models import encode_vocabulary, load_clip
 from zsfs.store.reader import Store
 from zsfs.testing.cli import output_text, run_cli
 from zsfs.testing.images import write_image_folder
-from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG
+from zsfs.testing.models import TINY_BACKBONE, TINY_CLIP_CONFIG, TINY_MODEL_ARGS
 
 ANIMALS = ["cat", "dog", "red fox"]
 
@@ -243,3 +243,31 @@ def test_text_refuses_a_store_rebuilt_with_another_clip_before_it_took_the_lock(
         add_vocabulary(store, ["cat", "dog"], "animals", clip_weights=weights)
     with Store(store) as rebuilt:
         assert rebuilt.vocabulary_names() == [] and rebuilt.clip_info["weights"] == "random"
+
+
+LONG_FINDING = ("ground-glass opacity with interlobular septal thickening and traction bronchiectasis predominantly in "
+                "the subpleural regions of both lower lobes, without honeycombing, consistent with a fibrotic "
+                "nonspecific interstitial pneumonia pattern rather than usual interstitial pneumonia; follow up by "
+                "high resolution computed tomography in three to six months")  # 356 characters, over 77 tokens
+
+
+def test_text_and_extract_say_which_class_names_clip_cuts(unlabelled_store, tmp_path):
+    """Review: a radiologist's 356-character finding lost its end to CLIP's 77-token context unsaid."""
+    store, _ = unlabelled_store
+    classes = tmp_path / "findings.txt"
+    classes.write_text(f"{LONG_FINDING}\nnormal lung\n")
+    result = run_cli("text", store, "--classes", classes, "--vocab", "findings")
+    said = " ".join(output_text(result).split())
+    assert result.exit_code == 0, said
+    assert "Note: 1 class name is longer than CLIP reads" in said and "'ground-glass opacity with" in said, said
+    assert "normal lung" not in said.split("Note:")[1].split("Vocabulary")[0], said  # the short one is not named
+    cut = []
+    add_vocabulary(store, ["normal lung", LONG_FINDING[:200]], "short", on_cut=cut.extend)
+    assert cut == []  # (fits: no call)
+    add_vocabulary(store, ["normal lung", LONG_FINDING], "long", on_cut=cut.extend)
+    assert cut == [LONG_FINDING]
+    images = write_image_folder(tmp_path / "images", n_per_class=1, broken=False)["root"]
+    result = run_cli("extract", images, "--out", tmp_path / "findings.h5", "--classes", classes, "--workers", "0",
+                     *TINY_MODEL_ARGS)
+    said = " ".join(output_text(result).split())
+    assert result.exit_code == 0 and "Note: 1 class name is longer than CLIP reads" in said, said

@@ -24,7 +24,7 @@ from zsfs.devices import MODEL_PRECISIONS, check_device
 from zsfs.evaluate import LabelCodes
 from zsfs.errors import (ParameterError, StoreMismatchError, ZsfsError, check_at_least, check_callbacks, check_choice,
                          check_parameter_type, check_path)
-from zsfs.models import by_name_only, clip_tokenizer, encode_vocabulary, load_clip, same_text_to_clip
+from zsfs.models import by_name_only, clip_tokenizer, cut_by_clip, encode_vocabulary, load_clip, same_text_to_clip
 from zsfs.names import as_argument, check_class_names, reasons_text, some_names, visible
 from zsfs.resume import (budget_identity, finished_as_requested, master_model_record, new_suffixes_explain,
                          other_model_names, other_weights_by_name, recorded_by_name, store_identity)
@@ -70,6 +70,7 @@ class ExtractSummary:
     unread_formats: dict[str, int] = field(default_factory=dict)  # images in formats not read: suffix -> count
     repeated_paths: list[str] = field(default_factory=list)  # the list's paths given more than once
     classes_read_as_one: list[tuple[str, str]] = field(default_factory=list)  # class folders CLIP cannot tell apart
+    classes_cut_by_clip: list[str] = field(default_factory=list)  # names whose end CLIP does not read (cut_by_clip)
     labels_not_classes: dict[str, int] = field(default_factory=dict)  # the stored labels no class names -> images
     classes_without_images: list[str] = field(default_factory=list)  # class folders whose every file was skipped
     nested_classes: tuple[list[str], list[str]] | None = None  # the source's (ImageSource.nested_classes)
@@ -205,7 +206,7 @@ def extract(
     vocabulary = None if recorded is None else _missing_vocabulary(out, image_source, vocab_name, class_names)
     if recorded is not None and not (vocabulary and ray is not None):  # (Ray: a worker's GPU embeds the vocabulary)
         # no image to embed: no backbone to load, no Ray cluster to start
-        read_as_one = same_text_to_clip(clip_tokenizer(clip_model), class_names) if class_names else []
+        read_as_one, cut = _read_by_clip(clip_model, class_names)
         if given_classes is not None:
             refuse_same_text_to_clip(read_as_one)
         if vocabulary:  # CLIP alone
@@ -220,7 +221,7 @@ def extract(
         elif on_start is not None:
             on_start(0)
         return _summary(out, image_source, started, vocabulary=vocab_name if class_names else None,
-                        classes=class_names, read_as_one=read_as_one)
+                        classes=class_names, read_as_one=read_as_one, cut=cut)
 
     by_name = () if overwrite else recorded_by_name(out, settings)
     with by_name_only(f"{out} was started with them by name", by_name), \
@@ -228,6 +229,7 @@ def extract(
         read_as_one = embedder.same_text_to_clip(class_names) if class_names else []
         if given_classes is not None:  # before the images: a list given is fixed in seconds
             refuse_same_text_to_clip(read_as_one)
+        cut = cut_by_clip(clip_tokenizer(clip_model), class_names) if class_names else []  # (Ray: said here)
         clip_record, backbone_record = embedder.records
         earlier = None if overwrite else recorded_identity(out)
         # the lock held from the images to the vocabulary, as import holds it (review: the writer's ended
@@ -265,13 +267,13 @@ def extract(
             shards_redone = embedder.shards_redone
             set_aside = {image_source.paths[index]: embedder.set_aside[index] for index in sorted(embedder.set_aside)}
     return _summary(writer.master, image_source, started, vocabulary=vocab_name if class_names else None,
-                    classes=class_names, read_as_one=read_as_one, shards_written=len(pending),
+                    classes=class_names, read_as_one=read_as_one, cut=cut, shards_written=len(pending),
                     images_processed=processed, embedding_seconds=embedding_seconds, shards_redone=shards_redone,
                     shards_repaired=repaired, set_aside=set_aside)
 
 
 def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: str | None,
-             classes: list[str] | None, read_as_one: list[tuple[str, str]], shards_written: int = 0,
+             classes: list[str] | None, read_as_one: list[tuple[str, str]], cut: list[str], shards_written: int = 0,
              images_processed: int = 0, embedding_seconds: float = 0.0, shards_redone: int = 0,
              shards_repaired: list[str] | None = None, set_aside: dict[str, str] | None = None) -> ExtractSummary:
     """What the run did, with the finished store's counts (the defaults: a run that had nothing to do)."""
@@ -307,6 +309,7 @@ def _summary(master: Path, source: ImageSource, started: float, *, vocabulary: s
         unread_formats=source.unread_formats,
         repeated_paths=source.repeated_paths,
         classes_read_as_one=read_as_one,  # class folders: the images are embedded, the summary says it
+        classes_cut_by_clip=cut,
         # --classes that leave out some of the folders: a fit evaluates their images as out of distribution
         labels_not_classes=stored.counts_not_among(classes) if stored is not None else {},
         classes_without_images=[] if listed is None else
@@ -329,9 +332,18 @@ def _already_done(master: Path, settings: EmbedSettings, source: ImageSource, *,
     except (ZsfsError, OSError):
         return None  # the error that sent the run here is the one to show
     # (classes --classes gives that CLIP reads as one: their vocabulary was refused, so none is there)
-    read_as_one = same_text_to_clip(clip_tokenizer(settings.clip_model), classes) if classes else []
+    read_as_one, cut = _read_by_clip(settings.clip_model, classes)
     return _summary(master, source, started, vocabulary=vocab_name if classes else None, classes=classes,
-                    read_as_one=read_as_one)
+                    read_as_one=read_as_one, cut=cut)
+
+
+def _read_by_clip(clip_model: str, classes: list[str] | None) -> tuple[list[tuple[str, str]], list[str]]:
+    """The class names CLIP's tokenizer reads as one (``same_text_to_clip``) and those it cuts
+    (``cut_by_clip``), by the tokenizer alone (no weights)."""
+    if not classes:
+        return [], []
+    tokenizer = clip_tokenizer(clip_model)
+    return same_text_to_clip(tokenizer, classes), cut_by_clip(tokenizer, classes)
 
 
 def _embedder(settings: EmbedSettings, source: ImageSource, ray: str | None,

@@ -13,7 +13,7 @@ import numpy as np
 from zsfs.devices import check_device
 from zsfs.errors import (ParameterError, ZsfsError, check_parameter_type, check_path, checked_arguments, literal,
                          shown_value)
-from zsfs.models import encode_vocabulary, load_clip_from_record, same_text_to_clip
+from zsfs.models import cut_by_clip, encode_vocabulary, load_clip_from_record, same_text_to_clip
 from zsfs.names import (check_class_names, counted, home_expanded, names_listed_in, pairs_text,
                         refuse_unseen_characters, some_names)
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
@@ -37,13 +37,16 @@ def add_vocabulary(
     overwrite: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_classes: Callable[[int], None] | None = None,
+    on_cut: Callable[[list[str]], None] | None = None,
 ) -> list[str]:
     """Embed class names with the CLIP model the store was built with; image data is untouched.
 
     ``clip_weights``: the recorded weights file at a new location (its sha256 must match).
     ``on_start(n)`` is called once the model is loaded with the number of classes,
     ``on_classes(n)`` as classes are embedded (progress); ``on_start(0)`` where the store holds
-    these classes under ``name`` already (a rerun: nothing is written). ``store`` may be an open ``Store``,
+    these classes under ``name`` already (a rerun: nothing is written). ``on_cut(names)``, before they are
+    embedded, with the names too long for CLIP (``cut_by_clip``: their ends are not embedded), when there are
+    any. ``store`` may be an open ``Store``,
     as ``zsfs.fit`` takes one. Returns the class names written.
     """
     check_store_or_path("store", store)  # (Store's own check would name its "path")
@@ -71,6 +74,9 @@ def add_vocabulary(
     with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
         clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device, store=store_path)
         refuse_same_text_to_clip(same_text_to_clip(clip.tokenizer, class_names))
+        cut = cut_by_clip(clip.tokenizer, class_names)
+        if cut and on_cut is not None:  # a long description loses its end unseen otherwise
+            on_cut(cut)
         if on_start is not None:
             on_start(len(class_names))
         single, ensemble = encode_vocabulary(clip, class_names, on_classes=on_classes)

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from zsfs.cli.console import console, image_progress, resuming_line, shown
 from zsfs.cli.group import OVERWRITING
-from zsfs.cli.notes import note_a_borrowed_shards_folder, note_precision_off_cuda
+from zsfs.cli.notes import note_a_borrowed_shards_folder, note_classes_cut_by_clip, note_precision_off_cuda
 from zsfs.cli.options import (MAX_PIXELS_OPTION, GivenPath, class_file_check, model_precision_option,
                               noting_made_folders, usage_check)
 from zsfs.devices import DEVICES
@@ -117,6 +117,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
         finally:
             loading.stop()
     console.print(_summary_table(summary))
+    note_classes_cut_by_clip(summary.classes_cut_by_clip)
     crashing = [path for path, reason in summary.set_aside.items() if reason.startswith(CRASHING_FILE)]
     hanging = [path for path, reason in summary.set_aside.items() if not reason.startswith(CRASHING_FILE)]
     for paths, what in ((crashing, "crashed the image decoder"), (hanging, "hung the image decoder")):
@@ -185,7 +186,7 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
     loading = console.status("Loading the CLIP model...", logged=True)
     with image_progress("class names", unit="classes", one="class") as (start_bar, on_classes):
 
-        embedded = []
+        embedded, cut = [], []
 
         def on_start(total: int) -> None:
             embedded.append(total)
@@ -196,9 +197,11 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
         loading.start()
         try:
             classes = add_vocabulary(store, classes_file, name, clip_weights=clip_weights, device=device,
-                                     overwrite=overwrite, on_start=on_start, on_classes=on_classes)
+                                     overwrite=overwrite, on_start=on_start, on_classes=on_classes,
+                                     on_cut=cut.extend)
         finally:
             loading.stop()
+    note_classes_cut_by_clip(cut)  # after the bar, which a note printed under it would break
     said = "is already in" if embedded == [0] else "written to"  # a rerun: nothing to write
     console.print(f"Vocabulary [bold]{shown(name)}[/] ({counted(len(classes), 'class', 'classes')}) {said} "
                   f"{shown(store)}")

@@ -1,6 +1,6 @@
 """Notes a command prints: before its work, fit options that change nothing, a store whose shards
-folder another master uses, bf16 emulated on this CPU, a precision that only a GPU uses; after
-it, the paths given twice."""
+folder another master uses, bf16 emulated on this CPU, a precision that only a GPU uses, class names
+too long for CLIP; after it, the paths given twice."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import click
 
 from zsfs.cli.console import console, shown
 from zsfs.cli.options import option_flags
-from zsfs.names import counted, some_names
+from zsfs.names import abbreviated, counted, some_names
 
 if TYPE_CHECKING:
     from zsfs.fit.config import FitConfig
@@ -78,3 +78,16 @@ def note_repeated_paths(paths: Sequence[str]) -> None:
     if paths:
         console.print(f"{counted(len(paths), 'path')} given twice or more (each row kept): "
                       f"{shown(some_names(paths, 10, with_count=False))}")
+
+
+def note_classes_cut_by_clip(names: Sequence[str]) -> None:
+    """Say which class names CLIP's tokenizer cuts (``zsfs.models.cut_by_clip``): the end of a long
+    description is not embedded, and nothing else would tell its writer."""
+    if not names:
+        return
+    one = len(names) == 1
+    listed = some_names([repr(abbreviated(name, 60)) for name in names], 5, with_count=False)
+    console.print(f"[yellow]Note:[/] {counted(len(names), 'class name')} {'is' if one else 'are'} longer than CLIP "
+                  f"reads (a prompt's first 77 tokens for most models, the template included: about 300 characters "
+                  f"of English): {'its' if one else 'their'} end is not embedded ({shown(listed)}); put what tells "
+                  "the classes apart first, or shorten them.", soft_wrap=True)

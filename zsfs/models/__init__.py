@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from zsfs.models.backbone import (backbone_as_recorded, backbone_offline_advice, backbone_weights_kind, keeps_clip_head,
                                   load_backbone, load_backbone_from_record)
-from zsfs.models.clip import (clip_architecture, clip_as_recorded, clip_tokenizer, clip_weights_kind, encode_vocabulary,
-                              load_clip, load_clip_from_record, same_text_to_clip)
+from zsfs.models.clip import (clip_architecture, clip_as_recorded, clip_tokenizer, clip_weights_kind, cut_by_clip,
+                              encode_vocabulary, load_clip, load_clip_from_record, same_text_to_clip)
 from zsfs.models.common import by_name_only, hub_cache_advice
 from zsfs.models.encoders import Backbone, ClipModel, ImageModel, PixelScaling, within_aspect_ratio, worker_transform
 
 __all__ = [
     "Backbone", "ClipModel", "ImageModel", "PixelScaling", "backbone_as_recorded", "by_name_only", "clip_architecture",
-    "clip_as_recorded", "clip_tokenizer", "encode_vocabulary", "keeps_clip_head", "load_backbone",
+    "clip_as_recorded", "clip_tokenizer", "cut_by_clip", "encode_vocabulary", "keeps_clip_head", "load_backbone",
     "load_backbone_from_record", "load_clip", "load_clip_from_record", "offline_advice", "same_text_to_clip",
     "weights_kind", "within_aspect_ratio", "worker_transform",
 ]

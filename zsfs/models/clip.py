@@ -359,6 +359,27 @@ def same_text_to_clip(tokenizer: Callable, classes: Sequence[str]) -> list[tuple
     return [(classes[first], classes[later]) for first, later in repeated_rows(tokens)]
 
 
+def cut_by_clip(tokenizer: Callable, classes: Sequence[str]) -> list[str]:
+    """The class names too long for CLIP: a tokenizer cuts a prompt at its context length (77
+    tokens for most models), so the end of such a name (or of the template after it) is not
+    embedded, in the single prompt or in some of the ensemble's templates. A tokenizer that takes
+    no ``context_length`` (not open_clip's) is not asked: none are returned."""
+    context = getattr(tokenizer, "context_length", None)
+    if not isinstance(context, int) or context < 1:
+        return []
+    # a token covers at least one byte, and a template adds about 10 tokens: only long names can be cut
+    long_names = [name for name in classes if len(name.encode("utf-8", "surrogateescape")) >= context // 2]
+    templates = (SINGLE_PROMPT, *ENSEMBLE_TEMPLATES)
+    cut = []
+    for name in long_names:
+        prompts = [template.format(name) for template in templates]
+        # one token more room: a prompt that was cut reads on past the context where the cut one ended
+        whole = np.asarray(tokenizer(prompts, context_length=context + 1))[:, :context]
+        if (whole != np.asarray(tokenizer(prompts))).any():
+            cut.append(name)
+    return cut
+
+
 def encode_vocabulary(
     clip: ClipModel, classes: Sequence[str], batch_size: int = 256,
     on_classes: Callable[[int], None] | None = None,
