@@ -1495,6 +1495,18 @@ def test_classes_that_leave_out_some_label_folders_are_named_by_extract(photos, 
     assert every.exit_code == 0 and "no class of vocabulary" not in every.output  # the folders are the classes
 
 
+def test_a_class_folder_spelled_otherwise_than_its_class_is_said_so_by_extract(tmp_path):
+    """Review: a "Cat" folder for the class "cat" was only "a label that is no class" at extract; the fit
+    said "(spelled like class 'cat')", by which time the store was built."""
+    images = write_image_folder(tmp_path / "photos", n_per_class=1, classes=("Cat", "dog"), broken=False)["root"]
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\n")
+    result = run_cli("extract", images, "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
+                     "--classes", classes)
+    said = " ".join(output_text(result).split())
+    assert result.exit_code == 0 and "('Cat' 1 (spelled like class 'cat'))" in said, said
+
+
 def test_a_class_folder_whose_every_file_was_skipped_is_named_not_counted_as_images(tmp_path):
     """New user: a folder of an empty .jpg and a junk .png, left out of --classes, was "2 images have a
     label that is no class" (no image of the store has it); without --classes it became a class of the

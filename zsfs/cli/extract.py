@@ -13,7 +13,7 @@ from zsfs.cli.notes import note_a_borrowed_shards_folder, note_classes_cut_by_cl
 from zsfs.cli.options import (MAX_PIXELS_OPTION, GivenPath, class_file_check, model_precision_option,
                               noting_made_folders, usage_check)
 from zsfs.devices import DEVICES
-from zsfs.names import as_argument, counted, pairs_text, some_names
+from zsfs.names import as_argument, counted, pairs_text, some_names, spelled_like
 from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES  # a constants module: cheap to import
 
 
@@ -127,7 +127,9 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
     outside = summary.labels_not_classes
     if outside:  # --classes left some folders (labels) out: said now, not first by a fit's metrics
         images = sum(outside.values())
-        listed = some_names([f"{label!r} {count:,}" for label, count in outside.items()], 5, with_count=False)
+        hint = spelled_like(summary.classes, "class")  # a 'Cat' folder for the class 'cat': said as the fit says it
+        listed = some_names([f"{label!r} {count:,}{hint(label)}" for label, count in outside.items()], 5,
+                            with_count=False)
         one = images == 1
         console.print(f"Note: {counted(images, 'image')} {'has' if one else 'have'} a label that is no class of "
                       f"vocabulary {shown(repr(summary.vocabulary))} ({shown(listed)}): a fit gives "
