@@ -95,7 +95,8 @@ CASES = [  # (command line, exit code, words of the error line)
     (FIT + ("--seed", str(2**64)), 2, "--seed"),
     (FIT + ("--seed", "-1"), 2, "-1 is not in the range 0<=x<=2147483647"),
     (FIT + ("--out", "{work}/a-file/run"), 1, "a-file is a file, not a folder"),
-    (("text", "{store}", "--classes", "{work}/latin1.txt", "--name", "x"), 1, "is not UTF-8 text (byte 0xe9"),
+    (("text", "{store}", "--classes", "{work}/latin1.txt", "--name", "x"), 1,
+     "is not UTF-8 text (line 2: 'caf\\xe9'); it was saved in another encoding"),  # the line, as an editor finds it
     # an invalid vocabulary name is a usage error, as the README says of option values (was exit 1)
     (("text", "{store}", "--classes", "{work}/classes.txt", "--name", "a/b"), 2, "invalid vocabulary name 'a/b'"),
     (("extract", "{photos}", "--out", "{work}/x.h5", "--classes", "{work}/latin1.txt"), 1, "is not UTF-8 text"),

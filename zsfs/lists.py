@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 from zsfs.errors import ZsfsError, check_path
-from zsfs.names import (check_class_names, counted, home_expanded, refuse_unseen_characters, repeated,
-                        utf8_texts, visible)
+from zsfs.names import (abbreviated, check_class_names, counted, home_expanded, refuse_unseen_characters,
+                        repeated, utf8_texts, visible)
 
 
 def refuse_nul_bytes(data: bytes, what: str) -> None:
@@ -166,8 +166,9 @@ def read_class_file(path: str | Path) -> list[str]:
         refuse_nul_bytes(data, f"class file {path}")
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise ZsfsError(f"class file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-                        f"{error.start}); save it as UTF-8") from None
+        raise ZsfsError(f"class file {path} is not UTF-8 text ({_first_undecodable_line(data, error.start)}); it was "
+                        "saved in another encoding (Windows-1252 or Latin-1, as Notepad or a spreadsheet may): save it "
+                        "as UTF-8") from None
     except OSError as error:
         raise ZsfsError(f"cannot read the class file {path}: {error.strerror}") from None
     # Lines end at "\n", "\r\n" or "\r" (universal newlines); splitlines() would also end one at a form
@@ -180,3 +181,11 @@ def read_class_file(path: str | Path) -> list[str]:
     if not named:
         raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
     return check_class_names([name for _, name in named], f"class file {path}", lines=[number for number, _ in named])
+
+
+def _first_undecodable_line(data: bytes, start: int) -> str:
+    """``"line N: 'caf\\xe9'"``: where in a class file the byte at ``start`` that is not UTF-8 is, as a
+    person editing it looks for it (a byte offset in a 2,000-line file is not found by hand)."""
+    number = len(re.split(rb"\r\n|\r|\n", data[:start]))  # lines end as read_class_file ends them
+    line = re.split(r"\r\n|\r|\n", data.decode("utf-8-sig", "surrogateescape"))[number - 1]
+    return f"line {number}: '{visible(abbreviated(line.strip(), 60))}'"
