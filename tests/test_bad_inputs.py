@@ -37,6 +37,7 @@ def made(tmp_path_factory) -> dict:
     fitted = run_cli("fit", "--store", store, "--out", run, "--k", "1", "--candidates", "2", "--cycle-epochs", "1")
     assert fitted.exit_code == 0, fitted.output
     (work / "latin1.txt").write_bytes("chat\ncaf\u00e9\n".encode("latin-1"))
+    (work / "grades.txt").write_text("#1 grade\n\n#2 grade\n")  # QA grades, each read as a comment
     (work / "classes.txt").write_text("cat\ndog\n")
     (work / "a-file").write_text("not a folder")
     (work / "to-nothing").symlink_to(work / "not-mounted")  # as a link to a share not mounted
@@ -97,6 +98,8 @@ CASES = [  # (command line, exit code, words of the error line)
     (FIT + ("--out", "{work}/a-file/run"), 1, "a-file is a file, not a folder"),
     (("text", "{store}", "--classes", "{work}/latin1.txt", "--name", "x"), 1,
      "is not UTF-8 text (line 2: 'caf\\xe9'); it was saved in another encoding"),  # the line, as an editor finds it
+    (("text", "{store}", "--classes", "{work}/grades.txt", "--name", "x"), 1,
+     "lists no class names: each of its lines that is not blank starts with '#', which marks a comment"),
     # an invalid vocabulary name is a usage error, as the README says of option values (was exit 1)
     (("text", "{store}", "--classes", "{work}/classes.txt", "--name", "a/b"), 2, "invalid vocabulary name 'a/b'"),
     (("extract", "{photos}", "--out", "{work}/x.h5", "--classes", "{work}/latin1.txt"), 1, "is not UTF-8 text"),

@@ -179,7 +179,10 @@ def read_class_file(path: str | Path) -> list[str]:
     named = [(number, name) for number, name in lines if name and not name.startswith("#")]
     refuse_unseen_characters([name for _, name in named], f"class file {path}", [number for number, _ in named])
     if not named:
-        raise ZsfsError(f"class file {path} lists no class names; put one class name per line")
+        # "#1 grade", "#2 grade": each a comment, and "put one class name per line" said what was done
+        why = ": each of its lines that is not blank starts with '#', which marks a comment (a class name cannot " \
+              "start with it)" if any(line.startswith("#") for _, line in lines) else ""
+        raise ZsfsError(f"class file {path} lists no class names{why}; put one class name per line")
     return check_class_names([name for _, name in named], f"class file {path}", lines=[number for number, _ in named])
 
 
