@@ -132,7 +132,7 @@ def extract(source: Path, out: Path | None, classes_file: Path | None, **options
                             with_count=False)
         one = images == 1
         console.print(f"Note: {counted(images, 'image')} {'has' if one else 'have'} a label that is no class of "
-                      f"vocabulary {shown(repr(summary.vocabulary))} ({shown(listed)}): a fit gives "
+                      f"vocabulary {shown(repr(summary.vocabulary))}: {shown(listed)}; a fit gives "
                       f"{'it' if one else 'each of them'} one of the listed classes and counts {'it' if one else 'them'} "
                       "as out of distribution.", soft_wrap=True)
     emptied = summary.classes_without_images
