@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -210,6 +211,32 @@ def test_unreadable_files_get_an_error_not_a_prediction(fitted):
     result = run_cli("predict", "--run", fitted["run"], "--workers", "0", "--out", out, *bad)
     assert result.exit_code == 1 and f"no image could be read ({len(bad)} images given; the rows say why)" in output_text(result)
     assert pl.read_csv(out)["error"].null_count() == 0  # the rows that say why are still written
+
+
+def test_a_jpeg_still_being_written_into_room_reserved_for_it_is_skipped_as_truncated(fitted, tmp_path):
+    """Bug (a nightly predict over the day's incoming folder): a JPEG copied by a tool that sizes
+    the file first (a Windows or SMB copy, a download manager) ends in zeros until the copy is done;
+    libjpeg decoded them as flat grey and predict labelled the image, error null, exit 0 (as a
+    folder, and as a tar member). A whole JPEG padded with zeros after its end marker is still read."""
+    from PIL import Image
+
+    encoded = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(encoded, "JPEG")
+    whole = encoded.getvalue()
+    day = tmp_path / "day"
+    day.mkdir()
+    (day / "whole.jpg").write_bytes(whole)
+    (day / "padded.jpg").write_bytes(whole + bytes(4096))
+    (day / "incoming.jpg").write_bytes(whole[: len(whole) // 2] + bytes(len(whole) - len(whole) // 2))
+    with tarfile.open(tmp_path / "day.tar", "w") as tar:
+        tar.add(day / "incoming.jpg", "incoming.jpg")
+    frame = predict_images(fitted["run"], [day, tmp_path / "day.tar"], workers=1)  # decoded in a worker process
+    errors = dict(zip((Path(path).name for path in frame["path"]), frame["error"]))
+    assert errors["whole.jpg"] is None and errors["padded.jpg"] is None
+    assert errors["incoming.jpg"] == errors["day.tar::incoming.jpg"] == \
+        "truncated file (its end is zeros: still being written?)"
+    assert frame.filter(pl.col("error").is_not_null())["predicted"].null_count() == 2
 
 
 def test_images_the_model_gives_no_usable_features_get_that_error_not_a_label(fitted, monkeypatch):

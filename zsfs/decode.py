@@ -170,6 +170,8 @@ def decode_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: 
                 per_pixel = MOST_BYTES_PER_PIXEL if low_byte_tiles is not None else MOST_BYTES_PER_PIXEL // 2
                 admitted.enter_context(admit(image.width * image.height * per_pixel))
             image.load()  # force the full decode (Image.open only reads the header)
+            if isinstance(image, JpegImageFile) and _zero_filled_jpeg(file):
+                raise ImageDecodeError(ZERO_FILLED_JPEG, path)
             low_bytes = _decoded_with(low_byte_tiles, _rewound(file))
             if low_bytes is not None:
                 key = image.info.get("transparency")
@@ -273,6 +275,48 @@ def _tiff_layout(path: Path, source: BinaryIO | None) -> str | None:
     width = f"{bits[0]}-bit" if len(set(bits)) == 1 else "-, ".join(map(str, bits)) + "-bit"
     tagged = "" if photometric in (0, 1, None) else f" tagged {_PHOTOMETRIC.get(photometric, f'photometric {photometric}')}"
     return f"{bands} band{'' if bands == 1 else 's'} of {width} {kind}{tagged}"
+
+
+ZERO_FILLED_JPEG = "truncated file (its end is zeros: still being written?)"
+
+
+def _zero_filled_jpeg(file: BinaryIO) -> bool:
+    """Whether a JPEG ends in zeros with no end-of-image marker after its first scan: a file still
+    being written into room reserved at its full size (a Windows or SMB copy, a download manager),
+    whose unwritten part libjpeg decodes as flat grey without a word (a file cut short is already a
+    truncated one). Only a file whose last byte is 0 is searched, and only up to that marker: zeros
+    after a whole JPEG's end (padding, a sparse 2.5 GB tar member) are not read."""
+    size = file.seek(0, os.SEEK_END)
+    file.seek(size - 1)
+    if file.read(1) != b"\0":
+        return False
+    scan = _first_scan_start(_rewound(file))
+    if scan is None:  # a header the decoder took but this walk does not: its verdict stands
+        return False
+    file.seek(scan)
+    carry = b""
+    while chunk := file.read(1 << 20):
+        data = carry + chunk
+        if b"\xff\xd9" in data:  # EOI (inside a scan a 0xff byte is followed by 0 or a restart marker)
+            return False
+        carry = data[-1:]
+    return True
+
+
+def _first_scan_start(file: BinaryIO) -> int | None:
+    """The offset of the first scan's data, found by walking the segments after SOI by their
+    lengths (an EXIF thumbnail holds a scan and an end marker of its own), or None."""
+    if file.read(2) != b"\xff\xd8":
+        return None
+    while len(head := file.read(4)) == 4 and head[0] == 0xFF:
+        if head[1] == 0xFF:  # a fill byte before the marker
+            file.seek(-3, os.SEEK_CUR)
+            continue
+        after = file.tell() + int.from_bytes(head[2:], "big") - 2
+        if head[1] == 0xDA:  # SOS
+            return after
+        file.seek(after)
+    return None
 
 
 def _rewound(file: BinaryIO) -> BinaryIO:
