@@ -287,6 +287,20 @@ def test_a_file_that_crashes_its_decoding_process_gets_that_error_and_the_rest_t
     assert_same_predictions(crashed.filter(~row), clean.filter(~row))
 
 
+def test_the_summary_line_is_one_line_in_a_log(fitted, tmp_path):
+    """Review (a nightly cron job): in a log, 80 columns wide, the summary put its output's path on the next line."""
+    photos = fitted["photos"]
+    out = tmp_path / ("nightly-" + "x" * 60) / "predictions.csv"
+    out.parent.mkdir()
+    env = {name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")}
+    logged = subprocess.run([sys.executable, "-m", "zsfs", "predict", "--run", str(fitted["run"]), "--workers", "0",
+                             str(photos["root"] / photos["good"][0]), "--out", str(out)],
+                            capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    assert logged.returncode == 0, logged.stderr
+    assert any(line.startswith("1 image classified, ") and line.endswith(f"0 skipped; all rows written to {out}")
+               for line in logged.stderr.splitlines()), logged.stderr
+
+
 def test_the_table_says_a_read_failure_is_no_class(fitted):
     """Bug: a file's read failure stood bare in the "predicted" column, as if "truncated file" were a class."""
     photos = fitted["photos"]

@@ -97,10 +97,11 @@ def predict(images: tuple[str, ...], run_dir: Path, out: Path | None, as_json: b
     flags = frame["ood_distance_flag"]
     no_cut = classified and flags.null_count() == frame.height  # a run fitted before the cut was recorded
     flagged = f", {int(flags.sum()):,} flagged OOD" if classified and not no_cut else ""
-    console.print(f"{counted(classified, 'image')} classified{flagged}, {failed:,} skipped{where}")
+    # one line, whatever the width (cron mail: a log's 80 columns put the output's path on the next)
+    console.print(f"{counted(classified, 'image')} classified{flagged}, {failed:,} skipped{where}", soft_wrap=True)
     if no_cut:  # (its ood_distance_flag column is empty, which reads as nothing flagged)
         console.print("Note: no image is flagged OOD: the run was fitted before zsfs recorded its flag's cut "
-                      "(2026-12-06); fit it again to flag new images.")
+                      "(2026-12-06); fit it again to flag new images.", soft_wrap=True)
     note_repeated_paths(twice)
     if failed == frame.height:  # the rows say why; the exit status tells a script nothing was classified
         raise ZsfsError(f"no image could be read ({counted(failed, 'image')} given; the rows say why)")
