@@ -441,7 +441,7 @@ def test_read_class_file(tmp_path):
     with pytest.raises(ZsfsError, match="is a folder; pass a text file"):
         read_class_file(tmp_path)
     (tmp_path / "u16.txt").write_bytes("cat\ndog\n".encode("utf-16"))  # bug: a traceback after the embedding
-    with pytest.raises(ZsfsError, match="u16.txt is UTF-16 text"):
+    with pytest.raises(ZsfsError, match="u16.txt is UTF-16 text .*or Notepad's 'Unicode' or 'UTF-16' encoding"):
         read_class_file(tmp_path / "u16.txt")
     (tmp_path / "nul.txt").write_bytes(b"cat\nd\x00g\n")
     with pytest.raises(ZsfsError, match=r"nul.txt holds a NUL byte \(line 2\)"):

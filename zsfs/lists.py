@@ -20,7 +20,8 @@ def refuse_nul_bytes(data: bytes, what: str) -> None:
     """A ``ZsfsError`` for text holding a NUL byte, which no file name, label or class name can
     hold (nor the store's strings): UTF-16 text above all, which Windows PowerShell writes."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ZsfsError(f"{what} is UTF-16 text (as Windows PowerShell's '>' writes it); save it as UTF-8")
+        raise ZsfsError(f"{what} is UTF-16 text (as Windows PowerShell's '>' writes it, or Notepad's 'Unicode' or "
+                        "'UTF-16' encoding); save it as UTF-8")
     if b"\x00" in data:
         line = data.count(b"\n", 0, data.index(b"\x00")) + 1
         raise ZsfsError(f"{what} holds a NUL byte (line {line}), which no file name, label or class name can "
