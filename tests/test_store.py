@@ -217,6 +217,16 @@ def test_a_master_attribute_written_by_hand_against_the_format_is_one_line(tmp_p
     assert outcome.exit_code == 1 and said in output_text(outcome) and "Traceback" not in outcome.output
 
 
+def test_a_master_without_its_paths_is_refused_on_open(tmp_path, arrays):
+    """Review: with `path` deleted by hand, `info` and `neighbours` worked and a fit failed only at its
+    predict step, after all its work."""
+    master = build(tmp_path / "s.h5", arrays)
+    with h5py.File(master, "r+") as file:
+        del file[schema.PATH]
+    with pytest.raises(StoreError, match="s.h5 is damaged or incomplete \\(it has no 'path' dataset\\)"):
+        Store(master)
+
+
 def test_a_master_whose_records_lack_name_and_weights_still_opens(tmp_path, arrays):
     """Review: requiring every record key refused stores written before write_store asked for them;
     only `dim` is needed to read one (a model is reloaded only from a name and weights)."""

@@ -130,6 +130,8 @@ class Store:
         by hand, or written so): a fit read ``n_images`` rows of labels into ``len(path)`` and failed on
         a numpy traceback; a wrong CLIP ``dim`` was blamed on every vocabulary file instead."""
         file, expected = self._file, {}
+        if schema.PATH not in file:  # (a fit failed on it at its predict step, after all its work: a review)
+            raise ValueError(f"it has no {schema.PATH!r} dataset")
         for name in (*schema.VIRTUAL_DATASETS, schema.PATH, schema.LABEL):
             if name in file:
                 expected[name] = (self.n_images, "n_images")
