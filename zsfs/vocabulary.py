@@ -74,8 +74,8 @@ def add_vocabulary(
     with store_lock(Path(store_path)):  # held while CLIP embeds: another writer is refused now, not this one at its end
         clip = load_clip_from_record(relocated(record, clip_weights, "CLIP"), device=device, store=store_path)
         refuse_same_text_to_clip(same_text_to_clip(clip.tokenizer, class_names))
-        cut = cut_by_clip(clip.tokenizer, class_names)
-        if cut and on_cut is not None:  # a long description loses its end unseen otherwise
+        cut = cut_by_clip(clip.tokenizer, class_names) if on_cut is not None else []
+        if cut:  # a long description loses its end unseen otherwise
             on_cut(cut)
         if on_start is not None:
             on_start(len(class_names))

@@ -23,7 +23,8 @@ SCAN_ROWS = 65_536
 """Rows read at a time by :func:`unusable_row_numbers` (bounded memory over memory-mapped inputs)."""
 
 
-_MAGNITUDE_BITS = {np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0x7F800000),
+_MAGNITUDE_BITS = {np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00),
+                   np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0x7F800000),
                    np.dtype(np.float64): (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
 """Native IEEE floats: (same-width unsigned view, mask of the magnitude bits, the magnitude of infinity)."""
 
