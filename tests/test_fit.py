@@ -7,6 +7,7 @@ import re
 import subprocess
 import shutil
 import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -893,6 +894,20 @@ def test_the_fit_searches_as_many_neighbours_as_asked(tmp_path, monkeypatch):
     with Store(path) as store:
         fit_store(store, FitConfig(k=2, candidates=10, neighbours=3, cycle_epochs=1))
     assert asked and set(asked) == {3}
+
+
+def test_a_classifier_pickled_otherwise_is_one_error_without_torchs_warning(tmp_path):
+    """CI: a flipped byte read as another pickle protocol let torch's "Detected pickle protocol 209"
+    warning out before the error that says the file is not a readable classifier."""
+    from zsfs.fit.classifier import CLASSIFIER_FORMAT
+
+    other = tmp_path / "classifier.pt"
+    torch.save({"format": CLASSIFIER_FORMAT, "version": 1, "weight": torch.zeros(3, 4)}, other, pickle_protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ZsfsError, match="is not a readable zsfs classifier"):
+            load_classifier(other)
+    assert [str(warning.message) for warning in caught] == []
 
 
 def test_every_flipped_byte_of_a_classifiers_zip_directory_loads_or_is_one_clear_error(tmp_path):
