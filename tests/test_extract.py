@@ -381,6 +381,17 @@ def test_a_resume_with_other_model_names_is_refused_before_any_model_loads(photo
                    "--shard-size", "4").exit_code == 0  # with them, it resumes
 
 
+def test_a_first_extract_offline_names_both_missing_weights(photos, tmp_path, offline):
+    """Air-gapped admin: with an empty cache, extract with the default models said CLIP's weights were
+    missing; with them fetched, the rerun said the backbone's (a second file transfer to ask for)."""
+    outcome = run_cli("extract", photos["root"], "--out", tmp_path / "s.h5", "--backbone", TINY_BACKBONE,
+                      "--workers", "0")
+    text = " ".join(output_text(outcome).split())
+    assert outcome.exit_code == 1 and "could not download the CLIP weights ViT-B-32 / openai nor the backbone " \
+        "weights of test_vit" in text and "Or pass local files: --backbone-weights" in text, text
+    assert "Traceback" not in text and not (tmp_path / "s.h5").exists()
+
+
 def test_a_rerun_repairs_a_removed_shard_and_rebuilds_a_master_older_than_its_shards(photos, tmp_path):
     store = tmp_path / "s.h5"
     args = ("extract", photos["root"], "--out", store, *TINY_MODEL_ARGS, "--workers", "0", "--shard-size", "4")

@@ -463,6 +463,8 @@ def test_clip_download_failure_says_how_to_pass_a_file(offline):
         load_clip("ViT-B-32", "openai")
     message = str(caught.value)
     assert "could not download the CLIP weights ViT-B-32 / openai" in message and "Traceback" not in message
+    # bug (air-gapped admin): the reason was open_clip's retries' error cut short, "Failed to download file (...)"
+    assert "openai (HF_HUB_OFFLINE is set, and the Hugging Face cache (" in message, message
     assert "point HF_HOME at a copy of the Hugging Face cache" in message
     # bug: the advice kept ViT-B-32, whose GELU is not the QuickGELU these weights were trained with
     assert message.endswith("Or pass a local file: --clip-model ViT-B-32-quickgelu --clip-weights "
@@ -597,6 +599,38 @@ def test_a_download_error_crosses_processes_whole():
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.role, copy.cache_advice, str(copy)) == ("backbone", "Copy it.", str(error))
     assert str(copy.by_name_only("why")).startswith("could not download the backbone weights of x (offline); why, ")
+
+
+def test_both_models_missing_offline_are_named_in_one_error(offline, monkeypatch):
+    """Air-gapped admin: with neither default's weights in the cache, extract said only CLIP's; fetched
+    (a ticket, a transfer) and run again, it said the backbone's: a second round trip."""
+    import timm
+
+    from zsfs.models import by_name_only, load_models
+    from zsfs.weights import BothWeightsMissingError
+
+    built = []
+    monkeypatch.setattr(timm, "create_model", lambda *args, **kwargs: built.append(args))
+    with pytest.raises(BothWeightsMissingError) as caught:
+        load_models("ViT-B-32", "openai", TINY_BACKBONE, "default")
+    message = str(caught.value)
+    assert message.startswith("could not download the CLIP weights ViT-B-32 / openai nor the backbone weights of "
+                              "test_vit from huggingface.co/timm/test_vit.r160_in1k (HF_HUB_OFFLINE is set, and the "
+                              "Hugging Face cache ("), message
+    assert message.endswith("Or pass local files: --backbone-weights /path/to/model.safetensors and --clip-model "
+                            "ViT-B-32-quickgelu --clip-weights /path/to/open_clip_pytorch_model.bin (from "
+                            "huggingface.co/timm/vit_base_patch32_clip_224.openai)."), message
+    assert built == []  # the backbone's absence is found without building it (ViT-G: 30 s, 5 GB)
+    copy = pickle.loads(pickle.dumps(caught.value))  # a Ray worker's error reaches the driver so
+    assert str(copy) == message and (copy.clip.role, copy.backbone.role) == ("clip", "backbone")
+    with pytest.raises(ModelLoadError) as caught:  # a store's rerun: both by name, no file offered
+        with by_name_only("the store s.h5 was started with them by name"):
+            load_models("ViT-B-32", "openai", TINY_BACKBONE, "default")
+    by_name = str(caught.value)
+    assert by_name.count("so zsfs loads them by that name only") == 2 and "--clip-weights" not in by_name, by_name
+    with pytest.raises(ModelLoadError) as caught:  # only CLIP's missing: said alone, as before
+        load_models("ViT-B-32", "openai", TINY_BACKBONE, "random")
+    assert not isinstance(caught.value, BothWeightsMissingError) and "backbone" not in str(caught.value)
 
 
 def test_a_cut_short_download_in_the_cache_is_named_not_a_traceback(tmp_path, monkeypatch, offline):

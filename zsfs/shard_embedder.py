@@ -20,7 +20,7 @@ import numpy as np
 
 from zsfs.devices import check_device
 from zsfs.embedding import Batch, embedded_images
-from zsfs.models import encode_vocabulary, load_backbone, load_clip, same_text_to_clip, weights_kind
+from zsfs.models import encode_vocabulary, load_models, same_text_to_clip, weights_kind
 from zsfs.names import home_expanded
 from zsfs.sources import ImageSource
 from zsfs.store.rows import usable_rows
@@ -147,8 +147,8 @@ class ShardEmbedder(AbstractContextManager):
     def __init__(self, settings: EmbedSettings, source: ImageSource, *, cores: int | None = None):
         self.settings, self.source, self.cores = settings, source, cores
         check_device(settings.device)  # before the models load: an absent GPU is a clear error
-        self.clip = load_clip(settings.clip_model, settings.clip_weights, device=settings.device)
-        self.features = load_backbone(settings.backbone, settings.backbone_weights, device=settings.device)
+        self.clip, self.features = load_models(settings.clip_model, settings.clip_weights, settings.backbone,
+                                               settings.backbone_weights, settings.device)
         self.shards_redone = 0  # a process that dies takes its shards with it: nothing to redo here
         self.set_aside: dict[int, str] = {}  # listing positions of files that crashed or hung a decoding process -> reason
 

@@ -59,6 +59,30 @@ class WeightsDownloadError(ModelLoadError):
                               f"by that name only, from the cache, not from a file. {self.cache_advice}")
 
 
+class BothWeightsMissingError(WeightsDownloadError):
+    """Neither model's pretrained weights could be had (an air-gapped machine, an empty cache): one
+    error names both, so that both are fetched at once (said one at a time, each cost the user a
+    round trip through a cluster's file transfer). ``role`` is the first's; ``zsfs.models.by_name_only``
+    takes each apart."""
+
+    def __init__(self, clip: WeightsDownloadError, backbone: WeightsDownloadError):
+        self.clip, self.backbone = clip, backbone
+        ModelLoadError.__init__(self, self._message())
+        self.role = clip.role
+
+    def _message(self) -> str:
+        clip, backbone = self.clip, self.backbone
+        if not (type(clip) is type(backbone) is WeightsDownloadError and clip.cache_advice == backbone.cache_advice):
+            return f"{clip} Also, {backbone}"  # each with its own cure
+        which = (f"the {clip.weights} nor the {backbone.weights} ({clip.reason})" if clip.reason == backbone.reason
+                 else f"the {clip.weights} ({clip.reason}) nor the {backbone.weights} ({backbone.reason})")
+        return (f"could not download {which}. {clip.cache_advice} Or pass local files: "
+                f"{backbone.file_advice.rstrip('.')} and {clip.file_advice}")
+
+    def __reduce__(self):
+        return type(self), (self.clip, self.backbone)
+
+
 class DamagedDownloadError(WeightsDownloadError):
     """Pretrained weights known by name whose download (in the cache) cannot be read: cut short or
     damaged. The cure is in the cache (``cache_advice``); a file is the other way out, as for a
@@ -126,6 +150,17 @@ def hub_offline_unless_reachable(timeout: float = 3.0) -> Iterator[None]:
         yield
     finally:
         hub.HF_HUB_OFFLINE = False
+
+
+def offline_and_uncached() -> str:
+    """Why pretrained weights from the hub did not come offline (``hub_offline_unless_reachable``), in
+    words: the hub's own error is a page of advice on connections."""
+    import huggingface_hub.constants as hub
+
+    set_offline = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # (huggingface_hub reads both)
+                   if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")]
+    offline = f"{set_offline[0]} is set" if set_offline else f"{hub_address('')} cannot be reached"
+    return f"{offline}, and the Hugging Face cache ({hub.HF_HUB_CACHE}) does not hold them"
 
 
 def hub_address(repo: str) -> str:

@@ -17,18 +17,34 @@ their public names and the two questions asked of either role.
 from __future__ import annotations
 
 from zsfs.models.backbone import (backbone_as_recorded, backbone_offline_advice, backbone_weights_kind, keeps_clip_head,
-                                  load_backbone, load_backbone_from_record)
+                                  load_backbone, load_backbone_from_record, missing_backbone_weights)
 from zsfs.models.clip import (clip_architecture, clip_as_recorded, clip_tokenizer, clip_weights_kind, cut_by_clip,
                               encode_vocabulary, load_clip, load_clip_from_record, same_text_to_clip)
 from zsfs.models.common import by_name_only, hub_cache_advice
 from zsfs.models.encoders import Backbone, ClipModel, ImageModel, PixelScaling, within_aspect_ratio, worker_transform
+from zsfs.weights import BothWeightsMissingError, WeightsDownloadError
 
 __all__ = [
     "Backbone", "ClipModel", "ImageModel", "PixelScaling", "backbone_as_recorded", "by_name_only", "clip_architecture",
     "clip_as_recorded", "clip_tokenizer", "cut_by_clip", "encode_vocabulary", "keeps_clip_head", "load_backbone",
-    "load_backbone_from_record", "load_clip", "load_clip_from_record", "offline_advice", "same_text_to_clip",
+    "load_backbone_from_record", "load_clip", "load_clip_from_record", "load_models", "offline_advice", "same_text_to_clip",
     "weights_kind", "within_aspect_ratio", "worker_transform",
 ]
+
+
+def load_models(clip_model: str, clip_weights: str, backbone: str, backbone_weights: str,
+                device: str = "cpu") -> tuple[ClipModel, Backbone]:
+    """Both models of a store (:func:`load_clip`, :func:`load_backbone`). Where CLIP's pretrained
+    weights cannot be had and the backbone's are not there either (an air-gapped machine), the error
+    names both (:class:`zsfs.weights.BothWeightsMissingError`)."""
+    try:
+        clip = load_clip(clip_model, clip_weights, device=device)
+    except WeightsDownloadError as clip_missing:
+        backbone_missing = missing_backbone_weights(backbone, backbone_weights)
+        if backbone_missing is None:
+            raise
+        raise BothWeightsMissingError(clip_missing, backbone_missing) from None
+    return clip, load_backbone(backbone, backbone_weights, device=device)
 
 
 def weights_kind(role: str, name: str, weights: str) -> str | None:

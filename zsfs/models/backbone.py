@@ -19,7 +19,7 @@ from zsfs.models.encoders import Backbone, worker_transform
 from zsfs.names import home_expanded
 from zsfs.weights import (DEFAULT, FILE, RANDOM, RANDOM_SEED, WeightsDownloadError, check_same_weights,
                           checkpoint_shapes, existing_file, hub_address, hub_offline_unless_reachable,
-                          init_fingerprint, seeded_init, weights_from_record)
+                          init_fingerprint, offline_and_uncached, seeded_init, weights_from_record)
 
 BACKBONE_HEAD_MARKER = "_clip_"  # timm CLIP image towers: the head projects into CLIP space
 FINE_TUNED_MARKER = "_ft_"  # "openai_ft_in1k": a CLIP tower fine-tuned into a classifier
@@ -58,11 +58,7 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
     except OSError as error:
         if file is not None:
             raise ModelLoadError(f"cannot read backbone weights file {file}: {one_line(error)}") from None
-        source = (f" from {hub_address(pretrained_cfg.hf_hub_id)}" if pretrained_cfg.hf_hub_id
-                  else f" from {pretrained_cfg.url}" if pretrained_cfg.url else "")
-        weights, advice = f"backbone weights of {name}{source}", "--backbone-weights /path/to/model.safetensors"
-        raise unreadable_cache_error("backbone", weights, pretrained_cfg.hf_hub_id, advice) or WeightsDownloadError(
-            "backbone", weights, one_line(error), advice, _timm_cache_advice(pretrained_cfg)) from None
+        raise _download_error(name, pretrained_cfg, error) from None
     except Exception as error:  # state-dict mismatch, unreadable or foreign checkpoint format
         if weights == RANDOM:
             raise
@@ -101,6 +97,33 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
     return Backbone(model=model, preprocess=preprocess, record=record, device=torch.device(device), scaling=scaling)
 
 
+def _download_error(name: str, pretrained_cfg, error: OSError) -> WeightsDownloadError:
+    """The error for the default weights of ``name`` that could not be had (``error``: why)."""
+    source = (f" from {hub_address(pretrained_cfg.hf_hub_id)}" if pretrained_cfg.hf_hub_id
+              else f" from {pretrained_cfg.url}" if pretrained_cfg.url else "")
+    weights, advice = f"backbone weights of {name}{source}", "--backbone-weights /path/to/model.safetensors"
+    return unreadable_cache_error("backbone", weights, pretrained_cfg.hf_hub_id, advice) or WeightsDownloadError(
+        "backbone", weights, one_line(error), advice, _timm_cache_advice(pretrained_cfg))
+
+
+def missing_backbone_weights(name: str, weights: str) -> WeightsDownloadError | None:
+    """The error :func:`load_backbone` would raise for default weights that an unreachable hub and
+    its cache do not give, found without building the model (ViT-G: half a minute, 5 GB); None where
+    that is not so, or cannot be told before loading."""
+    if weights != DEFAULT:
+        return None
+    try:
+        pretrained_cfg = _resolve_backbone_name(name)
+    except ModelLoadError:  # an unknown name: loading says so
+        return None
+    try:
+        with hub_offline_unless_reachable():
+            _refuse_uncached_offline(pretrained_cfg)
+    except OSError as error:  # (the hub's LocalEntryNotFoundError is one)
+        return _download_error(name, pretrained_cfg, error)
+    return None
+
+
 def _refuse_uncached_offline(pretrained_cfg) -> None:
     """Offline, weights from the hub that its cache lacks fail here, before the model is built (ViT-G
     takes half a minute and 5 GB to build), with the error the hub gives. The names looked for are the
@@ -118,10 +141,7 @@ def _refuse_uncached_offline(pretrained_cfg) -> None:
     names = {configured, f"{Path(configured).stem}.safetensors", "model.safetensors", "open_clip_model.safetensors"}
     if not any(isinstance(huggingface_hub.try_to_load_from_cache(repository, name, revision=revision or None), str)
                for name in sorted(names)):
-        set_offline = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # (huggingface_hub reads both)
-                       if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")]
-        offline = f"{set_offline[0]} is set" if set_offline else f"{hub_address('')} cannot be reached"
-        raise LocalEntryNotFoundError(f"{offline}, and the Hugging Face cache ({hub.HF_HUB_CACHE}) does not hold them")
+        raise LocalEntryNotFoundError(offline_and_uncached())
 
 
 def backbone_weights_kind(weights: str) -> str | None:

@@ -27,7 +27,7 @@ from zsfs.names import home_expanded, repeated_rows
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.weights import (CHECKPOINT_SUFFIXES, FILE, RANDOM, RANDOM_SEED, WeightsDownloadError, check_same_weights,
                           existing_file, hub_address, hub_offline_unless_reachable, init_fingerprint, not_a_checkpoint,
-                          seeded_init, unreadable_checkpoint, weights_from_record)
+                          offline_and_uncached, seeded_init, unreadable_checkpoint, weights_from_record)
 
 
 @contextmanager
@@ -292,9 +292,13 @@ def _download_clip_tag(arch: str, tag: str) -> None:
     try:
         open_clip.download_pretrained(cfg)
     except Exception as error:  # HF hub, URL and cache errors come in many types
+        import huggingface_hub.constants as hub
+
         weights, advice = f"CLIP weights {arch} / {tag}", _clip_file_advice(arch, cfg)
+        # offline, open_clip's reason was its retries' error cut short: "Failed to download file (...) for ..."
+        reason = offline_and_uncached() if hub.HF_HUB_OFFLINE and cfg.get("hf_hub") else one_line(error)
         raise unreadable_cache_error("clip", weights, cfg.get("hf_hub"), advice) or WeightsDownloadError(
-            "clip", weights, one_line(error), advice, hub_cache_advice()) from None
+            "clip", weights, reason, advice, hub_cache_advice()) from None
 
 
 def _clip_file_advice(arch: str, tag_cfg: dict) -> str:
