@@ -247,7 +247,13 @@ def test_clip_file_that_does_not_fit_or_is_not_a_checkpoint(tiny_backbone, tmp_p
     save_file(tiny_backbone.model.state_dict(), str(other))
     with pytest.raises(ModelLoadError, match="does not fit the CLIP architecture zsfs-tiny-clip") as refused:
         load_clip(str(TINY_CLIP_CONFIG), str(other))
-    assert str(refused.value).endswith('"... Check that --clip-model matches the checkpoint.'), refused  # was "....": review
+    # a user with both files, named alike, swapped them and was told to check --clip-model
+    assert str(refused.value).endswith('"... It holds no text tower, so it is no CLIP checkpoint: an image model\'s '
+                                       'weights (for --backbone-weights?).'), refused  # (it read "....": review)
+    torch.save(load_clip(str(TINY_CLIP_CONFIG), "random").model.state_dict(), tmp_path / "tiny-clip.pt")
+    with pytest.raises(ModelLoadError, match="does not fit the CLIP architecture ViT-B-32") as refused:  # a CLIP's
+        load_clip("ViT-B-32", str(tmp_path / "tiny-clip.pt"))
+    assert str(refused.value).endswith(" Check that --clip-model matches the checkpoint."), refused
     # bug: each of these was blamed on the architecture ("does not fit ... KeyError: 101", "EOFError", ...)
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     with pytest.raises(ModelLoadError, match=r"cannot read .*notes.pt as a checkpoint \(its content is no tensors"):
@@ -879,8 +885,9 @@ def test_backbone_file_that_does_not_fit(tiny_backbone, tiny_clip, tmp_path):
     vit_file = tmp_path / "vit.safetensors"
     save_file(tiny_backbone.model.state_dict(), str(vit_file))
     # timm alone would load this non-strictly and leave the EfficientNet random.
-    with pytest.raises(ModelLoadError, match="does not fit the backbone test_efficientnet"):
+    with pytest.raises(ModelLoadError, match="does not fit the backbone test_efficientnet") as refused:
         load_backbone("test_efficientnet", str(vit_file))
+    assert str(refused.value).endswith(". Check that --backbone matches the checkpoint."), refused
     # walkthrough: another model's file for a CLIP tower was blamed on its head alone
     with pytest.raises(ModelLoadError, match=r"vit.safetensors has no classifier/projection head, which "
                                              r"vit_base_patch32_clip_224.laion2b needs .* Check that --backbone matches"):
@@ -889,8 +896,11 @@ def test_backbone_file_that_does_not_fit(tiny_backbone, tiny_clip, tmp_path):
     torch.save(tiny_clip.model.state_dict(), clip_file)
     with pytest.raises(ModelLoadError, match="does not fit the backbone test_vit") as refused:
         load_backbone(TINY_BACKBONE, str(clip_file))
-    assert "...." not in str(refused.value) and str(refused.value).endswith(". Check that --backbone matches the "
-                                                                           "checkpoint."), refused  # (it read "....")
+    # a user with both files, named alike, swapped them and was told to check --backbone
+    assert "...." not in str(refused.value) and str(refused.value).endswith(
+        '"... It is a whole CLIP checkpoint, text tower included (for --clip-weights?); as a backbone, timm reads one '
+        "with the CLIP image tower of its architecture (--backbone vit_base_patch32_clip_224 for a ViT-B-32's, "
+        "say)."), refused  # (it read "....")
     for junk in ("hello", "--model test_vit\n"):  # bug: torch's "KeyError: 101", or "retry with weights_only=False"
         (tmp_path / "junk.pth").write_text(junk)
         with pytest.raises(ModelLoadError, match=r"cannot read .*junk.pth as a checkpoint \(its content is no tensors "

@@ -397,6 +397,30 @@ def checkpoint_shapes(file: Path) -> dict[str, tuple[int, ...]]:
         raise not_a_checkpoint(file, error) from None
 
 
+_CLIP_TEXT_TOWER = ("text_projection", "token_embedding", "text")
+"""First parts of the tensor names of a CLIP checkpoint's text tower (open_clip's own, or a hub
+text model's ``text.*``): an image model's file has none."""
+
+
+def the_other_models_checkpoint(file: Path, role: str) -> str | None:
+    """Where a weights file that does not fit the model of ``role`` (``"clip"``, ``"backbone"``) is
+    the other model's kind, the advice that says so (a user with both files, named alike, swapped
+    them, and was told to check the architecture); else None."""
+    try:
+        names = checkpoint_shapes(file)
+    except ModelLoadError:
+        return None
+    is_clip = any(name.split(".")[0] in _CLIP_TEXT_TOWER for name in names)
+    if role == "clip" and not is_clip:
+        return ("It holds no text tower, so it is no CLIP checkpoint: an image model's weights (for "
+                "--backbone-weights?).")
+    if role == "backbone" and is_clip:
+        return ("It is a whole CLIP checkpoint, text tower included (for --clip-weights?); as a backbone, timm "
+                "reads one with the CLIP image tower of its architecture (--backbone vit_base_patch32_clip_224 for "
+                "a ViT-B-32's, say).")
+    return None
+
+
 def not_a_checkpoint(file: Path, error: Exception) -> ModelLoadError:
     """The error for a weights file that could not be read as tensors, with the reason in words."""
     written_as = _format_by_content(file)

@@ -19,7 +19,8 @@ from zsfs.models.encoders import Backbone, worker_transform
 from zsfs.names import home_expanded
 from zsfs.weights import (DEFAULT, FILE, RANDOM, RANDOM_SEED, WeightsDownloadError, check_same_weights,
                           checkpoint_shapes, existing_file, hub_address, hub_offline_unless_reachable,
-                          init_fingerprint, offline_and_uncached, seeded_init, weights_from_record)
+                          init_fingerprint, offline_and_uncached, seeded_init, the_other_models_checkpoint,
+                          weights_from_record)
 
 BACKBONE_HEAD_MARKER = "_clip_"  # timm CLIP image towers: the head projects into CLIP space
 FINE_TUNED_MARKER = "_ft_"  # "openai_ft_in1k": a CLIP tower fine-tuned into a classifier
@@ -67,7 +68,7 @@ def load_backbone(name: str, weights: str = DEFAULT, device: str = "cpu") -> Bac
                                    "--backbone-weights /path/to/model.safetensors.") from None
         raise ModelLoadError(
             f"weights file {file} does not fit the backbone {name}: {as_sentence(one_line(error, 600))} "
-            "Check that --backbone matches the checkpoint."
+            + (the_other_models_checkpoint(file, "backbone") or "Check that --backbone matches the checkpoint.")
         ) from None
     if not keep_head and model.num_classes:
         model.reset_classifier(0)  # the file was loaded with its head (strictly); drop it now

@@ -27,7 +27,8 @@ from zsfs.names import home_expanded, repeated_rows
 from zsfs.prompts import ENSEMBLE_TEMPLATES, SINGLE_PROMPT
 from zsfs.weights import (CHECKPOINT_SUFFIXES, FILE, RANDOM, RANDOM_SEED, WeightsDownloadError, check_same_weights,
                           existing_file, hub_address, hub_offline_unless_reachable, init_fingerprint, not_a_checkpoint,
-                          offline_and_uncached, seeded_init, unreadable_checkpoint, weights_from_record)
+                          offline_and_uncached, seeded_init, the_other_models_checkpoint, unreadable_checkpoint,
+                          weights_from_record)
 
 
 @contextmanager
@@ -84,7 +85,7 @@ def load_clip(name: str, weights: str = "openai", device: str = "cpu") -> ClipMo
             raise not_a_checkpoint(file, error) from None
         raise ModelLoadError(
             f"weights file {file} does not fit the CLIP architecture {arch}: {as_sentence(one_line(error))} "
-            "Check that --clip-model matches the checkpoint."
+            + (the_other_models_checkpoint(file, "clip") or "Check that --clip-model matches the checkpoint.")
         ) from None
     model = model.eval().to(device)
     record = {
