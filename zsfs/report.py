@@ -340,11 +340,11 @@ def _classes(run: FittedRun, frame, classes: list[str], seeds, sample, made: dic
         cut = percent(ABSENT_SHARE / len(classes))
         blocks.append(f'<div class="class"><h3>Absent ({len(reported):,})</h3><p>Each estimated to take under {cut} '
                       f"of the collection ({percent(ABSENT_SHARE)} of an even share), so given no seeds and never predicted "
-                      f"(<code>--keep-all-classes</code> keeps them): {_e('; '.join(reported))}</p></div>")
+                      f"(<code>--keep-all-classes</code> keeps them): {'; '.join(map(_name, reported))}</p></div>")
     unused = [name for name in empty if name not in absent]
     if unused:
         blocks.append(f'<div class="class"><h3>No image ({len(unused):,})</h3><p>No image is predicted as, seeded '
-                      f"or pseudo-labelled with these classes: {_e('; '.join(unused))}</p></div>")
+                      f"or pseudo-labelled with these classes: {'; '.join(map(_name, unused))}</p></div>")
     return _section("classes", "Classes", "".join(blocks))
 
 
@@ -414,11 +414,11 @@ def _gallery(rows, made: dict, empty: str = "none", of_class: str | None = None)
         uri, reason = made[row[ROW]]
         facts = [f"{key} {row[key]:.2f}" for key in ("confidence", "ood_score") if row.get(key) is not None]
         if row["predicted"] != of_class:
-            facts.append(f"predicted {row['predicted']}" if row["predicted"] is not None else "no class")
+            facts.append(f"predicted {_name(row['predicted'])}" if row["predicted"] is not None else "no class")
         said = of_class if of_class is not None else row["predicted"]
         if row.get("label") is not None and (unicodedata.normalize("NFC", row["label"])  # compared as metrics are
                                              != unicodedata.normalize("NFC", said or "")):
-            facts.append(f"✗ true label {row['label']}")
+            facts.append(f"✗ true label {_name(row['label'])}")
         if row.get("ood_flag"):
             facts.append("flagged")
         caption = " · ".join(facts)
@@ -426,7 +426,7 @@ def _gallery(rows, made: dict, empty: str = "none", of_class: str | None = None)
             f" | predicted: {row['predicted']}"
         picture = (f'<img class="thumb" src="{uri}" alt="{_e(row["path"])}">' if uri is not None
                    else f'<div class="thumb missing">{_e(reason)}</div>')
-        items.append(f'<figure title="{_e(title)}">{picture}<figcaption>{_e(caption)}</figcaption></figure>')
+        items.append(f'<figure title="{_e(title)}">{picture}<figcaption>{caption}</figcaption></figure>')
     return f'<div class="gallery">{"".join(items)}</div>'
 
 
@@ -500,6 +500,13 @@ def _made_by(config: dict) -> str:
     if store.get("n_images") is not None:
         said += f" ({counted(store['n_images'], 'image')})"
     return said + (f" with {' and '.join(models)}" if models else "")
+
+
+def _name(value) -> str:
+    """A class name amid other text, as HTML: isolated, so that a right-to-left name (Arabic, Hebrew)
+    does not carry the numbers and separators beside it into its own direction ("confidence 0.91 ·
+    predicted שמש" was shown with the score after the name)."""
+    return f"<bdi>{_e(value)}</bdi>"
 
 
 def _e(value) -> str:
