@@ -283,6 +283,21 @@ def test_a_run_whose_store_is_gone_says_so_in_one_sentence(photo_run, tmp_path):
     assert f"the store {tmp_path / 'gone.h5'} cannot be opened, so the image paths could not be located." in note
 
 
+def test_a_run_recording_a_null_store_renders_without_its_images(photo_run, tmp_path):
+    """Bug: config.json's "store": null (every other reader of a run takes it as no store) stopped
+    the report with an AttributeError traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    (run / runs.REPORT).unlink(missing_ok=True)
+    config = json.loads((run / runs.CONFIG).read_text())
+    config["store"] = None
+    (run / runs.CONFIG).write_text(json.dumps(config))
+    result = run_cli("report", run)
+    said = output_text(result)
+    assert result.exit_code == 0, said
+    assert "the run records no store, so the image paths could not be located" in said
+
+
 def test_predictions_of_another_run_are_one_clear_line(photo_run, unlabelled_run, tmp_path):
     """Bug: a run folder holding another run's predictions.parquet gave an IndexError traceback."""
     run = tmp_path / "run"

@@ -174,7 +174,8 @@ def image_locations(run: FittedRun, images: str | Path | None,
     predictions' path column is text, where bytes that are not UTF-8 read as ``\\xNN``, which
     names no file; a store rebuilt since the fit would name other images), and the pixel budget
     its extract was given, when not the default (None)."""
-    store_path = run.config.get("store", {}).get("path")
+    recorded = run.config.get("store") or {}  # null: no store, as every other reader of a run takes it
+    store_path = recorded.get("path")
     if not store_path:
         return (Path(images), f"image paths were looked up from --images {images}", None, None) if images is not None \
             else (None, "the run records no store, so the image paths could not be located", None, None)
@@ -185,7 +186,7 @@ def image_locations(run: FittedRun, images: str | Path | None,
             source = Path(store.source)
             # the same content: a repair (a rerun of extract) rewrites the master, and its `created`, only
             fingerprint = store.fingerprint()
-            fitted_on = all(fingerprint[key] == run.config["store"].get(key) for key in ("identity_sha256", "n_images"))
+            fitted_on = all(fingerprint[key] == recorded.get(key) for key in ("identity_sha256", "n_images"))
             exact = store.paths(rows).tolist() if fitted_on else None
             budget = store.identity.get("max_pixels")  # `extract --max-pixels`: its images are shown as embedded
     except (ZsfsError, OSError):
