@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import shutil
+import sys
 import unicodedata
 import warnings
 from pathlib import Path
@@ -227,6 +229,19 @@ def test_cli_writes_a_complete_loadable_run(store_path, tmp_path):
     np.testing.assert_allclose(score, frame["ood_paper"].to_numpy())
     np.testing.assert_allclose(continuous, frame["ood_continuous"].to_numpy(), rtol=1e-4, atol=1e-4)
     assert json.loads(outcome.stdout)["metrics"]["accuracy"] == metrics["accuracy"]
+
+
+def test_the_line_naming_the_run_folder_is_one_line_in_a_log(tmp_path):
+    """Review (a nightly cron job, as predict's summary): in a log, 80 columns wide, "Run written to"
+    put the run folder's path on the next line, and a long one over two."""
+    store = make_synthetic_store(tmp_path / "s.h5", 60, 3, seed=1, clip_dim=16, backbone_dim=16)
+    run = tmp_path / ("nightly-" + "x" * 60) / "run"
+    env = {name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")}
+    logged = subprocess.run([sys.executable, "-m", "zsfs", "fit", "--store", str(store), "--out", str(run), "--k", "2",
+                             "--candidates", "10", "--cycle-epochs", "1"],
+                            capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    assert logged.returncode == 0, logged.stderr
+    assert f"Run written to {run}" in logged.stderr.splitlines(), logged.stderr
 
 
 @pytest.mark.parametrize("method_options", [[], ["--method", "cycles", "--no-accumulate", *QUICK]],

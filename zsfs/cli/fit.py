@@ -279,7 +279,8 @@ def show_summary(run: "FittedRun", run_dir: Path) -> None:
     for row in rows:
         cycles.add_row(*row)
     console.print(cycles)
-    console.print(f"Run written to [bold]{shown(run_dir)}[/]")
+    # one line, whatever the width (a log's 80 columns put the path on the next: grep finds no folder)
+    console.print(f"Run written to [bold]{shown(run_dir)}[/]", soft_wrap=True)
 
 
 COMMANDS = [fit_command]
