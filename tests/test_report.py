@@ -298,6 +298,19 @@ def test_a_run_recording_a_null_store_renders_without_its_images(photo_run, tmp_
     assert "the run records no store, so the image paths could not be located" in said
 
 
+def test_the_line_naming_the_page_is_one_line_in_a_log(photo_run, tmp_path):
+    """Review (a nightly cron job, as predict's summary): in a log, 80 columns wide, "Report written to"
+    put the page's path on the next line and its size on a third."""
+    page = tmp_path / ("nightly-" + "x" * 60) / "report.html"
+    page.parent.mkdir()
+    env = {name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")}
+    logged = subprocess.run([sys.executable, "-m", "zsfs", "report", str(photo_run), "--out", str(page)],
+                            capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    assert logged.returncode == 0, logged.stderr
+    assert any(re.fullmatch(rf"Report written to {re.escape(str(page))} \(\d+\.\d MB\)", line)
+               for line in logged.stderr.splitlines()), logged.stderr
+
+
 def test_predictions_of_another_run_are_one_clear_line(photo_run, unlabelled_run, tmp_path):
     """Bug: a run folder holding another run's predictions.parquet gave an IndexError traceback."""
     run = tmp_path / "run"

@@ -52,7 +52,8 @@ def report_command(run_dir: Path, out: Path | None, **options) -> None:
 def say_written(report: Path, notes: list[str]) -> None:
     """Where the report went, its size, and its notes (on images it could not show: an empty
     gallery should not be a surprise when the page is opened)."""
-    console.print(f"Report written to [bold]{shown(report)}[/] ({report.stat().st_size / 1e6:.1f} MB)")
+    # one line, whatever the width (a log's 80 columns put the path on the next, its size on a third)
+    console.print(f"Report written to [bold]{shown(report)}[/] ({report.stat().st_size / 1e6:.1f} MB)", soft_wrap=True)
     for note in notes:
         console.print(f"[yellow]Note:[/] {shown(note)}", soft_wrap=True)
 
