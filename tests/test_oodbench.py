@@ -408,6 +408,19 @@ def test_accented_labels_and_vocabulary_in_either_unicode_form(tmp_path, classes
     assert metrics["splits"][0]["zero_shot_id_accuracy"] == 1.0
 
 
+def test_the_line_naming_the_metrics_file_is_one_line_in_a_log(labelled_store, tmp_path):
+    """Review (a nightly cron job, as predict's summary): in a log, 80 columns wide, "Written:" put
+    the metrics file's path on the next line."""
+    out = tmp_path / ("nightly-" + "x" * 60) / "bench"
+    out.parent.mkdir()
+    env = {name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")}
+    logged = subprocess.run([sys.executable, "-m", "zsfs", "ood-bench", "--store", str(labelled_store), "--id-classes",
+                             "6", "--splits", "1", "--out", str(out), *QUICK_FIT_ARGS],
+                            capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    assert logged.returncode == 0, logged.stderr
+    assert f"Written: {out / 'metrics.json'}" in logged.stderr.splitlines(), logged.stderr
+
+
 def test_a_closed_message_pipe_does_not_cost_the_results(labelled_store, tmp_path):
     """Bug: `zsfs ood-bench ... 2>&1 | head -2`: the messages' reader went away, rich exited 1
     with nothing said, and the finished bench's metrics.json was never written."""

@@ -107,7 +107,7 @@ def ood_bench(store_path: Path, id_classes: str, splits: int, out: Path | None, 
                                 f"{metrics['vocabulary']!r}: always OOD{spelled}."))
         console.print(_table(metrics))
         if out is not None:
-            console.print(f"Written: {shown(out / METRICS_FILE)}")
+            console.print(f"Written: {shown(out / METRICS_FILE)}", soft_wrap=True)  # one line in a log too
         if as_json:
             click.echo(strict_json(metrics))  # as metrics.json holds them
 
