@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -75,6 +78,25 @@ def test_text_adds_a_vocabulary_without_touching_images(unlabelled_store, tmp_pa
     assert vocabulary.classes == ANIMALS
     np.testing.assert_allclose(vocabulary.single, expected_single, atol=1e-5)
     np.testing.assert_allclose(vocabulary.ensemble, expected_ensemble, atol=1e-5)
+
+
+def test_the_line_naming_the_store_is_one_line_in_a_log(unlabelled_store, tmp_path):
+    """Review (a nightly cron job, as predict's summary): in a log, 80 columns wide, "Vocabulary NAME
+    (N classes) written to STORE" put the store's path on the next line."""
+    store, _ = unlabelled_store
+    folder = tmp_path / ("nightly-" + "x" * 60)
+    folder.mkdir()
+    for name in (store.name, store.with_suffix(".shards").name):  # the master and its shards, names kept
+        shutil.move(store.parent / name, folder / name)
+    classes = tmp_path / "animals.txt"
+    classes.write_text("\n".join(ANIMALS) + "\n")
+    env = {name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")}
+    logged = subprocess.run([sys.executable, "-m", "zsfs", "text", str(folder / store.name), "--classes", str(classes),
+                             "--vocab", "animals"],
+                            capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    assert logged.returncode == 0, logged.stderr
+    assert f"Vocabulary animals ({len(ANIMALS)} classes) written to {folder / store.name}" in logged.stderr.splitlines(), \
+        logged.stderr
 
 
 def test_text_names_the_vocabulary_as_extract_does_when_no_name_is_given(unlabelled_store, tmp_path):

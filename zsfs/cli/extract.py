@@ -206,7 +206,7 @@ def text(store: Path, classes_file: Path, name: str, clip_weights: Path | None, 
     note_classes_cut_by_clip(cut)  # after the bar, which a note printed under it would break
     said = "is already in" if embedded == [0] else "written to"  # a rerun: nothing to write
     console.print(f"Vocabulary [bold]{shown(name)}[/] ({counted(len(classes), 'class', 'classes')}) {said} "
-                  f"{shown(store)}")
+                  f"{shown(store)}", soft_wrap=True)  # one line in a log too (80 columns put the store on the next)
     note_a_borrowed_shards_folder(store)
 
 
