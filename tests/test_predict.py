@@ -937,6 +937,32 @@ def test_images_of_formats_zsfs_cannot_read_get_a_row_saying_so(fitted, tmp_path
     assert alone["error"].to_list() == [reason]
 
 
+def test_a_tar_still_being_written_is_its_own_row_and_the_other_images_are_classified(fitted, tmp_path, monkeypatch):
+    """Nightly predict: one tar of the night's folder still being copied in (it ends inside a member)
+    ended the whole command with "not a readable tar"; the other tars and images got no prediction."""
+    from zsfs.testing.tars import files_as_samples, write_tar_shards
+
+    photos = fitted["photos"]
+    monkeypatch.chdir(tmp_path)
+    members = write_tar_shards("night", files_as_samples(photos["root"], photos["good"][:6]), per_tar=3)
+    whole = Path("night/00001.tar").read_bytes()
+    Path("night/00001.tar").write_bytes(whole[:len(whole) // 2])  # as a copy caught halfway
+    read = [f"night/{path}" for path in members if path.startswith("00000.tar::")]
+    for given in (["night"], ["night/{00000..00001}.tar"], ["night/00000.tar", "night/00001.tar"]):
+        frame = predict_images(fitted["run"], [*given, photos["root"] / photos["good"][0]], workers=0)
+        assert frame["path"].to_list() == [*read, "night/00001.tar", str(photos["root"] / photos["good"][0])], given
+        error = frame["error"].to_list()
+        assert error[:3] == [None] * 3 and error[4] is None and frame["predicted"].null_count() == 1
+        assert error[3].startswith("not a readable tar, or damaged after ") and "the file ends inside the member" \
+            in error[3], error[3]
+    outcome = run_cli("predict", "--run", fitted["run"], "night", "--json")
+    assert outcome.exit_code == 0 and "3 images classified" in output_text(outcome), output_text(outcome)
+    for tar in ("00000.tar", "00001.tar"):
+        Path(f"night/{tar}").write_bytes(b"\0" * 100)  # nothing read: as when no file can be read, exit 1
+    outcome = run_cli("predict", "--run", fitted["run"], "night")
+    assert outcome.exit_code == 1 and "Traceback" not in output_text(outcome), output_text(outcome)
+
+
 def test_predict_reads_the_tar_members_a_list_names(fitted, tmp_path, monkeypatch):
     """Walkthrough: a list's ``shard.tar::member`` line was skipped as extract skips it, and, the
     reason being kept by name, so was that member given through its tar: both rows had the list's

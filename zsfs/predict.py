@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from zsfs.decode import DEFAULT_MAX_PIXELS, unread_format_reason
+from zsfs.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, unread_format_reason
 from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_choice, check_path,
                          shown_value)
 from zsfs.devices import MODEL_PRECISIONS, check_device
@@ -27,8 +27,8 @@ from zsfs.outputs import TABLE_FORMATS, check_output_names, replacing_file, suff
 from zsfs.runs import FittedRun, load_run, new_image_predictions, refuse_run_file
 from zsfs.sources import LIST_SUFFIXES, TAR_MEMBER_IN_LIST, ImageSource, NoImagesError, open_source
 from zsfs.store.rows import usable_rows
-from zsfs.tars import (TAR_SUFFIX, TarMembers, compressed_tar_error, expand_braces, is_compressed_tar, locate_members,
-                       merged_members, named_tars, split_member_path)
+from zsfs.tars import (TAR_SUFFIX, TarMembers, UnlistableTar, compressed_tar_error, expand_braces, is_compressed_tar,
+                       locate_members, merged_members, named_tars, split_member_path, tar_shards_in)
 from zsfs.weights import refuse_imported, relocated
 
 if TYPE_CHECKING:
@@ -80,6 +80,10 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
                     raise
                 empty_of_pattern.setdefault(pattern, set()).add(given)  # as extract lists a pattern: no row
                 continue
+            except UnlistableTar as error:  # one still being copied in: its row says so, the other images go on
+                paths.append(str(given))
+                unreadable[str(given)] = error.reason
+                continue
             base = given if given.is_dir() else given.parent
             base = "" if str(base) == "." else base  # "a.tar" lists "a.tar::x.jpg", not "./a.tar::x.jpg"
             if listing.members is not None:
@@ -103,7 +107,7 @@ def image_inputs(inputs: Sequence[str | Path] | str | Path, lists: Sequence[str 
         else:
             raise ZsfsError(f"{given} does not exist; pass image files and/or folders")
     for pattern, empty in empty_of_pattern.items():
-        if empty == set(named_tars(pattern)):
+        if empty == set(_tars_of(pattern)):
             open_source(pattern)  # its error, as extract's
     for list_file in lists:
         listed_paths, reasons = _listed_images(Path(list_file))
@@ -171,9 +175,10 @@ def _listed_images(list_file: Path) -> tuple[list[str], dict[str, str]]:
 
 def _tar_patterns_expanded(inputs: Iterable[str | Path]) -> Iterator[tuple[Path | str, str | None]]:
     """``(Path(input), None)`` for each of ``inputs``, each brace pattern of tars
-    (``shards/{00000..00009}.tar``, as extract reads them) replaced by ``(tar, pattern)`` for the
-    tars it names, each named as the user wrote it (the paths of their images are under that name,
-    as a single tar's are); a tar member (``shard.tar::x.jpg``, not a file or folder so named) as
+    (``shards/{00000..00009}.tar``, as extract reads them) and each folder of tars replaced by
+    ``(tar, pattern or folder)`` for the tars it names, each named as the user wrote it (the paths of
+    their images are under that name, as a single tar's are; and one tar that cannot be listed is a row,
+    not the end of the command); a tar member (``shard.tar::x.jpg``, not a file or folder so named) as
     ``(text, None)``, the text as given: a Path would make a stored member ``a//b.jpg`` into ``a/b.jpg``."""
     for item in inputs:
         if split_member_path(os.fspath(item), Path.cwd()) is not None and not os.path.exists(item):
@@ -182,8 +187,15 @@ def _tar_patterns_expanded(inputs: Iterable[str | Path]) -> Iterator[tuple[Path 
         given = Path(item)
         if given.suffix.lower() == TAR_SUFFIX and not given.exists() and expand_braces(str(given)) != [str(given)]:
             yield from ((tar, str(given)) for tar in named_tars(str(given)))
+        elif given.is_dir() and (tars := _tars_of(str(given))):
+            yield from ((tar, str(given)) for tar in tars)
         else:  # not a pattern (a missing tar is said as any missing input is)
             yield given, None
+
+
+def _tars_of(pattern: str) -> list[Path]:
+    """The tars of a brace pattern, or of a folder of tars (none: an image folder)."""
+    return tar_shards_in(Path(pattern), IMAGE_EXTENSIONS) if os.path.isdir(pattern) else named_tars(pattern)
 
 
 def predict_images(

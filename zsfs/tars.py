@@ -293,6 +293,18 @@ def resolve_tars(given: str) -> tuple[Path, list[Path]]:
     return Path(os.path.commonpath([tar.parent for tar in tars])), tars
 
 
+class UnlistableTar(ZsfsError):
+    """A tar whose headers cannot be read to its end: damaged, cut short, or still being written;
+    ``reason``: why, said of it without its name."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path} is {reason}{_MEND}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
 def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> TarListing:
     """The members of one tar whose suffix is one of ``image_suffixes`` (None: every one), in tar
     order: files in ``names`` (with their byte ranges), links in ``links``.
@@ -314,8 +326,8 @@ def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> TarListing:
     except CompressedTar:
         raise compressed_tar_error(path) from None
     except (DamagedTar, OSError, ValueError) as error:
-        raise ZsfsError(f"{path} is not a readable tar, or is damaged after {counted(len(listing.names), 'image')} "
-                        f"({error}){_MEND}") from None
+        raise UnlistableTar(path, f"not a readable tar, or damaged after {counted(len(listing.names), 'image')} "
+                                  f"({error})") from None
     finally:
         os.close(fd)
     return listing
