@@ -26,7 +26,7 @@ from zsfs.fit import FitConfig, fit_store
 from zsfs.outputs import FolderExistsError, new_folder
 from zsfs.store import Store
 from zsfs.testing.cli import output_text, run_cli
-from zsfs.testing.failures import RUN_CLI
+from zsfs.testing.failures import RUN_CLI, run_zsfs
 from zsfs.testing.processes import STOPPED_BY, read_until, started, stop, wait_for
 from zsfs.testing.synthetic import make_synthetic_store
 
@@ -321,6 +321,26 @@ def test_results_get_the_users_umask(tmp_path, umask):
         os.umask(previous)
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~umask
     assert (tmp_path / "page.html").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_run_written_into_a_group_folder_stays_the_groups(tmp_path):
+    """Bug: a fit into a setgid group folder (umask 007, as a lab shares its results) made a run
+    folder without the setgid bit (the chmod of its temporary folder dropped it), so its files took
+    the user's own group: the rest of the group could not open the run."""
+    store = make_synthetic_store(tmp_path / "s.h5", 120, 2, seed=0, clip_dim=16, backbone_dim=16)
+    shared = tmp_path / "lab"
+    shared.mkdir()
+    # the group: any but this user's own where that is possible (root may give any)
+    group = 4321 if os.geteuid() == 0 else next((gid for gid in os.getgroups() if gid != os.getegid()), os.getegid())
+    os.chown(shared, -1, group)
+    os.chmod(shared, 0o2770)
+    done = run_zsfs("fit", "--store", store, "--k", "2", "--candidates", "10", "--epochs", "5", "--cycle-epochs", "2",
+                    "--out", shared / "run", "--report", launcher=("bash", "-c", 'umask 007; exec "$@"', "bash"))
+    assert done.returncode == 0, done.output
+    run = shared / "run"
+    assert run.stat().st_mode & 0o7777 == 0o2770
+    assert {path.name: path.stat().st_gid for path in [run, *run.iterdir()]} == \
+        {path.name: group for path in [run, *run.iterdir()]}
 
 
 def test_result_files_reach_the_disk_before_their_rename_publishes_them(tmp_path, monkeypatch):

@@ -89,7 +89,9 @@ def new_folder(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         with _held(os.open(tmp, os.O_RDONLY)):
-            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide results from the user's group
+            # mkdtemp's 0700 would hide results from the user's group; the setgid bit a group folder
+            # passed on stays, or the files written into it would take the user's own group
+            os.chmod(tmp, 0o777 & ~current_umask() | os.stat(tmp).st_mode & stat.S_ISGID)
             yield tmp
             fsync_tree(tmp)
             # os.rename replaces an *empty* folder on POSIX: check again right before it.
