@@ -299,6 +299,22 @@ def test_a_file_unread_for_lack_of_file_descriptors_stops_the_run_instead_of_bei
                         "--workers, then rerun")
 
 
+@pytest.mark.parametrize("workers", [16, 32])
+def test_decoding_workers_past_the_open_files_limit_are_one_line_with_the_fix(tmp_path, workers):
+    """Bug: under `ulimit -n 80` (a job's limit), 16 decoding workers ended extract with torch's
+    traceback ("Too many open files. Communication with the workers is no longer possible ... change
+    the sharing strategy"), and 32 with "Error: Too many open files." and no word of what to do."""
+    photos = write_image_folder(tmp_path / "photos", n_per_class=4, broken=False)
+    outcome = run_zsfs("extract", photos["root"], "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", workers,
+                       "--batch-size", "2", launcher=("bash", "-c", 'ulimit -n 80 || exit 99; exec "$@"', "bash"))
+    assert outcome.returncode == 1, outcome.output
+    errors = [line for line in outcome.output.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: too many open files: this process may open 80 (`ulimit -n`); raise the limit or use "
+                      "fewer --workers, then rerun. No shard was finished (the 12 files here are one shard: "
+                      "--shard-size 50,000): a rerun embeds the 12 files from the start."], outcome.output
+    assert "Communication with the workers" not in outcome.output
+
+
 def test_a_rerun_over_files_of_the_suffixes_added_says_so(tmp_path):
     """A store built before zsfs read .pgm (and other) files: its folder now lists more files."""
     folder = write_image_folder(tmp_path / "photos", n_per_class=1, classes=("cat", "dog"), broken=False)["root"]

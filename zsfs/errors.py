@@ -202,6 +202,14 @@ def is_disk_full(error: BaseException | None) -> bool:
     return False
 
 
+def out_of_open_files(error: BaseException) -> bool:
+    """This process or a decoding worker reached the open-files limit: EMFILE or ENFILE, or torch's
+    words when its workers could no longer hand a batch over ("Too many open files. Communication
+    with the workers is no longer possible", a RuntimeError)."""
+    return any(getattr(cause, "errno", None) in (errno.EMFILE, errno.ENFILE)
+               or "too many open files" in str(cause).lower() for cause in error_chain(error))
+
+
 def shared_memory_full(error: BaseException) -> bool:
     """A decoding worker could not hand its batch over through /dev/shm: torch says "shared
     memory" or names its /dev/shm file ("</torch_...>") with a full-disk errno, or, when a worker

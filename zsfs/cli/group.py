@@ -16,7 +16,7 @@ import click
 from zsfs.cli.console import console, shown
 from zsfs.cli.options import option_flags
 from zsfs.cli.stops import received_stop, sigterm_stops_cleanly, stops_outlive_finalisers
-from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, shared_memory_full
+from zsfs.errors import ParameterError, ZsfsError, is_disk_full, one_line, out_of_open_files, shared_memory_full
 from zsfs.names import as_argument
 from zsfs.signals import STOP_SIGNALS
 
@@ -58,9 +58,11 @@ class ZsfsGroup(click.Group):
             say_error(f"{error}{_kept_for_a_rerun(ctx, error, str(error))}{_resuming_hint(ctx, str(error))}")
             sys.exit(2 if bad_argument else 1)  # 2: a usage error, as click's own checks of the options exit
         except Exception as error:  # file-system failures, however a library wraps them (h5py, polars)
-            if not (isinstance(error, OSError) or is_disk_full(error) or shared_memory_full(error)):
+            if not (isinstance(error, OSError) or is_disk_full(error) or shared_memory_full(error)
+                    or out_of_open_files(error)):
                 raise  # a bug: keep its traceback
-            said = describe_os_error(error)
+            options = getattr(self.get_command(ctx, ctx.invoked_subcommand or ""), "params", [])
+            said = describe_os_error(error, decoding="workers" in {option.name for option in options})
             say_error(f"{said}{_kept_for_a_rerun(ctx, error, said)}{_resuming_hint(ctx, said)}")
             sys.exit(1)
         except KeyboardInterrupt as stop:
@@ -167,14 +169,28 @@ def what_failed(error: BaseException) -> str:
     return f"{getattr(error, 'strerror', None) or one_line(error)}{where}"
 
 
-def describe_os_error(error: BaseException) -> str:
-    """An operating-system failure outside the store's own error handling, as one line."""
+def describe_os_error(error: BaseException, decoding: bool = False) -> str:
+    """An operating-system failure outside the store's own error handling, as one line (``decoding``:
+    the command decodes in --workers processes, which each hold files open)."""
     if shared_memory_full(error):
         return ("shared memory (/dev/shm) is full, or over a file-size limit: the decoding workers hand their "
                 "batches over through it; rerun with --workers 0 (decoding in the main process) or a smaller "
                 "--batch-size, or give it more room (Docker: docker run --shm-size=2g)")
     if is_disk_full(error):
         return f"{what_failed(error)}: free some space and rerun"
+    if out_of_open_files(error):
+        return (f"too many open files: this process may open {open_files_limit()} (`ulimit -n`); raise the limit"
+                f"{' or use fewer --workers' if decoding else ''}, then rerun")
     if "No usable temporary directory" in str(error):  # tempfile's probe write failed
         return f"{one_line(error)}: the disk may be full; free some space (or set TMPDIR) and rerun"
     return what_failed(error)
+
+
+def open_files_limit() -> str:
+    """This process's limit on open files (``ulimit -n``), as a number, or "as many as the system allows"."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return "as many as the system allows"
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "as many as the system allows" if soft == resource.RLIM_INFINITY else f"{soft:,}"
