@@ -1091,6 +1091,30 @@ def test_an_unreadable_shard_is_not_called_damaged(store):
         "readable", child.stdout + child.stderr
 
 
+def test_a_shards_folder_others_may_not_open_is_named_with_the_fix(store):
+    """Bug: a store whose shards folder its owner keeps private (chmod 700), read by another user,
+    ended every command in "Error: Permission denied (.../shard-00000.h5)", with no word of what to do."""
+    from zsfs.testing.privileges import run_python_unprivileged
+
+    shards = store.parent / "s.shards"
+    owner = shards.stat().st_uid
+    shards.chmod(0o700)
+    if os.geteuid() == 0:  # the child runs without root's permission overrides: another user's 0700 folder
+        os.chown(shards, 4321, -1)
+    else:
+        shards.chmod(0o000)
+    try:
+        child = run_python_unprivileged(f"import sys; sys.argv = ['zsfs', 'info', {str(store)!r}]\n"
+                                        "from zsfs.cli import run; run()")
+    finally:
+        if os.geteuid() == 0:
+            os.chown(shards, owner, -1)
+        shards.chmod(0o755)
+    assert child.returncode == 1 and child.stdout == "", child.stdout + child.stderr
+    assert " ".join(child.stderr.split()) == f"Error: {store}: cannot read s.shards/shard-00000.h5 (Permission " \
+        "denied: its folder s.shards cannot be opened); make that folder readable", child.stderr
+
+
 @pytest.mark.parametrize("damage", ["truncated", "overwritten"])
 def test_a_damaged_master_is_rebuilt_from_its_shards_as_its_errors_say(base, store, damage):
     """Bug: a truncated (or overwritten) master's errors said only "probably truncated or damaged"

@@ -162,7 +162,12 @@ class Store:
     def _check_shards(self) -> None:
         """Missing shards would read as fill values without any error, so check them up front."""
         folder = self.path.parent
-        missing = [name for name in self.shard_files if not (folder / name).is_file()]
+        try:
+            missing = [name for name in self.shard_files if not (folder / name).is_file()]
+        except PermissionError as error:  # a shards folder others may not open (chmod 700): not missing, unreachable
+            name = Path(os.fsdecode(error.filename)).relative_to(folder)
+            raise StoreError(f"{self.path}: cannot read {name} ({error.strerror}: its folder {name.parent} cannot be "
+                             "opened); make that folder readable") from None
         if missing:
             recorded = Path(missing[0]).parent  # the folder the master was built with (a renamed master keeps it)
             repair = f", or {REPAIR}" if self._repairable() else ""
