@@ -1115,6 +1115,31 @@ def test_a_shards_folder_others_may_not_open_is_named_with_the_fix(store):
         "denied: its folder s.shards cannot be opened); make that folder readable", child.stderr
 
 
+def test_a_shards_folder_others_may_not_list_is_not_a_store_without_vocabularies(store):
+    """Bug: a shards folder that other users may open but not list (chmod 711) hid every vocabulary
+    (they are found by listing it): `zsfs info` said "No vocabularies yet: add one with `zsfs text`"
+    and a fit "has no class vocabulary yet", sending the reader to write to a store they cannot."""
+    from zsfs.testing.privileges import run_python_unprivileged
+
+    shards = store.parent / "s.shards"
+    owner = shards.stat().st_uid
+    if os.geteuid() == 0:  # the child runs without root's permission overrides: another user's 0711 folder
+        shards.chmod(0o711)
+        os.chown(shards, 4321, -1)
+    else:
+        shards.chmod(0o311)
+    try:
+        child = run_python_unprivileged(f"import sys; sys.argv = ['zsfs', 'info', {str(store)!r}]\n"
+                                        "from zsfs.cli import run; run()")
+    finally:
+        if os.geteuid() == 0:
+            os.chown(shards, owner, -1)
+        shards.chmod(0o755)
+    assert child.returncode == 1 and child.stdout == "", child.stdout + child.stderr
+    assert " ".join(child.stderr.split()) == f"Error: cannot list {shards}, the folder of the store's vocabularies " \
+        "(Permission denied); make that folder readable", child.stderr
+
+
 @pytest.mark.parametrize("damage", ["truncated", "overwritten"])
 def test_a_damaged_master_is_rebuilt_from_its_shards_as_its_errors_say(base, store, damage):
     """Bug: a truncated (or overwritten) master's errors said only "probably truncated or damaged"

@@ -8,6 +8,7 @@ never reclaims space inside a file it modifies). Reading one holds it to what zs
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -259,7 +260,14 @@ def vocabulary_files(shards: Path, identity: dict) -> tuple[dict[str, Path], dic
     rather than raised: its file name is a digest, so its vocabulary is unknown, and the store's
     other vocabularies must stay usable (``Store.vocabulary`` and ``zsfs info`` name it)."""
     found, unreadable = {}, {}
-    for path in sorted(shards.glob(schema.VOCAB_GLOB)):
+    try:
+        names = os.listdir(shards)
+    except PermissionError as error:  # glob finds nothing where it may not list (chmod 711): "no vocabulary yet"
+        raise StoreError(f"cannot list {shards}, the folder of the store's vocabularies ({error.strerror}); "
+                         "make that folder readable") from None
+    except OSError:  # no shards folder (yet): no vocabulary
+        names = []
+    for path in sorted(shards / name for name in fnmatch.filter(names, schema.VOCAB_GLOB)):
         try:
             with reading_extra(path, schema.VOCAB_FORMAT, identity) as file:  # a damaged name (its heap): set aside too
                 name = str(file.attrs.get(schema.ATTR_NAME, ""))
