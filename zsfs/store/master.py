@@ -57,7 +57,11 @@ def check_shards_agree(shards: list[h5py.File]) -> None:
 
 
 OPEN_FILES_SPARE = 64
-"""Files a process keeps free beside its shards (the master being written, the lock, Python's own)."""
+"""Files a process keeps free beside its shards where it may (the master being written, the lock, Python's
+own); :data:`OPEN_FILES_SPARE_AT_LEAST` where the hard limit allows no more."""
+OPEN_FILES_SPARE_AT_LEAST = 16
+"""The fewest files kept free beside the shards: a fit of a 1-shard store works with 20 open files in
+all; a limit of 64 refused it, for want of the whole spare."""
 
 
 def make_room_for_shards(n_shards: int, opening: str = "writing its master opens them all") -> None:
@@ -71,19 +75,27 @@ def make_room_for_shards(n_shards: int, opening: str = "writing its master opens
     except ImportError:  # no such limits to raise (Windows)
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = _open_files() + n_shards + OPEN_FILES_SPARE
-    if soft == resource.RLIM_INFINITY or needed <= soft:
+    in_use = _open_files() + n_shards
+    wanted, needed = in_use + OPEN_FILES_SPARE, in_use + OPEN_FILES_SPARE_AT_LEAST
+    if soft == resource.RLIM_INFINITY or wanted <= soft:
         return
-    if hard != resource.RLIM_INFINITY and needed > hard:
+    if hard != resource.RLIM_INFINITY and wanted > hard:
+        if needed <= hard:  # less to spare, enough for the work
+            if soft < hard:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return
         reason = f"this process may open {hard} (its hard limit, `ulimit -Hn`)"
     else:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
             return
         except (ValueError, OSError) as error:  # macOS: above kern.maxfilesperproc, whatever the hard limit
-            reason = f"the system refused this process a limit of {needed} ({error})"
-    raise StoreError(f"the store's {counted(n_shards, 'shard')} are more files than this process may open at once, "
-                     f"and {opening}: {reason}; raise the limit to {needed} (root's setting, "
+            reason = f"the system refused this process a limit of {wanted} ({error})"
+            if needed <= soft:
+                return
+    shards = f"the store's {counted(n_shards, 'shard')} {'is' if n_shards == 1 else 'are'}"
+    raise StoreError(f"{shards} more files than this process may open at once, "
+                     f"and {opening}: {reason}; raise the limit to {wanted} (root's setting, "
                      "or the container's or job's nofile limit), or build the store with larger shards (--shard-size)")
 
 
