@@ -1245,6 +1245,29 @@ def test_decoding_workers_and_model_threads_share_the_cores_as_the_help_says():
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to tell one thread from every core")
+def test_omp_num_threads_sets_the_model_threads_of_extract_and_predict(tmp_path):
+    """Bug: extract and predict gave the models every core whatever OMP_NUM_THREADS said, where fit
+    and torch take it: a shared machine was oversubscribed (bench_memory.py --threads 1 measured
+    extract at every core), and a run could not be held to one thread to repeat the bytes of
+    another (a stored value moves by a float16 step with the thread count, docs/scale.md)."""
+    photos = write_image_folder(tmp_path / "photos", n_per_class=2, broken=False)["root"]
+    script = textwrap.dedent("""
+        import sys, torch, zsfs
+        from zsfs.testing.models import TINY_MODELS
+        seen = []
+        record = lambda n: seen.append(torch.get_num_threads())
+        zsfs.extract(sys.argv[1], sys.argv[2] + "/s.h5", workers=0, on_batch=record, **TINY_MODELS)
+        run = zsfs.fit(sys.argv[2] + "/s.h5", k=1, candidates=2)
+        run.predict_images([sys.argv[1]], workers=0, on_batch=record)
+        print(sorted(set(seen)))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(photos), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["[1]"]
+
+
 def test_overwrite_replaces_a_store_of_another_source_or_other_classes(tmp_path):
     """--overwrite is the way out that both refusals name (another listing, other classes): it must
     rebuild the store, not refuse in its turn; and it recomputes every shard."""

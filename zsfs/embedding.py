@@ -60,8 +60,11 @@ def model_threads(device: torch.device, cores: int | None = None) -> Iterator[No
     one thread the decoding worker used to leave (the bare forward rate: 15.4), the decode-bound
     tiny models at 199 against 224 img/s. (On a 2-core machine kept busy by other jobs, one
     thread beside the worker had been faster.) The caller's setting is restored afterwards.
+    A local run (``cores`` None) started with ``OMP_NUM_THREADS`` keeps the threads torch took from
+    it, as fit does: a shared machine asks for fewer, and a run held to one thread repeats the bytes
+    of another. A Ray worker keeps its share: Ray sets the variable in its workers itself.
     """
-    if device.type != "cpu" or torch_threads_fixed():
+    if device.type != "cpu" or torch_threads_fixed() or (cores is None and "OMP_NUM_THREADS" in os.environ):
         yield
         return
     previous = torch.get_num_threads()

@@ -45,7 +45,8 @@ from zsfs.store.schema import DEFAULT_SHARD_SIZE, EMBEDDING_DTYPES  # a constant
               help="Images per forward pass of the models: larger keeps a GPU busier and takes more memory.")
 @click.option("--workers", type=click.IntRange(min=0),
               help="Decoding processes [default: every core with a GPU; on CPU a quarter of the cores, "
-                   "at least 1, at a lower priority than the models, which get every core].")
+                   "at least 1, at a lower priority than the models, which get every core, or "
+                   "OMP_NUM_THREADS threads where it is set].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=DEFAULT_SHARD_SIZE, show_default=True,
               help="Images per shard file (the unit of resuming).")
 @click.option("--dtype", type=click.Choice(EMBEDDING_DTYPES), default="float16", show_default=True,
