@@ -574,6 +574,43 @@ def test_a_signal_stops_a_fit_cleanly_and_leaves_no_run_folder(tmp_path, number,
     assert result.exit_code == 0 and (run_dir / "config.json").is_file(), result.output
 
 
+# `zsfs fit` in a child process whose run folder, once renamed into place, waits in the sync of its
+# parent folder after a file ($1) marks it (so a signal lands between the rename and the end of the write).
+SLOW_PUBLISH = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    import zsfs.outputs
+    marker, sync = Path(sys.argv.pop(1)), zsfs.outputs.fsync_folder
+    def slow_sync(folder):
+        if any(name.endswith("k4") for name in os.listdir(folder)):  # the run is in place
+            marker.touch()
+            time.sleep(600)
+        sync(folder)
+    zsfs.outputs.fsync_folder = slow_sync
+    sys.argv[0] = "zsfs"
+    from zsfs.cli import run
+    run()
+""")
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_once_the_run_folder_is_in_place_says_it_was_saved(tmp_path, number):
+    """Bug: Ctrl-C or SIGTERM after the run folder was renamed into place, while its folder's
+    rename was synced, said "Nothing half-written was left." beside a complete run, and the same
+    command then refused its folder as taken. Now the line says the run was written."""
+    store_path = make_synthetic_store(tmp_path / "s.h5", 300, 4, seed=0)
+    run_dir, marker = tmp_path / "runs" / "k4", tmp_path / "published"
+    args = ["fit", "--store", str(store_path), "--out", str(run_dir), "--k", "4", "--cycle-epochs", "2"]
+    with started(["-c", SLOW_PUBLISH, str(marker), *args]) as process:
+        wait_for(marker, process)
+        said = stop(process, number)
+    assert process.returncode == 128 + number and "Traceback" not in said, said
+    assert (run_dir / "config.json").is_file() and (run_dir / "predictions.parquet").is_file()
+    assert "Nothing half-written" not in said and said.endswith(
+        f"{STOPPED_BY[number]} {run_dir} was written in full before that."), said
+    assert sorted(path.name for path in run_dir.parent.iterdir()) == ["k4"]  # no temporary folder left
+
+
 def test_the_summary_says_none_absent_only_where_absent_classes_were_looked_for():
     """The paper's cycles and --keep-all-classes never look for absent classes: 'absent classes:
     none' there read as a finding (the report said it of every run)."""

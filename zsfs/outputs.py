@@ -101,7 +101,11 @@ def new_folder(path: str | Path) -> Iterator[Path]:
             except OSError:  # another process made it since (ENOTEMPTY / EEXIST): say so, as before any work
                 check_new_folder(path)
                 raise
-            fsync_folder(path.parent)
+            try:
+                fsync_folder(path.parent)
+            except KeyboardInterrupt as stop:  # the folder is in place, whole: a stop must not say nothing was
+                stop.kept = f"{path} was written in full before that"  # (the command line's line: kept_if_interrupted)
+                raise
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
         _name_the_result(error, tmp, path)
