@@ -127,3 +127,24 @@ def test_a_stop_after_a_command_has_ended_leaves_its_success(tmp_path, number):
         said = stop(process, number)
     assert process.returncode == 0, said
     assert "Interrupted" not in said and "Terminated" not in said
+
+
+def test_a_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130():
+    """Interrupting user: a Ctrl-C in the first few tenths of a second (while click, numpy and the
+    commands load) ended in a traceback of the import; now as a stop during a command ends."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys\n"
+              "class CtrlC:\n"  # the user's key, pressed as the command line's modules load
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'click':\n"
+              "            os.kill(os.getpid(), signal.SIGINT)\n"
+              "        return None\n"
+              "sys.meta_path.insert(0, CtrlC())\n"
+              "sys.argv = ['zsfs', '--help']\n"
+              "from zsfs.__main__ import run\n"  # the installed script's entry point
+              "run()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and done.stderr == "Interrupted. Nothing half-written was left.\n", done
+    assert done.stdout == ""

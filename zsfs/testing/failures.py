@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-RUN_CLI = "import sys; from zsfs.cli import run; sys.argv[0] = 'zsfs'; run()"
+RUN_CLI = "import sys; from zsfs.__main__ import run; sys.argv[0] = 'zsfs'; run()"
 
 
 @dataclass(frozen=True)
