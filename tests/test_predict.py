@@ -106,6 +106,37 @@ def test_predictions_match_the_fit_on_the_same_images(fitted):
         assert row["ood_continuous"] == pytest.approx(fit[path]["ood_continuous"], abs=1e-3)
 
 
+def test_an_image_of_the_fit_gets_the_fits_scores_from_a_float16_store(tmp_path):
+    """Reproducibility review: predict scored fresh float32 features, the fit the store's float16 ones, so an
+    image of the fit got another confidence (2.5e-5 off), ood_distance (8.5e-4 off) and, at the flag cut, flag.
+    New features are rounded as the store holds them; a run that records no dtype (before 2026-12-07) reads
+    them as they come."""
+    photos = write_image_folder(tmp_path / "photos", n_per_class=6)
+    store_path = extract(photos["root"], tmp_path / "p.h5", workers=0, **TINY_MODELS).output  # float16
+    config = FitConfig(k=3, candidates=6, cycle_epochs=5, batch_size=8)
+    with Store(store_path) as store:
+        run = FittedRun.from_fit(fit_store(store, config), store, config).save(tmp_path / "run").path
+    fit = pl.read_parquet(run / "predictions.parquet")
+    assert json.loads((run / "config.json").read_text())["store"]["dtype"] == "float16"
+
+    def joined() -> pl.DataFrame:
+        frame = predict_images(run, [photos["root"]], workers=0).filter(pl.col("error").is_null())
+        frame = frame.with_columns(path=pl.Series([Path(path).relative_to(photos["root"]).as_posix()
+                                                   for path in frame["path"]]))
+        return frame.join(fit, on="path", suffix="_fit")
+
+    both = joined()
+    assert both.height == len(photos["good"]) and (both["predicted"] == both["predicted_fit"]).all()
+    for column in ("confidence", "ood_distance", "ood_continuous", "ood_paper"):
+        np.testing.assert_allclose(both[column].to_numpy(), both[f"{column}_fit"].to_numpy(), rtol=0, atol=1e-6,
+                                   err_msg=column)
+    config_file = run / "config.json"
+    recorded = json.loads(config_file.read_text())
+    del recorded["store"]["dtype"]
+    config_file.write_text(json.dumps(recorded))
+    assert joined()["predicted"].null_count() == 0  # an older run: predicted still
+
+
 def test_library_inputs_are_checked_before_any_work(fitted):
     """Bugs: one folder given as a str was read as its characters (and "/" as a folder); a
     (n, 5) array or NaN rows given to FittedRun.predict gave torch errors or NaN confidences."""

@@ -252,6 +252,10 @@ def predict_images(
     predicted = np.full(n, None, dtype=object)
     confidence, ood_distance, ood_paper, ood_continuous = (np.full(n, np.nan, np.float32) for _ in range(4))
     errors: dict[int, str] = {}
+    # features rounded as the store holds them (float16 by default), as the classifier was fitted on them:
+    # an image of the fit then gets the fit's scores, not ones ~1e-3 off (a seed at the flag cut flipped);
+    # runs before 2026-12-07 record no dtype
+    stored_as = np.dtype((run.config.get("store") or {}).get("dtype") or np.float32)
     with closing(embedded_images(source, (backbone,), batches, range(len(batches)), set_aside={}, device=device,
                                  precision=precision, workers=workers, max_pixels=max_pixels,
                                  on_batch=on_batch)) as embedded:
@@ -261,7 +265,7 @@ def predict_images(
                 good = batch.indices[usable]
                 if len(good):  # classified batch by batch: memory stays one batch, however many images
                     predicted[good], confidence[good], ood_distance[good], ood_paper[good], ood_continuous[good] = \
-                        run.classifier.classify(outputs[0][usable])
+                        run.classifier.classify(outputs[0][usable].astype(stored_as))
                 errors.update((int(index), NO_FEATURES) for index in batch.indices[~usable])
             errors.update(batch.failures)
 

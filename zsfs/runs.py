@@ -129,7 +129,7 @@ def run_config(result: "FitResult", store: "Store", config: "FitConfig") -> dict
         "vocabulary": result.vocabulary,
         "classes": result.classes,
         "prompts_used": result.prompts_used,
-        "store": store.fingerprint(),
+        "store": {**store.fingerprint(), "dtype": store.dtype},  # predict rounds new features so (zsfs.predict)
         "clip": store.clip_info,
         "backbone": store.backbone_info,
         "stop_reason": result.stop_reason,
