@@ -655,6 +655,37 @@ def test_crafted_files_pointing_outside_the_store_are_refused(store, tmp_path, k
     assert "TOP-SECRET" not in result.output
 
 
+@pytest.mark.parametrize("kind", ["external link", "external storage", "virtual dataset"])
+def test_a_rerun_never_reads_a_planted_shard_that_points_outside_the_store(base, store, tmp_path, kind):
+    """Security review: a shard planted in an unfinished store's folder (shared with others) whose
+    embeddings read another file was reused by the rerun that finishes it: that file's bytes went
+    into the new master's index and virtual datasets, where whoever planted it could read them.
+    The rerun writes such a shard again instead, reading nothing through it."""
+    secret = np.full((4, 32), 1234.0, dtype=np.float16)
+    (tmp_path / "secret.bin").write_bytes(secret.tobytes())
+    with h5py.File(tmp_path / "foreign.h5", "w") as foreign:
+        foreign.create_dataset("clip", data=secret)
+    shard = store.parent / "s.shards" / "shard-00000.h5"
+    with h5py.File(shard, "r+") as file:
+        del file["clip"]
+        if kind == "external link":
+            file["clip"] = h5py.ExternalLink(str(tmp_path / "foreign.h5"), "clip")
+        elif kind == "external storage":
+            file.create_dataset("clip", shape=secret.shape, dtype=secret.dtype,
+                                external=[(str(tmp_path / "secret.bin"), 0, h5py.h5f.UNLIMITED)])
+        else:
+            layout = h5py.VirtualLayout(shape=secret.shape, dtype=secret.dtype)
+            layout[:] = h5py.VirtualSource(str(tmp_path / "foreign.h5"), "clip", shape=secret.shape)
+            file.create_virtual_dataset("clip", layout)
+    store.unlink()  # an unfinished store: the rerun reuses the shards it finds whole
+    result = run_cli(*extract_args(base, store))
+    assert result.exit_code == 0, result.output
+    assert run_cli("info", "--verify", store).exit_code == 0
+    with Store(store) as opened:
+        assert not np.isin(opened.read("clip"), [1234.0]).any()
+        assert not np.isin(opened.index().reconstruct_n(0, opened.n_images), [1234.0]).any()
+
+
 def test_extract_and_text_on_a_read_only_mount_are_a_clear_error(base, store, tmp_path):
     """Rerunning extract or text on a store mounted read-only: one clear line, before any work.
     (A real read-only bind mount, in a mount namespace of the command's own: root can make one, and

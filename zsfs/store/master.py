@@ -116,6 +116,8 @@ def opened_shards(shard_paths: list[Path]) -> Iterator[list[h5py.File]]:
     make_room_for_shards(len(shard_paths))
     with ExitStack() as opened:
         shards = [opened.enter_context(open_hdf5(shard)) for shard in shard_paths]
+        for shard, path in zip(shards, shard_paths):  # (one swapped in since it was found whole)
+            check_structure(shard, path)
         check_shards_agree(shards)
         yield shards
 

@@ -28,7 +28,7 @@ from zsfs.store.hdf5 import (DAMAGED_FILE_ERRORS, canonical_json, open_hdf5, rea
 from zsfs.digests import file_sha256
 from zsfs.store.identity import mismatch_error
 from zsfs.store.index import EXACT_MAX
-from zsfs.store.integrity import read_all
+from zsfs.store.integrity import check_structure, read_all
 from zsfs.store.locks import acquire_lock, release_lock
 from zsfs.store.master import (index_shards, make_room_for_shards, opened_shards, refuse_vds_prefix, strings_sha256,
                                text_is_whole, write_master)
@@ -211,6 +211,7 @@ class StoreWriter:
             return False
         try:
             with open_hdf5(path) as file:
+                check_structure(file, path)  # one planted to read another file is written again, never read through
                 attrs = file.attrs
                 return (  # (the identity holds the listing's size and the shard size: the shard's rows follow)
                     read_identity(file) == self.identity
