@@ -686,6 +686,24 @@ def test_a_rerun_never_reads_a_planted_shard_that_points_outside_the_store(base,
         assert not np.isin(opened.index().reconstruct_n(0, opened.n_images), [1234.0]).any()
 
 
+def test_a_rerun_never_copies_what_an_old_master_reads_from_another_file(base, store, tmp_path):
+    """Security review: the master of a store in a shared folder, its shard digests made to read
+    another file (external storage), was read by the rerun that repairs a shard: the digests of the
+    shards it kept, that file's bytes, were written into the new master for its planter to read."""
+    secret = tmp_path / "id_rsa"
+    secret.write_bytes(b"VICTIM-PRIVATE-KEY-" * 16)
+    with h5py.File(store, "r+") as master:
+        n_shards = len(master[schema.SHARDS_SHA256])
+        del master[schema.SHARDS_SHA256]
+        master.create_dataset(schema.SHARDS_SHA256, shape=(n_shards,), dtype="S64",
+                              external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+    (store.parent / "s.shards" / "shard-00001.h5").unlink()  # a shard to repair: the master is written again
+    result = run_cli(*extract_args(base, store))
+    assert result.exit_code == 0, result.output
+    assert b"VICTIM" not in store.read_bytes()
+    assert run_cli("info", "--verify", store).exit_code == 0
+
+
 def test_extract_and_text_on_a_read_only_mount_are_a_clear_error(base, store, tmp_path):
     """Rerunning extract or text on a store mounted read-only: one clear line, before any work.
     (A real read-only bind mount, in a mount namespace of the command's own: root can make one, and

@@ -195,11 +195,12 @@ class StoreWriter:
             with open_hdf5(self.master) as master:
                 if read_identity(master) != self.identity or dataset not in master:
                     return {}
+                check_structure(master, self.master, master=True)  # its values would go into the new master
                 names = read_strings(master[schema.SHARDS_FILE])
                 values = read(master[dataset])
                 return {self.master.parent / name: value for name, value in zip(names, values)}
-        except DAMAGED_FILE_ERRORS:  # a damaged master records nothing: its shards are checked as without one
-            return {}
+        except (*DAMAGED_FILE_ERRORS, StoreError):  # a damaged master, or one reading another file, records
+            return {}  # nothing: its shards are checked as without one
 
     def shard_is_complete(self, shard: int, recorded_bytes: dict[Path, int] | None = None) -> bool:
         """True if the shard's file opens and carries this shard's bounds and identity (and,
