@@ -32,6 +32,7 @@ from zsfs.store.hdf5 import canonical_json
 from zsfs.store.schema import ATTR_IDENTITY
 from zsfs.tars import TarReadError, expand_braces, list_tar, locate_members, split_member_path
 from zsfs.testing.cli import output_text, run_cli
+from zsfs.testing.failures import run_zsfs
 from zsfs.testing.models import TINY_MODEL_ARGS, TINY_MODELS
 from zsfs.testing.tars import files_as_samples, write_tar_shards
 
@@ -582,6 +583,37 @@ def test_a_pax_path_wins_over_the_ustar_name_and_prefix_fields(tmp_path):
     path.write_bytes(bytes(data))
     listing = list_tar(path, {".jpg"})
     assert listing.names == [name] and path.read_bytes()[listing.offsets[0]:][:3] == b"abc"
+
+
+def pax_tar(path: Path, records: bytes, image: bytes) -> None:
+    """A tar of one ``a.jpg`` whose pax extended header holds ``records`` as written (damaged or not)."""
+    def header(name: str, size: int, kind: bytes) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size, info.type = size, kind
+        return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+    with open(path, "wb") as tar:
+        for name, kind, data in (("PaxHeader/a.jpg", tarfile.XHDTYPE, records), ("a.jpg", tarfile.REGTYPE, image)):
+            tar.write(header(name, len(data), kind) + data + bytes(-len(data) % 512))
+        tar.write(bytes(1024))
+
+
+@pytest.mark.parametrize("record", [b"0 path=b.jpg\n", b"-13 path=b.jpg\n", b"2 path=b.jpg\n"])
+def test_a_pax_record_whose_length_does_not_pass_its_key_is_damage_not_a_hang(tmp_path, record):
+    """Security review: a pax record of length 0 (or less, or within its own length field) was read
+    again and again: `zsfs extract` of a 2 KB hostile tar listed it forever."""
+    encoded = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(encoded, "JPEG")
+    image = encoded.getvalue()
+    (tmp_path / "shards").mkdir()
+    pax_tar(tmp_path / "shards" / "00000.tar", record, image)
+    outcome = run_zsfs("extract", tmp_path / "shards", "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
+                       timeout=120)
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert "00000.tar is not a readable tar, or is damaged" in outcome.output
+    assert "a damaged pax record at byte 512" in outcome.output
+    pax_tar(tmp_path / "intact.tar", b"18 path=b/c/d.jpg\n", image)  # the same tar, intact
+    assert list_tar(tmp_path / "intact.tar", {".jpg"}).names == ["b/c/d.jpg"]
 
 
 def test_hidden_members_are_left_out_as_a_folder_scan_leaves_out_hidden_files(tmp_path):

@@ -6,6 +6,7 @@ listing. ``zsfs.tars`` opens the files and names the errors."""
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -84,7 +85,7 @@ def scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> No
         if kind == b"L":
             long_name = pread(fd, size, data).split(b"\0", 1)[0]
         elif kind == b"x":
-            records = _pax_records(pread(fd, size, data))
+            records = _pax_records(pread(fd, size, data), data)
             # GNU tar's pax sparse file: named ./GNUSparseFile.N/NAME in the header, NAME in the records
             sparse = any(key.startswith(b"GNU.sparse.") for key in records)
             long_name = records.get(b"GNU.sparse.name", records.get(b"path", long_name))
@@ -165,12 +166,18 @@ def _octal_fields(field: np.ndarray) -> np.ndarray:
     return np.where(use.any(axis=1), values, -1)
 
 
-def _pax_records(data: bytes) -> dict[bytes, bytes]:
-    """``LENGTH KEY=VALUE\\n`` records of a pax extended header."""
+_PAX_RECORD = re.compile(rb"(\d+) ([^=]*)=")
+
+
+def _pax_records(data: bytes, start: int) -> dict[bytes, bytes]:
+    """``LENGTH KEY=VALUE\\n`` records of a pax extended header (its data at byte ``start`` of the tar)."""
     records, position = {}, 0
     while position < len(data) and data[position:position + 1] != b"\0":
-        length = int(data[position:data.index(b" ", position)])
-        key, _, value = data[data.index(b" ", position) + 1:position + length - 1].partition(b"=")
-        records[key] = value
-        position += length
+        record = _PAX_RECORD.match(data, position)
+        end = position + int(record[1]) if record is not None else -1
+        # a length that ends before the record's key reads the same record again, forever (a hostile tar)
+        if record is None or end <= record.end() or end > len(data):
+            raise DamagedTar(f"a damaged pax record at byte {start + position}")
+        records[record[2]] = data[record.end():end - 1]
+        position = end
     return records
