@@ -616,6 +616,26 @@ def test_a_pax_record_whose_length_does_not_pass_its_key_is_damage_not_a_hang(tm
     assert list_tar(tmp_path / "intact.tar", {".jpg"}).names == ["b/c/d.jpg"]
 
 
+@pytest.mark.parametrize("written_in", ["the ustar size field", "a pax size record"])
+def test_a_negative_member_size_is_damage_not_a_walk_back_to_the_same_header(tmp_path, written_in):
+    """Security review: int() reads '-1000' as octal -512, and a pax 'size' record may say -1536: the
+    walk jumped back to the header it had just read (or to the pax header before it), forever."""
+    encoded = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(encoded, "JPEG")
+    (tmp_path / "shards").mkdir()
+    pax_tar(tmp_path / "shards" / "00000.tar", b"14 size=-1536\n", encoded.getvalue())  # a.jpg's size: -1536
+    if written_in == "the ustar size field":  # its own size -512 instead, and no pax header
+        data = bytearray((tmp_path / "shards" / "00000.tar").read_bytes()[1024:])
+        data[124:136], data[148:156] = b"-0000001000\0", b" " * 8
+        data[148:156] = b"%06o\0 " % sum(data[:512])
+        (tmp_path / "shards" / "00000.tar").write_bytes(bytes(data))
+    outcome = run_zsfs("extract", tmp_path / "shards", "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
+                       timeout=120)
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert "00000.tar is not a readable tar, or is damaged after 0 images (a negative member size in the header " \
+           f"at byte {1024 if written_in == 'a pax size record' else 0})" in outcome.output
+
+
 def test_hidden_members_are_left_out_as_a_folder_scan_leaves_out_hidden_files(tmp_path):
     """Bug: a tar made on macOS lists a ``._photo.jpg`` resource fork beside each image; a folder scan
     skips those (hidden), a tar listing took each as an image that then failed to decode."""

@@ -79,8 +79,10 @@ def scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> No
         else:
             size = int(header[124:136].strip(b" \0") or b"0", 8)
         kind, data = header[156:157], position + _BLOCK
-        if data + size > file_size:  # a cut file, or a damaged size field: never read past the end
+        if size < 0 or data + size > file_size:  # a cut file, or a damaged size field: never read past the end
             checked.verify(names, offsets)  # a bad header before this one is the first damage
+            if size < 0:  # (int() reads '-1000' as octal) the walk would jump back to a header read before: forever
+                raise DamagedTar(f"a negative member size in the header at byte {position}")
             raise DamagedTar(f"the file ends inside the member whose header is at byte {position}")
         if kind == b"L":
             long_name = pread(fd, size, data).split(b"\0", 1)[0]
