@@ -636,6 +636,34 @@ def test_a_negative_member_size_is_damage_not_a_walk_back_to_the_same_header(tmp
            f"at byte {1024 if written_in == 'a pax size record' else 0})" in outcome.output
 
 
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE])
+def test_a_gigabyte_long_name_or_pax_header_is_damage_not_read_into_memory(tmp_path, kind):
+    """Security review: a GNU long name or pax header was read whole into memory, whatever its size:
+    a shard of 8 KB on disk (a sparse file) that declares one of 6 GB took 6 GB to list, and under a
+    memory limit crashed extract with a MemoryError traceback."""
+    encoded = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(encoded, "JPEG")
+    image = encoded.getvalue()
+    huge = 6 << 30
+    (tmp_path / "shards").mkdir()
+    with open(tmp_path / "shards" / "00000.tar", "wb") as tar:
+        for name, size, member_kind in (("././@LongLink", huge, kind), ("a.jpg", len(image), tarfile.REGTYPE)):
+            info = tarfile.TarInfo(name)
+            info.size, info.type = size, member_kind
+            tar.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+            if member_kind == kind:
+                tar.seek(size, os.SEEK_CUR)  # a hole: nothing written
+            else:
+                tar.write(image + bytes(-len(image) % 512) + bytes(1024))
+    limited = ["prlimit", f"--data={3 << 30}", "--"]  # less than the header claims (torch loads within it)
+    outcome = run_zsfs("extract", tmp_path / "shards", "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
+                       launcher=limited, timeout=120)
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    what = "GNU long name" if kind == tarfile.GNUTYPE_LONGNAME else "pax header"
+    assert f"00000.tar is not a readable tar, or is damaged after 0 images (a {what} of 6,442,450,944 bytes in " \
+           "the header at byte 0, over the 16 MiB any tar writer makes" in outcome.output
+
+
 def test_hidden_members_are_left_out_as_a_folder_scan_leaves_out_hidden_files(tmp_path):
     """Bug: a tar made on macOS lists a ``._photo.jpg`` resource fork beside each image; a folder scan
     skips those (hidden), a tar listing took each as an image that then failed to decode."""

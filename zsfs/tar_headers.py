@@ -35,6 +35,10 @@ _ZERO_BLOCK = bytes(_BLOCK)
 _FILE_TYPES = (b"0", b"\0", b"7")  # regular, old-style regular, contiguous
 _LINK_TYPES = (b"1", b"2")  # hard, symbolic
 _GNU_SPARSE = b"S"  # its data holds the file without its holes: not the file's bytes
+EXTENDED_HEADER_MAX = 16 << 20
+"""Most bytes of a GNU long name or pax extended header, read whole into memory: a name is at most
+a few KiB, a pax header a member's names, times and extended attributes (64 KiB each on Linux);
+libarchive refuses long names over 1 MiB."""
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
 
 
@@ -84,6 +88,11 @@ def scan_headers(fd: int, suffixes: frozenset | None, listing: TarListing) -> No
             if size < 0:  # (int() reads '-1000' as octal) the walk would jump back to a header read before: forever
                 raise DamagedTar(f"a negative member size in the header at byte {position}")
             raise DamagedTar(f"the file ends inside the member whose header is at byte {position}")
+        if kind in (b"L", b"x") and size > EXTENDED_HEADER_MAX:  # read whole below: a sparse tar costs no disk
+            checked.verify(names, offsets)  # (a damaged header's checksum says so first)
+            what = "GNU long name" if kind == b"L" else "pax header"
+            raise DamagedTar(f"a {what} of {size:,} bytes in the header at byte {position}, over the "
+                             f"{EXTENDED_HEADER_MAX >> 20} MiB any tar writer makes")
         if kind == b"L":
             long_name = pread(fd, size, data).split(b"\0", 1)[0]
         elif kind == b"x":
