@@ -636,6 +636,18 @@ def test_a_negative_member_size_is_damage_not_a_walk_back_to_the_same_header(tmp
            f"at byte {1024 if written_in == 'a pax size record' else 0})" in outcome.output
 
 
+def test_a_named_pipe_among_the_tar_shards_is_refused_not_waited_on(shards, tmp_path):
+    """Security review: a named pipe called 00001.tar beside the shards was opened to be listed, and
+    the open waited for a writer that never came: `zsfs extract` of the folder hung before its first image."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    shutil.copy(shards["root"] / "00000.tar", folder)
+    os.mkfifo(folder / "00001.tar")
+    outcome = run_zsfs("extract", folder, "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0", timeout=60)
+    assert outcome.returncode == 1 and outcome.problems == [], outcome.output
+    assert "00001.tar is a named pipe, not a tar file" in outcome.output
+
+
 @pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE])
 def test_a_gigabyte_long_name_or_pax_header_is_damage_not_read_into_memory(tmp_path, kind):
     """Security review: a GNU long name or pax header was read whole into memory, whatever its size:

@@ -17,6 +17,7 @@ import io
 import itertools
 import os
 import re
+import stat
 import threading
 import weakref
 from collections import OrderedDict
@@ -28,6 +29,7 @@ import numpy as np
 
 from zsfs.errors import ZsfsError
 from zsfs.names import as_argument, counted, home_expanded, some_names
+from zsfs.outputs import special_file_kind
 from zsfs.store.schema import SHARDS_SUFFIX, holds_store_parts
 from zsfs.tar_headers import CompressedTar, DamagedTar, TarListing, scan_headers
 
@@ -318,10 +320,13 @@ def list_tar(path: Path, image_suffixes: Iterable[str] | None) -> TarListing:
     suffixes = None if image_suffixes is None else frozenset(image_suffixes)
     listing = TarListing([], [], [], [])
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a named pipe's open would wait for a writer, forever
     except OSError as error:
         raise ZsfsError(f"cannot read {path} ({error.strerror})") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ZsfsError(f"{path} is {special_file_kind(path) or 'not a regular file'}, not a tar file; remove "
+                            "it, or name it without .tar, and rerun")
         scan_headers(fd, suffixes, listing)
     except CompressedTar:
         raise compressed_tar_error(path) from None
