@@ -686,6 +686,19 @@ def test_a_rerun_never_reads_a_planted_shard_that_points_outside_the_store(base,
         assert not np.isin(opened.index().reconstruct_n(0, opened.n_images), [1234.0]).any()
 
 
+def test_a_named_pipe_planted_among_a_stores_files_is_set_aside_not_waited_on(base, store):
+    """Security review: HDF5 opens the names it is given, and a named pipe's open waits for a writer:
+    one named like a vocabulary file in a store's shards folder hung `zsfs info` (and the rerun of
+    extract, which opens every file of the store it would own) for good."""
+    planted = store.parent / "s.shards" / "vocab-0123456789abcdef.h5"
+    os.mkfifo(planted)
+    info = run_zsfs("info", store, timeout=60)
+    assert info.returncode == 0 and info.problems == [], info.output
+    assert "vocab-0123456789abcdef.h5 is damaged (a named pipe, not a file)" in " ".join(info.output.split())
+    rerun = run_zsfs(*extract_args(base, store), timeout=120)
+    assert rerun.returncode == 0 and rerun.problems == [], rerun.output
+
+
 def test_a_rerun_never_copies_what_an_old_master_reads_from_another_file(base, store, tmp_path):
     """Security review: the master of a store in a shared folder, its shard digests made to read
     another file (external storage), was read by the rerun that repairs a shard: the digests of the

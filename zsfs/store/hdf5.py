@@ -12,6 +12,7 @@ import numpy as np
 
 from zsfs.errors import StoreError, one_line
 from zsfs.names import name_bytes
+from zsfs.outputs import special_file_kind
 from zsfs.store import schema
 
 STRING = h5py.string_dtype("utf-8")
@@ -28,7 +29,11 @@ def open_hdf5(path: str | Path) -> h5py.File:
     renames it into place (its writer lock keeps writers apart: ``zsfs.store.locks``), so no file
     is read while written; HDF5's lock on a read only made reads fail where the file system takes
     no locks (NFS without its lock daemon, some Lustre and GPFS mounts: "unable to lock file,
-    errno = 37 / 95 / 524"), and the store read as damaged."""
+    errno = 37 / 95 / 524"), and the store read as damaged. A named pipe or device at ``path`` is an
+    ``OSError``: HDF5 opens it by name, and a pipe planted among a store's files would wait for a writer forever."""
+    kind = special_file_kind(Path(path))
+    if kind is not None:
+        raise OSError(f"{kind}, not a file")
     return h5py.File(path, "r", locking=False)
 
 
