@@ -1262,3 +1262,23 @@ def test_a_tsv_paths_table_is_read_with_tabs_so_commas_stay_in_the_paths(inputs)
                           label_column="label").master
     with Store(master) as store:
         assert store.paths().tolist() == paths and store.labels().tolist() == inputs["labels"]
+
+
+def test_an_array_of_a_vocabulary_file_that_zsfs_does_not_read_is_not_decompressed(inputs):
+    """Security review: load_vocabulary read every array of the .npz, its docstring's "others are
+    not read" notwithstanding: a vocabulary from elsewhere carrying a 3 GiB array of zeros (3 MB
+    deflated) made `zsfs import` decompress it whole, and under a memory limit crash with a traceback."""
+    import zipfile
+
+    folder = inputs["dir"]
+    with zipfile.ZipFile(folder / "pets.npz", "a", zipfile.ZIP_DEFLATED, compresslevel=1) as archive, \
+            archive.open("padding.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (3 << 28,)})
+        block = bytes(64 << 20)
+        for _ in range((3 << 30) // len(block)):
+            member.write(block)
+    outcome = run_zsfs("import", folder / "s.h5", "--clip-embeddings", folder / "clip.npy", "--backbone-features",
+                       folder / "backbone.npy", "--paths", folder / "paths.csv", "--vocab",
+                       f"pets={folder / 'pets.npz'}", launcher=["prlimit", f"--data={2 << 30}", "--"], timeout=300)
+    assert outcome.returncode == 0 and outcome.problems == [], outcome.output
+    assert run_cli("info", "--json", folder / "s.h5").exit_code == 0

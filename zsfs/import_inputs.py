@@ -295,8 +295,9 @@ def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
     if file.is_file() and not zipfile.is_zipfile(file):  # numpy would read it as a pickle
         raise ZsfsError(f"vocabulary file {file} is not an .npz file (numpy.savez(FILE, classes=..., single=...))")
     try:
-        with np.load(file, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+        with np.load(file, allow_pickle=False) as data:  # only the arrays read: another may be gigabytes of zeros
+            names = list(data.files)
+            arrays = {key: data[key] for key in VOCABULARY_KEYS if key in names}
     except ValueError as error:
         if "allow_pickle" in str(error):  # never unpickled: a file from elsewhere could run code
             raise ZsfsError(f"vocabulary file {file} holds an object array; save its classes as a string array "
@@ -305,7 +306,7 @@ def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
     except OSError as error:
         raise ZsfsError(f"cannot read vocabulary file {file} ({error})") from None
     absent = [key for key in VOCABULARY_KEYS if key not in arrays]  # "templates" beside "n_templates" is another array
-    misspelled = {key: close[0] for key in sorted(set(arrays) - set(VOCABULARY_KEYS))
+    misspelled = {key: close[0] for key in sorted(set(names) - set(VOCABULARY_KEYS))
                   if (close := difflib.get_close_matches(key.lower(), absent, n=1, cutoff=0.75))}
     if misspelled:  # "ensembel" was ignored: the store then had no ensemble, and every fit used the single prompt
         key, meant = next(iter(misspelled.items()))
@@ -313,7 +314,7 @@ def load_vocabulary(file: Path, width: int) -> ImportedVocabulary:
                         f"{', '.join(VOCABULARY_KEYS)}")
     missing = {"classes", "single"} - set(arrays)
     if missing:
-        raise ZsfsError(f"vocabulary file {file} lacks {sorted(missing)} (has {sorted(arrays)})")
+        raise ZsfsError(f"vocabulary file {file} lacks {sorted(missing)} (has {sorted(names)})")
     if arrays["classes"].ndim != 1:
         raise ZsfsError(f"vocabulary file {file}: classes has shape {arrays['classes'].shape}; expected one name "
                         "per class, a 1-d array")
