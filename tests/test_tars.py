@@ -610,7 +610,7 @@ def test_a_pax_record_whose_length_does_not_pass_its_key_is_damage_not_a_hang(tm
     outcome = run_zsfs("extract", tmp_path / "shards", "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
                        timeout=120)
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
-    assert "00000.tar is not a readable tar, or is damaged" in outcome.output
+    assert "00000.tar is not a readable tar, or damaged" in outcome.output
     assert "a damaged pax record at byte 512" in outcome.output
     pax_tar(tmp_path / "intact.tar", b"18 path=b/c/d.jpg\n", image)  # the same tar, intact
     assert list_tar(tmp_path / "intact.tar", {".jpg"}).names == ["b/c/d.jpg"]
@@ -632,7 +632,7 @@ def test_a_negative_member_size_is_damage_not_a_walk_back_to_the_same_header(tmp
     outcome = run_zsfs("extract", tmp_path / "shards", "--out", tmp_path / "s.h5", *TINY_MODEL_ARGS, "--workers", "0",
                        timeout=120)
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
-    assert "00000.tar is not a readable tar, or is damaged after 0 images (a negative member size in the header " \
+    assert "00000.tar is not a readable tar, or damaged after 0 images (a negative member size in the header " \
            f"at byte {1024 if written_in == 'a pax size record' else 0})" in outcome.output
 
 
@@ -672,7 +672,7 @@ def test_a_gigabyte_long_name_or_pax_header_is_damage_not_read_into_memory(tmp_p
                        launcher=limited, timeout=120)
     assert outcome.returncode == 1 and outcome.problems == [], outcome.output
     what = "GNU long name" if kind == tarfile.GNUTYPE_LONGNAME else "pax header"
-    assert f"00000.tar is not a readable tar, or is damaged after 0 images (a {what} of 6,442,450,944 bytes in " \
+    assert f"00000.tar is not a readable tar, or damaged after 0 images (a {what} of 6,442,450,944 bytes in " \
            "the header at byte 0, over the 16 MiB any tar writer makes" in outcome.output
 
 
