@@ -269,6 +269,21 @@ def test_write_vocabulary_adds_and_replaces(tmp_path, arrays):
             store.vocabulary("u")
 
 
+def test_overwriting_a_vocabulary_with_the_same_classes_replaces_its_prompt_and_embeddings(tmp_path, arrays):
+    """Mutation audit: a rerun that writes the vocabulary it holds is skipped (it may be read-only);
+    one with the same classes but another prompt, or other text embeddings, must still replace it."""
+    master = build(tmp_path / "s.h5", arrays)
+    first, other = unit(random_rows(2, D_CLIP, 7)), unit(random_rows(2, D_CLIP, 8))
+    write_vocabulary(master, "v", ["a", "b"], first, first, prompt="p {}", n_templates=1)
+    write_vocabulary(master, "v", ["a", "b"], first, first, prompt="q {}", n_templates=1, overwrite=True)
+    with Store(master) as store:
+        assert store.vocabulary("v").prompt == "q {}"
+    write_vocabulary(master, "v", ["a", "b"], other, first, prompt="q {}", n_templates=1, overwrite=True)
+    with Store(master) as store:
+        np.testing.assert_allclose(store.vocabulary("v").single, other, atol=1e-6)
+        np.testing.assert_allclose(store.vocabulary("v").ensemble, first, atol=1e-6)
+
+
 def test_a_vocabulary_identity_is_compared_as_json_not_as_text(tmp_path, arrays):
     """Bug: a vocabulary written by hand (docs/store.md) with the master's identity spelled as
     json.dumps writes it by default was "another store's"; a differing identity still is."""
