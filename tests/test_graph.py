@@ -299,3 +299,20 @@ def test_verify_reads_the_graph_its_store_opened_not_one_written_since(tmp_path)
         assert store.verify()["bytes_read"] == before and store.graph_info["k"] == 5
     with Store(path) as store:
         assert store.graph_info["k"] == 50 and store.verify()["bytes_read"] > before
+
+
+@pytest.mark.parametrize("row_id, refused", [(40, True), (-2, True), (39, False), (-1, False)])
+def test_graph_row_ids_are_checked_at_both_ends_of_the_stores_rows(tmp_path, row_id, refused):
+    """Mutation audit: a graph holding row id N (one past the store's last row) or -2 passed the
+    check (only 999,999 was tested) and failed a fit on numpy's IndexError; N - 1 and -1 ("none") are rows."""
+    path = make_synthetic_store(tmp_path / "s.h5", 40, 3, seed=0, clip_dim=16, backbone_dim=16)
+    with Store(path) as store:
+        build = store.build
+    write_neighbour_graph(path, np.tile(np.arange(1, 4), (40, 1)), {"search": "exact", "precision": "fp32"}, build=build)
+    edit_graph(path, lambda rows: np.where(np.arange(rows.size).reshape(rows.shape) == 7, row_id, rows))
+    with Store(path) as store:
+        if refused:
+            with pytest.raises(StoreError, match=r"holds row ids outside \[-1, 40\)"):
+                store.neighbour_graph(None)
+        else:
+            assert store.neighbour_graph(None)[2, 1] == row_id
