@@ -316,3 +316,13 @@ def test_graph_row_ids_are_checked_at_both_ends_of_the_stores_rows(tmp_path, row
                 store.neighbour_graph(None)
         else:
             assert store.neighbour_graph(None)[2, 1] == row_id
+
+
+def test_a_store_of_fewer_images_than_the_default_k_gets_each_images_every_other_image(tmp_path):
+    """Mutation audit: the default k of a store of GRAPH_K images or fewer is each image's every
+    other image (n - 1); k = n, its other bound, made `zsfs neighbours` without --k refuse such a store."""
+    path = make_synthetic_store(tmp_path / "s.h5", 6, 2, seed=0, clip_dim=16, backbone_dim=16)
+    assert add_neighbour_graph(path)["k"] == 5
+    with Store(path) as store:
+        graph = store.neighbour_graph(None)
+    assert graph.shape == (6, 5) and all(sorted(row) == sorted(set(range(6)) - {i}) for i, row in enumerate(graph.tolist()))
