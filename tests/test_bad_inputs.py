@@ -56,6 +56,12 @@ def made(tmp_path_factory) -> dict:
     state = torch.load(run / "classifier.pt", weights_only=True)
     state["weight"] = torch.full_like(state["weight"], float("nan"))
     torch.save(state, diverged / "classifier.pt")
+    nan_bias = work / "nan-bias"  # mutation audit: a NaN bias alone passed the check
+    nan_bias.mkdir()
+    (nan_bias / "config.json").write_text((run / "config.json").read_text())
+    state = torch.load(run / "classifier.pt", weights_only=True)
+    state["bias"][0] = float("nan")
+    torch.save(state, nan_bias / "classifier.pt")
     return {"work": work, "photos": photos, "store": store, "run": run}
 
 
@@ -136,6 +142,7 @@ CASES = [  # (command line, exit code, words of the error line)
     (("import", "{work}/i.h5", "--clip-embeddings", "{work}/clip.npy", "--backbone-features", "{work}/backbone.npy",
       "--paths", "{work}/ragged.csv"), 1, "fields, the header 2; quote a path or label holding a comma"),  # bug: polars' advice, truncate_ragged_lines=True, and \x0a\x0a
     (("predict", "--run", "{work}/diverged", "{photos}"), 1, "non-finite weights"),
+    (("predict", "--run", "{work}/nan-bias", "{photos}"), 1, "non-finite weights"),
     (("predict", "--run", "{run}", "--out", "{work}/a-file/p.csv", "{photos}"), 1, "a-file is a file"),
     # review: --overwrite replaced a named pipe (or a device node: /dev/null as root) by a store; without
     # it, extract and import waited for ever on the pipe
