@@ -386,6 +386,23 @@ def test_a_forked_child_releasing_the_lock_leaves_the_parents_lock_file(tmp_path
     assert not lock_path(master).exists() and not written_elsewhere(master)
 
 
+def test_a_lock_taken_again_in_its_process_is_held_until_its_first_taker_releases_it(tmp_path):
+    """Mutation audit: the lock is reentrant (extract and import hold it, and StoreWriter and
+    write_vocabulary take it again); a depth not counted passed the lock tests, and the inner release
+    let another process write the store."""
+    master = tmp_path / "s.h5"
+    other_writer = [sys.executable, "-c", "import sys; from pathlib import Path; from zsfs.store.locks import "
+                    "acquire_lock; acquire_lock(Path(sys.argv[1]))", str(master)]
+    outer = acquire_lock(master)
+    try:
+        release_lock(acquire_lock(master))
+        refused = subprocess.run(other_writer, capture_output=True, text=True)
+        assert refused.returncode == 1 and "another zsfs process (pid " in refused.stderr, refused.stderr
+    finally:
+        release_lock(outer)
+    assert subprocess.run(other_writer, capture_output=True, text=True).returncode == 0
+
+
 def test_the_writer_lock_excludes_across_removals(tmp_path):
     """Writers remove the lock file on release; processes racing for it must still never write at
     the same time (one that opened the removed file has to notice and lock the new one)."""
