@@ -1113,6 +1113,27 @@ def test_a_read_only_page_is_not_replaced(photo_run, tmp_path):
     assert kept.read_text() == "precious"
 
 
+def test_a_link_planted_as_report_html_by_another_user_is_not_written_through(photo_run, tmp_path):
+    """Security review: a shared run folder whose report.html is another user's link to a page of this
+    user's (or any .html this user may write) had that file replaced by `zsfs report RUN`. Only the user's
+    own links are followed, as the kernel's protected_symlinks rule has it in shared folders."""
+    run = tmp_path / "run"
+    shutil.copytree(photo_run, run)
+    mine = tmp_path / "home" / "index.html"
+    mine.parent.mkdir()
+    mine.write_text("my page")
+    (run / "report.html").symlink_to(mine)
+    other_user = 65534 if os.geteuid() != 65534 else 65533  # (nobody)
+    os.lchown(run / "report.html", other_user, other_user)  # as that user would have made it (CI runs as root)
+    result = run_cli("report", run)
+    said = " ".join(output_text(result).split())
+    assert result.exit_code == 1 and f"{run / 'report.html'} is a link of another user (uid {other_user}) to " \
+        f"{mine}; zsfs writes only through the user's own links" in said, said
+    assert mine.read_text() == "my page"
+    os.lchown(run / "report.html", os.geteuid(), os.getegid())  # the user's own link: written through
+    assert run_cli("report", run).exit_code == 0 and mine.read_text().startswith("<!DOCTYPE html>")
+
+
 def test_a_read_only_run_folder_is_told_to_put_the_page_elsewhere_with_out(photo_run, tmp_path):
     """Walkthrough: `zsfs report RUN` on a run folder the user cannot write said "choose another
     location" without naming --out FILE.html (fit names --out RUN_DIR)."""

@@ -282,8 +282,13 @@ def written_file(path: str | Path) -> Path:
     try:
         if not path.is_symlink():
             return path
+        owner = path.lstat().st_uid
     except OSError:
         return path
+    if hasattr(os, "geteuid") and owner != os.geteuid():  # (the kernel's protected_symlinks rule, in any folder)
+        # a link planted in a shared run folder (report.html) would have any file of this user's replaced
+        raise ZsfsError(f"{path} is a link of another user (uid {owner}) to {os.path.realpath(path)}; zsfs writes "
+                        "only through the user's own links: give the file's own name, or remove the link")
     target = Path(os.path.realpath(path))
     if target.is_symlink():  # realpath stops where links go round in a loop
         raise ZsfsError(f"{path} is a link that leads back to itself (through {target}); give a file's own name")
