@@ -866,6 +866,41 @@ def test_accuracy_figures_of_a_large_vocabulary_show_the_classes_of_the_images(p
     assert {"red", "green", "blue"} <= set(ticks) and "mineral 7" not in ticks and "103 classes" not in " ".join(ticks)
 
 
+def test_the_accuracy_section_of_thousands_of_labelled_classes_holds_no_class_by_class_matrix(unlabelled_run,
+                                                                                              tmp_path):
+    """8,000 WordNet-like classes over 16,000 labelled images: the page held three 8,000 x 8,000
+    int64 copies and matplotlib's float ones (6.9 GB, 22 s; 21,841 classes would need ~50 GB). Now
+    the confusions come from the pairs that occur and the matrix draws 1,000 evenly spaced classes;
+    rendered in a child process whose data segment is capped at 2 GB."""
+    run = tmp_path / "run"
+    shutil.copytree(unlabelled_run, run)
+    n_classes, n_images = 8000, 16000
+    classes = [f"species {i}, sp. (n. {i % 7})" for i in range(n_classes)]
+    config = json.loads((run / runs.CONFIG).read_text())
+    (run / runs.CONFIG).write_text(json.dumps({**config, "classes": classes, "store": None}))
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, n_classes, n_images)
+    predicted = np.where(rng.random(n_images) < 0.5, truth, rng.integers(0, n_classes, n_images))
+    predicted[:5], truth[:5] = 7, 3  # the most frequent confusion: 5 images of class 3 taken for class 7
+    frame = pl.read_parquet(run / runs.PREDICTIONS).sample(n_images, with_replacement=True, seed=0)
+    names = np.array(classes)
+    frame.with_columns(label=pl.Series(names[truth]), predicted=pl.Series(names[predicted]),
+                       path=pl.Series([f"{i}.jpg" for i in range(n_images)])).write_parquet(run / runs.PREDICTIONS)
+    script = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_DATA, (2 << 30, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+        from zsfs.report import render_report
+        sys.stdout.write(render_report({str(run)!r}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    accuracy = html.unescape(plain_cells(section_of(done.stdout, "accuracy")))
+    assert "The confusion matrix draws 1,000 of them, evenly spaced in the list." in accuracy
+    first = re.search(r"<h3>Most frequent confusions</h3><table>.*?</tr><tr><td>([^<]*)</td><td>([^<]*)</td>"
+                      r"<td>([^<]*)</td></tr>", accuracy).groups()
+    assert first == (classes[3], classes[7], "5")
+
+
 def test_ood_histograms_split_images_by_whether_their_true_label_is_a_class(photo_run, tmp_path):
     """Where true labels say which images are out of distribution, the OOD histograms stack them
     apart (they showed one colour for all, so a score's separation could not be seen)."""

@@ -28,6 +28,7 @@ __all__ = [
     "accuracy",
     "per_class_accuracy",
     "confusion_matrix",
+    "most_confused",
     "composed_names",
     "paper_score_counts",
     "auroc",
@@ -125,6 +126,19 @@ def confusion_matrix(true: np.ndarray, predicted: np.ndarray, n_classes: int) ->
     """(n_classes, n_classes) counts: row = true class, column = predicted class (class indices)."""
     true, predicted = _class_codes(true, predicted, n_classes)
     return np.bincount(true * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def most_confused(true: np.ndarray, predicted: np.ndarray, n_classes: int,
+                  top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(true, predicted, count)`` of the ``top`` most frequent (true, predicted) pairs of
+    different classes, most frequent first (equal counts: the higher class indices first), from
+    the pairs that occur: never an n_classes x n_classes matrix (21,841 classes: 3.8 GB a copy)."""
+    true, predicted = _class_codes(true, predicted, n_classes)
+    pairs, counts = np.unique(true * n_classes + predicted, return_counts=True)
+    confused = pairs // n_classes != pairs % n_classes
+    pairs, counts = pairs[confused], counts[confused]
+    order = np.lexsort((pairs, counts))[::-1][:top]
+    return pairs[order] // n_classes, pairs[order] % n_classes, counts[order]
 
 
 def auroc(scores: np.ndarray, is_positive: np.ndarray) -> float:

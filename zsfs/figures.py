@@ -194,10 +194,12 @@ def per_class_accuracy(classes: Sequence[str], accuracy: np.ndarray) -> str:
 
 
 @_drawing
-def confusion(classes: Sequence[str], matrix: np.ndarray) -> str:
-    """Row-normalised confusion matrix (true class in rows), as an image."""
+def confusion(classes: Sequence[str], matrix: np.ndarray, row_totals: np.ndarray | None = None) -> str:
+    """Row-normalised confusion matrix (true class in rows), as an image. ``row_totals``: the images
+    of each true class, where ``matrix`` holds only some of the predicted classes' columns."""
     matrix = np.asarray(matrix, dtype=np.float64)
-    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    totals = matrix.sum(axis=1) if row_totals is None else np.asarray(row_totals, dtype=np.float64)
+    rows = matrix / np.maximum(totals[:, None], 1)
     names = tick_labels(classes) if len(classes) <= MAX_TICK_LABELS else []
     longest = max(map(len, names), default=0)
     size = min(8.0, 3.0 + 0.25 * len(classes) + 0.06 * longest)  # room for the names beside the matrix

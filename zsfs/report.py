@@ -25,7 +25,7 @@ from zsfs.devices import check_polars_usable
 from zsfs.decode import FILE_NOT_FOUND
 from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_path, check_seed,
                          literal, shown_value)
-from zsfs.evaluate import LabelCodes, confusion_matrix, per_class_accuracy
+from zsfs.evaluate import LabelCodes, confusion_matrix, most_confused, per_class_accuracy
 from zsfs.methods import ABSENT_SHARE, UNREAD_BY
 from zsfs.names import as_argument, check_utf8_file_names, counted, percent, reasons_text, visible
 from zsfs.outputs import check_output_names, refuse_read_only_file, suffix_rule, write_text_atomically, written_file
@@ -43,6 +43,7 @@ COLUMNS = ["path", "predicted", "confidence", "ood_score", "ood_continuous", "oo
 THUMBNAIL_BUDGET = 4000  # thumbnails in the class galleries: ~3 KB each keeps a 1000-class page < 20 MB
 MAX_PER_CLASS = 8
 OOD_IMAGES = 48
+MATRIX_CLASSES = 1000  # classes the confusion matrix draws at most (evenly spaced past it): ~200 MB while drawn
 ROW = "row"  # the store row of a prediction (a column the report adds)
 NO_FOLDER = "no image folder known"
 MAX_LISTED = 10  # absent classes named in the summary (the Classes section lists them all)
@@ -284,22 +285,28 @@ def _accuracy(frame, classes: list[str], labels: LabelCodes) -> str:
     n = len(classes)
     if not known.any():
         return _section("accuracy", "Accuracy", "<p>No image's true label is one of the classes.</p>")
-    matrix = confusion_matrix(truth[known], predicted[known], n)
-    accuracy = per_class_accuracy(truth[known], predicted[known], n)
-    off = matrix.copy()
-    np.fill_diagonal(off, 0)
-    top = np.argsort(off, axis=None, kind="stable")[::-1][:10]
-    confused = [(classes[i // n], classes[i % n], f"{off.flat[i]:,}") for i in top if off.flat[i] > 0]
+    truth, predicted = truth[known], predicted[known]
+    accuracy = per_class_accuracy(truth, predicted, n)
+    confused = [(classes[t], classes[p], f"{c:,}") for t, p, c in zip(*most_confused(truth, predicted, n, 10))]
     # the figures show the classes some image is, or is taken for: a vocabulary of 2,000 names over
     # 3 labelled classes drew an empty line and a white 2,000 x 2,000 matrix (walkthrough)
-    shown = np.union1d(truth[known], predicted[known])
+    shown = np.union1d(truth, predicted)
     names = [visible(classes[i]) for i in shown]  # SVG text: control characters shown, as in the tables
     among = (f" The figures show the {len(shown):,} classes that are some image's true label or its prediction, "
              f"of the {n:,} listed." if len(shown) < n else "")
-    parts = [f"<p>{int(known.sum()):,} images have a true label among the classes "
-             f"({frame.height - int(known.sum()):,} others: out-of-distribution or unlabelled).{among}</p>",
+    # evenly spaced classes past MATRIX_CLASSES: the image has fewer pixels than that anyway, and a
+    # 10,000-class matrix held 11 GB while drawn
+    drawn = shown[np.unique(np.linspace(0, len(shown) - 1, min(len(shown), MATRIX_CLASSES)).round().astype(int))]
+    if len(drawn) < len(shown):
+        among += f" The confusion matrix draws {len(drawn):,} of them, evenly spaced in the list."
+    in_drawn = np.isin(truth, drawn) & np.isin(predicted, drawn)
+    matrix = confusion_matrix(np.searchsorted(drawn, truth[in_drawn]), np.searchsorted(drawn, predicted[in_drawn]),
+                              len(drawn))
+    images_of = np.bincount(truth, minlength=n)[drawn]  # rows are fractions of all of a true class's images
+    parts = [f"<p>{len(truth):,} images have a true label among the classes "
+             f"({frame.height - len(truth):,} others: out-of-distribution or unlabelled).{among}</p>",
              f'<div class="figure">{figures.per_class_accuracy(names, accuracy[shown])}</div>',
-             f'<div class="figure">{figures.confusion(names, matrix[np.ix_(shown, shown)])}</div>']
+             f'<div class="figure">{figures.confusion([visible(classes[i]) for i in drawn], matrix, images_of)}</div>']
     if confused:
         parts.append("<h3>Most frequent confusions</h3>" + _table(confused, ["true label", "predicted", "images"]))
     return _section("accuracy", "Accuracy (true labels)", "".join(parts))
