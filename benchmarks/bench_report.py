@@ -24,7 +24,7 @@ from zsfs.outputs import write_json
 from zsfs.testing.images import write_photos
 from zsfs.testing.synthetic import class_names
 
-from harness import at_least_one, check_output, note_machine, run
+from harness import at_least_one, check_output, note_machine, peak_rss_mb, run
 
 
 def make_run(run_dir: Path, pool: Path, n_rows: int, n_classes: int, n_pool: int, seed: int = 0) -> None:
@@ -106,7 +106,7 @@ def main() -> None:
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     page = out.read_text()
     print(f"{args.rows:,} images x {args.classes} classes: rendered in {wall:.1f} s ({cpu:.1f} s CPU), "
-          f"page {out.stat().st_size / 1e6:.2f} MB, {page.count('<img ')} thumbnails, "
+          f"page {out.stat().st_size / 1e6:.2f} MB, {page.count('<img ')} thumbnails, peak RSS {peak_rss_mb():,.0f} MB, "
           f"{page.count('<figure ')} gallery items; load average {os.getloadavg()[0]:.1f}; "
           f"targets: < 30 s, < 20 MB")
     print(f"written: {out}")
