@@ -80,8 +80,7 @@ def tripwires(monkeypatch):
         raise AssertionError("the work started before the bad input was refused")
 
     # the models load in the ShardEmbedder, and extract loads CLIP alone for a rerun's vocabulary
-    for module, name in ((zsfs.shard_embedder, "load_clip"), (zsfs.shard_embedder, "load_backbone"),
-                         (zsfs.extract, "load_clip"),
+    for module, name in ((zsfs.shard_embedder, "load_models"), (zsfs.extract, "load_clip"),
                          (zsfs.vocabulary, "load_clip_from_record"), (zsfs.fit.run, "fit_store"),
                          (zsfs.predict, "load_backbone_from_record"), (zsfs.importer, "write_store"),
                          (zsfs.report, "_render")):
