@@ -1177,25 +1177,32 @@ def test_an_unreadable_shard_is_not_called_damaged(store):
         "readable", child.stdout + child.stderr
 
 
-def test_a_shards_folder_others_may_not_open_is_named_with_the_fix(store):
-    """Bug: a store whose shards folder its owner keeps private (chmod 700), read by another user,
-    ended every command in "Error: Permission denied (.../shard-00000.h5)", with no word of what to do."""
+def _info_by_another_user(store: Path, mode: int) -> subprocess.CompletedProcess:
+    """`zsfs info STORE` run by another user than the owner of its shards folder, made ``mode``: the
+    child runs without root's permission overrides, the folder owned by another uid (as a non-root
+    tester, the owner's own bits go instead)."""
     from zsfs.testing.privileges import run_python_unprivileged
 
     shards = store.parent / "s.shards"
     owner = shards.stat().st_uid
-    shards.chmod(0o700)
-    if os.geteuid() == 0:  # the child runs without root's permission overrides: another user's 0700 folder
+    if os.geteuid() == 0:
+        shards.chmod(mode)
         os.chown(shards, 4321, -1)
     else:
-        shards.chmod(0o000)
+        shards.chmod(mode & 0o077 | (mode & 0o007) << 6)  # the owner gets what others would
     try:
-        child = run_python_unprivileged(f"import sys; sys.argv = ['zsfs', 'info', {str(store)!r}]\n"
-                                        "from zsfs.cli import run; run()")
+        return run_python_unprivileged(f"import sys; sys.argv = ['zsfs', 'info', {str(store)!r}]\n"
+                                       "from zsfs.cli import run; run()")
     finally:
         if os.geteuid() == 0:
             os.chown(shards, owner, -1)
         shards.chmod(0o755)
+
+
+def test_a_shards_folder_others_may_not_open_is_named_with_the_fix(store):
+    """Bug: a store whose shards folder its owner keeps private (chmod 700), read by another user,
+    ended every command in "Error: Permission denied (.../shard-00000.h5)", with no word of what to do."""
+    child = _info_by_another_user(store, 0o700)
     assert child.returncode == 1 and child.stdout == "", child.stdout + child.stderr
     assert " ".join(child.stderr.split()) == f"Error: {store}: cannot read s.shards/shard-00000.h5 (Permission " \
         "denied: its folder s.shards cannot be opened); make that folder readable", child.stderr
@@ -1205,25 +1212,10 @@ def test_a_shards_folder_others_may_not_list_is_not_a_store_without_vocabularies
     """Bug: a shards folder that other users may open but not list (chmod 711) hid every vocabulary
     (they are found by listing it): `zsfs info` said "No vocabularies yet: add one with `zsfs text`"
     and a fit "has no class vocabulary yet", sending the reader to write to a store they cannot."""
-    from zsfs.testing.privileges import run_python_unprivileged
-
-    shards = store.parent / "s.shards"
-    owner = shards.stat().st_uid
-    if os.geteuid() == 0:  # the child runs without root's permission overrides: another user's 0711 folder
-        shards.chmod(0o711)
-        os.chown(shards, 4321, -1)
-    else:
-        shards.chmod(0o311)
-    try:
-        child = run_python_unprivileged(f"import sys; sys.argv = ['zsfs', 'info', {str(store)!r}]\n"
-                                        "from zsfs.cli import run; run()")
-    finally:
-        if os.geteuid() == 0:
-            os.chown(shards, owner, -1)
-        shards.chmod(0o755)
+    child = _info_by_another_user(store, 0o711)
     assert child.returncode == 1 and child.stdout == "", child.stdout + child.stderr
-    assert " ".join(child.stderr.split()) == f"Error: cannot list {shards}, the folder of the store's vocabularies " \
-        "(Permission denied); make that folder readable", child.stderr
+    assert " ".join(child.stderr.split()) == f"Error: cannot list {store.parent / 's.shards'}, the folder of the " \
+        "store's vocabularies (Permission denied); make that folder readable", child.stderr
 
 
 @pytest.mark.parametrize("damage", ["truncated", "overwritten"])
