@@ -325,4 +325,5 @@ def test_a_store_of_fewer_images_than_the_default_k_gets_each_images_every_other
     assert add_neighbour_graph(path)["k"] == 5
     with Store(path) as store:
         graph = store.neighbour_graph(None)
-    assert graph.shape == (6, 5) and all(sorted(row) == sorted(set(range(6)) - {i}) for i, row in enumerate(graph.tolist()))
+    assert graph.shape == (6, 5) and all(sorted(row) == sorted(set(range(6)) - {i})
+                                         for i, row in enumerate(graph.tolist()))

@@ -27,8 +27,8 @@ from zsfs.weights import BothWeightsMissingError, WeightsDownloadError
 __all__ = [
     "Backbone", "ClipModel", "ImageModel", "PixelScaling", "backbone_as_recorded", "by_name_only", "clip_architecture",
     "clip_as_recorded", "clip_tokenizer", "cut_by_clip", "encode_vocabulary", "keeps_clip_head", "load_backbone",
-    "load_backbone_from_record", "load_clip", "load_clip_from_record", "load_models", "offline_advice", "same_text_to_clip",
-    "weights_kind", "within_aspect_ratio", "worker_transform",
+    "load_backbone_from_record", "load_clip", "load_clip_from_record", "load_models", "offline_advice",
+    "same_text_to_clip", "weights_kind", "within_aspect_ratio", "worker_transform",
 ]
 
 

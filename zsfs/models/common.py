@@ -12,7 +12,8 @@ from typing import Container, Iterator, Sequence
 
 from zsfs.errors import ModelLoadError, one_line
 from zsfs.weights import (HUB_CACHE_ADVICE, BothWeightsMissingError, DamagedDownloadError, UnreadableCacheError,
-                          WeightsDownloadError, checkpoint_reason, hub_cache_folder, unreadable_checkpoint, unreadable_in_cache)
+                          WeightsDownloadError, checkpoint_reason, hub_cache_folder, unreadable_checkpoint,
+                          unreadable_in_cache)
 
 
 def as_identity(record: dict) -> dict:
@@ -32,7 +33,8 @@ def by_name_only(why: str, roles: Container[str] = ("clip", "backbone")) -> Iter
     except BothWeightsMissingError as error:
         if not {"clip", "backbone"} & set(roles):
             raise
-        clip, backbone = (part.by_name_only(why) if part.role in roles else part for part in (error.clip, error.backbone))
+        clip, backbone = (part.by_name_only(why) if part.role in roles else part
+                          for part in (error.clip, error.backbone))
         raise ModelLoadError(f"{clip} Also, {backbone}") from None
     except WeightsDownloadError as error:
         if error.role not in roles:
