@@ -22,6 +22,7 @@ import numpy as np
 
 from zsfs import __version__, figures
 from zsfs.devices import check_polars_usable
+from zsfs.digests import evenly_spaced_rows
 from zsfs.decode import FILE_NOT_FOUND
 from zsfs.errors import (ParameterError, ZsfsError, check_at_least, check_callbacks, check_path, check_seed,
                          literal, shown_value)
@@ -296,7 +297,7 @@ def _accuracy(frame, classes: list[str], labels: LabelCodes) -> str:
              f"of the {n:,} listed." if len(shown) < n else "")
     # evenly spaced classes past MATRIX_CLASSES: the image has fewer pixels than that anyway, and a
     # 10,000-class matrix held 11 GB while drawn
-    drawn = shown[np.unique(np.linspace(0, len(shown) - 1, min(len(shown), MATRIX_CLASSES)).round().astype(int))]
+    drawn = shown[evenly_spaced_rows(len(shown), MATRIX_CLASSES)]
     if len(drawn) < len(shown):
         among += f" The confusion matrix draws {len(drawn):,} of them, evenly spaced in the list."
     in_drawn = np.isin(truth, drawn) & np.isin(predicted, drawn)
